@@ -1,0 +1,217 @@
+"""Capture files in, link-layer frames out: the one module that imports dpkt.
+
+Reads classic pcap (both byte orders, micro- and nanosecond) and pcapng (any number of sections and
+interfaces, per-interface link type and timestamp resolution) whatever the file is called. dpkt parses the
+file and section headers and the interface descriptions; the per-packet record loop is ours, reading 1 MiB
+chunks with ``struct.unpack_from``, because constructing a dpkt object per record costs more than the rest of
+the scanner's per-packet work (see docs/scanner-hot-path.md).
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Final
+
+import dpkt
+import dpkt.pcap
+import dpkt.pcapng
+
+CHUNK: Final = 1 << 20
+MAX_RECORD: Final = 1 << 24
+"""Largest record we accept (pcapng blocks or pcap caplen); a bigger length field means a corrupt file."""
+
+_PCAP_MAGICS: Final = {
+    b"\xa1\xb2\xc3\xd4": (">", 1e-6),
+    b"\xd4\xc3\xb2\xa1": ("<", 1e-6),
+    b"\xa1\xb2\x3c\x4d": (">", 1e-9),
+    b"\x4d\x3c\xb2\xa1": ("<", 1e-9),
+}
+_PCAPNG_SHB: Final = b"\x0a\x0d\x0d\x0a"
+
+
+class CaptureError(Exception):
+    """A capture file that cannot be read (further). The message names the file and, where known, the packet."""
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One captured frame. Not used on the hot path (which takes tuples); handy for tools and tests."""
+
+    ts: float
+    linktype: int
+    data: bytes
+
+
+Batch = list[tuple[float, int, bytes]]
+"""``(timestamp, linktype, frame)`` for each packet of a stretch of the file."""
+
+
+def read_frames(path: str) -> Iterator[tuple[float, int, bytes]]:
+    """Yield ``(timestamp, linktype, frame)`` for each packet of a pcap or pcapng file (see `read_batches`)."""
+    for batch in read_batches(path):
+        yield from batch
+
+
+def read_batches(path: str) -> Iterator[Batch]:
+    """Yield the packets of a pcap or pcapng file in batches of about `CHUNK` bytes.
+
+    Raises `CaptureError` (after yielding every good packet before the fault) for an unreadable, unsupported,
+    truncated or corrupt file. Batches, rather than a generator step per packet, because the scanner's hot loop
+    then iterates a plain list.
+    """
+    try:
+        handle = open(path, "rb")  # noqa: SIM115 - closed in the finally below, across yields
+    except OSError as exc:
+        raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from None
+    try:
+        magic = handle.read(4)
+        handle.seek(0)
+        if magic in _PCAP_MAGICS:
+            yield from _read_pcap(path, handle)
+        elif magic == _PCAPNG_SHB:
+            yield from _read_pcapng(path, handle)
+        elif len(magic) < 4:
+            raise CaptureError(f"{path}: empty or truncated file header")
+        else:
+            raise CaptureError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
+    except OSError as exc:
+        raise CaptureError(f"{path}: read error: {exc.strerror or exc}") from None
+    finally:
+        handle.close()
+
+
+def _read_pcap(path: str, handle: BinaryIO) -> Iterator[Batch]:
+    head = handle.read(24)
+    if len(head) < 24:
+        raise CaptureError(f"{path}: truncated pcap file header")
+    order, scale = _PCAP_MAGICS[head[:4]]
+    header = dpkt.pcap.LEFileHdr(head) if order == "<" else dpkt.pcap.FileHdr(head)
+    linktype = int(header.linktype) & 0x0FFFFFFF  # upper bits may carry FCS flags
+    unpack = struct.Struct(order + "IIII").unpack_from
+    buf = b""
+    index = 0
+    while True:
+        more = handle.read(CHUNK)
+        buf += more
+        size = len(buf)
+        pos = 0
+        batch: Batch = []
+        append = batch.append
+        while pos + 16 <= size:
+            sec, frac, caplen, _wirelen = unpack(buf, pos)
+            end = pos + 16 + caplen
+            if end > size:
+                if caplen > MAX_RECORD:
+                    if batch:
+                        yield batch
+                    raise CaptureError(f"{path}: corrupt record at packet {index + len(batch) + 1} (length {caplen})")
+                break
+            append((sec + frac * scale, linktype, buf[pos + 16 : end]))
+            pos = end
+        index += len(batch)
+        if batch:
+            yield batch
+        buf = buf[pos:]
+        if not more:
+            if buf:
+                raise CaptureError(f"{path}: truncated packet {index + 1} ({len(buf)} bytes of a record left)")
+            return
+
+
+@dataclass(slots=True)
+class _Interface:
+    linktype: int
+    scale: float
+
+
+def _read_pcapng(path: str, handle: BinaryIO) -> Iterator[Batch]:
+    batch: Batch = []
+    try:
+        yield from _pcapng_blocks(path, handle, batch)
+    except CaptureError:
+        if batch:
+            yield batch
+        raise
+
+
+def _pcapng_blocks(path: str, handle: BinaryIO, batch: Batch) -> Iterator[Batch]:
+    """The block loop; ``batch`` is shared with the caller so packets read before a fault are not lost."""
+    order = "<"
+    interfaces: list[_Interface] = []
+    index = 0
+    buf = b""
+    pos = 0
+    while True:
+        if len(buf) - pos < 12:
+            if batch:
+                yield batch[:]
+                batch.clear()
+            buf = buf[pos:] + handle.read(CHUNK)
+            pos = 0
+            if len(buf) < 12:
+                if buf:
+                    raise CaptureError(f"{path}: truncated block header after packet {index}")
+                return
+        btype = buf[pos : pos + 4]
+        if btype == _PCAPNG_SHB:
+            # The byte-order magic follows the length; the length itself is in the section's order.
+            order = "<" if buf[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            interfaces = []
+        btype_n, blen = struct.unpack_from(order + "II", buf, pos)
+        if blen < 12 or blen > MAX_RECORD or blen % 4:
+            raise CaptureError(f"{path}: corrupt pcapng block (length {blen}) after packet {index}")
+        end = pos + blen
+        if end > len(buf):
+            if batch:
+                yield batch[:]
+                batch.clear()
+            buf = buf[pos:] + handle.read(max(CHUNK, blen))
+            pos = 0
+            end = blen
+            if end > len(buf):
+                raise CaptureError(f"{path}: truncated pcapng block after packet {index}")
+        if btype_n == 6:  # Enhanced Packet Block
+            iface, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
+            if iface >= len(interfaces) or 28 + caplen > blen:
+                raise CaptureError(f"{path}: corrupt enhanced packet block at packet {index + 1}")
+            info = interfaces[iface]
+            index += 1
+            batch.append((((ts_high << 32) | ts_low) * info.scale, info.linktype, buf[pos + 28 : pos + 28 + caplen]))
+        elif btype_n == 3:  # Simple Packet Block: no timestamp, interface 0
+            if not interfaces:
+                raise CaptureError(f"{path}: packet before any interface description at packet {index + 1}")
+            (wirelen,) = struct.unpack_from(order + "I", buf, pos + 8)
+            caplen = min(wirelen, blen - 16)
+            index += 1
+            batch.append((0.0, interfaces[0].linktype, buf[pos + 12 : pos + 12 + caplen]))
+        elif btype_n == 1:
+            interfaces.append(_parse_interface(path, buf[pos:end], order))
+        elif btype_n == 0x0A0D0D0A:
+            _check_section(path, buf[pos:end], order)
+        pos = end
+
+
+def _check_section(path: str, block: bytes, order: str) -> None:
+    cls = dpkt.pcapng.SectionHeaderBlockLE if order == "<" else dpkt.pcapng.SectionHeaderBlock
+    try:
+        shb = cls(block)
+    except (dpkt.UnpackError, struct.error, ValueError) as exc:
+        raise CaptureError(f"{path}: corrupt pcapng section header: {exc}") from None
+    if shb.v_major != 1:
+        raise CaptureError(f"{path}: unsupported pcapng version {shb.v_major}.{shb.v_minor}")
+
+
+def _parse_interface(path: str, block: bytes, order: str) -> _Interface:
+    cls = dpkt.pcapng.InterfaceDescriptionBlockLE if order == "<" else dpkt.pcapng.InterfaceDescriptionBlock
+    try:
+        idb = cls(block)
+    except (dpkt.UnpackError, struct.error, ValueError) as exc:
+        raise CaptureError(f"{path}: corrupt pcapng interface description: {exc}") from None
+    scale = 1e-6
+    for option in getattr(idb, "opts", []):
+        if option.code == dpkt.pcapng.PCAPNG_OPT_IF_TSRESOL and option.data:
+            resol = option.data[0]
+            scale = 2.0 ** -(resol & 0x7F) if resol & 0x80 else 10.0 ** -(resol & 0x7F)
+    return _Interface(int(idb.linktype), scale)
