@@ -55,6 +55,8 @@ class FileStats:
     findings: int = 0
     error: str | None = None
     """Why the file could not be read to its end, if it could not."""
+    peak_entries: int = 0
+    """Most flow-table entries (two per flow) held at once, measured at each generation change."""
     skipped_at: list[int] = field(default_factory=list)
     """Packet indexes (1-based) of the first few skipped frames."""
 
@@ -140,6 +142,8 @@ class Scanner:
                     if rotate_at is None:
                         rotate_at = ts + self.idle_seconds
                     elif ts >= rotate_at or len(table) > MAX_TABLE_ENTRIES:
+                        held = sum(map(len, current.values())) + sum(map(len, previous.values()))
+                        stats.peak_entries = max(stats.peak_entries, held)
                         for old in previous.values():
                             yield from self._close_all(path, old, stats)
                         previous, current = current, {TCP: {}, UDP: {}, ICMP: {}}

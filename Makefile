@@ -1,0 +1,30 @@
+# One command gates everything: `make test` (lint, format check, types, tests). CI runs exactly that.
+VENV := .venv
+BIN := $(VENV)/bin
+CORPUS ?= ../shared/corpus
+
+.PHONY: test lint demo bench fmt
+
+test: ## Install what is missing, then lint, format check, mypy (strict) and pytest.
+	@deploy/bootstrap.sh test
+	$(BIN)/ruff check egress tests bench rules
+	$(BIN)/ruff format --check egress tests bench rules
+	$(BIN)/mypy
+	$(BIN)/pytest
+
+lint:
+	$(BIN)/ruff check egress tests bench rules
+	$(BIN)/ruff format --check egress tests bench rules
+	$(BIN)/mypy
+
+fmt:
+	$(BIN)/ruff format egress tests bench rules
+	$(BIN)/ruff check --fix egress tests bench rules
+
+demo: ## Install what is missing, then run the demo.
+	@deploy/bootstrap.sh demo
+	$(BIN)/egress scan $(CORPUS)/mining/*.pcap* $(CORPUS)/tunnel/*.pcap* || true
+
+bench: ## Side-by-side scanner benchmark against nDPI's ndpiReader.
+	@deploy/bootstrap.sh bench
+	$(BIN)/python bench/scan.py --corpus $(CORPUS)

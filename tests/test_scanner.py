@@ -1,0 +1,103 @@
+"""The scanner's flow handling, with a small pure detector standing in for the real ones."""
+
+from __future__ import annotations
+
+import pathlib
+import struct
+
+import dpkt
+import pytest
+
+from egress.detect.base import MORE, Category, Finding, FlowView, Result
+from egress.detect.registry import DetectorSet, _NoDns
+from egress.scanner import FileStats, Scanner
+
+CLIENT, SERVER = b"\xc0\x00\x02\x0a", b"\xc6\x33\x64\x14"
+MESSAGE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
+
+
+def wants_subscribe(view: FlowView) -> Result:
+    """Finds MESSAGE once it is whole in the client stream; gives up on anything else."""
+    if view.client.startswith(MESSAGE):
+        return Finding(Category.MINING, "test", "test", MESSAGE.decode().strip())
+    if MESSAGE.startswith(view.client):
+        return None if view.complete else MORE
+    return None
+
+
+DETECTORS = DetectorSet(tcp=(wants_subscribe,), udp=(), icmp=(), dns_tracker=_NoDns)
+
+
+def _frame(src: bytes, dst: bytes, sport: int, dport: int, seq: int, flags: int, data: bytes = b"") -> bytes:
+    tcp = dpkt.tcp.TCP(sport=sport, dport=dport, seq=seq, flags=flags, data=data)
+    ip = dpkt.ip.IP(src=src, dst=dst, p=6, data=tcp)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
+
+
+def _write(path: pathlib.Path, frames: list[tuple[float, bytes]]) -> str:
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, 1)
+    for ts, frame in frames:
+        out += struct.pack("<IIII", int(ts), int((ts % 1) * 1e6), len(frame), len(frame)) + frame
+    path.write_bytes(out)
+    return str(path)
+
+
+def _connection(sport: int, chunks: list[tuple[int, bytes]], start: float = 10.0) -> list[tuple[float, bytes]]:
+    syn, ack, psh = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    frames = [
+        (start, _frame(CLIENT, SERVER, sport, 3333, 999, syn)),
+        (start + 0.01, _frame(SERVER, CLIENT, 3333, sport, 5000, syn | ack)),
+    ]
+    for index, (offset, data) in enumerate(chunks):
+        frames.append((start + 0.02 + index / 1000, _frame(CLIENT, SERVER, sport, 3333, 1000 + offset, psh, data)))
+    return frames
+
+
+def _scan(path: str) -> tuple[list[tuple[str, int, float]], FileStats]:
+    stats = FileStats(path)
+    found = [(f.meta.src, f.meta.sport, f.ts) for f in Scanner(DETECTORS).scan(path, stats)]
+    return found, stats
+
+
+@pytest.mark.parametrize("size", [1, 5, 17])
+def test_message_split_reordered_and_retransmitted_is_found_once(tmp_path: pathlib.Path, size: int) -> None:
+    chunks = [(offset, MESSAGE[offset : offset + size]) for offset in range(0, len(MESSAGE), size)]
+    chunks = chunks[1:] + chunks[:1] + chunks[:2]  # first chunk late, then two retransmissions
+    found, stats = _scan(_write(tmp_path / "c.pcap", _connection(40001, chunks)))
+    assert found == [("192.0.2.10", 40001, 10.0)]
+    assert stats.flows == 1
+
+
+def test_flow_seen_from_server_side_first_keeps_client_as_source(tmp_path: pathlib.Path) -> None:
+    psh = dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    frames = [
+        (1.0, _frame(SERVER, CLIENT, 3333, 40002, 7, psh, b'{"id":1,"result":true}\n')),
+        (1.1, _frame(CLIENT, SERVER, 40002, 3333, 100, psh, MESSAGE)),
+    ]
+    found, _ = _scan(_write(tmp_path / "mid.pcap", frames))
+    assert found == [("192.0.2.10", 40002, 1.0)]
+
+
+def test_other_traffic_is_not_found(tmp_path: pathlib.Path) -> None:
+    found, stats = _scan(_write(tmp_path / "o.pcap", _connection(40003, [(0, b"GET / HTTP/1.1\r\n\r\n")])))
+    assert found == []
+    assert stats.packets == 3
+
+
+def test_idle_flows_are_closed_and_the_table_stays_bounded(tmp_path: pathlib.Path) -> None:
+    frames: list[tuple[float, bytes]] = []
+    for index in range(50):  # an undecided flow every 100 s of capture time, beyond the idle limit
+        frames += _connection(41000 + index, [(0, MESSAGE[:10])], start=index * 100.0)
+    path = _write(tmp_path / "idle.pcap", frames)
+    stats = FileStats(path)
+    assert list(Scanner(DETECTORS, idle_seconds=60.0).scan(path, stats)) == []
+    assert stats.flows == 50
+    assert 0 < stats.peak_entries <= 4  # at most two flows (two keys each) held at once, not fifty
+
+
+def test_port_reuse_after_a_decided_flow_starts_a_new_flow(tmp_path: pathlib.Path) -> None:
+    first = _connection(40005, [(0, MESSAGE)], start=1.0)
+    second = _connection(40005, [(0, MESSAGE)], start=2.0)
+    found, stats = _scan(_write(tmp_path / "reuse.pcap", first + second))
+    assert [ts for _, _, ts in found] == [1.0, 2.0]
+    assert stats.flows == 2
