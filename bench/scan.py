@@ -22,6 +22,7 @@ HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.build_capture import build  # noqa: E402
+from egress.capture.reader import read_batches  # noqa: E402
 
 
 def run(command: list[str]) -> tuple[float, int, int]:
@@ -75,8 +76,6 @@ def main() -> None:
 
 
 def _count_packets(capture: pathlib.Path) -> int:
-    from egress.capture.reader import read_batches
-
     return sum(len(batch) for batch in read_batches(str(capture)))
 
 

@@ -109,12 +109,12 @@ class Scanner:
                     packets += 1
                     if (
                         linktype == 1
+                        and len(frame) >= 54
                         and frame[14] == 0x45
                         and frame[12] == 8
                         and frame[13] == 0
                         and not frame[20] & 0x3F
                         and not frame[21]
-                        and len(frame) >= 54
                     ):
                         # Fast path for the common frame (Ethernet, IPv4 without options or fragments): for a decided
                         # flow it costs one slice and one lookup. Everything else takes the full decode below.

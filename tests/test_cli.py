@@ -12,7 +12,10 @@ import pytest
 
 from tests.corpus import CORPUS, needs_corpus
 
-JSON_FIELDS = {"file", "category", "protocol", "detector", "transport", "src", "sport", "dst", "dport", "ts", "evidence"}
+JSON_FIELDS = {
+    *("file", "category", "protocol", "detector", "transport"),
+    *("src", "sport", "dst", "dport", "ts", "evidence"),
+}
 
 
 def egress(*args: str) -> subprocess.CompletedProcess[str]:
@@ -28,7 +31,7 @@ def test_json_lines_carry_the_documented_fields() -> None:
     records = [json.loads(line) for line in result.stdout.splitlines()]
     assert records, result.stderr
     for record in records:
-        assert JSON_FIELDS <= record.keys()
+        assert record.keys() >= JSON_FIELDS
         assert record["ts"].endswith("Z")
     assert any(record["category"] == "tunnel" for record in records)
     assert "scanned 1 file(s)" in result.stderr

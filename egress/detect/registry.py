@@ -1,15 +1,46 @@
 """The explicit list of detectors run on each transport, built once from the name lists.
 
-No discovery: adding a detector means adding it to a tuple here.
+No discovery: adding a detector means adding it to a tuple here. Order matters only for speed and for which
+finding a flow gets when two could match: mining before crypto-node (a node RPC stream with a mining method is
+mining), protocol detectors before the name detector (the protocol is the stronger evidence).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Final, Protocol
 
-from egress.detect.base import Detector, Finding, Transport
+from egress.detect import (
+    cryptonode,
+    cryptonote,
+    dns,
+    ethstratum,
+    getwork,
+    icmp_tunnel,
+    proxytunnel,
+    ssh,
+    stratum,
+    stratum2,
+    tor,
+    vpn,
+)
+from egress.detect.base import Category, Detector, Finding, Transport, evidence
+from egress.detect.dns_tunnel import DnsTunnelTracker
+from egress.detect.names import NameLists, make_name_detector
+from egress.detect.websocket import make_websocket_detector
+from egress.rules.lists import load_lists_dir
+
+MINING: Final[tuple[Detector, ...]] = (
+    stratum.detect,
+    cryptonote.detect,
+    ethstratum.detect,
+    getwork.detect,
+    stratum2.detect,
+)
+"""Pool protocols; also run on payloads unwrapped from WebSocket frames and on decrypted TLS."""
+
+STREAM_TUNNELS: Final[tuple[Detector, ...]] = (ssh.detect, proxytunnel.detect, tor.detect, vpn.detect)
 
 
 class DnsObserver(Protocol):
@@ -39,6 +70,52 @@ class _NoDns:
         return None
 
 
-def default_detectors() -> DetectorSet:
-    """Every detector, with the name lists shipped in ``rules/lists``."""
-    return DetectorSet(tcp=(), udp=(), icmp=(), dns_tracker=_NoDns)
+class DnsInspector:
+    """DNS tunnel tracking plus name lists on the asked names (a DNS lookup of a pool or a reverse-tunnel
+    service). Each (client, finding) is reported once."""
+
+    __slots__ = ("_lists", "_reported", "_tracker")
+
+    def __init__(self, lists: NameLists) -> None:
+        self._tracker = DnsTunnelTracker()
+        self._lists = lists
+        self._reported: set[tuple[str, Finding]] = set()
+
+    def observe(self, client: str, message: bytes) -> Finding | None:
+        found = self._tracker.observe(client, message) or self._named(message)
+        if found is None or (client, found) in self._reported:
+            return None
+        self._reported.add((client, found))
+        return found
+
+    def _named(self, message: bytes) -> Finding | None:
+        parsed = dns.parse(message)
+        if parsed is None:
+            return None
+        for question in parsed.questions:
+            hit = self._lists.match(question.name)
+            # A lookup of a DoH resolver's name is not itself a tunnel: the name detector judges the connection.
+            if hit is not None and hit[2] != "doh":
+                list_name, category, protocol = hit
+                return Finding(category, protocol, "dns-names", evidence(f"{question.name} on {list_name}"))
+        return None
+
+
+def build_detectors(lists: NameLists) -> DetectorSet:
+    names = make_name_detector(lists)
+    inner = (*MINING, cryptonode.detect)
+    tcp = (*MINING, cryptonode.detect, *STREAM_TUNNELS, make_websocket_detector(inner), names)
+    return DetectorSet(
+        tcp=tcp,
+        udp=(vpn.detect, names),
+        icmp=(icmp_tunnel.detect,),
+        dns_tracker=lambda: DnsInspector(lists),
+    )
+
+
+def default_detectors(lists_dir: str | None = None) -> DetectorSet:
+    """Every detector, with the name lists in ``lists_dir`` (default: the repository's ``rules/lists``)."""
+    return build_detectors(NameLists(load_lists_dir(lists_dir)))
+
+
+__all__ = ["Category", "DetectorSet", "DnsInspector", "DnsObserver", "build_detectors", "default_detectors"]

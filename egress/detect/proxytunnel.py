@@ -1,0 +1,168 @@
+"""Proxy tunnels opened in the clear: SOCKS4/4a, SOCKS5 and HTTP ``CONNECT``.
+
+Signatures, all at the start of the client stream:
+
+- SOCKS4 (Ying-Da Lee, "SOCKS: A protocol for TCP proxy across firewalls"): ``04 CD DSTPORT(2) DSTIP(4) USERID 00``
+  with CD 1 (CONNECT) or 2 (BIND); SOCKS4a (Lee, "SOCKS 4A") sets DSTIP to ``0.0.0.x`` (x non-zero) and appends
+  ``HOSTNAME 00``. The reply is ``00 CD`` with CD 90-93 (``5a``-``5d``).
+- SOCKS5 (RFC 1928 §3-§6): greeting ``05 NMETHODS METHODS``, answered ``05 METHOD`` with one of the offered methods
+  or ``ff``; then the request ``05 CMD 00 ATYP DST.ADDR DST.PORT`` with CMD 1-3 and ATYP 1, 3 or 4.
+- HTTP CONNECT (RFC 9110 §9.3.6): ``CONNECT host:port HTTP/1.x``; a 2xx answer means the tunnel is up.
+
+A flow is flagged when the server's answer fits the request, or, when only the client side was seen, when the
+request alone is specific enough (SOCKS5 greeting followed by a well-formed request; SOCKS4 with a user id or a
+4a host name; a CONNECT request). A refusal (non-2xx CONNECT answer, wrong SOCKS reply) gives no finding.
+"""
+
+from __future__ import annotations
+
+from egress.detect import http
+from egress.detect.base import MORE, Category, Finding, FlowView, Result, Transport, evidence
+
+NAME = "proxytunnel"
+_PRINTABLE = frozenset(range(0x20, 0x7F))
+_CONNECT = b"CONNECT "
+
+
+def _cstring(data: bytes, start: int, limit: int = 255) -> tuple[bytes, int] | None | bool:
+    """A NUL-terminated printable string at ``start``: (text, end), None if not yet ended, False if invalid."""
+    end = data.find(b"\x00", start, start + limit + 1)
+    chunk = data[start:end] if end >= 0 else data[start : start + limit + 1]
+    if not all(ch in _PRINTABLE for ch in chunk):
+        return False
+    if end < 0:
+        return None if len(data) - start <= limit else False
+    return chunk, end + 1
+
+
+def _socks4(view: FlowView) -> Result:
+    data = view.client
+    if len(data) >= 2 and data[1] not in (1, 2):
+        return None
+    if len(data) < 9:
+        return None if view.complete else MORE
+    user = _cstring(data, 8)
+    if user is False:
+        return None
+    if user is None or not isinstance(user, tuple):
+        return None if view.complete else MORE
+    userid, end = user
+    host = b""
+    if data[4:7] == b"\x00\x00\x00" and data[7] != 0:
+        named = _cstring(data, end)
+        if named is False or (isinstance(named, tuple) and not named[0]):
+            return None
+        if not isinstance(named, tuple):
+            return None if view.complete else MORE
+        host = named[0]
+    reply = view.server
+    if reply:
+        if reply[0] != 0 or (len(reply) >= 2 and not 0x5A <= reply[1] <= 0x5D):
+            return None
+        if len(reply) < 2:
+            return None if view.complete else MORE
+    elif not view.complete:
+        return MORE
+    elif not (userid or host):
+        return None
+    port = int.from_bytes(data[2:4])
+    target = host.decode("ascii") if host else ".".join(str(b) for b in data[4:8])
+    return Finding(Category.TUNNEL, "socks4", NAME, evidence(f"SOCKS4 CONNECT {target}:{port}"))
+
+
+def _socks5_request(data: bytes, start: int) -> bool | None:
+    """True: a well-formed ``05 CMD 00 ATYP ADDR PORT`` at ``start``; None: too short; False: not one."""
+    head = data[start : start + 5]
+    if len(head) < 5:
+        return None if (b"\x05"[: len(head)] == head[:1]) else False
+    if head[0] != 5 or head[1] not in (1, 2, 3) or head[2] != 0 or head[3] not in (1, 3, 4):
+        return False
+    if head[3] == 3:
+        if head[4] == 0:
+            return False
+        name = data[start + 5 : start + 5 + head[4]]
+        if not all(ch in _PRINTABLE for ch in name):
+            return False
+        size = 5 + head[4] + 2
+    else:
+        size = 4 + (4 if head[3] == 1 else 16) + 2
+    return True if len(data) - start >= size else None
+
+
+def _socks5(view: FlowView) -> Result:
+    data = view.client
+    if len(data) < 2:
+        return None if view.complete else MORE
+    count = data[1]
+    if not 1 <= count <= 16:
+        return None
+    methods = data[2 : 2 + count]
+    if 0xFF in methods or len(set(methods)) != len(methods):
+        return None
+    if len(methods) < count:
+        return None if view.complete else MORE
+    reply = view.server
+    if reply:
+        if reply[0] != 5 or (len(reply) >= 2 and reply[1] not in methods and reply[1] != 0xFF):
+            return None
+        if len(reply) >= 2:
+            return Finding(Category.TUNNEL, "socks5", NAME, evidence(_describe5(data, 2 + count)))
+    request = _socks5_request(data, 2 + count)
+    if request:
+        return Finding(Category.TUNNEL, "socks5", NAME, evidence(_describe5(data, 2 + count)))
+    if request is False or view.complete:
+        return None
+    return MORE
+
+
+def _describe5(data: bytes, start: int) -> str:
+    if _socks5_request(data, start):
+        atyp = data[start + 3]
+        if atyp == 3:
+            size = data[start + 4]
+            host = data[start + 5 : start + 5 + size].decode("ascii")
+            port = int.from_bytes(data[start + 5 + size : start + 7 + size])
+        elif atyp == 1:
+            host = ".".join(str(b) for b in data[start + 4 : start + 8])
+            port = int.from_bytes(data[start + 8 : start + 10])
+        else:
+            host = data[start + 4 : start + 20].hex()
+            port = int.from_bytes(data[start + 20 : start + 22])
+        return f"SOCKS5 CMD {data[start + 1]} {host}:{port}"
+    return f"SOCKS5 greeting methods {data[2:start].hex()}"
+
+
+def _connect(view: FlowView) -> Result:
+    request = http.parse_request(view.client)
+    if not isinstance(request, http.HttpRequest):
+        return None if request is None or view.complete else MORE
+    if request.method != "CONNECT":
+        return None
+    line = f"CONNECT {request.target} {request.version}"
+    if view.server:
+        response = http.parse_response(view.server)
+        if not isinstance(response, http.HttpResponse):
+            return None if response is None or view.complete else MORE
+        if not 200 <= response.status < 300:
+            return None
+        return Finding(Category.TUNNEL, "http-connect", NAME, evidence(f"{line} -> {response.status}"))
+    if view.complete:
+        return Finding(Category.TUNNEL, "http-connect", NAME, evidence(line))
+    return MORE
+
+
+def detect(view: FlowView) -> Result:
+    """A TCP flow that opens a SOCKS4/4a, SOCKS5 or HTTP CONNECT tunnel."""
+    data = view.client
+    if view.meta.transport is not Transport.TCP:
+        return None
+    if not data:
+        return None if view.complete else MORE
+    first = data[0]
+    if first == 4:
+        return _socks4(view)
+    if first == 5:
+        return _socks5(view)
+    if (first == 0x43 and _CONNECT.startswith(data[:8])) or data.startswith(_CONNECT):
+        return _connect(view)
+    return None

@@ -1,0 +1,82 @@
+"""Tests for the cryptocurrency node (P2P and node/wallet RPC) detector."""
+
+from __future__ import annotations
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from egress.detect import cryptonode
+from egress.detect.base import Category, Finding, FlowView
+from tests.detect.feeding import META, feed_every_split, feed_stream
+from tests.detect.test_jsonrpc import NEGATIVE_IDS, NEGATIVES
+
+# ndpi_bitcoin.pcap: the start of a node's version message (mainnet magic, "version" command).
+BITCOIN_VERSION = bytes.fromhex(
+    "f9beb4d976657273696f6e0000000000550000000" + "17d0000010000000000000041b0904d00000000010000000000000000"
+)
+# ndpi_monero.pcap: the start of a Levin handshake request (command 1001).
+MONERO_LEVIN = bytes.fromhex("012101010101010106010000000000000001e903000000000000010000000100000001110101010201")
+# peafowl_ethereum-js-http.pcap: web3_clientVersion to geth over HTTP.
+GETH_VERSION = (
+    b"POST / HTTP/1.1\r\nHost: localhost:8545\r\nUser-Agent: curl/7.56.1\r\nAccept: */*\r\n"
+    b"Content-Type: application/json\r\nContent-Length: 66\r\n\r\n"
+    b'{"id":1,"jsonrpc":"2.0","method":"web3_clientVersion","params":[]}'
+)
+BITCOIN_RPC = b'{"jsonrpc":"1.0","id":"curl","method":"getblockchaininfo","params":[]}'
+MONERO_RPC = b'{"jsonrpc":"2.0","id":"0","method":"get_info"}'
+NANO_RPC = b'{"action":"account_balance","account":"nano_1111111111111111111111111111111111111111111111111117353trpda"}'
+
+
+@pytest.mark.parametrize(
+    ("client", "protocol"),
+    [
+        (BITCOIN_VERSION, "bitcoin-p2p"),
+        (bytes.fromhex("1c163f28") + BITCOIN_VERSION[4:], "bitcoin-testnet4-p2p"),
+        (MONERO_LEVIN, "monero-levin"),
+        (GETH_VERSION, "ethereum-rpc"),
+        (BITCOIN_RPC, "bitcoin-rpc"),
+        (MONERO_RPC, "monero-rpc"),
+        (NANO_RPC, "nano-rpc"),
+    ],
+    ids=["bitcoin", "testnet4", "levin", "geth", "bitcoin-rpc", "monero-rpc", "nano-rpc"],
+)
+def test_finds_node_traffic_at_every_split(client: bytes, protocol: str) -> None:
+    results = feed_every_split(cryptonode.detect, client)
+    assert all(result == results[0] for result in results)
+    finding = results[0]
+    assert isinstance(finding, Finding)
+    assert (finding.category, finding.protocol, finding.detector) == (Category.CRYPTO_NODE, protocol, "cryptonode")
+
+
+def test_server_side_p2p() -> None:
+    assert isinstance(feed_stream(cryptonode.detect, b"", MONERO_LEVIN), Finding)
+
+
+@pytest.mark.parametrize(
+    ("client", "server"),
+    [
+        *NEGATIVES,
+        # Mining calls are not node traffic, even when eth_* or mixed with node calls.
+        (b'{"id":3,"jsonrpc":"2.0","method":"eth_getWork","params":[]}\n', b""),
+        (b'{"id":1,"method":"eth_blockNumber"}\n{"id":2,"method":"eth_submitWork","params":[]}\n', b""),
+        (b'{"id":0,"method":"getblocktemplate","params":[]}\n', b""),
+        (b'{"id":1,"method":"mining.subscribe","params":[]}\n', b""),
+        # A Bitcoin magic followed by a command that is not one.
+        (bytes.fromhex("f9beb4d9") + b"hello\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 8, b""),
+        (b"\x01\x21\x01\x01\x01\x01\x01\x02" + b"\x00" * 24, b""),
+    ],
+    ids=[*NEGATIVE_IDS, "eth-getwork", "mixed-mining", "gbt", "stratum", "bad-command", "bad-levin"],
+)
+def test_ignores_other_traffic(client: bytes, server: bytes) -> None:
+    assert feed_stream(cryptonode.detect, client, server) is None
+
+
+@given(st.binary(max_size=600), st.binary(max_size=600), st.booleans())
+def test_never_raises(client: bytes, server: bytes, complete: bool) -> None:
+    cryptonode.detect(FlowView(META, client=client, server=server, complete=complete))
+
+
+@given(st.lists(st.binary(max_size=200), max_size=5))
+def test_never_raises_on_datagrams(datagrams: list[bytes]) -> None:
+    cryptonode.detect(FlowView(META, client_datagrams=datagrams, server_datagrams=datagrams, complete=True))

@@ -1,0 +1,119 @@
+"""Tests for the shared JSON-RPC helpers; also holds the negative fixtures the pool/node detector tests share."""
+
+from __future__ import annotations
+
+import pytest
+
+from egress.detect import jsonrpc
+from egress.detect.base import MORE, Category, Finding, FlowView
+from tests.detect.feeding import META
+
+# ndpi_jsonrpc.pcap (benign): a generic JSON-RPC echo service on raw TCP, and Zabbix JSON-RPC over HTTP.
+JSONRPC_ECHO = (
+    b'{"jsonrpc": "2.0", "method": "echo", "params": ["Testing!"], "id": "ca08159b-af1a-481f-a9e1-0dafdd22bdec"}'
+)
+ZABBIX_REQUEST = (
+    b"POST /zabbix/jsrpc.php?output=json-rpc HTTP/1.1\r\nHost: mdotti.dyndns.org\r\nConnection: keep-alive\r\n"
+    b"Content-Length: 117\r\nContent-type: application/json-rpc\r\n\r\n"
+    b'{"jsonrpc": "2.0", "method": "zabbix.status", "params": {}, "auth": "608917ce3dd5c681debca02b7757aba4", '
+    b'"id": 103796}'
+)
+ZABBIX_RESPONSE = (
+    b"HTTP/1.0 200 OK\r\nServer: Apache/2.2.16 (Debian)\r\nContent-Length: 67\r\n"
+    b"Content-Type: application/json-rpc\r\nConnection: keep-alive\r\n\r\n"
+    b'{"jsonrpc":"2.0","result":{"result":true,"message":""},"id":103796}'
+)
+HTTP_GET = b"GET / HTTP/1.1\r\nHost: google.com\r\nUser-Agent: curl/7.64.1\r\nAccept: */*\r\n\r\n"
+HTTP_HTML = b"HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: 20\r\n\r\n<html>mining.subscribe"
+# ndpi_443-curl.pcap: the first bytes of curl's TLS ClientHello.
+TLS_CLIENT_HELLO = bytes.fromhex(
+    "160301020001000001fc03033e3841edcc20f6d0e5f7167ab7ee91a800c8ef70c2d624c7c7943a24026d9fbc"
+)
+SSH_BANNER = b"SSH-2.0-OpenSSH_7.4p1 Debian-10+deb9u7\r\n"
+SMTP_BANNER = b"220 pigeon.eyrie.af.mil ESMTP Postfix\r\n"
+
+NEGATIVES: list[tuple[bytes, bytes]] = [
+    (JSONRPC_ECHO, b""),
+    (ZABBIX_REQUEST, ZABBIX_RESPONSE),
+    (HTTP_GET, HTTP_HTML),
+    (TLS_CLIENT_HELLO, b""),
+    (SSH_BANNER, SSH_BANNER),
+    (b"", SMTP_BANNER),
+]
+NEGATIVE_IDS = ["jsonrpc-echo", "zabbix-http", "http-get", "tls-hello", "ssh", "smtp"]
+
+
+@pytest.mark.parametrize(
+    ("data", "kind"),
+    [
+        (b"", jsonrpc.Kind.EMPTY),
+        (b" \r\n", jsonrpc.Kind.EMPTY),
+        (JSONRPC_ECHO, jsonrpc.Kind.JSON),
+        (b'[{"id":1}]', jsonrpc.Kind.JSON),
+        (ZABBIX_REQUEST, jsonrpc.Kind.JSON),
+        (ZABBIX_REQUEST[:60], jsonrpc.Kind.EMPTY),
+        (b"PO", jsonrpc.Kind.EMPTY),
+        (HTTP_GET, jsonrpc.Kind.NOT),
+        (HTTP_HTML, jsonrpc.Kind.NOT),
+        (TLS_CLIENT_HELLO, jsonrpc.Kind.NOT),
+        (SSH_BANNER, jsonrpc.Kind.NOT),
+        (b'ce":"00ff"}\n{"id":4,"method":"x"}\n', jsonrpc.Kind.JSON),
+    ],
+)
+def test_payload_kind(data: bytes, kind: jsonrpc.Kind) -> None:
+    assert jsonrpc.payload(data).kind is kind
+
+
+def test_payload_http_chunked_bodies_are_joined() -> None:
+    # nesfit_pool.eth.pp.ua.pcapng, server side: chunked JSON bodies in text/html responses.
+    data = (
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'27\r\n{"id":73,"jsonrpc":"2.0","result":true}\r\n0\r\n\r\n'
+        b"HTTP/1.1 200 OK\r\nServer: nginx\r\nContent-Type: text/html\r\nTransfer-Encoding: chunked\r\n\r\n"
+        b'10\r\n{"id":1,"result"\r\n'
+    )
+    result = jsonrpc.payload(data)
+    assert result.kind is jsonrpc.Kind.JSON
+    assert result.text == b'{"id":73,"jsonrpc":"2.0","result":true}\n{"id":1,"result"'
+    assert len(result.heads) == 2
+
+
+def test_methods_reads_values_and_skips_non_keys() -> None:
+    text = b'{"id":1,"method" : "mining.subscribe"}\n{"params":["method"],"method":"x"}{"method":'
+    assert [name for name, _ in jsonrpc.methods(text)] == ["mining.subscribe", "x"]
+
+
+def test_has_key_and_message_at() -> None:
+    text = b'{"a":"blob"}\n{"blob":"00","target":"ff"}{"next":1}'
+    assert not jsonrpc.has_key(text[:13], b"blob")
+    assert jsonrpc.has_key(text, b"blob")
+    assert jsonrpc.message_at(text, text.find(b"target")) == b'{"blob":"00","target":"ff"}'
+
+
+def _finds_mining_method(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
+    for side in (client, server):
+        if any(name == "hit" for name, _ in jsonrpc.methods(side.text)):
+            return Finding(Category.MINING, "test", "test", "hit")
+    return None
+
+
+@pytest.mark.parametrize(
+    ("client", "server", "complete", "expected"),
+    [
+        (TLS_CLIENT_HELLO, b"", False, None),
+        (b"", b"", False, MORE),
+        (b"", b"", True, None),
+        (b'{"method":"hit"}', b"", False, "finding"),
+        (b'{"method":"other"}', b"", False, MORE),
+        (b'{"method":"other"}', b"", True, None),
+        (b'{"method":"other"}' + b" " * jsonrpc.SCAN_LIMIT, b"", False, None),
+        (HTTP_GET, HTTP_HTML, False, None),
+    ],
+)
+def test_drive_decisions(client: bytes, server: bytes, complete: bool, expected: object) -> None:
+    view = FlowView(META, client=client, server=server, complete=complete)
+    result = jsonrpc.drive(view, _finds_mining_method)
+    if expected == "finding":
+        assert isinstance(result, Finding)
+    else:
+        assert result is expected
