@@ -48,13 +48,15 @@ class Finding:
 EVIDENCE_MAX: Final = 160
 
 
+_PRINTABLE: Final = bytes(byte if 32 <= byte < 127 else 0x2E for byte in range(256))
+
+
 def evidence(data: bytes | str, limit: int = EVIDENCE_MAX) -> str:
     """Render bytes as a short single-line printable excerpt: non-printables become ``.``."""
     if isinstance(data, bytes):
-        text = data[: limit * 2].decode("latin-1")
+        text = data[: limit * 2].translate(_PRINTABLE).decode("ascii")
     else:
-        text = data
-    text = "".join(ch if 32 <= ord(ch) < 127 else "." for ch in text[: limit * 2])
+        text = "".join(ch if 32 <= ord(ch) < 127 else "." for ch in data[: limit * 2])
     text = " ".join(text.split())
     return text if len(text) <= limit else text[: limit - 3] + "..."
 

@@ -177,7 +177,11 @@ class DnsTunnelTracker:
                 result = self.observe(client, one) or result
             return result
         parsed = dns.parse(message)
-        if parsed is None or parsed.opcode != 0:
+        return None if parsed is None else self.observe_message(client, parsed)
+
+    def observe_message(self, client: str, parsed: dns.Message) -> Finding | None:
+        """`observe` for a message the caller has parsed already."""
+        if parsed.opcode != 0:
             return None
         result = None
         for question in parsed.questions:

@@ -66,8 +66,13 @@ class FlowInspector:
     def close(self) -> Finding | None:
         """The flow ended: give each undecided detector a last look with ``complete`` set."""
         if not self.done:
-            self.view.complete = True
-            self._run()
+            view = self.view
+            view.complete = True
+            if view.client or view.server or view.client_datagrams or view.server_datagrams:
+                self._run()
+            else:  # nothing was ever said: there is nothing to recognise
+                self.pending = []
+                self.done = True
         return self.finding
 
     def _run(self) -> Finding | None:

@@ -14,6 +14,7 @@ HTTP message is rejected on the first call, so TLS, SSH and binary protocols cos
 from __future__ import annotations
 
 import enum
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
@@ -141,8 +142,13 @@ def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, bool]:
     return b"".join(parts), len(data), False
 
 
+@functools.lru_cache(maxsize=256)
 def payload(data: bytes, complete: bool = False) -> Payload:
-    """Classify one direction's prefix and extract its JSON-bearing text; ``complete``: no more bytes will come."""
+    """Classify one direction's prefix and extract its JSON-bearing text; ``complete``: no more bytes will come.
+
+    Memoised: the five mining detectors and the crypto-node detector ask for the same prefix in turn (the same
+    bytes object, whose hash Python caches), so it is split once per flow step instead of six times.
+    """
     found = _payload(data)
     if complete or found.exhausted:
         return Payload(found.kind, found.text, found.heads, found.exhausted, final=True)

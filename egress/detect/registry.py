@@ -82,16 +82,16 @@ class DnsInspector:
         self._reported: set[tuple[str, Finding]] = set()
 
     def observe(self, client: str, message: bytes) -> Finding | None:
-        found = self._tracker.observe(client, message) or self._named(message)
+        parsed = dns.parse(message)
+        if parsed is None:
+            return None
+        found = self._tracker.observe_message(client, parsed) or self._named(parsed)
         if found is None or (client, found) in self._reported:
             return None
         self._reported.add((client, found))
         return found
 
-    def _named(self, message: bytes) -> Finding | None:
-        parsed = dns.parse(message)
-        if parsed is None:
-            return None
+    def _named(self, parsed: dns.Message) -> Finding | None:
         for question in parsed.questions:
             hit = self._lists.match(question.name)
             # A lookup of a DoH resolver's name is not itself a tunnel: the name detector judges the connection.
