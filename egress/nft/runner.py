@@ -1,0 +1,143 @@
+"""The only module that runs the ``nft`` binary.
+
+Every change is one ``nft -f -`` transaction fed on stdin: either all of it is in force or none of it (a failure
+raises `NftError` with nft's stderr and leaves the previous ruleset as it was). Each call takes ``netns`` to run
+inside a named network namespace (``ip netns exec NS nft ...``), for tests and the lab.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from typing import Any
+
+NFT = "nft"
+TIMEOUT = 30.0
+"""Seconds any one nft call may take before it counts as failed."""
+
+_IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,255}")
+_FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
+
+
+class NftError(RuntimeError):
+    """nft refused a script or could not run; ``stderr`` is what nft said."""
+
+    def __init__(self, message: str, stderr: str = "") -> None:
+        super().__init__(f"{message}: {stderr.strip()}" if stderr.strip() else message)
+        self.stderr = stderr
+
+
+def available() -> bool:
+    """Whether the nft binary is installed (tests that need it skip otherwise)."""
+    return shutil.which(NFT) is not None
+
+
+def _run(args: Sequence[str], stdin: str | None, netns: str | None) -> str:
+    command = [NFT, *args]
+    if netns is not None:
+        command = ["ip", "netns", "exec", netns, *command]
+    try:
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+    except FileNotFoundError as exc:
+        raise NftError(f"cannot run {command[0]}", str(exc)) from exc
+    except subprocess.TimeoutExpired as exc:
+        raise NftError(f"nft did not finish within {TIMEOUT} s") from exc
+    if done.returncode != 0:
+        raise NftError(f"nft {' '.join(args)} failed (exit {done.returncode})", done.stderr)
+    return done.stdout
+
+
+def _ident(kind: str, name: str) -> str:
+    if not _IDENT.fullmatch(name):
+        raise ValueError(f"bad {kind} name {name!r}")
+    return name
+
+
+def _family(family: str) -> str:
+    if family not in _FAMILIES:
+        raise ValueError(f"bad table family {family!r}")
+    return family
+
+
+def apply(script: str, netns: str | None = None) -> None:
+    """Load ``script`` (e.g. from `egress.nft.render.render`) as one transaction."""
+    _run(["-f", "-"], script, netns)
+
+
+def check(script: str, netns: str | None = None) -> None:
+    """Ask the kernel whether ``script`` would load, without changing anything (``nft -c``)."""
+    _run(["-c", "-f", "-"], script, netns)
+
+
+def add_elements(
+    table: str,
+    set_name: str,
+    elements: Sequence[tuple[str, int]],
+    netns: str | None = None,
+    family: str = "inet",
+) -> None:
+    """Add ``(address, timeout seconds)`` pairs to a set with timeouts, in one transaction.
+
+    An address already in the set gets the new timeout: it is added, deleted and added again within the
+    transaction, because kernels before 6.10 keep the old timeout on a plain re-add and a delete alone would fail
+    for a new address.
+    """
+    if not elements:
+        return
+    where = f"{_family(family)} {_ident('table', table)} {_ident('set', set_name)}"
+    items = []
+    for address, timeout in elements:
+        parsed = ipaddress.ip_address(address)  # raises ValueError: nothing but an address reaches the script
+        if not isinstance(timeout, int) or timeout < 1:
+            raise ValueError(f"timeout for {address} must be a positive number of seconds, not {timeout!r}")
+        items.append((str(parsed), timeout))
+    with_timeouts = ", ".join(f"{a} timeout {t}s" for a, t in items)
+    bare = ", ".join(a for a, _ in items)
+    script = (
+        f"add element {where} {{ {with_timeouts} }}\n"
+        f"delete element {where} {{ {bare} }}\n"
+        f"add element {where} {{ {with_timeouts} }}\n"
+    )
+    _run(["-f", "-"], script, netns)
+
+
+def delete_table(name: str, netns: str | None = None, family: str = "inet", missing_ok: bool = True) -> None:
+    """Remove one table (ours); with ``missing_ok`` a table that is not there is not an error."""
+    table = f"{_family(family)} {_ident('table', name)}"
+    script = f"table {table} {{}}\ndelete table {table}\n" if missing_ok else f"delete table {table}\n"
+    _run(["-f", "-"], script, netns)
+
+
+def list_table(name: str, netns: str | None = None, family: str = "inet") -> str:
+    """The table as nft prints it (raises `NftError` if it does not exist)."""
+    return _run(["list", "table", _family(family), _ident("table", name)], None, netns)
+
+
+def _element(value: Any) -> str:
+    if isinstance(value, dict):
+        if "elem" in value:
+            return _element(value["elem"]["val"])
+        if "prefix" in value:
+            return f"{value['prefix']['addr']}/{value['prefix']['len']}"
+        if "range" in value:
+            low, high = value["range"]
+            return f"{_element(low)}-{_element(high)}"
+    return str(value)
+
+
+def list_set(table: str, set_name: str, netns: str | None = None, family: str = "inet") -> list[str]:
+    """The set's live elements: addresses, ``net/len`` prefixes or ``low-high`` ranges (expired ones are gone)."""
+    output = _run(["-j", "list", "set", _family(family), _ident("table", table), _ident("set", set_name)], None, netns)
+    try:
+        document = json.loads(output)
+    except json.JSONDecodeError as exc:
+        raise NftError("nft -j printed something that is not JSON", output[:200]) from exc
+    elements: list[str] = []
+    for item in document.get("nftables", []):
+        if "set" in item:
+            elements.extend(_element(e) for e in item["set"].get("elem", []))
+    return elements

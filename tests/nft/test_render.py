@@ -1,0 +1,208 @@
+"""`egress.nft.render`: golden files (regenerate with EGRESS_UPDATE_GOLDEN=1), the shape every ruleset must have,
+and, as root, nft itself checking each golden file in a throwaway namespace."""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import re
+from collections.abc import Callable
+
+import pytest
+
+from egress.nft import runner
+from egress.nft.render import (
+    GatewaySettings,
+    LogKind,
+    allow_set,
+    log_prefix,
+    parse_prefix,
+    render,
+    render_lockdown,
+    set_id,
+)
+from egress.rules.model import Mode, Policy
+from tests.nft import make_sandbox, udp_rule
+from tests.nft.netns import can_run, namespace
+
+GOLDEN = pathlib.Path(__file__).parent / "golden"
+SETTINGS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0", proxy_ports=(8081,), dns_port=5353, nflog_group=7)
+WORKERS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0", proxy_ports=(8081, 8082, 8083), nflog_group=12)
+
+
+def v4_single() -> str:
+    return render(Policy(1, (make_sandbox("agents", "10.10.0.0/24"),), file="rules/v4.yaml"), SETTINGS)
+
+
+def dual_stack_two() -> str:
+    policy = Policy(
+        1,
+        (
+            make_sandbox("agents", "10.10.0.0/24", "fd10::/64"),
+            make_sandbox("ci-runners", "10.20.0.0/24", "10.20.1.0/24", "fd20::/64", interface="sbx1"),
+        ),
+        file="rules/two.yaml",
+    )
+    return render(policy, WORKERS)
+
+
+def report_mode() -> str:
+    policy = Policy(
+        1, (make_sandbox("shadow", "10.30.0.0/24", "fd30::/64", mode=Mode.REPORT),), file="rules/report.yaml"
+    )
+    return render(policy, SETTINGS)
+
+
+def udp_networks() -> str:
+    networks = (
+        udp_rule("agents", 0, "192.0.2.0/24", 123),
+        udp_rule("agents", 1, "2001:db8::/32", 443, 4433),
+        udp_rule("agents", 2, "198.51.100.7/32"),
+        udp_rule("agents", 3, "203.0.113.0/24", 22, protocols=("tcp",)),
+        udp_rule("agents", 4, "203.0.113.9/32", 5000, protocols=("tcp", "udp")),
+    )
+    policy = Policy(1, (make_sandbox("agents", "10.10.0.0/24", "fd10::/64", networks=networks),), file="rules/udp.yaml")
+    settings = GatewaySettings(sandbox_if="sbx0", uplink_if="up0", masquerade=False)
+    return render(policy, settings)
+
+
+def lockdown() -> str:
+    return render_lockdown(SETTINGS)
+
+
+CASES: dict[str, Callable[[], str]] = {
+    "v4_single": v4_single,
+    "dual_stack_two": dual_stack_two,
+    "report_mode": report_mode,
+    "udp_networks": udp_networks,
+    "lockdown": lockdown,
+}
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_matches_golden_file(name: str) -> None:
+    text = CASES[name]()
+    path = GOLDEN / f"{name}.nft"
+    if os.environ.get("EGRESS_UPDATE_GOLDEN"):
+        path.write_text(text)
+    assert text == path.read_text(), f"rendering changed: diff against {path} (EGRESS_UPDATE_GOLDEN=1 rewrites)"
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_touches_only_its_own_table(name: str) -> None:
+    text = CASES[name]()
+    assert "flush" not in text
+    body = [line for line in text.splitlines() if line and not line.startswith("#")]
+    assert body[:3] == ["table inet egress {}", "delete table inet egress", "table inet egress {"]
+    assert [line for line in body if not line.startswith("\t")] == [*body[:3], "}"]
+
+
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_every_drop_is_logged_with_a_rate_limit(name: str) -> None:
+    lines = CASES[name]().splitlines()
+    drops = [i for i, line in enumerate(lines) if line.rstrip().endswith(" drop") or line.strip() == "drop"]
+    assert drops
+    for i in drops:
+        if "oifname" in lines[i] and "jump" not in lines[i]:
+            continue  # lockdown's outbound drops: nothing from a sandbox to record
+        assert re.search(r"limit rate \d+/second burst \d+ packets log prefix \"egress \w+.*\" group \d+", lines[i - 1])
+
+
+def test_several_workers_share_new_connections_round_robin() -> None:
+    text = dual_stack_two()
+    assert "redirect to :numgen inc mod 3 map { 0 : 8081, 1 : 8082, 2 : 8083 }" in text
+    assert "th dport { 8081, 8082, 8083 } accept" in text
+
+
+def test_tcp_only_network_rules_add_nothing_to_forwarding() -> None:
+    text = udp_networks()
+    assert "networks[3]" not in text  # TCP always goes through the proxy, which applies the rule
+    assert 'ip daddr 203.0.113.9/32 udp dport 5000 accept comment "sandboxes.agents.allow.networks[4]"' in text
+    assert "ip daddr 198.51.100.7/32 meta l4proto udp accept" in text
+    assert "masquerade" not in text
+
+
+def test_report_mode_logs_and_lets_through() -> None:
+    text = report_mode()
+    assert 'log prefix "egress report shadow" group 7\n\t\taccept' in text
+    assert "egress drop shadow" not in text
+
+
+def test_v4_only_sandbox_still_gets_an_ipv6_source_set_so_its_ipv6_is_spoofed() -> None:
+    text = v4_single()
+    assert "set src6_agents { type ipv6_addr; flags interval; auto-merge; }" in text
+
+
+def test_sandbox_interface_joins_the_sandbox_side() -> None:
+    text = dual_stack_two()
+    assert 'iifname { "sbx0", "sbx1" } jump sandbox_sources' in text
+    assert 'iifname "sbx1" ip saddr @src4_ci-runners return' in text
+
+
+def test_names_that_collide_in_nftables_are_refused() -> None:
+    policy = Policy(1, (make_sandbox("a.b", "10.0.0.0/24"), make_sandbox("a_b", "10.1.0.0/24")))
+    with pytest.raises(ValueError, match="same nftables name"):
+        render(policy, SETTINGS)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"sandbox_if": "x" * 16},
+        {"sandbox_if": 'a"b'},
+        {"proxy_ports": ()},
+        {"proxy_ports": (8081, 8081)},
+        {"dns_port": 8081},
+        {"dns_port": 70000},
+        {"table": "bad table"},
+        {"nflog_group": -1},
+    ],
+)
+def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
+    fields: dict[str, object] = {"sandbox_if": "sbx0", "uplink_if": "up0", **kwargs}
+    with pytest.raises(ValueError):
+        GatewaySettings(**fields)  # type: ignore[arg-type]
+
+
+def test_prefixes_round_trip() -> None:
+    assert parse_prefix(log_prefix(LogKind.DROP, "ci runners")) == (LogKind.DROP, "ci_runners")
+    assert parse_prefix(log_prefix(LogKind.SPOOF)) == (LogKind.SPOOF, None)
+    assert parse_prefix("egress nonsense x") is None
+    assert parse_prefix("IN=eth0") is None
+    assert allow_set("ci runners", 6) == "allow6_ci_runners" == f"allow6_{set_id('ci runners')}"
+
+
+@pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
+def test_nft_accepts_every_golden_file() -> None:
+    with namespace() as ns:
+        for name in sorted(CASES):
+            runner.check(CASES[name](), netns=ns)
+            runner.apply(CASES[name](), netns=ns)  # and applies it twice over (idempotent)
+            runner.apply(CASES[name](), netns=ns)
+
+
+def test_hostile_names_and_rule_ids_stay_inside_their_quotes() -> None:
+    rule = udp_rule("x", 0, "192.0.2.1/32", 53)
+    rule = type(rule)(rule.network, rule.ports, rule.protocols, 'sandboxes.a"b\\c.allow.networks[0]' + "x" * 200, 1)
+    text = render(Policy(1, (make_sandbox('a"b c', "10.0.0.0/24", networks=(rule,)),)), SETTINGS)
+    assert 'comment "sandboxes.a_b_c.allow.networks[0]xxx' in text
+    assert 'log prefix "egress drop a_b_c" group 7' in text
+    with pytest.raises(ValueError, match="1 to 100 characters"):
+        render(Policy(1, (make_sandbox("n" * 101, "10.0.0.0/24"),)), SETTINGS)
+
+
+@pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
+def test_nft_accepts_hostile_names_and_an_empty_policy() -> None:
+    rule = udp_rule("x", 0, "192.0.2.1/32", 53)
+    rule = type(rule)(rule.network, rule.ports, rule.protocols, 'sandboxes.a"b\\c.allow.networks[0]' + "x" * 200, 1)
+    hostile = Policy(1, (make_sandbox('a"b c' + "n" * 95, "10.0.0.0/24", networks=(rule,)),))
+    with namespace() as ns:
+        runner.check(render(hostile, SETTINGS), netns=ns)
+        runner.check(render(Policy(1, ()), SETTINGS), netns=ns)
+        runner.check(render_lockdown(SETTINGS, Policy(1, (make_sandbox("b", "10.0.0.0/24", interface="sbx9"),))), ns)
+
+
+def test_lockdown_covers_the_sandboxes_own_interfaces_too() -> None:
+    text = render_lockdown(SETTINGS, Policy(1, (make_sandbox("b", "10.0.0.0/24", interface="sbx9"),)))
+    assert 'iifname { "sbx0", "sbx9" } drop' in text
+    assert 'oifname { "sbx0", "sbx9" } drop' in text

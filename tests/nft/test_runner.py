@@ -1,0 +1,364 @@
+"""`egress.nft.runner`, and the rendered ruleset doing its job with real traffic (root): sandbox ── gateway ──
+internet namespaces, the ruleset applied in the gateway, packets sent from the sandbox, drops read back through
+`NflogReader` in the gateway."""
+
+from __future__ import annotations
+
+import contextlib
+import ipaddress
+import re
+import select
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import pytest
+
+from egress.capture.packet import ICMP, ICMP6, LINK_RAW, UDP, Defragmenter, Segment, decode
+from egress.nft import runner
+from egress.nft.nflog import LoggedPacket, NflogReader
+from egress.nft.render import GatewaySettings, allow_set, render, render_lockdown
+from egress.rules.model import Mode, Policy
+from tests.nft import make_sandbox, udp_rule
+from tests.nft.netns import Topology, can_run, socket_in, topology
+
+pytestmark = pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
+
+T = Topology
+GROUP = 7
+PROXY_PORTS = (8081, 8082)
+DNS_PORT = 5353
+ALLOWED_UDP = 5000
+QUIET = 0.4
+"""Seconds of silence that count as 'dropped'."""
+
+
+@dataclass(frozen=True, slots=True)
+class Lab:
+    topo: Topology
+    settings: GatewaySettings
+    ruleset: str
+    reader: NflogReader
+
+
+def _policy() -> Policy:
+    networks = (
+        udp_rule("agents", 0, f"{T.INTERNET4}/32", ALLOWED_UDP),
+        udp_rule("agents", 1, f"{T.INTERNET6}/128", ALLOWED_UDP),
+    )
+    return Policy(
+        1,
+        (
+            make_sandbox("agents", "10.77.0.0/26", "fd77::/120", networks=networks),
+            make_sandbox("shadow", "10.77.0.64/26", "fd77::100/120", mode=Mode.REPORT),
+        ),
+    )
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Lab]:
+    with topology() as topo:
+        settings = GatewaySettings(
+            sandbox_if=topo.sandbox_if,
+            uplink_if=topo.uplink_if,
+            proxy_ports=PROXY_PORTS,
+            dns_port=DNS_PORT,
+            nflog_group=GROUP,
+        )
+        ruleset = render(_policy(), settings)
+        runner.apply(ruleset, netns=topo.gateway)
+        with NflogReader(netns=topo.gateway).open(GROUP) as reader:
+            yield Lab(topo, settings, ruleset, reader)
+
+
+@pytest.fixture
+def fresh(lab: Lab) -> Lab:
+    """The lab with the normal ruleset in force and no log messages left over."""
+    runner.apply(lab.ruleset, netns=lab.topo.gateway)
+    lab.reader.read()
+    return lab
+
+
+def _family(version: int) -> socket.AddressFamily:
+    return socket.AF_INET if version == 4 else socket.AF_INET6
+
+
+def _addr(name: str, version: int) -> str:
+    return str(getattr(T, f"{name}{version}"))
+
+
+def _segment(packet: LoggedPacket) -> Segment:
+    segment = decode(LINK_RAW, packet.payload, packet.ts, Defragmenter())
+    assert segment is not None
+    return segment
+
+
+def expect_log(reader: NflogReader, prefix: str, dst: str, proto: int, timeout: float = 3.0) -> LoggedPacket:
+    """The first logged packet with ``prefix`` going to ``dst`` over ``proto``, or fail."""
+    wanted = ipaddress.ip_address(dst).packed
+    seen: list[str] = []
+    deadline = time.monotonic() + timeout
+    while (remaining := deadline - time.monotonic()) > 0:
+        for packet in reader.read(timeout=remaining):
+            segment = _segment(packet)
+            seen.append(f"{packet.prefix}: {ipaddress.ip_address(segment.dst)} proto {segment.proto}")
+            if packet.prefix == prefix and segment.dst == wanted and segment.proto == proto:
+                return packet
+    raise AssertionError(f"no {prefix!r} log for {dst} proto {proto}; saw {seen}")
+
+
+@contextlib.contextmanager
+def udp_listener(netns: str, version: int, address: str, port: int) -> Iterator[socket.socket]:
+    with socket_in(netns, _family(version), socket.SOCK_DGRAM) as sock:
+        sock.bind((address, port))
+        yield sock
+
+
+@contextlib.contextmanager
+def tcp_listener(netns: str, version: int, address: str, port: int) -> Iterator[socket.socket]:
+    with socket_in(netns, _family(version), socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if version == 6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+        sock.bind((address, port))
+        sock.listen(16)
+        yield sock
+
+
+def udp_send(lab: Lab, version: int, source: str, dst: str, port: int, data: bytes = b"hello") -> socket.socket:
+    sock = socket_in(lab.topo.sandbox, _family(version), socket.SOCK_DGRAM)
+    sock.bind((source, 0))
+    sock.sendto(data, (dst, port))
+    return sock
+
+
+def received(sock: socket.socket, timeout: float = 2.0) -> tuple[bytes, str] | None:
+    if not select.select([sock], [], [], timeout)[0]:
+        return None
+    data, peer = sock.recvfrom(2048)
+    return data, peer[0]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("port", [9999, 443], ids=["udp", "quic"])
+def test_udp_to_the_internet_is_dropped_and_logged(fresh: Lab, version: int, port: int) -> None:
+    dst = _addr("INTERNET", version)
+    with udp_listener(fresh.topo.internet, version, dst, port) as server:
+        udp_send(fresh, version, _addr("SANDBOX", version), dst, port).close()
+        assert received(server, QUIET) is None
+    packet = expect_log(fresh.reader, "egress drop agents", dst, UDP)
+    assert packet.family == _family(version)
+    assert packet.indev is not None and packet.indev > 0
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_udp_to_an_allowed_network_is_forwarded_and_masqueraded(fresh: Lab, version: int) -> None:
+    dst = _addr("INTERNET", version)
+    with udp_listener(fresh.topo.internet, version, dst, ALLOWED_UDP) as server:
+        udp_send(fresh, version, _addr("SANDBOX", version), dst, ALLOWED_UDP).close()
+        assert received(server) == (b"hello", _addr("UPLINK", version))
+        udp_send(fresh, version, _addr("SANDBOX", version), dst, ALLOWED_UDP + 1).close()
+    expect_log(fresh.reader, "egress drop agents", dst, UDP)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_report_mode_lets_traffic_through_and_logs_it(fresh: Lab, version: int) -> None:
+    dst = _addr("INTERNET", version)
+    with udp_listener(fresh.topo.internet, version, dst, 9999) as server:
+        udp_send(fresh, version, _addr("SHADOW", version), dst, 9999).close()
+        assert received(server) is not None
+    expect_log(fresh.reader, "egress report shadow", dst, UDP)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_spoofed_sources_are_dropped_and_logged(fresh: Lab, version: int) -> None:
+    dst = _addr("INTERNET", version)
+    with udp_listener(fresh.topo.gateway, version, "::" if version == 6 else "0.0.0.0", DNS_PORT) as resolver:
+        udp_send(fresh, version, _addr("SPOOF", version), dst, 53).close()
+        assert received(resolver, QUIET) is None
+    expect_log(fresh.reader, "egress spoof", dst, UDP)
+
+
+def _original_dst(conn: socket.socket, version: int) -> tuple[str, int]:
+    so_original_dst = 80  # SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST share the number
+    if version == 4:
+        raw = conn.getsockopt(socket.SOL_IP, so_original_dst, 16)
+        return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
+    raw = conn.getsockopt(socket.IPPROTO_IPV6, so_original_dst, 28)
+    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_tcp_to_any_port_reaches_a_proxy_worker_with_its_original_destination(fresh: Lab, version: int) -> None:
+    any_address = "::" if version == 6 else "0.0.0.0"
+    dst = _addr("INTERNET", version)
+    used: set[int] = set()
+    with contextlib.ExitStack() as stack:
+        listeners = [
+            stack.enter_context(tcp_listener(fresh.topo.gateway, version, any_address, p)) for p in PROXY_PORTS
+        ]
+        for port in (80, 80, 3333, 443):
+            client = stack.enter_context(socket_in(fresh.topo.sandbox, _family(version), socket.SOCK_STREAM))
+            client.settimeout(3)
+            client.bind((_addr("SANDBOX", version), 0))
+            client.connect((dst, port))
+            ready = select.select(listeners, [], [], 3)[0]
+            assert ready, "no proxy worker saw the connection"
+            conn, _ = ready[0].accept()
+            with conn:
+                assert _original_dst(conn, version) == (dst, port)
+                used.add(ready[0].getsockname()[1])
+    assert used == set(PROXY_PORTS), "new connections should be spread over every worker"
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize(("target", "port"), [("GATEWAY", PROXY_PORTS[0]), ("GATEWAY", 2222), ("UPLINK", 2222)])
+def test_the_gateways_own_services_are_unreachable(fresh: Lab, version: int, target: str, port: int) -> None:
+    any_address = "::" if version == 6 else "0.0.0.0"
+    dst = _addr(target, version)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(tcp_listener(fresh.topo.gateway, version, any_address, PROXY_PORTS[0]))
+        stack.enter_context(tcp_listener(fresh.topo.gateway, version, any_address, 2222))  # an API or SSH stand-in
+        client = stack.enter_context(socket_in(fresh.topo.sandbox, _family(version), socket.SOCK_STREAM))
+        client.settimeout(QUIET)
+        client.bind((_addr("SANDBOX", version), 0))
+        with pytest.raises(TimeoutError):
+            client.connect((dst, port))
+    expect_log(fresh.reader, "egress guard", dst, 6)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+@pytest.mark.parametrize("target", ["INTERNET", "GATEWAY"])
+def test_dns_over_udp_to_any_address_reaches_the_resolver(fresh: Lab, version: int, target: str) -> None:
+    dst = _addr(target, version)
+    with (
+        udp_listener(fresh.topo.gateway, version, "::" if version == 6 else "0.0.0.0", DNS_PORT) as resolver,
+        udp_send(fresh, version, _addr("SANDBOX", version), dst, 53, b"query") as client,
+    ):
+        assert select.select([resolver], [], [], 2)[0], "the resolver saw nothing"
+        query, peer = resolver.recvfrom(2048)
+        assert query == b"query"
+        resolver.sendto(b"answer", peer)
+        answer = received(client)
+    assert answer == (b"answer", dst), "the answer must seem to come from the address the sandbox asked"
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_dns_over_tcp_reaches_the_resolver(fresh: Lab, version: int) -> None:
+    dst = _addr("INTERNET", version)
+    with contextlib.ExitStack() as stack:
+        server = stack.enter_context(
+            tcp_listener(fresh.topo.gateway, version, "::" if version == 6 else "0.0.0.0", DNS_PORT)
+        )
+        client = stack.enter_context(socket_in(fresh.topo.sandbox, _family(version), socket.SOCK_STREAM))
+        client.settimeout(3)
+        client.bind((_addr("SANDBOX", version), 0))
+        client.connect((dst, 53))
+        assert select.select([server], [], [], 3)[0]
+        conn, _ = server.accept()
+        with conn:
+            assert _original_dst(conn, version) == (dst, 53)
+
+
+def _checksum(data: bytes) -> int:
+    data += b"\0" * (len(data) % 2)
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
+    while total >> 16:
+        total = (total & 0xFFFF) + (total >> 16)
+    return ~total & 0xFFFF
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_icmp_echo_to_the_internet_is_dropped_and_logged(fresh: Lab, version: int) -> None:
+    dst = _addr("INTERNET", version)
+    proto = socket.IPPROTO_ICMP if version == 4 else socket.IPPROTO_ICMPV6
+    kind = 8 if version == 4 else 128
+    with socket_in(fresh.topo.sandbox, _family(version), socket.SOCK_RAW, proto) as sock:
+        sock.bind((_addr("SANDBOX", version), 0))
+        echo = struct.pack("!BBHHH", kind, 0, 0, 0x4567, 1) + b"tunnel?"
+        if version == 4:  # the kernel fills in ICMPv6 checksums, not ICMP ones
+            echo = echo[:2] + struct.pack("!H", _checksum(echo)) + echo[4:]
+        sock.sendto(echo, (dst, 0))
+        deadline = time.monotonic() + QUIET
+        while (remaining := deadline - time.monotonic()) > 0 and select.select([sock], [], [], remaining)[0]:
+            reply = sock.recv(2048)
+            assert b"tunnel?" not in reply, "an echo reply came back"
+    packet = expect_log(fresh.reader, "egress drop agents", dst, ICMP)  # the decoder reports ICMPv6 as ICMP
+    assert packet.payload[9 if version == 4 else 6] == (ICMP if version == 4 else ICMP6)
+
+
+def test_allow_set_elements_expire_and_refresh(fresh: Lab) -> None:
+    gw, table = fresh.topo.gateway, fresh.settings.table
+    name = allow_set("agents", 4)
+    runner.add_elements(table, name, [(T.INTERNET4, 1), ("10.78.0.3", 60)], netns=gw)
+    assert sorted(runner.list_set(table, name, netns=gw)) == [T.INTERNET4, "10.78.0.3"]
+    runner.add_elements(table, name, [("10.78.0.3", 600)], netns=gw)  # a later answer with a longer TTL
+    assert re.search(r"10\.78\.0\.3 counter packets \d+ bytes \d+ timeout 10m", runner.list_table(table, netns=gw))
+    deadline = time.monotonic() + 5
+    while T.INTERNET4 in runner.list_set(table, name, netns=gw):
+        assert time.monotonic() < deadline, "an element with a 1 s timeout did not expire"
+        time.sleep(0.2)
+    assert runner.list_set(table, name, netns=gw) == ["10.78.0.3"]
+    runner.add_elements(table, allow_set("agents", 6), [(T.INTERNET6, 60)], netns=gw)
+    assert runner.list_set(table, allow_set("agents", 6), netns=gw) == [T.INTERNET6]
+    assert runner.list_set(table, "src4_agents", netns=gw) == ["10.77.0.0/26"]
+
+
+def test_the_allow_sets_count_traffic_per_address(fresh: Lab) -> None:
+    gw, table = fresh.topo.gateway, fresh.settings.table
+    runner.add_elements(table, allow_set("agents", 4), [(T.INTERNET4, 60)], netns=gw)
+    udp_send(fresh, 4, T.SANDBOX4, T.INTERNET4, 9999).close()
+    expect_log(fresh.reader, "egress drop agents", T.INTERNET4, UDP)
+    assert re.search(r"10\.78\.0\.2 counter packets [1-9]", runner.list_table(table, netns=gw))
+
+
+@pytest.mark.parametrize(
+    ("elements", "error"),
+    [([("10.0.0.1; flush ruleset", 5)], "does not appear to be"), ([("10.0.0.1", 0)], "positive")],
+)
+def test_add_elements_refuses_what_is_not_an_address_and_a_timeout(
+    fresh: Lab, elements: list[tuple[str, int]], error: str
+) -> None:
+    with pytest.raises(ValueError, match=error):
+        runner.add_elements(fresh.settings.table, allow_set("agents", 4), elements, netns=fresh.topo.gateway)
+
+
+def _stable(listing: str) -> str:
+    return re.sub(r"(expires|packets|bytes) \S+", "", listing)
+
+
+def test_a_broken_script_changes_nothing(fresh: Lab) -> None:
+    gw, table = fresh.topo.gateway, fresh.settings.table
+    before = runner.list_table(table, netns=gw)
+    broken = fresh.ruleset.replace("chain to_sandbox {", "chain to_sandbox {\n\t\tip daddr frobnicate accept")
+    with pytest.raises(runner.NftError) as failure:
+        runner.apply(broken, netns=gw)
+    assert "frobnicate" in failure.value.stderr
+    assert _stable(runner.list_table(table, netns=gw)) == _stable(before)
+
+
+def test_apply_leaves_other_tables_alone_and_delete_table_removes_only_ours(fresh: Lab) -> None:
+    gw = fresh.topo.gateway
+    runner.apply("table inet egt_nft_other {\n\tchain c { type filter hook input priority 10; }\n}\n", netns=gw)
+    runner.apply(fresh.ruleset, netns=gw)
+    assert "chain c" in runner.list_table("egt_nft_other", netns=gw)
+    runner.delete_table("egt_nft_other", netns=gw)
+    runner.delete_table("egt_nft_other", netns=gw)  # already gone: fine by default
+    with pytest.raises(runner.NftError):
+        runner.delete_table("egt_nft_other", netns=gw, missing_ok=False)
+    assert "sandbox_forward" in runner.list_table(fresh.settings.table, netns=gw)
+
+
+@pytest.mark.parametrize("version", [4, 6])
+def test_lockdown_stops_everything_until_the_ruleset_is_back(fresh: Lab, version: int) -> None:
+    gw, dst = fresh.topo.gateway, _addr("INTERNET", version)
+    with udp_listener(gw, version, "::" if version == 6 else "0.0.0.0", DNS_PORT) as resolver:
+        runner.apply(render_lockdown(fresh.settings), netns=gw)
+        udp_send(fresh, version, _addr("SANDBOX", version), dst, 53).close()
+        assert received(resolver, QUIET) is None
+        expect_log(fresh.reader, "egress lockdown", dst, UDP)
+        runner.apply(fresh.ruleset, netns=gw)
+        udp_send(fresh, version, _addr("SANDBOX", version), dst, 53).close()
+        assert received(resolver) is not None
