@@ -1,0 +1,299 @@
+"""RecordStore against real redis-server processes (and a real three-master Redis Cluster) on loopback ports."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+
+from egress.record.aggregate import Aggregator
+from egress.record.schema import AttemptRecord
+from egress.record.store import RecordStore, index_key, seen_key, stream_key
+from tests.record import record
+from tests.record.redis_server import REDIS_CLI, REDIS_SERVER, RedisServer, redis_cluster
+
+pytestmark = pytest.mark.skipif(
+    REDIS_SERVER is None or REDIS_CLI is None, reason="needs redis-server and redis-cli (apt-get install redis-server)"
+)
+
+NOW = time.time()
+
+
+@pytest.fixture
+def server() -> Iterator[RedisServer]:
+    instance = RedisServer().start()
+    try:
+        yield instance
+    finally:
+        instance.cleanup()
+
+
+@pytest.fixture
+def raw(server: RedisServer) -> Iterator[redis.Redis]:
+    client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
+    yield client
+    client.close()
+
+
+def _store(url: str, spool: Path, **options: object) -> RecordStore:
+    settings: dict[str, object] = {"retry_interval": 0.0, "socket_timeout": 5.0}
+    settings.update(options)
+    return RecordStore(url, spool, "gw1", **settings)  # type: ignore[arg-type]
+
+
+def _batch(start: int, size: int, sandbox: str = "agents") -> list[AttemptRecord]:
+    return [record(ts=NOW - 3600 + start + index, sandbox=sandbox, sport=start + index) for index in range(size)]
+
+
+def _stream_ids(raw: redis.Redis, sandbox: str = "agents") -> list[str]:
+    return [fields["id"] for _, fields in raw.xrange(stream_key(sandbox))]
+
+
+def _read_all(store: RecordStore, sandbox: str = "agents", page: int = 7, **query: object) -> list[AttemptRecord]:
+    out: list[AttemptRecord] = []
+    cursor = None
+    for _ in range(10_000):
+        records, cursor = store.read(sandbox, count=page, cursor=cursor, **query)  # type: ignore[arg-type]
+        out += records
+        if cursor is None:
+            return out
+    raise AssertionError("pagination did not end")
+
+
+def test_write_then_read_back_by_time_with_pages(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    written = _batch(0, 50)
+    store.write(written[25:])  # arrival order differs from time order: reads follow the records' time
+    store.write(written[:25])
+    assert (store.written, store.spooled, store.redis_errors) == (50, 0, 0)
+    assert _read_all(store) == written
+    assert _read_all(store, reverse=True) == written[::-1]
+    middle = _read_all(store, start_ts=written[10].ts, end_ts=written[19].ts)
+    assert middle == written[10:20]
+    assert store.read("agents", count=3)[0] == written[:3]
+    assert store.read("nobody") == ([], None)
+    assert store.sandboxes() == ["agents"]
+    assert raw.ttl(seen_key("agents", written[0].id)) > 29 * 86400
+
+
+def test_equal_timestamps_page_without_loss_or_repeat(server: RedisServer, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    same = [record(ts=NOW, sport=port) for port in range(23)]
+    store.write(same)
+    forward = _read_all(store, page=4)
+    assert sorted(item.id for item in forward) == sorted(item.id for item in same)
+    assert len(forward) == 23
+    assert len({item.id for item in _read_all(store, page=5, reverse=True)}) == 23
+
+
+def test_gateway_is_stamped_and_odd_sandbox_names_stay_in_their_hash_tag(server: RedisServer, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    odd = ["a}b{c", "", "x:y%z", "~"]
+    store.write([record(ts=NOW, sandbox=name, gateway="") for name in odd])
+    assert store.sandboxes() == sorted(odd)
+    for name in odd:
+        [found], _ = store.read(name)
+        assert found.sandbox == name and found.gateway == "gw1"
+    assert len({stream_key(name) for name in odd}) == 4
+
+
+def test_bad_cursor_and_count_are_value_errors(server: RedisServer, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    for cursor in ("junk", "1.0:", "x:1-0"):
+        with pytest.raises(ValueError, match="cursor"):
+            store.read("agents", cursor=cursor)
+    with pytest.raises(ValueError, match="count"):
+        store.read("agents", count=0)
+
+
+def test_retention_by_size_trims_stream_and_index(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path, retention_max_len=20)
+    written = _batch(0, 300)
+    for start in range(0, 300, 10):
+        store.write(written[start : start + 10])
+    assert raw.zcard(index_key("agents")) == 20
+    assert raw.xlen(stream_key("agents")) <= 20 + 100  # MAXLEN ~ trims whole stream nodes (100 entries)
+    assert _read_all(store) == written[-20:]
+
+
+def test_retention_by_age_of_the_records_in_the_index(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    clock = [NOW]
+    store = _store(server.url, tmp_path, retention_max_age_days=1, clock=lambda: clock[0])
+    old = [record(ts=NOW - 2 * 86400 + index) for index in range(5)]
+    store.write(old + _batch(0, 250))
+    assert raw.zcard(index_key("agents")) == 250  # records already older than the retention are not indexed
+    assert raw.ttl(seen_key("agents", old[0].id)) <= 86400
+    clock[0] = NOW + 2 * 86400
+    store.write([record(ts=clock[0])])
+    assert [item.ts for item in _read_all(store)] == [clock[0]]
+
+
+def test_retention_by_age_of_the_stream_entries(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path, retention_max_age_days=0.5 / 86400)
+    store.write([record(ts=time.time(), sport=index) for index in range(250)])
+    assert raw.xlen(stream_key("agents")) == 250
+    time.sleep(0.7)
+    store.write([record(ts=time.time())])
+    assert raw.xlen(stream_key("agents")) <= 100 + 1  # MINID ~ trims whole stream nodes (100 entries)
+    assert raw.zcard(index_key("agents")) == 1
+
+
+def test_redis_killed_mid_run_then_restarted_loses_and_duplicates_nothing(server: RedisServer, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    batches = [_batch(index * 10, 10) for index in range(12)]
+    for batch in batches[:4]:
+        store.write(batch)
+    server.kill()
+    for batch in batches[4:8]:
+        store.write(batch)  # never raises: the batch goes to the spool
+    assert store.spooled == 40 and store.redis_errors >= 1 and store.written == 40
+    assert store.drain(force=True) == 0  # still down
+    server.start()
+    store.write(batches[8])  # queues behind the spool, then the spool drains in order
+    store.drain(force=True)
+    for batch in batches[9:]:
+        store.write(batch)
+    assert store.spool_pending == 0
+    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    expected = [item.id for batch in batches for item in batch]
+    assert _stream_ids(raw) == expected  # exactly once each, and in order
+    assert [item.id for item in _read_all(store)] == expected
+    assert (store.written, store.duplicates, store.lost) == (120, 0, 0)
+    raw.close()
+
+
+def _wait_until_stalled(port: int) -> None:
+    """Return once the server stops answering PING within 0.1 s (DEBUG SLEEP has begun)."""
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline:
+        with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
+            probe.settimeout(0.1)
+            probe.sendall(b"PING\r\n")
+            try:
+                probe.recv(16)
+            except TimeoutError:
+                return
+        time.sleep(0.01)
+    raise AssertionError("the server never stalled")
+
+
+def test_a_batch_applied_after_its_write_timed_out_is_not_stored_twice(
+    server: RedisServer, raw: redis.Redis, tmp_path: Path
+) -> None:
+    store = _store(server.url, tmp_path, socket_timeout=0.3)
+    first, late, after = _batch(0, 5), _batch(100, 5), _batch(200, 5)
+    store.write(first)
+    assert store.written == 5
+    # DEBUG SLEEP stalls the server: our batch waits in its socket buffer, the client gives up after 0.3 s,
+    # then the server wakes up and applies the batch anyway.
+    assert REDIS_CLI is not None
+    sleeper = subprocess.Popen([REDIS_CLI, "-p", str(server.port), "debug", "sleep", "2"], stdout=subprocess.DEVNULL)
+    try:
+        _wait_until_stalled(server.port)
+        store.write(late)
+    finally:
+        sleeper.wait(timeout=10)
+    assert store.spooled == 5 and store.redis_errors >= 1  # the write, and perhaps a drain during the stall
+    assert _stream_ids(raw)[-5:] == [item.id for item in late]  # the server did apply it
+    store.write(after)  # drains the replayed batch first
+    assert store.spool_pending == 0
+    assert store.duplicates == 5
+    assert _stream_ids(raw) == [item.id for item in first + late + after]
+    assert len(_read_all(store)) == 15
+
+
+def test_the_spool_outlives_the_process(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    server.kill()
+    crashed = _store(server.url, tmp_path)
+    spooled = _batch(0, 30)
+    crashed.write(spooled[:10])
+    crashed.write(spooled[10:])
+    assert crashed.spooled == 30
+    crashed.close()
+    del crashed
+    server.start()
+    successor = _store(server.url, tmp_path)
+    assert successor.spool_pending == 2
+    assert successor.drain() == 2
+    assert _stream_ids(raw) == [item.id for item in spooled]
+
+
+def test_a_full_spool_counts_what_it_lost(server: RedisServer, tmp_path: Path) -> None:
+    server.kill()
+    store = _store(server.url, tmp_path, spool_max_bytes=3000)
+    for start in range(0, 40, 2):
+        store.write(_batch(start, 2))
+    assert store.lost > 0
+    assert store.spooled + store.lost == 40
+
+
+def test_ping_says_whether_redis_answers(server: RedisServer, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    assert store.ping()
+    server.kill()
+    assert not store.ping()
+
+
+def test_a_flood_of_ten_thousand_becomes_a_handful_of_records(server: RedisServer, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path)
+    aggregator = Aggregator(window=5.0, max_keys=1000)
+    for index in range(10_000):
+        now = index * 0.003
+        store.write(aggregator.add(record(ts=NOW + now, sport=1024 + index % 60000), now=now))
+    store.write(aggregator.flush(30.0, force=True))
+    stored = _read_all(store, page=100)
+    assert 2 <= len(stored) <= 10
+    assert sum(item.count for item in stored) == 10_000
+
+
+def test_cluster_write_read_and_replay(tmp_path: Path) -> None:
+    with redis_cluster(3) as nodes:
+        store = _store(f"redis+cluster://127.0.0.1:{nodes[0].port}", tmp_path)
+        sandboxes = [f"sbx-{index}" for index in range(12)]
+        written = {name: _batch(0, 5, sandbox=name) for name in sandboxes}
+        everything = [item for batch in written.values() for item in batch]
+        store.write(everything)
+        assert store.written == 60 and store.spooled == 0
+        store.write(everything)  # a replay: nothing new
+        assert store.duplicates == 60
+        for name in sandboxes:
+            assert _read_all(store, sandbox=name, page=2) == written[name]
+        assert store.sandboxes() == sorted(sandboxes)
+        keys_per_node = [int(node.cli("dbsize")) for node in nodes]
+        assert sum(1 for count in keys_per_node if count > 0) >= 2  # the sandboxes really are spread out
+        store.close()
+
+
+def test_cluster_master_killed_and_restarted_loses_and_duplicates_nothing(tmp_path: Path) -> None:
+    with redis_cluster(3) as nodes:
+        store = _store(f"redis+cluster://127.0.0.1:{nodes[0].port}", tmp_path, socket_timeout=2.0)
+        sandboxes = [f"sbx-{index}" for index in range(9)]
+        batches = [[item for name in sandboxes for item in _batch(step * 3, 3, sandbox=name)] for step in range(6)]
+        store.write(batches[0])
+        victim = nodes[2]
+        victim.kill()
+        store.write(batches[1])  # the part bound for live masters may land: the replay must not double it
+        store.write(batches[2])
+        assert store.spooled == 2 * len(batches[1]) and store.redis_errors >= 1
+        victim.start()
+        deadline = time.monotonic() + 30
+        while "cluster_state:ok" not in victim.cli("cluster", "info"):
+            assert time.monotonic() < deadline, "cluster did not recover"
+            time.sleep(0.1)
+        for _ in range(100):
+            if store.drain(force=True) and store.spool_pending == 0:
+                break
+            time.sleep(0.1)
+        assert store.spool_pending == 0
+        for batch in batches[3:]:
+            store.write(batch)
+        for name in sandboxes:
+            expected = [item.id for batch in batches for item in batch if item.sandbox == name]
+            assert [item.id for item in _read_all(store, sandbox=name)] == expected
+        assert store.written == sum(len(batch) for batch in batches) and store.lost == 0
+        store.close()
