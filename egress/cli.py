@@ -120,3 +120,190 @@ def scan(files: tuple[str, ...], as_json: bool, fail_on: frozenset[Category], pr
     if fail_on and any(by_category[category.value] for category in fail_on):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_OK)
+
+
+@main.group()
+def rules() -> None:
+    """Policy and name-list files."""
+
+
+@rules.command("check")
+@click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
+def rules_check(files: tuple[str, ...]) -> None:
+    """Validate policy FILES without touching anything: every error, with file, line and field.
+
+    Exit status 0 when every file is valid, 1 when one is not, 2 on usage errors.
+    """
+    from egress.rules.policy import check_policy, format_problems
+
+    bad = False
+    for path in files:
+        problems = check_policy(path)
+        if problems:
+            bad = True
+            click.echo(format_problems(problems), err=True)
+        else:
+            click.echo(f"{path}: ok")
+    sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
+
+
+@main.group()
+def gateway() -> None:
+    """The egress gateway (nftables + transparent proxy + resolver + drop logger)."""
+
+
+@gateway.command("run")
+@click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False), help="Policy YAML.")
+@click.option("--sandbox-if", required=True, help="Interface the sandbox VLAN is on.")
+@click.option("--uplink-if", required=True, help="Interface towards the internet.")
+@click.option("--upstream-dns", required=True, help="Resolver the gateway forwards allowed queries to.")
+@click.option("--state-dir", default="/run/egress", show_default=True, help="Bindings, CA, spools, worker files.")
+@click.option("--workers", default=max(os.cpu_count() or 1, 1), show_default=True, help="Proxy worker processes.")
+@click.option("--proxy-port", default=8081, show_default=True, help="First proxy worker's port.")
+@click.option("--dns-port", default=5353, show_default=True, help="Resolver port (sandbox DNS is redirected here).")
+@click.option("--nflog-group", default=7, show_default=True, help="nflog group of logged drops.")
+@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True, help="Where records go.")
+@click.option("--name", "gateway_name", default="gateway", show_default=True, help="This gateway's name in records.")
+@click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS.")
+def gateway_run(
+    policy: str,
+    sandbox_if: str,
+    uplink_if: str,
+    upstream_dns: str,
+    state_dir: str,
+    workers: int,
+    proxy_port: int,
+    dns_port: int,
+    nflog_group: int,
+    redis_url: str,
+    gateway_name: str,
+    upstream_ca: str | None,
+) -> None:
+    """Run every gateway component until stopped; fail closed if one dies."""
+    from egress.gateway.config import GatewayConfig
+    from egress.gateway.supervisor import run_gateway
+
+    config = GatewayConfig(
+        policy=policy,
+        sandbox_if=sandbox_if,
+        uplink_if=uplink_if,
+        upstream_dns=upstream_dns,
+        state_dir=state_dir,
+        workers=workers,
+        proxy_port=proxy_port,
+        dns_port=dns_port,
+        nflog_group=nflog_group,
+        redis_url=redis_url,
+        gateway=gateway_name,
+        upstream_ca=upstream_ca,
+    )
+    try:
+        sys.exit(run_gateway(config))
+    except RulesError as exc:
+        click.echo(f"egress: policy not loaded:\n{exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@main.group()
+def lab() -> None:
+    """The lab: network namespaces (sandbox, gateway, internet) with a fake internet, on this machine."""
+
+
+@lab.command("up")
+@click.option("--prefix", default="egress-", show_default=True, help="Names of the lab's namespaces start so.")
+def lab_up(prefix: str) -> None:
+    """Build the lab's namespaces (idempotent)."""
+    from egress.lab import netns
+
+    built = netns.up(prefix)
+    click.echo(f"lab up: {', '.join(built.namespaces)}")
+
+
+@lab.command("down")
+@click.option("--prefix", default="egress-", show_default=True)
+def lab_down(prefix: str) -> None:
+    """Remove the lab: its processes, namespaces and state."""
+    from egress.lab import netns
+
+    netns.down(prefix)
+    click.echo("lab down")
+
+
+@lab.command("status")
+@click.option("--prefix", default="egress-", show_default=True)
+def lab_status(prefix: str) -> None:
+    """What of the lab exists."""
+    from egress.lab import netns
+
+    click.echo(netns.status(prefix))
+
+
+@lab.command("demo")
+@click.option("--prefix", default="egress-", show_default=True)
+@click.option("--keep", is_flag=True, help="Leave the lab up afterwards (the gateway is stopped).")
+def lab_demo(prefix: str, keep: bool) -> None:
+    """Start the gateway in the lab and play what a misbehaving agent would try; show what happened."""
+    from egress.lab.demo import demo
+
+    sys.exit(demo(prefix, keep))
+
+
+@main.group()
+def ca() -> None:
+    """The gateway's CA (for hosts on a sandbox's decrypt list)."""
+
+
+@ca.command("export")
+@click.option("--state-dir", default="/run/egress", show_default=True)
+def ca_export(state_dir: str) -> None:
+    """Print the gateway CA certificate (PEM) for sandboxes to trust."""
+    path = os.path.join(state_dir, "ca", "mitmproxy-ca-cert.pem")
+    try:
+        with open(path) as handle:
+            click.echo(handle.read(), nl=False)
+    except OSError as exc:
+        click.echo(f"egress: {path}: {exc.strerror} (has the gateway run with this --state-dir?)", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@main.group()
+def nft() -> None:
+    """The nftables ruleset the gateway applies."""
+
+
+@nft.command("render")
+@click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--sandbox-if", required=True)
+@click.option("--uplink-if", required=True)
+@click.option("--workers", default=2, show_default=True, help="Proxy workers (ports from --proxy-port up).")
+@click.option("--proxy-port", default=8081, show_default=True)
+@click.option("--dns-port", default=5353, show_default=True)
+@click.option("--nflog-group", default=7, show_default=True)
+@click.option("--lockdown", is_flag=True, help="The fail-closed table instead (all sandbox traffic dropped).")
+def nft_render(
+    policy: str,
+    sandbox_if: str,
+    uplink_if: str,
+    workers: int,
+    proxy_port: int,
+    dns_port: int,
+    nflog_group: int,
+    lockdown: bool,
+) -> None:
+    """Print the nftables script for POLICY (a pure function of it; nothing is applied)."""
+    from egress.nft.render import GatewaySettings, render, render_lockdown
+    from egress.rules.policy import load_policy
+
+    try:
+        loaded = load_policy(policy)
+    except RulesError as exc:
+        click.echo(f"egress: {exc}", err=True)
+        sys.exit(EXIT_USAGE)
+    settings = GatewaySettings(
+        sandbox_if=sandbox_if,
+        uplink_if=uplink_if,
+        proxy_ports=tuple(proxy_port + index for index in range(workers)),
+        dns_port=dns_port,
+        nflog_group=nflog_group,
+    )
+    click.echo(render_lockdown(settings, loaded) if lockdown else render(loaded, settings), nl=False)

@@ -26,7 +26,7 @@ from egress.detect import (
     vpn,
 )
 from egress.detect.base import Category, Detector, Finding, Transport, evidence
-from egress.detect.dns_tunnel import DnsTunnelTracker
+from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
 from egress.detect.names import NameLists, make_name_detector
 from egress.detect.websocket import make_websocket_detector
 from egress.rules.lists import load_lists_dir
@@ -76,8 +76,8 @@ class DnsInspector:
 
     __slots__ = ("_lists", "_reported", "_tracker")
 
-    def __init__(self, lists: NameLists) -> None:
-        self._tracker = DnsTunnelTracker()
+    def __init__(self, lists: NameLists, limits: DnsTunnelLimits | None = None) -> None:
+        self._tracker = DnsTunnelTracker(limits)
         self._lists = lists
         self._reported: set[tuple[str, Finding]] = set()
 
@@ -91,6 +91,11 @@ class DnsInspector:
         self._reported.add((client, found))
         return found
 
+    @staticmethod
+    def long_name(name: str) -> Finding:
+        """A name longer than a sandbox's limit: only tunnels need names that long."""
+        return Finding(Category.TUNNEL, "dns-tunnel", "dns-limits", evidence(f"{len(name)}-character name {name}"))
+
     def _named(self, parsed: dns.Message) -> Finding | None:
         for question in parsed.questions:
             hit = self._lists.match(question.name)
@@ -101,12 +106,16 @@ class DnsInspector:
         return None
 
 
+def stream_detectors(lists: NameLists) -> tuple[Detector, ...]:
+    """Everything run on a TCP byte stream (also on decrypted TLS and unwrapped WebSocket payloads)."""
+    inner = (*MINING, cryptonode.detect)
+    return (*MINING, cryptonode.detect, *STREAM_TUNNELS, make_websocket_detector(inner), make_name_detector(lists))
+
+
 def build_detectors(lists: NameLists) -> DetectorSet:
     names = make_name_detector(lists)
-    inner = (*MINING, cryptonode.detect)
-    tcp = (*MINING, cryptonode.detect, *STREAM_TUNNELS, make_websocket_detector(inner), names)
     return DetectorSet(
-        tcp=tcp,
+        tcp=stream_detectors(lists),
         udp=(vpn.detect, names),
         icmp=(icmp_tunnel.detect,),
         dns_tracker=lambda: DnsInspector(lists),
@@ -118,4 +127,12 @@ def default_detectors(lists_dir: str | None = None) -> DetectorSet:
     return build_detectors(NameLists(load_lists_dir(lists_dir)))
 
 
-__all__ = ["Category", "DetectorSet", "DnsInspector", "DnsObserver", "build_detectors", "default_detectors"]
+__all__ = [
+    "Category",
+    "DetectorSet",
+    "DnsInspector",
+    "DnsObserver",
+    "build_detectors",
+    "default_detectors",
+    "stream_detectors",
+]

@@ -34,6 +34,9 @@ from pathlib import Path
 import yaml
 
 from egress.detect.base import Category
+from egress.rules.yamlnodes import INT, NodeChecker, Problem, RulesError, compose
+
+__all__ = ["NameList", "Network", "Problem", "RulesError", "Source", "load_lists", "load_lists_dir", "parse_list"]
 
 VERSION = 1
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -46,28 +49,6 @@ _REQUIRED = ("version", "name", "category", "protocol")
 _SOURCE_KEYS = frozenset({"repository", "path", "commit", "snapshot"})
 _KEBAB = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-_STR = "tag:yaml.org,2002:str"
-_INT = "tag:yaml.org,2002:int"
-_Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int
-    """1-based."""
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-class RulesError(ValueError):
-    """A rules file did not validate. ``problems`` lists every problem found, in file order."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(str(problem) for problem in self.problems))
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,44 +81,13 @@ def valid_name(name: str) -> bool:
     return len(name) <= 253 and len(labels) >= 2 and all(_LABEL.fullmatch(label) for label in labels)
 
 
-class _File:
+class _File(NodeChecker):
     """Validation of one file; problems are appended to the shared list."""
 
     def __init__(self, file: str, problems: list[Problem]) -> None:
-        self.file = file
-        self.problems = problems
+        super().__init__(file, problems)
         self.lines: dict[str, int] = {}
         """Line of each valid name, for problems found across files."""
-
-    def problem(self, node: yaml.Node | None, message: str) -> None:
-        self.problems.append(Problem(self.file, node.start_mark.line + 1 if node is not None else 1, message))
-
-    def text(self, node: yaml.Node, what: str) -> str | None:
-        if isinstance(node, yaml.ScalarNode) and node.tag == _STR:
-            return str(node.value)
-        self.problem(node, f"{what} must be a string")
-        return None
-
-    def sequence(self, node: yaml.Node, what: str) -> list[yaml.Node]:
-        if isinstance(node, yaml.SequenceNode):
-            return list(node.value)
-        self.problem(node, f"{what} must be a list")
-        return []
-
-    def mapping(self, node: yaml.Node, what: str, allowed: frozenset[str]) -> dict[str, yaml.Node]:
-        if not isinstance(node, yaml.MappingNode):
-            self.problem(node, f"{what} must be a mapping")
-            return {}
-        fields: dict[str, yaml.Node] = {}
-        for key, value in node.value:
-            name = key.value if isinstance(key, yaml.ScalarNode) else str(key.tag)
-            if name in fields:
-                self.problem(key, f"duplicate key {name!r} in {what}")
-            elif name not in allowed:
-                self.problem(key, f"unknown key {name!r} in {what} (allowed: {', '.join(sorted(allowed))})")
-            else:
-                fields[name] = value
-        return fields
 
     def kebab(self, node: yaml.Node, what: str) -> str:
         value = self.text(node, what)
@@ -156,7 +106,7 @@ class _File:
             if key not in fields:
                 self.problem(root, f"missing required key {key!r}")
         version = fields.get("version")
-        if version is not None and not (version.tag == _INT and version.value == str(VERSION)):
+        if version is not None and not (version.tag == INT and version.value == str(VERSION)):
             self.problem(version, f"version must be {VERSION}, got {getattr(version, 'value', '?')!r}")
         category: Category | None = None
         if "category" in fields:
@@ -236,11 +186,9 @@ def parse_list(text: str, file: str, problems: list[Problem]) -> NameList | None
 
 def _parse(text: str, file: str, problems: list[Problem]) -> tuple[NameList | None, dict[str, int]]:
     checker = _File(file, problems)
-    try:
-        root = yaml.compose(text, Loader=_Loader)
-    except yaml.YAMLError as error:
-        mark = getattr(error, "problem_mark", None)
-        problems.append(Problem(file, mark.line + 1 if mark is not None else 1, f"not valid YAML: {error}"))
+    start = len(problems)
+    root = compose(text, file, problems)
+    if root is None and len(problems) > start:
         return None, {}
     return checker.build(root), checker.lines
 

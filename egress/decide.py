@@ -1,0 +1,258 @@
+"""The decision: pure functions from (sandbox policy, what was seen) to a `Verdict`. No I/O, no state.
+
+Every enforcement point asks here: the proxy (`decide_tls`, `decide_http`, `decide_fronting`, `decide_raw`,
+`decide_finding`), the resolver (`decide_dns`), the drop logger (`decide_drop`), and all of them for a source that
+belongs to no sandbox (`decide_unknown_source`). A verdict is data: the action, a `Reason` from a closed set, the
+rule that decided (a ``rule_id`` from the policy file or one of the fixed labels below) and short evidence.
+
+A sandbox in report mode gets ``would-block`` wherever enforce would ``block``: the traffic passes, the record
+says why it would not have. A detector set to ``record`` gives ``record``: the traffic passes and is recorded.
+Verdicts whose action is not ``allow`` are the ones worth a record.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Final
+
+from egress.detect.base import Category, Finding, evidence
+from egress.rules.model import Address, DetectorAction, Mode, Sandbox
+
+
+class Reason(enum.StrEnum):
+    """Why a flow, query or packet was (or would have been) blocked or recorded. Values are part of the API."""
+
+    NOT_ALLOWLISTED = "not-allowlisted"
+    """The name (or the name on this port), or the address, is allowed by no rule."""
+    TLS_NO_SNI = "tls-no-sni"
+    """A TLS ClientHello without a server name, to an address no network rule allows."""
+    NAME_ADDRESS_MISMATCH = "name-address-mismatch"
+    """SNI/Host names an allowed host, but the destination did not come from the gateway resolver's answer for
+    that name: spoofed SNI or Host, domain fronting at the address level, a hard-coded IP."""
+    DIRECT_IP = "direct-ip"
+    """No name at all (raw TCP/UDP, HTTP without Host, an IP as Host or SNI) and no network rule for the address."""
+    MINING = "mining"
+    TUNNEL = "tunnel"
+    CRYPTO_NODE = "crypto-node"
+    DNS_REFUSED = "dns-refused"
+    """A DNS question for a name no rule allows (answered REFUSED)."""
+    DNS_TUNNEL = "dns-tunnel"
+    """DNS tunnelling or exfiltration: the tunnel tracker's finding, or a name longer than ``dns.max_name_length``."""
+    DOH_CANARY = "doh-canary"
+    """The DoH canary ``use-application-dns.net`` (answered NXDOMAIN so browsers keep DNS on the gateway)."""
+    SPOOFED_SOURCE = "spoofed-source"
+    """The source address belongs to no sandbox."""
+    FIREWALL_DROP = "firewall-drop"
+    """Dropped by nftables: UDP other than DNS (QUIC included), ICMP beyond what is needed, other protocols."""
+    DOMAIN_FRONTING = "domain-fronting"
+    """Inside intercepted TLS, the HTTP Host differs from the SNI that was allowed."""
+
+
+class Action(enum.StrEnum):
+    """What happens to the traffic. Values are part of the API."""
+
+    ALLOW = "allow"
+    BLOCK = "block"
+    WOULD_BLOCK = "would-block"
+    """Report mode: enforce would have blocked it; it passed."""
+    RECORD = "record"
+    """A detector set to ``record`` recognised it: it passed, and is recorded."""
+
+
+DEFAULT_DENY: Final = "default-deny"
+"""The rule label when nothing in the policy allowed it."""
+ANTI_SPOOFING: Final = "anti-spoofing"
+"""The rule label for sources outside every sandbox."""
+DOH_CANARY_RULE: Final = "doh-canary"
+"""The built-in rule that answers the DoH canary."""
+DOH_CANARY: Final = "use-application-dns.net"
+
+_CATEGORY_REASON: Final = {Category.MINING: Reason.MINING, Category.TUNNEL: Reason.TUNNEL,
+                           Category.CRYPTO_NODE: Reason.CRYPTO_NODE}  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    action: Action
+    reason: Reason | None
+    """``None`` exactly when the action is ``allow`` and nothing is worth recording."""
+    rule: str
+    """The ``rule_id`` that decided (``sandboxes.agents.allow.hosts[2]``) or a fixed label (`DEFAULT_DENY`...)."""
+    evidence: str
+    finding: Finding | None = None
+
+    @property
+    def passes(self) -> bool:
+        """Whether the traffic goes through (everything but ``block``)."""
+        return self.action is not Action.BLOCK
+
+    @property
+    def recorded(self) -> bool:
+        """Whether this verdict is worth a record (everything but ``allow``)."""
+        return self.action is not Action.ALLOW
+
+
+def _allow(rule: str, text: str, finding: Finding | None = None) -> Verdict:
+    return Verdict(Action.ALLOW, None, rule, evidence(text), finding)
+
+
+def _block(sandbox: Sandbox, reason: Reason, rule: str, text: str, finding: Finding | None = None) -> Verdict:
+    action = Action.WOULD_BLOCK if sandbox.mode is Mode.REPORT else Action.BLOCK
+    return Verdict(action, reason, rule, evidence(text), finding)
+
+
+def _address(value: str | Address) -> Address | None:
+    if not isinstance(value, str):
+        return value
+    try:
+        return ipaddress.ip_address(value.split("%", 1)[0].strip("[]"))
+    except ValueError:
+        return None
+
+
+def _name(value: str | None) -> str:
+    """A name as seen on the wire (SNI, Host without port, DNS question): lowercase, no trailing dot."""
+    if not value:
+        return ""
+    value = value.strip()
+    if value.startswith("["):  # an IPv6 literal Host, with or without port
+        return value[1:].partition("]")[0].lower()
+    if value.count(":") == 1:  # Host: name:port
+        value = value.partition(":")[0]
+    return value.lower().removesuffix(".")
+
+
+def _is_address(name: str) -> bool:
+    try:
+        ipaddress.ip_address(name)
+    except ValueError:
+        return False
+    return True
+
+
+def _by_address(sandbox: Sandbox, dst: str | Address, dport: int, protocol: str, reason: Reason, text: str) -> Verdict:
+    """No usable name: a network rule for the address allows it, else ``reason``."""
+    address = _address(dst)
+    rule = sandbox.network_rule(address, dport, protocol) if address is not None else None
+    if rule is not None:
+        return _allow(rule.rule_id, text)
+    return _block(sandbox, reason, DEFAULT_DENY, text)
+
+
+def _named(sandbox: Sandbox, dst: str | Address, dport: int, name: str, bound: bool, what: str) -> Verdict:
+    """A TCP connection to ``dst`` that names ``name`` (SNI or Host); ``bound``: the resolver gave ``dst`` for it."""
+    text = f"{what} {name} to {dst}:{dport}"
+    if _is_address(name):
+        return _by_address(sandbox, dst, dport, "tcp", Reason.DIRECT_IP, text)
+    rule = sandbox.host_rule(name, dport)
+    if rule is not None and bound:
+        return _allow(rule.rule_id, text)
+    address = _address(dst)
+    network = sandbox.network_rule(address, dport, "tcp") if address is not None else None
+    if network is not None:
+        return _allow(network.rule_id, text)  # the address is allowed itself, whatever the name says
+    if rule is not None:
+        return _block(sandbox, Reason.NAME_ADDRESS_MISMATCH, rule.rule_id, f"{text}: not an address resolved for it")
+    return _block(sandbox, Reason.NOT_ALLOWLISTED, DEFAULT_DENY, text)
+
+
+def decide_tls(sandbox: Sandbox, dst: str | Address, dport: int, sni: str | None, bound: bool) -> Verdict:
+    """A TLS connection, judged on its ClientHello's server name."""
+    name = _name(sni)
+    if not name:
+        return _by_address(sandbox, dst, dport, "tcp", Reason.TLS_NO_SNI, f"TLS without SNI to {dst}:{dport}")
+    return _named(sandbox, dst, dport, name, bound, "sni")
+
+
+def decide_http(sandbox: Sandbox, dst: str | Address, dport: int, host: str | None, bound: bool) -> Verdict:
+    """A plaintext HTTP request, judged on its Host (a ``:port`` suffix is ignored: ``dport`` is what counts)."""
+    name = _name(host)
+    if not name:
+        return _by_address(sandbox, dst, dport, "tcp", Reason.DIRECT_IP, f"HTTP without Host to {dst}:{dport}")
+    return _named(sandbox, dst, dport, name, bound, "host")
+
+
+def decide_fronting(sandbox: Sandbox, sni: str, host: str | None) -> Verdict:
+    """A request inside intercepted TLS: its Host must be the SNI that was allowed (or absent)."""
+    allowed, asked = _name(sni), _name(host)
+    rule = sandbox.name_allowed(allowed)
+    rule_id = rule.rule_id if rule is not None else DEFAULT_DENY
+    if asked and asked != allowed:
+        return _block(sandbox, Reason.DOMAIN_FRONTING, rule_id, f"host {asked} inside TLS for sni {allowed}")
+    return _allow(rule_id, f"host {asked or '-'} inside TLS for sni {allowed}")
+
+
+def decide_raw(sandbox: Sandbox, dst: str | Address, dport: int, protocol: str, bound_names: Iterable[str]) -> Verdict:
+    """A stream with no name of its own: a network rule, or an allowed name the resolver answered ``dst`` for."""
+    names = sorted(bound_names)
+    text = f"{protocol} {dst}:{dport}" + (f" ({', '.join(names)})" if names else "")
+    address = _address(dst)
+    network = sandbox.network_rule(address, dport, protocol) if address is not None else None
+    if network is not None:
+        return _allow(network.rule_id, text)
+    if protocol == "tcp":  # host rules are TCP rules
+        for name in names:
+            rule = sandbox.host_rule(name, dport)
+            if rule is not None:
+                return _allow(rule.rule_id, text)
+    if names:
+        return _block(sandbox, Reason.NOT_ALLOWLISTED, DEFAULT_DENY, text)
+    return _block(sandbox, Reason.DIRECT_IP, DEFAULT_DENY, text)
+
+
+def decide_finding(sandbox: Sandbox, finding: Finding) -> Verdict:
+    """A detector's finding, through the sandbox's action for its category (and the sandbox's mode)."""
+    return _detected(sandbox, finding, _CATEGORY_REASON[finding.category])
+
+
+def _detected(sandbox: Sandbox, finding: Finding, reason: Reason) -> Verdict:
+    field = finding.category.value.replace("-", "_")
+    action: DetectorAction = getattr(sandbox.detectors, field)
+    rule = f"sandboxes.{sandbox.name}.detectors.{field}"
+    text = f"{finding.protocol}: {finding.evidence}"
+    if action is DetectorAction.BLOCK:
+        return _block(sandbox, reason, rule, text, finding)
+    if action is DetectorAction.RECORD:
+        return Verdict(Action.RECORD, reason, rule, evidence(text), finding)
+    return _allow(rule, text, finding)
+
+
+def decide_dns(sandbox: Sandbox, qname: str, finding: Finding | None) -> Verdict:
+    """A DNS question: the DoH canary, over-long names, the detectors' finding, then the allowlist."""
+    name = _name(qname)
+    if name == DOH_CANARY:
+        return _block(sandbox, Reason.DOH_CANARY, DOH_CANARY_RULE, name, finding)
+    if len(name) > sandbox.dns.max_name_length:
+        rule = f"sandboxes.{sandbox.name}.dns.max_name_length"
+        text = f"{len(name)} characters > {sandbox.dns.max_name_length}: {name}"
+        return _block(sandbox, Reason.DNS_TUNNEL, rule, text, finding)
+    recorded: Verdict | None = None
+    if finding is not None:
+        reason = Reason.DNS_TUNNEL if finding.category is Category.TUNNEL else _CATEGORY_REASON[finding.category]
+        verdict = _detected(sandbox, finding, reason)
+        if verdict.action in {Action.BLOCK, Action.WOULD_BLOCK}:
+            return verdict
+        recorded = verdict if verdict.action is Action.RECORD else None
+    allowed = sandbox.name_allowed(name)
+    if allowed is None:
+        return _block(sandbox, Reason.DNS_REFUSED, DEFAULT_DENY, name, finding)
+    return recorded if recorded is not None else _allow(allowed.rule_id, name, finding)
+
+
+def decide_unknown_source(src: str | Address) -> Verdict:
+    """Traffic from an address in no sandbox: always blocked (there is no sandbox whose mode could say report)."""
+    return Verdict(Action.BLOCK, Reason.SPOOFED_SOURCE, ANTI_SPOOFING, evidence(f"source {src} is in no sandbox"))
+
+
+def decide_drop(sandbox: Sandbox, transport: str, finding: Finding | None = None, detail: str = "") -> Verdict:
+    """A packet nftables dropped (or, in report mode, logged and let through) for ``sandbox``.
+
+    ``finding``: what the detectors recognised in it (an ICMP tunnel, a VPN handshake), which names the reason;
+    ``detail``: what the firewall said (its log prefix).
+    """
+    reason = _CATEGORY_REASON[finding.category] if finding is not None else Reason.FIREWALL_DROP
+    text = f"{finding.protocol}: {finding.evidence}" if finding is not None else f"{transport} {detail}".strip()
+    return _block(sandbox, reason, DEFAULT_DENY, text, finding)

@@ -1,0 +1,99 @@
+"""Attempts → records in Redis, off the hot path: a `Reporter` whose `report` only enqueues.
+
+A background thread turns each block or would-block into an `AttemptRecord`, aggregates repeats (a flood
+becomes one record with a count), and writes batches through `RecordStore`, which spools to local disk while
+Redis is unreachable and delivers the spool, in order and without duplicates, when it answers again. Allowed
+attempts are not records (the log has them).
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from pathlib import Path
+
+from egress.decide import Action
+from egress.gateway.attempt import Attempt
+from egress.gateway.config import GatewayConfig
+from egress.record.aggregate import Aggregator
+from egress.record.schema import AttemptRecord, new_id
+from egress.record.store import RecordStore
+
+log = logging.getLogger("egress.recorder")
+
+AGGREGATE_WINDOW = 10.0
+"""Seconds over which identical attempts (same sandbox, source, destination, reason) become one record."""
+BATCH = 256
+TICK = 0.1
+
+
+def to_record(attempt: Attempt, gateway: str) -> AttemptRecord:
+    verdict = attempt.verdict
+    finding = verdict.finding
+    return AttemptRecord(
+        id=new_id(attempt.ts),
+        ts=attempt.ts,
+        gateway=gateway,
+        sandbox=attempt.sandbox,
+        src=attempt.src,
+        sport=attempt.sport,
+        dst=attempt.dst,
+        dport=attempt.dport,
+        transport=attempt.transport,
+        host=attempt.host,
+        category=finding.category.value if finding is not None else "policy",
+        protocol=finding.protocol if finding is not None else attempt.transport,
+        reason=verdict.reason.value if verdict.reason is not None else "",
+        detector=finding.detector if finding is not None else "policy",
+        rule=verdict.rule,
+        action=verdict.action.value,
+        evidence=verdict.evidence,
+        first_ts=attempt.ts,
+        last_ts=attempt.ts,
+    )
+
+
+class RecordReporter:
+    def __init__(self, config: GatewayConfig, component: str) -> None:
+        self.gateway = config.gateway
+        spool = Path(config.spool_dir(component))
+        spool.mkdir(parents=True, exist_ok=True)
+        self.store = RecordStore(config.redis_url, spool, gateway=config.gateway)
+        self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000)
+        self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name=f"recorder-{component}", daemon=True)
+        self._thread.start()
+
+    def report(self, attempt: Attempt) -> None:
+        if attempt.verdict.action is not Action.ALLOW:
+            self._queue.put(attempt)
+
+    def close(self, timeout: float = 5.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        pending: list[AttemptRecord] = []
+        closing = False
+        while not closing:
+            deadline = time.monotonic() + TICK
+            while len(pending) < BATCH:
+                try:
+                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
+                except queue.Empty:
+                    break
+                if item is None:
+                    closing = True
+                    break
+                pending += self.aggregator.add(to_record(item, self.gateway), time.time())
+            pending += self.aggregator.flush(time.time(), force=closing)
+            try:
+                self.store.drain()
+                if pending:
+                    self.store.write(pending)
+                pending = []
+            except Exception:  # the store spools on Redis errors; anything else must not lose the batch
+                log.exception("record batch kept for the next attempt")
+                time.sleep(TICK)

@@ -1,0 +1,212 @@
+"""``egress lab demo``: the gateway for real in the lab, and what a misbehaving agent would try through it.
+
+Brings the lab up, starts the fake internet (servers in the internet namespace), a redis-server and the whole
+gateway (``egress gateway run``) in the gateway namespace, plays every attempt from the sandbox namespace,
+prints what happened to each, then the records read back from Redis. `GatewayRun` is also what the end-to-end
+tests use: one lab, one gateway, stopped and removed on exit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+from egress.lab import netns
+from egress.lab.attempts import ATTEMPTS, AttemptResult, run_in_sandbox
+from egress.lab.topology import GATEWAY_SBX_V4, Lab, server
+
+LAB_POLICY = pathlib.Path(__file__).resolve().parents[2] / "rules" / "lab-policy.yaml"
+REDIS_PORT = 6379
+PROXY_PORT = 8081
+DNS_PORT = 5353
+READY_TIMEOUT = 30.0
+
+
+class DemoError(RuntimeError):
+    pass
+
+
+def _wait_for(check: object, what: str, timeout: float = READY_TIMEOUT) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if check():  # type: ignore[operator]
+            return
+        time.sleep(0.1)
+    raise DemoError(f"timed out waiting for {what}")
+
+
+def _tcp_listening(ns: str, port: int) -> bool:
+    done = netns.exec_in(ns, ["ss", "-Htln", f"sport = :{port}"], timeout=5)
+    return bool(done.stdout.strip())
+
+
+@dataclass
+class GatewayRun:
+    """A running lab with servers, Redis and the gateway; `stop` leaves nothing behind."""
+
+    lab: Lab
+    policy: pathlib.Path
+    workers: int = 2
+    processes: list[subprocess.Popen[bytes]] | None = None
+    gateway: subprocess.Popen[bytes] | None = None
+
+    @property
+    def state(self) -> pathlib.Path:
+        return self.lab.state_dir / "gateway"
+
+    @property
+    def redis_url(self) -> str:
+        return f"redis://127.0.0.1:{REDIS_PORT}/0"
+
+    @property
+    def gateway_ca(self) -> pathlib.Path:
+        return self.state / "ca" / "mitmproxy-ca-cert.pem"
+
+    def start(self) -> None:
+        self.processes = []
+        self.state.mkdir(parents=True, exist_ok=True)
+        log_dir = self.lab.state_dir / "logs"
+        log_dir.mkdir(parents=True, exist_ok=True)
+        servers = netns.popen_in(
+            self.lab.internet_ns,
+            [sys.executable, "-m", "egress.lab.servers", "--prefix", self.lab.prefix],
+            stdout=(log_dir / "servers.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(servers)
+        redis = netns.popen_in(
+            self.lab.gateway_ns,
+            [
+                shutil.which("redis-server") or "redis-server",
+                *("--port", str(REDIS_PORT), "--bind", "127.0.0.1", "--save", "", "--appendonly", "yes"),
+                *("--dir", str(self.state)),
+            ],
+            stdout=(log_dir / "redis.log").open("wb"),
+            stderr=subprocess.STDOUT,
+        )
+        self.processes.append(redis)
+        _wait_for(lambda: _tcp_listening(self.lab.gateway_ns, REDIS_PORT), "redis-server")
+        _wait_for(lambda: _tcp_listening(self.lab.internet_ns, 443), "the lab's servers")
+        self.start_gateway()
+
+    def start_gateway(self) -> None:
+        log_dir = self.lab.state_dir / "logs"
+        argv = [
+            sys.executable,
+            *("-m", "egress", "gateway", "run"),
+            *("--policy", str(self.policy)),
+            *("--sandbox-if", self.lab.gateway_sandbox_if, "--uplink-if", self.lab.gateway_uplink_if),
+            *("--upstream-dns", server("ns").v4, "--state-dir", str(self.state)),
+            *("--workers", str(self.workers), "--proxy-port", str(PROXY_PORT), "--dns-port", str(DNS_PORT)),
+            *("--redis-url", self.redis_url, "--name", f"{self.lab.prefix}gw"),
+            *("--upstream-ca", str(self.lab.ca_file)),
+        ]
+        self.gateway = netns.popen_in(
+            self.lab.gateway_ns, argv, stdout=(log_dir / "gateway.log").open("ab"), stderr=subprocess.STDOUT
+        )
+        _wait_for(self.gateway_ready, "the gateway")
+
+    def gateway_ready(self) -> bool:
+        if self.gateway is not None and self.gateway.poll() is not None:
+            raise DemoError(f"the gateway exited with {self.gateway.returncode}: see {self.lab.state_dir}/logs")
+        ports = [PROXY_PORT + index for index in range(self.workers)]
+        return all(_tcp_listening(self.lab.gateway_ns, port) for port in ports) and _tcp_listening(
+            self.lab.gateway_ns, DNS_PORT
+        )
+
+    def attempts(self, names: Sequence[str] = tuple(ATTEMPTS), ipv6: bool = False) -> list[AttemptResult]:
+        return run_in_sandbox(
+            self.lab, names, nameserver=GATEWAY_SBX_V4, ipv6=ipv6, cafiles=[self.gateway_ca], timeout=180
+        )
+
+    def stop_gateway(self) -> None:
+        if self.gateway is not None and self.gateway.poll() is None:
+            self.gateway.send_signal(signal.SIGTERM)
+            try:
+                self.gateway.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.gateway.kill()
+                self.gateway.wait(timeout=5)
+
+    def stop(self) -> None:
+        self.stop_gateway()
+        for process in self.processes or []:
+            if process.poll() is None:
+                process.terminate()
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    process.wait(timeout=5)
+            if process.poll() is None:
+                process.kill()
+
+
+@contextlib.contextmanager
+def running_gateway(prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int = 2) -> Iterator[GatewayRun]:
+    """A fresh lab with everything running; torn down (namespaces, processes, state) on exit."""
+    lab = netns.up(prefix)
+    run = GatewayRun(lab, policy, workers)
+    try:
+        run.start()
+        yield run
+    finally:
+        run.stop()
+        netns.down(prefix)
+
+
+def _print_results(results: list[AttemptResult]) -> None:
+    print(f"{'ATTEMPT':<18} {'OUTCOME':<9} {'MS':>7}  DETAIL")
+    for result in results:
+        print(f"{result.name:<18} {result.outcome:<9} {result.elapsed_ms:>7.1f}  {result.detail[:110]}")
+
+
+def _print_records(run: GatewayRun) -> None:
+    from egress.record.store import RecordStore  # the one redis module
+
+    store = RecordStore(run.redis_url.replace("127.0.0.1", "127.0.0.1"), run.state / "spool" / "demo", "demo")
+    time.sleep(1.5)  # the recorders batch every 100 ms and aggregate; give them a moment
+    records = []
+    for sandbox in store.sandboxes():
+        found, _ = store.read(sandbox, 0, time.time() + 60, 1000, None)
+        records += found
+    print(f"\n{len(records)} record(s) in Redis:")
+    print(f"{'TIME':<12} {'SANDBOX':<8} {'DESTINATION':<28} {'HOST':<18} {'REASON':<22} {'DETECTOR':<12} ACTION")
+    for record in sorted(records, key=lambda item: item.ts):
+        moment = time.strftime("%H:%M:%S", time.localtime(record.ts))
+        where = f"{record.dst}:{record.dport}/{record.transport}"
+        count = f" x{record.count}" if record.count > 1 else ""
+        print(
+            f"{moment:<12} {record.sandbox:<8} {where:<28} {record.host[:18]:<18} {record.reason:<22} "
+            f"{record.detector[:12]:<12} {record.action}{count}"
+        )
+
+
+def demo(prefix: str = "egress-", keep: bool = False) -> int:
+    """Run the whole demo; return 0 when it ran."""
+    if os.geteuid() != 0:
+        print("egress lab demo needs root (network namespaces, nftables)", file=sys.stderr)
+        return 2
+    lab = netns.up(prefix)
+    run = GatewayRun(lab, LAB_POLICY)
+    try:
+        run.start()
+        print(f"lab {prefix!r} up; gateway running in {lab.gateway_ns}; playing attempts from {lab.sandbox_ns}\n")
+        _print_results(run.attempts())
+        _print_records(run)
+    finally:
+        run.stop()
+        if not keep:
+            netns.down(prefix)
+    return 0
+
+
+def _free(port: int) -> bool:
+    with socket.socket() as probe:
+        return probe.connect_ex(("127.0.0.1", port)) != 0

@@ -1,0 +1,175 @@
+"""The proxy's first decision on a connection, from its addresses and first bytes: sans-IO and mitmproxy-free.
+
+`Gate.on_connect` runs before the gateway dials out (an address no rule could allow is never contacted);
+`Gate.on_first_bytes` runs when the first bytes arrive and says what the proxy does with the connection:
+
+- ``PASSTHROUGH``: allowed TLS, relayed without decryption (the fast path);
+- ``INTERCEPT``: allowed TLS to a host on the sandbox's decrypt list, opened with the gateway's CA;
+- ``HTTP``: plain HTTP, handled request by request (Host checked on each, bodies inspected);
+- ``INSPECT``: other TCP to an allowed destination, relayed through the detectors;
+- ``REFUSE``: closed at once, both sides; the verdict says why;
+- ``WAIT``: not enough bytes yet (a ClientHello or request head still arriving).
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from egress.decide import (
+    Action,
+    Verdict,
+    decide_finding,
+    decide_fronting,
+    decide_http,
+    decide_raw,
+    decide_tls,
+    decide_unknown_source,
+)
+from egress.detect import http, tls
+from egress.detect.base import MORE, Detector, Finding, FlowMeta, FlowView, Transport
+from egress.detect.engine import FlowInspector
+from egress.rules.model import Policy, Sandbox
+
+HEAD_WAIT_LIMIT = 16 * 1024
+"""Bytes we wait for a whole ClientHello or request head before judging what we have."""
+
+
+class Kind(enum.Enum):
+    PASSTHROUGH = "passthrough"
+    INTERCEPT = "intercept"
+    HTTP = "http"
+    INSPECT = "inspect"
+    REFUSE = "refuse"
+    WAIT = "wait"
+
+
+@dataclass(frozen=True, slots=True)
+class Decision:
+    kind: Kind
+    verdict: Verdict | None = None
+    """Set whenever something is worth recording (a block or a would-block)."""
+    host: str = ""
+    """The name the client gave (SNI or Host), if any."""
+
+
+NamesFor = Callable[[str, str], frozenset[str]]
+"""(sandbox name, destination address) → names the gateway resolver answered with that address."""
+
+
+def _allowed(verdict: Verdict) -> bool:
+    return verdict.action is not Action.BLOCK
+
+
+def _worth_recording(verdict: Verdict) -> Verdict | None:
+    return None if verdict.action is Action.ALLOW else verdict
+
+
+class Gate:
+    """Policy, bindings and detectors together; one per proxy worker. Stateless between connections."""
+
+    def __init__(self, policy: Policy, names_for: NamesFor, name_detector: Detector, stream: tuple[Detector, ...]):
+        self.policy = policy
+        self.names_for = names_for
+        self.name_detector = name_detector
+        self.stream = stream
+
+    def sandbox(self, source: str) -> Sandbox | None:
+        try:
+            return self.policy.sandbox_for(ipaddress.ip_address(source.split("%", 1)[0]))
+        except ValueError:
+            return None
+
+    def on_client(self, source: str) -> Verdict | None:
+        """A connection from ``source``: a verdict if it belongs to no sandbox (spoofed or misrouted)."""
+        return decide_unknown_source(source) if self.sandbox(source) is None else None
+
+    def on_connect(self, sandbox: Sandbox, dst: str, dport: int) -> Verdict:
+        """Before dialling ``dst``: could any rule allow a connection there? (names bound to it, or a network)."""
+        return decide_raw(sandbox, dst, dport, "tcp", self.names_for(sandbox.name, dst))
+
+    def on_first_bytes(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
+        if not client:
+            if not server:
+                return Decision(Kind.WAIT)
+            return self._raw(sandbox, meta, client, server)  # server speaks first (SSH, SMTP...)
+        if tls.looks_like_tls(client):
+            return self._tls(sandbox, meta, client)
+        if http.looks_like_http_request(client):
+            return self._http(sandbox, meta, client)
+        return self._raw(sandbox, meta, client, server)
+
+    def _named_finding(self, meta: FlowMeta, client: bytes) -> Finding | None:
+        result = self.name_detector(FlowView(meta, client, b"", complete=True))
+        return result if isinstance(result, Finding) else None
+
+    def _tls(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
+        hello = tls.parse_client_hello(client, partial=len(client) >= HEAD_WAIT_LIMIT)
+        if hello is MORE:
+            return Decision(Kind.WAIT)
+        sni = hello.sni if isinstance(hello, tls.ClientHello) else None
+        finding = self._named_finding(meta, client)
+        if finding is not None:
+            verdict = decide_finding(sandbox, finding)
+            if not _allowed(verdict):
+                return Decision(Kind.REFUSE, verdict, sni or "")
+        bound = sni is not None and sni in self.names_for(sandbox.name, meta.dst)
+        verdict = decide_tls(sandbox, meta.dst, meta.dport, sni, bound)
+        if not _allowed(verdict):
+            return Decision(Kind.REFUSE, verdict, sni or "")
+        if sni is not None and verdict.action is Action.ALLOW and sandbox.decrypts(sni):
+            return Decision(Kind.INTERCEPT, None, sni)
+        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict), sni or "")
+
+    def _http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
+        request = http.parse_request(client)
+        if request is MORE and len(client) < HEAD_WAIT_LIMIT:
+            return Decision(Kind.WAIT)
+        if not isinstance(request, http.HttpRequest):
+            return self._raw(sandbox, meta, client, b"")
+        host = request.headers.get("host", "").rsplit(":", 1)[0].strip().lower().rstrip(".")
+        if request.method == "CONNECT":
+            host = request.target.rsplit(":", 1)[0].lower()
+        finding = self._named_finding(meta, client) or self.inspect_once(meta, client, b"")
+        if finding is not None:
+            verdict = decide_finding(sandbox, finding)
+            if not _allowed(verdict):
+                # Still answered as HTTP, so the agent reads why (403 with the reason).
+                return Decision(Kind.HTTP, verdict, host)
+        bound = bool(host) and host in self.names_for(sandbox.name, meta.dst)
+        verdict = decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
+        return Decision(Kind.HTTP, _worth_recording(verdict), host)
+
+    def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
+        finding = self.inspect_once(meta, client, server)
+        if finding is not None:
+            verdict = decide_finding(sandbox, finding)
+            if not _allowed(verdict):
+                return Decision(Kind.REFUSE, verdict)
+        verdict = decide_raw(sandbox, meta.dst, meta.dport, "tcp", self.names_for(sandbox.name, meta.dst))
+        if not _allowed(verdict):
+            return Decision(Kind.REFUSE, verdict)
+        return Decision(Kind.INSPECT, _worth_recording(verdict))
+
+    def on_request(self, sandbox: Sandbox, meta: FlowMeta, host: str, sni: str | None) -> Verdict:
+        """A later HTTP request on a judged connection: keep-alive (Host re-checked against the address) or
+        inside intercepted TLS (Host must be the SNI that was allowed: anything else is domain fronting)."""
+        if sni is not None:
+            return decide_fronting(sandbox, sni, host)
+        bound = bool(host) and host in self.names_for(sandbox.name, meta.dst)
+        return decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
+
+    def inspector(self, meta: FlowMeta) -> FlowInspector:
+        """Inspection state for a relayed stream (INSPECT, and decrypted or WebSocket payloads)."""
+        return FlowInspector(meta, self.stream)
+
+    def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
+        inspector = self.inspector(meta)
+        inspector.feed_stream(True, client)
+        return inspector.feed_stream(False, server)
+
+
+def flow_meta(src: tuple[str, int], dst: tuple[str, int]) -> FlowMeta:
+    return FlowMeta(Transport.TCP, src[0], src[1], dst[0], dst[1])

@@ -1,0 +1,155 @@
+"""The runtime policy: frozen, validated data that the decision, the nftables renderer, the proxy and the DNS
+resolver read. Built only by `egress.rules.policy.load_policy` from a ``version: 1`` YAML file.
+
+Every rule keeps a ``rule_id`` (its place in the file, e.g. ``sandboxes.agents.allow.hosts[2]``) and its line,
+so a verdict can name the rule that decided it.
+"""
+
+from __future__ import annotations
+
+import enum
+import ipaddress
+from dataclasses import dataclass, field
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+Address = ipaddress.IPv4Address | ipaddress.IPv6Address
+
+
+class Mode(enum.StrEnum):
+    """``enforce`` blocks; ``report`` lets traffic pass and records what enforce would have blocked."""
+
+    ENFORCE = "enforce"
+    REPORT = "report"
+
+
+class DetectorAction(enum.StrEnum):
+    """What to do with a flow a detector recognised (per category, per sandbox)."""
+
+    BLOCK = "block"
+    """Close the connection (or refuse the name) and record it."""
+    RECORD = "record"
+    """Let it pass but record it."""
+    ALLOW = "allow"
+    """Let it pass silently."""
+
+
+@dataclass(frozen=True, slots=True)
+class HostRule:
+    """An allowed host name: exact (``pypi.org``) or every name below a domain (``*.pythonhosted.org``)."""
+
+    pattern: str
+    """IDNA (punycode), lowercase, no trailing dot; a leading ``*.`` means strictly below that domain."""
+    ports: frozenset[int]
+    """Allowed TCP ports; empty means any port."""
+    rule_id: str
+    line: int
+
+    def matches(self, name: str, port: int) -> bool:
+        if self.ports and port not in self.ports:
+            return False
+        if self.pattern.startswith("*."):
+            return name.endswith(self.pattern[1:])
+        return name == self.pattern
+
+
+@dataclass(frozen=True, slots=True)
+class NetworkRule:
+    """An allowed destination network, for destinations reached by address rather than by name."""
+
+    network: Network
+    ports: frozenset[int]
+    """Allowed ports; empty means any port."""
+    protocols: frozenset[str]
+    """``tcp`` and/or ``udp``."""
+    rule_id: str
+    line: int
+
+
+@dataclass(frozen=True, slots=True)
+class DnsLimits:
+    """Per-sandbox DNS tunnel thresholds. The defaults are the DNS tunnel tracker's own (reasoned in
+    docs/dns-tunnel-thresholds.md); the fields mirror `egress.detect.dns_tunnel.DnsTunnelLimits`."""
+
+    max_name_length: int = 180
+    """Longest query name answered at all; a longer one is refused as a tunnel."""
+    encoded_subdomains: int = 5
+    """Distinct subdomains with an encoded-looking label under one base domain."""
+    volume_subdomains: int = 30
+    """Distinct subdomains, of long mean length, under one base domain."""
+    rare_type_subdomains: int = 3
+    """NULL / private-type questions under one base domain."""
+    exfil_chars: int = 80
+    """Encoded characters in one query that make it exfiltration on its own."""
+    odd_subdomains: int = 3
+    """Distinct subdomains with bytes no host name has (``=``, ``+``, ``/``, 8-bit)."""
+
+
+@dataclass(frozen=True, slots=True)
+class DetectorActions:
+    mining: DetectorAction = DetectorAction.BLOCK
+    tunnel: DetectorAction = DetectorAction.BLOCK
+    crypto_node: DetectorAction = DetectorAction.BLOCK
+
+
+@dataclass(frozen=True, slots=True)
+class Sandbox:
+    name: str
+    sources: tuple[Network, ...]
+    """Source networks the sandbox's traffic comes from; anything else on the sandbox side is spoofed."""
+    interface: str | None
+    """The gateway interface the sandbox is behind (``None``: whatever ``--sandbox-if`` says)."""
+    mode: Mode
+    hosts: tuple[HostRule, ...]
+    networks: tuple[NetworkRule, ...]
+    decrypt: tuple[str, ...]
+    """Host patterns whose TLS is intercepted for deep inspection (same syntax as `HostRule.pattern`)."""
+    dns: DnsLimits
+    detectors: DetectorActions
+    line: int
+
+    def host_rule(self, name: str, port: int) -> HostRule | None:
+        """The first allow rule that covers ``name`` on ``port``."""
+        for rule in self.hosts:
+            if rule.matches(name, port):
+                return rule
+        return None
+
+    def name_allowed(self, name: str) -> HostRule | None:
+        """The first allow rule that covers ``name`` on some port (what the resolver asks)."""
+        for rule in self.hosts:
+            if (rule.pattern.startswith("*.") and name.endswith(rule.pattern[1:])) or rule.pattern == name:
+                return rule
+        return None
+
+    def network_rule(self, address: Address, port: int, protocol: str) -> NetworkRule | None:
+        for rule in self.networks:
+            if address in rule.network and (not rule.ports or port in rule.ports) and protocol in rule.protocols:
+                return rule
+        return None
+
+    def decrypts(self, name: str) -> bool:
+        return any(
+            name.endswith(pattern[1:]) if pattern.startswith("*.") else name == pattern for pattern in self.decrypt
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    max_age_days: int = 30
+    max_records: int = 1_000_000
+    """Per sandbox stream."""
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    version: int
+    sandboxes: tuple[Sandbox, ...]
+    retention: Retention = field(default_factory=Retention)
+    file: str = "<memory>"
+
+    def sandbox_for(self, source: Address) -> Sandbox | None:
+        """The sandbox whose source networks contain ``source`` (first match in file order)."""
+        for sandbox in self.sandboxes:
+            if any(source in network for network in sandbox.sources):
+                return sandbox
+        return None

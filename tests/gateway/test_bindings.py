@@ -1,0 +1,46 @@
+"""The bindings file: one writer, readers in other processes, expiry by TTL."""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+
+from egress.gateway.bindings import MIN_TTL, Bindings
+
+
+def test_bound_names_expire_with_their_ttl(tmp_path: pathlib.Path) -> None:
+    store = Bindings(tmp_path / "b.db")
+    store.bind("agents", "pypi.org", [("198.18.10.1", 300), ("2001:db8:10::1", 300)], now=1000.0)
+    assert store.names_for("agents", "198.18.10.1", now=1001.0) == {"pypi.org"}
+    assert store.is_bound("agents", "pypi.org", "2001:db8:10::1", now=1001.0)
+    assert not store.is_bound("other", "pypi.org", "198.18.10.1", now=1001.0)
+    assert store.names_for("agents", "198.18.10.1", now=1300.5) == frozenset()
+    assert store.purge(now=1300.5) == 2
+
+
+def test_zero_ttl_is_raised_to_the_minimum(tmp_path: pathlib.Path) -> None:
+    store = Bindings(tmp_path / "b.db")
+    store.bind("agents", "a.example", [("192.0.2.1", 0)], now=0.0)
+    assert store.is_bound("agents", "a.example", "192.0.2.1", now=MIN_TTL - 1)
+    assert not store.is_bound("agents", "a.example", "192.0.2.1", now=MIN_TTL + 1)
+
+
+def test_a_longer_ttl_is_never_shortened_by_a_later_answer(tmp_path: pathlib.Path) -> None:
+    store = Bindings(tmp_path / "b.db")
+    store.bind("agents", "a.example", [("192.0.2.1", 600)], now=0.0)
+    store.bind("agents", "a.example", [("192.0.2.1", 60)], now=10.0)
+    assert store.is_bound("agents", "a.example", "192.0.2.1", now=500.0)
+
+
+def test_another_process_sees_what_was_written(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "b.db"
+    Bindings(path).bind("agents", "pool.example", [("203.0.113.5", 3600)])
+    reader = (
+        "import sys; from egress.gateway.bindings import Bindings; "
+        "print(sorted(Bindings(sys.argv[1]).names_for('agents', '203.0.113.5')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", reader, str(path)], capture_output=True, text=True, timeout=30, check=False
+    )
+    assert result.stdout.strip() == "['pool.example']", result.stderr

@@ -1,0 +1,225 @@
+"""Tests for egress.rules.policy: one fixture per failure mode of a policy file, the example policy, the model built.
+
+Each fixture in fixtures/policy/ starts with ``# expect: LINE: MESSAGE`` lines, every problem it must produce in
+order (a prefix of each message).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+from pathlib import Path
+
+import pytest
+
+from egress.rules.model import DetectorAction, DetectorActions, DnsLimits, Mode, Retention
+from egress.rules.policy import (
+    DNS_RANGES,
+    RulesError,
+    check_policy,
+    format_problems,
+    host_pattern,
+    load_policy,
+    parse_policy,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "policy"
+EXAMPLE = ROOT / "rules" / "policy.example.yaml"
+
+MINIMAL = """\
+version: 1
+sandboxes:
+  agents:
+    sources: [10.20.0.0/24]
+"""
+
+
+def expectations(path: Path) -> list[str]:
+    return [line.removeprefix("# expect: ") for line in path.read_text().splitlines() if line.startswith("# expect: ")]
+
+
+@pytest.mark.parametrize("path", sorted(FIXTURES.glob("*.yaml")), ids=lambda path: path.stem)
+def test_each_failure_mode(path: Path) -> None:
+    expected = expectations(path)
+    assert expected, f"{path.name} must say what it expects"
+    found = check_policy(path)
+    got = [f"{problem.line}: {problem.message}" for problem in found]
+    assert len(got) == len(expected), got
+    for have, want in zip(got, expected, strict=True):
+        assert have.startswith(want), got
+    assert all(problem.file == str(path) for problem in found)
+    with pytest.raises(RulesError):
+        load_policy(path)
+
+
+def test_fixtures_cover_the_failure_modes() -> None:
+    names = {path.stem for path in FIXTURES.glob("*.yaml")}
+    assert {
+        "missing-version", "wrong-version", "unknown-key-top", "unknown-key-sandbox", "unknown-key-rule", "bad-cidr",
+        "overlapping-sources", "bad-port", "bad-host-name", "bad-glob", "decrypt-not-allowed", "bad-mode",
+        "bad-detector-action", "wrong-types", "several-errors",
+    } <= names  # fmt: skip
+
+
+def test_several_errors_all_reported_in_line_order_with_file_and_field() -> None:
+    path = FIXTURES / "several-errors.yaml"
+    with pytest.raises(RulesError) as caught:
+        load_policy(path)
+    problems = caught.value.problems
+    assert len(problems) == 9
+    assert [p.line for p in problems] == sorted(p.line for p in problems)
+    assert f"{path}:22: sandboxes.agents.allow.hosts[1].ports[0]: 70000 is not a port (1-65535)" in str(caught.value)
+
+
+def test_message_format_names_file_line_and_field_path() -> None:
+    text = (
+        MINIMAL
+        + "    allow:\n      hosts:\n        - a.example\n        - b.example\n"
+        + "        - {host: c.example, ports: [70000]}\n"
+    )
+    with pytest.raises(RulesError) as caught:
+        parse_policy(text, "policy.yaml")
+    assert [str(p) for p in caught.value.problems] == [
+        "policy.yaml:9: sandboxes.agents.allow.hosts[2].ports[0]: 70000 is not a port (1-65535)"
+    ]
+
+
+def test_example_loads() -> None:
+    policy = load_policy(EXAMPLE)
+    assert policy.version == 1
+    assert policy.file == str(EXAMPLE)
+    agents, evaluation = policy.sandboxes
+    assert (agents.name, agents.mode, agents.interface) == ("agents", Mode.ENFORCE, "sbx-agents")
+    assert (evaluation.name, evaluation.mode, evaluation.interface) == ("evaluation", Mode.REPORT, None)
+    assert agents.sources == (ipaddress.ip_network("10.20.0.0/24"), ipaddress.ip_network("fd00:20::/64"))
+    patterns = {rule.pattern: rule.ports for rule in agents.hosts}
+    assert patterns["pypi.org"] == frozenset()
+    assert patterns["files.pythonhosted.org"] == {443}
+    assert patterns["*.githubusercontent.com"] == frozenset()
+    assert patterns["github.com"] == {22, 443}
+    assert "xn--bcher-kva.example" in patterns
+    assert agents.hosts[2].rule_id == "sandboxes.agents.allow.hosts[2]"
+    assert agents.networks[0].protocols == {"tcp"} and agents.networks[0].ports == {5432}
+    assert agents.decrypt == ("api.github.com",)
+    assert agents.detectors.crypto_node is DetectorAction.RECORD
+    assert evaluation.detectors == DetectorActions() and evaluation.dns == DnsLimits() and evaluation.decrypt == ()
+    assert policy.retention == Retention(30, 1_000_000)
+    assert check_policy(EXAMPLE) == []
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "rules").glob("*.yaml")), ids=lambda path: path.name)
+def test_every_shipped_policy_loads(path: Path) -> None:
+    assert check_policy(path) == [], format_problems(check_policy(path))
+
+
+def test_defaults_and_lines() -> None:
+    policy = parse_policy(
+        MINIMAL + "    allow:\n      hosts: [pypi.org]\n      networks:\n        - cidr: 192.0.2.0/24\n"
+    )
+    (sandbox,) = policy.sandboxes
+    assert sandbox.mode is Mode.ENFORCE and sandbox.interface is None and sandbox.line == 3
+    assert sandbox.dns == DnsLimits() and sandbox.detectors == DetectorActions()
+    assert policy.retention == Retention()
+    (host,) = sandbox.hosts
+    assert (host.pattern, host.ports, host.rule_id, host.line) == (
+        "pypi.org",
+        frozenset(),
+        "sandboxes.agents.allow.hosts[0]",
+        6,
+    )
+    (network,) = sandbox.networks
+    assert network.protocols == {"tcp"} and network.ports == frozenset() and network.line == 8
+    assert network.rule_id == "sandboxes.agents.allow.networks[0]"
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        sandbox.mode = Mode.REPORT  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("pypi.org", "pypi.org"),
+        ("PyPI.Org.", "pypi.org"),
+        ("*.Example.COM", "*.example.com"),
+        ("Bücher.example", "xn--bcher-kva.example"),
+        ("*.bücher.example", "*.xn--bcher-kva.example"),
+        ("xn--bcher-kva.example", "xn--bcher-kva.example"),
+        ("_acme.example.com", "_acme.example.com"),
+    ],
+)
+def test_host_pattern_normalises(text: str, expected: str) -> None:
+    assert host_pattern(text) == expected
+
+
+@pytest.mark.parametrize("text", ["*", "*.com", "a.*.com", "*a.example.com", "com", "", "1.2.3.4", "::1", "a b.com",
+                                  "-a.example.com", "a" * 64 + ".com", "example.com:443"])  # fmt: skip
+def test_host_pattern_rejects(text: str) -> None:
+    with pytest.raises(ValueError):
+        host_pattern(text)
+
+
+def test_string_host_with_port_and_udp_network() -> None:
+    policy = parse_policy(
+        MINIMAL + "    allow:\n      hosts: ['*.pythonhosted.org:443']\n"
+        "      networks: [{cidr: '2001:db8::/32', ports: [53, 123], protocols: [udp, tcp]}]\n"
+    )
+    (sandbox,) = policy.sandboxes
+    assert sandbox.hosts[0].pattern == "*.pythonhosted.org" and sandbox.hosts[0].ports == {443}
+    assert sandbox.networks[0].protocols == {"tcp", "udp"} and sandbox.networks[0].ports == {53, 123}
+
+
+@pytest.mark.parametrize(
+    ("allowed", "decrypt", "ok"),
+    [
+        ("api.github.com", "api.github.com", True),
+        ("'*.github.com'", "api.github.com", True),
+        ("'*.github.com'", "'*.api.github.com'", True),
+        ("'*.github.com'", "'*.github.com'", True),
+        ("'*.github.com'", "github.com", False),
+        ("api.github.com", "'*.github.com'", False),
+        ("api.github.com:443", "API.GitHub.com", True),
+    ],
+)
+def test_decrypt_must_be_allowed(allowed: str, decrypt: str, ok: bool) -> None:
+    text = MINIMAL + f"    allow:\n      hosts: [{allowed}]\n    decrypt: [{decrypt}]\n"
+    assert (parse_policy(text).sandboxes[0].decrypt != ()) if ok else bool(check_text(text))
+
+
+def check_text(text: str) -> list[str]:
+    try:
+        parse_policy(text)
+    except RulesError as error:
+        return [problem.message for problem in error.problems]
+    return []
+
+
+def test_sources_of_different_families_never_overlap() -> None:
+    text = MINIMAL + "  other:\n    sources: ['::ffff:10.20.0.0/120', 10.21.0.0/24]\n"
+    policy = parse_policy(text)
+    assert policy.sandbox_for(ipaddress.ip_address("10.21.0.9")) is policy.sandboxes[1]
+    assert policy.sandbox_for(ipaddress.ip_address("10.20.0.9")) is policy.sandboxes[0]
+
+
+def test_schema_ranges_follow_the_model() -> None:
+    assert set(DNS_RANGES) == {field.name for field in dataclasses.fields(DnsLimits)}
+    for name, (low, high) in DNS_RANGES.items():
+        assert low <= getattr(DnsLimits(), name) <= high, name
+
+
+def test_format_problems(tmp_path: Path) -> None:
+    assert format_problems([]) == ""
+    path = tmp_path / "policy.yaml"
+    path.write_text("version: 1\nsandboxes: {}\nextra: 1\n")
+    text = format_problems(check_policy(path))
+    assert text.splitlines() == [
+        f"{path}:2: sandboxes: empty: name at least one sandbox",
+        f"{path}:3: extra: unknown key (allowed here: retention, sandboxes, version)",
+        "2 problems",
+    ]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    problems = check_policy(tmp_path / "missing.yaml")
+    assert len(problems) == 1 and "cannot read" in problems[0].message
+    (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00")
+    assert "cannot read" in check_policy(tmp_path / "binary.yaml")[0].message
