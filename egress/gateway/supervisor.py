@@ -142,16 +142,19 @@ class Supervisor:
             self.lockdown("gateway stopped")
         for process in self.workers:
             if process.poll() is None:
-                process.terminate()
+                # After a failure the lockdown is in place already: no need to let the others finish anything.
+                process.kill() if self.failed else process.terminate()
         for process in self.workers:
             try:
                 process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
+        log.info("proxy workers stopped")
         drops.stop()
         for handle in handles:
             handle.close()  # type: ignore[attr-defined]
         self.recorder.close()
+        log.info("stopped%s", f" after a failure: {self.failed}" if self.failed else "")
         return 1 if self.failed else 0
 
 

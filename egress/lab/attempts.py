@@ -211,29 +211,29 @@ def icmp_tunnel(ctx: Context) -> str:
     request_type, reply_type = (128, 129) if v6 else (8, 0)
     family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
     ident = os.getpid() & 0xFFFF
+    sent: dict[int, bytes] = {}
     replies = 0
     with socket.socket(family, socket.SOCK_RAW, proto) as sock:
-        sock.settimeout(ctx.timeout)
+        # A tunnel does not wait for each reply: every request goes out, then the replies are collected.
         for seq, size in enumerate(ICMP_SIZES):
-            payload = os.urandom(size)
+            payload = sent[seq] = os.urandom(size)
             header = struct.pack("!BBHHH", request_type, 0, 0, ident, seq)
             if not v6:  # the kernel fills in the ICMPv6 checksum itself
                 header = struct.pack("!BBHHH", request_type, 0, _checksum(header + payload), ident, seq)
             sock.sendto(header + payload, (target, 0))
-            deadline = time.monotonic() + ctx.timeout
-            while time.monotonic() < deadline:
-                sock.settimeout(max(0.01, deadline - time.monotonic()))
-                try:
-                    packet = sock.recv(65535)
-                except TimeoutError:
-                    break
-                icmp = packet if v6 else packet[(packet[0] & 0x0F) * 4 :]
-                kind, _, _, got_id, got_seq = struct.unpack_from("!BBHHH", icmp)
-                if kind == reply_type and got_id == ident and got_seq == seq and icmp[8:] == payload:
-                    replies += 1
-                    break
-            if replies == 0:
-                raise Failed("timeout", f"no echo reply from {target}")
+        deadline = time.monotonic() + ctx.timeout
+        while replies < len(ICMP_SIZES) and time.monotonic() < deadline:
+            sock.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                packet = sock.recv(65535)
+            except TimeoutError:
+                break
+            icmp = packet if v6 else packet[(packet[0] & 0x0F) * 4 :]
+            kind, _, _, got_id, got_seq = struct.unpack_from("!BBHHH", icmp)
+            if kind == reply_type and got_id == ident and sent.get(got_seq) == icmp[8:]:
+                replies += 1
+    if replies == 0:
+        raise Failed("timeout", f"no echo reply from {target}")
     if replies < len(ICMP_SIZES):
         raise Failed("blocked", f"{replies}/{len(ICMP_SIZES)} echo replies from {target}")
     return f"{replies}/{len(ICMP_SIZES)} echo replies with random payloads from {target}"

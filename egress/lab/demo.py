@@ -13,7 +13,6 @@ import os
 import pathlib
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -168,24 +167,12 @@ def _print_results(results: list[AttemptResult]) -> None:
 
 
 def _print_records(run: GatewayRun) -> None:
-    from egress.record.store import RecordStore  # the one redis module
-
-    store = RecordStore(run.redis_url.replace("127.0.0.1", "127.0.0.1"), run.state / "spool" / "demo", "demo")
-    time.sleep(1.5)  # the recorders batch every 100 ms and aggregate; give them a moment
-    records = []
-    for sandbox in store.sandboxes():
-        found, _ = store.read(sandbox, 0, time.time() + 60, 1000, None)
-        records += found
-    print(f"\n{len(records)} record(s) in Redis:")
-    print(f"{'TIME':<12} {'SANDBOX':<8} {'DESTINATION':<28} {'HOST':<18} {'REASON':<22} {'DETECTOR':<12} ACTION")
-    for record in sorted(records, key=lambda item: item.ts):
-        moment = time.strftime("%H:%M:%S", time.localtime(record.ts))
-        where = f"{record.dst}:{record.dport}/{record.transport}"
-        count = f" x{record.count}" if record.count > 1 else ""
-        print(
-            f"{moment:<12} {record.sandbox:<8} {where:<28} {record.host[:18]:<18} {record.reason:<22} "
-            f"{record.detector[:12]:<12} {record.action}{count}"
-        )
+    """The records as `egress events` shows them, read inside the gateway namespace (where Redis listens)."""
+    argv = [sys.executable, "-m", "egress", "events", "--redis-url", run.redis_url]
+    done = netns.exec_in(run.lab.gateway_ns, argv, timeout=30)
+    lines = done.stdout.rstrip().splitlines()
+    print(f"\n{max(len(lines) - 1, 0)} record(s) in Redis (egress events):")
+    print(done.stdout.rstrip() or done.stderr.strip())
 
 
 def demo(prefix: str = "egress-", keep: bool = False) -> int:
@@ -199,14 +186,10 @@ def demo(prefix: str = "egress-", keep: bool = False) -> int:
         run.start()
         print(f"lab {prefix!r} up; gateway running in {lab.gateway_ns}; playing attempts from {lab.sandbox_ns}\n")
         _print_results(run.attempts())
+        run.stop_gateway()  # flushes the recorders' open aggregation windows
         _print_records(run)
     finally:
         run.stop()
         if not keep:
             netns.down(prefix)
     return 0
-
-
-def _free(port: int) -> bool:
-    with socket.socket() as probe:
-        return probe.connect_ex(("127.0.0.1", port)) != 0

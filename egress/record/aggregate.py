@@ -17,12 +17,21 @@ from dataclasses import dataclass
 
 from egress.record.schema import AttemptRecord, new_id
 
-AggregateKey = tuple[str, str, str, int, str, str, str]
+AggregateKey = tuple[str, str, str, int, str, str, str, str]
 
 
 def aggregate_key(record: AttemptRecord) -> AggregateKey:
-    """What makes two attempts the same attempt."""
-    return (record.sandbox, record.src, record.dst, record.dport, record.transport, record.reason, record.protocol)
+    """What makes two attempts the same attempt (the source port is not part of it: each retry has a new one)."""
+    return (
+        record.sandbox,
+        record.src,
+        record.dst,
+        record.dport,
+        record.transport,
+        record.host,
+        record.reason,
+        record.protocol,
+    )
 
 
 @dataclass(slots=True)

@@ -23,8 +23,8 @@ SCHEMA_VERSION: Final = 1
 TRANSPORTS: Final = ("tcp", "udp", "icmp")
 CATEGORIES: Final = (*(category.value for category in Category), "policy")
 """The detector categories, plus ``policy`` for attempts refused by the allowlist alone."""
-ACTIONS: Final = ("block", "would-block")
-"""``would-block``: a sandbox in report mode, traffic passed."""
+ACTIONS: Final = ("block", "would-block", "record")
+"""``would-block``: a sandbox in report mode, traffic passed. ``record``: a detector set to record; it passed."""
 
 _REASON: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 """Reasons are the values of ``egress.decide.Reason`` (a closed set owned there); here only their shape is checked."""
