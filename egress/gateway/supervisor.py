@@ -20,6 +20,7 @@ from pathlib import Path
 
 from egress.detect.names import NameLists
 from egress.dnsserver.resolver import Resolver, Upstream, serve
+from egress.gateway.allowsets import AllowSetWriter
 from egress.gateway.attempt import FanoutReporter, LogReporter
 from egress.gateway.bindings import Bindings
 from egress.gateway.config import GatewayConfig, WorkerConfig
@@ -115,12 +116,14 @@ class Supervisor:
     async def run(self) -> int:
         loop = asyncio.get_running_loop()
         self.apply_policy()
+        self.allow_sets = AllowSetWriter(self.config.table)
         self.resolver = Resolver(
             self.policy,
             Upstream(self.config.upstream_dns),
             self.bindings,
             self.reporter,
             self.lists,
+            on_answer=self.allow_sets,
             listen_port=self.config.dns_port,
         )
         handles = await serve(self.resolver, ["0.0.0.0", "::"], self.config.dns_port)
@@ -151,6 +154,7 @@ class Supervisor:
                 process.kill()
         log.info("proxy workers stopped")
         drops.stop()
+        self.allow_sets.close()
         for handle in handles:
             handle.close()  # type: ignore[attr-defined]
         self.recorder.close()

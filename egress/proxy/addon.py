@@ -306,6 +306,7 @@ async def run_worker(
     builtin = master.addons.get("nextlayer")
     if builtin is not None:
         master.addons.remove(builtin)
+    master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1]))))
     settings: dict[str, Any] = {
         "mode": [f"transparent@{port}"],
         "connection_strategy": "eager",
@@ -314,7 +315,6 @@ async def run_worker(
     if upstream_ca:
         settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
     opts.update(**settings)
-    master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1]))))
     await master.run()
 
 
@@ -341,6 +341,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--config", required=True, help="worker configuration (JSON) written by the gateway")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy[%(process)d] %(message)s")
+    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     setup = build_worker(args.config)
     asyncio.run(run_worker(setup.gate, setup.reporter, setup.port, setup.confdir, setup.upstream_ca))
 

@@ -32,6 +32,12 @@ pytestmark = [needs_lab]
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LAB_POLICY = ROOT / "rules" / "lab-policy.yaml"
 
+
+def prefix(tag: str) -> str:
+    """A lab prefix of this test process's own, so two runs on one machine never share namespaces."""
+    return f"e{tag}{os.getpid() % 100000}-"
+
+
 # What each attempt must come to under rules/lab-policy.yaml (enforce), and the reason recorded for it.
 EXPECTED = {
     "allowed_download": ("ok", None),
@@ -66,7 +72,7 @@ def _records(run: GatewayRun, wait: float = 3.0, want: int = 1) -> list[AttemptR
 
 @pytest.fixture(scope="module")
 def gateway() -> Iterator[GatewayRun]:
-    with running_gateway("egt-e2e-", LAB_POLICY) as run:
+    with running_gateway(prefix("a"), LAB_POLICY) as run:
         yield run
 
 
@@ -93,7 +99,7 @@ def test_blocks_are_recorded_with_their_reason(gateway: GatewayRun) -> None:
     for record in records:
         assert record.sandbox == "agent"
         assert record.action == "block"
-        assert record.gateway == "egt-e2e-gw"
+        assert record.gateway == f"{gateway.lab.prefix}gw"
 
 
 def test_a_blocked_http_request_gets_a_403_that_says_why(gateway: GatewayRun) -> None:
@@ -127,7 +133,7 @@ def report_policy(tmp_path: pathlib.Path) -> pathlib.Path:
 
 
 def test_report_mode_lets_traffic_pass_and_records_would_block(report_policy: pathlib.Path) -> None:
-    with running_gateway("egt-e2r-", report_policy) as run:
+    with running_gateway(prefix("r"), report_policy) as run:
         results = {result.name: result for result in run.attempts(["stratum_3333", "allowed_download"])}
         assert results["stratum_3333"].outcome == "ok", results
         assert results["allowed_download"].outcome == "ok", results
@@ -157,7 +163,7 @@ def _worker_pids(run: GatewayRun) -> list[int]:
 
 
 def test_killing_a_proxy_worker_stops_all_sandbox_traffic() -> None:
-    with running_gateway("egt-e2k-", LAB_POLICY) as run:
+    with running_gateway(prefix("k"), LAB_POLICY) as run:
         assert run.attempts(["allowed_download"])[0].outcome == "ok"
         pids = _worker_pids(run)
         assert pids
@@ -170,7 +176,7 @@ def test_killing_a_proxy_worker_stops_all_sandbox_traffic() -> None:
 
 
 def test_killing_the_resolver_stops_all_sandbox_traffic() -> None:
-    with running_gateway("egt-e2d-", LAB_POLICY) as run:
+    with running_gateway(prefix("d"), LAB_POLICY) as run:
         assert run.gateway is not None
         run.gateway.send_signal(signal.SIGKILL)  # the resolver runs in the supervisor process
         run.gateway.wait(timeout=10)
@@ -179,7 +185,7 @@ def test_killing_the_resolver_stops_all_sandbox_traffic() -> None:
 
 
 def test_redis_down_then_up_loses_no_record() -> None:
-    with running_gateway("egt-e2s-", LAB_POLICY) as run:
+    with running_gateway(prefix("s"), LAB_POLICY) as run:
         redis_pid = int(netns.exec_in(run.lab.gateway_ns, ["pgrep", "-f", "redis-server"], timeout=5).stdout.split()[0])
         os.kill(redis_pid, signal.SIGKILL)
         time.sleep(0.5)
@@ -211,3 +217,76 @@ def test_redis_down_then_up_loses_no_record() -> None:
         records = _records(run, wait=15.0, want=len(expected))
         assert sorted(record.reason for record in records) == expected
         assert len({record.id for record in records}) == len(records)
+
+
+_DNS_PROBE = """
+import socket, sys
+from egress.lab import dnswire
+query = dnswire.build_query(7, sys.argv[1], int(sys.argv[2]))
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.settimeout(3)
+    sock.sendto(query, ("10.203.1.1", 53))
+    answer = dnswire.parse(sock.recv(4096))
+print(answer.rcode, len(answer.answers))
+"""
+
+
+def _ask(run: GatewayRun, name: str, qtype: int = 1) -> tuple[int, int]:
+    done = netns.exec_in(run.lab.sandbox_ns, [sys.executable, "-c", _DNS_PROBE, name, str(qtype)], timeout=15)
+    rcode, answers = done.stdout.split()
+    return int(rcode), int(answers)
+
+
+def test_resolver_answers_allowed_names_refuses_others_and_the_doh_canary(gateway: GatewayRun) -> None:
+    assert _ask(gateway, "allowed.lab") == (0, 1)
+    assert _ask(gateway, "blocked.lab") == (5, 0)  # REFUSED
+    assert _ask(gateway, "use-application-dns.net") == (3, 0)  # NXDOMAIN: browsers keep DNS on the gateway
+
+
+def test_answered_addresses_enter_the_kernel_allow_set_with_a_timeout(gateway: GatewayRun) -> None:
+    assert _ask(gateway, "allowed.lab") == (0, 1)
+    deadline = time.monotonic() + 5
+    listing = ""
+    while time.monotonic() < deadline:
+        done = netns.exec_in(gateway.lab.gateway_ns, ["nft", "list", "set", "inet", "egress", "allow4_agent"])
+        listing = done.stdout
+        if "198.18.10.1" in listing:
+            break
+        time.sleep(0.1)
+    assert "198.18.10.1" in listing
+    assert "expires" in listing
+
+
+_TLS_PROBE = """
+import socket, ssl, sys
+from egress.lab import dnswire
+query = dnswire.build_query(9, "allowed.lab", 1)
+with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock.settimeout(3)
+    sock.sendto(query, ("10.203.1.1", 53))
+    address = dnswire.address_of(dnswire.parse(sock.recv(4096)).answers[0])
+context = ssl.create_default_context(cafile=sys.argv[1])
+for host in ("allowed.lab", "blocked.lab"):
+    with socket.create_connection((address, 443), timeout=5) as raw:
+        with context.wrap_socket(raw, server_hostname="allowed.lab") as tls:
+            issuer = dict(item[0] for item in tls.getpeercert()["issuer"])
+            tls.sendall(f"GET / HTTP/1.1\\r\\nHost: {host}\\r\\nConnection: close\\r\\n\\r\\n".encode())
+            reply = b""
+            while chunk := tls.recv(65536):
+                reply += chunk
+    print(issuer.get("organizationName"), reply.split(b"\\r\\n", 1)[0].decode())
+"""
+
+
+def test_hosts_on_the_decrypt_list_are_intercepted_and_fronting_is_refused(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "decrypt.yaml"
+    policy.write_text(LAB_POLICY.read_text().replace("    detectors:", "    decrypt: [allowed.lab]\n    detectors:"))
+    with running_gateway(prefix("t"), policy) as run:
+        argv = [sys.executable, "-c", _TLS_PROBE, str(run.gateway_ca)]
+        done = netns.exec_in(run.lab.sandbox_ns, argv, timeout=30)
+        lines = done.stdout.splitlines()
+        assert len(lines) == 2, done.stderr
+        assert lines[0] == "mitmproxy HTTP/1.1 200 OK"  # the gateway's CA signed it: intercepted
+        assert lines[1].startswith("mitmproxy HTTP/1.1 403")  # Host differs from the allowed SNI
+        records = _records(run, wait=5.0)
+        assert any(record.reason == "domain-fronting" for record in records), records
