@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 from egress.detect.names import NameLists, make_name_detector
@@ -13,6 +14,9 @@ from egress.gateway.recorder import RecordReporter
 from egress.proxy.gate import Gate
 from egress.rules.lists import load_lists_dir
 from egress.rules.policy import load_policy
+from egress.rules.yamlnodes import RulesError
+
+log = logging.getLogger("egress.proxy")
 
 
 @dataclass(frozen=True, slots=True)
@@ -22,6 +26,16 @@ class WorkerSetup:
     port: int
     confdir: str
     upstream_ca: str | None
+    policy_path: str
+
+    def reload(self) -> None:
+        """Swap in the policy file's current content; a file that does not validate leaves the old one."""
+        try:
+            self.gate.policy = load_policy(self.policy_path)
+        except RulesError as exc:
+            log.error("policy reload rejected, the running policy stays in force:\n%s", exc)
+            return
+        log.info("policy reloaded from %s", self.policy_path)
 
 
 def build_worker(config_path: str) -> WorkerSetup:
@@ -38,4 +52,5 @@ def build_worker(config_path: str) -> WorkerSetup:
         port=worker.port,
         confdir=config.confdir,
         upstream_ca=config.upstream_ca,
+        policy_path=config.policy,
     )

@@ -18,8 +18,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import signal
 import time
-from collections.abc import Generator
+from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
@@ -297,8 +298,11 @@ async def run_worker(
     port: int,
     confdir: str,
     upstream_ca: str | None = None,
+    reload: Callable[[], None] | None = None,
 ) -> None:
-    """Run one proxy worker in transparent mode on ``port`` until cancelled."""
+    """Run one proxy worker in transparent mode on ``port`` until cancelled; SIGHUP calls ``reload``."""
+    if reload is not None:
+        asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_address = sink.sockets[0].getsockname()[:2]
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy[%(process)d] %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     setup = build_worker(args.config)
-    asyncio.run(run_worker(setup.gate, setup.reporter, setup.port, setup.confdir, setup.upstream_ca))
+    asyncio.run(run_worker(setup.gate, setup.reporter, setup.port, setup.confdir, setup.upstream_ca, setup.reload))
 
 
 if __name__ == "__main__":

@@ -290,3 +290,24 @@ def test_hosts_on_the_decrypt_list_are_intercepted_and_fronting_is_refused(tmp_p
         assert lines[1].startswith("mitmproxy HTTP/1.1 403")  # Host differs from the allowed SNI
         records = _records(run, wait=5.0)
         assert any(record.reason == "domain-fronting" for record in records), records
+
+
+def test_reload_applies_a_valid_policy_and_keeps_the_old_one_on_a_bad_file(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "policy.yaml"
+    original = LAB_POLICY.read_text()
+    policy.write_text(original)
+    with running_gateway(prefix("h"), policy) as run:
+        assert run.gateway is not None
+        assert run.attempts(["websocket"])[0].outcome == "ok"
+        policy.write_text(original.replace("        - {host: ws.lab, ports: [80]}\n", ""))
+        run.gateway.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert run.attempts(["websocket"])[0].outcome != "ok"  # ws.lab is no longer allowed
+        policy.write_text(original.replace("version: 1", "version: 1\nsurprise: true"))
+        run.gateway.send_signal(signal.SIGHUP)
+        time.sleep(1.5)
+        assert run.gateway.poll() is None  # still running...
+        assert run.attempts(["allowed_download", "websocket"])[0].outcome == "ok"  # ...on the last good policy
+        log = (run.lab.state_dir / "logs" / "gateway.log").read_text()
+        assert "policy reload rejected" in log
+        assert "surprise" in log
