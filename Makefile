@@ -21,10 +21,11 @@ fmt:
 	$(BIN)/ruff format egress tests bench rules
 	$(BIN)/ruff check --fix egress tests bench rules
 
-demo: ## Install what is missing, then run the demo.
+demo: ## Install what is missing, then run the lab demo (root: namespaces, nftables).
 	@deploy/bootstrap.sh demo
-	$(BIN)/egress scan $(CORPUS)/mining/*.pcap* $(CORPUS)/tunnel/*.pcap* || true
+	$(BIN)/egress lab demo
 
-bench: ## Side-by-side scanner benchmark against nDPI's ndpiReader.
+bench: ## Side-by-side benchmarks: scanner vs nDPI's ndpiReader; gateway vs direct forwarding and Squid.
 	@deploy/bootstrap.sh bench
 	$(BIN)/python bench/scan.py --corpus $(CORPUS)
+	$(BIN)/python bench/gateway.py

@@ -93,3 +93,41 @@ def test_malformed_packets_are_counted_not_fatal(tmp_path: pathlib.Path) -> None
 @pytest.mark.parametrize("args", [["scan"], ["nonsense"]])
 def test_usage_errors_exit_2(args: list[str]) -> None:
     assert egress(*args).returncode == 2
+
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+
+
+def test_rules_check_accepts_the_shipped_policies() -> None:
+    result = egress(
+        "rules", "check", str(ROOT / "rules" / "policy.example.yaml"), str(ROOT / "rules" / "lab-policy.yaml")
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count(": ok") == 2
+
+
+def test_rules_check_reports_every_problem_with_file_and_line(tmp_path: pathlib.Path) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(
+        "version: 1\n"
+        "sandboxes:\n"
+        "  agents:\n"
+        "    sources: [10.0.0.0/33]\n"
+        "    mode: sometimes\n"
+        "    allow:\n"
+        "      hosts: [pypi.org:70000]\n"
+    )
+    result = egress("rules", "check", str(bad))
+    assert result.returncode == 1
+    for line in (4, 5, 7):
+        assert f"{bad}:{line}:" in result.stderr, result.stderr
+
+
+def test_nft_render_prints_the_table_for_a_policy() -> None:
+    result = egress(
+        "nft", "render", "--policy", str(ROOT / "rules" / "lab-policy.yaml"),
+        "--sandbox-if", "sbx0", "--uplink-if", "up0", "--workers", "2",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "table inet egress" in result.stdout
+    assert "redirect to" in result.stdout
