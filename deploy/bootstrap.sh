@@ -13,7 +13,9 @@ venv="$root/.venv"
 
 # Debian packages the tests and the demo use: the kernel filter, namespaces, the record store, and nDPI for
 # the side-by-side benchmark.
-debian_packages=(make nftables iproute2 redis-server)
+debian_packages=(make nftables iproute2 redis-server procps)
+# the dashboard test renders the page in a real headless browser
+[ "$purpose" = test ] && debian_packages+=(chromium)
 [ "$purpose" = bench ] && debian_packages+=(libndpi-bin)
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -20,6 +20,7 @@ from egress.gateway.config import GatewayConfig
 from egress.record.aggregate import Aggregator
 from egress.record.schema import AttemptRecord, new_id
 from egress.record.store import RecordStore
+from egress.rules.model import Retention
 
 log = logging.getLogger("egress.recorder")
 
@@ -56,11 +57,18 @@ def to_record(attempt: Attempt, gateway: str) -> AttemptRecord:
 
 
 class RecordReporter:
-    def __init__(self, config: GatewayConfig, component: str) -> None:
+    def __init__(self, config: GatewayConfig, component: str, retention: Retention | None = None) -> None:
         self.gateway = config.gateway
         spool = Path(config.spool_dir(component))
         spool.mkdir(parents=True, exist_ok=True)
-        self.store = RecordStore(config.redis_url, spool, gateway=config.gateway)
+        keep = retention or Retention()
+        self.store = RecordStore(
+            config.redis_url,
+            spool,
+            gateway=config.gateway,
+            retention_max_len=keep.max_records,
+            retention_max_age_days=keep.max_age_days,
+        )
         self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000)
         self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{component}", daemon=True)

@@ -55,7 +55,7 @@ class Supervisor:
         (state / "ca").mkdir(parents=True, exist_ok=True)
         self.bindings = Bindings(config.bindings_path)
         self.bindings.clear()
-        self.recorder = RecordReporter(config, component="gateway")
+        self.recorder = RecordReporter(config, component="gateway", retention=self.policy.retention)
         self.reporter = FanoutReporter(LogReporter(), self.recorder)
         self.workers: list[subprocess.Popen[bytes]] = []
         self.failed: str | None = None

@@ -45,7 +45,7 @@ def build_worker(config_path: str) -> WorkerSetup:
     lists = NameLists(load_lists_dir(config.lists_dir))
     bindings = Bindings(config.bindings_path)
     gate = Gate(policy, bindings.names_for, make_name_detector(lists), stream_detectors(lists))
-    recorder = RecordReporter(config, component=f"proxy-{worker.index}")
+    recorder = RecordReporter(config, component=f"proxy-{worker.index}", retention=policy.retention)
     return WorkerSetup(
         gate=gate,
         reporter=FanoutReporter(LogReporter(), recorder),
