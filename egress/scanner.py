@@ -119,8 +119,16 @@ class Scanner:
                         # Fast path for the common frame (Ethernet, IPv4 without options or fragments): for a decided
                         # flow it costs one slice and one lookup. Everything else takes the full decode below.
                         if frame[23] == TCP:
-                            if tcp_table.get(frame[26:38]) is _DONE and frame[47] & 0x12 != _SYN:
-                                continue
+                            entry = tcp_table.get(frame[26:38])
+                            if entry is _DONE:
+                                if frame[47] & 0x12 != _SYN:
+                                    continue
+                            elif (
+                                entry is not None
+                                and not frame[47] & 0x07  # no SYN, FIN or RST
+                                and ((frame[16] << 8) | frame[17]) == 20 + ((frame[46] >> 4) << 2)
+                            ):
+                                continue  # a bare ACK of a flow being inspected: nothing to reassemble
                         elif frame[23] == UDP and udp_table.get(frame[26:38]) is _DONE:
                             continue
                     try:
