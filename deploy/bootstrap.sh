@@ -16,7 +16,7 @@ venv="$root/.venv"
 debian_packages=(make nftables iproute2 redis-server procps)
 # the dashboard test renders the page in a real headless browser
 [ "$purpose" = test ] && debian_packages+=(chromium)
-[ "$purpose" = bench ] && debian_packages+=(libndpi-bin)
+[ "$purpose" = bench ] && debian_packages+=(libndpi-bin squid-openssl wrk)
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
 
