@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import datetime
+import importlib
 import os
 import pathlib
 import sys
 import time
 from collections import Counter
+from typing import Any
 
 import click
 
@@ -351,3 +353,29 @@ def events(redis_url: str, sandboxes: tuple[str, ...], limit: int, as_json: bool
             f"{when:<20} {record.sandbox[:10]:<10} {where[:30]:<30} {record.host[:20]:<20} {reason} "
             f"{record.detector[:14]:<14} {record.action}{count}"
         )
+
+
+class LazyGroup(click.Group):
+    """A group whose listed subcommands are imported only when used, so ``egress scan`` does not pay for
+    FastAPI or redis at start-up."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+main.add_command(
+    LazyGroup("api", lazy={"serve": "egress.api.server:api_serve"}, help="The query API (HTTP, OpenAPI, dashboard).")
+)

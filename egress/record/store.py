@@ -20,7 +20,9 @@ While the spool holds anything, new batches queue behind it, so the stream stays
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
+import operator
 import threading
 import time
 import urllib.parse
@@ -48,34 +50,34 @@ DRAIN_PER_WRITE: Final = 64
 _FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(AttemptRecord))
 
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
+STORE_ERRORS: Final[tuple[type[BaseException], ...]] = _REDIS_ERRORS
+"""What a query may raise when Redis does not answer or refuses: callers catch these without importing redis."""
 
 # KEYS: stream, index, then one seen-key per record. ARGV: maxlen, max age (ms), min score, seen ttl (s), number
-# of fields n, the n field names, then one argument per record: its n values, each as "<byte length>:<bytes>"
-# (one argument per record rather than n keeps the client's packing cost low). Returns how many records were new.
-# The stream is trimmed by age relative to its newest id (Redis's clock), the index by the records' times.
+# of fields n, the n field names, then the records as one JSON array of arrays of their n values (strings): one
+# argument decoded in C by cjson keeps both the client's packing and the script's parsing cheap. Returns how many
+# records were new. The stream is trimmed by age relative to its newest id (Redis's clock), the index by the
+# records' times.
 _WRITE_SCRIPT: Final = """
 local maxlen = ARGV[1]
 local n = tonumber(ARGV[5])
 local ts_at = 0
+local fields = {}
 for j = 1, n do
   if ARGV[5 + j] == 'ts' then ts_at = j end
+  fields[2 * j - 1] = ARGV[5 + j]
 end
+local rows = cjson.decode(ARGV[6 + n])
 local added = 0
 local last = nil
 for i = 3, #KEYS do
   if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[4]) then
-    local packed = ARGV[5 + n + i - 2]
-    local fields = {}
-    local pos = 1
+    local values = rows[i - 2]
     for j = 1, n do
-      local colon = string.find(packed, ':', pos, true)
-      local size = tonumber(string.sub(packed, pos, colon - 1))
-      fields[2 * j - 1] = ARGV[5 + j]
-      fields[2 * j] = string.sub(packed, colon + 1, colon + size)
-      pos = colon + size + 1
+      fields[2 * j] = values[j]
     end
     last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(fields))
-    redis.call('ZADD', KEYS[2], fields[2 * ts_at], last)
+    redis.call('ZADD', KEYS[2], values[ts_at], last)
     added = added + 1
   end
 end
@@ -108,11 +110,21 @@ def seen_key(sandbox: str, record_id: str) -> str:
     return f"egress:{{{sandbox_tag(sandbox)}}}:seen:{record_id}"
 
 
-def _pack(record: AttemptRecord) -> bytes:
-    """A record's values in `_FIELD_NAMES` order, each as ``<byte length>:<bytes>`` (what the script splits)."""
-    fields = record.to_fields()
-    values = [fields[name].encode() for name in _FIELD_NAMES]
-    return b"".join(b"%d:%s" % (len(value), value) for value in values)
+def action_keys(sandbox: str) -> tuple[str, str, str, str]:
+    """The agent-action keys of a sandbox (docs/records.md): hash id -> JSON, sorted sets by start and by end
+    (``inf`` while running), and the longest finished span seen (what bounds an overlap query)."""
+    prefix = f"egress:{{{sandbox_tag(sandbox)}}}"
+    return f"{prefix}:actions", f"{prefix}:actions-by-start", f"{prefix}:actions-by-end", f"{prefix}:actions-span"
+
+
+_GET_VALUES: Final = operator.attrgetter(*_FIELD_NAMES)
+
+
+def _pack(records: Sequence[AttemptRecord]) -> str:
+    """The records' values in `_FIELD_NAMES` order as a JSON array of arrays of strings (what the script decodes);
+    each value as `AttemptRecord.to_fields` writes it."""
+    rows = [[repr(value) if type(value) is float else str(value) for value in _GET_VALUES(r)] for r in records]
+    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
 
 
 class RecordStore:
@@ -150,6 +162,7 @@ class RecordStore:
         self._clock = clock
         self._spool = Spool(spool_dir, spool_max_bytes)
         self._lock = threading.Lock()
+        self._connect_lock = threading.Lock()
         self._client: Any = None
         self._retry_at = 0.0
         self._known_sandboxes: set[str] = set()
@@ -261,6 +274,20 @@ class RecordStore:
         except _REDIS_ERRORS:
             return False
 
+    def client(self) -> Any:
+        """The redis-py client (``redis.Redis`` or ``redis.cluster.RedisCluster``, replies decoded to str) for the
+        read helpers of `egress.record.query`, which must not import redis themselves. Thread-safe like redis-py."""
+        return self._connect()
+
+    def now(self) -> float:
+        """The store's clock (epoch seconds): what retention is measured against."""
+        return self._clock()
+
+    @property
+    def socket_timeout(self) -> float:
+        """Seconds a Redis reply may take; a blocking read must wait less than this."""
+        return self._socket_timeout
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:
@@ -268,18 +295,21 @@ class RecordStore:
                 self._client = None
 
     def _connect(self) -> Any:
-        if self._client is None:
-            options: dict[str, Any] = {
-                "decode_responses": True,
-                "socket_timeout": self._socket_timeout,
-                "socket_connect_timeout": self._connect_timeout,
-                "retry": Retry(NoBackoff(), 0),  # a failed write is spooled, not retried in place
-            }
-            if self.cluster:
-                self._client = redis.cluster.RedisCluster.from_url(self.url, **options)
-            else:
-                self._client = redis.Redis.from_url(self.url, **options)
-        return self._client
+        with self._connect_lock:  # reads from several threads (the API) share one client
+            if self._client is None:
+                self._client = self._new_client()
+            return self._client
+
+    def _new_client(self) -> Any:
+        options: dict[str, Any] = {
+            "decode_responses": True,
+            "socket_timeout": self._socket_timeout,
+            "socket_connect_timeout": self._connect_timeout,
+            "retry": Retry(NoBackoff(), 0),  # a failed write is spooled, not retried in place
+        }
+        if self.cluster:
+            return redis.cluster.RedisCluster.from_url(self.url, **options)
+        return redis.Redis.from_url(self.url, **options)
 
     def _deliver(self, records: Sequence[AttemptRecord]) -> None:
         client = self._connect()
@@ -307,7 +337,7 @@ class RecordStore:
                     len(_FIELD_NAMES),
                     *_FIELD_NAMES,
                 ]
-                args.extend(_pack(record) for record in chunk)
+                args.append(_pack(chunk))
                 pipe.execute_command("EVAL", _WRITE_SCRIPT, len(keys), *keys, *args)  # ClusterPipeline.eval is not EVAL
                 calls += 1
         replies = pipe.execute()

@@ -1,0 +1,140 @@
+"""Prometheus metrics: one registry per process, scraped at ``GET /metrics``.
+
+Families (all prefixed ``egress_``):
+
+- ``attempts_window{reason}``, ``attempts_window_by_sandbox{sandbox}``: gauges, attempts recorded in Redis in the
+  last ``metrics_window_s`` seconds (aggregated records count as their ``count``). Read from Redis at scrape
+  time, so every API worker and every API process reports the same values.
+- ``records_written_total``, ``records_duplicates_total``, ``records_spooled_total``, ``records_lost_total``,
+  ``redis_errors_total``, ``spool_pending_batches``: the `RecordStore` counters *of this process*. The API's own
+  store writes no attempt records, so here they stay near zero; the gateway process registers the same collector
+  (`StoreCollector`) for its recorder's store and exports them itself.
+- ``decisions_total{component, action, reason}``: proxy and DNS decisions. Defined here so both sides use one
+  name and label set; they are counted by the gateway's processes (`count_decision`), so the API's copy is 0.
+- ``redis_up``: whether Redis answered the last scrape; ``api_requests_total{method, route, status}``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Final
+
+from prometheus_client import CollectorRegistry, Counter
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from egress.record import query
+from egress.record.store import STORE_ERRORS, RecordStore
+
+log = logging.getLogger(__name__)
+
+DECISION_COMPONENTS: Final = ("proxy", "dns")
+CACHE_S: Final = 5.0
+"""Redis-derived gauges are recomputed at most this often (several scrapers, one Redis)."""
+
+
+class StoreCollector(Collector):
+    """A `RecordStore`'s delivery counters, read at scrape time."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return self.collect()  # reads attributes only: cheap
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        store = self.store
+        for name, value, help_text in (
+            ("egress_records_written", store.written, "Attempt records stored in Redis by this process."),
+            ("egress_records_duplicates", store.duplicates, "Records Redis already had (replays), not stored again."),
+            ("egress_records_spooled", store.spooled, "Records put in the disk spool because Redis did not take them."),
+            ("egress_records_lost", store.lost, "Records refused by a full spool."),
+            ("egress_redis_errors", store.redis_errors, "Failed Redis round trips of the record store."),
+        ):
+            yield CounterMetricFamily(name, help_text, value=value)
+        yield GaugeMetricFamily("egress_spool_pending_batches", "Batches waiting in the spool.", value=_pending(store))
+
+
+def _pending(store: RecordStore) -> int:
+    try:
+        return store.spool_pending
+    except OSError:
+        return 0
+
+
+class AttemptsCollector(Collector):
+    """Attempts in Redis over the last ``window_s`` seconds, by reason and by sandbox (cached ``CACHE_S``)."""
+
+    def __init__(self, store: RecordStore, window_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.store = store
+        self.window_s = window_s
+        self.clock = clock
+        self._cached_at: float | None = None
+        self._cached: dict[str, dict[str, int]] | None = None
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return self._families(None)  # no Redis query when the collector is registered
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        return self._families(self._counts())
+
+    def _families(self, counts: dict[str, dict[str, int]] | None) -> Iterator[GaugeMetricFamily]:
+        up = GaugeMetricFamily("egress_redis_up", "Whether Redis answered the last metrics query (1) or not (0).")
+        up.add_metric([], 1 if counts is not None else 0)
+        yield up
+        for by, name in (("reason", "egress_attempts_window"), ("sandbox", "egress_attempts_window_by_sandbox")):
+            family = GaugeMetricFamily(
+                name, f"Attempts recorded in the last {self.window_s:g} s, by {by}.", labels=[by]
+            )
+            for label, value in sorted((counts or {}).get(by, {}).items()):
+                family.add_metric([label], value)
+            yield family
+
+    def _counts(self) -> dict[str, dict[str, int]] | None:
+        now = time.monotonic()
+        if self._cached_at is not None and now - self._cached_at < CACHE_S:
+            return self._cached
+        until = self.clock()
+        result: dict[str, dict[str, int]] | None
+        try:
+            result = {by: query.counts(self.store, until - self.window_s, until, by) for by in ("reason", "sandbox")}
+        except STORE_ERRORS as error:  # a scrape must answer: Redis trouble shows as egress_redis_up 0
+            log.warning("metrics: attempt counts unavailable (%s: %s)", type(error).__name__, error)
+            result = None
+        self._cached_at, self._cached = now, result
+        return result
+
+
+class Metrics:
+    """The registry of one API process and the counters the API itself updates."""
+
+    def __init__(self, store: RecordStore, window_s: float, clock: Callable[[], float] = time.time) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        self.registry.register(StoreCollector(store))
+        self.registry.register(AttemptsCollector(store, window_s, clock))
+        self.decisions = decision_counter(self.registry)
+        self.requests = Counter(
+            "egress_api_requests",
+            "API requests answered, by route template and status.",
+            ["method", "route", "status"],
+            registry=self.registry,
+        )
+
+
+def decision_counter(registry: CollectorRegistry) -> Counter:
+    """``egress_decisions_total{component, action, reason}`` in ``registry`` (the gateway registers its own)."""
+    return Counter(
+        "egress_decisions",
+        "Proxy and DNS decisions (counted by the gateway processes that make them).",
+        ["component", "action", "reason"],
+        registry=registry,
+    )
+
+
+def count_decision(counter: Counter, component: str, action: str, reason: str) -> None:
+    """Count one decision; ``component`` is ``proxy`` or ``dns``."""
+    if component not in DECISION_COMPONENTS:
+        raise ValueError(f"component {component!r} not in {DECISION_COMPONENTS}")
+    counter.labels(component, action, reason).inc()

@@ -1,0 +1,130 @@
+"""Serving the query API with uvicorn, and the ``egress api serve`` command (`api_serve`).
+
+One worker runs the app in this process; several are uvicorn worker processes that each build the app from
+``EGRESS_API_SETTINGS`` (`app_from_env`: token digests only travel there, never tokens).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+import click
+import uvicorn
+from fastapi import FastAPI
+
+from egress.api.app import create_app
+from egress.api.auth import ENV_VAR, load_tokens, tokens_from_env
+from egress.api.settings import SETTINGS_ENV, Settings, parse_listen
+from egress.rules.yamlnodes import RulesError
+
+log = logging.getLogger(__name__)
+
+GRACEFUL_SHUTDOWN_S = 5
+"""Follow streams never end by themselves: shutdown waits this long for them, then closes them."""
+
+
+def serve(settings: Settings) -> None:
+    """Run the API until interrupted (uvicorn handles SIGINT/SIGTERM)."""
+    if settings.lab and not settings.tokens and not settings.loopback:
+        log.warning("lab mode without tokens on %s: anyone who reaches it can read every record", settings.host)
+    options = {
+        "host": settings.host,
+        "port": settings.port,
+        "server_header": False,
+        "proxy_headers": False,
+        "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
+        "log_level": "info",
+    }
+    if settings.workers == 1:
+        uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
+        return
+    os.environ[SETTINGS_ENV] = settings.to_env()
+    uvicorn.run("egress.api.server:app_from_env", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
+
+
+def app_from_env() -> FastAPI:
+    """The app of one uvicorn worker process, from the settings its parent put in ``EGRESS_API_SETTINGS``."""
+    return create_app(Settings.from_env(os.environ[SETTINGS_ENV]))
+
+
+@click.command("serve")
+@click.option(
+    "--redis-url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    help="Where the records are; redis+cluster://host:port for a Redis Cluster.",
+)
+@click.option(
+    "--tokens",
+    "tokens_file",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help=f"Tokens file (YAML; see docs/api.md). Without it, ${ENV_VAR} is read.",
+)
+@click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port (the management side only).")
+@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn worker processes.")
+@click.option(
+    "--lab", is_flag=True, help="A lab: start without tokens, every request allowed. Never on a shared network."
+)
+@click.option(
+    "--slack",
+    type=click.FloatRange(0, 3600),
+    default=2.0,
+    show_default=True,
+    help="Seconds around an action's span within which an attempt is tied to it.",
+)
+@click.option(
+    "--policy",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    help="Policy file whose retention (max_age_days, max_records) applies to the actions the API stores.",
+)
+def api_serve(
+    redis_url: str,
+    tokens_file: Path | None,
+    listen: str,
+    workers: int,
+    lab: bool,
+    slack: float,
+    policy: Path | None,
+) -> None:
+    """Serve the query API, the dashboard and /metrics."""
+    try:
+        host, port = parse_listen(listen)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--listen") from None
+    try:
+        tokens = load_tokens(tokens_file) if tokens_file is not None else tokens_from_env()
+    except (RulesError, OSError) as error:
+        click.echo(f"egress: tokens: {error}", err=True)
+        sys.exit(2)
+    retention: dict[str, float] = {}
+    if policy is not None:
+        from egress.rules.policy import load_policy
+
+        try:
+            loaded = load_policy(policy)
+        except (RulesError, OSError) as error:
+            click.echo(f"egress: policy: {error}", err=True)
+            sys.exit(2)
+        retention = {
+            "retention_max_records": loaded.retention.max_records,
+            "retention_max_age_days": loaded.retention.max_age_days,
+        }
+    try:
+        settings = Settings(
+            redis_url=redis_url,
+            tokens=tokens,
+            lab=lab,
+            slack=slack,
+            host=host,
+            port=port,
+            workers=workers,
+            **retention,  # type: ignore[arg-type]
+        )
+    except ValueError as error:
+        click.echo(f"egress: {error}", err=True)
+        sys.exit(2)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    serve(settings)

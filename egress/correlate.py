@@ -1,0 +1,107 @@
+"""Ties blocked attempts to the agent actions that caused them. Pure: records in, links out.
+
+The rule (docs/records.md): an attempt belongs to every action of its sandbox whose span, widened by ``slack``
+seconds on both sides, contains the attempt's time; an action still running (``end`` None) spans to +inf. The
+links are made when asked, not when written, because the harness may report an action after the attempts it
+explains.
+"""
+
+from __future__ import annotations
+
+import bisect
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Final, Literal
+
+from egress.record.actions import ActionRecord
+from egress.record.schema import AttemptRecord
+
+DEFAULT_SLACK: Final = 2.0
+"""Seconds: clocks of the harness and the gateway differ, and a connection may start just after its command."""
+
+
+def distance(attempt_ts: float, action: ActionRecord) -> float:
+    """Seconds from ``attempt_ts`` to the action's span: 0 inside it, else the gap to its nearer edge."""
+    if attempt_ts < action.start:
+        return action.start - attempt_ts
+    if attempt_ts > action.span_end:
+        return attempt_ts - action.span_end
+    return 0.0
+
+
+def correlate(
+    attempt_ts: float, actions: Sequence[ActionRecord], slack: float = DEFAULT_SLACK
+) -> list[tuple[ActionRecord, float]]:
+    """Actions whose ``[start - slack, (end or +inf) + slack]`` contains ``attempt_ts``, nearest first, each with
+    its `distance` in seconds. Ties (e.g. nested actions, both distance 0) go to the one that started later: the
+    innermost action is the likelier cause."""
+    if not math.isfinite(slack) or slack < 0:
+        raise ValueError(f"slack must be a non-negative number of seconds, got {slack!r}")
+    found = []
+    for action in actions:
+        gap = distance(attempt_ts, action)
+        if gap <= slack:
+            found.append((action, gap))
+    found.sort(key=lambda pair: (pair[1], -pair[0].start, pair[0].id))
+    return found
+
+
+_MARGIN: Final = 1e-6
+"""Seconds added to the candidate window so that float rounding cannot drop an action right on its edge."""
+
+
+class Correlator:
+    """`correlate` for many attempts against the same actions: sorted once, each look-up reads only the actions
+    that started within the longest finished span before the attempt (plus those still running)."""
+
+    def __init__(self, actions: Sequence[ActionRecord], slack: float = DEFAULT_SLACK) -> None:
+        if not math.isfinite(slack) or slack < 0:
+            raise ValueError(f"slack must be a non-negative number of seconds, got {slack!r}")
+        self.slack = slack
+        finished = sorted((a for a in actions if a.end is not None), key=lambda a: a.start)
+        self._finished = finished
+        self._starts = [action.start for action in finished]
+        self._longest = max((action.span_end - action.start for action in finished), default=0.0)
+        self._running = [action for action in actions if action.end is None]
+
+    def links(self, attempt_ts: float) -> list[tuple[ActionRecord, float]]:
+        """Same answer as ``correlate(attempt_ts, actions, slack)``."""
+        low = bisect.bisect_left(self._starts, attempt_ts - self.slack - self._longest - _MARGIN)
+        high = bisect.bisect_right(self._starts, attempt_ts + self.slack + _MARGIN)
+        return correlate(attempt_ts, [*self._finished[low:high], *self._running], self.slack)
+
+
+@dataclass(frozen=True, slots=True)
+class TimelineItem:
+    """One line of a sandbox timeline: an action (at its start) or an attempt (at its time)."""
+
+    kind: Literal["action", "attempt"]
+    ts: float
+    action: ActionRecord | None = None
+    """Set when ``kind`` is ``action``."""
+    attempt: AttemptRecord | None = None
+    """Set when ``kind`` is ``attempt``."""
+    related: tuple[str, ...] = ()
+    """For an attempt: ids of the actions it correlates with, nearest first (`correlate` with the slack given)."""
+
+
+def timeline(
+    actions: Sequence[ActionRecord], attempts: Sequence[AttemptRecord], slack: float = DEFAULT_SLACK
+) -> list[TimelineItem]:
+    """Actions and attempts merged by time, oldest first; at equal times an action comes before an attempt (the
+    action is the cause). Each attempt carries the ids of its correlated actions in ``related``."""
+    items = [TimelineItem("action", action.start, action=action) for action in actions]
+    index = Correlator(actions, slack)
+    for attempt in attempts:
+        related = tuple(action.id for action, _ in index.links(attempt.ts))
+        items.append(TimelineItem("attempt", attempt.ts, attempt=attempt, related=related))
+    items.sort(key=_order)
+    return items
+
+
+def _order(item: TimelineItem) -> tuple[float, int, str]:
+    if item.action is not None:
+        return (item.ts, 0, item.action.id)
+    assert item.attempt is not None
+    return (item.ts, 1, item.attempt.id)
