@@ -2,10 +2,8 @@
 
 from __future__ import annotations
 
-import datetime
 import importlib
 import os
-import pathlib
 import sys
 import time
 from collections import Counter
@@ -16,7 +14,7 @@ import click
 from egress.capture.reader import CHUNK
 from egress.detect.base import Category
 from egress.detect.registry import default_detectors
-from egress.report import CATEGORY_COLOURS, TableWriter, summary, write_json
+from egress.report import TableWriter, summary, write_json
 from egress.rules.lists import RulesError
 from egress.scanner import FileStats, Scanner
 
@@ -25,7 +23,37 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class LazyGroup(click.Group):
+    """A group whose listed subcommands are imported only when used, so ``egress scan`` does not pay for
+    FastAPI or redis at start-up."""
+
+    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.lazy = lazy or {}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = self.lazy.get(cmd_name)
+        if target is None:
+            return super().get_command(ctx, cmd_name)
+        module, attribute = target.split(":")
+        command = getattr(importlib.import_module(module), attribute)
+        assert isinstance(command, click.Command)
+        return command
+
+
+@click.group(
+    cls=LazyGroup,
+    lazy={
+        "events": "egress.cli_query:events",
+        "timeline": "egress.cli_query:timeline_command",
+        "stats": "egress.cli_query:stats",
+        "actions": "egress.cli_query:actions",
+    },
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.version_option(package_name="egress")
 def main() -> None:
     """egress: egress firewall and mining/tunnel detector for agent sandboxes."""
@@ -311,69 +339,6 @@ def nft_render(
         nflog_group=nflog_group,
     )
     click.echo(render_lockdown(settings, loaded) if lockdown else render(loaded, settings), nl=False)
-
-
-@main.command()
-@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True, help="The record store.")
-@click.option("--sandbox", "sandboxes", multiple=True, help="Only these sandboxes (default: all).")
-@click.option("--limit", default=200, show_default=True, help="Most records per sandbox.")
-@click.option("--json", "as_json", is_flag=True, help="One JSON record per line (docs/records.md schema).")
-def events(redis_url: str, sandboxes: tuple[str, ...], limit: int, as_json: bool) -> None:
-    """Blocked and would-block attempts recorded in Redis, oldest first."""
-    import json as jsonlib
-    import tempfile
-
-    from egress.record.store import RecordStore
-
-    with tempfile.TemporaryDirectory(prefix="egress-events-") as spool:
-        store = RecordStore(redis_url, pathlib.Path(spool), "reader")
-        if not store.ping():
-            click.echo(f"egress: cannot reach Redis at {redis_url}", err=True)
-            sys.exit(EXIT_USAGE)
-        records = []
-        for name in sandboxes or tuple(store.sandboxes()):
-            page, _ = store.read(name, None, None, limit, None, reverse=True)
-            records += page
-        store.close()
-    records.sort(key=lambda record: record.ts)
-    if as_json:
-        for record in records:
-            click.echo(jsonlib.dumps(record.to_json(), separators=(",", ":")))
-        return
-    click.echo(f"{'TIME':<20} {'SANDBOX':<10} {'DESTINATION':<30} {'HOST':<20} {'REASON':<22} {'DETECTOR':<14} ACTION")
-    for record in records:
-        when = datetime.datetime.fromtimestamp(record.ts).strftime("%Y-%m-%d %H:%M:%S")
-        where = f"{record.dst}:{record.dport}/{record.transport}"
-        count = f" x{record.count}" if record.count > 1 else ""
-        colour = CATEGORY_COLOURS.get(Category(record.category)) if record.category != "policy" else None
-        reason = (
-            click.style(f"{record.reason:<22}", fg=colour) if colour and sys.stdout.isatty() else f"{record.reason:<22}"
-        )
-        click.echo(
-            f"{when:<20} {record.sandbox[:10]:<10} {where[:30]:<30} {record.host[:20]:<20} {reason} "
-            f"{record.detector[:14]:<14} {record.action}{count}"
-        )
-
-
-class LazyGroup(click.Group):
-    """A group whose listed subcommands are imported only when used, so ``egress scan`` does not pay for
-    FastAPI or redis at start-up."""
-
-    def __init__(self, *args: Any, lazy: dict[str, str] | None = None, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.lazy = lazy or {}
-
-    def list_commands(self, ctx: click.Context) -> list[str]:
-        return sorted({*super().list_commands(ctx), *self.lazy})
-
-    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
-        target = self.lazy.get(cmd_name)
-        if target is None:
-            return super().get_command(ctx, cmd_name)
-        module, attribute = target.split(":")
-        command = getattr(importlib.import_module(module), attribute)
-        assert isinstance(command, click.Command)
-        return command
 
 
 main.add_command(

@@ -9,6 +9,7 @@ tests use: one lab, one gateway, stopped and removed on exit.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import pathlib
 import shutil
@@ -175,6 +176,43 @@ def _print_records(run: GatewayRun) -> None:
     print(done.stdout.rstrip() or done.stderr.strip())
 
 
+def play_as_harness(run: GatewayRun, names: Sequence[str] = tuple(ATTEMPTS)) -> list[AttemptResult]:
+    """Play each attempt as one agent action, the way a sandbox harness would, and report the actions.
+
+    Each attempt runs as its own command inside the sandbox; its start and end times are reported through
+    `egress actions record` (inside the gateway namespace, where the record store is), so the timeline can tie
+    every blocked attempt to the action that caused it.
+    """
+    results: list[AttemptResult] = []
+    actions: list[dict[str, object]] = []
+    for index, name in enumerate(names):
+        start = time.time()
+        results += run.attempts([name])
+        actions.append(
+            {
+                "sandbox": "agent",
+                "id": f"demo-{index:02d}-{name}",
+                "kind": "shell_command",
+                "command": f"python -m egress.lab.attempts {name}",
+                "start": round(start, 6),
+                "end": round(time.time(), 6),
+            }
+        )
+    lines = "".join(json.dumps(action) + "\n" for action in actions)
+    argv = [sys.executable, "-m", "egress", "actions", "record", "--redis-url", run.redis_url, "--stdin"]
+    done = netns.exec_in(run.lab.gateway_ns, argv, input=lines, timeout=30)
+    if done.returncode != 0:
+        print(f"reporting the demo's actions failed: {done.stderr.strip()}", file=sys.stderr)
+    return results
+
+
+def _print_timeline(run: GatewayRun) -> None:
+    argv = [sys.executable, "-m", "egress", "timeline", "agent", "--redis-url", run.redis_url, "--slack", "0.1"]
+    done = netns.exec_in(run.lab.gateway_ns, argv, timeout=30)
+    print("\nTimeline of sandbox 'agent' (egress timeline agent): each attempt under the action that made it")
+    print(done.stdout.rstrip() or done.stderr.strip())
+
+
 def demo(prefix: str = "egress-", keep: bool = False) -> int:
     """Run the whole demo; return 0 when it ran."""
     if os.geteuid() != 0:
@@ -185,9 +223,10 @@ def demo(prefix: str = "egress-", keep: bool = False) -> int:
     try:
         run.start()
         print(f"lab {prefix!r} up; gateway running in {lab.gateway_ns}; playing attempts from {lab.sandbox_ns}\n")
-        _print_results(run.attempts())
+        _print_results(play_as_harness(run))
         run.stop_gateway()  # flushes the recorders' open aggregation windows
         _print_records(run)
+        _print_timeline(run)
     finally:
         run.stop()
         if not keep:

@@ -1,0 +1,201 @@
+"""Record store benchmark: write rate through `RecordStore` beside redis-benchmark's XADD rate on the same server,
+and the latency of a sandbox time-range query on a store of one million records.
+
+Starts its own redis-server (no persistence) on a free loopback port and stops it at the end. Prints:
+
+- redis-benchmark ``XADD bench * f v`` (-P 16): the server's limit for stream appends; and the same with an entry
+  shaped like a record (19 fields), for reference;
+- records/s written by `RecordStore.write` in batches (the recorder's batch size), every record through the
+  idempotent write script (XADD + ZADD + SET NX), and its ratio to the first line (goal: at least 0.5);
+- p50/p99 of ``list_attempts`` with a sandbox and a 1-minute window, limit 100, on one million records over ten
+  sandboxes (goal: p99 under 50 ms).
+
+    python bench/records.py                 # about two minutes
+    python bench/records.py --fill 200000   # quicker
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import pathlib
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from egress.record.query import AttemptFilter, list_attempts  # noqa: E402
+from egress.record.schema import AttemptRecord, make_id  # noqa: E402
+from egress.record.store import RecordStore, index_key, stream_key  # noqa: E402
+from tests.record.redis_server import RedisServer  # noqa: E402
+
+SANDBOXES = 10
+START = 1_750_000_000.0
+
+
+def make_records(count: int, span: float, seed: int) -> list[AttemptRecord]:
+    """``count`` varied records over ``span`` seconds from START, spread over the sandboxes."""
+    rng = random.Random(seed)
+    out = []
+    for index in range(count):
+        ts = START + rng.random() * span
+        kind = index % 3
+        out.append(
+            AttemptRecord(
+                id=make_id(ts, rng.randbytes(10)),
+                ts=ts,
+                gateway="gw1",
+                sandbox=f"sandbox-{index % SANDBOXES}",
+                src=f"10.77.0.{2 + index % 200}",
+                sport=1024 + index % 60000,
+                dst=f"203.0.113.{index % 250}",
+                dport=(3333, 443, 53)[kind],
+                transport=("tcp", "tcp", "udp")[kind],
+                host=("pool.example.com", "", "x.t.example.net")[kind],
+                category=("mining", "policy", "tunnel")[kind],
+                protocol=("stratum-v1", "tcp", "dns-tunnel")[kind],
+                reason=("mining", "not-allowed", "tunnel")[kind],
+                detector=("stratum", "", "dns_tunnel")[kind],
+                rule="",
+                action="block",
+                evidence='{"id":1,"method":"mining.subscribe","params":["xmrig/6.21"]}'[: 20 + index % 40],
+            )
+        )
+    return out
+
+
+def redis_benchmark(port: int, requests: int, fields: list[str]) -> float:
+    """requests/s of redis-benchmark XADD with these field/value arguments, 16 commands per pipeline."""
+    tool = shutil.which("redis-benchmark")
+    if tool is None:
+        return float("nan")
+    command = [tool, "-h", "127.0.0.1", "-p", str(port), "-n", str(requests), "-P", "16", "--csv"]
+    xadd = [*command, "XADD", "bench", "*", *fields]
+    result = subprocess.run(xadd, capture_output=True, text=True, timeout=300, check=True)
+    rows = [line for line in result.stdout.splitlines() if line.startswith('"XADD')]
+    return float(rows[-1].split(",")[-7].strip('"')) if rows else float("nan")  # the name itself may hold commas
+
+
+def store_rate(store: RecordStore, records: list[AttemptRecord], batch: int) -> float:
+    started = time.perf_counter()
+    for start in range(0, len(records), batch):
+        store.write(records[start : start + batch])
+    elapsed = time.perf_counter() - started
+    assert store.written == len(records), (store.written, store.spooled, store.redis_errors)
+    return len(records) / elapsed
+
+
+def _resp(*args: str) -> bytes:
+    parts = [b"*%d\r\n" % len(args)]
+    for arg in args:
+        data = arg.encode()
+        parts.append(b"$%d\r\n%s\r\n" % (len(data), data))
+    return b"".join(parts)
+
+
+def fill(server: RedisServer, count: int, span: float) -> float:
+    """``count`` records in the store's key layout (stream + time index), fed to ``redis-cli --pipe`` as raw
+    commands: no idempotence script, explicit stream ids (time order per sandbox), so nothing waits on replies."""
+    started = time.perf_counter()
+    pipe = subprocess.Popen(
+        [shutil.which("redis-cli") or "redis-cli", "-h", "127.0.0.1", "-p", str(server.port), "--pipe"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+    )
+    assert pipe.stdin is not None
+    chunk = 50_000
+    for offset in range(0, count, chunk):
+        records = sorted(make_records(min(chunk, count - offset), span / (count / chunk), seed=offset),
+                         key=lambda record: record.ts)  # fmt: skip
+        shift = span * offset / count
+        out = []
+        for seq, record in enumerate(records):
+            fields = record.to_fields()
+            fields["ts"] = repr(record.ts + shift)
+            entry_id = f"{int((record.ts + shift) * 1000)}-{offset + seq}"
+            flat = [item for pair in fields.items() for item in pair]
+            out.append(_resp("XADD", stream_key(record.sandbox), entry_id, *flat))
+            out.append(_resp("ZADD", index_key(record.sandbox), fields["ts"], entry_id))
+        pipe.stdin.write(b"".join(out))
+    pipe.stdin.write(_resp("SADD", "egress:sandboxes", *(f"sandbox-{index}" for index in range(SANDBOXES))))
+    pipe.stdin.close()
+    pipe.wait(timeout=600)
+    return time.perf_counter() - started
+
+
+def query_latency(store: RecordStore, queries: int, span: float) -> tuple[list[float], float]:
+    rng = random.Random(5)
+    times, returned = [], 0
+    for _ in range(queries):
+        since = START + rng.random() * (span - 60)
+        flt = AttemptFilter(sandbox=f"sandbox-{rng.randrange(SANDBOXES)}", since=since, until=since + 60)
+        started = time.perf_counter()
+        page, _ = list_attempts(store, flt, 100, None)
+        times.append(time.perf_counter() - started)
+        returned += len(page)
+    return times, returned / queries
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--writes", type=int, default=200_000, help="Records written through RecordStore.")
+    parser.add_argument("--batch", type=int, default=256, help="Records per write (the recorder's batch).")
+    parser.add_argument("--fill", type=int, default=1_000_000, help="Records in the store for the query test.")
+    parser.add_argument("--span", type=float, default=7200.0, help="Seconds the filled records spread over.")
+    parser.add_argument("--queries", type=int, default=1000)
+    parser.add_argument("--json", dest="json_out", help="Also write the results to this file.")
+    args = parser.parse_args()
+
+    server = RedisServer(pathlib.Path(tempfile.mkdtemp(prefix="egress-bench-redis-")))
+    server.start()
+    try:
+        server.cli("config", "set", "appendonly", "no")
+        sample = make_records(1, 60, seed=1)[0].to_fields()
+        xadd_simple = redis_benchmark(server.port, 200_000, ["f", "v"])
+        xadd_shaped = redis_benchmark(server.port, 200_000, [item for pair in sample.items() for item in pair])
+        server.cli("flushall")
+        with tempfile.TemporaryDirectory(prefix="egress-bench-spool-") as spool:
+            store = RecordStore(server.url, pathlib.Path(spool), "gw1", socket_timeout=30.0)
+            written = store_rate(store, make_records(args.writes, 3600, seed=99), args.batch)
+            server.cli("flushall")
+            fill_s = fill(server, args.fill, args.span)
+            latencies, per_query = query_latency(store, args.queries, args.span)
+            store.close()
+    finally:
+        server.cleanup()
+
+    p50 = statistics.median(latencies) * 1000
+    p99 = statistics.quantiles(latencies, n=100)[98] * 1000
+    ratio = written / xadd_simple
+    results = {
+        "redis_benchmark_xadd_per_s": round(xadd_simple),
+        "redis_benchmark_xadd_record_shaped_per_s": round(xadd_shaped),
+        "recordstore_records_per_s": round(written),
+        "ratio": round(ratio, 3),
+        "batch": args.batch,
+        "fill_records": args.fill,
+        "fill_s": round(fill_s, 1),
+        "query_p50_ms": round(p50, 2),
+        "query_p99_ms": round(p99, 2),
+        "records_per_query": round(per_query, 1),
+    }
+    print(f"redis-benchmark XADD (1 field, -P 16)        {xadd_simple:>12,.0f} entries/s")
+    print(f"redis-benchmark XADD (record-shaped, -P 16)  {xadd_shaped:>12,.0f} entries/s")
+    print(f"RecordStore.write (batch {args.batch})             {written:>12,.0f} records/s")
+    print(f"  ratio to XADD: {ratio:.2f}   goal >= 0.50: {'met' if ratio >= 0.5 else 'NOT met'}")
+    print(f"query: sandbox + 1-minute window, limit 100, on {args.fill:,} records (filled in {fill_s:.1f} s)")
+    print(f"  p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({per_query:.0f} records per query)")
+    print(f"  goal p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'}")
+    if args.json_out:
+        pathlib.Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,381 @@
+"""The query commands of the ``egress`` command line: ``events``, ``timeline``, ``stats`` and ``actions record``.
+They read Redis through `egress.record.query`; the main group (egress/cli.py) registers `COMMANDS`. The JSON
+lines they print are the documented records (docs/records.md), unchanged, so a SIEM can take them as they are.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+import pathlib
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from typing import Any, Final
+
+import click
+
+from egress.correlate import DEFAULT_SLACK, timeline
+from egress.record import query
+from egress.record.actions import ActionRecord
+from egress.record.schema import AttemptRecord
+from egress.record.store import STORE_ERRORS, RecordStore
+from egress.report import CATEGORY_COLOURS
+
+EXIT_USAGE: Final = 2
+COLOURS: Final = {category.value: colour for category, colour in CATEGORY_COLOURS.items()} | {"policy": "blue"}
+_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
+_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+redis_option = click.option(
+    "--redis-url",
+    default="redis://127.0.0.1:6379/0",
+    show_default=True,
+    envvar="EGRESS_REDIS_URL",
+    help="The record store (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
+)
+
+
+def parse_duration(text: str) -> float:
+    """``90``, ``90s``, ``15m``, ``2h``, ``1d``, ``1w`` as seconds."""
+    match = _DURATION.fullmatch(text.strip())
+    if match:
+        return float(match[1]) * _UNITS[match[2]]
+    try:
+        seconds = float(text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a duration (e.g. 90, 15m, 2h, 1d)") from None
+    if not 0 <= seconds < float("inf"):
+        raise ValueError(f"{text!r} is not a duration")
+    return seconds
+
+
+def parse_time(text: str, now: float | None = None) -> float:
+    """Epoch seconds from ``now``, a relative time back from now (``15m``, ``2h``), an ISO 8601 time (local time
+    when it has no zone) or epoch seconds."""
+    now = time.time() if now is None else now
+    text = text.strip()
+    if text == "now":
+        return now
+    if _DURATION.fullmatch(text):
+        return now - parse_duration(text)
+    with contextlib.suppress(ValueError):
+        return float(text)
+    try:
+        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
+    except ValueError:
+        raise ValueError(f"{text!r} is not a time (ISO 8601, epoch seconds, 'now', or relative like 15m, 2h)") from None
+    return moment.timestamp()
+
+
+def _time_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
+    if value is None:
+        return None
+    try:
+        return parse_time(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+def _duration_option(_ctx: click.Context, param: click.Parameter, value: str) -> float:
+    try:
+        return parse_duration(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+@contextlib.contextmanager
+def _store(redis_url: str, **options: Any) -> Iterator[RecordStore]:
+    """A reading store (its spool, unused by queries, in a temporary directory); exit 2 when Redis is away."""
+    with tempfile.TemporaryDirectory(prefix="egress-query-") as spool:
+        store = RecordStore(redis_url, pathlib.Path(spool), "reader", **options)
+        try:
+            if not store.ping():
+                _fail(f"cannot reach Redis at {redis_url}")
+            yield store
+        except STORE_ERRORS as error:
+            _fail(f"Redis at {redis_url} failed: {type(error).__name__}: {error}")
+        finally:
+            store.close()
+
+
+def _fail(message: str) -> None:
+    click.echo(f"egress: {message}", err=True)
+    sys.exit(EXIT_USAGE)
+
+
+def _line(data: dict[str, Any]) -> str:
+    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+
+
+def _when(ts: float, with_date: bool = True) -> str:
+    moment = datetime.datetime.fromtimestamp(ts)
+    return moment.strftime("%Y-%m-%d %H:%M:%S.%f" if with_date else "%H:%M:%S.%f")[:-3]
+
+
+def _colour(text: str, category: str, colour: bool) -> str:
+    return click.style(text, fg=COLOURS.get(category), bold=True) if colour and category in COLOURS else text
+
+
+def _destination(record: AttemptRecord) -> str:
+    address = f"[{record.dst}]" if ":" in record.dst else record.dst
+    return f"{address}:{record.dport}/{record.transport}"
+
+
+EVENT_HEADER: Final = (
+    f"{'TIME':<23} {'SANDBOX':<12} {'CATEGORY':<11} {'DESTINATION':<28} {'HOST':<24} {'REASON':<18} ACTION"
+)
+
+
+def event_row(record: AttemptRecord, colour: bool) -> str:
+    count = f" x{record.count}" if record.count > 1 else ""
+    category = _colour(f"{record.category:<11}", record.category, colour)
+    return (
+        f"{_when(record.ts):<23} {record.sandbox[:12]:<12} {category} {_destination(record)[:28]:<28} "
+        f"{record.host[:24]:<24} {record.reason[:18]:<18} {record.action}{count}"
+    )
+
+
+@click.command()
+@redis_option
+@click.option("--sandbox", help="Only this sandbox.")
+@click.option("--category", help="Only this category (mining, tunnel, crypto-node, policy).")
+@click.option("--reason", help="Only this reason (e.g. mining, not-allowed).")
+@click.option("--destination", help="Only this address, or this host name and the names under it.")
+@click.option("--since", callback=_time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
+@click.option("--until", callback=_time_option, help="Up to this time (same forms).")
+@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000), help="Latest N records.")
+@click.option("--follow", "-f", is_flag=True, help="Then print new records as they arrive, until Ctrl-C.")
+@click.option("--json", "as_json", is_flag=True, help="One record per line, exactly the docs/records.md JSON.")
+def events(
+    redis_url: str,
+    sandbox: str | None,
+    category: str | None,
+    reason: str | None,
+    destination: str | None,
+    since: float | None,
+    until: float | None,
+    limit: int,
+    follow: bool,
+    as_json: bool,
+) -> None:
+    """Blocked and would-block attempts: the latest LIMIT that pass the filters, oldest first."""
+    if since is not None and until is not None and since > until:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    flt = query.AttemptFilter(sandbox, category, reason, destination, since, until)
+    colour = not as_json and sys.stdout.isatty()
+    show: Callable[[AttemptRecord], str] = (
+        (lambda r: _line(r.to_json())) if as_json else (lambda r: event_row(r, colour))
+    )
+    with _store(redis_url) as store:
+        positions = query.follow(store, None, 0)[1] if follow else None
+        records: list[AttemptRecord] = []
+        cursor: str | None = None
+        while len(records) < limit:
+            page, cursor = query.list_attempts(store, flt, min(limit - len(records), 1000), cursor)
+            records += page
+            if cursor is None:
+                break
+        if not as_json:
+            click.echo(EVENT_HEADER)
+        for record in reversed(records):
+            click.echo(show(record))
+        if positions is None:
+            return
+        shown = {record.id for record in records}
+        with contextlib.suppress(KeyboardInterrupt):
+            while True:
+                fresh, positions = query.follow(store, positions, 1000)
+                for record in fresh:
+                    if record.id not in shown and flt.matches(record):
+                        click.echo(show(record))
+                shown.clear()  # only the first follow can overlap the listing
+                sys.stdout.flush()
+
+
+def _action_line(action: ActionRecord) -> str:
+    took = "running" if action.end is None else f"{action.end - action.start:.1f} s"
+    return f"{_when(action.start, False)}  ▶ {action.kind} {action.command[:80]}  ({took}, id {action.id})"
+
+
+def _attempt_line(record: AttemptRecord, colour: bool, also: tuple[str, ...]) -> str:
+    count = f" x{record.count}" if record.count > 1 else ""
+    host = f" {record.host}" if record.host else ""
+    text = f"{record.action} {record.category}"
+    note = f"  (also during {', '.join(also)})" if also else ""
+    return (
+        f"{_when(record.ts, False)}  ✗ {_colour(text, record.category, colour)}{host} {_destination(record)} "
+        f"{record.reason} [{record.protocol}]{count}{note}"
+    )
+
+
+@click.command("timeline")
+@redis_option
+@click.argument("sandbox")
+@click.option("--since", callback=_time_option, default="1h", show_default=True, help="From (ISO, epoch, or 15m).")
+@click.option("--until", callback=_time_option, help="Up to (default now).")
+@click.option("--slack", default=DEFAULT_SLACK, show_default=True, type=click.FloatRange(0, 3600), help="Seconds.")
+@click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Most of each kind.")
+@click.option("--json", "as_json", is_flag=True, help="One item per line: {type, ts, action|attempt, related}.")
+def timeline_command(
+    redis_url: str, sandbox: str, since: float, until: float | None, slack: float, limit: int, as_json: bool
+) -> None:
+    """Actions of SANDBOX and its attempts interleaved by time; each attempt under the action it happened in."""
+    until = time.time() if until is None else until
+    if since > until:
+        raise click.BadParameter("--since is after --until", param_hint="--since")
+    with _store(redis_url) as store:
+        attempts = query.attempts_for_sandbox(store, sandbox, since, until, limit)
+        actions = query.read_actions(store, sandbox, since, until, limit)
+    items = timeline(actions, attempts, slack)
+    if as_json:
+        for item in items:
+            if item.action is not None:
+                click.echo(_line({"type": "action", "ts": item.ts, "action": item.action.to_json()}))
+            elif item.attempt is not None:
+                data = {"type": "attempt", "ts": item.ts, "attempt": item.attempt.to_json(), "related": item.related}
+                click.echo(_line(data))
+        return
+    colour = sys.stdout.isatty()
+    click.echo(f"{sandbox}: {len(actions)} action(s), {len(attempts)} attempt(s), {_when(since)} to {_when(until)}")
+    under: dict[str, list[str]] = {}
+    for item in items:
+        if item.attempt is not None and item.related:
+            line = "      " + _attempt_line(item.attempt, colour, item.related[1:])
+            under.setdefault(item.related[0], []).append(line)
+    for item in items:
+        if item.action is not None:
+            click.echo(_action_line(item.action))
+            for line in under.get(item.action.id, []):
+                click.echo(line)
+        elif item.attempt is not None and not item.related:
+            click.echo(_attempt_line(item.attempt, colour, ()) + "  (no action)")
+
+
+@click.command()
+@redis_option
+@click.option("--window", default="1h", show_default=True, callback=_duration_option, help="Last (e.g. 15m, 2h, 1d).")
+@click.option(
+    "--by",
+    "by",
+    multiple=True,
+    type=click.Choice(query.COUNT_BY),
+    help="Count by this field (repeat it); default reason, category and sandbox.",
+)
+@click.option("--top", default=20, show_default=True, type=click.IntRange(1), help="Rows per table.")
+@click.option(
+    "--json", "as_json", is_flag=True, help='One object: {"since", "until", "window_s", "counts": {by: {...}}}.'
+)
+def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json: bool) -> None:
+    """Attempts over the last WINDOW counted by reason, category, sandbox or destination (aggregates count whole)."""
+    fields = by or ("reason", "category", "sandbox")
+    until = time.time()
+    with _store(redis_url) as store:
+        counts = {field: query.counts(store, until - window, until, field) for field in fields}
+    if as_json:
+        click.echo(_line({"since": until - window, "until": until, "window_s": window, "counts": counts}))
+        return
+    colour = sys.stdout.isatty()
+    for number, field in enumerate(fields):
+        table = counts[field]
+        click.echo(("\n" if number else "") + f"{field.upper():<40} ATTEMPTS   (last {window:g} s)")
+        for key, value in list(table.items())[:top]:
+            label = f"{key or '(none)'}"[:40]
+            click.echo(f"{_colour(f'{label:<40}', key, colour and field == 'category')} {value:>8}")
+        if len(table) > top:
+            click.echo(f"{'(' + str(len(table) - top) + ' more)':<40} {sum(list(table.values())[top:]):>8}")
+        click.echo(f"{'total':<40} {sum(table.values()):>8}")
+
+
+@click.group()
+def actions() -> None:
+    """Agent actions (what the sandbox harness reports the agent did)."""
+
+
+@actions.command("record")
+@redis_option
+@click.option("--api", envvar="EGRESS_API_URL", help="Send through the egress API at this URL instead of to Redis.")
+@click.option("--token", envvar="EGRESS_API_TOKEN", help="Bearer token (role report) for --api; env EGRESS_API_TOKEN.")
+@click.option("--sandbox", help="Sandbox the action ran in.")
+@click.option("--id", "action_id", help="The harness's action id (unique per sandbox; re-sending replaces it).")
+@click.option("--kind", default="shell_command", show_default=True, help="tool_call, shell_command, http_request, ...")
+@click.option("--command", "command_text", default="", help="The command line or tool call, as text.")
+@click.option("--start", callback=_time_option, help="When it started (ISO, epoch, 'now', or 15m back); default now.")
+@click.option("--end", callback=_time_option, help="When it ended; leave out while it still runs.")
+@click.option("--stdin", "from_stdin", is_flag=True, help="Read actions as JSON lines (docs/records.md) from stdin.")
+@click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Take the retention from this policy.")
+def actions_record(
+    redis_url: str,
+    api: str | None,
+    token: str | None,
+    sandbox: str | None,
+    action_id: str | None,
+    kind: str,
+    command_text: str,
+    start: float | None,
+    end: float | None,
+    from_stdin: bool,
+    policy: str | None,
+) -> None:
+    """Report agent actions: one from the options, or many as JSON lines on stdin (all checked before any is sent).
+
+    Exit status 0 when all were stored, 2 on bad input or when Redis (or the API) did not take them."""
+    if from_stdin:
+        if sandbox or action_id:
+            raise click.UsageError("--stdin takes every field from the JSON lines: leave out --sandbox and --id")
+        records = _read_lines(sys.stdin)
+    else:
+        if not sandbox or not action_id:
+            raise click.UsageError("give --sandbox and --id (or --stdin)")
+        try:
+            records = [ActionRecord(sandbox, action_id, kind, command_text, start or time.time(), end)]
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+    if api:
+        _send_to_api(api, token, records)
+    else:
+        retention: dict[str, Any] = {}
+        if policy:
+            from egress.rules.lists import RulesError
+            from egress.rules.policy import load_policy
+
+            try:
+                kept = load_policy(policy).retention
+            except RulesError as error:
+                _fail(f"policy not loaded:\n{error}")
+            retention = {"retention_max_len": kept.max_records, "retention_max_age_days": kept.max_age_days}
+        with _store(redis_url, **retention) as store:
+            query.write_actions(store, records)
+    click.echo(f"recorded {len(records)} action(s)", err=True)
+
+
+def _read_lines(stream: Any) -> list[ActionRecord]:
+    records, problems = [], []
+    for number, text in enumerate(stream, 1):
+        if not text.strip():
+            continue
+        try:
+            records.append(ActionRecord.from_json(json.loads(text)))
+        except ValueError as error:  # json.JSONDecodeError is a ValueError
+            problems.append(f"stdin line {number}: {error}")
+    if problems:
+        _fail("no action recorded:\n" + "\n".join(problems[:20]))
+    return records
+
+
+def _send_to_api(api: str, token: str | None, records: list[ActionRecord]) -> None:
+    from egress.client import EgressClient, EgressError
+
+    if not token:
+        raise click.UsageError("--api needs --token (or EGRESS_API_TOKEN)")
+    try:
+        EgressClient(api, token, batch_size=1000).report_actions(records)
+    except EgressError as error:
+        _fail(f"the API at {api} did not take the actions: {error}")
+
+
+COMMANDS: Final[tuple[click.Command, ...]] = (events, timeline_command, stats, actions)
+"""What egress/cli.py adds to the main group (``events`` replaces the simple one there)."""

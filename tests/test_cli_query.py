@@ -1,0 +1,252 @@
+"""The query commands (events, timeline, stats, actions record) against a real redis-server on loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import click
+import pytest
+from click.testing import CliRunner, Result
+
+from egress.cli_query import COMMANDS, event_row, parse_duration, parse_time
+from egress.record import query
+from egress.record.actions import ActionRecord
+from egress.record.schema import AttemptRecord
+from egress.record.store import RecordStore
+from tests.record import record
+from tests.record.redis_server import REDIS_SERVER, RedisServer
+
+pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
+
+NOW = time.time()
+GROUP = click.Group("egress", commands=list(COMMANDS))
+RUNNER_SCRIPT = "import click; from egress.cli_query import COMMANDS; click.Group('egress', commands=list(COMMANDS))()"
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[RedisServer]:
+    instance = RedisServer().start()
+    try:
+        yield instance
+    finally:
+        instance.cleanup()
+
+
+@pytest.fixture
+def store(server: RedisServer, tmp_path: Path) -> Iterator[RecordStore]:
+    server.cli("flushall")
+    instance = RecordStore(server.url, tmp_path, "gw1")
+    yield instance
+    instance.close()
+
+
+ATTEMPTS = [
+    record(ts=NOW - 300, host="pool.example.com"),
+    record(ts=NOW - 200, category="policy", reason="not-allowed", protocol="tcp", dst="198.51.100.7", dport=443),
+    record(
+        ts=NOW - 100, category="tunnel", reason="tunnel", host="x.t.example.net", transport="udp", dport=53, count=9
+    ),
+    record(ts=NOW - 50, sandbox="other", category="crypto-node", reason="crypto-node", dport=8333),
+    record(ts=NOW - 7200, sandbox="other"),
+]
+ACTIONS = [
+    ActionRecord("agents", "cmd-1", "shell_command", "pip install helper", NOW - 301, NOW - 295, received=NOW),
+    ActionRecord("agents", "cmd-2", "tool_call", "web_fetch x.t.example.net", NOW - 101, None, received=NOW),
+]
+
+
+@pytest.fixture
+def filled(store: RecordStore) -> RecordStore:
+    store.write(ATTEMPTS)
+    query.write_actions(store, ACTIONS)
+    return store
+
+
+def run(server: RedisServer, *args: str, stdin: str | None = None) -> Result:
+    return CliRunner().invoke(GROUP, [*args], input=stdin, env={"EGRESS_REDIS_URL": server.url}, catch_exceptions=False)
+
+
+def test_events_json_lines_are_the_documented_records(server: RedisServer, filled: RecordStore) -> None:
+    result = run(server, "events", "--json")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    expected = sorted(ATTEMPTS, key=lambda r: r.ts)  # the latest N, oldest first
+    assert lines == [json.dumps(r.to_json(), separators=(",", ":")) for r in expected]
+    assert [AttemptRecord.from_json(json.loads(line)) for line in lines] == expected
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--sandbox", "other"], [3, 4]),
+        (["--category", "tunnel"], [2]),
+        (["--reason", "not-allowed"], [1]),
+        (["--destination", "example.com"], [0]),
+        (["--destination", "t.example.net"], [2]),
+        (["--destination", "198.51.100.7"], [1]),
+        (["--since", "1h"], [0, 1, 2, 3]),  # relative to the clock when the test runs: a wide margin
+        (["--since", str(NOW - 250), "--until", str(NOW - 100)], [1, 2]),
+        (["--since", str(NOW - 120)], [2, 3]),
+        (["--limit", "2"], [2, 3]),
+    ],
+)
+def test_events_filters(server: RedisServer, filled: RecordStore, args: list[str], expected: list[int]) -> None:
+    result = run(server, "events", "--json", *args)
+    assert result.exit_code == 0, result.output
+    got = {json.loads(line)["id"] for line in result.output.splitlines()}
+    assert got == {ATTEMPTS[i].id for i in expected}
+
+
+def test_events_table(server: RedisServer, filled: RecordStore) -> None:
+    result = run(server, "events")
+    lines = result.output.splitlines()
+    assert lines[0].startswith("TIME")
+    assert len(lines) == 1 + len(ATTEMPTS)
+    assert "x.t.example.net" in lines[-2]
+    assert "x9" in lines[-2]
+    assert "\x1b[" not in result.output  # not a terminal: no colour
+    coloured = event_row(ATTEMPTS[0], colour=True)
+    assert "\x1b[31m" in coloured  # mining is red on a terminal
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["events", "--since", "yesterday-ish"], "is not a time"),
+        (["events", "--since", "1m", "--until", "2m"], "after --until"),
+        (["events", "--limit", "0"], "--limit"),
+        (["stats", "--window", "forever"], "not a duration"),
+        (["stats", "--by", "colour"], "colour"),
+        (["actions", "record"], "--sandbox and --id"),
+        (["actions", "record", "--sandbox", "a", "--id", "b", "--kind", "Bad Kind"], "kind"),
+        (["actions", "record", "--stdin", "--sandbox", "a"], "leave out"),
+        (["actions", "record", "--api", "http://127.0.0.1:9", "--sandbox", "a", "--id", "b"], "--token"),
+    ],
+)
+def test_usage_errors_exit_2_with_a_message(server: RedisServer, args: list[str], message: str) -> None:
+    result = run(server, *args)
+    assert result.exit_code == 2
+    assert message in result.output
+
+
+def test_redis_away_exits_2(tmp_path: Path) -> None:
+    gone = RedisServer()
+    gone.cleanup()
+    result = CliRunner().invoke(GROUP, ["events", "--redis-url", gone.url])
+    assert result.exit_code == 2
+    assert "cannot reach Redis" in result.output
+
+
+def test_timeline_puts_attempts_under_their_actions(server: RedisServer, filled: RecordStore) -> None:
+    result = run(server, "timeline", "agents", "--since", "1h")
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("agents: 2 action(s), 3 attempt(s)")
+    assert "▶ shell_command pip install helper" in lines[1]
+    assert lines[2].startswith("      ") and "pool.example.com" in lines[2]
+    assert "not-allowed" in lines[3] and "(no action)" in lines[3]
+    assert "running" in lines[4]
+    assert "x.t.example.net" in lines[5] and "x9" in lines[5]
+    items = [json.loads(line) for line in run(server, "timeline", "agents", "--json").output.splitlines()]
+    assert [item["type"] for item in items] == ["action", "attempt", "attempt", "action", "attempt"]
+    assert items[0]["action"] == ACTIONS[0].to_json()
+    assert items[1]["attempt"] == ATTEMPTS[0].to_json()
+    assert [item.get("related") for item in items] == [None, ["cmd-1"], [], None, ["cmd-2"]]
+    narrow = run(server, "timeline", "agents", "--json", "--slack", "0", "--since", "1h")
+    assert [json.loads(line).get("related") for line in narrow.output.splitlines()][1] == ["cmd-1"]
+
+
+def test_stats(server: RedisServer, filled: RecordStore) -> None:
+    data = json.loads(run(server, "stats", "--json", "--window", "1h", "--by", "sandbox", "--by", "reason").output)
+    assert data["counts"] == {
+        "sandbox": {"agents": 11, "other": 1},
+        "reason": {"tunnel": 9, "crypto-node": 1, "mining": 1, "not-allowed": 1},
+    }
+    assert data["window_s"] == 3600
+    table = run(server, "stats", "--window", "3h", "--top", "1").output
+    assert "REASON" in table and "CATEGORY" in table and "SANDBOX" in table
+    assert "(3 more)" in table
+    assert "total                                          13" in table
+
+
+def test_actions_record_from_options_and_stdin(server: RedisServer, store: RecordStore) -> None:
+    result = run(server, "actions", "record", "--sandbox", "agents", "--id", "c1", "--command", "ls", "--start", "5m")
+    assert result.exit_code == 0, result.output
+    lines = [
+        json.dumps(
+            {"sandbox": "agents", "id": "c2", "kind": "tool_call", "command": "x", "start": NOW, "end": NOW + 1}
+        ),
+        "",
+        json.dumps(
+            {"sandbox": "agents", "id": "c1", "kind": "other", "command": "ls -l", "start": NOW - 10, "end": NOW}
+        ),
+    ]
+    assert run(server, "actions", "record", "--stdin", stdin="\n".join(lines)).exit_code == 0
+    got = {action.id: action for action in query.read_actions(store, "agents", None, None)}
+    assert sorted(got) == ["c1", "c2"]
+    assert (got["c1"].command, got["c1"].end, got["c2"].kind) == ("ls -l", NOW, "tool_call")
+    assert got["c2"].received > 0
+
+
+def test_actions_record_refuses_a_bad_line_and_records_nothing(server: RedisServer, store: RecordStore) -> None:
+    good = json.dumps({"sandbox": "agents", "id": "ok", "kind": "other", "command": "", "start": NOW})
+    bad = json.dumps({"sandbox": "agents", "id": "bad", "kind": "other", "command": "", "start": NOW, "extra": 1})
+    result = run(server, "actions", "record", "--stdin", stdin=f"{good}\n{bad}\nnot json\n")
+    assert result.exit_code == 2
+    assert "stdin line 2" in result.output and "extra" in result.output and "stdin line 3" in result.output
+    assert query.read_actions(store, "agents", None, None) == []
+
+
+def test_events_follow_prints_new_records_until_interrupted(server: RedisServer, store: RecordStore) -> None:
+    store.write(ATTEMPTS[:1])
+    env: dict[str, Any] = {**os.environ, "EGRESS_REDIS_URL": server.url, "PYTHONUNBUFFERED": "1"}
+    command = [sys.executable, "-c", RUNNER_SCRIPT, "events", "--json", "--follow", "--sandbox", "agents"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        assert process.stdout is not None
+        assert json.loads(process.stdout.readline())["id"] == ATTEMPTS[0].id
+        fresh = [record(ts=time.time(), sport=1), record(ts=time.time(), sandbox="other")]
+        store.write(fresh)
+        assert json.loads(process.stdout.readline())["id"] == fresh[0].id  # the other sandbox is filtered out
+        process.send_signal(signal.SIGINT)
+        assert process.wait(timeout=10) == 0
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait(timeout=10)
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"), [("90", 90), ("90s", 90), ("15m", 900), ("2h", 7200), ("1.5d", 129600), ("1w", 604800)]
+)
+def test_durations(text: str, seconds: float) -> None:
+    assert parse_duration(text) == seconds
+    assert parse_time(text, now=1_000_000.0) == 1_000_000.0 - seconds if text != "90" else 90.0
+
+
+def test_times() -> None:
+    assert parse_time("2024-01-02T03:04:05Z") == 1704164645.0
+    assert parse_time("2024-01-02T03:04:05+01:00") == 1704164645.0 - 3600
+    assert parse_time("now", now=5.0) == 5.0
+    with pytest.raises(ValueError, match="not a time"):
+        parse_time("soon")
+
+
+def test_the_consumer_group_example_streams_the_same_json_lines(server: RedisServer, filled: RecordStore) -> None:
+    example = Path(__file__).resolve().parents[1] / "deploy" / "redis-consumer-example.py"
+    command = [sys.executable, str(example), "--redis-url", server.url, "--from-start", "--exit-when-idle", "1"]
+    first = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    events = run(server, "events", "--json").output.splitlines()
+    assert sorted(first.stdout.splitlines()) == sorted(events)
+    later = record(ts=time.time(), sandbox="third")
+    filled.write([later])
+    second = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    assert second.stdout.splitlines() == [json.dumps(later.to_json(), separators=(",", ":"))]  # the group moved on
