@@ -20,7 +20,7 @@ from collections.abc import Iterator
 import pytest
 
 from egress.lab import netns
-from egress.lab.demo import GatewayRun, running_gateway
+from egress.lab.demo import GatewayRun, play_as_harness, running_gateway
 from egress.record.schema import AttemptRecord
 
 needs_lab = pytest.mark.skipif(
@@ -311,3 +311,17 @@ def test_reload_applies_a_valid_policy_and_keeps_the_old_one_on_a_bad_file(tmp_p
         log = (run.lab.state_dir / "logs" / "gateway.log").read_text()
         assert "policy reload rejected" in log
         assert "surprise" in log
+
+
+def test_the_harness_s_actions_explain_the_blocked_attempts() -> None:
+    # a lab of its own: in the shared one, earlier identical attempts would be aggregated with these
+    with running_gateway(prefix("j"), LAB_POLICY) as run:
+        play_as_harness(run, ["allowed_download", "stratum_3333"])
+        argv = [sys.executable, "-m", "egress", "timeline", "agent", "--json", "--slack", "0.1"]
+        done = netns.exec_in(run.lab.gateway_ns, [*argv, "--redis-url", run.redis_url], timeout=30)
+        items = [json.loads(line) for line in done.stdout.splitlines()]
+        actions = [item["action"]["id"] for item in items if item["type"] == "action"]
+        assert actions == ["demo-00-allowed_download", "demo-01-stratum_3333"]
+        mining = [item for item in items if item["type"] == "attempt" and item["attempt"]["reason"] == "mining"]
+        assert len(mining) == 1, done.stdout or done.stderr
+        assert mining[0]["related"] == ["demo-01-stratum_3333"]
