@@ -107,6 +107,47 @@ class AttemptsCollector(Collector):
         return result
 
 
+class GatewayCountersCollector(Collector):
+    """The gateway components' own counters, published to Redis by each component (egress/gateway/recorder.py):
+    decisions by component, action and reason, and each component's record delivery counters."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self.store = store
+
+    def describe(self) -> Iterator[CounterMetricFamily]:
+        return iter(())
+
+    def collect(self) -> Iterator[CounterMetricFamily]:
+        try:
+            published = self.store.read_counters()
+        except STORE_ERRORS:
+            return
+        decisions = CounterMetricFamily(
+            "egress_gateway_decisions",
+            "Decisions made by the gateway's components (proxy, dns, firewall), by action and reason.",
+            labels=["gateway", "component", "action", "reason"],
+        )
+        delivery = {
+            name: CounterMetricFamily(f"egress_gateway_{name}", help_text, labels=["gateway", "component"])
+            for name, help_text in (
+                ("records_written", "Records the gateway's components stored in Redis."),
+                ("records_spooled", "Records the gateway's components spooled to disk while Redis was away."),
+                ("records_lost", "Records refused by a full spool."),
+                ("redis_errors", "Failed Redis round trips of the gateway's components."),
+            )
+        }
+        for source, fields in published.items():
+            gateway, _, process = source.partition("/")
+            for field, value in fields.items():
+                if field.startswith("decisions|"):
+                    _, component, action, reason = [*field.split("|"), "", "", ""][:4]
+                    decisions.add_metric([gateway, component, action, reason], value)
+                elif field in delivery:
+                    delivery[field].add_metric([gateway, process], value)
+        yield decisions
+        yield from delivery.values()
+
+
 class Metrics:
     """The registry of one API process and the counters the API itself updates."""
 
@@ -114,6 +155,7 @@ class Metrics:
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StoreCollector(store))
         self.registry.register(AttemptsCollector(store, window_s, clock))
+        self.registry.register(GatewayCountersCollector(store))
         self.decisions = decision_counter(self.registry)
         self.requests = Counter(
             "egress_api_requests",

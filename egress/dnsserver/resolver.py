@@ -118,6 +118,8 @@ class Resolver:
                 wire.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else wire.REFUSED
             )
             return wire.reply(query, rcode)
+        if verdict.action is Action.ALLOW:
+            self.reporter.allowed("dns")
         response = await self._forward(query)
         if response is None:
             return wire.reply(query, wire.SERVFAIL)

@@ -31,7 +31,11 @@ class Attempt:
 
 
 class Reporter(Protocol):
-    def report(self, attempt: Attempt) -> None: ...
+    def report(self, attempt: Attempt) -> None:
+        """A decision worth recording (block, would-block, record)."""
+
+    def allowed(self, component: str) -> None:
+        """A decision that let traffic through (counted for metrics, not recorded)."""
 
 
 class ListReporter:
@@ -43,6 +47,9 @@ class ListReporter:
     def report(self, attempt: Attempt) -> None:
         self.attempts.append(attempt)
 
+    def allowed(self, component: str) -> None:
+        pass
+
 
 class LogReporter:
     """Writes each attempt as one canonical JSON line to a logger (every decision leaves an audit line)."""
@@ -52,6 +59,9 @@ class LogReporter:
 
     def report(self, attempt: Attempt) -> None:
         self.log.warning("decision %s", json.dumps(canonical(attempt), separators=(",", ":")))
+
+    def allowed(self, component: str) -> None:
+        pass
 
 
 class FanoutReporter:
@@ -63,6 +73,10 @@ class FanoutReporter:
     def report(self, attempt: Attempt) -> None:
         for reporter in self.reporters:
             reporter.report(attempt)
+
+    def allowed(self, component: str) -> None:
+        for reporter in self.reporters:
+            reporter.allowed(component)
 
 
 def canonical(attempt: Attempt) -> dict[str, object]:

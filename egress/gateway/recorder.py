@@ -19,7 +19,7 @@ from egress.gateway.attempt import Attempt
 from egress.gateway.config import GatewayConfig
 from egress.record.aggregate import Aggregator
 from egress.record.schema import AttemptRecord, new_id
-from egress.record.store import RecordStore
+from egress.record.store import STORE_ERRORS, RecordStore
 from egress.rules.model import Retention
 
 log = logging.getLogger("egress.recorder")
@@ -28,6 +28,28 @@ AGGREGATE_WINDOW = 10.0
 """Seconds over which identical attempts (same sandbox, source, destination, reason) become one record."""
 BATCH = 256
 TICK = 0.1
+PUBLISH_SECONDS = 5.0
+
+
+class Counters:
+    """Thread-safe counts of decisions, taken as deltas for publishing."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._counts: dict[str, int] = {}
+
+    def add(self, field: str, amount: int = 1) -> None:
+        with self._lock:
+            self._counts[field] = self._counts.get(field, 0) + amount
+
+    def take(self) -> dict[str, int]:
+        with self._lock:
+            counts, self._counts = self._counts, {}
+        return counts
+
+    def give_back(self, counts: dict[str, int]) -> None:
+        for field, amount in counts.items():
+            self.add(field, amount)
 
 
 def to_record(attempt: Attempt, gateway: str) -> AttemptRecord:
@@ -70,13 +92,25 @@ class RecordReporter:
             retention_max_age_days=keep.max_age_days,
         )
         self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000)
+        self.component = component
+        self.component_kind = "proxy" if component.startswith("proxy") else "firewall"
+        self.counters = Counters()
+        self._published: dict[str, int] = {}
+        self._publish_at = 0.0
         self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{component}", daemon=True)
         self._thread.start()
 
     def report(self, attempt: Attempt) -> None:
-        if attempt.verdict.action is not Action.ALLOW:
+        verdict = attempt.verdict
+        component = "dns" if attempt.dport == 53 and self.component == "gateway" else self.component_kind
+        reason = verdict.reason.value if verdict.reason is not None else ""
+        self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}")
+        if verdict.action is not Action.ALLOW:
             self._queue.put(attempt)
+
+    def allowed(self, component: str) -> None:
+        self.counters.add(f"decisions|{component}|allow|")
 
     def close(self, timeout: float = 5.0) -> None:
         self._queue.put(None)
@@ -102,6 +136,36 @@ class RecordReporter:
                 if pending:
                     self.store.write(pending)
                 pending = []
+                self._publish(force=closing)
             except Exception:  # the store spools on Redis errors; anything else must not lose the batch
                 log.exception("record batch kept for the next attempt")
                 time.sleep(TICK)
+
+    def _publish(self, force: bool = False) -> None:
+        """Every `PUBLISH_SECONDS`, add this component's new counts to its Redis hash (the API's /metrics)."""
+        now = time.monotonic()
+        if now < self._publish_at and not force:
+            return
+        self._publish_at = now + PUBLISH_SECONDS
+        deltas = self.counters.take()
+        store = self.store
+        totals = {
+            "records_written": store.written,
+            "records_spooled": store.spooled,
+            "redis_errors": store.redis_errors,
+            "records_lost": store.lost,
+        }
+        for field, total in totals.items():
+            delta = total - self._published.get(field, 0)
+            if delta:
+                deltas[field] = delta
+        if not deltas:
+            return
+        try:
+            store.add_counters(f"{self.gateway}/{self.component}", deltas)
+        except STORE_ERRORS:
+            for field in totals:
+                deltas.pop(field, None)
+            self.counters.give_back(deltas)  # Redis is away: keep the counts for the next try
+            return
+        self._published.update(totals)

@@ -199,6 +199,8 @@ class EgressAddon(NextLayer):
         state.decision = decision
         if decision.verdict is not None and decision.kind is not Kind.HTTP:
             self.record(context, state.sandbox, decision.verdict, decision.host)
+        elif decision.verdict is None and decision.kind is not Kind.HTTP:
+            self.reporter.allowed("proxy")
         match decision.kind:
             case Kind.PASSTHROUGH:
                 return layers.TCPLayer(context, ignore=True)
@@ -228,6 +230,7 @@ class EgressAddon(NextLayer):
             host = flow.request.pretty_host.lower().rstrip(".")
             verdict = self.gate.on_request(state.sandbox, self._flow_meta(flow, state), host, sni)
         if verdict is None or verdict.action is Action.ALLOW:
+            self.reporter.allowed("proxy")
             return
         self.record_flow(flow, state.sandbox, verdict)
         if verdict.action is Action.BLOCK:

@@ -42,6 +42,9 @@ from egress.record.spool import Spool, SpoolFull
 log = logging.getLogger(__name__)
 
 SANDBOXES_KEY: Final = "egress:sandboxes"
+COUNTERS_PREFIX: Final = "egress:{metrics}:"
+"""Hashes of the gateway components' counters (one slot on a Cluster, thanks to the hash tag)."""
+COUNTERS_INDEX: Final = "egress:{metrics}:index"
 CHUNK: Final = 256
 """Records per script call: bounds the size of one atomic step on the server."""
 DRAIN_PER_WRITE: Final = 64
@@ -287,6 +290,33 @@ class RecordStore:
     def socket_timeout(self) -> float:
         """Seconds a Redis reply may take; a blocking read must wait less than this."""
         return self._socket_timeout
+
+    def add_counters(self, component: str, deltas: dict[str, int]) -> None:
+        """Add ``deltas`` to a component's counters (the gateway's metrics, read by the API's /metrics).
+
+        Raises one of `STORE_ERRORS` when Redis is unreachable; the caller keeps the deltas and retries.
+        """
+        if not deltas:
+            return
+        key = f"{COUNTERS_PREFIX}{component}"
+        pipe = self.client().pipeline(transaction=False)
+        for field, delta in deltas.items():
+            pipe.hincrby(key, field, delta)
+        pipe.sadd(COUNTERS_INDEX, key)
+        pipe.execute()
+
+    def read_counters(self) -> dict[str, dict[str, int]]:
+        """Every component's counters: {component: {field: value}}."""
+        client = self.client()
+        found: dict[str, dict[str, int]] = {}
+        for raw in client.smembers(COUNTERS_INDEX):
+            key = raw.decode() if isinstance(raw, bytes) else str(raw)
+            values = client.hgetall(key)
+            component = key.removeprefix(COUNTERS_PREFIX)
+            found[component] = {
+                (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in values.items()
+            }
+        return found
 
     def close(self) -> None:
         with self._lock:

@@ -325,3 +325,37 @@ def test_the_harness_s_actions_explain_the_blocked_attempts() -> None:
         mining = [item for item in items if item["type"] == "attempt" and item["attempt"]["reason"] == "mining"]
         assert len(mining) == 1, done.stdout or done.stderr
         assert mining[0]["related"] == ["demo-01-stratum_3333"]
+
+
+_GET = """
+import sys, urllib.request
+print(urllib.request.urlopen(sys.argv[1], timeout=5).read().decode())
+"""
+
+
+def test_the_api_serves_the_gateway_s_decisions_as_metrics(gateway: GatewayRun) -> None:
+    gateway.attempts(["allowed_download", "stratum_3333"])
+    api = netns.popen_in(
+        gateway.lab.gateway_ns,
+        [sys.executable, "-m", "egress", "api", "serve", "--lab", "--listen", "127.0.0.1:8090",
+         "--redis-url", gateway.redis_url],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    try:
+        text = ""
+        deadline = time.monotonic() + 20  # the components publish their counters every 5 s
+        while time.monotonic() < deadline:
+            done = netns.exec_in(gateway.lab.gateway_ns, [sys.executable, "-c", _GET, "http://127.0.0.1:8090/metrics"])
+            text = done.stdout
+            if 'component="proxy"' in text and 'component="dns"' in text:
+                break
+            time.sleep(0.5)
+        decisions = [line for line in text.splitlines() if line.startswith("egress_gateway_decisions_total{")]
+        assert any('component="proxy"' in d and 'action="block"' in d and 'reason="mining"' in d for d in decisions)
+        assert any('component="proxy"' in d and 'action="allow"' in d for d in decisions), decisions
+        assert 'component="dns"' in text
+        assert "egress_gateway_records_written_total" in text
+    finally:
+        api.terminate()
+        api.wait(timeout=10)
