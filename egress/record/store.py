@@ -313,9 +313,7 @@ class RecordStore:
             key = raw.decode() if isinstance(raw, bytes) else str(raw)
             values = client.hgetall(key)
             component = key.removeprefix(COUNTERS_PREFIX)
-            found[component] = {
-                (k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in values.items()
-            }
+            found[component] = {(k.decode() if isinstance(k, bytes) else str(k)): int(v) for k, v in values.items()}
         return found
 
     def close(self) -> None:
