@@ -186,7 +186,7 @@ def test_killing_the_resolver_stops_all_sandbox_traffic() -> None:
 
 def test_redis_down_then_up_loses_no_record() -> None:
     with running_gateway(prefix("s"), LAB_POLICY) as run:
-        redis_pid = int(netns.exec_in(run.lab.gateway_ns, ["pgrep", "-f", "redis-server"], timeout=5).stdout.split()[0])
+        [redis_pid] = _pids(run, "redis-server")  # this lab's own: pgrep would also see other labs'
         os.kill(redis_pid, signal.SIGKILL)
         time.sleep(0.5)
         blocked = ["stratum_3333", "xmrig_login", "direct_ip"]
@@ -344,15 +344,18 @@ def test_the_api_serves_the_gateway_s_decisions_as_metrics(gateway: GatewayRun) 
     )  # fmt: skip
     try:
         text = ""
+        decisions: list[str] = []
         deadline = time.monotonic() + 20  # the components publish their counters every 5 s
         while time.monotonic() < deadline:
             done = netns.exec_in(gateway.lab.gateway_ns, [sys.executable, "-c", _GET, "http://127.0.0.1:8090/metrics"])
             text = done.stdout
-            if 'component="proxy"' in text and 'component="dns"' in text:
+            decisions = [line for line in text.splitlines() if line.startswith("egress_gateway_decisions_total{")]
+            if any('reason="mining"' in d for d in decisions) and 'component="dns"' in text:
                 break
             time.sleep(0.5)
-        decisions = [line for line in text.splitlines() if line.startswith("egress_gateway_decisions_total{")]
-        assert any('component="proxy"' in d and 'action="block"' in d and 'reason="mining"' in d for d in decisions)
+        assert any('component="proxy"' in d and 'action="block"' in d and 'reason="mining"' in d for d in decisions), (
+            text
+        )
         assert any('component="proxy"' in d and 'action="allow"' in d for d in decisions), decisions
         assert 'component="dns"' in text
         assert "egress_gateway_records_written_total" in text
