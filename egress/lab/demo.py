@@ -207,7 +207,7 @@ def play_as_harness(run: GatewayRun, names: Sequence[str] = tuple(ATTEMPTS)) -> 
 
 
 def _print_timeline(run: GatewayRun) -> None:
-    argv = [sys.executable, "-m", "egress", "timeline", "agent", "--redis-url", run.redis_url, "--slack", "0.1"]
+    argv = [sys.executable, "-m", "egress", "timeline", "agent", "--redis-url", run.redis_url, "--slack", "0"]
     done = netns.exec_in(run.lab.gateway_ns, argv, timeout=30)
     print("\nTimeline of sandbox 'agent' (egress timeline agent): each attempt under the action that made it")
     print(done.stdout.rstrip() or done.stderr.strip())
