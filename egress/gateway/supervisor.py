@@ -11,9 +11,12 @@ validate is reported and the running policy stays in force.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import signal
+import socket
+import struct
 import subprocess
 import sys
 from pathlib import Path
@@ -33,6 +36,19 @@ from egress.rules.model import Policy
 from egress.rules.policy import load_policy
 
 log = logging.getLogger("egress.gateway")
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of interface ``name`` (what sandboxes' DNS queries are addressed to), or ``""``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            packed = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return ""
+    return socket.inet_ntoa(packed[20:24])
+
+
+_SIOCGIFADDR = 0x8915
 
 
 def nft_settings(config: GatewayConfig) -> GatewaySettings:
@@ -124,6 +140,7 @@ class Supervisor:
             self.reporter,
             self.lists,
             on_answer=self.allow_sets,
+            listen_address=interface_address(self.config.sandbox_if),
             listen_port=self.config.dns_port,
         )
         handles = await serve(self.resolver, ["0.0.0.0", "::"], self.config.dns_port)

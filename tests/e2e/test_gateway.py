@@ -96,6 +96,9 @@ def test_blocks_are_recorded_with_their_reason(gateway: GatewayRun) -> None:
     reasons = {record.reason for record in records}
     for name in names:
         assert EXPECTED[name][1] in reasons, (name, sorted(reasons))
+    refused = [record for record in records if record.reason == "dns-refused"]
+    assert refused
+    assert all((record.dst, record.dport) == ("10.203.1.1", 53) and record.host for record in refused), refused
     for record in records:
         assert record.sandbox == "agent"
         assert record.action == "block"
