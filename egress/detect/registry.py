@@ -128,7 +128,6 @@ def default_detectors(lists_dir: str | None = None) -> DetectorSet:
 
 
 __all__ = [
-    "Category",
     "DetectorSet",
     "DnsInspector",
     "DnsObserver",

@@ -17,7 +17,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from egress.lab import netns
@@ -35,10 +35,10 @@ class DemoError(RuntimeError):
     pass
 
 
-def _wait_for(check: object, what: str, timeout: float = READY_TIMEOUT) -> None:
+def _wait_for(check: Callable[[], bool], what: str, timeout: float = READY_TIMEOUT) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check():  # type: ignore[operator]
+        if check():
             return
         time.sleep(0.1)
     raise DemoError(f"timed out waiting for {what}")
