@@ -2,12 +2,14 @@
 """Stream egress attempt records from Redis to stdout as JSON lines, through a Redis consumer group, for feeding
 another system (a SIEM shipper, a log pipeline, a queue). An example to copy: it needs only redis-py.
 
-Each sandbox has its own stream ``egress:{<sandbox>}:attempts`` (docs/records.md); this reader creates the group
-on every stream it finds in the set ``egress:sandboxes`` (again every few seconds, so new sandboxes are picked up),
-reads new entries with XREADGROUP, prints each record as one line of the documented JSON (numbers as numbers,
-exactly what ``egress events --json`` prints) and acknowledges it only after the line is written and flushed. A
-reader that dies before that gets the entries again when it restarts (XREADGROUP with id 0 first re-reads its
-pending entries), so delivery is at least once: deduplicate on the record's ``id`` downstream if it matters.
+Each sandbox has its own stream ``egress:{<sandbox>}:attempts`` (docs/records.md), whose entries each carry a
+batch of records: field ``n`` (how many) and field ``records`` (a JSON array of the records, each exactly the
+documented JSON that ``egress events --json`` prints). This reader creates the group on every stream it finds in
+the set ``egress:sandboxes`` (again every few seconds, so new sandboxes are picked up), reads new entries with
+XREADGROUP, prints each record as one JSON line and acknowledges the entry only after its lines are written and
+flushed. A reader that dies before that gets the entries again when it restarts (XREADGROUP with id 0 first
+re-reads its pending entries), so delivery is at least once: deduplicate on the record's ``id`` downstream if it
+matters.
 
     python deploy/redis-consumer-example.py --redis-url redis://127.0.0.1:6379/0 --group siem --consumer siem-1
     python deploy/redis-consumer-example.py --from-start --exit-when-idle 2 > records.jsonl
@@ -30,8 +32,6 @@ import redis
 import redis.cluster
 
 SANDBOXES_KEY = "egress:sandboxes"
-INTEGERS = ("sport", "dport", "count", "schema")
-FLOATS = ("ts", "first_ts", "last_ts")
 
 
 def stream_key(sandbox: str) -> str:
@@ -39,16 +39,9 @@ def stream_key(sandbox: str) -> str:
     return f"egress:{{{quote(sandbox, safe='._-~') or '%'}}}:attempts"
 
 
-def to_json(fields: dict[str, str]) -> dict[str, Any]:
-    """A stream entry (all strings) as the documented record JSON (numbers as numbers)."""
-    out: dict[str, Any] = dict(fields)
-    for name in INTEGERS:
-        if name in out:
-            out[name] = int(out[name])
-    for name in FLOATS:
-        if name in out:
-            out[name] = float(out[name])
-    return out
+def lines(fields: dict[str, str]) -> list[str]:
+    """An entry's records, one JSON line each (the record's JSON as stored, re-serialised compactly)."""
+    return [json.dumps(item, separators=(",", ":"), ensure_ascii=False) for item in json.loads(fields["records"])]
 
 
 def connect(url: str) -> Any:
@@ -115,7 +108,7 @@ def main() -> int:
             ids = []
             for entry_id, fields in entries:
                 if fields:  # None for a pending entry trimmed from the stream since
-                    sys.stdout.write(json.dumps(to_json(fields), separators=(",", ":"), ensure_ascii=False) + "\n")
+                    sys.stdout.writelines(line + "\n" for line in lines(fields))
                 ids.append(entry_id)
             if ids:
                 sys.stdout.flush()  # written before acknowledged: a crash here re-delivers, never loses

@@ -1,5 +1,5 @@
 """Agent actions in Redis: written idempotently by (sandbox, id), read by the time window their spans overlap.
-Uses the store's client (`RecordStore.client`); the keys are `store.action_keys` (docs/records.md). `query`
+Uses the store's client (`RecordStore.client`); the keys are `layout.action_keys` (docs/records.md). `query`
 re-exports both functions: callers use ``query.write_actions`` and ``query.read_actions``.
 """
 
@@ -10,7 +10,8 @@ from collections.abc import Sequence
 from typing import Final
 
 from egress.record.actions import ActionRecord
-from egress.record.store import RecordStore, action_keys
+from egress.record.layout import action_keys
+from egress.record.store import RecordStore
 
 ACTION_CHUNK: Final = 256
 """Actions per script call."""

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import heapq
-import itertools
 import json
 import math
 import re
@@ -19,8 +18,10 @@ from dataclasses import dataclass
 from typing import Any, Final
 
 from egress.record.action_store import read_actions, write_actions
+from egress.record.layout import decode_entry, stream_key
 from egress.record.schema import AttemptRecord, id_time
-from egress.record.store import RecordStore, index_key, stream_key
+from egress.record.store import RecordStore
+from egress.record.walk import entry_records_in_range, find, records_by_time
 
 __all__ = [
     "AttemptFilter",
@@ -40,71 +41,12 @@ COUNT_BY: Final = ("reason", "category", "sandbox", "destination")
 SCAN_BUDGET: Final = 20_000
 """Index entries one `list_attempts` call examines at most: a selective filter returns a short page (with a
 cursor to go on) rather than reading the whole store in one request."""
-CHUNK: Final = 200
-"""Index entries read per round trip."""
-COUNT_CHUNK: Final = 5_000
-"""Records one counting script reads (bounds how long it holds the server)."""
 FOLLOW_COUNT: Final = 1_000
 """Records per sandbox one `follow` call returns at most."""
 FOLLOW_SLICE: Final = 0.5
 """Seconds one blocking read waits (new sandboxes are noticed between slices)."""
 
 _ID: Final = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
-
-# KEYS: index, stream. ARGV: low, high (scores), id. The record with that id among the index entries in range.
-_FIND_SCRIPT: Final = """
-for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
-  local entry = redis.call('XRANGE', KEYS[2], member, member)[1]
-  if entry then
-    local fields = entry[2]
-    for i = 1, #fields, 2 do
-      if fields[i] == 'id' and fields[i + 1] == ARGV[3] then return fields end
-    end
-  end
-end
-return false
-"""
-
-# KEYS: stream. ARGV: entry ids. Each entry's fields as one JSON array [name, value, ...]; '' for one not there.
-_FETCH_SCRIPT: Final = """
-local out = {}
-for i, member in ipairs(ARGV) do
-  local entry = redis.call('XRANGE', KEYS[1], member, member)[1]
-  if entry then out[i] = cjson.encode(entry[2]) else out[i] = '' end
-end
-return out
-"""
-
-# KEYS: index, stream. ARGV: low, high, field ('destination': host, else dst), offset, count. Returns
-# {processed, last score, entries at the last score, key1, n1, ...}: `count` summed by the field over `count`
-# index entries.
-_COUNT_SCRIPT: Final = """
-local page = redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2], 'WITHSCORES', 'LIMIT', ARGV[4], ARGV[5])
-local sums, order = {}, {}
-for i = 1, #page, 2 do
-  local entry = redis.call('XRANGE', KEYS[2], page[i], page[i])[1]
-  if entry then
-    local fields, key, dst, n = entry[2], '', '', 1
-    for j = 1, #fields, 2 do
-      local name = fields[j]
-      if name == 'count' then n = tonumber(fields[j + 1])
-      elseif name == 'dst' then dst = fields[j + 1]
-      elseif name == ARGV[3] or (ARGV[3] == 'destination' and name == 'host') then key = fields[j + 1] end
-    end
-    if ARGV[3] == 'destination' and key == '' then key = dst end
-    if sums[key] == nil then sums[key] = 0; order[#order + 1] = key end
-    sums[key] = sums[key] + n
-  end
-end
-local tail = 0
-for i = #page, 2, -2 do
-  if page[i] ~= page[#page] then break end
-  tail = tail + 1
-end
-local out = {#page / 2, page[#page] or '0', tail}
-for _, key in ipairs(order) do out[#out + 1] = key; out[#out + 1] = sums[key] end
-return out
-"""
 
 
 @dataclass(frozen=True, slots=True)
@@ -164,31 +106,26 @@ def decode_cursor(cursor: str) -> tuple[float, str, str]:
 
 
 Position = tuple[float, str, str]
-"""(ts, sandbox, stream id): the newest-first order of `list_attempts` sorts by this, descending."""
+"""(ts, sandbox, record id): the newest-first order of `list_attempts` sorts by this, descending."""
 
 
-def _walk(client: Any, sandbox: str, flt: AttemptFilter, after: Position | None, size: int) -> Iterator[Position]:
-    """Index entries of one sandbox in the time window strictly after ``after`` in newest-first order."""
-    index = index_key(sandbox)
-    high: str = "+inf" if flt.until is None else repr(flt.until)
-    low: str = "-inf" if flt.since is None else repr(flt.since)
-    if after is not None and (flt.until is None or after[0] <= flt.until):
-        ts, at_sandbox, member = after
-        if sandbox < at_sandbox:
-            high = repr(ts)
+def _walk(
+    client: Any, sandbox: str, flt: AttemptFilter, after: Position | None
+) -> Iterator[tuple[Position, AttemptRecord]]:
+    """One sandbox's records in the time window strictly after ``after`` in newest-first order."""
+    low = -math.inf if flt.since is None else flt.since
+    high = math.inf if flt.until is None else flt.until
+    start: tuple[float, str] | None = None
+    if after is not None:
+        ts, at_sandbox, record_id = after
+        if sandbox < at_sandbox:  # sorts after the cursor's sandbox at an equal time: that time is still to come
+            start = (ts, "~")  # "~" sorts after every id
+        elif sandbox > at_sandbox:
+            start = (ts, "")
         else:
-            high = f"({ts!r}"
-            if sandbox == at_sandbox and (flt.since is None or ts >= flt.since):
-                ties = client.zrangebyscore(index, ts, ts)
-                yield from ((ts, sandbox, tie) for tie in sorted(ties, reverse=True) if tie < member)
-    offset = 0
-    while True:
-        page = client.zrange(index, high, low, desc=True, byscore=True, offset=offset, num=size, withscores=True)
-        yield from ((float(score), sandbox, member) for member, score in page)
-        if len(page) < size:
-            return
-        offset += len(page)
-        size = min(size * 4, CHUNK)
+            start = (ts, record_id)
+    for record in records_by_time(client, sandbox, low, high, descending=True, after=start):
+        yield (record.ts, sandbox, record.id), record
 
 
 def list_attempts(
@@ -204,29 +141,22 @@ def list_attempts(
     after = decode_cursor(cursor) if cursor is not None else None
     client = store.client()
     names = [flt.sandbox] if flt.sandbox is not None else store.sandboxes()
-    first = min(limit + 1, CHUNK)  # one round trip per sandbox when nothing is filtered out
-    walks = [_walk(client, name, flt, after, first) for name in names]
-    entries = heapq.merge(*walks, reverse=True)
+    walks = [_walk(client, name, flt, after) for name in names]
+    merged = heapq.merge(*walks, key=lambda item: item[0], reverse=True)
     found: list[AttemptRecord] = []
-    examined = 0
     last: Position | None = None
-    selective = flt.category is not None or flt.reason is not None or flt.destination is not None
-    while len(found) < limit and examined < SCAN_BUDGET:
-        size = limit - len(found) if not selective else max(limit - len(found), 64)
-        batch = list(itertools.islice(entries, min(size, CHUNK, SCAN_BUDGET - examined)))
-        if not batch:
-            return found, None
-        for entry, record in zip(batch, _fetch(client, batch), strict=True):
-            examined += 1
-            last = entry
-            if record is not None and _passes(record, flt):
-                found.append(record)
-                if len(found) == limit:
-                    break
-        if len(found) == limit and last is not None and last is not batch[-1]:
-            return found, encode_cursor(*last)  # unread entries of this batch remain
+    for examined, (position, record) in enumerate(merged, 1):
+        last = position
+        if _passes(record, flt):
+            found.append(record)
+            if len(found) == limit:
+                break
+        if examined >= SCAN_BUDGET:
+            break
+    else:
+        return found, None
     assert last is not None
-    more = next(entries, None) is not None
+    more = next(merged, None) is not None
     return found, encode_cursor(*last) if more else None
 
 
@@ -238,63 +168,36 @@ def _passes(record: AttemptRecord, flt: AttemptFilter) -> bool:
     return flt.destination is None or destination_matches(record, flt.destination)
 
 
-def _fetch(client: Any, entries: Sequence[Position]) -> list[AttemptRecord | None]:
-    """The records of index entries (None for one trimmed from its stream since), in one round trip: one script
-    per sandbox, each record coming back as one JSON string (a few large replies parse much faster than many
-    small ones)."""
-    by_sandbox: dict[str, list[int]] = {}
-    for at, (_, sandbox, _) in enumerate(entries):
-        by_sandbox.setdefault(sandbox, []).append(at)
-    pipe = client.pipeline(transaction=False)
-    for sandbox, places in by_sandbox.items():
-        members = [entries[at][2] for at in places]
-        pipe.execute_command("EVAL", _FETCH_SCRIPT, 1, stream_key(sandbox), *members)
-    out: list[AttemptRecord | None] = [None] * len(entries)
-    for places, reply in zip(by_sandbox.values(), pipe.execute(), strict=True):
-        for at, text in zip(places, reply, strict=True):
-            if text:
-                flat = json.loads(text)
-                out[at] = AttemptRecord.from_fields(dict(zip(flat[::2], flat[1::2], strict=True)))
-    return out
-
-
 def get_attempt(store: RecordStore, attempt_id: str) -> AttemptRecord | None:
     """The attempt with this id (in any sandbox), or None. Looks near the time the id carries (ids are made from
-    the record's ``ts``), one script per sandbox in one round trip."""
+    the record's ``ts``): one script per sandbox."""
     if not _ID.fullmatch(attempt_id):
         return None
     at = id_time(attempt_id)
     client = store.client()
-    pipe = client.pipeline(transaction=False)
     for sandbox in store.sandboxes():
-        keys = (index_key(sandbox), stream_key(sandbox))
-        pipe.execute_command("EVAL", _FIND_SCRIPT, 2, *keys, repr(at - 1.0), repr(at + 1.001), attempt_id)
-    for reply in pipe.execute():
-        if reply:
-            return AttemptRecord.from_fields(dict(zip(reply[::2], reply[1::2], strict=True)))
+        record = find(client, sandbox, attempt_id, at)
+        if record is not None:
+            return record
     return None
 
 
 def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str, int]:
     """Attempts with ``since <= ts <= until`` counted by one field (``destination``: the host name, or the address
-    when there is none); an aggregated record counts as its ``count``. Summed on the server, in chunks."""
+    when there is none); an aggregated record counts as its ``count``."""
     if by not in COUNT_BY:
         raise ValueError(f"by must be one of {', '.join(COUNT_BY)}, got {by!r}")
     client = store.client()
     total: dict[str, int] = {}
     for sandbox in store.sandboxes():
-        keys = (index_key(sandbox), stream_key(sandbox))
-        low, skip = repr(since), 0
-        while True:
-            reply = client.execute_command("EVAL", _COUNT_SCRIPT, 2, *keys, low, repr(until), by, skip, COUNT_CHUNK)
-            processed, last_score, tail, pairs = int(reply[0]), reply[1], int(reply[2]), reply[3:]
-            for key, value in zip(pairs[::2], pairs[1::2], strict=True):
-                total[key] = total.get(key, 0) + int(value)
-            if processed < COUNT_CHUNK:
-                break
-            # Resume at the last score, skipping the entries at that score already counted (ties sort by member).
-            skip = skip + processed if float(last_score) == float(low) else tail
-            low = last_score
+        for item in entry_records_in_range(client, sandbox, since, until):
+            if not since <= item["ts"] <= until:
+                continue
+            if by == "destination":
+                key = item["host"] or item["dst"]
+            else:
+                key = item[by]
+            total[key] = total.get(key, 0) + int(item["count"])
     return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
 
 
@@ -315,7 +218,7 @@ def follow(
         found: list[AttemptRecord] = []
         for sandbox, entries in replies:
             for entry_id, fields in entries:
-                found.append(AttemptRecord.from_fields(fields))
+                found.extend(decode_entry(fields))
                 positions[sandbox] = entry_id
         if found or time.monotonic() >= deadline:
             found.sort(key=lambda record: (record.ts, record.id))

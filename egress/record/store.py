@@ -1,31 +1,24 @@
 """The record store: writes attempt records to Redis (the only module that imports redis) and reads them back.
 
-Key layout (every key of a sandbox shares the hash tag ``{<sandbox>}``, so one Lua script may touch them all on a
-Redis Cluster):
+The key layout is `egress.record.layout`'s (docs/records.md): per sandbox, a stream of entries of up to
+`layout.CHUNK` records each (the records as one JSON array), a time index of the entries (score = the time of an
+entry's first record), a record count (for the size retention) and a short-lived "seen" key per entry, all under
+the sandbox's hash tag so one Lua script writes them on a single server and on a Redis Cluster alike.
 
-- ``egress:{<sandbox>}:attempts``: a stream, one entry per record (`AttemptRecord.to_fields`), ids in arrival
-  order; what consumers and live followers read. Trimmed to ``retention_max_len`` (``MAXLEN ~``) and by age
-  (``MINID ~``).
-- ``egress:{<sandbox>}:by-time``: a sorted set, member = stream id, score = the record's ``ts``; what time-range
-  queries read (a record delivered late from the spool still sorts by when it happened). Trimmed exactly.
-- ``egress:{<sandbox>}:seen:<record id>``: set once per record with an expiry, so a batch replayed after a
-  timeout (it may have been applied) is never stored twice.
-- ``egress:sandboxes``: a set of the sandbox names that have records.
-
-Delivery: `write` sends a batch in one pipeline; on any Redis error (down, timeout, cluster reshaping) the batch
-goes to the disk spool (`egress.record.spool`) and `drain` delivers spooled batches in order once Redis answers.
-While the spool holds anything, new batches queue behind it, so the stream stays in order.
+Delivery: `write` cuts a batch into entries and sends them in one pipeline, one script per entry that stores it
+only if its seen key is new (a replay stores nothing twice) and applies the retention. On any Redis error (down,
+timeout, cluster reshaping) the batch goes to the disk spool (`egress.record.spool`) and `drain` delivers spooled
+batches in order once Redis answers. While the spool holds anything, new batches queue behind it, so the stream
+stays in arrival order.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import json
+import itertools
 import logging
-import operator
 import threading
 import time
-import urllib.parse
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Final
@@ -36,98 +29,60 @@ import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
+from egress.record import layout, walk
+from egress.record.layout import (
+    SANDBOXES_KEY,
+    count_key,
+    encode_entry,
+    entry_chunks,
+    index_key,
+    seen_key,
+    stream_key,
+)
 from egress.record.schema import AttemptRecord
 from egress.record.spool import Spool, SpoolFull
 
 log = logging.getLogger(__name__)
 
-SANDBOXES_KEY: Final = "egress:sandboxes"
 COUNTERS_PREFIX: Final = "egress:{metrics}:"
 """Hashes of the gateway components' counters (one slot on a Cluster, thanks to the hash tag)."""
 COUNTERS_INDEX: Final = "egress:{metrics}:index"
-CHUNK: Final = 256
-"""Records per script call: bounds the size of one atomic step on the server."""
 DRAIN_PER_WRITE: Final = 64
 """Spooled batches a `write` delivers before returning (a background `drain` does the rest)."""
-
-_FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(AttemptRecord))
+TRIM_PER_WRITE: Final = 1_000
+"""Old entries one write drops at most (the next writes go on)."""
 
 _REDIS_ERRORS: Final = (redis.exceptions.RedisError, redis.exceptions.RedisClusterException, OSError)
 STORE_ERRORS: Final[tuple[type[BaseException], ...]] = _REDIS_ERRORS
 """What a query may raise when Redis does not answer or refuses: callers catch these without importing redis."""
 
-# KEYS: stream, index, then one seen-key per record. ARGV: maxlen, max age (ms), min score, seen ttl (s), number
-# of fields n, the n field names, then the records as one JSON array of arrays of their n values (strings): one
-# argument decoded in C by cjson keeps both the client's packing and the script's parsing cheap. Returns how many
-# records were new. The stream is trimmed by age relative to its newest id (Redis's clock), the index by the
-# records' times.
+# KEYS: stream, index, record count, seen key of the entry. ARGV: max records, max age (ms), seen ttl (s),
+# number of records n, time of the first record, the records (one JSON array). Stores the entry unless its seen
+# key exists, then drops the oldest entries (by arrival) while the stream holds more than the max records or the
+# oldest arrived more than max age before this one (Redis's clock), never the entry just written. Returns n when
+# stored, 0 for a replay.
 _WRITE_SCRIPT: Final = """
-local maxlen = ARGV[1]
-local n = tonumber(ARGV[5])
-local ts_at = 0
-local fields = {}
-for j = 1, n do
-  if ARGV[5 + j] == 'ts' then ts_at = j end
-  fields[2 * j - 1] = ARGV[5 + j]
-end
-local rows = cjson.decode(ARGV[6 + n])
-local added = 0
-local last = nil
-for i = 3, #KEYS do
-  if redis.call('SET', KEYS[i], '1', 'NX', 'EX', ARGV[4]) then
-    local values = rows[i - 2]
-    for j = 1, n do
-      fields[2 * j] = values[j]
-    end
-    last = redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*', unpack(fields))
-    redis.call('ZADD', KEYS[2], values[ts_at], last)
-    added = added + 1
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[5], id)
+local total = redis.call('INCRBY', KEYS[3], ARGV[4])
+local max_records = tonumber(ARGV[1])
+local cutoff = tonumber(string.match(id, '^(%d+)-')) - tonumber(ARGV[2])
+for _ = 1, TRIM_PER_WRITE do
+  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+  if oldest == nil or oldest[1] == id then break end
+  if total <= max_records and tonumber(string.match(oldest[1], '^(%d+)-')) >= cutoff then break end
+  local n = 0
+  local fields = oldest[2]
+  for j = 1, #fields, 2 do
+    if fields[j] == 'n' then n = tonumber(fields[j + 1]) end
   end
+  redis.call('XDEL', KEYS[1], oldest[1])
+  redis.call('ZREM', KEYS[2], oldest[1])
+  total = redis.call('DECRBY', KEYS[3], n)
 end
-if last then
-  local newest = tonumber(string.match(last, '^(%d+)-'))
-  if newest > tonumber(ARGV[2]) then
-    redis.call('XTRIM', KEYS[1], 'MINID', '~', string.format('%d', newest - tonumber(ARGV[2])))
-  end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. ARGV[3])
-redis.call('ZREMRANGEBYRANK', KEYS[2], 0, -(tonumber(maxlen) + 1))
-return added
-"""
-
-
-def sandbox_tag(sandbox: str) -> str:
-    """The sandbox name as it appears inside keys: escaped so that it cannot end the hash tag early."""
-    return urllib.parse.quote(sandbox, safe="._-~") or "%"  # "%" alone: no escaped name is that
-
-
-def stream_key(sandbox: str) -> str:
-    return f"egress:{{{sandbox_tag(sandbox)}}}:attempts"
-
-
-def index_key(sandbox: str) -> str:
-    return f"egress:{{{sandbox_tag(sandbox)}}}:by-time"
-
-
-def seen_key(sandbox: str, record_id: str) -> str:
-    return f"egress:{{{sandbox_tag(sandbox)}}}:seen:{record_id}"
-
-
-def action_keys(sandbox: str) -> tuple[str, str, str, str]:
-    """The agent-action keys of a sandbox (docs/records.md): hash id -> JSON, sorted sets by start and by end
-    (``inf`` while running), and the longest finished span seen (what bounds an overlap query)."""
-    prefix = f"egress:{{{sandbox_tag(sandbox)}}}"
-    return f"{prefix}:actions", f"{prefix}:actions-by-start", f"{prefix}:actions-by-end", f"{prefix}:actions-span"
-
-
-_GET_VALUES: Final = operator.attrgetter(*_FIELD_NAMES)
-
-
-def _pack(records: Sequence[AttemptRecord]) -> str:
-    """The records' values in `_FIELD_NAMES` order as a JSON array of arrays of strings (what the script decodes);
-    each value as `AttemptRecord.to_fields` writes it."""
-    rows = [[repr(value) if type(value) is float else str(value) for value in _GET_VALUES(r)] for r in records]
-    return json.dumps(rows, ensure_ascii=False, separators=(",", ":"))
+return tonumber(ARGV[4])
+""".replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE))
 
 
 class RecordStore:
@@ -222,49 +177,27 @@ class RecordStore:
         *,
         reverse: bool = False,
     ) -> tuple[list[AttemptRecord], str | None]:
-        """Records of ``sandbox`` with ``start_ts <= ts <= end_ts`` in time order (newest first with
+        """Records of ``sandbox`` with ``start_ts <= ts <= end_ts`` in (ts, id) order (newest first with
         ``reverse``), at most ``count``; pass the returned cursor back to get the next page (``None``: no more).
         Redis errors propagate (queries are not spooled); a malformed cursor is a `ValueError`."""
         if count < 1:
             raise ValueError(f"count must be at least 1, got {count}")
-        client = self._connect()
-        index = index_key(sandbox)
-        low: float | str = "-inf" if start_ts is None else start_ts
-        high: float | str = "+inf" if end_ts is None else end_ts
-        skip = 0
+        after: tuple[float, str] | None = None
         if cursor is not None:
-            score_text, separator, member = cursor.partition(":")
+            score_text, separator, record_id = cursor.partition(":")
             try:
-                score = float(score_text)
+                after = (float(score_text), record_id)
             except ValueError:
                 raise ValueError(f"malformed cursor {cursor!r}") from None
-            if not separator or not member:
+            if not separator or not record_id:
                 raise ValueError(f"malformed cursor {cursor!r}")
-            if reverse:
-                high = score
-            else:
-                low = score
-            # Members with the cursor's exact score sort by member; skip those already returned.
-            ties = client.zrange(index, score, score, byscore=True)
-            skip = sum(1 for tie in ties if (tie >= member if reverse else tie <= member))
-        if reverse:
-            members = client.zrange(index, high, low, desc=True, byscore=True, offset=skip, num=count, withscores=True)
-        else:
-            members = client.zrange(index, low, high, byscore=True, offset=skip, num=count, withscores=True)
-        if not members:
-            return [], None
-        pipe = client.pipeline(transaction=False)
-        stream = stream_key(sandbox)
-        for member, _ in members:
-            pipe.xrange(stream, member, member)
-        records = []
-        for reply in pipe.execute():
-            if reply:  # empty: trimmed from the stream since (the index is trimmed on the next write)
-                _, fields = reply[0]
-                records.append(AttemptRecord.from_fields(fields))
-        last_member, last_score = members[-1]
-        next_cursor = f"{float(last_score)!r}:{last_member}" if len(members) == count else None
-        return records, next_cursor
+        low = float("-inf") if start_ts is None else start_ts
+        high = float("inf") if end_ts is None else end_ts
+        records = walk.records_by_time(self._connect(), sandbox, low, high, descending=reverse, after=after)
+        page = list(itertools.islice(records, count + 1))
+        more = len(page) > count
+        page = page[:count]
+        return page, f"{page[-1].ts!r}:{page[-1].id}" if more else None
 
     def sandboxes(self) -> list[str]:
         """Names of the sandboxes that have records, sorted."""
@@ -341,10 +274,9 @@ class RecordStore:
 
     def _deliver(self, records: Sequence[AttemptRecord]) -> None:
         client = self._connect()
-        now = self._clock()
-        min_score = now - self.retention_max_age
         max_age_ms = int(self.retention_max_age * 1000)
         ttl = max(1, int(self.retention_max_age))
+        size = max(1, min(layout.CHUNK, self.retention_max_len))
         by_sandbox: dict[str, list[AttemptRecord]] = {}
         for record in records:
             by_sandbox.setdefault(record.sandbox, []).append(record)
@@ -354,19 +286,11 @@ class RecordStore:
             pipe.sadd(SANDBOXES_KEY, *new_sandboxes)
         calls = 0
         for sandbox, group in by_sandbox.items():
-            for start in range(0, len(group), CHUNK):
-                chunk = group[start : start + CHUNK]
-                keys = [stream_key(sandbox), index_key(sandbox), *(seen_key(sandbox, r.id) for r in chunk)]
-                args: list[str | int | bytes] = [
-                    self.retention_max_len,
-                    max_age_ms,
-                    repr(min_score),
-                    ttl,
-                    len(_FIELD_NAMES),
-                    *_FIELD_NAMES,
-                ]
-                args.append(_pack(chunk))
-                pipe.execute_command("EVAL", _WRITE_SCRIPT, len(keys), *keys, *args)  # ClusterPipeline.eval is not EVAL
+            stream, index, count = stream_key(sandbox), index_key(sandbox), count_key(sandbox)
+            for chunk in entry_chunks(group, size):
+                keys = (stream, index, count, seen_key(sandbox, chunk[0].id))
+                args = (self.retention_max_len, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
+                pipe.execute_command("EVAL", _WRITE_SCRIPT, 4, *keys, *args)  # ClusterPipeline.eval is not EVAL
                 calls += 1
         replies = pipe.execute()
         added = sum(int(reply) for reply in replies[len(replies) - calls :])

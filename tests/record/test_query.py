@@ -12,11 +12,12 @@ from typing import Any
 
 import pytest
 
-from egress.record import action_store, query
+from egress.record import action_store, layout, query, walk
 from egress.record.actions import ActionRecord
+from egress.record.layout import action_keys
 from egress.record.query import AttemptFilter
 from egress.record.schema import AttemptRecord
-from egress.record.store import STORE_ERRORS, RecordStore, action_keys
+from egress.record.store import STORE_ERRORS, RecordStore
 from tests.record import record
 from tests.record.redis_server import REDIS_CLI, REDIS_SERVER, RedisServer, redis_cluster
 
@@ -173,7 +174,8 @@ def test_get_attempt_finds_any_sandbox(store: RecordStore) -> None:
 
 
 def test_counts_sum_aggregates_by_each_field(store: RecordStore, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(query, "COUNT_CHUNK", 3)  # many chunk edges fall inside runs of equal times
+    monkeypatch.setattr(layout, "CHUNK", 3)  # many entry and page edges fall inside runs of equal times
+    monkeypatch.setattr(walk, "MAX_PAGE", 2)
     written = [*_mixed(), record(ts=NOW - 30, sandbox="sbx-9", count=40, first_ts=NOW - 30, last_ts=NOW - 20)]
     store.write(written)
     for by in query.COUNT_BY:

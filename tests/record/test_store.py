@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import socket
 import subprocess
 import time
@@ -11,9 +12,11 @@ from pathlib import Path
 import pytest
 import redis
 
+from egress.record import layout, walk
 from egress.record.aggregate import Aggregator
+from egress.record.layout import count_key, decode_entry, index_key, seen_key, stream_key
 from egress.record.schema import AttemptRecord
-from egress.record.store import RecordStore, index_key, seen_key, stream_key
+from egress.record.store import RecordStore
 from tests.record import record
 from tests.record.redis_server import REDIS_CLI, REDIS_SERVER, RedisServer, redis_cluster
 
@@ -51,7 +54,8 @@ def _batch(start: int, size: int, sandbox: str = "agents") -> list[AttemptRecord
 
 
 def _stream_ids(raw: redis.Redis, sandbox: str = "agents") -> list[str]:
-    return [fields["id"] for _, fields in raw.xrange(stream_key(sandbox))]
+    """Record ids in stream order (entries in arrival order, records by time within an entry)."""
+    return [item.id for _, fields in raw.xrange(stream_key(sandbox)) for item in decode_entry(fields)]
 
 
 def _read_all(store: RecordStore, sandbox: str = "agents", page: int = 7, **query: object) -> list[AttemptRecord]:
@@ -91,6 +95,31 @@ def test_equal_timestamps_page_without_loss_or_repeat(server: RedisServer, tmp_p
     assert len({item.id for item in _read_all(store, page=5, reverse=True)}) == 23
 
 
+def test_reads_by_time_are_exact_across_small_entries_and_index_pages(
+    server: RedisServer, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Entries of 3 records read 1 then 2 index entries at a time: every page edge and entry edge falls somewhere
+    in runs of equal times, in records written out of time order over several batches."""
+    monkeypatch.setattr(layout, "CHUNK", 3)
+    monkeypatch.setattr(walk, "FIRST_PAGE", 1)
+    monkeypatch.setattr(walk, "MAX_PAGE", 2)
+    rng = random.Random(7)
+    written = [record(ts=NOW - 1000 + rng.choice(range(0, 400, 5)) + rng.choice((0, 0.5)), sport=i) for i in range(300)]
+    store = _store(server.url, tmp_path)
+    arrival = written[:]
+    rng.shuffle(arrival)
+    for start in range(0, 300, 37):
+        store.write(arrival[start : start + 37])
+    ordered = sorted(written, key=lambda item: (item.ts, item.id))
+    assert _read_all(store, page=4) == ordered
+    assert _read_all(store, page=9, reverse=True) == ordered[::-1]
+    for _ in range(20):
+        low, high = sorted(rng.uniform(NOW - 1100, NOW - 500) for _ in range(2))
+        window = [item for item in ordered if low <= item.ts <= high]
+        assert _read_all(store, page=rng.randint(1, 8), start_ts=low, end_ts=high) == window
+        assert _read_all(store, page=rng.randint(1, 8), start_ts=low, end_ts=high, reverse=True) == window[::-1]
+
+
 def test_gateway_is_stamped_and_odd_sandbox_names_stay_in_their_hash_tag(server: RedisServer, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path)
     odd = ["a}b{c", "", "x:y%z", "~"]
@@ -111,36 +140,35 @@ def test_bad_cursor_and_count_are_value_errors(server: RedisServer, tmp_path: Pa
         store.read("agents", count=0)
 
 
-def test_retention_by_size_trims_stream_and_index(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+def test_retention_by_size_drops_the_oldest_entries(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path, retention_max_len=20)
     written = _batch(0, 300)
     for start in range(0, 300, 10):
-        store.write(written[start : start + 10])
-    assert raw.zcard(index_key("agents")) == 20
-    assert raw.xlen(stream_key("agents")) <= 20 + 100  # MAXLEN ~ trims whole stream nodes (100 entries)
+        store.write(written[start : start + 10])  # one entry of 10 each
+    assert (raw.zcard(index_key("agents")), raw.xlen(stream_key("agents"))) == (2, 2)
+    assert raw.get(count_key("agents")) == "20"
     assert _read_all(store) == written[-20:]
+    # Entries hold at most the retention (20): 20 + 5. Storing the 20 drops the two older entries; storing the
+    # 5 drops the 20 (whole entries go, oldest first, never the one just stored): at most max_records are kept.
+    store.write(_batch(1000, 25))
+    assert raw.get(count_key("agents")) == "5"
+    assert [item.sport for item in _read_all(store)] == list(range(1020, 1025))
 
 
-def test_retention_by_age_of_the_records_in_the_index(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
-    clock = [NOW]
-    store = _store(server.url, tmp_path, retention_max_age_days=1, clock=lambda: clock[0])
-    old = [record(ts=NOW - 2 * 86400 + index) for index in range(5)]
-    store.write(old + _batch(0, 250))
-    assert raw.zcard(index_key("agents")) == 250  # records already older than the retention are not indexed
-    assert raw.ttl(seen_key("agents", old[0].id)) <= 86400
-    clock[0] = NOW + 2 * 86400
-    store.write([record(ts=clock[0])])
-    assert [item.ts for item in _read_all(store)] == [clock[0]]
-
-
-def test_retention_by_age_of_the_stream_entries(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+def test_retention_by_age_drops_entries_stored_longer_ago(
+    server: RedisServer, raw: redis.Redis, tmp_path: Path
+) -> None:
     store = _store(server.url, tmp_path, retention_max_age_days=0.5 / 86400)
-    store.write([record(ts=time.time(), sport=index) for index in range(250)])
-    assert raw.xlen(stream_key("agents")) == 250
+    old = [record(ts=NOW - 2 * 86400 + index) for index in range(5)]  # kept for max_age after it arrives
+    store.write(old + [record(ts=time.time(), sport=index) for index in range(250)])
+    assert raw.get(count_key("agents")) == "255"
+    assert raw.ttl(seen_key("agents", old[0].id)) == 1  # the seen keys live as long as the retention
     time.sleep(0.7)
-    store.write([record(ts=time.time())])
-    assert raw.xlen(stream_key("agents")) <= 100 + 1  # MINID ~ trims whole stream nodes (100 entries)
-    assert raw.zcard(index_key("agents")) == 1
+    fresh = record(ts=time.time())
+    store.write([fresh])
+    assert (raw.xlen(stream_key("agents")), raw.zcard(index_key("agents"))) == (1, 1)
+    assert raw.get(count_key("agents")) == "1"
+    assert _read_all(store) == [fresh]
 
 
 def test_redis_killed_mid_run_then_restarted_loses_and_duplicates_nothing(server: RedisServer, tmp_path: Path) -> None:

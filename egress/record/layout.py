@@ -1,0 +1,104 @@
+"""The Redis layout of attempt records (docs/records.md): key names, how a batch is cut into stream entries, and
+how an entry's records are encoded and decoded. Pure: no I/O; `store` writes with it, `walk` and `query` read.
+
+A sandbox's records live in stream entries of up to `CHUNK` records each, all within `SPAN` seconds of the
+entry's first record; the entry's value is the records as one JSON array, each element exactly the record's
+documented JSON (`AttemptRecord.to_json`, what ``egress events --json`` prints). The time index scores an entry
+with the time of its first record, so a record at time ``t`` is in an entry scored within ``[t - SPAN, t]``.
+"""
+
+from __future__ import annotations
+
+import bisect
+import json
+import operator
+import urllib.parse
+from collections.abc import Iterator, Sequence
+from typing import Any, Final
+
+import orjson
+
+from egress.record.schema import AttemptRecord
+
+LAYOUT_VERSION: Final = 2
+"""1: one stream entry and one index member per record (egress 0.1 before the 2026-11-27 change); 2: entries."""
+CHUNK: Final = 256
+"""Records per stream entry at most: bounds one entry's size (about 450 bytes a record) and one script's work."""
+SPAN: Final = 60.0
+"""Seconds from an entry's first record to its last at most (records of one entry are sorted by time)."""
+SANDBOXES_KEY: Final = "egress:sandboxes"
+ENTRY_COUNT: Final = "n"
+ENTRY_RECORDS: Final = "records"
+
+_TIME_ORDER: Final = operator.attrgetter("ts", "id")
+
+
+def sandbox_tag(sandbox: str) -> str:
+    """The sandbox name as it appears inside keys: escaped so that it cannot end the hash tag early."""
+    return urllib.parse.quote(sandbox, safe="._-~") or "%"  # "%" alone: no escaped name is that
+
+
+def _prefix(sandbox: str) -> str:
+    return f"egress:{{{sandbox_tag(sandbox)}}}"
+
+
+def stream_key(sandbox: str) -> str:
+    """The sandbox's stream: one entry per delivered chunk, in arrival order."""
+    return f"{_prefix(sandbox)}:attempts"
+
+
+def index_key(sandbox: str) -> str:
+    """The sandbox's time index: member = stream entry id, score = time of the entry's first record."""
+    return f"{_prefix(sandbox)}:by-time"
+
+
+def count_key(sandbox: str) -> str:
+    """How many records the sandbox's stream holds (what the size retention compares)."""
+    return f"{_prefix(sandbox)}:records"
+
+
+def seen_key(sandbox: str, first_id: str) -> str:
+    """Set when the entry starting with record ``first_id`` is stored: a replayed batch is not stored twice."""
+    return f"{_prefix(sandbox)}:seen:{first_id}"
+
+
+def action_keys(sandbox: str) -> tuple[str, str, str, str]:
+    """The agent-action keys of a sandbox (docs/records.md): hash id -> JSON, sorted sets by start and by end
+    (``inf`` while running), and the longest finished span seen (what bounds an overlap query)."""
+    prefix = _prefix(sandbox)
+    return f"{prefix}:actions", f"{prefix}:actions-by-start", f"{prefix}:actions-by-end", f"{prefix}:actions-span"
+
+
+def entry_chunks(records: Sequence[AttemptRecord], size: int = CHUNK) -> Iterator[list[AttemptRecord]]:
+    """``records`` (one sandbox's) sorted by (ts, id) and cut into entries of at most ``size`` records spanning
+    at most `SPAN` seconds. Deterministic: the same batch always gives the same entries (what makes a replay's
+    `seen_key` the same)."""
+    ordered = sorted(records, key=_TIME_ORDER)
+    times = [record.ts for record in ordered]
+    start = 0
+    while start < len(ordered):
+        end = min(start + max(size, 1), bisect.bisect_right(times, times[start] + SPAN, start + 1))
+        yield ordered[start:end]
+        start = end
+
+
+def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
+    """The records as one JSON array of their documented JSON objects (UTF-8)."""
+    try:
+        return orjson.dumps(records)  # dataclass fields in declaration order: the documented field order
+    except orjson.JSONEncodeError:  # a string orjson refuses (a lone surrogate): escape it rather than fail
+        return json.dumps([record.to_json() for record in records], separators=(",", ":")).encode()
+
+
+def decode_entry(fields: dict[str, Any]) -> list[AttemptRecord]:
+    """The records of a stream entry's fields (as redis-py returns them); [] for an entry from another layout."""
+    payload = fields.get(ENTRY_RECORDS)
+    if payload is None:
+        return []
+    return [AttemptRecord.from_json(item) for item in json.loads(payload)]
+
+
+def decode_records(payload: str | bytes) -> list[dict[str, Any]]:
+    """An entry's records as plain JSON objects (no validation): for counting."""
+    items: list[dict[str, Any]] = orjson.loads(payload)
+    return items

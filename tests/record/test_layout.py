@@ -1,0 +1,57 @@
+"""The record layout (egress.record.layout): how a batch is cut into stream entries, and the entry encoding."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import random
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from egress.record.layout import SPAN, decode_entry, encode_entry, entry_chunks, seen_key, stream_key
+from tests.record import record
+
+BASE = 1_750_000_000.0
+
+
+@given(
+    offsets=st.lists(st.floats(min_value=0, max_value=600, allow_nan=False), min_size=1, max_size=200),
+    size=st.integers(min_value=1, max_value=40),
+)
+def test_entries_are_sorted_bounded_in_size_and_span_and_cover_the_batch(offsets: list[float], size: int) -> None:
+    batch = [record(ts=BASE + offset, sport=index) for index, offset in enumerate(offsets)]
+    entries = list(entry_chunks(batch, size))
+    flat = [item for entry in entries for item in entry]
+    assert flat == sorted(batch, key=lambda item: (item.ts, item.id))
+    for entry in entries:
+        assert 1 <= len(entry) <= size
+        assert entry[-1].ts - entry[0].ts <= SPAN
+    for first, second in itertools.pairwise(entries):  # an entry ends only when it had to
+        assert len(first) == size or second[0].ts - first[0].ts > SPAN
+    shuffled = batch[:]
+    random.Random(len(batch)).shuffle(shuffled)
+    assert list(entry_chunks(shuffled, size)) == entries  # a replay cuts the same entries
+
+
+def test_entry_encoding_is_the_documented_json_of_each_record() -> None:
+    records = [
+        record(ts=BASE + 0.1, host="pool.example.com", evidence='{"method":"login"} \u00e9\u4e2d\n\x01'),
+        record(ts=BASE + 2.5, count=7, first_ts=BASE + 1, last_ts=BASE + 9),
+    ]
+    payload = encode_entry(records)
+    as_json = [json.dumps(item.to_json(), separators=(",", ":"), ensure_ascii=False) for item in records]
+    assert payload.decode() == "[" + ",".join(as_json) + "]"  # byte for byte what `egress events --json` prints
+    assert decode_entry({"n": "2", "records": payload.decode()}) == records
+    assert decode_entry({"id": "an entry of another layout"}) == []
+
+
+def test_a_string_orjson_refuses_is_escaped_not_lost() -> None:
+    odd = record(ts=BASE, evidence="half a pair \ud800 here")
+    [back] = decode_entry({"records": encode_entry([odd]).decode()})
+    assert back == odd
+
+
+def test_keys_keep_every_sandbox_inside_its_hash_tag() -> None:
+    assert stream_key("a}b{c") == "egress:{a%7Db%7Bc}:attempts"
+    assert seen_key("", "01J") == "egress:{%}:seen:01J"
