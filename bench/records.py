@@ -6,9 +6,9 @@ the peer and egress (the machine's speed drifts); medians are printed. Per round
 
 - redis-benchmark ``XADD bench * f v`` (-P 16, 50 clients): the server's limit for stream appends; and
   ``XADD bench * record <one record's JSON, about 430 bytes>``: the limit when each record is its own entry;
-- records/s written by `RecordStore.write` in batches of 256 (records of ten sandboxes): every record encoded,
-  cut into entries, and stored through the idempotent write script with its retention; the ratio to each peer
-  (goal: at least 0.5);
+- records/s written by `RecordStore.write` in the recorder's batches (1024 records of ten sandboxes, made in time
+  order as the gateway makes them): every record encoded, cut into entries and stored through the idempotent
+  write script with its retention; the ratio to each peer (goal: at least 0.5);
 
 then p50/p99 of ``list_attempts`` with a sandbox and a 1-minute window, limit 100, on one million records over ten
 sandboxes written by `RecordStore.write` the way the gateway writes them (a batch a second; goal: p99 < 50 ms).
@@ -34,6 +34,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from egress.gateway.recorder import BATCH  # noqa: E402
 from egress.record.layout import stream_key  # noqa: E402
 from egress.record.query import AttemptFilter, list_attempts  # noqa: E402
 from egress.record.schema import AttemptRecord, make_id  # noqa: E402
@@ -45,11 +46,12 @@ START = 1_750_000_000.0
 
 
 def make_records(count: int, span: float, seed: int) -> list[AttemptRecord]:
-    """``count`` varied records over ``span`` seconds from START, spread over the sandboxes."""
+    """``count`` varied records over ``span`` seconds from START, spread over the sandboxes, made in time order
+    (as the gateway makes them)."""
     rng = random.Random(seed)
+    times = sorted(START + rng.random() * span for _ in range(count))
     out = []
-    for index in range(count):
-        ts = START + rng.random() * span
+    for index, ts in enumerate(times):
         kind = index % 3
         out.append(
             AttemptRecord(
@@ -105,10 +107,7 @@ def fill(store: RecordStore, count: int, span: float) -> float:
         part_span = span * min(chunk, count - offset) / count
         records = make_records(min(chunk, count - offset), part_span, seed=offset)
         shift = span * offset / count
-        records = sorted(
-            (dataclasses.replace(record, ts=record.ts + shift, first_ts=-1.0, last_ts=-1.0) for record in records),
-            key=lambda record: record.ts,
-        )
+        records = [dataclasses.replace(record, ts=record.ts + shift, first_ts=-1.0, last_ts=-1.0) for record in records]
         second, batch = int(records[0].ts), []
         for record in records:
             if int(record.ts) != second and batch:
@@ -135,7 +134,7 @@ def query_latency(store: RecordStore, queries: int, span: float) -> tuple[list[f
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--writes", type=int, default=200_000, help="Records written through RecordStore per round.")
-    parser.add_argument("--batch", type=int, default=256, help="Records per write (the recorder's batch).")
+    parser.add_argument("--batch", type=int, default=BATCH, help="Records per write (default: the recorder's batch).")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--fill", type=int, default=1_000_000, help="Records in the store for the query test.")
     parser.add_argument("--span", type=float, default=7200.0, help="Seconds the filled records spread over.")
@@ -150,7 +149,7 @@ def main() -> int:
         server.cli("config", "set", "appendonly", "no")
         line = json.dumps(make_records(1, 60, seed=1)[0].to_json(), separators=(",", ":"))
         # In time order, as the recorder delivers them: a batch holds the attempts of the last moments.
-        records = sorted(make_records(args.writes, args.writes / 1000, seed=99), key=lambda record: record.ts)
+        records = make_records(args.writes, args.writes / 1000, seed=99)
         with tempfile.TemporaryDirectory(prefix="egress-bench-spool-") as spool:
             for _ in range(args.rounds):
                 server.cli("flushall")

@@ -95,6 +95,8 @@ class Supervisor:
             log.error("lockdown table could not be applied (%s); policy table stays: %s", why, exc)
 
     def start_workers(self) -> None:
+        # One CA for every worker, made before any starts (mitmproxy is only imported by the workers' module).
+        subprocess.run([sys.executable, "-m", "egress.proxy.addon", "--make-ca", self.config.confdir], check=True)
         for index in range(self.config.workers):
             path = Path(self.config.state_dir) / f"worker-{index}.json"
             WorkerConfig(self.config, index).write(path)

@@ -24,7 +24,7 @@ from collections.abc import Callable, Generator
 from dataclasses import dataclass
 from typing import Any
 
-from mitmproxy import connection, http, options
+from mitmproxy import certs, connection, http, options
 from mitmproxy.addons import core, proxyserver, tlsconfig
 from mitmproxy.addons.next_layer import NeedsMoreData, NextLayer, stack_match
 from mitmproxy.master import Master
@@ -341,13 +341,25 @@ async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.close()
 
 
+def ensure_ca(confdir: str) -> None:
+    """Make the gateway's CA in ``confdir`` (mitmproxy's files) unless it is there. The supervisor has it made
+    before it starts the workers: workers that start together and each find no CA would each make one, and every
+    worker whose CA lost the race to the file would sign with a CA that sandboxes do not trust."""
+    certs.CertStore.from_store(confdir, "mitmproxy", options.Options().key_size)
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m egress.proxy.addon``: one worker, for the gateway supervisor to start."""
     from egress.gateway.worker_setup import build_worker  # the worker's non-mitmproxy wiring
 
     parser = argparse.ArgumentParser(description="egress proxy worker")
-    parser.add_argument("--config", required=True, help="worker configuration (JSON) written by the gateway")
+    what = parser.add_mutually_exclusive_group(required=True)
+    what.add_argument("--config", help="worker configuration (JSON) written by the gateway")
+    what.add_argument("--make-ca", metavar="CONFDIR", help="only make the gateway's CA in CONFDIR if it is missing")
     args = parser.parse_args(argv)
+    if args.make_ca:
+        ensure_ca(args.make_ca)
+        return
     logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy[%(process)d] %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     setup = build_worker(args.config)

@@ -16,7 +16,7 @@ import urllib.parse
 from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
-import orjson
+import msgspec
 
 from egress.record.schema import AttemptRecord
 
@@ -30,7 +30,8 @@ SANDBOXES_KEY: Final = "egress:sandboxes"
 ENTRY_COUNT: Final = "n"
 ENTRY_RECORDS: Final = "records"
 
-_TIME_ORDER: Final = operator.attrgetter("ts", "id")
+_TIME: Final = operator.attrgetter("ts")
+_ENCODER: Final = msgspec.json.Encoder()
 
 
 def sandbox_tag(sandbox: str) -> str:
@@ -52,9 +53,10 @@ def index_key(sandbox: str) -> str:
     return f"{_prefix(sandbox)}:by-time"
 
 
-def count_key(sandbox: str) -> str:
-    """How many records the sandbox's stream holds (what the size retention compares)."""
-    return f"{_prefix(sandbox)}:records"
+def state_key(sandbox: str) -> str:
+    """A hash of the stream's bookkeeping: ``records`` (how many records it holds: what the size retention
+    compares) and ``age-check`` (the Redis time, in ms, when its oldest entry reaches the age retention)."""
+    return f"{_prefix(sandbox)}:state"
 
 
 def seen_key(sandbox: str, first_id: str) -> str:
@@ -70,10 +72,10 @@ def action_keys(sandbox: str) -> tuple[str, str, str, str]:
 
 
 def entry_chunks(records: Sequence[AttemptRecord], size: int = CHUNK) -> Iterator[list[AttemptRecord]]:
-    """``records`` (one sandbox's) sorted by (ts, id) and cut into entries of at most ``size`` records spanning
-    at most `SPAN` seconds. Deterministic: the same batch always gives the same entries (what makes a replay's
-    `seen_key` the same)."""
-    ordered = sorted(records, key=_TIME_ORDER)
+    """``records`` (one sandbox's) sorted by time (stable: equal times keep their order) and cut into entries of
+    at most ``size`` records spanning at most `SPAN` seconds. Deterministic: the same batch always gives the same
+    entries (what makes a replay's `seen_key` the same)."""
+    ordered = sorted(records, key=_TIME)
     times = [record.ts for record in ordered]
     start = 0
     while start < len(ordered):
@@ -85,8 +87,8 @@ def entry_chunks(records: Sequence[AttemptRecord], size: int = CHUNK) -> Iterato
 def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
     """The records as one JSON array of their documented JSON objects (UTF-8)."""
     try:
-        return orjson.dumps(records)  # dataclass fields in declaration order: the documented field order
-    except orjson.JSONEncodeError:  # a string orjson refuses (a lone surrogate): escape it rather than fail
+        return _ENCODER.encode(records)  # dataclass fields in declaration order: the documented field order
+    except UnicodeEncodeError:  # a string that is not valid Unicode (a lone surrogate): escape it, do not fail
         return json.dumps([record.to_json() for record in records], separators=(",", ":")).encode()
 
 
@@ -100,5 +102,5 @@ def decode_entry(fields: dict[str, Any]) -> list[AttemptRecord]:
 
 def decode_records(payload: str | bytes) -> list[dict[str, Any]]:
     """An entry's records as plain JSON objects (no validation): for counting."""
-    items: list[dict[str, Any]] = orjson.loads(payload)
+    items: list[dict[str, Any]] = msgspec.json.decode(payload)
     return items

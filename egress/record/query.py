@@ -170,16 +170,10 @@ def _passes(record: AttemptRecord, flt: AttemptFilter) -> bool:
 
 def get_attempt(store: RecordStore, attempt_id: str) -> AttemptRecord | None:
     """The attempt with this id (in any sandbox), or None. Looks near the time the id carries (ids are made from
-    the record's ``ts``): one script per sandbox."""
+    the record's ``ts``): one script per sandbox, in one round trip."""
     if not _ID.fullmatch(attempt_id):
         return None
-    at = id_time(attempt_id)
-    client = store.client()
-    for sandbox in store.sandboxes():
-        record = find(client, sandbox, attempt_id, at)
-        if record is not None:
-            return record
-    return None
+    return find(store.client(), store.sandboxes(), attempt_id, id_time(attempt_id))
 
 
 def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str, int]:

@@ -117,22 +117,6 @@ class AttemptRecord:
         if errors:
             raise ValueError("invalid attempt record: " + "; ".join(errors))
 
-    def to_fields(self) -> dict[str, str]:
-        """Flat ``str -> str`` mapping (what XADD stores); floats keep their exact value (``repr``)."""
-        return {name: _to_str(getattr(self, name)) for name in _FIELD_NAMES}
-
-    @classmethod
-    def from_fields(cls, fields: Mapping[str, str] | Mapping[bytes, bytes]) -> AttemptRecord:
-        """Inverse of `to_fields`; accepts bytes (a raw Redis reply) too; unknown fields are ignored."""
-        text = {_text(key): _text(value) for key, value in fields.items()}
-        schema = int(text.get("schema", "0") or "0")
-        if schema != SCHEMA_VERSION:
-            raise ValueError(f"unsupported attempt record schema {schema!r} (this reader knows {SCHEMA_VERSION})")
-        missing = [name for name in _FIELD_NAMES if name not in text]
-        if missing:
-            raise ValueError(f"attempt record lacks {', '.join(missing)}")
-        return cls(**{name: _FIELD_TYPES[name](text[name]) for name in _FIELD_NAMES})
-
     def to_json(self) -> dict[str, Any]:
         """JSON-ready mapping with native types (what the API, the CLI and the spool write)."""
         return {name: getattr(self, name) for name in _FIELD_NAMES}
@@ -187,11 +171,3 @@ def _problems(record: AttemptRecord) -> list[str]:
     if record.schema != SCHEMA_VERSION:
         errors.append(f"schema {record.schema} is not {SCHEMA_VERSION}")
     return errors
-
-
-def _to_str(value: object) -> str:
-    return repr(value) if isinstance(value, float) else str(value)
-
-
-def _text(value: str | bytes) -> str:
-    return value.decode() if isinstance(value, bytes) else value

@@ -15,11 +15,12 @@ stays in arrival order.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import itertools
 import logging
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any, Final
 
@@ -32,11 +33,11 @@ from redis.retry import Retry
 from egress.record import layout, walk
 from egress.record.layout import (
     SANDBOXES_KEY,
-    count_key,
     encode_entry,
     entry_chunks,
     index_key,
     seen_key,
+    state_key,
     stream_key,
 )
 from egress.record.schema import AttemptRecord
@@ -56,33 +57,38 @@ _REDIS_ERRORS: Final = (redis.exceptions.RedisError, redis.exceptions.RedisClust
 STORE_ERRORS: Final[tuple[type[BaseException], ...]] = _REDIS_ERRORS
 """What a query may raise when Redis does not answer or refuses: callers catch these without importing redis."""
 
-# KEYS: stream, index, record count, seen key of the entry. ARGV: max records, max age (ms), seen ttl (s),
-# number of records n, time of the first record, the records (one JSON array). Stores the entry unless its seen
-# key exists, then drops the oldest entries (by arrival) while the stream holds more than the max records or the
-# oldest arrived more than max age before this one (Redis's clock), never the entry just written. Returns n when
-# stored, 0 for a replay.
+# KEYS: stream, index, state hash, seen key of the entry. ARGV: max records, max age (ms), seen ttl (s), number of
+# records n, time of the first record, the records (one JSON array). Stores the entry unless its seen key exists;
+# then, when the stream holds more than the max records or its oldest entry may have outlived the max age (Redis's
+# clock: stream ids), drops the oldest entries (by arrival) until neither holds, never the entry just written, and
+# notes when the oldest left will be due, so most writes do not look at it. Returns n when stored, 0 for a replay.
 _WRITE_SCRIPT: Final = """
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], id)
-local total = redis.call('INCRBY', KEYS[3], ARGV[4])
-local max_records = tonumber(ARGV[1])
-local cutoff = tonumber(string.match(id, '^(%d+)-')) - tonumber(ARGV[2])
-for _ = 1, TRIM_PER_WRITE do
-  local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
-  if oldest == nil or oldest[1] == id then break end
-  if total <= max_records and tonumber(string.match(oldest[1], '^(%d+)-')) >= cutoff then break end
-  local n = 0
-  local fields = oldest[2]
-  for j = 1, #fields, 2 do
-    if fields[j] == 'n' then n = tonumber(fields[j + 1]) end
+local total = redis.call('HINCRBY', KEYS[3], 'records', ARGV[4])
+local now = tonumber(string.match(id, '^(%d+)-'))
+local max_records, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+if total > max_records or now >= tonumber(redis.call('HGET', KEYS[3], 'age-check') or '0') then
+  local due = now
+  for _ = 1, TRIM_PER_WRITE do
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    if oldest == nil or oldest[1] == id then due = now + max_age; break end
+    local born = tonumber(string.match(oldest[1], '^(%d+)-'))
+    if total <= max_records and born + max_age > now then due = born + max_age; break end
+    local n, fields = 0, oldest[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'n' then n = tonumber(fields[j + 1]) end
+    end
+    redis.call('XDEL', KEYS[1], oldest[1])
+    redis.call('ZREM', KEYS[2], oldest[1])
+    total = redis.call('HINCRBY', KEYS[3], 'records', -n)
   end
-  redis.call('XDEL', KEYS[1], oldest[1])
-  redis.call('ZREM', KEYS[2], oldest[1])
-  total = redis.call('DECRBY', KEYS[3], n)
+  redis.call('HSET', KEYS[3], 'age-check', string.format('%d', due))
 end
 return tonumber(ARGV[4])
 """.replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE))
+_WRITE_SHA: Final = hashlib.sha1(_WRITE_SCRIPT.encode()).hexdigest()
 
 
 class RecordStore:
@@ -274,29 +280,86 @@ class RecordStore:
 
     def _deliver(self, records: Sequence[AttemptRecord]) -> None:
         client = self._connect()
-        max_age_ms = int(self.retention_max_age * 1000)
-        ttl = max(1, int(self.retention_max_age))
-        size = max(1, min(layout.CHUNK, self.retention_max_len))
         by_sandbox: dict[str, list[AttemptRecord]] = {}
         for record in records:
             by_sandbox.setdefault(record.sandbox, []).append(record)
-        pipe = client.pipeline(transaction=False)
         new_sandboxes = sorted(set(by_sandbox) - self._known_sandboxes)
-        if new_sandboxes:
-            pipe.sadd(SANDBOXES_KEY, *new_sandboxes)
-        calls = 0
-        for sandbox, group in by_sandbox.items():
-            stream, index, count = stream_key(sandbox), index_key(sandbox), count_key(sandbox)
-            for chunk in entry_chunks(group, size):
-                keys = (stream, index, count, seen_key(sandbox, chunk[0].id))
-                args = (self.retention_max_len, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
-                pipe.execute_command("EVAL", _WRITE_SCRIPT, 4, *keys, *args)  # ClusterPipeline.eval is not EVAL
-                calls += 1
-        replies = pipe.execute()
-        added = sum(int(reply) for reply in replies[len(replies) - calls :])
+        prelude = [("SADD", SANDBOXES_KEY, *new_sandboxes)] if new_sandboxes else []
+        send = self._send_pipelined if self.cluster else self._send_streamed
+        calls, replies = send(client, prelude, self._entry_calls(by_sandbox))
+        added = 0
+        unknown = []  # the server does not have the script yet (new, restarted, or another Cluster node): EVAL
+        for reply in replies[: len(prelude)]:
+            if isinstance(reply, BaseException):
+                raise reply
+        for call, reply in zip(calls, replies[len(prelude) :], strict=True):
+            if isinstance(reply, redis.exceptions.NoScriptError):
+                unknown.append(call)
+            elif isinstance(reply, BaseException):
+                raise reply
+            else:
+                added += int(reply)
+        if unknown:
+            pipe = client.pipeline(transaction=False)
+            for call in unknown:
+                pipe.execute_command("EVAL", _WRITE_SCRIPT, *call)
+            added += sum(int(reply) for reply in pipe.execute())
         self._known_sandboxes.update(new_sandboxes)
         self.written += added
         self.duplicates += len(records) - added
+
+    def _entry_calls(self, by_sandbox: dict[str, list[AttemptRecord]]) -> Iterator[tuple[Any, ...]]:
+        """The write script's arguments (after the script) for each entry, encoded as they are asked for."""
+        max_age_ms = int(self.retention_max_age * 1000)
+        ttl = max(1, int(self.retention_max_age))
+        size = max(1, min(layout.CHUNK, self.retention_max_len))
+        for sandbox, group in by_sandbox.items():
+            stream, index, state = stream_key(sandbox), index_key(sandbox), state_key(sandbox)
+            for chunk in entry_chunks(group, size):
+                keys = (stream, index, state, seen_key(sandbox, chunk[0].id))
+                args = (self.retention_max_len, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
+                yield (4, *keys, *args)
+
+    @staticmethod
+    def _send_streamed(
+        client: Any, prelude: list[tuple[Any, ...]], calls: Iterator[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        """Single server: send each command as soon as it is encoded, so Redis stores one entry while the next is
+        being encoded, then read every reply (an error reply comes back as its exception)."""
+        pool = client.connection_pool
+        connection = pool.get_connection()
+        sent: list[tuple[Any, ...]] = []
+        try:
+            for command in prelude:
+                connection.send_command(*command)
+            for call in calls:
+                connection.send_command("EVALSHA", _WRITE_SHA, *call)
+                sent.append(call)
+            replies: list[Any] = []
+            for _ in range(len(prelude) + len(sent)):
+                try:
+                    replies.append(connection.read_response())
+                except redis.exceptions.ResponseError as error:
+                    replies.append(error)
+        except BaseException:
+            connection.disconnect()  # replies may still be on their way: this connection cannot be reused
+            raise
+        finally:
+            pool.release(connection)
+        return sent, replies
+
+    @staticmethod
+    def _send_pipelined(
+        client: Any, prelude: list[tuple[Any, ...]], calls: Iterator[tuple[Any, ...]]
+    ) -> tuple[list[tuple[Any, ...]], list[Any]]:
+        """Redis Cluster: one pipeline (redis-py sends each node its commands)."""
+        pipe = client.pipeline(transaction=False)
+        for command in prelude:
+            pipe.execute_command(*command)
+        sent = list(calls)
+        for call in sent:
+            pipe.execute_command("EVALSHA", _WRITE_SHA, *call)  # ClusterPipeline.evalsha is not EVALSHA
+        return sent, pipe.execute(raise_on_error=False)
 
     def _drain(self, max_batches: int | None) -> int:
         sent = 0

@@ -110,17 +110,19 @@ def _beyond(record: AttemptRecord, after: tuple[float, str] | None, descending: 
     return key < after if descending else key > after
 
 
-def find(client: Any, sandbox: str, record_id: str, near: float) -> AttemptRecord | None:
-    """The record with this id if an entry of ``sandbox`` scored within a second (plus `SPAN`) of ``near`` holds
-    it: one script on the server."""
-    keys = (index_key(sandbox), stream_key(sandbox))
+def find(client: Any, sandboxes: Sequence[str], record_id: str, near: float) -> AttemptRecord | None:
+    """The record with this id if an entry of one of ``sandboxes`` scored from 1 s + `SPAN` before ``near`` to 1 s
+    after it holds it: one script per sandbox, in one round trip."""
     needle = f'"id":"{record_id}"'
     bounds = (score(near - 1.0 - SPAN), score(near + 1.001))
-    payload = client.execute_command("EVAL", _FIND_SCRIPT, 2, *keys, *bounds, needle)
-    if not payload:
-        return None
-    found = [item for item in decode_records(payload) if item.get("id") == record_id]
-    return AttemptRecord.from_json(found[0]) if found else None
+    pipe = client.pipeline(transaction=False)
+    for sandbox in sandboxes:
+        pipe.execute_command("EVAL", _FIND_SCRIPT, 2, index_key(sandbox), stream_key(sandbox), *bounds, needle)
+    for payload in pipe.execute() if sandboxes else []:
+        found = [item for item in decode_records(payload) if item.get("id") == record_id] if payload else []
+        if found:
+            return AttemptRecord.from_json(found[0])
+    return None
 
 
 def entry_records_in_range(client: Any, sandbox: str, low: float, high: float) -> Iterator[dict[str, Any]]:

@@ -269,7 +269,7 @@ with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
     sock.sendto(query, ("10.203.1.1", 53))
     address = dnswire.address_of(dnswire.parse(sock.recv(4096)).answers[0])
 context = ssl.create_default_context(cafile=sys.argv[1])
-for host in ("allowed.lab", "blocked.lab"):
+for host in ("allowed.lab", "blocked.lab") * 4:  # spread over the proxy workers: each must sign with the one CA
     with socket.create_connection((address, 443), timeout=5) as raw:
         with context.wrap_socket(raw, server_hostname="allowed.lab") as tls:
             issuer = dict(item[0] for item in tls.getpeercert()["issuer"])
@@ -288,9 +288,10 @@ def test_hosts_on_the_decrypt_list_are_intercepted_and_fronting_is_refused(tmp_p
         argv = [sys.executable, "-c", _TLS_PROBE, str(run.gateway_ca)]
         done = netns.exec_in(run.lab.sandbox_ns, argv, timeout=30)
         lines = done.stdout.splitlines()
-        assert len(lines) == 2, done.stderr
-        assert lines[0] == "mitmproxy HTTP/1.1 200 OK"  # the gateway's CA signed it: intercepted
-        assert lines[1].startswith("mitmproxy HTTP/1.1 403")  # Host differs from the allowed SNI
+        assert len(lines) == 8, done.stderr
+        for allowed, fronted in zip(lines[::2], lines[1::2], strict=True):
+            assert allowed == "mitmproxy HTTP/1.1 200 OK"  # the gateway's CA signed it: intercepted
+            assert fronted.startswith("mitmproxy HTTP/1.1 403")  # Host differs from the allowed SNI
         records = _records(run, wait=5.0)
         assert any(record.reason == "domain-fronting" for record in records), records
 

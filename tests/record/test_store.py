@@ -14,7 +14,7 @@ import redis
 
 from egress.record import layout, walk
 from egress.record.aggregate import Aggregator
-from egress.record.layout import count_key, decode_entry, index_key, seen_key, stream_key
+from egress.record.layout import decode_entry, index_key, seen_key, state_key, stream_key
 from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
 from tests.record import record
@@ -146,12 +146,12 @@ def test_retention_by_size_drops_the_oldest_entries(server: RedisServer, raw: re
     for start in range(0, 300, 10):
         store.write(written[start : start + 10])  # one entry of 10 each
     assert (raw.zcard(index_key("agents")), raw.xlen(stream_key("agents"))) == (2, 2)
-    assert raw.get(count_key("agents")) == "20"
+    assert raw.hget(state_key("agents"), "records") == "20"
     assert _read_all(store) == written[-20:]
     # Entries hold at most the retention (20): 20 + 5. Storing the 20 drops the two older entries; storing the
     # 5 drops the 20 (whole entries go, oldest first, never the one just stored): at most max_records are kept.
     store.write(_batch(1000, 25))
-    assert raw.get(count_key("agents")) == "5"
+    assert raw.hget(state_key("agents"), "records") == "5"
     assert [item.sport for item in _read_all(store)] == list(range(1020, 1025))
 
 
@@ -161,13 +161,13 @@ def test_retention_by_age_drops_entries_stored_longer_ago(
     store = _store(server.url, tmp_path, retention_max_age_days=0.5 / 86400)
     old = [record(ts=NOW - 2 * 86400 + index) for index in range(5)]  # kept for max_age after it arrives
     store.write(old + [record(ts=time.time(), sport=index) for index in range(250)])
-    assert raw.get(count_key("agents")) == "255"
+    assert raw.hget(state_key("agents"), "records") == "255"
     assert raw.ttl(seen_key("agents", old[0].id)) == 1  # the seen keys live as long as the retention
     time.sleep(0.7)
     fresh = record(ts=time.time())
     store.write([fresh])
     assert (raw.xlen(stream_key("agents")), raw.zcard(index_key("agents"))) == (1, 1)
-    assert raw.get(count_key("agents")) == "1"
+    assert raw.hget(state_key("agents"), "records") == "1"
     assert _read_all(store) == [fresh]
 
 
