@@ -24,14 +24,17 @@ LAYOUT_VERSION: Final = 2
 """1: one stream entry and one index member per record (egress 0.1 before the 2026-11-27 change); 2: entries."""
 CHUNK: Final = 256
 """Records per stream entry at most: bounds one entry's size (about 450 bytes a record) and one script's work."""
-SPAN: Final = 60.0
-"""Seconds from an entry's first record to its last at most (records of one entry are sorted by time)."""
+SPAN: Final = 20.0
+"""Seconds from an entry's first record to its last at most (records of one entry are sorted by time). A batch
+usually spans a tick plus the aggregation window (10 s); a wider one is cut into more entries. Readers look this
+far before a window, so it is kept small."""
 SANDBOXES_KEY: Final = "egress:sandboxes"
 ENTRY_COUNT: Final = "n"
 ENTRY_RECORDS: Final = "records"
 
 _TIME: Final = operator.attrgetter("ts")
 _ENCODER: Final = msgspec.json.Encoder()
+_DECODER: Final = msgspec.json.Decoder(list[AttemptRecord])
 
 
 def sandbox_tag(sandbox: str) -> str:
@@ -93,14 +96,21 @@ def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
 
 
 def decode_entry(fields: dict[str, Any]) -> list[AttemptRecord]:
-    """The records of a stream entry's fields (as redis-py returns them); [] for an entry from another layout."""
+    """The records of a stream entry's fields (as redis-py returns them); [] for an entry from another layout.
+    Checked as `AttemptRecord` checks itself; a malformed entry raises ValueError."""
     payload = fields.get(ENTRY_RECORDS)
     if payload is None:
         return []
-    return [AttemptRecord.from_json(item) for item in json.loads(payload)]
+    try:
+        return _DECODER.decode(payload)
+    except msgspec.DecodeError:  # e.g. a lone surrogate escaped by `encode_entry`, which msgspec refuses
+        return [AttemptRecord.from_json(item) for item in json.loads(payload)]
 
 
 def decode_records(payload: str | bytes) -> list[dict[str, Any]]:
     """An entry's records as plain JSON objects (no validation): for counting."""
-    items: list[dict[str, Any]] = msgspec.json.decode(payload)
+    try:
+        items: list[dict[str, Any]] = msgspec.json.decode(payload)
+    except msgspec.DecodeError:  # a lone surrogate escaped by `encode_entry`
+        items = json.loads(payload)
     return items

@@ -8,7 +8,7 @@ import json
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egress.record.layout import SPAN, decode_entry, encode_entry, entry_chunks, seen_key, stream_key
+from egress.record.layout import SPAN, decode_entry, decode_records, encode_entry, entry_chunks, seen_key, stream_key
 from tests.record import record
 
 BASE = 1_750_000_000.0
@@ -45,8 +45,10 @@ def test_entry_encoding_is_the_documented_json_of_each_record() -> None:
 
 def test_a_string_that_is_not_unicode_is_escaped_not_lost() -> None:
     odd = record(ts=BASE, evidence="half a pair \ud800 here")
-    [back] = decode_entry({"records": encode_entry([odd]).decode()})
+    payload = encode_entry([odd]).decode()
+    [back] = decode_entry({"records": payload})
     assert back == odd
+    assert decode_records(payload)[0]["evidence"] == odd.evidence
 
 
 def test_keys_keep_every_sandbox_inside_its_hash_tag() -> None:
