@@ -13,6 +13,7 @@ import contextlib
 import importlib.metadata
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -164,7 +165,8 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     spool_dir = settings.spool_dir
     own_spool = store is None and spool_dir is None
     if own_spool:
-        spool_dir = Path(tempfile.mkdtemp(prefix="egress-api-spool-"))
+        # The API writes no attempt records, so its store never spools and this directory is never made.
+        spool_dir = Path(tempfile.gettempdir()) / f"egress-api-spool-{os.getpid()}"
     if store is None:
         assert spool_dir is not None
         store = RecordStore(

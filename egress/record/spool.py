@@ -1,7 +1,8 @@
 """The local disk spool: records that could not reach Redis wait here, in order, until they are delivered.
 
-A directory of append-only segment files (``seg-<first seq>.jsonl``), one JSON line per batch, each batch
-fsynced before `append` returns, so a batch `append` accepted survives a crash of the process or the machine.
+A directory (made by the first append) of append-only segment files (``seg-<first seq>.jsonl``), one JSON line
+per batch, each batch fsynced before `append` returns, so a batch `append` accepted survives a crash of the process
+or the machine.
 The delivered position is kept in ``committed`` (replaced atomically); segments wholly delivered are deleted.
 Each process appends to a segment of its own, so a torn last line left by a crash is never appended to; such a
 line (never acknowledged) is skipped, logged and counted as ``torn``.
@@ -49,7 +50,6 @@ class Spool:
         self.torn = 0
         """Unreadable lines skipped (a crash in the middle of an append)."""
         self._torn_lines: set[tuple[str, int]] = set()
-        directory.mkdir(parents=True, exist_ok=True)
         self._committed = self._read_committed()
         self._next_seq = max(self._committed, self._last_seq_on_disk()) + 1
         self._current: Path | None = None
@@ -78,6 +78,7 @@ class Spool:
                 self.refused,
             )
             raise SpoolFull(f"record spool {self.directory} is full ({self.bytes} bytes): {len(records)} refused")
+        self.directory.mkdir(parents=True, exist_ok=True)  # made on first use: a store that never spools makes none
         if self._current is None or self._current.stat().st_size >= SEGMENT_BYTES:
             self._current = self.directory / f"seg-{seq:016d}.jsonl"
             new_segment = True

@@ -29,6 +29,15 @@ def test_batches_come_back_in_order_and_commit_removes_them(tmp_path: Path) -> N
     assert spool.bytes == 0
 
 
+def test_the_directory_is_made_by_the_first_append(tmp_path: Path) -> None:
+    directory = tmp_path / "not" / "yet"
+    spool = Spool(directory)
+    assert spool.empty and len(spool) == 0 and spool.bytes == 0
+    assert not directory.exists()  # a store that never spools leaves nothing behind
+    spool.append([record(ts=1.0)])
+    assert [batch.seq for batch in Spool(directory).pending()] == [1]
+
+
 def test_records_survive_a_new_process(tmp_path: Path) -> None:
     first = Spool(tmp_path)
     written = [record(ts=float(index)) for index in range(5)]
