@@ -1,9 +1,11 @@
 """The transparent proxy: a mitmproxy 12 addon that enforces the policy on sandbox TCP, and the worker that runs it.
 
-The only module that imports mitmproxy. It replaces mitmproxy's ``next_layer`` addon (subclassing it, so TLS
-interception and HTTP keep mitmproxy's own layering) and maps `egress.proxy.gate` decisions onto layers:
+The only module that imports mitmproxy. A worker's connections arrive at `egress.proxy.front`, which relays allowed
+TLS itself and hands every other connection, unread, to mitmproxy. The addon replaces mitmproxy's ``next_layer``
+addon (subclassing it, so TLS interception and HTTP keep mitmproxy's own layering) and maps `egress.proxy.gate`
+decisions onto layers:
 
-- passthrough TLS → ``TCPLayer(ignore=True)`` (no flow object, the cheapest relay mitmproxy has);
+- passthrough TLS (what the front did not take: a would-block in report mode) → ``TCPLayer(ignore=True)``;
 - inspected TCP → `InspectLayer`, a TCP relay that feeds both directions to the detectors and closes both sides
   the moment one matches (mitmproxy 12.3's ``flow.kill()`` does not close raw TCP flows, so we do it in the layer);
 - refused → `RefuseLayer`, which closes both sides without forwarding a byte;
@@ -19,6 +21,7 @@ import argparse
 import asyncio
 import logging
 import signal
+import socket
 import time
 from collections.abc import Callable, Generator
 from dataclasses import dataclass
@@ -37,6 +40,7 @@ from egress.decide import Action, Verdict, decide_finding
 from egress.detect.base import FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.gateway.attempt import Attempt, Reporter
+from egress.proxy.front import Front
 from egress.proxy.gate import Decision, Gate, Kind
 from egress.rules.model import Sandbox
 
@@ -304,7 +308,11 @@ async def run_worker(
     upstream_ca: str | None = None,
     reload: Callable[[], None] | None = None,
 ) -> None:
-    """Run one proxy worker in transparent mode on ``port`` until cancelled; SIGHUP calls ``reload``."""
+    """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP) until cancelled or until a part of it
+    ends (then the worker exits and the supervisor locks the gateway down); SIGHUP calls ``reload``.
+
+    `egress.proxy.front.Front` accepts on ``port`` and relays allowed TLS itself; every other connection goes to
+    mitmproxy's transparent-mode server instance (which listens only on an unused loopback port)."""
     if reload is not None:
         asyncio.get_running_loop().add_signal_handler(signal.SIGHUP, reload)
     opts = options.Options()
@@ -316,14 +324,34 @@ async def run_worker(
     master.addons.add(core.Core(), proxyserver.Proxyserver(), tlsconfig.TlsConfig())
     master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1]))))
     settings: dict[str, Any] = {
-        "mode": [f"transparent@{port}"],
+        "mode": ["transparent@127.0.0.1:0"],
         "connection_strategy": "eager",
         "confdir": confdir,
     }
     if upstream_ca:
         settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
     opts.update(**settings)
-    await master.run()
+    servers = master.addons.get("proxyserver").servers
+    running = asyncio.create_task(master.run())
+    while not (len(servers) and all(instance.is_running for instance in servers)):
+        if running.done():
+            await running  # mitmproxy failed to start: raise its error
+            raise RuntimeError("mitmproxy stopped before its server started")
+        await asyncio.sleep(0.01)
+    [instance] = list(servers)
+
+    async def handoff(conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
+        await instance.handle_stream(reader, writer)
+
+    front = asyncio.create_task(Front(gate, reporter, handoff).serve(port))
+    await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
+    if front.done():
+        running.cancel()
+        front.result()  # the front failed (its error ends the worker)
+        raise RuntimeError("the proxy worker's front stopped")
+    front.cancel()
+    running.result()  # mitmproxy shut down (its error, if any, ends the worker)
 
 
 SINK_SILENCE = 3.0

@@ -1,0 +1,244 @@
+"""The proxy worker's front door: takes the sandbox connections nftables redirects to the worker's port and relays
+allowed TLS itself; everything else goes to mitmproxy untouched.
+
+For each connection the front peeks (``MSG_PEEK``: nothing is consumed) at the client's first bytes. When they are
+a whole TLS ClientHello that `Gate` passes through with nothing to record (allowed, not on the sandbox's decrypt
+list) and the destination may be dialled, the front dials the original destination and relays both directions
+with a pair of asyncio protocols: a fraction of what the same connection costs in mitmproxy's layers
+(docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
+client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspection, refusals, would-blocks, bytes
+that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
+what it always did: the front only takes what it can finish, and never blocks or records a block itself.
+
+Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.addon`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import struct
+from collections.abc import Awaitable, Callable
+from typing import Final
+
+from egress.decide import Action
+from egress.detect import tls
+from egress.detect.base import FlowMeta
+from egress.gateway.attempt import Reporter
+from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
+from egress.rules.model import Sandbox
+
+log = logging.getLogger("egress.proxy")
+
+PEEK_WAIT: Final = 0.1
+"""Seconds the front waits for a client's first bytes (a TLS client sends its ClientHello at once); after that the
+connection is mitmproxy's (a server-first protocol)."""
+PARTIAL_WAIT: Final = 0.002
+"""Seconds between peeks while a ClientHello is still arriving."""
+DIAL_TIMEOUT: Final = 10.0
+BACKLOG: Final = 1024
+SO_ORIGINAL_DST: Final = 80
+SOL_IPV6: Final = 41
+
+Handoff = Callable[[socket.socket], Awaitable[None]]
+"""Gives an accepted connection, nothing read from it, to mitmproxy."""
+
+
+def original_destination(sock: socket.socket) -> tuple[str, int]:
+    """Where the client meant to connect before nftables redirected it (``SO_ORIGINAL_DST``)."""
+    if "." in sock.getsockname()[0]:  # IPv4, also IPv4-mapped on an IPv6 socket
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        port, address = struct.unpack_from("!2xH4s", raw)
+        return socket.inet_ntop(socket.AF_INET, address), port
+    raw = sock.getsockopt(SOL_IPV6, SO_ORIGINAL_DST, 28)
+    port, address = struct.unpack_from("!2xH4x16s", raw)
+    return socket.inet_ntop(socket.AF_INET6, address), port
+
+
+class _Half(asyncio.Protocol):
+    """One side of a relay: what it receives goes to the other side; back-pressure and half-close follow."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.other: _Half | None = None
+        self.ended = False
+        """This side sent EOF."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        assert isinstance(transport, asyncio.Transport)
+        self.transport = transport
+
+    def data_received(self, data: bytes) -> None:
+        assert self.other is not None and self.other.transport is not None
+        self.other.transport.write(data)
+
+    def eof_received(self) -> bool:
+        self.ended = True
+        assert self.other is not None and self.other.transport is not None
+        if self.other.ended:
+            self._close_both()
+        elif self.other.transport.can_write_eof():
+            self.other.transport.write_eof()
+        return True  # the other direction may still carry data
+
+    def pause_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.other is not None and self.other.transport is not None:
+            self.other.transport.resume_reading()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._close_both()
+
+    def _close_both(self) -> None:
+        for side in (self, self.other):
+            if side is not None and side.transport is not None and not side.transport.is_closing():
+                side.transport.close()
+
+
+class Front:
+    """Accepts on the worker's port (IPv4 and IPv6) and serves each connection as the module docstring says."""
+
+    def __init__(
+        self,
+        gate: Gate,
+        reporter: Reporter,
+        handoff: Handoff,
+        destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
+    ) -> None:
+        """``destination``: where an accepted connection was going (`original_destination` behind nftables)."""
+        self.gate = gate
+        self.reporter = reporter
+        self.handoff = handoff
+        self.destination = destination
+        self.relayed = 0
+        """Connections the front relayed itself."""
+        self.handed_off = 0
+        """Connections given to mitmproxy."""
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._listeners: list[socket.socket] = []
+
+    async def serve(self, port: int, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> None:
+        """Listen on ``port`` of ``hosts`` (an IPv6 one is skipped when the host has no IPv6) and serve until
+        cancelled."""
+        for host in hosts:
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            if family == socket.AF_INET6:
+                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+            try:
+                listener.bind((host, port))
+            except OSError:
+                listener.close()
+                if family == socket.AF_INET6:  # no IPv6 on this host
+                    continue
+                raise
+            listener.listen(BACKLOG)
+            listener.setblocking(False)
+            self._listeners.append(listener)
+        try:
+            await asyncio.gather(*(self._accept(listener) for listener in self._listeners))
+        finally:
+            for listener in self._listeners:
+                listener.close()
+
+    async def _accept(self, listener: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            conn, peer = await loop.sock_accept(listener)
+            # No Nagle: small writes (an HTTP head, then its body) must not wait for the client's delayed ACK.
+            # asyncio sets this itself only on sockets made with proto=IPPROTO_TCP, which accepted ones are not.
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            task = asyncio.create_task(self._serve_one(conn, peer))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+
+    async def _serve_one(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        try:
+            if await self._relay_if_passthrough(conn, peer):
+                self.relayed += 1
+                return
+        except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
+            log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
+        self.handed_off += 1
+        await self.handoff(conn)
+
+    async def _relay_if_passthrough(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+        """Relay the connection and return True if it is allowed TLS to pass through; else return False having
+        read nothing from it."""
+        sandbox = self.gate.sandbox(str(peer[0]))
+        if sandbox is None:
+            return False
+        dst = self.destination(conn)
+        if self.gate.on_connect(sandbox, *dst).action is Action.BLOCK:
+            return False
+        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta((str(peer[0]), int(peer[1])), dst))
+        if decision is None or decision.kind is not Kind.PASSTHROUGH or decision.verdict is not None:
+            return False
+        loop = asyncio.get_running_loop()
+        try:
+            upstream_transport, upstream = await asyncio.wait_for(
+                loop.create_connection(_Half, dst[0], dst[1]), DIAL_TIMEOUT
+            )
+        except (OSError, TimeoutError) as exc:
+            log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
+            conn.close()
+            return True
+        self.reporter.allowed("proxy")
+        client = _Half()
+        client.other, upstream.other = upstream, client
+        await loop.connect_accepted_socket(lambda: client, conn)  # reads the ClientHello and relays it
+        del upstream_transport
+        return True
+
+    @staticmethod
+    async def _first_decision(conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | None:
+        """The gate's decision on the client's first bytes, peeked; None when they are not TLS, do not come within
+        `PEEK_WAIT`, or never make a whole ClientHello."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + PEEK_WAIT
+        while True:
+            try:
+                data: bytes | None = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data == b"":  # the client closed
+                return None
+            if data is not None:
+                if not tls.looks_like_tls(data):
+                    return None
+                decision = gate.on_first_bytes(sandbox, meta, data, b"")
+                if decision.kind is not Kind.WAIT:
+                    return decision
+                if len(data) >= HEAD_WAIT_LIMIT:
+                    return None
+            left = deadline - loop.time()
+            if left <= 0:
+                return None
+            if data is None:
+                await _readable(conn, left)
+            else:
+                await asyncio.sleep(PARTIAL_WAIT)  # the socket stays readable while the first bytes wait unread
+
+
+async def _readable(conn: socket.socket, timeout: float) -> bool:
+    """Wait up to ``timeout`` seconds for ``conn`` to be readable."""
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready, timeout)
+        return ready.done()
+    finally:
+        loop.remove_reader(conn.fileno())

@@ -1,0 +1,194 @@
+"""The proxy worker's front (egress.proxy.front) on loopback with real sockets and the real gate: allowed TLS is
+relayed by the front itself, byte for byte; everything else reaches the handoff with nothing read from it.
+
+Only where a connection was going is given (`Front(destination=...)`): behind the gateway that is nftables'
+SO_ORIGINAL_DST, which the end-to-end tests exercise."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import ssl
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+
+from egress.detect.names import NameLists, make_name_detector
+from egress.detect.registry import stream_detectors
+from egress.gateway.attempt import Attempt
+from egress.proxy import front as front_module
+from egress.proxy.front import Front
+from egress.proxy.gate import Gate
+from egress.rules.lists import load_lists_dir
+from egress.rules.policy import parse_policy
+
+LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
+
+
+class _Reporter:
+    def __init__(self) -> None:
+        self.reported: list[Attempt] = []
+        self.allowed_by: list[str] = []
+
+    def report(self, attempt: Attempt) -> None:
+        self.reported.append(attempt)
+
+    def allowed(self, component: str) -> None:
+        self.allowed_by.append(component)
+
+
+def _client_hello(name: str) -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing, server_hostname=name)
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+class _Setup:
+    def __init__(self, upstream_port: int) -> None:
+        policy = parse_policy(
+            f"""
+version: 1
+sandboxes:
+  box:
+    sources: [127.0.0.0/8]
+    mode: enforce
+    allow:
+      hosts:
+        - {{host: allowed.test, ports: [{upstream_port}]}}
+"""
+        )
+        lists = NameLists(load_lists_dir(LISTS))
+
+        def names_for(sandbox: str, address: str) -> frozenset[str]:
+            return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
+
+        self.gate = Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists))
+        self.reporter = _Reporter()
+        self.handed: list[bytes] = []
+        self.nodelay: list[int] = []
+        self.front = Front(self.gate, self.reporter, self._handoff, destination=lambda _: ("127.0.0.1", upstream_port))
+
+    async def _handoff(self, conn: socket.socket) -> None:
+        self.nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
+        reader, writer = await asyncio.open_connection(sock=conn)
+        self.handed.append(await reader.read(65536))  # what mitmproxy would read: everything the client sent
+        writer.close()
+
+
+async def _serving(setup: _Setup) -> tuple[int, asyncio.Task[None]]:
+    port = _free_port()
+    task = asyncio.create_task(setup.front.serve(port, hosts=("127.0.0.1",)))
+    for _ in range(100):
+        await asyncio.sleep(0.01)
+        if setup.front._listeners:
+            return port, task
+    raise AssertionError("the front did not listen")
+
+
+async def _exchange(port: int, send: bytes, expect: int) -> bytes:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(send)
+    await writer.drain()
+    got = b""
+    while len(got) < expect:
+        chunk = await asyncio.wait_for(reader.read(65536), 5)
+        if not chunk:
+            break
+        got += chunk
+    writer.close()
+    return got
+
+
+def _run(test: Callable[[], object]) -> None:
+    asyncio.run(test())  # type: ignore[arg-type]
+
+
+def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
+    async def scenario() -> None:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        port, task = await _serving(setup)
+        hello = _client_hello("allowed.test")
+        payload = hello + bytes(range(256)) * 400  # the ClientHello, then 100 KiB more through the relay
+        assert await _exchange(port, payload, len(payload)) == payload
+        assert (setup.front.relayed, setup.front.handed_off, setup.handed) == (1, 0, [])
+        assert setup.reporter.allowed_by == ["proxy"] and setup.reporter.reported == []
+        task.cancel()
+        server.close()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize(
+    "first_bytes",
+    [
+        pytest.param(lambda: _client_hello("evil.test"), id="tls-to-a-name-not-allowed"),
+        pytest.param(lambda: b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", id="plain-http"),
+        pytest.param(lambda: b'{"id":1,"method":"mining.subscribe","params":[]}\n', id="stratum"),
+        pytest.param(lambda: _client_hello("allowed.test")[:40], id="half-a-client-hello"),
+    ],
+)
+def test_everything_else_is_handed_off_unread_without_nagle(first_bytes: Callable[[], bytes]) -> None:
+    async def scenario() -> None:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        port, task = await _serving(setup)
+        sent = first_bytes()
+        await _exchange(port, sent, 0)
+        for _ in range(200):
+            if setup.handed:
+                break
+            await asyncio.sleep(0.01)
+        assert setup.handed == [sent]  # nothing was consumed by the front
+        assert setup.nodelay == [1]
+        assert (setup.front.relayed, setup.front.handed_off) == (0, 1)
+        assert setup.reporter.reported == [] and setup.reporter.allowed_by == []  # the front never records
+        task.cancel()
+        server.close()
+
+    _run(scenario)
+
+
+def test_a_silent_client_is_handed_off_after_the_peek_wait(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front_module, "PEEK_WAIT", 0.05)
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        port, task = await _serving(setup)
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(200):
+            if setup.front.handed_off:
+                break
+            await asyncio.sleep(0.01)
+        assert setup.front.handed_off == 1  # a server-first protocol: mitmproxy dials and waits
+        writer.write(b"late")
+        writer.close()
+        for _ in range(200):
+            if setup.handed:
+                break
+            await asyncio.sleep(0.01)
+        assert setup.handed == [b"late"]
+        task.cancel()
+        server.close()
+
+    _run(scenario)
+
+
+async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    while data := await reader.read(65536):
+        writer.write(data)
+        await writer.drain()
+    writer.close()
