@@ -141,20 +141,31 @@ class Front:
             listener.listen(BACKLOG)
             listener.setblocking(False)
             self._listeners.append(listener)
+        loop = asyncio.get_running_loop()
+        for listener in self._listeners:
+            loop.add_reader(listener.fileno(), self._accept_all, listener)
         try:
-            await asyncio.gather(*(self._accept(listener) for listener in self._listeners))
+            await asyncio.Future()  # until cancelled
         finally:
             for listener in self._listeners:
+                loop.remove_reader(listener.fileno())
                 listener.close()
 
-    async def _accept(self, listener: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
+    def _accept_all(self, listener: socket.socket) -> None:
+        """Accept every connection waiting on ``listener`` (one wake-up of the event loop for a burst)."""
         while True:
-            conn, peer = await loop.sock_accept(listener)
+            try:
+                conn, peer = listener.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:  # out of file descriptors, or the like: the next wake-up tries again
+                log.error("front: accept on %s failed: %s", listener.getsockname(), exc)
+                return
+            conn.setblocking(False)
             # No Nagle: small writes (an HTTP head, then its body) must not wait for the client's delayed ACK.
             # asyncio sets this itself only on sockets made with proto=IPPROTO_TCP, which accepted ones are not.
             conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            task = asyncio.create_task(self._serve_one(conn, peer))
+            task = asyncio.get_running_loop().create_task(self._serve_one(conn, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
@@ -165,8 +176,14 @@ class Front:
                 return
         except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
             log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
+        except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
+            log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
         self.handed_off += 1
-        await self.handoff(conn)
+        try:
+            await self.handoff(conn)
+        except Exception:
+            log.exception("front: %s:%s: handoff failed, connection closed", peer[0], peer[1])
+            conn.close()
 
     async def _relay_if_passthrough(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
         """Relay the connection and return True if it is allowed TLS to pass through; else return False having
@@ -192,8 +209,12 @@ class Front:
         self.reporter.allowed("proxy")
         client = _Half()
         client.other, upstream.other = upstream, client
-        await loop.connect_accepted_socket(lambda: client, conn)  # reads the ClientHello and relays it
-        del upstream_transport
+        try:
+            await loop.connect_accepted_socket(lambda: client, conn)  # reads the ClientHello and relays it
+        except BaseException:
+            upstream_transport.close()
+            conn.close()
+            raise
         return True
 
     @staticmethod
