@@ -161,10 +161,14 @@ class Front:
             except OSError as exc:  # out of file descriptors, or the like: the next wake-up tries again
                 log.error("front: accept on %s failed: %s", listener.getsockname(), exc)
                 return
-            conn.setblocking(False)
-            # No Nagle: small writes (an HTTP head, then its body) must not wait for the client's delayed ACK.
-            # asyncio sets this itself only on sockets made with proto=IPPROTO_TCP, which accepted ones are not.
-            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            try:
+                conn.setblocking(False)
+                # No Nagle: small writes (an HTTP head, then its body) must not wait for the client's delayed
+                # ACK. asyncio sets it only on sockets made with proto=IPPROTO_TCP, which accepted ones are not.
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            except OSError:  # reset before we got to it
+                conn.close()
+                continue
             task = asyncio.get_running_loop().create_task(self._serve_one(conn, peer))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
