@@ -23,17 +23,16 @@ from typing import Annotated, Any, Final
 
 from fastapi import Depends, FastAPI, Query, Request
 from fastapi import Path as PathParam
-from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, RedirectResponse, Response, StreamingResponse
+from fastapi.responses import RedirectResponse, Response, StreamingResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.concurrency import run_in_threadpool
-from starlette.exceptions import HTTPException
-from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from egress.api import models
 from egress.api.auth import Role, Token, TokenTable
+from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers
 from egress.api.metrics import Metrics
+from egress.api.middleware import BodyLimit, CountRequests
 from egress.api.settings import Settings
 from egress.correlate import Correlator, timeline
 from egress.record import query
@@ -49,16 +48,6 @@ _ID_PATTERN: Final = r"^[0-9A-HJKMNP-TV-Z]{26}$"
 NoQuery = Annotated[models.NoQuery, Query()]
 """For routes without query parameters: any parameter given is unknown (400), as on every other route."""
 _LAB: Final = Token("lab", b"", frozenset(Role))
-_ERRORS: Final = {
-    400: "bad request",
-    401: "a valid bearer token is required",
-    403: "forbidden",
-    404: "not found",
-    405: "method not allowed",
-    413: "request body too large",
-    429: "too many requests",
-    503: "Redis unavailable",
-}
 
 
 def version() -> str:
@@ -66,98 +55,6 @@ def version() -> str:
         return importlib.metadata.version("egress")
     except importlib.metadata.PackageNotFoundError:
         return "0+unknown"
-
-
-class ApiError(HTTPException):
-    """An HTTP error with the parameter at fault."""
-
-    def __init__(self, status: int, message: str, field: str | None = None) -> None:
-        super().__init__(status, message)
-        self.field = field
-
-
-def _error(status: int, message: str, field: str | None = None, **extra: Any) -> JSONResponse:
-    body: dict[str, Any] = {"error": {"field": field, "message": message}, **extra}
-    headers = {"WWW-Authenticate": "Bearer"} if status == 401 else None
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-def _field(loc: Sequence[str | int]) -> str | None:
-    parts = list(loc[1:]) if loc and loc[0] in {"query", "path", "body", "header"} else list(loc)
-    text = ""
-    for part in parts:
-        text += f"[{part}]" if isinstance(part, int) else (f".{part}" if text else str(part))
-    return text or (str(loc[0]) if loc else None)
-
-
-def _problem(error: dict[str, Any]) -> dict[str, str | None]:
-    kind, message = error.get("type", ""), str(error.get("msg", "invalid"))
-    if kind == "extra_forbidden":
-        message = "unknown parameter" if error["loc"][:1] == ("query",) else "unknown field"
-    elif kind == "json_invalid":
-        return {"field": "body", "message": f"not valid JSON: {error.get('ctx', {}).get('error', message)}"}
-    message = message.removeprefix("Value error, ")
-    return {"field": _field(error.get("loc", ())), "message": message}
-
-
-def _is_store_error(error: BaseException) -> bool:
-    """Redis errors (redis-py's, which only the store imports) and socket errors."""
-    return isinstance(error, STORE_ERRORS)
-
-
-class _BodyLimit:
-    """Refuses request bodies over ``limit`` bytes (declared or streamed) with 413 before a handler reads them."""
-
-    def __init__(self, app: ASGIApp, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        declared = dict(scope["headers"]).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            await _error(413, f"request body over {self.limit} bytes", "body")(scope, receive, send)
-            return
-        seen = 0
-
-        async def limited() -> Message:
-            nonlocal seen
-            message = await receive()
-            if message["type"] == "http.request":
-                seen += len(message.get("body", b""))
-                if seen > self.limit:
-                    raise ApiError(413, f"request body over {self.limit} bytes", "body")
-            return message
-
-        await self.app(scope, limited, send)
-
-
-class _CountRequests:
-    """Counts answered requests by method, route template and status (plain ASGI: streams pass untouched)."""
-
-    def __init__(self, app: ASGIApp, metrics: Metrics) -> None:
-        self.app = app
-        self.metrics = metrics
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        status = 500
-
-        async def observed(message: Message) -> None:
-            nonlocal status
-            if message["type"] == "http.response.start":
-                status = message["status"]
-            await send(message)
-
-        try:
-            await self.app(scope, receive, observed)
-        finally:
-            route = getattr(scope.get("route"), "path", "unmatched")
-            self.metrics.requests.labels(scope["method"], route, str(status)).inc()
 
 
 def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastAPI:
@@ -188,7 +85,7 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
         docs_url=None,  # the Swagger UI would load from a CDN; the description is at /openapi.json
         redoc_url=None,
         lifespan=lifespan,
-        responses={status: {"model": models.ErrorBody, "description": text} for status, text in _ERRORS.items()},
+        responses={status: {"model": models.ErrorBody, "description": text} for status, text in ERROR_TEXTS.items()},
     )
     app.state.settings = settings
     app.state.store = the_store
@@ -197,10 +94,10 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     app.state.metrics = metrics
     tokens = TokenTable(settings.tokens)
     bearer = HTTPBearer(auto_error=False, description="A token from the tokens file (roles: read, report, admin).")
-    _install_errors(app)
+    install_error_handlers(app)
 
-    app.add_middleware(_BodyLimit, limit=MAX_BODY)
-    app.add_middleware(_CountRequests, metrics=metrics)
+    app.add_middleware(BodyLimit, limit=MAX_BODY)
+    app.add_middleware(CountRequests, metrics=metrics)
 
     def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Token:
         if not tokens and settings.lab:
@@ -224,27 +121,6 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     _routes(app, the_store, settings, reader, Depends(role(Role.REPORT)))
     _dashboard(app)
     return app
-
-
-def _install_errors(app: FastAPI) -> None:
-    @app.exception_handler(RequestValidationError)
-    async def invalid(_request: Request, error: RequestValidationError) -> JSONResponse:
-        problems = [_problem(item) for item in error.errors()]
-        extra = {"problems": problems} if len(problems) > 1 else {}
-        return _error(400, problems[0]["message"] or "invalid", problems[0]["field"], **extra)
-
-    @app.exception_handler(HTTPException)
-    async def http_error(_request: Request, error: HTTPException) -> JSONResponse:
-        message = error.detail if isinstance(error.detail, str) else _ERRORS.get(error.status_code, "error")
-        return _error(error.status_code, message, getattr(error, "field", None))
-
-    @app.exception_handler(Exception)
-    async def unexpected(request: Request, error: Exception) -> JSONResponse:
-        if _is_store_error(error):
-            log.warning("%s %s: Redis failed (%s: %s)", request.method, request.url.path, type(error).__name__, error)
-            return _error(503, f"Redis unavailable ({type(error).__name__})")
-        log.exception("%s %s failed", request.method, request.url.path)
-        return _error(500, "internal error (logged)")
 
 
 def _to_action(action: ActionRecord, distance: float | None = None) -> dict[str, Any]:
