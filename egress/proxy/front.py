@@ -100,6 +100,15 @@ class _Half(asyncio.Protocol):
                 side.transport.close()
 
 
+class _Upstream(_Half):
+    """The destination's side: reads nothing until the client's side is attached (`Front` resumes it)."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        assert self.transport is not None
+        self.transport.pause_reading()
+
+
 class Front:
     """Accepts on the worker's port (IPv4 and IPv6) and serves each connection as the module docstring says."""
 
@@ -204,13 +213,12 @@ class Front:
         loop = asyncio.get_running_loop()
         try:
             upstream_transport, upstream = await asyncio.wait_for(
-                loop.create_connection(_Half, dst[0], dst[1]), DIAL_TIMEOUT
+                loop.create_connection(_Upstream, dst[0], dst[1]), DIAL_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()
             return True
-        self.reporter.allowed("proxy")
         client = _Half()
         client.other, upstream.other = upstream, client
         try:
@@ -219,6 +227,11 @@ class Front:
             upstream_transport.close()
             conn.close()
             raise
+        if upstream_transport.is_closing():  # the destination hung up before the client was attached
+            client._close_both()
+        else:
+            upstream_transport.resume_reading()
+        self.reporter.allowed("proxy")
         return True
 
     @staticmethod

@@ -131,6 +131,24 @@ def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
     _run(scenario)
 
 
+def test_bytes_the_destination_sends_first_are_not_lost() -> None:
+    async def greet_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        writer.write(b"greeting")  # before the front has attached the client's side
+        await _echo(reader, writer)
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(greet_then_echo, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        port, task = await _serving(setup)
+        hello = _client_hello("allowed.test")
+        assert await _exchange(port, hello, len(hello) + 8) == b"greeting" + hello
+        assert setup.front.relayed == 1
+        task.cancel()
+        server.close()
+
+    _run(scenario)
+
+
 @pytest.mark.parametrize(
     "first_bytes",
     [
