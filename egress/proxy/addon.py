@@ -333,16 +333,31 @@ async def run_worker(
     opts.update(**settings)
     servers = master.addons.get("proxyserver").servers
     running = asyncio.create_task(master.run())
+    deadline = time.monotonic() + START_TIMEOUT
     while not (len(servers) and all(instance.is_running for instance in servers)):
+        failed = [instance.last_exception for instance in servers if instance.last_exception is not None]
+        if failed:
+            raise RuntimeError(f"mitmproxy's server did not start: {failed[0]}")
         if running.done():
             await running  # mitmproxy failed to start: raise its error
             raise RuntimeError("mitmproxy stopped before its server started")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mitmproxy's server did not start within {START_TIMEOUT} s")
         await asyncio.sleep(0.01)
     [instance] = list(servers)
 
     async def handoff(conn: socket.socket) -> None:
-        reader, writer = await asyncio.open_connection(sock=conn)
-        await instance.handle_stream(reader, writer)
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError as exc:
+            log.debug("handoff: %s", exc)
+            conn.close()
+            return
+        try:
+            await instance.handle_stream(reader, writer)
+        except Exception:
+            log.exception("mitmproxy failed on a connection; closed")
+            writer.close()
 
     front = asyncio.create_task(Front(gate, reporter, handoff).serve(port))
     await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
@@ -354,6 +369,8 @@ async def run_worker(
     running.result()  # mitmproxy shut down (its error, if any, ends the worker)
 
 
+START_TIMEOUT = 30.0
+"""Seconds mitmproxy's server may take to start before the worker gives up (and the gateway locks down)."""
 SINK_SILENCE = 3.0
 """Seconds the sink waits for a client that says nothing before closing (a server-first protocol's client)."""
 

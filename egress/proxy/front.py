@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import socket
 import struct
@@ -38,12 +39,14 @@ connection is mitmproxy's (a server-first protocol)."""
 PARTIAL_WAIT: Final = 0.002
 """Seconds between peeks while a ClientHello is still arriving."""
 DIAL_TIMEOUT: Final = 10.0
+RETRY: Final = 0.5
+"""Seconds a listener rests after accept failed for a reason other than "nothing to accept" (out of descriptors)."""
 BACKLOG: Final = 1024
 SO_ORIGINAL_DST: Final = 80
 SOL_IPV6: Final = 41
 
 Handoff = Callable[[socket.socket], Awaitable[None]]
-"""Gives an accepted connection, nothing read from it, to mitmproxy."""
+"""Gives an accepted connection, nothing read from it, to mitmproxy; never raises (closes what it cannot serve)."""
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int]:
@@ -136,16 +139,21 @@ class Front:
         cancelled."""
         for host in hosts:
             family = socket.AF_INET6 if ":" in host else socket.AF_INET
-            listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-            listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-            if family == socket.AF_INET6:
-                listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
             try:
-                listener.bind((host, port))
-            except OSError:
-                listener.close()
-                if family == socket.AF_INET6:  # no IPv6 on this host
+                listener = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+            except OSError as exc:
+                if family == socket.AF_INET6 and exc.errno == errno.EAFNOSUPPORT:  # IPv6 disabled in the kernel
                     continue
+                raise
+            try:
+                listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                if family == socket.AF_INET6:
+                    listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
+                listener.bind((host, port))
+            except OSError as exc:
+                listener.close()
+                if family == socket.AF_INET6 and exc.errno in {errno.EADDRNOTAVAIL, errno.EAFNOSUPPORT}:
+                    continue  # no IPv6 on this host; any other failure (the port taken) ends the worker
                 raise
             listener.listen(BACKLOG)
             listener.setblocking(False)
@@ -167,8 +175,11 @@ class Front:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
                 return
-            except OSError as exc:  # out of file descriptors, or the like: the next wake-up tries again
-                log.error("front: accept on %s failed: %s", listener.getsockname(), exc)
+            except OSError as exc:  # out of file descriptors, or the like: pause this listener, then try again
+                log.error("front: accept on %s failed (%s); retrying in %.1f s", listener.getsockname(), exc, RETRY)
+                loop = asyncio.get_running_loop()
+                loop.remove_reader(listener.fileno())
+                loop.call_later(RETRY, self._resume_accepting, listener)
                 return
             try:
                 conn.setblocking(False)
@@ -182,21 +193,20 @@ class Front:
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
 
+    def _resume_accepting(self, listener: socket.socket) -> None:
+        if listener in self._listeners and listener.fileno() != -1:
+            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept_all, listener)
+
     async def _serve_one(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         try:
             if await self._relay_if_passthrough(conn, peer):
-                self.relayed += 1
                 return
         except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
             log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
         except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
             log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
         self.handed_off += 1
-        try:
-            await self.handoff(conn)
-        except Exception:
-            log.exception("front: %s:%s: handoff failed, connection closed", peer[0], peer[1])
-            conn.close()
+        await self.handoff(conn)  # never raises: it closes what it cannot serve
 
     async def _relay_if_passthrough(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
         """Relay the connection and return True if it is allowed TLS to pass through; else return False having
@@ -219,19 +229,22 @@ class Front:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()
             return True
+        self.reporter.allowed("proxy")
         client = _Half()
         client.other, upstream.other = upstream, client
         try:
             await loop.connect_accepted_socket(lambda: client, conn)  # reads the ClientHello and relays it
-        except BaseException:
+        except OSError as exc:  # the client reset meanwhile: nothing was read, nothing to hand off
+            log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
             upstream_transport.close()
             conn.close()
-            raise
+            return True
+        # From here the relay owns the socket: whatever happens, the connection is never handed off.
         if upstream_transport.is_closing():  # the destination hung up before the client was attached
             client._close_both()
         else:
             upstream_transport.resume_reading()
-        self.reporter.allowed("proxy")
+        self.relayed += 1
         return True
 
     @staticmethod
@@ -250,11 +263,11 @@ class Front:
             if data is not None:
                 if not tls.looks_like_tls(data):
                     return None
+                if len(data) >= HEAD_WAIT_LIMIT and not isinstance(tls.parse_client_hello(data), tls.ClientHello):
+                    return None  # a ClientHello bigger than the peek: mitmproxy judges it on all it reads
                 decision = gate.on_first_bytes(sandbox, meta, data, b"")
                 if decision.kind is not Kind.WAIT:
                     return decision
-                if len(data) >= HEAD_WAIT_LIMIT:
-                    return None
             left = deadline - loop.time()
             if left <= 0:
                 return None

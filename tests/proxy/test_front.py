@@ -55,8 +55,24 @@ def _free_port() -> int:
         return int(probe.getsockname()[1])
 
 
+def _hello_padded(name: str, pad: int) -> bytes:
+    """A real ClientHello for ``name`` with a padding extension of ``pad`` bytes put before all the others (so
+    the server name comes after it), cut into TLS records of at most 16 KiB."""
+    hello = _client_hello(name)
+    body = hello[9:]  # after the record header (5) and the handshake header (4)
+    at = 2 + 32
+    at += 1 + body[at]  # session id
+    at += 2 + int.from_bytes(body[at : at + 2])  # cipher suites
+    at += 1 + body[at]  # compression methods
+    extensions = (0x0015).to_bytes(2) + pad.to_bytes(2) + bytes(pad) + body[at + 2 :]
+    message = b"\x01" + (at + 2 + len(extensions)).to_bytes(3) + body[:at] + len(extensions).to_bytes(2) + extensions
+    chunks = [message[i : i + 16384] for i in range(0, len(message), 16384)]
+    return b"".join(b"\x16\x03\x01" + len(chunk).to_bytes(2) + chunk for chunk in chunks)
+
+
 class _Setup:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, network: bool = False) -> None:
+        networks = f"      networks: [{{cidr: 127.0.0.1/32, ports: [{upstream_port}], protocols: [tcp]}}]\n"
         policy = parse_policy(
             f"""
 version: 1
@@ -67,7 +83,7 @@ sandboxes:
     allow:
       hosts:
         - {{host: allowed.test, ports: [{upstream_port}]}}
-"""
+{networks if network else ""}"""
         )
         lists = NameLists(load_lists_dir(LISTS))
 
@@ -83,7 +99,10 @@ sandboxes:
     async def _handoff(self, conn: socket.socket) -> None:
         self.nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         reader, writer = await asyncio.open_connection(sock=conn)
-        self.handed.append(await reader.read(65536))  # what mitmproxy would read: everything the client sent
+        got = b""
+        while chunk := await reader.read(65536):  # what mitmproxy would read: everything the client sent
+            got += chunk
+        self.handed.append(got)
         writer.close()
 
 
@@ -150,18 +169,21 @@ def test_bytes_the_destination_sends_first_are_not_lost() -> None:
 
 
 @pytest.mark.parametrize(
-    "first_bytes",
+    ("first_bytes", "network"),
     [
-        pytest.param(lambda: _client_hello("evil.test"), id="tls-to-a-name-not-allowed"),
-        pytest.param(lambda: b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", id="plain-http"),
-        pytest.param(lambda: b'{"id":1,"method":"mining.subscribe","params":[]}\n', id="stratum"),
-        pytest.param(lambda: _client_hello("allowed.test")[:40], id="half-a-client-hello"),
+        pytest.param(lambda: _client_hello("evil.test"), False, id="tls-to-a-name-not-allowed"),
+        pytest.param(lambda: b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", False, id="plain-http"),
+        pytest.param(lambda: b'{"id":1,"method":"mining.subscribe","params":[]}\n', True, id="stratum"),
+        pytest.param(lambda: _client_hello("allowed.test")[:40], False, id="half-a-client-hello"),
+        # A ClientHello longer than the front peeks, to an address a network rule allows, its name (on the DoH
+        # list) after 17 KB of padding: never judged on the first 16 KiB, where the name is not.
+        pytest.param(lambda: _hello_padded("dns.google", 17_000), True, id="client-hello-over-16-KiB"),
     ],
 )
-def test_everything_else_is_handed_off_unread_without_nagle(first_bytes: Callable[[], bytes]) -> None:
+def test_everything_else_is_handed_off_unread_without_nagle(first_bytes: Callable[[], bytes], network: bool) -> None:
     async def scenario() -> None:
         server = await asyncio.start_server(_echo, "127.0.0.1", 0)
-        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        setup = _Setup(int(server.sockets[0].getsockname()[1]), network)
         port, task = await _serving(setup)
         sent = first_bytes()
         await _exchange(port, sent, 0)
