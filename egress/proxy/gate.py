@@ -110,18 +110,20 @@ class Gate:
         if hello is MORE:
             return Decision(Kind.WAIT)
         sni = hello.sni if isinstance(hello, tls.ClientHello) else None
+        noted: Verdict | None = None
         finding = self._named_finding(meta, client)
         if finding is not None:
             verdict = decide_finding(sandbox, finding)
             if not _allowed(verdict):
                 return Decision(Kind.REFUSE, verdict, sni or "")
+            noted = _worth_recording(verdict)  # report mode's would-block, or a detector set to record
         bound = sni is not None and sni in self.names_for(sandbox.name, meta.dst)
         verdict = decide_tls(sandbox, meta.dst, meta.dport, sni, bound)
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict, sni or "")
         if sni is not None and verdict.action is Action.ALLOW and sandbox.decrypts(sni):
-            return Decision(Kind.INTERCEPT, None, sni)
-        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict), sni or "")
+            return Decision(Kind.INTERCEPT, noted, sni)
+        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "")
 
     def _http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
         request = http.parse_request(client)
@@ -132,26 +134,30 @@ class Gate:
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip().lower().rstrip(".")
         if request.method == "CONNECT":
             host = request.target.rsplit(":", 1)[0].lower()
+        noted: Verdict | None = None
         finding = self._named_finding(meta, client) or self.inspect_once(meta, client, b"")
         if finding is not None:
             verdict = decide_finding(sandbox, finding)
             if not _allowed(verdict):
                 # Still answered as HTTP, so the agent reads why (403 with the reason).
                 return Decision(Kind.HTTP, verdict, host)
+            noted = _worth_recording(verdict)
         bound = bool(host) and host in self.names_for(sandbox.name, meta.dst)
         verdict = decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
-        return Decision(Kind.HTTP, _worth_recording(verdict), host)
+        return Decision(Kind.HTTP, _worth_recording(verdict) or noted, host)
 
     def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
+        noted: Verdict | None = None
         finding = self.inspect_once(meta, client, server)
         if finding is not None:
             verdict = decide_finding(sandbox, finding)
             if not _allowed(verdict):
                 return Decision(Kind.REFUSE, verdict)
+            noted = _worth_recording(verdict)
         verdict = decide_raw(sandbox, meta.dst, meta.dport, "tcp", self.names_for(sandbox.name, meta.dst))
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict)
-        return Decision(Kind.INSPECT, _worth_recording(verdict))
+        return Decision(Kind.INSPECT, _worth_recording(verdict) or noted)
 
     def on_request(self, sandbox: Sandbox, meta: FlowMeta, host: str, sni: str | None) -> Verdict:
         """A later HTTP request on a judged connection: keep-alive (Host re-checked against the address) or

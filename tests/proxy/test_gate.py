@@ -1,0 +1,61 @@
+"""The proxy's first decision (egress.proxy.gate): a name finding that does not block (report mode's would-block,
+or a detector set to ``record``) is carried in the decision, so it is recorded however the connection goes on."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from egress.decide import Action, Reason
+from egress.detect.names import NameLists, make_name_detector
+from egress.detect.registry import stream_detectors
+from egress.proxy.gate import Gate, Kind, flow_meta
+from egress.rules.lists import load_lists_dir
+from egress.rules.policy import parse_policy
+from tests.proxy.test_front import _client_hello
+
+LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
+DST = ("192.0.2.10", 443)
+
+
+def _gate(mode: str, tunnel: str) -> Gate:
+    policy = parse_policy(
+        f"""
+version: 1
+sandboxes:
+  box:
+    sources: [10.0.0.0/24]
+    mode: {mode}
+    allow:
+      hosts:
+        - {{host: dns.google, ports: [443]}}
+    detectors: {{mining: block, tunnel: {tunnel}, crypto_node: block}}
+"""
+    )
+    lists = NameLists(load_lists_dir(LISTS))
+    return Gate(policy, lambda _sandbox, address: frozenset({"dns.google"}) if address == DST[0] else frozenset(),
+                make_name_detector(lists), stream_detectors(lists))  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("mode", "tunnel", "action"),
+    [("report", "block", Action.WOULD_BLOCK), ("enforce", "record", Action.RECORD)],
+)
+def test_a_name_finding_that_does_not_block_is_kept_with_an_allowed_sni(mode: str, tunnel: str, action: Action) -> None:
+    gate = _gate(mode, tunnel)
+    sandbox = gate.sandbox("10.0.0.5")
+    assert sandbox is not None
+    decision = gate.on_first_bytes(sandbox, flow_meta(("10.0.0.5", 40000), DST), _client_hello("dns.google"), b"")
+    assert decision.kind is Kind.PASSTHROUGH  # allowed by its host rule: it passes
+    assert decision.verdict is not None, "the DoH name must still be recorded"
+    assert (decision.verdict.action, decision.verdict.reason) == (action, Reason.TUNNEL)
+
+
+def test_an_enforced_name_finding_refuses() -> None:
+    gate = _gate("enforce", "block")
+    sandbox = gate.sandbox("10.0.0.5")
+    assert sandbox is not None
+    decision = gate.on_first_bytes(sandbox, flow_meta(("10.0.0.5", 40000), DST), _client_hello("dns.google"), b"")
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.reason is Reason.TUNNEL
