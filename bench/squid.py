@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from egress.lab import netns
+from egress.lab import netns, servers
 from egress.lab.topology import SANDBOX_NET_V4, Lab, server
 from egress.nft import runner
 
@@ -188,13 +188,8 @@ class SquidRun:
         return " | ".join(p.strip() for p in parts if p.strip()) or "no log"
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=5)
+        if self.process is not None:
+            servers.stop(self.process, 10)
         with contextlib.suppress(runner.NftError):
             runner.delete_table(TABLE, netns=self.lab.gateway_ns)
         shutil.rmtree(self.directory, ignore_errors=True)

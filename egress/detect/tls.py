@@ -173,19 +173,29 @@ def _alpn(body: bytes) -> tuple[str, ...]:
     return tuple(protocols)
 
 
-def parse_client_hello(prefix: bytes, partial: bool = False) -> ClientHello | None | _More:
-    """The ClientHello at the start of a client stream prefix."""
+def _first_message(prefix: bytes, kind: int, partial: bool) -> tuple[bytes, bool, bytes, bool] | None | _More:
+    """The first handshake message of a stream prefix if it is of ``kind``: (body, truncated, the handshake
+    stream, whether the prefix ended it), or what the parse should answer instead (None, MORE)."""
     if len(prefix) < 3:
         return MORE if prefix == b"\x16\x03"[: len(prefix)] else None
     if not looks_like_tls(prefix):
         return None
     stream, ended = _handshake_stream(prefix)
-    if stream and stream[0] != CLIENT_HELLO:
+    if stream and stream[0] != kind:
         return None
     got = _message(stream, 0, ended, partial)
     if not isinstance(got, tuple):
         return got
     _, body, truncated = got
+    return body, truncated, stream, ended
+
+
+def parse_client_hello(prefix: bytes, partial: bool = False) -> ClientHello | None | _More:
+    """The ClientHello at the start of a client stream prefix."""
+    first = _first_message(prefix, CLIENT_HELLO, partial)
+    if not isinstance(first, tuple):
+        return first
+    body, truncated, _, _ = first
     reader = _Reader(body)
     suites: list[int] = []
     exts: list[tuple[int, bytes]] = []
@@ -219,17 +229,10 @@ def parse_client_hello(prefix: bytes, partial: bool = False) -> ClientHello | No
 
 def parse_server_hello(prefix: bytes, partial: bool = False) -> ServerHello | None | _More:
     """The ServerHello (and, below TLS 1.3, the Certificate message after it) of a server stream prefix."""
-    if len(prefix) < 3:
-        return MORE if prefix == b"\x16\x03"[: len(prefix)] else None
-    if not looks_like_tls(prefix):
-        return None
-    stream, ended = _handshake_stream(prefix)
-    if stream and stream[0] != SERVER_HELLO:
-        return None
-    got = _message(stream, 0, ended, partial)
-    if not isinstance(got, tuple):
-        return got
-    _, body, truncated = got
+    first = _first_message(prefix, SERVER_HELLO, partial)
+    if not isinstance(first, tuple):
+        return first
+    body, truncated, stream, ended = first
     reader = _Reader(body)
     try:
         version = reader.u16()

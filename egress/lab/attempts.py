@@ -196,7 +196,8 @@ def ssh_80(ctx: Context) -> str:
 ICMP_SIZES = (200, 700, 1200, 400, 1000, 64)
 
 
-def _checksum(data: bytes) -> int:
+def icmp_checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``."""
     data += b"\0" * (len(data) % 2)
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
@@ -219,7 +220,7 @@ def icmp_tunnel(ctx: Context) -> str:
             payload = sent[seq] = os.urandom(size)
             header = struct.pack("!BBHHH", request_type, 0, 0, ident, seq)
             if not v6:  # the kernel fills in the ICMPv6 checksum itself
-                header = struct.pack("!BBHHH", request_type, 0, _checksum(header + payload), ident, seq)
+                header = struct.pack("!BBHHH", request_type, 0, icmp_checksum(header + payload), ident, seq)
             sock.sendto(header + payload, (target, 0))
         deadline = time.monotonic() + ctx.timeout
         while replies < len(ICMP_SIZES) and time.monotonic() < deadline:

@@ -73,20 +73,6 @@ def answer(query: bytes) -> bytes | None:
     return dnswire.build_response(message, dnswire.NOERROR, records)
 
 
-class UdpAuthority(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
-        self.transport: asyncio.DatagramTransport | None = None
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        response = answer(data)
-        if response is not None and self.transport is not None:
-            self.transport.sendto(response, addr)
-
-
 async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
     """DNS over TCP: length-prefixed messages until the client closes or idles (RFC 7766)."""
     with contextlib.suppress(asyncio.IncompleteReadError, TimeoutError, ConnectionError):

@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
-from egress.lab import netns
+from egress.lab import netns, servers
 from egress.lab.attempts import ATTEMPTS, AttemptResult, run_in_sandbox
 from egress.lab.topology import GATEWAY_SBX_V4, Lab, server
 
@@ -76,13 +76,13 @@ class GatewayRun:
         self.state.mkdir(parents=True, exist_ok=True)
         log_dir = self.lab.state_dir / "logs"
         log_dir.mkdir(parents=True, exist_ok=True)
-        servers = netns.popen_in(
+        fake_internet = netns.popen_in(
             self.lab.internet_ns,
             [sys.executable, "-m", "egress.lab.servers", "--prefix", self.lab.prefix],
             stdout=(log_dir / "servers.log").open("wb"),
             stderr=subprocess.STDOUT,
         )
-        self.processes.append(servers)
+        self.processes.append(fake_internet)
         redis = netns.popen_in(
             self.lab.gateway_ns,
             [
@@ -140,12 +140,7 @@ class GatewayRun:
     def stop(self) -> None:
         self.stop_gateway()
         for process in self.processes or []:
-            if process.poll() is None:
-                process.terminate()
-                with contextlib.suppress(subprocess.TimeoutExpired):
-                    process.wait(timeout=5)
-            if process.poll() is None:
-                process.kill()
+            servers.stop(process)
 
 
 @contextlib.contextmanager

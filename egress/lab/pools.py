@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+from collections.abc import Callable
 from typing import Any
 
 IDLE = 30.0
@@ -147,8 +148,11 @@ def version_negotiation(datagram: bytes) -> bytes | None:
     return bytes([0x80 | 0x2A, 0, 0, 0, 0, scid_len]) + scid + bytes([dcid_len]) + dcid + b"\x00\x00\x00\x01"
 
 
-class QuicResponder(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
+class DatagramReplier(asyncio.DatagramProtocol):
+    """Answers each datagram with what ``reply`` makes of it (nothing when it returns None)."""
+
+    def __init__(self, reply: Callable[[bytes], bytes | None]) -> None:
+        self.reply = reply
         self.transport: asyncio.DatagramTransport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -156,6 +160,6 @@ class QuicResponder(asyncio.DatagramProtocol):
         self.transport = transport
 
     def datagram_received(self, data: bytes, addr: tuple[str | int, ...]) -> None:
-        reply = version_negotiation(data)
-        if reply is not None and self.transport is not None:
-            self.transport.sendto(reply, addr)
+        answer = self.reply(data)
+        if answer is not None and self.transport is not None:
+            self.transport.sendto(answer, addr)

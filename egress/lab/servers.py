@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import functools
 import os
 import pathlib
 import select
@@ -144,13 +145,12 @@ async def serve(prefix: str, stop: asyncio.Event) -> int:
             )
         sock = _listening_socket(host(pool.v4), 443)
         sniffers.append(asyncio.create_task(_sniffing_server(sock, pools.stratum, _tls(files, "pool"))))
-        for address, factory in (
-            (server("ns").v4, authority.UdpAuthority),
-            (server("allowed").v4, pools.QuicResponder),
+        for address, port, reply in (
+            (server("ns").v4, 53, authority.answer),  # the lab's DNS authority
+            (server("allowed").v4, 443, pools.version_negotiation),  # QUIC: a version negotiation
         ):
-            port = 53 if factory is authority.UdpAuthority else 443
             endpoint, _ = await loop.create_datagram_endpoint(
-                factory, local_addr=(host(address), port), reuse_port=True
+                functools.partial(pools.DatagramReplier, reply), local_addr=(host(address), port), reuse_port=True
             )
             transports.append(endpoint)
     count = len(servers) + len(sniffers) + len(transports)
@@ -219,7 +219,7 @@ def start(
 
 
 def stop(proc: subprocess.Popen[bytes], timeout: float = 5.0) -> None:
-    """Stop servers started by `start`: TERM, then KILL after ``timeout`` seconds."""
+    """Stop a process (the servers `start` started, a Redis, a Squid): TERM, then KILL after ``timeout`` seconds."""
     if proc.poll() is None:
         proc.terminate()
         try:

@@ -17,9 +17,11 @@ from dataclasses import dataclass
 import pytest
 
 from egress.capture.packet import ICMP, ICMP6, LINK_RAW, UDP, Defragmenter, Segment, decode
+from egress.lab.attempts import icmp_checksum
 from egress.nft import runner
 from egress.nft.nflog import LoggedPacket, NflogReader
 from egress.nft.render import GatewaySettings, allow_set, render, render_lockdown
+from egress.proxy.front import original_destination
 from egress.rules.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import Topology, can_run, socket_in, topology
@@ -181,15 +183,6 @@ def test_spoofed_sources_are_dropped_and_logged(fresh: Lab, version: int) -> Non
     expect_log(fresh.reader, "egress spoof", dst, UDP)
 
 
-def _original_dst(conn: socket.socket, version: int) -> tuple[str, int]:
-    so_original_dst = 80  # SO_ORIGINAL_DST (IPv4) and IP6T_SO_ORIGINAL_DST share the number
-    if version == 4:
-        raw = conn.getsockopt(socket.SOL_IP, so_original_dst, 16)
-        return socket.inet_ntop(socket.AF_INET, raw[4:8]), struct.unpack_from("!H", raw, 2)[0]
-    raw = conn.getsockopt(socket.IPPROTO_IPV6, so_original_dst, 28)
-    return socket.inet_ntop(socket.AF_INET6, raw[8:24]), struct.unpack_from("!H", raw, 2)[0]
-
-
 @pytest.mark.parametrize("version", [4, 6])
 def test_tcp_to_any_port_reaches_a_proxy_worker_with_its_original_destination(fresh: Lab, version: int) -> None:
     any_address = "::" if version == 6 else "0.0.0.0"
@@ -208,7 +201,7 @@ def test_tcp_to_any_port_reaches_a_proxy_worker_with_its_original_destination(fr
             assert ready, "no proxy worker saw the connection"
             conn, _ = ready[0].accept()
             with conn:
-                assert _original_dst(conn, version) == (dst, port)
+                assert original_destination(conn) == (dst, port)
                 used.add(ready[0].getsockname()[1])
     assert used == set(PROXY_PORTS), "new connections should be spread over every worker"
 
@@ -259,15 +252,7 @@ def test_dns_over_tcp_reaches_the_resolver(fresh: Lab, version: int) -> None:
         assert select.select([server], [], [], 3)[0]
         conn, _ = server.accept()
         with conn:
-            assert _original_dst(conn, version) == (dst, 53)
-
-
-def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while total >> 16:
-        total = (total & 0xFFFF) + (total >> 16)
-    return ~total & 0xFFFF
+            assert original_destination(conn) == (dst, 53)
 
 
 @pytest.mark.parametrize("version", [4, 6])
@@ -279,7 +264,7 @@ def test_icmp_echo_to_the_internet_is_dropped_and_logged(fresh: Lab, version: in
         sock.bind((_addr("SANDBOX", version), 0))
         echo = struct.pack("!BBHHH", kind, 0, 0, 0x4567, 1) + b"tunnel?"
         if version == 4:  # the kernel fills in ICMPv6 checksums, not ICMP ones
-            echo = echo[:2] + struct.pack("!H", _checksum(echo)) + echo[4:]
+            echo = echo[:2] + struct.pack("!H", icmp_checksum(echo)) + echo[4:]
         sock.sendto(echo, (dst, 0))
         deadline = time.monotonic() + QUIET
         while (remaining := deadline - time.monotonic()) > 0 and select.select([sock], [], [], remaining)[0]:
