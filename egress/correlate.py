@@ -1,9 +1,9 @@
 """Ties blocked attempts to the agent actions that caused them. Pure: records in, links out.
 
-The rule (docs/records.md): an attempt belongs to every action of its sandbox whose span, widened by ``slack``
-seconds on both sides, contains the attempt's time; an action still running (``end`` None) spans to +inf. The
-links are made when asked, not when written, because the harness may report an action after the attempts it
-explains.
+The rule (docs/records.md), containment wins: an attempt inside the span of one or more actions of its sandbox
+belongs to those actions only, innermost first; an attempt inside no span belongs to the nearest action(s) whose
+span, widened by ``slack`` seconds, reaches it. An action still running (``end`` None) spans to +inf. The links are
+made when asked, not when written, because the harness may report an action after the attempts it explains.
 """
 
 from __future__ import annotations
@@ -33,17 +33,19 @@ def distance(attempt_ts: float, action: ActionRecord) -> float:
 def correlate(
     attempt_ts: float, actions: Sequence[ActionRecord], slack: float = DEFAULT_SLACK
 ) -> list[tuple[ActionRecord, float]]:
-    """Actions whose ``[start - slack, (end or +inf) + slack]`` contains ``attempt_ts``, nearest first, each with
-    its `distance` in seconds. Ties (e.g. nested actions, both distance 0) go to the one that started later: the
-    innermost action is the likelier cause."""
+    """The actions ``attempt_ts`` belongs to, each with its `distance` in seconds.
+
+    Containment wins: if any span contains the attempt, exactly the containing actions, innermost first (the one
+    that started later, then the one that ends sooner: the likelier cause). Otherwise the action(s) nearest to the
+    attempt, if within ``slack``; several only when they are equally near."""
     if not math.isfinite(slack) or slack < 0:
         raise ValueError(f"slack must be a non-negative number of seconds, got {slack!r}")
-    found = []
-    for action in actions:
-        gap = distance(attempt_ts, action)
-        if gap <= slack:
-            found.append((action, gap))
-    found.sort(key=lambda pair: (pair[1], -pair[0].start, pair[0].id))
+    gaps = [(action, distance(attempt_ts, action)) for action in actions]
+    nearest = min((gap for _, gap in gaps), default=math.inf)
+    if nearest > slack:
+        return []
+    found = [(action, gap) for action, gap in gaps if gap == nearest]
+    found.sort(key=lambda pair: (-pair[0].start, pair[0].span_end, pair[0].id))
     return found
 
 
@@ -83,7 +85,7 @@ class TimelineItem:
     attempt: AttemptRecord | None = None
     """Set when ``kind`` is ``attempt``."""
     related: tuple[str, ...] = ()
-    """For an attempt: ids of the actions it correlates with, nearest first (`correlate` with the slack given)."""
+    """For an attempt: ids of the actions it belongs to (`correlate` with the slack given), innermost first."""
 
 
 def timeline(

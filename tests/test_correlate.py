@@ -36,13 +36,60 @@ def test_span_with_slack(at: float, expected: list[tuple[str, float]]) -> None:
     assert [(action.id, round(gap, 6)) for action, gap in found] == expected
 
 
-def test_nearest_first_and_innermost_first_on_a_tie() -> None:
+def test_containment_wins_over_the_slack_innermost_first() -> None:
     outer = _action("outer", 0, 100)
     inner = _action("inner", 40, 50)
     before = _action("before", 20, 39)
     after = _action("after", 51, 60)
     found = correlate(T + 45, [outer, before, after, inner], slack=10)
-    assert [(a.id, round(d, 6)) for a, d in found] == [("inner", 0.0), ("outer", 0.0), ("after", 6.0), ("before", 6.0)]
+    assert [(a.id, round(d, 6)) for a, d in found] == [("inner", 0.0), ("outer", 0.0)]
+
+
+def test_overlapping_actions_both_contain_the_later_started_first() -> None:
+    first = _action("first", 0, 10)
+    second = _action("second", 5, 15)
+    assert [a.id for a, _ in correlate(T + 7, [first, second], slack=2)] == ["second", "first"]
+    assert [a.id for a, _ in correlate(T + 3, [first, second], slack=2)] == ["first"]
+    assert [a.id for a, _ in correlate(T + 12, [first, second], slack=2)] == ["second"]
+
+
+def test_nested_actions_with_the_same_start_the_shorter_is_innermost() -> None:
+    long = _action("long", 0, 100)
+    short = _action("short", 0, 10)
+    assert [a.id for a, _ in correlate(T + 5, [long, short], slack=2)] == ["short", "long"]
+
+
+def test_back_to_back_actions_an_attempt_inside_one_is_not_linked_to_the_other() -> None:
+    """The case that failed on fast machines: two actions a few ms apart, each attempt belongs to its own."""
+    download = _action("download", 0, 0.004)
+    stratum = _action("stratum", 0.005, 0.050)
+    assert [a.id for a, _ in correlate(T + 0.010, [download, stratum], slack=2)] == ["stratum"]
+    assert [a.id for a, _ in correlate(T + 0.002, [download, stratum], slack=2)] == ["download"]
+
+
+def test_adjacent_actions_sharing_an_edge_both_contain_it() -> None:
+    first = _action("first", 0, 10)
+    second = _action("second", 10, 20)
+    assert [a.id for a, _ in correlate(T + 10, [first, second], slack=2)] == ["second", "first"]
+
+
+def test_outside_every_span_only_the_nearest_within_the_slack() -> None:
+    first = _action("first", 0, 10)
+    second = _action("second", 13, 20)
+    assert [(a.id, round(d, 6)) for a, d in correlate(T + 11, [first, second], slack=5)] == [("first", 1.0)]
+    assert [(a.id, round(d, 6)) for a, d in correlate(T + 12, [first, second], slack=5)] == [("second", 1.0)]
+    # equally near: both, the later one first
+    assert [a.id for a, _ in correlate(T + 11.5, [first, second], slack=5)] == ["second", "first"]
+    assert correlate(T + 30, [first, second], slack=5) == []
+
+
+def test_a_running_action_contains_everything_after_its_start() -> None:
+    finished = _action("finished", 0, 10)
+    running = _action("running", 5, None)
+    assert [a.id for a, _ in correlate(T + 8, [finished, running], slack=2)] == ["running", "finished"]
+    assert [a.id for a, _ in correlate(T + 11, [finished, running], slack=2)] == ["running"]
+    assert [a.id for a, _ in correlate(T + 1e6, [finished, running], slack=2)] == ["running"]
+    assert [(a.id, d) for a, d in correlate(T + 4, [running], slack=2)] == [("running", 1.0)]
 
 
 def test_a_running_action_spans_to_infinity_and_zero_slack_is_exact() -> None:

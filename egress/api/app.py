@@ -183,7 +183,7 @@ def _routes(app: FastAPI, store: RecordStore, settings: Settings, reader: Any, r
 
     @app.get("/v1/attempts/{attempt_id}", tags=["attempts"], response_model=models.AttemptDetail, dependencies=[reader])
     def attempt(attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> dict[str, Any]:
-        """One attempt and the actions of its sandbox whose span (± slack) contains it, nearest first."""
+        """One attempt and the actions of its sandbox it belongs to (egress.correlate: containment wins)."""
         record = query.get_attempt(store, attempt_id)
         if record is None:
             raise ApiError(404, f"no attempt {attempt_id}", "attempt_id")

@@ -233,7 +233,7 @@ class AttemptPage(BaseModel):
     attempts: list[Attempt]
     next_cursor: str | None
     correlated: dict[str, list[CorrelatedAction]] | None = None
-    """With ``correlate=true``: attempt id → its actions, nearest first."""
+    """With ``correlate=true``: attempt id → its actions (containment wins, innermost first; docs/records.md)."""
 
 
 class AttemptDetail(BaseModel):
@@ -250,7 +250,7 @@ class AttemptItem(BaseModel):
     ts: float
     attempt: Attempt
     related: list[str]
-    """Ids of the actions this attempt is tied to, nearest first."""
+    """Ids of the actions this attempt is tied to (containment wins, innermost first)."""
 
 
 class ActionItem(BaseModel):
