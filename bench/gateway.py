@@ -43,7 +43,7 @@ from typing import Any
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from egress.lab import client, netns, servers  # noqa: E402
+from egress.lab import netns, sandbox_io, servers  # noqa: E402
 from egress.lab.topology import GATEWAY_SBX_V4, Lab, server  # noqa: E402
 
 HOST = "allowed.lab"
@@ -62,7 +62,7 @@ Result = dict[str, Any]
 
 def resolve(nameserver: str) -> str:
     """allowed.lab's address, asked of ``nameserver`` (for egress the gateway's resolver, which binds the two)."""
-    return client.resolve(client.Context(nameservers=(nameserver,), timeout=TIMEOUT), HOST)
+    return sandbox_io.resolve(sandbox_io.Context(nameservers=(nameserver,), timeout=TIMEOUT), HOST)
 
 
 def _percentile(values: list[float], fraction: float) -> float:

@@ -13,9 +13,9 @@ import click
 
 from egress.capture.reader import CHUNK
 from egress.detect.base import Category
-from egress.detect.registry import default_detectors
+from egress.detect.registry import build_detectors
+from egress.policy.lists import RulesError, load_name_lists
 from egress.report import TableWriter, summary, write_json
-from egress.rules.lists import RulesError
 from egress.scanner import FileStats, Scanner
 
 EXIT_OK = 0
@@ -113,13 +113,22 @@ class _Progress:
     default=None,
     help="Progress bar on stderr (default: when stderr is a terminal).",
 )
-def scan(files: tuple[str, ...], as_json: bool, fail_on: frozenset[Category], progress: bool | None) -> None:
+@click.option(
+    "--lists",
+    "lists_dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Directory of name lists (*.yaml) to use instead of the ones shipped with egress.",
+)
+def scan(
+    files: tuple[str, ...], as_json: bool, fail_on: frozenset[Category], progress: bool | None, lists_dir: str | None
+) -> None:
     """Classify the traffic in pcap/pcapng FILES: mining pools, crypto nodes, tunnels.
 
     Exit status: 0 when the scan ran, 1 with --fail-on and such findings, 2 on usage errors or unreadable input.
     """
     try:
-        detectors = default_detectors()
+        detectors = build_detectors(load_name_lists(lists_dir))
     except RulesError as exc:
         click.echo(f"egress: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -166,7 +175,7 @@ def rules_check(files: tuple[str, ...]) -> None:
 
     Exit status 0 when every file is valid, 1 when one is not, 2 on usage errors.
     """
-    from egress.rules.policy import check_policy, format_problems
+    from egress.policy.loader import check_policy, format_problems
 
     bad = False
     for path in files:
@@ -324,7 +333,7 @@ def nft_render(
 ) -> None:
     """Print the nftables script for POLICY (a pure function of it; nothing is applied)."""
     from egress.nft.render import GatewaySettings, render, render_lockdown
-    from egress.rules.policy import load_policy
+    from egress.policy.loader import load_policy
 
     try:
         loaded = load_policy(policy)

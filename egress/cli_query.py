@@ -281,7 +281,7 @@ def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json:
     colour = sys.stdout.isatty()
     for number, field in enumerate(fields):
         table = counts[field]
-        click.echo(("\n" if number else "") + f"{field.upper():<40} ATTEMPTS   (last {window:g} s)")
+        click.echo(("\n" if number else "") + f"{field.upper():<40} SCENARIOS   (last {window:g} s)")
         for key, value in list(table.items())[:top]:
             label = f"{key or '(none)'}"[:40]
             click.echo(f"{_colour(f'{label:<40}', key, colour and field == 'category')} {value:>8}")
@@ -339,8 +339,8 @@ def actions_record(
     else:
         retention: dict[str, Any] = {}
         if policy:
-            from egress.rules.lists import RulesError
-            from egress.rules.policy import load_policy
+            from egress.policy.lists import RulesError
+            from egress.policy.loader import load_policy
 
             try:
                 kept = load_policy(policy).retention
@@ -367,7 +367,7 @@ def _read_lines(stream: Any) -> list[ActionRecord]:
 
 
 def _send_to_api(api: str, token: str | None, records: list[ActionRecord]) -> None:
-    from egress.client import EgressClient, EgressError
+    from egress.api_client import EgressClient, EgressError
 
     if not token:
         raise click.UsageError("--api needs --token (or EGRESS_API_TOKEN)")

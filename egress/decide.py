@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from egress.detect.base import Category, Finding, evidence
-from egress.rules.model import Address, DetectorAction, Mode, Sandbox
+from egress.policy.model import Address, DetectorAction, Mode, Sandbox
 
 
 class Reason(enum.StrEnum):
@@ -51,8 +51,9 @@ class Reason(enum.StrEnum):
     """Inside intercepted TLS, the HTTP Host differs from the SNI that was allowed."""
 
 
-class Action(enum.StrEnum):
-    """What happens to the traffic. Values are part of the API."""
+class Enforcement(enum.StrEnum):
+    """What happens to the traffic. Values are part of the API: the `action` field of records (not an agent's
+    action, which is `egress.record.actions.ActionRecord`)."""
 
     ALLOW = "allow"
     BLOCK = "block"
@@ -76,7 +77,7 @@ _CATEGORY_REASON: Final = {Category.MINING: Reason.MINING, Category.TUNNEL: Reas
 
 @dataclass(frozen=True, slots=True)
 class Verdict:
-    action: Action
+    action: Enforcement
     reason: Reason | None
     """``None`` exactly when the action is ``allow`` and nothing is worth recording."""
     rule: str
@@ -87,20 +88,20 @@ class Verdict:
     @property
     def passes(self) -> bool:
         """Whether the traffic goes through (everything but ``block``)."""
-        return self.action is not Action.BLOCK
+        return self.action is not Enforcement.BLOCK
 
     @property
     def recorded(self) -> bool:
         """Whether this verdict is worth a record (everything but ``allow``)."""
-        return self.action is not Action.ALLOW
+        return self.action is not Enforcement.ALLOW
 
 
 def _allow(rule: str, text: str, finding: Finding | None = None) -> Verdict:
-    return Verdict(Action.ALLOW, None, rule, evidence(text), finding)
+    return Verdict(Enforcement.ALLOW, None, rule, evidence(text), finding)
 
 
 def _block(sandbox: Sandbox, reason: Reason, rule: str, text: str, finding: Finding | None = None) -> Verdict:
-    action = Action.WOULD_BLOCK if sandbox.mode is Mode.REPORT else Action.BLOCK
+    action = Enforcement.WOULD_BLOCK if sandbox.mode is Mode.REPORT else Enforcement.BLOCK
     return Verdict(action, reason, rule, evidence(text), finding)
 
 
@@ -216,7 +217,7 @@ def _detected(sandbox: Sandbox, finding: Finding, reason: Reason) -> Verdict:
     if action is DetectorAction.BLOCK:
         return _block(sandbox, reason, rule, text, finding)
     if action is DetectorAction.RECORD:
-        return Verdict(Action.RECORD, reason, rule, evidence(text), finding)
+        return Verdict(Enforcement.RECORD, reason, rule, evidence(text), finding)
     return _allow(rule, text, finding)
 
 
@@ -233,9 +234,9 @@ def decide_dns(sandbox: Sandbox, qname: str, finding: Finding | None) -> Verdict
     if finding is not None:
         reason = Reason.DNS_TUNNEL if finding.category is Category.TUNNEL else _CATEGORY_REASON[finding.category]
         verdict = _detected(sandbox, finding, reason)
-        if verdict.action in {Action.BLOCK, Action.WOULD_BLOCK}:
+        if verdict.action in {Enforcement.BLOCK, Enforcement.WOULD_BLOCK}:
             return verdict
-        recorded = verdict if verdict.action is Action.RECORD else None
+        recorded = verdict if verdict.action is Enforcement.RECORD else None
     allowed = sandbox.name_allowed(name)
     if allowed is None:
         return _block(sandbox, Reason.DNS_REFUSED, DEFAULT_DENY, name, finding)
@@ -244,7 +245,7 @@ def decide_dns(sandbox: Sandbox, qname: str, finding: Finding | None) -> Verdict
 
 def decide_unknown_source(src: str | Address) -> Verdict:
     """Traffic from an address in no sandbox: always blocked (there is no sandbox whose mode could say report)."""
-    return Verdict(Action.BLOCK, Reason.SPOOFED_SOURCE, ANTI_SPOOFING, evidence(f"source {src} is in no sandbox"))
+    return Verdict(Enforcement.BLOCK, Reason.SPOOFED_SOURCE, ANTI_SPOOFING, evidence(f"source {src} is in no sandbox"))
 
 
 def decide_drop(sandbox: Sandbox, transport: str, finding: Finding | None = None, detail: str = "") -> Verdict:

@@ -1,7 +1,7 @@
 """Build rules/lists/{pool-domains,doh,reverse-tunnels}.yaml from the public lists in the shared corpus.
 
 Re-run after refreshing the corpus: ``python rules/build_lists.py [CORPUS_DIR]`` (default
-../shared/corpus relative to the repository). The output is checked with egress.rules.lists before it is written.
+../shared/corpus relative to the repository). The output is checked with egress.policy.lists before it is written.
 
 Choices (also written into each file's header):
 
@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from egress.detect.dns_tunnel import base_domain  # noqa: E402
-from egress.rules.lists import load_lists, valid_name  # noqa: E402
+from egress.policy.lists import load_lists, valid_name  # noqa: E402
 
 OUT = REPO / "rules" / "lists"
 

@@ -48,7 +48,7 @@ def store(server: RedisServer, tmp_path: Path) -> Iterator[RecordStore]:
     instance.close()
 
 
-ATTEMPTS = [
+SCENARIOS = [
     record(ts=NOW - 300, host="pool.example.com"),
     record(ts=NOW - 200, category="policy", reason="not-allowed", protocol="tcp", dst="198.51.100.7", dport=443),
     record(
@@ -65,7 +65,7 @@ ACTIONS = [
 
 @pytest.fixture
 def filled(store: RecordStore) -> RecordStore:
-    store.write(ATTEMPTS)
+    store.write(SCENARIOS)
     query.write_actions(store, ACTIONS)
     return store
 
@@ -78,7 +78,7 @@ def test_events_json_lines_are_the_documented_records(server: RedisServer, fille
     result = run(server, "events", "--json")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    expected = sorted(ATTEMPTS, key=lambda r: r.ts)  # the latest N, oldest first
+    expected = sorted(SCENARIOS, key=lambda r: r.ts)  # the latest N, oldest first
     assert lines == [json.dumps(r.to_json(), separators=(",", ":")) for r in expected]
     assert [AttemptRecord.from_json(json.loads(line)) for line in lines] == expected
 
@@ -102,18 +102,18 @@ def test_events_filters(server: RedisServer, filled: RecordStore, args: list[str
     result = run(server, "events", "--json", *args)
     assert result.exit_code == 0, result.output
     got = {json.loads(line)["id"] for line in result.output.splitlines()}
-    assert got == {ATTEMPTS[i].id for i in expected}
+    assert got == {SCENARIOS[i].id for i in expected}
 
 
 def test_events_table(server: RedisServer, filled: RecordStore) -> None:
     result = run(server, "events")
     lines = result.output.splitlines()
     assert lines[0].startswith("TIME")
-    assert len(lines) == 1 + len(ATTEMPTS)
+    assert len(lines) == 1 + len(SCENARIOS)
     assert "x.t.example.net" in lines[-2]
     assert "x9" in lines[-2]
     assert "\x1b[" not in result.output  # not a terminal: no colour
-    coloured = event_row(ATTEMPTS[0], colour=True)
+    coloured = event_row(SCENARIOS[0], colour=True)
     assert "\x1b[31m" in coloured  # mining is red on a terminal
 
 
@@ -158,7 +158,7 @@ def test_timeline_puts_attempts_under_their_actions(server: RedisServer, filled:
     items = [json.loads(line) for line in run(server, "timeline", "agents", "--json").output.splitlines()]
     assert [item["type"] for item in items] == ["action", "attempt", "attempt", "action", "attempt"]
     assert items[0]["action"] == ACTIONS[0].to_json()
-    assert items[1]["attempt"] == ATTEMPTS[0].to_json()
+    assert items[1]["attempt"] == SCENARIOS[0].to_json()
     assert [item.get("related") for item in items] == [None, ["cmd-1"], [], None, ["cmd-2"]]
     narrow = run(server, "timeline", "agents", "--json", "--slack", "0", "--since", "1h")
     assert [json.loads(line).get("related") for line in narrow.output.splitlines()][1] == ["cmd-1"]
@@ -206,13 +206,13 @@ def test_actions_record_refuses_a_bad_line_and_records_nothing(server: RedisServ
 
 
 def test_events_follow_prints_new_records_until_interrupted(server: RedisServer, store: RecordStore) -> None:
-    store.write(ATTEMPTS[:1])
+    store.write(SCENARIOS[:1])
     env: dict[str, Any] = {**os.environ, "EGRESS_REDIS_URL": server.url, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-c", RUNNER_SCRIPT, "events", "--json", "--follow", "--sandbox", "agents"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None
-        assert json.loads(process.stdout.readline())["id"] == ATTEMPTS[0].id
+        assert json.loads(process.stdout.readline())["id"] == SCENARIOS[0].id
         fresh = [record(ts=time.time(), sport=1), record(ts=time.time(), sandbox="other")]
         store.write(fresh)
         assert json.loads(process.stdout.readline())["id"] == fresh[0].id  # the other sandbox is filtered out

@@ -9,7 +9,8 @@ import hashlib
 
 import pytest
 
-from egress.detect.registry import default_detectors
+from egress.detect.registry import build_detectors
+from egress.policy.lists import load_name_lists
 from egress.scanner import FileStats, Scanner
 from tests.corpus import corpus_path, expected_rows, needs_corpus
 
@@ -18,7 +19,7 @@ SCORED = {"mining", "tunnel", "crypto-node"}
 
 @pytest.fixture(scope="module")
 def scanner() -> Scanner:
-    return Scanner(default_detectors())
+    return Scanner(build_detectors(load_name_lists()))
 
 
 @pytest.mark.corpus

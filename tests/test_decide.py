@@ -11,7 +11,7 @@ from egress.decide import (
     ANTI_SPOOFING,
     DEFAULT_DENY,
     DOH_CANARY_RULE,
-    Action,
+    Enforcement,
     Reason,
     Verdict,
     decide_dns,
@@ -24,8 +24,8 @@ from egress.decide import (
     decide_unknown_source,
 )
 from egress.detect.base import Category, Finding
-from egress.rules.model import Mode, Sandbox
-from egress.rules.policy import parse_policy
+from egress.policy.loader import parse_policy
+from egress.policy.model import Mode, Sandbox
 
 SANDBOX = """\
   {name}:
@@ -62,57 +62,58 @@ ICMP_TUNNEL = Finding(Category.TUNNEL, "icmp-tunnel", "icmp_tunnel", "ptunnel ma
 H = "{s}.allow.hosts"
 N = "{s}.allow.networks"
 Decide = Callable[[Sandbox], Verdict]
+E = Enforcement
 
 # (id, decision, action in enforce mode, reason, rule ({s}: "sandboxes.<name>"))
-CASES: list[tuple[str, Decide, Action, Reason | None, str]] = [
+CASES: list[tuple[str, Decide, Enforcement, Reason | None, str]] = [
     # TLS, judged by SNI and the resolver binding
-    ("tls-allowed", lambda s: decide_tls(s, "203.0.113.5", 443, "pypi.org", True), Action.ALLOW, None, H + "[0]"),
-    ("tls-normalised", lambda s: decide_tls(s, "203.0.113.5", 443, "PyPI.org.", True), Action.ALLOW, None, H + "[0]"),
-    ("tls-wildcard", lambda s: decide_tls(s, "203.0.113.6", 443, "files.pythonhosted.org", True), Action.ALLOW, None, H + "[1]"),  # noqa: E501
-    ("tls-wildcard-base", lambda s: decide_tls(s, "203.0.113.6", 443, "pythonhosted.org", True), Action.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
-    ("tls-wrong-port", lambda s: decide_tls(s, "203.0.113.5", 8443, "pypi.org", True), Action.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
-    ("tls-not-allowed", lambda s: decide_tls(s, "203.0.113.9", 443, "pool.example", True), Action.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
-    ("tls-spoofed-sni", lambda s: decide_tls(s, "203.0.113.9", 443, "pypi.org", False), Action.BLOCK, Reason.NAME_ADDRESS_MISMATCH, H + "[0]"),  # noqa: E501
-    ("tls-address-allowed", lambda s: decide_tls(s, "2001:db8:1::5", 443, "pypi.org", False), Action.ALLOW, None, N + "[2]"),  # noqa: E501
-    ("tls-no-sni", lambda s: decide_tls(s, "203.0.113.9", 443, None, False), Action.BLOCK, Reason.TLS_NO_SNI, DEFAULT_DENY),  # noqa: E501
-    ("tls-no-sni-network", lambda s: decide_tls(s, ip_address("192.0.2.3"), 5432, "", False), Action.ALLOW, None, N + "[0]"),  # noqa: E501
-    ("tls-ip-as-sni", lambda s: decide_tls(s, "203.0.113.9", 443, "203.0.113.9", False), Action.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
+    ("tls-allowed", lambda s: decide_tls(s, "203.0.113.5", 443, "pypi.org", True), E.ALLOW, None, H + "[0]"),
+    ("tls-normalised", lambda s: decide_tls(s, "203.0.113.5", 443, "PyPI.org.", True), E.ALLOW, None, H + "[0]"),
+    ("tls-wildcard", lambda s: decide_tls(s, "203.0.113.6", 443, "files.pythonhosted.org", True), E.ALLOW, None, H + "[1]"),  # noqa: E501
+    ("tls-wildcard-base", lambda s: decide_tls(s, "203.0.113.6", 443, "pythonhosted.org", True), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
+    ("tls-wrong-port", lambda s: decide_tls(s, "203.0.113.5", 8443, "pypi.org", True), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
+    ("tls-not-allowed", lambda s: decide_tls(s, "203.0.113.9", 443, "pool.example", True), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
+    ("tls-spoofed-sni", lambda s: decide_tls(s, "203.0.113.9", 443, "pypi.org", False), E.BLOCK, Reason.NAME_ADDRESS_MISMATCH, H + "[0]"),  # noqa: E501
+    ("tls-address-allowed", lambda s: decide_tls(s, "2001:db8:1::5", 443, "pypi.org", False), E.ALLOW, None, N + "[2]"),
+    ("tls-no-sni", lambda s: decide_tls(s, "203.0.113.9", 443, None, False), E.BLOCK, Reason.TLS_NO_SNI, DEFAULT_DENY),
+    ("tls-no-sni-network", lambda s: decide_tls(s, ip_address("192.0.2.3"), 5432, "", False), E.ALLOW, None, N + "[0]"),
+    ("tls-ip-as-sni", lambda s: decide_tls(s, "203.0.113.9", 443, "203.0.113.9", False), E.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
     # HTTP, judged by Host
-    ("http-allowed", lambda s: decide_http(s, "203.0.113.6", 80, "files.pythonhosted.org", True), Action.ALLOW, None, H + "[1]"),  # noqa: E501
-    ("http-host-port", lambda s: decide_http(s, "203.0.113.6", 80, "Files.PythonHosted.org:8080", True), Action.ALLOW, None, H + "[1]"),  # noqa: E501
-    ("http-spoofed-host", lambda s: decide_http(s, "203.0.113.9", 80, "files.pythonhosted.org", False), Action.BLOCK, Reason.NAME_ADDRESS_MISMATCH, H + "[1]"),  # noqa: E501
-    ("http-not-allowed", lambda s: decide_http(s, "203.0.113.9", 80, "evil.example", True), Action.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
-    ("http-no-host", lambda s: decide_http(s, "203.0.113.9", 80, None, False), Action.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
-    ("http-ip-host", lambda s: decide_http(s, "203.0.113.9", 80, "203.0.113.9:80", False), Action.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
-    ("http-ipv6-host", lambda s: decide_http(s, "2001:db8:1::5", 443, "[2001:db8:1::5]:443", False), Action.ALLOW, None, N + "[2]"),  # noqa: E501
+    ("http-allowed", lambda s: decide_http(s, "203.0.113.6", 80, "files.pythonhosted.org", True), E.ALLOW, None, H + "[1]"),  # noqa: E501
+    ("http-host-port", lambda s: decide_http(s, "203.0.113.6", 80, "Files.PythonHosted.org:8080", True), E.ALLOW, None, H + "[1]"),  # noqa: E501
+    ("http-spoofed-host", lambda s: decide_http(s, "203.0.113.9", 80, "files.pythonhosted.org", False), E.BLOCK, Reason.NAME_ADDRESS_MISMATCH, H + "[1]"),  # noqa: E501
+    ("http-not-allowed", lambda s: decide_http(s, "203.0.113.9", 80, "evil.example", True), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
+    ("http-no-host", lambda s: decide_http(s, "203.0.113.9", 80, None, False), E.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),
+    ("http-ip-host", lambda s: decide_http(s, "203.0.113.9", 80, "203.0.113.9:80", False), E.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
+    ("http-ipv6-host", lambda s: decide_http(s, "2001:db8:1::5", 443, "[2001:db8:1::5]:443", False), E.ALLOW, None, N + "[2]"),  # noqa: E501
     # inside intercepted TLS
-    ("fronting-same", lambda s: decide_fronting(s, "pypi.org", "PyPI.org"), Action.ALLOW, None, H + "[0]"),
-    ("fronting-no-host", lambda s: decide_fronting(s, "pypi.org", None), Action.ALLOW, None, H + "[0]"),
-    ("fronting", lambda s: decide_fronting(s, "pypi.org", "evil.example"), Action.BLOCK, Reason.DOMAIN_FRONTING, H + "[0]"),  # noqa: E501
+    ("fronting-same", lambda s: decide_fronting(s, "pypi.org", "PyPI.org"), E.ALLOW, None, H + "[0]"),
+    ("fronting-no-host", lambda s: decide_fronting(s, "pypi.org", None), E.ALLOW, None, H + "[0]"),
+    ("fronting", lambda s: decide_fronting(s, "pypi.org", "evil.example"), E.BLOCK, Reason.DOMAIN_FRONTING, H + "[0]"),
     # streams with no name of their own
-    ("raw-network", lambda s: decide_raw(s, "192.0.2.3", 5432, "tcp", frozenset()), Action.ALLOW, None, N + "[0]"),
-    ("raw-udp-network", lambda s: decide_raw(s, "198.51.100.7", 51820, "udp", ()), Action.ALLOW, None, N + "[1]"),
-    ("raw-tcp-not-udp", lambda s: decide_raw(s, "198.51.100.7", 51820, "tcp", ()), Action.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
-    ("raw-bound-name", lambda s: decide_raw(s, "203.0.113.7", 22, "tcp", {"github.com"}), Action.ALLOW, None, H + "[2]"),  # noqa: E501
-    ("raw-bound-wrong-port", lambda s: decide_raw(s, "203.0.113.7", 2222, "tcp", {"github.com"}), Action.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
-    ("raw-direct-ip", lambda s: decide_raw(s, "203.0.113.9", 3333, "tcp", ()), Action.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
+    ("raw-network", lambda s: decide_raw(s, "192.0.2.3", 5432, "tcp", frozenset()), E.ALLOW, None, N + "[0]"),
+    ("raw-udp-network", lambda s: decide_raw(s, "198.51.100.7", 51820, "udp", ()), E.ALLOW, None, N + "[1]"),
+    ("raw-tcp-not-udp", lambda s: decide_raw(s, "198.51.100.7", 51820, "tcp", ()), E.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
+    ("raw-bound-name", lambda s: decide_raw(s, "203.0.113.7", 22, "tcp", {"github.com"}), E.ALLOW, None, H + "[2]"),
+    ("raw-bound-wrong-port", lambda s: decide_raw(s, "203.0.113.7", 2222, "tcp", {"github.com"}), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
+    ("raw-direct-ip", lambda s: decide_raw(s, "203.0.113.9", 3333, "tcp", ()), E.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),
     # detector findings, through the per-category action
-    ("finding-mining", lambda s: decide_finding(s, MINING), Action.BLOCK, Reason.MINING, "{s}.detectors.mining"),
-    ("finding-tunnel", lambda s: decide_finding(s, TUNNEL), Action.BLOCK, Reason.TUNNEL, "{s}.detectors.tunnel"),
-    ("finding-node-record", lambda s: decide_finding(s, NODE), Action.RECORD, Reason.CRYPTO_NODE, "{s}.detectors.crypto_node"),  # noqa: E501
+    ("finding-mining", lambda s: decide_finding(s, MINING), E.BLOCK, Reason.MINING, "{s}.detectors.mining"),
+    ("finding-tunnel", lambda s: decide_finding(s, TUNNEL), E.BLOCK, Reason.TUNNEL, "{s}.detectors.tunnel"),
+    ("finding-node-record", lambda s: decide_finding(s, NODE), E.RECORD, Reason.CRYPTO_NODE, "{s}.detectors.crypto_node"),  # noqa: E501
     # DNS
-    ("dns-allowed", lambda s: decide_dns(s, "pypi.org.", None), Action.ALLOW, None, H + "[0]"),
-    ("dns-wildcard", lambda s: decide_dns(s, "files.pythonhosted.org", None), Action.ALLOW, None, H + "[1]"),
-    ("dns-refused", lambda s: decide_dns(s, "pool.example", None), Action.BLOCK, Reason.DNS_REFUSED, DEFAULT_DENY),
-    ("dns-canary", lambda s: decide_dns(s, "use-application-dns.net", None), Action.BLOCK, Reason.DOH_CANARY, DOH_CANARY_RULE),  # noqa: E501
-    ("dns-too-long", lambda s: decide_dns(s, "a" * 50 + ".pythonhosted.org", None), Action.BLOCK, Reason.DNS_TUNNEL, "{s}.dns.max_name_length"),  # noqa: E501
-    ("dns-tunnel", lambda s: decide_dns(s, "x.pythonhosted.org", DNS_TUNNEL), Action.BLOCK, Reason.DNS_TUNNEL, "{s}.detectors.tunnel"),  # noqa: E501
-    ("dns-pool-name", lambda s: decide_dns(s, "xmr.nanopool.org", POOL_NAME), Action.BLOCK, Reason.MINING, "{s}.detectors.mining"),  # noqa: E501
-    ("dns-record-allowed", lambda s: decide_dns(s, "pypi.org", NODE), Action.RECORD, Reason.CRYPTO_NODE, "{s}.detectors.crypto_node"),  # noqa: E501
-    ("dns-record-refused", lambda s: decide_dns(s, "node.example", NODE), Action.BLOCK, Reason.DNS_REFUSED, DEFAULT_DENY),  # noqa: E501
+    ("dns-allowed", lambda s: decide_dns(s, "pypi.org.", None), E.ALLOW, None, H + "[0]"),
+    ("dns-wildcard", lambda s: decide_dns(s, "files.pythonhosted.org", None), E.ALLOW, None, H + "[1]"),
+    ("dns-refused", lambda s: decide_dns(s, "pool.example", None), E.BLOCK, Reason.DNS_REFUSED, DEFAULT_DENY),
+    ("dns-canary", lambda s: decide_dns(s, "use-application-dns.net", None), E.BLOCK, Reason.DOH_CANARY, DOH_CANARY_RULE),  # noqa: E501
+    ("dns-too-long", lambda s: decide_dns(s, "a" * 50 + ".pythonhosted.org", None), E.BLOCK, Reason.DNS_TUNNEL, "{s}.dns.max_name_length"),  # noqa: E501
+    ("dns-tunnel", lambda s: decide_dns(s, "x.pythonhosted.org", DNS_TUNNEL), E.BLOCK, Reason.DNS_TUNNEL, "{s}.detectors.tunnel"),  # noqa: E501
+    ("dns-pool-name", lambda s: decide_dns(s, "xmr.nanopool.org", POOL_NAME), E.BLOCK, Reason.MINING, "{s}.detectors.mining"),  # noqa: E501
+    ("dns-record-allowed", lambda s: decide_dns(s, "pypi.org", NODE), E.RECORD, Reason.CRYPTO_NODE, "{s}.detectors.crypto_node"),  # noqa: E501
+    ("dns-record-refused", lambda s: decide_dns(s, "node.example", NODE), E.BLOCK, Reason.DNS_REFUSED, DEFAULT_DENY),
     # firewall drops
-    ("drop", lambda s: decide_drop(s, "udp", None, "egress drop enforced"), Action.BLOCK, Reason.FIREWALL_DROP, DEFAULT_DENY),  # noqa: E501
-    ("drop-icmp-tunnel", lambda s: decide_drop(s, "icmp", ICMP_TUNNEL), Action.BLOCK, Reason.TUNNEL, DEFAULT_DENY),
+    ("drop", lambda s: decide_drop(s, "udp", None, "egress drop enforced"), E.BLOCK, Reason.FIREWALL_DROP, DEFAULT_DENY),  # noqa: E501
+    ("drop-icmp-tunnel", lambda s: decide_drop(s, "icmp", ICMP_TUNNEL), E.BLOCK, Reason.TUNNEL, DEFAULT_DENY),
 ]  # fmt: skip
 
 
@@ -120,16 +121,16 @@ CASES: list[tuple[str, Decide, Action, Reason | None, str]] = [
 @pytest.mark.parametrize(
     ("decide", "action", "reason", "rule"), [case[1:] for case in CASES], ids=[c[0] for c in CASES]
 )
-def test_decisions(sandbox: Sandbox, decide: Decide, action: Action, reason: Reason | None, rule: str) -> None:
+def test_decisions(sandbox: Sandbox, decide: Decide, action: Enforcement, reason: Reason | None, rule: str) -> None:
     verdict = decide(sandbox)
-    if sandbox.mode is Mode.REPORT and action is Action.BLOCK:
-        action = Action.WOULD_BLOCK  # report mode: every block passes, with its reason
+    if sandbox.mode is Mode.REPORT and action is E.BLOCK:
+        action = E.WOULD_BLOCK  # report mode: every block passes, with its reason
     assert verdict.action is action, verdict
     assert verdict.reason is reason, verdict
     assert verdict.rule == rule.format(s=f"sandboxes.{sandbox.name}"), verdict
-    assert verdict.passes is (action is not Action.BLOCK)
-    assert verdict.recorded is (action is not Action.ALLOW)
-    assert (verdict.reason is None) is (verdict.action is Action.ALLOW)
+    assert verdict.passes is (action is not E.BLOCK)
+    assert verdict.recorded is (action is not E.ALLOW)
+    assert (verdict.reason is None) is (verdict.action is E.ALLOW)
     assert verdict.evidence and len(verdict.evidence) <= 160
 
 
@@ -143,13 +144,13 @@ def test_reason_and_action_values_are_the_api() -> None:
         "not-allowlisted", "tls-no-sni", "name-address-mismatch", "direct-ip", "mining", "tunnel", "crypto-node",
         "dns-refused", "dns-tunnel", "doh-canary", "spoofed-source", "firewall-drop", "domain-fronting",
     }  # fmt: skip
-    assert [action.value for action in Action] == ["allow", "block", "would-block", "record"]
+    assert [action.value for action in Enforcement] == ["allow", "block", "would-block", "record"]
 
 
 @pytest.mark.parametrize("finding", [MINING, TUNNEL, NODE], ids=lambda finding: finding.category.value)
 def test_detector_allow_lets_it_pass_silently(finding: Finding) -> None:
     verdict = decide_finding(LENIENT, finding)
-    assert verdict.action is Action.ALLOW and verdict.reason is None and verdict.finding is finding
+    assert verdict.action is Enforcement.ALLOW and verdict.reason is None and verdict.finding is finding
     assert verdict.rule == f"sandboxes.lenient.detectors.{finding.category.value.replace('-', '_')}"
 
 
@@ -169,7 +170,7 @@ def test_dns_allowed_finding_falls_through_to_the_allowlist() -> None:
 @pytest.mark.parametrize("source", ["10.9.9.9", ip_address("fd00::1")])
 def test_unknown_source_is_always_blocked(source: str) -> None:
     verdict = decide_unknown_source(source)
-    assert (verdict.action, verdict.reason, verdict.rule) == (Action.BLOCK, Reason.SPOOFED_SOURCE, ANTI_SPOOFING)
+    assert (verdict.action, verdict.reason, verdict.rule) == (Enforcement.BLOCK, Reason.SPOOFED_SOURCE, ANTI_SPOOFING)
     assert str(source) in verdict.evidence
 
 

@@ -28,9 +28,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Final
 
-import yaml
-
-from egress.rules.yamlnodes import NodeChecker, Problem, RulesError, compose
+from egress.policy import yamlnodes
+from egress.policy.yamlnodes import NodeChecker, Problem, RulesError, compose
 
 ENV_VAR: Final = "EGRESS_API_TOKENS"
 MIN_TOKEN_LENGTH: Final = 16
@@ -84,10 +83,10 @@ class TokenTable:
 
 
 class _TokensChecker(NodeChecker):
-    def entry(self, node: yaml.Node, index: int) -> Token | None:
+    def entry(self, node: yamlnodes.Node, index: int) -> Token | None:
         what = f"tokens[{index}]"
         fields = self.mapping(node, what, frozenset({"name", "token", "token_sha256", "roles"}))
-        if not isinstance(node, yaml.MappingNode):
+        if not isinstance(node, yamlnodes.MappingNode):
             return None
         name = self.text(fields["name"], f"{what}.name") if "name" in fields else None
         if "name" not in fields:
@@ -101,7 +100,7 @@ class _TokensChecker(NodeChecker):
             return None
         return Token(name, secret, roles)
 
-    def _secret(self, node: yaml.Node, fields: dict[str, yaml.Node], what: str) -> bytes | None:
+    def _secret(self, node: yamlnodes.Node, fields: dict[str, yamlnodes.Node], what: str) -> bytes | None:
         if ("token" in fields) == ("token_sha256" in fields):
             self.problem(node, f"{what} needs exactly one of token or token_sha256")
             return None
@@ -117,7 +116,7 @@ class _TokensChecker(NodeChecker):
             return None
         return bytes.fromhex(hexdigest) if hexdigest is not None else None
 
-    def _roles(self, node: yaml.Node, fields: dict[str, yaml.Node], what: str) -> frozenset[Role] | None:
+    def _roles(self, node: yamlnodes.Node, fields: dict[str, yamlnodes.Node], what: str) -> frozenset[Role] | None:
         if "roles" not in fields:
             self.problem(node, f"{what} needs roles (some of: {', '.join(role.value for role in Role)})")
             return None

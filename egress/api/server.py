@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from egress.api.app import create_app
 from egress.api.auth import ENV_VAR, load_tokens, tokens_from_env
 from egress.api.settings import SETTINGS_ENV, Settings, parse_listen
-from egress.rules.yamlnodes import RulesError
+from egress.policy.yamlnodes import RulesError
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +101,7 @@ def api_serve(
         sys.exit(2)
     retention: dict[str, float] = {}
     if policy is not None:
-        from egress.rules.policy import load_policy
+        from egress.policy.loader import load_policy
 
         try:
             loaded = load_policy(policy)

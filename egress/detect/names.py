@@ -1,6 +1,6 @@
 """Name lists: pool names (mining), DoH/DoT resolvers and reverse-tunnel services (tunnel), by name or address.
 
-`NameLists` is built from the validated lists of `egress.rules.lists` (rules/lists/*.yaml) and answers
+`NameLists` is built from the validated lists (`egress.detect.namelist`, loaded by `egress.policy.lists`) and answers
 ``match(name)`` and ``match_address(ip)``. `make_name_detector` turns it into a `FlowView` detector for TCP
 (and DNS-over-QUIC on UDP) that reads the name a client asks for:
 
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from egress.detect import http, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowView, Result, Transport, evidence
-from egress.rules.lists import NameList, Network
+from egress.detect.namelist import NameList, Network
 
 DETECTOR = "names"
 DOT_PORT = 853

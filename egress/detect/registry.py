@@ -29,7 +29,6 @@ from egress.detect.base import Category, Detector, Finding, Transport, evidence
 from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
 from egress.detect.names import NameLists, make_name_detector
 from egress.detect.websocket import make_websocket_detector
-from egress.rules.lists import load_lists_dir
 
 MINING: Final[tuple[Detector, ...]] = (
     stratum.detect,
@@ -122,16 +121,10 @@ def build_detectors(lists: NameLists) -> DetectorSet:
     )
 
 
-def default_detectors(lists_dir: str | None = None) -> DetectorSet:
-    """Every detector, with the name lists in ``lists_dir`` (default: the repository's ``rules/lists``)."""
-    return build_detectors(NameLists(load_lists_dir(lists_dir)))
-
-
 __all__ = [
     "DetectorSet",
     "DnsInspector",
     "DnsObserver",
     "build_detectors",
-    "default_detectors",
     "stream_detectors",
 ]

@@ -4,7 +4,7 @@ For each query from a sandbox: find the sandbox by source address, run the DNS t
 (per sandbox state), decide (`egress.decide.decide_dns`), then either refuse (REFUSED; NXDOMAIN for the DoH
 canary ``use-application-dns.net``) or forward to the upstream resolver. Addresses in an upstream answer are
 bound to the question's name for that sandbox (`Bindings`, which the proxy checks) and offered to the kernel's
-allow sets through ``on_answer``. Every block and would-block is reported as an `Attempt`.
+allow sets through ``on_answer``. Every block and would-block is reported as an `DecidedFlow`.
 
 UDP and TCP on one port; a truncated UDP answer from upstream is retried over TCP.
 """
@@ -20,15 +20,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from egress.decide import Action, Verdict, decide_dns, decide_unknown_source
+from egress.decide import Enforcement, Verdict, decide_dns, decide_unknown_source
+from egress.decisions import DecidedFlow, Reporter
 from egress.detect import dns
 from egress.detect.dns_tunnel import DnsTunnelLimits
 from egress.detect.names import NameLists
 from egress.detect.registry import DnsInspector
 from egress.dnsserver import wire
-from egress.gateway.attempt import Attempt, Reporter
-from egress.gateway.bindings import Bindings
-from egress.rules.model import Policy, Sandbox
+from egress.dnsserver.bindings import Bindings
+from egress.policy.model import Policy, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -110,15 +110,15 @@ class Resolver:
         if len(qname) > sandbox.dns.max_name_length and finding is None:
             finding = self._inspector(sandbox).long_name(qname)
         verdict = decide_dns(sandbox, qname, finding)
-        if verdict.action is not Action.ALLOW:
+        if verdict.action is not Enforcement.ALLOW:
             self._report(client, transport, qname, verdict, sandbox.name)
-        if verdict.action is Action.BLOCK:
+        if verdict.action is Enforcement.BLOCK:
             self.refused += 1
             rcode = (
                 wire.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else wire.REFUSED
             )
             return wire.reply(query, rcode)
-        if verdict.action is Action.ALLOW:
+        if verdict.action is Enforcement.ALLOW:
             self.reporter.allowed("dns")
         response = await self._forward(query)
         if response is None:
@@ -132,7 +132,7 @@ class Resolver:
         return response
 
     def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> None:
-        attempt = Attempt(
+        attempt = DecidedFlow(
             ts=time.time(),
             sandbox=sandbox,
             src=client[0],

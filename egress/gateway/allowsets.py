@@ -13,7 +13,7 @@ import logging
 import queue
 import threading
 
-from egress.gateway.bindings import MAX_TTL, MIN_TTL
+from egress.dnsserver.bindings import MAX_TTL, MIN_TTL
 from egress.nft import runner
 from egress.nft.render import allow_set
 

@@ -14,15 +14,15 @@ import threading
 from collections import OrderedDict
 from collections.abc import Callable
 
+from egress.capture.nflog import LoggedPacket, NflogReader
 from egress.capture.packet import ICMP, TCP, UDP, Defragmenter, Malformed, decode
 from egress.decide import decide_drop, decide_unknown_source
+from egress.decisions import DecidedFlow, Reporter
 from egress.detect.base import Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
-from egress.gateway.attempt import Attempt, Reporter
-from egress.nft.nflog import LoggedPacket, NflogReader
-from egress.rules.model import Policy
+from egress.policy.model import Policy
 
 log = logging.getLogger("egress.droplog")
 
@@ -44,7 +44,7 @@ class DropJudge:
         self.flows: OrderedDict[tuple[int, bytes, bytes, int, int], FlowInspector] = OrderedDict()
         self.defrag = Defragmenter()
 
-    def judge(self, packet: LoggedPacket) -> Attempt | None:
+    def judge(self, packet: LoggedPacket) -> DecidedFlow | None:
         try:
             segment = decode(LINK_RAW, packet.payload, packet.ts, self.defrag)
         except (Malformed, IndexError):
@@ -57,7 +57,7 @@ class DropJudge:
         host = ""
         if sandbox is None or packet.prefix.startswith("egress spoof"):
             verdict = decide_unknown_source(src)
-            return Attempt(packet.ts, "", src, segment.sport, dst, segment.dport, transport.value, host, verdict)
+            return DecidedFlow(packet.ts, "", src, segment.sport, dst, segment.dport, transport.value, host, verdict)
         finding = self._inspect(
             segment.proto,
             segment.src,
@@ -69,7 +69,9 @@ class DropJudge:
             FlowMeta(transport, src, segment.sport, dst, segment.dport),
         )
         verdict = decide_drop(sandbox, transport.value, finding, packet.prefix)
-        return Attempt(packet.ts, sandbox.name, src, segment.sport, dst, segment.dport, transport.value, host, verdict)
+        return DecidedFlow(
+            packet.ts, sandbox.name, src, segment.sport, dst, segment.dport, transport.value, host, verdict
+        )
 
     def _inspect(
         self, proto: int, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, flags: int, meta: FlowMeta

@@ -14,13 +14,13 @@ import threading
 import time
 from pathlib import Path
 
-from egress.decide import Action
-from egress.gateway.attempt import Attempt
+from egress.decide import Enforcement
+from egress.decisions import DecidedFlow
 from egress.gateway.config import GatewayConfig
+from egress.policy.model import Retention
 from egress.record.aggregate import Aggregator
 from egress.record.schema import AttemptRecord, new_id
 from egress.record.store import STORE_ERRORS, RecordStore
-from egress.rules.model import Retention
 
 log = logging.getLogger("egress.recorder")
 
@@ -54,7 +54,7 @@ class Counters:
             self.add(field, amount)
 
 
-def to_record(attempt: Attempt, gateway: str) -> AttemptRecord:
+def to_record(attempt: DecidedFlow, gateway: str) -> AttemptRecord:
     verdict = attempt.verdict
     finding = verdict.finding
     return AttemptRecord(
@@ -99,16 +99,16 @@ class RecordReporter:
         self.counters = Counters()
         self._published: dict[str, int] = {}
         self._publish_at = 0.0
-        self._queue: queue.SimpleQueue[Attempt | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[DecidedFlow | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{component}", daemon=True)
         self._thread.start()
 
-    def report(self, attempt: Attempt) -> None:
+    def report(self, attempt: DecidedFlow) -> None:
         verdict = attempt.verdict
         component = "dns" if attempt.dport == 53 and self.component == "gateway" else self.component_kind
         reason = verdict.reason.value if verdict.reason is not None else ""
         self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}")
-        if verdict.action is not Action.ALLOW:
+        if verdict.action is not Enforcement.ALLOW:
             self._queue.put(attempt)
 
     def allowed(self, component: str) -> None:

@@ -21,19 +21,18 @@ import subprocess
 import sys
 from pathlib import Path
 
-from egress.detect.names import NameLists
+from egress.decisions import FanoutReporter, LogReporter
+from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream, serve
 from egress.gateway.allowsets import AllowSetWriter
-from egress.gateway.attempt import FanoutReporter, LogReporter
-from egress.gateway.bindings import Bindings
 from egress.gateway.config import GatewayConfig, WorkerConfig
 from egress.gateway.droplog import DropLogger
 from egress.gateway.recorder import RecordReporter
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, render, render_lockdown
-from egress.rules.lists import RulesError, load_lists_dir
-from egress.rules.model import Policy
-from egress.rules.policy import load_policy
+from egress.policy.lists import RulesError, load_name_lists
+from egress.policy.loader import load_policy
+from egress.policy.model import Policy
 
 log = logging.getLogger("egress.gateway")
 
@@ -66,7 +65,7 @@ class Supervisor:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
         self.policy: Policy = load_policy(config.policy)
-        self.lists = NameLists(load_lists_dir(config.lists_dir))
+        self.lists = load_name_lists(config.lists_dir)
         state = Path(config.state_dir)
         (state / "ca").mkdir(parents=True, exist_ok=True)
         self.bindings = Bindings(config.bindings_path)
@@ -96,11 +95,11 @@ class Supervisor:
 
     def start_workers(self) -> None:
         # One CA for every worker, made before any starts (mitmproxy is only imported by the workers' module).
-        subprocess.run([sys.executable, "-m", "egress.proxy.addon", "--make-ca", self.config.confdir], check=True)
+        subprocess.run([sys.executable, "-m", "egress.gateway.worker", "--make-ca", self.config.confdir], check=True)
         for index in range(self.config.workers):
             path = Path(self.config.state_dir) / f"worker-{index}.json"
             WorkerConfig(self.config, index).write(path)
-            process = subprocess.Popen([sys.executable, "-m", "egress.proxy.addon", "--config", str(path)])
+            process = subprocess.Popen([sys.executable, "-m", "egress.gateway.worker", "--config", str(path)])
             self.workers.append(process)
             log.info("proxy worker %d (pid %d) on port %d", index, process.pid, self.config.proxy_ports[index])
 

@@ -21,7 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from egress.lab import netns, servers
-from egress.lab.attempts import ATTEMPTS, AttemptResult, run_in_sandbox
+from egress.lab.scenarios import SCENARIOS, ScenarioResult, run_in_sandbox
 from egress.lab.topology import GATEWAY_SBX_V4, Lab, server
 
 LAB_POLICY = pathlib.Path(__file__).resolve().parents[2] / "rules" / "lab-policy.yaml"
@@ -123,7 +123,7 @@ class GatewayRun:
             self.lab.gateway_ns, DNS_PORT
         )
 
-    def attempts(self, names: Sequence[str] = tuple(ATTEMPTS), ipv6: bool = False) -> list[AttemptResult]:
+    def attempts(self, names: Sequence[str] = tuple(SCENARIOS), ipv6: bool = False) -> list[ScenarioResult]:
         return run_in_sandbox(
             self.lab, names, nameserver=GATEWAY_SBX_V4, ipv6=ipv6, cafiles=[self.gateway_ca], timeout=180
         )
@@ -156,7 +156,7 @@ def running_gateway(prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int
         netns.down(prefix)
 
 
-def _print_results(results: list[AttemptResult]) -> None:
+def _print_results(results: list[ScenarioResult]) -> None:
     print(f"{'ATTEMPT':<18} {'OUTCOME':<9} {'MS':>7}  DETAIL")
     for result in results:
         print(f"{result.name:<18} {result.outcome:<9} {result.elapsed_ms:>7.1f}  {result.detail[:110]}")
@@ -171,14 +171,14 @@ def _print_records(run: GatewayRun) -> None:
     print(done.stdout.rstrip() or done.stderr.strip())
 
 
-def play_as_harness(run: GatewayRun, names: Sequence[str] = tuple(ATTEMPTS)) -> list[AttemptResult]:
+def play_as_harness(run: GatewayRun, names: Sequence[str] = tuple(SCENARIOS)) -> list[ScenarioResult]:
     """Play each attempt as one agent action, the way a sandbox harness would, and report the actions.
 
     Each attempt runs as its own command inside the sandbox; its start and end times are reported through
     `egress actions record` (inside the gateway namespace, where the record store is), so the timeline can tie
     every blocked attempt to the action that caused it.
     """
-    results: list[AttemptResult] = []
+    results: list[ScenarioResult] = []
     actions: list[dict[str, object]] = []
     for index, name in enumerate(names):
         start = time.time()
@@ -188,7 +188,7 @@ def play_as_harness(run: GatewayRun, names: Sequence[str] = tuple(ATTEMPTS)) -> 
                 "sandbox": "agent",
                 "id": f"demo-{index:02d}-{name}",
                 "kind": "shell_command",
-                "command": f"python -m egress.lab.attempts {name}",
+                "command": f"python -m egress.lab.scenarios {name}",
                 "start": round(start, 6),
                 "end": round(time.time(), 6),
             }

@@ -1,7 +1,7 @@
 """The little DNS the lab needs: build queries and answers, parse both (RFC 1035 section 4).
 
 Shared by the lab's authority and DoH endpoint (`egress.lab.servers`) and the sandbox's stub resolver
-(`egress.lab.attempts`). Names are encoded without compression; parsing follows compression pointers backwards
+(`egress.lab.scenarios`). Names are encoded without compression; parsing follows compression pointers backwards
 only (RFC 1035 4.1.4), so a hostile answer cannot loop. This is lab tooling, not the gateway's resolver.
 """
 

@@ -12,7 +12,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from egress.rules.model import Mode, NetworkRule, Policy, Sandbox
+from egress.policy.model import Mode, NetworkRule, Policy, Sandbox
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")

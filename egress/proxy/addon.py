@@ -17,7 +17,6 @@ could allow the destination address at all: a direct-IP connection is never dial
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import signal
@@ -36,13 +35,13 @@ from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from egress.decide import Action, Verdict, decide_finding
+from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decisions import DecidedFlow, Reporter
 from egress.detect.base import FlowMeta, Transport
 from egress.detect.engine import FlowInspector
-from egress.gateway.attempt import Attempt, Reporter
+from egress.policy.model import Sandbox
 from egress.proxy.front import Front
 from egress.proxy.gate import Decision, Gate, Kind
-from egress.rules.model import Sandbox
 
 log = logging.getLogger("egress.proxy")
 
@@ -85,7 +84,7 @@ class InspectLayer(layers.TCPLayer):
             if finding is not None:
                 verdict = decide_finding(self.sandbox, finding)
                 self.addon.record(self.context, self.sandbox, verdict, "")
-                if verdict.action is Action.BLOCK:
+                if verdict.action is Enforcement.BLOCK:
                     if self.context.server.connected:
                         yield commands.CloseConnection(self.context.server)
                     yield commands.CloseConnection(self.context.client)
@@ -131,7 +130,7 @@ class EgressAddon(NextLayer):
             state.recorded = True
             if state.preblocked is not None:
                 meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
-        attempt = Attempt(
+        attempt = DecidedFlow(
             ts=time.time(),
             sandbox=sandbox.name if sandbox is not None else "",
             src=meta.src,
@@ -152,7 +151,7 @@ class EgressAddon(NextLayer):
             verdict = self.gate.on_client(source)
             if verdict is not None:
                 self.reporter.report(
-                    Attempt(time.time(), "", source, int(client.peername[1]), "", 0, "tcp", "", verdict)
+                    DecidedFlow(time.time(), "", source, int(client.peername[1]), "", 0, "tcp", "", verdict)
                 )
             client.error = "egress: source outside every sandbox"
             return
@@ -164,7 +163,7 @@ class EgressAddon(NextLayer):
             host, port = state.destination
             source = (str(client.peername[0]), int(client.peername[1]))
             self.reporter.report(
-                Attempt(time.time(), state.sandbox.name, *source, host, port, "tcp", "", state.preblocked)
+                DecidedFlow(time.time(), state.sandbox.name, *source, host, port, "tcp", "", state.preblocked)
             )
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
@@ -177,7 +176,7 @@ class EgressAddon(NextLayer):
         host, port = str(data.server.address[0]), int(data.server.address[1])
         state.destination = (host, port)
         verdict = self.gate.on_connect(state.sandbox, host, port)
-        if verdict.action is Action.BLOCK:
+        if verdict.action is Enforcement.BLOCK:
             # Never dial a destination no rule allows. The connection goes to a local sink instead, so the first
             # bytes can still be read (an HTTP client gets a 403 saying why, a TLS client's SNI is recorded).
             state.preblocked = verdict
@@ -197,7 +196,9 @@ class EgressAddon(NextLayer):
         decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
         if decision.kind is Kind.WAIT:
             raise NeedsMoreData
-        if state.preblocked is not None and (decision.verdict is None or decision.verdict.action is not Action.BLOCK):
+        if state.preblocked is not None and (
+            decision.verdict is None or decision.verdict.action is not Enforcement.BLOCK
+        ):
             kind = Kind.HTTP if decision.kind is Kind.HTTP else Kind.REFUSE
             decision = Decision(kind, state.preblocked, decision.host)
         state.decision = decision
@@ -233,11 +234,11 @@ class EgressAddon(NextLayer):
             sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
             host = flow.request.pretty_host.lower().rstrip(".")
             verdict = self.gate.on_request(state.sandbox, self._flow_meta(flow, state), host, sni)
-        if verdict is None or verdict.action is Action.ALLOW:
+        if verdict is None or verdict.action is Enforcement.ALLOW:
             self.reporter.allowed("proxy")
             return
         self.record_flow(flow, state.sandbox, verdict)
-        if verdict.action is Action.BLOCK:
+        if verdict.action is Enforcement.BLOCK:
             flow.response = _blocked_response(verdict)
 
     def request(self, flow: http.HTTPFlow) -> None:
@@ -251,7 +252,7 @@ class EgressAddon(NextLayer):
             return
         verdict = decide_finding(state.sandbox, finding)
         self.record_flow(flow, state.sandbox, verdict)
-        if verdict.action is Action.BLOCK:
+        if verdict.action is Enforcement.BLOCK:
             flow.response = _blocked_response(verdict)
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
@@ -265,7 +266,7 @@ class EgressAddon(NextLayer):
             return
         verdict = decide_finding(state.sandbox, finding)
         self.record_flow(flow, state.sandbox, verdict)
-        if verdict.action is Action.BLOCK:
+        if verdict.action is Enforcement.BLOCK:
             flow.websocket.messages[-1].drop()
             flow.kill()
 
@@ -280,7 +281,7 @@ class EgressAddon(NextLayer):
         meta = _meta_from_flow(flow) if state is None else self._flow_meta(flow, state)
         if state is not None:
             state.recorded = True
-        attempt = Attempt(
+        attempt = DecidedFlow(
             time.time(),
             sandbox.name,
             meta.src,
@@ -391,25 +392,3 @@ def ensure_ca(confdir: str) -> None:
     before it starts the workers: workers that start together and each find no CA would each make one, and every
     worker whose CA lost the race to the file would sign with a CA that sandboxes do not trust."""
     certs.CertStore.from_store(confdir, "mitmproxy", options.Options().key_size)
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m egress.proxy.addon``: one worker, for the gateway supervisor to start."""
-    from egress.gateway.worker_setup import build_worker  # the worker's non-mitmproxy wiring
-
-    parser = argparse.ArgumentParser(description="egress proxy worker")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--config", help="worker configuration (JSON) written by the gateway")
-    what.add_argument("--make-ca", metavar="CONFDIR", help="only make the gateway's CA in CONFDIR if it is missing")
-    args = parser.parse_args(argv)
-    if args.make_ca:
-        ensure_ca(args.make_ca)
-        return
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy[%(process)d] %(message)s")
-    logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
-    setup = build_worker(args.config)
-    asyncio.run(run_worker(setup.gate, setup.reporter, setup.port, setup.confdir, setup.upstream_ca, setup.reload))
-
-
-if __name__ == "__main__":
-    main()

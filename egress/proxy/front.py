@@ -24,12 +24,12 @@ import struct
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from egress.decide import Action
+from egress.decide import Enforcement
+from egress.decisions import Reporter
 from egress.detect import tls
 from egress.detect.base import FlowMeta
-from egress.gateway.attempt import Reporter
+from egress.policy.model import Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
-from egress.rules.model import Sandbox
 
 log = logging.getLogger("egress.proxy")
 
@@ -215,7 +215,7 @@ class Front:
         if sandbox is None:
             return False
         dst = self.destination(conn)
-        if self.gate.on_connect(sandbox, *dst).action is Action.BLOCK:
+        if self.gate.on_connect(sandbox, *dst).action is Enforcement.BLOCK:
             return False
         decision = await self._first_decision(conn, self.gate, sandbox, flow_meta((str(peer[0]), int(peer[1])), dst))
         if decision is None or decision.kind is not Kind.PASSTHROUGH or decision.verdict is not None:

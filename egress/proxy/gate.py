@@ -19,7 +19,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from egress.decide import (
-    Action,
+    Enforcement,
     Verdict,
     decide_finding,
     decide_fronting,
@@ -31,7 +31,7 @@ from egress.decide import (
 from egress.detect import http, tls
 from egress.detect.base import MORE, Detector, Finding, FlowMeta, FlowView, Transport
 from egress.detect.engine import FlowInspector
-from egress.rules.model import Policy, Sandbox
+from egress.policy.model import Policy, Sandbox
 
 HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
@@ -60,11 +60,11 @@ NamesFor = Callable[[str, str], frozenset[str]]
 
 
 def _allowed(verdict: Verdict) -> bool:
-    return verdict.action is not Action.BLOCK
+    return verdict.action is not Enforcement.BLOCK
 
 
 def _worth_recording(verdict: Verdict) -> Verdict | None:
-    return None if verdict.action is Action.ALLOW else verdict
+    return None if verdict.action is Enforcement.ALLOW else verdict
 
 
 class Gate:
@@ -121,7 +121,7 @@ class Gate:
         verdict = decide_tls(sandbox, meta.dst, meta.dport, sni, bound)
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict, sni or "")
-        if sni is not None and verdict.action is Action.ALLOW and sandbox.decrypts(sni):
+        if sni is not None and verdict.action is Enforcement.ALLOW and sandbox.decrypts(sni):
             return Decision(Kind.INTERCEPT, noted, sni)
         return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "")
 

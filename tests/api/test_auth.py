@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from egress.api.auth import ENV_VAR, Role, Token, TokenTable, digest, load_tokens, parse_tokens, tokens_from_env
-from egress.rules.yamlnodes import RulesError
+from egress.policy.yamlnodes import RulesError
 
 SECRET = "s3cret-token-0123456789"
 GOOD = f"""\

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 
 from egress.detect.base import Category, FlowMeta, Transport
 from egress.detect.names import NameLists, make_name_detector
-from egress.rules.lists import NameList, load_lists
+from egress.policy.lists import NameList, load_lists
 from tests.detect.feeding import feed_datagrams, feed_every_split, feed_stream
 
 RULES = Path(__file__).resolve().parents[2] / "rules" / "lists"

@@ -162,7 +162,7 @@ def _pids(run: GatewayRun, needle: str) -> list[int]:
 
 
 def _worker_pids(run: GatewayRun) -> list[int]:
-    return _pids(run, "egress.proxy.addon")
+    return _pids(run, "egress.gateway.worker")
 
 
 def test_killing_a_proxy_worker_stops_all_sandbox_traffic() -> None:

@@ -10,8 +10,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from egress.lab import attempts, netns, servers
-from egress.lab.attempts import ATTEMPTS, AttemptResult
+from egress.lab import netns, scenarios, servers
+from egress.lab.scenarios import SCENARIOS, ScenarioResult
 from egress.lab.topology import Lab
 from tests.lab.root import needs_root
 
@@ -55,34 +55,34 @@ def lab() -> Iterator[Lab]:
 
 
 @pytest.fixture(scope="module")
-def played(lab: Lab) -> dict[bool, dict[str, AttemptResult]]:
+def played(lab: Lab) -> dict[bool, dict[str, ScenarioResult]]:
     """Every attempt over IPv4 and over IPv6, asking the lab's authority directly (no gateway resolver here)."""
     return {
-        v6: {r.name: r for r in attempts.run_in_sandbox(lab, nameserver=AUTHORITY[v6], ipv6=v6, timeout=60)}
+        v6: {r.name: r for r in scenarios.run_in_sandbox(lab, nameserver=AUTHORITY[v6], ipv6=v6, timeout=60)}
         for v6 in (False, True)
     }
 
 
 def test_every_attempt_has_an_expectation() -> None:
-    assert set(EXPECTED) == set(ATTEMPTS)
+    assert set(EXPECTED) == set(SCENARIOS)
 
 
 @pytest.mark.parametrize("ipv6", [False, True], ids=["ipv4", "ipv6"])
-@pytest.mark.parametrize("name", list(ATTEMPTS))
-def test_attempt_reaches_its_server(played: dict[bool, dict[str, AttemptResult]], name: str, ipv6: bool) -> None:
+@pytest.mark.parametrize("name", list(SCENARIOS))
+def test_attempt_reaches_its_server(played: dict[bool, dict[str, ScenarioResult]], name: str, ipv6: bool) -> None:
     result = played[ipv6][name]
     assert (result.outcome, EXPECTED[name] in result.detail) == ("ok", True), result
     assert 0 <= result.elapsed_ms < 10_000
 
 
-def test_doh_answers_the_family_asked(played: dict[bool, dict[str, AttemptResult]]) -> None:
+def test_doh_answers_the_family_asked(played: dict[bool, dict[str, ScenarioResult]]) -> None:
     assert played[False]["doh"].detail.endswith("198.18.10.1")
     assert played[True]["doh"].detail.endswith("2001:db8:10::1")
 
 
 def test_without_a_resolver_names_fail_and_pools_fall_back(lab: Lab) -> None:
     """The sandbox's resolv.conf names the gateway, where nothing answers DNS in a lab with no gateway running."""
-    results = {r.name: r for r in attempts.run_in_sandbox(lab, ["allowed_download", "stratum_3333"], timeout=30)}
+    results = {r.name: r for r in scenarios.run_in_sandbox(lab, ["allowed_download", "stratum_3333"], timeout=30)}
     assert results["allowed_download"].outcome == "refused"
     assert "DNS allowed.lab via 10.203.1.1" in results["allowed_download"].detail
     assert results["stratum_3333"].outcome == "ok"
@@ -93,12 +93,12 @@ def test_nothing_listening_is_refused(lab: Lab) -> None:
     """Same client code against a port with no server: the outcome must say so (the test above can fail)."""
     code = textwrap.dedent(
         """
-        from egress.lab import client
-        ctx = client.Context(timeout=2)
+        from egress.lab import sandbox_io
+        ctx = sandbox_io.Context(timeout=2)
         try:
-            client.connect(ctx, "198.18.10.4", 3333)
+            sandbox_io.connect(ctx, "198.18.10.4", 3333)
         except OSError as error:
-            print(client.classify(error)[0])
+            print(sandbox_io.classify(error)[0])
         """
     )
     done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=20)
@@ -108,11 +108,11 @@ def test_nothing_listening_is_refused(lab: Lab) -> None:
 def test_keep_alive_and_big_download(lab: Lab) -> None:
     code = textwrap.dedent(
         """
-        from egress.lab import client
-        ctx = client.Context(timeout=2)
-        sock = client.connect(ctx, "198.18.10.1", 80)
-        first = client.http(sock, "GET", "/big?mb=3", "allowed.lab")
-        second = client.http(sock, "GET", "/", "allowed.lab")
+        from egress.lab import sandbox_io
+        ctx = sandbox_io.Context(timeout=2)
+        sock = sandbox_io.connect(ctx, "198.18.10.1", 80)
+        first = sandbox_io.http(sock, "GET", "/big?mb=3", "allowed.lab")
+        second = sandbox_io.http(sock, "GET", "/", "allowed.lab")
         print(first.status, len(first.body), second.status, second.first_line)
         """
     )
@@ -121,5 +121,5 @@ def test_keep_alive_and_big_download(lab: Lab) -> None:
 
 
 def test_unknown_attempt_is_a_usage_error(lab: Lab) -> None:
-    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-m", "egress.lab.attempts", "nope"], timeout=20)
+    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-m", "egress.lab.scenarios", "nope"], timeout=20)
     assert done.returncode == 2 and "unknown attempt" in done.stderr

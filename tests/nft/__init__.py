@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import ipaddress
 
-from egress.rules.model import DetectorActions, DnsLimits, Mode, NetworkRule, Sandbox
+from egress.policy.model import DetectorActions, DnsLimits, Mode, NetworkRule, Sandbox
 
 
 def make_sandbox(

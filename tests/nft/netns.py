@@ -16,7 +16,7 @@ import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from egress.nft.nflog import in_netns
+from egress.capture.nflog import in_netns
 
 
 def can_run() -> str | None:

@@ -21,7 +21,7 @@ from egress.nft.render import (
     render_lockdown,
     set_id,
 )
-from egress.rules.model import Mode, Policy
+from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import can_run, namespace
 

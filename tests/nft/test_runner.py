@@ -16,13 +16,13 @@ from dataclasses import dataclass
 
 import pytest
 
+from egress.capture.nflog import LoggedPacket, NflogReader
 from egress.capture.packet import ICMP, ICMP6, LINK_RAW, UDP, Defragmenter, Segment, decode
-from egress.lab.attempts import icmp_checksum
+from egress.lab.scenarios import icmp_checksum
 from egress.nft import runner
-from egress.nft.nflog import LoggedPacket, NflogReader
 from egress.nft.render import GatewaySettings, allow_set, render, render_lockdown
+from egress.policy.model import Mode, Policy
 from egress.proxy.front import original_destination
-from egress.rules.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import Topology, can_run, socket_in, topology
 

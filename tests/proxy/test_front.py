@@ -14,24 +14,24 @@ from pathlib import Path
 
 import pytest
 
-from egress.detect.names import NameLists, make_name_detector
+from egress.decisions import DecidedFlow
+from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
-from egress.gateway.attempt import Attempt
+from egress.policy.lists import load_name_lists
+from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
-from egress.rules.lists import load_lists_dir
-from egress.rules.policy import parse_policy
 
 LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 
 
 class _Reporter:
     def __init__(self) -> None:
-        self.reported: list[Attempt] = []
+        self.reported: list[DecidedFlow] = []
         self.allowed_by: list[str] = []
 
-    def report(self, attempt: Attempt) -> None:
+    def report(self, attempt: DecidedFlow) -> None:
         self.reported.append(attempt)
 
     def allowed(self, component: str) -> None:
@@ -85,7 +85,7 @@ sandboxes:
         - {{host: allowed.test, ports: [{upstream_port}]}}
 {networks if network else ""}"""
         )
-        lists = NameLists(load_lists_dir(LISTS))
+        lists = load_name_lists(LISTS)
 
         def names_for(sandbox: str, address: str) -> frozenset[str]:
             return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from egress.decide import Action, Reason
-from egress.detect.names import NameLists, make_name_detector
+from egress.decide import Enforcement, Reason
+from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
+from egress.policy.lists import load_name_lists
+from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate, Kind, flow_meta
-from egress.rules.lists import load_lists_dir
-from egress.rules.policy import parse_policy
 from tests.proxy.test_front import _client_hello
 
 LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
@@ -33,16 +33,18 @@ sandboxes:
     detectors: {{mining: block, tunnel: {tunnel}, crypto_node: block}}
 """
     )
-    lists = NameLists(load_lists_dir(LISTS))
+    lists = load_name_lists(LISTS)
     return Gate(policy, lambda _sandbox, address: frozenset({"dns.google"}) if address == DST[0] else frozenset(),
                 make_name_detector(lists), stream_detectors(lists))  # fmt: skip
 
 
 @pytest.mark.parametrize(
     ("mode", "tunnel", "action"),
-    [("report", "block", Action.WOULD_BLOCK), ("enforce", "record", Action.RECORD)],
+    [("report", "block", Enforcement.WOULD_BLOCK), ("enforce", "record", Enforcement.RECORD)],
 )
-def test_a_name_finding_that_does_not_block_is_kept_with_an_allowed_sni(mode: str, tunnel: str, action: Action) -> None:
+def test_a_name_finding_that_does_not_block_is_kept_with_an_allowed_sni(
+    mode: str, tunnel: str, action: Enforcement
+) -> None:
     gate = _gate(mode, tunnel)
     sandbox = gate.sandbox("10.0.0.5")
     assert sandbox is not None

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 
-from egress.client import EgressClient, EgressError
+from egress.api_client import EgressClient, EgressError
 from egress.record.actions import ActionRecord
 
 TOKEN = "report-token-1"

@@ -1,4 +1,4 @@
-"""The one loader of policy files: ``version: 1`` YAML in, the frozen runtime `Policy` (egress.rules.model) out.
+"""The one loader of policy files: ``version: 1`` YAML in, the frozen runtime `Policy` (egress.policy.model) out.
 
 Two stages, like Stripe smokescreen: the YAML is composed to nodes (every value keeps its line), then every field
 is checked against the schema and built into the runtime model. Every problem is collected and reported at once,
@@ -32,10 +32,9 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-import yaml
-
-from egress.rules.lists import valid_name
-from egress.rules.model import (
+from egress.policy import yamlnodes
+from egress.policy.lists import valid_name
+from egress.policy.model import (
     DetectorAction,
     DetectorActions,
     DnsLimits,
@@ -47,7 +46,7 @@ from egress.rules.model import (
     Retention,
     Sandbox,
 )
-from egress.rules.yamlnodes import INT, NodeChecker, Problem, RulesError, compose, key_name, kind, line
+from egress.policy.yamlnodes import INT, NodeChecker, Problem, RulesError, compose, key_name, kind, line
 
 __all__ = ["Problem", "RulesError", "check_policy", "format_problems", "host_pattern", "load_policy", "parse_policy"]
 
@@ -117,7 +116,7 @@ class _Checker(NodeChecker):
         super().__init__(file, problems)
         self._source_lines: dict[tuple[Network, str], tuple[int, str]] = {}
 
-    def type_message(self, what: str, expected: str, node: yaml.Node) -> str:
+    def type_message(self, what: str, expected: str, node: yamlnodes.Node) -> str:
         return f"{what or 'the file'}: must be {expected}, not {kind(node)}"
 
     def unknown_key_message(self, what: str, key: str, allowed: frozenset[str]) -> str:
@@ -126,27 +125,27 @@ class _Checker(NodeChecker):
     def duplicate_key_message(self, what: str, key: str, first: int) -> str:
         return f"{_join(what, key)}: duplicate key (first on line {first})"
 
-    def at(self, node: yaml.Node | None, path: str, message: str) -> None:
+    def at(self, node: yamlnodes.Node | None, path: str, message: str) -> None:
         self.problem(node, f"{path}: {message}")
 
     def fields(
-        self, node: yaml.Node, path: str, allowed: frozenset[str], required: Iterable[str] = ()
-    ) -> dict[str, yaml.Node]:
+        self, node: yamlnodes.Node, path: str, allowed: frozenset[str], required: Iterable[str] = ()
+    ) -> dict[str, yamlnodes.Node]:
         fields = self.mapping(node, path, allowed)
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yamlnodes.MappingNode):
             for key in required:
                 if key not in fields:
                     self.at(node, _join(path, key), "required, missing")
         return fields
 
-    def ranged(self, node: yaml.Node, path: str, low: int, high: int, what: str = "") -> int | None:
+    def ranged(self, node: yamlnodes.Node, path: str, low: int, high: int, what: str = "") -> int | None:
         value = self.integer(node, path)
         if value is not None and not low <= value <= high:
             self.at(node, path, f"{value} is not {what} ({low}-{high})" if what else f"{value} is not in {low}-{high}")
             return None
         return value
 
-    def choice[E: (Mode, DetectorAction)](self, node: yaml.Node, path: str, enum: type[E]) -> E | None:
+    def choice[E: (Mode, DetectorAction)](self, node: yamlnodes.Node, path: str, enum: type[E]) -> E | None:
         value = self.text(node, path)
         if value is None:
             return None
@@ -156,7 +155,7 @@ class _Checker(NodeChecker):
             self.at(node, path, f"{value!r} is not one of: {', '.join(member.value for member in enum)}")
             return None
 
-    def network(self, node: yaml.Node, path: str) -> Network | None:
+    def network(self, node: yamlnodes.Node, path: str) -> Network | None:
         value = self.text(node, path)
         if value is None:
             return None
@@ -166,14 +165,14 @@ class _Checker(NodeChecker):
             self.at(node, path, f"{value!r} is not a network ({error})")
             return None
 
-    def ports(self, node: yaml.Node, path: str) -> frozenset[int]:
+    def ports(self, node: yamlnodes.Node, path: str) -> frozenset[int]:
         items = self.sequence(node, path)
-        if isinstance(node, yaml.SequenceNode) and not items:
+        if isinstance(node, yamlnodes.SequenceNode) and not items:
             self.at(node, path, "empty: list at least one port, or leave ports out for any port")
         ports = (self.ranged(item, f"{path}[{index}]", 1, 65535, "a port") for index, item in enumerate(items))
         return frozenset(port for port in ports if port is not None)
 
-    def pattern(self, node: yaml.Node, path: str, text: str) -> str | None:
+    def pattern(self, node: yamlnodes.Node, path: str, text: str) -> str | None:
         try:
             return host_pattern(text)
         except ValueError as error:
@@ -181,7 +180,7 @@ class _Checker(NodeChecker):
             return None
 
     # The schema, top down.
-    def build(self, root: yaml.Node | None) -> Policy | None:
+    def build(self, root: yamlnodes.Node | None) -> Policy | None:
         if root is None:
             self.problem(None, "empty file: a policy needs at least 'version: 1' and 'sandboxes'")
             return None
@@ -197,18 +196,18 @@ class _Checker(NodeChecker):
         sandboxes: list[Sandbox] = []
         if "sandboxes" in top:
             pairs = self.pairs(top["sandboxes"], "sandboxes", None)
-            if isinstance(top["sandboxes"], yaml.MappingNode) and not pairs:
+            if isinstance(top["sandboxes"], yamlnodes.MappingNode) and not pairs:
                 self.at(top["sandboxes"], "sandboxes", "empty: name at least one sandbox")
             sandboxes = [self.sandbox(key, value) for key, value in pairs]
         self.check_overlaps(sandboxes)
         return Policy(VERSION, tuple(sandboxes), retention, self.file)
 
-    def retention(self, node: yaml.Node) -> Retention:
+    def retention(self, node: yamlnodes.Node) -> Retention:
         fields = self.fields(node, "retention", frozenset(RETENTION_RANGES))
         values = {key: self.ranged(fields[key], f"retention.{key}", *RETENTION_RANGES[key]) for key in fields}
         return Retention(**{key: value for key, value in values.items() if value is not None})
 
-    def sandbox(self, key: yaml.Node, node: yaml.Node) -> Sandbox:
+    def sandbox(self, key: yamlnodes.Node, node: yamlnodes.Node) -> Sandbox:
         name = key_name(key)
         path = f"sandboxes.{name}"
         if not _SANDBOX_NAME.fullmatch(name):
@@ -217,7 +216,7 @@ class _Checker(NodeChecker):
         sources: list[Network] = []
         if "sources" in fields:
             items = self.sequence(fields["sources"], f"{path}.sources")
-            if isinstance(fields["sources"], yaml.SequenceNode) and not items:
+            if isinstance(fields["sources"], yamlnodes.SequenceNode) and not items:
                 self.at(fields["sources"], f"{path}.sources", "empty: list the sandbox's source networks")
             for index, item in enumerate(items):
                 network = self.network(item, f"{path}.sources[{index}]")
@@ -251,7 +250,7 @@ class _Checker(NodeChecker):
             detectors = DetectorActions(**{key: value for key, value in chosen.items() if value is not None})
         return Sandbox(name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key))
 
-    def hosts(self, node: yaml.Node, path: str) -> tuple[HostRule, ...]:
+    def hosts(self, node: yamlnodes.Node, path: str) -> tuple[HostRule, ...]:
         rules: list[HostRule] = []
         seen: dict[tuple[str, frozenset[int]], str] = {}
         for index, item in enumerate(self.sequence(node, path)):
@@ -265,9 +264,9 @@ class _Checker(NodeChecker):
             rules.append(rule)
         return tuple(rules)
 
-    def host(self, node: yaml.Node, rule_id: str) -> HostRule | None:
+    def host(self, node: yamlnodes.Node, rule_id: str) -> HostRule | None:
         ports: frozenset[int] = frozenset()
-        if isinstance(node, yaml.MappingNode):
+        if isinstance(node, yamlnodes.MappingNode):
             fields = self.fields(node, rule_id, _HOST, ("host",))
             if "ports" in fields:
                 ports = self.ports(fields["ports"], f"{rule_id}.ports")
@@ -294,7 +293,7 @@ class _Checker(NodeChecker):
             pattern = self.pattern(node, rule_id, text)
         return HostRule(pattern, ports, rule_id, line(node)) if pattern is not None else None
 
-    def networks(self, node: yaml.Node, path: str) -> tuple[NetworkRule, ...]:
+    def networks(self, node: yamlnodes.Node, path: str) -> tuple[NetworkRule, ...]:
         rules: list[NetworkRule] = []
         for index, item in enumerate(self.sequence(node, path)):
             rule_id = f"{path}[{index}]"
@@ -305,7 +304,7 @@ class _Checker(NodeChecker):
             if "protocols" in fields:
                 where = f"{rule_id}.protocols"
                 items = self.sequence(fields["protocols"], where)
-                if isinstance(fields["protocols"], yaml.SequenceNode) and not items:
+                if isinstance(fields["protocols"], yamlnodes.SequenceNode) and not items:
                     self.at(fields["protocols"], where, "empty: list tcp, udp or both, or leave it out for tcp")
                 names = [(item, f"{where}[{i}]", self.text(item, f"{where}[{i}]")) for i, item in enumerate(items)]
                 for item, place, name in names:
@@ -316,7 +315,7 @@ class _Checker(NodeChecker):
                 rules.append(NetworkRule(network, ports, protocols, rule_id, line(item)))
         return tuple(rules)
 
-    def decrypt(self, node: yaml.Node, path: str, hosts: tuple[HostRule, ...]) -> tuple[str, ...]:
+    def decrypt(self, node: yamlnodes.Node, path: str, hosts: tuple[HostRule, ...]) -> tuple[str, ...]:
         patterns: list[str] = []
         for index, item in enumerate(self.sequence(node, path)):
             where = f"{path}[{index}]"

@@ -1,11 +1,11 @@
-"""Tests for egress.rules.yamlnodes: typed reads that report instead of raising, with the node's line."""
+"""Tests for egress.policy.yamlnodes: typed reads that report instead of raising, with the node's line."""
 
 from __future__ import annotations
 
 import pytest
 import yaml
 
-from egress.rules.yamlnodes import NodeChecker, Problem, RulesError, compose, kind, line
+from egress.policy.yamlnodes import NodeChecker, Problem, RulesError, compose, kind, line
 
 
 def read(text: str) -> tuple[NodeChecker, dict[str, yaml.Node], list[Problem]]:

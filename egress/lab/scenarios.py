@@ -1,9 +1,9 @@
-"""What a misbehaving agent tries from the sandbox: one small function per attempt, each ending in a verdict.
+"""What a misbehaving agent tries from the sandbox: one small function per scenario, each ending in a verdict.
 
-Run inside the sandbox namespace: ``python -m egress.lab.attempts NAME... | all --json`` prints one JSON
-object per attempt (`AttemptResult`); from the host, `run_in_sandbox` does that through ``ip netns exec``.
+Run inside the sandbox namespace: ``python -m egress.lab.scenarios NAME... | all --json`` prints one JSON
+object per attempt (`ScenarioResult`); from the host, `run_in_sandbox` does that through ``ip netns exec``.
 Each attempt returns a detail on success and raises on anything else; `run` turns that into an outcome with
-`egress.lab.client.classify` (``ok`` means it reached its server and got the answer that server gives).
+`egress.lab.sandbox_io.classify` (``ok`` means it reached its server and got the answer that server gives).
 
 Pool attempts fall back to the pool's known address when DNS refuses the name, as a miner with a hard-coded
 address would; the detail says so. Nothing here mines: the Stratum and XMRig attempts stop at the first job.
@@ -25,7 +25,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
 from egress.lab import dnswire, netns
-from egress.lab.client import (
+from egress.lab.sandbox_io import (
     Context,
     Failed,
     classify,
@@ -45,7 +45,7 @@ OUTCOMES = ("ok", "blocked", "refused", "timeout", "error")
 
 
 @dataclass(frozen=True, slots=True)
-class AttemptResult:
+class ScenarioResult:
     name: str
     outcome: str
     """One of `OUTCOMES`."""
@@ -286,7 +286,7 @@ def websocket(ctx: Context) -> str:
     return f"upgraded, echo {echo.decode()!r}"
 
 
-ATTEMPTS: dict[str, Callable[[Context], str]] = {
+SCENARIOS: dict[str, Callable[[Context], str]] = {
     f.__name__: f
     for f in (
         allowed_download,
@@ -310,44 +310,44 @@ ATTEMPTS: dict[str, Callable[[Context], str]] = {
 """Every attempt, in the order the demo plays them."""
 
 
-def run(name: str, ctx: Context) -> AttemptResult:
+def run(name: str, ctx: Context) -> ScenarioResult:
     """Play one attempt (inside the sandbox) and say what happened; never raises for network failures."""
     ctx.notes.clear()
     started = time.monotonic()
     try:
-        outcome, detail = "ok", ATTEMPTS[name](ctx)
+        outcome, detail = "ok", SCENARIOS[name](ctx)
     except Exception as error:
         outcome, detail = classify(error)
     if ctx.notes:
         detail = f"{detail} ({'; '.join(ctx.notes)})"
-    return AttemptResult(name, outcome, detail, round((time.monotonic() - started) * 1000, 1))
+    return ScenarioResult(name, outcome, detail, round((time.monotonic() - started) * 1000, 1))
 
 
 def run_in_sandbox(
     lab: Lab,
-    names: Sequence[str] = tuple(ATTEMPTS),
+    names: Sequence[str] = tuple(SCENARIOS),
     *,
     nameserver: str | None = None,
     ipv6: bool = False,
     cafiles: Sequence[pathlib.Path] = (),
     timeout: float = 120.0,
-) -> list[AttemptResult]:
+) -> list[ScenarioResult]:
     """Play attempts inside ``lab``'s sandbox namespace (one process for all) and return their results."""
-    argv = [sys.executable, "-m", "egress.lab.attempts", *names, "--json", "--prefix", lab.prefix]
+    argv = [sys.executable, "-m", "egress.lab.scenarios", *names, "--json", "--prefix", lab.prefix]
     argv += ["--nameserver", nameserver] if nameserver else []
     argv += ["--ipv6"] if ipv6 else []
     for cafile in cafiles:
         argv += ["--cafile", str(cafile)]
     done = netns.exec_in(lab.sandbox_ns, argv, timeout=timeout)
-    results = [AttemptResult(**json.loads(line)) for line in done.stdout.splitlines() if line.startswith("{")]
+    results = [ScenarioResult(**json.loads(line)) for line in done.stdout.splitlines() if line.startswith("{")]
     if len(results) != len(names):
         raise RuntimeError(f"attempts in {lab.sandbox_ns} exited {done.returncode}: {done.stderr.strip()[-500:]}")
     return results
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m egress.lab.attempts", description=__doc__.splitlines()[0])
-    parser.add_argument("names", nargs="+", metavar="NAME", help=f"'all' or any of: {', '.join(ATTEMPTS)}")
+    parser = argparse.ArgumentParser(prog="python -m egress.lab.scenarios", description=__doc__.splitlines()[0])
+    parser.add_argument("names", nargs="+", metavar="NAME", help=f"'all' or any of: {', '.join(SCENARIOS)}")
     parser.add_argument("--json", action="store_true", help="one JSON object per attempt")
     parser.add_argument("--prefix", default=DEFAULT_PREFIX, help="the lab (its CA is trusted)")
     parser.add_argument("--nameserver", action="append", default=[], help="instead of /etc/resolv.conf")
@@ -355,8 +355,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--ipv6", action="store_true", help="resolve AAAA and connect over IPv6")
     parser.add_argument("--timeout", type=float, default=2.0, help="seconds per socket operation")
     args = parser.parse_args(argv)
-    names = list(ATTEMPTS) if args.names == ["all"] else args.names
-    unknown = [n for n in names if n not in ATTEMPTS]
+    names = list(SCENARIOS) if args.names == ["all"] else args.names
+    unknown = [n for n in names if n not in SCENARIOS]
     if unknown:
         parser.error(f"unknown attempt(s): {', '.join(unknown)}")
     cafiles = (Lab(args.prefix).ca_file, *args.cafile)

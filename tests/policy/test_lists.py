@@ -1,4 +1,4 @@
-"""Tests for egress.rules.lists: one fixture per failure mode of a name-list file, and the shipped lists."""
+"""Tests for egress.policy.lists: one fixture per failure mode of a name-list file, and the shipped lists."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from egress.detect.base import Category
-from egress.rules.lists import RulesError, load_lists
+from egress.policy.lists import RulesError, load_lists
 
 RULES = Path(__file__).resolve().parents[2] / "rules" / "lists"
 

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from egress.gateway.bindings import MIN_TTL, Bindings
+from egress.dnsserver.bindings import MIN_TTL, Bindings
 
 
 def test_bound_names_expire_with_their_ttl(tmp_path: pathlib.Path) -> None:
@@ -37,7 +37,7 @@ def test_another_process_sees_what_was_written(tmp_path: pathlib.Path) -> None:
     path = tmp_path / "b.db"
     Bindings(path).bind("agents", "pool.example", [("203.0.113.5", 3600)])
     reader = (
-        "import sys; from egress.gateway.bindings import Bindings; "
+        "import sys; from egress.dnsserver.bindings import Bindings; "
         "print(sorted(Bindings(sys.argv[1]).names_for('agents', '203.0.113.5')))"
     )
     result = subprocess.run(

@@ -9,8 +9,8 @@ import threading
 
 import pytest
 
-from egress.lab import client, dnswire
-from egress.lab.client import Failed, Response
+from egress.lab import dnswire, sandbox_io
+from egress.lab.sandbox_io import Failed, Response
 
 
 @pytest.mark.parametrize(
@@ -29,13 +29,13 @@ from egress.lab.client import Failed, Response
     ],
 )
 def test_classify(error: BaseException, outcome: str) -> None:
-    assert client.classify(error)[0] == outcome
+    assert sandbox_io.classify(error)[0] == outcome
 
 
 @pytest.mark.parametrize(("status", "outcome"), [(403, "blocked"), (404, "error"), (502, "error")])
 def test_http_verdict(status: int, outcome: str) -> None:
     with pytest.raises(Failed) as caught:
-        client.http_verdict(Response(status, {}, b"denied: stratum to pool.lab\nmore"))
+        sandbox_io.http_verdict(Response(status, {}, b"denied: stratum to pool.lab\nmore"))
     assert caught.value.outcome == outcome
     assert f"HTTP {status} denied: stratum to pool.lab" == caught.value.detail
 
@@ -64,7 +64,7 @@ def test_http_reads_the_body(reply: bytes) -> None:
     mine, theirs = socket.socketpair()
     mine.settimeout(2)
     thread = _serve_once(theirs, reply)
-    response = client.http(mine, "GET", "/", "allowed.lab")
+    response = sandbox_io.http(mine, "GET", "/", "allowed.lab")
     thread.join(2)
     mine.close()
     assert (response.status, response.body, response.headers["x-a"]) == (200, b"hello", "b")
@@ -75,7 +75,7 @@ def test_http_closed_before_answer_is_blocked() -> None:
     mine.settimeout(2)
     thread = _serve_once(theirs, b"")
     with pytest.raises(Failed) as caught:
-        client.http(mine, "GET", "/", "allowed.lab")
+        sandbox_io.http(mine, "GET", "/", "allowed.lab")
     thread.join(2)
     mine.close()
     assert caught.value.outcome == "blocked"
@@ -84,9 +84,9 @@ def test_http_closed_before_answer_is_blocked() -> None:
 def test_resolve_falls_back_only_when_asked() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as silent:  # a nameserver that never answers
         silent.bind(("127.0.0.1", 0))
-        ctx = client.Context(nameservers=("127.0.0.1",), timeout=0.3, dns_port=silent.getsockname()[1])
+        ctx = sandbox_io.Context(nameservers=("127.0.0.1",), timeout=0.3, dns_port=silent.getsockname()[1])
         with pytest.raises(Failed) as caught:
-            client.resolve(ctx, "pool.lab")
+            sandbox_io.resolve(ctx, "pool.lab")
         assert caught.value.outcome == "timeout"
-        assert client.resolve(ctx, "pool.lab", "pool") == "198.18.10.3"
+        assert sandbox_io.resolve(ctx, "pool.lab", "pool") == "198.18.10.3"
         assert "used 198.18.10.3" in ctx.notes[0]

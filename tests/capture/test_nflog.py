@@ -1,4 +1,4 @@
-"""`egress.nft.nflog`: message parsing on built bytes, and (root) the reader in throwaway namespaces."""
+"""`egress.capture.nflog`: message parsing on built bytes, and (root) the reader in throwaway namespaces."""
 
 from __future__ import annotations
 
@@ -14,8 +14,9 @@ from collections.abc import Iterator
 
 import pytest
 
-from egress.nft import nflog, runner
-from egress.nft.nflog import LoggedPacket, NflogReader, parse_packet
+from egress.capture import nflog
+from egress.capture.nflog import LoggedPacket, NflogReader, parse_packet
+from egress.nft import runner
 from tests.nft.netns import can_run, namespace, socket_in
 
 IP4 = bytes.fromhex("450000210000400040117cc97f0000017f000001") + bytes.fromhex("d43100090009fe32") + b"x"
@@ -133,7 +134,7 @@ def test_a_reader_sees_only_its_own_namespace(ns: str) -> None:
 @needs_root
 def test_works_when_the_whole_process_runs_inside_the_namespace(ns: str) -> None:
     script = (
-        "from egress.nft.nflog import NflogReader\n"
+        "from egress.capture.nflog import NflogReader\n"
         "import socket\n"
         "with NflogReader().open(3) as r:\n"
         "    socket.socket(socket.AF_INET, socket.SOCK_DGRAM).sendto(b'z', ('127.0.0.1', 9))\n"

@@ -1,6 +1,6 @@
 """An attempt: one decided connection, query or dropped packet, with where it came from and the verdict.
 
-The gateway's components (resolver, proxy workers, drop logger) describe what they decided as `Attempt`s and
+The gateway's components (resolver, proxy workers, drop logger) describe what they decided as `DecidedFlow`s and
 hand them to a `Reporter`; the reporter turns blocks and would-blocks into records. Pure data.
 """
 
@@ -15,7 +15,7 @@ from egress.decide import Verdict
 
 
 @dataclass(frozen=True, slots=True)
-class Attempt:
+class DecidedFlow:
     ts: float
     sandbox: str
     """The sandbox's name, or ``""`` for a source outside every sandbox."""
@@ -31,7 +31,7 @@ class Attempt:
 
 
 class Reporter(Protocol):
-    def report(self, attempt: Attempt) -> None:
+    def report(self, attempt: DecidedFlow) -> None:
         """A decision worth recording (block, would-block, record)."""
 
     def allowed(self, component: str) -> None:
@@ -42,9 +42,9 @@ class ListReporter:
     """Keeps attempts in memory (tests, and the demo's own table)."""
 
     def __init__(self) -> None:
-        self.attempts: list[Attempt] = []
+        self.attempts: list[DecidedFlow] = []
 
-    def report(self, attempt: Attempt) -> None:
+    def report(self, attempt: DecidedFlow) -> None:
         self.attempts.append(attempt)
 
     def allowed(self, component: str) -> None:
@@ -57,7 +57,7 @@ class LogReporter:
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("egress.decision")
 
-    def report(self, attempt: Attempt) -> None:
+    def report(self, attempt: DecidedFlow) -> None:
         self.log.warning("decision %s", json.dumps(canonical(attempt), separators=(",", ":")))
 
     def allowed(self, component: str) -> None:
@@ -70,7 +70,7 @@ class FanoutReporter:
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
 
-    def report(self, attempt: Attempt) -> None:
+    def report(self, attempt: DecidedFlow) -> None:
         for reporter in self.reporters:
             reporter.report(attempt)
 
@@ -79,7 +79,7 @@ class FanoutReporter:
             reporter.allowed(component)
 
 
-def canonical(attempt: Attempt) -> dict[str, object]:
+def canonical(attempt: DecidedFlow) -> dict[str, object]:
     verdict = attempt.verdict
     return {
         "ts": round(attempt.ts, 6),

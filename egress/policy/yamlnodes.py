@@ -2,8 +2,9 @@
 
 A rules file is composed (not constructed) so every value keeps the line it came from; a `NodeChecker` then reads
 typed values out of the nodes, appending a `Problem` for every value that is not what the schema says instead of
-stopping at the first. Loaders (`lists.py`, `policy.py`) subclass it to phrase problems their own way and add
-their schema on top.
+stopping at the first. Loaders (`lists.py`, `loader.py`, the API's tokens file) subclass it to phrase problems
+their own way and add their schema on top. The only module that imports PyYAML: the node types are re-exported
+here (`Node`, `MappingNode`, `SequenceNode`).
 
 Exceptions: `RulesError` (a `ValueError`) carries every `Problem` of a load at once.
 """
@@ -14,6 +15,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 
 import yaml
+from yaml import MappingNode, Node, ScalarNode, SequenceNode
 
 STR = "tag:yaml.org,2002:str"
 INT = "tag:yaml.org,2002:int"
@@ -21,6 +23,25 @@ BOOL = "tag:yaml.org,2002:bool"
 FLOAT = "tag:yaml.org,2002:float"
 NULL = "tag:yaml.org,2002:null"
 _Loader = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+__all__ = [
+    "BOOL",
+    "FLOAT",
+    "INT",
+    "NULL",
+    "STR",
+    "MappingNode",
+    "Node",
+    "NodeChecker",
+    "Problem",
+    "RulesError",
+    "ScalarNode",
+    "SequenceNode",
+    "compose",
+    "key_name",
+    "kind",
+    "line",
+]
+
 _KINDS = {STR: "a string", INT: "an integer", BOOL: "a boolean", FLOAT: "a number", NULL: "empty (null)"}
 
 

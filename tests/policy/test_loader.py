@@ -1,4 +1,4 @@
-"""Tests for egress.rules.policy: one fixture per failure mode of a policy file, the example policy, the model built.
+"""Tests for egress.policy.loader: one fixture per failure mode of a policy file, the example policy, the model built.
 
 Each fixture in fixtures/policy/ starts with ``# expect: LINE: MESSAGE`` lines, every problem it must produce in
 order (a prefix of each message).
@@ -12,8 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from egress.rules.model import DetectorAction, DetectorActions, DnsLimits, Mode, Retention
-from egress.rules.policy import (
+from egress.policy.loader import (
     DNS_RANGES,
     RulesError,
     check_policy,
@@ -22,6 +21,7 @@ from egress.rules.policy import (
     load_policy,
     parse_policy,
 )
+from egress.policy.model import DetectorAction, DetectorActions, DnsLimits, Mode, Retention
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "policy"

@@ -28,18 +28,27 @@ from __future__ import annotations
 import ipaddress
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
 from egress.detect.base import Category
-from egress.rules.yamlnodes import INT, NodeChecker, Problem, RulesError, compose
+from egress.detect.namelist import NameList, Network, Source
+from egress.detect.names import NameLists
+from egress.policy import yamlnodes
+from egress.policy.yamlnodes import INT, NodeChecker, Problem, RulesError, compose
 
-__all__ = ["NameList", "Network", "Problem", "RulesError", "Source", "load_lists", "load_lists_dir", "parse_list"]
+__all__ = [
+    "NameList",
+    "Network",
+    "Problem",
+    "RulesError",
+    "Source",
+    "load_lists",
+    "load_lists_dir",
+    "load_name_lists",
+    "parse_list",
+]
 
 VERSION = 1
-Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _KEYS = frozenset(
     {"version", "name", "category", "protocol", "match", "description", "notes", "sources", "names", "addresses"}
@@ -49,30 +58,6 @@ _REQUIRED = ("version", "name", "category", "protocol")
 _SOURCE_KEYS = frozenset({"repository", "path", "commit", "snapshot"})
 _KEBAB = re.compile(r"[a-z0-9]+(?:-[a-z0-9]+)*")
 _LABEL = re.compile(r"[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
-
-
-@dataclass(frozen=True, slots=True)
-class Source:
-    repository: str
-    path: str
-    commit: str
-    snapshot: str
-
-
-@dataclass(frozen=True, slots=True)
-class NameList:
-    """One validated list file."""
-
-    file: str
-    name: str
-    category: Category
-    protocol: str
-    match: str
-    """``suffix`` or ``exact`` (see the module docstring)."""
-    description: str
-    sources: tuple[Source, ...]
-    names: tuple[str, ...]
-    addresses: tuple[Network, ...]
 
 
 def valid_name(name: str) -> bool:
@@ -89,18 +74,18 @@ class _File(NodeChecker):
         self.lines: dict[str, int] = {}
         """Line of each valid name, for problems found across files."""
 
-    def kebab(self, node: yaml.Node, what: str) -> str:
+    def kebab(self, node: yamlnodes.Node, what: str) -> str:
         value = self.text(node, what)
         if value is not None and not _KEBAB.fullmatch(value):
             self.problem(node, f"{what} {value!r} must be kebab-case (a-z, 0-9, '-')")
         return value or ""
 
-    def build(self, root: yaml.Node | None) -> NameList | None:
+    def build(self, root: yamlnodes.Node | None) -> NameList | None:
         if root is None:
             self.problem(None, "empty file")
             return None
         fields = self.mapping(root, "the file", _KEYS)
-        if not fields and not isinstance(root, yaml.MappingNode):
+        if not fields and not isinstance(root, yamlnodes.MappingNode):
             return None
         for key in _REQUIRED:
             if key not in fields:
@@ -136,16 +121,16 @@ class _File(NodeChecker):
             return None
         return NameList(self.file, name, category, protocol, match, description, sources, names, addresses)
 
-    def _source(self, node: yaml.Node) -> Source:
+    def _source(self, node: yamlnodes.Node) -> Source:
         fields = self.mapping(node, "a source", _SOURCE_KEYS)
         values = {key: self.text(fields[key], f"source {key}") or "" for key in fields}
         for key in sorted(_SOURCE_KEYS - fields.keys()):
-            if isinstance(node, yaml.MappingNode):
+            if isinstance(node, yamlnodes.MappingNode):
                 self.problem(node, f"source is missing {key!r}")
         return Source(values.get("repository", ""), values.get("path", ""), values.get("commit", ""),
                       values.get("snapshot", ""))  # fmt: skip
 
-    def _names(self, node: yaml.Node, wildcards: bool) -> tuple[str, ...]:
+    def _names(self, node: yamlnodes.Node, wildcards: bool) -> tuple[str, ...]:
         seen = self.lines
         for item in self.sequence(node, "names"):
             value = self.text(item, "a name")
@@ -161,7 +146,7 @@ class _File(NodeChecker):
                 seen[value] = line
         return tuple(seen)
 
-    def _addresses(self, node: yaml.Node) -> tuple[Network, ...]:
+    def _addresses(self, node: yamlnodes.Node) -> tuple[Network, ...]:
         seen: dict[Network, int] = {}
         for item in self.sequence(node, "addresses"):
             value = self.text(item, "an address")
@@ -229,3 +214,8 @@ def load_lists_dir(directory: str | Path | None = None) -> tuple[NameList, ...]:
     if not paths:
         raise RulesError([Problem(str(folder), 1, "no *.yaml name lists in this directory")])
     return load_lists(paths)
+
+
+def load_name_lists(directory: str | Path | None = None) -> NameLists:
+    """`load_lists_dir`, ready for the detectors."""
+    return NameLists(load_lists_dir(directory))

@@ -1,5 +1,5 @@
 """The runtime policy: frozen, validated data that the decision, the nftables renderer, the proxy and the DNS
-resolver read. Built only by `egress.rules.policy.load_policy` from a ``version: 1`` YAML file.
+resolver read. Built only by `egress.policy.loader.load_policy` from a ``version: 1`` YAML file.
 
 Every rule keeps a ``rule_id`` (its place in the file, e.g. ``sandboxes.agents.allow.hosts[2]``) and its line,
 so a verdict can name the rule that decided it.
