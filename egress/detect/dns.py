@@ -222,8 +222,10 @@ def _read_name(data: bytes, pos: int, limit: int) -> tuple[tuple[bytes, ...], in
             if end < 0:
                 end = pos + 2
             pointers += 1
-            if target >= lowest or pointers > MAX_POINTERS:
+            if target >= lowest:
                 raise DnsError(f"compression pointer to {target} does not point backwards")
+            if pointers > MAX_POINTERS:
+                raise DnsError(f"more than {MAX_POINTERS} compression pointers in a name")
             pos = lowest = target
             continue
         if kind:

@@ -274,7 +274,7 @@ def pointer_chain(length: int) -> bytes:
 
 def test_pointer_chains_are_bounded() -> None:
     assert dns.parse(pointer_chain(dns.MAX_POINTERS - 1)).answers[1].name == ""
-    with pytest.raises(dns.DnsError, match="pointer"):
+    with pytest.raises(dns.DnsError, match="compression pointers in a name"):
         dns.parse(pointer_chain(dns.MAX_POINTERS + 1))
 
 
