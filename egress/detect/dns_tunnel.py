@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 
 from egress.detect import dns
 from egress.detect.base import Category, Finding, evidence
+from egress.detect.dns import CNAME, KEY, MX, NULL, SRV, TXT
 
 DETECTOR = "dns_tunnel"
 
-NULL, CNAME, MX, TXT, KEY, SRV = 10, 5, 15, 16, 25, 33
 _RARE_TYPES = frozenset({NULL})
 """Types no ordinary client asks for; PRIVATE (65280-65534) is tested by range."""
 _TUNNEL_TYPES = frozenset({NULL, CNAME, MX, TXT, KEY, SRV})
@@ -176,7 +176,7 @@ class DnsTunnelTracker:
             for one in messages:
                 result = self.observe(client, one) or result
             return result
-        parsed = dns.parse(message)
+        parsed = dns.parse_partial(message)
         return None if parsed is None else self.observe_message(client, parsed)
 
     def observe_message(self, client: str, parsed: dns.Message) -> Finding | None:

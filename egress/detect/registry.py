@@ -81,9 +81,11 @@ class DnsInspector:
         self._reported: set[tuple[str, Finding]] = set()
 
     def observe(self, client: str, message: bytes) -> Finding | None:
-        parsed = dns.parse(message)
-        if parsed is None:
-            return None
+        parsed = dns.parse_partial(message)
+        return None if parsed is None else self.observe_message(client, parsed)
+
+    def observe_message(self, client: str, parsed: dns.Message) -> Finding | None:
+        """`observe` for a message the caller has parsed already (the resolver)."""
         found = self._tracker.observe_message(client, parsed) or self._named(parsed)
         if found is None or (client, found) in self._reported:
             return None

@@ -26,7 +26,6 @@ from egress.detect import dns
 from egress.detect.dns_tunnel import DnsTunnelLimits
 from egress.detect.names import NameLists
 from egress.detect.registry import DnsInspector
-from egress.dnsserver import wire
 from egress.dnsserver.bindings import Bindings
 from egress.policy.model import Policy, Sandbox
 
@@ -92,21 +91,24 @@ class Resolver:
         return inspector
 
     async def answer(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
-        parsed = dns.parse(query)
-        if parsed is None or parsed.is_response or not parsed.questions:
-            return wire.reply(query, wire.FORMERR)
+        try:
+            parsed = dns.parse(query)
+        except dns.DnsError:
+            return dns.reply(query, dns.FORMERR, recursion_available=True)
+        if parsed.is_response or not parsed.questions:
+            return _reply(parsed, dns.FORMERR)
         qname = parsed.questions[0].name
         source = client[0].split("%", 1)[0]
         try:
             address = ipaddress.ip_address(source)
         except ValueError:
-            return wire.reply(query, wire.REFUSED)
+            return _reply(parsed, dns.REFUSED)
         sandbox = self.policy.sandbox_for(address)
         if sandbox is None:
             self._report(client, transport, qname, decide_unknown_source(source), "")
             self.refused += 1
-            return wire.reply(query, wire.REFUSED)
-        finding = self._inspector(sandbox).observe(source, query)
+            return _reply(parsed, dns.REFUSED)
+        finding = self._inspector(sandbox).observe_message(source, parsed)
         if len(qname) > sandbox.dns.max_name_length and finding is None:
             finding = self._inspector(sandbox).long_name(qname)
         verdict = decide_dns(sandbox, qname, finding)
@@ -114,16 +116,15 @@ class Resolver:
             self._report(client, transport, qname, verdict, sandbox.name)
         if verdict.action is Enforcement.BLOCK:
             self.refused += 1
-            rcode = (
-                wire.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else wire.REFUSED
-            )
-            return wire.reply(query, rcode)
+            rcode = dns.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else dns.REFUSED
+            return _reply(parsed, rcode)
         if verdict.action is Enforcement.ALLOW:
             self.reporter.allowed("dns")
         response = await self._forward(query)
         if response is None:
-            return wire.reply(query, wire.SERVFAIL)
-        found = wire.addresses(response)
+            return _reply(parsed, dns.SERVFAIL)
+        upstream_answer = dns.parse_partial(response)
+        found = dns.addresses(upstream_answer) if upstream_answer is not None else []
         if found:
             self.bindings.bind(sandbox.name, qname, found)
             if self.on_answer is not None:
@@ -148,12 +149,18 @@ class Resolver:
     async def _forward(self, query: bytes) -> bytes | None:
         try:
             response = await asyncio.wait_for(_udp_query(self.upstream, query), UPSTREAM_TIMEOUT)
-            if response is not None and wire.is_truncated(response):
+            head = dns.parse_partial(response) if response is not None else None
+            if head is not None and head.tc:
                 response = await asyncio.wait_for(_tcp_query(self.upstream, query), UPSTREAM_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             log.warning("upstream %s:%d failed: %s", self.upstream.host, self.upstream.port, exc)
             return None
         return response
+
+
+def _reply(query: dns.Message, rcode: int) -> bytes:
+    """The resolver's answer without records: the question echoed, recursion available."""
+    return dns.build_response(query, rcode, recursion_available=True)
 
 
 class _UpstreamProtocol(asyncio.DatagramProtocol):
@@ -185,7 +192,7 @@ async def _udp_query(upstream: Upstream, query: bytes) -> bytes | None:
 async def _tcp_query(upstream: Upstream, query: bytes) -> bytes | None:
     reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
     try:
-        writer.write(struct.pack(">H", len(query)) + query)
+        writer.write(dns.tcp_frame(query))
         await writer.drain()
         length = struct.unpack(">H", await reader.readexactly(2))[0]
         return await reader.readexactly(length)
@@ -213,7 +220,7 @@ class _ServerProtocol(asyncio.DatagramProtocol):
             response = await self.resolver.answer(data, addr, "udp")
         except Exception:  # one bad query must never stop the resolver
             log.exception("query from %s failed", addr[0])
-            response = wire.reply(data, wire.SERVFAIL)
+            response = dns.reply(data, dns.SERVFAIL, recursion_available=True)
         if response is not None and self.transport is not None:
             self.transport.sendto(response, addr)
 
@@ -228,7 +235,7 @@ async def _serve_tcp(resolver: Resolver, reader: asyncio.StreamReader, writer: a
             response = await resolver.answer(query, client, "tcp")
             if response is None:
                 break
-            writer.write(struct.pack(">H", len(response)) + response)
+            writer.write(dns.tcp_frame(response))
             await writer.drain()
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
         pass

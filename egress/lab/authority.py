@@ -14,8 +14,8 @@ import hashlib
 import ipaddress
 import struct
 
-from egress.lab import dnswire
-from egress.lab.dnswire import AAAA, NS, NULL, SOA, TXT, A, Record
+from egress.detect import dns
+from egress.detect.dns import AAAA, NS, NULL, SOA, TXT, A, Question, Record
 from egress.lab.topology import TTL, TUNNEL_ZONE, ZONE, address_records
 
 IDLE = 30.0
@@ -25,52 +25,53 @@ def _in(name: str, zone: str) -> bool:
     return name == zone or name.endswith("." + zone)
 
 
-def _records(name: str, qtype: int) -> tuple[Record, ...] | None:
-    """Records for (name, qtype); empty for a name that exists without that type; None for no such name."""
+def _records(question: Question) -> tuple[Record, ...] | None:
+    """Records for the question; empty for a name that exists without that type; None for no such name. The owner
+    name is the question's, byte for byte (case kept, as resolvers that randomise it expect)."""
+    name, owner, qtype = question.name, question.labels, question.qtype
     if name == ZONE:
         apex: dict[int, bytes] = {
-            NS: dnswire.encode_name("ns.lab"),
-            SOA: dnswire.encode_name("ns.lab")
-            + dnswire.encode_name("hostmaster.lab")
+            NS: dns.encode_name("ns.lab"),
+            SOA: dns.encode_name("ns.lab")
+            + dns.encode_name("hostmaster.lab")
             + struct.pack("!5I", 1, 3600, 600, 86400, TTL),
         }
-        return (Record(name, qtype, TTL, apex[qtype]),) if qtype in apex else ()
+        return (Record(owner, qtype, TTL, apex[qtype]),) if qtype in apex else ()
     addresses = address_records(name)
     if addresses is None:
         return None
     v4, v6 = addresses
     if qtype == A:
-        return (Record(name, A, TTL, ipaddress.IPv4Address(v4).packed),)
+        return (Record(owner, A, TTL, ipaddress.IPv4Address(v4).packed),)
     if qtype == AAAA:
-        return (Record(name, AAAA, TTL, ipaddress.IPv6Address(v6).packed),)
+        return (Record(owner, AAAA, TTL, ipaddress.IPv6Address(v6).packed),)
     if _in(name, TUNNEL_ZONE):
         reply = hashlib.sha256(name.encode()).digest()
         if qtype == TXT:
-            return (Record(name, TXT, 0, dnswire.txt_data([reply.hex().encode(), reply.hex()[:32].encode()])),)
+            return (Record(owner, TXT, 0, dns.txt_data([reply.hex().encode(), reply.hex()[:32].encode()])),)
         if qtype == NULL:
-            return (Record(name, NULL, 0, reply * 4),)
+            return (Record(owner, NULL, 0, reply * 4),)
     return ()
 
 
 def answer(query: bytes) -> bytes | None:
     """The authority's response to one DNS message, or None for bytes that are not a query worth answering."""
     try:
-        message = dnswire.parse(query)
-    except dnswire.DnsError:
+        message = dns.parse(query)
+    except dns.DnsError:
         return None
     if message.is_response:
         return None
-    if (message.flags >> 11) & 0xF != 0:
-        return dnswire.build_response(message, dnswire.NOTIMP)
-    if len(message.questions) != 1:
-        return dnswire.build_response(message, 1)  # FORMERR
-    name, qtype = message.questions[0]
-    if not _in(name, ZONE):
-        return dnswire.build_response(message, dnswire.REFUSED, authoritative=False)
-    records = _records(name, qtype)
+    if message.opcode != 0:
+        return dns.build_response(message, dns.NOTIMP, authoritative=True)
+    if message.qdcount != 1:
+        return dns.build_response(message, dns.FORMERR, authoritative=True)
+    if not _in(message.questions[0].name, ZONE):
+        return dns.build_response(message, dns.REFUSED)
+    records = _records(message.questions[0])
     if records is None:
-        return dnswire.build_response(message, dnswire.NXDOMAIN)
-    return dnswire.build_response(message, dnswire.NOERROR, records)
+        return dns.build_response(message, dns.NXDOMAIN, authoritative=True)
+    return dns.build_response(message, dns.NOERROR, records, authoritative=True)
 
 
 async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -81,5 +82,5 @@ async def serve_tcp(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) 
             response = answer(await asyncio.wait_for(reader.readexactly(length), IDLE))
             if response is None:
                 break
-            writer.write(dnswire.tcp_frame(response))
+            writer.write(dns.tcp_frame(response))
             await writer.drain()

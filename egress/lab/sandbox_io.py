@@ -17,7 +17,7 @@ import socket
 import ssl
 from dataclasses import dataclass, field
 
-from egress.lab import dnswire
+from egress.detect import dns
 from egress.lab.topology import server
 
 RESOLV_CONF = pathlib.Path("/etc/resolv.conf")
@@ -59,21 +59,21 @@ def nameservers(ctx: Context) -> tuple[str, ...]:
     return tuple(found)
 
 
-def query(ctx: Context, name: str, qtype: int) -> dnswire.Message:
+def query(ctx: Context, name: str, qtype: int) -> dns.Message:
     """Ask the first nameserver (UDP, then TCP if truncated); raise Failed if it does not answer."""
     ns = nameservers(ctx)[0]
     try:
         return _query(ctx, ns, name, qtype)
-    except (OSError, dnswire.DnsError) as error:
+    except (OSError, dns.DnsError) as error:
         outcome, detail = classify(error)
         shown = name if len(name) <= 40 else f"{name[:16]}...{name[-16:]}"
         raise Failed(outcome, f"DNS {shown} via {ns}: {detail}") from None
 
 
-def _query(ctx: Context, ns: str, name: str, qtype: int) -> dnswire.Message:
+def _query(ctx: Context, ns: str, name: str, qtype: int) -> dns.Message:
     family = socket.AF_INET6 if ":" in ns else socket.AF_INET
     qid = int.from_bytes(os.urandom(2))
-    packet = dnswire.build_query(qid, name, qtype)
+    packet = dns.build_query(qid, name, qtype)
     with socket.socket(family, socket.SOCK_DGRAM) as sock:
         sock.settimeout(ctx.timeout)
         sock.connect((ns, ctx.dns_port))
@@ -83,26 +83,26 @@ def _query(ctx: Context, ns: str, name: str, qtype: int) -> dnswire.Message:
                 data = sock.recv(65535)
             except TimeoutError:
                 raise Failed("timeout", "no answer") from None
-            message = dnswire.parse(data)
+            message = dns.parse(data)
             if message.id == qid and message.is_response:
                 break
-    if message.flags & 0x0200:  # TC: ask again over TCP
+    if message.tc:  # truncated: ask again over TCP
         with socket.create_connection((ns, ctx.dns_port), ctx.timeout) as tcp:
-            tcp.sendall(dnswire.tcp_frame(packet))
+            tcp.sendall(dns.tcp_frame(packet))
             length = int.from_bytes(recv_exactly(tcp, 2))
-            message = dnswire.parse(recv_exactly(tcp, length))
+            message = dns.parse(recv_exactly(tcp, length))
     return message
 
 
 def resolve(ctx: Context, name: str, fallback_key: str | None = None) -> str:
     """The address of ``name`` for the context's family; on a DNS refusal use the lab server's known address
     when ``fallback_key`` names one (as a miner with a hard-coded address would), noting it in ``ctx.notes``."""
-    qtype = dnswire.AAAA if ctx.ipv6 else dnswire.A
+    qtype = dns.AAAA if ctx.ipv6 else dns.A
     try:
         message = query(ctx, name, qtype)
-        addresses = [a for r in message.answers if (a := dnswire.address_of(r)) and r.rtype == qtype]
-        if message.rcode != dnswire.NOERROR or not addresses:
-            rcode = dnswire.RCODE_NAMES.get(message.rcode, str(message.rcode))
+        addresses = [a for r in message.answers if (a := dns.address_of(r)) and r.rtype == qtype]
+        if message.rcode != dns.NOERROR or not addresses:
+            rcode = dns.RCODE_NAMES.get(message.rcode, str(message.rcode))
             raise Failed("refused", f"DNS {rcode if message.rcode else 'no address'} for {name}")
         return addresses[0]
     except Failed as failure:
@@ -244,6 +244,6 @@ def classify(error: BaseException) -> tuple[str, str]:
         return "refused", f"{errno.errorcode.get(error.errno or 0, '?')}: {error.strerror}"
     if isinstance(error, OSError) and error.errno in _BLOCKED_ERRNOS:
         return "blocked", f"{errno.errorcode.get(error.errno or 0, '?')}: {error.strerror}"
-    if isinstance(error, dnswire.DnsError):
+    if isinstance(error, dns.DnsError):
         return "error", f"DNS: {error}"
     return "error", f"{type(error).__name__}: {error}"

@@ -24,7 +24,8 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
-from egress.lab import dnswire, netns
+from egress.detect import dns
+from egress.lab import netns
 from egress.lab.sandbox_io import (
     Context,
     Failed,
@@ -156,7 +157,7 @@ def dns_tunnel(ctx: Context) -> str:
     for seq in range(DNS_TUNNEL_QUERIES):
         data = base64.b32encode(os.urandom(70)).decode().rstrip("=").lower()
         name = f"{data[:56]}.{data[56:]}.{seq:x}{session}.{TUNNEL_ZONE}"
-        qtype = dnswire.TXT if seq % 2 == 0 else dnswire.NULL
+        qtype = dns.TXT if seq % 2 == 0 else dns.NULL
         try:
             message = query(ctx, name, qtype)
         except Failed as failure:
@@ -164,8 +165,8 @@ def dns_tunnel(ctx: Context) -> str:
                 failure.outcome if not answered else "blocked",
                 f"{answered}/{DNS_TUNNEL_QUERIES} answered, then: {failure.detail}",
             ) from None
-        if message.rcode != dnswire.NOERROR or not message.answers:
-            rcode = dnswire.RCODE_NAMES.get(message.rcode, str(message.rcode))
+        if message.rcode != dns.NOERROR or not message.answers:
+            rcode = dns.RCODE_NAMES.get(message.rcode, str(message.rcode))
             detail = f"{answered}/{DNS_TUNNEL_QUERIES} answered, then {rcode}"
             raise Failed("refused" if not answered else "blocked", detail)
         answered += 1
@@ -173,14 +174,14 @@ def dns_tunnel(ctx: Context) -> str:
 
 
 def doh(ctx: Context) -> str:
-    question = dnswire.build_query(0, "allowed.lab", dnswire.AAAA if ctx.ipv6 else dnswire.A)
+    question = dns.build_query(0, "allowed.lab", dns.AAAA if ctx.ipv6 else dns.A)
     headers = {"Content-Type": "application/dns-message", "Accept": "application/dns-message"}
     with tls(ctx, connect(ctx, resolve(ctx, "doh.lab", "doh"), 443), "doh.lab", verify=True) as sock:
         response = http(sock, "POST", "/dns-query", "doh.lab", headers, question)
     http_verdict(response)
     if response.headers.get("content-type") != "application/dns-message":
         raise Failed("error", f"DoH answered {response.headers.get('content-type')}")
-    addresses = [a for r in dnswire.parse(response.body).answers if (a := dnswire.address_of(r))]
+    addresses = [a for r in dns.parse(response.body).answers if (a := dns.address_of(r))]
     return f"DoH answer allowed.lab -> {', '.join(addresses) or 'nothing'}"
 
 

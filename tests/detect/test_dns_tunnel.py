@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import struct
-
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.detect.base import Category
+from egress.detect import dns
+from egress.detect.base import Category, Finding
 from egress.detect.dns_tunnel import (
     DnsTunnelLimits,
     DnsTunnelTracker,
@@ -194,11 +193,12 @@ ANDROID = [
 
 def query(name: str, qtype: int = 1, ident: int = 0x1234) -> bytes:
     """A standard query for ``name`` (RFC 1035 4.1), as a stub resolver sends it."""
-    wire = b"".join(bytes([len(label)]) + label.encode("latin-1") for label in name.split(".") if label)
-    return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + wire + b"\x00" + struct.pack("!HH", qtype, 1)
+    return dns.build_query(ident, name, qtype)
 
 
-def run(messages: list[bytes], client: str = "192.0.2.1", tracker: DnsTunnelTracker | None = None) -> list:
+def run(
+    messages: list[bytes], client: str = "192.0.2.1", tracker: DnsTunnelTracker | None = None
+) -> list[Finding | None]:
     tracker = tracker or DnsTunnelTracker()
     return [tracker.observe(client, message) for message in messages]
 

@@ -224,12 +224,12 @@ def test_redis_down_then_up_loses_no_record() -> None:
 
 _DNS_PROBE = """
 import socket, sys
-from egress.lab import dnswire
-query = dnswire.build_query(7, sys.argv[1], int(sys.argv[2]))
+from egress.detect import dns
+query = dns.build_query(7, sys.argv[1], int(sys.argv[2]))
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
     sock.settimeout(3)
     sock.sendto(query, ("10.203.1.1", 53))
-    answer = dnswire.parse(sock.recv(4096))
+    answer = dns.parse(sock.recv(4096))
 print(answer.rcode, len(answer.answers))
 """
 
@@ -262,12 +262,12 @@ def test_answered_addresses_enter_the_kernel_allow_set_with_a_timeout(gateway: G
 
 _TLS_PROBE = """
 import socket, ssl, sys
-from egress.lab import dnswire
-query = dnswire.build_query(9, "allowed.lab", 1)
+from egress.detect import dns
+query = dns.build_query(9, "allowed.lab", 1)
 with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
     sock.settimeout(3)
     sock.sendto(query, ("10.203.1.1", 53))
-    address = dnswire.address_of(dnswire.parse(sock.recv(4096)).answers[0])
+    address = dns.address_of(dns.parse(sock.recv(4096)).answers[0])
 context = ssl.create_default_context(cafile=sys.argv[1])
 for host in ("allowed.lab", "blocked.lab") * 4:  # spread over the proxy workers: each must sign with the one CA
     with socket.create_connection((address, 443), timeout=5) as raw:

@@ -9,7 +9,8 @@ import threading
 
 import pytest
 
-from egress.lab import dnswire, sandbox_io
+from egress.detect import dns
+from egress.lab import sandbox_io
 from egress.lab.sandbox_io import Failed, Response
 
 
@@ -24,7 +25,7 @@ from egress.lab.sandbox_io import Failed, Response
         (TimeoutError("timed out"), "timeout"),
         (ssl.SSLEOFError(8, "EOF occurred in violation of protocol"), "blocked"),
         (ssl.SSLError(1, "wrong version number"), "error"),
-        (dnswire.DnsError("cut"), "error"),
+        (dns.DnsError("cut"), "error"),
         (ValueError("odd"), "error"),
     ],
 )
