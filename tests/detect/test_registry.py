@@ -146,11 +146,14 @@ def _pool() -> Sequence[bytes]:
 # detectors do.
 POOL = st.deferred(lambda: st.sampled_from(_pool()))
 """Any fixture's bytes, to splice in."""
-SEEDS = st.deferred(
-    lambda: st.sampled_from(
-        (*seeds.STREAMS, *seeds.DATAGRAMS, *seeds.corpus_seeds().streams, *seeds.corpus_seeds().datagrams)
-    )
-)
+
+
+def _seeds() -> list[seeds.StreamSeed | seeds.DatagramSeed]:
+    corpus = seeds.corpus_seeds()
+    return [*seeds.STREAMS, *seeds.DATAGRAMS, *corpus.streams, *corpus.datagrams]
+
+
+SEEDS: st.SearchStrategy[seeds.StreamSeed | seeds.DatagramSeed] = st.deferred(lambda: st.sampled_from(_seeds()))
 DNS_SEEDS = st.deferred(lambda: st.sampled_from((*seeds.DNS_MESSAGES, *seeds.corpus_seeds().dns)))
 _OP = st.sampled_from(_OPS)
 _COUNT = st.integers(0, 4)
@@ -225,7 +228,8 @@ def cases(draw: st.DrawFn) -> Case:
         types = [8 if from_client else 0 for from_client, _ in pieces]
     else:
         grams = list(seed.datagrams)
-        if grams and draw(st.booleans()):  # a datagram repeated or dropped
+        change = draw(st.booleans())
+        if change and grams:  # a datagram repeated or dropped
             index = draw(st.integers(0, len(grams) - 1))
             if draw(st.booleans()):
                 grams.insert(index, grams[index])
