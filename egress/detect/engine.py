@@ -1,7 +1,12 @@
-"""Per-flow inspection state: feeds a flow's bytes to the detectors until one matches or all give up.
+"""Per-flow inspection state: feeds a flow's bytes to its detectors until one finds something, every one has
+answered ``None``, or the buffer cap is reached.
 
-Owns the bounded per-direction buffers and the early decision. The proxy, the capture scanner and the DNS
-server all inspect through a `FlowInspector`; none of them calls a detector directly.
+Owns the bounded buffers of a flow and the early decision. Stream and datagram flows are inspected through a
+`FlowInspector`: the capture scanner's TCP, UDP and ICMP flows, the proxy's inspected relays and decrypted or
+WebSocket payloads (`egress.proxy.gate.Gate.inspector` and ``inspect_once``), and the drop logger's dropped
+datagrams. Two paths do not use it: DNS messages go to the registry's DNS observer (``DnsInspector``) in the
+scanner and the DNS server, and the gate calls the name detector directly on a ClientHello or request head it
+already holds whole.
 """
 
 from __future__ import annotations
@@ -10,10 +15,12 @@ from egress.detect.base import MORE, Detector, Finding, FlowMeta, FlowView
 
 STREAM_CAP = 16 * 1024
 """Bytes kept per direction. Every signature we match sits in the first few kB of a flow (handshakes, logins,
-the first JSON-RPC calls); past this a flow is decided clean."""
+the first JSON-RPC calls); once either direction reaches it, each undecided detector gets one last look with
+``complete`` set and the flow is decided (clean unless that look finds something)."""
 
 DATAGRAM_CAP = 24
-"""Datagrams kept per direction for UDP and ICMP flows."""
+"""Datagrams kept for a UDP or ICMP flow, both directions together; the datagram that reaches it is the last one
+inspected (with ``complete`` set)."""
 
 
 class FlowInspector:

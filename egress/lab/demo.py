@@ -20,11 +20,12 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
+from egress import shipped
 from egress.lab import netns, servers
 from egress.lab.scenarios import SCENARIOS, ScenarioResult, run_in_sandbox
 from egress.lab.topology import GATEWAY_SBX_V4, Lab, server
 
-LAB_POLICY = pathlib.Path(__file__).resolve().parents[2] / "rules" / "lab-policy.yaml"
+LAB_POLICY = shipped.lab_policy()
 REDIS_PORT = 6379
 PROXY_PORT = 8081
 DNS_PORT = 5353

@@ -30,6 +30,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from egress import shipped
 from egress.detect.base import Category
 from egress.detect.namelist import NameList, Network, Source
 from egress.detect.names import NameLists
@@ -203,13 +204,9 @@ def load_lists(paths: Iterable[Path]) -> tuple[NameList, ...]:
     return tuple(lists)
 
 
-DEFAULT_LISTS_DIR = Path(__file__).resolve().parents[2] / "rules" / "lists"
-"""The lists shipped with egress (``rules/lists`` at the top of the repository)."""
-
-
 def load_lists_dir(directory: str | Path | None = None) -> tuple[NameList, ...]:
-    """Load every ``*.yaml`` list in ``directory`` (default `DEFAULT_LISTS_DIR`)."""
-    folder = Path(directory) if directory is not None else DEFAULT_LISTS_DIR
+    """Load every ``*.yaml`` list in ``directory`` (default: the lists shipped with egress, `shipped.lists_dir`)."""
+    folder = Path(directory) if directory is not None else shipped.lists_dir()
     paths = sorted(folder.glob("*.yaml"))
     if not paths:
         raise RulesError([Problem(str(folder), 1, "no *.yaml name lists in this directory")])

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from egress.detect import cryptonode
-from egress.detect.base import Category, Finding, FlowView
-from tests.detect.feeding import META, feed_every_split, feed_stream
+from egress.detect.base import Category, Finding
+from tests.detect.feeding import feed_every_split, feed_stream
 from tests.detect.test_jsonrpc import NEGATIVE_IDS, NEGATIVES
 
 # ndpi_bitcoin.pcap: the start of a node's version message (mainnet magic, "version" command).
@@ -70,13 +68,3 @@ def test_server_side_p2p() -> None:
 )
 def test_ignores_other_traffic(client: bytes, server: bytes) -> None:
     assert feed_stream(cryptonode.detect, client, server) is None
-
-
-@given(st.binary(max_size=600), st.binary(max_size=600), st.booleans())
-def test_never_raises(client: bytes, server: bytes, complete: bool) -> None:
-    cryptonode.detect(FlowView(META, client=client, server=server, complete=complete))
-
-
-@given(st.lists(st.binary(max_size=200), max_size=5))
-def test_never_raises_on_datagrams(datagrams: list[bytes]) -> None:
-    cryptonode.detect(FlowView(META, client_datagrams=datagrams, server_datagrams=datagrams, complete=True))

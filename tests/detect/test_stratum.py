@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from egress.detect import stratum
 from egress.detect.base import Category, Finding, FlowView
@@ -85,13 +83,3 @@ def test_ignores_near_misses(client: bytes) -> None:
 
 def test_rejects_tls_on_first_bytes() -> None:
     assert stratum.detect(FlowView(META, client=b"\x16\x03\x01")) is None
-
-
-@given(st.binary(max_size=600), st.binary(max_size=600), st.booleans())
-def test_never_raises(client: bytes, server: bytes, complete: bool) -> None:
-    stratum.detect(FlowView(META, client=client, server=server, complete=complete))
-
-
-@given(st.lists(st.binary(max_size=200), max_size=5))
-def test_never_raises_on_datagrams(datagrams: list[bytes]) -> None:
-    stratum.detect(FlowView(META, client_datagrams=datagrams, server_datagrams=datagrams, complete=True))

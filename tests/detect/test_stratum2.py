@@ -10,12 +10,10 @@ import random
 import struct
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from egress.detect import stratum2
-from egress.detect.base import Category, Finding, FlowView
-from tests.detect.feeding import META, feed_every_split, feed_stream
+from egress.detect.base import Category, Finding
+from tests.detect.feeding import feed_every_split, feed_stream
 from tests.detect.test_jsonrpc import NEGATIVE_IDS, NEGATIVES
 
 
@@ -73,13 +71,3 @@ def test_finds_noise_handshake_shape(act2: bytes) -> None:
 )
 def test_ignores_other_traffic(client: bytes, server: bytes) -> None:
     assert feed_stream(stratum2.detect, client, server) is None
-
-
-@given(st.binary(max_size=600), st.binary(max_size=600), st.booleans())
-def test_never_raises(client: bytes, server: bytes, complete: bool) -> None:
-    stratum2.detect(FlowView(META, client=client, server=server, complete=complete))
-
-
-@given(st.lists(st.binary(max_size=200), max_size=5))
-def test_never_raises_on_datagrams(datagrams: list[bytes]) -> None:
-    stratum2.detect(FlowView(META, client_datagrams=datagrams, server_datagrams=datagrams, complete=True))
