@@ -123,7 +123,7 @@ class Supervisor:
 
     async def start_workers(self) -> None:
         # One CA for every worker, made before any starts (only the workers' modules import mitmproxy).
-        subprocess.run([sys.executable, "-m", "egress.gateway.worker", "--make-ca", self.config.confdir], check=True)
+        subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", self.config.confdir], check=True)
         payloads = Payloads()
         for index in range(self.config.workers):
             worker = WorkerConfig.of(self.config, index)

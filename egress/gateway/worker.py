@@ -4,7 +4,7 @@ Builds what a worker is made of apart from mitmproxy (its gate: the policy, bind
 and runs it with `egress.proxy.mitm.server.run_worker`. The policy comes only from the supervisor, over the control
 channel ``FD`` (`egress.gateway.control`): the first version before the worker serves anything, later ones by the
 reload protocol. The worker never reads the policy file, and ignores SIGHUP. When the supervisor's end of the
-channel closes, the worker flushes its records and stops. ``--make-ca CONFDIR`` only makes the gateway's CA.
+channel closes, the worker flushes its records and stops.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
 from egress.policy.lists import load_name_lists
 from egress.proxy.gate import Gate
-from egress.proxy.mitm.ca import ensure_ca
 from egress.proxy.mitm.server import run_worker
 
 log = logging.getLogger("egress.proxy")
@@ -81,16 +80,11 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m egress.gateway.worker", description="egress proxy worker")
-    what = parser.add_mutually_exclusive_group(required=True)
-    what.add_argument("--config", help="worker configuration (JSON) written by the gateway")
-    what.add_argument("--make-ca", metavar="CONFDIR", help="only make the gateway's CA in CONFDIR if it is missing")
-    parser.add_argument("--control", type=int, help="the inherited descriptor of the supervisor's control channel")
+    parser.add_argument("--config", required=True, help="worker configuration (JSON) written by the gateway")
+    parser.add_argument(
+        "--control", required=True, type=int, help="the inherited descriptor of the supervisor's control channel"
+    )
     args = parser.parse_args(argv)
-    if args.make_ca:
-        ensure_ca(args.make_ca)
-        return
-    if args.control is None:
-        parser.error("--config needs --control (a worker gets its policy from the supervisor only)")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy[%(process)d] %(levelname)s %(message)s")
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     asyncio.run(serve(WorkerConfig.read(args.config), args.control))
