@@ -210,6 +210,9 @@ class Reloader:
         except RulesError as exc:
             log.error("policy reload rejected, the running policy stays in force:\n%s", exc)
             return None
+        except Exception:  # a reader's bug must not end reloading: this reload fails, the next may work
+            log.exception("policy reload failed reading %s, the running policy stays in force", self.path)
+            return None
         try:
             await self.transact(version)
         except ReloadRefused as exc:

@@ -44,7 +44,7 @@ from egress.gateway.reload import (
 )
 from egress.nft import runner
 from egress.nft.render import render_lockdown
-from egress.policy.lists import load_name_lists
+from egress.policy.lists import RulesError, load_name_lists
 from egress.policy.model import Policy
 
 log = logging.getLogger("egress.gateway")
@@ -175,10 +175,10 @@ class Supervisor:
         loop.add_signal_handler(signal.SIGHUP, self.request_reload)  # from the start: SIGHUP's default is to exit
         try:
             await self.table.prepare(self.version)
-        except Refused as exc:
-            self.fail(f"nft refused the policy's table: {exc}")
+            await self.table.commit(self.version)
+        except (Refused, runner.NftError) as exc:
+            self.fail(f"the policy's nftables table was not applied: {exc}")
             return 1
-        await self.table.commit(self.version)
         log.info(
             "applied nftables table inet %s (%s): %d sandbox(es), proxy ports %s, dns port %d",
             self.config.table,
@@ -223,7 +223,6 @@ class Supervisor:
         tasks = [loop.create_task(self.watch_workers()), loop.create_task(self.follow_reloads(reloader))]
         log.info("gateway running: policy %s from %s", self.version.label, self.config.policy)
         await self.stopping.wait()
-        loop.remove_signal_handler(signal.SIGHUP)
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
@@ -258,7 +257,13 @@ def run_gateway(config: GatewayConfig) -> int:
     if os.geteuid() != 0:
         log.error("the gateway needs root (nftables, ports, nflog)")
         return 2
-    supervisor = Supervisor(config)
+    try:
+        supervisor = Supervisor(config)
+    except RulesError:
+        raise  # the command line prints every problem
+    except ValueError as exc:  # settings the table cannot have (an interface name, ports)
+        log.error("the gateway's settings are not usable: %s", exc)
+        return 2
     try:
         return asyncio.run(supervisor.run())
     except Exception:

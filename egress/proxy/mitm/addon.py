@@ -147,14 +147,7 @@ class EgressAddon(NextLayer):
         if state.preblocked is not None:
             meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
             data_server = b""  # the sink's silence, not the destination's
-        decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
-        if decision.kind is Kind.WAIT:
-            raise NeedsMoreData
-        if state.preblocked is not None and (
-            decision.verdict is None or decision.verdict.action is not Enforcement.BLOCK
-        ):
-            kind = Kind.HTTP if decision.kind is Kind.HTTP else Kind.REFUSE
-            decision = Decision(kind, state.preblocked, decision.host)
+        decision = self._decide(state, meta, data_client, data_server)
         state.decision = decision
         decided = decision.verdict or decision.allow
         if decided is not None and decision.kind is not Kind.HTTP:  # HTTP is reported request by request
@@ -168,8 +161,18 @@ class EgressAddon(NextLayer):
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
                 return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
-            case _:
-                return RefuseLayer(context)
+        return RefuseLayer(context)
+
+    def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
+        decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
+        if decision.kind is Kind.WAIT:
+            raise NeedsMoreData
+        if state.preblocked is not None and (
+            decision.verdict is None or decision.verdict.action is not Enforcement.BLOCK
+        ):  # whatever the bytes say, the destination is one no rule allows
+            kind = Kind.HTTP if decision.kind is Kind.HTTP else Kind.REFUSE
+            decision = Decision(kind, state.preblocked, decision.host)
+        return decision
 
     # -- HTTP (plain, or inside intercepted TLS) -------------------------------------------------------------
     def requestheaders(self, flow: http.HTTPFlow) -> None:
