@@ -14,6 +14,7 @@ import click
 from egress.capture.reader import CHUNK
 from egress.detect.base import Category
 from egress.detect.registry import build_detectors
+from egress.gateway import config as defaults
 from egress.policy.lists import RulesError, load_name_lists
 from egress.report import TableWriter, summary, write_json
 from egress.scanner import FileStats, Scanner
@@ -188,6 +189,25 @@ def rules_check(files: tuple[str, ...]) -> None:
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
 
 
+# Options that `gateway run` and `nft render` share: the same defaults, so render prints what run applies.
+_workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=defaults.default_workers,
+    show_default="one per core",
+    help="Proxy worker processes (ports from --proxy-port up).",
+)
+_proxy_port_option = click.option(
+    "--proxy-port", default=defaults.PROXY_PORT, show_default=True, help="First proxy worker's port."
+)
+_dns_port_option = click.option(
+    "--dns-port", default=defaults.DNS_PORT, show_default=True, help="Resolver port (sandbox DNS is redirected here)."
+)
+_nflog_group_option = click.option(
+    "--nflog-group", default=defaults.NFLOG_GROUP, show_default=True, help="nflog group of logged drops."
+)
+
+
 @main.group()
 def gateway() -> None:
     """The egress gateway (nftables + transparent proxy + resolver + drop logger)."""
@@ -198,13 +218,15 @@ def gateway() -> None:
 @click.option("--sandbox-if", required=True, help="Interface the sandbox VLAN is on.")
 @click.option("--uplink-if", required=True, help="Interface towards the internet.")
 @click.option("--upstream-dns", required=True, help="Resolver the gateway forwards allowed queries to.")
-@click.option("--state-dir", default="/run/egress", show_default=True, help="Bindings, CA, spools, worker files.")
-@click.option("--workers", default=max(os.cpu_count() or 1, 1), show_default=True, help="Proxy worker processes.")
-@click.option("--proxy-port", default=8081, show_default=True, help="First proxy worker's port.")
-@click.option("--dns-port", default=5353, show_default=True, help="Resolver port (sandbox DNS is redirected here).")
-@click.option("--nflog-group", default=7, show_default=True, help="nflog group of logged drops.")
-@click.option("--redis-url", default="redis://127.0.0.1:6379/0", show_default=True, help="Where records go.")
-@click.option("--name", "gateway_name", default="gateway", show_default=True, help="This gateway's name in records.")
+@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True, help="Bindings, CA, spools, worker files.")
+@_workers_option
+@_proxy_port_option
+@_dns_port_option
+@_nflog_group_option
+@click.option("--redis-url", default=defaults.REDIS_URL, show_default=True, help="Where records go.")
+@click.option(
+    "--name", "gateway_name", default=defaults.GATEWAY_NAME, show_default=True, help="This gateway's name in records."
+)
 @click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS.")
 def gateway_run(
     policy: str,
@@ -220,11 +242,11 @@ def gateway_run(
     gateway_name: str,
     upstream_ca: str | None,
 ) -> None:
-    """Run every gateway component until stopped; fail closed if one dies."""
-    from egress.gateway.config import GatewayConfig
+    """Run every gateway component until stopped; fail closed if one dies. SIGHUP reloads the policy in every
+    component at once, or in none (docs/gateway.md)."""
     from egress.gateway.supervisor import run_gateway
 
-    config = GatewayConfig(
+    config = defaults.GatewayConfig(
         policy=policy,
         sandbox_if=sandbox_if,
         uplink_if=uplink_if,
@@ -295,7 +317,7 @@ def ca() -> None:
 
 
 @ca.command("export")
-@click.option("--state-dir", default="/run/egress", show_default=True)
+@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True)
 def ca_export(state_dir: str) -> None:
     """Print the gateway CA certificate (PEM) for sandboxes to trust."""
     path = os.path.join(state_dir, "ca", "mitmproxy-ca-cert.pem")
@@ -316,10 +338,10 @@ def nft() -> None:
 @click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--sandbox-if", required=True)
 @click.option("--uplink-if", required=True)
-@click.option("--workers", default=2, show_default=True, help="Proxy workers (ports from --proxy-port up).")
-@click.option("--proxy-port", default=8081, show_default=True)
-@click.option("--dns-port", default=5353, show_default=True)
-@click.option("--nflog-group", default=7, show_default=True)
+@_workers_option
+@_proxy_port_option
+@_dns_port_option
+@_nflog_group_option
 @click.option("--lockdown", is_flag=True, help="The fail-closed table instead (all sandbox traffic dropped).")
 def nft_render(
     policy: str,
@@ -332,7 +354,7 @@ def nft_render(
     lockdown: bool,
 ) -> None:
     """Print the nftables script for POLICY (a pure function of it; nothing is applied)."""
-    from egress.nft.render import GatewaySettings, render, render_lockdown
+    from egress.nft.render import render, render_lockdown
     from egress.policy.loader import load_policy
 
     try:
@@ -340,13 +362,11 @@ def nft_render(
     except RulesError as exc:
         click.echo(f"egress: {exc}", err=True)
         sys.exit(EXIT_USAGE)
-    settings = GatewaySettings(
-        sandbox_if=sandbox_if,
-        uplink_if=uplink_if,
-        proxy_ports=tuple(proxy_port + index for index in range(workers)),
-        dns_port=dns_port,
+    wiring = defaults.GatewayConfig(
+        policy, sandbox_if, uplink_if, "", workers=workers, proxy_port=proxy_port, dns_port=dns_port,
         nflog_group=nflog_group,
-    )
+    )  # fmt: skip
+    settings = wiring.nft_settings()
     click.echo(render_lockdown(settings, loaded) if lockdown else render(loaded, settings), nl=False)
 
 

@@ -1,7 +1,9 @@
-"""An attempt: one decided connection, query or dropped packet, with where it came from and the verdict.
+"""A decided flow: one decided connection, request, query or dropped packet, with where it came from and the verdict.
 
-The gateway's components (resolver, proxy workers, drop logger) describe what they decided as `DecidedFlow`s and
-hand them to a `Reporter`; the reporter turns blocks and would-blocks into records. Pure data.
+The gateway's components (resolver, proxy workers, drop logger) describe every decision they make, allowed or
+not, as a `DecidedFlow` and hand it to a `Reporter`. `LogReporter` writes each as one canonical line (the audit
+trail the README promises: one ``decision {...}`` line per decision); the recorder counts each and turns blocks,
+would-blocks and records into records. Pure data and a logger; nothing here decides.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 from dataclasses import dataclass
 from typing import Protocol
 
-from egress.decide import Verdict
+from egress.decide import Enforcement, Verdict
 
 
 @dataclass(frozen=True, slots=True)
@@ -32,40 +34,24 @@ class DecidedFlow:
 
 class Reporter(Protocol):
     def report(self, attempt: DecidedFlow) -> None:
-        """A decision worth recording (block, would-block, record)."""
-
-    def allowed(self, component: str) -> None:
-        """A decision that let traffic through (counted for metrics, not recorded)."""
-
-
-class ListReporter:
-    """Keeps attempts in memory (tests, and the demo's own table)."""
-
-    def __init__(self) -> None:
-        self.attempts: list[DecidedFlow] = []
-
-    def report(self, attempt: DecidedFlow) -> None:
-        self.attempts.append(attempt)
-
-    def allowed(self, component: str) -> None:
-        pass
+        """One decision, whatever its action: allowed ones are logged and counted, the others also recorded."""
 
 
 class LogReporter:
-    """Writes each attempt as one canonical JSON line to a logger (every decision leaves an audit line)."""
+    """Writes each decision as one canonical JSON line: allowed ones at INFO, the others (block, would-block,
+    record) at WARNING, so an operator can keep only what was stopped or flagged by the log level alone."""
 
     def __init__(self, logger: logging.Logger | None = None) -> None:
         self.log = logger or logging.getLogger("egress.decision")
 
     def report(self, attempt: DecidedFlow) -> None:
-        self.log.warning("decision %s", json.dumps(canonical(attempt), separators=(",", ":")))
-
-    def allowed(self, component: str) -> None:
-        pass
+        level = logging.INFO if attempt.verdict.action is Enforcement.ALLOW else logging.WARNING
+        if self.log.isEnabledFor(level):
+            self.log.log(level, "decision %s", json.dumps(canonical(attempt), separators=(",", ":")))
 
 
 class FanoutReporter:
-    """Hands each attempt to several reporters (the log line and the record store)."""
+    """Hands each decision to several reporters (the log line and the record store)."""
 
     def __init__(self, *reporters: Reporter) -> None:
         self.reporters = reporters
@@ -74,12 +60,10 @@ class FanoutReporter:
         for reporter in self.reporters:
             reporter.report(attempt)
 
-    def allowed(self, component: str) -> None:
-        for reporter in self.reporters:
-            reporter.allowed(component)
-
 
 def canonical(attempt: DecidedFlow) -> dict[str, object]:
+    """The decision line's fields: when, the flow's five-tuple with sandbox and host (enough to find the flow in a
+    capture or a connection log), and the verdict."""
     verdict = attempt.verdict
     return {
         "ts": round(attempt.ts, 6),

@@ -14,7 +14,8 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "egress"
 # library -> the modules allowed to import it (a folder ending in "/" allows every module below it)
 GATES = {
     "dpkt": {"egress/capture/reader.py"},
-    "mitmproxy": {"egress/proxy/addon.py"},
+    # one package, one concern per module (layers, addon, server, ca), as mitmproxy's own tree is cut
+    "mitmproxy": {"egress/proxy/mitm/"},
     "redis": {"egress/record/store.py"},
     "yaml": {"egress/policy/yamlnodes.py"},
     # running programs: nft, the proxy workers, and the lab's namespaces and servers
@@ -25,7 +26,8 @@ GATES = {
         "egress/dnsserver/resolver.py",
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",
-        "egress/proxy/addon.py",
+        "egress/proxy/mitm/server.py",
+        "egress/gateway/control.py",
         "egress/scanner.py",
         "egress/lab/",
     },

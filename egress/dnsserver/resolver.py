@@ -4,7 +4,7 @@ For each query from a sandbox: find the sandbox by source address, run the DNS t
 (per sandbox state), decide (`egress.decide.decide_dns`), then either refuse (REFUSED; NXDOMAIN for the DoH
 canary ``use-application-dns.net``) or forward to the upstream resolver. Addresses in an upstream answer are
 bound to the question's name for that sandbox (`Bindings`, which the proxy checks) and offered to the kernel's
-allow sets through ``on_answer``. Every block and would-block is reported as an `DecidedFlow`.
+allow sets through ``on_answer``. Every decision (allowed or not) is reported as a `DecidedFlow`.
 
 UDP and TCP on one port; a truncated UDP answer from upstream is retried over TCP.
 """
@@ -112,14 +112,11 @@ class Resolver:
         if len(qname) > sandbox.dns.max_name_length and finding is None:
             finding = self._inspector(sandbox).long_name(qname)
         verdict = decide_dns(sandbox, qname, finding)
-        if verdict.action is not Enforcement.ALLOW:
-            self._report(client, transport, qname, verdict, sandbox.name)
+        self._report(client, transport, qname, verdict, sandbox.name)
         if verdict.action is Enforcement.BLOCK:
             self.refused += 1
             rcode = dns.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else dns.REFUSED
             return _reply(parsed, rcode)
-        if verdict.action is Enforcement.ALLOW:
-            self.reporter.allowed("dns")
         response = await self._forward(query)
         if response is None:
             return _reply(parsed, dns.SERVFAIL)

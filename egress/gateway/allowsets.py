@@ -16,6 +16,7 @@ import threading
 from egress.dnsserver.bindings import MAX_TTL, MIN_TTL
 from egress.nft import runner
 from egress.nft.render import allow_set
+from egress.policy.model import Policy
 
 log = logging.getLogger("egress.allowsets")
 
@@ -23,9 +24,11 @@ BATCH_SECONDS = 0.05
 
 
 class AllowSetWriter:
-    def __init__(self, table: str, netns: str | None = None) -> None:
+    def __init__(self, table: str, policy: Policy, netns: str | None = None) -> None:
         self.table = table
         self.netns = netns
+        self.policy = policy
+        """Whose sets exist in the table: answers for a sandbox the policy no longer has are dropped."""
         self.applied = 0
         self.errors = 0
         self._queue: queue.SimpleQueue[tuple[str, list[tuple[str, int]]] | None] = queue.SimpleQueue()
@@ -35,6 +38,10 @@ class AllowSetWriter:
     def __call__(self, sandbox: str, answers: list[tuple[str, int]]) -> None:
         """The resolver's ``on_answer``: enqueue and return at once."""
         self._queue.put((sandbox, answers))
+
+    def reload(self, policy: Policy) -> None:
+        """The table was replaced with ``policy``'s (its sets start empty): write only sets that it has."""
+        self.policy = policy
 
     def close(self) -> None:
         self._queue.put(None)
@@ -49,6 +56,8 @@ class AllowSetWriter:
             pending: dict[str, dict[str, int]] = {}
             while True:
                 sandbox, answers = item
+                if not any(known.name == sandbox for known in self.policy.sandboxes):
+                    answers = []  # answered before a reload that removed or renamed the sandbox: no set to fill
                 for address, ttl in answers:
                     version = ipaddress.ip_address(address).version
                     name = allow_set(sandbox, version)

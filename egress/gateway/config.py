@@ -1,39 +1,67 @@
-"""The gateway's settings (command line → one frozen object) and the per-worker configuration file.
+"""The gateway's settings: every default declared once, the command line → one frozen `GatewayConfig`, and what
+one proxy worker is told (`WorkerConfig`).
 
-The supervisor writes one JSON file per proxy worker into the state directory; a worker reads only that, so
-everything a worker does is explained by a file on disk.
+The defaults below are what ``egress gateway run``, ``egress nft render`` and the lab read; the wiring of the
+nftables table (ports, nflog group, table name) is declared, with its meaning, on `GatewaySettings` in
+`egress.nft.render` (that package comes earlier in the flow and cannot import this one) and read from there.
+
+The supervisor writes one JSON file per proxy worker into the state directory, so what a worker was started with
+is on disk; the worker gets its policy from the supervisor (`egress.gateway.control`), never a policy path.
 """
 
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+import os
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Final
+
+from egress.nft.render import GatewaySettings
+
+_TABLE_DEFAULTS: Final = GatewaySettings(sandbox_if="lo", uplink_if="lo")  # only its defaults are read
+
+PROXY_PORT: Final = _TABLE_DEFAULTS.proxy_ports[0]
+"""The first proxy worker's port; worker k listens on ``PROXY_PORT + k``."""
+DNS_PORT: Final = _TABLE_DEFAULTS.dns_port
+NFLOG_GROUP: Final = _TABLE_DEFAULTS.nflog_group
+TABLE: Final = _TABLE_DEFAULTS.table
+STATE_DIR: Final = "/run/egress"
+"""Bindings file, worker configs, the CA, spools."""
+REDIS_URL: Final = "redis://127.0.0.1:6379/0"
+GATEWAY_NAME: Final = "gateway"
+
+
+def default_workers() -> int:
+    """One proxy worker per core this process may run on (its CPU affinity, so ``taskset`` and cgroup cpusets are
+    respected): a worker is one asyncio loop, and more workers than cores only add switching."""
+    try:
+        return max(len(os.sched_getaffinity(0)), 1)
+    except AttributeError:  # not Linux
+        return max(os.cpu_count() or 1, 1)
 
 
 @dataclass(frozen=True, slots=True)
 class GatewayConfig:
     policy: str
-    """Path of the policy YAML."""
+    """Path of the policy YAML (read by the supervisor only)."""
     sandbox_if: str
     uplink_if: str
     upstream_dns: str
     """Address of the resolver the gateway forwards allowed queries to."""
-    state_dir: str = "/run/egress"
-    """Bindings file, worker configs, the CA, spools."""
-    workers: int = 2
-    """Proxy worker processes (one per core is right)."""
-    proxy_port: int = 8081
-    """First worker's port; worker k listens on proxy_port + k."""
-    dns_port: int = 5353
-    nflog_group: int = 7
-    redis_url: str = "redis://127.0.0.1:6379/0"
-    gateway: str = "gateway"
+    state_dir: str = STATE_DIR
+    workers: int = field(default_factory=default_workers)
+    """Proxy worker processes (one per core)."""
+    proxy_port: int = PROXY_PORT
+    dns_port: int = DNS_PORT
+    nflog_group: int = NFLOG_GROUP
+    redis_url: str = REDIS_URL
+    gateway: str = GATEWAY_NAME
     """This gateway's name in records."""
     lists_dir: str | None = None
     upstream_ca: str | None = None
     """Extra CA bundle the gateway trusts for intercepted TLS (the lab's CA)."""
-    table: str = "egress"
+    table: str = TABLE
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:
@@ -51,20 +79,55 @@ class GatewayConfig:
     def spool_dir(self, component: str) -> str:
         return str(Path(self.state_dir) / "spool" / component)
 
+    def nft_settings(self) -> GatewaySettings:
+        """How the nftables table is wired for this gateway."""
+        return GatewaySettings(
+            sandbox_if=self.sandbox_if,
+            uplink_if=self.uplink_if,
+            proxy_ports=self.proxy_ports,
+            dns_port=self.dns_port,
+            nflog_group=self.nflog_group,
+            table=self.table,
+        )
+
 
 @dataclass(frozen=True, slots=True)
 class WorkerConfig:
-    gateway: GatewayConfig
+    """Everything one proxy worker is started with; no policy (that comes over the control channel)."""
+
     index: int
+    port: int
+    confdir: str
+    bindings_path: str
+    lists_dir: str | None
+    upstream_ca: str | None
+    redis_url: str
+    gateway: str
+    spool_dir: str
 
     @property
-    def port(self) -> int:
-        return self.gateway.proxy_ports[self.index]
+    def name(self) -> str:
+        """The worker's component name (records' spool, counters, reload log lines)."""
+        return f"proxy-{self.index}"
+
+    @classmethod
+    def of(cls, config: GatewayConfig, index: int) -> WorkerConfig:
+        name = f"proxy-{index}"
+        return cls(
+            index=index,
+            port=config.proxy_ports[index],
+            confdir=config.confdir,
+            bindings_path=config.bindings_path,
+            lists_dir=config.lists_dir,
+            upstream_ca=config.upstream_ca,
+            redis_url=config.redis_url,
+            gateway=config.gateway,
+            spool_dir=config.spool_dir(name),
+        )
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps({"gateway": asdict(self.gateway), "index": self.index}, indent=2))
+        path.write_text(json.dumps(asdict(self), indent=2))
 
     @classmethod
     def read(cls, path: str | Path) -> WorkerConfig:
-        data = json.loads(Path(path).read_text())
-        return cls(GatewayConfig(**data["gateway"]), int(data["index"]))
+        return cls(**json.loads(Path(path).read_text()))

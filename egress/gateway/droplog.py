@@ -105,6 +105,15 @@ class DropLogger:
         self._thread: threading.Thread | None = None
         self.reader: NflogReader | None = None
 
+    @property
+    def policy(self) -> Policy:
+        return self.judge.policy
+
+    def reload(self, policy: Policy) -> None:
+        """Judge every packet from now on under ``policy`` (sandbox names, modes); one assignment, which the
+        reading thread sees whole. Per-flow inspection state is kept: it depends on the packets, not the policy."""
+        self.judge.policy = policy
+
     def start(self, on_death: Callable[[str], None]) -> None:
         self.reader = NflogReader()
         self.reader.open(self.group)

@@ -1,9 +1,10 @@
-"""Attempts → records in Redis, off the hot path: a `Reporter` whose `report` only enqueues.
+"""Decisions → counters and records in Redis, off the hot path: a `Reporter` whose `report` only counts and enqueues.
 
-A background thread turns each block or would-block into an `AttemptRecord`, aggregates repeats (a flood
+Every decision is counted (the API's ``egress_gateway_decisions_total``). A background thread turns each block,
+would-block or record into an `AttemptRecord`, aggregates repeats (a flood
 becomes one record with a count), and writes batches through `RecordStore`, which spools to local disk while
 Redis is unreachable and delivers the spool, in order and without duplicates, when it answers again. Allowed
-attempts are not records (the log has them).
+decisions are not records (`egress.decisions.LogReporter` logs each).
 """
 
 from __future__ import annotations
@@ -16,7 +17,6 @@ from pathlib import Path
 
 from egress.decide import Enforcement
 from egress.decisions import DecidedFlow
-from egress.gateway.config import GatewayConfig
 from egress.policy.model import Retention
 from egress.record.aggregate import Aggregator
 from egress.record.schema import AttemptRecord, new_id
@@ -81,15 +81,17 @@ def to_record(attempt: DecidedFlow, gateway: str) -> AttemptRecord:
 
 
 class RecordReporter:
-    def __init__(self, config: GatewayConfig, component: str, retention: Retention | None = None) -> None:
-        self.gateway = config.gateway
-        spool = Path(config.spool_dir(component))
+    def __init__(
+        self, redis_url: str, gateway: str, spool_dir: str, component: str, retention: Retention | None = None
+    ) -> None:
+        self.gateway = gateway
+        spool = Path(spool_dir)
         spool.mkdir(parents=True, exist_ok=True)
         keep = retention or Retention()
         self.store = RecordStore(
-            config.redis_url,
+            redis_url,
             spool,
-            gateway=config.gateway,
+            gateway=gateway,
             retention_max_len=keep.max_records,
             retention_max_age_days=keep.max_age_days,
         )
@@ -110,9 +112,6 @@ class RecordReporter:
         self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}")
         if verdict.action is not Enforcement.ALLOW:
             self._queue.put(attempt)
-
-    def allowed(self, component: str) -> None:
-        self.counters.add(f"decisions|{component}|allow|")
 
     def close(self, timeout: float = 5.0) -> None:
         self._queue.put(None)

@@ -21,14 +21,16 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
 from egress import shipped
+from egress.gateway.config import DNS_PORT, PROXY_PORT
 from egress.lab import netns, servers
 from egress.lab.scenarios import SCENARIOS, ScenarioResult, run_in_sandbox
 from egress.lab.topology import GATEWAY_SBX_V4, Lab, server
 
 LAB_POLICY = shipped.lab_policy()
 REDIS_PORT = 6379
-PROXY_PORT = 8081
-DNS_PORT = 5353
+"""The lab's own redis-server, in the gateway namespace."""
+LAB_WORKERS = 2
+"""Two proxy workers whatever the machine's cores: the lab always exercises the spread across workers."""
 READY_TIMEOUT = 30.0
 
 
@@ -56,7 +58,7 @@ class GatewayRun:
 
     lab: Lab
     policy: pathlib.Path
-    workers: int = 2
+    workers: int = LAB_WORKERS
     processes: list[subprocess.Popen[bytes]] | None = None
     gateway: subprocess.Popen[bytes] | None = None
 
@@ -145,7 +147,7 @@ class GatewayRun:
 
 
 @contextlib.contextmanager
-def running_gateway(prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int = 2) -> Iterator[GatewayRun]:
+def running_gateway(prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int = LAB_WORKERS) -> Iterator[GatewayRun]:
     """A fresh lab with everything running; torn down (namespaces, processes, state) on exit."""
     lab = netns.up(prefix)
     run = GatewayRun(lab, policy, workers)

@@ -10,7 +10,7 @@ client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspectio
 that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
 what it always did: the front only takes what it can finish, and never blocks or records a block itself.
 
-Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.addon`.
+Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
 
 from __future__ import annotations
@@ -21,11 +21,12 @@ import errno
 import logging
 import socket
 import struct
+import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
 from egress.decide import Enforcement
-from egress.decisions import Reporter
+from egress.decisions import DecidedFlow, Reporter
 from egress.detect import tls
 from egress.detect.base import FlowMeta
 from egress.policy.model import Sandbox
@@ -229,7 +230,11 @@ class Front:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()
             return True
-        self.reporter.allowed("proxy")
+        if decision.allow is not None:
+            source = (str(peer[0]), int(peer[1]))  # an IPv6 peer is a 4-tuple
+            self.reporter.report(
+                DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, decision.allow)
+            )
         client = _Half()
         client.other, upstream.other = upstream, client
         try:

@@ -53,6 +53,8 @@ class Decision:
     """Set whenever something is worth recording (a block or a would-block)."""
     host: str = ""
     """The name the client gave (SNI or Host), if any."""
+    allow: Verdict | None = None
+    """The verdict that let the connection through, when nothing is worth recording (its decision log line)."""
 
 
 NamesFor = Callable[[str, str], frozenset[str]]
@@ -65,6 +67,10 @@ def _allowed(verdict: Verdict) -> bool:
 
 def _worth_recording(verdict: Verdict) -> Verdict | None:
     return None if verdict.action is Enforcement.ALLOW else verdict
+
+
+def _allow(verdict: Verdict) -> Verdict | None:
+    return verdict if verdict.action is Enforcement.ALLOW else None
 
 
 class Gate:
@@ -122,8 +128,8 @@ class Gate:
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict, sni or "")
         if sni is not None and verdict.action is Enforcement.ALLOW and sandbox.decrypts(sni):
-            return Decision(Kind.INTERCEPT, noted, sni)
-        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "")
+            return Decision(Kind.INTERCEPT, noted, sni, _allow(verdict))
+        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "", _allow(verdict))
 
     def _http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
         request = http.parse_request(client)
@@ -144,7 +150,7 @@ class Gate:
             noted = _worth_recording(verdict)
         bound = bool(host) and host in self.names_for(sandbox.name, meta.dst)
         verdict = decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
-        return Decision(Kind.HTTP, _worth_recording(verdict) or noted, host)
+        return Decision(Kind.HTTP, _worth_recording(verdict) or noted, host, _allow(verdict))
 
     def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
         noted: Verdict | None = None
@@ -157,7 +163,7 @@ class Gate:
         verdict = decide_raw(sandbox, meta.dst, meta.dport, "tcp", self.names_for(sandbox.name, meta.dst))
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict)
-        return Decision(Kind.INSPECT, _worth_recording(verdict) or noted)
+        return Decision(Kind.INSPECT, _worth_recording(verdict) or noted, allow=_allow(verdict))
 
     def on_request(self, sandbox: Sandbox, meta: FlowMeta, host: str, sni: str | None) -> Verdict:
         """A later HTTP request on a judged connection: keep-alive (Host re-checked against the address) or

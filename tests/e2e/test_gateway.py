@@ -7,15 +7,17 @@ use labs of their own. Every lab is removed on exit, whatever happens.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import pathlib
+import re
 import shutil
 import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -296,6 +298,72 @@ def test_hosts_on_the_decrypt_list_are_intercepted_and_fronting_is_refused(tmp_p
         assert any(record.reason == "domain-fronting" for record in records), records
 
 
+def _eventually[T](check: Callable[[], T], timeout: float = 60.0) -> T:
+    """Retry ``check`` until it returns something truthy without an AssertionError, or ``timeout`` passes."""
+    # TODO: use tests.conftest eventually (branch testinfra) once it is on main
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            result = check()
+            if result:
+                return result
+            last = AssertionError(f"the check returned {result!r}")
+        except AssertionError as error:
+            last = error
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not true after {timeout:g} s: {last}") from last
+        time.sleep(0.2)
+
+
+_WORKER_IN_FORCE = re.compile(r" (proxy-\d+): policy (sha256:[0-9a-f]{16}) in force$")
+_SUPERVISOR_IN_FORCE = re.compile(
+    r"gateway running: policy (sha256:[0-9a-f]{16}) from | policy (sha256:[0-9a-f]{16}) from .* in force in "
+)
+
+
+def _gateway_log(run: GatewayRun) -> str:
+    return (run.lab.state_dir / "logs" / "gateway.log").read_text()
+
+
+def _in_force(run: GatewayRun) -> tuple[list[str], dict[str, str]]:
+    """What each component last said it runs: the supervisor's versions in order (start, then each reload every
+    component committed), and each proxy worker's own last line (written by the worker's process)."""
+    supervisor: list[str] = []
+    workers: dict[str, str] = {}
+    for line in _gateway_log(run).splitlines():
+        if found := _SUPERVISOR_IN_FORCE.search(line):
+            supervisor.append(found.group(1) or found.group(2))
+        elif found := _WORKER_IN_FORCE.search(line):
+            workers[found.group(1)] = found.group(2)
+    return supervisor, workers
+
+
+def _label(text: str) -> str:
+    return f"sha256:{hashlib.sha256(text.encode()).hexdigest()[:16]}"
+
+
+def _reloaded(run: GatewayRun, reloads: int) -> str:
+    """Wait until the supervisor has reported ``reloads`` reloads in force everywhere; the last one's label."""
+
+    def done() -> str:
+        supervisor, _ = _in_force(run)
+        assert len(supervisor) > reloads, _gateway_log(run)[-3000:]  # the start, then each reload
+        return supervisor[-1]
+
+    return _eventually(done)
+
+
+def _replace(path: pathlib.Path, text: str) -> None:
+    """Write ``text`` the way editors and config tools do, by renaming a whole file over the old one: a reader
+    sees the old content or the new, never half of it (a half-written file would only be rejected)."""
+    fresh = path.with_suffix(".tmp")
+    fresh.write_text(text)
+    os.replace(fresh, path)
+
+
+_WS_RULE = "        - {host: ws.lab, ports: [80]}\n"
+
+
 def test_reload_applies_a_valid_policy_and_keeps_the_old_one_on_a_bad_file(tmp_path: pathlib.Path) -> None:
     policy = tmp_path / "policy.yaml"
     original = LAB_POLICY.read_text()
@@ -303,18 +371,51 @@ def test_reload_applies_a_valid_policy_and_keeps_the_old_one_on_a_bad_file(tmp_p
     with running_gateway(prefix("h"), policy) as run:
         assert run.gateway is not None
         assert run.attempts(["websocket"])[0].outcome == "ok"
-        policy.write_text(original.replace("        - {host: ws.lab, ports: [80]}\n", ""))
+        without_ws = original.replace(_WS_RULE, "")
+        policy.write_text(without_ws)
         run.gateway.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        assert _reloaded(run, 1) == _label(without_ws)
         assert run.attempts(["websocket"])[0].outcome != "ok"  # ws.lab is no longer allowed
         policy.write_text(original.replace("version: 1", "version: 1\nsurprise: true"))
         run.gateway.send_signal(signal.SIGHUP)
-        time.sleep(1.5)
+        _eventually(lambda: "policy reload rejected" in _gateway_log(run))
+        assert "surprise" in _gateway_log(run)
         assert run.gateway.poll() is None  # still running...
-        assert run.attempts(["allowed_download", "websocket"])[0].outcome == "ok"  # ...on the last good policy
-        log = (run.lab.state_dir / "logs" / "gateway.log").read_text()
-        assert "policy reload rejected" in log
-        assert "surprise" in log
+        results = {r.name: r.outcome for r in run.attempts(["allowed_download", "websocket"])}
+        assert results["allowed_download"] == "ok" and results["websocket"] != "ok", results  # the last good one
+        assert _in_force(run)[0][-1] == _label(without_ws)
+
+
+def test_a_reload_reaches_every_component_with_the_same_policy(tmp_path: pathlib.Path) -> None:
+    """The sandbox is renamed; the file is edited again right after SIGHUP (with no second signal): whichever
+    content the supervisor read, every component runs that one, and the drop logger records under the new name."""
+    policy = tmp_path / "policy.yaml"
+    original = LAB_POLICY.read_text()
+    policy.write_text(original)
+    with running_gateway(prefix("n"), policy) as run:
+        assert run.gateway is not None
+        renamed = original.replace("\n  agent:\n", "\n  renamed:\n")
+        edited = renamed.replace(_WS_RULE, "")
+        assert renamed != original and edited != renamed
+        _replace(policy, renamed)
+        run.gateway.send_signal(signal.SIGHUP)
+        _replace(policy, edited)
+        label = _reloaded(run, 1)
+        assert label in {_label(renamed), _label(edited)}
+        supervisor, workers = _in_force(run)
+        assert sorted(workers) == [f"proxy-{index}" for index in range(run.workers)]
+        assert set(workers.values()) == {label}, (supervisor, workers)  # no worker on another policy
+        [quic] = run.attempts(["quic"])  # UDP: dropped by nftables, judged by the drop logger
+        assert quic.outcome != "ok", quic
+
+        def dropped_under_the_new_name() -> list[AttemptRecord]:
+            records = _records(run, want=0)
+            drops = [r for r in records if r.transport == "udp" and r.reason == "firewall-drop"]
+            assert drops, records
+            return records
+
+        records = _eventually(dropped_under_the_new_name)
+        assert {record.sandbox for record in records} == {"renamed"}, records  # none under the old name
 
 
 def test_the_harness_s_actions_explain_the_blocked_attempts() -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 
+from egress.decide import Enforcement
 from egress.decisions import DecidedFlow
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
@@ -29,13 +30,9 @@ LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 class _Reporter:
     def __init__(self) -> None:
         self.reported: list[DecidedFlow] = []
-        self.allowed_by: list[str] = []
 
     def report(self, attempt: DecidedFlow) -> None:
         self.reported.append(attempt)
-
-    def allowed(self, component: str) -> None:
-        self.allowed_by.append(component)
 
 
 def _client_hello(name: str) -> bytes:
@@ -143,7 +140,10 @@ def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
         payload = hello + bytes(range(256)) * 400  # the ClientHello, then 100 KiB more through the relay
         assert await _exchange(port, payload, len(payload)) == payload
         assert (setup.front.relayed, setup.front.handed_off, setup.handed) == (1, 0, [])
-        assert setup.reporter.allowed_by == ["proxy"] and setup.reporter.reported == []
+        [allowed] = setup.reporter.reported  # one decision line, tied to the flow, and no record
+        assert (allowed.verdict.action, allowed.host, allowed.transport) == (Enforcement.ALLOW, "allowed.test", "tcp")
+        assert (allowed.dst, allowed.sandbox) == ("127.0.0.1", "box")
+        assert allowed.verdict.rule.startswith("sandboxes.box.allow.hosts")
         task.cancel()
         server.close()
 
@@ -194,7 +194,7 @@ def test_everything_else_is_handed_off_unread_without_nagle(first_bytes: Callabl
         assert setup.handed == [sent]  # nothing was consumed by the front
         assert setup.nodelay == [1]
         assert (setup.front.relayed, setup.front.handed_off) == (0, 1)
-        assert setup.reporter.reported == [] and setup.reporter.allowed_by == []  # the front never records
+        assert setup.reporter.reported == []  # the front decides nothing it hands off: mitmproxy reports it
         task.cancel()
         server.close()
 

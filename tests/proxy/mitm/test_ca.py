@@ -1,5 +1,5 @@
-"""The gateway's CA is made once, before the proxy workers start (egress.gateway.worker --make-ca), so that every
-worker signs with the CA that sandboxes are given."""
+"""egress.proxy.mitm.ca: the gateway's CA is made once, before the proxy workers start (``python -m
+egress.proxy.mitm.ca``), so that every worker signs with the CA that sandboxes are given."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ from pathlib import Path
 
 
 def _make_ca(confdir: Path) -> None:
-    subprocess.run([sys.executable, "-m", "egress.gateway.worker", "--make-ca", str(confdir)], check=True, timeout=120)
+    subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", str(confdir)], check=True, timeout=120)
 
 
 def test_make_ca_creates_the_ca_once_and_then_keeps_it(tmp_path: Path) -> None:
@@ -22,10 +22,3 @@ def test_make_ca_creates_the_ca_once_and_then_keeps_it(tmp_path: Path) -> None:
     assert (confdir / "mitmproxy-ca.pem").exists()  # the key the workers sign with
     _make_ca(confdir)
     assert cert.read_bytes() == first  # an existing CA is loaded, never replaced
-
-
-def test_a_worker_needs_a_config_or_make_ca() -> None:
-    command = [sys.executable, "-m", "egress.gateway.worker"]
-    done = subprocess.run(command, check=False, capture_output=True, text=True, timeout=120)
-    assert done.returncode == 2
-    assert "--config" in done.stderr and "--make-ca" in done.stderr

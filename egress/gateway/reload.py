@@ -1,0 +1,256 @@
+"""The reload protocol: one validated policy object, prepared by every component, then committed by all or by none.
+
+A reload reads the policy file's bytes once, and parses and validates them in a worker thread (the resolver's
+event loop keeps answering meanwhile) into a `PolicyVersion`: the frozen `Policy` and the SHA-256 of those bytes.
+That same object goes to every component, each a `Participant`:
+
+1. **prepare**: every component builds and checks what it needs (nftables: the rendered table, checked with
+   ``nft -c``; a proxy worker: the object, received over its control channel) and answers within a deadline. A
+   refusal, an error or silence is a refusal: every component drops what it prepared, nothing is applied, and one
+   error line names the component and its reason. The running policy stays in force everywhere.
+2. **commit**: the first participant (the nftables table: one transaction) commits alone; if that fails, nothing
+   has changed and the others drop what they prepared, as for a refusal. Then every other component swaps the
+   object in. Only then is the new version the current one (`Reloader.current`, the supervisor's policy).
+
+A commit that fails after the table was applied leaves components on different policies: `SplitReload`, which
+the supervisor treats as a dead component (lockdown). Requests that arrive during a reload (SIGHUP) are folded
+into one more reload after it, so the last request always reads the file's latest content.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Final, Protocol
+
+from egress.nft import runner
+from egress.nft.render import GatewaySettings, render
+from egress.policy.loader import parse_policy
+from egress.policy.model import Policy
+from egress.policy.yamlnodes import Problem, RulesError
+
+log = logging.getLogger("egress.gateway")
+
+PREPARE_DEADLINE: Final = 60.0
+"""Seconds every component has to prepare (a proxy worker unpickles the policy: seconds for a policy of many MB)."""
+COMMIT_DEADLINE: Final = 10.0
+"""Seconds each component other than nftables has to swap the prepared policy in (nft's own timeout bounds it)."""
+
+
+@dataclass(frozen=True, slots=True)
+class PolicyVersion:
+    """A validated policy and the SHA-256 of the bytes it was built from: what every component runs and reports."""
+
+    policy: Policy
+    digest: str
+    """Hex SHA-256 of the policy file's bytes as the supervisor read them."""
+
+    @property
+    def label(self) -> str:
+        """How logs name the version (``sha256:`` and the first 16 hex digits)."""
+        return f"sha256:{self.digest[:16]}"
+
+
+def load_version(path: str | Path) -> PolicyVersion:
+    """Read the policy file's bytes once, validate them and hash them; raise `RulesError` with every problem."""
+    try:
+        data = Path(path).read_bytes()
+        text = data.decode("utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
+    return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
+
+
+class Refused(Exception):
+    """Raised by `Participant.prepare`: the component cannot take this policy; the message says why."""
+
+
+class ReloadRefused(Exception):
+    """A component refused (or failed to answer) before anything changed: every component keeps the old policy."""
+
+    def __init__(self, component: str, reason: str) -> None:
+        super().__init__(f"{component}: {reason}")
+        self.component = component
+        self.reason = reason
+
+
+class SplitReload(Exception):
+    """A commit failed after the table was applied: components now run different policies."""
+
+
+class Participant(Protocol):
+    """A component that takes part in reloads."""
+
+    @property
+    def name(self) -> str:
+        """How error lines name the component (``resolver``, ``proxy-1``...)."""
+
+    async def prepare(self, version: PolicyVersion) -> None:
+        """Build and check what this component needs to run ``version``; raise `Refused` if it cannot."""
+
+    async def commit(self, version: PolicyVersion) -> None:
+        """Swap the prepared ``version`` in."""
+
+    async def abort(self, version: PolicyVersion) -> None:
+        """Drop what was prepared for ``version``; keep running the current policy."""
+
+
+@dataclass(frozen=True, slots=True)
+class Swap:
+    """An in-process component: nothing to build, and committing is one attribute assignment (which the threads
+    that read it, such as the drop logger's, see whole)."""
+
+    name: str
+    swap: Callable[[Policy], None]
+
+    async def prepare(self, version: PolicyVersion) -> None:
+        return None
+
+    async def commit(self, version: PolicyVersion) -> None:
+        self.swap(version.policy)
+
+    async def abort(self, version: PolicyVersion) -> None:
+        return None
+
+
+class NftTable:
+    """The kernel's part: prepare renders the table and has nft check it (``nft -c``), commit applies it as one
+    transaction. Both run in a worker thread: a large table must not stall the resolver's event loop."""
+
+    name = "nftables"
+
+    def __init__(
+        self,
+        settings: GatewaySettings,
+        apply: Callable[[str], None] = runner.apply,
+        check: Callable[[str], None] = runner.check,
+    ) -> None:
+        self.settings = settings
+        self._apply = apply
+        self._check = check
+        self._prepared: tuple[str, str] | None = None
+        """(digest, script) of the prepared version."""
+
+    async def prepare(self, version: PolicyVersion) -> None:
+        try:
+            script = await asyncio.to_thread(render, version.policy, self.settings)
+            await asyncio.to_thread(self._check, script)
+        except (ValueError, runner.NftError) as exc:
+            raise Refused(str(exc)) from exc
+        self._prepared = (version.digest, script)
+
+    async def commit(self, version: PolicyVersion) -> None:
+        prepared, self._prepared = self._prepared, None
+        if prepared is None or prepared[0] != version.digest:
+            raise RuntimeError(f"{version.label} was not prepared")
+        await asyncio.to_thread(self._apply, prepared[1])
+
+    async def abort(self, version: PolicyVersion) -> None:
+        self._prepared = None
+
+
+async def _within(step: Awaitable[None], deadline: float | None) -> str | None:
+    """Run one participant's step; ``None`` when it succeeded, else why not (a refusal, an error, silence)."""
+    try:
+        await asyncio.wait_for(step, deadline)
+    except Refused as exc:
+        return str(exc) or "refused"
+    except TimeoutError:
+        return f"no answer within {deadline:g} s"
+    except Exception as exc:  # any failure of one component is that component's refusal, never the gateway's crash
+        log.debug("reload step failed", exc_info=True)
+        return f"{type(exc).__name__}: {exc}"
+    return None
+
+
+class Reloader:
+    """Runs the protocol over ``participants`` (the first is the one whose commit may fail cleanly: nftables)."""
+
+    def __init__(
+        self,
+        path: str | Path,
+        participants: Sequence[Participant],
+        current: PolicyVersion,
+        on_commit: Callable[[PolicyVersion], None] | None = None,
+        load: Callable[[str | Path], PolicyVersion] = load_version,
+        prepare_deadline: float = PREPARE_DEADLINE,
+        commit_deadline: float = COMMIT_DEADLINE,
+    ) -> None:
+        if not participants:
+            raise ValueError("a reload needs at least one participant")
+        self.path = path
+        self.participants = tuple(participants)
+        self.current = current
+        self.on_commit = on_commit
+        self.load = load
+        self.prepare_deadline = prepare_deadline
+        self.commit_deadline = commit_deadline
+        self._wanted = asyncio.Event()
+
+    def request(self) -> None:
+        """Ask for a reload (the SIGHUP handler): now, or right after the one under way."""
+        self._wanted.set()
+
+    async def serve(self) -> None:
+        """Reload whenever asked, one at a time, until cancelled; raises `SplitReload`."""
+        while True:
+            await self._wanted.wait()
+            self._wanted.clear()
+            await self.reload()
+
+    async def reload(self) -> PolicyVersion | None:
+        """Read, validate, prepare and commit; the version now in force everywhere, or ``None`` when the running
+        one stays (the error is logged). Raises `SplitReload`."""
+        try:
+            version = await asyncio.to_thread(self.load, self.path)
+        except RulesError as exc:
+            log.error("policy reload rejected, the running policy stays in force:\n%s", exc)
+            return None
+        except Exception:  # a reader's bug must not end reloading: this reload fails, the next may work
+            log.exception("policy reload failed reading %s, the running policy stays in force", self.path)
+            return None
+        try:
+            await self.transact(version)
+        except ReloadRefused as exc:
+            log.error(
+                "policy reload refused by %s: %s; the running policy %s stays in force everywhere",
+                exc.component,
+                exc.reason,
+                self.current.label,
+            )
+            return None
+        self.current = version
+        if self.on_commit is not None:
+            self.on_commit(version)
+        names = ", ".join(participant.name for participant in self.participants)
+        log.info("policy %s from %s in force in %s", version.label, self.path, names)
+        return version
+
+    async def transact(self, version: PolicyVersion) -> None:
+        """Prepare everywhere, then commit everywhere; raise `ReloadRefused` (nothing changed) or `SplitReload`."""
+        steps = [_within(p.prepare(version), self.prepare_deadline) for p in self.participants]
+        refusals = [
+            (p.name, why) for p, why in zip(self.participants, await asyncio.gather(*steps), strict=True) if why
+        ]
+        if refusals:
+            await self._abort(self.participants, version)
+            raise ReloadRefused(*refusals[0])
+        first, *rest = self.participants
+        why = await _within(first.commit(version), None)  # no deadline: nft's own bounds it, and a late apply
+        if why is not None:  # after we gave up would leave the kernel on a policy nobody else runs
+            await self._abort(rest, version)
+            raise ReloadRefused(first.name, why)
+        steps = [_within(p.commit(version), self.commit_deadline) for p in rest]
+        failed = [f"{p.name} ({why})" for p, why in zip(rest, await asyncio.gather(*steps), strict=True) if why]
+        if failed:
+            raise SplitReload(f"{version.label} applied to {first.name} but not committed by {', '.join(failed)}")
+
+    async def _abort(self, participants: Sequence[Participant], version: PolicyVersion) -> None:
+        results = await asyncio.gather(*(_within(p.abort(version), self.commit_deadline) for p in participants))
+        for participant, why in zip(participants, results, strict=True):
+            if why is not None:
+                log.warning("%s did not drop the refused policy %s: %s", participant.name, version.label, why)

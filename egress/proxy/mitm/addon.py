@@ -1,0 +1,232 @@
+"""The addon: `egress.proxy.gate` decisions mapped onto mitmproxy's layers and HTTP hooks, every decision reported.
+
+`EgressAddon` replaces mitmproxy's ``next_layer`` addon (subclassing it, so TLS interception and HTTP keep
+mitmproxy's own layering) and maps decisions onto layers:
+
+- passthrough TLS (what the front did not take: a would-block in report mode) → ``TCPLayer(ignore=True)``;
+- inspected TCP → `InspectLayer` (detectors on both directions; a blocking finding closes both sides);
+- refused → `RefuseLayer`, which closes both sides without forwarding a byte;
+- HTTP → mitmproxy's HTTP layer, with a 403 whose ``X-Egress-Blocked`` header and body say why.
+
+The gateway dials out eagerly (server-first protocols need it), so `server_connect` first checks that some rule
+could allow the destination address at all: a direct-IP connection is never dialled.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+from mitmproxy import connection, http
+from mitmproxy.addons.next_layer import NeedsMoreData, NextLayer, stack_match
+from mitmproxy.proxy import layer, layers
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decisions import DecidedFlow, Reporter
+from egress.detect.base import FlowMeta, Transport
+from egress.policy.model import Sandbox
+from egress.proxy.gate import Decision, Gate, Kind
+from egress.proxy.mitm.layers import InspectLayer, RefuseLayer
+
+
+def _meta(context: Context) -> FlowMeta:
+    src = context.client.peername
+    dst = context.server.address or ("", 0)
+    return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
+
+
+def _meta_from_flow(flow: http.HTTPFlow) -> FlowMeta:
+    src = flow.client_conn.peername
+    dst = flow.server_conn.address or (flow.request.host, flow.request.port)
+    return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
+
+
+@dataclass(slots=True)
+class _Connection:
+    sandbox: Sandbox
+    decision: Decision | None = None
+    preblocked: Verdict | None = None
+    """Set when no rule could allow the destination address: the connection was sent to the sink instead."""
+    destination: tuple[str, int] = ("", 0)
+    recorded: bool = False
+    """A block or would-block was reported for it (else a preblocked connection is reported when it closes)."""
+
+
+def _blocked_response(verdict: Verdict) -> http.Response:
+    reason = verdict.reason.value if verdict.reason is not None else "blocked"
+    line = f"egress blocked this request: {reason} ({verdict.rule}): {verdict.evidence}"
+    return http.Response.make(
+        403, line + "\n", {"Content-Type": "text/plain; charset=utf-8", "X-Egress-Blocked": line[:400]}
+    )
+
+
+class EgressAddon(NextLayer):
+    """Replaces mitmproxy's ``nextlayer`` addon; see the module docstring."""
+
+    def __init__(self, gate: Gate, reporter: Reporter, sink: tuple[str, int]) -> None:
+        super().__init__()
+        self.gate = gate
+        self.reporter = reporter
+        self.sink = sink
+        """A local listener that takes connections to destinations no rule allows (see `server_connect`)."""
+        self.connections: dict[str, _Connection] = {}
+
+    # -- reporting -------------------------------------------------------------------------------------------
+    def _report(self, meta: FlowMeta, sandbox: Sandbox | None, verdict: Verdict, host: str, client_id: str) -> None:
+        state = self.connections.get(client_id)
+        if state is not None:
+            state.recorded = state.recorded or verdict.recorded
+            if state.preblocked is not None:
+                meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
+        name = sandbox.name if sandbox is not None else ""
+        self.reporter.report(
+            DecidedFlow(time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict)
+        )
+
+    def record(self, context: Context, sandbox: Sandbox | None, verdict: Verdict, host: str) -> None:
+        """Report a decision on a connection (the layers' `OnVerdict`)."""
+        self._report(_meta(context), sandbox, verdict, host, context.client.id)
+
+    def record_flow(self, flow: http.HTTPFlow, sandbox: Sandbox, verdict: Verdict) -> None:
+        """Report a decision on one HTTP request."""
+        self._report(_meta_from_flow(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
+
+    def _on_verdict(self, context: Context, sandbox: Sandbox, verdict: Verdict) -> None:
+        self.record(context, sandbox, verdict, "")
+
+    # -- connection hooks ------------------------------------------------------------------------------------
+    def client_connected(self, client: connection.Client) -> None:
+        source = str(client.peername[0])
+        sandbox = self.gate.sandbox(source)
+        if sandbox is None:
+            verdict = self.gate.on_client(source)
+            if verdict is not None:
+                self.reporter.report(
+                    DecidedFlow(time.time(), "", source, int(client.peername[1]), "", 0, "tcp", "", verdict)
+                )
+            client.error = "egress: source outside every sandbox"
+            return
+        self.connections[client.id] = _Connection(sandbox)
+
+    def client_disconnected(self, client: connection.Client) -> None:
+        state = self.connections.pop(client.id, None)
+        if state is not None and state.preblocked is not None and not state.recorded:
+            host, port = state.destination
+            source = (str(client.peername[0]), int(client.peername[1]))
+            self.reporter.report(
+                DecidedFlow(time.time(), state.sandbox.name, *source, host, port, "tcp", "", state.preblocked)
+            )
+
+    def server_connect(self, data: ServerConnectionHookData) -> None:
+        state = self.connections.get(data.client.id)
+        if state is None or data.server.address is None:
+            data.server.error = "egress: no sandbox"
+            return
+        if state.decision is not None or state.preblocked is not None:
+            return  # a later dial of an already judged connection (HTTP keep-alive to the same host)
+        host, port = str(data.server.address[0]), int(data.server.address[1])
+        state.destination = (host, port)
+        verdict = self.gate.on_connect(state.sandbox, host, port)
+        if verdict.action is Enforcement.BLOCK:
+            # Never dial a destination no rule allows. The connection goes to a local sink instead, so the first
+            # bytes can still be read (an HTTP client gets a 403 saying why, a TLS client's SNI is recorded).
+            state.preblocked = verdict
+            data.server.address = self.sink
+
+    # -- layer choice ----------------------------------------------------------------------------------------
+    def _next_layer(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
+        if not stack_match(context, [modes.TransparentProxy]):
+            return super()._next_layer(context, data_client, data_server)  # inside intercepted TLS
+        state = self.connections.get(context.client.id)
+        if state is None:
+            return RefuseLayer(context)
+        meta = _meta(context)
+        if state.preblocked is not None:
+            meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
+            data_server = b""  # the sink's silence, not the destination's
+        decision = self._decide(state, meta, data_client, data_server)
+        state.decision = decision
+        decided = decision.verdict or decision.allow
+        if decided is not None and decision.kind is not Kind.HTTP:  # HTTP is reported request by request
+            self.record(context, state.sandbox, decided, decision.host)
+        match decision.kind:
+            case Kind.PASSTHROUGH:
+                return layers.TCPLayer(context, ignore=True)
+            case Kind.INSPECT:
+                return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
+            case Kind.INTERCEPT:
+                return super()._next_layer(context, data_client, data_server)
+            case Kind.HTTP:
+                return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
+        return RefuseLayer(context)
+
+    def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
+        decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
+        if decision.kind is Kind.WAIT:
+            raise NeedsMoreData
+        if state.preblocked is not None and (
+            decision.verdict is None or decision.verdict.action is not Enforcement.BLOCK
+        ):  # whatever the bytes say, the destination is one no rule allows
+            kind = Kind.HTTP if decision.kind is Kind.HTTP else Kind.REFUSE
+            decision = Decision(kind, state.preblocked, decision.host)
+        return decision
+
+    # -- HTTP (plain, or inside intercepted TLS) -------------------------------------------------------------
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        state = self.connections.get(flow.client_conn.id)
+        if state is None:
+            flow.response = http.Response.make(403, "egress: no sandbox\n")
+            return
+        decision = state.decision
+        first = decision is not None and decision.kind is Kind.HTTP and not flow.metadata.get("egress-seen")
+        flow.metadata["egress-seen"] = True
+        verdict: Verdict | None
+        if first and decision is not None:
+            verdict = decision.verdict or decision.allow
+        else:
+            sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
+            host = flow.request.pretty_host.lower().rstrip(".")
+            verdict = self.gate.on_request(state.sandbox, self._flow_meta(flow, state), host, sni)
+        if verdict is None:
+            return
+        self.record_flow(flow, state.sandbox, verdict)
+        if verdict.action is Enforcement.BLOCK:
+            flow.response = _blocked_response(verdict)
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        state = self.connections.get(flow.client_conn.id)
+        if state is None or flow.response is not None:
+            return
+        head = f"{flow.request.method} {flow.request.path} HTTP/1.1\r\n".encode()
+        head += b"".join(f"{k}: {v}\r\n".encode() for k, v in flow.request.headers.items()) + b"\r\n"
+        finding = self.gate.inspect_once(_meta_from_flow(flow), head + (flow.request.content or b""), b"")
+        if finding is None:
+            return
+        verdict = decide_finding(state.sandbox, finding)
+        self.record_flow(flow, state.sandbox, verdict)
+        if verdict.action is Enforcement.BLOCK:
+            flow.response = _blocked_response(verdict)
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        state = self.connections.get(flow.client_conn.id)
+        if state is None or flow.websocket is None:
+            return
+        client = b"".join(m.content for m in flow.websocket.messages if m.from_client)
+        server = b"".join(m.content for m in flow.websocket.messages if not m.from_client)
+        finding = self.gate.inspect_once(_meta_from_flow(flow), client[:16384], server[:16384])
+        if finding is None:
+            return
+        verdict = decide_finding(state.sandbox, finding)
+        self.record_flow(flow, state.sandbox, verdict)
+        if verdict.action is Enforcement.BLOCK:
+            flow.websocket.messages[-1].drop()
+            flow.kill()
+
+    def _flow_meta(self, flow: http.HTTPFlow, state: _Connection) -> FlowMeta:
+        meta = _meta_from_flow(flow)
+        if state.preblocked is not None:
+            return FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
+        return meta

@@ -1,0 +1,102 @@
+"""One proxy worker's run loop: the front on the worker's port, mitmproxy's master behind it, and the sink.
+
+`run_worker` runs until cancelled or until a part of it ends (then the worker exits and the supervisor locks the
+gateway down). What the worker enforces comes from the `Gate` it is given; swapping ``gate.policy`` (the
+supervisor's reload, see `egress.gateway.control`) changes it for every new connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import Any
+
+from mitmproxy import options
+from mitmproxy.addons import core, proxyserver, tlsconfig
+from mitmproxy.master import Master
+
+from egress.decisions import Reporter
+from egress.proxy.front import Front
+from egress.proxy.gate import Gate
+from egress.proxy.mitm.addon import EgressAddon
+
+log = logging.getLogger("egress.proxy")
+
+START_TIMEOUT = 30.0
+"""Seconds mitmproxy's server may take to start before the worker gives up (and the gateway locks down)."""
+SINK_SILENCE = 3.0
+"""Seconds the sink waits for a client that says nothing before closing (a server-first protocol's client)."""
+
+
+async def run_worker(gate: Gate, reporter: Reporter, port: int, confdir: str, upstream_ca: str | None = None) -> None:
+    """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP).
+
+    `egress.proxy.front.Front` accepts on ``port`` and relays allowed TLS itself; every other connection goes to
+    mitmproxy's transparent-mode server instance (which listens only on an unused loopback port)."""
+    opts = options.Options()
+    sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
+    sink_address = sink.sockets[0].getsockname()[:2]
+    # A lean master: only the addons the gateway needs. Every hook walks every addon, and DumpMaster's 34
+    # made connection setup several times dearer (docs/gateway-performance.md).
+    master = Master(opts, with_termlog=False)
+    master.addons.add(core.Core(), proxyserver.Proxyserver(), tlsconfig.TlsConfig())
+    master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1]))))
+    settings: dict[str, Any] = {
+        "mode": ["transparent@127.0.0.1:0"],
+        "connection_strategy": "eager",
+        "confdir": confdir,
+    }
+    if upstream_ca:
+        settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
+    opts.update(**settings)
+    servers = master.addons.get("proxyserver").servers
+    running = asyncio.create_task(master.run())
+    deadline = time.monotonic() + START_TIMEOUT
+    while not (len(servers) and all(instance.is_running for instance in servers)):
+        failed = [instance.last_exception for instance in servers if instance.last_exception is not None]
+        if failed:
+            raise RuntimeError(f"mitmproxy's server did not start: {failed[0]}")
+        if running.done():
+            await running  # mitmproxy failed to start: raise its error
+            raise RuntimeError("mitmproxy stopped before its server started")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"mitmproxy's server did not start within {START_TIMEOUT} s")
+        await asyncio.sleep(0.01)
+    [instance] = list(servers)
+
+    async def handoff(conn: socket.socket) -> None:
+        try:
+            reader, writer = await asyncio.open_connection(sock=conn)
+        except OSError as exc:
+            log.debug("handoff: %s", exc)
+            conn.close()
+            return
+        try:
+            await instance.handle_stream(reader, writer)
+        except Exception:
+            log.exception("mitmproxy failed on a connection; closed")
+            writer.close()
+
+    front = asyncio.create_task(Front(gate, reporter, handoff).serve(port))
+    try:
+        await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
+        if front.done():
+            front.result()  # the front failed (its error ends the worker)
+            raise RuntimeError("the proxy worker's front stopped")
+        running.result()  # mitmproxy shut down (its error, if any, ends the worker)
+    finally:  # also when the worker is told to stop (cancelled)
+        running.cancel()
+        front.cancel()
+
+
+async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    """Holds a connection to a refused destination: reads and discards, never answers, closes on silence."""
+    try:
+        while await asyncio.wait_for(reader.read(65536), SINK_SILENCE):
+            pass
+    except (TimeoutError, ConnectionError):
+        pass
+    finally:
+        writer.close()

@@ -1,0 +1,50 @@
+"""egress.gateway.config: every default declared once and read by the command line and the renderer; what
+a proxy worker is started with carries no policy path."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import click
+
+from egress.cli import gateway_run, nft_render
+from egress.gateway import config
+from egress.gateway.config import GatewayConfig, WorkerConfig
+from egress.nft.render import GatewaySettings
+
+
+def _defaults(command: click.Command) -> dict[str, object]:
+    found: dict[str, object] = {}
+    for param in command.params:
+        default = param.default() if callable(param.default) else param.default
+        found[str(param.name)] = default
+    return found
+
+
+def test_gateway_run_nft_render_and_the_config_share_one_set_of_defaults() -> None:
+    run, render = _defaults(gateway_run), _defaults(nft_render)
+    made = GatewayConfig("policy.yaml", "sbx0", "up0", "192.0.2.53")
+    for name in ("workers", "proxy_port", "dns_port", "nflog_group"):
+        assert run[name] == render[name] == getattr(made, name), name
+    assert (run["state_dir"], run["redis_url"], run["gateway_name"]) == (made.state_dir, made.redis_url, made.gateway)
+    settings = made.nft_settings()
+    table = GatewaySettings(sandbox_if="sbx0", uplink_if="up0")
+    assert (settings.dns_port, settings.nflog_group, settings.table) == (table.dns_port, table.nflog_group, table.table)
+    assert settings.proxy_ports[0] == table.proxy_ports[0] == config.PROXY_PORT
+
+
+def test_one_proxy_worker_per_core_this_process_may_use() -> None:
+    assert config.default_workers() == len(os.sched_getaffinity(0))
+    assert GatewayConfig("p", "a", "b", "c").workers == config.default_workers()
+
+
+def test_a_worker_is_told_everything_but_the_policy(tmp_path: Path) -> None:
+    gateway = GatewayConfig("/etc/egress/policy.yaml", "sbx0", "up0", "192.0.2.53", workers=3, state_dir="/srv/eg")
+    worker = WorkerConfig.of(gateway, 2)
+    assert (worker.name, worker.port, worker.spool_dir) == ("proxy-2", gateway.proxy_port + 2, "/srv/eg/spool/proxy-2")
+    path = tmp_path / "worker-2.json"
+    worker.write(path)
+    assert WorkerConfig.read(path) == worker
+    assert "policy" not in json.loads(path.read_text())  # the policy comes over the control channel only

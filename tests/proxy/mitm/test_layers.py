@@ -1,0 +1,79 @@
+"""egress.proxy.mitm.layers: our layers played event by event, the way mitmproxy's own layer tests are."""
+
+from __future__ import annotations
+
+from mitmproxy.proxy import commands, events
+from mitmproxy.proxy.context import Context
+
+from egress.decide import Enforcement, Reason, Verdict
+from egress.policy.model import Sandbox
+from egress.proxy.gate import flow_meta
+from egress.proxy.mitm.layers import InspectLayer, RefuseLayer
+from tests.proxy.mitm import ALLOWED_ADDRESS, SANDBOX_HOST, make_context, make_gate
+
+STRATUM = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
+
+
+def _play(layer: RefuseLayer | InspectLayer, *incoming: events.Event) -> list[tuple[str, ...]]:
+    """The commands the layer emits, as (command, side[, data]): mitmproxy's commands do not compare by value."""
+    played: list[tuple[str, ...]] = []
+    for event in incoming:
+        for command in layer.handle_event(event):
+            assert isinstance(command, commands.ConnectionCommand), command
+            side = "client" if command.connection is layer.context.client else "server"
+            data = (command.data.decode(),) if isinstance(command, commands.SendData) else ()
+            played.append((type(command).__name__, side, *data))
+    return played
+
+
+CLOSE_BOTH = [("CloseConnection", "server"), ("CloseConnection", "client")]
+
+
+def _inspecting(mode: str = "enforce") -> tuple[InspectLayer, Context, list[Verdict]]:
+    gate = make_gate(mode)
+    context = make_context((ALLOWED_ADDRESS, 3333))
+    sandbox = gate.sandbox(str(context.client.peername[0]))
+    assert sandbox is not None
+    seen: list[Verdict] = []
+
+    def on_verdict(_context: Context, _sandbox: Sandbox, verdict: Verdict) -> None:
+        seen.append(verdict)
+
+    layer = InspectLayer(
+        context, sandbox, gate.inspector(flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 3333))), on_verdict
+    )
+    return layer, context, seen
+
+
+def test_refuse_closes_both_sides_and_forwards_nothing() -> None:
+    context = make_context((ALLOWED_ADDRESS, 443))
+    played = _play(RefuseLayer(context), events.Start(), events.DataReceived(context.client, b"hello"))
+    assert played == CLOSE_BOTH
+
+
+def test_refuse_before_the_server_is_dialled_closes_the_client_only() -> None:
+    context = make_context((ALLOWED_ADDRESS, 443), connected=False)
+    assert _play(RefuseLayer(context), events.Start()) == [("CloseConnection", "client")]
+
+
+def test_inspect_relays_what_the_detectors_do_not_recognise() -> None:
+    layer, context, seen = _inspecting()
+    played = _play(layer, events.Start(), events.DataReceived(context.client, b"GET-ish bytes of no protocol\n"))
+    assert played == [("SendData", "server", "GET-ish bytes of no protocol\n")]
+    assert seen == []
+
+
+def test_a_blocking_finding_closes_both_sides_before_forwarding_the_bytes() -> None:
+    layer, context, seen = _inspecting()
+    played = _play(layer, events.Start(), events.DataReceived(context.client, STRATUM))
+    assert played == CLOSE_BOTH
+    [verdict] = seen
+    assert (verdict.action, verdict.reason) == (Enforcement.BLOCK, Reason.MINING)
+    assert _play(layer, events.DataReceived(context.client, b"more")) == []  # done: nothing more is relayed
+
+
+def test_in_report_mode_the_finding_is_reported_and_the_bytes_go_through() -> None:
+    layer, context, seen = _inspecting("report")
+    played = _play(layer, events.Start(), events.DataReceived(context.client, STRATUM))
+    assert played == [("SendData", "server", STRATUM.decode())]
+    assert [v.action for v in seen] == [Enforcement.WOULD_BLOCK]
