@@ -15,7 +15,7 @@ PACKAGE = pathlib.Path(__file__).resolve().parents[1] / "egress"
 GATES = {
     "dpkt": {"egress/capture/reader.py"},
     "mitmproxy": {"egress/proxy/addon.py"},
-    "redis": {"egress/record/store.py"},
+    "redis": {"egress/record/redis_facade.py"},
     "yaml": {"egress/policy/yamlnodes.py"},
     # running programs: nft, the proxy workers, and the lab's namespaces and servers
     "subprocess": {"egress/nft/runner.py", "egress/gateway/supervisor.py", "egress/lab/"},

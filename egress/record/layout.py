@@ -1,5 +1,5 @@
 """The Redis layout of attempt records (docs/records.md): key names, how a batch is cut into stream entries, and
-how an entry's records are encoded and decoded. Pure: no I/O; `store` writes with it, `walk` and `query` read.
+how an entry's records are encoded and decoded. Pure: no I/O; `delivery` writes with it, `walk` and `query` read.
 
 A sandbox's records live in stream entries of up to `CHUNK` records each, all within `SPAN` seconds of the
 entry's first record; the entry's value is the records as one JSON array, each element exactly the record's
@@ -13,7 +13,7 @@ import bisect
 import json
 import operator
 import urllib.parse
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Any, Final
 
 import msgspec
@@ -95,16 +95,16 @@ def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
         return json.dumps([record.to_json() for record in records], separators=(",", ":")).encode()
 
 
-def decode_entry(fields: dict[str, Any]) -> list[AttemptRecord]:
-    """The records of a stream entry's fields (as redis-py returns them); [] for an entry from another layout.
-    Checked as `AttemptRecord` checks itself; a malformed entry raises ValueError."""
+def decode_entry(fields: Mapping[str, str]) -> list[AttemptRecord]:
+    """The records of a stream entry's fields; [] for an entry from another layout. Checked as `AttemptRecord`
+    checks itself (a value outside its field's enum included); a malformed entry raises ValueError naming it."""
     payload = fields.get(ENTRY_RECORDS)
     if payload is None:
         return []
     try:
         return _DECODER.decode(payload)
-    except msgspec.DecodeError:  # e.g. a lone surrogate escaped by `encode_entry`, which msgspec refuses
-        return [AttemptRecord.from_json(item) for item in json.loads(payload)]
+    except msgspec.DecodeError:  # a lone surrogate escaped by `encode_entry`, which msgspec refuses; or a bad
+        return [AttemptRecord.from_json(item) for item in json.loads(payload)]  # value, which this error names
 
 
 def decode_records(payload: str | bytes) -> list[dict[str, Any]]:
