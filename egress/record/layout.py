@@ -14,7 +14,7 @@ import json
 import operator
 import urllib.parse
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, Final
+from typing import Final
 
 import msgspec
 
@@ -96,21 +96,39 @@ def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
 
 
 def decode_entry(fields: Mapping[str, str]) -> list[AttemptRecord]:
-    """The records of a stream entry's fields; [] for an entry from another layout. Checked as `AttemptRecord`
-    checks itself (a value outside its field's enum included); a malformed entry raises ValueError naming it."""
+    """The records of a stream entry's fields; [] for an entry from another layout (see `decode_payload`)."""
     payload = fields.get(ENTRY_RECORDS)
-    if payload is None:
-        return []
+    return [] if payload is None else decode_payload(payload)
+
+
+def decode_payload(payload: str | bytes) -> list[AttemptRecord]:
+    """The records of an entry's ``records`` field. Checked as `AttemptRecord` checks itself (a value outside its
+    field's enum included); a malformed entry raises ValueError naming it."""
     try:
         return _DECODER.decode(payload)
     except msgspec.DecodeError:  # a lone surrogate escaped by `encode_entry`, which msgspec refuses; or a bad
         return [AttemptRecord.from_json(item) for item in json.loads(payload)]  # value, which this error names
 
 
-def decode_records(payload: str | bytes) -> list[dict[str, Any]]:
-    """An entry's records as plain JSON objects (no validation): for counting."""
+class Counted(msgspec.Struct, frozen=True):
+    """The fields of a record that counting needs, read without the others and unchecked (a count by reason
+    shows a stored value as it is)."""
+
+    ts: float
+    count: int
+    sandbox: str
+    category: str
+    reason: str
+    host: str
+    dst: str
+
+
+_COUNTED: Final = msgspec.json.Decoder(list[Counted])
+
+
+def decode_counted(payload: str | bytes) -> list[Counted]:
+    """An entry's records as `Counted`: for counting."""
     try:
-        items: list[dict[str, Any]] = msgspec.json.decode(payload)
+        return _COUNTED.decode(payload)
     except msgspec.DecodeError:  # a lone surrogate escaped by `encode_entry`
-        items = json.loads(payload)
-    return items
+        return msgspec.convert(json.loads(payload), list[Counted])

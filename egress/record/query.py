@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from egress.record.action_store import read_actions, write_actions
-from egress.record.layout import decode_entry, stream_key
+from egress.record.layout import Counted, decode_entry, stream_key
 from egress.record.redis_facade import RedisFacade, StreamEntry
 from egress.record.schema import AttemptRecord, id_time
 from egress.record.store import RecordStore
@@ -186,14 +186,20 @@ def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str,
     total: dict[str, int] = {}
     for sandbox in store.sandboxes():
         for item in entry_records_in_range(store.redis, sandbox, since, until):
-            if not since <= item["ts"] <= until:
-                continue
-            if by == "destination":
-                key = item["host"] or item["dst"]
-            else:
-                key = item[by]
-            total[key] = total.get(key, 0) + int(item["count"])
+            if since <= item.ts <= until:
+                key = _count_key(item, by)
+                total[key] = total.get(key, 0) + item.count
     return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _count_key(item: Counted, by: str) -> str:
+    if by == "reason":
+        return item.reason
+    if by == "category":
+        return item.category
+    if by == "sandbox":
+        return item.sandbox
+    return item.host or item.dst
 
 
 def follow(

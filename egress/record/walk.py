@@ -12,9 +12,18 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import Final
 
-from egress.record.layout import SPAN, decode_entry, decode_records, index_key, stream_key
+from egress.record.layout import (
+    ENTRY_RECORDS,
+    SPAN,
+    Counted,
+    decode_counted,
+    decode_entry,
+    decode_payload,
+    index_key,
+    stream_key,
+)
 from egress.record.redis_facade import RedisFacade, Script, optional_text
 from egress.record.schema import AttemptRecord
 
@@ -116,23 +125,23 @@ def find(redis: RedisFacade, sandboxes: Sequence[str], record_id: str, near: flo
     bounds = (score(near - 1.0 - SPAN), score(near + 1.001))
     calls = (((index_key(sandbox), stream_key(sandbox)), (*bounds, needle)) for sandbox in sandboxes)
     for payload in redis.run_each(_FIND_SCRIPT, calls):
-        found = [item for item in decode_records(payload) if item.get("id") == record_id] if payload else []
+        found = [record for record in decode_payload(payload) if record.id == record_id] if payload else []
         if found:
-            return AttemptRecord.from_json(found[0])
+            return found[0]
     return None
 
 
-def entry_records_in_range(redis: RedisFacade, sandbox: str, low: float, high: float) -> Iterator[dict[str, Any]]:
-    """The records (plain JSON objects, unvalidated) of the entries that may hold times in ``[low, high]``, in no
-    particular order; the caller checks each record's ``ts``. For counting."""
+def entry_records_in_range(redis: RedisFacade, sandbox: str, low: float, high: float) -> Iterator[Counted]:
+    """The records (what counting needs of them, unchecked) of the entries that may hold times in ``[low, high]``,
+    in no particular order; the caller checks each record's ``ts``."""
     index, stream = index_key(sandbox), stream_key(sandbox)
     offset, page = 0, MAX_PAGE
     while True:
         members = redis.zrange_by_score(index, score(low - SPAN), score(high), offset, page)
         for entry in redis.xrange_each(stream, members):
-            payload = entry[1].get("records") if entry is not None else None
+            payload = entry[1].get(ENTRY_RECORDS) if entry is not None else None
             if payload is not None:
-                yield from decode_records(payload)
+                yield from decode_counted(payload)
         if len(members) < page:
             return
         offset += len(members)
