@@ -67,7 +67,7 @@ def make_records(count: int, span: float, seed: int) -> list[AttemptRecord]:
                 host=("pool.example.com", "", "x.t.example.net")[kind],
                 category=("mining", "policy", "tunnel")[kind],
                 protocol=("stratum-v1", "tcp", "dns-tunnel")[kind],
-                reason=("mining", "not-allowed", "tunnel")[kind],
+                reason=("mining", "not-allowlisted", "tunnel")[kind],
                 detector=("stratum", "", "dns_tunnel")[kind],
                 rule="",
                 action="block",

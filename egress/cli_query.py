@@ -143,7 +143,7 @@ def event_row(record: AttemptRecord, colour: bool) -> str:
 @redis_option
 @click.option("--sandbox", help="Only this sandbox.")
 @click.option("--category", help="Only this category (mining, tunnel, crypto-node, policy).")
-@click.option("--reason", help="Only this reason (e.g. mining, not-allowed).")
+@click.option("--reason", help="Only this reason (e.g. mining, not-allowlisted).")
 @click.option("--destination", help="Only this address, or this host name and the names under it.")
 @click.option("--since", callback=_time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
 @click.option("--until", callback=_time_option, help="Up to this time (same forms).")

@@ -16,7 +16,7 @@ GATES = {
     "dpkt": {"egress/capture/reader.py"},
     # one package, one concern per module (layers, addon, server, ca), as mitmproxy's own tree is cut
     "mitmproxy": {"egress/proxy/mitm/"},
-    "redis": {"egress/record/store.py"},
+    "redis": {"egress/record/redis_facade.py"},
     "yaml": {"egress/policy/yamlnodes.py"},
     # running programs: nft, the proxy workers, and the lab's namespaces and servers
     "subprocess": {"egress/nft/runner.py", "egress/gateway/supervisor.py", "egress/lab/"},

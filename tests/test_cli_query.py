@@ -50,7 +50,7 @@ def store(server: RedisServer, tmp_path: Path) -> Iterator[RecordStore]:
 
 SCENARIOS = [
     record(ts=NOW - 300, host="pool.example.com"),
-    record(ts=NOW - 200, category="policy", reason="not-allowed", protocol="tcp", dst="198.51.100.7", dport=443),
+    record(ts=NOW - 200, category="policy", reason="not-allowlisted", protocol="tcp", dst="198.51.100.7", dport=443),
     record(
         ts=NOW - 100, category="tunnel", reason="tunnel", host="x.t.example.net", transport="udp", dport=53, count=9
     ),
@@ -88,7 +88,7 @@ def test_events_json_lines_are_the_documented_records(server: RedisServer, fille
     [
         (["--sandbox", "other"], [3, 4]),
         (["--category", "tunnel"], [2]),
-        (["--reason", "not-allowed"], [1]),
+        (["--reason", "not-allowlisted"], [1]),
         (["--destination", "example.com"], [0]),
         (["--destination", "t.example.net"], [2]),
         (["--destination", "198.51.100.7"], [1]),
@@ -152,7 +152,7 @@ def test_timeline_puts_attempts_under_their_actions(server: RedisServer, filled:
     assert lines[0].startswith("agents: 2 action(s), 3 attempt(s)")
     assert "▶ shell_command pip install helper" in lines[1]
     assert lines[2].startswith("      ") and "pool.example.com" in lines[2]
-    assert "not-allowed" in lines[3] and "(no action)" in lines[3]
+    assert "not-allowlisted" in lines[3] and "(no action)" in lines[3]
     assert "running" in lines[4]
     assert "x.t.example.net" in lines[5] and "x9" in lines[5]
     items = [json.loads(line) for line in run(server, "timeline", "agents", "--json").output.splitlines()]
@@ -168,7 +168,7 @@ def test_stats(server: RedisServer, filled: RecordStore) -> None:
     data = json.loads(run(server, "stats", "--json", "--window", "1h", "--by", "sandbox", "--by", "reason").output)
     assert data["counts"] == {
         "sandbox": {"agents": 11, "other": 1},
-        "reason": {"tunnel": 9, "crypto-node": 1, "mining": 1, "not-allowed": 1},
+        "reason": {"tunnel": 9, "crypto-node": 1, "mining": 1, "not-allowlisted": 1},
     }
     assert data["window_s"] == 3600
     table = run(server, "stats", "--window", "3h", "--top", "1").output

@@ -2,14 +2,18 @@
 
 Every request model forbids unknown fields (``extra="forbid"``), so an unknown query parameter or body field is a
 400 naming it. Times in queries are epoch seconds or ISO 8601 (a time without a zone is UTC); in responses they
-are epoch seconds. Record fields mirror `egress.record.schema.AttemptRecord` and docs/records.md.
+are epoch seconds. An attempt is `egress.record.schema.AttemptRecord` itself (docs/records.md): its fields, types,
+closed sets and field docstrings make the ``Attempt`` of the description.
 """
 
 from __future__ import annotations
 
+import ast
 import datetime
+import inspect
 import math
-from typing import Annotated, Any, Final, Literal
+import textwrap
+from typing import Annotated, Any, ClassVar, Final, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,7 +26,8 @@ from pydantic import (
     model_validator,
 )
 
-from egress.record.schema import CATEGORIES
+from egress.decide import Enforcement
+from egress.record.schema import AttemptRecord, RecordCategory
 
 MAX_PAGE: Final = 1000
 MAX_BATCH: Final = 1000
@@ -30,8 +35,6 @@ MAX_WINDOW_S: Final = 366 * 86400
 MAX_TIME: Final = 253402300799.0
 """9999-12-31T23:59:59Z: beyond it ISO 8601 cannot say the time."""
 
-Category = Literal["mining", "tunnel", "crypto-node", "policy"]
-assert set(CATEGORIES) == {"mining", "tunnel", "crypto-node", "policy"}, "keep Category in step with the schema"
 StatsBy = Literal["reason", "category", "sandbox", "destination"]
 
 
@@ -98,7 +101,7 @@ class _Window(_Query):
 
 class AttemptsQuery(_Window):
     sandbox: SandboxName | None = Field(None, description='Only this sandbox ("" = sources in no sandbox).')
-    category: Category | None = None
+    category: RecordCategory | None = None
     reason: Reason | None = None
     destination: Annotated[str, Field(min_length=1, max_length=256)] | None = Field(
         None, description="An address (dst), or a host name (exact, or any name below it)."
@@ -128,35 +131,51 @@ class SeriesQuery(StatsQuery):
 
 class FollowQuery(_Query):
     sandbox: SandboxName | None = None
-    category: Category | None = None
+    category: RecordCategory | None = None
 
 
-class Attempt(BaseModel):
+def _field_docs(cls: type) -> dict[str, str]:
+    """The docstrings under a class's annotated fields (``name: type`` then a string), by field name."""
+    body = ast.parse(textwrap.dedent(inspect.getsource(cls))).body[0]
+    assert isinstance(body, ast.ClassDef)
+    docs = {}
+    for field, after in zip(body.body, body.body[1:], strict=False):
+        if (
+            isinstance(field, ast.AnnAssign)
+            and isinstance(field.target, ast.Name)
+            and isinstance(after, ast.Expr)
+            and isinstance(after.value, ast.Constant)
+            and isinstance(after.value.value, str)
+        ):
+            docs[field.target.id] = inspect.cleandoc(after.value.value)
+    return docs
+
+
+_ATTEMPT_DOCS: Final = _field_docs(AttemptRecord)
+_RECORDED: Final = [action.value for action in Enforcement if action is not Enforcement.ALLOW]
+
+
+def _describe_attempt(schema: dict[str, Any]) -> None:
+    """Every field is always present: no defaults (they are the constructor's); each field described by its
+    docstring; ``action`` is never ``allow``."""
+    for name, prop in schema["properties"].items():
+        prop.pop("default", None)
+        if name in _ATTEMPT_DOCS:
+            prop["description"] = _ATTEMPT_DOCS[name]
+    schema["properties"]["action"] = {
+        "type": "string",
+        "enum": _RECORDED,
+        "title": "Action",
+        "description": _ATTEMPT_DOCS["action"],
+    }
+
+
+class Attempt(AttemptRecord):
     """An attempt record (docs/records.md), exactly as the CLI's JSON lines carry it."""
 
-    id: str
-    ts: float
-    gateway: str
-    sandbox: str
-    src: str
-    sport: int
-    dst: str
-    dport: int
-    transport: str
-    host: str
-    category: str
-    protocol: str
-    reason: str
-    detector: str
-    rule: str
-    action: str
-    evidence: str
-    count: int
-    first_ts: float
-    last_ts: float
-    schema_: int = Field(alias="schema", serialization_alias="schema")
-
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(
+        title="Attempt", json_schema_serialization_defaults_required=True, json_schema_extra=_describe_attempt
+    )
 
 
 class Action(BaseModel):

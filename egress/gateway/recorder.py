@@ -1,7 +1,7 @@
 """Decisions → counters and records in Redis, off the hot path: a `Reporter` whose `report` only counts and enqueues.
 
 Every decision is counted (the API's ``egress_gateway_decisions_total``). A background thread turns each block,
-would-block or record into an `AttemptRecord`, aggregates repeats (a flood
+would-block or record into an `AttemptRecord` (`AttemptRecord.of`), aggregates repeats (a flood
 becomes one record with a count), and writes batches through `RecordStore`, which spools to local disk while
 Redis is unreachable and delivers the spool, in order and without duplicates, when it answers again. Allowed
 decisions are not records (`egress.decisions.LogReporter` logs each).
@@ -55,29 +55,8 @@ class Counters:
 
 
 def to_record(attempt: DecidedFlow, gateway: str) -> AttemptRecord:
-    verdict = attempt.verdict
-    finding = verdict.finding
-    return AttemptRecord(
-        id=new_id(attempt.ts),
-        ts=attempt.ts,
-        gateway=gateway,
-        sandbox=attempt.sandbox,
-        src=attempt.src,
-        sport=attempt.sport,
-        dst=attempt.dst,
-        dport=attempt.dport,
-        transport=attempt.transport,
-        host=attempt.host,
-        category=finding.category.value if finding is not None else "policy",
-        protocol=finding.protocol if finding is not None else attempt.transport,
-        reason=verdict.reason.value if verdict.reason is not None else "",
-        detector=finding.detector if finding is not None else "policy",
-        rule=verdict.rule,
-        action=verdict.action.value,
-        evidence=verdict.evidence,
-        first_ts=attempt.ts,
-        last_ts=attempt.ts,
-    )
+    """The record of a block, would-block or record decision, with a new id (`AttemptRecord.of`)."""
+    return AttemptRecord.of(attempt, gateway, new_id(attempt.ts))
 
 
 class RecordReporter:
@@ -130,8 +109,13 @@ class RecordReporter:
                 if item is None:
                     closing = True
                     break
-                pending += self.aggregator.add(to_record(item, self.gateway), time.time())
-            pending += self.aggregator.flush(time.time(), force=closing)
+                try:
+                    record = to_record(item, self.gateway)
+                except ValueError:  # a decision the record schema refuses: a bug, which must not stop the thread
+                    log.exception("decision not recordable, dropped: %r", item)
+                    continue
+                pending += self.aggregator.add(record, time.monotonic())
+            pending += self.aggregator.flush(time.monotonic(), force=closing)
             try:
                 self.store.drain()
                 if pending:

@@ -1,6 +1,7 @@
 """Agent actions in Redis: written idempotently by (sandbox, id), read by the time window their spans overlap.
-Uses the store's client (`RecordStore.client`); the keys are `layout.action_keys` (docs/records.md). `query`
-re-exports both functions: callers use ``query.write_actions`` and ``query.read_actions``.
+Sends its scripts through the store's `RedisFacade` (`RecordStore.redis`); the keys are `layout.action_keys`
+(docs/records.md). `query` re-exports both functions: callers use ``query.write_actions`` and
+``query.read_actions``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from typing import Final
 
 from egress.record.actions import ActionRecord
 from egress.record.layout import action_keys
+from egress.record.redis_facade import Arg, Script, ScriptCall, integer, optional_texts
 from egress.record.store import RecordStore
 
 ACTION_CHUNK: Final = 256
@@ -22,7 +24,8 @@ TRIM_MAX: Final = 10_000
 # KEYS: action_keys. ARGV: max actions, oldest start kept, most to drop, then per action: id, start, end ('inf'
 # while running), JSON. A re-sent id replaces the stored action (HSET/ZADD overwrite). Then retention trims, oldest
 # start first.
-_WRITE_ACTIONS_SCRIPT: Final = """
+_WRITE_ACTIONS_SCRIPT: Final = Script(
+    """
 local span = tonumber(redis.call('GET', KEYS[4]) or '0')
 local longest = span
 for i = 4, #ARGV, 4 do
@@ -46,12 +49,15 @@ for _, id in ipairs(drop) do
   redis.call('ZREM', KEYS[3], id)
 end
 return #drop
-"""
+""",
+    integer,
+)
 
 # KEYS: action_keys. ARGV: since, until ('-inf'/'+inf' when open), limit. The actions whose span overlaps
 # [since, until], by start: those still running that started before since minus the longest finished span, then
 # a scan of the starts from there to until keeping those that end at or after since.
-_READ_ACTIONS_SCRIPT: Final = """
+_READ_ACTIONS_SCRIPT: Final = Script(
+    """
 local limit = tonumber(ARGV[3])
 local low = '-inf'
 if ARGV[1] ~= '-inf' then
@@ -84,7 +90,9 @@ while #ids < limit do
 end
 if #ids == 0 then return {} end
 return redis.call('HMGET', KEYS[1], unpack(ids))
-"""
+""",
+    optional_texts,
+)
 
 
 def write_actions(store: RecordStore, actions: Sequence[ActionRecord]) -> int:
@@ -98,18 +106,18 @@ def write_actions(store: RecordStore, actions: Sequence[ActionRecord]) -> int:
     if not by_sandbox:
         return 0
     oldest = repr(now - store.retention_max_age)
-    pipe = store.client().pipeline(transaction=False)
+    calls: list[ScriptCall] = []
     for sandbox, group in by_sandbox.items():
         for start in range(0, len(group), ACTION_CHUNK):
-            args: list[str | int] = [store.retention_max_len, oldest, TRIM_MAX]
+            args: list[Arg] = [store.retention_max_len, oldest, TRIM_MAX]
             for action in group[start : start + ACTION_CHUNK]:
                 data = action.to_json()
                 if not action.received:
                     data["received"] = now
                 ends = "inf" if action.end is None else repr(action.end)
                 args += [action.id, repr(action.start), ends, json.dumps(data, separators=(",", ":"))]
-            pipe.execute_command("EVAL", _WRITE_ACTIONS_SCRIPT, 4, *action_keys(sandbox), *args)
-    pipe.execute()
+            calls.append((action_keys(sandbox), args))
+    store.redis.run_each(_WRITE_ACTIONS_SCRIPT, calls)
     return len(actions)
 
 
@@ -122,6 +130,5 @@ def read_actions(
         raise ValueError(f"limit must be at least 1, got {limit}")
     low = "-inf" if since is None else repr(since)
     high = "+inf" if until is None else repr(until)
-    client = store.client()
-    replies = client.execute_command("EVAL", _READ_ACTIONS_SCRIPT, 4, *action_keys(sandbox), low, high, limit)
+    replies = store.redis.run(_READ_ACTIONS_SCRIPT, action_keys(sandbox), (low, high, limit))
     return [ActionRecord.from_json(json.loads(reply)) for reply in replies if reply is not None]

@@ -1,11 +1,12 @@
 """Aggregation of repeated attempts, so that a flood of identical attempts cannot flood Redis. Pure: the caller
-passes the (monotonic) time and an id factory.
+passes the time ``now`` (the recorder passes `time.monotonic`: only the windows are measured with it, the records
+keep their own times) and an id factory.
 
-Attempts are identical when they share (sandbox, src, dst, dport, transport, reason, protocol). The first one of a
-key is written at once; the repeats that follow within ``window`` seconds are counted and written as ONE record
-(``count``, ``first_ts``, ``last_ts``, a new id) when that window closes. A key that was still repeating gets a new
-window; a key quiet for a whole window is forgotten, so its next attempt is written at once again. At most
-``max_keys`` keys are held: a new key beyond that closes the oldest window early.
+Attempts are identical when they share (sandbox, src, dst, dport, transport, host, reason, protocol). The first one
+of a key is written at once; the repeats that follow within ``window`` seconds are counted and written as ONE
+record (``count``, ``first_ts``, ``last_ts``, a new id) when that window closes. A key that was still repeating
+gets a new window; a key quiet for a whole window is forgotten, so its next attempt is written at once again. At
+most ``max_keys`` keys are held: a new key beyond that closes the oldest window early.
 """
 
 from __future__ import annotations
@@ -15,9 +16,11 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from egress.decide import Reason
+from egress.detect.base import Transport
 from egress.record.schema import AttemptRecord, new_id
 
-AggregateKey = tuple[str, str, str, int, str, str, str, str]
+AggregateKey = tuple[str, str, str, int, Transport, str, Reason, str]
 
 
 def aggregate_key(record: AttemptRecord) -> AggregateKey:

@@ -1,5 +1,5 @@
 """The Redis layout of attempt records (docs/records.md): key names, how a batch is cut into stream entries, and
-how an entry's records are encoded and decoded. Pure: no I/O; `store` writes with it, `walk` and `query` read.
+how an entry's records are encoded and decoded. Pure: no I/O; `delivery` writes with it, `walk` and `query` read.
 
 A sandbox's records live in stream entries of up to `CHUNK` records each, all within `SPAN` seconds of the
 entry's first record; the entry's value is the records as one JSON array, each element exactly the record's
@@ -13,8 +13,8 @@ import bisect
 import json
 import operator
 import urllib.parse
-from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Final
 
 import msgspec
 
@@ -95,22 +95,40 @@ def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
         return json.dumps([record.to_json() for record in records], separators=(",", ":")).encode()
 
 
-def decode_entry(fields: dict[str, Any]) -> list[AttemptRecord]:
-    """The records of a stream entry's fields (as redis-py returns them); [] for an entry from another layout.
-    Checked as `AttemptRecord` checks itself; a malformed entry raises ValueError."""
+def decode_entry(fields: Mapping[str, str]) -> list[AttemptRecord]:
+    """The records of a stream entry's fields; [] for an entry from another layout (see `decode_payload`)."""
     payload = fields.get(ENTRY_RECORDS)
-    if payload is None:
-        return []
+    return [] if payload is None else decode_payload(payload)
+
+
+def decode_payload(payload: str | bytes) -> list[AttemptRecord]:
+    """The records of an entry's ``records`` field. Checked as `AttemptRecord` checks itself (a value outside its
+    field's enum included); a malformed entry raises ValueError naming it."""
     try:
         return _DECODER.decode(payload)
-    except msgspec.DecodeError:  # e.g. a lone surrogate escaped by `encode_entry`, which msgspec refuses
-        return [AttemptRecord.from_json(item) for item in json.loads(payload)]
+    except msgspec.DecodeError:  # a lone surrogate escaped by `encode_entry`, which msgspec refuses; or a bad
+        return [AttemptRecord.from_json(item) for item in json.loads(payload)]  # value, which this error names
 
 
-def decode_records(payload: str | bytes) -> list[dict[str, Any]]:
-    """An entry's records as plain JSON objects (no validation): for counting."""
+class Counted(msgspec.Struct, frozen=True):
+    """The fields of a record that counting needs, read without the others and unchecked (a count by reason
+    shows a stored value as it is)."""
+
+    ts: float
+    count: int
+    sandbox: str
+    category: str
+    reason: str
+    host: str
+    dst: str
+
+
+_COUNTED: Final = msgspec.json.Decoder(list[Counted])
+
+
+def decode_counted(payload: str | bytes) -> list[Counted]:
+    """An entry's records as `Counted`: for counting."""
     try:
-        items: list[dict[str, Any]] = msgspec.json.decode(payload)
+        return _COUNTED.decode(payload)
     except msgspec.DecodeError:  # a lone surrogate escaped by `encode_entry`
-        items = json.loads(payload)
-    return items
+        return msgspec.convert(json.loads(payload), list[Counted])

@@ -1,6 +1,6 @@
 """Queries over the record store: attempts across sandboxes with filters and cursor pages, one attempt by id,
-counts over a window, live follow, and the agent actions (written and read here). Uses the store's client
-(`RecordStore.client`); only `egress.record.store` imports redis. Redis errors propagate (`store.STORE_ERRORS`).
+counts over a window, live follow, and the agent actions (written and read here). Sends its commands through the
+store's `RedisFacade` (`RecordStore.redis`). Redis errors propagate (`store.STORE_ERRORS`).
 
 The key layout is the store's (docs/records.md); actions live in `egress.record.action_store`, re-exported here.
 """
@@ -15,10 +15,11 @@ import re
 import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Final
 
 from egress.record.action_store import read_actions, write_actions
-from egress.record.layout import decode_entry, stream_key
+from egress.record.layout import Counted, decode_entry, stream_key
+from egress.record.redis_facade import RedisFacade, StreamEntry
 from egress.record.schema import AttemptRecord, id_time
 from egress.record.store import RecordStore
 from egress.record.walk import entry_records_in_range, find, records_by_time
@@ -55,7 +56,9 @@ class AttemptFilter:
 
     sandbox: str | None = None
     category: str | None = None
+    """A `RecordCategory` value (another string matches nothing)."""
     reason: str | None = None
+    """A `egress.decide.Reason` value (another string matches nothing)."""
     destination: str | None = None
     """The destination address exactly, or a host name: the name itself or any name under it."""
     since: float | None = None
@@ -110,7 +113,7 @@ Position = tuple[float, str, str]
 
 
 def _walk(
-    client: Any, sandbox: str, flt: AttemptFilter, after: Position | None
+    redis: RedisFacade, sandbox: str, flt: AttemptFilter, after: Position | None
 ) -> Iterator[tuple[Position, AttemptRecord]]:
     """One sandbox's records in the time window strictly after ``after`` in newest-first order."""
     low = -math.inf if flt.since is None else flt.since
@@ -124,7 +127,7 @@ def _walk(
             start = (ts, "")
         else:
             start = (ts, record_id)
-    for record in records_by_time(client, sandbox, low, high, descending=True, after=start):
+    for record in records_by_time(redis, sandbox, low, high, descending=True, after=start):
         yield (record.ts, sandbox, record.id), record
 
 
@@ -139,9 +142,8 @@ def list_attempts(
     if flt.since is not None and flt.until is not None and flt.since > flt.until:
         raise ValueError(f"time range inverted: since {flt.since} is after until {flt.until}")
     after = decode_cursor(cursor) if cursor is not None else None
-    client = store.client()
     names = [flt.sandbox] if flt.sandbox is not None else store.sandboxes()
-    walks = [_walk(client, name, flt, after) for name in names]
+    walks = [_walk(store.redis, name, flt, after) for name in names]
     merged = heapq.merge(*walks, key=lambda item: item[0], reverse=True)
     found: list[AttemptRecord] = []
     last: Position | None = None
@@ -173,7 +175,7 @@ def get_attempt(store: RecordStore, attempt_id: str) -> AttemptRecord | None:
     the record's ``ts``): one script per sandbox, in one round trip."""
     if not _ID.fullmatch(attempt_id):
         return None
-    return find(store.client(), store.sandboxes(), attempt_id, id_time(attempt_id))
+    return find(store.redis, store.sandboxes(), attempt_id, id_time(attempt_id))
 
 
 def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str, int]:
@@ -181,18 +183,23 @@ def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str,
     when there is none); an aggregated record counts as its ``count``."""
     if by not in COUNT_BY:
         raise ValueError(f"by must be one of {', '.join(COUNT_BY)}, got {by!r}")
-    client = store.client()
     total: dict[str, int] = {}
     for sandbox in store.sandboxes():
-        for item in entry_records_in_range(client, sandbox, since, until):
-            if not since <= item["ts"] <= until:
-                continue
-            if by == "destination":
-                key = item["host"] or item["dst"]
-            else:
-                key = item[by]
-            total[key] = total.get(key, 0) + int(item["count"])
+        for item in entry_records_in_range(store.redis, sandbox, since, until):
+            if since <= item.ts <= until:
+                key = _count_key(item, by)
+                total[key] = total.get(key, 0) + item.count
     return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
+
+
+def _count_key(item: Counted, by: str) -> str:
+    if by == "reason":
+        return item.reason
+    if by == "category":
+        return item.category
+    if by == "sandbox":
+        return item.sandbox
+    return item.host or item.dst
 
 
 def follow(
@@ -201,14 +208,14 @@ def follow(
     """Records that arrived after the stream positions ``after`` (sandbox -> stream id; None: from now), waiting
     up to ``block_ms`` for some. Returns them (oldest first) and the positions to pass next time. A sandbox not in
     ``after`` is read from its beginning: it had no records when ``after`` was made."""
-    client = store.client()
-    positions = dict(after) if after is not None else _ends(client, store.sandboxes())
+    redis = store.redis
+    positions = dict(after) if after is not None else _ends(redis, store.sandboxes())
     deadline = time.monotonic() + max(block_ms, 0) / 1000
     while True:
         for sandbox in store.sandboxes():
             positions.setdefault(sandbox, "0-0")
         wait = min(deadline - time.monotonic(), FOLLOW_SLICE, store.socket_timeout / 2)
-        replies = _read_streams(client, store.cluster, positions, max(int(wait * 1000), 0))
+        replies = _read_streams(redis, positions, max(int(wait * 1000), 0))
         found: list[AttemptRecord] = []
         for sandbox, entries in replies:
             for entry_id, fields in entries:
@@ -217,37 +224,28 @@ def follow(
         if found or time.monotonic() >= deadline:
             found.sort(key=lambda record: (record.ts, record.id))
             return found, positions
-        if store.cluster and wait > 0:
+        if redis.cluster and wait > 0:
             time.sleep(min(wait, 0.1))
 
 
-def _ends(client: Any, sandboxes: Sequence[str]) -> dict[str, str]:
-    pipe = client.pipeline(transaction=False)
-    for sandbox in sandboxes:
-        pipe.xrevrange(stream_key(sandbox), count=1)
-    return {
-        sandbox: (reply[0][0] if reply else "0-0") for sandbox, reply in zip(sandboxes, pipe.execute(), strict=True)
-    }
+def _ends(redis: RedisFacade, sandboxes: Sequence[str]) -> dict[str, str]:
+    last = redis.last_ids([stream_key(sandbox) for sandbox in sandboxes])
+    return {sandbox: entry_id or "0-0" for sandbox, entry_id in zip(sandboxes, last, strict=True)}
 
 
-def _read_streams(
-    client: Any, cluster: bool, positions: dict[str, str], block_ms: int
-) -> list[tuple[str, list[tuple[str, dict[str, str]]]]]:
+def _read_streams(redis: RedisFacade, positions: dict[str, str], block_ms: int) -> list[tuple[str, list[StreamEntry]]]:
     """XREAD of every sandbox's stream after its position: one blocking XREAD on a single server; on a Cluster
     (streams on several nodes, one XREAD per key) a pipeline of non-blocking reads that the caller repeats."""
     if not positions:
         time.sleep(block_ms / 1000)
         return []
     names = sorted(positions)
-    if not cluster:
-        streams = {stream_key(name): positions[name] for name in names}
-        reply = client.xread(streams, count=FOLLOW_COUNT, block=block_ms or None) or []
+    streams = {stream_key(name): positions[name] for name in names}
+    if not redis.cluster:
         by_key = {stream_key(name): name for name in names}
-        return [(by_key[key], entries) for key, entries in reply]
-    pipe = client.pipeline(transaction=False)
-    for name in names:
-        pipe.xread({stream_key(name): positions[name]}, count=FOLLOW_COUNT)
-    return [(name, reply[0][1]) for name, reply in zip(names, pipe.execute(), strict=True) if reply]
+        return [(by_key[key], entries) for key, entries in redis.xread(streams, FOLLOW_COUNT, block_ms)]
+    replies = redis.xread_each(streams, FOLLOW_COUNT)
+    return [(name, entries) for name, entries in zip(names, replies, strict=True) if entries]
 
 
 def attempts_for_sandbox(

@@ -1,33 +1,44 @@
-"""The attempt record, schema version 1: one blocked (or would-block) attempt, as it is stored in Redis, spooled
-to disk and returned by queries. Pure: no I/O, ids are built from a time and random bytes passed in.
+"""The attempt record, schema version 1: one blocked, would-block or recorded attempt, as it is stored in Redis,
+spooled to disk and returned by queries (the API's ``Attempt`` is this class). Pure: no I/O; ids are built from a
+time and random bytes passed in (`new_id` is the one helper that asks the OS for them).
 
-The field names and the string values of ``transport``, ``category`` and ``action`` are part of the API (Redis,
-JSON, logs): docs/records.md is their reference. Version 1 may only grow by adding optional fields; readers ignore
-fields they do not know.
+The one way from a gateway's decision to a record is `AttemptRecord.of` (a `DecidedFlow` and its verdict). The
+field names and the values of ``transport``, ``category``, ``reason`` and ``action`` are part of the API (Redis,
+JSON, logs): docs/records.md is their reference. Those four are closed sets, the enums the rest of egress decides
+with; a record holding any other value is refused with an error naming the field. Version 1 may only grow by
+adding optional fields; readers ignore fields they do not know.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import enum
 import math
 import os
 import re
+import typing
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Final
 
-from egress.detect.base import Category
+from egress.decide import Enforcement, Reason
+from egress.decisions import DecidedFlow
+from egress.detect.base import Category, Transport
 
 SCHEMA_VERSION: Final = 1
 
-TRANSPORTS: Final = ("tcp", "udp", "icmp")
-CATEGORIES: Final = (*(category.value for category in Category), "policy")
-"""The detector categories, plus ``policy`` for attempts refused by the allowlist alone."""
-ACTIONS: Final = ("block", "would-block", "record")
-"""``would-block``: a sandbox in report mode, traffic passed. ``record``: a detector set to record; it passed."""
 
-_REASON: Final = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
-"""Reasons are the values of ``egress.decide.Reason`` (a closed set owned there); here only their shape is checked."""
+class RecordCategory(enum.StrEnum):
+    """What an attempt was: a detector's category (``mining``, ``crypto-node``, ``tunnel``), or ``policy``: no
+    detector recognised it and the policy alone refused it."""
+
+    # egress.detect.base.Category and "policy" (which no detector finds): an enum cannot extend another, so its
+    # members are named again here, with its values; tests/record/test_schema.py checks that the two stay in step.
+    MINING = Category.MINING.value
+    CRYPTO_NODE = Category.CRYPTO_NODE.value
+    TUNNEL = Category.TUNNEL.value
+    POLICY = "policy"
+
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ID: Final = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
@@ -68,7 +79,10 @@ def id_time(record_id: str) -> float:
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """One blocked or would-block attempt (or ``count`` identical ones aggregated between first_ts and last_ts)."""
+    """One blocked, would-block or recorded attempt (or ``count`` identical ones between first_ts and last_ts).
+
+    Validated on construction: the enum fields also take their string values (and become the enum members); any
+    other value is a `ValueError` naming the field."""
 
     id: str
     """Unique and time-sortable (`make_id`); an aggregate gets a new id of its own."""
@@ -79,27 +93,34 @@ class AttemptRecord:
     sandbox: str
     """Policy sandbox name; ``""`` when the source belongs to no sandbox (a spoofed source)."""
     src: str
+    """Source address."""
     sport: int
+    """Source port (0 for icmp)."""
     dst: str
+    """Destination address."""
     dport: int
-    transport: str
-    """``tcp``, ``udp`` or ``icmp`` (ports are 0 for icmp)."""
+    """Destination port (0 for icmp)."""
+    transport: Transport
+    """``tcp``, ``udp`` or ``icmp``."""
     host: str
     """Host name asked for (SNI, Host, DNS question), ``""`` when there was none."""
-    category: str
-    """``mining``, ``tunnel``, ``crypto-node`` (a detector found it) or ``policy`` (not on the allowlist)."""
+    category: RecordCategory
+    """``mining``, ``tunnel``, ``crypto-node`` (a detector found it) or ``policy`` (the policy alone refused it)."""
     protocol: str
-    """What was recognised (a detector's protocol label, e.g. ``stratum-v1``), or the transport for policy blocks."""
-    reason: str
-    """A value of ``egress.decide.Reason``."""
+    """What was recognised (a detector's protocol label, e.g. ``stratum-v1``), or the transport when no detector
+    recognised anything."""
+    reason: Reason
+    """Why: a value of ``egress.decide.Reason`` (e.g. ``mining``, ``not-allowlisted``, ``dns-refused``)."""
     detector: str
-    """Detector module that matched, ``""`` for policy blocks."""
+    """The detector module that recognised it (e.g. ``stratum``), or ``policy`` when none did."""
     rule: str
-    """The policy rule that decided (``rule_id``), ``""`` for the default deny."""
-    action: str
-    """``block`` or ``would-block``."""
+    """What decided: a policy ``rule_id`` (e.g. ``sandboxes.agents.detectors.mining``) or a fixed label of
+    ``egress.decide``: ``default-deny`` (nothing allowed it), ``anti-spoofing``, ``doh-canary``."""
+    action: Enforcement
+    """``block``; ``would-block`` (a sandbox in report mode: the traffic passed); ``record`` (a detector set to
+    record: the traffic passed). Never ``allow``: allowed traffic is not recorded."""
     evidence: str
-    """Short printable excerpt of what matched."""
+    """Short printable excerpt of what matched (at most 160 characters)."""
     count: int = 1
     """How many identical attempts this record stands for."""
     first_ts: float = -1.0
@@ -107,23 +128,54 @@ class AttemptRecord:
     last_ts: float = -1.0
     """Time of the last of the ``count`` attempts (defaults to ``ts``)."""
     schema: int = SCHEMA_VERSION
+    """The record schema version: 1."""
 
     def __post_init__(self) -> None:
         if self.first_ts < 0:
             object.__setattr__(self, "first_ts", self.ts)
         if self.last_ts < 0:
             object.__setattr__(self, "last_ts", self.ts)
-        errors = _problems(self)
+        errors = _coerce_enums(self)
+        errors += _problems(self)
         if errors:
             raise ValueError("invalid attempt record: " + "; ".join(errors))
 
+    @classmethod
+    def of(cls, flow: DecidedFlow, gateway: str, record_id: str) -> AttemptRecord:
+        """The record of a decided flow (the recorder's one conversion); `ValueError` for an allowed one."""
+        verdict, finding = flow.verdict, flow.verdict.finding
+        if verdict.reason is None or verdict.action is Enforcement.ALLOW:
+            raise ValueError(f"an allowed flow is not recorded ({flow.dst}:{flow.dport})")
+        return cls(
+            id=record_id,
+            ts=flow.ts,
+            gateway=gateway,
+            sandbox=flow.sandbox,
+            src=flow.src,
+            sport=flow.sport,
+            dst=flow.dst,
+            dport=flow.dport,
+            transport=Transport(flow.transport),
+            host=flow.host,
+            category=RecordCategory.POLICY if finding is None else RecordCategory(finding.category.value),
+            protocol=flow.transport if finding is None else finding.protocol,
+            reason=verdict.reason,
+            detector="policy" if finding is None else finding.detector,
+            rule=verdict.rule,
+            action=verdict.action,
+            evidence=verdict.evidence,
+        )
+
     def to_json(self) -> dict[str, Any]:
-        """JSON-ready mapping with native types (what the API, the CLI and the spool write)."""
-        return {name: getattr(self, name) for name in _FIELD_NAMES}
+        """JSON-ready mapping with native types (what the API, the CLI and the spool write), in field order."""
+        data = {name: getattr(self, name) for name in _FIELD_NAMES}
+        for name in _ENUMS:
+            data[name] = data[name].value
+        return data
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> AttemptRecord:
-        """Inverse of `to_json`; unknown keys are ignored, wrong types rejected."""
+        """Inverse of `to_json`; unknown keys are ignored, wrong types and values rejected (naming the field)."""
         if data.get("schema") != SCHEMA_VERSION:
             raise ValueError(f"unsupported attempt record schema {data.get('schema')!r}")
         values: dict[str, Any] = {}
@@ -140,9 +192,32 @@ class AttemptRecord:
 
 
 _FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(AttemptRecord))
-_FIELD_TYPES: Final[dict[str, type]] = {
-    field.name: {"str": str, "int": int, "float": float}[str(field.type)] for field in dataclasses.fields(AttemptRecord)
+_ENUMS: Final[dict[str, type[enum.StrEnum]]] = {
+    name: kind
+    for name, kind in typing.get_type_hints(AttemptRecord).items()
+    if isinstance(kind, type) and issubclass(kind, enum.StrEnum)
 }
+"""The closed fields and their enums, as annotated."""
+_FIELD_TYPES: Final[dict[str, type]] = {
+    name: str if name in _ENUMS else kind for name, kind in typing.get_type_hints(AttemptRecord).items()
+}
+"""The JSON type of each field (an enum field is a string in JSON)."""
+
+
+def _coerce_enums(record: AttemptRecord) -> list[str]:
+    """Turn the string values of the enum fields into their members; name each field whose value is none."""
+    errors = []
+    for name, kind in _ENUMS.items():
+        value = getattr(record, name)
+        if isinstance(value, kind):
+            continue
+        try:
+            object.__setattr__(record, name, kind(value))
+        except ValueError:
+            errors.append(f"{name} {value!r} is not one of {', '.join(kind)}")
+    if record.action is Enforcement.ALLOW:
+        errors.append("action 'allow' is not recorded (block, would-block, record)")
+    return errors
 
 
 def _problems(record: AttemptRecord) -> list[str]:
@@ -158,14 +233,6 @@ def _problems(record: AttemptRecord) -> list[str]:
     for name in ("sport", "dport"):
         if not 0 <= getattr(record, name) <= 65535:
             errors.append(f"{name} {getattr(record, name)} is not a port")
-    if record.transport not in TRANSPORTS:
-        errors.append(f"transport {record.transport!r} not in {TRANSPORTS}")
-    if record.category not in CATEGORIES:
-        errors.append(f"category {record.category!r} not in {CATEGORIES}")
-    if record.action not in ACTIONS:
-        errors.append(f"action {record.action!r} not in {ACTIONS}")
-    if not _REASON.fullmatch(record.reason):
-        errors.append(f"reason {record.reason!r} is not a reason value")
     if record.count < 1:
         errors.append(f"count {record.count} is below 1")
     if record.schema != SCHEMA_VERSION:

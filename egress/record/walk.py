@@ -3,17 +3,28 @@
 The time index scores each stream entry with the time of its first record, and an entry spans at most `SPAN`
 seconds, so the records of a window ``[low, high]`` are in the entries scored in ``[low - SPAN, high]``. Walking
 the index in score order and holding back the records that a later entry could still precede gives the records
-in exact (ts, id) order, a few index pages at a time. Uses the client `RecordStore.client` hands out (replies
-decoded to str); Redis errors propagate.
+in exact (ts, id) order, a few index pages at a time. Sends its commands through the store's `RedisFacade`;
+Redis errors propagate (`STORE_ERRORS`).
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
-from typing import Any, Final
+from typing import Final
 
-from egress.record.layout import SPAN, decode_entry, decode_records, index_key, stream_key
+from egress.record.layout import (
+    ENTRY_RECORDS,
+    SPAN,
+    Counted,
+    decode_counted,
+    decode_entry,
+    decode_payload,
+    index_key,
+    stream_key,
+)
+from egress.record.redis_facade import RedisFacade, Script, optional_text
 from egress.record.schema import AttemptRecord
 
 FIRST_PAGE: Final = 4
@@ -23,7 +34,8 @@ MAX_PAGE: Final = 64
 
 # KEYS: index, stream. ARGV: low, high (scores), the record id quoted as in the JSON ('"id":"<id>"'). The records
 # (JSON) of the first entry in range that holds it, or false.
-_FIND_SCRIPT: Final = """
+_FIND_SCRIPT: Final = Script(
+    """
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
   local entry = redis.call('XRANGE', KEYS[2], member, member)[1]
   if entry then
@@ -34,7 +46,9 @@ for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) 
   end
 end
 return false
-"""
+""",
+    optional_text,
+)
 
 
 def score(value: float) -> str:
@@ -44,17 +58,14 @@ def score(value: float) -> str:
     return repr(value)
 
 
-def fetch_entries(client: Any, sandbox: str, entry_ids: Sequence[str]) -> list[list[AttemptRecord]]:
+def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) -> list[list[AttemptRecord]]:
     """The records of these stream entries, one round trip; [] for an entry trimmed since the index was read."""
-    pipe = client.pipeline(transaction=False)
-    stream = stream_key(sandbox)
-    for entry_id in entry_ids:
-        pipe.xrange(stream, entry_id, entry_id)
-    return [decode_entry(reply[0][1]) if reply else [] for reply in pipe.execute()]
+    entries = redis.xrange_each(stream_key(sandbox), entry_ids)
+    return [decode_entry(entry[1]) if entry is not None else [] for entry in entries]
 
 
 def records_by_time(
-    client: Any,
+    redis: RedisFacade,
     sandbox: str,
     low: float,
     high: float,
@@ -76,11 +87,8 @@ def records_by_time(
     pending: list[AttemptRecord] = []
     offset, size = 0, FIRST_PAGE
     while True:
-        if descending:
-            page = client.zrange(index, top, bottom, desc=True, byscore=True, offset=offset, num=size, withscores=True)
-        else:
-            page = client.zrange(index, bottom, top, byscore=True, offset=offset, num=size, withscores=True)
-        for records in fetch_entries(client, sandbox, [member for member, _ in page]):
+        page = redis.zrange_by_score_with_scores(index, bottom, top, offset, size, descending=descending)
+        for records in fetch_entries(redis, sandbox, [member for member, _ in page]):
             pending.extend(r for r in records if low <= r.ts <= high and _beyond(r, after, descending))
         done = len(page) < size
         pending.sort(key=lambda record: (record.ts, record.id), reverse=descending)
@@ -89,7 +97,7 @@ def records_by_time(
             return
         # Entries not read yet score at most (at least, ascending) the last score read: a record of theirs is
         # within SPAN above it (at or above it), so what lies beyond that bound is final.
-        last = float(page[-1][1])
+        last = page[-1][1]
         ready = 0
         if descending:
             while ready < len(pending) and pending[ready].ts > last + SPAN:
@@ -110,36 +118,62 @@ def _beyond(record: AttemptRecord, after: tuple[float, str] | None, descending: 
     return key < after if descending else key > after
 
 
-def find(client: Any, sandboxes: Sequence[str], record_id: str, near: float) -> AttemptRecord | None:
+def find(redis: RedisFacade, sandboxes: Sequence[str], record_id: str, near: float) -> AttemptRecord | None:
     """The record with this id if an entry of one of ``sandboxes`` scored from 1 s + `SPAN` before ``near`` to 1 s
     after it holds it: one script per sandbox, in one round trip."""
     needle = f'"id":"{record_id}"'
     bounds = (score(near - 1.0 - SPAN), score(near + 1.001))
-    pipe = client.pipeline(transaction=False)
-    for sandbox in sandboxes:
-        pipe.execute_command("EVAL", _FIND_SCRIPT, 2, index_key(sandbox), stream_key(sandbox), *bounds, needle)
-    for payload in pipe.execute() if sandboxes else []:
-        found = [item for item in decode_records(payload) if item.get("id") == record_id] if payload else []
+    calls = (((index_key(sandbox), stream_key(sandbox)), (*bounds, needle)) for sandbox in sandboxes)
+    for payload in redis.run_each(_FIND_SCRIPT, calls):
+        found = [record for record in decode_payload(payload) if record.id == record_id] if payload else []
         if found:
-            return AttemptRecord.from_json(found[0])
+            return found[0]
     return None
 
 
-def entry_records_in_range(client: Any, sandbox: str, low: float, high: float) -> Iterator[dict[str, Any]]:
-    """The records (plain JSON objects, unvalidated) of the entries that may hold times in ``[low, high]``, in no
-    particular order; the caller checks each record's ``ts``. For counting."""
+def entry_records_in_range(redis: RedisFacade, sandbox: str, low: float, high: float) -> Iterator[Counted]:
+    """The records (what counting needs of them, unchecked) of the entries that may hold times in ``[low, high]``,
+    in no particular order; the caller checks each record's ``ts``."""
     index, stream = index_key(sandbox), stream_key(sandbox)
     offset, page = 0, MAX_PAGE
     while True:
-        members = client.zrange(index, score(low - SPAN), score(high), byscore=True, offset=offset, num=page)
-        pipe = client.pipeline(transaction=False)
-        for member in members:
-            pipe.xrange(stream, member, member)
-        for reply in pipe.execute() if members else []:
-            if reply:
-                payload = reply[0][1].get("records")
-                if payload is not None:
-                    yield from decode_records(payload)
+        members = redis.zrange_by_score(index, score(low - SPAN), score(high), offset, page)
+        for entry in redis.xrange_each(stream, members):
+            payload = entry[1].get(ENTRY_RECORDS) if entry is not None else None
+            if payload is not None:
+                yield from decode_counted(payload)
         if len(members) < page:
             return
         offset += len(members)
+
+
+def read_page(
+    redis: RedisFacade,
+    sandbox: str,
+    start_ts: float | None,
+    end_ts: float | None,
+    count: int,
+    cursor: str | None,
+    *,
+    reverse: bool = False,
+) -> tuple[list[AttemptRecord], str | None]:
+    """`RecordStore.read`: a page of `records_by_time` and the cursor (``<ts>:<id>`` of its last record) of the
+    next, None when there is no more. A malformed cursor or a count below 1 is a `ValueError`."""
+    if count < 1:
+        raise ValueError(f"count must be at least 1, got {count}")
+    after: tuple[float, str] | None = None
+    if cursor is not None:
+        score_text, separator, record_id = cursor.partition(":")
+        try:
+            after = (float(score_text), record_id)
+        except ValueError:
+            raise ValueError(f"malformed cursor {cursor!r}") from None
+        if not separator or not record_id:
+            raise ValueError(f"malformed cursor {cursor!r}")
+    low = -math.inf if start_ts is None else start_ts
+    high = math.inf if end_ts is None else end_ts
+    records = records_by_time(redis, sandbox, low, high, descending=reverse, after=after)
+    page = list(itertools.islice(records, count + 1))
+    more = len(page) > count
+    page = page[:count]
+    return page, f"{page[-1].ts!r}:{page[-1].id}" if more else None

@@ -11,6 +11,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import redis
+import redis.cluster
 
 from egress.record import action_store, layout, query, walk
 from egress.record.actions import ActionRecord
@@ -64,6 +66,13 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStor
     made.close()
 
 
+def _raw(store: RecordStore) -> redis.Redis | redis.cluster.RedisCluster:
+    """A redis-py client of the store's server, to look at the keys."""
+    if store.cluster:
+        return redis.cluster.RedisCluster.from_url(store.url, decode_responses=True)
+    return redis.Redis.from_url(store.url, decode_responses=True)
+
+
 def _all_pages(store: RecordStore, flt: AttemptFilter, page: int) -> list[AttemptRecord]:
     out: list[AttemptRecord] = []
     cursor = None
@@ -91,7 +100,7 @@ def _mixed(count: int = 120) -> list[AttemptRecord]:
                 sandbox=f"sbx-{index % 4}",
                 sport=index,
                 category=["mining", "tunnel", "policy"][index % 3],
-                reason=["mining", "tunnel", "not-allowed"][index % 3],
+                reason=["mining", "tunnel", "not-allowlisted"][index % 3],
                 dst=f"203.0.113.{index % 7}",
                 host=["pool.example.com", "", "a.b.tunnel.example.net"][index % 3],
             )
@@ -120,8 +129,8 @@ def test_filters(store: RecordStore) -> None:
         (AttemptFilter(sandbox="sbx-1"), lambda r: r.sandbox == "sbx-1"),
         (AttemptFilter(category="tunnel"), lambda r: r.category == "tunnel"),
         (
-            AttemptFilter(reason="not-allowed", sandbox="sbx-2"),
-            lambda r: r.reason == "not-allowed" and r.sandbox == "sbx-2",
+            AttemptFilter(reason="not-allowlisted", sandbox="sbx-2"),
+            lambda r: r.reason == "not-allowlisted" and r.sandbox == "sbx-2",
         ),
         (AttemptFilter(destination="203.0.113.3"), lambda r: r.dst == "203.0.113.3"),
         (AttemptFilter(destination="example.com"), lambda r: r.host == "pool.example.com"),
@@ -283,9 +292,10 @@ def test_actions_retention_by_count_and_age(store: RecordStore, tmp_path: Path) 
         clock[0] = NOW + 86400 + 5.5
         query.write_actions(small, [_act("fresh", 86400, None)])
         assert [a.id for a in query.read_actions(small, "agents", None, None)] == ["a6", "a7", "fresh"]
-        client = small.client()
+        client = _raw(small)
         hash_key, by_start, by_end, _ = action_keys("agents")
         assert client.hlen(hash_key) == client.zcard(by_start) == client.zcard(by_end) == 3
+        client.close()
     finally:
         small.close()
 

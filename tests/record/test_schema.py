@@ -6,7 +6,11 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egress.record.schema import AttemptRecord, id_time, make_id
+from egress.decide import DEFAULT_DENY, Enforcement, Reason, Verdict
+from egress.decisions import DecidedFlow
+from egress.detect.base import Category, Finding, Transport
+from egress.record.layout import decode_entry, encode_entry
+from egress.record.schema import AttemptRecord, RecordCategory, id_time, make_id
 from tests.record import record
 
 
@@ -60,10 +64,11 @@ def test_readers_ignore_unknown_fields_but_refuse_other_schemas() -> None:
     [
         ({"id": "not-an-id"}, "26-character id"),
         ({"transport": "sctp"}, "transport"),
-        ({"category": "spam"}, "category"),
-        ({"action": "allow"}, "action"),
-        ({"reason": ""}, "reason"),
-        ({"reason": "Has Spaces"}, "reason"),
+        ({"category": "spam"}, "category 'spam' is not one of mining, crypto-node, tunnel, policy"),
+        ({"action": "allow"}, "action 'allow' is not recorded"),
+        ({"action": "drop"}, "action 'drop' is not one of"),
+        ({"reason": ""}, "reason '' is not one of"),
+        ({"reason": "not-allowed"}, "reason 'not-allowed' is not one of not-allowlisted"),
         ({"dport": 70000}, "dport"),
         ({"count": 0}, "count"),
         ({"first_ts": 10.0, "last_ts": 5.0}, "after last_ts"),
@@ -74,3 +79,66 @@ def test_readers_ignore_unknown_fields_but_refuse_other_schemas() -> None:
 def test_invalid_records_are_refused(override: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         record(**override)
+
+
+def test_the_closed_fields_are_the_enums_the_code_decides_with() -> None:
+    attempt = record(transport="udp", category="policy", reason="not-allowlisted", action="would-block")
+    assert attempt.transport is Transport.UDP and attempt.category is RecordCategory.POLICY
+    assert attempt.reason is Reason.NOT_ALLOWLISTED and attempt.action is Enforcement.WOULD_BLOCK
+    data = attempt.to_json()
+    assert {type(data[name]) for name in ("transport", "category", "reason", "action")} == {str}
+    assert {category.value for category in RecordCategory} == {category.value for category in Category} | {"policy"}
+    assert {category.name for category in Category} <= {category.name for category in RecordCategory}
+
+
+@pytest.mark.parametrize(("field", "value"), [("reason", "not-allowed"), ("category", "spam"), ("action", "allow")])
+def test_a_stored_value_outside_its_set_is_an_error_naming_the_field(field: str, value: str) -> None:
+    payload = encode_entry([record()]).decode()
+    bad = payload.replace(f'"{field}":"{record().to_json()[field]}"', f'"{field}":"{value}"')
+    assert bad != payload
+    with pytest.raises(ValueError, match=f"{field} '{value}'"):
+        decode_entry({"records": bad})
+    with pytest.raises(ValueError, match=f"{field} '{value}'"):
+        AttemptRecord.from_json(json.loads(bad)[0])
+
+
+STRATUM = Finding(Category.MINING, "stratum-v1", "stratum", '{"method":"mining.subscribe"}')
+
+
+def _flow(verdict: Verdict, transport: str = "tcp") -> DecidedFlow:
+    return DecidedFlow(1_700_000_000.5, "agents", "10.77.0.2", 40000, "203.0.113.9", 3333, transport, "", verdict)
+
+
+@pytest.mark.parametrize(
+    ("verdict", "expected"),
+    [
+        (
+            Verdict(Enforcement.BLOCK, Reason.MINING, "sandboxes.agents.detectors.mining", "stratum-v1: x", STRATUM),
+            {"category": "mining", "protocol": "stratum-v1", "detector": "stratum", "action": "block"},
+        ),
+        (
+            Verdict(Enforcement.RECORD, Reason.MINING, "sandboxes.agents.detectors.mining", "stratum-v1: x", STRATUM),
+            {"category": "mining", "protocol": "stratum-v1", "detector": "stratum", "action": "record"},
+        ),
+        (
+            Verdict(Enforcement.WOULD_BLOCK, Reason.DIRECT_IP, DEFAULT_DENY, "203.0.113.9:3333"),
+            {"category": "policy", "protocol": "tcp", "detector": "policy", "action": "would-block"},
+        ),
+    ],
+)
+def test_a_decided_flow_becomes_its_record(verdict: Verdict, expected: dict[str, str]) -> None:
+    made = AttemptRecord.of(_flow(verdict), "gw1", make_id(1_700_000_000.5, bytes(10)))
+    data = made.to_json()
+    assert {name: data[name] for name in expected} == expected
+    assert (data["reason"], data["rule"], data["evidence"]) == (verdict.reason, verdict.rule, verdict.evidence)
+    assert (data["ts"], data["first_ts"], data["last_ts"], data["count"]) == (1_700_000_000.5,) * 3 + (1,)
+    assert (data["gateway"], data["sandbox"], data["dst"], data["dport"]) == ("gw1", "agents", "203.0.113.9", 3333)
+
+
+def test_an_allowed_flow_or_an_unknown_transport_is_not_a_record() -> None:
+    allowed = Verdict(Enforcement.ALLOW, None, "sandboxes.agents.allow.hosts[0]", "")
+    with pytest.raises(ValueError, match="allowed flow is not recorded"):
+        AttemptRecord.of(_flow(allowed), "gw1", make_id(1.0, bytes(10)))
+    blocked = Verdict(Enforcement.BLOCK, Reason.FIREWALL_DROP, DEFAULT_DENY, "sctp")
+    with pytest.raises(ValueError, match="sctp"):
+        AttemptRecord.of(_flow(blocked, transport="sctp"), "gw1", make_id(1.0, bytes(10)))

@@ -1,0 +1,192 @@
+"""Delivery of attempt records to Redis: exactly once, in order, and never lost while Redis is away.
+
+`write` cuts a batch into entries (`egress.record.layout`) and runs one script per entry that stores it only if
+its seen key is new (a replay stores nothing twice) and applies the retention; the entries go out in one round
+trip (`RedisFacade.run_each`). On any Redis error (down, timeout, cluster reshaping) the batch goes to the disk
+spool (`egress.record.spool`), and `drain` delivers spooled batches in order once Redis answers. While the spool
+holds anything, new batches queue behind it, so the stream stays in arrival order. docs/records.md, "Delivery
+guarantees".
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import threading
+import time
+from collections.abc import Iterator, Sequence
+from typing import Final
+
+from egress.record import layout
+from egress.record.layout import SANDBOXES_KEY, encode_entry, entry_chunks, index_key, seen_key, state_key, stream_key
+from egress.record.redis_facade import STORE_ERRORS, RedisFacade, Script, ScriptCall, integer
+from egress.record.schema import AttemptRecord
+from egress.record.spool import Spool, SpoolFull
+
+log = logging.getLogger(__name__)
+
+DRAIN_PER_WRITE: Final = 64
+"""Spooled batches a `write` delivers before returning (a background `drain` does the rest)."""
+TRIM_PER_WRITE: Final = 1_000
+"""Old entries one write drops at most (the next writes go on)."""
+
+# KEYS: stream, index, state hash, seen key of the entry. ARGV: max records, max age (ms), seen ttl (s), number of
+# records n, time of the first record, the records (one JSON array). Stores the entry unless its seen key exists;
+# then, when the stream holds more than the max records or its oldest entry may have outlived the max age (Redis's
+# clock: stream ids), drops the oldest entries (by arrival) until neither holds, never the entry just written, and
+# notes when the oldest left will be due, so most writes do not look at it. Returns n when stored, 0 for a replay.
+WRITE_SCRIPT: Final = Script(
+    """
+if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
+redis.call('ZADD', KEYS[2], ARGV[5], id)
+local total = redis.call('HINCRBY', KEYS[3], 'records', ARGV[4])
+local now = tonumber(string.match(id, '^(%d+)-'))
+local max_records, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
+if total > max_records or now >= tonumber(redis.call('HGET', KEYS[3], 'age-check') or '0') then
+  local due = now
+  for _ = 1, TRIM_PER_WRITE do
+    local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
+    if oldest == nil or oldest[1] == id then due = now + max_age; break end
+    local born = tonumber(string.match(oldest[1], '^(%d+)-'))
+    if total <= max_records and born + max_age > now then due = born + max_age; break end
+    local n, fields = 0, oldest[2]
+    for j = 1, #fields, 2 do
+      if fields[j] == 'n' then n = tonumber(fields[j + 1]) end
+    end
+    redis.call('XDEL', KEYS[1], oldest[1])
+    redis.call('ZREM', KEYS[2], oldest[1])
+    total = redis.call('HINCRBY', KEYS[3], 'records', -n)
+  end
+  redis.call('HSET', KEYS[3], 'age-check', string.format('%d', due))
+end
+return tonumber(ARGV[4])
+""".replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE)),
+    integer,
+)
+
+
+class Delivery:
+    """Writes batches of records to Redis or, when it does not take them, to the spool; one lock serialises it."""
+
+    def __init__(
+        self,
+        redis: RedisFacade,
+        spool: Spool,
+        gateway: str,
+        max_records: int,
+        max_age_s: float,
+        retry_interval: float,
+    ) -> None:
+        """``max_records``, ``max_age_s``: the retention, per sandbox. ``retry_interval``: after a failure, writes
+        go straight to the spool for this long."""
+        self.gateway = gateway
+        self._redis = redis
+        self._spool = spool
+        self._max_records = max_records
+        self._max_age_s = max_age_s
+        self._retry_interval = retry_interval
+        self._lock = threading.Lock()
+        self._retry_at = 0.0
+        self._known_sandboxes: set[str] = set()
+        self.written = 0
+        """Records stored in Redis."""
+        self.duplicates = 0
+        """Records Redis already had (a replay of a batch whose reply was lost)."""
+        self.spooled = 0
+        """Records put in the disk spool because Redis did not take them."""
+        self.redis_errors = 0
+        """Failed Redis round trips."""
+        self.lost = 0
+        """Records refused by a full spool (logged as errors): the only way a record is not kept."""
+
+    @property
+    def spool_pending(self) -> int:
+        """Batches waiting in the spool."""
+        with self._lock:
+            return len(self._spool)
+
+    def write(self, records: Sequence[AttemptRecord]) -> None:
+        """Store ``records`` (stamped with this gateway's name when they carry none); never raises for Redis."""
+        batch = [record if record.gateway else dataclasses.replace(record, gateway=self.gateway) for record in records]
+        if not batch:
+            return
+        with self._lock:
+            if self._spool.empty and time.monotonic() >= self._retry_at:
+                try:
+                    self._deliver(batch)
+                    return
+                except STORE_ERRORS as error:
+                    self._failed(error)
+            self._to_spool(batch)
+            if time.monotonic() >= self._retry_at:
+                self._drain(DRAIN_PER_WRITE)
+
+    def drain(self, max_batches: int | None = None, *, force: bool = False) -> int:
+        """Deliver spooled batches, oldest first, until the spool is empty or Redis fails; return batches sent.
+
+        Cheap when the spool is empty; within ``retry_interval`` of a failure it does not try (unless ``force``),
+        so a loop may call it often."""
+        with self._lock:
+            if self._spool.empty or (not force and time.monotonic() < self._retry_at):
+                return 0
+            return self._drain(max_batches)
+
+    def close(self) -> None:
+        """Close the connection once a write in progress has ended."""
+        with self._lock:
+            self._redis.close()
+
+    def _deliver(self, records: Sequence[AttemptRecord]) -> None:
+        by_sandbox: dict[str, list[AttemptRecord]] = {}
+        for record in records:
+            by_sandbox.setdefault(record.sandbox, []).append(record)
+        new_sandboxes = sorted(set(by_sandbox) - self._known_sandboxes)
+        if new_sandboxes:
+            self._redis.sadd(SANDBOXES_KEY, *new_sandboxes)
+        added = sum(self._redis.run_each(WRITE_SCRIPT, self._entry_calls(by_sandbox)))
+        self._known_sandboxes.update(new_sandboxes)
+        self.written += added
+        self.duplicates += len(records) - added
+
+    def _entry_calls(self, by_sandbox: dict[str, list[AttemptRecord]]) -> Iterator[ScriptCall]:
+        """The write script's keys and arguments for each entry, encoded as they are asked for."""
+        max_age_ms = int(self._max_age_s * 1000)
+        ttl = max(1, int(self._max_age_s))
+        size = max(1, min(layout.CHUNK, self._max_records))
+        for sandbox, group in by_sandbox.items():
+            stream, index, state = stream_key(sandbox), index_key(sandbox), state_key(sandbox)
+            for chunk in entry_chunks(group, size):
+                keys = (stream, index, state, seen_key(sandbox, chunk[0].id))
+                yield keys, (self._max_records, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
+
+    def _drain(self, max_batches: int | None) -> int:
+        sent = 0
+        for batch in self._spool.pending():
+            if max_batches is not None and sent >= max_batches:
+                break
+            try:
+                self._deliver(batch.records)
+            except STORE_ERRORS as error:
+                self._failed(error)
+                break
+            self._spool.commit(batch.seq)
+            sent += 1
+        if sent:
+            log.info("delivered %d spooled record batches to Redis", sent)
+        return sent
+
+    def _to_spool(self, records: Sequence[AttemptRecord]) -> None:
+        try:
+            self._spool.append(records)
+        except SpoolFull:
+            self.lost += len(records)  # the spool logged it as an error
+            return
+        self.spooled += len(records)
+
+    def _failed(self, error: BaseException) -> None:
+        self.redis_errors += 1
+        self._retry_at = time.monotonic() + self._retry_interval
+        log.warning(
+            "Redis at %s failed (%s: %s): records go to the spool", self._redis.url, type(error).__name__, error
+        )
