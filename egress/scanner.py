@@ -150,6 +150,8 @@ class _Pass:
         reverse = dst + src + ports[2:] + ports[:2]
         if entry is None:
             entry = flows.promote(proto, key, reverse)
+            if entry is DONE and not (flags & SYN and proto == TCP and not flags & ACK):
+                return  # decided in the previous generation: still decided
         if entry is None or entry is DONE:  # unknown, or a SYN reusing a decided flow's ports
             if proto == ICMP and flags not in (ECHO_REQUEST, ECHO_REPLY):
                 return
