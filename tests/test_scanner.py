@@ -101,3 +101,15 @@ def test_port_reuse_after_a_decided_flow_starts_a_new_flow(tmp_path: pathlib.Pat
     found, stats = _scan(_write(tmp_path / "reuse.pcap", first + second))
     assert [ts for _, _, ts in found] == [1.0, 2.0]
     assert stats.flows == 2
+
+
+def test_a_decided_flow_stays_decided_across_a_generation_change(tmp_path: pathlib.Path) -> None:
+    psh = dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    decided = _connection(40006, [(0, MESSAGE)], start=1.0)  # found at once: decided
+    other = _connection(40007, [], start=70.0)  # past the 60 s generation: the decided flow moves to `previous`
+    again = [(71.0, _frame(CLIENT, SERVER, 40006, 3333, 1000 + len(MESSAGE), psh, MESSAGE))]
+    path = _write(tmp_path / "generations.pcap", decided + other + again)
+    stats = FileStats(path)
+    found = [(f.meta.sport, f.ts) for f in Scanner(DETECTORS, idle_seconds=60.0).scan(path, stats)]
+    assert found == [(40006, 1.0)]  # not found a second time by a flow made up from its middle
+    assert stats.flows == 2

@@ -60,7 +60,7 @@ _HEADER = struct.Struct("=IHHII")
 @dataclass(frozen=True, slots=True)
 class LoggedPacket:
     prefix: str
-    """The rule's log prefix (see `egress.nft.render.parse_prefix`)."""
+    """The rule's log prefix (see `egress.nft.names.parse_prefix`)."""
     family: int
     """``socket.AF_INET`` or ``socket.AF_INET6``."""
     payload: bytes

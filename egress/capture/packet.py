@@ -43,6 +43,11 @@ SUPPORTED_LINKTYPES: Final = frozenset(
 
 ECHO_REQUEST: Final = 8
 ECHO_REPLY: Final = 0
+FIN: Final = 0x01
+SYN: Final = 0x02
+RST: Final = 0x04
+ACK: Final = 0x10
+"""TCP flags (RFC 9293 §3.1), as they appear in `Segment.flags`."""
 _ICMP6_AS_ICMP4: Final = {128: ECHO_REQUEST, 129: ECHO_REPLY}
 """ICMPv6 echo types mapped onto ICMPv4's so detectors see one numbering; other ICMPv6 types become 256 + type."""
 _IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import BinaryIO, Final
 
 import dpkt
@@ -126,71 +126,89 @@ class _Interface:
     scale: float
 
 
+@dataclass(slots=True)
+class _Pcapng:
+    """What the block walk carries from one buffer to the next."""
+
+    order: str = "<"
+    """The current section's byte order."""
+    interfaces: list[_Interface] = field(default_factory=list)
+    """The current section's interfaces, by index."""
+    packets: int = 0
+    """Packets read so far (for messages)."""
+    wanted: int = 0
+    """Length of a block that did not fit in the buffer: read at least this much next."""
+
+
 def _read_pcapng(path: str, handle: BinaryIO) -> Iterator[Batch]:
     batch: Batch = []
     try:
-        yield from _pcapng_blocks(path, handle, batch)
+        yield from _pcapng_chunks(path, handle, batch)
     except CaptureError:
         if batch:
             yield batch
         raise
 
 
-def _pcapng_blocks(path: str, handle: BinaryIO, batch: Batch) -> Iterator[Batch]:
-    """The block loop; ``batch`` is shared with the caller so packets read before a fault are not lost."""
-    order = "<"
-    interfaces: list[_Interface] = []
-    index = 0
+def _pcapng_chunks(path: str, handle: BinaryIO, batch: Batch) -> Iterator[Batch]:
+    """The read loop; ``batch`` is shared with the caller so packets read before a fault are not lost."""
+    state = _Pcapng()
     buf = b""
-    pos = 0
     while True:
-        if len(buf) - pos < 12:
-            if batch:
-                yield batch[:]
-                batch.clear()
-            buf = buf[pos:] + handle.read(CHUNK)
-            pos = 0
-            if len(buf) < 12:
-                if buf:
-                    raise CaptureError(f"{path}: truncated block header after packet {index}")
-                return
-        btype = buf[pos : pos + 4]
-        if btype == _PCAPNG_SHB:
+        more = handle.read(max(CHUNK, state.wanted))
+        buf += more
+        pos = _pcapng_blocks(path, buf, state, batch)
+        if batch:
+            yield batch[:]
+            batch.clear()
+        buf = buf[pos:]
+        if not more:
+            if len(buf) >= 12:
+                raise CaptureError(f"{path}: truncated pcapng block after packet {state.packets}")
+            if buf:
+                raise CaptureError(f"{path}: truncated block header after packet {state.packets}")
+            return
+
+
+def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, batch: Batch) -> int:
+    """Read every whole block of ``buf`` (packets into ``batch``); the position of the first one not whole."""
+    order, interfaces, index = state.order, state.interfaces, state.packets
+    state.wanted = 0
+    size = len(buf)
+    pos = 0
+    while size - pos >= 12:
+        if buf[pos : pos + 4] == _PCAPNG_SHB:
             # The byte-order magic follows the length; the length itself is in the section's order.
-            order = "<" if buf[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
-            interfaces = []
-        btype_n, blen = struct.unpack_from(order + "II", buf, pos)
+            order = state.order = "<" if buf[pos + 8 : pos + 12] == b"\x4d\x3c\x2b\x1a" else ">"
+            interfaces = state.interfaces = []
+        btype, blen = struct.unpack_from(order + "II", buf, pos)
         if blen < 12 or blen > MAX_RECORD or blen % 4:
             raise CaptureError(f"{path}: corrupt pcapng block (length {blen}) after packet {index}")
         end = pos + blen
-        if end > len(buf):
-            if batch:
-                yield batch[:]
-                batch.clear()
-            buf = buf[pos:] + handle.read(max(CHUNK, blen))
-            pos = 0
-            end = blen
-            if end > len(buf):
-                raise CaptureError(f"{path}: truncated pcapng block after packet {index}")
-        if btype_n == 6:  # Enhanced Packet Block
+        if end > size:
+            state.wanted = blen
+            break
+        if btype == 6:  # Enhanced Packet Block
             iface, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
             if iface >= len(interfaces) or 28 + caplen > blen:
                 raise CaptureError(f"{path}: corrupt enhanced packet block at packet {index + 1}")
             info = interfaces[iface]
             index += 1
             batch.append((((ts_high << 32) | ts_low) * info.scale, info.linktype, buf[pos + 28 : pos + 28 + caplen]))
-        elif btype_n == 3:  # Simple Packet Block: no timestamp, interface 0
+        elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
             if not interfaces:
                 raise CaptureError(f"{path}: packet before any interface description at packet {index + 1}")
             (wirelen,) = struct.unpack_from(order + "I", buf, pos + 8)
             caplen = min(wirelen, blen - 16)
             index += 1
             batch.append((0.0, interfaces[0].linktype, buf[pos + 12 : pos + 12 + caplen]))
-        elif btype_n == 1:
+        elif btype == 1:
             interfaces.append(_parse_interface(path, buf[pos:end], order))
-        elif btype_n == 0x0A0D0D0A:
+        elif btype == 0x0A0D0D0A:
             _check_section(path, buf[pos:end], order)
         pos = end
+    state.packets = index
+    return pos
 
 
 def _check_section(path: str, block: bytes, order: str) -> None:

@@ -17,7 +17,7 @@ request alone is specific enough (SOCKS5 greeting followed by a well-formed requ
 from __future__ import annotations
 
 from egress.detect import http
-from egress.detect.base import MORE, Category, Finding, FlowView, Result, Transport, evidence
+from egress.detect.base import MORE, Category, Finding, FlowView, Result, Transport, _More, evidence
 
 NAME = "proxytunnel"
 _PRINTABLE = frozenset(range(0x20, 0x7F))
@@ -35,26 +35,34 @@ def _cstring(data: bytes, start: int, limit: int = 255) -> tuple[bytes, int] | N
     return chunk, end + 1
 
 
-def _socks4(view: FlowView) -> Result:
-    data = view.client
+def _socks4_request(data: bytes, complete: bool) -> tuple[str, bool] | None | _More:
+    """A CONNECT or BIND request: its ``host:port`` and whether it names a user or a 4a host; None if not one."""
     if len(data) >= 2 and data[1] not in (1, 2):
         return None
-    if len(data) < 9:
-        return None if view.complete else MORE
-    user = _cstring(data, 8)
+    user = _cstring(data, 8) if len(data) >= 9 else None
     if user is False:
         return None
-    if user is None or not isinstance(user, tuple):
-        return None if view.complete else MORE
+    if not isinstance(user, tuple):
+        return None if complete else MORE
     userid, end = user
     host = b""
-    if data[4:7] == b"\x00\x00\x00" and data[7] != 0:
+    if data[4:7] == b"\x00\x00\x00" and data[7] != 0:  # SOCKS4a: DSTIP 0.0.0.x, the host name follows
         named = _cstring(data, end)
         if named is False or (isinstance(named, tuple) and not named[0]):
             return None
         if not isinstance(named, tuple):
-            return None if view.complete else MORE
+            return None if complete else MORE
         host = named[0]
+    port = int.from_bytes(data[2:4])
+    target = host.decode("ascii") if host else ".".join(str(b) for b in data[4:8])
+    return f"{target}:{port}", bool(userid or host)
+
+
+def _socks4(view: FlowView) -> Result:
+    request = _socks4_request(view.client, view.complete)
+    if not isinstance(request, tuple):
+        return request
+    target, specific = request
     reply = view.server
     if reply:
         if reply[0] != 0 or (len(reply) >= 2 and not 0x5A <= reply[1] <= 0x5D):
@@ -63,11 +71,9 @@ def _socks4(view: FlowView) -> Result:
             return None if view.complete else MORE
     elif not view.complete:
         return MORE
-    elif not (userid or host):
+    elif not specific:
         return None
-    port = int.from_bytes(data[2:4])
-    target = host.decode("ascii") if host else ".".join(str(b) for b in data[4:8])
-    return Finding(Category.TUNNEL, "socks4", NAME, evidence(f"SOCKS4 CONNECT {target}:{port}"))
+    return Finding(Category.TUNNEL, "socks4", NAME, evidence(f"SOCKS4 CONNECT {target}"))
 
 
 def _socks5_request(data: bytes, start: int) -> bool | None:

@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 
 from egress.detect import tls
-from egress.detect.base import MORE, Category, Finding, FlowView, Result, Transport, evidence
+from egress.detect.base import MORE, Category, Finding, FlowView, Result, Transport, _More, evidence
 
 NAME = "tor"
 _SNI = re.compile(r"www\.([a-z2-7]{4,25})\.com")
@@ -45,16 +45,28 @@ def _tor_certificate(certificate: bytes) -> tuple[str, str] | None:
     return None
 
 
-def detect(view: FlowView) -> Result:
-    """A TCP flow whose TLS handshake has Tor's random SNI and, when visible, Tor's certificate names."""
-    if view.meta.transport is not Transport.TCP:
-        return None
+def _client_hello(view: FlowView) -> tls.ClientHello | None | _More:
     client = view.client
     if len(client) >= 5 and tls.looks_like_tls(client):
         record_end = 5 + int.from_bytes(client[3:5])
         if len(client) >= record_end and client.find(b"www.", 5, record_end) < 0:
             return None  # the whole first record is in and names no www. host: skip the full parse
-    hello = tls.parse_client_hello(view.client, partial=view.complete)
+    return tls.parse_client_hello(client, partial=view.complete)
+
+
+def _by_certificate(sni: str, certificate: bytes) -> Finding | None:
+    names = _tor_certificate(certificate)
+    if names is None:
+        return None
+    text = f"SNI {sni}, certificate {names[1]} issued by {names[0]}"
+    return Finding(Category.TUNNEL, "tor", NAME, evidence(text))
+
+
+def detect(view: FlowView) -> Result:
+    """A TCP flow whose TLS handshake has Tor's random SNI and, when visible, Tor's certificate names."""
+    if view.meta.transport is not Transport.TCP:
+        return None
+    hello = _client_hello(view)
     if not isinstance(hello, tls.ClientHello):
         return hello
     sni = hello.sni or ""
@@ -63,18 +75,13 @@ def detect(view: FlowView) -> Result:
         return None
     if view.server:
         answer = tls.parse_server_hello(view.server, partial=view.complete)
-        if answer is MORE:
-            return MORE
         if not isinstance(answer, tls.ServerHello):
-            return None
+            return answer if answer is MORE else None
         if answer.certificates:
-            names = _tor_certificate(answer.certificates[0])
-            if names is None:
-                return None
-            text = f"SNI {sni}, certificate {names[1]} issued by {names[0]}"
-            return Finding(Category.TUNNEL, "tor", NAME, evidence(text))
+            return _by_certificate(sni, answer.certificates[0])
     elif not view.complete:
         return MORE
+    # No certificate to see (TLS 1.3, or only the client's side): the hello alone decides.
     if not hello.alpn and _random_label(shape.group(1)):
         return Finding(Category.TUNNEL, "tor", NAME, evidence(f"SNI {sni}, no ALPN"))
     return None

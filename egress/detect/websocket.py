@@ -129,35 +129,63 @@ def _upgrade(request: http.HttpRequest) -> bool:
     return request.method == "GET" and request.headers.get("upgrade", "").lower() == "websocket"
 
 
+def _upgrade_request(view: FlowView) -> http.HttpRequest | Result:
+    """The client's opening handshake (RFC 6455 §4.1); None or MORE while the flow is not (yet) one."""
+    stream = view.client
+    if view.meta.transport is not Transport.TCP or (len(stream) >= 4 and stream[:4] != b"GET "):
+        return None
+    if len(stream) >= 4 and stream.find(b"ebsocket", 0, http.HEAD_MAX) < 0:
+        # "websocket" / "WebSocket" not in the head yet: undecided only while the head is incomplete
+        return None if b"\r\n\r\n" in stream or b"\n\n" in stream or view.complete else MORE
+    request = http.parse_request(stream)
+    if not isinstance(request, http.HttpRequest):
+        return request if request is None or not view.complete else None
+    return request if _upgrade(request) else None
+
+
+_NO_FRAMES = Unwrapped(b"", None, False, b"", False)
+
+
+def _sides(view: FlowView, request: http.HttpRequest) -> tuple[Unwrapped, Unwrapped] | Result:
+    """The frames of each side after the handshake (none yet from a server not seen); None when not WebSocket."""
+    client = unwrap(view.client, request.body_offset)
+    server: Unwrapped | None = _NO_FRAMES
+    if view.server:
+        response = http.parse_response(view.server)
+        if not isinstance(response, http.HttpResponse):
+            return response if response is None or not view.complete else None
+        if response.status != 101:
+            return None
+        server = unwrap(view.server, response.body_offset)
+    if client is None or server is None:
+        return None
+    return client, server
+
+
+def _tunnel_result(client: Unwrapped, server: Unwrapped) -> Result:
+    """A finding when a side's first data message looks like a tunnel; None when neither does; MORE while one
+    side is undecided."""
+    verdicts = (_tunnel(client), _tunnel(server))
+    for why, data in zip(verdicts, (client, server), strict=True):
+        if isinstance(why, str):
+            text = f"{why}: {data.first_payload[:48].hex()}"
+            return Finding(Category.TUNNEL, "websocket-tunnel", NAME, evidence(text))
+    return None if all(why is False for why in verdicts) else MORE
+
+
 def make_websocket_detector(inner: tuple[Detector, ...]) -> Detector:
     """A detector for WebSocket flows that runs ``inner`` over the unwrapped payloads and flags tunnels."""
 
     def detect(view: FlowView) -> Result:
-        stream = view.client
-        if view.meta.transport is not Transport.TCP or (len(stream) >= 4 and stream[:4] != b"GET "):
-            return None
-        if len(stream) >= 4 and stream.find(b"ebsocket", 0, http.HEAD_MAX) < 0:
-            # "websocket" / "WebSocket" not in the head yet: undecided only while the head is incomplete
-            return None if b"\r\n\r\n" in stream or b"\n\n" in stream or view.complete else MORE
-        request = http.parse_request(stream)
+        request = _upgrade_request(view)
         if not isinstance(request, http.HttpRequest):
-            return request if request is None or not view.complete else None
-        if not _upgrade(request):
-            return None
+            return request
         if not view.server and not view.complete:
             return MORE  # RFC 6455 §4.1: the client waits for the answer before sending frames
-        sides = [unwrap(stream, request.body_offset)]
-        if view.server:
-            response = http.parse_response(view.server)
-            if not isinstance(response, http.HttpResponse):
-                return response if response is None or not view.complete else None
-            if response.status != 101:
-                return None
-            sides.append(unwrap(view.server, response.body_offset))
-        client = sides[0]
-        server = sides[1] if len(sides) > 1 else Unwrapped(b"", None, False, b"", False)
-        if client is None or server is None:
-            return None
+        sides = _sides(view, request)
+        if not isinstance(sides, tuple):
+            return sides
+        client, server = sides
         inner_view = FlowView(view.meta, client.payload, server.payload, complete=view.complete)
         undecided = False
         for detector in inner:
@@ -165,12 +193,10 @@ def make_websocket_detector(inner: tuple[Detector, ...]) -> Detector:
             if isinstance(result, Finding):
                 return dataclasses.replace(result, detector=f"{NAME}+{result.detector}")
             undecided = undecided or result is MORE
-        verdicts = (_tunnel(client), _tunnel(server))
-        for why, data in zip(verdicts, (client, server), strict=True):
-            if isinstance(why, str):
-                text = f"{why}: {data.first_payload[:48].hex()}"
-                return Finding(Category.TUNNEL, "websocket-tunnel", NAME, evidence(text))
-        if view.complete or (not undecided and all(why is False for why in verdicts)):
+        tunnel = _tunnel_result(client, server)
+        if isinstance(tunnel, Finding):
+            return tunnel
+        if view.complete or (not undecided and tunnel is None):
             return None
         return MORE
 

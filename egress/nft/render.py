@@ -2,41 +2,26 @@
 
 The script first deletes only our table (``table inet egress {}`` then ``delete table inet egress``, so it works
 whether or not the table exists) and never flushes anything else; `egress.nft.runner.apply` loads it as one
-transaction. docs/nftables.md explains the shape; the log prefixes below are the contract with the nflog reader.
+transaction. docs/nftables.md explains the shape; the names of sets,
+chains and log prefixes are in `egress.nft.names`.
 """
 
 from __future__ import annotations
 
-import enum
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Final
 
+from egress.nft.names import LogKind, allow_set, log_prefix, set_id, source_set
 from egress.policy.model import Mode, NetworkRule, Policy, Sandbox
+
+# allow_set is re-exported: egress.gateway.allowsets imports it from here.
+__all__ = ["GatewaySettings", "allow_set", "interfaces", "render", "render_lockdown"]
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
 _COMMENT_UNSAFE = re.compile(r'["\\\x00-\x1f]')
-MAX_NAME = 100
-"""Longest sandbox name: the kernel cuts log prefixes at 127 bytes (``egress report <name>``)."""
-
-
-class LogKind(enum.StrEnum):
-    """Why nftables logged a packet: the second word of every log prefix (``egress <kind> [sandbox]``)."""
-
-    SPOOF = "spoof"
-    """A source address on a sandbox interface that belongs to no sandbox behind it (dropped)."""
-    GUARD = "guard"
-    """Sandbox traffic to the gateway itself that is neither redirected proxy/DNS traffic nor needed ICMP."""
-    DROP = "drop"
-    """Sandbox traffic the gateway would have to forward (UDP, ICMP...) that no rule allows (dropped)."""
-    REPORT = "report"
-    """Like DROP, for a sandbox in report mode: the packet was let through."""
-    INBOUND = "inbound"
-    """Traffic towards a sandbox that is not a reply (dropped)."""
-    LOCKDOWN = "lockdown"
-    """Anything from a sandbox interface while the gateway is locked down (a component died)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -74,43 +59,6 @@ class GatewaySettings:
             raise ValueError(f"bad nflog group {self.nflog_group}")
         if self.log_rate < 1 or self.log_burst < 1:
             raise ValueError("log_rate and log_burst must be positive")
-
-
-def set_id(sandbox_name: str) -> str:
-    """The sandbox's name as it appears in set names, chain names and log prefixes."""
-    safe = _NAME_UNSAFE.sub("_", sandbox_name)
-    if not safe or len(safe) > MAX_NAME:
-        raise ValueError(f"sandbox name {sandbox_name!r} must have 1 to {MAX_NAME} characters for nftables")
-    return safe
-
-
-def source_set(sandbox_name: str, version: int) -> str:
-    """The named set of the sandbox's source networks (``version`` 4 or 6)."""
-    return f"src{version}_{set_id(sandbox_name)}"
-
-
-def allow_set(sandbox_name: str, version: int) -> str:
-    """The dynamic set (with timeouts) the resolver fills with the addresses it answered to this sandbox."""
-    return f"allow{version}_{set_id(sandbox_name)}"
-
-
-def log_prefix(kind: LogKind, sandbox_name: str | None = None) -> str:
-    return f"egress {kind}" if sandbox_name is None else f"egress {kind} {set_id(sandbox_name)}"
-
-
-def parse_prefix(prefix: str) -> tuple[LogKind, str | None] | None:
-    """``"egress drop agents"`` → ``(LogKind.DROP, "agents")``; ``None`` for a prefix that is not ours.
-
-    The sandbox part is `set_id` of the name; `Policy.sandbox_for` on the packet's source is the sure way back.
-    """
-    words = prefix.split(" ")
-    if len(words) not in (2, 3) or words[0] != "egress":
-        return None
-    try:
-        kind = LogKind(words[1])
-    except ValueError:
-        return None
-    return kind, (words[2] if len(words) == 3 else None)
 
 
 def interfaces(policy: Policy | None, settings: GatewaySettings) -> tuple[str, ...]:
@@ -189,8 +137,26 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
     out = _Script(settings)
     names = ", ".join(s.name for s in policy.sandboxes) or "none"
     out.open_table(f"egress ruleset for {policy.file} (sandboxes: {names})")
+    _sets(out, policy.sandboxes)
+    _prerouting(out, policy.sandboxes, on_sandbox)
+    _nat_prerouting(out, on_sandbox)
+    _input(out, on_sandbox)
+    _forward(out, policy.sandboxes, ifs, on_sandbox)
+    if settings.masquerade:
+        _nat_postrouting(out, policy.sandboxes)
+    out.add("}")
+    return out.text()
 
-    for sandbox in policy.sandboxes:
+
+_ND: Final = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255"
+"""IPv6 neighbour discovery as it must look (hop limit 255, RFC 4861 §6.1): let through from any sandbox."""
+_MLD: Final = "ip6 saddr { ::, fe80::/10 } icmpv6 type { mld-listener-report, mld2-listener-report }"
+_FAMILIES: Final = ((4, "ip"), (6, "ip6"))
+
+
+def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
+    """Per sandbox: its source networks, and the allow sets the resolver fills (v4 and v6 of each)."""
+    for sandbox in sandboxes:
         nets = {v: [str(n) for n in sandbox.sources if n.version == v] for v in (4, 6)}
         _set(out, source_set(sandbox.name, 4), "ipv4_addr", "interval", nets[4], " auto-merge;")
         _set(out, source_set(sandbox.name, 6), "ipv6_addr", "interval", nets[6], " auto-merge;")
@@ -198,27 +164,33 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
         _set(out, allow_set(sandbox.name, 6), "ipv6_addr", "timeout", [], " counter;")
     out.add()
 
-    # Anti-spoofing runs before conntrack (priority raw), so spoofed packets never create state.
+
+def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> None:
+    """Anti-spoofing: a sandbox interface's packets must come from a source of a sandbox behind it."""
+    # It runs before conntrack (priority raw), so spoofed packets never create state.
     out.add("chain prerouting {", 1)
     out.add("type filter hook prerouting priority raw; policy accept;", 2)
     out.add(f"{on_sandbox} jump sandbox_sources", 2)
     out.add("}", 1)
     out.add("chain sandbox_sources {", 1)
-    for sandbox in policy.sandboxes:
-        iif = f'iifname "{sandbox.interface or settings.sandbox_if}" '
-        for v, fam in ((4, "ip"), (6, "ip6")):
+    for sandbox in sandboxes:
+        iif = f'iifname "{sandbox.interface or out.settings.sandbox_if}" '
+        for v, fam in _FAMILIES:
             src, allow = source_set(sandbox.name, v), allow_set(sandbox.name, v)
             # The lookup in the allow set bumps that address's counter: per-destination accounting for free.
             out.add(f"{iif}{fam} saddr @{src} {fam} daddr @{allow} return", 2)
             out.add(f"{iif}{fam} saddr @{src} return", 2)
-    nd = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255"
-    out.add(f"ip6 saddr fe80::/10 {nd} return", 2)
+    out.add(f"ip6 saddr fe80::/10 {_ND} return", 2)
     out.add("ip6 saddr :: icmpv6 type nd-neighbor-solicit ip6 hoplimit 255 return", 2)
-    out.add("ip6 saddr { ::, fe80::/10 } icmpv6 type { mld-listener-report, mld2-listener-report } return", 2)
+    out.add(f"{_MLD} return", 2)
     out.log_then("drop", LogKind.SPOOF)
     out.add("}", 1)
     out.add()
 
+
+def _nat_prerouting(out: _Script, on_sandbox: str) -> None:
+    """DNS to the gateway's resolver, every other new TCP connection to a proxy worker (round-robin)."""
+    settings = out.settings
     out.add("chain nat_prerouting {", 1)
     out.add("type nat hook prerouting priority dstnat; policy accept;", 2)
     out.add(f"{on_sandbox} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{settings.dns_port}", 2)
@@ -233,6 +205,10 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
     out.add("}", 1)
     out.add()
 
+
+def _input(out: _Script, on_sandbox: str) -> None:
+    """What a sandbox may send to the gateway itself: its redirected connections and the ICMP a network needs."""
+    settings = out.settings
     out.add("chain input {", 1)
     out.add("type filter hook input priority filter; policy accept;", 2)
     out.add(f"{on_sandbox} jump sandbox_input", 2)
@@ -240,16 +216,19 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
     out.add("chain sandbox_input {", 1)
     out.add("ct state established,related accept", 2)
     # Only redirected connections: a direct connection to a proxy port would make the proxy connect to itself.
-    out.add(f"ct status dnat meta l4proto tcp th dport {_one_of(ports)} accept", 2)
+    out.add(f"ct status dnat meta l4proto tcp th dport {_one_of(settings.proxy_ports)} accept", 2)
     out.add(f"ct status dnat meta l4proto {{ tcp, udp }} th dport {settings.dns_port} accept", 2)
     out.add("icmp type { destination-unreachable, time-exceeded, parameter-problem } accept", 2)
     out.add("icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept", 2)
-    out.add(f"{nd} accept", 2)
-    out.add("ip6 saddr { ::, fe80::/10 } icmpv6 type { mld-listener-report, mld2-listener-report } accept", 2)
+    out.add(f"{_ND} accept", 2)
+    out.add(f"{_MLD} accept", 2)
     out.log_then("drop", LogKind.GUARD)
     out.add("}", 1)
     out.add()
 
+
+def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...], on_sandbox: str) -> None:
+    """Forwarded traffic: from a sandbox through its own chain, towards a sandbox only as a reply."""
     out.add("chain forward {", 1)
     out.add("type filter hook forward priority filter; policy accept;", 2)
     out.add(f"{on_sandbox} jump sandbox_forward", 2)
@@ -257,37 +236,42 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
     out.add("}", 1)
     out.add("chain sandbox_forward {", 1)
     out.add("ct state established,related accept", 2)
-    for sandbox in policy.sandboxes:
-        for v, fam in ((4, "ip"), (6, "ip6")):
+    for sandbox in sandboxes:
+        for v, fam in _FAMILIES:
             out.add(f"{fam} saddr @{source_set(sandbox.name, v)} jump forward_{set_id(sandbox.name)}", 2)
     out.log_then("drop", LogKind.DROP)
     out.add("}", 1)
-    for sandbox in policy.sandboxes:
-        out.add(f"chain forward_{set_id(sandbox.name)} {{", 1)
-        for rule in sandbox.networks:
-            line = _udp_rule(rule)
-            if line:
-                out.add(line, 2)
-        if sandbox.mode is Mode.REPORT:
-            out.log_then("accept", LogKind.REPORT, sandbox.name)
-        else:
-            out.log_then("drop", LogKind.DROP, sandbox.name)
-        out.add("}", 1)
+    for sandbox in sandboxes:
+        _sandbox_forward(out, sandbox)
     out.add("chain to_sandbox {", 1)
     out.add("ct state established,related accept", 2)
     out.log_then("drop", LogKind.INBOUND)
     out.add("}", 1)
 
-    if settings.masquerade:
-        out.add()
-        out.add("chain nat_postrouting {", 1)
-        out.add("type nat hook postrouting priority srcnat; policy accept;", 2)
-        for sandbox in policy.sandboxes:
-            for v, fam in ((4, "ip"), (6, "ip6")):
-                out.add(f'oifname "{settings.uplink_if}" {fam} saddr @{source_set(sandbox.name, v)} masquerade', 2)
-        out.add("}", 1)
-    out.add("}")
-    return out.text()
+
+def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
+    """One sandbox's forward chain: its allowed UDP networks, then drop (or, in report mode, log and accept)."""
+    out.add(f"chain forward_{set_id(sandbox.name)} {{", 1)
+    for rule in sandbox.networks:
+        line = _udp_rule(rule)
+        if line:
+            out.add(line, 2)
+    if sandbox.mode is Mode.REPORT:
+        out.log_then("accept", LogKind.REPORT, sandbox.name)
+    else:
+        out.log_then("drop", LogKind.DROP, sandbox.name)
+    out.add("}", 1)
+
+
+def _nat_postrouting(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
+    """Masquerade forwarded sandbox traffic on the uplink."""
+    out.add()
+    out.add("chain nat_postrouting {", 1)
+    out.add("type nat hook postrouting priority srcnat; policy accept;", 2)
+    for sandbox in sandboxes:
+        for v, fam in _FAMILIES:
+            out.add(f'oifname "{out.settings.uplink_if}" {fam} saddr @{source_set(sandbox.name, v)} masquerade', 2)
+    out.add("}", 1)
 
 
 def render_lockdown(settings: GatewaySettings, policy: Policy | None = None) -> str:

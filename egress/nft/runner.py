@@ -10,7 +10,6 @@ from __future__ import annotations
 import ipaddress
 import json
 import re
-import shutil
 import subprocess
 from collections.abc import Sequence
 from typing import Any
@@ -29,11 +28,6 @@ class NftError(RuntimeError):
     def __init__(self, message: str, stderr: str = "") -> None:
         super().__init__(f"{message}: {stderr.strip()}" if stderr.strip() else message)
         self.stderr = stderr
-
-
-def available() -> bool:
-    """Whether the nft binary is installed (tests that need it skip otherwise)."""
-    return shutil.which(NFT) is not None
 
 
 def _run(args: Sequence[str], stdin: str | None, netns: str | None) -> str:

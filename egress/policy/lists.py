@@ -88,28 +88,11 @@ class _File(NodeChecker):
         fields = self.mapping(root, "the file", _KEYS)
         if not fields and not isinstance(root, yamlnodes.MappingNode):
             return None
-        for key in _REQUIRED:
-            if key not in fields:
-                self.problem(root, f"missing required key {key!r}")
-        version = fields.get("version")
-        if version is not None and not (version.tag == INT and version.value == str(VERSION)):
-            self.problem(version, f"version must be {VERSION}, got {getattr(version, 'value', '?')!r}")
-        category: Category | None = None
-        if "category" in fields:
-            value = self.text(fields["category"], "category")
-            if value is not None:
-                try:
-                    category = Category(value)
-                except ValueError:
-                    allowed = ", ".join(c.value for c in Category)
-                    self.problem(fields["category"], f"category {value!r} is not one of: {allowed}")
+        self._header(root, fields)
+        category = self._category(fields["category"]) if "category" in fields else None
         name = self.kebab(fields["name"], "name") if "name" in fields else ""
         protocol = self.kebab(fields["protocol"], "protocol") if "protocol" in fields else ""
-        match = "suffix"
-        if "match" in fields:
-            match = self.text(fields["match"], "match") or match
-            if match not in _MATCHES:
-                self.problem(fields["match"], f"match {match!r} is not one of: {', '.join(_MATCHES)}")
+        match = self._match(fields["match"]) if "match" in fields else "suffix"
         description = (self.text(fields["description"], "description") or "") if "description" in fields else ""
         if "notes" in fields:
             self.text(fields["notes"], "notes")
@@ -121,6 +104,32 @@ class _File(NodeChecker):
         if category is None:
             return None
         return NameList(self.file, name, category, protocol, match, description, sources, names, addresses)
+
+    def _header(self, root: yamlnodes.Node, fields: dict[str, yamlnodes.Node]) -> None:
+        """The required keys, and the version."""
+        for key in _REQUIRED:
+            if key not in fields:
+                self.problem(root, f"missing required key {key!r}")
+        version = fields.get("version")
+        if version is not None and not (version.tag == INT and version.value == str(VERSION)):
+            self.problem(version, f"version must be {VERSION}, got {getattr(version, 'value', '?')!r}")
+
+    def _category(self, node: yamlnodes.Node) -> Category | None:
+        value = self.text(node, "category")
+        if value is None:
+            return None
+        try:
+            return Category(value)
+        except ValueError:
+            allowed = ", ".join(c.value for c in Category)
+            self.problem(node, f"category {value!r} is not one of: {allowed}")
+            return None
+
+    def _match(self, node: yamlnodes.Node) -> str:
+        match = self.text(node, "match") or "suffix"
+        if match not in _MATCHES:
+            self.problem(node, f"match {match!r} is not one of: {', '.join(_MATCHES)}")
+        return match
 
     def _source(self, node: yamlnodes.Node) -> Source:
         fields = self.mapping(node, "a source", _SOURCE_KEYS)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import functools
 import ipaddress
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 from egress.capture import packet
@@ -171,47 +172,60 @@ def _address(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
 
 
-def _capture_seeds(path: str) -> CorpusSeeds:
-    """The first flows of one capture, in capture order (no reassembly: the order the packets were captured)."""
+_FlowBytes = tuple[bytearray, bytearray, list[tuple[bool, bytes]], list[int]]
+_FlowKey = tuple[int, bytes, int, bytes, int]
+
+
+def _segments(path: str) -> Iterator[packet.Segment]:
+    """The decodable segments among the capture's first frames; a truncated capture ends the walk quietly."""
     defrag = packet.Defragmenter()
-    flows: dict[tuple[int, bytes, int, bytes, int], tuple[bytearray, bytearray, list[tuple[bool, bytes]], list[int]]]
-    flows = {}
-    dns: list[bytes] = []
     try:
         for index, (ts, linktype, frame) in enumerate(read_frames(path)):
             if index >= FRAMES_PER_CAPTURE:
-                break
+                return
             try:
                 segment = packet.decode(linktype, frame, ts, defrag)
             except packet.Malformed:
                 continue
-            if segment is None:
-                continue
-            if segment.proto == packet.UDP and 53 in (segment.sport, segment.dport):
-                if len(dns) < DNS_PER_CAPTURE and segment.payload:
-                    dns.append(segment.payload)
-                continue
-            forward = (segment.proto, segment.src, segment.sport, segment.dst, segment.dport)
-            backward = (segment.proto, segment.dst, segment.dport, segment.src, segment.sport)
-            # The client is whoever sent the first packet seen, unless that packet is a SYN-ACK.
-            syn_ack = segment.proto == packet.TCP and segment.flags & _SYN_ACK == _SYN_ACK
-            from_client = forward in flows or (backward not in flows and not syn_ack)
-            key = forward if from_client else backward
-            if key not in flows:
-                if len(flows) >= FLOWS_PER_CAPTURE:
-                    continue
-                flows[key] = (bytearray(), bytearray(), [], [])
-            client, server, datagrams, types = flows[key]
-            if not segment.payload:
-                continue
-            if segment.proto == packet.TCP:
-                side = client if from_client else server
-                side += segment.payload[: STREAM_BYTES - len(side)]
-            elif len(datagrams) < DATAGRAMS_PER_FLOW:
-                datagrams.append((from_client, segment.payload))
-                types.append(segment.flags)
+            if segment is not None:
+                yield segment
     except CaptureError:
-        pass
+        return
+
+
+def _add(flows: dict[_FlowKey, _FlowBytes], segment: packet.Segment) -> None:
+    """Files the segment's payload under its flow; the client is whoever sent the first packet seen, unless that
+    packet is a SYN-ACK."""
+    forward = (segment.proto, segment.src, segment.sport, segment.dst, segment.dport)
+    backward = (segment.proto, segment.dst, segment.dport, segment.src, segment.sport)
+    syn_ack = segment.proto == packet.TCP and segment.flags & _SYN_ACK == _SYN_ACK
+    from_client = forward in flows or (backward not in flows and not syn_ack)
+    key = forward if from_client else backward
+    if key not in flows:
+        if len(flows) >= FLOWS_PER_CAPTURE:
+            return
+        flows[key] = (bytearray(), bytearray(), [], [])
+    client, server, datagrams, types = flows[key]
+    if not segment.payload:
+        return
+    if segment.proto == packet.TCP:
+        side = client if from_client else server
+        side += segment.payload[: STREAM_BYTES - len(side)]
+    elif len(datagrams) < DATAGRAMS_PER_FLOW:
+        datagrams.append((from_client, segment.payload))
+        types.append(segment.flags)
+
+
+def _capture_seeds(path: str) -> CorpusSeeds:
+    """The first flows of one capture, in capture order (no reassembly: the order the packets were captured)."""
+    flows: dict[_FlowKey, _FlowBytes] = {}
+    dns: list[bytes] = []
+    for segment in _segments(path):
+        if segment.proto == packet.UDP and 53 in (segment.sport, segment.dport):
+            if len(dns) < DNS_PER_CAPTURE and segment.payload:
+                dns.append(segment.payload)
+        else:
+            _add(flows, segment)
     streams: list[StreamSeed] = []
     grams: list[DatagramSeed] = []
     for (proto, _, _, dst, dport), (client, server, datagrams, types) in flows.items():

@@ -11,16 +11,7 @@ from collections.abc import Callable
 import pytest
 
 from egress.nft import runner
-from egress.nft.render import (
-    GatewaySettings,
-    LogKind,
-    allow_set,
-    log_prefix,
-    parse_prefix,
-    render,
-    render_lockdown,
-    set_id,
-)
+from egress.nft.render import GatewaySettings, render, render_lockdown
 from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import can_run, namespace
@@ -162,14 +153,6 @@ def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
     fields: dict[str, object] = {"sandbox_if": "sbx0", "uplink_if": "up0", **kwargs}
     with pytest.raises(ValueError):
         GatewaySettings(**fields)  # type: ignore[arg-type]
-
-
-def test_prefixes_round_trip() -> None:
-    assert parse_prefix(log_prefix(LogKind.DROP, "ci runners")) == (LogKind.DROP, "ci_runners")
-    assert parse_prefix(log_prefix(LogKind.SPOOF)) == (LogKind.SPOOF, None)
-    assert parse_prefix("egress nonsense x") is None
-    assert parse_prefix("IN=eth0") is None
-    assert allow_set("ci runners", 6) == "allow6_ci_runners" == f"allow6_{set_id('ci runners')}"
 
 
 @pytest.mark.skipif(can_run() is not None, reason=can_run() or "")

@@ -1,0 +1,128 @@
+"""The capture scanner's flow table: the flows of one capture, each under both directions' keys, in two generations.
+
+A flow is kept under the raw bytes ``src + dst + sport + dport`` of each direction, one dict per transport, so
+that the scanner's fast path finds it from a frame's bytes alone (docs/scanner-hot-path.md). A decided flow's keys
+map to `DONE`. The table is kept in two generations by capture time; a flow never seen during a whole generation
+is handed back to be closed, so memory follows the flows active lately, not the length of the capture.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Final
+
+from egress.capture.packet import ECHO_REPLY, ECHO_REQUEST, FIN, ICMP, RST, SYN, TCP, UDP
+from egress.capture.reassembly import TcpStream
+from egress.detect.base import FlowMeta, Transport
+from egress.detect.engine import FlowInspector
+
+MAX_TABLE_ENTRIES: Final = 1 << 20
+"""A generation holding more keys than this is rotated early, whatever the clock says."""
+DONE: Final = object()
+"""The entry of a decided flow: its packets need nothing more than the lookup that found this."""
+
+
+class Flow:
+    """A flow being inspected: who the client is, and the reassembly of both directions for TCP."""
+
+    __slots__ = ("client", "closing", "cport", "inspector", "meta", "streams", "ts")
+
+    def __init__(self, meta: FlowMeta, client: bytes, cport: int, inspector: FlowInspector, ts: float) -> None:
+        self.meta = meta
+        self.client = client
+        self.cport = cport
+        self.inspector = inspector
+        self.ts = ts
+        self.streams = (TcpStream(), TcpStream()) if meta.transport is Transport.TCP else None
+        self.closing = 0
+
+    def feed(self, proto: int, src: bytes, sport: int, payload: bytes, flags: int, seq: int) -> None:
+        """One segment of this flow, from either side: TCP reassembled per direction, datagrams as they come."""
+        from_client = src == self.client and sport == self.cport
+        inspector = self.inspector
+        if proto == TCP:
+            assert self.streams is not None
+            stream = self.streams[0] if from_client else self.streams[1]
+            if flags & SYN:
+                stream.syn(seq)
+            if payload:
+                data = stream.add(seq, payload)
+                if data:
+                    inspector.feed_stream(from_client, data)
+            if flags & (FIN | RST) and not inspector.done:
+                # a FIN from each side, or one RST, ends the connection
+                self.closing += 1 if flags & FIN else 2
+                if self.closing >= 2:
+                    inspector.close()
+        elif proto == UDP:
+            inspector.feed_datagram(from_client, payload)
+        elif flags in (ECHO_REQUEST, ECHO_REPLY):
+            inspector.feed_datagram(from_client, payload, flags)
+
+
+Entry = Flow | object
+_Generation = dict[int, dict[bytes, Entry]]
+
+
+def _generation() -> _Generation:
+    return {TCP: {}, UDP: {}, ICMP: {}}
+
+
+def _undecided(generation: _Generation) -> list[Flow]:
+    """Each flow of ``generation`` still being inspected, once (both its keys point at it), in table order."""
+    flows: dict[int, Flow] = {}
+    for table in generation.values():
+        for entry in table.values():
+            if isinstance(entry, Flow):
+                flows.setdefault(id(entry), entry)
+    return list(flows.values())
+
+
+class FlowTable:
+    """The flows of one capture, one dict per transport keyed by the raw bytes src + dst + sport + dport.
+
+    Both directions' keys of a flow are entered; a decided flow's keys map to `DONE`. Two generations by capture
+    time, `current` and `previous`: a flow of `previous` seen again moves up to `current`; one never seen again is
+    closed when `previous` is dropped at the next rotation.
+    """
+
+    __slots__ = ("current", "idle_seconds", "previous", "rotate_at", "tcp", "udp")
+
+    def __init__(self, idle_seconds: float) -> None:
+        self.idle_seconds = idle_seconds
+        self.current = _generation()
+        self.previous = _generation()
+        self.rotate_at = -math.inf
+        """Capture time at which `current` becomes `previous`; the first packet looked up starts the first one."""
+        self.tcp = self.current[TCP]
+        self.udp = self.current[UDP]
+        """The current generation's TCP and UDP tables, for the fast path."""
+
+    def rotate(self, ts: float) -> list[Flow]:
+        """Start a new generation at ``ts``; the undecided flows of the dropped one are returned, to be closed."""
+        dropped = self.previous
+        self.previous, self.current = self.current, _generation()
+        self.tcp, self.udp = self.current[TCP], self.current[UDP]
+        self.rotate_at = ts + self.idle_seconds
+        return _undecided(dropped)
+
+    def held(self) -> int:
+        """Entries in both generations (two per flow)."""
+        return sum(map(len, self.current.values())) + sum(map(len, self.previous.values()))
+
+    def promote(self, proto: int, key: bytes, reverse: bytes) -> Entry | None:
+        """The entry of a flow missing from the current generation, moved up from the previous one if it is there."""
+        older = self.previous[proto]
+        entry = older.pop(key, None)
+        if entry is not None:
+            table = self.current[proto]
+            table[key] = entry
+            table[reverse] = older.pop(reverse, entry)
+        return entry
+
+    def drain(self) -> list[Flow]:
+        """Empty both generations; their undecided flows are returned (previous first), to be closed."""
+        flows = _undecided(self.previous) + _undecided(self.current)
+        self.previous, self.current = _generation(), _generation()
+        self.tcp, self.udp = self.current[TCP], self.current[UDP]
+        return flows

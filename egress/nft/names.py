@@ -1,0 +1,68 @@
+"""The names the ruleset shares with the rest of the gateway: sets, chains and log prefixes (pure).
+
+The resolver fills a sandbox's allow sets by name, and every logged packet carries a prefix ``egress <kind>
+[sandbox]``: these are the contract between `egress.nft.render` and the components that read or fill the ruleset.
+"""
+
+from __future__ import annotations
+
+import enum
+import re
+
+_NAME_UNSAFE = re.compile(r"[^A-Za-z0-9_-]")
+MAX_NAME = 100
+"""Longest sandbox name: the kernel cuts log prefixes at 127 bytes (``egress report <name>``)."""
+
+
+class LogKind(enum.StrEnum):
+    """Why nftables logged a packet: the second word of every log prefix (``egress <kind> [sandbox]``)."""
+
+    SPOOF = "spoof"
+    """A source address on a sandbox interface that belongs to no sandbox behind it (dropped)."""
+    GUARD = "guard"
+    """Sandbox traffic to the gateway itself that is neither redirected proxy/DNS traffic nor needed ICMP."""
+    DROP = "drop"
+    """Sandbox traffic the gateway would have to forward (UDP, ICMP...) that no rule allows (dropped)."""
+    REPORT = "report"
+    """Like DROP, for a sandbox in report mode: the packet was let through."""
+    INBOUND = "inbound"
+    """Traffic towards a sandbox that is not a reply (dropped)."""
+    LOCKDOWN = "lockdown"
+    """Anything from a sandbox interface while the gateway is locked down (a component died)."""
+
+
+def set_id(sandbox_name: str) -> str:
+    """The sandbox's name as it appears in set names, chain names and log prefixes."""
+    safe = _NAME_UNSAFE.sub("_", sandbox_name)
+    if not safe or len(safe) > MAX_NAME:
+        raise ValueError(f"sandbox name {sandbox_name!r} must have 1 to {MAX_NAME} characters for nftables")
+    return safe
+
+
+def source_set(sandbox_name: str, version: int) -> str:
+    """The named set of the sandbox's source networks (``version`` 4 or 6)."""
+    return f"src{version}_{set_id(sandbox_name)}"
+
+
+def allow_set(sandbox_name: str, version: int) -> str:
+    """The dynamic set (with timeouts) the resolver fills with the addresses it answered to this sandbox."""
+    return f"allow{version}_{set_id(sandbox_name)}"
+
+
+def log_prefix(kind: LogKind, sandbox_name: str | None = None) -> str:
+    return f"egress {kind}" if sandbox_name is None else f"egress {kind} {set_id(sandbox_name)}"
+
+
+def parse_prefix(prefix: str) -> tuple[LogKind, str | None] | None:
+    """``"egress drop agents"`` → ``(LogKind.DROP, "agents")``; ``None`` for a prefix that is not ours.
+
+    The sandbox part is `set_id` of the name; `Policy.sandbox_for` on the packet's source is the sure way back.
+    """
+    words = prefix.split(" ")
+    if len(words) not in (2, 3) or words[0] != "egress":
+        return None
+    try:
+        kind = LogKind(words[1])
+    except ValueError:
+        return None
+    return kind, (words[2] if len(words) == 3 else None)
