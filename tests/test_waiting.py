@@ -71,7 +71,7 @@ def test_fails_with_the_last_assertion_after_the_timeout(clock: FakeClock) -> No
 
     def check() -> None:
         seen.append(clock.now)
-        assert False, f"still failing at {clock.now:g}"
+        raise AssertionError(f"still failing at {clock.now:g}")
 
     with pytest.raises(AssertionError, match=r"not true after 2 s .*: still failing at 1002") as failure:
         eventually(check, timeout=2, interval=0.5)

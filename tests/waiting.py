@@ -42,10 +42,11 @@ def scaled(seconds: float) -> float:
     return seconds * time_factor()
 
 
-def _not_yet[T](result: T, attempts: int) -> AssertionError | None:
+def _not_yet(result: object) -> AssertionError | None:
     if result:
         return None
-    return AssertionError(f"the check returned {result!r} (attempt {attempts})")
+    hint = " (a check returns a truthy value when it passes)" if result is None else ""
+    return AssertionError(f"the check returned {result!r}{hint}")
 
 
 def _timed_out(last: AssertionError | None, timeout: float, attempts: int) -> AssertionError:
@@ -75,7 +76,7 @@ def eventually[T](check: Callable[[], T], timeout: float = 10.0, interval: float
         except AssertionError as error:
             last = error
         else:
-            last = _not_yet(result, attempts)
+            last = _not_yet(result)
             if last is None:
                 return result
         if _monotonic() >= deadline:
@@ -96,7 +97,7 @@ async def eventually_async[T](check: Callable[[], Awaitable[T]], timeout: float 
         except AssertionError as error:
             last = error
         else:
-            last = _not_yet(result, attempts)
+            last = _not_yet(result)
             if last is None:
                 return result
         if _monotonic() >= deadline:
