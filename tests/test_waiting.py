@@ -4,7 +4,7 @@ when time is up, and stretches its timeout by ``EGRESS_TEST_TIME_FACTOR``."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -60,7 +60,7 @@ def test_a_check_that_passes_at_once_never_sleeps(clock: FakeClock) -> None:
 
 
 def test_a_falsy_result_is_not_yet(clock: FakeClock) -> None:
-    answers = iter([None, 0, [], "yes"])
+    answers: Iterator[object] = iter([None, 0, [], "yes"])
     assert eventually(lambda: next(answers), timeout=10) == "yes"
     with pytest.raises(AssertionError, match=r"returned \[\]"):
         eventually(lambda: [], timeout=1, interval=0.25)

@@ -17,7 +17,7 @@ import pytest
 from egress.capture import nflog
 from egress.capture.nflog import LoggedPacket, NflogReader, parse_packet
 from egress.nft import runner
-from tests.nft.netns import can_run, namespace, socket_in
+from tests.nft.netns import namespace, socket_in
 
 IP4 = bytes.fromhex("450000210000400040117cc97f0000017f000001") + bytes.fromhex("d43100090009fe32") + b"x"
 
@@ -72,8 +72,6 @@ def test_reading_a_reader_that_is_not_open_is_an_error() -> None:
         NflogReader().read()
 
 
-needs_root = pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
-
 RULES = """table inet egt_nft_log {
 \tchain output {
 \t\ttype filter hook output priority filter; policy accept;
@@ -85,8 +83,6 @@ RULES = """table inet egt_nft_log {
 
 @pytest.fixture(scope="module")
 def ns() -> Iterator[str]:
-    if reason := can_run():
-        pytest.skip(reason)
     with namespace() as name:
         runner.apply(RULES, netns=name)
         yield name
@@ -97,7 +93,7 @@ def _send(ns: str, family: int, address: str, data: bytes = b"x") -> None:
         sock.sendto(data, (address, 9))
 
 
-@needs_root
+@pytest.mark.root
 @pytest.mark.parametrize(("family", "address"), [(socket.AF_INET, "127.0.0.1"), (socket.AF_INET6, "::1")])
 def test_reads_what_the_ruleset_logs_at_once(ns: str, family: int, address: str) -> None:
     with NflogReader(netns=ns, copy_range=64).open(3) as reader:
@@ -112,7 +108,7 @@ def test_reads_what_the_ruleset_logs_at_once(ns: str, family: int, address: str)
     assert abs(packets[0].ts - time.time()) < 5
 
 
-@needs_root
+@pytest.mark.root
 def test_only_one_reader_per_group_and_namespace(ns: str) -> None:
     with NflogReader(netns=ns).open(3):
         with pytest.raises(OSError) as busy:
@@ -124,14 +120,14 @@ def test_only_one_reader_per_group_and_namespace(ns: str) -> None:
         pass
 
 
-@needs_root
+@pytest.mark.root
 def test_a_reader_sees_only_its_own_namespace(ns: str) -> None:
     with namespace() as other, NflogReader(netns=other).open(3) as reader:
         _send(ns, socket.AF_INET, "127.0.0.1")
         assert reader.read(timeout=0.3) == []
 
 
-@needs_root
+@pytest.mark.root
 def test_works_when_the_whole_process_runs_inside_the_namespace(ns: str) -> None:
     script = (
         "from egress.capture.nflog import NflogReader\n"

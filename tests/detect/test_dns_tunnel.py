@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.detect.base import Category
+from egress.detect.base import Category, Finding
 from egress.detect.dns_tunnel import (
     DnsTunnelLimits,
     DnsTunnelTracker,
@@ -198,7 +198,9 @@ def query(name: str, qtype: int = 1, ident: int = 0x1234) -> bytes:
     return struct.pack("!HHHHHH", ident, 0x0100, 1, 0, 0, 0) + wire + b"\x00" + struct.pack("!HH", qtype, 1)
 
 
-def run(messages: list[bytes], client: str = "192.0.2.1", tracker: DnsTunnelTracker | None = None) -> list:
+def run(
+    messages: list[bytes], client: str = "192.0.2.1", tracker: DnsTunnelTracker | None = None
+) -> list[Finding | None]:
     tracker = tracker or DnsTunnelTracker()
     return [tracker.observe(client, message) for message in messages]
 

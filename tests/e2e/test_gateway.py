@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import shutil
 import signal
 import subprocess
 import sys
@@ -23,11 +22,7 @@ from egress.lab import netns
 from egress.lab.demo import GatewayRun, play_as_harness, running_gateway
 from egress.record.schema import AttemptRecord
 
-needs_lab = pytest.mark.skipif(
-    os.geteuid() != 0 or not all(shutil.which(tool) for tool in ("ip", "nft", "redis-server")),
-    reason="needs root, iproute2, nftables and redis-server (the gateway runs in network namespaces)",
-)
-pytestmark = [needs_lab]
+pytestmark = [pytest.mark.e2e, pytest.mark.root]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 LAB_POLICY = ROOT / "rules" / "lab-policy.yaml"

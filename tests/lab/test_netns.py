@@ -11,9 +11,8 @@ import pytest
 
 from egress.lab import netns
 from egress.lab.topology import Lab
-from tests.lab.root import needs_root
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 PREFIX = "egt-lab-n-"
 
 

@@ -13,9 +13,8 @@ import pytest
 from egress.lab import netns, scenarios, servers
 from egress.lab.scenarios import SCENARIOS, ScenarioResult
 from egress.lab.topology import Lab
-from tests.lab.root import needs_root
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 PREFIX = "egt-lab-"
 AUTHORITY = {False: "198.18.10.5", True: "2001:db8:10::5"}
 

@@ -24,9 +24,9 @@ from egress.nft.render import GatewaySettings, allow_set, render, render_lockdow
 from egress.policy.model import Mode, Policy
 from egress.proxy.front import original_destination
 from tests.nft import make_sandbox, udp_rule
-from tests.nft.netns import Topology, can_run, socket_in, topology
+from tests.nft.netns import Topology, socket_in, topology
 
-pytestmark = pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
+pytestmark = pytest.mark.root
 
 T = Topology
 GROUP = 7

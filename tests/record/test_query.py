@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -103,7 +103,7 @@ def test_pages_across_sandboxes_are_newest_first_and_neither_skip_nor_repeat(sto
 def test_filters(store: RecordStore) -> None:
     written = _mixed()
     store.write(written)
-    cases = [
+    cases: list[tuple[AttemptFilter, Callable[[AttemptRecord], bool]]] = [
         (AttemptFilter(sandbox="sbx-1"), lambda r: r.sandbox == "sbx-1"),
         (AttemptFilter(category="tunnel"), lambda r: r.category == "tunnel"),
         (

@@ -5,6 +5,7 @@ from __future__ import annotations
 import random
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
@@ -66,7 +67,8 @@ def _batch(start: int, size: int, sandbox: str = "agents") -> list[AttemptRecord
 
 def _stream_ids(raw: redis.Redis, sandbox: str = "agents") -> list[str]:
     """Record ids in stream order (entries in arrival order, records by time within an entry)."""
-    return [item.id for _, fields in raw.xrange(stream_key(sandbox)) for item in decode_entry(fields)]
+    entries: list[tuple[str, dict[str, Any]]] = raw.xrange(stream_key(sandbox))  # type: ignore[assignment]
+    return [item.id for _, fields in entries for item in decode_entry(fields)]
 
 
 def _read_all(store: RecordStore, sandbox: str = "agents", page: int = 7, **query: object) -> list[AttemptRecord]:
