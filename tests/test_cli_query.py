@@ -26,7 +26,12 @@ from tests.redis_server import RedisServer, nowhere_url
 from tests.waiting import scaled
 
 GROUP = click.Group("egress", commands=list(COMMANDS))
-RUNNER_SCRIPT = "import click; from egress.cli_query import COMMANDS; click.Group('egress', commands=list(COMMANDS))()"
+# Ctrl-C as in a terminal, whatever this process inherited (a shell's background job ignores SIGINT, and so would
+# the child: the follow test's interrupt would never arrive).
+RUNNER_SCRIPT = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import click; from egress.cli_query import COMMANDS; click.Group('egress', commands=list(COMMANDS))()"
+)
 
 
 @pytest.fixture
