@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus
 
-.PHONY: test lint demo bench fmt
+.PHONY: test unit lint demo bench fmt
 
 test: ## Install what is missing, then lint, format check, mypy (strict) and pytest.
 	@deploy/bootstrap.sh test
@@ -11,6 +11,9 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 	$(BIN)/ruff format --check egress tests bench rules
 	$(BIN)/mypy
 	$(BIN)/pytest
+
+unit: ## The fast subset: every test that needs neither root nor the lab (no lint, no types), well under a minute.
+	$(BIN)/pytest -q -m "not root and not e2e"
 
 lint:
 	$(BIN)/ruff check egress tests bench rules

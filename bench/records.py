@@ -39,7 +39,7 @@ from egress.record.layout import stream_key  # noqa: E402
 from egress.record.query import AttemptFilter, list_attempts  # noqa: E402
 from egress.record.schema import AttemptRecord, make_id  # noqa: E402
 from egress.record.store import RecordStore  # noqa: E402
-from tests.record.redis_server import RedisServer  # noqa: E402
+from tests.redis_server import RedisServer  # noqa: E402
 
 SANDBOXES = 10
 START = 1_750_000_000.0
@@ -142,7 +142,7 @@ def main() -> int:
     parser.add_argument("--json", dest="json_out", help="Also write the results to this file.")
     args = parser.parse_args()
 
-    server = RedisServer(pathlib.Path(tempfile.mkdtemp(prefix="egress-bench-redis-")))
+    server = RedisServer(pathlib.Path(tempfile.mkdtemp(prefix="egress-bench-redis-")), tcp=True)  # redis-benchmark -p
     server.start()
     simple, shaped, written = [], [], []
     try:

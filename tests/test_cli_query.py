@@ -22,22 +22,21 @@ from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
 from tests.record import record
-from tests.record.redis_server import REDIS_SERVER, RedisServer
+from tests.redis_server import RedisServer, nowhere_url
+from tests.waiting import scaled
 
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server")
-
-NOW = time.time()
 GROUP = click.Group("egress", commands=list(COMMANDS))
-RUNNER_SCRIPT = "import click; from egress.cli_query import COMMANDS; click.Group('egress', commands=list(COMMANDS))()"
+# Ctrl-C as in a terminal, whatever this process inherited (a shell's background job ignores SIGINT, and so would
+# the child: the follow test's interrupt would never arrive).
+RUNNER_SCRIPT = (
+    "import signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+    "import click; from egress.cli_query import COMMANDS; click.Group('egress', commands=list(COMMANDS))()"
+)
 
 
-@pytest.fixture(scope="module")
-def server() -> Iterator[RedisServer]:
-    instance = RedisServer().start()
-    try:
-        yield instance
-    finally:
-        instance.cleanup()
+@pytest.fixture
+def server(redis_server: RedisServer) -> RedisServer:
+    return redis_server
 
 
 @pytest.fixture
@@ -48,37 +47,51 @@ def store(server: RedisServer, tmp_path: Path) -> Iterator[RecordStore]:
     instance.close()
 
 
-SCENARIOS = [
-    record(ts=NOW - 300, host="pool.example.com"),
-    record(ts=NOW - 200, category="policy", reason="not-allowlisted", protocol="tcp", dst="198.51.100.7", dport=443),
-    record(
-        ts=NOW - 100, category="tunnel", reason="tunnel", host="x.t.example.net", transport="udp", dport=53, count=9
-    ),
-    record(ts=NOW - 50, sandbox="other", category="crypto-node", reason="crypto-node", dport=8333),
-    record(ts=NOW - 7200, sandbox="other"),
-]
-ACTIONS = [
-    ActionRecord("agents", "cmd-1", "shell_command", "pip install helper", NOW - 301, NOW - 295, received=NOW),
-    ActionRecord("agents", "cmd-2", "tool_call", "web_fetch x.t.example.net", NOW - 101, None, received=NOW),
-]
+@pytest.fixture
+def now() -> float:
+    """The test's "now": the commands read the real clock ("--since 1h"), so records are made relative to it."""
+    return time.time()
+
+
+def scenarios(now: float) -> list[AttemptRecord]:
+    return [
+        record(ts=now - 300, host="pool.example.com"),
+        record(
+            ts=now - 200, category="policy", reason="not-allowlisted", protocol="tcp", dst="198.51.100.7", dport=443
+        ),
+        record(
+            ts=now - 100, category="tunnel", reason="tunnel", host="x.t.example.net", transport="udp", dport=53, count=9
+        ),
+        record(ts=now - 50, sandbox="other", category="crypto-node", reason="crypto-node", dport=8333),
+        record(ts=now - 7200, sandbox="other"),
+    ]
+
+
+def actions(now: float) -> list[ActionRecord]:
+    return [
+        ActionRecord("agents", "cmd-1", "shell_command", "pip install helper", now - 301, now - 295, received=now),
+        ActionRecord("agents", "cmd-2", "tool_call", "web_fetch x.t.example.net", now - 101, None, received=now),
+    ]
 
 
 @pytest.fixture
-def filled(store: RecordStore) -> RecordStore:
-    store.write(SCENARIOS)
-    query.write_actions(store, ACTIONS)
-    return store
+def written(store: RecordStore, now: float) -> list[AttemptRecord]:
+    """The scenarios, stored with their actions."""
+    made = scenarios(now)
+    store.write(made)
+    query.write_actions(store, actions(now))
+    return made
 
 
 def run(server: RedisServer, *args: str, stdin: str | None = None) -> Result:
     return CliRunner().invoke(GROUP, [*args], input=stdin, env={"EGRESS_REDIS_URL": server.url}, catch_exceptions=False)
 
 
-def test_events_json_lines_are_the_documented_records(server: RedisServer, filled: RecordStore) -> None:
+def test_events_json_lines_are_the_documented_records(server: RedisServer, written: list[AttemptRecord]) -> None:
     result = run(server, "events", "--json")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
-    expected = sorted(SCENARIOS, key=lambda r: r.ts)  # the latest N, oldest first
+    expected = sorted(written, key=lambda r: r.ts)  # the latest N, oldest first
     assert lines == [json.dumps(r.to_json(), separators=(",", ":")) for r in expected]
     assert [AttemptRecord.from_json(json.loads(line)) for line in lines] == expected
 
@@ -93,27 +106,29 @@ def test_events_json_lines_are_the_documented_records(server: RedisServer, fille
         (["--destination", "t.example.net"], [2]),
         (["--destination", "198.51.100.7"], [1]),
         (["--since", "1h"], [0, 1, 2, 3]),  # relative to the clock when the test runs: a wide margin
-        (["--since", str(NOW - 250), "--until", str(NOW - 100)], [1, 2]),
-        (["--since", str(NOW - 120)], [2, 3]),
+        (["--since", -250, "--until", -100], [1, 2]),  # numbers: seconds from the test's now
+        (["--since", -120], [2, 3]),
         (["--limit", "2"], [2, 3]),
     ],
 )
-def test_events_filters(server: RedisServer, filled: RecordStore, args: list[str], expected: list[int]) -> None:
-    result = run(server, "events", "--json", *args)
+def test_events_filters(
+    server: RedisServer, written: list[AttemptRecord], now: float, args: list[str | int], expected: list[int]
+) -> None:
+    result = run(server, "events", "--json", *(arg if isinstance(arg, str) else str(now + arg) for arg in args))
     assert result.exit_code == 0, result.output
     got = {json.loads(line)["id"] for line in result.output.splitlines()}
-    assert got == {SCENARIOS[i].id for i in expected}
+    assert got == {written[i].id for i in expected}
 
 
-def test_events_table(server: RedisServer, filled: RecordStore) -> None:
+def test_events_table(server: RedisServer, written: list[AttemptRecord]) -> None:
     result = run(server, "events")
     lines = result.output.splitlines()
     assert lines[0].startswith("TIME")
-    assert len(lines) == 1 + len(SCENARIOS)
+    assert len(lines) == 1 + len(written)
     assert "x.t.example.net" in lines[-2]
     assert "x9" in lines[-2]
     assert "\x1b[" not in result.output  # not a terminal: no colour
-    coloured = event_row(SCENARIOS[0], colour=True)
+    coloured = event_row(written[0], colour=True)
     assert "\x1b[31m" in coloured  # mining is red on a terminal
 
 
@@ -138,14 +153,14 @@ def test_usage_errors_exit_2_with_a_message(server: RedisServer, args: list[str]
 
 
 def test_redis_away_exits_2(tmp_path: Path) -> None:
-    gone = RedisServer()
-    gone.cleanup()
-    result = CliRunner().invoke(GROUP, ["events", "--redis-url", gone.url])
+    result = CliRunner().invoke(GROUP, ["events", "--redis-url", nowhere_url()])
     assert result.exit_code == 2
     assert "cannot reach Redis" in result.output
 
 
-def test_timeline_puts_attempts_under_their_actions(server: RedisServer, filled: RecordStore) -> None:
+def test_timeline_puts_attempts_under_their_actions(
+    server: RedisServer, written: list[AttemptRecord], now: float
+) -> None:
     result = run(server, "timeline", "agents", "--since", "1h")
     assert result.exit_code == 0, result.output
     lines = result.output.splitlines()
@@ -157,14 +172,14 @@ def test_timeline_puts_attempts_under_their_actions(server: RedisServer, filled:
     assert "x.t.example.net" in lines[5] and "x9" in lines[5]
     items = [json.loads(line) for line in run(server, "timeline", "agents", "--json").output.splitlines()]
     assert [item["type"] for item in items] == ["action", "attempt", "attempt", "action", "attempt"]
-    assert items[0]["action"] == ACTIONS[0].to_json()
-    assert items[1]["attempt"] == SCENARIOS[0].to_json()
+    assert items[0]["action"] == actions(now)[0].to_json()
+    assert items[1]["attempt"] == written[0].to_json()
     assert [item.get("related") for item in items] == [None, ["cmd-1"], [], None, ["cmd-2"]]
     narrow = run(server, "timeline", "agents", "--json", "--slack", "0", "--since", "1h")
     assert [json.loads(line).get("related") for line in narrow.output.splitlines()][1] == ["cmd-1"]
 
 
-def test_stats(server: RedisServer, filled: RecordStore) -> None:
+def test_stats(server: RedisServer, written: list[AttemptRecord]) -> None:
     data = json.loads(run(server, "stats", "--json", "--window", "1h", "--by", "sandbox", "--by", "reason").output)
     assert data["counts"] == {
         "sandbox": {"agents": 11, "other": 1},
@@ -177,51 +192,56 @@ def test_stats(server: RedisServer, filled: RecordStore) -> None:
     assert "total                                          13" in table
 
 
-def test_actions_record_from_options_and_stdin(server: RedisServer, store: RecordStore) -> None:
+def test_actions_record_from_options_and_stdin(server: RedisServer, store: RecordStore, now: float) -> None:
     result = run(server, "actions", "record", "--sandbox", "agents", "--id", "c1", "--command", "ls", "--start", "5m")
     assert result.exit_code == 0, result.output
     lines = [
         json.dumps(
-            {"sandbox": "agents", "id": "c2", "kind": "tool_call", "command": "x", "start": NOW, "end": NOW + 1}
+            {"sandbox": "agents", "id": "c2", "kind": "tool_call", "command": "x", "start": now, "end": now + 1}
         ),
         "",
         json.dumps(
-            {"sandbox": "agents", "id": "c1", "kind": "other", "command": "ls -l", "start": NOW - 10, "end": NOW}
+            {"sandbox": "agents", "id": "c1", "kind": "other", "command": "ls -l", "start": now - 10, "end": now}
         ),
     ]
     assert run(server, "actions", "record", "--stdin", stdin="\n".join(lines)).exit_code == 0
     got = {action.id: action for action in query.read_actions(store, "agents", None, None)}
     assert sorted(got) == ["c1", "c2"]
-    assert (got["c1"].command, got["c1"].end, got["c2"].kind) == ("ls -l", NOW, "tool_call")
+    assert (got["c1"].command, got["c1"].end, got["c2"].kind) == ("ls -l", now, "tool_call")
     assert got["c2"].received > 0
 
 
-def test_actions_record_refuses_a_bad_line_and_records_nothing(server: RedisServer, store: RecordStore) -> None:
-    good = json.dumps({"sandbox": "agents", "id": "ok", "kind": "other", "command": "", "start": NOW})
-    bad = json.dumps({"sandbox": "agents", "id": "bad", "kind": "other", "command": "", "start": NOW, "extra": 1})
+def test_actions_record_refuses_a_bad_line_and_records_nothing(
+    server: RedisServer, store: RecordStore, now: float
+) -> None:
+    good = json.dumps({"sandbox": "agents", "id": "ok", "kind": "other", "command": "", "start": now})
+    bad = json.dumps({"sandbox": "agents", "id": "bad", "kind": "other", "command": "", "start": now, "extra": 1})
     result = run(server, "actions", "record", "--stdin", stdin=f"{good}\n{bad}\nnot json\n")
     assert result.exit_code == 2
     assert "stdin line 2" in result.output and "extra" in result.output and "stdin line 3" in result.output
     assert query.read_actions(store, "agents", None, None) == []
 
 
-def test_events_follow_prints_new_records_until_interrupted(server: RedisServer, store: RecordStore) -> None:
-    store.write(SCENARIOS[:1])
+def test_events_follow_prints_new_records_until_interrupted(
+    server: RedisServer, store: RecordStore, now: float
+) -> None:
+    first = scenarios(now)[0]
+    store.write([first])
     env: dict[str, Any] = {**os.environ, "EGRESS_REDIS_URL": server.url, "PYTHONUNBUFFERED": "1"}
     command = [sys.executable, "-c", RUNNER_SCRIPT, "events", "--json", "--follow", "--sandbox", "agents"]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:
         assert process.stdout is not None
-        assert json.loads(process.stdout.readline())["id"] == SCENARIOS[0].id
+        assert json.loads(process.stdout.readline())["id"] == first.id
         fresh = [record(ts=time.time(), sport=1), record(ts=time.time(), sandbox="other")]
         store.write(fresh)
         assert json.loads(process.stdout.readline())["id"] == fresh[0].id  # the other sandbox is filtered out
         process.send_signal(signal.SIGINT)
-        assert process.wait(timeout=10) == 0
+        assert process.wait(timeout=scaled(10)) == 0
     finally:
         if process.poll() is None:
             process.kill()
-            process.wait(timeout=10)
+            process.wait(timeout=scaled(10))
 
 
 @pytest.mark.parametrize(
@@ -240,13 +260,15 @@ def test_times() -> None:
         parse_time("soon")
 
 
-def test_the_consumer_group_example_streams_the_same_json_lines(server: RedisServer, filled: RecordStore) -> None:
+def test_the_consumer_group_example_streams_the_same_json_lines(
+    server: RedisServer, store: RecordStore, written: list[AttemptRecord]
+) -> None:
     example = Path(__file__).resolve().parents[1] / "deploy" / "redis-consumer-example.py"
     command = [sys.executable, str(example), "--redis-url", server.url, "--from-start", "--exit-when-idle", "1"]
-    first = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    first = subprocess.run(command, capture_output=True, text=True, timeout=scaled(60), check=True)
     events = run(server, "events", "--json").output.splitlines()
     assert sorted(first.stdout.splitlines()) == sorted(events)
     later = record(ts=time.time(), sandbox="third")
-    filled.write([later])
-    second = subprocess.run(command, capture_output=True, text=True, timeout=60, check=True)
+    store.write([later])
+    second = subprocess.run(command, capture_output=True, text=True, timeout=scaled(60), check=True)
     assert second.stdout.splitlines() == [json.dumps(later.to_json(), separators=(",", ":"))]  # the group moved on

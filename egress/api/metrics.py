@@ -9,8 +9,8 @@ Families (all prefixed ``egress_``):
   ``redis_errors_total``, ``spool_pending_batches``: the `RecordStore` counters *of this process*. The API's own
   store writes no attempt records, so here they stay near zero; the gateway process registers the same collector
   (`StoreCollector`) for its recorder's store and exports them itself.
-- ``decisions_total{component, action, reason}``: proxy and DNS decisions. Defined here so both sides use one
-  name and label set; they are counted by the gateway's processes (`count_decision`), so the API's copy is 0.
+- ``gateway_decisions_total{gateway, component, action, reason}`` and the gateway components' delivery counters:
+  published to Redis by each gateway component (egress/gateway/recorder.py), read at scrape time.
 - ``redis_up``: whether Redis answered the last scrape; ``api_requests_total{method, route, status}``.
 """
 
@@ -30,7 +30,6 @@ from egress.record.store import STORE_ERRORS, RecordStore
 
 log = logging.getLogger(__name__)
 
-DECISION_COMPONENTS: Final = ("proxy", "dns")
 CACHE_S: Final = 5.0
 """Redis-derived gauges are recomputed at most this often (several scrapers, one Redis)."""
 
@@ -156,27 +155,9 @@ class Metrics:
         self.registry.register(StoreCollector(store))
         self.registry.register(AttemptsCollector(store, window_s, clock))
         self.registry.register(GatewayCountersCollector(store))
-        self.decisions = decision_counter(self.registry)
         self.requests = Counter(
             "egress_api_requests",
             "API requests answered, by route template and status.",
             ["method", "route", "status"],
             registry=self.registry,
         )
-
-
-def decision_counter(registry: CollectorRegistry) -> Counter:
-    """``egress_decisions_total{component, action, reason}`` in ``registry`` (the gateway registers its own)."""
-    return Counter(
-        "egress_decisions",
-        "Proxy and DNS decisions (counted by the gateway processes that make them).",
-        ["component", "action", "reason"],
-        registry=registry,
-    )
-
-
-def count_decision(counter: Counter, component: str, action: str, reason: str) -> None:
-    """Count one decision; ``component`` is ``proxy`` or ``dns``."""
-    if component not in DECISION_COMPONENTS:
-        raise ValueError(f"component {component!r} not in {DECISION_COMPONENTS}")
-    counter.labels(component, action, reason).inc()

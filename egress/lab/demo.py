@@ -59,6 +59,8 @@ class GatewayRun:
     lab: Lab
     policy: pathlib.Path
     workers: int = LAB_WORKERS
+    ready_timeout: float = READY_TIMEOUT
+    """Seconds to wait for each part to listen (tests stretch it on a slow machine)."""
     processes: list[subprocess.Popen[bytes]] | None = None
     gateway: subprocess.Popen[bytes] | None = None
 
@@ -97,8 +99,8 @@ class GatewayRun:
             stderr=subprocess.STDOUT,
         )
         self.processes.append(redis)
-        _wait_for(lambda: _tcp_listening(self.lab.gateway_ns, REDIS_PORT), "redis-server")
-        _wait_for(lambda: _tcp_listening(self.lab.internet_ns, 443), "the lab's servers")
+        _wait_for(lambda: _tcp_listening(self.lab.gateway_ns, REDIS_PORT), "redis-server", self.ready_timeout)
+        _wait_for(lambda: _tcp_listening(self.lab.internet_ns, 443), "the lab's servers", self.ready_timeout)
         self.start_gateway()
 
     def start_gateway(self) -> None:
@@ -116,7 +118,7 @@ class GatewayRun:
         self.gateway = netns.popen_in(
             self.lab.gateway_ns, argv, stdout=(log_dir / "gateway.log").open("ab"), stderr=subprocess.STDOUT
         )
-        _wait_for(self.gateway_ready, "the gateway")
+        _wait_for(self.gateway_ready, "the gateway", self.ready_timeout)
 
     def gateway_ready(self) -> bool:
         if self.gateway is not None and self.gateway.poll() is not None:
@@ -147,10 +149,12 @@ class GatewayRun:
 
 
 @contextlib.contextmanager
-def running_gateway(prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int = LAB_WORKERS) -> Iterator[GatewayRun]:
+def running_gateway(
+    prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int = LAB_WORKERS, ready_timeout: float = READY_TIMEOUT
+) -> Iterator[GatewayRun]:
     """A fresh lab with everything running; torn down (namespaces, processes, state) on exit."""
     lab = netns.up(prefix)
-    run = GatewayRun(lab, policy, workers)
+    run = GatewayRun(lab, policy, workers, ready_timeout)
     try:
         run.start()
         yield run

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import socket
 import threading
-import time
 from typing import Any
 
 import uvicorn
@@ -14,7 +14,7 @@ from egress.api.settings import Settings
 from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord
 from tests.record import record
-from tests.record.redis_server import free_port
+from tests.waiting import eventually, scaled
 
 READ = "read-token-0123456789abcdef"
 REPORT = "report-token-0123456789abcdef"
@@ -64,31 +64,40 @@ def seed_actions(now: float) -> list[ActionRecord]:
 
 
 class ApiServer:
-    """uvicorn serving ``app`` on a free loopback port, in a thread; `stop` ends it within seconds."""
+    """uvicorn serving ``app`` in a thread, on a loopback socket bound before it starts (so the port is its own);
+    `stop` ends it within seconds."""
 
     def __init__(self, app: FastAPI) -> None:
-        self.port = free_port()
-        config = uvicorn.Config(
-            app, host="127.0.0.1", port=self.port, log_level="warning", timeout_graceful_shutdown=2, lifespan="on"
-        )
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.socket.bind(("127.0.0.1", 0))
+        self.port = int(self.socket.getsockname()[1])
+        config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")
         self.server = uvicorn.Server(config)
-        self.thread = threading.Thread(target=self.server.run, name="test-uvicorn", daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.run, kwargs={"sockets": [self.socket]}, name="test-uvicorn", daemon=True
+        )
 
     @property
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
+    def _started(self) -> bool:
+        if not self.thread.is_alive():
+            raise RuntimeError("uvicorn exited while starting")
+        assert self.server.started, "uvicorn has not started yet"
+        return True
+
     def start(self) -> ApiServer:
         self.thread.start()
-        deadline = time.monotonic() + 10
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
+        try:
+            eventually(self._started, timeout=10, interval=0.02)
+        except BaseException:
+            self.stop()
+            raise
         return self
 
     def stop(self) -> None:
         self.server.should_exit = True
         if self.thread.is_alive():
-            self.thread.join(timeout=10)
+            self.thread.join(timeout=scaled(10))
+        self.socket.close()

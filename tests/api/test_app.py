@@ -24,12 +24,10 @@ from egress.api.settings import Settings, parse_listen
 from egress.record import query
 from egress.record.store import RecordStore
 from tests.api import ADMIN, READ, REPORT, TOKENS, ApiServer, auth, seed_actions, seed_attempts, settings
+from tests.ports import free_port
 from tests.record import record
-from tests.record.redis_server import REDIS_SERVER, RedisServer, free_port
-
-needs_redis = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server (apt-get install redis-server)")
-NOW = time.time()
-
+from tests.redis_server import RedisFactory, RedisServer, nowhere_url
+from tests.waiting import eventually, scaled
 
 # --- pure parts: settings, times, request validation (no Redis is reached: validation answers first) ---
 
@@ -86,8 +84,8 @@ def test_parse_time_refuses(value: object) -> None:
 
 @pytest.fixture(scope="module")
 def offline() -> Iterator[TestClient]:
-    """The app pointed at a port where nothing listens: only validation and auth can answer 4xx here."""
-    app = create_app(settings(f"redis://127.0.0.1:{free_port()}/0"))
+    """The app pointed where no Redis listens: only validation and auth can answer 4xx here."""
+    app = create_app(settings(nowhere_url()))
     with TestClient(app, raise_server_exceptions=False) as client:
         yield client
 
@@ -212,11 +210,11 @@ def test_redis_down_is_503_not_500(offline: TestClient) -> None:
 
 
 def test_lab_without_tokens_lets_everyone_in() -> None:
-    app = create_app(Settings(redis_url=f"redis://127.0.0.1:{free_port()}/0", lab=True))
+    app = create_app(Settings(redis_url=nowhere_url(), lab=True))
     with TestClient(app, raise_server_exceptions=False) as lab:
         assert lab.get("/v1/sandboxes").status_code == 503  # past auth: only Redis is missing
         assert lab.get("/v1/stats?window=0").status_code == 400
-    with_tokens = create_app(settings(f"redis://127.0.0.1:{free_port()}/0", lab=True))
+    with_tokens = create_app(settings(nowhere_url(), lab=True))
     with TestClient(with_tokens, raise_server_exceptions=False) as lab:
         assert lab.get("/v1/sandboxes").status_code == 401  # a lab with tokens still checks them
 
@@ -234,23 +232,40 @@ def test_dashboard_files_need_no_token(offline: TestClient) -> None:
 
 
 @pytest.fixture(scope="module")
-def redis_url() -> Iterator[str]:
-    if REDIS_SERVER is None:
-        pytest.skip("needs redis-server (apt-get install redis-server)")
-    server = RedisServer().start()
-    try:
-        yield server.url
-    finally:
-        server.cleanup()
+def redis_url(redis_server: RedisServer) -> str:
+    return redis_server.url
 
 
 @pytest.fixture(scope="module")
-def writer(redis_url: str) -> Iterator[RecordStore]:
+def now() -> float:
+    """When this module's records were seeded: every seeded time is relative to it. The API reads the real clock,
+    so a window "the last N seconds" is computed from the time that passed since (see `_window_since`)."""
+    return time.time()
+
+
+def _window_since(oldest: float) -> float:
+    """A ``window`` (seconds before the API's now) that reaches back to ``oldest``, plus 30 s for the request."""
+    return time.time() - oldest + 30
+
+
+@pytest.fixture(scope="module")
+def writer(redis_url: str, now: float) -> Iterator[RecordStore]:
     with tempfile.TemporaryDirectory(prefix="egt-api-spool-") as spool:
         store = RecordStore(redis_url, Path(spool), "gw1", retry_interval=0.0)
-        store.write(seed_attempts(NOW))
-        query.write_actions(store, seed_actions(NOW))
+        store.write(seed_attempts(now))
+        query.write_actions(store, seed_actions(now))
         yield store
+        store.close()
+
+
+@pytest.fixture(scope="module")
+def live(redis_factory: RedisFactory) -> Iterator[tuple[str, RecordStore]]:
+    """A Redis of its own and a writer for the tests that write while they read (follow, end to end), so that what
+    they write never shows in the seeded module Redis the other tests count."""
+    server = redis_factory.server()
+    with tempfile.TemporaryDirectory(prefix="egt-api-live-") as spool:
+        store = RecordStore(server.url, Path(spool), "gw1", retry_interval=0.0)
+        yield server.url, store
         store.close()
 
 
@@ -271,33 +286,33 @@ def test_health(client: TestClient) -> None:
     assert body["status"] == "ok" and body["redis"] is True and body["version"]
 
 
-def test_attempts_newest_first_with_filters(client: TestClient) -> None:
+def test_attempts_newest_first_with_filters(client: TestClient, now: float) -> None:
     every = _get(client, "/v1/attempts")["attempts"]
-    assert [a["ts"] for a in every] == sorted((a.ts for a in seed_attempts(NOW)), reverse=True)
+    assert [a["ts"] for a in every] == sorted((a.ts for a in seed_attempts(now)), reverse=True)
     assert {a["sandbox"] for a in _get(client, "/v1/attempts", sandbox="builders")["attempts"]} == {"builders"}
     assert [a["protocol"] for a in _get(client, "/v1/attempts", category="tunnel")["attempts"]] == ["ssh"]
     assert len(_get(client, "/v1/attempts", reason="not-allowlisted")["attempts"]) == 2
     by_host = _get(client, "/v1/attempts", destination="example.org")["attempts"]
     assert [a["host"] for a in by_host] == ["evil.example.org"]
     assert [a["dst"] for a in _get(client, "/v1/attempts", destination="198.51.100.7")["attempts"]] == ["198.51.100.7"]
-    since_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(NOW - 200))
-    recent = _get(client, "/v1/attempts", since=since_iso, until=NOW - 45)["attempts"]
-    assert [a["ts"] for a in recent] == [NOW - 60, NOW - 120]
+    since_iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(now - 200))
+    recent = _get(client, "/v1/attempts", since=since_iso, until=now - 45)["attempts"]
+    assert [a["ts"] for a in recent] == [now - 60, now - 120]
     assert _get(client, "/v1/attempts", token=ADMIN, sandbox="nobody")["attempts"] == []
 
 
-def test_attempts_pages_cover_everything_once(client: TestClient) -> None:
+def test_attempts_pages_cover_everything_once(client: TestClient, now: float) -> None:
     seen: list[str] = []
     cursor = None
     for _ in range(10):
-        params: dict[str, Any] = {"limit": 2, "until": NOW, **({"cursor": cursor} if cursor else {})}
+        params: dict[str, Any] = {"limit": 2, "until": now, **({"cursor": cursor} if cursor else {})}
         page = _get(client, "/v1/attempts", **params)
         seen += [a["id"] for a in page["attempts"]]
         cursor = page["next_cursor"]
         if cursor is None:
             break
     assert len(seen) == len(set(seen)) == 5
-    assert {a["ts"] for a in _get(client, "/v1/attempts", limit=5)["attempts"]} == {a.ts for a in seed_attempts(NOW)}
+    assert {a["ts"] for a in _get(client, "/v1/attempts", limit=5)["attempts"]} == {a.ts for a in seed_attempts(now)}
 
 
 def test_malformed_cursor_is_400(client: TestClient) -> None:
@@ -331,9 +346,9 @@ def test_attempts_page_with_correlation(client: TestClient) -> None:
     assert "correlated" not in _get(client, "/v1/attempts") or _get(client, "/v1/attempts")["correlated"] is None
 
 
-def test_sandboxes_and_timeline(client: TestClient) -> None:
+def test_sandboxes_and_timeline(client: TestClient, now: float) -> None:
     assert {"agents", "builders"} <= set(_get(client, "/v1/sandboxes")["sandboxes"])
-    line = _get(client, "/v1/sandboxes/agents/timeline", since=NOW - 3600)
+    line = _get(client, "/v1/sandboxes/agents/timeline", since=now - 3600)
     assert line["sandbox"] == "agents"
     kinds = [(item["type"], item.get("action", {}).get("id")) for item in line["items"]]
     assert kinds == [("action", "a-1"), ("attempt", None), ("attempt", None), ("action", "a-2"), ("attempt", None)]
@@ -342,14 +357,15 @@ def test_sandboxes_and_timeline(client: TestClient) -> None:
     assert _get(client, "/v1/sandboxes/nobody/timeline")["items"] == []
 
 
-def test_stats_and_series(client: TestClient) -> None:
+def test_stats_and_series(client: TestClient, now: float) -> None:
     by_reason = _get(client, "/v1/stats", window=3600, by="reason")
     assert by_reason == {"window_s": 3600, "by": "reason", "counts": {"mining": 2, "tunnel": 1, "not-allowlisted": 4}}
     assert _get(client, "/v1/stats", window=3600, by="sandbox")["counts"] == {"agents": 3, "builders": 4}
     assert _get(client, "/v1/stats", window=3600, by="category")["counts"]["policy"] == 4
     destinations = _get(client, "/v1/stats", window=3600, by="destination")["counts"]
     assert sum(destinations.values()) == 7
-    assert _get(client, "/v1/stats", window=100, by="sandbox")["counts"] == {"builders": 4}
+    # A window reaching back to the builders' records (60 s before seeding), not to the agents' (120 s before).
+    assert _get(client, "/v1/stats", window=_window_since(now - 60), by="sandbox")["counts"] == {"builders": 4}
     series = _get(client, "/v1/stats/series", window=3600, buckets=12, by="category")
     assert len(series["buckets"]) == 12
     totals: dict[str, int] = {}
@@ -360,28 +376,30 @@ def test_stats_and_series(client: TestClient) -> None:
     assert totals == {"mining": 2, "tunnel": 1, "policy": 4}
 
 
-def test_post_actions_idempotent(client: TestClient, writer: RecordStore) -> None:
+def test_post_actions_idempotent(client: TestClient, writer: RecordStore, now: float) -> None:
     action = {
         "sandbox": "posters",
         "id": "p-1",
         "kind": "shell_command",
         "command": "nc -z 1.2.3.4 25",
-        "start": NOW - 5,
+        "start": now - 5,
     }
     response = client.post("/v1/actions", json={"actions": [action]}, headers=auth(REPORT))
     assert response.status_code == 200 and response.json() == {"accepted": 1}
-    finished = {**action, "end": NOW - 4, "command": "x" * 5000}
+    finished = {**action, "end": now - 4, "command": "x" * 5000}
     response = client.post("/v1/actions", json={"actions": [finished]}, headers=auth(ADMIN))
     assert response.status_code == 200
-    (stored,) = query.read_actions(writer, "posters", NOW - 10, NOW)
-    assert stored.end == NOW - 4 and len(stored.command) == 4096 and stored.received >= NOW
+    (stored,) = query.read_actions(writer, "posters", now - 10, now)
+    assert stored.end == now - 4 and len(stored.command) == 4096 and stored.received >= now
     bad = client.post("/v1/actions", json={"actions": [{**action, "sandbox": ""}]}, headers=auth(REPORT))
     assert bad.status_code == 400 and bad.json()["error"]["field"] == "actions[0]"
     assert "sandbox" in bad.json()["error"]["message"]
 
 
-def test_metrics(client: TestClient) -> None:
+def test_metrics(client: TestClient, writer: RecordStore) -> None:
     _get(client, "/v1/attempts", limit=1)
+    # What a gateway component publishes (egress/gateway/recorder.py), as it would publish it.
+    writer.add_counters("gw-test/proxy", {"decisions|proxy|block|mining": 2, "decisions|proxy|allow|": 5})
     response = client.get("/metrics", headers=auth(READ))
     assert response.status_code == 200
     text = response.text
@@ -390,7 +408,9 @@ def test_metrics(client: TestClient) -> None:
     assert "egress_redis_up 1.0" in text
     for name in ("egress_records_written_total", "egress_records_spooled_total", "egress_redis_errors_total"):
         assert name in text
-    assert "# TYPE egress_decisions_total counter" in text or "egress_decisions" in text
+    decisions = 'egress_gateway_decisions_total{action="%s",component="proxy",gateway="gw-test",reason="%s"}'
+    assert f"{decisions % ('block', 'mining')} 2.0" in text
+    assert f"{decisions % ('allow', '')} 5.0" in text
     assert 'egress_api_requests_total{method="GET",route="/v1/attempts"' in text
 
 
@@ -403,65 +423,81 @@ def test_openapi_describes_every_route(client: TestClient) -> None:
     assert "HTTPBearer" in spec["components"]["securitySchemes"]
 
 
-def _sse_events(response: httpx.Response, wanted: int, timeout: float) -> list[tuple[str, str]]:
-    events: list[tuple[str, str]] = []
+def _sse(response: httpx.Response) -> Iterator[tuple[str, str]]:
+    """The (event, data) pairs of a server-sent event stream, as they come."""
     name, data = "", ""
-    deadline = time.monotonic() + timeout
     for line in response.iter_lines():
         if line.startswith("event: "):
             name = line[7:]
         elif line.startswith("data: "):
             data = line[6:]
         elif line == "" and name:
-            events.append((name, data))
+            yield name, data
             name, data = "", ""
-            if len(events) >= wanted:
-                break
-        if time.monotonic() > deadline:
-            break
-    return events
 
 
-def test_follow_streams_new_records_over_real_uvicorn(redis_url: str, writer: RecordStore) -> None:
-    server = ApiServer(create_app(settings(redis_url))).start()
+def test_follow_streams_new_records_over_real_uvicorn(live: tuple[str, RecordStore]) -> None:
+    redis_url, writer = live
+    server = ApiServer(create_app(settings(redis_url))).start()  # heartbeats every 0.5 s: reads never block long
     try:
-        with httpx.Client(base_url=server.url, timeout=10) as http:
+        with httpx.Client(base_url=server.url, timeout=scaled(10)) as http:
             with http.stream("GET", "/v1/follow", params={"sandbox": "live"}, headers=auth(READ)) as response:
                 assert response.status_code == 200
                 assert response.headers["content-type"].startswith("text/event-stream")
-                time.sleep(0.5)  # the stream is positioned at "now": write after it started
+                events = _sse(response)
+                markers: set[str] = set()
+
+                def following() -> bool:
+                    """The stream starts at "now", once it has asked Redis: write markers until one comes back."""
+                    marker = record(time.time(), sandbox="live", host="marker.test")
+                    markers.add(marker.id)
+                    writer.write([marker])
+                    name, data = next(events)  # an attempt, or a heartbeat within 0.5 s
+                    assert name == "attempt" and json.loads(data)["id"] in markers, (name, data)
+                    return True
+
+                eventually(following, timeout=15, interval=0)
                 fresh = [record(time.time(), sandbox="live", sport=1000 + i) for i in range(3)]
                 writer.write([record(time.time(), sandbox="other")])
                 writer.write(fresh)
-                events = _sse_events(response, 5, timeout=15)
-            attempts = [json.loads(data) for name, data in events if name == "attempt"]
-            assert [a["id"] for a in attempts[:3]] == [r.id for r in fresh]
+                got: list[str] = []
+
+                def arrived() -> bool:
+                    name, data = next(events)
+                    if name == "attempt" and json.loads(data)["id"] not in markers:
+                        got.append(json.loads(data)["id"])
+                    assert len(got) >= len(fresh), got
+                    return True
+
+                eventually(arrived, timeout=15, interval=0)
+            assert got == [r.id for r in fresh]  # in order, and nothing of the other sandbox
             with http.stream("GET", "/v1/follow", params={"sandbox": "quiet"}, headers=auth(READ)) as response:
-                assert _sse_events(response, 1, timeout=10)[0][0] == "heartbeat"
+                assert next(_sse(response))[0] == "heartbeat"
             assert http.get("/v1/follow", headers=auth(REPORT)).status_code == 403
     finally:
         server.stop()
 
 
-def test_follow_limit_is_429(redis_url: str, writer: RecordStore) -> None:
+def test_follow_limit_is_429(live: tuple[str, RecordStore]) -> None:
+    redis_url, _ = live
     server = ApiServer(create_app(settings(redis_url, max_followers=1))).start()
     try:
         with (
-            httpx.Client(base_url=server.url, timeout=10) as http,
+            httpx.Client(base_url=server.url, timeout=scaled(10)) as http,
             http.stream("GET", "/v1/follow", headers=auth(READ)) as first,
         ):
             assert first.status_code == 200
             next(first.iter_lines())
             second = http.get("/v1/follow", headers=auth(READ))
             assert second.status_code == 429 and "follow streams" in second.json()["error"]["message"]
-        with httpx.Client(base_url=server.url, timeout=10) as http:  # the closed stream freed its place
-            deadline = time.monotonic() + 10
-            while True:
+        with httpx.Client(base_url=server.url, timeout=scaled(10)) as http:
+
+            def place_freed() -> bool:
                 with http.stream("GET", "/v1/follow", headers=auth(READ)) as again:
-                    if again.status_code == 200:
-                        break
-                assert time.monotonic() < deadline, "a closed follow stream kept its place"
-                time.sleep(0.2)
+                    assert again.status_code == 200, "a closed follow stream kept its place"
+                return True
+
+            eventually(place_freed, timeout=10, interval=0.2)
     finally:
         server.stop()
 
@@ -485,10 +521,10 @@ def _stop(process: subprocess.Popen[str]) -> str:
     if process.poll() is None:
         os.killpg(process.pid, signal.SIGTERM)
         try:
-            process.wait(timeout=15)
+            process.wait(timeout=scaled(15))
         except subprocess.TimeoutExpired:
             os.killpg(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
+            process.wait(timeout=scaled(10))
     return process.stdout.read() if process.stdout else ""
 
 
@@ -496,17 +532,17 @@ def test_serve_refuses_to_start_without_tokens(tmp_path: Path) -> None:
     process = _serve(
         ["--redis-url", "redis://127.0.0.1:1/0", "--listen", f"127.0.0.1:{free_port()}"], {"EGRESS_API_TOKENS": ""}
     )
-    assert process.wait(timeout=30) == 2
+    assert process.wait(timeout=scaled(30)) == 2
     assert "no API tokens" in _stop(process)
     bad = tmp_path / "tokens.yaml"
     bad.write_text("tokens:\n  - name: x\n    token: short\n    roles: [read]\n")
     process = _serve(["--tokens", str(bad), "--listen", f"127.0.0.1:{free_port()}"])
-    assert process.wait(timeout=30) == 2
+    assert process.wait(timeout=scaled(30)) == 2
     assert f"{bad}:3:" in _stop(process)
 
 
-@needs_redis
-def test_end_to_end_two_workers(redis_url: str, writer: RecordStore, tmp_path: Path) -> None:
+def test_end_to_end_two_workers(live: tuple[str, RecordStore], tmp_path: Path) -> None:
+    redis_url, writer = live
     tokens = tmp_path / "tokens.yaml"
     tokens.write_text(
         f"tokens:\n  - {{name: ci, token: {READ}, roles: [read]}}\n"
@@ -518,16 +554,16 @@ def test_end_to_end_two_workers(redis_url: str, writer: RecordStore, tmp_path: P
     )
     base = f"http://127.0.0.1:{port}"
     try:
-        deadline = time.monotonic() + 30
-        with httpx.Client(base_url=base, timeout=5) as http:
-            while True:
+        with httpx.Client(base_url=base, timeout=scaled(5)) as http:
+
+            def healthy() -> bool:
+                assert process.poll() is None, _stop(process)
                 try:
-                    if http.get("/v1/health").status_code == 200:
-                        break
-                except httpx.TransportError:
-                    pass
-                assert process.poll() is None and time.monotonic() < deadline, _stop(process)
-                time.sleep(0.1)
+                    return http.get("/v1/health").status_code == 200
+                except httpx.TransportError as error:
+                    raise AssertionError(f"not answering yet: {error}") from error
+
+            eventually(healthy, timeout=30, interval=0.1)
             start = time.time()
             action = {"sandbox": "e2e", "id": "run-1", "kind": "shell_command", "command": "xmrig -o pool:3333",
                       "start": start - 1, "end": start + 1}  # fmt: skip

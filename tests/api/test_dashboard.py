@@ -18,21 +18,20 @@ from egress.api.app import create_app
 from egress.record import query
 from egress.record.store import RecordStore
 from tests.api import READ, ApiServer, seed_actions, seed_attempts, settings
-from tests.record.redis_server import REDIS_SERVER, RedisServer
+from tests.needs import unavailable
+from tests.redis_server import RedisServer
+from tests.waiting import scaled
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 ARTIFACTS = Path(__file__).parent / "artifacts"
-BROWSER_TIMEOUT = 90
-
-pytestmark = [
-    pytest.mark.skipif(CHROMIUM is None, reason="needs Debian's chromium (apt-get install chromium)"),
-    pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server (apt-get install redis-server)"),
-]
+BROWSER_TIMEOUT = scaled(90)
 
 
 @pytest.fixture(scope="module")
-def dashboard_url() -> Iterator[str]:
-    server = RedisServer().start()
+def dashboard_url(redis_server: RedisServer) -> Iterator[str]:
+    if CHROMIUM is None:
+        unavailable("needs Debian's chromium (apt-get install chromium)")
+    server = redis_server
     api: ApiServer | None = None
     try:
         with tempfile.TemporaryDirectory(prefix="egt-api-dash-") as spool:
@@ -46,7 +45,6 @@ def dashboard_url() -> Iterator[str]:
     finally:
         if api is not None:
             api.stop()
-        server.cleanup()
 
 
 def _chromium(url: str, *extra: str) -> subprocess.CompletedProcess[bytes]:

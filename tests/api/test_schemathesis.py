@@ -8,6 +8,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import schemathesis
@@ -26,9 +27,7 @@ from egress.api.app import create_app
 from egress.record import query
 from egress.record.store import RecordStore
 from tests.api import ADMIN, auth, seed_actions, seed_attempts, settings
-from tests.record.redis_server import REDIS_SERVER, RedisServer
-
-pytestmark = pytest.mark.skipif(REDIS_SERVER is None, reason="needs redis-server (apt-get install redis-server)")
+from tests.redis_server import RedisServer
 
 EXAMPLES = 50
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
@@ -51,18 +50,14 @@ def _cases() -> list[tuple[str, GenerationMode]]:
 
 
 @pytest.fixture(scope="module")
-def api_schema() -> Iterator[BaseSchema]:
-    server = RedisServer().start()
-    try:
-        with tempfile.TemporaryDirectory(prefix="egt-api-st-") as spool:
-            store = RecordStore(server.url, Path(spool), "gw1", retry_interval=0.0)
-            now = time.time()
-            store.write(seed_attempts(now))
-            query.write_actions(store, seed_actions(now))
-            yield schemathesis.openapi.from_asgi("/openapi.json", create_app(settings(server.url)))
-            store.close()
-    finally:
-        server.cleanup()
+def api_schema(redis_server: RedisServer) -> Iterator[BaseSchema]:
+    with tempfile.TemporaryDirectory(prefix="egt-api-st-") as spool:
+        store = RecordStore(redis_server.url, Path(spool), "gw1", retry_interval=0.0)
+        now = time.time()
+        store.write(seed_attempts(now))
+        query.write_actions(store, seed_actions(now))
+        yield schemathesis.openapi.from_asgi("/openapi.json", create_app(settings(redis_server.url)))
+        store.close()
 
 
 @pytest.mark.parametrize(("label", "mode"), _cases())
@@ -77,7 +72,7 @@ def test_no_server_error(api_schema: BaseSchema, label: str, mode: GenerationMod
         suppress_health_check=[HealthCheck.too_slow, HealthCheck.filter_too_much],
     )
     @given(case=operation.as_strategy(generation_mode=mode))
-    def check(case: schemathesis.Case) -> None:
+    def check(case: schemathesis.Case[Any]) -> None:
         case.call_and_validate(headers=auth(ADMIN), checks=CHECKS)
 
     check()

@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 
 import pytest
 
 from egress.lab import netns
 from egress.lab.topology import Lab
-from tests.lab.root import needs_root
+from tests.waiting import eventually, scaled
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 PREFIX = "egt-lab-n-"
 
 
@@ -36,7 +35,7 @@ def _ping_like(lab: Lab, target: str) -> subprocess.CompletedProcess[str]:
         "except ConnectionRefusedError: print('refused')\n"
         "except OSError as e: print('failed', e)\n"
     )
-    return netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=10)
+    return netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=scaled(10))
 
 
 def test_up_builds_everything(lab: Lab) -> None:
@@ -53,7 +52,7 @@ def test_sandbox_reaches_the_internet_namespace_through_the_gateway(lab: Lab, ta
 
 
 def test_resolv_conf_is_the_sandbox_one(lab: Lab) -> None:
-    done = netns.exec_in(lab.sandbox_ns, ["cat", "/etc/resolv.conf"], timeout=10)
+    done = netns.exec_in(lab.sandbox_ns, ["cat", "/etc/resolv.conf"], timeout=scaled(10))
     assert done.stdout == lab.resolv_conf.read_text()
 
 
@@ -64,7 +63,7 @@ def test_up_again_leaves_a_complete_lab_alone(lab: Lab) -> None:
         assert sleeper.poll() is None  # not torn down and rebuilt
     finally:
         sleeper.kill()
-        sleeper.wait(5)
+        sleeper.wait(scaled(5))
 
 
 def test_up_repairs_a_half_built_lab(lab: Lab) -> None:
@@ -78,17 +77,14 @@ def test_up_repairs_a_half_built_lab(lab: Lab) -> None:
 
 def _started_in(ns: str, proc: subprocess.Popen[bytes]) -> None:
     """Wait (bounded) until ``ip netns exec`` has moved ``proc`` into ``ns``."""
-    deadline = time.monotonic() + 5
-    while proc.pid not in netns._pids(ns) and time.monotonic() < deadline:
-        time.sleep(0.01)
-    assert proc.pid in netns._pids(ns)
+    eventually(lambda: proc.pid in netns._pids(ns), timeout=5, interval=0.01)
 
 
 def test_down_ends_processes_and_removes_everything(lab: Lab) -> None:
     sleeper = netns.popen_in(lab.internet_ns, ["sleep", "30"])
     _started_in(lab.internet_ns, sleeper)
     netns.down(PREFIX)
-    assert sleeper.wait(5) is not None
+    assert sleeper.wait(scaled(5)) is not None
     assert not set(lab.namespaces) & netns.namespaces()
     assert not lab.resolv_conf.parent.exists()
     assert not lab.state_dir.exists()

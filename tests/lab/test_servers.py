@@ -13,9 +13,9 @@ import pytest
 from egress.lab import netns, scenarios, servers
 from egress.lab.scenarios import SCENARIOS, ScenarioResult
 from egress.lab.topology import Lab
-from tests.lab.root import needs_root
+from tests.waiting import scaled
 
-pytestmark = needs_root
+pytestmark = pytest.mark.root
 PREFIX = "egt-lab-"
 AUTHORITY = {False: "198.18.10.5", True: "2001:db8:10::5"}
 
@@ -72,7 +72,7 @@ def test_every_attempt_has_an_expectation() -> None:
 def test_attempt_reaches_its_server(played: dict[bool, dict[str, ScenarioResult]], name: str, ipv6: bool) -> None:
     result = played[ipv6][name]
     assert (result.outcome, EXPECTED[name] in result.detail) == ("ok", True), result
-    assert 0 <= result.elapsed_ms < 10_000
+    assert result.elapsed_ms >= 0  # measured (how long it took is no test's business)
 
 
 def test_doh_answers_the_family_asked(played: dict[bool, dict[str, ScenarioResult]]) -> None:
@@ -101,7 +101,7 @@ def test_nothing_listening_is_refused(lab: Lab) -> None:
             print(sandbox_io.classify(error)[0])
         """
     )
-    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=20)
+    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=scaled(20))
     assert done.stdout.strip() == "refused", done.stderr
 
 
@@ -116,10 +116,10 @@ def test_keep_alive_and_big_download(lab: Lab) -> None:
         print(first.status, len(first.body), second.status, second.first_line)
         """
     )
-    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=20)
+    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-c", code], timeout=scaled(20))
     assert done.stdout.split(maxsplit=3) == ["200", str(3 << 20), "200", "allowed.lab: hello from the egress lab\n"]
 
 
 def test_unknown_attempt_is_a_usage_error(lab: Lab) -> None:
-    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-m", "egress.lab.scenarios", "nope"], timeout=20)
+    done = netns.exec_in(lab.sandbox_ns, [sys.executable, "-m", "egress.lab.scenarios", "nope"], timeout=scaled(20))
     assert done.returncode == 2 and "unknown attempt" in done.stderr

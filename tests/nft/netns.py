@@ -8,25 +8,13 @@ namespaces; the internet namespace has no route anywhere else.
 from __future__ import annotations
 
 import contextlib
-import os
 import secrets
-import shutil
 import socket
 import subprocess
 from collections.abc import Iterator
 from dataclasses import dataclass
 
 from egress.capture.nflog import in_netns
-
-
-def can_run() -> str | None:
-    """Why these tests cannot run here, or None."""
-    if os.geteuid() != 0:
-        return "needs root (network namespaces, nftables)"
-    for binary in ("ip", "nft"):
-        if shutil.which(binary) is None:
-            return f"needs the {binary} binary"
-    return None
 
 
 def run(netns: str | None, *command: str) -> str:

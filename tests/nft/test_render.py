@@ -14,7 +14,7 @@ from egress.nft import runner
 from egress.nft.render import GatewaySettings, render, render_lockdown
 from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
-from tests.nft.netns import can_run, namespace
+from tests.nft.netns import namespace
 
 GOLDEN = pathlib.Path(__file__).parent / "golden"
 SETTINGS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0", proxy_ports=(8081,), dns_port=5353, nflog_group=7)
@@ -155,7 +155,7 @@ def test_bad_settings_are_refused(kwargs: dict[str, object]) -> None:
         GatewaySettings(**fields)  # type: ignore[arg-type]
 
 
-@pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
+@pytest.mark.root
 def test_nft_accepts_every_golden_file() -> None:
     with namespace() as ns:
         for name in sorted(CASES):
@@ -174,7 +174,7 @@ def test_hostile_names_and_rule_ids_stay_inside_their_quotes() -> None:
         render(Policy(1, (make_sandbox("n" * 101, "10.0.0.0/24"),)), SETTINGS)
 
 
-@pytest.mark.skipif(can_run() is not None, reason=can_run() or "")
+@pytest.mark.root
 def test_nft_accepts_hostile_names_and_an_empty_policy() -> None:
     rule = udp_rule("x", 0, "192.0.2.1/32", 53)
     rule = type(rule)(rule.network, rule.ports, rule.protocols, 'sandboxes.a"b\\c.allow.networks[0]' + "x" * 200, 1)

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import itertools
+from typing import Any
 
 import pytest
 
@@ -53,7 +54,7 @@ def test_a_quiet_key_is_forgotten_so_its_next_attempt_is_written_at_once() -> No
         {"protocol": "stratum-v2"},
     ],
 )
-def test_attempts_differing_in_any_key_field_are_not_merged(change: dict[str, object]) -> None:
+def test_attempts_differing_in_any_key_field_are_not_merged(change: dict[str, Any]) -> None:
     aggregator = _aggregator()
     aggregator.add(record(), now=0.0)
     other = record(**change)

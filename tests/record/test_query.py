@@ -5,8 +5,7 @@ from __future__ import annotations
 
 import random
 import threading
-import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -21,32 +20,20 @@ from egress.record.query import AttemptFilter
 from egress.record.schema import AttemptRecord
 from egress.record.store import STORE_ERRORS, RecordStore
 from tests.record import record
-from tests.record.redis_server import REDIS_CLI, REDIS_SERVER, RedisServer, redis_cluster
+from tests.redis_server import RedisFactory, RedisServer, nowhere_url
+from tests.waiting import eventually, scaled
 
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None or REDIS_CLI is None, reason="needs redis-server and redis-cli (apt-get install redis-server)"
-)
-
-NOW = time.time()
+NOW = 1_700_000_000.0
+"""The records' and actions' times, and the stores' clock (injected): queries here take explicit windows."""
 
 
 @pytest.fixture(scope="module")
-def single() -> Iterator[RedisServer]:
-    server = RedisServer().start()
-    try:
-        yield server
-    finally:
-        server.cleanup()
-
-
-@pytest.fixture(scope="module")
-def cluster() -> Iterator[list[RedisServer]]:
-    with redis_cluster() as nodes:
-        yield nodes
+def cluster(redis_factory: RedisFactory) -> list[RedisServer]:
+    return redis_factory.cluster()
 
 
 def _make(url: str, spool: Path, **options: Any) -> RecordStore:
-    settings: dict[str, Any] = {"retry_interval": 0.0, "socket_timeout": 5.0}
+    settings: dict[str, Any] = {"retry_interval": 0.0, "socket_timeout": scaled(5.0), "clock": lambda: NOW}
     settings.update(options)
     return RecordStore(url, spool, "gw1", **settings)
 
@@ -54,7 +41,7 @@ def _make(url: str, spool: Path, **options: Any) -> RecordStore:
 @pytest.fixture(params=["redis", "cluster"])
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
     if request.param == "redis":
-        server: RedisServer = request.getfixturevalue("single")
+        server: RedisServer = request.getfixturevalue("redis_server")
         server.cli("flushall")
         made = _make(server.url, tmp_path)
     else:
@@ -125,7 +112,7 @@ def test_pages_across_sandboxes_are_newest_first_and_neither_skip_nor_repeat(sto
 def test_filters(store: RecordStore) -> None:
     written = _mixed()
     store.write(written)
-    cases = [
+    cases: list[tuple[AttemptFilter, Callable[[AttemptRecord], bool]]] = [
         (AttemptFilter(sandbox="sbx-1"), lambda r: r.sandbox == "sbx-1"),
         (AttemptFilter(category="tunnel"), lambda r: r.category == "tunnel"),
         (
@@ -201,21 +188,24 @@ def test_counts_sum_aggregates_by_each_field(store: RecordStore, monkeypatch: py
 
 def test_follow_returns_what_arrives_after_its_positions(store: RecordStore) -> None:
     store.write(_mixed(8))
-    started = time.monotonic()
     records, after = query.follow(store, None, 300)
-    assert records == []
-    assert 0.25 <= time.monotonic() - started < 3
+    assert records == []  # what was there before is not followed
     fresh = [record(ts=NOW + 1, sandbox="sbx-1", sport=1), record(ts=NOW + 2, sandbox="brand-new", sport=2)]
-    timer = threading.Timer(0.3, store.write, args=(fresh,))
-    timer.start()
+    writer = threading.Thread(target=store.write, args=(fresh,))  # arrives while follow may be blocked waiting
+    writer.start()
+    got: list[AttemptRecord] = []
+
+    def both_arrived() -> bool:
+        nonlocal after
+        records, after = query.follow(store, after, 1000)
+        got.extend(records)
+        assert len(got) >= 2, got
+        return True
+
     try:
-        got: list[AttemptRecord] = []
-        deadline = time.monotonic() + 10
-        while len(got) < 2 and time.monotonic() < deadline:
-            records, after = query.follow(store, after, 1000)
-            got += records
+        eventually(both_arrived, timeout=10, interval=0)
     finally:
-        timer.join()
+        writer.join()
     assert got == fresh
     assert query.follow(store, after, 50) == ([], after)
 
@@ -308,9 +298,7 @@ def test_many_actions_in_chunks(store: RecordStore) -> None:
 
 
 def test_queries_raise_store_errors_when_redis_is_away(tmp_path: Path) -> None:
-    server = RedisServer()  # never started: nothing listens on its port
-    server.cleanup()
-    dead = _make(server.url, tmp_path, socket_timeout=0.5)
+    dead = _make(nowhere_url(), tmp_path)
     for call in (
         lambda: query.list_attempts(dead, AttemptFilter(), 5, None),
         lambda: query.read_actions(dead, "agents", None, None),

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 from hypothesis import given
@@ -76,7 +77,7 @@ def test_readers_ignore_unknown_fields_but_refuse_other_schemas() -> None:
         ({"schema": 2}, "schema"),
     ],
 )
-def test_invalid_records_are_refused(override: dict[str, object], message: str) -> None:
+def test_invalid_records_are_refused(override: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message):
         record(**override)
 

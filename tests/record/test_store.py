@@ -1,61 +1,74 @@
-"""RecordStore against real redis-server processes (and a real three-master Redis Cluster) on loopback ports."""
+"""RecordStore against real redis-server processes (and a real three-master Redis Cluster), each the test's own."""
 
 from __future__ import annotations
 
 import random
-import socket
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import redis
 
 from egress.record import layout, walk
 from egress.record.aggregate import Aggregator
-from egress.record.layout import decode_entry, index_key, seen_key, state_key, stream_key
+from egress.record.layout import (
+    ENTRY_COUNT,
+    ENTRY_RECORDS,
+    decode_entry,
+    encode_entry,
+    index_key,
+    seen_key,
+    state_key,
+    stream_key,
+)
 from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
 from tests.record import record
-from tests.record.redis_server import REDIS_CLI, REDIS_SERVER, RedisServer, redis_cluster
+from tests.redis_server import RedisFactory, RedisServer, cluster_ok
+from tests.waiting import eventually, scaled
 
-pytestmark = pytest.mark.skipif(
-    REDIS_SERVER is None or REDIS_CLI is None, reason="needs redis-server and redis-cli (apt-get install redis-server)"
-)
-
-NOW = time.time()
+T0 = 1_700_000_000.0
+"""Records' own times: retention counts from arrival (Redis's clock), never from these."""
+DAY = 86400
 
 
 @pytest.fixture
-def server() -> Iterator[RedisServer]:
-    instance = RedisServer().start()
-    try:
-        yield instance
-    finally:
-        instance.cleanup()
+def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
+    """A fresh server for each test: several kill, pause or restart it."""
+    instance = redis_factory.server()
+    yield instance
+    redis_factory.discard(instance)
+
+
+@pytest.fixture
+def cluster(redis_factory: RedisFactory) -> Iterator[list[RedisServer]]:
+    nodes = redis_factory.cluster(3)
+    yield nodes
+    redis_factory.discard(*nodes)
 
 
 @pytest.fixture
 def raw(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=10)
+    client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=scaled(10))
     yield client
     client.close()
 
 
 def _store(url: str, spool: Path, **options: object) -> RecordStore:
-    settings: dict[str, object] = {"retry_interval": 0.0, "socket_timeout": 5.0}
+    settings: dict[str, object] = {"retry_interval": 0.0, "socket_timeout": scaled(5.0)}
     settings.update(options)
     return RecordStore(url, spool, "gw1", **settings)  # type: ignore[arg-type]
 
 
 def _batch(start: int, size: int, sandbox: str = "agents") -> list[AttemptRecord]:
-    return [record(ts=NOW - 3600 + start + index, sandbox=sandbox, sport=start + index) for index in range(size)]
+    return [record(ts=T0 - 3600 + start + index, sandbox=sandbox, sport=start + index) for index in range(size)]
 
 
 def _stream_ids(raw: redis.Redis, sandbox: str = "agents") -> list[str]:
     """Record ids in stream order (entries in arrival order, records by time within an entry)."""
-    return [item.id for _, fields in raw.xrange(stream_key(sandbox)) for item in decode_entry(fields)]
+    entries: list[tuple[str, dict[str, Any]]] = raw.xrange(stream_key(sandbox))  # type: ignore[assignment]
+    return [item.id for _, fields in entries for item in decode_entry(fields)]
 
 
 def _read_all(store: RecordStore, sandbox: str = "agents", page: int = 7, **query: object) -> list[AttemptRecord]:
@@ -87,7 +100,7 @@ def test_write_then_read_back_by_time_with_pages(server: RedisServer, raw: redis
 
 def test_equal_timestamps_page_without_loss_or_repeat(server: RedisServer, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path)
-    same = [record(ts=NOW, sport=port) for port in range(23)]
+    same = [record(ts=T0, sport=port) for port in range(23)]
     store.write(same)
     forward = _read_all(store, page=4)
     assert sorted(item.id for item in forward) == sorted(item.id for item in same)
@@ -104,7 +117,7 @@ def test_reads_by_time_are_exact_across_small_entries_and_index_pages(
     monkeypatch.setattr(walk, "FIRST_PAGE", 1)
     monkeypatch.setattr(walk, "MAX_PAGE", 2)
     rng = random.Random(7)
-    written = [record(ts=NOW - 1000 + rng.choice(range(0, 400, 5)) + rng.choice((0, 0.5)), sport=i) for i in range(300)]
+    written = [record(ts=T0 - 1000 + rng.choice(range(0, 400, 5)) + rng.choice((0, 0.5)), sport=i) for i in range(300)]
     store = _store(server.url, tmp_path)
     arrival = written[:]
     rng.shuffle(arrival)
@@ -114,7 +127,7 @@ def test_reads_by_time_are_exact_across_small_entries_and_index_pages(
     assert _read_all(store, page=4) == ordered
     assert _read_all(store, page=9, reverse=True) == ordered[::-1]
     for _ in range(20):
-        low, high = sorted(rng.uniform(NOW - 1100, NOW - 500) for _ in range(2))
+        low, high = sorted(rng.uniform(T0 - 1100, T0 - 500) for _ in range(2))
         window = [item for item in ordered if low <= item.ts <= high]
         assert _read_all(store, page=rng.randint(1, 8), start_ts=low, end_ts=high) == window
         assert _read_all(store, page=rng.randint(1, 8), start_ts=low, end_ts=high, reverse=True) == window[::-1]
@@ -123,7 +136,7 @@ def test_reads_by_time_are_exact_across_small_entries_and_index_pages(
 def test_gateway_is_stamped_and_odd_sandbox_names_stay_in_their_hash_tag(server: RedisServer, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path)
     odd = ["a}b{c", "", "x:y%z", "~"]
-    store.write([record(ts=NOW, sandbox=name, gateway="") for name in odd])
+    store.write([record(ts=T0, sandbox=name, gateway="") for name in odd])
     assert store.sandboxes() == sorted(odd)
     for name in odd:
         [found], _ = store.read(name)
@@ -155,20 +168,39 @@ def test_retention_by_size_drops_the_oldest_entries(server: RedisServer, raw: re
     assert [item.sport for item in _read_all(store)] == list(range(1020, 1025))
 
 
-def test_retention_by_age_drops_entries_stored_longer_ago(
+def _arrived_long_ago(raw: redis.Redis, records: list[AttemptRecord], days: float) -> None:
+    """Put ``records`` in as one entry that arrived ``days`` ago by Redis's clock (its stream id), as the store
+    writes entries: the way to have an old arrival without waiting for one."""
+    seconds, micros = raw.time()
+    arrived = f"{int((seconds + micros / 1e6 - days * DAY) * 1000)}-0"
+    raw.xadd(stream_key("agents"), {ENTRY_COUNT: len(records), ENTRY_RECORDS: encode_entry(records)}, id=arrived)
+    raw.zadd(index_key("agents"), {arrived: records[0].ts})
+    raw.hincrby(state_key("agents"), "records", len(records))
+
+
+def test_retention_by_age_counts_from_arrival(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path, retention_max_age_days=1)
+    stale = [record(ts=T0 + index) for index in range(3)]
+    _arrived_long_ago(raw, stale, days=2)
+    made_long_ago = [record(ts=T0 - 5 * DAY + index, sport=index) for index in range(5)]
+    store.write(made_long_ago)  # records two days older than the stale ones, arriving now: kept
+    assert raw.hget(state_key("agents"), "records") == "5"
+    assert _read_all(store) == made_long_ago
+    # The seen keys (replay protection) live as long as the retention, counted from the write.
+    assert DAY - 600 < raw.ttl(seen_key("agents", made_long_ago[0].id)) <= DAY
+    assert (raw.xlen(stream_key("agents")), raw.zcard(index_key("agents"))) == (1, 1)
+
+
+def test_retention_by_age_keeps_an_entry_younger_than_the_retention(
     server: RedisServer, raw: redis.Redis, tmp_path: Path
 ) -> None:
-    store = _store(server.url, tmp_path, retention_max_age_days=0.5 / 86400)
-    old = [record(ts=NOW - 2 * 86400 + index) for index in range(5)]  # kept for max_age after it arrives
-    store.write(old + [record(ts=time.time(), sport=index) for index in range(250)])
-    assert raw.hget(state_key("agents"), "records") == "255"
-    assert raw.ttl(seen_key("agents", old[0].id)) == 1  # the seen keys live as long as the retention
-    time.sleep(0.7)
-    fresh = record(ts=time.time())
+    store = _store(server.url, tmp_path, retention_max_age_days=3)
+    young = [record(ts=T0 + index) for index in range(3)]
+    _arrived_long_ago(raw, young, days=2)
+    fresh = record(ts=T0 + 10)
     store.write([fresh])
-    assert (raw.xlen(stream_key("agents")), raw.zcard(index_key("agents"))) == (1, 1)
-    assert raw.hget(state_key("agents"), "records") == "1"
-    assert _read_all(store) == [fresh]
+    assert (raw.xlen(stream_key("agents")), raw.hget(state_key("agents"), "records")) == (2, "4")
+    assert _read_all(store) == [*young, fresh]
 
 
 def test_redis_killed_mid_run_then_restarted_loses_and_duplicates_nothing(server: RedisServer, tmp_path: Path) -> None:
@@ -195,39 +227,22 @@ def test_redis_killed_mid_run_then_restarted_loses_and_duplicates_nothing(server
     raw.close()
 
 
-def _wait_until_stalled(port: int) -> None:
-    """Return once the server stops answering PING within 0.1 s (DEBUG SLEEP has begun)."""
-    deadline = time.monotonic() + 5
-    while time.monotonic() < deadline:
-        with socket.create_connection(("127.0.0.1", port), timeout=1) as probe:
-            probe.settimeout(0.1)
-            probe.sendall(b"PING\r\n")
-            try:
-                probe.recv(16)
-            except TimeoutError:
-                return
-        time.sleep(0.01)
-    raise AssertionError("the server never stalled")
-
-
 def test_a_batch_applied_after_its_write_timed_out_is_not_stored_twice(
     server: RedisServer, raw: redis.Redis, tmp_path: Path
 ) -> None:
-    store = _store(server.url, tmp_path, socket_timeout=0.3)
+    store = _store(server.url, tmp_path, socket_timeout=scaled(1.0))
     first, late, after = _batch(0, 5), _batch(100, 5), _batch(200, 5)
     store.write(first)
     assert store.written == 5
-    # DEBUG SLEEP stalls the server: our batch waits in its socket buffer, the client gives up after 0.3 s,
-    # then the server wakes up and applies the batch anyway.
-    assert REDIS_CLI is not None
-    sleeper = subprocess.Popen([REDIS_CLI, "-p", str(server.port), "debug", "sleep", "2"], stdout=subprocess.DEVNULL)
+    # A stopped server: our batch waits in its socket buffer, the client gives up after its timeout, then the
+    # server wakes up and applies the batch anyway. (Stopped for certain before the write, for as long as it takes.)
+    server.pause()
     try:
-        _wait_until_stalled(server.port)
         store.write(late)
     finally:
-        sleeper.wait(timeout=10)
-    assert store.spooled == 5 and store.redis_errors >= 1  # the write, and perhaps a drain during the stall
-    assert _stream_ids(raw)[-5:] == [item.id for item in late]  # the server did apply it
+        server.resume()
+    assert store.spooled == 5 and store.redis_errors >= 1  # the write, and perhaps a drain while stopped
+    eventually(lambda: _stream_ids(raw)[-5:] == [item.id for item in late])  # the server did apply it
     store.write(after)  # drains the replayed batch first
     assert store.spool_pending == 0
     assert store.duplicates == 5
@@ -272,56 +287,54 @@ def test_a_flood_of_ten_thousand_becomes_a_handful_of_records(server: RedisServe
     aggregator = Aggregator(window=5.0, max_keys=1000)
     for index in range(10_000):
         now = index * 0.003
-        store.write(aggregator.add(record(ts=NOW + now, sport=1024 + index % 60000), now=now))
+        store.write(aggregator.add(record(ts=T0 + now, sport=1024 + index % 60000), now=now))
     store.write(aggregator.flush(30.0, force=True))
     stored = _read_all(store, page=100)
     assert 2 <= len(stored) <= 10
     assert sum(item.count for item in stored) == 10_000
 
 
-def test_cluster_write_read_and_replay(tmp_path: Path) -> None:
-    with redis_cluster(3) as nodes:
-        store = _store(f"redis+cluster://127.0.0.1:{nodes[0].port}", tmp_path)
-        sandboxes = [f"sbx-{index}" for index in range(12)]
-        written = {name: _batch(0, 5, sandbox=name) for name in sandboxes}
-        everything = [item for batch in written.values() for item in batch]
-        store.write(everything)
-        assert store.written == 60 and store.spooled == 0
-        store.write(everything)  # a replay: nothing new
-        assert store.duplicates == 60
-        for name in sandboxes:
-            assert _read_all(store, sandbox=name, page=2) == written[name]
-        assert store.sandboxes() == sorted(sandboxes)
-        keys_per_node = [int(node.cli("dbsize")) for node in nodes]
-        assert sum(1 for count in keys_per_node if count > 0) >= 2  # the sandboxes really are spread out
-        store.close()
+def test_cluster_write_read_and_replay(cluster: list[RedisServer], tmp_path: Path) -> None:
+    store = _store(f"redis+cluster://127.0.0.1:{cluster[0].port}", tmp_path)
+    sandboxes = [f"sbx-{index}" for index in range(12)]
+    written = {name: _batch(0, 5, sandbox=name) for name in sandboxes}
+    everything = [item for batch in written.values() for item in batch]
+    store.write(everything)
+    assert store.written == 60 and store.spooled == 0
+    store.write(everything)  # a replay: nothing new
+    assert store.duplicates == 60
+    for name in sandboxes:
+        assert _read_all(store, sandbox=name, page=2) == written[name]
+    assert store.sandboxes() == sorted(sandboxes)
+    keys_per_node = [int(node.cli("dbsize")) for node in cluster]
+    assert sum(1 for count in keys_per_node if count > 0) >= 2  # the sandboxes really are spread out
+    store.close()
 
 
-def test_cluster_master_killed_and_restarted_loses_and_duplicates_nothing(tmp_path: Path) -> None:
-    with redis_cluster(3) as nodes:
-        store = _store(f"redis+cluster://127.0.0.1:{nodes[0].port}", tmp_path, socket_timeout=2.0)
-        sandboxes = [f"sbx-{index}" for index in range(9)]
-        batches = [[item for name in sandboxes for item in _batch(step * 3, 3, sandbox=name)] for step in range(6)]
-        store.write(batches[0])
-        victim = nodes[2]
-        victim.kill()
-        store.write(batches[1])  # the part bound for live masters may land: the replay must not double it
-        store.write(batches[2])
-        assert store.spooled == 2 * len(batches[1]) and store.redis_errors >= 1
-        victim.start()
-        deadline = time.monotonic() + 30
-        while "cluster_state:ok" not in victim.cli("cluster", "info"):
-            assert time.monotonic() < deadline, "cluster did not recover"
-            time.sleep(0.1)
-        for _ in range(100):
-            if store.drain(force=True) and store.spool_pending == 0:
-                break
-            time.sleep(0.1)
-        assert store.spool_pending == 0
-        for batch in batches[3:]:
-            store.write(batch)
-        for name in sandboxes:
-            expected = [item.id for batch in batches for item in batch if item.sandbox == name]
-            assert [item.id for item in _read_all(store, sandbox=name)] == expected
-        assert store.written == sum(len(batch) for batch in batches) and store.lost == 0
-        store.close()
+def test_cluster_master_killed_and_restarted_loses_and_duplicates_nothing(
+    cluster: list[RedisServer], tmp_path: Path
+) -> None:
+    store = _store(f"redis+cluster://127.0.0.1:{cluster[0].port}", tmp_path, socket_timeout=scaled(2.0))
+    sandboxes = [f"sbx-{index}" for index in range(9)]
+    batches = [[item for name in sandboxes for item in _batch(step * 3, 3, sandbox=name)] for step in range(6)]
+    store.write(batches[0])
+    victim = cluster[2]
+    victim.kill()
+    store.write(batches[1])  # the part bound for live masters may land: the replay must not double it
+    store.write(batches[2])
+    assert store.spooled == 2 * len(batches[1]) and store.redis_errors >= 1
+    victim.start()
+    eventually(lambda: cluster_ok(victim), timeout=30, interval=0.1)
+
+    def drained() -> bool:
+        store.drain(force=True)
+        return store.spool_pending == 0
+
+    eventually(drained, timeout=30, interval=0.1)
+    for batch in batches[3:]:
+        store.write(batch)
+    for name in sandboxes:
+        expected = [item.id for batch in batches for item in batch if item.sandbox == name]
+        assert [item.id for item in _read_all(store, sandbox=name)] == expected
+    assert store.written == sum(len(batch) for batch in batches) and store.lost == 0
+    store.close()

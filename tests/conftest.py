@@ -1,0 +1,66 @@
+"""The suite's shared test machinery; the helpers themselves live in importable modules beside it.
+
+- Waiting: `eventually` and `scaled` (tests/waiting.py), with timeouts stretched by ``EGRESS_TEST_TIME_FACTOR``.
+- Markers: ``root`` (network namespaces, nftables: needs root, ip and nft) and ``e2e`` (the whole gateway in the
+  lab). Without what they need such tests are skipped with the reason, except in CI (``CI=true``), where they fail:
+  CI must run everything (tests/needs.py). ``make unit`` runs what is marked neither.
+- Timeouts: every test gets pytest-timeout's ``timeout`` (pyproject.toml) times ``EGRESS_TEST_TIME_FACTOR``, unless
+  it sets its own ``@pytest.mark.timeout`` or ``--timeout`` is given.
+- Redis: `redis_factory` gives each test module that asks for it a factory of redis-servers of its own
+  (tests/redis_server.py), stopped at the end of the module; `redis_server` is one such server for the module.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+
+import pytest
+
+from tests.needs import e2e_missing, redis_missing, root_missing, unavailable
+from tests.redis_server import RedisFactory, RedisServer
+from tests.waiting import eventually, scaled
+
+__all__ = ["eventually", "scaled"]
+
+DEFAULT_TIMEOUT = 300.0
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT"):
+        return  # --timeout (or pytest-timeout's variable) is the operator's choice, taken as given
+    base = float(config.getini("timeout") or DEFAULT_TIMEOUT)
+    for item in items:
+        if item.get_closest_marker("timeout") is None:
+            item.add_marker(pytest.mark.timeout(scaled(base)))
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Before any fixture runs: a test whose machine requirements are missing skips (fails in CI)."""
+    if item.get_closest_marker("e2e") is not None:
+        reason = e2e_missing()
+    elif item.get_closest_marker("root") is not None:
+        reason = root_missing()
+    else:
+        return
+    if reason:
+        unavailable(reason)
+
+
+@pytest.fixture(scope="module")
+def redis_factory() -> Iterator[RedisFactory]:
+    """Starts redis-servers (unix sockets) and Clusters (loopback ports verified to be theirs) for this module."""
+    if reason := redis_missing():
+        unavailable(reason)
+    factory = RedisFactory()
+    try:
+        yield factory
+    finally:
+        factory.cleanup()
+
+
+@pytest.fixture(scope="module")
+def redis_server(redis_factory: RedisFactory) -> RedisServer:
+    """One redis-server for this module (tests that need an empty one flush it)."""
+    return redis_factory.server()

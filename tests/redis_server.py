@@ -1,0 +1,261 @@
+"""Real redis-server processes for the tests (and bench/records.py), each provably the test's own.
+
+A server listens on a unix socket in a fresh directory of its own (prefix ``egt-redis-``), where nothing else can
+be listening; a Cluster node (which needs TCP for its bus) listens on a free loopback port instead, and is then
+only taken as ours once ``INFO``'s ``process_id`` is the PID we started: a port another Redis holds is never
+mistaken for ours. Data is persisted with an fsync-always AOF, so a SIGKILLed server restarts with its data.
+`RedisFactory` starts servers and Clusters and stops them all (by their own PIDs) at the end; the conftest hands one
+factory to each test module that asks for Redis.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import tempfile
+from pathlib import Path
+from typing import Final
+
+from egress.lab import servers
+from tests.ports import free_port
+from tests.waiting import eventually, scaled
+
+REDIS_SERVER: Final = shutil.which("redis-server")
+REDIS_CLI: Final = shutil.which("redis-cli")
+START_TIMEOUT: Final = 15.0
+SOCKET_NAME: Final = "redis.sock"
+
+
+def _command(sock: socket.socket, *words: str) -> bytes:
+    """Send one command and read one bulk or simple reply (enough for PING and INFO)."""
+    sock.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
+    data = b""
+    while b"\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n")
+    if head[:1] != b"$":
+        return head
+    size = int(head[1:])
+    while len(rest) < size + 2:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise ConnectionError("redis closed the connection")
+        rest += chunk
+    return rest[:size]
+
+
+class PortTaken(RuntimeError):
+    """Something else listens on the port we chose."""
+
+
+class RedisServer:
+    """One redis-server: on a unix socket (default), or on a loopback port (``tcp``/``cluster``). `kill` (SIGKILL),
+    `pause`/`resume` (SIGSTOP/SIGCONT) and `start` again keep the address and the data directory."""
+
+    def __init__(
+        self, directory: Path | None = None, *, tcp: bool = False, cluster: bool = False, port: int | None = None
+    ) -> None:
+        if REDIS_SERVER is None:
+            raise RuntimeError("redis-server is not installed")
+        self.directory = directory or Path(tempfile.mkdtemp(prefix="egt-redis-"))
+        self.cluster = cluster
+        self.tcp = tcp or cluster or port is not None
+        self._port_chosen = self.tcp and port is None
+        self.port = (port or free_port(cluster_bus=cluster)) if self.tcp else 0
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def socket_path(self) -> Path:
+        return self.directory / SOCKET_NAME
+
+    @property
+    def url(self) -> str:
+        if self.tcp:
+            return f"redis://127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket_path}?db=0"
+
+    @property
+    def pid(self) -> int:
+        if self.process is None:
+            raise RuntimeError("redis-server is not running")
+        return self.process.pid
+
+    def _connect(self) -> socket.socket:
+        timeout = scaled(2.0)
+        if self.tcp:
+            return socket.create_connection(("127.0.0.1", self.port), timeout=timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(self.socket_path))
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    def info_pid(self) -> int | None:
+        """The ``process_id`` of whatever Redis answers at our address, or None when nothing answers."""
+        try:
+            with self._connect() as sock:
+                info = _command(sock, "INFO", "server").decode(errors="replace")
+        except (OSError, ValueError):
+            return None
+        for line in info.splitlines():
+            if line.startswith("process_id:"):
+                return int(line.partition(":")[2])
+        return None
+
+    def _ours(self) -> bool:
+        assert self.process is not None
+        if self.process.poll() is not None:
+            log = self._log()
+            error = PortTaken if "Address already in use" in log else RuntimeError
+            raise error(f"redis-server exited with {self.process.returncode}:\n{log}")
+        answered = self.info_pid()
+        assert answered is not None, f"redis-server (pid {self.process.pid}) does not answer at {self.url} yet"
+        if answered != self.process.pid:
+            raise PortTaken(f"{self.url} is answered by another Redis (pid {answered}), not ours")
+        return True
+
+    def _log(self) -> str:
+        with contextlib.suppress(OSError):
+            return (self.directory / "redis.log").read_text(errors="replace")[-2000:]
+        return ""
+
+    def start(self) -> RedisServer:
+        """Start and wait until the server at our address is this process; a port we chose that turned out taken
+        is swapped for another (a few times)."""
+        for _ in range(4):
+            try:
+                return self._start()
+            except PortTaken:
+                if not self._port_chosen:
+                    raise
+                self.port = free_port(cluster_bus=self.cluster)
+        return self._start()
+
+    def _start(self) -> RedisServer:
+        assert REDIS_SERVER is not None
+        if self.tcp:
+            listen = ["--bind", "127.0.0.1", "--port", str(self.port)]
+        else:
+            listen = ["--port", "0", "--unixsocket", str(self.socket_path), "--unixsocketperm", "700"]
+        command = [
+            REDIS_SERVER,
+            *listen,
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "yes",
+            "--appendfsync", "always",
+            "--logfile", str(self.directory / "redis.log"),
+            "--protected-mode", "yes",
+        ]  # fmt: skip
+        if self.cluster:
+            command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+        self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        try:
+            eventually(self._ours, timeout=START_TIMEOUT, interval=0.02)
+        except BaseException:
+            self.stop()
+            raise
+        self._port_chosen = False  # a restart keeps its address (a Cluster node's peers know it by it)
+        return self
+
+    def kill(self) -> None:
+        """SIGKILL, as a crash would; the data directory stays."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signal.SIGKILL)
+            self.process.wait(timeout=scaled(10))
+        self.process = None
+
+    def pause(self) -> None:
+        """SIGSTOP: the server hears nothing until `resume` (what the kernel receives waits in its buffers)."""
+        os.kill(self.pid, signal.SIGSTOP)
+        eventually(lambda: self._state() == "T", timeout=5, interval=0.005)
+
+    def resume(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def _state(self) -> str:
+        """The process state letter from /proc (``T`` once stopped)."""
+        stat = Path(f"/proc/{self.pid}/stat").read_text()
+        return stat.rpartition(")")[2].split()[0]
+
+    def stop(self) -> None:
+        if self.process is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self.process.pid, signal.SIGCONT)  # a paused server cannot act on SIGTERM
+            servers.stop(self.process, scaled(10))
+        self.process = None
+
+    def cleanup(self) -> None:
+        self.stop()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+    def cli(self, *args: str) -> str:
+        """``redis-cli`` against this server; its output."""
+        if REDIS_CLI is None:
+            raise RuntimeError("redis-cli is not installed")
+        where = ["-h", "127.0.0.1", "-p", str(self.port)] if self.tcp else ["-s", str(self.socket_path)]
+        result = subprocess.run(
+            [REDIS_CLI, *where, *args], capture_output=True, text=True, timeout=scaled(30), check=True
+        )
+        return result.stdout
+
+
+class RedisFactory:
+    """Starts servers and Clusters on demand; `cleanup` stops every one it started (own PIDs) and removes their
+    directories."""
+
+    def __init__(self) -> None:
+        self._servers: list[RedisServer] = []
+
+    def server(self, *, tcp: bool = False) -> RedisServer:
+        made = RedisServer(tcp=tcp)
+        self._servers.append(made)
+        return made.start()
+
+    def cluster(self, masters: int = 3) -> list[RedisServer]:
+        """``masters`` cluster-enabled servers joined into one Cluster (no replicas), state ``ok`` when returned."""
+        if REDIS_CLI is None:
+            raise RuntimeError("redis-cli is not installed")
+        nodes = []
+        for _ in range(masters):
+            node = RedisServer(cluster=True)
+            self._servers.append(node)
+            nodes.append(node.start())
+        addresses = [f"127.0.0.1:{node.port}" for node in nodes]
+        subprocess.run(
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            timeout=scaled(60),
+            check=True,
+        )
+        eventually(lambda: all(cluster_ok(node) for node in nodes), timeout=30, interval=0.1)
+        return nodes
+
+    def discard(self, *gone: RedisServer) -> None:
+        """Stop and remove these servers now (a test that wants a fresh one each time)."""
+        for server in gone:
+            server.cleanup()
+            self._servers.remove(server)
+
+    def cleanup(self) -> None:
+        while self._servers:
+            self._servers.pop().cleanup()
+
+
+def cluster_ok(node: RedisServer) -> bool:
+    return "cluster_state:ok" in node.cli("cluster", "info")
+
+
+def nowhere_url() -> str:
+    """A Redis URL where nothing listens, for certain: a unix socket in a directory that does not exist."""
+    return f"unix://{tempfile.gettempdir()}/egt-redis-nowhere-{os.getpid()}/absent/{SOCKET_NAME}?db=0"
