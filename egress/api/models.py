@@ -9,6 +9,7 @@ closed sets and field docstrings make the ``Attempt`` of the description.
 from __future__ import annotations
 
 import ast
+import dataclasses
 import datetime
 import inspect
 import math
@@ -27,6 +28,7 @@ from pydantic import (
 )
 
 from egress.decide import Enforcement
+from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord, RecordCategory
 
 MAX_PAGE: Final = 1000
@@ -178,24 +180,38 @@ class Attempt(AttemptRecord):
     )
 
 
-class Action(BaseModel):
-    """An agent action reported by the sandbox harness (egress.record.actions.ActionRecord)."""
-
-    sandbox: str
-    id: str
-    kind: str
-    command: str
-    start: float
-    end: float | None
-    received: float
-    schema_: int = Field(alias="schema", serialization_alias="schema")
-
-    model_config = ConfigDict(populate_by_name=True, serialize_by_alias=True)
+_ACTION_DOCS: Final = {
+    **_field_docs(ActionRecord),
+    "distance_s": "0 when the attempt falls inside the action's span, else seconds outside it (within the slack).",
+}
 
 
+def _describe_action(schema: dict[str, Any]) -> None:
+    """Every field is always present in answers, each described by its docstring in `ActionRecord`."""
+    for name, prop in schema["properties"].items():
+        prop.pop("default", None)
+        if name in _ACTION_DOCS:
+            prop["description"] = _ACTION_DOCS[name]
+
+
+class Action(ActionRecord):
+    """An agent action reported by the sandbox harness (docs/records.md), exactly as stored."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(
+        title="Action", json_schema_serialization_defaults_required=True, json_schema_extra=_describe_action
+    )
+
+
+@dataclasses.dataclass(frozen=True, kw_only=True)
 class CorrelatedAction(Action):
+    """An action with how far the attempt is from its span."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = ConfigDict(
+        title="CorrelatedAction", json_schema_serialization_defaults_required=True, json_schema_extra=_describe_action
+    )
+
     distance_s: float
-    """0 when the attempt falls inside the action's span, else seconds outside it (within the slack)."""
+    """See ``_ACTION_DOCS``."""
 
 
 class ActionIn(BaseModel):
