@@ -12,8 +12,9 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-unit: ## The fast subset: every test that needs neither root nor the lab (no lint, no types), well under a minute.
-	$(BIN)/pytest -q -m "not root and not e2e"
+unit: ## The fast subset: every test that needs neither root nor the lab (no lint, no types), on every core.
+	@deploy/bootstrap.sh unit
+	$(BIN)/pytest -q -n auto -m "not root and not e2e"
 
 lint:
 	$(BIN)/ruff check egress tests bench rules

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Install what egress needs on a Debian/Ubuntu machine, then keep .venv in step with pyproject.toml.
 #
-#   deploy/bootstrap.sh test    # what `make test` needs
+#   deploy/bootstrap.sh test    # what `make test` needs (unit: what `make unit` needs)
 #   deploy/bootstrap.sh demo    # what `make demo` needs
 #
 # Idempotent: a second run installs nothing and takes about a second. Set PYTHON to choose the interpreter.
@@ -15,7 +15,7 @@ venv="$root/.venv"
 # the side-by-side benchmark.
 debian_packages=(make nftables iproute2 redis-server procps)
 # the dashboard test renders the page in a real headless browser
-[ "$purpose" = test ] && debian_packages+=(chromium)
+case "$purpose" in test | unit) debian_packages+=(chromium) ;; esac
 [ "$purpose" = bench ] && debian_packages+=(libndpi-bin squid-openssl wrk)
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }
