@@ -49,9 +49,28 @@ def _not_yet(result: object) -> AssertionError | None:
     return AssertionError(f"the check returned {result!r}{hint}")
 
 
-def _timed_out(last: AssertionError | None, timeout: float, attempts: int) -> AssertionError:
+class _Deadline:
+    """What `eventually` and `eventually_async` share: the scaled deadline, the attempts, the last failure."""
+
+    def __init__(self, timeout: float) -> None:
+        self.limit = scaled(timeout)
+        self.deadline = _monotonic() + self.limit
+        self.attempts = 0
+
+    def settled(self, result: object, failure: AssertionError | None) -> bool:
+        """True when the attempt passed; False when another may follow; the timed-out error past the deadline."""
+        self.attempts += 1
+        last = failure if failure is not None else _not_yet(result)
+        if last is None:
+            return True
+        if _monotonic() >= self.deadline:
+            raise _timed_out(last, self.limit, self.attempts)
+        return False
+
+
+def _timed_out(last: AssertionError, timeout: float, attempts: int) -> AssertionError:
     message = f"not true after {timeout:g} s ({attempts} attempts; {TIME_FACTOR_ENV}={time_factor():g})"
-    if last is not None and str(last):
+    if str(last):
         message += f": {last}"
     error = AssertionError(message)
     error.__cause__ = last
@@ -65,41 +84,25 @@ def eventually[T](check: Callable[[], T], timeout: float = 10.0, interval: float
     ``check`` runs at least once whatever the timeout. Other exceptions are not caught: they are bugs, not
     "not yet". ``interval`` (not scaled) is the pause between attempts.
     """
-    limit = scaled(timeout)
-    deadline = _monotonic() + limit
-    attempts = 0
-    last: AssertionError | None = None
+    deadline = _Deadline(timeout)
     while True:
-        attempts += 1
         try:
-            result = check()
+            result, failure = check(), None
         except AssertionError as error:
-            last = error
-        else:
-            last = _not_yet(result)
-            if last is None:
-                return result
-        if _monotonic() >= deadline:
-            raise _timed_out(last, limit, attempts)
+            result, failure = None, error
+        if deadline.settled(result, failure):
+            return result  # type: ignore[return-value]  # settled: the check returned, not raised
         _sleep(interval)
 
 
 async def eventually_async[T](check: Callable[[], Awaitable[T]], timeout: float = 10.0, interval: float = 0.02) -> T:
     """`eventually` for a coroutine check, sleeping on the event loop between attempts."""
-    limit = scaled(timeout)
-    deadline = _monotonic() + limit
-    attempts = 0
-    last: AssertionError | None = None
+    deadline = _Deadline(timeout)
     while True:
-        attempts += 1
         try:
-            result = await check()
+            result, failure = await check(), None
         except AssertionError as error:
-            last = error
-        else:
-            last = _not_yet(result)
-            if last is None:
-                return result
-        if _monotonic() >= deadline:
-            raise _timed_out(last, limit, attempts)
+            result, failure = None, error
+        if deadline.settled(result, failure):
+            return result  # type: ignore[return-value]  # settled: the check returned, not raised
         await asyncio.sleep(interval)
