@@ -16,6 +16,7 @@ from egress.detect.base import Category
 from egress.detect.registry import build_detectors
 from egress.gateway import config as defaults
 from egress.policy.lists import RulesError, load_name_lists
+from egress.record import REDIS_URL
 from egress.report import TableWriter, summary, write_json
 from egress.scanner import FileStats, Scanner
 
@@ -223,7 +224,7 @@ def gateway() -> None:
 @_proxy_port_option
 @_dns_port_option
 @_nflog_group_option
-@click.option("--redis-url", default=defaults.REDIS_URL, show_default=True, help="Where records go.")
+@click.option("--redis-url", default=REDIS_URL, show_default=True, help="Where records go.")
 @click.option(
     "--name", "gateway_name", default=defaults.GATEWAY_NAME, show_default=True, help="This gateway's name in records."
 )

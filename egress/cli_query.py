@@ -19,7 +19,7 @@ from typing import Any, Final
 import click
 
 from egress.correlate import DEFAULT_SLACK, timeline
-from egress.record import query
+from egress.record import REDIS_URL, query
 from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord
 from egress.record.store import STORE_ERRORS, RecordStore
@@ -32,7 +32,7 @@ _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 redis_option = click.option(
     "--redis-url",
-    default="redis://127.0.0.1:6379/0",
+    default=REDIS_URL,
     show_default=True,
     envvar="EGRESS_REDIS_URL",
     help="The record store (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",

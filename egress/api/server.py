@@ -19,6 +19,7 @@ from egress.api.app import create_app
 from egress.api.auth import ENV_VAR, load_tokens, tokens_from_env
 from egress.api.settings import SETTINGS_ENV, Settings, parse_listen
 from egress.policy.yamlnodes import RulesError
+from egress.record import REDIS_URL
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,7 @@ def app_from_env() -> FastAPI:
 @click.command("serve")
 @click.option(
     "--redis-url",
-    default="redis://127.0.0.1:6379/0",
+    default=REDIS_URL,
     show_default=True,
     help="Where the records are; redis+cluster://host:port for a Redis Cluster.",
 )

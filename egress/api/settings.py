@@ -14,13 +14,14 @@ from pathlib import Path
 from typing import Final
 
 from egress.api.auth import Role, Token
+from egress.record import REDIS_URL
 
 SETTINGS_ENV: Final = "EGRESS_API_SETTINGS"
 
 
 @dataclass(frozen=True, slots=True)
 class Settings:
-    redis_url: str = "redis://127.0.0.1:6379/0"
+    redis_url: str = REDIS_URL
     """Where the records are: ``redis://host:port/db``, or ``redis+cluster://host:port`` for a Redis Cluster."""
     tokens: tuple[Token, ...] = ()
     """Accepted bearer tokens (`egress.api.auth`). Empty is refused unless ``lab``."""

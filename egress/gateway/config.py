@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from egress.nft.render import GatewaySettings
+from egress.record import REDIS_URL
 
 _TABLE_DEFAULTS: Final = GatewaySettings(sandbox_if="lo", uplink_if="lo")  # only its defaults are read
 
@@ -28,7 +29,6 @@ NFLOG_GROUP: Final = _TABLE_DEFAULTS.nflog_group
 TABLE: Final = _TABLE_DEFAULTS.table
 STATE_DIR: Final = "/run/egress"
 """Bindings file, worker configs, the CA, spools."""
-REDIS_URL: Final = "redis://127.0.0.1:6379/0"
 GATEWAY_NAME: Final = "gateway"
 
 
