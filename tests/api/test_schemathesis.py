@@ -27,9 +27,10 @@ from egress.api.app import create_app
 from egress.record import query
 from egress.record.store import RecordStore
 from tests.api import ADMIN, auth, seed_actions, seed_attempts, settings
+from tests.budget import examples
 from tests.redis_server import RedisServer
 
-EXAMPLES = 50
+EXAMPLES = examples(50)
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 
 

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egress.capture.packet import ICMP, TCP, UDP, Defragmenter, Malformed, decode
+from tests.budget import examples
 
 SRC4, DST4 = socket.inet_aton("192.0.2.10"), socket.inet_aton("198.51.100.20")
 SRC6, DST6 = socket.inet_pton(socket.AF_INET6, "2001:db8::10"), socket.inet_pton(socket.AF_INET6, "2001:db8::20")
@@ -140,7 +141,7 @@ def test_non_ip_frames_are_ignored() -> None:
     assert decode(105, b"\x00" * 40, 0.0, Defragmenter()) is None  # 802.11: unsupported link type
 
 
-@settings(max_examples=500, deadline=None)
+@settings(max_examples=examples(500), deadline=None)
 @given(linktype=st.sampled_from([0, 1, 101, 108, 113, 276]), frame=st.binary(max_size=120))
 def test_arbitrary_frames_only_raise_what_the_scanner_counts(linktype: int, frame: bytes) -> None:
     with contextlib.suppress(Malformed, IndexError):

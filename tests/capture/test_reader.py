@@ -11,6 +11,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egress.capture.reader import CaptureError, read_frames
+from tests.budget import examples
 from tests.corpus import corpus_path, expected_rows, needs_corpus
 
 FRAME_A = bytes(range(60))
@@ -89,7 +90,7 @@ def test_missing_file_is_a_capture_error(tmp_path: pathlib.Path) -> None:
         list(read_frames(str(tmp_path / "nope.pcap")))
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(tail=st.binary(max_size=400), pcapng=st.booleans())
 def test_arbitrary_bytes_after_a_header_never_raise_anything_else(tail: bytes, pcapng: bool) -> None:
     if pcapng:

@@ -13,6 +13,7 @@ from egress.capture.packet import UDP, Defragmenter, Malformed, decode
 from egress.capture.reader import read_frames
 from egress.detect import dns
 from egress.detect.dns import Message, Question, Record
+from tests.budget import examples
 from tests.corpus import CORPUS, needs_corpus
 
 # benign/ndpi_dns.pcap: AAAA query for www.example.com
@@ -254,7 +255,7 @@ messages = st.builds(
 )
 
 
-@settings(max_examples=100, deadline=None)
+@settings(max_examples=examples(100), deadline=None)
 @given(messages)
 def test_encode_then_parse_round_trips(message: Message) -> None:
     assert dns.parse(dns.encode(message)) == message
@@ -360,13 +361,13 @@ def _check_any_bytes(data: bytes) -> None:
         assert out is not None and dns.parse(out).questions == partial.questions
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=examples(400), deadline=None)
 @given(mutated())
 def test_mutated_real_messages_raise_only_dns_error(data: bytes) -> None:
     _check_any_bytes(data)
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=600))
 def test_arbitrary_bytes_raise_only_dns_error(data: bytes) -> None:
     _check_any_bytes(data)

@@ -14,6 +14,7 @@ from egress.detect.dns_tunnel import (
     base_domain,
     looks_encoded,
 )
+from tests.budget import examples
 
 # tunnel/dmachard_iodine.pcap: the first six queries (NULL type, base32 and the 8-bit charset probe)
 IODINE_DMACHARD = [
@@ -326,7 +327,7 @@ def test_looks_encoded(label: str, encoded: bool) -> None:
     assert looks_encoded(label) is encoded
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.lists(st.binary(max_size=300), max_size=20), st.booleans())
 def test_arbitrary_bytes_never_raise(messages: list[bytes], tcp: bool) -> None:
     tracker = DnsTunnelTracker()
@@ -334,7 +335,7 @@ def test_arbitrary_bytes_never_raise(messages: list[bytes], tcp: bool) -> None:
         tracker.observe("192.0.2.1", message, tcp=tcp)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.lists(st.text(alphabet="abcdefghijklmnopqrstuvwxyz0123456789-.", min_size=1, max_size=80), max_size=30))
 def test_arbitrary_names_never_raise(names: list[str]) -> None:
     tracker = DnsTunnelTracker()

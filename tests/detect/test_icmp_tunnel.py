@@ -10,6 +10,7 @@ from hypothesis import strategies as st
 
 from egress.detect import icmp_tunnel
 from egress.detect.base import Category, Transport
+from tests.budget import examples
 from tests.detect.feeding import feed_datagrams, meta
 
 FLOW = meta(0, Transport.ICMP, 0)
@@ -108,7 +109,7 @@ def test_classify(payload: bytes, label: str) -> None:
     assert icmp_tunnel.classify(payload) == label
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(
     st.lists(st.tuples(st.booleans(), st.binary(max_size=300), st.sampled_from([0, 3, 8, 11, 128, 129])), max_size=30)
 )

@@ -12,6 +12,7 @@ from hypothesis import strategies as st
 from egress.detect.base import Category, FlowMeta, Transport
 from egress.detect.names import NameLists, make_name_detector
 from egress.policy.lists import NameList, load_lists
+from tests.budget import examples
 from tests.detect.feeding import feed_datagrams, feed_every_split, feed_stream
 
 RULES = Path(__file__).resolve().parents[2] / "rules" / "lists"
@@ -205,7 +206,7 @@ def test_shipped_doh_addresses(shipped: NameLists) -> None:
     assert shipped.match_address("178.62.197.130") is None  # www.ntop.org
 
 
-@settings(max_examples=300, deadline=None)
+@settings(max_examples=examples(300), deadline=None)
 @given(st.binary(max_size=400), st.binary(max_size=100), st.sampled_from([80, 443, 853, 3333]))
 def test_arbitrary_bytes_never_raise(client: bytes, server: bytes, port: int) -> None:
     feed_stream(DETECT, client, server, flow=flow("1.1.1.1", port))
@@ -213,7 +214,7 @@ def test_arbitrary_bytes_never_raise(client: bytes, server: bytes, port: int) ->
     feed_stream(DETECT, b"GET / HTTP/1.1\r\nHost: " + client, server, flow=flow("1.1.1.1", port))
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=examples(200), deadline=None)
 @given(st.text(max_size=80))
 def test_arbitrary_names_never_raise(name: str) -> None:
     LISTS.match(name)

@@ -45,6 +45,7 @@ from egress.detect.base import EVIDENCE_MAX, MORE, Category, Detector, Finding, 
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import build_detectors
 from egress.policy.lists import load_lists_dir
+from tests.budget import examples
 from tests.detect import seeds
 
 LISTS = load_lists_dir()
@@ -275,7 +276,7 @@ def check_decided_stays_decided(inspector: FlowInspector, returned: list[Finding
 _PATIENT = (HealthCheck.too_slow,)
 
 
-@settings(max_examples=200, deadline=None, suppress_health_check=_PATIENT)
+@settings(max_examples=examples(200), deadline=None, suppress_health_check=_PATIENT)
 @given(cases())
 def test_each_detector_through_the_engine(case: Case) -> None:
     for detect in EVERY_DETECTOR:
@@ -291,7 +292,7 @@ def test_each_detector_through_the_engine(case: Case) -> None:
         assert inspector.finding == (last if isinstance(last, Finding) else None)
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=_PATIENT)
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=_PATIENT)
 @given(cases())
 def test_each_transport_s_detectors_together(case: Case) -> None:
     inspector = FlowInspector(case.meta, tuple(Probe(d) for d in DETECTORS.for_transport(case.meta.transport)))
@@ -306,7 +307,7 @@ def test_each_transport_s_detectors_together(case: Case) -> None:
     assert inspector.close() == returned[-1]
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=_PATIENT)
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=_PATIENT)
 @given(cases(), st.booleans())
 def test_each_detector_on_a_whole_view(case: Case, complete: bool) -> None:
     """Callers that hold a whole view (the gate's name check) call a detector directly, complete or not."""
@@ -330,7 +331,7 @@ def dns_messages(draw: st.DrawFn) -> bytes:
     return draw(mutated(draw(DNS_SEEDS)))
 
 
-@settings(max_examples=100, deadline=None, suppress_health_check=_PATIENT)
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=_PATIENT)
 @given(st.lists(st.tuples(st.sampled_from(("192.0.2.1", "192.0.2.2", "2001:db8::1")), dns_messages()), max_size=40))
 def test_dns_observer(messages: list[tuple[str, bytes]]) -> None:
     observer = DETECTORS.dns_tracker()

@@ -117,16 +117,16 @@ def test_reads_by_time_are_exact_across_small_entries_and_index_pages(
     monkeypatch.setattr(walk, "FIRST_PAGE", 1)
     monkeypatch.setattr(walk, "MAX_PAGE", 2)
     rng = random.Random(7)
-    written = [record(ts=T0 - 1000 + rng.choice(range(0, 400, 5)) + rng.choice((0, 0.5)), sport=i) for i in range(300)]
+    written = [record(ts=T0 - 1000 + rng.choice(range(0, 400, 5)) + rng.choice((0, 0.5)), sport=i) for i in range(150)]
     store = _store(server.url, tmp_path)
     arrival = written[:]
     rng.shuffle(arrival)
-    for start in range(0, 300, 37):
+    for start in range(0, 150, 37):
         store.write(arrival[start : start + 37])
     ordered = sorted(written, key=lambda item: (item.ts, item.id))
     assert _read_all(store, page=4) == ordered
     assert _read_all(store, page=9, reverse=True) == ordered[::-1]
-    for _ in range(20):
+    for _ in range(10):
         low, high = sorted(rng.uniform(T0 - 1100, T0 - 500) for _ in range(2))
         window = [item for item in ordered if low <= item.ts <= high]
         assert _read_all(store, page=rng.randint(1, 8), start_ts=low, end_ts=high) == window
