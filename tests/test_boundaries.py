@@ -18,6 +18,9 @@ GATES = {
     "mitmproxy": {"egress/proxy/mitm/"},
     "redis": {"egress/record/redis_facade.py"},
     "yaml": {"egress/policy/yamlnodes.py"},
+    # HTTP content codings mitmproxy also decodes (br, zstd): read, bounded, where bodies are read
+    "brotli": {"egress/proxy/mitm/payload.py"},
+    "backports": {"egress/proxy/mitm/payload.py"},
     # running programs: nft, the proxy workers, and the lab's namespaces and servers
     "subprocess": {"egress/nft/runner.py", "egress/gateway/supervisor.py", "egress/lab/"},
     # network I/O: the gateway's components, and the lab; the scanner only formats addresses with inet_ntop

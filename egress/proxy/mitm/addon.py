@@ -6,15 +6,26 @@ mitmproxy's own layering) and maps decisions onto layers:
 - passthrough TLS (what the front did not take: a would-block in report mode) → ``TCPLayer(ignore=True)``;
 - inspected TCP → `InspectLayer` (detectors on both directions; a blocking finding closes both sides);
 - refused → `RefuseLayer`, which closes both sides without forwarding a byte;
-- HTTP → mitmproxy's HTTP layer, with a 403 whose ``X-Egress-Blocked`` header and body say why.
+- HTTP → mitmproxy's HTTP layer, with a 403 whose ``X-Egress-Blocked`` header and body say why; bodies, upgrades
+  and WebSocket messages are judged by `egress.proxy.mitm.flows`.
+
+Inside intercepted TLS the decrypted bytes are judged again (`_inside_tls`): HTTP goes to mitmproxy's HTTP layer,
+TLS inside TLS is refused as a tunnel, anything else is an `InspectLayer`, the same detectors as plaintext TCP:
+nothing egress decrypts is relayed raw.
 
 The gateway dials out eagerly (server-first protocols need it), so `server_connect` first checks that some rule
 could allow the destination address at all: a direct-IP connection is never dialled.
+
+Fail closed: every hook runs guarded. An exception in one (a parser or decoder on attacker bytes, or a bug)
+blocks or closes what it was judging and is recorded (`egress.proxy.mitm.layers.fail_closed_verdict`); mitmproxy itself
+would log the error and carry on, forwarding what the hook had not judged.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from mitmproxy import connection, http
@@ -26,21 +37,24 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from egress.decide import Enforcement, Verdict, decide_finding
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect.base import FlowMeta, Transport
+from egress.detect import http as http_detect
+from egress.detect import tls
+from egress.detect.base import MORE, FlowMeta, Transport
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
+from egress.proxy.mitm.flows import FlowHooks, Sever, blocked_response, flow_meta
+from egress.proxy.mitm.inspect import unidentified
 from egress.proxy.mitm.layers import InspectLayer, RefuseLayer
+from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
+
+log = logging.getLogger("egress.proxy")
+
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def _meta(context: Context) -> FlowMeta:
     src = context.client.peername
     dst = context.server.address or ("", 0)
-    return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
-
-
-def _meta_from_flow(flow: http.HTTPFlow) -> FlowMeta:
-    src = flow.client_conn.peername
-    dst = flow.server_conn.address or (flow.request.host, flow.request.port)
     return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
 
 
@@ -55,24 +69,19 @@ class _Connection:
     """A block or would-block was reported for it (else a preblocked connection is reported when it closes)."""
 
 
-def _blocked_response(verdict: Verdict) -> http.Response:
-    reason = verdict.reason.value if verdict.reason is not None else "blocked"
-    line = f"egress blocked this request: {reason} ({verdict.rule}): {verdict.evidence}"
-    return http.Response.make(
-        403, line + "\n", {"Content-Type": "text/plain; charset=utf-8", "X-Egress-Blocked": line[:400]}
-    )
-
-
 class EgressAddon(NextLayer):
     """Replaces mitmproxy's ``nextlayer`` addon; see the module docstring."""
 
-    def __init__(self, gate: Gate, reporter: Reporter, sink: tuple[str, int]) -> None:
+    def __init__(self, gate: Gate, reporter: Reporter, sink: tuple[str, int], sever: Sever) -> None:
         super().__init__()
         self.gate = gate
         self.reporter = reporter
         self.sink = sink
         """A local listener that takes connections to destinations no rule allows (see `server_connect`)."""
         self.connections: dict[str, _Connection] = {}
+        self.sever = sever
+        """Closes both sides of a live connection (mitmproxy 12 cannot kill a flow in transit)."""
+        self.flows = FlowHooks(gate, self.record_flow, sever)
 
     # -- reporting -------------------------------------------------------------------------------------------
     def _report(self, meta: FlowMeta, sandbox: Sandbox | None, verdict: Verdict, host: str, client_id: str) -> None:
@@ -90,15 +99,26 @@ class EgressAddon(NextLayer):
         """Report a decision on a connection (the layers' `OnVerdict`)."""
         self._report(_meta(context), sandbox, verdict, host, context.client.id)
 
-    def record_flow(self, flow: http.HTTPFlow, sandbox: Sandbox, verdict: Verdict) -> None:
+    def record_flow(self, flow: http.HTTPFlow, sandbox: Sandbox | None, verdict: Verdict) -> None:
         """Report a decision on one HTTP request."""
-        self._report(_meta_from_flow(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
+        self._report(flow_meta(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
 
     def _on_verdict(self, context: Context, sandbox: Sandbox, verdict: Verdict) -> None:
         self.record(context, sandbox, verdict, "")
 
+    def _sandbox(self, client_id: str) -> Sandbox | None:
+        state = self.connections.get(client_id)
+        return state.sandbox if state is not None else None
+
     # -- connection hooks ------------------------------------------------------------------------------------
     def client_connected(self, client: connection.Client) -> None:
+        try:
+            self._client_connected(client)
+        except Exception as exc:
+            log.exception("egress: client_connected failed; connection refused")
+            client.error = f"egress: {exc!r}"
+
+    def _client_connected(self, client: connection.Client) -> None:
         source = str(client.peername[0])
         sandbox = self.gate.sandbox(source)
         if sandbox is None:
@@ -121,6 +141,13 @@ class EgressAddon(NextLayer):
             )
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
+        try:
+            self._server_connect(data)
+        except Exception as exc:
+            log.exception("egress: server_connect failed; not dialled")
+            data.server.error = f"egress: {exc!r}"
+
+    def _server_connect(self, data: ServerConnectionHookData) -> None:
         state = self.connections.get(data.client.id)
         if state is None or data.server.address is None:
             data.server.error = "egress: no sandbox"
@@ -137,9 +164,22 @@ class EgressAddon(NextLayer):
             data.server.address = self.sink
 
     # -- layer choice ----------------------------------------------------------------------------------------
+    def next_layer(self, nextlayer: layer.NextLayer) -> None:
+        if nextlayer.layer:
+            return
+        context = nextlayer.context
+        try:
+            nextlayer.layer = self._next_layer(context, nextlayer.data_client(), nextlayer.data_server())
+        except NeedsMoreData:
+            pass
+        except Exception as exc:
+            log.exception("egress: choosing a layer failed; connection refused")
+            self.record(context, self._sandbox(context.client.id), fail_closed(f"next_layer: {exc!r}"), "")
+            nextlayer.layer = RefuseLayer(context)
+
     def _next_layer(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
         if not stack_match(context, [modes.TransparentProxy]):
-            return super()._next_layer(context, data_client, data_server)  # inside intercepted TLS
+            return self._inside_tls(context, data_client, data_server)
         state = self.connections.get(context.client.id)
         if state is None:
             return RefuseLayer(context)
@@ -163,6 +203,27 @@ class EgressAddon(NextLayer):
                 return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
         return RefuseLayer(context)
 
+    def _inside_tls(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
+        """The layer for the bytes inside intercepted TLS (only ever reached for a decrypted connection)."""
+        state = self.connections.get(context.client.id)
+        if state is None or state.decision is None or state.decision.kind is not Kind.INTERCEPT:
+            return RefuseLayer(context)
+        if not data_client and not data_server:
+            raise NeedsMoreData
+        if tls.looks_like_tls(data_client):
+            finding = unidentified("TLS inside intercepted TLS", "tls-in-tls")
+            verdict = decide_finding(state.sandbox, finding)
+            self.record(context, state.sandbox, verdict, state.decision.host)
+            if verdict.action is Enforcement.BLOCK:
+                return RefuseLayer(context)
+        elif data_client.startswith(H2_PREFACE) or http_detect.looks_like_http_request(data_client):
+            return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
+        elif not data_server and len(data_client) < len(H2_PREFACE) and H2_PREFACE.startswith(data_client):
+            raise NeedsMoreData
+        elif not data_server and http_detect.parse_request(data_client) is MORE:
+            raise NeedsMoreData  # a method name still arriving
+        return InspectLayer(context, state.sandbox, self.gate.inspector(_meta(context)), self._on_verdict)
+
     def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
         decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
         if decision.kind is Kind.WAIT:
@@ -175,11 +236,39 @@ class EgressAddon(NextLayer):
         return decision
 
     # -- HTTP (plain, or inside intercepted TLS) -------------------------------------------------------------
-    def requestheaders(self, flow: http.HTTPFlow) -> None:
+    def _guard(self, flow: http.HTTPFlow, hook: Callable[[http.HTTPFlow, Sandbox], None], phase: str) -> None:
+        """Run an HTTP hook for a flow of a known sandbox; an exception blocks the flow (see the module docstring)."""
         state = self.connections.get(flow.client_conn.id)
         if state is None:
-            flow.response = http.Response.make(403, "egress: no sandbox\n")
+            if phase == "requestheaders":
+                flow.response = http.Response.make(403, "egress: no sandbox\n")
             return
+        try:
+            hook(flow, state.sandbox)
+        except Exception as exc:
+            log.exception("egress: %s hook failed; the flow is blocked", phase)
+            verdict = fail_closed(f"{phase}: {exc!r}")
+            self.record_flow(flow, state.sandbox, verdict)
+            if phase in {"requestheaders", "request", "response"} and flow.websocket is None:
+                flow.response = blocked_response(verdict)
+            else:
+                self.flows.cut(flow)
+
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        self._guard(flow, self._requestheaders, "requestheaders")
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is None:
+            self._guard(flow, self.flows.request, "request")
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        self._guard(flow, self.flows.response, "response")
+
+    def websocket_message(self, flow: http.HTTPFlow) -> None:
+        self._guard(flow, self.flows.websocket_message, "websocket_message")
+
+    def _requestheaders(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
+        state = self.connections[flow.client_conn.id]
         decision = state.decision
         first = decision is not None and decision.kind is Kind.HTTP and not flow.metadata.get("egress-seen")
         flow.metadata["egress-seen"] = True
@@ -189,44 +278,16 @@ class EgressAddon(NextLayer):
         else:
             sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
             host = flow.request.pretty_host.lower().rstrip(".")
-            verdict = self.gate.on_request(state.sandbox, self._flow_meta(flow, state), host, sni)
-        if verdict is None:
-            return
-        self.record_flow(flow, state.sandbox, verdict)
-        if verdict.action is Enforcement.BLOCK:
-            flow.response = _blocked_response(verdict)
-
-    def request(self, flow: http.HTTPFlow) -> None:
-        state = self.connections.get(flow.client_conn.id)
-        if state is None or flow.response is not None:
-            return
-        head = f"{flow.request.method} {flow.request.path} HTTP/1.1\r\n".encode()
-        head += b"".join(f"{k}: {v}\r\n".encode() for k, v in flow.request.headers.items()) + b"\r\n"
-        finding = self.gate.inspect_once(_meta_from_flow(flow), head + (flow.request.content or b""), b"")
-        if finding is None:
-            return
-        verdict = decide_finding(state.sandbox, finding)
-        self.record_flow(flow, state.sandbox, verdict)
-        if verdict.action is Enforcement.BLOCK:
-            flow.response = _blocked_response(verdict)
-
-    def websocket_message(self, flow: http.HTTPFlow) -> None:
-        state = self.connections.get(flow.client_conn.id)
-        if state is None or flow.websocket is None:
-            return
-        client = b"".join(m.content for m in flow.websocket.messages if m.from_client)
-        server = b"".join(m.content for m in flow.websocket.messages if not m.from_client)
-        finding = self.gate.inspect_once(_meta_from_flow(flow), client[:16384], server[:16384])
-        if finding is None:
-            return
-        verdict = decide_finding(state.sandbox, finding)
-        self.record_flow(flow, state.sandbox, verdict)
-        if verdict.action is Enforcement.BLOCK:
-            flow.websocket.messages[-1].drop()
-            flow.kill()
+            verdict = self.gate.on_request(sandbox, self._flow_meta(flow, state), host, sni)
+        if verdict is not None:
+            self.record_flow(flow, sandbox, verdict)
+            if verdict.action is Enforcement.BLOCK:
+                flow.response = blocked_response(verdict)
+                return
+        self.flows.requestheaders(flow, sandbox)
 
     def _flow_meta(self, flow: http.HTTPFlow, state: _Connection) -> FlowMeta:
-        meta = _meta_from_flow(flow)
+        meta = flow_meta(flow)
         if state.preblocked is not None:
             return FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         return meta

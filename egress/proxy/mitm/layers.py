@@ -2,20 +2,25 @@
 through the detectors that closes both sides the moment a blocking finding is made).
 
 mitmproxy 12.3's ``flow.kill()`` does not close raw TCP flows, so closing is done here, in the layer, before the
-triggering bytes are forwarded.
+triggering bytes are forwarded. An exception while inspecting closes both sides too (fail closed) and is reported
+as a ``fail-closed`` verdict: the bytes that were being judged are never forwarded.
 """
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable, Generator
 from typing import Any
 
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 
-from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decide import Enforcement, Reason, Verdict, decide_finding
+from egress.detect.base import Category, Finding, evidence
 from egress.detect.engine import FlowInspector
 from egress.policy.model import Sandbox
+
+log = logging.getLogger("egress.proxy")
 
 CommandGenerator = Generator[commands.Command, Any, None]
 OnVerdict = Callable[[Context, Sandbox, Verdict], None]
@@ -48,9 +53,13 @@ class InspectLayer(layers.TCPLayer):
         inspector = self.inspector
         if isinstance(event, events.DataReceived) and not inspector.done:
             from_client = event.connection == self.context.client
-            finding = inspector.feed_stream(from_client, event.data)
-            if finding is not None:
-                verdict = decide_finding(self.sandbox, finding)
+            try:
+                finding = inspector.feed_stream(from_client, event.data)
+                verdict = decide_finding(self.sandbox, finding) if finding is not None else None
+            except Exception as exc:
+                log.exception("egress: inspection failed; the connection is closed")
+                verdict = fail_closed_verdict(f"inspect: {exc!r}")
+            if verdict is not None:
                 self.on_verdict(self.context, self.sandbox, verdict)
                 if verdict.action is Enforcement.BLOCK:
                     if self.context.server.connected:
@@ -59,3 +68,14 @@ class InspectLayer(layers.TCPLayer):
                     self._handle_event = self.done
                     return
         yield from super().relay_messages(event)
+
+
+FAIL_CLOSED = "fail-closed"
+"""The rule label of a verdict made because inspection itself failed (an exception in a hook or a layer)."""
+
+
+def fail_closed_verdict(why: str) -> Verdict:
+    """Block what could not be inspected because inspection failed: always a block, in report mode too, since the
+    failure is egress's and says nothing about what the traffic is."""
+    finding = Finding(Category.TUNNEL, "inspection-error", "proxy", evidence(why))
+    return Verdict(Enforcement.BLOCK, Reason.TUNNEL, FAIL_CLOSED, evidence(f"inspection-error: {why}"), finding)

@@ -11,9 +11,10 @@ import asyncio
 import logging
 import socket
 import time
+from collections.abc import Callable
 from typing import Any
 
-from mitmproxy import options
+from mitmproxy import connection, options
 from mitmproxy.addons import core, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
@@ -41,12 +42,16 @@ async def run_worker(gate: Gate, reporter: Reporter, port: int, confdir: str, up
     # A lean master: only the addons the gateway needs. Every hook walks every addon, and DumpMaster's 34
     # made connection setup several times dearer (docs/gateway-performance.md).
     master = Master(opts, with_termlog=False)
-    master.addons.add(core.Core(), proxyserver.Proxyserver(), tlsconfig.TlsConfig())
-    master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1]))))
+    server = proxyserver.Proxyserver()
+    master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
+    master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1])), _severer(server)))
     settings: dict[str, Any] = {
         "mode": ["transparent@127.0.0.1:0"],
         "connection_strategy": "eager",
         "confdir": confdir,
+        # After a 101 that is not a WebSocket mitmproxy would relay the connection raw; the addon kills such
+        # flows first, and without rawtcp mitmproxy closes them itself too (belt and braces).
+        "rawtcp": False,
     }
     if upstream_ca:
         settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
@@ -89,6 +94,21 @@ async def run_worker(gate: Gate, reporter: Reporter, port: int, confdir: str, up
     finally:  # also when the worker is told to stop (cancelled)
         running.cancel()
         front.cancel()
+
+
+def _severer(server: proxyserver.Proxyserver) -> Callable[[connection.Client], None]:
+    """Closes both sides of a live client connection, as mitmproxy does for a layer's ``CloseConnection``: its
+    transports' tasks are cancelled, the layers get ``ConnectionClosed``, nothing more is relayed."""
+
+    def sever(client: connection.Client) -> None:
+        handler = server.connections.get(client.id)
+        if handler is None:
+            return
+        for conn in list(handler.transports):
+            if conn.connected:
+                handler.close_connection(conn)
+
+    return sever
 
 
 async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

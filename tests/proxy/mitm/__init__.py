@@ -37,13 +37,18 @@ sandboxes:
 
 
 class Reported:
-    """A reporter that keeps every decision."""
+    """A reporter that keeps every decision (and every connection the addon severed)."""
 
     def __init__(self) -> None:
         self.flows: list[DecidedFlow] = []
+        self.severed: list[connection.Client] = []
 
     def report(self, attempt: DecidedFlow) -> None:
         self.flows.append(attempt)
+
+    def sever(self, client: connection.Client) -> None:
+        """The addon's `Sever`: kept, so a test sees which connections were closed."""
+        self.severed.append(client)
 
 
 def make_gate(mode: str = "enforce") -> Gate:

@@ -19,7 +19,7 @@ SINK = ("127.0.0.1", 9)
 
 def _addon(mode: str = "enforce") -> tuple[EgressAddon, Reported]:
     reported = Reported()
-    return EgressAddon(make_gate(mode), reported, SINK), reported
+    return EgressAddon(make_gate(mode), reported, SINK, reported.sever), reported
 
 
 def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:

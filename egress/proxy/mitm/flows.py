@@ -1,0 +1,171 @@
+"""What the addon does with each HTTP flow once its Host is judged: bodies, upgrades and WebSocket messages.
+
+- every request and response body is read as the other side reads it (`egress.proxy.mitm.inspect`) and goes
+  through the stream detectors, paired (request, then request and response) so HTTP-aware detectors see both;
+  a body egress cannot read as the server would is blocked as ``tunnel``/``unidentified``;
+- an ``Upgrade`` other than ``websocket`` is refused before it is forwarded, and a ``101`` that would switch to
+  anything but a WebSocket mitmproxy parses is killed before the client sees it (after a ``101`` mitmproxy would
+  relay the rest raw, uninspected);
+- every WebSocket message of the connection is inspected (`WebSocketInspection`); a blocking finding drops the
+  message and severs both sides (`Sever`: mitmproxy 12's ``flow.kill()`` does not close a live WebSocket).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Final
+
+from mitmproxy import connection, http
+
+from egress.decide import Enforcement, Verdict, decide_finding
+from egress.detect.base import Finding, FlowMeta, Transport
+from egress.policy.model import Sandbox
+from egress.proxy.gate import Gate
+from egress.proxy.mitm.inspect import (
+    Message,
+    Read,
+    WebSocketInspection,
+    inspect_exchange,
+    read,
+    unidentified,
+)
+
+Sever = Callable[[connection.Client], None]
+"""Closes both sides of a client's connection at once (`egress.proxy.mitm.server` closes its transports)."""
+Report = Callable[[http.HTTPFlow, Sandbox, Verdict], None]
+
+KNOWN_UPGRADES: Final = frozenset({"websocket"})
+"""Protocols a request may switch to: the ones whose messages mitmproxy parses and egress inspects."""
+
+_READ: Final = "egress-read"
+_WEBSOCKET: Final = "egress-websocket"
+_SEVERED: Final = "egress-severed"
+
+
+def flow_meta(flow: http.HTTPFlow) -> FlowMeta:
+    src = flow.client_conn.peername
+    dst = flow.server_conn.address or (flow.request.host, flow.request.port)
+    return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
+
+
+def blocked_response(verdict: Verdict) -> http.Response:
+    reason = verdict.reason.value if verdict.reason is not None else "blocked"
+    line = f"egress blocked this request: {reason} ({verdict.rule}): {verdict.evidence}"
+    return http.Response.make(
+        403, line + "\n", {"Content-Type": "text/plain; charset=utf-8", "X-Egress-Blocked": line[:400]}
+    )
+
+
+def _fields(headers: http.Headers | None) -> tuple[tuple[str, str], ...]:
+    if headers is None:
+        return ()
+    return tuple((k.decode("latin-1"), v.decode("latin-1")) for k, v in headers.fields)
+
+
+def request_message(request: http.Request) -> Message:
+    path = request.path
+    return Message(
+        f"{request.method} {path} HTTP/1.1",
+        _fields(request.headers),
+        request.raw_content or b"",
+        _fields(request.trailers),
+        path.partition("?")[2].encode("latin-1", "replace"),
+    )
+
+
+def response_message(response: http.Response) -> Message:
+    return Message(
+        f"HTTP/1.1 {response.status_code} {response.reason}",
+        _fields(response.headers),
+        response.raw_content or b"",
+        _fields(response.trailers),
+    )
+
+
+def upgrade_refused(request: http.Request) -> Finding | None:
+    """A finding when the request asks to switch to a protocol egress would then relay uninspected."""
+    upgrade = request.headers.get("upgrade")
+    if upgrade is None:
+        return None
+    tokens = {token.strip().split("/", 1)[0].lower() for token in upgrade.split(",")}
+    if tokens <= KNOWN_UPGRADES and request.method == "GET":
+        return None
+    return unidentified(f"Upgrade: {upgrade}", "unknown-upgrade")
+
+
+class FlowHooks:
+    """The body, upgrade and WebSocket checks of one worker (see the module docstring)."""
+
+    def __init__(self, gate: Gate, report: Report, sever: Sever) -> None:
+        self.gate = gate
+        self.report = report
+        self.sever = sever
+
+    def _judge(self, flow: http.HTTPFlow, sandbox: Sandbox, finding: Finding | None) -> Verdict | None:
+        """Report a finding's verdict; the verdict when it blocks."""
+        if finding is None:
+            return None
+        verdict = decide_finding(sandbox, finding)
+        self.report(flow, sandbox, verdict)
+        return verdict if verdict.action is Enforcement.BLOCK else None
+
+    def requestheaders(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
+        blocked = self._judge(flow, sandbox, upgrade_refused(flow.request))
+        if blocked is not None:
+            flow.response = blocked_response(blocked)
+
+    def request(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
+        request = read(request_message(flow.request))
+        flow.metadata[_READ] = request
+        finding = inspect_exchange(flow_meta(flow), self.gate.stream, request)
+        if finding is None and request.problem is not None:
+            finding = unidentified(f"request body: {request.problem.why}")
+        blocked = self._judge(flow, sandbox, finding)
+        if blocked is not None:
+            flow.response = blocked_response(blocked)
+
+    def response(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
+        response = flow.response
+        if response is None:
+            return
+        if response.status_code == 101 and flow.websocket is None:
+            # mitmproxy would relay the switched connection raw: only a WebSocket it parses may follow a 101.
+            upgrade = response.headers.get("upgrade", "")
+            refused = unidentified(f"101 switching to {upgrade!r}", "unknown-upgrade")
+            if self._judge(flow, sandbox, refused) is not None:
+                flow.kill()
+            return
+        request = flow.metadata.get(_READ)
+        if not isinstance(request, Read):
+            request = read(request_message(flow.request))
+        answer = read(response_message(response))
+        finding = inspect_exchange(flow_meta(flow), self.gate.stream, request, answer)
+        if finding is None and answer.problem is not None:
+            finding = unidentified(f"response body: {answer.problem.why}")
+        blocked = self._judge(flow, sandbox, finding)
+        if blocked is not None:
+            flow.response = blocked_response(blocked)
+
+    def websocket_message(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
+        if flow.websocket is None or not flow.websocket.messages:
+            return
+        message = flow.websocket.messages[-1]
+        if flow.metadata.get(_SEVERED):
+            message.drop()
+            return
+        inspection = flow.metadata.get(_WEBSOCKET)
+        if not isinstance(inspection, WebSocketInspection):
+            inspection = flow.metadata[_WEBSOCKET] = WebSocketInspection(flow_meta(flow), self.gate.stream)
+        finding = inspection.message(message.content, message.is_text, message.from_client)
+        if self._judge(flow, sandbox, finding) is not None:
+            self.cut(flow)
+
+    def cut(self, flow: http.HTTPFlow) -> None:
+        """Stop a flow where it is: its current WebSocket message dropped and both sides closed, or its request
+        or response replaced or killed."""
+        if flow.websocket is not None and flow.websocket.messages:
+            flow.metadata[_SEVERED] = True
+            flow.websocket.messages[-1].drop()
+        if flow.killable:
+            flow.kill()
+        self.sever(flow.client_conn)

@@ -1,0 +1,184 @@
+"""What the detectors see of decrypted and plain HTTP: each request and response as the server and client read it,
+and each WebSocket message for the whole connection.
+
+The detectors are the same ones that judge raw TCP (`egress.proxy.gate.Gate.stream`); this module only decides
+which byte streams they are given:
+
+- an HTTP message as one canonical HTTP/1.1 stream (its head without the framing and coding fields, then the
+  decoded body), the decoded body alone, and the pieces a server application decodes out of it (multipart parts,
+  form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`);
+- a WebSocket message alone (its first `MESSAGE_INSPECT` bytes), with the same tunnel check the WebSocket
+  detector makes on raw frames, and a rolling stream per direction that starts at a message boundary, so a JSON
+  message split over several WebSocket messages is still seen whole.
+
+A body that cannot be read as the server reads it (unknown coding, corrupt, a decompression bomb) is a `Problem`:
+the addon blocks it as unidentified rather than pass what it could not judge.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Final
+
+from egress.detect import websocket
+from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView
+from egress.detect.engine import FlowInspector
+from egress.proxy.mitm import payload
+
+BODY_INSPECT: Final = 1024 * 1024
+"""Bytes of each decoded body (and of each piece of it) the detectors read; the rest of a larger body passes.
+Every signature sits at the start of a JSON-RPC document or line, and a body is read in one pass."""
+MESSAGE_INSPECT: Final = 64 * 1024
+"""Bytes of each WebSocket message the detectors read on their own."""
+WINDOW_MAX: Final = 16 * 1024
+"""Bytes a rolling WebSocket stream grows to before it restarts at the next message boundary."""
+PIECE_MIN: Final = 16
+"""Header, trailer and query values shorter than this are not inspected alone (no JSON-RPC call is that short)."""
+_SKIPPED_FIELDS: Final = frozenset({"content-encoding", "transfer-encoding", "content-length"})
+
+DETECTOR: Final = "proxy"
+"""The `Finding.detector` of what the proxy itself concludes (an uninspectable body, a refused upgrade)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """Why a message cannot be judged: it is blocked as unidentified (`unidentified`)."""
+
+    why: str
+
+
+def unidentified(why: str, protocol: str = "unidentified") -> Finding:
+    """The finding for traffic egress cannot inspect as the other side reads it: a tunnel until shown otherwise."""
+    return Finding(Category.TUNNEL, protocol, DETECTOR, why[:160])
+
+
+def _run(meta: FlowMeta, detectors: tuple[Detector, ...], client: bytes, server: bytes, cap: int) -> Finding | None:
+    inspector = FlowInspector(meta, detectors, stream_cap=cap)
+    inspector.feed_stream(True, client[:cap])
+    found = inspector.feed_stream(False, server[:cap])
+    return found or inspector.close()
+
+
+def _head(start: str, fields: Iterable[tuple[str, str]], body: bytes) -> bytes:
+    lines = [start]
+    lines += [f"{name}: {value}" for name, value in fields if name.lower() not in _SKIPPED_FIELDS]
+    lines.append(f"Content-Length: {len(body)}")
+    return ("\r\n".join(lines) + "\r\n\r\n").encode("utf-8", "surrogateescape") + body[:BODY_INSPECT]
+
+
+@dataclass(frozen=True, slots=True)
+class Message:
+    """One HTTP request or response as egress reads it (mitmproxy-free: the addon fills it from a flow)."""
+
+    start: str
+    """``POST /path?query HTTP/1.1`` or ``HTTP/1.1 200 OK`` (always HTTP/1.1: HTTP/2 is judged the same way)."""
+    fields: tuple[tuple[str, str], ...]
+    raw_body: bytes
+    """The body as it came (after the transfer coding, before the content coding)."""
+    trailers: tuple[tuple[str, str], ...] = ()
+    query: bytes = b""
+
+    def header(self, name: str) -> str:
+        return ", ".join(value for key, value in self.fields if key.lower() == name)
+
+
+@dataclass(frozen=True, slots=True)
+class Read:
+    """A message as read: the canonical stream, and each further piece, or the problem that stopped reading it."""
+
+    canonical: bytes
+    pieces: tuple[bytes, ...]
+    problem: Problem | None
+
+
+def read(message: Message) -> Read:
+    decoded = payload.decode(message.raw_body, message.header("content-encoding"))
+    body = decoded.data
+    pieces = [body] if body else []
+    pieces += payload.pieces(body, message.header("content-type"))
+    if body.lstrip()[:6] in {b"data:", b"event:"} and "event-stream" not in message.header("content-type"):
+        pieces += payload.pieces(body, "text/event-stream")  # whatever the server calls it, a client may parse it
+    pieces += payload.form_values(message.query)
+    pieces += [value.encode("utf-8", "surrogateescape") for _, value in (*message.fields, *message.trailers)]
+    canonical = _head(message.start, (*message.fields, *message.trailers), body)
+    kept = tuple(piece for piece in pieces if len(piece) >= PIECE_MIN or piece is body)
+    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None)
+
+
+def inspect_exchange(
+    meta: FlowMeta, detectors: tuple[Detector, ...], request: Read, response: Read | None = None
+) -> Finding | None:
+    """The detectors over a request (and its response): the pair as one HTTP stream, then every piece alone."""
+    server = response.canonical if response is not None else b""
+    found = _run(meta, detectors, request.canonical, server, BODY_INSPECT + len(request.canonical))
+    if found is not None:
+        return found
+    for piece in request.pieces:
+        found = _run(meta, detectors, piece, b"", BODY_INSPECT)
+        if found is not None:
+            return found
+    for piece in response.pieces if response is not None else ():
+        found = _run(meta, detectors, b"", piece, BODY_INSPECT)
+        if found is not None:
+            return found
+    return None
+
+
+_WS_REQUEST: Final = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+_WS_RESPONSE: Final = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"
+
+
+def _frame(content: bytes, text: bool) -> bytes:
+    """One unmasked final frame (RFC 6455 §5.2) carrying ``content``: what the raw-frame detector reads."""
+    size = len(content)
+    head = bytes([0x80 | (websocket.TEXT if text else websocket.BINARY)])
+    if size < 126:
+        head += bytes([size])
+    elif size < 1 << 16:
+        head += bytes([126]) + size.to_bytes(2)
+    else:
+        head += bytes([127]) + size.to_bytes(8)
+    return head + content
+
+
+def websocket_tunnel(meta: FlowMeta, content: bytes, text: bool, from_client: bool) -> Finding | None:
+    """The WebSocket detector's tunnel check (TLS or SSH inside, or random binary) on one parsed message, as if
+    it were the first message of a raw connection: mitmproxy parses the frames, so the check is made per message."""
+    frame = _frame(content[:MESSAGE_INSPECT], text)
+    client = _WS_REQUEST + (frame if from_client else b"")
+    server = _WS_RESPONSE + (b"" if from_client else frame)
+    result = websocket.detect(FlowView(meta, client, server, complete=True))
+    return result if isinstance(result, Finding) else None
+
+
+class WebSocketInspection:
+    """Every message of one WebSocket connection: alone, through the tunnel check, and in a rolling stream per
+    direction (restarted at a message boundary once decided or `WINDOW_MAX` long). Cost per message is bounded by
+    `MESSAGE_INSPECT` plus `WINDOW_MAX`, however long the connection lives."""
+
+    __slots__ = ("meta", "detectors", "rolling")
+
+    def __init__(self, meta: FlowMeta, detectors: tuple[Detector, ...]) -> None:
+        self.meta = meta
+        self.detectors = detectors
+        self.rolling: dict[bool, FlowInspector] = {}
+
+    def message(self, content: bytes, text: bool, from_client: bool) -> Finding | None:
+        head = content[:MESSAGE_INSPECT]
+        client, server = (head, b"") if from_client else (b"", head)
+        found = _run(self.meta, self.detectors, client, server, MESSAGE_INSPECT)
+        if found is None:
+            found = websocket_tunnel(self.meta, content, text, from_client)
+        return found or self._roll(head[:WINDOW_MAX], from_client)
+
+    def _roll(self, content: bytes, from_client: bool) -> Finding | None:
+        stream = self.rolling.get(from_client)
+        if stream is None or stream.done:
+            stream = self.rolling[from_client] = FlowInspector(self.meta, self.detectors, stream_cap=WINDOW_MAX)
+        return stream.feed_stream(from_client, content)
+
+
+def fields_of(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:
+    items = headers.items() if isinstance(headers, Mapping) else headers
+    return tuple((str(k), str(v)) for k, v in items)
