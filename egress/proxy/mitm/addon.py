@@ -33,23 +33,21 @@ from mitmproxy.addons.next_layer import NeedsMoreData, NextLayer, stack_match
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
+from mitmproxy.proxy.layers.tls import HTTP_ALPNS
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from egress.decide import Enforcement, Verdict, decide_finding
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import http as http_detect
 from egress.detect import tls
-from egress.detect.base import MORE, FlowMeta, Transport
+from egress.detect.base import FlowMeta, Transport
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
-from egress.proxy.mitm.flows import FlowHooks, Sever, blocked_response, flow_meta
+from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta
 from egress.proxy.mitm.inspect import unidentified
-from egress.proxy.mitm.layers import InspectLayer, RefuseLayer
+from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 
 log = logging.getLogger("egress.proxy")
-
-H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 
 
 def _meta(context: Context) -> FlowMeta:
@@ -196,7 +194,8 @@ class EgressAddon(NextLayer):
             case Kind.PASSTHROUGH:
                 return layers.TCPLayer(context, ignore=True)
             case Kind.INSPECT:
-                return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
+                inspector = self.gate.inspector(meta)
+                return InspectLayer(context, state.sandbox, inspector, self._on_verdict, guard_http=not data_client)
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
@@ -204,25 +203,30 @@ class EgressAddon(NextLayer):
         return RefuseLayer(context)
 
     def _inside_tls(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
-        """The layer for the bytes inside intercepted TLS (only ever reached for a decrypted connection)."""
+        """The layer for the bytes inside intercepted TLS (only ever reached for a decrypted connection): HTTP to
+        the HTTP layer, TLS refused, anything else through the detectors. HTTP clients speak first, so with an
+        HTTP ALPN the client's bytes are awaited even when the server spoke first (an HTTP/2 server's SETTINGS)."""
         state = self.connections.get(context.client.id)
         if state is None or state.decision is None or state.decision.kind is not Kind.INTERCEPT:
             return RefuseLayer(context)
-        if not data_client and not data_server:
+        http_alpn = context.client.alpn in HTTP_ALPNS
+        if not data_client and (http_alpn or not data_server):
             raise NeedsMoreData
+        meta = _meta(context)
+        if not data_client:  # a server-first protocol; its client must not then speak HTTP past the HTTP layer
+            return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict, guard_http=True)
         if tls.looks_like_tls(data_client):
             finding = unidentified("TLS inside intercepted TLS", "tls-in-tls")
             verdict = decide_finding(state.sandbox, finding)
             self.record(context, state.sandbox, verdict, state.decision.host)
             if verdict.action is Enforcement.BLOCK:
                 return RefuseLayer(context)
-        elif data_client.startswith(H2_PREFACE) or http_detect.looks_like_http_request(data_client):
-            return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
-        elif not data_server and len(data_client) < len(H2_PREFACE) and H2_PREFACE.startswith(data_client):
+        started = http_start(data_client)
+        if started is None:
             raise NeedsMoreData
-        elif not data_server and http_detect.parse_request(data_client) is MORE:
-            raise NeedsMoreData  # a method name still arriving
-        return InspectLayer(context, state.sandbox, self.gate.inspector(_meta(context)), self._on_verdict)
+        if started:
+            return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
+        return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
 
     def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
         decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
@@ -250,7 +254,7 @@ class EgressAddon(NextLayer):
             verdict = fail_closed(f"{phase}: {exc!r}")
             self.record_flow(flow, state.sandbox, verdict)
             if phase in {"requestheaders", "request", "response"} and flow.websocket is None:
-                flow.response = blocked_response(verdict)
+                answer_blocked(flow, verdict)
             else:
                 self.flows.cut(flow)
 
@@ -282,7 +286,7 @@ class EgressAddon(NextLayer):
         if verdict is not None:
             self.record_flow(flow, sandbox, verdict)
             if verdict.action is Enforcement.BLOCK:
-                flow.response = blocked_response(verdict)
+                answer_blocked(flow, verdict)
                 return
         self.flows.requestheaders(flow, sandbox)
 

@@ -40,6 +40,7 @@ KNOWN_UPGRADES: Final = frozenset({"websocket"})
 _READ: Final = "egress-read"
 _WEBSOCKET: Final = "egress-websocket"
 _SEVERED: Final = "egress-severed"
+_ANSWERED: Final = "egress-answered"
 
 
 def flow_meta(flow: http.HTTPFlow) -> FlowMeta:
@@ -48,12 +49,24 @@ def flow_meta(flow: http.HTTPFlow) -> FlowMeta:
     return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
 
 
-def blocked_response(verdict: Verdict) -> http.Response:
+def blocked_response(verdict: Verdict, echo: bool = True) -> http.Response:
+    """The 403 that answers a blocked request (or replaces a blocked response). ``echo``: say the evidence too;
+    never for a blocked response, whose evidence is the server's bytes (a job would reach the client inside the
+    very answer that blocked it)."""
     reason = verdict.reason.value if verdict.reason is not None else "blocked"
-    line = f"egress blocked this request: {reason} ({verdict.rule}): {verdict.evidence}"
+    line = f"egress blocked this request: {reason} ({verdict.rule})"
+    if echo:
+        line += f": {verdict.evidence}"
     return http.Response.make(
         403, line + "\n", {"Content-Type": "text/plain; charset=utf-8", "X-Egress-Blocked": line[:400]}
     )
+
+
+def answer_blocked(flow: http.HTTPFlow, verdict: Verdict) -> None:
+    """Answer (or re-answer) the flow with egress's 403; the response hook then leaves that answer alone (a mark
+    in the flow's metadata, never a header, which the server could send too)."""
+    flow.response = blocked_response(verdict, echo=flow.response is None)
+    flow.metadata[_ANSWERED] = True
 
 
 def _fields(headers: http.Headers | None) -> tuple[tuple[str, str], ...]:
@@ -112,7 +125,7 @@ class FlowHooks:
     def requestheaders(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         blocked = self._judge(flow, sandbox, upgrade_refused(flow.request))
         if blocked is not None:
-            flow.response = blocked_response(blocked)
+            answer_blocked(flow, blocked)
 
     def request(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         request = read(request_message(flow.request))
@@ -122,11 +135,11 @@ class FlowHooks:
             finding = unidentified(f"request body: {request.problem.why}")
         blocked = self._judge(flow, sandbox, finding)
         if blocked is not None:
-            flow.response = blocked_response(blocked)
+            answer_blocked(flow, blocked)
 
     def response(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         response = flow.response
-        if response is None:
+        if response is None or flow.metadata.get(_ANSWERED):
             return
         if response.status_code == 101 and flow.websocket is None:
             # mitmproxy would relay the switched connection raw: only a WebSocket it parses may follow a 101.
@@ -144,7 +157,7 @@ class FlowHooks:
             finding = unidentified(f"response body: {answer.problem.why}")
         blocked = self._judge(flow, sandbox, finding)
         if blocked is not None:
-            flow.response = blocked_response(blocked)
+            answer_blocked(flow, blocked)
 
     def websocket_message(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         if flow.websocket is None or not flow.websocket.messages:

@@ -16,7 +16,8 @@ from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 
 from egress.decide import Enforcement, Reason, Verdict, decide_finding
-from egress.detect.base import Category, Finding, evidence
+from egress.detect import http
+from egress.detect.base import MORE, Category, Finding, evidence
 from egress.detect.engine import FlowInspector
 from egress.policy.model import Sandbox
 
@@ -40,16 +41,66 @@ class RefuseLayer(layer.Layer):
         yield from ()
 
 
-class InspectLayer(layers.TCPLayer):
-    """A TCP relay through the detectors; a blocking finding closes both sides before the bytes are forwarded."""
+H2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The HTTP/2 client connection preface (RFC 9113 §3.4)."""
 
-    def __init__(self, context: Context, sandbox: Sandbox, inspector: FlowInspector, on_verdict: OnVerdict) -> None:
+
+def http_start(prefix: bytes) -> bool | None:
+    """Whether a client stream starts as HTTP/1 or HTTP/2; None while too few bytes arrived to tell."""
+    if prefix.startswith(H2_PREFACE) or http.looks_like_http_request(prefix):
+        return True
+    if len(prefix) < len(H2_PREFACE) and (H2_PREFACE.startswith(prefix) or http.parse_request(prefix) is MORE):
+        return None
+    return False
+
+
+class InspectLayer(layers.TCPLayer):
+    """A TCP relay through the detectors; a blocking finding closes both sides before the bytes are forwarded.
+
+    ``guard_http``: the connection was handed here because the server spoke first, so the client's first bytes
+    are held until they show whether they start an HTTP request; HTTP is refused here (it must go through the HTTP
+    layer, which decodes bodies and checks Host: a server greeting must not be a way around that)."""
+
+    def __init__(
+        self,
+        context: Context,
+        sandbox: Sandbox,
+        inspector: FlowInspector,
+        on_verdict: OnVerdict,
+        guard_http: bool = False,
+    ) -> None:
         super().__init__(context, ignore=True)
         self.sandbox = sandbox
         self.inspector = inspector
         self.on_verdict = on_verdict
+        self.held: bytes | None = b"" if guard_http else None
+        """The client's first bytes while it is not yet known whether they start HTTP (``guard_http``)."""
 
     def relay_messages(self, event: events.Event) -> CommandGenerator:
+        if self.held is not None and isinstance(event, events.DataReceived) and event.connection == self.context.client:
+            held = self.held + event.data
+            started = http_start(held)
+            if started is None:
+                self.held = held
+                return
+            self.held = None
+            if started:
+                finding = Finding(Category.TUNNEL, "http-after-greeting", "proxy", evidence(held[:80]))
+                yield from self._judged(decide_finding(self.sandbox, finding))
+                if self._handle_event == self.done:
+                    return
+            event = events.DataReceived(self.context.client, held)
+        yield from self._inspected(event)
+
+    def _judged(self, verdict: Verdict) -> CommandGenerator:
+        self.on_verdict(self.context, self.sandbox, verdict)
+        if verdict.action is Enforcement.BLOCK:
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+            yield commands.CloseConnection(self.context.client)
+            self._handle_event = self.done
+
+    def _inspected(self, event: events.Event) -> CommandGenerator:
         inspector = self.inspector
         if isinstance(event, events.DataReceived) and not inspector.done:
             from_client = event.connection == self.context.client
@@ -60,12 +111,8 @@ class InspectLayer(layers.TCPLayer):
                 log.exception("egress: inspection failed; the connection is closed")
                 verdict = fail_closed_verdict(f"inspect: {exc!r}")
             if verdict is not None:
-                self.on_verdict(self.context, self.sandbox, verdict)
+                yield from self._judged(verdict)
                 if verdict.action is Enforcement.BLOCK:
-                    if self.context.server.connected:
-                        yield commands.CloseConnection(self.context.server)
-                    yield commands.CloseConnection(self.context.client)
-                    self._handle_event = self.done
                     return
         yield from super().relay_messages(event)
 

@@ -31,11 +31,21 @@ SINK_SILENCE = 3.0
 """Seconds the sink waits for a client that says nothing before closing (a server-first protocol's client)."""
 
 
-async def run_worker(gate: Gate, reporter: Reporter, port: int, confdir: str, upstream_ca: str | None = None) -> None:
+async def run_worker(
+    gate: Gate,
+    reporter: Reporter,
+    port: int,
+    confdir: str,
+    upstream_ca: str | None = None,
+    host: str | None = None,
+    destination: Callable[[socket.socket], tuple[str, int]] | None = None,
+) -> None:
     """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP).
 
     `egress.proxy.front.Front` accepts on ``port`` and relays allowed TLS itself; every other connection goes to
-    mitmproxy's transparent-mode server instance (which listens only on an unused loopback port)."""
+    mitmproxy's transparent-mode server instance (which listens only on an unused loopback port). ``host``: the
+    one address to listen on (default: the front's own default); ``destination``: where an accepted connection was
+    going, for the front (default: nftables' ``SO_ORIGINAL_DST``; tests without nftables give their own)."""
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_address = sink.sockets[0].getsockname()[:2]
@@ -84,7 +94,8 @@ async def run_worker(gate: Gate, reporter: Reporter, port: int, confdir: str, up
             log.exception("mitmproxy failed on a connection; closed")
             writer.close()
 
-    front = asyncio.create_task(Front(gate, reporter, handoff).serve(port))
+    the_front = Front(gate, reporter, handoff) if destination is None else Front(gate, reporter, handoff, destination)
+    front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
     try:
         await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
         if front.done():
