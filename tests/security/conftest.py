@@ -4,6 +4,7 @@
   gateway running under ``policy``, a path, e.g. ``POLICIES / "dns.yaml"``), torn down at the end of the module.
   Calls with the same arguments return the same lab.
 - ``security_lab``: module-scoped; the module's lab under rules/lab-policy.yaml.
+- ``fuzz_rows``: reports the fuzz rows a property counted (tests/security/fuzzing.py) when the test ends.
 
 The table, the ``security`` and ``fuzz`` markers and ``--security-report`` come from tests/security/report.py,
 a plugin registered by tests/conftest.py.
@@ -17,6 +18,7 @@ from collections.abc import Callable, Iterator
 
 import pytest
 
+from tests.security.fuzzing import COUNTS, flush
 from tests.security.harness import SecurityLab, open_lab
 
 LabFactory = Callable[..., SecurityLab]
@@ -39,3 +41,13 @@ def lab_factory() -> Iterator[LabFactory]:
 @pytest.fixture(scope="module")
 def security_lab(lab_factory: LabFactory) -> SecurityLab:
     return lab_factory()
+
+
+@pytest.fixture
+def fuzz_rows() -> Iterator[None]:
+    """Reports the fuzz rows the test counted (tests/security/fuzzing.py `counted`) when it ends."""
+    COUNTS.clear()  # nothing counted before this test is this test's
+    try:
+        yield
+    finally:
+        flush()
