@@ -41,6 +41,8 @@ _ND_TYPES = range(133, 138)  # IPv6 neighbour discovery: link chatter, not traff
 CONTROL_PORT = 9
 """The positive control's destination port on the gateway's uplink (discard: nothing answers)."""
 
+CONTROL_PREFIX = b"egress-capture-control-"
+
 Flow = tuple[str, str, int]
 """(proto, destination address, destination port; 0 for protocols without ports)."""
 
@@ -121,6 +123,8 @@ def parse(path: pathlib.Path) -> Crossed:
             if not _outbound(src) or (found := _flow_of(ip)) is None:
                 continue
             flow, data = found
+            if flow[0] in ("icmp", "icmp6") and CONTROL_PREFIX in data:
+                continue  # the gateway's port-unreachable answer to the positive control, quoting it
             packets[flow] = packets.get(flow, 0) + 1
             payload.setdefault(flow, bytearray()).extend(data)
     return Crossed({flow: bytes(data) for flow, data in payload.items()}, packets, frozenset(controls))
@@ -149,7 +153,7 @@ class Capture:
         with self.log.open("wb") as log:
             self.process = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT)
         eventually(self._listening, timeout=scaled(20), interval=0.05)
-        control = f"egress-capture-control-{uuid.uuid4().hex}"
+        control = f"{CONTROL_PREFIX.decode()}{uuid.uuid4().hex}"
         argv = [sys.executable, "-c", _CONTROL, control, GATEWAY_UP_V4, str(CONTROL_PORT)]
 
         def seen() -> bool:
