@@ -55,10 +55,14 @@ class Site:
     connections: int = 0
     greeting_ports: set[int] = field(default_factory=set)
     """Listeners whose connections start with the server's `GREETING`."""
+    echo: bool = False
+    """Also print each piece as ``KIND HEX`` on stdout (the lab's attacker log, `main`)."""
 
     def note(self, kind: str, data: bytes) -> None:
         with self.lock:
             self.log.append((kind, data))
+        if self.echo:
+            print(kind, data.hex(), flush=True)
 
     def clear(self) -> None:
         with self.lock:
@@ -216,3 +220,38 @@ def serve_forever(
         return server
 
     return asyncio.run_coroutine_threadsafe(start(), loop)  # type: ignore[return-value]
+
+
+def parse_log(text: str) -> list[tuple[str, bytes]]:
+    """The pieces a `main` site printed (its attacker log in the lab)."""
+    pieces = []
+    for line in text.splitlines():
+        kind, _, data = line.partition(" ")
+        if kind in {"wire", "request", "body", "trailers", "raw", "ws", "ws-ping"}:
+            pieces.append((kind, bytes.fromhex(data.strip())))
+    return pieces
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m tests.proxy.mitm.site HOST PLAIN_PORT TLS_PORT CHAIN KEY``: the site on HOST (the lab's internet
+    namespace), logging what it receives on stdout."""
+    import sys
+
+    host, plain, secure, chain, key = (argv if argv is not None else sys.argv[1:])[:5]
+    site = Site(echo=True)
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(chain, key)
+
+    async def serve() -> None:
+        servers = [
+            await asyncio.start_server(site.handle, host, int(plain)),
+            await asyncio.start_server(site.handle, host, int(secure), ssl=context),
+        ]
+        print("listening", flush=True)
+        await asyncio.gather(*(server.serve_forever() for server in servers))
+
+    asyncio.run(serve())
+
+
+if __name__ == "__main__":
+    main()
