@@ -35,6 +35,8 @@ WINDOW_MAX: Final = 16 * 1024
 """Bytes a rolling WebSocket stream grows to before it restarts at the next message boundary."""
 PIECE_MIN: Final = 16
 """Header, trailer and query values shorter than this are not inspected alone (no JSON-RPC call is that short)."""
+_EVENT_FIELDS: Final = (b"data:", b"event:", b"id:", b"retry:", b":")
+"""How an event stream's first line starts (HTML §9.2.6): read as events whatever the content type says."""
 _SKIPPED_FIELDS: Final = frozenset({"content-encoding", "transfer-encoding", "content-length"})
 
 DETECTOR: Final = "proxy"
@@ -97,7 +99,7 @@ def read(message: Message) -> Read:
     body = decoded.data
     pieces = [body] if body else []
     pieces += payload.pieces(body, message.header("content-type"))
-    if body.lstrip()[:6] in {b"data:", b"event:"} and "event-stream" not in message.header("content-type"):
+    if body.lstrip().startswith(_EVENT_FIELDS) and "event-stream" not in message.header("content-type"):
         pieces += payload.pieces(body, "text/event-stream")  # whatever the server calls it, a client may parse it
     pieces += payload.form_values(message.query)
     pieces += [value.encode("utf-8", "surrogateescape") for _, value in (*message.fields, *message.trailers)]

@@ -3,14 +3,19 @@ reported once with what ties it to its flow (the decision log line)."""
 
 from __future__ import annotations
 
-from mitmproxy import http
+import pytest
+from mitmproxy import http, websocket
+from mitmproxy.addons.next_layer import NeedsMoreData
 from mitmproxy.proxy import layers
+from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import tflow
+from wsproto.frame_protocol import Opcode
 
 from egress.decide import Enforcement, Reason
+from egress.proxy.gate import Decision, Kind
 from egress.proxy.mitm.addon import EgressAddon
-from egress.proxy.mitm.layers import InspectLayer, RefuseLayer
+from egress.proxy.mitm.layers import FAIL_CLOSED, InspectLayer, RefuseLayer
 from tests.proxy.mitm import ALLOWED_ADDRESS, OTHER_ADDRESS, SANDBOX_HOST, Reported, client, make_context, make_gate
 from tests.proxy.test_front import _client_hello
 
@@ -94,3 +99,171 @@ def test_each_http_request_is_decided_and_logged() -> None:
         ("evil.test", Enforcement.BLOCK),
     ]
     assert all((f.dst, f.dport, f.sport) == (ALLOWED_ADDRESS, 80, 40001) for f in reported.flows)
+
+
+# -- inside intercepted TLS ----------------------------------------------------------------------------------------
+def _decrypted(addon: EgressAddon, alpn: bytes | None = None) -> Context:
+    """A connection whose TLS the gateway intercepted: the layer choice is now about the decrypted bytes."""
+    context = make_context((ALLOWED_ADDRESS, 443))
+    addon.client_connected(context.client)
+    addon.connections[context.client.id].decision = Decision(Kind.INTERCEPT, host="allowed.test")
+    context.layers.append(RefuseLayer(context))  # stands for the TLS layers: the stack is no longer the top one
+    context.client.alpn = alpn
+    return context
+
+
+@pytest.mark.parametrize(
+    ("client", "server", "alpn", "expected"),
+    [
+        (b'{"id":1,"method":"mining.subscribe","params":[]}\n', b"", None, InspectLayer),
+        (b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", b"", b"http/1.1", layers.HttpLayer),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00\x04", b"h2", layers.HttpLayer),
+        (b"", b"* OK ready\r\n", None, InspectLayer),
+        (b"\x00binary of no protocol", b"", b"h2", InspectLayer),
+    ],
+)
+def test_decrypted_bytes_get_a_layer_that_inspects_them(
+    client: bytes, server: bytes, alpn: bytes | None, expected: type
+) -> None:
+    addon, _ = _addon()
+    layer = addon._next_layer(_decrypted(addon, alpn), client, server)
+    assert type(layer) is expected
+    if isinstance(layer, InspectLayer):
+        assert (layer.held is not None) == (not client)  # HTTP after a server greeting is refused
+
+
+def test_with_an_http_alpn_the_client_is_awaited_even_when_the_server_speaks_first() -> None:
+    addon, _ = _addon()
+    with pytest.raises(NeedsMoreData):
+        addon._next_layer(_decrypted(addon, b"h2"), b"", b"\x00\x00\x12\x04")
+
+
+def test_tls_inside_intercepted_tls_is_refused_and_recorded() -> None:
+    addon, reported = _addon()
+    layer = addon._next_layer(_decrypted(addon), _client_hello("blocked.test"), b"")
+    assert isinstance(layer, RefuseLayer)
+    [flow] = reported.flows
+    assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "tls-in-tls"
+
+
+# -- fail closed ---------------------------------------------------------------------------------------------------
+class _Choice:
+    """What mitmproxy hands ``next_layer``."""
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+        self.layer: object = None
+
+    def data_client(self) -> bytes:
+        return b"GET / HTTP/1.1\r\n\r\n"
+
+    def data_server(self) -> bytes:
+        return b""
+
+
+def _explode(*_args: object) -> None:
+    raise ValueError("bug or attacker bytes")
+
+
+def test_an_error_choosing_a_layer_refuses_the_connection_and_is_recorded(monkeypatch: pytest.MonkeyPatch) -> None:
+    addon, reported = _addon()
+    context = make_context((ALLOWED_ADDRESS, 80))
+    addon.client_connected(context.client)
+    monkeypatch.setattr(addon, "_next_layer", _explode)
+    choice = _Choice(context)
+    addon.next_layer(choice)  # type: ignore[arg-type]
+    assert isinstance(choice.layer, RefuseLayer)
+    [flow] = reported.flows
+    assert (flow.verdict.action, flow.verdict.rule) == (Enforcement.BLOCK, FAIL_CLOSED)
+
+
+@pytest.mark.parametrize("hook", ["requestheaders", "request", "response"])
+def test_an_error_in_an_http_hook_blocks_the_request_and_is_recorded(
+    hook: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    addon, reported = _addon()
+    flow = _request("allowed.test")
+    flow.response = None
+    addon.client_connected(flow.client_conn)
+    monkeypatch.setattr(addon.flows, hook, _explode)
+    monkeypatch.setattr(addon.gate, "on_request", _explode)
+    getattr(addon, hook)(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert [f.verdict.rule for f in reported.flows] == [FAIL_CLOSED]
+
+
+def test_an_error_on_a_websocket_message_drops_it_and_severs_the_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    addon, reported = _addon()
+    flow = tflow.twebsocketflow()
+    flow.client_conn.peername = (SANDBOX_HOST, 40002)
+    addon.client_connected(flow.client_conn)
+    monkeypatch.setattr(addon.flows, "websocket_message", _explode)
+    addon.websocket_message(flow)
+    assert flow.websocket is not None and flow.websocket.messages[-1].dropped
+    assert reported.severed == [flow.client_conn]
+    assert [f.verdict.rule for f in reported.flows] == [FAIL_CLOSED]
+
+
+# -- bodies, upgrades, WebSocket -----------------------------------------------------------------------------------
+STRATUM = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
+
+
+def test_a_body_in_an_unknown_coding_is_blocked_even_when_nothing_is_found_in_it() -> None:
+    addon, reported = _addon()
+    flow = _request("allowed.test")
+    flow.response = None
+    addon.client_connected(flow.client_conn)
+    flow.request.headers["Content-Encoding"] = "bogus"
+    flow.request.raw_content = b'{"query":"weather"}'
+    addon.request(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    [decided] = reported.flows
+    assert decided.verdict.finding is not None and decided.verdict.finding.protocol == "unidentified"
+
+
+@pytest.mark.parametrize(("method", "upgrade"), [("GET", "rawtcp"), ("GET", "h2c"), ("POST", "websocket")])
+def test_an_unknown_upgrade_is_answered_403(method: str, upgrade: str) -> None:
+    addon, reported = _addon()
+    flow = _request("allowed.test")
+    flow.response = None
+    flow.request.method = method
+    flow.request.headers["Upgrade"] = upgrade
+    addon.client_connected(flow.client_conn)
+    addon.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    assert reported.flows[-1].verdict.finding is not None
+    assert reported.flows[-1].verdict.finding.protocol == "unknown-upgrade"
+
+
+def test_a_101_to_anything_but_a_parsed_websocket_is_killed() -> None:
+    addon, _ = _addon()
+    flow = _request("allowed.test")
+    flow.response = http.Response.make(101, b"", {"Upgrade": "rawtcp"})
+    addon.client_connected(flow.client_conn)
+    addon.response(flow)
+    assert flow.error is not None and not flow.live
+
+
+def test_a_response_with_a_job_is_replaced_without_echoing_it() -> None:
+    addon, _ = _addon()
+    flow = _request("allowed.test")
+    job = b'{"id":null,"method":"mining.notify","params":["j1","00",[],"1",true]}\n'
+    flow.response = http.Response.make(200, job, {"Content-Type": "application/json"})
+    addon.client_connected(flow.client_conn)
+    addon.response(flow)
+    assert flow.response.status_code == 403 and b"mining.notify" not in bytes(flow.response.headers) + (
+        flow.response.content or b""
+    )
+
+
+def test_a_mining_websocket_message_is_dropped_and_the_connection_severed() -> None:
+    addon, reported = _addon()
+    flow = tflow.twebsocketflow()
+    flow.client_conn.peername = (SANDBOX_HOST, 40003)
+    assert flow.websocket is not None
+    flow.websocket.messages.append(websocket.WebSocketMessage(Opcode.TEXT, True, STRATUM))
+    addon.client_connected(flow.client_conn)
+    addon.websocket_message(flow)
+    assert flow.websocket.messages[-1].dropped
+    assert reported.severed == [flow.client_conn]
+    assert reported.flows[-1].verdict.reason is Reason.MINING

@@ -6,9 +6,11 @@ from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 
 from egress.decide import Enforcement, Reason, Verdict
+from egress.detect.base import FlowView, Result
+from egress.detect.engine import FlowInspector
 from egress.policy.model import Sandbox
 from egress.proxy.gate import flow_meta
-from egress.proxy.mitm.layers import InspectLayer, RefuseLayer
+from egress.proxy.mitm.layers import FAIL_CLOSED, InspectLayer, RefuseLayer, http_start
 from tests.proxy.mitm import ALLOWED_ADDRESS, SANDBOX_HOST, make_context, make_gate
 
 STRATUM = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
@@ -77,3 +79,59 @@ def test_in_report_mode_the_finding_is_reported_and_the_bytes_go_through() -> No
     played = _play(layer, events.Start(), events.DataReceived(context.client, STRATUM))
     assert played == [("SendData", "server", STRATUM.decode())]
     assert [v.action for v in seen] == [Enforcement.WOULD_BLOCK]
+
+
+def _exploding_inspecting(guard_http: bool = False) -> tuple[InspectLayer, Context, list[Verdict]]:
+    layer, context, seen = _inspecting()
+    if guard_http:
+        layer.held = b""
+
+    def explode(_view: FlowView) -> Result:
+        raise ValueError("a detector failed on attacker bytes")
+
+    layer.inspector = FlowInspector(layer.inspector.view.meta, (explode,))
+    return layer, context, seen
+
+
+def test_an_error_while_inspecting_closes_both_sides_and_forwards_nothing() -> None:
+    layer, context, seen = _exploding_inspecting()
+    played = _play(layer, events.Start(), events.DataReceived(context.client, b"attacker bytes"))
+    assert played == CLOSE_BOTH
+    [verdict] = seen
+    assert (verdict.action, verdict.rule, verdict.reason) == (Enforcement.BLOCK, FAIL_CLOSED, Reason.TUNNEL)
+
+
+def test_after_a_server_greeting_http_from_the_client_is_refused() -> None:
+    layer, context, seen = _inspecting()
+    layer.held = b""  # what the addon sets when the server spoke first (guard_http)
+    played = _play(
+        layer,
+        events.Start(),
+        events.DataReceived(context.server, b"* OK ready\r\n"),
+        events.DataReceived(context.client, b"PO"),  # held: could still become a method
+        events.DataReceived(context.client, b"ST /api HTTP/1.1\r\n"),
+    )
+    assert played == [("SendData", "client", "* OK ready\r\n"), *CLOSE_BOTH]
+    [verdict] = seen
+    assert verdict.finding is not None and verdict.finding.protocol == "http-after-greeting"
+
+
+def test_after_a_server_greeting_other_client_bytes_are_relayed_once_they_cannot_be_http() -> None:
+    layer, context, seen = _inspecting()
+    layer.held = b""
+    played = _play(
+        layer,
+        events.Start(),
+        events.DataReceived(context.client, b"CO"),  # held: could become COPY or CONNECT
+        events.DataReceived(context.client, b"OL STUFF\r\n"),
+        events.DataReceived(context.client, b"more\r\n"),
+    )
+    assert played == [("SendData", "server", "COOL STUFF\r\n"), ("SendData", "server", "more\r\n")]
+    assert seen == []
+
+
+def test_http_start_needs_enough_bytes_to_tell() -> None:
+    assert http_start(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n") is True
+    assert http_start(b"GET / HTTP/1.1\r\n") is True
+    assert http_start(b"PRI * HT") is None and http_start(b"GE") is None
+    assert http_start(b"* OK") is False and http_start(b"\x16\x03\x01") is False

@@ -1,0 +1,87 @@
+"""egress.proxy.mitm.inspect: which streams the detectors get for an HTTP message and for WebSocket messages."""
+
+from __future__ import annotations
+
+import gzip
+import os
+
+from egress.detect.base import Category, FlowMeta, Transport
+from egress.proxy.mitm.inspect import Message, WebSocketInspection, inspect_exchange, read, websocket_tunnel
+from tests.proxy.mitm import make_gate
+
+META = FlowMeta(Transport.TCP, "10.0.0.5", 40000, "198.51.100.7", 443)
+SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
+CHAT = b'{"type":"chat","text":"' + b"la " * 330 + b'"}'
+
+
+def _post(body: bytes, *fields: tuple[str, str], query: bytes = b"") -> Message:
+    return Message("POST /api HTTP/1.1", (("Host", "allowed.test"), *fields), body, (), query)
+
+
+def test_the_canonical_stream_drops_framing_and_coding_and_carries_the_decoded_body() -> None:
+    message = _post(
+        gzip.compress(SUBSCRIBE),
+        ("Content-Encoding", "gzip"),
+        ("Transfer-Encoding", "chunked"),
+        ("Content-Length", "999"),
+    )
+    done = read(message)
+    assert done.problem is None
+    assert done.canonical == (
+        b"POST /api HTTP/1.1\r\nHost: allowed.test\r\nContent-Length: %d\r\n\r\n" % len(SUBSCRIBE) + SUBSCRIBE
+    )
+    assert SUBSCRIBE in done.pieces
+
+
+def test_mining_json_is_found_wherever_a_server_would_read_it() -> None:
+    stream = make_gate().stream
+    escaped = SUBSCRIBE.decode().replace('"', "%22").encode()
+    for message in (
+        _post(gzip.compress(SUBSCRIBE), ("Content-Encoding", "gzip")),
+        _post(b"x=" + escaped, ("Content-Type", "application/x-www-form-urlencoded")),
+        _post(b"{}", query=b"job=" + escaped),
+        _post(b"{}", ("X-Job", SUBSCRIBE.decode().strip())),
+    ):
+        found = inspect_exchange(META, stream, read(message))
+        assert found is not None and found.category is Category.MINING, message
+
+
+def test_a_response_s_event_stream_is_read_as_the_page_s_script_reads_it() -> None:
+    stream = make_gate().stream
+    request = read(Message("GET /events HTTP/1.1", (("Host", "allowed.test"),), b""))
+    notify = b'data: {"id":null,"method":"mining.notify","params":["j","00",[],"1",true]}\n\n'
+    response = read(Message("HTTP/1.1 200 OK", (("Content-Type", "text/plain"),), b": hi\n\n" + notify))
+    found = inspect_exchange(META, stream, request, response)
+    assert found is not None and found.category is Category.MINING
+
+
+def test_an_unreadable_body_is_a_problem_but_its_raw_bytes_are_still_inspected() -> None:
+    done = read(_post(SUBSCRIBE, ("Content-Encoding", "bogus")))
+    assert done.problem is not None
+    assert inspect_exchange(META, make_gate().stream, done) is not None
+
+
+def test_websocket_messages_are_judged_for_the_whole_connection() -> None:
+    inspection = WebSocketInspection(META, make_gate().stream)
+    for _ in range(40):  # 40 kB of benign chat: nothing found, and the connection is still being looked at
+        assert inspection.message(CHAT, True, True) is None
+    found = inspection.message(SUBSCRIBE, True, True)
+    assert found is not None and found.category is Category.MINING
+
+
+def test_a_json_message_split_over_websocket_messages_is_seen_whole() -> None:
+    inspection = WebSocketInspection(META, make_gate().stream)
+    assert inspection.message(CHAT, True, True) is None
+    assert inspection.message(SUBSCRIBE[:20], True, True) is None
+    found = inspection.message(SUBSCRIBE[20:], True, True)
+    assert found is not None and found.category is Category.MINING
+
+
+def test_every_binary_message_gets_the_raw_frame_tunnel_check() -> None:
+    inspection = WebSocketInspection(META, make_gate().stream)
+    assert inspection.message(b"\x00\x01" * 600, False, True) is None
+    found = inspection.message(os.urandom(2048), False, True)
+    assert found is not None and found.protocol == "websocket-tunnel"
+    assert websocket_tunnel(META, os.urandom(2048), True, False) is None  # text is never judged random
+    server_side = websocket_tunnel(META, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(300), False, False)
+    assert server_side is not None
