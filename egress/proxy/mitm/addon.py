@@ -6,8 +6,9 @@ mitmproxy's own layering) and maps decisions onto layers:
 - passthrough TLS (what the front did not take: a would-block in report mode) → ``TCPLayer(ignore=True)``;
 - inspected TCP → `InspectLayer` (detectors on both directions; a blocking finding closes both sides);
 - refused → `RefuseLayer`, which closes both sides without forwarding a byte;
-- HTTP → mitmproxy's HTTP layer, with a 403 whose ``X-Egress-Blocked`` header and body say why; bodies, upgrades
-  and WebSocket messages are judged by `egress.proxy.mitm.flows`.
+- HTTP → mitmproxy's HTTP layer (`egress.proxy.mitm.upgrades.EgressHttpLayer`: WebSocket control frames are
+  inspected too), with a 403 whose ``X-Egress-Blocked`` header and body say why; bodies, upgrades and WebSocket
+  messages are judged by `egress.proxy.mitm.flows`.
 
 Inside intercepted TLS the decrypted bytes are judged again (`_inside_tls`): HTTP goes to mitmproxy's HTTP layer,
 TLS inside TLS is refused as a tunnel, anything else is an `InspectLayer`, the same detectors as plaintext TCP:
@@ -46,6 +47,7 @@ from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta
 from egress.proxy.mitm.inspect import unidentified
 from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
+from egress.proxy.mitm.upgrades import EgressHttpLayer
 
 log = logging.getLogger("egress.proxy")
 
@@ -199,7 +201,7 @@ class EgressAddon(NextLayer):
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
-                return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
+                return EgressHttpLayer(context, self._control)
         return RefuseLayer(context)
 
     def _inside_tls(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
@@ -225,7 +227,7 @@ class EgressAddon(NextLayer):
         if started is None:
             raise NeedsMoreData
         if started:
-            return layers.HttpLayer(context, layers.http.HTTPMode.transparent)
+            return EgressHttpLayer(context, self._control)
         return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
 
     def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
@@ -270,6 +272,14 @@ class EgressAddon(NextLayer):
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         self._guard(flow, self.flows.websocket_message, "websocket_message")
+
+    def _control(self, flow: http.HTTPFlow, payload: bytes, from_client: bool) -> bool:
+        """A WebSocket ping or pong payload (`EgressHttpLayer`): True when it is blocked. An exception here is
+        the layer's to handle (it closes the connection)."""
+        state = self.connections.get(flow.client_conn.id)
+        if state is None:
+            return True
+        return self.flows.control(flow, state.sandbox, payload, from_client)
 
     def _requestheaders(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         state = self.connections[flow.client_conn.id]

@@ -6,8 +6,9 @@
 - an ``Upgrade`` other than ``websocket`` is refused before it is forwarded, and a ``101`` that would switch to
   anything but a WebSocket mitmproxy parses is killed before the client sees it (after a ``101`` mitmproxy would
   relay the rest raw, uninspected);
-- every WebSocket message of the connection is inspected (`WebSocketInspection`); a blocking finding drops the
-  message and severs both sides (`Sever`: mitmproxy 12's ``flow.kill()`` does not close a live WebSocket).
+- every WebSocket message of the connection is inspected (`WebSocketInspection`), and every ping and pong
+  payload (`control`, called by `egress.proxy.mitm.upgrades.InspectedWebsocketLayer`); a blocking finding drops
+  the message and severs both sides (`Sever`: mitmproxy 12's ``flow.kill()`` does not close a live WebSocket).
 """
 
 from __future__ import annotations
@@ -166,12 +167,28 @@ class FlowHooks:
         if flow.metadata.get(_SEVERED):
             message.drop()
             return
+        finding = self._websocket(flow).message(message.content, message.is_text, message.from_client)
+        if self._judge(flow, sandbox, finding) is not None:
+            self.cut(flow)
+
+    def control(self, flow: http.HTTPFlow, sandbox: Sandbox, payload: bytes, from_client: bool) -> bool:
+        """A ping or pong payload, judged like a message of the same direction (alone and in its rolling
+        stream): True when it is blocked."""
+        if flow.metadata.get(_SEVERED):
+            return True
+        if not payload:
+            return False
+        finding = self._websocket(flow).message(payload, True, from_client)
+        if self._judge(flow, sandbox, finding) is None:
+            return False
+        flow.metadata[_SEVERED] = True
+        return True
+
+    def _websocket(self, flow: http.HTTPFlow) -> WebSocketInspection:
         inspection = flow.metadata.get(_WEBSOCKET)
         if not isinstance(inspection, WebSocketInspection):
             inspection = flow.metadata[_WEBSOCKET] = WebSocketInspection(flow_meta(flow), self.gate.stream)
-        finding = inspection.message(message.content, message.is_text, message.from_client)
-        if self._judge(flow, sandbox, finding) is not None:
-            self.cut(flow)
+        return inspection
 
     def cut(self, flow: http.HTTPFlow) -> None:
         """Stop a flow where it is: its current WebSocket message dropped and both sides closed, or its request

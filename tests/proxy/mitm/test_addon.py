@@ -16,6 +16,7 @@ from egress.decide import Enforcement, Reason
 from egress.proxy.gate import Decision, Kind
 from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.layers import FAIL_CLOSED, InspectLayer, RefuseLayer
+from egress.proxy.mitm.upgrades import EgressHttpLayer
 from tests.proxy.mitm import ALLOWED_ADDRESS, OTHER_ADDRESS, SANDBOX_HOST, Reported, client, make_context, make_gate
 from tests.proxy.test_front import _client_hello
 
@@ -116,8 +117,8 @@ def _decrypted(addon: EgressAddon, alpn: bytes | None = None) -> Context:
     ("client", "server", "alpn", "expected"),
     [
         (b'{"id":1,"method":"mining.subscribe","params":[]}\n', b"", None, InspectLayer),
-        (b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", b"", b"http/1.1", layers.HttpLayer),
-        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00\x04", b"h2", layers.HttpLayer),
+        (b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", b"", b"http/1.1", EgressHttpLayer),
+        (b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n", b"\x00\x00\x00\x04", b"h2", EgressHttpLayer),
         (b"", b"* OK ready\r\n", None, InspectLayer),
         (b"\x00binary of no protocol", b"", b"h2", InspectLayer),
     ],

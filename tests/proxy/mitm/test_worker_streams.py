@@ -70,6 +70,15 @@ class Client:
         event = self._next()
         return isinstance(event, wsproto.events.TextMessage) and event.data == "ack"
 
+    def ping(self, payload: bytes) -> bool:
+        """Send a ping; True when its pong came back, False when the connection ended instead."""
+        try:
+            self.sock.sendall(self.ws.send(wsproto.events.Ping(payload)))
+        except (ConnectionError, ssl.SSLError):
+            return False
+        event = self._next()
+        return isinstance(event, wsproto.events.Pong) and bytes(event.payload) == payload
+
 
 BENIGN_KB: bytes | str = '{"type":"chat","text":"' + "la " * 330 + '"}'
 
@@ -242,3 +251,32 @@ def test_a_server_first_protocol_inside_intercepted_tls_still_works(worker: Work
         assert sock.recv(100) == GREETING
         sock.sendall(b"a1 LOGIN agent secret-but-not-a-miner\r\n")
         eventually(lambda: b"a1 LOGIN" in worker.site.received("raw"))
+
+
+def test_websocket_ping_payloads_are_inspected_too(worker: Worker) -> None:
+    """mitmproxy relays pings and pongs without an addon hook; a submit fits in a ping's 125 bytes."""
+    worker.to("tls")
+    submit = b'{"id":4,"method":"mining.submit","params":["w","j1","0","5f5e","a1b2"]}'
+    with worker.connect(True) as sock:
+        sport = sock.getsockname()[1]
+        client = Client(sock)
+        assert client.ping(b"keepalive-1")  # positive control: a plain ping and its pong
+        assert client.say(BENIGN_KB)
+        assert not client.ping(submit)
+        assert read_all(sock) == b""
+    assert worker.site.received("ws-ping") == b"keepalive-1"
+    assert b"mining" not in worker.site.received()
+    [block] = eventually(lambda: worker.reported.blocks(sport))
+    assert block.verdict.reason is Reason.MINING
+
+
+def test_a_json_call_split_between_a_message_and_a_ping_is_seen_whole(worker: Worker) -> None:
+    worker.to("tls")
+    with worker.connect(True) as sock:
+        sport = sock.getsockname()[1]
+        client = Client(sock)
+        assert client.say(SUBSCRIBE[:30].decode())
+        assert not client.ping(SUBSCRIBE[30:])
+    assert MARKER not in b"".join(worker.site.received(kind) for kind in ("ws", "ws-ping"))
+    [block] = eventually(lambda: worker.reported.blocks(sport))
+    assert block.verdict.reason is Reason.MINING

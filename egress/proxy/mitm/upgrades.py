@@ -1,0 +1,101 @@
+"""What follows a ``101``: mitmproxy's HTTP layer with our own choice of the layer after a protocol switch.
+
+mitmproxy 12.3's ``HttpStream.flow_done`` puts its ``WebsocketLayer`` after a WebSocket ``101`` (and a raw
+``TCPLayer`` after any other ``101`` when ``rawtcp`` is on). Its WebSocket layer relays ping and pong payloads
+without an addon hook, so they would pass uninspected (up to 125 bytes each, as many as the client likes).
+`EgressHttpLayer` makes its streams `EgressHttpStream`s, whose WebSocket layer (`InspectedWebsocketLayer`) hands
+every control payload to the addon first and closes both sides when the addon blocks it (or fails). Anything else
+after a ``101`` stays refused (the addon kills such flows; the workers run without ``rawtcp``).
+
+Tied to mitmproxy 12.3's internals (pinned in pyproject.toml): ``HttpLayer.make_stream``, ``HttpStream.flow_done``
+and ``WebsocketLayer.start``; tests/proxy/mitm/test_upgrades.py plays them.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Generator, Iterator
+from typing import Any
+
+import wsproto.events
+from mitmproxy import http
+from mitmproxy.proxy import commands, events, layer
+from mitmproxy.proxy.context import Context
+from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode, HttpStream, SendHttp
+from mitmproxy.proxy.layers.http._events import ResponseEndOfMessage
+from mitmproxy.proxy.layers.websocket import WebsocketConnection, WebsocketLayer
+
+log = logging.getLogger("egress.proxy")
+
+ControlCheck = Callable[[http.HTTPFlow, bytes, bool], bool]
+"""(flow, ping or pong payload, from the client) → True when it is blocked (the connection is then closed)."""
+POLICY_VIOLATION = 1008
+"""The close code sent to both sides when egress closes a WebSocket (RFC 6455 §7.4.1)."""
+
+
+class InspectedWebsocketLayer(WebsocketLayer):
+    """mitmproxy's WebSocket layer, with every ping and pong payload checked before it is relayed."""
+
+    def __init__(self, context: Context, flow: http.HTTPFlow, check: ControlCheck) -> None:
+        super().__init__(context, flow)
+        self.check = check
+
+    def start(self, event: events.Event) -> layer.CommandGenerator[None]:
+        yield from super().start(event)  # mitmproxy's start (which expects ``Start``) makes the two connections
+        self._guard(self.client_ws, True)
+        self._guard(self.server_ws, False)
+
+    _handle_event = start
+
+    def _guard(self, ws: WebsocketConnection, from_client: bool) -> None:
+        parsed = ws.events
+
+        def checked() -> Iterator[wsproto.events.Event]:
+            for event in parsed():
+                if isinstance(event, wsproto.events.Ping | wsproto.events.Pong) and self._blocked(
+                    bytes(event.payload), from_client
+                ):
+                    # mitmproxy's own close path: a close frame to both sides, then both connections closed
+                    yield wsproto.events.CloseConnection(POLICY_VIOLATION, "egress: blocked")
+                    return
+                yield event
+
+        ws.events = checked
+
+    def _blocked(self, payload: bytes, from_client: bool) -> bool:
+        try:
+            return self.check(self.flow, payload, from_client)
+        except Exception:
+            log.exception("egress: inspecting a WebSocket control frame failed; the connection is closed")
+            return True
+
+
+class EgressHttpStream(HttpStream):
+    """mitmproxy's HTTP stream; after a WebSocket ``101`` the child layer is an `InspectedWebsocketLayer`."""
+
+    check: ControlCheck
+
+    def flow_done(self) -> layer.CommandGenerator[None]:
+        response = self.flow.response
+        if response is None or response.status_code != 101 or not self.flow.websocket:
+            yield from super().flow_done()
+            return
+        # mitmproxy 12.3's flow_done for a WebSocket 101, with our layer in place of its WebsocketLayer
+        self.child_layer = InspectedWebsocketLayer(self.context, self.flow, self.check)
+        self._handle_event = self.passthrough
+        yield from self.child_layer.handle_event(events.Start())
+        yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
+
+
+class EgressHttpLayer(HttpLayer):
+    """mitmproxy's HTTP layer whose streams are `EgressHttpStream`s."""
+
+    def __init__(self, context: Context, check: ControlCheck) -> None:
+        super().__init__(context, HTTPMode.transparent)
+        self.check = check
+
+    def make_stream(self, stream_id: int) -> Generator[commands.Command, Any, None]:
+        stream = EgressHttpStream(self.context.fork(), stream_id)
+        stream.check = self.check
+        self.streams[stream_id] = stream
+        yield from self.event_to_child(stream, events.Start())
