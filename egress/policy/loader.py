@@ -16,6 +16,7 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
           hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...]}, ...]
           networks: [{cidr: CIDR, ports: [port, ...], protocols: [tcp, udp]}, ...]
         decrypt: [host pattern, ...]          # each must also be allowed by allow.hosts
+        upgrades: [token, ...]                # HTTP Upgrade protocols allowed besides websocket (default none)
         dns: {max_name_length, encoded_subdomains, ...}   # the DnsLimits fields
         detectors: {mining, tunnel, crypto_node: block | record | allow}
     retention: {max_age_days, max_records}    # optional
@@ -52,7 +53,9 @@ __all__ = ["Problem", "RulesError", "check_policy", "format_problems", "host_pat
 
 VERSION = 1
 _TOP = frozenset({"version", "sandboxes", "retention"})
-_SANDBOX = frozenset({"sources", "interface", "mode", "allow", "decrypt", "dns", "detectors"})
+_SANDBOX = frozenset({"sources", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"})
+_UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
+"""An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
 _HOST = frozenset({"host", "ports"})
 _NETWORK = frozenset({"cidr", "ports", "protocols"})
@@ -248,7 +251,10 @@ class _Checker(NodeChecker):
             acts = self.fields(fields["detectors"], f"{path}.detectors", _DETECTORS)
             chosen = {key: self.choice(item, f"{path}.detectors.{key}", DetectorAction) for key, item in acts.items()}
             detectors = DetectorActions(**{key: value for key, value in chosen.items() if value is not None})
-        return Sandbox(name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key))
+        upgrades = self.upgrades(fields["upgrades"], f"{path}.upgrades") if "upgrades" in fields else ()
+        return Sandbox(
+            name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades
+        )
 
     def hosts(self, node: yamlnodes.Node, path: str) -> tuple[HostRule, ...]:
         rules: list[HostRule] = []
@@ -327,6 +333,18 @@ class _Checker(NodeChecker):
                 self.at(item, where, f"{pattern!r} is not allowed by allow.hosts: only allowed hosts are decrypted")
             patterns.append(pattern)
         return tuple(patterns)
+
+    def upgrades(self, node: yamlnodes.Node, path: str) -> tuple[str, ...]:
+        names: list[str] = []
+        for index, item in enumerate(self.sequence(node, path)):
+            text = self.text(item, f"{path}[{index}]")
+            if text is None:
+                continue
+            if not _UPGRADE.fullmatch(text.lower()):
+                self.at(item, f"{path}[{index}]", f"{text!r} is not an HTTP Upgrade protocol name")
+                continue
+            names.append(text.lower())
+        return tuple(names)
 
     def check_overlaps(self, sandboxes: list[Sandbox]) -> None:
         """A source address belongs to one sandbox: no network may overlap another sandbox's."""

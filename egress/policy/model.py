@@ -106,6 +106,10 @@ class Sandbox:
     dns: DnsLimits
     detectors: DetectorActions
     line: int
+    upgrades: tuple[str, ...] = ()
+    """HTTP ``Upgrade`` protocols (lowercase tokens) a request may switch to besides ``websocket``; after the
+    ``101`` the connection is relayed through the detectors, as raw TCP is. Empty by default: any other upgrade
+    (``h2c``, ``rawtcp``...) is refused, since mitmproxy would relay it uninspected."""
 
     def host_rule(self, name: str, port: int) -> HostRule | None:
         """The first allow rule that covers ``name`` on ``port``."""

@@ -201,7 +201,7 @@ class EgressAddon(NextLayer):
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
-                return EgressHttpLayer(context, self._control)
+                return EgressHttpLayer(context, self._control, self._raw_after)
         return RefuseLayer(context)
 
     def _inside_tls(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
@@ -227,7 +227,7 @@ class EgressAddon(NextLayer):
         if started is None:
             raise NeedsMoreData
         if started:
-            return EgressHttpLayer(context, self._control)
+            return EgressHttpLayer(context, self._control, self._raw_after)
         return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
 
     def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
@@ -272,6 +272,13 @@ class EgressAddon(NextLayer):
 
     def websocket_message(self, flow: http.HTTPFlow) -> None:
         self._guard(flow, self.flows.websocket_message, "websocket_message")
+
+    def _raw_after(self, context: Context, flow: http.HTTPFlow) -> layer.Layer | None:
+        """After a ``101`` to a protocol the policy allows: the stream through the detectors (`EgressHttpLayer`)."""
+        state = self.connections.get(flow.client_conn.id)
+        if state is None or not self.flows.upgrade_allowed(flow):
+            return None
+        return InspectLayer(context, state.sandbox, self.gate.inspector(flow_meta(flow)), self._on_verdict)
 
     def _control(self, flow: http.HTTPFlow, payload: bytes, from_client: bool) -> bool:
         """A WebSocket ping or pong payload (`EgressHttpLayer`): True when it is blocked. An exception here is

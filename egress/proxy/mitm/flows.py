@@ -3,9 +3,9 @@
 - every request and response body is read as the other side reads it (`egress.proxy.mitm.inspect`) and goes
   through the stream detectors, paired (request, then request and response) so HTTP-aware detectors see both;
   a body egress cannot read as the server would is blocked as ``tunnel``/``unidentified``;
-- an ``Upgrade`` other than ``websocket`` is refused before it is forwarded, and a ``101`` that would switch to
-  anything but a WebSocket mitmproxy parses is killed before the client sees it (after a ``101`` mitmproxy would
-  relay the rest raw, uninspected);
+- an ``Upgrade`` other than ``websocket`` (or one the sandbox's ``upgrades:`` allows) is refused before it is
+  forwarded, and a ``101`` that would switch to anything else is killed before the client sees it (after a ``101``
+  mitmproxy would relay the rest raw, uninspected; an allowed one is relayed through the detectors instead);
 - every WebSocket message of the connection is inspected (`WebSocketInspection`), and every ping and pong
   payload (`control`, called by `egress.proxy.mitm.upgrades.InspectedWebsocketLayer`); a blocking finding drops
   the message and severs both sides (`Sever`: mitmproxy 12's ``flow.kill()`` does not close a live WebSocket).
@@ -42,6 +42,8 @@ _READ: Final = "egress-read"
 _WEBSOCKET: Final = "egress-websocket"
 _SEVERED: Final = "egress-severed"
 _ANSWERED: Final = "egress-answered"
+_UPGRADE: Final = "egress-upgrade"
+"""The protocols a request allowed to upgrade asked for (set by `FlowHooks.requestheaders`)."""
 
 
 def flow_meta(flow: http.HTTPFlow) -> FlowMeta:
@@ -96,13 +98,21 @@ def response_message(response: http.Response) -> Message:
     )
 
 
-def upgrade_refused(request: http.Request) -> Finding | None:
-    """A finding when the request asks to switch to a protocol egress would then relay uninspected."""
+def upgrade_tokens(value: str) -> frozenset[str]:
+    """The protocol names of an ``Upgrade`` field (RFC 9110 §7.8), versions dropped, lowercased."""
+    return frozenset(token.strip().split("/", 1)[0].lower() for token in value.split(","))
+
+
+def upgrade_refused(request: http.Request, allowed: tuple[str, ...] = ()) -> Finding | None:
+    """A finding when the request asks to switch to a protocol that is neither a WebSocket (on a ``GET``) nor one
+    the sandbox's ``upgrades:`` allows."""
     upgrade = request.headers.get("upgrade")
     if upgrade is None:
         return None
-    tokens = {token.strip().split("/", 1)[0].lower() for token in upgrade.split(",")}
+    tokens = upgrade_tokens(upgrade)
     if tokens <= KNOWN_UPGRADES and request.method == "GET":
+        return None
+    if tokens <= KNOWN_UPGRADES | frozenset(allowed) and "websocket" not in tokens:
         return None
     return unidentified(f"Upgrade: {upgrade}", "unknown-upgrade")
 
@@ -124,9 +134,23 @@ class FlowHooks:
         return verdict if verdict.action is Enforcement.BLOCK else None
 
     def requestheaders(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
-        blocked = self._judge(flow, sandbox, upgrade_refused(flow.request))
+        refused = upgrade_refused(flow.request, sandbox.upgrades)
+        blocked = self._judge(flow, sandbox, refused)
         if blocked is not None:
             answer_blocked(flow, blocked)
+        elif refused is None and "upgrade" in flow.request.headers:
+            flow.metadata[_UPGRADE] = upgrade_tokens(flow.request.headers["upgrade"])
+
+    @staticmethod
+    def upgrade_allowed(flow: http.HTTPFlow) -> bool:
+        """The flow's ``101`` switches to a protocol its request asked for and the policy allows (not a WebSocket,
+        which mitmproxy parses)."""
+        asked = flow.metadata.get(_UPGRADE)
+        response = flow.response
+        if not isinstance(asked, frozenset) or response is None or response.status_code != 101:
+            return False
+        switched = upgrade_tokens(response.headers.get("upgrade", ""))
+        return bool(switched) and switched <= asked and "websocket" not in switched
 
     def request(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         request = read(request_message(flow.request))
@@ -142,8 +166,9 @@ class FlowHooks:
         response = flow.response
         if response is None or flow.metadata.get(_ANSWERED):
             return
-        if response.status_code == 101 and flow.websocket is None:
-            # mitmproxy would relay the switched connection raw: only a WebSocket it parses may follow a 101.
+        if response.status_code == 101 and flow.websocket is None and not self.upgrade_allowed(flow):
+            # mitmproxy would relay the switched connection raw: only a WebSocket it parses, or a protocol the
+            # policy allows (then relayed through the detectors, `egress.proxy.mitm.upgrades`), may follow a 101.
             upgrade = response.headers.get("upgrade", "")
             refused = unidentified(f"101 switching to {upgrade!r}", "unknown-upgrade")
             if self._judge(flow, sandbox, refused) is not None:

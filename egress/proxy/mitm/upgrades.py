@@ -4,8 +4,10 @@ mitmproxy 12.3's ``HttpStream.flow_done`` puts its ``WebsocketLayer`` after a We
 ``TCPLayer`` after any other ``101`` when ``rawtcp`` is on). Its WebSocket layer relays ping and pong payloads
 without an addon hook, so they would pass uninspected (up to 125 bytes each, as many as the client likes).
 `EgressHttpLayer` makes its streams `EgressHttpStream`s, whose WebSocket layer (`InspectedWebsocketLayer`) hands
-every control payload to the addon first and closes both sides when the addon blocks it (or fails). Anything else
-after a ``101`` stays refused (the addon kills such flows; the workers run without ``rawtcp``).
+every control payload to the addon first and closes both sides when the addon blocks it (or fails). After a
+``101`` to another protocol the policy allows (``upgrades:``), the stream is the addon's `InspectLayer` (the
+detectors, as for raw TCP); anything else after a ``101`` stays refused (the addon kills such flows, and the
+workers run without ``rawtcp``).
 
 Tied to mitmproxy 12.3's internals (pinned in pyproject.toml): ``HttpLayer.make_stream``, ``HttpStream.flow_done``
 and ``WebsocketLayer.start``; tests/proxy/mitm/test_upgrades.py plays them.
@@ -29,6 +31,9 @@ log = logging.getLogger("egress.proxy")
 
 ControlCheck = Callable[[http.HTTPFlow, bytes, bool], bool]
 """(flow, ping or pong payload, from the client) → True when it is blocked (the connection is then closed)."""
+RawAfter = Callable[[Context, http.HTTPFlow], layer.Layer | None]
+"""The layer for the raw stream after a ``101`` to another protocol the policy allows (`InspectLayer`), or None
+when it is not allowed (mitmproxy then closes the connection: the workers run without ``rawtcp``)."""
 POLICY_VIOLATION = 1008
 """The close code sent to both sides when egress closes a WebSocket (RFC 6455 §7.4.1)."""
 
@@ -74,14 +79,22 @@ class EgressHttpStream(HttpStream):
     """mitmproxy's HTTP stream; after a WebSocket ``101`` the child layer is an `InspectedWebsocketLayer`."""
 
     check: ControlCheck
+    raw_after: RawAfter
 
     def flow_done(self) -> layer.CommandGenerator[None]:
         response = self.flow.response
-        if response is None or response.status_code != 101 or not self.flow.websocket:
+        child: layer.Layer | None = None
+        if response is not None and response.status_code == 101:
+            if self.flow.websocket:
+                child = InspectedWebsocketLayer(self.context, self.flow, self.check)
+            else:
+                child = self.raw_after(self.context, self.flow)
+        if child is None:
             yield from super().flow_done()
             return
-        # mitmproxy 12.3's flow_done for a WebSocket 101, with our layer in place of its WebsocketLayer
-        self.child_layer = InspectedWebsocketLayer(self.context, self.flow, self.check)
+        # mitmproxy 12.3's flow_done for a 101, with our layer in place of its WebsocketLayer or TCPLayer
+        self.flow.live = self.flow.websocket is not None
+        self.child_layer = child
         self._handle_event = self.passthrough
         yield from self.child_layer.handle_event(events.Start())
         yield SendHttp(ResponseEndOfMessage(self.stream_id), self.context.client)
@@ -90,12 +103,14 @@ class EgressHttpStream(HttpStream):
 class EgressHttpLayer(HttpLayer):
     """mitmproxy's HTTP layer whose streams are `EgressHttpStream`s."""
 
-    def __init__(self, context: Context, check: ControlCheck) -> None:
+    def __init__(self, context: Context, check: ControlCheck, raw_after: RawAfter) -> None:
         super().__init__(context, HTTPMode.transparent)
         self.check = check
+        self.raw_after = raw_after
 
     def make_stream(self, stream_id: int) -> Generator[commands.Command, Any, None]:
         stream = EgressHttpStream(self.context.fork(), stream_id)
         stream.check = self.check
+        stream.raw_after = self.raw_after
         self.streams[stream_id] = stream
         yield from self.event_to_child(stream, events.Start())

@@ -280,3 +280,23 @@ def test_a_json_call_split_between_a_message_and_a_ping_is_seen_whole(worker: Wo
     assert MARKER not in b"".join(worker.site.received(kind) for kind in ("ws", "ws-ping"))
     [block] = eventually(lambda: worker.reported.blocks(sport))
     assert block.verdict.reason is Reason.MINING
+
+
+@pytest.mark.parametrize("tls", [True, False], ids=["decrypted", "plain"])
+def test_an_upgrade_the_policy_allows_is_relayed_through_the_detectors(worker: Worker, tls: bool) -> None:
+    worker.to("tls" if tls else "plain")
+    request = b"GET /up HTTP/1.1\r\nHost: allowed.lab\r\nConnection: Upgrade\r\nUpgrade: x-inspected\r\n\r\n"
+    with worker.connect(tls) as sock:  # positive control: the switched stream is relayed
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 101")
+        sock.sendall(b"* hello over the switched protocol\r\n")
+        eventually(lambda: b"hello over" in worker.site.received("raw"))
+    with worker.connect(tls) as sock:
+        sport = sock.getsockname()[1]
+        sock.sendall(request)
+        assert read_response(sock).startswith(b"HTTP/1.1 101")
+        sock.sendall(SUBSCRIBE)
+        read_all(sock)
+    assert MARKER not in worker.site.received()
+    [block] = eventually(lambda: worker.reported.blocks(sport))
+    assert block.verdict.reason is Reason.MINING

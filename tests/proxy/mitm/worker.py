@@ -2,8 +2,9 @@
 front of the attacker's `Site`, without nftables: where a connection was going is given to the front and to
 mitmproxy's transparent mode (``mitmproxy.platform.original_addr``) by the test (`Worker.to`).
 
-The sandbox is 127.0.0.0/8; ``allowed.lab`` is bound to 127.0.0.1, allowed on the site's two ports, and on the
-decrypt list, so TLS to it is intercepted with the worker's CA (``confdir``), which `Worker.connect` trusts.
+The sandbox is 127.0.0.0/8; ``allowed.lab`` is bound to 127.0.0.1, allowed on the site's ports, and on the
+decrypt list, so TLS to it is intercepted with the worker's CA (``confdir``), which `Worker.connect` trusts. The
+policy allows one more upgrade, ``x-inspected``.
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ sandboxes:
       hosts:
         - {{host: allowed.lab, ports: [{", ".join(str(port) for port in self.ports.values())}]}}
     decrypt: [allowed.lab]
+    upgrades: [x-inspected]
 """
         )
 
