@@ -218,6 +218,13 @@ class DnsTunnelTracker:
     def __len__(self) -> int:
         return len(self._states)
 
+    def holding(self, client: str, name: str, now: float | None = None) -> str | None:
+        """The base domain of ``name`` if it is held for ``client`` right now, else ``None``."""
+        base = base_domain(name)
+        state = self._states.get((client, base))
+        moment = self._clock() if now is None else now
+        return base if state is not None and state.finding is not None and moment < state.held_until else None
+
     def held(self, client: str, base: str) -> int:
         """Questions refused under ``base`` for ``client`` during its current hold (0: not held)."""
         state = self._states.get((client, base))

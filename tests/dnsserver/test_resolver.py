@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from egress.decide import Enforcement, Reason
 from egress.decisions import DecidedFlow
 from egress.detect import dns
 from egress.detect.names import NameLists
@@ -64,13 +65,17 @@ def ask(resolver: Resolver, query: bytes, client: tuple[str, int] = SANDBOX) -> 
     return None if out is None else dns.parse(out)
 
 
-def test_an_allowed_name_is_forwarded_and_its_addresses_bound(resolver: FakeUpstream) -> None:
+def test_an_allowed_name_is_forwarded_rebuilt_and_its_addresses_bound(resolver: FakeUpstream) -> None:
     query = dns.build_query(7, "Allowed.lab", dns.A)
-    resolver.upstream_answer = [dns.Record(dns.name_labels("allowed.lab"), dns.A, 60, bytes([198, 18, 10, 1]))]
+    resolver.upstream_answer = [dns.Record(dns.name_labels("allowed.lab"), dns.A, 60, bytes([93, 184, 216, 34]))]
     answer = ask(resolver, query)
     assert answer is not None and answer.rcode == dns.NOERROR and answer.id == 7
-    assert resolver.forwarded == [query]
-    assert resolver.bindings.is_bound("agent", "allowed.lab", "198.18.10.1")
+    assert answer.questions == dns.parse(query).questions  # the client's own letter case comes back
+    [sent] = [dns.parse(one) for one in resolver.forwarded]
+    assert [question.labels for question in sent.questions] == [(b"allowed", b"lab")]  # judged: lowercase
+    assert (sent.answers, sent.authorities, sent.additionals) == ((), (), ())
+    assert dns.addresses(answer) == [("93.184.216.34", 60)]
+    assert resolver.bindings.is_bound("agent", "allowed.lab", "93.184.216.34")
 
 
 @pytest.mark.parametrize(
@@ -121,3 +126,88 @@ def test_a_response_or_an_empty_query_gets_formerr(resolver: FakeUpstream) -> No
 
 def test_shorter_than_a_header_gets_no_answer(resolver: FakeUpstream) -> None:
     assert ask(resolver, b"\x00\x01\x02") is None
+
+
+def flows(resolver: Resolver) -> list[DecidedFlow]:
+    reporter = resolver.reporter
+    assert isinstance(reporter, Recorded)
+    return reporter.flows
+
+
+def raw_query(ident: int, labels: tuple[bytes, ...], qtype: int = dns.TXT, flags: int = dns.RD) -> bytes:
+    return dns.encode(dns.Message(ident, flags, (dns.Question(labels, qtype),)))
+
+
+EXFIL_NAMES = [
+    (b"allowed", b"lab:secret", b"evil"),  # what `dig 'allowed.lab:secret.evil'` sends
+    (b"allowed", b"lab:53"),
+    (b"[allowed", b"lab]", b"secret", b"evil"),
+    (b"[allowed", b"lab]"),
+    (b"secret.evil", b"allowed", b"lab"),  # an escaped dot: a label "secret.evil" under allowed.lab
+    (b"s\x00cret", b"allowed", b"lab"),
+    (b"s cret", b"allowed", b"lab"),
+    (b"s\xe9cret", b"allowed", b"lab"),
+    (b"allowed", b"lab/x"),
+]
+
+
+@pytest.mark.parametrize("qtype", [dns.A, dns.TXT, dns.NULL, dns.AAAA, 255])
+@pytest.mark.parametrize("labels", EXFIL_NAMES, ids=lambda labels: repr(b".".join(labels)))
+def test_a_name_that_is_no_hostname_is_refused_recorded_and_never_forwarded(
+    resolver: FakeUpstream, labels: tuple[bytes, ...], qtype: int
+) -> None:
+    query = raw_query(11, labels, qtype)
+    answer = ask(resolver, query)
+    assert answer is not None and answer.rcode in (dns.REFUSED, dns.FORMERR)
+    assert resolver.forwarded == []
+    [flow] = flows(resolver)
+    assert flow.verdict.reason is Reason.DNS_MALFORMED and flow.verdict.action is Enforcement.BLOCK
+
+
+@pytest.mark.parametrize(
+    ("message", "rcode", "why"),
+    [
+        (
+            dns.Message(12, dns.RD, (dns.Question((b"allowed", b"lab"), dns.A), dns.Question((b"evil",), dns.TXT))),
+            dns.FORMERR,
+            "2 questions",
+        ),
+        (dns.Message(12, dns.RD | (2 << 11), (dns.Question((b"allowed", b"lab"), dns.A),)), dns.NOTIMP, "opcode 2"),
+        (dns.Message(12, 5 << 11, (dns.Question((b"allowed", b"lab"), dns.SOA),)), dns.NOTIMP, "opcode 5"),
+        (dns.Message(12, dns.RD, (dns.Question((b"allowed", b"lab"), dns.TXT, 3),)), dns.REFUSED, "class 3"),
+    ],
+    ids=["two-questions", "status-opcode", "update-opcode", "chaos-class"],
+)
+def test_only_one_standard_question_is_forwarded(
+    resolver: FakeUpstream, message: dns.Message, rcode: int, why: str
+) -> None:
+    answer = ask(resolver, dns.encode(message))
+    assert answer is not None and answer.rcode == rcode
+    assert resolver.forwarded == []
+    [flow] = flows(resolver)
+    assert flow.verdict.reason is Reason.DNS_MALFORMED and why in flow.verdict.evidence
+
+
+def test_records_and_edns_options_of_the_query_are_not_forwarded(resolver: FakeUpstream) -> None:
+    secret = dns.Record((b"secret", b"evil"), dns.TXT, 0, dns.txt_data([b"the secret"]))
+    option = (65001).to_bytes(2) + (10).to_bytes(2) + b"the secret"
+    opt = dns.Record((), dns.OPT, 0x8000, option, 4096)
+    query = dns.Message(13, dns.RD, (dns.Question((b"allowed", b"lab"), dns.A),), (secret,), (secret,), (secret, opt))
+    answer = ask(resolver, dns.encode(query))
+    assert answer is not None and answer.rcode == dns.NOERROR
+    [sent] = resolver.forwarded
+    assert b"secret" not in sent
+    forwarded = dns.parse(sent)
+    assert (forwarded.answers, forwarded.authorities) == ((), ())
+    [fresh] = forwarded.additionals
+    assert (fresh.rtype, fresh.data, fresh.ttl & 0x8000) == (dns.OPT, b"", 0x8000)  # DO kept, options gone
+
+
+def test_a_large_answer_to_a_client_without_edns_is_truncated(resolver: FakeUpstream) -> None:
+    resolver.upstream_answer = [
+        dns.Record(dns.name_labels("allowed.lab"), dns.A, 60, bytes([93, 184, 216, n])) for n in range(1, 60)
+    ]
+    udp = ask(resolver, dns.build_query(14, "allowed.lab", dns.A))
+    assert udp is not None and udp.tc and udp.answers == ()
+    tcp = asyncio.run(resolver.answer(dns.build_query(15, "allowed.lab", dns.A), SANDBOX, "tcp"))
+    assert tcp is not None and len(dns.parse(tcp).answers) == 59
