@@ -9,8 +9,8 @@ Per address record (all three sections), in order:
   IPv4-mapped, NAT64 and 6to4 IPv6 addresses) and in no ``dns.allow_ranges``: the record is dropped (DNS
   rebinding; Stripe's smokescreen denies such destinations the same way), the rest of the answer stands.
 
-A CNAME (or any owner name) in the answer that is on a name list (a pool, a reverse-tunnel service) refuses the
-answer with that list's finding. Pure: the resolver records and enforces what `judge` returns.
+A CNAME target, owner name or address in the answer that is on a name list (a pool, a reverse-tunnel service;
+lists carry addresses too) refuses the answer with that list's finding. Pure: the resolver records and enforces what `judge` returns.
 """
 
 from __future__ import annotations
@@ -62,13 +62,16 @@ def is_global(address: Address) -> bool:
 
 
 def _listed(record: dns.Record, lists: NameLists) -> Finding | None:
+    """A pool's (or a reverse-tunnel service's) name or address in the record, as a finding of its list."""
     target = dns.target_of(record)
-    names = [record.name] if target is None else [record.name, target]
-    for name in names:
-        hit = lists.match(name)
-        if hit is not None and hit[2] != "doh":
+    address = dns.address_of(record)
+    hits = [(name, lists.match(name)) for name in (record.name, target) if name is not None]
+    if address is not None:
+        hits.append((address, lists.match_address(address)))
+    for what, hit in hits:
+        if hit is not None and hit[2] != "doh":  # a DoH resolver's name or address: the proxy judges the use
             list_name, category, protocol = hit
-            return Finding(category, protocol, "dns-answer", evidence(f"answer {name} on {list_name}"))
+            return Finding(category, protocol, "dns-answer", evidence(f"answer {what} on {list_name}"))
     return None
 
 

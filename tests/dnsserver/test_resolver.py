@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import pathlib
 from collections.abc import Iterator
 
@@ -11,6 +12,8 @@ import pytest
 from egress.decide import Enforcement, Reason
 from egress.decisions import DecidedFlow
 from egress.detect import dns
+from egress.detect.base import Category
+from egress.detect.namelist import NameList
 from egress.detect.names import NameLists
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
@@ -25,8 +28,37 @@ sandboxes:
     allow:
       hosts:
         - {host: allowed.lab, ports: [443]}
+        - "*.x.lab"
+        - {host: "*.pinned.lab", answers: [192.0.2.0/28]}
+        - "*.private.lab"
+    dns:
+      tunnel_hold: 600
+      allow_ranges: [198.18.0.0/15]
+      deny_ranges: [93.184.216.200/29]
 """
 SANDBOX = ("10.203.1.10", 40000)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+CLOCK = Clock()
+POOLS = NameList(
+    file="pools.yaml",
+    name="pools",
+    category=Category.MINING,
+    protocol="pool-domain",
+    match="suffix",
+    description="test pools",
+    sources=(),
+    names=("pool.example",),
+    addresses=(ipaddress.ip_network("93.184.216.99/32"),),
+)
 
 
 class Recorded:
@@ -54,7 +86,8 @@ class FakeUpstream(Resolver):
 @pytest.fixture
 def resolver(tmp_path: pathlib.Path) -> Iterator[FakeUpstream]:
     bindings = Bindings(tmp_path / "bindings.db")
-    core = FakeUpstream(parse_policy(POLICY), Upstream("192.0.2.53"), bindings, Recorded(), NameLists([]))
+    lists = NameLists([POOLS])
+    core = FakeUpstream(parse_policy(POLICY), Upstream("192.0.2.53"), bindings, Recorded(), lists, clock=CLOCK)
     core.forwarded, core.upstream_answer = [], []
     yield core
     bindings.close()
@@ -211,3 +244,111 @@ def test_a_large_answer_to_a_client_without_edns_is_truncated(resolver: FakeUpst
     assert udp is not None and udp.tc and udp.answers == ()
     tcp = asyncio.run(resolver.answer(dns.build_query(15, "allowed.lab", dns.A), SANDBOX, "tcp"))
     assert tcp is not None and len(dns.parse(tcp).answers) == 59
+
+
+def a_record(name: str, address: str) -> dns.Record:
+    ip = ipaddress.ip_address(address)
+    return dns.Record(dns.name_labels(name), dns.A if ip.version == 4 else dns.AAAA, 60, ip.packed)
+
+
+def iodine_query(n: int, ident: int = 20) -> bytes:
+    return dns.build_query(ident, f"{n:04d}paaqbaeaj2kbqgmg{n:05d}.x.lab", dns.NULL)
+
+
+def test_a_domain_found_tunnelling_is_refused_for_the_hold_for_the_whole_sandbox(resolver: FakeUpstream) -> None:
+    answers = [ask(resolver, iodine_query(n), ("10.203.1.10", 40000 + n)) for n in range(3)]
+    assert [answer.rcode if answer else None for answer in answers] == [dns.NOERROR, dns.NOERROR, dns.REFUSED]
+    forwarded = len(resolver.forwarded)
+    # afterwards every query under x.lab is refused, from any address of the sandbox, whatever its type
+    for n, (client, name, qtype) in enumerate(
+        [
+            (("10.203.1.77", 5353), "www.x.lab", dns.A),
+            (("10.203.1.10", 40000), "0005paaqbaeaj2kbqgmg00005.x.lab", dns.NULL),
+            (("10.203.1.200", 1234), "X.LAB.x.lab", dns.TXT),
+        ]
+    ):
+        CLOCK.now += 100
+        answer = ask(resolver, dns.build_query(30 + n, name, qtype), client)
+        assert answer is not None and answer.rcode == dns.REFUSED
+    assert len(resolver.forwarded) == forwarded
+    held = [flow for flow in flows(resolver) if flow.verdict.reason is Reason.DNS_TUNNEL]
+    assert len(held) == 4 and {flow.host for flow in held[1:]} == {"x.lab"}  # one record key: counted together
+    assert ask(resolver, dns.build_query(40, "allowed.lab", dns.A)).rcode == dns.NOERROR  # type: ignore[union-attr]
+    CLOCK.now += 600
+    assert ask(resolver, dns.build_query(41, "www.x.lab", dns.A)).rcode == dns.NOERROR  # type: ignore[union-attr]
+
+
+def test_a_reload_does_not_lift_a_hold(resolver: FakeUpstream) -> None:
+    for n in range(3):
+        ask(resolver, iodine_query(n))
+    resolver.reload(parse_policy(POLICY))
+    assert ask(resolver, dns.build_query(42, "www.x.lab", dns.A)).rcode == dns.REFUSED  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("name", "address"),
+    [
+        ("evil.x.lab", "10.0.0.1"),
+        ("evil.x.lab", "127.0.0.1"),
+        ("evil.x.lab", "169.254.169.254"),
+        ("evil.x.lab", "100.64.0.1"),
+        ("evil.x.lab", "0.0.0.0"),
+        ("evil.x.lab", "::1"),
+        ("evil.x.lab", "fd00::1"),
+        ("evil.x.lab", "fe80::1"),
+        ("evil.x.lab", "::ffff:10.0.0.1"),
+        ("evil.x.lab", "64:ff9b::a00:1"),
+        ("evil.x.lab", "2002:a00:1::1"),
+    ],
+)
+def test_non_global_answers_are_dropped_and_recorded(resolver: FakeUpstream, name: str, address: str) -> None:
+    resolver.upstream_answer = [a_record(name, address), a_record(name, "93.184.216.34")]
+    answer = ask(resolver, dns.build_query(50, name, dns.A))
+    assert answer is not None and answer.rcode == dns.NOERROR
+    assert [found for found, _ in dns.addresses(answer)] == ["93.184.216.34"]
+    assert not resolver.bindings.is_bound("agent", name, str(ipaddress.ip_address(address)))
+    assert [flow.verdict.reason for flow in flows(resolver)][-1] is Reason.DNS_ANSWER
+
+
+def test_allow_ranges_let_an_internal_range_through(resolver: FakeUpstream) -> None:
+    resolver.upstream_answer = [a_record("svc.private.lab", "198.18.10.1")]
+    answer = ask(resolver, dns.build_query(51, "svc.private.lab", dns.A))
+    assert answer is not None and dns.addresses(answer) == [("198.18.10.1", 60)]
+    assert resolver.bindings.is_bound("agent", "svc.private.lab", "198.18.10.1")
+
+
+@pytest.mark.parametrize(
+    ("name", "address", "rule"),
+    [
+        ("a.pinned.lab", "93.184.216.34", "sandboxes.agent.allow.hosts[2].answers"),
+        ("evil.x.lab", "93.184.216.201", "sandboxes.agent.dns.deny_ranges"),
+        ("evil.x.lab", "::ffff:93.184.216.201", "sandboxes.agent.dns.deny_ranges"),
+        ("evil.x.lab", "93.184.216.99", "sandboxes.agent.detectors.mining"),
+    ],
+    ids=["outside-pinned", "denied", "denied-mapped", "pool-address"],
+)
+def test_an_answer_pointing_where_it_must_not_is_refused_and_nothing_bound(
+    resolver: FakeUpstream, name: str, address: str, rule: str
+) -> None:
+    resolver.upstream_answer = [a_record(name, address)]
+    answer = ask(resolver, dns.build_query(52, name, dns.A))
+    assert answer is not None and answer.rcode == dns.REFUSED and answer.answers == ()
+    assert not resolver.bindings.names_for("agent", str(ipaddress.ip_address(address)))
+    flow = flows(resolver)[-1]
+    assert flow.verdict.action is Enforcement.BLOCK and flow.verdict.rule == rule
+
+
+def test_a_cname_to_a_listed_pool_is_refused(resolver: FakeUpstream) -> None:
+    resolver.upstream_answer = [
+        dns.Record(dns.name_labels("evil.x.lab"), dns.CNAME, 60, dns.encode_name("eu.pool.example")),
+        a_record("eu.pool.example", "93.184.216.34"),
+    ]
+    answer = ask(resolver, dns.build_query(53, "evil.x.lab", dns.A))
+    assert answer is not None and answer.rcode == dns.REFUSED
+    assert flows(resolver)[-1].verdict.reason is Reason.MINING
+
+
+def test_pinned_answers_inside_their_cidr_are_given(resolver: FakeUpstream) -> None:
+    resolver.upstream_answer = [a_record("a.pinned.lab", "192.0.2.5")]  # pinned: even a non-global range
+    answer = ask(resolver, dns.build_query(54, "a.pinned.lab", dns.A))
+    assert answer is not None and dns.addresses(answer) == [("192.0.2.5", 60)]
