@@ -10,7 +10,8 @@ Per address record (all three sections), in order:
   rebinding; Stripe's smokescreen denies such destinations the same way), the rest of the answer stands.
 
 A CNAME target, owner name or address in the answer that is on a name list (a pool, a reverse-tunnel service;
-lists carry addresses too) refuses the answer with that list's finding. Pure: the resolver records and enforces what `judge` returns.
+lists carry addresses too) refuses the answer with that list's finding. Pure: the resolver records and enforces
+what `judge` returns.
 """
 
 from __future__ import annotations
