@@ -36,6 +36,8 @@ class Judged:
     """What the resolver may answer: the kept records, or a refusal; and the records it dropped, with why."""
 
     sections: Sections
+    """The records to answer with; with a refusal, the upstream's whole answer (what passes when the refusal is
+    not enforced: report mode, a list's category set to record or allow)."""
     refused: Verdict | None
     dropped: tuple[str, ...]
 
@@ -81,12 +83,13 @@ def judge(sandbox: Sandbox, name: str, rule: HostRule, response: dns.Message, li
     kept: list[tuple[dns.Record, ...]] = []
     dropped: list[str] = []
     where = f"sandboxes.{sandbox.name}.dns"
-    for section in (response.answers, response.authorities, response.additionals):
+    whole: Sections = (response.answers, response.authorities, response.additionals)
+    for section in whole:
         keep: list[dns.Record] = []
         for record in section:
             finding = _listed(record, lists)
             if finding is not None:
-                return Judged(((), (), ()), decide_dns_answer(sandbox, rule.rule_id, "", finding), ())
+                return Judged(whole, decide_dns_answer(sandbox, rule.rule_id, "", finding), ())
             text = dns.address_of(record)
             if text is None:
                 keep.append(record)
@@ -95,11 +98,11 @@ def judge(sandbox: Sandbox, name: str, rule: HostRule, response: dns.Message, li
             denied = _within(address, sandbox.dns.deny_ranges) or _within(_embedded(address), sandbox.dns.deny_ranges)
             if denied is not None:
                 problem = f"{name} answered {address}, in dns.deny_ranges {denied}"
-                return Judged(((), (), ()), decide_dns_answer(sandbox, f"{where}.deny_ranges", problem), ())
+                return Judged(whole, decide_dns_answer(sandbox, f"{where}.deny_ranges", problem), ())
             if rule.answers:
                 if _within(address, rule.answers) is None:
                     problem = f"{name} answered {address}, outside {rule.rule_id}.answers"
-                    return Judged(((), (), ()), decide_dns_answer(sandbox, f"{rule.rule_id}.answers", problem), ())
+                    return Judged(whole, decide_dns_answer(sandbox, f"{rule.rule_id}.answers", problem), ())
             elif not is_global(address) and _within(address, sandbox.dns.allow_ranges) is None:
                 dropped.append(f"{name} answered {address}: not a global address (rebinding)")
                 continue

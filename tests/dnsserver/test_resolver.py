@@ -35,6 +35,13 @@ sandboxes:
       tunnel_hold: 600
       allow_ranges: [198.18.0.0/15]
       deny_ranges: [93.184.216.200/29]
+  shadow:
+    sources: [10.203.9.0/24]
+    mode: report
+    allow:
+      hosts: ["*.x.lab"]
+    dns:
+      deny_ranges: [93.184.216.200/29]
 """
 SANDBOX = ("10.203.1.10", 40000)
 
@@ -352,3 +359,11 @@ def test_pinned_answers_inside_their_cidr_are_given(resolver: FakeUpstream) -> N
     resolver.upstream_answer = [a_record("a.pinned.lab", "192.0.2.5")]  # pinned: even a non-global range
     answer = ask(resolver, dns.build_query(54, "a.pinned.lab", dns.A))
     assert answer is not None and dns.addresses(answer) == [("192.0.2.5", 60)]
+
+
+def test_report_mode_gives_the_answer_and_records_what_enforce_would_refuse(resolver: FakeUpstream) -> None:
+    resolver.upstream_answer = [a_record("evil.x.lab", "93.184.216.201"), a_record("evil.x.lab", "10.0.0.1")]
+    answer = ask(resolver, dns.build_query(55, "evil.x.lab", dns.A), ("10.203.9.5", 5000))
+    assert answer is not None and answer.rcode == dns.NOERROR and len(dns.addresses(answer)) == 2
+    flow = flows(resolver)[-1]
+    assert (flow.verdict.action, flow.verdict.reason) == (Enforcement.WOULD_BLOCK, Reason.DNS_ANSWER)
