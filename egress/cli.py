@@ -174,20 +174,32 @@ def rules() -> None:
 @rules.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 def rules_check(files: tuple[str, ...]) -> None:
-    """Validate policy FILES without touching anything: every error, with file, line and field.
+    """Validate policy FILES without touching anything: every error, with file, line and field; then warnings
+    (a wildcard over a public suffix where anyone can create names), which do not fail the check.
 
     Exit status 0 when every file is valid, 1 when one is not, 2 on usage errors.
     """
-    from egress.policy.loader import check_policy, format_problems
+    from egress import shipped
+    from egress.policy.loader import format_problems, load_policy
+    from egress.policy.suffixes import format_warnings, load_suffixes, policy_warnings
 
     bad = False
+    try:
+        suffixes = load_suffixes(shipped.public_suffixes())
+    except OSError as error:  # the checks still run; only the wildcard warnings need the list
+        click.echo(f"warning: no public suffix list ({error}): wildcards not checked against it", err=True)
+        suffixes = frozenset()
     for path in files:
-        problems = check_policy(path)
-        if problems:
+        try:
+            policy = load_policy(path)
+        except RulesError as error:
             bad = True
-            click.echo(format_problems(problems), err=True)
-        else:
-            click.echo(f"{path}: ok")
+            click.echo(format_problems(error.problems), err=True)
+            continue
+        warnings = policy_warnings(policy, suffixes)
+        if warnings:
+            click.echo(format_warnings(warnings), err=True)
+        click.echo(f"{path}: ok" + (f" ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else ""))
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
 
 

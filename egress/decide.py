@@ -49,6 +49,15 @@ class Reason(enum.StrEnum):
     """Dropped by nftables: UDP other than DNS (QUIC included), ICMP beyond what is needed, other protocols."""
     DOMAIN_FRONTING = "domain-fronting"
     """Inside intercepted TLS, the HTTP Host differs from the SNI that was allowed."""
+    DNS_MALFORMED = "dns-malformed"
+    """A DNS query the resolver will not forward whatever its name: not exactly one question, a non-zero opcode,
+    a class other than IN, a name that is no hostname (``allowed.lab:x.evil``, ``[allowed.lab]``, escapes)."""
+    DNS_ANSWER = "dns-answer"
+    """An upstream answer refused or cut: an address outside the rule's ``answers``, in ``dns.deny_ranges``, not
+    global (rebinding) and in no ``dns.allow_ranges``, or a CNAME to a listed name."""
+    DNS_DROPPED = "dns-dropped"
+    """A query the kernel dropped before the resolver read it (receive buffer full); the record's count says how
+    many (the source is unknown: the kernel counts, it does not say whose)."""
 
 
 class Enforcement(enum.StrEnum):
@@ -70,6 +79,11 @@ ANTI_SPOOFING: Final = "anti-spoofing"
 DOH_CANARY_RULE: Final = "doh-canary"
 """The built-in rule that answers the DoH canary."""
 DOH_CANARY: Final = "use-application-dns.net"
+DNS_QUERY_FORM: Final = "dns-query-form"
+"""The built-in rule that the resolver forwards only one standard question for a hostname."""
+DNS_RECEIVE_BUFFER: Final = "dns-receive-buffer"
+"""The rule label of queries the kernel dropped at the resolver's socket."""
+_HOSTNAME_CHARS: Final = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_.")
 
 _CATEGORY_REASON: Final = {Category.MINING: Reason.MINING, Category.TUNNEL: Reason.TUNNEL,
                            Category.CRYPTO_NODE: Reason.CRYPTO_NODE}  # fmt: skip
@@ -222,8 +236,12 @@ def _detected(sandbox: Sandbox, finding: Finding, reason: Reason) -> Verdict:
 
 
 def decide_dns(sandbox: Sandbox, qname: str, finding: Finding | None) -> Verdict:
-    """A DNS question: the DoH canary, over-long names, the detectors' finding, then the allowlist."""
-    name = _name(qname)
+    """A DNS question for ``qname`` (the hostname that will be forwarded, `dns.Question.hostname`): the DoH canary,
+    over-long names, the detectors' finding, then the allowlist. The name is judged exactly as it is: unlike SNI
+    and Host, a query name has no port or brackets to strip, and one that is no hostname is refused."""
+    name = qname.lower().removesuffix(".")
+    if not name or not set(name) <= _HOSTNAME_CHARS or "" in name.split("."):
+        return decide_dns_malformed(sandbox, name, "not a hostname")
     if name == DOH_CANARY:
         return _block(sandbox, Reason.DOH_CANARY, DOH_CANARY_RULE, name, finding)
     if len(name) > sandbox.dns.max_name_length:
@@ -241,6 +259,26 @@ def decide_dns(sandbox: Sandbox, qname: str, finding: Finding | None) -> Verdict
     if allowed is None:
         return _block(sandbox, Reason.DNS_REFUSED, DEFAULT_DENY, name, finding)
     return recorded if recorded is not None else _allow(allowed.rule_id, name, finding)
+
+
+def decide_dns_malformed(sandbox: Sandbox, shown: str, problem: str) -> Verdict:
+    """A query that is not one standard question for a hostname: blocked in every mode (there is nothing that
+    could be forwarded as judged), with ``shown`` the name in escaped presentation form."""
+    return Verdict(Enforcement.BLOCK, Reason.DNS_MALFORMED, DNS_QUERY_FORM, evidence(f"{problem}: {shown}"))
+
+
+def decide_dns_answer(sandbox: Sandbox, rule: str, problem: str, finding: Finding | None = None) -> Verdict:
+    """An upstream answer for an allowed name that points where it must not (``rule``: what says so)."""
+    if finding is not None:
+        return _detected(sandbox, finding, _CATEGORY_REASON[finding.category])
+    return _block(sandbox, Reason.DNS_ANSWER, rule, problem)
+
+
+def decide_dns_dropped() -> Verdict:
+    """One query the kernel dropped at the resolver's socket: nobody was answered, so it is a block. The
+    evidence is the same for each, so the records of a burst's drops aggregate into one with their count."""
+    text = "DNS datagram dropped by the kernel (receive buffer full)"
+    return Verdict(Enforcement.BLOCK, Reason.DNS_DROPPED, DNS_RECEIVE_BUFFER, evidence(text))
 
 
 def decide_unknown_source(src: str | Address) -> Verdict:

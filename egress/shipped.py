@@ -1,4 +1,4 @@
-"""Where the rule data shipped with egress is: the name lists and the lab's policy.
+"""Where the rule data shipped with egress is: the name lists, the lab's policy, the public suffixes.
 
 The data's home is the repository's top-level ``rules/``. The build maps that folder into the wheel as the package
 ``egress.ruledata`` (pyproject.toml, ``[tool.setuptools.package-dir]``), so an installed egress reads its own copy,
@@ -37,3 +37,8 @@ def lists_dir() -> Path:
 def lab_policy() -> Path:
     """The lab's policy, which ``egress lab demo`` runs the gateway with."""
     return rules_dir() / "lab-policy.yaml"
+
+
+def public_suffixes() -> Path:
+    """The vendored Public Suffix List, private section (`egress.policy.suffixes`)."""
+    return rules_dir() / "psl" / "public-suffix-private.dat"

@@ -26,7 +26,7 @@ GATES = {
     # network I/O: the gateway's components, and the lab; the scanner only formats addresses with inet_ntop
     "socket": {
         "egress/capture/nflog.py",
-        "egress/dnsserver/resolver.py",
+        "egress/dnsserver/listen.py",
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",
         "egress/proxy/mitm/server.py",

@@ -10,11 +10,16 @@ import pytest
 from egress.decide import (
     ANTI_SPOOFING,
     DEFAULT_DENY,
+    DNS_QUERY_FORM,
+    DNS_RECEIVE_BUFFER,
     DOH_CANARY_RULE,
     Enforcement,
     Reason,
     Verdict,
     decide_dns,
+    decide_dns_answer,
+    decide_dns_dropped,
+    decide_dns_malformed,
     decide_drop,
     decide_finding,
     decide_fronting,
@@ -111,6 +116,7 @@ CASES: list[tuple[str, Decide, Enforcement, Reason | None, str]] = [
     ("dns-pool-name", lambda s: decide_dns(s, "xmr.nanopool.org", POOL_NAME), E.BLOCK, Reason.MINING, "{s}.detectors.mining"),  # noqa: E501
     ("dns-record-allowed", lambda s: decide_dns(s, "pypi.org", NODE), E.RECORD, Reason.CRYPTO_NODE, "{s}.detectors.crypto_node"),  # noqa: E501
     ("dns-record-refused", lambda s: decide_dns(s, "node.example", NODE), E.BLOCK, Reason.DNS_REFUSED, DEFAULT_DENY),
+    ("dns-answer-pinned", lambda s: decide_dns_answer(s, f"sandboxes.{s.name}.allow.hosts[1].answers", "x answered 10.0.0.1"), E.BLOCK, Reason.DNS_ANSWER, H + "[1].answers"),  # noqa: E501
     # firewall drops
     ("drop", lambda s: decide_drop(s, "udp", None, "egress drop enforced"), E.BLOCK, Reason.FIREWALL_DROP, DEFAULT_DENY),  # noqa: E501
     ("drop-icmp-tunnel", lambda s: decide_drop(s, "icmp", ICMP_TUNNEL), E.BLOCK, Reason.TUNNEL, DEFAULT_DENY),
@@ -135,14 +141,36 @@ def test_decisions(sandbox: Sandbox, decide: Decide, action: Enforcement, reason
 
 
 def test_every_reason_is_exercised() -> None:
-    reasons = {case[3] for case in CASES} | {decide_unknown_source("10.9.9.9").reason}
+    reasons = {case[3] for case in CASES} | {decide_unknown_source("10.9.9.9").reason, decide_dns_dropped().reason}
+    reasons |= {decide_dns_malformed(ENFORCED, "x", "opcode 2").reason}
     assert reasons >= set(Reason)
+
+
+@pytest.mark.parametrize(
+    "qname",
+    ["pypi.org:443", "[pypi.org]", "pypi.org:x.evil.example", "a\\.pypi.org", "pypi..org", "", "x.pypi.org/"],
+)
+@pytest.mark.parametrize("sandbox", [ENFORCED, REPORTED], ids=["enforce", "report"])
+def test_a_dns_name_is_judged_as_it_is_never_as_a_host_port(sandbox: Sandbox, qname: str) -> None:
+    """A query name has no port or brackets: what is not a hostname is refused in every mode, never stripped."""
+    verdict = decide_dns(sandbox, qname, None)
+    assert (verdict.action, verdict.reason, verdict.rule) == (E.BLOCK, Reason.DNS_MALFORMED, DNS_QUERY_FORM)
+
+
+def test_malformed_queries_and_kernel_drops_are_blocked_in_every_mode() -> None:
+    for sandbox in (ENFORCED, REPORTED):
+        verdict = decide_dns_malformed(sandbox, "a.b", "3 questions")
+        assert (verdict.action, verdict.reason) == (E.BLOCK, Reason.DNS_MALFORMED) and "3 questions" in verdict.evidence
+    dropped = decide_dns_dropped()
+    assert (dropped.action, dropped.reason, dropped.rule) == (E.BLOCK, Reason.DNS_DROPPED, DNS_RECEIVE_BUFFER)
+    assert dropped == decide_dns_dropped()  # identical: a burst's drops aggregate into one record
 
 
 def test_reason_and_action_values_are_the_api() -> None:
     assert {reason.value for reason in Reason} == {
         "not-allowlisted", "tls-no-sni", "name-address-mismatch", "direct-ip", "mining", "tunnel", "crypto-node",
         "dns-refused", "dns-tunnel", "doh-canary", "spoofed-source", "firewall-drop", "domain-fronting",
+        "dns-malformed", "dns-answer", "dns-dropped",
     }  # fmt: skip
     assert [action.value for action in Enforcement] == ["allow", "block", "would-block", "record"]
 

@@ -355,6 +355,17 @@ def address_of(record: Record) -> str | None:
     return None
 
 
+def target_of(record: Record) -> str | None:
+    """The name an NS, CNAME or PTR record points at (presentation form), else ``None``."""
+    if record.rtype not in (NS, CNAME, PTR):
+        return None
+    try:
+        labels, end = _read_name(record.data, 0, len(record.data))
+    except DnsError:
+        return None
+    return name_text(labels) if end == len(record.data) else None
+
+
 def addresses(message: Message) -> list[tuple[str, int]]:
     """The A and AAAA addresses of the answer section with their TTLs, whatever owner name they are under (a CNAME
     chain from the question's name ends in them)."""

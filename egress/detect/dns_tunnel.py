@@ -23,7 +23,9 @@ docs/dns-tunnel-thresholds.md.
 from __future__ import annotations
 
 import math
-from collections import Counter, OrderedDict
+import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from egress.detect import dns
@@ -135,84 +137,168 @@ class DnsTunnelLimits:
     """Distinct subdomains needed before the mean subdomain length is judged."""
     volume_mean_length: int = 24
     """Mean subdomain length (characters left of the base domain) over those that makes a tunnel."""
+    hold: float = 3600.0
+    """Seconds a base domain found tunnelling stays found: every question under it returns the finding (the
+    resolver refuses it) until the hold ends; then its counters start afresh."""
+    half_life: float = 6 * 3600.0
+    """Seconds after which a pair's counters count half: totals over hours, so one query every few seconds or
+    minutes still adds up, while a domain looked up now and then all day is not judged on its whole history."""
     max_tracked: int = 4096
-    """(client, base domain) pairs kept; the least recently seen is forgotten first."""
-    max_seen: int = 64
-    """Distinct (subdomain, type) keys remembered per pair; above every threshold, so counts stay exact."""
+    """(client, base domain) pairs kept. Past it the coldest (furthest from any threshold) are forgotten, never
+    one that is held: flooding with fresh domains cannot reset a domain on its way to a finding."""
+    recent_keys: int = 256
+    """(subdomain, type) keys remembered per pair to count repeats once. A key older than that counts again if it
+    returns: a bounded memory can only make the counts higher, never stop them."""
+
+
+def _reached(count: float, limit: float) -> bool:
+    """A decayed count reaches a whole-number threshold when it rounds to it: three NULL questions two seconds
+    apart count 2.9997, and are three."""
+    return count + 0.5 >= limit
 
 
 @dataclass(slots=True)
 class _State:
-    seen: set[int] = field(default_factory=set)
-    encoded: int = 0
-    odd: int = 0
-    rare: int = 0
-    tunnel_types: int = 0
-    length_total: int = 0
+    recent: dict[int, None] = field(default_factory=dict)
+    """Recently seen (subdomain, type) hashes in insertion order (oldest first)."""
+    unique: float = 0.0
+    encoded: float = 0.0
+    odd: float = 0.0
+    rare: float = 0.0
+    tunnel_types: float = 0.0
+    length_total: float = 0.0
+    updated: float = 0.0
+    """When the counters were last decayed (the tracker's clock)."""
     finding: Finding | None = None
+    held_until: float = 0.0
+    refused: int = 0
+    """Questions answered with the finding during the hold (the one that tripped it not counted)."""
+
+    def decay(self, now: float, half_life: float) -> None:
+        if now <= self.updated:
+            return
+        factor = 0.5 ** ((now - self.updated) / half_life)
+        self.unique *= factor
+        self.encoded *= factor
+        self.odd *= factor
+        self.rare *= factor
+        self.tunnel_types *= factor
+        self.length_total *= factor
+        self.updated = now
+
+    def heat(self, limits: DnsTunnelLimits) -> float:
+        """How far this pair is towards its nearest threshold (1.0: there); held pairs are hottest."""
+        if self.finding is not None:
+            return math.inf
+        return max(
+            self.encoded / limits.encoded_subdomains,
+            self.odd / limits.odd_subdomains,
+            self.rare / limits.rare_type_subdomains,
+            self.unique / max(limits.tunnel_type_subdomains, limits.volume_subdomains),
+        )
 
 
 class DnsTunnelTracker:
     """Watches the DNS messages of many clients; reports a base domain that carries a tunnel.
 
-    `observe` returns a finding for the message that tips a (client, base domain) pair over a threshold and
-    for every later message of that pair, so a resolver can refuse them all; otherwise ``None``.
+    `observe` returns a finding for the message that tips a (client, base domain) pair over a threshold and,
+    for `DnsTunnelLimits.hold` seconds, for every later question under that pair, so a resolver refuses them all
+    (`held` says how many it did). A client is whatever the caller keys state by: the resolver passes the
+    sandbox (an agent may change its address), the capture scanner the source address. ``clock`` gives seconds
+    (the resolver's clock; the scanner passes capture time through ``now``).
     """
 
-    __slots__ = ("limits", "_states")
+    __slots__ = ("_clock", "_states", "limits")
 
-    def __init__(self, limits: DnsTunnelLimits | None = None) -> None:
+    def __init__(self, limits: DnsTunnelLimits | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self.limits = limits if limits is not None else DnsTunnelLimits()
-        self._states: OrderedDict[tuple[str, str], _State] = OrderedDict()
+        self._clock = clock
+        self._states: dict[tuple[str, str], _State] = {}
 
     def __len__(self) -> int:
         return len(self._states)
 
-    def observe(self, client: str, message: bytes, *, tcp: bool = False) -> Finding | None:
+    def holding(self, client: str, name: str, now: float | None = None) -> str | None:
+        """The base domain of ``name`` if it is held for ``client`` right now, else ``None``."""
+        base = base_domain(name)
+        state = self._states.get((client, base))
+        moment = self._clock() if now is None else now
+        return base if state is not None and state.finding is not None and moment < state.held_until else None
+
+    def held(self, client: str, base: str) -> int:
+        """Questions refused under ``base`` for ``client`` during its current hold (0: not held)."""
+        state = self._states.get((client, base))
+        return state.refused if state is not None and state.finding is not None else 0
+
+    def observe(self, client: str, message: bytes, *, tcp: bool = False, now: float | None = None) -> Finding | None:
         """Account one DNS message (query or response) seen for ``client``. ``tcp``: it has a length prefix."""
         if tcp:
             messages, _ = dns.split_tcp(message)
             result: Finding | None = None
             for one in messages:
-                result = self.observe(client, one) or result
+                result = self.observe(client, one, now=now) or result
             return result
         parsed = dns.parse_partial(message)
-        return None if parsed is None else self.observe_message(client, parsed)
+        return None if parsed is None else self.observe_message(client, parsed, now=now)
 
-    def observe_message(self, client: str, parsed: dns.Message) -> Finding | None:
+    def observe_message(self, client: str, parsed: dns.Message, *, now: float | None = None) -> Finding | None:
         """`observe` for a message the caller has parsed already."""
         if parsed.opcode != 0:
             return None
+        moment = self._clock() if now is None else now
         result = None
         for question in parsed.questions:
-            result = self._question(client, question) or result
+            result = self._question(client, question, moment) or result
         return result
 
-    def _question(self, client: str, question: dns.Question) -> Finding | None:
+    def _question(self, client: str, question: dns.Question, now: float) -> Finding | None:
         name = question.name
         if not name or name.rsplit(".", 1)[-1] in _SKIP_TLDS:
             return None
         base = base_domain(name)
-        key = (client, base)
-        state = self._states.get(key)
-        if state is None:
-            state = self._states[key] = _State()
-            if len(self._states) > self.limits.max_tracked:
-                self._states.popitem(last=False)
-        else:
-            self._states.move_to_end(key)
+        state = self._state((client, base), now)
         if state.finding is not None:
-            return state.finding
+            if now < state.held_until:
+                state.refused += 1
+                return state.finding
+            state = self._states[client, base] = _State(updated=now)  # the hold is over: judge afresh
+        state.decay(now, self.limits.half_life)
         subdomain = name[: len(name) - len(base)].rstrip(".") if base else name
         seen_key = hash((subdomain, question.qtype))
-        if seen_key in state.seen or len(state.seen) >= self.limits.max_seen:
+        if seen_key in state.recent:
             return None
-        state.seen.add(seen_key)
+        state.recent[seen_key] = None
+        if len(state.recent) > self.limits.recent_keys:
+            del state.recent[next(iter(state.recent))]
         reason = self._account(state, subdomain, question.qtype)
         if reason:
             shown = f"{base or '(no domain)'}: {reason}; {name}"
             state.finding = Finding(Category.TUNNEL, reason.split(" ", 1)[0], DETECTOR, evidence(shown))
+            state.held_until = now + self.limits.hold
         return state.finding
+
+    def _state(self, key: tuple[str, str], now: float) -> _State:
+        state = self._states.get(key)
+        if state is None:
+            if len(self._states) >= self.limits.max_tracked:
+                self._evict(now)
+            state = self._states[key] = _State(updated=now)
+        return state
+
+    def _evict(self, now: float) -> None:
+        """Forget the coldest eighth of the pairs (ended holds first), so eviction costs O(1) per new pair on
+        average. A held pair is never forgotten; if every pair is held the table grows past its bound rather
+        than let a tunnel through (each held pair took a finding to get there)."""
+        for state in self._states.values():
+            state.decay(now, self.limits.half_life)
+        candidates = [
+            (0.0 if state.finding is not None else state.heat(self.limits), key)
+            for key, state in self._states.items()
+            if state.finding is None or state.held_until <= now
+        ]
+        candidates.sort(key=lambda item: item[0])
+        for _, key in candidates[: max(1, len(self._states) // 8)]:
+            del self._states[key]
 
     def _account(self, state: _State, subdomain: str, qtype: int) -> str:
         """Add one new (subdomain, type) to the pair's counters; name the protocol and signal that tipped."""
@@ -221,20 +307,21 @@ class DnsTunnelTracker:
         encoded_chars = sum(len(label) for label in labels if looks_encoded(label, limits.min_encoded_label))
         if encoded_chars >= limits.exfil_chars:
             return f"dns-exfiltration ({encoded_chars} encoded characters in one query)"
+        state.unique += 1
         state.encoded += encoded_chars > 0
         state.odd += any(not set(label) <= _HOST_CHARS for label in labels)
         state.rare += qtype in _RARE_TYPES or 65280 <= qtype <= 65534
         state.tunnel_types += qtype in _TUNNEL_TYPES or 65280 <= qtype <= 65534
         state.length_total += len(subdomain)
-        unique = len(state.seen)
-        if state.odd >= limits.odd_subdomains:
-            return f"dns-tunnel ({state.odd} subdomains with non-hostname bytes)"
-        if state.rare >= limits.rare_type_subdomains:
-            return f"dns-tunnel ({state.rare} NULL/PRIVATE questions)"
-        if state.encoded >= limits.encoded_subdomains:
-            return f"dns-tunnel ({state.encoded} subdomains with encoded labels)"
-        if unique >= limits.tunnel_type_subdomains and state.tunnel_types >= limits.tunnel_type_share * unique:
-            return f"dns-tunnel ({state.tunnel_types}/{unique} TXT/CNAME/MX/NULL questions)"
-        if unique >= limits.volume_subdomains and state.length_total >= limits.volume_mean_length * unique:
-            return f"dns-tunnel ({unique} subdomains, mean length {state.length_total // unique})"
+        unique = state.unique
+        if _reached(state.odd, limits.odd_subdomains):
+            return f"dns-tunnel ({state.odd:.0f} subdomains with non-hostname bytes)"
+        if _reached(state.rare, limits.rare_type_subdomains):
+            return f"dns-tunnel ({state.rare:.0f} NULL/PRIVATE questions)"
+        if _reached(state.encoded, limits.encoded_subdomains):
+            return f"dns-tunnel ({state.encoded:.0f} subdomains with encoded labels)"
+        if _reached(unique, limits.tunnel_type_subdomains) and state.tunnel_types >= limits.tunnel_type_share * unique:
+            return f"dns-tunnel ({state.tunnel_types:.0f}/{unique:.0f} TXT/CNAME/MX/NULL questions)"
+        if _reached(unique, limits.volume_subdomains) and state.length_total >= limits.volume_mean_length * unique:
+            return f"dns-tunnel ({unique:.0f} subdomains, mean length {state.length_total / unique:.0f})"
         return ""

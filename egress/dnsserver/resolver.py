@@ -1,12 +1,18 @@
-"""The gateway's DNS resolver: answers sandboxes only for allowlisted names, binds answered addresses to names.
+"""The gateway's DNS resolver core: answers sandboxes only for allowlisted names, binds answered addresses to names.
 
-For each query from a sandbox: find the sandbox by source address, run the DNS tunnel and name-list detectors
-(per sandbox state), decide (`egress.decide.decide_dns`), then either refuse (REFUSED; NXDOMAIN for the DoH
-canary ``use-application-dns.net``) or forward to the upstream resolver. Addresses in an upstream answer are
-bound to the question's name for that sandbox (`Bindings`, which the proxy checks) and offered to the kernel's
-allow sets through ``on_answer``. Every decision (allowed or not) is reported as a `DecidedFlow`.
+For each query from a sandbox (sans sockets; `egress.dnsserver.listen` reads and writes them):
 
-UDP and TCP on one port; a truncated UDP answer from upstream is retried over TCP.
+1. The query must be exactly one standard question (opcode 0, class IN) for a hostname (`dns.Question.hostname`:
+   ``allowed.lab:secret.evil`` or ``[allowed.lab]`` is no hostname). Anything else is refused and recorded as
+   ``dns-malformed``, never forwarded.
+2. The sandbox's tunnel tracker (state per sandbox, not per address) and the name lists look at it; a base domain
+   found tunnelling stays refused for ``dns.tunnel_hold`` seconds. `egress.decide.decide_dns` judges the hostname.
+3. Allowed: the query forwarded is rebuilt from that hostname alone (`egress.dnsserver.forward`), so what the
+   upstream sees is exactly what was judged. The answer is judged too (`egress.dnsserver.answers`: rebinding,
+   pinned ``answers``, ``deny_ranges``, listed CNAMEs); its kept addresses are bound to the name for the sandbox
+   (`Bindings`, which the proxy checks) and offered to the kernel's allow sets through ``on_answer``.
+
+Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP.
 """
 
 from __future__ import annotations
@@ -14,26 +20,34 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
-import socket
-import struct
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
-from egress.decide import Enforcement, Verdict, decide_dns, decide_unknown_source
+from egress.decide import (
+    Enforcement,
+    Verdict,
+    decide_dns,
+    decide_dns_dropped,
+    decide_dns_malformed,
+    decide_unknown_source,
+)
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import dns
-from egress.detect.dns_tunnel import DnsTunnelLimits
+from egress.detect.base import Category, Finding, evidence
+from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
 from egress.detect.names import NameLists
-from egress.detect.registry import DnsInspector
+from egress.dnsserver import answers, forward
 from egress.dnsserver.bindings import Bindings
-from egress.policy.model import Policy, Sandbox
+from egress.dnsserver.forward import Upstream
+from egress.policy.model import Mode, Policy, Sandbox
 
 log = logging.getLogger(__name__)
 
 UPSTREAM_TIMEOUT = 3.0
 AnswerSink = Callable[[str, list[tuple[str, int]]], None]
 """Called with (sandbox name, [(address, ttl)]) for every allowed answer."""
+
+__all__ = ["AnswerSink", "Resolver", "Upstream", "serve", "tunnel_limits"]
 
 
 def tunnel_limits(sandbox: Sandbox) -> DnsTunnelLimits:
@@ -44,13 +58,34 @@ def tunnel_limits(sandbox: Sandbox) -> DnsTunnelLimits:
         odd_subdomains=limits.odd_subdomains,
         rare_type_subdomains=limits.rare_type_subdomains,
         volume_subdomains=limits.volume_subdomains,
+        hold=float(limits.tunnel_hold),
     )
 
 
-@dataclass(frozen=True, slots=True)
-class Upstream:
-    host: str
-    port: int = 53
+def problem_of(message: dns.Message) -> str:
+    """Why a query is not one standard question for a hostname (``""``: it is)."""
+    if message.problem:
+        return f"malformed ({message.problem})"
+    if message.is_response:
+        return "a response, not a query"
+    if message.opcode != 0:
+        return f"opcode {message.opcode}"
+    if message.qdcount != 1:
+        return f"{message.qdcount} questions"
+    question = message.questions[0]
+    if question.qclass != dns.IN:
+        return f"class {question.qclass}"
+    if question.hostname is None or not question.labels:
+        return "not a hostname"
+    return ""
+
+
+def _rcode(problem: str) -> int:
+    if problem.startswith("opcode"):
+        return dns.NOTIMP
+    if problem.startswith(("malformed", "a response")) or problem.endswith("questions"):
+        return dns.FORMERR
+    return dns.REFUSED
 
 
 class Resolver:
@@ -66,6 +101,7 @@ class Resolver:
         on_answer: AnswerSink | None = None,
         listen_address: str = "",
         listen_port: int = 53,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.policy = policy
         self.upstream = upstream
@@ -75,59 +111,117 @@ class Resolver:
         self.on_answer = on_answer
         self.listen_address = listen_address
         self.listen_port = listen_port
-        self._inspectors: dict[str, DnsInspector] = {}
+        self.clock = clock
+        self._trackers: dict[str, DnsTunnelTracker] = {}
         self.answered = 0
         self.refused = 0
+        self.kernel_drops = 0
 
     def reload(self, policy: Policy) -> None:
-        """Swap in a new policy (per-sandbox tunnel state starts afresh)."""
+        """Swap in a new policy. Tunnel state of sandboxes that remain is kept (a reload must not lift a hold);
+        their new thresholds apply from now."""
         self.policy = policy
-        self._inspectors.clear()
+        names = {sandbox.name: sandbox for sandbox in policy.sandboxes}
+        for name in list(self._trackers):
+            if name in names:
+                self._trackers[name].limits = tunnel_limits(names[name])
+            else:
+                del self._trackers[name]
 
-    def _inspector(self, sandbox: Sandbox) -> DnsInspector:
-        inspector = self._inspectors.get(sandbox.name)
-        if inspector is None:
-            inspector = self._inspectors[sandbox.name] = DnsInspector(self.lists, tunnel_limits(sandbox))
-        return inspector
+    def _tracker(self, sandbox: Sandbox) -> DnsTunnelTracker:
+        tracker = self._trackers.get(sandbox.name)
+        if tracker is None:
+            tracker = self._trackers[sandbox.name] = DnsTunnelTracker(tunnel_limits(sandbox), self.clock)
+        return tracker
+
+    def _finding(self, sandbox: Sandbox, message: dns.Message, name: str) -> Finding | None:
+        found = self._tracker(sandbox).observe_message(sandbox.name, message)
+        if found is not None:
+            return found
+        hit = self.lists.match(name)
+        if hit is not None and hit[2] != "doh":  # a DoH resolver's name: the proxy judges the connection
+            list_name, category, protocol = hit
+            return Finding(category, protocol, "dns-names", evidence(f"{name} on {list_name}"))
+        if len(name) > sandbox.dns.max_name_length:
+            shown = f"{len(name)}-character name {name}"  # only tunnels need names that long
+            return Finding(Category.TUNNEL, "dns-tunnel", "dns-limits", evidence(shown))
+        return None
 
     async def answer(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
-        try:
-            parsed = dns.parse(query)
-        except dns.DnsError:
-            return dns.reply(query, dns.FORMERR, recursion_available=True)
-        if parsed.is_response or not parsed.questions:
-            return _reply(parsed, dns.FORMERR)
-        qname = parsed.questions[0].name
+        message = dns.parse_partial(query)
+        if message is None:
+            return None  # shorter than a header: there is no id to answer
         source = client[0].split("%", 1)[0]
         try:
             address = ipaddress.ip_address(source)
         except ValueError:
-            return _reply(parsed, dns.REFUSED)
+            return _reply(message, dns.REFUSED)
+        shown = message.questions[0].name if message.questions else ""
         sandbox = self.policy.sandbox_for(address)
         if sandbox is None:
-            self._report(client, transport, qname, decide_unknown_source(source), "")
+            self._report(client, transport, shown, decide_unknown_source(source), "")
             self.refused += 1
-            return _reply(parsed, dns.REFUSED)
-        finding = self._inspector(sandbox).observe_message(source, parsed)
-        if len(qname) > sandbox.dns.max_name_length and finding is None:
-            finding = self._inspector(sandbox).long_name(qname)
-        verdict = decide_dns(sandbox, qname, finding)
-        self._report(client, transport, qname, verdict, sandbox.name)
+            return _reply(message, dns.REFUSED)
+        problem = problem_of(message)
+        if problem:
+            self._report(client, transport, shown, decide_dns_malformed(sandbox, shown, problem), sandbox.name)
+            self.refused += 1
+            return _reply(message, _rcode(problem))
+        question = message.questions[0]
+        name = question.hostname or ""
+        # Queries refused during a hold are recorded under the held base domain, so they count into one record.
+        held = self._tracker(sandbox).holding(sandbox.name, name)
+        verdict = decide_dns(sandbox, name, self._finding(sandbox, message, name))
+        self._report(client, transport, held or name, verdict, sandbox.name)
         if verdict.action is Enforcement.BLOCK:
             self.refused += 1
             rcode = dns.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else dns.REFUSED
-            return _reply(parsed, rcode)
-        response = await self._forward(query)
-        if response is None:
-            return _reply(parsed, dns.SERVFAIL)
-        upstream_answer = dns.parse_partial(response)
-        found = dns.addresses(upstream_answer) if upstream_answer is not None else []
+            return _reply(message, rcode)
+        return await self._resolve(sandbox, message, question, name, client, transport)
+
+    async def _resolve(
+        self,
+        sandbox: Sandbox,
+        query: dns.Message,
+        question: dns.Question,
+        name: str,
+        client: tuple[str, int],
+        transport: str,
+    ) -> bytes:
+        sent = forward.upstream_query(query, question)
+        raw = await self._forward(sent)
+        upstream = dns.parse_partial(raw) if raw is not None else None
+        if upstream is None or upstream.problem or not forward.matches(sent, upstream):
+            return _reply(query, dns.SERVFAIL)
+        rule = sandbox.name_allowed(name)
+        if rule is None:  # report mode let a refused name through: its answer is not judged against a rule
+            sections: answers.Sections = (upstream.answers, upstream.authorities, upstream.additionals)
+        else:
+            judged = answers.judge(sandbox, name, rule, upstream, self.lists)
+            if judged.refused is not None:
+                self._report(client, transport, name, judged.refused, sandbox.name)
+                if judged.refused.action is Enforcement.BLOCK:
+                    self.refused += 1
+                    return _reply(query, dns.REFUSED)
+            if judged.dropped:
+                self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
+            sections = judged.sections if sandbox.mode is Mode.ENFORCE else sections_of(upstream)
+        found = [(a, record.ttl) for record in sections[0] if (a := dns.address_of(record)) is not None]
         if found:
-            self.bindings.bind(sandbox.name, qname, found)
+            self.bindings.bind(sandbox.name, name, found)
             if self.on_answer is not None:
                 self.on_answer(sandbox.name, found)
         self.answered += 1
-        return response
+        return forward.client_response(query, upstream, sections, transport)
+
+    def kernel_dropped(self, count: int) -> None:
+        """The kernel dropped ``count`` queries at a listening socket (receive buffer full): one decision each, so
+        the recorder's aggregation counts them into one record."""
+        self.kernel_drops += count
+        log.warning("kernel dropped %d DNS datagrams (receive buffer full; %d in all)", count, self.kernel_drops)
+        verdict = decide_dns_dropped()
+        for _ in range(count):
+            self._report(("0.0.0.0", 0), "udp", "", verdict, "")
 
     def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> None:
         attempt = DecidedFlow(
@@ -145,114 +239,27 @@ class Resolver:
 
     async def _forward(self, query: bytes) -> bytes | None:
         try:
-            response = await asyncio.wait_for(_udp_query(self.upstream, query), UPSTREAM_TIMEOUT)
+            response = await asyncio.wait_for(forward.udp_query(self.upstream, query), UPSTREAM_TIMEOUT)
             head = dns.parse_partial(response) if response is not None else None
             if head is not None and head.tc:
-                response = await asyncio.wait_for(_tcp_query(self.upstream, query), UPSTREAM_TIMEOUT)
+                response = await asyncio.wait_for(forward.tcp_query(self.upstream, query), UPSTREAM_TIMEOUT)
         except (TimeoutError, OSError) as exc:
             log.warning("upstream %s:%d failed: %s", self.upstream.host, self.upstream.port, exc)
             return None
         return response
 
 
+def sections_of(message: dns.Message) -> answers.Sections:
+    return (message.answers, message.authorities, message.additionals)
+
+
 def _reply(query: dns.Message, rcode: int) -> bytes:
-    """The resolver's answer without records: the question echoed, recursion available."""
+    """The resolver's answer without records: the questions that could be read echoed, recursion available."""
     return dns.build_response(query, rcode, recursion_available=True)
 
 
-class _UpstreamProtocol(asyncio.DatagramProtocol):
-    def __init__(self, query_id: bytes) -> None:
-        self.query_id = query_id
-        self.result: asyncio.Future[bytes] = asyncio.get_running_loop().create_future()
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        if data[:2] == self.query_id and not self.result.done():
-            self.result.set_result(data)
-
-    def error_received(self, exc: Exception) -> None:
-        if not self.result.done():
-            self.result.set_exception(exc)
-
-
-async def _udp_query(upstream: Upstream, query: bytes) -> bytes | None:
-    loop = asyncio.get_running_loop()
-    transport, protocol = await loop.create_datagram_endpoint(
-        lambda: _UpstreamProtocol(query[:2]), remote_addr=(upstream.host, upstream.port)
-    )
-    try:
-        transport.sendto(query)
-        return await protocol.result
-    finally:
-        transport.close()
-
-
-async def _tcp_query(upstream: Upstream, query: bytes) -> bytes | None:
-    reader, writer = await asyncio.open_connection(upstream.host, upstream.port)
-    try:
-        writer.write(dns.tcp_frame(query))
-        await writer.drain()
-        length = struct.unpack(">H", await reader.readexactly(2))[0]
-        return await reader.readexactly(length)
-    finally:
-        writer.close()
-
-
-class _ServerProtocol(asyncio.DatagramProtocol):
-    def __init__(self, resolver: Resolver) -> None:
-        self.resolver = resolver
-        self.transport: asyncio.DatagramTransport | None = None
-        self.tasks: set[asyncio.Task[None]] = set()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.DatagramTransport)
-        self.transport = transport
-
-    def datagram_received(self, data: bytes, addr: tuple[str | object, int]) -> None:
-        task = asyncio.get_running_loop().create_task(self._answer(data, (str(addr[0]), int(addr[1]))))
-        self.tasks.add(task)
-        task.add_done_callback(self.tasks.discard)
-
-    async def _answer(self, data: bytes, addr: tuple[str, int]) -> None:
-        try:
-            response = await self.resolver.answer(data, addr, "udp")
-        except Exception:  # one bad query must never stop the resolver
-            log.exception("query from %s failed", addr[0])
-            response = dns.reply(data, dns.SERVFAIL, recursion_available=True)
-        if response is not None and self.transport is not None:
-            self.transport.sendto(response, addr)
-
-
-async def _serve_tcp(resolver: Resolver, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-    peer = writer.get_extra_info("peername")
-    client = (str(peer[0]), int(peer[1]))
-    try:
-        while True:
-            length = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 10.0))[0]
-            query = await asyncio.wait_for(reader.readexactly(length), 10.0)
-            response = await resolver.answer(query, client, "tcp")
-            if response is None:
-                break
-            writer.write(dns.tcp_frame(response))
-            await writer.drain()
-    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-
-
 async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]:
-    """Listen on UDP and TCP ``port`` on each of ``hosts``; returns the servers/transports to close."""
-    loop = asyncio.get_running_loop()
-    handles: list[object] = []
-    for host in hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 socket takes IPv4
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((host, port))
-        transport, _ = await loop.create_datagram_endpoint(lambda: _ServerProtocol(resolver), sock=sock)
-        handles.append(transport)
-        server = await asyncio.start_server(lambda r, w: _serve_tcp(resolver, r, w), host, port)
-        handles.append(server)
-    return handles
+    """`egress.dnsserver.listen.serve`, named here too for the supervisor (imported late: listen imports this)."""
+    from egress.dnsserver import listen
+
+    return await listen.serve(resolver, hosts, port)

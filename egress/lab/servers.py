@@ -7,7 +7,8 @@ Run inside the internet namespace: ``ip netns exec <prefix>net python -m egress.
 - allowed.lab, blocked.lab: HTTP on 80, HTTPS on 443 (`egress.lab.httpd`); allowed.lab's UDP 443 answers QUIC.
 - pool.lab: Stratum on 3333, on 443 (plaintext, or TLS when the first byte is a TLS handshake, as some pools
   do), and Stratum over TLS on 4443; xmr.lab: XMRig-style JSON-RPC on 3334 (`egress.lab.pools`).
-- ns.lab: the DNS authority on 53, UDP and TCP (`egress.lab.authority`); doh.lab: DoH on 443.
+- ns.lab: the DNS authority on 53, UDP and TCP (`egress.lab.authority`; zones tests delegate to a server of
+  their own are relayed to it, `egress.lab.delegation`); doh.lab: DoH on 443.
 - ssh.lab: an SSH banner on port 80; ws.lab: WebSocket echo on 80.
 
 Certificates come from `egress.lab.certs` (made on first start). ``--workers N`` forks N processes that share
@@ -31,7 +32,7 @@ import sys
 import time
 from collections.abc import Sequence
 
-from egress.lab import authority, certs, httpd, netns, pools
+from egress.lab import certs, delegation, httpd, netns, pools
 from egress.lab.certs import CertFiles
 from egress.lab.httpd import Handler
 from egress.lab.topology import DEFAULT_PREFIX, SERVERS, Lab, server
@@ -109,6 +110,7 @@ async def _sniffing_server(sock: socket.socket, handler: Handler, context: ssl.S
 async def serve(prefix: str, stop: asyncio.Event) -> int:
     """Bind everything, print `READY`, serve until ``stop`` is set; return the number of listeners."""
     files = certs.ensure(Lab(prefix).state_dir)
+    delegations = delegation.Delegations(Lab(prefix).state_dir)  # zones tests delegate to an attacker's server
     loop = asyncio.get_running_loop()
     plain: list[tuple[str, int, Handler, ssl.SSLContext | None]] = []
     for key in ("allowed", "blocked"):
@@ -122,7 +124,7 @@ async def serve(prefix: str, stop: asyncio.Event) -> int:
         (pool.v4, 3333, pools.stratum, None),
         (pool.v4, 4443, pools.stratum, _tls(files, "pool")),
         (server("xmr").v4, 3334, pools.xmrig, None),
-        (server("ns").v4, 53, authority.serve_tcp, None),
+        (server("ns").v4, 53, functools.partial(delegation.serve_tcp, delegations), None),
         (doh.v4, 443, httpd.site_handler(doh), _tls(files, "doh", ["http/1.1"])),
         (server("ssh").v4, 80, pools.ssh, None),
         (server("ws").v4, 80, httpd.site_handler(server("ws")), None),
@@ -145,14 +147,16 @@ async def serve(prefix: str, stop: asyncio.Event) -> int:
             )
         sock = _listening_socket(host(pool.v4), 443)
         sniffers.append(asyncio.create_task(_sniffing_server(sock, pools.stratum, _tls(files, "pool"))))
-        for address, port, reply in (
-            (server("ns").v4, 53, authority.answer),  # the lab's DNS authority
-            (server("allowed").v4, 443, pools.version_negotiation),  # QUIC: a version negotiation
-        ):
-            endpoint, _ = await loop.create_datagram_endpoint(
-                functools.partial(pools.DatagramReplier, reply), local_addr=(host(address), port), reuse_port=True
-            )
-            transports.append(endpoint)
+        endpoint, _ = await loop.create_datagram_endpoint(  # the lab's DNS authority
+            lambda: delegation.UdpAuthority(delegations), local_addr=(host(server("ns").v4), 53), reuse_port=True
+        )
+        transports.append(endpoint)
+        endpoint, _ = await loop.create_datagram_endpoint(  # QUIC: a version negotiation
+            functools.partial(pools.DatagramReplier, pools.version_negotiation),
+            local_addr=(host(server("allowed").v4), 443),
+            reuse_port=True,
+        )
+        transports.append(endpoint)
     count = len(servers) + len(sniffers) + len(transports)
     print(f"{READY} {count} listeners", flush=True)
     await stop.wait()

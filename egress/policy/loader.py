@@ -13,11 +13,11 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         interface: IFNAME                     # optional
         mode: enforce | report                # default enforce
         allow:
-          hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...]}, ...]
+          hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...], answers: [CIDR]}, ...]
           networks: [{cidr: CIDR, ports: [port, ...], protocols: [tcp, udp]}, ...]
         decrypt: [host pattern, ...]          # each must also be allowed by allow.hosts
         upgrades: [token, ...]                # HTTP Upgrade protocols allowed besides websocket (default none)
-        dns: {max_name_length, encoded_subdomains, ...}   # the DnsLimits fields
+        dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
         detectors: {mining, tunnel, crypto_node: block | record | allow}
     retention: {max_age_days, max_records}    # optional
 
@@ -57,7 +57,7 @@ _SANDBOX = frozenset({"sources", "interface", "mode", "allow", "decrypt", "dns",
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
-_HOST = frozenset({"host", "ports"})
+_HOST = frozenset({"host", "ports", "answers"})
 _NETWORK = frozenset({"cidr", "ports", "protocols"})
 _PROTOCOLS = ("tcp", "udp")
 _DETECTORS = frozenset(field.name for field in dataclasses.fields(DetectorActions))
@@ -68,8 +68,10 @@ DNS_RANGES = {
     "rare_type_subdomains": (1, 1000),
     "exfil_chars": (16, 253),
     "odd_subdomains": (1, 1000),
+    "tunnel_hold": (1, 7 * 24 * 3600),
 }
-"""Accepted range of each `DnsLimits` field (names longer than 253 characters do not exist in DNS)."""
+"""Accepted range of each integer `DnsLimits` field (names longer than 253 characters do not exist in DNS)."""
+DNS_NETWORK_FIELDS = frozenset({"allow_ranges", "deny_ranges"})
 RETENTION_RANGES = {"max_age_days": (1, 3650), "max_records": (1, 1_000_000_000)}
 _SANDBOX_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
@@ -243,9 +245,7 @@ class _Checker(NodeChecker):
         decrypt = self.decrypt(fields["decrypt"], f"{path}.decrypt", hosts) if "decrypt" in fields else ()
         dns = DnsLimits()
         if "dns" in fields:
-            limits = self.fields(fields["dns"], f"{path}.dns", frozenset(DNS_RANGES))
-            values = {key: self.ranged(value, f"{path}.dns.{key}", *DNS_RANGES[key]) for key, value in limits.items()}
-            dns = DnsLimits(**{key: value for key, value in values.items() if value is not None})
+            dns = self.dns(fields["dns"], f"{path}.dns")
         detectors = DetectorActions()
         if "detectors" in fields:
             acts = self.fields(fields["detectors"], f"{path}.detectors", _DETECTORS)
@@ -255,6 +255,21 @@ class _Checker(NodeChecker):
         return Sandbox(
             name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades
         )
+
+    def dns(self, node: yamlnodes.Node, path: str) -> DnsLimits:
+        limits = self.fields(node, path, frozenset(DNS_RANGES) | DNS_NETWORK_FIELDS)
+        values: dict[str, object] = {}
+        for key, value in limits.items():
+            if key in DNS_NETWORK_FIELDS:
+                values[key] = self.network_list(value, f"{path}.{key}")
+            else:
+                values[key] = self.ranged(value, f"{path}.{key}", *DNS_RANGES[key])
+        return DnsLimits(**{key: value for key, value in values.items() if value is not None})  # type: ignore[arg-type]
+
+    def network_list(self, node: yamlnodes.Node, path: str) -> tuple[Network, ...]:
+        items = self.sequence(node, path)
+        networks = (self.network(item, f"{path}[{index}]") for index, item in enumerate(items))
+        return tuple(network for network in networks if network is not None)
 
     def hosts(self, node: yamlnodes.Node, path: str) -> tuple[HostRule, ...]:
         rules: list[HostRule] = []
@@ -272,10 +287,15 @@ class _Checker(NodeChecker):
 
     def host(self, node: yamlnodes.Node, rule_id: str) -> HostRule | None:
         ports: frozenset[int] = frozenset()
+        answers: tuple[Network, ...] = ()
         if isinstance(node, yamlnodes.MappingNode):
             fields = self.fields(node, rule_id, _HOST, ("host",))
             if "ports" in fields:
                 ports = self.ports(fields["ports"], f"{rule_id}.ports")
+            if "answers" in fields:
+                answers = self.network_list(fields["answers"], f"{rule_id}.answers")
+                if isinstance(fields["answers"], yamlnodes.SequenceNode) and not answers:
+                    self.at(fields["answers"], f"{rule_id}.answers", "empty: list networks, or leave answers out")
             if "host" not in fields:
                 return None
             text = self.text(fields["host"], f"{rule_id}.host")
@@ -297,7 +317,7 @@ class _Checker(NodeChecker):
                     return None
                 ports = frozenset({port})
             pattern = self.pattern(node, rule_id, text)
-        return HostRule(pattern, ports, rule_id, line(node)) if pattern is not None else None
+        return HostRule(pattern, ports, rule_id, line(node), answers) if pattern is not None else None
 
     def networks(self, node: yamlnodes.Node, path: str) -> tuple[NetworkRule, ...]:
         rules: list[NetworkRule] = []

@@ -43,6 +43,9 @@ class HostRule:
     """Allowed TCP ports; empty means any port."""
     rule_id: str
     line: int
+    answers: tuple[Network, ...] = ()
+    """Networks every address the resolver answers for a name of this rule must be in (``answers:`` in the file);
+    empty: any global address (and the sandbox's ``dns.allow_ranges``)."""
 
     def matches(self, name: str, port: int) -> bool:
         if self.ports and port not in self.ports:
@@ -82,6 +85,13 @@ class DnsLimits:
     """Encoded characters in one query that make it exfiltration on its own."""
     odd_subdomains: int = 3
     """Distinct subdomains with bytes no host name has (``=``, ``+``, ``/``, 8-bit)."""
+    tunnel_hold: int = 3600
+    """Seconds a base domain found tunnelling stays refused for the sandbox (every query under it)."""
+    allow_ranges: tuple[Network, ...] = ()
+    """Non-global networks answers may point into (the lab's 198.18.0.0/15, an internal service); an answer with
+    another non-global address (private, loopback, link-local, ...) is dropped: DNS rebinding."""
+    deny_ranges: tuple[Network, ...] = ()
+    """Networks no answer may point into (known pools, blocked sites): such an answer is refused and recorded."""
 
 
 @dataclass(frozen=True, slots=True)

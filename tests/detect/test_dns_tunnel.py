@@ -272,17 +272,93 @@ def test_busy_but_ordinary_names_stay_clean(names: list[str]) -> None:
     assert run([query(name, qtype) for name in names for qtype in (1, 28)]) == [None] * (2 * len(names))
 
 
-def test_state_is_bounded_and_least_recent_is_forgotten() -> None:
-    tracker = DnsTunnelTracker(DnsTunnelLimits(max_tracked=8))
-    for n in range(100):
-        tracker.observe("192.0.2.1", query(f"www.site{n}.com"))
-    assert len(tracker) == 8
-    # two NULL questions, then 8 other domains push the pair out: the third NULL starts a fresh count
-    tracker.observe("192.0.2.1", query("a1.t.example.net", 10))
-    tracker.observe("192.0.2.1", query("a2.t.example.net", 10))
-    for n in range(8):
-        tracker.observe("192.0.2.1", query(f"www.other{n}.com"))
-    assert tracker.observe("192.0.2.1", query("a3.t.example.net", 10)) is None
+class Clock:
+    """An injected clock: seconds that move only when a test says so."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def iodine_like(n: int) -> bytes:
+    """A NULL question with a fresh base32-looking label, as iodine sends one per packet."""
+    return query(f"{n:04d}paaqbaeaj2kbqgmg{n:05d}.t.example.net", 10)
+
+
+def test_a_found_domain_stays_refused_for_the_hold_then_is_judged_afresh() -> None:
+    clock = Clock()
+    tracker = DnsTunnelTracker(DnsTunnelLimits(hold=600.0), clock=clock)
+    results = [tracker.observe("agents", iodine_like(n)) for n in range(3)]
+    assert results[:2] == [None, None] and results[2] is not None
+    # every later question under the domain, even an ordinary one of another type, returns the same finding
+    for name, qtype in [("www.example.net", 1), ("mail.example.net", 28), ("EXAMPLE.NET", 16)]:
+        clock.now += 100
+        assert tracker.observe("agents", query(name, qtype)) == results[2]
+    assert tracker.held("agents", "example.net") == 3
+    clock.now += 600
+    assert tracker.observe("agents", query("www.example.net")) is None
+    assert tracker.held("agents", "example.net") == 0
+
+
+def test_a_slow_tunnel_one_query_every_two_seconds_still_trips() -> None:
+    clock = Clock()
+    tracker = DnsTunnelTracker(clock=clock)
+    found = None
+    for n in range(200):
+        clock.now += 2.0
+        found = found or tracker.observe("agents", query(f"{n:03d}abcdefghijklmnop{n:03d}.t.example.net", 1))
+    assert found is not None and "encoded" in found.evidence
+
+
+def test_a_very_slow_tunnel_one_query_every_ten_minutes_trips_within_hours() -> None:
+    clock = Clock()
+    tracker = DnsTunnelTracker(clock=clock)
+    results = []
+    for n in range(12):
+        clock.now += 600.0
+        results.append(tracker.observe("agents", query(f"{n:03d}abcdefghijklmnop{n:03d}.t.example.net", 1)))
+    assert any(result is not None for result in results)
+
+
+def test_counters_decay_so_a_whole_day_of_ordinary_use_is_not_summed() -> None:
+    clock = Clock()
+    tracker = DnsTunnelTracker(clock=clock)
+    for n in range(48):  # two NULL lookups of one domain a day apart each: never three close together
+        clock.now += 12 * 3600.0
+        assert tracker.observe("agents", query(f"probe{n}.example.net", 10)) is None
+
+
+def test_volume_does_not_exhaust_the_counters() -> None:
+    """Past any number of distinct subdomains (the old code stopped counting at 64), encoded ones still trip."""
+    tracker = DnsTunnelTracker(clock=Clock())
+    for n in range(5000):
+        assert tracker.observe("agents", query(f"www{n}.example.net")) is None
+    found = [tracker.observe("agents", query(f"{n:03d}abcdefghijklmnop{n:03d}.example.net")) for n in range(5)]
+    assert found[-1] is not None
+
+
+def test_flooding_fresh_domains_never_evicts_a_hot_or_held_domain() -> None:
+    clock = Clock()
+    tracker = DnsTunnelTracker(DnsTunnelLimits(max_tracked=64), clock=clock)
+    held = [tracker.observe("agents", query(f"h{n}.held.example", 10)) for n in range(3)]
+    assert held[2] is not None
+    tracker.observe("agents", query("a1.t.example.net", 10))
+    tracker.observe("agents", query("a2.t.example.net", 10))
+    for n in range(10_000):
+        tracker.observe("agents", query(f"www.flood{n}.com"))
+    assert len(tracker) <= 64
+    assert tracker.observe("agents", query("www.held.example")) == held[2]
+    assert tracker.observe("agents", query("a3.t.example.net", 10)) is not None
+
+
+def test_state_is_per_client_key_not_shared() -> None:
+    tracker = DnsTunnelTracker(clock=Clock())
+    for n in range(3):
+        tracker.observe("agents", iodine_like(n))
+    assert tracker.observe("other", query("www.example.net")) is None
+    assert tracker.observe("agents", query("www.example.net")) is not None
 
 
 def test_dns_over_tcp_length_prefix() -> None:

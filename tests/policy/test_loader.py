@@ -201,7 +201,7 @@ def test_sources_of_different_families_never_overlap() -> None:
 
 
 def test_schema_ranges_follow_the_model() -> None:
-    assert set(DNS_RANGES) == {field.name for field in dataclasses.fields(DnsLimits)}
+    assert set(DNS_RANGES) == {field.name for field in dataclasses.fields(DnsLimits) if field.type == "int"}
     for name, (low, high) in DNS_RANGES.items():
         assert low <= getattr(DnsLimits(), name) <= high, name
 

@@ -1,0 +1,131 @@
+"""The resolver's UDP socket on loopback: a burst is drained, and what the kernel dropped is counted and recorded."""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import os
+import pathlib
+import socket
+import struct
+import termios
+
+from egress.decide import Reason
+from egress.detect import dns
+from egress.detect.names import NameLists
+from egress.dnsserver.bindings import Bindings
+from egress.dnsserver.listen import SO_RXQ_OVFL, UdpServer, dropped_so_far, serve, size_receive_buffer
+from egress.dnsserver.resolver import Resolver, Upstream
+from egress.policy.loader import parse_policy
+from tests.dnsserver.test_resolver import Recorded
+from tests.waiting import eventually_async
+
+POLICY = """
+version: 1
+sandboxes:
+  local:
+    sources: [127.0.0.0/8]
+    allow:
+      hosts: [allowed.lab]
+"""
+
+
+def test_the_drop_counter_is_read_from_ancillary_data() -> None:
+    assert dropped_so_far([(socket.SOL_SOCKET, SO_RXQ_OVFL, struct.pack("=I", 374))]) == 374
+    assert dropped_so_far([(socket.SOL_SOCKET, SO_RXQ_OVFL + 1, b"\0\0\0\0")]) is None
+    assert dropped_so_far([]) is None
+
+
+def test_the_receive_buffer_is_sized() -> None:
+    """As root the size is forced past net.core.rmem_max; otherwise the sysctl caps it."""
+    cap = int(pathlib.Path("/proc/sys/net/core/rmem_max").read_text())
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        got = size_receive_buffer(sock, 1 << 22)
+    assert got >= (1 << 22 if os.geteuid() == 0 else min(1 << 22, cap))
+
+
+def test_a_burst_past_the_buffer_is_answered_or_counted_never_lost_silently(tmp_path: pathlib.Path) -> None:
+    """2,000 queries at once into a small buffer: every one is either answered or counted as a kernel drop."""
+    sent = 2000
+    reporter = Recorded()
+    bindings = Bindings(tmp_path / "bindings.db")
+    resolver = Resolver(parse_policy(POLICY), Upstream("127.0.0.1", 9), bindings, reporter, NameLists([]))
+
+    async def scenario() -> tuple[int, int]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        size_receive_buffer(sock, 16384)  # small on purpose: the burst must overflow it
+        server = UdpServer(resolver, sock)
+        client = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        client.setblocking(False)
+        client.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 22)
+        address = sock.getsockname()
+        for n in range(sent):  # the event loop does not run meanwhile: the kernel alone queues or drops
+            client.sendto(dns.build_query(n & 0xFFFF, f"q{n}.blocked.lab", dns.A), address)
+        answered: set[int] = set()
+
+        def collect() -> None:
+            while True:
+                try:
+                    answered.add(dns.parse(client.recv(4096)).id)
+                except BlockingIOError:
+                    return
+
+        async def drained() -> bool:
+            collect()
+            pending = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.FIONREAD, b"\0" * 4))[0]
+            assert pending == 0 and not server.tasks and len(answered) == server.received
+            return True
+
+        await eventually_async(drained, timeout=30.0)
+        # the kernel reports its count with the next datagram it queues: a late query carries it in
+        client.sendto(dns.build_query(0xFFFF, "late.blocked.lab", dns.A), address)
+
+        async def late_answered() -> bool:
+            collect()
+            assert 0xFFFF in answered
+            return True
+
+        await eventually_async(late_answered, timeout=30.0)
+        server.close()
+        client.close()
+        return len(answered - {0xFFFF}), resolver.kernel_drops
+
+    try:
+        answered, dropped = asyncio.run(scenario())
+    finally:
+        bindings.close()
+    assert dropped > 0, "the buffer was meant to overflow"
+    assert answered + dropped == sent
+    records = [flow for flow in reporter.flows if flow.verdict.reason is Reason.DNS_DROPPED]
+    assert len(records) == dropped
+
+
+def test_serve_listens_on_udp_and_tcp(tmp_path: pathlib.Path) -> None:
+    bindings = Bindings(tmp_path / "bindings.db")
+    resolver = Resolver(parse_policy(POLICY), Upstream("127.0.0.1", 9), bindings, Recorded(), NameLists([]))
+
+    async def scenario() -> tuple[int, int]:
+        handles = await serve(resolver, ["127.0.0.1"], 0)
+        udp = handles[0]
+        assert isinstance(udp, UdpServer)
+        port = udp.sock.getsockname()[1]
+        loop = asyncio.get_running_loop()
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.setblocking(False)
+            await loop.sock_sendto(client, dns.build_query(1, "blocked.lab", dns.A), ("127.0.0.1", port))
+            udp_rcode = dns.parse(await loop.sock_recv(client, 4096)).rcode
+        tcp_port = handles[1].sockets[0].getsockname()[1]  # type: ignore[attr-defined]
+        reader, writer = await asyncio.open_connection("127.0.0.1", tcp_port)
+        writer.write(dns.tcp_frame(dns.build_query(2, "blocked.lab", dns.A)))
+        length = struct.unpack(">H", await reader.readexactly(2))[0]
+        tcp_rcode = dns.parse(await reader.readexactly(length)).rcode
+        writer.close()
+        for handle in handles:
+            handle.close()  # type: ignore[attr-defined]
+        return udp_rcode, tcp_rcode
+
+    try:
+        assert asyncio.run(scenario()) == (dns.REFUSED, dns.REFUSED)
+    finally:
+        bindings.close()
