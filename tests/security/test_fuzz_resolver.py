@@ -4,9 +4,8 @@ other sections, cut or extended messages. Two properties, judged without egress'
 
 - it always answers (bytes or None) and never raises;
 - it forwards only what it judged: a forwarded message is a standard query (QR 0, opcode 0) with exactly one
-  question whose name, label for label, is a name the policy allows (issue 9, class 1). Today the raw query is
-  forwarded after the first question alone was judged (with a ``:port`` or ``[...]`` stripped): that property is a
-  strict xfail until the DNS fix lands (owner: egress/dnsserver, helper dns).
+  question whose name, label for label, is a name the policy allows (issue 9, class 1: before the fix the raw
+  query was forwarded after the first question alone was judged, with a ``:port`` or ``[...]`` stripped).
 """
 
 from __future__ import annotations
@@ -136,11 +135,6 @@ def test_any_query_gets_an_answer_or_none_never_an_exception(query: bytes) -> No
     assert answer is None or isinstance(answer, bytes)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="issue 9 class 1 (owner: dns, egress/dnsserver): the raw query is forwarded after judging a stripped form "
-    "of its first question only (allowed.lab:secret.evil, several questions)",
-)
 @settings(max_examples=examples(500), deadline=None)
 @given(queries())
 @example(
