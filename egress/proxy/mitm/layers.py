@@ -48,8 +48,11 @@ class InspectLayer(layers.TCPLayer):
         inspector = self.inspector
         if isinstance(event, events.DataReceived) and not inspector.done:
             from_client = event.connection == self.context.client
+            before = inspector.finding
             finding = inspector.feed_stream(from_client, event.data)
-            if finding is not None:
+            # Acted on once per finding: a crypto-node finding keeps the flow inspected, and a mining finding
+            # that comes later replaces it (egress.detect.engine.RANK).
+            if finding is not None and finding is not before:
                 verdict = decide_finding(self.sandbox, finding)
                 self.on_verdict(self.context, self.sandbox, verdict)
                 if verdict.action is Enforcement.BLOCK:
