@@ -45,7 +45,7 @@ MAX_HTTP_MESSAGES: Final = 64
 _HTTP_STARTS: Final = (b"POST ", b"GET ", b"PUT ", b"HTTP/1.", b"OPTIONS ", b"PATCH ", b"HEAD ", b"DELETE ")
 _BLANK: Final = b" \t\r\n"
 _METHOD_KEY: Final = b'"method"'
-_DROPPED: Final = re.compile(rb"\x00|\xef\xbb\xbf|\xff\xfe|\xfe\xff")
+_DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 """NUL and the byte-order marks of UTF-8, UTF-16 and UTF-32 (whose ASCII is the same bytes with NULs between)."""
 _ESCAPE: Final = re.compile(rb"\\u00([2-7][0-9a-fA-F])|\\/")
 _KEPT_ESCAPES: Final = frozenset({0x22, 0x5C, 0x7F})
@@ -88,10 +88,8 @@ class Payload:
 
 
 def _first_solid(data: bytes) -> int:
-    for index, byte in enumerate(data):
-        if byte not in _BLANK:
-            return index
-    return -1
+    rest = len(data.lstrip(_BLANK))
+    return len(data) - rest if rest else -1
 
 
 def _unescape(match: re.Match[bytes]) -> bytes:
@@ -104,9 +102,11 @@ def _unescape(match: re.Match[bytes]) -> bytes:
 
 def decode(data: bytes) -> bytes:
     """What a lenient JSON reader makes of ``data``: NULs and byte-order marks dropped, ASCII escapes decoded."""
-    if b"\x00" in data or b"\xef\xbb\xbf" in data or b"\xff\xfe" in data or b"\xfe\xff" in data:
-        data = _DROPPED.sub(b"", data)
-    if b"\\" in data:
+    # bytes.replace rather than one regex: it runs at memory speed on the NUL-rich binary that most flows are.
+    for dropped in _DROPPED:
+        if dropped in data:
+            data = data.replace(dropped, b"")
+    if b"\\u00" in data or b"\\/" in data:
         data = _ESCAPE.sub(_unescape, data)
     return data
 
