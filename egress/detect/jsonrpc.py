@@ -168,7 +168,7 @@ def _content_length(lowered_head: bytes) -> int | None:
 def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, bool]:
     """Join the chunks of a chunked body at ``pos``: (body, next offset, whether the last chunk was seen)."""
     parts: list[bytes] = []
-    for _ in range(64):
+    while pos < len(data):  # every chunk, however small: each costs at least its 3-byte size line
         line_end = data.find(b"\r\n", pos, pos + 20)
         if line_end < 0:
             break
