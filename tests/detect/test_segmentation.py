@@ -75,7 +75,7 @@ def _category(found: Finding | None) -> Category | None:
     return found.category if found is not None else None
 
 
-@settings(max_examples=examples(300), deadline=None, suppress_health_check=_PATIENT)
+@settings(max_examples=examples(150), deadline=None, suppress_health_check=_PATIENT)
 @given(streams())
 def test_each_detector_ignores_segmentation(case: Case) -> None:
     """The same finding, evidence included, whatever the cuts; the same category whatever the interleaving (the
@@ -87,7 +87,7 @@ def test_each_detector_ignores_segmentation(case: Case) -> None:
             assert _category(_cut(case.meta, (detect,), case.interleaved)) == _category(whole), detect
 
 
-@settings(max_examples=examples(200), deadline=None, suppress_health_check=_PATIENT)
+@settings(max_examples=examples(100), deadline=None, suppress_health_check=_PATIENT)
 @given(streams())
 def test_the_category_ignores_segmentation(case: Case) -> None:
     """All stream detectors together: mining wins whenever its evidence appears, in any order or segmenting."""
