@@ -104,6 +104,9 @@ def summary(stats: Iterable[FileStats], findings: Counter[str]) -> str:
         f"scanned {len(files)} file(s): {packets} packets ({skipped} skipped as malformed), {flows} flows; "
         f"findings: {by_category}"
     )
+    unidentified = sum(item.unidentified for item in files)
+    if unidentified:
+        text += f"; {unidentified} flow(s) unidentified at the inspection cap"
     if unreadable:
         text += f"; {unreadable} file(s) not read to the end"
     return text

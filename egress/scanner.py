@@ -58,6 +58,9 @@ class FileStats:
     skipped: int = 0
     """Frames that claimed to be IP but did not decode (counted, never fatal)."""
     flows: int = 0
+    unidentified: int = 0
+    """Flows the inspection cap stopped before any detector could rule them out, none of TLS, HTTP or SSH
+    (`egress.detect.engine.FlowInspector.unidentified`): not findings, but not shown clean either."""
     findings: int = 0
     error: str | None = None
     """Why the file could not be read to its end, if it could not."""
@@ -161,6 +164,7 @@ class _Pass:
         entry.feed(proto, src, sport, payload, flags, seq)
         if inspector.done:
             table[key] = table[reverse] = DONE
+            self.stats.unidentified += inspector.unidentified
             if inspector.finding is not None:
                 self._emit(inspector.finding, entry.meta, entry.ts)
 

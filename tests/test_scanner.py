@@ -4,12 +4,15 @@ from __future__ import annotations
 
 import pathlib
 import struct
+from collections import Counter
 
 import dpkt
 import pytest
 
 from egress.detect.base import MORE, Category, Finding, FlowView, Result
+from egress.detect.engine import STREAM_CAP
 from egress.detect.registry import DetectorSet, _NoDns
+from egress.report import summary
 from egress.scanner import FileStats, Scanner
 
 CLIENT, SERVER = b"\xc0\x00\x02\x0a", b"\xc6\x33\x64\x14"
@@ -17,10 +20,10 @@ MESSAGE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
 
 
 def wants_subscribe(view: FlowView) -> Result:
-    """Finds MESSAGE once it is whole in the client stream; gives up on anything else."""
+    """Finds MESSAGE once it is whole in the client stream; gives up on anything else but 0x80 junk."""
     if view.client.startswith(MESSAGE):
         return Finding(Category.MINING, "test", "test", MESSAGE.decode().strip())
-    if MESSAGE.startswith(view.client):
+    if MESSAGE.startswith(view.client) or not view.client.strip(b"\x80"):
         return None if view.complete else MORE
     return None
 
@@ -113,3 +116,14 @@ def test_a_decided_flow_stays_decided_across_a_generation_change(tmp_path: pathl
     found = [(f.meta.sport, f.ts) for f in Scanner(DETECTORS, idle_seconds=60.0).scan(path, stats)]
     assert found == [(40006, 1.0)]  # not found a second time by a flow made up from its middle
     assert stats.flows == 2
+
+
+def test_a_flow_the_cap_stops_undecided_is_counted_unidentified(tmp_path: pathlib.Path) -> None:
+    """Junk up to the inspection cap, then the message: not found, and not clean either (issue 9)."""
+    junk = b"\x80" * 1400
+    chunks = [(offset, junk) for offset in range(0, STREAM_CAP + 1400, 1400)]
+    chunks.append((chunks[-1][0] + 1400, MESSAGE))
+    found, stats = _scan(_write(tmp_path / "cap.pcap", _connection(40008, chunks)))
+    assert found == []
+    assert stats.unidentified == 1
+    assert "1 flow(s) unidentified" in summary([stats], Counter())

@@ -113,6 +113,8 @@ def _binary(data: bytes) -> Result:
 
 
 def _rpc_protocol(method: str) -> str | None:
+    if method in ethstratum.MINING_METHODS or method in getwork.MINING_METHODS:
+        return None  # a mining call: `ethstratum`'s or `getwork`'s finding
     if method.startswith(NODE_METHOD_PREFIXES):
         return "ethereum-rpc"
     if method in BITCOIN_RPC_METHODS:
@@ -123,23 +125,26 @@ def _rpc_protocol(method: str) -> str | None:
 
 
 def _node_rpc(side: jsonrpc.Payload) -> Finding | None:
-    """A node/wallet call, unless the same stream also carries a mining call (that flow belongs to a miner)."""
+    """The first node/wallet call. A stream that also carries a mining call is still reported here: the engine
+    lets a mining finding replace a crypto-node one whenever it comes (`egress.detect.engine`), whereas saying
+    ``None`` here once a mining call showed up would make the answer depend on where the stream was split."""
     text = side.text
-    found: Finding | None = None
+    found: list[tuple[int, str, bytes]] = []
     for method, offset in jsonrpc.methods(text):
-        if method in ethstratum.MINING_METHODS or method in getwork.MINING_METHODS or method.startswith("mining."):
-            return None
         protocol = _rpc_protocol(method)
-        message = jsonrpc.message_at(text, offset, side.final) if found is None and protocol else None
+        message = jsonrpc.message_at(text, offset, side.final) if protocol else None
         if protocol is not None and message is not None:
-            found = Finding(Category.CRYPTO_NODE, protocol, NAME, evidence(message))
-    if found is None:
-        offset = text.find(_ACTION_KEY)
-        if offset >= 0 and jsonrpc.string_after(text, offset + len(_ACTION_KEY)) in NANO_ACTIONS:
-            message = jsonrpc.message_at(text, offset, side.final)
-            if message is not None:
-                found = Finding(Category.CRYPTO_NODE, "nano-rpc", NAME, evidence(message))
-    return found
+            found.append((offset, protocol, message))
+            break
+    offset = text.find(_ACTION_KEY)
+    if offset >= 0 and jsonrpc.string_after(text, offset + len(_ACTION_KEY)) in NANO_ACTIONS:
+        message = jsonrpc.message_at(text, offset, side.final)
+        if message is not None:
+            found.append((offset, "nano-rpc", message))
+    if not found:
+        return None
+    _, protocol, message = min(found)  # the first by position, however much of the stream a prefix holds
+    return Finding(Category.CRYPTO_NODE, protocol, NAME, evidence(message))
 
 
 def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:

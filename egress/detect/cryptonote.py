@@ -30,24 +30,26 @@ _JOB_KEYS: Final = (b"job_id", b"blob", b"target")
 
 
 def _match_side(side: jsonrpc.Payload) -> bytes | None:
+    """The first complete CryptoNote message by position (a call, or a job object without a method)."""
     text = side.text
+    found: list[tuple[int, bytes]] = []
     for method, offset in jsonrpc.methods(text):
         keys = _REQUIRED.get(method)
         if keys is None:
             continue
         message = jsonrpc.message_at(text, offset, side.final)
         if message is not None and all(jsonrpc.has_key(message, key) for key in keys):
-            return message
+            found.append((offset, message))
+            break
     # A job object without a method: the pool's answer to login (result.job), e.g. in a server-only capture.
     offset = text.find(b'"job_id"')
-    for _ in range(jsonrpc.MAX_METHODS):
-        if offset < 0:
-            break
+    while offset >= 0:
         message = jsonrpc.message_at(text, offset, side.final)
         if message is not None and all(jsonrpc.has_key(message, key) for key in _JOB_KEYS):
-            return message
+            found.append((offset, message))
+            break
         offset = text.find(b'"job_id"', offset + 8)
-    return None
+    return min(found)[1] if found else None
 
 
 def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:

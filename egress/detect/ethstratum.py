@@ -65,21 +65,28 @@ def _label(side: jsonrpc.Payload) -> str:
 
 
 def _match_side(side: jsonrpc.Payload) -> Finding | None:
+    """The first complete work-package message by position (a call, or a work package pushed or answered)."""
     text = side.text
+    found: list[tuple[int, str, bytes]] = []
     for method, offset in jsonrpc.methods(text):
         if method in MINING_METHODS or method == "mining.subscribe":
             message = jsonrpc.message_at(text, offset, side.final)
             if message is None:
                 continue
             if method in MINING_METHODS:
-                return Finding(Category.MINING, _label(side), NAME, evidence(message))
+                found.append((offset, _label(side), message))
+                break
             if b"EthereumStratum/" in message:
-                return Finding(Category.MINING, "ethereum-stratum", NAME, evidence(message))
+                found.append((offset, "ethereum-stratum", message))
+                break
     offset = _work_package(text)
     message = jsonrpc.message_at(text, offset, side.final) if offset >= 0 else None
     if message is not None:
-        return Finding(Category.MINING, _label(side), NAME, evidence(message))
-    return None
+        found.append((offset, _label(side), message))
+    if not found:
+        return None
+    _, protocol, message = min(found)
+    return Finding(Category.MINING, protocol, NAME, evidence(message))
 
 
 def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:

@@ -23,40 +23,45 @@ MINING_METHODS: Final = frozenset({"getwork", "getblocktemplate", "submitblock",
 _HEADERS: Final = (b"\nx-mining-extensions:", b"\nx-long-polling:", b"\nx-roll-ntime:", b"\nx-stratum:")
 
 
-def _header(heads: tuple[bytes, ...]) -> bytes | None:
-    for head in heads:
+def _header(heads: tuple[bytes, ...]) -> tuple[int, bytes] | None:
+    """(index of the message, the header line) of the first mining header."""
+    for index, head in enumerate(heads):
         lowered = head.lower()
         for header in _HEADERS:
             at = lowered.find(header)
             if at >= 0:
                 line_end = head.find(b"\r", at + 1)
-                return head[at + 1 : line_end if line_end >= 0 else None]
+                return index, head[at + 1 : line_end if line_end >= 0 else None]
     return None
 
 
-def _body_message(side: jsonrpc.Payload) -> tuple[str, bytes] | None:
+def _body_message(side: jsonrpc.Payload) -> tuple[int, str, bytes] | None:
+    """(offset, protocol, message) of the first complete mining call or getwork answer, by position."""
     text = side.text
+    found: list[tuple[int, str, bytes]] = []
     for method, offset in jsonrpc.methods(text):
         if method in MINING_METHODS:
             message = jsonrpc.message_at(text, offset, side.final)
             if message is not None:
-                return ("getwork" if method == "getwork" else "getblocktemplate"), message
+                found.append((offset, "getwork" if method == "getwork" else "getblocktemplate", message))
+                break
     offset = text.find(b'"midstate"')
     message = jsonrpc.message_at(text, offset, side.final) if offset >= 0 else None
     if message is not None and jsonrpc.has_key(message, b"hash1"):
-        return "getwork", message
-    return None
+        found.append((offset, "getwork", message))
+    return min(found) if found else None
 
 
 def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
     for side in (client, server):
         header = _header(side.heads)
-        if header is not None:
-            return Finding(Category.MINING, "mining-http-header", NAME, evidence(header))
-        if side.kind is jsonrpc.Kind.JSON:
-            found = _body_message(side)
-            if found is not None:
-                return Finding(Category.MINING, found[0], NAME, evidence(found[1]))
+        body = _body_message(side) if side.kind is jsonrpc.Kind.JSON else None
+        # Whichever HTTP message comes first (a head before its own body), so that the answer does not depend on
+        # how much of a pipelined stream a prefix holds.
+        if header is not None and (body is None or header[0] <= side.message_index(body[0])):
+            return Finding(Category.MINING, "mining-http-header", NAME, evidence(header[1]))
+        if body is not None:
+            return Finding(Category.MINING, body[1], NAME, evidence(body[2]))
     return None
 
 

@@ -7,40 +7,59 @@ or ``chunked`` framing). This module turns one direction's byte prefix into the 
 reads ``"method"`` values by scanning for the key instead of parsing whole documents: the prefix is usually
 truncated, and a key scan costs a few ``bytes.find`` calls however much JSON there is.
 
-`drive` is the common decision loop: a flow whose first non-blank byte is neither ``{``/``[`` nor the start of an
-HTTP message is rejected on the first call, so TLS, SSH and binary protocols cost one comparison.
+The text is what a *lenient* server decodes, since the pool is the attacker's and may accept anything
+(issue 9): leading bytes before the first ``{``/``[`` (a byte-order mark, NULs, whitespace, a fake TLS record
+header, any junk) are skipped; NULs and byte-order marks are dropped anywhere, which also reads the ASCII of
+UTF-16 and UTF-32 text (RFC 8259 §8.1 forbids them on the wire, Python's ``json.loads`` accepts them);
+``\\uXXXX`` escapes of printable ASCII and ``\\/`` are decoded (RFC 8259 §7), so ``"\\u006dethod"`` is
+``"method"``. Every ``"method"`` key anywhere is read (duplicates, nested objects, batches), with no cap on how
+many: the engine's buffer cap bounds the work.
+
+`drive` is the common decision loop. A direction is ruled out only when it has been shown to be another protocol
+in a way that more bytes cannot undo: a whole TLS hello at its start (`egress.detect.tls.starts_with_hello`), or
+an SSH banner. A flow is answered ``None`` once both directions are ruled out; otherwise the detectors keep
+looking until the flow ends or the engine's cap, where the engine judges what is left (`egress.detect.engine`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import enum
 import functools
+import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
+from egress.detect import tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 
-SCAN_LIMIT: Final = 8 * 1024
-"""Bytes of each direction searched. Logins, subscriptions and the first jobs all sit well inside this."""
+SCAN_LIMIT: Final = 64 * 1024
+"""Bytes of each direction searched at most, for callers that hand in a view without the engine's cap."""
 
-MAX_METHODS: Final = 32
-"""``"method"`` keys read per direction, which bounds the Python-level work per call."""
+MAX_METHODS: Final = 4096
+"""``"method"`` keys read per call: more than a `SCAN_LIMIT` of the shortest messages holds, so a bound on work
+that never stops the search early."""
 
-MAX_HTTP_MESSAGES: Final = 8
-_RESYNC_WINDOW: Final = 1024
+MAX_HTTP_MESSAGES: Final = 64
 _HTTP_STARTS: Final = (b"POST ", b"GET ", b"PUT ", b"HTTP/1.", b"OPTIONS ", b"PATCH ", b"HEAD ", b"DELETE ")
 _BLANK: Final = b" \t\r\n"
 _METHOD_KEY: Final = b'"method"'
+_DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+"""NUL and the byte-order marks of UTF-8, UTF-16 and UTF-32 (whose ASCII is the same bytes with NULs between)."""
+_ESCAPE: Final = re.compile(rb"\\u00([2-7][0-9a-fA-F])|\\/")
+_KEPT_ESCAPES: Final = frozenset({0x22, 0x5C, 0x7F})
+"""``"`` and ``\\`` stay escaped (decoding them would change where strings end); DEL is not printable."""
+_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 class Kind(enum.Enum):
     EMPTY = "empty"
-    """Nothing (or only blanks, or an incomplete HTTP head) yet."""
+    """Nothing that could be judged yet: no ``{``/``[`` so far, an incomplete TLS hello or HTTP head."""
     JSON = "json"
     """The direction carries JSON text (raw stream or HTTP bodies)."""
     NOT = "not"
-    """The direction cannot be JSON-RPC."""
+    """The direction has been shown to be another protocol (a whole TLS hello, an SSH banner)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -49,20 +68,47 @@ class Payload:
 
     kind: Kind
     text: bytes = b""
-    """The JSON-bearing bytes: the stream itself, or the HTTP bodies that start with ``{``/``[`` joined by newlines."""
+    """The JSON-bearing bytes: the decoded stream from its first ``{``/``[``, or the HTTP bodies that start with
+    ``{``/``[`` joined by newlines."""
     heads: tuple[bytes, ...] = ()
     """HTTP header blocks (request or status line included), for header-based signatures."""
-    exhausted: bool = False
-    """The direction reached `SCAN_LIMIT`: more bytes will not be searched."""
     final: bool = False
-    """No more bytes will be searched (flow complete or `SCAN_LIMIT` reached): a trailing partial message counts."""
+    """No more bytes will be searched (the flow is complete): a trailing partial message counts."""
+    body_starts: tuple[tuple[int, int], ...] = ()
+    """HTTP only: (offset in ``text``, index in ``heads`` of the message it is the body of), per JSON body."""
+
+    def message_index(self, offset: int) -> int:
+        """HTTP only: which message (index in ``heads``) the text at ``offset`` belongs to; 0 on a raw stream."""
+        owner = 0
+        for start, index in self.body_starts:
+            if start > offset:
+                break
+            owner = index
+        return owner
 
 
 def _first_solid(data: bytes) -> int:
-    for index, byte in enumerate(data):
-        if byte not in _BLANK:
-            return index
-    return -1
+    rest = len(data.lstrip(_BLANK))
+    return len(data) - rest if rest else -1
+
+
+def _unescape(match: re.Match[bytes]) -> bytes:
+    digits = match.group(1)
+    if digits is None:
+        return b"/"
+    code = int(digits, 16)
+    return match.group(0) if code in _KEPT_ESCAPES else bytes((code,))
+
+
+def decode(data: bytes) -> bytes:
+    """What a lenient JSON reader makes of ``data``: NULs and byte-order marks dropped, ASCII escapes decoded."""
+    # bytes.replace rather than one regex: it runs at memory speed on the NUL-rich binary that most flows are.
+    for dropped in _DROPPED:
+        if dropped in data:
+            data = data.replace(dropped, b"")
+    if b"\\u00" in data or b"\\/" in data:
+        data = _ESCAPE.sub(_unescape, data)
+    return data
 
 
 def _is_http_start(data: bytes) -> bool:
@@ -73,8 +119,8 @@ def _http(data: bytes) -> Payload:
     """Split pipelined HTTP/1.x messages into header blocks and JSON bodies (tolerant to a truncated tail)."""
     heads: list[bytes] = []
     bodies: list[bytes] = []
+    owners: list[int] = []
     pos = 0
-    first_is_json: bool | None = None
     while pos < len(data) and len(heads) < MAX_HTTP_MESSAGES:
         end = data.find(b"\r\n\r\n", pos)
         if end < 0:
@@ -98,17 +144,16 @@ def _http(data: bytes) -> Payload:
         if solid >= 0 and body[solid] in b"{[":
             # A body known to be whole ends its last message, as a newline does on a raw stream.
             bodies.append(body[solid:].rstrip() + b"\n" if whole else body[solid:])
-        if first_is_json is None:
-            if solid >= 0:
-                first_is_json = body[solid] in b"{["
-            elif length == 0 or not (chunked or length or head.startswith(b"HTTP/")):
-                first_is_json = False
-    exhausted = len(data) >= SCAN_LIMIT
-    if first_is_json is None and not bodies:
-        return Payload(Kind.NOT if exhausted else Kind.EMPTY, heads=tuple(heads), exhausted=exhausted)
-    kind = Kind.JSON if first_is_json or bodies else Kind.NOT
-    text = b"".join(body if body.endswith(b"\n") else body + b"\n" for body in bodies[:-1])
-    return Payload(kind, text + (bodies[-1] if bodies else b""), tuple(heads), exhausted)
+            owners.append(len(heads) - 1)
+    if not bodies:
+        # A later message on the same connection may still carry JSON: HTTP is never ruled out.
+        return Payload(Kind.EMPTY, heads=tuple(heads))
+    text = bytearray()
+    starts: list[tuple[int, int]] = []
+    for index, body in enumerate(bodies):
+        starts.append((len(text), owners[index]))
+        text += body if body.endswith(b"\n") or index == len(bodies) - 1 else body + b"\n"
+    return Payload(Kind.JSON, bytes(text), tuple(heads), body_starts=tuple(starts))
 
 
 def _content_length(lowered_head: bytes) -> int | None:
@@ -123,7 +168,7 @@ def _content_length(lowered_head: bytes) -> int | None:
 def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, bool]:
     """Join the chunks of a chunked body at ``pos``: (body, next offset, whether the last chunk was seen)."""
     parts: list[bytes] = []
-    for _ in range(64):
+    while pos < len(data):  # every chunk, however small: each costs at least its 3-byte size line
         line_end = data.find(b"\r\n", pos, pos + 20)
         if line_end < 0:
             break
@@ -149,32 +194,35 @@ def payload(data: bytes, complete: bool = False) -> Payload:
     Memoised: the five mining detectors and the crypto-node detector ask for the same prefix in turn (the same
     bytes object, whose hash Python caches), so it is split once per flow step instead of six times.
     """
-    found = _payload(data)
-    if complete or found.exhausted:
-        return Payload(found.kind, found.text, found.heads, found.exhausted, final=True)
-    return found
+    found = _payload(data[:SCAN_LIMIT])
+    return dataclasses.replace(found, final=True) if complete else found
 
 
 def _payload(data: bytes) -> Payload:
-    exhausted = len(data) >= SCAN_LIMIT
-    data = data[:SCAN_LIMIT]
-    solid = _first_solid(data)
+    # A record header with no whole hello after it is not TLS (a fake header before JSON): junk to skip. While a
+    # hello is still arriving its bytes are searched like any junk (a real hello holds no JSON-RPC call).
+    if data[:1] == b"\x16" and tls.starts_with_hello(data):
+        return Payload(Kind.NOT)
+    if data.startswith(b"SSH-"):
+        return Payload(Kind.NOT)
+    text = decode(data)
+    solid = _first_solid(text)
     if solid < 0:
-        return Payload(Kind.EMPTY, exhausted=exhausted)
-    first = data[solid]
-    if first in b"{[":
-        return Payload(Kind.JSON, data[solid:], exhausted=exhausted)
-    rest = data[solid:]
-    if first in b"GPHODT" and _is_http_start(rest[:8]):
+        return Payload(Kind.EMPTY)
+    rest = text[solid:]
+    if rest[:1] in b"GPHODT" and _is_http_start(rest[:8]):
         return _http(rest) if len(rest) >= 8 else Payload(Kind.EMPTY)
-    if 0x20 <= first < 0x7F:
-        # A capture that starts mid-message: resynchronise on the next line that opens an object.
-        resync = rest.find(b"\n{", 0, _RESYNC_WINDOW)
-        if resync >= 0:
-            return Payload(Kind.JSON, rest[resync + 1 :], exhausted=exhausted)
-        if len(rest) < _RESYNC_WINDOW and b"\n" not in rest:
-            return Payload(Kind.EMPTY)
-    return Payload(Kind.NOT, exhausted=exhausted)
+    brace = _first_brace(rest)
+    if brace < 0:
+        return Payload(Kind.EMPTY)  # junk so far: a lenient reader skips it, and so do we
+    return Payload(Kind.JSON, rest[brace:])
+
+
+def _first_brace(data: bytes) -> int:
+    curly, square = data.find(b"{"), data.find(b"[")
+    if curly < 0 or square < 0:
+        return max(curly, square)
+    return min(curly, square)
 
 
 def methods(text: bytes, limit: int = MAX_METHODS) -> list[tuple[str, int]]:
@@ -223,12 +271,12 @@ def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -
     """The whole message around ``offset``, or None while it is still arriving (unless ``final``).
 
     A message runs from the previous newline or ``}{`` boundary to the next one; one that ends the text counts
-    once it closes all its braces. Only complete messages are reported, so a finding's evidence does not depend
-    on where the stream was split. Messages longer than ``span`` either side are cut at ``span``.
+    once it closes all its braces and brackets outside strings (a batch ``[...]`` included). Only complete
+    messages are reported, so a finding's evidence does not depend on where the stream was split. Messages longer
+    than ``span`` either side are cut at ``span``.
     """
-    low = max(0, offset - span)
-    start = max(text.rfind(b"\n", low, offset), text.rfind(b"}{", low, offset))
-    start = start + 1 if start >= 0 else low
+    begin = max(text.rfind(b"\n", 0, offset), text.rfind(b"}{", 0, offset)) + 1
+    start = max(begin, offset - span)
     high = offset + span
     end = text.find(b"\n", offset, high)
     joined = text.find(b"}{", offset, high)
@@ -238,10 +286,17 @@ def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -
         return text[start:end]
     if len(text) >= high:
         return text[start:high]
-    message = text[start:]
-    if final or (message.rstrip().endswith(b"}") and message.count(b"{") == message.count(b"}")):
-        return message
-    return None
+    return text[start:] if final or _closed(text[begin:]) else None
+
+
+def _closed(message: bytes) -> bool:
+    """Whether ``message`` ends a JSON value: every string closed, braces and brackets balanced."""
+    if not message.rstrip().endswith((b"}", b"]")):
+        return False
+    bare = _STRING.sub(b'""', message) if b'"' in message else message
+    if bare.count(b'"') % 2:
+        return False
+    return bare.count(b"{") == bare.count(b"}") and bare.count(b"[") == bare.count(b"]")
 
 
 Matcher = Callable[[Payload, Payload], Finding | None]
@@ -249,23 +304,17 @@ Matcher = Callable[[Payload, Payload], Finding | None]
 
 
 def drive(view: FlowView, match: Matcher) -> Result:
-    """The shared decision loop: reject non-JSON flows at once, match, and give up once both sides are searched."""
+    """The shared decision loop: ``None`` once both directions are shown to be another protocol (or the flow ended
+    without a match), a finding as soon as one matches, `MORE` otherwise.
+
+    There is no early give-up on a JSON-bearing or unrecognised stream: a benign first N calls, padding or junk
+    do not make the rest clean. The engine's cap bounds the work and judges a flow still undecided there.
+    """
     client = payload(view.client, view.complete)
-    if client.kind is Kind.NOT and not client.heads:
-        return None
     server = payload(view.server, view.complete)
-    if server.kind is Kind.NOT and not server.heads and client.kind is not Kind.JSON:
+    if client.kind is Kind.NOT and server.kind is Kind.NOT:
         return None
-    if client.kind is Kind.EMPTY and server.kind is Kind.EMPTY and not (client.heads or server.heads):
-        return None if view.complete else MORE
     finding = match(client, server)
     if finding is not None:
         return finding
-    if view.complete:
-        return None
-    sides = [side for side in (client, server) if side.kind is not Kind.EMPTY]
-    if any(side.kind is Kind.NOT for side in sides):
-        return None
-    if sides and all(side.exhausted or len(methods(side.text)) >= MAX_METHODS for side in sides):
-        return None
-    return MORE
+    return None if view.complete else MORE

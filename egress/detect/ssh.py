@@ -50,6 +50,7 @@ def detect(view: FlowView) -> Result:
                 return MORE
             line = text[: end if end >= 0 else _LINE_MAX].rstrip(b"\r")
             return Finding(Category.TUNNEL, "ssh-nonstandard-port", NAME, evidence(line))
-    if client is False or server is False or view.complete:
+    # Both sides must have been ruled out: a server that speaks junk first must not hide the client's banner.
+    if (client is False and server is False) or view.complete:
         return None
     return MORE

@@ -25,18 +25,22 @@ _SUBSCRIPTION_PAIRS: Final = (b'["mining.notify"', b'["mining.set_difficulty"', 
 
 
 def _mining_message(side: jsonrpc.Payload) -> bytes | None:
+    """The first complete message that is Stratum, by position: the answer must not depend on which of two
+    signatures happened to be whole first in a shorter prefix."""
     text = side.text
+    found: list[tuple[int, bytes]] = []
     for method, offset in jsonrpc.methods(text):
         if method.startswith("mining.") and len(method) > len("mining.") and method[7].isalpha():
             message = jsonrpc.message_at(text, offset, side.final)
             if message is not None:
-                return message
+                found.append((offset, message))
+                break
     for pair in _SUBSCRIPTION_PAIRS:
         offset = text.find(pair)
         message = jsonrpc.message_at(text, offset, side.final) if offset >= 0 else None
         if message is not None and jsonrpc.has_key(message, b"result"):
-            return message
-    return None
+            found.append((offset, message))
+    return min(found)[1] if found else None
 
 
 def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:

@@ -10,6 +10,7 @@ issuer and subject common names (RFC 5280 §4.1).
 Public surface:
 
 - `looks_like_tls(prefix)`: cheap test that a stream starts with a TLS handshake record.
+- `starts_with_hello(prefix)`: whether a whole ClientHello or ServerHello follows that record header.
 - `parse_client_hello(prefix, partial)` / `parse_server_hello(prefix, partial)`: a frozen result, ``None`` when
   the bytes are not that message, or `MORE` while the message is still incomplete. With ``partial=True`` a
   truncated message is parsed as far as it goes (use it once the flow is complete).
@@ -65,6 +66,30 @@ class ServerHello:
 def looks_like_tls(prefix: bytes) -> bool:
     """True when the prefix (at least 3 bytes) starts like a TLS handshake record: ``16 03 0x``."""
     return len(prefix) >= 3 and prefix[0] == HANDSHAKE and prefix[1] == 3 and prefix[2] <= 4
+
+
+def starts_with_hello(prefix: bytes) -> bool | None:
+    """Whether ``prefix`` starts with a *whole* ClientHello or ServerHello carried in handshake records.
+
+    True when it does; False when it cannot (no record header, or the records hold something else: a 5-byte
+    header followed by JSON is not TLS); None while the hello is still arriving. Only a whole hello shows a
+    stream to be TLS: a record header alone is five bytes anyone can send.
+    """
+    if not looks_like_tls(prefix):
+        return None if len(prefix) < 3 and prefix == b"\x16\x03"[: len(prefix)] else False
+    stream, ended = _handshake_stream(prefix)
+    if not stream:
+        return False if ended else None
+    if stream[0] == CLIENT_HELLO:
+        hello = parse_client_hello(prefix)
+        return None if hello is MORE else isinstance(hello, ClientHello)
+    if stream[0] == SERVER_HELLO:
+        got = _message(stream, 0, ended, False)
+        if not isinstance(got, tuple):
+            return None if got is MORE else False
+        _, body, truncated = got
+        return not truncated and len(body) >= 38  # version, random, session id length: RFC 8446 §4.1.3
+    return False
 
 
 def _handshake_stream(prefix: bytes) -> tuple[bytes, bool]:

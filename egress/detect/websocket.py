@@ -45,6 +45,8 @@ class Unwrapped:
     """What was seen of the first data message (its frames' payloads joined)."""
     first_done: bool
     """True when the first data message is complete (a FIN frame ended it)."""
+    broken: bool = False
+    """A malformed frame header ended the parse: what came before it is kept, nothing after it is a frame."""
 
 
 def _unmask(data: bytes, key: bytes) -> bytes:
@@ -55,18 +57,23 @@ def _unmask(data: bytes, key: bytes) -> bytes:
     return (int.from_bytes(data) ^ int.from_bytes(stream)).to_bytes(size)
 
 
-def unwrap(data: bytes, offset: int) -> Unwrapped | None:
-    """Parse frames from ``offset`` to the end of ``data``; None when the bytes are not WebSocket frames."""
+def unwrap(data: bytes, offset: int) -> Unwrapped:
+    """Parse frames from ``offset`` to the end of ``data``, up to the first malformed frame header (``broken``).
+
+    What precedes a malformed header is kept rather than thrown away with it: a peer's bad bytes must not hide
+    what the other frames carried, and the answer for a prefix must stay the answer once more bytes come."""
     payload = bytearray()
     first: bytearray | None = None
     first_opcode: int | None = None
     first_compressed = False
     first_done = False
+    broken = False
     while offset + 2 <= len(data):
         head, size = data[offset], data[offset + 1] & 0x7F
         opcode, masked = head & 0x0F, data[offset + 1] & 0x80
         if opcode not in _KNOWN_OPCODES or head & 0x30:
-            return None
+            broken = True
+            break
         pos = offset + 2
         if size >= 126:
             width = 2 if size == 126 else 8
@@ -90,7 +97,7 @@ def unwrap(data: bytes, offset: int) -> Unwrapped | None:
             if first is not None and head & 0x80 and len(body) == size:
                 first_done = True
         offset = pos + size
-    return Unwrapped(bytes(payload), first_opcode, first_compressed, bytes(first or b""), first_done)
+    return Unwrapped(bytes(payload), first_opcode, first_compressed, bytes(first or b""), first_done, broken)
 
 
 def entropy(sample: bytes) -> float:
@@ -149,7 +156,7 @@ _NO_FRAMES = Unwrapped(b"", None, False, b"", False)
 def _sides(view: FlowView, request: http.HttpRequest) -> tuple[Unwrapped, Unwrapped] | Result:
     """The frames of each side after the handshake (none yet from a server not seen); None when not WebSocket."""
     client = unwrap(view.client, request.body_offset)
-    server: Unwrapped | None = _NO_FRAMES
+    server = _NO_FRAMES
     if view.server:
         response = http.parse_response(view.server)
         if not isinstance(response, http.HttpResponse):
@@ -157,8 +164,6 @@ def _sides(view: FlowView, request: http.HttpRequest) -> tuple[Unwrapped, Unwrap
         if response.status != 101:
             return None
         server = unwrap(view.server, response.body_offset)
-    if client is None or server is None:
-        return None
     return client, server
 
 

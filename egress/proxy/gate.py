@@ -101,7 +101,9 @@ class Gate:
             if not server:
                 return Decision(Kind.WAIT)
             return self._raw(sandbox, meta, client, server)  # server speaks first (SSH, SMTP...)
-        if tls.looks_like_tls(client):
+        if tls.looks_like_tls(client) and tls.parse_client_hello(client) is not None:
+            # A record header is TLS only if a ClientHello follows it (issue 9: a 5-byte fake header before
+            # JSON-RPC was passed through as "TLS without SNI"); anything else is inspected as a raw stream.
             return self._tls(sandbox, meta, client)
         if http.looks_like_http_request(client):
             return self._http(sandbox, meta, client)

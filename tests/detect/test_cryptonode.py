@@ -6,6 +6,11 @@ import pytest
 
 from egress.detect import cryptonode
 from egress.detect.base import Category, Finding
+from egress.detect.engine import FlowInspector
+from egress.detect.names import NameLists
+from egress.detect.registry import build_detectors
+from egress.policy.lists import load_lists_dir
+from tests.detect import feeding
 from tests.detect.feeding import feed_every_split, feed_stream
 from tests.detect.test_jsonrpc import NEGATIVE_IDS, NEGATIVES
 
@@ -55,16 +60,34 @@ def test_server_side_p2p() -> None:
     ("client", "server"),
     [
         *NEGATIVES,
-        # Mining calls are not node traffic, even when eth_* or mixed with node calls.
+        # Mining calls are not node traffic, even when eth_* (a stream mixing both: see the test below).
         (b'{"id":3,"jsonrpc":"2.0","method":"eth_getWork","params":[]}\n', b""),
-        (b'{"id":1,"method":"eth_blockNumber"}\n{"id":2,"method":"eth_submitWork","params":[]}\n', b""),
         (b'{"id":0,"method":"getblocktemplate","params":[]}\n', b""),
         (b'{"id":1,"method":"mining.subscribe","params":[]}\n', b""),
         # A Bitcoin magic followed by a command that is not one.
         (bytes.fromhex("f9beb4d9") + b"hello\x00\x00\x00\x00\x00\x00\x00" + b"\x00" * 8, b""),
         (b"\x01\x21\x01\x01\x01\x01\x01\x02" + b"\x00" * 24, b""),
     ],
-    ids=[*NEGATIVE_IDS, "eth-getwork", "mixed-mining", "gbt", "stratum", "bad-command", "bad-levin"],
+    ids=[*NEGATIVE_IDS, "eth-getwork", "gbt", "stratum", "bad-command", "bad-levin"],
 )
 def test_ignores_other_traffic(client: bytes, server: bytes) -> None:
     assert feed_stream(cryptonode.detect, client, server) is None
+
+
+_NODE_CALL = b'{"id":1,"jsonrpc":"2.0","method":"eth_chainId","params":[]}\n'
+_WORK_CALL = b'{"id":2,"jsonrpc":"2.0","method":"eth_getWork","params":[]}\n'
+
+
+@pytest.mark.parametrize("first_node", [True, False])
+def test_mining_wins_over_a_node_call_however_the_stream_is_cut(first_node: bool) -> None:
+    """A node call seen first is still crypto-node for this detector alone, but the flow is mining: the engine
+    keeps the mining finding whenever it comes (a crypto-node allowing policy must not let a miner through)."""
+    stream = _NODE_CALL + _WORK_CALL if first_node else _WORK_CALL + _NODE_CALL
+    detectors = build_detectors(NameLists(load_lists_dir())).tcp
+    for cut in range(len(stream) + 1):
+        inspector = FlowInspector(feeding.META, detectors)
+        inspector.feed_stream(True, stream[:cut])
+        inspector.feed_stream(True, stream[cut:])
+        found = inspector.close()
+        assert found is not None and found.category is Category.MINING, cut
+    assert feed_stream(cryptonode.detect, _NODE_CALL + _WORK_CALL) == feed_stream(cryptonode.detect, _NODE_CALL)

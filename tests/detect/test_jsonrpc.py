@@ -7,6 +7,7 @@ import pytest
 from egress.detect import jsonrpc
 from egress.detect.base import MORE, Category, Finding, FlowView
 from tests.detect.feeding import META
+from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
 
 # ndpi_jsonrpc.pcap (benign): a generic JSON-RPC echo service on raw TCP, and Zabbix JSON-RPC over HTTP.
 JSONRPC_ECHO = (
@@ -53,11 +54,20 @@ NEGATIVE_IDS = ["jsonrpc-echo", "zabbix-http", "http-get", "tls-hello", "ssh", "
         (ZABBIX_REQUEST, jsonrpc.Kind.JSON),
         (ZABBIX_REQUEST[:60], jsonrpc.Kind.EMPTY),
         (b"PO", jsonrpc.Kind.EMPTY),
-        (HTTP_GET, jsonrpc.Kind.NOT),
-        (HTTP_HTML, jsonrpc.Kind.NOT),
-        (TLS_CLIENT_HELLO, jsonrpc.Kind.NOT),
+        # A later request or response on the connection may carry JSON: HTTP is never ruled out.
+        (HTTP_GET, jsonrpc.Kind.EMPTY),
+        (HTTP_HTML, jsonrpc.Kind.EMPTY),
+        # Only a whole hello rules TLS in; the first bytes of one are searched like junk meanwhile.
+        (TLS_CLIENT_HELLO, jsonrpc.Kind.EMPTY),
+        (TOR_CLIENT_HELLO, jsonrpc.Kind.NOT),
+        (TOR_SERVER_FLIGHT, jsonrpc.Kind.NOT),
         (SSH_BANNER, jsonrpc.Kind.NOT),
         (b'ce":"00ff"}\n{"id":4,"method":"x"}\n', jsonrpc.Kind.JSON),
+        # What a lenient reader skips before the first brace: BOM, NUL, junk, a fake TLS record header.
+        (b"\xef\xbb\xbf{}", jsonrpc.Kind.JSON),
+        (b"\x00{}", jsonrpc.Kind.JSON),
+        (b"\x16\x03\x01\x00\x05{}", jsonrpc.Kind.JSON),
+        (b"\x80\x01junk", jsonrpc.Kind.EMPTY),
     ],
 )
 def test_payload_kind(data: bytes, kind: jsonrpc.Kind) -> None:
@@ -100,14 +110,19 @@ def _finds_mining_method(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Fi
 @pytest.mark.parametrize(
     ("client", "server", "complete", "expected"),
     [
-        (TLS_CLIENT_HELLO, b"", False, None),
+        (TLS_CLIENT_HELLO, b"", False, MORE),
+        (TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT, False, None),
+        (SSH_BANNER, SSH_BANNER, False, None),
         (b"", b"", False, MORE),
         (b"", b"", True, None),
         (b'{"method":"hit"}', b"", False, "finding"),
         (b'{"method":"other"}', b"", False, MORE),
         (b'{"method":"other"}', b"", True, None),
-        (b'{"method":"other"}' + b" " * jsonrpc.SCAN_LIMIT, b"", False, None),
-        (HTTP_GET, HTTP_HTML, False, None),
+        # Padding or many benign calls never make the rest clean: the engine's cap judges such a flow.
+        (b'{"method":"other"}' + b" " * jsonrpc.SCAN_LIMIT, b"", False, MORE),
+        (b'{"method":"other"}\n' * 64 + b'{"method":"hit"}', b"", False, "finding"),
+        (HTTP_GET, HTTP_HTML, False, MORE),
+        (HTTP_GET, HTTP_HTML, True, None),
     ],
 )
 def test_drive_decisions(client: bytes, server: bytes, complete: bool, expected: object) -> None:
@@ -117,3 +132,28 @@ def test_drive_decisions(client: bytes, server: bytes, complete: bool, expected:
         assert isinstance(result, Finding)
     else:
         assert result is expected
+
+
+@pytest.mark.parametrize(
+    ("raw", "decoded"),
+    [
+        (b'{"\\u006dethod":"mining.\\u0073ubmit"}', b'{"method":"mining.submit"}'),
+        (b'{"\\u006Dethod":"a\\/b"}', b'{"method":"a/b"}'),
+        (b'{"k":"\\u0022\\u005c\\u00e9"}', b'{"k":"\\u0022\\u005c\\u00e9"}'),  # quote, backslash, non-ASCII kept
+        (b"\xef\xbb\xbf{}", b"{}"),
+        ("{}".encode("utf-16"), b"{}"),
+        ('{"method":1}'.encode("utf-16-be"), b'{"method":1}'),
+        ('{"method":1}'.encode("utf-32"), b'{"method":1}'),
+    ],
+)
+def test_decode_reads_what_a_lenient_server_reads(raw: bytes, decoded: bytes) -> None:
+    assert jsonrpc.decode(raw) == decoded
+
+
+def test_message_at_counts_a_batch_and_ignores_braces_in_strings() -> None:
+    batch = b'[{"id":1,"method":"a"},{"id":2,"method":"b"}]'
+    assert jsonrpc.message_at(batch, batch.find(b'"b"'), final=False) is not None
+    assert jsonrpc.message_at(batch[:-1], batch.find(b'"b"'), final=False) is None
+    text = b'{"method":"a","x":"}"'
+    assert jsonrpc.message_at(text, 1, final=False) is None
+    assert jsonrpc.message_at(text + b"}", 1, final=False) == text + b"}"

@@ -12,7 +12,8 @@ What must hold (egress.detect.base states the contract):
 - a finding's category is one of `Category` and the one its detector reports; its detector and protocol labels are
   from the known set below; its evidence is printable, on one line and at most `EVIDENCE_MAX` characters;
 - the engine asks a detector again only after `MORE`, always with the same or a longer prefix, and a decided flow
-  stays decided: later bytes and ``close`` return the same finding;
+  stays decided: later bytes and ``close`` return the same finding or, before the flow is done, a higher-ranked
+  one (`egress.detect.engine.RANK`);
 - the DNS observer reports each (client, finding) once.
 """
 
@@ -42,7 +43,7 @@ from egress.detect import (
     websocket,
 )
 from egress.detect.base import EVIDENCE_MAX, MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport
-from egress.detect.engine import FlowInspector
+from egress.detect.engine import RANK, FlowInspector
 from egress.detect.registry import build_detectors
 from egress.policy.lists import load_lists_dir
 from tests.budget import examples
@@ -261,11 +262,17 @@ def feed(inspector: FlowInspector, case: Case) -> list[Finding | None]:
 
 
 def check_decided_stays_decided(inspector: FlowInspector, returned: list[Finding | None]) -> None:
+    """Once a finding is made the flow keeps one; it is replaced only by a higher-ranked one (mining over tunnel
+    over crypto-node), and a mining finding is never replaced."""
     assert inspector.done
     first = next((index for index, found in enumerate(returned) if found is not None), None)
     if first is not None:
-        assert all(found == returned[first] for found in returned[first:])
-        assert inspector.finding == returned[first]
+        kept = returned[first:]
+        assert all(found is not None for found in kept)
+        for before, after in itertools.pairwise(kept):
+            assert before is not None and after is not None
+            assert after == before or RANK[after.category] > RANK[before.category]
+        assert inspector.finding == returned[-1]
     else:
         assert inspector.finding is None
 

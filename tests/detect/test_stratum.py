@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 
 from egress.detect import stratum
-from egress.detect.base import Category, Finding, FlowView
+from egress.detect.base import MORE, Category, Finding, FlowView
 from tests.detect.feeding import META, feed_every_split, feed_stream
 from tests.detect.test_jsonrpc import NEGATIVE_IDS, NEGATIVES
+from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
 
 # peafowl_stratum.pcap (EWBF to eu1-zcash.flypool.org:3333), client side.
 EWBF_CLIENT = (
@@ -81,5 +82,14 @@ def test_ignores_near_misses(client: bytes) -> None:
     assert feed_stream(stratum.detect, client) is None
 
 
-def test_rejects_tls_on_first_bytes() -> None:
-    assert stratum.detect(FlowView(META, client=b"\x16\x03\x01")) is None
+def test_rejects_tls_once_both_hellos_are_whole() -> None:
+    """A record header is not TLS by itself (issue 9: a 5-byte fake header before JSON): only whole hellos are."""
+    assert stratum.detect(FlowView(META, client=b"\x16\x03\x01")) is MORE
+    assert stratum.detect(FlowView(META, client=TOR_CLIENT_HELLO)) is MORE
+    assert stratum.detect(FlowView(META, client=TOR_CLIENT_HELLO, server=TOR_SERVER_FLIGHT)) is None
+
+
+def test_finds_json_after_a_fake_tls_record_header() -> None:
+    subscribe = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
+    found = feed_stream(stratum.detect, b"\x16\x03\x01\x00\x05" + subscribe, b"")
+    assert found is not None and found.protocol == "stratum-v1"

@@ -61,3 +61,40 @@ def test_an_enforced_name_finding_refuses() -> None:
     decision = gate.on_first_bytes(sandbox, flow_meta(("10.0.0.5", 40000), DST), _client_hello("dns.google"), b"")
     assert decision.kind is Kind.REFUSE
     assert decision.verdict is not None and decision.verdict.reason is Reason.TUNNEL
+
+
+def _network_gate() -> Gate:
+    policy = parse_policy(
+        """
+version: 1
+sandboxes:
+  box:
+    sources: [10.0.0.0/24]
+    allow:
+      networks:
+        - {cidr: 198.18.10.3/32, ports: [3333], protocols: [tcp]}
+    detectors: {mining: block, tunnel: block, crypto_node: block}
+"""
+    )
+    lists = load_name_lists(LISTS)
+    return Gate(policy, lambda _sandbox, _address: frozenset(), make_name_detector(lists), stream_detectors(lists))
+
+
+SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
+
+
+@pytest.mark.parametrize(
+    "head",
+    [b"\x16\x03\x01\x00\x05", b"\x16\x03\x01\x00\x40", b"\x16\x03\x03" + len(SUBSCRIBE).to_bytes(2)],
+    ids=["5-byte-record", "record-over-json", "record-of-json"],
+)
+def test_a_tls_record_header_without_a_client_hello_is_inspected_not_passed(head: bytes) -> None:
+    """Issue 9: a fake record header before Stratum was taken for "TLS without SNI" and passed through."""
+    gate = _network_gate()
+    sandbox = gate.sandbox("10.0.0.5")
+    assert sandbox is not None
+    meta = flow_meta(("10.0.0.5", 40000), ("198.18.10.3", 3333))
+    decision = gate.on_first_bytes(sandbox, meta, head + SUBSCRIBE, b"")
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.reason is Reason.MINING
+    assert gate.on_first_bytes(sandbox, meta, head + b'{"id":1,"method":"echo"}\n', b"").kind is Kind.INSPECT

@@ -47,24 +47,15 @@ def test_a_block_template_request_alone_is_found() -> None:
     assert found is not None and found.category is Category.MINING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing (test_fuzz_jsonrpc): after a complete bodyless GET the HTTP payload is judged not JSON "
-    "and drive() gives up, so a pipelined getblocktemplate POST on the same connection is never inspected; "
-    "owner: egress/detect/jsonrpc.py (streams, issue 9 class 3)",
-)
 def test_a_block_template_request_after_a_bodyless_get_is_found() -> None:
+    """Was: the HTTP payload was judged not JSON after the GET and drive() gave up (fixed in jsonrpc.py: HTTP is
+    never ruled out)."""
     found = _found(b"GET /status HTTP/1.1\r\nHost: node.lab\r\n\r\n" + _post(TEMPLATE))
     assert found is not None and found.category is Category.MINING
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="found by fuzzing (test_fuzz_jsonrpc): jsonrpc._dechunk joins at most 64 chunks, so a method after the "
-    "64th chunk of a chunked body is never seen and the complete flow is judged clean; owner: "
-    "egress/detect/jsonrpc.py (streams, issue 9 class 3/6)",
-)
 def test_a_block_template_request_in_many_small_chunks_is_found() -> None:
+    """Was: _dechunk joined at most 64 chunks (fixed: every chunk is joined)."""
     body = b'{"params":["' + b"a" * 100 + b'"],"id":1,"method":"getblocktemplate"}'
     found = _found(_post(body, chunk=1))
     assert found is not None and found.category is Category.MINING

@@ -104,9 +104,13 @@ class InspectLayer(layers.TCPLayer):
         inspector = self.inspector
         if isinstance(event, events.DataReceived) and not inspector.done:
             from_client = event.connection == self.context.client
+            before = inspector.finding
             try:
                 finding = inspector.feed_stream(from_client, event.data)
-                verdict = decide_finding(self.sandbox, finding) if finding is not None else None
+                # Acted on once per finding: a crypto-node finding keeps the flow inspected, and a mining finding
+                # that comes later replaces it (egress.detect.engine.RANK).
+                fresh = finding is not None and finding is not before
+                verdict = decide_finding(self.sandbox, finding) if finding is not None and fresh else None
             except Exception as exc:
                 log.exception("egress: inspection failed; the connection is closed")
                 verdict = fail_closed_verdict(f"inspect: {exc!r}")

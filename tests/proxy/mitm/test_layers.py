@@ -135,3 +135,18 @@ def test_http_start_needs_enough_bytes_to_tell() -> None:
     assert http_start(b"GET / HTTP/1.1\r\n") is True
     assert http_start(b"PRI * HT") is None and http_start(b"GE") is None
     assert http_start(b"* OK") is False and http_start(b"\x16\x03\x01") is False
+
+
+def test_a_later_mining_finding_replaces_a_node_call_and_each_is_reported_once() -> None:
+    """Report mode lets both through: the node call is reported once (not again with each later segment), then
+    the mining call that follows it on the same connection is reported too (egress.detect.engine.RANK)."""
+    layer, context, seen = _inspecting("report")
+    node = b'{"id":1,"jsonrpc":"2.0","method":"eth_chainId","params":[]}\n'
+    work = b'{"id":2,"jsonrpc":"2.0","method":"eth_getWork","params":[]}\n'
+    _play(layer, events.Start(), events.DataReceived(context.client, node))
+    _play(layer, events.DataReceived(context.client, b" "))
+    _play(layer, events.DataReceived(context.client, work))
+    assert [(v.action, v.reason) for v in seen] == [
+        (Enforcement.WOULD_BLOCK, Reason.CRYPTO_NODE),
+        (Enforcement.WOULD_BLOCK, Reason.MINING),
+    ]
