@@ -26,10 +26,15 @@ class DecidedFlow:
     dst: str
     dport: int
     transport: str
-    """``tcp``, ``udp`` or ``icmp``."""
+    """``tcp``, ``udp``, ``icmp`` or ``ip`` (another IP protocol, named by ``protocol``)."""
     host: str
     """The name asked for (DNS question, TLS SNI, HTTP Host), or ``""``."""
     verdict: Verdict
+    protocol: str = ""
+    """What the packet was when no detector said (``gre``, ``sctp``, ``ip-253``); ``""``: the transport."""
+    count: int = 1
+    """How many identical packets this decision stands for (the drop logger's count of packets the kernel
+    dropped without logging them, its log being rate-limited)."""
 
 
 class Reporter(Protocol):
