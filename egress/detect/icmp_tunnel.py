@@ -27,8 +27,9 @@ What a tunnel sends:
   src/server.cpp, ``Worker::TunnelHeader::Magic``).
 - icmptunnel, icmptx and similar: a whole IPv4 or IPv6 packet as the echo data (icmptunnel README: "tunnels IP
   traffic in ICMP echo"); we check the version, the length field and (IPv4) the header checksum.
-- Anything else that is neither an OS ping pattern nor a fill: one payload larger than `LARGE`, several
-  payloads that differ from each other (in size or content), or bytes with near-random entropy.
+- Anything else that is neither an OS ping pattern nor a fill: one payload larger than `LARGE` or with
+  near-random entropy (no ping sends random bytes; probes that do, such as ``nmap --data-length``, send data
+  too), or several payloads that differ from each other (in size or content).
 
 An OS ping's first 16 bytes are its send time (``struct timeval``: little-endian seconds in 2000-2100 and
 microseconds), or at most 8 bytes (a 32-bit timeval, FreeBSD's ``tv32``, a counter) then zeros or the pattern:
@@ -54,7 +55,7 @@ _OFFSET_PATTERN: Final = bytes(range(256)) * 256
 _WINDOWS_PATTERN: Final = b"abcdefghijklmnopqrstuvw" * 2900
 
 OTHER_NEEDED = 4
-"""Unexplained payloads needed before sizes and entropy are judged."""
+"""Unexplained payloads needed before their differences are judged."""
 DISTINCT_SIZES = 3
 """Distinct unexplained payloads in one flow (size or content) that make a tunnel (a ping repeats itself)."""
 ENTROPY_MIN_LEN = 64
@@ -198,7 +199,7 @@ def detect(view: FlowView) -> Result:
             pings += 1
         elif label == "other":
             others.append(payload)
-            if len(payload) >= LARGE:
+            if len(payload) >= LARGE or _high_entropy(payload):
                 why = f"{len(payload)}-byte echo payload that no ping sends: ".encode()
                 return Finding(Category.TUNNEL, "icmp-tunnel", DETECTOR, evidence(why + payload[:32]))
         else:
@@ -206,9 +207,8 @@ def detect(view: FlowView) -> Result:
             return Finding(Category.TUNNEL, protocol, DETECTOR, evidence(payload[:48]))
     if len(others) >= OTHER_NEEDED:
         distinct = len(set(others))
-        noisy = [payload for payload in others if _high_entropy(payload)]
-        if distinct >= DISTINCT_SIZES or len(noisy) >= OTHER_NEEDED:
-            why = f"{len(others)} non-ping payloads, {distinct} distinct, {len(noisy)} high-entropy: "
+        if distinct >= DISTINCT_SIZES:
+            why = f"{len(others)} non-ping payloads, {distinct} distinct: "
             return Finding(Category.TUNNEL, "icmp-tunnel", DETECTOR, evidence(why.encode() + others[0][:32]))
     if not others and pings >= PING_ONLY_GIVE_UP:
         return None

@@ -202,3 +202,9 @@ def test_data_in_icmp_messages_that_carry_none(kind: int, payload: bytes, covert
         assert finding is not None and finding.protocol == "icmp-covert"
     else:
         assert finding is None
+
+
+def test_one_random_payload_is_a_tunnel() -> None:
+    """No ping sends random bytes: one echo of them (an encrypted tunnel's packet) is enough."""
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, os.urandom(120))], FLOW, [8])
+    assert finding is not None and finding.protocol == "icmp-tunnel"
