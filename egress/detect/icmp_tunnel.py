@@ -208,8 +208,8 @@ def detect(view: FlowView) -> Result:
     if len(others) >= OTHER_NEEDED:
         distinct = len(set(others))
         if distinct >= DISTINCT_SIZES:
-            why = f"{len(others)} non-ping payloads, {distinct} distinct: "
-            return Finding(Category.TUNNEL, "icmp-tunnel", DETECTOR, evidence(why.encode() + others[0][:32]))
+            summary = f"{len(others)} non-ping payloads, {distinct} distinct: ".encode()
+            return Finding(Category.TUNNEL, "icmp-tunnel", DETECTOR, evidence(summary + others[0][:32]))
     if not others and pings >= PING_ONLY_GIVE_UP:
         return None
     return None if view.complete else MORE

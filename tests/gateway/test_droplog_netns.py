@@ -132,7 +132,7 @@ def lab() -> Iterator[Lab]:
 
 
 def _checksum(data: bytes) -> int:
-    data += b"\0" * (len(data) % 2)
+    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
     while total >> 16:
         total = (total & 0xFFFF) + (total >> 16)
