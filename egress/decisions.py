@@ -68,9 +68,10 @@ class FanoutReporter:
 
 def canonical(attempt: DecidedFlow) -> dict[str, object]:
     """The decision line's fields: when, the flow's five-tuple with sandbox and host (enough to find the flow in a
-    capture or a connection log), and the verdict."""
+    capture or a connection log), and the verdict; ``protocol`` and ``count`` only when they say something (another
+    IP protocol's name; packets the drop logger counted but did not see logged)."""
     verdict = attempt.verdict
-    return {
+    line: dict[str, object] = {
         "ts": round(attempt.ts, 6),
         "sandbox": attempt.sandbox,
         "src": attempt.src,
@@ -84,3 +85,8 @@ def canonical(attempt: DecidedFlow) -> dict[str, object]:
         "rule": verdict.rule,
         "evidence": verdict.evidence,
     }
+    if attempt.protocol:
+        line["protocol"] = attempt.protocol
+    if attempt.count != 1:
+        line["count"] = attempt.count
+    return line
