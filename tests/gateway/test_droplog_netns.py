@@ -204,7 +204,7 @@ def _protos_at_internet(frames: list[bytes]) -> list[tuple[str, bytes]]:
             source = ipaddress.IPv6Address(frame[22:38])
         else:
             continue
-        if not source.is_link_local and str(source) != T.INTERNET4 and str(source) != T.INTERNET6:
+        if not (source.is_link_local or source.is_unspecified) and str(source) not in (T.INTERNET4, T.INTERNET6):
             leaked.append((str(source), frame))
     return leaked
 
