@@ -26,10 +26,15 @@ class DecidedFlow:
     dst: str
     dport: int
     transport: str
-    """``tcp``, ``udp`` or ``icmp``."""
+    """``tcp``, ``udp``, ``icmp`` or ``ip`` (another IP protocol, named by ``protocol``)."""
     host: str
     """The name asked for (DNS question, TLS SNI, HTTP Host), or ``""``."""
     verdict: Verdict
+    protocol: str = ""
+    """What the packet was when no detector said (``gre``, ``sctp``, ``ip-253``); ``""``: the transport."""
+    count: int = 1
+    """How many identical packets this decision stands for (the drop logger's count of packets the kernel
+    dropped without logging them, its log being rate-limited)."""
 
 
 class Reporter(Protocol):
@@ -63,9 +68,10 @@ class FanoutReporter:
 
 def canonical(attempt: DecidedFlow) -> dict[str, object]:
     """The decision line's fields: when, the flow's five-tuple with sandbox and host (enough to find the flow in a
-    capture or a connection log), and the verdict."""
+    capture or a connection log), and the verdict; ``protocol`` and ``count`` only when they say something (another
+    IP protocol's name; packets the drop logger counted but did not see logged)."""
     verdict = attempt.verdict
-    return {
+    line: dict[str, object] = {
         "ts": round(attempt.ts, 6),
         "sandbox": attempt.sandbox,
         "src": attempt.src,
@@ -79,3 +85,8 @@ def canonical(attempt: DecidedFlow) -> dict[str, object]:
         "rule": verdict.rule,
         "evidence": verdict.evidence,
     }
+    if attempt.protocol:
+        line["protocol"] = attempt.protocol
+    if attempt.count != 1:
+        line["count"] = attempt.count
+    return line

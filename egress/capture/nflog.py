@@ -49,8 +49,9 @@ NFULA_IFINDEX_INDEV = 4
 NFULA_PAYLOAD = 9
 NFULA_PREFIX = 10
 
-COPY_RANGE = 256
-"""Bytes of each logged packet copied to us: IP and transport headers and the first bytes of payload."""
+COPY_RANGE = 1280
+"""Bytes of each logged packet copied to us: headers and the first kilobyte or so of payload (the ICMP tunnel
+detector judges an echo's size and content; the log is rate-limited, so this costs at most ~130 KB/s a rule)."""
 FLUSH_TIMEOUT = 1
 """Hundredths of a second the kernel may hold a message (with a threshold of 1 it rarely waits at all)."""
 RCVBUF = 1 << 20

@@ -1,5 +1,6 @@
 """Link-layer frames to transport segments: Ethernet (802.1Q/802.1ad), Linux cooked v1/v2, raw IP, BSD loopback;
-IPv4 and IPv6 (extension headers, fragments); TCP, UDP, ICMP and ICMPv6.
+IPv4 and IPv6 (extension headers, fragments); TCP, UDP, ICMP and ICMPv6; with ``any_protocol``, every other IP
+protocol too (GRE, IPIP, SCTP...: the drop logger records them all).
 
 Pure byte slicing, no per-layer objects: this runs once per packet. Fragments are held by `Defragmenter` until
 the datagram is whole. A frame that is not IP (ARP, LLDP...) decodes to ``None``; a frame that claims to be IP but
@@ -51,6 +52,10 @@ ACK: Final = 0x10
 _ICMP6_AS_ICMP4: Final = {128: ECHO_REQUEST, 129: ECHO_REPLY}
 """ICMPv6 echo types mapped onto ICMPv4's so detectors see one numbering; other ICMPv6 types become 256 + type."""
 _IPV6_EXTENSIONS: Final = frozenset({0, 43, 60, 135, 139, 140})
+AH: Final = 51
+"""IPv6 authentication header: an extension header whose length counts 4-byte units (RFC 4302 §2.2)."""
+_PORTED: Final = frozenset({33, 132, 136})
+"""DCCP, SCTP and UDP-Lite: transports whose first four bytes are the source and destination ports."""
 _FRAGMENT_TTL: Final = 30.0
 _FRAGMENT_MAX_DATAGRAMS: Final = 1024
 
@@ -60,7 +65,8 @@ class Malformed(ValueError):
 
 
 class Segment(NamedTuple):
-    """One transport-layer unit. ``sport``/``dport`` are the ICMP echo identifier for ICMP echo."""
+    """One transport-layer unit. ``sport``/``dport`` are the ICMP echo identifier for ICMP echo, the ports for
+    SCTP, DCCP and UDP-Lite, 0 for other protocols (whose ``payload`` is everything after the IP headers)."""
 
     proto: int
     src: bytes
@@ -111,8 +117,9 @@ class Defragmenter:
             del self._pending[key]
 
 
-def decode(linktype: int, frame: bytes, ts: float, defrag: Defragmenter) -> Segment | None:
-    """Decode one frame. ``None`` for frames that carry no IP or an incomplete fragment."""
+def decode(linktype: int, frame: bytes, ts: float, defrag: Defragmenter, any_protocol: bool = False) -> Segment | None:
+    """Decode one frame. ``None`` for frames that carry no IP or an incomplete fragment, and (unless
+    ``any_protocol``) for IP protocols other than TCP, UDP, ICMP and ICMPv6."""
     if linktype == LINK_ETHERNET:
         ethertype = (frame[12] << 8) | frame[13] if len(frame) >= 14 else 0
         offset = 14
@@ -140,13 +147,13 @@ def decode(linktype: int, frame: bytes, ts: float, defrag: Defragmenter) -> Segm
     else:
         return None
     if ethertype == 0x0800:
-        return _ipv4(frame, offset, ts, defrag)
+        return _ipv4(frame, offset, ts, defrag, any_protocol)
     if ethertype == 0x86DD:
-        return _ipv6(frame, offset, ts, defrag)
+        return _ipv6(frame, offset, ts, defrag, any_protocol)
     return None
 
 
-def _ipv4(frame: bytes, offset: int, ts: float, defrag: Defragmenter) -> Segment | None:
+def _ipv4(frame: bytes, offset: int, ts: float, defrag: Defragmenter, any_protocol: bool) -> Segment | None:
     if len(frame) < offset + 20 or frame[offset] >> 4 != 4:
         raise Malformed("short or non-IPv4 header")
     ihl = (frame[offset] & 0x0F) * 4
@@ -165,10 +172,10 @@ def _ipv4(frame: bytes, offset: int, ts: float, defrag: Defragmenter) -> Segment
         if whole is None:
             return None
         body = whole
-    return _transport(proto, src, dst, body)
+    return _transport(proto, src, dst, body, any_protocol)
 
 
-def _ipv6(frame: bytes, offset: int, ts: float, defrag: Defragmenter) -> Segment | None:
+def _ipv6(frame: bytes, offset: int, ts: float, defrag: Defragmenter, any_protocol: bool) -> Segment | None:
     if len(frame) < offset + 40 or frame[offset] >> 4 != 6:
         raise Malformed("short or non-IPv6 header")
     plen = (frame[offset + 4] << 8) | frame[offset + 5]
@@ -177,13 +184,15 @@ def _ipv6(frame: bytes, offset: int, ts: float, defrag: Defragmenter) -> Segment
     dst = frame[offset + 24 : offset + 40]
     body = frame[offset + 40 : offset + 40 + plen] if plen else frame[offset + 40 :]
     fragment: tuple[int, bool, int] | None = None
-    while proto in _IPV6_EXTENSIONS or proto == 44:
+    while proto in _IPV6_EXTENSIONS or proto == 44 or (proto == AH and any_protocol):
         if len(body) < 8:
             raise Malformed("truncated IPv6 extension header")
         if proto == 44:
             field = (body[2] << 8) | body[3]
             fragment = (field & 0xFFF8, bool(field & 1), int.from_bytes(body[4:8], "big"))
             proto, body = body[0], body[8:]
+        elif proto == AH:  # what it authenticates is the protocol that counts (the kernel's l4proto says the same)
+            proto, body = body[0], body[(body[1] + 2) * 4 :]
         else:
             proto, body = body[0], body[(body[1] + 1) * 8 :]
     if fragment is not None:
@@ -193,10 +202,10 @@ def _ipv6(frame: bytes, offset: int, ts: float, defrag: Defragmenter) -> Segment
             if whole is None:
                 return None
             body = whole
-    return _transport(proto, src, dst, body)
+    return _transport(proto, src, dst, body, any_protocol)
 
 
-def _transport(proto: int, src: bytes, dst: bytes, body: bytes) -> Segment | None:
+def _transport(proto: int, src: bytes, dst: bytes, body: bytes, any_protocol: bool = False) -> Segment | None:
     if proto == TCP:
         if len(body) < 20:
             raise Malformed("truncated TCP header")
@@ -225,4 +234,8 @@ def _transport(proto: int, src: bytes, dst: bytes, body: bytes) -> Segment | Non
         ident = (body[4] << 8) | body[5]
         icmp_type = body[0] if proto == ICMP else _ICMP6_AS_ICMP4.get(body[0], 256 + body[0])
         return Segment(ICMP, src, dst, ident, ident, body[8:], icmp_type, 0)
-    return None
+    if not any_protocol:
+        return None
+    if proto in _PORTED and len(body) >= 4:
+        return Segment(proto, src, dst, (body[0] << 8) | body[1], (body[2] << 8) | body[3], body, 0, 0)
+    return Segment(proto, src, dst, 0, 0, body, 0, 0)

@@ -30,6 +30,10 @@ class Transport(enum.StrEnum):
     TCP = "tcp"
     UDP = "udp"
     ICMP = "icmp"
+    """ICMP and ICMPv6."""
+    IP = "ip"
+    """Any other IP protocol (GRE, IPIP, SCTP, ESP...): only the drop logger sees them; a record's ``protocol``
+    names which one (`egress.detect.ipproto.protocol_name`)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,9 +9,18 @@ Signatures, all at the start of the client stream:
   or ``ff``; then the request ``05 CMD 00 ATYP DST.ADDR DST.PORT`` with CMD 1-3 and ATYP 1, 3 or 4.
 - HTTP CONNECT (RFC 9110 §9.3.6): ``CONNECT host:port HTTP/1.x``; a 2xx answer means the tunnel is up.
 
-A flow is flagged when the server's answer fits the request, or, when only the client side was seen, when the
-request alone is specific enough (SOCKS5 greeting followed by a well-formed request; SOCKS4 with a user id or a
-4a host name; a CONNECT request). A refusal (non-2xx CONNECT answer, wrong SOCKS reply) gives no finding.
+A flow is flagged on the client's greeting alone, before any answer: the gateway blocks (or sends to a silent
+sink) before a server could answer, and an attempt is an attempt whatever the server would have said. Flagged:
+a whole SOCKS4/4a request (``CONNECT``/``BIND``, a non-zero address, a NUL-terminated user id and 4a host name)
+that is all the client sent, or that the server answered as SOCKS; a SOCKS5 greeting that is all the client
+sent (every SOCKS5 client then waits for the method selection; methods from IANA's registry: 00-09, 80-FE), or a
+greeting followed by a well-formed request, or answered by a method selection; a whole CONNECT request head.
+The target (``host:port``) is in the evidence when the client named it; a SOCKS5 client names it only after the
+server chose a method, so an unanswered greeting's evidence says where it was sent instead (the record's
+``dst``/``dport``). Not flagged: a SOCKS4 request with neither user id nor 4a host name followed by more bytes that no
+SOCKS reply invited, a greeting
+followed by something that is not a request, a reply that is not SOCKS. Which evidence a flow gets depends on
+where its first segment ends (a greeting alone, or with its request); the protocol does not.
 """
 
 from __future__ import annotations
@@ -54,6 +63,8 @@ def _socks4_request(data: bytes, complete: bool) -> tuple[str, bool] | None | _M
             return None if complete else MORE
         host = named[0]
     port = int.from_bytes(data[2:4])
+    if not host and data[4:8] == b"\x00\x00\x00\x00":
+        return None  # 0.0.0.0 is no destination
     target = host.decode("ascii") if host else ".".join(str(b) for b in data[4:8])
     return f"{target}:{port}", bool(userid or host)
 
@@ -67,13 +78,18 @@ def _socks4(view: FlowView) -> Result:
     if reply:
         if reply[0] != 0 or (len(reply) >= 2 and not 0x5A <= reply[1] <= 0x5D):
             return None
-        if len(reply) < 2:
-            return None if view.complete else MORE
-    elif not view.complete:
-        return MORE
-    elif not specific:
-        return None
+    elif not specific and len(view.client) > _socks4_end(view.client):
+        # A SOCKS4 client waits for the reply before sending more: without one, this is something else.
+        return None if view.complete else MORE
     return Finding(Category.TUNNEL, "socks4", NAME, evidence(f"SOCKS4 CONNECT {target}"))
+
+
+def _socks4_end(data: bytes) -> int:
+    """Where a whole SOCKS4/4a request ends (`_socks4_request` said it is whole)."""
+    end = data.index(b"\x00", 8) + 1
+    if data[4:7] == b"\x00\x00\x00" and data[7] != 0:
+        end = data.index(b"\x00", end) + 1
+    return end
 
 
 def _socks5_request(data: bytes, start: int) -> bool | None:
@@ -95,6 +111,10 @@ def _socks5_request(data: bytes, start: int) -> bool | None:
     return True if len(data) - start >= size else None
 
 
+_METHODS = frozenset(range(0x0A)) | frozenset(range(0x80, 0xFF))
+"""SOCKS5 authentication methods: IANA's assigned 00-09 and the private range 80-FE (FF means "none")."""
+
+
 def _socks5(view: FlowView) -> Result:
     data = view.client
     if len(data) < 2:
@@ -103,7 +123,7 @@ def _socks5(view: FlowView) -> Result:
     if not 1 <= count <= 16:
         return None
     methods = data[2 : 2 + count]
-    if 0xFF in methods or len(set(methods)) != len(methods):
+    if not set(methods) <= _METHODS or len(set(methods)) != len(methods):
         return None
     if len(methods) < count:
         return None if view.complete else MORE
@@ -112,13 +132,22 @@ def _socks5(view: FlowView) -> Result:
         if reply[0] != 5 or (len(reply) >= 2 and reply[1] not in methods and reply[1] != 0xFF):
             return None
         if len(reply) >= 2:
-            return Finding(Category.TUNNEL, "socks5", NAME, evidence(_describe5(data, 2 + count)))
+            return _found5(view, data, 2 + count)
+    if len(data) == 2 + count:
+        return _found5(view, data, 2 + count)  # the greeting, all a SOCKS5 client sends before the answer
     request = _socks5_request(data, 2 + count)
     if request:
-        return Finding(Category.TUNNEL, "socks5", NAME, evidence(_describe5(data, 2 + count)))
+        return _found5(view, data, 2 + count)
     if request is False or view.complete:
         return None
     return MORE
+
+
+def _found5(view: FlowView, data: bytes, start: int) -> Finding:
+    text = _describe5(data, start)
+    if not _socks5_request(data, start):
+        text += f" sent to {view.meta.dst}:{view.meta.dport}"
+    return Finding(Category.TUNNEL, "socks5", NAME, evidence(text))
 
 
 def _describe5(data: bytes, start: int) -> str:
@@ -144,17 +173,7 @@ def _connect(view: FlowView) -> Result:
         return None if request is None or view.complete else MORE
     if request.method != "CONNECT":
         return None
-    line = f"CONNECT {request.target} {request.version}"
-    if view.server:
-        response = http.parse_response(view.server)
-        if not isinstance(response, http.HttpResponse):
-            return None if response is None or view.complete else MORE
-        if not 200 <= response.status < 300:
-            return None
-        return Finding(Category.TUNNEL, "http-connect", NAME, evidence(f"{line} -> {response.status}"))
-    if view.complete:
-        return Finding(Category.TUNNEL, "http-connect", NAME, evidence(line))
-    return MORE
+    return Finding(Category.TUNNEL, "http-connect", NAME, evidence(f"CONNECT {request.target} {request.version}"))
 
 
 def detect(view: FlowView) -> Result:

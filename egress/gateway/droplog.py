@@ -1,8 +1,11 @@
 """The drop logger: packets nftables dropped (read from nflog) → detectors → attempts.
 
-What the kernel drops never reaches the proxy: QUIC and other UDP, ICMP to the internet, spoofed sources, direct
-connections to the gateway's own services. Each dropped packet is decoded (`egress.capture.packet`), fed to a
-per-flow inspector (ICMP tunnels, VPN handshakes) and reported; the recorder aggregates floods.
+What the kernel drops never reaches the proxy: QUIC and other UDP, ICMP to the internet, every other IP protocol
+(GRE, IPIP, SCTP, ESP...), spoofed sources, direct connections to the gateway's own services. Each dropped packet
+is decoded (`egress.capture.packet`, any IP protocol), fed to a per-flow inspector (ICMP tunnels, VPN handshakes)
+or, for protocols other than TCP/UDP/ICMP, named and judged by `egress.detect.ipproto` (GRE, IPIP, ESP... are
+tunnels), and reported; the recorder aggregates floods. The log is rate-limited, so once a second the logger also
+reads the kernel's drop counters and reports what the log left out (`egress.gateway.dropcount`).
 """
 
 from __future__ import annotations
@@ -11,24 +14,33 @@ import ipaddress
 import logging
 import select
 import threading
+import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from egress.capture.nflog import LoggedPacket, NflogReader
-from egress.capture.packet import ICMP, TCP, UDP, Defragmenter, Malformed, decode
+from egress.capture.packet import ICMP, ICMP6, TCP, UDP, Defragmenter, Malformed, Segment, decode
 from egress.decide import decide_drop, decide_unknown_source
 from egress.decisions import DecidedFlow, Reporter
+from egress.detect import ipproto
 from egress.detect.base import Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
+from egress.gateway.dropcount import DropCounts
+from egress.nft import runner
+from egress.nft.names import COUNTED_KINDS, drop_count_set, parse_prefix
 from egress.policy.model import Policy
 
 log = logging.getLogger("egress.droplog")
 
 LINK_RAW = 101
 MAX_FLOWS = 4096
+COUNT_EVERY = 1.0
+"""Seconds between two reads of the kernel's drop counters."""
 _TRANSPORT_NAMES = {TCP: Transport.TCP, UDP: Transport.UDP, ICMP: Transport.ICMP}
+Counters = Callable[[], Mapping[runner.DropKey, int]]
+"""Reads the kernel's drop counters (`egress.nft.runner.drop_counters` on the gateway's table)."""
 
 
 def _address(raw: bytes) -> str:
@@ -43,42 +55,58 @@ class DropJudge:
         self.detectors = build_detectors(lists)
         self.flows: OrderedDict[tuple[int, bytes, bytes, int, int], FlowInspector] = OrderedDict()
         self.defrag = Defragmenter()
+        self.counts = DropCounts()
 
     def judge(self, packet: LoggedPacket) -> DecidedFlow | None:
         try:
-            segment = decode(LINK_RAW, packet.payload, packet.ts, self.defrag)
+            segment = decode(LINK_RAW, packet.payload, packet.ts, self.defrag, any_protocol=True)
         except (Malformed, IndexError):
             return None
-        if segment is None or segment.proto not in _TRANSPORT_NAMES:
+        if segment is None:
             return None
         src, dst = _address(segment.src), _address(segment.dst)
         sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
-        transport = _TRANSPORT_NAMES[segment.proto]
-        host = ""
+        transport = _TRANSPORT_NAMES.get(segment.proto, Transport.IP)
+        protocol = "" if transport is not Transport.IP else ipproto.protocol_name(segment.proto)
+        sport, dport = segment.sport, segment.dport
         if sandbox is None or packet.prefix.startswith("egress spoof"):
             verdict = decide_unknown_source(src)
-            return DecidedFlow(packet.ts, "", src, segment.sport, dst, segment.dport, transport.value, host, verdict)
-        finding = self._inspect(
-            segment.proto,
-            segment.src,
-            segment.dst,
-            segment.sport,
-            segment.dport,
-            segment.payload,
-            segment.flags,
-            FlowMeta(transport, src, segment.sport, dst, segment.dport),
-        )
-        verdict = decide_drop(sandbox, transport.value, finding, packet.prefix)
-        return DecidedFlow(
-            packet.ts, sandbox.name, src, segment.sport, dst, segment.dport, transport.value, host, verdict
-        )
+            return DecidedFlow(packet.ts, "", src, sport, dst, dport, transport.value, "", verdict, protocol)
+        if transport is Transport.IP:
+            finding = ipproto.inspect(segment.proto, segment.payload)
+            detail = f"{ipproto.describe(segment.proto, segment.payload)}; {packet.prefix}"
+            verdict = decide_drop(sandbox, protocol, finding, detail)
+        else:
+            meta = FlowMeta(transport, src, sport, dst, dport)
+            finding = self._inspect(segment, meta)
+            verdict = decide_drop(sandbox, transport.value, finding, packet.prefix)
+        decided = DecidedFlow(packet.ts, sandbox.name, src, sport, dst, dport, transport.value, "", verdict, protocol)
+        parsed = parse_prefix(packet.prefix)
+        if parsed is not None and parsed[0] in COUNTED_KINDS:
+            self.counts.judged(count_key(segment), decided, time.monotonic())
+        return decided
 
-    def _inspect(
-        self, proto: int, src: bytes, dst: bytes, sport: int, dport: int, payload: bytes, flags: int, meta: FlowMeta
-    ) -> Finding | None:
+    def unlogged(self, counters: Mapping[runner.DropKey, int]) -> list[DecidedFlow]:
+        """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`)."""
+        return self.counts.reconcile(counters, time.monotonic(), self._synthesize, time.time())
+
+    def _synthesize(self, key: runner.DropKey) -> DecidedFlow | None:
+        """The decision for a key none of whose packets was logged: what the key alone says."""
+        src, proto, dst = key
+        sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
+        if sandbox is None:
+            return None  # the anti-spoofing rule logs those; they are not counted per key
+        transport = _TRANSPORT_NAMES.get(ICMP if proto == ICMP6 else proto, Transport.IP)
+        protocol = "" if transport is not Transport.IP else ipproto.protocol_name(proto)
+        finding = ipproto.inspect(proto, b"") if transport is Transport.IP else None
+        verdict = decide_drop(sandbox, protocol or transport.value, finding, "none of them logged")
+        return DecidedFlow(time.time(), sandbox.name, src, 0, dst, 0, transport.value, "", verdict, protocol)
+
+    def _inspect(self, segment: Segment, meta: FlowMeta) -> Finding | None:
+        proto = segment.proto
         if proto == TCP:
             return None  # a dropped TCP SYN carries nothing to recognise
-        key = (proto, src, dst, sport, dport)
+        key = (proto, segment.src, segment.dst, segment.sport, segment.dport)
         inspector = self.flows.get(key)
         if inspector is None:
             inspector = FlowInspector(meta, self.detectors.for_transport(meta.transport))
@@ -90,15 +118,39 @@ class DropJudge:
         if inspector.done:
             return inspector.finding
         if proto == ICMP:
-            return inspector.feed_datagram(True, payload, flags)
-        return inspector.feed_datagram(True, payload)
+            return inspector.feed_datagram(True, segment.payload, segment.flags)
+        return inspector.feed_datagram(True, segment.payload)
+
+
+def count_key(segment: Segment) -> runner.DropKey:
+    """The key the kernel counts ``segment`` under: (source, IP protocol as the kernel sees it, destination)."""
+    proto = ICMP6 if segment.proto == ICMP and len(segment.src) == 16 else segment.proto
+    return _address(segment.src), proto, _address(segment.dst)
 
 
 class DropLogger:
     """Runs `DropJudge` over an nflog group in a thread."""
 
-    def __init__(self, group: int, policy: Policy, lists: NameLists, reporter: Reporter) -> None:
+    def __init__(
+        self,
+        group: int,
+        policy: Policy,
+        lists: NameLists,
+        reporter: Reporter,
+        table: str | None = None,
+        netns: str | None = None,
+        counters: Counters | None = None,
+    ) -> None:
+        """``table``: the gateway's nftables table, whose drop counters are read every `COUNT_EVERY` seconds
+        (``counters`` replaces that read; with neither, what the log leaves out is not counted). ``netns``: read
+        nflog and the counters inside that named namespace (tests, the lab)."""
         self.group = group
+        self.netns = netns
+        if counters is None and table is not None:
+            sets = (drop_count_set(4), drop_count_set(6))
+            counters = lambda: runner.drop_counters(table, sets, netns)  # noqa: E731
+        self.counters = counters
+        self._count_failing = False
         self.judge = DropJudge(policy, lists)
         self.reporter = reporter
         self._stop = threading.Event()
@@ -115,7 +167,7 @@ class DropLogger:
         self.judge.policy = policy
 
     def start(self, on_death: Callable[[str], None]) -> None:
-        self.reader = NflogReader()
+        self.reader = NflogReader(self.netns)
         self.reader.open(self.group)
         self._thread = threading.Thread(target=self._run, args=(on_death,), name="droplog", daemon=True)
         self._thread.start()
@@ -124,19 +176,40 @@ class DropLogger:
     def _run(self, on_death: Callable[[str], None]) -> None:
         reader = self.reader
         assert reader is not None
+        count_at = time.monotonic() + COUNT_EVERY
         try:
             while not self._stop.is_set():
-                ready, _, _ = select.select([reader.fileno()], [], [], 0.5)
-                if not ready:
-                    continue
-                for packet in reader.read():
-                    attempt = self.judge.judge(packet)
-                    if attempt is not None:
-                        self.reporter.report(attempt)
+                ready, _, _ = select.select([reader.fileno()], [], [], max(0.0, min(0.5, count_at - time.monotonic())))
+                if ready:
+                    self._judge(reader.read())
+                if self.counters is not None and time.monotonic() >= count_at:
+                    count_at = time.monotonic() + COUNT_EVERY
+                    self._count(reader)
         except Exception as exc:
             log.exception("drop logger died")
             if not self._stop.is_set():
                 on_death(f"drop logger died: {exc}")
+
+    def _judge(self, packets: list[LoggedPacket]) -> None:
+        for packet in packets:
+            attempt = self.judge.judge(packet)
+            if attempt is not None:
+                self.reporter.report(attempt)
+
+    def _count(self, reader: NflogReader) -> None:
+        """Read the counters, then judge what was logged up to then, then report what was counted, not logged."""
+        assert self.counters is not None
+        try:
+            counters = self.counters()
+        except (runner.NftError, OSError) as exc:  # locked down, the table being replaced, nft slow: next second
+            if not self._count_failing:
+                log.warning("drop counters not read (retrying every %.0f s): %s", COUNT_EVERY, exc)
+            self._count_failing = True
+            return
+        self._count_failing = False
+        self._judge(reader.read(timeout=0.02))
+        for attempt in self.judge.unlogged(counters):
+            self.reporter.report(attempt)
 
     def stop(self) -> None:
         self._stop.set()

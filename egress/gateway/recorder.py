@@ -88,7 +88,7 @@ class RecordReporter:
         verdict = attempt.verdict
         component = "dns" if attempt.dport == 53 and self.component == "gateway" else self.component_kind
         reason = verdict.reason.value if verdict.reason is not None else ""
-        self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}")
+        self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}", attempt.count)
         if verdict.action is not Enforcement.ALLOW:
             self._queue.put(attempt)
 

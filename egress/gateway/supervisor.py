@@ -200,7 +200,7 @@ class Supervisor:
         )
         handles = await serve(resolver, ["0.0.0.0", "::"], self.config.dns_port)
         log.info("resolver on port %d, upstream %s", self.config.dns_port, self.config.upstream_dns)
-        drops = DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter)
+        drops = DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table)
         try:
             await self.start_workers()
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why

@@ -31,6 +31,22 @@ class LogKind(enum.StrEnum):
     """Anything from a sandbox interface while the gateway is locked down (a component died)."""
 
 
+COUNTED_KINDS = frozenset({LogKind.DROP, LogKind.REPORT, LogKind.GUARD})
+"""Drops from a sandbox: besides the (rate-limited) log, the kernel counts each one in `drop_count_set`."""
+COUNT_TIMEOUT = 120
+"""Seconds a drop counter lives after its last packet (`update` refreshes it; the drop logger reads every second)."""
+COUNT_SIZE = 65536
+"""Counters per address family at most; once full, new keys are still logged (rate-limited) but not counted."""
+
+
+def drop_count_set(version: int) -> str:
+    """The dynamic set counting dropped sandbox packets per (source, IP protocol, destination): ``drops4``/``6``.
+
+    Every packet logged with a `COUNTED_KINDS` prefix was counted here first, logged or not: the drop logger
+    adds what the log rate limit left out (`egress.gateway.dropcount`)."""
+    return f"drops{version}"
+
+
 def set_id(sandbox_name: str) -> str:
     """The sandbox's name as it appears in set names, chain names and log prefixes."""
     safe = _NAME_UNSAFE.sub("_", sandbox_name)

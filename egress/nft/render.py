@@ -13,7 +13,17 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
-from egress.nft.names import LogKind, allow_set, log_prefix, set_id, source_set
+from egress.nft.names import (
+    COUNT_SIZE,
+    COUNT_TIMEOUT,
+    COUNTED_KINDS,
+    LogKind,
+    allow_set,
+    drop_count_set,
+    log_prefix,
+    set_id,
+    source_set,
+)
 from egress.policy.model import Mode, NetworkRule, Policy, Sandbox
 
 # allow_set is re-exported: egress.gateway.allowsets imports it from here.
@@ -88,7 +98,16 @@ class _Script:
     def log_then(self, verdict: str, kind: LogKind, sandbox: str | None = None, match: str = "") -> None:
         s = self.settings
         limit = f"limit rate {s.log_rate}/second burst {s.log_burst} packets"
-        self.add(f'{match}{limit} log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}', 2)
+        log = f'{limit} log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}'
+        if kind in COUNTED_KINDS:
+            # Counted before the rate-limited log, each in a rule of its own: a full set must not skip the verdict.
+            for v, fam in _FAMILIES:
+                key = f"{fam} saddr . meta l4proto . {fam} daddr"
+                self.add(f"{match}update @{drop_count_set(v)} {{ {key} }}", 2)
+            # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
+            self.add(f"{match}{_ICMP_ANY} {log}", 2)
+            self.add(f"{match}{_ICMP_ANY} {verdict}", 2)
+        self.add(f"{match}{log}", 2)
         self.add(f"{match}{verdict}", 2)
 
     def open_table(self, header: str) -> None:
@@ -152,6 +171,7 @@ _ND: Final = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-
 """IPv6 neighbour discovery as it must look (hop limit 255, RFC 4861 §6.1): let through from any sandbox."""
 _MLD: Final = "ip6 saddr { ::, fe80::/10 } icmpv6 type { mld-listener-report, mld2-listener-report }"
 _FAMILIES: Final = ((4, "ip"), (6, "ip6"))
+_ICMP_ANY: Final = "meta l4proto { icmp, ipv6-icmp }"
 
 
 def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
@@ -162,6 +182,9 @@ def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
         _set(out, source_set(sandbox.name, 6), "ipv6_addr", "interval", nets[6], " auto-merge;")
         _set(out, allow_set(sandbox.name, 4), "ipv4_addr", "timeout", [], " counter;")
         _set(out, allow_set(sandbox.name, 6), "ipv6_addr", "timeout", [], " counter;")
+    count = f" timeout {COUNT_TIMEOUT}s; size {COUNT_SIZE}; counter;"
+    _set(out, drop_count_set(4), "ipv4_addr . inet_proto . ipv4_addr", "dynamic,timeout", [], count)
+    _set(out, drop_count_set(6), "ipv6_addr . inet_proto . ipv6_addr", "dynamic,timeout", [], count)
     out.add()
 
 

@@ -135,3 +135,38 @@ def list_set(table: str, set_name: str, netns: str | None = None, family: str = 
         if "set" in item:
             elements.extend(_element(e) for e in item["set"].get("elem", []))
     return elements
+
+
+DropKey = tuple[str, int, str]
+"""(source address, IP protocol number, destination address) of dropped packets."""
+
+
+def drop_counters(table: str, set_names: Sequence[str], netns: str | None = None) -> dict[DropKey, int]:
+    """Packets counted per key in the drop counting sets (`egress.nft.names.drop_count_set`), one ``nft`` call.
+
+    Protocols are read as numbers (``-n``): nft prints names only for the protocols it knows."""
+    args = ["-j", "-n", "list", "set", "inet", _ident("table", table)]
+    counts: dict[DropKey, int] = {}
+    for name in set_names:  # nft 1.0.6 lists one set per call
+        output = _run([*args, _ident("set", name)], None, netns)
+        try:
+            document = json.loads(output)
+        except json.JSONDecodeError as exc:
+            raise NftError("nft -j printed something that is not JSON", output[:200]) from exc
+        for item in document.get("nftables", []):
+            for element in item.get("set", {}).get("elem", []):
+                key, packets = _counted(element)
+                if key is not None:
+                    counts[key] = counts.get(key, 0) + packets
+    return counts
+
+
+def _counted(element: Any) -> tuple[DropKey | None, int]:
+    try:
+        body = element["elem"]
+        src, proto, dst = body["val"]["concat"]
+        return (str(ipaddress.ip_address(src)), int(proto), str(ipaddress.ip_address(dst))), int(
+            body["counter"]["packets"]
+        )
+    except (KeyError, TypeError, ValueError):  # an element without a counter, or of another shape: not ours
+        return None, 0

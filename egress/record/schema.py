@@ -95,13 +95,13 @@ class AttemptRecord:
     src: str
     """Source address."""
     sport: int
-    """Source port (0 for icmp)."""
+    """Source port (0 for icmp and for IP protocols without ports)."""
     dst: str
     """Destination address."""
     dport: int
-    """Destination port (0 for icmp)."""
+    """Destination port (0 for icmp and for IP protocols without ports)."""
     transport: Transport
-    """``tcp``, ``udp`` or ``icmp``."""
+    """``tcp``, ``udp``, ``icmp`` or ``ip`` (another IP protocol: ``protocol`` names it, e.g. ``gre``)."""
     host: str
     """Host name asked for (SNI, Host, DNS question), ``""`` when there was none."""
     category: RecordCategory
@@ -158,12 +158,13 @@ class AttemptRecord:
             transport=Transport(flow.transport),
             host=flow.host,
             category=RecordCategory.POLICY if finding is None else RecordCategory(finding.category.value),
-            protocol=flow.transport if finding is None else finding.protocol,
+            protocol=(flow.protocol or flow.transport) if finding is None else finding.protocol,
             reason=verdict.reason,
             detector="policy" if finding is None else finding.detector,
             rule=verdict.rule,
             action=verdict.action,
             evidence=verdict.evidence,
+            count=flow.count,
         )
 
     def to_json(self) -> dict[str, Any]:

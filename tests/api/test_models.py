@@ -43,7 +43,7 @@ def test_the_described_attempt_is_the_record(spec: dict[str, Any]) -> None:
         "reason": [reason.value for reason in Reason],
         "action": ["block", "would-block", "record"],
     }
-    assert _resolve(spec, attempt["properties"]["transport"])["enum"] == ["tcp", "udp", "icmp"]
+    assert _resolve(spec, attempt["properties"]["transport"])["enum"] == ["tcp", "udp", "icmp", "ip"]
 
 
 def test_an_attempt_goes_out_exactly_as_the_record_s_json() -> None:

@@ -146,3 +146,42 @@ def test_non_ip_frames_are_ignored() -> None:
 def test_arbitrary_frames_only_raise_what_the_scanner_counts(linktype: int, frame: bytes) -> None:
     with contextlib.suppress(Malformed, IndexError):
         decode(linktype, frame, 0.0, Defragmenter())
+
+
+@pytest.mark.parametrize(
+    ("frame", "proto", "ports", "payload"),
+    [
+        (_ipv4(b"\x00\x00\x08\x00inner", proto=47), 47, (0, 0), b"\x00\x00\x08\x00inner"),  # GRE
+        (_ipv4(struct.pack(">HHII", 40000, 9899, 0, 0), proto=132), 132, (40000, 9899), None),  # SCTP: ports
+        (_ipv4(struct.pack(">HHHH", 5, 6, 8, 0), proto=136), 136, (5, 6), None),  # UDP-Lite: ports
+        (_ipv6(b"\x2f\x00\x01\x04\x00\x00\x00\x00GREDATA!", nxt=60), 47, (0, 0), b"GREDATA!"),  # dest opts → GRE
+        (_ipv6(b"\x04\x04\x00\x00\x00\x00\x00\x01" + bytes(16) + b"inner-ip", nxt=51), 4, (0, 0), None),  # AH → IPIP
+        (_ipv6(b"", nxt=59), 59, (0, 0), b""),  # no next header
+    ],
+    ids=["gre", "sctp", "udplite", "v6-destopts-gre", "v6-ah-ipip", "v6-nonxt"],
+)
+def test_any_protocol_decodes_every_ip_protocol(
+    frame: bytes, proto: int, ports: tuple[int, int], payload: bytes | None
+) -> None:
+    assert decode(101, frame, 0.0, Defragmenter()) is None  # the scanner's view: TCP, UDP, ICMP only
+    segment = decode(101, frame, 0.0, Defragmenter(), any_protocol=True)
+    assert segment is not None
+    assert (segment.proto, (segment.sport, segment.dport)) == (proto, ports)
+    if payload is not None:
+        assert segment.payload == payload
+
+
+def test_fragments_of_any_protocol_are_reassembled() -> None:
+    body = b"\x00\x00\x08\x00" + bytes(range(40))
+    whole = dpkt.ip.IP(src=SRC4, dst=DST4, p=47, id=9, data=body)
+    pieces = []
+    for offset in (0, 16, 32):
+        chunk = body[offset : offset + 16]
+        more = offset + 16 < len(body)
+        piece = dpkt.ip.IP(src=SRC4, dst=DST4, p=47, id=9, data=chunk)
+        piece.mf, piece.offset = int(more), offset // 8  # dpkt takes the field: units of 8 bytes
+        pieces.append(bytes(piece))
+    defrag = Defragmenter()
+    results = [decode(101, piece, 0.0, defrag, any_protocol=True) for piece in pieces]
+    assert results[:-1] == [None, None]
+    assert results[-1] is not None and results[-1].payload == bytes(whole.data)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import struct
 
 import pytest
 from hypothesis import given, settings
@@ -115,3 +116,95 @@ def test_classify(payload: bytes, label: str) -> None:
 )
 def test_arbitrary_datagrams_never_raise(items: list[tuple[bool, bytes, int]]) -> None:
     feed_datagrams(icmp_tunnel.detect, [(side, data) for side, data, _ in items], FLOW, [t for _, _, t in items])
+
+
+def ptunnel_ng(magic: int, state: int, data: bytes = b"", port: int = 22) -> bytes:
+    """A ptunnel-ng packet (src/pkt.h ping_tunnel_pkt_t, network order): its magic is 0xDEADC0DE unless ``-m``."""
+    head = struct.pack("!6IHH", magic, 0x0A4E0002, port, state, 0, len(data), 1, 0x1234)
+    return head + data
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ptunnel_ng(0xDEADC0DE, 0 | 1 << 30),  # the client's first packet: kProxy_start, kUser_flag, no data
+        ptunnel_ng(0x12345678, 2 | 1 << 30, b"SSH-2.0-OpenSSH_9.6\r\n"),  # -m 12345678, data
+        ptunnel_ng(0xDEADC0DE, 1 | 1 << 31),  # the proxy's ack
+        ptunnel_ng(0xDEADC0DE, 4 | 1 << 31, os.urandom(16)),  # authentication challenge
+    ],
+    ids=["start", "custom-magic-data", "proxy-ack", "auth"],
+)
+def test_ptunnel_ng_is_found_by_its_header_whatever_the_magic(payload: bytes) -> None:
+    assert icmp_tunnel.classify(payload) == "ptunnel"
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, payload)], FLOW, [8])
+    assert finding is not None and finding.protocol == "icmp-ptunnel"
+
+
+@pytest.mark.parametrize(
+    "payload",
+    [
+        ptunnel_ng(0xDEADC0DE, 0 | 1 << 30, b"x")[:-1],  # length field says one more byte
+        ptunnel_ng(0xDEADC0DE, 7 | 1 << 30),  # no such state
+        ptunnel_ng(0xDEADC0DE, 0),  # neither flag
+        ptunnel_ng(0xDEADC0DE, 0 | 3 << 30),  # both flags
+    ],
+)
+def test_near_ptunnel_headers_are_not_ptunnel(payload: bytes) -> None:
+    assert icmp_tunnel.classify(payload) != "ptunnel"
+
+
+def linux_ping(sec: int, usec: int, size: int = 56) -> bytes:
+    return struct.pack("<qq", sec, usec) + bytes(i & 0xFF for i in range(16, size))
+
+
+def test_real_linux_pings_with_changing_send_times_stay_clean() -> None:
+    payloads = [linux_ping(1_764_400_000 + n, 1000 * n) for n in range(12)]
+    assert all(icmp_tunnel.classify(p) == "ping" for p in payloads)
+    assert feed_datagrams(icmp_tunnel.detect, [(True, p) for p in payloads], FLOW, [8] * 12) is None
+
+
+def test_data_hidden_in_the_send_time_is_a_tunnel() -> None:
+    """16 bytes of data where the timeval goes, the iputils pattern after it: looks like ping, is not."""
+    payloads = [os.urandom(16) + bytes(range(16, 56)) for _ in range(4)]
+    assert all(icmp_tunnel.classify(p) == "other" for p in payloads)
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, p) for p in payloads], FLOW, [8] * 4)
+    assert finding is not None and finding.protocol == "icmp-tunnel"
+
+
+def test_one_large_payload_that_no_ping_sends_is_a_tunnel() -> None:
+    payload = b"POST /upload HTTP/1.1\r\n" + b"A" * 300 + b"secret"
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, payload)], FLOW, [8])
+    assert finding is not None and finding.protocol == "icmp-tunnel"
+
+
+@pytest.mark.parametrize(
+    ("kind", "payload", "covert"),
+    [
+        (13, struct.pack("!3I", 1, 2, 3), False),  # timestamp request: exactly three timestamps
+        (13, struct.pack("!3I", 1, 2, 3) + b"exfiltrated", True),
+        (14, struct.pack("!3I", 1, 2, 3) + os.urandom(100), True),
+        (15, b"", False),  # information request
+        (15, b"data", True),
+        (17, bytes(4), False),  # address mask request
+        (17, bytes(4) + b"more", True),
+        (10, b"", False),  # router solicitation (RFC 1256)
+        (10, b"hidden", True),
+        (256 + 133, b"\x01\x01" + bytes(6), False),  # ICMPv6 router solicitation, source link-layer option
+        (256 + 133, b"\x01\x01" + bytes(6) + b"trailing", True),
+        (256 + 133, b"\x01\x00" + bytes(6), True),  # option length 0 is invalid
+        (3, UNREACHABLE, False),
+        (3, b"secret data, not a quoted header", True),
+    ],
+)
+def test_data_in_icmp_messages_that_carry_none(kind: int, payload: bytes, covert: bool) -> None:
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, payload)], FLOW, [kind])
+    if covert:
+        assert finding is not None and finding.protocol == "icmp-covert"
+    else:
+        assert finding is None
+
+
+def test_one_random_payload_is_a_tunnel() -> None:
+    """No ping sends random bytes: one echo of them (an encrypted tunnel's packet) is enough."""
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, os.urandom(120))], FLOW, [8])
+    assert finding is not None and finding.protocol == "icmp-tunnel"

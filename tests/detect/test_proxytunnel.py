@@ -34,16 +34,30 @@ CONNECT = (
         (*SOCKS4A, "socks4", "SOCKS4 CONNECT www.example.com:80"),
         (SOCKS4A[0], b"", "socks4", "SOCKS4 CONNECT www.example.com:80"),
         (*SS_LOCAL, "socks5", "SOCKS5 CMD 1 128.95.155.198:80"),
-        (*CONNECT, "http-connect", "CONNECT apache.org:443 HTTP/1.1 -> 200"),
+        (*CONNECT, "http-connect", "CONNECT apache.org:443 HTTP/1.1"),
         (CONNECT[0], b"", "http-connect", "CONNECT apache.org:443 HTTP/1.1"),
+        (
+            CONNECT[0],
+            b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n",
+            "http-connect",
+            "CONNECT apache.org:443 HTTP/1.1",
+        ),
+        (H("050100"), H("0502"), "socks5", "SOCKS5 greeting methods 00 sent to 198.51.100.7:1080"),
+        (H("050100"), b"", "socks5", "SOCKS5 greeting methods 00 sent to 198.51.100.7:1080"),
+        (H("05020002"), b"", "socks5", "SOCKS5 greeting methods 0002 sent to 198.51.100.7:1080"),
+        (H("04010050c633640700"), b"", "socks4", "SOCKS4 CONNECT 198.51.100.7:80"),  # curl --socks4: empty user id
+        (H("040101bb000000010065766972792e6578616d706c6500"), b"", "socks4", "SOCKS4 CONNECT eviry.example:443"),
     ],
 )
 def test_tunnels(client: bytes, server: bytes, protocol: str, evidence: str) -> None:
+    """Found whatever the segmentation; the evidence is that of the whole greeting arriving at once (a split
+    that ends after a SOCKS5 greeting gives the greeting's evidence, before the request names the target)."""
     results = feed_every_split(proxytunnel.detect, client, server, meta(1080))
-    assert all(result == results[0] for result in results)
-    found = results[0]
+    for result in results:
+        assert result is not None
+        assert (result.category, result.protocol, result.detector) == (Category.TUNNEL, protocol, "proxytunnel")
+    found = feed_stream(proxytunnel.detect, client, server, meta(1080))
     assert found is not None
-    assert (found.category, found.protocol, found.detector) == (Category.TUNNEL, protocol, "proxytunnel")
     assert found.evidence == evidence
 
 
@@ -56,13 +70,15 @@ def test_socks5_greeting_answered_before_request() -> None:
 @pytest.mark.parametrize(
     ("client", "server"),
     [
-        (CONNECT[0], b"HTTP/1.1 407 Proxy Authentication Required\r\n\r\n"),
         (b"GET / HTTP/1.1\r\nHost: example.com\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"),
         (b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03", b""),
         (SOCKS4[0], b"HTTP/1.1 400 Bad Request\r\n\r\n"),
         (H("0401005001020304"), H("005a000000000000")),  # no NUL after the user id: truncated request
         (H("04010050010203040000"), b""),  # SOCKS4 without user id, unanswered: too weak
-        (H("050100"), H("0502")),  # server picked a method the client did not offer
+        (H("0501000501"), H("0502")),  # server picked a method the client did not offer
+        (H("04010050000000000000"), b""),  # SOCKS4 to 0.0.0.0
+        (H("0501fe0a"), b""),  # a greeting, then a byte that starts no request
+        (H("05010a"), b""),  # method 0a is not assigned
         (H("05020000"), b""),  # duplicate methods
         (H("0501000501000700"), b""),  # bad ATYP
         (H("0400"), b""),

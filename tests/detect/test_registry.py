@@ -79,7 +79,10 @@ LABELS: dict[str, tuple[frozenset[Category], frozenset[str]]] = {
         frozenset(category for category, _ in _LISTED) | _TUNNEL,
         frozenset(protocol for _, protocol in _LISTED) | {"dot", "doh", "doq"},
     ),
-    icmp_tunnel.DETECTOR: (_TUNNEL, frozenset({"icmp-ptunnel", "icmp-hans", "ip-over-icmp", "icmp-tunnel"})),
+    icmp_tunnel.DETECTOR: (
+        _TUNNEL,
+        frozenset({"icmp-ptunnel", "icmp-hans", "ip-over-icmp", "icmp-tunnel", "icmp-covert"}),
+    ),
     dns_tunnel.DETECTOR: (_TUNNEL, frozenset({"dns-tunnel", "dns-exfiltration"})),
     "dns-names": (frozenset(category for category, _ in _LISTED), frozenset(protocol for _, protocol in _LISTED)),
 }

@@ -189,3 +189,19 @@ def test_lockdown_covers_the_sandboxes_own_interfaces_too() -> None:
     text = render_lockdown(SETTINGS, Policy(1, (make_sandbox("b", "10.0.0.0/24", interface="sbx9"),)))
     assert 'iifname { "sbx0", "sbx9" } drop' in text
     assert 'oifname { "sbx0", "sbx9" } drop' in text
+
+
+@pytest.mark.parametrize("name", ["v4_single", "dual_stack_two", "report_mode", "udp_networks"])
+def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) -> None:
+    """Each logged drop or report of sandbox traffic is preceded by the per-key count, in rules of their own (a
+    full set must not skip the verdict), and ICMP gets a log budget of its own before the shared one."""
+    lines = [line.strip() for line in CASES[name]().splitlines()]
+    for index, line in enumerate(lines):
+        if re.search(r'log prefix "egress (drop|report|guard)', line) and not line.startswith("meta l4proto"):
+            assert lines[index - 4].startswith("update @drops4 { ip saddr . meta l4proto . ip daddr }"), line
+            assert lines[index - 3].startswith("update @drops6 { ip6 saddr . meta l4proto . ip6 daddr }"), line
+            assert lines[index - 2].startswith("meta l4proto { icmp, ipv6-icmp } limit rate"), line
+            assert lines[index - 1].startswith("meta l4proto { icmp, ipv6-icmp } ") and "log" not in lines[index - 1]
+        if line.startswith("update @drops"):
+            assert line.endswith("}"), f"a count must be a rule of its own: {line}"
+    assert "set drops4 { type ipv4_addr . inet_proto . ipv4_addr; flags dynamic,timeout;" in CASES[name]()

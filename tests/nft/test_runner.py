@@ -338,6 +338,21 @@ def test_the_allow_sets_count_traffic_per_address(fresh: Lab) -> None:
     assert re.search(r"10\.78\.0\.2 counter packets [1-9]", runner.list_table(table, netns=gw))
 
 
+@pytest.mark.parametrize("version", [4, 6])
+def test_every_dropped_packet_is_counted_per_source_protocol_and_destination(fresh: Lab, version: int) -> None:
+    """More packets than the log's burst: the log stops, the count does not (read back by `drop_counters`)."""
+    gw, table = fresh.topo.gateway, fresh.settings.table
+    source, dst = _addr("SANDBOX", version), _addr("INTERNET", version)
+    with socket_in(fresh.topo.sandbox, _family(version), socket.SOCK_RAW, 47) as sock:
+        sock.bind((source, 0))
+        for _ in range(300):
+            sock.sendto(b"\x00\x00\x08\x00" + bytes(20), (dst, 0))
+    sets = ("drops4", "drops6")
+    eventually(lambda: runner.drop_counters(table, sets, netns=gw).get((source, 47, dst)) == 300, timeout=scaled(5))
+    logged = [p for p in fresh.reader.read(timeout=0.2) if p.prefix == "egress drop agents"]
+    assert len(logged) < 300
+
+
 @pytest.mark.parametrize(
     ("elements", "error"),
     [([("10.0.0.1; flush ruleset", 5)], "does not appear to be"), ([("10.0.0.1", 0)], "positive")],

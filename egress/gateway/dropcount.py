@@ -1,0 +1,114 @@
+"""What the rate-limited drop log left out: the kernel's per-key drop counters against the packets logged (pure).
+
+nftables logs dropped packets at most ``log_rate`` a second per rule, so a flood is mostly not logged; but it
+counts every one of them first, per (source, IP protocol, destination), in the sets named by
+`egress.nft.names.drop_count_set`. `DropCounts` keeps, per key, what the kernel counted and what the drop logger
+judged from the log, and `reconcile` turns the difference into decisions carrying a ``count``: the verdict of the
+last logged packet of that key (its detector finding, destination port, reason), or, when none of the key's
+packets was logged at all, the decision ``synthesize`` makes from the key alone. The recorder's aggregation then
+folds them into the key's one record: a flood is one record with the right count, not thousands, and not zero.
+
+Counters are cumulative in the kernel and restart when an element expires or the table is replaced (a value
+lower than the last one read is a new counter). Read the counters *before* draining the log: a packet logged
+after the read is then judged and not counted yet, which can only delay a count, never double it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+
+from egress.decisions import DecidedFlow
+from egress.nft.runner import DropKey
+
+FORGET_AFTER = 30.0
+"""Seconds after its last logged packet that a key the kernel no longer lists is forgotten."""
+MAX_KEYS = 200_000
+"""Keys tracked at most (the kernel's two sets hold 65,536 each): beyond that, the stalest are dropped."""
+
+
+@dataclass(slots=True)
+class _Key:
+    kernel: int = 0
+    """The last value of the kernel's counter."""
+    counted: int = 0
+    """Packets the kernel counted since this key was first seen (across counter restarts)."""
+    judged: int = 0
+    """Packets of this key the drop logger judged from the log."""
+    added: int = 0
+    """Packets added by `DropCounts.reconcile` (counted, never logged)."""
+    last: DecidedFlow | None = None
+    """The decision on the last logged packet."""
+    seen: float = 0.0
+
+
+class DropCounts:
+    """Per-key bookkeeping between the log and the kernel's counters. Not thread-safe: the drop logger's thread
+    owns it."""
+
+    def __init__(self) -> None:
+        self._keys: dict[DropKey, _Key] = {}
+        self.added = 0
+        """Packets counted by the kernel and reported without having been logged (for metrics and tests)."""
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def judged(self, key: DropKey, decision: DecidedFlow, now: float) -> None:
+        """The drop logger judged one logged packet of ``key``."""
+        entry = self._keys.get(key)
+        if entry is None:
+            if len(self._keys) >= MAX_KEYS:
+                self._evict()
+            entry = self._keys[key] = _Key()
+        entry.judged += 1
+        entry.last = decision
+        entry.seen = now
+
+    def reconcile(
+        self,
+        counters: Mapping[DropKey, int],
+        now: float,
+        synthesize: Callable[[DropKey], DecidedFlow | None],
+        wall: float,
+    ) -> list[DecidedFlow]:
+        """The kernel's counters as read at ``now`` (the caller's monotonic clock; ``wall``: epoch seconds, the
+        decisions' time) → one decision per key with packets that were not logged."""
+        out: list[DecidedFlow] = []
+        for key, packets in counters.items():
+            entry = self._keys.get(key)
+            if entry is None:
+                if len(self._keys) >= MAX_KEYS:
+                    self._evict()
+                entry = self._keys[key] = _Key()
+            entry.counted += packets - entry.kernel if packets >= entry.kernel else packets
+            entry.kernel = packets
+            entry.seen = now
+            missing = entry.counted - entry.judged - entry.added
+            if missing <= 0:
+                continue
+            template = entry.last if entry.last is not None else synthesize(key)
+            if template is None:
+                continue
+            entry.added += missing
+            self.added += missing
+            if entry.last is None:
+                entry.last = template
+            out.append(_unlogged(template, missing, wall))
+        for key in [k for k, e in self._keys.items() if k not in counters and now - e.seen > FORGET_AFTER]:
+            del self._keys[key]
+        return out
+
+    def _evict(self) -> None:
+        stalest = sorted(self._keys, key=lambda k: self._keys[k].seen)[: max(1, MAX_KEYS // 10)]
+        for key in stalest:
+            del self._keys[key]
+
+
+def _unlogged(template: DecidedFlow, count: int, wall: float) -> DecidedFlow:
+    verdict = template.verdict
+    note = f"{count} more not logged (log rate limit), counted by nftables; last logged: {verdict.evidence}"
+    return dataclasses.replace(
+        template, ts=wall, sport=0, count=count, verdict=dataclasses.replace(verdict, evidence=note[:160])
+    )

@@ -1,0 +1,84 @@
+"""`egress.gateway.dropcount`: the kernel's drop counters against what the rate-limited log showed (pure)."""
+
+from __future__ import annotations
+
+from egress.decide import Enforcement, Reason, Verdict
+from egress.decisions import DecidedFlow
+from egress.gateway.dropcount import FORGET_AFTER, DropCounts
+
+KEY = ("10.0.0.2", 47, "198.51.100.7")
+VERDICT = Verdict(Enforcement.BLOCK, Reason.TUNNEL, "default-deny", "gre v0 carrying ipv4")
+
+
+def flow(ts: float = 100.0) -> DecidedFlow:
+    return DecidedFlow(ts, "agents", "10.0.0.2", 0, "198.51.100.7", 0, "ip", "", VERDICT, "gre")
+
+
+def never(key: tuple[str, int, str]) -> DecidedFlow | None:
+    raise AssertionError(f"synthesized {key} although a packet of it was logged")
+
+
+def test_what_was_logged_is_not_counted_again() -> None:
+    counts = DropCounts()
+    for _ in range(3):
+        counts.judged(KEY, flow(), now=1.0)
+    assert counts.reconcile({KEY: 3}, 2.0, never, wall=200.0) == []
+
+
+def test_what_the_log_left_out_comes_as_one_decision_with_its_count() -> None:
+    counts = DropCounts()
+    counts.judged(KEY, flow(), now=1.0)
+    [extra] = counts.reconcile({KEY: 5000}, 2.0, never, wall=200.0)
+    assert (extra.count, extra.ts, extra.protocol, extra.verdict.reason) == (4999, 200.0, "gre", Reason.TUNNEL)
+    assert "4999 more not logged" in extra.verdict.evidence
+    # counted once: the next read adds only what is new
+    assert counts.reconcile({KEY: 5000}, 3.0, never, wall=201.0) == []
+    [more] = counts.reconcile({KEY: 5010}, 4.0, never, wall=202.0)
+    assert more.count == 10
+    assert counts.added == 5009
+
+
+def test_a_key_never_logged_is_decided_from_the_key_alone() -> None:
+    counts = DropCounts()
+    made: list[tuple[str, int, str]] = []
+
+    def synthesize(key: tuple[str, int, str]) -> DecidedFlow:
+        made.append(key)
+        return flow()
+
+    [extra] = counts.reconcile({KEY: 7}, 1.0, synthesize, wall=150.0)
+    assert made == [KEY] and extra.count == 7
+    assert counts.reconcile({KEY: 9}, 2.0, never, wall=151.0)[0].count == 2  # the template is kept
+
+
+def test_a_key_the_synthesizer_refuses_is_not_reported() -> None:
+    counts = DropCounts()
+    assert counts.reconcile({KEY: 7}, 1.0, lambda key: None, wall=150.0) == []
+
+
+def test_a_restarted_counter_counts_from_zero() -> None:
+    """An element that expired (or a replaced table) starts again at 0: a lower value is a new counter."""
+    counts = DropCounts()
+    counts.judged(KEY, flow(), now=1.0)
+    assert counts.reconcile({KEY: 10}, 2.0, never, wall=200.0)[0].count == 9
+    counts.judged(KEY, flow(), now=3.0)
+    [extra] = counts.reconcile({KEY: 3}, 4.0, never, wall=201.0)  # 10 + 3 counted, 2 logged, 9 added
+    assert extra.count == 2
+
+
+def test_a_packet_logged_after_the_read_is_never_counted_twice() -> None:
+    """The logger reads the counters, then drains the log: the log may be ahead of the counters, never behind."""
+    counts = DropCounts()
+    for _ in range(5):
+        counts.judged(KEY, flow(), now=1.0)
+    assert counts.reconcile({KEY: 4}, 2.0, never, wall=200.0) == []  # the 5th was logged after the read
+    assert counts.reconcile({KEY: 5}, 3.0, never, wall=201.0) == []
+
+
+def test_keys_gone_from_the_kernel_are_forgotten_after_a_while() -> None:
+    counts = DropCounts()
+    counts.judged(KEY, flow(), now=1.0)
+    counts.reconcile({}, 2.0, never, wall=200.0)
+    assert len(counts) == 1  # just logged: its counter may not be read yet
+    counts.reconcile({}, 2.0 + FORGET_AFTER, never, wall=230.0)
+    assert len(counts) == 0

@@ -1,0 +1,130 @@
+"""`egress.gateway.droplog.DropJudge` without sockets: logged packets of every IP protocol in, decisions out."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+import struct
+from pathlib import Path
+
+import pytest
+
+from egress.capture.nflog import LoggedPacket
+from egress.decide import Enforcement, Reason
+from egress.detect.names import NameLists
+from egress.gateway.droplog import DropJudge
+from egress.policy.lists import load_name_lists
+from egress.policy.model import Mode, Policy
+from tests.nft import make_sandbox
+
+LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
+POLICY = Policy(
+    1,
+    (
+        make_sandbox("agents", "10.0.0.0/24", "fd00::/64"),
+        make_sandbox("shadow", "10.1.0.0/24", mode=Mode.REPORT),
+    ),
+)
+INNER = bytes.fromhex("45000014000100004011000000c0000201c6336407")[:20]
+
+
+def ipv4(src: str, dst: str, proto: int, body: bytes) -> bytes:
+    return struct.pack(
+        "!BBHHHBBH4s4s", 0x45, 0, 20 + len(body), 1, 0, 64, proto, 0,
+        ipaddress.IPv4Address(src).packed, ipaddress.IPv4Address(dst).packed,
+    ) + body  # fmt: skip
+
+
+def ipv6(src: str, dst: str, next_header: int, body: bytes) -> bytes:
+    return (
+        struct.pack("!IHBB", 6 << 28, len(body), next_header, 64)
+        + ipaddress.IPv6Address(src).packed
+        + (ipaddress.IPv6Address(dst).packed + body)
+    )
+
+
+def logged(packet: bytes, prefix: str = "egress drop agents") -> LoggedPacket:
+    family = socket.AF_INET if packet[0] >> 4 == 4 else socket.AF_INET6
+    return LoggedPacket(prefix, family, packet, 3, 1000.0)
+
+
+@pytest.fixture(scope="module")
+def lists() -> NameLists:
+    return load_name_lists(LISTS)
+
+
+@pytest.fixture
+def judge(lists: NameLists) -> DropJudge:
+    return DropJudge(POLICY, lists)
+
+
+@pytest.mark.parametrize(
+    ("packet", "transport", "protocol", "reason"),
+    [
+        (ipv4("10.0.0.2", "198.51.100.7", 47, b"\x00\x00\x08\x00" + INNER), "ip", "gre", Reason.TUNNEL),
+        (ipv4("10.0.0.2", "198.51.100.7", 4, INNER), "ip", "ipip", Reason.TUNNEL),
+        (ipv4("10.0.0.2", "198.51.100.7", 50, bytes(40)), "ip", "esp", Reason.TUNNEL),
+        (
+            ipv4("10.0.0.2", "198.51.100.7", 132, struct.pack("!HHII", 5, 9899, 0, 0)),
+            "ip",
+            "sctp",
+            Reason.FIREWALL_DROP,
+        ),
+        (ipv4("10.0.0.2", "198.51.100.7", 253, b"x"), "ip", "ip-253", Reason.FIREWALL_DROP),
+        (
+            ipv6("fd00::2", "2001:db8::7", 60, bytes([47, 0, 1, 4, 0, 0, 0, 0]) + b"\0\0\x08\0"),
+            "ip",
+            "gre",
+            Reason.TUNNEL,
+        ),
+        (
+            ipv4("10.0.0.2", "198.51.100.7", 17, struct.pack("!HHHH", 5, 443, 9, 0) + b"q"),
+            "udp",
+            "",
+            Reason.FIREWALL_DROP,
+        ),
+    ],
+    ids=["gre", "ipip", "esp", "sctp", "unknown", "v6-chain-gre", "udp"],
+)
+def test_every_protocol_is_decided_with_its_name(
+    judge: DropJudge, packet: bytes, transport: str, protocol: str, reason: Reason
+) -> None:
+    decided = judge.judge(logged(packet))
+    assert decided is not None
+    assert (decided.sandbox, decided.transport, decided.protocol) == ("agents", transport, protocol)
+    assert decided.verdict.reason is reason and decided.verdict.action is Enforcement.BLOCK
+    if reason is Reason.TUNNEL:
+        assert decided.verdict.finding is not None and decided.verdict.finding.protocol == protocol
+
+
+def test_sctp_keeps_its_ports(judge: DropJudge) -> None:
+    decided = judge.judge(logged(ipv4("10.0.0.2", "198.51.100.7", 132, struct.pack("!HHII", 40000, 9899, 0, 0))))
+    assert decided is not None and (decided.sport, decided.dport) == (40000, 9899)
+
+
+def test_report_mode_would_block(judge: DropJudge) -> None:
+    decided = judge.judge(logged(ipv4("10.1.0.2", "198.51.100.7", 47, b"\0\0\x08\0"), "egress report shadow"))
+    assert decided is not None and decided.verdict.action is Enforcement.WOULD_BLOCK
+
+
+def test_a_source_in_no_sandbox_is_spoofed_whatever_its_protocol(judge: DropJudge) -> None:
+    decided = judge.judge(logged(ipv4("10.9.0.2", "198.51.100.7", 47, b"\0\0\x08\0"), "egress spoof"))
+    assert decided is not None and decided.verdict.reason is Reason.SPOOFED_SOURCE and decided.protocol == "gre"
+
+
+def test_unlogged_packets_are_reported_with_the_last_logged_verdict(judge: DropJudge) -> None:
+    judge.judge(logged(ipv4("10.0.0.2", "198.51.100.7", 47, b"\0\0\x08\0" + INNER)))
+    [extra] = judge.unlogged({("10.0.0.2", 47, "198.51.100.7"): 1000})
+    assert (extra.count, extra.protocol, extra.verdict.reason) == (999, "gre", Reason.TUNNEL)
+
+
+def test_a_key_none_of_whose_packets_was_logged_still_counts(judge: DropJudge) -> None:
+    [sctp, icmp6] = judge.unlogged({("10.0.0.2", 132, "198.51.100.9"): 50, ("fd00::2", 58, "2001:db8::1"): 5})
+    assert (sctp.count, sctp.transport, sctp.protocol, sctp.verdict.reason) == (50, "ip", "sctp", Reason.FIREWALL_DROP)
+    assert (icmp6.count, icmp6.transport, icmp6.sandbox) == (5, "icmp", "agents")
+    assert judge.unlogged({("10.9.9.9", 47, "198.51.100.9"): 5}) == []  # no sandbox: the spoof log's job
+
+
+def test_packets_logged_by_a_chain_that_does_not_count_are_not_reconciled(judge: DropJudge) -> None:
+    judge.judge(logged(ipv4("10.0.0.2", "198.51.100.7", 47, b"\0\0\x08\0"), "egress inbound"))
+    assert len(judge.counts) == 0
