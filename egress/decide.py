@@ -254,6 +254,15 @@ def decide_finding(sandbox: Sandbox, finding: Finding) -> Verdict:
     return _detected(sandbox, finding, _CATEGORY_REASON[finding.category])
 
 
+def decide_suspicion(sandbox: Sandbox, finding: Finding) -> Verdict:
+    """A finding that ordinary traffic can also produce (a TLS shape, egress.detect.tlsshape.SUSPECTED): the
+    category's action, but at most ``record``: it is recorded, never blocked on its own."""
+    verdict = decide_finding(sandbox, finding)
+    if verdict.action in {Enforcement.BLOCK, Enforcement.WOULD_BLOCK}:
+        return Verdict(Enforcement.RECORD, verdict.reason, verdict.rule, verdict.evidence, finding)
+    return verdict
+
+
 def _detected(sandbox: Sandbox, finding: Finding, reason: Reason) -> Verdict:
     field = finding.category.value.replace("-", "_")
     action: DetectorAction = getattr(sandbox.detectors, field)

@@ -109,21 +109,24 @@ def opening(data: bytes, ended: bool = False) -> Opening | None:
     ssh = _ssh(data)
     if ssh:
         return Opening.SSH
+    window = data[:WINDOW]
+    random_looking = fully_encrypted(window) and len(window) >= MIN_BYTES
     if tls.looks_like_tls(data):
         hello = tls.parse_client_hello(data)
         if isinstance(hello, tls.ClientHello):
             return Opening.TLS
         if hello is MORE and not ended:
-            return None
-    elif http.looks_like_http_request(data):
+            return None  # a ClientHello still arriving (a header with random bytes after it does not parse)
+    elif len(data) < 3 and data[0] == tls.HANDSHAKE and data[1:] in (b"", b"\x03") and not ended:
+        return None
+    else:
         request = http.parse_request(data)
         if isinstance(request, http.HttpRequest):
             return Opening.HTTP
-        if request is MORE and not ended and len(data) < http.HEAD_MAX:
-            return None
-    elif ssh is None and not ended:
+        if request is MORE and not ended and not random_looking:
+            return None  # a method word or a head still arriving; a method word then random bytes is judged
+    if ssh is None and not ended:
         return None
-    window = data[:WINDOW]
     if fully_encrypted(window):
         if len(window) < MIN_BYTES and not ended:
             return None  # random-looking so far, but too few bytes to say

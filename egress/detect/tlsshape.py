@@ -13,10 +13,13 @@ encrypted record is its Finished; the server's encrypted records before it are i
   ``tls_obfuscated_heur_search`` and ``check_set``, read at commit 3b1286ab), after Xue et al., "Fingerprinting
   Obfuscated Proxy Traffic with Encapsulated TLS Handshakes", USENIX Security 2024: the byte counts of the first
   four bursts (client, server, client, server; a burst is consecutive records of one direction) lie within a
-  Mahalanobis distance of one of nDPI's three handshake models (TLS 1.2 Firefox, TLS 1.3 Firefox, Chrome), the
-  first burst in at most 3 records. Tried on a window starting at each of the first client bursts, as nDPI does.
-  We add one condition that nDPI lacks: the third burst (the inner Finished) is under half the first (the inner
-  hello); without it, a keep-alive HTTPS client whose second request is as large as its first (1.5 KB of cookies,
+  Mahalanobis distance of one of nDPI's handshake models (TLS 1.3 Firefox, Chrome), the first burst in at most 3
+  records. Only the window at the first client burst is tried (nDPI tries later ones too, for tunnels that talk
+  before their inner handshake): a tunnel client starts its inner handshake at once. nDPI's third model (TLS 1.2 Firefox, a 212-byte hello) is left out: it matched 1 in 100 exchanges of
+  random sizes under 1 KB (an API client's 250-byte request, a 900-byte answer, a 120-byte request), and clients
+  of 2026 send TLS 1.3 hellos. Tried on a window starting at each of the first client bursts, as nDPI does.
+  We add two conditions that nDPI lacks: the third burst (the inner Finished) is under half the first (the inner
+  hello), and the second (the inner certificates) at least the first; without them, a keep-alive HTTPS client whose second request is as large as its first (1.5 KB of cookies,
   5 KB answers) falls within the Chrome model.
   We add the OpenSSL shape seen in the lab (curl inside stunnel): an inner ClientHello record of exactly 517 bytes
   (a 512-byte padded hello and its record header) answered by more than 1000 bytes.
@@ -55,17 +58,16 @@ ECHO_PAIRS, ECHO_KEY, ECHO_ANSWER = 8, 64, 128
 ECHO_GAP, ECHO_WITHIN = 0.020, 0.100
 """Seconds: a keystroke comes at least this long after the typist's previous record; its echo within this."""
 
+SUSPECTED: Final = frozenset({"tls-in-tls", "interactive-shell"})
+"""Shapes that ordinary TLS can take too (a first request larger than the next, a poller with small answers): they
+are recorded, not blocked (`egress.decide.decide_suspicion`), and watching goes on. ``ssh-in-tls`` is not."""
+
 _APPLICATION, _HANDSHAKE, _CCS = 23, 22, 20
 _GCM12: Final = frozenset({0x009C, 0x009D, 0x009E, 0x009F, 0xC02B, 0xC02C, 0xC02F, 0xC030, 0xC0AC, 0xC0AD})
 _CHACHA12: Final = frozenset({0xCCA8, 0xCCA9, 0xCCAA, 0xCCAC, 0xCCAD})
 
 # nDPI's models (tls.c, check_set): inverse covariance matrix (row-major 4x4), mean, distance threshold.
 _MODELS: Final = (
-    ((0.000292421113167604, 4.43677617831228e-07, -5.69966093492813e-05, -2.18124698406311e-06,
-      4.43677617831228e-07, 5.98954952745268e-07, -3.59798436724817e-07, 5.71638172955893e-07,
-      -5.69966093492813e-05, -3.59798436724817e-07, 0.00076893788148309, 2.22278496185964e-05,
-      -2.18124698406311e-06, 5.71638172955893e-07, 2.22278496185964e-05, 5.72770077086287e-05),
-     (212.883690341977, 4514.71195039459, 107.770762871101, 307.580232995115), 3.5, 0),
     ((3.08030337925007e-05, 1.16179172096944e-07, 1.05356744968627e-07, 3.8862884355278e-08,
       1.16179172096944e-07, 6.93179117519316e-07, 2.77413220880937e-08, -3.63723200682445e-09,
       1.05356744968627e-07, 2.77413220880937e-08, 1.0260950589675e-06, -1.08769813590053e-08,
@@ -78,7 +80,7 @@ _MODELS: Final = (
      (1850.43045387994, 4903.07735480722, 785.25280624695, 1051.22303562714), 3.0, 0),
 )  # fmt: skip
 """(inverse covariance, mean, distance below which it matches, smallest first burst nDPI accepts)."""
-_TRIED_WINDOWS: Final = 4
+_TRIED_WINDOWS: Final = 1
 INNER_HELLO: Final = 517
 
 
@@ -119,13 +121,17 @@ class TlsShape:
     overhead: int | None = None
     client_finished: bool = False
     records: list[Record] = field(default_factory=list)
-    finding: Finding | None = None
+    found: list[Finding] = field(default_factory=list)
+    """Every finding so far, each protocol once, in order."""
     done: bool = False
-    """Decided: a finding, MAX_RECORDS clean records, or bytes that are not TLS records."""
+    """Nothing more to watch: ``ssh-in-tls`` found, MAX_RECORDS records, or bytes that are not TLS records."""
 
     def feed(self, from_client: bool, data: bytes, now: float) -> Finding | None:
+        """The finding these bytes completed, if any (each protocol is returned once; watching goes on after a
+        `SUSPECTED` one)."""
         if self.done:
-            return self.finding
+            return None
+        before = len(self.found)
         side = self.client if from_client else self.server
         if not from_client and not self.version:
             self._server_hello(data)
@@ -149,7 +155,7 @@ class TlsShape:
             offset += 5
             if kind == _APPLICATION:
                 self._record(from_client, side, length, now)
-        return self.finding
+        return self.found[before] if len(self.found) > before else None
 
     def _server_hello(self, data: bytes) -> None:
         self.hello += data
@@ -180,8 +186,13 @@ class TlsShape:
                 return  # the server's encrypted handshake
         size = length - (self.overhead if self.overhead is not None else 24)
         self.records.append(Record(from_client, max(size, 0), now))
-        self.finding = _tls_in_tls(self.records) or self._ssh() or _echo(self.records)
-        if self.finding is not None or len(self.records) >= MAX_RECORDS:
+        seen = {finding.protocol for finding in self.found}
+        for check in (self._ssh, lambda: _tls_in_tls(self.records), lambda: _echo(self.records)):
+            finding = check()
+            if finding is not None and finding.protocol not in seen:
+                self.found.append(finding)
+                break
+        if any(f.protocol not in SUSPECTED for f in self.found) or len(self.records) >= MAX_RECORDS:
             self.done = True
 
     def _ssh(self) -> Finding | None:
@@ -215,8 +226,8 @@ def _tls_in_tls(records: list[Record]) -> Finding | None:
         if len(window) < 5:  # a burst is whole only once the next one began
             continue
         sizes = tuple(burst[1] for burst in window[:4])
-        if window[0][2] > 3 or sizes[2] * 2 > sizes[0]:
-            continue  # nDPI's limit on the hello; and a Finished is far smaller than a hello (not so a next request)
+        if window[0][2] > 3 or sizes[2] * 2 > sizes[0] or sizes[1] < sizes[0]:
+            continue  # nDPI's limit on the hello; a Finished far smaller than a hello; certificates larger
         close = any(
             sizes[0] >= smallest and mahalanobis(sizes, mean, inverse) < threshold
             for inverse, mean, threshold, smallest in _MODELS

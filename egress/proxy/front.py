@@ -25,9 +25,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from egress.decide import Enforcement, decide_finding
+from egress.decide import Enforcement, decide_finding, decide_suspicion
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import tls
+from egress.detect import tls, tlsshape
 from egress.detect.base import Finding, FlowMeta
 from egress.policy.model import Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
@@ -213,7 +213,8 @@ class Front:
         """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""
 
         def on_finding(finding: Finding) -> bool:
-            verdict = decide_finding(sandbox, finding)
+            suspected = finding.protocol in tlsshape.SUSPECTED
+            verdict = decide_suspicion(sandbox, finding) if suspected else decide_finding(sandbox, finding)
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", host, verdict))
             if verdict.action is Enforcement.BLOCK:
                 self.watch_blocked += 1
