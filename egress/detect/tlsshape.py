@@ -13,16 +13,16 @@ encrypted record is its Finished; the server's encrypted records before it are i
   ``tls_obfuscated_heur_search`` and ``check_set``, read at commit 3b1286ab), after Xue et al., "Fingerprinting
   Obfuscated Proxy Traffic with Encapsulated TLS Handshakes", USENIX Security 2024: the byte counts of the first
   four bursts (client, server, client, server; a burst is consecutive records of one direction) lie within a
-  Mahalanobis distance of one of nDPI's handshake models (TLS 1.3 Firefox, Chrome), the first burst in at most 3
-  records. Only the window at the first client burst is tried (nDPI tries later ones too, for tunnels that talk
-  before their inner handshake): a tunnel client starts its inner handshake at once. nDPI's third model (TLS 1.2 Firefox, a 212-byte hello) is left out: it matched 1 in 100 exchanges of
-  random sizes under 1 KB (an API client's 250-byte request, a 900-byte answer, a 120-byte request), and clients
-  of 2026 send TLS 1.3 hellos. Tried on a window starting at each of the first client bursts, as nDPI does.
-  We add two conditions that nDPI lacks: the third burst (the inner Finished) is under half the first (the inner
-  hello), and the second (the inner certificates) at least the first; without them, a keep-alive HTTPS client whose second request is as large as its first (1.5 KB of cookies,
-  5 KB answers) falls within the Chrome model.
-  We add the OpenSSL shape seen in the lab (curl inside stunnel): an inner ClientHello record of exactly 517 bytes
-  (a 512-byte padded hello and its record header) answered by more than 1000 bytes.
+  Mahalanobis distance of one of nDPI's handshake models, the first burst in at most 3 records. Where we differ:
+  only the window at the first client burst is tried (nDPI tries later ones, for tunnels that talk before their
+  inner handshake; a tunnel client starts it at once); nDPI's TLS 1.2 Firefox model (a 212-byte hello) is left
+  out, it matched 1 in 100 random exchanges under 1 KB (an API client's 250-byte request, 900-byte answer,
+  120-byte request); the third burst (the inner Finished) must be under half the first (the inner hello) and the
+  second (the inner certificates) at least the first: without that, a keep-alive HTTPS client with 1.5 KB
+  requests and 5 KB answers falls within the Chrome model. We add the OpenSSL shape seen in the lab (curl inside
+  stunnel): an inner ClientHello record of exactly 517 bytes (a 512-byte padded hello and its header) answered by
+  more than 1000 bytes. Measured: the 5 lab tunnels found, 0 of 19 recorded HTTPS sessions, and still 4% of
+  exchanges of uniformly random sizes (40 B-20 KB): that is why it is only recorded.
 - ``ssh-in-tls``: SSH's binary packets (RFC 4253 §6) with the AEAD and encrypt-then-MAC ciphers OpenSSH uses
   (chacha20-poly1305, aes-gcm, *-etm) are a clear 4-byte length, a multiple of the cipher's block (8 or 16) and a
   16- or 32-byte tag: ``4 (mod 8)`` bytes. A TLS wrapper that sends each SSH packet as one record (stunnel,
