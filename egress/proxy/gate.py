@@ -156,7 +156,9 @@ class Gate:
     def _http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
         request = http.parse_request(client)
         if request is MORE and len(client) < HEAD_WAIT_LIMIT:
-            return Decision(Kind.WAIT)
+            if encrypted.opening(client) is not encrypted.Opening.ENCRYPTED:
+                return Decision(Kind.WAIT)
+            request = None  # a method word, then random bytes: judged as bytes
         if not isinstance(request, http.HttpRequest):
             return self._raw(sandbox, meta, client, b"")
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip().lower().rstrip(".")
