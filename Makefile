@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus
 
-.PHONY: test unit lint demo bench fmt
+.PHONY: test unit lint demo bench fmt security
 
 test: ## Install what is missing, then lint, format check, mypy (strict) and pytest.
 	@deploy/bootstrap.sh test
@@ -17,6 +17,11 @@ unit: ## The fast loop: every test that needs neither root nor the lab, on every
 	# Bytecode caching on even where the shell turns it off: compiling mitmproxy and hypothesis again in every
 	# xdist worker costs more than a tenth of the run.
 	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.25 $(BIN)/pytest -q -n auto -m "not root and not e2e"
+
+security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.
+	@deploy/bootstrap.sh security
+	# A module keeps its lab on one worker (--dist loadfile): a lab takes seconds to build.
+	$(BIN)/pytest -n auto --dist loadfile -m "security or fuzz" -p no:cacheprovider
 
 lint:
 	$(BIN)/ruff check egress tests bench rules

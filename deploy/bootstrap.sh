@@ -3,6 +3,7 @@
 #
 #   deploy/bootstrap.sh test    # what `make test` needs (unit: what `make unit` needs)
 #   deploy/bootstrap.sh demo    # what `make demo` needs
+#   deploy/bootstrap.sh security    # what `make security` needs (the tools the security suite plays)
 #
 # Idempotent: a second run installs nothing and takes about a second. Set PYTHON to choose the interpreter.
 set -euo pipefail
@@ -16,6 +17,10 @@ venv="$root/.venv"
 debian_packages=(make nftables iproute2 redis-server procps)
 # the dashboard test renders the page in a real headless browser
 case "$purpose" in test | unit) debian_packages+=(chromium) ;; esac
+# the security suite (tests/security/, `make security`; `make test` runs it too) plays real tools from the sandbox
+# and captures on the internet side
+security_packages=(iodine dns2tcp ptunnel-ng openssh-server openssh-client stunnel4 socat openvpn tcpdump dnsutils)
+case "$purpose" in test | security) debian_packages+=("${security_packages[@]}") ;; esac
 [ "$purpose" = bench ] && debian_packages+=(libndpi-bin squid-openssl wrk)
 
 say() { printf 'bootstrap: %s\n' "$*" >&2; }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import pathlib
 import sys
 import time
 from collections import Counter
@@ -310,6 +311,29 @@ def lab_demo(prefix: str, keep: bool) -> None:
     from egress.lab.demo import demo
 
     sys.exit(demo(prefix, keep))
+
+
+@lab.command("record")
+@click.argument("names", nargs=-1, required=True)
+@click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="pcaps", show_default=True)
+@click.option("--prefix", default="egress-", show_default=True)
+def lab_record(names: tuple[str, ...], out: pathlib.Path, prefix: str) -> None:
+    """Play each attempt NAME ('all': every one) through the gateway and keep it as OUT/NAME.pcap, captured at the
+    gateway's sandbox side."""
+    from egress.lab.record import RecordError, record
+    from egress.lab.scenarios import SCENARIOS
+
+    if os.geteuid() != 0:
+        click.echo("egress lab record needs root (network namespaces, nftables)", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        done = record(list(SCENARIOS) if names == ("all",) else list(names), out, prefix)
+    except RecordError as error:
+        click.echo(f"egress: {error}", err=True)
+        sys.exit(EXIT_USAGE)
+    for item in done:
+        size = item.path.stat().st_size
+        click.echo(f"{item.path}  {size:>7} bytes  {item.result.outcome:<8} {item.result.detail[:80]}")
 
 
 @main.group()

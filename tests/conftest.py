@@ -23,6 +23,10 @@ from tests.waiting import eventually, scaled
 
 __all__ = ["eventually", "scaled"]
 
+# The security suite's table, its markers and --security-report (tests/security/report.py): a plugin, so that the
+# controlling process of an xdist run, which collects nothing, still prints the table.
+pytest_plugins = ["tests.security.report"]
+
 DEFAULT_TIMEOUT = 300.0
 
 
