@@ -45,14 +45,15 @@ PROTOCOL = "unidentified-encrypted"
 WINDOW: Final = 1024
 """Bytes of a direction's opening that are judged (a Shadowsocks/VMess first packet is 50-1000 bytes)."""
 MIN_BYTES: Final = 16
-"""Fewer bytes than this are judged only when they are plainly not random (Ex1 or Ex3); otherwise the gate waits
-for more: the bit count of a handful of bytes says little."""
+"""Fewer bytes than this are judged only when they are plainly a text line or mostly zero bits; otherwise the
+gate waits for more: the bit count of a handful of bytes says little."""
 POPCOUNT_LOW: Final = 3.4
 POPCOUNT_HIGH: Final = 4.6
 """Ex1's bounds on set bits per byte (Wu et al. §4.1; nDPI: ``ratio <= 3.4 || ratio >= 4.6`` exempts)."""
 
 _POPCOUNT: Final = bytes(bin(byte).count("1") for byte in range(256))
 _PRINTABLE: Final = frozenset(range(0x20, 0x7F))
+_TEXT: Final = _PRINTABLE | {0x09, 0x0A, 0x0D}
 _SSH_BANNERS: Final = (b"SSH-2.0-", b"SSH-1.99-")
 
 
@@ -127,11 +128,13 @@ def opening(data: bytes, ended: bool = False) -> Opening | None:
             return None  # a method word or a head still arriving; a method word then random bytes is judged
     if ssh is None and not ended:
         return None
-    if fully_encrypted(window):
-        if len(window) < MIN_BYTES and not ended:
-            return None  # random-looking so far, but too few bytes to say
-        return Opening.ENCRYPTED
-    return Opening.PLAIN
+    if len(window) < MIN_BYTES and not ended:
+        # A few bytes say little: judged now only when plainly a text line (a Redis PING) or mostly zero bits (a
+        # binary length header: Postgres' SSLRequest); otherwise the gate waits for more. At most MIN_BYTES - 1
+        # bytes of such an opening are forwarded before the rest is judged (the relay runs `detect` on it).
+        text_line = window.endswith(b"\n") and all(byte in _TEXT for byte in window)
+        return Opening.PLAIN if text_line or (len(window) >= 4 and popcount_ratio(window) <= 2.5) else None
+    return Opening.ENCRYPTED if fully_encrypted(window) else Opening.PLAIN
 
 
 def finding(data: bytes, side: str) -> Finding:

@@ -76,9 +76,15 @@ def test_a_short_random_opening_waits_then_is_judged_at_the_end() -> None:
     assert opening(head, ended=True) is Opening.ENCRYPTED
 
 
-@pytest.mark.parametrize("prefix", [b"S", b"SSH-2", b"\x16\x03", b"GE"])
+@pytest.mark.parametrize("prefix", [b"S", b"SSH-2", b"\x16\x03", b"GE", b"A", b"\x9c", b"hello"])
 def test_a_protocol_prefix_waits(prefix: bytes) -> None:
     assert opening(prefix) is None
+
+
+@pytest.mark.parametrize("short", [b"PING\r\n", bytes.fromhex("0000000804d2162f")])
+def test_a_short_text_line_or_binary_header_is_judged_at_once(short: bytes) -> None:
+    """Redis' PING, Postgres' SSLRequest: a client that says this little and waits must not hang."""
+    assert opening(short) is Opening.PLAIN
 
 
 def test_server_first_random_opening_is_found() -> None:
