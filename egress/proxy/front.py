@@ -8,7 +8,11 @@ with a pair of asyncio protocols: a fraction of what the same connection costs i
 (docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
 client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspection, refusals, would-blocks, bytes
 that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
-what it always did: the front only takes what it can finish, and never blocks or records a block itself.
+what it always did: the front only takes what it can finish, and never blocks or records a block itself, with one
+exception. TLS through a network rule (`Decision.watch`) is relayed through a `egress.proxy.relay.Watch`: a
+blocking TLS shape finding closes both sides before the chunk that completed it is forwarded, and the front
+reports it. Such TLS, and a ``tls: any`` rule's recorded TLS, is the front's to take: mitmproxy refuses it rather
+than relay it unwatched; so once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
