@@ -229,7 +229,7 @@ def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, f
     first, side = (client, "client") if client else (server, "server")
     seen = encrypted.opening(first)
     if seen is None:
-        return MORE
+        return finding if finding is not None else MORE  # a detector that already knows need not wait
     if seen is encrypted.Opening.SSH:
         if rule.expects(Expect.SSH):
             return None if finding is not None and finding.detector == ssh.NAME else finding
