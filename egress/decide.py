@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from egress.detect.base import Category, Finding, evidence
-from egress.policy.model import Address, DetectorAction, Mode, Sandbox
+from egress.policy.model import Address, DetectorAction, Expect, Mode, NetworkRule, Sandbox, TlsNames
 
 
 class Reason(enum.StrEnum):
@@ -69,7 +69,8 @@ class Enforcement(enum.StrEnum):
     WOULD_BLOCK = "would-block"
     """Report mode: enforce would have blocked it; it passed."""
     RECORD = "record"
-    """A detector set to ``record`` recognised it: it passed, and is recorded."""
+    """A detector set to ``record`` recognised it, or a network rule with ``tls: any`` let TLS without a bound
+    SNI through: it passed, and is recorded."""
 
 
 DEFAULT_DENY: Final = "default-deny"
@@ -174,9 +175,48 @@ def _named(sandbox: Sandbox, dst: str | Address, dport: int, name: str, bound: b
     return _block(sandbox, Reason.NOT_ALLOWLISTED, DEFAULT_DENY, text)
 
 
+def network_rule_for(sandbox: Sandbox, dst: str | Address, dport: int) -> NetworkRule | None:
+    """The TCP network rule that covers ``dst``:``dport``, if any."""
+    address = _address(dst)
+    return sandbox.network_rule(address, dport, "tcp") if address is not None else None
+
+
+def _unexpected(sandbox: Sandbox, rule: NetworkRule, what: Expect, text: str) -> Verdict | None:
+    """A block when ``rule`` does not expect ``what`` (its ``expect:`` list), else None."""
+    if rule.expects(what):
+        return None
+    expected = ", ".join(sorted(rule.expect))
+    return _block(sandbox, Reason.NOT_ALLOWLISTED, rule.rule_id, f"{text}: {what} not expected (expect: {expected})")
+
+
+def _network_tls(sandbox: Sandbox, rule: NetworkRule, name: str, bound: bool, text: str) -> Verdict:
+    """TLS that only a network rule lets through: its SNI must be bound to the address (the resolver answered the
+    name with it), unless the rule says ``tls: any`` (then it passes, recorded)."""
+    unexpected = _unexpected(sandbox, rule, Expect.TLS, text)
+    if unexpected is not None:
+        return unexpected
+    if name and bound and not _is_address(name):
+        return _allow(rule.rule_id, text)
+    if not name:
+        reason, why = Reason.TLS_NO_SNI, "no SNI"
+    elif _is_address(name):
+        reason, why = Reason.DIRECT_IP, "an address as SNI"
+    elif sandbox.name_allowed(name) is not None:
+        reason, why = Reason.NAME_ADDRESS_MISMATCH, "SNI not resolved to this address"
+    else:
+        reason, why = Reason.NOT_ALLOWLISTED, "SNI not resolved to this address"
+    if rule.tls is TlsNames.ANY:
+        return Verdict(Enforcement.RECORD, reason, rule.rule_id, evidence(f"{text}: {why} (tls: any)"))
+    return _block(sandbox, reason, rule.rule_id, f"{text}: {why} (tls: bound)")
+
+
 def decide_tls(sandbox: Sandbox, dst: str | Address, dport: int, sni: str | None, bound: bool) -> Verdict:
-    """A TLS connection, judged on its ClientHello's server name."""
+    """A TLS connection, judged on its ClientHello's server name. To an address a network rule covers, the name
+    must be bound to it unless a host rule allows it there (`_network_tls`)."""
     name = _name(sni)
+    network = network_rule_for(sandbox, dst, dport)
+    if network is not None and not (name and bound and sandbox.host_rule(name, dport) is not None):
+        return _network_tls(sandbox, network, name, bound, f"sni {name or '-'} to {dst}:{dport}")
     if not name:
         return _by_address(sandbox, dst, dport, "tcp", Reason.TLS_NO_SNI, f"TLS without SNI to {dst}:{dport}")
     return _named(sandbox, dst, dport, name, bound, "sni")
@@ -185,6 +225,11 @@ def decide_tls(sandbox: Sandbox, dst: str | Address, dport: int, sni: str | None
 def decide_http(sandbox: Sandbox, dst: str | Address, dport: int, host: str | None, bound: bool) -> Verdict:
     """A plaintext HTTP request, judged on its Host (a ``:port`` suffix is ignored: ``dport`` is what counts)."""
     name = _name(host)
+    network = network_rule_for(sandbox, dst, dport)
+    if network is not None and not (name and bound and sandbox.host_rule(name, dport) is not None):
+        unexpected = _unexpected(sandbox, network, Expect.HTTP, f"host {name or '-'} to {dst}:{dport}")
+        if unexpected is not None:
+            return unexpected
     if not name:
         return _by_address(sandbox, dst, dport, "tcp", Reason.DIRECT_IP, f"HTTP without Host to {dst}:{dport}")
     return _named(sandbox, dst, dport, name, bound, "host")
@@ -221,6 +266,15 @@ def decide_raw(sandbox: Sandbox, dst: str | Address, dport: int, protocol: str, 
 def decide_finding(sandbox: Sandbox, finding: Finding) -> Verdict:
     """A detector's finding, through the sandbox's action for its category (and the sandbox's mode)."""
     return _detected(sandbox, finding, _CATEGORY_REASON[finding.category])
+
+
+def decide_suspicion(sandbox: Sandbox, finding: Finding) -> Verdict:
+    """A finding that ordinary traffic can also produce (a TLS shape, egress.detect.tlsshape.SUSPECTED): the
+    category's action, but at most ``record``: it is recorded, never blocked on its own."""
+    verdict = decide_finding(sandbox, finding)
+    if verdict.action in {Enforcement.BLOCK, Enforcement.WOULD_BLOCK}:
+        return Verdict(Enforcement.RECORD, verdict.reason, verdict.rule, verdict.evidence, finding)
+    return verdict
 
 
 def _detected(sandbox: Sandbox, finding: Finding, reason: Reason) -> Verdict:

@@ -45,6 +45,8 @@ SANDBOX = """\
         - {{cidr: 192.0.2.0/28, ports: [5432]}}
         - {{cidr: 198.51.100.0/24, ports: [51820], protocols: [udp]}}
         - {{cidr: "2001:db8:1::/64", ports: [443]}}
+        - {{cidr: 192.0.2.16/28, ports: [443], tls: any}}
+        - {{cidr: 192.0.2.32/28, expect: [ssh]}}
     decrypt: [pypi.org]
     dns: {{max_name_length: 60}}
     detectors: {{mining: block, tunnel: block, crypto_node: record}}
@@ -79,9 +81,18 @@ CASES: list[tuple[str, Decide, Enforcement, Reason | None, str]] = [
     ("tls-wrong-port", lambda s: decide_tls(s, "203.0.113.5", 8443, "pypi.org", True), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
     ("tls-not-allowed", lambda s: decide_tls(s, "203.0.113.9", 443, "pool.example", True), E.BLOCK, Reason.NOT_ALLOWLISTED, DEFAULT_DENY),  # noqa: E501
     ("tls-spoofed-sni", lambda s: decide_tls(s, "203.0.113.9", 443, "pypi.org", False), E.BLOCK, Reason.NAME_ADDRESS_MISMATCH, H + "[0]"),  # noqa: E501
-    ("tls-address-allowed", lambda s: decide_tls(s, "2001:db8:1::5", 443, "pypi.org", False), E.ALLOW, None, N + "[2]"),
     ("tls-no-sni", lambda s: decide_tls(s, "203.0.113.9", 443, None, False), E.BLOCK, Reason.TLS_NO_SNI, DEFAULT_DENY),
-    ("tls-no-sni-network", lambda s: decide_tls(s, ip_address("192.0.2.3"), 5432, "", False), E.ALLOW, None, N + "[0]"),
+    # TLS to a network rule's address: the SNI must be bound to it (tls: bound), or it is recorded (tls: any)
+    ("tls-network-unbound-sni", lambda s: decide_tls(s, "2001:db8:1::5", 443, "pypi.org", False), E.BLOCK, Reason.NAME_ADDRESS_MISMATCH, N + "[2]"),  # noqa: E501
+    ("tls-network-other-sni", lambda s: decide_tls(s, "2001:db8:1::5", 443, "evil.example", False), E.BLOCK, Reason.NOT_ALLOWLISTED, N + "[2]"),  # noqa: E501
+    ("tls-network-no-sni", lambda s: decide_tls(s, ip_address("192.0.2.3"), 5432, "", False), E.BLOCK, Reason.TLS_NO_SNI, N + "[0]"),  # noqa: E501
+    ("tls-network-ip-sni", lambda s: decide_tls(s, "192.0.2.3", 5432, "192.0.2.3", False), E.BLOCK, Reason.DIRECT_IP, N + "[0]"),  # noqa: E501
+    ("tls-network-bound-sni", lambda s: decide_tls(s, "192.0.2.3", 5432, "pypi.org", True), E.ALLOW, None, N + "[0]"),
+    ("tls-network-host-rule", lambda s: decide_tls(s, "2001:db8:1::5", 443, "pypi.org", True), E.ALLOW, None, H + "[0]"),  # noqa: E501
+    ("tls-network-any-no-sni", lambda s: decide_tls(s, "192.0.2.17", 443, None, False), E.RECORD, Reason.TLS_NO_SNI, N + "[3]"),  # noqa: E501
+    ("tls-network-any-bound", lambda s: decide_tls(s, "192.0.2.17", 443, "pypi.org", True), E.ALLOW, None, H + "[0]"),
+    ("tls-network-unexpected", lambda s: decide_tls(s, "192.0.2.33", 443, None, False), E.BLOCK, Reason.NOT_ALLOWLISTED, N + "[4]"),  # noqa: E501
+    ("http-network-unexpected", lambda s: decide_http(s, "192.0.2.33", 80, None, False), E.BLOCK, Reason.NOT_ALLOWLISTED, N + "[4]"),  # noqa: E501
     ("tls-ip-as-sni", lambda s: decide_tls(s, "203.0.113.9", 443, "203.0.113.9", False), E.BLOCK, Reason.DIRECT_IP, DEFAULT_DENY),  # noqa: E501
     # HTTP, judged by Host
     ("http-allowed", lambda s: decide_http(s, "203.0.113.6", 80, "files.pythonhosted.org", True), E.ALLOW, None, H + "[1]"),  # noqa: E501

@@ -15,6 +15,7 @@ from egress.detect import (
     cryptonode,
     cryptonote,
     dns,
+    encrypted,
     ethstratum,
     getwork,
     icmp_tunnel,
@@ -40,6 +41,10 @@ MINING: Final[tuple[Detector, ...]] = (
 """Pool protocols; also run on payloads unwrapped from WebSocket frames and on decrypted TLS."""
 
 STREAM_TUNNELS: Final[tuple[Detector, ...]] = (ssh.detect, proxytunnel.detect, tor.detect, vpn.detect)
+
+OPAQUE: Final[tuple[Detector, ...]] = (encrypted.detect,)
+"""Streams that open fully encrypted: run by the proxy's gate on streams to a network rule's destination that does
+not expect ``any`` (egress.proxy.gate.Gate.inspector), after the others (a known protocol is the better finding)."""
 
 
 class DnsObserver(Protocol):

@@ -14,7 +14,8 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         mode: enforce | report                # default enforce
         allow:
           hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...], answers: [CIDR]}, ...]
-          networks: [{cidr: CIDR, ports: [port, ...], protocols: [tcp, udp]}, ...]
+          networks: [{cidr: CIDR, ports: [port, ...], protocols: [tcp, udp],
+                      expect: [tls, http, ssh, any], tls: bound | any}, ...]
         decrypt: [host pattern, ...]          # each must also be allowed by allow.hosts
         upgrades: [token, ...]                # HTTP Upgrade protocols allowed besides websocket (default none)
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
@@ -36,9 +37,11 @@ from pathlib import Path
 from egress.policy import yamlnodes
 from egress.policy.lists import valid_name
 from egress.policy.model import (
+    DEFAULT_EXPECT,
     DetectorAction,
     DetectorActions,
     DnsLimits,
+    Expect,
     HostRule,
     Mode,
     Network,
@@ -46,6 +49,7 @@ from egress.policy.model import (
     Policy,
     Retention,
     Sandbox,
+    TlsNames,
 )
 from egress.policy.yamlnodes import INT, NodeChecker, Problem, RulesError, compose, key_name, kind, line
 
@@ -58,7 +62,7 @@ _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
 _HOST = frozenset({"host", "ports", "answers"})
-_NETWORK = frozenset({"cidr", "ports", "protocols"})
+_NETWORK = frozenset({"cidr", "ports", "protocols", "expect", "tls"})
 _PROTOCOLS = ("tcp", "udp")
 _DETECTORS = frozenset(field.name for field in dataclasses.fields(DetectorActions))
 DNS_RANGES = {
@@ -337,9 +341,39 @@ class _Checker(NodeChecker):
                     if name is not None and name not in _PROTOCOLS:
                         self.at(item, place, f"{name!r} is not one of: {', '.join(_PROTOCOLS)}")
                 protocols = frozenset(name for _, _, name in names if name in _PROTOCOLS) or protocols
+            expect = self.expect(fields["expect"], f"{rule_id}.expect") if "expect" in fields else DEFAULT_EXPECT
+            tls = TlsNames.BOUND
+            if "tls" in fields:
+                tls = self.tls_names(fields["tls"], f"{rule_id}.tls") or tls
             if network is not None:
-                rules.append(NetworkRule(network, ports, protocols, rule_id, line(item)))
+                rules.append(NetworkRule(network, ports, protocols, rule_id, line(item), expect, tls))
         return tuple(rules)
+
+    def expect(self, node: yamlnodes.Node, path: str) -> frozenset[Expect]:
+        """``expect: [tls, http, ssh, any]``: at least one; ``any`` written out, never implied."""
+        items = self.sequence(node, path)
+        if isinstance(node, yamlnodes.SequenceNode) and not items:
+            self.at(node, path, "empty: list what the destination speaks (tls, http, ssh), or any")
+        found: set[Expect] = set()
+        for index, item in enumerate(items):
+            value = self.text(item, f"{path}[{index}]")
+            if value is None:
+                continue
+            try:
+                found.add(Expect(value))
+            except ValueError:
+                self.at(item, f"{path}[{index}]", f"{value!r} is not one of: {', '.join(e.value for e in Expect)}")
+        return frozenset(found) or DEFAULT_EXPECT
+
+    def tls_names(self, node: yamlnodes.Node, path: str) -> TlsNames | None:
+        value = self.text(node, path)
+        if value is None:
+            return None
+        try:
+            return TlsNames(value)
+        except ValueError:
+            self.at(node, path, f"{value!r} is not one of: {', '.join(e.value for e in TlsNames)}")
+            return None
 
     def decrypt(self, node: yamlnodes.Node, path: str, hosts: tuple[HostRule, ...]) -> tuple[str, ...]:
         patterns: list[str] = []

@@ -55,6 +55,33 @@ class HostRule:
         return name == self.pattern
 
 
+class Expect(enum.StrEnum):
+    """A protocol a network rule expects its destination to speak (``expect:``; docs/policy.md)."""
+
+    TLS = "tls"
+    """TLS: a whole ClientHello, then records (its SNI is judged by `TlsNames`)."""
+    HTTP = "http"
+    """Plain HTTP requests."""
+    SSH = "ssh"
+    """SSH (a remote shell and a port forwarder by design: it must be named)."""
+    ANY = "any"
+    """Anything, fully encrypted streams included: no protocol is checked, only the detectors run."""
+
+
+DEFAULT_EXPECT: frozenset[Expect] = frozenset({Expect.TLS, Expect.HTTP})
+"""What a network rule expects when it does not say: the protocols a user means by "this address" (web APIs,
+registries, object stores). SSH and unidentified encrypted streams must be named (``ssh``, ``any``)."""
+
+
+class TlsNames(enum.StrEnum):
+    """Which TLS server names a network rule accepts (``tls:``)."""
+
+    BOUND = "bound"
+    """Only an SNI the gateway resolver answered with this address; no SNI or another name is blocked."""
+    ANY = "any"
+    """Any SNI or none; a missing or unbound one is still recorded (action ``record``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkRule:
     """An allowed destination network, for destinations reached by address rather than by name."""
@@ -66,6 +93,13 @@ class NetworkRule:
     """``tcp`` and/or ``udp``."""
     rule_id: str
     line: int
+    expect: frozenset[Expect] = DEFAULT_EXPECT
+    """The protocols this destination speaks (TCP); see `Expect` and `DEFAULT_EXPECT`."""
+    tls: TlsNames = TlsNames.BOUND
+    """Which TLS server names pass through this rule."""
+
+    def expects(self, protocol: Expect) -> bool:
+        return Expect.ANY in self.expect or protocol in self.expect
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,11 @@ with a pair of asyncio protocols: a fraction of what the same connection costs i
 (docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
 client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspection, refusals, would-blocks, bytes
 that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
-what it always did: the front only takes what it can finish, and never blocks or records a block itself.
+what it always did: the front only takes what it can finish, and never blocks or records a block itself, with one
+exception. TLS through a network rule (`Decision.watch`) is relayed through a `egress.proxy.relay.Watch`: a
+blocking TLS shape finding closes both sides before the chunk that completed it is forwarded, and the front
+reports it. Such TLS, and a ``tls: any`` rule's recorded TLS, is the front's to take: mitmproxy refuses it rather
+than relay it unwatched; so once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
@@ -25,18 +29,22 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from egress.decide import Enforcement
+from egress.decide import Enforcement, decide_finding, decide_suspicion
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import tls
-from egress.detect.base import FlowMeta
+from egress.detect import tls, tlsshape
+from egress.detect.base import Finding, FlowMeta
 from egress.policy.model import Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
+from egress.proxy.relay import Half, Upstream, Watch
 
 log = logging.getLogger("egress.proxy")
 
 PEEK_WAIT: Final = 0.1
 """Seconds the front waits for a client's first bytes (a TLS client sends its ClientHello at once); after that the
 connection is mitmproxy's (a server-first protocol)."""
+HELLO_WAIT: Final = 5.0
+"""Seconds the front waits for the rest of a ClientHello once the first bytes look like TLS: TLS through a network
+rule is watched only here (mitmproxy refuses it), so a slow hello must not push it there."""
 PARTIAL_WAIT: Final = 0.002
 """Seconds between peeks while a ClientHello is still arriving."""
 DIAL_TIMEOUT: Final = 10.0
@@ -61,58 +69,6 @@ def original_destination(sock: socket.socket) -> tuple[str, int]:
     return socket.inet_ntop(socket.AF_INET6, address), port
 
 
-class _Half(asyncio.Protocol):
-    """One side of a relay: what it receives goes to the other side; back-pressure and half-close follow."""
-
-    def __init__(self) -> None:
-        self.transport: asyncio.Transport | None = None
-        self.other: _Half | None = None
-        self.ended = False
-        """This side sent EOF."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
-
-    def data_received(self, data: bytes) -> None:
-        assert self.other is not None and self.other.transport is not None
-        self.other.transport.write(data)
-
-    def eof_received(self) -> bool:
-        self.ended = True
-        assert self.other is not None and self.other.transport is not None
-        if self.other.ended:
-            self._close_both()
-        elif self.other.transport.can_write_eof():
-            self.other.transport.write_eof()
-        return True  # the other direction may still carry data
-
-    def pause_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.pause_reading()
-
-    def resume_writing(self) -> None:
-        if self.other is not None and self.other.transport is not None:
-            self.other.transport.resume_reading()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._close_both()
-
-    def _close_both(self) -> None:
-        for side in (self, self.other):
-            if side is not None and side.transport is not None and not side.transport.is_closing():
-                side.transport.close()
-
-
-class _Upstream(_Half):
-    """The destination's side: reads nothing until the client's side is attached (`Front` resumes it)."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        super().connection_made(transport)
-        assert self.transport is not None
-        self.transport.pause_reading()
-
-
 class Front:
     """Accepts on the worker's port (IPv4 and IPv6) and serves each connection as the module docstring says."""
 
@@ -132,6 +88,8 @@ class Front:
         """Connections the front relayed itself."""
         self.handed_off = 0
         """Connections given to mitmproxy."""
+        self.watch_blocked = 0
+        """Watched connections closed on a TLS shape finding."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[socket.socket] = []
 
@@ -218,24 +176,27 @@ class Front:
         dst = self.destination(conn)
         if self.gate.on_connect(sandbox, *dst).action is Enforcement.BLOCK:
             return False
-        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta((str(peer[0]), int(peer[1])), dst))
-        if decision is None or decision.kind is not Kind.PASSTHROUGH or decision.verdict is not None:
+        source = (str(peer[0]), int(peer[1]))  # an IPv6 peer is a 4-tuple
+        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst))
+        if decision is None or decision.kind is not Kind.PASSTHROUGH:
             return False
+        recorded = decision.verdict
+        if recorded is not None and not (decision.watch and recorded.action is Enforcement.RECORD):
+            return False  # would-blocks and records other than a watched rule's go to mitmproxy
+        watch = self._watch(sandbox, source, dst, decision.host) if decision.watch else None
         loop = asyncio.get_running_loop()
         try:
             upstream_transport, upstream = await asyncio.wait_for(
-                loop.create_connection(_Upstream, dst[0], dst[1]), DIAL_TIMEOUT
+                loop.create_connection(lambda: Upstream(watch, from_client=False), dst[0], dst[1]), DIAL_TIMEOUT
             )
         except (OSError, TimeoutError) as exc:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()
             return True
-        if decision.allow is not None:
-            source = (str(peer[0]), int(peer[1]))  # an IPv6 peer is a 4-tuple
-            self.reporter.report(
-                DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, decision.allow)
-            )
-        client = _Half()
+        reported = recorded or decision.allow
+        if reported is not None:
+            self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, reported))
+        client = Half(watch)
         client.other, upstream.other = upstream, client
         try:
             await loop.connect_accepted_socket(lambda: client, conn)  # reads the ClientHello and relays it
@@ -246,18 +207,33 @@ class Front:
             return True
         # From here the relay owns the socket: whatever happens, the connection is never handed off.
         if upstream_transport.is_closing():  # the destination hung up before the client was attached
-            client._close_both()
+            client.close_both()
         else:
             upstream_transport.resume_reading()
         self.relayed += 1
         return True
+
+    def _watch(self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str) -> Watch:
+        """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""
+
+        def on_finding(finding: Finding) -> bool:
+            suspected = finding.protocol in tlsshape.SUSPECTED
+            verdict = decide_suspicion(sandbox, finding) if suspected else decide_finding(sandbox, finding)
+            self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", host, verdict))
+            if verdict.action is Enforcement.BLOCK:
+                self.watch_blocked += 1
+                return True
+            return False
+
+        return Watch(on_finding)
 
     @staticmethod
     async def _first_decision(conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | None:
         """The gate's decision on the client's first bytes, peeked; None when they are not TLS, do not come within
         `PEEK_WAIT`, or never make a whole ClientHello."""
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + PEEK_WAIT
+        started = loop.time()
+        deadline = started + PEEK_WAIT
         while True:
             try:
                 data: bytes | None = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
@@ -268,9 +244,10 @@ class Front:
             if data is not None:
                 if not tls.looks_like_tls(data):
                     return None
+                deadline = max(deadline, started + HELLO_WAIT)
                 if len(data) >= HEAD_WAIT_LIMIT and not isinstance(tls.parse_client_hello(data), tls.ClientHello):
                     return None  # a ClientHello bigger than the peek: mitmproxy judges it on all it reads
-                decision = gate.on_first_bytes(sandbox, meta, data, b"")
+                decision = gate.on_first_bytes(sandbox, meta, data, b"", watching=True)
                 if decision.kind is not Kind.WAIT:
                     return decision
             left = deadline - loop.time()

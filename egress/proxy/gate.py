@@ -8,7 +8,12 @@
 - ``HTTP``: plain HTTP, handled request by request (Host checked on each, bodies inspected);
 - ``INSPECT``: other TCP to an allowed destination, relayed through the detectors;
 - ``REFUSE``: closed at once, both sides; the verdict says why;
-- ``WAIT``: not enough bytes yet (a ClientHello or request head still arriving).
+- ``WAIT``: not enough bytes yet (a ClientHello or request head still arriving, or an opening too short to judge).
+
+A destination a network rule covers gets what the rule expects (`egress.policy.model.Expect`): a stream that
+opens fully encrypted (`egress.detect.encrypted`) is a tunnel unless the rule says ``any``; SSH passes only where
+it says ``ssh``; TLS passed through it is marked ``watch`` (the front relays it through
+`egress.detect.tlsshape`, which finds TLS carrying TLS or a shell); a caller that cannot watch gets a refusal.
 """
 
 from __future__ import annotations
@@ -27,11 +32,13 @@ from egress.decide import (
     decide_raw,
     decide_tls,
     decide_unknown_source,
+    network_rule_for,
 )
-from egress.detect import http, tls
-from egress.detect.base import MORE, Detector, Finding, FlowMeta, FlowView, Transport
+from egress.detect import encrypted, http, ssh, tls
+from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, evidence
 from egress.detect.engine import FlowInspector
-from egress.policy.model import Policy, Sandbox
+from egress.detect.registry import OPAQUE
+from egress.policy.model import Expect, NetworkRule, Policy, Sandbox
 
 HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
@@ -55,6 +62,8 @@ class Decision:
     """The name the client gave (SNI or Host), if any."""
     allow: Verdict | None = None
     """The verdict that let the connection through, when nothing is worth recording (its decision log line)."""
+    watch: bool = False
+    """PASSTHROUGH only: TLS through a network rule, to be relayed through `egress.detect.tlsshape`."""
 
 
 NamesFor = Callable[[str, str], frozenset[str]]
@@ -96,7 +105,11 @@ class Gate:
         """Before dialling ``dst``: could any rule allow a connection there? (names bound to it, or a network)."""
         return decide_raw(sandbox, dst, dport, "tcp", self.names_for(sandbox.name, dst))
 
-    def on_first_bytes(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
+    def on_first_bytes(
+        self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes, watching: bool = False
+    ) -> Decision:
+        """``watching``: the caller relays a ``watch`` decision through the TLS shape watcher (the front does; a
+        caller that does not gets a refusal instead of an unwatched passthrough)."""
         if not client:
             if not server:
                 return Decision(Kind.WAIT)
@@ -104,7 +117,7 @@ class Gate:
         if tls.looks_like_tls(client) and tls.parse_client_hello(client) is not None:
             # A record header is TLS only if a ClientHello follows it (issue 9: a 5-byte fake header before
             # JSON-RPC was passed through as "TLS without SNI"); anything else is inspected as a raw stream.
-            return self._tls(sandbox, meta, client)
+            return self._tls(sandbox, meta, client, watching)
         if http.looks_like_http_request(client):
             return self._http(sandbox, meta, client)
         return self._raw(sandbox, meta, client, server)
@@ -113,10 +126,13 @@ class Gate:
         result = self.name_detector(FlowView(meta, client, b"", complete=True))
         return result if isinstance(result, Finding) else None
 
-    def _tls(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
+    def _tls(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, watching: bool) -> Decision:
         hello = tls.parse_client_hello(client, partial=len(client) >= HEAD_WAIT_LIMIT)
         if hello is MORE:
             return Decision(Kind.WAIT)
+        network = network_rule_for(sandbox, meta.dst, meta.dport)
+        if network is not None and not isinstance(hello, tls.ClientHello):
+            return self._raw(sandbox, meta, client, b"")  # a record header, then no ClientHello: judged as bytes
         sni = hello.sni if isinstance(hello, tls.ClientHello) else None
         noted: Verdict | None = None
         finding = self._named_finding(meta, client)
@@ -131,12 +147,20 @@ class Gate:
             return Decision(Kind.REFUSE, verdict, sni or "")
         if sni is not None and verdict.action is Enforcement.ALLOW and sandbox.decrypts(sni):
             return Decision(Kind.INTERCEPT, noted, sni, _allow(verdict))
-        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "", _allow(verdict))
+        watch = network is not None and not network.expects(Expect.ANY)
+        if network is not None and watch and not watching:
+            unwatched = decide_finding(sandbox, _unwatched(network, meta))
+            if not _allowed(unwatched):
+                return Decision(Kind.REFUSE, unwatched, sni or "")
+            noted = noted or unwatched
+        return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "", _allow(verdict), watch)
 
     def _http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
         request = http.parse_request(client)
         if request is MORE and len(client) < HEAD_WAIT_LIMIT:
-            return Decision(Kind.WAIT)
+            if encrypted.opening(client) is not encrypted.Opening.ENCRYPTED:
+                return Decision(Kind.WAIT)
+            request = None  # a method word, then random bytes: judged as bytes
         if not isinstance(request, http.HttpRequest):
             return self._raw(sandbox, meta, client, b"")
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip().lower().rstrip(".")
@@ -156,7 +180,13 @@ class Gate:
 
     def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
         noted: Verdict | None = None
+        network = network_rule_for(sandbox, meta.dst, meta.dport)
         finding = self.inspect_once(meta, client, server)
+        if network is not None:
+            judged = _expected(network, meta, client, server, finding)
+            if judged is MORE:
+                return Decision(Kind.WAIT)
+            finding = judged if isinstance(judged, Finding) else None
         if finding is not None:
             verdict = decide_finding(sandbox, finding)
             if not _allowed(verdict):
@@ -176,13 +206,46 @@ class Gate:
         return decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
 
     def inspector(self, meta: FlowMeta) -> FlowInspector:
-        """Inspection state for a relayed stream (INSPECT, and decrypted or WebSocket payloads)."""
-        return FlowInspector(meta, self.stream)
+        """Inspection state for a relayed stream (INSPECT, and decrypted or WebSocket payloads). To a network
+        rule's destination it also judges the opening again (`encrypted.detect`, unless the rule says ``any``),
+        and it leaves SSH alone where the rule says ``ssh``."""
+        sandbox = self.sandbox(meta.src)
+        network = network_rule_for(sandbox, meta.dst, meta.dport) if sandbox is not None else None
+        if network is None:
+            return FlowInspector(meta, self.stream)
+        detectors = tuple(d for d in self.stream if not (d is ssh.detect and network.expects(Expect.SSH)))
+        if not network.expects(Expect.ANY):
+            detectors += OPAQUE
+        return FlowInspector(meta, detectors)
 
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)
         inspector.feed_stream(True, client)
         return inspector.feed_stream(False, server)
+
+
+def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, finding: Finding | None) -> Result:
+    """What a stream with no name of its own, to ``rule``'s destination, comes to under its ``expect:`` list:
+    the detectors' ``finding`` (minus SSH's where SSH is expected), an SSH or fully encrypted opening the rule does
+    not expect, or MORE while the opening is too short to judge."""
+    first, side = (client, "client") if client else (server, "server")
+    seen = encrypted.opening(first)
+    if seen is None:
+        return finding if finding is not None else MORE  # a detector that already knows need not wait
+    if seen is encrypted.Opening.SSH:
+        if rule.expects(Expect.SSH):
+            return None if finding is not None and finding.detector == ssh.NAME else finding
+        line = first.lstrip(b"\r\n").split(b"\n", 1)[0]
+        text = f"SSH to {meta.dst}:{meta.dport} through {rule.rule_id}, which does not expect ssh: {evidence(line)}"
+        return finding or Finding(Category.TUNNEL, "ssh-not-expected", encrypted.NAME, evidence(text))
+    if seen is encrypted.Opening.ENCRYPTED and not rule.expects(Expect.ANY):
+        return finding or encrypted.finding(first, side)
+    return finding
+
+
+def _unwatched(rule: NetworkRule, meta: FlowMeta) -> Finding:
+    text = f"TLS to {meta.dst}:{meta.dport} through {rule.rule_id} that the front could not watch (slow or huge hello)"
+    return Finding(Category.TUNNEL, "tls-unwatched", encrypted.NAME, evidence(text))
 
 
 def flow_meta(src: tuple[str, int], dst: tuple[str, int]) -> FlowMeta:

@@ -7,6 +7,7 @@ SO_ORIGINAL_DST, which the end-to-end tests exercise."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 import ssl
 from collections.abc import Callable
@@ -14,10 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from egress.decide import Enforcement
+from egress.decide import Enforcement, Reason
 from egress.decisions import DecidedFlow
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
+from egress.lab import certs
 from egress.policy.lists import load_name_lists
 from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
@@ -206,6 +208,7 @@ def test_everything_else_is_handed_off_unread_without_nagle(
 ) -> None:
     if "half-a-client-hello" in request.node.name:
         monkeypatch.setattr(front_module, "PEEK_WAIT", 0.05)  # the rest never comes: the wait is what ends it
+        monkeypatch.setattr(front_module, "HELLO_WAIT", 0.05)
 
     async def scenario() -> None:
         server = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -253,3 +256,94 @@ async def _echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> N
         writer.write(data)
         await writer.drain()
     writer.close()
+
+
+# -- TLS through a network rule: relayed through the TLS shape watcher -----------------------------------------
+SSH_IN_TLS = [
+    ("c", 41),
+    ("s", 41),
+    ("c", 1560),
+    ("s", 1088),
+    ("c", 1208),
+    ("s", 1564),
+    ("c", 16),
+    ("c", 44),
+    ("s", 44),
+    ("c", 60),
+    ("s", 76),
+    ("c", 140),
+    ("s", 100),
+    ("c", 308),
+    ("s", 28),
+    ("c", 60),
+    ("s", 248),
+]
+"""The plaintext record sizes of OpenSSH inside stunnel after the handshake (tests/detect/tlsshape_traces.py,
+SSH_SOCKS): banners, key exchange, user authentication; ``s 28`` is USERAUTH_SUCCESS, ``c 60`` the SOCKS channel."""
+HTTPS_LIKE = [("c", 86), ("s", 211), ("s", 1119), ("c", 90), ("s", 300), ("c", 120), ("s", 4000)]
+
+
+async def _scripted_tls(script: list[tuple[str, int]], tmp_path: Path) -> tuple[_Setup, list[int], int]:
+    """A TLS server and client that exchange ``script`` (each entry one write, so one record) through the front;
+    returns the setup, the sizes the server received and how many script entries the client completed."""
+    files = certs.ensure(tmp_path / "certs")
+    chain, key = files.servers["pool"]
+    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    server_context.load_cert_chain(chain, key)
+    received: list[int] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
+            for side, size in script:
+                if side == "s":
+                    writer.write(b"s" * size)
+                    await writer.drain()
+                else:
+                    await reader.readexactly(size)
+                    received.append(size)
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
+    setup = _Setup(int(server.sockets[0].getsockname()[1]), network=True)
+    port, task = await _serving(setup)
+    client_context = ssl.create_default_context(cafile=str(files.ca))
+    client_context.check_hostname = False
+    done = 0
+    reader, writer = await asyncio.open_connection(
+        "127.0.0.1", port, ssl=client_context, server_hostname="allowed.test"
+    )
+    with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
+        for side, size in script:
+            if side == "c":
+                writer.write(b"c" * size)
+                await writer.drain()
+            else:
+                await asyncio.wait_for(reader.readexactly(size), scaled(10))
+            done += 1
+    writer.close()
+    task.cancel()
+    server.close()
+    return setup, received, done
+
+
+def test_ssh_inside_watched_tls_is_closed_before_authentication_completes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        setup, received, done = await _scripted_tls(SSH_IN_TLS, tmp_path)
+        assert done == SSH_IN_TLS.index(("s", 28)), "the client must never see USERAUTH_SUCCESS"
+        assert 60 not in received[received.index(308) :], "nothing after the authentication reached the server"
+        assert setup.front.watch_blocked == 1
+        blocked = [flow.verdict for flow in setup.reporter.reported if flow.verdict.action is Enforcement.BLOCK]
+        assert [(v.reason, v.finding.protocol if v.finding else "") for v in blocked] == [(Reason.TUNNEL, "ssh-in-tls")]
+
+    _run(scenario)
+
+
+def test_https_like_tls_through_a_watched_rule_passes(tmp_path: Path) -> None:
+    async def scenario() -> None:
+        setup, received, done = await _scripted_tls(HTTPS_LIKE, tmp_path)
+        assert done == len(HTTPS_LIKE)
+        assert received == [size for side, size in HTTPS_LIKE if side == "c"]
+        assert setup.front.watch_blocked == 0 and setup.front.relayed == 1
+        assert [flow.verdict.action for flow in setup.reporter.reported] == [Enforcement.ALLOW]
+
+    _run(scenario)

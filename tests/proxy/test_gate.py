@@ -3,6 +3,7 @@ or a detector set to ``record``) is carried in the decision, so it is recorded h
 
 from __future__ import annotations
 
+import ssl
 from pathlib import Path
 
 import pytest
@@ -12,7 +13,7 @@ from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.policy.lists import load_name_lists
 from egress.policy.loader import parse_policy
-from egress.proxy.gate import Gate, Kind, flow_meta
+from egress.proxy.gate import Decision, Gate, Kind, flow_meta
 from tests.proxy.test_front import _client_hello
 
 LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
@@ -63,7 +64,143 @@ def test_an_enforced_name_finding_refuses() -> None:
     assert decision.verdict is not None and decision.verdict.reason is Reason.TUNNEL
 
 
-def _network_gate() -> Gate:
+# -- network rules: what they expect (egress.policy.model.Expect) -----------------------------------------------
+NETWORK_POLICY = """
+version: 1
+sandboxes:
+  box:
+    sources: [10.0.0.0/24]
+    mode: {mode}
+    allow:
+      hosts:
+        - {{host: compute.test, ports: [443]}}
+      networks:
+        - {{cidr: 198.51.100.3/32, ports: [3333]}}
+        - {{cidr: 198.51.100.4/32, ports: [22, 2222], expect: [ssh]}}
+        - {{cidr: 198.51.100.5/32, ports: [443], tls: any}}
+        - {{cidr: 198.51.100.6/32, expect: [any]}}
+    detectors: {{mining: block, tunnel: block, crypto_node: block}}
+"""
+RANDOM = bytes.fromhex("8f3a5c19e27b44d0a16ce3f8275b9d0e41c2a7f35e86b01d9c4f2a6e83b75d10" * 8)
+SSH_BANNER = b"SSH-2.0-OpenSSH_9.6\r\n"
+
+
+def _network_gate(mode: str = "enforce") -> Gate:
+    lists = load_name_lists(LISTS)
+
+    def names_for(_sandbox: str, address: str) -> frozenset[str]:
+        return frozenset({"compute.test"}) if address == "198.51.100.3" else frozenset()
+
+    return Gate(parse_policy(NETWORK_POLICY.format(mode=mode)), names_for, make_name_detector(lists),
+                stream_detectors(lists))  # fmt: skip
+
+
+def _first(gate: Gate, dst: tuple[str, int], client: bytes, server: bytes = b"", watching: bool = True) -> Decision:
+    sandbox = gate.sandbox("10.0.0.5")
+    assert sandbox is not None
+    return gate.on_first_bytes(sandbox, flow_meta(("10.0.0.5", 40000), dst), client, server, watching=watching)
+
+
+@pytest.mark.parametrize(
+    ("name", "client", "server"),
+    [
+        ("random", RANDOM, b""),
+        ("server-first-random", b"", RANDOM),
+        ("printable-prefix", b"hello!" + RANDOM, b""),
+        ("fake-tls-header", b"\x16\x03\x01\x00\xf0" + RANDOM, b""),
+        ("fake-http-method", b"POST " + RANDOM, b""),
+    ],
+)
+def test_a_fully_encrypted_opening_to_a_network_rule_is_a_tunnel(name: str, client: bytes, server: bytes) -> None:
+    decision = _first(_network_gate(), ("198.51.100.3", 3333), client, server)
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.reason is Reason.TUNNEL
+    assert decision.verdict.finding is not None and decision.verdict.finding.protocol == "unidentified-encrypted"
+
+
+def test_a_short_random_opening_waits_for_more() -> None:
+    assert _first(_network_gate(), ("198.51.100.3", 3333), bytes.fromhex("8fe2199ca10ed3")).kind is Kind.WAIT
+
+
+def test_any_lets_an_encrypted_opening_through_to_the_detectors() -> None:
+    decision = _first(_network_gate(), ("198.51.100.6", 9000), RANDOM)
+    assert decision.kind is Kind.INSPECT and decision.verdict is None
+
+
+def test_report_mode_lets_it_pass_as_a_would_block() -> None:
+    decision = _first(_network_gate("report"), ("198.51.100.3", 3333), RANDOM)
+    assert decision.kind is Kind.INSPECT
+    assert decision.verdict is not None and decision.verdict.action is Enforcement.WOULD_BLOCK
+
+
+@pytest.mark.parametrize(("dst", "kind"), [(("198.51.100.4", 22), Kind.INSPECT), (("198.51.100.4", 2222), Kind.INSPECT),
+                                           (("198.51.100.3", 3333), Kind.REFUSE)])  # fmt: skip
+def test_ssh_passes_only_where_the_rule_expects_it(dst: tuple[str, int], kind: Kind) -> None:
+    decision = _first(_network_gate(), dst, b"", SSH_BANNER)
+    assert decision.kind is kind, decision
+    if kind is Kind.REFUSE:
+        assert decision.verdict is not None and decision.verdict.reason is Reason.TUNNEL
+
+
+def test_the_relay_inspector_leaves_expected_ssh_alone_and_judges_openings_elsewhere() -> None:
+    gate = _network_gate()
+    ssh_flow = gate.inspector(flow_meta(("10.0.0.5", 40000), ("198.51.100.4", 2222)))
+    assert ssh_flow.feed_stream(False, SSH_BANNER) is None and ssh_flow.feed_stream(True, SSH_BANNER) is None
+    other = gate.inspector(flow_meta(("10.0.0.5", 40000), ("198.51.100.3", 3333)))
+    other.feed_stream(True, b"PING\r\n")
+    found = other.feed_stream(True, RANDOM)  # a printable first flight, then ciphertext
+    assert found is not None and found.protocol == "unidentified-encrypted"
+
+
+def test_tls_without_sni_to_a_network_rule_is_refused() -> None:
+    decision = _first(_network_gate(), ("198.51.100.3", 3333), _client_hello_without_sni())
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.reason is Reason.TLS_NO_SNI
+
+
+def test_tls_with_an_unbound_sni_to_a_network_rule_is_refused() -> None:
+    decision = _first(_network_gate(), ("198.51.100.3", 3333), _client_hello("elsewhere.test"))
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.reason is Reason.NOT_ALLOWLISTED
+
+
+def test_tls_with_a_bound_sni_is_watched() -> None:
+    decision = _first(_network_gate(), ("198.51.100.3", 3333), _client_hello("compute.test"))
+    assert (decision.kind, decision.watch, decision.verdict) == (Kind.PASSTHROUGH, True, None)
+
+
+def test_a_caller_that_cannot_watch_refuses_watched_tls() -> None:
+    decision = _first(_network_gate(), ("198.51.100.3", 3333), _client_hello("compute.test"), watching=False)
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.finding is not None
+    assert decision.verdict.finding.protocol == "tls-unwatched"
+
+
+def test_tls_any_passes_without_sni_recorded_and_watched() -> None:
+    decision = _first(_network_gate(), ("198.51.100.5", 443), _client_hello_without_sni())
+    assert decision.kind is Kind.PASSTHROUGH and decision.watch
+    assert decision.verdict is not None and decision.verdict.action is Enforcement.RECORD
+    assert decision.verdict.reason is Reason.TLS_NO_SNI
+
+
+def test_tls_to_a_rule_that_expects_only_ssh_is_refused() -> None:
+    decision = _first(_network_gate(), ("198.51.100.4", 22), _client_hello("compute.test"))
+    assert decision.kind is Kind.REFUSE
+    assert decision.verdict is not None and decision.verdict.reason is Reason.NOT_ALLOWLISTED
+
+
+def _client_hello_without_sni() -> bytes:
+    context = ssl.create_default_context()
+    context.check_hostname = False
+    context.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    tls = context.wrap_bio(incoming, outgoing)  # no server_hostname: no SNI
+    with pytest.raises(ssl.SSLWantReadError):
+        tls.do_handshake()
+    return outgoing.read()
+
+
+def _stratum_rule_gate() -> Gate:
     policy = parse_policy(
         """
 version: 1
@@ -90,7 +227,7 @@ SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
 )
 def test_a_tls_record_header_without_a_client_hello_is_inspected_not_passed(head: bytes) -> None:
     """Issue 9: a fake record header before Stratum was taken for "TLS without SNI" and passed through."""
-    gate = _network_gate()
+    gate = _stratum_rule_gate()
     sandbox = gate.sandbox("10.0.0.5")
     assert sandbox is not None
     meta = flow_meta(("10.0.0.5", 40000), ("198.18.10.3", 3333))

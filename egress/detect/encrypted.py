@@ -1,0 +1,163 @@
+"""Fully encrypted streams: a TCP stream that looks like random bytes from its first byte and is no protocol we know.
+
+Signature: the heuristic the Great Firewall of China used from November 2021 against Shadowsocks, VMess and obfs4
+(Wu et al., "How the Great Firewall of China Detects and Blocks Fully Encrypted Traffic", USENIX Security 2023,
+Algorithm 1), as nDPI implements it for its ``NDPI_FULLY_ENCRYPTED`` risk (ntop/nDPI ``src/lib/ndpi_main.c``,
+``fully_enc_heuristic``, read at commit 3b1286ab). The paper's exemptions of a first data packet:
+
+- Ex1: the average number of set bits per byte is at most 3.4 or at least 4.6 (random bytes average 4.0);
+- Ex2: its first 6 bytes are printable ASCII (0x20-0x7e);
+- Ex3: more than half of its bytes are printable;
+- Ex4: it holds a run of more than 20 printable bytes;
+- Ex5: it begins like TLS (``[\\x16-\\x17]\\x03[\\x00-\\x09]``) or an HTTP method.
+
+A stream none of these exempts is "fully encrypted". Where we differ, and why:
+
+- Ex2 and Ex4 are dropped. They keep a national firewall's false positives low on traffic it knows nothing about;
+  here a network rule has said what its destination speaks (`egress.policy.model.Expect`), and an attacker meets
+  them for free (six printable bytes, then ciphertext). Ex1 and Ex3 cost the attacker real shaping (half the bytes
+  printable, or a skewed bit count).
+- Ex5 exempts only what *is* TLS or HTTP: a whole ClientHello, a request head that parses. A record header or a
+  method word followed by random bytes is judged like any other bytes.
+- We judge the stream, not the first packet: the first `WINDOW` bytes of a direction (all there is when the flow
+  ends), so a small first segment changes nothing. The gateway's gate judges earlier, from `MIN_BYTES` on
+  (`opening`), before a byte is forwarded; this detector judges the whole window again on relayed streams and in
+  captures.
+
+SSH is identified by its identification string (RFC 4253 §4.2) and left to `egress.detect.ssh` and the policy.
+
+Gaps (docs/security.md, "Opaque streams"): ciphertext made printable (base64, hex) or shaped to a skewed bit count
+is not told apart from text; a stream that opens with more than half a window of printable bytes is judged on that
+opening only.
+"""
+
+from __future__ import annotations
+
+import enum
+from typing import Final
+
+from egress.detect import http, tls
+from egress.detect.base import MORE, Category, Finding, FlowView, Result, Transport, evidence
+
+NAME = "encrypted"
+PROTOCOL = "unidentified-encrypted"
+
+WINDOW: Final = 1024
+"""Bytes of a direction's opening that are judged (a Shadowsocks/VMess first packet is 50-1000 bytes)."""
+MIN_BYTES: Final = 16
+"""Fewer bytes than this are judged only when they are plainly a text line or mostly zero bits; otherwise the
+gate waits for more: the bit count of a handful of bytes says little."""
+POPCOUNT_LOW: Final = 3.4
+POPCOUNT_HIGH: Final = 4.6
+"""Ex1's bounds on set bits per byte (Wu et al. §4.1; nDPI: ``ratio <= 3.4 || ratio >= 4.6`` exempts)."""
+
+_POPCOUNT: Final = bytes(bin(byte).count("1") for byte in range(256))
+_PRINTABLE: Final = frozenset(range(0x20, 0x7F))
+_TEXT: Final = _PRINTABLE | {0x09, 0x0A, 0x0D}
+_SSH_BANNERS: Final = (b"SSH-2.0-", b"SSH-1.99-")
+
+
+class Opening(enum.StrEnum):
+    """What the first bytes of a direction are."""
+
+    TLS = "tls"
+    """A whole TLS ClientHello."""
+    HTTP = "http"
+    """An HTTP request head that parses."""
+    SSH = "ssh"
+    """An SSH identification string."""
+    ENCRYPTED = "encrypted"
+    """No exemption holds: fully encrypted."""
+    PLAIN = "plain"
+    """Some exemption holds (Ex1 or Ex3): not random-looking; the protocol detectors judge it."""
+
+
+def popcount_ratio(data: bytes) -> float:
+    """Average set bits per byte (``__builtin_popcount`` summed in nDPI's ``ndpi_popcount_count``)."""
+    return sum(data.translate(_POPCOUNT)) / len(data) if data else 0.0
+
+
+def printable_share(data: bytes) -> float:
+    return sum(1 for byte in data if byte in _PRINTABLE) / len(data) if data else 0.0
+
+
+def fully_encrypted(data: bytes) -> bool:
+    """True when neither Ex1 nor Ex3 exempts ``data`` (Ex2/Ex4 dropped and Ex5 judged by `opening`; see above)."""
+    if not data:
+        return False
+    ratio = popcount_ratio(data)
+    if ratio <= POPCOUNT_LOW or ratio >= POPCOUNT_HIGH:  # Ex1
+        return False
+    return printable_share(data) <= 0.5  # Ex3
+
+
+def _ssh(data: bytes) -> bool | None:
+    data = data.lstrip(b"\r\n")
+    if any(data.startswith(banner) for banner in _SSH_BANNERS):
+        return True
+    if data and any(banner.startswith(data) for banner in _SSH_BANNERS):
+        return None
+    return False
+
+
+def opening(data: bytes, ended: bool = False) -> Opening | None:
+    """What ``data``, the first bytes of one direction, are; None: not enough bytes to tell yet.
+
+    ``ended``: no more bytes will come (the flow closed, or the caller stops waiting): judge what there is.
+    """
+    if not data:
+        return None if not ended else Opening.PLAIN
+    ssh = _ssh(data)
+    if ssh:
+        return Opening.SSH
+    window = data[:WINDOW]
+    random_looking = fully_encrypted(window) and len(window) >= MIN_BYTES
+    if tls.looks_like_tls(data):
+        hello = tls.parse_client_hello(data)
+        if isinstance(hello, tls.ClientHello):
+            return Opening.TLS
+        if hello is MORE and not ended:
+            return None  # a ClientHello still arriving (a header with random bytes after it does not parse)
+    elif len(data) < 3 and data[0] == tls.HANDSHAKE and data[1:] in (b"", b"\x03") and not ended:
+        return None
+    else:
+        request = http.parse_request(data)
+        if isinstance(request, http.HttpRequest):
+            return Opening.HTTP
+        if request is MORE and not ended and not random_looking:
+            return None  # a method word or a head still arriving; a method word then random bytes is judged
+    if ssh is None and not ended:
+        return None
+    if len(window) < MIN_BYTES and not ended:
+        # A few bytes say little: judged now only when plainly a text line (a Redis PING) or mostly zero bits (a
+        # binary length header: Postgres' SSLRequest); otherwise the gate waits for more. At most MIN_BYTES - 1
+        # bytes of such an opening are forwarded before the rest is judged (the relay runs `detect` on it).
+        text_line = window.endswith(b"\n") and all(byte in _TEXT for byte in window)
+        return Opening.PLAIN if text_line or (len(window) >= 4 and popcount_ratio(window) <= 2.5) else None
+    return Opening.ENCRYPTED if fully_encrypted(window) else Opening.PLAIN
+
+
+def finding(data: bytes, side: str) -> Finding:
+    window = data[:WINDOW]
+    text = (
+        f"{side} opens with {len(window)} random-looking bytes: {popcount_ratio(window):.2f} bits/byte, "
+        f"{printable_share(window):.0%} printable, {window[:12].hex()}"
+    )
+    return Finding(Category.TUNNEL, PROTOCOL, NAME, evidence(text))
+
+
+def detect(view: FlowView) -> Result:
+    """A TCP flow whose first speaker opens fully encrypted, judged on its first `WINDOW` bytes (the client's
+    when it said anything, else the server's: a server-first protocol)."""
+    if view.meta.transport is not Transport.TCP:
+        return None
+    data, side = (view.client, "client") if view.client else (view.server, "server")
+    if not data:
+        return None if view.complete else MORE
+    full = view.complete or len(data) >= WINDOW
+    seen = opening(data, ended=full)
+    if seen is Opening.ENCRYPTED:
+        return finding(data, side)
+    if seen is None or (seen is Opening.PLAIN and not full):
+        return MORE
+    return None

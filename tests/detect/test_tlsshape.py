@@ -1,0 +1,97 @@
+"""The TLS record-shape watcher (egress.detect.tlsshape) on record traces the lab recorded: SSH, TLS and a pty
+shell inside stunnel are found before the tunnel is of use (before user authentication completes, before the
+inner request, before a command is typed whole); HTTPS is not."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from egress.detect.base import Finding
+from egress.detect.tlsshape import TlsShape, mahalanobis
+from tests.detect import tlsshape_traces as traces
+
+
+def _replay(trace: traces.Trace, split: int = 0, want: str = "") -> tuple[Finding | None, int]:
+    """Feed a trace's records (headers, zero bodies; the real ServerHello) to a watcher; ``split`` > 0 cuts each
+    record into pieces of that many bytes. Returns the first finding (of protocol ``want``, if given) and the index
+    of the record that completed it."""
+    hello, records = trace
+    shape = TlsShape()
+    first_server = True
+    for index, (ms, side, kind, length) in enumerate(records):
+        if side == "s" and first_server:
+            data = bytes.fromhex(hello)
+            first_server = False
+        else:
+            data = bytes([kind, 3, 3]) + length.to_bytes(2) + bytes(length)
+        pieces = [data[i : i + split] for i in range(0, len(data), split)] if split else [data]
+        for piece in pieces:
+            found = shape.feed(side == "c", piece, ms / 1000)
+            if found is not None and want in ("", found.protocol):
+                return found, index
+    return None, len(records)
+
+
+@pytest.mark.parametrize("split", [0, 1, 7, 1000])
+@pytest.mark.parametrize(
+    ("name", "protocol", "before"),
+    [
+        # found on the server's USERAUTH_SUCCESS (28 bytes), before the client may open a channel (-D, -R, shell)
+        ("SSH_EXEC", "ssh-in-tls", 27),
+        ("SSH_SOCKS", "ssh-in-tls", 24),
+        ("SSH_SHELL", "ssh-in-tls", 24),
+        # found when the outer records of the inner handshake are complete, before the inner request's answer
+        ("TLS_IN_TLS", "tls-in-tls", 17),
+        ("TLS_IN_TLS_BULK", "tls-in-tls", 14),
+        # found on the 8th echoed key: "echo hel", before the first command is entered
+        ("PTY_SHELL", "interactive-shell", 30),
+    ],
+)
+def test_tunnels_in_tls_are_found_early(name: str, protocol: str, before: int, split: int) -> None:
+    found, at = _replay(getattr(traces, name), split)
+    assert found is not None and found.protocol == protocol, found
+    assert at <= before, (at, found)
+
+
+@pytest.mark.parametrize("index", range(len(traces.HTTPS)))
+def test_https_is_not_a_tunnel(index: int) -> None:
+    found, _ = _replay(traces.HTTPS[index])
+    assert found is None, found
+
+
+def test_keep_alive_https_with_large_repeated_requests_is_not_tls_in_tls() -> None:
+    """The shape nDPI's Chrome model alone would match: 1.5 KB requests, 5 KB answers, again and again."""
+    hello, _ = traces.HTTPS[0]
+    records: list[tuple[float, str, int, int]] = [(0.0, "c", 22, 517), (2.0, "s", 22, 0)]
+    records += [(3.0, "s", 23, 50), (4.0, "c", 23, 69)]  # the server's handshake, the client's Finished
+    ms = 5.0
+    for _ in range(6):
+        records += [(ms, "c", 23, 1595), (ms + 3, "s", 23, 250), (ms + 4, "s", 23, 5424)]
+        ms += 50
+    assert _replay((hello, tuple(records)))[0] is None
+
+
+def test_random_small_records_rarely_look_like_ssh() -> None:
+    """Records of random sizes under 1 KiB: the 4-mod-8 window (the one shape that blocks) must not fire (odds
+    about 2e-6 per window); the shapes that are only recorded may."""
+    hello, _ = traces.HTTPS[0]
+    rng = random.Random(9)
+    fired = 0
+    for _ in range(200):
+        records = [(0.0, "c", 22, 517), (2.0, "s", 22, 0), (3.0, "s", 23, 50), (4.0, "c", 23, 69)]
+        records += [(5.0 + i, "cs"[i % 2], 23, rng.randrange(40, 1000)) for i in range(150)]
+        fired += _replay((hello, tuple(records)), want="ssh-in-tls")[0] is not None
+    assert fired == 0
+
+
+def test_not_tls_stops_watching() -> None:
+    shape = TlsShape()
+    assert shape.feed(True, b"SSH-2.0-OpenSSH_9.6\r\n", 0.0) is None
+    assert shape.done and not shape.found
+
+
+def test_mahalanobis_matches_ndpi_at_the_mean() -> None:
+    identity = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
+    assert mahalanobis((3, 4, 0, 0), (0.0, 0.0, 0.0, 0.0), identity) == pytest.approx(5.0)

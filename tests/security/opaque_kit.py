@@ -1,0 +1,141 @@
+"""The attacker's kit for the opaque-tunnel techniques (tests/security/test_opaque_*.py): keys, certificates and
+configurations, and the servers it runs in the fake internet behind network-rule addresses of
+tests/security/policies/opaque.yaml (sshd, stunnel4, a byte sink that logs what reached it, HTTP, a Stratum pool
+behind TLS).
+
+Ports on 198.18.10.7 (all on one network rule, default ``expect`` and ``tls: bound``): 8443 stunnel → sshd,
+8444 sink, 8445 stunnel → HTTP (a real HTTPS server), 8447 stunnel → Stratum pool, 8448 sink that speaks first,
+8449 OpenVPN, 8080 plain HTTP. 198.18.10.4:2222 is sshd itself (a rule that expects ssh), 198.18.10.3:8446
+stunnel → sshd on a rule with ``tls: any``.
+"""
+
+from __future__ import annotations
+
+import pathlib
+import subprocess
+import sys
+import textwrap
+from dataclasses import dataclass
+
+from egress.lab import certs
+from tests.security.harness import POLICIES, Attacker, SecurityLab
+
+POLICY = POLICIES / "opaque.yaml"
+ATTACK = "198.18.10.7"
+SSHD = "198.18.10.4"
+ANY_TLS = "198.18.10.3"
+SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
+               "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")  # fmt: skip
+
+SINK = """
+import socket, sys, threading
+host, port, speak = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"
+listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind((host, port)); listener.listen(16)
+print("listening", flush=True)
+def serve(conn):
+    got = 0
+    if speak:
+        conn.sendall(bytes.fromhex("a3f1c94e7d2b8e10" * 40))
+    conn.settimeout(20)
+    try:
+        while data := conn.recv(65536):
+            got += len(data)
+    except OSError:
+        pass
+    print(f"connection got {got} bytes", flush=True)
+    conn.close()
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+POOL = """
+import json, socket, sys
+listener = socket.socket(); listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+listener.bind(("127.0.0.1", int(sys.argv[1]))); listener.listen(8)
+print("listening", flush=True)
+while True:
+    conn, _ = listener.accept()
+    for line in conn.makefile("rb"):
+        call = json.loads(line)
+        print("pool got", call.get("method"), flush=True)
+        if call.get("method") == "mining.submit":
+            print("share accepted", flush=True)
+        conn.sendall(json.dumps({"id": call.get("id"), "result": True, "error": None}).encode() + b"\\n")
+    conn.close()
+"""
+
+
+@dataclass
+class Kit:
+    root: pathlib.Path
+    user_key: pathlib.Path
+    cert: pathlib.Path
+    key: pathlib.Path
+
+
+def kit(lab: SecurityLab) -> Kit:
+    """Keys and certificates under the lab's log directory (made once per lab)."""
+    root = lab.logs / "opaque"
+    root.mkdir(parents=True, exist_ok=True)
+    for name in ("host", "user"):
+        if not (root / name).exists():
+            subprocess.run(["ssh-keygen", "-q", "-t", "ed25519", "-N", "", "-f", str(root / name)], check=True)
+    files = certs.ensure(root / "certs")
+    cert, key = files.servers["ssh"]  # ssh.lab, the name the policy binds to 198.18.10.7
+    return Kit(root, root / "user", cert, key)
+
+
+def start_servers(lab: SecurityLab) -> Kit:
+    """Start every server of the module docstring and wait until each listens."""
+    tools = kit(lab)
+    sshd_config = tools.root / "sshd_config"
+    sshd_config.write_text(
+        textwrap.dedent(f"""\
+        Port 2222
+        ListenAddress 127.0.0.1
+        ListenAddress {SSHD}
+        HostKey {tools.root / "host"}
+        AuthorizedKeysFile {tools.user_key}.pub
+        PermitRootLogin prohibit-password
+        StrictModes no
+        UsePAM no
+        AllowTcpForwarding yes
+        LogLevel DEBUG1
+        PidFile none
+        """)
+    )
+    sshd = lab.attacker("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)])
+    sshd.wait_for(f"Server listening on {SSHD} port 2222")
+    services = {
+        "ssh": (f"{ATTACK}:8443", "127.0.0.1:2222"),
+        "https": (f"{ATTACK}:8445", "127.0.0.1:8081"),
+        "stratum": (f"{ATTACK}:8447", "127.0.0.1:3390"),
+        "ssh-any": (f"{ANY_TLS}:8446", "127.0.0.1:2222"),
+    }
+    stunnel = tools.root / "stunnel-server.conf"
+    stunnel.write_text("foreground = yes\npid =\ndebug = info\n" + "".join(
+        f"[{name}]\naccept = {accept}\nconnect = {connect}\ncert = {tools.cert}\nkey = {tools.key}\n"
+        for name, (accept, connect) in services.items()))  # fmt: skip
+    lab.attacker("stunnel", ["stunnel4", str(stunnel)]).wait_for("Configuration successful")
+    lab.attacker("sink", [sys.executable, "-c", SINK, ATTACK, "8444", "0"]).wait_for("listening")
+    lab.attacker("sink-first", [sys.executable, "-c", SINK, ATTACK, "8448", "1"]).wait_for("listening")
+    lab.attacker("pool", [sys.executable, "-c", POOL, "3390"]).wait_for("listening")
+    web = [sys.executable, "-u", "-m", "http.server", "--directory", str(tools.root)]
+    lab.attacker("http", [*web, "--bind", ATTACK, "8080"]).wait_for("Serving HTTP")
+    lab.attacker("https-backend", [*web, "--bind", "127.0.0.1", "8081"]).wait_for("Serving HTTP")
+    return tools
+
+
+def stunnel_client(lab: SecurityLab, tools: Kit, name: str, local: int, remote: str, sni: str | None) -> Attacker:
+    """A stunnel client in the sandbox: ``127.0.0.1:local`` → TLS to ``remote``; ``sni`` None sends none."""
+    conf = tools.root / f"stunnel-{name}.conf"
+    conf.write_text(
+        f"foreground = yes\npid =\ndebug = info\n[{name}]\nclient = yes\naccept = 127.0.0.1:{local}\n"
+        f"connect = {remote}\nsni = {sni or ''}\n"
+    )
+    client = lab.attacker(f"stunnel-{name}", ["stunnel4", str(conf)], where="sandbox")
+    client.wait_for("Configuration successful")
+    return client

@@ -1,0 +1,124 @@
+"""Fully encrypted openings through a network rule (tunnel/unidentified-encrypted), their variants (a small first
+segment, printable prefixes that the GFW's exemptions would let through, fake TLS and HTTP prefixes, a server
+that speaks first, other ports on the rule) and the traffic that must still pass (a real TLS client with a bound
+name, real SSH to a rule that expects ssh, plain HTTP)."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from tests.security.conftest import LabFactory
+from tests.security.harness import SecurityLab, report
+from tests.security.opaque_kit import ATTACK, POLICY, SSH_OPTIONS, SSHD, Kit, start_servers
+
+pytestmark = pytest.mark.security
+
+SENDER = """
+import os, random, socket, sys, time
+host, port, variant = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+body = random.Random(7).randbytes(600)
+opening = {
+    "random": body,
+    "small-first-segment": body,
+    "printable-6": b"hello!" + body,
+    "printable-run-25": b"A" * 25 + body,
+    "fake-tls-header": b"\\x16\\x03\\x01\\x02\\x00" + body,
+    "fake-http-method": b"POST " + body,
+    "openvpn-static-framing": len(body).to_bytes(2) + body,
+    "server-first": body,
+    "printable-first-flight": b"hi\\n" + body,
+}[variant]
+try:
+    sock = socket.create_connection((host, port), timeout=5)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    if variant == "small-first-segment":
+        sock.sendall(opening[:1]); time.sleep(0.3); sock.sendall(opening[1:])
+    elif variant == "printable-first-flight":
+        sock.sendall(opening[:3]); time.sleep(0.3); sock.sendall(opening[3:])
+    elif variant == "server-first":
+        sock.settimeout(5); print("server said", len(sock.recv(4096))); sock.sendall(opening)
+    else:
+        sock.sendall(opening)
+    sock.settimeout(3)
+    print("answer", sock.recv(4096))
+except OSError as error:
+    print("failed", error)
+"""
+VARIANTS = [
+    ("random", 8444),
+    ("small-first-segment", 8444),
+    ("printable-6", 8444),
+    ("printable-run-25", 8444),
+    ("fake-tls-header", 8444),
+    ("fake-http-method", 8444),
+    ("openvpn-static-framing", 8444),
+    ("server-first", 8448),
+    ("printable-first-flight", 8444),
+]
+SHORT_LINE = {"printable-first-flight": 3}
+"""Variants whose first flight is a short text line: judged plain at once and forwarded (bytes), the rest blocked."""
+
+
+@pytest.fixture(scope="module")
+def opaque(lab_factory: LabFactory) -> tuple[SecurityLab, Kit]:
+    lab = lab_factory(POLICY)
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # binds ssh.lab -> 198.18.10.7 for this sandbox
+    return lab, start_servers(lab)
+
+
+@pytest.mark.parametrize(("variant", "port"), VARIANTS, ids=[variant for variant, _ in VARIANTS])
+def test_fully_encrypted_opening(opaque: tuple[SecurityLab, Kit], variant: str, port: int) -> None:
+    lab, _ = opaque
+    sink = next(p for p in lab.processes if p.name == ("sink-first" if port == 8448 else "sink"))
+    before = sink.log().count("connection got")
+    since = time.time()
+    with lab.capture(f"opening-{variant}") as capture:
+        done = lab.sandbox_python(SENDER, ATTACK, str(port), variant)
+    crossed = capture.result
+    assert crossed is not None
+    leaked = crossed.bytes_to(ATTACK, port, "tcp")
+    lines = sink.log().splitlines()
+    received = [int(line.split()[2]) for line in lines if line.startswith("connection got")][before:]
+    goal = any(size > SHORT_LINE.get(variant, 0) for size in received)  # the ciphertext reached the server
+    mine = [r for r in lab.records(since) if r.dst == ATTACK and r.dport == port]
+    if not mine and not goal:  # a blocked attempt's record may take an aggregation window to be written
+        reason = lab.reason_of(since, lambda r: r.dst == ATTACK and r.dport == port)
+        mine = [r for r in lab.records(since) if r.dst == ATTACK and r.dport == port] if reason else []
+    seen = f"{mine[0].reason}/{mine[0].protocol}" if mine else None
+    report(f"opaque/encrypted-opening-{variant}", "tunnel", leaked, goal, seen)
+    assert leaked == SHORT_LINE.get(variant, 0) and not goal, (crossed.table(), received, done.stdout)
+    assert seen == "tunnel/unidentified-encrypted", seen
+
+
+HTTPS_CLIENT = """
+import socket, ssl, sys
+context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+for path in ("/", "/user.pub", "/certs/"):
+    raw = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    with context.wrap_socket(raw, server_hostname=sys.argv[3]) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {sys.argv[3]}\\r\\n\\r\\n".encode())
+        print(tls.recv(65536).split(b"\\r\\n", 1)[0].decode())
+"""
+
+
+def test_false_positives_pass(opaque: tuple[SecurityLab, Kit]) -> None:
+    """A real TLS client with a bound SNI, real SSH to a rule that expects ssh, plain HTTP: all through."""
+    lab, kit = opaque
+    since = time.time()
+    https = lab.sandbox_python(HTTPS_CLIENT, ATTACK, "8445", "ssh.lab")
+    curl = lab.sandbox(["curl", "-sk", "--resolve", f"ssh.lab:8445:{ATTACK}", "https://ssh.lab:8445/user.pub"])
+    ssh = lab.sandbox(["ssh", *SSH_OPTIONS, "-i", str(kit.user_key), "-p", "2222", f"root@{SSHD}", "echo ssh-ok"])
+    plain = lab.sandbox(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ATTACK}:8080/"])
+    results = {
+        "https-python": https.stdout.count("HTTP/1.0 200") == 3,
+        "https-curl": curl.stdout.startswith("ssh-ed25519"),
+        "ssh-expected": "ssh-ok" in ssh.stdout,
+        "plain-http": plain.stdout == "200",
+    }
+    blocked = [r for r in lab.records(since) if r.dst in {ATTACK, SSHD} and str(r.action) == "block"]
+    for name, passed in results.items():
+        report(f"opaque/false-positive-{name}", "control", 0, passed, None, "must pass")
+    assert all(results.values()), (results, https.stdout, https.stderr, ssh.stderr[-500:])
+    assert blocked == [], blocked
