@@ -105,7 +105,7 @@ def _flow_of(ip: dpkt.ip.IP | dpkt.ip6.IP6) -> tuple[Flow, bytes] | None:
 
 
 def parse(path: pathlib.Path) -> Crossed:
-    """Read a tcpdump file (Ethernet link type) into `Crossed`; a truncated last record is ignored."""
+    """Read a tcpdump file (Ethernet link type) into `Crossed`; a truncated last record counts as far as it goes."""
     payload: dict[Flow, bytearray] = {}
     packets: dict[Flow, int] = {}
     controls: set[str] = set()
