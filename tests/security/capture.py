@@ -89,6 +89,36 @@ def _outbound(src: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
     return src not in _INTERNET_OWN and any(src in net for net in _OUTBOUND_NETS if net.version == src.version)
 
 
+_ICMP_ERRORS = {"icmp": (3, 11, 12), "icmp6": (1, 2, 3, 4)}
+
+
+def _answers_the_internet(icmp: dpkt.Packet) -> bool:
+    """An ICMP error the gateway's kernel sends back to an internet host about a packet that host sent (a late
+    DNS answer to a closed port, the positive control): it quotes the internet's own bytes, nothing of the
+    sandbox's. The quoted packet's source says whose it was."""
+    if isinstance(icmp, dpkt.icmp.ICMP) and icmp.type in _ICMP_ERRORS["icmp"]:
+        quoted = bytes(icmp.data)[4:]
+        if len(quoted) >= 20 and quoted[0] >> 4 == 4:
+            return ipaddress.ip_address(quoted[12:16]) in _INTERNET_SIDE
+    if isinstance(icmp, dpkt.icmp6.ICMP6) and icmp.type in _ICMP_ERRORS["icmp6"]:
+        quoted = bytes(icmp.data)[4:]
+        if len(quoted) >= 40 and quoted[0] >> 4 == 6:
+            return ipaddress.ip_address(quoted[8:24]) in _INTERNET_SIDE
+    return False
+
+
+class _InternetSide:
+    """Membership test: an address of the internet namespace (its own, or a server's), never one of the lab's
+    sandbox or gateway."""
+
+    def __contains__(self, address: object) -> bool:
+        assert isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
+        return not _outbound(address)
+
+
+_INTERNET_SIDE = _InternetSide()
+
+
 def _flow_of(ip: dpkt.ip.IP | dpkt.ip6.IP6) -> tuple[Flow, bytes] | None:
     proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
     dst = str(ipaddress.ip_address(ip.dst))
@@ -105,7 +135,7 @@ def _flow_of(ip: dpkt.ip.IP | dpkt.ip6.IP6) -> tuple[Flow, bytes] | None:
 
 
 def parse(path: pathlib.Path) -> Crossed:
-    """Read a tcpdump file (Ethernet link type) into `Crossed`; a truncated last record is ignored."""
+    """Read a tcpdump file (Ethernet link type) into `Crossed`; a truncated last record counts as far as it goes."""
     payload: dict[Flow, bytearray] = {}
     packets: dict[Flow, int] = {}
     controls: set[str] = set()
@@ -123,8 +153,8 @@ def parse(path: pathlib.Path) -> Crossed:
             if not _outbound(src) or (found := _flow_of(ip)) is None:
                 continue
             flow, data = found
-            if flow[0] in ("icmp", "icmp6") and CONTROL_PREFIX in data:
-                continue  # the gateway's port-unreachable answer to the positive control, quoting it
+            if flow[0] in ("icmp", "icmp6") and _answers_the_internet(ip.data):
+                continue
             packets[flow] = packets.get(flow, 0) + 1
             payload.setdefault(flow, bytearray()).extend(data)
     return Crossed({flow: bytes(data) for flow, data in payload.items()}, packets, frozenset(controls))

@@ -137,7 +137,9 @@ def rows(path: pathlib.Path) -> list[dict[str, Any]]:
     for line in path.read_text().splitlines() if path.exists() else []:
         if line.strip():
             found.append(json.loads(line))
-    return sorted(found, key=lambda row: (row["kind"], str(row.get("technique", row.get("component", "")))))
+    return sorted(
+        found, key=lambda row: (row["kind"], str(row.get("technique", row.get("component", row.get("parser")))))
+    )
 
 
 def _table(header: Sequence[str], body: Sequence[Sequence[str]]) -> list[str]:

@@ -26,6 +26,14 @@ def _write(path: pathlib.Path, frames: list[bytes]) -> None:
 GRE = b"\0\0\x08\0inner"
 
 
+def _quoted(src: str, data: bytes = b"answer for allowed.lab") -> bytes:
+    """The start of a UDP packet from ``src``, as an ICMP error quotes it."""
+    ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton("10.203.2.1"), p=17)
+    ip.data = dpkt.udp.UDP(sport=53, dport=40000, data=data)
+    ip.len = len(bytes(ip))
+    return bytes(ip)
+
+
 def test_outbound_payload_is_counted_per_destination(tmp_path: pathlib.Path) -> None:
     control = CONTROL_PREFIX + b"abc"
     frames = [
@@ -37,7 +45,16 @@ def test_outbound_payload_is_counted_per_destination(tmp_path: pathlib.Path) -> 
         _ip4("198.18.10.3", "10.203.2.1", dpkt.tcp.TCP(sport=3333, dport=40000, data=b"answer"), 6),
         # the positive control, and the gateway's ICMP answer quoting it: neither counted
         _ip4("10.203.2.2", "10.203.2.1", dpkt.udp.UDP(sport=5000, dport=CONTROL_PORT, data=control), 17),
-        _ip4("10.203.2.1", "10.203.2.2", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + b"quoted " + control), 1),
+        _ip4(
+            "10.203.2.1",
+            "10.203.2.2",
+            dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("10.203.2.2", control)),
+            1,
+        ),
+        # the gateway's port unreachable to ns.lab about ns.lab's late answer: the internet's own bytes, not counted
+        _ip4("10.203.2.1", "198.18.10.5", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("198.18.10.5")), 1),
+        # ... but an ICMP error quoting a packet of the sandbox's is the sandbox's bytes: counted
+        _ip4("10.203.1.2", "198.18.10.4", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("10.203.1.2")), 1),
         # an echo request from the sandbox: its data after id/seq
         _ip4("10.203.1.2", "198.18.10.9", dpkt.icmp.ICMP(type=8, data=b"\0\1\0\1" + b"tunnel"), 1),
         # GRE: the whole IP payload
@@ -50,10 +67,13 @@ def test_outbound_payload_is_counted_per_destination(tmp_path: pathlib.Path) -> 
     assert crossed.bytes_to("198.18.10.3", 3333, "tcp") == len(b"hello pool")
     assert crossed.packets_to("198.18.10.2", 80) == 1 and crossed.bytes_to("198.18.10.2", 80) == 0
     assert crossed.bytes_to("10.203.2.2") == 0
+    assert crossed.packets_to("198.18.10.5") == 0
+    quoting = 4 + len(_quoted("10.203.1.2"))  # an ICMP error's payload: 4 unused bytes, then the quote
+    assert crossed.bytes_to("198.18.10.4", proto="icmp") == quoting
     assert crossed.bytes_to("198.18.10.9", proto="icmp") == len(b"tunnel")
     assert crossed.bytes_to("198.18.10.2", proto="47") == len(GRE)
-    assert crossed.bytes_to("198.18.10.0/24") == len(b"hello pool") + len(b"tunnel") + len(GRE)
-    assert crossed.contains(b"pool") and not crossed.contains(b"answer")
+    assert crossed.bytes_to("198.18.10.0/24") == len(b"hello pool") + len(b"tunnel") + len(GRE) + quoting
+    assert crossed.contains(b"pool") and not crossed.contains(b"answer", "198.18.10.3")  # inbound: not counted
 
 
 def test_a_truncated_last_record_is_read_as_far_as_it_goes(tmp_path: pathlib.Path) -> None:
