@@ -18,7 +18,7 @@ from mitmproxy.proxy.context import Context
 from egress.decide import Enforcement, Reason, Verdict, decide_finding
 from egress.detect import http
 from egress.detect.base import MORE, Category, Finding, evidence
-from egress.detect.engine import FlowInspector
+from egress.detect.engine import FlowInspector, unidentified_finding
 from egress.policy.model import Sandbox
 
 log = logging.getLogger("egress.proxy")
@@ -59,7 +59,11 @@ class InspectLayer(layers.TCPLayer):
 
     ``guard_http``: the connection was handed here because the server spoke first, so the client's first bytes
     are held until they show whether they start an HTTP request; HTTP is refused here (it must go through the HTTP
-    layer, which decodes bodies and checks Host: a server greeting must not be a way around that)."""
+    layer, which decodes bodies and checks Host: a server greeting must not be a way around that).
+
+    ``strict``: the policy names the protocols this destination speaks (a network rule whose ``expect`` lacks
+    ``any``), so a stream the inspection cap leaves unidentified (`FlowInspector.unidentified`: padding, junk or
+    a protocol no detector rules out) is blocked as ``tunnel``/``unidentified`` instead of relayed unjudged."""
 
     def __init__(
         self,
@@ -68,8 +72,10 @@ class InspectLayer(layers.TCPLayer):
         inspector: FlowInspector,
         on_verdict: OnVerdict,
         guard_http: bool = False,
+        strict: bool = False,
     ) -> None:
         super().__init__(context, ignore=True)
+        self.strict = strict
         self.sandbox = sandbox
         self.inspector = inspector
         self.on_verdict = on_verdict
@@ -111,6 +117,8 @@ class InspectLayer(layers.TCPLayer):
                 # that comes later replaces it (egress.detect.engine.RANK).
                 fresh = finding is not None and finding is not before
                 verdict = decide_finding(self.sandbox, finding) if finding is not None and fresh else None
+                if verdict is None and self.strict and inspector.unidentified:
+                    verdict = decide_finding(self.sandbox, unidentified_finding(inspector))
             except Exception as exc:
                 log.exception("egress: inspection failed; the connection is closed")
                 verdict = fail_closed_verdict(f"inspect: {exc!r}")

@@ -7,7 +7,7 @@ from mitmproxy.proxy.context import Context
 
 from egress.decide import Enforcement, Reason, Verdict
 from egress.detect.base import FlowView, Result
-from egress.detect.engine import FlowInspector
+from egress.detect.engine import STREAM_CAP, UNIDENTIFIED, FlowInspector
 from egress.policy.model import Sandbox
 from egress.proxy.gate import flow_meta
 from egress.proxy.mitm.layers import FAIL_CLOSED, InspectLayer, RefuseLayer, http_start
@@ -31,7 +31,7 @@ def _play(layer: RefuseLayer | InspectLayer, *incoming: events.Event) -> list[tu
 CLOSE_BOTH = [("CloseConnection", "server"), ("CloseConnection", "client")]
 
 
-def _inspecting(mode: str = "enforce") -> tuple[InspectLayer, Context, list[Verdict]]:
+def _inspecting(mode: str = "enforce", strict: bool = False) -> tuple[InspectLayer, Context, list[Verdict]]:
     gate = make_gate(mode)
     context = make_context((ALLOWED_ADDRESS, 3333))
     sandbox = gate.sandbox(str(context.client.peername[0]))
@@ -41,9 +41,8 @@ def _inspecting(mode: str = "enforce") -> tuple[InspectLayer, Context, list[Verd
     def on_verdict(_context: Context, _sandbox: Sandbox, verdict: Verdict) -> None:
         seen.append(verdict)
 
-    layer = InspectLayer(
-        context, sandbox, gate.inspector(flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 3333))), on_verdict
-    )
+    inspector = gate.inspector(flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 3333)))
+    layer = InspectLayer(context, sandbox, inspector, on_verdict, strict=strict)
     return layer, context, seen
 
 
@@ -150,3 +149,24 @@ def test_a_later_mining_finding_replaces_a_node_call_and_each_is_reported_once()
         (Enforcement.WOULD_BLOCK, Reason.CRYPTO_NODE),
         (Enforcement.WOULD_BLOCK, Reason.MINING),
     ]
+
+
+PADDED_MINING = b" " * (STREAM_CAP + 4096) + b'{"id":1,"method":"mining.subscribe","params":[]}\n'
+
+
+def test_where_the_policy_names_the_protocols_a_stream_left_unidentified_at_the_cap_is_blocked() -> None:
+    """Issue 9: padding past the inspection cap hid Stratum on a network rule; the cap now ends unjudged flows
+    there (strict: the rule's ``expect`` lacks ``any``) instead of relaying the rest."""
+    layer, context, seen = _inspecting(strict=True)
+    played = _play(layer, events.Start(), events.DataReceived(context.client, PADDED_MINING))
+    assert played == CLOSE_BOTH
+    [verdict] = seen
+    assert (verdict.action, verdict.reason) == (Enforcement.BLOCK, Reason.TUNNEL)
+    assert verdict.finding is not None and verdict.finding.protocol == UNIDENTIFIED
+
+
+def test_where_the_policy_expects_any_protocol_an_unidentified_stream_is_relayed() -> None:
+    layer, context, seen = _inspecting(strict=False)
+    played = _play(layer, events.Start(), events.DataReceived(context.client, PADDED_MINING))
+    assert played == [("SendData", "server", PADDED_MINING.decode())]
+    assert seen == []
