@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 import struct
 
 import pytest
@@ -13,6 +13,9 @@ from egress.detect import icmp_tunnel
 from egress.detect.base import Category, Transport
 from tests.budget import examples
 from tests.detect.feeding import feed_datagrams, meta
+
+_RANDOM = random.Random(1729)
+"""Seeded: parametrize ids are built from these bytes, and every xdist worker must collect the same ids."""
 
 FLOW = meta(0, Transport.ICMP, 0)
 
@@ -34,7 +37,7 @@ UNREACHABLE = bytes.fromhex(
 # ptunnel header: magic 0xD5200880, destination, port, state, ack, length, seq, id (ptunnel.h ping_tunnel_pkt_t)
 PTUNNEL = bytes.fromhex("d5200880") + bytes.fromhex("c0000201") + (22).to_bytes(4) + bytes(16)
 HANS = b"hanc\x02" + bytes(5)
-RANDOM = [os.urandom(size) for size in (200, 333, 512, 97, 1024)]
+RANDOM = [_RANDOM.randbytes(size) for size in (200, 333, 512, 97, 1024)]
 
 
 def echo(payloads: list[bytes]) -> tuple[list[tuple[bool, bytes]], list[int]]:
@@ -51,7 +54,7 @@ def echo(payloads: list[bytes]) -> tuple[list[tuple[bool, bytes]], list[int]]:
         ([PTUNNEL], "icmp-ptunnel"),
         ([HANS], "icmp-hans"),
         (RANDOM, "icmp-tunnel"),
-        ([bytes([n]) * 40 + os.urandom(n) for n in (30, 40, 50, 60)], "icmp-tunnel"),
+        ([bytes([n]) * 40 + _RANDOM.randbytes(n) for n in (30, 40, 50, 60)], "icmp-tunnel"),
     ],
     ids=["ndpi-icmp-tunnel", "ping-then-tunnel", "ptunnel", "hans", "random-sizes", "varying-sizes"],
 )
@@ -130,7 +133,7 @@ def ptunnel_ng(magic: int, state: int, data: bytes = b"", port: int = 22) -> byt
         ptunnel_ng(0xDEADC0DE, 0 | 1 << 30),  # the client's first packet: kProxy_start, kUser_flag, no data
         ptunnel_ng(0x12345678, 2 | 1 << 30, b"SSH-2.0-OpenSSH_9.6\r\n"),  # -m 12345678, data
         ptunnel_ng(0xDEADC0DE, 1 | 1 << 31),  # the proxy's ack
-        ptunnel_ng(0xDEADC0DE, 4 | 1 << 31, os.urandom(16)),  # authentication challenge
+        ptunnel_ng(0xDEADC0DE, 4 | 1 << 31, _RANDOM.randbytes(16)),  # authentication challenge
     ],
     ids=["start", "custom-magic-data", "proxy-ack", "auth"],
 )
@@ -165,7 +168,7 @@ def test_real_linux_pings_with_changing_send_times_stay_clean() -> None:
 
 def test_data_hidden_in_the_send_time_is_a_tunnel() -> None:
     """16 bytes of data where the timeval goes, the iputils pattern after it: looks like ping, is not."""
-    payloads = [os.urandom(16) + bytes(range(16, 56)) for _ in range(4)]
+    payloads = [_RANDOM.randbytes(16) + bytes(range(16, 56)) for _ in range(4)]
     assert all(icmp_tunnel.classify(p) == "other" for p in payloads)
     finding = feed_datagrams(icmp_tunnel.detect, [(True, p) for p in payloads], FLOW, [8] * 4)
     assert finding is not None and finding.protocol == "icmp-tunnel"
@@ -182,7 +185,7 @@ def test_one_large_payload_that_no_ping_sends_is_a_tunnel() -> None:
     [
         (13, struct.pack("!3I", 1, 2, 3), False),  # timestamp request: exactly three timestamps
         (13, struct.pack("!3I", 1, 2, 3) + b"exfiltrated", True),
-        (14, struct.pack("!3I", 1, 2, 3) + os.urandom(100), True),
+        (14, struct.pack("!3I", 1, 2, 3) + _RANDOM.randbytes(100), True),
         (15, b"", False),  # information request
         (15, b"data", True),
         (17, bytes(4), False),  # address mask request
@@ -206,5 +209,5 @@ def test_data_in_icmp_messages_that_carry_none(kind: int, payload: bytes, covert
 
 def test_one_random_payload_is_a_tunnel() -> None:
     """No ping sends random bytes: one echo of them (an encrypted tunnel's packet) is enough."""
-    finding = feed_datagrams(icmp_tunnel.detect, [(True, os.urandom(120))], FLOW, [8])
+    finding = feed_datagrams(icmp_tunnel.detect, [(True, _RANDOM.randbytes(120))], FLOW, [8])
     assert finding is not None and finding.protocol == "icmp-tunnel"

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import os
+import random
 
 import pytest
 from hypothesis import given
@@ -12,6 +12,9 @@ from egress.detect import websocket
 from egress.detect.base import MORE, Category, Finding, FlowView, Result
 from tests.detect.feeding import feed_every_split, feed_stream, meta
 from tests.detect.test_tls import TOR_CLIENT_HELLO
+
+_RANDOM = random.Random(1729)
+"""Seeded: parametrize ids are built from these bytes, and every xdist worker must collect the same ids."""
 
 # Client side of flow 127.0.0.1:33702 -> 127.0.0.1:1234 in tunnel/ndpi_tls_heur__vmess-websocket.pcapng: the
 # upgrade request and the first (masked, binary, 691-byte) frame of V2Ray VMess.
@@ -140,9 +143,9 @@ def test_other_tunnels(client: bytes, server: bytes, reason: str) -> None:
         (HANDSHAKE + WS_BENIGN_CLIENT_FRAMES, ACCEPT + WS_BENIGN_SERVER_FRAMES),
         (HANDSHAKE + frame(SUBSCRIBE), ACCEPT),  # no inner detectors given
         (HANDSHAKE + frame(b"\x08\x96\x01" * 200, opcode=2), ACCEPT),  # structured binary
-        (HANDSHAKE + frame(os.urandom(300), opcode=2, rsv1=True), ACCEPT),  # permessage-deflate
-        (HANDSHAKE + frame(os.urandom(100), opcode=2), ACCEPT),  # too short to judge
-        (HANDSHAKE + frame(os.urandom(300), opcode=2), b"HTTP/1.1 403 Forbidden\r\n\r\n"),
+        (HANDSHAKE + frame(_RANDOM.randbytes(300), opcode=2, rsv1=True), ACCEPT),  # permessage-deflate
+        (HANDSHAKE + frame(_RANDOM.randbytes(100), opcode=2), ACCEPT),  # too short to judge
+        (HANDSHAKE + frame(_RANDOM.randbytes(300), opcode=2), b"HTTP/1.1 403 Forbidden\r\n\r\n"),
         (b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n"),
         (HANDSHAKE + b"\x83\x80" + KEY, ACCEPT),  # reserved opcode
     ],
