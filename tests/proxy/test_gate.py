@@ -200,23 +200,6 @@ def _client_hello_without_sni() -> bytes:
     return outgoing.read()
 
 
-def _stratum_rule_gate() -> Gate:
-    policy = parse_policy(
-        """
-version: 1
-sandboxes:
-  box:
-    sources: [10.0.0.0/24]
-    allow:
-      networks:
-        - {cidr: 198.18.10.3/32, ports: [3333], protocols: [tcp]}
-    detectors: {mining: block, tunnel: block, crypto_node: block}
-"""
-    )
-    lists = load_name_lists(LISTS)
-    return Gate(policy, lambda _sandbox, _address: frozenset(), make_name_detector(lists), stream_detectors(lists))
-
-
 SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
 
 
@@ -227,10 +210,10 @@ SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
 )
 def test_a_tls_record_header_without_a_client_hello_is_inspected_not_passed(head: bytes) -> None:
     """Issue 9: a fake record header before Stratum was taken for "TLS without SNI" and passed through."""
-    gate = _stratum_rule_gate()
+    gate = _network_gate()
     sandbox = gate.sandbox("10.0.0.5")
     assert sandbox is not None
-    meta = flow_meta(("10.0.0.5", 40000), ("198.18.10.3", 3333))
+    meta = flow_meta(("10.0.0.5", 40000), ("198.51.100.3", 3333))  # a network rule, default expect
     decision = gate.on_first_bytes(sandbox, meta, head + SUBSCRIBE, b"")
     assert decision.kind is Kind.REFUSE
     assert decision.verdict is not None and decision.verdict.reason is Reason.MINING

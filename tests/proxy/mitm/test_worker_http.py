@@ -7,14 +7,14 @@ from __future__ import annotations
 import gzip
 import pathlib
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import brotli  # type: ignore[import-untyped]
 import pytest
 from backports import zstd
 
 from egress.decide import Reason
-from tests.proxy.mitm.worker import EXPLODE, Worker, read_all, read_response, running_worker
+from tests.proxy.mitm.worker import EXPLODE, Worker, read_all, read_response
 from tests.waiting import eventually
 
 SECRET = b'{"id":2,"method":"mining.submit","params":["worker","job1","00000000","5f5e1000","a1b2c3d4"]}'
@@ -22,16 +22,7 @@ MARKER = b"mining.submit"
 BENIGN = b'{"query":"weather","city":"Lyon"}'
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    with running_worker(tmp_path_factory.mktemp("worker")) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh_log(worker: Worker) -> None:
-    """Each test judges by what the site received during that test only."""
-    worker.site.clear()
+pytestmark = pytest.mark.usefixtures("fresh_log")
 
 
 def post(body: bytes, *extra: str, target: str = "/api") -> bytes:

@@ -9,7 +9,6 @@ import gzip
 import os
 import socket
 import ssl
-from collections.abc import Iterator
 
 import h2.config
 import h2.connection
@@ -20,7 +19,7 @@ import wsproto.events
 
 from egress.decide import Reason
 from tests.proxy.mitm.site import GREETING
-from tests.proxy.mitm.worker import EXPLODE, Worker, read_all, read_response, running_worker
+from tests.proxy.mitm.worker import EXPLODE, Worker, read_all, read_response
 from tests.proxy.test_front import _client_hello
 from tests.waiting import eventually
 
@@ -28,15 +27,7 @@ SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n
 MARKER = b"mining.subscribe"
 
 
-@pytest.fixture(scope="module")
-def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
-    with running_worker(tmp_path_factory.mktemp("worker")) as running:
-        yield running
-
-
-@pytest.fixture(autouse=True)
-def fresh_log(worker: Worker) -> None:
-    worker.site.clear()
+pytestmark = pytest.mark.usefixtures("fresh_log")
 
 
 class Client:

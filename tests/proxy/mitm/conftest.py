@@ -1,0 +1,21 @@
+"""Fixtures of the real-worker tests (test_worker_*.py): one worker per module, the site's log fresh per test."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from tests.proxy.mitm.worker import Worker, running_worker
+
+
+@pytest.fixture(scope="module")
+def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
+    with running_worker(tmp_path_factory.mktemp("worker")) as running:
+        yield running
+
+
+@pytest.fixture
+def fresh_log(worker: Worker) -> None:
+    """Each test judges by what the site received during that test only (modules use it for every test)."""
+    worker.site.clear()
