@@ -110,6 +110,16 @@ class EgressAddon(NextLayer):
         state = self.connections.get(client_id)
         return state.sandbox if state is not None else None
 
+    def crashed(self, client: connection.Client, why: str) -> None:
+        """mitmproxy itself failed on this connection (`egress.proxy.mitm.crashes`): close it, record the block."""
+        state = self.connections.get(client.id)
+        source = (str(client.peername[0]), int(client.peername[1]))
+        host, port = state.destination if state is not None else ("", 0)
+        self._report(
+            FlowMeta(Transport.TCP, *source, host, port), self._sandbox(client.id), fail_closed(why), "", client.id
+        )
+        self.sever(client)
+
     # -- connection hooks ------------------------------------------------------------------------------------
     def client_connected(self, client: connection.Client) -> None:
         try:

@@ -22,6 +22,7 @@ from egress.decisions import Reporter
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.addon import EgressAddon
+from egress.proxy.mitm.crashes import CrashGuard
 
 log = logging.getLogger("egress.proxy")
 
@@ -54,7 +55,9 @@ async def run_worker(
     master = Master(opts, with_termlog=False)
     server = proxyserver.Proxyserver()
     master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
-    master.addons.add(EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1])), _severer(server)))
+    addon = EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1])), _severer(server))
+    master.addons.add(addon)
+    guard = CrashGuard.install(server, addon.crashed)
     settings: dict[str, Any] = {
         "mode": ["transparent@127.0.0.1:0"],
         "connection_strategy": "eager",
@@ -103,6 +106,7 @@ async def run_worker(
             raise RuntimeError("the proxy worker's front stopped")
         running.result()  # mitmproxy shut down (its error, if any, ends the worker)
     finally:  # also when the worker is told to stop (cancelled)
+        guard.uninstall()
         running.cancel()
         front.cancel()
 

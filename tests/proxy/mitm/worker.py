@@ -15,7 +15,7 @@ import pathlib
 import socket
 import ssl
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from unittest import mock
 
@@ -199,6 +199,14 @@ def _recv(sock: socket.socket) -> bytes:
         return b""
 
 
+def read_until(sock: socket.socket, done: Callable[[bytes], bool]) -> bytes:
+    """What arrives until ``done(everything so far)`` holds or the connection closes (or the read times out)."""
+    got = b""
+    while not done(got) and (chunk := _recv(sock)):
+        got += chunk
+    return got
+
+
 def read_all(sock: socket.socket) -> bytes:
     """Everything until the connection closes (or the read times out)."""
     got = b""
@@ -207,4 +215,4 @@ def read_all(sock: socket.socket) -> bytes:
     return got
 
 
-__all__ = ["EXPLODE", "Worker", "connection", "read_all", "read_response", "running_worker"]
+__all__ = ["EXPLODE", "Worker", "connection", "read_all", "read_response", "read_until", "running_worker"]
