@@ -2,30 +2,32 @@
 
 from __future__ import annotations
 
-import multiprocessing
 import os
 import pathlib
+import subprocess
+import sys
 
 import pytest
 
 from tests.security import report as table
 
-
-def _write_rows(path: str, index: int) -> None:
-    os.environ[table.REPORT_ENV] = path
-    table.report(f"t/{index}", "mining", index, index % 2 == 0, "mining" if index else None)
+WRITE_ROW = """
+import sys
+from tests.security import report as table
+index = int(sys.argv[1])
+table.report(f"t/{index}", "mining", index, index % 2 == 0, "mining" if index else None)
+"""
+ROOT = pathlib.Path(__file__).resolve().parents[2]
 
 
 def test_rows_from_several_processes_become_one_table(tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "rows.jsonl"
     monkeypatch.setenv(table.REPORT_ENV, str(path))
-    spawn = multiprocessing.get_context("spawn")
-    processes = [spawn.Process(target=_write_rows, args=(str(path), index)) for index in range(4)]
-    for process in processes:
-        process.start()
-    for process in processes:
-        process.join(timeout=60)
-        assert process.exitcode == 0
+    environment = {**os.environ, table.REPORT_ENV: str(path), "PYTHONPATH": str(ROOT)}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WRITE_ROW, str(index)], cwd=ROOT, env=environment) for index in range(4)
+    ]
+    assert [process.wait(timeout=60) for process in processes] == [0, 0, 0, 0]
     table.report_fault("redis (SIGKILL)", 1, 1, 0, "no", "stays down")
     table.report_fuzz("tls", 100, 0)
     table.report_fuzz("dns", 50, 2)
