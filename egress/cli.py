@@ -13,11 +13,18 @@ from typing import Any
 import click
 
 from egress.capture.reader import CHUNK
+from egress.cli_gateway import (
+    dns_port_option,
+    doctor,
+    gateway,
+    nflog_group_option,
+    proxy_port_option,
+    workers_option,
+)
 from egress.detect.base import Category
 from egress.detect.registry import build_detectors
 from egress.gateway import config as defaults
 from egress.policy.lists import RulesError, load_name_lists
-from egress.record import REDIS_URL
 from egress.report import TableWriter, summary, write_json
 from egress.scanner import FileStats, Scanner
 
@@ -203,84 +210,6 @@ def rules_check(files: tuple[str, ...]) -> None:
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
 
 
-# Options that `gateway run` and `nft render` share: the same defaults, so render prints what run applies.
-_workers_option = click.option(
-    "--workers",
-    type=click.IntRange(min=1),
-    default=defaults.default_workers,
-    show_default="one per core",
-    help="Proxy worker processes (ports from --proxy-port up).",
-)
-_proxy_port_option = click.option(
-    "--proxy-port", default=defaults.PROXY_PORT, show_default=True, help="First proxy worker's port."
-)
-_dns_port_option = click.option(
-    "--dns-port", default=defaults.DNS_PORT, show_default=True, help="Resolver port (sandbox DNS is redirected here)."
-)
-_nflog_group_option = click.option(
-    "--nflog-group", default=defaults.NFLOG_GROUP, show_default=True, help="nflog group of logged drops."
-)
-
-
-@main.group()
-def gateway() -> None:
-    """The egress gateway (nftables + transparent proxy + resolver + drop logger)."""
-
-
-@gateway.command("run")
-@click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False), help="Policy YAML.")
-@click.option("--sandbox-if", required=True, help="Interface the sandbox VLAN is on.")
-@click.option("--uplink-if", required=True, help="Interface towards the internet.")
-@click.option("--upstream-dns", required=True, help="Resolver the gateway forwards allowed queries to.")
-@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True, help="Bindings, CA, spools, worker files.")
-@_workers_option
-@_proxy_port_option
-@_dns_port_option
-@_nflog_group_option
-@click.option("--redis-url", default=REDIS_URL, show_default=True, help="Where records go.")
-@click.option(
-    "--name", "gateway_name", default=defaults.GATEWAY_NAME, show_default=True, help="This gateway's name in records."
-)
-@click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS.")
-def gateway_run(
-    policy: str,
-    sandbox_if: str,
-    uplink_if: str,
-    upstream_dns: str,
-    state_dir: str,
-    workers: int,
-    proxy_port: int,
-    dns_port: int,
-    nflog_group: int,
-    redis_url: str,
-    gateway_name: str,
-    upstream_ca: str | None,
-) -> None:
-    """Run every gateway component until stopped; fail closed if one dies. SIGHUP reloads the policy in every
-    component at once, or in none (docs/gateway.md)."""
-    from egress.gateway.supervisor import run_gateway
-
-    config = defaults.GatewayConfig(
-        policy=policy,
-        sandbox_if=sandbox_if,
-        uplink_if=uplink_if,
-        upstream_dns=upstream_dns,
-        state_dir=state_dir,
-        workers=workers,
-        proxy_port=proxy_port,
-        dns_port=dns_port,
-        nflog_group=nflog_group,
-        redis_url=redis_url,
-        gateway=gateway_name,
-        upstream_ca=upstream_ca,
-    )
-    try:
-        sys.exit(run_gateway(config))
-    except RulesError as exc:
-        click.echo(f"egress: policy not loaded:\n{exc}", err=True)
-        sys.exit(EXIT_USAGE)
-
-
 @main.group()
 def lab() -> None:
     """The lab: network namespaces (sandbox, gateway, internet) with a fake internet, on this machine."""
@@ -375,10 +304,10 @@ def nft() -> None:
 @click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--sandbox-if", required=True)
 @click.option("--uplink-if", required=True)
-@_workers_option
-@_proxy_port_option
-@_dns_port_option
-@_nflog_group_option
+@workers_option
+@proxy_port_option
+@dns_port_option
+@nflog_group_option
 @click.option("--lockdown", is_flag=True, help="The fail-closed table instead (all sandbox traffic dropped).")
 def nft_render(
     policy: str,
@@ -410,3 +339,5 @@ def nft_render(
 main.add_command(
     LazyGroup("api", lazy={"serve": "egress.api.server:api_serve"}, help="The query API (HTTP, OpenAPI, dashboard).")
 )
+main.add_command(gateway)
+main.add_command(doctor)

@@ -142,6 +142,15 @@ class RedisFacade:
         self._lock = threading.Lock()
         self._client: _Client | None = None
 
+    @classmethod
+    def from_url(cls, url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> RedisFacade:
+        """``redis://host:port/db``, or ``redis+cluster://host:port`` for a node of a Cluster."""
+        scheme, _, rest = url.partition("://")
+        cluster = scheme in {"redis+cluster", "rediss+cluster"}
+        if cluster:
+            url = f"{scheme.removesuffix('+cluster')}://{rest}"
+        return cls(url, cluster=cluster, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+
     def close(self) -> None:
         with self._lock:
             if self._client is not None:

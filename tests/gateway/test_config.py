@@ -9,7 +9,8 @@ from pathlib import Path
 
 import click
 
-from egress.cli import gateway_run, nft_render
+from egress.cli import nft_render
+from egress.cli_gateway import doctor, gateway_run
 from egress.gateway import config
 from egress.gateway.config import GatewayConfig, WorkerConfig
 from egress.nft.render import GatewaySettings
@@ -25,6 +26,7 @@ def _defaults(command: click.Command) -> dict[str, object]:
 
 def test_gateway_run_nft_render_and_the_config_share_one_set_of_defaults() -> None:
     run, render = _defaults(gateway_run), _defaults(nft_render)
+    assert _defaults(doctor) == run  # the doctor checks exactly what run would start with
     made = GatewayConfig("policy.yaml", "sbx0", "up0", "192.0.2.53")
     for name in ("workers", "proxy_port", "dns_port", "nflog_group"):
         assert run[name] == render[name] == getattr(made, name), name

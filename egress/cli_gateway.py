@@ -1,0 +1,142 @@
+"""The gateway's commands: ``egress gateway run`` (pre-flight, then the supervisor) and ``egress doctor`` (the same
+pre-flight and the kernel's features, without starting anything), and the options they share with
+``egress nft render`` (the same defaults, so render prints what run applies)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from typing import Any, Final
+
+import click
+
+from egress.gateway import config as defaults
+from egress.policy.lists import RulesError
+from egress.record import REDIS_URL
+
+EXIT_OK: Final = 0
+EXIT_PROBLEMS: Final = 1
+EXIT_USAGE: Final = 2
+
+workers_option = click.option(
+    "--workers",
+    type=click.IntRange(min=1),
+    default=defaults.default_workers,
+    show_default="one per core",
+    help="Proxy worker processes (ports from --proxy-port up).",
+)
+proxy_port_option = click.option(
+    "--proxy-port", default=defaults.PROXY_PORT, show_default=True, help="First proxy worker's port."
+)
+dns_port_option = click.option(
+    "--dns-port", default=defaults.DNS_PORT, show_default=True, help="Resolver port (sandbox DNS is redirected here)."
+)
+nflog_group_option = click.option(
+    "--nflog-group", default=defaults.NFLOG_GROUP, show_default=True, help="nflog group of logged drops."
+)
+
+
+def _gateway_options[F: Callable[..., Any]](command: F) -> F:
+    """Every setting of a running gateway (``gateway run`` and ``doctor`` take the same)."""
+    for option in reversed(
+        (
+            click.option("--policy", required=True, type=click.Path(dir_okay=False), help="Policy YAML."),
+            click.option("--sandbox-if", required=True, help="Interface the sandbox VLAN is on."),
+            click.option("--uplink-if", required=True, help="Interface towards the internet."),
+            click.option("--upstream-dns", required=True, help="Resolver the gateway forwards allowed queries to."),
+            click.option(
+                "--state-dir",
+                default=defaults.STATE_DIR,
+                show_default=True,
+                help="Bindings, CA, spools, worker files.",
+            ),
+            workers_option,
+            proxy_port_option,
+            dns_port_option,
+            nflog_group_option,
+            click.option("--redis-url", default=REDIS_URL, show_default=True, help="Where records go."),
+            click.option(
+                "--name",
+                "gateway_name",
+                default=defaults.GATEWAY_NAME,
+                show_default=True,
+                help="This gateway's name in records.",
+            ),
+            click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS."),
+        )
+    ):
+        command = option(command)
+    return command
+
+
+def _config(**options: Any) -> defaults.GatewayConfig:
+    return defaults.GatewayConfig(
+        policy=options["policy"],
+        sandbox_if=options["sandbox_if"],
+        uplink_if=options["uplink_if"],
+        upstream_dns=options["upstream_dns"],
+        state_dir=options["state_dir"],
+        workers=options["workers"],
+        proxy_port=options["proxy_port"],
+        dns_port=options["dns_port"],
+        nflog_group=options["nflog_group"],
+        redis_url=options["redis_url"],
+        gateway=options["gateway_name"],
+        upstream_ca=options["upstream_ca"],
+    )
+
+
+def _problems(config: defaults.GatewayConfig, kernel: bool) -> list[str]:
+    """Pre-flight's problems as lines (the policy's own first: a policy that does not load is one problem)."""
+    from egress.gateway.preflight import SystemHost, kernel_problems, preflight
+    from egress.policy.loader import load_policy
+
+    host = SystemHost()
+    lines = [problem.line() for problem in kernel_problems(host)] if kernel else []
+    try:
+        policy = load_policy(config.policy)
+    except RulesError as exc:
+        return [*lines, f"egress: --policy: not loaded:\n{exc}"]
+    except OSError as exc:
+        return [*lines, f"egress: --policy: {config.policy}: {exc.strerror or exc}"]
+    return lines + [problem.line() for problem in preflight(config, policy, host)]
+
+
+@click.group()
+def gateway() -> None:
+    """The egress gateway (nftables + transparent proxy + resolver + drop logger)."""
+
+
+@gateway.command("run")
+@_gateway_options
+def gateway_run(**options: Any) -> None:
+    """Run every gateway component until stopped; fail closed if one dies. SIGHUP reloads the policy in every
+    component at once, or in none (docs/gateway.md). Nothing is applied unless the pre-flight passes (see
+    ``egress doctor``): each problem is one line naming the flag, and the exit status is 2."""
+    from egress.gateway.supervisor import run_gateway
+
+    config = _config(**options)
+    problems = _problems(config, kernel=False)
+    if problems:
+        click.echo("\n".join(problems), err=True)
+        click.echo("egress: the gateway did not start; nothing was applied", err=True)
+        sys.exit(EXIT_USAGE)
+    try:
+        sys.exit(run_gateway(config))
+    except RulesError as exc:
+        click.echo(f"egress: policy not loaded:\n{exc}", err=True)
+        sys.exit(EXIT_USAGE)
+
+
+@click.command()
+@_gateway_options
+def doctor(**options: Any) -> None:
+    """Check this host for the gateway without starting anything: the kernel's features (nftables, conntrack,
+    nflog, redirect) and everything ``gateway run`` checks before it applies anything. Exit status 1 with one line
+    per problem, 0 when the gateway would start."""
+    problems = _problems(_config(**options), kernel=True)
+    for line in problems:
+        click.echo(line)
+    if not problems:
+        click.echo("egress: ok: the gateway would start with these settings")
+    sys.exit(EXIT_PROBLEMS if problems else EXIT_OK)

@@ -1,0 +1,264 @@
+"""Pre-flight: what must hold on the host before the gateway applies anything, each failure one line naming the
+flag (or the host setting) and what to fix.
+
+A gateway started half-configured must not start at all: an interface name with a typo, forwarding off, an
+upstream resolver that is not an address or does not answer, Redis unreachable with no writable spool, a state
+directory it cannot write, ports already taken. `egress gateway run` runs `preflight` before the first nftables
+change and exits 2 on any problem; `egress doctor` runs the same checks, plus the kernel features the gateway
+needs (`kernel_problems`), without starting anything.
+
+The checks are pure over a `Host` (the probes): `SystemHost` asks the real host; tests of the decisions give their
+own answers, tests of the probes run them in namespaces they create.
+"""
+
+from __future__ import annotations
+
+import errno
+import ipaddress
+import secrets
+import socket
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Protocol
+
+from egress.detect import dns
+from egress.gateway.config import GatewayConfig
+from egress.nft import runner
+from egress.nft.render import render
+from egress.policy.model import Policy
+from egress.record.redis_facade import STORE_ERRORS, RedisFacade
+
+FORWARDING: tuple[tuple[str, str], ...] = (
+    ("net.ipv4.ip_forward", "net/ipv4/ip_forward"),
+    ("net.ipv6.conf.all.forwarding", "net/ipv6/conf/all/forwarding"),
+)
+"""The sysctls that must be 1 (name as ``sysctl`` spells it, path under /proc/sys)."""
+PROBE_NAME = "egress-preflight.invalid."
+"""What the upstream resolver is asked: any well-formed answer (NXDOMAIN included) shows it answers."""
+PROBE_TIMEOUT = 2.0
+IFF_UP = 0x1
+
+
+@dataclass(frozen=True, slots=True)
+class Problem:
+    """One thing to fix: ``where`` is the flag or host setting, ``what`` says what is wrong and what to do."""
+
+    where: str
+    what: str
+
+    def line(self) -> str:
+        return f"egress: {self.where}: {self.what}"
+
+
+class Host(Protocol):
+    """What the checks ask the host."""
+
+    def interface(self, name: str) -> str | None:
+        """``"up"``, ``"down"``, or None when there is no such interface."""
+
+    def sysctl(self, path: str) -> str | None:
+        """The value under /proc/sys, or None if it does not exist."""
+
+    def nft_check(self, script: str) -> str | None:
+        """``nft -c``'s complaint about ``script``, or None when it would apply."""
+
+    def dns_answers(self, address: str, port: int) -> str | None:
+        """Why the resolver at ``address`` did not answer a probe query, or None when it answered."""
+
+    def redis(self, url: str) -> str | None:
+        """Why Redis at ``url`` did not answer PING, or None when it did."""
+
+    def writable(self, directory: str) -> str | None:
+        """Why a file cannot be created in ``directory`` (created if missing), or None when it can."""
+
+    def port_taken(self, port: int, udp: bool) -> bool:
+        """Whether something on this host already listens on ``port``."""
+
+
+def preflight(config: GatewayConfig, policy: Policy, host: Host) -> list[Problem]:
+    """Every problem that would make the gateway run half-configured, in the order of its flags."""
+    return [
+        *_interfaces(config, host),
+        *_forwarding(host),
+        *_upstream(config.upstream_dns, host),
+        *_table(config, policy, host),
+        *_records(config, host),
+        *_state(config, host),
+        *_ports(config, host),
+    ]
+
+
+def _interfaces(config: GatewayConfig, host: Host) -> list[Problem]:
+    problems: list[Problem] = []
+    for flag, name in (("--sandbox-if", config.sandbox_if), ("--uplink-if", config.uplink_if)):
+        state = host.interface(name)
+        if state is None:
+            problems.append(Problem(flag, f"no interface {name!r} on this host (`ip link` lists them)"))
+        elif state != "up":
+            problems.append(Problem(flag, f"interface {name!r} is down (`ip link set {name} up`)"))
+    if config.sandbox_if == config.uplink_if:
+        problems.append(Problem("--uplink-if", "the uplink must be another interface than the sandbox side"))
+    return problems
+
+
+def _forwarding(host: Host) -> list[Problem]:
+    problems: list[Problem] = []
+    for name, path in FORWARDING:
+        value = host.sysctl(path)
+        if value is not None and value.strip() != "1":
+            problems.append(Problem(name, f"is {value.strip()}, must be 1 (`sysctl -w {name}=1`)"))
+    return problems
+
+
+def _table(config: GatewayConfig, policy: Policy, host: Host) -> list[Problem]:
+    try:
+        script = render(policy, config.nft_settings())
+    except ValueError as exc:
+        return [Problem("--sandbox-if/--uplink-if", f"cannot render the nftables table: {exc}")]
+    complaint = host.nft_check(script)
+    if complaint is not None:
+        return [Problem("nftables", f"the table does not pass `nft -c`: {complaint}")]
+    return []
+
+
+def _state(config: GatewayConfig, host: Host) -> list[Problem]:
+    complaint = host.writable(config.state_dir)
+    if complaint is not None:
+        return [Problem("--state-dir", f"{config.state_dir} is not writable: {complaint}")]
+    return []
+
+
+def _ports(config: GatewayConfig, host: Host) -> list[Problem]:
+    problems = [
+        Problem("--proxy-port", f"TCP port {port} is taken (another gateway still running?)")
+        for port in config.proxy_ports
+        if host.port_taken(port, udp=False)
+    ]
+    if host.port_taken(config.dns_port, udp=True):
+        problems.append(Problem("--dns-port", f"UDP port {config.dns_port} is taken (another resolver?)"))
+    return problems
+
+
+def _upstream(upstream: str, host: Host) -> list[Problem]:
+    try:
+        address = ipaddress.ip_address(upstream)
+    except ValueError:
+        return [Problem("--upstream-dns", f"{upstream!r} is not an IP address (a resolver's address, e.g. 192.0.2.53)")]
+    complaint = host.dns_answers(str(address), 53)
+    if complaint is not None:
+        return [Problem("--upstream-dns", f"{address} does not answer DNS: {complaint}")]
+    return []
+
+
+def _records(config: GatewayConfig, host: Host) -> list[Problem]:
+    """Redis answers, or the spool can take records until it does (records are spooled, never lost)."""
+    if host.redis(config.redis_url) is None:
+        return []
+    spool = config.spool_dir("supervisor")
+    complaint = host.writable(spool)
+    if complaint is None:
+        return []  # Redis is away, but the spool keeps every record until it answers
+    return [
+        Problem("--redis-url", f"Redis at {config.redis_url} does not answer and the spool {spool} is not writable")
+    ]
+
+
+class SystemHost:
+    """The real host (or the network namespace the process runs in)."""
+
+    def interface(self, name: str) -> str | None:
+        if not name or "/" in name or name in {".", ".."}:
+            return None
+        flags = _read(Path("/sys/class/net") / name / "flags")
+        if flags is None:
+            return None
+        return "up" if int(flags, 16) & IFF_UP else "down"
+
+    def sysctl(self, path: str) -> str | None:
+        return _read(Path("/proc/sys") / path)
+
+    def nft_check(self, script: str) -> str | None:
+        try:
+            runner.check(script)
+        except runner.NftError as exc:
+            return str(exc).splitlines()[0] if str(exc) else repr(exc)
+        return None
+
+    def dns_answers(self, address: str, port: int) -> str | None:
+        ident = secrets.randbelow(0x10000)
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with socket.socket(family, socket.SOCK_DGRAM) as sock:
+            sock.settimeout(PROBE_TIMEOUT)
+            try:
+                sock.connect((address, port))
+                sock.send(dns.build_query(ident, PROBE_NAME, 1))
+                while True:
+                    reply = dns.parse(sock.recv(4096))
+                    if reply.id == ident:
+                        return None
+            except TimeoutError:
+                return f"no answer within {PROBE_TIMEOUT:g} s"
+            except (OSError, dns.DnsError) as exc:
+                return str(exc) or repr(exc)
+
+    def redis(self, url: str) -> str | None:
+        facade = RedisFacade.from_url(url)
+        try:
+            facade.ping()
+        except STORE_ERRORS as exc:
+            return str(exc) or repr(exc)
+        finally:
+            facade.close()
+        return None
+
+    def writable(self, directory: str) -> str | None:
+        try:
+            Path(directory).mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=directory, prefix=".preflight-"):
+                pass
+        except OSError as exc:
+            return exc.strerror or repr(exc)
+        return None
+
+    def port_taken(self, port: int, udp: bool) -> bool:
+        kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
+        for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
+            with socket.socket(family, kind) as sock:
+                if not udp:
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                try:
+                    sock.bind((address, port))
+                except OSError as exc:
+                    if exc.errno == errno.EADDRINUSE:
+                        return True  # other errors (no IPv6 on this host) say nothing about the port
+        return False
+
+
+def _read(path: Path) -> str | None:
+    try:
+        return path.read_text().strip()
+    except OSError:
+        return None
+
+
+KERNEL_PROBE = """table inet egress_doctor {
+  chain filter_probe {
+    type filter hook forward priority filter; policy accept;
+    ct state new log group 1
+  }
+  chain nat_probe {
+    type nat hook prerouting priority dstnat; policy accept;
+    meta l4proto tcp redirect to :1
+  }
+}
+"""
+"""A table with what the gateway's needs of the kernel: the inet family, conntrack, nflog, redirect."""
+
+
+def kernel_problems(host: Host) -> list[Problem]:
+    """What `egress doctor` checks besides the pre-flight: the kernel can run the gateway's table."""
+    complaint = host.nft_check(KERNEL_PROBE)
+    if complaint is None:
+        return []
+    return [Problem("kernel", f"nftables (inet family, conntrack, nflog, redirect) not usable: {complaint}")]

@@ -1,0 +1,135 @@
+"""Pre-flight on a real host (root): sandbox ── gateway ── internet namespaces, `egress doctor` and
+`egress gateway run` run in the gateway namespace as a user would, an upstream resolver answering in the internet
+namespace. A gateway started with a wrong setting applies nothing (no table in the namespace) and says which flag
+to fix; `doctor` says the same without starting anything."""
+
+from __future__ import annotations
+
+import contextlib
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.nft.netns import Topology, run, topology
+
+pytestmark = pytest.mark.root
+
+RESOLVER = r"""
+import socket, sys
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+sock.bind((sys.argv[1], 53))
+print("ready", flush=True)
+while True:
+    query, peer = sock.recvfrom(4096)
+    # NXDOMAIN for anything: the same id and question, QR set, RCODE 3
+    sock.sendto(query[:2] + bytes([0x81, 0x83]) + query[4:6] + b"\0\0\0\0\0\0" + query[12:], peer)
+"""
+
+POLICY = """\
+version: 1
+sandboxes:
+  agent:
+    sources: [10.77.0.0/24, "fd77::/64"]
+    allow:
+      hosts: [allowed.example]
+"""
+
+
+@contextlib.contextmanager
+def upstream(netns: str) -> Iterator[str]:
+    process = subprocess.Popen(
+        ["ip", "netns", "exec", netns, sys.executable, "-c", RESOLVER, Topology.INTERNET4],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout is not None and process.stdout.readline().strip() == "ready"
+        yield Topology.INTERNET4
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.fixture(scope="module")
+def lab() -> Iterator[Topology]:
+    with topology() as t, upstream(t.internet):
+        yield t
+
+
+def egress(t: Topology, tmp_path: Path, command: str, **changes: str) -> subprocess.CompletedProcess[str]:
+    policy = tmp_path / "policy.yaml"
+    policy.write_text(POLICY)
+    options = {
+        "--policy": str(policy),
+        "--sandbox-if": t.sandbox_if,
+        "--uplink-if": t.uplink_if,
+        "--upstream-dns": Topology.INTERNET4,
+        "--state-dir": str(tmp_path / "state"),
+        "--workers": "1",
+        "--redis-url": "redis://127.0.0.1:1/0",  # nobody: records would be spooled
+    } | changes
+    argv = [sys.executable, "-m", "egress", *command.split(), *(x for pair in options.items() for x in pair)]
+    return subprocess.run(
+        ["ip", "netns", "exec", t.gateway, *argv], capture_output=True, text=True, timeout=120, check=False
+    )
+
+
+def tables(t: Topology) -> str:
+    return run(t.gateway, "nft", "list", "tables")
+
+
+def test_doctor_passes_a_healthy_gateway_host(lab: Topology, tmp_path: Path) -> None:
+    done = egress(lab, tmp_path, "doctor")
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "ok: the gateway would start" in done.stdout
+
+
+@pytest.mark.parametrize(
+    ("changes", "where", "says"),
+    [
+        ({"--sandbox-if": "vlan24"}, "--sandbox-if", "no interface 'vlan24'"),
+        ({"--upstream-dns": "not-an-ip"}, "--upstream-dns", "is not an IP address"),
+        ({"--upstream-dns": "10.78.0.9"}, "--upstream-dns", "does not answer DNS"),
+        ({"--state-dir": "/proc/egress-preflight"}, "--redis-url", "spool"),
+    ],
+    ids=["interface-typo", "upstream-not-an-address", "upstream-silent", "no-redis-no-spool"],
+)
+def test_a_wrong_setting_starts_nothing_and_names_the_flag(
+    lab: Topology, tmp_path: Path, changes: dict[str, str], where: str, says: str
+) -> None:
+    doctor = egress(lab, tmp_path, "doctor", **changes)
+    assert doctor.returncode == 1 and f"egress: {where}: " in doctor.stdout and says in doctor.stdout, doctor
+    started = egress(lab, tmp_path, "gateway run", **changes)
+    assert started.returncode == 2, started.stderr
+    assert f"egress: {where}: " in started.stderr and "nothing was applied" in started.stderr, started.stderr
+    assert "egress" not in tables(lab)  # nothing applied: no table, no lockdown swapped in half-way
+
+
+def test_forwarding_off_is_refused(lab: Topology, tmp_path: Path) -> None:
+    run(lab.gateway, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
+    try:
+        done = egress(lab, tmp_path, "gateway run")
+    finally:
+        run(lab.gateway, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
+    assert done.returncode == 2 and "egress: net.ipv4.ip_forward: is 0, must be 1" in done.stderr, done.stderr
+    assert "egress" not in tables(lab)
+
+
+def test_a_taken_port_is_refused(lab: Topology, tmp_path: Path) -> None:
+    hold = "import socket, sys; s = socket.create_server(('0.0.0.0', 8081)); print('ready', flush=1); sys.stdin.read()"
+    holder = subprocess.Popen(
+        ["ip", "netns", "exec", lab.gateway, sys.executable, "-c", hold],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        done = egress(lab, tmp_path, "doctor", **{"--proxy-port": "8081"})
+    finally:
+        holder.kill()
+        holder.wait(timeout=10)
+    assert done.returncode == 1 and "egress: --proxy-port: TCP port 8081 is taken" in done.stdout, done.stdout
