@@ -88,7 +88,8 @@ def _config(**options: Any) -> defaults.GatewayConfig:
 
 def _problems(config: defaults.GatewayConfig, kernel: bool) -> list[str]:
     """Pre-flight's problems as lines (the policy's own first: a policy that does not load is one problem)."""
-    from egress.gateway.preflight import SystemHost, kernel_problems, preflight
+    from egress.gateway.hostprobe import SystemHost
+    from egress.gateway.preflight import kernel_problems, preflight
     from egress.policy.loader import load_policy
 
     host = SystemHost()

@@ -29,6 +29,7 @@ GATES = {
         "egress/dnsserver/listen.py",
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",
+        "egress/gateway/hostprobe.py",
         "egress/proxy/mitm/server.py",
         "egress/gateway/control.py",
         "egress/scanner.py",

@@ -7,37 +7,25 @@ directory it cannot write, ports already taken. `egress gateway run` runs `prefl
 change and exits 2 on any problem; `egress doctor` runs the same checks, plus the kernel features the gateway
 needs (`kernel_problems`), without starting anything.
 
-The checks are pure over a `Host` (the probes): `SystemHost` asks the real host; tests of the decisions give their
-own answers, tests of the probes run them in namespaces they create.
+The checks are pure over a `Host` (the probes): `egress.gateway.hostprobe.SystemHost` asks the real host; tests
+of the decisions give their own answers, tests of the probes run them in namespaces they create.
 """
 
 from __future__ import annotations
 
-import errno
 import ipaddress
-import secrets
-import socket
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Protocol
 
-from egress.detect import dns
 from egress.gateway.config import GatewayConfig
-from egress.nft import runner
 from egress.nft.render import render
 from egress.policy.model import Policy
-from egress.record.redis_facade import STORE_ERRORS, RedisFacade
 
 FORWARDING: tuple[tuple[str, str], ...] = (
     ("net.ipv4.ip_forward", "net/ipv4/ip_forward"),
     ("net.ipv6.conf.all.forwarding", "net/ipv6/conf/all/forwarding"),
 )
 """The sysctls that must be 1 (name as ``sysctl`` spells it, path under /proc/sys)."""
-PROBE_NAME = "egress-preflight.invalid."
-"""What the upstream resolver is asked: any well-formed answer (NXDOMAIN included) shows it answers."""
-PROBE_TIMEOUT = 2.0
-IFF_UP = 0x1
 
 
 @dataclass(frozen=True, slots=True)
@@ -162,84 +150,6 @@ def _records(config: GatewayConfig, host: Host) -> list[Problem]:
     return [
         Problem("--redis-url", f"Redis at {config.redis_url} does not answer and the spool {spool} is not writable")
     ]
-
-
-class SystemHost:
-    """The real host (or the network namespace the process runs in)."""
-
-    def interface(self, name: str) -> str | None:
-        if not name or "/" in name or name in {".", ".."}:
-            return None
-        flags = _read(Path("/sys/class/net") / name / "flags")
-        if flags is None:
-            return None
-        return "up" if int(flags, 16) & IFF_UP else "down"
-
-    def sysctl(self, path: str) -> str | None:
-        return _read(Path("/proc/sys") / path)
-
-    def nft_check(self, script: str) -> str | None:
-        try:
-            runner.check(script)
-        except runner.NftError as exc:
-            return str(exc).splitlines()[0] if str(exc) else repr(exc)
-        return None
-
-    def dns_answers(self, address: str, port: int) -> str | None:
-        ident = secrets.randbelow(0x10000)
-        family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with socket.socket(family, socket.SOCK_DGRAM) as sock:
-            sock.settimeout(PROBE_TIMEOUT)
-            try:
-                sock.connect((address, port))
-                sock.send(dns.build_query(ident, PROBE_NAME, 1))
-                while True:
-                    reply = dns.parse(sock.recv(4096))
-                    if reply.id == ident:
-                        return None
-            except TimeoutError:
-                return f"no answer within {PROBE_TIMEOUT:g} s"
-            except (OSError, dns.DnsError) as exc:
-                return str(exc) or repr(exc)
-
-    def redis(self, url: str) -> str | None:
-        facade = RedisFacade.from_url(url)
-        try:
-            facade.ping()
-        except STORE_ERRORS as exc:
-            return str(exc) or repr(exc)
-        finally:
-            facade.close()
-        return None
-
-    def writable(self, directory: str) -> str | None:
-        try:
-            Path(directory).mkdir(parents=True, exist_ok=True)
-            with tempfile.NamedTemporaryFile(dir=directory, prefix=".preflight-"):
-                pass
-        except OSError as exc:
-            return exc.strerror or repr(exc)
-        return None
-
-    def port_taken(self, port: int, udp: bool) -> bool:
-        kind = socket.SOCK_DGRAM if udp else socket.SOCK_STREAM
-        for family, address in ((socket.AF_INET, "0.0.0.0"), (socket.AF_INET6, "::")):
-            with socket.socket(family, kind) as sock:
-                if not udp:
-                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-                try:
-                    sock.bind((address, port))
-                except OSError as exc:
-                    if exc.errno == errno.EADDRINUSE:
-                        return True  # other errors (no IPv6 on this host) say nothing about the port
-        return False
-
-
-def _read(path: Path) -> str | None:
-    try:
-        return path.read_text().strip()
-    except OSError:
-        return None
 
 
 KERNEL_PROBE = """table inet egress_doctor {
