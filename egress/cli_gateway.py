@@ -11,6 +11,7 @@ from typing import Any, Final
 import click
 
 from egress.gateway import config as defaults
+from egress.logsetup import FORMATS, LEVELS, configure
 from egress.policy.lists import RulesError
 from egress.record import REDIS_URL
 
@@ -34,6 +35,22 @@ dns_port_option = click.option(
 nflog_group_option = click.option(
     "--nflog-group", default=defaults.NFLOG_GROUP, show_default=True, help="nflog group of logged drops."
 )
+
+
+def log_options[F: Callable[..., Any]](command: F) -> F:
+    """``--log-format`` and ``--log-level``, for every long-running command (`egress.logsetup`)."""
+    command = click.option(
+        "--log-level",
+        type=click.Choice(LEVELS, case_sensitive=False),
+        default=None,
+        help="Lowest level logged (default: $EGRESS_LOG_LEVEL, else info; decisions that allow are info).",
+    )(command)
+    return click.option(
+        "--log-format",
+        type=click.Choice(FORMATS, case_sensitive=False),
+        default=None,
+        help="One text line or one JSON object per event (default: $EGRESS_LOG_FORMAT, else text).",
+    )(command)
 
 
 def _gateway_options[F: Callable[..., Any]](command: F) -> F:
@@ -110,12 +127,14 @@ def gateway() -> None:
 
 @gateway.command("run")
 @_gateway_options
-def gateway_run(**options: Any) -> None:
+@log_options
+def gateway_run(log_format: str | None, log_level: str | None, **options: Any) -> None:
     """Run every gateway component until stopped; fail closed if one dies. SIGHUP reloads the policy in every
     component at once, or in none (docs/gateway.md). Nothing is applied unless the pre-flight passes (see
     ``egress doctor``): each problem is one line naming the flag, and the exit status is 2."""
     from egress.gateway.supervisor import run_gateway
 
+    configure("gateway", log_format, log_level)  # before the supervisor's own default; its workers inherit it
     config = _config(**options)
     problems = _problems(config, kernel=False)
     if problems:

@@ -52,7 +52,9 @@ class LogReporter:
     def report(self, attempt: DecidedFlow) -> None:
         level = logging.INFO if attempt.verdict.action is Enforcement.ALLOW else logging.WARNING
         if self.log.isEnabledFor(level):
-            self.log.log(level, "decision %s", json.dumps(canonical(attempt), separators=(",", ":")))
+            line = canonical(attempt)
+            # In text, the JSON after "decision "; in JSON logs (egress.logsetup), the fields themselves.
+            self.log.log(level, "decision %s", json.dumps(line, separators=(",", ":")), extra={"decision": line})
 
 
 class FanoutReporter:

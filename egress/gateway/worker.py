@@ -23,6 +23,7 @@ from egress.gateway.config import WorkerConfig
 from egress.gateway.control import WorkerControl, open_stream
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
+from egress.logsetup import configure
 from egress.policy.lists import load_name_lists
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.server import run_worker
@@ -85,7 +86,7 @@ def main(argv: list[str] | None = None) -> None:
         "--control", required=True, type=int, help="the inherited descriptor of the supervisor's control channel"
     )
     args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s proxy[%(process)d] %(levelname)s %(message)s")
+    configure("proxy")  # as the supervisor was told (--log-format, --log-level: inherited through the environment)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     asyncio.run(serve(WorkerConfig.read(args.config), args.control))
 

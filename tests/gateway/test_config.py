@@ -26,7 +26,7 @@ def _defaults(command: click.Command) -> dict[str, object]:
 
 def test_gateway_run_nft_render_and_the_config_share_one_set_of_defaults() -> None:
     run, render = _defaults(gateway_run), _defaults(nft_render)
-    assert _defaults(doctor) == run  # the doctor checks exactly what run would start with
+    assert _defaults(doctor) == {k: v for k, v in run.items() if not k.startswith("log_")}  # what run would use
     made = GatewayConfig("policy.yaml", "sbx0", "up0", "192.0.2.53")
     for name in ("workers", "proxy_port", "dns_port", "nflog_group"):
         assert run[name] == render[name] == getattr(made, name), name

@@ -6,6 +6,9 @@ to fix; `doctor` says the same without starting anything."""
 from __future__ import annotations
 
 import contextlib
+import json
+import signal
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -13,7 +16,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.nft.netns import Topology, run, topology
+from egress.detect import dns
+from tests.nft.netns import Topology, run, socket_in, topology
+from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.root
 
@@ -60,6 +65,16 @@ def lab() -> Iterator[Topology]:
 
 
 def egress(t: Topology, tmp_path: Path, command: str, **changes: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        ["ip", "netns", "exec", t.gateway, *egress_argv(t, tmp_path, command, **changes)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+
+
+def egress_argv(t: Topology, tmp_path: Path, command: str, **changes: str) -> list[str]:
     policy = tmp_path / "policy.yaml"
     policy.write_text(POLICY)
     options = {
@@ -71,10 +86,7 @@ def egress(t: Topology, tmp_path: Path, command: str, **changes: str) -> subproc
         "--workers": "1",
         "--redis-url": "redis://127.0.0.1:1/0",  # nobody: records would be spooled
     } | changes
-    argv = [sys.executable, "-m", "egress", *command.split(), *(x for pair in options.items() for x in pair)]
-    return subprocess.run(
-        ["ip", "netns", "exec", t.gateway, *argv], capture_output=True, text=True, timeout=120, check=False
-    )
+    return [sys.executable, "-m", "egress", *command.split(), *(x for pair in options.items() for x in pair)]
 
 
 def tables(t: Topology) -> str:
@@ -133,3 +145,29 @@ def test_a_taken_port_is_refused(lab: Topology, tmp_path: Path) -> None:
         holder.kill()
         holder.wait(timeout=10)
     assert done.returncode == 1 and "egress: --proxy-port: TCP port 8081 is taken" in done.stdout, done.stdout
+
+
+def test_a_healthy_gateway_starts_and_logs_one_json_object_per_line(lab: Topology, tmp_path: Path) -> None:
+    """`--log-format json`: every line on stderr, the supervisor's and the proxy workers', is one JSON object; a
+    decision is its own fields."""
+    args = egress_argv(lab, tmp_path, "gateway run", **{"--log-format": "json"})
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log_file:
+        gateway = subprocess.Popen(["ip", "netns", "exec", lab.gateway, *args], stderr=log_file)
+    try:
+        eventually(lambda: "gateway running: policy" in log_path.read_text(), timeout=scaled(120))
+        query = dns.build_query(0x4242, "blocked.example", 1)
+        with socket_in(lab.sandbox, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.sendto(query, (Topology.GATEWAY4, 53))
+
+        def decided() -> list[dict[str, object]]:
+            lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]
+            return [line for line in lines if line.get("message") == "decision" and line["host"] == "blocked.example"]
+
+        [decision] = eventually(decided, timeout=scaled(30))
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=60)
+    assert (decision["action"], decision["src"], decision["component"]) == ("block", Topology.SANDBOX4, "gateway")
+    lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]  # each one JSON object
+    assert {"gateway", "proxy"} <= {str(line["component"]) for line in lines}
