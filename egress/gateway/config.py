@@ -126,8 +126,18 @@ class WorkerConfig:
         )
 
     def write(self, path: Path) -> None:
-        path.write_text(json.dumps(asdict(self), indent=2))
+        """Written 0600: it holds the Redis URL, which may carry a password."""
+        write_private(path, json.dumps(asdict(self), indent=2))
 
     @classmethod
     def read(cls, path: str | Path) -> WorkerConfig:
         return cls(**json.loads(Path(path).read_text()))
+
+
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (0600), also when the file already existed with wider
+    modes: secrets are never readable by others, not even for a moment."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        os.fchmod(handle.fileno(), 0o600)
+        handle.write(text)

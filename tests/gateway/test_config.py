@@ -50,3 +50,13 @@ def test_a_worker_is_told_everything_but_the_policy(tmp_path: Path) -> None:
     worker.write(path)
     assert WorkerConfig.read(path) == worker
     assert "policy" not in json.loads(path.read_text())  # the policy comes over the control channel only
+
+
+def test_a_worker_config_is_readable_by_its_owner_only(tmp_path: Path) -> None:
+    made = WorkerConfig.of(GatewayConfig("p.yaml", "a", "b", "c", redis_url="redis://:secret@127.0.0.1:6379/0"), 0)
+    path = tmp_path / "worker-0.json"
+    path.write_text("{}")
+    path.chmod(0o644)  # left behind wider by an older version: tightened, not kept
+    made.write(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert WorkerConfig.read(path) == made
