@@ -51,6 +51,11 @@ def _command(sock: socket.socket, *words: str) -> bytes:
     return rest[:size]
 
 
+FAILOVER_NODE_TIMEOUT_MS = 3000
+"""A Cluster node with replicas is judged failed after this long without answering (long enough that a loaded
+machine does not fail a node over by mistake, short enough for a failover test)."""
+
+
 class PortTaken(RuntimeError):
     """Something else listens on the port we chose."""
 
@@ -60,12 +65,19 @@ class RedisServer:
     `pause`/`resume` (SIGSTOP/SIGCONT) and `start` again keep the address and the data directory."""
 
     def __init__(
-        self, directory: Path | None = None, *, tcp: bool = False, cluster: bool = False, port: int | None = None
+        self,
+        directory: Path | None = None,
+        *,
+        tcp: bool = False,
+        cluster: bool = False,
+        port: int | None = None,
+        node_timeout_ms: int | None = None,
     ) -> None:
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         self.directory = directory or Path(tempfile.mkdtemp(prefix="egt-redis-"))
         self.cluster = cluster
+        self.node_timeout_ms = node_timeout_ms
         self.tcp = tcp or cluster or port is not None
         self._port_chosen = self.tcp and port is None
         self.port = (port or free_port(cluster_bus=cluster)) if self.tcp else 0
@@ -159,6 +171,15 @@ class RedisServer:
         ]  # fmt: skip
         if self.cluster:
             command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
+            if self.node_timeout_ms is not None:
+                # A replica may always take over (validity factor 0): the test kills masters on purpose, and
+                # Redis would otherwise refuse when the replica's last word from its master looks old.
+                command += [
+                    "--cluster-node-timeout",
+                    str(self.node_timeout_ms),
+                    "--cluster-replica-validity-factor",
+                    "0",
+                ]
         self.process = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         try:
             eventually(self._ours, timeout=START_TIMEOUT, interval=0.02)
@@ -222,23 +243,27 @@ class RedisFactory:
         self._servers.append(made)
         return made.start()
 
-    def cluster(self, masters: int = 3) -> list[RedisServer]:
-        """``masters`` cluster-enabled servers joined into one Cluster (no replicas), state ``ok`` when returned."""
+    def cluster(self, masters: int = 3, replicas: int = 0) -> list[RedisServer]:
+        """``masters`` cluster-enabled servers joined into one Cluster, each with ``replicas`` replicas (the masters
+        first in the list), state ``ok`` when returned. With replicas, a node is judged failed after
+        `FAILOVER_NODE_TIMEOUT_MS` (Redis's default is 15 s), so a failover test does not wait a quarter minute."""
         if REDIS_CLI is None:
             raise RuntimeError("redis-cli is not installed")
         nodes = []
-        for _ in range(masters):
-            node = RedisServer(cluster=True)
+        for _ in range(masters * (1 + replicas)):
+            node = RedisServer(cluster=True, node_timeout_ms=FAILOVER_NODE_TIMEOUT_MS if replicas else None)
             self._servers.append(node)
             nodes.append(node.start())
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
         subprocess.run(
-            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", "0", "--cluster-yes"],
+            [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "--cluster-yes"],
             capture_output=True,
             timeout=scaled(60),
             check=True,
         )
         eventually(lambda: all(cluster_ok(node) for node in nodes), timeout=30, interval=0.1)
+        # Every replica has its master's data (the initial sync done), as on a Cluster that has been running.
+        eventually(lambda: all(replica_synced(node) for node in nodes), timeout=scaled(60), interval=0.1)
         return nodes
 
     def discard(self, *gone: RedisServer) -> None:
@@ -250,6 +275,12 @@ class RedisFactory:
     def cleanup(self) -> None:
         while self._servers:
             self._servers.pop().cleanup()
+
+
+def replica_synced(node: RedisServer) -> bool:
+    """A master, or a replica whose link to its master is up and not loading."""
+    info = node.cli("info", "replication")
+    return "role:master" in info or ("master_link_status:up" in info and "master_sync_in_progress:0" in info)
 
 
 def cluster_ok(node: RedisServer) -> bool:

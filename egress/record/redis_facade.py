@@ -36,6 +36,16 @@ ScriptCall = tuple[Sequence[str], Sequence[Arg]]
 """A script's keys and arguments."""
 
 
+_TOPOLOGY_ERRORS = (
+    redis.exceptions.ConnectionError,
+    redis.exceptions.TimeoutError,
+    redis.exceptions.ClusterDownError,
+    redis.exceptions.MovedError,
+    redis.exceptions.TryAgainError,
+)
+"""Errors after which a Cluster's slot map may be out of date (a master failed over)."""
+
+
 class UnexpectedReply(redis.exceptions.RedisError):
     """A reply of another shape than the command's (a server or protocol this code does not know)."""
 
@@ -141,6 +151,8 @@ class RedisFacade:
         self._connect_timeout = connect_timeout
         self._lock = threading.Lock()
         self._client: _Client | None = None
+        self._stale = False
+        """A Cluster call failed as if a node were gone: the slot map is read again before the next call."""
 
     @classmethod
     def from_url(cls, url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> RedisFacade:
@@ -250,7 +262,13 @@ class RedisFacade:
         pipeline, split per node by redis-py)."""
         client = self._connect()
         if isinstance(client, redis.cluster.RedisCluster):
-            sent, replies = _pipelined(client, script, calls)
+            try:
+                sent, replies = _pipelined(client, script, calls)
+            except _TOPOLOGY_ERRORS:
+                self._stale = True  # a node is gone (failover): learn the slots again before the next call
+                raise
+            if any(isinstance(reply, _TOPOLOGY_ERRORS) for reply in replies):
+                self._stale = True
         else:
             sent, replies = _streamed(client, script, calls)
         unknown = [index for index, reply in enumerate(replies) if isinstance(reply, redis.exceptions.NoScriptError)]
@@ -268,6 +286,11 @@ class RedisFacade:
 
     def _connect(self) -> _Client:
         with self._lock:  # readers in several threads (the API) share one client
+            if self._stale and isinstance(self._client, redis.cluster.RedisCluster):
+                # After a node failed, redis-py (retries off) would keep sending its slots to the dead master:
+                # ask the known nodes (every node seen, not only the URL's) who serves which slots now.
+                self._client.nodes_manager.initialize()
+                self._stale = False
             if self._client is None:
                 retry = Retry(NoBackoff(), 0)  # a failed write is spooled, not retried in place
                 timeouts = {"socket_timeout": self.socket_timeout, "socket_connect_timeout": self._connect_timeout}
