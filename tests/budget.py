@@ -1,6 +1,6 @@
 """How many examples a property or fuzz test runs: one knob for every generated-input test.
 
-`examples(n)` scales a test's own budget by EGRESS_FUZZ_SCALE (default 1): `make unit` runs a quarter of each
+`examples(n)` scales a test's own budget by EGRESS_FUZZ_SCALE (default 1): `make unit` runs a tenth of each
 budget for a quick loop, `make test` and CI run the budgets as written, and a long fuzz session raises the scale
 (docs/testing.md). A budget never drops below 10, so even the quick loop reaches past the first byte.
 """

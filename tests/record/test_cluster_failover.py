@@ -10,6 +10,7 @@ and had not yet sent to its replica can still be lost by Redis's asynchronous re
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -19,7 +20,10 @@ from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
 from tests.record import record
 from tests.redis_server import RedisFactory, RedisServer, cluster_ok
+from tests.security.report import report_fault
 from tests.waiting import eventually, scaled
+
+pytestmark = pytest.mark.security  # a fault of the suite (issue 10): in `make security` and its table
 
 SANDBOXES = [f"box-{index}" for index in range(12)]
 """Enough sandboxes that their keys (hash-tagged per sandbox) land on every master."""
@@ -50,6 +54,12 @@ class Writer(threading.Thread):
             self.store.write(batch)
             self.written += batch
             self.batches += 1
+
+
+def failed_over(node: RedisServer) -> bool:
+    """The Cluster saw the master fail and is whole again (a replica took its slots)."""
+    nodes = node.cli("cluster", "nodes")
+    return "master,fail" in nodes and cluster_ok(node)
 
 
 def _role(node: RedisServer) -> str:
@@ -84,13 +94,14 @@ def test_a_master_failover_loses_and_duplicates_no_record(replicated: list[Redis
     try:
         eventually(lambda: writer.batches >= 20, timeout=scaled(60))
         masters[0].kill()  # SIGKILL: what it acknowledged and had not replicated would be gone
-        before = writer.batches
-        eventually(lambda: cluster_ok(survivor), timeout=scaled(60))
+        killed_at, before = time.monotonic(), writer.batches
+        eventually(lambda: failed_over(survivor), timeout=scaled(60))
         eventually(lambda: writer.batches >= before + 40, timeout=scaled(120))  # writing goes on after the failover
     finally:
         writer.stop.set()
         writer.join(timeout=scaled(60))
     eventually(lambda: store.drain(force=True) >= 0 and store.spool_pending == 0, timeout=scaled(120))
+    recovered = time.monotonic() - killed_at
     found = _all_records(store)
     ids = [item.id for item in found]
     assert len(ids) == len(set(ids)), "a record was written twice"
@@ -98,5 +109,7 @@ def test_a_master_failover_loses_and_duplicates_no_record(replicated: list[Redis
     order = {item.id: index for index, item in enumerate(writer.written)}
     where = sorted((order[i], next(r.sandbox for r in writer.written if r.id == i)) for i in missing)
     assert not missing, f"{len(missing)} of {len(writer.written)} records lost in the failover: {where}"
-    assert store.duplicates >= 0 and store.lost == 0
+    assert store.lost == 0
     store.close()
+    note = f"{len(writer.written)} records, each once; spool delivered {recovered:.0f} s after the kill"
+    report_fault("redis cluster master (SIGKILL)", 1, 1, 0, "yes", note)
