@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from egress.decide import Enforcement, Reason, Verdict
 from egress.decisions import DecidedFlow
-from egress.gateway.dropcount import FORGET_AFTER, DropCounts
+from egress.gateway.dropcount import FORGET_AFTER, CountKey, DropCounts
 
-KEY = ("10.0.0.2", 47, "198.51.100.7")
+KEY = ("10.0.0.2", 47, "198.51.100.7", False)
 VERDICT = Verdict(Enforcement.BLOCK, Reason.TUNNEL, "default-deny", "gre v0 carrying ipv4")
 
 
@@ -14,7 +14,7 @@ def flow(ts: float = 100.0) -> DecidedFlow:
     return DecidedFlow(ts, "agents", "10.0.0.2", 0, "198.51.100.7", 0, "ip", "", VERDICT, "gre")
 
 
-def never(key: tuple[str, int, str]) -> DecidedFlow | None:
+def never(key: CountKey) -> DecidedFlow | None:
     raise AssertionError(f"synthesized {key} although a packet of it was logged")
 
 
@@ -40,9 +40,9 @@ def test_what_the_log_left_out_comes_as_one_decision_with_its_count() -> None:
 
 def test_a_key_never_logged_is_decided_from_the_key_alone() -> None:
     counts = DropCounts()
-    made: list[tuple[str, int, str]] = []
+    made: list[CountKey] = []
 
-    def synthesize(key: tuple[str, int, str]) -> DecidedFlow:
+    def synthesize(key: CountKey) -> DecidedFlow:
         made.append(key)
         return flow()
 
@@ -82,3 +82,32 @@ def test_keys_gone_from_the_kernel_are_forgotten_after_a_while() -> None:
     assert len(counts) == 1  # just logged: its counter may not be read yet
     counts.reconcile({}, 2.0 + FORGET_AFTER, never, wall=230.0)
     assert len(counts) == 0
+
+
+def test_the_template_is_restated_under_the_policy_in_force() -> None:
+    """A reload renamed the sandbox since the key's last logged packet: the unlogged packets carry the new name."""
+    counts = DropCounts()
+    counts.judged(KEY, flow(), now=1.0)
+
+    def renamed(key: CountKey, template: DecidedFlow) -> DecidedFlow:
+        assert key == KEY
+        return DecidedFlow(
+            template.ts, "renamed", template.src, 0, template.dst, 0, "ip", "", template.verdict, template.protocol
+        )
+
+    [extra] = counts.reconcile({KEY: 4}, 2.0, never, wall=200.0, restate=renamed)
+    assert (extra.sandbox, extra.count) == ("renamed", 3)
+
+
+def test_dropped_and_let_through_packets_of_one_triple_are_counted_apart() -> None:
+    counts = DropCounts()
+    counts.judged(KEY, flow(), now=1.0)
+    passed = (*KEY[:3], True)
+    made: list[CountKey] = []
+
+    def synthesize(key: CountKey) -> DecidedFlow:
+        made.append(key)
+        return flow()
+
+    found = counts.reconcile({KEY: 1, passed: 6}, 2.0, synthesize, wall=200.0)
+    assert made == [passed] and [d.count for d in found] == [6]

@@ -293,3 +293,33 @@ def test_a_flood_beyond_the_log_rate_is_counted_whole(lab: Lab) -> None:
     decisions = eventually(total, timeout=15)
     assert decisions < packets // 5  # the log was rate-limited: most packets came as counts, not one by one
     assert lab.drops.judge.counts.added > 0
+
+
+def _udp4(dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    return ipv4(S4, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+
+
+def test_a_flood_to_one_destination_hides_no_attempt_to_another(lab: Lab) -> None:
+    """Issue 10 point 6: 3,000 junk UDP packets to one destination with 50 attempts to other destinations among
+    them. Each destination has its own log budget: every attempt is decided once, with its port (logged, not
+    merely counted), and the flood is counted whole."""
+    flood, packets = "10.78.0.200", 3000  # the internet side's subnet: the gateway routes nothing else
+    real = {f"10.78.0.{100 + n}": 5000 + n for n in range(1, 51)}
+    attempts = iter(real.items())
+    for index in range(packets):
+        send(lab, _udp4(flood, 40000, 9999, b"junk"))
+        if index % 50 == 25 and (attempt := next(attempts, None)) is not None:
+            send(lab, _udp4(attempt[0], 41000, attempt[1], b"real"))
+
+    def decided() -> int:
+        with lab.collect.lock:
+            flows = list(lab.collect.flows)
+        seen = {(f.dst, f.dport, f.count) for f in flows if f.dst in real}
+        assert seen == {(dst, port, 1) for dst, port in real.items()}, sorted(seen)
+        assert sum(f.dst in real for f in flows) == len(real)  # each once
+        counted = sum(f.count for f in flows if f.dst == flood)
+        assert counted == packets, f"{counted} of {packets} junk packets counted"
+        return sum(f.dst == flood for f in flows)
+
+    assert eventually(decided, timeout=15) < packets // 5
+    assert _protos_at_internet(lab.capture.frames()) == []
