@@ -12,8 +12,10 @@ may have renamed the sandbox since). The recorder's aggregation then folds them 
 is one record with the right count, not thousands, and not zero.
 
 Counters are cumulative in the kernel and restart when an element expires or the table is replaced (a value
-lower than the last one read is a new counter). Read the counters *before* draining the log: a packet logged
-after the read is then judged and not counted yet, which can only delay a count, never double it.
+lower than the last one read is a new counter). A packet is counted and logged at the same moment, but its log
+reaches the logger a little later (nflog batches for up to 10 ms): so a read settles only what the *previous* read
+counted, whose logs have all been judged by now. A count comes one read late, and is never doubled by a log that
+was still on its way. A key the kernel stopped listing (expired, or the table replaced) is settled whole.
 """
 
 from __future__ import annotations
@@ -39,6 +41,8 @@ class _Key:
     """The last value of the kernel's counter."""
     counted: int = 0
     """Packets the kernel counted since this key was first seen (across counter restarts)."""
+    previous: int = 0
+    """``counted`` as of the previous read (every log of those packets has been judged since)."""
     judged: int = 0
     """Packets of this key the drop logger judged from the log."""
     added: int = 0
@@ -92,22 +96,40 @@ class DropCounts:
             entry.counted += packets - entry.kernel if packets >= entry.kernel else packets
             entry.kernel = packets
             entry.seen = now
-            missing = entry.counted - entry.judged - entry.added
-            if missing <= 0:
+            due, entry.previous = entry.previous, entry.counted
+            out += self._settle(key, entry, due, synthesize, wall, restate)
+        for key, entry in list(self._keys.items()):
+            if key in counters:
                 continue
-            template = entry.last if entry.last is not None else synthesize(key)
-            if template is not None and restate is not None:
-                template = restate(key, template)
-            if template is None:
-                continue
-            entry.added += missing
-            self.added += missing
-            if entry.last is None:
-                entry.last = template
-            out.append(_unlogged(template, missing, wall))
-        for key in [k for k, e in self._keys.items() if k not in counters and now - e.seen > FORGET_AFTER]:
-            del self._keys[key]
+            # Gone from the kernel (expired, or the table replaced): nothing more will come, settle it whole.
+            out += self._settle(key, entry, entry.counted, synthesize, wall, restate)
+            if now - entry.seen > FORGET_AFTER:
+                del self._keys[key]
         return out
+
+    def _settle(
+        self,
+        key: CountKey,
+        entry: _Key,
+        due: int,
+        synthesize: Callable[[CountKey], DecidedFlow | None],
+        wall: float,
+        restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None,
+    ) -> list[DecidedFlow]:
+        """The decision for the packets among the first ``due`` counted that were neither logged nor added."""
+        missing = due - entry.judged - entry.added
+        if missing <= 0:
+            return []
+        template = entry.last if entry.last is not None else synthesize(key)
+        if template is not None and restate is not None:
+            template = restate(key, template)
+        if template is None:
+            return []
+        entry.added += missing
+        self.added += missing
+        if entry.last is None:
+            entry.last = template
+        return [_unlogged(template, missing, wall)]
 
     def _evict(self) -> None:
         stalest = sorted(self._keys, key=lambda k: self._keys[k].seen)[: max(1, MAX_KEYS // 10)]
