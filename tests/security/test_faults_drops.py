@@ -145,10 +145,6 @@ sent, done_real, start = 0, 0, time.monotonic()
 every = seconds / len(real)
 while sent < rate * seconds or done_real < len(real):
     now = time.monotonic() - start
-    while done_real < len(real) and now >= done_real * every:
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # its own socket: an attempt of its own
-            s.sendto(b"REAL-ATTEMPT-%d" % done_real, real[done_real])
-        done_real += 1
     while sent < min(int(now * rate), rate * seconds):
         try:
             junk.sendto(b"junk", (junk_dst, junk_port))
@@ -156,6 +152,11 @@ while sent < rate * seconds or done_real < len(real):
             time.sleep(0.001)
             continue
         sent += 1
+    # after the junk that was due: an attempt never finds a log budget the junk had no chance to spend first
+    while done_real < len(real) and now >= done_real * every:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:  # its own socket: an attempt of its own
+            s.sendto(b"REAL-ATTEMPT-%d" % done_real, real[done_real])
+        done_real += 1
     time.sleep(0.002)
 print("sent", sent, "real", done_real, flush=True)
 """
