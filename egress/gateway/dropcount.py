@@ -107,6 +107,19 @@ class DropCounts:
                 del self._keys[key]
         return out
 
+    def settle_all(
+        self,
+        synthesize: Callable[[CountKey], DecidedFlow | None],
+        wall: float,
+        restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None = None,
+    ) -> list[DecidedFlow]:
+        """Everything counted by the last read that was neither logged nor reported: the logger is stopping, and
+        no later read will settle it."""
+        out: list[DecidedFlow] = []
+        for key, entry in self._keys.items():
+            out += self._settle(key, entry, entry.counted, synthesize, wall, restate)
+        return out
+
     def _settle(
         self,
         key: CountKey,

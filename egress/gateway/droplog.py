@@ -17,6 +17,7 @@ the old one still names what the old table logged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import ipaddress
 import logging
@@ -142,6 +143,10 @@ class DropJudge:
     def unlogged(self, counters: Mapping[CountKey, int]) -> list[DecidedFlow]:
         """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`)."""
         return self.counts.reconcile(counters, time.monotonic(), self._synthesize, time.time(), self._restate)
+
+    def settle_all(self) -> list[DecidedFlow]:
+        """What the last read counted and nothing reported yet (the logger stops)."""
+        return self.counts.settle_all(self._synthesize, time.time(), self._restate)
 
     def _synthesize(self, key: CountKey) -> DecidedFlow | None:
         """The decision for a key none of whose packets was logged: what the key alone says."""
@@ -287,10 +292,17 @@ class DropLogger:
             self.reporter.report(attempt)
 
     def stop(self) -> None:
+        """Stop reading; report what was logged by now and what the last read counted (a count is settled one
+        read late, and the lockdown table the supervisor applies first has no counters to read again)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
         if self.reader is not None:
+            if self._thread is None or not self._thread.is_alive():  # the thread owns the judge while it runs
+                with contextlib.suppress(OSError):
+                    self._judge(self.reader.read(timeout=0.02))
+                for attempt in self.judge.settle_all():
+                    self.reporter.report(attempt)
             self.reader.close()
 
 

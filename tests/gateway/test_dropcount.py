@@ -132,3 +132,12 @@ def test_dropped_and_let_through_packets_of_one_triple_are_counted_apart() -> No
     counts.reconcile({KEY: 1, passed: 6}, 2.0, synthesize, wall=200.0)
     found = counts.reconcile({KEY: 1, passed: 6}, 3.0, synthesize, wall=200.0)
     assert made == [passed] and [d.count for d in found] == [6]
+
+
+def test_a_stopping_logger_settles_what_the_last_read_counted() -> None:
+    counts = DropCounts()
+    counts.judged(KEY, flow(), now=1.0)
+    assert counts.reconcile({KEY: 12}, 2.0, never, wall=200.0) == []  # one read late...
+    [extra] = counts.settle_all(never, wall=201.0)  # ...but no later read comes
+    assert extra.count == 11
+    assert counts.settle_all(never, wall=202.0) == []
