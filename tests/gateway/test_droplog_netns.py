@@ -235,8 +235,13 @@ def test_report_mode_passes_them_and_records_would_block(lab: Lab, version: int)
     src = T.SHADOW4 if version == 4 else T.SHADOW6
     send(lab, _packet(version, 47, b"\x00\x00\x08\x00" + INNER4, src=src))
     eventually(lambda: _protos_at_internet(lab.capture.frames()) or None, timeout=10)
-    flow = eventually(lambda: lab.collect.matching(src, I4 if version == 4 else I6, "gre")[-1], timeout=10)
-    assert flow.verdict.action.value == "would-block"
+
+    def decided() -> DecidedFlow:
+        found = lab.collect.matching(src, I4 if version == 4 else I6, "gre")
+        assert found, "not decided yet"  # the capture may see the packet before the logger has judged it
+        return found[-1]
+
+    assert eventually(decided, timeout=10).verdict.action.value == "would-block"
 
 
 def _fragments(proto: int, body: bytes, size: int = 16) -> list[bytes]:
