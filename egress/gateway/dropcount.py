@@ -1,16 +1,21 @@
 """What the rate-limited drop log left out: the kernel's per-key drop counters against the packets logged (pure).
 
-nftables logs dropped packets at most ``log_rate`` a second per rule, so a flood is mostly not logged; but it
-counts every one of them first, per (source, IP protocol, destination), in the sets named by
-`egress.nft.names.drop_count_set`. `DropCounts` keeps, per key, what the kernel counted and what the drop logger
-judged from the log, and `reconcile` turns the difference into decisions carrying a ``count``: the verdict of the
-last logged packet of that key (its detector finding, destination port, reason), or, when none of the key's
-packets was logged at all, the decision ``synthesize`` makes from the key alone. The recorder's aggregation then
-folds them into the key's one record: a flood is one record with the right count, not thousands, and not zero.
+nftables logs a sandbox's dropped packets at most ``key_log_rate`` a second per (source, IP protocol,
+destination) (`egress.nft.render`), so a flood is mostly not logged; but it counts every one of them first, per
+key, in the sets named by `egress.nft.names.count_set` (dropped and, for report mode, let through, apart). A key
+here is that triple and whether the kernel let the packets through (`CountKey`). `DropCounts` keeps, per key, what
+the kernel counted and what the drop logger judged from the log, and `reconcile` turns the difference (what the
+log's limits suppressed) into decisions carrying a ``count``: the verdict of the last logged packet of that key
+(its detector finding, destination port, reason), or, when none of the key's packets was logged at all, the
+decision ``synthesize`` makes from the key alone; ``restate`` brings either up to the policy in force (a reload
+may have renamed the sandbox since). The recorder's aggregation then folds them into the key's one record: a flood
+is one record with the right count, not thousands, and not zero.
 
 Counters are cumulative in the kernel and restart when an element expires or the table is replaced (a value
-lower than the last one read is a new counter). Read the counters *before* draining the log: a packet logged
-after the read is then judged and not counted yet, which can only delay a count, never double it.
+lower than the last one read is a new counter). A packet is counted and logged at the same moment, but its log
+reaches the logger a little later (nflog batches for up to 10 ms): so a read settles only what the *previous* read
+counted, whose logs have all been judged by now. A count comes one read late, and is never doubled by a log that
+was still on its way. A key the kernel stopped listing (expired, or the table replaced) is settled whole.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from egress.decisions import DecidedFlow
-from egress.nft.runner import DropKey
+
+CountKey = tuple[str, int, str, bool]
+"""(source address, IP protocol number as the kernel counts it, destination address, let through): one counter."""
 
 FORGET_AFTER = 30.0
 """Seconds after its last logged packet that a key the kernel no longer lists is forgotten."""
@@ -34,6 +41,8 @@ class _Key:
     """The last value of the kernel's counter."""
     counted: int = 0
     """Packets the kernel counted since this key was first seen (across counter restarts)."""
+    previous: int = 0
+    """``counted`` as of the previous read (every log of those packets has been judged since)."""
     judged: int = 0
     """Packets of this key the drop logger judged from the log."""
     added: int = 0
@@ -48,14 +57,14 @@ class DropCounts:
     owns it."""
 
     def __init__(self) -> None:
-        self._keys: dict[DropKey, _Key] = {}
+        self._keys: dict[CountKey, _Key] = {}
         self.added = 0
         """Packets counted by the kernel and reported without having been logged (for metrics and tests)."""
 
     def __len__(self) -> int:
         return len(self._keys)
 
-    def judged(self, key: DropKey, decision: DecidedFlow, now: float) -> None:
+    def judged(self, key: CountKey, decision: DecidedFlow, now: float) -> None:
         """The drop logger judged one logged packet of ``key``."""
         entry = self._keys.get(key)
         if entry is None:
@@ -68,13 +77,15 @@ class DropCounts:
 
     def reconcile(
         self,
-        counters: Mapping[DropKey, int],
+        counters: Mapping[CountKey, int],
         now: float,
-        synthesize: Callable[[DropKey], DecidedFlow | None],
+        synthesize: Callable[[CountKey], DecidedFlow | None],
         wall: float,
+        restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None = None,
     ) -> list[DecidedFlow]:
         """The kernel's counters as read at ``now`` (the caller's monotonic clock; ``wall``: epoch seconds, the
-        decisions' time) → one decision per key with packets that were not logged."""
+        decisions' time) → one decision per key with packets that were not logged. ``restate``: the key's template
+        as the policy in force now decides it (``None``: not reported, like a refused synthesis)."""
         out: list[DecidedFlow] = []
         for key, packets in counters.items():
             entry = self._keys.get(key)
@@ -85,20 +96,53 @@ class DropCounts:
             entry.counted += packets - entry.kernel if packets >= entry.kernel else packets
             entry.kernel = packets
             entry.seen = now
-            missing = entry.counted - entry.judged - entry.added
-            if missing <= 0:
+            due, entry.previous = entry.previous, entry.counted
+            out += self._settle(key, entry, due, synthesize, wall, restate)
+        for key, entry in list(self._keys.items()):
+            if key in counters:
                 continue
-            template = entry.last if entry.last is not None else synthesize(key)
-            if template is None:
-                continue
-            entry.added += missing
-            self.added += missing
-            if entry.last is None:
-                entry.last = template
-            out.append(_unlogged(template, missing, wall))
-        for key in [k for k, e in self._keys.items() if k not in counters and now - e.seen > FORGET_AFTER]:
-            del self._keys[key]
+            # Gone from the kernel (expired, or the table replaced): nothing more will come, settle it whole.
+            out += self._settle(key, entry, entry.counted, synthesize, wall, restate)
+            if now - entry.seen > FORGET_AFTER:
+                del self._keys[key]
         return out
+
+    def settle_all(
+        self,
+        synthesize: Callable[[CountKey], DecidedFlow | None],
+        wall: float,
+        restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None = None,
+    ) -> list[DecidedFlow]:
+        """Everything counted by the last read that was neither logged nor reported: the logger is stopping, and
+        no later read will settle it."""
+        out: list[DecidedFlow] = []
+        for key, entry in self._keys.items():
+            out += self._settle(key, entry, entry.counted, synthesize, wall, restate)
+        return out
+
+    def _settle(
+        self,
+        key: CountKey,
+        entry: _Key,
+        due: int,
+        synthesize: Callable[[CountKey], DecidedFlow | None],
+        wall: float,
+        restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None,
+    ) -> list[DecidedFlow]:
+        """The decision for the packets among the first ``due`` counted that were neither logged nor added."""
+        missing = due - entry.judged - entry.added
+        if missing <= 0:
+            return []
+        template = entry.last if entry.last is not None else synthesize(key)
+        if template is not None and restate is not None:
+            template = restate(key, template)
+        if template is None:
+            return []
+        entry.added += missing
+        self.added += missing
+        if entry.last is None:
+            entry.last = template
+        return [_unlogged(template, missing, wall)]
 
     def _evict(self) -> None:
         stalest = sorted(self._keys, key=lambda k: self._keys[k].seen)[: max(1, MAX_KEYS // 10)]

@@ -4,12 +4,21 @@ What the kernel drops never reaches the proxy: QUIC and other UDP, ICMP to the i
 (GRE, IPIP, SCTP, ESP...), spoofed sources, direct connections to the gateway's own services. Each dropped packet
 is decoded (`egress.capture.packet`, any IP protocol), fed to a per-flow inspector (ICMP tunnels, VPN handshakes)
 or, for protocols other than TCP/UDP/ICMP, named and judged by `egress.detect.ipproto` (GRE, IPIP, ESP... are
-tunnels), and reported; the recorder aggregates floods. The log is rate-limited, so once a second the logger also
-reads the kernel's drop counters and reports what the log left out (`egress.gateway.dropcount`).
+tunnels), and reported; the recorder aggregates floods. The log is rate-limited per (source, protocol,
+destination), so once a second the logger also reads the kernel's drop counters and reports what the log left out
+(`egress.gateway.dropcount`): a flood costs the flooder its own records' detail, never another attempt's record.
+
+A record says what the kernel did: the log prefix's kind (``report``: let through; any other: dropped) sets the
+action, whatever the policy the logger holds says, so a reload that switches a sandbox's mode cannot make the two
+disagree. The logger takes part in reloads (`egress.gateway.reload`): prepared, the new policy names the sandbox
+of packets the new table logged before the commit reached the logger; committed, it is the logger's policy, and
+the old one still names what the old table logged.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import ipaddress
 import logging
 import select
@@ -20,17 +29,18 @@ from collections.abc import Callable, Mapping
 
 from egress.capture.nflog import LoggedPacket, NflogReader
 from egress.capture.packet import ICMP, ICMP6, TCP, UDP, Defragmenter, Malformed, Segment, decode
-from egress.decide import decide_drop, decide_unknown_source
+from egress.decide import Enforcement, Verdict, decide_drop, decide_unknown_source
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import ipproto
 from egress.detect.base import Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
-from egress.gateway.dropcount import DropCounts
+from egress.gateway.dropcount import CountKey, DropCounts
+from egress.gateway.reload import PolicyVersion
 from egress.nft import runner
-from egress.nft.names import COUNTED_KINDS, drop_count_set, parse_prefix
-from egress.policy.model import Policy
+from egress.nft.names import COUNTED_KINDS, PASSED_KINDS, drop_count_set, parse_prefix, pass_count_set, set_id
+from egress.policy.model import Policy, Sandbox
 
 log = logging.getLogger("egress.droplog")
 
@@ -39,12 +49,30 @@ MAX_FLOWS = 4096
 COUNT_EVERY = 1.0
 """Seconds between two reads of the kernel's drop counters."""
 _TRANSPORT_NAMES = {TCP: Transport.TCP, UDP: Transport.UDP, ICMP: Transport.ICMP}
-Counters = Callable[[], Mapping[runner.DropKey, int]]
-"""Reads the kernel's drop counters (`egress.nft.runner.drop_counters` on the gateway's table)."""
+Counters = Callable[[], Mapping[CountKey, int]]
+"""Reads the kernel's drop counters (`read_counters` on the gateway's table)."""
 
 
 def _address(raw: bytes) -> str:
     return str(ipaddress.ip_address(raw))
+
+
+def as_the_kernel_did(verdict: Verdict, passed: bool) -> Verdict:
+    """``verdict`` with the action the kernel took: would-block for a packet it let through, else block."""
+    action = Enforcement.WOULD_BLOCK if passed else Enforcement.BLOCK
+    return verdict if verdict.action is action else dataclasses.replace(verdict, action=action)
+
+
+def read_counters(table: str, netns: str | None = None) -> dict[CountKey, int]:
+    """The kernel's counters of dropped and of let-through sandbox packets (`egress.nft.names.count_set`)."""
+    counts: dict[CountKey, int] = {}
+    for passed, sets in (
+        (False, (drop_count_set(4), drop_count_set(6))),
+        (True, (pass_count_set(4), pass_count_set(6))),
+    ):
+        for (src, proto, dst), packets in runner.drop_counters(table, sets, netns).items():
+            counts[src, proto, dst, passed] = packets
+    return counts
 
 
 class DropJudge:
@@ -52,6 +80,10 @@ class DropJudge:
 
     def __init__(self, policy: Policy, lists: NameLists) -> None:
         self.policy = policy
+        self.previous: Policy | None = None
+        """The policy before the last reload: it names what the old table logged, read after the commit."""
+        self.pending: Policy | None = None
+        """A reload's policy, prepared: it names what the new table logs before the commit reaches the logger."""
         self.detectors = build_detectors(lists)
         self.flows: OrderedDict[tuple[int, bytes, bytes, int, int], FlowInspector] = OrderedDict()
         self.defrag = Defragmenter()
@@ -65,7 +97,9 @@ class DropJudge:
         if segment is None:
             return None
         src, dst = _address(segment.src), _address(segment.dst)
-        sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
+        parsed = parse_prefix(packet.prefix)
+        sandbox = self._sandbox(src, parsed[1] if parsed is not None else None)
+        passed = parsed is not None and parsed[0] in PASSED_KINDS
         transport = _TRANSPORT_NAMES.get(segment.proto, Transport.IP)
         protocol = "" if transport is not Transport.IP else ipproto.protocol_name(segment.proto)
         sport, dport = segment.sport, segment.dport
@@ -80,27 +114,61 @@ class DropJudge:
             meta = FlowMeta(transport, src, sport, dst, dport)
             finding = self._inspect(segment, meta)
             verdict = decide_drop(sandbox, transport.value, finding, packet.prefix)
+        verdict = as_the_kernel_did(verdict, passed)
         decided = DecidedFlow(packet.ts, sandbox.name, src, sport, dst, dport, transport.value, "", verdict, protocol)
-        parsed = parse_prefix(packet.prefix)
         if parsed is not None and parsed[0] in COUNTED_KINDS:
-            self.counts.judged(count_key(segment), decided, time.monotonic())
+            self.counts.judged((*count_key(segment), passed), decided, time.monotonic())
         return decided
 
-    def unlogged(self, counters: Mapping[runner.DropKey, int]) -> list[DecidedFlow]:
-        """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`)."""
-        return self.counts.reconcile(counters, time.monotonic(), self._synthesize, time.time())
+    def reload(self, policy: Policy) -> None:
+        """Judge under ``policy`` from now on (one assignment each, which the reading thread sees whole)."""
+        self.previous = self.policy
+        self.policy = policy
+        self.pending = None
 
-    def _synthesize(self, key: runner.DropKey) -> DecidedFlow | None:
+    def _sandbox(self, source: str, named: str | None) -> Sandbox | None:
+        """The sandbox of ``source`` as the table that logged the packet named it (``named``: the prefix's
+        `set_id`): the policy in force, else the one being committed, else the one before; by source alone when
+        none of them has that name."""
+        address = ipaddress.ip_address(source)
+        current = self.policy.sandbox_for(address)
+        if named is None or (current is not None and set_id(current.name) == named):
+            return current
+        for policy in (self.pending, self.previous):
+            other = policy.sandbox_for(address) if policy is not None else None
+            if other is not None and set_id(other.name) == named:
+                return other
+        return current
+
+    def unlogged(self, counters: Mapping[CountKey, int]) -> list[DecidedFlow]:
+        """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`)."""
+        return self.counts.reconcile(counters, time.monotonic(), self._synthesize, time.time(), self._restate)
+
+    def settle_all(self) -> list[DecidedFlow]:
+        """What the last read counted and nothing reported yet (the logger stops)."""
+        return self.counts.settle_all(self._synthesize, time.time(), self._restate)
+
+    def _synthesize(self, key: CountKey) -> DecidedFlow | None:
         """The decision for a key none of whose packets was logged: what the key alone says."""
-        src, proto, dst = key
+        src, proto, dst, passed = key
         sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
         if sandbox is None:
             return None  # the anti-spoofing rule logs those; they are not counted per key
         transport = _TRANSPORT_NAMES.get(ICMP if proto == ICMP6 else proto, Transport.IP)
         protocol = "" if transport is not Transport.IP else ipproto.protocol_name(proto)
         finding = ipproto.inspect(proto, b"") if transport is Transport.IP else None
-        verdict = decide_drop(sandbox, protocol or transport.value, finding, "none of them logged")
+        verdict = as_the_kernel_did(decide_drop(sandbox, protocol or transport.value, finding, "none logged"), passed)
         return DecidedFlow(time.time(), sandbox.name, src, 0, dst, 0, transport.value, "", verdict, protocol)
+
+    def _restate(self, key: CountKey, template: DecidedFlow) -> DecidedFlow:
+        """A key's template under the policy in force: its sandbox's name now (a reload may have renamed it), and
+        the action of the set that counted the packets."""
+        sandbox = self.policy.sandbox_for(ipaddress.ip_address(template.src))
+        name = sandbox.name if sandbox is not None else template.sandbox
+        verdict = as_the_kernel_did(template.verdict, key[3])
+        if name == template.sandbox and verdict is template.verdict:
+            return template
+        return dataclasses.replace(template, sandbox=name, verdict=verdict)
 
     def _inspect(self, segment: Segment, meta: FlowMeta) -> Finding | None:
         proto = segment.proto
@@ -147,8 +215,7 @@ class DropLogger:
         self.group = group
         self.netns = netns
         if counters is None and table is not None:
-            sets = (drop_count_set(4), drop_count_set(6))
-            counters = lambda: runner.drop_counters(table, sets, netns)  # noqa: E731
+            counters = lambda: read_counters(table, netns)  # noqa: E731
         self.counters = counters
         self._count_failing = False
         self.judge = DropJudge(policy, lists)
@@ -162,9 +229,22 @@ class DropLogger:
         return self.judge.policy
 
     def reload(self, policy: Policy) -> None:
-        """Judge every packet from now on under ``policy`` (sandbox names, modes); one assignment, which the
-        reading thread sees whole. Per-flow inspection state is kept: it depends on the packets, not the policy."""
-        self.judge.policy = policy
+        """Judge every packet from now on under ``policy`` (sandbox names); per-flow inspection state is kept: it
+        depends on the packets, not the policy."""
+        self.judge.reload(policy)
+
+    # The reload protocol (`egress.gateway.reload.Participant`): the table commits first, so the new policy is
+    # known here from prepare on, for what the new table logs before this component's commit.
+    name = "drop logger"
+
+    async def prepare(self, version: PolicyVersion) -> None:
+        self.judge.pending = version.policy
+
+    async def commit(self, version: PolicyVersion) -> None:
+        self.judge.reload(version.policy)
+
+    async def abort(self, version: PolicyVersion) -> None:
+        self.judge.pending = None
 
     def start(self, on_death: Callable[[str], None]) -> None:
         self.reader = NflogReader(self.netns)
@@ -212,10 +292,17 @@ class DropLogger:
             self.reporter.report(attempt)
 
     def stop(self) -> None:
+        """Stop reading; report what was logged by now and what the last read counted (a count is settled one
+        read late, and the lockdown table the supervisor applies first has no counters to read again)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
         if self.reader is not None:
+            if self._thread is None or not self._thread.is_alive():  # the thread owns the judge while it runs
+                with contextlib.suppress(OSError):
+                    self._judge(self.reader.read(timeout=0.02))
+                for attempt in self.judge.settle_all():
+                    self.reporter.report(attempt)
             self.reader.close()
 
 

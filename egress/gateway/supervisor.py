@@ -73,7 +73,7 @@ def participants(
     return [
         table,
         Swap("resolver", resolver.reload),
-        Swap("drop logger", drops.reload),
+        drops,  # prepared too: it names what the new table logs before its commit (egress.gateway.droplog)
         Swap("allow sets", allow_sets.reload),
         *links,
     ]

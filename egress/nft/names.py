@@ -32,19 +32,44 @@ class LogKind(enum.StrEnum):
 
 
 COUNTED_KINDS = frozenset({LogKind.DROP, LogKind.REPORT, LogKind.GUARD})
-"""Drops from a sandbox: besides the (rate-limited) log, the kernel counts each one in `drop_count_set`."""
+"""Drops from a sandbox: besides the (rate-limited) log, the kernel counts each one in `count_set`, and its log is
+metered per (source, IP protocol, destination) in `log_meter_set`."""
+PASSED_KINDS = frozenset({LogKind.REPORT})
+"""Kinds whose packets the kernel let through (report mode): the drop logger records them as would-block whatever
+policy it holds, and every other kind as a block, so a record always says what the kernel did."""
 COUNT_TIMEOUT = 120
 """Seconds a drop counter lives after its last packet (`update` refreshes it; the drop logger reads every second)."""
 COUNT_SIZE = 65536
 """Counters per address family at most; once full, new keys are still logged (rate-limited) but not counted."""
+METER_TIMEOUT = 60
+"""Seconds a key's log meter lives after its last packet."""
+METER_SIZE = 65536
+"""Log meters per address family at most; once full, a new key's drops are logged under the rule's own limit."""
 
 
 def drop_count_set(version: int) -> str:
     """The dynamic set counting dropped sandbox packets per (source, IP protocol, destination): ``drops4``/``6``.
 
-    Every packet logged with a `COUNTED_KINDS` prefix was counted here first, logged or not: the drop logger
-    adds what the log rate limit left out (`egress.gateway.dropcount`)."""
+    Every packet logged with a `COUNTED_KINDS` prefix other than a `PASSED_KINDS` one was counted here first,
+    logged or not: the drop logger adds what the log's rate limits left out (`egress.gateway.dropcount`)."""
     return f"drops{version}"
+
+
+def pass_count_set(version: int) -> str:
+    """Like `drop_count_set`, for the packets a report-mode sandbox sent that the kernel let through:
+    ``passes4``/``6``. Kept apart so that a count says what the kernel did with the packets it counts."""
+    return f"passes{version}"
+
+
+def count_set(kind: LogKind, version: int) -> str:
+    """The counting set of a `COUNTED_KINDS` kind."""
+    return pass_count_set(version) if kind in PASSED_KINDS else drop_count_set(version)
+
+
+def log_meter_set(version: int) -> str:
+    """The dynamic set of per-key log meters (``logs4``/``6``): each (source, IP protocol, destination) has its own
+    token bucket, so a flood to one destination uses up only its own log budget, never another attempt's."""
+    return f"logs{version}"
 
 
 def set_id(sandbox_name: str) -> str:

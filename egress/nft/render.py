@@ -17,10 +17,15 @@ from egress.nft.names import (
     COUNT_SIZE,
     COUNT_TIMEOUT,
     COUNTED_KINDS,
+    METER_SIZE,
+    METER_TIMEOUT,
     LogKind,
     allow_set,
+    count_set,
     drop_count_set,
+    log_meter_set,
     log_prefix,
+    pass_count_set,
     set_id,
     source_set,
 )
@@ -51,8 +56,16 @@ class GatewaySettings:
     table: str = "egress"
     """Our table (family inet); the only one the script touches."""
     log_rate: int = 50
-    """Logged packets per second per rule, so a flood cannot flood the logger (drops themselves are not limited)."""
+    """Logged packets per second per rule where the log is not metered per key (spoofed sources, inbound traffic,
+    lockdown), and for a sandbox's drops while the per-key meters are full. Drops themselves are never limited."""
     log_burst: int = 100
+    key_log_rate: int = 10
+    """Logged sandbox drops per second per (source, IP protocol, destination): a flood to one destination spends
+    its own budget, not that of the sandbox's other attempts (the kernel counts what is not logged)."""
+    key_log_burst: int = 20
+    log_ceiling: int = 1000
+    """Logged sandbox drops per second per rule, every key together (burst: twice as many): what the drop logger
+    is asked to read at most, however many destinations a flood sprays."""
     masquerade: bool = True
     """Masquerade forwarded sandbox traffic (allowed UDP networks, report mode) on ``uplink_if``."""
 
@@ -67,8 +80,8 @@ class GatewaySettings:
             raise ValueError(f"proxy ports {self.proxy_ports} and DNS port {self.dns_port} must be distinct ports")
         if not 0 <= self.nflog_group < 65536:
             raise ValueError(f"bad nflog group {self.nflog_group}")
-        if self.log_rate < 1 or self.log_burst < 1:
-            raise ValueError("log_rate and log_burst must be positive")
+        if min(self.log_rate, self.log_burst, self.key_log_rate, self.key_log_burst, self.log_ceiling) < 1:
+            raise ValueError("log rates, bursts and the log ceiling must be positive")
 
 
 def interfaces(policy: Policy | None, settings: GatewaySettings) -> tuple[str, ...]:
@@ -97,18 +110,30 @@ class _Script:
 
     def log_then(self, verdict: str, kind: LogKind, sandbox: str | None = None, match: str = "") -> None:
         s = self.settings
+        log = f'log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}'
         limit = f"limit rate {s.log_rate}/second burst {s.log_burst} packets"
-        log = f'{limit} log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}'
         if kind in COUNTED_KINDS:
-            # Counted before the rate-limited log, each in a rule of its own: a full set must not skip the verdict.
+            # Counted before the log, each in a rule of its own: a full set must not skip the verdict.
             for v, fam in _FAMILIES:
-                key = f"{fam} saddr . meta l4proto . {fam} daddr"
-                self.add(f"{match}update @{drop_count_set(v)} {{ {key} }}", 2)
+                self.add(f"{match}update @{count_set(kind, v)} {{ {_key(fam)} }}", 2)
             # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
-            self.add(f"{match}{_ICMP_ANY} {log}", 2)
+            self._metered_log(f"{match}{_ICMP_ANY} ", log, limit)
             self.add(f"{match}{_ICMP_ANY} {verdict}", 2)
-        self.add(f"{match}{log}", 2)
+            self._metered_log(match, log, limit)
+        else:
+            self.add(f"{match}{limit} {log}", 2)
         self.add(f"{match}{verdict}", 2)
+
+    def _metered_log(self, match: str, log: str, limit: str) -> None:
+        """Log under the packet's own key's meter (and the rule's ceiling); a key the full meter set could not take
+        is logged under the rule's plain limit instead, so a full set hides nothing that used to be logged."""
+        s = self.settings
+        meter = f"limit rate {s.key_log_rate}/second burst {s.key_log_burst} packets"
+        ceiling = f"limit rate {s.log_ceiling}/second burst {2 * s.log_ceiling} packets"
+        for v, fam in _FAMILIES:
+            self.add(f"{match}update @{log_meter_set(v)} {{ {_key(fam)} {meter} }} {ceiling} {log}", 2)
+        for v, fam in _FAMILIES:
+            self.add(f"{match}{_key(fam)} != @{log_meter_set(v)} {limit} {log}", 2)
 
     def open_table(self, header: str) -> None:
         t = self.settings.table
@@ -174,6 +199,11 @@ _FAMILIES: Final = ((4, "ip"), (6, "ip6"))
 _ICMP_ANY: Final = "meta l4proto { icmp, ipv6-icmp }"
 
 
+def _key(family: str) -> str:
+    """The key a sandbox drop is counted and metered under: (source, IP protocol, destination)."""
+    return f"{family} saddr . meta l4proto . {family} daddr"
+
+
 def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
     """Per sandbox: its source networks, and the allow sets the resolver fills (v4 and v6 of each)."""
     for sandbox in sandboxes:
@@ -183,8 +213,11 @@ def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
         _set(out, allow_set(sandbox.name, 4), "ipv4_addr", "timeout", [], " counter;")
         _set(out, allow_set(sandbox.name, 6), "ipv6_addr", "timeout", [], " counter;")
     count = f" timeout {COUNT_TIMEOUT}s; size {COUNT_SIZE}; counter;"
-    _set(out, drop_count_set(4), "ipv4_addr . inet_proto . ipv4_addr", "dynamic,timeout", [], count)
-    _set(out, drop_count_set(6), "ipv6_addr . inet_proto . ipv6_addr", "dynamic,timeout", [], count)
+    meter = f" timeout {METER_TIMEOUT}s; size {METER_SIZE};"
+    for v, kind in ((4, "ipv4_addr . inet_proto . ipv4_addr"), (6, "ipv6_addr . inet_proto . ipv6_addr")):
+        _set(out, drop_count_set(v), kind, "dynamic,timeout", [], count)
+        _set(out, pass_count_set(v), kind, "dynamic,timeout", [], count)
+        _set(out, log_meter_set(v), kind, "dynamic,timeout", [], meter)
     out.add()
 
 

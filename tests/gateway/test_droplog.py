@@ -114,17 +114,67 @@ def test_a_source_in_no_sandbox_is_spoofed_whatever_its_protocol(judge: DropJudg
 
 def test_unlogged_packets_are_reported_with_the_last_logged_verdict(judge: DropJudge) -> None:
     judge.judge(logged(ipv4("10.0.0.2", "198.51.100.7", 47, b"\0\0\x08\0" + INNER)))
-    [extra] = judge.unlogged({("10.0.0.2", 47, "198.51.100.7"): 1000})
+    assert judge.unlogged({("10.0.0.2", 47, "198.51.100.7", False): 1000}) == []  # settled at the next read
+    [extra] = judge.unlogged({("10.0.0.2", 47, "198.51.100.7", False): 1000})
     assert (extra.count, extra.protocol, extra.verdict.reason) == (999, "gre", Reason.TUNNEL)
 
 
 def test_a_key_none_of_whose_packets_was_logged_still_counts(judge: DropJudge) -> None:
-    [sctp, icmp6] = judge.unlogged({("10.0.0.2", 132, "198.51.100.9"): 50, ("fd00::2", 58, "2001:db8::1"): 5})
+    counters = {("10.0.0.2", 132, "198.51.100.9", False): 50, ("fd00::2", 58, "2001:db8::1", False): 5}
+    judge.unlogged(counters)
+    [sctp, icmp6] = judge.unlogged(counters)
     assert (sctp.count, sctp.transport, sctp.protocol, sctp.verdict.reason) == (50, "ip", "sctp", Reason.FIREWALL_DROP)
     assert (icmp6.count, icmp6.transport, icmp6.sandbox) == (5, "icmp", "agents")
-    assert judge.unlogged({("10.9.9.9", 47, "198.51.100.9"): 5}) == []  # no sandbox: the spoof log's job
+    judge.unlogged({("10.9.9.9", 47, "198.51.100.9", False): 5})
+    assert judge.unlogged({("10.9.9.9", 47, "198.51.100.9", False): 5}) == []  # no sandbox: the spoof log's job
 
 
 def test_packets_logged_by_a_chain_that_does_not_count_are_not_reconciled(judge: DropJudge) -> None:
     judge.judge(logged(ipv4("10.0.0.2", "198.51.100.7", 47, b"\0\0\x08\0"), "egress inbound"))
     assert len(judge.counts) == 0
+
+
+UDP = ipv4("10.1.0.2", "198.51.100.7", 17, struct.pack("!HHHH", 5, 443, 9, 0) + b"q")
+RENAMED = Policy(1, (make_sandbox("agents", "10.0.0.0/24"), make_sandbox("renamed", "10.1.0.0/24", mode=Mode.REPORT)))
+ENFORCED = Policy(1, (make_sandbox("agents", "10.0.0.0/24"), make_sandbox("renamed", "10.1.0.0/24")))
+
+
+@pytest.mark.parametrize(
+    ("prefix", "action"),
+    [
+        ("egress report shadow", Enforcement.WOULD_BLOCK),
+        ("egress drop shadow", Enforcement.BLOCK),  # a table applied before the logger's policy said report
+        ("egress guard", Enforcement.BLOCK),  # report mode, but traffic to the gateway itself is always dropped
+        ("egress lockdown", Enforcement.BLOCK),
+    ],
+)
+def test_the_action_is_what_the_kernel_did_whatever_the_mode(
+    judge: DropJudge, prefix: str, action: Enforcement
+) -> None:
+    decided = judge.judge(logged(UDP, prefix))
+    assert decided is not None and decided.sandbox == "shadow" and decided.verdict.action is action
+
+
+def test_the_kernel_s_name_wins_across_a_reload(judge: DropJudge) -> None:
+    """Prepared, the new policy names what the new table logs; committed, the old one names what the old table
+    logged; the policy in force names everything else."""
+    judge.pending = RENAMED
+    early = judge.judge(logged(UDP, "egress report renamed"))  # the table committed, the logger not yet
+    assert early is not None and (early.sandbox, early.verdict.action) == ("renamed", Enforcement.WOULD_BLOCK)
+    judge.reload(RENAMED)
+    late = judge.judge(logged(UDP, "egress report shadow"))  # logged by the old table, read after the commit
+    assert late is not None and late.sandbox == "shadow"
+    now = judge.judge(logged(UDP, "egress drop renamed"))
+    assert now is not None and (now.sandbox, now.verdict.action) == ("renamed", Enforcement.BLOCK)
+    assert judge.pending is None
+
+
+def test_unlogged_counts_follow_the_policy_in_force_and_the_set_that_counted_them(judge: DropJudge) -> None:
+    judge.judge(logged(UDP, "egress report shadow"))
+    judge.reload(ENFORCED)  # renamed, and enforcing now: the new table counts drops in the drop set
+    dropped, passed = ("10.1.0.2", 17, "198.51.100.7", False), ("10.1.0.2", 17, "198.51.100.7", True)
+    judge.unlogged({passed: 5, dropped: 7})
+    found = {d.verdict.action: d for d in judge.unlogged({passed: 5, dropped: 7})}
+    assert (found[Enforcement.WOULD_BLOCK].count, found[Enforcement.WOULD_BLOCK].sandbox) == (4, "renamed")
+    assert (found[Enforcement.BLOCK].count, found[Enforcement.BLOCK].sandbox) == (7, "renamed")
+    assert found[Enforcement.BLOCK].dport == 0  # none of the drops was logged: the key alone

@@ -235,8 +235,13 @@ def test_report_mode_passes_them_and_records_would_block(lab: Lab, version: int)
     src = T.SHADOW4 if version == 4 else T.SHADOW6
     send(lab, _packet(version, 47, b"\x00\x00\x08\x00" + INNER4, src=src))
     eventually(lambda: _protos_at_internet(lab.capture.frames()) or None, timeout=10)
-    flow = eventually(lambda: lab.collect.matching(src, I4 if version == 4 else I6, "gre")[-1], timeout=10)
-    assert flow.verdict.action.value == "would-block"
+
+    def decided() -> DecidedFlow:
+        found = lab.collect.matching(src, I4 if version == 4 else I6, "gre")
+        assert found, "not decided yet"  # the capture may see the packet before the logger has judged it
+        return found[-1]
+
+    assert eventually(decided, timeout=10).verdict.action.value == "would-block"
 
 
 def _fragments(proto: int, body: bytes, size: int = 16) -> list[bytes]:
@@ -293,3 +298,33 @@ def test_a_flood_beyond_the_log_rate_is_counted_whole(lab: Lab) -> None:
     decisions = eventually(total, timeout=15)
     assert decisions < packets // 5  # the log was rate-limited: most packets came as counts, not one by one
     assert lab.drops.judge.counts.added > 0
+
+
+def _udp4(dst: str, sport: int, dport: int, payload: bytes) -> bytes:
+    return ipv4(S4, dst, 17, struct.pack("!HHHH", sport, dport, 8 + len(payload), 0) + payload)
+
+
+def test_a_flood_to_one_destination_hides_no_attempt_to_another(lab: Lab) -> None:
+    """Issue 10 point 6: 3,000 junk UDP packets to one destination with 50 attempts to other destinations among
+    them. Each destination has its own log budget: every attempt is decided once, with its port (logged, not
+    merely counted), and the flood is counted whole."""
+    flood, packets = "10.78.0.200", 3000  # the internet side's subnet: the gateway routes nothing else
+    real = {f"10.78.0.{100 + n}": 5000 + n for n in range(1, 51)}
+    attempts = iter(real.items())
+    for index in range(packets):
+        send(lab, _udp4(flood, 40000, 9999, b"junk"))
+        if index % 50 == 25 and (attempt := next(attempts, None)) is not None:
+            send(lab, _udp4(attempt[0], 41000, attempt[1], b"real"))
+
+    def decided() -> int:
+        with lab.collect.lock:
+            flows = list(lab.collect.flows)
+        seen = {(f.dst, f.dport, f.count) for f in flows if f.dst in real}
+        assert seen == {(dst, port, 1) for dst, port in real.items()}, sorted(seen)
+        assert sum(f.dst in real for f in flows) == len(real)  # each once
+        counted = sum(f.count for f in flows if f.dst == flood)
+        assert counted == packets, f"{counted} of {packets} junk packets counted"
+        return sum(f.dst == flood for f in flows)
+
+    assert eventually(decided, timeout=15) < packets // 5
+    assert _protos_at_internet(lab.capture.frames()) == []

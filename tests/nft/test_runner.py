@@ -401,3 +401,43 @@ def test_lockdown_stops_everything_until_the_ruleset_is_back(fresh: Lab, version
         udp_send(fresh, version, _addr("SANDBOX", version), dst, 53, b"unlocked").close()
         # The first datagram the resolver ever gets is the one sent after the ruleset came back.
         assert received(resolver) == (b"unlocked", _addr("SANDBOX", version))
+
+
+def _logged_until(reader: NflogReader, marker: str) -> list[str]:
+    """Destinations of the packets logged before ``marker``'s log arrived (waiting for it)."""
+    seen: list[str] = []
+    deadline = time.monotonic() + scaled(WAIT)
+    while (remaining := deadline - time.monotonic()) > 0:
+        for packet in reader.read(timeout=remaining):
+            dst = str(ipaddress.ip_address(_segment(packet).dst))
+            if dst == marker:
+                return seen
+            seen.append(dst)
+    raise AssertionError(f"no log for {marker}; saw {seen}")
+
+
+def test_a_flood_to_one_destination_spends_only_its_own_log_budget(fresh: Lab) -> None:
+    """Fact: the per-key meter (`update @logs4 { key limit rate 10/second burst 20 packets }`) logs about its
+    burst of a flood to one key, and a packet to another key right after it is logged at once."""
+    src = _addr("SANDBOX", 4)
+    with socket_in(fresh.topo.sandbox, socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((src, 0))
+        for _ in range(200):
+            sock.sendto(b"flood", ("10.78.0.52", 9999))
+    udp_send(fresh, 4, src, "10.78.0.53", 9999).close()
+    flood = _logged_until(fresh.reader, "10.78.0.53")
+    assert 20 <= flood.count("10.78.0.52") < 40, flood  # its burst (and what its rate added meanwhile)
+
+
+def test_a_full_log_meter_set_still_logs_new_keys_under_the_rule_limit(fresh: Lab) -> None:
+    """Fact: with the meter set full, `update` cannot add a key and its rule stops there; the next rule's lookup
+    (`... != @logs4`) logs that key under the rule's own limit, so a full set hides nothing."""
+    tiny = fresh.ruleset.replace("timeout 60s; size 65536;", "timeout 60s; size 1;")
+    assert tiny != fresh.ruleset
+    runner.apply(tiny, netns=fresh.topo.gateway)
+    src = _addr("SANDBOX", 4)
+    for dst in ("10.78.0.50", "10.78.0.51"):
+        udp_send(fresh, 4, src, dst, 9999).close()
+        expect_log(fresh.reader, "egress drop agents", dst, UDP)
+    [meter] = runner.list_set(fresh.settings.table, "logs4", fresh.topo.gateway)  # only the first key has one
+    assert "10.78.0.50" in meter and "10.78.0.51" not in meter

@@ -15,7 +15,10 @@ TLS inside TLS is refused as a tunnel, anything else is an `InspectLayer`, the s
 nothing egress decrypts is relayed raw.
 
 The gateway dials out eagerly (server-first protocols need it), so `server_connect` first checks that some rule
-could allow the destination address at all: a direct-IP connection is never dialled.
+could allow the destination address at all: a direct-IP connection is never dialled. That check is the
+connection's first decision, and it is recorded whatever comes after: in report mode the would-block it reaches
+is kept, and reported when the connection ends with nothing recorded (the destination refused or reset it, or
+closed before a byte: no layer was ever chosen), exactly once per connection.
 
 Fail closed: every hook runs guarded. An exception in one (a parser or decoder on attacker bytes, or a bug)
 blocks or closes what it was judging and is recorded (`egress.proxy.mitm.layers.fail_closed_verdict`); mitmproxy itself
@@ -67,6 +70,10 @@ class _Connection:
     destination: tuple[str, int] = ("", 0)
     recorded: bool = False
     """A block or would-block was reported for it (else a preblocked connection is reported when it closes)."""
+    noted: Verdict | None = None
+    """Report mode: the would-block of `Gate.on_connect`; reported when the connection closes unrecorded."""
+    noted_at: float = 0.0
+    """When it was decided (epoch seconds): the record's time."""
 
 
 class EgressAddon(NextLayer):
@@ -143,12 +150,13 @@ class EgressAddon(NextLayer):
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = self.connections.pop(client.id, None)
-        if state is not None and state.preblocked is not None and not state.recorded:
+        if state is None or state.recorded:
+            return
+        verdict, ts = (state.preblocked, time.time()) if state.preblocked is not None else (state.noted, state.noted_at)
+        if verdict is not None:
             host, port = state.destination
             source = (str(client.peername[0]), int(client.peername[1]))
-            self.reporter.report(
-                DecidedFlow(time.time(), state.sandbox.name, *source, host, port, "tcp", "", state.preblocked)
-            )
+            self.reporter.report(DecidedFlow(ts, state.sandbox.name, *source, host, port, "tcp", "", verdict))
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         try:
@@ -172,6 +180,8 @@ class EgressAddon(NextLayer):
             # bytes can still be read (an HTTP client gets a 403 saying why, a TLS client's SNI is recorded).
             state.preblocked = verdict
             data.server.address = self.sink
+        elif verdict.recorded:  # report mode: dialled, and recorded even if the dial fails or nothing comes back
+            state.noted, state.noted_at = verdict, time.time()
 
     # -- layer choice ----------------------------------------------------------------------------------------
     def next_layer(self, nextlayer: layer.NextLayer) -> None:

@@ -66,6 +66,46 @@ def test_a_destination_no_rule_allows_is_never_dialled_and_is_refused_once() -> 
     assert (flow.dst, flow.dport, flow.host) == (OTHER_ADDRESS, 443, "allowed.test")
 
 
+def _dialled(addon: EgressAddon, port: int = 443) -> Context:
+    """A report-mode connection to a destination no rule allows, through `server_connect` (which dials it)."""
+    context = make_context((OTHER_ADDRESS, port), connected=False)
+    addon.client_connected(context.client)
+    addon.server_connect(ServerConnectionHookData(context.server, context.client))
+    assert context.server.address == (OTHER_ADDRESS, port)  # report mode: dialled, not sent to the sink
+    return context
+
+
+def test_report_mode_records_a_connection_the_destination_refused() -> None:
+    """Issue 10 point 7: the dial fails (RST) or the server closes before a byte, so no layer is ever chosen: the
+    would-block decided at connect time is recorded when the connection ends, once."""
+    addon, reported = _addon("report")
+    context = _dialled(addon, 81)
+    assert reported.flows == []  # not yet: bytes may still come and say more
+    addon.client_disconnected(context.client)
+    addon.client_disconnected(context.client)
+    [flow] = reported.flows
+    assert flow.verdict.action is Enforcement.WOULD_BLOCK and flow.verdict.reason is Reason.DIRECT_IP
+    assert (flow.sandbox, flow.src, flow.sport, flow.dst, flow.dport) == ("box", SANDBOX_HOST, 40000, OTHER_ADDRESS, 81)
+
+
+def test_report_mode_records_a_connection_that_spoke_once_not_twice() -> None:
+    addon, reported = _addon("report")
+    context = _dialled(addon)
+    addon._next_layer(context, _client_hello("elsewhere.test"), b"")
+    addon.client_disconnected(context.client)
+    [flow] = reported.flows  # the first bytes' decision, with the SNI; not the connect-time one again
+    assert flow.verdict.action is Enforcement.WOULD_BLOCK and flow.host == "elsewhere.test"
+
+
+def test_an_allowed_destination_is_not_recorded_when_it_refuses() -> None:
+    addon, reported = _addon("report")
+    context = make_context((ALLOWED_ADDRESS, 3333), connected=False)
+    addon.client_connected(context.client)
+    addon.server_connect(ServerConnectionHookData(context.server, context.client))
+    addon.client_disconnected(context.client)
+    assert reported.flows == []
+
+
 def test_a_source_outside_every_sandbox_is_refused_and_reported() -> None:
     addon, reported = _addon()
     stranger = client("192.0.2.66")
