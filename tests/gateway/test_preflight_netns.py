@@ -93,6 +93,14 @@ def tables(t: Topology) -> str:
     return run(t.gateway, "nft", "list", "tables")
 
 
+def no_table(t: Topology) -> str:
+    """The gateway namespace without egress's table (a gateway run by another test leaves its lockdown)."""
+    subprocess.run(["ip", "netns", "exec", t.gateway, "nft", "delete", "table", "inet", "egress"], capture_output=True)
+    before = tables(t)
+    assert "egress" not in before
+    return before
+
+
 def test_doctor_passes_a_healthy_gateway_host(lab: Topology, tmp_path: Path) -> None:
     done = egress(lab, tmp_path, "doctor")
     assert done.returncode == 0, done.stdout + done.stderr
@@ -112,22 +120,24 @@ def test_doctor_passes_a_healthy_gateway_host(lab: Topology, tmp_path: Path) -> 
 def test_a_wrong_setting_starts_nothing_and_names_the_flag(
     lab: Topology, tmp_path: Path, changes: dict[str, str], where: str, says: str
 ) -> None:
+    before = no_table(lab)
     doctor = egress(lab, tmp_path, "doctor", **changes)
     assert doctor.returncode == 1 and f"egress: {where}: " in doctor.stdout and says in doctor.stdout, doctor
     started = egress(lab, tmp_path, "gateway run", **changes)
     assert started.returncode == 2, started.stderr
     assert f"egress: {where}: " in started.stderr and "nothing was applied" in started.stderr, started.stderr
-    assert "egress" not in tables(lab)  # nothing applied: no table, no lockdown swapped in half-way
+    assert tables(lab) == before  # nothing applied: no table, no lockdown swapped in half-way
 
 
 def test_forwarding_off_is_refused(lab: Topology, tmp_path: Path) -> None:
+    before = no_table(lab)
     run(lab.gateway, "sysctl", "-q", "-w", "net.ipv4.ip_forward=0")
     try:
         done = egress(lab, tmp_path, "gateway run")
     finally:
         run(lab.gateway, "sysctl", "-q", "-w", "net.ipv4.ip_forward=1")
     assert done.returncode == 2 and "egress: net.ipv4.ip_forward: is 0, must be 1" in done.stderr, done.stderr
-    assert "egress" not in tables(lab)
+    assert tables(lab) == before
 
 
 def test_a_taken_port_is_refused(lab: Topology, tmp_path: Path) -> None:
