@@ -38,9 +38,15 @@ class Recorded:
     result: ScenarioResult
 
 
-def _start_tcpdump(run: GatewayRun, path: pathlib.Path) -> subprocess.Popen[bytes]:
+def start_tcpdump(
+    run: GatewayRun, path: pathlib.Path, snaplen: int = SNAPLEN, count: int | None = None
+) -> subprocess.Popen[bytes]:
+    """tcpdump on the gateway's sandbox-facing interface into ``path``, returned once it is live; frames cut at
+    ``snaplen`` bytes, at most ``count`` packets when given (a flood then cannot fill the disk). Also used by the
+    security suite (tests/security/recording.py) to record each technique the same way."""
     log = path.with_suffix(".log")
-    argv = ["tcpdump", "-i", run.lab.gateway_sandbox_if, "-n", "-s", str(SNAPLEN), "--immediate-mode", "-U"]
+    argv = ["tcpdump", "-i", run.lab.gateway_sandbox_if, "-n", "-s", str(snaplen), "--immediate-mode", "-U"]
+    argv += [] if count is None else ["-c", str(count)]
     argv += ["-Z", "root", "-w", str(path), FILTER]
     with log.open("wb") as handle:
         process = netns.popen_in(run.lab.gateway_ns, argv, stdout=handle, stderr=subprocess.STDOUT)
@@ -53,7 +59,10 @@ def _start_tcpdump(run: GatewayRun, path: pathlib.Path) -> subprocess.Popen[byte
     return process
 
 
-def _stop_tcpdump(process: subprocess.Popen[bytes]) -> None:
+def stop_tcpdump(process: subprocess.Popen[bytes]) -> None:
+    """Stop a `start_tcpdump` capture; the file is complete when this returns."""
+    if process.poll() is not None:
+        return  # ended by itself (its ``count`` reached)
     process.send_signal(signal.SIGINT)  # flushes and closes the file
     try:
         process.wait(timeout=10)
@@ -68,11 +77,11 @@ def record_in(run: GatewayRun, names: Sequence[str], out: pathlib.Path) -> list[
     recorded: list[Recorded] = []
     for name in names:
         path = out / f"{name}.pcap"
-        process = _start_tcpdump(run, path)
+        process = start_tcpdump(run, path)
         try:
             [result] = run.attempts([name])
         finally:
-            _stop_tcpdump(process)
+            stop_tcpdump(process)
         path.with_suffix(".log").unlink(missing_ok=True)
         recorded.append(Recorded(name, path, result))
     return recorded
