@@ -39,15 +39,19 @@ class Recorded:
 
 
 def start_tcpdump(
-    run: GatewayRun, path: pathlib.Path, snaplen: int = SNAPLEN, count: int | None = None
+    run: GatewayRun,
+    path: pathlib.Path,
+    snaplen: int = SNAPLEN,
+    count: int | None = None,
+    bpf: str = FILTER,
 ) -> subprocess.Popen[bytes]:
-    """tcpdump on the gateway's sandbox-facing interface into ``path``, returned once it is live; frames cut at
-    ``snaplen`` bytes, at most ``count`` packets when given (a flood then cannot fill the disk). Also used by the
-    security suite (tests/security/recording.py) to record each technique the same way."""
+    """tcpdump on the gateway's sandbox-facing interface into ``path`` (frames matching ``bpf``), returned once it
+    is live; frames cut at ``snaplen`` bytes (0: whole), at most ``count`` packets when given (a flood then cannot
+    fill the disk). Also used by the security suite (tests/security/recording.py) to record each technique."""
     log = path.with_suffix(".log")
     argv = ["tcpdump", "-i", run.lab.gateway_sandbox_if, "-n", "-s", str(snaplen), "--immediate-mode", "-U"]
     argv += [] if count is None else ["-c", str(count)]
-    argv += ["-Z", "root", "-w", str(path), FILTER]
+    argv += ["-Z", "root", "-w", str(path), bpf]
     with log.open("wb") as handle:
         process = netns.popen_in(run.lab.gateway_ns, argv, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + LISTEN_TIMEOUT

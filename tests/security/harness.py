@@ -27,6 +27,10 @@ Report before asserting (a failing test still shows its row); the table is print
 rules/lab-policy.yaml), ``lab_factory(policy=None, workers=2)`` (a lab of the module's own with its policy, e.g.
 tests/security/policies/*.yaml; torn down at the end of the module). Wait with `eventually` (tests/waiting.py),
 never sleep; every timeout goes through `scaled`.
+
+With ``EGRESS_RECORD_PCAPS=DIR`` set (``make pcaps``), each ``lab.capture`` block also captures at the gateway's
+sandbox side, and `report` keeps that as the technique's file for pcaps/ (tests/security/recording.py): report
+after the capture block, in the same test.
 """
 
 from __future__ import annotations

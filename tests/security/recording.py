@@ -8,7 +8,7 @@ test's node id, the row's verdict) to ``DIR/suite/recorded.jsonl``. ``python -m 
 then adds a pcaps/MANIFEST.tsv row for each new file with what ``egress scan`` finds in it (rows already there
 are kept: they carry a person's judgement, e.g. a known gap) and removes the JSON lines.
 
-Files stay small: frames are cut at `SNAPLEN` bytes, a block keeps at most `COUNT` packets, and the merged file
+Files stay small: a block keeps at most `COUNT` packets, and the merged file
 stops at `BUDGET` bytes, packets in capture order (the opening of each flow: what the detectors look at).
 The sandbox side is the agent's own bytes and what it got back; the internet side stays the ground truth of the
 suite (tests/security/capture.py), this is only a record for the scanner's tests.
@@ -30,8 +30,13 @@ from egress.lab.record import start_tcpdump, stop_tcpdump
 RECORD_ENV = "EGRESS_RECORD_PCAPS"
 SUBDIR = "suite"
 JOURNAL = "recorded.jsonl"
-SNAPLEN = 2048
-"""As ``egress lab record``: a ClientHello, an HTTP request or a Stratum login whole, a bulk transfer cut short."""
+SNAPLEN = 0
+"""Whole frames: the sandbox's kernel hands the veth segments of up to 64 KiB (segmentation offload), so a cut at
+2048 bytes as ``egress lab record`` makes would lose the Stratum that follows 12 KiB of padding. `BUDGET` bounds
+the file instead."""
+FILTER = "not arp and not (icmp6 and (ip6[40] == 135 or ip6[40] == 136))"
+"""Leave out neighbour solicitations and advertisements (link chatter) but keep router solicitations: a technique
+hides data in them (egress.lab.record.FILTER leaves out all of neighbour discovery)."""
 COUNT = 400
 """Packets per capture block at most: a flood (5,000 GRE packets, 2,000 DNS queries) stops the capture early."""
 BUDGET = 48 * 1024
@@ -59,7 +64,7 @@ def _current_test() -> str:
 def sandbox_side[T](run: GatewayRun, path: pathlib.Path, inner: contextlib.AbstractContextManager[T]) -> Iterator[T]:
     """``inner`` (the internet-side capture) with a sandbox-side capture into ``path`` around it, the file left
     for the next `keep` of the same test."""
-    process = start_tcpdump(run, path, snaplen=SNAPLEN, count=COUNT)
+    process = start_tcpdump(run, path, snaplen=SNAPLEN, count=COUNT, bpf=FILTER)
     try:
         with inner as value:
             yield value

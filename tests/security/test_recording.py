@@ -18,7 +18,7 @@ PCAPS = pathlib.Path(__file__).resolve().parents[2] / "pcaps"
 
 def _pcap(path: pathlib.Path, frames: list[bytes], wirelen_extra: int = 0) -> None:
     buffer = io.BytesIO()
-    writer = dpkt.pcap.Writer(buffer, snaplen=recording.SNAPLEN)
+    writer = dpkt.pcap.Writer(buffer, snaplen=2048)
     for index, frame in enumerate(frames):
         writer.writepkt(frame, ts=1000.0 + index)
     data = bytearray(buffer.getvalue())
