@@ -25,6 +25,9 @@ SNAPLEN = 2048
 FILTER = "not arp and not (icmp6 and (ip6[40] >= 133 and ip6[40] <= 137))"
 """Leave out link chatter (ARP, IPv6 neighbour and router discovery): it says nothing about the attempt."""
 LISTEN_TIMEOUT = 20.0
+READY_TIMEOUT = 120.0
+"""Seconds the lab's parts may take to listen: more than the demo's 30, since `make pcaps` runs on a machine the
+suite keeps busy (the harness allows 90 s, scaled, for the same reason)."""
 
 
 class RecordError(RuntimeError):
@@ -98,5 +101,5 @@ def record(
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         raise RecordError(f"unknown attempt(s): {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
-    with running_gateway(prefix, policy) as run:
+    with running_gateway(prefix, policy, ready_timeout=READY_TIMEOUT) as run:
         return record_in(run, names, out)
