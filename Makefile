@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus
 
-.PHONY: test unit lint demo bench fmt security
+.PHONY: test unit lint demo bench fmt security pcaps
 
 test: ## Install what is missing, then lint, format check, mypy (strict) and pytest.
 	@deploy/bootstrap.sh test
@@ -22,6 +22,16 @@ security: ## The security suite: every technique, fault and fuzz run (tests/secu
 	@deploy/bootstrap.sh security
 	# A module keeps its lab on one worker (--dist loadfile): a lab takes seconds to build.
 	$(BIN)/pytest -n auto --dist loadfile -m "security or fuzz" -p no:cacheprovider
+
+pcaps: ## Record pcaps/ again (root): each demo attempt and each technique of the suite at the gateway's sandbox side.
+	@deploy/bootstrap.sh security
+	$(BIN)/egress lab record all --out pcaps
+	# The suite with EGRESS_RECORD_PCAPS set keeps each technique's capture as pcaps/suite/<technique>.pcap (a
+	# failing technique is still recorded: the make goes on); then one manifest row per new file, from the scanner.
+	rm -rf pcaps/suite
+	-EGRESS_RECORD_PCAPS=$(CURDIR)/pcaps $(BIN)/pytest -n auto --dist loadfile -m security -p no:cacheprovider \
+		--ignore-glob='tests/security/test_fault*' tests/security
+	$(BIN)/python -m tests.security.pcaps_manifest pcaps
 
 lint:
 	$(BIN)/ruff check egress tests bench rules

@@ -25,6 +25,9 @@ SNAPLEN = 2048
 FILTER = "not arp and not (icmp6 and (ip6[40] >= 133 and ip6[40] <= 137))"
 """Leave out link chatter (ARP, IPv6 neighbour and router discovery): it says nothing about the attempt."""
 LISTEN_TIMEOUT = 20.0
+READY_TIMEOUT = 120.0
+"""Seconds the lab's parts may take to listen: more than the demo's 30, since `make pcaps` runs on a machine the
+suite keeps busy (the harness allows 90 s, scaled, for the same reason)."""
 
 
 class RecordError(RuntimeError):
@@ -38,10 +41,20 @@ class Recorded:
     result: ScenarioResult
 
 
-def _start_tcpdump(run: GatewayRun, path: pathlib.Path) -> subprocess.Popen[bytes]:
+def start_tcpdump(
+    run: GatewayRun,
+    path: pathlib.Path,
+    snaplen: int = SNAPLEN,
+    count: int | None = None,
+    bpf: str = FILTER,
+) -> subprocess.Popen[bytes]:
+    """tcpdump on the gateway's sandbox-facing interface into ``path`` (frames matching ``bpf``), returned once it
+    is live; frames cut at ``snaplen`` bytes (0: whole), at most ``count`` packets when given (a flood then cannot
+    fill the disk). Also used by the security suite (tests/security/recording.py) to record each technique."""
     log = path.with_suffix(".log")
-    argv = ["tcpdump", "-i", run.lab.gateway_sandbox_if, "-n", "-s", str(SNAPLEN), "--immediate-mode", "-U"]
-    argv += ["-Z", "root", "-w", str(path), FILTER]
+    argv = ["tcpdump", "-i", run.lab.gateway_sandbox_if, "-n", "-s", str(snaplen), "--immediate-mode", "-U"]
+    argv += [] if count is None else ["-c", str(count)]
+    argv += ["-Z", "root", "-w", str(path), bpf]
     with log.open("wb") as handle:
         process = netns.popen_in(run.lab.gateway_ns, argv, stdout=handle, stderr=subprocess.STDOUT)
     deadline = time.monotonic() + LISTEN_TIMEOUT
@@ -53,7 +66,10 @@ def _start_tcpdump(run: GatewayRun, path: pathlib.Path) -> subprocess.Popen[byte
     return process
 
 
-def _stop_tcpdump(process: subprocess.Popen[bytes]) -> None:
+def stop_tcpdump(process: subprocess.Popen[bytes]) -> None:
+    """Stop a `start_tcpdump` capture; the file is complete when this returns."""
+    if process.poll() is not None:
+        return  # ended by itself (its ``count`` reached)
     process.send_signal(signal.SIGINT)  # flushes and closes the file
     try:
         process.wait(timeout=10)
@@ -68,11 +84,11 @@ def record_in(run: GatewayRun, names: Sequence[str], out: pathlib.Path) -> list[
     recorded: list[Recorded] = []
     for name in names:
         path = out / f"{name}.pcap"
-        process = _start_tcpdump(run, path)
+        process = start_tcpdump(run, path)
         try:
             [result] = run.attempts([name])
         finally:
-            _stop_tcpdump(process)
+            stop_tcpdump(process)
         path.with_suffix(".log").unlink(missing_ok=True)
         recorded.append(Recorded(name, path, result))
     return recorded
@@ -85,5 +101,5 @@ def record(
     unknown = [name for name in names if name not in SCENARIOS]
     if unknown:
         raise RecordError(f"unknown attempt(s): {', '.join(unknown)} (known: {', '.join(SCENARIOS)})")
-    with running_gateway(prefix, policy) as run:
+    with running_gateway(prefix, policy, ready_timeout=READY_TIMEOUT) as run:
         return record_in(run, names, out)

@@ -27,6 +27,10 @@ Report before asserting (a failing test still shows its row); the table is print
 rules/lab-policy.yaml), ``lab_factory(policy=None, workers=2)`` (a lab of the module's own with its policy, e.g.
 tests/security/policies/*.yaml; torn down at the end of the module). Wait with `eventually` (tests/waiting.py),
 never sleep; every timeout goes through `scaled`.
+
+With ``EGRESS_RECORD_PCAPS=DIR`` set (``make pcaps``), each ``lab.capture`` block also captures at the gateway's
+sandbox side, and `report` keeps that as the technique's file for pcaps/ (tests/security/recording.py): report
+after the capture block, in the same test.
 """
 
 from __future__ import annotations
@@ -47,8 +51,10 @@ from egress.lab.demo import GatewayRun, running_gateway
 from egress.lab.scenarios import ScenarioResult
 from egress.lab.topology import Lab
 from egress.record.schema import AttemptRecord
+from tests.security import recording
 from tests.security.capture import Capture, Crossed, capturing
-from tests.security.report import report, report_fault, report_fuzz
+from tests.security.report import report as report_row
+from tests.security.report import report_fault, report_fuzz
 from tests.waiting import eventually, scaled
 
 __all__ = [
@@ -160,7 +166,10 @@ class SecurityLab:
         """A capture on the internet side, live (positive control seen) when the block starts; ``.result`` (a
         `Crossed`) after it. While it runs, ``.snapshot()`` parses what crossed so far."""
         self.logs.mkdir(parents=True, exist_ok=True)
-        return capturing(self.lab, self.logs / f"{name}-{next(self._captures)}.pcap")
+        path = self.logs / f"{name}-{next(self._captures)}.pcap"
+        if recording.target() is not None:  # EGRESS_RECORD_PCAPS: the sandbox side too, for pcaps/
+            return recording.sandbox_side(self.run, path.with_suffix(".sandbox.pcap"), capturing(self.lab, path))
+        return capturing(self.lab, path)
 
     def attempts(self, names: Sequence[str], ipv6: bool = False) -> list[ScenarioResult]:
         """The demo's attempts (egress.lab.scenarios) played from the sandbox."""
@@ -201,6 +210,16 @@ class SecurityLab:
         for attacker in reversed(self.processes):
             attacker.stop()
         self.processes.clear()
+
+
+def report(
+    technique: str, cls: str, leaked_bytes: int, goal_achieved: bool, record_reason: str | None, note: str = ""
+) -> None:
+    """The technique's row (`tests.security.report.report`: call it before asserting); with
+    ``EGRESS_RECORD_PCAPS`` set, also keeps what this test's `SecurityLab.capture` blocks saw at the gateway's
+    sandbox side as the technique's capture (tests/security/recording.py)."""
+    report_row(technique, cls, leaked_bytes, goal_achieved, record_reason, note)
+    recording.keep(technique, cls, leaked_bytes, goal_achieved, record_reason, note)
 
 
 @contextlib.contextmanager
