@@ -157,6 +157,15 @@ def test_uninstall_keeps_records_and_policy_and_purge_removes_them(staged: Stage
     assert "egress:" not in (root / "etc/passwd").read_text()
     assert "egress:" not in (root / "etc/group").read_text()
     left = {path for path, (mode, *_) in tree(root).items() if not mode.startswith("d")}
-    assert left <= {"etc/passwd", "etc/passwd-", "etc/group", "etc/group-", "etc/shadow", "etc/shadow-",
-                    "etc/gshadow", "etc/gshadow-", "etc/.pwd.lock"}, left
+    assert left <= {
+        "etc/passwd",
+        "etc/passwd-",
+        "etc/group",
+        "etc/group-",
+        "etc/shadow",
+        "etc/shadow-",
+        "etc/gshadow",
+        "etc/gshadow-",
+        "etc/.pwd.lock",
+    }, left
     assert staged.host_calls() == []
