@@ -14,7 +14,8 @@
 #
 # Staging: with --destdir DIR (or DESTDIR=DIR) everything is written under DIR, as on the target host, and the
 # host is left alone: no packages, no systemctl, no sysctl, no nft, no user created on the host (the user goes
-# into DIR/etc/passwd). --no-venv skips the venv (tests; or a venv built elsewhere).
+# into DIR/etc/passwd). --no-venv skips the venv (tests; or a venv built elsewhere: a venv is not relocatable, so
+# one staged under DIR runs only at DIR's path).
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -148,7 +149,11 @@ if [ "$venv" = 1 ]; then
     if [ ! -x "$D$prefix/venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
         say "installing egress into $prefix/venv with $python"
         [ -x "$D$prefix/venv/bin/python" ] || "$python" -m venv "$D$prefix/venv"
-        "$D$prefix/venv/bin/python" -m pip install -q --upgrade "$root" 2>&1 | grep -v '^WARNING: Location' || true
+        # built from a copy: setuptools writes build/ and *.egg-info next to the source it builds
+        mkdir "$scratch/src"
+        tar -C "$root" --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' --exclude='*_cache' \
+            -cf - . | tar -C "$scratch/src" -xf -
+        "$D$prefix/venv/bin/python" -m pip install -q --upgrade "$scratch/src" 2>&1 | grep -v '^WARNING: Location' || true
         "$D$prefix/venv/bin/egress" --version >/dev/null || { say "the installed egress does not run"; exit 1; }
         echo "$want" >"$stamp"
     fi
