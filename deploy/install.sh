@@ -153,7 +153,12 @@ if [ "$venv" = 1 ]; then
         mkdir "$scratch/src"
         tar -C "$root" --exclude=.git --exclude=.venv --exclude=build --exclude='*.egg-info' --exclude='*_cache' \
             -cf - . | tar -C "$scratch/src" -xf -
-        "$D$prefix/venv/bin/python" -m pip install -q --upgrade "$scratch/src" 2>&1 | grep -v '^WARNING: Location' || true
+        if ! out=$("$D$prefix/venv/bin/python" -m pip install -q --upgrade "$scratch/src" 2>&1); then
+            printf '%s\n' "$out" >&2
+            say "pip failed: egress was not installed or upgraded (a running gateway keeps its version)"
+            exit 1
+        fi
+        printf '%s\n' "$out" | grep -v -e '^WARNING: Location' -e '^$' >&2 || true
         "$D$prefix/venv/bin/egress" --version >/dev/null || { say "the installed egress does not run"; exit 1; }
         echo "$want" >"$stamp"
     fi

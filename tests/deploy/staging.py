@@ -23,7 +23,7 @@ class Staged:
     calls: Path
     """One line per host command the scripts called (there must be none)."""
 
-    def run(self, script: Path, *args: str) -> subprocess.CompletedProcess[str]:
+    def run(self, script: Path, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         stubs = self.calls.parent / "stubs"
         env = {**os.environ, "PATH": f"{stubs}:{os.environ['PATH']}"}
         env.pop("DESTDIR", None)
@@ -32,7 +32,7 @@ class Staged:
             capture_output=True,
             text=True,
             env=env,
-            timeout=120,
+            timeout=timeout,
             check=False,
         )
         assert done.returncode == 0, done.stderr
