@@ -30,6 +30,7 @@ GATES = {
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",
         "egress/gateway/hostprobe.py",
+        "egress/gateway/sdnotify.py",
         "egress/proxy/mitm/server.py",
         "egress/gateway/control.py",
         "egress/scanner.py",
