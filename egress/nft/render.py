@@ -286,9 +286,12 @@ def _input(out: _Script, on_sandbox: str) -> None:
 def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...], on_sandbox: str) -> None:
     """Forwarded traffic: from a sandbox through its own chain, towards a sandbox only as a reply."""
     out.add("chain forward {", 1)
-    out.add("type filter hook forward priority filter; policy accept;", 2)
+    # Drop by default, whatever the interface: the sandbox interfaces choose what is inspected, not what is
+    # protected, so a gateway run with a wrong interface name forwards nothing rather than everything.
+    out.add("type filter hook forward priority filter; policy drop;", 2)
     out.add(f"{on_sandbox} jump sandbox_forward", 2)
     out.add(f"oifname {_one_of(ifs, quote=True)} jump to_sandbox", 2)
+    out.add('counter comment "neither from nor to a sandbox interface: never forwarded"', 2)
     out.add("}", 1)
     out.add("chain sandbox_forward {", 1)
     out.add("ct state established,related accept", 2)
@@ -343,8 +346,7 @@ def render_lockdown(settings: GatewaySettings, policy: Policy | None = None) -> 
     out.log_then("drop", LogKind.LOCKDOWN, match=f"iifname {ifs} ")
     out.add("}", 1)
     out.add("chain forward {", 1)
-    out.add("type filter hook forward priority filter; policy accept;", 2)
-    out.add(f"oifname {ifs} drop", 2)
+    out.add("type filter hook forward priority filter; policy drop;", 2)  # nothing, on any interface
     out.add("}", 1)
     out.add("chain output {", 1)
     out.add("type filter hook output priority filter; policy accept;", 2)

@@ -182,3 +182,54 @@ def test_a_healthy_gateway_starts_and_logs_one_json_object_per_line(lab: Topolog
     assert (decision["action"], decision["src"], decision["component"]) == ("block", Topology.SANDBOX4, "gateway")
     lines = [json.loads(line) for line in log_path.read_text().splitlines() if line.strip()]  # each one JSON object
     assert {"gateway", "proxy"} <= {str(line["component"]) for line in lines}
+
+
+def test_a_gateway_on_the_wrong_interface_forwards_nothing(lab: Topology, tmp_path: Path) -> None:
+    """An interface that exists and is up, but is not where the sandboxes are: pre-flight cannot know, the gateway
+    starts, and the sandbox's traffic (arriving on another interface) must still not be forwarded: the table drops
+    forwarded traffic by default, whatever the interface. Judged on the internet side."""
+    run(lab.gateway, "ip", "link", "add", "egtwrong0", "type", "veth", "peer", "name", "egtwrong1")
+    run(lab.gateway, "ip", "link", "set", "egtwrong0", "up")
+    listener = socket_in(lab.internet, socket.AF_INET, socket.SOCK_DGRAM)
+    listener.bind((Topology.INTERNET4, 9999))
+    listener.settimeout(0.2)
+    tcp = socket_in(lab.internet, socket.AF_INET, socket.SOCK_STREAM)
+    tcp.bind((Topology.INTERNET4, 9998))
+    tcp.listen()
+    tcp.settimeout(0.2)
+    args = egress_argv(lab, tmp_path, "gateway run", **{"--sandbox-if": "egtwrong0"})
+    log_path = tmp_path / "gateway.log"
+    with log_path.open("w") as log_file:
+        gateway = subprocess.Popen(["ip", "netns", "exec", lab.gateway, *args], stderr=log_file)
+    arrived: list[bytes] = []
+    try:
+        eventually(lambda: "gateway running: policy" in log_path.read_text(), timeout=scaled(120))
+        with socket_in(lab.sandbox, socket.AF_INET, socket.SOCK_DGRAM) as sender:
+            for _ in range(20):
+                sender.sendto(b"egress-wrong-if-secret", (Topology.INTERNET4, 9999))
+        with socket_in(lab.sandbox, socket.AF_INET, socket.SOCK_STREAM) as client:
+            client.settimeout(scaled(3))
+            with contextlib.suppress(OSError):
+                client.connect((Topology.INTERNET4, 9998))
+                client.sendall(b"egress-wrong-if-secret")
+        # Positive control: the gateway's own uplink reaches the listener, so a silence means a drop.
+        with socket_in(lab.gateway, socket.AF_INET, socket.SOCK_DGRAM) as control:
+            control.sendto(b"control", (Topology.INTERNET4, 9999))
+
+        def control_arrived() -> bool:
+            with contextlib.suppress(TimeoutError):
+                arrived.append(listener.recv(2048))
+            return b"control" in arrived
+
+        eventually(control_arrived, timeout=scaled(30))
+        with contextlib.suppress(TimeoutError):
+            conn, _ = tcp.accept()
+            arrived.append(b"tcp-accepted:" + conn.recv(2048))
+            conn.close()
+    finally:
+        gateway.send_signal(signal.SIGTERM)
+        gateway.wait(timeout=60)
+        listener.close()
+        tcp.close()
+        subprocess.run(["ip", "netns", "exec", lab.gateway, "ip", "link", "del", "egtwrong0"], check=False)
+    assert arrived == [b"control"], arrived
