@@ -328,8 +328,8 @@ def test_hosts_on_the_decrypt_list_are_intercepted_and_fronting_is_refused(tmp_p
         lines = done.stdout.splitlines()
         assert len(lines) == 8, done.stderr
         for allowed, fronted in zip(lines[::2], lines[1::2], strict=True):
-            assert allowed == "mitmproxy HTTP/1.1 200 OK"  # the gateway's CA signed it: intercepted
-            assert fronted.startswith("mitmproxy HTTP/1.1 403")  # Host differs from the allowed SNI
+            assert allowed == "egress HTTP/1.1 200 OK"  # the gateway's CA (O=egress) signed it: intercepted
+            assert fronted.startswith("egress HTTP/1.1 403")  # Host differs from the allowed SNI
 
         def fronting(records: list[AttemptRecord]) -> None:
             assert any(record.reason == "domain-fronting" for record in records), records
