@@ -120,12 +120,12 @@ class Aggregator:
         return ready
 
     def flush(self, now: float, force: bool = False) -> list[AttemptRecord]:
-        """The updates due by ``now`` and those of keys whose window ended; with ``force`` (shutdown) every
-        pending update, and every key is forgotten."""
+        """The updates due by ``now`` and those of keys whose window ended; with ``force`` (a flush, a shutdown)
+        every pending update. Keys stay: a repeat after a flush is still an update of its record."""
         ready: list[AttemptRecord] = []
         while self._open:
             key, state = next(iter(self._open.items()))
-            if not force and now - state.opened < self.window:
+            if now - state.opened < self.window:
                 break
             ready.extend(self._forget(key))
         if self._dirty and (force or (self._update_at is not None and now >= self._update_at)):

@@ -72,6 +72,8 @@ class Spool:
         self._committed = self._read_committed()
         self._next_seq = max(self._committed, self._last_seq_on_disk()) + 1
         self._current: Path | None = None
+        self._marker_ready = (directory / "committed").exists()
+        self._marker_failed = False
         self.bytes = sum(path.stat().st_size for path in self._segments())
 
     def __len__(self) -> int:
@@ -100,6 +102,8 @@ class Spool:
 
     def _write(self, seq: int, line: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)  # made on first use: a store that never spools makes none
+        if not self._marker_ready:  # made while there is room, so that a commit on a full disk can rewrite it
+            self._write_marker(self._committed)
         if self._current is None or self._current.stat().st_size >= SEGMENT_BYTES:
             self._current = self.directory / f"seg-{seq:016d}.jsonl"
             new_segment = True
@@ -159,6 +163,7 @@ class Spool:
                 handle.flush()
                 os.fsync(handle.fileno())
             temporary.replace(marker)
+            self._marker_ready, self._marker_failed = True, False
             return
         except OSError as error:
             temporary.unlink(missing_ok=True)
@@ -171,6 +176,9 @@ class Spool:
             finally:
                 os.close(fd)
         except OSError as error:
+            if self._marker_failed:
+                return
+            self._marker_failed = True  # logged once until a marker is written again
             log.warning(
                 "record spool %s: commit marker not written (%s; %s): a restart replays delivered batches, which "
                 "Redis stores once",

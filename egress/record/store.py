@@ -45,11 +45,12 @@ class RecordStore:
         retry_interval: float = 1.0,
         spool_max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``url``: ``redis://host:port/db``; ``redis+cluster://host:port`` (or ``cluster=True``) for a Redis
         Cluster. ``retry_interval``: after a failure, writes go straight to the spool for this long.
         ``spool_max_bytes``: the spool's cap (None: `spool.default_max_bytes`, min(256 MiB, half the free space of
-        its disk now))."""
+        its disk now)). ``clock``: epoch seconds (retention); ``monotonic``: the delivery's retries and log pacing."""
         scheme, _, rest = url.partition("://")
         if scheme in {"redis+cluster", "rediss+cluster"}:
             cluster = True if cluster is None else cluster
@@ -71,6 +72,7 @@ class RecordStore:
             retention_max_len,
             self.retention_max_age,
             retry_interval,
+            monotonic,
         )
 
     @property

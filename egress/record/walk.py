@@ -135,21 +135,21 @@ def _beyond(record: AttemptRecord, after: tuple[float, str] | None, descending: 
 
 
 def find(redis: RedisFacade, sandboxes: Sequence[str], record_id: str, near: float) -> AttemptRecord | None:
-    """The record with this id if an entry of one of ``sandboxes`` scored from 1 s + `SPAN` before ``near`` to 1 s
-    after it holds it: one script per sandbox, in one round trip."""
+    """The record with this id, its count updates folded in, if an entry of one of ``sandboxes`` scored from 1 s +
+    `SPAN` before ``near`` to 1 s after it holds it: one script per sandbox, in one round trip."""
     needle = f'"{record_id}"'
     bounds = (score(near - 1.0 - SPAN), score(near + 1.001))
     calls = (((index_key(sandbox), stream_key(sandbox)), (*bounds, needle)) for sandbox in sandboxes)
     for payload in redis.run_each(_FIND_SCRIPT, calls):
         if not payload:
             continue
-        mine = [
+        mine = [  # the record and its count updates (an update's own id is not an attempt's)
             record
             for entry in json.loads(payload)
             for record in decode_payload(json.dumps(entry))
-            if record_id in (record.id, record.update_of)
+            if (record.id == record_id and not record.update_of) or record.update_of == record_id
         ]
-        if any(record.id == record_id for record in mine):
+        if mine:
             return fold(mine)[0]
     return None
 
