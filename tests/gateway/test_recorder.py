@@ -53,7 +53,7 @@ def test_a_first_attempt_and_its_repeats_reach_redis_without_a_flush(reporter: R
     # Never flushed nor closed, as a process killed now: the record comes at the next tick, its repeats within
     # the update interval.
     record = eventually(lambda: _by_dst(reporter).get("203.0.113.9"), timeout=5)
-    assert record.first_ts == T0
+    assert record is not None and record.first_ts == T0
     eventually(lambda: _by_dst(reporter)["203.0.113.9"].count == 30, timeout=5)
 
 

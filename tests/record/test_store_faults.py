@@ -58,7 +58,8 @@ def _stored_ids(url: str) -> Counter[str]:
     try:
         ids: Counter[str] = Counter()
         for key in client.scan_iter("egress:*:attempts"):
-            for _, fields in client.xrange(key):
+            entries: list[tuple[str, dict[str, str]]] = client.xrange(key)  # type: ignore[assignment]
+            for _, fields in entries:
                 ids.update(item.id for item in decode_entry(fields))
         return ids
     finally:
