@@ -242,6 +242,13 @@ def gateway() -> None:
     "--name", "gateway_name", default=defaults.GATEWAY_NAME, show_default=True, help="This gateway's name in records."
 )
 @click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS.")
+@click.option(
+    "--spool-max-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Bytes the record spools may hold together while Redis is away [default: min(256 MiB, half the free "
+    "space of the state directory's disk)].",
+)
 def gateway_run(
     policy: str,
     sandbox_if: str,
@@ -255,6 +262,7 @@ def gateway_run(
     redis_url: str,
     gateway_name: str,
     upstream_ca: str | None,
+    spool_max_bytes: int | None,
 ) -> None:
     """Run every gateway component until stopped; fail closed if one dies. SIGHUP reloads the policy in every
     component at once, or in none (docs/gateway.md)."""
@@ -273,6 +281,7 @@ def gateway_run(
         redis_url=redis_url,
         gateway=gateway_name,
         upstream_ca=upstream_ca,
+        spool_max_bytes=spool_max_bytes,
     )
     try:
         sys.exit(run_gateway(config))
