@@ -137,6 +137,7 @@ def _start_load(lab: SecurityLab, pad: int = 8) -> Attacker:
     return load
 
 
+@pytest.mark.xfail(strict=True, reason="needs branch supervise")  # workers flush on SIGTERM (passes with it)
 def test_sigterm_of_the_gateway_keeps_every_attempt_once_with_its_count(lab: SecurityLab) -> None:
     since = time.time()
     with lab.capture("records-sigterm") as capture:
