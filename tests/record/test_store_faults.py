@@ -71,7 +71,7 @@ def test_count_updates_reach_redis_once_through_an_outage_and_read_as_one_record
 ) -> None:
     clock = FakeClock()
     store = _store(server.url, tmp_path / "spool", clock)
-    ids = iter(range(1, 10_000))
+    ids = iter(range(10**12, 10**12 + 10_000))  # apart from the ids tests.record.record makes
     aggregator = Aggregator(window=60.0, max_keys=100, make_id=lambda ts: make_id(ts, next(ids).to_bytes(10, "big")))
     sent: list[AttemptRecord] = []
 
@@ -160,3 +160,50 @@ def test_a_full_spool_disk_loses_counted_records_logs_little_and_recovers_comple
     store.write([record(ts=T0 + 999)])  # and writes go straight to Redis again
     assert store.spooled == len(kept)
     store.close()
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["oldest-first", "newest-first"])
+def test_pages_show_each_attempt_once_with_updates_written_in_later_batches(
+    server: RedisServer, tmp_path: Path, reverse: bool
+) -> None:
+    clock = FakeClock()
+    store = _store(server.url, tmp_path / "spool", clock)
+    ids = iter(range(10**12, 10**12 + 100_000))  # apart from the ids tests.record.record makes
+    aggregator = Aggregator(window=5.0, max_keys=1000, make_id=lambda ts: make_id(ts, next(ids).to_bytes(10, "big")))
+    want: Counter[tuple[int, int]] = Counter()
+    for second in range(60):  # 60 s of attempts: 3 new destinations a second, each repeated for a few seconds
+        batch: list[AttemptRecord] = []
+        for step in range(10):
+            now = second + step / 10
+            for key in range(max(0, second * 3 - 6), second * 3 + 3):
+                if (key + step) % 4 == 0:
+                    batch += aggregator.add(record(ts=T0 + now, dport=key % 65536, sport=step), now)
+                    want[(key, 0)] += 1
+            batch += aggregator.flush(now)
+        store.write(batch)  # a tick's batch: new records and updates of records written in earlier batches
+    store.write(aggregator.flush(61.0, force=True))
+    got: Counter[tuple[int, int]] = Counter()
+    seen: list[str] = []
+    cursor = None
+    while True:
+        page, cursor = store.read("agents", count=7, cursor=cursor, reverse=reverse)
+        for item in page:
+            assert not item.update_of
+            got[(item.dport, 0)] += item.count
+            seen.append(item.id)
+        if cursor is None:
+            break
+    assert len(seen) == len(set(seen))  # no record twice across pages
+    order = [(item.ts, item.id) for item in store.read("agents", count=100_000, reverse=reverse)[0]]
+    assert order == sorted(order, reverse=reverse)
+    assert got == want
+    listed: list[AttemptRecord] = []
+    page_cursor: str | None = None
+    while True:
+        found, page_cursor = query.list_attempts(store, query.AttemptFilter(), 11, page_cursor)
+        listed += found
+        if page_cursor is None:
+            break
+    assert sorted(item.id for item in listed) == sorted(seen)
+    assert sum(item.count for item in listed) == sum(want.values())
+    assert sum(query.counts(store, T0 - 1, T0 + 100, "sandbox").values()) == sum(want.values())
