@@ -80,6 +80,13 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 help="This gateway's name in records.",
             ),
             click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS."),
+            click.option(
+                "--spool-max-bytes",
+                type=click.IntRange(min=1),
+                default=None,
+                help="Bytes the record spools may hold together while Redis is away [default: min(256 MiB, half the "
+                "free space of the state directory's disk)].",
+            ),
         )
     ):
         command = option(command)
@@ -100,6 +107,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         redis_url=options["redis_url"],
         gateway=options["gateway_name"],
         upstream_ca=options["upstream_ca"],
+        spool_max_bytes=options["spool_max_bytes"],
     )
 
 

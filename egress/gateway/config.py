@@ -19,6 +19,7 @@ from typing import Final
 
 from egress.nft.render import GatewaySettings
 from egress.record import REDIS_URL
+from egress.record.spool import default_max_bytes
 
 _TABLE_DEFAULTS: Final = GatewaySettings(sandbox_if="lo", uplink_if="lo")  # only its defaults are read
 
@@ -62,6 +63,9 @@ class GatewayConfig:
     upstream_ca: str | None = None
     """Extra CA bundle the gateway trusts for intercepted TLS (the lab's CA)."""
     table: str = TABLE
+    spool_max_bytes: int | None = None
+    """What the record spools (one per worker and one of the supervisor) may hold together on the state
+    directory's disk; None: min(256 MiB, half its free space at start). Each spool gets an equal share."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:
@@ -78,6 +82,13 @@ class GatewayConfig:
 
     def spool_dir(self, component: str) -> str:
         return str(Path(self.state_dir) / "spool" / component)
+
+    def spool_share(self) -> int:
+        """One component's spool cap: `spool_max_bytes` (or its default, measured now) over the spools."""
+        total = self.spool_max_bytes
+        if total is None:
+            total = default_max_bytes(Path(self.state_dir) / "spool")
+        return max(total // (self.workers + 1), 1)
 
     def nft_settings(self) -> GatewaySettings:
         """How the nftables table is wired for this gateway."""
@@ -104,6 +115,8 @@ class WorkerConfig:
     redis_url: str
     gateway: str
     spool_dir: str
+    spool_max_bytes: int | None = None
+    """This worker's spool cap (`GatewayConfig.spool_share`); None: the spool's own default."""
 
     @property
     def name(self) -> str:
@@ -123,6 +136,7 @@ class WorkerConfig:
             redis_url=config.redis_url,
             gateway=config.gateway,
             spool_dir=config.spool_dir(name),
+            spool_max_bytes=config.spool_share(),
         )
 
     def write(self, path: Path) -> None:

@@ -1,10 +1,13 @@
 """Decisions → counters and records in Redis, off the hot path: a `Reporter` whose `report` only counts and enqueues.
 
 Every decision is counted (the API's ``egress_gateway_decisions_total``). A background thread turns each block,
-would-block or record into an `AttemptRecord` (`AttemptRecord.of`), aggregates repeats (a flood
-becomes one record with a count), and writes batches through `RecordStore`, which spools to local disk while
-Redis is unreachable and delivers the spool, in order and without duplicates, when it answers again. Allowed
-decisions are not records (`egress.decisions.LogReporter` logs each).
+would-block or record into an `AttemptRecord` (`AttemptRecord.of`), aggregates repeats (the first attempt of a key
+is written at the next tick, its repeats as count updates every `UPDATE_SECONDS`: a kill loses at most that much of
+the counts, never an attempt), and writes batches through `RecordStore`, which spools to local disk while Redis is
+unreachable and delivers the spool, in order and without duplicates, when it answers again. `flush` and `close`
+write everything held. The queue to the thread is bounded (`MAX_QUEUE`): beyond it decisions are still counted but
+their records are dropped, counted as lost and logged once a minute. Allowed decisions are not records
+(`egress.decisions.LogReporter` logs each).
 """
 
 from __future__ import annotations
@@ -13,6 +16,7 @@ import logging
 import queue
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from egress.decide import Enforcement
@@ -26,6 +30,12 @@ log = logging.getLogger("egress.recorder")
 
 AGGREGATE_WINDOW = 10.0
 """Seconds over which identical attempts (same sandbox, source, destination, reason) become one record."""
+UPDATE_SECONDS = 1.0
+"""Repeats are written as count updates at least this often: what a killed process can lose of the counts."""
+MAX_QUEUE = 100_000
+"""Decisions waiting for the recorder thread at most; beyond, records are dropped (counted as lost)."""
+LOG_EVERY = 60.0
+"""Seconds between two log lines about dropped records."""
 BATCH = 1024
 """Records per store write at most: a flood fills a batch well within a tick, and a large batch costs Redis and the
 recorder far less per record (bench/records.py); a trickle is written every tick whatever its size."""
@@ -59,10 +69,27 @@ def to_record(attempt: DecidedFlow, gateway: str) -> AttemptRecord:
     return AttemptRecord.of(attempt, gateway, new_id(attempt.ts))
 
 
+class _Flush:
+    """A request to the recorder thread: write everything held, then set ``done``."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+
+
 class RecordReporter:
     def __init__(
-        self, redis_url: str, gateway: str, spool_dir: str, component: str, retention: Retention | None = None
+        self,
+        redis_url: str,
+        gateway: str,
+        spool_dir: str,
+        component: str,
+        retention: Retention | None = None,
+        *,
+        spool_max_bytes: int | None = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``spool_max_bytes``: the spool's cap (None: `spool.default_max_bytes`, below the disk's free space).
+        ``clock``: monotonic seconds, for the aggregation windows and updates (tests pass their own)."""
         self.gateway = gateway
         spool = Path(spool_dir)
         spool.mkdir(parents=True, exist_ok=True)
@@ -73,14 +100,19 @@ class RecordReporter:
             gateway=gateway,
             retention_max_len=keep.max_records,
             retention_max_age_days=keep.max_age_days,
+            spool_max_bytes=spool_max_bytes,
         )
-        self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000)
+        self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000, update_interval=UPDATE_SECONDS)
         self.component = component
         self.component_kind = "proxy" if component.startswith("proxy") else "firewall"
         self.counters = Counters()
+        self.dropped = 0
+        """Records dropped because the queue to the recorder thread was full (part of ``records_lost``)."""
+        self._clock = clock
+        self._drop_logged_at: float | None = None
         self._published: dict[str, int] = {}
         self._publish_at = 0.0
-        self._queue: queue.SimpleQueue[DecidedFlow | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[DecidedFlow | _Flush | None] = queue.SimpleQueue()
         self._thread = threading.Thread(target=self._run, name=f"recorder-{component}", daemon=True)
         self._thread.start()
 
@@ -89,46 +121,77 @@ class RecordReporter:
         component = "dns" if attempt.dport == 53 and self.component == "gateway" else self.component_kind
         reason = verdict.reason.value if verdict.reason is not None else ""
         self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}", attempt.count)
-        if verdict.action is not Enforcement.ALLOW:
-            self._queue.put(attempt)
+        if verdict.action is Enforcement.ALLOW:
+            return
+        if self._queue.qsize() >= MAX_QUEUE:  # the thread is stuck (e.g. on Redis): memory stays bounded
+            self._drop(attempt)
+            return
+        self._queue.put(attempt)
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Write (to Redis or the spool) everything reported so far, repeats included; False if that took longer
+        than ``timeout`` or the thread has stopped."""
+        if not self._thread.is_alive():
+            return False
+        request = _Flush()
+        self._queue.put(request)
+        return request.done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
+        """Write everything held (`flush`) and stop the thread; waits at most ``timeout`` seconds."""
         self._queue.put(None)
         self._thread.join(timeout)
+
+    def _drop(self, attempt: DecidedFlow) -> None:
+        self.dropped += attempt.count
+        now = self._clock()
+        if self._drop_logged_at is None or now - self._drop_logged_at >= LOG_EVERY:
+            self._drop_logged_at = now
+            log.error("recorder queue full (%d decisions): records dropped, %d so far", MAX_QUEUE, self.dropped)
 
     def _run(self) -> None:
         pending: list[AttemptRecord] = []
         closing = False
-        while not closing:
-            deadline = time.monotonic() + TICK
-            while len(pending) < BATCH:
+        flushes: list[_Flush] = []
+        while True:
+            deadline = self._clock() + TICK
+            while len(pending) < BATCH and not closing:
                 try:
-                    item = self._queue.get(timeout=max(deadline - time.monotonic(), 0.001))
+                    item = self._queue.get(timeout=max(deadline - self._clock(), 0.001))
                 except queue.Empty:
                     break
                 if item is None:
                     closing = True
+                    break
+                if isinstance(item, _Flush):
+                    flushes.append(item)
                     break
                 try:
                     record = to_record(item, self.gateway)
                 except ValueError:  # a decision the record schema refuses: a bug, which must not stop the thread
                     log.exception("decision not recordable, dropped: %r", item)
                     continue
-                pending += self.aggregator.add(record, time.monotonic())
-            pending += self.aggregator.flush(time.monotonic(), force=closing)
+                pending += self.aggregator.add(record, self._clock())
+            pending += self.aggregator.flush(self._clock(), force=closing or bool(flushes))
             try:
                 self.store.drain()
                 if pending:
                     self.store.write(pending)
                 pending = []
-                self._publish(force=closing)
+                self._publish(force=closing or bool(flushes))
             except Exception:  # the store spools on Redis errors; anything else must not lose the batch
                 log.exception("record batch kept for the next attempt")
                 time.sleep(TICK)
+                continue
+            for request in flushes:
+                request.done.set()
+            flushes = []
+            if closing:
+                return
 
     def _publish(self, force: bool = False) -> None:
         """Every `PUBLISH_SECONDS`, add this component's new counts to its Redis hash (the API's /metrics)."""
-        now = time.monotonic()
+        now = self._clock()
         if now < self._publish_at and not force:
             return
         self._publish_at = now + PUBLISH_SECONDS
@@ -138,7 +201,7 @@ class RecordReporter:
             "records_written": store.written,
             "records_spooled": store.spooled,
             "redis_errors": store.redis_errors,
-            "records_lost": store.lost,
+            "records_lost": store.lost + self.dropped,
         }
         for field, total in totals.items():
             delta = total - self._published.get(field, 0)

@@ -89,7 +89,12 @@ class Supervisor:
         self.bindings = Bindings(config.bindings_path)
         self.bindings.clear()
         self.recorder = RecordReporter(
-            config.redis_url, config.gateway, config.spool_dir("gateway"), "gateway", self.policy.retention
+            config.redis_url,
+            config.gateway,
+            config.spool_dir("gateway"),
+            "gateway",
+            self.policy.retention,
+            spool_max_bytes=config.spool_share(),
         )
         self.reporter = FanoutReporter(LogReporter(), self.recorder)
         self.table = NftTable(config.nft_settings(), apply=self._apply_unless_failed)

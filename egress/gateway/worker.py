@@ -47,7 +47,12 @@ def build_worker(config: WorkerConfig, version: PolicyVersion) -> WorkerSetup:
     bindings = Bindings(config.bindings_path)
     gate = Gate(version.policy, bindings.names_for, make_name_detector(lists), stream_detectors(lists))
     recorder = RecordReporter(
-        config.redis_url, config.gateway, config.spool_dir, config.name, retention=version.policy.retention
+        config.redis_url,
+        config.gateway,
+        config.spool_dir,
+        config.name,
+        retention=version.policy.retention,
+        spool_max_bytes=config.spool_max_bytes,
     )
     return WorkerSetup(config, gate, recorder)
 

@@ -4,8 +4,9 @@
 its seen key is new (a replay stores nothing twice) and applies the retention; the entries go out in one round
 trip (`RedisFacade.run_each`). On any Redis error (down, timeout, cluster reshaping) the batch goes to the disk
 spool (`egress.record.spool`), and `drain` delivers spooled batches in order once Redis answers. While the spool
-holds anything, new batches queue behind it, so the stream stays in arrival order. docs/records.md, "Delivery
-guarantees".
+holds anything, new batches queue behind it, so the stream stays in arrival order. A batch the spool refuses (full,
+or its disk is) is counted in ``lost``. Failures are logged once a minute at most, not once per batch.
+docs/records.md, "Delivery guarantees".
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from egress.record import layout
@@ -29,6 +30,8 @@ DRAIN_PER_WRITE: Final = 64
 """Spooled batches a `write` delivers before returning (a background `drain` does the rest)."""
 TRIM_PER_WRITE: Final = 1_000
 """Old entries one write drops at most (the next writes go on)."""
+LOG_EVERY: Final = 60.0
+"""Seconds between two log lines about the same trouble (Redis failing, records lost)."""
 
 # KEYS: stream, index, state hash, seen key of the entry. ARGV: max records, max age (ms), seen ttl (s), number of
 # records n, time of the first record, the records (one JSON array). Stores the entry unless its seen key exists;
@@ -77,16 +80,22 @@ class Delivery:
         max_records: int,
         max_age_s: float,
         retry_interval: float,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``max_records``, ``max_age_s``: the retention, per sandbox. ``retry_interval``: after a failure, writes
-        go straight to the spool for this long."""
+        go straight to the spool for this long. ``clock``: monotonic seconds (retries and log pacing)."""
         self.gateway = gateway
         self._redis = redis
         self._spool = spool
         self._max_records = max_records
         self._max_age_s = max_age_s
         self._retry_interval = retry_interval
+        self._clock = clock
         self._lock = threading.Lock()
+        self._failing_logged_at: float | None = None
+        """When the last "Redis failed" line was logged (None: Redis is not failing)."""
+        self._lost_logged_at: float | None = None
+        self._lost_logged = 0
         self._retry_at = 0.0
         self._known_sandboxes: set[str] = set()
         self.written = 0
@@ -98,7 +107,7 @@ class Delivery:
         self.redis_errors = 0
         """Failed Redis round trips."""
         self.lost = 0
-        """Records refused by a full spool (logged as errors): the only way a record is not kept."""
+        """Records refused by a full spool or disk (logged once a minute): the only way a record is not kept."""
 
     @property
     def spool_pending(self) -> int:
@@ -112,15 +121,16 @@ class Delivery:
         if not batch:
             return
         with self._lock:
-            if self._spool.empty and time.monotonic() >= self._retry_at:
-                try:
-                    self._deliver(batch)
-                    return
-                except STORE_ERRORS as error:
-                    self._failed(error)
+            if self._clock() >= self._retry_at:
+                if not self._spool.empty:
+                    self._drain(DRAIN_PER_WRITE)
+                if self._spool.empty and self._clock() >= self._retry_at:
+                    try:
+                        self._deliver(batch)
+                        return
+                    except STORE_ERRORS as error:
+                        self._failed(error)
             self._to_spool(batch)
-            if time.monotonic() >= self._retry_at:
-                self._drain(DRAIN_PER_WRITE)
 
     def drain(self, max_batches: int | None = None, *, force: bool = False) -> int:
         """Deliver spooled batches, oldest first, until the spool is empty or Redis fails; return batches sent.
@@ -128,7 +138,7 @@ class Delivery:
         Cheap when the spool is empty; within ``retry_interval`` of a failure it does not try (unless ``force``),
         so a loop may call it often."""
         with self._lock:
-            if self._spool.empty or (not force and time.monotonic() < self._retry_at):
+            if self._spool.empty or (not force and self._clock() < self._retry_at):
                 return 0
             return self._drain(max_batches)
 
@@ -145,6 +155,9 @@ class Delivery:
         if new_sandboxes:
             self._redis.sadd(SANDBOXES_KEY, *new_sandboxes)
         added = sum(self._redis.run_each(WRITE_SCRIPT, self._entry_calls(by_sandbox)))
+        if self._failing_logged_at is not None:
+            self._failing_logged_at = None
+            log.warning("Redis at %s answers again (%d failed round trips so far)", self._redis.url, self.redis_errors)
         self._known_sandboxes.update(new_sandboxes)
         self.written += added
         self.duplicates += len(records) - added
@@ -179,14 +192,38 @@ class Delivery:
     def _to_spool(self, records: Sequence[AttemptRecord]) -> None:
         try:
             self._spool.append(records)
-        except SpoolFull:
-            self.lost += len(records)  # the spool logged it as an error
+        except SpoolFull as full:
+            if self._spool.empty or self._clock() < self._retry_at:
+                self._lose(records, full)
+                return
+            try:  # Redis answers but the spool is still draining: out of order rather than lost
+                self._deliver(records)
+            except STORE_ERRORS as error:
+                self._failed(error)
+                self._lose(records, full)
             return
         self.spooled += len(records)
 
+    def _lose(self, records: Sequence[AttemptRecord], why: SpoolFull) -> None:
+        self.lost += len(records)
+        now = self._clock()
+        if self._lost_logged_at is None or now - self._lost_logged_at >= LOG_EVERY:
+            log.error(
+                "%s: %d records lost (%d so far; logged once a minute)", why, self.lost - self._lost_logged, self.lost
+            )
+            self._lost_logged_at, self._lost_logged = now, self.lost
+
     def _failed(self, error: BaseException) -> None:
         self.redis_errors += 1
-        self._retry_at = time.monotonic() + self._retry_interval
-        log.warning(
-            "Redis at %s failed (%s: %s): records go to the spool", self._redis.url, type(error).__name__, error
-        )
+        now = self._clock()
+        self._retry_at = now + self._retry_interval
+        if self._failing_logged_at is None or now - self._failing_logged_at >= LOG_EVERY:
+            self._failing_logged_at = now
+            log.warning(
+                "Redis at %s failed (%s: %s): records go to the spool (%d failed round trips so far; logged once a "
+                "minute)",
+                self._redis.url,
+                type(error).__name__,
+                error,
+                self.redis_errors,
+            )

@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from egress.record.action_store import read_actions, write_actions
+from egress.record.aggregate import fold
 from egress.record.layout import Counted, decode_entry, stream_key
 from egress.record.redis_facade import RedisFacade, StreamEntry
 from egress.record.schema import AttemptRecord, id_time
@@ -222,6 +223,7 @@ def follow(
                 found.extend(decode_entry(fields))
                 positions[sandbox] = entry_id
         if found or time.monotonic() >= deadline:
+            found = fold(found, stand_in=False)  # updates of records returned earlier stay updates (update_of)
             found.sort(key=lambda record: (record.ts, record.id))
             return found, positions
         if redis.cluster and wait > 0:

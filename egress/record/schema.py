@@ -129,6 +129,9 @@ class AttemptRecord:
     """Time of the last of the ``count`` attempts (defaults to ``ts``)."""
     schema: int = SCHEMA_VERSION
     """The record schema version: 1."""
+    update_of: str = ""
+    """``""`` for an attempt's record; for a count update, the id of the record whose ``count`` it adds to (its
+    ``count``, ``first_ts`` and ``last_ts`` are the repeats it adds; reads fold it into that record)."""
 
     def __post_init__(self) -> None:
         if self.first_ts < 0:
@@ -182,6 +185,8 @@ class AttemptRecord:
         values: dict[str, Any] = {}
         for name in _FIELD_NAMES:
             if name not in data:
+                if name in _OPTIONAL:
+                    continue
                 raise ValueError(f"attempt record lacks {name}")
             value, kind = data[name], _FIELD_TYPES[name]
             if kind is float and isinstance(value, int) and not isinstance(value, bool):
@@ -193,6 +198,8 @@ class AttemptRecord:
 
 
 _FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(AttemptRecord))
+_OPTIONAL: Final = frozenset({"update_of"})
+"""Fields added to version 1 after its first release: a record written before them lacks them."""
 _ENUMS: Final[dict[str, type[enum.StrEnum]]] = {
     name: kind
     for name, kind in typing.get_type_hints(AttemptRecord).items()
@@ -236,6 +243,8 @@ def _problems(record: AttemptRecord) -> list[str]:
             errors.append(f"{name} {getattr(record, name)} is not a port")
     if record.count < 1:
         errors.append(f"count {record.count} is below 1")
+    if record.update_of and not _ID.fullmatch(record.update_of):
+        errors.append(f"update_of {record.update_of!r} is not a 26-character id")
     if record.schema != SCHEMA_VERSION:
         errors.append(f"schema {record.schema} is not {SCHEMA_VERSION}")
     return errors

@@ -7,8 +7,11 @@ The delivered position is kept in ``committed`` (replaced atomically); segments 
 Each process appends to a segment of its own, so a torn last line left by a crash is never appended to; such a
 line (never acknowledged) is skipped, logged and counted as ``torn``.
 
-The spool is bounded (``max_bytes``): when full, `append` refuses with `SpoolFull` and counts the records in
-``refused``; it never drops silently. Not thread-safe: the store serialises access.
+The spool is bounded (``max_bytes``, by default `default_max_bytes`: below the disk's free space): when full, or
+when the disk itself is (ENOSPC, or any error writing), `append` refuses with `SpoolFull`, cuts off what it had
+written of the line, and counts the records in ``refused``; the caller counts and logs them. It never drops
+silently. A commit needs no free space: the delivered segments are deleted first, and the marker is rewritten in
+place if it cannot be replaced. Not thread-safe: the store serialises access.
 """
 
 from __future__ import annotations
@@ -27,10 +30,25 @@ log = logging.getLogger(__name__)
 
 SEGMENT_BYTES: Final = 4 * 1024 * 1024
 """A segment is closed once it holds this much; a new one is started."""
+DEFAULT_MAX_BYTES: Final = 256 * 1024 * 1024
+"""The spool's cap at most, by default."""
+_MARKER_WIDTH: Final = 20
+"""Digits of the commit marker: always the same length, so it can be rewritten in place without new space."""
+
+
+def default_max_bytes(directory: Path) -> int:
+    """min(`DEFAULT_MAX_BYTES`, half the free space of the disk holding ``directory`` now): the cap leaves room
+    for the rest of the system, and the spool reaches its cap before the disk is full."""
+    existing = directory
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    stat = os.statvfs(existing)
+    return min(DEFAULT_MAX_BYTES, stat.f_bavail * stat.f_frsize // 2)
 
 
 class SpoolFull(OSError):
-    """The spool holds ``max_bytes`` already: the batch was refused (and counted), not written."""
+    """The spool holds ``max_bytes`` already, or its disk is full: the batch was refused (and counted), not
+    written."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -42,9 +60,10 @@ class SpoolBatch:
 
 
 class Spool:
-    def __init__(self, directory: Path, max_bytes: int = 256 * 1024 * 1024) -> None:
+    def __init__(self, directory: Path, max_bytes: int | None = None) -> None:
+        """``max_bytes``: the cap (None: `default_max_bytes` of the directory's disk now)."""
         self.directory = directory
-        self.max_bytes = max_bytes
+        self.max_bytes = default_max_bytes(directory) if max_bytes is None else max_bytes
         self.refused = 0
         """Records refused because the spool was full."""
         self.torn = 0
@@ -53,6 +72,8 @@ class Spool:
         self._committed = self._read_committed()
         self._next_seq = max(self._committed, self._last_seq_on_disk()) + 1
         self._current: Path | None = None
+        self._marker_ready = (directory / "committed").exists()
+        self._marker_failed = False
         self.bytes = sum(path.stat().st_size for path in self._segments())
 
     def __len__(self) -> int:
@@ -69,30 +90,42 @@ class Spool:
         line = (json.dumps({"seq": seq, "records": [record.to_json() for record in records]}) + "\n").encode()
         if self.bytes + len(line) > self.max_bytes:
             self.refused += len(records)
-            log.error(
-                "record spool %s is full (%d of %d bytes): %d records refused (%d so far)",
-                self.directory,
-                self.bytes,
-                self.max_bytes,
-                len(records),
-                self.refused,
-            )
-            raise SpoolFull(f"record spool {self.directory} is full ({self.bytes} bytes): {len(records)} refused")
+            raise SpoolFull(f"record spool {self.directory} is full ({self.bytes} of {self.max_bytes} bytes)")
+        try:
+            self._write(seq, line)
+        except OSError as error:  # ENOSPC above all: the disk is full before the cap
+            self.refused += len(records)
+            raise SpoolFull(f"record spool {self.directory} cannot be written: {error}") from error
+        self.bytes += len(line)
+        self._next_seq = seq + 1
+        return seq
+
+    def _write(self, seq: int, line: bytes) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)  # made on first use: a store that never spools makes none
+        if not self._marker_ready:  # made while there is room, so that a commit on a full disk can rewrite it
+            self._write_marker(self._committed)
         if self._current is None or self._current.stat().st_size >= SEGMENT_BYTES:
             self._current = self.directory / f"seg-{seq:016d}.jsonl"
             new_segment = True
         else:
             new_segment = False
-        with self._current.open("ab") as handle:
-            handle.write(line)
-            handle.flush()
-            os.fsync(handle.fileno())
+        fd = os.open(self._current, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        try:
+            start = os.fstat(fd).st_size
+            try:
+                view = memoryview(line)
+                while view:
+                    view = view[os.write(fd, view) :]
+                os.fsync(fd)
+            except OSError:
+                # What was written of the line must go: the next append would follow a torn line without its
+                # newline and be lost with it. Truncating needs no space.
+                os.ftruncate(fd, start)
+                raise
+        finally:
+            os.close(fd)
         if new_segment:
             _fsync_dir(self.directory)
-        self.bytes += len(line)
-        self._next_seq = seq + 1
-        return seq
 
     def pending(self) -> Iterator[SpoolBatch]:
         """The batches not yet committed, oldest first."""
@@ -106,23 +139,53 @@ class Spool:
         if up_to <= self._committed:
             return
         self._committed = up_to
-        marker = self.directory / "committed"
-        temporary = self.directory / "committed.tmp"
-        with temporary.open("w") as handle:
-            handle.write(str(up_to))
-            handle.flush()
-            os.fsync(handle.fileno())
-        temporary.replace(marker)
         segments = self._segments()
         firsts = [_first_seq(path) for path in segments]
-        for index, path in enumerate(segments):
+        for index, path in enumerate(segments):  # first: frees the space the marker may need on a full disk
             last = firsts[index + 1] - 1 if index + 1 < len(firsts) else self._next_seq - 1
             if last <= up_to:
                 self.bytes -= path.stat().st_size
                 path.unlink()
                 if path == self._current:
                     self._current = None
+        # A crash between the deletion and the marker replays the delivered batches of the segments left;
+        # delivery stores nothing twice (seen keys).
+        self._write_marker(up_to)
         _fsync_dir(self.directory)
+
+    def _write_marker(self, up_to: int) -> None:
+        text = f"{up_to:0{_MARKER_WIDTH}d}\n".encode()
+        marker = self.directory / "committed"
+        temporary = self.directory / "committed.tmp"
+        try:
+            with temporary.open("wb") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            temporary.replace(marker)
+            self._marker_ready, self._marker_failed = True, False
+            return
+        except OSError as error:
+            temporary.unlink(missing_ok=True)
+            replace_error = error
+        try:  # no space for a new file: overwrite the marker's bytes in place (same length: no new block)
+            fd = os.open(marker, os.O_WRONLY)
+            try:
+                os.pwrite(fd, text, 0)
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+        except OSError as error:
+            if self._marker_failed:
+                return
+            self._marker_failed = True  # logged once until a marker is written again
+            log.warning(
+                "record spool %s: commit marker not written (%s; %s): a restart replays delivered batches, which "
+                "Redis stores once",
+                self.directory,
+                replace_error,
+                error,
+            )
 
     def _segments(self) -> list[Path]:
         return sorted(self.directory.glob("seg-*.jsonl"), key=_first_seq)

@@ -43,11 +43,14 @@ class RecordStore:
         socket_timeout: float = 2.0,
         connect_timeout: float = 1.0,
         retry_interval: float = 1.0,
-        spool_max_bytes: int = 256 * 1024 * 1024,
+        spool_max_bytes: int | None = None,
         clock: Callable[[], float] = time.time,
+        monotonic: Callable[[], float] = time.monotonic,
     ) -> None:
         """``url``: ``redis://host:port/db``; ``redis+cluster://host:port`` (or ``cluster=True``) for a Redis
-        Cluster. ``retry_interval``: after a failure, writes go straight to the spool for this long."""
+        Cluster. ``retry_interval``: after a failure, writes go straight to the spool for this long.
+        ``spool_max_bytes``: the spool's cap (None: `spool.default_max_bytes`, min(256 MiB, half the free space of
+        its disk now)). ``clock``: epoch seconds (retention); ``monotonic``: the delivery's retries and log pacing."""
         scheme, _, rest = url.partition("://")
         if scheme in {"redis+cluster", "rediss+cluster"}:
             cluster = True if cluster is None else cluster
@@ -69,6 +72,7 @@ class RecordStore:
             retention_max_len,
             self.retention_max_age,
             retry_interval,
+            monotonic,
         )
 
     @property
@@ -115,7 +119,7 @@ class RecordStore:
 
     @property
     def lost(self) -> int:
-        """Records refused by a full spool: the only way a record is not kept."""
+        """Records refused by a full spool or disk: the only way a record is not kept."""
         return self.delivery.lost
 
     @property

@@ -3,17 +3,20 @@
 The time index scores each stream entry with the time of its first record, and an entry spans at most `SPAN`
 seconds, so the records of a window ``[low, high]`` are in the entries scored in ``[low - SPAN, high]``. Walking
 the index in score order and holding back the records that a later entry could still precede gives the records
-in exact (ts, id) order, a few index pages at a time. Sends its commands through the store's `RedisFacade`;
-Redis errors propagate (`STORE_ERRORS`).
+in exact (ts, id) order, a few index pages at a time. A count update carries its record's ``ts``, so it is final
+with it and is folded into it (`aggregate.fold`) before the record is handed out: one record per attempt with its
+total count. Sends its commands through the store's `RedisFacade`; Redis errors propagate (`STORE_ERRORS`).
 """
 
 from __future__ import annotations
 
 import itertools
+import json
 import math
 from collections.abc import Iterator, Sequence
 from typing import Final
 
+from egress.record.aggregate import fold
 from egress.record.layout import (
     ENTRY_RECORDS,
     SPAN,
@@ -32,20 +35,24 @@ FIRST_PAGE: Final = 4
 MAX_PAGE: Final = 64
 """Index entries per round trip once a walk goes on."""
 
-# KEYS: index, stream. ARGV: low, high (scores), the record id quoted as in the JSON ('"id":"<id>"'). The records
-# (JSON) of the first entry in range that holds it, or false.
+# KEYS: index, stream. ARGV: low, high (scores), the record id quoted as in the JSON ('"<id>"': as ``id`` and as
+# ``update_of``). The records (JSON) of the entries in range that hold it, as one JSON array of arrays, or false.
 _FIND_SCRIPT: Final = Script(
     """
+local found = {}
 for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], ARGV[1], ARGV[2])) do
   local entry = redis.call('XRANGE', KEYS[2], member, member)[1]
   if entry then
     local fields = entry[2]
     for j = 1, #fields, 2 do
-      if fields[j] == 'records' and string.find(fields[j + 1], ARGV[3], 1, true) then return fields[j + 1] end
+      if fields[j] == 'records' and string.find(fields[j + 1], ARGV[3], 1, true) then
+        found[#found + 1] = fields[j + 1]
+      end
     end
   end
 end
-return false
+if #found == 0 then return false end
+return '[' .. table.concat(found, ',') .. ']'
 """,
     optional_text,
 )
@@ -89,14 +96,15 @@ def records_by_time(
     while True:
         page = redis.zrange_by_score_with_scores(index, bottom, top, offset, size, descending=descending)
         for records in fetch_entries(redis, sandbox, [member for member, _ in page]):
-            pending.extend(r for r in records if low <= r.ts <= high and _beyond(r, after, descending))
+            pending.extend(r for r in records if low <= r.ts <= high)
         done = len(page) < size
         pending.sort(key=lambda record: (record.ts, record.id), reverse=descending)
         if done:
-            yield from pending
+            yield from _final(pending, after, descending)
             return
         # Entries not read yet score at most (at least, ascending) the last score read: a record of theirs is
-        # within SPAN above it (at or above it), so what lies beyond that bound is final.
+        # within SPAN above it (at or above it), so what lies beyond that bound is final (and so are the count
+        # updates of a record beyond it: they carry its ts).
         last = page[-1][1]
         ready = 0
         if descending:
@@ -105,10 +113,18 @@ def records_by_time(
         else:
             while ready < len(pending) and pending[ready].ts < last:
                 ready += 1
-        yield from pending[:ready]
+        yield from _final(pending[:ready], after, descending)
         del pending[:ready]
         offset += len(page)
         size = min(size * 4, MAX_PAGE)
+
+
+def _final(records: list[AttemptRecord], after: tuple[float, str] | None, descending: bool) -> list[AttemptRecord]:
+    """Final records (sorted) with their updates folded in, those strictly after ``after``."""
+    if any(record.update_of for record in records):
+        records = fold(records)
+        records.sort(key=lambda record: (record.ts, record.id), reverse=descending)
+    return [record for record in records if _beyond(record, after, descending)]
 
 
 def _beyond(record: AttemptRecord, after: tuple[float, str] | None, descending: bool) -> bool:
@@ -119,15 +135,22 @@ def _beyond(record: AttemptRecord, after: tuple[float, str] | None, descending: 
 
 
 def find(redis: RedisFacade, sandboxes: Sequence[str], record_id: str, near: float) -> AttemptRecord | None:
-    """The record with this id if an entry of one of ``sandboxes`` scored from 1 s + `SPAN` before ``near`` to 1 s
-    after it holds it: one script per sandbox, in one round trip."""
-    needle = f'"id":"{record_id}"'
+    """The record with this id, its count updates folded in, if an entry of one of ``sandboxes`` scored from 1 s +
+    `SPAN` before ``near`` to 1 s after it holds it: one script per sandbox, in one round trip."""
+    needle = f'"{record_id}"'
     bounds = (score(near - 1.0 - SPAN), score(near + 1.001))
     calls = (((index_key(sandbox), stream_key(sandbox)), (*bounds, needle)) for sandbox in sandboxes)
     for payload in redis.run_each(_FIND_SCRIPT, calls):
-        found = [record for record in decode_payload(payload) if record.id == record_id] if payload else []
-        if found:
-            return found[0]
+        if not payload:
+            continue
+        mine = [  # the record and its count updates (an update's own id is not an attempt's)
+            record
+            for entry in json.loads(payload)
+            for record in decode_payload(json.dumps(entry))
+            if (record.id == record_id and not record.update_of) or record.update_of == record_id
+        ]
+        if mine:
+            return fold(mine)[0]
     return None
 
 

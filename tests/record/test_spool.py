@@ -1,7 +1,10 @@
 from __future__ import annotations
 
+import errno
 import logging
+import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -77,14 +80,13 @@ def test_a_torn_last_line_is_skipped_logged_and_never_appended_to(
     assert len(list(tmp_path.glob("seg-*"))) == 2
 
 
-def test_a_full_spool_refuses_counts_and_logs(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+def test_a_full_spool_refuses_and_counts(tmp_path: Path) -> None:
     spool = Spool(tmp_path, max_bytes=2000)
     spool.append([record()])
-    with caplog.at_level(logging.ERROR), pytest.raises(SpoolFull):
+    with pytest.raises(SpoolFull, match="full"):
         for _ in range(10):
             spool.append([record(), record()])
     assert spool.refused == 2
-    assert "full" in caplog.text
     accepted = sum(len(batch.records) for batch in spool.pending())
     assert spool.bytes <= 2000
     spool.commit(max(batch.seq for batch in spool.pending()))
@@ -103,3 +105,51 @@ def test_segments_roll_and_only_delivered_ones_are_deleted(tmp_path: Path, monke
     assert 0 < len(list(tmp_path.glob("seg-*"))) < segments
     assert [seq for seq, _ in _batches(spool)] == [6, 7, 8, 9, 10]
     assert [seq for seq, _ in _batches(Spool(tmp_path))] == [6, 7, 8, 9, 10]
+
+
+def test_the_default_cap_is_below_the_free_space(tmp_path: Path) -> None:
+    stat = os.statvfs(tmp_path)
+    cap = Spool(tmp_path / "not-yet").max_bytes
+    assert 0 < cap <= min(spool_module.DEFAULT_MAX_BYTES, stat.f_bavail * stat.f_frsize // 2 + 1024 * 1024)
+
+
+def test_a_write_failing_midway_is_cut_off_so_the_next_lines_stay_readable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spool = Spool(tmp_path)
+    spool.append([record(ts=1.0)])
+    real_write = os.write
+
+    def half_then_enospc(fd: int, data: bytes | memoryview) -> int:
+        if len(data) > 100:
+            return real_write(fd, bytes(data[: len(data) // 2]))
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", half_then_enospc)
+    with pytest.raises(SpoolFull, match="No space left"):
+        spool.append([record(ts=2.0)])
+    monkeypatch.setattr(os, "write", real_write)
+    assert spool.refused == 1
+    spool.append([record(ts=3.0)])
+    assert _batches(spool) == [(1, [1.0]), (2, [3.0])]
+    assert _batches(Spool(tmp_path)) == [(1, [1.0]), (2, [3.0])] and spool.torn == 0
+
+
+def test_a_commit_needs_no_new_space(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(spool_module, "SEGMENT_BYTES", 500)
+    spool = Spool(tmp_path)
+    for index in range(6):
+        spool.append([record(ts=float(index))])
+    spool.commit(1)  # the marker exists from now on
+    real_open = Path.open
+
+    def no_new_files(path: Path, *args: Any, **kwargs: Any) -> Any:
+        if path.name == "committed.tmp":
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_open(path, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", no_new_files)
+    spool.commit(4)
+    monkeypatch.setattr(Path, "open", real_open)
+    assert [seq for seq, _ in _batches(Spool(tmp_path))] == [5, 6]  # the marker was rewritten in place
+    assert not (tmp_path / "committed.tmp").exists()
