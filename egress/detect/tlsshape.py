@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -192,7 +193,7 @@ class TlsShape:
         size = length - (self.overhead if self.overhead is not None else 24)
         self.records.append(Record(from_client, max(size, 0), now))
         seen = {finding.protocol for finding in self.found}
-        checks = (
+        checks: tuple[Callable[[], Finding | None], ...] = (
             lambda: _ssh_opening(self.records),
             self._ssh,
             lambda: _tls_in_tls(self.records),

@@ -49,30 +49,42 @@ class _Scan:
     """Offset (in the direction's stream) of the open value's first byte; -1 outside a value."""
 
     def feed(self, data: bytes, offset: int) -> None:
-        for index, byte in enumerate(data):
-            if byte == 0:
-                continue
-            if not self.depth:
-                if byte in _OPEN:
-                    self.depth, self.start, self.in_string, self.escaped = 1, offset + index, False, False
-                continue
-            if byte in _NOT_JSON:
-                self.depth, self.start = 0, -1
-            elif self.in_string:
-                if self.escaped:
-                    self.escaped = False
-                elif byte == 0x5C:  # backslash
-                    self.escaped = True
-                elif byte == 0x22:
-                    self.in_string = False
+        index, end = 0, len(data)
+        while index < end:
+            if not self.depth:  # junk until a value opens: skipped at find() speed
+                index = _next_open(data, index)
+                if index < 0:
+                    return
+                self.depth, self.start, self.in_string, self.escaped = 1, offset + index, False, False
+            else:
+                self._step(data[index])
+            index += 1
+
+    def _step(self, byte: int) -> None:
+        if byte == 0:
+            return
+        if byte in _NOT_JSON:
+            self.depth, self.start = 0, -1
+        elif self.in_string:
+            if self.escaped:
+                self.escaped = False
+            elif byte == 0x5C:  # backslash
+                self.escaped = True
             elif byte == 0x22:
-                self.in_string = True
-            elif byte in _OPEN:
-                self.depth += 1
-            elif byte in _CLOSE:
-                self.depth -= 1
-                if not self.depth:
-                    self.start = -1
+                self.in_string = False
+        elif byte == 0x22:
+            self.in_string = True
+        elif byte in _OPEN:
+            self.depth += 1
+        elif byte in _CLOSE:
+            self.depth -= 1
+            if not self.depth:
+                self.start = -1
+
+
+def _next_open(data: bytes, index: int) -> int:
+    curly, square = data.find(b"{", index), data.find(b"[", index)
+    return max(curly, square) if curly < 0 or square < 0 else min(curly, square)
 
 
 @dataclass(slots=True)

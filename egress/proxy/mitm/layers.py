@@ -127,7 +127,8 @@ class InspectLayer(layers.TCPLayer):
         from_client = isinstance(event, events.ConnectionEvent) and event.connection == self.context.client
         verdict: Verdict | None = None
         if isinstance(event, events.DataReceived) and not inspector.done:
-            verdict = self._judge(lambda: inspector.feed_stream(from_client, event.data))
+            data = event.data
+            verdict = self._judge(lambda: inspector.feed_stream(from_client, data))
         elif isinstance(event, events.ConnectionClosed) and from_client and self.holdback.held:
             # The client ended its side inside a held message: the detectors' last look (a trailing partial
             # message counts), then what they passed goes out before the close.
@@ -177,7 +178,7 @@ class InspectLayer(layers.TCPLayer):
         if self.context.server.connected:
             yield commands.SendData(self.context.server, held)
 
-    def done(self, _: events.Event) -> CommandGenerator:  # type: ignore[override]
+    def done(self, _: events.Event) -> CommandGenerator:
         yield from ()  # also a wakeup asked for before the layer closed
 
 

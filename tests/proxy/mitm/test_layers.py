@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from mitmproxy.proxy import commands, events
 from mitmproxy.connection import ConnectionState
+from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 
 from egress.decide import Enforcement, Reason, Verdict
