@@ -23,12 +23,18 @@ encrypted record is its Finished; the server's encrypted records before it are i
   stunnel): an inner ClientHello record of exactly 517 bytes (a 512-byte padded hello and its header) answered by
   more than 1000 bytes. Measured: the 5 lab tunnels found, 0 of 19 recorded HTTPS sessions, and still 4% of
   exchanges of uniformly random sizes (40 B-20 KB): that is why it is only recorded.
-- ``ssh-in-tls``: SSH's binary packets (RFC 4253 §6) with the AEAD and encrypt-then-MAC ciphers OpenSSH uses
-  (chacha20-poly1305, aes-gcm, *-etm) are a clear 4-byte length, a multiple of the cipher's block (8 or 16) and a
-  16- or 32-byte tag: ``4 (mod 8)`` bytes. A TLS wrapper that sends each SSH packet as one record (stunnel,
-  socat) shows it: among the last 10 small records (plaintext under 1024 bytes) 8 or more are ``4 (mod 8)``, in 5
-  or more distinct sizes. OpenSSH reaches that at the end of user authentication (lab: the 12th small record, the
-  server's USERAUTH_SUCCESS), before any channel opens. Random sizes meet it with odds of about 2e-6 per window.
+- ``ssh-in-tls``, first at SSH's opening (RFC 4253, one packet per record): the client's identification line
+  (at most 255 bytes, §4.2), then its KEXINIT and its key exchange message in the clear, where a binary packet is
+  a multiple of 8 bytes (§6), with the server's KEXINIT before the latter and its reply (host key and signature)
+  after, then NEWKEYS (16 bytes with the minimal padding) and a first encrypted packet of 0 mod 4 bytes (any
+  cipher). Decided on the record that carries that first encrypted packet (alone, or read together with NEWKEYS),
+  which is not forwarded: the server never gets an encrypted SSH packet. Random sizes meet it about once in
+  150,000 connections (a quarter of the records under 64 bytes). If the opening is hidden, SSH's packet sizes with
+  the AEAD and encrypt-then-MAC ciphers OpenSSH uses (chacha20-poly1305, aes-gcm, *-etm) are a clear 4-byte
+  length, a multiple of the cipher's block (8 or 16) and a 16- or 32-byte tag: ``4 (mod 8)`` bytes. Among the
+  last 10 small records (plaintext under 1024 bytes) 8 or more are ``4 (mod 8)``, in 5 or more distinct sizes:
+  OpenSSH reaches that at the end of user authentication (lab: the 12th small record, the server's
+  USERAUTH_SUCCESS), before any channel opens. Random sizes meet it with odds of about 2e-6 per window.
 - ``interactive-shell``: keystroke echo. 8 times, one side sends a record of at most 64 plaintext bytes at least
   20 ms after its previous one and the other side answers with at most 128 bytes within 100 ms: typing into a
   terminal (either side types: ``ssh -R`` puts the keyboard at the far end).
@@ -42,6 +48,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
@@ -54,6 +61,11 @@ MAX_RECORDS: Final = 160
 """Application records watched per connection; every shape above shows well before (lab: under 40)."""
 SMALL: Final = 1024
 SSH_WINDOW, SSH_MATCHES, SSH_SIZES = 10, 8, 5
+IDENT_MIN, IDENT_MAX, KEXINIT_MIN, KEX_MIN, REPLY_MIN, NEWKEYS = 8, 255, 256, 40, 128, 16
+"""SSH's opening (RFC 4253): an identification line of at most 255 bytes (§4.2), a KEXINIT (its name-lists make it
+hundreds of bytes), the key exchange's first message and NEWKEYS, all in the clear, where a binary packet is a
+multiple of 8 bytes (§6); NEWKEYS is 16 with the minimal padding every common implementation uses. The server's
+KEXINIT comes before the client's key exchange message, its reply (host key and signature) after it."""
 ECHO_PAIRS, ECHO_KEY, ECHO_ANSWER = 8, 64, 128
 ECHO_GAP, ECHO_WITHIN = 0.020, 0.100
 """Seconds: a keystroke comes at least this long after the typist's previous record; its echo within this."""
@@ -187,7 +199,13 @@ class TlsShape:
         size = length - (self.overhead if self.overhead is not None else 24)
         self.records.append(Record(from_client, max(size, 0), now))
         seen = {finding.protocol for finding in self.found}
-        for check in (self._ssh, lambda: _tls_in_tls(self.records), lambda: _echo(self.records)):
+        checks: tuple[Callable[[], Finding | None], ...] = (
+            lambda: _ssh_opening(self.records),
+            self._ssh,
+            lambda: _tls_in_tls(self.records),
+            lambda: _echo(self.records),
+        )
+        for check in checks:
             finding = check()
             if finding is not None and finding.protocol not in seen:
                 self.found.append(finding)
@@ -204,6 +222,28 @@ class TlsShape:
             return None
         text = f"{len(aligned)} of the last {len(small)} small records are SSH packets (4 mod 8): {small}"
         return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
+
+
+def _ssh_opening(records: list[Record]) -> Finding | None:
+    """SSH's opening, one packet per record (see the module docstring), decided on the record that carries the
+    client's first encrypted packet, which is then not forwarded: the fifth (after NEWKEYS alone) or the fourth
+    (NEWKEYS and the next packet read together by the wrapper: 16 plus one small encrypted packet)."""
+    client = [record.size for record in records if record.from_client]
+    if len(client) not in (4, 5) or not records[-1].from_client:
+        return None
+    banner, kexinit, kex, newkeys = client[:4]
+    if len(client) == 5:
+        switched = newkeys == NEWKEYS and client[4] % 4 == 0
+    else:
+        switched = newkeys % 4 == 0 and NEWKEYS + 32 <= newkeys <= NEWKEYS + 144
+    clear = kexinit >= KEXINIT_MIN and kexinit % 8 == 0 and kex >= KEX_MIN and kex % 8 == 0
+    third = [index for index, record in enumerate(records) if record.from_client][2]
+    server = any(not r.from_client and r.size >= KEXINIT_MIN and r.size % 8 == 0 for r in records[:third])
+    server = server and any(not r.from_client and r.size >= REPLY_MIN for r in records[third:])
+    if not (IDENT_MIN <= banner <= IDENT_MAX and clear and switched and server):
+        return None
+    text = f"client records {client}: identification, KEXINIT, key exchange, NEWKEYS, then encrypted"
+    return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
 
 
 def _bursts(records: list[Record]) -> list[tuple[bool, int, int]]:

@@ -38,10 +38,11 @@ def _replay(trace: traces.Trace, split: int = 0, want: str = "") -> tuple[Findin
 @pytest.mark.parametrize(
     ("name", "protocol", "before"),
     [
-        # found on the server's USERAUTH_SUCCESS (28 bytes), before the client may open a channel (-D, -R, shell)
-        ("SSH_EXEC", "ssh-in-tls", 27),
-        ("SSH_SOCKS", "ssh-in-tls", 24),
-        ("SSH_SHELL", "ssh-in-tls", 24),
+        # found on the client's first encrypted packet (SERVICE_REQUEST, 44 bytes), which is not forwarded: the
+        # server never gets an encrypted byte (before: its USERAUTH_SUCCESS, after the authentication request)
+        ("SSH_EXEC", "ssh-in-tls", 18),
+        ("SSH_SOCKS", "ssh-in-tls", 15),
+        ("SSH_SHELL", "ssh-in-tls", 15),
         # found when the outer records of the inner handshake are complete, before the inner request's answer
         ("TLS_IN_TLS", "tls-in-tls", 17),
         ("TLS_IN_TLS_BULK", "tls-in-tls", 14),
@@ -95,3 +96,57 @@ def test_not_tls_stops_watching() -> None:
 def test_mahalanobis_matches_ndpi_at_the_mean() -> None:
     identity = (1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 0.0, 1.0)
     assert mahalanobis((3, 4, 0, 0), (0.0, 0.0, 0.0, 0.0), identity) == pytest.approx(5.0)
+
+
+def _with_sizes(trace: traces.Trace, change: dict[int, int | None]) -> traces.Trace:
+    """``trace`` with some records' lengths changed (None drops the record)."""
+    hello, records = trace
+    out = []
+    for index, (ms, side, kind, length) in enumerate(records):
+        if index in change:
+            if change[index] is None:
+                continue
+            length = change[index] or length
+        out.append((ms, side, kind, length))
+    return hello, tuple(out)
+
+
+def test_ssh_with_a_legacy_cipher_is_found_at_its_opening() -> None:
+    """MAC-then-encrypt (aes128-ctr with hmac-sha2-256) makes packets 0 mod 16, which the 4-mod-8 window does not
+    see; the clear opening shows it all the same, on the first encrypted packet."""
+    legacy = _with_sizes(traces.SSH_EXEC, {18: 64 + 17})
+    found, at = _replay(legacy)
+    assert found is not None and found.protocol == "ssh-in-tls" and at == 18, found
+
+
+@pytest.mark.parametrize("encrypted", [44, 64, 68], ids=["chacha20-poly1305", "aes-ctr+hmac-sha2-256", "etm"])
+def test_ssh_whose_newkeys_rides_with_the_next_packet_is_found_on_that_record(encrypted: int) -> None:
+    """A wrapper may read NEWKEYS and the first encrypted packet together (one record of 16 + that packet):
+    found on that record, which is not forwarded."""
+    coalesced = _with_sizes(traces.SSH_EXEC, {17: 16 + encrypted + 17, 18: None})
+    found, at = _replay(coalesced)
+    assert found is not None and found.protocol == "ssh-in-tls" and at == 17, found
+
+
+def test_ssh_that_hides_its_opening_is_still_found_by_the_window() -> None:
+    """A KEXINIT read together with the identification hides the opening; the 4-mod-8 window still finds SSH at
+    the server's USERAUTH_SUCCESS."""
+    hidden = _with_sizes(traces.SSH_EXEC, {9: 58 + 1560, 13: None})
+    found, at = _replay(hidden)
+    assert found is not None and found.protocol == "ssh-in-tls", found
+    assert "small records" in found.evidence and at == 24  # the SUCCESS (this trace is one record shorter)
+
+
+def test_random_openings_do_not_look_like_ssh() -> None:
+    """The opening rule blocks, so random first records (many small ones, as HTTP/2 control frames are) must not
+    meet it: an identification-sized record, two clear packets, exactly 16 bytes, then 0 mod 4."""
+    hello, _ = traces.HTTPS[0]
+    rng = random.Random(5)
+    fired = 0
+    for _ in range(4000):
+        records = [(0.0, "c", 22, 517), (2.0, "s", 22, 0), (3.0, "s", 23, 50), (4.0, "c", 23, 69)]
+        for i in range(12):
+            size = rng.randrange(8, 64) if rng.random() < 0.25 else rng.randrange(8, 4096)
+            records.append((5.0 + i, "cs"[rng.random() < 0.5], 23, size + 17))
+        fired += _replay((hello, tuple(records)), want="ssh-in-tls")[0] is not None
+    assert fired == 0

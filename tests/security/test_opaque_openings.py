@@ -107,6 +107,7 @@ def test_false_positives_pass(opaque: tuple[SecurityLab, Kit]) -> None:
     """A real TLS client with a bound SNI, real SSH to a rule that expects ssh, plain HTTP: all through."""
     lab, kit = opaque
     since = time.time()
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # the fixture's binding may have expired (TTL 60 s)
     https = lab.sandbox_python(HTTPS_CLIENT, ATTACK, "8445", "ssh.lab")
     curl = lab.sandbox(["curl", "-sk", "--resolve", f"ssh.lab:8445:{ATTACK}", "https://ssh.lab:8445/user.pub"])
     ssh = lab.sandbox(["ssh", *SSH_OPTIONS, "-i", str(kit.user_key), "-p", "2222", f"root@{SSHD}", "echo ssh-ok"])

