@@ -201,7 +201,7 @@ def test_auth_and_routing_errors(offline: TestClient, method: str, path: str, to
 def test_redis_down_is_503_not_500(offline: TestClient) -> None:
     response = offline.get("/v1/attempts", headers=auth(READ))
     assert response.status_code == 503
-    assert "Redis unavailable" in response.json()["error"]["message"]
+    assert "Redis is unreachable" in response.json()["error"]["message"]
     health = offline.get("/v1/health")
     assert health.status_code == 503
     assert health.json()["redis"] is False and health.json()["status"] == "degraded"
