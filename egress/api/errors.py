@@ -156,7 +156,8 @@ def install_error_handlers(app: FastAPI) -> OutageLog:
         return error_response(503, f"Redis is unreachable ({type(error).__name__}); retry later")
 
     for kind in STORE_ERRORS:  # Redis's errors, which only the store imports, and socket errors
-        app.add_exception_handler(kind, unreachable)
+        if issubclass(kind, Exception):  # all of them: the tuple is typed by BaseException
+            app.add_exception_handler(kind, unreachable)
 
     @app.exception_handler(Exception)
     async def unexpected(request: Request, _error: Exception) -> JSONResponse:
