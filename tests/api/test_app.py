@@ -408,7 +408,9 @@ def test_metrics(client: TestClient, writer: RecordStore) -> None:
     assert "egress_redis_up 1.0" in text
     for name in ("egress_records_written_total", "egress_records_spooled_total", "egress_redis_errors_total"):
         assert name in text
-    decisions = 'egress_gateway_decisions_total{action="%s",component="proxy",gateway="gw-test",reason="%s",worker="proxy"}'
+    decisions = (
+        'egress_gateway_decisions_total{action="%s",component="proxy",gateway="gw-test",reason="%s",worker="proxy"}'
+    )
     assert f"{decisions % ('block', 'mining')} 2.0" in text
     assert f"{decisions % ('allow', '')} 5.0" in text
     assert 'egress_api_requests_total{method="GET",route="/v1/attempts"' in text
