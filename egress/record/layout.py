@@ -67,6 +67,17 @@ def seen_key(sandbox: str, first_id: str) -> str:
     return f"{_prefix(sandbox)}:seen:{first_id}"
 
 
+def counts_key(sandbox: str, unit: int, period: int) -> str:
+    """Attempts of the sandbox counted at write time over one period of ``unit`` seconds (60, 3600 or 86400;
+    period = ``int(ts // unit)``): a hash ``<category>|<reason>`` -> attempts (`egress.record.stats`)."""
+    return f"{_prefix(sandbox)}:counts:{unit}:{period}"
+
+
+def destinations_key(sandbox: str, unit: int, period: int) -> str:
+    """Like `counts_key`, by destination: a hash ``<host, or the address when there is none>`` -> attempts."""
+    return f"{_prefix(sandbox)}:destinations:{unit}:{period}"
+
+
 def action_keys(sandbox: str) -> tuple[str, str, str, str]:
     """The agent-action keys of a sandbox (docs/records.md): hash id -> JSON, sorted sets by start and by end
     (``inf`` while running), and the longest finished span seen (what bounds an overlap query)."""
