@@ -127,6 +127,8 @@ def series_minutes(window_s: float, until: float, most: int) -> list[tuple[int, 
             step, align = math.ceil(step / size) * size, size
             break
     end = (last // align + 1) * align - 1
+    while math.ceil((end - first + 1) / step) > most:  # the partial hour (day) of `until` took a bucket more
+        step += align
     count = math.ceil((end - first + 1) / step)
     return [(end - (count - index) * step + 1, end - (count - 1 - index) * step) for index in range(count)]
 
