@@ -7,6 +7,7 @@ import tempfile
 from pathlib import Path
 
 from egress.record import walk
+from egress.record.layout import index_key
 from egress.record.read_cache import EntryCache
 from egress.record.store import RecordStore
 from tests.record import record
@@ -32,7 +33,7 @@ def test_a_cached_entry_is_read_without_redis(redis_factory: RedisFactory) -> No
         written = [record(1_700_000_000.0 + index, sandbox="cached", sport=index) for index in range(5)]
         store.write(written)
         assert list(walk.records_by_time(store.redis, "cached", 0, 2e9)) == written
-        (entry_id,) = store.redis.zrange_by_score(walk.index_key("cached"), "-inf", "+inf", 0, 10)
+        (entry_id,) = store.redis.zrange_by_score(index_key("cached"), "-inf", "+inf", 0, 10)
         redis_factory.discard(server)
         assert walk.fetch_entries(store.redis, "cached", [entry_id]) == [written]
         store.close()
