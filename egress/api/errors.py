@@ -69,10 +69,6 @@ class OutageLog:
         """Of those, the ones since the last line."""
         self._lock = threading.Lock()  # answered() runs in the threadpool, failed() in the event loop
 
-    @property
-    def active(self) -> bool:
-        return self._since is not None
-
     def failed(self, error: BaseException) -> None:
         with self._lock:
             self._failed_locked(error)
