@@ -10,6 +10,7 @@ with the time of its first record, so a record at time ``t`` is in an entry scor
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import operator
 import urllib.parse
@@ -37,6 +38,7 @@ _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(list[AttemptRecord])
 
 
+@functools.lru_cache(maxsize=4096)  # a stats query names a few hundred keys of each sandbox
 def sandbox_tag(sandbox: str) -> str:
     """The sandbox name as it appears inside keys: escaped so that it cannot end the hash tag early."""
     return urllib.parse.quote(sandbox, safe="._-~") or "%"  # "%" alone: no escaped name is that
