@@ -11,10 +11,16 @@ the peer and egress (the machine's speed drifts); medians are printed. Per round
   write script with its retention; the ratio to each peer (goal: at least 0.5);
 
 then p50/p99 of ``list_attempts`` with a sandbox and a 1-minute window, limit 100, on one million records over ten
-sandboxes written by `RecordStore.write` the way the gateway writes them (a batch a second; goal: p99 < 50 ms).
+sandboxes written by `RecordStore.write` the way the gateway writes them (a batch a second; goal: p99 < 50 ms);
 
-    python bench/records.py                 # about two minutes
-    python bench/records.py --fill 200000   # quicker
+then the API's side (bench/api_load.py): a real ``egress api serve`` on that store and 20 concurrent keep-alive
+clients, p50/p99 of each request shape (the attempt list, filtered too; a sandbox's timeline; the stats and the
+chart's series of the last hour; goal: p99 < 200 ms each); with ``--baseline <tree>`` the same load against the API
+of another checkout (e.g. the main branch), side by side, on the same records.
+
+    python bench/records.py                 # about ten minutes
+    python bench/records.py --fill 200000 --skip-writes   # quicker
+    python bench/records.py --baseline /path/to/main/checkout
 """
 
 from __future__ import annotations
@@ -34,6 +40,7 @@ import time
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
+from bench.api_load import Result, load, print_table, serve  # noqa: E402
 from egress.gateway.recorder import BATCH  # noqa: E402
 from egress.record.layout import stream_key  # noqa: E402
 from egress.record.query import AttemptFilter, list_attempts  # noqa: E402
@@ -43,13 +50,21 @@ from tests.redis_server import RedisServer  # noqa: E402
 
 SANDBOXES = 10
 START = 1_750_000_000.0
+API_SHAPES = {
+    "list": lambda n: "/v1/attempts?limit=100",
+    "list, filtered": lambda n: f"/v1/attempts?limit=100&category=tunnel&sandbox=sandbox-{n % SANDBOXES}",
+    "timeline": lambda n: f"/v1/sandboxes/sandbox-{n % SANDBOXES}/timeline",
+    "stats 1 h": lambda n: "/v1/stats?window=3600&by=reason",
+    "stats 1 h by destination": lambda n: "/v1/stats?window=3600&by=destination",
+    "series 1 h": lambda n: "/v1/stats/series?window=3600&buckets=30&by=category",
+}
 
 
-def make_records(count: int, span: float, seed: int) -> list[AttemptRecord]:
-    """``count`` varied records over ``span`` seconds from START, spread over the sandboxes, made in time order
+def make_records(count: int, span: float, seed: int, start: float = START) -> list[AttemptRecord]:
+    """``count`` varied records over ``span`` seconds from ``start``, spread over the sandboxes, made in time order
     (as the gateway makes them)."""
     rng = random.Random(seed)
-    times = sorted(START + rng.random() * span for _ in range(count))
+    times = sorted(start + rng.random() * span for _ in range(count))
     out = []
     for index, ts in enumerate(times):
         kind = index % 3
@@ -98,31 +113,31 @@ def store_rate(store: RecordStore, records: list[AttemptRecord], batch: int) -> 
     return len(records) / elapsed
 
 
-def fill(store: RecordStore, count: int, span: float) -> float:
-    """``count`` records over ``span`` seconds written as the gateway's recorder writes them: one batch per second
-    of attempts (all sandboxes), in time order."""
+def fill(store: RecordStore, count: int, span: float, start: float = START, batch_s: float = 1.0) -> float:
+    """``count`` records over ``span`` seconds from ``start`` written as the gateway's recorder writes them: one
+    batch per ``batch_s`` seconds of attempts (all sandboxes), in time order."""
     started = time.perf_counter()
     chunk = 50_000
     for offset in range(0, count, chunk):
         part_span = span * min(chunk, count - offset) / count
-        records = make_records(min(chunk, count - offset), part_span, seed=offset)
+        records = make_records(min(chunk, count - offset), part_span, seed=offset, start=start)
         shift = span * offset / count
         records = [dataclasses.replace(record, ts=record.ts + shift, first_ts=-1.0, last_ts=-1.0) for record in records]
-        second, batch = int(records[0].ts), []
+        second, batch = int(records[0].ts // batch_s), []
         for record in records:
-            if int(record.ts) != second and batch:
+            if int(record.ts // batch_s) != second and batch:
                 store.write(batch)
-                second, batch = int(record.ts), []
+                second, batch = int(record.ts // batch_s), []
             batch.append(record)
         store.write(batch)
     return time.perf_counter() - started
 
 
-def query_latency(store: RecordStore, queries: int, span: float) -> tuple[list[float], float]:
+def query_latency(store: RecordStore, queries: int, span: float, start: float) -> tuple[list[float], float]:
     rng = random.Random(5)
     times, returned = [], 0
     for _ in range(queries):
-        since = START + rng.random() * (span - 60)
+        since = start + rng.random() * (span - 60)
         flt = AttemptFilter(sandbox=f"sandbox-{rng.randrange(SANDBOXES)}", since=since, until=since + 60)
         started = time.perf_counter()
         page, _ = list_attempts(store, flt, 100, None)
@@ -131,7 +146,7 @@ def query_latency(store: RecordStore, queries: int, span: float) -> tuple[list[f
     return times, returned / queries
 
 
-def main() -> int:
+def _arguments() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--writes", type=int, default=200_000, help="Records written through RecordStore per round.")
     parser.add_argument("--batch", type=int, default=BATCH, help="Records per write (default: the recorder's batch).")
@@ -140,18 +155,34 @@ def main() -> int:
     parser.add_argument("--span", type=float, default=7200.0, help="Seconds the filled records spread over.")
     parser.add_argument("--queries", type=int, default=1000)
     parser.add_argument("--json", dest="json_out", help="Also write the results to this file.")
-    args = parser.parse_args()
+    parser.add_argument(
+        "--fill-batch-s", type=float, default=1.0, help="Seconds of records per write when filling (larger: faster)."
+    )
+    parser.add_argument("--skip-writes", action="store_true", help="Skip the write-rate rounds.")
+    parser.add_argument("--clients", type=int, default=20, help="Concurrent API clients.")
+    parser.add_argument("--api-requests", type=int, default=400, help="API requests per shape at most.")
+    parser.add_argument("--api-seconds", type=float, default=60.0, help="Seconds per shape at most.")
+    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn workers of the API.")
+    parser.add_argument("--baseline", type=pathlib.Path, help="Another checkout whose API is measured alike.")
+    return parser.parse_args()
+
+
+def main() -> int:
+    args = _arguments()
 
     server = RedisServer(pathlib.Path(tempfile.mkdtemp(prefix="egress-bench-redis-")), tcp=True)  # redis-benchmark -p
     server.start()
-    simple, shaped, written = [], [], []
+    simple, shaped, written = [float("nan")], [float("nan")], [float("nan")]
+    api: dict[str, dict[str, Result]] = {}
     try:
         server.cli("config", "set", "appendonly", "no")
         line = json.dumps(make_records(1, 60, seed=1)[0].to_json(), separators=(",", ":"))
         # In time order, as the recorder delivers them: a batch holds the attempts of the last moments.
         records = make_records(args.writes, args.writes / 1000, seed=99)
         with tempfile.TemporaryDirectory(prefix="egress-bench-spool-") as spool:
-            for _ in range(args.rounds):
+            if not args.skip_writes:
+                simple, shaped, written = [], [], []
+            for _ in range(0 if args.skip_writes else args.rounds):
                 server.cli("flushall")
                 simple.append(redis_benchmark(server.port, 300_000, ["f", "v"]))
                 server.cli("flushall")
@@ -162,10 +193,18 @@ def main() -> int:
                 store.close()
             server.cli("flushall")
             store = RecordStore(server.url, pathlib.Path(spool), "gw1", socket_timeout=30.0)
-            fill_s = fill(store, args.fill, args.span)
+            start = time.time() - args.span - 60  # up to a minute ago: the API's windows end now
+            fill_s = fill(store, args.fill, args.span, start, args.fill_batch_s)
             entries = sum(int(server.cli("xlen", stream_key(f"sandbox-{index}"))) for index in range(SANDBOXES))
-            latencies, per_query = query_latency(store, args.queries, args.span)
+            latencies, per_query = query_latency(store, args.queries, args.span, start)
             store.close()
+            trees = {"this tree": HERE.parent, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+            for name, tree in trees.items():
+                with serve(tree, server.url, args.api_workers, pathlib.Path(spool) / f"api-{len(api)}.log") as served:
+                    api[name] = {
+                        shape: load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
+                        for shape, path_of in API_SHAPES.items()
+                    }
     finally:
         server.cleanup()
 
@@ -175,9 +214,9 @@ def main() -> int:
     ratio, ratio_shaped = rate / xadd_simple, rate / xadd_shaped
     results = {
         "rounds": args.rounds,
-        "redis_benchmark_xadd_per_s": [round(value) for value in simple],
-        "redis_benchmark_xadd_record_per_s": [round(value) for value in shaped],
-        "recordstore_records_per_s": [round(value) for value in written],
+        "redis_benchmark_xadd_per_s": [round(value, 1) for value in simple],
+        "redis_benchmark_xadd_record_per_s": [round(value, 1) for value in shaped],
+        "recordstore_records_per_s": [round(value, 1) for value in written],
         "ratio_to_xadd": round(ratio, 3),
         "ratio_to_record_xadd": round(ratio_shaped, 3),
         "batch": args.batch,
@@ -187,16 +226,21 @@ def main() -> int:
         "query_p50_ms": round(p50, 2),
         "query_p99_ms": round(p99, 2),
         "records_per_query": round(per_query, 1),
+        "api": {name: {shape: result.summary() for shape, result in shapes.items()} for name, shapes in api.items()},
+        "api_clients": args.clients,
+        "api_workers": args.api_workers,
     }
-    print(f"medians of {args.rounds} rounds")
-    print(f"redis-benchmark XADD f v (-P 16)                 {xadd_simple:>12,.0f} entries/s")
-    print(f"redis-benchmark XADD record <{len(line)} B> (-P 16)     {xadd_shaped:>12,.0f} entries/s")
-    print(f"RecordStore.write (batches of {args.batch})              {rate:>12,.0f} records/s")
-    print(f"  ratio to XADD f v: {ratio:.2f}   to XADD of one record: {ratio_shaped:.2f}")
-    print(f"  goal >= 0.50: {'met' if min(ratio, ratio_shaped) >= 0.5 else 'NOT met'} (the lower ratio)")
+    if not args.skip_writes:
+        print(f"medians of {args.rounds} rounds")
+        print(f"redis-benchmark XADD f v (-P 16)                 {xadd_simple:>12,.0f} entries/s")
+        print(f"redis-benchmark XADD record <{len(line)} B> (-P 16)     {xadd_shaped:>12,.0f} entries/s")
+        print(f"RecordStore.write (batches of {args.batch})              {rate:>12,.0f} records/s")
+        print(f"  ratio to XADD f v: {ratio:.2f}   to XADD of one record: {ratio_shaped:.2f}")
+        print(f"  goal >= 0.50: {'met' if min(ratio, ratio_shaped) >= 0.5 else 'NOT met'} (the lower ratio)")
     print(f"query: sandbox + 1-minute window, limit 100, on {args.fill:,} records in {entries:,} entries")
     print(f"  (written in {fill_s:.1f} s)  p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({per_query:.0f} records per query)")
     print(f"  goal p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'}")
+    print_table(api, args.clients, args.api_workers)
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
     return 0

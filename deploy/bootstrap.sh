@@ -17,6 +17,8 @@ venv="$root/.venv"
 debian_packages=(make nftables iproute2 redis-server procps)
 # the dashboard test renders the page in a real headless browser
 case "$purpose" in test | unit) debian_packages+=(chromium) ;; esac
+# /metrics is checked by promtool (tests/api/test_metrics.py; Debian has no package of promtool alone)
+case "$purpose" in test | unit) debian_packages+=(prometheus) ;; esac
 # the security suite (tests/security/, `make security`; `make test` runs it too) plays real tools from the sandbox
 # and captures on the internet side
 security_packages=(iodine dns2tcp ptunnel-ng openssh-server openssh-client stunnel4 socat openvpn tcpdump dnsutils)

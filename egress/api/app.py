@@ -3,7 +3,8 @@
 
 Every error is ``{"error": {"field": ..., "message": ...}}``: 400 for a bad parameter or body (the field named),
 401 without a valid token, 403 for a token without the role, 404, 405, 413 for a body over `MAX_BODY`, 429 when
-too many follow streams are open, 503 while Redis does not answer. Reference: docs/api.md.
+too many follow streams are open, 503 while Redis does not answer (on a connection that stays open, logged once per
+outage: `egress.api.errors`). Reference: docs/api.md.
 """
 
 # No `from __future__ import annotations` here: FastAPI reads the dependencies out of the annotations of functions
@@ -21,7 +22,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from egress.api import models
 from egress.api.auth import Role, Token, TokenTable
-from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers
+from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers, redis_tracker
 from egress.api.metrics import Metrics
 from egress.api.middleware import BodyLimit, CountRequests
 from egress.api.routes import actions, attempts, dashboard, meta, sandboxes, stats
@@ -70,7 +71,8 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     app.state.metrics = metrics
     tokens = TokenTable(settings.tokens)
     bearer = HTTPBearer(auto_error=False, description="A token from the tokens file (roles: read, report, admin).")
-    install_error_handlers(app)
+    outage = install_error_handlers(app)
+    app.state.outage = outage
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(CountRequests, metrics=metrics)
@@ -94,10 +96,11 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
         return check
 
     reader, reporter = Depends(role(Role.READ)), Depends(role(Role.REPORT))
+    uses_redis = [Depends(redis_tracker(outage))]  # a request that completes ends a Redis outage
     app.include_router(meta.router(the_store, metrics, reader))
-    app.include_router(attempts.router(the_store, settings, reader))
-    app.include_router(sandboxes.router(the_store, settings, reader))
-    app.include_router(stats.router(the_store, reader))
-    app.include_router(actions.router(the_store, reporter))
+    app.include_router(attempts.router(the_store, settings, reader), dependencies=uses_redis)
+    app.include_router(sandboxes.router(the_store, settings, reader), dependencies=uses_redis)
+    app.include_router(stats.router(the_store, reader), dependencies=uses_redis)
+    app.include_router(actions.router(the_store, reporter), dependencies=uses_redis)
     app.include_router(dashboard.router())
     return app

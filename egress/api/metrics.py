@@ -9,8 +9,10 @@ Families (all prefixed ``egress_``):
   ``redis_errors_total``, ``spool_pending_batches``: the `RecordStore` counters *of this process*. The API's own
   store writes no attempt records, so here they stay near zero; the gateway process registers the same collector
   (`StoreCollector`) for its recorder's store and exports them itself.
-- ``gateway_decisions_total{gateway, component, action, reason}`` and the gateway components' delivery counters:
-  published to Redis by each gateway component (egress/gateway/recorder.py), read at scrape time.
+- ``gateway_decisions_total{gateway, component, worker, action, reason}`` and the gateway components' delivery
+  counters: published to Redis by each gateway process (egress/gateway/recorder.py), read at scrape time.
+  ``worker`` is the publishing process (``proxy-0``, ``proxy-1``..., ``gateway``): several proxy workers decide
+  with the same component, action and reason, and Prometheus refuses two series with identical labels.
 - ``redis_up``: whether Redis answered the last scrape; ``api_requests_total{method, route, status}``.
 """
 
@@ -124,7 +126,7 @@ class GatewayCountersCollector(Collector):
         decisions = CounterMetricFamily(
             "egress_gateway_decisions",
             "Decisions made by the gateway's components (proxy, dns, firewall), by action and reason.",
-            labels=["gateway", "component", "action", "reason"],
+            labels=["gateway", "component", "worker", "action", "reason"],
         )
         delivery = {
             name: CounterMetricFamily(f"egress_gateway_{name}", help_text, labels=["gateway", "component"])
@@ -140,7 +142,7 @@ class GatewayCountersCollector(Collector):
             for field, value in fields.items():
                 if field.startswith("decisions|"):
                     _, component, action, reason = [*field.split("|"), "", "", ""][:4]
-                    decisions.add_metric([gateway, component, action, reason], value)
+                    decisions.add_metric([gateway, component, process, action, reason], value)
                 elif field in delivery:
                     delivery[field].add_metric([gateway, process], value)
         yield decisions

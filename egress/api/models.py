@@ -128,7 +128,7 @@ class StatsQuery(_Query):
 
 class SeriesQuery(StatsQuery):
     by: StatsBy = "category"
-    buckets: Annotated[int, Field(ge=1, le=120)] = 30
+    buckets: Annotated[int, Field(ge=1, le=120, description="At most this many (buckets are whole minutes).")] = 30
 
 
 class FollowQuery(_Query):
@@ -304,6 +304,8 @@ class Timeline(BaseModel):
 class Stats(BaseModel):
     window_s: float
     by: StatsBy
+    since: float = Field(description="The start of the window's first whole minute (counts are kept per minute).")
+    until: float
     counts: dict[str, int]
 
 

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
-from egress.record import layout
+from egress.record import layout, stats
 from egress.record.layout import SANDBOXES_KEY, encode_entry, entry_chunks, index_key, seen_key, state_key, stream_key
 from egress.record.redis_facade import STORE_ERRORS, RedisFacade, Script, ScriptCall, integer
 from egress.record.schema import AttemptRecord
@@ -38,9 +38,11 @@ LOG_EVERY: Final = 60.0
 # then, when the stream holds more than the max records or its oldest entry may have outlived the max age (Redis's
 # clock: stream ids), drops the oldest entries (by arrival) until neither holds, never the entry just written, and
 # notes when the oldest left will be due, so most writes do not look at it. Returns n when stored, 0 for a replay.
+# The attempt counters (egress.record.stats) come last in KEYS and ARGV and are added with the entry (COUNT_LUA).
 WRITE_SCRIPT: Final = Script(
     """
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 0 end
+COUNT_LUA
 local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
 redis.call('ZADD', KEYS[2], ARGV[5], id)
 local total = redis.call('HINCRBY', KEYS[3], 'records', ARGV[4])
@@ -64,7 +66,7 @@ if total > max_records or now >= tonumber(redis.call('HGET', KEYS[3], 'age-check
   redis.call('HSET', KEYS[3], 'age-check', string.format('%d', due))
 end
 return tonumber(ARGV[4])
-""".replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE)),
+""".replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE)).replace("COUNT_LUA", stats.COUNT_LUA),
     integer,
 )
 
@@ -171,7 +173,8 @@ class Delivery:
             stream, index, state = stream_key(sandbox), index_key(sandbox), state_key(sandbox)
             for chunk in entry_chunks(group, size):
                 keys = (stream, index, state, seen_key(sandbox, chunk[0].id))
-                yield keys, (self._max_records, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
+                args = (self._max_records, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
+                yield stats.with_counters(keys, args, sandbox, chunk, self._max_age_s)
 
     def _drain(self, max_batches: int | None) -> int:
         sent = 0

@@ -10,6 +10,7 @@ with the time of its first record, so a record at time ``t`` is in an entry scor
 from __future__ import annotations
 
 import bisect
+import functools
 import json
 import operator
 import urllib.parse
@@ -37,6 +38,7 @@ _ENCODER: Final = msgspec.json.Encoder()
 _DECODER: Final = msgspec.json.Decoder(list[AttemptRecord])
 
 
+@functools.lru_cache(maxsize=4096)  # a stats query names a few hundred keys of each sandbox
 def sandbox_tag(sandbox: str) -> str:
     """The sandbox name as it appears inside keys: escaped so that it cannot end the hash tag early."""
     return urllib.parse.quote(sandbox, safe="._-~") or "%"  # "%" alone: no escaped name is that
@@ -65,6 +67,17 @@ def state_key(sandbox: str) -> str:
 def seen_key(sandbox: str, first_id: str) -> str:
     """Set when the entry starting with record ``first_id`` is stored: a replayed batch is not stored twice."""
     return f"{_prefix(sandbox)}:seen:{first_id}"
+
+
+def counts_key(sandbox: str, unit: int, period: int) -> str:
+    """Attempts of the sandbox counted at write time over one period of ``unit`` seconds (60, 3600 or 86400;
+    period = ``int(ts // unit)``): a hash ``<category>|<reason>`` -> attempts (`egress.record.stats`)."""
+    return f"{_prefix(sandbox)}:counts:{unit}:{period}"
+
+
+def destinations_key(sandbox: str, unit: int, period: int) -> str:
+    """Like `counts_key`, by destination: a hash ``<host, or the address when there is none>`` -> attempts."""
+    return f"{_prefix(sandbox)}:destinations:{unit}:{period}"
 
 
 def action_keys(sandbox: str) -> tuple[str, str, str, str]:

@@ -1,5 +1,6 @@
 """Queries over the record store: attempts across sandboxes with filters and cursor pages, one attempt by id,
-counts over a window, live follow, and the agent actions (written and read here). Sends its commands through the
+counts and series over a window (from the counters kept at write time, `egress.record.stats`), live follow, and the
+agent actions (written and read here). Sends its commands through the
 store's `RedisFacade` (`RecordStore.redis`). Redis errors propagate (`store.STORE_ERRORS`).
 
 The key layout is the store's (docs/records.md); actions live in `egress.record.action_store`, re-exported here.
@@ -17,13 +18,14 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Final
 
+from egress.record import stats
 from egress.record.action_store import read_actions, write_actions
 from egress.record.aggregate import fold
-from egress.record.layout import Counted, decode_entry, stream_key
+from egress.record.layout import decode_entry, stream_key
 from egress.record.redis_facade import RedisFacade, StreamEntry
 from egress.record.schema import AttemptRecord, id_time
 from egress.record.store import RecordStore
-from egress.record.walk import entry_records_in_range, find, records_by_time
+from egress.record.walk import find, records_by_time
 
 __all__ = [
     "AttemptFilter",
@@ -36,10 +38,11 @@ __all__ = [
     "get_attempt",
     "list_attempts",
     "read_actions",
+    "series",
     "write_actions",
 ]
 
-COUNT_BY: Final = ("reason", "category", "sandbox", "destination")
+COUNT_BY: Final = stats.BY
 SCAN_BUDGET: Final = 20_000
 """Index entries one `list_attempts` call examines at most: a selective filter returns a short page (with a
 cursor to go on) rather than reading the whole store in one request."""
@@ -180,27 +183,44 @@ def get_attempt(store: RecordStore, attempt_id: str) -> AttemptRecord | None:
 
 
 def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str, int]:
-    """Attempts with ``since <= ts <= until`` counted by one field (``destination``: the host name, or the address
-    when there is none); an aggregated record counts as its ``count``."""
+    """Attempts of the whole minutes from the one holding ``since`` to the one holding ``until`` counted by one
+    field (``destination``: the host name, or the address when there is none), most first; an aggregated record
+    counts as its ``count``. Read from the counters kept at write time (`egress.record.stats`): minute resolution,
+    a few hashes per sandbox, never the records."""
     if by not in COUNT_BY:
         raise ValueError(f"by must be one of {', '.join(COUNT_BY)}, got {by!r}")
-    total: dict[str, int] = {}
-    for sandbox in store.sandboxes():
-        for item in entry_records_in_range(store.redis, sandbox, since, until):
-            if since <= item.ts <= until:
-                key = _count_key(item, by)
-                total[key] = total.get(key, 0) + item.count
-    return dict(sorted(total.items(), key=lambda item: (-item[1], item[0])))
+    if since > until:
+        return {}
+    return stats.counts_by_minutes(store.redis, store.sandboxes(), [(stats.minute(since), stats.minute(until))], by)[0]
 
 
-def _count_key(item: Counted, by: str) -> str:
-    if by == "reason":
-        return item.reason
-    if by == "category":
-        return item.category
-    if by == "sandbox":
-        return item.sandbox
-    return item.host or item.dst
+@dataclass(frozen=True, slots=True)
+class Bucket:
+    """Attempts of one span of whole minutes, counted by one field."""
+
+    start: float
+    """Epoch seconds: the start of its first minute."""
+    end: float
+    """Epoch seconds: the end of its last minute (``until`` for the bucket holding it)."""
+    counts: dict[str, int]
+
+
+def window_start(window_s: float, until: float) -> float:
+    """Where a window of the last ``window_s`` seconds begins once cut to whole minutes (`stats.minutes`)."""
+    return stats.minutes(window_s, until)[0] * stats.MINUTE
+
+
+def series(store: RecordStore, window_s: float, until: float, buckets: int, by: str) -> list[Bucket]:
+    """The last ``window_s`` seconds up to ``until`` cut into at most ``buckets`` equal spans of whole minutes
+    (`stats.series_minutes`), counted by one field in each; one round trip for all of them."""
+    if by not in COUNT_BY:
+        raise ValueError(f"by must be one of {', '.join(COUNT_BY)}, got {by!r}")
+    spans = stats.series_minutes(window_s, until, buckets)
+    counted = stats.counts_by_minutes(store.redis, store.sandboxes(), spans, by)
+    return [
+        Bucket(first * stats.MINUTE, min((last + 1) * stats.MINUTE, until), counts)
+        for (first, last), counts in zip(spans, counted, strict=True)
+    ]
 
 
 def follow(

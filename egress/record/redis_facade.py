@@ -187,6 +187,20 @@ class RedisFacade:
             raise UnexpectedReply(f"expected a hash, got {reply!r:.80}")
         return {text(name): text(value) for name, value in reply.items()}
 
+    def hgetall_each(self, keys: Sequence[str]) -> list[dict[str, str]]:
+        """HGETALL of each key, one round trip ({} for a key that does not exist)."""
+        if not keys:
+            return []
+        pipe = self._connect().pipeline(transaction=False)
+        for key in keys:
+            pipe.hgetall(key)
+        replies = []
+        for reply in pipe.execute():
+            if not isinstance(reply, dict):
+                raise UnexpectedReply(f"expected a hash, got {reply!r:.80}")
+            replies.append({text(name): text(value) for name, value in reply.items()})
+        return replies
+
     def hincrby_each(self, key: str, deltas: Mapping[str, int]) -> list[int]:
         """HINCRBY of each field, one round trip: the new values."""
         pipe = self._connect().pipeline(transaction=False)

@@ -27,6 +27,7 @@ from egress.record.layout import (
     index_key,
     stream_key,
 )
+from egress.record.read_cache import ENTRIES
 from egress.record.redis_facade import RedisFacade, Script, optional_text
 from egress.record.schema import AttemptRecord
 
@@ -66,9 +67,21 @@ def score(value: float) -> str:
 
 
 def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) -> list[list[AttemptRecord]]:
-    """The records of these stream entries, one round trip; [] for an entry trimmed since the index was read."""
-    entries = redis.xrange_each(stream_key(sandbox), entry_ids)
-    return [decode_entry(entry[1]) if entry is not None else [] for entry in entries]
+    """The records of these stream entries, one round trip for those not in the process's `read_cache`; [] for
+    an entry trimmed since the index was read."""
+    stream = stream_key(sandbox)
+    found = [ENTRIES.get((redis.url, stream, entry_id)) for entry_id in entry_ids]
+    missing = [entry_id for entry_id, records in zip(entry_ids, found, strict=True) if records is None]
+    fetched = dict(zip(missing, redis.xrange_each(stream, missing), strict=True))
+    out = []
+    for entry_id, records in zip(entry_ids, found, strict=True):
+        if records is None:
+            entry = fetched[entry_id]
+            records = decode_entry(entry[1]) if entry is not None else []
+            if entry is not None:
+                ENTRIES.put((redis.url, stream, entry_id), records)
+        out.append(records)
+    return out
 
 
 def records_by_time(

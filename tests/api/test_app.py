@@ -201,7 +201,7 @@ def test_auth_and_routing_errors(offline: TestClient, method: str, path: str, to
 def test_redis_down_is_503_not_500(offline: TestClient) -> None:
     response = offline.get("/v1/attempts", headers=auth(READ))
     assert response.status_code == 503
-    assert "Redis unavailable" in response.json()["error"]["message"]
+    assert "Redis is unreachable" in response.json()["error"]["message"]
     health = offline.get("/v1/health")
     assert health.status_code == 503
     assert health.json()["redis"] is False and health.json()["status"] == "degraded"
@@ -359,16 +359,26 @@ def test_sandboxes_and_timeline(client: TestClient, now: float) -> None:
 
 def test_stats_and_series(client: TestClient, now: float) -> None:
     by_reason = _get(client, "/v1/stats", window=3600, by="reason")
-    assert by_reason == {"window_s": 3600, "by": "reason", "counts": {"mining": 2, "tunnel": 1, "not-allowlisted": 4}}
+    assert by_reason["counts"] == {"mining": 2, "tunnel": 1, "not-allowlisted": 4}
+    assert (by_reason["window_s"], by_reason["by"]) == (3600, "reason")
+    assert by_reason["since"] % 60 == 0 and 3540 <= by_reason["until"] - by_reason["since"] <= 3600  # whole minutes
     assert _get(client, "/v1/stats", window=3600, by="sandbox")["counts"] == {"agents": 3, "builders": 4}
     assert _get(client, "/v1/stats", window=3600, by="category")["counts"]["policy"] == 4
     destinations = _get(client, "/v1/stats", window=3600, by="destination")["counts"]
     assert sum(destinations.values()) == 7
-    # A window reaching back to the builders' records (60 s before seeding), not to the agents' (120 s before).
-    assert _get(client, "/v1/stats", window=_window_since(now - 60), by="sandbox")["counts"] == {"builders": 4}
+    # A window reaching back past the builders' records (60 s before seeding), in whole minutes: what it counts is
+    # what lies from its first minute on.
+    recent = _get(client, "/v1/stats", window=_window_since(now - 60) + 60, by="sandbox")
+    expected: dict[str, int] = {}
+    for item in seed_attempts(now):
+        if item.ts >= recent["since"]:
+            expected[item.sandbox] = expected.get(item.sandbox, 0) + item.count
+    assert recent["counts"] == expected and expected["builders"] == 4
     series = _get(client, "/v1/stats/series", window=3600, buckets=12, by="category")
     assert len(series["buckets"]) == 12
     totals: dict[str, int] = {}
+    for bucket, following in zip(series["buckets"], series["buckets"][1:], strict=False):
+        assert bucket["end"] == following["start"]  # 5 whole minutes each, back to back
     for bucket in series["buckets"]:
         assert bucket["end"] > bucket["start"]
         for key, value in bucket["counts"].items():
@@ -408,7 +418,9 @@ def test_metrics(client: TestClient, writer: RecordStore) -> None:
     assert "egress_redis_up 1.0" in text
     for name in ("egress_records_written_total", "egress_records_spooled_total", "egress_redis_errors_total"):
         assert name in text
-    decisions = 'egress_gateway_decisions_total{action="%s",component="proxy",gateway="gw-test",reason="%s"}'
+    decisions = (
+        'egress_gateway_decisions_total{action="%s",component="proxy",gateway="gw-test",reason="%s",worker="proxy"}'
+    )
     assert f"{decisions % ('block', 'mining')} 2.0" in text
     assert f"{decisions % ('allow', '')} 5.0" in text
     assert 'egress_api_requests_total{method="GET",route="/v1/attempts"' in text

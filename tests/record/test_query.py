@@ -13,7 +13,7 @@ import pytest
 import redis
 import redis.cluster
 
-from egress.record import action_store, layout, query, walk
+from egress.record import action_store, layout, query, stats, walk
 from egress.record.actions import ActionRecord
 from egress.record.layout import action_keys
 from egress.record.query import AttemptFilter
@@ -181,8 +181,9 @@ def test_counts_sum_aggregates_by_each_field(store: RecordStore, monkeypatch: py
             expected[key] = expected.get(key, 0) + r.count
         assert query.counts(store, NOW - 10_000, NOW, by) == expected
         assert list(query.counts(store, NOW - 10_000, NOW, by).values()) == sorted(expected.values(), reverse=True)
-    window = query.counts(store, NOW - 480, NOW - 360, "sandbox")
-    assert sum(window.values()) == sum(1 for r in written if NOW - 480 <= r.ts <= NOW - 360)
+    window = query.counts(store, NOW - 480, NOW - 360, "sandbox")  # whole minutes: the counters' resolution
+    first, last = stats.minute(NOW - 480), stats.minute(NOW - 360)
+    assert sum(window.values()) == sum(1 for r in written if first <= stats.minute(r.ts) <= last)
     assert query.counts(store, NOW + 1, NOW + 2, "reason") == {}
 
 

@@ -1,4 +1,5 @@
-"""Stats: attempts over a recent window counted by one field, whole or cut into buckets (the dashboard's chart)."""
+"""Stats: attempts over a recent window counted by one field, whole or cut into buckets (the dashboard's chart).
+Both read the counters kept at write time (egress.record.stats): windows are whole minutes."""
 
 import time
 from typing import Annotated, Any
@@ -15,25 +16,27 @@ def router(store: RecordStore, reader: params.Depends) -> APIRouter:
 
     @routes.get("/v1/stats", tags=["stats"], response_model=models.Stats, dependencies=[reader])
     def stats(params: Annotated[models.StatsQuery, Query()]) -> dict[str, Any]:
-        """Attempts over the last ``window`` seconds counted by one field (aggregates count as their ``count``)."""
+        """Attempts over the last ``window`` seconds, in whole minutes (``since``: the start of the first one),
+        counted by one field (aggregates count as their ``count``)."""
         until = time.time()
+        since = query.window_start(params.window, until)
         return {
             "window_s": params.window,
             "by": params.by,
-            "counts": query.counts(store, until - params.window, until, params.by),
+            "since": since,
+            "until": until,
+            "counts": query.counts(store, since, until, params.by),
         }
 
     @routes.get("/v1/stats/series", tags=["stats"], response_model=models.Series, dependencies=[reader])
     def series(params: Annotated[models.SeriesQuery, Query()]) -> dict[str, Any]:
-        """The window cut into ``buckets`` equal spans, counted by one field in each (the dashboard's chart)."""
-        until = time.time()
-        step = params.window / params.buckets
-        start = until - params.window
-        buckets = []
-        for index in range(params.buckets):
-            low, high = start + index * step, start + (index + 1) * step
-            counts = query.counts(store, low, high, params.by)
-            buckets.append({"start": low, "end": high, "counts": counts})
-        return {"window_s": params.window, "by": params.by, "buckets": buckets}
+        """The window cut into at most ``buckets`` equal spans of whole minutes (of whole hours or days when a
+        span is that long), counted by one field in each (the dashboard's chart)."""
+        buckets = query.series(store, params.window, time.time(), params.buckets, params.by)
+        return {
+            "window_s": params.window,
+            "by": params.by,
+            "buckets": [{"start": b.start, "end": b.end, "counts": b.counts} for b in buckets],
+        }
 
     return routes

@@ -1,0 +1,165 @@
+"""The query API under load, for bench/records.py: a real ``egress api serve`` (uvicorn, lab mode, loopback) in a
+process of its own, and concurrent keep-alive clients (threads, one httpx client each) that time every request.
+
+`serve` starts the API from a source tree (this one, or another checkout for a side-by-side run: the same Redis,
+the same records); `load` runs one request shape from ``clients`` clients until ``requests`` are answered or
+``seconds`` have passed, and returns the latencies and the failures (a non-200 reply, a timeout).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+from tests.ports import free_port
+
+GOAL_P99_MS = 200
+_SERVE = "import sys; from egress.api.server import api_serve; sys.exit(api_serve(sys.argv[1:]))"
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process and its waited-for children, from /proc: what a request costs the
+    server however busy the machine is (latencies on a shared machine measure the machine too)."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Served:
+    base: str
+    pid: int
+
+
+@contextlib.contextmanager
+def serve(tree: Path, redis_url: str, workers: int, log: Path) -> Iterator[Served]:
+    """``egress api serve`` from the source tree ``tree``; yields its base URL and process id, stops it (its own
+    process group)."""
+    port = free_port()
+    env = {**os.environ, "PYTHONPATH": str(tree), "EGRESS_API_TOKENS": ""}
+    argv = [sys.executable, "-c", _SERVE, "--lab", "--redis-url", redis_url, "--listen", f"127.0.0.1:{port}"]
+    with log.open("ab") as sink:
+        process = subprocess.Popen(
+            [*argv, "--workers", str(workers)], stdout=sink, stderr=sink, env=env, cwd=tree, start_new_session=True
+        )
+    base = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            if process.poll() is not None:
+                raise RuntimeError(f"the API exited with {process.returncode}: see {log}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{base}/v1/health", timeout=5).status_code == 200:
+                    break
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the API did not answer within 60 s: see {log}")
+            time.sleep(0.2)
+        yield Served(base, process.pid)
+    finally:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, 15)
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, 9)
+            process.wait(timeout=10)
+
+
+@dataclass
+class Result:
+    latencies: list[float] = field(default_factory=list)
+    failures: dict[str, int] = field(default_factory=dict)
+    seconds: float = 0.0
+    cpu_s: float = 0.0
+    """CPU time the API process spent (one worker: all of it)."""
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        answered = len(self.latencies) + sum(self.failures.values())
+        return self.cpu_s * 1000 / answered if answered else float("nan")
+
+    def quantile(self, q: int) -> float:
+        """The q-th percentile in ms (nan without answers)."""
+        if len(self.latencies) < 2:
+            return self.latencies[0] * 1000 if self.latencies else float("nan")
+        return statistics.quantiles(self.latencies, n=100, method="inclusive")[q - 1] * 1000
+
+    def summary(self) -> dict[str, object]:
+        return {
+            "answered": len(self.latencies),
+            "failed": dict(self.failures),
+            "p50_ms": round(self.quantile(50), 1),
+            "p99_ms": round(self.quantile(99), 1),
+            "seconds": round(self.seconds, 1),
+            "server_cpu_ms_per_request": round(self.cpu_ms_per_request, 1),
+        }
+
+
+def load(
+    served: Served, path_of: Callable[[int], str], clients: int, requests: int, seconds: float, timeout: float
+) -> Result:
+    """``clients`` threads, each with its own keep-alive connection, request ``path_of(n)`` (n counts up over all
+    clients) until ``requests`` were sent or ``seconds`` passed."""
+    result = Result()
+    lock = threading.Lock()
+    sent = 0
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        nonlocal sent
+        with httpx.Client(base_url=served.base, timeout=timeout) as http:
+            while time.monotonic() < deadline:
+                with lock:
+                    if sent >= requests:
+                        return
+                    number = sent
+                    sent += 1
+                started = time.perf_counter()
+                try:
+                    status = str(http.get(path_of(number)).status_code)
+                except httpx.HTTPError as error:
+                    status = type(error).__name__
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if status == "200":
+                        result.latencies.append(elapsed)
+                    else:
+                        result.failures[status] = result.failures.get(status, 0) + 1
+
+    started, cpu = time.monotonic(), cpu_seconds(served.pid)
+    threads = [threading.Thread(target=client, name=f"bench-client-{index}") for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - started
+    result.cpu_s = cpu_seconds(served.pid) - cpu
+    return result
+
+
+def print_table(api: dict[str, dict[str, Result]], clients: int, workers: int) -> None:
+    """Each request shape's p50 / p99 per tree, side by side, and whether this tree met the goal."""
+    print(f"API: {clients} clients, {workers} uvicorn worker(s): p50 / p99 ms (answered, failed) server CPU ms/request")
+    print(f"  {'':26}" + "".join(f"{name:>44}" for name in api))
+    for shape in next(iter(api.values()), {}):
+        cells = []
+        for shapes in api.values():
+            done = shapes[shape]
+            failed = sum(done.failures.values())
+            cells.append(
+                f"{done.quantile(50):>8.1f} / {done.quantile(99):>8.1f} ({len(done.latencies)}, {failed})"
+                f" {done.cpu_ms_per_request:>7.1f}"
+            )
+        print(f"  {shape:<26}" + "".join(f"{cell:>44}" for cell in cells))
+    mine = api.get("this tree", {})
+    met = bool(mine) and all(result.quantile(99) < GOAL_P99_MS and not result.failures for result in mine.values())
+    print(f"  goal p99 < {GOAL_P99_MS} ms each (this tree): {'met' if met else 'NOT met'}")
