@@ -18,6 +18,8 @@ from fastapi import FastAPI
 from egress.api.app import create_app
 from egress.api.auth import ENV_VAR, load_tokens, tokens_from_env
 from egress.api.settings import SETTINGS_ENV, Settings, parse_listen
+from egress.cli_gateway import log_options
+from egress.logsetup import configure
 from egress.policy.yamlnodes import RulesError
 from egress.record import REDIS_URL
 
@@ -37,7 +39,8 @@ def serve(settings: Settings) -> None:
         "server_header": False,
         "proxy_headers": False,
         "timeout_graceful_shutdown": GRACEFUL_SHUTDOWN_S,
-        "log_level": "info",
+        # uvicorn's loggers go to the root logger, formatted as --log-format says (egress.logsetup)
+        "log_config": None,
     }
     if settings.workers == 1:
         uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
@@ -48,6 +51,7 @@ def serve(settings: Settings) -> None:
 
 def app_from_env() -> FastAPI:
     """The app of one uvicorn worker process, from the settings its parent put in ``EGRESS_API_SETTINGS``."""
+    configure("api")  # as the parent was told (EGRESS_LOG_FORMAT, EGRESS_LOG_LEVEL)
     return create_app(Settings.from_env(os.environ[SETTINGS_ENV]))
 
 
@@ -81,6 +85,7 @@ def app_from_env() -> FastAPI:
     type=click.Path(exists=True, dir_okay=False, path_type=Path),
     help="Policy file whose retention (max_age_days, max_records) applies to the actions the API stores.",
 )
+@log_options
 def api_serve(
     redis_url: str,
     tokens_file: Path | None,
@@ -89,6 +94,8 @@ def api_serve(
     lab: bool,
     slack: float,
     policy: Path | None,
+    log_format: str | None,
+    log_level: str | None,
 ) -> None:
     """Serve the query API, the dashboard and /metrics."""
     try:
@@ -127,5 +134,5 @@ def api_serve(
     except ValueError as error:
         click.echo(f"egress: {error}", err=True)
         sys.exit(2)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    configure("api", log_format, log_level)  # uvicorn's worker processes inherit it through the environment
     serve(settings)

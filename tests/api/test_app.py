@@ -562,8 +562,9 @@ def test_end_to_end_two_workers(live: tuple[str, RecordStore], tmp_path: Path) -
     )
     port = free_port()
     process = _serve(
-        ["--redis-url", redis_url, "--tokens", str(tokens), "--listen", f"127.0.0.1:{port}", "--workers", "2"]
-    )
+        ["--redis-url", redis_url, "--tokens", str(tokens), "--listen", f"127.0.0.1:{port}", "--workers", "2",
+         "--log-format", "json"]
+    )  # fmt: skip
     base = f"http://127.0.0.1:{port}"
     try:
         with httpx.Client(base_url=base, timeout=scaled(5)) as http:
@@ -590,3 +591,6 @@ def test_end_to_end_two_workers(live: tuple[str, RecordStore], tmp_path: Path) -
     finally:
         output = _stop(process)
     assert "Started parent process" in output or "Uvicorn running" in output, output
+    lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # every line, uvicorn's too: JSON
+    assert {line["component"] for line in lines} == {"api"}
+    assert len({line["pid"] for line in lines}) >= 2, lines  # the parent and its worker processes alike
