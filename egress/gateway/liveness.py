@@ -1,0 +1,105 @@
+"""Liveness bookkeeping for the supervisor, pure: the clock is always an argument, so tests play time.
+
+- `Restarts`: one component's failures; how long to wait before restarting it (exponential backoff) and when to
+  give up (too many failures within a window: the lockdown then stays, and the supervisor says so loudly).
+- `Answers`: when a component that is asked regularly (a worker's ping, the resolver's probe query) last
+  answered; it counts as hung once no answer came for a deadline.
+- `Drain`: whether a queue progresses (the recorder's): stalled when its backlog has not fallen for a deadline.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass
+from typing import Final
+
+CHECK_EVERY: Final = 1.0
+"""Seconds between two rounds of liveness checks."""
+ANSWER_DEADLINE: Final = 5.0
+"""Seconds a worker or the resolver may go without answering before it counts as hung. A ping round takes at
+most `CHECK_EVERY` + this, so a SIGSTOPped worker is noticed within about 6 s."""
+DRAIN_DEADLINE: Final = 30.0
+"""Seconds the recorder's backlog may stay at or above its level before the recorder counts as stalled (Redis
+calls time out well before that; the spool takes over when Redis is away)."""
+
+
+@dataclass(frozen=True, slots=True)
+class RestartPolicy:
+    """How a failed component is restarted (docs/gateway.md, Decisions)."""
+
+    first_delay: float = 0.5
+    """Seconds before the first restart after a failure."""
+    factor: float = 2.0
+    """Each further failure within ``window`` multiplies the delay by this."""
+    max_delay: float = 30.0
+    max_failures: int = 5
+    """This many failures within ``window`` and the supervisor gives up: the lockdown stays."""
+    window: float = 300.0
+
+    def __post_init__(self) -> None:
+        if self.first_delay < 0 or self.factor < 1 or self.max_delay < self.first_delay:
+            raise ValueError(f"bad backoff: {self}")
+        if self.max_failures < 1 or self.window <= 0:
+            raise ValueError(f"bad give-up rule: {self}")
+
+
+class Restarts:
+    """One component's failures within the policy's window."""
+
+    def __init__(self, policy: RestartPolicy | None = None) -> None:
+        self.policy = policy or RestartPolicy()
+        self.times: deque[float] = deque()
+
+    def failed(self, now: float) -> float | None:
+        """Count a failure at ``now``: seconds to wait before restarting, or ``None``: give up."""
+        policy = self.policy
+        while self.times and now - self.times[0] >= policy.window:
+            self.times.popleft()
+        self.times.append(now)
+        if len(self.times) >= policy.max_failures:
+            return None
+        return min(policy.first_delay * policy.factor ** (len(self.times) - 1), policy.max_delay)
+
+    @property
+    def recent(self) -> int:
+        """Failures counted in the window (as of the last one)."""
+        return len(self.times)
+
+
+class Answers:
+    """When a component last answered; hung once it has been silent for ``deadline`` seconds."""
+
+    def __init__(self, now: float, deadline: float = ANSWER_DEADLINE) -> None:
+        self.deadline = deadline
+        self.last = now
+
+    def answered(self, now: float) -> None:
+        self.last = max(self.last, now)
+
+    def hung(self, now: float) -> bool:
+        return now - self.last > self.deadline
+
+    def silent_for(self, now: float) -> float:
+        return max(0.0, now - self.last)
+
+
+class Drain:
+    """A queue's progress from its backlog alone: progress is the backlog emptying or falling below where it was
+    when it was last seen non-empty after progress; stalled when neither happened for ``deadline`` seconds."""
+
+    def __init__(self, now: float, deadline: float = DRAIN_DEADLINE) -> None:
+        self.deadline = deadline
+        self.since = now
+        self.mark: int | None = None
+        """The backlog when the current wait began (``None``: empty, nothing to wait for)."""
+
+    def seen(self, now: float, backlog: int) -> None:
+        if backlog == 0 or (self.mark is not None and backlog < self.mark):
+            self.mark = backlog or None
+            self.since = now
+        elif self.mark is None:
+            self.mark = backlog
+            self.since = now
+
+    def stalled(self, now: float) -> bool:
+        return self.mark is not None and now - self.since > self.deadline
