@@ -15,9 +15,13 @@ from typing import Final
 
 CHECK_EVERY: Final = 1.0
 """Seconds between two rounds of liveness checks."""
-ANSWER_DEADLINE: Final = 5.0
-"""Seconds a worker or the resolver may go without answering before it counts as hung. A ping round takes at
-most `CHECK_EVERY` + this, so a SIGSTOPped worker is noticed within about 6 s."""
+ANSWER_DEADLINE: Final = 10.0
+"""Seconds a worker or the resolver may go without answering before it counts as hung: a SIGSTOPped worker is
+noticed within about 11 s (one check round more). Shorter made loaded machines (2 busy cores) restart healthy
+workers whose event loop was busy for a few seconds."""
+START_GRACE: Final = 30.0
+"""Seconds a component just (re)started has for its first answer (a worker builds its detectors and starts
+mitmproxy after it took its policy)."""
 DRAIN_DEADLINE: Final = 30.0
 """Seconds the recorder's backlog may stay at or above its level before the recorder counts as stalled (Redis
 calls time out well before that; the spool takes over when Redis is away)."""
@@ -67,17 +71,21 @@ class Restarts:
 
 
 class Answers:
-    """When a component last answered; hung once it has been silent for ``deadline`` seconds."""
+    """When a component last answered; hung once it has been silent for ``deadline`` seconds, or, before its first
+    answer (a process that has just started still builds what it serves with), for ``grace`` seconds."""
 
-    def __init__(self, now: float, deadline: float = ANSWER_DEADLINE) -> None:
+    def __init__(self, now: float, deadline: float = ANSWER_DEADLINE, grace: float = START_GRACE) -> None:
         self.deadline = deadline
+        self.grace = grace
         self.last = now
+        self.ever = False
 
     def answered(self, now: float) -> None:
         self.last = max(self.last, now)
+        self.ever = True
 
     def hung(self, now: float) -> bool:
-        return now - self.last > self.deadline
+        return now - self.last > (self.deadline if self.ever else self.grace)
 
     def silent_for(self, now: float) -> float:
         return max(0.0, now - self.last)

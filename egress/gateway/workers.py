@@ -79,6 +79,7 @@ class WorkerSlot:
         if self.current().digest != version.digest:  # a reload committed meanwhile: catch up
             await self.prepare(self.current())
             await self.commit(self.current())
+        self.answers = Answers(self.clock())  # from now on it must answer pings
 
     def _link(self) -> WorkerLink:
         if self.link is None:
