@@ -92,22 +92,21 @@ class Answers:
 
 
 class Drain:
-    """A queue's progress from its backlog alone: progress is the backlog emptying or falling below where it was
-    when it was last seen non-empty after progress; stalled when neither happened for ``deadline`` seconds."""
+    """A queue's progress from its backlog alone: progress is the backlog being empty or smaller than at the check
+    before; stalled when neither happened for ``deadline`` seconds (a consumer that is alive takes something
+    between two checks a second apart; one that keeps falling behind for that long is as good as stalled)."""
 
     def __init__(self, now: float, deadline: float = DRAIN_DEADLINE) -> None:
         self.deadline = deadline
         self.since = now
-        self.mark: int | None = None
-        """The backlog when the current wait began (``None``: empty, nothing to wait for)."""
+        """When progress was last seen."""
+        self.previous = 0
 
     def seen(self, now: float, backlog: int) -> None:
-        if backlog == 0 or (self.mark is not None and backlog < self.mark):
-            self.mark = backlog or None
+        # Progress (empty, or smaller than before), or it was empty before: the wait starts now.
+        if backlog == 0 or backlog < self.previous or self.previous == 0:
             self.since = now
-        elif self.mark is None:
-            self.mark = backlog
-            self.since = now
+        self.previous = backlog
 
     def stalled(self, now: float) -> bool:
-        return self.mark is not None and now - self.since > self.deadline
+        return self.previous > 0 and now - self.since > self.deadline
