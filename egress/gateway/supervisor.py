@@ -231,9 +231,9 @@ class Supervisor:
             ",".join(map(str, settings.proxy_ports)),
             settings.dns_port,
         )
-        await self.resolver.start()
-        log.info("resolver on port %d, upstream %s", settings.dns_port, settings.upstream_dns)
         try:
+            await self.resolver.start()
+            log.info("resolver on port %d, upstream %s", settings.dns_port, settings.upstream_dns)
             await asyncio.gather(*(slot.start() for slot in self.slots))
             self.drops.start()
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why
