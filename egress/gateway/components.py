@@ -8,8 +8,8 @@ running now).
 - `DropLoggerPart`: alive when its thread runs and its nflog socket is open; restarted by stopping it and starting
   a new `DropLogger` on the same group.
 - `RecorderPart`: alive when its thread runs and its queue drains (`egress.gateway.liveness.Drain`). It is not
-  restarted in-process (its spool must have one writer): a "restart" waits for the queue to drain again, and a
-  recorder that never does makes the supervisor give up, the lockdown in force.
+  restarted in-process (its spool must have one writer): a "restart" waits up to `DRAIN_DEADLINE` for the queue to
+  drain again, and a recorder that never does makes the supervisor give up, the lockdown in force.
 
 `ProbeFilter` keeps the resolver's probes out of the decision log and the records: they are the supervisor's,
 not a sandbox's.
@@ -23,13 +23,13 @@ import os
 import socket
 import struct
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from egress.decisions import DecidedFlow, Reporter
 from egress.dnsserver.resolver import Resolver, serve
 from egress.gateway.droplog import DropLogger
-from egress.gateway.liveness import Answers, Drain
+from egress.gateway.liveness import CHECK_EVERY, DRAIN_DEADLINE, Answers, Drain
 from egress.gateway.recorder import RecordReporter
 from egress.policy.model import Policy
 
@@ -185,22 +185,39 @@ class DropLoggerPart:
 class RecorderPart:
     name = "recorder"
 
-    def __init__(self, recorder: RecordReporter, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        recorder: RecordReporter,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
         self.recorder = recorder
         self.clock = clock
+        self.sleep = sleep
         self.drain = Drain(clock())
 
+    def _progress(self) -> tuple[int, int]:
+        """(backlog, records done so far). RecordReporter has no public liveness yet (egress/gateway/recorder.py is
+        another helper's): its queue and its store's totals are read."""
+        store = self.recorder.store
+        return self.recorder._queue.qsize(), store.written + store.spooled + store.lost
+
     async def check(self) -> str | None:
-        # RecordReporter has no public liveness yet (egress/gateway/recorder.py is another helper's).
-        thread = self.recorder._thread
-        if not thread.is_alive():
+        if not self.recorder._thread.is_alive():
             return "its thread is not running"
         now = self.clock()
-        self.drain.seen(now, self.recorder._queue.qsize())
+        self.drain.seen(now, *self._progress())
         if self.drain.stalled(now):
             return f"its queue has not drained for {now - self.drain.since:.0f} s"
         return None
 
     async def restart(self) -> None:
-        if not self.recorder._thread.is_alive():
-            raise RuntimeError("the recorder's thread died; it is not restarted in-process (one spool writer)")
+        """Not a restart (one spool writer): wait up to `DRAIN_DEADLINE` for the queue to drain again."""
+        deadline = self.clock() + DRAIN_DEADLINE
+        while self.clock() < deadline:
+            if not self.recorder._thread.is_alive():
+                raise RuntimeError("the recorder's thread died; it is not restarted in-process (one spool writer)")
+            self.drain.seen(self.clock(), *self._progress())
+            if not self.drain.stalled(self.clock()):
+                return
+            await self.sleep(CHECK_EVERY)

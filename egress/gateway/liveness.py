@@ -92,21 +92,23 @@ class Answers:
 
 
 class Drain:
-    """A queue's progress from its backlog alone: progress is the backlog being empty or smaller than at the check
-    before; stalled when neither happened for ``deadline`` seconds (a consumer that is alive takes something
-    between two checks a second apart; one that keeps falling behind for that long is as good as stalled)."""
+    """A queue's progress: the backlog empty or smaller than at the check before, or more done (a count that only
+    grows: records written, spooled or counted lost); stalled when none of these happened for ``deadline``
+    seconds. A consumer that is alive takes something between two checks a second apart."""
 
     def __init__(self, now: float, deadline: float = DRAIN_DEADLINE) -> None:
         self.deadline = deadline
         self.since = now
         """When progress was last seen."""
         self.previous = 0
+        self.done = 0
 
-    def seen(self, now: float, backlog: int) -> None:
-        # Progress (empty, or smaller than before), or it was empty before: the wait starts now.
-        if backlog == 0 or backlog < self.previous or self.previous == 0:
+    def seen(self, now: float, backlog: int, done: int = 0) -> None:
+        # Progress, or it was empty before (the wait starts now).
+        if backlog == 0 or backlog < self.previous or self.previous == 0 or done > self.done:
             self.since = now
         self.previous = backlog
+        self.done = max(self.done, done)
 
     def stalled(self, now: float) -> bool:
         return self.previous > 0 and now - self.since > self.deadline

@@ -84,3 +84,12 @@ def test_a_queue_that_does_not_fall_for_the_deadline_is_stalled() -> None:
     assert not drain.stalled(32.0)
     drain.seen(40.0, 0)
     assert not drain.stalled(100.0)  # empty: nothing to wait for
+
+
+def test_a_queue_whose_consumer_keeps_writing_is_not_stalled_even_if_it_falls_behind() -> None:
+    drain = Drain(0.0, deadline=30)
+    for t in range(10):
+        drain.seen(t * 10.0, 100 + t * 50, done=t * 1000)  # a flood: the backlog grows, records are still written
+        assert not drain.stalled(t * 10.0)
+    drain.seen(200.0, 700, done=9000)  # nothing more written for 110 s
+    assert drain.stalled(200.0)
