@@ -18,6 +18,7 @@ not a sandbox's.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import logging
 import os
 import socket
@@ -48,6 +49,19 @@ def probe_query(ident: int) -> bytes:
     """A standard query for `PROBE_NAME`, type A, class IN, with id ``ident``."""
     name = b"".join(bytes([len(label)]) + label.encode() for label in PROBE_NAME.split(".")) + b"\0"
     return struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of interface ``name`` (what sandboxes' DNS queries are addressed to), or ``""``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            packed = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return ""
+    return socket.inet_ntoa(packed[20:24])
+
+
+_SIOCGIFADDR = 0x8915
 
 
 class ProbeFilter:

@@ -20,12 +20,9 @@ component (nftables, resolver, drop logger, allow sets, each proxy worker), then
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
-import socket
-import struct
 import threading
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +32,14 @@ from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
 from egress.gateway.allowsets import AllowSetWriter
-from egress.gateway.components import FAULT_HOOKS_ENV, DropLoggerPart, ProbeFilter, RecorderPart, ResolverPart
+from egress.gateway.components import (
+    FAULT_HOOKS_ENV,
+    DropLoggerPart,
+    ProbeFilter,
+    RecorderPart,
+    ResolverPart,
+    interface_address,
+)
 from egress.gateway.config import GatewayConfig
 from egress.gateway.control import Payloads
 from egress.gateway.droplog import DropLogger
@@ -51,7 +55,7 @@ from egress.gateway.reload import (
     load_version,
 )
 from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
-from egress.gateway.workers import WorkerSlot, stop_workers
+from egress.gateway.workers import WorkerSlot, make_ca, stop_workers
 from egress.nft import runner
 from egress.nft.guard import render_guard
 from egress.nft.render import render, render_lockdown
@@ -59,19 +63,6 @@ from egress.policy.lists import RulesError, load_name_lists
 from egress.policy.model import Policy
 
 log = logging.getLogger("egress.gateway")
-
-
-def interface_address(name: str) -> str:
-    """The IPv4 address of interface ``name`` (what sandboxes' DNS queries are addressed to), or ``""``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            packed = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
-        except OSError:
-            return ""
-    return socket.inet_ntoa(packed[20:24])
-
-
-_SIOCGIFADDR = 0x8915
 
 
 class _Reloads(Protocol):
@@ -115,6 +106,8 @@ class Supervisor:
         """Why the gateway gave up (it stops, the lockdown in force)."""
         self.locked: str | None = None
         """Why the lockdown is in force while components recover (the policy table comes back after)."""
+        self._locks = 0
+        """Lockdowns so far: a recovery re-applies the policy table only if no other began since."""
         self.stopping = asyncio.Event()
         self.reloader: Reloader | None = None
         self.reload_pending = False
@@ -158,12 +151,15 @@ class Supervisor:
     def lock(self, why: str) -> None:
         """A component is down: the lockdown until every component is alive again (`unlock`)."""
         self.locked = why
+        self._locks += 1
         self.lockdown(why)
 
     async def unlock(self) -> None:
+        episode = self._locks
+
         def reapply() -> None:
             with self._nft:
-                if self.failed is None:
+                if self.failed is None and self._locks == episode:  # else another component went down meanwhile
                     runner.apply(render(self.policy, self.config.nft_settings()))
                     self.locked = None
 
@@ -172,7 +168,7 @@ class Supervisor:
         except (ValueError, runner.NftError) as exc:
             self.fail(f"the policy table could not be applied again after a recovery: {exc}")
             return
-        if self.failed is None:
+        if self.failed is None and self.locked is None:
             log.warning("every component alive: policy table %s in force again", self.version.label)
 
     def guard(self, life: int) -> None:
@@ -234,6 +230,7 @@ class Supervisor:
         try:
             await self.resolver.start()
             log.info("resolver on port %d, upstream %s", settings.dns_port, settings.upstream_dns)
+            await asyncio.to_thread(make_ca, settings.confdir)
             await asyncio.gather(*(slot.start() for slot in self.slots))
             self.drops.start()
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why

@@ -35,6 +35,11 @@ PING_WAIT: Final = 1.0
 """Seconds one ping waits; a worker counts as hung only after `ANSWER_DEADLINE` of silence."""
 
 
+def make_ca(confdir: str) -> None:
+    """One CA for every worker, made before any starts (only the workers' modules import mitmproxy)."""
+    subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", confdir], check=True)
+
+
 class WorkerSlot:
     def __init__(
         self,
