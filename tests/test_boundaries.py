@@ -22,7 +22,7 @@ GATES = {
     "brotli": {"egress/proxy/mitm/payload.py"},
     "backports": {"egress/proxy/mitm/payload.py"},
     # running programs: nft, the proxy workers, and the lab's namespaces and servers
-    "subprocess": {"egress/nft/runner.py", "egress/gateway/supervisor.py", "egress/lab/"},
+    "subprocess": {"egress/nft/runner.py", "egress/gateway/supervisor.py", "egress/gateway/workers.py", "egress/lab/"},
     # network I/O: the gateway's components, and the lab; the scanner only formats addresses with inet_ntop
     "socket": {
         "egress/capture/nflog.py",
@@ -33,6 +33,7 @@ GATES = {
         "egress/gateway/sdnotify.py",
         "egress/proxy/mitm/server.py",
         "egress/gateway/control.py",
+        "egress/gateway/components.py",
         "egress/scanner.py",
         "egress/lab/",
     },

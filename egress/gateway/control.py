@@ -7,7 +7,8 @@ requests, the worker answers each in order:
   worker unpickles it in a thread, which is several times cheaper than parsing the YAML again, and can never see a
   file that changed in between); the worker keeps it aside and answers with its digest, or refuses;
 - ``COMMIT`` swaps the prepared version in; the worker answers with the digest it now runs and logs it;
-- ``ABORT`` drops the prepared version; ``STATUS`` asks for the digest in force.
+- ``ABORT`` drops the prepared version; ``STATUS`` asks for the digest in force (the supervisor's liveness ping:
+  a worker that stops answering it is hung, see `egress.gateway.workers`).
 
 Frames: supervisor → worker ``>IBQ`` (body length, kind, sequence number) then the body; worker → supervisor
 ``>I`` then a JSON reply (at most `MAX_REPLY` bytes) echoing the sequence number, so an answer that arrives after its
@@ -103,6 +104,11 @@ class WorkerLink:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A request is under way (a reload's, or a ping's): a ping now would wait behind it."""
+        return self._lock.locked()
 
     async def _ask(self, kind: Kind, body: bytes = b"") -> Reply:
         async with self._lock:  # one request at a time, answered in order

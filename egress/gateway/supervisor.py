@@ -1,10 +1,17 @@
-"""``egress gateway run``: starts every component, watches them, reloads them together, and fails closed.
+"""``egress gateway run``: starts every component, watches them, restarts what fails, reloads them together, and
+fails closed.
 
-Order: load and validate the policy → apply the nftables table (one transaction) → start the resolver (in this
-process), the proxy workers (one process each, each handed the policy over its control channel) and the drop
-logger (a thread) → supervise. If any component dies, the lockdown table (all sandbox traffic dropped) replaces the
-policy table before anything else happens, then the rest is stopped and the exit status is 1; a clean stop
-(SIGTERM/SIGINT) also leaves the lockdown in place, because a gateway that is not running must not forward.
+Order: load and validate the policy → apply the guard table closed (`egress.nft.guard`: no sandbox traffic
+passes unless the supervisor keeps it open) → apply the policy's nftables table (one transaction) → start the
+resolver (in this process), the proxy workers (one process each, handed the policy over their control channels,
+dying with this process) and the drop logger (a thread) → open the guard and keep it open (a heartbeat every
+second) → supervise (`egress.gateway.watch`): every component is checked every second; a dead or hung one puts
+the lockdown table in place of the policy table, is restarted with backoff, and once every component is alive the
+policy table is applied again; one that fails 5 times within 5 minutes makes the gateway give up: exit status 1,
+the lockdown in force. A stop (SIGTERM/SIGINT) also leaves the lockdown and the closed guard in place, because a
+gateway that is not running must not forward; workers get SIGTERM (they flush their records) and SIGKILL only
+after a deadline, on a clean stop and after a failure alike. The supervisor's own records are flushed on every
+stop.
 
 SIGHUP reloads the policy with the protocol of `egress.gateway.reload`: one validated object, prepared by every
 component (nftables, resolver, drop logger, allow sets, each proxy worker), then committed by all or by none.
@@ -13,23 +20,28 @@ component (nftables, resolver, drop logger, allow sets, each proxy worker), then
 from __future__ import annotations
 
 import asyncio
-import fcntl
 import logging
 import os
 import signal
-import socket
-import struct
-import subprocess
-import sys
 import threading
+from collections.abc import Sequence
 from pathlib import Path
+from typing import Protocol
 
 from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
-from egress.dnsserver.resolver import Resolver, Upstream, serve
+from egress.dnsserver.resolver import Resolver, Upstream
 from egress.gateway.allowsets import AllowSetWriter
-from egress.gateway.config import GatewayConfig, WorkerConfig
-from egress.gateway.control import Payloads, WorkerLink, socket_pair
+from egress.gateway.components import (
+    FAULT_HOOKS_ENV,
+    DropLoggerPart,
+    ProbeFilter,
+    RecorderPart,
+    ResolverPart,
+    interface_address,
+)
+from egress.gateway.config import GatewayConfig
+from egress.gateway.control import Payloads
 from egress.gateway.droplog import DropLogger
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import (
@@ -42,32 +54,23 @@ from egress.gateway.reload import (
     Swap,
     load_version,
 )
+from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
+from egress.gateway.workers import WorkerSlot, make_ca, stop_workers
 from egress.nft import runner
-from egress.nft.render import render_lockdown
+from egress.nft.guard import render_guard
+from egress.nft.render import render, render_lockdown
 from egress.policy.lists import RulesError, load_name_lists
 from egress.policy.model import Policy
 
 log = logging.getLogger("egress.gateway")
 
-START_DEADLINE = 60.0
-"""Seconds a starting proxy worker has to take its first policy (it imports mitmproxy first)."""
 
-
-def interface_address(name: str) -> str:
-    """The IPv4 address of interface ``name`` (what sandboxes' DNS queries are addressed to), or ``""``."""
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
-        try:
-            packed = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
-        except OSError:
-            return ""
-    return socket.inet_ntoa(packed[20:24])
-
-
-_SIOCGIFADDR = 0x8915
+class _Reloads(Protocol):
+    def reload(self, policy: Policy) -> None: ...
 
 
 def participants(
-    table: NftTable, resolver: Resolver, drops: DropLogger, allow_sets: AllowSetWriter, links: list[WorkerLink]
+    table: NftTable, resolver: _Reloads, drops: Participant, allow_sets: AllowSetWriter, links: Sequence[Participant]
 ) -> list[Participant]:
     """Everything a reload reaches, the nftables table first (its commit is the one that may fail cleanly)."""
     return [
@@ -96,11 +99,20 @@ class Supervisor:
             self.policy.retention,
             spool_max_bytes=config.spool_share(),
         )
-        self.reporter = FanoutReporter(LogReporter(), self.recorder)
-        self.table = NftTable(config.nft_settings(), apply=self._apply_unless_failed)
-        self.workers: list[subprocess.Popen[bytes]] = []
-        self.links: list[WorkerLink] = []
+        self.reporter = ProbeFilter(FanoutReporter(LogReporter(), self.recorder))
+        self.table = NftTable(config.nft_settings(), apply=self._apply_unless_locked)
+        payloads = Payloads()
+        self.slots = [WorkerSlot(config, index, payloads, lambda: self.version) for index in range(config.workers)]
+        self.allow_sets = AllowSetWriter(config.table, self.policy)
+        self.resolver = ResolverPart(self._new_resolver, config.dns_port)
+        self.drops = DropLoggerPart(self._new_drop_logger, self._died)
+        self.watcher: Watcher | None = None
         self.failed: str | None = None
+        """Why the gateway gave up (it stops, the lockdown in force)."""
+        self.locked: str | None = None
+        """Why the lockdown is in force while components recover (the policy table comes back after)."""
+        self._locks = 0
+        """Lockdowns so far: a recovery re-applies the policy table only if no other began since."""
         self.stopping = asyncio.Event()
         self.reloader: Reloader | None = None
         self.reload_pending = False
@@ -112,10 +124,25 @@ class Supervisor:
         """The policy in force in every component (replaced only when all of them committed a reload)."""
         return self.version.policy
 
-    def _apply_unless_failed(self, script: str) -> None:
+    def _new_resolver(self) -> Resolver:
+        return Resolver(
+            self.policy,
+            Upstream(self.config.upstream_dns),
+            self.bindings,
+            self.reporter,
+            self.lists,
+            on_answer=self.allow_sets,
+            listen_address=interface_address(self.config.sandbox_if),
+            listen_port=self.config.dns_port,
+        )
+
+    def _new_drop_logger(self) -> DropLogger:
+        return DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table)
+
+    def _apply_unless_locked(self, script: str) -> None:
         with self._nft:
-            if self.failed is not None:
-                raise runner.NftError(f"the gateway is locked down ({self.failed})")
+            if self.failed is not None or self.locked is not None:
+                raise runner.NftError(f"the gateway is locked down ({self.failed or self.locked})")
             runner.apply(script)
 
     def lockdown(self, why: str) -> None:
@@ -126,38 +153,50 @@ class Supervisor:
             except runner.NftError as exc:  # the policy table still redirects to dead ports: still closed
                 log.error("lockdown table could not be applied (%s); policy table stays: %s", why, exc)
 
-    async def start_workers(self) -> None:
-        # One CA for every worker, made before any starts (only the workers' modules import mitmproxy).
-        subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", self.config.confdir], check=True)
-        payloads = Payloads()
-        for index in range(self.config.workers):
-            worker = WorkerConfig.of(self.config, index)
-            path = Path(self.config.state_dir) / f"worker-{index}.json"
-            worker.write(path)
-            mine, theirs = socket_pair()
-            argv = [sys.executable, "-m", "egress.gateway.worker", "--config", str(path)]
-            process = subprocess.Popen([*argv, "--control", str(theirs.fileno())], pass_fds=(theirs.fileno(),))
-            theirs.close()
-            self.workers.append(process)
-            self.links.append(WorkerLink(worker.name, mine, payloads))
-            log.info("proxy worker %d (pid %d) on port %d", index, process.pid, worker.port)
-        for link in self.links:  # the first policy, by the same prepare and commit as every reload
-            await asyncio.wait_for(link.prepare(self.version), START_DEADLINE)
-            await asyncio.wait_for(link.commit(self.version), START_DEADLINE)
+    def lock(self, why: str) -> None:
+        """A component is down: the lockdown until every component is alive again (`unlock`)."""
+        self.locked = why
+        self._locks += 1
+        self.lockdown(why)
 
-    async def watch_workers(self) -> None:
-        while not self.stopping.is_set():
-            for index, process in enumerate(self.workers):
-                if process.poll() is not None:
-                    self.fail(f"proxy worker {index} (pid {process.pid}) exited with {process.returncode}")
-                    return
-            await asyncio.sleep(0.2)
+    async def unlock(self) -> None:
+        episode = self._locks
+
+        def reapply() -> None:
+            with self._nft:
+                if self.failed is None and self._locks == episode:  # else another component went down meanwhile
+                    runner.apply(render(self.policy, self.config.nft_settings()))
+                    self.locked = None
+
+        try:
+            await asyncio.to_thread(reapply)
+        except (ValueError, runner.NftError) as exc:
+            self.fail(f"the policy table could not be applied again after a recovery: {exc}")
+            return
+        if self.failed is None and self.locked is None:
+            log.warning("every component alive: policy table %s in force again", self.version.label)
+
+    def guard(self, life: int) -> None:
+        """Apply the guard table open for ``life`` seconds (0: closed)."""
+        runner.apply(render_guard(self.config.nft_settings(), self.policy, life))
 
     def fail(self, why: str) -> None:
+        """Give up: the lockdown, then the gateway stops (exit status 1)."""
         if self.failed is None:
             self.failed = why
             self.lockdown(why)
+            log.critical("GATEWAY FAILED, LOCKDOWN STAYS: %s", why)
             self.stopping.set()
+
+    def _died(self, why: str) -> None:
+        """The drop logger's thread says it died (called from that thread)."""
+        self.loop.call_soon_threadsafe(self._notice, self.drops.name, why)
+
+    def _notice(self, name: str, why: str) -> None:
+        if self.watcher is not None:
+            self.watcher.notice(name, why)
+        else:
+            self.fail(f"{name}: {why}")
 
     def committed(self, version: PolicyVersion) -> None:
         self.version = version
@@ -175,86 +214,91 @@ class Supervisor:
         else:
             self.reloader.request()
 
-    async def run(self) -> int:
-        loop = asyncio.get_running_loop()
-        loop.add_signal_handler(signal.SIGHUP, self.request_reload)  # from the start: SIGHUP's default is to exit
+    async def start(self) -> bool:
+        """Every component, in order; ``False`` when the gateway failed (closed) instead."""
         try:
+            await asyncio.to_thread(self.guard, 0)  # closed first: without a supervisor, nothing passes
             await self.table.prepare(self.version)
             await self.table.commit(self.version)
         except (Refused, runner.NftError) as exc:
-            self.fail(f"the policy's nftables table was not applied: {exc}")
-            return 1
+            self.fail(f"the guard or the policy's nftables table was not applied: {exc}")
+            return False
+        settings = self.config
         log.info(
-            "applied nftables table inet %s (%s): %d sandbox(es), proxy ports %s, dns port %d",
-            self.config.table,
+            "applied nftables tables inet %s (%s) and its guard: %d sandbox(es), proxy ports %s, dns port %d",
+            settings.table,
             self.version.label,
             len(self.policy.sandboxes),
-            ",".join(map(str, self.config.proxy_ports)),
-            self.config.dns_port,
+            ",".join(map(str, settings.proxy_ports)),
+            settings.dns_port,
         )
-        allow_sets = AllowSetWriter(self.config.table, self.policy)
-        resolver = Resolver(
-            self.policy,
-            Upstream(self.config.upstream_dns),
-            self.bindings,
-            self.reporter,
-            self.lists,
-            on_answer=allow_sets,
-            listen_address=interface_address(self.config.sandbox_if),
-            listen_port=self.config.dns_port,
-        )
-        handles = await serve(resolver, ["0.0.0.0", "::"], self.config.dns_port)
-        log.info("resolver on port %d, upstream %s", self.config.dns_port, self.config.upstream_dns)
-        drops = DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table)
         try:
-            await self.start_workers()
+            await self.resolver.start()
+            log.info("resolver on port %d, upstream %s", settings.dns_port, settings.upstream_dns)
+            await asyncio.to_thread(make_ca, settings.confdir)
+            await asyncio.gather(*(slot.start() for slot in self.slots))
+            self.drops.start()
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why
-            self.fail(f"the proxy workers did not start: {type(exc).__name__}: {exc}")
+            self.fail(f"the gateway's components did not start: {type(exc).__name__}: {exc}")
+            return False
+        return True
 
-        def died(why: str) -> None:
-            loop.call_soon_threadsafe(self.fail, why)
+    async def run(self) -> int:
+        self.loop = loop = asyncio.get_running_loop()
+        loop.add_signal_handler(signal.SIGHUP, self.request_reload)  # from the start: SIGHUP's default is to exit
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            loop.add_signal_handler(signum, self.stopping.set)
+        try:
+            if await self.start() and not self.stopping.is_set():
+                await self.supervise(loop)
+        finally:
+            await self.stop()
+        log.info("stopped%s", f" after a failure: {self.failed}" if self.failed else "")
+        return 1 if self.failed else 0
 
-        drops.start(on_death=died)
+    async def supervise(self, loop: asyncio.AbstractEventLoop) -> None:
         self.reloader = reloader = Reloader(
             self.config.policy,
-            participants(self.table, resolver, drops, allow_sets, self.links),
+            participants(self.table, self.resolver, self.drops, self.allow_sets, self.slots),
             self.version,
             on_commit=self.committed,
         )
         if self.reload_pending:
             reloader.request()
-        for signum in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(signum, self.stopping.set)
-        tasks = [loop.create_task(self.watch_workers()), loop.create_task(self.follow_reloads(reloader))]
+        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, RecorderPart(self.recorder)]
+        self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail)
+        if os.environ.get(FAULT_HOOKS_ENV) == "1":
+            loop.add_signal_handler(signal.SIGUSR1, self.resolver.hang)
+        await asyncio.to_thread(self.guard, GUARD_LIFE)
+        tasks = [
+            loop.create_task(self.watcher.run()),
+            loop.create_task(self.follow_reloads(reloader)),
+            loop.create_task(keep_guard_open(self.guard)),
+        ]
         log.info("gateway running: policy %s from %s", self.version.label, self.config.policy)
-        await self.stopping.wait()
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if self.failed is None:
-            self.lockdown("gateway stopped")
-        self.stop_workers()
-        drops.stop()
-        allow_sets.close()
-        for handle in handles:
-            handle.close()  # type: ignore[attr-defined]
-        self.recorder.close()
-        log.info("stopped%s", f" after a failure: {self.failed}" if self.failed else "")
-        return 1 if self.failed else 0
+        try:
+            await self.stopping.wait()
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
 
-    def stop_workers(self) -> None:
-        for process in self.workers:
-            if process.poll() is None:
-                # After a failure the lockdown is in place already: no need to let the others finish anything.
-                process.kill() if self.failed else process.terminate()
-        for process in self.workers:
+    async def stop(self) -> None:
+        """Closed first (the lockdown, the guard), then every component; the records flushed whatever happened."""
+        try:
+            if self.failed is None:
+                self.lockdown("gateway stopped")
             try:
-                process.wait(timeout=5)
-            except subprocess.TimeoutExpired:
-                process.kill()
-        for link in self.links:
-            link.close()
-        log.info("proxy workers stopped")
+                await asyncio.to_thread(self.guard, 0)
+            except runner.NftError as exc:  # the guard still closes by itself within its life
+                log.error("guard table not closed now (it closes within %d s): %s", GUARD_LIFE, exc)
+            await stop_workers(self.slots)
+            log.info("proxy workers stopped")
+            self.drops.stop()
+            self.allow_sets.close()
+            self.resolver.close()
+        finally:
+            await asyncio.to_thread(self.recorder.close)
 
 
 def run_gateway(config: GatewayConfig) -> int:

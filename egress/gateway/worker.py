@@ -3,16 +3,23 @@
 Builds what a worker is made of apart from mitmproxy (its gate: the policy, bindings and detectors; its reporter)
 and runs it with `egress.proxy.mitm.server.run_worker`. The policy comes only from the supervisor, over the control
 channel ``FD`` (`egress.gateway.control`): the first version before the worker serves anything, later ones by the
-reload protocol. The worker never reads the policy file, and ignores SIGHUP. When the supervisor's end of the
-channel closes, the worker flushes its records and stops.
+reload protocol. The worker never reads the policy file, and ignores SIGHUP.
+
+A worker stops the same way on SIGTERM (the supervisor's stop), on SIGINT and when the supervisor's end of the
+channel closes: it stops accepting, then flushes its records (`RecordReporter.close`) and exits, within
+`STOP_DEADLINE` whatever hangs. It never outlives the supervisor: the kernel sends it SIGTERM when the supervisor
+dies, even by SIGKILL (``PR_SET_PDEATHSIG``, `die_with_parent`), and the channel's end closes at the same moment.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import ctypes
 import logging
+import os
 import signal
+import threading
 from dataclasses import dataclass
 
 from egress.decisions import FanoutReporter, LogReporter
@@ -29,6 +36,35 @@ from egress.proxy.gate import Gate
 from egress.proxy.mitm.server import run_worker
 
 log = logging.getLogger("egress.proxy")
+
+STOP_DEADLINE = 8.0
+"""Seconds a stopping worker has to close and flush before it exits regardless (the supervisor waits longer)."""
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this process SIGTERM when ``parent`` (the supervisor that started it) dies.
+
+    The signal is tied to the thread that forked us: the supervisor starts workers from its main thread, which lives
+    as long as it does. If the parent died before this call, it is too late for the kernel: stop now."""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
+
+
+def _exit_after(seconds: float, name: str) -> None:
+    """A stop that hangs (a wedged flush, mitmproxy's shutdown) must still end the process: exit hard later."""
+
+    def hard_exit() -> None:
+        log.error("%s: not stopped within %.0f s: exiting now", name, seconds)
+        os._exit(1)
+
+    timer = threading.Timer(seconds, hard_exit)
+    timer.daemon = True
+    timer.start()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +97,25 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
     """Take the first policy from the supervisor, then proxy and follow its reloads until either ends."""
     loop = asyncio.get_running_loop()
     loop.add_signal_handler(signal.SIGHUP, log.warning, "%s: SIGHUP ignored (the supervisor reloads)", config.name)
+    stop = asyncio.Event()
+
+    def stop_now(signum: int) -> None:
+        if not stop.is_set():
+            log.info("%s: %s: stopping", config.name, signal.Signals(signum).name)
+            _exit_after(STOP_DEADLINE, config.name)
+            stop.set()
+
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_now, signum)
     reader, writer = await open_stream(control_fd)
     control = WorkerControl(config.name)
-    if not await control.until_committed(reader, writer) or control.current is None:
-        log.warning("%s: the supervisor closed the control channel before sending a policy", config.name)
+    stopped = asyncio.create_task(stop.wait())
+    starting = asyncio.create_task(control.until_committed(reader, writer))
+    await asyncio.wait({stopped, starting}, return_when=asyncio.FIRST_COMPLETED)
+    if not starting.done() or not starting.result() or control.current is None:
+        starting.cancel()
+        stopped.cancel()
+        log.warning("%s: stopped before the supervisor sent a policy", config.name)
         return
     setup = build_worker(config, control.current)
     control.on_commit = setup.swap
@@ -72,14 +123,16 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
     proxy = asyncio.create_task(run_worker(setup.gate, reporter, config.port, config.confdir, config.upstream_ca))
     follow = asyncio.create_task(control.serve(reader, writer))
     try:
-        await asyncio.wait({proxy, follow}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({proxy, follow, stopped}, return_when=asyncio.FIRST_COMPLETED)
     finally:
-        for task in (proxy, follow):
+        # The proxy first: its listening sockets close, so no connection is accepted that could not be recorded.
+        for task in (proxy, follow, stopped):
             task.cancel()
-        await asyncio.gather(proxy, follow, return_exceptions=True)
+        await asyncio.gather(proxy, follow, stopped, return_exceptions=True)
         setup.recorder.close()  # what the worker decided reaches Redis (or its spool) before it exits
     if proxy.cancelled():
-        log.warning("%s: the supervisor closed the control channel: stopping", config.name)
+        if not stop.is_set():
+            log.warning("%s: the supervisor closed the control channel: stopping", config.name)
         return
     proxy.result()  # the proxy's error ends the worker (the supervisor then locks the gateway down)
 
@@ -90,8 +143,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--control", required=True, type=int, help="the inherited descriptor of the supervisor's control channel"
     )
+    parser.add_argument("--parent", type=int, help="the supervisor's pid: the worker dies with it")
     args = parser.parse_args(argv)
     configure("proxy")  # as the supervisor was told (--log-format, --log-level: inherited through the environment)
+    if args.parent is not None:
+        die_with_parent(args.parent)
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     asyncio.run(serve(WorkerConfig.read(args.config), args.control))
 

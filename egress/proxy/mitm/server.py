@@ -28,6 +28,8 @@ log = logging.getLogger("egress.proxy")
 
 START_TIMEOUT = 30.0
 """Seconds mitmproxy's server may take to start before the worker gives up (and the gateway locks down)."""
+STOP_WAIT = 3.0
+"""Seconds a stopping worker waits for its front and mitmproxy to finish their cancellation."""
 SINK_SILENCE = 3.0
 """Seconds the sink waits for a client that says nothing before closing (a server-first protocol's client)."""
 
@@ -107,8 +109,10 @@ async def run_worker(
         running.result()  # mitmproxy shut down (its error, if any, ends the worker)
     finally:  # also when the worker is told to stop (cancelled)
         guard.uninstall()
+        front.cancel()  # first: its listening sockets close, nothing more is accepted
         running.cancel()
-        front.cancel()
+        # Wait for both to have really stopped (bounded): the caller flushes records next, with no new connection.
+        await asyncio.wait({front, running}, timeout=STOP_WAIT)
 
 
 def _severer(server: proxyserver.Proxyserver) -> Callable[[connection.Client], None]:

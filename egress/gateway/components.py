@@ -1,0 +1,252 @@
+"""The supervisor's in-process components as supervised parts: each says why it is not alive (`check`) and can be
+started again (`restart`), and each stays a reload participant across restarts (``reload`` goes to the instance
+running now).
+
+- `ResolverPart`: alive when it answers a real DNS query over its UDP socket (`PROBE_NAME`, from loopback: any
+  answer counts, a refusal too) within `egress.gateway.liveness.ANSWER_DEADLINE`; restarted by closing its sockets
+  and serving a new `Resolver` on the same port.
+- `DropLoggerPart`: alive when its thread runs and its nflog socket is open; restarted by stopping it and starting
+  a new `DropLogger` on the same group.
+- `RecorderPart`: alive when its thread runs and its queue drains (`egress.gateway.liveness.Drain`). It is not
+  restarted in-process (its spool must have one writer): a "restart" waits up to `DRAIN_DEADLINE` for the queue to
+  drain again, and a recorder that never does makes the supervisor give up, the lockdown in force.
+
+`ProbeFilter` keeps the resolver's probes out of the decision log and the records: they are the supervisor's,
+not a sandbox's.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fcntl
+import logging
+import os
+import socket
+import struct
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any, Final
+
+from egress.decisions import DecidedFlow, Reporter
+from egress.dnsserver.resolver import Resolver, serve
+from egress.gateway.droplog import DropLogger
+from egress.gateway.liveness import CHECK_EVERY, DRAIN_DEADLINE, Answers, Drain
+from egress.gateway.recorder import RecordReporter
+from egress.gateway.reload import PolicyVersion
+from egress.policy.model import Policy
+
+log = logging.getLogger("egress.gateway")
+
+PROBE_NAME: Final = "liveness.egress.invalid"
+"""The name the supervisor's probe asks for (``.invalid``: never a real name, RFC 6761)."""
+PROBE_WAIT: Final = 1.0
+"""Seconds one probe waits; the resolver counts as hung only after `ANSWER_DEADLINE` of silence."""
+FAULT_HOOKS_ENV: Final = "EGRESS_FAULT_HOOKS"
+"""Test-only: when ``1``, SIGUSR1 makes the resolver stop answering (tests/security/test_faults.py)."""
+_LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
+
+
+def probe_query(ident: int) -> bytes:
+    """A standard query for `PROBE_NAME`, type A, class IN, with id ``ident``."""
+    name = b"".join(bytes([len(label)]) + label.encode() for label in PROBE_NAME.split(".")) + b"\0"
+    return struct.pack(">HHHHHH", ident, 0x0100, 1, 0, 0, 0) + name + struct.pack(">HH", 1, 1)
+
+
+def interface_address(name: str) -> str:
+    """The IPv4 address of interface ``name`` (what sandboxes' DNS queries are addressed to), or ``""``."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as probe:
+        try:
+            packed = fcntl.ioctl(probe.fileno(), _SIOCGIFADDR, struct.pack("256s", name.encode()[:15]))
+        except OSError:
+            return ""
+    return socket.inet_ntoa(packed[20:24])
+
+
+_SIOCGIFADDR = 0x8915
+
+
+class ProbeFilter:
+    """Passes every decision on except those about the supervisor's own probes."""
+
+    def __init__(self, inner: Reporter) -> None:
+        self.inner = inner
+
+    def report(self, attempt: DecidedFlow) -> None:
+        if attempt.host == PROBE_NAME and attempt.src in _LOOPBACK:
+            return
+        self.inner.report(attempt)
+
+
+class _Reply(asyncio.DatagramProtocol):
+    def __init__(self, ident: int) -> None:
+        self.ident = ident
+        self.answered: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+
+    def datagram_received(self, data: bytes, addr: tuple[str | Any, int]) -> None:
+        if len(data) >= 2 and int.from_bytes(data[:2], "big") == self.ident and not self.answered.done():
+            self.answered.set_result(None)
+
+
+async def ask(port: int, wait: float = PROBE_WAIT) -> bool:
+    """Whether the resolver on ``127.0.0.1:port`` answers the probe within ``wait`` seconds."""
+    ident = int.from_bytes(os.urandom(2), "big")
+    loop = asyncio.get_running_loop()
+    transport, protocol = await loop.create_datagram_endpoint(
+        lambda: _Reply(ident), remote_addr=("127.0.0.1", port), family=socket.AF_INET
+    )
+    try:
+        transport.sendto(probe_query(ident))
+        await asyncio.wait_for(protocol.answered, wait)
+    except (TimeoutError, OSError):
+        return False
+    finally:
+        transport.close()
+    return True
+
+
+class ResolverPart:
+    name = "resolver"
+
+    def __init__(self, build: Callable[[], Resolver], port: int, clock: Callable[[], float] = time.monotonic) -> None:
+        """``build``: a new `Resolver` under the policy in force."""
+        self.build = build
+        self.port = port
+        self.clock = clock
+        self.resolver: Resolver | None = None
+        self.handles: list[object] = []
+        self.answers = Answers(clock())
+
+    async def start(self) -> None:
+        self.resolver = self.build()
+        self.handles = await serve(self.resolver, ["0.0.0.0", "::"], self.port)
+        self.answers = Answers(self.clock())
+
+    def reload(self, policy: Policy) -> None:
+        if self.resolver is not None:
+            self.resolver.reload(policy)
+
+    async def check(self) -> str | None:
+        if self.resolver is None:
+            return "not running"
+        if await ask(self.port):
+            self.answers.answered(self.clock())
+        now = self.clock()
+        if self.answers.hung(now):
+            return f"no answer to a probe query for {self.answers.silent_for(now):.0f} s"
+        return None
+
+    async def restart(self) -> None:
+        self.close()
+        await self.start()
+
+    def close(self) -> None:
+        for handle in self.handles:
+            handle.close()  # type: ignore[attr-defined]
+        self.handles = []
+
+    def hang(self) -> None:
+        """Test-only fault (`FAULT_HOOKS_ENV`): the resolver keeps its sockets but never answers again."""
+        if self.resolver is not None:
+
+            async def never(query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
+                await asyncio.Event().wait()
+                return None
+
+            setattr(self.resolver, "answer", never)  # noqa: B010 (mypy refuses assigning to a method)
+            log.warning("FAULT HOOK: the resolver stops answering (%s=1)", FAULT_HOOKS_ENV)
+
+
+class DropLoggerPart:
+    name = "drop logger"
+
+    def __init__(self, build: Callable[[], DropLogger], on_death: Callable[[str], None]) -> None:
+        self.build = build
+        self.on_death = on_death
+        self.drops: DropLogger | None = None
+
+    def start(self) -> None:
+        self.drops = self.build()
+        self.drops.start(on_death=self.on_death)
+
+    def reload(self, policy: Policy) -> None:
+        if self.drops is not None:
+            self.drops.reload(policy)
+
+    # A reload participant (`egress.gateway.reload.Participant`) through the running logger: it names what the new
+    # table logs from prepare on (egress.gateway.droplog).
+    async def prepare(self, version: PolicyVersion) -> None:
+        if self.drops is not None:
+            await self.drops.prepare(version)
+
+    async def commit(self, version: PolicyVersion) -> None:
+        if self.drops is not None:
+            await self.drops.commit(version)
+
+    async def abort(self, version: PolicyVersion) -> None:
+        if self.drops is not None:
+            await self.drops.abort(version)
+
+    async def check(self) -> str | None:
+        drops = self.drops
+        if drops is None:
+            return "not running"
+        # DropLogger has no public liveness yet (egress/gateway/droplog.py is another helper's): read its parts.
+        thread = drops._thread
+        if thread is None or not thread.is_alive():
+            return "its thread is not running"
+        try:
+            open_ = drops.reader is not None and drops.reader.fileno() >= 0
+        except RuntimeError:  # NflogReader: "reader is not open"
+            open_ = False
+        if not open_:
+            return "its nflog socket is closed"
+        return None
+
+    async def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self.drops is not None:
+            self.drops.stop()
+
+
+class RecorderPart:
+    name = "recorder"
+
+    def __init__(
+        self,
+        recorder: RecordReporter,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.recorder = recorder
+        self.clock = clock
+        self.sleep = sleep
+        self.drain = Drain(clock())
+
+    def _progress(self) -> tuple[int, int]:
+        """(backlog, records done so far). RecordReporter has no public liveness yet (egress/gateway/recorder.py is
+        another helper's): its queue and its store's totals are read."""
+        store = self.recorder.store
+        return self.recorder._queue.qsize(), store.written + store.spooled + store.lost
+
+    async def check(self) -> str | None:
+        if not self.recorder._thread.is_alive():
+            return "its thread is not running"
+        now = self.clock()
+        self.drain.seen(now, *self._progress())
+        if self.drain.stalled(now):
+            return f"its queue has not drained for {now - self.drain.since:.0f} s"
+        return None
+
+    async def restart(self) -> None:
+        """Not a restart (one spool writer): wait up to `DRAIN_DEADLINE` for the queue to drain again."""
+        deadline = self.clock() + DRAIN_DEADLINE
+        while self.clock() < deadline:
+            if not self.recorder._thread.is_alive():
+                raise RuntimeError("the recorder's thread died; it is not restarted in-process (one spool writer)")
+            self.drain.seen(self.clock(), *self._progress())
+            if not self.drain.stalled(self.clock()):
+                return
+            await self.sleep(CHECK_EVERY)
