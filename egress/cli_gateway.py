@@ -81,6 +81,12 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
             ),
             click.option("--upstream-ca", default=None, help="Extra CA bundle trusted for intercepted TLS."),
             click.option(
+                "--ca-constrain",
+                is_flag=True,
+                help="Constrain the gateway's CA, when it is made, to the decrypt lists' names (X.509 name "
+                "constraints: a stolen key cannot vouch for other sites; a name added later needs a new CA).",
+            ),
+            click.option(
                 "--spool-max-bytes",
                 type=click.IntRange(min=1),
                 default=None,
@@ -108,6 +114,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         gateway=options["gateway_name"],
         upstream_ca=options["upstream_ca"],
         spool_max_bytes=options["spool_max_bytes"],
+        ca_constrain=options["ca_constrain"],
     )
 
 

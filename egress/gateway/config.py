@@ -66,6 +66,8 @@ class GatewayConfig:
     spool_max_bytes: int | None = None
     """What the record spools (one per worker and one of the supervisor) may hold together on the state
     directory's disk; None: min(256 MiB, half its free space at start). Each spool gets an equal share."""
+    ca_constrain: bool = False
+    """Constrain a newly made CA to the decrypt lists' names (X.509 name constraints, `egress.proxy.mitm.ca`)."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:

@@ -54,6 +54,7 @@ from egress.gateway.reload import (
     Swap,
     load_version,
 )
+from egress.gateway.sdnotify import Notifier
 from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
 from egress.gateway.workers import WorkerSlot, make_ca, stop_workers
 from egress.nft import runner
@@ -85,6 +86,8 @@ def participants(
 class Supervisor:
     def __init__(self, config: GatewayConfig) -> None:
         self.config = config
+        self.notify = Notifier.from_environment()
+        """systemd's readiness, status and watchdog (a no-op outside a ``Type=notify`` unit)."""
         self.version: PolicyVersion = load_version(config.policy)
         self.lists = load_name_lists(config.lists_dir)
         state = Path(config.state_dir)
@@ -158,6 +161,7 @@ class Supervisor:
         self.locked = why
         self._locks += 1
         self.lockdown(why)
+        self.notify.status(f"lockdown: {why}")
 
     async def unlock(self) -> None:
         episode = self._locks
@@ -167,6 +171,7 @@ class Supervisor:
                 if self.failed is None and self._locks == episode:  # else another component went down meanwhile
                     runner.apply(render(self.policy, self.config.nft_settings()))
                     self.locked = None
+                    self.notify.status("running")
 
         try:
             await asyncio.to_thread(reapply)
@@ -235,7 +240,9 @@ class Supervisor:
         try:
             await self.resolver.start()
             log.info("resolver on port %d, upstream %s", settings.dns_port, settings.upstream_dns)
-            await asyncio.to_thread(make_ca, settings.confdir)
+            permitted = sorted({d for sandbox in self.policy.sandboxes for d in sandbox.decrypt})
+            permitted = permitted if self.config.ca_constrain else []
+            await asyncio.to_thread(make_ca, settings.confdir, self.config.gateway, permitted)
             await asyncio.gather(*(slot.start() for slot in self.slots))
             self.drops.start()
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why
@@ -266,7 +273,8 @@ class Supervisor:
         if self.reload_pending:
             reloader.request()
         parts: list[Supervised] = [*self.slots, self.resolver, self.drops, RecorderPart(self.recorder)]
-        self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail)
+        # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.
+        self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail, beat=self.notify.watchdog)
         if os.environ.get(FAULT_HOOKS_ENV) == "1":
             loop.add_signal_handler(signal.SIGUSR1, self.resolver.hang)
         await asyncio.to_thread(self.guard, GUARD_LIFE)
@@ -276,6 +284,7 @@ class Supervisor:
             loop.create_task(keep_guard_open(self.guard)),
         ]
         log.info("gateway running: policy %s from %s", self.version.label, self.config.policy)
+        self.notify.ready(f"running: policy {self.version.label}")
         try:
             await self.stopping.wait()
         finally:
@@ -285,6 +294,7 @@ class Supervisor:
 
     async def stop(self) -> None:
         """Closed first (the lockdown, the guard), then every component; the records flushed whatever happened."""
+        self.notify.stopping("stopping: lockdown")
         try:
             if self.failed is None:
                 self.lockdown("gateway stopped")

@@ -48,8 +48,11 @@ class Watcher:
         policy: RestartPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        beat: Callable[[], object] = lambda: None,
     ) -> None:
         self.components = list(components)
+        self.beat = beat
+        """Called once per round of checks (systemd's watchdog keep-alive): it stops when the loop does."""
         self.lock = lock
         self.unlock = unlock
         self.give_up = give_up
@@ -67,6 +70,7 @@ class Watcher:
         try:
             while True:
                 await self.check_once()
+                self.beat()
                 await self.sleep(CHECK_EVERY)
         finally:
             for task in self._tasks:

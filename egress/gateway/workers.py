@@ -16,7 +16,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
@@ -35,9 +35,11 @@ PING_WAIT: Final = 1.0
 """Seconds one ping waits; a worker counts as hung only after `ANSWER_DEADLINE` of silence."""
 
 
-def make_ca(confdir: str) -> None:
-    """One CA for every worker, made before any starts (only the workers' modules import mitmproxy)."""
-    subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", confdir], check=True)
+def make_ca(confdir: str, name: str = "", permitted: Sequence[str] = ()) -> None:
+    """One CA for every worker, made before any starts (only the workers' modules import mitmproxy): named for the
+    gateway, and constrained to the DNS subtrees ``permitted`` if any (`egress.proxy.mitm.ca`)."""
+    permits = [arg for domain in permitted for arg in ("--permit", domain)]
+    subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", confdir, "--name", name, *permits], check=True)
 
 
 class WorkerSlot:

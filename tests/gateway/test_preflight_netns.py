@@ -95,8 +95,9 @@ def tables(t: Topology) -> str:
 
 def no_table(t: Topology) -> str:
     """The gateway namespace without egress's table (a gateway run by another test leaves its lockdown)."""
-    delete = ["ip", "netns", "exec", t.gateway, "nft", "delete", "table", "inet", "egress"]
-    subprocess.run(delete, capture_output=True, check=False)
+    for table in ("egress", "egress_guard"):  # the policy (or lockdown) table, and the guard a stop leaves closed
+        delete = ["ip", "netns", "exec", t.gateway, "nft", "delete", "table", "inet", table]
+        subprocess.run(delete, capture_output=True, check=False)
     before = tables(t)
     assert "egress" not in before
     return before

@@ -197,3 +197,30 @@ def test_stopping_the_watcher_cancels_recoveries_under_way() -> None:
         assert not watcher._tasks and worker.restarts == 0
 
     _run(scenario)
+
+
+def test_each_round_of_checks_feeds_the_watchdog_and_a_stalled_loop_does_not() -> None:
+    """systemd's watchdog keep-alive comes from the supervision loop itself (the supervisor passes
+    `Notifier.watchdog` as ``beat``): one beat per round, none while a round is stuck."""
+    beats: list[int] = []
+    stuck = asyncio.Event()
+    part = Part("proxy-0")
+    gateway = Gateway()
+
+    async def play(seconds: float) -> None:
+        if len(beats) >= 3:
+            await stuck.wait()  # the loop stalls here: no further beat may come
+        await asyncio.sleep(0)
+
+    async def scenario() -> None:
+        watcher = Watcher(
+            [part], gateway.lock, gateway.unlock, gateway.give_up, sleep=play, beat=lambda: beats.append(1)
+        )
+        running = asyncio.create_task(watcher.run())
+        for _ in range(50):
+            await asyncio.sleep(0)
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+
+    _run(scenario)
+    assert len(beats) == 3
