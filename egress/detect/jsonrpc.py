@@ -27,7 +27,7 @@ import dataclasses
 import enum
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
@@ -286,17 +286,49 @@ def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -
         return text[start:end]
     if len(text) >= high:
         return text[start:high]
-    return text[start:] if final or _closed(text[begin:]) else None
+    return text[start:] if final or _closes_around(text[begin:], offset - begin) else None
 
 
-def _closed(message: bytes) -> bool:
-    """Whether ``message`` ends a JSON value: every string closed, braces and brackets balanced."""
-    if not message.rstrip().endswith((b"}", b"]")):
+def _closes_around(message: bytes, at: int) -> bool:
+    """Whether ``message`` ends exactly where the JSON value holding position ``at`` closes: ``at`` lies inside
+    braces or brackets (outside strings), and they close on the message's last byte, not before. Anything else
+    (no value around ``at``, a value closed earlier and text after it, one still open) is not a whole message
+    yet, so the same message is reported whether the stream came whole or cut at any byte."""
+    body = message.rstrip()
+    if not body.endswith((b"}", b"]")):
         return False
-    bare = _STRING.sub(b'""', message) if b'"' in message else message
-    if bare.count(b'"') % 2:
-        return False
-    return bare.count(b"{") == bare.count(b"}") and bare.count(b"[") == bare.count(b"]")
+    last = len(body) - 1
+    depth, depth_at = 0, -1
+    for index, byte in _structure(body):
+        if depth_at < 0 and index >= at:
+            depth_at = depth
+        depth += 1 if byte in b"{[" else -1
+        if depth < 0 or (depth == 0 and index != last and index >= at):
+            return False  # more closes than opens, or the value around ``at`` closed before the end
+        depth = max(depth, 0)
+    return depth == 0 and depth_at > 0 and _strings_closed(body)
+
+
+def _structure(text: bytes) -> Iterator[tuple[int, int]]:
+    """The braces and brackets of ``text`` outside strings, with their positions."""
+    inside = escaped = False
+    for index, byte in enumerate(text):
+        if inside:
+            escaped, inside = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            inside = True
+        elif byte in b"{}[]":
+            yield index, byte
+
+
+def _strings_closed(text: bytes) -> bool:
+    inside = escaped = False
+    for byte in text:
+        if inside:
+            escaped, inside = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            inside = True
+    return not inside
 
 
 Matcher = Callable[[Payload, Payload], Finding | None]

@@ -25,7 +25,12 @@ SIZE_RULES = frozenset({stratum2.detect})
 """Detectors whose signature is the size of a whole message flight (Stratum v2's Noise handshake: exactly 64 bytes,
 then 170 or 234): a byte stream without timing cannot say where a flight ends, so their answer may depend on the
 cuts by nature. They are left out here; `tests/detect/test_stratum2.py` splits the plaintext SetupConnection."""
-STREAM = tuple(detect for detect in DETECTORS.tcp if detect not in SIZE_RULES)
+GREETING_RULES = frozenset({proxytunnel.detect})
+"""A SOCKS5 greeting is judged the moment it is whole (on a live gateway no answer ever comes, and the record must
+not wait for one), while a greeting followed in the same segment by bytes that start no request is no SOCKS: the
+cut decides by design. `tests/detect/test_proxytunnel.py` splits real greetings and requests instead, and the
+security suite plays curl's own (tests/security/test_unrecorded_proxy.py)."""
+STREAM = tuple(detect for detect in DETECTORS.tcp if detect not in SIZE_RULES | GREETING_RULES)
 PAYLOAD = tuple(d for d in (*MINING, cryptonode.detect, DETECTORS.tcp[-2], ssh.detect) if d not in SIZE_RULES)
 """The detectors whose answer must not depend on the order in which the two directions arrive either: the pool
 and node detectors (a pool can speak first), the WebSocket unwrapper and SSH. The proxy-tunnel detector is

@@ -123,4 +123,7 @@ def test_proxy_greetings_reach_no_proxy_and_are_recorded_as_tunnels(
     assert leaked == 0, crossed.table()
     assert not goal, (answer.stdout, log[-500:])
     assert (str(record.reason), record.detector, str(record.action)) == ("tunnel", "proxytunnel", "block")
-    assert names.format(proxy=proxy, port=port) in record.evidence, record.evidence
+    # SOCKS4 and SOCKS4a to the same proxy port are one attempt by the aggregation key (same protocol, same
+    # destination): a record of the variant run just before may hold this one as a repeat (count > 1), with the
+    # first evidence; the decision log line keeps each target.
+    assert names.format(proxy=proxy, port=port) in record.evidence or record.count > 1, record
