@@ -137,7 +137,6 @@ def _start_load(lab: SecurityLab, pad: int = 8) -> Attacker:
     return load
 
 
-@pytest.mark.xfail(strict=True, reason="needs branch supervise")  # workers flush on SIGTERM (passes with it)
 def test_sigterm_of_the_gateway_keeps_every_attempt_once_with_its_count(lab: SecurityLab) -> None:
     since = time.time()
     with lab.capture("records-sigterm") as capture:
@@ -148,6 +147,14 @@ def test_sigterm_of_the_gateway_keeps_every_attempt_once_with_its_count(lab: Sec
         lab.run.gateway.wait(timeout=scaled(30))
         load.stop()
     blocked, unknown = _tally(load)
+    # The agent was stopped after the gateway: the attempt it had under way then (decided and recorded, perhaps,
+    # but never logged by the agent) is one more whose fate it does not know.
+    attempts = _attempts(load)
+    if attempts:
+        last = str(attempts[-1]["host"])
+        next_host = f"u{int(last[1:].split('-', maxsplit=1)[0]) + 1}-{last.split('-', 1)[1]}"
+        in_flight = last if sum(1 for a in attempts if a["host"] == last) < REPEATS else next_host
+        unknown[in_flight] = unknown.get(in_flight, 0) + 1
     records = _by_host(lab.records(since))
     twice, totals = _judge(records, lab.run.workers)
     missing = sorted(host for host in blocked if host not in records)
@@ -164,7 +171,8 @@ def test_sigterm_of_the_gateway_keeps_every_attempt_once_with_its_count(lab: Sec
     )
     report_fault("records (gateway SIGTERM)", 1, int(leaked == 0), leaked, "n/a", note)
     assert leaked == 0
-    assert not missing and not twice and not wrong, f"{note}: {missing[:3]} {twice[:3]} {wrong[:3]}"
+    details = [(host, blocked.get(host, 0), unknown.get(host, 0), totals[host]) for host in wrong[:3]]
+    assert not missing and not twice and not wrong, f"{note}: {missing[:3]} {twice[:3]} {details}"
 
 
 def test_sigkill_of_a_proxy_worker_keeps_every_attempt_made_before_it(lab: SecurityLab) -> None:
@@ -176,7 +184,13 @@ def test_sigkill_of_a_proxy_worker_keeps_every_attempt_made_before_it(lab: Secur
         killed_at = time.time()
         os.kill(pid, signal.SIGKILL)
         assert lab.run.gateway is not None
-        lab.run.gateway.wait(timeout=scaled(30))  # the supervisor locks the gateway down and stops
+
+        def replaced() -> bool:  # the supervisor locks down, starts a new worker, and opens again (issue 10)
+            pids = _worker_pids(lab)
+            assert pid not in pids and len(pids) == lab.run.workers, pids
+            return True
+
+        eventually(replaced, timeout=scaled(60), interval=0.2)
         load.stop()
     settled, _ = _tally(load, before=killed_at - UPDATE_MARGIN)
     blocked, unknown = _tally(load)
