@@ -155,13 +155,16 @@ class RedisFacade:
         """A Cluster call failed as if a node were gone: the slot map is read again before the next call."""
 
     @classmethod
-    def from_url(cls, url: str, *, socket_timeout: float = 2.0, connect_timeout: float = 1.0) -> RedisFacade:
-        """``redis://host:port/db``, or ``redis+cluster://host:port`` for a node of a Cluster."""
+    def from_url(
+        cls, url: str, *, cluster: bool | None = None, socket_timeout: float = 2.0, connect_timeout: float = 1.0
+    ) -> RedisFacade:
+        """``redis://host:port/db``, or ``redis+cluster://host:port`` for a node of a Cluster (``cluster``, when
+        given, decides instead of the scheme)."""
         scheme, _, rest = url.partition("://")
-        cluster = scheme in {"redis+cluster", "rediss+cluster"}
-        if cluster:
+        if scheme in {"redis+cluster", "rediss+cluster"}:
+            cluster = True if cluster is None else cluster
             url = f"{scheme.removesuffix('+cluster')}://{rest}"
-        return cls(url, cluster=cluster, socket_timeout=socket_timeout, connect_timeout=connect_timeout)
+        return cls(url, cluster=bool(cluster), socket_timeout=socket_timeout, connect_timeout=connect_timeout)
 
     def close(self) -> None:
         with self._lock:

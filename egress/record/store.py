@@ -51,12 +51,8 @@ class RecordStore:
         Cluster. ``retry_interval``: after a failure, writes go straight to the spool for this long.
         ``spool_max_bytes``: the spool's cap (None: `spool.default_max_bytes`, min(256 MiB, half the free space of
         its disk now)). ``clock``: epoch seconds (retention); ``monotonic``: the delivery's retries and log pacing."""
-        scheme, _, rest = url.partition("://")
-        if scheme in {"redis+cluster", "rediss+cluster"}:
-            cluster = True if cluster is None else cluster
-            url = f"{scheme.removesuffix('+cluster')}://{rest}"
-        self.redis = RedisFacade(
-            url, cluster=bool(cluster), socket_timeout=socket_timeout, connect_timeout=connect_timeout
+        self.redis = RedisFacade.from_url(
+            url, cluster=cluster, socket_timeout=socket_timeout, connect_timeout=connect_timeout
         )
         """The connection: what `walk`, `query` and `action_store` send their commands through."""
         self.gateway = gateway

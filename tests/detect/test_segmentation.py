@@ -80,15 +80,6 @@ def _category(found: Finding | None) -> Category | None:
     return found.category if found is not None else None
 
 
-def _judged(detect: Detector, found: Finding | None) -> object:
-    """What must not depend on the cuts: the whole finding, except proxytunnel's evidence. That detector decides
-    on a SOCKS5 greeting the moment it is whole (on a live gateway no answer ever comes, so nothing more would),
-    and names the target only when a pipelined request arrived with the greeting; its label may not change."""
-    if detect is proxytunnel.detect and found is not None:
-        return (found.category, found.protocol, found.detector)
-    return found
-
-
 @settings(max_examples=examples(150), deadline=None, suppress_health_check=_PATIENT)
 @given(streams())
 def test_each_detector_ignores_segmentation(case: Case) -> None:
@@ -96,7 +87,7 @@ def test_each_detector_ignores_segmentation(case: Case) -> None:
     evidence may then come from the direction whose message was whole first)."""
     for detect in STREAM:
         whole = _whole(case.meta, (detect,), case.client, case.server)
-        assert _judged(detect, _cut(case.meta, (detect,), case.ordered)) == _judged(detect, whole), detect
+        assert _cut(case.meta, (detect,), case.ordered) == whole, detect
         if detect in PAYLOAD:
             assert _category(_cut(case.meta, (detect,), case.interleaved)) == _category(whole), detect
 
