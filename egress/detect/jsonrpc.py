@@ -270,10 +270,10 @@ def has_key(text: bytes, key: bytes) -> bool:
 def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -> bytes | None:
     """The whole message around ``offset``, or None while it is still arriving (unless ``final``).
 
-    A message runs from the previous newline or ``}{`` boundary to the next one; one that ends the text counts
-    once it closes all its braces and brackets outside strings (a batch ``[...]`` included). Only complete
-    messages are reported, so a finding's evidence does not depend on where the stream was split. Messages longer
-    than ``span`` either side are cut at ``span``.
+    A message ends where the JSON value holding ``offset`` closes (braces and brackets outside strings), or else at
+    the next newline or ``}{`` boundary; it starts at the previous one. Only complete messages are reported, and
+    the end never depends on what follows, so a finding's evidence does not depend on where the stream was split.
+    Messages longer than ``span`` either side are cut at ``span``.
     """
     begin = max(text.rfind(b"\n", 0, offset), text.rfind(b"}{", 0, offset)) + 1
     start = max(begin, offset - span)
@@ -282,31 +282,30 @@ def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -
     joined = text.find(b"}{", offset, high)
     if joined >= 0 and (end < 0 or joined < end):
         end = joined + 1
+    close = _value_end(text, begin, offset, end if end >= 0 else min(len(text), high))
+    if close >= 0:
+        return text[start:close]
     if end >= 0:
         return text[start:end]
     if len(text) >= high:
         return text[start:high]
-    return text[start:] if final or _closes_around(text[begin:], offset - begin) else None
+    return text[start:] if final else None
 
 
-def _closes_around(message: bytes, at: int) -> bool:
-    """Whether ``message`` ends exactly where the JSON value holding position ``at`` closes: ``at`` lies inside
-    braces or brackets (outside strings), and they close on the message's last byte, not before. Anything else
-    (no value around ``at``, a value closed earlier and text after it, one still open) is not a whole message
-    yet, so the same message is reported whether the stream came whole or cut at any byte."""
-    body = message.rstrip()
-    if not body.endswith((b"}", b"]")):
-        return False
-    last = len(body) - 1
+def _value_end(text: bytes, begin: int, offset: int, limit: int) -> int:
+    """Just past the byte that closes the JSON value holding ``offset`` (scanning ``text[begin:limit]``), or -1:
+    no value holds it, or it does not close before ``limit``."""
     depth, depth_at = 0, -1
-    for index, byte in _structure(body):
-        if depth_at < 0 and index >= at:
+    for index, byte in _structure(text[begin:limit]):
+        position = begin + index
+        if depth_at < 0 and position >= offset:
             depth_at = depth
-        depth += 1 if byte in b"{[" else -1
-        if depth < 0 or (depth == 0 and index != last and index >= at):
-            return False  # more closes than opens, or the value around ``at`` closed before the end
-        depth = max(depth, 0)
-    return depth == 0 and depth_at > 0 and _strings_closed(body)
+            if depth_at == 0:
+                return -1
+        depth = max(depth + (1 if byte in b"{[" else -1), 0)
+        if depth_at > 0 and depth == 0:
+            return position + 1
+    return -1
 
 
 def _structure(text: bytes) -> Iterator[tuple[int, int]]:
@@ -319,16 +318,6 @@ def _structure(text: bytes) -> Iterator[tuple[int, int]]:
             inside = True
         elif byte in b"{}[]":
             yield index, byte
-
-
-def _strings_closed(text: bytes) -> bool:
-    inside = escaped = False
-    for byte in text:
-        if inside:
-            escaped, inside = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
-        elif byte == 0x22:
-            inside = True
-    return not inside
 
 
 Matcher = Callable[[Payload, Payload], Finding | None]
