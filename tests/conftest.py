@@ -6,6 +6,8 @@
   CI must run everything (tests/needs.py). ``make unit`` runs what is marked neither.
 - Timeouts: every test gets pytest-timeout's ``timeout`` (pyproject.toml) times ``EGRESS_TEST_TIME_FACTOR``, unless
   it sets its own ``@pytest.mark.timeout`` or ``--timeout`` is given.
+- Isolation: a test that leaves an ``EGRESS_*`` environment variable changed fails (`_environment_kept`): the
+  processes later tests start inherit the environment, so a leak makes the suite depend on its order.
 - Redis: `redis_factory` gives each test module that asks for it a factory of redis-servers of its own
   (tests/redis_server.py), stopped at the end of the module; `redis_server` is one such server for the module.
 """
@@ -50,6 +52,24 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         return
     if reason:
         unavailable(reason)
+
+
+def _egress_environment() -> dict[str, str]:
+    return {name: value for name, value in os.environ.items() if name.startswith("EGRESS_")}
+
+
+@pytest.fixture(autouse=True)
+def _environment_kept() -> Iterator[None]:
+    """Fails the test that changed an ``EGRESS_*`` variable and did not put it back (see the module docstring)."""
+    before = _egress_environment()
+    yield
+    after = _egress_environment()
+    if after != before:
+        changed = sorted(name for name in before.keys() | after.keys() if before.get(name) != after.get(name))
+        os.environ.update(before)
+        for name in after.keys() - before.keys():
+            del os.environ[name]
+        pytest.fail(f"the test left the environment changed: {', '.join(changed)} (restore it, e.g. monkeypatch)")
 
 
 @pytest.fixture(scope="module")

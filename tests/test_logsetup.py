@@ -26,8 +26,12 @@ def captured(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
     """The root logger as `configure` leaves it (writing to pytest's captured stderr); restored afterwards."""
     root = logging.getLogger()
     saved = (root.handlers[:], root.level)
-    monkeypatch.delenv(FORMAT_ENV, raising=False)
-    monkeypatch.delenv(LEVEL_ENV, raising=False)
+    for name in (FORMAT_ENV, LEVEL_ENV):
+        # `configure` writes these for its children: setenv first, so that monkeypatch restores them even where
+        # they were unset (a bare delenv of an unset variable records nothing, and the setting leaked into every
+        # later test's gateway, which then logged JSON at WARNING)
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     try:
         yield Captured(capsys)
     finally:
