@@ -180,33 +180,70 @@ def rules() -> None:
 
 @rules.command("check")
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
-def rules_check(files: tuple[str, ...]) -> None:
-    """Validate policy FILES without touching anything: every error, with file, line and field; then warnings
-    (a wildcard over a public suffix where anyone can create names), which do not fail the check.
+@click.option(
+    "--gateway-address",
+    "gateway_addresses",
+    multiple=True,
+    metavar="ADDRESS",
+    help="An address of the gateway (uplink, management) no sandbox source may contain; repeatable. Loopback is "
+    "always refused.",
+)
+@click.option(
+    "--max-bytes",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Size cap of a policy file, checked before parsing (default: $EGRESS_POLICY_MAX_BYTES, else 4 MiB; the "
+    "gateway reads the same variable).",
+)
+@click.option(
+    "--nft/--no-nft",
+    "use_nft",
+    default=True,
+    show_default=True,
+    help="Have `nft -c` check the rendered table (skipped, and said, where nft cannot run).",
+)
+def rules_check(files: tuple[str, ...], gateway_addresses: tuple[str, ...], max_bytes: int | None, use_nft: bool) -> None:
+    """Validate policy FILES as applying them would, without changing anything: the file's size and encoding,
+    the schema and every rule (each error with file, line and field), the nftables table rendered and checked by
+    `nft -c`. Then warnings (a wildcard over a public suffix where anyone can create names, a network rule open
+    on every port, report mode), which do not fail the check.
 
     Exit status 0 when every file is valid, 1 when one is not, 2 on usage errors.
     """
-    from egress import shipped
-    from egress.policy.loader import format_problems, load_policy
-    from egress.policy.suffixes import format_warnings, load_suffixes, policy_warnings
+    import ipaddress
 
-    bad = False
+    from egress import shipped
+    from egress.policy.loader import format_problems
+    from egress.policy.suffixes import format_warnings, load_suffixes
+    from egress.policycheck import check_file, kernel_check
+
+    try:
+        gateway = [ipaddress.ip_address(address) for address in gateway_addresses]
+    except ValueError as error:
+        raise click.BadParameter(str(error), param_hint="--gateway-address") from None
     try:
         suffixes = load_suffixes(shipped.public_suffixes())
     except OSError as error:  # the checks still run; only the wildcard warnings need the list
         click.echo(f"warning: no public suffix list ({error}): wildcards not checked against it", err=True)
         suffixes = frozenset()
+    kernel, why = kernel_check() if use_nft else (None, "--no-nft")
+    bad = False
     for path in files:
         try:
-            policy = load_policy(path)
-        except RulesError as error:
+            checked = check_file(path, suffixes, kernel, why, gateway, max_size=max_bytes)
+        except ValueError as error:  # $EGRESS_POLICY_MAX_BYTES is not a number
+            click.echo(f"egress: {error}", err=True)
+            sys.exit(EXIT_USAGE)
+        if not checked.ok:
             bad = True
-            click.echo(format_problems(error.problems), err=True)
+            click.echo(format_problems(checked.errors), err=True)
             continue
-        warnings = policy_warnings(policy, suffixes)
-        if warnings:
-            click.echo(format_warnings(warnings), err=True)
-        click.echo(f"{path}: ok" + (f" ({len(warnings)} warning{'s' * (len(warnings) != 1)})" if warnings else ""))
+        if checked.warnings:
+            click.echo(format_warnings(checked.warnings), err=True)
+        count = len(checked.warnings)
+        notes = [f"{count} warning{'s' * (count != 1)}"] if count else []
+        notes.append(f"nft -c: {checked.kernel}")
+        click.echo(f"{path}: ok ({'; '.join(notes)})")
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
 
 

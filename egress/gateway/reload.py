@@ -29,9 +29,9 @@ from typing import Final, Protocol
 
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, render
-from egress.policy.loader import parse_policy
+from egress.policy.loader import max_bytes, parse_policy
 from egress.policy.model import Policy
-from egress.policy.yamlnodes import Problem, RulesError
+from egress.policy.yamlnodes import Problem, RulesError, decode
 
 log = logging.getLogger("egress.gateway")
 
@@ -59,9 +59,9 @@ def load_version(path: str | Path) -> PolicyVersion:
     """Read the policy file's bytes once, validate them and hash them; raise `RulesError` with every problem."""
     try:
         data = Path(path).read_bytes()
-        text = data.decode("utf-8")
-    except (OSError, UnicodeDecodeError) as error:
+    except OSError as error:
         raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
+    text = decode(data, str(path), max_bytes())  # the size cap and the bad byte's line, as `egress rules check`
     return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
 
 

@@ -9,7 +9,8 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
     version: 1
     sandboxes:
       NAME:                                   # [a-z][a-z0-9_-]*, at most 32 characters
-        sources: [CIDR, ...]                  # required; v4 and v6; no overlap with another sandbox's
+        sources: [CIDR, ...]                  # required; v4 and v6; no overlap (IPv4-mapped IPv6 counts as v4)
+        any_source: true                      # required beside a catch-all source (0.0.0.0/0, ::/0)
         interface: IFNAME                     # optional
         mode: enforce | report                # default enforce
         allow:
@@ -21,23 +22,29 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
         detectors: {mining, tunnel, crypto_node: block | record | allow}
     retention: {max_age_days, max_records}    # optional
+    x-NAME: ...                               # ignored: a place for anchored blocks that '<<: *NAME' merges in
 
-Host names are IDNA-normalised (Python's IDNA 2003 codec: the ``idna`` package is not installed) to lowercase
-punycode; ``*.`` is allowed only as the whole leftmost label and means strictly below that domain.
+Host names are IDNA-normalised (Python's IDNA 2003 codec, the one the resolver and the proxy use) to lowercase
+punycode; a punycode label (``xn--``) must decode; ``*.`` is allowed only as the whole leftmost label and means
+strictly below that domain. Networks carry no IPv6 zone id (``fe80::1%eth0``: nftables cannot take one). Messages
+quote at most 80 characters of a value (`yamlnodes.quote`); a file over `max_bytes` is refused before parsing.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import ipaddress
+import os
 import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from egress.policy import yamlnodes
+from egress.policy import addresses, yamlnodes
+from egress.policy.addresses import Placed
 from egress.policy.lists import valid_name
 from egress.policy.model import (
     DEFAULT_EXPECT,
+    Address,
     DetectorAction,
     DetectorActions,
     DnsLimits,
@@ -51,13 +58,37 @@ from egress.policy.model import (
     Sandbox,
     TlsNames,
 )
-from egress.policy.yamlnodes import INT, NodeChecker, Problem, RulesError, compose, key_name, kind, line
+from egress.policy.yamlnodes import (
+    BOOL,
+    INT,
+    MAX_BYTES,
+    NodeChecker,
+    Problem,
+    RulesError,
+    compose,
+    key_name,
+    kind,
+    line,
+    quote,
+    read_text,
+)
 
-__all__ = ["Problem", "RulesError", "check_policy", "format_problems", "host_pattern", "load_policy", "parse_policy"]
+__all__ = [
+    "Problem",
+    "RulesError",
+    "check_policy",
+    "format_problems",
+    "host_pattern",
+    "load_policy",
+    "max_bytes",
+    "parse_policy",
+]
 
 VERSION = 1
 _TOP = frozenset({"version", "sandboxes", "retention"})
-_SANDBOX = frozenset({"sources", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"})
+_SANDBOX = frozenset(
+    {"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"}
+)
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
@@ -80,28 +111,57 @@ RETENTION_RANGES = {"max_age_days": (1, 3650), "max_records": (1, 1_000_000_000)
 _SANDBOX_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 """Linux interface names (IFNAMSIZ 16 with the NUL), restricted to what is safe to render into nftables."""
+MAX_BYTES_VARIABLE = "EGRESS_POLICY_MAX_BYTES"
+_TRUE, _FALSE = frozenset({"true", "yes", "on"}), frozenset({"false", "no", "off"})
+
+
+def max_bytes() -> int:
+    """The policy file size cap: ``$EGRESS_POLICY_MAX_BYTES`` when set, else `yamlnodes.MAX_BYTES` (4 MiB).
+
+    Read from the environment on purpose: ``egress rules check``, the gateway and the API then refuse the same
+    files, whoever runs them, with no flag to keep in step. A value that is not a positive integer is an error."""
+    raw = os.environ.get(MAX_BYTES_VARIABLE)
+    if raw is None:
+        return MAX_BYTES
+    if not raw.isdigit() or int(raw) < 1:
+        raise ValueError(f"{MAX_BYTES_VARIABLE}={quote(raw)} is not a positive number of bytes")
+    return int(raw)
 
 
 def host_pattern(text: str) -> str:
     """Normalise a host name or ``*.domain`` pattern (IDNA, punycode, lowercase, no trailing dot).
 
-    Raises `ValueError` saying what is wrong.
+    Raises `ValueError` saying what is wrong (quoting at most 80 characters of it).
     """
     wildcard = text.startswith("*.")
     base = text[2:] if wildcard else text
     if "*" in base:
         raise ValueError("'*' is allowed only as the whole leftmost label, as in '*.example.com'")
     base = base.removesuffix(".")
+    room = 251 if wildcard else 253  # '*.x' stands for names one label longer than x, at least 'a.x'
+    if len(base) > 4 * room:  # no IDNA form of it fits: say so without encoding megabytes
+        raise ValueError(f"{len(base)} characters: longer than a DNS name can be ({room})")
     try:
         ipaddress.ip_address(base.strip("[]"))
     except ValueError:
         pass
     else:
         raise ValueError("an IP address is not a host name: allow it under allow.networks")
+    for label in base.split("."):
+        if len(label) > 63 and label.isascii():
+            raise ValueError(f"label of {len(label)} characters: a DNS label has 63 at most")
     try:
         normal = base.encode("idna").decode("ascii").lower()
     except UnicodeError as error:
-        raise ValueError(f"not a valid host name ({error})") from None
+        raise ValueError(f"not a valid host name ({str(error)[:80]})") from None
+    if len(normal) > room:
+        raise ValueError(f"{len(normal)} characters in DNS form: longer than a DNS name can be ({room})")
+    for label in normal.split("."):
+        if label.startswith("xn--"):
+            try:
+                label.encode("ascii").decode("idna")
+            except UnicodeError:
+                raise ValueError(f"label {quote(label)} is not valid punycode (an 'xn--' label must decode)") from None
     if not valid_name(normal):
         raise ValueError("not a DNS name (labels of 1-63 letters, digits, '-' or '_'; at least two labels)")
     return "*." + normal if wildcard else normal
@@ -121,9 +181,10 @@ def _covers(rule: str, pattern: str) -> bool:
 class _Checker(NodeChecker):
     """Validation of one policy file: problems lead with the field path."""
 
-    def __init__(self, file: str, problems: list[Problem]) -> None:
+    def __init__(self, file: str, problems: list[Problem], gateway: tuple[Address, ...] = ()) -> None:
         super().__init__(file, problems)
-        self._source_lines: dict[tuple[Network, str], tuple[int, str]] = {}
+        self.gateway = gateway
+        self.sources: list[Placed] = []
 
     def type_message(self, what: str, expected: str, node: yamlnodes.Node) -> str:
         return f"{what or 'the file'}: must be {expected}, not {kind(node)}"
@@ -161,7 +222,7 @@ class _Checker(NodeChecker):
         try:
             return enum(value)
         except ValueError:
-            self.at(node, path, f"{value!r} is not one of: {', '.join(member.value for member in enum)}")
+            self.at(node, path, f"{quote(value)} is not one of: {', '.join(member.value for member in enum)}")
             return None
 
     def network(self, node: yamlnodes.Node, path: str) -> Network | None:
@@ -169,10 +230,18 @@ class _Checker(NodeChecker):
         if value is None:
             return None
         try:
-            return ipaddress.ip_network(value, strict=True)
+            network = ipaddress.ip_network(value, strict=True)
         except ValueError as error:
-            self.at(node, path, f"{value!r} is not a network ({error})")
+            why = str(error).replace(repr(value), quote(value))  # ipaddress quotes the whole value
+            self.at(node, path, f"{quote(value)} is not a network ({why[:200]})")
             return None
+        zone = addresses.zone_id(network)
+        if zone is not None:
+            self.at(node, path, f"{quote(value)}: an IPv6 zone id ('%{quote(zone, 20)[1:-1]}') is not allowed here; "
+                                "a policy's networks are the same on every interface (a sandbox names its own with "
+                                "interface:)")  # fmt: skip
+            return None
+        return network
 
     def ports(self, node: yamlnodes.Node, path: str) -> frozenset[int]:
         items = self.sequence(node, path)
@@ -185,7 +254,7 @@ class _Checker(NodeChecker):
         try:
             return host_pattern(text)
         except ValueError as error:
-            self.at(node, path, f"bad host {text!r}: {error}")
+            self.at(node, path, f"bad host {quote(text)}: {error}")
             return None
 
     # The schema, top down.
@@ -193,6 +262,9 @@ class _Checker(NodeChecker):
         if root is None:
             self.problem(None, "empty file: a policy needs at least 'version: 1' and 'sandboxes'")
             return None
+        if isinstance(root, yamlnodes.MappingNode):  # x-... keys hold anchored blocks for '<<' merges, nothing else
+            kept = [(k, v) for k, v in root.value if not key_name(k).startswith("x-")]
+            root = yamlnodes.MappingNode(root.tag, kept, root.start_mark, root.end_mark)
         top = self.fields(root, "", _TOP, ("version", "sandboxes"))
         if "version" in top:
             node = top["version"]
@@ -208,7 +280,7 @@ class _Checker(NodeChecker):
             if isinstance(top["sandboxes"], yamlnodes.MappingNode) and not pairs:
                 self.at(top["sandboxes"], "sandboxes", "empty: name at least one sandbox")
             sandboxes = [self.sandbox(key, value) for key, value in pairs]
-        self.check_overlaps(sandboxes)
+        self.check_sources(sandboxes)
         return Policy(VERSION, tuple(sandboxes), retention, self.file)
 
     def retention(self, node: yamlnodes.Node) -> Retention:
@@ -220,7 +292,7 @@ class _Checker(NodeChecker):
         name = key_name(key)
         path = f"sandboxes.{name}"
         if not _SANDBOX_NAME.fullmatch(name):
-            self.at(key, path, f"bad sandbox name {name!r}: a-z first, then a-z, 0-9, '-', '_' (32 at most)")
+            self.at(key, path, f"bad sandbox name {quote(name)}: a-z first, then a-z, 0-9, '-', '_' (32 at most)")
         fields = self.fields(node, path, _SANDBOX, ("sources",))
         sources: list[Network] = []
         if "sources" in fields:
@@ -231,12 +303,13 @@ class _Checker(NodeChecker):
                 network = self.network(item, f"{path}.sources[{index}]")
                 if network is not None:
                     sources.append(network)
-                    self._source_lines[network, name] = (line(item), f"{path}.sources[{index}]")
+                    self.sources.append(Placed(name, network, line(item), f"{path}.sources[{index}]"))
+        any_source = self.boolean(fields["any_source"], f"{path}.any_source") if "any_source" in fields else False
         interface = None
         if "interface" in fields:
             interface = self.text(fields["interface"], f"{path}.interface")
             if interface is not None and (not _IFNAME.fullmatch(interface) or interface in {".", ".."}):
-                self.at(fields["interface"], f"{path}.interface", f"{interface!r} is not an interface name")
+                self.at(fields["interface"], f"{path}.interface", f"{quote(interface)} is not an interface name")
         mode = Mode.ENFORCE
         if "mode" in fields:
             mode = self.choice(fields["mode"], f"{path}.mode", Mode) or mode
@@ -257,8 +330,16 @@ class _Checker(NodeChecker):
             detectors = DetectorActions(**{key: value for key, value in chosen.items() if value is not None})
         upgrades = self.upgrades(fields["upgrades"], f"{path}.upgrades") if "upgrades" in fields else ()
         return Sandbox(
-            name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades
-        )
+            name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades,
+            bool(any_source),
+        )  # fmt: skip
+
+    def boolean(self, node: yamlnodes.Node, path: str) -> bool | None:
+        value = str(node.value).lower() if isinstance(node, yamlnodes.ScalarNode) and node.tag == BOOL else ""
+        if value in _TRUE or value in _FALSE:
+            return value in _TRUE
+        self.at(node, path, f"must be true or false, not {kind(node)}")
+        return None
 
     def dns(self, node: yamlnodes.Node, path: str) -> DnsLimits:
         limits = self.fields(node, path, frozenset(DNS_RANGES) | DNS_NETWORK_FIELDS)
@@ -306,7 +387,7 @@ class _Checker(NodeChecker):
             if text is None:
                 return None
             if ":" in text and text.count(":") == 1:
-                self.at(fields["host"], f"{rule_id}.host", f"{text!r}: write the port under ports, not after ':'")
+                self.at(fields["host"], f"{rule_id}.host", f"{quote(text)}: write the port under ports, not after ':'")
                 return None
             pattern = self.pattern(fields["host"], f"{rule_id}.host", text)
         else:
@@ -317,7 +398,7 @@ class _Checker(NodeChecker):
                 text, _, port_text = text.partition(":")
                 port = int(port_text) if port_text.isdigit() and port_text.isascii() else None
                 if port is None or not 1 <= port <= 65535:
-                    self.at(node, rule_id, f"{port_text!r} is not a port (1-65535)")
+                    self.at(node, rule_id, f"{quote(port_text)} is not a port (1-65535)")
                     return None
                 ports = frozenset({port})
             pattern = self.pattern(node, rule_id, text)
@@ -339,7 +420,7 @@ class _Checker(NodeChecker):
                 names = [(item, f"{where}[{i}]", self.text(item, f"{where}[{i}]")) for i, item in enumerate(items)]
                 for item, place, name in names:
                     if name is not None and name not in _PROTOCOLS:
-                        self.at(item, place, f"{name!r} is not one of: {', '.join(_PROTOCOLS)}")
+                        self.at(item, place, f"{quote(name)} is not one of: {', '.join(_PROTOCOLS)}")
                 protocols = frozenset(name for _, _, name in names if name in _PROTOCOLS) or protocols
             expect = self.expect(fields["expect"], f"{rule_id}.expect") if "expect" in fields else DEFAULT_EXPECT
             tls = TlsNames.BOUND
@@ -362,7 +443,7 @@ class _Checker(NodeChecker):
             try:
                 found.add(Expect(value))
             except ValueError:
-                self.at(item, f"{path}[{index}]", f"{value!r} is not one of: {', '.join(e.value for e in Expect)}")
+                self.at(item, f"{path}[{index}]", f"{quote(value)} is not one of: {', '.join(e.value for e in Expect)}")
         return frozenset(found) or DEFAULT_EXPECT
 
     def tls_names(self, node: yamlnodes.Node, path: str) -> TlsNames | None:
@@ -372,7 +453,7 @@ class _Checker(NodeChecker):
         try:
             return TlsNames(value)
         except ValueError:
-            self.at(node, path, f"{value!r} is not one of: {', '.join(e.value for e in TlsNames)}")
+            self.at(node, path, f"{quote(value)} is not one of: {', '.join(e.value for e in TlsNames)}")
             return None
 
     def decrypt(self, node: yamlnodes.Node, path: str, hosts: tuple[HostRule, ...]) -> tuple[str, ...]:
@@ -395,47 +476,53 @@ class _Checker(NodeChecker):
             if text is None:
                 continue
             if not _UPGRADE.fullmatch(text.lower()):
-                self.at(item, f"{path}[{index}]", f"{text!r} is not an HTTP Upgrade protocol name")
+                self.at(item, f"{path}[{index}]", f"{quote(text)} is not an HTTP Upgrade protocol name")
                 continue
             names.append(text.lower())
         return tuple(names)
 
-    def check_overlaps(self, sandboxes: list[Sandbox]) -> None:
-        """A source address belongs to one sandbox: no network may overlap another sandbox's."""
-        for later_index, later in enumerate(sandboxes):
-            for earlier in sandboxes[:later_index]:
-                for network in later.sources:
-                    for other in earlier.sources:
-                        if network.version == other.version and network.overlaps(other):
-                            at, path = self._source_lines[network, later.name]
-                            first, other_path = self._source_lines[other, earlier.name]
-                            self.problems.append(Problem(self.file, at, f"{path}: {network} overlaps {other} "
-                                                         f"({other_path}, line {first})"))  # fmt: skip
+    def check_sources(self, sandboxes: list[Sandbox]) -> None:
+        """A source address belongs to one sandbox and is not the gateway's (egress.policy.addresses)."""
+        confirmed = {sandbox.name for sandbox in sandboxes if sandbox.any_source}
+        for placed, message in addresses.overlaps(self.sources):
+            self.problems.append(Problem(self.file, placed.line, message))
+        for placed in self.sources:
+            if addresses.catch_all(placed.network) and placed.sandbox not in confirmed:
+                self.problems.append(Problem(self.file, placed.line, f"{placed.path}: {placed.network} makes every "
+                    "address on the interface this sandbox (no anti-spoofing): write any_source: true to mean it"))  # fmt: skip
+            for message in addresses.gateway_problems(placed, self.gateway, placed.sandbox in confirmed):
+                self.problems.append(Problem(self.file, placed.line, message))
 
 
-def parse_policy(text: str, file: str = "<memory>") -> Policy:
-    """Validate a policy's text; raise `RulesError` with every problem, in line order."""
+def parse_policy(
+    text: str, file: str = "<memory>", gateway: Iterable[Address] = (), max_size: int | None = None
+) -> Policy:
+    """Validate a policy's text; raise `RulesError` with every problem, in line order.
+
+    ``gateway``: addresses of the gateway that no source may contain (`egress.policy.addresses`). ``max_size``:
+    the size cap in bytes (default `max_bytes`), checked before the text is parsed."""
+    limit = max_bytes() if max_size is None else max_size
+    if len(text) > limit and len(text.encode("utf-8")) > limit:  # characters <= bytes: encode only when it may be over
+        raise RulesError([Problem(file, 1, f"file too large: over the limit of {limit} bytes (checked before parsing)")])
     problems: list[Problem] = []
     root = compose(text, file, problems)
-    policy = _Checker(file, problems).build(root) if not problems else None
+    policy = _Checker(file, problems, tuple(gateway)).build(root) if not problems else None
     if problems or policy is None:
         raise RulesError(sorted(problems, key=lambda problem: problem.line))
     return policy
 
 
-def load_policy(path: str | Path) -> Policy:
-    """Read and validate a policy file; raise `RulesError` with every problem (an unreadable file is one)."""
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as error:
-        raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
-    return parse_policy(text, str(path))
+def load_policy(path: str | Path, gateway: Iterable[Address] = (), max_size: int | None = None) -> Policy:
+    """Read and validate a policy file; raise `RulesError` with every problem (an unreadable file, one over the
+    size cap or not UTF-8 is one)."""
+    limit = max_bytes() if max_size is None else max_size
+    return parse_policy(read_text(path, limit), str(path), gateway, limit)
 
 
-def check_policy(path: str | Path) -> list[Problem]:
+def check_policy(path: str | Path, gateway: Iterable[Address] = (), max_size: int | None = None) -> list[Problem]:
     """Every problem of a policy file (empty when it is valid); touches nothing."""
     try:
-        load_policy(path)
+        load_policy(path, gateway, max_size)
     except RulesError as error:
         return list(error.problems)
     return []

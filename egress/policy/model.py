@@ -154,6 +154,9 @@ class Sandbox:
     """HTTP ``Upgrade`` protocols (lowercase tokens) a request may switch to besides ``websocket``; after the
     ``101`` the connection is relayed through the detectors, as raw TCP is. Empty by default: any other upgrade
     (``h2c``, ``rawtcp``...) is refused, since mitmproxy would relay it uninspected."""
+    any_source: bool = False
+    """``any_source: true``: the operator confirmed a catch-all source (``0.0.0.0/0``, ``::/0``), which makes every
+    address on the sandbox's interface this sandbox; without it such a source is refused."""
 
     def host_rule(self, name: str, port: int) -> HostRule | None:
         """The first allow rule that covers ``name`` on ``port``."""
