@@ -202,7 +202,9 @@ def rules() -> None:
     show_default=True,
     help="Have `nft -c` check the rendered table (skipped, and said, where nft cannot run).",
 )
-def rules_check(files: tuple[str, ...], gateway_addresses: tuple[str, ...], max_bytes: int | None, use_nft: bool) -> None:
+def rules_check(
+    files: tuple[str, ...], gateway_addresses: tuple[str, ...], max_bytes: int | None, use_nft: bool
+) -> None:
     """Validate policy FILES as applying them would, without changing anything: the file's size and encoding,
     the schema and every rule (each error with file, line and field), the nftables table rendered and checked by
     `nft -c`. Then warnings (a wildcard over a public suffix where anyone can create names, a network rule open

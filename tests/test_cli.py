@@ -131,3 +131,34 @@ def test_nft_render_prints_the_table_for_a_policy() -> None:
     assert result.returncode == 0, result.stderr
     assert "table inet egress" in result.stdout
     assert "redirect to" in result.stdout
+
+
+def test_rules_check_refuses_what_apply_would_fail_on(tmp_path: pathlib.Path) -> None:
+    """The issue's case: a zone id passed the check, then `gateway run` died with an NftError traceback."""
+    bad = tmp_path / "zone.yaml"
+    bad.write_text("version: 1\nsandboxes:\n  agents:\n    sources: [10.0.0.0/24, 'fe80::1%vlan42/128']\n")
+    result = egress("rules", "check", "--no-nft", str(bad))
+    assert result.returncode == 1 and "Traceback" not in result.stderr
+    assert result.stderr.startswith(f"{bad}:4: sandboxes.agents.sources[1]: 'fe80::1%vlan42/128': an IPv6 zone id")
+
+
+def test_rules_check_gateway_addresses_and_warnings(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text(
+        "version: 1\nsandboxes:\n  agents:\n    sources: [192.0.2.0/24]\n    mode: report\n"
+        "    allow: {networks: [{cidr: 198.51.100.0/24}]}\n"
+    )
+    result = egress("rules", "check", "--no-nft", str(policy))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == f"{policy}: ok (2 warnings; nft -c: skipped: --no-nft)\n"
+    assert f"{policy}:6: sandboxes.agents.allow.networks[0]: warning:" in result.stderr
+    result = egress("rules", "check", "--no-nft", "--gateway-address", "192.0.2.1", str(policy))
+    assert result.returncode == 1 and "contains 192.0.2.1, an address of the gateway" in result.stderr
+    assert egress("rules", "check", "--gateway-address", "nope", str(policy)).returncode == 2
+
+
+def test_rules_check_size_cap(tmp_path: pathlib.Path) -> None:
+    policy = tmp_path / "p.yaml"
+    policy.write_text("version: 1\nsandboxes:\n  agents:\n    sources: [192.0.2.0/24]\n")
+    result = egress("rules", "check", "--no-nft", "--max-bytes", "20", str(policy))
+    assert result.returncode == 1 and f"{policy}:1: file too large:" in result.stderr

@@ -86,9 +86,7 @@ __all__ = [
 
 VERSION = 1
 _TOP = frozenset({"version", "sandboxes", "retention"})
-_SANDBOX = frozenset(
-    {"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"}
-)
+_SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"})
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
@@ -156,15 +154,20 @@ def host_pattern(text: str) -> str:
         raise ValueError(f"not a valid host name ({str(error)[:80]})") from None
     if len(normal) > room:
         raise ValueError(f"{len(normal)} characters in DNS form: longer than a DNS name can be ({room})")
-    for label in normal.split("."):
+    _punycode(normal)
+    if not valid_name(normal):
+        raise ValueError("not a DNS name (labels of 1-63 letters, digits, '-' or '_'; at least two labels)")
+    return "*." + normal if wildcard else normal
+
+
+def _punycode(name: str) -> None:
+    """Raise `ValueError` for an ``xn--`` label that does not decode (the IDNA codec passes ASCII labels through)."""
+    for label in name.split("."):
         if label.startswith("xn--"):
             try:
                 label.encode("ascii").decode("idna")
             except UnicodeError:
                 raise ValueError(f"label {quote(label)} is not valid punycode (an 'xn--' label must decode)") from None
-    if not valid_name(normal):
-        raise ValueError("not a DNS name (labels of 1-63 letters, digits, '-' or '_'; at least two labels)")
-    return "*." + normal if wildcard else normal
 
 
 def _join(path: str, key: str) -> str:
@@ -488,8 +491,9 @@ class _Checker(NodeChecker):
             self.problems.append(Problem(self.file, placed.line, message))
         for placed in self.sources:
             if addresses.catch_all(placed.network) and placed.sandbox not in confirmed:
-                self.problems.append(Problem(self.file, placed.line, f"{placed.path}: {placed.network} makes every "
-                    "address on the interface this sandbox (no anti-spoofing): write any_source: true to mean it"))  # fmt: skip
+                why = "makes every address on the interface this sandbox (no anti-spoofing)"
+                message = f"{placed.path}: {placed.network} {why}: write any_source: true to mean it"
+                self.problems.append(Problem(self.file, placed.line, message))
             for message in addresses.gateway_problems(placed, self.gateway, placed.sandbox in confirmed):
                 self.problems.append(Problem(self.file, placed.line, message))
 
@@ -502,8 +506,9 @@ def parse_policy(
     ``gateway``: addresses of the gateway that no source may contain (`egress.policy.addresses`). ``max_size``:
     the size cap in bytes (default `max_bytes`), checked before the text is parsed."""
     limit = max_bytes() if max_size is None else max_size
-    if len(text) > limit and len(text.encode("utf-8")) > limit:  # characters <= bytes: encode only when it may be over
-        raise RulesError([Problem(file, 1, f"file too large: over the limit of {limit} bytes (checked before parsing)")])
+    if len(text) > limit and len(text.encode("utf-8")) > limit:  # characters <= bytes: encode only if it may be over
+        message = f"file too large: over the limit of {limit} bytes (checked before parsing)"
+        raise RulesError([Problem(file, 1, message)])
     problems: list[Problem] = []
     root = compose(text, file, problems)
     policy = _Checker(file, problems, tuple(gateway)).build(root) if not problems else None

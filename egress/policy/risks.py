@@ -28,8 +28,10 @@ def risks(policy: Policy, suffixes: frozenset[str]) -> list[Problem]:
                 "clean"))  # fmt: skip
         for source in sandbox.sources:
             if loopback(source):
-                found.append(Problem(policy.file, sandbox.line, f"sandboxes.{sandbox.name}.sources: warning: "
-                    f"{source} is the gateway's own loopback: right only for a gateway tested on one host"))  # fmt: skip
+                why = "is the gateway's own loopback: right only for a gateway tested on one host"
+                found.append(
+                    Problem(policy.file, sandbox.line, f"sandboxes.{sandbox.name}.sources: warning: {source} {why}")
+                )
         for rule in sandbox.networks:
             if not rule.ports:
                 protocols = "/".join(sorted(rule.protocols))

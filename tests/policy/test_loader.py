@@ -223,3 +223,76 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert len(problems) == 1 and "cannot read" in problems[0].message
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00")
     assert check_policy(tmp_path / "binary.yaml")[0].message.startswith("not UTF-8: byte 0xff at column 1")
+
+
+HUGE = "x" * 100_000
+S = "version: 1\nsandboxes:\n  a:\n    sources: [10.0.0.0/8]\n"
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        f"version: 1\n{HUGE}: 1\nsandboxes: {{a: {{sources: [10.0.0.0/8]}}}}\n",
+        f"version: 1\nsandboxes:\n  {HUGE}:\n    sources: [10.0.0.0/8]\n",
+        f"version: 1\nsandboxes:\n  a:\n    sources: [{HUGE}]\n",
+        S + f"    interface: {HUGE}\n",
+        S + f"    mode: {HUGE}\n",
+        S + f"    allow: {{hosts: [{HUGE}.example]}}\n",
+        S + f"    allow: {{hosts: [{'a.' * 50_000}example]}}\n",
+        S + f"    allow: {{hosts: ['pypi.org:{HUGE}']}}\n",
+        S + f"    allow: {{hosts: [{{host: 'a.b:{HUGE}'}}]}}\n",
+        S + f"    allow: {{networks: [{{cidr: {HUGE}}}]}}\n",
+        S + f"    upgrades: ['{HUGE}/']\n",
+        S + f"    detectors: {{mining: {HUGE}}}\n",
+        S + f"    allow: {{networks: [{{cidr: 10.0.0.0/8, expect: [{HUGE}]}}]}}\n",
+        S + f"    allow: {{networks: [{{cidr: 10.0.0.0/8, tls: {HUGE}}}]}}\n",
+        S + f"    dns: {{{HUGE}: 1}}\n",
+        S + f"    allow: {{hosts: [a.example]}}\n    decrypt: [{HUGE}.b]\n",
+        f'version: 1\nsandboxes: ["{HUGE}\n',
+    ],
+)
+def test_messages_quote_at_most_80_characters_of_a_value(text: str) -> None:
+    found = check_text(text)
+    assert found, "the value must be refused"
+    for message in found:
+        assert "x" * 81 not in message and "a." * 41 not in message, message[:300]
+        assert len(message) < 600, message[:300]
+
+
+def test_the_size_cap_is_checked_before_parsing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_text(MINIMAL + "#" * 200 + "\n")
+    assert check_policy(path) == []
+    monkeypatch.setenv("EGRESS_POLICY_MAX_BYTES", "100")
+    (problem,) = check_policy(path)
+    assert problem.line == 1 and problem.message.startswith(f"file too large: {path.stat().st_size} bytes, over the")
+    with pytest.raises(RulesError, match="file too large"):
+        parse_policy(path.read_text())
+    assert check_policy(path, max_size=10_000) == []
+    monkeypatch.setenv("EGRESS_POLICY_MAX_BYTES", "lots")
+    with pytest.raises(ValueError, match="EGRESS_POLICY_MAX_BYTES"):
+        check_policy(path)
+
+
+def test_a_byte_that_is_not_utf8_is_reported_at_its_line(tmp_path: Path) -> None:
+    path = tmp_path / "policy.yaml"
+    path.write_bytes(MINIMAL.encode() + b"    allow:\n      hosts: [caf\xe9.example]\n")
+    (problem,) = check_policy(path)
+    assert (problem.line, problem.message) == (6, "not UTF-8: byte 0xe9 at column 18 (invalid continuation byte)")
+
+
+def test_merge_keys_share_a_block_between_sandboxes() -> None:
+    policy = parse_policy(
+        "version: 1\nx-common: &common\n  hosts: [pypi.org]\n  networks: [{cidr: 192.0.2.0/24, ports: [443]}]\n"
+        "sandboxes:\n  a:\n    sources: [10.0.0.0/24]\n    allow: {<<: *common}\n"
+        "  b:\n    sources: [10.0.1.0/24]\n    allow:\n      <<: *common\n      hosts: [files.pythonhosted.org]\n"
+    )
+    a, b = policy.sandboxes
+    assert [rule.pattern for rule in a.hosts] == ["pypi.org"] and [r.pattern for r in b.hosts] == [
+        "files.pythonhosted.org"
+    ]
+    assert a.networks[0].network == b.networks[0].network == ipaddress.ip_network("192.0.2.0/24")
+    assert (a.hosts[0].rule_id, a.hosts[0].line) == ("sandboxes.a.allow.hosts[0]", 3)
+    assert check_text("version: 1\nx-a: 1\nsandboxes: {a: {sources: [10.0.0.0/8], allow: {<<: 1}}}\n") == [
+        "sandboxes.a.allow: '<<' (YAML merge key) must name an anchored mapping (not a mapping or a list of them)"
+    ]

@@ -1,0 +1,46 @@
+"""Tests for egress.policy.risks: legal but risky allowances are warned about, never refused."""
+
+from __future__ import annotations
+
+from egress.policy.loader import parse_policy
+from egress.policy.risks import risks
+
+POLICY = """\
+version: 1
+sandboxes:
+  agents:
+    sources: [10.0.0.0/24, 127.0.0.0/8]
+    mode: report
+    allow:
+      hosts: ["*.github.io", pypi.org]
+      networks:
+        - {cidr: 192.0.2.0/24}
+        - {cidr: 198.51.100.0/24, ports: [443]}
+        - {cidr: "2001:db8::/32", protocols: [udp, tcp]}
+  quiet:
+    sources: [10.0.1.0/24]
+    allow: {networks: [{cidr: 192.0.2.0/24, ports: [5432]}]}
+"""
+
+
+def test_each_risk_is_one_warning_at_its_line() -> None:
+    warnings = risks(parse_policy(POLICY, "p.yaml"), frozenset({"github.io"}))
+    assert [(w.line, w.message.split(": warning: ")[0]) for w in warnings] == [
+        (3, "sandboxes.agents.mode"),
+        (3, "sandboxes.agents.sources"),
+        (7, "sandboxes.agents.allow.hosts[0]"),
+        (9, "sandboxes.agents.allow.networks[0]"),
+        (11, "sandboxes.agents.allow.networks[2]"),
+    ]
+    text = [str(w) for w in warnings]
+    assert "report mode blocks nothing" in text[0] and "127.0.0.0/8 is the gateway's own loopback" in text[1]
+    assert text[3] == (
+        "p.yaml:9: sandboxes.agents.allow.networks[0]: warning: 192.0.2.0/24 is open on every tcp port: list the "
+        "ports the destination serves"
+    )
+    assert "every tcp/udp port" in text[4]
+
+
+def test_a_quiet_policy_has_no_warnings() -> None:
+    policy = parse_policy("version: 1\nsandboxes:\n  a:\n    sources: [10.0.0.0/24]\n    allow: {hosts: [pypi.org]}\n")
+    assert risks(policy, frozenset({"github.io"})) == []
