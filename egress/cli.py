@@ -21,6 +21,7 @@ from egress.cli_gateway import (
     proxy_port_option,
     workers_option,
 )
+from egress.cli_rules import rules_diff
 from egress.detect.base import Category
 from egress.detect.registry import build_detectors
 from egress.gateway import config as defaults
@@ -247,6 +248,9 @@ def rules_check(
         notes.append(f"nft -c: {checked.kernel}")
         click.echo(f"{path}: ok ({'; '.join(notes)})")
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
+
+
+rules.add_command(rules_diff)
 
 
 @main.group()

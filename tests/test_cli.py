@@ -162,3 +162,21 @@ def test_rules_check_size_cap(tmp_path: pathlib.Path) -> None:
     policy.write_text("version: 1\nsandboxes:\n  agents:\n    sources: [192.0.2.0/24]\n")
     result = egress("rules", "check", "--no-nft", "--max-bytes", "20", str(policy))
     assert result.returncode == 1 and f"{policy}:1: file too large:" in result.stderr
+
+
+def test_rules_diff_text_json_and_exit_codes(tmp_path: pathlib.Path) -> None:
+    old, new, bad = tmp_path / "old.yaml", tmp_path / "new.yaml", tmp_path / "bad.yaml"
+    old.write_text("version: 1\nsandboxes:\n  agents:\n    sources: [10.0.0.0/24]\n    allow: {hosts: [pypi.org]}\n")
+    new.write_text("version: 1\nsandboxes:\n  agents:\n    sources: [10.0.0.0/24]\n    mode: report\n")
+    bad.write_text("version: 1\nsandboxes:\n  agents:\n    sources: [10.0.0.0/33]\n")
+    same = egress("rules", "diff", str(old), str(old))
+    assert same.returncode == 0 and same.stdout == f"{old} -> {old}: no change\n"
+    text = egress("rules", "diff", str(old), str(new))
+    assert text.returncode == 1, text.stderr
+    assert text.stdout.splitlines()[1:] == [
+        "sandbox agents:", "  ~ mode: enforce -> report", "  - hosts: pypi.org (any port)"
+    ]  # fmt: skip
+    document = json.loads(egress("rules", "diff", "-o", "json", str(old), str(new)).stdout)
+    assert [change["field"] for change in document["changes"]] == ["mode", "hosts"]
+    broken = egress("rules", "diff", str(old), str(bad))
+    assert broken.returncode == 2 and f"{bad}:4: sandboxes.agents.sources[0]" in broken.stderr
