@@ -15,7 +15,7 @@ SUFFIXES = load_suffixes(ROOT / "rules" / "psl" / "public-suffix-private.dat")
 
 def test_the_vendored_list_is_the_private_section_with_its_date() -> None:
     text = (ROOT / "rules" / "psl" / "public-suffix-private.dat").read_text(encoding="utf-8")
-    assert "snapshot 2023-02-09" in text and "===BEGIN PRIVATE DOMAINS===" in text
+    assert "snapshot 2026-10-22" in text and "===BEGIN PRIVATE DOMAINS===" in text
     assert "===BEGIN ICANN DOMAINS===" not in text
     assert {"github.io", "blogspot.com", "*.compute.amazonaws.com", "xn--gnstigbestellen-zvb.de"} <= SUFFIXES
     assert "com" not in SUFFIXES and not any(suffix.startswith("!") for suffix in SUFFIXES)
