@@ -8,6 +8,10 @@ Nothing else of the client's message (authority or additional records, other fla
 The response to the client is rebuilt too, from the upstream records the resolver kept: the client's id and
 question (its letter case, for clients that check it), the upstream rcode, and an OPT of our own when the client
 sent one. A response larger than the client can take over UDP is sent truncated (TC), so it retries over TCP.
+
+A refusal (`refusal`) to a client that sent EDNS carries an Extended DNS Error (RFC 8914): an info-code and a
+short text naming the reason and the rule, so a harness can show its agent why (clients without EDNS get the plain
+rcode: an OPT must not be sent to them, RFC 6891 §7).
 """
 
 from __future__ import annotations
@@ -34,6 +38,16 @@ _TCP_LIMIT: Final = 0xFFFF
 class Upstream:
     host: str
     port: int = 53
+
+
+EDE_OPTION: Final = 15
+"""The EDNS option code of an Extended DNS Error (RFC 8914 §2)."""
+EDE_BLOCKED: Final = 15
+"""Info-code "Blocked" (RFC 8914 §4.16): the resolver's operator policy refuses the name (or its answer)."""
+EDE_PROHIBITED: Final = 18
+"""Info-code "Prohibited" (RFC 8914 §4.19): the client is not one this resolver serves (not a sandbox's)."""
+EDE_TEXT_MAX: Final = 200
+"""Bytes of EXTRA-TEXT at most: what a person reads, never a whole attacker-chosen name."""
 
 
 def client_opt(query: dns.Message) -> dns.Record | None:
@@ -87,6 +101,20 @@ def client_response(
         return out
     truncated = dns.Message(query.id, flags | dns.TC, query.questions, additionals=extra[-1:] if opt else ())
     return dns.encode(truncated)
+
+
+def refusal(query: dns.Message, rcode: int, info_code: int, text: str) -> bytes:
+    """A response without records to ``query`` (its questions echoed, RD kept, RA set); when the client sent EDNS,
+    with an OPT of ours carrying an Extended DNS Error: ``info_code`` and ``text`` (UTF-8, cut to `EDE_TEXT_MAX`
+    bytes on a character boundary)."""
+    opt = client_opt(query)
+    if opt is None:
+        return dns.build_response(query, rcode, recursion_available=True)
+    body = text.encode("utf-8")[:EDE_TEXT_MAX].decode("utf-8", "ignore").encode("utf-8")
+    option = struct.pack(">HHH", EDE_OPTION, 2 + len(body), info_code) + body
+    record = dns.Record((), dns.OPT, opt.ttl & _DO, option, UDP_PAYLOAD)
+    flags = dns.QR | dns.RA | (query.flags & (dns.OPCODE | dns.RD)) | (rcode & 0xF)
+    return dns.encode(dns.Message(query.id, flags, query.questions, additionals=(record,)))
 
 
 class _UpstreamProtocol(asyncio.DatagramProtocol):

@@ -12,7 +12,8 @@ For each query from a sandbox (sans sockets; `egress.dnsserver.listen` reads and
    pinned ``answers``, ``deny_ranges``, listed CNAMEs); its kept addresses are bound to the name for the sandbox
    (`Bindings`, which the proxy checks) and offered to the kernel's allow sets through ``on_answer``.
 
-Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP.
+Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP. A
+refusal tells an EDNS client why: an Extended DNS Error naming the reason and the rule (`forward.refusal`).
 """
 
 from __future__ import annotations
@@ -159,9 +160,10 @@ class Resolver:
         shown = message.questions[0].name if message.questions else ""
         sandbox = self.policy.sandbox_for(address)
         if sandbox is None:
-            self._report(client, transport, shown, decide_unknown_source(source), "")
+            refused = decide_unknown_source(source)
+            self._report(client, transport, shown, refused, "")
             self.refused += 1
-            return _reply(message, dns.REFUSED)
+            return _refusal(message, refused, forward.EDE_PROHIBITED)
         problem = problem_of(message)
         if problem:
             self._report(client, transport, shown, decide_dns_malformed(sandbox, shown, problem), sandbox.name)
@@ -175,8 +177,9 @@ class Resolver:
         self._report(client, transport, held or name, verdict, sandbox.name)
         if verdict.action is Enforcement.BLOCK:
             self.refused += 1
-            rcode = dns.NXDOMAIN if verdict.reason is not None and verdict.reason.value == "doh-canary" else dns.REFUSED
-            return _reply(message, rcode)
+            if verdict.reason is not None and verdict.reason.value == "doh-canary":
+                return _reply(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
+            return _refusal(message, verdict, forward.EDE_BLOCKED)
         return await self._resolve(sandbox, message, question, name, client, transport)
 
     async def _resolve(
@@ -202,7 +205,7 @@ class Resolver:
                 self._report(client, transport, name, judged.refused, sandbox.name)
                 if judged.refused.action is Enforcement.BLOCK:
                     self.refused += 1
-                    return _reply(query, dns.REFUSED)
+                    return _refusal(query, judged.refused, forward.EDE_BLOCKED)
             if judged.dropped:
                 self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
             sections = judged.sections if sandbox.mode is Mode.ENFORCE else sections_of(upstream)
@@ -256,6 +259,12 @@ def sections_of(message: dns.Message) -> answers.Sections:
 def _reply(query: dns.Message, rcode: int) -> bytes:
     """The resolver's answer without records: the questions that could be read echoed, recursion available."""
     return dns.build_response(query, rcode, recursion_available=True)
+
+
+def _refusal(query: dns.Message, verdict: Verdict, info_code: int) -> bytes:
+    """REFUSED, with an Extended DNS Error naming the reason and the rule for a client that sent EDNS."""
+    reason = verdict.reason.value if verdict.reason is not None else "refused"
+    return forward.refusal(query, dns.REFUSED, info_code, f"egress: {reason} by {verdict.rule}")
 
 
 async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]:
