@@ -41,7 +41,7 @@ from pathlib import Path
 
 from egress.policy import addresses, yamlnodes
 from egress.policy.addresses import Placed
-from egress.policy.lists import valid_name
+from egress.policy.hostnames import host_pattern
 from egress.policy.model import (
     DEFAULT_EXPECT,
     Address,
@@ -124,50 +124,6 @@ def max_bytes() -> int:
     if not raw.isdigit() or int(raw) < 1:
         raise ValueError(f"{MAX_BYTES_VARIABLE}={quote(raw)} is not a positive number of bytes")
     return int(raw)
-
-
-def host_pattern(text: str) -> str:
-    """Normalise a host name or ``*.domain`` pattern (IDNA, punycode, lowercase, no trailing dot).
-
-    Raises `ValueError` saying what is wrong (quoting at most 80 characters of it).
-    """
-    wildcard = text.startswith("*.")
-    base = text[2:] if wildcard else text
-    if "*" in base:
-        raise ValueError("'*' is allowed only as the whole leftmost label, as in '*.example.com'")
-    base = base.removesuffix(".")
-    room = 251 if wildcard else 253  # '*.x' stands for names one label longer than x, at least 'a.x'
-    if len(base) > 4 * room:  # no IDNA form of it fits: say so without encoding megabytes
-        raise ValueError(f"{len(base)} characters: longer than a DNS name can be ({room})")
-    try:
-        ipaddress.ip_address(base.strip("[]"))
-    except ValueError:
-        pass
-    else:
-        raise ValueError("an IP address is not a host name: allow it under allow.networks")
-    for label in base.split("."):
-        if len(label) > 63 and label.isascii():
-            raise ValueError(f"label of {len(label)} characters: a DNS label has 63 at most")
-    try:
-        normal = base.encode("idna").decode("ascii").lower()
-    except UnicodeError as error:
-        raise ValueError(f"not a valid host name ({str(error)[:80]})") from None
-    if len(normal) > room:
-        raise ValueError(f"{len(normal)} characters in DNS form: longer than a DNS name can be ({room})")
-    _punycode(normal)
-    if not valid_name(normal):
-        raise ValueError("not a DNS name (labels of 1-63 letters, digits, '-' or '_'; at least two labels)")
-    return "*." + normal if wildcard else normal
-
-
-def _punycode(name: str) -> None:
-    """Raise `ValueError` for an ``xn--`` label that does not decode (the IDNA codec passes ASCII labels through)."""
-    for label in name.split("."):
-        if label.startswith("xn--"):
-            try:
-                label.encode("ascii").decode("idna")
-            except UnicodeError:
-                raise ValueError(f"label {quote(label)} is not valid punycode (an 'xn--' label must decode)") from None
 
 
 def _join(path: str, key: str) -> str:
@@ -498,6 +454,16 @@ class _Checker(NodeChecker):
                 self.problems.append(Problem(self.file, placed.line, message))
 
 
+def _limit(file: str, max_size: int | None) -> int:
+    """``max_size``, else `max_bytes`; a bad ``$EGRESS_POLICY_MAX_BYTES`` is a problem of the load, not a crash."""
+    if max_size is not None:
+        return max_size
+    try:
+        return max_bytes()
+    except ValueError as error:
+        raise RulesError([Problem(file, 1, str(error))]) from None
+
+
 def parse_policy(
     text: str, file: str = "<memory>", gateway: Iterable[Address] = (), max_size: int | None = None
 ) -> Policy:
@@ -505,7 +471,7 @@ def parse_policy(
 
     ``gateway``: addresses of the gateway that no source may contain (`egress.policy.addresses`). ``max_size``:
     the size cap in bytes (default `max_bytes`), checked before the text is parsed."""
-    limit = max_bytes() if max_size is None else max_size
+    limit = _limit(file, max_size)
     if len(text) > limit and len(text.encode("utf-8")) > limit:  # characters <= bytes: encode only if it may be over
         message = f"file too large: over the limit of {limit} bytes (checked before parsing)"
         raise RulesError([Problem(file, 1, message)])
@@ -520,7 +486,7 @@ def parse_policy(
 def load_policy(path: str | Path, gateway: Iterable[Address] = (), max_size: int | None = None) -> Policy:
     """Read and validate a policy file; raise `RulesError` with every problem (an unreadable file, one over the
     size cap or not UTF-8 is one)."""
-    limit = max_bytes() if max_size is None else max_size
+    limit = _limit(str(path), max_size)
     return parse_policy(read_text(path, limit), str(path), gateway, limit)
 
 
