@@ -232,11 +232,7 @@ def rules_check(
     kernel, why = kernel_check() if use_nft else (None, "--no-nft")
     bad = False
     for path in files:
-        try:
-            checked = check_file(path, suffixes, kernel, why, gateway, max_size=max_bytes)
-        except ValueError as error:  # $EGRESS_POLICY_MAX_BYTES is not a number
-            click.echo(f"egress: {error}", err=True)
-            sys.exit(EXIT_USAGE)
+        checked = check_file(path, suffixes, kernel, why, gateway, max_size=max_bytes)
         if not checked.ok:
             bad = True
             click.echo(format_problems(checked.errors), err=True)

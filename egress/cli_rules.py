@@ -44,9 +44,6 @@ def rules_diff(old: str, new: str, output: str) -> None:
         except RulesError as error:
             click.echo(format_problems(error.problems), err=True)
             failed = True
-        except ValueError as error:  # $EGRESS_POLICY_MAX_BYTES is not a number
-            click.echo(f"egress: {error}", err=True)
-            failed = True
     if failed:
         sys.exit(EXIT_TROUBLE)
     changes = diff(policies[0], policies[1])
