@@ -149,9 +149,9 @@ def test_the_generator_reaches_both_verdicts(tmp_path: Path) -> None:
     seen = {True: 0, False: 0}
 
     @given(POLICIES)
-    @settings(max_examples=examples(100), deadline=None, database=None)
+    @settings(max_examples=60, deadline=None, database=None, derandomize=True)  # fixed: a sanity check, cheap
     def sample(policy: dict[str, Any]) -> None:
         seen[check_file(write(tmp_path, policy), frozenset(), kernel=None).ok] += 1
 
     sample()
-    assert seen[True] >= 5 and seen[False] >= 5, seen
+    assert seen[True] >= 6 and seen[False] >= 6, seen
