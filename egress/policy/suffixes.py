@@ -5,9 +5,11 @@ reach it through the policy (tunnels, exfiltration, any address its zone answers
 private section lists such suffixes (hosting platforms, dynamic DNS); a vendored snapshot with its date is in
 ``rules/psl/`` (`egress.shipped.public_suffixes`), taken from the list the maintained PyPI package
 ``publicsuffixlist`` ships (refreshed with each release of the list). The package itself is not a dependency:
-the snapshot is the same data, reviewed in a commit, and the check needs no network or newer install to run. A wildcard warns when its domain is such a suffix or has one
-below it (``*.amazonaws.com`` covers ``s3.amazonaws.com``). Pinning the rule's ``answers`` limits the addresses,
-not the names: the warning stands. `egress rules check` prints these; they never fail a check.
+the snapshot is the same data, reviewed in a commit, and the check needs no network or newer install to run.
+
+A wildcard warns when its domain is such a suffix or has one below it (``*.amazonaws.com`` covers
+``s3.amazonaws.com``). Pinning the rule's ``answers`` limits the addresses, not the names: the warning stands.
+`egress rules check` prints these (`egress.policy.risks` adds the other warnings); they never fail a check.
 """
 
 from __future__ import annotations
