@@ -3,8 +3,9 @@ capture on the internet side (an AF_PACKET socket, every frame of the namespace)
 DNS and ICMP, over IPv4 and IPv6, towards the internet side.
 
 Judged by the capture, never by time: after the attempts, the gateway host itself sends a marker datagram over
-the same link (one per IP family); once both are in the capture, every earlier packet the gateway forwarded would be there too
-(one link, in order). What counts as leaked is any frame whose IP source is in a sandbox network.
+the same link (one per IP family); once both are in the capture, every earlier packet the gateway forwarded would
+be there too (one link, in order; an IPv6 packet waiting for neighbour discovery waits in the queue its marker
+joins). What counts as leaked is any frame whose IP source is in a sandbox network.
 """
 
 from __future__ import annotations
