@@ -12,12 +12,13 @@ what the agents saw (one 403 per attempt), counted against what the queries retu
 from __future__ import annotations
 
 import collections
+import concurrent.futures
 import json
 import os
 import pathlib
 import subprocess
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import pytest
@@ -26,6 +27,7 @@ from fastapi.testclient import TestClient
 from egress.api.app import create_app
 from egress.lab import netns
 from egress.lab.demo import GatewayRun
+from egress.record.layout import sandbox_tag
 from egress.record.schema import AttemptRecord
 from tests.api import READ, auth, settings
 from tests.e2e.relay import Relay
@@ -43,14 +45,14 @@ BEFORE, AFTER = 25, 25
 
 LOAD = r"""
 import json, os, socket, sys, time
-tag, stop = sys.argv[1], sys.argv[2]
+tag, stop, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
 n = 0
 while not os.path.exists(stop):
     host = "%s-%d.blocked.lab" % (tag, n)
     n += 1
     try:
-        with socket.create_connection(("198.18.10.2", 80), timeout=5) as s:
-            s.settimeout(5)
+        with socket.create_connection(("198.18.10.2", 80), timeout=timeout) as s:
+            s.settimeout(timeout)
             s.sendall(("GET / HTTP/1.1\r\nHost: %s\r\n\r\n" % host).encode())
             line = s.recv(4096).split(b"\r\n", 1)[0]
         out = "blocked" if b" 403" in line else "answer:%r" % line[:30]
@@ -96,12 +98,17 @@ def _master_port(node: RedisServer, key: str) -> int:
     raise AssertionError(f"no master serves slot {slot}")
 
 
+def _key(sandbox: str) -> str:
+    """A key of ``sandbox``'s records (every one shares its hash tag: one slot)."""
+    return f"egress:{{{sandbox_tag(sandbox)}}}"
+
+
 def _same_master_names(node: RedisServer) -> tuple[str, str]:
     """Two sandbox names whose records (keys under the ``{name}`` hash tag) live on the same master."""
-    first = _master_port(node, "egress:{team-a}")
+    first = _master_port(node, _key("team-a"))
     for index in range(200):
         other = f"team-b{index}"
-        if _master_port(node, f"egress:{{{other}}}") == first:
+        if _master_port(node, _key(other)) == first:
             return "team-a", other
     raise AssertionError("no second sandbox name on the same master")
 
@@ -135,11 +142,19 @@ class Scaleout:
         return f"redis+cluster://127.0.0.1:{self.seed.port}"
 
 
+def _each(action: Callable[[GatewayRun], None], runs: list[GatewayRun]) -> None:
+    """``action`` on every run at once (in threads); the first failure is raised once all are done."""
+    with concurrent.futures.ThreadPoolExecutor(len(runs) or 1) as pool:
+        futures = [pool.submit(action, run) for run in runs]
+    for future in futures:
+        future.result()
+
+
 @pytest.fixture(scope="module")
 def scaleout(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Scaleout]:
     """Both labs up, both gateways recording into the Cluster."""
     names = _same_master_names(cluster[0])
-    victim_port = _master_port(cluster[0], f"egress:{{{names[0]}}}")
+    victim_port = _master_port(cluster[0], _key(names[0]))
     victim = next(node for node in cluster if node.port == victim_port)
     seed = next(node for node in cluster if node is not victim)
     url = f"redis+cluster://127.0.0.1:{seed.port}"
@@ -154,12 +169,11 @@ def scaleout(cluster: list[RedisServer], tmp_path_factory: pytest.TempPathFactor
         for lab, sandbox, tag in zip(labs, names, ("sa", "sb"), strict=True):
             run = GatewayRun(lab, _policy(directory, sandbox), workers=1, ready_timeout=scaled(LAB_READY), redis=url)
             runs.append(run)
-            run.start()
             found.append(Gateway(run, sandbox, tag))
+        _each(GatewayRun.start, runs)  # side by side: each waits for its own processes to listen
         yield Scaleout((found[0], found[1]), victim, seed)
     finally:
-        for run in runs:
-            run.stop()
+        _each(GatewayRun.stop, runs)
         if relay is not None:
             relay.close()
         for prefix in prefixes:
@@ -219,11 +233,15 @@ def test_two_gateways_record_into_one_cluster_through_a_master_failover(
     both = scaleout.gateways
     stop = tmp_path / "stop"
     for gateway in both:
-        argv = [sys.executable, "-c", LOAD, gateway.tag, str(stop)]
+        # a generous client timeout: on a busy machine a 403 may be slow, and an attempt must end knowing its fate
+        argv = [sys.executable, "-c", LOAD, gateway.tag, str(stop), str(scaled(30))]
         gateway.load = SecurityLab(gateway.run).attacker(f"load-{gateway.tag}", argv, where="sandbox")
     try:
         for gateway in both:
             _wait_blocked(gateway, BEFORE)
+        for gateway in both:  # the victim holds records of both sandboxes
+            slot = scaleout.victim.cli("cluster", "keyslot", _key(gateway.sandbox)).strip()
+            assert int(scaleout.victim.cli("cluster", "countkeysinslot", slot)) > 0, gateway.sandbox
         scaleout.victim.kill()  # SIGKILL while both agents make attempts and both gateways record
         eventually(lambda: _failed_over(scaleout.seed), timeout=scaled(60), interval=0.2)
         after = [gateway.blocked() + AFTER for gateway in both]
@@ -233,7 +251,7 @@ def test_two_gateways_record_into_one_cluster_through_a_master_failover(
         stop.touch()
         for gateway in both:
             assert gateway.load is not None
-            gateway.load.wait_for("stopped", timeout=scaled(30))
+            gateway.load.wait_for("stopped", timeout=scaled(90))  # past the last attempt's timeout
     for gateway in both:
         outcomes = collections.Counter(item["out"] for item in gateway.attempts())
         assert set(outcomes) == {"blocked"}, f"{gateway.name}: {outcomes}"  # the data plane never waits on Redis
