@@ -87,6 +87,12 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 "constraints: a stolen key cannot vouch for other sites; a name added later needs a new CA).",
             ),
             click.option(
+                "--dhcp",
+                is_flag=True,
+                help="Accept DHCP (UDP 67, DHCPv6 547) from the sandboxes to this host, for a DHCP server run on the "
+                "gateway and bound to the sandbox interface (docs/deploy.md). Off: the table drops it.",
+            ),
+            click.option(
                 "--spool-max-bytes",
                 type=click.IntRange(min=1),
                 default=None,
@@ -115,6 +121,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         upstream_ca=options["upstream_ca"],
         spool_max_bytes=options["spool_max_bytes"],
         ca_constrain=options["ca_constrain"],
+        dhcp=options["dhcp"],
     )
 
 

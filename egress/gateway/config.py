@@ -68,6 +68,8 @@ class GatewayConfig:
     directory's disk; None: min(256 MiB, half its free space at start). Each spool gets an equal share."""
     ca_constrain: bool = False
     """Constrain a newly made CA to the decrypt lists' names (X.509 name constraints, `egress.proxy.mitm.ca`)."""
+    dhcp: bool = False
+    """Accept the sandboxes' DHCP to this host, for a DHCP server run on the gateway (`GatewaySettings.dhcp`)."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:
@@ -101,6 +103,7 @@ class GatewayConfig:
             dns_port=self.dns_port,
             nflog_group=self.nflog_group,
             table=self.table,
+            dhcp=self.dhcp,
         )
 
 

@@ -63,6 +63,9 @@ class GatewayRun:
     """Seconds to wait for each part to listen (tests stretch it on a slow machine)."""
     processes: list[subprocess.Popen[bytes]] | None = None
     gateway: subprocess.Popen[bytes] | None = None
+    redis: str | None = None
+    """A Redis (or ``redis+cluster://``) URL the gateway namespace reaches, shared with other gateways; None starts
+    the lab's own redis-server in the gateway namespace."""
 
     @property
     def state(self) -> pathlib.Path:
@@ -70,6 +73,8 @@ class GatewayRun:
 
     @property
     def redis_url(self) -> str:
+        if self.redis is not None:
+            return self.redis
         return f"redis://127.0.0.1:{REDIS_PORT}/0"
 
     @property
@@ -88,6 +93,13 @@ class GatewayRun:
             stderr=subprocess.STDOUT,
         )
         self.processes.append(fake_internet)
+        if self.redis is None:
+            self._start_redis(log_dir)
+        _wait_for(lambda: _tcp_listening(self.lab.internet_ns, 443), "the lab's servers", self.ready_timeout)
+        self.start_gateway()
+
+    def _start_redis(self, log_dir: pathlib.Path) -> None:
+        assert self.processes is not None
         redis = netns.popen_in(
             self.lab.gateway_ns,
             [
@@ -100,8 +112,6 @@ class GatewayRun:
         )
         self.processes.append(redis)
         _wait_for(lambda: _tcp_listening(self.lab.gateway_ns, REDIS_PORT), "redis-server", self.ready_timeout)
-        _wait_for(lambda: _tcp_listening(self.lab.internet_ns, 443), "the lab's servers", self.ready_timeout)
-        self.start_gateway()
 
     def start_gateway(self) -> None:
         log_dir = self.lab.state_dir / "logs"

@@ -68,6 +68,10 @@ class GatewaySettings:
     is asked to read at most, however many destinations a flood sprays."""
     masquerade: bool = True
     """Masquerade forwarded sandbox traffic (allowed UDP networks, report mode) on ``uplink_if``."""
+    dhcp: bool = False
+    """Let the sandboxes' DHCP (v4: UDP 68 → 67, v6: 546 → 547) reach this host, for a DHCP server the operator
+    runs on the gateway: a client without an address yet (0.0.0.0, or its link-local address for DHCPv6) passes
+    anti-spoofing for exactly that message shape, and the input guard accepts it. Nothing is forwarded for it."""
 
     def __post_init__(self) -> None:
         for name in (self.sandbox_if, self.uplink_if):
@@ -195,6 +199,12 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
 _ND: Final = "icmpv6 type { nd-router-solicit, nd-neighbor-solicit, nd-neighbor-advert } ip6 hoplimit 255"
 """IPv6 neighbour discovery as it must look (hop limit 255, RFC 4861 §6.1): let through from any sandbox."""
 _MLD: Final = "ip6 saddr { ::, fe80::/10 } icmpv6 type { mld-listener-report, mld2-listener-report }"
+_DHCP4_PORTS: Final = "udp sport 68 udp dport 67"
+_DHCP4_UNCONFIGURED: Final = f"ip saddr 0.0.0.0 ip daddr 255.255.255.255 {_DHCP4_PORTS}"
+"""A DHCPDISCOVER (or a REQUEST before the client has its address): the only packet 0.0.0.0 may send (RFC 2131
+§4.1)."""
+_DHCP6: Final = "ip6 saddr fe80::/10 ip6 daddr ff02::1:2 udp sport 546 udp dport 547"
+"""A DHCPv6 client's messages to All_DHCP_Relay_Agents_and_Servers, from its link-local address (RFC 8415 §7.1)."""
 _FAMILIES: Final = ((4, "ip"), (6, "ip6"))
 _ICMP_ANY: Final = "meta l4proto { icmp, ipv6-icmp }"
 
@@ -239,6 +249,9 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     out.add(f"ip6 saddr fe80::/10 {_ND} return", 2)
     out.add("ip6 saddr :: icmpv6 type nd-neighbor-solicit ip6 hoplimit 255 return", 2)
     out.add(f"{_MLD} return", 2)
+    if out.settings.dhcp:
+        out.add(f"{_DHCP4_UNCONFIGURED} return", 2)
+        out.add(f"{_DHCP6} return", 2)
     out.log_then("drop", LogKind.SPOOF)
     out.add("}", 1)
     out.add()
@@ -278,6 +291,10 @@ def _input(out: _Script, on_sandbox: str) -> None:
     out.add("icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } accept", 2)
     out.add(f"{_ND} accept", 2)
     out.add(f"{_MLD} accept", 2)
+    if settings.dhcp:
+        # From an unconfigured client (broadcast, 0.0.0.0) or a leased one renewing (unicast, a sandbox source)
+        out.add(f'meta nfproto ipv4 {_DHCP4_PORTS} accept comment "dhcp"', 2)
+        out.add(f'{_DHCP6} accept comment "dhcpv6"', 2)
     out.log_then("drop", LogKind.GUARD)
     out.add("}", 1)
     out.add()

@@ -3,6 +3,7 @@ and, as root, nft itself checking each golden file in a throwaway namespace."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import pathlib
 import re
@@ -57,6 +58,11 @@ def udp_networks() -> str:
     return render(policy, settings)
 
 
+def dhcp() -> str:
+    policy = Policy(1, (make_sandbox("agents", "10.10.0.0/24", "fd10::/64"),), file="rules/dhcp.yaml")
+    return render(policy, dataclasses.replace(SETTINGS, dhcp=True))
+
+
 def lockdown() -> str:
     return render_lockdown(SETTINGS)
 
@@ -67,6 +73,7 @@ CASES: dict[str, Callable[[], str]] = {
     "report_mode": report_mode,
     "udp_networks": udp_networks,
     "lockdown": lockdown,
+    "dhcp": dhcp,
 }
 
 
