@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
+import errno
 import importlib
 import os
 import pathlib
 import sys
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import click
 
 from egress.capture.reader import CHUNK
 from egress.cli_gateway import (
+    check_ports,
     dns_port_option,
     doctor,
     gateway,
@@ -31,6 +34,43 @@ from egress.scanner import FileStats, Scanner
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
+EXIT_PIPE = 141
+"""128 + SIGPIPE: the reader of stdout went away."""
+
+
+def one_line_errors(run: Callable[[], Any]) -> NoReturn:
+    """Run a command line (click, not standalone) and exit as click would, but say every error in one line:
+    ``egress events: Invalid value for '--since': ...`` rather than a usage block; a reader that closed the pipe
+    (``egress events | head -1``) ends it quietly with status 141, as a tool killed by SIGPIPE would."""
+    try:
+        result = run()
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx is not None else "egress"
+        click.echo(f"{where}: {error.format_message()} (see {where} --help)", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        click.echo(f"egress: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("egress: aborted", err=True)
+        sys.exit(1)
+    except BrokenPipeError:
+        _quiet_stdout()
+        sys.exit(EXIT_PIPE)
+    except OSError as error:
+        if error.errno != errno.EPIPE:
+            raise
+        _quiet_stdout()
+        sys.exit(EXIT_PIPE)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
+def _quiet_stdout() -> None:
+    """Point stdout at /dev/null: the interpreter's last flush would fail again on the closed pipe (Python's
+    documented remedy, "Note on SIGPIPE")."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+    os.close(devnull)
 
 
 class LazyGroup(click.Group):
@@ -43,6 +83,19 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Every error as one line on stderr, exit status 2 for usage errors; a closed stdout ends quietly."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, standalone_mode=False, **extra)
+        return one_line_errors(lambda: run(args, prog_name, standalone_mode=False, **extra))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = self.lazy.get(cmd_name)
@@ -210,13 +263,31 @@ def rules_check(files: tuple[str, ...]) -> None:
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
 
 
+def _lab_prefix(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from egress.lab.topology import check_prefix
+
+    try:
+        return check_prefix(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+lab_prefix_option = click.option(
+    "--prefix",
+    default="egress-",
+    show_default=True,
+    callback=_lab_prefix,
+    help="Names of the lab's namespaces start so (1-12 of a-z, 0-9, '-').",
+)
+
+
 @main.group()
 def lab() -> None:
     """The lab: network namespaces (sandbox, gateway, internet) with a fake internet, on this machine."""
 
 
 @lab.command("up")
-@click.option("--prefix", default="egress-", show_default=True, help="Names of the lab's namespaces start so.")
+@lab_prefix_option
 def lab_up(prefix: str) -> None:
     """Build the lab's namespaces (idempotent)."""
     from egress.lab import netns
@@ -226,7 +297,7 @@ def lab_up(prefix: str) -> None:
 
 
 @lab.command("down")
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 def lab_down(prefix: str) -> None:
     """Remove the lab: its processes, namespaces and state."""
     from egress.lab import netns
@@ -236,7 +307,7 @@ def lab_down(prefix: str) -> None:
 
 
 @lab.command("status")
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 def lab_status(prefix: str) -> None:
     """What of the lab exists."""
     from egress.lab import netns
@@ -245,7 +316,7 @@ def lab_status(prefix: str) -> None:
 
 
 @lab.command("demo")
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (the gateway is stopped).")
 def lab_demo(prefix: str, keep: bool) -> None:
     """Start the gateway in the lab and play what a misbehaving agent would try; show what happened."""
@@ -257,7 +328,7 @@ def lab_demo(prefix: str, keep: bool) -> None:
 @lab.command("record")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="pcaps", show_default=True)
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 def lab_record(names: tuple[str, ...], out: pathlib.Path, prefix: str) -> None:
     """Play each attempt NAME ('all': every one) through the gateway and keep it as OUT/NAME.pcap, captured at the
     gateway's sandbox side."""
@@ -323,6 +394,7 @@ def nft_render(
     from egress.nft.render import render, render_lockdown
     from egress.policy.loader import load_policy
 
+    check_ports(workers, proxy_port, dns_port)
     try:
         loaded = load_policy(policy)
     except RulesError as exc:

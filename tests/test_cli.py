@@ -131,3 +131,50 @@ def test_nft_render_prints_the_table_for_a_policy() -> None:
     assert result.returncode == 0, result.stderr
     assert "table inet egress" in result.stdout
     assert "redirect to" in result.stdout
+
+
+POLICY_ARGS = ("--policy", "rules/policy.example.yaml", "--sandbox-if", "a", "--uplink-if", "b")
+GATEWAY_ARGS = (*POLICY_ARGS, "--upstream-dns", "192.0.2.53")
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], flag: str) -> str:
+    """The error a user sees: one line on stderr naming ``flag``, status 2, no traceback, nothing on stdout."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert flag in result.stderr, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("nft", "render", *POLICY_ARGS, "--workers", "0"), "--workers"),
+        (("nft", "render", *POLICY_ARGS, "--nflog-group", "70000"), "--nflog-group"),
+        (("nft", "render", *POLICY_ARGS, "--proxy-port", "70000"), "--proxy-port"),
+        (("nft", "render", *POLICY_ARGS, "--dns-port", "70000"), "--dns-port"),
+        (("nft", "render", *POLICY_ARGS, "--proxy-port", "65535", "--workers", "2"), "--proxy-port"),
+        (("nft", "render", *POLICY_ARGS, "--dns-port", "8082", "--workers", "4"), "--dns-port"),
+        (("doctor", *GATEWAY_ARGS, "--proxy-port", "70000"), "--proxy-port"),
+        (("doctor", *GATEWAY_ARGS, "--nflog-group", "-1"), "--nflog-group"),
+        (("doctor", *GATEWAY_ARGS, "--redis-url", "http://x"), "--redis-url"),
+        (("doctor", *GATEWAY_ARGS, "--workers", "0"), "--workers"),
+        (("gateway", "run", *GATEWAY_ARGS, "--proxy-port", "65535", "--workers", "3"), "--proxy-port"),
+        (("lab", "status", "--prefix", "abcdefghijklmnop"), "--prefix"),
+        (("lab", "up", "--prefix", "Bad_Prefix"), "--prefix"),
+        (("lab", "down", "--prefix", "abcdefghijklmnop"), "--prefix"),
+        (("events", "--redis-url", "http://x"), "--redis-url"),
+        (("events", "--since", "nan"), "--since"),
+        (("events", "--category", "bogus"), "--category"),
+        (("bogus-command",), "bogus-command"),
+    ],
+)
+def test_a_bad_option_is_one_line_naming_the_flag(args: tuple[str, ...], flag: str) -> None:
+    result = egress(*args)
+    assert result.stdout == ""
+    _one_line_error(result, flag)
+
+
+def test_the_dns_port_message_says_what_collides() -> None:
+    text = _one_line_error(egress("nft", "render", *POLICY_ARGS, "--dns-port", "8082", "--workers", "4"), "--dns-port")
+    assert "8081-8084" in text and "--proxy-port" in text
