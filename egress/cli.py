@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import errno
 import importlib
 import os
 import pathlib
@@ -34,14 +33,12 @@ from egress.scanner import FileStats, Scanner
 EXIT_OK = 0
 EXIT_FINDINGS = 1
 EXIT_USAGE = 2
-EXIT_PIPE = 141
-"""128 + SIGPIPE: the reader of stdout went away."""
 
 
 def one_line_errors(run: Callable[[], Any]) -> NoReturn:
     """Run a command line (click, not standalone) and exit as click would, but say every error in one line:
-    ``egress events: Invalid value for '--since': ...`` rather than a usage block; a reader that closed the pipe
-    (``egress events | head -1``) ends it quietly with status 141, as a tool killed by SIGPIPE would."""
+    ``egress events: Invalid value for '--since': ...`` rather than a usage block. (A reader that closes the pipe,
+    ``egress events | head -1``, ends the command quietly with status 1: click's own handling of EPIPE.)"""
     try:
         result = run()
     except click.UsageError as error:
@@ -54,23 +51,7 @@ def one_line_errors(run: Callable[[], Any]) -> NoReturn:
     except click.exceptions.Abort:
         click.echo("egress: aborted", err=True)
         sys.exit(1)
-    except BrokenPipeError:
-        _quiet_stdout()
-        sys.exit(EXIT_PIPE)
-    except OSError as error:
-        if error.errno != errno.EPIPE:
-            raise
-        _quiet_stdout()
-        sys.exit(EXIT_PIPE)
     sys.exit(result if isinstance(result, int) else EXIT_OK)
-
-
-def _quiet_stdout() -> None:
-    """Point stdout at /dev/null: the interpreter's last flush would fail again on the closed pipe (Python's
-    documented remedy, "Note on SIGPIPE")."""
-    devnull = os.open(os.devnull, os.O_WRONLY)
-    os.dup2(devnull, sys.stdout.fileno())
-    os.close(devnull)
 
 
 class LazyGroup(click.Group):
