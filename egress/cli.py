@@ -95,6 +95,7 @@ class LazyGroup(click.Group):
         "timeline": "egress.cli_query:timeline_command",
         "stats": "egress.cli_query:stats",
         "actions": "egress.cli_query:actions",
+        "export": "egress.cli_export:export",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
