@@ -168,9 +168,11 @@ class _Progress:
 def scan(
     files: tuple[str, ...], as_json: bool, fail_on: frozenset[Category], progress: bool | None, lists_dir: str | None
 ) -> None:
-    """Classify the traffic in pcap/pcapng FILES: mining pools, crypto nodes, tunnels.
+    """Classify the traffic in pcap/pcapng FILES: mining pools, crypto nodes, tunnels. ``-`` reads a capture from
+    standard input; a gzip, bzip2, xz or zstd compressed capture is read as such.
 
-    Exit status: 0 when the scan ran, 1 with --fail-on and such findings, 2 on usage errors or unreadable input.
+    Exit status: 0 when the scan ran, 1 with --fail-on and such findings, 2 on usage errors, unreadable input or a
+    file none of whose packets is of a link type egress decodes.
     """
     try:
         detectors = build_detectors(load_name_lists(lists_dir))
@@ -182,6 +184,7 @@ def scan(
     table = TableWriter(sys.stdout, colour=sys.stdout.isatty(), show_file=len(files) > 1)
     by_category: Counter[str] = Counter()
     all_stats: list[FileStats] = []
+    unscanned: list[str] = []
     for path in files:
         stats = FileStats(path)
         all_stats.append(stats)
@@ -199,13 +202,29 @@ def scan(
         if stats.skipped:
             where = ", ".join(str(index) for index in stats.skipped_at)
             click.echo(f"egress: {path}: skipped {stats.skipped} malformed packet(s) (first at {where})", err=True)
+        if _unsupported_link_types(path, stats):
+            unscanned.append(path)
     sys.stdout.flush()
     click.echo(summary(all_stats, by_category), err=True)
-    if any(stats.error for stats in all_stats):
+    if unscanned or any(stats.error for stats in all_stats):
         sys.exit(EXIT_USAGE)
     if fail_on and any(by_category[category.value] for category in fail_on):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_OK)
+
+
+def _unsupported_link_types(path: str, stats: FileStats) -> bool:
+    """Say which packets of ``path`` were of a link type egress cannot decode; True when that was all of them
+    (nothing of the file was scanned: an error, not a clean result)."""
+    from egress.capture.opener import describe_linktype
+
+    if not stats.unsupported:
+        return False
+    kinds = ", ".join(f"{count} of link type {describe_linktype(kind)}" for kind, count in stats.unsupported.items())
+    none = sum(stats.unsupported.values()) >= stats.packets
+    what = "none of its packets could be scanned" if none else "these were not scanned"
+    click.echo(f"egress: {path}: {kinds}: {what} (egress reads Ethernet, Linux cooked, raw IP, loopback)", err=True)
+    return none
 
 
 @main.group()

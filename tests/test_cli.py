@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import pathlib
 import struct
 import subprocess
@@ -178,3 +180,44 @@ def test_a_bad_option_is_one_line_naming_the_flag(args: tuple[str, ...], flag: s
 def test_the_dns_port_message_says_what_collides() -> None:
     text = _one_line_error(egress("nft", "render", *POLICY_ARGS, "--dns-port", "8082", "--workers", "4"), "--dns-port")
     assert "8081-8084" in text and "--proxy-port" in text
+
+
+STRATUM_PCAP = ROOT / "pcaps" / "stratum_3333.pcap"
+
+
+def _pcap_of(linktype: int, frames: list[bytes]) -> bytes:
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    for second, frame in enumerate(frames, 1):
+        out += struct.pack("<IIII", second, 0, len(frame), len(frame)) + frame
+    return out
+
+
+def test_scan_reads_a_capture_from_stdin_compressed_or_not() -> None:
+    for data in (STRATUM_PCAP.read_bytes(), gzip.compress(STRATUM_PCAP.read_bytes())):
+        result = subprocess.run(
+            [sys.executable, "-m", "egress", "scan", "--json", "-"],
+            input=data,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.splitlines()[0])["category"] == "mining"
+
+
+def test_scan_reads_a_compressed_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "stratum.pcap.xz"
+    path.write_bytes(lzma.compress(STRATUM_PCAP.read_bytes()))
+    result = egress("scan", "--fail-on", "mining", str(path))
+    assert result.returncode == 1, result.stderr
+    assert "findings: mining 1" in result.stderr
+
+
+def test_an_unknown_link_type_is_reported_per_file(tmp_path: pathlib.Path) -> None:
+    odd = tmp_path / "bluetooth.pcap"
+    odd.write_bytes(_pcap_of(187, [b"\x01\x02\x03\x04"] * 3))
+    result = egress("scan", str(odd), str(STRATUM_PCAP))
+    assert result.returncode == 2
+    assert f"{odd}: 3 of link type 187 (bluetooth-hci): none of its packets could be scanned" in result.stderr
+    assert "findings: mining 1" in result.stderr  # the other file is still scanned
+    assert "Traceback" not in result.stderr
