@@ -146,4 +146,7 @@ class RecordPrinter:
             if where >= 0 and record.category in COLOURS:
                 cells[where] = Text(str(record.category), style=f"bold {COLOURS[record.category]}")
             table.add_row(*cells)
-        self.console.print(table)
+        with self.console.capture() as captured:
+            self.console.print(table)
+        for line in captured.get().splitlines():  # rich pads the last column: no trailing blanks in a file
+            self.out.write(line.rstrip() + "\n")
