@@ -8,12 +8,14 @@ import pathlib
 import sys
 import time
 from collections import Counter
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, NoReturn
 
 import click
 
 from egress.capture.reader import CHUNK
 from egress.cli_gateway import (
+    check_ports,
     dns_port_option,
     doctor,
     gateway,
@@ -34,6 +36,25 @@ EXIT_FINDINGS = 1
 EXIT_USAGE = 2
 
 
+def one_line_errors(run: Callable[[], Any]) -> NoReturn:
+    """Run a command line (click, not standalone) and exit as click would, but say every error in one line:
+    ``egress events: Invalid value for '--since': ...`` rather than a usage block. (A reader that closes the pipe,
+    ``egress events | head -1``, ends the command quietly with status 1: click's own handling of EPIPE.)"""
+    try:
+        result = run()
+    except click.UsageError as error:
+        where = error.ctx.command_path if error.ctx is not None else "egress"
+        click.echo(f"{where}: {error.format_message()} (see {where} --help)", err=True)
+        sys.exit(error.exit_code)
+    except click.ClickException as error:
+        click.echo(f"egress: {error.format_message()}", err=True)
+        sys.exit(error.exit_code)
+    except click.exceptions.Abort:
+        click.echo("egress: aborted", err=True)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else EXIT_OK)
+
+
 class LazyGroup(click.Group):
     """A group whose listed subcommands are imported only when used, so ``egress scan`` does not pay for
     FastAPI or redis at start-up."""
@@ -44,6 +65,19 @@ class LazyGroup(click.Group):
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted({*super().list_commands(ctx), *self.lazy})
+
+    def main(  # type: ignore[override]
+        self,
+        args: Sequence[str] | None = None,
+        prog_name: str | None = None,
+        standalone_mode: bool = True,
+        **extra: Any,
+    ) -> Any:
+        """Every error as one line on stderr, exit status 2 for usage errors; a closed stdout ends quietly."""
+        run = super().main
+        if not standalone_mode:
+            return run(args, prog_name, standalone_mode=False, **extra)
+        return one_line_errors(lambda: run(args, prog_name, standalone_mode=False, **extra))
 
     def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
         target = self.lazy.get(cmd_name)
@@ -62,6 +96,7 @@ class LazyGroup(click.Group):
         "timeline": "egress.cli_query:timeline_command",
         "stats": "egress.cli_query:stats",
         "actions": "egress.cli_query:actions",
+        "export": "egress.cli_export:export",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -134,9 +169,11 @@ class _Progress:
 def scan(
     files: tuple[str, ...], as_json: bool, fail_on: frozenset[Category], progress: bool | None, lists_dir: str | None
 ) -> None:
-    """Classify the traffic in pcap/pcapng FILES: mining pools, crypto nodes, tunnels.
+    """Classify the traffic in pcap/pcapng FILES: mining pools, crypto nodes, tunnels. ``-`` reads a capture from
+    standard input; a gzip, bzip2, xz or zstd compressed capture is read as such.
 
-    Exit status: 0 when the scan ran, 1 with --fail-on and such findings, 2 on usage errors or unreadable input.
+    Exit status: 0 when the scan ran, 1 with --fail-on and such findings, 2 on usage errors, unreadable input or a
+    file none of whose packets is of a link type egress decodes.
     """
     try:
         detectors = build_detectors(load_name_lists(lists_dir))
@@ -148,6 +185,7 @@ def scan(
     table = TableWriter(sys.stdout, colour=sys.stdout.isatty(), show_file=len(files) > 1)
     by_category: Counter[str] = Counter()
     all_stats: list[FileStats] = []
+    unscanned: list[str] = []
     for path in files:
         stats = FileStats(path)
         all_stats.append(stats)
@@ -165,13 +203,29 @@ def scan(
         if stats.skipped:
             where = ", ".join(str(index) for index in stats.skipped_at)
             click.echo(f"egress: {path}: skipped {stats.skipped} malformed packet(s) (first at {where})", err=True)
+        if _unsupported_link_types(path, stats):
+            unscanned.append(path)
     sys.stdout.flush()
     click.echo(summary(all_stats, by_category), err=True)
-    if any(stats.error for stats in all_stats):
+    if unscanned or any(stats.error for stats in all_stats):
         sys.exit(EXIT_USAGE)
     if fail_on and any(by_category[category.value] for category in fail_on):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_OK)
+
+
+def _unsupported_link_types(path: str, stats: FileStats) -> bool:
+    """Say which packets of ``path`` were of a link type egress cannot decode; True when that was all of them
+    (nothing of the file was scanned: an error, not a clean result)."""
+    from egress.capture.opener import describe_linktype
+
+    if not stats.unsupported:
+        return False
+    kinds = ", ".join(f"{count} of link type {describe_linktype(kind)}" for kind, count in stats.unsupported.items())
+    none = sum(stats.unsupported.values()) >= stats.packets
+    what = "none of its packets could be scanned" if none else "these were not scanned"
+    click.echo(f"egress: {path}: {kinds}: {what} (egress reads Ethernet, Linux cooked, raw IP, loopback)", err=True)
+    return none
 
 
 @main.group()
@@ -249,13 +303,31 @@ def rules_check(
 rules.add_command(rules_diff)
 
 
+def _lab_prefix(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from egress.lab.topology import check_prefix
+
+    try:
+        return check_prefix(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+lab_prefix_option = click.option(
+    "--prefix",
+    default="egress-",
+    show_default=True,
+    callback=_lab_prefix,
+    help="Names of the lab's namespaces start so (1-12 of a-z, 0-9, '-').",
+)
+
+
 @main.group()
 def lab() -> None:
     """The lab: network namespaces (sandbox, gateway, internet) with a fake internet, on this machine."""
 
 
 @lab.command("up")
-@click.option("--prefix", default="egress-", show_default=True, help="Names of the lab's namespaces start so.")
+@lab_prefix_option
 def lab_up(prefix: str) -> None:
     """Build the lab's namespaces (idempotent)."""
     from egress.lab import netns
@@ -265,7 +337,7 @@ def lab_up(prefix: str) -> None:
 
 
 @lab.command("down")
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 def lab_down(prefix: str) -> None:
     """Remove the lab: its processes, namespaces and state."""
     from egress.lab import netns
@@ -275,7 +347,7 @@ def lab_down(prefix: str) -> None:
 
 
 @lab.command("status")
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 def lab_status(prefix: str) -> None:
     """What of the lab exists."""
     from egress.lab import netns
@@ -284,7 +356,7 @@ def lab_status(prefix: str) -> None:
 
 
 @lab.command("demo")
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 @click.option("--keep", is_flag=True, help="Leave the lab up afterwards (the gateway is stopped).")
 def lab_demo(prefix: str, keep: bool) -> None:
     """Start the gateway in the lab and play what a misbehaving agent would try; show what happened."""
@@ -296,7 +368,7 @@ def lab_demo(prefix: str, keep: bool) -> None:
 @lab.command("record")
 @click.argument("names", nargs=-1, required=True)
 @click.option("--out", type=click.Path(file_okay=False, path_type=pathlib.Path), default="pcaps", show_default=True)
-@click.option("--prefix", default="egress-", show_default=True)
+@lab_prefix_option
 def lab_record(names: tuple[str, ...], out: pathlib.Path, prefix: str) -> None:
     """Play each attempt NAME ('all': every one) through the gateway and keep it as OUT/NAME.pcap, captured at the
     gateway's sandbox side."""
@@ -362,6 +434,7 @@ def nft_render(
     from egress.nft.render import render, render_lockdown
     from egress.policy.loader import load_policy
 
+    check_ports(workers, proxy_port, dns_port)
     try:
         loaded = load_policy(policy)
     except RulesError as exc:

@@ -14,6 +14,7 @@ from egress.gateway import config as defaults
 from egress.logsetup import FORMATS, LEVELS, configure
 from egress.policy.lists import RulesError
 from egress.record import REDIS_URL
+from egress.record.urls import redis_url_problem
 
 EXIT_OK: Final = 0
 EXIT_PROBLEMS: Final = 1
@@ -27,14 +28,48 @@ workers_option = click.option(
     help="Proxy worker processes (ports from --proxy-port up).",
 )
 proxy_port_option = click.option(
-    "--proxy-port", default=defaults.PROXY_PORT, show_default=True, help="First proxy worker's port."
+    "--proxy-port",
+    type=click.IntRange(1, 65535),
+    default=defaults.PROXY_PORT,
+    show_default=True,
+    help="First proxy worker's port (worker N listens on this + N).",
 )
 dns_port_option = click.option(
-    "--dns-port", default=defaults.DNS_PORT, show_default=True, help="Resolver port (sandbox DNS is redirected here)."
+    "--dns-port",
+    type=click.IntRange(1, 65535),
+    default=defaults.DNS_PORT,
+    show_default=True,
+    help="Resolver port (sandbox DNS is redirected here).",
 )
 nflog_group_option = click.option(
-    "--nflog-group", default=defaults.NFLOG_GROUP, show_default=True, help="nflog group of logged drops."
+    "--nflog-group",
+    type=click.IntRange(0, 65535),
+    default=defaults.NFLOG_GROUP,
+    show_default=True,
+    help="nflog group of logged drops (0-65535).",
 )
+
+
+def check_ports(workers: int, proxy_port: int, dns_port: int) -> None:
+    """The proxy workers' ports (``--proxy-port`` up, one per worker) must be ports and miss ``--dns-port``: a
+    `click.UsageError` naming the flags otherwise."""
+    last = proxy_port + workers - 1
+    if last > 65535:
+        raise click.UsageError(
+            f"--proxy-port {proxy_port} with --workers {workers} needs ports up to {last}, past 65535"
+        )
+    if proxy_port <= dns_port <= last:
+        raise click.UsageError(
+            f"--dns-port {dns_port} is one of the proxy workers' ports ({proxy_port}-{last}: --proxy-port and "
+            "--workers)"
+        )
+
+
+def _redis_url(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    problem = redis_url_problem(value)
+    if problem:
+        raise click.BadParameter(problem, param=param)
+    return value
 
 
 def log_options[F: Callable[..., Any]](command: F) -> F:
@@ -71,7 +106,9 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
             proxy_port_option,
             dns_port_option,
             nflog_group_option,
-            click.option("--redis-url", default=REDIS_URL, show_default=True, help="Where records go."),
+            click.option(
+                "--redis-url", default=REDIS_URL, show_default=True, callback=_redis_url, help="Where records go."
+            ),
             click.option(
                 "--name",
                 "gateway_name",
@@ -106,6 +143,7 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
 
 
 def _config(**options: Any) -> defaults.GatewayConfig:
+    check_ports(options["workers"], options["proxy_port"], options["dns_port"])
     return defaults.GatewayConfig(
         policy=options["policy"],
         sandbox_if=options["sandbox_if"],

@@ -7,34 +7,63 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import ipaddress
 import json
+import math
 import pathlib
 import re
+import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, Final
 
 import click
 
+from egress.cli_render import (
+    COLOURS,
+    COLUMNS,
+    DEFAULT_COLUMNS,
+    FIELD_COLUMNS,
+    FORMATS,
+    WIDE_COLUMNS,
+    RecordPrinter,
+    compact_line,
+    destination,
+    json_line,
+    parse_columns,
+    when,
+)
 from egress.correlate import DEFAULT_SLACK, timeline
+from egress.decide import Enforcement, Reason
+from egress.detect.base import Transport
 from egress.record import REDIS_URL, query
 from egress.record.actions import ActionRecord
-from egress.record.schema import AttemptRecord
+from egress.record.schema import AttemptRecord, RecordCategory
 from egress.record.store import STORE_ERRORS, RecordStore
-from egress.report import CATEGORY_COLOURS
+from egress.record.urls import redis_url_problem
 
 EXIT_USAGE: Final = 2
-COLOURS: Final = {category.value: colour for category, colour in CATEGORY_COLOURS.items()} | {"policy": "blue"}
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+
+
+def redis_url_option(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """A ``--redis-url`` callback: a URL that names no Redis is a usage error naming the flag."""
+    problem = redis_url_problem(value)
+    if problem:
+        raise click.BadParameter(problem, param=param)
+    return value
+
 
 redis_option = click.option(
     "--redis-url",
     default=REDIS_URL,
     show_default=True,
     envvar="EGRESS_REDIS_URL",
+    callback=redis_url_option,
     help="The record store (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
 )
 
@@ -62,13 +91,19 @@ def parse_time(text: str, now: float | None = None) -> float:
         return now
     if _DURATION.fullmatch(text):
         return now - parse_duration(text)
-    with contextlib.suppress(ValueError):
-        return float(text)
+    try:
+        seconds = float(text)
+    except ValueError:
+        pass
+    else:
+        if not math.isfinite(seconds) or seconds < 0:
+            raise ValueError(f"{text!r} is not a time (epoch seconds are a finite number, 0 or more)")
+        return seconds
     try:
         moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-    except ValueError:
+        return moment.timestamp()
+    except (ValueError, OverflowError, OSError):
         raise ValueError(f"{text!r} is not a time (ISO 8601, epoch seconds, 'now', or relative like 15m, 2h)") from None
-    return moment.timestamp()
 
 
 def _time_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
@@ -96,6 +131,8 @@ def _store(redis_url: str, **options: Any) -> Iterator[RecordStore]:
             if not store.ping():
                 _fail(f"cannot reach Redis at {redis_url}")
             yield store
+        except BrokenPipeError:  # the reader went away (``| head``): not Redis's fault; the main group ends quietly
+            raise
         except STORE_ERRORS as error:
             _fail(f"Redis at {redis_url} failed: {type(error).__name__}: {error}")
         finally:
@@ -108,12 +145,11 @@ def _fail(message: str) -> None:
 
 
 def _line(data: dict[str, Any]) -> str:
-    return json.dumps(data, separators=(",", ":"), ensure_ascii=False)
+    return json_line(data)
 
 
 def _when(ts: float, with_date: bool = True) -> str:
-    moment = datetime.datetime.fromtimestamp(ts)
-    return moment.strftime("%Y-%m-%d %H:%M:%S.%f" if with_date else "%H:%M:%S.%f")[:-3]
+    return when(ts, with_date)
 
 
 def _colour(text: str, category: str, colour: bool) -> str:
@@ -121,84 +157,159 @@ def _colour(text: str, category: str, colour: bool) -> str:
 
 
 def _destination(record: AttemptRecord) -> str:
-    address = f"[{record.dst}]" if ":" in record.dst else record.dst
-    return f"{address}:{record.dport}/{record.transport}"
-
-
-EVENT_HEADER: Final = (
-    f"{'TIME':<23} {'SANDBOX':<12} {'CATEGORY':<11} {'DESTINATION':<28} {'HOST':<24} {'REASON':<18} ACTION"
-)
+    return destination(record)
 
 
 def event_row(record: AttemptRecord, colour: bool) -> str:
-    count = f" x{record.count}" if record.count > 1 else ""
-    category = _colour(f"{record.category:<11}", record.category, colour)
-    return (
-        f"{_when(record.ts):<23} {record.sandbox[:12]:<12} {category} {_destination(record)[:28]:<28} "
-        f"{record.host[:24]:<24} {record.reason[:18]:<18} {record.action}{count}"
-    )
+    """A record as one compact line (``-o compact``), nothing cut."""
+    return compact_line(record, colour)
+
+
+def _columns_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
+    if value is None:
+        return None
+    try:
+        return parse_columns(value)
+    except ValueError as error:
+        raise click.BadParameter(str(error), param=param) from None
+
+
+@dataclass(frozen=True, slots=True)
+class LocalFilter:
+    """The filters the store's query does not take, applied to the records it returns."""
+
+    action: str | None = None
+    source: str | None = None
+    """An address, or a network in CIDR form."""
+    port: int | None = None
+    """The destination port."""
+    transport: str | None = None
+    gateway: str | None = None
+
+    def matches(self, record: AttemptRecord) -> bool:
+        if self.action is not None and record.action != self.action:
+            return False
+        if self.port is not None and record.dport != self.port:
+            return False
+        if self.transport is not None and record.transport != self.transport:
+            return False
+        if self.gateway is not None and record.gateway != self.gateway:
+            return False
+        return self.source is None or _in_network(record.src, self.source)
+
+
+def _in_network(address: str, network: str) -> bool:
+    try:
+        return ipaddress.ip_address(address) in ipaddress.ip_network(network, strict=False)
+    except ValueError:
+        return False
+
+
+def _source_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is not None:
+        try:
+            ipaddress.ip_network(value, strict=False)
+        except ValueError:
+            raise click.BadParameter(f"{value!r} is not an address or a network (CIDR)", param=param) from None
+    return value
 
 
 @click.command()
 @redis_option
 @click.option("--sandbox", help="Only this sandbox.")
-@click.option("--category", help="Only this category (mining, tunnel, crypto-node, policy).")
-@click.option("--reason", help="Only this reason (e.g. mining, not-allowlisted).")
+@click.option("--category", type=click.Choice([c.value for c in RecordCategory]), help="Only this category.")
+@click.option("--reason", type=click.Choice([r.value for r in Reason]), metavar="REASON", help="Only this reason "
+              "(e.g. mining, not-allowlisted; docs/records.md lists them).")  # fmt: skip
+@click.option("--action", type=click.Choice([a.value for a in Enforcement if a is not Enforcement.ALLOW]),
+              help="Only this action.")  # fmt: skip
 @click.option("--destination", help="Only this address, or this host name and the names under it.")
+@click.option("--source", callback=_source_option, help="Only from this address or network (CIDR).")
+@click.option("--port", type=click.IntRange(0, 65535), help="Only to this destination port.")
+@click.option("--transport", type=click.Choice([t.value for t in Transport]), help="Only this transport.")
+@click.option("--gateway", help="Only records of this gateway.")
 @click.option("--since", callback=_time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
 @click.option("--until", callback=_time_option, help="Up to this time (same forms).")
-@click.option("--limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000), help="Latest N records.")
+@click.option("--last", "--limit", "limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000),
+              help="The latest N records that pass the filters.")  # fmt: skip
 @click.option("--follow", "-f", is_flag=True, help="Then print new records as they arrive, until Ctrl-C.")
-@click.option("--json", "as_json", is_flag=True, help="One record per line, exactly the docs/records.md JSON.")
+@click.option("--output", "-o", "fmt", type=click.Choice(FORMATS), default="table", show_default=True,
+              help="table (cells wrap, nothing cut), compact (one line each), json (one array), jsonl (one "
+              "record per line: the docs/records.md JSON), csv.")  # fmt: skip
+@click.option("--json", "as_json", is_flag=True, help="Same as -o jsonl.")
+@click.option("--columns", callback=_columns_option, metavar="NAME,...",
+              help=f"Columns of table and csv (default {','.join(DEFAULT_COLUMNS)}; csv: every field); any of "
+              f"{', '.join(COLUMNS)}.")  # fmt: skip
+@click.option("--wide", "-w", is_flag=True, help="Table columns with the detector, the rule and the evidence.")
 def events(
     redis_url: str,
     sandbox: str | None,
     category: str | None,
     reason: str | None,
+    action: str | None,
     destination: str | None,
+    source: str | None,
+    port: int | None,
+    transport: str | None,
+    gateway: str | None,
     since: float | None,
     until: float | None,
     limit: int,
     follow: bool,
+    fmt: str,
     as_json: bool,
+    columns: tuple[str, ...] | None,
+    wide: bool,
 ) -> None:
-    """Blocked and would-block attempts: the latest LIMIT that pass the filters, oldest first."""
+    """Blocked, would-block and recorded attempts: the latest N that pass the filters, oldest first."""
     if since is not None and until is not None and since > until:
         raise click.BadParameter("--since is after --until", param_hint="--since")
+    fmt = "jsonl" if as_json else fmt
+    if follow and fmt == "json":
+        raise click.UsageError("-o json is one array, which a follow never closes: use -o jsonl with --follow")
+    chosen = columns or (WIDE_COLUMNS if wide else FIELD_COLUMNS if fmt == "csv" else DEFAULT_COLUMNS)
     flt = query.AttemptFilter(sandbox, category, reason, destination, since, until)
-    colour = not as_json and sys.stdout.isatty()
-    show: Callable[[AttemptRecord], str] = (
-        (lambda r: _line(r.to_json())) if as_json else (lambda r: event_row(r, colour))
-    )
+    local = LocalFilter(action, source, port, transport, gateway)
+    tty = sys.stdout.isatty()
+    width = shutil.get_terminal_size().columns if tty else None
+    printer = RecordPrinter(fmt, chosen, sys.stdout, colour=tty, width=width)
     with _store(redis_url) as store:
         positions = query.follow(store, None, 0)[1] if follow else None
-        records: list[AttemptRecord] = []
-        cursor: str | None = None
-        while len(records) < limit:
-            page, cursor = query.list_attempts(store, flt, min(limit - len(records), 1000), cursor)
-            records += page
-            if cursor is None:
-                break
-        if not as_json:
-            click.echo(EVENT_HEADER)
-        for record in reversed(records):
-            click.echo(show(record))
+        records = _latest(store, flt, local, limit)
+        printer.write(reversed(records))
         if positions is None:
+            printer.close()
             return
         shown = {record.id for record in records}
         with contextlib.suppress(KeyboardInterrupt):
             while True:
                 fresh, positions = query.follow(store, positions, 1000)
-                for record in fresh:
-                    if record.id not in shown and flt.matches(record):
-                        click.echo(show(record))
+                printer.write(r for r in fresh if r.id not in shown and flt.matches(r) and local.matches(r))
                 shown.clear()  # only the first follow can overlap the listing
-                sys.stdout.flush()
+        printer.close()
+
+
+def _latest(store: RecordStore, flt: query.AttemptFilter, local: LocalFilter, limit: int) -> list[AttemptRecord]:
+    """The latest ``limit`` records that pass both filters, newest first (pages until enough or none left)."""
+    records: list[AttemptRecord] = []
+    cursor: str | None = None
+    unfiltered = local == LocalFilter()
+    while len(records) < limit:
+        size = min(limit - len(records), 1000) if unfiltered else 1000
+        page, cursor = query.list_attempts(store, flt, size, cursor)
+        records += [record for record in page if local.matches(record)]
+        if cursor is None:
+            break
+    return records[:limit]
+
+
+def _fit(text: str, size: int) -> str:
+    """``text``, or its start and an ellipsis when longer than ``size``: a cut is never silent."""
+    return text if len(text) <= size else text[: size - 1] + "…"
 
 
 def _action_line(action: ActionRecord) -> str:
     took = "running" if action.end is None else f"{action.end - action.start:.1f} s"
-    return f"{_when(action.start, False)}  ▶ {action.kind} {action.command[:80]}  ({took}, id {action.id})"
+    return f"{_when(action.start, False)}  ▶ {action.kind} {_fit(action.command, 80)}  ({took}, id {action.id})"
 
 
 def _attempt_line(record: AttemptRecord, colour: bool, also: tuple[str, ...]) -> str:
@@ -283,7 +394,7 @@ def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json:
         table = counts[field]
         click.echo(("\n" if number else "") + f"{field.upper():<40} SCENARIOS   (last {window:g} s)")
         for key, value in list(table.items())[:top]:
-            label = f"{key or '(none)'}"[:40]
+            label = _fit(key or "(none)", 40)
             click.echo(f"{_colour(f'{label:<40}', key, colour and field == 'category')} {value:>8}")
         if len(table) > top:
             click.echo(f"{'(' + str(len(table) - top) + ' more)':<40} {sum(list(table.values())[top:]):>8}")

@@ -14,6 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
+from egress.capture.opener import tally_unsupported
 from egress.capture.packet import (
     ACK,
     ECHO_REPLY,
@@ -68,6 +69,8 @@ class FileStats:
     """Most flow-table entries (two per flow) held at once, measured at each generation change."""
     skipped_at: list[int] = field(default_factory=list)
     """Packet indexes (1-based) of the first few skipped frames."""
+    unsupported: dict[int, int] = field(default_factory=dict)
+    """Packets of each link type egress cannot decode (not scanned)."""
 
 
 def _address(raw: bytes) -> str:
@@ -233,6 +236,7 @@ class Scanner:
         found = run.found
         try:
             for batch in read_batches(path):
+                tally_unsupported(batch, stats.unsupported)
                 if progress is not None:
                     progress(len(batch))
                 run.sweep(batch)

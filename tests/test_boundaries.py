@@ -20,7 +20,7 @@ GATES = {
     "yaml": {"egress/policy/yamlnodes.py"},
     # HTTP content codings mitmproxy also decodes (br, zstd): read, bounded, where bodies are read
     "brotli": {"egress/proxy/mitm/payload.py"},
-    "backports": {"egress/proxy/mitm/payload.py"},
+    "backports": {"egress/proxy/mitm/payload.py", "egress/capture/opener.py"},  # and zstd-compressed captures
     # running programs: nft, the proxy workers, and the lab's namespaces and servers
     "subprocess": {"egress/nft/runner.py", "egress/gateway/supervisor.py", "egress/gateway/workers.py", "egress/lab/"},
     # network I/O: the gateway's components, and the lab; the scanner only formats addresses with inet_ntop

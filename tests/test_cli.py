@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
 import json
+import lzma
 import pathlib
 import struct
 import subprocess
@@ -180,3 +182,91 @@ def test_rules_diff_text_json_and_exit_codes(tmp_path: pathlib.Path) -> None:
     assert [change["field"] for change in document["changes"]] == ["mode", "hosts"]
     broken = egress("rules", "diff", str(old), str(bad))
     assert broken.returncode == 2 and f"{bad}:4: sandboxes.agents.sources[0]" in broken.stderr
+
+
+POLICY_ARGS = ("--policy", "rules/policy.example.yaml", "--sandbox-if", "a", "--uplink-if", "b")
+GATEWAY_ARGS = (*POLICY_ARGS, "--upstream-dns", "192.0.2.53")
+
+
+def _one_line_error(result: subprocess.CompletedProcess[str], flag: str) -> str:
+    """The error a user sees: one line on stderr naming ``flag``, status 2, no traceback, nothing on stdout."""
+    assert result.returncode == 2, result
+    assert "Traceback" not in result.stderr
+    assert result.stderr.count("\n") == 1, result.stderr
+    assert flag in result.stderr, result.stderr
+    return result.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "flag"),
+    [
+        (("nft", "render", *POLICY_ARGS, "--workers", "0"), "--workers"),
+        (("nft", "render", *POLICY_ARGS, "--nflog-group", "70000"), "--nflog-group"),
+        (("nft", "render", *POLICY_ARGS, "--proxy-port", "70000"), "--proxy-port"),
+        (("nft", "render", *POLICY_ARGS, "--dns-port", "70000"), "--dns-port"),
+        (("nft", "render", *POLICY_ARGS, "--proxy-port", "65535", "--workers", "2"), "--proxy-port"),
+        (("nft", "render", *POLICY_ARGS, "--dns-port", "8082", "--workers", "4"), "--dns-port"),
+        (("doctor", *GATEWAY_ARGS, "--proxy-port", "70000"), "--proxy-port"),
+        (("doctor", *GATEWAY_ARGS, "--nflog-group", "-1"), "--nflog-group"),
+        (("doctor", *GATEWAY_ARGS, "--redis-url", "http://x"), "--redis-url"),
+        (("doctor", *GATEWAY_ARGS, "--workers", "0"), "--workers"),
+        (("gateway", "run", *GATEWAY_ARGS, "--proxy-port", "65535", "--workers", "3"), "--proxy-port"),
+        (("lab", "status", "--prefix", "abcdefghijklmnop"), "--prefix"),
+        (("lab", "up", "--prefix", "Bad_Prefix"), "--prefix"),
+        (("lab", "down", "--prefix", "abcdefghijklmnop"), "--prefix"),
+        (("events", "--redis-url", "http://x"), "--redis-url"),
+        (("events", "--since", "nan"), "--since"),
+        (("events", "--category", "bogus"), "--category"),
+        (("bogus-command",), "bogus-command"),
+    ],
+)
+def test_a_bad_option_is_one_line_naming_the_flag(args: tuple[str, ...], flag: str) -> None:
+    result = egress(*args)
+    assert result.stdout == ""
+    _one_line_error(result, flag)
+
+
+def test_the_dns_port_message_says_what_collides() -> None:
+    text = _one_line_error(egress("nft", "render", *POLICY_ARGS, "--dns-port", "8082", "--workers", "4"), "--dns-port")
+    assert "8081-8084" in text and "--proxy-port" in text
+
+
+STRATUM_PCAP = ROOT / "pcaps" / "stratum_3333.pcap"
+
+
+def _pcap_of(linktype: int, frames: list[bytes]) -> bytes:
+    out = struct.pack("<IHHiIII", 0xA1B2C3D4, 2, 4, 0, 0, 65535, linktype)
+    for second, frame in enumerate(frames, 1):
+        out += struct.pack("<IIII", second, 0, len(frame), len(frame)) + frame
+    return out
+
+
+def test_scan_reads_a_capture_from_stdin_compressed_or_not() -> None:
+    for data in (STRATUM_PCAP.read_bytes(), gzip.compress(STRATUM_PCAP.read_bytes())):
+        result = subprocess.run(
+            [sys.executable, "-m", "egress", "scan", "--json", "-"],
+            input=data,
+            capture_output=True,
+            timeout=120,
+            check=False,
+        )
+        assert result.returncode == 0, result.stderr
+        assert json.loads(result.stdout.splitlines()[0])["category"] == "mining"
+
+
+def test_scan_reads_a_compressed_file(tmp_path: pathlib.Path) -> None:
+    path = tmp_path / "stratum.pcap.xz"
+    path.write_bytes(lzma.compress(STRATUM_PCAP.read_bytes()))
+    result = egress("scan", "--fail-on", "mining", str(path))
+    assert result.returncode == 1, result.stderr
+    assert "findings: mining 1" in result.stderr
+
+
+def test_an_unknown_link_type_is_reported_per_file(tmp_path: pathlib.Path) -> None:
+    odd = tmp_path / "bluetooth.pcap"
+    odd.write_bytes(_pcap_of(187, [b"\x01\x02\x03\x04"] * 3))
+    result = egress("scan", str(odd), str(STRATUM_PCAP))
+    assert result.returncode == 2
+    assert f"{odd}: 3 of link type 187 (bluetooth-hci): none of its packets could be scanned" in result.stderr
+    assert "findings: mining 1" in result.stderr  # the other file is still scanned
+    assert "Traceback" not in result.stderr

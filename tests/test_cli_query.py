@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import os
 import signal
@@ -17,6 +19,7 @@ import pytest
 from click.testing import CliRunner, Result
 
 from egress.cli_query import COMMANDS, event_row, parse_duration, parse_time
+from egress.cli_render import WIDE_COLUMNS, RecordPrinter, cell
 from egress.record import query
 from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord
@@ -132,12 +135,103 @@ def test_events_table(server: RedisServer, written: list[AttemptRecord]) -> None
     assert "\x1b[31m" in coloured  # mining is red on a terminal
 
 
+LONG_HOST = "a-very-long-host-name-that-does-not-fit-a-narrow-terminal.example.org"
+LONG_EVIDENCE = '{"method":"mining.subscribe","params":["xmrig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0"]}'
+
+
+@pytest.mark.parametrize("width", [40, 60, 100, None])
+def test_a_narrow_table_wraps_and_cuts_nothing(width: int | None) -> None:
+    made = record(host=LONG_HOST, evidence=LONG_EVIDENCE, rule="sandboxes.agents.detectors.mining")
+    out = io.StringIO()
+    RecordPrinter("table", WIDE_COLUMNS, out, colour=False, width=width).write([made])
+    text = out.getvalue()
+    if width is not None:
+        assert max(len(line) for line in text.splitlines()) <= width
+    assert "…" not in text
+    shown = "".join(text.split())
+    cells = [column.upper() for column in WIDE_COLUMNS] + [cell(made, column) for column in WIDE_COLUMNS]
+    assert len(shown) == len("".join("".join(cells).split()))  # every character of every cell is printed
+    alone = io.StringIO()
+    RecordPrinter("table", ("host",), alone, colour=False, width=30).write([made])
+    assert "".join(alone.getvalue().split()) == "HOST" + LONG_HOST  # wrapped in order
+
+
+def test_output_formats(server: RedisServer, written: list[AttemptRecord]) -> None:
+    expected = sorted(written, key=lambda r: r.ts)
+    as_array = json.loads(run(server, "events", "-o", "json").output)
+    assert as_array == [r.to_json() for r in expected]
+    lines = run(server, "events", "-o", "jsonl").output.splitlines()
+    assert [json.loads(line) for line in lines] == [r.to_json() for r in expected]
+    rows = list(csv.DictReader(io.StringIO(run(server, "events", "-o", "csv").output)))
+    assert [row["id"] for row in rows] == [r.id for r in expected]
+    assert rows[3]["count"] == "9" and rows[3]["community_id"] == expected[3].community_id
+    chosen = run(server, "events", "-o", "csv", "--columns", "time,host,evidence").output.splitlines()
+    assert chosen[0] == "time,host,evidence"
+    compact = run(server, "events", "-o", "compact").output.splitlines()
+    assert len(compact) == len(expected)
+    assert "10.77.0.2:40000 -> 198.51.100.7:443/tcp" in compact[2] and compact[2].endswith("BLOCK")
+    wide = run(server, "events", "--wide").output.splitlines()
+    assert "EVIDENCE" in wide[0] and "RULE" in wide[0] and "mining.subscribe" in wide[-1]
+    assert run(server, "events", "-o", "json", "--follow").exit_code == 2
+
+
+def test_an_empty_listing_is_still_valid_output(server: RedisServer) -> None:
+    server.cli("flushall")
+    assert json.loads(run(server, "events", "-o", "json").output) == []
+    assert run(server, "events", "-o", "csv").output.startswith("id,ts,")
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--action", "block"], [0, 1, 2, 3, 4]),
+        (["--action", "would-block"], []),
+        (["--port", "443"], [1]),
+        (["--transport", "udp"], [2]),
+        (["--source", "10.77.0.0/16"], [0, 1, 2, 3, 4]),
+        (["--source", "10.78.0.1"], []),
+        (["--gateway", "gw1"], [0, 1, 2, 3, 4]),
+        (["--gateway", "gw2"], []),
+        (["--last", "1", "--port", "3333"], [0]),
+        (["--last", "2"], [2, 3]),
+    ],
+)
+def test_events_more_filters(
+    server: RedisServer, written: list[AttemptRecord], args: list[str], expected: list[int]
+) -> None:
+    result = run(server, "events", "--json", *args)
+    assert result.exit_code == 0, result.output
+    got = {json.loads(line)["id"] for line in result.output.splitlines()}
+    assert got == {written[i].id for i in expected}
+
+
+def test_a_closed_pipe_ends_quietly(server: RedisServer, store: RecordStore, now: float) -> None:
+    store.write([record(ts=now - i, sport=i + 1) for i in range(3000)])
+    env = {**os.environ, "EGRESS_REDIS_URL": server.url}
+    command = [sys.executable, "-m", "egress", "events", "--last", "3000", "-o", "jsonl"]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert process.stdout is not None and process.stderr is not None
+    assert json.loads(process.stdout.readline())["sandbox"] == "agents"
+    process.stdout.close()  # as `| head -1` does
+    assert process.wait(timeout=scaled(60)) == 1  # click's status for a closed stdout
+    assert process.stderr.read() == ""
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
         (["events", "--since", "yesterday-ish"], "is not a time"),
         (["events", "--since", "1m", "--until", "2m"], "after --until"),
         (["events", "--limit", "0"], "--limit"),
+        (["events", "--category", "bogus"], "--category"),
+        (["events", "--reason", "bogus"], "--reason"),
+        (["events", "--since", "nan"], "--since"),
+        (["events", "--since", "inf"], "--since"),
+        (["events", "--source", "not-an-address"], "--source"),
+        (["events", "--port", "70000"], "--port"),
+        (["events", "--columns", "time,colour"], "colour"),
+        (["events", "--redis-url", "http://x"], "--redis-url"),
+        (["events", "--redis-url", "redis://"], "--redis-url"),
         (["stats", "--window", "forever"], "not a duration"),
         (["stats", "--by", "colour"], "colour"),
         (["actions", "record"], "--sandbox and --id"),

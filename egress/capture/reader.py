@@ -18,6 +18,8 @@ import dpkt
 import dpkt.pcap
 import dpkt.pcapng
 
+from egress.capture.opener import DECOMPRESS_ERRORS, open_capture
+
 CHUNK: Final = 1 << 20
 MAX_RECORD: Final = 1 << 24
 """Largest record we accept (pcapng blocks or pcap caplen); a bigger length field means a corrupt file."""
@@ -62,7 +64,7 @@ def read_batches(path: str) -> Iterator[Batch]:
     then iterates a plain list.
     """
     try:
-        handle = open(path, "rb")  # noqa: SIM115 - closed in the finally below, across yields
+        handle = open_capture(path)  # a file or stdin ("-"), decompressed when it is compressed
     except OSError as exc:
         raise CaptureError(f"{path}: cannot open: {exc.strerror or exc}") from None
     try:
@@ -76,8 +78,8 @@ def read_batches(path: str) -> Iterator[Batch]:
             raise CaptureError(f"{path}: empty or truncated file header")
         else:
             raise CaptureError(f"{path}: not a pcap or pcapng file (magic {magic.hex()})")
-    except OSError as exc:
-        raise CaptureError(f"{path}: read error: {exc.strerror or exc}") from None
+    except DECOMPRESS_ERRORS as exc:
+        raise CaptureError(f"{path}: read error: {getattr(exc, 'strerror', None) or exc}") from None
     finally:
         handle.close()
 

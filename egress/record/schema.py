@@ -24,8 +24,11 @@ from typing import Any, Final
 from egress.decide import Enforcement, Reason
 from egress.decisions import DecidedFlow
 from egress.detect.base import Category, Transport
+from egress.record import derived
 
 SCHEMA_VERSION: Final = 1
+DERIVED: Final = ("community_id", "timestamp", "severity", "signature_id")
+"""Fields computed from the others on construction (`egress.record.derived`); added to version 1 in 0.2."""
 
 
 class RecordCategory(enum.StrEnum):
@@ -42,6 +45,7 @@ class RecordCategory(enum.StrEnum):
 
 _CROCKFORD: Final = "0123456789ABCDEFGHJKMNPQRSTVWXYZ"
 _ID: Final = re.compile(r"[0-9A-HJKMNP-TV-Z]{26}")
+_COMMUNITY_ID: Final = re.compile(r"1:[A-Za-z0-9+/]{27}=")
 ID_RANDOM_BYTES: Final = 10
 
 
@@ -132,8 +136,19 @@ class AttemptRecord:
     update_of: str = ""
     """``""`` for an attempt's record; for a count update, the id of the record whose ``count`` it adds to (its
     ``count``, ``first_ts`` and ``last_ts`` are the repeats it adds; reads fold it into that record)."""
+    community_id: str = ""
+    """Derived: the flow's Community ID v1 (``1:`` and 28 base64 characters; the hash Zeek, Suricata and Elastic
+    give the same flow), ``""`` when the record cannot tell the flow (`egress.record.derived.flow_id`)."""
+    timestamp: str = ""
+    """Derived: ``ts`` as an RFC 3339 UTC time with microseconds (``2026-11-29T21:04:25.123456Z``)."""
+    severity: str = ""
+    """Derived: ``high`` (mining, tunnels), ``medium`` (evasions, crypto nodes) or ``low`` (the rest)."""
+    signature_id: int = 0
+    """Derived: a stable number (32 bits) per detector, protocol and reason, or per reason when the policy alone
+    decided: eve.json's ``alert.signature_id`` (`egress.record.derived.signature_id`)."""
 
     def __post_init__(self) -> None:
+        _derive(self)
         if self.first_ts < 0:
             object.__setattr__(self, "first_ts", self.ts)
         if self.last_ts < 0:
@@ -198,7 +213,7 @@ class AttemptRecord:
 
 
 _FIELD_NAMES: Final = tuple(field.name for field in dataclasses.fields(AttemptRecord))
-_OPTIONAL: Final = frozenset({"update_of"})
+_OPTIONAL: Final = frozenset({"update_of", *DERIVED})
 """Fields added to version 1 after its first release: a record written before them lacks them."""
 _ENUMS: Final[dict[str, type[enum.StrEnum]]] = {
     name: kind
@@ -210,6 +225,29 @@ _FIELD_TYPES: Final[dict[str, type]] = {
     name: str if name in _ENUMS else kind for name, kind in typing.get_type_hints(AttemptRecord).items()
 }
 """The JSON type of each field (an enum field is a string in JSON)."""
+
+
+def _derive(record: AttemptRecord) -> None:
+    """Fill the derived fields that are empty from the others: a record written before they existed gets them
+    on reading; a stored record keeps the ones it was written with (computing them again for every record read
+    would double the cost of decoding). A copy made with `dataclasses.replace` that changes a flow or time field
+    must pass the derived fields empty (`WITHOUT_DERIVED`)."""
+    if not record.community_id:
+        flow = derived.flow_id(
+            record.src, record.sport, record.dst, record.dport, str(record.transport), record.protocol
+        )
+        object.__setattr__(record, "community_id", flow)
+    if not record.timestamp and math.isfinite(record.ts) and 0 <= record.ts < derived.MAX_TS:
+        object.__setattr__(record, "timestamp", derived.rfc3339(record.ts))
+    if not record.severity:
+        object.__setattr__(record, "severity", derived.severity(str(record.category), str(record.reason)))
+    if not record.signature_id:
+        name = derived.signature(record.detector, record.protocol, str(record.reason))
+        object.__setattr__(record, "signature_id", derived.signature_id(name))
+
+
+WITHOUT_DERIVED: Final[dict[str, Any]] = {"community_id": "", "timestamp": "", "severity": "", "signature_id": 0}
+"""Keyword arguments for `dataclasses.replace` that let the copy derive its fields anew."""
 
 
 def _coerce_enums(record: AttemptRecord) -> list[str]:
@@ -247,4 +285,15 @@ def _problems(record: AttemptRecord) -> list[str]:
         errors.append(f"update_of {record.update_of!r} is not a 26-character id")
     if record.schema != SCHEMA_VERSION:
         errors.append(f"schema {record.schema} is not {SCHEMA_VERSION}")
+    return errors + _derived_problems(record)
+
+
+def _derived_problems(record: AttemptRecord) -> list[str]:
+    errors = []
+    if record.community_id and not _COMMUNITY_ID.fullmatch(record.community_id):
+        errors.append(f"community_id {record.community_id!r} is not a version 1 Community ID")
+    if record.severity not in derived.SEVERITIES:
+        errors.append(f"severity {record.severity!r} is not one of {', '.join(derived.SEVERITIES)}")
+    if not 0 < record.signature_id < 1 << 32:
+        errors.append(f"signature_id {record.signature_id} is not a 32-bit signature id")
     return errors
