@@ -54,6 +54,10 @@ class Reported:
         with self.lock:
             self.flows.append(attempt)
 
+    def clear(self) -> None:
+        with self.lock:
+            self.flows.clear()
+
     def blocks(self, sport: int) -> list[DecidedFlow]:
         """The blocks reported for the connection from local port ``sport``."""
         with self.lock:
