@@ -3,7 +3,9 @@
 A server listens on a unix socket in a fresh directory of its own (prefix ``egt-redis-``), where nothing else can
 be listening; a Cluster node (which needs TCP for its bus) listens on a free loopback port instead, and is then
 only taken as ours once ``INFO``'s ``process_id`` is the PID we started: a port another Redis holds is never
-mistaken for ours. Data is persisted with an fsync-always AOF, so a SIGKILLed server restarts with its data.
+mistaken for ours. Data is persisted in an AOF that Redis writes before it answers each command, so a SIGKILLed
+server restarts with every write it acknowledged (the kernel holds them). The AOF is never fsynced: that guards
+only against the machine itself crashing, which no test does, and costs milliseconds per write.
 `RedisFactory` starts servers and Clusters and stops them all (by their own PIDs) at the end; the conftest hands one
 factory to each test module that asks for Redis.
 """
@@ -165,7 +167,7 @@ class RedisServer:
             "--dir", str(self.directory),
             "--save", "",
             "--appendonly", "yes",
-            "--appendfsync", "always",
+            "--appendfsync", "no",  # written before the reply (survives SIGKILL); no fsync (see the docstring)
             "--logfile", str(self.directory / "redis.log"),
             "--protected-mode", "yes",
         ]  # fmt: skip
@@ -220,6 +222,11 @@ class RedisServer:
         self.stop()
         shutil.rmtree(self.directory, ignore_errors=True)
 
+    def command(self, *words: str) -> str:
+        """One command over a fresh connection (no ``redis-cli`` process): its simple or bulk reply as text."""
+        with self._connect() as sock:
+            return _command(sock, *words).decode(errors="replace")
+
     def cli(self, *args: str) -> str:
         """``redis-cli`` against this server; its output."""
         if REDIS_CLI is None:
@@ -254,6 +261,9 @@ class RedisFactory:
             node = RedisServer(cluster=True, node_timeout_ms=FAILOVER_NODE_TIMEOUT_MS if replicas else None)
             self._servers.append(node)
             nodes.append(node.start())
+        if not replicas:
+            _join_masters(nodes)
+            return nodes
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
         subprocess.run(
             [REDIS_CLI, "--cluster", "create", *addresses, "--cluster-replicas", str(replicas), "--cluster-yes"],
@@ -277,14 +287,50 @@ class RedisFactory:
             self._servers.pop().cleanup()
 
 
+def _join_masters(nodes: list[RedisServer]) -> None:
+    """Make ``nodes`` one Cluster of masters, each with an even share of the slots, and wait for state ``ok``.
+
+    What ``redis-cli --cluster create`` does without replicas, minus its one-second polls: each node takes its
+    slots and a distinct config epoch, the first meets the others, and gossip spreads the rest."""
+    share = CLUSTER_SLOTS // len(nodes)
+    for index, node in enumerate(nodes):
+        last = CLUSTER_SLOTS - 1 if index == len(nodes) - 1 else (index + 1) * share - 1
+        _ok(node, "CLUSTER", "ADDSLOTSRANGE", str(index * share), str(last))
+        _ok(node, "CLUSTER", "SET-CONFIG-EPOCH", str(index + 1))
+    for node in nodes[1:]:
+        _ok(nodes[0], "CLUSTER", "MEET", "127.0.0.1", str(node.port))
+    eventually(lambda: all(_knows_all(node, len(nodes)) for node in nodes), timeout=scaled(30), interval=0.02)
+
+
+def _ok(node: RedisServer, *words: str) -> None:
+    reply = node.command(*words)
+    if reply != "+OK":
+        raise RuntimeError(f"{' '.join(words)} on {node.url}: {reply}")
+
+
+def _knows_all(node: RedisServer, count: int) -> bool:
+    """Cluster state ``ok`` and every node known as a master that holds slots (the slot map is complete here)."""
+    if "cluster_state:ok" not in node.command("CLUSTER", "INFO"):
+        return False
+    rows = [line.split() for line in node.command("CLUSTER", "NODES").splitlines()]
+    masters = [row for row in rows if "master" in row[2].split(",") and row[7] == "connected"]
+    return len(masters) == count and all(len(row) > 8 for row in masters)
+
+
+CLUSTER_SLOTS: Final = 16384
+
+
 def replica_synced(node: RedisServer) -> bool:
     """A master, or a replica whose link to its master is up and not loading."""
-    info = node.cli("info", "replication")
+    info = node.command("INFO", "replication")
     return "role:master" in info or ("master_link_status:up" in info and "master_sync_in_progress:0" in info)
 
 
 def cluster_ok(node: RedisServer) -> bool:
-    return "cluster_state:ok" in node.cli("cluster", "info")
+    try:
+        return "cluster_state:ok" in node.command("CLUSTER", "INFO")
+    except OSError:
+        return False  # not listening yet (restarting): not ok
 
 
 def nowhere_url() -> str:

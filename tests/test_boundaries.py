@@ -4,6 +4,7 @@ between egress's packages, and the pure stages (detect, decide, correlate) do no
 from __future__ import annotations
 
 import ast
+import functools
 import pathlib
 from collections.abc import Iterable
 
@@ -43,7 +44,8 @@ PURE = ("egress/detect/", "egress/decide.py", "egress/correlate.py")
 """Bytes and metadata in, verdicts out: none of the gated libraries, no files read by name."""
 
 
-def _imports(path: pathlib.Path) -> set[str]:
+@functools.cache  # each module is read by several tests and by the package graph: parsed once per process
+def _imports(path: pathlib.Path) -> frozenset[str]:
     """Every module ``path`` imports, at any depth (function-local imports count), as absolute names."""
     names: set[str] = set()
     package = ".".join(path.relative_to(PACKAGE.parent).with_suffix("").parts[:-1])
@@ -58,7 +60,7 @@ def _imports(path: pathlib.Path) -> set[str]:
                 module = node.module or ""
             names.add(module)
             names.update(f"{module}.{alias.name}" for alias in node.names)
-    return names
+    return frozenset(names)
 
 
 MODULES = sorted(PACKAGE.rglob("*.py"))
@@ -72,7 +74,7 @@ def _allowed(relative: str, allowed: Iterable[str]) -> bool:
     return any(relative == rule or (rule.endswith("/") and relative.startswith(rule)) for rule in allowed)
 
 
-def _uses(names: set[str], library: str) -> bool:
+def _uses(names: frozenset[str], library: str) -> bool:
     return any(name == library or name.startswith(library + ".") for name in names)
 
 

@@ -1,4 +1,9 @@
-"""`egress scan` as a user runs it: output shapes and exit codes."""
+"""`egress scan` as a user runs it: output shapes and exit codes.
+
+The commands run in-process (click's runner: the same `main`, arguments, streams and exit codes) rather than as a
+new interpreter each, which would import the package again for every call; one test runs ``python -m egress`` itself,
+so the entry point a user types is covered too.
+"""
 
 from __future__ import annotations
 
@@ -11,7 +16,9 @@ import subprocess
 import sys
 
 import pytest
+from click.testing import CliRunner
 
+from egress.cli import main
 from tests.corpus import CORPUS, needs_corpus
 
 JSON_FIELDS = {
@@ -21,9 +28,18 @@ JSON_FIELDS = {
 
 
 def egress(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "egress", *args], capture_output=True, text=True, timeout=120, check=False
-    )
+    """``egress ARGS`` in this process: its exit code, standard output and standard error."""
+    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
+
+
+def test_python_dash_m_egress_is_the_same_command() -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "egress", "scan", "--fail-on", "bitcoin", "x.pcap"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert "unknown category 'bitcoin'" in result.stderr
 
 
 @needs_corpus

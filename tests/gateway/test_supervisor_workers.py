@@ -14,6 +14,7 @@ from pathlib import Path
 from egress.gateway.config import WorkerConfig
 from egress.gateway.control import Payloads, WorkerLink, socket_pair
 from egress.gateway.reload import load_version
+from egress.proxy.mitm.ca import ensure_ca
 from tests.waiting import eventually, scaled
 
 POLICY = """version: 1
@@ -85,7 +86,7 @@ def test_a_worker_dies_with_its_supervisor_killed_even_while_its_channel_stays_o
 def test_a_worker_stops_on_sigterm_and_exits_cleanly(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(POLICY)
     version = load_version(tmp_path / "policy.yaml")
-    subprocess.run([sys.executable, "-m", "egress.proxy.mitm.ca", str(tmp_path / "ca")], check=True)
+    ensure_ca(str(tmp_path / "ca"))
     mine, theirs = socket_pair()
     argv = [sys.executable, "-m", "egress.gateway.worker", "--config", str(_config(tmp_path))]
     log = tmp_path / "worker.log"

@@ -20,14 +20,12 @@ from egress.decisions import DecidedFlow
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.lab import certs
-from egress.policy.lists import load_name_lists
 from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
+from tests.lists import shipped_lists
 from tests.waiting import eventually_async, scaled
-
-LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 
 
 @pytest.fixture(autouse=True)
@@ -93,7 +91,7 @@ sandboxes:
         - {{host: allowed.test, ports: [{upstream_port}]}}
 {networks if network else ""}"""
         )
-        lists = load_name_lists(LISTS)
+        lists = shipped_lists()
 
         def names_for(sandbox: str, address: str) -> frozenset[str]:
             return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()

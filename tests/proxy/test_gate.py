@@ -4,19 +4,17 @@ or a detector set to ``record``) is carried in the decision, so it is recorded h
 from __future__ import annotations
 
 import ssl
-from pathlib import Path
 
 import pytest
 
 from egress.decide import Enforcement, Reason
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
-from egress.policy.lists import load_name_lists
 from egress.policy.loader import parse_policy
 from egress.proxy.gate import Decision, Gate, Kind, flow_meta
+from tests.lists import shipped_lists
 from tests.proxy.test_front import _client_hello
 
-LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 DST = ("192.0.2.10", 443)
 
 
@@ -34,7 +32,7 @@ sandboxes:
     detectors: {{mining: block, tunnel: {tunnel}, crypto_node: block}}
 """
     )
-    lists = load_name_lists(LISTS)
+    lists = shipped_lists()
     return Gate(policy, lambda _sandbox, address: frozenset({"dns.google"}) if address == DST[0] else frozenset(),
                 make_name_detector(lists), stream_detectors(lists))  # fmt: skip
 
@@ -86,7 +84,7 @@ SSH_BANNER = b"SSH-2.0-OpenSSH_9.6\r\n"
 
 
 def _network_gate(mode: str = "enforce") -> Gate:
-    lists = load_name_lists(LISTS)
+    lists = shipped_lists()
 
     def names_for(_sandbox: str, address: str) -> frozenset[str]:
         return frozenset({"compute.test"}) if address == "198.51.100.3" else frozenset()

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from mitmproxy import connection, options
 from mitmproxy.connection import ConnectionState
 from mitmproxy.proxy.context import Context
@@ -13,11 +11,10 @@ from mitmproxy.test import tflow
 from egress.decisions import DecidedFlow
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
-from egress.policy.lists import load_name_lists
 from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate
+from tests.lists import shipped_lists
 
-LISTS = Path(__file__).resolve().parents[3] / "rules" / "lists"
 SANDBOX_HOST = "10.0.0.5"
 ALLOWED_ADDRESS = "198.51.100.7"
 """Bound to ``allowed.test`` (the resolver answered it), and open to raw TCP on port 3333 by a network rule."""
@@ -52,7 +49,7 @@ class Reported:
 
 
 def make_gate(mode: str = "enforce") -> Gate:
-    lists = load_name_lists(LISTS)
+    lists = shipped_lists()
     policy = parse_policy(POLICY.format(mode=mode))
 
     def names_for(sandbox: str, address: str) -> frozenset[str]:

@@ -17,5 +17,7 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
 
 @pytest.fixture
 def fresh_log(worker: Worker) -> None:
-    """Each test judges by what the site received during that test only (modules use it for every test)."""
+    """Each test judges by what the site received and what was reported during that test only (modules use it for
+    every test): a local port the kernel hands out again must not find an earlier test's block."""
     worker.site.clear()
+    worker.reported.clear()

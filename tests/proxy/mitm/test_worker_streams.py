@@ -139,9 +139,10 @@ def test_an_unknown_upgrade_is_refused_before_it_is_forwarded(worker: Worker, up
         answer = read_response(sock)
         assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
         with contextlib.suppress(ConnectionError, ssl.SSLError):
-            sock.sendall(SUBSCRIBE)  # as if the switch had happened: read as a (bad) next request, not relayed
-        sock.settimeout(1)  # keep-alive: the worker may keep the connection open, waiting for a request
-        read_all(sock)
+            # As if the switch had happened: read as a (bad) next request, not relayed. The blank line ends that
+            # request's head, so the worker answers it (or closes) at once instead of waiting for more of it.
+            sock.sendall(SUBSCRIBE + b"\r\n\r\n")
+        read_all(sock)  # until the worker closes: the bad request is answered, nothing waits on a quiet second
     assert b"/up" not in worker.site.received() and MARKER not in worker.site.received()
     [block] = eventually(lambda: worker.reported.blocks(sport))
     assert block.verdict.finding is not None and block.verdict.finding.protocol == "unknown-upgrade"

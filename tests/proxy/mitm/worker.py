@@ -27,11 +27,10 @@ from egress.detect.base import Detector, FlowView, Result
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.lab import certs
-from egress.policy.lists import load_name_lists
 from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate
 from egress.proxy.mitm import server
-from tests.proxy.mitm import LISTS
+from tests.lists import shipped_lists
 from tests.proxy.mitm.site import Site, serve_forever
 from tests.waiting import eventually, scaled
 
@@ -53,6 +52,10 @@ class Reported:
     def report(self, attempt: DecidedFlow) -> None:
         with self.lock:
             self.flows.append(attempt)
+
+    def clear(self) -> None:
+        with self.lock:
+            self.flows.clear()
 
     def blocks(self, sport: int) -> list[DecidedFlow]:
         """The blocks reported for the connection from local port ``sport``."""
@@ -81,7 +84,7 @@ class Worker:
         return self.target
 
     def gate(self) -> Gate:
-        lists = load_name_lists(LISTS)
+        lists = shipped_lists()
         policy = parse_policy(
             f"""version: 1
 sandboxes:
