@@ -15,6 +15,7 @@ from egress.detect import (
     cryptonode,
     cryptonote,
     dns,
+    encap,
     encrypted,
     ethstratum,
     getwork,
@@ -122,7 +123,7 @@ def build_detectors(lists: NameLists) -> DetectorSet:
     names = make_name_detector(lists)
     return DetectorSet(
         tcp=stream_detectors(lists),
-        udp=(vpn.detect, names),
+        udp=(encap.detect, vpn.detect, names),
         icmp=(icmp_tunnel.detect,),
         dns_tracker=lambda: DnsInspector(lists),
     )
