@@ -312,27 +312,30 @@ class DnsTunnelTracker:
         for _, key in candidates[: max(1, len(self._states) // 8)]:
             del self._states[key]
 
-    def _one_query(self, labels: list[str]) -> str:
+    def _one_query(self, state: _State, labels: list[str]) -> str:
         """Exfiltration shown by one query alone: many encoded characters, one long encoded label, or a label
-        with non-printable bytes; ``""`` if none."""
+        with non-printable bytes; ``""`` if none. The last two are named ``dns-exfiltration`` when the query is the
+        first under its base domain (a secret sent in one go), ``dns-tunnel`` when others came before it (iodine and
+        dns2tcp send their long labels after a handshake)."""
         limits = self.limits
         encoded = [label for label in labels if looks_encoded(label, limits.min_encoded_label)]
         encoded_chars = sum(map(len, encoded))
         if encoded_chars >= limits.exfil_chars:
             return f"dns-exfiltration ({encoded_chars} encoded characters in one query)"
+        kind = "dns-exfiltration" if state.unique < 0.5 else "dns-tunnel"
         after = dict(itertools.pairwise(labels))
         for label in encoded:
             if len(label) >= limits.exfil_label and after.get(label) not in _CONTENT_ID_LABELS:
-                return f"dns-exfiltration (a {len(label)}-character encoded label in one query)"
+                return f"{kind} (a {len(label)}-character encoded label in one query)"
         if any(_NON_PRINTABLE.search(label) for label in labels):
-            return "dns-exfiltration (a label with non-printable bytes in one query)"
+            return f"{kind} (a label with non-printable bytes in one query)"
         return ""
 
     def _account(self, state: _State, subdomain: str, qtype: int) -> str:
         """Add one new (subdomain, type) to the pair's counters; name the protocol and signal that tipped."""
         limits = self.limits
         labels = subdomain.split(".") if subdomain else []
-        alone = self._one_query(labels)
+        alone = self._one_query(state, labels)
         if alone:
             return alone
         encoded_chars = sum(len(label) for label in labels if looks_encoded(label, limits.min_encoded_label))

@@ -42,7 +42,14 @@ MINING: Final[tuple[Detector, ...]] = (
 )
 """Pool protocols; also run on payloads unwrapped from WebSocket frames and on decrypted TLS."""
 
-STREAM_TUNNELS: Final[tuple[Detector, ...]] = (ssh.detect, proxytunnel.detect, tor.detect, vpn.detect, pptp.detect)
+STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
+    ssh.detect,
+    ssh.detect_reverse,
+    proxytunnel.detect,
+    tor.detect,
+    vpn.detect,
+    pptp.detect,
+)
 
 OPAQUE: Final[tuple[Detector, ...]] = (encrypted.detect,)
 """Streams that open fully encrypted: run by the proxy's gate on streams to a network rule's destination that does

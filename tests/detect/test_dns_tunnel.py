@@ -209,7 +209,7 @@ def run(
     [
         (IODINE_DMACHARD, "dns-tunnel", 6),
         (IODINE_NDPI, "dns-tunnel", 6),
-        (DNS2TCP, "dns-exfiltration", 2),  # its 63-character base64 label is enough, one query alone
+        (DNS2TCP, "dns-tunnel", 2),  # its 63-character base64 label is enough, after the first query
         (DNSCAT_EXFIL, "dns-exfiltration", 1),
     ],
     ids=["iodine-dmachard", "iodine-ndpi", "dns2tcp", "dnscat2-exfil"],
