@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 from typing import Final
 
-from egress.capture.packet import ECHO_REPLY, ECHO_REQUEST, FIN, ICMP, RST, SYN, TCP, UDP
+from egress.capture.packet import FIN, ICMP, RST, SYN, TCP, UDP
 from egress.capture.reassembly import TcpStream
 from egress.detect.base import FlowMeta, Transport
 from egress.detect.engine import FlowInspector
@@ -56,7 +56,7 @@ class Flow:
                     inspector.close()
         elif proto == UDP:
             inspector.feed_datagram(from_client, payload)
-        elif flags in (ECHO_REQUEST, ECHO_REPLY):
+        else:  # ICMP: echo and every other type (covert data in messages that carry none, icmp_tunnel)
             inspector.feed_datagram(from_client, payload, flags)
 
 

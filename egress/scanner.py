@@ -18,23 +18,32 @@ from egress.capture.opener import tally_unsupported
 from egress.capture.packet import (
     ACK,
     ECHO_REPLY,
-    ECHO_REQUEST,
     ICMP,
     SYN,
     TCP,
     UDP,
     Defragmenter,
     Malformed,
+    Segment,
     decode,
 )
 from egress.capture.reader import Batch, CaptureError, read_batches
-from egress.detect.base import Finding, FlowMeta, Transport
+from egress.detect import encap, ipproto
+from egress.detect.base import Category, Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import DetectorSet
 from egress.flowtable import DONE, MAX_TABLE_ENTRIES, Flow, FlowTable
 
 IDLE_SECONDS: Final = 120.0
 """Capture-time length of a table generation: a flow idle this long (up to twice it) is closed."""
+
+MAX_DEPTH: Final = 3
+"""Encapsulations opened inside each other (GRE in IPIP in VXLAN...) before the rest is left as it is."""
+MAX_IP_PAIRS: Final = 1 << 16
+"""Address pairs of other IP protocols remembered (each reported once) before the memory is cleared."""
+ENCAP: Final = object()
+"""The flow-table entry of a decided UDP flow that carries packets (VXLAN, GENEVE, Teredo): not `DONE`, so the
+fast path hands its frames to the slow path, which opens them and scans what they carry."""
 
 _DNS_PORT: Final = 53
 _PORTS: Final = struct.Struct(">HH")
@@ -81,7 +90,7 @@ class _Pass:
     """One scan of one capture: the fast path over each batch, the full decode and the flows' inspection for the
     frames it does not skip. Findings are collected in `found`, which `Scanner.scan` empties after each batch."""
 
-    __slots__ = ("defrag", "detectors", "dns", "flows", "found", "packets", "path", "stats")
+    __slots__ = ("defrag", "detectors", "dns", "flows", "found", "ip_pairs", "packets", "path", "stats")
 
     def __init__(self, path: str, stats: FileStats, detectors: DetectorSet, idle_seconds: float) -> None:
         self.path = path
@@ -92,6 +101,8 @@ class _Pass:
         self.flows = FlowTable(idle_seconds)
         self.found: list[FlowFinding] = []
         self.packets = 0
+        self.ip_pairs: set[bytes] = set()
+        """Protocol + addresses of each pair of hosts seen speaking another IP protocol (GRE, IPIP, ESP...)."""
 
     def sweep(self, batch: Batch) -> None:
         """The fast path: the common frame (Ethernet, IPv4 without options or fragments) is judged on its raw
@@ -130,13 +141,10 @@ class _Pass:
             tcp, udp = flows.tcp, flows.udp  # a rotation replaces them
         self.packets = index
 
-    def packet(self, ts: float, linktype: int, frame: bytes, index: int) -> None:
-        """The slow path: one frame (the ``index``-th of the file) decoded, its flow found or made, and fed."""
-        try:
-            segment = decode(linktype, frame, ts, self.defrag)
-        except (Malformed, IndexError):
-            self._skipped(index)
-            return
+    def packet(self, ts: float, linktype: int, frame: bytes, index: int, depth: int = 0) -> None:
+        """The slow path: one frame (the ``index``-th of the file; at ``depth``, one carried by a tunnel) decoded,
+        its flow found or made, and fed."""
+        segment = self._decode(ts, linktype, frame, index, depth)
         if segment is None:
             return
         proto, src, dst, sport, dport, payload, flags, seq = segment
@@ -158,18 +166,59 @@ class _Pass:
             entry = flows.promote(proto, key, reverse)
             if entry is DONE and not (flags & SYN and proto == TCP and not flags & ACK):
                 return  # decided in the previous generation: still decided
+        if entry is ENCAP:
+            self._inner(encap.unwrap_udp(sport, dport, payload), ts, index, depth)
+            return
         if entry is None or entry is DONE:  # unknown, or a SYN reusing a decided flow's ports
-            if proto == ICMP and flags not in (ECHO_REQUEST, ECHO_REPLY):
-                return
             entry = table[key] = table[reverse] = self._new_flow(proto, src, sport, dst, dport, flags, ts)
         assert isinstance(entry, Flow)
-        inspector = entry.inspector
         entry.feed(proto, src, sport, payload, flags, seq)
-        if inspector.done:
-            table[key] = table[reverse] = DONE
-            self.stats.unidentified += inspector.unidentified
-            if inspector.finding is not None:
-                self._emit(inspector.finding, entry.meta, entry.ts)
+        if proto == UDP and not encap.UDP_PORTS.isdisjoint((sport, dport)):
+            self._inner(encap.unwrap_udp(sport, dport, payload), ts, index, depth)
+        if entry.inspector.done:
+            self._decided(entry, table, key, reverse)
+
+    def _decided(self, flow: Flow, table: dict[bytes, object], key: bytes, reverse: bytes) -> None:
+        """A flow's inspection ended: its keys turn `DONE` (`ENCAP` for a tunnel carrying packets), its finding out."""
+        found = flow.inspector.finding
+        carrier = found is not None and found.category is Category.TUNNEL and found.detector == encap.NAME
+        table[key] = table[reverse] = ENCAP if carrier else DONE
+        self.stats.unidentified += flow.inspector.unidentified
+        if found is not None:
+            self._emit(found, flow.meta, flow.ts)
+
+    def _decode(self, ts: float, linktype: int, frame: bytes, index: int, depth: int) -> Segment | None:
+        """The frame's TCP, UDP or ICMP segment; ``None`` for anything else, which is dealt with here (another IP
+        protocol by `_ip`, a malformed frame counted)."""
+        try:
+            segment = decode(linktype, frame, ts, self.defrag, any_protocol=True)
+        except (Malformed, IndexError):
+            if not depth:  # a tunnel's payload that is no packet is the tunnel's business, not a bad frame
+                self._skipped(index)
+            return None
+        if segment is not None and segment.proto not in _TRANSPORTS:
+            self._ip(segment, ts, index, depth)
+            return None
+        return segment
+
+    def _ip(self, segment: Segment, ts: float, index: int, depth: int) -> None:
+        """A packet of another IP protocol: a tunnel finding once per pair of hosts for an encapsulating one
+        (`egress.detect.ipproto`), and the packet it carries scanned like any other."""
+        proto, src, dst, payload = segment.proto, segment.src, segment.dst, segment.payload
+        pair = bytes((proto,)) + min(src, dst) + max(src, dst)
+        if pair not in self.ip_pairs:
+            if len(self.ip_pairs) >= MAX_IP_PAIRS:
+                self.ip_pairs.clear()
+            self.ip_pairs.add(pair)
+            self.stats.flows += 1
+            finding = ipproto.inspect(proto, payload)
+            if finding is not None:
+                self._emit(finding, FlowMeta(Transport.IP, _address(src), 0, _address(dst), 0), ts)
+        self._inner(encap.unwrap_ip(proto, payload), ts, index, depth)
+
+    def _inner(self, inner: encap.Inner | None, ts: float, index: int, depth: int) -> None:
+        if inner is not None and depth < MAX_DEPTH:
+            self.packet(ts, inner.linktype, inner.frame, index, depth + 1)
 
     def _skipped(self, index: int) -> None:
         stats = self.stats

@@ -1,4 +1,5 @@
-"""Where the shared public corpus is, and its EXPECTED.tsv rows."""
+"""Where the shared public corpora are, and their EXPECTED.tsv rows: ``../shared/corpus`` (mining, tunnels,
+benign) and ``../shared/corpus-tunnels`` (more tunnel classes and hard negatives, issue 13)."""
 
 from __future__ import annotations
 
@@ -7,25 +8,29 @@ import pathlib
 
 import pytest
 
-CORPUS = pathlib.Path(__file__).resolve().parents[1].parent / "shared" / "corpus"
+SHARED = pathlib.Path(__file__).resolve().parents[1].parent / "shared"
+CORPUS = SHARED / "corpus"
+TUNNELS = SHARED / "corpus-tunnels"
 HAVE_CORPUS = (CORPUS / "EXPECTED.tsv").exists()
+HAVE_TUNNELS = (TUNNELS / "EXPECTED.tsv").exists()
 needs_corpus = pytest.mark.skipif(not HAVE_CORPUS, reason="needs the shared corpus at ../shared/corpus")
+needs_tunnels = pytest.mark.skipif(not HAVE_TUNNELS, reason="needs the shared corpus at ../shared/corpus-tunnels")
 
 
-def expected_rows() -> list[dict[str, str]]:
-    if not HAVE_CORPUS:
+def expected_rows(corpus: pathlib.Path = CORPUS) -> list[dict[str, str]]:
+    if not (corpus / "EXPECTED.tsv").exists():
         return []
-    with (CORPUS / "EXPECTED.tsv").open() as handle:
+    with (corpus / "EXPECTED.tsv").open() as handle:
         return list(csv.DictReader(handle, delimiter="\t"))
 
 
-def corpus_path(row_file: str) -> pathlib.Path:
+def corpus_path(row_file: str, corpus: pathlib.Path = CORPUS) -> pathlib.Path:
     """The row's capture. A file listed under one folder may ship under another with the same name; then the
     single file of that name is used (its sha256 is checked against the row by the corpus test)."""
-    path = CORPUS / row_file
+    path = corpus / row_file
     if path.exists():
         return path
-    matches = sorted(CORPUS.glob(f"*/{pathlib.Path(row_file).name}"))
+    matches = sorted(corpus.glob(f"*/{pathlib.Path(row_file).name}"))
     if len(matches) != 1:
         pytest.fail(f"{row_file}: not in the corpus")
     return matches[0]

@@ -5,15 +5,17 @@ from __future__ import annotations
 import pathlib
 import struct
 from collections import Counter
+from collections.abc import Callable
 
 import dpkt
 import pytest
 
+from egress.detect import encap
 from egress.detect.base import MORE, Category, Finding, FlowView, Result
 from egress.detect.engine import STREAM_CAP
 from egress.detect.registry import DetectorSet, _NoDns
 from egress.report import summary
-from egress.scanner import FileStats, Scanner
+from egress.scanner import MAX_DEPTH, FileStats, Scanner
 
 CLIENT, SERVER = b"\xc0\x00\x02\x0a", b"\xc6\x33\x64\x14"
 MESSAGE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
@@ -127,3 +129,72 @@ def test_a_flow_the_cap_stops_undecided_is_counted_unidentified(tmp_path: pathli
     assert found == []
     assert stats.unidentified == 1
     assert "1 flow(s) unidentified" in summary([stats], Counter())
+
+
+# Tunnels: the outer flow is a tunnel, and what it carries is scanned like any other traffic (egress.detect.encap).
+OUTER_A, OUTER_B = b"\xcb\x00\x71\x01", b"\xcb\x00\x71\x02"
+WITH_ENCAP = DetectorSet(tcp=(wants_subscribe,), udp=(encap.detect,), icmp=(), dns_tracker=_NoDns)
+
+
+def _ip_payload(frame: bytes) -> bytes:
+    """The IP packet of an Ethernet frame made by `_frame`."""
+    return frame[14:]
+
+
+def _outer(proto: int, inner: bytes) -> bytes:
+    ip = dpkt.ip.IP(src=OUTER_A, dst=OUTER_B, p=proto, data=inner)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
+
+
+def _vxlan(inner_frame: bytes, sport: int = 50000) -> bytes:
+    data = b"\x08\x00\x00\x00\x00\x00\x2a\x00" + inner_frame
+    udp = dpkt.udp.UDP(sport=sport, dport=4789, ulen=8 + len(data), data=data)
+    ip = dpkt.ip.IP(src=OUTER_A, dst=OUTER_B, p=17, data=udp)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
+
+
+def _tunnelled(wrap: Callable[[bytes], bytes]) -> list[tuple[float, bytes]]:
+    return [(ts, wrap(frame)) for ts, frame in _connection(40010, [(0, MESSAGE)])]
+
+
+def _labels(path: str, detectors: DetectorSet = WITH_ENCAP) -> list[tuple[str, str, str]]:
+    stats = FileStats(path)
+    found = [(f.finding.protocol, f.meta.src, f.meta.dst) for f in Scanner(detectors).scan(path, stats)]
+    assert stats.skipped == 0 and stats.error is None
+    return found
+
+
+@pytest.mark.parametrize(
+    ("name", "wrap"),
+    [
+        ("ipip", lambda frame: _outer(4, _ip_payload(frame))),
+        ("gre", lambda frame: _outer(47, b"\x20\x00\x08\x00" + b"key!" + _ip_payload(frame))),  # GRE with a key
+        ("gre", lambda frame: _outer(47, b"\x00\x00\x65\x58" + frame)),  # transparent Ethernet bridging
+        ("vxlan", _vxlan),
+    ],
+)
+def test_a_tunnel_is_found_and_what_it_carries_is_scanned(
+    tmp_path: pathlib.Path, name: str, wrap: Callable[[bytes], bytes]
+) -> None:
+    found = _labels(_write(tmp_path / "t.pcap", _tunnelled(wrap)))
+    assert sorted(found) == sorted([(name, "203.0.113.1", "203.0.113.2"), ("test", "192.0.2.10", "198.51.100.20")])
+
+
+def test_a_decided_vxlan_flow_still_hands_over_what_it_carries(tmp_path: pathlib.Path) -> None:
+    """The VXLAN flow is decided at its first datagram; the fast path must not skip the rest of it."""
+    decided = [(1.0, _vxlan(_frame(CLIENT, SERVER, 40011, 80, 1, dpkt.tcp.TH_SYN)))]
+    found = _labels(_write(tmp_path / "late.pcap", decided + _tunnelled(_vxlan)))
+    assert ("test", "192.0.2.10", "198.51.100.20") in found
+
+
+@pytest.mark.parametrize(("depth", "inner_found"), [(MAX_DEPTH, True), (MAX_DEPTH + 1, False)])
+def test_tunnels_are_opened_to_a_bounded_depth(tmp_path: pathlib.Path, depth: int, inner_found: bool) -> None:
+    def wrap(frame: bytes) -> bytes:
+        packet = _ip_payload(frame)
+        for _ in range(depth):
+            packet = bytes(dpkt.ip.IP(src=OUTER_A, dst=OUTER_B, p=4, data=packet))
+        return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=dpkt.ip.IP(packet)))
+
+    found = _labels(_write(tmp_path / "deep.pcap", _tunnelled(wrap)))
+    assert ("ipip", "203.0.113.1", "203.0.113.2") in found
+    assert (("test", "192.0.2.10", "198.51.100.20") in found) is inner_found

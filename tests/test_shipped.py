@@ -29,7 +29,7 @@ def test_in_a_checkout_the_data_is_the_top_level_rules() -> None:
 
 
 def test_the_shipped_data_loads() -> None:
-    assert {item.name for item in load_lists_dir()} == {"doh", "pool-domains", "reverse-tunnels"}
+    assert {item.name for item in load_lists_dir()} == {"doh", "pool-domains", "reverse-tunnels", "vpn-services"}
     assert load_policy(shipped.lab_policy()).sandboxes
 
 

@@ -22,7 +22,9 @@ docs/dns-tunnel-thresholds.md.
 
 from __future__ import annotations
 
+import itertools
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -40,6 +42,11 @@ _TUNNEL_TYPES = frozenset({NULL, CNAME, MX, TXT, KEY, SRV})
 """Types the tools above use to carry downstream data."""
 
 _SKIP_TLDS = frozenset({"arpa", "local"})
+_CONTENT_ID_LABELS = frozenset({"ipfs", "ipns"})
+"""IPFS subdomain gateways put a content id (base32, 59 characters for CIDv1) before one of these labels."""
+_NON_PRINTABLE = re.compile(r"\\(?:0[0-2][0-9]|03[01]|12[7-9]|1[3-9][0-9]|2[0-5][0-9])")
+"""A ``\\DDD`` escape of a control byte (0-31) or of a byte past ASCII (127-255) in a name's presentation form
+(`egress.detect.dns.name_text`): no hostname, IDN (``xn--``) or service name holds one."""
 _HOST_CHARS = frozenset("abcdefghijklmnopqrstuvwxyz0123456789-_")
 _HEX = frozenset("0123456789abcdef")
 _DIGITS = frozenset("0123456789")
@@ -123,6 +130,11 @@ class DnsTunnelLimits:
     exfil_chars: int = 80
     """One query whose encoded labels total this many characters is exfiltration on its own. A SHA-256 in hex
     (64, what reputation look-ups send) stays below; DNSExfiltrator and dnscat2 send 150-240 per query."""
+    exfil_label: int = 48
+    """One encoded label this long is exfiltration on its own (a secret or a file chunk in one query). A SHA-1 in
+    hex (40, Team Cymru's hash registry), an ACM validation label (``_`` + 32 hex) and CDN, ELB and DKIM names stay
+    below or are not encoded (docs/dns-tunnel-thresholds.md); IPFS content ids (``<cid>.ipfs.<gateway>``) are
+    skipped."""
     encoded_subdomains: int = 5
     """Distinct subdomains with an encoded label under one base domain."""
     odd_subdomains: int = 3
@@ -300,13 +312,33 @@ class DnsTunnelTracker:
         for _, key in candidates[: max(1, len(self._states) // 8)]:
             del self._states[key]
 
+    def _one_query(self, state: _State, labels: list[str]) -> str:
+        """Exfiltration shown by one query alone: many encoded characters, one long encoded label, or a label
+        with non-printable bytes; ``""`` if none. The last two are named ``dns-exfiltration`` when the query is the
+        first under its base domain (a secret sent in one go), ``dns-tunnel`` when others came before it (iodine and
+        dns2tcp send their long labels after a handshake)."""
+        limits = self.limits
+        encoded = [label for label in labels if looks_encoded(label, limits.min_encoded_label)]
+        encoded_chars = sum(map(len, encoded))
+        if encoded_chars >= limits.exfil_chars:
+            return f"dns-exfiltration ({encoded_chars} encoded characters in one query)"
+        kind = "dns-exfiltration" if state.unique < 0.5 else "dns-tunnel"
+        after = dict(itertools.pairwise(labels))
+        for label in encoded:
+            if len(label) >= limits.exfil_label and after.get(label) not in _CONTENT_ID_LABELS:
+                return f"{kind} (a {len(label)}-character encoded label in one query)"
+        if any(_NON_PRINTABLE.search(label) for label in labels):
+            return f"{kind} (a label with non-printable bytes in one query)"
+        return ""
+
     def _account(self, state: _State, subdomain: str, qtype: int) -> str:
         """Add one new (subdomain, type) to the pair's counters; name the protocol and signal that tipped."""
         limits = self.limits
         labels = subdomain.split(".") if subdomain else []
+        alone = self._one_query(state, labels)
+        if alone:
+            return alone
         encoded_chars = sum(len(label) for label in labels if looks_encoded(label, limits.min_encoded_label))
-        if encoded_chars >= limits.exfil_chars:
-            return f"dns-exfiltration ({encoded_chars} encoded characters in one query)"
         state.unique += 1
         state.encoded += encoded_chars > 0
         state.odd += any(not set(label) <= _HOST_CHARS for label in labels)

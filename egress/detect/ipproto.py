@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Final
 
+from egress.detect import encap
 from egress.detect.base import Category, Finding, evidence
 
 DETECTOR = "ipproto"
@@ -59,6 +60,10 @@ def _describe(proto: int, payload: bytes) -> str:
         kind = int.from_bytes(payload[2:4])
         inner = _inner(4 if kind == 0x0800 else 6 if kind == 0x86DD else 0, payload[offset:])
         what = _ETHERTYPES.get(kind, f"0x{kind:04x}")
+        carried = encap.unwrap_ip(proto, payload)
+        if not inner and carried is not None and carried.kind == "pptp-gre":  # PPP inside: its IP packet
+            packet = carried.frame
+            inner = _inner(packet[0] >> 4, packet)
         return f"{name} v{payload[1] & 7} carrying {what}" + (f" {inner}" if inner else "")
     if proto in (4, 94):
         return f"{name} carrying {_inner(4, payload) or 'not ipv4'}"

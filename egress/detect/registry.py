@@ -15,10 +15,12 @@ from egress.detect import (
     cryptonode,
     cryptonote,
     dns,
+    encap,
     encrypted,
     ethstratum,
     getwork,
     icmp_tunnel,
+    pptp,
     proxytunnel,
     ssh,
     stratum,
@@ -40,7 +42,14 @@ MINING: Final[tuple[Detector, ...]] = (
 )
 """Pool protocols; also run on payloads unwrapped from WebSocket frames and on decrypted TLS."""
 
-STREAM_TUNNELS: Final[tuple[Detector, ...]] = (ssh.detect, proxytunnel.detect, tor.detect, vpn.detect)
+STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
+    ssh.detect,
+    ssh.detect_reverse,
+    proxytunnel.detect,
+    tor.detect,
+    vpn.detect,
+    pptp.detect,
+)
 
 OPAQUE: Final[tuple[Detector, ...]] = (encrypted.detect,)
 """Streams that open fully encrypted: run by the proxy's gate on streams to a network rule's destination that does
@@ -122,7 +131,7 @@ def build_detectors(lists: NameLists) -> DetectorSet:
     names = make_name_detector(lists)
     return DetectorSet(
         tcp=stream_detectors(lists),
-        udp=(vpn.detect, names),
+        udp=(encap.detect, vpn.detect, names),
         icmp=(icmp_tunnel.detect,),
         dns_tracker=lambda: DnsInspector(lists),
     )

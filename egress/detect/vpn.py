@@ -15,8 +15,11 @@ Signatures:
   initiation is type 1 and exactly 148 bytes, response type 2 and 92 bytes, cookie reply type 3 and 64 bytes;
   transport data is type 4 with a 4-byte receiver index and a little-endian 8-byte counter, padded so the datagram
   length is a multiple of 16 and at least 32. An initiation or response alone is flagged when its key material
-  looks random (a blocked client keeps retrying initiations); transport data needs two datagrams of one side with
-  the same receiver index and an increasing counter.
+  looks random (a blocked client keeps retrying initiations); a response or cookie reply whose receiver index is
+  the sender index of the peer's initiation is flagged whatever else it holds (nDPI ``protocols/wireguard.c``
+  makes the same check). TunnelBear's handshake messages are 204 and 100 bytes in the same layout (nDPI, same
+  file). Transport data needs two datagrams of one side with the same receiver index and an increasing counter.
+  The UDP port plays no part: WireGuard is recognised on 51820, 443, 5060, WARP's 2408 or Tailscale's 41641.
 - IPsec IKE (RFC 7296 §3.1 for IKEv2, RFC 2408 §3.1 for IKEv1; RFC 3948 §2.2 for the 4-byte zero non-ESP marker
   on port 4500): a 28-byte header with a non-zero initiator SPI, version ``0x20`` or ``0x10``, a known exchange
   type and a length field equal to the datagram length. Only on UDP ports 500 and 4500.
@@ -36,6 +39,8 @@ _OVPN_MIN = 14
 _OVPN_MAX = 1600
 
 _WG_SIZES = {1: 148, 2: 92, 3: 64}
+_WG_TUNNELBEAR = {1: 204, 2: 100}
+"""TunnelBear's WireGuard handshake is longer, same layout (nDPI wireguard.c names it WireGuard.TunnelBear)."""
 _WG_RANDOM = {1: slice(8, 132), 2: slice(12, 76), 3: slice(8, 64)}
 """The keys, ciphertexts and mac1 of each handshake message: random bytes, so at least half of them distinct
 (uniform random bytes of these lengths are 75-90% distinct); a zero-filled datagram of the right size fails."""
@@ -50,8 +55,15 @@ def _ovpn_opcode(packet: bytes) -> int:
 
 
 def _ovpn_first(packet: bytes) -> bool:
-    """A plausible session-opening hard reset with key id 0."""
-    return _OVPN_MIN <= len(packet) <= _OVPN_MAX and packet[0] & 7 == 0 and _ovpn_opcode(packet) in _OVPN_RESETS
+    """A plausible session-opening hard reset with key id 0 and a random session id. Three or more zero bytes in
+    eight random ones come by chance about once in 300,000 sessions, while a VXLAN header (flags 0x08, three
+    reserved zero bytes: opcode 1, key id 0) opens just like a V1 hard reset and was once taken for OpenVPN here."""
+    return (
+        _OVPN_MIN <= len(packet) <= _OVPN_MAX
+        and packet[0] & 7 == 0
+        and _ovpn_opcode(packet) in _OVPN_RESETS
+        and packet[1:9].count(0) < 3
+    )
 
 
 def _ovpn_match(mine: list[bytes], theirs: list[bytes]) -> Finding | None:
@@ -119,6 +131,30 @@ def _wg_header(packet: bytes) -> bool:
     return len(packet) >= 32 and 1 <= packet[0] <= 4 and packet[1:4] == b"\x00\x00\x00"
 
 
+def _wg_handshake(packet: bytes) -> int:
+    """The handshake message type (1-3) of a datagram of its fixed length (standard or TunnelBear's), else 0."""
+    kind = packet[0]
+    return kind if kind in _WG_SIZES and len(packet) in (_WG_SIZES[kind], _WG_TUNNELBEAR.get(kind)) else 0
+
+
+def _wg_finding(packet: bytes, what: str) -> Finding:
+    variant = " (TunnelBear's longer handshake)" if len(packet) in _WG_TUNNELBEAR.values() else ""
+    text = f"WireGuard {what} sender {packet[4:8].hex()}{variant}"
+    return Finding(Category.TUNNEL, "wireguard", NAME, evidence(text))
+
+
+def _wg_answer(mine: list[bytes], theirs: list[bytes]) -> Finding | None:
+    """A response or cookie reply whose receiver index is the sender index of the peer's initiation (nDPI
+    wireguard.c: the same index check; the sizes and random key material checked on each message too)."""
+    senders = {packet[4:8] for packet in theirs if _wg_header(packet) and _wg_handshake(packet) == 1}
+    for packet in mine:
+        kind = _wg_header(packet) and _wg_handshake(packet)
+        receiver = packet[8:12] if kind == 2 else packet[4:8]
+        if kind in (2, 3) and receiver in senders:
+            return _wg_finding(packet, f"{_WG_LABEL[kind]} to the peer's initiation")
+    return None
+
+
 def _wireguard(datagrams: list[bytes]) -> Finding | None:
     previous: dict[bytes, int] = {}
     for packet in datagrams:
@@ -127,9 +163,8 @@ def _wireguard(datagrams: list[bytes]) -> Finding | None:
         kind = packet[0]
         if kind in _WG_SIZES:
             body = packet[_WG_RANDOM[kind]]
-            if len(packet) == _WG_SIZES[kind] and len(set(body)) * 2 >= len(body):
-                text = f"WireGuard {_WG_LABEL[kind]} sender {packet[4:8].hex()}"
-                return Finding(Category.TUNNEL, "wireguard", NAME, evidence(text))
+            if _wg_handshake(packet) and len(set(body)) * 2 >= len(body):
+                return _wg_finding(packet, _WG_LABEL[kind])
             return None
         if len(packet) % 16:
             return None
@@ -160,7 +195,14 @@ def _ike(view: FlowView) -> Finding | None:
 
 def _udp(view: FlowView) -> Result:
     client, server = view.client_datagrams, view.server_datagrams
-    found = _wireguard(client) or _wireguard(server) or _openvpn_udp(client, server) or _ike(view)
+    found = (
+        _wg_answer(server, client)
+        or _wg_answer(client, server)
+        or _wireguard(client)
+        or _wireguard(server)
+        or _openvpn_udp(client, server)
+        or _ike(view)
+    )
     if found:
         return found
     if view.complete:

@@ -1,4 +1,4 @@
-"""Build rules/lists/{pool-domains,doh,reverse-tunnels}.yaml from the public lists in the shared corpus.
+"""Build rules/lists/{pool-domains,doh,reverse-tunnels,vpn-services}.yaml from the public lists in the shared corpus.
 
 Re-run after refreshing the corpus: ``python rules/tools/build_lists.py [CORPUS_DIR]`` (default
 ../shared/corpus relative to the repository). The output is checked with egress.policy.lists before it is written.
@@ -13,6 +13,7 @@ Choices (also written into each file's header):
 - DoH: dibdot/DoH-IP-blocklists, names matched exactly (the list has bare domains such as fly.io that host far
   more than a resolver), plus the per-account wildcard names of three providers; addresses as listed.
 - Reverse tunnels: the services' own documentation (no corpus source); see `REVERSE_TUNNELS`.
+- VPN services: nDPI's host_match table (`NDPI_HOSTS`, `VPN_SERVICES`).
 """
 
 from __future__ import annotations
@@ -93,6 +94,35 @@ REVERSE_TUNNELS = (
     ("tunnelmole.net", "tunnelmole public endpoints"),
     ("localtonet.com", "Localtonet public endpoints"),
 )
+
+NDPI_HOSTS = (
+    "ntop/nDPI",
+    "src/lib/ndpi_content_match.c.inc",
+    "3b1286ab03b0c9223ac208a01868d8c1f6c0ae00",
+    "21 October 2024",
+)
+"""nDPI's host_match table: the VPN services' names below are its entries (category NDPI_PROTOCOL_CATEGORY_VPN)."""
+VPN_SERVICES = (
+    (
+        "cloudflareclient.com",
+        "Cloudflare WARP client API and endpoints (engage.cloudflareclient.com; nDPI CloudflareWarp)",
+    ),
+    ("tailscale.com", "Tailscale control plane and DERP relays over HTTPS (derpN.tailscale.com; nDPI Tailscale)"),
+    ("tunnelbear.com", "TunnelBear VPN API (api.tunnelbear.com; nDPI TunnelBear)"),
+    ("polargrizzly.com", "TunnelBear VPN API (api.polargrizzly.com; nDPI TunnelBear)"),
+    ("vpn-api.proton.me", "ProtonVPN API (nDPI lists all of proton.me, which is Proton Mail too: only the VPN's host)"),
+    ("protonvpn.com", "ProtonVPN (nDPI ProtonVPN)"),
+    ("mullvad.net", "Mullvad VPN (nDPI Mullvad)"),
+    ("nordvpn.com", "NordVPN (nDPI NordVPN)"),
+    ("surfshark.com", "Surfshark VPN (nDPI SurfShark)"),
+    ("windscribe.com", "Windscribe VPN (nDPI Windscribe)"),
+    ("privateinternetaccess.com", "Private Internet Access VPN (nDPI PrivateInternetAccess)"),
+    ("hotspotshield.com", "Hotspot Shield VPN (nDPI HotspotShield)"),
+    ("psiphon3.net", "Psiphon circumvention tool (nDPI Psiphon)"),
+    ("softether.org", "SoftEther VPN (nDPI Softether)"),
+    ("softether-network.net", "SoftEther VPN dynamic DNS and relays (nDPI Softether)"),
+)
+"""VPN and circumvention services: reaching their API or relays is setting up a tunnel out of the sandbox."""
 
 
 def _sources(corpus: Path) -> dict[str, tuple[str, str, str]]:
@@ -266,6 +296,16 @@ def main(corpus: Path) -> None:
               "description": "Reverse-tunnel and expose-localhost services."}  # fmt: skip
     header = _header("Reverse-tunnel services.", [], notes)
     (OUT / "reverse-tunnels.yaml").write_text(_yaml(header, fields, [], list(REVERSE_TUNNELS)))
+
+    notes = (
+        "From nDPI's host_match table (VPN category); a name covers its subdomains. False positives: the services'\n"
+        "own web sites (a user reading about a VPN); ProtonVPN is listed by its API host only, since proton.me is\n"
+        "Proton Mail too. WireGuard itself is recognised by its handshake on any port (egress.detect.vpn)."
+    )
+    fields = {"name": "vpn-services", "category": "tunnel", "protocol": "vpn-service", "match": "suffix",
+              "description": "VPN and circumvention services (WARP, Tailscale, TunnelBear, ProtonVPN...)."}  # fmt: skip
+    header = _header("VPN and circumvention services.", [NDPI_HOSTS], notes)
+    (OUT / "vpn-services.yaml").write_text(_yaml(header, fields, [NDPI_HOSTS], list(VPN_SERVICES)))
 
     built = load_lists(sorted(OUT.glob("*.yaml")))
     for item in built:

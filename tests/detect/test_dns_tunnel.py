@@ -209,7 +209,7 @@ def run(
     [
         (IODINE_DMACHARD, "dns-tunnel", 6),
         (IODINE_NDPI, "dns-tunnel", 6),
-        (DNS2TCP, "dns-tunnel", 5),
+        (DNS2TCP, "dns-tunnel", 2),  # its 63-character base64 label is enough, after the first query
         (DNSCAT_EXFIL, "dns-exfiltration", 1),
     ],
     ids=["iodine-dmachard", "iodine-ndpi", "dns2tcp", "dnscat2-exfil"],
@@ -421,3 +421,41 @@ def test_arbitrary_names_never_raise(names: list[str]) -> None:
         except ValueError:
             continue
         tracker.observe("192.0.2.1", message)
+
+
+@pytest.mark.parametrize(
+    ("name", "why"),
+    [
+        # a 32-byte secret in base32 (52 characters), as DNSExfiltrator's base32 mode sends one chunk per label
+        ("mfrggzdfmztwq2lknnwg23tpobyxe43uov3ho6dzpjqwey3efzrgk4rq.x.example.net", "56-character"),
+        # the same secret in base64url in one label
+        ("bXlzZWNyZXRfYXBpX2tleT0xMjM0NTY3ODkwYWJjZGVmZ2hpams.x.example.net", "51-character"),
+        # raw bytes in a label (iodine's base128 and 8-bit tools; a control byte)
+        ("a\\200\\201b.x.example.net", "non-printable"),
+        ("secret\\007.x.example.net", "non-printable"),
+    ],
+)
+def test_one_query_with_one_long_encoded_or_non_printable_label_is_exfiltration(name: str, why: str) -> None:
+    found = run([query(name, 16)])[0]
+    assert found is not None and found.protocol == "dns-exfiltration" and why in found.evidence
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "selector1-contoso-com._domainkey.contoso.onmicrosoft.com",  # Microsoft 365 DKIM CNAME
+        "20230601._domainkey.gmail.com",
+        "s1._domainkey.sendgrid.net",
+        "_3639ac514e785e898d2646601fa951d5.example.com",  # ACM DNS validation label (_ + 32 hex)
+        "a94a8fe5ccb19ba61c4c0873d391e987982fbbd3.hash.cymru.com",  # SHA-1 in hex (40), Team Cymru hash registry
+        "d3c33hcgiwev3.cloudfront.net",
+        "e6858.dscx.akamaiedge.net",
+        "abcdefghijklmnopqrstuvwxyz234567.lambda-url.us-east-1.on.aws",  # Lambda function URL (32-char id)
+        "internal-k8s-default-myingress-0123456789-1234567890.us-east-1.elb.amazonaws.com",
+        "bafybeigdyrzt5sfp7udm7hu76uh7y26nf3efuylqabf3oclgtqy55fbzdi.ipfs.dweb.link",  # IPFS CIDv1 (59)
+        "vpce-0123456789abcdef0-abcdefgh.s3.us-east-1.vpce.amazonaws.com",
+        "r4---sn-4g5ednsz.googlevideo.com",
+    ],
+)
+def test_long_but_ordinary_names_stay_clean_one_by_one(name: str) -> None:
+    assert run([query(name, qtype) for qtype in (1, 28, 16)]) == [None] * 3

@@ -24,6 +24,12 @@ def test_names(proto: int, name: str) -> None:
     [
         (47, b"\x00\x00\x08\x00" + INNER4, "gre v0 carrying ipv4 192.0.2.1 -> 198.51.100.7"),
         (47, b"\x30\x01\x88\x0b\x00\x08\x00\x01\x00\x00\x00\x01", "gre v1 carrying ppp"),  # PPTP
+        # PPTP's GRE with PPP (address, control, protocol 0x0021) carrying IPv4: the inner addresses
+        (
+            47,
+            b"\x30\x01\x88\x0b\x00\x08\x00\x01\x00\x00\x00\x01\xff\x03\x00\x21" + INNER4,
+            "gre v1 carrying ppp 192.0.2.1 -> 198.51.100.7",
+        ),
         (47, b"\x20\x00\x65\x58" + bytes(4) + bytes(14), "gre v0 carrying ethernet"),  # key present: offset 8
         (4, INNER4, "ipip carrying 192.0.2.1 -> 198.51.100.7"),
         (41, b"garbage", "ipv6-in-ip carrying not ipv6"),

@@ -41,6 +41,18 @@ WG_RESPONSE = H(
 # of one side, cut to 48 bytes.
 WG_DATA_1 = H("04000000be40698d6b00000000000000d509d95ad7408d354597c9afc3c4c2064484d35cbbac74dd559267aedd8401c7")
 WG_DATA_2 = H("04000000be40698d6c000000000000000a5a02caed5e91f584911630868ca27d89a74ec360ab459e8b3d289d9dc4d5ec")
+# tunnel/ndpi_tunnelbear.pcap (../shared/corpus-tunnels), 10.0.2.15:57636 -> 142.93.78.79:51820: TunnelBear's
+# 204-byte initiation and 100-byte response (the same layout, longer; nDPI wireguard.c).
+TB_INITIATION = H(
+    "01000000316618ac09ad0e1ccda196d9f8af6627c303d6d9811fa0a060b52f55d3e536f87df38d4c48889e8ec00c25e0bfa8af86339a"
+    "ccc8c2fedddf358f85eac52598bb092890c283218f527b7ffeb24f022bb400d7fc145f00ec9df5de39f214902d46ae83bd5537582f1b"
+    "20ad93bf0167ddb25445d47b24e396f1ae2282a8a0785039724848e7e1755c73d2998f004b42beb0ab95c61d3ca718712cfb1db7088e"
+    "4e4091d316eb35f620db502881a44c8db7d03ec48b0d839a318000000000000000000000000000000000"
+)
+TB_RESPONSE = H(
+    "0200000002ca1a00316618ac0a000533ac110301131365569c1ed86608418d59e9350dca4c94ce103d928c558ef2cd5d202a107727d5"
+    "f00134b81a06d0e4a2697f8fd0c4464d87c00132402fa4411b1e60a5dfe200000000000000000000000000000000"
+)
 # RFC 7296 §3.1 header of an IKE_SA_INIT request (SPIs invented; no public capture in the corpus), length 28.
 IKE_SA_INIT = H("1122334455667788000000000000000021202208000000000000001c")
 
@@ -56,6 +68,8 @@ IKE_SA_INIT = H("1122334455667788000000000000000021202208000000000000001c")
         ([WG_INITIATION], [], "wireguard"),
         ([], [WG_RESPONSE], "wireguard"),
         ([WG_DATA_1, WG_DATA_2], [], "wireguard"),
+        ([TB_INITIATION], [TB_RESPONSE], "wireguard"),
+        ([TB_INITIATION], [], "wireguard"),
         ([IKE_SA_INIT], [], "ipsec-ike"),
         ([b"\x00\x00\x00\x00" + IKE_SA_INIT], [], "ipsec-ike"),
     ],
@@ -125,3 +139,24 @@ def test_arbitrary_datagrams_never_raise(datagrams: list[tuple[bool, bytes]], po
 def test_arbitrary_stream_never_raises(client: bytes, server: bytes) -> None:
     feed_stream(vpn.detect, client, server, meta(1194))
     feed_stream(vpn.detect, b"\x00\x0e\x38" + client, server, meta(1194))
+
+
+@pytest.mark.parametrize("port", [51820, 443, 5060, 2408, 41641, 3478, 12345])
+@pytest.mark.parametrize(("initiation", "answer"), [(WG_INITIATION, WG_RESPONSE), (TB_INITIATION, TB_RESPONSE)])
+def test_wireguard_on_any_udp_port(port: int, initiation: bytes, answer: bytes) -> None:
+    """WireGuard by the shape of its handshake, whatever the port (WARP's 2408, Tailscale's 41641...)."""
+    found = feed_datagrams(vpn.detect, [(True, initiation), (False, answer)], meta(port, UDP))
+    assert found is not None and found.protocol == "wireguard"
+
+
+def test_an_answer_to_the_peers_initiation_is_enough() -> None:
+    """A response whose receiver index is the initiation's sender index, even with key material that does not
+    look random on its own (a zeroed response): the index match is the evidence (nDPI wireguard.c)."""
+    zeroed = TB_RESPONSE[:12] + bytes(len(TB_RESPONSE) - 12)
+    cookie = b"\x03\x00\x00\x00" + TB_INITIATION[4:8] + bytes(56)
+    for answer in (zeroed, cookie):
+        flow = meta(2408, UDP)
+        found = feed_datagrams(vpn.detect, [(True, TB_INITIATION[:8] + bytes(196)), (False, answer)], flow)
+        assert found is not None and "to the peer's initiation" in found.evidence
+    unrelated = b"\x03\x00\x00\x00" + b"\x01\x02\x03\x04" + bytes(56)
+    assert feed_datagrams(vpn.detect, [(True, TB_INITIATION[:8] + bytes(196)), (False, unrelated)], flow) is None

@@ -139,7 +139,7 @@ def test_unreadable_file(tmp_path: Path) -> None:
 
 def test_shipped_lists_load() -> None:
     loaded = {item.name: item for item in load_lists(sorted(RULES.glob("*.yaml")))}
-    assert set(loaded) == {"pool-domains", "doh", "reverse-tunnels"}
+    assert set(loaded) == {"pool-domains", "doh", "reverse-tunnels", "vpn-services"}
     assert loaded["pool-domains"].category is Category.MINING
     assert loaded["doh"].category is Category.TUNNEL and loaded["doh"].match == "exact"
     assert len(loaded["pool-domains"].names) > 500
