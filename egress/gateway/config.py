@@ -68,6 +68,9 @@ class GatewayConfig:
     directory's disk; None: min(256 MiB, half its free space at start). Each spool gets an equal share."""
     ca_constrain: bool = False
     """Constrain a newly made CA to the decrypt lists' names (X.509 name constraints, `egress.proxy.mitm.ca`)."""
+    policy_poll_s: float = 1.0
+    """Seconds between two reads of the fleet's applied policy version in Redis (`egress.gateway.policy_follow`);
+    0: do not follow it (the ``--policy`` file and SIGHUP only)."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:

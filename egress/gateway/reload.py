@@ -65,6 +65,12 @@ def load_version(path: str | Path) -> PolicyVersion:
     return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
 
 
+def parse_version(text: str, origin: str) -> PolicyVersion:
+    """A policy's text (from the fleet's history, egress.record.policy_store) validated and hashed as
+    `load_version` does a file's bytes: the same text gives the same digest either way."""
+    return PolicyVersion(parse_policy(text, origin), hashlib.sha256(text.encode()).hexdigest())
+
+
 class Refused(Exception):
     """Raised by `Participant.prepare`: the component cannot take this policy; the message says why."""
 
@@ -190,6 +196,8 @@ class Reloader:
         self.prepare_deadline = prepare_deadline
         self.commit_deadline = commit_deadline
         self._wanted = asyncio.Event()
+        self._one = asyncio.Lock()
+        """Held by each reload and each install: a SIGHUP and a fleet version never interleave their steps."""
 
     def request(self) -> None:
         """Ask for a reload (the SIGHUP handler): now, or right after the one under way."""
@@ -213,22 +221,33 @@ class Reloader:
         except Exception:  # a reader's bug must not end reloading: this reload fails, the next may work
             log.exception("policy reload failed reading %s, the running policy stays in force", self.path)
             return None
-        try:
-            await self.transact(version)
-        except ReloadRefused as exc:
-            log.error(
-                "policy reload refused by %s: %s; the running policy %s stays in force everywhere",
-                exc.component,
-                exc.reason,
-                self.current.label,
-            )
-            return None
-        self.current = version
-        if self.on_commit is not None:
-            self.on_commit(version)
+        why = await self.install(version, str(self.path))
+        return version if why is None else None
+
+    async def install(self, version: PolicyVersion, origin: str) -> str | None:
+        """Prepare and commit an already validated ``version`` (from ``origin``, for the log) after any reload
+        under way; ``None`` when it is in force everywhere, else why the running policy stays (logged). Raises
+        `SplitReload`."""
+        async with self._one:
+            try:
+                await self.transact(version)
+            except ReloadRefused as exc:
+                log.error(
+                    "policy reload refused by %s: %s; the running policy %s stays in force everywhere (refused: %s "
+                    "from %s)",
+                    exc.component,
+                    exc.reason,
+                    self.current.label,
+                    version.label,
+                    origin,
+                )
+                return f"refused by {exc}"
+            self.current = version
+            if self.on_commit is not None:
+                self.on_commit(version)
         names = ", ".join(participant.name for participant in self.participants)
-        log.info("policy %s from %s in force in %s", version.label, self.path, names)
-        return version
+        log.info("policy %s from %s in force in %s", version.label, origin, names)
+        return None
 
     async def transact(self, version: PolicyVersion) -> None:
         """Prepare everywhere, then commit everywhere; raise `ReloadRefused` (nothing changed) or `SplitReload`."""
