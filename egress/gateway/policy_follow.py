@@ -102,10 +102,9 @@ class PolicyFollower:
         if applied is not None and applied.version != self.seen:
             self.seen = applied.version
             await self._follow(applied.version)
-        elif self._unsent is not None and self._unsent.state == "local" and applied is not None:
-            if self._unsent.digest == applied.digest:  # the file is the fleet's version: say so
-                self.fleet = applied.version
-                self._report("applied", applied.version)
+        elif applied is not None and self._local_is(applied.digest):  # the file is the fleet's version: say so
+            self.fleet = applied.version
+            self._report("applied", applied.version)
         await self._send()
 
     async def _follow(self, number: int) -> None:
@@ -139,6 +138,11 @@ class PolicyFollower:
             return
         self.fleet = number
         self._report("applied", number)
+
+    def _local_is(self, digest: str) -> bool:
+        """A local reload's report is waiting and the file it ran is ``digest``."""
+        unsent = self._unsent
+        return unsent is not None and unsent.state == "local" and unsent.digest == digest
 
     def _refused(self, number: int, why: str) -> None:
         log.error(

@@ -164,14 +164,12 @@ class PolicyHistory:
     def close(self) -> None:
         self.redis.close()
 
-    def record(
-        self, text: str, digest: str, who: str, source: str, rollback_of: int | None = None
-    ) -> StoredVersion:
+    def record(self, text: str, digest: str, who: str, source: str, rollback_of: int | None = None) -> StoredVersion:
         """Store ``text`` as the new applied version (the caller validated it); return it with its number."""
         now = self._clock()
         meta = {"digest": digest, "time": now, "who": who, "source": source, "rollback_of": rollback_of}
         keys = [APPLIED_KEY, HISTORY_KEY, TEXTS_KEY]
-        args = [json.dumps(meta), text, digest, repr(now), who, source, self.keep]
+        args: list[str | int] = [json.dumps(meta), text, digest, repr(now), who, source, self.keep]
         number = self.redis.run(_RECORD, keys, args)
         return StoredVersion(number, digest, now, who, source, rollback_of)
 

@@ -20,7 +20,7 @@ from egress.dnsserver.resolver import Resolver, Upstream
 from egress.gateway.allowsets import AllowSetWriter
 from egress.gateway.droplog import DropLogger
 from egress.gateway.policy_follow import PolicyFollower
-from egress.gateway.reload import NftTable, PolicyVersion, Reloader, load_version, parse_version
+from egress.gateway.reload import NftTable, Reloader, load_version, parse_version
 from egress.gateway.supervisor import participants
 from egress.nft import runner
 from egress.nft.render import GatewaySettings
@@ -103,12 +103,9 @@ def gateways(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[[st
         applied: list[str] = []
         table = NftTable(SETTINGS, apply=_kernel_apply(applied), check=lambda script: None)
         history = PolicyHistory.from_url(redis_server.url)
-        hook: list[Callable[[PolicyVersion], None]] = []
-        reloader = Reloader(
-            boot, participants(table, resolver, drops, allow_sets, []), old, on_commit=lambda v: hook[0](v)
-        )
+        reloader = Reloader(boot, participants(table, resolver, drops, allow_sets, []), old)
         follower = PolicyFollower(history, name, reloader, interval=0.01)
-        hook.append(follower.committed)
+        reloader.on_commit = follower.committed  # as the supervisor's `committed` hands it on
         closing.extend([allow_sets.close, bindings.close, history.close])
         return Gateway(name, resolver, drops, allow_sets, reloader, follower, applied)
 
