@@ -118,11 +118,13 @@ class PolicyFollower:
         if text is None:
             self._refused(number, f"{origin} is not in the history")
             return
+        started = time.monotonic()
         try:
             version = await asyncio.to_thread(parse_version, text, origin)
         except RulesError as exc:
             self._refused(number, f"does not validate:\n{exc}")
             return
+        log.info("%s (%s) read and validated in %.3f s", origin, version.label, time.monotonic() - started)
         if version.digest == self.installer.current.digest:
             self.fleet = number
             self._report("applied", number)

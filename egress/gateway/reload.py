@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -229,6 +230,7 @@ class Reloader:
         under way; ``None`` when it is in force everywhere, else why the running policy stays (logged). Raises
         `SplitReload`."""
         async with self._one:
+            started = time.monotonic()
             try:
                 await self.transact(version)
             except ReloadRefused as exc:
@@ -245,8 +247,9 @@ class Reloader:
             self.current = version
             if self.on_commit is not None:
                 self.on_commit(version)
+            took = time.monotonic() - started
         names = ", ".join(participant.name for participant in self.participants)
-        log.info("policy %s from %s in force in %s", version.label, origin, names)
+        log.info("policy %s from %s in force in %s (%.3f s)", version.label, origin, names, took)
         return None
 
     async def transact(self, version: PolicyVersion) -> None:
