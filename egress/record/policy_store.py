@@ -5,7 +5,7 @@ what each gateway runs. `egress rules apply|history|rollback`, ``/v1/policy`` an
 Keys (one hash tag, so each script's keys share a slot on a Redis Cluster; docs/rules-lifecycle.md):
 
 - ``{egress:policy}:applied`` hash: ``seq`` (the last version number given out), and the applied version's
-  ``version``, ``digest``, ``time``, ``who``, ``source``;
+  ``version`` and ``meta`` (its JSON, as in the history);
 - ``{egress:policy}:history`` hash: version number → JSON of its `StoredVersion` without the text;
 - ``{egress:policy}:texts`` hash: version number → the policy's text (UTF-8, as applied);
 - ``{egress:policy}:gateways`` hash: gateway name → JSON of its `GatewayReport`.
@@ -45,8 +45,8 @@ _RECORD: Final = Script(
 local n = redis.call('HINCRBY', KEYS[1], 'seq', 1)
 redis.call('HSET', KEYS[2], n, ARGV[1])
 redis.call('HSET', KEYS[3], n, ARGV[2])
-redis.call('HSET', KEYS[1], 'version', n, 'digest', ARGV[3], 'time', ARGV[4], 'who', ARGV[5], 'source', ARGV[6])
-local keep = tonumber(ARGV[7])
+redis.call('HSET', KEYS[1], 'version', n, 'meta', ARGV[1])
+local keep = tonumber(ARGV[3])
 if n > keep then
   redis.call('HDEL', KEYS[2], n - keep)
   redis.call('HDEL', KEYS[3], n - keep)
@@ -56,7 +56,7 @@ return n
     integer,
 )
 """KEYS: applied, history, texts. ARGV: the version's JSON (without its number: the field is the number), its
-text, digest, time, who, source, and how many versions to keep. (The JSON is made in Python: Lua's cjson would
+text, and how many versions to keep. (The JSON is made in Python: Lua's cjson would
 round the time to 14 digits.)"""
 
 _FIELD: Final = Script("return redis.call('HGET', KEYS[1], ARGV[1])", optional_text)
@@ -169,7 +169,7 @@ class PolicyHistory:
         now = self._clock()
         meta = {"digest": digest, "time": now, "who": who, "source": source, "rollback_of": rollback_of}
         keys = [APPLIED_KEY, HISTORY_KEY, TEXTS_KEY]
-        args: list[str | int] = [json.dumps(meta), text, digest, repr(now), who, source, self.keep]
+        args: list[str | int] = [json.dumps(meta), text, self.keep]
         number = self.redis.run(_RECORD, keys, args)
         return StoredVersion(number, digest, now, who, source, rollback_of)
 
@@ -178,13 +178,7 @@ class PolicyHistory:
         fields = self.redis.hgetall(APPLIED_KEY)
         if "version" not in fields:
             return None
-        return StoredVersion(
-            version=int(fields["version"]),
-            digest=fields["digest"],
-            time=float(fields["time"]),
-            who=fields["who"],
-            source=fields["source"],
-        )
+        return StoredVersion.from_json(int(fields["version"]), fields["meta"])
 
     def version(self, number: int) -> StoredVersion | None:
         """Version ``number`` (without its text), or None when it is unknown or no longer kept."""
