@@ -11,6 +11,8 @@ How the gateway's own ``--policy`` file and the fleet's version relate (docs/rul
 - SIGHUP is the local operator's override: the file is applied and reported as ``local`` until the next fleet
   version.
 
+A refused version is tried again after `RETRY_REFUSED` seconds (not on every poll).
+
 A poll that does not reach Redis changes nothing: the gateway keeps what it runs and tries again next interval
 (the outage is logged once). Reports that Redis did not take are written again on the next poll that reaches it.
 """
@@ -31,6 +33,9 @@ log = logging.getLogger("egress.gateway")
 
 POLL_INTERVAL: Final = 1.0
 """Seconds between two reads of the applied version (one small HGETALL each)."""
+RETRY_REFUSED: Final = 60.0
+"""Seconds before a refused fleet version is tried again: a refusal may pass (the gateway was locked down while a
+component restarted, a worker was slow), and a gateway that lags the fleet should keep saying so."""
 ERROR_CHARS: Final = 2000
 """A failed apply's reason as reported (the whole of it is in the gateway's log)."""
 
@@ -55,6 +60,7 @@ class PolicyFollower:
         gateway: str,
         installer: Installs,
         interval: float = POLL_INTERVAL,
+        retry_refused: float = RETRY_REFUSED,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
@@ -62,6 +68,7 @@ class PolicyFollower:
         self.gateway = gateway
         self.installer = installer
         self.interval = interval
+        self.retry_refused = retry_refused
         self._clock = clock
         self._sleep = sleep
         self.seen: int | None = None
@@ -70,6 +77,8 @@ class PolicyFollower:
         """The fleet version the gateway runs; None while it runs its own file."""
         self._installing: str | None = None
         """The digest of the fleet version being installed (its commit is no local reload)."""
+        self._refused_at: float | None = None
+        """When the version `seen` was refused (None: it was not)."""
         self._unsent: GatewayReport | None = None
         """The last report, until Redis took it."""
         self._outage = False
@@ -85,6 +94,7 @@ class PolicyFollower:
         """The supervisor's hook after every committed reload or install: a SIGHUP's file is a local override."""
         if version.digest != self._installing:
             self.fleet = None
+            self._refused_at = None  # the local operator chose: a refused fleet version is not retried over it
             self._report("local", None)
 
     async def step(self) -> None:
@@ -99,8 +109,9 @@ class PolicyFollower:
         if self._outage:
             log.info("the fleet's policy is readable again")
             self._outage = False
-        if applied is not None and applied.version != self.seen:
+        if applied is not None and (applied.version != self.seen or self._retry_due()):
             self.seen = applied.version
+            self._refused_at = None
             await self._follow(applied.version)
         elif applied is not None and self._local_is(applied.digest):  # the file is the fleet's version: say so
             self.fleet = applied.version
@@ -141,6 +152,9 @@ class PolicyFollower:
         self.fleet = number
         self._report("applied", number)
 
+    def _retry_due(self) -> bool:
+        return self._refused_at is not None and self._clock() - self._refused_at >= self.retry_refused
+
     def _local_is(self, digest: str) -> bool:
         """A local reload's report is waiting and the file it ran is ``digest``."""
         unsent = self._unsent
@@ -153,6 +167,7 @@ class PolicyFollower:
             self.installer.current.label,
             why,
         )
+        self._refused_at = self._clock()
         self._report("failed", number, why)
 
     def _report(self, state: State, wanted: int | None, error: str = "") -> None:

@@ -162,6 +162,36 @@ def test_a_version_the_kernel_refuses_changes_nothing_and_is_reported(gateways: 
     assert _reports(gateway)["gw-1"].state == "applied" and _reports(gateway)["gw-1"].version == fixed
 
 
+def test_a_refused_version_is_tried_again_later(gateways: Callable[[str], Gateway]) -> None:
+    """A refusal may pass (the gateway was locked down while a component restarted): not retried on every poll,
+    but after `retry_refused` seconds of the injected clock."""
+    gateway = gateways("gw-1")
+    now = [1000.0]
+    gateway.follower._clock = lambda: now[0]
+    table = gateway.reloader.participants[0]
+    assert isinstance(table, NftTable)
+    kernel, refusals = table._apply, []
+
+    def locked_once(script: str) -> None:
+        if not refusals:
+            refusals.append(script)
+            raise runner.NftError("the gateway is locked down (proxy-0: dead)")
+        kernel(script)
+
+    table._apply = locked_once
+    number = _apply(gateway.follower.history, _text("later"))
+    _run(gateway.follower.step)
+    assert _reports(gateway)["gw-1"].state == "failed" and len(refusals) == 1
+    now[0] += gateway.follower.retry_refused - 1
+    _run(gateway.follower.step)
+    assert gateway.applied == []  # not yet
+    now[0] += 1
+    _run(gateway.follower.step)
+    assert gateway.reloader.current.policy.sandboxes[0].name == "later"
+    report = _reports(gateway)["gw-1"]
+    assert (report.state, report.version) == ("applied", number)
+
+
 def test_a_text_that_does_not_validate_reaches_no_component(gateways: Callable[[str], Gateway]) -> None:
     gateway = gateways("gw-1")
     before = gateway.reloader.current
