@@ -170,7 +170,7 @@ def test_a_refused_version_is_tried_again_later(gateways: Callable[[str], Gatewa
     gateway.follower._clock = lambda: now[0]
     table = gateway.reloader.participants[0]
     assert isinstance(table, NftTable)
-    kernel, refusals = table._apply, []
+    kernel, refusals = table._apply, list[str]()
 
     def locked_once(script: str) -> None:
         if not refusals:
