@@ -6,13 +6,13 @@ Reports, from the gateway's own log lines and the fleet's store (`egress.record.
 
 - ``cli``: ``egress rules apply`` validating and storing the text (before any gateway sees it);
 - ``validate``: the gateway's follower reading the text from Redis and validating it (parse, in a thread);
-- ``swap``: render + ``nft -c`` + every worker receiving it (prepare), then the nftables transaction and the swap
-  in the resolver, the drop logger, the allow sets and each proxy worker (commit): the Reloader's own figure;
+- ``prepare``: render + ``nft -c`` + every worker receiving it; ``commit``: the nftables transaction and the swap
+  in the resolver, the drop logger, the allow sets and each proxy worker (the Reloader's own figures);
 - ``stored → reported``: from the version being stored to the gateway reporting it runs it (includes the poll);
 - the gateway's memory (supervisor and workers, RSS) before and with the large policy;
 - during the whole window (stored → reported): allowed downloads and how many failed, DNS answers and the slowest.
 
-Goals: ``swap`` under 2 s, no allowed request failing, no DNS answer later than 50 ms. The machine's load is
+Goals: prepare + commit under 2 s, no allowed request failing, no DNS answer later than 50 ms. The machine's load is
 printed too: on a shared machine every wall-clock figure measures the machine as well.
 
     python bench/rules.py                      # 100,000 entries
@@ -125,21 +125,23 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
     policy = work / "big.yaml"
     policy.write_text(big_policy(entries))
     stop = work / "stop"
+    samples_file = work / "samples.jsonl"
     probe = netns.popen_in(
         run.lab.sandbox_ns,
         [sys.executable, "-c", PROBE, run.lab.prefix, GATEWAY_SBX_V4, str(run.gateway_ca), str(stop), str(DNS_EVERY)],
-        stdout=subprocess.PIPE,
+        stdout=samples_file.open("wb"),  # a file, not a pipe: a full pipe would stop the probes
         stderr=subprocess.PIPE,
     )
     try:
-        time.sleep(3.0)  # the probes warm up before the apply
+        time.sleep(10.0)  # the probes warm up before the apply, and measure the baseline
+        cli_started = time.time()
         started = time.perf_counter()
         done = _egress(run, "rules", "apply", str(policy), "--wait", "900")
         cli_total = time.perf_counter() - started
         time.sleep(3.0)  # and keep going after it
     finally:
         stop.touch()
-        out, err = probe.communicate(timeout=120)
+        _, err = probe.communicate(timeout=120)
     if done.returncode != 0:
         raise RuntimeError(f"rules apply failed: {done.stdout} {done.stderr}")
     status = json.loads(_egress(run, "rules", "status", "--json").stdout)
@@ -148,10 +150,11 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
     reported = float(report["time"])
     rss_after = _rss_mib(_tree(run.gateway.pid))
     log = (run.lab.state_dir / "logs" / "gateway.log").read_text()
-    samples = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+    samples = [json.loads(line) for line in samples_file.read_text().splitlines() if line.startswith("{")]
     window = [s for s in samples if stored - 0.1 <= s["t"] <= reported + 0.1]
     dns = [s for s in window if s["kind"] == "dns"]
     http = [s for s in window if s["kind"] == "http"]
+    quiet = [s["ms"] for s in samples if s["kind"] == "dns" and s["t"] < cli_started]  # before: the baseline
     return {
         "entries": entries,
         "policy_bytes": policy.stat().st_size,
@@ -159,7 +162,8 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
         "cli_apply_s": round(cli_total, 3),
         "stored_to_reported_s": round(reported - stored, 3),
         "validate_s": _log_seconds(log, r"read and validated in ([0-9.]+) s"),
-        "swap_s": _log_seconds(log, r"from fleet version \d+ in force in .* \(([0-9.]+) s\)"),
+        "prepare_s": _log_seconds(log, r"from fleet version \d+ in force in .* \(prepare ([0-9.]+) s"),
+        "commit_s": _log_seconds(log, r"from fleet version \d+ in force in .*, commit ([0-9.]+) s\)"),
         "rss_mib_before": round(rss_before, 1),
         "rss_mib_after": round(rss_after, 1),
         "processes": len(pids),
@@ -171,6 +175,9 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
         "dns_max_ms": round(max((s["ms"] for s in dns), default=float("nan")), 1),
         "dns_p50_ms": round(statistics.median(s["ms"] for s in dns), 1) if dns else None,
         "dns_over_goal": sum(1 for s in dns if s["ms"] > GOAL_DNS_MS),
+        "dns_before_p50_ms": round(statistics.median(quiet), 1) if quiet else None,
+        "dns_before_max_ms": round(max(quiet), 1) if quiet else None,
+        "dns_before_over_goal": f"{sum(1 for ms in quiet if ms > GOAL_DNS_MS)} of {len(quiet)}",
         "load_average": os.getloadavg(),
         "cpus": os.cpu_count(),
         "probe_errors": err.decode()[-500:],
@@ -178,10 +185,12 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
 
 
 def report(result: dict[str, Any]) -> list[str]:
-    swap = result["swap_s"]
+    prepare, commit = result["prepare_s"], result["commit_s"]
+    swap = None if prepare is None or commit is None else prepare + commit
     lines = [f"{key:>22}  {value}" for key, value in result.items() if key != "probe_errors"]
     lines.append("")
-    lines.append(f"goal swap < {GOAL_SWAP_S} s: {'met' if swap is not None and swap < GOAL_SWAP_S else 'MISSED'}")
+    met = swap is not None and swap < GOAL_SWAP_S
+    lines.append(f"goal swap (prepare + commit) < {GOAL_SWAP_S} s: {'met' if met else 'MISSED'} ({swap} s)")
     lines.append(f"goal no allowed request failing: {'met' if not result['http_failed'] else 'MISSED'}")
     lines.append(
         f"goal no DNS answer > {GOAL_DNS_MS:g} ms: {'met' if not result['dns_over_goal'] else 'MISSED'}"

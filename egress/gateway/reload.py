@@ -197,6 +197,8 @@ class Reloader:
         self.prepare_deadline = prepare_deadline
         self.commit_deadline = commit_deadline
         self._wanted = asyncio.Event()
+        self.timings = (0.0, 0.0)
+        """Seconds the last transaction spent preparing, then committing (the log line and bench/rules.py)."""
         self._one = asyncio.Lock()
         """Held by each reload and each install: a SIGHUP and a fleet version never interleave their steps."""
 
@@ -230,7 +232,6 @@ class Reloader:
         under way; ``None`` when it is in force everywhere, else why the running policy stays (logged). Raises
         `SplitReload`."""
         async with self._one:
-            started = time.monotonic()
             try:
                 await self.transact(version)
             except ReloadRefused as exc:
@@ -247,17 +248,26 @@ class Reloader:
             self.current = version
             if self.on_commit is not None:
                 self.on_commit(version)
-            took = time.monotonic() - started
         names = ", ".join(participant.name for participant in self.participants)
-        log.info("policy %s from %s in force in %s (%.3f s)", version.label, origin, names, took)
+        prepare, commit = self.timings
+        log.info(
+            "policy %s from %s in force in %s (prepare %.3f s, commit %.3f s)",
+            version.label,
+            origin,
+            names,
+            prepare,
+            commit,
+        )
         return None
 
     async def transact(self, version: PolicyVersion) -> None:
         """Prepare everywhere, then commit everywhere; raise `ReloadRefused` (nothing changed) or `SplitReload`."""
+        started = time.monotonic()
         steps = [_within(p.prepare(version), self.prepare_deadline) for p in self.participants]
         refusals = [
             (p.name, why) for p, why in zip(self.participants, await asyncio.gather(*steps), strict=True) if why
         ]
+        prepared = time.monotonic()
         if refusals:
             await self._abort(self.participants, version)
             raise ReloadRefused(*refusals[0])
@@ -268,6 +278,7 @@ class Reloader:
             raise ReloadRefused(first.name, why)
         steps = [_within(p.commit(version), self.commit_deadline) for p in rest]
         failed = [f"{p.name} ({why})" for p, why in zip(rest, await asyncio.gather(*steps), strict=True) if why]
+        self.timings = (prepared - started, time.monotonic() - prepared)
         if failed:
             raise SplitReload(f"{version.label} applied to {first.name} but not committed by {', '.join(failed)}")
 

@@ -100,11 +100,11 @@ def test_ten_applies_under_load_fail_no_allowed_request(lab: GatewayRun, tmp_pat
     original = LAB_POLICY.read_text()
     before = _status(lab)["applied"]
     base = 0 if before is None else int(before["version"])  # the module's tests share the lab's history
-    stop = tmp_path / "stop"
+    stop, results_file = tmp_path / "stop", tmp_path / "results.jsonl"
     client = netns.popen_in(
         lab.lab.sandbox_ns,
         [sys.executable, "-c", LOOP, lab.lab.prefix, GATEWAY_SBX_V4, str(lab.gateway_ca), str(stop)],
-        stdout=subprocess.PIPE,
+        stdout=results_file.open("wb"),  # a file: a pipe nobody reads while the applies run could fill and stall it
         stderr=subprocess.PIPE,
     )
     try:
@@ -116,11 +116,13 @@ def test_ten_applies_under_load_fail_no_allowed_request(lab: GatewayRun, tmp_pat
             path.write_text(texts[-1])
             done = _apply(lab, path)
             assert done.returncode == 0, (done.stdout, done.stderr, _log(lab)[-3000:])
-            assert f"version {base + index + 1} (" in done.stdout and ": applied, runs version" in done.stdout, done.stdout
+            assert f"version {base + index + 1} (" in done.stdout and ": applied, runs version" in done.stdout, (
+                done.stdout
+            )
     finally:
         stop.touch()
-        out, err = client.communicate(timeout=scaled(60))
-    results = [json.loads(line) for line in out.decode().splitlines() if line.startswith("{")]
+        _, err = client.communicate(timeout=scaled(60))
+    results = [json.loads(line) for line in results_file.read_text().splitlines() if line.startswith("{")]
     failed = [result for result in results if result["outcome"] != "ok"]
     assert len(results) >= APPLIES and not failed, (len(results), failed[:5], err.decode()[-2000:])
     report = _gateway(lab)
