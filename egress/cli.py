@@ -173,7 +173,9 @@ def scan(
     sys.exit(EXIT_OK)
 
 
-@main.group(cls=LazyGroup, lazy={n: f"egress.cli_policy:{n}_command" for n in ("apply", "history", "rollback", "status")})  # noqa: E501
+@main.group(
+    cls=LazyGroup, lazy={n: f"egress.cli_policy:{n}_command" for n in ("apply", "history", "rollback", "status")}
+)
 def rules() -> None:
     """Policy and name-list files."""
 
