@@ -228,7 +228,9 @@ def _unsupported_link_types(path: str, stats: FileStats) -> bool:
     return none
 
 
-@main.group()
+@main.group(
+    cls=LazyGroup, lazy={n: f"egress.cli_policy:{n}_command" for n in ("apply", "history", "rollback", "status")}
+)
 def rules() -> None:
     """Policy and name-list files."""
 

@@ -70,6 +70,9 @@ class GatewayConfig:
     """Constrain a newly made CA to the decrypt lists' names (X.509 name constraints, `egress.proxy.mitm.ca`)."""
     dhcp: bool = False
     """Accept the sandboxes' DHCP to this host, for a DHCP server run on the gateway (`GatewaySettings.dhcp`)."""
+    policy_poll_s: float = 1.0
+    """Seconds between two reads of the fleet's applied policy version in Redis (`egress.gateway.policy_follow`);
+    0: do not follow it (the ``--policy`` file and SIGHUP only)."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import logging
+import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -63,6 +64,12 @@ def load_version(path: str | Path) -> PolicyVersion:
         raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
     text = decode(data, str(path), max_bytes())  # the size cap and the bad byte's line, as `egress rules check`
     return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
+
+
+def parse_version(text: str, origin: str) -> PolicyVersion:
+    """A policy's text (from the fleet's history, egress.record.policy_store) validated and hashed as
+    `load_version` does a file's bytes: the same text gives the same digest either way."""
+    return PolicyVersion(parse_policy(text, origin), hashlib.sha256(text.encode()).hexdigest())
 
 
 class Refused(Exception):
@@ -190,6 +197,10 @@ class Reloader:
         self.prepare_deadline = prepare_deadline
         self.commit_deadline = commit_deadline
         self._wanted = asyncio.Event()
+        self.timings = (0.0, 0.0)
+        """Seconds the last transaction spent preparing, then committing (the log line and bench/rules.py)."""
+        self._one = asyncio.Lock()
+        """Held by each reload and each install: a SIGHUP and a fleet version never interleave their steps."""
 
     def request(self) -> None:
         """Ask for a reload (the SIGHUP handler): now, or right after the one under way."""
@@ -213,29 +224,50 @@ class Reloader:
         except Exception:  # a reader's bug must not end reloading: this reload fails, the next may work
             log.exception("policy reload failed reading %s, the running policy stays in force", self.path)
             return None
-        try:
-            await self.transact(version)
-        except ReloadRefused as exc:
-            log.error(
-                "policy reload refused by %s: %s; the running policy %s stays in force everywhere",
-                exc.component,
-                exc.reason,
-                self.current.label,
-            )
-            return None
-        self.current = version
-        if self.on_commit is not None:
-            self.on_commit(version)
+        why = await self.install(version, str(self.path))
+        return version if why is None else None
+
+    async def install(self, version: PolicyVersion, origin: str) -> str | None:
+        """Prepare and commit an already validated ``version`` (from ``origin``, for the log) after any reload
+        under way; ``None`` when it is in force everywhere, else why the running policy stays (logged). Raises
+        `SplitReload`."""
+        async with self._one:
+            try:
+                await self.transact(version)
+            except ReloadRefused as exc:
+                log.error(
+                    "policy reload refused by %s: %s; the running policy %s stays in force everywhere (refused: %s "
+                    "from %s)",
+                    exc.component,
+                    exc.reason,
+                    self.current.label,
+                    version.label,
+                    origin,
+                )
+                return f"refused by {exc}"
+            self.current = version
+            if self.on_commit is not None:
+                self.on_commit(version)
         names = ", ".join(participant.name for participant in self.participants)
-        log.info("policy %s from %s in force in %s", version.label, self.path, names)
-        return version
+        prepare, commit = self.timings
+        log.info(
+            "policy %s from %s in force in %s (prepare %.3f s, commit %.3f s)",
+            version.label,
+            origin,
+            names,
+            prepare,
+            commit,
+        )
+        return None
 
     async def transact(self, version: PolicyVersion) -> None:
         """Prepare everywhere, then commit everywhere; raise `ReloadRefused` (nothing changed) or `SplitReload`."""
+        started = time.monotonic()
         steps = [_within(p.prepare(version), self.prepare_deadline) for p in self.participants]
         refusals = [
             (p.name, why) for p, why in zip(self.participants, await asyncio.gather(*steps), strict=True) if why
         ]
+        prepared = time.monotonic()
         if refusals:
             await self._abort(self.participants, version)
             raise ReloadRefused(*refusals[0])
@@ -246,6 +278,7 @@ class Reloader:
             raise ReloadRefused(first.name, why)
         steps = [_within(p.commit(version), self.commit_deadline) for p in rest]
         failed = [f"{p.name} ({why})" for p, why in zip(rest, await asyncio.gather(*steps), strict=True) if why]
+        self.timings = (prepared - started, time.monotonic() - prepared)
         if failed:
             raise SplitReload(f"{version.label} applied to {first.name} but not committed by {', '.join(failed)}")
 

@@ -14,7 +14,9 @@ after a deadline, on a clean stop and after a failure alike. The supervisor's ow
 stop.
 
 SIGHUP reloads the policy with the protocol of `egress.gateway.reload`: one validated object, prepared by every
-component (nftables, resolver, drop logger, allow sets, each proxy worker), then committed by all or by none.
+component (nftables, resolver, drop logger, allow sets, each proxy worker), then committed by all or by none. The
+fleet's applied version (``egress rules apply``, in Redis) arrives through the same protocol
+(`egress.gateway.policy_follow`): the ``--policy`` file is the bootstrap and SIGHUP the local override.
 """
 
 from __future__ import annotations
@@ -43,6 +45,7 @@ from egress.gateway.components import (
 from egress.gateway.config import GatewayConfig
 from egress.gateway.control import Payloads
 from egress.gateway.droplog import DropLogger
+from egress.gateway.policy_follow import PolicyFollower
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import (
     NftTable,
@@ -62,6 +65,7 @@ from egress.nft.guard import render_guard
 from egress.nft.render import render, render_lockdown
 from egress.policy.lists import RulesError, load_name_lists
 from egress.policy.model import Policy
+from egress.record.policy_store import PolicyHistory
 
 log = logging.getLogger("egress.gateway")
 
@@ -119,6 +123,8 @@ class Supervisor:
         self.stopping = asyncio.Event()
         self.reloader: Reloader | None = None
         self.reload_pending = False
+        self.follower: PolicyFollower | None = None
+        """Follows the fleet's applied version (None when ``policy_poll_s`` is 0)."""
         self._nft = threading.Lock()
         """Held for every change of the table: a reload's apply (in a thread) and the lockdown never interleave."""
 
@@ -205,6 +211,20 @@ class Supervisor:
 
     def committed(self, version: PolicyVersion) -> None:
         self.version = version
+        if self.follower is not None:
+            self.follower.committed(version)
+
+    async def follow_fleet(self, follower: PolicyFollower) -> None:
+        """The fleet's policy, applied as it changes; a follower's bug restarts it (the running policy stays)."""
+        while True:
+            try:
+                await follower.run()
+            except SplitReload as exc:
+                self.fail(f"a fleet policy version left components on different policies: {exc}")
+                return
+            except Exception:  # a follower's own bug must not end following nor the gateway
+                log.exception("the fleet policy follower failed; it starts again")
+                await asyncio.sleep(max(follower.interval, 1.0))
 
     async def follow_reloads(self, reloader: Reloader) -> None:
         try:
@@ -272,6 +292,9 @@ class Supervisor:
         )
         if self.reload_pending:
             reloader.request()
+        if self.config.policy_poll_s > 0:
+            history = PolicyHistory.from_url(self.config.redis_url)
+            self.follower = PolicyFollower(history, self.config.gateway, reloader, self.config.policy_poll_s)
         parts: list[Supervised] = [*self.slots, self.resolver, self.drops, RecorderPart(self.recorder)]
         # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.
         self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail, beat=self.notify.watchdog)
@@ -283,6 +306,8 @@ class Supervisor:
             loop.create_task(self.follow_reloads(reloader)),
             loop.create_task(keep_guard_open(self.guard)),
         ]
+        if self.follower is not None:
+            tasks.append(loop.create_task(self.follow_fleet(self.follower)))
         log.info("gateway running: policy %s from %s", self.version.label, self.config.policy)
         self.notify.ready(f"running: policy {self.version.label}")
         try:
@@ -291,6 +316,8 @@ class Supervisor:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            if self.follower is not None:
+                self.follower.history.close()
 
     async def stop(self) -> None:
         """Closed first (the lockdown, the guard), then every component; the records flushed whatever happened."""
