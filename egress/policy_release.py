@@ -13,9 +13,9 @@ import hashlib
 from dataclasses import dataclass
 from typing import Final
 
-from egress.nft.render import GatewaySettings, render
-from egress.policy.loader import parse_policy
+from egress.nft.render import GatewaySettings
 from egress.policy.yamlnodes import Problem, RulesError
+from egress.policycheck import check_text, kernel_check
 from egress.record.policy_store import PolicyHistory, StoredVersion
 
 MAX_TEXT: Final = 8 * 1024 * 1024
@@ -43,15 +43,16 @@ def digest(text: str) -> str:
 
 
 def validate(text: str, origin: str) -> None:
-    """Raise `RulesError` with every problem of ``text`` (named ``origin`` in them)."""
+    """Raise `RulesError` with every problem of ``text`` (named ``origin`` in them): the checks of `egress rules
+    check` (`egress.policycheck`), ``nft -c`` included where it runs here, so that what is released every gateway
+    can apply."""
     size = len(text.encode())
     if size > MAX_TEXT:
         raise RulesError([Problem(origin, 1, f"the policy has {size} bytes, more than the {MAX_TEXT} allowed")])
-    policy = parse_policy(text, origin)
-    try:
-        render(policy, _PROBE)
-    except ValueError as error:
-        raise RulesError([Problem(origin, 1, f"the nftables table cannot be made: {str(error)[:200]}")]) from None
+    kernel, why = kernel_check()
+    checked = check_text(text, origin, kernel, why, _PROBE)
+    if checked.errors:
+        raise RulesError(list(checked.errors))
 
 
 def release(

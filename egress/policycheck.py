@@ -19,7 +19,7 @@ from pathlib import Path
 
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, render
-from egress.policy.loader import load_policy
+from egress.policy.loader import load_policy, parse_policy
 from egress.policy.model import Address, Policy
 from egress.policy.risks import risks
 from egress.policy.yamlnodes import Problem, RulesError
@@ -86,6 +86,33 @@ def check_file(
         policy = load_policy(path, gateway, max_size)
     except RulesError as error:
         return Checked(file, None, error.problems, (), "not rendered")
+    return _check_loaded(file, policy, suffixes, kernel, skipped, settings)
+
+
+def check_text(
+    text: str,
+    origin: str,
+    kernel: KernelCheck | None,
+    skipped: str = "",
+    settings: GatewaySettings = CHECK_SETTINGS,
+) -> Checked:
+    """`check_file` for a policy's text (one sent to `egress rules apply` or ``POST /v1/policy``): what the
+    release accepts is what the check accepts, and what the gateways' apply then accepts. No warnings."""
+    try:
+        policy = parse_policy(text, origin)
+    except RulesError as error:
+        return Checked(origin, None, error.problems, (), "not rendered")
+    return _check_loaded(origin, policy, frozenset(), kernel, skipped, settings)
+
+
+def _check_loaded(
+    file: str,
+    policy: Policy,
+    suffixes: frozenset[str],
+    kernel: KernelCheck | None,
+    skipped: str,
+    settings: GatewaySettings,
+) -> Checked:
     try:
         script = render(policy, settings)
     except ValueError as error:
