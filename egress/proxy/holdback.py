@@ -9,10 +9,12 @@ messages, binary) are forwarded at once, so line and binary protocols are not de
 
 Bounds, because a client that sends part of a message and waits for an answer would otherwise stall:
 
-- *Time*: held bytes go out once the oldest of them has waited `HOLD_FOR`. A client never waits on a partial JSON
-  value (the server cannot act on it), so this is reached only by binary that happens to contain an unbalanced
-  ``{``, or by an attacker who pauses inside a message: those bytes then cross, never the byte that closes a
-  message, which the detectors judge first.
+- *Time*: held bytes go out once no byte has come for `HOLD_FOR` (the value stopped growing). A client never waits
+  on a partial JSON value (the server cannot act on it), so this is reached only by binary that happens to contain
+  an unbalanced ``{``, or by an attacker who pauses inside a message: those bytes then cross, never the byte that
+  closes a message, which the detectors judge first. The clock restarts with each byte, not at the oldest held
+  one: a message sent a byte at a time on a slow or loaded machine took more than `HOLD_FOR` to arrive whole, and
+  its first 207 bytes (a batch's subscribe and authorize, all but the closing bracket) reached the pool.
 - *Not JSON*: a byte that cannot be in JSON text (a control character other than tab, CR and LF) ends the open
   value: binary protocols reset the hold within a few bytes. NULs are skipped, since the lenient reader drops them
   (UTF-16/32 text). A direction shown to be TLS (a whole hello) or SSH (its banner) is never held: the JSON
@@ -30,7 +32,7 @@ from typing import Final
 from egress.detect import tls
 
 HOLD_FOR: Final = 1.0
-"""Seconds the oldest held byte may wait before the held bytes are forwarded anyway (see the module docstring)."""
+"""Seconds with no new byte after which the held bytes are forwarded anyway (see the module docstring)."""
 
 _OPEN: Final = frozenset(b"{[")
 _CLOSE: Final = frozenset(b"}]")
@@ -97,7 +99,7 @@ class Holdback:
     """Bytes of the direction handed back for forwarding."""
     held: bytes = b""
     since: float | None = None
-    """When the oldest held byte arrived."""
+    """When the newest held byte arrived (the time bound counts from it)."""
     exempt: bool = False
     """The direction was shown to be TLS or SSH: nothing is held any more."""
     scan: _Scan | None = None
@@ -123,10 +125,7 @@ class Holdback:
         out = self.held[: keep_from - self.released]
         self.held = self.held[len(out) :]
         self.released += len(out)
-        if not self.held:
-            self.since = None
-        elif self.since is None or out:
-            self.since = now
+        self.since = now if self.held else None
         return out
 
     def _through(self, data: bytes) -> bytes:
