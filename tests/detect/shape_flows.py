@@ -19,6 +19,7 @@ from egress.capture.reader import read_frames
 from egress.capture.reassembly import TcpStream
 from egress.detect import tls
 from egress.detect.tlsshape import Record, TlsShape
+from tests.detect.tlsshape_traces import HTTPS
 
 WRITE_GAP: Final = 0.05
 """Seconds: segments of one side closer than this are one write (the corpus's Zcash shares: 6 segments in 30 ms)."""
@@ -102,3 +103,21 @@ def flows(path: str) -> Iterator[Flow]:
             yield Flow(name, True, tuple(shape.records))
         else:
             yield Flow(name, False, writes(chunks))
+
+
+TLS13_HELLO = HTTPS[0][0]
+"""A TLS 1.3 ServerHello the lab recorded: records carry 17 bytes beyond their plaintext (RFC 8446 §5.2)."""
+
+
+def tls_stream(records: list[Record]) -> list[tuple[float, bool, bytes]]:
+    """The records as the bytes of a TLS 1.3 connection (headers, zero bodies), after a handshake."""
+    start = records[0].at
+    chunks = [(start, True, bytes([22, 3, 1, 2, 0]) + bytes(512)), (start, False, bytes.fromhex(TLS13_HELLO))]
+    chunks += [
+        (start, False, bytes([23, 3, 3, 0, 50]) + bytes(50)),
+        (start, True, bytes([23, 3, 3, 0, 69]) + bytes(69)),
+    ]
+    for record in records:
+        length = record.size + 17
+        chunks.append((record.at, record.from_client, bytes([23, 3, 3]) + length.to_bytes(2) + bytes(length)))
+    return chunks

@@ -17,7 +17,7 @@ from egress.detect.tlsshape import Record, TlsShape
 from tests.corpus import CORPUS, needs_corpus
 from tests.detect import miningshape_traces as mining
 from tests.detect import tlsshape_traces
-from tests.detect.shape_flows import flows
+from tests.detect.shape_flows import flows, tls_stream
 
 FOUND_IN_A_MINUTE = {
     # trace: seconds of the session by which it is found (what decides it)
@@ -102,24 +102,6 @@ def test_a_bulk_record_ends_watching() -> None:
     watcher.add(Record(False, 16_000, records[0].at + 0.1))
     assert watcher.done
     assert all(watcher.add(record) is None for record in records[1:])
-
-
-TLS13_HELLO = tlsshape_traces.HTTPS[0][0]
-"""A TLS 1.3 ServerHello the lab recorded: records carry 17 bytes beyond their plaintext (RFC 8446 §5.2)."""
-
-
-def tls_stream(records: list[Record]) -> list[tuple[float, bool, bytes]]:
-    """The records as the bytes of a TLS 1.3 connection (headers, zero bodies), after a handshake."""
-    start = records[0].at
-    chunks = [(start, True, bytes([22, 3, 1, 2, 0]) + bytes(512)), (start, False, bytes.fromhex(TLS13_HELLO))]
-    chunks += [
-        (start, False, bytes([23, 3, 3, 0, 50]) + bytes(50)),
-        (start, True, bytes([23, 3, 3, 0, 69]) + bytes(69)),
-    ]
-    for record in records:
-        length = record.size + 17
-        chunks.append((record.at, record.from_client, bytes([23, 3, 3]) + length.to_bytes(2) + bytes(length)))
-    return chunks
 
 
 @pytest.mark.parametrize("split", [0, 1, 7, 1000])
@@ -246,13 +228,13 @@ def test_ordinary_tls_that_comes_close_is_not_mining(name: str) -> None:
 
 def test_random_records_rarely_look_like_mining() -> None:
     """Records of random direction, size (20-400 bytes, log-uniform) and timing (1 s apart on average), a harder
-    mix than ordinary TLS: measured 1 in 1,000 flows; held under 1 in 200."""
+    mix than ordinary TLS: measured 1 in 1,000 flows (here 150 flows: at most one may match)."""
     rng = random.Random(7)
     hits = 0
-    for _ in range(400):
+    for _ in range(150):
         records, at = [], 0.0
         for _ in range(90):
             at += rng.expovariate(1.0)
             records.append(Record(rng.random() < 0.5, int(math.exp(rng.uniform(math.log(20), math.log(400)))), at))
         hits += _first(records)[0] is not None
-    assert hits <= 2, hits
+    assert hits <= 1, hits

@@ -223,3 +223,15 @@ def test_unreadable_file(tmp_path: Path) -> None:
     assert len(problems) == 1 and "cannot read" in problems[0].message
     (tmp_path / "binary.yaml").write_bytes(b"\xff\xfe\x00")
     assert "cannot read" in check_policy(tmp_path / "binary.yaml")[0].message
+
+
+def test_mining_shape_action_and_window() -> None:
+    """``detectors.mining_shape`` (an action, default record) and ``mining_shape_window`` (seconds, 1-600)."""
+    (sandbox,) = parse_policy(MINIMAL + "    detectors: {mining_shape: block, mining_shape_window: 3}\n").sandboxes
+    assert (sandbox.detectors.mining_shape, sandbox.detectors.mining_shape_window) == (DetectorAction.BLOCK, 3)
+    assert (DetectorActions().mining_shape, DetectorActions().mining_shape_window) == (DetectorAction.RECORD, 60)
+    with pytest.raises(RulesError) as raised:
+        parse_policy(MINIMAL + "    detectors: {mining_shape: 3, mining_shape_window: 0}\n")
+    messages = [problem.message for problem in raised.value.problems]
+    assert any("must be a string" in message for message in messages), messages
+    assert any("0 is not in 1-600" in message for message in messages), messages
