@@ -16,8 +16,9 @@ watcher must decide inline, within the flow's first minute, on the records alone
 - a *push*: a server record of job size (`PUSH_MIN`-`PUSH_MAX` plaintext bytes) whose previous record was the
   server's own at least `QUIET` before, with the client silent for over `ANSWER_WITHIN`: nobody asked for it;
 - *regular jobs*: the pushes' sizes lie within `JOB_SPREAD` of their median, and some answer to a client record
-  (the login's, or a ``getWork`` poll's) has about that size too (`ECHO_BELOW`, `ECHO_ABOVE`): the job came once
-  as an answer, then unasked;
+  (any record of the server's burst after the login or a ``getWork`` poll: a TLS 1.3 server's session tickets
+  may come first) has about that size too (`ECHO_BELOW`, `ECHO_ABOVE`): the job came once as an answer, then
+  unasked;
 - a *share*: a client record of at least `REQUEST_MIN` bytes whose first answer (within `ANSWER_WITHIN`) is a
   tiny record (at most `ACK_MAX`); counted only while every such tiny answer has one size (within a byte: the
   same ``{"id":N,"result":true}``);
@@ -168,9 +169,10 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
         if previous is None or last_client is None:
             continue
         since_client = record.at - last_client.at
-        if previous.from_client and since_client <= ANSWER_WITHIN * scale and previous.size >= REQUEST_MIN:
-            answers.append(record.size)
-            if record.size <= ACK_MAX:
+        asked = last_client.size >= REQUEST_MIN and since_client <= ANSWER_WITHIN * scale
+        if asked and (previous.from_client or record.at - previous.at < QUIET * scale):
+            answers.append(record.size)  # the answer's burst: TLS 1.3 session tickets may come first
+            if previous.from_client and record.size <= ACK_MAX:
                 acks.append(record.size)
         elif (
             not previous.from_client

@@ -459,3 +459,18 @@ ALL = {
     "ZEC_FLYPOOL_CN": ZEC_FLYPOOL_CN,
     "ETH_GETWORK_HTTP": ETH_GETWORK_HTTP,
 }
+
+FOUND_IN_A_MINUTE = {  # what tests/detect/test_miningshape.py and the lab (tests/security) hold true
+    # trace: seconds of the session by which it is found (what decides it)
+    "ETH_NANOPOOL": 25,  # a second job pushed unasked, of the size the getWork polls are answered with
+    "ETH_DWARF": 22,  # the login and a hashrate report answered by one 39-byte result, a job pushed
+    "ETH_DWARF_SHORT": 8,  # the login and a share answered by one 39-byte result, a job pushed
+    "MONERO": 31,  # three shares answered by one 63-byte result, then a job pushed
+}
+MISSED = {
+    "XMR_NANOPOOL": "one job pushed in its first minute and nothing else: as a one-event feed",
+    "ZEC_NANOPOOL": "one job pushed and one share in its first minute",
+    "ZEC_FLYPOOL_EU": "the opening, then silence until 73 s",
+    "ZEC_FLYPOOL_CN": "the opening, then silence until 116 s",
+    "ETH_GETWORK_HTTP": "HTTP polls, no push: as any poller",
+}

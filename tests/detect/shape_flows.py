@@ -109,15 +109,23 @@ TLS13_HELLO = HTTPS[0][0]
 """A TLS 1.3 ServerHello the lab recorded: records carry 17 bytes beyond their plaintext (RFC 8446 §5.2)."""
 
 
-def tls_stream(records: list[Record]) -> list[tuple[float, bool, bytes]]:
-    """The records as the bytes of a TLS 1.3 connection (headers, zero bodies), after a handshake."""
+TICKET: Final = 233
+"""Plaintext bytes of a session ticket Python's TLS 1.3 server (OpenSSL 3) sends twice after the handshake (lab)."""
+
+
+def tls_stream(records: list[Record], tickets: bool = False) -> list[tuple[float, bool, bytes]]:
+    """The records as the bytes of a TLS 1.3 connection (headers, zero bodies), after a handshake; ``tickets``: the
+    server's two session tickets arrive just after the client's first record (as from Python's ``ssl`` server)."""
     start = records[0].at
     chunks = [(start, True, bytes([22, 3, 1, 2, 0]) + bytes(512)), (start, False, bytes.fromhex(TLS13_HELLO))]
     chunks += [
         (start, False, bytes([23, 3, 3, 0, 50]) + bytes(50)),
         (start, True, bytes([23, 3, 3, 0, 69]) + bytes(69)),
     ]
-    for record in records:
+    for index, record in enumerate(records):
         length = record.size + 17
         chunks.append((record.at, record.from_client, bytes([23, 3, 3]) + length.to_bytes(2) + bytes(length)))
+        if tickets and index == 0:
+            ticket = bytes([23, 3, 3]) + (TICKET + 17).to_bytes(2) + bytes(TICKET + 17)
+            chunks += [(record.at + 0.001, False, ticket), (record.at + 0.001, False, ticket)]
     return chunks
