@@ -203,7 +203,7 @@ def test_mining_sessions_replayed_inside_tls_are_found_by_their_shape(replay: tu
            f"{len(set(recorded) & set(traces.ALL))} of {len(traces.ALL)} corpus sessions blocked in their first "
            f"minute; {note}")  # fmt: skip
     report("opaque/mining-in-tls-shape-missed", "mining", missed_bytes, True, None,
-           f"known gap: {len(MISSED)} sessions show too little in their first minute (docs/detection.md)")  # fmt: skip
+           f"known gap: {len(MISSED)} sessions show too little in their first minute (docs/security.md)")  # fmt: skip
     for name in FOUND_IN_A_MINUTE:  # recorded as mining by the shape, closed before the session's end
         (record,) = by_session[name]
         assert (str(record.category), record.protocol, record.detector) == ("mining", "mining-in-tls", "tls-shape")
