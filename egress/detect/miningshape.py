@@ -36,11 +36,11 @@ Times are in units of `MINUTE`: a watcher made with ``window=6.0`` reads every t
 lab replaying recorded sessions ten times faster sees what the gateway would see in real time (the policy's
 ``detectors.mining_shape_window``, docs/policy.md). Decisions use only the times the caller gives (`Record.at`).
 
-Known gaps (docs/security.md, "Opaque streams"): a miner that pads its records or adds cover traffic, a pool that pushes no job
-within the window and a client that finds no share in it (a slow CPU miner: xmr-eu1 in the corpus pushes one job
-in its first minute), and short connections (a probe that subscribes and leaves) are not found; a WebSocket or
-server-sent-event feed whose events have one size, with a client that also talks, can take the shape, which is
-why the default action is ``record`` (`egress.policy.model.DetectorActions.mining_shape`).
+Known gaps (docs/security.md, "Opaque streams"): a miner that pads its records or adds cover traffic, a pool
+that pushes no job within the window and a client that finds no share in it (a slow CPU miner: xmr-eu1 in the
+corpus pushes one job in its first minute), and short connections (a probe that subscribes and leaves) are not
+found; a WebSocket or server-sent-event feed whose events have one size, with a client that also talks, can take
+the shape, which is why the default action is ``record`` (`egress.policy.model.DetectorActions.mining_shape`).
 """
 
 from __future__ import annotations

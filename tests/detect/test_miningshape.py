@@ -49,7 +49,8 @@ def test_mining_sessions_are_found_within_the_first_minute(name: str, by: float)
 
 @pytest.mark.parametrize("name", MISSED)
 def test_sessions_that_show_too_little_in_their_first_minute_are_missed(name: str) -> None:
-    """Known gaps (the module docstring, docs/security.md "Opaque streams"): listed so the recall the docs report stays true."""
+    """Known gaps (the module docstring; docs/security.md, "Opaque streams"): listed so the recall the docs report
+    stays true."""
     found, _ = _first(_records(mining.ALL[name]))
     assert found is None, (MISSED[name], found)
 
