@@ -20,7 +20,7 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         decrypt: [host pattern, ...]          # each must also be allowed by allow.hosts
         upgrades: [token, ...]                # HTTP Upgrade protocols allowed besides websocket (default none)
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
-        detectors: {mining, tunnel, crypto_node: block | record | allow}
+        detectors: {mining, tunnel, crypto_node, mining_shape: block | record | allow, mining_shape_window: 1-600}
     retention: {max_age_days, max_records}    # optional
     x-NAME: ...                               # ignored: a place for anchored blocks that '<<: *NAME' merges in
 
@@ -285,8 +285,13 @@ class _Checker(NodeChecker):
         detectors = DetectorActions()
         if "detectors" in fields:
             acts = self.fields(fields["detectors"], f"{path}.detectors", _DETECTORS)
-            chosen = {key: self.choice(item, f"{path}.detectors.{key}", DetectorAction) for key, item in acts.items()}
-            detectors = DetectorActions(**{key: value for key, value in chosen.items() if value is not None})
+            chosen = {  # mining_shape_window is seconds (1-600), every other field an action
+                key: self.ranged(item, f"{path}.detectors.{key}", 1, 600)
+                if key == "mining_shape_window"
+                else self.choice(item, f"{path}.detectors.{key}", DetectorAction)
+                for key, item in acts.items()
+            }
+            detectors = DetectorActions(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
         upgrades = self.upgrades(fields["upgrades"], f"{path}.upgrades") if "upgrades" in fields else ()
         return Sandbox(
             name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades,

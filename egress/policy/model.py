@@ -133,6 +133,13 @@ class DetectorActions:
     mining: DetectorAction = DetectorAction.BLOCK
     tunnel: DetectorAction = DetectorAction.BLOCK
     crypto_node: DetectorAction = DetectorAction.BLOCK
+    mining_shape: DetectorAction = DetectorAction.RECORD
+    """Mining told from the record shape of TLS a network rule passes (egress.detect.miningshape): ``record`` by
+    default (a feed with one event size can take the shape), ``block`` closes the connection; ``mining`` still
+    caps it (``mining: allow`` lets it pass too)."""
+    mining_shape_window: int = 60
+    """Seconds of that watcher's window (its first minute); its time thresholds scale with it, so a lab replaying
+    recorded sessions N times faster sets 60/N (docs/policy.md)."""
 
 
 @dataclass(frozen=True, slots=True)

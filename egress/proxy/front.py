@@ -11,8 +11,10 @@ that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides ag
 what it always did: the front only takes what it can finish, and never blocks or records a block itself, with one
 exception. TLS through a network rule (`Decision.watch`) is relayed through a `egress.proxy.relay.Watch`: a
 blocking TLS shape finding closes both sides before the chunk that completed it is forwarded, and the front
-reports it. Such TLS, and a ``tls: any`` rule's recorded TLS, is the front's to take: mitmproxy refuses it rather
-than relay it unwatched; so once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the rest.
+reports it (mining told from the shape, `egress.detect.miningshape`, too: recorded, or blocked where the
+sandbox's ``detectors.mining_shape`` says ``block``). Such TLS, and a ``tls: any`` rule's recorded TLS, is the
+front's to take: mitmproxy refuses it rather than relay it unwatched; so once a client's first bytes look like TLS
+the front waits `HELLO_WAIT` for the rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
@@ -31,9 +33,9 @@ from typing import Final
 
 from egress.decide import Enforcement, decide_finding, decide_suspicion
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import tls, tlsshape
+from egress.detect import miningshape, tls, tlsshape
 from egress.detect.base import Finding, FlowMeta
-from egress.policy.model import Sandbox
+from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.relay import Half, Upstream, Watch
 
@@ -218,6 +220,8 @@ class Front:
 
         def on_finding(finding: Finding) -> bool:
             suspected = finding.protocol in tlsshape.SUSPECTED
+            if finding.detector == miningshape.NAME:  # the policy's mining_shape action: record (default) or block
+                suspected = sandbox.detectors.mining_shape is not DetectorAction.BLOCK
             verdict = decide_suspicion(sandbox, finding) if suspected else decide_finding(sandbox, finding)
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", host, verdict))
             if verdict.action is Enforcement.BLOCK:
@@ -225,7 +229,9 @@ class Front:
                 return True
             return False
 
-        return Watch(on_finding)
+        shape = sandbox.detectors.mining_shape is not DetectorAction.ALLOW
+        window = float(sandbox.detectors.mining_shape_window)
+        return Watch(on_finding, mining=miningshape.MiningShape(window) if shape else None)
 
     @staticmethod
     async def _first_decision(conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | None:

@@ -2,7 +2,8 @@
 and half-close, optionally through a `Watch` that may close both sides before a chunk is forwarded.
 
 A `Watch` holds a `egress.detect.tlsshape.TlsShape` for TLS passed through a network rule: each chunk is shown to
-it before it is written on, so the chunk that completes a tunnel's shape is never forwarded.
+it before it is written on, so the chunk that completes a tunnel's shape is never forwarded. Optionally it also
+hands the records that watcher reads to a `egress.detect.miningshape.MiningShape` (mining told from the shape).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import time
 from collections.abc import Callable
 
 from egress.detect.base import Finding
+from egress.detect.miningshape import MiningShape
 from egress.detect.tlsshape import TlsShape
 
 log = logging.getLogger("egress.proxy")
@@ -24,10 +26,16 @@ OnFinding = Callable[[Finding], bool]
 class Watch:
     """A TLS shape watcher shared by both halves of one relay."""
 
-    def __init__(self, on_finding: OnFinding, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, on_finding: OnFinding, clock: Callable[[], float] = time.monotonic, mining: MiningShape | None = None
+    ) -> None:
+        """``mining``: also judge the records the shape watcher reads for mining (`egress.detect.miningshape`)."""
         self.shape = TlsShape()
         self.on_finding = on_finding
         self.clock = clock
+        self.mining = mining
+        self.judged = 0
+        """Records of ``shape`` already given to ``mining``."""
         self.closed = False
 
     def passes(self, from_client: bool, data: bytes) -> bool:
@@ -37,13 +45,17 @@ class Watch:
         if self.shape.done:
             return True
         try:
-            finding = self.shape.feed(from_client, data, self.clock())
+            findings = [self.shape.feed(from_client, data, self.clock())]
+            if self.mining is not None:
+                findings += [self.mining.add(record) for record in self.shape.records[self.judged :]]
+                self.judged = len(self.shape.records)
         except Exception:  # an inspection error blocks: the relay closes, never forwards unwatched
             log.exception("relay: TLS shape watcher failed: connection closed")
             self.closed = True
             return False
-        if finding is not None and self.on_finding(finding):
-            self.closed = True
+        for finding in findings:
+            if finding is not None and not self.closed and self.on_finding(finding):
+                self.closed = True
         return not self.closed
 
 

@@ -296,3 +296,15 @@ def test_merge_keys_share_a_block_between_sandboxes() -> None:
     assert check_text("version: 1\nx-a: 1\nsandboxes: {a: {sources: [10.0.0.0/8], allow: {<<: 1}}}\n") == [
         "sandboxes.a.allow: '<<' (YAML merge key) must name an anchored mapping (not a mapping or a list of them)"
     ]
+
+
+def test_mining_shape_action_and_window() -> None:
+    """``detectors.mining_shape`` (an action, default record) and ``mining_shape_window`` (seconds, 1-600)."""
+    (sandbox,) = parse_policy(MINIMAL + "    detectors: {mining_shape: block, mining_shape_window: 3}\n").sandboxes
+    assert (sandbox.detectors.mining_shape, sandbox.detectors.mining_shape_window) == (DetectorAction.BLOCK, 3)
+    assert (DetectorActions().mining_shape, DetectorActions().mining_shape_window) == (DetectorAction.RECORD, 60)
+    with pytest.raises(RulesError) as raised:
+        parse_policy(MINIMAL + "    detectors: {mining_shape: 3, mining_shape_window: 0}\n")
+    messages = [problem.message for problem in raised.value.problems]
+    assert any("must be a string" in message for message in messages), messages
+    assert any("0 is not in 1-600" in message for message in messages), messages

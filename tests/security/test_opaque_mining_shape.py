@@ -1,0 +1,218 @@
+"""Mining inside TLS to an allowed network address with a bound name (issue 13): the corpus's mining sessions
+(tests/detect/miningshape_traces.py, the recorded sizes and timing of each pool message) replayed from the sandbox
+through TLS to a replay pool in the fake internet, which answers with the pool's recorded messages on the recorded
+timeline. No payload detector can see them; the front's mining-shape watcher (egress/detect/miningshape.py) must.
+
+Time compression: the sessions are replayed `SPEED` times faster and the policy sets
+``detectors.mining_shape_window: 6`` (a tenth of the default minute), so the watcher reads the same timeline in
+real time; the policy says ``mining_shape: block``. Judged by the records in the lab's Redis, by what the replay
+pool got (client bytes, and whether the connection ended before the session did) and by the capture."""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+from collections.abc import Iterator
+
+import pytest
+
+from tests.detect import miningshape_traces as traces
+from tests.detect.miningshape_traces import FOUND_IN_A_MINUTE, MISSED
+from tests.security.conftest import LabFactory
+from tests.security.harness import SecurityLab, report
+from tests.security.opaque_kit import ATTACK, POLICY, Kit, kit
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.security
+
+PORT = 8460
+"""The replay pool's first TLS port on the network rule's address: one port a session (records of one kind to one
+port are counted together)."""
+SPEED = 10.0
+WINDOW = 6
+"""``detectors.mining_shape_window``: 60 / `SPEED`."""
+HORIZON = 66.0
+"""Seconds of each recorded session replayed (the watcher's minute and a little more)."""
+POLLER: traces.Trace = (
+    "a keep-alive HTTPS poller (constructed): the same request and answer every 10 s",
+    tuple(
+        (at + offset, side, size) for at in range(0, 66, 10) for offset, side, size in ((0, "c", 420), (0.05, "s", 610))
+    ),
+)
+SESSIONS = {**traces.ALL, "POLLER": POLLER}
+
+POOL = r"""
+import json, socket, ssl, sys, threading, time
+host, port, cert, key, table = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+speed = float(sys.argv[6])
+sessions = json.load(open(table))
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
+listeners = [socket.create_server((host, port + index)) for index in range(len(sessions))]
+print("listening", flush=True)
+def serve(conn):
+    try:
+        tls = context.wrap_socket(conn, server_side=True)
+        first = b""
+        while b"\n" not in first:
+            chunk = tls.recv(65536)
+            if not chunk:
+                return
+            first += chunk
+        start, name = time.monotonic(), first.split(b"\n", 1)[0].decode()
+        records = sessions[name]
+        origin = next(at for at, side, _ in records if side == "c")
+        got = [len(first)]
+        def read():
+            try:
+                while chunk := tls.recv(65536):
+                    got[0] += len(chunk)
+            except OSError:
+                pass
+        reader = threading.Thread(target=read, daemon=True); reader.start()
+        sent = 0
+        for at, side, size in records:
+            if side != "s" or at < origin:
+                continue
+            time.sleep(max(0.0, start + (at - origin) / speed - time.monotonic()))
+            try:
+                tls.sendall(b"y" * size); sent += 1
+            except OSError:
+                break
+        reader.join(timeout=3 + records[-1][0] / speed)
+        print(json.dumps({"session": name, "got": got[0], "sent": sent}), flush=True)
+    except OSError as error:
+        print("error", error, flush=True)
+def accept(listener):
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=serve, args=(conn,), daemon=True).start()
+for listener in listeners:
+    threading.Thread(target=accept, args=(listener,), daemon=True).start()
+threading.Event().wait()
+"""
+
+CLIENT = r"""
+import json, socket, ssl, sys, threading, time
+host, port, table, speed = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
+sessions = json.load(open(table))
+context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+def play(name, records, port):
+    try:
+        tls = context.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname="ssh.lab")
+    except OSError as error:
+        print(json.dumps({"session": name, "error": str(error)}), flush=True)
+        return
+    start, sent, first, closed, received = time.monotonic(), 0, True, [False], [0]
+    def read():
+        try:
+            while chunk := tls.recv(65536):
+                received[0] += len(chunk)
+        except OSError:
+            pass
+        closed[0] = True
+    threading.Thread(target=read, daemon=True).start()
+    origin = next(at for at, side, _ in records if side == "c")
+    for at, side, size in records:
+        if side != "c" or at < origin:
+            continue
+        time.sleep(max(0.0, start + (at - origin) / speed - time.monotonic()))
+        payload = (name.encode() + b"\n").ljust(size, b" ") if first else b"x" * size
+        first = False
+        try:
+            tls.sendall(payload); sent += 1
+        except OSError:
+            break
+    time.sleep(max(0.0, start + (records[-1][0] - origin) / speed + 1.0 - time.monotonic()))
+    expected = sum(size for at, side, size in records if side == "s" and at >= origin)
+    row = {"session": name, "port": port, "sent": sent, "closed": closed[0], "received": received[0]}
+    print(json.dumps({**row, "expected": expected}), flush=True)
+    tls.close()
+threads = [threading.Thread(target=play, args=(*item, port + index)) for index, item in enumerate(sessions.items())]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+"""
+
+
+@pytest.fixture(scope="module")
+def replay(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[SecurityLab, Kit]]:
+    source = POLICY.read_text()
+    anchor = "ports: [8443, 8444, 8445, 8447, 8448, 8449, 8080]}"
+    detectors = "detectors: {mining: block, tunnel: block, crypto_node: block}"
+    assert anchor in source and detectors in source
+    policy = tmp_path_factory.mktemp("mining-shape") / "mining-shape-policy.yaml"
+    ports = ", ".join(str(PORT + index) for index in range(len(SESSIONS)))
+    source = source.replace(anchor, anchor.replace("8080]", f"8080, {ports}]"))
+    shape = f"mining_shape: block, mining_shape_window: {WINDOW}}}"
+    policy.write_text(
+        source.replace(detectors, detectors.replace("crypto_node: block}", f"crypto_node: block, {shape}"))
+    )
+    lab = lab_factory(policy)
+    tools = kit(lab)
+    table = tools.root / "mining-sessions.json"
+    cut = {name: [record for record in trace[1] if record[0] <= HORIZON] for name, trace in SESSIONS.items()}
+    table.write_text(json.dumps(cut))
+    pool = [sys.executable, "-c", POOL, ATTACK, str(PORT), str(tools.cert), str(tools.key), str(table), str(SPEED)]
+    lab.attacker("replay-pool", pool).wait_for("listening")
+    yield lab, tools
+
+
+def _lines(log: str, key: str) -> dict[str, dict[str, object]]:
+    rows = [json.loads(line) for line in log.splitlines() if line.startswith("{")]
+    return {str(row["session"]): row for row in rows if key in row}
+
+
+def test_mining_sessions_replayed_inside_tls_are_found_by_their_shape(replay: tuple[SecurityLab, Kit]) -> None:
+    lab, tools = replay
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # binds ssh.lab to the rule's address (the SNI)
+    pool = next(p for p in lab.processes if p.name == "replay-pool")
+    since = time.time()
+    with lab.capture("mining-shape") as capture:
+        done = lab.sandbox_python(CLIENT, ATTACK, str(PORT), str(tools.root / "mining-sessions.json"), str(SPEED),
+                                  timeout=60)  # fmt: skip
+    crossed = capture.result
+    assert crossed is not None
+    clients = _lines(done.stdout, "port")
+    assert set(clients) == set(SESSIONS), done.stdout + done.stderr
+    port = {name: int(str(row["port"])) for name, row in clients.items()}
+    found = lab.records_until(
+        since, lambda rs: {port[name] for name in FOUND_IN_A_MINUTE} <= {r.dport for r in rs if r.dst == ATTACK}
+    )
+    by_session = {name: [r for r in found if r.dst == ATTACK and r.dport == port[name]] for name in clients}
+    pools: dict[str, dict[str, object]] = {}
+
+    def pool_done() -> bool:
+        pools.update(_lines(pool.log(), "got"))
+        return set(pools) == set(SESSIONS)
+
+    eventually(pool_done, timeout=30)
+    recorded = sorted(name for name, records in by_session.items() if records)
+    found_bytes = sum(crossed.bytes_to(ATTACK, port[name], "tcp") for name in FOUND_IN_A_MINUTE)
+    missed_bytes = sum(crossed.bytes_to(ATTACK, port[name], "tcp") for name in MISSED)
+    for name in SESSIONS:  # the measurement, for the closing note (pytest -s)
+        evidence = [r.evidence for r in by_session[name]]
+        print(f"{name}: pool got {pools[name]['got']} B; client {clients[name]}; records {evidence}")
+    for name in SESSIONS:  # the measurement, for the closing note (pytest -s)
+        evidence = [r.evidence for r in by_session[name]]
+        print(f"{name}: pool got {pools[name]['got']} B; client {clients[name]}; records {evidence}")
+    note = f"replayed {SPEED:.0f}x faster, window {WINDOW} s; benign control recorded: {'POLLER' in recorded}"
+    report("opaque/mining-in-tls-shape-found", "mining", found_bytes,
+           any(not clients[name]["closed"] for name in FOUND_IN_A_MINUTE), "mining" if recorded else None,
+           f"{len(set(recorded) & set(traces.ALL))} of {len(traces.ALL)} corpus sessions blocked in their first "
+           f"minute; {note}")  # fmt: skip
+    report("opaque/mining-in-tls-shape-missed", "mining", missed_bytes, True, None,
+           f"known gap: {len(MISSED)} sessions show too little in their first minute (docs/security.md)")  # fmt: skip
+    for name in FOUND_IN_A_MINUTE:  # recorded as mining by the shape, closed before the session's end
+        (record,) = by_session[name]
+        assert (str(record.category), record.protocol, record.detector) == ("mining", "mining-in-tls", "tls-shape")
+        assert (str(record.reason), str(record.action)) == ("mining", "block"), record
+        assert "pushes" in record.evidence and "shares" in record.evidence, record.evidence
+        row = clients[name]
+        assert row["closed"] and int(str(row["received"])) < int(str(row["expected"])), row
+    for name in [*MISSED, "POLLER"]:  # not recorded, and the whole session crossed both ways
+        assert by_session[name] == [], (name, by_session[name])
+        row = clients[name]
+        assert not row["closed"] and row["received"] == row["expected"], row
+        assert pools[name]["got"] == sum(size for at, side, size in SESSIONS[name][1] if side == "c" and at <= HORIZON)
