@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import gzip
 import json
+import logging
 import lzma
+import os
 import pathlib
 import struct
 import subprocess
@@ -28,8 +30,17 @@ JSON_FIELDS = {
 
 
 def egress(*args: str) -> subprocess.CompletedProcess[str]:
-    """``egress ARGS`` in this process: its exit code, standard output and standard error."""
-    result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    """``egress ARGS`` in this process: its exit code, standard output and standard error. The environment and the
+    root logger are put back afterwards: the long-running commands set both up for their child processes
+    (`egress.logsetup`) before they check the rest of their options."""
+    environment, root = dict(os.environ), logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+    finally:
+        os.environ.clear()
+        os.environ.update(environment)
+        root.handlers[:], root.level = handlers, level
     return subprocess.CompletedProcess(list(args), result.exit_code, result.stdout, result.stderr)
 
 
