@@ -15,8 +15,9 @@ current one included (`minutes`); a window is read as the fewest whole days, hou
 
 from __future__ import annotations
 
+import functools
 import math
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import Final
 
 from egress.record.layout import counts_key, destinations_key
@@ -185,10 +186,12 @@ def _field_key(by: str, sandbox: str, field: str) -> str:
     return field
 
 
-def _keys(by: str, sandbox: str, first: int, last: int) -> Iterator[str]:
+@functools.lru_cache(maxsize=4096)
+def _keys(by: str, sandbox: str, first: int, last: int) -> tuple[str, ...]:
+    """The hashes that cover the minutes ``first``..``last`` of a sandbox. Kept: a window moves once a minute, so
+    every request of that minute names the same few hundred keys (names only: what they hold is read each time)."""
     make = destinations_key if by == "destination" else counts_key
-    for unit, period in cover(first, last):
-        yield make(sandbox, unit, period)
+    return tuple(make(sandbox, unit, period) for unit, period in cover(first, last))
 
 
 def counts_by_minutes(
@@ -200,7 +203,7 @@ def counts_by_minutes(
         raise ValueError(f"by must be one of {', '.join(BY)}, got {by!r}")
     calls: list[ScriptCall] = []
     for sandbox in sandboxes:
-        groups = [list(_keys(by, sandbox, first, last)) for first, last in spans]
+        groups = [_keys(by, sandbox, first, last) for first, last in spans]
         calls.append(([key for group in groups for key in group], [len(group) for group in groups]))
     totals: list[dict[str, int]] = [{} for _ in spans]
     for sandbox, summed in zip(sandboxes, redis.run_each(_SUM_SCRIPT, calls), strict=True):
