@@ -25,7 +25,7 @@ from egress.record.layout import decode_entry, stream_key
 from egress.record.redis_facade import RedisFacade, StreamEntry
 from egress.record.schema import AttemptRecord, id_time
 from egress.record.store import RecordStore
-from egress.record.walk import find, records_by_time
+from egress.record.walk import find, walks
 
 __all__ = [
     "AttemptFilter",
@@ -116,22 +116,31 @@ Position = tuple[float, str, str]
 """(ts, sandbox, record id): the newest-first order of `list_attempts` sorts by this, descending."""
 
 
-def _walk(
-    redis: RedisFacade, sandbox: str, flt: AttemptFilter, after: Position | None
-) -> Iterator[tuple[Position, AttemptRecord]]:
-    """One sandbox's records in the time window strictly after ``after`` in newest-first order."""
+def _walks(
+    redis: RedisFacade, names: Sequence[str], flt: AttemptFilter, after: Position | None
+) -> list[Iterator[tuple[Position, AttemptRecord]]]:
+    """Each sandbox's records in the time window strictly after ``after`` in newest-first order (their first index
+    pages read in one round trip)."""
     low = -math.inf if flt.since is None else flt.since
     high = math.inf if flt.until is None else flt.until
-    start: tuple[float, str] | None = None
-    if after is not None:
-        ts, at_sandbox, record_id = after
-        if sandbox < at_sandbox:  # sorts after the cursor's sandbox at an equal time: that time is still to come
-            start = (ts, "~")  # "~" sorts after every id
-        elif sandbox > at_sandbox:
-            start = (ts, "")
-        else:
-            start = (ts, record_id)
-    for record in records_by_time(redis, sandbox, low, high, descending=True, after=start):
+    starts: list[tuple[float, str] | None] = []
+    for sandbox in names:
+        start: tuple[float, str] | None = None
+        if after is not None:
+            ts, at_sandbox, record_id = after
+            if sandbox < at_sandbox:  # sorts after the cursor's sandbox at an equal time: that time is still to come
+                start = (ts, "~")  # "~" sorts after every id
+            elif sandbox > at_sandbox:
+                start = (ts, "")
+            else:
+                start = (ts, record_id)
+        starts.append(start)
+    records = walks(redis, names, low, high, starts, descending=True)
+    return [_positions(sandbox, walk) for sandbox, walk in zip(names, records, strict=True)]
+
+
+def _positions(sandbox: str, records: Iterator[AttemptRecord]) -> Iterator[tuple[Position, AttemptRecord]]:
+    for record in records:
         yield (record.ts, sandbox, record.id), record
 
 
@@ -147,8 +156,7 @@ def list_attempts(
         raise ValueError(f"time range inverted: since {flt.since} is after until {flt.until}")
     after = decode_cursor(cursor) if cursor is not None else None
     names = [flt.sandbox] if flt.sandbox is not None else store.sandboxes()
-    walks = [_walk(store.redis, name, flt, after) for name in names]
-    merged = heapq.merge(*walks, key=lambda item: item[0], reverse=True)
+    merged = heapq.merge(*_walks(store.redis, names, flt, after), key=lambda item: item[0], reverse=True)
     found: list[AttemptRecord] = []
     last: Position | None = None
     for examined, (position, record) in enumerate(merged, 1):

@@ -1,40 +1,46 @@
 """Reading one sandbox's records back by time from the entry layout (`egress.record.layout`).
 
 The time index scores each stream entry with the time of its first record, and an entry spans at most `SPAN`
-seconds, so the records of a window ``[low, high]`` are in the entries scored in ``[low - SPAN, high]``. Walking
-the index in score order and holding back the records that a later entry could still precede gives the records
-in exact (ts, id) order, a few index pages at a time. A count update carries its record's ``ts``, so it is final
-with it and is folded into it (`aggregate.fold`) before the record is handed out: one record per attempt with its
-total count. Sends its commands through the store's `RedisFacade`; Redis errors propagate (`STORE_ERRORS`).
+seconds, so the records of a window ``[low, high]`` are in the entries scored in ``[low - SPAN, high]``. A walk
+reads the index a page at a time in score order and merges the entries it has read (each kept sorted by the read
+cache) record by record: a record is handed out once no entry still unread can hold one that comes before it, so
+the records come in exact (ts, id) order and a reader that stops early pays for the records it took, not for every
+record of the entries it had to look at. A count update carries its record's ``ts``, so it is final with it and is
+folded into it (`aggregate.fold`) before the record is handed out: one record per attempt with its total count.
+Index pages continue from the last score read (not from an offset), so an entry written meanwhile neither shifts a
+walk nor is read twice. Sends its commands through the store's `RedisFacade`; Redis errors propagate
+(`STORE_ERRORS`).
 """
 
 from __future__ import annotations
 
+import bisect
+import heapq
 import itertools
 import json
 import math
+import operator
 from collections.abc import Iterator, Sequence
 from typing import Final
 
 from egress.record.aggregate import fold
-from egress.record.layout import (
-    ENTRY_RECORDS,
-    SPAN,
-    Counted,
-    decode_counted,
-    decode_entry,
-    decode_payload,
-    index_key,
-    stream_key,
-)
+from egress.record.layout import SPAN, decode_entry, decode_payload, index_key, stream_key
 from egress.record.read_cache import ENTRIES
-from egress.record.redis_facade import RedisFacade, Script, optional_text
+from egress.record.redis_facade import RedisFacade, Script, UnexpectedReply, optional_text, text
 from egress.record.schema import AttemptRecord
 
-FIRST_PAGE: Final = 4
-"""Index entries read by the first round trip of a walk (an entry holds up to `layout.CHUNK` records)."""
-MAX_PAGE: Final = 64
+FIRST_PAGE: Final = 32
+"""Index entries read by the first round trip of a walk: about the `SPAN` seconds a walk must look past a record
+before handing it out, for a sandbox that has an entry a second (the recorder's tick)."""
+MAX_PAGE: Final = 128
 """Index entries per round trip once a walk goes on."""
+
+_TIME: Final = operator.attrgetter("ts")
+
+
+def _order(record: AttemptRecord) -> tuple[float, str]:
+    return record.ts, record.id
+
 
 # KEYS: index, stream. ARGV: low, high (scores), the record id quoted as in the JSON ('"<id>"': as ``id`` and as
 # ``update_of``). The records (JSON) of the entries in range that hold it, as one JSON array of arrays, or false.
@@ -59,6 +65,30 @@ return '[' .. table.concat(found, ',') .. ']'
 )
 
 
+def _scored(reply: object) -> list[tuple[str, float]]:
+    """The index page script's reply: (member, score) pairs."""
+    words = text(reply).split()
+    if len(words) % 2:
+        raise UnexpectedReply(f"expected members and scores, got {reply!r:.80}")
+    try:
+        return list(zip(words[0::2], map(float, words[1::2]), strict=True))
+    except ValueError:
+        raise UnexpectedReply(f"expected members and scores, got {reply!r:.80}") from None
+
+
+# KEYS: index. ARGV: the first and last score bound in the order read, offset, count, "1" to read descending.
+# ZRANGE ... WITHSCORES as one string "member score member score ...": a page of index members is one bulk reply,
+# not three reply elements per member to parse (what a walk reads most).
+_PAGE_SCRIPT: Final = Script(
+    """
+local options = {'BYSCORE', 'LIMIT', ARGV[3], ARGV[4], 'WITHSCORES'}
+if ARGV[5] == '1' then table.insert(options, 1, 'REV') end
+return table.concat(redis.call('ZRANGE', KEYS[1], ARGV[1], ARGV[2], unpack(options)), ' ')
+""",
+    _scored,
+)
+
+
 def score(value: float) -> str:
     """A time as a Redis score bound."""
     if math.isinf(value):
@@ -67,21 +97,117 @@ def score(value: float) -> str:
 
 
 def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) -> list[list[AttemptRecord]]:
-    """The records of these stream entries, one round trip for those not in the process's `read_cache`; [] for
-    an entry trimmed since the index was read."""
+    """The records of these stream entries, each sorted by (ts, id), one round trip for those not in the
+    process's `read_cache`; [] for an entry trimmed since the index was read. The lists are shared: never change
+    them."""
     stream = stream_key(sandbox)
     found = [ENTRIES.get((redis.url, stream, entry_id)) for entry_id in entry_ids]
     missing = [entry_id for entry_id, records in zip(entry_ids, found, strict=True) if records is None]
-    fetched = dict(zip(missing, redis.xrange_each(stream, missing), strict=True))
+    fetched = dict(zip(missing, redis.xrange_each(stream, missing), strict=True)) if missing else {}
     out = []
     for entry_id, records in zip(entry_ids, found, strict=True):
         if records is None:
             entry = fetched[entry_id]
-            records = decode_entry(entry[1]) if entry is not None else []
+            records = sorted(decode_entry(entry[1]), key=_order) if entry is not None else []
             if entry is not None:
                 ENTRIES.put((redis.url, stream, entry_id), records)
         out.append(records)
     return out
+
+
+def _page_args(low: float, high: float, skip: int, size: int, descending: bool) -> list[str | int]:
+    """`_PAGE_SCRIPT`'s arguments for the members scored in ``[low, high]``."""
+    bounds = (score(high), score(low)) if descending else (score(low), score(high))
+    return [*bounds, skip, size, int(descending)]
+
+
+def index_pages(
+    redis: RedisFacade,
+    sandbox: str,
+    low: float,
+    high: float,
+    *,
+    descending: bool,
+    first: list[tuple[str, float]] | None = None,
+) -> Iterator[list[tuple[str, float]]]:
+    """The index members (entry id, score) scored in ``[low, high]``, in score order, a page at a time (pages
+    grow from `FIRST_PAGE` to `MAX_PAGE`; ``first``: the first page, read already). A page goes on from the last
+    score read, skipping the members of that score already read: a member added meanwhile shifts nothing and none
+    is read twice."""
+    index = index_key(sandbox)
+    edge: float | None = None
+    at_edge: set[str] = set()
+    size = FIRST_PAGE
+    while True:
+        if first is not None:
+            page, first = first, None
+        else:
+            page = redis.run(_PAGE_SCRIPT, [index], _page_args(low, high, len(at_edge), size, descending))
+        fresh = [(member, value) for member, value in page if value != edge or member not in at_edge]
+        if fresh:
+            yield fresh
+        if len(page) < size:
+            return
+        last = page[-1][1]
+        if last != edge:
+            edge, at_edge = last, set()
+        at_edge.update(member for member, value in page if value == last)
+        if descending:
+            high = last
+        else:
+            low = last
+        size = min(size * 4, MAX_PAGE)
+
+
+class _Merge:
+    """The entries a walk has read, merged: each entry's next record in the window, in a heap by signed time."""
+
+    def __init__(self, low: float, high: float, descending: bool) -> None:
+        self.low, self.high = low, high
+        self.sign, self.step = (-1.0, -1) if descending else (1.0, 1)
+        self.descending = descending
+        self.entries: list[list[AttemptRecord]] = []
+        self.heap: list[tuple[float, int, int]] = []
+        """(signed ts of the entry's next record, the entry's number, that record's position in the entry)."""
+
+    def add(self, records: list[AttemptRecord]) -> None:
+        """An entry's records (sorted by (ts, id))."""
+        if self.descending:
+            at = bisect.bisect_right(records, self.high, key=_TIME) - 1
+        else:
+            at = bisect.bisect_left(records, self.low, key=_TIME)
+        self._push(records, len(self.entries), at)
+        self.entries.append(records)
+
+    def _push(self, records: list[AttemptRecord], number: int, at: int) -> None:
+        if 0 <= at < len(records) and self.low <= records[at].ts <= self.high:
+            heapq.heappush(self.heap, (self.sign * records[at].ts, number, at))
+
+    def take(self, bound: float) -> Iterator[list[AttemptRecord]]:
+        """The records whose signed time is below ``bound``, a time at a time, in order."""
+        heap = self.heap
+        while heap and heap[0][0] < bound:
+            key = heap[0][0]
+            group = []
+            while heap and heap[0][0] == key:
+                _, number, at = heapq.heappop(heap)
+                records = self.entries[number]
+                ts = records[at].ts
+                while 0 <= at < len(records) and records[at].ts == ts:
+                    group.append(records[at])
+                    at += self.step
+                self._push(records, number, at)
+            yield group
+
+
+def _window(low: float, high: float, after: tuple[float, str] | None, descending: bool) -> tuple[float, float] | None:
+    """The times a walk strictly after ``after`` may hand out; None when there are none."""
+    if after is not None:
+        if descending:
+            high = min(high, after[0])
+        else:
+            low = max(low, after[0])
+    return (low, high) if low <= high else None
 
 
 def records_by_time(
@@ -92,51 +218,68 @@ def records_by_time(
     *,
     descending: bool = False,
     after: tuple[float, str] | None = None,
+    first: list[tuple[str, float]] | None = None,
 ) -> Iterator[AttemptRecord]:
     """Records of ``sandbox`` with ``low <= ts <= high`` in (ts, id) order (descending when asked), strictly
-    after the position ``after`` (a (ts, id) pair) in that order. Lazy: reads the index a page at a time."""
-    if after is not None:
-        if descending:
-            high = min(high, after[0])
-        else:
-            low = max(low, after[0])
-    if low > high:
+    after the position ``after`` (a (ts, id) pair) in that order. Lazy: reads the index a page at a time (the
+    first may be given: `walks`), and takes from the entries read only the records it hands out."""
+    window = _window(low, high, after, descending)
+    if window is None:
         return
-    index = index_key(sandbox)
-    top, bottom = score(high), score(low - SPAN)
-    pending: list[AttemptRecord] = []
-    offset, size = 0, FIRST_PAGE
-    while True:
-        page = redis.zrange_by_score_with_scores(index, bottom, top, offset, size, descending=descending)
+    low, high = window
+    merge = _Merge(low, high, descending)
+    for page in index_pages(redis, sandbox, low - SPAN, high, descending=descending, first=first):
         for records in fetch_entries(redis, sandbox, [member for member, _ in page]):
-            pending.extend(r for r in records if low <= r.ts <= high)
-        done = len(page) < size
-        pending.sort(key=lambda record: (record.ts, record.id), reverse=descending)
-        if done:
-            yield from _final(pending, after, descending)
-            return
+            merge.add(records)
         # Entries not read yet score at most (at least, ascending) the last score read: a record of theirs is
         # within SPAN above it (at or above it), so what lies beyond that bound is final (and so are the count
         # updates of a record beyond it: they carry its ts).
         last = page[-1][1]
-        ready = 0
-        if descending:
-            while ready < len(pending) and pending[ready].ts > last + SPAN:
-                ready += 1
-        else:
-            while ready < len(pending) and pending[ready].ts < last:
-                ready += 1
-        yield from _final(pending[:ready], after, descending)
-        del pending[:ready]
-        offset += len(page)
-        size = min(size * 4, MAX_PAGE)
+        for group in merge.take(-(last + SPAN) if descending else last):
+            yield from _final(group, after, descending)
+    for group in merge.take(math.inf):
+        yield from _final(group, after, descending)
+
+
+def walks(
+    redis: RedisFacade,
+    sandboxes: Sequence[str],
+    low: float,
+    high: float,
+    afters: Sequence[tuple[float, str] | None],
+    *,
+    descending: bool,
+) -> list[Iterator[AttemptRecord]]:
+    """`records_by_time` of each sandbox (``afters``: each one's position), their first index pages read at once:
+    one round trip for all of them rather than one per sandbox as a merge starts them."""
+    windows = [_window(low, high, after, descending) for after in afters]
+    calls = [
+        ([index_key(sandbox)], _page_args(window[0] - SPAN, window[1], 0, FIRST_PAGE, descending))
+        for sandbox, window in zip(sandboxes, windows, strict=True)
+        if window is not None
+    ]
+    firsts = iter(redis.run_each(_PAGE_SCRIPT, calls))
+    return [
+        records_by_time(
+            redis,
+            sandbox,
+            low,
+            high,
+            descending=descending,
+            after=after,
+            first=next(firsts) if window is not None else None,
+        )
+        for sandbox, after, window in zip(sandboxes, afters, windows, strict=True)
+    ]
 
 
 def _final(records: list[AttemptRecord], after: tuple[float, str] | None, descending: bool) -> list[AttemptRecord]:
-    """Final records (sorted) with their updates folded in, those strictly after ``after``."""
+    """Records of one time with their updates folded in, sorted, those strictly after ``after``."""
+    if len(records) == 1 and not records[0].update_of:
+        return records if _beyond(records[0], after, descending) else []
     if any(record.update_of for record in records):
         records = fold(records)
-        records.sort(key=lambda record: (record.ts, record.id), reverse=descending)
+    records.sort(key=_order, reverse=descending)
     return [record for record in records if _beyond(record, after, descending)]
 
 
@@ -165,22 +308,6 @@ def find(redis: RedisFacade, sandboxes: Sequence[str], record_id: str, near: flo
         if mine:
             return fold(mine)[0]
     return None
-
-
-def entry_records_in_range(redis: RedisFacade, sandbox: str, low: float, high: float) -> Iterator[Counted]:
-    """The records (what counting needs of them, unchecked) of the entries that may hold times in ``[low, high]``,
-    in no particular order; the caller checks each record's ``ts``."""
-    index, stream = index_key(sandbox), stream_key(sandbox)
-    offset, page = 0, MAX_PAGE
-    while True:
-        members = redis.zrange_by_score(index, score(low - SPAN), score(high), offset, page)
-        for entry in redis.xrange_each(stream, members):
-            payload = entry[1].get(ENTRY_RECORDS) if entry is not None else None
-            if payload is not None:
-                yield from decode_counted(payload)
-        if len(members) < page:
-            return
-        offset += len(members)
 
 
 def read_page(

@@ -185,6 +185,21 @@ def test_counters_agree_with_the_records_over_any_window(server: RedisServer, tm
     store.close()
 
 
+@pytest.mark.parametrize(
+    "host",
+    ['a"b', "back\\slash", "new\nline\ttab\x01", "ünï.例え.jp", "😀.example", "a/b", "{}[],:", "", " "],
+)
+def test_counts_of_any_name_and_any_size_come_back_exact(server: RedisServer, tmp_path: Path, host: str) -> None:
+    """The sums come back as JSON text built in Lua: every name escaped, every total exact (beyond 2**32 too)."""
+    store = _store(server.url, tmp_path)
+    big = 2**40 + 3
+    store.write([record(T0, host=host, count=big), record(T0 + 1, host="plain.example", dst="192.0.2.1")])
+    expected = {host or "203.0.113.9": big, "plain.example": 1}
+    assert query.counts(store, T0 - 60, T0 + 60, "destination") == expected
+    assert query.counts(store, T0 - 60, T0 + 60, "sandbox") == {"agents": big + 1}
+    store.close()
+
+
 def test_counters_expire_with_the_records_age_retention(server: RedisServer, tmp_path: Path) -> None:
     store = _store(server.url, tmp_path, retention_max_age_days=1)
     store.write([record(T0)])

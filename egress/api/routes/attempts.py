@@ -8,11 +8,12 @@ from typing import Annotated, Any, Final
 
 from fastapi import APIRouter, Query, Request, params
 from fastapi import Path as PathParam
-from fastapi.responses import StreamingResponse
+from fastapi.responses import Response, StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from egress.api import models
 from egress.api.errors import ApiError
+from egress.api.respond import json_response
 from egress.api.routes import NoQuery
 from egress.api.settings import Settings
 from egress.correlate import Correlator
@@ -29,7 +30,7 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     slack = settings.slack
 
     @routes.get("/v1/attempts", tags=["attempts"], response_model=models.AttemptPage, dependencies=[reader])
-    def attempts(params: Annotated[models.AttemptsQuery, Query()]) -> dict[str, Any]:
+    def attempts(params: Annotated[models.AttemptsQuery, Query()]) -> Response:
         """Attempts, newest first, filtered; pass ``next_cursor`` back as ``cursor`` for the next page."""
         flt = query.AttemptFilter(
             sandbox=params.sandbox,
@@ -43,20 +44,18 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
             page, next_cursor = query.list_attempts(store, flt, params.limit, params.cursor)
         except ValueError as error:
             raise ApiError(400, str(error), "cursor" if params.cursor is not None else None) from None
-        body: dict[str, Any] = {"attempts": [record.to_json() for record in page], "next_cursor": next_cursor}
-        if params.correlate:
-            body["correlated"] = _correlated(store, page, slack)
-        return body
+        correlated = _correlated(store, page, slack) if params.correlate else None
+        return json_response({"attempts": page, "next_cursor": next_cursor, "correlated": correlated})
 
     @routes.get(
         "/v1/attempts/{attempt_id}", tags=["attempts"], response_model=models.AttemptDetail, dependencies=[reader]
     )
-    def attempt(attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> dict[str, Any]:
+    def attempt(attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> Response:
         """One attempt and the actions of its sandbox it belongs to (egress.correlate: containment wins)."""
         record = query.get_attempt(store, attempt_id)
         if record is None:
             raise ApiError(404, f"no attempt {attempt_id}", "attempt_id")
-        return {"attempt": record.to_json(), "actions": _correlated(store, [record], slack)[record.id]}
+        return json_response({"attempt": record, "actions": _correlated(store, [record], slack)[record.id]})
 
     @routes.get(
         "/v1/follow",

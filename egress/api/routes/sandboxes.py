@@ -5,9 +5,11 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Query, params
 from fastapi import Path as PathParam
+from fastapi.responses import Response
 
 from egress.api import models
 from egress.api.errors import ApiError
+from egress.api.respond import json_response
 from egress.api.routes import NoQuery
 from egress.api.settings import Settings
 from egress.correlate import timeline
@@ -20,16 +22,16 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     slack = settings.slack
 
     @routes.get("/v1/sandboxes", tags=["sandboxes"], response_model=models.Sandboxes, dependencies=[reader])
-    def sandboxes(_: NoQuery) -> dict[str, Any]:
+    def sandboxes(_: NoQuery) -> Response:
         """Names of the sandboxes that have records."""
-        return {"sandboxes": store.sandboxes()}
+        return json_response({"sandboxes": store.sandboxes()})
 
     @routes.get(
         "/v1/sandboxes/{sandbox}/timeline", tags=["sandboxes"], response_model=models.Timeline, dependencies=[reader]
     )
     def sandbox_timeline(
         sandbox: Annotated[str, PathParam(max_length=256)], params: Annotated[models.TimelineQuery, Query()]
-    ) -> dict[str, Any]:
+    ) -> Response:
         """Actions and attempts of one sandbox interleaved by time, oldest first (at most ``limit`` of each)."""
         until = params.until if params.until is not None else time.time()
         since = params.since if params.since is not None else max(0.0, until - 86400)
@@ -37,14 +39,12 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
             raise ApiError(400, "time range inverted: since is after until (until defaults to now)", "since")
         found = query.attempts_for_sandbox(store, sandbox, since, until, params.limit)
         actions = query.read_actions(store, sandbox, since, until, params.limit)
-        items = []
+        items: list[dict[str, Any]] = []
         for item in timeline(actions, found, slack):
             if item.attempt is not None:
-                items.append(
-                    {"type": "attempt", "ts": item.ts, "attempt": item.attempt.to_json(), "related": list(item.related)}
-                )
+                items.append({"type": "attempt", "ts": item.ts, "attempt": item.attempt, "related": item.related})
             elif item.action is not None:
-                items.append({"type": "action", "ts": item.ts, "action": item.action.to_json()})
-        return {"sandbox": sandbox, "since": since, "until": until, "items": items}
+                items.append({"type": "action", "ts": item.ts, "action": item.action})
+        return json_response({"sandbox": sandbox, "since": since, "until": until, "items": items})
 
     return routes

@@ -2,11 +2,13 @@
 Both read the counters kept at write time (egress.record.stats): windows are whole minutes."""
 
 import time
-from typing import Annotated, Any
+from typing import Annotated
 
 from fastapi import APIRouter, Query, params
+from fastapi.responses import Response
 
 from egress.api import models
+from egress.api.respond import json_response
 from egress.record import query
 from egress.record.store import RecordStore
 
@@ -15,28 +17,27 @@ def router(store: RecordStore, reader: params.Depends) -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/v1/stats", tags=["stats"], response_model=models.Stats, dependencies=[reader])
-    def stats(params: Annotated[models.StatsQuery, Query()]) -> dict[str, Any]:
+    def stats(params: Annotated[models.StatsQuery, Query()]) -> Response:
         """Attempts over the last ``window`` seconds, in whole minutes (``since``: the start of the first one),
         counted by one field (aggregates count as their ``count``)."""
         until = time.time()
         since = query.window_start(params.window, until)
-        return {
-            "window_s": params.window,
-            "by": params.by,
-            "since": since,
-            "until": until,
-            "counts": query.counts(store, since, until, params.by),
-        }
+        counts = query.counts(store, since, until, params.by)
+        return json_response(
+            {"window_s": params.window, "by": params.by, "since": since, "until": until, "counts": counts}
+        )
 
     @routes.get("/v1/stats/series", tags=["stats"], response_model=models.Series, dependencies=[reader])
-    def series(params: Annotated[models.SeriesQuery, Query()]) -> dict[str, Any]:
+    def series(params: Annotated[models.SeriesQuery, Query()]) -> Response:
         """The window cut into at most ``buckets`` equal spans of whole minutes (of whole hours or days when a
         span is that long), counted by one field in each (the dashboard's chart)."""
         buckets = query.series(store, params.window, time.time(), params.buckets, params.by)
-        return {
-            "window_s": params.window,
-            "by": params.by,
-            "buckets": [{"start": b.start, "end": b.end, "counts": b.counts} for b in buckets],
-        }
+        return json_response(
+            {
+                "window_s": params.window,
+                "by": params.by,
+                "buckets": [{"start": b.start, "end": b.end, "counts": b.counts} for b in buckets],
+            }
+        )
 
     return routes
