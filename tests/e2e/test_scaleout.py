@@ -27,7 +27,9 @@ from fastapi.testclient import TestClient
 from egress.api.app import create_app
 from egress.lab import netns
 from egress.lab.demo import GatewayRun
+from egress.policy_release import release
 from egress.record.layout import sandbox_tag
+from egress.record.policy_store import PolicyHistory
 from egress.record.schema import AttemptRecord
 from tests.api import READ, auth, settings
 from tests.e2e.relay import Relay
@@ -265,8 +267,31 @@ def test_two_gateways_record_into_one_cluster_through_a_master_failover(
     # The API answers across both gateways with the same records.
     api = _api_records(scaleout.url, tmp_path / "api-spool")
     assert {r.id for g in both for r in _ours(api, g)} == {r.id for g in both for r in _ours(records, g)}
-    # TODO(policystore, issue 11 "one policy for all"): publish a new policy version through Redis here and wait
-    # until both gateways report running it (each gateway's reported version, read from the Cluster).
+    # One policy for all: a version released into the Cluster reaches both gateways, each reports running it.
+    _released_to_both(scaleout.url, both)
+
+
+def _released_to_both(url: str, both: tuple[Gateway, Gateway]) -> None:
+    """Release a new fleet version (the first gateway's file and a line more) and wait until both gateways report
+    that they run it, as read back from the Cluster."""
+    text = both[0].run.policy.read_text() + "\n# the fleet's version (tests/e2e/test_scaleout.py)\n"
+    history = PolicyHistory.from_url(url)
+    try:
+        released = release(history, text, who="test", source="test_scaleout")
+        assert not released.unchanged
+
+        def running() -> bool:
+            reports = {report.gateway: report for report in history.gateways()}
+            for gateway in both:
+                report = reports.get(gateway.name)
+                assert report is not None, f"{gateway.name} has not reported: {sorted(reports)}"
+                assert (report.state, report.version) == ("applied", released.version.version), report
+                assert report.digest == released.version.digest, report
+            return True
+
+        eventually(running, timeout=scaled(60), interval=0.5)
+    finally:
+        history.close()
 
 
 def _wait_blocked(gateway: Gateway, count: int) -> None:
