@@ -40,8 +40,9 @@ encrypted record is its Finished; the server's encrypted records before it are i
   terminal (either side types: ``ssh -R`` puts the keyboard at the far end).
 
 Known gaps (docs/security.md, "Opaque streams"): record padding (TLS 1.3 allows it) or a wrapper that coalesces
-packets hides the SSH sizes; a line-mode shell (no echo) is a request-response exchange like any RPC; Stratum or
-another small-message protocol inside TLS is not told apart from legitimate RPC over TLS.
+packets hides the SSH sizes; a line-mode shell (no echo) is a request-response exchange like any RPC. A pool's
+session inside TLS is not this watcher's: `egress.detect.miningshape` reads the same records for job pushes and
+share answers over the first minute; a few calls that then leave (no session shape) stay untold from RPC over TLS.
 """
 
 from __future__ import annotations
