@@ -32,6 +32,7 @@ from typing import Final
 
 from egress.gateway.reload import PolicyVersion, Refused
 from egress.policy.model import Policy
+from egress.record.policy_store import version_label
 
 log = logging.getLogger("egress.proxy")
 
@@ -167,7 +168,7 @@ class WorkerControl:
     def commit(self, seq: int, digest: str) -> Reply:
         prepared = self.prepared
         if prepared is None or prepared.digest != digest:
-            return Reply(seq, False, self._digest(), f"sha256:{digest[:16]} was not prepared")
+            return Reply(seq, False, self._digest(), f"{version_label(digest)} was not prepared")
         self.prepared = None
         if self.on_commit is not None:
             self.on_commit(prepared)

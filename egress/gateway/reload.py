@@ -33,6 +33,7 @@ from egress.nft.render import GatewaySettings, render
 from egress.policy.loader import max_bytes, parse_policy
 from egress.policy.model import Policy
 from egress.policy.yamlnodes import Problem, RulesError, decode
+from egress.record.policy_store import version_label
 
 log = logging.getLogger("egress.gateway")
 
@@ -53,7 +54,7 @@ class PolicyVersion:
     @property
     def label(self) -> str:
         """How logs name the version (``sha256:`` and the first 16 hex digits)."""
-        return f"sha256:{self.digest[:16]}"
+        return version_label(self.digest)
 
 
 def load_version(path: str | Path) -> PolicyVersion:

@@ -63,6 +63,11 @@ _FIELD: Final = Script("return redis.call('HGET', KEYS[1], ARGV[1])", optional_t
 _SET_FIELD: Final = Script("return redis.call('HSET', KEYS[1], ARGV[1], ARGV[2])", integer)
 
 
+def version_label(digest: str) -> str:
+    """How logs and reports name a policy version: ``sha256:`` and the first 16 hex digits of its digest."""
+    return f"sha256:{digest[:16]}"
+
+
 @dataclass(frozen=True, slots=True)
 class StoredVersion:
     """One applied version of the fleet's policy."""
@@ -82,7 +87,7 @@ class StoredVersion:
 
     @property
     def label(self) -> str:
-        return f"sha256:{self.digest[:16]}"
+        return version_label(self.digest)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
@@ -121,7 +126,7 @@ class GatewayReport:
 
     @property
     def label(self) -> str:
-        return f"sha256:{self.digest[:16]}"
+        return version_label(self.digest)
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
