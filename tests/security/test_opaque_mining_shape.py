@@ -50,45 +50,46 @@ sessions = json.load(open(table))
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
 listeners = [socket.create_server((host, port + index)) for index in range(len(sessions))]
 print("listening", flush=True)
-def serve(conn):
+def serve(conn, name):
+    got, sent, first = [0], 0, b""
     try:
         tls = context.wrap_socket(conn, server_side=True)
-        first = b""
         while b"\n" not in first:
             chunk = tls.recv(65536)
             if not chunk:
-                return
+                break
             first += chunk
-        start, name = time.monotonic(), first.split(b"\n", 1)[0].decode()
-        records = sessions[name]
+        got[0] = len(first)
+        start, records = time.monotonic(), sessions[name]
         origin = next(at for at, side, _ in records if side == "c")
-        got = [len(first)]
         def read():
             try:
                 while chunk := tls.recv(65536):
                     got[0] += len(chunk)
             except OSError:
                 pass
-        reader = threading.Thread(target=read, daemon=True); reader.start()
-        sent = 0
-        for at, side, size in records:
-            if side != "s" or at < origin:
-                continue
-            time.sleep(max(0.0, start + (at - origin) / speed - time.monotonic()))
-            try:
-                tls.sendall(b"y" * size); sent += 1
-            except OSError:
-                break
-        reader.join(timeout=3 + records[-1][0] / speed)
-        print(json.dumps({"session": name, "got": got[0], "sent": sent}), flush=True)
-    except OSError as error:
-        print("error", error, flush=True)
-def accept(listener):
+        reader = threading.Thread(target=read, daemon=True)
+        if b"\n" in first:
+            reader.start()
+            for at, side, size in records:
+                if side != "s" or at < origin:
+                    continue
+                time.sleep(max(0.0, start + (at - origin) / speed - time.monotonic()))
+                try:
+                    tls.sendall(b"y" * size); sent += 1
+                except OSError:
+                    break
+            reader.join(timeout=3 + records[-1][0] / speed)
+        print(json.dumps({"session": name, "got": got[0], "sent": sent, "named": first.split(b"\n", 1)[0].decode()}),
+              flush=True)
+    except Exception as error:
+        print(json.dumps({"session": name, "got": got[0], "sent": sent, "error": repr(error)}), flush=True)
+def accept(listener, name):
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=serve, args=(conn,), daemon=True).start()
-for listener in listeners:
-    threading.Thread(target=accept, args=(listener,), daemon=True).start()
+        threading.Thread(target=serve, args=(conn, name), daemon=True).start()
+for listener, name in zip(listeners, sessions):
+    threading.Thread(target=accept, args=(listener, name), daemon=True).start()
 threading.Event().wait()
 """
 
@@ -185,7 +186,8 @@ def test_mining_sessions_replayed_inside_tls_are_found_by_their_shape(replay: tu
 
     def pool_done() -> bool:
         pools.update(_lines(pool.log(), "got"))
-        return set(pools) == set(SESSIONS)
+        assert set(pools) == set(SESSIONS), f"the pool has not reported {set(SESSIONS) - set(pools)}: {pool.log()}"
+        return True
 
     eventually(pool_done, timeout=30)
     recorded = sorted(name for name, records in by_session.items() if records)
@@ -194,9 +196,8 @@ def test_mining_sessions_replayed_inside_tls_are_found_by_their_shape(replay: tu
     for name in SESSIONS:  # the measurement, for the closing note (pytest -s)
         evidence = [r.evidence for r in by_session[name]]
         print(f"{name}: pool got {pools[name]['got']} B; client {clients[name]}; records {evidence}")
-    for name in SESSIONS:  # the measurement, for the closing note (pytest -s)
-        evidence = [r.evidence for r in by_session[name]]
-        print(f"{name}: pool got {pools[name]['got']} B; client {clients[name]}; records {evidence}")
+    for name in SESSIONS:  # every session reached the pool with its name line, and the pool read it to its end
+        assert pools[name].get("named") == name, (name, pools[name])
     note = f"replayed {SPEED:.0f}x faster, window {WINDOW} s; benign control recorded: {'POLLER' in recorded}"
     report("opaque/mining-in-tls-shape-found", "mining", found_bytes,
            any(not clients[name]["closed"] for name in FOUND_IN_A_MINUTE), "mining" if recorded else None,
