@@ -72,6 +72,12 @@ def log_meter_set(version: int) -> str:
     return f"logs{version}"
 
 
+def quarantine_set(version: int) -> str:
+    """The interval set of quarantined sandboxes' sources (``quarantine4``/``6``): every packet from or to them is
+    dropped before any other rule, established connections included (`egress.gateway.quarantine`)."""
+    return f"quarantine{version}"
+
+
 def set_id(sandbox_name: str) -> str:
     """The sandbox's name as it appears in set names, chain names and log prefixes."""
     safe = _NAME_UNSAFE.sub("_", sandbox_name)

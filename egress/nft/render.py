@@ -26,13 +26,14 @@ from egress.nft.names import (
     log_meter_set,
     log_prefix,
     pass_count_set,
+    quarantine_set,
     set_id,
     source_set,
 )
 from egress.policy.model import Mode, NetworkRule, Policy, Sandbox
 
 # allow_set is re-exported: egress.gateway.allowsets imports it from here.
-__all__ = ["GatewaySettings", "allow_set", "interfaces", "render", "render_lockdown"]
+__all__ = ["GatewaySettings", "allow_set", "interfaces", "render", "render_lockdown", "render_quarantine"]
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
@@ -177,8 +178,8 @@ def _check_ids(sandboxes: tuple[Sandbox, ...]) -> None:
         seen[key] = sandbox.name
 
 
-def render(policy: Policy, settings: GatewaySettings) -> str:
-    """The complete ruleset for ``policy`` as an ``nft -f`` script."""
+def render(policy: Policy, settings: GatewaySettings, quarantined: Iterable[str] = ()) -> str:
+    """The complete ruleset for ``policy`` as an ``nft -f`` script; ``quarantined``: names of sandboxes cut off."""
     _check_ids(policy.sandboxes)
     ifs = interfaces(policy, settings)
     on_sandbox = f"iifname {_one_of(ifs, quote=True)}"
@@ -186,10 +187,12 @@ def render(policy: Policy, settings: GatewaySettings) -> str:
     names = ", ".join(s.name for s in policy.sandboxes) or "none"
     out.open_table(f"egress ruleset for {policy.file} (sandboxes: {names})")
     _sets(out, policy.sandboxes)
+    _quarantine_sets(out, _quarantined_sources(policy, quarantined))
     _prerouting(out, policy.sandboxes, on_sandbox)
     _nat_prerouting(out, on_sandbox)
     _input(out, on_sandbox)
     _forward(out, policy.sandboxes, ifs, on_sandbox)
+    _output(out)
     if settings.masquerade:
         _nat_postrouting(out, policy.sandboxes)
     out.add("}")
@@ -236,6 +239,7 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     # It runs before conntrack (priority raw), so spoofed packets never create state.
     out.add("chain prerouting {", 1)
     out.add("type filter hook prerouting priority raw; policy accept;", 2)
+    _cut_off(out, "saddr")
     out.add(f"{on_sandbox} jump sandbox_sources", 2)
     out.add("}", 1)
     out.add("chain sandbox_sources {", 1)
@@ -306,6 +310,8 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     # Drop by default, whatever the interface: the sandbox interfaces choose what is inspected, not what is
     # protected, so a gateway run with a wrong interface name forwards nothing rather than everything.
     out.add("type filter hook forward priority filter; policy drop;", 2)
+    _cut_off(out, "saddr")
+    _cut_off(out, "daddr")  # replies to a quarantined sandbox, after the masquerade is undone
     out.add(f"{on_sandbox} jump sandbox_forward", 2)
     out.add(f"oifname {_one_of(ifs, quote=True)} jump to_sandbox", 2)
     out.add('counter comment "neither from nor to a sandbox interface: never forwarded"', 2)
@@ -337,6 +343,49 @@ def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     else:
         out.log_then("drop", LogKind.DROP, sandbox.name)
     out.add("}", 1)
+
+
+def _quarantined_sources(policy: Policy, quarantined: Iterable[str]) -> dict[int, list[str]]:
+    """The source networks of the quarantined sandboxes the policy has, per IP version (a name the policy no
+    longer has cuts nothing off)."""
+    names = set(quarantined)
+    nets = [net for sandbox in policy.sandboxes if sandbox.name in names for net in sandbox.sources]
+    return {v: [str(net) for net in nets if net.version == v] for v in (4, 6)}
+
+
+def _quarantine_sets(out: _Script, sources: dict[int, list[str]]) -> None:
+    _set(out, quarantine_set(4), "ipv4_addr", "interval", sources[4], " auto-merge;")
+    _set(out, quarantine_set(6), "ipv6_addr", "interval", sources[6], " auto-merge;")
+    out.add()
+
+
+def _cut_off(out: _Script, field: str) -> None:
+    """Drop what a quarantined sandbox sends (``saddr``) or is sent (``daddr``), before any state is consulted: an
+    ``established`` accept further on must not let a connection opened before the quarantine go on."""
+    for v, fam in _FAMILIES:
+        out.add(f'{fam} {field} @{quarantine_set(v)} counter drop comment "quarantined"', 2)
+
+
+def _output(out: _Script) -> None:
+    """What the gateway itself sends (its proxy workers' and resolver's replies) to a quarantined sandbox."""
+    out.add()
+    out.add("chain output {", 1)
+    out.add("type filter hook output priority filter; policy accept;", 2)
+    _cut_off(out, "daddr")
+    out.add("}", 1)
+
+
+def render_quarantine(policy: Policy, settings: GatewaySettings, quarantined: Iterable[str]) -> str:
+    """One transaction that makes the quarantine sets hold exactly the sources of ``quarantined`` (in force at
+    once, for packets of established connections too); for a table `render` made."""
+    t = settings.table
+    sources = _quarantined_sources(policy, quarantined)
+    lines = []
+    for v in (4, 6):
+        lines.append(f"flush set inet {t} {quarantine_set(v)}")
+        if sources[v]:
+            lines.append(f"add element inet {t} {quarantine_set(v)} {{ {', '.join(sources[v])} }}")
+    return "\n".join(lines) + "\n"
 
 
 def _nat_postrouting(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:

@@ -21,6 +21,7 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         upgrades: [token, ...]                # HTTP Upgrade protocols allowed besides websocket (default none)
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
         detectors: {mining, tunnel, crypto_node, mining_shape: block | record | allow, mining_shape_window: 1-600}
+        quarantine: {after: N, within: SECONDS, categories: [mining, tunnel, crypto-node], webhook: URL}
     retention: {max_age_days, max_records}    # optional
     x-NAME: ...                               # ignored: a place for anchored blocks that '<<: *NAME' merges in
 
@@ -39,7 +40,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from egress.policy import addresses, yamlnodes
+from egress.policy import addresses, quarantine, yamlnodes
 from egress.policy.addresses import Placed
 from egress.policy.hostnames import host_pattern
 from egress.policy.model import (
@@ -86,7 +87,8 @@ __all__ = [
 
 VERSION = 1
 _TOP = frozenset({"version", "sandboxes", "retention"})
-_SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"})
+_SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"}
+                     | {"quarantine"})  # fmt: skip
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
@@ -293,9 +295,10 @@ class _Checker(NodeChecker):
             }
             detectors = DetectorActions(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
         upgrades = self.upgrades(fields["upgrades"], f"{path}.upgrades") if "upgrades" in fields else ()
+        cutoff = quarantine.parse(self, fields["quarantine"], f"{path}.quarantine") if "quarantine" in fields else None
         return Sandbox(
             name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades,
-            bool(any_source),
+            bool(any_source), cutoff,
         )  # fmt: skip
 
     def boolean(self, node: yamlnodes.Node, path: str) -> bool | None:

@@ -142,6 +142,27 @@ class DetectorActions:
     recorded sessions N times faster sets 60/N (docs/policy.md)."""
 
 
+QUARANTINE_CATEGORIES: frozenset[str] = frozenset({"mining", "tunnel", "crypto-node"})
+"""Finding categories a quarantine may count (`egress.detect.base.Category` values)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Quarantine:
+    """``quarantine:``: after ``after`` findings of ``categories`` within ``within`` seconds, the sandbox is cut off
+    (every packet from and to its sources dropped, established connections too) until released
+    (`egress.gateway.quarantine`, docs/quarantine.md)."""
+
+    after: int
+    """Findings within the window that cut the sandbox off (1-10000)."""
+    within: int
+    """The window, in seconds (1-604800)."""
+    categories: frozenset[str]
+    """Which findings count: of `QUARANTINE_CATEGORIES` (default mining and tunnel)."""
+    webhook: str = ""
+    """An http(s) URL POSTed a JSON body when the sandbox is cut off (``""``: none)."""
+    line: int = 0
+
+
 @dataclass(frozen=True, slots=True)
 class Sandbox:
     name: str
@@ -164,6 +185,8 @@ class Sandbox:
     any_source: bool = False
     """``any_source: true``: the operator confirmed a catch-all source (``0.0.0.0/0``, ``::/0``), which makes every
     address on the sandbox's interface this sandbox; without it such a source is refused."""
+    quarantine: Quarantine | None = None
+    """When repeated findings cut the sandbox off (``None``: never)."""
 
     def host_rule(self, name: str, port: int) -> HostRule | None:
         """The first allow rule that covers ``name`` on ``port``."""

@@ -67,6 +67,15 @@ def lockdown() -> str:
     return render_lockdown(SETTINGS)
 
 
+def quarantined() -> str:
+    policy = Policy(
+        1,
+        (make_sandbox("agents", "10.10.0.0/24", "fd10::/64"), make_sandbox("ci", "10.20.0.0/24")),
+        file="rules/quarantine.yaml",
+    )
+    return render(policy, SETTINGS, quarantined=["agents", "gone"])
+
+
 CASES: dict[str, Callable[[], str]] = {
     "v4_single": v4_single,
     "dual_stack_two": dual_stack_two,
@@ -74,6 +83,7 @@ CASES: dict[str, Callable[[], str]] = {
     "udp_networks": udp_networks,
     "lockdown": lockdown,
     "dhcp": dhcp,
+    "quarantined": quarantined,
 }
 
 
