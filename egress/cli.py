@@ -97,6 +97,7 @@ class LazyGroup(click.Group):
         "stats": "egress.cli_query:stats",
         "actions": "egress.cli_query:actions",
         "export": "egress.cli_export:export",
+        "quarantine": "egress.cli_quarantine:quarantine",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )

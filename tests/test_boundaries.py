@@ -35,6 +35,8 @@ GATES = {
         "egress/proxy/mitm/server.py",
         "egress/gateway/control.py",
         "egress/gateway/components.py",
+        "egress/gateway/qtap.py",
+        "egress/gateway/quarantine.py",
         "egress/scanner.py",
         "egress/lab/",
     },

@@ -25,10 +25,11 @@ from egress.api.auth import Role, Token, TokenTable
 from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers, redis_tracker
 from egress.api.metrics import Metrics
 from egress.api.middleware import BodyLimit, CountRequests
-from egress.api.routes import actions, attempts, dashboard, meta, policy, sandboxes, stats
+from egress.api.routes import actions, attempts, dashboard, meta, policy, quarantine, sandboxes, stats
 from egress.api.routes.meta import version
 from egress.api.settings import Settings
 from egress.record.policy_store import PolicyHistory
+from egress.record.quarantine_store import QuarantineStore
 from egress.record.store import RecordStore
 
 MAX_BODY: Final = 8 * 1024 * 1024
@@ -107,6 +108,9 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     app.include_router(actions.router(the_store, reporter), dependencies=uses_redis)
     app.include_router(
         policy.router(PolicyHistory(the_store.redis), reader, Depends(role(Role.ADMIN))), dependencies=uses_redis
+    )
+    app.include_router(
+        quarantine.router(QuarantineStore(the_store.redis), reader, Depends(role(Role.ADMIN))), dependencies=uses_redis
     )
     app.include_router(dashboard.router())
     return app

@@ -87,6 +87,16 @@ class GatewayConfig:
     def bindings_path(self) -> str:
         return str(Path(self.state_dir) / "bindings.db")
 
+    @property
+    def findings_socket(self) -> str:
+        """Where every component taps its findings to the quarantine keeper (`egress.gateway.qtap`)."""
+        return str(Path(self.state_dir) / "quarantine.sock")
+
+    @property
+    def quarantine_state(self) -> str:
+        """The sandboxes cut off, as the keeper last knew them (re-applied at start)."""
+        return str(Path(self.state_dir) / "quarantine.json")
+
     def spool_dir(self, component: str) -> str:
         return str(Path(self.state_dir) / "spool" / component)
 
@@ -125,6 +135,8 @@ class WorkerConfig:
     spool_dir: str
     spool_max_bytes: int | None = None
     """This worker's spool cap (`GatewayConfig.spool_share`); None: the spool's own default."""
+    findings_socket: str = ""
+    """The quarantine keeper's socket the worker taps its findings to (``""``: none)."""
 
     @property
     def name(self) -> str:
@@ -145,6 +157,7 @@ class WorkerConfig:
             gateway=config.gateway,
             spool_dir=config.spool_dir(name),
             spool_max_bytes=config.spool_share(),
+            findings_socket=config.findings_socket,
         )
 
     def write(self, path: Path) -> None:

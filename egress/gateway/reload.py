@@ -23,7 +23,7 @@ import asyncio
 import hashlib
 import logging
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Final, Protocol
@@ -136,8 +136,11 @@ class NftTable:
         settings: GatewaySettings,
         apply: Callable[[str], None] = runner.apply,
         check: Callable[[str], None] = runner.check,
+        quarantined: Callable[[], Iterable[str]] = tuple,
     ) -> None:
+        """``quarantined``: the sandboxes cut off now, which the new table keeps cut off."""
         self.settings = settings
+        self._quarantined = quarantined
         self._apply = apply
         self._check = check
         self._prepared: tuple[str, str] | None = None
@@ -145,7 +148,7 @@ class NftTable:
 
     async def prepare(self, version: PolicyVersion) -> None:
         try:
-            script = await asyncio.to_thread(render, version.policy, self.settings)
+            script = await asyncio.to_thread(render, version.policy, self.settings, self._quarantined())
             await asyncio.to_thread(self._check, script)
         except (ValueError, runner.NftError) as exc:
             raise Refused(str(exc)) from exc

@@ -46,6 +46,8 @@ from egress.gateway.config import GatewayConfig
 from egress.gateway.control import Payloads
 from egress.gateway.droplog import DropLogger
 from egress.gateway.policy_follow import PolicyFollower
+from egress.gateway.qtap import FindingTap
+from egress.gateway.quarantine import Keeper
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import (
     NftTable,
@@ -59,13 +61,15 @@ from egress.gateway.reload import (
 )
 from egress.gateway.sdnotify import Notifier
 from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
+from egress.gateway.webhook import Webhooks
 from egress.gateway.workers import WorkerSlot, make_ca, stop_workers
 from egress.nft import runner
 from egress.nft.guard import render_guard
-from egress.nft.render import render, render_lockdown
+from egress.nft.render import render, render_lockdown, render_quarantine
 from egress.policy.lists import RulesError, load_name_lists
 from egress.policy.model import Policy
 from egress.record.policy_store import PolicyHistory
+from egress.record.quarantine_store import QuarantineStore
 
 log = logging.getLogger("egress.gateway")
 
@@ -106,8 +110,21 @@ class Supervisor:
             self.policy.retention,
             spool_max_bytes=config.spool_share(),
         )
-        self.reporter = ProbeFilter(FanoutReporter(LogReporter(), self.recorder))
-        self.table = NftTable(config.nft_settings(), apply=self._apply_unless_locked)
+        self.tap = FindingTap(config.findings_socket)
+        self.reporter = ProbeFilter(FanoutReporter(LogReporter(), self.recorder, self.tap))
+        self.keeper = Keeper(
+            config.findings_socket,
+            config.quarantine_state,
+            config.gateway,
+            lambda: self.policy,
+            self._apply_quarantine,
+            QuarantineStore.from_url(config.redis_url),
+            Webhooks(),
+        )
+        """Cuts off sandboxes whose findings trip their quarantine rule (egress.gateway.quarantine)."""
+        self.table = NftTable(
+            config.nft_settings(), apply=self._apply_unless_locked, quarantined=self.keeper.quarantined
+        )
         payloads = Payloads()
         self.slots = [WorkerSlot(config, index, payloads, lambda: self.version) for index in range(config.workers)]
         self.allow_sets = AllowSetWriter(config.table, self.policy)
@@ -154,6 +171,9 @@ class Supervisor:
                 raise runner.NftError(f"the gateway is locked down ({self.failed or self.locked})")
             runner.apply(script)
 
+    def _apply_quarantine(self, names: frozenset[str]) -> None:
+        self._apply_unless_locked(render_quarantine(self.policy, self.config.nft_settings(), names))
+
     def lockdown(self, why: str) -> None:
         with self._nft:
             try:
@@ -175,7 +195,8 @@ class Supervisor:
         def reapply() -> None:
             with self._nft:
                 if self.failed is None and self._locks == episode:  # else another component went down meanwhile
-                    runner.apply(render(self.policy, self.config.nft_settings()))
+                    runner.apply(render(self.policy, self.config.nft_settings(), self.keeper.quarantined()))
+                    self.keeper.refresh()
                     self.locked = None
                     self.notify.status("running")
 
@@ -211,6 +232,7 @@ class Supervisor:
 
     def committed(self, version: PolicyVersion) -> None:
         self.version = version
+        self.keeper.refresh()  # a quarantine between the new table's render and its commit is applied again
         if self.follower is not None:
             self.follower.committed(version)
 
@@ -243,8 +265,10 @@ class Supervisor:
         """Every component, in order; ``False`` when the gateway failed (closed) instead."""
         try:
             await asyncio.to_thread(self.guard, 0)  # closed first: without a supervisor, nothing passes
+            await asyncio.to_thread(self.keeper.sync)  # the fleet's quarantines are in the first table already
             await self.table.prepare(self.version)
             await self.table.commit(self.version)
+            self.keeper.start()
         except (Refused, runner.NftError) as exc:
             self.fail(f"the guard or the policy's nftables table was not applied: {exc}")
             return False
@@ -334,6 +358,8 @@ class Supervisor:
             self.drops.stop()
             self.allow_sets.close()
             self.resolver.close()
+            self.keeper.stop()
+            self.tap.close()
         finally:
             await asyncio.to_thread(self.recorder.close)
 

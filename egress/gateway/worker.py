@@ -28,6 +28,7 @@ from egress.detect.registry import stream_detectors
 from egress.dnsserver.bindings import Bindings
 from egress.gateway.config import WorkerConfig
 from egress.gateway.control import WorkerControl, open_stream
+from egress.gateway.qtap import FindingTap
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
 from egress.logsetup import configure
@@ -119,7 +120,8 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
         return
     setup = build_worker(config, control.current)
     control.on_commit = setup.swap
-    reporter = FanoutReporter(LogReporter(), setup.recorder)
+    tap = [FindingTap(config.findings_socket)] if config.findings_socket else []
+    reporter = FanoutReporter(LogReporter(), setup.recorder, *tap)
     proxy = asyncio.create_task(run_worker(setup.gate, reporter, config.port, config.confdir, config.upstream_ca))
     follow = asyncio.create_task(control.serve(reader, writer))
     try:
