@@ -140,7 +140,7 @@ def test_findings_cut_the_sandbox_off_until_released_across_a_restart(
     assert dns.outcome != "ok", dns
 
     # One webhook POST, naming the sandbox.
-    posts = eventually(lambda: hooks.read_text().splitlines() or None, timeout=scaled(60))
+    posts: list[str] = eventually(lambda: hooks.read_text().splitlines(), timeout=scaled(60))
     assert len(posts) == 1, posts
     body = json.loads(posts[0])
     assert (body["event"], body["sandbox"]) == ("quarantine", "agent")

@@ -94,15 +94,13 @@ def test_the_third_finding_cuts_off_once_and_calls_the_webhook_once(tmp_path: pa
 
 
 def test_other_categories_and_report_mode_do_not_count(tmp_path: pathlib.Path) -> None:
-    keeper, table, _ = _keeper(tmp_path, FakeStore())
+    keeper, _, _ = _keeper(tmp_path, FakeStore())
     keeper.note(Tapped("agent", "tunnel", 10))
     keeper.note(Tapped("nobody", "mining", 10))
     assert keeper.quarantined() == frozenset()
     report = Policy(1, (dataclasses.replace(POLICY.sandboxes[0], mode=Mode.REPORT),))
-    keeper, _, _ = (
-        _keeper(tmp_path / "r", FakeStore(), report) if (tmp_path / "r").mkdir() is None else (None, None, None)
-    )
-    assert keeper is not None
+    (tmp_path / "r").mkdir()
+    keeper, _, _ = _keeper(tmp_path / "r", FakeStore(), report)
     keeper.note(Tapped("agent", "mining", 10))
     assert keeper.quarantined() == frozenset()
 
