@@ -86,13 +86,13 @@ class Keeper:
     def load(self) -> None:
         try:
             data = json.loads(self.state_path.read_text())
+            self.entries = {raw["sandbox"]: Entry.from_json(json.dumps(raw)) for raw in data.get("entries", [])}
+            self.confirmed = set(data.get("confirmed", [])) & set(self.entries)
         except FileNotFoundError:
             return
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("quarantine state %s unreadable (%s): only Redis says what is cut off", self.state_path, exc)
             return
-        self.entries = {raw["sandbox"]: Entry.from_json(json.dumps(raw)) for raw in data.get("entries", [])}
-        self.confirmed = set(data.get("confirmed", [])) & set(self.entries)
         if self.entries:
             log.warning("quarantine state: %s cut off (from %s)", ", ".join(sorted(self.entries)), self.state_path)
 

@@ -172,7 +172,10 @@ class Supervisor:
             runner.apply(script)
 
     def _apply_quarantine(self, names: frozenset[str]) -> None:
-        self._apply_unless_locked(render_quarantine(self.policy, self.config.nft_settings(), names))
+        with self._nft:
+            if self.failed is not None or self.locked is not None:
+                return  # the lockdown drops everything; the table `unlock` applies holds the quarantine
+            runner.apply(render_quarantine(self.policy, self.config.nft_settings(), names))
 
     def lockdown(self, why: str) -> None:
         with self._nft:
@@ -268,7 +271,6 @@ class Supervisor:
             await asyncio.to_thread(self.keeper.sync)  # the fleet's quarantines are in the first table already
             await self.table.prepare(self.version)
             await self.table.commit(self.version)
-            self.keeper.start()
         except (Refused, runner.NftError) as exc:
             self.fail(f"the guard or the policy's nftables table was not applied: {exc}")
             return False
@@ -282,6 +284,7 @@ class Supervisor:
             settings.dns_port,
         )
         try:
+            self.keeper.start()
             await self.resolver.start()
             log.info("resolver on port %d, upstream %s", settings.dns_port, settings.upstream_dns)
             permitted = sorted({d for sandbox in self.policy.sandboxes for d in sandbox.decrypt})

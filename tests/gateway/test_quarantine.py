@@ -191,3 +191,10 @@ def test_the_tap_reaches_the_keeper_over_its_socket(tmp_path: pathlib.Path) -> N
 def test_unreadable_datagrams_are_refused(data: bytes) -> None:
     with pytest.raises(ValueError):
         Tapped.decode(data)
+
+
+@pytest.mark.parametrize("text", ["{", "[]", '{"entries": [{"sandbox": "a"}]}', '{"entries": 3}'])
+def test_an_unreadable_state_file_leaves_redis_to_say(tmp_path: pathlib.Path, text: str) -> None:
+    (tmp_path / "q.json").write_text(text)
+    keeper, _, _ = _keeper(tmp_path, None)
+    assert keeper.quarantined() == frozenset()
