@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from egress.nft import runner
-from egress.nft.render import GatewaySettings, render, render_lockdown
+from egress.nft.render import GatewaySettings, render, render_lockdown, render_quarantine
 from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import namespace
@@ -241,4 +241,18 @@ def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) ->
         assert f"set {counting} {{ type ipv4_addr . inet_proto . ipv4_addr; flags dynamic,timeout;" in text
     assert (
         "set logs6 { type ipv6_addr . inet_proto . ipv6_addr; flags dynamic,timeout; timeout 60s; size 65536;" in text
+    )
+
+
+def test_a_quarantine_replaces_the_sets_contents_in_one_script() -> None:
+    policy = Policy(1, (make_sandbox("agents", "10.10.0.0/24", "fd10::/64"), make_sandbox("ci", "10.20.0.0/24")))
+    assert render_quarantine(policy, SETTINGS, {"agents", "ci"}) == (
+        "flush set inet egress quarantine4\n"
+        "add element inet egress quarantine4 { 10.10.0.0/24, 10.20.0.0/24 }\n"
+        "flush set inet egress quarantine6\n"
+        "add element inet egress quarantine6 { fd10::/64 }\n"
+    )
+    assert (
+        render_quarantine(policy, SETTINGS, ())
+        == "flush set inet egress quarantine4\nflush set inet egress quarantine6\n"
     )
