@@ -127,12 +127,27 @@ class Keeper:
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def stop(self) -> None:
+    # A supervised component (`egress.gateway.watch.Supervised`): a keeper that stopped cannot cut anyone off.
+    name = "quarantine keeper"
+
+    async def check(self) -> str | None:
+        return None if self.alive() else "its thread is not running"
+
+    async def restart(self) -> None:
+        self._halt()
+        self._stop.clear()
+        self._in_force = None
+        self.start()
+
+    def _halt(self) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join(5.0)
         if self._sock is not None:
             self._sock.close()
+
+    def stop(self) -> None:
+        self._halt()
         self.webhooks.close()
 
     def _run(self) -> None:

@@ -322,7 +322,7 @@ class Supervisor:
         if self.config.policy_poll_s > 0:
             history = PolicyHistory.from_url(self.config.redis_url)
             self.follower = PolicyFollower(history, self.config.gateway, reloader, self.config.policy_poll_s)
-        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, RecorderPart(self.recorder)]
+        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, RecorderPart(self.recorder), self.keeper]
         # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.
         self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail, beat=self.notify.watchdog)
         if os.environ.get(FAULT_HOOKS_ENV) == "1":

@@ -3,6 +3,7 @@ what it was made to hold, the webhook as a list of calls, clocks injected; and t
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import pathlib
 
@@ -198,3 +199,21 @@ def test_an_unreadable_state_file_leaves_redis_to_say(tmp_path: pathlib.Path, te
     (tmp_path / "q.json").write_text(text)
     keeper, _, _ = _keeper(tmp_path, None)
     assert keeper.quarantined() == frozenset()
+
+
+def test_a_stopped_keeper_is_not_alive_and_restarts(tmp_path: pathlib.Path) -> None:
+    keeper, table, _ = _keeper(tmp_path, None)
+    keeper.start()
+    try:
+        assert asyncio.run(keeper.check()) is None
+        keeper._halt()
+        assert asyncio.run(keeper.check()) == "its thread is not running"
+        asyncio.run(keeper.restart())
+        assert asyncio.run(keeper.check()) is None
+        tap = FindingTap(keeper.socket_path)
+        for _ in range(3):
+            tap.report(_mining())
+        tap.close()
+        eventually(lambda: table.applied[-1:] == [frozenset({"agent"})], timeout=30)
+    finally:
+        keeper.stop()
