@@ -135,7 +135,7 @@ def build_detectors(lists: NameLists) -> DetectorSet:
         # whole streams (captures) the same judgement runs as a detector, with nothing allowed. First: a flow that
         # asks to switch and then sends Stratum is reported as both (FlowInspector.findings), which needs the
         # tunnel finding made before the mining one ends the inspection.
-        tcp=(upgrade.detect, *stream_detectors(lists)),
+        tcp=(upgrade.detect, *stream_detectors(lists), encrypted.detect_stream),
         udp=(encap.detect, vpn.detect, names),
         icmp=(icmp_tunnel.detect,),
         dns_tracker=lambda: DnsInspector(lists),
