@@ -9,8 +9,8 @@ import random
 import pytest
 
 from egress.detect import encrypted
-from egress.detect.encrypted import Opening, fully_encrypted, opening
 from egress.detect.base import Category
+from egress.detect.encrypted import Opening, fully_encrypted, opening
 from tests.detect.feeding import feed_every_split, feed_stream, meta
 from tests.proxy.test_front import _client_hello
 
