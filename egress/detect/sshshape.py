@@ -54,9 +54,10 @@ KEY_MAX, ECHO_MAX = 64, 128
 48 with aes-ctr and hmac-sha2-256). A forwarded connection's channel open (92 in the lab) is larger."""
 KEY_GAP, ECHO_WITHIN = 0.020, 0.150
 """Seconds: a keystroke comes at least this long after the typist's previous chunk; its echo within this."""
-REQUEST_MIN, ANSWER_MIN = 100, 1024
-"""Bytes of a client burst that asks for more than a keystroke (the lab's forwarded HTTP request: 124), and of the
-server burst answering it with more than a prompt or a status line."""
+REQUEST_MIN, ANSWER_MIN = KEY_MAX + 1, 1024
+"""Bytes of a client burst that asks for more than a keystroke (a forwarded HTTP request: 124 from curl on
+loopback; a 26-byte request makes 68), and of the server burst answering it with more than a prompt or a status
+line."""
 EXCHANGES, CLIENT_BYTES, SERVER_BYTES = 4, 1024, 16384
 KEYSTROKES_MAX: Final = 2
 """Keystrokes a forwarding session may show (a password typed at a prompt inside it); one more ends watching."""
