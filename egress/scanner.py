@@ -184,8 +184,8 @@ class _Pass:
         carrier = found is not None and found.category is Category.TUNNEL and found.detector == encap.NAME
         table[key] = table[reverse] = ENCAP if carrier else DONE
         self.stats.unidentified += flow.inspector.unidentified
-        if found is not None:
-            self._emit(found, flow.meta, flow.ts)
+        for each in flow.inspector.findings:
+            self._emit(each, flow.meta, flow.ts)
 
     def _decode(self, ts: float, linktype: int, frame: bytes, index: int, depth: int) -> Segment | None:
         """The frame's TCP, UDP or ICMP segment; ``None`` for anything else, which is dealt with here (another IP
@@ -263,9 +263,9 @@ class _Pass:
 
     def _close(self, flows: Iterable[Flow]) -> None:
         for flow in flows:
-            finding = flow.inspector.close()
-            if finding is not None:
-                self._emit(finding, flow.meta, flow.ts)
+            flow.inspector.close()
+            for each in flow.inspector.findings:
+                self._emit(each, flow.meta, flow.ts)
 
     def _emit(self, finding: Finding, meta: FlowMeta, ts: float) -> None:
         self.stats.findings += 1

@@ -31,7 +31,7 @@ TUNNEL_PROTOCOLS = {
     "tunnel/ndpi_tunnelbear.pcap": {"wireguard", "vpn-service"},
     "tunnel/ndpi_softether.pcap": {"vpn-service"},
     "tunnel/ndpi_openvpn_nohmac_tcp.pcapng": {"openvpn"},
-    "tunnel/ndpi_openvpn_obfuscated.pcapng": {"openvpn"},
+    "tunnel/ndpi_openvpn_obfuscated.pcapng": {"openvpn", "fully-encrypted"},
     "tunnel/ndpi_openvpn-tlscrypt.pcap": {"openvpn"},
     "tunnel/ndpi_tls_heur__shadowsocks-tcp.pcapng": {"socks5", "fully-encrypted"},
     "tunnel/ndpi_tls_heur__vmess-tcp.pcapng": {"socks5", "fully-encrypted"},

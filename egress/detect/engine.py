@@ -51,7 +51,7 @@ class FlowInspector:
     """Inspection state of one flow. ``done`` turns true once the flow is decided, with or without a finding."""
 
     __slots__ = (
-        "view", "pending", "finding", "done", "stream_cap", "datagram_cap", "identity", "unidentified"
+        "view", "pending", "finding", "done", "stream_cap", "datagram_cap", "identity", "unidentified", "outranked"
     )  # fmt: skip
 
     def __init__(
@@ -65,6 +65,8 @@ class FlowInspector:
         self.pending: list[Detector] = list(detectors)
         self.finding: Finding | None = None
         """The highest-ranked finding so far (`RANK`); it may still be replaced while ``done`` is false."""
+        self.outranked: dict[Category, Finding] = {}
+        """The first finding of each other category that a higher-ranked one replaced (`findings`)."""
         self.done = not self.pending
         self.stream_cap = stream_cap
         self.datagram_cap = datagram_cap
@@ -73,6 +75,16 @@ class FlowInspector:
         self.unidentified = False
         """The cap stopped the inspection of a stream that some detector could not rule out, that is no protocol
         `identity` names, and that has no mining or tunnel finding: the flow is not clean, only not judged."""
+
+    @property
+    def findings(self) -> tuple[Finding, ...]:
+        """Every category's first finding, the kept one (`finding`) first: what a scanner reports of a flow that
+        showed more than one thing (a refused ``Upgrade`` followed by Stratum is a tunnel and mining). An
+        enforcement point decides on `finding` alone."""
+        if self.finding is None:
+            return ()
+        others = (found for category, found in self.outranked.items() if category is not self.finding.category)
+        return (self.finding, *others)
 
     def feed_stream(self, from_client: bool, data: bytes) -> Finding | None:
         """Add in-order stream bytes of one direction and re-run the undecided detectors; the finding so far."""
@@ -133,7 +145,11 @@ class FlowInspector:
                 still.append(detect)
             elif isinstance(result, Finding):
                 if self.finding is None or RANK[result.category] > RANK[self.finding.category]:
+                    if self.finding is not None:
+                        self.outranked.setdefault(self.finding.category, self.finding)
                     self.finding = result
+                elif result.category is not self.finding.category:
+                    self.outranked.setdefault(result.category, result)
                 if result.category is Category.MINING:
                     self.pending = []
                     self.done = True

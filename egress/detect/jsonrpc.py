@@ -31,7 +31,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Final
 
-from egress.detect import tls
+from egress.detect import codings, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 
 SCAN_LIMIT: Final = 64 * 1024
@@ -116,30 +116,40 @@ def _is_http_start(data: bytes) -> bool:
 
 
 def _http(data: bytes) -> Payload:
-    """Split pipelined HTTP/1.x messages into header blocks and JSON bodies (tolerant to a truncated tail)."""
+    """Split pipelined HTTP/1.x messages into header blocks and JSON bodies (tolerant to a truncated tail).
+
+    A body is read as the server reads it: its content codings undone by the decoder the proxy uses
+    (`egress.detect.codings`), within a budget of `SCAN_LIMIT` decoded bytes per direction (a decompression bomb
+    is cut there: the rest is never decoded). Bytes after a message that cannot start another one are read as a
+    raw stream: what a client sends after a refused or accepted ``Upgrade`` (or an unprompted ``101``) is no HTTP,
+    and a pool behind the connection reads it as such."""
     heads: list[bytes] = []
     bodies: list[bytes] = []
     owners: list[int] = []
     pos = 0
+    budget = SCAN_LIMIT
     while pos < len(data) and len(heads) < MAX_HTTP_MESSAGES:
+        while pos < len(data) and data[pos] in _BLANK:
+            pos += 1
+        if pos >= len(data):
+            break
+        if not _is_http_start(data[pos : pos + 8]):
+            rest = decode(data[pos:])
+            brace = _first_brace(rest)
+            if brace >= 0:
+                bodies.append(rest[brace:])
+                owners.append(max(len(heads) - 1, 0))
+            break
         end = data.find(b"\r\n\r\n", pos)
         if end < 0:
             break
         head = data[pos:end]
         heads.append(head)
-        pos = end + 4
-        lowered = head.lower()
-        length = _content_length(lowered)
-        chunked = b"chunked" in lowered
-        if chunked:
-            body, pos, whole = _dechunk(data, pos)
-        elif length is not None:
-            body, pos = data[pos : pos + length], pos + length
-            whole = pos <= len(data)
-        elif head.startswith(b"HTTP/"):
-            body, pos, whole = data[pos:], len(data), False
-        else:
-            body, whole = b"", True
+        body, pos, whole = _body(data, end + 4, head)
+        if body and (coding := _field(head.lower(), b"content-encoding")):
+            body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
+            budget -= len(body)
+        body = decode(body)
         solid = _first_solid(body)
         if solid >= 0 and body[solid] in b"{[":
             # A body known to be whole ends its last message, as a newline does on a raw stream.
@@ -154,6 +164,29 @@ def _http(data: bytes) -> Payload:
         starts.append((len(text), owners[index]))
         text += body if body.endswith(b"\n") or index == len(bodies) - 1 else body + b"\n"
     return Payload(Kind.JSON, bytes(text), tuple(heads), body_starts=tuple(starts))
+
+
+def _body(data: bytes, pos: int, head: bytes) -> tuple[bytes, int, bool]:
+    """The body of the message whose head ends at ``pos`` (RFC 9112 §6.3): (body, next offset, whether whole)."""
+    lowered = head.lower()
+    if b"chunked" in lowered:
+        return _dechunk(data, pos)
+    length = _content_length(lowered)
+    if length is not None:
+        return data[pos : pos + length], pos + length, pos + length <= len(data)
+    if head.startswith(b"HTTP/"):
+        return data[pos:], len(data), False
+    return b"", pos, True
+
+
+def _field(lowered_head: bytes, name: bytes) -> bytes:
+    """The value of header field ``name`` (lowercase) in a lowercased head, stripped; empty when absent."""
+    at = lowered_head.find(b"\n" + name + b":")
+    if at < 0:
+        return b""
+    start = at + len(name) + 2
+    line_end = lowered_head.find(b"\n", start)
+    return lowered_head[start : line_end if line_end >= 0 else None].strip()
 
 
 def _content_length(lowered_head: bytes) -> int | None:
@@ -205,6 +238,10 @@ def _payload(data: bytes) -> Payload:
         return Payload(Kind.NOT)
     if data.startswith(b"SSH-"):
         return Payload(Kind.NOT)
+    # HTTP is split on the raw bytes: a coded body's NULs are part of its coding (`decode` runs on each body).
+    raw = data.lstrip(_BLANK)
+    if raw[:1] in b"GPHODT" and _is_http_start(raw[:8]):
+        return _http(raw) if len(raw) >= 8 else Payload(Kind.EMPTY)
     text = decode(data)
     solid = _first_solid(text)
     if solid < 0:

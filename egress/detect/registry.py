@@ -26,6 +26,7 @@ from egress.detect import (
     stratum,
     stratum2,
     tor,
+    upgrade,
     vpn,
 )
 from egress.detect.base import Category, Detector, Finding, Transport, evidence
@@ -130,7 +131,11 @@ def stream_detectors(lists: NameLists) -> tuple[Detector, ...]:
 def build_detectors(lists: NameLists) -> DetectorSet:
     names = make_name_detector(lists)
     return DetectorSet(
-        tcp=stream_detectors(lists),
+        # The proxy judges upgrades on the request with its sandbox's `upgrades:` (egress.proxy.mitm.flows); on
+        # whole streams (captures) the same judgement runs as a detector, with nothing allowed. First: a flow that
+        # asks to switch and then sends Stratum is reported as both (FlowInspector.findings), which needs the
+        # tunnel finding made before the mining one ends the inspection.
+        tcp=(upgrade.detect, *stream_detectors(lists), encrypted.detect_stream),
         udp=(encap.detect, vpn.detect, names),
         icmp=(icmp_tunnel.detect,),
         dns_tracker=lambda: DnsInspector(lists),

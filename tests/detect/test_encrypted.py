@@ -9,8 +9,9 @@ import random
 import pytest
 
 from egress.detect import encrypted
+from egress.detect.base import Category
 from egress.detect.encrypted import Opening, fully_encrypted, opening
-from tests.detect.feeding import feed_every_split, feed_stream
+from tests.detect.feeding import feed_every_split, feed_stream, meta
 from tests.proxy.test_front import _client_hello
 
 RNG = random.Random(20231)
@@ -97,3 +98,63 @@ def test_random_data_is_found_almost_always() -> None:
     fail Ex1... by 16 bytes more do); the gate sees them in whole windows."""
     found = sum(opening(_random(512), ended=True) is Opening.ENCRYPTED for _ in range(1000))
     assert found >= 990
+
+
+# corpus-tunnels, tunnel/ndpi_tls_heur__{shadowsocks,vmess}-tcp.pcapng (nDPI's tests): the first 96 bytes of each
+# direction of the proxy flow (client :4xxxx -> server :1234).
+SS_CORPUS = (
+    bytes.fromhex(
+        "81036ac62c0133a8f1302dbfca15f2f97bcbd4ec8ccf2698e834a8338634418793815f1924b5bf54df46feab2ce977458b2cb546"
+        "879ba1131efa1330d8a161b089624ebf846a720bd79a9865154420098863c4261bf8a3fb1e2795ac3d7bacaf"
+    ),
+    bytes.fromhex(
+        "42c5460ef5d8731cfabebd4670e6f1c9ecb0c294e6736e6f48d2edaadef13ab69f4f7e7d6817af6196487339b9f1f6eedd605a"
+        "9fdfdbe38112b73b033f1055de8d2c758a4d27f279758f55235b95e0fb836ea59029730d2f36a431507fa9b4a0"
+    ),
+)
+VMESS_CORPUS = (
+    bytes.fromhex(
+        "51d9088e8883d2560faa57138a0b61367a300d0e4906ec115409bc84343b1a7f73b504b323409bf2bfa672f27edc20421b99f5"
+        "d2aeeac07f1f930fc105e738ff833c43aa3c4a3b3b2cd0fbf0063edfa46393a9873fd00e2d474676f8ece78d0a"
+    ),
+    bytes.fromhex(
+        "eb6740b0caafa7268cebcbc61307af77edb67df9d1cf5c898512555cf24208b0928174ea15318c8c1f9898b81d8fa2d74c581d"
+        "3dbfa37bfff0b321cfeab4522524f488c0a5d14c8485f1a0491fceaf66489637c2fd812f432774ebe1fb7ffab8"
+    ),
+)
+# corpus, benign/ndpi_http_ipv6.pcap: a capture that begins inside a TLS connection (application data records).
+TLS_MIDSTREAM = (
+    bytes.fromhex(
+        "17030300b14a216c5ea1aa6da23dbaf969c51eadc7ef0ca297a3a791c5044400ba873142cf90a72b8a3f48facf77edaf8fb63f"
+        "f8f252c743559bdd28302392240523a1aefe8856babfc8e86f7fb5ce8da6c1aaf6dd71a1ea7f50c60c780f3cea"
+    ),
+    bytes.fromhex(
+        "1703030021a99a29741700427e97a1911833c2598924f3f188609175c9933d51c578eba4752917030300a4b4d0056e2b0770"
+        "5354ce7cc55207a6034c5341b16429de5aa31febac0ebf7fc1bac37b1a6d77f4ed59fed09b93380ca6070efc695c"
+    ),
+)
+
+
+@pytest.mark.parametrize("flow", [SS_CORPUS, VMESS_CORPUS], ids=["shadowsocks", "vmess"])
+def test_a_fully_encrypted_proxy_stream_is_named_at_every_split(flow: tuple[bytes, bytes]) -> None:
+    client, server = flow
+    for found in feed_every_split(encrypted.detect_stream, client, server, meta(1234)):
+        assert found is not None and (found.category, found.protocol) == (Category.TUNNEL, "fully-encrypted")
+        assert "random-looking" in found.evidence
+
+
+@pytest.mark.parametrize(
+    ("client", "server"),
+    [
+        TLS_MIDSTREAM,
+        (SS_CORPUS[0], b"HTTP/1.1 400 Bad Request\r\nContent-Length: 0\r\n\r\n"),
+        (SS_CORPUS[0], b"SSH-2.0-OpenSSH_9.6\r\n"),
+        (SS_CORPUS[0][:40], SS_CORPUS[1]),
+        (b"SSH-2.0-OpenSSH_9.6\r\n" + SS_CORPUS[0], SS_CORPUS[1]),
+        (b"GET / HTTP/1.1\r\nHost: a\r\n\r\n" + SS_CORPUS[0], SS_CORPUS[1]),
+        (b"\x00\x00\x00\x08\x04\xd2\x16\x2f" * 12, SS_CORPUS[1]),
+    ],
+    ids=["tls-midstream", "server-answers-http", "server-answers-ssh", "short-opening", "ssh", "http", "zero-bits"],
+)
+def test_what_is_not_a_fully_encrypted_proxy_stream_is_clean(client: bytes, server: bytes) -> None:
+    assert all(found is None for found in feed_every_split(encrypted.detect_stream, client, server, meta(1234)))

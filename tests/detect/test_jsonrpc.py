@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gzip
+import zlib
+
 import pytest
 
 from egress.detect import jsonrpc
@@ -157,3 +160,52 @@ def test_message_at_counts_a_batch_and_ignores_braces_in_strings() -> None:
     text = b'{"method":"a","x":"}"'
     assert jsonrpc.message_at(text, 1, final=False) is None
     assert jsonrpc.message_at(text + b"}", 1, final=False) == text + b"}"
+
+
+SUBMIT = b'{"id":2,"method":"mining.submit","params":["worker","job1","00000000","5f5e1000","a1b2c3d4"]}\n'
+
+
+def _coded(coding: str, body: bytes) -> bytes:
+    coded = gzip.compress(body, mtime=0) if coding == "gzip" else zlib.compress(body)
+    head = f"POST /api HTTP/1.1\r\nHost: a\r\nContent-Encoding: {coding}\r\nContent-Length: {len(coded)}\r\n\r\n"
+    return head.encode() + coded
+
+
+@pytest.mark.parametrize("coding", ["gzip", "deflate"])
+def test_a_coded_http_body_is_read_decoded(coding: str) -> None:
+    """The proxy's decoder (egress.detect.codings) undoes the body: the pool reads the JSON, so does egress."""
+    found = jsonrpc.payload(HTTP_GET + _coded(coding, SUBMIT))
+    assert found.kind is jsonrpc.Kind.JSON and b"mining.submit" in found.text
+
+
+def test_a_cut_coded_body_is_read_as_far_as_it_goes() -> None:
+    stream = _coded("gzip", SUBMIT * 40)
+    found = jsonrpc.payload(stream[: len(stream) - 30])
+    assert b"mining.submit" in found.text
+
+
+def test_a_coded_bomb_is_decoded_only_to_the_scan_limit() -> None:
+    bomb = gzip.compress(b"[" + b" " * (64 * jsonrpc.SCAN_LIMIT) + b"]", mtime=0)
+    head = f"POST / HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: {len(bomb)}\r\n\r\n".encode()
+    found = jsonrpc.payload(head + bomb)
+    assert len(found.text) <= jsonrpc.SCAN_LIMIT + 1
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET /switch HTTP/1.1\r\nHost: a\r\n\r\n",
+        b"GET /up HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+        b"POST / HTTP/1.1\r\nContent-Length: 2\r\n\r\n{}",
+    ],
+)
+def test_bytes_after_a_message_that_start_no_other_are_a_raw_stream(head: bytes) -> None:
+    """What a client sends after an Upgrade (refused or not) or an unprompted 101 is not HTTP: a pool behind the
+    connection reads it raw (the suite's mitm/upgrade-* and mitm/unprompted-101 techniques)."""
+    found = jsonrpc.payload(head + SUBMIT)
+    assert found.kind is jsonrpc.Kind.JSON and SUBMIT.strip() in found.text
+
+
+def test_a_next_request_still_arriving_is_not_read_raw() -> None:
+    found = jsonrpc.payload(HTTP_GET + b'POST / HTTP/1.1\r\nContent-Length: 99\r\n{"method":"mining.submit"')
+    assert b"mining" not in found.text

@@ -30,6 +30,7 @@ from egress.detect import (
     cryptonode,
     cryptonote,
     dns_tunnel,
+    encrypted,
     ethstratum,
     getwork,
     icmp_tunnel,
@@ -39,6 +40,7 @@ from egress.detect import (
     stratum,
     stratum2,
     tor,
+    upgrade,
     vpn,
     websocket,
 )
@@ -75,6 +77,8 @@ LABELS: dict[str, tuple[frozenset[Category], frozenset[str]]] = {
     tor.NAME: (_TUNNEL, frozenset({"tor"})),
     vpn.NAME: (_TUNNEL, frozenset({"openvpn", "wireguard", "ipsec-ike"})),
     websocket.NAME: (_TUNNEL, frozenset({"websocket-tunnel"})),
+    encrypted.NAME: (_TUNNEL, frozenset({encrypted.STREAM_PROTOCOL, encrypted.PROTOCOL})),
+    upgrade.NAME: (_TUNNEL, frozenset({upgrade.PROTOCOL})),
     names.DETECTOR: (
         frozenset(category for category, _ in _LISTED) | _TUNNEL,
         frozenset(protocol for _, protocol in _LISTED) | {"dot", "doh", "doq"},

@@ -19,6 +19,7 @@ from typing import Final
 from mitmproxy import connection, http
 
 from egress.decide import Enforcement, Verdict, decide_finding
+from egress.detect import upgrade
 from egress.detect.base import Finding, FlowMeta, Transport
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Gate
@@ -34,9 +35,6 @@ from egress.proxy.mitm.inspect import (
 Sever = Callable[[connection.Client], None]
 """Closes both sides of a client's connection at once (`egress.proxy.mitm.server` closes its transports)."""
 Report = Callable[[http.HTTPFlow, Sandbox, Verdict], None]
-
-KNOWN_UPGRADES: Final = frozenset({"websocket"})
-"""Protocols a request may switch to: the ones whose messages mitmproxy parses and egress inspects."""
 
 _READ: Final = "egress-read"
 _WEBSOCKET: Final = "egress-websocket"
@@ -98,23 +96,10 @@ def response_message(response: http.Response) -> Message:
     )
 
 
-def upgrade_tokens(value: str) -> frozenset[str]:
-    """The protocol names of an ``Upgrade`` field (RFC 9110 §7.8), versions dropped, lowercased."""
-    return frozenset(token.strip().split("/", 1)[0].lower() for token in value.split(","))
-
-
 def upgrade_refused(request: http.Request, allowed: tuple[str, ...] = ()) -> Finding | None:
     """A finding when the request asks to switch to a protocol that is neither a WebSocket (on a ``GET``) nor one
-    the sandbox's ``upgrades:`` allows."""
-    upgrade = request.headers.get("upgrade")
-    if upgrade is None:
-        return None
-    tokens = upgrade_tokens(upgrade)
-    if tokens <= KNOWN_UPGRADES and request.method == "GET":
-        return None
-    if tokens <= KNOWN_UPGRADES | frozenset(allowed) and "websocket" not in tokens:
-        return None
-    return unidentified(f"Upgrade: {upgrade}", "unknown-upgrade")
+    the sandbox's ``upgrades:`` allows (`egress.detect.upgrade.refused`, the scanner's judgement too)."""
+    return upgrade.refused(request.method, request.headers.get("upgrade"), allowed)
 
 
 class FlowHooks:
@@ -139,7 +124,7 @@ class FlowHooks:
         if blocked is not None:
             answer_blocked(flow, blocked)
         elif refused is None and "upgrade" in flow.request.headers:
-            flow.metadata[_UPGRADE] = upgrade_tokens(flow.request.headers["upgrade"])
+            flow.metadata[_UPGRADE] = upgrade.tokens(flow.request.headers["upgrade"])
 
     @staticmethod
     def upgrade_allowed(flow: http.HTTPFlow) -> bool:
@@ -149,7 +134,7 @@ class FlowHooks:
         response = flow.response
         if not isinstance(asked, frozenset) or response is None or response.status_code != 101:
             return False
-        switched = upgrade_tokens(response.headers.get("upgrade", ""))
+        switched = upgrade.tokens(response.headers.get("upgrade", ""))
         return bool(switched) and switched <= asked and "websocket" not in switched
 
     def request(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
@@ -169,8 +154,7 @@ class FlowHooks:
         if response.status_code == 101 and flow.websocket is None and not self.upgrade_allowed(flow):
             # mitmproxy would relay the switched connection raw: only a WebSocket it parses, or a protocol the
             # policy allows (then relayed through the detectors, `egress.proxy.mitm.upgrades`), may follow a 101.
-            upgrade = response.headers.get("upgrade", "")
-            refused = unidentified(f"101 switching to {upgrade!r}", "unknown-upgrade")
+            refused = upgrade.switched(response.headers.get("upgrade", ""))
             if self._judge(flow, sandbox, refused) is not None:
                 flow.kill()
             return

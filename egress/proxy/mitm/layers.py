@@ -16,10 +16,11 @@ from typing import Any
 from mitmproxy.proxy import commands, events, layer, layers
 from mitmproxy.proxy.context import Context
 
-from egress.decide import Enforcement, Reason, Verdict, decide_finding
+from egress.decide import Enforcement, Reason, Verdict, decide_finding, decide_suspicion
 from egress.detect import http
 from egress.detect.base import MORE, Category, Finding, evidence
 from egress.detect.engine import FlowInspector, unidentified_finding
+from egress.detect.sshshape import SshShape
 from egress.policy.model import Sandbox
 from egress.proxy.holdback import Holdback
 
@@ -93,6 +94,9 @@ class InspectLayer(layers.TCPLayer):
         self.on_verdict = on_verdict
         self.held: bytes | None = b"" if guard_http else None
         """The client's first bytes while it is not yet known whether they start HTTP (``guard_http``)."""
+        self.shape = SshShape()
+        """Watches an SSH connection's encrypted shape for port forwarding (`egress.detect.sshshape`): a suspicion,
+        recorded, never blocked; it stops by itself on anything that is not SSH."""
 
     def relay_messages(self, event: events.Event) -> CommandGenerator:
         if self.held is not None and isinstance(event, events.DataReceived) and event.connection == self.context.client:
@@ -133,6 +137,9 @@ class InspectLayer(layers.TCPLayer):
             # The client ended its side inside a held message: the detectors' last look (a trailing partial
             # message counts), then what they passed goes out before the close.
             verdict = self._judge(inspector.close)
+        if verdict is None and isinstance(event, events.DataReceived) and not self.shape.done:
+            shape, data = self.shape, event.data
+            verdict = self._judge(lambda: shape.feed(from_client, data, self.clock()), suspected=True)
         if verdict is not None:
             yield from self._judged(verdict)
             if verdict.action is Enforcement.BLOCK:
@@ -147,11 +154,15 @@ class InspectLayer(layers.TCPLayer):
             yield from self._held_out(due_only=False)
         yield from super().relay_messages(event)
 
-    def _judge(self, feed: Callable[[], Finding | None]) -> Verdict | None:
-        """Feed the detectors; the verdict on a fresh finding (or an unidentified flow, ``strict``), if any."""
+    def _judge(self, feed: Callable[[], Finding | None], suspected: bool = False) -> Verdict | None:
+        """Feed the detectors; the verdict on a fresh finding (or an unidentified flow, ``strict``), if any.
+        ``suspected``: ``feed`` is the SSH shape watcher, whose finding is only recorded (`decide_suspicion`)."""
         inspector = self.inspector
         before = inspector.finding
         try:
+            if suspected:
+                watched = feed()
+                return decide_suspicion(self.sandbox, watched) if watched is not None else None
             finding = feed()
             # Acted on once per finding: a crypto-node finding keeps the flow inspected, and a mining finding
             # that comes later replaces it (egress.detect.engine.RANK).
