@@ -12,6 +12,10 @@ For each query from a sandbox (sans sockets; `egress.dnsserver.listen` reads and
    pinned ``answers``, ``deny_ranges``, listed CNAMEs); its kept addresses are bound to the name for the sandbox
    (`Bindings`, which the proxy checks) and offered to the kernel's allow sets through ``on_answer``.
 
+Upstream answers are cached for their TTL (`egress.dnsserver.cache`: policy-free, judged again on every hit), and
+queries that would be forwarded as the same bytes while one is on its way upstream wait for that one exchange, so a
+burst of one name costs one upstream query. Steps 1 and 2 run for every query, cached or not.
+
 Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP. A
 refusal tells an EDNS client why: an Extended DNS Error naming the reason and the rule (`forward.refusal`).
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import time
 from collections.abc import Callable
 
@@ -39,6 +44,7 @@ from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
 from egress.detect.names import NameLists
 from egress.dnsserver import answers, forward
 from egress.dnsserver.bindings import Bindings
+from egress.dnsserver.cache import AnswerCache
 from egress.dnsserver.forward import Upstream
 from egress.policy.model import Mode, Policy, Sandbox
 
@@ -103,6 +109,7 @@ class Resolver:
         listen_address: str = "",
         listen_port: int = 53,
         clock: Callable[[], float] = time.monotonic,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.policy = policy
         self.upstream = upstream
@@ -114,6 +121,8 @@ class Resolver:
         self.listen_port = listen_port
         self.clock = clock
         self._trackers: dict[str, DnsTunnelTracker] = {}
+        self.cache = cache if cache is not None else AnswerCache(clock=clock)
+        self._in_flight: dict[bytes, asyncio.Future[dns.Message | None]] = {}
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -191,10 +200,8 @@ class Resolver:
         client: tuple[str, int],
         transport: str,
     ) -> bytes:
-        sent = forward.upstream_query(query, question)
-        raw = await self._forward(sent)
-        upstream = dns.parse_partial(raw) if raw is not None else None
-        if upstream is None or upstream.problem or not forward.matches(sent, upstream):
+        upstream = await self._upstream_answer(forward.upstream_query(query, question, ident=0))
+        if upstream is None:
             return _reply(query, dns.SERVFAIL)
         rule = sandbox.name_allowed(name)
         if rule is None:  # report mode let a refused name through: its answer is not judged against a rule
@@ -239,6 +246,29 @@ class Resolver:
             verdict=verdict,
         )
         self.reporter.report(attempt)
+
+    async def _upstream_answer(self, forwarded: bytes) -> dns.Message | None:
+        """The upstream's answer to ``forwarded`` (its id zero): from the cache, from the exchange already on its way
+        for the same bytes, or from a new one (None: the upstream failed or answered something else)."""
+        cached = self.cache.get(forwarded)
+        if cached is not None:
+            return cached
+        key = AnswerCache.key(forwarded)
+        pending = self._in_flight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._exchange(forwarded))
+            self._in_flight[key] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(pending)  # one waiter cancelled must not cancel the others' exchange
+
+    async def _exchange(self, forwarded: bytes) -> dns.Message | None:
+        sent = secrets.randbits(16).to_bytes(2, "big") + forwarded[2:]
+        raw = await self._forward(sent)
+        upstream = dns.parse_partial(raw) if raw is not None else None
+        if upstream is None or upstream.problem or not forward.matches(sent, upstream):
+            return None
+        self.cache.put(forwarded, upstream)
+        return upstream
 
     async def _forward(self, query: bytes) -> bytes | None:
         try:
