@@ -12,8 +12,10 @@ TTLs that remain. The tunnel detectors and the query's decision come before the 
   or NOERROR without answers) lives for its SOA's TTL or MINIMUM, whichever is smaller (RFC 2308 §5), at most
   `NEGATIVE_TTL`, and is not kept without an SOA. A TTL of 0 is not kept. Neither are SERVFAIL and other rcodes,
   truncated answers or a message that did not parse whole.
-- A hit returns the message with every TTL lowered by the seconds it has been kept (RFC 1035 §4.1.3: a resolver
-  hands out the time that remains), OPT records untouched (their TTL field holds flags).
+- A hit returns the message as received and the seconds it has been kept: the resolver lowers every TTL it hands out
+  by that age (`aged`; RFC 1035 §4.1.3: a resolver hands out the time that remains), OPT records untouched (their
+  TTL field holds flags). Each entry also keeps the judgements made of its message (`Cached.judged`, filled by the
+  resolver): the same message judged for the same sandbox and rule is judged once.
 - Bounded: `MAX_ENTRIES` entries, least recently used evicted first, so an agent that asks endless names under an
   allowed wildcard costs a fixed amount of memory.
 """
@@ -23,7 +25,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Final
 
 from egress.detect import dns
@@ -36,8 +38,18 @@ NEGATIVE_TTL: Final = 300
 
 
 @dataclass(frozen=True, slots=True)
-class _Entry:
+class Cached:
+    """An upstream answer as the cache gives it: the message as received, its age in whole seconds, and the
+    judgements the resolver made of it (a memo that lives as long as the entry)."""
+
     message: dns.Message
+    age: int = 0
+    judged: dict[object, object] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class _Entry:
+    cached: Cached
     stored: float
     expires: float
 
@@ -62,7 +74,10 @@ def lifetime(message: dns.Message) -> int:
     return max(0, min([MAX_TTL, *(record.ttl for record in records)]))
 
 
-def _aged(records: tuple[dns.Record, ...], age: int) -> tuple[dns.Record, ...]:
+def aged(records: tuple[dns.Record, ...], age: int) -> tuple[dns.Record, ...]:
+    """``records`` with each TTL lowered by ``age`` seconds (at least 0), OPT records as they are."""
+    if age <= 0:
+        return records
     return tuple(
         record if record.rtype == dns.OPT else replace(record, ttl=max(0, record.ttl - age)) for record in records
     )
@@ -86,7 +101,7 @@ class AnswerCache:
         """The entry's key: the forwarded query without its id."""
         return b"\0\0" + forwarded[2:]
 
-    def get(self, forwarded: bytes) -> dns.Message | None:
+    def get(self, forwarded: bytes) -> Cached | None:
         key = self.key(forwarded)
         entry = self._entries.get(key)
         now = self.clock()
@@ -98,27 +113,22 @@ class AnswerCache:
         self._entries.move_to_end(key)
         self.hits += 1
         age = int(now - entry.stored)
-        if age <= 0:
-            return entry.message
-        message = entry.message
-        return replace(
-            message,
-            answers=_aged(message.answers, age),
-            authorities=_aged(message.authorities, age),
-            additionals=_aged(message.additionals, age),
-        )
+        return entry.cached if age <= 0 else Cached(entry.cached.message, age, entry.cached.judged)
 
-    def put(self, forwarded: bytes, message: dns.Message) -> None:
-        """Keep ``message``, the upstream's answer to ``forwarded``, if and as long as `lifetime` allows."""
+    def put(self, forwarded: bytes, message: dns.Message) -> Cached:
+        """Keep ``message``, the upstream's answer to ``forwarded``, if and as long as `lifetime` allows; returns
+        it as a hit of age 0 would (kept or not)."""
+        cached = Cached(message)
         ttl = lifetime(message)
         if ttl <= 0 or self.max_entries <= 0:
-            return
+            return cached
         key = self.key(forwarded)
         now = self.clock()
-        self._entries[key] = _Entry(message, now, now + ttl)
+        self._entries[key] = _Entry(cached, now, now + ttl)
         self._entries.move_to_end(key)
         while len(self._entries) > self.max_entries:
             self._entries.popitem(last=False)
+        return cached
 
     def clear(self) -> None:
         self._entries.clear()

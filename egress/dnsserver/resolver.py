@@ -44,9 +44,9 @@ from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
 from egress.detect.names import NameLists
 from egress.dnsserver import answers, forward
 from egress.dnsserver.bindings import Bindings
-from egress.dnsserver.cache import AnswerCache
+from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
-from egress.policy.model import Mode, Policy, Sandbox
+from egress.policy.model import HostRule, Mode, Policy, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ class Resolver:
         self.clock = clock
         self._trackers: dict[str, DnsTunnelTracker] = {}
         self.cache = cache if cache is not None else AnswerCache(clock=clock)
-        self._in_flight: dict[bytes, asyncio.Future[dns.Message | None]] = {}
+        self._in_flight: dict[bytes, asyncio.Future[Cached | None]] = {}
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -200,14 +200,15 @@ class Resolver:
         client: tuple[str, int],
         transport: str,
     ) -> bytes:
-        upstream = await self._upstream_answer(forward.upstream_query(query, question, ident=0))
-        if upstream is None:
+        cached = await self._upstream_answer(forward.upstream_query(query, question, ident=0))
+        if cached is None:
             return _reply(query, dns.SERVFAIL)
+        upstream = cached.message
         rule = sandbox.name_allowed(name)
         if rule is None:  # report mode let a refused name through: its answer is not judged against a rule
             sections: answers.Sections = (upstream.answers, upstream.authorities, upstream.additionals)
         else:
-            judged = answers.judge(sandbox, name, rule, upstream, self.lists)
+            judged = self._judged(cached, sandbox, name, rule)
             if judged.refused is not None:
                 self._report(client, transport, name, judged.refused, sandbox.name)
                 if judged.refused.action is Enforcement.BLOCK:
@@ -216,6 +217,8 @@ class Resolver:
             if judged.dropped:
                 self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
             sections = judged.sections if sandbox.mode is Mode.ENFORCE else sections_of(upstream)
+        if cached.age:
+            sections = (aged(sections[0], cached.age), aged(sections[1], cached.age), aged(sections[2], cached.age))
         found = [(a, record.ttl) for record in sections[0] if (a := dns.address_of(record)) is not None]
         if found:
             self.bindings.bind(sandbox.name, name, found)
@@ -247,7 +250,18 @@ class Resolver:
         )
         self.reporter.report(attempt)
 
-    async def _upstream_answer(self, forwarded: bytes) -> dns.Message | None:
+    def _judged(self, cached: Cached, sandbox: Sandbox, name: str, rule: HostRule) -> answers.Judged:
+        """`answers.judge` of the cached message, once per sandbox and rule (the objects of the policy in force,
+        which a reload replaces: a judgement made under the old policy is never reused)."""
+        memo = cached.judged.get((id(sandbox), id(rule)))
+        if isinstance(memo, tuple) and memo[0] is sandbox and memo[1] is rule and memo[2] is self.lists:
+            judged: answers.Judged = memo[3]
+            return judged
+        judged = answers.judge(sandbox, name, rule, cached.message, self.lists)
+        cached.judged[(id(sandbox), id(rule))] = (sandbox, rule, self.lists, judged)
+        return judged
+
+    async def _upstream_answer(self, forwarded: bytes) -> Cached | None:
         """The upstream's answer to ``forwarded`` (its id zero): from the cache, from the exchange already on its way
         for the same bytes, or from a new one (None: the upstream failed or answered something else)."""
         cached = self.cache.get(forwarded)
@@ -261,14 +275,13 @@ class Resolver:
             pending.add_done_callback(lambda _: self._in_flight.pop(key, None))
         return await asyncio.shield(pending)  # one waiter cancelled must not cancel the others' exchange
 
-    async def _exchange(self, forwarded: bytes) -> dns.Message | None:
+    async def _exchange(self, forwarded: bytes) -> Cached | None:
         sent = secrets.randbits(16).to_bytes(2, "big") + forwarded[2:]
         raw = await self._forward(sent)
         upstream = dns.parse_partial(raw) if raw is not None else None
         if upstream is None or upstream.problem or not forward.matches(sent, upstream):
             return None
-        self.cache.put(forwarded, upstream)
-        return upstream
+        return self.cache.put(forwarded, upstream)
 
     async def _forward(self, query: bytes) -> bytes | None:
         try:

@@ -10,8 +10,9 @@ import pytest
 
 from egress.detect import dns
 from egress.detect.names import NameLists
+from egress.dnsserver import answers as answers_module
 from egress.dnsserver.bindings import Bindings
-from egress.dnsserver.cache import MAX_TTL, NEGATIVE_TTL, AnswerCache, lifetime
+from egress.dnsserver.cache import MAX_TTL, NEGATIVE_TTL, AnswerCache, aged, lifetime
 from egress.dnsserver.forward import upstream_query
 from egress.dnsserver.resolver import Upstream
 from egress.policy.loader import parse_policy
@@ -68,10 +69,12 @@ def test_a_hit_hands_out_the_time_that_remains_until_it_expires() -> None:
     cache = AnswerCache(clock=clock)
     message = _answer(answers=(_a("x.lab", 60),))
     cache.put(_forwarded("x.lab", ident=1), message)
-    assert cache.get(_forwarded("x.lab", ident=2)) == message  # the id is no part of the key
+    hit = cache.get(_forwarded("x.lab", ident=2))  # the id is no part of the key
+    assert hit is not None and (hit.message, hit.age) == (message, 0)
     clock.now += 45.5
-    aged = cache.get(_forwarded("x.lab", ident=3))
-    assert aged is not None and [record.ttl for record in aged.answers] == [15]
+    hit = cache.get(_forwarded("x.lab", ident=3))
+    assert hit is not None and hit.message == message and hit.age == 45
+    assert [record.ttl for record in aged(hit.message.answers, hit.age)] == [15]
     clock.now += 14.5
     assert cache.get(_forwarded("x.lab")) is None
     assert (cache.hits, cache.misses, len(cache)) == (2, 1, 0)
@@ -85,14 +88,16 @@ def test_the_key_is_everything_that_shapes_the_answer() -> None:
     assert cache.get(_forwarded("X.LAB")) is not None  # forwarded lowercased: one entry
 
 
-def test_opt_records_keep_their_flags_when_aged() -> None:
-    clock = Clock()
-    cache = AnswerCache(clock=clock)
+def test_aging_lowers_every_ttl_but_never_below_zero_and_keeps_opt_flags() -> None:
     opt = dns.Record((), dns.OPT, 0x8000, b"", 1232)
-    cache.put(_forwarded("x.lab"), dns.Message(1, dns.QR, (), (_a("x.lab", 60),), (), (opt,)))
-    clock.now += 10
-    aged = cache.get(_forwarded("x.lab"))
-    assert aged is not None and aged.additionals == (opt,)
+    assert aged((_a("x.lab", 60), _a("x.lab", 5), opt), 10) == (_a("x.lab", 50), _a("x.lab", 0), opt)
+
+
+def test_an_answer_that_may_not_be_kept_is_still_handed_back() -> None:
+    cache = AnswerCache(clock=Clock())
+    failed = _answer(dns.SERVFAIL)
+    assert cache.put(_forwarded("x.lab"), failed).message == failed
+    assert cache.get(_forwarded("x.lab")) is None and len(cache) == 0
 
 
 def test_the_cache_is_bounded_least_recently_used_first() -> None:
@@ -193,3 +198,23 @@ def test_a_burst_of_one_name_costs_one_upstream_exchange(resolver: FakeUpstream)
     assert all(out is not None and dns.parse(out).rcode == dns.NOERROR for out in answers)
     assert sorted(dns.parse(out).id for out in answers if out is not None) == list(range(50))
     assert resolver._in_flight == {}
+
+
+def test_a_cached_answer_is_judged_once_per_sandbox_and_rule_until_a_reload(resolver: FakeUpstream) -> None:
+    resolver.upstream_answer = [_a("a.x.lab", 60)]
+    judged: list[str] = []
+    real = answers_module.judge
+
+    def counting(*args: object, **kwargs: object) -> object:
+        judged.append(str(args[1]))
+        return real(*args, **kwargs)  # type: ignore[arg-type]
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(answers_module, "judge", counting)
+        for ident in range(3):
+            ask(resolver, dns.build_query(ident, "a.x.lab", dns.A))
+        assert judged == ["a.x.lab"]
+        resolver.reload(parse_policy(POLICY))  # new policy objects: judged again under them
+        ask(resolver, dns.build_query(9, "a.x.lab", dns.A))
+        assert judged == ["a.x.lab", "a.x.lab"]
+    assert len(resolver.forwarded) == 1
