@@ -101,17 +101,18 @@ class AnswerCache:
         """The entry's key: the forwarded query without its id."""
         return b"\0\0" + forwarded[2:]
 
-    def get(self, forwarded: bytes) -> Cached | None:
+    def get(self, forwarded: bytes, counted: bool = True) -> Cached | None:
+        """The answer kept for ``forwarded``, if it has not expired (``counted``: into `hits` and `misses`)."""
         key = self.key(forwarded)
         entry = self._entries.get(key)
         now = self.clock()
         if entry is None or now >= entry.expires:
             if entry is not None:
                 del self._entries[key]
-            self.misses += 1
+            self.misses += counted
             return None
         self._entries.move_to_end(key)
-        self.hits += 1
+        self.hits += counted
         age = int(now - entry.stored)
         return entry.cached if age <= 0 else Cached(entry.cached.message, age, entry.cached.judged)
 

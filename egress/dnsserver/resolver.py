@@ -28,6 +28,7 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from egress.decide import (
     Enforcement,
@@ -54,7 +55,20 @@ UPSTREAM_TIMEOUT = 3.0
 AnswerSink = Callable[[str, list[tuple[str, int]]], None]
 """Called with (sandbox name, [(address, ttl)]) for every allowed answer."""
 
-__all__ = ["AnswerSink", "Resolver", "Upstream", "serve", "tunnel_limits"]
+__all__ = ["AnswerSink", "Pending", "Resolver", "Upstream", "serve", "tunnel_limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An allowed query whose upstream answer is not in the cache: what `Resolver.finish` needs to answer it."""
+
+    sandbox: Sandbox
+    query: dns.Message
+    name: str
+    forwarded: bytes
+    """The query to forward, its id zero (`egress.dnsserver.forward.upstream_query`)."""
+    client: tuple[str, int]
+    transport: str
 
 
 def tunnel_limits(sandbox: Sandbox) -> DnsTunnelLimits:
@@ -158,6 +172,13 @@ class Resolver:
         return None
 
     async def answer(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
+        """The bytes to answer ``query`` with (None: nothing can be answered)."""
+        result = self.answer_now(query, client, transport)
+        return await self.finish(result) if isinstance(result, Pending) else result
+
+    def answer_now(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | Pending | None:
+        """`answer` without waiting: the bytes, or `Pending` when the upstream must be asked (then `finish` it).
+        Everything but the upstream exchange happens here, so a query answered from the cache costs no task."""
         message = dns.parse_partial(query)
         if message is None:
             return None  # shorter than a header: there is no id to answer
@@ -189,20 +210,28 @@ class Resolver:
             if verdict.reason is not None and verdict.reason.value == "doh-canary":
                 return _reply(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
             return _refusal(message, verdict, forward.EDE_BLOCKED)
-        return await self._resolve(sandbox, message, question, name, client, transport)
+        forwarded = forward.upstream_query(message, question, ident=0)
+        cached = self.cache.get(forwarded)
+        if cached is None:
+            return Pending(sandbox, message, name, forwarded, client, transport)
+        return self._respond(sandbox, message, name, client, transport, cached)
 
-    async def _resolve(
+    async def finish(self, pending: Pending) -> bytes:
+        """The answer to a `Pending` query, once the upstream has answered (SERVFAIL if it did not)."""
+        cached = await self._upstream_answer(pending.forwarded)
+        if cached is None:
+            return _reply(pending.query, dns.SERVFAIL)
+        return self._respond(pending.sandbox, pending.query, pending.name, pending.client, pending.transport, cached)
+
+    def _respond(
         self,
         sandbox: Sandbox,
         query: dns.Message,
-        question: dns.Question,
         name: str,
         client: tuple[str, int],
         transport: str,
+        cached: Cached,
     ) -> bytes:
-        cached = await self._upstream_answer(forward.upstream_query(query, question, ident=0))
-        if cached is None:
-            return _reply(query, dns.SERVFAIL)
         upstream = cached.message
         rule = sandbox.name_allowed(name)
         if rule is None:  # report mode let a refused name through: its answer is not judged against a rule
@@ -262,9 +291,10 @@ class Resolver:
         return judged
 
     async def _upstream_answer(self, forwarded: bytes) -> Cached | None:
-        """The upstream's answer to ``forwarded`` (its id zero): from the cache, from the exchange already on its way
-        for the same bytes, or from a new one (None: the upstream failed or answered something else)."""
-        cached = self.cache.get(forwarded)
+        """The upstream's answer to ``forwarded`` (its id zero): from the exchange already on its way for the same
+        bytes, from the cache if one just ended, or from a new one (None: the upstream failed or answered something
+        else)."""
+        cached = self.cache.get(forwarded, counted=False)
         if cached is not None:
             return cached
         key = AnswerCache.key(forwarded)
