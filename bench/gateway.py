@@ -450,7 +450,7 @@ def egress_gateway(lab: Lab, workers: int) -> Iterator[str]:
     from egress.lab import demo
     from egress.nft import runner
 
-    run = demo.GatewayRun(lab, demo.LAB_POLICY, workers)
+    run = demo.GatewayRun(lab, demo.LAB_POLICY, workers, ready_timeout=120.0)  # a loaded machine starts it slowly
     (lab.state_dir / "logs").mkdir(parents=True, exist_ok=True)
     run.state.mkdir(parents=True, exist_ok=True)
     redis = netns.popen_in(

@@ -98,3 +98,16 @@ def test_the_formatter_never_lets_a_decision_overwrite_its_own_fields() -> None:
     record.decision = {"component": "forged", "level": "debug", "sandbox": "agent"}
     got = json.loads(JsonFormatter("gateway").format(record))
     assert (got["component"], got["level"], got["sandbox"]) == ("gateway", "warning", "agent")
+
+
+@pytest.mark.parametrize("evidence", ["stratum-v1: mining.subscribe", "x\u202ey\u2028z\nw", 'caf\u00e9 "q" \\'])
+def test_the_text_line_is_the_decisions_json_with_every_non_ascii_character_escaped(
+    captured: Captured, evidence: str
+) -> None:
+    configure("proxy", "text", "info")
+    verdict = Verdict(Enforcement.BLOCK, Reason.MINING, "sandboxes.agent.detectors.mining", evidence)
+    flow = DecidedFlow(1700000000.25, "agent", "10.0.0.2", 40000, "192.0.2.9", 3333, "tcp", "pool.example", verdict)
+    LogReporter().report(flow)
+    (line,) = captured.getvalue().splitlines()
+    assert line.endswith(" decision " + json.dumps(canonical(flow), separators=(",", ":")))
+    assert line.isascii()

@@ -5,7 +5,9 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
 
 - the receive buffer is sized (`RECEIVE_BUFFER`; ``SO_RCVBUFFORCE`` as root goes past ``net.core.rmem_max``,
   else ``SO_RCVBUF`` gets what the sysctl allows, and the size obtained is logged);
-- each wake-up drains up to `BATCH` datagrams, so the buffer empties faster than a burst fills it;
+- each wake-up drains up to `BATCH` datagrams, so the buffer empties faster than a burst fills it, and answers
+  each at once when it needs no upstream exchange (`Resolver.answer_now`: refusals and cached answers), so only a
+  query that waits on the upstream costs a task;
 - ``SO_RXQ_OVFL`` (Linux, socket(7)) makes the kernel attach to each datagram the count of datagrams it dropped
   on this socket so far; a rise is reported to the resolver (`Resolver.kernel_dropped`), which records it as
   ``dns-dropped``, so what the kernel drops is never lost silently.
@@ -21,7 +23,7 @@ import struct
 from typing import Final
 
 from egress.detect import dns
-from egress.dnsserver.resolver import Resolver
+from egress.dnsserver.resolver import Pending, Resolver
 
 log = logging.getLogger(__name__)
 
@@ -81,16 +83,28 @@ class UdpServer:
             if dropped is not None and dropped > self._drops_seen:
                 self.resolver.kernel_dropped(dropped - self._drops_seen)
                 self._drops_seen = dropped
-            task = self._loop.create_task(self._answer(data, (str(addr[0]), int(addr[1])), addr))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            client = (str(addr[0]), int(addr[1]))
+            try:
+                result = self.resolver.answer_now(data, client, "udp")
+            except Exception:  # one bad query must never stop the resolver; nothing is forwarded after an error
+                log.exception("query from %s failed", client[0])
+                result = dns.reply(data, dns.SERVFAIL, recursion_available=True)
+            if isinstance(result, Pending):  # the upstream must be asked: that waits in a task of its own
+                task = self._loop.create_task(self._finish(data, result, addr))
+                self.tasks.add(task)
+                task.add_done_callback(self.tasks.discard)
+            else:
+                self._send(result, addr)
 
-    async def _answer(self, data: bytes, client: tuple[str, int], addr: tuple[object, ...]) -> None:
+    async def _finish(self, data: bytes, pending: Pending, addr: tuple[object, ...]) -> None:
         try:
-            response = await self.resolver.answer(data, client, "udp")
-        except Exception:  # one bad query must never stop the resolver; nothing is forwarded after an error
-            log.exception("query from %s failed", client[0])
+            response: bytes | None = await self.resolver.finish(pending)
+        except Exception:  # as in `_drain`: SERVFAIL, nothing forwarded
+            log.exception("query from %s failed", pending.client[0])
             response = dns.reply(data, dns.SERVFAIL, recursion_available=True)
+        self._send(response, addr)
+
+    def _send(self, response: bytes | None, addr: tuple[object, ...]) -> None:
         if response is not None:
             with contextlib.suppress(OSError):  # a full send buffer or a vanished client: the client retries
                 self.sock.sendto(response, addr)

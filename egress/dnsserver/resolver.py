@@ -12,6 +12,10 @@ For each query from a sandbox (sans sockets; `egress.dnsserver.listen` reads and
    pinned ``answers``, ``deny_ranges``, listed CNAMEs); its kept addresses are bound to the name for the sandbox
    (`Bindings`, which the proxy checks) and offered to the kernel's allow sets through ``on_answer``.
 
+Upstream answers are cached for their TTL (`egress.dnsserver.cache`: policy-free, judged again on every hit), and
+queries that would be forwarded as the same bytes while one is on its way upstream wait for that one exchange, so a
+burst of one name costs one upstream query. Steps 1 and 2 run for every query, cached or not.
+
 Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP. A
 refusal tells an EDNS client why: an Extended DNS Error naming the reason and the rule (`forward.refusal`).
 """
@@ -21,8 +25,10 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import logging
+import secrets
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from egress.decide import (
     Enforcement,
@@ -39,8 +45,9 @@ from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
 from egress.detect.names import NameLists
 from egress.dnsserver import answers, forward
 from egress.dnsserver.bindings import Bindings
+from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
-from egress.policy.model import Mode, Policy, Sandbox
+from egress.policy.model import HostRule, Mode, Policy, Sandbox
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +55,20 @@ UPSTREAM_TIMEOUT = 3.0
 AnswerSink = Callable[[str, list[tuple[str, int]]], None]
 """Called with (sandbox name, [(address, ttl)]) for every allowed answer."""
 
-__all__ = ["AnswerSink", "Resolver", "Upstream", "serve", "tunnel_limits"]
+__all__ = ["AnswerSink", "Pending", "Resolver", "Upstream", "serve", "tunnel_limits"]
+
+
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """An allowed query whose upstream answer is not in the cache: what `Resolver.finish` needs to answer it."""
+
+    sandbox: Sandbox
+    query: dns.Message
+    name: str
+    forwarded: bytes
+    """The query to forward, its id zero (`egress.dnsserver.forward.upstream_query`)."""
+    client: tuple[str, int]
+    transport: str
 
 
 def tunnel_limits(sandbox: Sandbox) -> DnsTunnelLimits:
@@ -103,6 +123,7 @@ class Resolver:
         listen_address: str = "",
         listen_port: int = 53,
         clock: Callable[[], float] = time.monotonic,
+        cache: AnswerCache | None = None,
     ) -> None:
         self.policy = policy
         self.upstream = upstream
@@ -114,6 +135,8 @@ class Resolver:
         self.listen_port = listen_port
         self.clock = clock
         self._trackers: dict[str, DnsTunnelTracker] = {}
+        self.cache = cache if cache is not None else AnswerCache(clock=clock)
+        self._in_flight: dict[bytes, asyncio.Future[Cached | None]] = {}
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -149,6 +172,13 @@ class Resolver:
         return None
 
     async def answer(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
+        """The bytes to answer ``query`` with (None: nothing can be answered)."""
+        result = self.answer_now(query, client, transport)
+        return await self.finish(result) if isinstance(result, Pending) else result
+
+    def answer_now(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | Pending | None:
+        """`answer` without waiting: the bytes, or `Pending` when the upstream must be asked (then `finish` it).
+        Everything but the upstream exchange happens here, so a query answered from the cache costs no task."""
         message = dns.parse_partial(query)
         if message is None:
             return None  # shorter than a header: there is no id to answer
@@ -180,27 +210,34 @@ class Resolver:
             if verdict.reason is not None and verdict.reason.value == "doh-canary":
                 return _reply(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
             return _refusal(message, verdict, forward.EDE_BLOCKED)
-        return await self._resolve(sandbox, message, question, name, client, transport)
+        forwarded = forward.upstream_query(message, question, ident=0)
+        cached = self.cache.get(forwarded)
+        if cached is None:
+            return Pending(sandbox, message, name, forwarded, client, transport)
+        return self._respond(sandbox, message, name, client, transport, cached)
 
-    async def _resolve(
+    async def finish(self, pending: Pending) -> bytes:
+        """The answer to a `Pending` query, once the upstream has answered (SERVFAIL if it did not)."""
+        cached = await self._upstream_answer(pending.forwarded)
+        if cached is None:
+            return _reply(pending.query, dns.SERVFAIL)
+        return self._respond(pending.sandbox, pending.query, pending.name, pending.client, pending.transport, cached)
+
+    def _respond(
         self,
         sandbox: Sandbox,
         query: dns.Message,
-        question: dns.Question,
         name: str,
         client: tuple[str, int],
         transport: str,
+        cached: Cached,
     ) -> bytes:
-        sent = forward.upstream_query(query, question)
-        raw = await self._forward(sent)
-        upstream = dns.parse_partial(raw) if raw is not None else None
-        if upstream is None or upstream.problem or not forward.matches(sent, upstream):
-            return _reply(query, dns.SERVFAIL)
+        upstream = cached.message
         rule = sandbox.name_allowed(name)
         if rule is None:  # report mode let a refused name through: its answer is not judged against a rule
             sections: answers.Sections = (upstream.answers, upstream.authorities, upstream.additionals)
         else:
-            judged = answers.judge(sandbox, name, rule, upstream, self.lists)
+            judged = self._judged(cached, sandbox, name, rule)
             if judged.refused is not None:
                 self._report(client, transport, name, judged.refused, sandbox.name)
                 if judged.refused.action is Enforcement.BLOCK:
@@ -209,6 +246,8 @@ class Resolver:
             if judged.dropped:
                 self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
             sections = judged.sections if sandbox.mode is Mode.ENFORCE else sections_of(upstream)
+        if cached.age:
+            sections = (aged(sections[0], cached.age), aged(sections[1], cached.age), aged(sections[2], cached.age))
         found = [(a, record.ttl) for record in sections[0] if (a := dns.address_of(record)) is not None]
         if found:
             self.bindings.bind(sandbox.name, name, found)
@@ -239,6 +278,40 @@ class Resolver:
             verdict=verdict,
         )
         self.reporter.report(attempt)
+
+    def _judged(self, cached: Cached, sandbox: Sandbox, name: str, rule: HostRule) -> answers.Judged:
+        """`answers.judge` of the cached message, once per sandbox and rule (the objects of the policy in force,
+        which a reload replaces: a judgement made under the old policy is never reused)."""
+        memo = cached.judged.get((id(sandbox), id(rule)))
+        if isinstance(memo, tuple) and memo[0] is sandbox and memo[1] is rule and memo[2] is self.lists:
+            judged: answers.Judged = memo[3]
+            return judged
+        judged = answers.judge(sandbox, name, rule, cached.message, self.lists)
+        cached.judged[(id(sandbox), id(rule))] = (sandbox, rule, self.lists, judged)
+        return judged
+
+    async def _upstream_answer(self, forwarded: bytes) -> Cached | None:
+        """The upstream's answer to ``forwarded`` (its id zero): from the exchange already on its way for the same
+        bytes, from the cache if one just ended, or from a new one (None: the upstream failed or answered something
+        else)."""
+        cached = self.cache.get(forwarded, counted=False)
+        if cached is not None:
+            return cached
+        key = AnswerCache.key(forwarded)
+        pending = self._in_flight.get(key)
+        if pending is None:
+            pending = asyncio.ensure_future(self._exchange(forwarded))
+            self._in_flight[key] = pending
+            pending.add_done_callback(lambda _: self._in_flight.pop(key, None))
+        return await asyncio.shield(pending)  # one waiter cancelled must not cancel the others' exchange
+
+    async def _exchange(self, forwarded: bytes) -> Cached | None:
+        sent = secrets.randbits(16).to_bytes(2, "big") + forwarded[2:]
+        raw = await self._forward(sent)
+        upstream = dns.parse_partial(raw) if raw is not None else None
+        if upstream is None or upstream.problem or not forward.matches(sent, upstream):
+            return None
+        return self.cache.put(forwarded, upstream)
 
     async def _forward(self, query: bytes) -> bytes | None:
         try:

@@ -4,14 +4,21 @@ The resolver must never wait for ``nft``: it hands answers to `AllowSetWriter`, 
 arrived in the last moment and applies it as one transaction per set. The sets give per-destination accounting
 and carry allowed UDP networks' addresses; the proxy's own check uses the bindings file, so a late set update
 never lets anything through or blocks anything.
+
+An address answered again and again (the resolver's cache makes that cheap) is written again only when its
+timeout would move by more than `REFRESH` seconds (`Refreshes`): a busy resolver does not run ``nft`` for
+elements the kernel already holds long enough.
 """
 
 from __future__ import annotations
 
 import ipaddress
 import logging
+import math
 import queue
 import threading
+import time
+from collections.abc import Callable
 
 from egress.dnsserver.bindings import MAX_TTL, MIN_TTL
 from egress.nft import runner
@@ -21,6 +28,37 @@ from egress.policy.model import Policy
 log = logging.getLogger("egress.allowsets")
 
 BATCH_SECONDS = 0.05
+REFRESH = 2.0
+"""Seconds an element's deadline must move forward before it is written again."""
+REMEMBERED_MAX = 100_000
+
+
+class Refreshes:
+    """Which set elements need writing: those the kernel does not hold until ``REFRESH`` seconds short of what is
+    asked (pure but for its clock; the writer's thread alone uses it)."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self._deadlines: dict[tuple[str, str], float] = {}
+
+    def needed(self, set_name: str, elements: dict[str, int]) -> list[tuple[str, int]]:
+        now = self.clock()
+        return [
+            (address, timeout)
+            for address, timeout in sorted(elements.items())
+            if self._deadlines.get((set_name, address), -math.inf) < now + timeout - REFRESH
+        ]
+
+    def written(self, set_name: str, elements: list[tuple[str, int]]) -> None:
+        now = self.clock()
+        for address, timeout in elements:
+            self._deadlines[(set_name, address)] = now + timeout
+        if len(self._deadlines) > REMEMBERED_MAX:  # forget what has expired; at worst an element is written again
+            self._deadlines = {key: deadline for key, deadline in self._deadlines.items() if deadline > now}
+
+    def forget(self) -> None:
+        """The sets were replaced (a reload): nothing is held any more."""
+        self._deadlines.clear()
 
 
 class AllowSetWriter:
@@ -32,6 +70,8 @@ class AllowSetWriter:
         self.applied = 0
         self.errors = 0
         self._queue: queue.SimpleQueue[tuple[str, list[tuple[str, int]]] | None] = queue.SimpleQueue()
+        self._refreshes = Refreshes()
+        self._replaced = threading.Event()
         self._thread = threading.Thread(target=self._run, name="allowsets", daemon=True)
         self._thread.start()
 
@@ -42,6 +82,7 @@ class AllowSetWriter:
     def reload(self, policy: Policy) -> None:
         """The table was replaced with ``policy``'s (its sets start empty): write only sets that it has."""
         self.policy = policy
+        self._replaced.set()  # the thread forgets what it wrote before its next write
 
     def close(self) -> None:
         self._queue.put(None)
@@ -72,10 +113,15 @@ class AllowSetWriter:
                     closing = True
                     break
                 item = next_item
+            if self._replaced.is_set():
+                self._replaced.clear()
+                self._refreshes.forget()
             for set_name, elements in pending.items():
+                needed = self._refreshes.needed(set_name, elements)
                 try:
-                    runner.add_elements(self.table, set_name, sorted(elements.items()), netns=self.netns)
-                    self.applied += len(elements)
+                    runner.add_elements(self.table, set_name, needed, netns=self.netns)
+                    self._refreshes.written(set_name, needed)
+                    self.applied += len(needed)
                 except runner.NftError as exc:  # a reload may have replaced the table: next answers refill it
                     self.errors += 1
                     log.warning("allow set %s not updated: %s", set_name, exc)

@@ -6,7 +6,7 @@ import pathlib
 import subprocess
 import sys
 
-from egress.dnsserver.bindings import MIN_TTL, Bindings
+from egress.dnsserver.bindings import MIN_TTL, REFRESH, Bindings
 
 
 def test_bound_names_expire_with_their_ttl(tmp_path: pathlib.Path) -> None:
@@ -44,3 +44,18 @@ def test_another_process_sees_what_was_written(tmp_path: pathlib.Path) -> None:
         [sys.executable, "-c", reader, str(path)], capture_output=True, text=True, timeout=30, check=False
     )
     assert result.stdout.strip() == "['pool.example']", result.stderr
+
+
+def test_a_write_that_would_move_an_expiry_by_less_than_refresh_is_skipped(tmp_path: pathlib.Path) -> None:
+    bindings = Bindings(tmp_path / "b.db")
+    bindings.bind("agent", "a.lab", [("198.51.100.1", 60)], now=0.0)
+    bindings.bind("agent", "a.lab", [("198.51.100.1", 60)], now=REFRESH / 2)  # skipped: the row says 60
+    assert not bindings.is_bound("agent", "a.lab", "198.51.100.1", now=60.0 + REFRESH / 4)
+    bindings.bind("agent", "a.lab", [("198.51.100.1", 60)], now=REFRESH)  # far enough: written
+    assert bindings.is_bound("agent", "a.lab", "198.51.100.1", now=60.0 + REFRESH / 2)
+    bindings.clear()
+    bindings.bind("agent", "a.lab", [("198.51.100.1", 60)], now=REFRESH)  # after a clear, written again
+    assert bindings.is_bound("agent", "a.lab", "198.51.100.1", now=60.0)
+    bindings.bind("other", "a.lab", [("198.51.100.1", 60)], now=REFRESH)  # another sandbox: its own row
+    assert bindings.is_bound("other", "a.lab", "198.51.100.1", now=60.0)
+    bindings.close()

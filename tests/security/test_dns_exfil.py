@@ -42,6 +42,7 @@ import socket, sys
 from egress.detect import dns
 marker, kind, server = sys.argv[1].encode(), sys.argv[2], sys.argv[3]
 allowed = dns.Question((b"allowed", b"lab"), dns.A)
+fresh = dns.Question((sys.argv[4].encode(), b"t", b"lab"), dns.A)  # allowed by *.t.lab, asked by no other test
 evil = dns.Question((marker, b"evil"), dns.TXT)
 secret = dns.Record((marker, b"evil"), dns.TXT, 0, dns.txt_data([marker]))
 opt = dns.Record((), dns.OPT, 0, (65001).to_bytes(2) + len(marker).to_bytes(2) + marker, 1232)
@@ -51,8 +52,8 @@ message = {
     "update-opcode": dns.Message(1, 5 << 11, (dns.Question((b"allowed", b"lab"), dns.SOA),), (), (secret,)),
     "notify-opcode": dns.Message(1, 4 << 11, (dns.Question((b"allowed", b"lab"), dns.SOA),), (secret,)),
     "chaos-class": dns.Message(1, dns.RD, (dns.Question((marker, b"allowed", b"lab"), dns.TXT, 3),)),
-    "additional-record": dns.Message(1, dns.RD, (allowed,), (), (secret,), (secret,)),
-    "edns-option": dns.Message(1, dns.RD, (allowed,), additionals=(opt,)),
+    "additional-record": dns.Message(1, dns.RD, (fresh,), (), (secret,), (secret,)),
+    "edns-option": dns.Message(1, dns.RD, (fresh,), additionals=(opt,)),
 }[kind]
 family = socket.AF_INET6 if ":" in server else socket.AF_INET
 with socket.socket(family, socket.SOCK_DGRAM) as sock:
@@ -65,7 +66,9 @@ with socket.socket(family, socket.SOCK_DGRAM) as sock:
 """
 CRAFTED = ["two-questions", "evil-second", "update-opcode", "notify-opcode", "chaos-class"]
 STRIPPED = ["additional-record", "edns-option"]
-"""Allowed questions carrying the marker elsewhere: answered, with nothing but the question forwarded."""
+"""Allowed questions carrying the marker elsewhere: answered, with nothing but the question forwarded. Each asks a
+name of its own (``<variant>-<transport>.t.lab``): the resolver caches answers, and a name asked before would be
+answered without an upstream exchange for the capture to see."""
 
 
 def _marker() -> str:
@@ -108,7 +111,7 @@ def test_crafted_query_smuggling_a_name(dns_lab: SecurityLab, variant: str, tran
     gateway = GATEWAY_SBX_V4 if transport == "v4" else GATEWAY_SBX_V6
     since = time.time()
     with dns_lab.capture(f"dns-craft-{variant}") as capture:
-        done = dns_lab.sandbox_python(CRAFT, marker, variant, gateway)
+        done = dns_lab.sandbox_python(CRAFT, marker, variant, gateway, f"{variant}-{transport}")
     crossed = capture.result
     assert crossed is not None
     leaked = _leaked(crossed, marker)

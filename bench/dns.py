@@ -1,0 +1,273 @@
+"""DNS benchmark: the gateway's resolver beside unbound in the same place, with dnsperf from the sandbox (issue 15).
+
+Brings up a lab (``egt-dns-`` by default) with its fake internet (the lab's authority answers every lab name), then
+for each configuration, in the same lab, with the sandbox asking the gateway's sandbox-side address on port 53:
+
+- ``egress``: the real gateway (`bench.gateway.egress_gateway`: rules/lab-policy.yaml, its Redis beside it);
+- ``unbound``: Debian's unbound as a caching forwarder to the lab's authority, in the gateway namespace, one
+  thread per core (the peer the issue names).
+
+Each configuration is measured twice: saturated (dnsperf with many outstanding queries: queries/s, average
+latency, lost queries, gateway CPU per 1,000 answers), then at half the queries/s unbound reached, with a probe in
+the sandbox that sends one query every `PROBE_INTERVAL` and times each answer (p50/p99; dnsperf 2.10 prints no
+percentiles). The queries are the allowed names of the lab policy, A and AAAA (what an agent's connections ask).
+
+    python bench/dns.py                     # both configurations, 3 interleaved rounds
+    python bench/dns.py --only egress --seconds 5
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import re
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE.parent))
+
+from bench import gateway as gw  # noqa: E402
+from egress.detect import dns  # noqa: E402
+from egress.lab import netns, servers  # noqa: E402
+from egress.lab.topology import GATEWAY_SBX_V4, Lab, server  # noqa: E402
+
+NAMES = ("allowed.lab", "ws.lab")
+PROBE_INTERVAL = 0.01
+"""Seconds between the latency probe's queries (100 a second: part of the load, a small part)."""
+Result = dict[str, Any]
+
+
+def probe(argv: list[str]) -> int:
+    """Inside the sandbox: one query every `PROBE_INTERVAL` for ``seconds``; prints the answer times (ms) as JSON."""
+    nameserver, seconds = argv[0], float(argv[1])
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.settimeout(2.0)
+    times: list[float] = []
+    lost = 0
+    end = time.monotonic() + seconds
+    ident = 0
+    while time.monotonic() < end:
+        ident = (ident + 1) & 0xFFFF
+        query = dns.build_query(ident, NAMES[ident % len(NAMES)], dns.A if ident % 4 < 2 else dns.AAAA)
+        sent = time.monotonic()
+        sock.sendto(query, (nameserver, 53))
+        try:
+            while True:
+                data = sock.recv(4096)
+                if data[:2] == query[:2]:
+                    break
+            times.append(1000.0 * (time.monotonic() - sent))
+        except TimeoutError:
+            lost += 1
+        time.sleep(max(0.0, sent + PROBE_INTERVAL - time.monotonic()))
+    print(json.dumps({"times": times, "lost": lost}))
+    return 0
+
+
+def _query_file(lab: Lab) -> pathlib.Path:
+    path = lab.state_dir / "dnsperf-queries.txt"
+    path.write_text("".join(f"{name} {kind}\n" for name in NAMES for kind in ("A", "AAAA")))
+    return path
+
+
+def dnsperf(lab: Lab, nameserver: str, seconds: float, rate: float | None = None) -> Result:
+    """dnsperf from the sandbox; saturated (many outstanding, two threads) or at ``rate`` queries/s."""
+    argv = ["dnsperf", "-s", nameserver, "-p", "53", "-d", str(_query_file(lab)), "-l", str(seconds)]
+    argv += ["-c", "16", "-T", "2", "-q", "500", "-t", "2"]
+    if rate is not None:
+        argv += ["-Q", str(int(rate))]
+    gateway0 = gw._ns_cpu(lab.gateway_ns)
+    done = netns.exec_in(lab.sandbox_ns, argv, timeout=seconds + 60)
+    cpu = gw._ns_cpu(lab.gateway_ns) - gateway0
+    text = done.stdout
+    qps = re.search(r"Queries per second:\s+([\d.]+)", text)
+    latency = re.search(r"Average Latency \(s\):\s+([\d.]+)", text)
+    completed = re.search(r"Queries completed:\s+(\d+)", text)
+    lost = re.search(r"Queries lost:\s+(\d+)", text)
+    if qps is None or completed is None:
+        return {"failed": (done.stderr.strip() or text.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
+    answered = int(completed.group(1))
+    return {
+        "qps": float(qps.group(1)),
+        "avg_ms": 1000.0 * float(latency.group(1)) if latency else float("nan"),
+        "lost": int(lost.group(1)) if lost else 0,
+        "gw_cpu_ms_per_1k": 1000.0 * cpu / max(answered / 1000.0, 1e-9),
+    }
+
+
+def half_load(lab: Lab, nameserver: str, seconds: float, rate: float) -> Result:
+    """dnsperf at ``rate`` queries/s with the latency probe beside it: the probe's p50/p99 and losses."""
+    load = ["dnsperf", "-s", nameserver, "-d", str(_query_file(lab)), "-l", str(seconds + 1)]
+    load += ["-Q", str(int(rate)), "-c", "8", "-q", "200"]
+    perf = netns.popen_in(lab.sandbox_ns, load, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "probe", nameserver, str(seconds)]
+        done = netns.exec_in(lab.sandbox_ns, argv, timeout=seconds + 60)
+    finally:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            perf.wait(timeout=seconds + 30)
+        if perf.poll() is None:
+            perf.kill()
+    if done.returncode != 0:
+        return {"failed": (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    times = sorted(out["times"])
+    if not times:
+        return {"failed": "the probe got no answer", "lost": out["lost"]}
+    return {
+        "rate": rate,
+        "p50_ms": statistics.median(times),
+        "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
+        "probe_lost": out["lost"],
+    }
+
+
+@contextlib.contextmanager
+def unbound(lab: Lab, workers: int) -> Iterator[str]:
+    """Debian's unbound on the gateway's sandbox-side address, forwarding to the lab's authority, caching."""
+    binary = shutil.which("unbound") or "/usr/sbin/unbound"
+    if not pathlib.Path(binary).exists():
+        raise gw.Unavailable("unbound is not installed (apt-get install unbound)")
+    state = lab.state_dir / "unbound"
+    state.mkdir(parents=True, exist_ok=True)
+    config = state / "unbound.conf"
+    config.write_text(
+        "server:\n"
+        f"  interface: {GATEWAY_SBX_V4}\n  port: 53\n  access-control: 10.203.1.0/24 allow\n"
+        f'  do-daemonize: no\n  username: ""\n  chroot: ""\n  directory: "{state}"\n  pidfile: ""\n'
+        f"  num-threads: {workers}\n  so-reuseport: yes\n  do-ip6: no\n  use-syslog: no\n  verbosity: 0\n"
+        '  module-config: "iterator"\n  do-not-query-localhost: no\n  domain-insecure: "lab"\n'
+        "  msg-cache-size: 64m\n  rrset-cache-size: 128m\n"
+        f'forward-zone:\n  name: "."\n  forward-addr: {server("ns").v4}\n'
+    )
+    log = (state / "unbound.log").open("wb")
+    process = netns.popen_in(lab.gateway_ns, [binary, "-d", "-c", str(config)], stdout=log, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 20
+        while not _answers(lab):
+            if time.monotonic() > deadline or process.poll() is not None:
+                raise gw.Unavailable(f"unbound did not start: {(state / 'unbound.log').read_text()[-300:]}")
+            time.sleep(0.1)
+        yield GATEWAY_SBX_V4
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        log.close()
+
+
+def _answers(lab: Lab) -> bool:
+    done = netns.exec_in(lab.sandbox_ns, ["dig", "+short", "+time=1", "+tries=1", f"@{GATEWAY_SBX_V4}", NAMES[0]],
+                         timeout=10)  # fmt: skip
+    return bool(done.stdout.strip())
+
+
+CONFIGS: dict[str, Callable[[Lab, int], contextlib.AbstractContextManager[str]]] = {
+    "egress": gw.egress_gateway,
+    "unbound": unbound,
+}
+
+
+def report(results: dict[str, dict[str, Result]]) -> list[str]:
+    rows = (
+        ("saturated", "qps", "queries/s (dnsperf, saturated)"),
+        ("saturated", "avg_ms", "  average latency (ms)"),
+        ("saturated", "lost", "  queries lost"),
+        ("saturated", "gw_cpu_ms_per_1k", "gateway CPU ms per 1,000 answers"),
+        ("half", "rate", "half load (queries/s)"),
+        ("half", "p50_ms", "  probe p50 (ms)"),
+        ("half", "p99_ms", "  probe p99 (ms)"),
+    )
+    configs = [c for c in CONFIGS if c in results]
+    lines = [f"{'metric':<34}" + "".join(f"{c:>10}" for c in configs) + f"{'eg/unbound':>12}"]
+    for key, field, label in rows:
+        values = [gw._value(results, c, key, field) for c in configs]
+        ratio = gw._ratio(gw._value(results, "egress", key, field), gw._value(results, "unbound", key, field))
+        lines.append(f"{label:<34}" + "".join(f"{gw._fmt(v):>10}" for v in values) + f"{ratio:>12}")
+    egress_qps, unbound_qps = (gw._value(results, c, "saturated", "qps") for c in ("egress", "unbound"))
+    p99 = gw._value(results, "egress", "half", "p99_ms")
+    lines.append("goals:")
+    ok = None if egress_qps is None or unbound_qps is None else egress_qps >= 0.25 * unbound_qps
+    lines.append(f"  {'n/a ' if ok is None else 'PASS' if ok else 'FAIL'} queries/s >= 0.25x unbound's "
+                 f"({gw._ratio(egress_qps, unbound_qps)})")  # fmt: skip
+    ok = None if p99 is None else p99 < 5.0
+    lines.append(f"  {'n/a ' if ok is None else 'PASS' if ok else 'FAIL'} p99 < 5 ms at half load ({gw._fmt(p99)} ms)")
+    for config in configs:
+        for key, result in results[config].items():
+            if "failed" in result:
+                lines.append(f"{config} {key} failed: {result['failed']}")
+    return lines
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["probe"]:
+        return probe(argv[1:])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prefix", default="egt-dns-", help="lab prefix (namespaces <prefix>sbx/gw/net)")
+    parser.add_argument("--only", default=",".join(CONFIGS), help="configurations, comma-separated, in run order")
+    parser.add_argument("--seconds", type=float, default=5.0, help="measured seconds per measurement")
+    parser.add_argument("--workers", type=int, default=os.cpu_count() or 1, help="proxy workers / unbound threads")
+    parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations; medians reported")
+    parser.add_argument("--half-rate", type=float, help="queries/s of the half-load run (default: half unbound's)")
+    parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
+    args = parser.parse_args(argv)
+    if os.geteuid() != 0:
+        print("the DNS benchmark needs root (network namespaces, nftables)", file=sys.stderr)
+        return 2
+    if shutil.which("dnsperf") is None:
+        print("dnsperf is not installed (apt-get install dnsperf)", file=sys.stderr)
+        return 2
+    order = [name.strip() for name in args.only.split(",") if name.strip()]
+    if unknown := [name for name in order if name not in CONFIGS]:
+        parser.error(f"unknown configuration(s) {unknown}: choose from {list(CONFIGS)}")
+    print("machine: " + ", ".join(f"{k} {v}" for k, v in gw.machine().items() if k != "wrk"), flush=True)
+    rounds: dict[str, list[dict[str, Result]]] = {}
+    half_rate: float | None = args.half_rate
+    started = time.monotonic()
+    lab = netns.up(args.prefix)
+    fake_internet: subprocess.Popen[bytes] | None = None
+    try:
+        (lab.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        fake_internet = servers.start(lab, workers=os.cpu_count() or 1, log=lab.state_dir / "logs" / "servers.log")
+        for round_index in range(args.rounds):
+            for name in sorted(order, key=lambda n: n != "unbound"):  # unbound first: it sets the half load
+                print(f"== {name}, round {round_index + 1} of {args.rounds}", flush=True)
+                try:
+                    with CONFIGS[name](lab, args.workers) as nameserver:
+                        saturated = dnsperf(lab, nameserver, args.seconds)
+                        if name == "unbound" and half_rate is None and "qps" in saturated:
+                            half_rate = saturated["qps"] / 2
+                        rate = half_rate if half_rate is not None else 1000.0
+                        measured = {"saturated": saturated, "half": half_load(lab, nameserver, args.seconds, rate)}
+                except gw.Unavailable as error:
+                    measured = {"saturated": {"failed": str(error)}}
+                rounds.setdefault(name, []).append(measured)
+                print(f"  {name}: {json.dumps(measured)}", flush=True)
+    finally:
+        if fake_internet is not None:
+            servers.stop(fake_internet)
+        netns.down(args.prefix)
+    results = {name: gw._medians(each) for name, each in rounds.items()}
+    print(f"\nmedians over {args.rounds} round(s)")
+    print("\n".join(report(results)))
+    print(f"\nwhole run {time.monotonic() - started:.0f} s; lab {args.prefix} removed")
+    if args.json:
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "rounds": rounds}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
