@@ -109,6 +109,11 @@ class UdpServer:
             with contextlib.suppress(OSError):  # a full send buffer or a vanished client: the client retries
                 self.sock.sendto(response, addr)
 
+    def pause(self) -> None:
+        """Stop reading the socket (kept open: queries queue up unanswered), as a stuck resolver would."""
+        if self.sock.fileno() >= 0:
+            self._loop.remove_reader(self.sock.fileno())
+
     def get_extra_info(self, name: str) -> object:
         """As asyncio transports do: ``sockname`` is the bound address."""
         return self.sock.getsockname() if name == "sockname" else None

@@ -28,6 +28,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from egress.decisions import DecidedFlow, Reporter
+from egress.dnsserver.listen import UdpServer
 from egress.dnsserver.resolver import Resolver, serve
 from egress.gateway.droplog import DropLogger
 from egress.gateway.liveness import CHECK_EVERY, DRAIN_DEADLINE, Answers, Drain
@@ -152,7 +153,10 @@ class ResolverPart:
                 await asyncio.Event().wait()
                 return None
 
-            setattr(self.resolver, "answer", never)  # noqa: B010 (mypy refuses assigning to a method)
+            setattr(self.resolver, "answer", never)  # noqa: B010 (mypy refuses assigning to a method); TCP
+            for handle in self.handles:  # UDP answers in the read loop itself (`Resolver.answer_now`): stop reading
+                if isinstance(handle, UdpServer):
+                    handle.pause()
             log.warning("FAULT HOOK: the resolver stops answering (%s=1)", FAULT_HOOKS_ENV)
 
 
