@@ -130,6 +130,8 @@ def test_a_supervisor_thread_killed_alone_is_restarted_and_loses_no_record(
                 return "LOCKDOWN" in text.split(f"{name} is down", 1)[1]
 
             locked = eventually(noticed, timeout=scaled(60), interval=0.2)
+            eventually(lambda: f"{name} recovered in" in _log(lab), timeout=scaled(120), interval=0.2)
+            recovered_seen = time.time()
             back = _recovered_at(load, fault_at, lambda: _gateway_alive(lab) and f"{name} recovered in" in _log(lab))
             _after(load, time.time(), ITERATIONS_AFTER)
             load.stop()
@@ -148,15 +150,18 @@ def test_a_supervisor_thread_killed_alone_is_restarted_and_loses_no_record(
         mining = sum(r.count for r in found if r.reason == "mining")
         alive = _gateway_alive(lab)
         text = _log(lab)
+        said = _supervisor_said(lab)
     assert capture.result is not None
     leaked = leaked_bytes(capture.result)
     marker = capture.result.contains(MARKER.encode())
     sent = sum(it["udp"] == "sent" for it in log_lines)
+    during = sum(fault_at <= float(str(it["start"])) <= recovered_seen for it in log_lines)
     note = (
         f"SIGUSR1 with {FAULT_HOOKS_ENV}={fault}: the thread dies alone; lockdown {'yes' if locked else 'no'}; "
-        f"served again in {back - fault_at:.0f} s (supervisor: {_supervisor_said(lab)}); {sent} UDP attempts to "
-        f"ports of their own: {len(missing)} missing, {len(twice)} twice or miscounted; {len(unnamed)} refused "
-        f"names unrecorded; {mining} mining attempts recorded; gateway {'running' if alive else 'stopped'}"
+        f"served again in {back - fault_at:.0f} s (supervisor: {said}); {sent} UDP attempts to ports of their own "
+        f"({during} between the fault and the recovery): {len(missing)} missing, {len(twice)} twice or "
+        f"miscounted; {len(unnamed)} refused names unrecorded; {mining} mining attempts recorded; "
+        f"gateway {'running' if alive else 'stopped'}"
     )
     recovered = "yes" if alive and f"{name} recovered in" in text else "no"
     report_fault(f"{name} thread (dies alone)", 1, int(leaked == 0 and not marker), leaked, recovered, note)
