@@ -12,7 +12,7 @@ from egress.api.errors import ApiError
 from egress.api.respond import json_response
 from egress.api.routes import NoQuery
 from egress.api.settings import Settings
-from egress.correlate import timeline
+from egress.correlate import timeline_rows
 from egress.record import query
 from egress.record.store import RecordStore
 
@@ -41,11 +41,11 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
         found, more_attempts = query.newest_attempts_for_sandbox(store, sandbox, since, until, params.limit)
         actions, more_actions = query.read_newest_actions(store, sandbox, since, until, params.limit)
         items: list[dict[str, Any]] = []
-        for item in timeline(actions, found, slack):
-            if item.attempt is not None:
-                items.append({"type": "attempt", "ts": item.ts, "attempt": item.attempt, "related": item.related})
-            elif item.action is not None:
-                items.append({"type": "action", "ts": item.ts, "action": item.action})
+        for ts, action, attempt, related in timeline_rows(actions, found, slack):
+            if attempt is not None:
+                items.append({"type": "attempt", "ts": ts, "attempt": attempt, "related": related})
+            else:
+                items.append({"type": "action", "ts": ts, "action": action})
         truncated = more_attempts or more_actions
         return json_response(
             {"sandbox": sandbox, "since": since, "until": until, "items": items, "truncated": truncated}
