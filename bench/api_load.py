@@ -29,8 +29,12 @@ _SERVE = "import sys; from egress.api.server import api_serve; sys.exit(api_serv
 
 def cpu_seconds(pid: int) -> float:
     """CPU time (user + system) of a process and its waited-for children, from /proc: what a request costs the
-    server however busy the machine is (latencies on a shared machine measure the machine too)."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    server however busy the machine is (latencies on a shared machine measure the machine too); nan once it is
+    gone (a fault test kills it)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+    except OSError:
+        return float("nan")
     return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
 
 
@@ -105,10 +109,16 @@ class Result:
 
 
 def load(
-    served: Served, path_of: Callable[[int], str], clients: int, requests: int, seconds: float, timeout: float
+    served: Served,
+    path_of: Callable[[int], str],
+    clients: int,
+    requests: int,
+    seconds: float,
+    timeout: float,
+    stop: threading.Event | None = None,
 ) -> Result:
     """``clients`` threads, each with its own keep-alive connection, request ``path_of(n)`` (n counts up over all
-    clients) until ``requests`` were sent or ``seconds`` passed."""
+    clients) until ``requests`` were sent, ``seconds`` passed or ``stop`` is set."""
     result = Result()
     lock = threading.Lock()
     sent = 0
@@ -117,7 +127,7 @@ def load(
     def client() -> None:
         nonlocal sent
         with httpx.Client(base_url=served.base, timeout=timeout) as http:
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (stop is not None and stop.is_set()):
                 with lock:
                     if sent >= requests:
                         return

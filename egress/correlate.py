@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import bisect
 import math
+import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Final, Literal
@@ -71,6 +72,8 @@ class Correlator:
         """Same answer as ``correlate(attempt_ts, actions, slack)``."""
         low = bisect.bisect_left(self._starts, attempt_ts - self.slack - self._longest - _MARGIN)
         high = bisect.bisect_right(self._starts, attempt_ts + self.slack + _MARGIN)
+        if low >= high and not self._running:
+            return []  # no candidate (most attempts of a timeline): no list to build, nothing to sort
         return correlate(attempt_ts, [*self._finished[low:high], *self._running], self.slack)
 
 
@@ -93,17 +96,35 @@ def timeline(
 ) -> list[TimelineItem]:
     """Actions and attempts merged by time, oldest first; at equal times an action comes before an attempt (the
     action is the cause). Each attempt carries the ids of its correlated actions in ``related``."""
-    items = [TimelineItem("action", action.start, action=action) for action in actions]
+    return [
+        TimelineItem("action", ts, action=action)
+        if action is not None
+        else TimelineItem("attempt", ts, attempt=attempt, related=related)
+        for ts, action, attempt, related in timeline_rows(actions, attempts, slack)
+    ]
+
+
+TimelineRow = tuple[float, ActionRecord | None, AttemptRecord | None, tuple[str, ...]]
+"""(time, the action or None, the attempt or None, the attempt's related action ids): a `TimelineItem` unbuilt."""
+
+
+def timeline_rows(
+    actions: Sequence[ActionRecord], attempts: Sequence[AttemptRecord], slack: float = DEFAULT_SLACK
+) -> list[TimelineRow]:
+    """`timeline` as plain tuples, for the API, which answers hundreds of lines per request: building a frozen
+    dataclass per line was most of what the merge cost."""
     index = Correlator(actions, slack)
-    for attempt in attempts:
-        related = tuple(action.id for action, _ in index.links(attempt.ts))
-        items.append(TimelineItem("attempt", attempt.ts, attempt=attempt, related=related))
-    items.sort(key=_order)
-    return items
+    keyed: list[tuple[float, int, str, TimelineRow]] = [
+        (action.start, 0, action.id, (action.start, action, None, ())) for action in actions
+    ]
+    links = index.links
+    keyed += [
+        (attempt.ts, 1, attempt.id, (attempt.ts, None, attempt, tuple(action.id for action, _ in links(attempt.ts))))
+        for attempt in attempts
+    ]
+    keyed.sort(key=_ORDER)
+    return [row for *_, row in keyed]
 
 
-def _order(item: TimelineItem) -> tuple[float, int, str]:
-    if item.action is not None:
-        return (item.ts, 0, item.action.id)
-    assert item.attempt is not None
-    return (item.ts, 1, item.attempt.id)
+_ORDER: Final = operator.itemgetter(0, 1, 2)
+"""(time, 0 for an action / 1 for an attempt, id): an action before an attempt at the same time, the cause first."""

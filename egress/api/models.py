@@ -299,6 +299,9 @@ class Timeline(BaseModel):
     since: float
     until: float
     items: list[Annotated[AttemptItem | ActionItem, Field(discriminator="type")]]
+    truncated: bool = Field(
+        description="Older actions or attempts in the window were left out: the items are the newest `limit` of each."
+    )
 
 
 class Stats(BaseModel):

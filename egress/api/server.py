@@ -1,13 +1,18 @@
 """Serving the query API with uvicorn, and the ``egress api serve`` command (`api_serve`).
 
 One worker runs the app in this process; several are uvicorn worker processes that each build the app from
-``EGRESS_API_SETTINGS`` (`app_from_env`: token digests only travel there, never tokens).
+``EGRESS_API_SETTINGS`` (`app_from_env`: token digests only travel there, never tokens). uvicorn's parent starts
+a worker that died again; a worker dies with the parent (`die_with_parent`), so a killed parent leaves no worker
+serving unsupervised on its port, and the service manager's restart (deploy/systemd, ``Restart=on-failure``)
+binds the port again.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -27,6 +32,22 @@ log = logging.getLogger(__name__)
 
 GRACEFUL_SHUTDOWN_S = 5
 """Follow streams never end by themselves: shutdown waits this long for them, then closes them."""
+PARENT_ENV = "EGRESS_API_PARENT"
+"""The pid of the uvicorn parent, for its workers (`die_with_parent`)."""
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent: int) -> None:
+    """Have the kernel send this worker SIGTERM (uvicorn's graceful stop) when ``parent`` dies, even by SIGKILL;
+    if it is gone already, stop now. uvicorn starts its workers from its main thread, to which the signal is tied.
+    (The gateway's workers do the same, egress/gateway/worker.py; that module is not imported here: it brings
+    mitmproxy.)"""
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
+        error = ctypes.get_errno()
+        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
+    if os.getppid() != parent:
+        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve(settings: Settings) -> None:
@@ -46,12 +67,14 @@ def serve(settings: Settings) -> None:
         uvicorn.run(create_app(settings), **options)  # type: ignore[arg-type]
         return
     os.environ[SETTINGS_ENV] = settings.to_env()
+    os.environ[PARENT_ENV] = str(os.getpid())
     uvicorn.run("egress.api.server:app_from_env", factory=True, workers=settings.workers, **options)  # type: ignore[arg-type]
 
 
 def app_from_env() -> FastAPI:
     """The app of one uvicorn worker process, from the settings its parent put in ``EGRESS_API_SETTINGS``."""
     configure("api")  # as the parent was told (EGRESS_LOG_FORMAT, EGRESS_LOG_LEVEL)
+    die_with_parent(int(os.environ[PARENT_ENV]))
     return create_app(Settings.from_env(os.environ[SETTINGS_ENV]))
 
 

@@ -7,9 +7,13 @@ running now).
   and serving a new `Resolver` on the same port.
 - `DropLoggerPart`: alive when its thread runs and its nflog socket is open; restarted by stopping it and starting
   a new `DropLogger` on the same group.
-- `RecorderPart`: alive when its thread runs and its queue drains (`egress.gateway.liveness.Drain`). It is not
-  restarted in-process (its spool must have one writer): a "restart" waits up to `DRAIN_DEADLINE` for the queue to
-  drain again, and a recorder that never does makes the supervisor give up, the lockdown in force.
+- `RecorderPart`: alive when its thread runs and its queue drains (`egress.gateway.liveness.Drain`). Restarted by
+  starting a new writing thread once the old one is dead (the spool keeps one writer), which goes on with the queue
+  and what the dead one held: nothing is lost. A stalled but living thread is not replaced: the restart waits up to
+  `DRAIN_DEADLINE` for the queue to drain again, and a recorder that never does makes the supervisor give up, the
+  lockdown in force.
+
+`fault_hook`: test-only faults, enabled by `FAULT_HOOKS_ENV` alone (docs/gateway.md, "Fault hooks").
 
 `ProbeFilter` keeps the resolver's probes out of the decision log and the records: they are the supervisor's,
 not a sandbox's.
@@ -43,7 +47,11 @@ PROBE_NAME: Final = "liveness.egress.invalid"
 PROBE_WAIT: Final = 1.0
 """Seconds one probe waits; the resolver counts as hung only after `ANSWER_DEADLINE` of silence."""
 FAULT_HOOKS_ENV: Final = "EGRESS_FAULT_HOOKS"
-"""Test-only: when ``1``, SIGUSR1 makes the resolver stop answering (tests/security/test_faults.py)."""
+"""Test-only: names the fault SIGUSR1 injects into a running gateway (`fault_hook`); unset, SIGUSR1 is not
+handled (tests/security/test_faults.py, test_faults_threads.py)."""
+FAULTS: Final = ("resolver", "drop-logger", "recorder")
+"""What `FAULT_HOOKS_ENV` may name (``1`` is ``resolver``): the resolver stops answering; the drop logger's thread
+dies; the recorder's thread dies."""
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
 
 
@@ -103,6 +111,24 @@ async def ask(port: int, wait: float = PROBE_WAIT) -> bool:
     finally:
         transport.close()
     return True
+
+
+def fault_hook(
+    value: str, resolver: ResolverPart, drops: DropLoggerPart, recorder: RecorderPart
+) -> Callable[[], None] | None:
+    """What SIGUSR1 does under ``EGRESS_FAULT_HOOKS=value`` (`FAULTS`); None when unset. Another value is a
+    `ValueError`: a test that asked for a fault must not run without it."""
+    if not value:
+        return None
+    hooks: dict[str, Callable[[], None]] = {
+        "1": resolver.hang,
+        "resolver": resolver.hang,
+        "drop-logger": drops.die,
+        "recorder": recorder.die,
+    }
+    if value not in hooks:
+        raise ValueError(f"{FAULT_HOOKS_ENV}={value!r}: not one of {', '.join(FAULTS)}")
+    return hooks[value]
 
 
 class ResolverPart:
@@ -194,9 +220,7 @@ class DropLoggerPart:
         drops = self.drops
         if drops is None:
             return "not running"
-        # DropLogger has no public liveness yet (egress/gateway/droplog.py is another helper's): read its parts.
-        thread = drops._thread
-        if thread is None or not thread.is_alive():
+        if not drops.alive:
             return "its thread is not running"
         try:
             open_ = drops.reader is not None and drops.reader.fileno() >= 0
@@ -214,6 +238,12 @@ class DropLoggerPart:
         if self.drops is not None:
             self.drops.stop()
 
+    def die(self) -> None:
+        """Test-only fault (`FAULT_HOOKS_ENV`): the drop logger's thread dies (`DropLogger.die`)."""
+        if self.drops is not None:
+            log.warning("FAULT HOOK: the drop logger's thread dies (%s=drop-logger)", FAULT_HOOKS_ENV)
+            self.drops.die()
+
 
 class RecorderPart:
     name = "recorder"
@@ -230,13 +260,12 @@ class RecorderPart:
         self.drain = Drain(clock())
 
     def _progress(self) -> tuple[int, int]:
-        """(backlog, records done so far). RecordReporter has no public liveness yet (egress/gateway/recorder.py is
-        another helper's): its queue and its store's totals are read."""
+        """(backlog, records done so far: written, spooled or counted lost)."""
         store = self.recorder.store
-        return self.recorder._queue.qsize(), store.written + store.spooled + store.lost
+        return self.recorder.backlog, store.written + store.spooled + store.lost
 
     async def check(self) -> str | None:
-        if not self.recorder._thread.is_alive():
+        if not self.recorder.alive:
             return "its thread is not running"
         now = self.clock()
         self.drain.seen(now, *self._progress())
@@ -245,12 +274,20 @@ class RecorderPart:
         return None
 
     async def restart(self) -> None:
-        """Not a restart (one spool writer): wait up to `DRAIN_DEADLINE` for the queue to drain again."""
+        """A dead thread: a new one (`RecordReporter.restart`). Then wait up to `DRAIN_DEADLINE` for the queue to
+        drain again (a stalled thread is never doubled: one spool writer)."""
+        self.recorder.restart()
+        self.drain = Drain(self.clock())
         deadline = self.clock() + DRAIN_DEADLINE
         while self.clock() < deadline:
-            if not self.recorder._thread.is_alive():
-                raise RuntimeError("the recorder's thread died; it is not restarted in-process (one spool writer)")
+            if not self.recorder.alive:
+                raise RuntimeError("the recorder's thread died again")
             self.drain.seen(self.clock(), *self._progress())
             if not self.drain.stalled(self.clock()):
                 return
             await self.sleep(CHECK_EVERY)
+
+    def die(self) -> None:
+        """Test-only fault (`FAULT_HOOKS_ENV`): the recorder's thread dies (`RecordReporter.die`)."""
+        log.warning("FAULT HOOK: the recorder's thread dies (%s=recorder)", FAULT_HOOKS_ENV)
+        self.recorder.die()

@@ -221,6 +221,7 @@ class DropLogger:
         self.judge = DropJudge(policy, lists)
         self.reporter = reporter
         self._stop = threading.Event()
+        self._fault = threading.Event()
         self._thread: threading.Thread | None = None
         self.reader: NflogReader | None = None
 
@@ -259,6 +260,8 @@ class DropLogger:
         count_at = time.monotonic() + COUNT_EVERY
         try:
             while not self._stop.is_set():
+                if self._fault.is_set():
+                    raise RuntimeError("fault hook: the drop logger's thread dies (EGRESS_FAULT_HOOKS=drop-logger)")
                 ready, _, _ = select.select([reader.fileno()], [], [], max(0.0, min(0.5, count_at - time.monotonic())))
                 if ready:
                     self._judge(reader.read())
@@ -269,6 +272,16 @@ class DropLogger:
             log.exception("drop logger died")
             if not self._stop.is_set():
                 on_death(f"drop logger died: {exc}")
+
+    @property
+    def alive(self) -> bool:
+        """Whether the reading thread runs."""
+        return self._thread is not None and self._thread.is_alive()
+
+    def die(self) -> None:
+        """Test-only fault (``EGRESS_FAULT_HOOKS=drop-logger``, then SIGUSR1 to the gateway): the reading thread
+        raises at its next turn (within half a second), as a bug in it would, and reports its death."""
+        self._fault.set()
 
     def _judge(self, packets: list[LoggedPacket]) -> None:
         for packet in packets:

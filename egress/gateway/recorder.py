@@ -113,8 +113,42 @@ class RecordReporter:
         self._published: dict[str, int] = {}
         self._publish_at = 0.0
         self._queue: queue.SimpleQueue[DecidedFlow | _Flush | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name=f"recorder-{component}", daemon=True)
-        self._thread.start()
+        self._pending: list[AttemptRecord] = []
+        """Records taken from the queue, not yet written: kept here, not in the thread, so that a thread started
+        after one died (`restart`) writes them."""
+        self._flushes: list[_Flush] = []
+        self._fault = threading.Event()
+        self._thread = self._start()
+
+    def _start(self) -> threading.Thread:
+        thread = threading.Thread(target=self._run, name=f"recorder-{self.component}", daemon=True)
+        thread.start()
+        return thread
+
+    @property
+    def alive(self) -> bool:
+        """Whether the writing thread runs."""
+        return self._thread.is_alive()
+
+    @property
+    def backlog(self) -> int:
+        """Decisions waiting for the writing thread."""
+        return self._queue.qsize()
+
+    def restart(self) -> bool:
+        """Start a new writing thread if the last one died (never a second one beside it: the spool has one
+        writer); it goes on with the queue and what the dead one held. Whether one was started."""
+        if self._thread.is_alive():
+            return False
+        self._fault.clear()
+        self._thread = self._start()
+        log.warning("recorder thread started again")
+        return True
+
+    def die(self) -> None:
+        """Test-only fault (``EGRESS_FAULT_HOOKS=recorder``, then SIGUSR1 to the gateway): the writing thread raises
+        at its next turn (within a tick), as a bug in it would."""
+        self._fault.set()
 
     def report(self, attempt: DecidedFlow) -> None:
         verdict = attempt.verdict
@@ -138,7 +172,9 @@ class RecordReporter:
         return request.done.wait(timeout)
 
     def close(self, timeout: float = 5.0) -> None:
-        """Write everything held (`flush`) and stop the thread; waits at most ``timeout`` seconds."""
+        """Write everything held (`flush`) and stop the thread (started again first if it had died); waits at most
+        ``timeout`` seconds."""
+        self.restart()
         self._queue.put(None)
         self._thread.join(timeout)
 
@@ -150,10 +186,18 @@ class RecordReporter:
             log.error("recorder queue full (%d decisions): records dropped, %d so far", MAX_QUEUE, self.dropped)
 
     def _run(self) -> None:
-        pending: list[AttemptRecord] = []
+        try:
+            self._loop()
+        except Exception:  # noticed by the supervisor (egress.gateway.components.RecorderPart), which restarts it
+            log.exception("recorder thread died")
+
+    def _loop(self) -> None:
+        pending = self._pending
         closing = False
-        flushes: list[_Flush] = []
+        flushes = self._flushes
         while True:
+            if self._fault.is_set():
+                raise RuntimeError("fault hook: the recorder's thread dies (EGRESS_FAULT_HOOKS=recorder)")
             deadline = self._clock() + TICK
             while len(pending) < BATCH and not closing:
                 try:
@@ -176,8 +220,8 @@ class RecordReporter:
             try:
                 self.store.drain()
                 if pending:
-                    self.store.write(pending)
-                pending = []
+                    self.store.write(list(pending))  # a copy: the list is cleared for the next batch
+                pending.clear()
                 self._publish(force=closing or bool(flushes))
             except Exception:  # the store spools on Redis errors; anything else must not lose the batch
                 log.exception("record batch kept for the next attempt")
@@ -185,7 +229,7 @@ class RecordReporter:
                 continue
             for request in flushes:
                 request.done.set()
-            flushes = []
+            flushes.clear()
             if closing:
                 return
 

@@ -40,6 +40,7 @@ from egress.gateway.components import (
     ProbeFilter,
     RecorderPart,
     ResolverPart,
+    fault_hook,
     interface_address,
 )
 from egress.gateway.config import GatewayConfig
@@ -322,11 +323,18 @@ class Supervisor:
         if self.config.policy_poll_s > 0:
             history = PolicyHistory.from_url(self.config.redis_url)
             self.follower = PolicyFollower(history, self.config.gateway, reloader, self.config.policy_poll_s)
-        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, RecorderPart(self.recorder), self.keeper]
+        recorder = RecorderPart(self.recorder)
+        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, recorder, self.keeper]
         # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.
         self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail, beat=self.notify.watchdog)
-        if os.environ.get(FAULT_HOOKS_ENV) == "1":
-            loop.add_signal_handler(signal.SIGUSR1, self.resolver.hang)
+        try:
+            hook = fault_hook(os.environ.get(FAULT_HOOKS_ENV, ""), self.resolver, self.drops, recorder)
+        except ValueError as exc:
+            self.fail(str(exc))
+            return
+        if hook is not None:
+            log.warning("%s is set: SIGUSR1 injects a fault (tests only)", FAULT_HOOKS_ENV)
+            loop.add_signal_handler(signal.SIGUSR1, hook)
         await asyncio.to_thread(self.guard, GUARD_LIFE)
         tasks = [
             loop.create_task(self.watcher.run()),

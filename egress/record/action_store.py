@@ -94,6 +94,61 @@ return redis.call('HMGET', KEYS[1], unpack(ids))
     optional_texts,
 )
 
+# KEYS: action_keys. ARGV: since, until ('-inf'/'+inf' when open), limit. The same actions as the script above,
+# newest start first: a scan of the starts down from until to since minus the longest finished span, then those
+# still running that started before that, newest first.
+_READ_NEWEST_ACTIONS_SCRIPT: Final = Script(
+    """
+local limit = tonumber(ARGV[3])
+local low = '-inf'
+if ARGV[1] ~= '-inf' then
+  low = string.format('%.17g', tonumber(ARGV[1]) - tonumber(redis.call('GET', KEYS[4]) or '0'))
+end
+local ids = {}
+local offset = 0
+while #ids < limit do
+  local page = redis.call('ZREVRANGEBYSCORE', KEYS[2], ARGV[2], low, 'LIMIT', offset, 500)
+  for _, id in ipairs(page) do
+    local ends = redis.call('ZSCORE', KEYS[3], id)
+    if ARGV[1] == '-inf' or ends == 'inf' or tonumber(ends) >= tonumber(ARGV[1]) then
+      ids[#ids + 1] = id
+      if #ids == limit then break end
+    end
+  end
+  if #page < 500 then break end
+  offset = offset + 500
+end
+if #ids < limit and low ~= '-inf' then
+  local early = {}
+  for _, id in ipairs(redis.call('ZRANGEBYSCORE', KEYS[3], '+inf', '+inf')) do
+    local start = tonumber(redis.call('ZSCORE', KEYS[2], id))
+    if start < tonumber(low) and (ARGV[2] == '+inf' or start <= tonumber(ARGV[2])) then
+      early[#early + 1] = {start, id}
+    end
+  end
+  table.sort(early, function(a, b) return a[1] > b[1] or (a[1] == b[1] and a[2] > b[2]) end)
+  for i = 1, math.min(#early, limit - #ids) do ids[#ids + 1] = early[i][2] end
+end
+if #ids == 0 then return {} end
+return redis.call('HMGET', KEYS[1], unpack(ids))
+""",
+    optional_texts,
+)
+
+
+def read_newest_actions(
+    store: RecordStore, sandbox: str, since: float | None, until: float | None, limit: int
+) -> tuple[list[ActionRecord], bool]:
+    """The newest ``limit`` actions (by start) of those `read_actions` finds, oldest first, and whether older ones
+    were left out (a timeline shows what happened last)."""
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    low = "-inf" if since is None else repr(since)
+    high = "+inf" if until is None else repr(until)
+    replies = store.redis.run(_READ_NEWEST_ACTIONS_SCRIPT, action_keys(sandbox), (low, high, limit + 1))
+    found = [ActionRecord.from_json(json.loads(reply)) for reply in replies if reply is not None]
+    return found[:limit][::-1], len(found) > limit
+
 
 def write_actions(store: RecordStore, actions: Sequence[ActionRecord]) -> int:
     """Store ``actions`` (``received`` stamped with the store's clock when 0); idempotent by (sandbox, id): a

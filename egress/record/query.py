@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Final
 
 from egress.record import stats
-from egress.record.action_store import read_actions, write_actions
+from egress.record.action_store import read_actions, read_newest_actions, write_actions
 from egress.record.aggregate import fold
 from egress.record.layout import decode_entry, stream_key
 from egress.record.redis_facade import RedisFacade, StreamEntry
@@ -37,7 +37,9 @@ __all__ = [
     "follow",
     "get_attempt",
     "list_attempts",
+    "newest_attempts_for_sandbox",
     "read_actions",
+    "read_newest_actions",
     "series",
     "write_actions",
 ]
@@ -284,3 +286,12 @@ def attempts_for_sandbox(
     """Attempts of one sandbox in the window, oldest first: the first ``limit`` of them."""
     records, _ = store.read(sandbox, since, until, count=limit)
     return records
+
+
+def newest_attempts_for_sandbox(
+    store: RecordStore, sandbox: str, since: float | None, until: float | None, limit: int
+) -> tuple[list[AttemptRecord], bool]:
+    """The newest ``limit`` attempts of one sandbox in the window, oldest first, and whether older ones were left
+    out (a timeline shows what happened last)."""
+    records, more = store.read(sandbox, since, until, count=limit, reverse=True)
+    return records[::-1], more is not None

@@ -355,6 +355,17 @@ def test_sandboxes_and_timeline(client: TestClient, now: float) -> None:
     assert [item["related"] for item in line["items"] if item["type"] == "attempt"] == [["a-1"], ["a-1"], ["a-2"]]
     assert [item["ts"] for item in line["items"]] == sorted(item["ts"] for item in line["items"])
     assert _get(client, "/v1/sandboxes/nobody/timeline")["items"] == []
+    assert line["truncated"] is False
+
+
+def test_timeline_keeps_the_newest_and_says_it_truncated(client: TestClient, now: float) -> None:
+    line = _get(client, "/v1/sandboxes/agents/timeline", since=now - 3600, limit=1)
+    kinds = [(item["type"], item.get("action", {}).get("id")) for item in line["items"]]
+    assert kinds == [("action", "a-2"), ("attempt", None)]
+    whole = _get(client, "/v1/sandboxes/agents/timeline", since=now - 3600)["items"]
+    assert line["items"][-1] == whole[-1]  # the newest attempt, not the oldest
+    assert line["truncated"] is True
+    assert _get(client, "/v1/sandboxes/agents/timeline", since=now - 3600, limit=3)["truncated"] is False
 
 
 def test_stats_and_series(client: TestClient, now: float) -> None:

@@ -51,7 +51,7 @@ def test_answers_match_what_the_response_models_made() -> None:
             items.append({"type": "attempt", "ts": item.ts, "attempt": item.attempt, "related": item.related})
         elif item.action is not None:
             items.append({"type": "action", "ts": item.ts, "action": item.action})
-    line = {"sandbox": "agents", "since": NOW - 3600, "until": NOW, "items": items}
+    line = {"sandbox": "agents", "since": NOW - 3600, "until": NOW, "items": items, "truncated": False}
     old_items = [
         {**item, "attempt": item["attempt"].to_json(), "related": list(item["related"])}
         if item["type"] == "attempt"

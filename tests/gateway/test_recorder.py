@@ -89,3 +89,30 @@ def test_a_full_queue_drops_counts_and_logs_once(
     assert reporter.dropped == 100
     assert len([entry for entry in caplog.records if "queue full" in entry.getMessage()]) == 1
     assert reporter.counters.take() == {"decisions|proxy|block|mining": 100}  # decisions are still counted
+
+
+def test_a_thread_that_died_is_started_again_and_writes_what_was_held(reporter: RecordReporter) -> None:
+    for repeat in range(3):
+        reporter.report(_flow("192.0.2.40", T0 + repeat))
+    reporter.die()  # as a bug in the thread would: it raises at its next turn
+    eventually(lambda: not reporter.alive, timeout=10)
+    assert not reporter.flush(), "a dead thread writes nothing"
+    for repeat in range(3, 5):
+        reporter.report(_flow("192.0.2.40", T0 + repeat))
+        reporter.report(_flow("192.0.2.41", T0 + repeat))
+    assert reporter.restart() and reporter.alive
+    assert not reporter.restart(), "never a second thread beside a living one (one spool writer)"
+    assert reporter.flush()
+    counts = {dst: record.count for dst, record in _by_dst(reporter).items()}
+    assert counts == {"192.0.2.40": 5, "192.0.2.41": 2}
+
+
+def test_close_after_the_thread_died_writes_everything(server: RedisServer, tmp_path: Path) -> None:
+    reporter = RecordReporter(server.url, "gw1", str(tmp_path / "spool"), "gateway")
+    reporter.die()
+    eventually(lambda: not reporter.alive, timeout=10)
+    for repeat in range(4):
+        reporter.report(_flow("192.0.2.50", T0 + repeat))
+    reporter.close()
+    assert {dst: record.count for dst, record in _by_dst(reporter).items()} == {"192.0.2.50": 4}
+    reporter.store.close()

@@ -9,17 +9,29 @@ import socket
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, ClassVar, cast
+
+import pytest
 
 from egress.decide import decide_unknown_source
 from egress.decisions import DecidedFlow
 from egress.detect import dns
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
-from egress.gateway.components import PROBE_NAME, DropLoggerPart, ProbeFilter, ResolverPart, probe_query
+from egress.gateway.components import (
+    PROBE_NAME,
+    DropLoggerPart,
+    ProbeFilter,
+    RecorderPart,
+    ResolverPart,
+    fault_hook,
+    probe_query,
+)
 from egress.gateway.droplog import DropLogger
+from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import load_version
 from egress.policy.lists import load_name_lists
+from tests.redis_server import RedisFactory
 
 LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 POLICY = """version: 1
@@ -154,6 +166,10 @@ class _FakeDrops:
         if self._thread is not None:
             self._thread.join(5)
 
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
 
 def test_the_drop_logger_is_alive_while_its_thread_runs_with_its_socket_open() -> None:
     made: list[_FakeDrops] = []
@@ -178,3 +194,74 @@ def test_the_drop_logger_is_alive_while_its_thread_runs_with_its_socket_open() -
         part.stop()
 
     _run(scenario)
+
+
+def test_a_recorder_whose_thread_died_is_restarted_and_writes_what_it_held(
+    redis_factory: RedisFactory, tmp_path: Path
+) -> None:
+    server = redis_factory.server()
+    recorder = RecordReporter(server.url, "gw1", str(tmp_path / "spool"), "gateway")
+    part = RecorderPart(recorder)
+    held = DecidedFlow(1_700_000_000.0, "agents", "10.9.9.9", 1, "192.0.2.1", 80, "tcp", "", decide_unknown_source("x"))
+
+    async def scenario() -> None:
+        assert await part.check() is None
+        part.die()
+        await _until(lambda: not recorder.alive)
+        assert await part.check() == "its thread is not running"
+        recorder.report(held)  # while it is dead: queued, not lost
+        await part.restart()
+        assert await part.check() is None
+
+    try:
+        _run(scenario)
+        assert recorder.flush()
+        records, _ = recorder.store.read("agents", count=10)
+        assert [record.dst for record in records] == ["192.0.2.1"]
+    finally:
+        recorder.close()
+        recorder.store.close()
+        redis_factory.discard(server)
+
+
+async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not check():
+        assert loop.time() < deadline, "not yet"
+        await asyncio.sleep(0.05)
+
+
+@pytest.mark.parametrize(
+    ("value", "method"), [("1", "hang"), ("resolver", "hang"), ("drop-logger", "die"), ("recorder", "die")]
+)
+def test_the_fault_hook_is_what_the_variable_names(value: str, method: str) -> None:
+    resolver = cast(ResolverPart, _Hooks("resolver"))
+    drops = cast(DropLoggerPart, _Hooks("drop logger"))
+    recorder = cast(RecorderPart, _Hooks("recorder"))
+    hook = fault_hook(value, resolver, drops, recorder)
+    assert hook is not None
+    hook()
+    expected = {"1": "resolver", "resolver": "resolver", "drop-logger": "drop logger", "recorder": "recorder"}
+    assert _Hooks.called == [(expected[value], method)]
+
+
+def test_no_fault_hook_unless_asked_and_an_unknown_one_is_refused() -> None:
+    parts = [cast(Any, _Hooks(name)) for name in ("resolver", "drop logger", "recorder")]
+    assert fault_hook("", *parts) is None
+    with pytest.raises(ValueError, match="EGRESS_FAULT_HOOKS='worker'"):
+        fault_hook("worker", *parts)
+
+
+class _Hooks:
+    called: ClassVar[list[tuple[str, str]]] = []
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        _Hooks.called.clear()
+
+    def hang(self) -> None:
+        _Hooks.called.append((self.name, "hang"))
+
+    def die(self) -> None:
+        _Hooks.called.append((self.name, "die"))

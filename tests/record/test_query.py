@@ -266,6 +266,42 @@ def test_actions_read_by_overlapping_window(store: RecordStore) -> None:
         query.read_actions(store, "agents", None, None, 0)
 
 
+@pytest.mark.parametrize(
+    ("since", "until"), [(0, 100), (260, None), (None, -6000), (None, None), (-60, 260), (9000, None)]
+)
+@pytest.mark.parametrize("limit", [1, 2, 10])
+def test_newest_actions_are_the_last_of_the_window(
+    store: RecordStore, since: float | None, until: float | None, limit: int
+) -> None:
+    query.write_actions(
+        store,
+        [
+            _act("long", -5000, 5000),
+            _act("running", -9000, None),
+            _act("before", -100, -50),
+            _act("edge", -50, 0),
+            _act("inside", 10, 20),
+            _act("after", 200, 300),
+            _act("late-running", 250, None),
+        ],
+    )
+    low = None if since is None else NOW + since
+    high = None if until is None else NOW + until
+    every = [a.id for a in query.read_actions(store, "agents", low, high, limit=1000)]
+    newest, truncated = query.read_newest_actions(store, "agents", low, high, limit)
+    assert [a.id for a in newest] == every[-limit:] if every else [a.id for a in newest] == []
+    assert truncated == (len(every) > limit)
+
+
+def test_newest_attempts_are_the_last_of_the_window(store: RecordStore) -> None:
+    store.write([record(ts=NOW + i, sandbox="newest", host=f"h{i}.example") for i in range(7)])
+    every = query.attempts_for_sandbox(store, "newest", None, None, 100)
+    for limit in (1, 3, 7, 8):
+        found, truncated = query.newest_attempts_for_sandbox(store, "newest", None, None, limit)
+        assert found == every[-limit:] and truncated == (limit < 7)
+    assert query.newest_attempts_for_sandbox(store, "newest", NOW + 2, NOW + 4, 2) == (every[3:5], True)
+
+
 def test_actions_retention_by_count_and_age(store: RecordStore, tmp_path: Path) -> None:
     clock = [NOW]
     small = RecordStore(

@@ -12,7 +12,7 @@ from egress.api.errors import ApiError
 from egress.api.respond import json_response
 from egress.api.routes import NoQuery
 from egress.api.settings import Settings
-from egress.correlate import timeline
+from egress.correlate import timeline_rows
 from egress.record import query
 from egress.record.store import RecordStore
 
@@ -32,19 +32,23 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     def sandbox_timeline(
         sandbox: Annotated[str, PathParam(max_length=256)], params: Annotated[models.TimelineQuery, Query()]
     ) -> Response:
-        """Actions and attempts of one sandbox interleaved by time, oldest first (at most ``limit`` of each)."""
+        """Actions and attempts of one sandbox interleaved by time, oldest first: the newest ``limit`` of each;
+        ``truncated`` says older ones were left out."""
         until = params.until if params.until is not None else time.time()
         since = params.since if params.since is not None else max(0.0, until - 86400)
         if since > until:
             raise ApiError(400, "time range inverted: since is after until (until defaults to now)", "since")
-        found = query.attempts_for_sandbox(store, sandbox, since, until, params.limit)
-        actions = query.read_actions(store, sandbox, since, until, params.limit)
+        found, more_attempts = query.newest_attempts_for_sandbox(store, sandbox, since, until, params.limit)
+        actions, more_actions = query.read_newest_actions(store, sandbox, since, until, params.limit)
         items: list[dict[str, Any]] = []
-        for item in timeline(actions, found, slack):
-            if item.attempt is not None:
-                items.append({"type": "attempt", "ts": item.ts, "attempt": item.attempt, "related": item.related})
-            elif item.action is not None:
-                items.append({"type": "action", "ts": item.ts, "action": item.action})
-        return json_response({"sandbox": sandbox, "since": since, "until": until, "items": items})
+        for ts, action, attempt, related in timeline_rows(actions, found, slack):
+            if attempt is not None:
+                items.append({"type": "attempt", "ts": ts, "attempt": attempt, "related": related})
+            else:
+                items.append({"type": "action", "ts": ts, "action": action})
+        truncated = more_attempts or more_actions
+        return json_response(
+            {"sandbox": sandbox, "since": since, "until": until, "items": items, "truncated": truncated}
+        )
 
     return routes
