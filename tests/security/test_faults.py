@@ -8,8 +8,9 @@ row reports ``recovered in N s`` (from the fault to the first allowed page and a
 asserts that it recovered, never how fast. The supervisor itself is not restarted by itself (that is systemd's,
 docs/gateway.md): killed, its workers die with it, traffic stops (the guard table), and a new ``gateway run`` in
 the same lab starts and serves. The drop logger is a thread of the supervisor: here it dies with the supervisor and
-hangs with it (SIGSTOP); killed alone (a fault hook), in test_faults_threads.py, with the recorder's thread. The resolver runs in the supervisor's event loop: its hang is
-injected by the test-only fault hook (``EGRESS_FAULT_HOOKS=1``, then SIGUSR1: it stops answering).
+hangs with it (SIGSTOP); killed alone (a fault hook), in test_faults_threads.py, with the recorder's thread. The
+resolver runs in the supervisor's event loop: its hang is injected by the test-only fault hook
+(``EGRESS_FAULT_HOOKS=1``, then SIGUSR1: it stops answering).
 """
 
 from __future__ import annotations
