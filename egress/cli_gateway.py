@@ -65,7 +65,9 @@ def check_ports(workers: int, proxy_port: int, dns_port: int) -> None:
         )
 
 
-def _redis_url(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+def redis_url_callback(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The ``--redis-url`` callback of every command that takes one (tests/test_cli.py checks that they all use
+    it): a URL that names no Redis is a one-line usage error naming the flag, before anything connects."""
     problem = redis_url_problem(value)
     if problem:
         raise click.BadParameter(problem, param=param)
@@ -107,7 +109,11 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
             dns_port_option,
             nflog_group_option,
             click.option(
-                "--redis-url", default=REDIS_URL, show_default=True, callback=_redis_url, help="Where records go."
+                "--redis-url",
+                default=REDIS_URL,
+                show_default=True,
+                callback=redis_url_callback,
+                help="Where records go.",
             ),
             click.option(
                 "--name",
