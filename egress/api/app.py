@@ -24,7 +24,7 @@ from egress.api import models
 from egress.api.auth import Role, Token, TokenTable
 from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers, redis_tracker
 from egress.api.metrics import Metrics
-from egress.api.middleware import BodyLimit, CountRequests
+from egress.api.middleware import BodyLimit, CountRequests, HeadAsGet
 from egress.api.routes import actions, attempts, dashboard, meta, policy, sandboxes, stats
 from egress.api.routes.meta import version
 from egress.api.settings import Settings
@@ -77,6 +77,7 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(HeadAsGet)  # outermost: counted as the GET it is answered as
 
     # The dependencies are coroutines, though they do not wait on anything: FastAPI runs a plain function in its
     # thread pool, and a hop there and back for each of them cost more CPU than the checks themselves.
