@@ -74,6 +74,17 @@ def redis_url_callback(_ctx: click.Context, param: click.Parameter, value: str) 
     return value
 
 
+def _metrics_listen(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from egress.gateway.metrics import parse_listen
+
+    if value:
+        try:
+            parse_listen(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param=param) from None
+    return value
+
+
 def log_options[F: Callable[..., Any]](command: F) -> F:
     """``--log-format`` and ``--log-level``, for every long-running command (`egress.logsetup`)."""
     command = click.option(
@@ -142,6 +153,14 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 help="Bytes the record spools may hold together while Redis is away [default: min(256 MiB, half the "
                 "free space of the state directory's disk)].",
             ),
+            click.option(
+                "--metrics-listen",
+                default=defaults.METRICS_LISTEN,
+                show_default=True,
+                callback=_metrics_listen,
+                help="host:port of the gateway's own Prometheus metrics (decisions, spool, delivery failures; "
+                "also while Redis is down): a management address, never the sandbox side; '' for none.",
+            ),
         )
     ):
         command = option(command)
@@ -166,6 +185,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         spool_max_bytes=options["spool_max_bytes"],
         ca_constrain=options["ca_constrain"],
         dhcp=options["dhcp"],
+        metrics_listen=options["metrics_listen"],
     )
 
 
