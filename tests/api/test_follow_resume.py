@@ -15,6 +15,7 @@ import pytest
 
 from egress.api.app import create_app
 from egress.record.follow import Cursor, _before
+from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
 from tests.api import READ, ApiServer, auth, settings
 from tests.record import record
@@ -58,7 +59,7 @@ def _write(writers: list[RecordStore], count: int, offset: int) -> list[str]:
     """``count`` records over three sandboxes from two gateways, in batches of a few, as fast as they go (so
     several share a millisecond); their ids in the order written."""
     written: list[str] = []
-    batch: list = []
+    batch: list[AttemptRecord] = []
     for index in range(offset, offset + count):
         batch.append(record(time.time(), sandbox=SANDBOXES[index % 3], sport=1024 + index, host=f"h{index}.test"))
         if len(batch) == 4 or index == offset + count - 1:
@@ -125,7 +126,7 @@ def test_a_reconnect_with_last_event_id_gets_exactly_what_came_after(served: tup
 def test_a_bad_last_event_id_is_400_naming_the_header(served: tuple[str, list[RecordStore]], bad: str) -> None:
     url, _ = served
     with httpx.Client(base_url=url, timeout=scaled(10), headers=auth(READ)) as http:
-        response = http.get("/v1/follow", headers={"Last-Event-ID": bad.encode()})
+        response = http.get("/v1/follow", headers={b"Last-Event-ID": bad.encode()})
     assert response.status_code == 400 and response.json()["error"]["field"] == "Last-Event-ID"
 
 
