@@ -15,7 +15,7 @@ from starlette.concurrency import run_in_threadpool
 from egress.api import models
 from egress.api.errors import ApiError
 from egress.api.respond import encode, json_response
-from egress.api.routes import NoQuery
+from egress.api.routes import NoQuery, caller
 from egress.api.settings import Settings
 from egress.correlate import Correlator
 from egress.record import query
@@ -52,10 +52,10 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     @routes.get(
         "/v1/attempts/{attempt_id}", tags=["attempts"], response_model=models.AttemptDetail, dependencies=[reader]
     )
-    def attempt(attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> Response:
+    def attempt(request: Request, attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> Response:
         """One attempt and the actions of its sandbox it belongs to (egress.correlate: containment wins)."""
         record = query.get_attempt(store, attempt_id)
-        if record is None:
+        if record is None or not caller(request).sees(record.sandbox):  # another's: as if there were none
             raise ApiError(404, f"no attempt {attempt_id}", "attempt_id")
         return json_response({"attempt": record, "actions": _correlated(store, [record], slack)[record.id]})
 
