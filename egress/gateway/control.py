@@ -29,7 +29,7 @@ import socket
 import struct
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
 from egress.gateway.metrics import Snapshot
@@ -238,6 +238,8 @@ class WorkerControl:
             case _:
                 reply = Reply(seq, False, self._digest(), f"unknown request {kind}")
         data = json.dumps(asdict(reply)).encode()
+        if len(data) > MAX_REPLY and reply.stats:  # counts must never make a ping fail (the worker would be "hung")
+            data = json.dumps(asdict(replace(reply, stats={}))).encode()
         writer.write(_LENGTH.pack(len(data)) + data)
         await writer.drain()
         return True

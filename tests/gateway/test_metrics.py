@@ -187,3 +187,24 @@ def test_the_supervisor_serves_its_recorders_counts(tmp_path: Path) -> None:
         assert second[key] > first[key]
     finally:
         server.close()
+
+
+def test_counts_too_large_for_a_reply_never_fail_the_ping() -> None:
+    huge = {"decisions": {f"proxy|block|r{index:06d}": 1 for index in range(10_000)}}
+
+    async def ping() -> tuple[str, Snapshot | None]:
+        mine, theirs = socket_pair()
+        control = WorkerControl("proxy-0", stats=lambda: huge)
+        link = WorkerLink("proxy-0", mine, payloads=None)  # type: ignore[arg-type]
+        reader, writer = await open_stream(theirs)
+        serving = asyncio.create_task(control.serve(reader, writer))
+        try:
+            digest = await asyncio.wait_for(link.status(), scaled(10))
+        finally:
+            link.close()
+            await asyncio.wait_for(serving, scaled(10))
+            writer.close()
+        return digest, link.snapshot
+
+    digest, taken = asyncio.run(ping())
+    assert digest == "" and taken == Snapshot()
