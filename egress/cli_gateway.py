@@ -65,10 +65,23 @@ def check_ports(workers: int, proxy_port: int, dns_port: int) -> None:
         )
 
 
-def _redis_url(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+def redis_url_callback(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    """The ``--redis-url`` callback of every command that takes one (tests/test_cli.py checks that they all use
+    it): a URL that names no Redis is a one-line usage error naming the flag, before anything connects."""
     problem = redis_url_problem(value)
     if problem:
         raise click.BadParameter(problem, param=param)
+    return value
+
+
+def _metrics_listen(_ctx: click.Context, param: click.Parameter, value: str) -> str:
+    from egress.gateway.metrics import parse_listen
+
+    if value:
+        try:
+            parse_listen(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error), param=param) from None
     return value
 
 
@@ -107,7 +120,11 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
             dns_port_option,
             nflog_group_option,
             click.option(
-                "--redis-url", default=REDIS_URL, show_default=True, callback=_redis_url, help="Where records go."
+                "--redis-url",
+                default=REDIS_URL,
+                show_default=True,
+                callback=redis_url_callback,
+                help="Where records go.",
             ),
             click.option(
                 "--name",
@@ -136,6 +153,14 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 help="Bytes the record spools may hold together while Redis is away [default: min(256 MiB, half the "
                 "free space of the state directory's disk)].",
             ),
+            click.option(
+                "--metrics-listen",
+                default=defaults.METRICS_LISTEN,
+                show_default=True,
+                callback=_metrics_listen,
+                help="host:port of the gateway's own Prometheus metrics (decisions, spool, delivery failures; "
+                "also while Redis is down): a management address, never the sandbox side; '' for none.",
+            ),
         )
     ):
         command = option(command)
@@ -160,6 +185,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         spool_max_bytes=options["spool_max_bytes"],
         ca_constrain=options["ca_constrain"],
         dhcp=options["dhcp"],
+        metrics_listen=options["metrics_listen"],
     )
 
 

@@ -17,6 +17,7 @@ from typing import Final
 
 import click
 
+from egress.cli_gateway import redis_url_callback
 from egress.policy.loader import format_problems
 from egress.policy.yamlnodes import RulesError
 from egress.policy_release import Released, UnknownVersion, release, rollback
@@ -31,6 +32,7 @@ redis_option = click.option(
     default=REDIS_URL,
     show_default=True,
     envvar="EGRESS_REDIS_URL",
+    callback=redis_url_callback,
     help="Where the fleet's policy is (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
 )
 wait_option = click.option(

@@ -22,6 +22,7 @@ from typing import Any, Final
 
 import click
 
+from egress.cli_gateway import redis_url_callback
 from egress.cli_render import (
     COLOURS,
     COLUMNS,
@@ -43,19 +44,10 @@ from egress.record import REDIS_URL, query
 from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord, RecordCategory
 from egress.record.store import STORE_ERRORS, RecordStore
-from egress.record.urls import redis_url_problem
 
 EXIT_USAGE: Final = 2
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
-
-def redis_url_option(_ctx: click.Context, param: click.Parameter, value: str) -> str:
-    """A ``--redis-url`` callback: a URL that names no Redis is a usage error naming the flag."""
-    problem = redis_url_problem(value)
-    if problem:
-        raise click.BadParameter(problem, param=param)
-    return value
 
 
 redis_option = click.option(
@@ -63,7 +55,7 @@ redis_option = click.option(
     default=REDIS_URL,
     show_default=True,
     envvar="EGRESS_REDIS_URL",
-    callback=redis_url_option,
+    callback=redis_url_callback,
     help="The record store (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
 )
 

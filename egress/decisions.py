@@ -37,6 +37,9 @@ class DecidedFlow:
     count: int = 1
     """How many identical packets this decision stands for (the drop logger's count of packets the kernel
     dropped without logging them, its log being rate-limited)."""
+    decide_s: float | None = None
+    """Seconds the decision took where it is measured (the proxy's gate on a connection's first bytes: detectors
+    and policy), for the gateway's latency histogram (`egress.gateway.metrics`); not part of the record."""
 
 
 class Reporter(Protocol):

@@ -17,10 +17,12 @@ import struct
 import subprocess
 import sys
 
+import click
 import pytest
 from click.testing import CliRunner
 
 from egress.cli import main
+from egress.cli_gateway import redis_url_callback
 from tests.corpus import CORPUS, needs_corpus
 
 JSON_FIELDS = {
@@ -242,6 +244,8 @@ def _one_line_error(result: subprocess.CompletedProcess[str], flag: str) -> str:
         (("lab", "up", "--prefix", "Bad_Prefix"), "--prefix"),
         (("lab", "down", "--prefix", "abcdefghijklmnop"), "--prefix"),
         (("events", "--redis-url", "http://x"), "--redis-url"),
+        (("api", "serve", "--lab", "--redis-url", "http://x"), "--redis-url"),
+        (("rules", "history", "--redis-url", "http://x"), "--redis-url"),
         (("events", "--since", "nan"), "--since"),
         (("events", "--category", "bogus"), "--category"),
         (("bogus-command",), "bogus-command"),
@@ -251,6 +255,30 @@ def test_a_bad_option_is_one_line_naming_the_flag(args: tuple[str, ...], flag: s
     result = egress(*args)
     assert result.stdout == ""
     _one_line_error(result, flag)
+
+
+def _commands(group: click.Command, path: str = "egress") -> list[tuple[str, click.Command]]:
+    """Every command under ``group``, the lazily imported ones too."""
+    found = [(path, group)]
+    if isinstance(group, click.Group):
+        context = click.Context(group)
+        for name in group.list_commands(context):
+            command = group.get_command(context, name)
+            assert command is not None, name
+            found += _commands(command, f"{path} {name}")
+    return found
+
+
+def test_every_redis_url_option_is_checked_by_the_one_callback() -> None:
+    taking = [
+        (path, param)
+        for path, command in _commands(main)
+        for param in command.params
+        if "--redis-url" in getattr(param, "opts", ())
+    ]
+    assert len(taking) >= 8, [path for path, _ in taking]
+    unchecked = [path for path, param in taking if param.callback is not redis_url_callback]
+    assert unchecked == []
 
 
 def test_the_dns_port_message_says_what_collides() -> None:

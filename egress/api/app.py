@@ -17,14 +17,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Final
 
-from fastapi import Depends, FastAPI
+from fastapi import Depends, FastAPI, Request
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from egress.api import models
 from egress.api.auth import Role, Token, TokenTable
 from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers, redis_tracker
 from egress.api.metrics import Metrics
-from egress.api.middleware import BodyLimit, CountRequests
+from egress.api.middleware import BodyLimit, CountRequests, HeadAsGet
 from egress.api.routes import actions, attempts, dashboard, meta, policy, quarantine, sandboxes, stats
 from egress.api.routes.meta import version
 from egress.api.settings import Settings
@@ -78,39 +78,67 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
 
     app.add_middleware(BodyLimit, limit=MAX_BODY)
     app.add_middleware(CountRequests, metrics=metrics)
+    app.add_middleware(HeadAsGet)  # outermost: counted as the GET it is answered as
 
     # The dependencies are coroutines, though they do not wait on anything: FastAPI runs a plain function in its
     # thread pool, and a hop there and back for each of them cost more CPU than the checks themselves.
-    async def principal(credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]) -> Token:
+    async def principal(
+        request: Request, credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)]
+    ) -> Token:
         if not tokens and settings.lab:
+            request.state.token = _LAB
             return _LAB
         if credentials is None:
             raise ApiError(401, "a bearer token is required (Authorization: Bearer <token>)", "Authorization")
         token = tokens.authenticate(credentials.credentials)
         if token is None:
             raise ApiError(401, "unknown token", "Authorization")
+        request.state.token = token  # for the routes that check what a token scoped to sandboxes may see
         return token
 
-    def role(needed: Role) -> Callable[[Token], Awaitable[Token]]:
-        async def check(token: Annotated[Token, Depends(principal)]) -> Token:
+    def role(needed: Role, fleet: bool = False) -> Callable[[Request, Token], Awaitable[Token]]:
+        """``fleet``: a route about every sandbox at once, which a token scoped to sandboxes may not use."""
+
+        async def check(request: Request, token: Annotated[Token, Depends(principal)]) -> Token:
             if not token.allows(needed):
                 raise ApiError(403, f"token {token.name!r} lacks the {needed.value} role", "Authorization")
+            _check_scope(request, token, fleet)
             return token
 
         return check
 
     reader, reporter = Depends(role(Role.READ)), Depends(role(Role.REPORT))
+    fleet_reader = Depends(role(Role.READ, fleet=True))
     uses_redis = [Depends(redis_tracker(outage))]  # a request that completes ends a Redis outage
-    app.include_router(meta.router(the_store, metrics, reader))
+    app.include_router(meta.router(the_store, metrics, fleet_reader))
     app.include_router(attempts.router(the_store, settings, reader), dependencies=uses_redis)
     app.include_router(sandboxes.router(the_store, settings, reader), dependencies=uses_redis)
-    app.include_router(stats.router(the_store, reader), dependencies=uses_redis)
+    app.include_router(stats.router(the_store, fleet_reader), dependencies=uses_redis)
     app.include_router(actions.router(the_store, reporter), dependencies=uses_redis)
     app.include_router(
-        policy.router(PolicyHistory(the_store.redis), reader, Depends(role(Role.ADMIN))), dependencies=uses_redis
+        policy.router(PolicyHistory(the_store.redis), fleet_reader, Depends(role(Role.ADMIN, fleet=True))),
+        dependencies=uses_redis,
     )
     app.include_router(
         quarantine.router(QuarantineStore(the_store.redis), reader, Depends(role(Role.ADMIN))), dependencies=uses_redis
     )
     app.include_router(dashboard.router())
     return app
+
+
+_NAMES_A_SANDBOX: Final = frozenset({"/v1/attempts", "/v1/follow"})
+"""Routes that read every sandbox unless ``?sandbox=`` names one: a scoped token must name one of its own."""
+
+
+def _check_scope(request: Request, token: Token, fleet: bool) -> None:
+    """What a token scoped to sandboxes may not do here: 403 naming why (auth.py's docstring has the rules)."""
+    if token.sandboxes is None:
+        return
+    mine = ", ".join(sorted(token.sandboxes or ()))
+    if fleet:
+        raise ApiError(403, f"token {token.name!r} is scoped to sandboxes ({mine}): not a fleet-wide route")
+    named = request.path_params.get("sandbox", request.query_params.get("sandbox"))
+    if named is not None and not token.sees(named):
+        raise ApiError(403, f"token {token.name!r} may not see sandbox {named[:256]!r} (only {mine})", "sandbox")
+    if named is None and getattr(request.scope.get("route"), "path", "") in _NAMES_A_SANDBOX:
+        raise ApiError(403, f"token {token.name!r} is scoped to sandboxes: name one ({mine}) with ?sandbox=", "sandbox")

@@ -9,10 +9,18 @@ The file is YAML, validated like the rules files (every problem at once, with fi
       - name: oncall
         token: "a long random string"   # or the token itself (at least 16 characters)
         roles: [read, admin]
+      - name: harness-7
+        token_sha256: 2c26b4...
+        roles: [report, read]
+        sandboxes: [agent-7, agent-8]   # optional: only these sandboxes (see below)
 
 ``EGRESS_API_TOKENS`` holds a document of the same shape (YAML or JSON) when no file is given.
 
-Roles: ``read`` (queries, follow, metrics), ``report`` (post actions), ``admin`` (everything). Only digests are
+Roles: ``read`` (queries, follow, metrics), ``report`` (post actions), ``admin`` (everything). A token with
+``sandboxes`` is scoped to them: it reports actions of those sandboxes only (403 naming ``actions[i].sandbox``
+otherwise), reads only their records (it names one: ``?sandbox=`` on the list and the follow, the path on a
+timeline; one attempt of another sandbox is 404, the sandbox list shows its own), and is refused the fleet-wide
+routes (stats, ``/metrics``, the policy), whatever its roles. Only digests are
 kept in memory; a presented token is hashed and compared with every known digest by `hmac.compare_digest`, so
 neither the comparison nor which entry matched depends on how much of a token was right.
 """
@@ -55,9 +63,15 @@ class Token:
     name: str
     sha256: bytes
     roles: frozenset[Role]
+    sandboxes: frozenset[str] | None = None
+    """The sandboxes it is scoped to; None: every sandbox (and the fleet-wide routes)."""
 
     def allows(self, role: Role) -> bool:
         return role in self.roles or Role.ADMIN in self.roles
+
+    def sees(self, sandbox: str) -> bool:
+        """Whether it may read or report for ``sandbox``."""
+        return self.sandboxes is None or sandbox in self.sandboxes
 
 
 def digest(token: str) -> bytes:
@@ -85,7 +99,7 @@ class TokenTable:
 class _TokensChecker(NodeChecker):
     def entry(self, node: yamlnodes.Node, index: int) -> Token | None:
         what = f"tokens[{index}]"
-        fields = self.mapping(node, what, frozenset({"name", "token", "token_sha256", "roles"}))
+        fields = self.mapping(node, what, frozenset({"name", "token", "token_sha256", "roles", "sandboxes"}))
         if not isinstance(node, yamlnodes.MappingNode):
             return None
         name = self.text(fields["name"], f"{what}.name") if "name" in fields else None
@@ -96,9 +110,25 @@ class _TokensChecker(NodeChecker):
             name = None
         secret = self._secret(node, fields, what)
         roles = self._roles(node, fields, what)
-        if name is None or secret is None or roles is None:
+        sandboxes = self._sandboxes(fields["sandboxes"], what) if "sandboxes" in fields else None
+        if name is None or secret is None or roles is None or sandboxes == frozenset():
             return None
-        return Token(name, secret, roles)
+        return Token(name, secret, roles, sandboxes)
+
+    def _sandboxes(self, node: yamlnodes.Node, what: str) -> frozenset[str]:
+        """The names of a ``sandboxes:`` list; empty (a problem said) when it has none or a bad one."""
+        names: set[str] = set()
+        for position, item in enumerate(self.sequence(node, f"{what}.sandboxes")):
+            text = self.text(item, f"{what}.sandboxes[{position}]")
+            if text is None:
+                return frozenset()
+            if not text or len(text) > 256 or not text.isprintable():
+                self.problem(item, f"{what}.sandboxes[{position}] {text[:40]!r} is not a sandbox name")
+                return frozenset()
+            names.add(text)
+        if not names:
+            self.problem(node, f"{what}.sandboxes is empty (leave it out for every sandbox)")
+        return frozenset(names)
 
     def _secret(self, node: yamlnodes.Node, fields: dict[str, yamlnodes.Node], what: str) -> bytes | None:
         if ("token" in fields) == ("token_sha256" in fields):

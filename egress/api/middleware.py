@@ -1,5 +1,5 @@
-"""ASGI middleware of the API: the request body limit (413 before a handler reads too much) and the request
-counter behind ``/metrics`` (plain ASGI, so live streams pass untouched)."""
+"""ASGI middleware of the API: the request body limit (413 before a handler reads too much), ``HEAD`` answered as
+``GET`` without the body, and the request counter behind ``/metrics`` (plain ASGI, so live streams pass untouched)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,43 @@ from egress.api.errors import ApiError, error_response
 from egress.api.metrics import Metrics
 
 
+class HeadAsGet:
+    """``HEAD`` wherever ``GET`` is answered (RFC 9110 9.3.2; FastAPI routes answer only the methods they name):
+    the app sees a ``GET`` and the answer's headers go out, ``Content-Length`` included, without its body. A stream
+    (the live follow) ends after its headers: once they are sent, the app is told that the client left."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http" or scope["method"] != "HEAD":
+            await self.app(scope, receive, send)
+            return
+        ended = False
+
+        async def headers_only(message: Message) -> None:
+            nonlocal ended
+            if ended:
+                return
+            if message["type"] == "http.response.body":
+                ended = True
+                message = {"type": "http.response.body", "body": b"", "more_body": False}
+            await send(message)
+
+        async def until_ended() -> Message:
+            return {"type": "http.disconnect"} if ended else await receive()
+
+        # A copy: the server keeps its own scope, whose HEAD tells it to send no body.
+        await self.app({**scope, "method": "GET"}, until_ended, headers_only)
+
+
 class BodyLimit:
-    """Refuses request bodies over ``limit`` bytes (declared or streamed) with 413 before a handler reads them."""
+    """Refuses request bodies over ``limit`` bytes (declared or streamed) with 413 before a handler reads them.
+
+    Starlette has one (``FastAPI(max_body_size=...)``, Starlette 1.x), not used here: its 413 is a plain-text
+    "Content Too Large", and when the declared length is over the limit it replaces whatever answer the app starts
+    with that text, so no error handler can give it the API's one error shape (``{"error": {"field": "body"...}}``).
+    """
 
     def __init__(self, app: ASGIApp, limit: int) -> None:
         self.app = app

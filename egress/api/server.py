@@ -23,7 +23,7 @@ from fastapi import FastAPI
 from egress.api.app import create_app
 from egress.api.auth import ENV_VAR, load_tokens, tokens_from_env
 from egress.api.settings import SETTINGS_ENV, Settings, parse_listen
-from egress.cli_gateway import log_options
+from egress.cli_gateway import log_options, redis_url_callback
 from egress.logsetup import configure
 from egress.policy.yamlnodes import RulesError
 from egress.record import REDIS_URL
@@ -83,6 +83,7 @@ def app_from_env() -> FastAPI:
     "--redis-url",
     default=REDIS_URL,
     show_default=True,
+    callback=redis_url_callback,
     help="Where the records are; redis+cluster://host:port for a Redis Cluster.",
 )
 @click.option(

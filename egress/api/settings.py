@@ -97,7 +97,13 @@ class Settings:
         }
         data["spool_dir"] = str(self.spool_dir) if self.spool_dir is not None else None
         data["tokens"] = [
-            {"name": token.name, "sha256": token.sha256.hex(), "roles": sorted(token.roles)} for token in self.tokens
+            {
+                "name": token.name,
+                "sha256": token.sha256.hex(),
+                "roles": sorted(token.roles),
+                "sandboxes": sorted(token.sandboxes) if token.sandboxes is not None else None,
+            }
+            for token in self.tokens
         ]
         return json.dumps(data)
 
@@ -105,7 +111,12 @@ class Settings:
     def from_env(cls, text: str) -> Settings:
         data = json.loads(text)
         data["tokens"] = tuple(
-            Token(item["name"], bytes.fromhex(item["sha256"]), frozenset(Role(role) for role in item["roles"]))
+            Token(
+                item["name"],
+                bytes.fromhex(item["sha256"]),
+                frozenset(Role(role) for role in item["roles"]),
+                frozenset(item["sandboxes"]) if item.get("sandboxes") is not None else None,
+            )
             for item in data["tokens"]
         )
         data["spool_dir"] = Path(data["spool_dir"]) if data["spool_dir"] is not None else None

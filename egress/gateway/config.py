@@ -31,6 +31,8 @@ TABLE: Final = _TABLE_DEFAULTS.table
 STATE_DIR: Final = "/run/egress"
 """Bindings file, worker configs, the CA, spools."""
 GATEWAY_NAME: Final = "gateway"
+METRICS_LISTEN: Final = "127.0.0.1:9464"
+"""Where the gateway serves its own metrics (`egress.gateway.metrics`): loopback; 9464, the usual exporter port."""
 
 
 def default_workers() -> int:
@@ -73,6 +75,9 @@ class GatewayConfig:
     policy_poll_s: float = 1.0
     """Seconds between two reads of the fleet's applied policy version in Redis (`egress.gateway.policy_follow`);
     0: do not follow it (the ``--policy`` file and SIGHUP only)."""
+    metrics_listen: str = METRICS_LISTEN
+    """``host:port`` of the gateway's own Prometheus endpoint, on the management side only (never a wildcard nor
+    the sandbox interface's address, `egress.gateway.metrics.check_listen`); ``""``: none."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:

@@ -8,7 +8,8 @@ requests, the worker answers each in order:
   file that changed in between); the worker keeps it aside and answers with its digest, or refuses;
 - ``COMMIT`` swaps the prepared version in; the worker answers with the digest it now runs and logs it;
 - ``ABORT`` drops the prepared version; ``STATUS`` asks for the digest in force (the supervisor's liveness ping:
-  a worker that stops answering it is hung, see `egress.gateway.workers`).
+  a worker that stops answering it is hung, see `egress.gateway.workers`); its answer also carries the worker's
+  own counts, which the supervisor serves as metrics (`egress.gateway.metrics`).
 
 Frames: supervisor → worker ``>IBQ`` (body length, kind, sequence number) then the body; worker → supervisor
 ``>I`` then a JSON reply (at most `MAX_REPLY` bytes) echoing the sequence number, so an answer that arrives after its
@@ -26,10 +27,12 @@ import logging
 import pickle
 import socket
 import struct
+import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
-from typing import Final
+from dataclasses import asdict, dataclass, field, replace
+from typing import Any, Final
 
+from egress.gateway.metrics import Snapshot
 from egress.gateway.reload import PolicyVersion, Refused
 from egress.policy.model import Policy
 from egress.record.policy_store import version_label
@@ -56,6 +59,9 @@ class Reply:
     """The digest prepared (PREPARE) or in force (COMMIT, ABORT, STATUS)."""
     reason: str = ""
     """Why not, when ``ok`` is false."""
+    stats: dict[str, Any] = field(default_factory=dict)
+    """With a ``STATUS`` answer: the worker's own counts (`egress.gateway.metrics.Snapshot`), which the supervisor
+    serves on the management side; checked there (`Snapshot.from_json`), the worker being the less trusted side."""
 
 
 def socket_pair() -> tuple[socket.socket, socket.socket]:
@@ -77,7 +83,14 @@ async def _read_reply(reader: asyncio.StreamReader) -> Reply:
     if length > MAX_REPLY:
         raise ValueError(f"a reply of {length} bytes from a worker (at most {MAX_REPLY})")
     fields = json.loads(await reader.readexactly(length))
-    return Reply(int(fields["seq"]), bool(fields["ok"]), str(fields["digest"]), str(fields["reason"]))
+    stats = fields.get("stats")
+    return Reply(
+        int(fields["seq"]),
+        bool(fields["ok"]),
+        str(fields["digest"]),
+        str(fields["reason"]),
+        stats if isinstance(stats, dict) else {},
+    )
 
 
 class Payloads:
@@ -105,6 +118,10 @@ class WorkerLink:
         self._seq = 0
         self._lock = asyncio.Lock()
         self._stream: tuple[asyncio.StreamReader, asyncio.StreamWriter] | None = None
+        self.snapshot: Snapshot | None = None
+        """The worker's counts from its last ping answer (None until one came)."""
+        self.snapshot_at = 0.0
+        """When (monotonic seconds)."""
 
     @property
     def busy(self) -> bool:
@@ -140,8 +157,10 @@ class WorkerLink:
         await self._ask(Kind.ABORT, version.digest.encode())
 
     async def status(self) -> str:
-        """The digest the worker says it runs."""
-        return (await self._ask(Kind.STATUS)).digest
+        """The digest the worker says it runs; its counts are kept (`snapshot`)."""
+        reply = await self._ask(Kind.STATUS)
+        self.snapshot, self.snapshot_at = Snapshot.from_json(reply.stats), time.monotonic()
+        return reply.digest
 
     def close(self) -> None:
         if self._stream is not None:
@@ -153,9 +172,16 @@ class WorkerLink:
 class WorkerControl:
     """The worker's end, sans-IO: a request in, a reply out; `on_commit` swaps the policy into the worker."""
 
-    def __init__(self, name: str, on_commit: Callable[[PolicyVersion], None] | None = None) -> None:
+    def __init__(
+        self,
+        name: str,
+        on_commit: Callable[[PolicyVersion], None] | None = None,
+        stats: Callable[[], dict[str, Any]] | None = None,
+    ) -> None:
+        """``stats``: the worker's counts, sent with each ``STATUS`` answer (`egress.gateway.metrics`)."""
         self.name = name
         self.on_commit = on_commit
+        self.stats = stats
         self.current: PolicyVersion | None = None
         self.prepared: PolicyVersion | None = None
 
@@ -182,7 +208,8 @@ class WorkerControl:
         return Reply(seq, True, self._digest())
 
     def status(self, seq: int) -> Reply:
-        return Reply(seq, self.current is not None, self._digest())
+        stats = self.stats() if self.stats is not None else {}
+        return Reply(seq, self.current is not None, self._digest(), stats=stats)
 
     def _digest(self) -> str:
         return self.current.digest if self.current is not None else ""
@@ -211,6 +238,8 @@ class WorkerControl:
             case _:
                 reply = Reply(seq, False, self._digest(), f"unknown request {kind}")
         data = json.dumps(asdict(reply)).encode()
+        if len(data) > MAX_REPLY and reply.stats:  # counts must never make a ping fail (the worker would be "hung")
+            data = json.dumps(asdict(replace(reply, stats={}))).encode()
         writer.write(_LENGTH.pack(len(data)) + data)
         await writer.drain()
         return True

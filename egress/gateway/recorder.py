@@ -21,6 +21,7 @@ from pathlib import Path
 
 from egress.decide import Enforcement
 from egress.decisions import DecidedFlow
+from egress.gateway.metrics import Latency, Snapshot, snapshot
 from egress.policy.model import Retention
 from egress.record.aggregate import Aggregator
 from egress.record.schema import AttemptRecord, new_id
@@ -49,10 +50,17 @@ class Counters:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._counts: dict[str, int] = {}
+        self._totals: dict[str, int] = {}
+        """Since the process started, for its own metrics endpoint (`egress.gateway.metrics`)."""
 
     def add(self, field: str, amount: int = 1) -> None:
         with self._lock:
             self._counts[field] = self._counts.get(field, 0) + amount
+            self._totals[field] = self._totals.get(field, 0) + amount
+
+    def totals(self) -> dict[str, int]:
+        with self._lock:
+            return dict(self._totals)
 
     def take(self) -> dict[str, int]:
         with self._lock:
@@ -60,8 +68,10 @@ class Counters:
         return counts
 
     def give_back(self, counts: dict[str, int]) -> None:
-        for field, amount in counts.items():
-            self.add(field, amount)
+        """Counts `take` gave that could not be published: taken again next time (the totals have them)."""
+        with self._lock:
+            for field, amount in counts.items():
+                self._counts[field] = self._counts.get(field, 0) + amount
 
 
 def to_record(attempt: DecidedFlow, gateway: str) -> AttemptRecord:
@@ -106,6 +116,8 @@ class RecordReporter:
         self.component = component
         self.component_kind = "proxy" if component.startswith("proxy") else "firewall"
         self.counters = Counters()
+        self.latency = Latency()
+        """How long decisions took where a component measures it (`DecidedFlow.decide_s`)."""
         self.dropped = 0
         """Records dropped because the queue to the recorder thread was full (part of ``records_lost``)."""
         self._clock = clock
@@ -155,12 +167,34 @@ class RecordReporter:
         component = "dns" if attempt.dport == 53 and self.component == "gateway" else self.component_kind
         reason = verdict.reason.value if verdict.reason is not None else ""
         self.counters.add(f"decisions|{component}|{verdict.action.value}|{reason}", attempt.count)
+        if attempt.decide_s is not None:
+            self.latency.observe(attempt.decide_s)
         if verdict.action is Enforcement.ALLOW:
             return
         if self._queue.qsize() >= MAX_QUEUE:  # the thread is stuck (e.g. on Redis): memory stays bounded
             self._drop(attempt)
             return
         self._queue.put(attempt)
+
+    def snapshot(self) -> Snapshot:
+        """This process's counts for the gateway's metrics endpoint; read from any thread, Redis or not."""
+        decisions = {
+            field.removeprefix("decisions|"): count
+            for field, count in self.counters.totals().items()
+            if field.startswith("decisions|")
+        }
+        store = self.store
+        delivery = {
+            "records_written": store.written,
+            "records_spooled": store.spooled,
+            "records_lost": store.lost + self.dropped,
+            "redis_errors": store.redis_errors,
+        }
+        try:
+            pending = store.spool_pending
+        except OSError:  # the spool's directory is unreadable: the scrape still answers
+            pending = 0
+        return snapshot(decisions, delivery, pending, self.latency)
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Write (to Redis or the spool) everything reported so far, repeats included; False if that took longer

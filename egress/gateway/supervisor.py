@@ -26,6 +26,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
@@ -46,6 +47,7 @@ from egress.gateway.components import (
 from egress.gateway.config import GatewayConfig
 from egress.gateway.control import Payloads
 from egress.gateway.droplog import DropLogger
+from egress.gateway.metrics import MetricsServer, Snapshot
 from egress.gateway.policy_follow import PolicyFollower
 from egress.gateway.qtap import FindingTap
 from egress.gateway.quarantine import Keeper
@@ -145,6 +147,7 @@ class Supervisor:
         """Follows the fleet's applied version (None when ``policy_poll_s`` is 0)."""
         self._nft = threading.Lock()
         """Held for every change of the table: a reload's apply (in a thread) and the lockdown never interleave."""
+        self.metrics: MetricsServer | None = None
 
     @property
     def policy(self) -> Policy:
@@ -265,8 +268,23 @@ class Supervisor:
         else:
             self.reloader.request()
 
+    def _sources(self) -> list[tuple[str, Snapshot | None, float]]:
+        """Every process's counts, for the metrics endpoint (read in its thread): this one's now, each worker's
+        from its last ping answer."""
+        now = time.monotonic()
+        found: list[tuple[str, Snapshot | None, float]] = [("gateway", self.recorder.snapshot(), 0.0)]
+        for slot in self.slots:
+            link = slot.link
+            taken = link.snapshot if link is not None else None
+            found.append((slot.name, taken, now - link.snapshot_at if link is not None and taken else 0.0))
+        return found
+
     async def start(self) -> bool:
         """Every component, in order; ``False`` when the gateway failed (closed) instead."""
+        if self.config.metrics_listen:  # first: the counts are worth seeing while the rest starts or fails
+            self.metrics = MetricsServer.start(
+                self.config.metrics_listen, interface_address(self.config.sandbox_if), self._sources
+            )
         try:
             await asyncio.to_thread(self.guard, 0)  # closed first: without a supervisor, nothing passes
             await asyncio.to_thread(self.keeper.sync)  # the fleet's quarantines are in the first table already
@@ -373,6 +391,8 @@ class Supervisor:
             self.tap.close()
         finally:
             await asyncio.to_thread(self.recorder.close)
+            if self.metrics is not None:
+                await asyncio.to_thread(self.metrics.close)
 
 
 def run_gateway(config: GatewayConfig) -> int:

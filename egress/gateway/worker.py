@@ -120,6 +120,7 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
         return
     setup = build_worker(config, control.current)
     control.on_commit = setup.swap
+    control.stats = lambda: setup.recorder.snapshot().to_json()  # with each ping: the gateway's metrics
     tap = [FindingTap(config.findings_socket)] if config.findings_socket else []
     reporter = FanoutReporter(LogReporter(), setup.recorder, *tap)
     proxy = asyncio.create_task(run_worker(setup.gate, reporter, config.port, config.confdir, config.upstream_ca))

@@ -247,6 +247,20 @@ class RedisFacade:
             pipe.xrevrange(stream, count=1)
         return [next((entry_id for entry_id, _ in _entries(reply)), None) for reply in pipe.execute()]
 
+    def time_ms(self) -> int:
+        """The server's clock (TIME) in milliseconds, the clock its stream ids come from. On a Cluster, the
+        earliest of its nodes' clocks (redis-py asks every primary and answers them by node)."""
+        reply: object = self._connect().time()
+        clocks = list(reply.values()) if isinstance(reply, dict) else [reply]
+        found = []
+        for clock in clocks:
+            if not (isinstance(clock, list | tuple) and len(clock) == 2):
+                raise UnexpectedReply(f"TIME answered {clock!r}")
+            found.append(int(clock[0]) * 1000 + int(clock[1]) // 1000)
+        if not found:
+            raise UnexpectedReply("TIME answered no clock")
+        return min(found)
+
     def xread(self, after: Mapping[str, str], count: int, block_ms: int) -> list[tuple[str, list[StreamEntry]]]:
         """XREAD of the streams after their ids, waiting up to ``block_ms`` (0: not at all) for an entry: (stream,
         entries) of those that have some. A single server only: on a Cluster the streams live on several nodes

@@ -13,9 +13,19 @@ plain functions: FastAPI runs them in its thread pool, where the blocking Redis 
 # would lose them.
 from typing import Annotated
 
-from fastapi import Query
+from fastapi import Query, Request
 
 from egress.api import models
+from egress.api.auth import Role, Token
 
 NoQuery = Annotated[models.NoQuery, Query()]
 """For routes without query parameters: any parameter given is unknown (400), as on every other route."""
+
+
+_EVERYONE = Token("unauthenticated", b"", frozenset({Role.READ}))
+
+
+def caller(request: Request) -> Token:
+    """The token of the request (set by the auth dependency): what a token scoped to sandboxes may see."""
+    token = getattr(request.state, "token", None)
+    return token if isinstance(token, Token) else _EVERYONE

@@ -6,19 +6,21 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Annotated, Any, Final
 
-from fastapi import APIRouter, Query, Request, params
+from fastapi import APIRouter, Header, Query, Request, params
 from fastapi import Path as PathParam
 from fastapi.responses import Response, StreamingResponse
+from fastapi.sse import EventSourceResponse, format_sse_event
 from starlette.concurrency import run_in_threadpool
 
 from egress.api import models
 from egress.api.errors import ApiError
-from egress.api.respond import json_response
-from egress.api.routes import NoQuery
+from egress.api.respond import encode, json_response
+from egress.api.routes import NoQuery, caller
 from egress.api.settings import Settings
 from egress.correlate import Correlator
 from egress.record import query
 from egress.record.actions import ActionRecord
+from egress.record.follow import Cursor, Follow
 from egress.record.schema import AttemptRecord
 from egress.record.store import STORE_ERRORS, RecordStore
 
@@ -50,10 +52,10 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     @routes.get(
         "/v1/attempts/{attempt_id}", tags=["attempts"], response_model=models.AttemptDetail, dependencies=[reader]
     )
-    def attempt(attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> Response:
+    def attempt(request: Request, attempt_id: Annotated[str, PathParam(pattern=_ID_PATTERN)], _: NoQuery) -> Response:
         """One attempt and the actions of its sandbox it belongs to (egress.correlate: containment wins)."""
         record = query.get_attempt(store, attempt_id)
-        if record is None:
+        if record is None or not caller(request).sees(record.sandbox):  # another's: as if there were none
             raise ApiError(404, f"no attempt {attempt_id}", "attempt_id")
         return json_response({"attempt": record, "actions": _correlated(store, [record], slack)[record.id]})
 
@@ -61,17 +63,27 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
         "/v1/follow",
         tags=["attempts"],
         dependencies=[reader],
+        # Not EventSourceResponse: with it FastAPI expects a generator route, which cannot answer 400 or 429
         response_class=StreamingResponse,
         responses={200: {"content": {"text/event-stream": {}}, "description": "Server-sent events"}},
     )
-    async def follow(request: Request, params: Annotated[models.FollowQuery, Query()]) -> StreamingResponse:
-        """Live attempts as server-sent events: ``event: attempt`` (data: the record's JSON) for each new record,
-        ``event: heartbeat`` when nothing came for a while, ``event: error`` while Redis does not answer."""
+    async def follow(
+        request: Request,
+        params: Annotated[models.FollowQuery, Query()],
+        last_event_id: Annotated[str | None, Header(alias="Last-Event-ID", max_length=600)] = None,
+    ) -> EventSourceResponse:
+        """Live attempts as server-sent events, in the order they reached Redis (egress.record.follow):
+        ``event: attempt`` (data: the record's JSON; id: its place in the stream) for each new record,
+        ``event: heartbeat`` when nothing came for a while, ``event: error`` while Redis does not answer. A
+        reconnect with ``Last-Event-ID`` (as EventSource sends it) gets exactly the records after that event."""
+        try:
+            after = Cursor.parse(last_event_id) if last_event_id else None
+        except ValueError as error:
+            raise ApiError(400, str(error), "Last-Event-ID") from None
         if request.app.state.followers >= settings.max_followers:
             raise ApiError(429, f"at most {settings.max_followers} follow streams at once")
-        return StreamingResponse(
-            _events(request, store, settings, params),
-            media_type="text/event-stream",
+        return EventSourceResponse(
+            _events(request, Follow(store, after), settings, params),
             headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
         )
 
@@ -106,33 +118,32 @@ def _correlated(store: RecordStore, attempts: Sequence[AttemptRecord], slack: fl
 
 
 async def _events(
-    request: Request, store: RecordStore, settings: Settings, params: models.FollowQuery
-) -> AsyncIterator[str]:
+    request: Request, follow: Follow, settings: Settings, params: models.FollowQuery
+) -> AsyncIterator[bytes]:
     app = request.app
-    after: dict[str, str] | None = None
     last_sent = time.monotonic()
     app.state.followers += 1
     try:
-        yield "retry: 2000\n\n"
+        yield format_sse_event(retry=2000)
         while not await request.is_disconnected():
             try:
-                records, after = await run_in_threadpool(query.follow, store, after, settings.follow_block_ms)
-            except STORE_ERRORS as error:
+                due = await run_in_threadpool(follow.read, settings.follow_block_ms)
+            except STORE_ERRORS as error:  # the follow keeps its place: it goes on from there when Redis answers
                 message = json.dumps({"message": f"Redis unavailable ({type(error).__name__})"})
-                yield f"event: error\ndata: {message}\n\n"
+                yield format_sse_event(event="error", data_str=message)
                 last_sent = time.monotonic()
                 await asyncio.sleep(1.0)
                 continue
-            for record in records:
+            for cursor, record in due:
                 if params.sandbox is not None and record.sandbox != params.sandbox:
                     continue
                 if params.category is not None and record.category != params.category:
                     continue
-                data = json.dumps(record.to_json(), separators=(",", ":"))
-                yield f"id: {record.id}\nevent: attempt\ndata: {data}\n\n"
+                data = encode(record).decode()
+                yield format_sse_event(event="attempt", data_str=data, id=str(cursor))
                 last_sent = time.monotonic()
             if time.monotonic() - last_sent >= settings.heartbeat_s:
-                yield f"event: heartbeat\ndata: {json.dumps({'ts': time.time()})}\n\n"
+                yield format_sse_event(event="heartbeat", data_str=json.dumps({"ts": time.time()}))
                 last_sent = time.monotonic()
     finally:
         app.state.followers -= 1

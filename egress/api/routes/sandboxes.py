@@ -3,14 +3,14 @@
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Query, params
+from fastapi import APIRouter, Query, Request, params
 from fastapi import Path as PathParam
 from fastapi.responses import Response
 
 from egress.api import models
 from egress.api.errors import ApiError
 from egress.api.respond import json_response
-from egress.api.routes import NoQuery
+from egress.api.routes import NoQuery, caller
 from egress.api.settings import Settings
 from egress.correlate import timeline_rows
 from egress.record import query
@@ -22,9 +22,10 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     slack = settings.slack
 
     @routes.get("/v1/sandboxes", tags=["sandboxes"], response_model=models.Sandboxes, dependencies=[reader])
-    def sandboxes(_: NoQuery) -> Response:
-        """Names of the sandboxes that have records."""
-        return json_response({"sandboxes": store.sandboxes()})
+    def sandboxes(request: Request, _: NoQuery) -> Response:
+        """Names of the sandboxes that have records (a token scoped to sandboxes: of those)."""
+        token = caller(request)
+        return json_response({"sandboxes": [name for name in store.sandboxes() if token.sees(name)]})
 
     @routes.get(
         "/v1/sandboxes/{sandbox}/timeline", tags=["sandboxes"], response_model=models.Timeline, dependencies=[reader]

@@ -91,7 +91,15 @@ class EgressAddon(NextLayer):
         self.flows = FlowHooks(gate, self.record_flow, sever)
 
     # -- reporting -------------------------------------------------------------------------------------------
-    def _report(self, meta: FlowMeta, sandbox: Sandbox | None, verdict: Verdict, host: str, client_id: str) -> None:
+    def _report(
+        self,
+        meta: FlowMeta,
+        sandbox: Sandbox | None,
+        verdict: Verdict,
+        host: str,
+        client_id: str,
+        decide_s: float | None = None,
+    ) -> None:
         state = self.connections.get(client_id)
         if state is not None:
             state.recorded = state.recorded or verdict.recorded
@@ -99,12 +107,16 @@ class EgressAddon(NextLayer):
                 meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         name = sandbox.name if sandbox is not None else ""
         self.reporter.report(
-            DecidedFlow(time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict)
+            DecidedFlow(
+                time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict, decide_s=decide_s
+            )
         )
 
-    def record(self, context: Context, sandbox: Sandbox | None, verdict: Verdict, host: str) -> None:
-        """Report a decision on a connection (the layers' `OnVerdict`)."""
-        self._report(_meta(context), sandbox, verdict, host, context.client.id)
+    def record(
+        self, context: Context, sandbox: Sandbox | None, verdict: Verdict, host: str, decide_s: float | None = None
+    ) -> None:
+        """Report a decision on a connection (the layers' `OnVerdict`); ``decide_s``: how long the gate took."""
+        self._report(_meta(context), sandbox, verdict, host, context.client.id, decide_s)
 
     def record_flow(self, flow: http.HTTPFlow, sandbox: Sandbox | None, verdict: Verdict) -> None:
         """Report a decision on one HTTP request."""
@@ -207,11 +219,13 @@ class EgressAddon(NextLayer):
         if state.preblocked is not None:
             meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
             data_server = b""  # the sink's silence, not the destination's
-        decision = self._decide(state, meta, data_client, data_server)
+        started = time.perf_counter()
+        decision = self._decide(state, meta, data_client, data_server)  # NeedsMoreData: timed on the final call
+        decide_s = time.perf_counter() - started
         state.decision = decision
         decided = decision.verdict or decision.allow
         if decided is not None and decision.kind is not Kind.HTTP:  # HTTP is reported request by request
-            self.record(context, state.sandbox, decided, decision.host)
+            self.record(context, state.sandbox, decided, decision.host, decide_s)
         match decision.kind:
             case Kind.PASSTHROUGH:
                 return layers.TCPLayer(context, ignore=True)
