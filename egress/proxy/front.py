@@ -31,9 +31,9 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from egress.decide import Enforcement, decide_finding, decide_suspicion
+from egress.decide import Enforcement, decide_watched
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import miningshape, tls, tlsshape
+from egress.detect import miningshape, tls
 from egress.detect.base import Finding, FlowMeta
 from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
@@ -219,10 +219,7 @@ class Front:
         """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""
 
         def on_finding(finding: Finding) -> bool:
-            suspected = finding.protocol in tlsshape.SUSPECTED
-            if finding.detector == miningshape.NAME:  # the policy's mining_shape action: record (default) or block
-                suspected = sandbox.detectors.mining_shape is not DetectorAction.BLOCK
-            verdict = decide_suspicion(sandbox, finding) if suspected else decide_finding(sandbox, finding)
+            verdict = decide_watched(sandbox, finding)  # the policy's mining_shape action: record (default) or block
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", host, verdict))
             if verdict.action is Enforcement.BLOCK:
                 self.watch_blocked += 1
