@@ -35,6 +35,9 @@ class DecidedFlow:
     count: int = 1
     """How many identical packets this decision stands for (the drop logger's count of packets the kernel
     dropped without logging them, its log being rate-limited)."""
+    record_id: str = ""
+    """The id of the record this decision is part of, when it was named at decision time (`egress.record.naming`:
+    a deny reason shows it); ``""``: the recorder gives the record a new id."""
 
 
 class Reporter(Protocol):
@@ -91,4 +94,6 @@ def canonical(attempt: DecidedFlow) -> dict[str, object]:
         line["protocol"] = attempt.protocol
     if attempt.count != 1:
         line["count"] = attempt.count
+    if attempt.record_id:
+        line["record_id"] = attempt.record_id
     return line

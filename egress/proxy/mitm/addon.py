@@ -46,11 +46,12 @@ from egress.detect import tls
 from egress.detect.base import FlowMeta, Transport
 from egress.policy.model import Expect, Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
-from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta
+from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta, note_record
 from egress.proxy.mitm.inspect import unidentified
 from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 from egress.proxy.mitm.upgrades import EgressHttpLayer
+from egress.record.naming import named
 
 log = logging.getLogger("egress.proxy")
 
@@ -91,24 +92,27 @@ class EgressAddon(NextLayer):
         self.flows = FlowHooks(gate, self.record_flow, sever)
 
     # -- reporting -------------------------------------------------------------------------------------------
-    def _report(self, meta: FlowMeta, sandbox: Sandbox | None, verdict: Verdict, host: str, client_id: str) -> None:
+    def _report(self, meta: FlowMeta, sandbox: Sandbox | None, verdict: Verdict, host: str, client_id: str) -> str:
+        """Report a decision; the id of its record (named now, so a 403 can name it), ``""`` for an allowed one."""
         state = self.connections.get(client_id)
         if state is not None:
             state.recorded = state.recorded or verdict.recorded
             if state.preblocked is not None:
                 meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         name = sandbox.name if sandbox is not None else ""
-        self.reporter.report(
-            DecidedFlow(time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict)
-        )
+        decided = DecidedFlow(time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict)
+        decided = named(decided)
+        self.reporter.report(decided)
+        return decided.record_id
 
     def record(self, context: Context, sandbox: Sandbox | None, verdict: Verdict, host: str) -> None:
         """Report a decision on a connection (the layers' `OnVerdict`)."""
         self._report(_meta(context), sandbox, verdict, host, context.client.id)
 
     def record_flow(self, flow: http.HTTPFlow, sandbox: Sandbox | None, verdict: Verdict) -> None:
-        """Report a decision on one HTTP request."""
-        self._report(flow_meta(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
+        """Report a decision on one HTTP request (its record's id kept for the 403 that may answer it)."""
+        record_id = self._report(flow_meta(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
+        note_record(flow, record_id)
 
     def _on_verdict(self, context: Context, sandbox: Sandbox, verdict: Verdict) -> None:
         self.record(context, sandbox, verdict, "")
