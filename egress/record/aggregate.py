@@ -82,8 +82,8 @@ class Aggregator:
         self._update_at: float | None = None
         """When the pending counts are next returned (None: nothing pending)."""
         self._named: dict[str, None] = {}
-        """Ids of the named records written lately (insertion-ordered, at most ``max_keys``): a late repeat of one
-        becomes a count update of it, never a second record with its id."""
+        """Ids of the named records written lately (insertion-ordered, at most 4 ``max_keys``: longer than their
+        keys are held): a late repeat of one becomes a count update of it, never a second record with its id."""
         self.seen = 0
         """Attempts added, counting those inside aggregated input."""
         self.emitted = 0
@@ -133,7 +133,7 @@ class Aggregator:
         self._open[key] = _Open(record, opened=now)
         if named:
             self._named[record.id] = None
-            while len(self._named) > self.max_keys:
+            while len(self._named) > 4 * self.max_keys:
                 del self._named[next(iter(self._named))]
         ready.append(record)
         self.emitted += 1
