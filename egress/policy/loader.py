@@ -22,6 +22,7 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
         detectors: {mining, tunnel, crypto_node, mining_shape: block | record | allow, mining_shape_window: 1-600}
     retention: {max_age_days, max_records}    # optional
+    on_apply: keep | close_forbidden          # established connections on apply (default keep)
     x-NAME: ...                               # ignored: a place for anchored blocks that '<<: *NAME' merges in
 
 Host names are IDNA-normalised (Python's IDNA 2003 codec, the one the resolver and the proxy use) to lowercase
@@ -53,6 +54,7 @@ from egress.policy.model import (
     Mode,
     Network,
     NetworkRule,
+    OnApply,
     Policy,
     Retention,
     Sandbox,
@@ -85,7 +87,7 @@ __all__ = [
 ]
 
 VERSION = 1
-_TOP = frozenset({"version", "sandboxes", "retention"})
+_TOP = frozenset({"version", "sandboxes", "retention", "on_apply"})
 _SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"})
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
@@ -174,7 +176,7 @@ class _Checker(NodeChecker):
             return None
         return value
 
-    def choice[E: (Mode, DetectorAction)](self, node: yamlnodes.Node, path: str, enum: type[E]) -> E | None:
+    def choice[E: (Mode, DetectorAction, OnApply)](self, node: yamlnodes.Node, path: str, enum: type[E]) -> E | None:
         value = self.text(node, path)
         if value is None:
             return None
@@ -240,7 +242,8 @@ class _Checker(NodeChecker):
                 self.at(top["sandboxes"], "sandboxes", "empty: name at least one sandbox")
             sandboxes = [self.sandbox(key, value) for key, value in pairs]
         self.check_sources(sandboxes)
-        return Policy(VERSION, tuple(sandboxes), retention, self.file)
+        on_apply = self.choice(top["on_apply"], "on_apply", OnApply) if "on_apply" in top else None
+        return Policy(VERSION, tuple(sandboxes), retention, self.file, on_apply or OnApply.KEEP)
 
     def retention(self, node: yamlnodes.Node) -> Retention:
         fields = self.fields(node, "retention", frozenset(RETENTION_RANGES))

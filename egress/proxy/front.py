@@ -37,7 +37,10 @@ from egress.detect import miningshape, tls
 from egress.detect.base import Finding, FlowMeta
 from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
+from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Half, Upstream, Watch
+from egress.replay import Kind as Asked
+from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
 
@@ -80,8 +83,11 @@ class Front:
         reporter: Reporter,
         handoff: Handoff,
         destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
+        open_flows: OpenFlows | None = None,
     ) -> None:
-        """``destination``: where an accepted connection was going (`original_destination` behind nftables)."""
+        """``destination``: where an accepted connection was going (`original_destination` behind nftables);
+        ``open_flows``: where relayed connections are kept while open (a reload may close them)."""
+        self.open_flows = open_flows
         self.gate = gate
         self.reporter = reporter
         self.handoff = handoff
@@ -212,8 +218,17 @@ class Front:
             client.close_both()
         else:
             upstream_transport.resume_reading()
+            self._keep(client, source, dst, decision.host)
         self.relayed += 1
         return True
+
+    def _keep(self, client: Half, source: tuple[str, int], dst: tuple[str, int], sni: str) -> None:
+        """Track the relay while it is open, as the TLS connection it was decided as (`egress.proxy.openflows`)."""
+        if self.open_flows is None:
+            return
+        flows = self.open_flows
+        token = flows.add(Question(Asked.TLS, source[0], dst[0], dst[1], sni or None), client.close_both)
+        client.on_lost = lambda: flows.discard(token)
 
     def _watch(self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str) -> Watch:
         """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""

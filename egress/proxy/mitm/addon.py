@@ -51,9 +51,15 @@ from egress.proxy.mitm.inspect import unidentified
 from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 from egress.proxy.mitm.upgrades import EgressHttpLayer
+from egress.proxy.openflows import OpenFlows
 from egress.record.naming import named
+from egress.replay import Kind as Asked
+from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
+
+_ASKED = {Kind.PASSTHROUGH: Asked.TLS, Kind.INTERCEPT: Asked.TLS, Kind.HTTP: Asked.HTTP, Kind.INSPECT: Asked.RAW}
+"""The question a connection let through was decided on, by the gate's decision (`Gate.on_first_bytes`)."""
 
 
 def _meta(context: Context) -> FlowMeta:
@@ -75,13 +81,19 @@ class _Connection:
     """Report mode: the would-block of `Gate.on_connect`; reported when the connection closes unrecorded."""
     noted_at: float = 0.0
     """When it was decided (epoch seconds): the record's time."""
+    open_token: int = 0
+    """Its token in the worker's `OpenFlows` (0: not tracked)."""
 
 
 class EgressAddon(NextLayer):
     """Replaces mitmproxy's ``nextlayer`` addon; see the module docstring."""
 
-    def __init__(self, gate: Gate, reporter: Reporter, sink: tuple[str, int], sever: Sever) -> None:
+    def __init__(
+        self, gate: Gate, reporter: Reporter, sink: tuple[str, int], sever: Sever, open_flows: OpenFlows | None = None
+    ) -> None:
         super().__init__()
+        self.open_flows = open_flows
+        """Where connections let through are kept while open (a reload may close them, `egress.proxy.openflows`)."""
         self.gate = gate
         self.reporter = reporter
         self.sink = sink
@@ -154,6 +166,8 @@ class EgressAddon(NextLayer):
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = self.connections.pop(client.id, None)
+        if state is not None and state.open_token and self.open_flows is not None:
+            self.open_flows.discard(state.open_token)
         if state is None or state.recorded:
             return
         verdict, ts = (state.preblocked, time.time()) if state.preblocked is not None else (state.noted, state.noted_at)
@@ -216,6 +230,7 @@ class EgressAddon(NextLayer):
         decided = decision.verdict or decision.allow
         if decided is not None and decision.kind is not Kind.HTTP:  # HTTP is reported request by request
             self.record(context, state.sandbox, decided, decision.host)
+        self._keep(context, state, meta, decision)
         match decision.kind:
             case Kind.PASSTHROUGH:
                 return layers.TCPLayer(context, ignore=True)
@@ -231,6 +246,18 @@ class EgressAddon(NextLayer):
             case Kind.HTTP:
                 return EgressHttpLayer(context, self._control, self._raw_after)
         return RefuseLayer(context)
+
+    def _keep(self, context: Context, state: _Connection, meta: FlowMeta, decision: Decision) -> None:
+        """Track a connection let through, as the question it was decided on (`egress.proxy.openflows`)."""
+        asked = _ASKED.get(decision.kind)
+        if self.open_flows is None or asked is None or state.preblocked is not None or state.open_token:
+            return
+        if decision.verdict is not None and decision.verdict.action is Enforcement.BLOCK:
+            return
+        name = decision.host or None if asked is not Asked.RAW else None
+        client = context.client
+        question = Question(asked, meta.src, meta.dst, meta.dport, name)
+        state.open_token = self.open_flows.add(question, lambda: self.sever(client))
 
     def _inside_tls(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
         """The layer for the bytes inside intercepted TLS (only ever reached for a decrypted connection): HTTP to
