@@ -230,7 +230,9 @@ def _unsupported_link_types(path: str, stats: FileStats) -> bool:
 
 
 @main.group(
-    cls=LazyGroup, lazy={n: f"egress.cli_policy:{n}_command" for n in ("apply", "history", "rollback", "status")}
+    cls=LazyGroup,
+    lazy={n: f"egress.cli_policy:{n}_command" for n in ("apply", "history", "rollback", "status")}
+    | {"replay": "egress.cli_replay:rules_replay"},
 )
 def rules() -> None:
     """Policy and name-list files."""

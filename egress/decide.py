@@ -18,6 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from egress.detect import miningshape, tlsshape
 from egress.detect.base import Category, Finding, evidence
 from egress.policy.model import Address, DetectorAction, Expect, Mode, NetworkRule, Sandbox, TlsNames
 
@@ -275,6 +276,16 @@ def decide_suspicion(sandbox: Sandbox, finding: Finding) -> Verdict:
     if verdict.action in {Enforcement.BLOCK, Enforcement.WOULD_BLOCK}:
         return Verdict(Enforcement.RECORD, verdict.reason, verdict.rule, verdict.evidence, finding)
     return verdict
+
+
+def decide_watched(sandbox: Sandbox, finding: Finding) -> Verdict:
+    """A finding of the TLS shape watcher on TLS relayed through a network rule: a suspected shape
+    (`tlsshape.SUSPECTED`) is at most recorded (`decide_suspicion`); mining told from the shape
+    (`miningshape`) blocks only where the sandbox's ``detectors.mining_shape`` says ``block``."""
+    suspected = finding.protocol in tlsshape.SUSPECTED
+    if finding.detector == miningshape.NAME:
+        suspected = sandbox.detectors.mining_shape is not DetectorAction.BLOCK
+    return decide_suspicion(sandbox, finding) if suspected else decide_finding(sandbox, finding)
 
 
 def _detected(sandbox: Sandbox, finding: Finding, reason: Reason) -> Verdict:

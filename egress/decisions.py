@@ -40,6 +40,9 @@ class DecidedFlow:
     decide_s: float | None = None
     """Seconds the decision took where it is measured (the proxy's gate on a connection's first bytes: detectors
     and policy), for the gateway's latency histogram (`egress.gateway.metrics`); not part of the record."""
+    record_id: str = ""
+    """The id of the record this decision is part of, when it was named at decision time (`egress.record.naming`:
+    a deny reason shows it); ``""``: the recorder gives the record a new id."""
 
 
 class Reporter(Protocol):
@@ -107,4 +110,6 @@ def canonical(attempt: DecidedFlow) -> dict[str, object]:
         line["protocol"] = attempt.protocol
     if attempt.count != 1:
         line["count"] = attempt.count
+    if attempt.record_id:
+        line["record_id"] = attempt.record_id
     return line

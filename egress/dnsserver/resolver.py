@@ -48,6 +48,7 @@ from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
 from egress.policy.model import HostRule, Mode, Policy, Sandbox
+from egress.record.naming import named
 
 log = logging.getLogger(__name__)
 
@@ -191,9 +192,9 @@ class Resolver:
         sandbox = self.policy.sandbox_for(address)
         if sandbox is None:
             refused = decide_unknown_source(source)
-            self._report(client, transport, shown, refused, "")
+            record_id = self._report(client, transport, shown, refused, "")
             self.refused += 1
-            return _refusal(message, refused, forward.EDE_PROHIBITED)
+            return _refusal(message, refused, forward.EDE_PROHIBITED, record_id)
         problem = problem_of(message)
         if problem:
             self._report(client, transport, shown, decide_dns_malformed(sandbox, shown, problem), sandbox.name)
@@ -204,12 +205,12 @@ class Resolver:
         # Queries refused during a hold are recorded under the held base domain, so they count into one record.
         held = self._tracker(sandbox).holding(sandbox.name, name)
         verdict = decide_dns(sandbox, name, self._finding(sandbox, message, name))
-        self._report(client, transport, held or name, verdict, sandbox.name)
+        record_id = self._report(client, transport, held or name, verdict, sandbox.name)
         if verdict.action is Enforcement.BLOCK:
             self.refused += 1
             if verdict.reason is not None and verdict.reason.value == "doh-canary":
                 return _reply(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
-            return _refusal(message, verdict, forward.EDE_BLOCKED)
+            return _refusal(message, verdict, forward.EDE_BLOCKED, record_id)
         forwarded = forward.upstream_query(message, question, ident=0)
         cached = self.cache.get(forwarded)
         if cached is None:
@@ -239,10 +240,10 @@ class Resolver:
         else:
             judged = self._judged(cached, sandbox, name, rule)
             if judged.refused is not None:
-                self._report(client, transport, name, judged.refused, sandbox.name)
+                record_id = self._report(client, transport, name, judged.refused, sandbox.name)
                 if judged.refused.action is Enforcement.BLOCK:
                     self.refused += 1
-                    return _refusal(query, judged.refused, forward.EDE_BLOCKED)
+                    return _refusal(query, judged.refused, forward.EDE_BLOCKED, record_id)
             if judged.dropped:
                 self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
             sections = judged.sections if sandbox.mode is Mode.ENFORCE else sections_of(upstream)
@@ -265,7 +266,8 @@ class Resolver:
         for _ in range(count):
             self._report(("0.0.0.0", 0), "udp", "", verdict, "")
 
-    def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> None:
+    def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> str:
+        """Report a decision; the id of its record (named now, for the refusal's EDE text), ``""`` when allowed."""
         attempt = DecidedFlow(
             ts=time.time(),
             sandbox=sandbox,
@@ -277,7 +279,9 @@ class Resolver:
             host=qname,
             verdict=verdict,
         )
+        attempt = named(attempt)
         self.reporter.report(attempt)
+        return attempt.record_id
 
     def _judged(self, cached: Cached, sandbox: Sandbox, name: str, rule: HostRule) -> answers.Judged:
         """`answers.judge` of the cached message, once per sandbox and rule (the objects of the policy in force,
@@ -334,10 +338,14 @@ def _reply(query: dns.Message, rcode: int) -> bytes:
     return dns.build_response(query, rcode, recursion_available=True)
 
 
-def _refusal(query: dns.Message, verdict: Verdict, info_code: int) -> bytes:
-    """REFUSED, with an Extended DNS Error naming the reason and the rule for a client that sent EDNS."""
+def _refusal(query: dns.Message, verdict: Verdict, info_code: int, record_id: str = "") -> bytes:
+    """REFUSED, with an Extended DNS Error naming the reason, the rule and the record (``GET /v1/attempts/{id}``)
+    for a client that sent EDNS."""
     reason = verdict.reason.value if verdict.reason is not None else "refused"
-    return forward.refusal(query, dns.REFUSED, info_code, f"egress: {reason} by {verdict.rule}")
+    head, tail = f"egress: {reason} by ", f"; record {record_id}" if record_id else ""
+    rule = verdict.rule.encode("utf-8")[: forward.EDE_TEXT_MAX - len(head) - len(tail)]  # cut the rule, not the id
+    text = head + rule.decode("utf-8", "ignore") + tail
+    return forward.refusal(query, dns.REFUSED, info_code, text)
 
 
 async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]:

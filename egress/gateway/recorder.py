@@ -75,8 +75,9 @@ class Counters:
 
 
 def to_record(attempt: DecidedFlow, gateway: str) -> AttemptRecord:
-    """The record of a block, would-block or record decision, with a new id (`AttemptRecord.of`)."""
-    return AttemptRecord.of(attempt, gateway, new_id(attempt.ts))
+    """The record of a block, would-block or record decision (`AttemptRecord.of`), with the id named at decision
+    time (`egress.record.naming`) or else a new one."""
+    return AttemptRecord.of(attempt, gateway, attempt.record_id or new_id(attempt.ts))
 
 
 class _Flush:
@@ -249,7 +250,7 @@ class RecordReporter:
                 except ValueError:  # a decision the record schema refuses: a bug, which must not stop the thread
                     log.exception("decision not recordable, dropped: %r", item)
                     continue
-                pending += self.aggregator.add(record, self._clock())
+                pending += self.aggregator.add(record, self._clock(), named=bool(item.record_id))
             pending += self.aggregator.flush(self._clock(), force=closing or bool(flushes))
             try:
                 self.store.drain()

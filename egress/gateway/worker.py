@@ -20,7 +20,7 @@ import logging
 import os
 import signal
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from egress.decisions import FanoutReporter, LogReporter
 from egress.detect.names import make_name_detector
@@ -33,8 +33,10 @@ from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
 from egress.logsetup import configure
 from egress.policy.lists import load_name_lists
+from egress.policy.model import OnApply
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.server import run_worker
+from egress.proxy.openflows import OpenFlows
 
 log = logging.getLogger("egress.proxy")
 
@@ -73,10 +75,15 @@ class WorkerSetup:
     config: WorkerConfig
     gate: Gate
     recorder: RecordReporter
+    open_flows: OpenFlows = field(default_factory=OpenFlows)
+    """The connections this worker let through and has open."""
 
     def swap(self, version: PolicyVersion) -> None:
-        """Commit: every new connection is decided under ``version`` (connections under way keep their sandbox)."""
+        """Commit: every new connection is decided under ``version``; connections under way keep their sandbox and
+        decision, unless the policy says ``on_apply: close_forbidden``: then those it blocks are closed."""
         self.gate.policy = version.policy
+        if version.policy.on_apply is OnApply.CLOSE_FORBIDDEN:
+            self.open_flows.cut(version.policy, self.gate.names_for)
 
 
 def build_worker(config: WorkerConfig, version: PolicyVersion) -> WorkerSetup:
@@ -123,7 +130,9 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
     control.stats = lambda: setup.recorder.snapshot().to_json()  # with each ping: the gateway's metrics
     tap = [FindingTap(config.findings_socket)] if config.findings_socket else []
     reporter = FanoutReporter(LogReporter(), setup.recorder, *tap)
-    proxy = asyncio.create_task(run_worker(setup.gate, reporter, config.port, config.confdir, config.upstream_ca))
+    proxy = asyncio.create_task(
+        run_worker(setup.gate, reporter, config.port, config.confdir, config.upstream_ca, open_flows=setup.open_flows)
+    )
     follow = asyncio.create_task(control.serve(reader, writer))
     try:
         await asyncio.wait({proxy, follow, stopped}, return_when=asyncio.FIRST_COMPLETED)

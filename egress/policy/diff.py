@@ -123,6 +123,8 @@ def diff(old: Policy, new: Policy) -> list[Change]:
                                         dns=DnsLimits(), detectors=DetectorActions())  # fmt: skip
             changes += [c for c in _sandbox(empty, sandbox) if c.field != "sources"]
     changes += _fields("", "retention", old.retention, new.retention)
+    if old.on_apply is not new.on_apply:
+        changes.append(Change("", "on_apply", Kind.CHANGED, old.on_apply.value, new.on_apply.value))
     return changes
 
 

@@ -23,6 +23,7 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         detectors: {mining, tunnel, crypto_node, mining_shape: block | record | allow, mining_shape_window: 1-600}
         quarantine: {after: N, within: SECONDS, categories: [mining, tunnel, crypto-node], webhook: URL}
     retention: {max_age_days, max_records}    # optional
+    on_apply: keep | close_forbidden          # established connections on apply (default keep)
     x-NAME: ...                               # ignored: a place for anchored blocks that '<<: *NAME' merges in
 
 Host names are IDNA-normalised (Python's IDNA 2003 codec, the one the resolver and the proxy use) to lowercase
@@ -54,6 +55,7 @@ from egress.policy.model import (
     Mode,
     Network,
     NetworkRule,
+    OnApply,
     Policy,
     Retention,
     Sandbox,
@@ -86,7 +88,7 @@ __all__ = [
 ]
 
 VERSION = 1
-_TOP = frozenset({"version", "sandboxes", "retention"})
+_TOP = frozenset({"version", "sandboxes", "retention", "on_apply"})
 _SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"}
                      | {"quarantine"})  # fmt: skip
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
@@ -176,7 +178,7 @@ class _Checker(NodeChecker):
             return None
         return value
 
-    def choice[E: (Mode, DetectorAction)](self, node: yamlnodes.Node, path: str, enum: type[E]) -> E | None:
+    def choice[E: (Mode, DetectorAction, OnApply)](self, node: yamlnodes.Node, path: str, enum: type[E]) -> E | None:
         value = self.text(node, path)
         if value is None:
             return None
@@ -242,7 +244,8 @@ class _Checker(NodeChecker):
                 self.at(top["sandboxes"], "sandboxes", "empty: name at least one sandbox")
             sandboxes = [self.sandbox(key, value) for key, value in pairs]
         self.check_sources(sandboxes)
-        return Policy(VERSION, tuple(sandboxes), retention, self.file)
+        on_apply = self.choice(top["on_apply"], "on_apply", OnApply) if "on_apply" in top else None
+        return Policy(VERSION, tuple(sandboxes), retention, self.file, on_apply or OnApply.KEEP)
 
     def retention(self, node: yamlnodes.Node) -> Retention:
         fields = self.fields(node, "retention", frozenset(RETENTION_RANGES))

@@ -214,6 +214,15 @@ class Sandbox:
         )
 
 
+class OnApply(enum.StrEnum):
+    """What an applied policy does to connections already established (``on_apply:``)."""
+
+    KEEP = "keep"
+    """They keep the decision they were made under; only new connections see the new policy (the default)."""
+    CLOSE_FORBIDDEN = "close_forbidden"
+    """The proxy decides each open connection again under the new policy and closes those it would not allow."""
+
+
 @dataclass(frozen=True, slots=True)
 class Retention:
     max_age_days: int = 30
@@ -227,6 +236,8 @@ class Policy:
     sandboxes: tuple[Sandbox, ...]
     retention: Retention = field(default_factory=Retention)
     file: str = "<memory>"
+    on_apply: OnApply = OnApply.KEEP
+    """What applying this policy does to established connections (`OnApply`)."""
 
     def sandbox_for(self, source: Address) -> Sandbox | None:
         """The sandbox whose source networks contain ``source`` (first match in file order)."""

@@ -31,13 +31,16 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final
 
-from egress.decide import Enforcement, decide_finding, decide_suspicion
+from egress.decide import Enforcement, decide_watched
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import miningshape, tls, tlsshape
+from egress.detect import miningshape, tls
 from egress.detect.base import Finding, FlowMeta
 from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
+from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Half, Upstream, Watch
+from egress.replay import Kind as Asked
+from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
 
@@ -80,8 +83,11 @@ class Front:
         reporter: Reporter,
         handoff: Handoff,
         destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
+        open_flows: OpenFlows | None = None,
     ) -> None:
-        """``destination``: where an accepted connection was going (`original_destination` behind nftables)."""
+        """``destination``: where an accepted connection was going (`original_destination` behind nftables);
+        ``open_flows``: where relayed connections are kept while open (a reload may close them)."""
+        self.open_flows = open_flows
         self.gate = gate
         self.reporter = reporter
         self.handoff = handoff
@@ -212,17 +218,23 @@ class Front:
             client.close_both()
         else:
             upstream_transport.resume_reading()
+            self._keep(client, source, dst, decision.host)
         self.relayed += 1
         return True
+
+    def _keep(self, client: Half, source: tuple[str, int], dst: tuple[str, int], sni: str) -> None:
+        """Track the relay while it is open, as the TLS connection it was decided as (`egress.proxy.openflows`)."""
+        if self.open_flows is None:
+            return
+        flows = self.open_flows
+        token = flows.add(Question(Asked.TLS, source[0], dst[0], dst[1], sni or None), client.close_both)
+        client.on_lost = lambda: flows.discard(token)
 
     def _watch(self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str) -> Watch:
         """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""
 
         def on_finding(finding: Finding) -> bool:
-            suspected = finding.protocol in tlsshape.SUSPECTED
-            if finding.detector == miningshape.NAME:  # the policy's mining_shape action: record (default) or block
-                suspected = sandbox.detectors.mining_shape is not DetectorAction.BLOCK
-            verdict = decide_suspicion(sandbox, finding) if suspected else decide_finding(sandbox, finding)
+            verdict = decide_watched(sandbox, finding)  # the policy's mining_shape action: record (default) or block
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", host, verdict))
             if verdict.action is Enforcement.BLOCK:
                 self.watch_blocked += 1

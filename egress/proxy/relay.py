@@ -69,6 +69,8 @@ class Half(asyncio.Protocol):
         self.other: Half | None = None
         self.ended = False
         """This side sent EOF."""
+        self.on_lost: Callable[[], None] | None = None
+        """Called once this side's connection is gone (the front forgets the relay: `egress.proxy.openflows`)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -100,6 +102,8 @@ class Half(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.close_both()
+        if self.on_lost is not None:
+            self.on_lost()
 
     def close_both(self) -> None:
         for side in (self, self.other):

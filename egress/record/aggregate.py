@@ -81,6 +81,9 @@ class Aggregator:
         """Keys with repeats not yet returned as an update (insertion-ordered)."""
         self._update_at: float | None = None
         """When the pending counts are next returned (None: nothing pending)."""
+        self._named: dict[str, None] = {}
+        """Ids of the named records written lately (insertion-ordered, at most 4 ``max_keys``: longer than their
+        keys are held): a late repeat of one becomes a count update of it, never a second record with its id."""
         self.seen = 0
         """Attempts added, counting those inside aggregated input."""
         self.emitted = 0
@@ -94,13 +97,26 @@ class Aggregator:
         """Repeats counted but not yet returned: what a kill would lose."""
         return sum(self._open[key].count for key in self._dirty)
 
-    def add(self, record: AttemptRecord, now: float) -> list[AttemptRecord]:
-        """Take one attempt seen at ``now``; return what is ready to write (this attempt, if it is a first)."""
+    def add(self, record: AttemptRecord, now: float, *, named: bool = False) -> list[AttemptRecord]:
+        """Take one attempt seen at ``now``; return what is ready to write (this attempt, if it is a first).
+
+        ``named``: the record's id was named when the attempt was decided (`egress.record.naming`), the same for
+        every repeat that belongs to one record: the id, not the window, says whether it is a repeat. A repeat
+        whose record was written and then forgotten (its window ended, or ``max_keys``) is still counted into it,
+        as a count update."""
         self.seen += record.count
         ready = self.flush(now)
         key = aggregate_key(record)
         state = self._open.get(key)
-        if state is not None and now - state.opened < self.window:
+        if named:
+            repeat = state is not None and state.record.id == record.id
+            if not repeat and record.id in self._named:
+                ready.extend(self._forget(key) if state is not None else [])
+                state = self._open[key] = _Open(record, opened=now)
+                repeat = True
+        else:
+            repeat = state is not None and now - state.opened < self.window
+        if state is not None and repeat:
             if state.count == 0:
                 state.first_ts, state.last_ts = record.first_ts, record.last_ts
                 self._dirty[key] = None
@@ -115,6 +131,10 @@ class Aggregator:
         while len(self._open) >= self.max_keys:
             ready.extend(self._forget(next(iter(self._open))))
         self._open[key] = _Open(record, opened=now)
+        if named:
+            self._named[record.id] = None
+            while len(self._named) > 4 * self.max_keys:
+                del self._named[next(iter(self._named))]
         ready.append(record)
         self.emitted += 1
         return ready

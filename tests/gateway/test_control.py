@@ -20,6 +20,7 @@ from egress.gateway.config import WorkerConfig
 from egress.gateway.control import Kind, Payloads, Reply, WorkerControl, WorkerLink, open_stream, socket_pair
 from egress.gateway.reload import PolicyVersion, Refused, load_version
 from egress.proxy.gate import Gate
+from egress.proxy.openflows import OpenFlows
 
 POLICY = """version: 1
 sandboxes:
@@ -165,7 +166,15 @@ class _FakeProxy:
     def __init__(self) -> None:
         self.gates: list[Gate] = []
 
-    async def __call__(self, gate: Gate, reporter: Reporter, port: int, confdir: str, upstream_ca: str | None) -> None:
+    async def __call__(
+        self,
+        gate: Gate,
+        reporter: Reporter,
+        port: int,
+        confdir: str,
+        upstream_ca: str | None,
+        open_flows: OpenFlows | None = None,
+    ) -> None:
         self.gates.append(gate)
         await asyncio.Event().wait()
 

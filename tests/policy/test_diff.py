@@ -81,3 +81,8 @@ def test_text_groups_by_sandbox_and_json_has_every_field() -> None:
     assert document["changes"][1] == {
         "sandbox": "agents", "field": "hosts", "change": "added", "old": None, "new": "pypi.org (443)"
     }  # fmt: skip
+
+
+def test_on_apply_is_a_change_of_the_policy() -> None:
+    changes = diff(parse_policy(OLD), parse_policy(OLD + "on_apply: close_forbidden\n"))
+    assert changes == [Change("", "on_apply", Kind.CHANGED, "keep", "close_forbidden")]

@@ -46,13 +46,20 @@ from egress.detect import tls
 from egress.detect.base import FlowMeta, Transport
 from egress.policy.model import Expect, Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
-from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta
+from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta, note_record
 from egress.proxy.mitm.inspect import unidentified
 from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 from egress.proxy.mitm.upgrades import EgressHttpLayer
+from egress.proxy.openflows import OpenFlows
+from egress.record.naming import named
+from egress.replay import Kind as Asked
+from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
+
+_ASKED = {Kind.PASSTHROUGH: Asked.TLS, Kind.INTERCEPT: Asked.TLS, Kind.HTTP: Asked.HTTP, Kind.INSPECT: Asked.RAW}
+"""The question a connection let through was decided on, by the gate's decision (`Gate.on_first_bytes`)."""
 
 
 def _meta(context: Context) -> FlowMeta:
@@ -74,13 +81,19 @@ class _Connection:
     """Report mode: the would-block of `Gate.on_connect`; reported when the connection closes unrecorded."""
     noted_at: float = 0.0
     """When it was decided (epoch seconds): the record's time."""
+    open_token: int = 0
+    """Its token in the worker's `OpenFlows` (0: not tracked)."""
 
 
 class EgressAddon(NextLayer):
     """Replaces mitmproxy's ``nextlayer`` addon; see the module docstring."""
 
-    def __init__(self, gate: Gate, reporter: Reporter, sink: tuple[str, int], sever: Sever) -> None:
+    def __init__(
+        self, gate: Gate, reporter: Reporter, sink: tuple[str, int], sever: Sever, open_flows: OpenFlows | None = None
+    ) -> None:
         super().__init__()
+        self.open_flows = open_flows
+        """Where connections let through are kept while open (a reload may close them, `egress.proxy.openflows`)."""
         self.gate = gate
         self.reporter = reporter
         self.sink = sink
@@ -99,18 +112,20 @@ class EgressAddon(NextLayer):
         host: str,
         client_id: str,
         decide_s: float | None = None,
-    ) -> None:
+    ) -> str:
+        """Report a decision; the id of its record (named now, so a 403 can name it), ``""`` for an allowed one."""
         state = self.connections.get(client_id)
         if state is not None:
             state.recorded = state.recorded or verdict.recorded
             if state.preblocked is not None:
                 meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         name = sandbox.name if sandbox is not None else ""
-        self.reporter.report(
-            DecidedFlow(
-                time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict, decide_s=decide_s
-            )
+        decided = DecidedFlow(
+            time.time(), name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict, decide_s=decide_s
         )
+        decided = named(decided)
+        self.reporter.report(decided)
+        return decided.record_id
 
     def record(
         self, context: Context, sandbox: Sandbox | None, verdict: Verdict, host: str, decide_s: float | None = None
@@ -119,8 +134,9 @@ class EgressAddon(NextLayer):
         self._report(_meta(context), sandbox, verdict, host, context.client.id, decide_s)
 
     def record_flow(self, flow: http.HTTPFlow, sandbox: Sandbox | None, verdict: Verdict) -> None:
-        """Report a decision on one HTTP request."""
-        self._report(flow_meta(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
+        """Report a decision on one HTTP request (its record's id kept for the 403 that may answer it)."""
+        record_id = self._report(flow_meta(flow), sandbox, verdict, flow.request.pretty_host, flow.client_conn.id)
+        note_record(flow, record_id)
 
     def _on_verdict(self, context: Context, sandbox: Sandbox, verdict: Verdict) -> None:
         self.record(context, sandbox, verdict, "")
@@ -162,6 +178,8 @@ class EgressAddon(NextLayer):
 
     def client_disconnected(self, client: connection.Client) -> None:
         state = self.connections.pop(client.id, None)
+        if state is not None and state.open_token and self.open_flows is not None:
+            self.open_flows.discard(state.open_token)
         if state is None or state.recorded:
             return
         verdict, ts = (state.preblocked, time.time()) if state.preblocked is not None else (state.noted, state.noted_at)
@@ -226,6 +244,7 @@ class EgressAddon(NextLayer):
         decided = decision.verdict or decision.allow
         if decided is not None and decision.kind is not Kind.HTTP:  # HTTP is reported request by request
             self.record(context, state.sandbox, decided, decision.host, decide_s)
+        self._keep(context, state, meta, decision)
         match decision.kind:
             case Kind.PASSTHROUGH:
                 return layers.TCPLayer(context, ignore=True)
@@ -241,6 +260,18 @@ class EgressAddon(NextLayer):
             case Kind.HTTP:
                 return EgressHttpLayer(context, self._control, self._raw_after)
         return RefuseLayer(context)
+
+    def _keep(self, context: Context, state: _Connection, meta: FlowMeta, decision: Decision) -> None:
+        """Track a connection let through, as the question it was decided on (`egress.proxy.openflows`)."""
+        asked = _ASKED.get(decision.kind)
+        if self.open_flows is None or asked is None or state.preblocked is not None or state.open_token:
+            return
+        if decision.verdict is not None and decision.verdict.action is Enforcement.BLOCK:
+            return
+        name = decision.host or None if asked is not Asked.RAW else None
+        client = context.client
+        question = Question(asked, meta.src, meta.dst, meta.dport, name)
+        state.open_token = self.open_flows.add(question, lambda: self.sever(client))
 
     def _inside_tls(self, context: Context, data_client: bytes, data_server: bytes) -> layer.Layer | None:
         """The layer for the bytes inside intercepted TLS (only ever reached for a decrypted connection): HTTP to

@@ -40,6 +40,7 @@ _READ: Final = "egress-read"
 _WEBSOCKET: Final = "egress-websocket"
 _SEVERED: Final = "egress-severed"
 _ANSWERED: Final = "egress-answered"
+_RECORD: Final = "egress-record"
 _UPGRADE: Final = "egress-upgrade"
 """The protocols a request allowed to upgrade asked for (set by `FlowHooks.requestheaders`)."""
 
@@ -50,23 +51,34 @@ def flow_meta(flow: http.HTTPFlow) -> FlowMeta:
     return FlowMeta(Transport.TCP, str(src[0]), int(src[1]), str(dst[0]), int(dst[1]))
 
 
-def blocked_response(verdict: Verdict, echo: bool = True) -> http.Response:
+def blocked_response(verdict: Verdict, echo: bool = True, record_id: str = "") -> http.Response:
     """The 403 that answers a blocked request (or replaces a blocked response). ``echo``: say the evidence too;
     never for a blocked response, whose evidence is the server's bytes (a job would reach the client inside the
-    very answer that blocked it)."""
+    very answer that blocked it). ``record_id``: the record of the block (``GET /v1/attempts/{id}``), named in a
+    line of its own and in ``X-Egress-Record``."""
     reason = verdict.reason.value if verdict.reason is not None else "blocked"
     line = f"egress blocked this request: {reason} ({verdict.rule})"
     if echo:
         line += f": {verdict.evidence}"
-    return http.Response.make(
-        403, line + "\n", {"Content-Type": "text/plain; charset=utf-8", "X-Egress-Blocked": line[:400]}
-    )
+    headers = {"Content-Type": "text/plain; charset=utf-8", "X-Egress-Blocked": line[:400]}
+    body = line + "\n"
+    if record_id:
+        headers["X-Egress-Record"] = record_id
+        body += f"record: {record_id}\n"
+    return http.Response.make(403, body, headers)
+
+
+def note_record(flow: http.HTTPFlow, record_id: str) -> None:
+    """Keep the id of the record of the flow's latest decision, for the 403 that may follow (`answer_blocked`)."""
+    flow.metadata[_RECORD] = record_id
 
 
 def answer_blocked(flow: http.HTTPFlow, verdict: Verdict) -> None:
-    """Answer (or re-answer) the flow with egress's 403; the response hook then leaves that answer alone (a mark
-    in the flow's metadata, never a header, which the server could send too)."""
-    flow.response = blocked_response(verdict, echo=flow.response is None)
+    """Answer (or re-answer) the flow with egress's 403, naming the record of the decision just reported for it;
+    the response hook then leaves that answer alone (a mark in the flow's metadata, never a header, which the
+    server could send too)."""
+    record_id = flow.metadata.get(_RECORD, "")
+    flow.response = blocked_response(verdict, flow.response is None, record_id if isinstance(record_id, str) else "")
     flow.metadata[_ANSWERED] = True
 
 

@@ -19,10 +19,11 @@ from mitmproxy.addons import core, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from egress.decisions import Reporter
-from egress.proxy.front import Front
+from egress.proxy.front import Front, original_destination
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.crashes import CrashGuard
+from egress.proxy.openflows import OpenFlows
 
 log = logging.getLogger("egress.proxy")
 
@@ -42,13 +43,15 @@ async def run_worker(
     upstream_ca: str | None = None,
     host: str | None = None,
     destination: Callable[[socket.socket], tuple[str, int]] | None = None,
+    open_flows: OpenFlows | None = None,
 ) -> None:
     """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP).
 
     `egress.proxy.front.Front` accepts on ``port`` and relays allowed TLS itself; every other connection goes to
     mitmproxy's transparent-mode server instance (which listens only on an unused loopback port). ``host``: the
     one address to listen on (default: the front's own default); ``destination``: where an accepted connection was
-    going, for the front (default: nftables' ``SO_ORIGINAL_DST``; tests without nftables give their own)."""
+    going, for the front (default: nftables' ``SO_ORIGINAL_DST``; tests without nftables give their own);
+    ``open_flows``: where the front and the addon keep the connections they let through while open."""
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_address = sink.sockets[0].getsockname()[:2]
@@ -57,7 +60,7 @@ async def run_worker(
     master = Master(opts, with_termlog=False)
     server = proxyserver.Proxyserver()
     master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
-    addon = EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1])), _severer(server))
+    addon = EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1])), _severer(server), open_flows)
     master.addons.add(addon)
     guard = CrashGuard.install(server, addon.crashed)
     settings: dict[str, Any] = {
@@ -99,7 +102,7 @@ async def run_worker(
             log.exception("mitmproxy failed on a connection; closed")
             writer.close()
 
-    the_front = Front(gate, reporter, handoff) if destination is None else Front(gate, reporter, handoff, destination)
+    the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows)
     front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
     try:
         await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
