@@ -20,6 +20,7 @@ from typing import Any, Final
 
 import click
 
+from egress.cli_gateway import redis_url_callback
 from egress.cli_query import _duration_option, _store
 from egress.cli_render import endpoint, json_line, when
 from egress.correlate import DEFAULT_SLACK, Correlator
@@ -231,6 +232,7 @@ def _records(
 @click.option("-o", "--output", type=click.Choice(["text", "json", "jsonl"]), default="text", show_default=True,
               help="text: one line per attempt and its notes; json: one array; jsonl: one object a line.")  # fmt: skip
 @click.option("--redis-url", default=REDIS_URL, show_default=True, envvar="EGRESS_REDIS_URL",
+              callback=redis_url_callback,
               help="Where the records (and the applied policy) are; env EGRESS_REDIS_URL.")  # fmt: skip
 @click.option("--lists", "lists_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Name lists for the capture's detectors (default: the shipped ones).")  # fmt: skip
