@@ -137,7 +137,7 @@ class Implementation:
 PURE: Final = Implementation("pure", frame_pcap, sweep)
 
 
-def _stale(module: ModuleType) -> str | None:
+def _stale(module: object) -> str | None:
     """Why the compiled module must not run, if it must not: built for another ABI, or (in a source tree, where
     _hot.c sits beside it) from another version of _hot.c than the one there now."""
     if getattr(module, "ABI", None) != ABI:
