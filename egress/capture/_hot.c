@@ -1,22 +1,24 @@
 /* The scanner's hot path in C: pcap record framing and the per-packet skip test of `egress scan`.
  *
- * Each function here has a pure-Python twin in egress/capture/hot.py that gives the same result for every input;
- * tests/capture/test_hot.py runs both over the whole corpus and compares. Nothing here allocates a Python object
- * per packet except the 12-byte flow key of a frame it looks up: a skipped packet costs a few loads, one bytes
- * object and one dict lookup. Built by setup.py as an optional extension; where it is missing or its ABI differs
+ * Each function here has a pure-Python twin (in egress/capture/hot.py; for frame_pcapng, reader.py's block walk)
+ * that gives the same result for every input; tests/capture/test_hot.py runs both over the whole corpus and
+ * compares. Nothing here allocates a Python object per packet except the 12-byte flow key of a frame it looks up:
+ * a skipped packet costs a few loads, one bytes object and one dict lookup. Built by setup.py as an optional extension; where it is missing or its ABI differs
  * from hot.py's, the pure path runs (docs/scanner-hot-path.md says why C and not Cython or mypyc).
  *
  * Compiled with -ffp-contract=off: `sec + frac * scale` must round as Python's two float operations do.
+ * (Python's int-to-float conversion and C's (double) of a uint64 both round to nearest, ties to even.)
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
 
-#define HOT_ABI 1 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
+#define HOT_ABI 2 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
 #ifndef HOT_SOURCE
 #define HOT_SOURCE "" /* setup.py defines it: the SHA-256 of this file, checked by hot.py against the source */
 #endif
+#define MAX_RECORD (1 << 24) /* reader.MAX_RECORD */
 
 static inline uint32_t read32(const unsigned char *p, int big) {
     if (big)
@@ -63,6 +65,68 @@ static PyObject *frame_pcap(PyObject *self, PyObject *args) {
         pos = end;
     }
     PyBuffer_Release(&view);
+    if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        Py_DECREF(stamps);
+        return NULL;
+    }
+    if (_PyBytes_Resize(&stamps, count * (Py_ssize_t)sizeof(double)) < 0) {
+        Py_DECREF(spans);
+        return NULL;
+    }
+    return Py_BuildValue("(nNN)", pos, spans, stamps);
+}
+
+/* frame_pcapng(buf, pos, big, linktypes, scales) -> (pos, spans, stamps)
+ * The run of whole Enhanced Packet Blocks of buf from pos, in a section of the given byte order whose interfaces
+ * have the link types (native int64) and timestamp scales (native double) given; pos is where the first block
+ * that is something else starts (another block type, a block not whole, or one that is corrupt: reader.py's
+ * block walk reads it and says what is wrong). */
+static PyObject *frame_pcapng(PyObject *self, PyObject *args) {
+    Py_buffer view, typev, scalev;
+    Py_ssize_t pos;
+    int big;
+    if (!PyArg_ParseTuple(args, "y*npy*y*", &view, &pos, &big, &typev, &scalev))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t size = view.len;
+    const int64_t *linktypes = typev.buf;
+    const double *scales = scalev.buf;
+    Py_ssize_t interfaces = typev.len / (Py_ssize_t)sizeof(int64_t);
+    if (scalev.len / (Py_ssize_t)sizeof(double) < interfaces)
+        interfaces = scalev.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t cap = pos < size ? (size - pos) / 28 + 1 : 1;
+    PyObject *spans = PyBytes_FromStringAndSize(NULL, cap * 3 * (Py_ssize_t)sizeof(int64_t));
+    PyObject *stamps = PyBytes_FromStringAndSize(NULL, cap * (Py_ssize_t)sizeof(double));
+    if (spans == NULL || stamps == NULL) {
+        Py_XDECREF(spans);
+        Py_XDECREF(stamps);
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&typev);
+        PyBuffer_Release(&scalev);
+        return NULL;
+    }
+    int64_t *span = (int64_t *)PyBytes_AS_STRING(spans);
+    double *stamp = (double *)PyBytes_AS_STRING(stamps);
+    Py_ssize_t count = 0;
+    while (pos >= 0 && size - pos >= 28) {
+        const unsigned char *block = buf + pos;
+        uint32_t btype = read32(block, big), blen = read32(block + 4, big);
+        if (btype != 6 || blen < 28 || blen > MAX_RECORD || blen % 4 || pos + (Py_ssize_t)blen > size)
+            break;
+        uint32_t iface = read32(block + 8, big), high = read32(block + 12, big), low = read32(block + 16, big);
+        uint32_t caplen = read32(block + 20, big);
+        if (iface >= (uint64_t)interfaces || 28 + (uint64_t)caplen > blen)
+            break;
+        span[3 * count] = pos + 28;
+        span[3 * count + 1] = caplen;
+        span[3 * count + 2] = linktypes[iface];
+        stamp[count] = (double)((uint64_t)high << 32 | low) * scales[iface];
+        count++;
+        pos += blen;
+    }
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&typev);
+    PyBuffer_Release(&scalev);
     if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
         Py_DECREF(stamps);
         return NULL;
@@ -136,6 +200,7 @@ static PyObject *sweep(PyObject *self, PyObject *args) {
 
 static PyMethodDef methods[] = {
     {"frame_pcap", frame_pcap, METH_VARARGS, "Whole pcap records of a buffer: (pos, spans, stamps)."},
+    {"frame_pcapng", frame_pcapng, METH_VARARGS, "Whole enhanced packet blocks of a buffer: (pos, spans, stamps)."},
     {"sweep", sweep, METH_VARARGS, "Skip the records judged on their raw bytes; the index of the next one."},
     {NULL, NULL, 0, NULL},
 };

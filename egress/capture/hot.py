@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Final, Protocol
 
-ABI: Final = 1
+ABI: Final = 2
 """The compiled module's interface version (``HOT_ABI`` in _hot.c): a module built from another one is stale."""
 PURE_ENV: Final = "EGRESS_SCAN_PURE"
 
@@ -51,6 +51,12 @@ class Records:
 class FramePcap(Protocol):
     def __call__(self, buf: bytes, pos: int, big: bool, linktype: int, scale: float, /) -> tuple[int, bytes, bytes]:
         """Every whole pcap record of ``buf`` from ``pos``: (end of the last one, spans, stamps as native bytes)."""
+
+
+class FramePcapng(Protocol):
+    def __call__(self, buf: bytes, pos: int, big: bool, linktypes: bytes, scales: bytes, /) -> tuple[int, bytes, bytes]:
+        """The run of whole enhanced packet blocks from ``pos`` (interfaces' link types and scales as native
+        arrays): (where the first other block starts, spans, stamps)."""
 
 
 class Sweep(Protocol):
@@ -132,9 +138,11 @@ class Implementation:
     """``compiled`` or ``pure``: what `egress scan --version` and the scan's log line say."""
     frame_pcap: FramePcap
     sweep: Sweep
+    frame_pcapng: FramePcapng | None
+    """``None`` for the pure path, whose pcapng framing is reader.py's block walk."""
 
 
-PURE: Final = Implementation("pure", frame_pcap, sweep)
+PURE: Final = Implementation("pure", frame_pcap, sweep, None)
 
 
 def _stale(module: object) -> str | None:
@@ -162,7 +170,7 @@ def _compiled() -> Implementation | None:
     if why is not None:
         log.warning("egress.capture._hot is stale (%s): the pure path runs", why)
         return None
-    return Implementation("compiled", module.frame_pcap, module.sweep)
+    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng)
 
 
 COMPILED: Final = _compiled()

@@ -88,7 +88,7 @@ def read_records(path: str, hot: Implementation | None = None) -> Iterator[Recor
         if magic in _PCAP_MAGICS:
             yield from _read_pcap(path, handle, hot)
         elif magic == _PCAPNG_SHB:
-            yield from _read_pcapng(path, handle)
+            yield from _read_pcapng(path, handle, hot)
         elif len(magic) < 4:
             raise CaptureError(f"{path}: empty or truncated file header")
         else:
@@ -148,7 +148,7 @@ class _Pcapng:
     """Length of a block that did not fit in the buffer: read at least this much next."""
 
 
-def _read_pcapng(path: str, handle: BinaryIO) -> Iterator[Records]:
+def _read_pcapng(path: str, handle: BinaryIO, hot: Implementation) -> Iterator[Records]:
     """The read loop over blocks; the packets read before a fault are yielded before the fault is raised."""
     state = _Pcapng()
     buf = b""
@@ -158,7 +158,7 @@ def _read_pcapng(path: str, handle: BinaryIO) -> Iterator[Records]:
         spans: array[int] = array("q")
         stamps: array[float] = array("d")
         try:
-            pos = _pcapng_blocks(path, buf, state, spans, stamps)
+            pos = _pcapng_blocks(path, buf, state, spans, stamps, hot)
         finally:
             if stamps:
                 yield Records(buf, spans, stamps)
@@ -171,9 +171,12 @@ def _read_pcapng(path: str, handle: BinaryIO) -> Iterator[Records]:
             return
 
 
-def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, spans: array[int], stamps: array[float]) -> int:
+def _pcapng_blocks(
+    path: str, buf: bytes, state: _Pcapng, spans: array[int], stamps: array[float], hot: Implementation
+) -> int:
     """Read every whole block of ``buf`` (packets into ``spans`` and ``stamps``); the position of the first one
-    not whole."""
+    not whole. Runs of enhanced packet blocks go to the compiled framing where it is built; it stops at any other
+    block, and at a corrupt one, which this walk then reads (and reports)."""
     order, interfaces, index = state.order, state.interfaces, state.packets
     state.wanted = 0
     size = len(buf)
@@ -190,21 +193,16 @@ def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, spans: array[int], sta
         if end > size:
             state.wanted = blen
             break
-        if btype == 6:  # Enhanced Packet Block
-            iface, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
-            if iface >= len(interfaces) or 28 + caplen > blen:
-                raise CaptureError(f"{path}: corrupt enhanced packet block at packet {index + 1}")
-            info = interfaces[iface]
+        if btype == 6:  # Enhanced Packet Block: this one, and with the compiled framing the run it starts
+            before = len(stamps)
+            pos = _enhanced_packets(path, buf, pos, blen, order, interfaces, spans, stamps, hot, index)
+            index += len(stamps) - before
+            continue
+        if btype == 3:  # Simple Packet Block: no timestamp, interface 0
             index += 1
-            spans.extend((pos + 28, caplen, info.linktype))
-            stamps.append(((ts_high << 32) | ts_low) * info.scale)
-        elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
             if not interfaces:
-                raise CaptureError(f"{path}: packet before any interface description at packet {index + 1}")
-            (wirelen,) = struct.unpack_from(order + "I", buf, pos + 8)
-            index += 1
-            spans.extend((pos + 12, min(wirelen, blen - 16), interfaces[0].linktype))
-            stamps.append(0.0)
+                raise CaptureError(f"{path}: packet before any interface description at packet {index}")
+            _simple_packet(buf, pos, blen, order, interfaces[0], spans, stamps)
         elif btype == 1:
             interfaces.append(_parse_interface(path, buf[pos:end], order))
         elif btype == 0x0A0D0D0A:
@@ -212,6 +210,45 @@ def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, spans: array[int], sta
         pos = end
     state.packets = index
     return pos
+
+
+def _simple_packet(
+    buf: bytes, pos: int, blen: int, order: str, interface: _Interface, spans: array[int], stamps: array[float]
+) -> None:
+    (wirelen,) = struct.unpack_from(order + "I", buf, pos + 8)
+    spans.extend((pos + 12, min(wirelen, blen - 16), interface.linktype))
+    stamps.append(0.0)
+
+
+def _enhanced_packets(
+    path: str,
+    buf: bytes,
+    pos: int,
+    blen: int,
+    order: str,
+    interfaces: list[_Interface],
+    spans: array[int],
+    stamps: array[float],
+    hot: Implementation,
+    index: int,
+) -> int:
+    """The enhanced packet block at ``pos`` into ``spans`` and ``stamps`` (with the compiled framing, the whole
+    run of them it starts, up to the first other block or one it leaves to this code); where the next block is."""
+    if hot.frame_pcapng is not None:
+        linktypes = array("q", [info.linktype for info in interfaces]).tobytes()
+        scales = array("d", [info.scale for info in interfaces]).tobytes()
+        after, more_spans, more_stamps = hot.frame_pcapng(buf, pos, order == ">", linktypes, scales)
+        if after > pos:
+            spans.frombytes(more_spans)
+            stamps.frombytes(more_stamps)
+            return after
+    iface, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
+    if iface >= len(interfaces) or 28 + caplen > blen:
+        raise CaptureError(f"{path}: corrupt enhanced packet block at packet {index + 1}")
+    info = interfaces[iface]
+    spans.extend((pos + 28, caplen, info.linktype))
+    stamps.append(((ts_high << 32) | ts_low) * info.scale)
+    return pos + blen
 
 
 def _check_section(path: str, block: bytes, order: str) -> None:

@@ -114,7 +114,7 @@ _frames = st.lists(
 
 @compiled_only
 @given(frames=_frames, decided=st.sets(st.integers(0, 7)), inspected=st.sets(st.integers(0, 7)), prefix=st.binary())
-@settings(max_examples=examples(300), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_compiled_and_pure_sweep_agree(
     frames: list[tuple[int, bytes]], decided: set[int], inspected: set[int], prefix: bytes
 ) -> None:
@@ -141,7 +141,7 @@ def test_compiled_and_pure_sweep_agree(
     big=st.booleans(),
     scale=st.sampled_from([1e-6, 1e-9]),
 )
-@settings(max_examples=examples(300), deadline=None)
+@settings(max_examples=examples(150), deadline=None)
 def test_compiled_and_pure_pcap_framing_agree(
     records: list[tuple[int, int, bytes]], cut: int, big: bool, scale: float
 ) -> None:
@@ -216,3 +216,65 @@ def test_the_package_installs_without_a_c_compiler(tmp_path: pathlib.Path) -> No
     build = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, check=False)
     assert build.returncode == 0, build.stderr
     assert not list((tmp_path / "egress" / "capture").glob("_hot*.so"))
+
+
+def _block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack(order + "II", btype, len(body) + 12) + body + struct.pack(order + "I", len(body) + 12)
+
+
+def _pcapng(order: str, packets: list[tuple[int, int, int, bytes]], resolution: int, cut: int) -> bytes:
+    magic = struct.pack(order + "I", 0x1A2B3C4D)
+    out = _block(order, 0x0A0D0D0A, magic + struct.pack(order + "HHq", 1, 0, -1))
+    option = struct.pack(order + "HH", 9, 1) + bytes([resolution]) + b"\x00" * 3 + b"\x00" * 4
+    out += _block(order, 1, struct.pack(order + "HHI", 1, 0, 65535) + option)
+    out += _block(order, 1, struct.pack(order + "HHI", 113, 0, 65535))
+    for kind, iface, stamp, data in packets:
+        if kind == 3:
+            out += _block(order, 3, struct.pack(order + "I", len(data)) + data)
+        else:
+            caplen = len(data) + (40 if kind == 1 else 0)  # kind 1: a caplen past the block (corrupt)
+            head = struct.pack(order + "IIIII", iface, stamp >> 32, stamp & 0xFFFFFFFF, caplen, len(data))
+            out += _block(order, 6, head + data)
+    return out[: len(out) - cut]
+
+
+def _read(path: str, impl: hot.Implementation) -> tuple[list[tuple[float, int, bytes]], str | None]:
+    from egress.capture.reader import CaptureError, read_records
+
+    frames: list[tuple[float, int, bytes]] = []
+    try:
+        for records in read_records(path, impl):
+            frames += [(records.stamps[i], records.spans[3 * i + 2], records.frame(i)) for i in range(len(records))]
+    except CaptureError as exc:
+        return frames, str(exc)
+    return frames, None
+
+
+@compiled_only
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from([6, 6, 6, 3, 1]),
+            st.sampled_from([0, 1, 1, 2]),
+            st.integers(0, 2**64 - 1),
+            st.binary(max_size=30),
+        ),
+        max_size=20,
+    ),
+    order=st.sampled_from(["<", ">"]),
+    resolution=st.sampled_from([6, 9, 0x8A]),
+    cut=st.sampled_from([0, 0, 3, 17]),
+)
+@settings(max_examples=examples(100), deadline=None)
+def test_compiled_and_pure_pcapng_framing_agree(
+    tmp_path_factory: pytest.TempPathFactory,
+    packets: list[tuple[int, int, int, bytes]],
+    order: str,
+    resolution: int,
+    cut: int,
+) -> None:
+    assert hot.COMPILED is not None
+    path = tmp_path_factory.mktemp("pcapng") / "c.pcapng"
+    path.write_bytes(_pcapng(order, packets, resolution, cut))
+    assert _read(str(path), hot.COMPILED) == _read(str(path), hot.PURE)
