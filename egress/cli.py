@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pathlib
@@ -225,7 +226,8 @@ def scan(
             bars[path] = _Progress(path)
         return bars.get(path)
 
-    for stats, findings in scan_files(scanner, files, jobs, progress_of):
+    make_scanner = functools.partial(_scanner_for, lists_dir, scanner.impl.name == "compiled")
+    for stats, findings in scan_files(scanner, files, jobs, progress_of, make_scanner):
         path = stats.path
         all_stats.append(stats)
         bar = bars.pop(path, None)
@@ -246,6 +248,13 @@ def scan(
     if fail_on and any(by_category[category.value] for category in fail_on):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_OK)
+
+
+def _scanner_for(lists_dir: str | None, compiled: bool) -> Scanner:
+    """The scanner of an `egress scan --jobs` worker process: the parent's name lists and hot path."""
+    from egress.capture.hot import implementation
+
+    return Scanner(build_detectors(load_name_lists(lists_dir)), hot=implementation(compiled))
 
 
 def _report_file(path: str, stats: FileStats) -> bool:
