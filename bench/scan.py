@@ -99,7 +99,10 @@ def measure(rounds: int, chosen: dict[str, tuple[list[str], dict[str, str]]]) ->
     results: dict[str, list[Run]] = {name: [] for name in chosen}
     for _ in range(rounds):
         for name, (command, env) in chosen.items():
-            results[name].append(run(command, env or None))
+            done = run(command, env or None)
+            results[name].append(done)
+            figures = f"{done.seconds:.2f} s wall, {done.cpu:.2f} s CPU, {done.rss_kib / 1024:.0f} MB, exit {done.code}"
+            print(f"  {name}: {figures} (load {os.getloadavg()[0]:.1f})", flush=True)
     return {name: median(runs) for name, runs in results.items()}
 
 
