@@ -1,9 +1,11 @@
-"""Scanner benchmark: `egress scan` beside nDPI's `ndpiReader` on the same large capture, in one run.
+"""Scanner benchmark: `egress scan` beside nDPI's `ndpiReader` and nfstream on the same captures, in one run.
 
 Builds the capture from the public corpus (looped, addresses shifted per loop; see build_capture.py) at each
-requested size, then runs each tool as a child process and reads its wall time and peak RSS (wait4). Prints
-packets/s, MB/s, peak RSS and the ratio egress/nDPI. Peak RSS at two sizes shows whether memory stays flat as the
-capture grows.
+requested size, and its two halves as two files for the two-core rows: ndpiReader ignores ``-n`` for one pcap,
+so its best two-core configuration is one thread per file (``-i a,b -n 2``), beside ``egress scan --jobs 2 a b``.
+Each tool runs as a child process; wall time, CPU time and peak RSS come from wait4. Rounds are interleaved (every
+tool once, then again) so that the load of the shared machine falls on all alike; the median of the rounds is
+reported. CPU seconds per million packets is the stable figure on a shared machine; wall-clock rates move ±30 %.
 
     python bench/scan.py --corpus ../shared/corpus --sizes 110,220
 """
@@ -14,69 +16,154 @@ import argparse
 import os
 import pathlib
 import shutil
+import statistics
+import struct
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
 from bench.build_capture import build  # noqa: E402
-from egress.capture.reader import read_batches  # noqa: E402
+from egress.capture.reader import read_records  # noqa: E402
+
+NFSTREAM_PYTHON = pathlib.Path("/work/nfstream-venv/bin/python")
+NFSTREAM = "import sys, nfstream; sum(1 for _ in nfstream.NFStreamer(source=sys.argv[1]))"
 
 
-def run(command: list[str]) -> tuple[float, int, int]:
-    """Wall seconds, peak RSS in KiB and exit status of one child process."""
+@dataclass(frozen=True, slots=True)
+class Run:
+    seconds: float
+    cpu: float
+    rss_kib: int
+    code: int
+
+
+def run(command: list[str], env: dict[str, str] | None = None) -> Run:
+    """Wall seconds, CPU seconds (user + system), peak RSS in KiB and exit status of one child process."""
     start = time.perf_counter()
-    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    child = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     _, status, usage = os.wait4(child.pid, 0)
-    return time.perf_counter() - start, usage.ru_maxrss, os.waitstatus_to_exitcode(status)
+    wall = time.perf_counter() - start
+    return Run(wall, usage.ru_utime + usage.ru_stime, usage.ru_maxrss, os.waitstatus_to_exitcode(status))
 
 
-def best_of(repeats: int, command: list[str]) -> tuple[float, int, int]:
-    results = [run(command) for _ in range(repeats)]
-    return min(results, key=lambda item: item[0])
+def median(runs: list[Run]) -> Run:
+    return Run(
+        statistics.median(r.seconds for r in runs),
+        statistics.median(r.cpu for r in runs),
+        int(statistics.median(r.rss_kib for r in runs)),
+        max(r.code for r in runs),
+    )
+
+
+def halves(capture: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
+    """The capture's first and second half of its records, as two classic pcap files."""
+    first, second = capture.with_suffix(".part1.pcap"), capture.with_suffix(".part2.pcap")
+    if first.exists() and second.exists():
+        return first, second
+    data = capture.read_bytes()
+    positions = []
+    pos = 24
+    while pos + 16 <= len(data):
+        positions.append(pos)
+        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
+    middle = positions[len(positions) // 2]
+    first.write_bytes(data[:middle])
+    second.write_bytes(data[:24] + data[middle:])
+    return first, second
+
+
+def tools(egress: str, ndpi: str | None, files: list[pathlib.Path]) -> dict[str, tuple[list[str], dict[str, str]]]:
+    """What to run on ``files`` (one capture, or the two halves): name → (command, environment)."""
+    names = [str(path) for path in files]
+    jobs = str(len(files))
+    pure = {**os.environ, "EGRESS_SCAN_PURE": "1"}
+    chosen = {
+        f"egress scan --jobs {jobs}": ([egress, "scan", "--json", "--no-progress", "--jobs", jobs, *names], {}),
+        f"egress scan --jobs {jobs} (pure Python)": (
+            [egress, "scan", "--json", "--no-progress", "--jobs", jobs, *names],
+            pure,
+        ),
+    }
+    if ndpi:
+        chosen[f"ndpiReader 4.2 -n {jobs}"] = ([ndpi, "-i", ",".join(names), "-n", jobs, "-q", "-v", "0"], {})
+    if NFSTREAM_PYTHON.exists() and len(files) == 1:
+        chosen["nfstream 6.6"] = ([str(NFSTREAM_PYTHON), "-c", NFSTREAM, names[0]], {})
+    return chosen
+
+
+def measure(rounds: int, chosen: dict[str, tuple[list[str], dict[str, str]]]) -> dict[str, Run]:
+    results: dict[str, list[Run]] = {name: [] for name in chosen}
+    for _ in range(rounds):
+        for name, (command, env) in chosen.items():
+            done = run(command, env or None)
+            results[name].append(done)
+            figures = f"{done.seconds:.2f} s wall, {done.cpu:.2f} s CPU, {done.rss_kib / 1024:.0f} MB, exit {done.code}"
+            print(f"  {name}: {figures} (load {os.getloadavg()[0]:.1f})", flush=True)
+    return {name: median(runs) for name, runs in results.items()}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--corpus", type=pathlib.Path, default=pathlib.Path("../shared/corpus"))
     parser.add_argument("--sizes", default="110,220", help="capture sizes in MB, comma-separated")
-    parser.add_argument("--repeats", type=int, default=3, help="runs per tool; the fastest is reported")
+    parser.add_argument("--rounds", type=int, default=3, help="runs per tool (interleaved); the median is reported")
+    parser.add_argument("--egress", help="the egress command (default: the one beside this Python)")
     args = parser.parse_args()
 
-    egress = shutil.which("egress", path=str(pathlib.Path(sys.executable).parent)) or "egress"
+    egress = args.egress or shutil.which("egress", path=str(pathlib.Path(sys.executable).parent)) or "egress"
     ndpi = shutil.which("ndpiReader")
-    print(f"egress: {egress}\nndpiReader: {ndpi or 'not installed (apt-get install libndpi-bin)'}")
-    rows = []
+    version = subprocess.run([egress, "scan", "--version"], capture_output=True, text=True, check=False).stdout
+    print(f"egress: {egress} ({version.strip()})")
+    print(f"ndpiReader: {ndpi or 'not installed (apt-get install libndpi-bin)'}")
+    print(f"nfstream: {NFSTREAM_PYTHON if NFSTREAM_PYTHON.exists() else 'not installed'}")
+    print(f"load average at start: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
+    rows: list[tuple[str, str, float, float, float, float, float, int]] = []
+    pairs: list[tuple[str, str, str, Run, str, Run, int]] = []
     for size in (int(part) for part in args.sizes.split(",")):
         capture = HERE / "out" / f"corpus-loop-{size}mb.pcap"
         if not capture.exists():
             build(args.corpus, size, capture)
         megabytes = capture.stat().st_size / 1e6
-        packets = _count_packets(capture)
-        tools = [("egress scan", [egress, "scan", "--json", "--no-progress", str(capture)])]
-        if ndpi:
-            tools.append(("ndpiReader 4.2", [ndpi, "-i", str(capture), "-q", "-v", "0"]))
-        measured = {}
-        for name, command in tools:
-            seconds, rss_kib, code = best_of(args.repeats, command)
-            measured[name] = seconds
-            rows.append((f"{size} MB", name, packets / seconds, megabytes / seconds, rss_kib / 1024, code))
-        if len(measured) == 2:
-            ratio = measured["ndpiReader 4.2"] / measured["egress scan"]
-            rows.append((f"{size} MB", "ratio egress/nDPI (packets/s)", ratio, 0.0, 0.0, 0))
+        packets = sum(len(records) for records in read_records(str(capture)))
         print(f"capture {capture.name}: {packets} packets, {megabytes:.1f} MB")
-    print(f"\n{'capture':<8} {'tool':<32} {'packets/s':>12} {'MB/s':>8} {'peak RSS MB':>12} {'exit':>5}")
-    for capture_name, tool, rate, mbps, rss, code in rows:
-        if tool.startswith("ratio"):
-            print(f"{capture_name:<8} {tool:<32} {rate:>12.2f}")
-        else:
-            print(f"{capture_name:<8} {tool:<32} {rate:>12,.0f} {mbps:>8.1f} {rss:>12.1f} {code:>5}")
+        for files in ([capture], list(halves(capture))):
+            label = f"{size} MB" + (" in 2 files" if len(files) > 1 else "")
+            results = measure(args.rounds, tools(egress, ndpi, files))
+            for name, result in results.items():
+                rate = packets / result.seconds
+                cpu_per_million = result.cpu / packets * 1e6
+                mbps, rss = megabytes / result.seconds, result.rss_kib / 1024
+                rows.append((label, name, rate, mbps, cpu_per_million, result.cpu, rss, result.code))
+            ours = next(name for name in results if name.startswith("egress") and "pure" not in name)
+            for peer in results:
+                if not peer.startswith("egress"):
+                    pairs.append((label, ours, peer, results[ours], peer, results[peer], packets))
+            print(f"  {label}: done at load {os.getloadavg()[0]:.2f}")
 
+    head = ("capture", "tool", "packets/s", "MB/s", "CPU s/Mpkt", "CPU s", "peak RSS MB", "exit")
+    print("\n{:<16} {:<36} {:>11} {:>7} {:>11} {:>7} {:>12} {:>5}".format(*head))
+    for label, tool, rate, mbps, per_million, cpu, rss, code in rows:
+        figures = f"{rate:>11,.0f} {mbps:>7.1f} {per_million:>11.2f} {cpu:>7.2f} {rss:>12.1f} {code:>5}"
+        print(f"{label:<16} {tool:<36} {figures}")
 
-def _count_packets(capture: pathlib.Path) -> int:
-    return sum(len(batch) for batch in read_batches(str(capture)))
+    print("\n| measure | egress | peer | ratio (packets/s; CPU per packet, peer/egress: >1 is egress better) |")
+    print("|---|---|---|---|")
+    for label, ours, peer, mine, _, theirs, packets in pairs:
+        rate_ratio = theirs.seconds / mine.seconds
+        cpu_ratio = theirs.cpu / mine.cpu if mine.cpu else 0.0
+        egress_cell = (
+            f"{packets / mine.seconds / 1e3:,.0f}k packets/s, {mine.cpu / packets * 1e6:.2f} CPU s/Mpkt, "
+            f"{mine.rss_kib / 1024:.0f} MB"
+        )
+        peer_cell = (
+            f"{peer}: {packets / theirs.seconds / 1e3:,.0f}k, {theirs.cpu / packets * 1e6:.2f} CPU s/Mpkt, "
+            f"{theirs.rss_kib / 1024:.0f} MB"
+        )
+        print(f"| `{ours}`, {label} | {egress_cell} | {peer_cell} | {rate_ratio:.2f}; CPU {cpu_ratio:.2f} |")
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import importlib
 import os
 import pathlib
@@ -29,6 +30,7 @@ from egress.detect.registry import build_detectors
 from egress.gateway import config as defaults
 from egress.policy.lists import RulesError, load_name_lists
 from egress.report import TableWriter, summary, write_json
+from egress.scan_jobs import scan_files
 from egress.scanner import FileStats, Scanner
 
 EXIT_OK = 0
@@ -146,6 +148,17 @@ class _Progress:
             click.echo("\r" + " " * 79 + "\r", nl=False, err=True)
 
 
+def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if not value or ctx.resilient_parsing:
+        return
+    from importlib.metadata import version
+
+    from egress.capture.hot import implementation
+
+    click.echo(f"egress {version('egress')}, scan hot path: {implementation().name}")
+    ctx.exit()
+
+
 @main.command()
 @click.argument("files", nargs=-1, required=True, type=click.Path(dir_okay=False))
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per finding per flow, one per line.")
@@ -167,8 +180,28 @@ class _Progress:
     default=None,
     help="Directory of name lists (*.yaml) to use instead of the ones shipped with egress.",
 )
+@click.option(
+    "--jobs",
+    type=click.IntRange(min=1),
+    default=1,
+    show_default=True,
+    help="Worker processes: the files are scanned in parallel, one file per worker; same findings as --jobs 1.",
+)
+@click.option(
+    "--version",
+    is_flag=True,
+    expose_value=False,
+    is_eager=True,
+    callback=_scan_version,
+    help="Show the version and which hot path runs (compiled, or pure Python where it is not built), and exit.",
+)
 def scan(
-    files: tuple[str, ...], as_json: bool, fail_on: frozenset[Category], progress: bool | None, lists_dir: str | None
+    files: tuple[str, ...],
+    as_json: bool,
+    fail_on: frozenset[Category],
+    progress: bool | None,
+    lists_dir: str | None,
+    jobs: int,
 ) -> None:
     """Classify the traffic in pcap/pcapng FILES: mining pools, crypto nodes, tunnels. ``-`` reads a capture from
     standard input; a gzip, bzip2, xz or zstd compressed capture is read as such.
@@ -187,11 +220,19 @@ def scan(
     by_category: Counter[str] = Counter()
     all_stats: list[FileStats] = []
     unscanned: list[str] = []
-    for path in files:
-        stats = FileStats(path)
+    bars: dict[str, _Progress] = {}
+
+    def progress_of(path: str) -> _Progress | None:
+        if show_progress and os.path.isfile(path):
+            bars[path] = _Progress(path)
+        return bars.get(path)
+
+    make_scanner = functools.partial(_scanner_for, lists_dir, scanner.impl.name == "compiled")
+    for stats, findings in scan_files(scanner, files, jobs, progress_of, make_scanner):
+        path = stats.path
         all_stats.append(stats)
-        bar = _Progress(path) if show_progress and os.path.isfile(path) else None
-        for found in scanner.scan(path, stats, bar):
+        bar = bars.pop(path, None)
+        for found in findings:
             by_category[found.finding.category.value] += 1
             if as_json:
                 write_json(found, sys.stdout)
@@ -199,12 +240,7 @@ def scan(
                 table.write(found)
         if bar is not None:
             bar.clear()
-        if stats.error:
-            click.echo(f"egress: {stats.error}", err=True)
-        if stats.skipped:
-            where = ", ".join(str(index) for index in stats.skipped_at)
-            click.echo(f"egress: {path}: skipped {stats.skipped} malformed packet(s) (first at {where})", err=True)
-        if _unsupported_link_types(path, stats):
+        if _report_file(path, stats):
             unscanned.append(path)
     sys.stdout.flush()
     click.echo(summary(all_stats, by_category), err=True)
@@ -213,6 +249,23 @@ def scan(
     if fail_on and any(by_category[category.value] for category in fail_on):
         sys.exit(EXIT_FINDINGS)
     sys.exit(EXIT_OK)
+
+
+def _scanner_for(lists_dir: str | None, compiled: bool) -> Scanner:
+    """The scanner of an `egress scan --jobs` worker process: the parent's name lists and hot path."""
+    from egress.capture.hot import implementation
+
+    return Scanner(build_detectors(load_name_lists(lists_dir)), hot=implementation(compiled))
+
+
+def _report_file(path: str, stats: FileStats) -> bool:
+    """Say on stderr what went wrong with one scanned file; True when none of it could be scanned."""
+    if stats.error:
+        click.echo(f"egress: {stats.error}", err=True)
+    if stats.skipped:
+        where = ", ".join(str(index) for index in stats.skipped_at)
+        click.echo(f"egress: {path}: skipped {stats.skipped} malformed packet(s) (first at {where})", err=True)
+    return _unsupported_link_types(path, stats)
 
 
 def _unsupported_link_types(path: str, stats: FileStats) -> bool:

@@ -14,11 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.capture.opener import tally_unsupported
+from egress.capture.hot import Implementation, Records
+from egress.capture.hot import implementation as _implementation
 from egress.capture.packet import (
     ACK,
     ECHO_REPLY,
     ICMP,
+    SUPPORTED_LINKTYPES,
     SYN,
     TCP,
     UDP,
@@ -27,7 +29,7 @@ from egress.capture.packet import (
     Segment,
     decode,
 )
-from egress.capture.reader import Batch, CaptureError, read_batches
+from egress.capture.reader import CaptureError, read_records
 from egress.detect import encap, ipproto
 from egress.detect.base import Category, Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
@@ -90,56 +92,39 @@ class _Pass:
     """One scan of one capture: the fast path over each batch, the full decode and the flows' inspection for the
     frames it does not skip. Findings are collected in `found`, which `Scanner.scan` empties after each batch."""
 
-    __slots__ = ("defrag", "detectors", "dns", "flows", "found", "ip_pairs", "packets", "path", "stats")
+    __slots__ = ("defrag", "detectors", "dns", "flows", "found", "impl", "ip_pairs", "packets", "path", "stats")
 
-    def __init__(self, path: str, stats: FileStats, detectors: DetectorSet, idle_seconds: float) -> None:
+    def __init__(self, path: str, stats: FileStats, scanner: Scanner) -> None:
+        detectors = scanner.detectors
+        self.impl = scanner.impl
         self.path = path
         self.stats = stats
         self.detectors = detectors
         self.dns = detectors.dns_tracker()
         self.defrag = Defragmenter()
-        self.flows = FlowTable(idle_seconds)
+        self.flows = FlowTable(scanner.idle_seconds)
         self.found: list[FlowFinding] = []
         self.packets = 0
         self.ip_pairs: set[bytes] = set()
         """Protocol + addresses of each pair of hosts seen speaking another IP protocol (GRE, IPIP, ESP...)."""
 
-    def sweep(self, batch: Batch) -> None:
-        """The fast path: the common frame (Ethernet, IPv4 without options or fragments) is judged on its raw
-        bytes, where the flow's key is simply ``frame[26:38]``. A packet of a decided flow is skipped unless it is
-        a SYN (port reuse starts a new flow), and so is a bare ACK of a flow being inspected (nothing to
-        reassemble); everything else goes to `packet`. Inline, not a predicate function: a call per packet costs
-        more than the skip itself."""
+    def sweep(self, records: Records) -> None:
+        """The fast path over one chunk: `egress.capture.hot.sweep` (compiled where it is built) passes over the
+        records judged on their raw bytes (a decided flow's packet, a bare ACK of a flow being inspected) without
+        making objects of them; each record it stops at goes to `packet`."""
         flows = self.flows
-        tcp, udp = flows.tcp, flows.udp
-        index = self.packets
-        for ts, linktype, frame in batch:
-            index += 1
-            if (
-                linktype == 1
-                and len(frame) >= 54
-                and frame[14] == 0x45
-                and frame[12] == 8
-                and frame[13] == 0
-                and not frame[20] & 0x3F
-                and not frame[21]
-            ):
-                if frame[23] == TCP:
-                    entry = tcp.get(frame[26:38])
-                    if entry is DONE:
-                        if frame[47] & 0x12 != SYN:
-                            continue
-                    elif (
-                        entry is not None
-                        and not frame[47] & 0x07  # no SYN, FIN or RST
-                        and ((frame[16] << 8) | frame[17]) == 20 + ((frame[46] >> 4) << 2)  # no payload
-                    ):
-                        continue
-                elif frame[23] == UDP and udp.get(frame[26:38]) is DONE:
-                    continue
-            self.packet(ts, linktype, frame, index)
-            tcp, udp = flows.tcp, flows.udp  # a rotation replaces them
-        self.packets = index
+        buf, spans, stamps = records.buf, records.spans, records.stamps
+        skip = self.impl.sweep
+        base = self.packets
+        count = len(stamps)
+        index = skip(buf, spans, stamps, 0, flows.tcp, flows.udp, DONE)
+        while index < count:
+            start = spans[3 * index]
+            self.packet(
+                stamps[index], spans[3 * index + 2], buf[start : start + spans[3 * index + 1]], base + index + 1
+            )
+            index = skip(buf, spans, stamps, index + 1, flows.tcp, flows.udp, DONE)  # a rotation replaces them
+        self.packets = base + count
 
     def packet(self, ts: float, linktype: int, frame: bytes, index: int, depth: int = 0) -> None:
         """The slow path: one frame (the ``index``-th of the file; at ``depth``, one carried by a tunnel) decoded,
@@ -273,22 +258,30 @@ class _Pass:
 
 
 class Scanner:
-    """Scans capture files with one detector set. Not thread-safe; one instance per worker."""
+    """Scans capture files with one detector set. Not thread-safe; one instance per worker.
 
-    def __init__(self, detectors: DetectorSet, idle_seconds: float = IDLE_SECONDS) -> None:
+    ``hot`` is the hot path's implementation (compiled where built: `egress.capture.hot.implementation`)."""
+
+    def __init__(
+        self,
+        detectors: DetectorSet,
+        idle_seconds: float = IDLE_SECONDS,
+        hot: Implementation | None = None,
+    ) -> None:
         self.detectors = detectors
         self.idle_seconds = idle_seconds
+        self.impl = hot or _implementation()
 
     def scan(self, path: str, stats: FileStats, progress: Callable[[int], None] | None = None) -> Iterator[FlowFinding]:
-        """Yield the findings of one capture as they are made (after each batch of packets); fill ``stats``."""
-        run = _Pass(path, stats, self.detectors, self.idle_seconds)
+        """Yield the findings of one capture as they are made (after each chunk of packets); fill ``stats``."""
+        run = _Pass(path, stats, self)
         found = run.found
         try:
-            for batch in read_batches(path):
-                tally_unsupported(batch, stats.unsupported)
+            for records in read_records(path, self.impl):
+                _tally_unsupported(records, stats.unsupported)
                 if progress is not None:
-                    progress(len(batch))
-                run.sweep(batch)
+                    progress(len(records))
+                run.sweep(records)
                 yield from found
                 found.clear()
         except CaptureError as exc:
@@ -297,3 +290,13 @@ class Scanner:
             stats.packets = run.packets
         run.finish()
         yield from found
+
+
+def _tally_unsupported(records: Records, counts: dict[int, int]) -> None:
+    """Count into ``counts`` the packets of ``records`` whose link type egress cannot decode (per link type)."""
+    linktypes = records.spans[2::3]
+    if set(linktypes) <= SUPPORTED_LINKTYPES:  # one C-level pass: the common chunk is all of one supported type
+        return
+    for linktype in linktypes:
+        if linktype not in SUPPORTED_LINKTYPES:
+            counts[linktype] = counts.get(linktype, 0) + 1

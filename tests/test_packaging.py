@@ -24,7 +24,7 @@ from tests.corpus import CORPUS, needs_corpus
 pytestmark = pytest.mark.e2e
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-SOURCES = ("pyproject.toml", "README.md", "egress", "rules")
+SOURCES = ("pyproject.toml", "setup.py", "README.md", "egress", "rules")
 """What the build reads; copied out so that it leaves nothing in the checkout."""
 CAPTURES = (CORPUS / "mining" / "nesfit_xmr-eu1.nanopool.org.pcapng", CORPUS / "tunnel" / "ndpi_doh.pcapng")
 """A small mining capture, and one whose finding comes from a shipped name list (a DoH resolver's address)."""
@@ -51,7 +51,8 @@ def wheel(tmp_path_factory: pytest.TempPathFactory) -> pathlib.Path:
     source = tmp_path_factory.mktemp("source")
     for name in SOURCES:
         if (ROOT / name).is_dir():
-            shutil.copytree(ROOT / name, source / name, ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
+            built_here = shutil.ignore_patterns("__pycache__", "*.egg-info", "*.so")  # the wheel builds its own _hot
+            shutil.copytree(ROOT / name, source / name, ignore=built_here)
         else:
             shutil.copy2(ROOT / name, source / name)
     out = tmp_path_factory.mktemp("wheel")

@@ -3,13 +3,15 @@
 Reads classic pcap (both byte orders, micro- and nanosecond) and pcapng (any number of sections and
 interfaces, per-interface link type and timestamp resolution) whatever the file is called. dpkt parses the
 file and section headers and the interface descriptions; the per-packet record loop is ours, reading 1 MiB
-chunks with ``struct.unpack_from``, because constructing a dpkt object per record costs more than the rest of
-the scanner's per-packet work (see docs/scanner-hot-path.md).
+chunks, because constructing a dpkt object per record costs more than the rest of the scanner's per-packet work
+(see docs/scanner-hot-path.md). `read_records` hands each chunk over whole, as `egress.capture.hot.Records`
+(classic pcap framed by the compiled path where it is built); `read_batches` and `read_frames` make tuples of it.
 """
 
 from __future__ import annotations
 
 import struct
+from array import array
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import BinaryIO, Final
@@ -18,6 +20,7 @@ import dpkt
 import dpkt.pcap
 import dpkt.pcapng
 
+from egress.capture.hot import Implementation, Records, implementation
 from egress.capture.opener import DECOMPRESS_ERRORS, open_capture
 
 CHUNK: Final = 1 << 20
@@ -57,12 +60,24 @@ def read_frames(path: str) -> Iterator[tuple[float, int, bytes]]:
 
 
 def read_batches(path: str) -> Iterator[Batch]:
-    """Yield the packets of a pcap or pcapng file in batches of about `CHUNK` bytes.
+    """Yield the packets of a pcap or pcapng file in batches of about `CHUNK` bytes (see `read_records`)."""
+    for records in read_records(path):
+        buf, spans, stamps = records.buf, records.spans, records.stamps
+        yield [
+            (stamps[index], spans[3 * index + 2], buf[spans[3 * index] : spans[3 * index] + spans[3 * index + 1]])
+            for index in range(len(stamps))
+        ]
+
+
+def read_records(path: str, hot: Implementation | None = None) -> Iterator[Records]:
+    """Yield the packets of a pcap or pcapng file, a chunk of about `CHUNK` bytes at a time.
 
     Raises `CaptureError` (after yielding every good packet before the fault) for an unreadable, unsupported,
-    truncated or corrupt file. Batches, rather than a generator step per packet, because the scanner's hot loop
-    then iterates a plain list.
+    truncated or corrupt file. Chunks, rather than a generator step per packet, because the scanner's hot loop
+    then goes over a chunk's records without making an object of those it skips. ``hot`` chooses the compiled or
+    the pure framing (`egress.capture.hot.implementation` when not given).
     """
+    hot = hot or implementation()
     try:
         handle = open_capture(path)  # a file or stdin ("-"), decompressed when it is compressed
     except OSError as exc:
@@ -71,9 +86,9 @@ def read_batches(path: str) -> Iterator[Batch]:
         magic = handle.read(4)
         handle.seek(0)
         if magic in _PCAP_MAGICS:
-            yield from _read_pcap(path, handle)
+            yield from _read_pcap(path, handle, hot)
         elif magic == _PCAPNG_SHB:
-            yield from _read_pcapng(path, handle)
+            yield from _read_pcapng(path, handle, hot)
         elif len(magic) < 4:
             raise CaptureError(f"{path}: empty or truncated file header")
         else:
@@ -84,37 +99,28 @@ def read_batches(path: str) -> Iterator[Batch]:
         handle.close()
 
 
-def _read_pcap(path: str, handle: BinaryIO) -> Iterator[Batch]:
+def _read_pcap(path: str, handle: BinaryIO, hot: Implementation) -> Iterator[Records]:
     head = handle.read(24)
     if len(head) < 24:
         raise CaptureError(f"{path}: truncated pcap file header")
     order, scale = _PCAP_MAGICS[head[:4]]
     header = dpkt.pcap.LEFileHdr(head) if order == "<" else dpkt.pcap.FileHdr(head)
     linktype = int(header.linktype) & 0x0FFFFFFF  # upper bits may carry FCS flags
-    unpack = struct.Struct(order + "IIII").unpack_from
+    caplen_at = struct.Struct(order + "I").unpack_from
     buf = b""
     index = 0
     while True:
         more = handle.read(CHUNK)
         buf += more
-        size = len(buf)
-        pos = 0
-        batch: Batch = []
-        append = batch.append
-        while pos + 16 <= size:
-            sec, frac, caplen, _wirelen = unpack(buf, pos)
-            end = pos + 16 + caplen
-            if end > size:
-                if caplen > MAX_RECORD:
-                    if batch:
-                        yield batch
-                    raise CaptureError(f"{path}: corrupt record at packet {index + len(batch) + 1} (length {caplen})")
-                break
-            append((sec + frac * scale, linktype, buf[pos + 16 : end]))
-            pos = end
-        index += len(batch)
-        if batch:
-            yield batch
+        pos, spans, stamps = hot.frame_pcap(buf, 0, order == ">", linktype, scale)
+        records = Records(buf, array("q", spans), array("d", stamps))
+        index += len(records)
+        if len(buf) - pos >= 16 and (caplen := caplen_at(buf, pos + 8)[0]) > MAX_RECORD:
+            if records:
+                yield records
+            raise CaptureError(f"{path}: corrupt record at packet {index + 1} (length {caplen})")
+        if records:
+            yield records
         buf = buf[pos:]
         if not more:
             if buf:
@@ -142,27 +148,20 @@ class _Pcapng:
     """Length of a block that did not fit in the buffer: read at least this much next."""
 
 
-def _read_pcapng(path: str, handle: BinaryIO) -> Iterator[Batch]:
-    batch: Batch = []
-    try:
-        yield from _pcapng_chunks(path, handle, batch)
-    except CaptureError:
-        if batch:
-            yield batch
-        raise
-
-
-def _pcapng_chunks(path: str, handle: BinaryIO, batch: Batch) -> Iterator[Batch]:
-    """The read loop; ``batch`` is shared with the caller so packets read before a fault are not lost."""
+def _read_pcapng(path: str, handle: BinaryIO, hot: Implementation) -> Iterator[Records]:
+    """The read loop over blocks; the packets read before a fault are yielded before the fault is raised."""
     state = _Pcapng()
     buf = b""
     while True:
         more = handle.read(max(CHUNK, state.wanted))
         buf += more
-        pos = _pcapng_blocks(path, buf, state, batch)
-        if batch:
-            yield batch[:]
-            batch.clear()
+        spans: array[int] = array("q")
+        stamps: array[float] = array("d")
+        try:
+            pos = _pcapng_blocks(path, buf, state, spans, stamps, hot)
+        finally:
+            if stamps:
+                yield Records(buf, spans, stamps)
         buf = buf[pos:]
         if not more:
             if len(buf) >= 12:
@@ -172,8 +171,12 @@ def _pcapng_chunks(path: str, handle: BinaryIO, batch: Batch) -> Iterator[Batch]
             return
 
 
-def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, batch: Batch) -> int:
-    """Read every whole block of ``buf`` (packets into ``batch``); the position of the first one not whole."""
+def _pcapng_blocks(
+    path: str, buf: bytes, state: _Pcapng, spans: array[int], stamps: array[float], hot: Implementation
+) -> int:
+    """Read every whole block of ``buf`` (packets into ``spans`` and ``stamps``); the position of the first one
+    not whole. Runs of enhanced packet blocks go to the compiled framing where it is built; it stops at any other
+    block, and at a corrupt one, which this walk then reads (and reports)."""
     order, interfaces, index = state.order, state.interfaces, state.packets
     state.wanted = 0
     size = len(buf)
@@ -190,20 +193,16 @@ def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, batch: Batch) -> int:
         if end > size:
             state.wanted = blen
             break
-        if btype == 6:  # Enhanced Packet Block
-            iface, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
-            if iface >= len(interfaces) or 28 + caplen > blen:
-                raise CaptureError(f"{path}: corrupt enhanced packet block at packet {index + 1}")
-            info = interfaces[iface]
+        if btype == 6:  # Enhanced Packet Block: this one, and with the compiled framing the run it starts
+            before = len(stamps)
+            pos = _enhanced_packets(path, buf, pos, blen, order, interfaces, spans, stamps, hot, index)
+            index += len(stamps) - before
+            continue
+        if btype == 3:  # Simple Packet Block: no timestamp, interface 0
             index += 1
-            batch.append((((ts_high << 32) | ts_low) * info.scale, info.linktype, buf[pos + 28 : pos + 28 + caplen]))
-        elif btype == 3:  # Simple Packet Block: no timestamp, interface 0
             if not interfaces:
-                raise CaptureError(f"{path}: packet before any interface description at packet {index + 1}")
-            (wirelen,) = struct.unpack_from(order + "I", buf, pos + 8)
-            caplen = min(wirelen, blen - 16)
-            index += 1
-            batch.append((0.0, interfaces[0].linktype, buf[pos + 12 : pos + 12 + caplen]))
+                raise CaptureError(f"{path}: packet before any interface description at packet {index}")
+            _simple_packet(buf, pos, blen, order, interfaces[0], spans, stamps)
         elif btype == 1:
             interfaces.append(_parse_interface(path, buf[pos:end], order))
         elif btype == 0x0A0D0D0A:
@@ -211,6 +210,45 @@ def _pcapng_blocks(path: str, buf: bytes, state: _Pcapng, batch: Batch) -> int:
         pos = end
     state.packets = index
     return pos
+
+
+def _simple_packet(
+    buf: bytes, pos: int, blen: int, order: str, interface: _Interface, spans: array[int], stamps: array[float]
+) -> None:
+    (wirelen,) = struct.unpack_from(order + "I", buf, pos + 8)
+    spans.extend((pos + 12, min(wirelen, blen - 16), interface.linktype))
+    stamps.append(0.0)
+
+
+def _enhanced_packets(
+    path: str,
+    buf: bytes,
+    pos: int,
+    blen: int,
+    order: str,
+    interfaces: list[_Interface],
+    spans: array[int],
+    stamps: array[float],
+    hot: Implementation,
+    index: int,
+) -> int:
+    """The enhanced packet block at ``pos`` into ``spans`` and ``stamps`` (with the compiled framing, the whole
+    run of them it starts, up to the first other block or one it leaves to this code); where the next block is."""
+    if hot.frame_pcapng is not None:
+        linktypes = array("q", [info.linktype for info in interfaces]).tobytes()
+        scales = array("d", [info.scale for info in interfaces]).tobytes()
+        after, more_spans, more_stamps = hot.frame_pcapng(buf, pos, order == ">", linktypes, scales)
+        if after > pos:
+            spans.frombytes(more_spans)
+            stamps.frombytes(more_stamps)
+            return after
+    iface, ts_high, ts_low, caplen = struct.unpack_from(order + "IIII", buf, pos + 8)
+    if iface >= len(interfaces) or 28 + caplen > blen:
+        raise CaptureError(f"{path}: corrupt enhanced packet block at packet {index + 1}")
+    info = interfaces[iface]
+    spans.extend((pos + 28, caplen, info.linktype))
+    stamps.append(((ts_high << 32) | ts_low) * info.scale)
+    return pos + blen
 
 
 def _check_section(path: str, block: bytes, order: str) -> None:

@@ -1,0 +1,219 @@
+/* The scanner's hot path in C: pcap record framing and the per-packet skip test of `egress scan`.
+ *
+ * Each function here has a pure-Python twin (in egress/capture/hot.py; for frame_pcapng, reader.py's block walk)
+ * that gives the same result for every input; tests/capture/test_hot.py runs both over the whole corpus and
+ * compares. Nothing here allocates a Python object per packet except the 12-byte flow key of a frame it looks up:
+ * a skipped packet costs a few loads, one bytes object and one dict lookup. Built by setup.py as an optional extension; where it is missing or its ABI differs
+ * from hot.py's, the pure path runs (docs/scanner-hot-path.md says why C and not Cython or mypyc).
+ *
+ * Compiled with -ffp-contract=off: `sec + frac * scale` must round as Python's two float operations do.
+ * (Python's int-to-float conversion and C's (double) of a uint64 both round to nearest, ties to even.)
+ */
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <stdint.h>
+#include <string.h>
+
+#define HOT_ABI 2 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
+#ifndef HOT_SOURCE
+#define HOT_SOURCE "" /* setup.py defines it: the SHA-256 of this file, checked by hot.py against the source */
+#endif
+#define MAX_RECORD (1 << 24) /* reader.MAX_RECORD */
+
+static inline uint32_t read32(const unsigned char *p, int big) {
+    if (big)
+        return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | (uint32_t)p[3];
+    return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | (uint32_t)p[0];
+}
+
+/* frame_pcap(buf, pos, big, linktype, scale) -> (pos, spans, stamps)
+ * Every whole classic-pcap record of buf from pos: spans holds (start, caplen, linktype) as native int64 triples,
+ * stamps the timestamps as native doubles; pos is where the first record that is not whole starts. */
+static PyObject *frame_pcap(PyObject *self, PyObject *args) {
+    Py_buffer view;
+    Py_ssize_t pos;
+    int big;
+    long long linktype;
+    double scale;
+    if (!PyArg_ParseTuple(args, "y*npLd", &view, &pos, &big, &linktype, &scale))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t size = view.len;
+    Py_ssize_t cap = pos < size ? (size - pos) / 16 + 1 : 1;
+    PyObject *spans = PyBytes_FromStringAndSize(NULL, cap * 3 * (Py_ssize_t)sizeof(int64_t));
+    PyObject *stamps = PyBytes_FromStringAndSize(NULL, cap * (Py_ssize_t)sizeof(double));
+    if (spans == NULL || stamps == NULL) {
+        Py_XDECREF(spans);
+        Py_XDECREF(stamps);
+        PyBuffer_Release(&view);
+        return NULL;
+    }
+    int64_t *span = (int64_t *)PyBytes_AS_STRING(spans);
+    double *stamp = (double *)PyBytes_AS_STRING(stamps);
+    Py_ssize_t count = 0;
+    while (pos >= 0 && pos + 16 <= size) {
+        const unsigned char *head = buf + pos;
+        uint32_t sec = read32(head, big), frac = read32(head + 4, big), caplen = read32(head + 8, big);
+        Py_ssize_t end = pos + 16 + (Py_ssize_t)caplen;
+        if (end > size)
+            break;
+        span[3 * count] = pos + 16;
+        span[3 * count + 1] = caplen;
+        span[3 * count + 2] = linktype;
+        stamp[count] = (double)sec + (double)frac * scale;
+        count++;
+        pos = end;
+    }
+    PyBuffer_Release(&view);
+    if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        Py_DECREF(stamps);
+        return NULL;
+    }
+    if (_PyBytes_Resize(&stamps, count * (Py_ssize_t)sizeof(double)) < 0) {
+        Py_DECREF(spans);
+        return NULL;
+    }
+    return Py_BuildValue("(nNN)", pos, spans, stamps);
+}
+
+/* frame_pcapng(buf, pos, big, linktypes, scales) -> (pos, spans, stamps)
+ * The run of whole Enhanced Packet Blocks of buf from pos, in a section of the given byte order whose interfaces
+ * have the link types (native int64) and timestamp scales (native double) given; pos is where the first block
+ * that is something else starts (another block type, a block not whole, or one that is corrupt: reader.py's
+ * block walk reads it and says what is wrong). */
+static PyObject *frame_pcapng(PyObject *self, PyObject *args) {
+    Py_buffer view, typev, scalev;
+    Py_ssize_t pos;
+    int big;
+    if (!PyArg_ParseTuple(args, "y*npy*y*", &view, &pos, &big, &typev, &scalev))
+        return NULL;
+    const unsigned char *buf = view.buf;
+    Py_ssize_t size = view.len;
+    const int64_t *linktypes = typev.buf;
+    const double *scales = scalev.buf;
+    Py_ssize_t interfaces = typev.len / (Py_ssize_t)sizeof(int64_t);
+    if (scalev.len / (Py_ssize_t)sizeof(double) < interfaces)
+        interfaces = scalev.len / (Py_ssize_t)sizeof(double);
+    Py_ssize_t cap = pos < size ? (size - pos) / 28 + 1 : 1;
+    PyObject *spans = PyBytes_FromStringAndSize(NULL, cap * 3 * (Py_ssize_t)sizeof(int64_t));
+    PyObject *stamps = PyBytes_FromStringAndSize(NULL, cap * (Py_ssize_t)sizeof(double));
+    if (spans == NULL || stamps == NULL) {
+        Py_XDECREF(spans);
+        Py_XDECREF(stamps);
+        PyBuffer_Release(&view);
+        PyBuffer_Release(&typev);
+        PyBuffer_Release(&scalev);
+        return NULL;
+    }
+    int64_t *span = (int64_t *)PyBytes_AS_STRING(spans);
+    double *stamp = (double *)PyBytes_AS_STRING(stamps);
+    Py_ssize_t count = 0;
+    while (pos >= 0 && size - pos >= 28) {
+        const unsigned char *block = buf + pos;
+        uint32_t btype = read32(block, big), blen = read32(block + 4, big);
+        if (btype != 6 || blen < 28 || blen > MAX_RECORD || blen % 4 || pos + (Py_ssize_t)blen > size)
+            break;
+        uint32_t iface = read32(block + 8, big), high = read32(block + 12, big), low = read32(block + 16, big);
+        uint32_t caplen = read32(block + 20, big);
+        if (iface >= (uint64_t)interfaces || 28 + (uint64_t)caplen > blen)
+            break;
+        span[3 * count] = pos + 28;
+        span[3 * count + 1] = caplen;
+        span[3 * count + 2] = linktypes[iface];
+        stamp[count] = (double)((uint64_t)high << 32 | low) * scales[iface];
+        count++;
+        pos += blen;
+    }
+    PyBuffer_Release(&view);
+    PyBuffer_Release(&typev);
+    PyBuffer_Release(&scalev);
+    if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        Py_DECREF(stamps);
+        return NULL;
+    }
+    if (_PyBytes_Resize(&stamps, count * (Py_ssize_t)sizeof(double)) < 0) {
+        Py_DECREF(spans);
+        return NULL;
+    }
+    return Py_BuildValue("(nNN)", pos, spans, stamps);
+}
+
+/* sweep(buf, spans, stamps, index, tcp, udp, done) -> index
+ * From record `index` on, pass over every record the scanner skips on its raw bytes; return the index of the
+ * first one the slow path must see, or the record count. The rules are hot.sweep's, which documents them. */
+static PyObject *sweep(PyObject *self, PyObject *args) {
+    Py_buffer bufv, spanv, stampv;
+    Py_ssize_t index;
+    PyObject *tcp, *udp, *done;
+    if (!PyArg_ParseTuple(args, "y*y*y*nO!O!O", &bufv, &spanv, &stampv, &index, &PyDict_Type, &tcp, &PyDict_Type,
+                          &udp, &done))
+        return NULL;
+    const unsigned char *buf = bufv.buf;
+    const int64_t *span = spanv.buf;
+    Py_ssize_t count = stampv.len / (Py_ssize_t)sizeof(double);
+    int failed = 0;
+    if (spanv.len / (Py_ssize_t)(3 * sizeof(int64_t)) < count)
+        count = spanv.len / (Py_ssize_t)(3 * sizeof(int64_t));
+    for (; index < count; index++) {
+        int64_t start = span[3 * index], length = span[3 * index + 1];
+        if (span[3 * index + 2] != 1 || length < 54 || start < 0 || start + length > bufv.len)
+            break;
+        const unsigned char *f = buf + start;
+        if (!(f[14] == 0x45 && f[12] == 8 && f[13] == 0 && !(f[20] & 0x3F) && !f[21]))
+            break;
+        unsigned char proto = f[23];
+        if (proto != 6 && proto != 17)
+            break;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)f + 26, 12);
+        if (key == NULL) {
+            failed = 1;
+            break;
+        }
+        PyObject *entry = PyDict_GetItemWithError(proto == 6 ? tcp : udp, key); /* borrowed; compared only */
+        Py_DECREF(key);
+        if (entry == NULL && PyErr_Occurred()) {
+            failed = 1;
+            break;
+        }
+        if (proto == 6) {
+            if (entry == done) {
+                if ((f[47] & 0x12) != 0x02) /* not a SYN without ACK: a decided flow's packet */
+                    continue;
+                break;
+            }
+            /* a bare ACK (no SYN, FIN, RST, no payload) of a flow being inspected: nothing to reassemble */
+            if (entry != NULL && !(f[47] & 0x07) && ((f[16] << 8) | f[17]) == 20 + ((f[46] >> 4) << 2))
+                continue;
+            break;
+        }
+        if (entry == done)
+            continue;
+        break;
+    }
+    PyBuffer_Release(&bufv);
+    PyBuffer_Release(&spanv);
+    PyBuffer_Release(&stampv);
+    if (failed)
+        return NULL;
+    return PyLong_FromSsize_t(index);
+}
+
+static PyMethodDef methods[] = {
+    {"frame_pcap", frame_pcap, METH_VARARGS, "Whole pcap records of a buffer: (pos, spans, stamps)."},
+    {"frame_pcapng", frame_pcapng, METH_VARARGS, "Whole enhanced packet blocks of a buffer: (pos, spans, stamps)."},
+    {"sweep", sweep, METH_VARARGS, "Skip the records judged on their raw bytes; the index of the next one."},
+    {NULL, NULL, 0, NULL},
+};
+
+static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_hot", "egress scan's hot path (see hot.py).", -1,
+                                    methods};
+
+PyMODINIT_FUNC PyInit__hot(void) {
+    PyObject *m = PyModule_Create(&module);
+    if (m != NULL &&
+        (PyModule_AddIntConstant(m, "ABI", HOT_ABI) < 0 || PyModule_AddStringConstant(m, "SOURCE", HOT_SOURCE) < 0)) {
+        Py_DECREF(m);
+        return NULL;
+    }
+    return m;
+}

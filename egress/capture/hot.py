@@ -1,0 +1,188 @@
+"""The scanner's hot path, compiled or pure: pcap record framing and the raw-byte skip test, behind one interface.
+
+`egress/capture/_hot.c` is the compiled path, built by setup.py where a C compiler exists; the functions below
+are its pure-Python twins, which must give the same answer for every input (tests/capture/test_hot.py compares
+both over the whole corpus). `implementation` picks one: the compiled module when it imports and its ABI is this
+file's, unless ``EGRESS_SCAN_PURE=1`` asks for the pure one. docs/scanner-hot-path.md has the why.
+
+A chunk of a capture is kept as `Records`: the bytes as read, and per record ``(start, caplen, linktype)`` in
+``spans`` and the timestamp in ``stamps``, so that a packet the scanner skips never becomes a Python object.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import pathlib
+import struct
+from array import array
+from dataclasses import dataclass
+from types import ModuleType
+from typing import Final, Protocol
+
+ABI: Final = 2
+"""The compiled module's interface version (``HOT_ABI`` in _hot.c): a module built from another one is stale."""
+PURE_ENV: Final = "EGRESS_SCAN_PURE"
+
+_TCP: Final = 6
+_UDP: Final = 17
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class Records:
+    """The whole records of one chunk of a capture: record ``i`` is ``buf[spans[3i] : spans[3i] + spans[3i+1]]``,
+    of link type ``spans[3i+2]``, captured at ``stamps[i]``."""
+
+    buf: bytes
+    spans: array[int]
+    stamps: array[float]
+
+    def __len__(self) -> int:
+        return len(self.stamps)
+
+    def frame(self, index: int) -> bytes:
+        start = self.spans[3 * index]
+        return self.buf[start : start + self.spans[3 * index + 1]]
+
+
+class FramePcap(Protocol):
+    def __call__(self, buf: bytes, pos: int, big: bool, linktype: int, scale: float, /) -> tuple[int, bytes, bytes]:
+        """Every whole pcap record of ``buf`` from ``pos``: (end of the last one, spans, stamps as native bytes)."""
+
+
+class FramePcapng(Protocol):
+    def __call__(self, buf: bytes, pos: int, big: bool, linktypes: bytes, scales: bytes, /) -> tuple[int, bytes, bytes]:
+        """The run of whole enhanced packet blocks from ``pos`` (interfaces' link types and scales as native
+        arrays): (where the first other block starts, spans, stamps)."""
+
+
+class Sweep(Protocol):
+    def __call__(
+        self,
+        buf: bytes,
+        spans: array[int],
+        stamps: array[float],
+        index: int,
+        tcp: dict[bytes, object],
+        udp: dict[bytes, object],
+        done: object,
+        /,
+    ) -> int:
+        """The index of the first record from ``index`` on that the slow path must see (see `sweep`)."""
+
+
+def frame_pcap(buf: bytes, pos: int, big: bool, linktype: int, scale: float) -> tuple[int, bytes, bytes]:
+    """Pure twin of _hot.frame_pcap: the spans and stamps of each whole classic-pcap record from ``pos``."""
+    header = struct.Struct(">III" if big else "<III").unpack_from
+    spans: array[int] = array("q")
+    stamps: array[float] = array("d")
+    size = len(buf)
+    while pos + 16 <= size:
+        sec, frac, caplen = header(buf, pos)
+        end = pos + 16 + caplen
+        if end > size:
+            break
+        spans.extend((pos + 16, caplen, linktype))
+        stamps.append(sec + frac * scale)
+        pos = end
+    return pos, spans.tobytes(), stamps.tobytes()
+
+
+def sweep(
+    buf: bytes,
+    spans: array[int],
+    stamps: array[float],
+    index: int,
+    tcp: dict[bytes, object],
+    udp: dict[bytes, object],
+    done: object,
+) -> int:
+    """Pure twin of _hot.sweep. From record ``index`` on, pass over each record the scanner skips on its raw bytes
+    and return the index of the first one the slow path must see, or the record count. Only the common frame
+    (Ethernet, IPv4 without options or fragments, TCP or UDP) is judged raw: its flow key is simply
+    ``frame[26:38]``. It is skipped when its flow is decided (``done`` in ``tcp``/``udp``), unless it is a SYN
+    (port reuse starts a new flow), and when it is a bare ACK of a flow being inspected (nothing to reassemble).
+    Nothing else may be skipped here: a packet that reaches the slow path may start a table generation there."""
+    count = len(stamps)
+    while index < count:
+        at = 3 * index
+        start = spans[at]
+        if spans[at + 2] != 1 or spans[at + 1] < 54:
+            return index
+        frame = buf[start : start + 54]
+        if not (frame[14] == 0x45 and frame[12] == 8 and frame[13] == 0 and not frame[20] & 0x3F and not frame[21]):
+            return index
+        proto = frame[23]
+        if proto != _TCP and proto != _UDP:
+            return index
+        key = frame[26:38]
+        if proto == _TCP:
+            entry = tcp.get(key)
+            if entry is done:
+                if frame[47] & 0x12 == 0x02:  # a SYN without ACK reuses a decided flow's ports
+                    return index
+            elif entry is None or frame[47] & 0x07 or ((frame[16] << 8) | frame[17]) != 20 + ((frame[46] >> 4) << 2):
+                return index
+        elif udp.get(key) is not done:
+            return index
+        index += 1
+    return index
+
+
+@dataclass(frozen=True, slots=True)
+class Implementation:
+    name: str
+    """``compiled`` or ``pure``: what `egress scan --version` and the scan's log line say."""
+    frame_pcap: FramePcap
+    sweep: Sweep
+    frame_pcapng: FramePcapng | None
+    """``None`` for the pure path, whose pcapng framing is reader.py's block walk."""
+
+
+PURE: Final = Implementation("pure", frame_pcap, sweep, None)
+
+
+def _stale(module: object) -> str | None:
+    """Why the compiled module must not run, if it must not: built for another ABI, or (in a source tree, where
+    _hot.c sits beside it) from another version of _hot.c than the one there now."""
+    if getattr(module, "ABI", None) != ABI:
+        return f"built for ABI {getattr(module, 'ABI', None)}, this egress wants {ABI}"
+    source = pathlib.Path(__file__).with_name("_hot.c")
+    try:
+        digest = hashlib.sha256(source.read_bytes()).hexdigest()
+    except OSError:  # an installed wheel carries no source: nothing to compare with
+        return None
+    if getattr(module, "SOURCE", None) != digest:
+        return f"built from another version of {source} (run deploy/bootstrap.sh or pip install -e . again)"
+    return None
+
+
+def _compiled() -> Implementation | None:
+    try:
+        from egress.capture import _hot  # type: ignore[attr-defined]
+    except ImportError:
+        return None
+    module: ModuleType = _hot
+    why = _stale(module)
+    if why is not None:
+        log.warning("egress.capture._hot is stale (%s): the pure path runs", why)
+        return None
+    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng)
+
+
+COMPILED: Final = _compiled()
+"""The compiled path, or ``None`` where it was not built (no C compiler) or is stale."""
+
+
+def implementation(compiled: bool | None = None) -> Implementation:
+    """The compiled path when it exists, unless ``compiled`` is False or ``EGRESS_SCAN_PURE=1``; True insists."""
+    if compiled is False or (compiled is None and os.environ.get(PURE_ENV, "") in ("1", "true", "yes")):
+        return PURE
+    if COMPILED is None:
+        if compiled:
+            raise RuntimeError("the compiled scan path was asked for, but egress.capture._hot is not built")
+        return PURE
+    return COMPILED

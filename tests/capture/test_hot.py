@@ -1,0 +1,280 @@
+"""The scanner's hot path: the compiled module (egress/capture/_hot.c) and its pure twin give the same answers, on
+the whole corpus and on generated input, and egress runs the pure path cleanly where the module is missing."""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+import types
+from array import array
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from egress.capture import hot
+from egress.detect.registry import DetectorSet, build_detectors
+from egress.flowtable import DONE
+from egress.policy.lists import load_name_lists
+from egress.scanner import FileStats, Scanner
+from tests.budget import examples
+from tests.corpus import CORPUS, TUNNELS, needs_corpus, needs_tunnels
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+compiled_only = pytest.mark.skipif(
+    hot.COMPILED is None and os.environ.get("CI") != "true",
+    reason="egress.capture._hot is not built here (no C compiler): only the pure path runs",
+)
+
+
+def _captures() -> list[pathlib.Path]:
+    roots = [root for root in (CORPUS, TUNNELS) if root.exists()]
+    return sorted(p for root in roots for p in root.rglob("*") if p.suffix in (".pcap", ".pcapng"))
+
+
+@functools.cache
+def _detectors() -> DetectorSet:
+    return build_detectors(load_name_lists(None))
+
+
+def _scan(path: str, impl: hot.Implementation) -> list[str]:
+    """Every finding of ``path`` and the file's counts, as text, in the order they were made."""
+    detectors = _detectors()
+    stats = FileStats(path)
+    found = [repr((f.finding, f.meta, f.ts)) for f in Scanner(detectors, hot=impl).scan(path, stats)]
+    counts = (stats.packets, stats.skipped, stats.skipped_at, stats.flows, stats.unidentified, stats.findings)
+    return [*found, repr((counts, stats.error, stats.unsupported, stats.peak_entries))]
+
+
+def test_the_compiled_path_is_built_where_ci_runs() -> None:
+    """CI's machine has a compiler (deploy/bootstrap.sh installs gcc): there the compiled path must be what runs."""
+    if os.environ.get("CI") == "true":
+        assert hot.COMPILED is not None
+        assert hot.implementation().name == "compiled"
+
+
+@pytest.mark.corpus
+@needs_corpus
+@needs_tunnels
+@compiled_only
+def test_compiled_and_pure_paths_give_the_same_findings_on_the_whole_corpus() -> None:
+    assert hot.COMPILED is not None
+    captures = _captures()
+    assert len(captures) > 50
+    for path in captures:
+        assert _scan(str(path), hot.COMPILED) == _scan(str(path), hot.PURE), path
+
+
+def _records(frames: list[tuple[int, bytes]], prefix: bytes) -> tuple[bytes, array[int], array[float]]:
+    buf = prefix
+    spans: array[int] = array("q")
+    for linktype, frame in frames:
+        spans.extend((len(buf), len(frame), linktype))
+        buf += frame
+    return buf, spans, array("d", [float(index) for index in range(len(frames))])
+
+
+_HEAD = bytes.fromhex("020000000002020000000001") + b"\x08\x00"  # Ethernet, IPv4
+
+
+def _frame(proto: int, port: int, flags: int, header_words: int, total: int, tail: bytes) -> bytes:
+    """A common frame of a few flows (4 address pairs, 2 ports), with the bytes the skip test reads varied."""
+    ip = bytes([0x45, 0]) + total.to_bytes(2, "big") + b"\x00\x01\x00\x00\x40" + bytes([proto]) + b"\x00\x00"
+    ip += bytes([10, 0, 0, port & 3, 10, 0, 0, 9])
+    tcp = (40000 + (port & 1)).to_bytes(2, "big") + b"\x01\xbb" + b"\x00" * 8
+    tcp += bytes([header_words << 4, flags]) + b"\x00" * 6
+    return _HEAD + ip + tcp + tail
+
+
+_frames = st.lists(
+    st.tuples(
+        st.sampled_from([1, 1, 1, 101]),
+        st.one_of(
+            st.builds(
+                _frame,
+                st.sampled_from([6, 6, 17, 1]),
+                st.integers(0, 7),
+                st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x00]),
+                st.sampled_from([5, 8]),
+                st.sampled_from([40, 52, 100]),
+                st.binary(max_size=20),
+            ),
+            st.binary(max_size=70),
+        ),
+    ),
+    max_size=30,
+)
+
+
+@compiled_only
+@given(frames=_frames, decided=st.sets(st.integers(0, 7)), inspected=st.sets(st.integers(0, 7)), prefix=st.binary())
+@settings(max_examples=examples(150), deadline=None)
+def test_compiled_and_pure_sweep_agree(
+    frames: list[tuple[int, bytes]], decided: set[int], inspected: set[int], prefix: bytes
+) -> None:
+    assert hot.COMPILED is not None
+    buf, spans, stamps = _records(frames, prefix)
+    tables: dict[bytes, object] = {}
+    for port in range(8):
+        key = bytes([10, 0, 0, port & 3, 10, 0, 0, 9]) + (40000 + (port & 1)).to_bytes(2, "big") + b"\x01\xbb"
+        if port in decided:
+            tables[key] = DONE
+        elif port in inspected:
+            tables[key] = object()
+    tcp, udp = dict(tables), dict(tables)
+    for start in range(len(stamps) + 1):
+        assert hot.COMPILED.sweep(buf, spans, stamps, start, tcp, udp, DONE) == hot.sweep(
+            buf, spans, stamps, start, tcp, udp, DONE
+        )
+
+
+@compiled_only
+@given(
+    records=st.lists(st.tuples(st.integers(0, 2**32 - 1), st.integers(0, 2**32 - 1), st.binary(max_size=40))),
+    cut=st.integers(0, 64),
+    big=st.booleans(),
+    scale=st.sampled_from([1e-6, 1e-9]),
+)
+@settings(max_examples=examples(150), deadline=None)
+def test_compiled_and_pure_pcap_framing_agree(
+    records: list[tuple[int, int, bytes]], cut: int, big: bool, scale: float
+) -> None:
+    assert hot.COMPILED is not None
+    order = ">" if big else "<"
+    buf = b"".join(struct.pack(order + "IIII", sec, frac, len(data), len(data)) + data for sec, frac, data in records)
+    buf = buf[: max(0, len(buf) - cut)]  # the last record cut short, as at the end of a chunk
+    for pos in (0, 3):
+        assert hot.COMPILED.frame_pcap(buf, pos, big, 1, scale) == hot.frame_pcap(buf, pos, big, 1, scale)
+
+
+def test_a_stale_build_is_refused() -> None:
+    fresh = hot.COMPILED
+    assert hot._stale(types.SimpleNamespace(ABI=hot.ABI + 1)) is not None
+    assert hot._stale(types.SimpleNamespace(ABI=hot.ABI, SOURCE="0" * 64)) is not None
+    if fresh is not None:
+        from egress.capture import _hot  # type: ignore[attr-defined]
+
+        assert hot._stale(_hot) is None
+
+
+def test_the_pure_path_is_asked_for_by_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert hot.implementation(compiled=False) is hot.PURE
+    monkeypatch.setenv(hot.PURE_ENV, "1")
+    assert hot.implementation() is hot.PURE
+
+
+_WITHOUT_MODULE = """
+import json, sys
+sys.modules["egress.capture._hot"] = None  # what a machine without a C compiler has: no module to import
+from egress.capture import hot
+from egress.detect.registry import DetectorSet, build_detectors
+from egress.policy.lists import load_name_lists
+from egress.scanner import FileStats, Scanner
+path = sys.argv[1]
+stats = FileStats(path)
+found = [repr((f.finding, f.meta, f.ts)) for f in Scanner(build_detectors(load_name_lists(None))).scan(path, stats)]
+print(json.dumps({"path": hot.implementation().name, "found": found, "packets": stats.packets}))
+"""
+
+
+@pytest.mark.corpus
+@needs_corpus
+def test_without_the_compiled_module_egress_runs_the_pure_path_with_the_same_findings() -> None:
+    path = CORPUS / "mining" / "ndpi_mining.pcapng"
+    if not path.exists():
+        path = _captures()[0]
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", _WITHOUT_MODULE, str(path)], capture_output=True, text=True, env=env, check=True
+    )
+    result = json.loads(out.stdout)
+    assert result["path"] == "pure"
+    detectors = _detectors()
+    stats = FileStats(str(path))
+    expected = [repr((f.finding, f.meta, f.ts)) for f in Scanner(detectors).scan(str(path), stats)]
+    assert result["found"] == expected and expected
+    assert result["packets"] == stats.packets
+
+
+def test_the_package_installs_without_a_c_compiler(tmp_path: pathlib.Path) -> None:
+    """setup.py's extension is optional: with no working compiler the build goes on and makes no module."""
+    python = shutil.which("python3")
+    probe = subprocess.run([python or "python3", "-c", "import setuptools"], capture_output=True, check=False)
+    if python is None or probe.returncode:
+        pytest.skip("no python3 with setuptools to build with")
+    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
+    (tmp_path / "egress" / "capture").mkdir(parents=True)
+    shutil.copy(ROOT / "egress" / "capture" / "_hot.c", tmp_path / "egress" / "capture" / "_hot.c")
+    env = {**os.environ, "CC": "false", "LDSHARED": "false"}
+    command = [python, "setup.py", "-q", "build_ext", "--inplace"]
+    build = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, check=False)
+    assert build.returncode == 0, build.stderr
+    assert not list((tmp_path / "egress" / "capture").glob("_hot*.so"))
+
+
+def _block(order: str, btype: int, body: bytes) -> bytes:
+    body += b"\x00" * (-len(body) % 4)
+    return struct.pack(order + "II", btype, len(body) + 12) + body + struct.pack(order + "I", len(body) + 12)
+
+
+def _pcapng(order: str, packets: list[tuple[int, int, int, bytes]], resolution: int, cut: int) -> bytes:
+    magic = struct.pack(order + "I", 0x1A2B3C4D)
+    out = _block(order, 0x0A0D0D0A, magic + struct.pack(order + "HHq", 1, 0, -1))
+    option = struct.pack(order + "HH", 9, 1) + bytes([resolution]) + b"\x00" * 3 + b"\x00" * 4
+    out += _block(order, 1, struct.pack(order + "HHI", 1, 0, 65535) + option)
+    out += _block(order, 1, struct.pack(order + "HHI", 113, 0, 65535))
+    for kind, iface, stamp, data in packets:
+        if kind == 3:
+            out += _block(order, 3, struct.pack(order + "I", len(data)) + data)
+        else:
+            caplen = len(data) + (40 if kind == 1 else 0)  # kind 1: a caplen past the block (corrupt)
+            head = struct.pack(order + "IIIII", iface, stamp >> 32, stamp & 0xFFFFFFFF, caplen, len(data))
+            out += _block(order, 6, head + data)
+    return out[: len(out) - cut]
+
+
+def _read(path: str, impl: hot.Implementation) -> tuple[list[tuple[float, int, bytes]], str | None]:
+    from egress.capture.reader import CaptureError, read_records
+
+    frames: list[tuple[float, int, bytes]] = []
+    try:
+        for records in read_records(path, impl):
+            frames += [(records.stamps[i], records.spans[3 * i + 2], records.frame(i)) for i in range(len(records))]
+    except CaptureError as exc:
+        return frames, str(exc)
+    return frames, None
+
+
+@compiled_only
+@given(
+    packets=st.lists(
+        st.tuples(
+            st.sampled_from([6, 6, 6, 3, 1]),
+            st.sampled_from([0, 1, 1, 2]),
+            st.integers(0, 2**64 - 1),
+            st.binary(max_size=30),
+        ),
+        max_size=20,
+    ),
+    order=st.sampled_from(["<", ">"]),
+    resolution=st.sampled_from([6, 9, 0x8A]),
+    cut=st.sampled_from([0, 0, 3, 17]),
+)
+@settings(max_examples=examples(100), deadline=None)
+def test_compiled_and_pure_pcapng_framing_agree(
+    tmp_path_factory: pytest.TempPathFactory,
+    packets: list[tuple[int, int, int, bytes]],
+    order: str,
+    resolution: int,
+    cut: int,
+) -> None:
+    assert hot.COMPILED is not None
+    path = tmp_path_factory.mktemp("pcapng") / "c.pcapng"
+    path.write_bytes(_pcapng(order, packets, resolution, cut))
+    assert _read(str(path), hot.COMPILED) == _read(str(path), hot.PURE)
