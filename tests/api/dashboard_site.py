@@ -101,6 +101,8 @@ class Site:
     attempts: list[AttemptRecord]
     now: float
     contexts: list[Any] = field(default_factory=list)
+    errors: list[str] = field(default_factory=list)
+    """Script errors and console errors (a Content-Security-Policy violation is one) of every page opened."""
 
     def url(self, query: str = "") -> str:
         """The dashboard's address with the token (the page moves it out of the address bar)."""
@@ -115,22 +117,25 @@ class Site:
         context.set_default_timeout(scaled(30) * 1000)
         self.contexts.append(context)
         page = context.new_page()
-        page.on("dialog", lambda dialog: pytest_fail_dialog(dialog.message))
+        page.on("dialog", lambda dialog: self.errors.append(f"dialog opened: {dialog.message!r}"))
+        page.on("pageerror", lambda error: self.errors.append(f"script error: {error}"))
+        page.on("console", lambda msg: self.errors.append(f"console: {msg.text}") if msg.type == "error" else None)
         return page
+
+    def check_errors(self) -> None:
+        """Fail on any error a page reported (and forget them for the next test)."""
+        errors, self.errors[:] = list(self.errors), []
+        assert not errors, errors
 
     def by_host(self, host: str) -> AttemptRecord:
         return next(a for a in self.attempts if a.host == host)
 
 
-def pytest_fail_dialog(message: str) -> None:
-    raise AssertionError(f"the page opened a dialog ({message!r}): record text ran as code")
-
-
-def shot(page: Page, name: str) -> Path:
-    """A full-page screenshot kept as a test artifact."""
+def shot(page: Page, name: str, *, full_page: bool = True) -> Path:
+    """A screenshot kept as a test artifact (the whole page, or what the screen shows)."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / f"{name}.png"
-    page.screenshot(path=str(path), full_page=True)
+    page.screenshot(path=str(path), full_page=full_page)
     return path
 
 

@@ -40,6 +40,7 @@ def page(site: Site) -> Iterator[Page]:
     made = site.page()
     yield made
     made.context.close()
+    site.check_errors()  # no script error, no CSP violation, no dialog (record text run as code)
 
 
 def rows(page: Page) -> Locator:

@@ -108,9 +108,11 @@ export async function loadAttempts(filters, since, until, cap) {
   }
 }
 
-// Live attempts: calls onAttempt(record) for each, onState(text) when the stream drops or comes back. Reconnects
-// with Last-Event-ID (an API that resumes sends what was missed) until `signal` aborts.
-export async function follow(onAttempt, onState, signal) {
+// Live attempts: handlers.attempt(record) for each; handlers.state(text) when the stream drops ("" once it
+// answers again); handlers.flowing() at its first event or heartbeat (from then on nothing new is missed: the API
+// has taken its position in the streams). Reconnects with Last-Event-ID (an API that resumes sends what was
+// missed) until `signal` aborts.
+export async function follow(handlers, signal) {
   let lastId = "";
   while (!signal.aborted) {
     try {
@@ -118,9 +120,10 @@ export async function follow(onAttempt, onState, signal) {
       if (lastId) h["Last-Event-ID"] = lastId;
       const response = await fetch("/v1/follow", { headers: h, signal });
       if (!response.ok) throw new ApiError(response.status, "live update refused");
-      onState("");
+      handlers.state("");
       const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       let buffer = "";
+      let flowing = false;
       for (;;) {
         const { value, done } = await reader.read();
         if (done) break;
@@ -133,14 +136,19 @@ export async function follow(onAttempt, onState, signal) {
           const event = /^event: (.*)$/m.exec(block);
           const data = /^data: (.*)$/m.exec(block);
           if (id) lastId = id[1];
-          if (event && event[1] === "attempt" && data) onAttempt(JSON.parse(data[1]));
-          if (event && event[1] === "error" && data) onState("live: " + JSON.parse(data[1]).message);
+          const kind = event ? event[1] : "";
+          if (!flowing && (kind === "attempt" || kind === "heartbeat")) {
+            flowing = true;
+            handlers.flowing();
+          }
+          if (kind === "attempt" && data) handlers.attempt(JSON.parse(data[1]));
+          if (kind === "error" && data) handlers.state("live: " + JSON.parse(data[1]).message);
         }
       }
-      onState("live: stream ended, reconnecting");
+      handlers.state("live: stream ended, reconnecting");
     } catch (error) {
       if (signal.aborted) return;
-      onState("live: " + String(error.message || error) + ", reconnecting");
+      handlers.state("live: " + String(error.message || error) + ", reconnecting");
       if (error instanceof ApiError && error.status < 500 && error.status !== 429) return;
     }
     await new Promise((resolve) => setTimeout(resolve, 2000));

@@ -5,7 +5,7 @@ import { el, svg, viewLink } from "./dom.js";
 import { CATEGORIES, fmtTime, withView, zoneLabel } from "./state.js";
 
 // The CLI's colours (mining red, tunnel yellow, crypto-node magenta, policy blue), in shades readable on white.
-export const COLOURS = { mining: "#c62828", tunnel: "#f9a825", "crypto-node": "#ad1457", policy: "#1565c0" };
+export const COLOURS = { mining: "#c62828", tunnel: "#f9a825", "crypto-node": "#a0148f", policy: "#1565c0" };
 const BUCKETS = [60, 300, 600, 900, 1800, 3600, 7200, 10800, 21600, 43200, 86400, 172800, 604800];
 
 // Ticks for a count axis up to `max`: whole numbers only, a step of 1, 2 or 5 times a power of ten, at most
@@ -22,14 +22,14 @@ export function integerTicks(max) {
   return ticks;
 }
 
-// The bucket width for a span: the smallest of the usual widths that cuts it into at most 60 buckets.
-export function bucketWidth(seconds) {
-  return BUCKETS.find((b) => seconds / b <= 60) || Math.ceil(seconds / 60);
+// The bucket width for a span: the smallest of the usual widths that cuts it into at most `most` buckets.
+export function bucketWidth(seconds, most) {
+  return BUCKETS.find((b) => seconds / b <= most) || Math.ceil(seconds / most);
 }
 
 // Attempts (their `count`s) per bucket and category over [since, until]; buckets start on multiples of the width.
-export function histogram(attempts, since, until) {
-  const width = bucketWidth(until - since);
+export function histogram(attempts, since, until, most = 60) {
+  const width = bucketWidth(until - since, most);
   const first = Math.floor(since / width) * width;
   const buckets = [];
   for (let start = first; start < until; start += width) buckets.push({ start, end: start + width, counts: {} });
@@ -48,9 +48,11 @@ function timeFormat(width, spanSeconds) {
 }
 
 // The stacked bars; each bucket is a link that narrows the view to it (keyboard: Tab, Enter).
+// Drawn at the box's own width in pixels, so that text keeps its size on a phone.
 export function drawHistogram(box, legend, view, since, until, attempts) {
-  const { width, buckets } = histogram(attempts, since, until);
-  const W = 1200, H = 240, left = 48, bottom = 40, top = 10, right = 8;
+  const W = Math.round(Math.max(300, box.clientWidth || 1200));
+  const { width, buckets } = histogram(attempts, since, until, W < 700 ? 30 : 60);
+  const H = W < 700 ? 200 : 240, left = 48, bottom = 40, top = 10, right = 8;
   const plotH = H - bottom - top;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "group", "aria-label": "attempts over time by category" });
   const totals = buckets.map((b) => Object.values(b.counts).reduce((s, n) => s + n, 0));
@@ -65,7 +67,8 @@ export function drawHistogram(box, legend, view, since, until, attempts) {
     "text-anchor": "middle" }, "attempts"));
   const step = (W - left - right) / Math.max(1, buckets.length);
   const how = timeFormat(width, until - since);
-  const every = Math.ceil(buckets.length / (how === "date-hm" ? 6 : 10));
+  const labels = Math.max(2, Math.floor((W - left) / (how === "date-hm" ? 120 : 64)));
+  const every = Math.ceil(buckets.length / labels);
   buckets.forEach((bucket, i) => {
     const x = left + i * step;
     const total = totals[i];
@@ -86,7 +89,9 @@ export function drawHistogram(box, legend, view, since, until, attempts) {
     root.append(a);
     if (i % every === 0) {
       root.append(svg("line", { x1: x, x2: x, y1: top + plotH, y2: top + plotH + 4, class: "gridline" }));
-      root.append(svg("text", { x, y: top + plotH + 16, class: "axis tick-x" }, fmtTime(bucket.start, view.tz, how)));
+      const anchor = x > W - right - 40 ? "end" : "start"; // the last label stays inside
+      root.append(svg("text", { x: anchor === "end" ? W - right : x, y: top + plotH + 16, class: "axis tick-x",
+        "text-anchor": anchor }, fmtTime(bucket.start, view.tz, how)));
     }
   });
   root.append(svg("text", { x: W - right, y: H - 4, "text-anchor": "end", class: "axis" },
@@ -111,7 +116,7 @@ function bucketLabel(width) {
 
 // A sandbox's timeline: actions as bars (lanes so that overlapping ones stay apart), attempts as dots below.
 export function drawTimeline(box, data, tz) {
-  const W = 1200, H = 110, left = 10, right = 10;
+  const W = Math.round(Math.max(300, box.clientWidth || 1200)), H = 110, left = 10, right = 10;
   const root = svg("svg", { viewBox: `0 0 ${W} ${H}`, role: "img", "aria-label": "timeline of actions and attempts" });
   let lo = data.until, hi = data.since;
   for (const item of data.items) {
@@ -145,7 +150,7 @@ export function drawTimeline(box, data, tz) {
     }
   }
   for (const [ts, anchor] of [[lo, "start"], [hi, "end"]]) {
-    root.append(svg("text", { x: x(ts), y: 100, "text-anchor": anchor, class: "axis" }, fmtTime(ts, tz, "full").slice(0, 19)));
+    root.append(svg("text", { x: x(ts), y: 100, "text-anchor": anchor, class: "axis" }, fmtTime(ts, tz, W < 700 ? "hms" : "full").slice(0, 19)));
   }
   box.replaceChildren(root);
 }

@@ -21,6 +21,7 @@ let followAbort = null;
 let pending = 0;
 let refreshTimer = null;
 let slideTimer = null;
+let liveProblem = "";
 
 function status(text, isError) {
   $("status").textContent = text;
@@ -52,19 +53,22 @@ function syncControls() {
   $("pause").disabled = !live;
   $("pause").textContent = view.paused ? "Resume live" : "Pause live";
   $("pause").setAttribute("aria-pressed", view.paused ? "true" : "false");
-  liveState(live ? "" : "live: off (the range has ended)");
+  showLive();
 }
 
-function liveState(text) {
-  let shownText = text;
-  if (!shownText && view.paused) shownText = `live: paused, ${pending} new`;
-  else if (!shownText && followAbort) shownText = "live";
-  $("live-state").textContent = shownText;
+function showLive() {
+  let text = "";
+  if (!state.isLive(view, Date.now() / 1000)) text = "live: off (the range has ended)";
+  else if (liveProblem) text = liveProblem;
+  else if (followAbort && view.paused) text = `live: paused, ${pending} new`;
+  else if (followAbort) text = "live";
+  $("live-state").textContent = text;
 }
 
 async function render(force) {
   const mine = ++generation;
   view = state.parseView(location.search);
+  updateLive(); // before loading: what arrives meanwhile is not missed
   syncControls();
   document.body.dataset.busy = "true";
   try {
@@ -90,7 +94,6 @@ async function render(force) {
   } finally {
     if (mine === generation) document.body.dataset.busy = "false";
   }
-  updateLive();
 }
 
 function drawMain() {
@@ -139,7 +142,7 @@ function onAttempt(record) {
   if (view.range === null && record.ts > view.to) return;
   if (view.paused) {
     pending += 1;
-    liveState("");
+    showLive();
     return;
   }
   if (!refreshTimer) {
@@ -154,17 +157,29 @@ function updateLive() {
   const want = !$("main").hidden && state.isLive(view, Date.now() / 1000);
   if (want && !followAbort) {
     followAbort = new AbortController();
-    follow(onAttempt, liveState, followAbort.signal);
+    document.body.dataset.follow = "connecting";
+    const handlers = {
+      attempt: onAttempt,
+      state: (text) => {
+        liveProblem = text;
+        if (text) document.body.dataset.follow = "connecting";
+        showLive();
+      },
+      flowing: () => { document.body.dataset.follow = "open"; },
+    };
+    follow(handlers, followAbort.signal);
   } else if (!want && followAbort) {
     followAbort.abort();
     followAbort = null;
+    liveProblem = "";
+    document.body.dataset.follow = "off";
   }
   clearInterval(slideTimer);
   slideTimer = null;
   if (want && !view.paused && view.range !== null) {
     slideTimer = setInterval(() => render(true), SLIDE_S * 1000);
   }
-  liveState("");
+  showLive();
 }
 
 // --- controls ---
@@ -235,6 +250,7 @@ function signIn() {
 function signOut(clear) {
   if (followAbort) followAbort.abort();
   followAbort = null;
+  document.body.dataset.follow = "off";
   clearInterval(slideTimer);
   if (clear !== false) status("");
   setToken("");
@@ -272,6 +288,11 @@ function start() {
   document.addEventListener("click", onNavClick);
   document.addEventListener("keydown", onKey);
   window.addEventListener("popstate", () => render(false));
+  let resizing = null;
+  window.addEventListener("resize", () => {
+    clearTimeout(resizing);
+    resizing = setTimeout(() => { if (main && !$("main").hidden) drawMain(); }, 200);
+  });
   if (token) signIn();
   else api("/v1/sandboxes").then(signIn, () => status("sign in with a token")); // a lab without tokens answers
 }

@@ -1,6 +1,7 @@
-// Building the page: elements whose text is set as text, never parsed as HTML. Record fields come from sandboxes
-// and are untrusted; nothing here (or anywhere in the dashboard) assigns innerHTML, outerHTML or a URL made of them
-// other than as a query parameter of the dashboard's own address.
+// Building the page: elements whose text is set as text (textContent), never parsed as markup. Record fields come
+// from sandboxes and are untrusted; nothing in the dashboard parses them as HTML (tests/api/test_dashboard_static.py
+// keeps the markup sinks out of every script) or puts them in an address other than as a query parameter of the
+// dashboard's own.
 
 import { CATEGORIES, formatView } from "./state.js";
 

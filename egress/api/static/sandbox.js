@@ -65,7 +65,6 @@ export function drawSandbox(box, data, view) {
   ]);
   summary.querySelectorAll("dd")[1].dataset.field = "quarantine";
   const chart = el("div", null, "timeline-chart");
-  drawTimeline(chart, timeline, view.tz);
   const under = new Map();
   const loose = [];
   for (const item of attempts) {
@@ -112,6 +111,7 @@ export function drawSandbox(box, data, view) {
     notes.push(el("p", `action ${view.act} is not in this range`, "warn"));
   }
   box.replaceChildren(heading, filter, summary, ...notes, chart, list);
+  drawTimeline(chart, timeline, view.tz); // once in the page: drawn at its width
   const current = view.act ? box.querySelector(".action.current") : null;
   if (current) {
     current.scrollIntoView({ block: "center" });
