@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
+from fastapi import FastAPI
+
 from egress.api.app import create_app
 from egress.policy_release import release
 from egress.record import query
@@ -100,6 +102,8 @@ class Site:
     browser: Browser
     attempts: list[AttemptRecord]
     now: float
+    quarantine_stubbed: bool
+    """The API had no GET /v1/quarantine, so the site answers one saying that ``agents`` is quarantined."""
     contexts: list[Any] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
     """Script errors and console errors (a Content-Security-Policy violation is one) of every page opened."""
@@ -147,6 +151,23 @@ def ready(page: Page) -> None:
     )
 
 
+QUARANTINE_REASON: Final = "3 findings (mining, tunnel) within 600 s"
+
+
+def _stub_quarantine(app: FastAPI, now: float) -> bool:
+    """Where the API has no quarantine route yet, one that answers as GET /v1/quarantine does (its shape: sandbox,
+    since, gateway, reason, findings), so that the sandbox view's rendering of it is tested either way."""
+    if any(getattr(route, "path", "") == "/v1/quarantine" for route in app.routes):
+        return False
+
+    @app.get("/v1/quarantine")
+    def quarantine() -> dict[str, Any]:
+        entry = {"sandbox": "agents", "since": now - 100, "gateway": "gw1", "reason": QUARANTINE_REASON, "findings": 3}
+        return {"quarantined": [entry], "events": []}
+
+    return True
+
+
 @contextlib.contextmanager
 def running_site(redis_server: RedisServer, playwright: Playwright) -> Iterator[Site]:
     if CHROMIUM is None:
@@ -154,10 +175,12 @@ def running_site(redis_server: RedisServer, playwright: Playwright) -> Iterator[
     redis_server.cli("FLUSHALL")
     now = time.time()
     attempts = seed(redis_server.url, now)
-    api = ApiServer(create_app(settings(redis_server.url))).start()
+    app = create_app(settings(redis_server.url))
+    stubbed = _stub_quarantine(app, now)
+    api = ApiServer(app).start()
     try:
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=list(CHROMIUM_ARGS))
-        site = Site(api, browser, attempts, now)
+        site = Site(api, browser, attempts, now, stubbed)
         try:
             yield site
         finally:

@@ -14,6 +14,7 @@ import pytest
 
 from tests.api.dashboard_site import (
     OLD_S,
+    QUARANTINE_REASON,
     ZONE,
     Site,
     playwright_driver,
@@ -94,7 +95,11 @@ def test_filter_open_follow_to_action_and_reload(site: Site, page: Page) -> None
     expect(current).to_have_attribute("data-action", "a-2")
     expect(current.locator("ul.under li")).to_contain_text(["198.51.100.7:22/tcp"])  # the attempt under its action
     expect(panel).to_contain_text("version 1 (sha256:")  # the policy applied
-    expect(panel).to_contain_text("quarantine")
+    quarantine = panel.locator("dd[data-field=quarantine]")
+    if site.quarantine_stubbed:
+        expect(quarantine).to_have_text(re.compile(f"^QUARANTINED since .* by gw1: {re.escape(QUARANTINE_REASON)}$"))
+    else:  # the API's own route, with nothing quarantined
+        expect(quarantine).to_have_text("not quarantined")
     shot(page, "action")
 
     address = page.url

@@ -48,6 +48,17 @@ export async function api(path, params) {
   return body;
 }
 
+// The paths this API serves (its OpenAPI description, which needs no token): a newer route is asked only where it
+// exists, so an older API shows "not reported" instead of an error.
+let described = null;
+export function hasPath(path) {
+  if (!described) {
+    described = fetch("/openapi.json").then((r) => (r.ok ? r.json() : { paths: {} })).then(
+      (spec) => new Set(Object.keys(spec.paths || {})), () => new Set());
+  }
+  return described.then((paths) => paths.has(path));
+}
+
 // The filters the API applies itself (GET /v1/attempts); action and free text are applied here (`matches`).
 export function serverFilters(filters) {
   const out = {};

@@ -41,7 +41,12 @@ function go(changes, replace, force) {
 
 function syncControls() {
   const form = $("filters");
-  for (const name of state.FILTERS) form.elements[name].value = view.filters[name] ?? "";
+  for (const name of state.FILTERS) {
+    const input = form.elements[name];
+    if (input !== document.activeElement || input.tagName === "SELECT") input.value = view.filters[name] ?? "";
+  } // a live reload leaves what is being typed alone
+  const cleared = state.withView(view, { attempt: "", box: null, act: "" });
+  $("clear").href = location.pathname + state.formatView({ ...cleared, filters: {} });
   const now = Date.now() / 1000;
   const { since, until } = state.span(view, now);
   $("range").value = view.range === null ? "custom" : view.range;

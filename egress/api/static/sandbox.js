@@ -1,20 +1,22 @@
 // One sandbox: its timeline over the view's range (GET /v1/sandboxes/{name}/timeline: each action with the attempts
 // under it, placed by the API's own containment rule: an attempt sits under the first of its `related` actions,
-// the innermost, as `egress timeline` prints it), its quarantine state when the API reports one, and the policy
-// version the fleet applies (GET /v1/policy).
+// the innermost, as `egress timeline` prints it), its quarantine state when the API has GET /v1/quarantine, and
+// the policy version the fleet applies (GET /v1/policy).
 
-import { api } from "./api.js";
+import { api, hasPath } from "./api.js";
 import { drawTimeline } from "./charts.js";
 import { chip, destination, el, facts, viewLink } from "./dom.js";
 import { duration, fmtTime, withView } from "./state.js";
 
 export async function loadSandbox(name, since, until) {
   const path = `/v1/sandboxes/${encodeURIComponent(name)}/timeline`;
-  const [timeline, policy] = await Promise.all([
+  const failed = (error) => ({ error: String(error.message || error) });
+  const [timeline, policy, quarantine] = await Promise.all([
     api(path, { since: String(since), until: String(until), limit: "1000" }),
-    api("/v1/policy").catch((error) => ({ error: String(error.message || error) })),
+    api("/v1/policy").catch(failed),
+    hasPath("/v1/quarantine").then((has) => (has ? api("/v1/quarantine").catch(failed) : null)),
   ]);
-  return { timeline, policy };
+  return { timeline, policy, quarantine };
 }
 
 function attemptLine(item, view, also) {
@@ -27,13 +29,17 @@ function attemptLine(item, view, also) {
   return li;
 }
 
-// Anything the API says about quarantine, as text: a field of the timeline answer, when there is one.
-function quarantineText(timeline) {
-  const q = timeline.quarantine;
-  if (q === undefined) return "not reported by this API";
-  if (q === null || q === false) return "not quarantined";
-  if (typeof q !== "object") return String(q);
-  return Object.entries(q).map(([k, v]) => `${k}: ${typeof v === "object" ? JSON.stringify(v) : v}`).join(", ");
+// GET /v1/quarantine's word on this sandbox, as text: cut off now (since when, by which gateway, why), or not,
+// with its latest release.
+function quarantineText(quarantine, name, tz) {
+  if (quarantine === null) return "not reported by this API";
+  if (quarantine.error) return `unknown (${quarantine.error})`;
+  const now = (quarantine.quarantined || []).find((q) => q.sandbox === name);
+  if (now) {
+    return `QUARANTINED since ${fmtTime(now.since, tz)} by ${now.gateway}: ${now.reason}`;
+  }
+  const released = (quarantine.events || []).find((e) => e.sandbox === name && e.event === "release");
+  return released ? `not quarantined (released ${fmtTime(released.time, tz)} by ${released.who})` : "not quarantined";
 }
 
 function policyText(policy, timeline, view) {
@@ -58,12 +64,14 @@ export function drawSandbox(box, data, view) {
   const filter = viewLink(withView(view, { filters: { sandbox: timeline.sandbox }, box: null, act: "" }), "show only its attempts in the list");
   const summary = facts([
     ["range", `${fmtTime(timeline.since, view.tz)} → ${fmtTime(timeline.until, view.tz)}`],
-    ["quarantine", quarantineText(timeline)],
+    ["quarantine", quarantineText(data.quarantine, timeline.sandbox, view.tz)],
     ["policy applied", policyText(policy, timeline, view)],
     ["its gateways", gatewaysText(policy, gateways) || "—"],
     ["attempts", `${attempts.length} records`],
   ]);
-  summary.querySelectorAll("dd")[1].dataset.field = "quarantine";
+  const quarantined = summary.querySelectorAll("dd")[1];
+  quarantined.dataset.field = "quarantine";
+  if (quarantined.textContent.startsWith("QUARANTINED")) quarantined.classList.add("warn");
   const chart = el("div", null, "timeline-chart");
   const under = new Map();
   const loose = [];
