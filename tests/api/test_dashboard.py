@@ -195,3 +195,9 @@ def test_action_and_free_text_filters(site: Site, page: Page) -> None:
     ready(page)
     expect(rows(page)).to_have_count(0)
     expect(page.locator("#attempts tbody")).to_contain_text("no attempts match this view")
+    site.expected.append("the server responded with a status of 400")
+    page.fill("#filters [name=reason]", "Not A Reason")  # the API refuses it: the page says why
+    page.press("#filters [name=reason]", "Enter")
+    ready(page)
+    expect(page.locator("#status.error")).to_contain_text("400")
+    expect(page.locator("#status.error")).to_contain_text("(reason)")

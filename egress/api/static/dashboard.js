@@ -91,13 +91,15 @@ async function render(force) {
     if (mine !== generation) return;
     status(`updated ${state.fmtTime(now, view.tz, "hms")}`);
     document.body.dataset.loaded = "true";
-    document.body.dataset.view = location.search;
   } catch (error) {
     if (mine !== generation) return;
     status(String(error.message || error), true);
     if (error instanceof ApiError && error.status === 401) signOut(false);
   } finally {
-    if (mine === generation) document.body.dataset.busy = "false";
+    if (mine === generation) {
+      document.body.dataset.view = location.search; // what the page shows (or the error it met) is this address
+      document.body.dataset.busy = "false";
+    }
   }
 }
 
