@@ -132,13 +132,14 @@ async function renderPanel(mine) {
   if (view.attempt) {
     const data = await loadDetail(view.attempt, view);
     if (mine !== generation) return;
+    panel.hidden = false; // shown before drawing: a chart is drawn at its box's width
     drawDetail(body, data, view);
   } else {
     const data = await loadSandbox(view.box, main.since, main.until);
     if (mine !== generation) return;
+    panel.hidden = false;
     drawSandbox(body, data, view);
   }
-  panel.hidden = false;
   panelKey = key;
   if (!view.act) body.focus();
 }
