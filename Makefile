@@ -12,11 +12,11 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 	$(BIN)/mypy
 	$(BIN)/pytest
 
-unit: ## The fast loop: every test that needs neither root nor the lab, on every core, a tenth of each fuzz budget (at least 10 examples).
+unit: ## The fast loop: every test that needs neither root, the lab nor a browser, on every core, a tenth of each fuzz budget (at least 10 examples).
 	@deploy/bootstrap.sh unit
 	# Bytecode caching on even where the shell turns it off: compiling mitmproxy and hypothesis again in every
 	# xdist worker costs more than a tenth of the run.
-	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "not root and not e2e"
+	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "not root and not e2e and not browser"
 
 security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.
 	@deploy/bootstrap.sh security

@@ -15,7 +15,8 @@ venv="$root/.venv"
 # Debian packages the tests and the demo use: the kernel filter, namespaces, the record store, and nDPI for
 # the side-by-side benchmark.
 debian_packages=(make nftables iproute2 redis-server procps)
-# the dashboard test renders the page in a real headless browser
+# the dashboard's browser tests (marker browser, `make test`) drive Debian's chromium through playwright (a dev
+# extra, which downloads no browser of its own)
 case "$purpose" in test | unit) debian_packages+=(chromium) ;; esac
 # /metrics is checked by promtool (tests/api/test_metrics.py; Debian has no package of promtool alone)
 case "$purpose" in test | unit) debian_packages+=(prometheus) ;; esac
@@ -45,6 +46,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
     "$venv/bin/python" -m pip install -q -e "$root[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-    "$venv/bin/python" -c 'import egress, mitmproxy, dpkt, redis, yaml, click' || { say "Python environment is incomplete"; exit 1; }
+    "$venv/bin/python" -c 'import egress, mitmproxy, dpkt, redis, yaml, click, playwright' || { say "Python environment is incomplete"; exit 1; }
     echo "$want" > "$stamp"
 fi

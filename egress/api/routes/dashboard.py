@@ -1,5 +1,6 @@
-"""The dashboard: its page and files (from ``egress/api/static``), served without a token and kept out of the
-OpenAPI description; the page's own API calls need one (login box or ``?token=``)."""
+"""The dashboard: its page and files (from ``egress/api/static``: plain JavaScript modules and one stylesheet, no
+build step), served without a token and kept out of the OpenAPI description; the page's own API calls need one
+(login box or ``?token=``). A strict Content-Security-Policy: scripts and styles only from these files."""
 
 from collections.abc import Callable
 from pathlib import Path
@@ -9,7 +10,20 @@ from fastapi import APIRouter
 from fastapi.responses import RedirectResponse, Response
 
 STATIC: Final = Path(__file__).parent.parent / "static"
-_PAGES: Final = {"dashboard.js": "text/javascript", "dashboard.css": "text/css"}
+_JS: Final = "text/javascript; charset=utf-8"
+FILES: Final = {
+    "dashboard.js": _JS,  # the entry module: wires the page
+    "state.js": _JS,  # the view in the address bar, times and zones
+    "api.js": _JS,  # requests, filters, the live follow
+    "dom.js": _JS,  # elements built as text
+    "charts.js": _JS,  # the SVG charts
+    "table.js": _JS,  # the attempts table and the tops
+    "detail.js": _JS,  # one attempt
+    "sandbox.js": _JS,  # one sandbox: timeline, quarantine, policy
+    "dashboard.css": "text/css; charset=utf-8",
+}
+"""Every file of the page besides ``dashboard.html``, with its media type (tests/api/test_dashboard_static.py
+checks that this names every file in ``static/``)."""
 _CSP: Final = (
     "default-src 'none'; script-src 'self'; style-src 'self'; connect-src 'self'; img-src 'self' data:; "
     "base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
@@ -18,8 +32,14 @@ _CSP: Final = (
 
 def router() -> APIRouter:
     routes = APIRouter()
-    files = {name: (STATIC / name).read_bytes() for name in ("dashboard.html", *_PAGES)}
-    headers = {"Content-Security-Policy": _CSP, "X-Content-Type-Options": "nosniff", "Referrer-Policy": "no-referrer"}
+    files = {name: (STATIC / name).read_bytes() for name in ("dashboard.html", *FILES)}
+    headers = {
+        "Content-Security-Policy": _CSP,
+        "X-Content-Type-Options": "nosniff",
+        "Referrer-Policy": "no-referrer",
+        # A new release's files must not meet an old page's modules from the cache: revalidate every time.
+        "Cache-Control": "no-cache",
+    }
 
     @routes.get("/", include_in_schema=False)
     def root() -> RedirectResponse:
@@ -36,7 +56,7 @@ def router() -> APIRouter:
 
         return asset
 
-    for name, media_type in _PAGES.items():
+    for name, media_type in FILES.items():
         routes.add_api_route(
             f"/dashboard/{name}", serve(files[name], media_type), methods=["GET"], include_in_schema=False
         )
