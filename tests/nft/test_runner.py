@@ -19,6 +19,7 @@ import pytest
 
 from egress.capture.nflog import LoggedPacket, NflogReader
 from egress.capture.packet import ICMP, ICMP6, LINK_RAW, UDP, Defragmenter, Segment, decode
+from egress.gateway.allowsets import AllowSetWriter
 from egress.lab.scenarios import icmp_checksum
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, allow_set, render, render_lockdown
@@ -316,6 +317,28 @@ def test_allow_set_elements_are_added_and_refreshed(fresh: Lab) -> None:
     runner.add_elements(table, allow_set("agents", 6), [(T.INTERNET6, 60)], netns=gw)
     assert runner.list_set(table, allow_set("agents", 6), netns=gw) == [T.INTERNET6]
     assert runner.list_set(table, "src4_agents", netns=gw) == ["10.77.0.0/26"]
+
+
+def test_the_writer_fills_the_sets_from_answers_and_skips_what_the_kernel_holds(fresh: Lab) -> None:
+    """`AllowSetWriter` as the resolver drives it: answers in, elements in the sandbox's sets; an address answered
+    again while the kernel holds it long enough is not written again; a sandbox the policy lacks is ignored."""
+    gw, table = fresh.topo.gateway, fresh.settings.table
+    writer = AllowSetWriter(table, _policy(), netns=gw)
+    try:
+        writer("agents", [("10.78.0.6", 600), ("fd78::6", 600)])
+        writer("agents", [("10.78.0.6", 600)])  # held: not queued again
+        writer("nobody", [("10.78.0.7", 600)])
+
+        def written() -> bool:
+            assert "10.78.0.6" in runner.list_set(table, allow_set("agents", 4), netns=gw)
+            assert "fd78::6" in runner.list_set(table, allow_set("agents", 6), netns=gw)
+            return True
+
+        eventually(written, timeout=10)
+    finally:
+        writer.close()
+    assert (writer.applied, writer.errors) == (2, 0)
+    assert "10.78.0.7" not in runner.list_table(table, netns=gw)
 
 
 def test_an_allow_set_element_is_gone_once_its_timeout_passed(fresh: Lab) -> None:
