@@ -120,7 +120,8 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
         dependencies=uses_redis,
     )
     app.include_router(
-        quarantine.router(QuarantineStore(the_store.redis), reader, Depends(role(Role.ADMIN))), dependencies=uses_redis
+        quarantine.router(QuarantineStore(the_store.redis), fleet_reader, Depends(role(Role.ADMIN))),
+        dependencies=uses_redis,
     )
     app.include_router(dashboard.router())
     return app

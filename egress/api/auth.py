@@ -20,7 +20,7 @@ Roles: ``read`` (queries, follow, metrics), ``report`` (post actions), ``admin``
 ``sandboxes`` is scoped to them: it reports actions of those sandboxes only (403 naming ``actions[i].sandbox``
 otherwise), reads only their records (it names one: ``?sandbox=`` on the list and the follow, the path on a
 timeline; one attempt of another sandbox is 404, the sandbox list shows its own), and is refused the fleet-wide
-routes (stats, ``/metrics``, the policy), whatever its roles. Only digests are
+routes (stats, ``/metrics``, the policy, the quarantine), whatever its roles. Only digests are
 kept in memory; a presented token is hashed and compared with every known digest by `hmac.compare_digest`, so
 neither the comparison nor which entry matched depends on how much of a token was right.
 """

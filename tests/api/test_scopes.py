@@ -90,6 +90,7 @@ def test_a_scoped_token_reports_for_its_sandboxes_only(client: TestClient) -> No
         ("/metrics", 403, None),
         ("/v1/policy", 403, None),
         ("/v1/policy/history", 403, None),
+        ("/v1/quarantine", 403, None),  # every sandbox's quarantine state and steps
     ],
 )
 def test_a_scoped_token_reads_its_sandboxes_only(client: TestClient, path: str, status: int, field: str | None) -> None:
