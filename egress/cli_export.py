@@ -9,7 +9,7 @@ from collections.abc import Callable, Iterable
 
 import click
 
-from egress.cli_query import LocalFilter, _latest, _store, _time_option, redis_option
+from egress.cli_options import LocalFilter, latest, open_store, redis_option, time_option
 from egress.cli_render import json_line
 from egress.record import query
 from egress.record.export import FORMATS, eve, zeek_footer, zeek_header, zeek_json, zeek_line
@@ -23,8 +23,8 @@ from egress.record.schema import AttemptRecord, RecordCategory
               "zeek-json: the same log as Zeek's JSON writer prints it.")  # fmt: skip
 @click.option("--sandbox", help="Only this sandbox.")
 @click.option("--category", type=click.Choice([c.value for c in RecordCategory]), help="Only this category.")
-@click.option("--since", callback=_time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
-@click.option("--until", callback=_time_option, help="Up to this time (same forms).")
+@click.option("--since", callback=time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
+@click.option("--until", callback=time_option, help="Up to this time (same forms).")
 @click.option("--last", "limit", default=10_000, show_default=True, type=click.IntRange(1, 1_000_000),
               help="The latest N records that pass the filters, oldest first.")  # fmt: skip
 @click.option("--follow", "-f", is_flag=True, help="Then stream new records as they arrive, until Ctrl-C.")
@@ -53,9 +53,9 @@ def export(
             click.echo(line(record))
         sys.stdout.flush()
 
-    with _store(redis_url) as store:
+    with open_store(redis_url) as store:
         positions = query.follow(store, None, 0)[1] if follow else None
-        records = _latest(store, flt, LocalFilter(), limit)
+        records = latest(store, flt, LocalFilter(), limit)
         if fmt == "zeek":
             emit_header = "\n".join(zeek_header())
             click.echo(emit_header)

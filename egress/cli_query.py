@@ -6,23 +6,25 @@ lines they print are the documented records (docs/records.md), unchanged, so a S
 from __future__ import annotations
 
 import contextlib
-import datetime
-import ipaddress
 import json
-import math
-import pathlib
-import re
 import shutil
 import sys
-import tempfile
 import time
-from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any, Final
 
 import click
 
-from egress.cli_gateway import redis_url_callback
+from egress.cli_options import (
+    LocalFilter,
+    columns_option,
+    duration_option,
+    fail,
+    latest,
+    open_store,
+    redis_option,
+    source_option,
+    time_option,
+)
 from egress.cli_render import (
     COLOURS,
     COLUMNS,
@@ -34,176 +36,23 @@ from egress.cli_render import (
     compact_line,
     destination,
     json_line,
-    parse_columns,
     when,
 )
 from egress.correlate import DEFAULT_SLACK, timeline
 from egress.decide import Enforcement, Reason
 from egress.detect.base import Transport
-from egress.record import REDIS_URL, query
+from egress.record import query
 from egress.record.actions import ActionRecord
 from egress.record.schema import AttemptRecord, RecordCategory
-from egress.record.store import STORE_ERRORS, RecordStore
-
-EXIT_USAGE: Final = 2
-_UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
-_DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-
-
-redis_option = click.option(
-    "--redis-url",
-    default=REDIS_URL,
-    show_default=True,
-    envvar="EGRESS_REDIS_URL",
-    callback=redis_url_callback,
-    help="The record store (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
-)
-
-
-def parse_duration(text: str) -> float:
-    """``90``, ``90s``, ``15m``, ``2h``, ``1d``, ``1w`` as seconds."""
-    match = _DURATION.fullmatch(text.strip())
-    if match:
-        return float(match[1]) * _UNITS[match[2]]
-    try:
-        seconds = float(text)
-    except ValueError:
-        raise ValueError(f"{text!r} is not a duration (e.g. 90, 15m, 2h, 1d)") from None
-    if not 0 <= seconds < float("inf"):
-        raise ValueError(f"{text!r} is not a duration")
-    return seconds
-
-
-def parse_time(text: str, now: float | None = None) -> float:
-    """Epoch seconds from ``now``, a relative time back from now (``15m``, ``2h``), an ISO 8601 time (local time
-    when it has no zone) or epoch seconds."""
-    now = time.time() if now is None else now
-    text = text.strip()
-    if text == "now":
-        return now
-    if _DURATION.fullmatch(text):
-        return now - parse_duration(text)
-    try:
-        seconds = float(text)
-    except ValueError:
-        pass
-    else:
-        if not math.isfinite(seconds) or seconds < 0:
-            raise ValueError(f"{text!r} is not a time (epoch seconds are a finite number, 0 or more)")
-        return seconds
-    try:
-        moment = datetime.datetime.fromisoformat(text.replace("Z", "+00:00") if text.endswith("Z") else text)
-        return moment.timestamp()
-    except (ValueError, OverflowError, OSError):
-        raise ValueError(f"{text!r} is not a time (ISO 8601, epoch seconds, 'now', or relative like 15m, 2h)") from None
-
-
-def _time_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> float | None:
-    if value is None:
-        return None
-    try:
-        return parse_time(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param=param) from None
-
-
-def _duration_option(_ctx: click.Context, param: click.Parameter, value: str) -> float:
-    try:
-        return parse_duration(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param=param) from None
-
-
-@contextlib.contextmanager
-def _store(redis_url: str, **options: Any) -> Iterator[RecordStore]:
-    """A reading store (its spool, unused by queries, in a temporary directory); exit 2 when Redis is away."""
-    with tempfile.TemporaryDirectory(prefix="egress-query-") as spool:
-        store = RecordStore(redis_url, pathlib.Path(spool), "reader", **options)
-        try:
-            if not store.ping():
-                _fail(f"cannot reach Redis at {redis_url}")
-            yield store
-        except BrokenPipeError:  # the reader went away (``| head``): not Redis's fault; the main group ends quietly
-            raise
-        except STORE_ERRORS as error:
-            _fail(f"Redis at {redis_url} failed: {type(error).__name__}: {error}")
-        finally:
-            store.close()
-
-
-def _fail(message: str) -> None:
-    click.echo(f"egress: {message}", err=True)
-    sys.exit(EXIT_USAGE)
-
-
-def _line(data: dict[str, Any]) -> str:
-    return json_line(data)
-
-
-def _when(ts: float, with_date: bool = True) -> str:
-    return when(ts, with_date)
 
 
 def _colour(text: str, category: str, colour: bool) -> str:
     return click.style(text, fg=COLOURS.get(category), bold=True) if colour and category in COLOURS else text
 
 
-def _destination(record: AttemptRecord) -> str:
-    return destination(record)
-
-
 def event_row(record: AttemptRecord, colour: bool) -> str:
     """A record as one compact line (``-o compact``), nothing cut."""
     return compact_line(record, colour)
-
-
-def _columns_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[str, ...] | None:
-    if value is None:
-        return None
-    try:
-        return parse_columns(value)
-    except ValueError as error:
-        raise click.BadParameter(str(error), param=param) from None
-
-
-@dataclass(frozen=True, slots=True)
-class LocalFilter:
-    """The filters the store's query does not take, applied to the records it returns."""
-
-    action: str | None = None
-    source: str | None = None
-    """An address, or a network in CIDR form."""
-    port: int | None = None
-    """The destination port."""
-    transport: str | None = None
-    gateway: str | None = None
-
-    def matches(self, record: AttemptRecord) -> bool:
-        if self.action is not None and record.action != self.action:
-            return False
-        if self.port is not None and record.dport != self.port:
-            return False
-        if self.transport is not None and record.transport != self.transport:
-            return False
-        if self.gateway is not None and record.gateway != self.gateway:
-            return False
-        return self.source is None or _in_network(record.src, self.source)
-
-
-def _in_network(address: str, network: str) -> bool:
-    try:
-        return ipaddress.ip_address(address) in ipaddress.ip_network(network, strict=False)
-    except ValueError:
-        return False
-
-
-def _source_option(_ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
-    if value is not None:
-        try:
-            ipaddress.ip_network(value, strict=False)
-        except ValueError:
-            raise click.BadParameter(f"{value!r} is not an address or a network (CIDR)", param=param) from None
-    return value
 
 
 @click.command()
@@ -215,12 +64,12 @@ def _source_option(_ctx: click.Context, param: click.Parameter, value: str | Non
 @click.option("--action", type=click.Choice([a.value for a in Enforcement if a is not Enforcement.ALLOW]),
               help="Only this action.")  # fmt: skip
 @click.option("--destination", help="Only this address, or this host name and the names under it.")
-@click.option("--source", callback=_source_option, help="Only from this address or network (CIDR).")
+@click.option("--source", callback=source_option, help="Only from this address or network (CIDR).")
 @click.option("--port", type=click.IntRange(0, 65535), help="Only to this destination port.")
 @click.option("--transport", type=click.Choice([t.value for t in Transport]), help="Only this transport.")
 @click.option("--gateway", help="Only records of this gateway.")
-@click.option("--since", callback=_time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
-@click.option("--until", callback=_time_option, help="Up to this time (same forms).")
+@click.option("--since", callback=time_option, help="From this time: ISO 8601, epoch seconds, or back from now (15m).")
+@click.option("--until", callback=time_option, help="Up to this time (same forms).")
 @click.option("--last", "--limit", "limit", default=100, show_default=True, type=click.IntRange(1, 1_000_000),
               help="The latest N records that pass the filters.")  # fmt: skip
 @click.option("--follow", "-f", is_flag=True, help="Then print new records as they arrive, until Ctrl-C.")
@@ -228,7 +77,7 @@ def _source_option(_ctx: click.Context, param: click.Parameter, value: str | Non
               help="table (cells wrap, nothing cut), compact (one line each), json (one array), jsonl (one "
               "record per line: the docs/records.md JSON), csv.")  # fmt: skip
 @click.option("--json", "as_json", is_flag=True, help="Same as -o jsonl.")
-@click.option("--columns", callback=_columns_option, metavar="NAME,...",
+@click.option("--columns", callback=columns_option, metavar="NAME,...",
               help=f"Columns of table and csv (default {','.join(DEFAULT_COLUMNS)}; csv: every field); any of "
               f"{', '.join(COLUMNS)}.")  # fmt: skip
 @click.option("--wide", "-w", is_flag=True, help="Table columns with the detector, the rule and the evidence.")
@@ -264,9 +113,9 @@ def events(
     tty = sys.stdout.isatty()
     width = shutil.get_terminal_size().columns if tty else None
     printer = RecordPrinter(fmt, chosen, sys.stdout, colour=tty, width=width)
-    with _store(redis_url) as store:
+    with open_store(redis_url) as store:
         positions = query.follow(store, None, 0)[1] if follow else None
-        records = _latest(store, flt, local, limit)
+        records = latest(store, flt, local, limit)
         printer.write(reversed(records))
         if positions is None:
             printer.close()
@@ -280,20 +129,6 @@ def events(
         printer.close()
 
 
-def _latest(store: RecordStore, flt: query.AttemptFilter, local: LocalFilter, limit: int) -> list[AttemptRecord]:
-    """The latest ``limit`` records that pass both filters, newest first (pages until enough or none left)."""
-    records: list[AttemptRecord] = []
-    cursor: str | None = None
-    unfiltered = local == LocalFilter()
-    while len(records) < limit:
-        size = min(limit - len(records), 1000) if unfiltered else 1000
-        page, cursor = query.list_attempts(store, flt, size, cursor)
-        records += [record for record in page if local.matches(record)]
-        if cursor is None:
-            break
-    return records[:limit]
-
-
 def _fit(text: str, size: int) -> str:
     """``text``, or its start and an ellipsis when longer than ``size``: a cut is never silent."""
     return text if len(text) <= size else text[: size - 1] + "…"
@@ -301,7 +136,7 @@ def _fit(text: str, size: int) -> str:
 
 def _action_line(action: ActionRecord) -> str:
     took = "running" if action.end is None else f"{action.end - action.start:.1f} s"
-    return f"{_when(action.start, False)}  ▶ {action.kind} {_fit(action.command, 80)}  ({took}, id {action.id})"
+    return f"{when(action.start, False)}  ▶ {action.kind} {_fit(action.command, 80)}  ({took}, id {action.id})"
 
 
 def _attempt_line(record: AttemptRecord, colour: bool, also: tuple[str, ...]) -> str:
@@ -310,7 +145,7 @@ def _attempt_line(record: AttemptRecord, colour: bool, also: tuple[str, ...]) ->
     text = f"{record.action} {record.category}"
     note = f"  (also during {', '.join(also)})" if also else ""
     return (
-        f"{_when(record.ts, False)}  ✗ {_colour(text, record.category, colour)}{host} {_destination(record)} "
+        f"{when(record.ts, False)}  ✗ {_colour(text, record.category, colour)}{host} {destination(record)} "
         f"{record.reason} [{record.protocol}]{count}{note}"
     )
 
@@ -318,8 +153,8 @@ def _attempt_line(record: AttemptRecord, colour: bool, also: tuple[str, ...]) ->
 @click.command("timeline")
 @redis_option
 @click.argument("sandbox")
-@click.option("--since", callback=_time_option, default="1h", show_default=True, help="From (ISO, epoch, or 15m).")
-@click.option("--until", callback=_time_option, help="Up to (default now).")
+@click.option("--since", callback=time_option, default="1h", show_default=True, help="From (ISO, epoch, or 15m).")
+@click.option("--until", callback=time_option, help="Up to (default now).")
 @click.option("--slack", default=DEFAULT_SLACK, show_default=True, type=click.FloatRange(0, 3600), help="Seconds.")
 @click.option("--limit", default=1000, show_default=True, type=click.IntRange(1, 100_000), help="Most of each kind.")
 @click.option("--json", "as_json", is_flag=True, help="One item per line: {type, ts, action|attempt, related}.")
@@ -330,20 +165,20 @@ def timeline_command(
     until = time.time() if until is None else until
     if since > until:
         raise click.BadParameter("--since is after --until", param_hint="--since")
-    with _store(redis_url) as store:
+    with open_store(redis_url) as store:
         attempts = query.attempts_for_sandbox(store, sandbox, since, until, limit)
         actions = query.read_actions(store, sandbox, since, until, limit)
     items = timeline(actions, attempts, slack)
     if as_json:
         for item in items:
             if item.action is not None:
-                click.echo(_line({"type": "action", "ts": item.ts, "action": item.action.to_json()}))
+                click.echo(json_line({"type": "action", "ts": item.ts, "action": item.action.to_json()}))
             elif item.attempt is not None:
                 data = {"type": "attempt", "ts": item.ts, "attempt": item.attempt.to_json(), "related": item.related}
-                click.echo(_line(data))
+                click.echo(json_line(data))
         return
     colour = sys.stdout.isatty()
-    click.echo(f"{sandbox}: {len(actions)} action(s), {len(attempts)} attempt(s), {_when(since)} to {_when(until)}")
+    click.echo(f"{sandbox}: {len(actions)} action(s), {len(attempts)} attempt(s), {when(since)} to {when(until)}")
     under: dict[str, list[str]] = {}
     for item in items:
         if item.attempt is not None and item.related:
@@ -360,7 +195,7 @@ def timeline_command(
 
 @click.command()
 @redis_option
-@click.option("--window", default="1h", show_default=True, callback=_duration_option, help="Last (e.g. 15m, 2h, 1d).")
+@click.option("--window", default="1h", show_default=True, callback=duration_option, help="Last (e.g. 15m, 2h, 1d).")
 @click.option(
     "--by",
     "by",
@@ -376,10 +211,10 @@ def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json:
     """Attempts over the last WINDOW counted by reason, category, sandbox or destination (aggregates count whole)."""
     fields = by or ("reason", "category", "sandbox")
     until = time.time()
-    with _store(redis_url) as store:
+    with open_store(redis_url) as store:
         counts = {field: query.counts(store, until - window, until, field) for field in fields}
     if as_json:
-        click.echo(_line({"since": until - window, "until": until, "window_s": window, "counts": counts}))
+        click.echo(json_line({"since": until - window, "until": until, "window_s": window, "counts": counts}))
         return
     colour = sys.stdout.isatty()
     for number, field in enumerate(fields):
@@ -406,8 +241,8 @@ def actions() -> None:
 @click.option("--id", "action_id", help="The harness's action id (unique per sandbox; re-sending replaces it).")
 @click.option("--kind", default="shell_command", show_default=True, help="tool_call, shell_command, http_request, ...")
 @click.option("--command", "command_text", default="", help="The command line or tool call, as text.")
-@click.option("--start", callback=_time_option, help="When it started (ISO, epoch, 'now', or 15m back); default now.")
-@click.option("--end", callback=_time_option, help="When it ended; leave out while it still runs.")
+@click.option("--start", callback=time_option, help="When it started (ISO, epoch, 'now', or 15m back); default now.")
+@click.option("--end", callback=time_option, help="When it ended; leave out while it still runs.")
 @click.option("--stdin", "from_stdin", is_flag=True, help="Read actions as JSON lines (docs/records.md) from stdin.")
 @click.option("--policy", type=click.Path(exists=True, dir_okay=False), help="Take the retention from this policy.")
 def actions_record(
@@ -448,9 +283,9 @@ def actions_record(
             try:
                 kept = load_policy(policy).retention
             except RulesError as error:
-                _fail(f"policy not loaded:\n{error}")
+                fail(f"policy not loaded:\n{error}")
             retention = {"retention_max_len": kept.max_records, "retention_max_age_days": kept.max_age_days}
-        with _store(redis_url, **retention) as store:
+        with open_store(redis_url, **retention) as store:
             query.write_actions(store, records)
     click.echo(f"recorded {len(records)} action(s)", err=True)
 
@@ -465,7 +300,7 @@ def _read_lines(stream: Any) -> list[ActionRecord]:
         except ValueError as error:  # json.JSONDecodeError is a ValueError
             problems.append(f"stdin line {number}: {error}")
     if problems:
-        _fail("no action recorded:\n" + "\n".join(problems[:20]))
+        fail("no action recorded:\n" + "\n".join(problems[:20]))
     return records
 
 
@@ -477,7 +312,7 @@ def _send_to_api(api: str, token: str | None, records: list[ActionRecord]) -> No
     try:
         EgressClient(api, token, batch_size=1000).report_actions(records)
     except EgressError as error:
-        _fail(f"the API at {api} did not take the actions: {error}")
+        fail(f"the API at {api} did not take the actions: {error}")
 
 
 COMMANDS: Final[tuple[click.Command, ...]] = (events, timeline_command, stats, actions)

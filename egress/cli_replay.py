@@ -21,7 +21,7 @@ from typing import Any, Final
 import click
 
 from egress.cli_gateway import redis_url_callback
-from egress.cli_query import _duration_option, _store
+from egress.cli_options import duration_option, open_store
 from egress.cli_render import endpoint, json_line, when
 from egress.correlate import DEFAULT_SLACK, Correlator
 from egress.decide import Verdict
@@ -200,7 +200,7 @@ def _records(
     """The newest ``limit`` attempts since ``since`` (count updates folded in) and their sandboxes' actions."""
     from egress.record import aggregate, query
 
-    with _store(redis_url) as store:
+    with open_store(redis_url) as store:
         flt = query.AttemptFilter(sandbox=sandbox, since=since)
         records: list[AttemptRecord] = []
         cursor: str | None = None
@@ -218,7 +218,7 @@ def _records(
 
 @click.command("replay")
 @click.argument("new", type=click.Path(dir_okay=False))
-@click.option("--since", default="24h", show_default=True, callback=_duration_option,
+@click.option("--since", default="24h", show_default=True, callback=duration_option,
               help="Replay the records of this long back from now (15m, 24h, 7d).")  # fmt: skip
 @click.option("--capture", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Replay the flows of this pcap/pcapng capture instead of the records.")  # fmt: skip

@@ -18,7 +18,8 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
-from egress.cli_query import COMMANDS, event_row, parse_duration, parse_time
+from egress.cli_options import parse_duration, parse_time
+from egress.cli_query import COMMANDS, event_row
 from egress.cli_render import WIDE_COLUMNS, RecordPrinter, cell
 from egress.record import query
 from egress.record.actions import ActionRecord
