@@ -9,10 +9,8 @@ binds the port again.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
-import signal
 import sys
 from pathlib import Path
 
@@ -25,6 +23,7 @@ from egress.api.auth import ENV_VAR, load_tokens, tokens_from_env
 from egress.api.settings import SETTINGS_ENV, Settings, parse_listen
 from egress.cli_gateway import log_options, redis_url_callback
 from egress.logsetup import configure
+from egress.parentage import die_with_parent
 from egress.policy.yamlnodes import RulesError
 from egress.record import REDIS_URL
 
@@ -34,20 +33,6 @@ GRACEFUL_SHUTDOWN_S = 5
 """Follow streams never end by themselves: shutdown waits this long for them, then closes them."""
 PARENT_ENV = "EGRESS_API_PARENT"
 """The pid of the uvicorn parent, for its workers (`die_with_parent`)."""
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel send this worker SIGTERM (uvicorn's graceful stop) when ``parent`` dies, even by SIGKILL;
-    if it is gone already, stop now. uvicorn starts its workers from its main thread, to which the signal is tied.
-    (The gateway's workers do the same, egress/gateway/worker.py; that module is not imported here: it brings
-    mitmproxy.)"""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def serve(settings: Settings) -> None:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ctypes
 import logging
 import os
 import signal
@@ -32,6 +31,7 @@ from egress.gateway.qtap import FindingTap
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
 from egress.logsetup import configure
+from egress.parentage import die_with_parent
 from egress.policy.lists import load_name_lists
 from egress.policy.model import OnApply
 from egress.proxy.gate import Gate
@@ -42,20 +42,6 @@ log = logging.getLogger("egress.proxy")
 
 STOP_DEADLINE = 8.0
 """Seconds a stopping worker has to close and flush before it exits regardless (the supervisor waits longer)."""
-_PR_SET_PDEATHSIG = 1
-
-
-def die_with_parent(parent: int) -> None:
-    """Have the kernel send this process SIGTERM when ``parent`` (the supervisor that started it) dies.
-
-    The signal is tied to the thread that forked us: the supervisor starts workers from its main thread, which lives
-    as long as it does. If the parent died before this call, it is too late for the kernel: stop now."""
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0) != 0:
-        error = ctypes.get_errno()
-        raise OSError(error, f"prctl(PR_SET_PDEATHSIG): {os.strerror(error)}")
-    if os.getppid() != parent:
-        os.kill(os.getpid(), signal.SIGTERM)
 
 
 def _exit_after(seconds: float, name: str) -> None:
