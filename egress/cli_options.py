@@ -13,9 +13,9 @@ import re
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
-from typing import Any, Final
+from typing import Any, Final, TypeVar
 
 import click
 
@@ -26,18 +26,24 @@ from egress.record.schema import AttemptRecord
 from egress.record.store import STORE_ERRORS, RecordStore
 
 EXIT_USAGE: Final = 2
+FC = TypeVar("FC", bound=Callable[..., Any])
 _UNITS: Final = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 _DURATION: Final = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
 
 
-redis_option = click.option(
-    "--redis-url",
-    default=REDIS_URL,
-    show_default=True,
-    envvar="EGRESS_REDIS_URL",
-    callback=redis_url_callback,
-    help="The record store (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
-)
+def redis_url_option(what: str) -> Callable[[FC], FC]:
+    """``--redis-url`` (env ``EGRESS_REDIS_URL``), checked by the one callback; ``what`` says what is there."""
+    return click.option(
+        "--redis-url",
+        default=REDIS_URL,
+        show_default=True,
+        envvar="EGRESS_REDIS_URL",
+        callback=redis_url_callback,
+        help=f"{what} (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
+    )
+
+
+redis_option = redis_url_option("The record store")
 
 
 def parse_duration(text: str) -> float:

@@ -17,24 +17,16 @@ from typing import Final
 
 import click
 
-from egress.cli_gateway import redis_url_callback
+from egress.cli_options import redis_url_option
 from egress.policy.loader import format_problems
 from egress.policy.yamlnodes import RulesError
 from egress.policy_release import Released, UnknownVersion, release, rollback
-from egress.record import REDIS_URL
 from egress.record.policy_store import STORE_ERRORS, GatewayReport, PolicyHistory, StoredVersion
 
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
 
-redis_option = click.option(
-    "--redis-url",
-    default=REDIS_URL,
-    show_default=True,
-    envvar="EGRESS_REDIS_URL",
-    callback=redis_url_callback,
-    help="Where the fleet's policy is (redis+cluster://host:port for a Redis Cluster); env EGRESS_REDIS_URL.",
-)
+redis_option = redis_url_option("Where the fleet's policy is")
 wait_option = click.option(
     "--wait",
     type=click.FloatRange(min=0),
