@@ -55,7 +55,8 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
 
 
 def _egress_environment() -> dict[str, str]:
-    return {name: value for name, value in os.environ.items() if name.startswith("EGRESS_")}
+    # Names first, values only of ours: twice per test, reading every variable's value was a second of `make unit`.
+    return {name: os.environ[name] for name in os.environ if name.startswith("EGRESS_")}
 
 
 @pytest.fixture(autouse=True)

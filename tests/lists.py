@@ -12,12 +12,18 @@ from pathlib import Path
 from typing import Final
 
 from egress.detect.names import NameLists
-from egress.policy.lists import load_name_lists
+from egress.policy.lists import NameList, load_lists_dir
 
 SHIPPED: Final = Path(__file__).resolve().parents[1] / "rules" / "lists"
 
 
 @cache
+def shipped_list_items() -> tuple[NameList, ...]:
+    """The lists in ``rules/lists/`` of this checkout, as loaded (each list's name, category and entries)."""
+    return load_lists_dir(SHIPPED)
+
+
+@cache
 def shipped_lists() -> NameLists:
-    """The lists in ``rules/lists/`` of this checkout (loaded on the first call of the process)."""
-    return load_name_lists(SHIPPED)
+    """The lists in ``rules/lists/`` of this checkout, ready for the detectors (built on the first call)."""
+    return NameLists(shipped_list_items())

@@ -16,8 +16,10 @@ from typing import Any
 
 import httpx
 import pytest
+from click.testing import CliRunner
 from fastapi.testclient import TestClient
 
+from egress.api import server
 from egress.api.app import MAX_BODY, create_app
 from egress.api.models import parse_time
 from egress.api.settings import Settings, parse_listen
@@ -551,17 +553,25 @@ def _stop(process: subprocess.Popen[str]) -> str:
     return process.stdout.read() if process.stdout else ""
 
 
-def test_serve_refuses_to_start_without_tokens(tmp_path: Path) -> None:
-    process = _serve(
-        ["--redis-url", "redis://127.0.0.1:1/0", "--listen", f"127.0.0.1:{free_port()}"], {"EGRESS_API_TOKENS": ""}
+def test_serve_refuses_to_start_without_tokens(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The command in-process: the refusal comes before anything is served or forked (the end-to-end test below runs
+    # the real process). Were the refusal gone, the command would reach `serve`: that fails the test, not a hang.
+    def serve(settings: Settings) -> None:
+        raise AssertionError(f"started serving on {settings.host}:{settings.port}")
+
+    monkeypatch.setattr(server, "serve", serve)
+    monkeypatch.setenv("EGRESS_API_TOKENS", "")
+    runner = CliRunner()
+    refused = runner.invoke(
+        server.api_serve, ["--redis-url", "redis://127.0.0.1:1/0", "--listen", f"127.0.0.1:{free_port()}"]
     )
-    assert process.wait(timeout=scaled(30)) == 2
-    assert "no API tokens" in _stop(process)
+    assert refused.exit_code == 2, refused.output
+    assert "no API tokens" in refused.output
     bad = tmp_path / "tokens.yaml"
     bad.write_text("tokens:\n  - name: x\n    token: short\n    roles: [read]\n")
-    process = _serve(["--tokens", str(bad), "--listen", f"127.0.0.1:{free_port()}"])
-    assert process.wait(timeout=scaled(30)) == 2
-    assert f"{bad}:3:" in _stop(process)
+    refused = runner.invoke(server.api_serve, ["--tokens", str(bad), "--listen", f"127.0.0.1:{free_port()}"])
+    assert refused.exit_code == 2, refused.output
+    assert f"{bad}:3:" in refused.output
 
 
 def test_end_to_end_two_workers(live: tuple[str, RecordStore], tmp_path: Path) -> None:

@@ -7,12 +7,11 @@ import pytest
 from egress.detect import cryptonode
 from egress.detect.base import Category, Finding
 from egress.detect.engine import FlowInspector
-from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
-from egress.policy.lists import load_lists_dir
 from tests.detect import feeding
 from tests.detect.feeding import feed_every_split, feed_stream
 from tests.detect.test_jsonrpc import NEGATIVE_IDS, NEGATIVES
+from tests.lists import shipped_lists
 
 # ndpi_bitcoin.pcap: the start of a node's version message (mainnet magic, "version" command).
 BITCOIN_VERSION = bytes.fromhex(
@@ -83,7 +82,7 @@ def test_mining_wins_over_a_node_call_however_the_stream_is_cut(first_node: bool
     """A node call seen first is still crypto-node for this detector alone, but the flow is mining: the engine
     keeps the mining finding whenever it comes (a crypto-node allowing policy must not let a miner through)."""
     stream = _NODE_CALL + _WORK_CALL if first_node else _WORK_CALL + _NODE_CALL
-    detectors = build_detectors(NameLists(load_lists_dir())).tcp
+    detectors = build_detectors(shipped_lists()).tcp
     for cut in range(len(stream) + 1):
         inspector = FlowInspector(feeding.META, detectors)
         inspector.feed_stream(True, stream[:cut])

@@ -14,13 +14,12 @@ import pytest
 
 from egress.detect.base import Category, Finding
 from egress.detect.engine import STREAM_CAP, FlowInspector
-from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
-from egress.policy.lists import load_lists_dir
 from tests.detect.feeding import META
 from tests.detect.test_tls import ANDROID_GOOGLE_HELLO, TOR_CLIENT_HELLO
+from tests.lists import shipped_lists
 
-TCP = build_detectors(NameLists(load_lists_dir())).tcp
+TCP = build_detectors(shipped_lists()).tcp
 
 SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
 AUTHORIZE = b'{"id":2,"method":"mining.authorize","params":["wallet.worker","x"]}\n'

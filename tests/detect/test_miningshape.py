@@ -14,6 +14,7 @@ import pytest
 from egress.detect.base import Category, Finding
 from egress.detect.miningshape import NAME, PROTOCOL, MiningShape, measure
 from egress.detect.tlsshape import Record, TlsShape
+from tests.budget import examples
 from tests.corpus import CORPUS, needs_corpus
 from tests.detect import miningshape_traces as mining
 from tests.detect import tlsshape_traces
@@ -217,10 +218,11 @@ def test_ordinary_tls_that_comes_close_is_not_mining(name: str) -> None:
 
 def test_random_records_rarely_look_like_mining() -> None:
     """Records of random direction, size (20-400 bytes, log-uniform) and timing (1 s apart on average), a harder
-    mix than ordinary TLS: measured 1 in 1,000 flows (here 150 flows: at most one may match)."""
+    mix than ordinary TLS: measured 1 in 1,000 flows (here 150 flows, scaled by EGRESS_FUZZ_SCALE: at most one may
+    match)."""
     rng = random.Random(7)
     hits = 0
-    for _ in range(150):
+    for _ in range(examples(150)):
         records, at = [], 0.0
         for _ in range(90):
             at += rng.expovariate(1.0)

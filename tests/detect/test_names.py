@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ipaddress
-from pathlib import Path
 
 import pytest
 from hypothesis import given, settings
@@ -11,11 +10,10 @@ from hypothesis import strategies as st
 
 from egress.detect.base import Category, FlowMeta, Transport
 from egress.detect.names import NameLists, make_name_detector
-from egress.policy.lists import NameList, load_lists
+from egress.policy.lists import NameList
 from tests.budget import examples
 from tests.detect.feeding import feed_datagrams, feed_every_split, feed_stream
-
-RULES = Path(__file__).resolve().parents[2] / "rules" / "lists"
+from tests.lists import shipped_lists
 
 # tunnel/ndpi_doh.pcapng: ClientHello to 1.1.1.1:443 without SNI (h2, http/1.1)
 DOH_HELLO = bytes.fromhex(
@@ -169,7 +167,7 @@ def test_doq() -> None:
 
 @pytest.fixture(scope="module")
 def shipped() -> NameLists:
-    return NameLists(load_lists(sorted(RULES.glob("*.yaml"))))
+    return shipped_lists()
 
 
 @pytest.mark.parametrize(

@@ -47,12 +47,12 @@ from egress.detect import (
 from egress.detect.base import EVIDENCE_MAX, MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport
 from egress.detect.engine import RANK, FlowInspector
 from egress.detect.registry import build_detectors
-from egress.policy.lists import load_lists_dir
 from tests.budget import examples
 from tests.detect import seeds
+from tests.lists import shipped_list_items, shipped_lists
 
-LISTS = load_lists_dir()
-DETECTORS = build_detectors(names.NameLists(LISTS))
+LISTS = shipped_list_items()
+DETECTORS = build_detectors(shipped_lists())
 EVERY_DETECTOR: tuple[Detector, ...] = tuple(
     {id(d): d for d in (*DETECTORS.tcp, *DETECTORS.udp, *DETECTORS.icmp)}.values()
 )

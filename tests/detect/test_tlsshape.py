@@ -10,6 +10,7 @@ import pytest
 
 from egress.detect.base import Finding
 from egress.detect.tlsshape import TlsShape, mahalanobis
+from tests.budget import examples
 from tests.detect import tlsshape_traces as traces
 
 
@@ -80,7 +81,7 @@ def test_random_small_records_rarely_look_like_ssh() -> None:
     hello, _ = traces.HTTPS[0]
     rng = random.Random(9)
     fired = 0
-    for _ in range(200):
+    for _ in range(examples(200)):
         records = [(0.0, "c", 22, 517), (2.0, "s", 22, 0), (3.0, "s", 23, 50), (4.0, "c", 23, 69)]
         records += [(5.0 + i, "cs"[i % 2], 23, rng.randrange(40, 1000)) for i in range(150)]
         fired += _replay((hello, tuple(records)), want="ssh-in-tls")[0] is not None
@@ -143,7 +144,7 @@ def test_random_openings_do_not_look_like_ssh() -> None:
     hello, _ = traces.HTTPS[0]
     rng = random.Random(5)
     fired = 0
-    for _ in range(4000):
+    for _ in range(examples(4000)):
         records = [(0.0, "c", 22, 517), (2.0, "s", 22, 0), (3.0, "s", 23, 50), (4.0, "c", 23, 69)]
         for i in range(12):
             size = rng.randrange(8, 64) if rng.random() < 0.25 else rng.randrange(8, 4096)

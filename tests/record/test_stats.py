@@ -17,6 +17,7 @@ from egress.record import query, stats
 from egress.record.layout import counts_key, destinations_key, entry_chunks, stream_key
 from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
+from tests.budget import examples
 from tests.record import record
 from tests.redis_server import RedisFactory, RedisServer, cluster_ok
 from tests.waiting import eventually, scaled
@@ -47,7 +48,7 @@ def test_cover_uses_the_fewest_whole_periods(first: int, last: int, expected: li
 
 def test_cover_is_exact_for_any_span() -> None:
     rng = random.Random(3)
-    for _ in range(300):
+    for _ in range(examples(300)):
         first = rng.randrange(0, 10 * 1440)
         last = first + rng.randrange(0, 5 * 1440)
         covered = [
