@@ -5,7 +5,9 @@ what the agent saw: a load of blocked HTTP attempts, each to a destination of it
 - SIGTERM of the gateway: every blocked attempt is in Redis exactly once with its count.
 
 Each proxy worker aggregates the connections it handled: a destination tried through two workers has a record
-from each (never more), and their counts add up to the attempts; no record id is stored twice.
+from each (never more) for each second its attempts span (a worker names a blocked attempt's record when it
+decides, one record a second, `egress.record.naming.BUCKET`, so the 403 can say which), and their counts add up to
+the attempts; no record id is stored twice.
 - SIGKILL of one proxy worker: every attempt made before the fault is in Redis; a count may be short by the
   repeats of the last `UPDATE_MARGIN` seconds (what a killed process held: one update interval and a tick).
 - a full spool on a small tmpfs while Redis is away: records counted as lost, few log lines, and once Redis is
@@ -16,6 +18,7 @@ from __future__ import annotations
 
 import collections
 import json
+import math
 import os
 import pathlib
 import shutil
@@ -29,7 +32,8 @@ import pytest
 
 from egress.lab import netns
 from egress.lab.demo import REDIS_PORT
-from egress.record.schema import AttemptRecord
+from egress.record.naming import BUCKET
+from egress.record.schema import AttemptRecord, id_time
 from tests.security.harness import Attacker, SecurityLab, open_lab, report_fault
 from tests.security.test_faults import leaked_bytes
 from tests.waiting import eventually, scaled
@@ -87,8 +91,11 @@ def _judge(records: dict[str, list[AttemptRecord]], workers: int) -> tuple[list[
     worker); the counts add up."""
     ids = collections.Counter(record.id for found in records.values() for record in found)
     twice = sorted(record_id for record_id, seen in ids.items() if seen > 1)
-    spread = [host for host, found in records.items() if len(found) > workers]
-    assert not spread, f"more records than workers for {spread[:3]}"
+    per_bucket = collections.Counter(
+        (host, math.floor(id_time(record.id) / BUCKET)) for host, found in records.items() for record in found
+    )
+    spread = sorted({host for (host, _), seen in per_bucket.items() if seen > workers})
+    assert not spread, f"more records than workers in one naming bucket for {spread[:3]}"
     return twice, {host: sum(record.count for record in found) for host, found in records.items()}
 
 
