@@ -194,14 +194,17 @@ def _packet(version: int, proto: int, body: bytes, src: str | None = None) -> by
 
 
 def _protos_at_internet(frames: list[bytes]) -> list[tuple[str, bytes]]:
-    """(source, frame) of every IP frame that reached the internet side from the gateway (link-local neighbour
-    discovery and MLD of the link itself aside)."""
+    """(source, frame) of every IP frame that reached the internet side from the gateway (neighbour discovery and
+    MLD of the link itself aside: from a link-local source, or ND with hop limit 255 from the gateway's own address,
+    which no router forwards)."""
     leaked = []
     for frame in frames:
         if frame[12:14] == b"\x08\x00":
             source: ipaddress.IPv4Address | ipaddress.IPv6Address = ipaddress.IPv4Address(frame[26:30])
         elif frame[12:14] == b"\x86\xdd":
             source = ipaddress.IPv6Address(frame[22:38])
+            if frame[20] == 58 and frame[21] == 255 and len(frame) > 54 and 133 <= frame[54] <= 137:
+                continue  # the gateway's own neighbour discovery (hop limit 255: never a forwarded packet)
         else:
             continue
         if not (source.is_link_local or source.is_unspecified) and str(source) not in (T.INTERNET4, T.INTERNET6):
