@@ -39,6 +39,7 @@ from egress.decide import (
     decide_unknown_source,
 )
 from egress.decisions import DecidedFlow, Reporter
+from egress.flowlog import EndedFlow, FlowSink
 from egress.detect import dns
 from egress.detect.base import Category, Finding, evidence
 from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
@@ -70,6 +71,17 @@ class Pending:
     """The query to forward, its id zero (`egress.dnsserver.forward.upstream_query`)."""
     client: tuple[str, int]
     transport: str
+    asked: Asked | None = None
+    """What the flow log needs of the query (None: its sandbox keeps none)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Asked:
+    """An allowed query of a sandbox that keeps a flow log: its verdict, size and arrival (`egress.flowlog`)."""
+
+    verdict: Verdict
+    size: int
+    at: float
 
 
 def tunnel_limits(sandbox: Sandbox) -> DnsTunnelLimits:
@@ -125,7 +137,10 @@ class Resolver:
         listen_port: int = 53,
         clock: Callable[[], float] = time.monotonic,
         cache: AnswerCache | None = None,
+        flows: FlowSink | None = None,
     ) -> None:
+        """``flows``: told each answered query of a sandbox that keeps a flow log (`egress.flowlog`)."""
+        self.flows = flows
         self.policy = policy
         self.upstream = upstream
         self.bindings = bindings
@@ -212,17 +227,19 @@ class Resolver:
                 return _reply(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
             return _refusal(message, verdict, forward.EDE_BLOCKED, record_id)
         forwarded = forward.upstream_query(message, question, ident=0)
+        asked = Asked(verdict, len(query), time.time()) if sandbox.flow_log and self.flows is not None else None
         cached = self.cache.get(forwarded)
         if cached is None:
-            return Pending(sandbox, message, name, forwarded, client, transport)
-        return self._respond(sandbox, message, name, client, transport, cached)
+            return Pending(sandbox, message, name, forwarded, client, transport, asked)
+        return self._respond(sandbox, message, name, client, transport, cached, asked)
 
     async def finish(self, pending: Pending) -> bytes:
         """The answer to a `Pending` query, once the upstream has answered (SERVFAIL if it did not)."""
         cached = await self._upstream_answer(pending.forwarded)
         if cached is None:
             return _reply(pending.query, dns.SERVFAIL)
-        return self._respond(pending.sandbox, pending.query, pending.name, pending.client, pending.transport, cached)
+        p = pending
+        return self._respond(p.sandbox, p.query, p.name, p.client, p.transport, cached, p.asked)
 
     def _respond(
         self,
@@ -232,6 +249,7 @@ class Resolver:
         client: tuple[str, int],
         transport: str,
         cached: Cached,
+        asked: Asked | None = None,
     ) -> bytes:
         upstream = cached.message
         rule = sandbox.name_allowed(name)
@@ -255,7 +273,13 @@ class Resolver:
             if self.on_answer is not None:
                 self.on_answer(sandbox.name, found)
         self.answered += 1
-        return forward.client_response(query, upstream, sections, transport)
+        response = forward.client_response(query, upstream, sections, transport)
+        if asked is not None and self.flows is not None:
+            verdict = asked.verdict
+            self.flows.flow_ended(EndedFlow(sandbox.name, client[0], client[1], self.listen_address, 53, transport,
+                                            name, verdict.rule, verdict.action.value, asked.size, len(response),
+                                            asked.at, time.time()))  # fmt: skip
+        return response
 
     def kernel_dropped(self, count: int) -> None:
         """The kernel dropped ``count`` queries at a listening socket (receive buffer full): one decision each, so

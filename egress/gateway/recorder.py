@@ -8,6 +8,11 @@ unreachable and delivers the spool, in order and without duplicates, when it ans
 write everything held. The queue to the thread is bounded (`MAX_QUEUE`): beyond it decisions are still counted but
 their records are dropped, counted as lost and logged once a minute. Allowed decisions are not records
 (`egress.decisions.LogReporter` logs each).
+
+It is also the `egress.flowlog.FlowSink` of its process: ended connections of sandboxes that keep a flow log go
+through the same queue to the same thread, which aggregates them per minute (`egress.record.flows`) and writes the
+aggregates of each finished minute (`egress.record.flow_store`, apart from the records and with its own
+retention). A flow that finds the queue full is counted in ``flows_lost``, as are aggregates Redis did not take.
 """
 
 from __future__ import annotations
@@ -21,9 +26,12 @@ from pathlib import Path
 
 from egress.decide import Enforcement
 from egress.decisions import DecidedFlow
+from egress.flowlog import EndedFlow
 from egress.gateway.metrics import Latency, Snapshot, snapshot
-from egress.policy.model import Retention
+from egress.policy.model import FlowLogSettings, Retention
 from egress.record.aggregate import Aggregator
+from egress.record.flow_store import WINDOW_S, FlowWriter
+from egress.record.flows import FlowAggregator
 from egress.record.schema import AttemptRecord, new_id
 from egress.record.store import STORE_ERRORS, RecordStore
 
@@ -98,9 +106,12 @@ class RecordReporter:
         *,
         spool_max_bytes: int | None = None,
         clock: Callable[[], float] = time.monotonic,
+        flow_log: FlowLogSettings | None = None,
+        wall: Callable[[], float] = time.time,
     ) -> None:
         """``spool_max_bytes``: the spool's cap (None: `spool.default_max_bytes`, below the disk's free space).
-        ``clock``: monotonic seconds, for the aggregation windows and updates (tests pass their own)."""
+        ``clock``: monotonic seconds, for the aggregation windows and updates (tests pass their own).
+        ``flow_log``: how the flow log is kept; ``wall``: epoch seconds, when a flow log minute is over."""
         self.gateway = gateway
         spool = Path(spool_dir)
         spool.mkdir(parents=True, exist_ok=True)
@@ -114,6 +125,14 @@ class RecordReporter:
             spool_max_bytes=spool_max_bytes,
         )
         self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000, update_interval=UPDATE_SECONDS)
+        flow_settings = flow_log or FlowLogSettings()
+        self.flows = FlowAggregator(gateway, component, WINDOW_S, flow_settings.max_destinations)
+        self.flow_writer = FlowWriter(
+            self.store.redis, flow_settings.max_records, flow_settings.max_age_days * 86400.0
+        )
+        self.flows_dropped = 0
+        """Ended flows dropped because the queue to the recorder thread was full (part of ``flows_lost``)."""
+        self._wall = wall
         self.component = component
         self.component_kind = "proxy" if component.startswith("proxy") else "firewall"
         self.counters = Counters()
@@ -125,7 +144,7 @@ class RecordReporter:
         self._drop_logged_at: float | None = None
         self._published: dict[str, int] = {}
         self._publish_at = 0.0
-        self._queue: queue.SimpleQueue[DecidedFlow | _Flush | None] = queue.SimpleQueue()
+        self._queue: queue.SimpleQueue[DecidedFlow | EndedFlow | _Flush | None] = queue.SimpleQueue()
         self._pending: list[AttemptRecord] = []
         """Records taken from the queue, not yet written: kept here, not in the thread, so that a thread started
         after one died (`restart`) writes them."""
@@ -176,6 +195,13 @@ class RecordReporter:
             self._drop(attempt)
             return
         self._queue.put(attempt)
+
+    def flow_ended(self, flow: EndedFlow) -> None:
+        """`egress.flowlog.FlowSink`: queue an ended flow for aggregation (counted as lost when the queue is full)."""
+        if self._queue.qsize() >= MAX_QUEUE:
+            self.flows_dropped += 1
+            return
+        self._queue.put(flow)
 
     def snapshot(self) -> Snapshot:
         """This process's counts for the gateway's metrics endpoint; read from any thread, Redis or not."""
@@ -245,6 +271,9 @@ class RecordReporter:
                 if isinstance(item, _Flush):
                     flushes.append(item)
                     break
+                if isinstance(item, EndedFlow):
+                    self.flows.add(item)
+                    continue
                 try:
                     record = to_record(item, self.gateway)
                 except ValueError:  # a decision the record schema refuses: a bug, which must not stop the thread
@@ -257,6 +286,7 @@ class RecordReporter:
                 if pending:
                     self.store.write(list(pending))  # a copy: the list is cleared for the next batch
                 pending.clear()
+                self.flow_writer.write(self.flows.take(self._wall(), force=closing or bool(flushes)))
                 self._publish(force=closing or bool(flushes))
             except Exception:  # the store spools on Redis errors; anything else must not lose the batch
                 log.exception("record batch kept for the next attempt")
@@ -281,6 +311,9 @@ class RecordReporter:
             "records_spooled": store.spooled,
             "redis_errors": store.redis_errors,
             "records_lost": store.lost + self.dropped,
+            "flows_written": self.flow_writer.written,
+            "flows_lost": self.flow_writer.lost_connections + self.flows_dropped,
+            "flows_folded": self.flows.overflow,
         }
         for field, total in totals.items():
             delta = total - self._published.get(field, 0)

@@ -112,6 +112,7 @@ class Supervisor:
             "gateway",
             self.policy.retention,
             spool_max_bytes=config.spool_share(),
+            flow_log=self.policy.flow_log,
         )
         self.tap = FindingTap(config.findings_socket)
         self.reporter = ProbeFilter(FanoutReporter(LogReporter(), self.recorder, self.tap))
@@ -164,6 +165,7 @@ class Supervisor:
             on_answer=self.allow_sets,
             listen_address=interface_address(self.config.sandbox_if),
             listen_port=self.config.dns_port,
+            flows=self.recorder,
         )
 
     def _new_drop_logger(self) -> DropLogger:

@@ -83,6 +83,7 @@ def build_worker(config: WorkerConfig, version: PolicyVersion) -> WorkerSetup:
         config.name,
         retention=version.policy.retention,
         spool_max_bytes=config.spool_max_bytes,
+        flow_log=version.policy.flow_log,
     )
     return WorkerSetup(config, gate, recorder)
 
@@ -117,7 +118,15 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
     tap = [FindingTap(config.findings_socket)] if config.findings_socket else []
     reporter = FanoutReporter(LogReporter(), setup.recorder, *tap)
     proxy = asyncio.create_task(
-        run_worker(setup.gate, reporter, config.port, config.confdir, config.upstream_ca, open_flows=setup.open_flows)
+        run_worker(
+            setup.gate,
+            reporter,
+            config.port,
+            config.confdir,
+            config.upstream_ca,
+            open_flows=setup.open_flows,
+            flows=setup.recorder,
+        )
     )
     follow = asyncio.create_task(control.serve(reader, writer))
     try:

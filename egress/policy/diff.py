@@ -93,7 +93,7 @@ def _summary(sandbox: Sandbox) -> str:
 def _sandbox(old: Sandbox, new: Sandbox) -> list[Change]:
     name = old.name
     changes: list[Change] = []
-    for field in ("mode", "interface", "any_source"):
+    for field in ("mode", "interface", "any_source", "flow_log"):
         before, after = getattr(old, field), getattr(new, field)
         if before != after:
             changes.append(Change(name, field, Kind.CHANGED, _value(before), _value(after)))
@@ -123,6 +123,7 @@ def diff(old: Policy, new: Policy) -> list[Change]:
                                         dns=DnsLimits(), detectors=DetectorActions())  # fmt: skip
             changes += [c for c in _sandbox(empty, sandbox) if c.field != "sources"]
     changes += _fields("", "retention", old.retention, new.retention)
+    changes += _fields("", "flow_log", old.flow_log, new.flow_log)
     if old.on_apply is not new.on_apply:
         changes.append(Change("", "on_apply", Kind.CHANGED, old.on_apply.value, new.on_apply.value))
     return changes

@@ -22,7 +22,9 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
         detectors: {mining, tunnel, crypto_node, mining_shape: block | record | allow, mining_shape_window: 1-600}
         quarantine: {after: N, within: SECONDS, categories: [mining, tunnel, crypto-node], webhook: URL}
+        flow_log: true | false                # log its allowed connections, aggregated (default false)
     retention: {max_age_days, max_records}    # optional
+    flow_log: {max_age_days, max_records, max_destinations}  # optional: how flow logs are kept (docs/flow-log.md)
     on_apply: keep | close_forbidden          # established connections on apply (default keep)
     x-NAME: ...                               # ignored: a place for anchored blocks that '<<: *NAME' merges in
 
@@ -51,6 +53,7 @@ from egress.policy.model import (
     DetectorActions,
     DnsLimits,
     Expect,
+    FlowLogSettings,
     HostRule,
     Mode,
     Network,
@@ -88,9 +91,9 @@ __all__ = [
 ]
 
 VERSION = 1
-_TOP = frozenset({"version", "sandboxes", "retention", "on_apply"})
+_TOP = frozenset({"version", "sandboxes", "retention", "on_apply", "flow_log"})
 _SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"}
-                     | {"quarantine"})  # fmt: skip
+                     | {"quarantine", "flow_log"})  # fmt: skip
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
@@ -110,6 +113,7 @@ DNS_RANGES = {
 """Accepted range of each integer `DnsLimits` field (names longer than 253 characters do not exist in DNS)."""
 DNS_NETWORK_FIELDS = frozenset({"allow_ranges", "deny_ranges"})
 RETENTION_RANGES = {"max_age_days": (1, 3650), "max_records": (1, 1_000_000_000)}
+FLOW_LOG_RANGES = {"max_age_days": (1, 3650), "max_records": (1, 100_000_000), "max_destinations": (1, 100_000)}
 _SANDBOX_NAME = re.compile(r"[a-z][a-z0-9_-]{0,31}")
 _IFNAME = re.compile(r"[A-Za-z0-9_.-]{1,15}")
 """Linux interface names (IFNAMSIZ 16 with the NUL), restricted to what is safe to render into nftables."""
@@ -245,12 +249,18 @@ class _Checker(NodeChecker):
             sandboxes = [self.sandbox(key, value) for key, value in pairs]
         self.check_sources(sandboxes)
         on_apply = self.choice(top["on_apply"], "on_apply", OnApply) if "on_apply" in top else None
-        return Policy(VERSION, tuple(sandboxes), retention, self.file, on_apply or OnApply.KEEP)
+        flow_log = self.flow_log(top["flow_log"]) if "flow_log" in top else FlowLogSettings()
+        return Policy(VERSION, tuple(sandboxes), retention, self.file, on_apply or OnApply.KEEP, flow_log)
 
     def retention(self, node: yamlnodes.Node) -> Retention:
         fields = self.fields(node, "retention", frozenset(RETENTION_RANGES))
         values = {key: self.ranged(fields[key], f"retention.{key}", *RETENTION_RANGES[key]) for key in fields}
         return Retention(**{key: value for key, value in values.items() if value is not None})
+
+    def flow_log(self, node: yamlnodes.Node) -> FlowLogSettings:
+        fields = self.fields(node, "flow_log", frozenset(FLOW_LOG_RANGES))
+        values = {key: self.ranged(fields[key], f"flow_log.{key}", *FLOW_LOG_RANGES[key]) for key in fields}
+        return FlowLogSettings(**{key: value for key, value in values.items() if value is not None})
 
     def sandbox(self, key: yamlnodes.Node, node: yamlnodes.Node) -> Sandbox:
         name = key_name(key)
@@ -299,9 +309,10 @@ class _Checker(NodeChecker):
             detectors = DetectorActions(**{k: v for k, v in chosen.items() if v is not None})  # type: ignore[arg-type]
         upgrades = self.upgrades(fields["upgrades"], f"{path}.upgrades") if "upgrades" in fields else ()
         cutoff = quarantine.parse(self, fields["quarantine"], f"{path}.quarantine") if "quarantine" in fields else None
+        flow_log = self.boolean(fields["flow_log"], f"{path}.flow_log") if "flow_log" in fields else False
         return Sandbox(
             name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades,
-            bool(any_source), cutoff,
+            bool(any_source), cutoff, bool(flow_log),
         )  # fmt: skip
 
     def boolean(self, node: yamlnodes.Node, path: str) -> bool | None:

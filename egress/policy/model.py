@@ -187,6 +187,9 @@ class Sandbox:
     address on the sandbox's interface this sandbox; without it such a source is refused."""
     quarantine: Quarantine | None = None
     """When repeated findings cut the sandbox off (``None``: never)."""
+    flow_log: bool = False
+    """``flow_log: true``: its allowed connections are logged, aggregated (docs/flow-log.md). Off by default: it
+    is a record of what the agent was allowed to do (privacy, volume), which an operator opts into."""
 
     def host_rule(self, name: str, port: int) -> HostRule | None:
         """The first allow rule that covers ``name`` on ``port``."""
@@ -231,6 +234,17 @@ class Retention:
 
 
 @dataclass(frozen=True, slots=True)
+class FlowLogSettings:
+    """``flow_log:`` (top level): how the flow log of the sandboxes that keep one is kept (docs/flow-log.md)."""
+
+    max_age_days: int = 7
+    max_records: int = 200_000
+    """Aggregates per sandbox."""
+    max_destinations: int = 2000
+    """Aggregates per sandbox and minute in each gateway process; more are folded into one ``(other)``."""
+
+
+@dataclass(frozen=True, slots=True)
 class Policy:
     version: int
     sandboxes: tuple[Sandbox, ...]
@@ -238,6 +252,7 @@ class Policy:
     file: str = "<memory>"
     on_apply: OnApply = OnApply.KEEP
     """What applying this policy does to established connections (`OnApply`)."""
+    flow_log: FlowLogSettings = field(default_factory=FlowLogSettings)
 
     def sandbox_for(self, source: Address) -> Sandbox | None:
         """The sandbox whose source networks contain ``source`` (first match in file order)."""

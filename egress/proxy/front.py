@@ -29,10 +29,12 @@ import socket
 import struct
 import time
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 from typing import Final
 
 from egress.decide import Enforcement, decide_watched
 from egress.decisions import DecidedFlow, Reporter
+from egress.flowlog import EndedFlow, FlowSink
 from egress.detect import miningshape, tls
 from egress.detect.base import Finding, FlowMeta
 from egress.policy.model import DetectorAction, Sandbox
@@ -84,10 +86,13 @@ class Front:
         handoff: Handoff,
         destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
         open_flows: OpenFlows | None = None,
+        flows: FlowSink | None = None,
     ) -> None:
         """``destination``: where an accepted connection was going (`original_destination` behind nftables);
-        ``open_flows``: where relayed connections are kept while open (a reload may close them)."""
+        ``open_flows``: where relayed connections are kept while open (a reload may close them); ``flows``: told
+        each relayed connection's end, for the sandboxes that keep a flow log (`egress.flowlog`)."""
         self.open_flows = open_flows
+        self.flows = flows
         self.gate = gate
         self.reporter = reporter
         self.handoff = handoff
@@ -219,6 +224,9 @@ class Front:
         else:
             upstream_transport.resume_reading()
             self._keep(client, source, dst, decision.host)
+            if reported is not None and sandbox.flow_log and self.flows is not None:
+                self._log_end(client, upstream, EndedFlow(sandbox.name, *source, *dst, "tcp", decision.host,
+                              reported.rule, reported.action.value, 0, 0, time.time(), 0.0))  # fmt: skip
         self.relayed += 1
         return True
 
@@ -229,6 +237,19 @@ class Front:
         flows = self.open_flows
         token = flows.add(Question(Asked.TLS, source[0], dst[0], dst[1], sni or None), client.close_both)
         client.on_lost = lambda: flows.discard(token)
+
+    def _log_end(self, client: Half, upstream: Half, started: EndedFlow) -> None:
+        """Tell the flow log of the relay's end, with the bytes each side received (the client's: sent up)."""
+        sink, then = self.flows, client.on_lost
+        assert sink is not None
+
+        def lost() -> None:
+            if then is not None:
+                then()
+            up, down = client.received, upstream.received
+            sink.flow_ended(replace(started, up=up, down=down, ended=time.time()))
+
+        client.on_lost = lost
 
     def _watch(self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str) -> Watch:
         """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""

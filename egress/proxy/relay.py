@@ -71,6 +71,8 @@ class Half(asyncio.Protocol):
         """This side sent EOF."""
         self.on_lost: Callable[[], None] | None = None
         """Called once this side's connection is gone (the front forgets the relay: `egress.proxy.openflows`)."""
+        self.received = 0
+        """Bytes this side received (what its peer sent; the flow log's bytes each way)."""
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         assert isinstance(transport, asyncio.Transport)
@@ -78,6 +80,7 @@ class Half(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         assert self.other is not None and self.other.transport is not None
+        self.received += len(data)
         if self.watch is not None and not self.watch.passes(self.from_client, data):
             self.close_both()
             return

@@ -44,6 +44,7 @@ from egress.decide import Enforcement, Verdict, decide_finding, network_rule_for
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import tls
 from egress.detect.base import FlowMeta, Transport
+from egress.flowlog import EndedFlow, FlowSink, Meter
 from egress.policy.model import Expect, Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
 from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta, note_record
@@ -83,16 +84,31 @@ class _Connection:
     """When it was decided (epoch seconds): the record's time."""
     open_token: int = 0
     """Its token in the worker's `OpenFlows` (0: not tracked)."""
+    passed: Verdict | None = None
+    """The first verdict that let it (or a request on it) through, and the name it was for: its flow log entry."""
+    passed_host: str = ""
+    cut: bool = False
+    """A block ended it (not an HTTP request answered 403 on it): an attempt, not a flow log entry."""
 
 
 class EgressAddon(NextLayer):
     """Replaces mitmproxy's ``nextlayer`` addon; see the module docstring."""
 
     def __init__(
-        self, gate: Gate, reporter: Reporter, sink: tuple[str, int], sever: Sever, open_flows: OpenFlows | None = None
+        self,
+        gate: Gate,
+        reporter: Reporter,
+        sink: tuple[str, int],
+        sever: Sever,
+        open_flows: OpenFlows | None = None,
+        flows: FlowSink | None = None,
     ) -> None:
         super().__init__()
         self.open_flows = open_flows
+        self.flow_sink = flows
+        """Told each connection let through when it ends (`egress.flowlog`), for sandboxes that keep a flow log."""
+        self.meters: dict[tuple[str, int], Meter] = {}
+        """The bytes of each open client connection by its peer address (the worker's handoff counts them)."""
         """Where connections let through are kept while open (a reload may close them, `egress.proxy.openflows`)."""
         self.gate = gate
         self.reporter = reporter
@@ -117,6 +133,7 @@ class EgressAddon(NextLayer):
         state = self.connections.get(client_id)
         if state is not None:
             state.recorded = state.recorded or verdict.recorded
+            _note_passage(state, verdict, host)
             if state.preblocked is not None:
                 meta = FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         name = sandbox.name if sandbox is not None else ""
@@ -180,6 +197,8 @@ class EgressAddon(NextLayer):
         state = self.connections.pop(client.id, None)
         if state is not None and state.open_token and self.open_flows is not None:
             self.open_flows.discard(state.open_token)
+        if state is not None and state.sandbox.flow_log and self.flow_sink is not None:
+            self._log_end(client, state)
         if state is None or state.recorded:
             return
         verdict, ts = (state.preblocked, time.time()) if state.preblocked is not None else (state.noted, state.noted_at)
@@ -187,6 +206,22 @@ class EgressAddon(NextLayer):
             host, port = state.destination
             source = (str(client.peername[0]), int(client.peername[1]))
             self.reporter.report(DecidedFlow(ts, state.sandbox.name, *source, host, port, "tcp", "", verdict))
+
+    def _log_end(self, client: connection.Client, state: _Connection) -> None:
+        """Tell the flow log of a connection let through, with the bytes its client side carried."""
+        passed = state.passed
+        if passed is None and state.decision is not None and state.decision.kind is Kind.HTTP and not state.cut:
+            passed = state.decision.verdict or state.decision.allow  # its requests passed without a report
+        if passed is None or state.cut or state.preblocked is not None or self.flow_sink is None:
+            return
+        source = (str(client.peername[0]), int(client.peername[1]))
+        meter = self.meters.get(source)
+        if meter is None:  # not handed off by the front (a test's own stream): nothing was counted
+            return
+        host = state.passed_host or (state.decision.host if state.decision is not None else "")
+        ended = EndedFlow(state.sandbox.name, *source, *state.destination, "tcp", host, passed.rule,
+                          passed.action.value, meter.up, meter.down, meter.started, time.time())  # fmt: skip
+        self.flow_sink.flow_ended(ended)
 
     def server_connect(self, data: ServerConnectionHookData) -> None:
         try:
@@ -381,3 +416,13 @@ class EgressAddon(NextLayer):
         if state.preblocked is not None:
             return FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         return meta
+
+
+def _note_passage(state: _Connection, verdict: Verdict, host: str) -> None:
+    """Keep what the flow log needs of a verdict on a connection: the first that let something through, or that
+    a block cut it (an HTTP request's 403 does not: the connection goes on)."""
+    if verdict.action is not Enforcement.BLOCK:
+        if state.passed is None:
+            state.passed, state.passed_host = verdict, host
+    elif state.decision is None or state.decision.kind is not Kind.HTTP:
+        state.cut = True

@@ -19,6 +19,7 @@ from mitmproxy.addons import core, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
 from egress.decisions import Reporter
+from egress.flowlog import FlowSink, Meter
 from egress.proxy.front import Front, original_destination
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.addon import EgressAddon
@@ -44,6 +45,7 @@ async def run_worker(
     host: str | None = None,
     destination: Callable[[socket.socket], tuple[str, int]] | None = None,
     open_flows: OpenFlows | None = None,
+    flows: FlowSink | None = None,
 ) -> None:
     """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP).
 
@@ -51,7 +53,8 @@ async def run_worker(
     mitmproxy's transparent-mode server instance (which listens only on an unused loopback port). ``host``: the
     one address to listen on (default: the front's own default); ``destination``: where an accepted connection was
     going, for the front (default: nftables' ``SO_ORIGINAL_DST``; tests without nftables give their own);
-    ``open_flows``: where the front and the addon keep the connections they let through while open."""
+    ``open_flows``: where the front and the addon keep the connections they let through while open; ``flows``:
+    told each connection let through when it ends, for the sandboxes that keep a flow log (`egress.flowlog`)."""
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_address = sink.sockets[0].getsockname()[:2]
@@ -60,7 +63,8 @@ async def run_worker(
     master = Master(opts, with_termlog=False)
     server = proxyserver.Proxyserver()
     master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
-    addon = EgressAddon(gate, reporter, (str(sink_address[0]), int(sink_address[1])), _severer(server), open_flows)
+    sink_at = (str(sink_address[0]), int(sink_address[1]))
+    addon = EgressAddon(gate, reporter, sink_at, _severer(server), open_flows, flows)
     master.addons.add(addon)
     guard = CrashGuard.install(server, addon.crashed)
     settings: dict[str, Any] = {
@@ -90,19 +94,25 @@ async def run_worker(
     [instance] = list(servers)
 
     async def handoff(conn: socket.socket) -> None:
+        meter = Meter(time.time())
         try:
-            reader, writer = await asyncio.open_connection(sock=conn)
+            reader, writer = await _metered_streams(conn, meter)
+            peer = writer.get_extra_info("peername")
         except OSError as exc:
             log.debug("handoff: %s", exc)
             conn.close()
             return
+        key = (str(peer[0]), int(peer[1]))
+        addon.meters[key] = meter  # the addon reads it when the client disconnects (the flow log's bytes)
         try:
             await instance.handle_stream(reader, writer)
         except Exception:
             log.exception("mitmproxy failed on a connection; closed")
             writer.close()
+        finally:
+            addon.meters.pop(key, None)
 
-    the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows)
+    the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows, flows)
     front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
     try:
         await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
@@ -116,6 +126,45 @@ async def run_worker(
         running.cancel()
         # Wait for both to have really stopped (bounded): the caller flushes records next, with no new connection.
         await asyncio.wait({front, running}, timeout=STOP_WAIT)
+
+
+class _MeteredProtocol(asyncio.StreamReaderProtocol):
+    """Counts what the client sent as mitmproxy's reader receives it."""
+
+    def __init__(self, reader: asyncio.StreamReader, meter: Meter) -> None:
+        super().__init__(reader)
+        self.meter = meter
+
+    def data_received(self, data: bytes) -> None:
+        self.meter.up += len(data)
+        super().data_received(data)
+
+
+class _MeteredWriter(asyncio.StreamWriter):
+    """Counts what mitmproxy writes to the client (its only write call on a client stream is `write`)."""
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: _MeteredProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self.meter = protocol.meter
+
+    def write(self, data: bytes | bytearray | memoryview) -> None:
+        self.meter.down += len(data)
+        super().write(data)
+
+
+async def _metered_streams(conn: socket.socket, meter: Meter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`asyncio.open_connection` (``sock=conn``) with the bytes each way counted into ``meter``."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(loop=loop)
+    protocol = _MeteredProtocol(reader, meter)
+    transport, _ = await loop.create_connection(lambda: protocol, sock=conn)
+    return reader, _MeteredWriter(transport, protocol, reader, loop)
 
 
 def _severer(server: proxyserver.Proxyserver) -> Callable[[connection.Client], None]:
