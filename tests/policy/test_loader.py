@@ -213,7 +213,7 @@ def test_format_problems(tmp_path: Path) -> None:
     text = format_problems(check_policy(path))
     assert text.splitlines() == [
         f"{path}:2: sandboxes: empty: name at least one sandbox",
-        f"{path}:3: extra: unknown key (allowed here: on_apply, retention, sandboxes, version)",
+        f"{path}:3: extra: unknown key (allowed here: flow_log, on_apply, retention, sandboxes, version)",
         "2 problems",
     ]
 
