@@ -25,7 +25,7 @@ from egress.api.auth import Role, Token, TokenTable
 from egress.api.errors import ERROR_TEXTS, ApiError, install_error_handlers, redis_tracker
 from egress.api.metrics import Metrics
 from egress.api.middleware import BodyLimit, CountRequests, HeadAsGet
-from egress.api.routes import actions, attempts, dashboard, meta, policy, quarantine, sandboxes, stats
+from egress.api.routes import actions, attempts, dashboard, flows, meta, policy, quarantine, sandboxes, stats
 from egress.api.routes.meta import version
 from egress.api.settings import Settings
 from egress.record.policy_store import PolicyHistory
@@ -113,7 +113,8 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     app.include_router(meta.router(the_store, metrics, fleet_reader))
     app.include_router(attempts.router(the_store, settings, reader), dependencies=uses_redis)
     app.include_router(sandboxes.router(the_store, settings, reader), dependencies=uses_redis)
-    app.include_router(stats.router(the_store, fleet_reader), dependencies=uses_redis)
+    app.include_router(stats.router(the_store, reader), dependencies=uses_redis)  # scoped: counts its sandboxes
+    app.include_router(flows.router(the_store, reader), dependencies=uses_redis)
     app.include_router(actions.router(the_store, reporter), dependencies=uses_redis)
     app.include_router(
         policy.router(PolicyHistory(the_store.redis), fleet_reader, Depends(role(Role.ADMIN, fleet=True))),
@@ -127,10 +128,6 @@ def create_app(settings: Settings, *, store: RecordStore | None = None) -> FastA
     return app
 
 
-_NAMES_A_SANDBOX: Final = frozenset({"/v1/attempts", "/v1/follow"})
-"""Routes that read every sandbox unless ``?sandbox=`` names one: a scoped token must name one of its own."""
-
-
 def _check_scope(request: Request, token: Token, fleet: bool) -> None:
     """What a token scoped to sandboxes may not do here: 403 naming why (auth.py's docstring has the rules)."""
     if token.sandboxes is None:
@@ -141,5 +138,4 @@ def _check_scope(request: Request, token: Token, fleet: bool) -> None:
     named = request.path_params.get("sandbox", request.query_params.get("sandbox"))
     if named is not None and not token.sees(named):
         raise ApiError(403, f"token {token.name!r} may not see sandbox {named[:256]!r} (only {mine})", "sandbox")
-    if named is None and getattr(request.scope.get("route"), "path", "") in _NAMES_A_SANDBOX:
-        raise ApiError(403, f"token {token.name!r} is scoped to sandboxes: name one ({mine}) with ?sandbox=", "sandbox")
+    # Naming none is fine: a read then covers the token's whole scope (the routes filter by `caller(...).sandboxes`).

@@ -71,10 +71,14 @@ class AttemptFilter:
     """Epoch seconds, inclusive."""
     until: float | None = None
     """Epoch seconds, inclusive."""
+    scope: frozenset[str] | None = None
+    """The sandboxes a read may see at all (an API token's scope); None: every sandbox."""
 
     def matches(self, record: AttemptRecord) -> bool:
         """Whether ``record`` passes every filter (time included); what `--follow` applies to live records."""
         if self.sandbox is not None and record.sandbox != self.sandbox:
+            return False
+        if self.scope is not None and record.sandbox not in self.scope:
             return False
         if self.category is not None and record.category != self.category:
             return False
@@ -158,6 +162,7 @@ def list_attempts(
         raise ValueError(f"time range inverted: since {flt.since} is after until {flt.until}")
     after = decode_cursor(cursor) if cursor is not None else None
     names = [flt.sandbox] if flt.sandbox is not None else store.sandboxes()
+    names = in_scope(names, flt.scope)
     merged = heapq.merge(*_walks(store.redis, names, flt, after), key=lambda item: item[0], reverse=True)
     found: list[AttemptRecord] = []
     last: Position | None = None
@@ -192,16 +197,24 @@ def get_attempt(store: RecordStore, attempt_id: str) -> AttemptRecord | None:
     return find(store.redis, store.sandboxes(), attempt_id, id_time(attempt_id))
 
 
-def counts(store: RecordStore, since: float, until: float, by: str) -> dict[str, int]:
+def in_scope(names: Sequence[str], scope: frozenset[str] | None) -> list[str]:
+    """``names`` that a read limited to ``scope`` may see (None: every one)."""
+    return list(names) if scope is None else [name for name in names if name in scope]
+
+
+def counts(
+    store: RecordStore, since: float, until: float, by: str, scope: frozenset[str] | None = None
+) -> dict[str, int]:
     """Attempts of the whole minutes from the one holding ``since`` to the one holding ``until`` counted by one
     field (``destination``: the host name, or the address when there is none), most first; an aggregated record
     counts as its ``count``. Read from the counters kept at write time (`egress.record.stats`): minute resolution,
-    a few hashes per sandbox, never the records."""
+    a few hashes per sandbox, never the records. ``scope``: only these sandboxes."""
     if by not in COUNT_BY:
         raise ValueError(f"by must be one of {', '.join(COUNT_BY)}, got {by!r}")
     if since > until:
         return {}
-    return stats.counts_by_minutes(store.redis, store.sandboxes(), [(stats.minute(since), stats.minute(until))], by)[0]
+    names = in_scope(store.sandboxes(), scope)
+    return stats.counts_by_minutes(store.redis, names, [(stats.minute(since), stats.minute(until))], by)[0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -220,13 +233,16 @@ def window_start(window_s: float, until: float) -> float:
     return stats.minutes(window_s, until)[0] * stats.MINUTE
 
 
-def series(store: RecordStore, window_s: float, until: float, buckets: int, by: str) -> list[Bucket]:
+def series(
+    store: RecordStore, window_s: float, until: float, buckets: int, by: str, scope: frozenset[str] | None = None
+) -> list[Bucket]:
     """The last ``window_s`` seconds up to ``until`` cut into at most ``buckets`` equal spans of whole minutes
-    (`stats.series_minutes`), counted by one field in each; one round trip for all of them."""
+    (`stats.series_minutes`), counted by one field in each; one round trip for all of them. ``scope``: only these
+    sandboxes."""
     if by not in COUNT_BY:
         raise ValueError(f"by must be one of {', '.join(COUNT_BY)}, got {by!r}")
     spans = stats.series_minutes(window_s, until, buckets)
-    counted = stats.counts_by_minutes(store.redis, store.sandboxes(), spans, by)
+    counted = stats.counts_by_minutes(store.redis, in_scope(store.sandboxes(), scope), spans, by)
     return [
         Bucket(first * stats.MINUTE, min((last + 1) * stats.MINUTE, until), counts)
         for (first, last), counts in zip(spans, counted, strict=True)

@@ -79,14 +79,15 @@ def test_a_scoped_token_reports_for_its_sandboxes_only(client: TestClient) -> No
     ("path", "status", "field"),
     [
         ("/v1/attempts?sandbox=agents", 200, None),
-        ("/v1/attempts", 403, "sandbox"),
+        ("/v1/attempts", 200, None),  # naming none: its whole scope (tests/api/test_scope_reads.py)
         ("/v1/attempts?sandbox=builders", 403, "sandbox"),
         ("/v1/sandboxes/agents/timeline", 200, None),
         ("/v1/sandboxes/builders/timeline", 403, "sandbox"),
-        ("/v1/follow", 403, "sandbox"),
         ("/v1/follow?sandbox=builders", 403, "sandbox"),
-        ("/v1/stats", 403, None),
-        ("/v1/stats/series", 403, None),
+        ("/v1/stats", 200, None),  # counts of its own sandboxes only
+        ("/v1/stats/series", 200, None),
+        ("/v1/flows", 200, None),
+        ("/v1/flows?sandbox=builders", 403, "sandbox"),
         ("/metrics", 403, None),
         ("/v1/policy", 403, None),
         ("/v1/policy/history", 403, None),

@@ -32,7 +32,7 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
     slack = settings.slack
 
     @routes.get("/v1/attempts", tags=["attempts"], response_model=models.AttemptPage, dependencies=[reader])
-    def attempts(params: Annotated[models.AttemptsQuery, Query()]) -> Response:
+    def attempts(request: Request, params: Annotated[models.AttemptsQuery, Query()]) -> Response:
         """Attempts, newest first, filtered; pass ``next_cursor`` back as ``cursor`` for the next page."""
         flt = query.AttemptFilter(
             sandbox=params.sandbox,
@@ -41,6 +41,7 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
             destination=params.destination,
             since=params.since,
             until=params.until,
+            scope=caller(request).sandboxes,  # a token scoped to sandboxes: those it names none
         )
         try:
             page, next_cursor = query.list_attempts(store, flt, params.limit, params.cursor)
@@ -136,6 +137,8 @@ async def _events(
                 continue
             for cursor, record in due:
                 if params.sandbox is not None and record.sandbox != params.sandbox:
+                    continue
+                if not caller(request).sees(record.sandbox):  # a scoped token naming none: its own only
                     continue
                 if params.category is not None and record.category != params.category:
                     continue

@@ -4,11 +4,12 @@ Both read the counters kept at write time (egress.record.stats): windows are who
 import time
 from typing import Annotated
 
-from fastapi import APIRouter, Query, params
+from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import Response
 
 from egress.api import models
 from egress.api.respond import json_response
+from egress.api.routes import caller
 from egress.record import query
 from egress.record.store import RecordStore
 
@@ -17,21 +18,22 @@ def router(store: RecordStore, reader: params.Depends) -> APIRouter:
     routes = APIRouter()
 
     @routes.get("/v1/stats", tags=["stats"], response_model=models.Stats, dependencies=[reader])
-    def stats(params: Annotated[models.StatsQuery, Query()]) -> Response:
+    def stats(request: Request, params: Annotated[models.StatsQuery, Query()]) -> Response:
         """Attempts over the last ``window`` seconds, in whole minutes (``since``: the start of the first one),
         counted by one field (aggregates count as their ``count``)."""
         until = time.time()
         since = query.window_start(params.window, until)
-        counts = query.counts(store, since, until, params.by)
+        counts = query.counts(store, since, until, params.by, caller(request).sandboxes)
         return json_response(
             {"window_s": params.window, "by": params.by, "since": since, "until": until, "counts": counts}
         )
 
     @routes.get("/v1/stats/series", tags=["stats"], response_model=models.Series, dependencies=[reader])
-    def series(params: Annotated[models.SeriesQuery, Query()]) -> Response:
+    def series(request: Request, params: Annotated[models.SeriesQuery, Query()]) -> Response:
         """The window cut into at most ``buckets`` equal spans of whole minutes (of whole hours or days when a
         span is that long), counted by one field in each (the dashboard's chart)."""
-        buckets = query.series(store, params.window, time.time(), params.buckets, params.by)
+        scope = caller(request).sandboxes  # a token scoped to sandboxes counts those
+        buckets = query.series(store, params.window, time.time(), params.buckets, params.by, scope)
         return json_response(
             {
                 "window_s": params.window,
