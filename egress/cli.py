@@ -100,6 +100,7 @@ class LazyGroup(click.Group):
         "actions": "egress.cli_query:actions",
         "export": "egress.cli_export:export",
         "quarantine": "egress.cli_quarantine:quarantine",
+        "flows": "egress.cli_flows:flows_command",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )

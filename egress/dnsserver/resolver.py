@@ -39,7 +39,6 @@ from egress.decide import (
     decide_unknown_source,
 )
 from egress.decisions import DecidedFlow, Reporter
-from egress.flowlog import EndedFlow, FlowSink
 from egress.detect import dns
 from egress.detect.base import Category, Finding, evidence
 from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
@@ -48,6 +47,7 @@ from egress.dnsserver import answers, forward
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
+from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import HostRule, Mode, Policy, Sandbox
 from egress.record.naming import named
 

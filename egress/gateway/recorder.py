@@ -127,9 +127,7 @@ class RecordReporter:
         self.aggregator = Aggregator(window=AGGREGATE_WINDOW, max_keys=10_000, update_interval=UPDATE_SECONDS)
         flow_settings = flow_log or FlowLogSettings()
         self.flows = FlowAggregator(gateway, component, WINDOW_S, flow_settings.max_destinations)
-        self.flow_writer = FlowWriter(
-            self.store.redis, flow_settings.max_records, flow_settings.max_age_days * 86400.0
-        )
+        self.flow_writer = FlowWriter(self.store.redis, flow_settings.max_records, flow_settings.max_age_days * 86400.0)
         self.flows_dropped = 0
         """Ended flows dropped because the queue to the recorder thread was full (part of ``flows_lost``)."""
         self._wall = wall
@@ -271,15 +269,7 @@ class RecordReporter:
                 if isinstance(item, _Flush):
                     flushes.append(item)
                     break
-                if isinstance(item, EndedFlow):
-                    self.flows.add(item)
-                    continue
-                try:
-                    record = to_record(item, self.gateway)
-                except ValueError:  # a decision the record schema refuses: a bug, which must not stop the thread
-                    log.exception("decision not recordable, dropped: %r", item)
-                    continue
-                pending += self.aggregator.add(record, self._clock(), named=bool(item.record_id))
+                pending += self._take(item)
             pending += self.aggregator.flush(self._clock(), force=closing or bool(flushes))
             try:
                 self.store.drain()
@@ -297,6 +287,18 @@ class RecordReporter:
             flushes.clear()
             if closing:
                 return
+
+    def _take(self, item: DecidedFlow | EndedFlow) -> list[AttemptRecord]:
+        """An item of the queue aggregated: the records due now (an ended flow goes to the flow log's minutes)."""
+        if isinstance(item, EndedFlow):
+            self.flows.add(item)
+            return []
+        try:
+            record = to_record(item, self.gateway)
+        except ValueError:  # a decision the record schema refuses: a bug, which must not stop the thread
+            log.exception("decision not recordable, dropped: %r", item)
+            return []
+        return self.aggregator.add(record, self._clock(), named=bool(item.record_id))
 
     def _publish(self, force: bool = False) -> None:
         """Every `PUBLISH_SECONDS`, add this component's new counts to its Redis hash (the API's /metrics)."""

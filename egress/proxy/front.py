@@ -34,9 +34,9 @@ from typing import Final
 
 from egress.decide import Enforcement, decide_watched
 from egress.decisions import DecidedFlow, Reporter
-from egress.flowlog import EndedFlow, FlowSink
 from egress.detect import miningshape, tls
 from egress.detect.base import Finding, FlowMeta
+from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.openflows import OpenFlows

@@ -20,7 +20,8 @@ from egress.flowlog import EndedFlow
 from egress.record.flow_store import FlowWriter
 from egress.record.flows import FlowAggregator
 from egress.record.store import RecordStore
-from tests.api import ADMIN, TOKENS, auth, record, seed_attempts, settings
+from tests.api import ADMIN, TOKENS, auth, seed_attempts, settings
+from tests.record import record
 from tests.redis_server import RedisServer
 
 TWO = "harness-two-0123456789abcdef"
@@ -68,7 +69,7 @@ def test_the_list_without_a_sandbox_is_the_whole_scope(client: TestClient, token
 def test_stats_count_the_scope_only(client: TestClient, path: str) -> None:
     def totals(token: str) -> dict[str, int]:
         body = client.get(path, headers=auth(token)).json()
-        buckets = body["buckets"] if "buckets" in body else [body]
+        buckets = body.get("buckets", [body])
         summed: dict[str, int] = {}
         for bucket in buckets:
             for key, count in bucket["counts"].items():

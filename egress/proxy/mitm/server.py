@@ -11,7 +11,7 @@ import asyncio
 import logging
 import socket
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import connection, options
@@ -93,25 +93,7 @@ async def run_worker(
         await asyncio.sleep(0.01)
     [instance] = list(servers)
 
-    async def handoff(conn: socket.socket) -> None:
-        meter = Meter(time.time())
-        try:
-            reader, writer = await _metered_streams(conn, meter)
-            peer = writer.get_extra_info("peername")
-        except OSError as exc:
-            log.debug("handoff: %s", exc)
-            conn.close()
-            return
-        key = (str(peer[0]), int(peer[1]))
-        addon.meters[key] = meter  # the addon reads it when the client disconnects (the flow log's bytes)
-        try:
-            await instance.handle_stream(reader, writer)
-        except Exception:
-            log.exception("mitmproxy failed on a connection; closed")
-            writer.close()
-        finally:
-            addon.meters.pop(key, None)
-
+    handoff = _handoff(instance, addon)
     the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows, flows)
     front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
     try:
@@ -126,6 +108,32 @@ async def run_worker(
         running.cancel()
         # Wait for both to have really stopped (bounded): the caller flushes records next, with no new connection.
         await asyncio.wait({front, running}, timeout=STOP_WAIT)
+
+
+def _handoff(instance: Any, addon: EgressAddon) -> Callable[[socket.socket], Awaitable[None]]:
+    """Gives a connection the front did not take to mitmproxy's server ``instance``, its bytes each way counted
+    for the flow log (`EgressAddon.meters`, read when the client disconnects)."""
+
+    async def handoff(conn: socket.socket) -> None:
+        meter = Meter(time.time())
+        try:
+            reader, writer = await _metered_streams(conn, meter)
+            peer = writer.get_extra_info("peername")
+        except OSError as exc:
+            log.debug("handoff: %s", exc)
+            conn.close()
+            return
+        key = (str(peer[0]), int(peer[1]))
+        addon.meters[key] = meter
+        try:
+            await instance.handle_stream(reader, writer)
+        except Exception:
+            log.exception("mitmproxy failed on a connection; closed")
+            writer.close()
+        finally:
+            addon.meters.pop(key, None)
+
+    return handoff
 
 
 class _MeteredProtocol(asyncio.StreamReaderProtocol):
