@@ -210,8 +210,6 @@ class EgressAddon(NextLayer):
     def _log_end(self, client: connection.Client, state: _Connection) -> None:
         """Tell the flow log of a connection let through, with the bytes its client side carried."""
         passed = state.passed
-        if passed is None and state.decision is not None and state.decision.kind is Kind.HTTP and not state.cut:
-            passed = state.decision.verdict or state.decision.allow  # its requests passed without a report
         if passed is None or state.cut or state.preblocked is not None or self.flow_sink is None:
             return
         source = (str(client.peername[0]), int(client.peername[1]))
