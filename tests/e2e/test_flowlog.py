@@ -83,7 +83,11 @@ def tls(address, name):
                 break
         except (ssl.SSLZeroReturnError, ssl.SSLEOFError):
             break
-    while fill():  # the server's close: read to the end, so every byte the gateway wrote is counted
+    sock.settimeout(2)  # the server's close, if it comes: whatever follows its close_notify is counted too
+    try:
+        while fill():
+            pass
+    except OSError:
         pass
     sock.close()
     return counted["up"], counted["down"]
