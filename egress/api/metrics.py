@@ -135,6 +135,9 @@ class GatewayCountersCollector(Collector):
                 ("records_spooled", "Records the gateway's components spooled to disk while Redis was away."),
                 ("records_lost", "Records refused by a full spool."),
                 ("redis_errors", "Failed Redis round trips of the gateway's components."),
+                ("flows_written", "Flow log aggregates the gateway's components stored in Redis."),
+                ("flows_lost", "Allowed connections the flow log dropped (its queue or its Redis backlog full)."),
+                ("flows_folded", "Allowed connections folded into a minute's (other) aggregate past the cap."),
             )
         }
         for source, fields in published.items():

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import ipaddress
+import itertools
 import logging
 import math
 import platform
@@ -153,6 +154,8 @@ class GatewayCollector(Collector):
 
     def __init__(self, sources: Callable[[], Iterable[tuple[str, Snapshot | None, float]]]) -> None:
         self.sources = sources
+        self._scrapes = itertools.count(1)
+        """Scrapes answered, this one included (``next`` is atomic: the server answers in threads)."""
 
     def describe(self) -> Iterator[Metric]:
         return iter(())  # the families depend on what the processes report
@@ -161,6 +164,11 @@ class GatewayCollector(Collector):
         info = InfoMetricFamily("egress_build", "The gateway's version.")
         info.add_metric([], {"version": build_version(), "python": platform.python_version()})
         yield info
+        yield CounterMetricFamily(
+            "egress_gateway_metrics_scrapes",
+            "Requests this metrics endpoint answered, this one included (who reads it: only the management side).",
+            value=next(self._scrapes),
+        )
         decisions = CounterMetricFamily(
             "egress_gateway_own_decisions",
             "Decisions this gateway's processes made, by component (proxy, dns, firewall), action and reason.",

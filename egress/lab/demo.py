@@ -66,6 +66,8 @@ class GatewayRun:
     redis: str | None = None
     """A Redis (or ``redis+cluster://``) URL the gateway namespace reaches, shared with other gateways; None starts
     the lab's own redis-server in the gateway namespace."""
+    extra_args: tuple[str, ...] = ()
+    """More ``egress gateway run`` options (a test's ``--metrics-listen``)."""
 
     @property
     def state(self) -> pathlib.Path:
@@ -124,6 +126,7 @@ class GatewayRun:
             *("--workers", str(self.workers), "--proxy-port", str(PROXY_PORT), "--dns-port", str(DNS_PORT)),
             *("--redis-url", self.redis_url, "--name", f"{self.lab.prefix}gw"),
             *("--upstream-ca", str(self.lab.ca_file)),
+            *self.extra_args,
         ]
         self.gateway = netns.popen_in(
             self.lab.gateway_ns, argv, stdout=(log_dir / "gateway.log").open("ab"), stderr=subprocess.STDOUT
