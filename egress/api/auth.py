@@ -18,9 +18,10 @@ The file is YAML, validated like the rules files (every problem at once, with fi
 
 Roles: ``read`` (queries, follow, metrics), ``report`` (post actions), ``admin`` (everything). A token with
 ``sandboxes`` is scoped to them: it reports actions of those sandboxes only (403 naming ``actions[i].sandbox``
-otherwise), reads only their records (it names one: ``?sandbox=`` on the list and the follow, the path on a
-timeline; one attempt of another sandbox is 404, the sandbox list shows its own), and is refused the fleet-wide
-routes (stats, ``/metrics``, the policy, the quarantine), whatever its roles. Only digests are
+otherwise), reads only their records (a sandbox it names, ``?sandbox=`` or a timeline's path, must be one of
+them; naming none, the list, the follow, the stats and the flows cover all of them; one attempt of another sandbox
+is 404, the sandbox list shows its own), and is refused the fleet-wide routes (``/metrics``, the policy, the
+quarantine), whatever its roles. Only digests are
 kept in memory; a presented token is hashed and compared with every known digest by `hmac.compare_digest`, so
 neither the comparison nor which entry matched depends on how much of a token was right.
 """
