@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import datetime
+import json
 import sys
 import time
 from collections.abc import Iterable, Iterator
@@ -15,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from egress.cli_options import open_store, redis_option, time_option
-from egress.cli_render import UNBOUNDED, endpoint, json_line
+from egress.cli_render import UNBOUNDED, endpoint
 from egress.record import flows
 from egress.record.flow_store import flow_sandboxes, read_flows
 from egress.record.flows import FlowFilter, FlowRecord
@@ -148,7 +149,7 @@ def _print(records: list[FlowRecord], fmt: str) -> None:
         lines = [*conn_header(time.time()), *(conn_line(r) for r in records)]
         out.write("\n".join(lines) + "\n#close\t" + time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime()) + "\n")
     elif fmt in ("json", "jsonl"):
-        lines = [json_line(flows.to_json(r)) for r in records]
+        lines = [json.dumps(flows.to_json(r), separators=(",", ":")) for r in records]  # ASCII: a lone surrogate too
         out.write(
             ("[\n" + ",\n".join(lines) + "\n]\n" if lines else "[]\n")
             if fmt == "json"

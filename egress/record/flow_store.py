@@ -120,6 +120,10 @@ class FlowWriter:
             except STORE_ERRORS as error:
                 self._failed(error)
                 return
+            except Exception:  # a bug, not Redis: drop the batch counted, or it would block every later one
+                log.exception("flow log: %d aggregates not writable, dropped", len(batch))
+                self.lost += len(batch)
+                self.lost_connections += sum(record.connections for record in batch)
             self._pending.clear()
             if self._failing_logged_at is not None:
                 self._failing_logged_at = None

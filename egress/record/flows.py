@@ -10,6 +10,7 @@ aggregates that several processes (the proxy workers, the resolver) wrote for th
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field, replace
@@ -70,7 +71,10 @@ _DECODER: Final = msgspec.json.Decoder(FlowRecord)
 
 
 def encode(record: FlowRecord) -> bytes:
-    return _ENCODER.encode(record)
+    try:
+        return _ENCODER.encode(record)
+    except UnicodeEncodeError:  # a name with a lone surrogate (bytes that were not UTF-8): escaped, never a failure
+        return json.dumps(to_json(record), separators=(",", ":")).encode()
 
 
 def decode(raw: str | bytes) -> FlowRecord:
@@ -78,7 +82,10 @@ def decode(raw: str | bytes) -> FlowRecord:
     try:
         return _DECODER.decode(raw)
     except msgspec.DecodeError as error:
-        raise ValueError(f"malformed flow record: {error}") from None
+        try:  # a lone surrogate escaped by `encode`, which msgspec refuses to decode
+            return msgspec.convert(json.loads(raw), FlowRecord)
+        except (ValueError, msgspec.ValidationError):
+            raise ValueError(f"malformed flow record: {error}") from None
 
 
 def to_json(record: FlowRecord) -> dict[str, object]:

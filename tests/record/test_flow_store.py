@@ -116,3 +116,13 @@ def test_past_the_pending_cap_the_oldest_are_dropped_and_counted_exactly(server:
 def test_keys_are_hash_tagged_per_sandbox() -> None:
     assert flows_key("agents") == "egress:{agents}:flows"
     assert flow_store.WINDOW_S == 60.0 and flows.GRACE < flow_store.WINDOW_S
+
+
+def test_a_surrogate_name_is_stored_and_read_back(facade: RedisFacade) -> None:
+    agg = FlowAggregator("gw1", "proxy-0")
+    agg.add(EndedFlow("agents", "10.77.0.2", 1, "203.0.113.1", 80, "tcp", "x\udcff.example", "r", "allow", 1, 2,
+                      T0, T0 + 1))  # fmt: skip
+    writer = FlowWriter(facade, clock=Clock(T0 + 120))
+    writer.write(agg.take(0, force=True))
+    found, _ = read_flows(facade, "agents", None, None)
+    assert [record.host for record in found] == ["x\udcff.example"] and writer.lost == 0

@@ -106,3 +106,10 @@ def test_filter_by_host_below_a_name_address_port_and_decision() -> None:
     assert [r.decision for r in records if FlowFilter(decision="record").matches(r)] == ["record"]
     assert len([r for r in records if FlowFilter(dport=443).matches(r)]) == 3
     assert flows.within(records, T0 + 2, None) == [] and len(flows.within(records, T0, T0 + 1)) == 3
+
+
+def test_a_name_that_was_not_utf8_round_trips() -> None:
+    agg = FlowAggregator("gw1", "proxy-0")
+    agg.add(_ended(host="bad\udcffname.example"))
+    [record] = agg.take(0, force=True)
+    assert flows.decode(flows.encode(record)) == record
