@@ -20,6 +20,10 @@ connection's first decision, and it is recorded whatever comes after: in report 
 is kept, and reported when the connection ends with nothing recorded (the destination refused or reset it, or
 closed before a byte: no layer was ever chosen), exactly once per connection.
 
+For a sandbox that keeps a flow log (`egress.flowlog`), a connection on which something was let through is
+described when its client disconnects, with the bytes the worker's handoff counted on the client side
+(`meters`); one cut by a block, or whose requests were all refused, is not.
+
 Fail closed: every hook runs guarded. An exception in one (a parser or decoder on attacker bytes, or a bug)
 blocks or closes what it was judging and is recorded (`egress.proxy.mitm.layers.fail_closed_verdict`); mitmproxy itself
 would log the error and carry on, forwarding what the hook had not judged.
