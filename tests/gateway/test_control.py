@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from egress.decisions import Reporter
+from egress.flowlog import FlowSink
 from egress.gateway import worker as worker_module
 from egress.gateway.config import WorkerConfig
 from egress.gateway.control import Kind, Payloads, Reply, WorkerControl, WorkerLink, open_stream, socket_pair
@@ -172,6 +173,7 @@ class _FakeProxy:
         confdir: str,
         upstream_ca: str | None,
         open_flows: OpenFlows | None = None,
+        flows: FlowSink | None = None,
     ) -> None:
         self.gates.append(gate)
         await asyncio.Event().wait()
