@@ -26,6 +26,7 @@ from egress.decisions import DecidedFlow
 from egress.detect.base import Detector, FlowView, Result
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
+from egress.flowlog import EndedFlow
 from egress.lab import certs
 from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate
@@ -47,6 +48,7 @@ def exploding(view: FlowView) -> Result:
 class Reported:
     def __init__(self) -> None:
         self.flows: list[DecidedFlow] = []
+        self.ended: list[EndedFlow] = []
         self.lock = threading.Lock()
 
     def report(self, attempt: DecidedFlow) -> None:
@@ -56,6 +58,12 @@ class Reported:
     def clear(self) -> None:
         with self.lock:
             self.flows.clear()
+            self.ended.clear()
+
+    def flow_ended(self, flow: EndedFlow) -> None:
+        """The flow log's sink (`egress.flowlog`): the policy keeps one for ``box``."""
+        with self.lock:
+            self.ended.append(flow)
 
     def blocks(self, sport: int) -> list[DecidedFlow]:
         """The blocks reported for the connection from local port ``sport``."""
@@ -91,6 +99,7 @@ sandboxes:
   box:
     sources: [127.0.0.0/8]
     mode: enforce
+    flow_log: true
     allow:
       hosts:
         - {{host: allowed.lab, ports: [{", ".join(str(port) for port in self.ports.values())}]}}
@@ -129,6 +138,7 @@ sandboxes:
                 upstream_ca=str(self.files.ca),
                 host="127.0.0.1",
                 destination=self._destination,
+                flows=self.reported,
             ),
             self.loop,
         )
