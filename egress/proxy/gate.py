@@ -63,7 +63,8 @@ class Decision:
     allow: Verdict | None = None
     """The verdict that let the connection through, when nothing is worth recording (its decision log line)."""
     watch: bool = False
-    """PASSTHROUGH only: TLS through a network rule, to be relayed through `egress.detect.tlsshape`."""
+    """PASSTHROUGH only: TLS through a network rule, which only a caller that watches it may relay (the front
+    relays every passthrough through `egress.detect.tlsshape`; here it also records the suspected shapes)."""
 
 
 NamesFor = Callable[[str, str], frozenset[str]]
