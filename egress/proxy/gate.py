@@ -219,6 +219,30 @@ class Gate:
             detectors += OPAQUE
         return FlowInspector(meta, detectors)
 
+    def strict(self, sandbox: Sandbox, meta: FlowMeta) -> bool:
+        """Whether a relayed raw stream (INSPECT) to ``meta``'s destination that the inspection cap leaves
+        unidentified is blocked (`egress.detect.engine.unidentified_finding`): through a network rule unless it
+        says ``any``, and to a host rule's port always (issue 9: padding past the cap bought an uninspected
+        connection to a bound name), unless `bound_tls_in` the stream (the caller asks)."""
+        network = network_rule_for(sandbox, meta.dst, meta.dport)
+        return network is None or not network.expects(Expect.ANY)
+
+    def bound_tls_in(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> bool:
+        """Whether ``client`` (a raw stream to a host rule's port) carries, after its opening, a whole ClientHello
+        whose SNI is bound to the destination: a protocol that upgrades to TLS (STARTTLS, PostgreSQL's
+        SSLRequest) is TLS to a named host, not an unidentified stream. A network rule's destination gets no
+        such pass (its rule names what it speaks)."""
+        if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
+            return False
+        names = self.names_for(sandbox.name, meta.dst)
+        at = client.find(b"\x16\x03")
+        while at >= 0 and names:
+            hello = tls.parse_client_hello(client[at:], partial=True)
+            if isinstance(hello, tls.ClientHello) and hello.sni is not None and hello.sni in names:
+                return True
+            at = client.find(b"\x16\x03", at + 1)
+        return False
+
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)
         inspector.feed_stream(True, client)

@@ -65,8 +65,10 @@ class InspectLayer(layers.TCPLayer):
     layer, which decodes bodies and checks Host: a server greeting must not be a way around that).
 
     ``strict``: the policy names the protocols this destination speaks (a network rule whose ``expect`` lacks
-    ``any``), so a stream the inspection cap leaves unidentified (`FlowInspector.unidentified`: padding, junk or
-    a protocol no detector rules out) is blocked as ``tunnel``/``unidentified`` instead of relayed unjudged.
+    ``any``, or a host rule's port: `Gate.strict`), so a stream the inspection cap leaves unidentified
+    (`FlowInspector.unidentified`: padding, junk or a protocol no detector rules out) is blocked as
+    ``tunnel``/``unidentified`` instead of relayed unjudged, unless ``exempt`` says the client's bytes so far pass
+    (a stream that upgraded to TLS with a bound name: `Gate.bound_tls_in`).
 
     The client's bytes of a message the detectors are still waiting for are held back (`egress.proxy.holdback`):
     a mining message split into segments never reaches the server in part, since the detectors judge it whole
@@ -82,8 +84,10 @@ class InspectLayer(layers.TCPLayer):
         guard_http: bool = False,
         strict: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        exempt: Callable[[bytes], bool] | None = None,
     ) -> None:
         super().__init__(context, ignore=True)
+        self.exempt = exempt
         self.clock = clock
         self.holdback = Holdback()
         self.waking = False
@@ -168,12 +172,15 @@ class InspectLayer(layers.TCPLayer):
             # that comes later replaces it (egress.detect.engine.RANK).
             fresh = finding is not None and finding is not before
             verdict = decide_finding(self.sandbox, finding) if finding is not None and fresh else None
-            if verdict is None and self.strict and inspector.unidentified:
+            if verdict is None and self.strict and inspector.unidentified and not self._exempt():
                 verdict = decide_finding(self.sandbox, unidentified_finding(inspector))
         except Exception as exc:
             log.exception("egress: inspection failed; the connection is closed")
             verdict = fail_closed_verdict(f"inspect: {exc!r}")
         return verdict
+
+    def _exempt(self) -> bool:
+        return self.exempt is not None and self.exempt(self.inspector.view.client)
 
     def _held_out(self, due_only: bool) -> CommandGenerator:
         """Forward the held client bytes if their time is up (or at once), else ask to be woken when it is."""

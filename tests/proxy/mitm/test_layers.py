@@ -247,3 +247,24 @@ def test_a_benign_held_tail_goes_out_before_the_client_half_closes() -> None:
     )
     assert played == [("RequestWakeup", "1"), ("SendData", "server", '{"a":'), ("CloseTcpConnection", "server")]
     assert seen == []
+
+
+def test_an_unidentified_stream_that_the_gate_exempts_is_relayed() -> None:
+    """A host rule's port is strict too (`Gate.strict`), but a stream that upgraded to TLS with a bound name
+    (`Gate.bound_tls_in`, the ``exempt`` callback) is TLS to a named host, not unidentified."""
+    gate = make_gate()
+    context = make_context((ALLOWED_ADDRESS, 443))
+    sandbox = gate.sandbox(str(context.client.peername[0]))
+    assert sandbox is not None
+    seen: list[Verdict] = []
+    asked: list[int] = []
+
+    def exempt(client: bytes) -> bool:
+        asked.append(len(client))
+        return True
+
+    inspector = gate.inspector(flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 443)))
+    layer = InspectLayer(context, sandbox, inspector, lambda *a: seen.append(a[2]), strict=True, exempt=exempt)
+    played = _play(layer, events.Start(), events.DataReceived(context.client, PADDED_MINING))
+    assert played == [("SendData", "server", PADDED_MINING.decode())]
+    assert seen == [] and asked == [STREAM_CAP], "asked once, at the cap, with what the inspection read"
