@@ -19,10 +19,10 @@ from mitmproxy.proxy.context import Context
 from egress.decide import Enforcement, Reason, Verdict, decide_finding, decide_suspicion
 from egress.detect import http
 from egress.detect.base import MORE, Category, Finding, evidence
-from egress.detect.engine import FlowInspector, unidentified_finding
+from egress.detect.engine import UNIDENTIFIED, FlowInspector, unidentified_finding
 from egress.detect.sshshape import SshShape
 from egress.policy.model import Sandbox
-from egress.proxy.holdback import Holdback
+from egress.proxy.holdback import HOLD_FOR, Holdback
 
 log = logging.getLogger("egress.proxy")
 
@@ -73,7 +73,10 @@ class InspectLayer(layers.TCPLayer):
     The client's bytes of a message the detectors are still waiting for are held back (`egress.proxy.holdback`):
     a mining message split into segments never reaches the server in part, since the detectors judge it whole
     before any of it is forwarded. Held bytes go out when the message closes, after `holdback.HOLD_FOR`, or when
-    the client ends its side (after the detectors' last look at the flow, which then ends its inspection)."""
+    the client ends its side (after the detectors' last look at the flow, which then ends its inspection). Where
+    ``strict``, a message whose time is up while the detectors are still undecided is not forwarded: the flow is
+    judged unidentified (blocked as ``tunnel``), so no byte of a mining message reaches the pool however the
+    miner paces it."""
 
     def __init__(
         self,
@@ -88,6 +91,8 @@ class InspectLayer(layers.TCPLayer):
     ) -> None:
         super().__init__(context, ignore=True)
         self.exempt = exempt
+        self.left_open = False
+        """A held message was judged for being left open (once: report mode lets it through)."""
         self.clock = clock
         self.holdback = Holdback()
         self.waking = False
@@ -192,6 +197,16 @@ class InspectLayer(layers.TCPLayer):
                 self.waking = True
                 yield commands.RequestWakeup(wait)
             return
+        if due_only and self.strict and not self.inspector.done and not self.left_open:
+            # The message these bytes open stopped growing before the detectors could judge it: where the policy
+            # names what the destination speaks, it is judged unidentified rather than forwarded in part (issue 9:
+            # a miner that pauses inside its login got all of it but the closing brace to the pool).
+            self.left_open = True
+            text = f"a message left open {HOLD_FOR:g} s, undecided; held {self.holdback.held[:24].hex()}"
+            verdict = decide_finding(self.sandbox, Finding(Category.TUNNEL, UNIDENTIFIED, "proxy", evidence(text)))
+            yield from self._judged(verdict)
+            if verdict.action is Enforcement.BLOCK:
+                return
         held = self.holdback.release()
         if self.context.server.connected:
             yield commands.SendData(self.context.server, held)

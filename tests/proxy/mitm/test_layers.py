@@ -268,3 +268,19 @@ def test_an_unidentified_stream_that_the_gate_exempts_is_relayed() -> None:
     played = _play(layer, events.Start(), events.DataReceived(context.client, PADDED_MINING))
     assert played == [("SendData", "server", PADDED_MINING.decode())]
     assert seen == [] and asked == [STREAM_CAP], "asked once, at the cap, with what the inspection read"
+
+
+def test_where_the_policy_names_the_protocols_a_message_left_open_is_judged_not_forwarded() -> None:
+    """Issue 9, point 3: a miner that pauses inside its login for longer than the hold got every byte but the last
+    to the pool. Where the destination's protocols are named (strict), the hold's end judges the flow unidentified
+    and blocks it: none of the held bytes is forwarded."""
+    now = [100.0]
+    layer, context, seen = _inspecting(strict=True, clock=lambda: now[0])
+    played = _play(layer, events.Start(), *(events.DataReceived(context.client, STRATUM[i : i + 1]) for i in range(63)))
+    assert [p for p in played if p[0] == "SendData"] == []
+    now[0] = 100.0 + HOLD_FOR
+    assert _play(layer, events.Wakeup(commands.RequestWakeup(HOLD_FOR))) == CLOSE_BOTH
+    [verdict] = seen
+    assert (verdict.action, verdict.reason) == (Enforcement.BLOCK, Reason.TUNNEL)
+    assert verdict.finding is not None and verdict.finding.protocol == UNIDENTIFIED
+    assert "left open" in verdict.finding.evidence
