@@ -253,7 +253,7 @@ class Front:
 
         shape = sandbox.detectors.mining_shape is not DetectorAction.ALLOW
         window = float(sandbox.detectors.mining_shape_window)
-        return Watch(on_finding, mining=miningshape.MiningShape(window) if shape else None)
+        return Watch(on_finding, mining=miningshape.MiningShape(window) if shape else None, suspicions=suspicions)
 
     @staticmethod
     async def _first_decision(conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | None:
