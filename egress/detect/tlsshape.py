@@ -138,6 +138,9 @@ class TlsShape:
     """Every finding so far, each protocol once, in order."""
     done: bool = False
     """Nothing more to watch: ``ssh-in-tls`` found, MAX_RECORDS records, or bytes that are not TLS records."""
+    suspicions: bool = True
+    """Also look for the `SUSPECTED` shapes; False where they would not be reported (the front's watch of a host
+    rule's bound name), which also saves their cost on every record of a bulk transfer."""
 
     def feed(self, from_client: bool, data: bytes, now: float) -> Finding | None:
         """The finding these bytes completed, if any (each protocol is returned once; watching goes on after a
@@ -206,6 +209,8 @@ class TlsShape:
             lambda: _tls_in_tls(self.records),
             lambda: _echo(self.records),
         )
+        if not self.suspicions:
+            checks = checks[:2]
         for check in checks:
             finding = check()
             if finding is not None and finding.protocol not in seen:

@@ -9,12 +9,16 @@ with a pair of asyncio protocols: a fraction of what the same connection costs i
 client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspection, refusals, would-blocks, bytes
 that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
 what it always did: the front only takes what it can finish, and never blocks or records a block itself, with one
-exception. TLS through a network rule (`Decision.watch`) is relayed through a `egress.proxy.relay.Watch`: a
-blocking TLS shape finding closes both sides before the chunk that completed it is forwarded, and the front
-reports it (mining told from the shape, `egress.detect.miningshape`, too: recorded, or blocked where the
-sandbox's ``detectors.mining_shape`` says ``block``). Such TLS, and a ``tls: any`` rule's recorded TLS, is the
-front's to take: mitmproxy refuses it rather than relay it unwatched; so once a client's first bytes look like TLS
-the front waits `HELLO_WAIT` for the rest.
+exception. Every TLS connection the front relays is relayed through a `egress.proxy.relay.Watch`: a blocking
+TLS shape finding closes both sides before the chunk that completed it is forwarded, and the front reports it
+(SSH inside TLS; mining told from the shape, `egress.detect.miningshape`: recorded, or blocked where the
+sandbox's ``detectors.mining_shape`` says ``block``). That holds for a host rule's bound name as for a network
+rule (issue 9: Stratum inside TLS to a bound name is no payload detector's to see). The shapes ordinary TLS can
+take too (`egress.detect.tlsshape.SUSPECTED`: TLS in TLS, keystroke echo) are recorded only through a network rule
+(`Decision.watch`), where the policy names a destination without a name; to a named host they would be noise.
+TLS through a network rule, and a ``tls: any`` rule's recorded TLS, is the front's to take: mitmproxy refuses it
+rather than relay it unwatched; so once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the
+rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
@@ -34,7 +38,7 @@ from typing import Final
 
 from egress.decide import Enforcement, decide_watched
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import miningshape, tls
+from egress.detect import miningshape, tls, tlsshape
 from egress.detect.base import Finding, FlowMeta
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import DetectorAction, Sandbox
@@ -196,7 +200,7 @@ class Front:
         recorded = decision.verdict
         if recorded is not None and not (decision.watch and recorded.action is Enforcement.RECORD):
             return False  # would-blocks and records other than a watched rule's go to mitmproxy
-        watch = self._watch(sandbox, source, dst, decision.host) if decision.watch else None
+        watch = self._watch(sandbox, source, dst, decision.host, suspicions=decision.watch)
         loop = asyncio.get_running_loop()
         try:
             upstream_transport, upstream = await asyncio.wait_for(
@@ -251,10 +255,16 @@ class Front:
 
         client.on_lost = lost
 
-    def _watch(self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str) -> Watch:
-        """A TLS shape watcher whose finding is decided and reported here (the one block the front makes)."""
+    def _watch(
+        self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str, suspicions: bool = True
+    ) -> Watch:
+        """A TLS shape watcher whose finding is decided and reported here (the one block the front makes).
+        ``suspicions``: report the shapes ordinary TLS can take too (`tlsshape.SUSPECTED`); without, they are
+        dropped unreported (TLS to a host rule's bound name: see the module docstring)."""
 
         def on_finding(finding: Finding) -> bool:
+            if not suspicions and finding.detector == tlsshape.NAME and finding.protocol in tlsshape.SUSPECTED:
+                return False
             verdict = decide_watched(sandbox, finding)  # the policy's mining_shape action: record (default) or block
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", host, verdict))
             if verdict.action is Enforcement.BLOCK:
@@ -264,7 +274,7 @@ class Front:
 
         shape = sandbox.detectors.mining_shape is not DetectorAction.ALLOW
         window = float(sandbox.detectors.mining_shape_window)
-        return Watch(on_finding, mining=miningshape.MiningShape(window) if shape else None)
+        return Watch(on_finding, mining=miningshape.MiningShape(window) if shape else None, suspicions=suspicions)
 
     @staticmethod
     async def _first_decision(conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | None:

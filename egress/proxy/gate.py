@@ -63,7 +63,8 @@ class Decision:
     allow: Verdict | None = None
     """The verdict that let the connection through, when nothing is worth recording (its decision log line)."""
     watch: bool = False
-    """PASSTHROUGH only: TLS through a network rule, to be relayed through `egress.detect.tlsshape`."""
+    """PASSTHROUGH only: TLS through a network rule, which only a caller that watches it may relay (the front
+    relays every passthrough through `egress.detect.tlsshape`; here it also records the suspected shapes)."""
 
 
 NamesFor = Callable[[str, str], frozenset[str]]
@@ -217,6 +218,30 @@ class Gate:
         if not network.expects(Expect.ANY):
             detectors += OPAQUE
         return FlowInspector(meta, detectors)
+
+    def strict(self, sandbox: Sandbox, meta: FlowMeta) -> bool:
+        """Whether a relayed raw stream (INSPECT) to ``meta``'s destination that the inspection cap leaves
+        unidentified is blocked (`egress.detect.engine.unidentified_finding`): through a network rule unless it
+        says ``any``, and to a host rule's port always (issue 9: padding past the cap bought an uninspected
+        connection to a bound name), unless `bound_tls_in` the stream (the caller asks)."""
+        network = network_rule_for(sandbox, meta.dst, meta.dport)
+        return network is None or not network.expects(Expect.ANY)
+
+    def bound_tls_in(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> bool:
+        """Whether ``client`` (a raw stream to a host rule's port) carries, after its opening, a whole ClientHello
+        whose SNI is bound to the destination: a protocol that upgrades to TLS (STARTTLS, PostgreSQL's
+        SSLRequest) is TLS to a named host, not an unidentified stream. A network rule's destination gets no
+        such pass (its rule names what it speaks)."""
+        if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
+            return False
+        names = self.names_for(sandbox.name, meta.dst)
+        at = client.find(b"\x16\x03")
+        while at >= 0 and names:
+            hello = tls.parse_client_hello(client[at:], partial=True)
+            if isinstance(hello, tls.ClientHello) and hello.sni is not None and hello.sni in names:
+                return True
+            at = client.find(b"\x16\x03", at + 1)
+        return False
 
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)

@@ -1,7 +1,7 @@
 """The front's relay: a pair of asyncio protocols that copy one connection's bytes both ways, with back-pressure
 and half-close, optionally through a `Watch` that may close both sides before a chunk is forwarded.
 
-A `Watch` holds a `egress.detect.tlsshape.TlsShape` for TLS passed through a network rule: each chunk is shown to
+A `Watch` holds a `egress.detect.tlsshape.TlsShape` for TLS the front relays: each chunk is shown to
 it before it is written on, so the chunk that completes a tunnel's shape is never forwarded. Optionally it also
 hands the records that watcher reads to a `egress.detect.miningshape.MiningShape` (mining told from the shape).
 """
@@ -27,10 +27,15 @@ class Watch:
     """A TLS shape watcher shared by both halves of one relay."""
 
     def __init__(
-        self, on_finding: OnFinding, clock: Callable[[], float] = time.monotonic, mining: MiningShape | None = None
+        self,
+        on_finding: OnFinding,
+        clock: Callable[[], float] = time.monotonic,
+        mining: MiningShape | None = None,
+        suspicions: bool = True,
     ) -> None:
-        """``mining``: also judge the records the shape watcher reads for mining (`egress.detect.miningshape`)."""
-        self.shape = TlsShape()
+        """``mining``: also judge the records the shape watcher reads for mining (`egress.detect.miningshape`);
+        ``suspicions``: also look for the shapes ordinary TLS can take too (`TlsShape.suspicions`)."""
+        self.shape = TlsShape(suspicions=suspicions)
         self.on_finding = on_finding
         self.clock = clock
         self.mining = mining

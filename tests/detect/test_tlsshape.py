@@ -14,12 +14,12 @@ from tests.budget import examples
 from tests.detect import tlsshape_traces as traces
 
 
-def _replay(trace: traces.Trace, split: int = 0, want: str = "") -> tuple[Finding | None, int]:
+def _replay(trace: traces.Trace, split: int = 0, want: str = "", suspicions: bool = True) -> tuple[Finding | None, int]:
     """Feed a trace's records (headers, zero bodies; the real ServerHello) to a watcher; ``split`` > 0 cuts each
     record into pieces of that many bytes. Returns the first finding (of protocol ``want``, if given) and the index
     of the record that completed it."""
     hello, records = trace
-    shape = TlsShape()
+    shape = TlsShape(suspicions=suspicions)
     first_server = True
     for index, (ms, side, kind, length) in enumerate(records):
         if side == "s" and first_server:
@@ -151,3 +151,13 @@ def test_random_openings_do_not_look_like_ssh() -> None:
             records.append((5.0 + i, "cs"[rng.random() < 0.5], 23, size + 17))
         fired += _replay((hello, tuple(records)), want="ssh-in-tls")[0] is not None
     assert fired == 0
+
+
+def test_without_suspicions_only_the_blocking_shape_is_looked_for() -> None:
+    """The front's watch of a host rule's bound name does not report TLS in TLS or keystroke echo, so it does not
+    look for them (their checks were two thirds of the watcher's cost per record of a bulk transfer); SSH still."""
+    for name in ("TLS_IN_TLS", "TLS_IN_TLS_BULK", "PTY_SHELL"):
+        assert _replay(getattr(traces, name))[0] is not None, name
+        assert _replay(getattr(traces, name), suspicions=False)[0] is None, name
+    for name in ("SSH_EXEC", "SSH_SOCKS", "SSH_SHELL"):
+        assert _replay(getattr(traces, name), suspicions=False) == _replay(getattr(traces, name)), name

@@ -17,6 +17,8 @@ import pytest
 
 from egress.decide import Enforcement, Reason
 from egress.decisions import DecidedFlow
+from egress.detect import miningshape, tlsshape
+from egress.detect.base import Category, Finding
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.lab import certs
@@ -281,9 +283,12 @@ SSH_SOCKS): banners, key exchange, user authentication; ``s 28`` is USERAUTH_SUC
 HTTPS_LIKE = [("c", 86), ("s", 211), ("s", 1119), ("c", 90), ("s", 300), ("c", 120), ("s", 4000)]
 
 
-async def _scripted_tls(script: list[tuple[str, int]], tmp_path: Path) -> tuple[_Setup, list[int], int]:
+async def _scripted_tls(
+    script: list[tuple[str, int]], tmp_path: Path, network: bool = True
+) -> tuple[_Setup, list[int], int]:
     """A TLS server and client that exchange ``script`` (each entry one write, so one record) through the front;
-    returns the setup, the sizes the server received and how many script entries the client completed."""
+    returns the setup, the sizes the server received and how many script entries the client completed.
+    ``network``: the destination is on a network rule (else allowed only by the host rule of the bound SNI)."""
     files = certs.ensure(tmp_path / "certs")
     chain, key = files.servers["pool"]
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -302,7 +307,7 @@ async def _scripted_tls(script: list[tuple[str, int]], tmp_path: Path) -> tuple[
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
-    setup = _Setup(int(server.sockets[0].getsockname()[1]), network=True)
+    setup = _Setup(int(server.sockets[0].getsockname()[1]), network=network)
     port, task = await _serving(setup)
     client_context = ssl.create_default_context(cafile=str(files.ca))
     client_context.check_hostname = False
@@ -324,12 +329,14 @@ async def _scripted_tls(script: list[tuple[str, int]], tmp_path: Path) -> tuple[
     return setup, received, done
 
 
-def test_ssh_inside_watched_tls_is_closed_before_its_first_encrypted_packet(tmp_path: Path) -> None:
+@pytest.mark.parametrize("network", [True, False], ids=["network-rule", "host-rule-bound-sni"])
+def test_ssh_inside_watched_tls_is_closed_before_its_first_encrypted_packet(tmp_path: Path, network: bool) -> None:
     """Closed at SSH's opening (identification, clear key exchange, NEWKEYS): the client's first encrypted packet
-    (SERVICE_REQUEST) is not forwarded, so no authentication, let alone a channel, ever reaches the server."""
+    (SERVICE_REQUEST) is not forwarded, so no authentication, let alone a channel, ever reaches the server. Through a
+    network rule and to a host rule's bound name alike (issue 9: every relayed TLS connection is watched)."""
 
     async def scenario() -> None:
-        setup, received, done = await _scripted_tls(SSH_IN_TLS, tmp_path)
+        setup, received, done = await _scripted_tls(SSH_IN_TLS, tmp_path, network)
         assert done == SSH_IN_TLS.index(("c", 44)) + 1, "its write succeeds, its answer never comes"
         # NEWKEYS goes too unless it arrives in the same read as the packet after it (then neither is forwarded)
         assert received in ([41, 1560, 1208], [41, 1560, 1208, 16]), "only the opening reached the server"
@@ -340,12 +347,60 @@ def test_ssh_inside_watched_tls_is_closed_before_its_first_encrypted_packet(tmp_
     _run(scenario)
 
 
-def test_https_like_tls_through_a_watched_rule_passes(tmp_path: Path) -> None:
+@pytest.mark.parametrize("network", [True, False], ids=["network-rule", "host-rule-bound-sni"])
+def test_https_like_tls_through_a_watched_rule_passes(tmp_path: Path, network: bool) -> None:
     async def scenario() -> None:
-        setup, received, done = await _scripted_tls(HTTPS_LIKE, tmp_path)
+        setup, received, done = await _scripted_tls(HTTPS_LIKE, tmp_path, network)
         assert done == len(HTTPS_LIKE)
         assert received == [size for side, size in HTTPS_LIKE if side == "c"]
         assert setup.front.watch_blocked == 0 and setup.front.relayed == 1
         assert [flow.verdict.action for flow in setup.reporter.reported] == [Enforcement.ALLOW]
 
     _run(scenario)
+
+
+SHAPE_POLICY = """
+version: 1
+sandboxes:
+  box:
+    sources: [127.0.0.0/8]
+    mode: enforce
+    allow: {hosts: [{host: allowed.test, ports: [443]}]}
+    detectors: {mining_shape: %s}
+"""
+
+
+def _finding(detector: str, protocol: str, category: Category = Category.TUNNEL) -> Finding:
+    return Finding(category, protocol, detector, "shape")
+
+
+@pytest.mark.parametrize("suspicions", [True, False], ids=["network-rule", "host-rule"])
+def test_the_watch_reports_suspected_shapes_only_through_a_network_rule(suspicions: bool) -> None:
+    """TLS in TLS and keystroke echo are shapes ordinary TLS takes too: recorded where a network rule names an
+    address without a name, dropped to a host rule's bound name (noise); neither closes the connection."""
+    setup = _Setup(443)
+    sandbox = setup.gate.policy.sandboxes[0]
+    watch = setup.front._watch(sandbox, ("127.0.0.1", 5000), ("127.0.0.1", 443), "allowed.test", suspicions)
+    for protocol in sorted(tlsshape.SUSPECTED):
+        assert watch.on_finding(_finding(tlsshape.NAME, protocol)) is False
+    reported = [flow.verdict for flow in setup.reporter.reported]
+    assert [v.action for v in reported] == ([Enforcement.RECORD] * len(tlsshape.SUSPECTED) if suspicions else [])
+
+
+@pytest.mark.parametrize("action", ["block", "record"])
+def test_the_watch_decides_mining_shape_to_a_host_rule_name_by_the_policy(action: str) -> None:
+    """Mining told from the shape to a host rule's bound name (no network rule): recorded as mining, and the
+    connection closed where the sandbox's ``detectors.mining_shape`` says block; SSH in TLS always closes it."""
+    setup = _Setup(443)
+    setup.gate = Gate(parse_policy(SHAPE_POLICY % action), setup.gate.names_for, setup.gate.name_detector, ())
+    sandbox = setup.gate.policy.sandboxes[0]
+    watch = setup.front._watch(sandbox, ("127.0.0.1", 5000), ("127.0.0.1", 443), "allowed.test", suspicions=False)
+    mining = _finding(miningshape.NAME, miningshape.PROTOCOL, Category.MINING)
+    assert watch.on_finding(mining) is (action == "block")
+    assert watch.on_finding(_finding(tlsshape.NAME, "ssh-in-tls")) is True
+    reported = [flow.verdict for flow in setup.reporter.reported]
+    assert [(v.reason, v.action) for v in reported] == [
+        (Reason.MINING, Enforcement.BLOCK if action == "block" else Enforcement.RECORD),
+        (Reason.TUNNEL, Enforcement.BLOCK),
+    ]
+    assert all(flow.host == "allowed.test" for flow in setup.reporter.reported)

@@ -216,3 +216,58 @@ def test_a_tls_record_header_without_a_client_hello_is_inspected_not_passed(head
     assert decision.kind is Kind.REFUSE
     assert decision.verdict is not None and decision.verdict.reason is Reason.MINING
     assert gate.on_first_bytes(sandbox, meta, head + b'{"id":1,"method":"echo"}\n', b"").kind is Kind.INSPECT
+
+
+# -- a raw stream left unidentified at the inspection cap (issue 9, point 4) ---------------------------------------
+ANY_RULE = """version: 1
+sandboxes:
+  box:
+    sources: [10.0.0.0/24]
+    allow:
+      hosts: [{host: allowed.test, ports: [443, 587]}]
+      networks:
+        - {cidr: 192.0.2.10/32, ports: [3333]}
+        - {cidr: 192.0.2.10/32, ports: [4444], expect: [any]}
+"""
+
+
+def _strict_gate() -> Gate:
+    def names_for(sandbox: str, address: str) -> frozenset[str]:
+        return frozenset({"allowed.test"}) if address == DST[0] else frozenset()
+
+    lists = shipped_lists()
+    return Gate(parse_policy(ANY_RULE), names_for, make_name_detector(lists), stream_detectors(lists))
+
+
+@pytest.mark.parametrize(("port", "strict"), [(587, True), (443, True), (3333, True), (4444, False)])
+def test_an_unidentified_stream_is_blocked_on_host_rule_ports_and_where_a_network_rule_names_protocols(
+    port: int, strict: bool
+) -> None:
+    """Before, only a network rule's destination was strict: padding past the cap to a host rule's port bought an
+    uninspected connection to the bound name. Only a network rule that says ``any`` lets it through."""
+    gate = _strict_gate()
+    sandbox = gate.policy.sandboxes[0]
+    assert gate.strict(sandbox, flow_meta(("10.0.0.5", 40000), (DST[0], port))) is strict
+
+
+STARTTLS = b"EHLO sandbox\r\nSTARTTLS\r\n"
+
+
+@pytest.mark.parametrize(
+    ("client", "port", "passes"),
+    [
+        (STARTTLS + _client_hello("allowed.test"), 587, True),  # upgraded to TLS that names the bound host
+        (b"\x00\x00\x00\x08\x04\xd2\x16\x2f" + _client_hello("allowed.test"), 587, True),  # PostgreSQL SSLRequest
+        (STARTTLS + _client_hello("evil.test"), 587, False),  # a name not bound to the address
+        (STARTTLS + _client_hello("allowed.test")[:60], 587, False),  # a hello cut short is no hello
+        (STARTTLS + b"\x16\x03\x01\x00\x05" + b" " * 4000, 587, False),  # a record header alone
+        (STARTTLS + _client_hello("allowed.test"), 3333, False),  # a network rule names what it speaks
+    ],
+    ids=["starttls", "sslrequest", "unbound-sni", "cut-hello", "fake-header", "network-rule"],
+)
+def test_a_stream_that_upgrades_to_tls_with_a_bound_name_is_not_unidentified(
+    client: bytes, port: int, passes: bool
+) -> None:
+    gate = _strict_gate()
+    sandbox = gate.policy.sandboxes[0]
+    assert gate.bound_tls_in(sandbox, flow_meta(("10.0.0.5", 40000), (DST[0], port)), client) is passes

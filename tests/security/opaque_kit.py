@@ -5,8 +5,9 @@ behind TLS).
 
 Ports on 198.18.10.7 (all on one network rule, default ``expect`` and ``tls: bound``): 8443 stunnel → sshd,
 8444 sink, 8445 stunnel → HTTP (a real HTTPS server), 8447 stunnel → Stratum pool, 8448 sink that speaks first,
-8449 OpenVPN, 8080 plain HTTP. 198.18.10.4:2222 is sshd itself (a rule that expects ssh), 198.18.10.3:8446
-stunnel → sshd on a rule with ``tls: any``.
+8449 OpenVPN, 8080 plain HTTP. On the same address, ports only the host rule of ssh.lab allows: 8452 sink, 8453 a
+server that upgrades to TLS after a ``STARTTLS`` line (as SMTP and IMAP do). 198.18.10.4:2222 is sshd itself (a
+rule that expects ssh), 198.18.10.3:8446 stunnel → sshd on a rule with ``tls: any``.
 """
 
 from __future__ import annotations
@@ -68,6 +69,30 @@ while True:
 """
 
 
+STARTTLS = """
+import socket, ssl, sys, threading
+host, port, cert, key = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
+listener = socket.create_server((host, port)); print("listening", flush=True)
+def serve(conn):
+    got = 0
+    try:
+        conn.settimeout(20)
+        line = conn.makefile("rb").readline()
+        conn.sendall(b"220 go ahead\\r\\n")
+        tls = context.wrap_socket(conn, server_side=True)
+        tls.sendall(bytes(range(256)) * 160)  # 40 KiB down, past the inspection cap
+        while data := tls.recv(65536):
+            got += len(data)
+        print(f"upgraded after {line!r} got {got} bytes", flush=True)
+    except OSError as error:
+        print(f"failed after {got} bytes: {error}", flush=True)
+while True:
+    conn, _ = listener.accept()
+    threading.Thread(target=serve, args=(conn,), daemon=True).start()
+"""
+
+
 @dataclass
 class Kit:
     root: pathlib.Path
@@ -123,6 +148,9 @@ def start_servers(lab: SecurityLab) -> Kit:
     lab.attacker("sink", [sys.executable, "-c", SINK, ATTACK, "8444", "0"]).wait_for("listening")
     lab.attacker("sink-first", [sys.executable, "-c", SINK, ATTACK, "8448", "1"]).wait_for("listening")
     lab.attacker("pool", [sys.executable, "-c", POOL, "3390"]).wait_for("listening")
+    lab.attacker("host-sink", [sys.executable, "-c", SINK, ATTACK, "8452", "0"]).wait_for("listening")
+    starttls = [sys.executable, "-c", STARTTLS, ATTACK, "8453", str(tools.cert), str(tools.key)]
+    lab.attacker("starttls", starttls).wait_for("listening")
     web = [sys.executable, "-u", "-m", "http.server", "--directory", str(tools.root)]
     lab.attacker("http", [*web, "--bind", ATTACK, "8080"]).wait_for("Serving HTTP")
     lab.attacker("https-backend", [*web, "--bind", "127.0.0.1", "8081"]).wait_for("Serving HTTP")

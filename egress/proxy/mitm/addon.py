@@ -44,12 +44,12 @@ from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import HTTP_ALPNS
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from egress.decide import Enforcement, Verdict, decide_finding, network_rule_for
+from egress.decide import Enforcement, Verdict, decide_finding
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import tls
 from egress.detect.base import FlowMeta, Transport
 from egress.flowlog import EndedFlow, FlowSink, Meter
-from egress.policy.model import Expect, Sandbox
+from egress.policy.model import Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
 from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta, note_record
 from egress.proxy.mitm.inspect import unidentified
@@ -287,10 +287,15 @@ class EgressAddon(NextLayer):
                 return layers.TCPLayer(context, ignore=True)
             case Kind.INSPECT:
                 inspector = self.gate.inspector(meta)
-                network = network_rule_for(state.sandbox, meta.dst, meta.dport)
-                strict = network is not None and not network.expects(Expect.ANY)
+                sandbox, gate = state.sandbox, self.gate
                 return InspectLayer(
-                    context, state.sandbox, inspector, self._on_verdict, guard_http=not data_client, strict=strict
+                    context,
+                    sandbox,
+                    inspector,
+                    self._on_verdict,
+                    guard_http=not data_client,
+                    strict=gate.strict(sandbox, meta),
+                    exempt=lambda client: gate.bound_tls_in(sandbox, meta, client),
                 )
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)

@@ -19,10 +19,10 @@ from mitmproxy.proxy.context import Context
 from egress.decide import Enforcement, Reason, Verdict, decide_finding, decide_suspicion
 from egress.detect import http
 from egress.detect.base import MORE, Category, Finding, evidence
-from egress.detect.engine import FlowInspector, unidentified_finding
+from egress.detect.engine import UNIDENTIFIED, FlowInspector, unidentified_finding
 from egress.detect.sshshape import SshShape
 from egress.policy.model import Sandbox
-from egress.proxy.holdback import Holdback
+from egress.proxy.holdback import HOLD_FOR, Holdback
 
 log = logging.getLogger("egress.proxy")
 
@@ -65,13 +65,18 @@ class InspectLayer(layers.TCPLayer):
     layer, which decodes bodies and checks Host: a server greeting must not be a way around that).
 
     ``strict``: the policy names the protocols this destination speaks (a network rule whose ``expect`` lacks
-    ``any``), so a stream the inspection cap leaves unidentified (`FlowInspector.unidentified`: padding, junk or
-    a protocol no detector rules out) is blocked as ``tunnel``/``unidentified`` instead of relayed unjudged.
+    ``any``, or a host rule's port: `Gate.strict`), so a stream the inspection cap leaves unidentified
+    (`FlowInspector.unidentified`: padding, junk or a protocol no detector rules out) is blocked as
+    ``tunnel``/``unidentified`` instead of relayed unjudged, unless ``exempt`` says the client's bytes so far pass
+    (a stream that upgraded to TLS with a bound name: `Gate.bound_tls_in`).
 
     The client's bytes of a message the detectors are still waiting for are held back (`egress.proxy.holdback`):
     a mining message split into segments never reaches the server in part, since the detectors judge it whole
     before any of it is forwarded. Held bytes go out when the message closes, after `holdback.HOLD_FOR`, or when
-    the client ends its side (after the detectors' last look at the flow, which then ends its inspection)."""
+    the client ends its side (after the detectors' last look at the flow, which then ends its inspection). Where
+    ``strict``, a message whose time is up while the detectors are still undecided is not forwarded: the flow is
+    judged unidentified (blocked as ``tunnel``), so no byte of a mining message reaches the pool however the
+    miner paces it."""
 
     def __init__(
         self,
@@ -82,8 +87,12 @@ class InspectLayer(layers.TCPLayer):
         guard_http: bool = False,
         strict: bool = False,
         clock: Callable[[], float] = time.monotonic,
+        exempt: Callable[[bytes], bool] | None = None,
     ) -> None:
         super().__init__(context, ignore=True)
+        self.exempt = exempt
+        self.left_open = False
+        """A held message was judged for being left open (once: report mode lets it through)."""
         self.clock = clock
         self.holdback = Holdback()
         self.waking = False
@@ -168,12 +177,15 @@ class InspectLayer(layers.TCPLayer):
             # that comes later replaces it (egress.detect.engine.RANK).
             fresh = finding is not None and finding is not before
             verdict = decide_finding(self.sandbox, finding) if finding is not None and fresh else None
-            if verdict is None and self.strict and inspector.unidentified:
+            if verdict is None and self.strict and inspector.unidentified and not self._exempt():
                 verdict = decide_finding(self.sandbox, unidentified_finding(inspector))
         except Exception as exc:
             log.exception("egress: inspection failed; the connection is closed")
             verdict = fail_closed_verdict(f"inspect: {exc!r}")
         return verdict
+
+    def _exempt(self) -> bool:
+        return self.exempt is not None and self.exempt(self.inspector.view.client)
 
     def _held_out(self, due_only: bool) -> CommandGenerator:
         """Forward the held client bytes if their time is up (or at once), else ask to be woken when it is."""
@@ -185,6 +197,16 @@ class InspectLayer(layers.TCPLayer):
                 self.waking = True
                 yield commands.RequestWakeup(wait)
             return
+        if due_only and self.strict and not self.inspector.done and not self.left_open:
+            # The message these bytes open stopped growing before the detectors could judge it: where the policy
+            # names what the destination speaks, it is judged unidentified rather than forwarded in part (issue 9:
+            # a miner that pauses inside its login got all of it but the closing brace to the pool).
+            self.left_open = True
+            text = f"a message left open {HOLD_FOR:g} s, undecided; held {self.holdback.held[:24].hex()}"
+            verdict = decide_finding(self.sandbox, Finding(Category.TUNNEL, UNIDENTIFIED, "proxy", evidence(text)))
+            yield from self._judged(verdict)
+            if verdict.action is Enforcement.BLOCK:
+                return
         held = self.holdback.release()
         if self.context.server.connected:
             yield commands.SendData(self.context.server, held)

@@ -247,3 +247,40 @@ def test_a_benign_held_tail_goes_out_before_the_client_half_closes() -> None:
     )
     assert played == [("RequestWakeup", "1"), ("SendData", "server", '{"a":'), ("CloseTcpConnection", "server")]
     assert seen == []
+
+
+def test_an_unidentified_stream_that_the_gate_exempts_is_relayed() -> None:
+    """A host rule's port is strict too (`Gate.strict`), but a stream that upgraded to TLS with a bound name
+    (`Gate.bound_tls_in`, the ``exempt`` callback) is TLS to a named host, not unidentified."""
+    gate = make_gate()
+    context = make_context((ALLOWED_ADDRESS, 443))
+    sandbox = gate.sandbox(str(context.client.peername[0]))
+    assert sandbox is not None
+    seen: list[Verdict] = []
+    asked: list[int] = []
+
+    def exempt(client: bytes) -> bool:
+        asked.append(len(client))
+        return True
+
+    inspector = gate.inspector(flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 443)))
+    layer = InspectLayer(context, sandbox, inspector, lambda *a: seen.append(a[2]), strict=True, exempt=exempt)
+    played = _play(layer, events.Start(), events.DataReceived(context.client, PADDED_MINING))
+    assert played == [("SendData", "server", PADDED_MINING.decode())]
+    assert seen == [] and asked == [STREAM_CAP], "asked once, at the cap, with what the inspection read"
+
+
+def test_where_the_policy_names_the_protocols_a_message_left_open_is_judged_not_forwarded() -> None:
+    """Issue 9, point 3: a miner that pauses inside its login for longer than the hold got every byte but the last
+    to the pool. Where the destination's protocols are named (strict), the hold's end judges the flow unidentified
+    and blocks it: none of the held bytes is forwarded."""
+    now = [100.0]
+    layer, context, seen = _inspecting(strict=True, clock=lambda: now[0])
+    played = _play(layer, events.Start(), *(events.DataReceived(context.client, STRATUM[i : i + 1]) for i in range(63)))
+    assert [p for p in played if p[0] == "SendData"] == []
+    now[0] = 100.0 + HOLD_FOR
+    assert _play(layer, events.Wakeup(commands.RequestWakeup(HOLD_FOR))) == CLOSE_BOTH
+    [verdict] = seen
+    assert (verdict.action, verdict.reason) == (Enforcement.BLOCK, Reason.TUNNEL)
+    assert verdict.finding is not None and verdict.finding.protocol == UNIDENTIFIED
+    assert "left open" in verdict.finding.evidence
