@@ -201,8 +201,7 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
             continue
         answered = True
         if previous is None or last_client is None:
-            unexplained += 1
-            continue
+            continue  # before the client asked anything: a TLS 1.3 server's session tickets
         since_client = record.at - last_client.at
         asked = last_client.size >= REQUEST_MIN and since_client <= ANSWER_WITHIN * scale
         if asked and (previous.from_client or record.at - previous.at < QUIET * scale):
