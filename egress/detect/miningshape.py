@@ -188,6 +188,7 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
     answers: list[int] = []
     acks: list[int] = []
     ack_times: list[float] = []
+    late: list[int] = []
     unexplained = 0
     wait = 0.0
     client_again = answered = False
@@ -209,6 +210,8 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
             if previous.from_client and record.size <= ACK_MAX:
                 acks.append(record.size)
                 ack_times.append(record.at)
+        elif asked:
+            late.append(record.size)  # in the answer window after a pause: the answer's late piece (a busy relay)
         elif (
             not previous.from_client
             and record.at - previous.at >= QUIET * scale
@@ -222,8 +225,9 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
             unexplained += 1
     median = statistics.median(push.size for push in pushes) if pushes else 0
     echo = next((size for size in answers if median - ECHO_BELOW <= size <= median * ECHO_ABOVE + 16), None)
-    bundle = next((size for size in answers if median - ECHO_BELOW <= size <= median * BUNDLE_ABOVE + 16), None)
-    wrapped = next((size for size in answers if median <= size <= median * ECHO_ABOVE + 16), None)
+    answered_all = answers + late
+    bundle = next((s for s in answered_all if median - ECHO_BELOW <= s <= median * BUNDLE_ABOVE + 16), None)
+    wrapped = next((size for size in answered_all if median <= size <= median * ECHO_ABOVE + 16), None)
     ack = acks[0] if acks else None
     up = sum(record.size for record in records if record.from_client)
     return Features(
