@@ -28,7 +28,7 @@ class Flow:
     shape watcher the gateway's SSH relay runs too (`egress.detect.sshshape`: port forwarding told from the sizes
     and times of the encrypted traffic), fed the in-order bytes with each segment's capture time."""
 
-    __slots__ = ("client", "closing", "cport", "inspector", "meta", "shape", "streams", "ts")
+    __slots__ = ("client", "closing", "cport", "inspector", "meta", "said", "shape", "streams", "ts")
 
     def __init__(self, meta: FlowMeta, client: bytes, cport: int, inspector: FlowInspector, ts: float) -> None:
         self.meta = meta
@@ -38,7 +38,10 @@ class Flow:
         self.ts = ts
         tcp = meta.transport is Transport.TCP
         self.streams = (TcpStream(), TcpStream()) if tcp else None
-        self.shape: SshShape | None = SshShape() if tcp else None
+        self.shape: SshShape | None = None
+        """Made at the flow's first bytes when they can open SSH (either side speaks first: RFC 4253 §4.2)."""
+        self.said = not tcp
+        """The flow's first bytes were seen (whether to watch it is settled)."""
         self.closing = 0
 
     @property
@@ -73,6 +76,10 @@ class Flow:
                 data = stream.add(seq, payload)
                 if data:
                     inspector.feed_stream(from_client, data)
+                    if not self.said:
+                        self.said = True
+                        opening = data.lstrip(b"\r\n")[:4]
+                        self.shape = SshShape() if _SSH.startswith(opening) else None
                     if self.watching:
                         assert self.shape is not None
                         shaped = self.shape.feed(from_client, data, ts)
@@ -88,6 +95,8 @@ class Flow:
             inspector.feed_datagram(from_client, payload, flags)
         return shaped
 
+
+_SSH: Final = b"SSH-"
 
 Entry = Flow | object
 _Generation = dict[int, dict[bytes, Entry]]
