@@ -13,8 +13,9 @@ from typing import Final
 
 from egress.capture.packet import FIN, ICMP, RST, SYN, TCP, UDP
 from egress.capture.reassembly import TcpStream
-from egress.detect.base import FlowMeta, Transport
+from egress.detect.base import Category, Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
+from egress.detect.sshshape import SshShape
 
 MAX_TABLE_ENTRIES: Final = 1 << 20
 """A generation holding more keys than this is rotated early, whatever the clock says."""
@@ -23,9 +24,11 @@ DONE: Final = object()
 
 
 class Flow:
-    """A flow being inspected: who the client is, and the reassembly of both directions for TCP."""
+    """A flow being inspected: who the client is, the reassembly of both directions for TCP, and for TCP the SSH
+    shape watcher the gateway's SSH relay runs too (`egress.detect.sshshape`: port forwarding told from the sizes
+    and times of the encrypted traffic), fed the in-order bytes with each segment's capture time."""
 
-    __slots__ = ("client", "closing", "cport", "inspector", "meta", "streams", "ts")
+    __slots__ = ("client", "closing", "cport", "inspector", "meta", "said", "shape", "streams", "ts")
 
     def __init__(self, meta: FlowMeta, client: bytes, cport: int, inspector: FlowInspector, ts: float) -> None:
         self.meta = meta
@@ -33,13 +36,37 @@ class Flow:
         self.cport = cport
         self.inspector = inspector
         self.ts = ts
-        self.streams = (TcpStream(), TcpStream()) if meta.transport is Transport.TCP else None
+        tcp = meta.transport is Transport.TCP
+        self.streams = (TcpStream(), TcpStream()) if tcp else None
+        self.shape: SshShape | None = None
+        """Made at the flow's first bytes when they can open SSH (either side speaks first: RFC 4253 §4.2)."""
+        self.said = not tcp
+        """The flow's first bytes were seen (whether to watch it is settled)."""
         self.closing = 0
 
-    def feed(self, proto: int, src: bytes, sport: int, payload: bytes, flags: int, seq: int) -> None:
-        """One segment of this flow, from either side: TCP reassembled per direction, datagrams as they come."""
+    @property
+    def watching(self) -> bool:
+        """The SSH shape watcher still has something to tell: the flow is not decided while it does. Once the
+        detectors are done it is kept only on SSH (an identification line read), and never after mining."""
+        shape = self.shape
+        if shape is None or shape.done:
+            return False
+        if self.inspector.done:
+            found = self.inspector.finding
+            if not shape.opened or (found is not None and found.category is Category.MINING):
+                self.shape = None
+                return False
+        return True
+
+    def feed(
+        self, proto: int, src: bytes, sport: int, payload: bytes, flags: int, seq: int, ts: float
+    ) -> Finding | None:
+        """One segment of this flow, from either side, captured at ``ts``: TCP reassembled per direction, datagrams
+        as they come. The SSH shape watcher's finding, if this segment completed one (the detectors' findings are
+        the inspector's)."""
         from_client = src == self.client and sport == self.cport
         inspector = self.inspector
+        shaped: Finding | None = None
         if proto == TCP:
             assert self.streams is not None
             stream = self.streams[0] if from_client else self.streams[1]
@@ -49,16 +76,27 @@ class Flow:
                 data = stream.add(seq, payload)
                 if data:
                     inspector.feed_stream(from_client, data)
-            if flags & (FIN | RST) and not inspector.done:
+                    if not self.said:
+                        self.said = True
+                        opening = data.lstrip(b"\r\n")[:4]
+                        self.shape = SshShape() if _SSH.startswith(opening) else None
+                    if self.watching:
+                        assert self.shape is not None
+                        shaped = self.shape.feed(from_client, data, ts)
+            if flags & (FIN | RST):
                 # a FIN from each side, or one RST, ends the connection
                 self.closing += 1 if flags & FIN else 2
                 if self.closing >= 2:
                     inspector.close()
+                    self.shape = None  # nothing more to watch
         elif proto == UDP:
             inspector.feed_datagram(from_client, payload)
         else:  # ICMP: echo and every other type (covert data in messages that carry none, icmp_tunnel)
             inspector.feed_datagram(from_client, payload, flags)
+        return shaped
 
+
+_SSH: Final = b"SSH-"
 
 Entry = Flow | object
 _Generation = dict[int, dict[bytes, Entry]]

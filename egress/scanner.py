@@ -157,10 +157,12 @@ class _Pass:
         if entry is None or entry is DONE:  # unknown, or a SYN reusing a decided flow's ports
             entry = table[key] = table[reverse] = self._new_flow(proto, src, sport, dst, dport, flags, ts)
         assert isinstance(entry, Flow)
-        entry.feed(proto, src, sport, payload, flags, seq)
+        shaped = entry.feed(proto, src, sport, payload, flags, seq, ts)
+        if shaped is not None:
+            self._emit(shaped, entry.meta, entry.ts)
         if proto == UDP and not encap.UDP_PORTS.isdisjoint((sport, dport)):
             self._inner(encap.unwrap_udp(sport, dport, payload), ts, index, depth)
-        if entry.inspector.done:
+        if entry.inspector.done and not entry.watching:
             self._decided(entry, table, key, reverse)
 
     def _decided(self, flow: Flow, table: dict[bytes, object], key: bytes, reverse: bytes) -> None:

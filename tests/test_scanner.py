@@ -13,9 +13,11 @@ import pytest
 from egress.detect import encap
 from egress.detect.base import MORE, Category, Finding, FlowView, Result
 from egress.detect.engine import STREAM_CAP
-from egress.detect.registry import DetectorSet, _NoDns
+from egress.detect.registry import DetectorSet, _NoDns, build_detectors
 from egress.report import summary
 from egress.scanner import MAX_DEPTH, FileStats, Scanner
+from tests.detect import sshshape_traces as ssh_traces
+from tests.lists import shipped_lists
 
 CLIENT, SERVER = b"\xc0\x00\x02\x0a", b"\xc6\x33\x64\x14"
 MESSAGE = b'{"id":1,"method":"mining.subscribe","params":[]}\n'
@@ -198,3 +200,43 @@ def test_tunnels_are_opened_to_a_bounded_depth(tmp_path: pathlib.Path, depth: in
     found = _labels(_write(tmp_path / "deep.pcap", _tunnelled(wrap)))
     assert ("ipip", "203.0.113.1", "203.0.113.2") in found
     assert (("test", "192.0.2.10", "198.51.100.20") in found) is inner_found
+
+
+def _ssh_session(reads: ssh_traces.Reads, port: int) -> list[tuple[float, bytes]]:
+    """A TCP connection to ``port`` carrying a recorded OpenSSH session (tests/detect/sshshape_traces.py): its
+    cleartext opening as read, then each encrypted read as segments of that many bytes at its capture time."""
+    syn, ack, psh = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    sport = 40022
+    frames = [
+        (10.0, _frame(CLIENT, SERVER, sport, port, 999, syn)),
+        (10.01, _frame(SERVER, CLIENT, port, sport, 5000, syn | ack)),
+    ]
+    seqs = {True: 1000, False: 5001}
+    chunks = [(chunk[:1] == b"C", chunk[1:], 0.0) for chunk in ssh_traces.CLEAR]
+    chunks += [(from_client, bytes(size), at) for from_client, size, at in reads]
+    for from_client, data, at in chunks:
+        ends = (CLIENT, SERVER, sport, port) if from_client else (SERVER, CLIENT, port, sport)
+        for offset in range(0, len(data), 1400):  # a read larger than a segment spans several
+            piece = data[offset : offset + 1400]
+            frames.append((10.02 + at, _frame(*ends, seqs[from_client], psh, piece)))
+            seqs[from_client] += len(piece)
+    return frames
+
+
+@pytest.mark.parametrize("port", [22, 2222])
+@pytest.mark.parametrize(
+    ("name", "forwarding"),
+    [("FORWARD_L", True), ("FORWARD_D", True), ("INTERACTIVE", False), ("SCP_GET", False), ("SFTP", False)],
+)
+def test_the_scanner_watches_ssh_for_port_forwarding(
+    tmp_path: pathlib.Path, name: str, forwarding: bool, port: int
+) -> None:
+    """The SSH shape watcher the gateway's SSH relay runs (egress.detect.sshshape) runs in the scanner too, on the
+    segments' capture times: forwarding sessions found, on port 22 as elsewhere; a shell, scp and sftp not."""
+    path = _write(tmp_path / "ssh.pcap", _ssh_session(getattr(ssh_traces, name), port))
+    scanned = Scanner(build_detectors(shipped_lists())).scan(path, FileStats(path))
+    found = {(each.finding.category, each.finding.protocol) for each in scanned}
+    expected = {(Category.TUNNEL, "ssh-forwarding")} if forwarding else set()
+    if port != 22:
+        expected.add((Category.TUNNEL, "ssh-nonstandard-port"))
+    assert found == expected

@@ -29,7 +29,12 @@ Mining (protocol ``mining-in-tls``) when, at low rate and in few shapes, either 
 `PUSHES` times over at least `SPAN` and the client spoke again after its opening (a record of at least
 `REQUEST_MIN` bytes after the server's first answer: a miner polls, reports or submits; a one-way notification
 stream does not), or the client submitted `SHARES` shares and the server pushed a job at least once; either way
-some answer carried the job too. The evidence lists the features. A bulk record or `MAX_BYTES` ends watching, and
+some answer carried the job too. Two rules rest on a single job, on a nearly silent connection (at most
+`QUIET_RATE` records a second, every server record an answer or a push): a *lone job*, the client silent since its
+one request, a job pushed after `JOB_WAIT` of silence, and the login's answer that job in its wrapper (from its size
+to `ECHO_ABOVE` times it: a feed's event as large as its first answer or smaller is not it); and *work*, a share
+submitted after a pushed job, whose job some answer of the opening carried among its other answers (up to
+`BUNDLE_ABOVE` times the job). The evidence lists the features. A bulk record or `MAX_BYTES` ends watching, and
 so does the end of the window: the decision is made within the flow's first minute or not at all.
 
 Times are in units of `MINUTE`: a watcher made with ``window=6.0`` reads every time above a tenth as long, so a
@@ -37,10 +42,12 @@ lab replaying recorded sessions ten times faster sees what the gateway would see
 ``detectors.mining_shape_window``, docs/policy.md). Decisions use only the times the caller gives (`Record.at`).
 
 Known gaps (docs/security.md, "Opaque streams"): a miner that pads its records or adds cover traffic, a pool
-that pushes no job within the window and a client that finds no share in it (a slow CPU miner: xmr-eu1 in the
-corpus pushes one job in its first minute), and short connections (a probe that subscribes and leaves) are not
+that pushes no job within the window and a client that finds no share in it (flypool's Zcash sessions in the
+corpus: the opening, then silence past the minute), and short connections (a probe that subscribes and leaves) are not
 found; a WebSocket or server-sent-event feed whose events have one size, with a client that also talks, can take
-the shape, which is why the default action is ``record`` (`egress.policy.model.DetectorActions.mining_shape`).
+the shape, and so can a quiet feed whose one event in its first minute comes 10 s after an answer a little larger
+than it (the lone-job rule), which is why the default action is ``record``
+(`egress.policy.model.DetectorActions.mining_shape`).
 """
 
 from __future__ import annotations
@@ -80,6 +87,17 @@ REQUEST_MIN, ACK_MAX = 64, 100
 hash: 148-2851 bytes); smaller ones (an HTTP/2 PING's or SETTINGS' acknowledgement) ask for nothing. A share's
 answer is tiny (25-63 bytes in the corpus)."""
 PUSHES, SHARES = 2, 2
+BUNDLE_ABOVE: Final = 2.0
+"""An answer that carries the job among the opening's other answers (a Zcash pool answers ``mining.subscribe``,
+``mining.authorize``, ``mining.set_target`` and ``mining.notify`` in one write: 522 bytes for jobs of 297) is at
+most this many times the pushes' median plus 16 (`Features.bundle`)."""
+QUIET_RATE: Final = 0.5
+"""Records a second at most for the rules that rest on a single job (`mining`): a pool client between jobs is
+nearly silent (the corpus: 0.1-0.2); a conversation is not."""
+JOB_WAIT: Final = 10.0
+"""Seconds of silence, both ways, before a lone push (`Features.wait`): a pool's next job comes seconds to a minute
+after the login's (xmr-eu1: 16 s); a streamed answer's next piece, a ticket or a keep-alive comes at once or is
+not of job size."""
 BULK: Final = 4096
 MAX_BYTES: Final = 64 * 1024
 MAX_SHAPES: Final = 5
@@ -111,6 +129,19 @@ class Features:
     """The client sent a record after its opening exchange."""
     shapes: tuple[int, int]
     """Distinct record sizes (sizes within `JOB_SPREAD` of each other count once) from the client, from the server."""
+    requests: int = 0
+    """Client records of at least `REQUEST_MIN` bytes (a login, a poll, a share)."""
+    unexplained: int = 0
+    """Server records that are neither an answer nor a push."""
+    wait: float = 0.0
+    """Seconds of silence before the first push (since the record before it)."""
+    wrapped: int | None = None
+    """The size of an answer that carries the job in a wrapper (an id, a status): from the pushes' median to
+    `ECHO_ABOVE` times it plus 16; a TLS 1.3 server's session tickets, smaller, are not it."""
+    bundle: int | None = None
+    """The size of an answer that carries the job among other answers (`BUNDLE_ABOVE`), if any."""
+    share_after_push: bool = False
+    """A share was submitted after the first push: work on a job the pool pushed."""
 
     def text(self) -> str:
         gaps = "/".join(f"{gap:.0f}" for gap in self.push_gaps[:4])
@@ -156,6 +187,10 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
     pushes: list[Record] = []
     answers: list[int] = []
     acks: list[int] = []
+    ack_times: list[float] = []
+    late: list[int] = []
+    unexplained = 0
+    wait = 0.0
     client_again = answered = False
     last_client: Record | None = None
     for index, record in enumerate(records):
@@ -167,22 +202,32 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
             continue
         answered = True
         if previous is None or last_client is None:
-            continue
+            continue  # before the client asked anything: a TLS 1.3 server's session tickets
         since_client = record.at - last_client.at
         asked = last_client.size >= REQUEST_MIN and since_client <= ANSWER_WITHIN * scale
         if asked and (previous.from_client or record.at - previous.at < QUIET * scale):
             answers.append(record.size)  # the answer's burst: TLS 1.3 session tickets may come first
             if previous.from_client and record.size <= ACK_MAX:
                 acks.append(record.size)
+                ack_times.append(record.at)
+        elif asked:
+            late.append(record.size)  # in the answer window after a pause: the answer's late piece (a busy relay)
         elif (
             not previous.from_client
             and record.at - previous.at >= QUIET * scale
             and since_client > ANSWER_WITHIN * scale
             and PUSH_MIN <= record.size <= PUSH_MAX
         ):
+            if not pushes:
+                wait = (record.at - previous.at) / scale
             pushes.append(record)
+        else:
+            unexplained += 1
     median = statistics.median(push.size for push in pushes) if pushes else 0
     echo = next((size for size in answers if median - ECHO_BELOW <= size <= median * ECHO_ABOVE + 16), None)
+    answered_all = answers + late
+    bundle = next((s for s in answered_all if median - ECHO_BELOW <= s <= median * BUNDLE_ABOVE + 16), None)
+    wrapped = next((size for size in answered_all if median <= size <= median * ECHO_ABOVE + 16), None)
     ack = acks[0] if acks else None
     up = sum(record.size for record in records if record.from_client)
     return Features(
@@ -197,6 +242,12 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
         shares=len(acks) if all(abs(size - acks[0]) <= 1 for size in acks) else 0,
         ack=ack,
         client_again=client_again,
+        requests=sum(1 for record in records if record.from_client and record.size >= REQUEST_MIN),
+        unexplained=unexplained,
+        wait=wait,
+        wrapped=wrapped if pushes else None,
+        bundle=bundle if pushes else None,
+        share_after_push=bool(pushes) and any(at > pushes[0].at for at in ack_times),
         shapes=(
             _shapes(record.size for record in records if record.from_client),
             _shapes(record.size for record in records if not record.from_client),
@@ -237,4 +288,17 @@ def mining(features: Features, scale: float = 1.0) -> bool:
         and features.client_again
     )
     submits = features.shares >= SHARES and len(features.pushes) >= 1 and features.echo is not None
-    return jobs or submits
+    # One job pushed after a long silence, on a connection where the client said nothing since its login and the
+    # server nothing else: a pool's second job (a feed's event would not repeat the login answer's size).
+    quiet = rate <= QUIET_RATE and features.unexplained == 0
+    lone_job = (
+        quiet
+        and len(features.pushes) == 1
+        and features.wrapped is not None
+        and features.requests == 1
+        and features.unexplained == 0
+        and features.wait >= JOB_WAIT
+    )
+    # A share submitted for a job the pool pushed, the login's answer carrying that job among its other answers.
+    worked = quiet and features.shares >= 1 and features.share_after_push and features.bundle is not None
+    return jobs or submits or lone_job or worked

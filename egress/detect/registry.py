@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from egress.detect import (
+    circumvent,
     cryptonode,
     cryptonote,
     dns,
@@ -50,6 +51,8 @@ STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
     tor.detect,
     vpn.detect,
     pptp.detect,
+    circumvent.detect,
+    circumvent.detect_payload,
 )
 
 OPAQUE: Final[tuple[Detector, ...]] = (encrypted.detect,)
@@ -124,7 +127,7 @@ class DnsInspector:
 
 def stream_detectors(lists: NameLists) -> tuple[Detector, ...]:
     """Everything run on a TCP byte stream (also on decrypted TLS and unwrapped WebSocket payloads)."""
-    inner = (*MINING, cryptonode.detect)
+    inner = (*MINING, cryptonode.detect, circumvent.detect_payload)
     return (*MINING, cryptonode.detect, *STREAM_TUNNELS, make_websocket_detector(inner), make_name_detector(lists))
 
 

@@ -126,6 +126,11 @@ class SshShape:
     keystrokes: int = 0
     done: bool = False
 
+    @property
+    def opened(self) -> bool:
+        """Either side's identification line was read: the connection speaks SSH."""
+        return self.client.line_done or self.server.line_done
+
     def feed(self, from_client: bool, data: bytes, now: float) -> Finding | None:
         """The finding these bytes completed, if any (once; watching ends with it)."""
         if self.done or not data:

@@ -15,6 +15,7 @@ Public surface:
   the bytes are not that message, or `MORE` while the message is still incomplete. With ``partial=True`` a
   truncated message is parsed as far as it goes (use it once the flow is complete).
 - `cert_names(der)`: ``(issuer CN, subject CN)`` of one DER certificate, or ``None``.
+- `cert_alt_names(der)`: the DNS names of its subjectAltName extension (RFC 5280 §4.2.1.6).
 """
 
 from __future__ import annotations
@@ -361,3 +362,29 @@ def cert_names(der: bytes) -> tuple[str | None, str | None] | None:
         return None
     issuer, subject = fields[2], fields[4]
     return _common_name(der, issuer[1], issuer[2]), _common_name(der, subject[1], subject[2])
+
+
+_OID_SUBJECT_ALT_NAME = b"\x06\x03\x55\x1d\x11"
+_DNS_NAME = 0x82
+"""GeneralName's ``dNSName [2] IA5String`` (RFC 5280 §4.2.1.6), implicitly tagged."""
+
+
+def cert_alt_names(der: bytes) -> tuple[str, ...]:
+    """The dNSName entries of a DER certificate's subjectAltName extension (empty when it has none or does not
+    parse): where a CDN's shared certificate lists the domains it serves."""
+    at = der.find(_OID_SUBJECT_ALT_NAME)
+    if at < 0:
+        return ()
+    pos = at + len(_OID_SUBJECT_ALT_NAME)
+    item = _der(der, pos)
+    if item is not None and item[0] == 0x01:  # the optional ``critical`` BOOLEAN
+        pos = item[2]
+        item = _der(der, pos)
+    if item is None or item[0] != 0x04:  # extnValue OCTET STRING
+        return ()
+    names = _der(der, item[1])
+    if names is None or names[0] != 0x30 or names[2] > item[2]:
+        return ()
+    return tuple(
+        der[start:end].decode("latin-1") for tag, start, end in _children(der, names[1], names[2]) if tag == _DNS_NAME
+    )

@@ -466,10 +466,10 @@ FOUND_IN_A_MINUTE = {  # what tests/detect/test_miningshape.py and the lab (test
     "ETH_DWARF": 22,  # the login and a hashrate report answered by one 39-byte result, a job pushed
     "ETH_DWARF_SHORT": 8,  # the login and a share answered by one 39-byte result, a job pushed
     "MONERO": 31,  # three shares answered by one 63-byte result, then a job pushed
+    "XMR_NANOPOOL": 17,  # the login answered with its job, then 16 s of silence and one job of about its size
+    "ZEC_NANOPOOL": 46,  # the opening's answers carrying the job, a job pushed, then a share answered by 36 bytes
 }
 MISSED = {
-    "XMR_NANOPOOL": "one job pushed in its first minute and nothing else: as a one-event feed",
-    "ZEC_NANOPOOL": "one job pushed and one share in its first minute",
     "ZEC_FLYPOOL_EU": "the opening, then silence until 73 s",
     "ZEC_FLYPOOL_CN": "the opening, then silence until 116 s",
     "ETH_GETWORK_HTTP": "HTTP polls, no push: as any poller",

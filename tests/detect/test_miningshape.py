@@ -76,11 +76,25 @@ def test_the_evidence_carries_the_features() -> None:
 
 
 def test_decided_within_the_window_or_not_at_all() -> None:
-    """A record after the window ends watching: the pushes of XMR_NANOPOOL at 76 and 136 s are not read."""
+    """A record after the window ends watching: the jobs and shares of ZEC_FLYPOOL_EU from 72 s on are not read."""
     watcher = MiningShape()
-    for record in _records(mining.ALL["XMR_NANOPOOL"]):
+    for record in _records(mining.ALL["ZEC_FLYPOOL_EU"]):
         assert watcher.add(record) is None
     assert watcher.done and all(record.at <= 60 for record in watcher.records)
+
+
+def test_a_late_answer_still_carries_the_job() -> None:
+    """XMR_NANOPOOL as the lab's gateway read it, 10x faster (window 6 s): a TLS 1.3 server's two session tickets,
+    then the login's answer 62 ms later (a busy relay: past `QUIET` at that speed), the job pushed at 1.6 s."""
+    records = [
+        Record(True, 182, 0.0),
+        Record(False, 233, 0.0168),
+        Record(False, 233, 0.0168),
+        Record(False, 278, 0.0788),
+        Record(False, 242, 1.6244),
+    ]
+    found, at = _first(records, 6.0)
+    assert found is not None and at == pytest.approx(1.6244), measure(records, 0.1)
 
 
 def test_a_bulk_record_ends_watching() -> None:
@@ -193,6 +207,22 @@ HARD_NEGATIVES = {
         (50, "c", 6),
         (50.05, "s", 6),
         (52, "s", 1210),
+    ),
+    # a feed: one request, its answer, then one event 20 s later, larger than the answer (a pool's job is smaller
+    # than the login's answer, which wraps it)
+    "one-event feed": _trace((0, "c", 300), (0.1, "s", 236), (20, "s", 240)),
+    # a feed whose event follows a client request: the client spoke again, so it is no lone job
+    "one-event feed, client asks again": _trace((0, "c", 300), (0.1, "s", 260), (8, "c", 120), (20, "s", 240)),
+    # a pushed notification, then an upload answered by a tiny acknowledgement; the first answer is no job's wrapper
+    "push then a beacon": _trace((0, "c", 400), (0.1, "s", 1500), (12, "s", 300), (30, "c", 2000), (30.05, "s", 40)),
+    # the same at a chatty rate: the single-job rules want a nearly silent connection
+    "push then a beacon, chatty": _trace(
+        (0, "c", 400),
+        (0.1, "s", 560),
+        (12, "s", 300),
+        *_every(1.0, 24, (12, "c", 30), (12.1, "s", 30)),
+        (30, "c", 2000),
+        (30.05, "s", 40),
     ),
     # an agent calling an API a few times: answers of many sizes, some slow
     "api calls": _trace(

@@ -38,6 +38,7 @@ from dataclasses import dataclass
 
 from mitmproxy import connection, http
 from mitmproxy.addons.next_layer import NeedsMoreData, NextLayer, stack_match
+from mitmproxy.net.http import url
 from mitmproxy.proxy import layer, layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers import modes
@@ -409,8 +410,11 @@ class EgressAddon(NextLayer):
             verdict = decision.verdict or decision.allow
         else:
             sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
-            host = flow.request.pretty_host.lower().rstrip(".")
-            verdict = self.gate.on_request(sandbox, self._flow_meta(flow, state), host, sni)
+            verdict = None
+            for host in _request_hosts(flow.request):
+                verdict = self.gate.on_request(sandbox, self._flow_meta(flow, state), host, sni)
+                if verdict.action is Enforcement.BLOCK:
+                    break
         if verdict is not None:
             self.record_flow(flow, sandbox, verdict)
             if verdict.action is Enforcement.BLOCK:
@@ -433,3 +437,13 @@ def _note_passage(state: _Connection, verdict: Verdict, host: str) -> None:
             state.passed, state.passed_host = verdict, host
     elif state.decision is None or state.decision.kind is not Kind.HTTP:
         state.cut = True
+
+
+def _request_hosts(request: http.Request) -> list[str]:
+    """Every host a request names: its Host (HTTP/2: ``:authority``) and, in absolute form, the target's, which an
+    origin server must follow instead of Host (RFC 9112 §3.2.2): a fronting client can put the front in Host and
+    its real host in the target. Each is judged; the first that blocks decides."""
+    names = [request.pretty_host]
+    if request.authority:
+        names.append(url.parse_authority(request.authority, check=False)[0])
+    return list(dict.fromkeys(name.lower().rstrip(".") for name in names))
