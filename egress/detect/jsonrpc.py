@@ -33,11 +33,24 @@ from typing import Final
 
 from egress.detect import codings, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
-from egress.detect.jsonscan import MAX_METHODS, has_key, message_at, methods, string_after
+from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
 
 __all__ = [  # the detectors read messages through this module; jsonscan.py owns the reading
-    "MAX_METHODS", "SCAN_LIMIT", "Kind", "Matcher", "Payload", "decode", "drive", "has_key", "message_at", "methods",
-    "payload", "read", "string_after",
+    "MAX_METHODS",
+    "SCAN_LIMIT",
+    "Calls",
+    "Kind",
+    "Matcher",
+    "Payload",
+    "decode",
+    "drive",
+    "has_key",
+    "message_at",
+    "methods",
+    "payload",
+    "read",
+    "read_methods",
+    "string_after",
 ]  # fmt: skip
 
 SCAN_LIMIT: Final = 64 * 1024
@@ -76,6 +89,9 @@ class Payload:
     """No more bytes will be searched (the flow is complete): a trailing partial message counts."""
     body_starts: tuple[tuple[int, int], ...] = ()
     """HTTP only: (offset in ``text``, index in ``heads`` of the message it is the body of), per JSON body."""
+    calls: Calls = ()
+    """`methods` of ``text``: read once per prefix for every detector, and by a `Reading` only past what an
+    earlier prefix settled."""
 
     def message_index(self, offset: int) -> int:
         """HTTP only: which message (index in ``heads``) the text at ``offset`` belongs to; 0 on a raw stream."""
@@ -241,11 +257,9 @@ def payload(data: bytes, complete: bool = False) -> Payload:
 
     Read whole each time, for callers without a flow; the detectors read a flow's prefixes through `read`, which
     reads only what is new since the last one."""
-    return _final(_payload(data[:SCAN_LIMIT]), complete)
-
-
-def _final(found: Payload, complete: bool) -> Payload:
-    return dataclasses.replace(found, final=True) if complete else found
+    found = _payload(data[:SCAN_LIMIT])
+    calls = tuple(methods(found.text)) if found.kind is Kind.JSON else ()
+    return dataclasses.replace(found, final=complete, calls=calls)
 
 
 def read(view: FlowView, from_client: bool) -> Payload:
@@ -281,6 +295,11 @@ class Reading:
     decoded: bytes = b""
     settled: _Settled = _Settled()
     """An HTTP stream's messages that no later byte can change (offsets in the stream without leading blanks)."""
+    stable: int = 0
+    """How many bytes at the start of the last JSON text no later byte can change (0 where not known)."""
+    known: Calls = ()
+    """The methods of keys read entirely within that stable text, and where the search for more goes on:"""
+    resume: int = 0
 
     def read(self, data: bytes, complete: bool) -> Payload:
         """What ``data`` (this direction's prefix now) reads as, as `payload` reads it."""
@@ -289,9 +308,18 @@ class Reading:
             if complete == self.complete:
                 return self.found
         elif not data.startswith(self.raw):
-            self.cut, self.decoded, self.settled = 0, b"", _Settled()
-        self.raw, self.complete = data, complete
-        self.found = _final(_payload(data, self), complete)
+            self.cut, self.decoded, self.settled, self.known, self.resume = 0, b"", _Settled(), (), 0
+        self.raw, self.complete, self.stable = data, complete, 0
+        found = _payload(data, self)
+        if found.kind is Kind.JSON:
+            if not self.stable:  # a text whose start may still move: nothing of it is kept
+                self.known, self.resume = (), 0
+            calls, self.known, self.resume = read_methods(found.text, MAX_METHODS, self.known, self.resume, self.stable)
+            if calls or complete:
+                found = dataclasses.replace(found, calls=tuple(calls), final=complete)
+        elif complete:
+            found = dataclasses.replace(found, final=True)
+        self.found = found
         return self.found
 
     def decode(self, data: bytes) -> bytes:
@@ -319,6 +347,7 @@ def _payload(data: bytes, reading: Reading | None = None) -> Payload:
         if reading is None:
             return _http(raw)[0]
         found, reading.settled = _http(raw, reading.settled)
+        reading.stable = sum(len(body) for body in reading.settled.bodies)  # each ends its last message: "\n"
         return found
     text = decode(data) if reading is None else reading.decode(data)
     solid = _first_solid(text)
@@ -330,6 +359,8 @@ def _payload(data: bytes, reading: Reading | None = None) -> Payload:
     brace = _first_brace(rest)
     if brace < 0:
         return Payload(Kind.EMPTY)  # junk so far: a lenient reader skips it, and so do we
+    if reading is not None:  # the decoded part before the cut, and where the text starts in it, stay as they are
+        reading.stable = max(len(reading.decoded) - solid - brace, 0)
     return Payload(Kind.JSON, rest[brace:])
 
 

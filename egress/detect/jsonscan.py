@@ -20,32 +20,61 @@ _METHOD_KEY: Final = b'"method"'
 
 def methods(text: bytes, limit: int = MAX_METHODS) -> list[tuple[str, int]]:
     """The string values of ``"method"`` keys in ``text``, with the offset of each key, in order."""
-    found: list[tuple[str, int]] = []
-    pos = text.find(_METHOD_KEY)
+    return read_methods(text, limit)[0]
+
+
+Calls = tuple[tuple[str, int], ...]
+
+
+def read_methods(
+    text: bytes, limit: int = MAX_METHODS, known: Calls = (), resume: int = 0, stable: int = 0
+) -> tuple[list[tuple[str, int]], Calls, int]:
+    """`methods` of ``text``, going on from what an earlier, shorter text with the same first ``stable`` bytes
+    settled: its ``known`` methods, and ``resume``, where its search for keys stopped being settled.
+
+    Returns the methods and what is settled now: the methods and the resume offset of the keys read entirely
+    within ``text[:stable]`` (the part of ``text`` no later byte can change: `egress.detect.jsonrpc.Reading`)."""
+    found = list(known)
+    settled, settled_at, settling = len(found), resume, True
+    pos = text.find(_METHOD_KEY, resume)
     while pos >= 0 and len(found) < limit:
-        value = string_after(text, pos + len(_METHOD_KEY))
+        value, looked = _value_after(text, pos + len(_METHOD_KEY))
         if value is not None:
             found.append((value, pos))
+        settling = settling and looked < stable  # a key after one that may still change is not settled either
+        if settling:
+            settled, settled_at = len(found), pos + len(_METHOD_KEY)
         pos = text.find(_METHOD_KEY, pos + len(_METHOD_KEY))
-    return found
+    return found, tuple(found[:settled]), settled_at
 
 
 def string_after(text: bytes, pos: int, max_len: int = 96) -> str | None:
     """Read ``: "value"`` at ``pos`` (just after a key), or None if no complete short string is there."""
+    return _value_after(text, pos, max_len)[0]
+
+
+def _value_after(text: bytes, pos: int, max_len: int = 96) -> tuple[str | None, int]:
+    """`string_after`, and how far it looked: past the last byte it read, or past the end of ``text`` when it ran
+    into the end (the answer may then change when more bytes come)."""
     end = len(text)
     while pos < end and text[pos] in _BLANK:
         pos += 1
-    if pos >= end or text[pos] != 0x3A:  # ':'
-        return None
+    if pos >= end:
+        return None, end + 1
+    if text[pos] != 0x3A:  # ':'
+        return None, pos + 1
     pos += 1
     while pos < end and text[pos] in _BLANK:
         pos += 1
-    if pos >= end or text[pos] != 0x22:  # '"'
-        return None
-    close = text.find(b'"', pos + 1, pos + 2 + max_len)
+    if pos >= end:
+        return None, end + 1
+    if text[pos] != 0x22:  # '"'
+        return None, pos + 1
+    window = pos + 2 + max_len
+    close = text.find(b'"', pos + 1, window)
     if close < 0:
-        return None
-    return text[pos + 1 : close].decode("ascii", "replace")
+        return None, window if window <= end else end + 1
+    return text[pos + 1 : close].decode("ascii", "replace"), close + 1
 
 
 def has_key(text: bytes, key: bytes) -> bool:
