@@ -3,7 +3,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus
 
-.PHONY: test unit lint demo bench fmt security pcaps
+.PHONY: test unit lint demo bench fmt security pcaps fuzz-long
 
 test: ## Install what is missing, then lint, format check, mypy (strict) and pytest.
 	@deploy/bootstrap.sh test
@@ -16,7 +16,7 @@ unit: ## The fast loop: every test that needs neither root, the lab nor a browse
 	@deploy/bootstrap.sh unit
 	# Bytecode caching on even where the shell turns it off: compiling mitmproxy and hypothesis again in every
 	# xdist worker costs more than a tenth of the run.
-	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "not root and not e2e and not browser"
+	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "not root and not e2e and not browser and not fuzz"
 
 security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.
 	@deploy/bootstrap.sh security
@@ -32,6 +32,10 @@ pcaps: ## Record pcaps/ again (root): each demo attempt and each technique of th
 	-EGRESS_RECORD_PCAPS=$(CURDIR)/pcaps $(BIN)/pytest -n auto --dist loadfile -m security -p no:cacheprovider \
 		--ignore-glob='tests/security/test_fault*' tests/security
 	$(BIN)/python -m tests.security.pcaps_manifest pcaps
+
+fuzz-long: ## The long coverage-guided run: every atheris target for FUZZ_SECONDS (default 600) each, corpus kept in .fuzz/.
+	@deploy/bootstrap.sh unit
+	$(BIN)/python bench/fuzz.py --seconds $(or $(FUZZ_SECONDS),600)
 
 lint:
 	$(BIN)/ruff check egress tests bench rules

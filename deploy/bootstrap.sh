@@ -46,6 +46,6 @@ if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; 
     "$python" -m venv "$venv"
     "$venv/bin/python" -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
     "$venv/bin/python" -m pip install -q -e "$root[dev]" 2>&1 | grep -v '^WARNING: Location' || true
-    "$venv/bin/python" -c 'import egress, mitmproxy, dpkt, redis, yaml, click, playwright' || { say "Python environment is incomplete"; exit 1; }
+    "$venv/bin/python" -c 'import egress, mitmproxy, dpkt, redis, yaml, click, playwright, atheris' || { say "Python environment is incomplete"; exit 1; }
     echo "$want" > "$stamp"
 fi

@@ -95,6 +95,10 @@ class FlowView:
     """ICMP only: the ICMP type of each datagram in arrival order (client and server mixed)."""
     complete: bool = False
     """True when no more data will come (flow ended or buffer cap reached): answer now, `MORE` means no."""
+    memo: dict[str, object] = field(default_factory=dict, compare=False, repr=False)
+    """What a detector keeps between its calls on this flow so as to read only the new bytes of a longer prefix
+    (`egress.detect.jsonrpc.Reading`), keyed by the detector's module. A memo of a pure function of the bytes: a
+    fresh view of the same bytes gets the same answers."""
 
 
 class _More(enum.Enum):

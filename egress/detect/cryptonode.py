@@ -130,7 +130,7 @@ def _node_rpc(side: jsonrpc.Payload) -> Finding | None:
     ``None`` here once a mining call showed up would make the answer depend on where the stream was split."""
     text = side.text
     found: list[tuple[int, str, bytes]] = []
-    for method, offset in jsonrpc.methods(text):
+    for method, offset in side.calls:
         protocol = _rpc_protocol(method)
         message = jsonrpc.message_at(text, offset, side.final) if protocol else None
         if protocol is not None and message is not None:

@@ -33,7 +33,7 @@ def _match_side(side: jsonrpc.Payload) -> bytes | None:
     """The first complete CryptoNote message by position (a call, or a job object without a method)."""
     text = side.text
     found: list[tuple[int, bytes]] = []
-    for method, offset in jsonrpc.methods(text):
+    for method, offset in side.calls:
         keys = _REQUIRED.get(method)
         if keys is None:
             continue

@@ -68,7 +68,7 @@ def _match_side(side: jsonrpc.Payload) -> Finding | None:
     """The first complete work-package message by position (a call, or a work package pushed or answered)."""
     text = side.text
     found: list[tuple[int, str, bytes]] = []
-    for method, offset in jsonrpc.methods(text):
+    for method, offset in side.calls:
         if method in MINING_METHODS or method == "mining.subscribe":
             message = jsonrpc.message_at(text, offset, side.final)
             if message is None:

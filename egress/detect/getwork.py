@@ -39,7 +39,7 @@ def _body_message(side: jsonrpc.Payload) -> tuple[int, str, bytes] | None:
     """(offset, protocol, message) of the first complete mining call or getwork answer, by position."""
     text = side.text
     found: list[tuple[int, str, bytes]] = []
-    for method, offset in jsonrpc.methods(text):
+    for method, offset in side.calls:
         if method in MINING_METHODS:
             message = jsonrpc.message_at(text, offset, side.final)
             if message is not None:

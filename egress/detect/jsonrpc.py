@@ -27,30 +27,43 @@ import dataclasses
 import enum
 import functools
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
 from egress.detect import codings, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
+from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
+
+__all__ = [  # the detectors read messages through this module; jsonscan.py owns the reading
+    "MAX_METHODS",
+    "SCAN_LIMIT",
+    "Calls",
+    "Kind",
+    "Matcher",
+    "Payload",
+    "decode",
+    "drive",
+    "has_key",
+    "message_at",
+    "methods",
+    "payload",
+    "read",
+    "read_methods",
+    "string_after",
+]  # fmt: skip
 
 SCAN_LIMIT: Final = 64 * 1024
 """Bytes of each direction searched at most, for callers that hand in a view without the engine's cap."""
 
-MAX_METHODS: Final = 4096
-"""``"method"`` keys read per call: more than a `SCAN_LIMIT` of the shortest messages holds, so a bound on work
-that never stops the search early."""
-
 MAX_HTTP_MESSAGES: Final = 64
 _HTTP_STARTS: Final = (b"POST ", b"GET ", b"PUT ", b"HTTP/1.", b"OPTIONS ", b"PATCH ", b"HEAD ", b"DELETE ")
 _BLANK: Final = b" \t\r\n"
-_METHOD_KEY: Final = b'"method"'
 _DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 """NUL and the byte-order marks of UTF-8, UTF-16 and UTF-32 (whose ASCII is the same bytes with NULs between)."""
 _ESCAPE: Final = re.compile(rb"\\u00([2-7][0-9a-fA-F])|\\/")
 _KEPT_ESCAPES: Final = frozenset({0x22, 0x5C, 0x7F})
 """``"`` and ``\\`` stay escaped (decoding them would change where strings end); DEL is not printable."""
-_STRING: Final = re.compile(rb'"(?:[^"\\]|\\.)*"')
 
 
 class Kind(enum.Enum):
@@ -76,6 +89,9 @@ class Payload:
     """No more bytes will be searched (the flow is complete): a trailing partial message counts."""
     body_starts: tuple[tuple[int, int], ...] = ()
     """HTTP only: (offset in ``text``, index in ``heads`` of the message it is the body of), per JSON body."""
+    calls: Calls = ()
+    """`methods` of ``text``: read once per prefix for every detector, and by a `Reading` only past what an
+    earlier prefix settled."""
 
     def message_index(self, offset: int) -> int:
         """HTTP only: which message (index in ``heads``) the text at ``offset`` belongs to; 0 on a raw stream."""
@@ -115,19 +131,29 @@ def _is_http_start(data: bytes) -> bool:
     return any(data.startswith(start) or start.startswith(data) for start in _HTTP_STARTS)
 
 
-def _http(data: bytes) -> Payload:
-    """Split pipelined HTTP/1.x messages into header blocks and JSON bodies (tolerant to a truncated tail).
+@dataclass(frozen=True, slots=True)
+class _Settled:
+    """The HTTP messages of a stream whose bodies are whole and whose end no later byte can move (`_http`), as they
+    were read: the next prefix of the same stream starts reading after them."""
+
+    pos: int = 0
+    heads: tuple[bytes, ...] = ()
+    bodies: tuple[bytes, ...] = ()
+    owners: tuple[int, ...] = ()
+    budget: int = SCAN_LIMIT
+
+
+def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settled]:
+    """Split pipelined HTTP/1.x messages into header blocks and JSON bodies (tolerant to a truncated tail), from
+    the messages ``settled`` by an earlier prefix of ``data`` on; also what is settled now.
 
     A body is read as the server reads it: its content codings undone by the decoder the proxy uses
     (`egress.detect.codings`), within a budget of `SCAN_LIMIT` decoded bytes per direction (a decompression bomb
     is cut there: the rest is never decoded). Bytes after a message that cannot start another one are read as a
     raw stream: what a client sends after a refused or accepted ``Upgrade`` (or an unprompted ``101``) is no HTTP,
     and a pool behind the connection reads it as such."""
-    heads: list[bytes] = []
-    bodies: list[bytes] = []
-    owners: list[int] = []
-    pos = 0
-    budget = SCAN_LIMIT
+    heads, bodies, owners = list(settled.heads), list(settled.bodies), list(settled.owners)
+    pos, budget = settled.pos, settled.budget
     while pos < len(data) and len(heads) < MAX_HTTP_MESSAGES:
         while pos < len(data) and data[pos] in _BLANK:
             pos += 1
@@ -145,7 +171,7 @@ def _http(data: bytes) -> Payload:
             break
         head = data[pos:end]
         heads.append(head)
-        body, pos, whole = _body(data, end + 4, head)
+        body, pos, whole, fixed = _body(data, end + 4, head)
         if body and (coding := _field(head.lower(), b"content-encoding")):
             body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
             budget -= len(body)
@@ -155,28 +181,32 @@ def _http(data: bytes) -> Payload:
             # A body known to be whole ends its last message, as a newline does on a raw stream.
             bodies.append(body[solid:].rstrip() + b"\n" if whole else body[solid:])
             owners.append(len(heads) - 1)
+        if whole and fixed:  # nothing after this message can change what was read of it
+            settled = _Settled(pos, tuple(heads), tuple(bodies), tuple(owners), budget)
     if not bodies:
         # A later message on the same connection may still carry JSON: HTTP is never ruled out.
-        return Payload(Kind.EMPTY, heads=tuple(heads))
+        return Payload(Kind.EMPTY, heads=tuple(heads)), settled
     text = bytearray()
     starts: list[tuple[int, int]] = []
     for index, body in enumerate(bodies):
         starts.append((len(text), owners[index]))
         text += body if body.endswith(b"\n") or index == len(bodies) - 1 else body + b"\n"
-    return Payload(Kind.JSON, bytes(text), tuple(heads), body_starts=tuple(starts))
+    return Payload(Kind.JSON, bytes(text), tuple(heads), body_starts=tuple(starts)), settled
 
 
-def _body(data: bytes, pos: int, head: bytes) -> tuple[bytes, int, bool]:
-    """The body of the message whose head ends at ``pos`` (RFC 9112 §6.3): (body, next offset, whether whole)."""
+def _body(data: bytes, pos: int, head: bytes) -> tuple[bytes, int, bool, bool]:
+    """The body of the message whose head ends at ``pos`` (RFC 9112 §6.3): (body, next offset, whether whole,
+    whether the next offset is final: a chunked body's trailer may still be arriving)."""
     lowered = head.lower()
     if b"chunked" in lowered:
         return _dechunk(data, pos)
     length = _content_length(lowered)
     if length is not None:
-        return data[pos : pos + length], pos + length, pos + length <= len(data)
+        whole = pos + length <= len(data)
+        return data[pos : pos + length], pos + length, whole, whole
     if head.startswith(b"HTTP/"):
-        return data[pos:], len(data), False
-    return b"", pos, True
+        return data[pos:], len(data), False, False
+    return b"", pos, True, True
 
 
 def _field(lowered_head: bytes, name: bytes) -> bytes:
@@ -198,8 +228,9 @@ def _content_length(lowered_head: bytes) -> int | None:
     return int(digits) if digits.isdigit() and len(digits) < 10 else None
 
 
-def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, bool]:
-    """Join the chunks of a chunked body at ``pos``: (body, next offset, whether the last chunk was seen)."""
+def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, bool, bool]:
+    """Join the chunks of a chunked body at ``pos``: (body, next offset, whether the last chunk was seen, whether
+    its trailer was too)."""
     parts: list[bytes] = []
     while pos < len(data):  # every chunk, however small: each costs at least its 3-byte size line
         line_end = data.find(b"\r\n", pos, pos + 20)
@@ -212,26 +243,96 @@ def _dechunk(data: bytes, pos: int) -> tuple[bytes, int, bool]:
         pos = line_end + 2
         if size == 0:
             trailer = data.find(b"\r\n", pos)
-            return b"".join(parts), len(data) if trailer < 0 else trailer + 2, True
+            return b"".join(parts), len(data) if trailer < 0 else trailer + 2, True, trailer >= 0
         parts.append(data[pos : pos + size])
         pos += size + 2
         if pos >= len(data):
             break
-    return b"".join(parts), len(data), False
+    return b"".join(parts), len(data), False, False
 
 
-@functools.lru_cache(maxsize=256)
+@functools.lru_cache(maxsize=64)
 def payload(data: bytes, complete: bool = False) -> Payload:
     """Classify one direction's prefix and extract its JSON-bearing text; ``complete``: no more bytes will come.
 
-    Memoised: the five mining detectors and the crypto-node detector ask for the same prefix in turn (the same
-    bytes object, whose hash Python caches), so it is split once per flow step instead of six times.
-    """
+    Read whole each time, for callers without a flow; the detectors read a flow's prefixes through `read`, which
+    reads only what is new since the last one."""
     found = _payload(data[:SCAN_LIMIT])
-    return dataclasses.replace(found, final=True) if complete else found
+    calls = tuple(methods(found.text)) if found.kind is Kind.JSON else ()
+    return dataclasses.replace(found, final=complete, calls=calls)
 
 
-def _payload(data: bytes) -> Payload:
+def read(view: FlowView, from_client: bool) -> Payload:
+    """`payload` of one direction of ``view``, read incrementally: the flow keeps a `Reading` per direction in its
+    ``memo``, so each prefix costs its new bytes, and every detector asking about the same prefix shares it."""
+    readings = view.memo.get(__name__)
+    if not isinstance(readings, tuple):
+        readings = view.memo[__name__] = (Reading(), Reading())
+    reading: Reading = readings[0 if from_client else 1]
+    return reading.read(view.client if from_client else view.server, view.complete)
+
+
+_INERT: Final = tuple(bytes((byte,)) for byte in b'\n,}": {[]\r\t')
+"""Bytes that no step of `decode` reads or removes (not NUL, no byte of a byte-order mark, not in ``\\u00XX`` or
+``\\/``): where one ends a prefix, ``decode(prefix + more) == decode(prefix) + decode(more)``, for any ``more``."""
+
+
+@dataclass(slots=True)
+class Reading:
+    """How far one direction of a flow has been read (`drive`): the next, longer prefix reads only its new bytes.
+
+    A memo, never a judgement: every field is a function of the bytes of ``raw``, so a prefix reads the same
+    whether it is read at once or grown step by step (tests/detect/test_jsonrpc_incremental.py, and the security
+    suite's ``jsonrpc`` fuzz target, compare both)."""
+
+    raw: bytes = b""
+    """The prefix read last (at most `SCAN_LIMIT` bytes); a prefix that does not start with it is read afresh."""
+    complete: bool = False
+    found: Payload = Payload(Kind.EMPTY)
+    """What (``raw``, ``complete``) reads as."""
+    cut: int = 0
+    """``raw[:cut]`` decodes to ``decoded`` whatever follows it (``raw[cut - 1]`` is one of `_INERT`)."""
+    decoded: bytes = b""
+    settled: _Settled = _Settled()
+    """An HTTP stream's messages that no later byte can change (offsets in the stream without leading blanks)."""
+    stable: int = 0
+    """How many bytes at the start of the last JSON text no later byte can change (0 where not known)."""
+    known: Calls = ()
+    """The methods of keys read entirely within that stable text, and where the search for more goes on:"""
+    resume: int = 0
+
+    def read(self, data: bytes, complete: bool) -> Payload:
+        """What ``data`` (this direction's prefix now) reads as, as `payload` reads it."""
+        data = data[:SCAN_LIMIT]
+        if data is self.raw or data == self.raw:
+            if complete == self.complete:
+                return self.found
+        elif not data.startswith(self.raw):
+            self.cut, self.decoded, self.settled, self.known, self.resume = 0, b"", _Settled(), (), 0
+        self.raw, self.complete, self.stable = data, complete, 0
+        found = _payload(data, self)
+        if found.kind is Kind.JSON:
+            if not self.stable:  # a text whose start may still move: nothing of it is kept
+                self.known, self.resume = (), 0
+            calls, self.known, self.resume = read_methods(found.text, MAX_METHODS, self.known, self.resume, self.stable)
+            if calls or complete:
+                found = dataclasses.replace(found, calls=tuple(calls), final=complete)
+        elif complete:
+            found = dataclasses.replace(found, final=True)
+        self.found = found
+        return self.found
+
+    def decode(self, data: bytes) -> bytes:
+        """`decode` of ``data``, of whose bytes only those from ``cut`` on are decoded now."""
+        cut = self.cut
+        end = max(data.rfind(byte, cut) for byte in _INERT) + 1
+        if end > cut:
+            self.decoded += decode(data[cut:end])
+            self.cut = cut = end
+        return self.decoded + decode(data[cut:])
+
+
+def _payload(data: bytes, reading: Reading | None = None) -> Payload:
     # A record header with no whole hello after it is not TLS (a fake header before JSON): junk to skip. While a
     # hello is still arriving its bytes are searched like any junk (a real hello holds no JSON-RPC call).
     if data[:1] == b"\x16" and tls.starts_with_hello(data):
@@ -241,17 +342,25 @@ def _payload(data: bytes) -> Payload:
     # HTTP is split on the raw bytes: a coded body's NULs are part of its coding (`decode` runs on each body).
     raw = data.lstrip(_BLANK)
     if raw[:1] in b"GPHODT" and _is_http_start(raw[:8]):
-        return _http(raw) if len(raw) >= 8 else Payload(Kind.EMPTY)
-    text = decode(data)
+        if len(raw) < 8:
+            return Payload(Kind.EMPTY)
+        if reading is None:
+            return _http(raw)[0]
+        found, reading.settled = _http(raw, reading.settled)
+        reading.stable = sum(len(body) for body in reading.settled.bodies)  # each ends its last message: "\n"
+        return found
+    text = decode(data) if reading is None else reading.decode(data)
     solid = _first_solid(text)
     if solid < 0:
         return Payload(Kind.EMPTY)
     rest = text[solid:]
     if rest[:1] in b"GPHODT" and _is_http_start(rest[:8]):
-        return _http(rest) if len(rest) >= 8 else Payload(Kind.EMPTY)
+        return _http(rest)[0] if len(rest) >= 8 else Payload(Kind.EMPTY)
     brace = _first_brace(rest)
     if brace < 0:
         return Payload(Kind.EMPTY)  # junk so far: a lenient reader skips it, and so do we
+    if reading is not None:  # the decoded part before the cut, and where the text starts in it, stay as they are
+        reading.stable = max(len(reading.decoded) - solid - brace, 0)
     return Payload(Kind.JSON, rest[brace:])
 
 
@@ -260,101 +369,6 @@ def _first_brace(data: bytes) -> int:
     if curly < 0 or square < 0:
         return max(curly, square)
     return min(curly, square)
-
-
-def methods(text: bytes, limit: int = MAX_METHODS) -> list[tuple[str, int]]:
-    """The string values of ``"method"`` keys in ``text``, with the offset of each key, in order."""
-    found: list[tuple[str, int]] = []
-    pos = text.find(_METHOD_KEY)
-    while pos >= 0 and len(found) < limit:
-        value = string_after(text, pos + len(_METHOD_KEY))
-        if value is not None:
-            found.append((value, pos))
-        pos = text.find(_METHOD_KEY, pos + len(_METHOD_KEY))
-    return found
-
-
-def string_after(text: bytes, pos: int, max_len: int = 96) -> str | None:
-    """Read ``: "value"`` at ``pos`` (just after a key), or None if no complete short string is there."""
-    end = len(text)
-    while pos < end and text[pos] in _BLANK:
-        pos += 1
-    if pos >= end or text[pos] != 0x3A:  # ':'
-        return None
-    pos += 1
-    while pos < end and text[pos] in _BLANK:
-        pos += 1
-    if pos >= end or text[pos] != 0x22:  # '"'
-        return None
-    close = text.find(b'"', pos + 1, pos + 2 + max_len)
-    if close < 0:
-        return None
-    return text[pos + 1 : close].decode("ascii", "replace")
-
-
-def has_key(text: bytes, key: bytes) -> bool:
-    """Whether ``"key"`` followed by a colon occurs in ``text`` (a key, not a string value)."""
-    quoted = b'"' + key + b'"'
-    pos = text.find(quoted)
-    while pos >= 0:
-        after = text[pos + len(quoted) : pos + len(quoted) + 4].lstrip(_BLANK)
-        if after[:1] == b":":
-            return True
-        pos = text.find(quoted, pos + 1)
-    return False
-
-
-def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -> bytes | None:
-    """The whole message around ``offset``, or None while it is still arriving (unless ``final``).
-
-    A message ends where the JSON value holding ``offset`` closes (braces and brackets outside strings), or else at
-    the next newline or ``}{`` boundary; it starts at the previous one. Only complete messages are reported, and
-    the end never depends on what follows, so a finding's evidence does not depend on where the stream was split.
-    Messages longer than ``span`` either side are cut at ``span``.
-    """
-    begin = max(text.rfind(b"\n", 0, offset), text.rfind(b"}{", 0, offset)) + 1
-    start = max(begin, offset - span)
-    high = offset + span
-    end = text.find(b"\n", offset, high)
-    joined = text.find(b"}{", offset, high)
-    if joined >= 0 and (end < 0 or joined < end):
-        end = joined + 1
-    close = _value_end(text, begin, offset, end if end >= 0 else min(len(text), high))
-    if close >= 0:
-        return text[start:close]
-    if end >= 0:
-        return text[start:end]
-    if len(text) >= high:
-        return text[start:high]
-    return text[start:] if final else None
-
-
-def _value_end(text: bytes, begin: int, offset: int, limit: int) -> int:
-    """Just past the byte that closes the JSON value holding ``offset`` (scanning ``text[begin:limit]``), or -1:
-    no value holds it, or it does not close before ``limit``."""
-    depth, depth_at = 0, -1
-    for index, byte in _structure(text[begin:limit]):
-        position = begin + index
-        if depth_at < 0 and position >= offset:
-            depth_at = depth
-            if depth_at == 0:
-                return -1
-        depth = max(depth + (1 if byte in b"{[" else -1), 0)
-        if depth_at > 0 and depth == 0:
-            return position + 1
-    return -1
-
-
-def _structure(text: bytes) -> Iterator[tuple[int, int]]:
-    """The braces and brackets of ``text`` outside strings, with their positions."""
-    inside = escaped = False
-    for index, byte in enumerate(text):
-        if inside:
-            escaped, inside = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
-        elif byte == 0x22:
-            inside = True
-        elif byte in b"{}[]":
-            yield index, byte
 
 
 Matcher = Callable[[Payload, Payload], Finding | None]
@@ -368,8 +382,8 @@ def drive(view: FlowView, match: Matcher) -> Result:
     There is no early give-up on a JSON-bearing or unrecognised stream: a benign first N calls, padding or junk
     do not make the rest clean. The engine's cap bounds the work and judges a flow still undecided there.
     """
-    client = payload(view.client, view.complete)
-    server = payload(view.server, view.complete)
+    client = read(view, True)
+    server = read(view, False)
     if client.kind is Kind.NOT and server.kind is Kind.NOT:
         return None
     finding = match(client, server)

@@ -29,7 +29,7 @@ def _mining_message(side: jsonrpc.Payload) -> bytes | None:
     signatures happened to be whole first in a shorter prefix."""
     text = side.text
     found: list[tuple[int, bytes]] = []
-    for method, offset in jsonrpc.methods(text):
+    for method, offset in side.calls:
         if method.startswith("mining.") and len(method) > len("mining.") and method[7].isalpha():
             message = jsonrpc.message_at(text, offset, side.final)
             if message is not None:

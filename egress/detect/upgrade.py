@@ -49,9 +49,9 @@ def switched(upgrade: str) -> Finding:
     return Finding(Category.TUNNEL, PROTOCOL, NAME, evidence(f"101 switching to {upgrade!r}"))
 
 
-def _heads(stream: bytes, complete: bool) -> list[http.HttpRequest | http.HttpResponse]:
+def _heads(view: FlowView, from_client: bool) -> list[http.HttpRequest | http.HttpResponse]:
     parsed: list[http.HttpRequest | http.HttpResponse] = []
-    for head in jsonrpc.payload(stream, complete).heads:
+    for head in jsonrpc.read(view, from_client).heads:  # the heads the JSON-RPC detectors read of this prefix
         message = (http.parse_response if head.startswith(b"HTTP/") else http.parse_request)(head + b"\r\n\r\n")
         if isinstance(message, http.HttpRequest | http.HttpResponse):
             parsed.append(message)
@@ -68,12 +68,12 @@ def detect(view: FlowView) -> Result:
         return None
     if first is MORE:
         return None if view.complete else MORE
-    for message in _heads(view.client, view.complete):
+    for message in _heads(view, True):
         if isinstance(message, http.HttpRequest):
             found = refused(message.method, message.headers.get("upgrade"))
             if found is not None:
                 return found
-    for message in _heads(view.server, view.complete):
+    for message in _heads(view, False):
         if isinstance(message, http.HttpResponse) and message.status == 101:
             upgrade = message.headers.get("upgrade", "")
             if not tokens(upgrade) <= KNOWN:

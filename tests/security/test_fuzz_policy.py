@@ -17,16 +17,14 @@ import yaml
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.policy.loader import RulesError, parse_policy
-from egress.policy.model import Policy
 from tests.budget import examples
+from tests.security.fuzz_targets import check_policy_text as check
 from tests.security.fuzzing import counted
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.usefixtures("fuzz_rows")]
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 SEEDS = [(ROOT / "rules" / name).read_text() for name in ("lab-policy.yaml", "policy.example.yaml")]
-FILE = "fuzzed.yaml"
 
 scalars = (
     st.none()
@@ -41,19 +39,6 @@ values = st.recursive(
     lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=12), inner, max_size=4),
     max_leaves=12,
 )
-
-
-def check(text: str) -> None:
-    """The loader's contract on any text: a Policy, or RulesError with problems in the file, each on a real line."""
-    try:
-        policy = parse_policy(text, FILE)
-    except RulesError as error:
-        assert error.problems, "a RulesError without problems"
-        lines = text.count("\n") + 2
-        for problem in error.problems:
-            assert problem.file == FILE and 1 <= problem.line <= lines and problem.message, problem
-        return
-    assert isinstance(policy, Policy)
 
 
 def _replace(tree: Any, path: list[int], value: object) -> Any:

@@ -7,10 +7,14 @@ xfail then fails until the marker is removed (the finding cannot be forgotten, n
 
 from __future__ import annotations
 
+import pathlib
+
 import pytest
 
 from egress.detect import getwork
 from egress.detect.base import MORE, Category, Finding, FlowMeta, FlowView, Transport
+from egress.policy.loader import RulesError, parse_policy
+from tests.security.fuzz_targets import check_policy_text, load
 
 pytestmark = pytest.mark.fuzz
 
@@ -59,3 +63,25 @@ def test_a_block_template_request_in_many_small_chunks_is_found() -> None:
     body = b'{"params":["' + b"a" * 100 + b'"],"id":1,"method":"getblocktemplate"}'
     found = _found(_post(body, chunk=1))
     assert found is not None and found.category is Category.MINING
+
+
+FOUND = pathlib.Path(__file__).resolve().parent / "fuzz_found"
+"""Inputs the coverage-guided runs crashed on, one folder per target (tests/security/fuzz_targets.py), kept as
+libFuzzer wrote them: each must pass its target's check now."""
+
+
+@pytest.mark.parametrize("path", sorted(FOUND.glob("*/*")), ids=lambda path: f"{path.parent.name}/{path.name[:16]}")
+def test_an_input_the_fuzzer_crashed_on_passes_its_check_now(path: pathlib.Path) -> None:
+    load(path.parent.name)(path.read_bytes())
+
+
+def test_a_policy_with_bare_carriage_returns_names_the_line_as_yaml_counts_it() -> None:
+    """Found by atheris (policy target, fuzz_found/policy/crash-845a...): a file with bare CRs got problems on
+    line 169 of an 89-line file, by the harness's count of newlines. PyYAML, like YAML 1.1 and editors such as VS
+    Code, counts a bare CR as a line break: the loader was right and the contract was too narrow (fixed in
+    fuzz_targets.check_policy_text). Kept so that neither changes unseen."""
+    text = "version: 1\rsandboxes:\r  agents:\r    sources: [10.0.0.0/8]\r    allow:\r      bogus: 1\n"
+    with pytest.raises(RulesError) as raised:
+        parse_policy(text, "fuzzed.yaml")
+    assert [problem.line for problem in raised.value.problems] == [6]
+    check_policy_text(text)

@@ -1,0 +1,142 @@
+"""Reading JSON-RPC messages out of decoded text without parsing whole documents (`egress.detect.jsonrpc` makes
+the text): the ``"method"`` values and their offsets, a key's presence, and the whole message around an offset.
+
+A key scan costs a few ``bytes.find`` calls however much JSON there is, and works on a truncated prefix, which a
+JSON parser would refuse. Every ``"method"`` key anywhere is read (duplicates, nested objects, batches).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Final
+
+MAX_METHODS: Final = 4096
+"""``"method"`` keys read per call: more than a `egress.detect.jsonrpc.SCAN_LIMIT` of the shortest messages holds,
+so a bound on work that never stops the search early."""
+
+_BLANK: Final = b" \t\r\n"
+_METHOD_KEY: Final = b'"method"'
+
+
+def methods(text: bytes, limit: int = MAX_METHODS) -> list[tuple[str, int]]:
+    """The string values of ``"method"`` keys in ``text``, with the offset of each key, in order."""
+    return read_methods(text, limit)[0]
+
+
+Calls = tuple[tuple[str, int], ...]
+
+
+def read_methods(
+    text: bytes, limit: int = MAX_METHODS, known: Calls = (), resume: int = 0, stable: int = 0
+) -> tuple[list[tuple[str, int]], Calls, int]:
+    """`methods` of ``text``, going on from what an earlier, shorter text with the same first ``stable`` bytes
+    settled: its ``known`` methods, and ``resume``, where its search for keys stopped being settled.
+
+    Returns the methods and what is settled now: the methods and the resume offset of the keys read entirely
+    within ``text[:stable]`` (the part of ``text`` no later byte can change: `egress.detect.jsonrpc.Reading`)."""
+    found = list(known)
+    settled, settled_at, settling = len(found), resume, True
+    pos = text.find(_METHOD_KEY, resume)
+    while pos >= 0 and len(found) < limit:
+        value, looked = _value_after(text, pos + len(_METHOD_KEY))
+        if value is not None:
+            found.append((value, pos))
+        settling = settling and looked < stable  # a key after one that may still change is not settled either
+        if settling:
+            settled, settled_at = len(found), pos + len(_METHOD_KEY)
+        pos = text.find(_METHOD_KEY, pos + len(_METHOD_KEY))
+    return found, tuple(found[:settled]), settled_at
+
+
+def string_after(text: bytes, pos: int, max_len: int = 96) -> str | None:
+    """Read ``: "value"`` at ``pos`` (just after a key), or None if no complete short string is there."""
+    return _value_after(text, pos, max_len)[0]
+
+
+def _value_after(text: bytes, pos: int, max_len: int = 96) -> tuple[str | None, int]:
+    """`string_after`, and how far it looked: past the last byte it read, or past the end of ``text`` when it ran
+    into the end (the answer may then change when more bytes come)."""
+    end = len(text)
+    while pos < end and text[pos] in _BLANK:
+        pos += 1
+    if pos >= end:
+        return None, end + 1
+    if text[pos] != 0x3A:  # ':'
+        return None, pos + 1
+    pos += 1
+    while pos < end and text[pos] in _BLANK:
+        pos += 1
+    if pos >= end:
+        return None, end + 1
+    if text[pos] != 0x22:  # '"'
+        return None, pos + 1
+    window = pos + 2 + max_len
+    close = text.find(b'"', pos + 1, window)
+    if close < 0:
+        return None, window if window <= end else end + 1
+    return text[pos + 1 : close].decode("ascii", "replace"), close + 1
+
+
+def has_key(text: bytes, key: bytes) -> bool:
+    """Whether ``"key"`` followed by a colon occurs in ``text`` (a key, not a string value)."""
+    quoted = b'"' + key + b'"'
+    pos = text.find(quoted)
+    while pos >= 0:
+        after = text[pos + len(quoted) : pos + len(quoted) + 4].lstrip(_BLANK)
+        if after[:1] == b":":
+            return True
+        pos = text.find(quoted, pos + 1)
+    return False
+
+
+def message_at(text: bytes, offset: int, final: bool = True, span: int = 2048) -> bytes | None:
+    """The whole message around ``offset``, or None while it is still arriving (unless ``final``).
+
+    A message ends where the JSON value holding ``offset`` closes (braces and brackets outside strings), or else at
+    the next newline or ``}{`` boundary; it starts at the previous one. Only complete messages are reported, and
+    the end never depends on what follows, so a finding's evidence does not depend on where the stream was split.
+    Messages longer than ``span`` either side are cut at ``span``.
+    """
+    begin = max(text.rfind(b"\n", 0, offset), text.rfind(b"}{", 0, offset)) + 1
+    start = max(begin, offset - span)
+    high = offset + span
+    end = text.find(b"\n", offset, high)
+    joined = text.find(b"}{", offset, high)
+    if joined >= 0 and (end < 0 or joined < end):
+        end = joined + 1
+    close = _value_end(text, begin, offset, end if end >= 0 else min(len(text), high))
+    if close >= 0:
+        return text[start:close]
+    if end >= 0:
+        return text[start:end]
+    if len(text) >= high:
+        return text[start:high]
+    return text[start:] if final else None
+
+
+def _value_end(text: bytes, begin: int, offset: int, limit: int) -> int:
+    """Just past the byte that closes the JSON value holding ``offset`` (scanning ``text[begin:limit]``), or -1:
+    no value holds it, or it does not close before ``limit``."""
+    depth, depth_at = 0, -1
+    for index, byte in _structure(text[begin:limit]):
+        position = begin + index
+        if depth_at < 0 and position >= offset:
+            depth_at = depth
+            if depth_at == 0:
+                return -1
+        depth = max(depth + (1 if byte in b"{[" else -1), 0)
+        if depth_at > 0 and depth == 0:
+            return position + 1
+    return -1
+
+
+def _structure(text: bytes) -> Iterator[tuple[int, int]]:
+    """The braces and brackets of ``text`` outside strings, with their positions."""
+    inside = escaped = False
+    for index, byte in enumerate(text):
+        if inside:
+            escaped, inside = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            inside = True
+        elif byte in b"{}[]":
+            yield index, byte
