@@ -39,6 +39,7 @@ NOT_A_CHANGE = {
     (Policy, "file"): "where the text was read from",
     (Policy, "version"): "the schema's version: only 1 loads",
     (Sandbox, "line"): "where it is written",
+    (Sandbox, "_index"): "a cache of the rules' lookups",
     (HostRule, "rule_id"): "where it is written",
     (HostRule, "line"): "where it is written",
     (NetworkRule, "rule_id"): "where it is written",
