@@ -121,31 +121,36 @@ class _Script:
     def add(self, line: str = "", depth: int = 0) -> None:
         self.lines.append("\t" * depth + line if line else "")
 
-    def log_then(self, verdict: str, kind: LogKind, sandbox: str | None = None, match: str = "") -> None:
+    def log_then(
+        self, verdict: str, kind: LogKind, sandbox: str | None = None, match: str = "", version: int | None = None
+    ) -> None:
+        """Log (rate-limited; counted and metered per key for `COUNTED_KINDS`), then ``verdict``; ``version``: the
+        IP version ``match`` already implies (its count and meter rules only: nft refuses ip and ip6 together)."""
+        families = [(v, fam) for v, fam in _FAMILIES if version in (None, v)]
         s = self.settings
         log = f'log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}'
         limit = f"limit rate {s.log_rate}/second burst {s.log_burst} packets"
         if kind in COUNTED_KINDS:
             # Counted before the log, each in a rule of its own: a full set must not skip the verdict.
-            for v, fam in _FAMILIES:
+            for v, fam in families:
                 self.add(f"{match}update @{count_set(kind, v)} {{ {_key(fam)} }}", 2)
             # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
-            self._metered_log(f"{match}{_ICMP_ANY} ", log, limit)
+            self._metered_log(f"{match}{_ICMP_ANY} ", log, limit, families)
             self.add(f"{match}{_ICMP_ANY} {verdict}", 2)
-            self._metered_log(match, log, limit)
+            self._metered_log(match, log, limit, families)
         else:
             self.add(f"{match}{limit} {log}", 2)
         self.add(f"{match}{verdict}", 2)
 
-    def _metered_log(self, match: str, log: str, limit: str) -> None:
+    def _metered_log(self, match: str, log: str, limit: str, families: list[tuple[int, str]]) -> None:
         """Log under the packet's own key's meter (and the rule's ceiling); a key the full meter set could not take
         is logged under the rule's plain limit instead, so a full set hides nothing that used to be logged."""
         s = self.settings
         meter = f"limit rate {s.key_log_rate}/second burst {s.key_log_burst} packets"
         ceiling = f"limit rate {s.log_ceiling}/second burst {2 * s.log_ceiling} packets"
-        for v, fam in _FAMILIES:
+        for v, fam in families:
             self.add(f"{match}update @{log_meter_set(v)} {{ {_key(fam)} {meter} }} {ceiling} {log}", 2)
-        for v, fam in _FAMILIES:
+        for v, fam in families:
             self.add(f"{match}{_key(fam)} != @{log_meter_set(v)} {limit} {log}", 2)
 
     def open_table(self, header: str) -> None:
@@ -242,7 +247,10 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     # It runs before conntrack (priority raw), so spoofed packets never create state.
     out.add("chain prerouting {", 1)
     out.add("type filter hook prerouting priority raw; policy accept;", 2)
-    _cut_off(out, "saddr")
+    # What a quarantined sandbox sends is counted and logged like any sandbox drop (per key, metered), so the
+    # drop logger records it aggregated with exact counts (issue 12); the rest of the cut-off is only counted.
+    for v, fam in _FAMILIES:
+        out.log_then("drop", LogKind.QUARANTINE, match=f"{fam} saddr @{quarantine_set(v)} ", version=v)
     out.add(f"{on_sandbox} jump sandbox_sources", 2)
     out.add("}", 1)
     out.add("chain sandbox_sources {", 1)
