@@ -139,6 +139,18 @@ def calibration_s() -> float:
     return round(time.process_time() - started, 3)
 
 
+def _warm_up(samples: pathlib.Path, probe: subprocess.Popen[bytes], deadline: float = 600.0) -> None:
+    """Wait until the probes have answered (DNS a few times, one download): on a loaded machine their start alone
+    can take longer than a fixed pause, and a window without samples measures nothing. Then 5 s of baseline."""
+    until = time.monotonic() + deadline
+    while time.monotonic() < until and probe.poll() is None:
+        kinds = [line.split('"kind": "')[1][:3] for line in samples.read_text().splitlines() if '"kind": "' in line]
+        if kinds.count("dns") >= 5 and kinds.count("htt") >= 1:
+            break
+        time.sleep(0.5)
+    time.sleep(5.0)
+
+
 def _log_seconds(log: str, pattern: str) -> float | None:
     found = re.findall(pattern, log)
     return float(found[-1]) if found else None
@@ -159,7 +171,7 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
         stderr=subprocess.PIPE,
     )
     try:
-        time.sleep(10.0)  # the probes warm up before the apply, and measure the baseline
+        _warm_up(samples_file, probe)  # the probes answer before the apply, and measure the baseline
         cli_started = time.time()
         started = time.perf_counter()
         cpu_before = _cpu_s(_tree(run.gateway.pid))

@@ -117,4 +117,6 @@ def test_the_fast_resolver_tags_every_node_as_pyyaml_does(path: pathlib.Path) ->
     text = path.read_text() + extra
     mine = yamlnodes.compose(text, str(path), [])
     assert mine is not None
-    assert _tags(mine) == _tags(yaml.compose(text, Loader=yaml.SafeLoader))
+    theirs = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert theirs is not None
+    assert _tags(mine) == _tags(theirs)
