@@ -11,7 +11,7 @@ Reports, from the gateway's own log lines and the fleet's store (`egress.record.
   as the supervisor's CPU seconds (``*_cpu_s``), and the CPU seconds of the whole gateway (supervisor, workers and
   the ``nft`` they ran) from the apply to the report (``gateway_cpu_s``);
 - ``calibration_s``: the CPU seconds of a fixed pure-Python loop on this machine now, to compare CPU figures
-  across machines and loads (about 0.6 s on a quiet modern core);
+  across machines and loads;
 - ``stored → reported``: from the version being stored to the gateway reporting it runs it (includes the poll);
 - the gateway's memory (supervisor and workers, RSS) before and with the large policy;
 - during the whole window (stored → reported): allowed downloads and how many failed, DNS answers and the slowest.
@@ -163,6 +163,7 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
     policy = work / "big.yaml"
     policy.write_text(big_policy(entries))
     stop = work / "stop"
+    stop.unlink(missing_ok=True)  # a previous run's: the probes would stop before they start
     samples_file = work / "samples.jsonl"
     probe = netns.popen_in(
         run.lab.sandbox_ns,
