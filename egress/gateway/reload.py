@@ -64,13 +64,13 @@ def load_version(path: str | Path) -> PolicyVersion:
     except OSError as error:
         raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
     text = decode(data, str(path), max_bytes())  # the size cap and the bad byte's line, as `egress rules check`
-    return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
+    return PolicyVersion(parse_policy(text, str(path)).index(), hashlib.sha256(data).hexdigest())
 
 
 def parse_version(text: str, origin: str) -> PolicyVersion:
     """A policy's text (from the fleet's history, egress.record.policy_store) validated and hashed as
     `load_version` does a file's bytes: the same text gives the same digest either way."""
-    return PolicyVersion(parse_policy(text, origin), hashlib.sha256(text.encode()).hexdigest())
+    return PolicyVersion(parse_policy(text, origin).index(), hashlib.sha256(text.encode()).hexdigest())
 
 
 class Refused(Exception):

@@ -266,6 +266,13 @@ class Policy:
     on_apply: OnApply = OnApply.KEEP
     """What applying this policy does to established connections (`OnApply`)."""
 
+    def index(self) -> Policy:
+        """Build every sandbox's lookups now (egress.policy.index) and return the policy: a reload does it in a
+        worker thread, so that the first DNS query after the swap does not pay for 100,000 rules on the event loop."""
+        for sandbox in self.sandboxes:
+            sandbox._indexes()
+        return self
+
     def sandbox_for(self, source: Address) -> Sandbox | None:
         """The sandbox whose source networks contain ``source`` (first match in file order)."""
         for sandbox in self.sandboxes:
