@@ -7,7 +7,11 @@ Reports, from the gateway's own log lines and the fleet's store (`egress.record.
 - ``cli``: ``egress rules apply`` validating and storing the text (before any gateway sees it);
 - ``validate``: the gateway's follower reading the text from Redis and validating it (parse, in a thread);
 - ``prepare``: render + ``nft -c`` + every worker receiving it; ``commit``: the nftables transaction and the swap
-  in the resolver, the drop logger, the allow sets and each proxy worker (the Reloader's own figures);
+  in the resolver, the drop logger, the allow sets and each proxy worker (the Reloader's own figures), each also
+  as the supervisor's CPU seconds (``*_cpu_s``), and the CPU seconds of the whole gateway (supervisor, workers and
+  the ``nft`` they ran) from the apply to the report (``gateway_cpu_s``);
+- ``calibration_s``: the CPU seconds of a fixed pure-Python loop on this machine now, to compare CPU figures
+  across machines and loads;
 - ``stored → reported``: from the version being stored to the gateway reporting it runs it (includes the poll);
 - the gateway's memory (supervisor and workers, RSS) before and with the large policy;
 - during the whole window (stored → reported): allowed downloads and how many failed, DNS answers and the slowest.
@@ -113,6 +117,40 @@ def _rss_mib(pids: list[int]) -> float:
     return total / 1024
 
 
+def _cpu_s(pids: list[int]) -> float:
+    """User + system CPU seconds of ``pids`` and of their children already reaped (``nft``, ``ip netns exec``)."""
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0
+    for pid in pids:
+        try:
+            fields = pathlib.Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += sum(int(value) for value in fields[11:15])  # utime stime cutime cstime
+    return total / tick
+
+
+def calibration_s() -> float:
+    """CPU seconds of a fixed loop of ten million additions (a gauge of this machine's speed right now)."""
+    started = time.process_time()
+    total = 0
+    for value in range(10_000_000):
+        total += value
+    return round(time.process_time() - started, 3)
+
+
+def _warm_up(samples: pathlib.Path, probe: subprocess.Popen[bytes], deadline: float = 600.0) -> None:
+    """Wait until the probes have answered (DNS a few times, one download): on a loaded machine their start alone
+    can take longer than a fixed pause, and a window without samples measures nothing. Then 5 s of baseline."""
+    until = time.monotonic() + deadline
+    while time.monotonic() < until and probe.poll() is None:
+        kinds = [line.split('"kind": "')[1][:3] for line in samples.read_text().splitlines() if '"kind": "' in line]
+        if kinds.count("dns") >= 5 and kinds.count("htt") >= 1:
+            break
+        time.sleep(0.5)
+    time.sleep(5.0)
+
+
 def _log_seconds(log: str, pattern: str) -> float | None:
     found = re.findall(pattern, log)
     return float(found[-1]) if found else None
@@ -125,6 +163,7 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
     policy = work / "big.yaml"
     policy.write_text(big_policy(entries))
     stop = work / "stop"
+    stop.unlink(missing_ok=True)  # a previous run's: the probes would stop before they start
     samples_file = work / "samples.jsonl"
     probe = netns.popen_in(
         run.lab.sandbox_ns,
@@ -133,11 +172,13 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
         stderr=subprocess.PIPE,
     )
     try:
-        time.sleep(10.0)  # the probes warm up before the apply, and measure the baseline
+        _warm_up(samples_file, probe)  # the probes answer before the apply, and measure the baseline
         cli_started = time.time()
         started = time.perf_counter()
+        cpu_before = _cpu_s(_tree(run.gateway.pid))
         done = _egress(run, "rules", "apply", str(policy), "--wait", "900")
         cli_total = time.perf_counter() - started
+        cpu_after = _cpu_s(_tree(run.gateway.pid))
         time.sleep(3.0)  # and keep going after it
     finally:
         stop.touch()
@@ -162,8 +203,15 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
         "cli_apply_s": round(cli_total, 3),
         "stored_to_reported_s": round(reported - stored, 3),
         "validate_s": _log_seconds(log, r"read and validated in ([0-9.]+) s"),
+        "validate_cpu_s": _log_seconds(log, r"read and validated in [0-9.]+ s \(cpu ([0-9.]+) s\)"),
         "prepare_s": _log_seconds(log, r"from fleet version \d+ in force in .* \(prepare ([0-9.]+) s"),
-        "commit_s": _log_seconds(log, r"from fleet version \d+ in force in .*, commit ([0-9.]+) s\)"),
+        "commit_s": _log_seconds(log, r"from fleet version \d+ in force in .*, commit ([0-9.]+) s;"),
+        "prepare_cpu_s": _log_seconds(log, r"from fleet version \d+ in force in .*; supervisor cpu ([0-9.]+) s,"),
+        "commit_cpu_s": _log_seconds(
+            log, r"from fleet version \d+ in force in .*; supervisor cpu [0-9.]+ s, ([0-9.]+) s"
+        ),
+        "gateway_cpu_s": round(cpu_after - cpu_before, 2),
+        "calibration_s": calibration_s(),
         "rss_mib_before": round(rss_before, 1),
         "rss_mib_after": round(rss_after, 1),
         "processes": len(pids),

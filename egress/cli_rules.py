@@ -28,7 +28,8 @@ EXIT_TROUBLE = 2
 )
 def rules_diff(old: str, new: str, output: str) -> None:
     """What changes from policy OLD to policy NEW: sandboxes added and removed; per sandbox the hosts, networks,
-    sources, decrypt and upgrade entries added or removed, mode, detector actions and DNS limits changed.
+    sources, decrypt and upgrade entries added or removed, mode, interface, any_source, detector actions, DNS
+    limits and the quarantine rule changed; retention and on_apply.
 
     Both files are validated first (as `egress rules check` does, without nft). Exit status 0 when they allow the
     same, 1 when they differ, 2 when a file does not validate (its errors are printed).

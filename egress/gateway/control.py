@@ -169,6 +169,14 @@ class WorkerLink:
             self.sock.close()
 
 
+def _received(body: bytes) -> object:
+    """A PREPARE's body unpickled, its policy's lookups built (in the same thread, off the worker's event loop)."""
+    version = pickle.loads(body)
+    if isinstance(version, PolicyVersion) and isinstance(version.policy, Policy):
+        version.policy.index()
+    return version
+
+
 class WorkerControl:
     """The worker's end, sans-IO: a request in, a reply out; `on_commit` swaps the policy into the worker."""
 
@@ -224,7 +232,7 @@ class WorkerControl:
         match kind:
             case Kind.PREPARE:
                 try:
-                    version = await asyncio.to_thread(pickle.loads, body)  # the supervisor is trusted; see above
+                    version = await asyncio.to_thread(_received, body)  # the supervisor is trusted; see above
                 except Exception as exc:  # a version skew between supervisor and worker code
                     reply = Reply(seq, False, reason=f"cannot read the policy: {type(exc).__name__}: {exc}")
                 else:

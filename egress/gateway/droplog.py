@@ -39,7 +39,15 @@ from egress.detect.registry import build_detectors
 from egress.gateway.dropcount import CountKey, DropCounts
 from egress.gateway.reload import PolicyVersion
 from egress.nft import runner
-from egress.nft.names import COUNTED_KINDS, PASSED_KINDS, drop_count_set, parse_prefix, pass_count_set, set_id
+from egress.nft.names import (
+    COUNTED_KINDS,
+    PASSED_KINDS,
+    LogKind,
+    drop_count_set,
+    parse_prefix,
+    pass_count_set,
+    set_id,
+)
 from egress.policy.model import Policy, Sandbox
 
 log = logging.getLogger("egress.droplog")
@@ -115,6 +123,8 @@ class DropJudge:
             finding = self._inspect(segment, meta)
             verdict = decide_drop(sandbox, transport.value, finding, packet.prefix)
         verdict = as_the_kernel_did(verdict, passed)
+        if parsed is not None and parsed[0] is LogKind.QUARANTINE:  # the sandbox's cut-off decided, not its rules
+            verdict = dataclasses.replace(verdict, rule=f"sandboxes.{sandbox.name}.quarantine")
         decided = DecidedFlow(packet.ts, sandbox.name, src, sport, dst, dport, transport.value, "", verdict, protocol)
         if parsed is not None and parsed[0] in COUNTED_KINDS:
             self.counts.judged((*count_key(segment), passed), decided, time.monotonic())

@@ -64,13 +64,13 @@ def load_version(path: str | Path) -> PolicyVersion:
     except OSError as error:
         raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
     text = decode(data, str(path), max_bytes())  # the size cap and the bad byte's line, as `egress rules check`
-    return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
+    return PolicyVersion(parse_policy(text, str(path)).index(), hashlib.sha256(data).hexdigest())
 
 
 def parse_version(text: str, origin: str) -> PolicyVersion:
     """A policy's text (from the fleet's history, egress.record.policy_store) validated and hashed as
     `load_version` does a file's bytes: the same text gives the same digest either way."""
-    return PolicyVersion(parse_policy(text, origin), hashlib.sha256(text.encode()).hexdigest())
+    return PolicyVersion(parse_policy(text, origin).index(), hashlib.sha256(text.encode()).hexdigest())
 
 
 class Refused(Exception):
@@ -203,6 +203,9 @@ class Reloader:
         self._wanted = asyncio.Event()
         self.timings = (0.0, 0.0)
         """Seconds the last transaction spent preparing, then committing (the log line and bench/rules.py)."""
+        self.cpu = (0.0, 0.0)
+        """CPU seconds this process (the supervisor: every thread) spent meanwhile: on a busy machine wall-clock
+        measures the machine too, CPU time the work (the workers' own are in their processes)."""
         self._one = asyncio.Lock()
         """Held by each reload and each install: a SIGHUP and a fleet version never interleave their steps."""
 
@@ -255,23 +258,24 @@ class Reloader:
         names = ", ".join(participant.name for participant in self.participants)
         prepare, commit = self.timings
         log.info(
-            "policy %s from %s in force in %s (prepare %.3f s, commit %.3f s)",
+            "policy %s from %s in force in %s (prepare %.3f s, commit %.3f s; supervisor cpu %.3f s, %.3f s)",
             version.label,
             origin,
             names,
             prepare,
             commit,
+            *self.cpu,
         )
         return None
 
     async def transact(self, version: PolicyVersion) -> None:
         """Prepare everywhere, then commit everywhere; raise `ReloadRefused` (nothing changed) or `SplitReload`."""
-        started = time.monotonic()
+        started, cpu = time.monotonic(), time.process_time()
         steps = [_within(p.prepare(version), self.prepare_deadline) for p in self.participants]
         refusals = [
             (p.name, why) for p, why in zip(self.participants, await asyncio.gather(*steps), strict=True) if why
         ]
-        prepared = time.monotonic()
+        prepared, prepared_cpu = time.monotonic(), time.process_time()
         if refusals:
             await self._abort(self.participants, version)
             raise ReloadRefused(*refusals[0])
@@ -283,6 +287,7 @@ class Reloader:
         steps = [_within(p.commit(version), self.commit_deadline) for p in rest]
         failed = [f"{p.name} ({why})" for p, why in zip(rest, await asyncio.gather(*steps), strict=True) if why]
         self.timings = (prepared - started, time.monotonic() - prepared)
+        self.cpu = (prepared_cpu - cpu, time.process_time() - prepared_cpu)
         if failed:
             raise SplitReload(f"{version.label} applied to {first.name} but not committed by {', '.join(failed)}")
 

@@ -29,9 +29,11 @@ class LogKind(enum.StrEnum):
     """Traffic towards a sandbox that is not a reply (dropped)."""
     LOCKDOWN = "lockdown"
     """Anything from a sandbox interface while the gateway is locked down (a component died)."""
+    QUARANTINE = "quarantine"
+    """What a quarantined sandbox sends (dropped before conntrack; the sandbox is the source's)."""
 
 
-COUNTED_KINDS = frozenset({LogKind.DROP, LogKind.REPORT, LogKind.GUARD})
+COUNTED_KINDS = frozenset({LogKind.DROP, LogKind.REPORT, LogKind.GUARD, LogKind.QUARANTINE})
 """Drops from a sandbox: besides the (rate-limited) log, the kernel counts each one in `count_set`, and its log is
 metered per (source, IP protocol, destination) in `log_meter_set`."""
 PASSED_KINDS = frozenset({LogKind.REPORT})

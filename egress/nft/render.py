@@ -30,14 +30,22 @@ from egress.nft.names import (
     set_id,
     source_set,
 )
-from egress.policy.model import Mode, NetworkRule, Policy, Sandbox
+from egress.nft.render_udp import UDP_SET_MIN, udp_groups, udp_lines
+from egress.policy.model import Mode, Policy, Sandbox
 
 # allow_set is re-exported: egress.gateway.allowsets imports it from here.
-__all__ = ["GatewaySettings", "allow_set", "interfaces", "render", "render_lockdown", "render_quarantine"]
+__all__ = [
+    "UDP_SET_MIN",
+    "GatewaySettings",
+    "allow_set",
+    "interfaces",
+    "render",
+    "render_lockdown",
+    "render_quarantine",
+]
 
 _IFNAME = re.compile(r"[A-Za-z0-9_.@:-]{1,15}")
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_]{0,63}")
-_COMMENT_UNSAFE = re.compile(r'["\\\x00-\x1f]')
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,31 +121,36 @@ class _Script:
     def add(self, line: str = "", depth: int = 0) -> None:
         self.lines.append("\t" * depth + line if line else "")
 
-    def log_then(self, verdict: str, kind: LogKind, sandbox: str | None = None, match: str = "") -> None:
+    def log_then(
+        self, verdict: str, kind: LogKind, sandbox: str | None = None, match: str = "", version: int | None = None
+    ) -> None:
+        """Log (rate-limited; counted and metered per key for `COUNTED_KINDS`), then ``verdict``; ``version``: the
+        IP version ``match`` already implies (its count and meter rules only: nft refuses ip and ip6 together)."""
+        families = [(v, fam) for v, fam in _FAMILIES if version in (None, v)]
         s = self.settings
         log = f'log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}'
         limit = f"limit rate {s.log_rate}/second burst {s.log_burst} packets"
         if kind in COUNTED_KINDS:
             # Counted before the log, each in a rule of its own: a full set must not skip the verdict.
-            for v, fam in _FAMILIES:
+            for v, fam in families:
                 self.add(f"{match}update @{count_set(kind, v)} {{ {_key(fam)} }}", 2)
             # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
-            self._metered_log(f"{match}{_ICMP_ANY} ", log, limit)
+            self._metered_log(f"{match}{_ICMP_ANY} ", log, limit, families)
             self.add(f"{match}{_ICMP_ANY} {verdict}", 2)
-            self._metered_log(match, log, limit)
+            self._metered_log(match, log, limit, families)
         else:
             self.add(f"{match}{limit} {log}", 2)
         self.add(f"{match}{verdict}", 2)
 
-    def _metered_log(self, match: str, log: str, limit: str) -> None:
+    def _metered_log(self, match: str, log: str, limit: str, families: list[tuple[int, str]]) -> None:
         """Log under the packet's own key's meter (and the rule's ceiling); a key the full meter set could not take
         is logged under the rule's plain limit instead, so a full set hides nothing that used to be logged."""
         s = self.settings
         meter = f"limit rate {s.key_log_rate}/second burst {s.key_log_burst} packets"
         ceiling = f"limit rate {s.log_ceiling}/second burst {2 * s.log_ceiling} packets"
-        for v, fam in _FAMILIES:
+        for v, fam in families:
             self.add(f"{match}update @{log_meter_set(v)} {{ {_key(fam)} {meter} }} {ceiling} {log}", 2)
-        for v, fam in _FAMILIES:
+        for v, fam in families:
             self.add(f"{match}{_key(fam)} != @{log_meter_set(v)} {limit} {log}", 2)
 
     def open_table(self, header: str) -> None:
@@ -157,16 +170,6 @@ def _set(out: _Script, name: str, kind: str, flags: str, elements: list[str], ex
     if elements:
         body += " elements = { " + ", ".join(elements) + " };"
     out.add(f"set {name} {{ {body} }}", 1)
-
-
-def _udp_rule(rule: NetworkRule) -> str | None:
-    """The forward rule for one allowed network, or None when it allows no UDP (TCP always goes to the proxy)."""
-    if "udp" not in rule.protocols:
-        return None
-    family = "ip" if rule.network.version == 4 else "ip6"
-    ports = f"udp dport {_one_of(sorted(rule.ports))}" if rule.ports else "meta l4proto udp"
-    comment = _COMMENT_UNSAFE.sub("_", rule.rule_id)[:127]  # the kernel keeps at most 128 bytes with the NUL
-    return f'{family} daddr {rule.network} {ports} accept comment "{comment}"'
 
 
 def _check_ids(sandboxes: tuple[Sandbox, ...]) -> None:
@@ -225,6 +228,11 @@ def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
         _set(out, source_set(sandbox.name, 6), "ipv6_addr", "interval", nets[6], " auto-merge;")
         _set(out, allow_set(sandbox.name, 4), "ipv4_addr", "timeout", [], " counter;")
         _set(out, allow_set(sandbox.name, 6), "ipv6_addr", "timeout", [], " counter;")
+        for group in udp_groups(sandbox):
+            if group.set_name is not None:
+                kind = "ipv4_addr" if group.version == 4 else "ipv6_addr"
+                elements = [str(rule.network) for rule in group.rules]
+                _set(out, group.set_name, kind, "interval", elements, " auto-merge;")
     count = f" timeout {COUNT_TIMEOUT}s; size {COUNT_SIZE}; counter;"
     meter = f" timeout {METER_TIMEOUT}s; size {METER_SIZE};"
     for v, kind in ((4, "ipv4_addr . inet_proto . ipv4_addr"), (6, "ipv6_addr . inet_proto . ipv6_addr")):
@@ -239,7 +247,10 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     # It runs before conntrack (priority raw), so spoofed packets never create state.
     out.add("chain prerouting {", 1)
     out.add("type filter hook prerouting priority raw; policy accept;", 2)
-    _cut_off(out, "saddr")
+    # What a quarantined sandbox sends is counted and logged like any sandbox drop (per key, metered), so the
+    # drop logger records it aggregated with exact counts (issue 12); the rest of the cut-off is only counted.
+    for v, fam in _FAMILIES:
+        out.log_then("drop", LogKind.QUARANTINE, match=f"{fam} saddr @{quarantine_set(v)} ", version=v)
     out.add(f"{on_sandbox} jump sandbox_sources", 2)
     out.add("}", 1)
     out.add("chain sandbox_sources {", 1)
@@ -305,7 +316,13 @@ def _input(out: _Script, on_sandbox: str) -> None:
 
 
 def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...], on_sandbox: str) -> None:
-    """Forwarded traffic: from a sandbox through its own chain, towards a sandbox only as a reply."""
+    """Forwarded traffic: from a sandbox through its own chain, towards a sandbox only as a reply.
+
+    Only TCP is accepted as ``established`` without a look (none is forwarded from a sandbox: the proxy takes it,
+    so this is the path of nothing, kept as it was). UDP and every other connectionless protocol of an enforcing
+    sandbox is judged packet by packet against the policy's rules, both ways: a flow the kernel's conntrack keeps
+    alive stops the moment an applied policy no longer allows it (one transaction, no conntrack entry to delete
+    and no window between the table and the entries). A report-mode sandbox keeps its flows (it blocks nothing)."""
     out.add("chain forward {", 1)
     # Drop by default, whatever the interface: the sandbox interfaces choose what is inspected, not what is
     # protected, so a gateway run with a wrong interface name forwards nothing rather than everything.
@@ -317,7 +334,8 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     out.add('counter comment "neither from nor to a sandbox interface: never forwarded"', 2)
     out.add("}", 1)
     out.add("chain sandbox_forward {", 1)
-    out.add("ct state established,related accept", 2)
+    out.add("ct state related accept", 2)
+    out.add("meta l4proto tcp ct state established accept", 2)
     for sandbox in sandboxes:
         for v, fam in _FAMILIES:
             out.add(f"{fam} saddr @{source_set(sandbox.name, v)} jump forward_{set_id(sandbox.name)}", 2)
@@ -326,19 +344,34 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     for sandbox in sandboxes:
         _sandbox_forward(out, sandbox)
     out.add("chain to_sandbox {", 1)
-    out.add("ct state established,related accept", 2)
+    out.add("ct state related accept", 2)
+    out.add("meta l4proto tcp ct state established accept", 2)
+    for sandbox in sandboxes:
+        for v, fam in _FAMILIES:
+            to = f"{fam} daddr @{source_set(sandbox.name, v)}"
+            if sandbox.mode is Mode.REPORT:
+                out.add(f"{to} ct state established accept", 2)
+            else:
+                out.add(f"{to} jump back_{set_id(sandbox.name)}", 2)
     out.log_then("drop", LogKind.INBOUND)
     out.add("}", 1)
+    for sandbox in sandboxes:
+        if sandbox.mode is not Mode.REPORT:
+            out.add(f"chain back_{set_id(sandbox.name)} {{", 1)
+            for group in udp_groups(sandbox):
+                for line in udp_lines(group, reply=True):
+                    out.add(line, 2)
+            out.add("}", 1)
 
 
 def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     """One sandbox's forward chain: its allowed UDP networks, then drop (or, in report mode, log and accept)."""
     out.add(f"chain forward_{set_id(sandbox.name)} {{", 1)
-    for rule in sandbox.networks:
-        line = _udp_rule(rule)
-        if line:
+    for group in udp_groups(sandbox):
+        for line in udp_lines(group, reply=False):
             out.add(line, 2)
     if sandbox.mode is Mode.REPORT:
+        out.add("ct state established accept", 2)  # logged once, when it began (report mode blocks nothing)
         out.log_then("accept", LogKind.REPORT, sandbox.name)
     else:
         out.log_then("drop", LogKind.DROP, sandbox.name)

@@ -17,7 +17,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from egress.policy.model import DetectorActions, DnsLimits, HostRule, NetworkRule, Policy, Sandbox
+from egress.policy.model import DetectorActions, DnsLimits, HostRule, NetworkRule, Policy, Quarantine, Sandbox
 
 __all__ = ["Change", "Kind", "as_json", "diff", "format_text"]
 
@@ -37,7 +37,7 @@ class Change:
     """The sandbox's name; ``""`` for a change to the policy as a whole (retention)."""
     field: str
     """``sandbox``, ``sources``, ``mode``, ``hosts``, ``networks``, ``decrypt``, ``upgrades``, ``detectors.mining``,
-    ``dns.max_name_length``, ``retention.max_age_days``..."""
+    ``dns.max_name_length``, ``quarantine``, ``quarantine.after``, ``retention.max_age_days``..."""
     kind: Kind
     old: str | None
     new: str | None
@@ -68,6 +68,8 @@ def _sets(sandbox: str, field: str, old: Iterable[str], new: Iterable[str]) -> l
 
 
 def _value(value: object) -> str:
+    if isinstance(value, frozenset):
+        return "[" + ", ".join(sorted(str(item) for item in value)) + "]"
     if isinstance(value, tuple):
         return "[" + ", ".join(str(item) for item in value) + "]"
     if isinstance(value, enum.Enum):
@@ -75,14 +77,34 @@ def _value(value: object) -> str:
     return str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def _fields(sandbox: str, prefix: str, old: Any, new: Any) -> list[Change]:
-    """Each dataclass field of ``old`` and ``new`` (DNS limits, detector actions, retention) that differs."""
+def _fields(sandbox: str, prefix: str, old: Any, new: Any, skip: frozenset[str] = frozenset()) -> list[Change]:
+    """Each dataclass field of ``old`` and ``new`` (DNS limits, detector actions, retention) that differs, but
+    those in ``skip`` (where in the file it is written, which is no change)."""
     changes = []
     for field in dataclasses.fields(old):
+        if field.name in skip:
+            continue
         before, after = getattr(old, field.name), getattr(new, field.name)
         if before != after:
             changes.append(Change(sandbox, f"{prefix}.{field.name}", Kind.CHANGED, _value(before), _value(after)))
     return changes
+
+
+def quarantine_text(rule: Quarantine) -> str:
+    """A quarantine rule as one line: ``after 3 within 600 s of mining, tunnel, webhook https://...``."""
+    webhook = f", webhook {rule.webhook}" if rule.webhook else ""
+    return f"after {rule.after} within {rule.within} s of {', '.join(sorted(rule.categories))}{webhook}"
+
+
+def _quarantine(name: str, old: Quarantine | None, new: Quarantine | None) -> list[Change]:
+    """Added or removed as a whole; else each of its fields that changed (``quarantine.after``...)."""
+    if old is None and new is None:
+        return []
+    if old is None or new is None:
+        kind = Kind.ADDED if old is None else Kind.REMOVED
+        before, after = (quarantine_text(old) if old else None), (quarantine_text(new) if new else None)
+        return [Change(name, "quarantine", kind, before, after)]
+    return _fields(name, "quarantine", old, new, skip=frozenset({"line"}))
 
 
 def _summary(sandbox: Sandbox) -> str:
@@ -104,6 +126,7 @@ def _sandbox(old: Sandbox, new: Sandbox) -> list[Change]:
     changes += _sets(name, "upgrades", old.upgrades, new.upgrades)
     changes += _fields(name, "detectors", old.detectors, new.detectors)
     changes += _fields(name, "dns", old.dns, new.dns)
+    changes += _quarantine(name, old.quarantine, new.quarantine)
     return changes
 
 
@@ -120,7 +143,7 @@ def diff(old: Policy, new: Policy) -> list[Change]:
         if name not in before:  # what it allows, as added to a sandbox that allowed nothing (and kept the defaults)
             changes.append(Change(name, "sandbox", Kind.ADDED, None, _summary(sandbox)))
             empty = dataclasses.replace(sandbox, sources=(), hosts=(), networks=(), decrypt=(), upgrades=(),
-                                        dns=DnsLimits(), detectors=DetectorActions())  # fmt: skip
+                                        dns=DnsLimits(), detectors=DetectorActions(), quarantine=None)  # fmt: skip
             changes += [c for c in _sandbox(empty, sandbox) if c.field != "sources"]
     changes += _fields("", "retention", old.retention, new.retention)
     changes += _fields("", "flow_log", old.flow_log, new.flow_log)

@@ -10,11 +10,17 @@ quote at most 80 characters of the name.
 from __future__ import annotations
 
 import ipaddress
+import re
 
 from egress.policy.lists import valid_name
 from egress.policy.yamlnodes import quote
 
 __all__ = ["host_pattern"]
+
+_PLAIN = re.compile(r"(?:[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?\.)+[a-z0-9_](?:[a-z0-9_-]{0,61}[a-z0-9_])?")
+"""A lowercase ASCII DNS name of two labels or more, each as `valid_name` takes it: what almost every entry of a
+policy is, so `host_pattern` accepts it without the codec (a policy of 100,000 hosts spent most of its load in
+the full check)."""
 
 
 def host_pattern(text: str) -> str:
@@ -22,6 +28,19 @@ def host_pattern(text: str) -> str:
 
     Raises `ValueError` saying what is wrong (quoting at most 80 characters of it).
     """
+    wildcard = text.startswith("*.")
+    # The fast path: ASCII without punycode or anything address-like, which the full check would return lowercased
+    # and unchanged (the IDNA codec passes ASCII labels through; ``tests/policy/test_hostnames.py`` compares both).
+    base = text[2:] if wildcard else text
+    if base.isascii() and len(base) <= (251 if wildcard else 253):
+        normal = base.lower()
+        if _PLAIN.fullmatch(normal) and "xn--" not in normal and not normal.replace(".", "").isdigit():
+            return "*." + normal if wildcard else normal
+    return checked(text)
+
+
+def checked(text: str) -> str:
+    """`host_pattern` without its fast path: every check, the IDNA codec included."""
     wildcard = text.startswith("*.")
     base = text[2:] if wildcard else text
     if "*" in base:

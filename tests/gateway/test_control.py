@@ -232,3 +232,18 @@ def test_the_supervisor_end_is_not_inherited_and_the_worker_end_is() -> None:
     with mine, theirs:
         assert not mine.get_inheritable() and theirs.get_inheritable()
         assert mine.family == socket.AF_UNIX
+
+
+def test_a_received_policy_has_its_lookups_built_in_the_receiving_thread(tmp_path: Path) -> None:
+    """The worker unpickles a PREPARE and builds the policy's lookups in the same worker thread (issue 12): the
+    first connection after the commit must not build them for 100,000 rules on the event loop."""
+    from egress.gateway.control import _received
+
+    path = tmp_path / "p.yaml"
+    path.write_text("version: 1\nsandboxes:\n  a:\n    sources: [10.0.0.0/24]\n    allow: {hosts: [pypi.org]}\n")
+    version = load_version(path)
+    assert all(sandbox._index is not None for sandbox in version.policy.sandboxes)  # the supervisor's: built
+    received = _received(pickle.dumps(version, pickle.HIGHEST_PROTOCOL))
+    assert isinstance(received, PolicyVersion) and received == version
+    assert all(sandbox._index is not None for sandbox in received.policy.sandboxes)
+    assert received.policy.sandboxes[0].name_allowed("pypi.org") == version.policy.sandboxes[0].hosts[0]

@@ -178,3 +178,20 @@ def test_unlogged_counts_follow_the_policy_in_force_and_the_set_that_counted_the
     assert (found[Enforcement.WOULD_BLOCK].count, found[Enforcement.WOULD_BLOCK].sandbox) == (4, "renamed")
     assert (found[Enforcement.BLOCK].count, found[Enforcement.BLOCK].sandbox) == (7, "renamed")
     assert found[Enforcement.BLOCK].dport == 0  # none of the drops was logged: the key alone
+
+
+def test_a_quarantined_sandbox_s_packets_are_recorded_with_exact_counts_and_the_quarantine_rule(
+    judge: DropJudge,
+) -> None:
+    """The cut-off counts and logs what a quarantined sandbox sends like any drop (issue 12): each logged packet is
+    a block by the sandbox's quarantine rule, whatever its mode; the unlogged rest of a flood joins the count."""
+    udp = ipv4("10.1.0.2", "198.51.100.7", 17, struct.pack("!HHHH", 5, 53, 9, 0) + b"q")
+    decided = [judge.judge(logged(udp, "egress quarantine")) for _ in range(20)]
+    assert {(d.sandbox, d.verdict.rule, d.verdict.action) for d in decided if d is not None} == {
+        ("shadow", "sandboxes.shadow.quarantine", Enforcement.BLOCK)  # shadow is in report mode: cut off all the same
+    }
+    key = ("10.1.0.2", 17, "198.51.100.7", False)
+    assert judge.unlogged({key: 500}) == []  # settled at the next read
+    [rest] = judge.unlogged({key: 500})
+    assert (rest.count, rest.verdict.rule) == (480, "sandboxes.shadow.quarantine")
+    assert len(decided) + rest.count == 500

@@ -12,7 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from egress.nft import runner
-from egress.nft.render import GatewaySettings, render, render_lockdown, render_quarantine
+from egress.nft.render import UDP_SET_MIN, GatewaySettings, render, render_lockdown, render_quarantine
 from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import namespace
@@ -58,6 +58,14 @@ def udp_networks() -> str:
     return render(policy, settings)
 
 
+def udp_set() -> str:
+    """Many UDP networks on one port: one interval set and one rule each way (issue 12)."""
+    many = tuple(udp_rule("agents", i, f"192.0.2.{4 * i}/30", 53) for i in range(UDP_SET_MIN + 2))
+    networks = (*many, udp_rule("agents", 99, "2001:db8::/32", 53))
+    policy = Policy(1, (make_sandbox("agents", "10.10.0.0/24", networks=networks),), file="rules/udp-set.yaml")
+    return render(policy, SETTINGS)
+
+
 def dhcp() -> str:
     policy = Policy(1, (make_sandbox("agents", "10.10.0.0/24", "fd10::/64"),), file="rules/dhcp.yaml")
     return render(policy, dataclasses.replace(SETTINGS, dhcp=True))
@@ -81,6 +89,7 @@ CASES: dict[str, Callable[[], str]] = {
     "dual_stack_two": dual_stack_two,
     "report_mode": report_mode,
     "udp_networks": udp_networks,
+    "udp_set": udp_set,
     "lockdown": lockdown,
     "dhcp": dhcp,
     "quarantined": quarantined,
@@ -128,6 +137,31 @@ def test_tcp_only_network_rules_add_nothing_to_forwarding() -> None:
     assert 'ip daddr 203.0.113.9/32 udp dport 5000 accept comment "sandboxes.agents.allow.networks[4]"' in text
     assert "ip daddr 198.51.100.7/32 meta l4proto udp accept" in text
     assert "masquerade" not in text
+
+
+def test_many_udp_networks_share_one_set_and_are_judged_both_ways() -> None:
+    text = udp_set()
+    assert "set udp4_agents_0 { type ipv4_addr; flags interval; auto-merge; elements = { 192.0.2.0/30, " in text
+    assert 'ip daddr @udp4_agents_0 udp dport 53 accept comment "sandboxes.agents.allow.networks[0] and 9 more' in text
+    assert "ip saddr @udp4_agents_0 udp sport 53 ct state established accept" in text
+    assert 'ip6 daddr 2001:db8::/32 udp dport 53 accept comment "sandboxes.agents.allow.networks[99]"' in text
+    # established UDP is judged by those rules, not accepted for being established (only TCP and related are)
+    for chain in ("sandbox_forward", "to_sandbox"):
+        assert (
+            f"chain {chain} {{\n\t\tct state related accept\n\t\tmeta l4proto tcp ct state established accept\n" in text
+        )
+
+
+@pytest.mark.root
+def test_nft_takes_a_set_of_100000_udp_networks_in_one_transaction() -> None:
+    many = tuple(
+        udp_rule("agents", i, f"{10 + i // 65536}.{i // 256 % 256}.{i % 256}.0/24", 53) for i in range(100_000)
+    )
+    text = render(Policy(1, (make_sandbox("agents", "172.16.0.0/24", networks=many),)), SETTINGS)
+    assert len(text) < 2_500_000 and text.count("udp4_agents_0") == 3  # the set, one rule each way
+    with namespace() as ns:
+        runner.apply(text, netns=ns)
+        assert len(runner.list_set("egress", "udp4_agents_0", netns=ns)) > 0
 
 
 def test_report_mode_logs_and_lets_through() -> None:
@@ -208,7 +242,7 @@ def test_lockdown_covers_the_sandboxes_own_interfaces_too() -> None:
     assert 'oifname { "sbx0", "sbx9" } drop' in text
 
 
-@pytest.mark.parametrize("name", ["v4_single", "dual_stack_two", "report_mode", "udp_networks"])
+@pytest.mark.parametrize("name", ["v4_single", "dual_stack_two", "report_mode", "udp_networks", "udp_set"])
 def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) -> None:
     """Each logged drop or report of sandbox traffic is preceded by the per-key count (in the set that says what
     the kernel did with it), in rules of their own (a full set must not skip the verdict); its log is metered per

@@ -7,6 +7,7 @@ import pathlib
 import pytest
 import yaml
 
+from egress.policy import yamlnodes
 from egress.policy.yamlnodes import NodeChecker, Problem, RulesError, compose, decode, kind, line, quote, read_text
 
 
@@ -98,3 +99,24 @@ def test_decode_refuses_big_files_and_names_the_line_of_a_bad_byte(tmp_path: pat
     assert read_text(big, max_bytes=102).startswith("# x")
     with pytest.raises(RulesError, match="cannot read"):
         read_text(tmp_path / "missing.yaml")
+
+
+def _tags(node: yaml.Node) -> list[tuple[str, str, int]]:
+    """Every node's tag, value (scalars) and line, depth first."""
+    if isinstance(node, yaml.ScalarNode):
+        return [(node.tag, str(node.value), node.start_mark.line)]
+    children = node.value if isinstance(node, yaml.SequenceNode) else [item for pair in node.value for item in pair]
+    return [(node.tag, "", node.start_mark.line)] + [tag for child in children for tag in _tags(child)]
+
+
+@pytest.mark.parametrize(
+    "path", sorted((pathlib.Path(__file__).resolve().parents[2] / "rules").glob("*.yaml")), ids=lambda path: path.name
+)
+def test_the_fast_resolver_tags_every_node_as_pyyaml_does(path: pathlib.Path) -> None:
+    extra = "\nx-more: [yes, No, ~, null, 0x1F, 1_000, 3.5e2, .inf, 2001-12-14, '<<', =, h.example, -1, +2, '', \"\"]\n"
+    text = path.read_text() + extra
+    mine = yamlnodes.compose(text, str(path), [])
+    assert mine is not None
+    theirs = yaml.compose(text, Loader=yaml.SafeLoader)
+    assert theirs is not None
+    assert _tags(mine) == _tags(theirs)
