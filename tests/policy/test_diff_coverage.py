@@ -17,6 +17,7 @@ from egress.policy.model import (
     DetectorActions,
     DnsLimits,
     Expect,
+    FlowLogSettings,
     HostRule,
     NetworkRule,
     Policy,
@@ -48,6 +49,7 @@ NOT_A_CHANGE = {
 }
 NESTED: dict[tuple[type, str], type] = {
     (Policy, "retention"): Retention,
+    (Policy, "flow_log"): FlowLogSettings,
     (Sandbox, "dns"): DnsLimits,
     (Sandbox, "detectors"): DetectorActions,
     (Sandbox, "quarantine"): Quarantine,
@@ -82,6 +84,7 @@ OTHER: dict[tuple[type, str], Callable[[], Policy]] = {
     (Sandbox, "decrypt"): lambda: _sandbox(BASE, decrypt=("pypi.org",)),
     (Sandbox, "upgrades"): lambda: _sandbox(BASE, upgrades=("h2c",)),
     (Sandbox, "any_source"): lambda: _sandbox(BASE, any_source=True),
+    (Sandbox, "flow_log"): lambda: _sandbox(BASE, flow_log=True),
     (HostRule, "pattern"): lambda: _host(pattern="files.pythonhosted.org"),
     (HostRule, "ports"): lambda: _host(ports=frozenset({8443})),
     (HostRule, "answers"): lambda: _host(answers=(NET,)),
@@ -120,6 +123,8 @@ def _parent(owner: type) -> tuple[Policy, Callable[[Any], Policy]]:
     """BASE and how to put a changed ``owner`` object into it."""
     if owner is Retention:
         return BASE, lambda value: dataclasses.replace(BASE, retention=value)
+    if owner is FlowLogSettings:
+        return BASE, lambda value: dataclasses.replace(BASE, flow_log=value)
     field = {DnsLimits: "dns", DetectorActions: "detectors", Quarantine: "quarantine"}[owner]
     return BASE, lambda value: _sandbox(BASE, **{field: value})
 
@@ -149,7 +154,7 @@ def test_a_changed_nested_field_shows_by_name(key: tuple[type, str]) -> None:
         return
     prefix = next(field for (_, field), cls in NESTED.items() if cls is owner)
     base, put = _parent(owner)
-    current = base.retention if owner is Retention else getattr(base.sandboxes[0], prefix)
+    current = getattr(base, prefix) if owner in (Retention, FlowLogSettings) else getattr(base.sandboxes[0], prefix)
     changes = diff(base, put(dataclasses.replace(current, **{name: _changed(getattr(current, name))})))
     assert [(c.field, c.kind) for c in changes] == [(f"{prefix}.{name}", Kind.CHANGED)]
 
