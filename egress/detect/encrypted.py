@@ -193,15 +193,16 @@ def detect_stream(view: FlowView) -> Result:
         return None if view.complete or server else MORE
     full = view.complete or len(client) >= WINDOW
     seen = opening(client, ended=full)
-    if seen is None or (seen is Opening.PLAIN and not full):
+    if seen in (Opening.TLS, Opening.HTTP, Opening.SSH):
+        return None  # a structure, whole: more bytes do not change it
+    if seen is None or not full:
+        # The bit count is judged on the whole window, never a prefix of it: a prefix's count can fall either side
+        # of the band, so judging early would make the answer depend on how the bytes were segmented.
         return MORE
-    if seen is not Opening.ENCRYPTED or (len(client) < STREAM_MIN and full) or _record_header(client):
+    if seen is not Opening.ENCRYPTED or len(client) < STREAM_MIN or _record_header(client):
         return None
-    if len(client) < STREAM_MIN:
-        return MORE
     if server:
-        answered = full or len(server) >= WINDOW
-        if not answered and len(server) < STREAM_MIN:
+        if not view.complete and len(server) < WINDOW:
             return MORE
         if not fully_encrypted(server[:WINDOW]) or _record_header(server):
             return None

@@ -11,6 +11,7 @@ import pytest
 from egress.detect import encrypted
 from egress.detect.base import Category
 from egress.detect.encrypted import Opening, fully_encrypted, opening
+from egress.detect.engine import FlowInspector
 from tests.detect.feeding import feed_every_split, feed_stream, meta
 from tests.proxy.test_front import _client_hello
 
@@ -158,3 +159,22 @@ def test_a_fully_encrypted_proxy_stream_is_named_at_every_split(flow: tuple[byte
 )
 def test_what_is_not_a_fully_encrypted_proxy_stream_is_clean(client: bytes, server: bytes) -> None:
     assert all(found is None for found in feed_every_split(encrypted.detect_stream, client, server, meta(1234)))
+
+
+def test_the_answer_does_not_depend_on_how_the_server_s_bytes_were_cut() -> None:
+    """Found by hypothesis (tests/detect/test_segmentation.py): the bit count was judged on a prefix of the server's
+    window as soon as it held `STREAM_MIN` bytes, so a server whose first bytes are mostly zero bits (a prefix
+    under the band) but whose whole window is random cleared the flow when fed in small pieces and was found fed
+    whole. Each direction is now judged on its whole window (or all it sent, at the close)."""
+    rng = random.Random(7)
+    client = rng.randbytes(1500)
+    server = bytes(8) + rng.randbytes(1016)
+    assert not fully_encrypted(server[: encrypted.STREAM_MIN]) and fully_encrypted(server)
+    whole = feed_stream(encrypted.detect_stream, client, server, meta(1234))
+    inspector = FlowInspector(meta(1234), (encrypted.detect_stream,))
+    inspector.feed_stream(True, client)
+    for offset in range(len(server)):
+        inspector.feed_stream(False, server[offset : offset + 1])
+    cut = inspector.close()
+    assert whole is not None and whole.protocol == "fully-encrypted"
+    assert cut == whole
