@@ -139,7 +139,11 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 def _save(server: DumpServer, dump: Path, meta_path: Path, meta: dict[str, float]) -> None:
-    server.command("SAVE")
+    client = redis.Redis.from_url(server.url, socket_timeout=LOAD_TIMEOUT)  # a million records take a while
+    try:
+        client.save()
+    finally:
+        client.close()
     DUMP_DIR.mkdir(parents=True, exist_ok=True)
     partial = dump.with_suffix(".rdb.partial")
     shutil.copyfile(server.directory / "dump.rdb", partial)
