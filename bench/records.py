@@ -28,6 +28,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import random
 import shutil
@@ -41,7 +42,7 @@ from collections.abc import Callable
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.api_load import Result, load, print_table, serve, warm  # noqa: E402
+from bench.api_load import Result, load, load_lean, print_table, serve, warm  # noqa: E402
 from bench.record_dump import DUMP_DIR, DumpServer, filled_store  # noqa: E402
 from egress.gateway.recorder import BATCH  # noqa: E402
 from egress.record.layout import stream_key  # noqa: E402
@@ -168,7 +169,10 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=20, help="Concurrent API clients.")
     parser.add_argument("--api-requests", type=int, default=400, help="API requests per shape at most.")
     parser.add_argument("--api-seconds", type=float, default=60.0, help="Seconds per shape at most.")
-    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn workers of the API.")
+    parser.add_argument(
+        "--api-workers", type=int, default=len(os.sched_getaffinity(0)), help="uvicorn workers (default: the cores)."
+    )
+    parser.add_argument("--httpx", action="store_true", help="httpx clients (as before) instead of the lean ones.")
     parser.add_argument("--baseline", type=pathlib.Path, help="Another checkout whose API is measured alike.")
     parser.add_argument(
         "--refill", action="store_true", help=f"Fill the store anew even when a dump of it is kept in {DUMP_DIR}."
@@ -235,7 +239,11 @@ def main() -> int:
                 with serve(tree, server.url, args.api_workers, log) as served:
                     warm(served, shapes)
                     api[name] = {
-                        shape: load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
+                        shape: (
+                            load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
+                            if args.httpx
+                            else load_lean(served, path_of, args.clients, args.api_requests, args.api_seconds)
+                        )
                         for shape, path_of in shapes.items()
                     }
 
