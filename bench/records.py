@@ -13,14 +13,19 @@ the peer and egress (the machine's speed drifts); medians are printed. Per round
 then p50/p99 of ``list_attempts`` with a sandbox and a 1-minute window, limit 100, on one million records over ten
 sandboxes written by `RecordStore.write` the way the gateway writes them (a batch a second; goal: p99 < 50 ms);
 
-then the API's side (bench/api_load.py): a real ``egress api serve`` on that store and 20 concurrent keep-alive
-clients, p50/p99 of each request shape (the attempt list, filtered too; a sandbox's timeline; the stats and the
-chart's series of the last hour; goal: p99 < 200 ms each); with ``--baseline <tree>`` the same load against the API
-of another checkout (e.g. the main branch), side by side, on the same records.
+then the API's side (bench/api_load.py): a real ``egress api serve`` on that store (one uvicorn worker per usable
+core) and 20 concurrent keep-alive clients, p50/p99 of each request shape (the attempt list, filtered too; a
+sandbox's timeline; the stats and the chart's series of the last hour; goal: p99 < 200 ms each) beside the server's
+and the clients' CPU per request and the load average; with ``--baseline <tree>`` the same load against the API of
+another checkout (e.g. the main branch), side by side, on the same records.
 
-    python bench/records.py                 # about ten minutes
-    python bench/records.py --fill 200000 --skip-writes   # quicker
-    python bench/records.py --baseline /path/to/main/checkout
+The filled store is kept as a Redis dump under /var/tmp/egress-bench (bench/record_dump.py) and reused by the next
+run with the same fill arguments: only the first run pays for the fill. On a shared machine run it with
+``nice -n -5`` and read the CPU per request; the latencies measure the machine as much as the API.
+
+    python bench/records.py                 # the first run: about fifteen minutes
+    python bench/records.py --skip-writes --api-requests 1000 --api-seconds 60   # the API on the kept store
+    python bench/records.py --skip-writes --baseline /path/to/main/checkout --shapes list timeline
 """
 
 from __future__ import annotations
