@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from egress.api import models
 from egress.api.errors import ApiError
-from egress.api.respond import json_response, raw, raws
+from egress.api.respond import encode, json_response, raws
 from egress.api.routes import NoQuery, caller
 from egress.api.settings import Settings
 from egress.correlate import Correlator
@@ -139,7 +139,7 @@ async def _events(
                     continue
                 if params.category is not None and record.category != params.category:
                     continue
-                data = bytes(raw(record)).decode()
+                data = encode(record).decode()  # a live record is sent once: not kept (respond.raw)
                 yield format_sse_event(event="attempt", data_str=data, id=str(cursor))
                 last_sent = time.monotonic()
             if time.monotonic() - last_sent >= settings.heartbeat_s:
