@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -27,15 +28,32 @@ GOAL_P99_MS = 200
 _SERVE = "import sys; from egress.api.server import api_serve; sys.exit(api_serve(sys.argv[1:]))"
 
 
-def cpu_seconds(pid: int) -> float:
-    """CPU time (user + system) of a process and its waited-for children, from /proc: what a request costs the
-    server however busy the machine is (latencies on a shared machine measure the machine too); nan once it is
-    gone (a fault test kills it)."""
+def _stat(pid: int) -> list[str] | None:
     try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
+        return Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
     except OSError:
+        return None
+
+
+def cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of a process, its live descendants (uvicorn's worker processes) and the children
+    they waited for, from /proc: what requests cost the server however busy the machine is (latencies on a shared
+    machine measure the machine too); nan once the process is gone (a fault test kills it)."""
+    fields = _stat(pid)
+    if fields is None:
         return float("nan")
-    return sum(int(value) for value in fields[11:15]) / os.sysconf("SC_CLK_TCK")
+    parents: dict[int, list[str]] = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit() and (other := _stat(int(entry.name))) is not None:
+            parents.setdefault(int(other[1]), []).append(entry.name)
+    total, todo = 0, [str(pid)]
+    while todo:
+        current = todo.pop()
+        stat = fields if current == str(pid) else _stat(int(current))
+        if stat is not None:
+            total += sum(int(value) for value in stat[11:15])
+        todo += parents.get(int(current), [])
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 @dataclass
@@ -84,12 +102,23 @@ class Result:
     failures: dict[str, int] = field(default_factory=dict)
     seconds: float = 0.0
     cpu_s: float = 0.0
-    """CPU time the API process spent (one worker: all of it)."""
+    """CPU time the API's processes spent (the parent and its workers)."""
+    client_cpu_s: float = 0.0
+    """CPU time the clients' process spent (the clients are threads of this process)."""
+    load_average: float = float("nan")
+    """The machine's 1-minute load average when the shape ended."""
+
+    @property
+    def answered(self) -> int:
+        return len(self.latencies) + sum(self.failures.values())
 
     @property
     def cpu_ms_per_request(self) -> float:
-        answered = len(self.latencies) + sum(self.failures.values())
-        return self.cpu_s * 1000 / answered if answered else float("nan")
+        return self.cpu_s * 1000 / self.answered if self.answered else float("nan")
+
+    @property
+    def client_cpu_ms_per_request(self) -> float:
+        return self.client_cpu_s * 1000 / self.answered if self.answered else float("nan")
 
     def quantile(self, q: int) -> float:
         """The q-th percentile in ms (nan without answers)."""
@@ -104,7 +133,9 @@ class Result:
             "p50_ms": round(self.quantile(50), 1),
             "p99_ms": round(self.quantile(99), 1),
             "seconds": round(self.seconds, 1),
-            "server_cpu_ms_per_request": round(self.cpu_ms_per_request, 1),
+            "server_cpu_ms_per_request": round(self.cpu_ms_per_request, 2),
+            "client_cpu_ms_per_request": round(self.client_cpu_ms_per_request, 2),
+            "load_average": round(self.load_average, 1),
         }
 
 
@@ -145,7 +176,7 @@ def load(
                     else:
                         result.failures[status] = result.failures.get(status, 0) + 1
 
-    started, cpu = time.monotonic(), cpu_seconds(served.pid)
+    started, cpu, client_cpu = time.monotonic(), cpu_seconds(served.pid), time.process_time()
     threads = [threading.Thread(target=client, name=f"bench-client-{index}") for index in range(clients)]
     for thread in threads:
         thread.start()
@@ -153,23 +184,132 @@ def load(
         thread.join()
     result.seconds = time.monotonic() - started
     result.cpu_s = cpu_seconds(served.pid) - cpu
+    result.client_cpu_s = time.process_time() - client_cpu
+    result.load_average = os.getloadavg()[0]
     return result
 
 
+class _Http11:
+    """A minimal keep-alive HTTP/1.1 GET client over one socket: a pre-built request out, the status line, the
+    headers and a ``Content-Length`` body in. The benchmark's clients use it rather than httpx, whose CPU per
+    request (about 5 ms here, 20 threads in one process) was as much as the server's and took the same cores:
+    what the benchmark times should be the server."""
+
+    def __init__(self, base: str, timeout: float) -> None:
+        host, _, port = base.removeprefix("http://").partition(":")
+        self.address = (host, int(port))
+        self.timeout = timeout
+        self.sock: socket.socket | None = None
+        self.buffer = b""
+
+    def get(self, path: str) -> int:
+        """The answer's status; the body is read and dropped. A broken connection raises OSError (and is not
+        reused)."""
+        if self.sock is None:
+            self.sock = socket.create_connection(self.address, timeout=self.timeout)
+            self.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            self.buffer = b""
+        try:
+            self.sock.sendall(f"GET {path} HTTP/1.1\r\nHost: bench\r\n\r\n".encode())
+            while b"\r\n\r\n" not in self.buffer:
+                self._read()
+            head, _, self.buffer = self.buffer.partition(b"\r\n\r\n")
+            lines = head.split(b"\r\n")
+            length = 0
+            for line in lines[1:]:
+                name, _, value = line.partition(b":")
+                if name.strip().lower() == b"content-length":
+                    length = int(value)
+            while len(self.buffer) < length:
+                self._read()
+            self.buffer = self.buffer[length:]
+            return int(lines[0].split()[1])
+        except (OSError, ValueError, IndexError):
+            self.close()
+            raise
+
+    def _read(self) -> None:
+        assert self.sock is not None
+        chunk = self.sock.recv(1 << 20)
+        if not chunk:
+            raise ConnectionResetError("the server closed the connection")
+        self.buffer += chunk
+
+    def close(self) -> None:
+        if self.sock is not None:
+            self.sock.close()
+            self.sock = None
+
+
+def load_lean(served: Served, path_of: Callable[[int], str], clients: int, requests: int, seconds: float) -> Result:
+    """`load` with `_Http11` clients (the benchmark's): failures are counted by status or error name."""
+    result = Result()
+    lock = threading.Lock()
+    sent = 0
+    deadline = time.monotonic() + seconds
+
+    def client() -> None:
+        nonlocal sent
+        http = _Http11(served.base, 60.0)
+        try:
+            while time.monotonic() < deadline:
+                with lock:
+                    if sent >= requests:
+                        return
+                    number = sent
+                    sent += 1
+                started = time.perf_counter()
+                try:
+                    status = str(http.get(path_of(number)))
+                except OSError as error:
+                    status = type(error).__name__
+                elapsed = time.perf_counter() - started
+                with lock:
+                    if status == "200":
+                        result.latencies.append(elapsed)
+                    else:
+                        result.failures[status] = result.failures.get(status, 0) + 1
+        finally:
+            http.close()
+
+    started, cpu, client_cpu = time.monotonic(), cpu_seconds(served.pid), time.process_time()
+    threads = [threading.Thread(target=client, name=f"bench-client-{index}") for index in range(clients)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    result.seconds = time.monotonic() - started
+    result.cpu_s = cpu_seconds(served.pid) - cpu
+    result.client_cpu_s = time.process_time() - client_cpu
+    result.load_average = os.getloadavg()[0]
+    return result
+
+
+def warm(served: Served, shapes: dict[str, Callable[[int], str]], each: int = 20) -> None:
+    """``each`` requests of every shape, one at a time: what the API reads once and keeps (its read cache) is
+    read before the shapes are timed, whichever comes first."""
+    with httpx.Client(base_url=served.base, timeout=120) as http:
+        for path_of in shapes.values():
+            for number in range(each):
+                http.get(path_of(number)).raise_for_status()
+
+
 def print_table(api: dict[str, dict[str, Result]], clients: int, workers: int) -> None:
-    """Each request shape's p50 / p99 per tree, side by side, and whether this tree met the goal."""
-    print(f"API: {clients} clients, {workers} uvicorn worker(s): p50 / p99 ms (answered, failed) server CPU ms/request")
-    print(f"  {'':26}" + "".join(f"{name:>44}" for name in api))
+    """Each request shape's p50 / p99 per tree, side by side, the CPU a request cost the server and the clients,
+    the load average, and whether this tree met the goal."""
+    print(f"API: {clients} clients, {workers} uvicorn worker(s); per tree: p50 / p99 ms (answered, failed),")
+    print("  server CPU ms/request, client CPU ms/request, 1-min load average at the end of the shape")
+    print(f"  {'':26}" + "".join(f"{name:>58}" for name in api))
     for shape in next(iter(api.values()), {}):
         cells = []
         for shapes in api.values():
             done = shapes[shape]
             failed = sum(done.failures.values())
             cells.append(
-                f"{done.quantile(50):>8.1f} / {done.quantile(99):>8.1f} ({len(done.latencies)}, {failed})"
-                f" {done.cpu_ms_per_request:>7.1f}"
+                f"{done.quantile(50):>7.1f} / {done.quantile(99):>7.1f} ({len(done.latencies)}, {failed})"
+                f" {done.cpu_ms_per_request:>6.2f} {done.client_cpu_ms_per_request:>5.2f} {done.load_average:>5.1f}"
             )
-        print(f"  {shape:<26}" + "".join(f"{cell:>44}" for cell in cells))
+        print(f"  {shape:<26}" + "".join(f"{cell:>58}" for cell in cells))
     mine = api.get("this tree", {})
     met = bool(mine) and all(result.quantile(99) < GOAL_P99_MS and not result.failures for result in mine.values())
     print(f"  goal p99 < {GOAL_P99_MS} ms each (this tree): {'met' if met else 'NOT met'}")

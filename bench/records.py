@@ -13,14 +13,19 @@ the peer and egress (the machine's speed drifts); medians are printed. Per round
 then p50/p99 of ``list_attempts`` with a sandbox and a 1-minute window, limit 100, on one million records over ten
 sandboxes written by `RecordStore.write` the way the gateway writes them (a batch a second; goal: p99 < 50 ms);
 
-then the API's side (bench/api_load.py): a real ``egress api serve`` on that store and 20 concurrent keep-alive
-clients, p50/p99 of each request shape (the attempt list, filtered too; a sandbox's timeline; the stats and the
-chart's series of the last hour; goal: p99 < 200 ms each); with ``--baseline <tree>`` the same load against the API
-of another checkout (e.g. the main branch), side by side, on the same records.
+then the API's side (bench/api_load.py): a real ``egress api serve`` on that store (one uvicorn worker per usable
+core) and 20 concurrent keep-alive clients, p50/p99 of each request shape (the attempt list, filtered too; a
+sandbox's timeline; the stats and the chart's series of the last hour; goal: p99 < 200 ms each) beside the server's
+and the clients' CPU per request and the load average; with ``--baseline <tree>`` the same load against the API of
+another checkout (e.g. the main branch), side by side, on the same records.
 
-    python bench/records.py                 # about ten minutes
-    python bench/records.py --fill 200000 --skip-writes   # quicker
-    python bench/records.py --baseline /path/to/main/checkout
+The filled store is kept as a Redis dump under /var/tmp/egress-bench (bench/record_dump.py) and reused by the next
+run with the same fill arguments: only the first run pays for the fill. On a shared machine run it with
+``nice -n -5`` and read the CPU per request; the latencies measure the machine as much as the API.
+
+    python bench/records.py                 # the first run: about fifteen minutes
+    python bench/records.py --skip-writes --api-requests 1000 --api-seconds 60   # the API on the kept store
+    python bench/records.py --skip-writes --baseline /path/to/main/checkout --shapes list timeline
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import os
 import pathlib
 import random
 import shutil
@@ -36,28 +42,34 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.api_load import Result, load, print_table, serve  # noqa: E402
+from bench.api_load import Result, load, load_lean, print_table, serve, warm  # noqa: E402
+from bench.record_dump import DUMP_DIR, DumpServer, filled_store  # noqa: E402
 from egress.gateway.recorder import BATCH  # noqa: E402
 from egress.record.layout import stream_key  # noqa: E402
 from egress.record.query import AttemptFilter, list_attempts  # noqa: E402
 from egress.record.schema import AttemptRecord, make_id  # noqa: E402
 from egress.record.store import RecordStore  # noqa: E402
-from tests.redis_server import RedisServer  # noqa: E402
 
 SANDBOXES = 10
 START = 1_750_000_000.0
-API_SHAPES = {
-    "list": lambda n: "/v1/attempts?limit=100",
-    "list, filtered": lambda n: f"/v1/attempts?limit=100&category=tunnel&sandbox=sandbox-{n % SANDBOXES}",
-    "timeline": lambda n: f"/v1/sandboxes/sandbox-{n % SANDBOXES}/timeline",
-    "stats 1 h": lambda n: "/v1/stats?window=3600&by=reason",
-    "stats 1 h by destination": lambda n: "/v1/stats?window=3600&by=destination",
-    "series 1 h": lambda n: "/v1/stats/series?window=3600&buckets=30&by=category",
-}
+
+
+def api_shapes(end: float) -> dict[str, Callable[[int], str]]:
+    """The request shapes, the records ending at ``end``: the timeline is asked for its last day up to there (the
+    dashboard asks up to now; the same work, and a kept dump's records do not move)."""
+    return {
+        "list": lambda n: "/v1/attempts?limit=100",
+        "list, filtered": lambda n: f"/v1/attempts?limit=100&category=tunnel&sandbox=sandbox-{n % SANDBOXES}",
+        "timeline": lambda n: f"/v1/sandboxes/sandbox-{n % SANDBOXES}/timeline?until={end:.3f}",
+        "stats 1 h": lambda n: "/v1/stats?window=3600&by=reason",
+        "stats 1 h by destination": lambda n: "/v1/stats?window=3600&by=destination",
+        "series 1 h": lambda n: "/v1/stats/series?window=3600&buckets=30&by=category",
+    }
 
 
 def make_records(count: int, span: float, seed: int, start: float = START) -> list[AttemptRecord]:
@@ -162,27 +174,31 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--clients", type=int, default=20, help="Concurrent API clients.")
     parser.add_argument("--api-requests", type=int, default=400, help="API requests per shape at most.")
     parser.add_argument("--api-seconds", type=float, default=60.0, help="Seconds per shape at most.")
-    parser.add_argument("--api-workers", type=int, default=1, help="uvicorn workers of the API.")
+    parser.add_argument(
+        "--api-workers", type=int, default=len(os.sched_getaffinity(0)), help="uvicorn workers (default: the cores)."
+    )
+    parser.add_argument("--httpx", action="store_true", help="httpx clients (as before) instead of the lean ones.")
     parser.add_argument("--baseline", type=pathlib.Path, help="Another checkout whose API is measured alike.")
+    parser.add_argument(
+        "--refill", action="store_true", help=f"Fill the store anew even when a dump of it is kept in {DUMP_DIR}."
+    )
+    parser.add_argument("--shapes", nargs="+", choices=list(api_shapes(0.0)), help="Only these API request shapes.")
     return parser.parse_args()
 
 
-def main() -> int:
-    args = _arguments()
-
-    server = RedisServer(pathlib.Path(tempfile.mkdtemp(prefix="egress-bench-redis-")), tcp=True)  # redis-benchmark -p
+def write_rounds(args: argparse.Namespace) -> tuple[list[float], list[float], list[float], str]:
+    """Each round: redis-benchmark's two XADD rates, then `RecordStore.write`'s, on a server of their own."""
+    simple: list[float] = []
+    shaped: list[float] = []
+    written: list[float] = []
+    line = json.dumps(make_records(1, 60, seed=1)[0].to_json(), separators=(",", ":"))
+    server = DumpServer(pathlib.Path(tempfile.mkdtemp(prefix="egress-bench-redis-")), tcp=True)  # redis-benchmark -p
     server.start()
-    simple, shaped, written = [float("nan")], [float("nan")], [float("nan")]
-    api: dict[str, dict[str, Result]] = {}
     try:
-        server.cli("config", "set", "appendonly", "no")
-        line = json.dumps(make_records(1, 60, seed=1)[0].to_json(), separators=(",", ":"))
         # In time order, as the recorder delivers them: a batch holds the attempts of the last moments.
         records = make_records(args.writes, args.writes / 1000, seed=99)
         with tempfile.TemporaryDirectory(prefix="egress-bench-spool-") as spool:
-            if not args.skip_writes:
-                simple, shaped, written = [], [], []
-            for _ in range(0 if args.skip_writes else args.rounds):
+            for _ in range(args.rounds):
                 server.cli("flushall")
                 simple.append(redis_benchmark(server.port, 300_000, ["f", "v"]))
                 server.cli("flushall")
@@ -191,22 +207,50 @@ def main() -> int:
                 store = RecordStore(server.url, pathlib.Path(spool), "gw1", socket_timeout=30.0)
                 written.append(store_rate(store, records, args.batch))
                 store.close()
-            server.cli("flushall")
-            store = RecordStore(server.url, pathlib.Path(spool), "gw1", socket_timeout=30.0)
-            start = time.time() - args.span - 60  # up to a minute ago: the API's windows end now
-            fill_s = fill(store, args.fill, args.span, start, args.fill_batch_s)
-            entries = sum(int(server.cli("xlen", stream_key(f"sandbox-{index}"))) for index in range(SANDBOXES))
-            latencies, per_query = query_latency(store, args.queries, args.span, start)
-            store.close()
-            trees = {"this tree": HERE.parent, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
-            for name, tree in trees.items():
-                with serve(tree, server.url, args.api_workers, pathlib.Path(spool) / f"api-{len(api)}.log") as served:
-                    api[name] = {
-                        shape: load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
-                        for shape, path_of in API_SHAPES.items()
-                    }
     finally:
         server.cleanup()
+    return simple, shaped, written, line
+
+
+def main() -> int:
+    args = _arguments()
+    simple, shaped, written, line = [float("nan")], [float("nan")], [float("nan")], ""
+    if not args.skip_writes:
+        simple, shaped, written, line = write_rounds(args)
+    api: dict[str, dict[str, Result]] = {}
+    with tempfile.TemporaryDirectory(prefix="egress-bench-spool-") as spool:
+
+        def fill_now(url: str, start: float) -> float:
+            store = RecordStore(url, pathlib.Path(spool), "gw1", socket_timeout=30.0)
+            try:
+                return fill(store, args.fill, args.span, start, args.fill_batch_s)
+            finally:
+                store.close()
+
+        with filled_store(args.fill, args.span, args.fill_batch_s, fill_now, refill=args.refill) as filled:
+            server = filled.server
+            fill_s = filled.fill_s
+            entries = sum(int(server.cli("xlen", stream_key(f"sandbox-{index}"))) for index in range(SANDBOXES))
+            store = RecordStore(server.url, pathlib.Path(spool), "gw1", socket_timeout=30.0)
+            latencies, per_query = query_latency(store, args.queries, args.span, filled.start)
+            store.close()
+            print(f"store: {'the dump ' + str(filled.reused) if filled.reused else 'filled now'}", flush=True)
+            trees = {"this tree": HERE.parent, **({"baseline": args.baseline.resolve()} if args.baseline else {})}
+            shapes = api_shapes(filled.end)
+            if args.shapes:
+                shapes = {name: shapes[name] for name in args.shapes}
+            for name, tree in trees.items():
+                log = pathlib.Path(spool) / f"api-{len(api)}.log"
+                with serve(tree, server.url, args.api_workers, log) as served:
+                    warm(served, shapes)
+                    api[name] = {
+                        shape: (
+                            load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
+                            if args.httpx
+                            else load_lean(served, path_of, args.clients, args.api_requests, args.api_seconds)
+                        )
+                        for shape, path_of in shapes.items()
+                    }
 
     xadd_simple, xadd_shaped, rate = (statistics.median(values) for values in (simple, shaped, written))
     p50 = statistics.median(latencies) * 1000

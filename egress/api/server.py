@@ -63,6 +63,27 @@ def app_from_env() -> FastAPI:
     return create_app(Settings.from_env(os.environ[SETTINGS_ENV]))
 
 
+def usable_cores() -> int:
+    """The cores this process may run on (its CPU affinity, which a container or systemd's CPUAffinity narrows)."""
+    return max(1, len(os.sched_getaffinity(0)))
+
+
+class WorkerCount(click.ParamType[int]):
+    """``--workers``: a number from 1 to 64, or ``auto``: one per usable core (`usable_cores`)."""
+
+    name = "N|auto"
+
+    def convert(self, value: object, param: click.Parameter | None, ctx: click.Context | None) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().lower()
+        if text == "auto":
+            return min(64, usable_cores())
+        if text.isdigit() and 1 <= int(text) <= 64:
+            return int(text)
+        self.fail(f"{value!r} is not a number from 1 to 64 or auto", param, ctx)
+
+
 @click.command("serve")
 @click.option(
     "--redis-url",
@@ -78,7 +99,14 @@ def app_from_env() -> FastAPI:
     help=f"Tokens file (YAML; see docs/api.md). Without it, ${ENV_VAR} is read.",
 )
 @click.option("--listen", default="127.0.0.1:8080", show_default=True, help="host:port (the management side only).")
-@click.option("--workers", type=click.IntRange(1, 64), default=1, show_default=True, help="uvicorn worker processes.")
+@click.option(
+    "--workers",
+    type=WorkerCount(),
+    default="1",
+    show_default=True,
+    help="uvicorn worker processes, or auto: one per usable core (a worker serves one core's worth of requests; "
+    "egress_api_requests_total is then counted per worker).",
+)
 @click.option(
     "--lab", is_flag=True, help="A lab: start without tokens, every request allowed. Never on a shared network."
 )

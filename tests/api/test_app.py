@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import click
 import httpx
 import pytest
 from click.testing import CliRunner
@@ -47,6 +48,20 @@ def test_settings_travel_to_workers_without_tokens() -> None:
     text = original.to_env()
     assert READ not in text and "sha256" in text
     assert Settings.from_env(text) == original
+
+
+@pytest.mark.parametrize(
+    ("given", "expected"), [("1", 1), ("64", 64), (" 2 ", 2), ("auto", "cores"), ("AUTO", "cores")]
+)
+def test_workers_a_number_or_auto_one_per_usable_core(given: str, expected: int | str) -> None:
+    cores = min(64, len(os.sched_getaffinity(0)))
+    assert server.WorkerCount().convert(given, None, None) == (cores if expected == "cores" else expected)
+
+
+@pytest.mark.parametrize("given", ["0", "65", "-1", "two", ""])
+def test_workers_refuses_what_is_not_a_count(given: str) -> None:
+    with pytest.raises(click.BadParameter, match="auto"):
+        server.WorkerCount().convert(given, None, None)
 
 
 @pytest.mark.parametrize(
@@ -368,6 +383,21 @@ def test_timeline_keeps_the_newest_and_says_it_truncated(client: TestClient, now
     assert line["items"][-1] == whole[-1]  # the newest attempt, not the oldest
     assert line["truncated"] is True
     assert _get(client, "/v1/sandboxes/agents/timeline", since=now - 3600, limit=3)["truncated"] is False
+
+
+def test_a_timeline_without_actions_is_its_attempts_in_order(live: tuple[str, RecordStore], now: float) -> None:
+    url, store = live
+    sandbox = "quiet-timeline"
+    attempts = [record(now - 50, sandbox=sandbox, dst=f"192.0.2.{n}") for n in range(3)]  # one time: id order
+    attempts += [record(now - 40 + n, sandbox=sandbox, evidence="\udcff" if n == 1 else "") for n in range(3)]
+    store.write(attempts)
+    with TestClient(create_app(settings(url))) as test_client:
+        line = _get(test_client, f"/v1/sandboxes/{sandbox}/timeline", since=now - 3600)
+    expected = [(a.ts, a.id) for a in sorted(attempts, key=lambda a: (a.ts, a.id))]
+    assert [(item["ts"], item["attempt"]["id"]) for item in line["items"]] == expected
+    assert {item["type"] for item in line["items"]} == {"attempt"}
+    assert all(item["related"] == [] for item in line["items"])
+    assert [item["attempt"]["evidence"] for item in line["items"]][-2] == "\udcff"
 
 
 def test_stats_and_series(client: TestClient, now: float) -> None:

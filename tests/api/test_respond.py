@@ -11,8 +11,10 @@ import pytest
 from pydantic import TypeAdapter
 
 from egress.api import models
-from egress.api.respond import encode, json_response
+from egress.api.respond import EncodedRecords, encode, json_response, raws
 from egress.correlate import timeline
+from egress.record.actions import ActionRecord
+from egress.record.schema import AttemptRecord
 from tests.api import seed_actions, seed_attempts
 from tests.record import record
 
@@ -67,3 +69,30 @@ def test_text_that_is_not_valid_unicode_is_escaped_not_a_failure(evidence: str) 
     response = json_response({"attempts": [attempt], "next_cursor": None, "correlated": None})
     assert response.status_code == 200 and response.media_type == "application/json"
     assert json.loads(bytes(response.body))["attempts"][0]["evidence"] == evidence
+
+
+def test_a_record_spliced_from_its_kept_json_answers_the_same_bytes() -> None:
+    attempts, actions = seed_attempts(NOW), seed_actions(NOW)
+    kept = EncodedRecords()
+    values: list[AttemptRecord | ActionRecord] = [*attempts, *actions]
+    for value in values:
+        assert bytes(kept.raw(value)) == encode(value)
+        assert kept.raw(value) is kept.raw(value)  # encoded once
+    body = {"attempts": attempts, "next_cursor": None, "correlated": None}
+    assert encode({**body, "attempts": [kept.raw(attempt) for attempt in attempts]}) == encode(body)
+
+
+def test_the_kept_json_is_bounded_and_never_another_record_s() -> None:
+    kept = EncodedRecords(size=3)
+    attempts = [record(NOW + n, evidence=f"e{n}") for n in range(5)]
+    for attempt in attempts:
+        kept.raw(attempt)
+    assert len(kept) == 3
+    for attempt in attempts:  # the first two were dropped: encoded again, never answered from another record
+        assert json.loads(bytes(kept.raw(attempt)))["evidence"] == attempt.evidence
+
+
+def test_kept_json_of_text_that_is_not_valid_unicode_is_escaped() -> None:
+    attempt = record(NOW, evidence="GET /\udcff")
+    answer = json_response({"attempts": raws([attempt]), "next_cursor": None, "correlated": None})
+    assert json.loads(bytes(answer.body))["attempts"][0]["evidence"] == "GET /\udcff"

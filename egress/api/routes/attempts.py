@@ -14,7 +14,7 @@ from starlette.concurrency import run_in_threadpool
 
 from egress.api import models
 from egress.api.errors import ApiError
-from egress.api.respond import encode, json_response
+from egress.api.respond import encode, json_response, raws
 from egress.api.routes import NoQuery, caller
 from egress.api.settings import Settings
 from egress.correlate import Correlator
@@ -48,7 +48,7 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
         except ValueError as error:
             raise ApiError(400, str(error), "cursor" if params.cursor is not None else None) from None
         correlated = _correlated(store, page, slack) if params.correlate else None
-        return json_response({"attempts": page, "next_cursor": next_cursor, "correlated": correlated})
+        return json_response({"attempts": raws(page), "next_cursor": next_cursor, "correlated": correlated})
 
     @routes.get(
         "/v1/attempts/{attempt_id}", tags=["attempts"], response_model=models.AttemptDetail, dependencies=[reader]
@@ -142,7 +142,7 @@ async def _events(
                     continue
                 if params.category is not None and record.category != params.category:
                     continue
-                data = encode(record).decode()
+                data = encode(record).decode()  # a live record is sent once: not kept (respond.raw)
                 yield format_sse_event(event="attempt", data_str=data, id=str(cursor))
                 last_sent = time.monotonic()
             if time.monotonic() - last_sent >= settings.heartbeat_s:

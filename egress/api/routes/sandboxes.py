@@ -9,7 +9,7 @@ from fastapi.responses import Response
 
 from egress.api import models
 from egress.api.errors import ApiError
-from egress.api.respond import json_response
+from egress.api.respond import json_response, raw
 from egress.api.routes import NoQuery, caller
 from egress.api.settings import Settings
 from egress.correlate import timeline_rows
@@ -41,12 +41,16 @@ def router(store: RecordStore, settings: Settings, reader: params.Depends) -> AP
             raise ApiError(400, "time range inverted: since is after until (until defaults to now)", "since")
         found, more_attempts = query.newest_attempts_for_sandbox(store, sandbox, since, until, params.limit)
         actions, more_actions = query.read_newest_actions(store, sandbox, since, until, params.limit)
-        items: list[dict[str, Any]] = []
-        for ts, action, attempt, related in timeline_rows(actions, found, slack):
-            if attempt is not None:
-                items.append({"type": "attempt", "ts": ts, "attempt": attempt, "related": related})
-            else:
-                items.append({"type": "action", "ts": ts, "action": action})
+        items: list[dict[str, Any]]
+        if not actions:  # nothing to merge or tie: the attempts are in their order already (ts, then id)
+            items = [{"type": "attempt", "ts": a.ts, "attempt": raw(a), "related": ()} for a in found]
+        else:
+            items = []
+            for ts, action, attempt, related in timeline_rows(actions, found, slack):
+                if attempt is not None:
+                    items.append({"type": "attempt", "ts": ts, "attempt": raw(attempt), "related": related})
+                else:
+                    items.append({"type": "action", "ts": ts, "action": action})
         truncated = more_attempts or more_actions
         return json_response(
             {"sandbox": sandbox, "since": since, "until": until, "items": items, "truncated": truncated}
