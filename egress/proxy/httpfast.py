@@ -1,0 +1,376 @@
+"""The front's plain-HTTP fast path: keep-alive HTTP/1.1 to allowed hosts judged and relayed without mitmproxy.
+
+`PlainHttp.serve` takes a connection whose first bytes are an HTTP request and serves it request by request.
+Each request is peeked (``MSG_PEEK``: nothing consumed) whole, head and body, and judged exactly as the addon
+judges it (`egress.proxy.mitm.addon`, `egress.proxy.mitm.flows`): the first by `Gate.on_first_bytes` (Host bound
+to the address, the name detector, the detectors over the bytes), every later one by `Gate.on_request` (the
+Host re-checked against the address), then its body and pieces through the same stream detectors
+(`egress.proxy.mitm.inspect.inspect_exchange`). Only a request that is in `egress.proxy.httpwire`'s subset and
+plainly allowed (nothing to record, no finding) is consumed and forwarded; at the first one that is not, the
+connection goes to mitmproxy with that request unread, and mitmproxy decides it (a 403, a record, an upgrade, a
+coded body) as it always did. Responses are read whole, judged with their request (`inspect_exchange`), and only
+then written to the client; one that finds something is recorded, and a blocking one is answered with egress's
+403 and the connection closed. Anything the relay cannot frame or judge after a request went out closes both
+sides (a 502 for a response it could not frame): an error never forwards unjudged bytes.
+
+Judgements of a request (and of a request with its response) whose bytes are exactly those of one already
+judged clean on the same connection are reused (`MEMO`): the detectors are pure functions of the flow's
+addresses and bytes, so the same bytes on the same connection get the same answer (a keep-alive client polling
+one URL costs one judgement). The addresses and the Host's binding are checked again on every request.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Final
+
+from egress.decide import Enforcement, Reason, Verdict, decide_finding
+from egress.decisions import DecidedFlow, Reporter
+from egress.detect import http, upgrade
+from egress.detect.base import Category, Finding, FlowMeta, evidence
+from egress.policy.model import Sandbox
+from egress.proxy import httpwire
+from egress.proxy.gate import Gate, Kind, flow_meta
+from egress.proxy.mitm.inspect import Message, Read, inspect_exchange, read, unidentified
+from egress.proxy.openflows import OpenFlows
+from egress.record.naming import named
+from egress.replay import Kind as Asked
+from egress.replay import Question
+
+log = logging.getLogger("egress.proxy")
+
+PEEK: Final = httpwire.HEAD_MAX + httpwire.BODY_MAX
+REQUEST_WAIT: Final = 5.0
+"""Seconds a request head, once begun, may take to arrive whole with its body before mitmproxy takes it."""
+DIAL_TIMEOUT: Final = 10.0
+READ_SIZE: Final = 256 * 1024
+MEMO: Final = 8
+"""Clean judgements kept per connection (request bytes, or request and response bytes), each at most `MEMO_BYTES`."""
+MEMO_BYTES: Final = 16 * 1024
+FAIL_CLOSED: Final = "fail-closed"
+"""The rule of a block made because inspection failed (the addon's too: `egress.proxy.mitm.layers`)."""
+
+
+class _Closed(Exception):
+    """The connection ended (either side) or was closed by a judgement: nothing is handed off."""
+
+
+class PlainHttp:
+    """The fast path of one worker (see the module docstring)."""
+
+    def __init__(self, gate: Gate, reporter: Reporter, open_flows: OpenFlows | None = None) -> None:
+        self.gate = gate
+        self.reporter = reporter
+        self.open_flows = open_flows
+        self.requests = 0
+        """Requests relayed by the fast path."""
+        self.handed_off = 0
+        """Connections given to mitmproxy at a request boundary (their first request, or a later one)."""
+        self.blocked = 0
+        """Responses answered with a 403 here."""
+
+    async def serve(self, conn: socket.socket, peer: tuple[str, int], dst: tuple[str, int]) -> bool:
+        """Serve ``conn`` (going to ``dst``) request by request when its first bytes, there now, are an HTTP
+        request from a sandbox to a destination it may reach; True once it is finished here, False when mitmproxy
+        must take it: then the request it stopped at is unread and the upstream side is closed."""
+        sandbox = self.gate.sandbox(str(peer[0]))
+        if sandbox is None:
+            return False
+        connect = self.gate.on_connect(sandbox, *dst)
+        if connect.action is not Enforcement.ALLOW or connect.recorded:
+            return False  # a would-block recorded at connect time: the addon's
+        try:
+            first = conn.recv(httpwire.HEAD_MAX, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False  # a silent client (a server-first protocol)
+        if not http.looks_like_http_request(first):
+            return False
+        source = (str(peer[0]), int(peer[1]))
+        exchange = _Exchange(self, conn, flow_meta(source, dst), sandbox)
+        done = False
+        try:
+            done = await exchange.run()
+        finally:
+            exchange.finish(done)
+        if not done:
+            self.handed_off += 1
+        return done
+
+
+class _Exchange:
+    """One client connection in the fast path."""
+
+    def __init__(self, owner: PlainHttp, conn: socket.socket, meta: FlowMeta, sandbox: Sandbox) -> None:
+        self.owner = owner
+        self.gate = owner.gate
+        self.conn = conn
+        self.meta = meta
+        self.sandbox = sandbox
+        self.upstream: socket.socket | None = None
+        self.consumed = False
+        """A request was read from the client: from then on the connection is never handed off."""
+        self.memo: dict[bytes | tuple[bytes, bytes], None] = {}
+        self.token = 0
+
+    async def run(self) -> bool:
+        """True once the connection is finished here; False when mitmproxy must take it (nothing of the request
+        it stopped at was read)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                request = await self._next_request(loop)
+                if request is None:
+                    return False  # outside the subset, or not plainly allowed: mitmproxy decides it
+                parsed, raw, asked = request
+                await self._dial(loop)
+                assert self.upstream is not None
+                self.conn.recv(len(raw))  # exactly the judged bytes (peeked, so all there)
+                self.consumed = True
+                self._keep(parsed.host)
+                await loop.sock_sendall(self.upstream, raw)
+                self.owner.requests += 1
+                if not await self._answer(loop, parsed, raw, asked) or parsed.close:
+                    return True
+        except _Closed as exc:
+            log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
+            return True
+        except OSError as exc:  # before a request was read (a failed dial): mitmproxy answers it as it would
+            log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
+            return self.consumed
+        except Exception:  # a bug must neither lose a judgement nor forward unjudged bytes
+            log.exception("httpfast: %s:%s: failed; connection closed", self.meta.src, self.meta.sport)
+            if not self.consumed:
+                return False  # nothing read: mitmproxy judges the request
+            self._blocks(_fail_closed("plain-HTTP fast path failed"), "")
+            return True
+
+    def finish(self, done: bool) -> None:
+        """Release the upstream side; close the client's unless it goes to mitmproxy (``done`` false)."""
+        if self.upstream is not None:
+            self.upstream.close()
+        if done:
+            self.conn.close()
+        if self.token and self.owner.open_flows is not None:
+            self.owner.open_flows.discard(self.token)
+
+    def _keep(self, host: str) -> None:
+        flows = self.owner.open_flows
+        if flows is None or self.token:
+            return
+        question = Question(Asked.HTTP, self.meta.src, self.meta.dst, self.meta.dport, host or None)
+        self.token = flows.add(question, self._sever)
+
+    def _sever(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+        if self.upstream is not None:
+            with contextlib.suppress(OSError):
+                self.upstream.shutdown(socket.SHUT_RDWR)
+
+    def _report(self, verdict: Verdict, host: str) -> str:
+        meta = self.meta
+        decided = DecidedFlow(
+            time.time(), self.sandbox.name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict
+        )
+        decided = named(decided)
+        self.owner.reporter.report(decided)
+        return decided.record_id
+
+    async def _peek(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> bytes:
+        """What the client has sent and we have not consumed; waits for at least one byte, or ``deadline``."""
+        while True:
+            try:
+                data = self.conn.recv(PEEK, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                raise _Closed("client closed")
+            if data is not None:
+                return data
+            timeout = None if deadline is None else deadline - loop.time()
+            if timeout is not None and timeout <= 0:
+                return b""
+            await _readable(loop, self.conn, timeout)
+
+    async def _next_request(self, loop: asyncio.AbstractEventLoop) -> tuple[httpwire.Request, bytes, Read] | None:
+        """The next request, judged and plainly allowed, with its bytes and how it was read; None for mitmproxy."""
+        data = await self._peek(loop, None)
+        deadline = loop.time() + REQUEST_WAIT
+        while True:
+            parsed = httpwire.parse_request(data)
+            if parsed is not httpwire.MORE:
+                break
+            await asyncio.sleep(0)  # the rest is in flight: let it arrive without spinning on a readable socket
+            more = await self._peek_grown(loop, len(data), deadline)
+            if more is None:
+                return None
+            data = more
+        if not isinstance(parsed, httpwire.Request):
+            return None
+        raw = data[: parsed.size]
+        try:
+            asked = read(_message(parsed))
+            if not self._allowed(parsed, raw, asked):
+                return None
+        except Exception as exc:  # an inspection error blocks (the addon's request hook: a 403 and a record)
+            log.exception("httpfast: judging a request failed")
+            if not self.consumed:
+                return None  # the connection's first request: mitmproxy judges it as it did before the fast path
+            self._blocks(_fail_closed(f"request: {exc!r}"), parsed.host)
+            raise _Closed("inspection failed") from exc
+        return parsed, raw, asked
+
+    async def _peek_grown(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float) -> bytes | None:
+        """The peeked bytes once more than ``size`` of them are there; None when ``deadline`` passes first."""
+        while True:
+            data = await self._peek(loop, deadline)
+            if not data:
+                return None
+            if len(data) > size:
+                return data
+            if loop.time() >= deadline:
+                return None
+            await asyncio.sleep(0.001)  # the socket stays readable while the bytes wait unread
+
+    def _allowed(self, request: httpwire.Request, raw: bytes, asked: Read) -> bool:
+        """Whether the request is plainly allowed (its allow verdict then reported); else mitmproxy decides it."""
+        meta = self.meta
+        if self.consumed:
+            verdict = self.gate.on_request(self.sandbox, meta, request.host, None)
+        else:
+            decision = self.gate.on_first_bytes(self.sandbox, meta, raw, b"")
+            if decision.kind is not Kind.HTTP or decision.verdict is not None or decision.allow is None:
+                return False
+            verdict = decision.allow
+        if verdict.action is not Enforcement.ALLOW or verdict.recorded:
+            return False
+        if raw not in self.memo:
+            if asked.problem is not None or inspect_exchange(meta, self.gate.stream, asked) is not None:
+                return False  # a body that cannot be read, or a finding to judge and record: mitmproxy's
+            self._remember(raw, len(raw))
+        self._report(verdict, request.host)
+        return True
+
+    def _remember(self, key: bytes | tuple[bytes, bytes], size: int) -> None:
+        if size > MEMO_BYTES:
+            return
+        if len(self.memo) >= MEMO:
+            del self.memo[next(iter(self.memo))]
+        self.memo[key] = None
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop) -> None:
+        """Connect upstream, or check that the open connection is still idle and open (else dial again)."""
+        if self.upstream is not None:
+            try:
+                idle = self.upstream.recv(1, socket.MSG_PEEK)
+            except BlockingIOError:
+                return  # open, and nothing unasked for from the server
+            if idle:
+                raise _Closed("the server sent bytes nobody asked for")
+            self.upstream.close()  # the server closed the idle connection: a new one for the next request
+            self.upstream = None
+        family = socket.AF_INET6 if ":" in self.meta.dst else socket.AF_INET
+        upstream = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        upstream.setblocking(False)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.upstream = upstream
+        await asyncio.wait_for(loop.sock_connect(upstream, (self.meta.dst, self.meta.dport)), DIAL_TIMEOUT)
+
+    async def _answer(
+        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
+    ) -> bool:
+        """Read the whole response, judge it with its request, and write it (or egress's 403) to the client; True
+        when the connection may carry another request."""
+        assert self.upstream is not None
+        buffer, ended, need = bytearray(), False, 0
+        while True:
+            chunk = await loop.sock_recv(self.upstream, READ_SIZE)
+            ended = not chunk
+            buffer += chunk
+            if len(buffer) < need and not ended:
+                continue  # a Content-Length body still arriving: parse once it is all there
+            response = httpwire.parse_response(bytes(buffer), request.method, ended)
+            if isinstance(response, httpwire.Response):
+                break
+            if response is httpwire.UNSURE or ended:
+                self._unframed(bytes(buffer), request.host)
+                return False
+            need = need or httpwire.wanted(bytes(buffer))
+        data = bytes(buffer)
+        if len(data) > response.size:
+            raise _Closed("the server sent more than its response")
+        if (raw, data) not in self.memo:
+            try:
+                answer = read(Message(_status(response), response.fields, response.body, response.trailers))
+                finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
+            except Exception as exc:  # an inspection error blocks, as the addon's response hook does
+                log.exception("httpfast: judging a response failed; blocked")
+                return not self._blocks(_fail_closed(f"response: {exc!r}"), request.host)
+            if finding is None and answer.problem is not None:
+                finding = unidentified(f"response body: {answer.problem.why}")
+            if finding is None:
+                self._remember((raw, data), len(raw) + len(data))
+            elif self._blocks(decide_finding(self.sandbox, finding), request.host):
+                return False
+        await loop.sock_sendall(self.conn, data)
+        return not response.close
+
+    def _blocks(self, verdict: Verdict, host: str) -> bool:
+        """Report ``verdict``; when it blocks, the client gets egress's 403 (sent here) and the connection ends."""
+        record_id = self._report(verdict, host)
+        if verdict.action is not Enforcement.BLOCK:
+            return False
+        self.owner.blocked += 1
+        reason = verdict.reason.value if verdict.reason is not None else "blocked"
+        answer = httpwire.blocked_answer(f"egress blocked this request: {reason} ({verdict.rule})", record_id)
+        with contextlib.suppress(OSError):
+            self.conn.send(answer)
+        return True
+
+    def _unframed(self, data: bytes, host: str) -> None:
+        """A response the relay cannot frame: nothing of it is forwarded. A ``101`` nobody asked for is recorded as
+        the addon records it (`egress.detect.upgrade.switched`); anything else gets a 502."""
+        if data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
+            head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+            offered = next((line.split(":", 1)[1].strip() for line in head if line.lower().startswith("upgrade:")), "")
+            self._report(decide_finding(self.sandbox, upgrade.switched(offered)), host)
+            return
+        with contextlib.suppress(OSError):
+            self.conn.send(httpwire.BAD_GATEWAY)
+
+
+def _message(request: httpwire.Request) -> Message:
+    return Message(f"{request.method} {request.target} HTTP/1.1", request.fields, request.body, (), _query(request))
+
+
+def _query(request: httpwire.Request) -> bytes:
+    return request.target.partition("?")[2].encode("latin-1", "replace")
+
+
+def _status(response: httpwire.Response) -> str:
+    return f"HTTP/1.1 {response.status} {response.reason}"
+
+
+def _fail_closed(why: str) -> Verdict:
+    """A block for what the fast path could not finish judging (the addon's ``fail_closed_verdict``)."""
+    finding = Finding(Category.TUNNEL, "inspection-error", "proxy", evidence(why))
+    return Verdict(Enforcement.BLOCK, Reason.TUNNEL, FAIL_CLOSED, evidence(f"inspection-error: {why}"), finding)
+
+
+async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: float | None) -> None:
+    ready: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_reader(conn.fileno(), wake)
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(ready, timeout)
+    finally:
+        loop.remove_reader(conn.fileno())
