@@ -497,6 +497,9 @@ def measure(lab: Lab, name: str, nameserver: str, args: argparse.Namespace) -> d
     ]
     if name == "egress":
         plan.append(("ttb", "stratum", 1, args.stratum))
+    if args.measure:
+        wanted = {key.strip() for key in args.measure.split(",")}
+        plan = [step for step in plan if step[0] in wanted]
     results: dict[str, Result] = {}
     for key, test, parallel, count in plan:
         result = run_loadgen(lab, test, nameserver, args.seconds, parallel, count)
@@ -647,6 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stratum", type=int, default=300, help="Stratum attempts for time-to-block")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations; medians reported")
     parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
+    parser.add_argument(
+        "--measure", default="", help="only these measurements, comma-separated (bulk1,bulk4,conns,http,ttb)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the gateway benchmark needs root (network namespaces, nftables)", file=sys.stderr)

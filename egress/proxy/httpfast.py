@@ -28,7 +28,7 @@ import socket
 import time
 from typing import Final
 
-from egress.decide import Enforcement, Reason, Verdict, decide_finding
+from egress.decide import Enforcement, Reason, Verdict, decide_finding, decide_http
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import http, upgrade
 from egress.detect.base import Category, Finding, FlowMeta, evidence
@@ -49,7 +49,7 @@ REQUEST_WAIT: Final = 5.0
 DIAL_TIMEOUT: Final = 10.0
 READ_SIZE: Final = 256 * 1024
 MEMO: Final = 8
-"""Clean judgements kept per connection (request bytes, or request and response bytes), each at most `MEMO_BYTES`."""
+"""Clean judgements kept per connection (requests; requests with their responses), each at most `MEMO_BYTES`."""
 MEMO_BYTES: Final = 16 * 1024
 FAIL_CLOSED: Final = "fail-closed"
 """The rule of a block made because inspection failed (the addon's too: `egress.proxy.mitm.layers`)."""
@@ -111,9 +111,16 @@ class _Exchange:
         self.meta = meta
         self.sandbox = sandbox
         self.upstream: socket.socket | None = None
+        self.client_ready = _Waker(asyncio.get_running_loop(), conn)
+        self.upstream_ready: _Waker | None = None
         self.consumed = False
         """A request was read from the client: from then on the connection is never handed off."""
-        self.memo: dict[bytes | tuple[bytes, bytes], None] = {}
+        self.requests: dict[bytes, tuple[httpwire.Request, Read]] = {}
+        """Requests judged clean on this connection, by their bytes (`MEMO`)."""
+        self.exchanges: dict[tuple[bytes, bytes], httpwire.Response] = {}
+        """Responses judged clean with their request on this connection, by both's bytes (`MEMO`)."""
+        self.hosts: dict[tuple[str, bool], Verdict] = {}
+        """`decide_http` for this connection's sandbox and destination, by Host and whether it is bound."""
         self.token = 0
 
     async def run(self) -> bool:
@@ -131,10 +138,11 @@ class _Exchange:
                 self.conn.recv(len(raw))  # exactly the judged bytes (peeked, so all there)
                 self.consumed = True
                 self._keep(parsed.host)
-                await loop.sock_sendall(self.upstream, raw)
+                await _send(loop, self.upstream, raw)
                 self.owner.requests += 1
                 if not await self._answer(loop, parsed, raw, asked) or parsed.close:
                     return True
+                await self.client_ready.wait()  # the next request (an answer comes before it, mostly)
         except _Closed as exc:
             log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
             return True
@@ -150,6 +158,9 @@ class _Exchange:
 
     def finish(self, done: bool) -> None:
         """Release the upstream side; close the client's unless it goes to mitmproxy (``done`` false)."""
+        self.client_ready.close()  # before mitmproxy registers its own reader on the socket
+        if self.upstream_ready is not None:
+            self.upstream_ready.close()
         if self.upstream is not None:
             self.upstream.close()
         if done:
@@ -180,11 +191,12 @@ class _Exchange:
         self.owner.reporter.report(decided)
         return decided.record_id
 
-    async def _peek(self, loop: asyncio.AbstractEventLoop, deadline: float | None) -> bytes:
-        """What the client has sent and we have not consumed; waits for at least one byte, or ``deadline``."""
+    async def _peek(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float | None) -> bytes:
+        """Up to ``size`` bytes the client sent that are not consumed; waits for at least one, or ``deadline``
+        (then ``b""``)."""
         while True:
             try:
-                data = self.conn.recv(PEEK, socket.MSG_PEEK)
+                data = self.conn.recv(size, socket.MSG_PEEK)
             except BlockingIOError:
                 data = None
             if data == b"":
@@ -194,17 +206,19 @@ class _Exchange:
             timeout = None if deadline is None else deadline - loop.time()
             if timeout is not None and timeout <= 0:
                 return b""
-            await _readable(loop, self.conn, timeout)
+            await self.client_ready.wait(timeout)
 
     async def _next_request(self, loop: asyncio.AbstractEventLoop) -> tuple[httpwire.Request, bytes, Read] | None:
         """The next request, judged and plainly allowed, with its bytes and how it was read; None for mitmproxy."""
-        data = await self._peek(loop, None)
+        data = await self._peek(loop, httpwire.HEAD_MAX, None)
+        known = self.requests.get(data)  # the same request again, alone (a keep-alive client polling a URL)
+        if known is not None:
+            return (known[0], data, known[1]) if self._allowed(known[0], data, known[1]) else None
         deadline = loop.time() + REQUEST_WAIT
         while True:
             parsed = httpwire.parse_request(data)
             if parsed is not httpwire.MORE:
                 break
-            await asyncio.sleep(0)  # the rest is in flight: let it arrive without spinning on a readable socket
             more = await self._peek_grown(loop, len(data), deadline)
             if more is None:
                 return None
@@ -220,6 +234,7 @@ class _Exchange:
             log.exception("httpfast: judging a request failed")
             if not self.consumed:
                 return None  # the connection's first request: mitmproxy judges it as it did before the fast path
+            self.conn.recv(len(raw))  # read, so that the close after the 403 is not a reset that loses it
             self._blocks(_fail_closed(f"request: {exc!r}"), parsed.host)
             raise _Closed("inspection failed") from exc
         return parsed, raw, asked
@@ -227,20 +242,20 @@ class _Exchange:
     async def _peek_grown(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float) -> bytes | None:
         """The peeked bytes once more than ``size`` of them are there; None when ``deadline`` passes first."""
         while True:
-            data = await self._peek(loop, deadline)
+            await asyncio.sleep(0.001)  # the socket stays readable while the bytes wait unread: no busy loop
+            data = await self._peek(loop, PEEK, deadline)
             if not data:
                 return None
             if len(data) > size:
                 return data
             if loop.time() >= deadline:
                 return None
-            await asyncio.sleep(0.001)  # the socket stays readable while the bytes wait unread
 
     def _allowed(self, request: httpwire.Request, raw: bytes, asked: Read) -> bool:
         """Whether the request is plainly allowed (its allow verdict then reported); else mitmproxy decides it."""
         meta = self.meta
         if self.consumed:
-            verdict = self.gate.on_request(self.sandbox, meta, request.host, None)
+            verdict = self._host(request.host)
         else:
             decision = self.gate.on_first_bytes(self.sandbox, meta, raw, b"")
             if decision.kind is not Kind.HTTP or decision.verdict is not None or decision.allow is None:
@@ -248,75 +263,94 @@ class _Exchange:
             verdict = decision.allow
         if verdict.action is not Enforcement.ALLOW or verdict.recorded:
             return False
-        if raw not in self.memo:
+        if raw not in self.requests:
             if asked.problem is not None or inspect_exchange(meta, self.gate.stream, asked) is not None:
                 return False  # a body that cannot be read, or a finding to judge and record: mitmproxy's
-            self._remember(raw, len(raw))
+            if len(raw) <= MEMO_BYTES:
+                _keep_at_most(self.requests, MEMO)[raw] = (request, asked)
         self._report(verdict, request.host)
         return True
 
-    def _remember(self, key: bytes | tuple[bytes, bytes], size: int) -> None:
-        if size > MEMO_BYTES:
-            return
-        if len(self.memo) >= MEMO:
-            del self.memo[next(iter(self.memo))]
-        self.memo[key] = None
+    def _host(self, host: str) -> Verdict:
+        """`Gate.on_request` for a request on this connection: the binding is looked up every time (it expires);
+        the policy's answer, a pure function of the sandbox, destination, Host and binding, is kept."""
+        bound = bool(host) and host in self.gate.names_for(self.sandbox.name, self.meta.dst)
+        verdict = self.hosts.get((host, bound))
+        if verdict is None:
+            verdict = decide_http(self.sandbox, self.meta.dst, self.meta.dport, host or None, bound)
+            _keep_at_most(self.hosts, MEMO)[(host, bound)] = verdict
+        return verdict
 
     async def _dial(self, loop: asyncio.AbstractEventLoop) -> None:
-        """Connect upstream, or check that the open connection is still idle and open (else dial again)."""
-        if self.upstream is not None:
+        """Connect upstream, unless the connection is open and was silent since its last response (a server
+        that closed an idle connection gets a new one; one that sent what nobody asked for ends the exchange)."""
+        if self.upstream is not None and self.upstream_ready is not None:
+            if not self.upstream_ready.ready:
+                return
             try:
                 idle = self.upstream.recv(1, socket.MSG_PEEK)
             except BlockingIOError:
-                return  # open, and nothing unasked for from the server
+                idle = None
             if idle:
                 raise _Closed("the server sent bytes nobody asked for")
-            self.upstream.close()  # the server closed the idle connection: a new one for the next request
-            self.upstream = None
+            if idle is None:
+                self.upstream_ready.ready = False
+                return
+            self.upstream_ready.close()
+            self.upstream.close()
+            self.upstream = self.upstream_ready = None
         family = socket.AF_INET6 if ":" in self.meta.dst else socket.AF_INET
         upstream = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         upstream.setblocking(False)
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = upstream
         await asyncio.wait_for(loop.sock_connect(upstream, (self.meta.dst, self.meta.dport)), DIAL_TIMEOUT)
+        self.upstream_ready = _Waker(loop, upstream)
 
     async def _answer(
         self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
     ) -> bool:
         """Read the whole response, judge it with its request, and write it (or egress's 403) to the client; True
         when the connection may carry another request."""
-        assert self.upstream is not None
-        buffer, ended, need = bytearray(), False, 0
+        assert self.upstream is not None and self.upstream_ready is not None
+        buffer, need = bytearray(), 0
         while True:
-            chunk = await loop.sock_recv(self.upstream, READ_SIZE)
+            await self.upstream_ready.wait()
+            try:
+                chunk = self.upstream.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
             ended = not chunk
             buffer += chunk
+            need = need or httpwire.wanted(buffer)
             if len(buffer) < need and not ended:
                 continue  # a Content-Length body still arriving: parse once it is all there
-            response = httpwire.parse_response(bytes(buffer), request.method, ended)
+            data = bytes(buffer)
+            known = self.exchanges.get((raw, data))
+            if known is not None:
+                await _send(loop, self.conn, data)
+                return not known.close
+            response = httpwire.parse_response(data, request.method, ended)
             if isinstance(response, httpwire.Response):
                 break
             if response is httpwire.UNSURE or ended:
-                self._unframed(bytes(buffer), request.host)
+                self._unframed(data, request.host)
                 return False
-            need = need or httpwire.wanted(bytes(buffer))
-        data = bytes(buffer)
         if len(data) > response.size:
             raise _Closed("the server sent more than its response")
-        if (raw, data) not in self.memo:
-            try:
-                answer = read(Message(_status(response), response.fields, response.body, response.trailers))
-                finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
-            except Exception as exc:  # an inspection error blocks, as the addon's response hook does
-                log.exception("httpfast: judging a response failed; blocked")
-                return not self._blocks(_fail_closed(f"response: {exc!r}"), request.host)
-            if finding is None and answer.problem is not None:
-                finding = unidentified(f"response body: {answer.problem.why}")
-            if finding is None:
-                self._remember((raw, data), len(raw) + len(data))
-            elif self._blocks(decide_finding(self.sandbox, finding), request.host):
-                return False
-        await loop.sock_sendall(self.conn, data)
+        try:
+            answer = read(Message(_status(response), response.fields, response.body, response.trailers))
+            finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
+        except Exception as exc:  # an inspection error blocks, as the addon's response hook does
+            log.exception("httpfast: judging a response failed; blocked")
+            return not self._blocks(_fail_closed(f"response: {exc!r}"), request.host)
+        if finding is None and answer.problem is not None:
+            finding = unidentified(f"response body: {answer.problem.why}")
+        if finding is None and len(raw) + len(data) <= MEMO_BYTES:
+            _keep_at_most(self.exchanges, MEMO)[(raw, data)] = response
+        elif finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
+            return False
+        await _send(loop, self.conn, data)
         return not response.close
 
     def _blocks(self, verdict: Verdict, host: str) -> bool:
@@ -343,6 +377,23 @@ class _Exchange:
             self.conn.send(httpwire.BAD_GATEWAY)
 
 
+def _keep_at_most[K, V](memo: dict[K, V], size: int) -> dict[K, V]:
+    """``memo`` with room for one more entry (its oldest dropped)."""
+    if len(memo) >= size:
+        del memo[next(iter(memo))]
+    return memo
+
+
+async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
+    """All of ``data``: at once when the socket takes it (mostly), else as it drains."""
+    try:
+        sent = sock.send(data)
+    except BlockingIOError:
+        sent = 0
+    if sent < len(data):
+        await loop.sock_sendall(sock, data[sent:])
+
+
 def _message(request: httpwire.Request) -> Message:
     return Message(f"{request.method} {request.target} HTTP/1.1", request.fields, request.body, (), _query(request))
 
@@ -361,16 +412,47 @@ def _fail_closed(why: str) -> Verdict:
     return Verdict(Enforcement.BLOCK, Reason.TUNNEL, FAIL_CLOSED, evidence(f"inspection-error: {why}"), finding)
 
 
-async def _readable(loop: asyncio.AbstractEventLoop, conn: socket.socket, timeout: float | None) -> None:
-    ready: asyncio.Future[None] = loop.create_future()
+class _Waker:
+    """Wakes a coroutine when a socket is readable, its reader left registered between waits (no ``epoll_ctl``
+    per request). Readiness nobody waits for disarms it (epoll is level-triggered: unread bytes would wake the
+    loop again and again) and is remembered in ``ready``."""
 
-    def wake() -> None:
-        if not ready.done():
-            ready.set_result(None)
+    __slots__ = ("loop", "fd", "armed", "waiter", "ready")
 
-    loop.add_reader(conn.fileno(), wake)
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready, timeout)
-    finally:
-        loop.remove_reader(conn.fileno())
+    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
+        self.loop = loop
+        self.fd = sock.fileno()
+        self.armed = False
+        self.waiter: asyncio.Future[None] | None = None
+        self.ready = False
+
+    def _fire(self) -> None:
+        if self.waiter is not None:
+            if not self.waiter.done():
+                self.waiter.set_result(None)
+            return  # woken already: the waiting coroutine reads when it runs
+        self.ready = True
+        self.close()
+
+    async def wait(self, timeout: float | None = None) -> None:
+        """Until the socket is readable (or ``timeout`` seconds pass)."""
+        if self.ready:
+            self.ready = False
+            return
+        if not self.armed:
+            self.loop.add_reader(self.fd, self._fire)
+            self.armed = True
+        self.waiter = self.loop.create_future()
+        try:
+            if timeout is None:
+                await self.waiter
+            else:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(asyncio.shield(self.waiter), timeout)
+        finally:
+            self.waiter = None
+
+    def close(self) -> None:
+        if self.armed:
+            self.loop.remove_reader(self.fd)
+            self.armed = False

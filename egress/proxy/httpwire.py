@@ -199,7 +199,7 @@ def _body(data: bytes, begin: int, fields: tuple[tuple[str, str], ...], ended: b
     return data[begin:], (), len(data)
 
 
-def wanted(data: bytes) -> int:
+def wanted(data: bytes | bytearray) -> int:
     """Bytes a response whose head is in ``data`` needs before `parse_response` can finish it, when its head says
     (a Content-Length); 0 when unknown (parse again as bytes come)."""
     end = data.find(b"\r\n\r\n", 0, HEAD_MAX)
