@@ -111,6 +111,9 @@ def _closes(fields: tuple[tuple[str, str], ...]) -> bool:
 def parse_request(data: bytes) -> Request | _Signal:
     """The request at the start of ``data`` (peeked, so possibly followed by pipelined ones), `MORE`, or
     `UNSURE`."""
+    space = data.find(b" ", 0, 8)
+    if (space < 0 and len(data) >= 8) or (space >= 0 and data[:space] not in _METHODS):
+        return UNSURE  # not a method we take (TLS, another protocol, CONNECT): no need to wait for a head
     end = data.find(b"\r\n\r\n", 0, HEAD_MAX)
     head = data[: end if end >= 0 else HEAD_MAX]
     if end < 0 and head.endswith(b"\r"):
@@ -152,7 +155,8 @@ def parse_response(data: bytes, method: str, ended: bool) -> Response | _Signal:
     chunked, a length beside a transfer coding, two lengths, a malformed head or chunk)."""
     end = data.find(b"\r\n\r\n", 0, HEAD_MAX)
     if end < 0:
-        return UNSURE if len(data) >= HEAD_MAX or ended else MORE
+        partial = data[:HEAD_MAX].removesuffix(b"\r")
+        return UNSURE if len(data) >= HEAD_MAX or ended or _lines(partial) is None else MORE
     lines = _lines(data[:end])
     if lines is None:
         return UNSURE
@@ -256,8 +260,10 @@ def blocked_answer(line: str, record_id: str) -> bytes:
     return ("\r\n".join(head) + "\r\n\r\n" + body).encode("utf-8", "replace")
 
 
+_BAD_GATEWAY_TEXT: Final = b"egress: the response was not framed\n"
 BAD_GATEWAY: Final = (
-    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nContent-Length: 37\r\nConnection: close\r\n\r\n"
-    b"egress: the response was not framed\n"
+    b"HTTP/1.1 502 Bad Gateway\r\nContent-Type: text/plain\r\nConnection: close\r\n"
+    + b"Content-Length: %d\r\n\r\n" % len(_BAD_GATEWAY_TEXT)
+    + _BAD_GATEWAY_TEXT
 )
 """The answer to a response the fast path could not frame (mitmproxy answers a malformed response with a 502 too)."""
