@@ -55,6 +55,10 @@ FAIL_CLOSED: Final = "fail-closed"
 """The rule of a block made because inspection failed (the addon's too: `egress.proxy.mitm.layers`)."""
 
 
+class _Stale(Exception):
+    """The server closed before a byte of its answer: on a kept connection, it had closed it while idle."""
+
+
 class _Closed(Exception):
     """The connection ended (either side) or was closed by a judgement: nothing is handed off."""
 
@@ -133,14 +137,19 @@ class _Exchange:
                 if request is None:
                     return False  # outside the subset, or not plainly allowed: mitmproxy decides it
                 parsed, raw, asked = request
-                await self._dial(loop)
-                assert self.upstream is not None
+                reused = await self._dial(loop)
                 self.conn.recv(len(raw))  # exactly the judged bytes (peeked, so all there)
                 self.consumed = True
                 self._keep(parsed.host)
-                await _send(loop, self.upstream, raw)
                 self.owner.requests += 1
-                if not await self._answer(loop, parsed, raw, asked) or parsed.close:
+                try:
+                    keep = await self._forward(loop, parsed, raw, asked)
+                except _Stale:
+                    if not reused:
+                        raise _Closed("the server closed without answering") from None
+                    await self._dial(loop, again=True)  # it had closed the idle connection meanwhile: once more
+                    keep = await self._forward(loop, parsed, raw, asked)
+                if not keep or parsed.close:
                     return True
                 await self.client_ready.wait()  # the next request (an answer comes before it, mostly)
         except _Closed as exc:
@@ -164,7 +173,7 @@ class _Exchange:
         if self.upstream is not None:
             self.upstream.close()
         if done:
-            self.conn.close()
+            _close_gently(self.conn)
         if self.token and self.owner.open_flows is not None:
             self.owner.open_flows.discard(self.token)
 
@@ -281,21 +290,24 @@ class _Exchange:
             _keep_at_most(self.hosts, MEMO)[(host, bound)] = verdict
         return verdict
 
-    async def _dial(self, loop: asyncio.AbstractEventLoop) -> None:
+    async def _dial(self, loop: asyncio.AbstractEventLoop, again: bool = False) -> bool:
         """Connect upstream, unless the connection is open and was silent since its last response (a server
-        that closed an idle connection gets a new one; one that sent what nobody asked for ends the exchange)."""
+        that closed an idle connection gets a new one; one that sent what nobody asked for ends the exchange).
+        True when the open connection is kept; ``again``: a new one whatever."""
         if self.upstream is not None and self.upstream_ready is not None:
-            if not self.upstream_ready.ready:
-                return
-            try:
-                idle = self.upstream.recv(1, socket.MSG_PEEK)
-            except BlockingIOError:
-                idle = None
-            if idle:
-                raise _Closed("the server sent bytes nobody asked for")
-            if idle is None:
+            idle: bytes | None = b""
+            if self.upstream_ready.ready and not again:
+                try:
+                    idle = self.upstream.recv(1, socket.MSG_PEEK)
+                except BlockingIOError:
+                    idle = None
+                except OSError:  # reset
+                    idle = b""
+                if idle:
+                    raise _Closed("the server sent bytes nobody asked for")
+            if not again and (idle is None or not self.upstream_ready.ready):
                 self.upstream_ready.ready = False
-                return
+                return True
             self.upstream_ready.close()
             self.upstream.close()
             self.upstream = self.upstream_ready = None
@@ -306,12 +318,49 @@ class _Exchange:
         self.upstream = upstream
         await asyncio.wait_for(loop.sock_connect(upstream, (self.meta.dst, self.meta.dport)), DIAL_TIMEOUT)
         self.upstream_ready = _Waker(loop, upstream)
+        return False
+
+    async def _forward(
+        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
+    ) -> bool:
+        """Send the judged request upstream and answer it (`_answer`); `_Stale` when the server had closed."""
+        assert self.upstream is not None
+        try:
+            await _send(loop, self.upstream, raw)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _Stale from exc
+        return await self._answer(loop, request, raw, asked)
 
     async def _answer(
         self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
     ) -> bool:
         """Read the whole response, judge it with its request, and write it (or egress's 403) to the client; True
         when the connection may carry another request."""
+        got = await self._response(loop, request, raw)
+        if got is None:
+            return False
+        data, response, judged = got
+        if not judged:
+            try:
+                answer = read(Message(_status(response), response.fields, response.body, response.trailers))
+                finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
+            except Exception as exc:  # an inspection error blocks, as the addon's response hook does
+                log.exception("httpfast: judging a response failed; blocked")
+                return not self._blocks(_fail_closed(f"response: {exc!r}"), request.host)
+            if finding is None and answer.problem is not None:
+                finding = unidentified(f"response body: {answer.problem.why}")
+            if finding is None and len(raw) + len(data) <= MEMO_BYTES:
+                _keep_at_most(self.exchanges, MEMO)[(raw, data)] = response
+            elif finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
+                return False
+        await _send(loop, self.conn, data)
+        return not response.close
+
+    async def _response(
+        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes
+    ) -> tuple[bytes, httpwire.Response, bool] | None:
+        """The whole response (its bytes, its framing, and whether this exchange was judged clean before); None
+        when it cannot be framed (then the client got a 502, or an unasked ``101`` was recorded)."""
         assert self.upstream is not None and self.upstream_ready is not None
         buffer, need = bytearray(), 0
         while True:
@@ -320,7 +369,11 @@ class _Exchange:
                 chunk = self.upstream.recv(READ_SIZE)
             except BlockingIOError:
                 continue
+            except ConnectionResetError:
+                chunk = b""
             ended = not chunk
+            if ended and not buffer:
+                raise _Stale
             buffer += chunk
             need = need or httpwire.wanted(buffer)
             if len(buffer) < need and not ended:
@@ -328,30 +381,15 @@ class _Exchange:
             data = bytes(buffer)
             known = self.exchanges.get((raw, data))
             if known is not None:
-                await _send(loop, self.conn, data)
-                return not known.close
+                return data, known, True
             response = httpwire.parse_response(data, request.method, ended)
             if isinstance(response, httpwire.Response):
-                break
+                if len(data) > response.size:
+                    raise _Closed("the server sent more than its response")
+                return data, response, False
             if response is httpwire.UNSURE or ended:
                 self._unframed(data, request.host)
-                return False
-        if len(data) > response.size:
-            raise _Closed("the server sent more than its response")
-        try:
-            answer = read(Message(_status(response), response.fields, response.body, response.trailers))
-            finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
-        except Exception as exc:  # an inspection error blocks, as the addon's response hook does
-            log.exception("httpfast: judging a response failed; blocked")
-            return not self._blocks(_fail_closed(f"response: {exc!r}"), request.host)
-        if finding is None and answer.problem is not None:
-            finding = unidentified(f"response body: {answer.problem.why}")
-        if finding is None and len(raw) + len(data) <= MEMO_BYTES:
-            _keep_at_most(self.exchanges, MEMO)[(raw, data)] = response
-        elif finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
-            return False
-        await _send(loop, self.conn, data)
-        return not response.close
+                return None
 
     def _blocks(self, verdict: Verdict, host: str) -> bool:
         """Report ``verdict``; when it blocks, the client gets egress's 403 (sent here) and the connection ends."""
@@ -375,6 +413,18 @@ class _Exchange:
             return
         with contextlib.suppress(OSError):
             self.conn.send(httpwire.BAD_GATEWAY)
+
+
+def _close_gently(conn: socket.socket) -> None:
+    """Close after a FIN, with what the client sent and nobody will read dropped first: a close with unread bytes
+    is a reset, which can destroy the last answer (a 403, or the response before a ``Connection: close``) before
+    the client read it."""
+    with contextlib.suppress(OSError):
+        conn.shutdown(socket.SHUT_WR)
+        for _ in range(16):
+            if not conn.recv(READ_SIZE):
+                break
+    conn.close()
 
 
 def _keep_at_most[K, V](memo: dict[K, V], size: int) -> dict[K, V]:
