@@ -13,10 +13,8 @@ then written to the client; one that finds something is recorded, and a blocking
 403 and the connection closed. Anything the relay cannot frame or judge after a request went out closes both
 sides (a 502 for a response it could not frame): an error never forwards unjudged bytes.
 
-Judgements of a request (and of a request with its response) whose bytes are exactly those of one already
-judged clean on the same connection are reused (`MEMO`): the detectors are pure functions of the flow's
-addresses and bytes, so the same bytes on the same connection get the same answer (a keep-alive client polling
-one URL costs one judgement). The addresses and the Host's binding are checked again on every request.
+The judgements are `egress.proxy.httpjudge`'s (which keeps the clean ones of a connection by their exact bytes:
+a keep-alive client polling one URL costs one inspection); the sockets' waiting is `egress.proxy.httpio`'s.
 """
 
 from __future__ import annotations
@@ -28,14 +26,16 @@ import socket
 import time
 from typing import Final
 
-from egress.decide import Enforcement, Reason, Verdict, decide_finding, decide_http
+from egress.decide import Enforcement, Verdict, decide_finding
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import http, upgrade
-from egress.detect.base import Category, Finding, FlowMeta, evidence
+from egress.detect.base import FlowMeta
 from egress.policy.model import Sandbox
 from egress.proxy import httpwire
-from egress.proxy.gate import Gate, Kind, flow_meta
-from egress.proxy.mitm.inspect import Message, Read, inspect_exchange, read, unidentified
+from egress.proxy.gate import Gate, flow_meta
+from egress.proxy.httpio import Waker, close_gently, send_all
+from egress.proxy.httpjudge import Judge, fail_closed, message
+from egress.proxy.mitm.inspect import Read, read
 from egress.proxy.openflows import OpenFlows
 from egress.record.naming import named
 from egress.replay import Kind as Asked
@@ -48,11 +48,6 @@ REQUEST_WAIT: Final = 5.0
 """Seconds a request head, once begun, may take to arrive whole with its body before mitmproxy takes it."""
 DIAL_TIMEOUT: Final = 10.0
 READ_SIZE: Final = 256 * 1024
-MEMO: Final = 8
-"""Clean judgements kept per connection (requests; requests with their responses), each at most `MEMO_BYTES`."""
-MEMO_BYTES: Final = 16 * 1024
-FAIL_CLOSED: Final = "fail-closed"
-"""The rule of a block made because inspection failed (the addon's too: `egress.proxy.mitm.layers`)."""
 
 
 class _Stale(Exception):
@@ -115,16 +110,11 @@ class _Exchange:
         self.meta = meta
         self.sandbox = sandbox
         self.upstream: socket.socket | None = None
-        self.client_ready = _Waker(asyncio.get_running_loop(), conn)
-        self.upstream_ready: _Waker | None = None
+        self.client_ready = Waker(asyncio.get_running_loop(), conn)
+        self.upstream_ready: Waker | None = None
         self.consumed = False
         """A request was read from the client: from then on the connection is never handed off."""
-        self.requests: dict[bytes, tuple[httpwire.Request, Read]] = {}
-        """Requests judged clean on this connection, by their bytes (`MEMO`)."""
-        self.exchanges: dict[tuple[bytes, bytes], httpwire.Response] = {}
-        """Responses judged clean with their request on this connection, by both's bytes (`MEMO`)."""
-        self.hosts: dict[tuple[str, bool], Verdict] = {}
-        """`decide_http` for this connection's sandbox and destination, by Host and whether it is bound."""
+        self.judge = Judge(owner.gate, sandbox, meta)
         self.token = 0
 
     async def run(self) -> bool:
@@ -162,7 +152,7 @@ class _Exchange:
             log.exception("httpfast: %s:%s: failed; connection closed", self.meta.src, self.meta.sport)
             if not self.consumed:
                 return False  # nothing read: mitmproxy judges the request
-            self._blocks(_fail_closed("plain-HTTP fast path failed"), "")
+            self._blocks(fail_closed("plain-HTTP fast path failed"), "")
             return True
 
     def finish(self, done: bool) -> None:
@@ -173,7 +163,7 @@ class _Exchange:
         if self.upstream is not None:
             self.upstream.close()
         if done:
-            _close_gently(self.conn)
+            close_gently(self.conn)
         if self.token and self.owner.open_flows is not None:
             self.owner.open_flows.discard(self.token)
 
@@ -220,7 +210,7 @@ class _Exchange:
     async def _next_request(self, loop: asyncio.AbstractEventLoop) -> tuple[httpwire.Request, bytes, Read] | None:
         """The next request, judged and plainly allowed, with its bytes and how it was read; None for mitmproxy."""
         data = await self._peek(loop, httpwire.HEAD_MAX, None)
-        known = self.requests.get(data)  # the same request again, alone (a keep-alive client polling a URL)
+        known = self.judge.known(data)
         if known is not None:
             return (known[0], data, known[1]) if self._allowed(known[0], data, known[1]) else None
         deadline = loop.time() + REQUEST_WAIT
@@ -236,7 +226,7 @@ class _Exchange:
             return None
         raw = data[: parsed.size]
         try:
-            asked = read(_message(parsed))
+            asked = read(message(parsed))
             if not self._allowed(parsed, raw, asked):
                 return None
         except Exception as exc:  # an inspection error blocks (the addon's request hook: a 403 and a record)
@@ -244,7 +234,7 @@ class _Exchange:
             if not self.consumed:
                 return None  # the connection's first request: mitmproxy judges it as it did before the fast path
             self.conn.recv(len(raw))  # read, so that the close after the 403 is not a reset that loses it
-            self._blocks(_fail_closed(f"request: {exc!r}"), parsed.host)
+            self._blocks(fail_closed(f"request: {exc!r}"), parsed.host)
             raise _Closed("inspection failed") from exc
         return parsed, raw, asked
 
@@ -262,33 +252,11 @@ class _Exchange:
 
     def _allowed(self, request: httpwire.Request, raw: bytes, asked: Read) -> bool:
         """Whether the request is plainly allowed (its allow verdict then reported); else mitmproxy decides it."""
-        meta = self.meta
-        if self.consumed:
-            verdict = self._host(request.host)
-        else:
-            decision = self.gate.on_first_bytes(self.sandbox, meta, raw, b"")
-            if decision.kind is not Kind.HTTP or decision.verdict is not None or decision.allow is None:
-                return False
-            verdict = decision.allow
-        if verdict.action is not Enforcement.ALLOW or verdict.recorded:
+        verdict = self.judge.request(request, raw, asked, first=not self.consumed)
+        if verdict is None:
             return False
-        if raw not in self.requests:
-            if asked.problem is not None or inspect_exchange(meta, self.gate.stream, asked) is not None:
-                return False  # a body that cannot be read, or a finding to judge and record: mitmproxy's
-            if len(raw) <= MEMO_BYTES:
-                _keep_at_most(self.requests, MEMO)[raw] = (request, asked)
         self._report(verdict, request.host)
         return True
-
-    def _host(self, host: str) -> Verdict:
-        """`Gate.on_request` for a request on this connection: the binding is looked up every time (it expires);
-        the policy's answer, a pure function of the sandbox, destination, Host and binding, is kept."""
-        bound = bool(host) and host in self.gate.names_for(self.sandbox.name, self.meta.dst)
-        verdict = self.hosts.get((host, bound))
-        if verdict is None:
-            verdict = decide_http(self.sandbox, self.meta.dst, self.meta.dport, host or None, bound)
-            _keep_at_most(self.hosts, MEMO)[(host, bound)] = verdict
-        return verdict
 
     async def _dial(self, loop: asyncio.AbstractEventLoop, again: bool = False) -> bool:
         """Connect upstream, unless the connection is open and was silent since its last response (a server
@@ -317,7 +285,7 @@ class _Exchange:
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self.upstream = upstream
         await asyncio.wait_for(loop.sock_connect(upstream, (self.meta.dst, self.meta.dport)), DIAL_TIMEOUT)
-        self.upstream_ready = _Waker(loop, upstream)
+        self.upstream_ready = Waker(loop, upstream)
         return False
 
     async def _forward(
@@ -326,7 +294,7 @@ class _Exchange:
         """Send the judged request upstream and answer it (`_answer`); `_Stale` when the server had closed."""
         assert self.upstream is not None
         try:
-            await _send(loop, self.upstream, raw)
+            await send_all(loop, self.upstream, raw)
         except (BrokenPipeError, ConnectionResetError) as exc:
             raise _Stale from exc
         return await self._answer(loop, request, raw, asked)
@@ -342,18 +310,13 @@ class _Exchange:
         data, response, judged = got
         if not judged:
             try:
-                answer = read(Message(_status(response), response.fields, response.body, response.trailers))
-                finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
+                finding = self.judge.response(raw, asked, data, response)
             except Exception as exc:  # an inspection error blocks, as the addon's response hook does
                 log.exception("httpfast: judging a response failed; blocked")
-                return not self._blocks(_fail_closed(f"response: {exc!r}"), request.host)
-            if finding is None and answer.problem is not None:
-                finding = unidentified(f"response body: {answer.problem.why}")
-            if finding is None and len(raw) + len(data) <= MEMO_BYTES:
-                _keep_at_most(self.exchanges, MEMO)[(raw, data)] = response
-            elif finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
+                return not self._blocks(fail_closed(f"response: {exc!r}"), request.host)
+            if finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
                 return False
-        await _send(loop, self.conn, data)
+        await send_all(loop, self.conn, data)
         return not response.close
 
     async def _response(
@@ -379,7 +342,7 @@ class _Exchange:
             if len(buffer) < need and not ended:
                 continue  # a Content-Length body still arriving: parse once it is all there
             data = bytes(buffer)
-            known = self.exchanges.get((raw, data))
+            known = self.judge.judged(raw, data)
             if known is not None:
                 return data, known, True
             response = httpwire.parse_response(data, request.method, ended)
@@ -413,96 +376,3 @@ class _Exchange:
             return
         with contextlib.suppress(OSError):
             self.conn.send(httpwire.BAD_GATEWAY)
-
-
-def _close_gently(conn: socket.socket) -> None:
-    """Close after a FIN, with what the client sent and nobody will read dropped first: a close with unread bytes
-    is a reset, which can destroy the last answer (a 403, or the response before a ``Connection: close``) before
-    the client read it."""
-    with contextlib.suppress(OSError):
-        conn.shutdown(socket.SHUT_WR)
-        for _ in range(16):
-            if not conn.recv(READ_SIZE):
-                break
-    conn.close()
-
-
-def _keep_at_most[K, V](memo: dict[K, V], size: int) -> dict[K, V]:
-    """``memo`` with room for one more entry (its oldest dropped)."""
-    if len(memo) >= size:
-        del memo[next(iter(memo))]
-    return memo
-
-
-async def _send(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: bytes) -> None:
-    """All of ``data``: at once when the socket takes it (mostly), else as it drains."""
-    try:
-        sent = sock.send(data)
-    except BlockingIOError:
-        sent = 0
-    if sent < len(data):
-        await loop.sock_sendall(sock, data[sent:])
-
-
-def _message(request: httpwire.Request) -> Message:
-    return Message(f"{request.method} {request.target} HTTP/1.1", request.fields, request.body, (), _query(request))
-
-
-def _query(request: httpwire.Request) -> bytes:
-    return request.target.partition("?")[2].encode("latin-1", "replace")
-
-
-def _status(response: httpwire.Response) -> str:
-    return f"HTTP/1.1 {response.status} {response.reason}"
-
-
-def _fail_closed(why: str) -> Verdict:
-    """A block for what the fast path could not finish judging (the addon's ``fail_closed_verdict``)."""
-    finding = Finding(Category.TUNNEL, "inspection-error", "proxy", evidence(why))
-    return Verdict(Enforcement.BLOCK, Reason.TUNNEL, FAIL_CLOSED, evidence(f"inspection-error: {why}"), finding)
-
-
-class _Waker:
-    """Wakes a coroutine when a socket is readable, its reader left registered between waits (no ``epoll_ctl``
-    per request). Readiness nobody waits for disarms it (epoll is level-triggered: unread bytes would wake the
-    loop again and again) and is remembered in ``ready``."""
-
-    __slots__ = ("loop", "fd", "armed", "waiter", "ready")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-        self.loop = loop
-        self.fd = sock.fileno()
-        self.armed = False
-        self.waiter: asyncio.Future[None] | None = None
-        self.ready = False
-
-    def _fire(self) -> None:
-        if self.waiter is not None:
-            if not self.waiter.done():
-                self.waiter.set_result(None)
-            return  # woken already: the waiting coroutine reads when it runs
-        self.ready = True
-        self.close()
-
-    async def wait(self, timeout: float | None = None) -> None:
-        """Until the socket is readable (or ``timeout`` seconds pass)."""
-        if self.ready:
-            self.ready = False
-            return
-        if not self.armed:
-            self.loop.add_reader(self.fd, self._fire)
-            self.armed = True
-        self.waiter = self.loop.create_future()
-        try:
-            if timeout is None:
-                await self.waiter
-            else:
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(asyncio.shield(self.waiter), timeout)
-        finally:
-            self.waiter = None
-
-    def close(self) -> None:
-        if self.armed:
-            self.loop.remove_reader(self.fd)
-            self.armed = False
