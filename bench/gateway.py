@@ -6,6 +6,8 @@ each configuration, in the same lab:
 - ``direct``: no proxy, the gateway namespace only forwards (the limit);
 - ``squid``: Debian's squid-openssl, transparent SNI peek-and-splice, ``workers`` = cores (bench/squid.py);
 - ``egress``: the real gateway (`egress.lab.demo.GatewayRun`, rules/lab-policy.yaml, workers = cores);
+- ``egress-quiet``: the same at log level ``warning`` (allowed decisions counted, not logged: Squid runs without
+  an access log);
 
 runs the load generator (this file's ``loadgen`` subcommand) inside the sandbox namespace: bulk HTTPS download
 MB/s over 1 and 4 connections, new TLS connections/s (connect + full handshake with SNI allowed.lab + small GET +
@@ -17,6 +19,10 @@ servers spent on each measurement. The lab is taken down at the end, whatever ha
 
     python bench/gateway.py                  # everything: 3 interleaved rounds, about 2.5 minutes
     python bench/gateway.py --only egress --seconds 5 --json /tmp/gw.json
+    python bench/gateway.py --only squid,egress --measure http,conns --rounds 2   # issue 15's rows
+
+The table has the CPU each configuration's namespace spent per unit of work (per MiB, per connection, per
+request) beside the throughput: on a shared machine the CPU per unit is the stable figure.
 """
 
 from __future__ import annotations
@@ -477,6 +483,22 @@ def egress_gateway(lab: Lab, workers: int) -> Iterator[str]:
             runner.delete_table("egress", netns=lab.gateway_ns)
 
 
+@contextlib.contextmanager
+def quiet_egress(lab: Lab, workers: int) -> Iterator[str]:
+    """The real gateway logging at ``warning`` (`EGRESS_LOG_LEVEL`): blocks, would-blocks and records are still
+    logged and recorded, allowed decisions only counted; Squid's yardstick runs without an access log likewise."""
+    before = os.environ.get("EGRESS_LOG_LEVEL")
+    os.environ["EGRESS_LOG_LEVEL"] = "warning"
+    try:
+        with egress_gateway(lab, workers) as nameserver:
+            yield nameserver
+    finally:
+        if before is None:
+            os.environ.pop("EGRESS_LOG_LEVEL", None)
+        else:
+            os.environ["EGRESS_LOG_LEVEL"] = before
+
+
 def _listening(ns: str, port: int) -> bool:
     return bool(netns.exec_in(ns, ["ss", "-Htln", f"sport = :{port}"], timeout=5).stdout.strip())
 
@@ -485,6 +507,7 @@ CONFIGS: dict[str, Callable[[Lab, int], contextlib.AbstractContextManager[str]]]
     "direct": direct,
     "squid": squid_proxy,
     "egress": egress_gateway,
+    "egress-quiet": quiet_egress,
 }
 
 
@@ -495,8 +518,11 @@ def measure(lab: Lab, name: str, nameserver: str, args: argparse.Namespace) -> d
         ("conns", "conns", args.concurrency, 0),
         ("http", "http", args.concurrency, 0),
     ]
-    if name == "egress":
+    if name.startswith("egress"):
         plan.append(("ttb", "stratum", 1, args.stratum))
+    if args.measure:
+        wanted = {key.strip() for key in args.measure.split(",")}
+        plan = [step for step in plan if step[0] in wanted]
     results: dict[str, Result] = {}
     for key, test, parallel, count in plan:
         result = run_loadgen(lab, test, nameserver, args.seconds, parallel, count)
@@ -559,13 +585,13 @@ def _medians(rounds: list[dict[str, Result]]) -> dict[str, Result]:
 def report(results: dict[str, dict[str, Result]], skipped: dict[str, str]) -> list[str]:
     """The table, the ratios and the goals, as lines."""
     configs = [c for c in CONFIGS if c in results]
-    lines = [f"{'metric':<28}" + "".join(f"{c:>10}" for c in configs) + f"{'eg/direct':>11}{'eg/squid':>10}"]
+    lines = [f"{'metric':<28}" + "".join(f"{c:>13}" for c in configs) + f"{'eg/direct':>11}{'eg/squid':>10}"]
     for key, field, label, _ in METRICS:
         values = [_value(results, c, key, field) for c in configs]
         if all(v is None for v in values):
             continue
         egress = _value(results, "egress", key, field)
-        row = f"{label:<28}" + "".join(f"{_fmt(v):>10}" for v in values)
+        row = f"{label:<28}" + "".join(f"{_fmt(v):>13}" for v in values)
         row += f"{_ratio(egress, _value(results, 'direct', key, field)):>11}"
         lines.append(row + f"{_ratio(egress, _value(results, 'squid', key, field)):>10}")
     lines.append("")
@@ -600,6 +626,16 @@ def _goals(results: dict[str, dict[str, Result]]) -> list[str]:
     egress, squid_value = _value(results, "egress", "conns", "conn_s"), _value(results, "squid", "conns", "conn_s")
     ok = None if egress is None or squid_value is None else egress >= squid_value
     lines.append(f"  {verdict(ok)} new TLS conns/s >= squid's ({_ratio(egress, squid_value)} of squid)")
+    for config in ("egress", "egress-quiet"):
+        cpu, squid_cpu = _value(results, config, "http", "gw_cpu_ms"), _value(results, "squid", "http", "gw_cpu_ms")
+        ok = None if cpu is None or squid_cpu is None else cpu <= 2 * squid_cpu
+        lines.append(f"  {verdict(ok)} {config}: CPU per HTTP request <= 2x squid's ({_ratio(cpu, squid_cpu)}x)")
+        rate, squid_rate = _value(results, config, "http", "req_s"), _value(results, "squid", "http", "req_s")
+        ok = None if rate is None or squid_rate is None else rate >= 0.5 * squid_rate
+        lines.append(f"  {verdict(ok)} {config}: HTTP keep-alive req/s >= 1/2 squid's ({_ratio(rate, squid_rate)})")
+        cpu, squid_cpu = _value(results, config, "conns", "gw_cpu_ms"), _value(results, "squid", "conns", "gw_cpu_ms")
+        ok = None if cpu is None or squid_cpu is None else cpu <= squid_cpu
+        lines.append(f"  {verdict(ok)} {config}: CPU per new TLS connection <= squid's ({_ratio(cpu, squid_cpu)}x)")
     p99 = _value(results, "egress", "ttb", "p99_ms")
     ok = None if p99 is None or math.isnan(p99) else p99 < 5.0
     lines.append(f"  {verdict(ok)} time-to-block p99 < 5 ms ({_fmt(p99)} ms)")
@@ -647,6 +683,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--stratum", type=int, default=300, help="Stratum attempts for time-to-block")
     parser.add_argument("--rounds", type=int, default=3, help="rounds over all configurations; medians reported")
     parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
+    parser.add_argument(
+        "--measure", default="", help="only these measurements, comma-separated (bulk1,bulk4,conns,http,ttb)"
+    )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the gateway benchmark needs root (network namespaces, nftables)", file=sys.stderr)

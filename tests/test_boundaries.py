@@ -30,6 +30,8 @@ GATES = {
         "egress/dnsserver/listen.py",
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",
+        "egress/proxy/httpfast.py",  # the front's plain-HTTP relay, and its socket waiting
+        "egress/proxy/httpio.py",
         "egress/gateway/hostprobe.py",
         "egress/gateway/sdnotify.py",
         "egress/proxy/mitm/server.py",

@@ -43,6 +43,7 @@ from egress.detect.base import Finding, FlowMeta
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
+from egress.proxy.httpfast import PlainHttp
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Half, Upstream, Watch
 from egress.replay import Kind as Asked
@@ -91,10 +92,13 @@ class Front:
         destination: Callable[[socket.socket], tuple[str, int]] = original_destination,
         open_flows: OpenFlows | None = None,
         flows: FlowSink | None = None,
+        plain_http: bool = True,
     ) -> None:
         """``destination``: where an accepted connection was going (`original_destination` behind nftables);
         ``open_flows``: where relayed connections are kept while open (a reload may close them); ``flows``: told
-        each relayed connection's end, for the sandboxes that keep a flow log (`egress.flowlog`)."""
+        each relayed connection's end, for the sandboxes that keep a flow log (`egress.flowlog`); ``plain_http``:
+        serve plainly allowed keep-alive HTTP here (`egress.proxy.httpfast`) instead of in mitmproxy."""
+        self.plain_http = PlainHttp(gate, reporter, open_flows, flows) if plain_http else None
         self.open_flows = open_flows
         self.flows = flows
         self.gate = gate
@@ -177,6 +181,8 @@ class Front:
         try:
             if await self._relay_if_passthrough(conn, peer):
                 return
+            if self.plain_http is not None and await self.plain_http.serve(conn, peer, self.destination(conn)):
+                return  # plain HTTP served here; else handed off with the request it stopped at unread
         except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
             log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
         except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead

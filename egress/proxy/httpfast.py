@@ -1,0 +1,403 @@
+"""The front's plain-HTTP fast path: keep-alive HTTP/1.1 to allowed hosts judged and relayed without mitmproxy.
+
+`PlainHttp.serve` takes a connection whose first bytes are an HTTP request and serves it request by request.
+Each request is peeked (``MSG_PEEK``: nothing consumed) whole, head and body, and judged exactly as the addon
+judges it (`egress.proxy.mitm.addon`, `egress.proxy.mitm.flows`): the first by `Gate.on_first_bytes` (Host bound
+to the address, the name detector, the detectors over the bytes), every later one by `Gate.on_request` (the
+Host re-checked against the address), then its body and pieces through the same stream detectors
+(`egress.proxy.mitm.inspect.inspect_exchange`). Only a request that is in `egress.proxy.httpwire`'s subset and
+plainly allowed (nothing to record, no finding) is consumed and forwarded; at the first one that is not, the
+connection goes to mitmproxy with that request unread, and mitmproxy decides it (a 403, a record, an upgrade, a
+coded body) as it always did. Responses are read whole, judged with their request (`inspect_exchange`), and only
+then written to the client; one that finds something is recorded, and a blocking one is answered with egress's
+403 and the connection closed. Anything the relay cannot frame or judge after a request went out closes both
+sides (a 502 for a response it could not frame): an error never forwards unjudged bytes.
+
+The judgements are `egress.proxy.httpjudge`'s (which keeps the clean ones of a connection by their exact bytes:
+a keep-alive client polling one URL costs one inspection); the sockets' waiting is `egress.proxy.httpio`'s.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import socket
+import time
+from typing import Final
+
+from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decisions import DecidedFlow, Reporter
+from egress.detect import http, upgrade
+from egress.detect.base import FlowMeta
+from egress.flowlog import EndedFlow, FlowSink
+from egress.policy.model import Sandbox
+from egress.proxy import httpwire
+from egress.proxy.gate import Gate, flow_meta
+from egress.proxy.httpio import Waker, close_gently, send_all
+from egress.proxy.httpjudge import Judge, fail_closed, message
+from egress.proxy.mitm.inspect import Read, read
+from egress.proxy.openflows import OpenFlows
+from egress.record.naming import named
+from egress.replay import Kind as Asked
+from egress.replay import Question
+
+log = logging.getLogger("egress.proxy")
+
+PEEK: Final = httpwire.HEAD_MAX + httpwire.BODY_MAX
+REQUEST_WAIT: Final = 5.0
+"""Seconds a request head, once begun, may take to arrive whole with its body before mitmproxy takes it."""
+DIAL_TIMEOUT: Final = 10.0
+READ_SIZE: Final = 256 * 1024
+
+
+class _Stale(Exception):
+    """The server closed before a byte of its answer: on a kept connection, it had closed it while idle."""
+
+
+class _Closed(Exception):
+    """The connection ended (either side) or was closed by a judgement: nothing is handed off."""
+
+
+class PlainHttp:
+    """The fast path of one worker (see the module docstring)."""
+
+    def __init__(
+        self, gate: Gate, reporter: Reporter, open_flows: OpenFlows | None = None, flows: FlowSink | None = None
+    ) -> None:
+        self.gate = gate
+        self.reporter = reporter
+        self.open_flows = open_flows
+        self.flows = flows
+        """Told what each connection served here carried, for the sandboxes that keep a flow log."""
+        self.requests = 0
+        """Requests relayed by the fast path."""
+        self.handed_off = 0
+        """Connections given to mitmproxy at a request boundary (their first request, or a later one)."""
+        self.blocked = 0
+        """Responses answered with a 403 here."""
+
+    async def serve(self, conn: socket.socket, peer: tuple[str, int], dst: tuple[str, int]) -> bool:
+        """Serve ``conn`` (going to ``dst``) request by request when its first bytes, there now, are an HTTP
+        request from a sandbox to a destination it may reach; True once it is finished here, False when mitmproxy
+        must take it: then the request it stopped at is unread and the upstream side is closed."""
+        sandbox = self.gate.sandbox(str(peer[0]))
+        if sandbox is None:
+            return False
+        connect = self.gate.on_connect(sandbox, *dst)
+        if connect.action is not Enforcement.ALLOW or connect.recorded:
+            return False  # a would-block recorded at connect time: the addon's
+        try:
+            first = conn.recv(httpwire.HEAD_MAX, socket.MSG_PEEK)
+        except BlockingIOError:
+            return False  # a silent client (a server-first protocol)
+        if not http.looks_like_http_request(first):
+            return False
+        source = (str(peer[0]), int(peer[1]))
+        exchange = _Exchange(self, conn, flow_meta(source, dst), sandbox)
+        done = False
+        try:
+            done = await exchange.run()
+        finally:
+            exchange.finish(done)
+        if not done:
+            self.handed_off += 1
+        return done
+
+
+class _Exchange:
+    """One client connection in the fast path."""
+
+    def __init__(self, owner: PlainHttp, conn: socket.socket, meta: FlowMeta, sandbox: Sandbox) -> None:
+        self.owner = owner
+        self.gate = owner.gate
+        self.conn = conn
+        self.meta = meta
+        self.sandbox = sandbox
+        self.upstream: socket.socket | None = None
+        self.client_ready = Waker(asyncio.get_running_loop(), conn)
+        self.upstream_ready: Waker | None = None
+        self.consumed = False
+        """A request was read from the client: from then on the connection is never handed off."""
+        self.judge = Judge(owner.gate, sandbox, meta)
+        self.token = 0
+        self.started = time.time()
+        self.up = self.down = 0
+        """Bytes of requests read from the client and of answers written to it, here (the flow log's)."""
+        self.passed: Verdict | None = None
+        self.passed_host = ""
+
+    async def run(self) -> bool:
+        """True once the connection is finished here; False when mitmproxy must take it (nothing of the request
+        it stopped at was read)."""
+        loop = asyncio.get_running_loop()
+        try:
+            while True:
+                request = await self._next_request(loop)
+                if request is None:
+                    return False  # outside the subset, or not plainly allowed: mitmproxy decides it
+                parsed, raw, asked = request
+                reused = await self._dial(loop)
+                self.conn.recv(len(raw))  # exactly the judged bytes (peeked, so all there)
+                self.consumed = True
+                self.up += len(raw)
+                self._keep(parsed.host)
+                self.owner.requests += 1
+                try:
+                    keep = await self._forward(loop, parsed, raw, asked)
+                except _Stale:
+                    if not reused:
+                        raise _Closed("the server closed without answering") from None
+                    await self._dial(loop, again=True)  # it had closed the idle connection meanwhile: once more
+                    keep = await self._forward(loop, parsed, raw, asked)
+                if not keep or parsed.close:
+                    return True
+                await self.client_ready.wait()  # the next request (an answer comes before it, mostly)
+        except _Closed as exc:
+            log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
+            return True
+        except OSError as exc:  # before a request was read (a failed dial): mitmproxy answers it as it would
+            log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
+            return self.consumed
+        except Exception:  # a bug must neither lose a judgement nor forward unjudged bytes
+            log.exception("httpfast: %s:%s: failed; connection closed", self.meta.src, self.meta.sport)
+            if not self.consumed:
+                return False  # nothing read: mitmproxy judges the request
+            self._blocks(fail_closed("plain-HTTP fast path failed"), "")
+            return True
+
+    def finish(self, done: bool) -> None:
+        """Release the upstream side; close the client's unless it goes to mitmproxy (``done`` false)."""
+        self.client_ready.close()  # before mitmproxy registers its own reader on the socket
+        if self.upstream_ready is not None:
+            self.upstream_ready.close()
+        if self.upstream is not None:
+            self.upstream.close()
+        if done:
+            close_gently(self.conn)
+        if self.token and self.owner.open_flows is not None:
+            self.owner.open_flows.discard(self.token)
+        self._log_flow()
+
+    def _log_flow(self) -> None:
+        """What the requests served here carried, for the flow log (a connection that goes on in mitmproxy after
+        them is logged there too, for what it carries there)."""
+        sink, passed, meta = self.owner.flows, self.passed, self.meta
+        if sink is None or passed is None or not self.consumed or not self.sandbox.flow_log:
+            return
+        sink.flow_ended(EndedFlow(self.sandbox.name, meta.src, meta.sport, meta.dst, meta.dport, "tcp",
+                                  self.passed_host, passed.rule, passed.action.value, self.up, self.down,
+                                  self.started, time.time()))  # fmt: skip
+
+    def _keep(self, host: str) -> None:
+        flows = self.owner.open_flows
+        if flows is None or self.token:
+            return
+        question = Question(Asked.HTTP, self.meta.src, self.meta.dst, self.meta.dport, host or None)
+        self.token = flows.add(question, self._sever)
+
+    def _sever(self) -> None:
+        with contextlib.suppress(OSError):
+            self.conn.shutdown(socket.SHUT_RDWR)
+        if self.upstream is not None:
+            with contextlib.suppress(OSError):
+                self.upstream.shutdown(socket.SHUT_RDWR)
+
+    def _report(self, verdict: Verdict, host: str) -> str:
+        meta = self.meta
+        decided = DecidedFlow(
+            time.time(), self.sandbox.name, meta.src, meta.sport, meta.dst, meta.dport, "tcp", host, verdict
+        )
+        decided = named(decided)
+        self.owner.reporter.report(decided)
+        return decided.record_id
+
+    async def _peek(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float | None) -> bytes:
+        """Up to ``size`` bytes the client sent that are not consumed; waits for at least one, or ``deadline``
+        (then ``b""``)."""
+        while True:
+            try:
+                data = self.conn.recv(size, socket.MSG_PEEK)
+            except BlockingIOError:
+                data = None
+            if data == b"":
+                raise _Closed("client closed")
+            if data is not None:
+                return data
+            timeout = None if deadline is None else deadline - loop.time()
+            if timeout is not None and timeout <= 0:
+                return b""
+            await self.client_ready.wait(timeout)
+
+    async def _next_request(self, loop: asyncio.AbstractEventLoop) -> tuple[httpwire.Request, bytes, Read] | None:
+        """The next request, judged and plainly allowed, with its bytes and how it was read; None for mitmproxy."""
+        data = await self._peek(loop, httpwire.HEAD_MAX, None)
+        known = self.judge.known(data)
+        if known is not None:
+            return (known[0], data, known[1]) if self._allowed(known[0], data, known[1]) else None
+        deadline = loop.time() + REQUEST_WAIT
+        while True:
+            parsed = httpwire.parse_request(data)
+            if parsed is not httpwire.MORE:
+                break
+            more = await self._peek_grown(loop, len(data), deadline)
+            if more is None:
+                return None
+            data = more
+        if not isinstance(parsed, httpwire.Request):
+            return None
+        raw = data[: parsed.size]
+        try:
+            asked = read(message(parsed))
+            if not self._allowed(parsed, raw, asked):
+                return None
+        except Exception as exc:  # an inspection error blocks (the addon's request hook: a 403 and a record)
+            log.exception("httpfast: judging a request failed")
+            if not self.consumed:
+                return None  # the connection's first request: mitmproxy judges it as it did before the fast path
+            self.conn.recv(len(raw))  # read, so that the close after the 403 is not a reset that loses it
+            self._blocks(fail_closed(f"request: {exc!r}"), parsed.host)
+            raise _Closed("inspection failed") from exc
+        return parsed, raw, asked
+
+    async def _peek_grown(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float) -> bytes | None:
+        """The peeked bytes once more than ``size`` of them are there; None when ``deadline`` passes first."""
+        while True:
+            await asyncio.sleep(0.001)  # the socket stays readable while the bytes wait unread: no busy loop
+            data = await self._peek(loop, PEEK, deadline)
+            if not data:
+                return None
+            if len(data) > size:
+                return data
+            if loop.time() >= deadline:
+                return None
+
+    def _allowed(self, request: httpwire.Request, raw: bytes, asked: Read) -> bool:
+        """Whether the request is plainly allowed (its allow verdict then reported); else mitmproxy decides it."""
+        verdict = self.judge.request(request, raw, asked, first=not self.consumed)
+        if verdict is None:
+            return False
+        self._report(verdict, request.host)
+        if self.passed is None:
+            self.passed, self.passed_host = verdict, request.host
+        return True
+
+    async def _dial(self, loop: asyncio.AbstractEventLoop, again: bool = False) -> bool:
+        """Connect upstream, unless the connection is open and was silent since its last response (a server
+        that closed an idle connection gets a new one; one that sent what nobody asked for ends the exchange).
+        True when the open connection is kept; ``again``: a new one whatever."""
+        if self.upstream is not None and self.upstream_ready is not None:
+            idle: bytes | None = b""
+            if self.upstream_ready.ready and not again:
+                try:
+                    idle = self.upstream.recv(1, socket.MSG_PEEK)
+                except BlockingIOError:
+                    idle = None
+                except OSError:  # reset
+                    idle = b""
+                if idle:
+                    raise _Closed("the server sent bytes nobody asked for")
+            if not again and (idle is None or not self.upstream_ready.ready):
+                self.upstream_ready.ready = False
+                return True
+            self.upstream_ready.close()
+            self.upstream.close()
+            self.upstream = self.upstream_ready = None
+        family = socket.AF_INET6 if ":" in self.meta.dst else socket.AF_INET
+        upstream = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        upstream.setblocking(False)
+        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        self.upstream = upstream
+        await asyncio.wait_for(loop.sock_connect(upstream, (self.meta.dst, self.meta.dport)), DIAL_TIMEOUT)
+        self.upstream_ready = Waker(loop, upstream)
+        return False
+
+    async def _forward(
+        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
+    ) -> bool:
+        """Send the judged request upstream and answer it (`_answer`); `_Stale` when the server had closed."""
+        assert self.upstream is not None
+        try:
+            await send_all(loop, self.upstream, raw)
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise _Stale from exc
+        return await self._answer(loop, request, raw, asked)
+
+    async def _answer(
+        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
+    ) -> bool:
+        """Read the whole response, judge it with its request, and write it (or egress's 403) to the client; True
+        when the connection may carry another request."""
+        got = await self._response(loop, request, raw)
+        if got is None:
+            return False
+        data, response, judged = got
+        if not judged:
+            try:
+                finding = self.judge.response(raw, asked, data, response)
+            except Exception as exc:  # an inspection error blocks, as the addon's response hook does
+                log.exception("httpfast: judging a response failed; blocked")
+                return not self._blocks(fail_closed(f"response: {exc!r}"), request.host)
+            if finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
+                return False
+        await send_all(loop, self.conn, data)
+        self.down += len(data)
+        return not response.close
+
+    async def _response(
+        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes
+    ) -> tuple[bytes, httpwire.Response, bool] | None:
+        """The whole response (its bytes, its framing, and whether this exchange was judged clean before); None
+        when it cannot be framed (then the client got a 502, or an unasked ``101`` was recorded)."""
+        assert self.upstream is not None and self.upstream_ready is not None
+        buffer, need = bytearray(), 0
+        while True:
+            await self.upstream_ready.wait()
+            try:
+                chunk = self.upstream.recv(READ_SIZE)
+            except BlockingIOError:
+                continue
+            except ConnectionResetError:
+                chunk = b""
+            ended = not chunk
+            if ended and not buffer:
+                raise _Stale
+            buffer += chunk
+            need = need or httpwire.wanted(buffer)
+            if len(buffer) < need and not ended:
+                continue  # a Content-Length body still arriving: parse once it is all there
+            data = bytes(buffer)
+            known = self.judge.judged(raw, data)
+            if known is not None:
+                return data, known, True
+            response = httpwire.parse_response(data, request.method, ended)
+            if isinstance(response, httpwire.Response):
+                if len(data) > response.size:
+                    raise _Closed("the server sent more than its response")
+                return data, response, False
+            if response is httpwire.UNSURE or ended:
+                self._unframed(data, request.host)
+                return None
+
+    def _blocks(self, verdict: Verdict, host: str) -> bool:
+        """Report ``verdict``; when it blocks, the client gets egress's 403 (sent here) and the connection ends."""
+        record_id = self._report(verdict, host)
+        if verdict.action is not Enforcement.BLOCK:
+            return False
+        self.owner.blocked += 1
+        reason = verdict.reason.value if verdict.reason is not None else "blocked"
+        answer = httpwire.blocked_answer(f"egress blocked this request: {reason} ({verdict.rule})", record_id)
+        with contextlib.suppress(OSError):
+            self.conn.send(answer)
+        return True
+
+    def _unframed(self, data: bytes, host: str) -> None:
+        """A response the relay cannot frame: nothing of it is forwarded. A ``101`` nobody asked for is recorded as
+        the addon records it (`egress.detect.upgrade.switched`); anything else gets a 502."""
+        if data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
+            head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
+            offered = next((line.split(":", 1)[1].strip() for line in head if line.lower().startswith("upgrade:")), "")
+            self._report(decide_finding(self.sandbox, upgrade.switched(offered)), host)
+            return
+        with contextlib.suppress(OSError):
+            self.conn.send(httpwire.BAD_GATEWAY)

@@ -1,0 +1,393 @@
+"""The front's plain-HTTP fast path (egress.proxy.httpfast) on loopback with real sockets and the real gate: it
+relays plainly allowed keep-alive requests itself, judges every one of them and every response, and hands a
+connection to mitmproxy at a request boundary, that request unread, whenever it is not sure.
+
+Ground truth is what the upstream server received and what the handoff (mitmproxy's seat) was given."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from egress.decide import Enforcement, Reason
+from egress.decisions import DecidedFlow
+from egress.detect.base import Detector, FlowView, Result
+from egress.detect.names import make_name_detector
+from egress.detect.registry import stream_detectors
+from egress.policy.loader import parse_policy
+from egress.proxy import front as front_module
+from egress.proxy import httpwire
+from egress.proxy.front import Front
+from egress.proxy.gate import Gate
+from tests.lists import shipped_lists
+from tests.waiting import eventually_async, scaled
+
+MINING = b'{"id":2,"method":"mining.submit","params":["worker","job1","00000000","5f5e1000","a1b2c3d4"]}\n'
+NOTIFY = (
+    b'{"id":null,"method":"mining.notify","params":["job1","00ff","01","02",[],"2000","1d00ffff","5f5e1000",true]}\n'
+)
+EXPLODE = b"EXPLODE-THE-DETECTOR"
+
+
+@pytest.fixture(autouse=True)
+def patient_peek(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(front_module, "PEEK_WAIT", scaled(60))  # as tests/proxy/test_front.py: a busy machine
+
+
+def get(path: str = "/", host: str = "allowed.test", *extra: str) -> bytes:
+    return f"GET {path} HTTP/1.1\r\nHost: {host}\r\n{''.join(f'{e}\r\n' for e in extra)}\r\n".encode()
+
+
+def post(body: bytes, *extra: str) -> bytes:
+    fields = "".join(f"{e}\r\n" for e in extra)
+    return f"POST /api HTTP/1.1\r\nHost: allowed.test\r\n{fields}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+def ok(body: bytes = b"hello", *extra: str) -> bytes:
+    fields = "".join(f"{e}\r\n" for e in extra)
+    return f"HTTP/1.1 200 OK\r\n{fields}Content-Length: {len(body)}\r\n\r\n".encode() + body
+
+
+class Upstream:
+    """The allowed site: answers each request head with ``answer(request)``; logs what it received."""
+
+    def __init__(self, answer: Callable[[bytes], bytes] = lambda _: ok()) -> None:
+        self.answer = answer
+        self.received = b""
+        self.connections = 0
+        self.close_after_each = False
+
+    async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        try:
+            while head := await reader.readuntil(b"\r\n\r\n"):
+                length = next(
+                    (
+                        int(line.split(b":")[1])
+                        for line in head.split(b"\r\n")
+                        if line.lower().startswith(b"content-length:")
+                    ),
+                    0,
+                )
+                body = await reader.readexactly(length)
+                self.received += head + body
+                writer.write(self.answer(head + body))
+                await writer.drain()
+                if self.close_after_each:
+                    break
+        except (asyncio.IncompleteReadError, ConnectionError):
+            pass
+        writer.close()
+
+
+class Counting:
+    """A detector that counts the views it is shown (how many times the detectors ran)."""
+
+    def __init__(self) -> None:
+        self.calls = 0
+
+    def __call__(self, view: FlowView) -> Result:
+        self.calls += 1
+        if EXPLODE in view.client or EXPLODE in view.server:
+            raise ValueError("a detector failed on attacker bytes")
+        return None
+
+
+class Setup:
+    def __init__(self, upstream_port: int) -> None:
+        policy = parse_policy(
+            f"""
+version: 1
+sandboxes:
+  box:
+    sources: [127.0.0.0/8]
+    mode: enforce
+    allow:
+      hosts:
+        - {{host: allowed.test, ports: [{upstream_port}]}}
+        - {{host: other.test, ports: [{upstream_port}]}}
+"""
+        )
+        lists = shipped_lists()
+
+        def names_for(sandbox: str, address: str) -> frozenset[str]:
+            return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
+
+        self.counting = Counting()
+        detectors: tuple[Detector, ...] = (*stream_detectors(lists), self.counting)
+        self.gate = Gate(policy, names_for, make_name_detector(lists), detectors)
+        self.reported: list[DecidedFlow] = []
+        self.handed: list[bytes] = []
+        self.front = Front(self.gate, self, self._handoff, destination=lambda _: ("127.0.0.1", upstream_port))
+        assert self.front.plain_http is not None
+        self.fast = self.front.plain_http
+
+    def report(self, attempt: DecidedFlow) -> None:
+        self.reported.append(attempt)
+
+    async def _handoff(self, conn: socket.socket) -> None:
+        reader, writer = await asyncio.open_connection(sock=conn)
+        got = b""
+        while chunk := await reader.read(65536):  # what mitmproxy would read: everything the client sent after
+            got += chunk
+        self.handed.append(got)
+        writer.close()
+
+    def blocks(self) -> list[DecidedFlow]:
+        return [flow for flow in self.reported if flow.verdict.action is Enforcement.BLOCK]
+
+
+Scenario = Callable[[Setup, Upstream, int], Awaitable[None]]
+
+
+def run(scenario: Scenario, upstream: Upstream | None = None) -> None:
+    async def main() -> None:
+        site = upstream or Upstream()
+        server = await asyncio.start_server(site.handle, "127.0.0.1", 0)
+        setup = Setup(int(server.sockets[0].getsockname()[1]))
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        task = asyncio.create_task(setup.front.serve(port, hosts=("127.0.0.1",)))
+
+        async def listening() -> bool:
+            assert not task.done() and setup.front._listeners
+            return True
+
+        await eventually_async(listening, timeout=10)
+        try:
+            await asyncio.wait_for(scenario(setup, site, port), scaled(60))
+        finally:
+            task.cancel()
+            server.close()
+
+    asyncio.run(main())
+
+
+async def response(reader: asyncio.StreamReader) -> bytes:
+    head = await reader.readuntil(b"\r\n\r\n")
+    length = next(int(x.split(b":")[1]) for x in head.split(b"\r\n") if x.lower().startswith(b"content-length:"))
+    return head + await reader.readexactly(length)
+
+
+async def handed(setup: Setup) -> list[bytes]:
+    async def given() -> list[bytes]:
+        assert setup.handed, "nothing handed off yet"
+        return setup.handed
+
+    return await eventually_async(given, timeout=10)
+
+
+def test_keep_alive_requests_are_relayed_judged_and_reported_each() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        sent = [get("/a"), post(b'{"q":"weather"}'), get("/a"), get("/a")]
+        for request in sent:
+            writer.write(request)
+            assert await response(reader) == ok()
+        writer.close()
+        assert site.received == b"".join(sent)
+        assert (setup.fast.requests, setup.front.handed_off, setup.handed) == (4, 0, [])
+        assert [f.verdict.action for f in setup.reported] == [Enforcement.ALLOW] * 4
+        assert {f.host for f in setup.reported} == {"allowed.test"}
+        assert site.connections == 1
+
+    run(scenario)
+
+
+def test_pipelined_requests_are_each_judged_and_answered_in_order() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/1") + get("/2") + get("/3"))
+        answers = [await response(reader) for _ in range(3)]
+        assert answers == [ok(b"/1"), ok(b"/2"), ok(b"/3")]
+        assert setup.fast.requests == 3 and len(setup.reported) == 3
+        writer.close()
+
+    run(scenario, Upstream(lambda request: ok(request.split(b" ")[1])))
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        pytest.param(post(MINING), id="mining-body"),
+        pytest.param(get("/", "other.test"), id="host-not-bound-to-the-address"),
+        pytest.param(post(b"x", "Transfer-Encoding: chunked"), id="transfer-encoding"),
+        pytest.param(b"GET / HTTP/1.1\r\nHost: allowed.test\r\nX: 1\r\n y\r\n\r\n", id="obs-fold"),
+        pytest.param(b"GET / HTTP/1.1\nHost: allowed.test\n\n", id="bare-lf"),
+        pytest.param(get("/", "allowed.test", "Upgrade: websocket", "Connection: Upgrade"), id="upgrade"),
+        pytest.param(b"\x16\x03\x01\x00\x05hello", id="not-http"),
+    ],
+)
+def test_a_later_request_it_is_not_sure_of_goes_to_mitmproxy_unread(second: bytes) -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/first"))
+        assert await response(reader) == ok()
+        writer.write(second)
+        await writer.drain()
+        writer.write_eof()
+        assert await handed(setup) == [second]  # every byte of it, nothing consumed
+        assert site.received == get("/first")
+        assert (setup.fast.requests, setup.fast.handed_off) == (1, 1)
+        assert setup.blocks() == []  # mitmproxy decides and records it
+        writer.close()
+
+    run(scenario)
+
+
+def test_a_first_request_with_a_finding_goes_to_mitmproxy_unread() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(MINING))
+        writer.write_eof()
+        assert await handed(setup) == [post(MINING)]
+        assert site.received == b"" and setup.reported == []
+        writer.close()
+
+    run(scenario)
+
+
+@pytest.mark.parametrize("chunked", [False, True], ids=["length", "chunked"])
+def test_a_response_with_a_finding_is_blocked_with_a_403_and_recorded(chunked: bool) -> None:
+    def answer(request: bytes) -> bytes:
+        if b"/jobs" not in request:
+            return ok()
+        if chunked:
+            return b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n%x\r\n%s\r\n0\r\n\r\n" % (len(NOTIFY), NOTIFY)
+        return ok(NOTIFY)
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/"))
+        assert await response(reader) == ok()
+        writer.write(get("/jobs"))
+        answer = await reader.read()  # to the close
+        assert answer.startswith(b"HTTP/1.1 403") and b"mining" in answer and b"mining.notify" not in answer
+        [block] = setup.blocks()
+        assert block.verdict.reason is Reason.MINING and block.record_id
+        assert block.record_id.encode() in answer
+        writer.close()
+
+    run(scenario, Upstream(answer))
+
+
+def test_a_response_split_over_many_segments_is_judged_whole() -> None:
+    body = b"x" * 100_000 + NOTIFY[:0]
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(2):
+            writer.write(get("/big"))
+            assert await response(reader) == ok(body)
+        assert setup.fast.requests == 2
+        writer.close()
+
+    run(scenario, Upstream(lambda _: ok(body)))
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip\r\n\r\nzzz", id="unknown-transfer-coding"),
+        pytest.param(b"HTTP/1.1 200 OK\r\nContent-Length: 1\r\nContent-Length: 9\r\n\r\nx", id="two-lengths"),
+        pytest.param(ok() + b"HTTP/1.1 200 OK\r\n", id="more-than-asked-for"),
+    ],
+)
+def test_a_response_it_cannot_frame_is_never_forwarded(bad: bytes) -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/bad"))
+        answer = await reader.read()
+        assert answer in (b"", httpwire.BAD_GATEWAY), answer
+        assert b"zzz" not in answer
+        writer.close()
+
+    run(scenario, Upstream(lambda _: bad))
+
+
+def test_an_unasked_101_is_recorded_and_nothing_follows() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/switch"))
+        assert await reader.read() == b""
+        [block] = setup.blocks()
+        assert block.verdict.reason is Reason.TUNNEL
+        writer.close()
+
+    run(scenario, Upstream(lambda _: b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: raw\r\n\r\nraw bytes"))
+
+
+def test_an_error_judging_a_response_blocks_it() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/"))
+        answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 403") and EXPLODE not in answer
+        [block] = setup.blocks()
+        assert block.verdict.rule == "fail-closed"
+        writer.close()
+
+    run(scenario, Upstream(lambda _: ok(EXPLODE)))
+
+
+def test_an_error_judging_a_later_request_blocks_it_with_a_403() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/"))
+        assert await response(reader) == ok()
+        writer.write(post(EXPLODE))
+        answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 403")
+        assert EXPLODE not in site.received
+        [block] = setup.blocks()
+        assert block.verdict.rule == "fail-closed"
+        writer.close()
+
+    run(scenario)
+
+
+def test_the_same_exchange_again_is_judged_once_but_reported_each_time() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/poll"))
+        assert await response(reader) == ok()
+        once = setup.counting.calls
+        for _ in range(5):
+            writer.write(get("/poll"))
+            assert await response(reader) == ok()
+        assert setup.counting.calls == once
+        writer.write(get("/other"))
+        assert await response(reader) == ok()
+        assert setup.counting.calls > once  # other bytes are judged again
+        assert len(setup.reported) == 7
+        writer.close()
+
+    run(scenario)
+
+
+def test_a_server_that_closes_an_idle_connection_is_dialled_again() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        site.close_after_each = True
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for _ in range(3):
+            writer.write(get("/"))
+            assert await response(reader) == ok()
+        assert site.connections == 3 and setup.fast.requests == 3
+        writer.close()
+
+    run(scenario)
+
+
+def test_connection_close_ends_the_exchange() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/", "allowed.test", "Connection: close") + get("/never"))
+        assert await reader.read() == ok()
+        assert site.received == get("/", "allowed.test", "Connection: close")
+        writer.close()
+
+    run(scenario)
