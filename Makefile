@@ -2,6 +2,9 @@
 VENV := .venv
 BIN := $(VENV)/bin
 CORPUS ?= ../shared/corpus
+# What `make unit` runs and the first half of `make test`: every test that needs neither root (namespaces,
+# nftables), the lab nor a browser. Only registered markers (pyproject.toml; tests/test_make_targets.py checks).
+UNIT_TESTS := not root and not e2e and not browser
 
 .PHONY: test unit lint demo bench fmt security pcaps fuzz-long
 
@@ -10,13 +13,21 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 	$(BIN)/ruff check egress tests bench rules
 	$(BIN)/ruff format --check egress tests bench rules
 	$(BIN)/mypy
-	$(BIN)/pytest
+	# The tests in two halves, each test in exactly one: what `make unit` runs, on every core; then the rest (root,
+	# the lab, the browser) one after the other, as the lab tests share the host's namespaces, nftables and ports.
+	# Both halves always run; the target fails if either failed. They append to one security-suite file, so the
+	# table printed at the very end has every row (the first half's fuzz rows too).
+	@report=$$(mktemp --suffix=.jsonl) && status=0 && \
+	env -u PYTHONDONTWRITEBYTECODE EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -n auto -m "$(UNIT_TESTS)" \
+		|| status=$$?; \
+	EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -m "not ($(UNIT_TESTS))" || status=$$((status | $$?)); \
+	rm -f "$$report"; exit $$status
 
 unit: ## The fast loop: every test that needs neither root, the lab nor a browser, on every core, a tenth of each fuzz budget (at least 10 examples).
 	@deploy/bootstrap.sh unit
 	# Bytecode caching on even where the shell turns it off: compiling mitmproxy and hypothesis again in every
 	# xdist worker costs more than a tenth of the run.
-	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "not root and not e2e and not browser and not fuzz"
+	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "$(UNIT_TESTS) and not fuzz"
 
 security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.
 	@deploy/bootstrap.sh security

@@ -35,10 +35,10 @@ DEFAULT_TIMEOUT = 300.0
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT"):
         return  # --timeout (or pytest-timeout's variable) is the operator's choice, taken as given
-    base = float(config.getini("timeout") or DEFAULT_TIMEOUT)
+    timeout = pytest.mark.timeout(scaled(float(config.getini("timeout") or DEFAULT_TIMEOUT)))  # once, not per test
     for item in items:
         if item.get_closest_marker("timeout") is None:
-            item.add_marker(pytest.mark.timeout(scaled(base)))
+            item.add_marker(timeout)
 
 
 @pytest.hookimpl(tryfirst=True)

@@ -16,6 +16,7 @@ import pathlib
 import struct
 import subprocess
 import sys
+from typing import BinaryIO
 
 import click
 import pytest
@@ -31,14 +32,14 @@ JSON_FIELDS = {
 }
 
 
-def egress(*args: str) -> subprocess.CompletedProcess[str]:
-    """``egress ARGS`` in this process: its exit code, standard output and standard error. The environment and the
-    root logger are put back afterwards: the long-running commands set both up for their child processes
-    (`egress.logsetup`) before they check the rest of their options."""
+def egress(*args: str, stdin: BinaryIO | None = None) -> subprocess.CompletedProcess[str]:
+    """``egress ARGS`` in this process: its exit code, standard output and standard error (``stdin`` is its
+    standard input). The environment and the root logger are put back afterwards: the long-running commands set
+    both up for their child processes (`egress.logsetup`) before they check the rest of their options."""
     environment, root = dict(os.environ), logging.getLogger()
     handlers, level = root.handlers[:], root.level
     try:
-        result = CliRunner().invoke(main, list(args), catch_exceptions=False)
+        result = CliRunner().invoke(main, list(args), input=stdin, catch_exceptions=False)
     finally:
         os.environ.clear()
         os.environ.update(environment)
@@ -296,15 +297,21 @@ def _pcap_of(linktype: int, frames: list[bytes]) -> bytes:
     return out
 
 
+def _pipe(data: bytes) -> BinaryIO:
+    """A pipe's reading end holding ``data`` then its end, as a shell's ``cat file |`` gives: it cannot seek."""
+    read, write = os.pipe()
+    with open(write, "wb") as out:
+        out.write(data)  # a small capture: it fits in the pipe's buffer, no writer thread needed
+    return open(read, "rb")
+
+
 def test_scan_reads_a_capture_from_stdin_compressed_or_not() -> None:
+    # In this process, on a real pipe (the reader must rewind what cannot seek); test_python_dash_m_egress... runs
+    # the program itself.
     for data in (STRATUM_PCAP.read_bytes(), gzip.compress(STRATUM_PCAP.read_bytes())):
-        result = subprocess.run(
-            [sys.executable, "-m", "egress", "scan", "--json", "-"],
-            input=data,
-            capture_output=True,
-            timeout=120,
-            check=False,
-        )
+        with _pipe(data) as stdin:
+            assert not stdin.seekable()
+            result = egress("scan", "--json", "-", stdin=stdin)
         assert result.returncode == 0, result.stderr
         assert json.loads(result.stdout.splitlines()[0])["category"] == "mining"
 

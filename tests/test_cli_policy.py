@@ -25,7 +25,7 @@ sandboxes:
 
 @pytest.fixture
 def url(redis_server: RedisServer) -> str:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     return redis_server.url
 
 

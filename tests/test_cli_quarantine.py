@@ -17,7 +17,7 @@ def _egress(*args: str) -> tuple[int, str, str]:
 
 
 def test_list_release_events(redis_server: RedisServer) -> None:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     url = redis_server.url
     assert _egress("quarantine", "list", "--redis-url", url)[1] == "no sandbox is quarantined\n"
     store = QuarantineStore.from_url(url)

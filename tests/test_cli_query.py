@@ -45,7 +45,7 @@ def server(redis_server: RedisServer) -> RedisServer:
 
 @pytest.fixture
 def store(server: RedisServer, tmp_path: Path) -> Iterator[RecordStore]:
-    server.cli("flushall")
+    server.flush()
     instance = RecordStore(server.url, tmp_path, "gw1")
     yield instance
     instance.close()
@@ -177,7 +177,7 @@ def test_output_formats(server: RedisServer, written: list[AttemptRecord]) -> No
 
 
 def test_an_empty_listing_is_still_valid_output(server: RedisServer) -> None:
-    server.cli("flushall")
+    server.flush()
     assert json.loads(run(server, "events", "-o", "json").output) == []
     assert run(server, "events", "-o", "csv").output.startswith("id,ts,")
 

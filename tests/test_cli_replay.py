@@ -68,7 +68,7 @@ def _files(tmp_path: Path, current: str, proposed: str) -> tuple[str, str]:
 
 @pytest.fixture
 def url(redis_server: RedisServer) -> str:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     return redis_server.url
 
 

@@ -11,11 +11,10 @@ import pathlib
 
 import pytest
 
-from egress import shipped
 from egress.detect.registry import build_detectors
-from egress.policy.lists import load_name_lists
 from egress.scanner import FileStats, FlowFinding, Scanner
 from tests.corpus import CORPUS, TUNNELS, corpus_path, expected_rows, needs_corpus, needs_tunnels
+from tests.lists import shipped_lists
 
 SCORED = {"mining", "tunnel", "crypto-node"}
 
@@ -45,8 +44,9 @@ encrypted stream."""
 
 @pytest.fixture(scope="module")
 def scanner() -> Scanner:
-    # The checkout's own lists (an editable install elsewhere would otherwise map another checkout's rules/).
-    return Scanner(build_detectors(load_name_lists(shipped.CHECKOUT_RULES / "lists")))
+    # The checkout's own lists (an editable install elsewhere would otherwise map another checkout's rules/), loaded
+    # once per process (tests/lists.py).
+    return Scanner(build_detectors(shipped_lists()))
 
 
 def _scan(scanner: Scanner, corpus: pathlib.Path, row: dict[str, str]) -> list[FlowFinding]:

@@ -18,8 +18,8 @@ import pytest
 
 from egress.detect.registry import build_detectors
 from egress.lab.scenarios import SCENARIOS
-from egress.policy.lists import load_name_lists
 from egress.scanner import FileStats, Scanner
+from tests.lists import shipped_lists
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PCAPS = ROOT / "pcaps"
@@ -146,7 +146,7 @@ def test_captures_hold_only_lab_addresses(path: pathlib.Path) -> None:
 
 @pytest.fixture(scope="module")
 def scanner() -> Scanner:
-    return Scanner(build_detectors(load_name_lists(None)))
+    return Scanner(build_detectors(shipped_lists()))
 
 
 def _found(scanner: Scanner, row: Row) -> set[str]:

@@ -16,6 +16,12 @@ def test_a_unix_socket_server_answers_with_its_own_pid(redis_factory: RedisFacto
     assert server.cli("ping").strip() == "PONG"
 
 
+def test_flush_empties_the_server(redis_server: RedisServer) -> None:
+    assert redis_server.command("SET", "left-over", "1") == "+OK"
+    redis_server.flush()
+    assert redis_server.command("DBSIZE") == ":0"
+
+
 def test_a_port_another_redis_holds_is_never_taken_for_ours(redis_factory: RedisFactory) -> None:
     other = redis_factory.server(tcp=True)
     impostor = RedisServer(port=other.port)  # told to use that port: it cannot, and says so

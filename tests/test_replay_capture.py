@@ -2,17 +2,23 @@
 
 from __future__ import annotations
 
+from functools import cache
 from pathlib import Path
 
 import pytest
 
-from egress.detect.registry import build_detectors
-from egress.policy.lists import load_name_lists
+from egress.detect.registry import DetectorSet, build_detectors
 from egress.replay import Kind
 from egress.replay_capture import capture_questions
+from tests.lists import shipped_lists
 
 PCAPS = Path(__file__).resolve().parents[1] / "pcaps"
-DETECTORS = build_detectors(load_name_lists(None))
+
+
+@cache
+def _detectors() -> DetectorSet:
+    """Built on first use, not at import: every xdist worker imports every test module to collect it."""
+    return build_detectors(shipped_lists())
 
 
 @pytest.mark.parametrize(
@@ -32,13 +38,13 @@ DETECTORS = build_detectors(load_name_lists(None))
 def test_each_flow_becomes_the_question_the_gateway_asks(
     capture: str, expected: list[tuple[Kind, str | None, bool | None]]
 ) -> None:
-    questions, summary = capture_questions(str(PCAPS / f"{capture}.pcap"), DETECTORS)
+    questions, summary = capture_questions(str(PCAPS / f"{capture}.pcap"), _detectors())
     assert summary.error is None
     assert [(item.question.kind, item.question.name, item.question.bound) for item in questions] == expected
 
 
 def test_a_dns_finding_goes_with_its_question() -> None:
-    questions, _ = capture_questions(str(PCAPS / "dns_tunnel.pcap"), DETECTORS)
+    questions, _ = capture_questions(str(PCAPS / "dns_tunnel.pcap"), _detectors())
     (item,) = questions
     assert item.question.kind is Kind.DNS and item.question.name is not None
     assert item.question.name.endswith(".t.lab")
@@ -46,5 +52,5 @@ def test_a_dns_finding_goes_with_its_question() -> None:
 
 
 def test_what_the_firewall_decides_is_counted_not_replayed() -> None:
-    questions, summary = capture_questions(str(PCAPS / "icmp_tunnel.pcap"), DETECTORS)
+    questions, summary = capture_questions(str(PCAPS / "icmp_tunnel.pcap"), _detectors())
     assert questions == [] and summary.firewall > 0

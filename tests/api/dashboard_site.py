@@ -177,7 +177,7 @@ def _stub_quarantine(app: FastAPI, now: float) -> bool:
 def running_site(redis_server: RedisServer, playwright: Playwright) -> Iterator[Site]:
     if CHROMIUM is None:
         unavailable("needs Debian's chromium (apt-get install chromium)")
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     now = time.time()
     attempts = seed(redis_server.url, now)
     app = create_app(settings(redis_server.url))

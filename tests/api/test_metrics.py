@@ -40,7 +40,7 @@ def test_a_real_scrape_passes_promtool_with_several_proxy_workers(redis_server: 
     promtool = shutil.which("promtool")
     if promtool is None:
         unavailable("needs promtool (apt prometheus)")
-    redis_server.cli("flushall")
+    redis_server.flush()
     with tempfile.TemporaryDirectory(prefix="egt-api-metrics-") as spool:
         writer = RecordStore(redis_server.url, Path(spool), "gw1", retry_interval=0.0)
         writer.write(seed_attempts(time.time()))

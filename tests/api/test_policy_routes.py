@@ -30,7 +30,7 @@ def _digest(text: str) -> str:
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     with TestClient(create_app(settings(redis_server.url)), raise_server_exceptions=True) as test_client:
         yield test_client
 

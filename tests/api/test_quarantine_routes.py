@@ -16,7 +16,7 @@ from tests.redis_server import RedisServer
 
 @pytest.fixture
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     with TestClient(create_app(settings(redis_server.url)), raise_server_exceptions=True) as test_client:
         yield test_client
 

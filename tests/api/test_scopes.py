@@ -50,7 +50,7 @@ def test_the_scope_travels_to_worker_processes() -> None:
 
 @pytest.fixture(scope="module")
 def client(redis_server: RedisServer) -> Iterator[TestClient]:
-    redis_server.cli("flushall")
+    redis_server.flush()
     with tempfile.TemporaryDirectory(prefix="egt-api-scopes-") as spool:
         writer = RecordStore(redis_server.url, Path(spool), "gw1", retry_interval=0.0)
         writer.write(seed_attempts(time.time()))

@@ -21,10 +21,10 @@ from hypothesis import strategies as st
 from egress.capture import hot
 from egress.detect.registry import DetectorSet, build_detectors
 from egress.flowtable import DONE
-from egress.policy.lists import load_name_lists
 from egress.scanner import FileStats, Scanner
 from tests.budget import examples
 from tests.corpus import CORPUS, TUNNELS, needs_corpus, needs_tunnels
+from tests.lists import shipped_lists
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 compiled_only = pytest.mark.skipif(
@@ -40,7 +40,7 @@ def _captures() -> list[pathlib.Path]:
 
 @functools.cache
 def _detectors() -> DetectorSet:
-    return build_detectors(load_name_lists(None))
+    return build_detectors(shipped_lists())
 
 
 def _scan(path: str, impl: hot.Implementation) -> list[str]:

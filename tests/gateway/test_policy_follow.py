@@ -24,9 +24,9 @@ from egress.gateway.reload import NftTable, Reloader, load_version, parse_versio
 from egress.gateway.supervisor import participants
 from egress.nft import runner
 from egress.nft.render import GatewaySettings
-from egress.policy.lists import load_name_lists
 from egress.record.policy_store import GatewayReport, PolicyHistory
 from egress.record.redis_facade import RedisFacade
+from tests.lists import shipped_lists
 from tests.redis_server import RedisServer
 
 POLICY = """version: 1
@@ -42,7 +42,6 @@ REFUSED = "kernelrefuses"
 failed at apply was an IPv6 zone id (``fe80::1%vlan42/128``); `egress rules check` now refuses that one, so these
 tests do not depend on what check lets through: the failure is injected at the nft layer."""
 SETTINGS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0")
-LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 
 
 def _text(name: str, source: str = "10.0.0.0/8") -> str:
@@ -91,8 +90,8 @@ class Gateway:
 
 @pytest.fixture
 def gateways(tmp_path: Path, redis_server: RedisServer) -> Iterator[Callable[[str], Gateway]]:
-    redis_server.cli("FLUSHALL")
-    lists = load_name_lists(LISTS)
+    redis_server.flush()
+    lists = shipped_lists()  # rules/lists, read-only: loaded once per process
     closing: list[Callable[[], None]] = []
 
     def make(name: str) -> Gateway:

@@ -69,7 +69,7 @@ def test_zeek_lines_have_one_value_per_field_and_escape_separators() -> None:
 
 @pytest.fixture
 def store(redis_server: RedisServer, tmp_path: Path) -> RecordStore:
-    redis_server.cli("flushall")
+    redis_server.flush()
     return RecordStore(redis_server.url, tmp_path, "gw1")
 
 

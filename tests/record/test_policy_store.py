@@ -26,7 +26,7 @@ class Clock:
 
 @pytest.fixture
 def history(redis_server: RedisServer) -> Iterator[PolicyHistory]:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     made = PolicyHistory.from_url(redis_server.url)
     made._clock = Clock()
     yield made
@@ -59,7 +59,7 @@ def test_a_rollback_is_a_new_version_that_names_the_old_one(history: PolicyHisto
 
 
 def test_the_oldest_versions_beyond_the_cap_are_dropped(redis_server: RedisServer) -> None:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     history = PolicyHistory.from_url(redis_server.url)
     history.keep = 3
     for index in range(5):

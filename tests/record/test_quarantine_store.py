@@ -21,7 +21,7 @@ class Clock:
 
 @pytest.fixture
 def store(redis_server: RedisServer) -> Iterator[tuple[QuarantineStore, Clock]]:
-    redis_server.cli("FLUSHALL")
+    redis_server.flush()
     clock = Clock()
     made = QuarantineStore.from_url(redis_server.url)
     made._clock = clock

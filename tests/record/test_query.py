@@ -42,12 +42,12 @@ def _make(url: str, spool: Path, **options: Any) -> RecordStore:
 def store(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[RecordStore]:
     if request.param == "redis":
         server: RedisServer = request.getfixturevalue("redis_server")
-        server.cli("flushall")
+        server.flush()
         made = _make(server.url, tmp_path)
     else:
         nodes: list[RedisServer] = request.getfixturevalue("cluster")
         for node in nodes:
-            node.cli("flushall")
+            node.flush()
         made = _make(f"redis+cluster://127.0.0.1:{nodes[0].port}", tmp_path)
     yield made
     made.close()

@@ -10,23 +10,29 @@ from __future__ import annotations
 
 import pathlib
 import tempfile
+from functools import cache
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from egress.detect.registry import build_detectors
-from egress.policy.lists import load_name_lists
 from egress.scanner import FileStats, Scanner
 from tests.budget import examples
+from tests.lists import shipped_lists
 from tests.security.fuzzing import counted
 
 pytestmark = [pytest.mark.fuzz, pytest.mark.usefixtures("fuzz_rows")]
 
 PCAPS = pathlib.Path(__file__).resolve().parents[2] / "pcaps"
 SEEDS = {path.name: path.read_bytes() for path in sorted(PCAPS.glob("*.pcap")) if path.stat().st_size < 8192}
-SCANNER = Scanner(build_detectors(load_name_lists(None)))
 _PCAP_HEADER, _RECORD_HEADER = 24, 16
+
+
+@cache
+def _scanner() -> Scanner:
+    """Built on first use, not at import: every xdist worker imports every test module to collect it."""
+    return Scanner(build_detectors(shipped_lists()))
 
 
 def _records(data: bytes) -> list[bytes]:
@@ -73,7 +79,7 @@ def test_a_mutated_capture_scans_or_reports_its_one_error(data: bytes) -> None:
         handle.write(data)
         handle.flush()
         stats = FileStats(handle.name)
-        found = list(SCANNER.scan(handle.name, stats))
+        found = list(_scanner().scan(handle.name, stats))
     assert stats.error is None or handle.name in stats.error, stats.error
     assert stats.skipped <= stats.packets
     for item in found:
