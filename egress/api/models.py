@@ -91,7 +91,9 @@ class NoQuery(_Query):
     """No query parameters at all."""
 
 
-class _Window(_Query):
+class Window(_Query):
+    """A query over a time range: ``until`` may not come before ``since``."""
+
     @field_validator("until", check_fields=False)
     @classmethod
     def _ordered(cls, until: float | None, info: ValidationInfo) -> float | None:
@@ -101,7 +103,7 @@ class _Window(_Query):
         return until
 
 
-class AttemptsQuery(_Window):
+class AttemptsQuery(Window):
     sandbox: SandboxName | None = Field(None, description='Only this sandbox ("" = sources in no sandbox).')
     category: RecordCategory | None = None
     reason: Reason | None = None
@@ -115,7 +117,7 @@ class AttemptsQuery(_Window):
     correlate: bool = Field(False, description="Also return each attempt's correlated actions (`correlated`).")
 
 
-class TimelineQuery(_Window):
+class TimelineQuery(Window):
     since: Time | None = Field(None, description="Default: 24 hours before until.")
     until: Time | None = Field(None, description="Default: now.")
     limit: Annotated[int, Field(ge=1, le=MAX_PAGE)] = 500

@@ -9,7 +9,7 @@ from typing import Annotated, Final, Literal
 
 from fastapi import APIRouter, Query, Request, params
 from fastapi.responses import Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationInfo, field_validator
+from pydantic import BaseModel, Field
 
 from egress.api import models
 from egress.api.errors import ApiError
@@ -24,9 +24,7 @@ DEFAULT_SPAN: Final = 3600.0
 """Seconds before ``until`` a read covers when it gives no ``since``."""
 
 
-class FlowsQuery(BaseModel):
-    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
-
+class FlowsQuery(models.Window):
     sandbox: models.SandboxName | None = Field(None, description="Only this sandbox (default: every one you see).")
     since: models.Time | None = Field(None, description="Default: an hour before until.")
     until: models.Time | None = Field(None, description="Default: now.")
@@ -41,45 +39,13 @@ class FlowsQuery(BaseModel):
     )
     limit: Annotated[int, Field(ge=1, le=models.MAX_PAGE)] = 100
 
-    @field_validator("until")
-    @classmethod
-    def _ordered(cls, until: float | None, info: ValidationInfo) -> float | None:
-        since = info.data.get("since")
-        if since is not None and until is not None and since > until:
-            raise ValueError("time range inverted: until is before since")
-        return until
-
-
-class Flow(BaseModel):
-    """One aggregate (`egress.record.flows.FlowRecord`)."""
-
-    sandbox: str
-    gateway: str
-    component: str
-    window_start: float
-    window_s: float
-    src: str
-    dst: str
-    dport: int
-    transport: str
-    host: str
-    rule: str
-    decision: str
-    connections: int
-    bytes_up: int
-    bytes_down: int
-    duration_s: float
-    duration_max_s: float
-    first_ts: float
-    last_ts: float
-    community_id: str
-
 
 class FlowPage(BaseModel):
     since: float
     until: float
     group: str
-    flows: list[Flow]
+    flows: list[flows.FlowRecord]
+    """Each aggregate as the flow log keeps it (`egress.record.flows.FlowRecord`)."""
     truncated: bool
     """More aggregates matched than ``limit`` (or than one read takes from a sandbox)."""
 
