@@ -8,7 +8,7 @@ import datetime
 import json
 import sys
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from typing import Final
 
 import click
@@ -18,6 +18,7 @@ from rich.table import Table
 from egress.cli_options import open_store, redis_option, time_option
 from egress.cli_render import UNBOUNDED, endpoint
 from egress.record import flows
+from egress.record.export import zeek_header
 from egress.record.flow_store import flow_sandboxes, read_flows
 from egress.record.flows import FlowFilter, FlowRecord
 
@@ -65,18 +66,6 @@ def _zeek_text(value: str) -> str:
     if not value:
         return "(empty)"
     return "".join(c if c.isprintable() and c not in "\\\t" else f"\\x{ord(c):02x}" for c in value)
-
-
-def conn_header(opened: float) -> Iterator[str]:
-    stamp = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(opened))
-    yield "#separator \\x09"
-    yield "#set_separator\t,"
-    yield "#empty_field\t(empty)"
-    yield "#unset_field\t-"
-    yield "#path\tconn"
-    yield f"#open\t{stamp}"
-    yield "#fields\t" + "\t".join(name for name, _ in CONN_FIELDS)
-    yield "#types\t" + "\t".join(kind for _, kind in CONN_FIELDS)
 
 
 def conn_line(record: FlowRecord) -> str:
@@ -146,7 +135,7 @@ def flows_command(
 def _print(records: list[FlowRecord], fmt: str) -> None:
     out = sys.stdout
     if fmt == "zeek":
-        lines = [*conn_header(time.time()), *(conn_line(r) for r in records)]
+        lines = [*zeek_header(time.time(), "conn", CONN_FIELDS), *(conn_line(r) for r in records)]
         out.write("\n".join(lines) + "\n#close\t" + time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime()) + "\n")
     elif fmt in ("json", "jsonl"):
         lines = [json.dumps(flows.to_json(r), separators=(",", ":")) for r in records]  # ASCII: a lone surrogate too

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any, Final
 
 from egress.record import derived
@@ -148,17 +148,20 @@ def zeek_json(record: AttemptRecord) -> str:
     return json.dumps(entry, separators=(",", ":"), ensure_ascii=False)
 
 
-def zeek_header(opened: float | None = None) -> Iterator[str]:
-    """The header lines of a Zeek ASCII log of path ``egress``."""
+def zeek_header(
+    opened: float | None = None, path: str = "egress", fields: Sequence[tuple[str, str]] = ZEEK_FIELDS
+) -> Iterator[str]:
+    """The header lines of a Zeek ASCII log of ``path`` (egress's own records by default; the flow log writes
+    ``conn``) whose columns are ``fields`` (name, Zeek type)."""
     moment = time.strftime("%Y-%m-%d-%H-%M-%S", time.gmtime(time.time() if opened is None else opened))
     yield "#separator \\x09"
     yield "#set_separator\t,"
     yield "#empty_field\t(empty)"
     yield "#unset_field\t-"
-    yield "#path\tegress"
+    yield f"#path\t{path}"
     yield f"#open\t{moment}"
-    yield "#fields\t" + "\t".join(name for name, _ in ZEEK_FIELDS)
-    yield "#types\t" + "\t".join(kind for _, kind in ZEEK_FIELDS)
+    yield "#fields\t" + "\t".join(name for name, _ in fields)
+    yield "#types\t" + "\t".join(kind for _, kind in fields)
 
 
 def _zeek_value(value: Any) -> str:
