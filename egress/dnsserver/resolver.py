@@ -330,8 +330,8 @@ class Resolver:
         question = query.questions[0]
         tracked = question_key(question.name, question.qtype)
         end = ready.question_end
-        if ready.generation != self.fast.generation:
-            return
+        if ready.generation != self.fast.generation or not self.cache.reuse(ready.cache_key, cached):
+            return  # a reload came while it waited, or the answer is not kept (nothing to answer it from later)
         prepared = fast.Prepared(ready.generation, sandbox, name, ready.verdict, tracked, ready.cache_key,
                                  cached, response[2:12], response[end:], found)  # fmt: skip
         self.fast.put(ready.key, prepared)
