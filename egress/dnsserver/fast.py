@@ -21,18 +21,24 @@ decision is the same as when it was made:
   after the cache dropped or replaced it, or once its age (the TTLs handed out) has moved, takes the slow path,
   which prepares the entry again. So an entry lives at most one second, and never past the answer's TTL.
 
-Everything the slow path does per answered query still happens per query: the decision is reported (one
-`DecidedFlow`, logged and counted), the addresses are bound and offered to the allow sets, the flow log is told.
-Only plain allowed answers over UDP are prepared; refusals, records, would-blocks, answers with records dropped
-and TCP take the slow path every time.
+Everything the slow path does per answered query still happens per query: the addresses are bound and offered
+to the allow sets, the flow log is told, and the decision is reported, batched (`AllowedBatch`): the allowed
+decisions of one read of the socket (`egress.dnsserver.listen.UdpServer`: up to 256 datagrams) that a source made
+for one name under one rule are reported as one `DecidedFlow` whose ``count`` says how many (the first one's time
+and source port; the recorder counts them all), when that read ends. The decision's log line was most of a fast
+answer's cost; under load a read holds many repeats, so the lines shrink with the load, while a lone query still
+gets its line at once. Only plain allowed answers over UDP are prepared; refusals, records, would-blocks, answers
+with records dropped and TCP take the slow path every time, and their decisions are reported at once, never
+batched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Final
 
 from egress.decide import Verdict
+from egress.decisions import DecidedFlow, Reporter
 from egress.detect.dns_tunnel import QuestionKey
 from egress.dnsserver.cache import Cached
 from egress.policy.model import Sandbox
@@ -117,3 +123,33 @@ class FastPath:
 
     def forget(self, key: FastKey) -> None:
         self.entries.pop(key, None)
+
+
+@dataclass(slots=True)
+class _Merged:
+    flow: DecidedFlow
+    count: int = 1
+
+
+class AllowedBatch:
+    """The fast path's allowed decisions not yet reported, merged per (source, name, rule) (see the docstring)."""
+
+    def __init__(self) -> None:
+        self.pending: dict[tuple[str, str, str], _Merged] = {}
+
+    def __len__(self) -> int:
+        return len(self.pending)
+
+    def add(self, flow: DecidedFlow) -> None:
+        key = (flow.src, flow.host, flow.verdict.rule)
+        merged = self.pending.get(key)
+        if merged is None:
+            self.pending[key] = _Merged(flow)
+        else:
+            merged.count += 1
+
+    def flush(self, reporter: Reporter) -> None:
+        """Report what was merged, one decision per key with its count."""
+        pending, self.pending = self.pending, {}
+        for merged in pending.values():
+            reporter.report(merged.flow if merged.count == 1 else replace(merged.flow, count=merged.count))

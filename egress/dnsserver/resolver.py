@@ -168,6 +168,8 @@ class Resolver:
         self.cache = cache if cache is not None else AnswerCache(clock=clock)
         self._in_flight: dict[bytes, asyncio.Future[Cached | None]] = {}
         self.fast = fast.FastPath()
+        self.batch = fast.AllowedBatch()
+        """The fast path's allowed decisions until `flush_reports` (the socket's reader calls it after each read)."""
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -175,6 +177,7 @@ class Resolver:
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy. Tunnel state of sandboxes that remain is kept (a reload must not lift a hold);
         their new thresholds apply from now."""
+        self.flush_reports()
         self.policy = policy
         self.fast.invalidate()
         names = {sandbox.name: sandbox for sandbox in policy.sandboxes}
@@ -206,6 +209,7 @@ class Resolver:
     async def answer(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
         """The bytes to answer ``query`` with (None: nothing can be answered)."""
         result = self.answer_now(query, client, transport)
+        self.flush_reports()  # no read of a socket to wait for the end of (TCP, tests)
         return await self.finish(result) if isinstance(result, Pending) else result
 
     def answer_now(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | Pending | None:
@@ -351,7 +355,8 @@ class Resolver:
             return None
         self.cache.touch(prepared.cache_key)
         asked = time.time() if sandbox.flow_log and self.flows is not None else None
-        self._report(client, "udp", prepared.name, prepared.verdict, sandbox.name)
+        self.batch.add(DecidedFlow(time.time(), sandbox.name, client[0], client[1], self.listen_address, 53, "udp",
+                                   prepared.name, prepared.verdict))  # fmt: skip
         found = prepared.found
         if found:
             self.bindings.bind(sandbox.name, prepared.name, found)
@@ -366,6 +371,11 @@ class Resolver:
                                             prepared.name, verdict.rule, verdict.action.value, len(query),
                                             len(response), asked, time.time()))  # fmt: skip
         return response
+
+    def flush_reports(self) -> None:
+        """Report the fast path's allowed decisions merged so far (`fast.AllowedBatch`)."""
+        if self.batch.pending:
+            self.batch.flush(self.reporter)
 
     def kernel_dropped(self, count: int) -> None:
         """The kernel dropped ``count`` queries at a listening socket (receive buffer full): one decision each, so

@@ -113,6 +113,7 @@ class Twins:
 
     def _answer(self, resolver: Resolver, query: bytes, client: tuple[str, int]) -> bytes | None:
         result = resolver.answer_now(query, client, "udp")
+        resolver.flush_reports()  # as the socket's reader does after each read
         if isinstance(result, Pending):
             return self.loop.run_until_complete(resolver.finish(result))
         return result
@@ -278,3 +279,24 @@ def test_the_fast_path_answers_decides_and_counts_as_the_slow_path(
                 assert pair.fast.bindings.names_for(sandbox, address) == pair.slow.bindings.names_for(sandbox, address)
     finally:
         pair.close()
+
+
+def test_the_allowed_decisions_of_one_read_are_reported_as_one_with_their_count(twins: Twins) -> None:
+    """`UdpServer` flushes after each read of the socket; a refusal within the read is reported at once."""
+    resolver = twins.fast
+    twins.ask(query(1, "allowed.lab"))
+    before = len(resolver.reporter.flows)  # type: ignore[attr-defined]
+    for port in (1000, 1001, 1002):
+        assert isinstance(resolver.answer_now(query(port, "allowed.lab"), (SANDBOX[0], port), "udp"), bytes)
+    resolver.answer_now(query(9, "blocked.lab"), SANDBOX, "udp")
+    flows: list[DecidedFlow] = resolver.reporter.flows[before:]  # type: ignore[attr-defined]
+    assert [(flow.host, flow.verdict.action) for flow in flows] == [("blocked.lab", Enforcement.BLOCK)]
+    resolver.flush_reports()
+    merged = resolver.reporter.flows[-1]  # type: ignore[attr-defined]
+    assert (merged.host, merged.sport, merged.count, merged.verdict.action) == (
+        "allowed.lab",
+        1000,
+        3,
+        Enforcement.ALLOW,
+    )
+    assert resolver.fast.hits == 3 and not resolver.batch
