@@ -102,6 +102,7 @@ def dnsperf(lab: Lab, nameserver: str, seconds: float, rate: float | None = None
         "avg_ms": 1000.0 * float(latency.group(1)) if latency else float("nan"),
         "lost": int(lost.group(1)) if lost else 0,
         "gw_cpu_ms_per_1k": 1000.0 * cpu / max(answered / 1000.0, 1e-9),
+        "load": os.getloadavg()[0],  # the machine is shared: the 1-minute load average as the run ended
     }
 
 
@@ -186,6 +187,7 @@ def report(results: dict[str, dict[str, Result]]) -> list[str]:
         ("saturated", "avg_ms", "  average latency (ms)"),
         ("saturated", "lost", "  queries lost"),
         ("saturated", "gw_cpu_ms_per_1k", "gateway CPU ms per 1,000 answers"),
+        ("saturated", "load", "  load average (1 min) at its end"),
         ("half", "rate", "half load (queries/s)"),
         ("half", "p50_ms", "  probe p50 (ms)"),
         ("half", "p99_ms", "  probe p99 (ms)"),
