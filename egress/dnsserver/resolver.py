@@ -14,7 +14,9 @@ For each query from a sandbox (sans sockets; `egress.dnsserver.listen` reads and
 
 Upstream answers are cached for their TTL (`egress.dnsserver.cache`: policy-free, judged again on every hit), and
 queries that would be forwarded as the same bytes while one is on its way upstream wait for that one exchange, so a
-burst of one name costs one upstream query. Steps 1 and 2 run for every query, cached or not.
+burst of one name costs one upstream query. Steps 1 and 2 run for every query, cached or not. A repeat of a plain
+allowed UDP query answered moments ago is answered from prepared bytes (`egress.dnsserver.fast`), only while every
+input of its decision and answer is unchanged; the tunnel tracker accounts it as a repeat (or the slow path runs).
 
 Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP. A
 refusal tells an EDNS client why: an Extended DNS Error naming the reason and the rule (`forward.refusal`).
