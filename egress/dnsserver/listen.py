@@ -8,11 +8,6 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
 - each wake-up drains up to `BATCH` datagrams, so the buffer empties faster than a burst fills it, and answers
   each at once when it needs no upstream exchange (`Resolver.answer_now`: refusals and cached answers), so only a
   query that waits on the upstream costs a task;
-- the answers of one read are handed, as one list, to a sending thread of the socket's own (`UdpServer.sender`):
-  ``sendto`` leaves the GIL while the kernel carries the datagram out (routing, nftables, the veth: most of what
-  an answer from the fast path costs), so the second core does that while this one reads and answers the next
-  queries. If that thread died, nothing would be answered: the supervisor's check names it at once
-  (`egress.gateway.components.ResolverPart.check`) and the probe query would fail anyway (the lockdown);
 - ``SO_RXQ_OVFL`` (Linux, socket(7)) makes the kernel attach to each datagram the count of datagrams it dropped
   on this socket so far; a rise is reported to the resolver (`Resolver.kernel_dropped`), which records it as
   ``dns-dropped``, so what the kernel drops is never lost silently.
@@ -23,10 +18,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import queue
 import socket
 import struct
-import threading
 from typing import Final
 
 from egress.detect import dns
@@ -63,8 +56,7 @@ def dropped_so_far(ancillary: list[tuple[int, int, bytes]]) -> int | None:
 
 
 class UdpServer:
-    """One UDP socket: drains it in batches, answers each query at once or in its own task (the upstream asked),
-    sends the answers of each read from its sending thread, reports kernel drops."""
+    """One UDP socket: drains it in batches, answers each query in its own task, reports kernel drops."""
 
     def __init__(self, resolver: Resolver, sock: socket.socket) -> None:
         self.resolver = resolver
@@ -73,10 +65,6 @@ class UdpServer:
         self.received = 0
         self._drops_seen = 0
         self._loop = asyncio.get_running_loop()
-        self._out: list[tuple[bytes, tuple[object, ...]]] = []
-        self._sends: queue.SimpleQueue[list[tuple[bytes, tuple[object, ...]]] | None] = queue.SimpleQueue()
-        self.sender = threading.Thread(target=self._send_all, name=f"dns-send-{sock.fileno()}", daemon=True)
-        self.sender.start()
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self._loop.add_reader(sock.fileno(), self._drain)
@@ -85,19 +73,7 @@ class UdpServer:
         try:
             self._read()
         finally:  # the fast path's allowed decisions of this read, reported as it ends (`Resolver.flush_reports`)
-            if self._out:
-                self._sends.put(self._out)
-                self._out = []
             self.resolver.flush_reports()
-
-    def _send_all(self) -> None:
-        """The sending thread (see the module docstring); ends at the `close` marker (None)."""
-        while (batch := self._sends.get()) is not None:
-            for response, addr in batch:
-                try:
-                    self.sock.sendto(response, addr)
-                except OSError:  # a full send buffer or a vanished client: the client retries
-                    continue
 
     def _read(self) -> None:
         for _ in range(BATCH):
@@ -123,8 +99,8 @@ class UdpServer:
                 task = self._loop.create_task(self._finish(data, result, addr))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-            elif result is not None:
-                self._out.append((result, addr))
+            else:
+                self._send(result, addr)
 
     async def _finish(self, data: bytes, pending: Pending, addr: tuple[object, ...]) -> None:
         try:
@@ -149,7 +125,6 @@ class UdpServer:
         return self.sock.getsockname() if name == "sockname" else None
 
     def close(self) -> None:
-        self._sends.put(None)
         if self.sock.fileno() >= 0:
             self._loop.remove_reader(self.sock.fileno())
             self.sock.close()

@@ -155,8 +155,6 @@ class ResolverPart:
     async def check(self) -> str | None:
         if self.resolver is None:
             return "not running"
-        if any(isinstance(handle, UdpServer) and not handle.sender.is_alive() for handle in self.handles):
-            return "a UDP socket's sending thread died"  # nothing it reads is answered: no need to wait for probes
         if await ask(self.port):
             self.answers.answered(self.clock())
         now = self.clock()

@@ -17,7 +17,6 @@ from egress.decide import decide_unknown_source
 from egress.decisions import DecidedFlow
 from egress.detect import dns
 from egress.dnsserver.bindings import Bindings
-from egress.dnsserver.listen import UdpServer
 from egress.dnsserver.resolver import Resolver, Upstream
 from egress.gateway.components import (
     PROBE_NAME,
@@ -137,35 +136,6 @@ def test_the_resolver_answers_its_probe_is_noticed_hung_and_comes_back_after_a_r
     finally:
         bindings.close()
     assert collected.reported == []  # the probes are not decisions about a sandbox
-
-
-def test_a_dead_sending_thread_is_noticed_at_the_next_check(tmp_path: Path) -> None:
-    """The UDP answers leave from a thread of the socket's own (`egress.dnsserver.listen`): without it nothing is
-    answered, so the check says so at once instead of waiting out the probes' deadline."""
-    (tmp_path / "policy.yaml").write_text(POLICY)
-    policy = load_version(tmp_path / "policy.yaml").policy
-    bindings = Bindings(tmp_path / "bindings.db")
-
-    def build() -> Resolver:
-        return Resolver(policy, Upstream("127.0.0.1", 9), bindings, ProbeFilter(Collected()), load_name_lists(LISTS))
-
-    part = ResolverPart(build, _free_port(), Clock())
-
-    async def scenario() -> str | None:
-        await part.start()
-        try:
-            assert await part.check() is None
-            udp = next(handle for handle in part.handles if isinstance(handle, UdpServer))
-            udp._sends.put(None)  # the thread ends as it would at close
-            udp.sender.join(timeout=30)
-            return await part.check()
-        finally:
-            part.close()
-
-    try:
-        assert _run(scenario) == "a UDP socket's sending thread died"
-    finally:
-        bindings.close()
 
 
 class _FakeReader:
