@@ -96,6 +96,8 @@ def dnsperf(lab: Lab, nameserver: str, seconds: float, rate: float | None = None
     lost = re.search(r"Queries lost:\s+(\d+)", text)
     if qps is None or completed is None:
         return {"failed": (done.stderr.strip() or text.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
+    if int(completed.group(1)) == 0:  # a server that answered nothing is no figure to take a median of
+        return {"failed": f"no query answered ({lost.group(1) if lost else '?'} lost)"}
     answered = int(completed.group(1))
     return {
         "qps": float(qps.group(1)),
