@@ -51,9 +51,11 @@ from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
 
-PEEK_WAIT: Final = 0.1
+PEEK_WAIT: Final = 1.0
 """Seconds the front waits for a client's first bytes (a TLS client sends its ClientHello at once); after that the
-connection is mitmproxy's (a server-first protocol)."""
+connection is mitmproxy's (a server-first protocol, whose greeting is late by as much). mitmproxy refuses TLS it
+would relay unwatched, so this is also how late a loaded machine may let a client's hello come (0.1 s was too
+short beside busy processes)."""
 HELLO_WAIT: Final = 5.0
 """Seconds the front waits for the rest of a ClientHello once the first bytes look like TLS: TLS through a network
 rule is watched only here (mitmproxy refuses it), so a slow hello must not push it there."""

@@ -38,7 +38,7 @@ from egress.detect import encrypted, http, ssh, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, evidence
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import OPAQUE
-from egress.policy.model import Expect, NetworkRule, Policy, Sandbox
+from egress.policy.model import DetectorAction, Expect, NetworkRule, Policy, Sandbox
 
 HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
@@ -150,7 +150,15 @@ class Gate:
             return Decision(Kind.INTERCEPT, noted, sni, _allow(verdict))
         watch = network is not None and not network.expects(Expect.ANY)
         if network is not None and watch and not watching:
-            unwatched = decide_finding(sandbox, _unwatched(network, meta))
+            unwatched = decide_finding(sandbox, _unwatched(network.rule_id, meta))
+            if not _allowed(unwatched):
+                return Decision(Kind.REFUSE, unwatched, sni or "")
+            noted = noted or unwatched
+        elif network is None and not watching and sandbox.detectors.mining_shape is not DetectorAction.ALLOW:
+            # A host rule's TLS is watched for the mining shape by the front only: one that reaches mitmproxy
+            # instead (a client silent past the front's wait, then its hello; a hello over the peek) would pass
+            # without the watcher (issue 9: an agent that delays its hello mines through a bound name).
+            unwatched = decide_finding(sandbox, _unwatched(verdict.rule, meta))
             if not _allowed(unwatched):
                 return Decision(Kind.REFUSE, unwatched, sni or "")
             noted = noted or unwatched
@@ -268,8 +276,8 @@ def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, f
     return finding
 
 
-def _unwatched(rule: NetworkRule, meta: FlowMeta) -> Finding:
-    text = f"TLS to {meta.dst}:{meta.dport} through {rule.rule_id} that the front could not watch (slow or huge hello)"
+def _unwatched(rule: str, meta: FlowMeta) -> Finding:
+    text = f"TLS to {meta.dst}:{meta.dport} through {rule} that the front could not watch (slow or huge hello)"
     return Finding(Category.TUNNEL, "tls-unwatched", encrypted.NAME, evidence(text))
 
 

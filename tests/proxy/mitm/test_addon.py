@@ -23,13 +23,17 @@ from tests.proxy.test_front import _client_hello
 SINK = ("127.0.0.1", 9)
 
 
-def _addon(mode: str = "enforce") -> tuple[EgressAddon, Reported]:
+def _addon(mode: str = "enforce", extra: str = "") -> tuple[EgressAddon, Reported]:
     reported = Reported()
-    return EgressAddon(make_gate(mode), reported, SINK, reported.sever), reported
+    return EgressAddon(make_gate(mode, extra), reported, SINK, reported.sever), reported
+
+
+NO_SHAPE_WATCH = "    detectors: {mining_shape: allow}\n"
+"""A policy that asks no TLS shape watch of a host rule's TLS: mitmproxy may pass it through."""
 
 
 def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:
-    addon, reported = _addon()
+    addon, reported = _addon(extra=NO_SHAPE_WATCH)
     context = make_context((ALLOWED_ADDRESS, 443))
     addon.client_connected(context.client)
     layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
@@ -39,6 +43,21 @@ def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:
     assert (flow.sandbox, flow.src, flow.sport) == ("box", SANDBOX_HOST, 40000)
     assert (flow.dst, flow.dport, flow.transport, flow.host) == (ALLOWED_ADDRESS, 443, "tcp", "allowed.test")
     assert flow.verdict.rule == "sandboxes.box.allow.hosts[0]"
+
+
+def test_host_rule_tls_that_reaches_mitmproxy_unwatched_is_refused() -> None:
+    """Only the front watches TLS for the mining shape (issue 9): a hello that reaches mitmproxy (the client was
+    silent past the front's wait, or its hello is bigger than the front peeks) would pass unwatched."""
+    addon, reported = _addon()
+    context = make_context((ALLOWED_ADDRESS, 443))
+    addon.client_connected(context.client)
+    layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
+    assert isinstance(layer, RefuseLayer)
+    [flow] = reported.flows
+    assert flow.verdict.action is Enforcement.BLOCK and flow.verdict.reason is Reason.TUNNEL
+    assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "tls-unwatched"
+    assert flow.verdict.rule == "sandboxes.box.detectors.tunnel" and flow.host == "allowed.test"
+    assert "sandboxes.box.allow.hosts[0]" in flow.verdict.evidence
 
 
 def test_raw_tcp_a_network_rule_allows_is_inspected_and_logged_as_allowed() -> None:
