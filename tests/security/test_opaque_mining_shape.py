@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from egress.proxy.front import PEEK_WAIT
 from tests.detect import miningshape_traces as traces
 from tests.detect.miningshape_traces import FOUND_IN_A_MINUTE, MISSED
 from tests.security.conftest import LabFactory
@@ -315,3 +316,42 @@ def test_mining_inside_tls_to_a_host_rule_name_is_found_by_its_shape(replay: tup
     assert by_session["POLLER"] == [], by_session["POLLER"]  # the control: not recorded, and it crossed whole
     control = clients["POLLER"]
     assert not control["closed"] and control["received"] == control["expected"], control
+
+
+SLOW_HELLO = r"""
+import socket, ssl, sys, time
+host, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+raw = socket.create_connection((host, port), timeout=10)
+time.sleep(wait)  # silent past the front's wait: the connection is mitmproxy's, where no shape watcher runs
+context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+try:
+    tls = context.wrap_socket(raw, server_hostname="ssh.lab")
+    tls.sendall(b'slow-hello\n{"id":1,"method":"login","params":{"login":"x","pass":"x","agent":"a"}}\n')
+    print("handshake done", tls.recv(100), flush=True)
+except (OSError, ssl.SSLError) as error:
+    print("refused", repr(error), flush=True)
+"""
+
+
+def test_a_hello_that_waits_past_the_front_is_refused_not_relayed_unwatched(
+    replay: tuple[SecurityLab, Kit],
+) -> None:
+    """The front watches a host rule's TLS for the mining shape; a client that says nothing until the front has
+    handed the connection to mitmproxy (`PEEK_WAIT`), then sends its hello, would have had TLS to the bound name
+    with no watcher (issue 9). mitmproxy refuses it instead (`tunnel`/`tls-unwatched`): judged by the pool's own
+    log (no TLS session named by this client) and the record."""
+    lab, _ = replay
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])
+    pool = next(p for p in lab.processes if p.name == "host-rule-pool")
+    since = time.time()
+    done = lab.sandbox_python(SLOW_HELLO, ATTACK, str(HOST_PORT), str(PEEK_WAIT + 1.0), timeout=60)
+    found = lab.records_until(since, lambda rs: any(r.protocol == "tls-unwatched" for r in rs))
+    (record,) = [r for r in found if r.protocol == "tls-unwatched"]
+    assert (str(record.reason), str(record.action), record.host, record.dport) == (
+        "tunnel", "block", "ssh.lab", HOST_PORT
+    ), record  # fmt: skip
+    assert "refused" in done.stdout, done.stdout + done.stderr
+    named = [row for row in _rows(pool.log()) if str(row.get("named", "")).startswith("slow-hello")]
+    assert named == [], pool.log()
+    report("opaque/slow-hello-host-rule", "mining", 0, False, str(record.reason),
+           f"hello {PEEK_WAIT + 1.0:.1f} s after connecting: refused by mitmproxy, not relayed unwatched")  # fmt: skip
