@@ -176,6 +176,12 @@ def load(
                     else:
                         result.failures[status] = result.failures.get(status, 0) + 1
 
+    return _run_clients(served, client, clients, result)
+
+
+def _run_clients(served: Served, client: Callable[[], None], clients: int, result: Result) -> Result:
+    """Run ``clients`` threads of ``client`` to the end, then fill ``result``'s time, the server's and the clients'
+    CPU seconds and the load average."""
     started, cpu, client_cpu = time.monotonic(), cpu_seconds(served.pid), time.process_time()
     threads = [threading.Thread(target=client, name=f"bench-client-{index}") for index in range(clients)]
     for thread in threads:
@@ -272,17 +278,7 @@ def load_lean(served: Served, path_of: Callable[[int], str], clients: int, reque
         finally:
             http.close()
 
-    started, cpu, client_cpu = time.monotonic(), cpu_seconds(served.pid), time.process_time()
-    threads = [threading.Thread(target=client, name=f"bench-client-{index}") for index in range(clients)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    result.seconds = time.monotonic() - started
-    result.cpu_s = cpu_seconds(served.pid) - cpu
-    result.client_cpu_s = time.process_time() - client_cpu
-    result.load_average = os.getloadavg()[0]
-    return result
+    return _run_clients(served, client, clients, result)
 
 
 def warm(served: Served, shapes: dict[str, Callable[[int], str]], each: int = 20) -> None:

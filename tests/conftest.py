@@ -3,7 +3,8 @@
 - Waiting: `eventually` and `scaled` (tests/waiting.py), with timeouts stretched by ``EGRESS_TEST_TIME_FACTOR``.
 - Markers: ``root`` (network namespaces, nftables: needs root, ip and nft) and ``e2e`` (the whole gateway in the
   lab). Without what they need such tests are skipped with the reason, except in CI (``CI=true``), where they fail:
-  CI must run everything (tests/needs.py). ``make unit`` runs what is marked neither.
+  CI must run everything (tests/needs.py). ``make unit`` runs what is marked neither. The shared corpus likewise:
+  missing in CI, the run stops at collection (tests/corpus.py).
 - Timeouts: every test gets pytest-timeout's ``timeout`` (pyproject.toml) times ``EGRESS_TEST_TIME_FACTOR``, unless
   it sets its own ``@pytest.mark.timeout`` or ``--timeout`` is given.
 - Isolation: a test that leaves an ``EGRESS_*`` environment variable changed fails (`_environment_kept`): the
@@ -19,7 +20,8 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.needs import e2e_missing, redis_missing, root_missing, unavailable
+from tests.corpus import missing_in_ci
+from tests.needs import e2e_missing, in_ci, redis_missing, root_missing, unavailable
 from tests.redis_server import RedisFactory, RedisServer
 from tests.waiting import eventually, scaled
 
@@ -33,6 +35,8 @@ DEFAULT_TIMEOUT = 300.0
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    if in_ci() and (reason := missing_in_ci()):  # its tests would skip (or have no rows): CI must run them all
+        raise pytest.UsageError(f"CI must run the corpus tests, but {reason}")
     if config.getoption("timeout", None) is not None or os.environ.get("PYTEST_TIMEOUT"):
         return  # --timeout (or pytest-timeout's variable) is the operator's choice, taken as given
     timeout = pytest.mark.timeout(scaled(float(config.getini("timeout") or DEFAULT_TIMEOUT)))  # once, not per test

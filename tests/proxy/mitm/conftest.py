@@ -7,6 +7,7 @@ from collections.abc import Iterator
 import pytest
 
 from tests.proxy.mitm.worker import Worker, running_worker
+from tests.waiting import eventually
 
 
 @pytest.fixture(scope="module")
@@ -18,6 +19,9 @@ def worker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Worker]:
 @pytest.fixture
 def fresh_log(worker: Worker) -> None:
     """Each test judges by what the site received and what was reported during that test only (modules use it for
-    every test): a local port the kernel hands out again must not find an earlier test's block."""
+    every test): a local port the kernel hands out again must not find an earlier test's block, and bytes an
+    earlier test's connection still had in flight must not land in this test's log (so wait until the site serves
+    no connection first)."""
+    eventually(lambda: worker.site.open == 0)
     worker.site.clear()
     worker.reported.clear()

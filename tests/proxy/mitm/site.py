@@ -53,6 +53,8 @@ class Site:
     log: list[tuple[str, bytes]] = field(default_factory=list)
     lock: threading.Lock = field(default_factory=threading.Lock)
     connections: int = 0
+    open: int = 0
+    """Connections the site is still serving (a test waits for none before judging from a fresh log)."""
     greeting_ports: set[int] = field(default_factory=set)
     """Listeners whose connections start with the server's `GREETING`."""
     echo: bool = False
@@ -74,6 +76,7 @@ class Site:
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
+        self.open += 1
         try:
             if writer.get_extra_info("sockname")[1] in self.greeting_ports:
                 writer.write(GREETING)  # a server-first protocol's banner (or an HTTP/2 server's SETTINGS)
@@ -82,6 +85,7 @@ class Site:
             pass
         finally:
             writer.close()
+            self.open -= 1
 
 
 class _Conversation:
