@@ -14,6 +14,8 @@ A destination a network rule covers gets what the rule expects (`egress.policy.m
 opens fully encrypted (`egress.detect.encrypted`) is a tunnel unless the rule says ``any``; SSH passes only where
 it says ``ssh``; TLS passed through it is marked ``watch`` (the front relays it through
 `egress.detect.tlsshape`, which finds TLS carrying TLS or a shell); a caller that cannot watch gets a refusal.
+A host rule's TLS is watched for the mining shape where ``detectors.mining_shape`` is not ``allow``: a caller
+that cannot watch (mitmproxy, given what the front could not judge) gets a refusal there too (issue 9).
 """
 
 from __future__ import annotations

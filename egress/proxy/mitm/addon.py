@@ -3,7 +3,10 @@
 `EgressAddon` replaces mitmproxy's ``next_layer`` addon (subclassing it, so TLS interception and HTTP keep
 mitmproxy's own layering) and maps decisions onto layers:
 
-- passthrough TLS (what the front did not take: a would-block in report mode) → ``TCPLayer(ignore=True)``;
+- passthrough TLS (what the front could not judge: a hello after its wait, or bigger than its peek) →
+  ``TCPLayer(ignore=True)``, relayed unwatched, so only where no shape watch is asked of it: TLS through a
+  network rule, and a host rule's TLS where ``detectors.mining_shape`` is not ``allow``, is refused instead as
+  ``tunnel``/``tls-unwatched`` (`egress.proxy.gate`; in report mode recorded as a would-block);
 - inspected TCP → `InspectLayer` (detectors on both directions; a blocking finding closes both sides);
 - refused → `RefuseLayer`, which closes both sides without forwarding a byte;
 - HTTP → mitmproxy's HTTP layer (`egress.proxy.mitm.upgrades.EgressHttpLayer`: WebSocket control frames are
