@@ -344,7 +344,10 @@ def test_a_hello_that_waits_past_the_front_is_refused_not_relayed_unwatched(
     lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])
     pool = next(p for p in lab.processes if p.name == "host-rule-pool")
     since = time.time()
-    done = lab.sandbox_python(SLOW_HELLO, ATTACK, str(HOST_PORT), str(PEEK_WAIT + 1.0), timeout=60)
+    with lab.capture("slow-hello-host-rule") as capture:
+        done = lab.sandbox_python(SLOW_HELLO, ATTACK, str(HOST_PORT), str(PEEK_WAIT + 1.0), timeout=60)
+    crossed = capture.result
+    assert crossed is not None
     found = lab.records_until(since, lambda rs: any(r.protocol == "tls-unwatched" for r in rs))
     (record,) = [r for r in found if r.protocol == "tls-unwatched"]
     assert (str(record.reason), str(record.action), record.host, record.dport) == (
@@ -353,5 +356,7 @@ def test_a_hello_that_waits_past_the_front_is_refused_not_relayed_unwatched(
     assert "refused" in done.stdout, done.stdout + done.stderr
     named = [row for row in _rows(pool.log()) if str(row.get("named", "")).startswith("slow-hello")]
     assert named == [], pool.log()
-    report("opaque/slow-hello-host-rule", "mining", 0, False, str(record.reason),
+    leaked = crossed.bytes_to(ATTACK, HOST_PORT, "tcp")  # the TLS session's bytes (mitmproxy dials eagerly: no more)
+    report("opaque/slow-hello-host-rule", "mining", leaked, False, str(record.reason),
            f"hello {PEEK_WAIT + 1.0:.1f} s after connecting: refused by mitmproxy, not relayed unwatched")  # fmt: skip
+    assert leaked == 0, crossed
