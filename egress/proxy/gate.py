@@ -242,16 +242,21 @@ class Gate:
         whose SNI is bound to the destination: a protocol that upgrades to TLS (STARTTLS, PostgreSQL's
         SSLRequest) is TLS to a named host, not an unidentified stream. A network rule's destination gets no
         such pass (its rule names what it speaks)."""
+        return self.bound_hello_at(sandbox, meta, client) >= 0
+
+    def bound_hello_at(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> int:
+        """Where in ``client`` that ClientHello starts (`bound_tls_in`), or -1: the TLS after a plaintext opening
+        is watched from there (`egress.proxy.upgraded`)."""
         if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
-            return False
+            return -1
         names = self.names_for(sandbox.name, meta.dst)
         at = client.find(b"\x16\x03")
         while at >= 0 and names:
             hello = tls.parse_client_hello(client[at:], partial=True)
             if isinstance(hello, tls.ClientHello) and hello.sni is not None and hello.sni in names:
-                return True
+                return at
             at = client.find(b"\x16\x03", at + 1)
-        return False
+        return -1
 
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)

@@ -48,10 +48,10 @@ from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import HTTP_ALPNS
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decide import Enforcement, Verdict, decide_finding, decide_watched, network_rule_for
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import tls
-from egress.detect.base import FlowMeta, Transport
+from egress.detect.base import Finding, FlowMeta, Transport
 from egress.flowlog import EndedFlow, FlowSink, Meter
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
@@ -61,6 +61,7 @@ from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 from egress.proxy.mitm.upgrades import EgressHttpLayer
 from egress.proxy.openflows import OpenFlows
+from egress.proxy.upgraded import Upgraded, host_rule_watch
 from egress.record.naming import named
 from egress.replay import Kind as Asked
 from egress.replay import Question
@@ -300,12 +301,28 @@ class EgressAddon(NextLayer):
                     guard_http=not data_client,
                     strict=gate.strict(sandbox, meta),
                     exempt=lambda client: gate.bound_tls_in(sandbox, meta, client),
+                    watch=self._upgraded(context, sandbox, meta),
                 )
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
                 return EgressHttpLayer(context, self._control, self._raw_after)
         return RefuseLayer(context)
+
+    def _upgraded(self, context: Context, sandbox: Sandbox, meta: FlowMeta) -> Callable[[bool, bytes], bool] | None:
+        """The shape watch on the TLS an inspected stream to a host rule's port may upgrade to (STARTTLS, or a
+        hello after a server's banner: `egress.proxy.upgraded`); a network rule's gets none (TLS after its
+        opening is never exempt from the unidentified verdict there)."""
+        if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
+            return None
+
+        def on_finding(finding: Finding) -> bool:
+            verdict = decide_watched(sandbox, finding)
+            self.record(context, sandbox, verdict, "")
+            return verdict.action is Enforcement.BLOCK
+
+        gate = self.gate
+        return Upgraded(host_rule_watch(sandbox, on_finding), lambda c: gate.bound_hello_at(sandbox, meta, c)).passes
 
     def _keep(self, context: Context, state: _Connection, meta: FlowMeta, decision: Decision) -> None:
         """Track a connection let through, as the question it was decided on (`egress.proxy.openflows`)."""

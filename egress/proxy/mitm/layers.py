@@ -88,9 +88,13 @@ class InspectLayer(layers.TCPLayer):
         strict: bool = False,
         clock: Callable[[], float] = time.monotonic,
         exempt: Callable[[bytes], bool] | None = None,
+        watch: Callable[[bool, bytes], bool] | None = None,
     ) -> None:
         super().__init__(context, ignore=True)
         self.exempt = exempt
+        self.watch = watch
+        """Shown each chunk (from the client?, bytes) before it is forwarded; False closes both sides (its finding
+        reported by it): the TLS a stream to a host rule's port upgrades to (`egress.proxy.upgraded`)."""
         self.left_open = False
         """A held message was judged for being left open (once: report mode lets it through)."""
         self.clock = clock
@@ -153,6 +157,13 @@ class InspectLayer(layers.TCPLayer):
             yield from self._judged(verdict)
             if verdict.action is Enforcement.BLOCK:
                 return
+        watch = self.watch
+        if isinstance(event, events.DataReceived) and watch is not None and not watch(from_client, event.data):
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+            yield commands.CloseConnection(self.context.client)
+            self._handle_event = self.done
+            return
         if isinstance(event, events.DataReceived) and from_client:
             data = self.holdback.feed(event.data, self.clock(), deciding=not inspector.done)
             yield from self._held_out(due_only=True)
