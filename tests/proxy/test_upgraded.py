@@ -19,7 +19,7 @@ from egress.proxy.mitm.layers import InspectLayer
 from egress.proxy.upgraded import Upgraded, host_rule_watch
 from tests.proxy.mitm import ALLOWED_ADDRESS, SANDBOX_HOST, make_context, make_gate
 from tests.proxy.mitm.test_addon import _addon
-from tests.proxy.test_front import HTTPS_LIKE, SSH_IN_TLS
+from tests.proxy.test_front import HTTPS_LIKE, SSH_IN_TLS, _client_hello
 
 STARTTLS = (b"EHLO sandbox\r\nSTARTTLS\r\n", b"220 mail.test ESMTP\r\n250 ok\r\n220 go ahead\r\n")
 """A client's and a server's plaintext opening before TLS (SMTP, RFC 3207)."""
@@ -169,7 +169,47 @@ def test_the_inspect_layer_closes_both_sides_when_the_watch_says_so_and_forwards
             break
     assert stopped is not None, "closed"
     assert stopped not in forwarded, "the record that completed the shape is not forwarded"
-    verdicts = [flow.verdict for flow in reported.flows if flow.verdict.finding is not None]
-    assert [(v.action, v.reason, v.finding.protocol if v.finding else "") for v in verdicts] == [
-        (Enforcement.BLOCK, Reason.TUNNEL, "ssh-in-tls")
-    ]
+    flows = [flow for flow in reported.flows if flow.verdict.finding is not None]
+    assert [(f.verdict.action, f.verdict.reason, f.verdict.finding.protocol if f.verdict.finding else "", f.host)
+            for f in flows] == [(Enforcement.BLOCK, Reason.TUNNEL, "ssh-in-tls", "allowed.test")]  # fmt: skip
+
+
+def test_the_clients_tls_records_are_followed_until_they_stop_being_records() -> None:
+    watched = _Watched()
+    upgraded = watched.upgraded
+    hello = _client_hello("allowed.test")
+    assert upgraded.passes(True, STARTTLS[0]) and not upgraded.client_records
+    assert upgraded.passes(True, hello[:7]) and not upgraded.client_records, "a hello not whole yet"
+    assert upgraded.passes(True, hello[7:]) and upgraded.client_records
+    record = b"\x17\x03\x03\x00\x05{abcd"
+    for at in range(len(record)):  # a record in 1-byte pieces is still one
+        upgraded.passes(True, record[at : at + 1])
+    assert upgraded.client_records
+    upgraded.passes(True, b'{"id":1,"method":"login"')  # no record after the hello: held again (holdback)
+    assert not upgraded.client_records
+
+
+def test_tls_after_the_opening_is_not_held_as_a_partial_json_message() -> None:
+    """A record of ciphertext that happens to end inside an open brace must not be held (and, after a pause,
+    judged a message left open): the direction is TLS, as one that starts with a hello (`egress.proxy.holdback`).
+    The keep-alive poller's false positive in the lab (a STARTTLS stream, records every 10 s)."""
+    addon, reported = _addon()
+    context = make_context((ALLOWED_ADDRESS, 443))
+    addon.client_connected(context.client)
+    layer = addon._next_layer(context, STARTTLS[0], b"")
+    assert isinstance(layer, InspectLayer)
+    record = b"\x17\x03\x03\x00\x08" + b"\x01\x02{abcde"
+    sent: list[bytes] = []
+    for event in [
+        events.Start(),
+        events.DataReceived(context.client, STARTTLS[0]),
+        events.DataReceived(context.server, STARTTLS[1]),
+        events.DataReceived(context.client, _client_hello("allowed.test")),
+        events.DataReceived(context.client, record),
+    ]:
+        for command in layer.handle_event(event):
+            assert not isinstance(command, commands.RequestWakeup), "nothing held"
+            if isinstance(command, commands.SendData) and command.connection is context.server:
+                sent.append(command.data)
+    assert sent[-1] == record
+    assert reported.flows == [] or all(flow.verdict.finding is None for flow in reported.flows)

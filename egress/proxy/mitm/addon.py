@@ -309,7 +309,7 @@ class EgressAddon(NextLayer):
                 return EgressHttpLayer(context, self._control, self._raw_after)
         return RefuseLayer(context)
 
-    def _upgraded(self, context: Context, sandbox: Sandbox, meta: FlowMeta) -> Callable[[bool, bytes], bool] | None:
+    def _upgraded(self, context: Context, sandbox: Sandbox, meta: FlowMeta) -> Upgraded | None:
         """The shape watch on the TLS an inspected stream to a host rule's port may upgrade to (STARTTLS, or a
         hello after a server's banner: `egress.proxy.upgraded`); a network rule's gets none (TLS after its
         opening is never exempt from the unidentified verdict there)."""
@@ -318,11 +318,13 @@ class EgressAddon(NextLayer):
 
         def on_finding(finding: Finding) -> bool:
             verdict = decide_watched(sandbox, finding)
-            self.record(context, sandbox, verdict, "")
+            hello = tls.parse_client_hello(upgraded.hello, partial=True)
+            self.record(context, sandbox, verdict, hello.sni or "" if isinstance(hello, tls.ClientHello) else "")
             return verdict.action is Enforcement.BLOCK
 
         gate = self.gate
-        return Upgraded(host_rule_watch(sandbox, on_finding), lambda c: gate.bound_hello_at(sandbox, meta, c)).passes
+        upgraded = Upgraded(host_rule_watch(sandbox, on_finding), lambda c: gate.bound_hello_at(sandbox, meta, c))
+        return upgraded
 
     def _keep(self, context: Context, state: _Connection, meta: FlowMeta, decision: Decision) -> None:
         """Track a connection let through, as the question it was decided on (`egress.proxy.openflows`)."""
