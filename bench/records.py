@@ -241,7 +241,7 @@ def main() -> int:
                 shapes = {name: shapes[name] for name in args.shapes}
             for name, tree in trees.items():
                 log = pathlib.Path(spool) / f"api-{len(api)}.log"
-                with serve(tree, server.url, args.api_workers, log) as served:
+                with serve(tree, server.url, args.api_workers, log, server.pid) as served:
                     warm(served, shapes)
                     api[name] = {
                         shape: (

@@ -22,13 +22,20 @@ from typing import Final
 
 import msgspec
 
-from egress.record.layout import counts_key, destinations_key
+from egress.record.layout import counts_key, destinations_key, state_key
 from egress.record.redis_facade import Arg, RedisFacade, Script, ScriptCall, UnexpectedReply, text
 from egress.record.schema import AttemptRecord
 
 MINUTE: Final = 60
-UNITS: Final = (60, 3600, 86400)
-"""Seconds of the counted periods: minute, hour, day."""
+UNITS: Final = (60, 600, 3600, 86400)
+"""Seconds of the counted periods: minute, ten minutes, hour, day."""
+TENS_FIELD: Final = "tens-from"
+"""The field of a sandbox's state hash (`layout.state_key`) holding the first minute whose ten-minute hashes are
+whole: set by the first write that keeps them (`TENS_LUA`), a while after it, so that no record written before
+(by an egress without them) falls in a ten-minute period read as one. Before it, windows read minutes instead."""
+TENS_MARGIN: Final = 20
+"""Minutes from the first write that keeps ten-minute hashes to the first ten minutes read as one (rounded up to
+ten): covers a gateway clock that runs ahead of Redis's."""
 BY: Final = ("reason", "category", "sandbox", "destination")
 
 # Spliced into the write script right after its seen-key check (egress/record/delivery.py). The counters' keys are
@@ -47,6 +54,12 @@ do
 end
 """
 
+# Spliced into the write script after its XADD (``id``: the entry's id, Redis's clock) with its state hash as
+# ``KEYS[3]``: the first write that keeps ten-minute hashes notes from when they are whole (`TENS_FIELD`).
+TENS_LUA: Final = f"""
+redis.call('HSETNX', KEYS[3], '{TENS_FIELD}',
+  string.format('%d', (math.floor((tonumber(string.match(id, '^(%d+)-')) / 60000 + {TENS_MARGIN}) / 10) + 1) * 10))
+"""
 
 _GROUPS: Final = msgspec.json.Decoder(list[dict[str, int]])
 
@@ -59,30 +72,44 @@ def _groups(reply: object) -> list[dict[str, int]]:
         raise UnexpectedReply(f"expected an array of field totals, got {reply!r:.80}") from None
 
 
-# KEYS: counter hashes of one sandbox, group after group. ARGV: the number of hashes of each group. Returns, per
-# group, its hashes summed, as one JSON text: [{"<field>": total, ...}, ...]. Summed on the server, so a window of
-# a hundred hashes is one small reply rather than a hundred for the client to parse; and one string, not two reply
-# elements per field, which redis-py's parser (pure Python) took longer to read than the server took to sum.
+# KEYS: the sandbox's state hash (it names the slot; `TENS_FIELD` says from which minute on its ten-minute hashes
+# are whole). ARGV: the stem of its counter keys (``<key of unit 0, period 0>`` less "0:0"), then the first and
+# last minute of each group. Each group's minutes are covered by the fewest whole days, hours, ten minutes (from
+# `TENS_FIELD` on) and minutes (`cover`), the key names made here (a request sends a few numbers, not the few
+# hundred names an hour of minutes takes), and their hashes summed. Returns, per group, one JSON text:
+# [{"<field>": total, ...}, ...]. Summed on the server, so a window of a hundred hashes is one small reply rather
+# than a hundred for the client to parse; and one string, not two reply elements per field, which redis-py's parser
+# (pure Python) took longer to read than the server took to sum.
 _SUM_SCRIPT: Final = Script(
     """
-local out, k = {}, 1
-for g = 1, #ARGV do
+local tens = tonumber(redis.call('HGET', KEYS[1], 'TENS_FIELD') or '') or math.huge
+local stem, sizes, units = ARGV[1], {1440, 60, 10, 1}, {'86400:', '3600:', '600:', '60:'}
+local out = {}
+for g = 2, #ARGV, 2 do
+  local at, last = tonumber(ARGV[g]), tonumber(ARGV[g + 1])
   local totals, fields = {}, {}
-  for _ = 1, tonumber(ARGV[g]) do
-    local flat = redis.call('HGETALL', KEYS[k])
-    for j = 1, #flat, 2 do
-      local f = flat[j]
-      if totals[f] == nil then fields[#fields + 1] = f; totals[f] = 0 end
-      totals[f] = totals[f] + tonumber(flat[j + 1])
+  while at <= last do
+    for u = 1, 4 do
+      local size = sizes[u]
+      if at % size == 0 and at + size - 1 <= last and (size ~= 10 or at >= tens) then
+        local flat = redis.call('HGETALL', stem .. units[u] .. string.format('%d', at / size))
+        for j = 1, #flat, 2 do
+          local f = flat[j]
+          local total = totals[f]
+          if total == nil then fields[#fields + 1] = f; total = 0 end
+          totals[f] = total + tonumber(flat[j + 1])
+        end
+        at = at + size
+        break
+      end
     end
-    k = k + 1
   end
   local items = {}
-  for _, f in ipairs(fields) do items[#items + 1] = cjson.encode(f) .. ':' .. string.format('%d', totals[f]) end
-  out[g] = '{' .. table.concat(items, ',') .. '}'
+  for i, f in ipairs(fields) do items[i] = cjson.encode(f) .. ':' .. string.format('%d', totals[f]) end
+  out[#out + 1] = '{' .. table.concat(items, ',') .. '}'
 end
 return '[' .. table.concat(out, ',') .. ']'
-""",
+""".replace("TENS_FIELD", TENS_FIELD),
     _groups,
 )
 
@@ -140,15 +167,16 @@ def minutes(window_s: float, until: float) -> tuple[int, int]:
     return last - max(1, math.ceil(window_s / MINUTE)) + 1, last
 
 
-def cover(first: int, last: int) -> list[tuple[int, int]]:
+def cover(first: int, last: int, tens_from: float = math.inf) -> list[tuple[int, int]]:
     """The fewest whole periods (unit in seconds, period) that cover the minutes ``first``..``last`` exactly:
-    days where a whole UTC day fits, then hours, then minutes."""
+    days where a whole UTC day fits, then hours, then ten minutes (only from the minute ``tens_from`` on: before,
+    a sandbox's ten-minute hashes may miss records, `TENS_FIELD`), then minutes. What `_SUM_SCRIPT` reads."""
     out = []
     at = first
     while at <= last:
         for unit in reversed(UNITS):
             size = unit // MINUTE
-            if at % size == 0 and at + size - 1 <= last:
+            if at % size == 0 and at + size - 1 <= last and (size != 10 or at >= tens_from):
                 out.append((unit, at // size))
                 at += size
                 break
@@ -186,24 +214,21 @@ def _field_key(by: str, sandbox: str, field: str) -> str:
 
 
 @functools.lru_cache(maxsize=4096)
-def _keys(by: str, sandbox: str, first: int, last: int) -> tuple[str, ...]:
-    """The hashes that cover the minutes ``first``..``last`` of a sandbox. Kept: a window moves once a minute, so
-    every request of that minute names the same few hundred keys (names only: what they hold is read each time)."""
+def _stem(by: str, sandbox: str) -> str:
+    """The part of a sandbox's counter key names before ``<unit>:<period>`` (`_SUM_SCRIPT` makes the rest)."""
     make = destinations_key if by == "destination" else counts_key
-    return tuple(make(sandbox, unit, period) for unit, period in cover(first, last))
+    return make(sandbox, 0, 0).removesuffix("0:0")
 
 
 def counts_by_minutes(
     redis: RedisFacade, sandboxes: Sequence[str], spans: Sequence[tuple[int, int]], by: str
 ) -> list[dict[str, int]]:
     """Attempts counted by ``by`` in each span of minutes (first, last; inclusive), most first (then by name): per
-    sandbox one script that sums the covering hashes of every span on the server, all in one round trip."""
+    sandbox one script that sums the hashes covering every span on the server (`cover`), all in one round trip."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}, got {by!r}")
-    calls: list[ScriptCall] = []
-    for sandbox in sandboxes:
-        groups = [_keys(by, sandbox, first, last) for first, last in spans]
-        calls.append(([key for group in groups for key in group], [len(group) for group in groups]))
+    bounds = [minute for span in spans for minute in span]
+    calls: list[ScriptCall] = [([state_key(sandbox)], [_stem(by, sandbox), *bounds]) for sandbox in sandboxes]
     totals: list[dict[str, int]] = [{} for _ in spans]
     for sandbox, summed in zip(sandboxes, redis.run_each(_SUM_SCRIPT, calls), strict=True):
         for total, fields in zip(totals, summed, strict=True):
