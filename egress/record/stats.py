@@ -73,20 +73,22 @@ def _groups(reply: object) -> list[dict[str, int]]:
 
 
 # KEYS: the sandbox's state hash (it names the slot; `TENS_FIELD` says from which minute on its ten-minute hashes
-# are whole). ARGV: the stem of its counter keys (``<key of unit 0, period 0>`` less "0:0"), then the first and
-# last minute of each group. Each group's minutes are covered by the fewest whole days, hours, ten minutes (from
-# `TENS_FIELD` on) and minutes (`cover`), the key names made here (a request sends a few numbers, not the few
-# hundred names an hour of minutes takes), and their hashes summed. Returns, per group, one JSON text:
-# [{"<field>": total, ...}, ...]. Summed on the server, so a window of a hundred hashes is one small reply rather
-# than a hundred for the client to parse; and one string, not two reply elements per field, which redis-py's parser
-# (pure Python) took longer to read than the server took to sum.
+# are whole). ARGV: the stem of its counter keys (``<key of unit 0, period 0>`` less "0:0"); what to count by
+# ("category" or "reason": that part of a ``<category>|<reason>`` field; "sandbox": every field as one, named "";
+# "": the fields as they are); the first and last minute of each group, as one text "first last first last ...".
+# Each group's minutes are covered by the fewest whole days, hours, ten minutes (from `TENS_FIELD` on) and minutes
+# (`cover`), the key names made here (a request sends a few numbers, not the few hundred names an hour of minutes
+# takes), and their hashes summed. Returns, per group, one JSON text: [{"<field>": total, ...}, ...]. Summed on the
+# server, so a window of a hundred hashes is one small reply rather than a hundred for the client to parse; and one
+# string, not two reply elements per field, which redis-py's parser (pure Python) took longer to read than the
+# server took to sum.
 _SUM_SCRIPT: Final = Script(
     """
 local tens = tonumber(redis.call('HGET', KEYS[1], 'TENS_FIELD') or '') or math.huge
-local stem, sizes, units = ARGV[1], {1440, 60, 10, 1}, {'86400:', '3600:', '600:', '60:'}
+local stem, by, sizes, units = ARGV[1], ARGV[2], {1440, 60, 10, 1}, {'86400:', '3600:', '600:', '60:'}
 local out = {}
-for g = 2, #ARGV, 2 do
-  local at, last = tonumber(ARGV[g]), tonumber(ARGV[g + 1])
+for first, last in string.gmatch(ARGV[3], '(%-?%d+) (%-?%d+)') do
+  local at, last = tonumber(first), tonumber(last)
   local totals, fields = {}, {}
   while at <= last do
     for u = 1, 4 do
@@ -104,8 +106,17 @@ for g = 2, #ARGV, 2 do
       end
     end
   end
+  local named, names = {}, {}
+  for _, f in ipairs(fields) do
+    local name = f
+    if by == 'category' then name = string.match(f, '^[^|]*')
+    elseif by == 'reason' then name = string.match(f, '^[^|]*|(.*)$') or ''
+    elseif by == 'sandbox' then name = '' end
+    if named[name] == nil then names[#names + 1] = name; named[name] = 0 end
+    named[name] = named[name] + totals[f]
+  end
   local items = {}
-  for i, f in ipairs(fields) do items[i] = cjson.encode(f) .. ':' .. string.format('%d', totals[f]) end
+  for i, name in ipairs(names) do items[i] = cjson.encode(name) .. ':' .. string.format('%d', named[name]) end
   out[#out + 1] = '{' .. table.concat(items, ',') .. '}'
 end
 return '[' .. table.concat(out, ',') .. ']'
@@ -203,16 +214,6 @@ def series_minutes(window_s: float, until: float, most: int) -> list[tuple[int, 
     return [(end - (count - index) * step + 1, end - (count - 1 - index) * step) for index in range(count)]
 
 
-def _field_key(by: str, sandbox: str, field: str) -> str:
-    if by == "reason":
-        return field.partition("|")[2]
-    if by == "category":
-        return field.partition("|")[0]
-    if by == "sandbox":
-        return sandbox
-    return field
-
-
 @functools.lru_cache(maxsize=4096)
 def _stem(by: str, sandbox: str) -> str:
     """The part of a sandbox's counter key names before ``<unit>:<period>`` (`_SUM_SCRIPT` makes the rest)."""
@@ -227,12 +228,13 @@ def counts_by_minutes(
     sandbox one script that sums the hashes covering every span on the server (`cover`), all in one round trip."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}, got {by!r}")
-    bounds = [minute for span in spans for minute in span]
-    calls: list[ScriptCall] = [([state_key(sandbox)], [_stem(by, sandbox), *bounds]) for sandbox in sandboxes]
+    bounds = " ".join(f"{first} {last}" for first, last in spans)
+    project = "" if by == "destination" else by
+    calls: list[ScriptCall] = [([state_key(sandbox)], [_stem(by, sandbox), project, bounds]) for sandbox in sandboxes]
     totals: list[dict[str, int]] = [{} for _ in spans]
     for sandbox, summed in zip(sandboxes, redis.run_each(_SUM_SCRIPT, calls), strict=True):
         for total, fields in zip(totals, summed, strict=True):
             for field, value in fields.items():
-                name = _field_key(by, sandbox, field)
+                name = sandbox if by == "sandbox" else field
                 total[name] = total.get(name, 0) + value
     return [dict(sorted(total.items(), key=lambda item: (-item[1], item[0]))) for total in totals]
