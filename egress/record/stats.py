@@ -2,15 +2,17 @@
 instead of every record of a window.
 
 Each stored entry adds its records' counts (an aggregate counts as its ``count``) to hashes per sandbox and period
-of a minute, an hour and a day (`layout.counts_key`: ``<category>|<reason>`` -> attempts; `layout.destinations_key`:
-destination -> attempts), by the delivery's write script itself (`COUNT_LUA`, spliced after its seen-key check):
-an entry and its counts are stored together or not at all, and a replayed entry adds nothing twice. The hashes
-share the sandbox's hash tag (one Cluster slot with its stream) and expire one period after the records' age
-retention, counted from their last write; the size retention drops records but not their counts.
+of a minute, ten minutes, an hour and a day (`layout.counts_key`: ``<category>|<reason>`` -> attempts;
+`layout.destinations_key`: destination -> attempts), by the delivery's write script itself (`COUNT_LUA`, spliced
+after its seen-key check): an entry and its counts are stored together or not at all, and a replayed entry adds
+nothing twice. The hashes share the sandbox's hash tag (one Cluster slot with its stream) and expire one period
+after the records' age retention, counted from their last write; the size retention drops records but not their
+counts.
 
 Windows are whole minutes: a window of ``W`` seconds is the last ``ceil(W / 60)`` minutes up to ``until``, the
-current one included (`minutes`); a window is read as the fewest whole days, hours and minutes that cover it
-(`cover`), so a year costs about 530 hashes per sandbox, an hour 60. docs/records.md, "Counters".
+current one included (`minutes`); a window is read as the fewest whole days, hours, ten minutes and minutes that
+cover it (`cover`; ten minutes only where a sandbox's are whole, `TENS_FIELD`), so a year costs about 530 hashes
+per sandbox, an hour at most 23. docs/records.md, "Counters".
 """
 
 from __future__ import annotations
