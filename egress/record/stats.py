@@ -138,18 +138,31 @@ Increment = tuple[str, int, dict[str, int]]
 
 def increments(sandbox: str, records: Sequence[AttemptRecord], max_age_s: float) -> list[Increment]:
     """The counter hashes an entry of ``records`` (one sandbox's) adds to, in a fixed order (a replay sends the
-    same)."""
+    same). The records are counted once, per minute; a longer period sums its minutes (an entry spans a minute or
+    two), not the records again."""
+    minutes: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+    for record in records:
+        counts, destinations = minutes.setdefault(int(record.ts // MINUTE), ({}, {}))
+        field = f"{record.category.value}|{record.reason.value}"
+        counts[field] = counts.get(field, 0) + record.count
+        where = destination(record)
+        destinations[where] = destinations.get(where, 0) + record.count
+    ordered = sorted(minutes.items())
     out: list[Increment] = []
     for unit in UNITS:
+        size = unit // MINUTE
         by_period: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
-        for record in records:
-            counts, destinations = by_period.setdefault(int(record.ts // unit), ({}, {}))
-            field = f"{record.category.value}|{record.reason.value}"
-            counts[field] = counts.get(field, 0) + record.count
-            where = destination(record)
-            destinations[where] = destinations.get(where, 0) + record.count
+        for at, (counts, destinations) in ordered:
+            if size == 1:
+                by_period[at] = (counts, destinations)
+                continue
+            into_counts, into_destinations = by_period.setdefault(at // size, ({}, {}))
+            for field, value in counts.items():
+                into_counts[field] = into_counts.get(field, 0) + value
+            for where, value in destinations.items():
+                into_destinations[where] = into_destinations.get(where, 0) + value
         ttl = max(1, int(max_age_s)) + unit
-        for period, (counts, destinations) in sorted(by_period.items()):
+        for period, (counts, destinations) in by_period.items():
             out.append((counts_key(sandbox, unit, period), ttl, counts))
             out.append((destinations_key(sandbox, unit, period), ttl, destinations))
     return out
