@@ -214,7 +214,9 @@ def test_ten_minute_hashes_are_read_once_whole_and_agree_with_the_records(server
     raw = redis.Redis.from_url(server.url, decode_responses=True)
     now_minute = int(raw.time()[0]) // 60
     marks = {f"sbx-{i}": raw.hget(state_key(f"sbx-{i}"), stats.TENS_FIELD) for i in range(4)}
-    assert all(int(mark) % 10 == 0 and now_minute + 20 < int(mark) <= now_minute + 31 for mark in marks.values())
+    assert all(
+        int(str(mark)) % 10 == 0 and now_minute + 20 < int(str(mark)) <= now_minute + 31 for mark in marks.values()
+    )
     raw.delete(*raw.keys("*:600:*"))  # as if written by an egress without them: not read, as not whole
     _check_counts(store, written[:1500])
     # Sandboxes whose ten-minute hashes are whole from the start (the bench's dump is made so): read, and right.
