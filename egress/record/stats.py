@@ -87,25 +87,29 @@ def _groups(reply: object) -> list[dict[str, int]]:
 _SUM_SCRIPT: Final = Script(
     """
 local tens = tonumber(redis.call('HGET', KEYS[1], 'TENS_FIELD') or '') or math.huge
-local stem, by, sizes, units = ARGV[1], ARGV[2], {1440, 60, 10, 1}, {'86400:', '3600:', '600:', '60:'}
+local stem, by = ARGV[1], ARGV[2]
+local sizes, prefixes = {1440, 60, 10, 1}, {stem .. '86400:', stem .. '3600:', stem .. '600:', stem .. '60:'}
 local out = {}
 for first, last in string.gmatch(ARGV[3], '(%-?%d+) (%-?%d+)') do
   local at, last = tonumber(first), tonumber(last)
   local totals, fields = {}, {}
   while at <= last do
-    for u = 1, 4 do
-      local size = sizes[u]
-      if at % size == 0 and at + size - 1 <= last and (size ~= 10 or at >= tens) then
-        local flat = redis.call('HGETALL', stem .. units[u] .. string.format('%d', at / size))
-        for j = 1, #flat, 2 do
-          local f = flat[j]
-          local total = totals[f]
-          if total == nil then fields[#fields + 1] = f; total = 0 end
-          totals[f] = total + tonumber(flat[j + 1])
-        end
-        at = at + size
-        break
+    local u = 4  -- a minute, unless a longer period starts here (each is a multiple of ten minutes) and fits
+    if at % 10 == 0 then
+      for v = 1, 3 do
+        local size = sizes[v]
+        if at % size == 0 and at + size - 1 <= last and (size ~= 10 or at >= tens) then u = v; break end
       end
+    end
+    local size = sizes[u]
+    -- a whole number below 1e14 converts to text without a fraction or an exponent (Lua's %.14g)
+    local flat = redis.call('HGETALL', prefixes[u] .. (at / size))
+    at = at + size
+    for j = 1, #flat, 2 do
+      local f = flat[j]
+      local total = totals[f]
+      if total == nil then fields[#fields + 1] = f; total = 0 end
+      totals[f] = total + tonumber(flat[j + 1])
     end
   end
   local named, names = {}, {}
