@@ -236,7 +236,7 @@ def _own_cpu_seconds(pid: int) -> float:
 def _redis_command(url: str, *command: str) -> str:
     client = redis.Redis.from_url(url, socket_timeout=30)
     try:
-        reply = client.execute_command(*command)
+        reply = client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
     finally:
         client.close()
     if isinstance(reply, dict):  # redis-py parses INFO: back to its lines
