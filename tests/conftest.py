@@ -34,6 +34,17 @@ pytest_plugins = ["tests.security.report"]
 DEFAULT_TIMEOUT = 300.0
 
 
+def pytest_collection(session: pytest.Session) -> None:
+    """Hypothesis's per-example deadline (200 ms by default) is a timing assertion: at load 29 on two cores an
+    example of tests/detect/test_dns.py took 428 ms once. Off for every property test; pytest-timeout still bounds
+    a hang. Set where tests are collected, so not in xdist's controller, which runs none (importing hypothesis
+    costs a process ~0.4 s of CPU)."""
+    from hypothesis import settings  # here, not at the top: see above
+
+    settings.register_profile("egress", deadline=None)
+    settings.load_profile("egress")
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     if in_ci() and (reason := missing_in_ci()):  # its tests would skip (or have no rows): CI must run them all
         raise pytest.UsageError(f"CI must run the corpus tests, but {reason}")

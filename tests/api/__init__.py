@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import socket
 import threading
+from functools import cache
 from typing import Any
 
 import uvicorn
@@ -34,6 +35,16 @@ def settings(redis_url: str, **overrides: Any) -> Settings:
     values: dict[str, Any] = {"redis_url": redis_url, "tokens": TOKENS, "heartbeat_s": 0.5, "follow_block_ms": 200}
     values.update(overrides)
     return Settings(**values)
+
+
+@cache
+def description() -> dict[str, Any]:
+    """The app's OpenAPI description (describing needs no Redis), built once per test process and shared: read it,
+    never change it. Building it costs ~0.4 s of CPU, and every xdist worker builds it at collection already
+    (test_schemathesis.py's cases)."""
+    from egress.api.app import create_app  # the package's other helpers need no app
+
+    return create_app(settings("redis://127.0.0.1:1/0")).openapi()
 
 
 def seed_attempts(now: float) -> list[AttemptRecord]:

@@ -9,10 +9,9 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 from egress.api import models
-from egress.api.app import create_app
 from egress.decide import Enforcement, Reason
 from egress.record.schema import AttemptRecord, RecordCategory
-from tests.api import settings
+from tests.api import description
 from tests.record import record
 
 
@@ -22,7 +21,7 @@ class _Page(BaseModel):
 
 @pytest.fixture(scope="module")
 def spec() -> dict[str, Any]:
-    return create_app(settings("redis://127.0.0.1:1/0")).openapi()
+    return description()
 
 
 def _resolve(spec: dict[str, Any], prop: dict[str, Any]) -> dict[str, Any]:

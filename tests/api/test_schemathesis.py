@@ -26,7 +26,7 @@ from schemathesis.specs.openapi.checks import (
 from egress.api.app import create_app
 from egress.record import query
 from egress.record.store import RecordStore
-from tests.api import ADMIN, auth, seed_actions, seed_attempts, settings
+from tests.api import ADMIN, auth, description, seed_actions, seed_attempts, settings
 from tests.budget import examples
 from tests.redis_server import RedisServer
 
@@ -37,7 +37,7 @@ CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance,
 def _cases() -> list[tuple[str, GenerationMode]]:
     """(operation, mode) pairs of the description (built without Redis: describing needs none); negative cases
     only where there is an input to get wrong. /v1/follow never ends by design: test_app.py tests it."""
-    spec = create_app(settings("redis://127.0.0.1:1/0")).openapi()
+    spec = description()
     cases = []
     for path, item in sorted(spec["paths"].items()):
         for method, operation in item.items():

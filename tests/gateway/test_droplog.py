@@ -5,7 +5,6 @@ from __future__ import annotations
 import ipaddress
 import socket
 import struct
-from pathlib import Path
 
 import pytest
 
@@ -13,11 +12,10 @@ from egress.capture.nflog import LoggedPacket
 from egress.decide import Enforcement, Reason
 from egress.detect.names import NameLists
 from egress.gateway.droplog import DropJudge
-from egress.policy.lists import load_name_lists
 from egress.policy.model import Mode, Policy
+from tests.lists import shipped_lists
 from tests.nft import make_sandbox
 
-LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 POLICY = Policy(
     1,
     (
@@ -50,7 +48,7 @@ def logged(packet: bytes, prefix: str = "egress drop agents") -> LoggedPacket:
 
 @pytest.fixture(scope="module")
 def lists() -> NameLists:
-    return load_name_lists(LISTS)
+    return shipped_lists()
 
 
 @pytest.fixture

@@ -32,7 +32,7 @@ from egress.gateway.reload import (
 from egress.gateway.supervisor import participants
 from egress.nft import runner
 from egress.nft.render import GatewaySettings
-from egress.policy.lists import load_name_lists
+from tests.lists import shipped_lists
 
 POLICY = """version: 1
 sandboxes:
@@ -43,7 +43,6 @@ sandboxes:
       hosts: [allowed.test:443]
 """
 SETTINGS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0")
-LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 # TODO: use tests.conftest's scaled/eventually once the testinfra branch is on main
 WAIT = 30.0
 
@@ -234,7 +233,7 @@ class _Reporter:
 
 def test_the_real_in_process_components_get_the_very_object(tmp_path: Path) -> None:
     old = load_version(_write(tmp_path / "old.yaml", "old"))
-    lists = load_name_lists(LISTS)
+    lists = shipped_lists()
     reporter = _Reporter()
     bindings = Bindings(tmp_path / "bindings.db")
     allow_sets = AllowSetWriter("egress", old.policy)
@@ -270,7 +269,7 @@ def test_the_resolver_answers_while_a_large_policy_is_parsed(tmp_path: Path) -> 
     assert path.stat().st_size > 900_000
     reporter = _Reporter()
     bindings = Bindings(tmp_path / "bindings.db")
-    resolver = Resolver(old.policy, Upstream("127.0.0.1", 9), bindings, reporter, load_name_lists(LISTS))
+    resolver = Resolver(old.policy, Upstream("127.0.0.1", 9), bindings, reporter, shipped_lists())
     started, answered = threading.Event(), threading.Event()
     order: list[str] = []
 

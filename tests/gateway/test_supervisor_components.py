@@ -30,10 +30,9 @@ from egress.gateway.components import (
 from egress.gateway.droplog import DropLogger
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import load_version
-from egress.policy.lists import load_name_lists
+from tests.lists import shipped_lists
 from tests.redis_server import RedisFactory
 
-LISTS = Path(__file__).resolve().parents[2] / "rules" / "lists"
 POLICY = """version: 1
 sandboxes:
   agent:
@@ -100,7 +99,7 @@ def test_only_the_supervisors_own_probes_are_kept_out_of_the_records() -> None:
 def test_the_resolver_answers_its_probe_is_noticed_hung_and_comes_back_after_a_restart(tmp_path: Path) -> None:
     (tmp_path / "policy.yaml").write_text(POLICY)
     policy = load_version(tmp_path / "policy.yaml").policy
-    lists = load_name_lists(LISTS)
+    lists = shipped_lists()
     bindings = Bindings(tmp_path / "bindings.db")
     collected = Collected()
     reporter = ProbeFilter(collected)
