@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 from egress.capture.nflog import in_netns
+from tests.waiting import eventually
 
 
 def run(netns: str | None, *command: str) -> str:
@@ -84,6 +85,10 @@ def topology() -> Iterator[Topology]:
         _link(gw, g, f"{t.GATEWAY4}/24", f"{t.GATEWAY6}/64")
         _link(gw, u, f"{t.UPLINK4}/24", f"{t.UPLINK6}/64")
         _link(net, i, f"{t.INTERNET4}/24", f"{t.INTERNET6}/64")
+        # With duplicate address detection off nothing waits for the links' carrier any more: a datagram sent before
+        # a veth's peer is up is dropped (a DHCPv6 solicit right after the topology was made was lost).
+        ends = ((sbx, s), (gw, g), (gw, u), (net, i))
+        eventually(lambda: all("LOWER_UP" in run(ns, "ip", "-o", "link", "show", "dev", dev) for ns, dev in ends))
         run(sbx, "ip", "route", "add", "default", "via", t.GATEWAY4)
         run(sbx, "ip", "-6", "route", "add", "default", "via", t.GATEWAY6)
         # The sandbox may send from addresses the gateway drops (spoofing tests): resolve the gateway statically so
