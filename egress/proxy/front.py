@@ -4,8 +4,8 @@ allowed TLS itself; everything else goes to mitmproxy untouched.
 For each connection the front peeks (``MSG_PEEK``: nothing is consumed) at the client's first bytes. When they are
 a whole TLS ClientHello that `Gate` passes through with nothing to record (allowed, not on the sandbox's decrypt
 list) and the destination may be dialled, the front dials the original destination and relays both directions
-with a pair of asyncio protocols: a fraction of what the same connection costs in mitmproxy's layers
-(docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
+on the two raw sockets (`egress.proxy.splice`; splice(2) once the watch is done): a fraction of what the same
+connection costs in mitmproxy's layers (docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
 client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspection, refusals, would-blocks, bytes
 that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
 what it always did: the front only takes what it can finish, and never blocks or records a block itself, with one
