@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
+import redis
 
 from tests.ports import free_port
 
@@ -60,10 +61,15 @@ def cpu_seconds(pid: int) -> float:
 class Served:
     base: str
     pid: int
+    redis_pid: int = 0
+    """The redis-server's process id, 0 when not measured: its CPU per request is the part of a request's cost
+    that the API's own CPU does not show (one thread, shared by every client)."""
+    redis_url: str = ""
+    """Where `INFO commandstats` is read per shape (calls and server time per command and script)."""
 
 
 @contextlib.contextmanager
-def serve(tree: Path, redis_url: str, workers: int, log: Path) -> Iterator[Served]:
+def serve(tree: Path, redis_url: str, workers: int, log: Path, redis_pid: int = 0) -> Iterator[Served]:
     """``egress api serve`` from the source tree ``tree``; yields its base URL and process id, stops it (its own
     process group)."""
     port = free_port()
@@ -85,7 +91,7 @@ def serve(tree: Path, redis_url: str, workers: int, log: Path) -> Iterator[Serve
             if time.monotonic() > deadline:
                 raise RuntimeError(f"the API did not answer within 60 s: see {log}")
             time.sleep(0.2)
-        yield Served(base, process.pid)
+        yield Served(base, process.pid, redis_pid, redis_url)
     finally:
         with contextlib.suppress(ProcessLookupError):
             os.killpg(process.pid, 15)
@@ -107,6 +113,11 @@ class Result:
     """CPU time the clients' process spent (the clients are threads of this process)."""
     load_average: float = float("nan")
     """The machine's 1-minute load average when the shape ended."""
+    redis_cpu_s: float = float("nan")
+    """CPU time the redis-server spent (nan when not measured)."""
+    commands: dict[str, tuple[int, int]] = field(default_factory=dict)
+    """Per Redis command (a script counts as ``evalsha``, and each command it runs as itself): calls, microseconds
+    on the server (INFO commandstats over the shape)."""
 
     @property
     def answered(self) -> int:
@@ -115,6 +126,15 @@ class Result:
     @property
     def cpu_ms_per_request(self) -> float:
         return self.cpu_s * 1000 / self.answered if self.answered else float("nan")
+
+    @property
+    def redis_cpu_ms_per_request(self) -> float:
+        return self.redis_cpu_s * 1000 / self.answered if self.answered else float("nan")
+
+    def per_request(self) -> dict[str, tuple[float, float]]:
+        """Per Redis command: calls and server microseconds per request."""
+        n = max(1, self.answered)
+        return {name: (calls / n, usec / n) for name, (calls, usec) in sorted(self.commands.items())}
 
     @property
     def client_cpu_ms_per_request(self) -> float:
@@ -135,6 +155,11 @@ class Result:
             "seconds": round(self.seconds, 1),
             "server_cpu_ms_per_request": round(self.cpu_ms_per_request, 2),
             "client_cpu_ms_per_request": round(self.client_cpu_ms_per_request, 2),
+            "redis_cpu_ms_per_request": round(self.redis_cpu_ms_per_request, 2),
+            "redis_commands_per_request": {
+                name: {"calls": round(calls, 2), "usec": round(usec, 1)}
+                for name, (calls, usec) in self.per_request().items()
+            },
             "load_average": round(self.load_average, 1),
         }
 
@@ -182,6 +207,9 @@ def load(
 def _run_clients(served: Served, client: Callable[[], None], clients: int, result: Result) -> Result:
     """Run ``clients`` threads of ``client`` to the end, then fill ``result``'s time, the server's and the clients'
     CPU seconds and the load average."""
+    if served.redis_url:
+        _redis_command(served.redis_url, "CONFIG", "RESETSTAT")
+    redis_cpu = _own_cpu_seconds(served.redis_pid) if served.redis_pid else float("nan")
     started, cpu, client_cpu = time.monotonic(), cpu_seconds(served.pid), time.process_time()
     threads = [threading.Thread(target=client, name=f"bench-client-{index}") for index in range(clients)]
     for thread in threads:
@@ -192,7 +220,40 @@ def _run_clients(served: Served, client: Callable[[], None], clients: int, resul
     result.cpu_s = cpu_seconds(served.pid) - cpu
     result.client_cpu_s = time.process_time() - client_cpu
     result.load_average = os.getloadavg()[0]
+    if served.redis_pid:
+        result.redis_cpu_s = _own_cpu_seconds(served.redis_pid) - redis_cpu
+    if served.redis_url:
+        result.commands = _commandstats(_redis_command(served.redis_url, "INFO", "commandstats"))
     return result
+
+
+def _own_cpu_seconds(pid: int) -> float:
+    """CPU time (user + system) of one process (its threads included), nan once it is gone."""
+    fields = _stat(pid)
+    return float("nan") if fields is None else sum(int(value) for value in fields[11:13]) / os.sysconf("SC_CLK_TCK")
+
+
+def _redis_command(url: str, *command: str) -> str:
+    client = redis.Redis.from_url(url, socket_timeout=30)
+    try:
+        reply = client.execute_command(*command)  # type: ignore[no-untyped-call]  # redis-py leaves it untyped
+    finally:
+        client.close()
+    if isinstance(reply, dict):  # redis-py parses INFO: back to its lines
+        return "\n".join(f"{name}:{','.join(f'{k}={v}' for k, v in value.items())}" for name, value in reply.items())
+    return str(reply)
+
+
+def _commandstats(info: str) -> dict[str, tuple[int, int]]:
+    """INFO commandstats' lines ``cmdstat_<name>:calls=N,usec=U,...`` as name -> (calls, usec)."""
+    out: dict[str, tuple[int, int]] = {}
+    for line in info.splitlines():
+        name, _, values = line.strip().partition(":")
+        if not name.startswith("cmdstat_"):
+            continue
+        pairs = dict(item.split("=", 1) for item in values.split(",") if "=" in item)
+        out[name.removeprefix("cmdstat_")] = (int(float(pairs.get("calls", 0))), int(float(pairs.get("usec", 0))))
+    return out
 
 
 class _Http11:
@@ -291,11 +352,11 @@ def warm(served: Served, shapes: dict[str, Callable[[int], str]], each: int = 20
 
 
 def print_table(api: dict[str, dict[str, Result]], clients: int, workers: int) -> None:
-    """Each request shape's p50 / p99 per tree, side by side, the CPU a request cost the server and the clients,
-    the load average, and whether this tree met the goal."""
+    """Each request shape's p50 / p99 per tree, side by side, the CPU a request cost the server, Redis and the
+    clients, the load average, and whether this tree met the goal; then the Redis commands a request sent."""
     print(f"API: {clients} clients, {workers} uvicorn worker(s); per tree: p50 / p99 ms (answered, failed),")
-    print("  server CPU ms/request, client CPU ms/request, 1-min load average at the end of the shape")
-    print(f"  {'':26}" + "".join(f"{name:>58}" for name in api))
+    print("  CPU ms/request of the API, of redis-server and of the clients, 1-min load average at the shape's end")
+    print(f"  {'':26}" + "".join(f"{name:>64}" for name in api))
     for shape in next(iter(api.values()), {}):
         cells = []
         for shapes in api.values():
@@ -303,9 +364,19 @@ def print_table(api: dict[str, dict[str, Result]], clients: int, workers: int) -
             failed = sum(done.failures.values())
             cells.append(
                 f"{done.quantile(50):>7.1f} / {done.quantile(99):>7.1f} ({len(done.latencies)}, {failed})"
-                f" {done.cpu_ms_per_request:>6.2f} {done.client_cpu_ms_per_request:>5.2f} {done.load_average:>5.1f}"
+                f" {done.cpu_ms_per_request:>6.2f} {done.redis_cpu_ms_per_request:>5.2f}"
+                f" {done.client_cpu_ms_per_request:>5.2f} {done.load_average:>5.1f}"
             )
-        print(f"  {shape:<26}" + "".join(f"{cell:>58}" for cell in cells))
+        print(f"  {shape:<26}" + "".join(f"{cell:>64}" for cell in cells))
+    for name, shapes in api.items():
+        print(f"Redis commands per request ({name}): calls, server us")
+        for shape, done in shapes.items():
+            commands = ", ".join(
+                f"{command} {calls:.1f} {usec:.0f}us"
+                for command, (calls, usec) in done.per_request().items()
+                if calls >= 0.05 and command not in ("config|resetstat", "info", "config")
+            )
+            print(f"  {shape:<26} {commands}")
     mine = api.get("this tree", {})
     met = bool(mine) and all(result.quantile(99) < GOAL_P99_MS and not result.failures for result in mine.values())
     print(f"  goal p99 < {GOAL_P99_MS} ms each (this tree): {'met' if met else 'NOT met'}")

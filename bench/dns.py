@@ -96,12 +96,15 @@ def dnsperf(lab: Lab, nameserver: str, seconds: float, rate: float | None = None
     lost = re.search(r"Queries lost:\s+(\d+)", text)
     if qps is None or completed is None:
         return {"failed": (done.stderr.strip() or text.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
+    if int(completed.group(1)) == 0:  # a server that answered nothing is no figure to take a median of
+        return {"failed": f"no query answered ({lost.group(1) if lost else '?'} lost)"}
     answered = int(completed.group(1))
     return {
         "qps": float(qps.group(1)),
         "avg_ms": 1000.0 * float(latency.group(1)) if latency else float("nan"),
         "lost": int(lost.group(1)) if lost else 0,
         "gw_cpu_ms_per_1k": 1000.0 * cpu / max(answered / 1000.0, 1e-9),
+        "load": os.getloadavg()[0],  # the machine is shared: the 1-minute load average as the run ended
     }
 
 
@@ -186,6 +189,7 @@ def report(results: dict[str, dict[str, Result]]) -> list[str]:
         ("saturated", "avg_ms", "  average latency (ms)"),
         ("saturated", "lost", "  queries lost"),
         ("saturated", "gw_cpu_ms_per_1k", "gateway CPU ms per 1,000 answers"),
+        ("saturated", "load", "  load average (1 min) at its end"),
         ("half", "rate", "half load (queries/s)"),
         ("half", "p50_ms", "  probe p50 (ms)"),
         ("half", "p99_ms", "  probe p99 (ms)"),

@@ -30,7 +30,7 @@ from typing import Final
 import redis
 
 from egress.record import stats
-from egress.record.layout import LAYOUT_VERSION, counts_key, destinations_key, sandbox_tag
+from egress.record.layout import LAYOUT_VERSION, counts_key, destinations_key, sandbox_tag, state_key
 from tests.redis_server import REDIS_SERVER, RedisServer
 from tests.waiting import eventually
 
@@ -154,16 +154,17 @@ def _save(server: DumpServer, dump: Path, meta_path: Path, meta: dict[str, float
 def retime_counters(url: str, written_start: float, start: float) -> None:
     """Move every sandbox's counters by the whole minutes from ``written_start`` to ``start``: each minute hash to
     its new minute, the hour and day hashes summed again from the moved minutes (what writing the same records that
-    much later would have counted)."""
+    much later would have counted), and mark every sandbox's ten-minute hashes whole (`stats.TENS_FIELD`)."""
     shift = stats.minute(start) - stats.minute(written_start)
-    if shift == 0:
-        return
     client = redis.Redis.from_url(url)
     try:
         sandboxes = sorted(member.decode() for member in client.smembers("egress:sandboxes"))
         for sandbox in sandboxes:
             for make in (counts_key, destinations_key):
                 _retime_kind(client, sandbox, make, shift)
+            # Every period is summed again from the minutes here, ten-minute ones too (a dump may be older than
+            # them): all are whole.
+            client.hset(state_key(sandbox), stats.TENS_FIELD, "0")
     finally:
         client.close()
 

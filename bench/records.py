@@ -15,8 +15,9 @@ sandboxes written by `RecordStore.write` the way the gateway writes them (a batc
 
 then the API's side (bench/api_load.py): a real ``egress api serve`` on that store (one uvicorn worker per usable
 core) and 20 concurrent keep-alive clients, p50/p99 of each request shape (the attempt list, filtered too; a
-sandbox's timeline; the stats and the chart's series of the last hour; goal: p99 < 200 ms each) beside the server's
-and the clients' CPU per request and the load average; with ``--baseline <tree>`` the same load against the API of
+sandbox's timeline; the stats and the chart's series of the last hour; goal: p99 < 200 ms each) beside the server's,
+redis-server's and the clients' CPU per request, the load average and the Redis commands a request sent (calls and
+server time per command, INFO commandstats); with ``--baseline <tree>`` the same load against the API of
 another checkout (e.g. the main branch), side by side, on the same records.
 
 The filled store is kept as a Redis dump under /var/tmp/egress-bench (bench/record_dump.py) and reused by the next
@@ -241,7 +242,7 @@ def main() -> int:
                 shapes = {name: shapes[name] for name in args.shapes}
             for name, tree in trees.items():
                 log = pathlib.Path(spool) / f"api-{len(api)}.log"
-                with serve(tree, server.url, args.api_workers, log) as served:
+                with serve(tree, server.url, args.api_workers, log, server.pid) as served:
                     warm(served, shapes)
                     api[name] = {
                         shape: (

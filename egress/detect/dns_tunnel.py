@@ -121,6 +121,20 @@ def looks_encoded(label: str, min_length: int = 16) -> bool:
     return len(run) >= 24 and entropy(run) >= 4.2
 
 
+QuestionKey = tuple[str, str, int]
+"""A question as the tracker keys it: base domain, subdomain, and the hash it remembers (subdomain, type) by."""
+
+
+def question_key(name: str, qtype: int) -> QuestionKey | None:
+    """How the tracker keys a question for ``name`` (lowercased presentation form) and ``qtype``; None for a name it
+    does not track (empty, or under ``arpa`` or ``local``)."""
+    if not name or name.rsplit(".", 1)[-1] in _SKIP_TLDS:
+        return None
+    base = base_domain(name)
+    subdomain = name[: len(name) - len(base)].rstrip(".") if base else name
+    return base, subdomain, hash((subdomain, qtype))
+
+
 @dataclass(frozen=True, slots=True)
 class DnsTunnelLimits:
     """Thresholds of `DnsTunnelTracker`; defaults reasoned in docs/dns-tunnel-thresholds.md."""
@@ -265,9 +279,10 @@ class DnsTunnelTracker:
 
     def _question(self, client: str, question: dns.Question, now: float) -> Finding | None:
         name = question.name
-        if not name or name.rsplit(".", 1)[-1] in _SKIP_TLDS:
+        keyed = question_key(name, question.qtype)
+        if keyed is None:
             return None
-        base = base_domain(name)
+        base, subdomain, seen_key = keyed
         state = self._state((client, base), now)
         if state.finding is not None:
             if now < state.held_until:
@@ -275,8 +290,6 @@ class DnsTunnelTracker:
                 return state.finding
             state = self._states[client, base] = _State(updated=now)  # the hold is over: judge afresh
         state.decay(now, self.limits.half_life)
-        subdomain = name[: len(name) - len(base)].rstrip(".") if base else name
-        seen_key = hash((subdomain, question.qtype))
         if seen_key in state.recent:
             return None
         state.recent[seen_key] = None
@@ -288,6 +301,21 @@ class DnsTunnelTracker:
             state.finding = Finding(Category.TUNNEL, reason.split(" ", 1)[0], DETECTOR, evidence(shown))
             state.held_until = now + self.limits.hold
         return state.finding
+
+    def repeat(self, client: str, keyed: QuestionKey | None, now: float | None = None) -> bool:
+        """Account a question `observe_message` would count as a repeat, the way it would: True when ``client``'s
+        pair for it is tracked, not found (held or ended), and remembers this (subdomain, type), after decaying
+        the pair's counters as `observe_message` does (it changes nothing else and finds nothing then); False,
+        with nothing changed, when the caller must `observe_message` the question instead. ``keyed``: its
+        `question_key` (None: a name the tracker skips, always a repeat). The resolver's fast path
+        (`egress.dnsserver.fast`) calls this instead of parsing the query again."""
+        if keyed is None:
+            return True
+        state = self._states.get((client, keyed[0]))
+        if state is None or state.finding is not None or keyed[2] not in state.recent:
+            return False
+        state.decay(self._clock() if now is None else now, self.limits.half_life)
+        return True
 
     def _state(self, key: tuple[str, str], now: float) -> _State:
         state = self._states.get(key)

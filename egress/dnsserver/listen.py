@@ -70,6 +70,12 @@ class UdpServer:
         self._loop.add_reader(sock.fileno(), self._drain)
 
     def _drain(self) -> None:
+        try:
+            self._read()
+        finally:  # the fast path's allowed decisions of this read, reported as it ends (`Resolver.flush_reports`)
+            self.resolver.flush_reports()
+
+    def _read(self) -> None:
         for _ in range(BATCH):
             try:
                 data, ancillary, _flags, addr = self.sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY)

@@ -14,7 +14,9 @@ For each query from a sandbox (sans sockets; `egress.dnsserver.listen` reads and
 
 Upstream answers are cached for their TTL (`egress.dnsserver.cache`: policy-free, judged again on every hit), and
 queries that would be forwarded as the same bytes while one is on its way upstream wait for that one exchange, so a
-burst of one name costs one upstream query. Steps 1 and 2 run for every query, cached or not.
+burst of one name costs one upstream query. Steps 1 and 2 run for every query, cached or not. A repeat of a plain
+allowed UDP query answered moments ago is answered from prepared bytes (`egress.dnsserver.fast`), only while every
+input of its decision and answer is unchanged; the tunnel tracker accounts it as a repeat (or the slow path runs).
 
 Every decision (allowed or not) is reported as a `DecidedFlow`. A truncated UDP answer is retried over TCP. A
 refusal tells an EDNS client why: an Extended DNS Error naming the reason and the rule (`forward.refusal`).
@@ -41,9 +43,9 @@ from egress.decide import (
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import dns
 from egress.detect.base import Category, Finding, evidence
-from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
+from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker, question_key
 from egress.detect.names import NameLists
-from egress.dnsserver import answers, forward
+from egress.dnsserver import answers, fast, forward
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
@@ -73,6 +75,20 @@ class Pending:
     transport: str
     asked: Asked | None = None
     """What the flow log needs of the query (None: its sandbox keeps none)."""
+    ready: Ready | None = None
+    """How to prepare its answer for the fast path (None: it is not one to prepare)."""
+
+
+@dataclass(frozen=True, slots=True)
+class Ready:
+    """A plain allowed query over UDP whose answer the fast path may keep (`egress.dnsserver.fast`)."""
+
+    key: fast.FastKey
+    question_end: int
+    verdict: Verdict
+    cache_key: bytes
+    generation: int
+    """The fast path's generation when it was decided: a reload before its upstream answer came voids it."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +169,9 @@ class Resolver:
         self._trackers: dict[str, DnsTunnelTracker] = {}
         self.cache = cache if cache is not None else AnswerCache(clock=clock)
         self._in_flight: dict[bytes, asyncio.Future[Cached | None]] = {}
+        self.fast = fast.FastPath()
+        self.batch = fast.AllowedBatch()
+        """The fast path's allowed decisions until `flush_reports` (the socket's reader calls it after each read)."""
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -160,7 +179,9 @@ class Resolver:
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy. Tunnel state of sandboxes that remain is kept (a reload must not lift a hold);
         their new thresholds apply from now."""
+        self.flush_reports()
         self.policy = policy
+        self.fast.invalidate()
         names = {sandbox.name: sandbox for sandbox in policy.sandboxes}
         for name in list(self._trackers):
             if name in names:
@@ -190,11 +211,21 @@ class Resolver:
     async def answer(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | None:
         """The bytes to answer ``query`` with (None: nothing can be answered)."""
         result = self.answer_now(query, client, transport)
+        self.flush_reports()  # no read of a socket to wait for the end of (TCP, tests)
         return await self.finish(result) if isinstance(result, Pending) else result
 
     def answer_now(self, query: bytes, client: tuple[str, int], transport: str) -> bytes | Pending | None:
         """`answer` without waiting: the bytes, or `Pending` when the upstream must be asked (then `finish` it).
-        Everything but the upstream exchange happens here, so a query answered from the cache costs no task."""
+        Everything but the upstream exchange happens here, so a query answered from the cache costs no task.
+        A repeat of a plain allowed query answered moments ago is answered from its prepared bytes (`fast`)."""
+        keyed = fast.key_of(query, client[0]) if transport == "udp" else None
+        if keyed is not None:
+            prepared = self.fast.entries.get(keyed[0])
+            if prepared is not None:
+                response = self._answer_prepared(prepared, query, keyed[1], client)
+                if response is not None:
+                    return response
+                self.fast.forget(keyed[0])
         message = dns.parse_partial(query)
         if message is None:
             return None  # shorter than a header: there is no id to answer
@@ -228,10 +259,14 @@ class Resolver:
             return _refusal(message, verdict, forward.EDE_BLOCKED, record_id)
         forwarded = forward.upstream_query(message, question, ident=0)
         asked = Asked(verdict, len(query), time.time()) if sandbox.flow_log and self.flows is not None else None
+        plain = verdict.action is Enforcement.ALLOW and verdict.reason is None and verdict.finding is None
+        ready = None
+        if keyed is not None and plain and held is None:
+            ready = Ready(keyed[0], keyed[1], verdict, AnswerCache.key(forwarded), self.fast.generation)
         cached = self.cache.get(forwarded)
         if cached is None:
-            return Pending(sandbox, message, name, forwarded, client, transport, asked)
-        return self._respond(sandbox, message, name, client, transport, cached, asked)
+            return Pending(sandbox, message, name, forwarded, client, transport, asked, ready)
+        return self._respond(sandbox, message, name, client, transport, cached, asked, ready)
 
     async def finish(self, pending: Pending) -> bytes:
         """The answer to a `Pending` query, once the upstream has answered (SERVFAIL if it did not)."""
@@ -239,7 +274,7 @@ class Resolver:
         if cached is None:
             return _reply(pending.query, dns.SERVFAIL)
         p = pending
-        return self._respond(p.sandbox, p.query, p.name, p.client, p.transport, cached, p.asked)
+        return self._respond(p.sandbox, p.query, p.name, p.client, p.transport, cached, p.asked, p.ready)
 
     def _respond(
         self,
@@ -250,11 +285,13 @@ class Resolver:
         transport: str,
         cached: Cached,
         asked: Asked | None = None,
+        ready: Ready | None = None,
     ) -> bytes:
         upstream = cached.message
         rule = sandbox.name_allowed(name)
         if rule is None:  # report mode let a refused name through: its answer is not judged against a rule
             sections: answers.Sections = (upstream.answers, upstream.authorities, upstream.additionals)
+            ready = None
         else:
             judged = self._judged(cached, sandbox, name, rule)
             if judged.refused is not None:
@@ -264,6 +301,8 @@ class Resolver:
                     return _refusal(query, judged.refused, forward.EDE_BLOCKED, record_id)
             if judged.dropped:
                 self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
+            if judged.refused is not None or judged.dropped:
+                ready = None  # the fast path reports one decision per query: this took more
             sections = judged.sections if sandbox.mode is Mode.ENFORCE else sections_of(upstream)
         if cached.age:
             sections = (aged(sections[0], cached.age), aged(sections[1], cached.age), aged(sections[2], cached.age))
@@ -274,12 +313,71 @@ class Resolver:
                 self.on_answer(sandbox.name, found)
         self.answered += 1
         response = forward.client_response(query, upstream, sections, transport)
+        if ready is not None:
+            self._prepare(ready, sandbox, query, name, cached, response, found)
         if asked is not None and self.flows is not None:
             verdict = asked.verdict
             self.flows.flow_ended(EndedFlow(sandbox.name, client[0], client[1], self.listen_address, 53, transport,
                                             name, verdict.rule, verdict.action.value, asked.size, len(response),
                                             asked.at, time.time()))  # fmt: skip
         return response
+
+    def _prepare(
+        self,
+        ready: Ready,
+        sandbox: Sandbox,
+        query: dns.Message,
+        name: str,
+        cached: Cached,
+        response: bytes,
+        found: list[tuple[str, int]],
+    ) -> None:
+        """Keep the answer just made for the fast path, and what it depended on."""
+        question = query.questions[0]
+        tracked = question_key(question.name, question.qtype)
+        end = ready.question_end
+        if ready.generation != self.fast.generation or not self.cache.reuse(ready.cache_key, cached):
+            return  # a reload came while it waited, or the answer is not kept (nothing to answer it from later)
+        prepared = fast.Prepared(ready.generation, sandbox, name, ready.verdict, tracked, ready.cache_key,
+                                 cached, response[2:12], response[end:], found)  # fmt: skip
+        self.fast.put(ready.key, prepared)
+
+    def _answer_prepared(
+        self, prepared: fast.Prepared, query: bytes, question_end: int, client: tuple[str, int]
+    ) -> bytes | None:
+        """The slow path's answer to ``query`` from what it prepared (`fast`); None when an input of the decision
+        or of the answer changed since (the slow path answers then, and prepares it again)."""
+        sandbox = prepared.sandbox
+        tracker = self._trackers.get(sandbox.name)
+        if prepared.generation != self.fast.generation or tracker is None:
+            return None
+        if not self.cache.reuse(prepared.cache_key, prepared.cached):
+            return None
+        if not tracker.repeat(sandbox.name, prepared.tracked):  # the tracker's account, as the slow path keeps it
+            return None
+        self.cache.touch(prepared.cache_key)
+        asked = time.time() if sandbox.flow_log and self.flows is not None else None
+        self.batch.add(DecidedFlow(time.time(), sandbox.name, client[0], client[1], self.listen_address, 53, "udp",
+                                   prepared.name, prepared.verdict))  # fmt: skip
+        found = prepared.found
+        if found:
+            self.bindings.bind(sandbox.name, prepared.name, found)
+            if self.on_answer is not None:
+                self.on_answer(sandbox.name, found)
+        self.answered += 1
+        self.fast.hits += 1
+        response = query[:2] + prepared.head + query[12:question_end] + prepared.tail
+        if asked is not None and self.flows is not None:
+            verdict = prepared.verdict
+            self.flows.flow_ended(EndedFlow(sandbox.name, client[0], client[1], self.listen_address, 53, "udp",
+                                            prepared.name, verdict.rule, verdict.action.value, len(query),
+                                            len(response), asked, time.time()))  # fmt: skip
+        return response
+
+    def flush_reports(self) -> None:
+        """Report the fast path's allowed decisions merged so far (`fast.AllowedBatch`)."""
+        if self.batch.pending:
+            self.batch.flush(self.reporter)
 
     def kernel_dropped(self, count: int) -> None:
         """The kernel dropped ``count`` queries at a listening socket (receive buffer full): one decision each, so

@@ -25,7 +25,8 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Final, Protocol
 
-from egress.gateway.reload import PolicyVersion, parse_version
+from egress.gateway import validate
+from egress.gateway.reload import PolicyVersion, ValidationFailed
 from egress.policy.yamlnodes import RulesError
 from egress.record.policy_store import STORE_ERRORS, GatewayReport, PolicyHistory, State
 
@@ -38,12 +39,6 @@ RETRY_REFUSED: Final = 60.0
 component restarted, a worker was slow), and a gateway that lags the fleet should keep saying so."""
 ERROR_CHARS: Final = 2000
 """A failed apply's reason as reported (the whole of it is in the gateway's log)."""
-
-
-def _timed_parse(text: str, origin: str) -> tuple[PolicyVersion, float]:
-    """`parse_version` and the CPU seconds its thread spent on it (the log line; bench/rules.py)."""
-    started = time.thread_time()
-    return parse_version(text, origin), time.thread_time() - started
 
 
 class Installs(Protocol):
@@ -69,8 +64,11 @@ class PolicyFollower:
         retry_refused: float = RETRY_REFUSED,
         clock: Callable[[], float] = time.time,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        parse: Callable[[str, str], tuple[PolicyVersion, float]] = validate.parse,
     ) -> None:
         self.history = history
+        self._parse = parse
+        """Validates a version's text in a child process (egress.gateway.validate): version and CPU seconds."""
         self.gateway = gateway
         self.installer = installer
         self.interval = interval
@@ -137,9 +135,12 @@ class PolicyFollower:
             return
         started = time.monotonic()
         try:
-            version, cpu = await asyncio.to_thread(_timed_parse, text, origin)
+            version, cpu = await asyncio.to_thread(self._parse, text, origin)
         except RulesError as exc:
             self._refused(number, f"does not validate:\n{exc}")
+            return
+        except ValidationFailed as exc:
+            self._refused(number, f"was not validated: {exc}")
             return
         elapsed = time.monotonic() - started
         log.info("%s (%s) read and validated in %.3f s (cpu %.3f s)", origin, version.label, elapsed, cpu)

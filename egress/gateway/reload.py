@@ -1,8 +1,8 @@
 """The reload protocol: one validated policy object, prepared by every component, then committed by all or by none.
 
-A reload reads the policy file's bytes once, and parses and validates them in a worker thread (the resolver's
-event loop keeps answering meanwhile) into a `PolicyVersion`: the frozen `Policy` and the SHA-256 of those bytes.
-That same object goes to every component, each a `Participant`:
+A reload reads the policy file's bytes once, and parses and validates them off the event loop (the gateway does
+it in a child process, egress.gateway.validate, so the parse holds none of its locks) into a `PolicyVersion`:
+the frozen `Policy` and the SHA-256 of those bytes. That same object goes to every component, each a `Participant`:
 
 1. **prepare**: every component builds and checks what it needs (nftables: the rendered table, checked with
    ``nft -c``; a proxy worker: the object, received over its control channel) and answers within a deadline. A
@@ -57,20 +57,40 @@ class PolicyVersion:
         return version_label(self.digest)
 
 
-def load_version(path: str | Path) -> PolicyVersion:
-    """Read the policy file's bytes once, validate them and hash them; raise `RulesError` with every problem."""
+def read_version(path: str | Path) -> PolicyVersion:
+    """Read the policy file's bytes once, validate them and hash them; raise `RulesError` with every problem. The
+    rule indexes are not built (`load_version` builds them; a child process hands the policy back without them)."""
     try:
         data = Path(path).read_bytes()
     except OSError as error:
         raise RulesError([Problem(str(path), 1, f"cannot read: {error}")]) from None
     text = decode(data, str(path), max_bytes())  # the size cap and the bad byte's line, as `egress rules check`
-    return PolicyVersion(parse_policy(text, str(path)).index(), hashlib.sha256(data).hexdigest())
+    return PolicyVersion(parse_policy(text, str(path)), hashlib.sha256(data).hexdigest())
+
+
+def text_version(text: str, origin: str) -> PolicyVersion:
+    """A policy's text (from the fleet's history, egress.record.policy_store) validated and hashed as
+    `read_version` does a file's bytes: the same text gives the same digest either way. Indexes not built."""
+    return PolicyVersion(parse_policy(text, origin), hashlib.sha256(text.encode()).hexdigest())
+
+
+def load_version(path: str | Path) -> PolicyVersion:
+    """`read_version` with the rule indexes built (the policy ready for the resolver and the gate)."""
+    version = read_version(path)
+    version.policy.index()
+    return version
 
 
 def parse_version(text: str, origin: str) -> PolicyVersion:
-    """A policy's text (from the fleet's history, egress.record.policy_store) validated and hashed as
-    `load_version` does a file's bytes: the same text gives the same digest either way."""
-    return PolicyVersion(parse_policy(text, origin).index(), hashlib.sha256(text.encode()).hexdigest())
+    """`text_version` with the rule indexes built."""
+    version = text_version(text, origin)
+    version.policy.index()
+    return version
+
+
+class ValidationFailed(Exception):
+    """The process validating a policy did not answer (egress.gateway.validate: it could not start, died or was
+    killed): nothing is applied."""
 
 
 class Refused(Exception):
@@ -227,6 +247,9 @@ class Reloader:
             version = await asyncio.to_thread(self.load, self.path)
         except RulesError as exc:
             log.error("policy reload rejected, the running policy stays in force:\n%s", exc)
+            return None
+        except ValidationFailed as exc:
+            log.error("policy reload not validated, the running policy stays in force: %s", exc)
             return None
         except Exception:  # a reader's bug must not end reloading: this reload fails, the next may work
             log.exception("policy reload failed reading %s, the running policy stays in force", self.path)

@@ -34,6 +34,7 @@ from typing import Protocol
 from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
+from egress.gateway import validate
 from egress.gateway.allowsets import AllowSetWriter
 from egress.gateway.components import (
     FAULT_HOOKS_ENV,
@@ -337,6 +338,7 @@ class Supervisor:
             participants(self.table, self.resolver, self.drops, self.allow_sets, self.slots),
             self.version,
             on_commit=self.committed,
+            load=validate.load,  # the parse in a child process: it holds none of the resolver's locks
         )
         if self.reload_pending:
             reloader.request()

@@ -105,6 +105,11 @@ class RulesError(ValueError):
         self.problems = tuple(problems)
         super().__init__("\n".join(str(problem) for problem in self.problems))
 
+    def __reduce__(self) -> tuple[type[RulesError], tuple[tuple[Problem, ...]]]:
+        """Pickled with its problems (a policy is validated in a child process, egress.gateway.validate): the
+        default would rebuild it from the message and lose every file, line and reason."""
+        return type(self), (self.problems,)
+
 
 def decode(data: bytes, file: str, max_bytes: int = MAX_BYTES) -> str:
     """A rules file's bytes as text; raise `RulesError` when it is over ``max_bytes`` (before anything parses it)

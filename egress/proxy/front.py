@@ -2,23 +2,25 @@
 allowed TLS itself; everything else goes to mitmproxy untouched.
 
 For each connection the front peeks (``MSG_PEEK``: nothing is consumed) at the client's first bytes. When they are
-a whole TLS ClientHello that `Gate` passes through with nothing to record (allowed, not on the sandbox's decrypt
-list) and the destination may be dialled, the front dials the original destination and relays both directions
-on its two sockets (`egress.proxy.splice`), a fraction of what the same connection costs in mitmproxy's layers
+a whole TLS ClientHello that `Gate` passes through (allowed, or let through and recorded: a detector set to
+``record``, report mode's would-block; not on the sandbox's decrypt list) and the destination may be dialled, the
+front reports what is worth recording, dials the original destination and relays both directions on its two
+sockets (`egress.proxy.splice`): a fraction of what the same connection costs in mitmproxy's layers
 (docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
-client that says nothing within `PEEK_WAIT`, plain HTTP, interception, inspection, refusals, would-blocks, bytes
-that do not parse) is handed to mitmproxy as it is (`Handoff`), which decides again from the same bytes and does
-what it always did: the front only takes what it can finish, and never blocks or records a block itself, with one
-exception. Every TLS connection the front relays is relayed through a `egress.proxy.relay.Watch`: a blocking
-TLS shape finding closes both sides before the chunk that completed it is forwarded, and the front reports it
-(SSH inside TLS; mining told from the shape, `egress.detect.miningshape`: recorded, or blocked where the
-sandbox's ``detectors.mining_shape`` says ``block``). That holds for a host rule's bound name as for a network
-rule (issue 9: Stratum inside TLS to a bound name is no payload detector's to see). The shapes ordinary TLS can
-take too (`egress.detect.tlsshape.SUSPECTED`: TLS in TLS, keystroke echo) are recorded only through a network rule
-(`Decision.watch`), where the policy names a destination without a name; to a named host they would be noise.
-TLS through a network rule, and a ``tls: any`` rule's recorded TLS, is the front's to take: mitmproxy refuses it
-rather than relay it unwatched; so once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the
-rest.
+client that says nothing within `PEEK_WAIT`, a ClientHello that is not whole within `HELLO_WAIT` or is bigger than
+the peek, plain HTTP, interception, inspection, refusals, bytes that do not parse) is handed to mitmproxy as it is
+(`Handoff`), which decides again from the same bytes and does what it always did: the front only takes what it
+can finish, and never blocks itself, with one exception. Every TLS connection the front relays is relayed through
+a `egress.proxy.relay.Watch`: a blocking TLS shape finding closes both sides before the chunk that completed it
+is forwarded, and the front reports it (SSH inside TLS; mining told from the shape, `egress.detect.miningshape`:
+recorded, or blocked where the sandbox's ``detectors.mining_shape`` says ``block``). That holds for a host rule's
+bound name as for a network rule (issue 9: Stratum inside TLS to a bound name is no payload detector's to see). The
+shapes ordinary TLS can take too (`egress.detect.tlsshape.SUSPECTED`: TLS in TLS, keystroke echo) are recorded
+only through a network rule (`Decision.watch`), where the policy names a destination without a name; to a named
+host they would be noise. Only the front watches TLS, so every passthrough is the front's to take: mitmproxy
+refuses TLS it would relay unwatched (through a network rule always; to a host rule's name where
+``detectors.mining_shape`` is not ``allow``: `egress.proxy.gate`), and so sees only TLS it must decrypt and TLS the
+front could not judge; once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
@@ -52,9 +54,11 @@ from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
 
-PEEK_WAIT: Final = 0.1
+PEEK_WAIT: Final = 1.0
 """Seconds the front waits for a client's first bytes (a TLS client sends its ClientHello at once); after that the
-connection is mitmproxy's (a server-first protocol)."""
+connection is mitmproxy's (a server-first protocol, whose greeting is late by as much). mitmproxy refuses TLS it
+would relay unwatched, so this is also how late a loaded machine may let a client's hello come (0.1 s was too
+short beside busy processes)."""
 HELLO_WAIT: Final = 5.0
 """Seconds the front waits for the rest of a ClientHello once the first bytes look like TLS: TLS through a network
 rule is watched only here (mitmproxy refuses it), so a slow hello must not push it there."""
@@ -205,9 +209,12 @@ class Front:
         decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst))
         if decision is None or decision.kind is not Kind.PASSTHROUGH:
             return False
+        # Every passthrough is the front's, recorded ones too (a detector set to record, report mode's would-block):
+        # only here is TLS watched, and mitmproxy refuses TLS it would relay unwatched (issue 9).
         recorded = decision.verdict
-        if recorded is not None and not (decision.watch and recorded.action is Enforcement.RECORD):
-            return False  # would-blocks and records other than a watched rule's go to mitmproxy
+        reported = recorded or decision.allow
+        if recorded is not None:  # before the dial: a destination that refuses it leaves the record all the same
+            self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, recorded))
         watch = self._watch(sandbox, source, dst, decision.host, suspicions=decision.watch)
         try:
             upstream = await asyncio.wait_for(dial(dst), DIAL_TIMEOUT)
@@ -215,8 +222,7 @@ class Front:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()
             return True
-        reported = recorded or decision.allow
-        if reported is not None:
+        if recorded is None and reported is not None:
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, reported))
         # From here the relay owns the socket: whatever happens, the connection is never handed off.
         relay = Relay(conn, upstream, watch)

@@ -14,6 +14,8 @@ A destination a network rule covers gets what the rule expects (`egress.policy.m
 opens fully encrypted (`egress.detect.encrypted`) is a tunnel unless the rule says ``any``; SSH passes only where
 it says ``ssh``; TLS passed through it is marked ``watch`` (the front relays it through
 `egress.detect.tlsshape`, which finds TLS carrying TLS or a shell); a caller that cannot watch gets a refusal.
+A host rule's TLS is watched for the mining shape where ``detectors.mining_shape`` is not ``allow``: a caller
+that cannot watch (mitmproxy, given what the front could not judge) gets a refusal there too (issue 9).
 """
 
 from __future__ import annotations
@@ -38,7 +40,7 @@ from egress.detect import encrypted, http, ssh, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, _More, evidence
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import OPAQUE
-from egress.policy.model import Expect, NetworkRule, Policy, Sandbox
+from egress.policy.model import DetectorAction, Expect, NetworkRule, Policy, Sandbox
 
 HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
@@ -159,7 +161,15 @@ class Gate:
             return Decision(Kind.INTERCEPT, noted, sni, _allow(verdict))
         watch = network is not None and not network.expects(Expect.ANY)
         if network is not None and watch and not watching:
-            unwatched = decide_finding(sandbox, _unwatched(network, meta))
+            unwatched = decide_finding(sandbox, _unwatched(network.rule_id, meta))
+            if not _allowed(unwatched):
+                return Decision(Kind.REFUSE, unwatched, sni or "")
+            noted = noted or unwatched
+        elif network is None and not watching and sandbox.detectors.mining_shape is not DetectorAction.ALLOW:
+            # A host rule's TLS is watched for the mining shape by the front only: one that reaches mitmproxy
+            # instead (a client silent past the front's wait, then its hello; a hello over the peek) would pass
+            # without the watcher (issue 9: an agent that delays its hello mines through a bound name).
+            unwatched = decide_finding(sandbox, _unwatched(verdict.rule, meta))
             if not _allowed(unwatched):
                 return Decision(Kind.REFUSE, unwatched, sni or "")
             noted = noted or unwatched
@@ -241,16 +251,21 @@ class Gate:
         whose SNI is bound to the destination: a protocol that upgrades to TLS (STARTTLS, PostgreSQL's
         SSLRequest) is TLS to a named host, not an unidentified stream. A network rule's destination gets no
         such pass (its rule names what it speaks)."""
+        return self.bound_hello_at(sandbox, meta, client) >= 0
+
+    def bound_hello_at(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> int:
+        """Where in ``client`` that ClientHello starts (`bound_tls_in`), or -1: the TLS after a plaintext opening
+        is watched from there (`egress.proxy.upgraded`)."""
         if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
-            return False
+            return -1
         names = self.names_for(sandbox.name, meta.dst)
         at = client.find(b"\x16\x03")
         while at >= 0 and names:
             hello = tls.parse_client_hello(client[at:], partial=True)
             if isinstance(hello, tls.ClientHello) and hello.sni is not None and hello.sni in names:
-                return True
+                return at
             at = client.find(b"\x16\x03", at + 1)
-        return False
+        return -1
 
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)
@@ -277,8 +292,8 @@ def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, f
     return finding
 
 
-def _unwatched(rule: NetworkRule, meta: FlowMeta) -> Finding:
-    text = f"TLS to {meta.dst}:{meta.dport} through {rule.rule_id} that the front could not watch (slow or huge hello)"
+def _unwatched(rule: str, meta: FlowMeta) -> Finding:
+    text = f"TLS to {meta.dst}:{meta.dport} through {rule} that the front could not watch (slow or huge hello)"
     return Finding(Category.TUNNEL, "tls-unwatched", encrypted.NAME, evidence(text))
 
 

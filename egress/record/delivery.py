@@ -44,6 +44,7 @@ WRITE_SCRIPT: Final = Script(
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 COUNT_LUA
 local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
+TENS_LUA
 redis.call('ZADD', KEYS[2], ARGV[5], id)
 local total = redis.call('HINCRBY', KEYS[3], 'records', ARGV[4])
 local now = tonumber(string.match(id, '^(%d+)-'))
@@ -66,7 +67,9 @@ if total > max_records or now >= tonumber(redis.call('HGET', KEYS[3], 'age-check
   redis.call('HSET', KEYS[3], 'age-check', string.format('%d', due))
 end
 return tonumber(ARGV[4])
-""".replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE)).replace("COUNT_LUA", stats.COUNT_LUA),
+""".replace("TRIM_PER_WRITE", str(TRIM_PER_WRITE))
+    .replace("COUNT_LUA", stats.COUNT_LUA)
+    .replace("TENS_LUA", stats.TENS_LUA),
     integer,
 )
 

@@ -163,7 +163,8 @@ def list_attempts(
     after = decode_cursor(cursor) if cursor is not None else None
     names = [flt.sandbox] if flt.sandbox is not None else store.sandboxes()
     names = in_scope(names, flt.scope)
-    merged = heapq.merge(*_walks(store.redis, names, flt, after), key=lambda item: item[0], reverse=True)
+    walks_ = _walks(store.redis, names, flt, after)
+    merged = walks_[0] if len(walks_) == 1 else heapq.merge(*walks_, key=lambda item: item[0], reverse=True)
     found: list[AttemptRecord] = []
     last: Position | None = None
     for examined, (position, record) in enumerate(merged, 1):

@@ -2,15 +2,17 @@
 instead of every record of a window.
 
 Each stored entry adds its records' counts (an aggregate counts as its ``count``) to hashes per sandbox and period
-of a minute, an hour and a day (`layout.counts_key`: ``<category>|<reason>`` -> attempts; `layout.destinations_key`:
-destination -> attempts), by the delivery's write script itself (`COUNT_LUA`, spliced after its seen-key check):
-an entry and its counts are stored together or not at all, and a replayed entry adds nothing twice. The hashes
-share the sandbox's hash tag (one Cluster slot with its stream) and expire one period after the records' age
-retention, counted from their last write; the size retention drops records but not their counts.
+of a minute, ten minutes, an hour and a day (`layout.counts_key`: ``<category>|<reason>`` -> attempts;
+`layout.destinations_key`: destination -> attempts), by the delivery's write script itself (`COUNT_LUA`, spliced
+after its seen-key check): an entry and its counts are stored together or not at all, and a replayed entry adds
+nothing twice. The hashes share the sandbox's hash tag (one Cluster slot with its stream) and expire one period
+after the records' age retention, counted from their last write; the size retention drops records but not their
+counts.
 
 Windows are whole minutes: a window of ``W`` seconds is the last ``ceil(W / 60)`` minutes up to ``until``, the
-current one included (`minutes`); a window is read as the fewest whole days, hours and minutes that cover it
-(`cover`), so a year costs about 530 hashes per sandbox, an hour 60. docs/records.md, "Counters".
+current one included (`minutes`); a window is read as the fewest whole days, hours, ten minutes and minutes that
+cover it (`cover`; ten minutes only where a sandbox's are whole, `TENS_FIELD`), so a year costs about 530 hashes
+per sandbox, an hour at most 23. docs/records.md, "Counters".
 """
 
 from __future__ import annotations
@@ -22,13 +24,20 @@ from typing import Final
 
 import msgspec
 
-from egress.record.layout import counts_key, destinations_key
+from egress.record.layout import counts_key, destinations_key, state_key
 from egress.record.redis_facade import Arg, RedisFacade, Script, ScriptCall, UnexpectedReply, text
 from egress.record.schema import AttemptRecord
 
 MINUTE: Final = 60
-UNITS: Final = (60, 3600, 86400)
-"""Seconds of the counted periods: minute, hour, day."""
+UNITS: Final = (60, 600, 3600, 86400)
+"""Seconds of the counted periods: minute, ten minutes, hour, day."""
+TENS_FIELD: Final = "tens-from"
+"""The field of a sandbox's state hash (`layout.state_key`) holding the first minute whose ten-minute hashes are
+whole: set by the first write that keeps them (`TENS_LUA`), a while after it, so that no record written before
+(by an egress without them) falls in a ten-minute period read as one. Before it, windows read minutes instead."""
+TENS_MARGIN: Final = 20
+"""Minutes from the first write that keeps ten-minute hashes to the first ten minutes read as one (rounded up to
+ten): covers a gateway clock that runs ahead of Redis's."""
 BY: Final = ("reason", "category", "sandbox", "destination")
 
 # Spliced into the write script right after its seen-key check (egress/record/delivery.py). The counters' keys are
@@ -47,6 +56,12 @@ do
 end
 """
 
+# Spliced into the write script after its XADD (``id``: the entry's id, Redis's clock) with its state hash as
+# ``KEYS[3]``: the first write that keeps ten-minute hashes notes from when they are whole (`TENS_FIELD`).
+TENS_LUA: Final = f"""
+redis.call('HSETNX', KEYS[3], '{TENS_FIELD}',
+  string.format('%d', (math.floor((tonumber(string.match(id, '^(%d+)-')) / 60000 + {TENS_MARGIN}) / 10) + 1) * 10))
+"""
 
 _GROUPS: Final = msgspec.json.Decoder(list[dict[str, int]])
 
@@ -59,30 +74,59 @@ def _groups(reply: object) -> list[dict[str, int]]:
         raise UnexpectedReply(f"expected an array of field totals, got {reply!r:.80}") from None
 
 
-# KEYS: counter hashes of one sandbox, group after group. ARGV: the number of hashes of each group. Returns, per
-# group, its hashes summed, as one JSON text: [{"<field>": total, ...}, ...]. Summed on the server, so a window of
-# a hundred hashes is one small reply rather than a hundred for the client to parse; and one string, not two reply
-# elements per field, which redis-py's parser (pure Python) took longer to read than the server took to sum.
+# KEYS: the sandbox's state hash (it names the slot; `TENS_FIELD` says from which minute on its ten-minute hashes
+# are whole). ARGV: the stem of its counter keys (``<key of unit 0, period 0>`` less "0:0"); what to count by
+# ("category" or "reason": that part of a ``<category>|<reason>`` field; "sandbox": every field as one, named "";
+# "": the fields as they are); the first and last minute of each group, as one text "first last first last ...".
+# Each group's minutes are covered by the fewest whole days, hours, ten minutes (from `TENS_FIELD` on) and minutes
+# (`cover`), the key names made here (a request sends a few numbers, not the few hundred names an hour of minutes
+# takes), and their hashes summed. Returns, per group, one JSON text: [{"<field>": total, ...}, ...]. Summed on the
+# server, so a window of a hundred hashes is one small reply rather than a hundred for the client to parse; and one
+# string, not two reply elements per field, which redis-py's parser (pure Python) took longer to read than the
+# server took to sum.
 _SUM_SCRIPT: Final = Script(
     """
-local out, k = {}, 1
-for g = 1, #ARGV do
+local tens = tonumber(redis.call('HGET', KEYS[1], 'TENS_FIELD') or '') or math.huge
+local stem, by = ARGV[1], ARGV[2]
+local sizes, prefixes = {1440, 60, 10, 1}, {stem .. '86400:', stem .. '3600:', stem .. '600:', stem .. '60:'}
+local out = {}
+for first, last in string.gmatch(ARGV[3], '(%-?%d+) (%-?%d+)') do
+  local at, last = tonumber(first), tonumber(last)
   local totals, fields = {}, {}
-  for _ = 1, tonumber(ARGV[g]) do
-    local flat = redis.call('HGETALL', KEYS[k])
+  while at <= last do
+    local u = 4  -- a minute, unless a longer period starts here (each is a multiple of ten minutes) and fits
+    if at % 10 == 0 then
+      for v = 1, 3 do
+        local size = sizes[v]
+        if at % size == 0 and at + size - 1 <= last and (size ~= 10 or at >= tens) then u = v; break end
+      end
+    end
+    local size = sizes[u]
+    -- a whole number below 1e14 converts to text without a fraction or an exponent (Lua's %.14g)
+    local flat = redis.call('HGETALL', prefixes[u] .. (at / size))
+    at = at + size
     for j = 1, #flat, 2 do
       local f = flat[j]
-      if totals[f] == nil then fields[#fields + 1] = f; totals[f] = 0 end
-      totals[f] = totals[f] + tonumber(flat[j + 1])
+      local total = totals[f]
+      if total == nil then fields[#fields + 1] = f; total = 0 end
+      totals[f] = total + tonumber(flat[j + 1])
     end
-    k = k + 1
+  end
+  local named, names = {}, {}
+  for _, f in ipairs(fields) do
+    local name = f
+    if by == 'category' then name = string.match(f, '^[^|]*')
+    elseif by == 'reason' then name = string.match(f, '^[^|]*|(.*)$') or ''
+    elseif by == 'sandbox' then name = '' end
+    if named[name] == nil then names[#names + 1] = name; named[name] = 0 end
+    named[name] = named[name] + totals[f]
   end
   local items = {}
-  for _, f in ipairs(fields) do items[#items + 1] = cjson.encode(f) .. ':' .. string.format('%d', totals[f]) end
-  out[g] = '{' .. table.concat(items, ',') .. '}'
+  for i, name in ipairs(names) do items[i] = cjson.encode(name) .. ':' .. string.format('%d', named[name]) end
+  out[#out + 1] = '{' .. table.concat(items, ',') .. '}'
 end
 return '[' .. table.concat(out, ',') .. ']'
-""",
+""".replace("TENS_FIELD", TENS_FIELD),
     _groups,
 )
 
@@ -98,18 +142,31 @@ Increment = tuple[str, int, dict[str, int]]
 
 def increments(sandbox: str, records: Sequence[AttemptRecord], max_age_s: float) -> list[Increment]:
     """The counter hashes an entry of ``records`` (one sandbox's) adds to, in a fixed order (a replay sends the
-    same)."""
+    same). The records are counted once, per minute; a longer period sums its minutes (an entry spans a minute or
+    two), not the records again."""
+    minutes: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
+    for record in records:
+        counts, destinations = minutes.setdefault(int(record.ts // MINUTE), ({}, {}))
+        field = f"{record.category.value}|{record.reason.value}"
+        counts[field] = counts.get(field, 0) + record.count
+        where = destination(record)
+        destinations[where] = destinations.get(where, 0) + record.count
+    ordered = sorted(minutes.items())
     out: list[Increment] = []
     for unit in UNITS:
+        size = unit // MINUTE
         by_period: dict[int, tuple[dict[str, int], dict[str, int]]] = {}
-        for record in records:
-            counts, destinations = by_period.setdefault(int(record.ts // unit), ({}, {}))
-            field = f"{record.category.value}|{record.reason.value}"
-            counts[field] = counts.get(field, 0) + record.count
-            where = destination(record)
-            destinations[where] = destinations.get(where, 0) + record.count
+        for at, (counts, destinations) in ordered:
+            if size == 1:
+                by_period[at] = (counts, destinations)
+                continue
+            into_counts, into_destinations = by_period.setdefault(at // size, ({}, {}))
+            for field, value in counts.items():
+                into_counts[field] = into_counts.get(field, 0) + value
+            for where, value in destinations.items():
+                into_destinations[where] = into_destinations.get(where, 0) + value
         ttl = max(1, int(max_age_s)) + unit
-        for period, (counts, destinations) in sorted(by_period.items()):
+        for period, (counts, destinations) in by_period.items():
             out.append((counts_key(sandbox, unit, period), ttl, counts))
             out.append((destinations_key(sandbox, unit, period), ttl, destinations))
     return out
@@ -140,15 +197,16 @@ def minutes(window_s: float, until: float) -> tuple[int, int]:
     return last - max(1, math.ceil(window_s / MINUTE)) + 1, last
 
 
-def cover(first: int, last: int) -> list[tuple[int, int]]:
+def cover(first: int, last: int, tens_from: float = math.inf) -> list[tuple[int, int]]:
     """The fewest whole periods (unit in seconds, period) that cover the minutes ``first``..``last`` exactly:
-    days where a whole UTC day fits, then hours, then minutes."""
+    days where a whole UTC day fits, then hours, then ten minutes (only from the minute ``tens_from`` on: before,
+    a sandbox's ten-minute hashes may miss records, `TENS_FIELD`), then minutes. What `_SUM_SCRIPT` reads."""
     out = []
     at = first
     while at <= last:
         for unit in reversed(UNITS):
             size = unit // MINUTE
-            if at % size == 0 and at + size - 1 <= last:
+            if at % size == 0 and at + size - 1 <= last and (size != 10 or at >= tens_from):
                 out.append((unit, at // size))
                 at += size
                 break
@@ -175,39 +233,27 @@ def series_minutes(window_s: float, until: float, most: int) -> list[tuple[int, 
     return [(end - (count - index) * step + 1, end - (count - 1 - index) * step) for index in range(count)]
 
 
-def _field_key(by: str, sandbox: str, field: str) -> str:
-    if by == "reason":
-        return field.partition("|")[2]
-    if by == "category":
-        return field.partition("|")[0]
-    if by == "sandbox":
-        return sandbox
-    return field
-
-
 @functools.lru_cache(maxsize=4096)
-def _keys(by: str, sandbox: str, first: int, last: int) -> tuple[str, ...]:
-    """The hashes that cover the minutes ``first``..``last`` of a sandbox. Kept: a window moves once a minute, so
-    every request of that minute names the same few hundred keys (names only: what they hold is read each time)."""
+def _stem(by: str, sandbox: str) -> str:
+    """The part of a sandbox's counter key names before ``<unit>:<period>`` (`_SUM_SCRIPT` makes the rest)."""
     make = destinations_key if by == "destination" else counts_key
-    return tuple(make(sandbox, unit, period) for unit, period in cover(first, last))
+    return make(sandbox, 0, 0).removesuffix("0:0")
 
 
 def counts_by_minutes(
     redis: RedisFacade, sandboxes: Sequence[str], spans: Sequence[tuple[int, int]], by: str
 ) -> list[dict[str, int]]:
     """Attempts counted by ``by`` in each span of minutes (first, last; inclusive), most first (then by name): per
-    sandbox one script that sums the covering hashes of every span on the server, all in one round trip."""
+    sandbox one script that sums the hashes covering every span on the server (`cover`), all in one round trip."""
     if by not in BY:
         raise ValueError(f"by must be one of {', '.join(BY)}, got {by!r}")
-    calls: list[ScriptCall] = []
-    for sandbox in sandboxes:
-        groups = [_keys(by, sandbox, first, last) for first, last in spans]
-        calls.append(([key for group in groups for key in group], [len(group) for group in groups]))
+    bounds = " ".join(f"{first} {last}" for first, last in spans)
+    project = "" if by == "destination" else by
+    calls: list[ScriptCall] = [([state_key(sandbox)], [_stem(by, sandbox), project, bounds]) for sandbox in sandboxes]
     totals: list[dict[str, int]] = [{} for _ in spans]
     for sandbox, summed in zip(sandboxes, redis.run_each(_SUM_SCRIPT, calls), strict=True):
         for total, fields in zip(totals, summed, strict=True):
             for field, value in fields.items():
-                name = _field_key(by, sandbox, field)
+                name = sandbox if by == "sandbox" else field
                 total[name] = total.get(name, 0) + value
     return [dict(sorted(total.items(), key=lambda item: (-item[1], item[0]))) for total in totals]

@@ -172,10 +172,16 @@ class _Merge:
 
     def add(self, records: list[AttemptRecord]) -> None:
         """An entry's records (sorted by (ts, id))."""
-        if self.descending:
-            at = bisect.bisect_right(records, self.high, key=_TIME) - 1
+        if not records:
+            return
+        if self.descending:  # the entry's newest record, unless the window ends within it
+            at = (
+                len(records) - 1
+                if records[-1].ts <= self.high
+                else bisect.bisect_right(records, self.high, key=_TIME) - 1
+            )
         else:
-            at = bisect.bisect_left(records, self.low, key=_TIME)
+            at = 0 if records[0].ts >= self.low else bisect.bisect_left(records, self.low, key=_TIME)
         self._push(records, len(self.entries), at)
         self.entries.append(records)
 
@@ -228,15 +234,20 @@ def records_by_time(
         return
     low, high = window
     merge = _Merge(low, high, descending)
+    heap = merge.heap
     for page in index_pages(redis, sandbox, low - SPAN, high, descending=descending, first=first):
-        for records in fetch_entries(redis, sandbox, [member for member, _ in page]):
+        for (_, value), records in zip(
+            page, fetch_entries(redis, sandbox, [member for member, _ in page]), strict=True
+        ):
             merge.add(records)
-        # Entries not read yet score at most (at least, ascending) the last score read: a record of theirs is
-        # within SPAN above it (at or above it), so what lies beyond that bound is final (and so are the count
-        # updates of a record beyond it: they carry its ts).
-        last = page[-1][1]
-        for group in merge.take(-(last + SPAN) if descending else last):
-            yield from _final(group, after, descending)
+            # Entries not read yet score at most (at least, ascending) this one's score: a record of theirs is
+            # within SPAN above it (at or above it), so what lies beyond that bound is final (and so are the count
+            # updates of a record beyond it: they carry its ts). Handed out entry by entry: a reader that stops
+            # early (a list page takes ten records of each sandbox) has its entries looked at up to there only.
+            bound = -(value + SPAN) if descending else value
+            if heap and heap[0][0] < bound:
+                for group in merge.take(bound):
+                    yield from _final(group, after, descending)
     for group in merge.take(math.inf):
         yield from _final(group, after, descending)
 

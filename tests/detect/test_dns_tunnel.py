@@ -13,6 +13,7 @@ from egress.detect.dns_tunnel import (
     DnsTunnelTracker,
     base_domain,
     looks_encoded,
+    question_key,
 )
 from tests.budget import examples
 
@@ -459,3 +460,42 @@ def test_one_query_with_one_long_encoded_or_non_printable_label_is_exfiltration(
 )
 def test_long_but_ordinary_names_stay_clean_one_by_one(name: str) -> None:
     assert run([query(name, qtype) for qtype in (1, 28, 16)]) == [None] * 3
+
+
+REPEATABLE = (
+    "a.x.lab",
+    "b.x.lab",
+    "d41d8cd98f00b204e9.x.lab",
+    "9e107d9d372bb6826b.x.lab",
+    "c.y.lab",
+    "1.0.in-addr.arpa",
+)
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(REPEATABLE), st.sampled_from((dns.A, dns.TXT, dns.NULL)), st.floats(0.0, 900.0)),
+        max_size=60,
+    ),
+    st.integers(1, 4),
+)
+def test_repeat_accounts_a_question_exactly_as_observing_it_would(
+    questions: list[tuple[str, int, float]], recent: int
+) -> None:
+    """The resolver's fast path asks `repeat` first and observes only when it says no: the findings and every
+    counter must be those of a tracker that observed each question (`recent` small: remembered keys fall out)."""
+    limits = DnsTunnelLimits(hold=600.0, recent_keys=recent, rare_type_subdomains=2, encoded_subdomains=2)
+    now = [0.0]
+    observed, repeated = (DnsTunnelTracker(limits, clock=lambda: now[0]) for _ in range(2))
+    for name, qtype, later in questions:
+        now[0] += later
+        question = dns.Question(dns.name_labels(name), qtype)
+        message = dns.Message(1, dns.RD, (question,))
+        expected = observed.observe_message("sbx", message)
+        if repeated.repeat("sbx", question_key(question.name, qtype)):
+            got = None
+        else:
+            got = repeated.observe_message("sbx", message)
+        assert got == expected
+        assert repr(sorted(repeated._states.items())) == repr(sorted(observed._states.items()))

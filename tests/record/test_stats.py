@@ -14,7 +14,7 @@ import pytest
 import redis
 
 from egress.record import query, stats
-from egress.record.layout import counts_key, destinations_key, entry_chunks, stream_key
+from egress.record.layout import counts_key, destinations_key, entry_chunks, state_key, stream_key
 from egress.record.schema import AttemptRecord
 from egress.record.store import RecordStore
 from tests.budget import examples
@@ -58,6 +58,25 @@ def test_cover_is_exact_for_any_span() -> None:
         ]
         assert covered == list(range(first, last + 1))
         assert len(stats.cover(first, last)) <= 4 + 2 * 23 + 2 * 59
+
+
+def test_cover_reads_ten_minutes_only_from_where_they_are_whole() -> None:
+    assert stats.cover(58, 121, tens_from=0) == [(60, 58), (60, 59), (3600, 1), (60, 120), (60, 121)]
+    assert stats.cover(7, 65, tens_from=0) == [(60, 7), (60, 8), (60, 9), *[(600, t) for t in range(1, 6)],
+                                               *[(60, m) for m in range(60, 66)]]  # fmt: skip
+    assert stats.cover(7, 65, tens_from=30) == [*[(60, m) for m in range(7, 30)], (600, 3), (600, 4), (600, 5),
+                                                *[(60, m) for m in range(60, 66)]]  # fmt: skip
+    rng = random.Random(4)
+    for _ in range(examples(300)):
+        first = rng.randrange(0, 10 * 1440)
+        last = first + rng.randrange(0, 2 * 1440)
+        tens_from = rng.randrange(0, 12 * 1440)
+        made = stats.cover(first, last, tens_from)
+        covered = [m for unit, period in made for m in range(period * unit // 60, (period + 1) * unit // 60)]
+        assert covered == list(range(first, last + 1))
+        assert all(period * 10 >= tens_from for unit, period in made if unit == 600)
+        if tens_from <= first:  # an hour of minutes is at most 9 + 5 + 9 hashes
+            assert len(made) <= 4 + 2 * 23 + 2 * 5 + 2 * 9
 
 
 @pytest.mark.parametrize(
@@ -183,6 +202,33 @@ def test_counters_agree_with_the_records_over_any_window(server: RedisServer, tm
     assert sum(sum(b.counts.values()) for b in buckets) == sum(
         item.count for item in written if item.ts >= buckets[0].start
     )
+    store.close()
+
+
+def test_ten_minute_hashes_are_read_once_whole_and_agree_with_the_records(server: RedisServer, tmp_path: Path) -> None:
+    """A first write notes from when its ten-minute hashes are whole (a while after it): before that minute windows
+    read minutes (an egress without them may have written records there), after it ten minutes too."""
+    store = _store(server.url, tmp_path)
+    written = _varied(3000)
+    store.write(written[:1500])
+    raw = redis.Redis.from_url(server.url, decode_responses=True)
+    now_minute = int(raw.time()[0]) // 60
+    marks = {f"sbx-{i}": raw.hget(state_key(f"sbx-{i}"), stats.TENS_FIELD) for i in range(4)}
+    assert all(
+        int(str(mark)) % 10 == 0 and now_minute + 20 < int(str(mark)) <= now_minute + 31 for mark in marks.values()
+    )
+    raw.delete(*raw.keys("*:600:*"))  # as if written by an egress without them: not read, as not whole
+    _check_counts(store, written[:1500])
+    # Sandboxes whose ten-minute hashes are whole from the start (the bench's dump is made so): read, and right.
+    again = [replace(item, sandbox=item.sandbox.replace("sbx", "new")) for item in written[1500:]]
+    for index in range(4):
+        raw.hset(state_key(f"new-{index}"), stats.TENS_FIELD, "0")
+    for start in range(0, len(again), 256):
+        store.write(again[start : start + 256])
+    store.write(again[:256])  # a replay (seen): counts nothing twice
+    assert raw.keys("*{new-0}:counts:600:*") and store.duplicates == 256
+    _check_counts(store, written[:1500] + again)
+    raw.close()
     store.close()
 
 

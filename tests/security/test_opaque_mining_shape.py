@@ -17,6 +17,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from egress.proxy.front import PEEK_WAIT
 from tests.detect import miningshape_traces as traces
 from tests.detect.miningshape_traces import FOUND_IN_A_MINUTE, MISSED
 from tests.security.conftest import LabFactory
@@ -49,6 +50,8 @@ HOST_PORT = 8490
 rule), so TLS there passes by its bound SNI alone (issue 9: not a network rule's, not on the decrypt list)."""
 HOST_SESSIONS = {"MONERO": traces.ALL["MONERO"], "POLLER": POLLER}
 """A Stratum (XMRig) session found in its first minute, and the benign poller as the control."""
+STARTTLS_PORT = HOST_PORT + len(HOST_SESSIONS)
+"""The host-rule pool that upgrades to TLS after a ``STARTTLS`` line (ports for the same sessions)."""
 
 # Both ends play their side of a session in ONE thread per connection (select, then read or send): an SSL object
 # read in one thread while another writes it is not safe (OpenSSL), and under load it broke a session's records
@@ -98,6 +101,7 @@ POOL = (
 import json, socket, ssl, sys, threading
 host, port, cert, key, table = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
 speed = float(sys.argv[6])
+starttls = sys.argv[7:] == ["starttls"]  # a line, "220 go ahead", then TLS (SMTP's STARTTLS, RFC 3207)
 sessions = json.load(open(table))
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
 listeners = [socket.create_server((host, port + index)) for index in range(len(sessions))]
@@ -105,6 +109,14 @@ print("listening", flush=True)
 def serve(conn, name):
     got, sent, first, reads = 0, 0, b"", []
     try:
+        while starttls and not first.endswith(b"\n"):
+            chunk = conn.recv(1)
+            if not chunk:
+                raise OSError("closed before STARTTLS")
+            first += chunk
+        if starttls:
+            conn.sendall(b"220 go ahead\r\n")
+            first = b""
         tls = context.wrap_socket(conn, server_side=True)
         while b"\n" not in first:
             chunk = tls.recv(65536)
@@ -139,11 +151,21 @@ CLIENT = (
 import json, socket, ssl, sys, threading
 host, port, table, speed = sys.argv[1], int(sys.argv[2]), sys.argv[3], float(sys.argv[4])
 sni = sys.argv[5] if len(sys.argv) > 5 else "ssh.lab"
+starttls = sys.argv[6:] == ["starttls"]
 sessions = json.load(open(table))
 context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
 def play(name, records, port):
     try:
-        tls = context.wrap_socket(socket.create_connection((host, port), timeout=10), server_hostname=sni)
+        raw = socket.create_connection((host, port), timeout=10)
+        if starttls:  # a plaintext opening first: the TLS is no opening the front takes (mitmproxy relays it)
+            raw.sendall(b"STARTTLS\r\n")
+            answer = b""
+            while not answer.endswith(b"\n"):
+                chunk = raw.recv(1)
+                if not chunk:
+                    raise OSError("closed before TLS")
+                answer += chunk
+        tls = context.wrap_socket(raw, server_hostname=sni)
     except OSError as error:
         print(json.dumps({"session": name, "error": str(error)}), flush=True)
         return
@@ -184,7 +206,7 @@ def replay(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) ->
     source = source.replace(anchor, anchor.replace("8080]", f"8080, {ports}]"))
     named = "{host: ssh.lab, ports: [1, "
     assert named in source
-    host_ports = ", ".join(str(HOST_PORT + index) for index in range(len(HOST_SESSIONS)))
+    host_ports = ", ".join(str(HOST_PORT + index) for index in range(2 * len(HOST_SESSIONS)))
     source = source.replace(named, f"{named}{host_ports}, ")
     shape = f"mining_shape: block, mining_shape_window: {WINDOW}}}"
     policy.write_text(
@@ -202,6 +224,8 @@ def replay(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) ->
     host_pool = [sys.executable, "-c", POOL, ATTACK, str(HOST_PORT), str(tools.cert), str(tools.key), str(host_table),
                  str(SPEED)]  # fmt: skip
     lab.attacker("host-rule-pool", host_pool).wait_for("listening")
+    upgrading = [*host_pool[:4], str(STARTTLS_PORT), *host_pool[5:], "starttls"]
+    lab.attacker("starttls-pool", upgrading).wait_for("listening")
     yield lab, tools
 
 
@@ -270,18 +294,26 @@ def test_mining_sessions_replayed_inside_tls_are_found_by_their_shape(replay: tu
         assert pools[name]["got"] == sum(size for at, side, size in SESSIONS[name][1] if side == "c" and at <= HORIZON)
 
 
-def test_mining_inside_tls_to_a_host_rule_name_is_found_by_its_shape(replay: tuple[SecurityLab, Kit]) -> None:
+@pytest.mark.parametrize("upgrade", [False, True], ids=["bound-sni", "after-starttls"])
+def test_mining_inside_tls_to_a_host_rule_name_is_found_by_its_shape(
+    replay: tuple[SecurityLab, Kit], upgrade: bool
+) -> None:
     """Stratum inside TLS to a host rule's bound name (issue 9; before, only network rules were watched and this
     was a strict xfail): the front watches every TLS connection it relays. Judged at the internet side by the
     pool's own log: no byte, so no share, reaches it after the decision, and the session is cut short; the benign
-    poller through the same host rule is neither recorded nor cut."""
+    poller through the same host rule is neither recorded nor cut. ``after-starttls``: the client says
+    ``STARTTLS`` first and the pool answers before the TLS (as SMTP does), so the front hands the stream to
+    mitmproxy, which relays it as bytes and before watched nothing once the bound hello had come
+    (`egress.proxy.upgraded`)."""
     lab, tools = replay
     lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # binds ssh.lab to 198.18.10.7 (the SNI is bound)
-    pool = next(p for p in lab.processes if p.name == "host-rule-pool")
+    pool = next(p for p in lab.processes if p.name == ("starttls-pool" if upgrade else "host-rule-pool"))
     table = str(tools.root / "mining-sessions-host-rule.json")
+    first = STARTTLS_PORT if upgrade else HOST_PORT
     since = time.time()
-    with lab.capture("mining-shape-host-rule") as capture:
-        done = lab.sandbox_python(CLIENT, ATTACK, str(HOST_PORT), table, str(SPEED), "ssh.lab", timeout=180)
+    with lab.capture("mining-shape-host-rule" + ("-starttls" if upgrade else "")) as capture:
+        done = lab.sandbox_python(CLIENT, ATTACK, str(first), table, str(SPEED), "ssh.lab",
+                                  *(["starttls"] if upgrade else []), timeout=180)  # fmt: skip
     crossed = capture.result
     assert crossed is not None
     clients = _lines(done.stdout, "port")
@@ -302,7 +334,8 @@ def test_mining_inside_tls_to_a_host_rule_name_is_found_by_its_shape(replay: tup
     reads = [(float(at), int(size)) for at, size in pools["MONERO"]["reads"]]  # type: ignore[attr-defined]
     after = [size for at, size in reads if at > record.ts]
     sent = sum(1 for at, side, _ in HOST_SESSIONS["MONERO"][1] if side == "c" and at <= HORIZON)
-    report("opaque/mining-in-tls-host-rule-bound-sni", "mining", sum(after), bool(after), str(record.reason),
+    technique = "opaque/mining-in-tls-host-rule-" + ("after-starttls" if upgrade else "bound-sni")
+    report(technique, "mining", sum(after), bool(after), str(record.reason),
            f"{len(reads)} of {sent} client records reached the pool, all before the decision "
            f"({crossed.bytes_to(ATTACK, port['MONERO'], 'tcp')} B with the TLS handshake); "
            f"replayed {SPEED:.0f}x faster, window {WINDOW} s")  # fmt: skip
@@ -315,3 +348,47 @@ def test_mining_inside_tls_to_a_host_rule_name_is_found_by_its_shape(replay: tup
     assert by_session["POLLER"] == [], by_session["POLLER"]  # the control: not recorded, and it crossed whole
     control = clients["POLLER"]
     assert not control["closed"] and control["received"] == control["expected"], control
+
+
+SLOW_HELLO = r"""
+import socket, ssl, sys, time
+host, port, wait = sys.argv[1], int(sys.argv[2]), float(sys.argv[3])
+raw = socket.create_connection((host, port), timeout=10)
+time.sleep(wait)  # silent past the front's wait: the connection is mitmproxy's, where no shape watcher runs
+context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+try:
+    tls = context.wrap_socket(raw, server_hostname="ssh.lab")
+    tls.sendall(b'slow-hello\n{"id":1,"method":"login","params":{"login":"x","pass":"x","agent":"a"}}\n')
+    print("handshake done", tls.recv(100), flush=True)
+except (OSError, ssl.SSLError) as error:
+    print("refused", repr(error), flush=True)
+"""
+
+
+def test_a_hello_that_waits_past_the_front_is_refused_not_relayed_unwatched(
+    replay: tuple[SecurityLab, Kit],
+) -> None:
+    """The front watches a host rule's TLS for the mining shape; a client that says nothing until the front has
+    handed the connection to mitmproxy (`PEEK_WAIT`), then sends its hello, would have had TLS to the bound name
+    with no watcher (issue 9). mitmproxy refuses it instead (`tunnel`/`tls-unwatched`): judged by the pool's own
+    log (no TLS session named by this client) and the record."""
+    lab, _ = replay
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])
+    pool = next(p for p in lab.processes if p.name == "host-rule-pool")
+    since = time.time()
+    with lab.capture("slow-hello-host-rule") as capture:
+        done = lab.sandbox_python(SLOW_HELLO, ATTACK, str(HOST_PORT), str(PEEK_WAIT + 1.0), timeout=60)
+    crossed = capture.result
+    assert crossed is not None
+    found = lab.records_until(since, lambda rs: any(r.protocol == "tls-unwatched" for r in rs))
+    (record,) = [r for r in found if r.protocol == "tls-unwatched"]
+    assert (str(record.reason), str(record.action), record.host, record.dport) == (
+        "tunnel", "block", "ssh.lab", HOST_PORT
+    ), record  # fmt: skip
+    assert "refused" in done.stdout, done.stdout + done.stderr
+    named = [row for row in _rows(pool.log()) if str(row.get("named", "")).startswith("slow-hello")]
+    assert named == [], pool.log()
+    leaked = crossed.bytes_to(ATTACK, HOST_PORT, "tcp")  # the TLS session's bytes (mitmproxy dials eagerly: no more)
+    report("opaque/slow-hello-host-rule", "mining", leaked, False, str(record.reason),
+           f"hello {PEEK_WAIT + 1.0:.1f} s after connecting: refused by mitmproxy, not relayed unwatched")  # fmt: skip
+    assert leaked == 0, crossed

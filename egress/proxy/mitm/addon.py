@@ -3,7 +3,10 @@
 `EgressAddon` replaces mitmproxy's ``next_layer`` addon (subclassing it, so TLS interception and HTTP keep
 mitmproxy's own layering) and maps decisions onto layers:
 
-- passthrough TLS (what the front did not take: a would-block in report mode) → ``TCPLayer(ignore=True)``;
+- passthrough TLS (what the front could not judge: a hello after its wait, or bigger than its peek) →
+  ``TCPLayer(ignore=True)``, relayed unwatched, so only where no shape watch is asked of it: TLS through a
+  network rule, and a host rule's TLS where ``detectors.mining_shape`` is not ``allow``, is refused instead as
+  ``tunnel``/``tls-unwatched`` (`egress.proxy.gate`; in report mode recorded as a would-block);
 - inspected TCP → `InspectLayer` (detectors on both directions; a blocking finding closes both sides);
 - refused → `RefuseLayer`, which closes both sides without forwarding a byte;
 - HTTP → mitmproxy's HTTP layer (`egress.proxy.mitm.upgrades.EgressHttpLayer`: WebSocket control frames are
@@ -45,10 +48,10 @@ from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import HTTP_ALPNS
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decide import Enforcement, Verdict, decide_finding, decide_watched, network_rule_for
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import tls
-from egress.detect.base import FlowMeta, Transport
+from egress.detect.base import Finding, FlowMeta, Transport
 from egress.flowlog import EndedFlow, FlowSink, Meter
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
@@ -58,6 +61,7 @@ from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 from egress.proxy.mitm.upgrades import EgressHttpLayer
 from egress.proxy.openflows import OpenFlows
+from egress.proxy.upgraded import Upgraded, host_rule_watch
 from egress.record.naming import named
 from egress.replay import Kind as Asked
 from egress.replay import Question
@@ -297,12 +301,30 @@ class EgressAddon(NextLayer):
                     guard_http=not data_client,
                     strict=gate.strict(sandbox, meta),
                     exempt=lambda client: gate.bound_tls_in(sandbox, meta, client),
+                    watch=self._upgraded(context, sandbox, meta),
                 )
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
                 return EgressHttpLayer(context, self._control, self._raw_after)
         return RefuseLayer(context)
+
+    def _upgraded(self, context: Context, sandbox: Sandbox, meta: FlowMeta) -> Upgraded | None:
+        """The shape watch on the TLS an inspected stream to a host rule's port may upgrade to (STARTTLS, or a
+        hello after a server's banner: `egress.proxy.upgraded`); a network rule's gets none (TLS after its
+        opening is never exempt from the unidentified verdict there)."""
+        if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
+            return None
+
+        def on_finding(finding: Finding) -> bool:
+            verdict = decide_watched(sandbox, finding)
+            hello = tls.parse_client_hello(upgraded.hello, partial=True)
+            self.record(context, sandbox, verdict, hello.sni or "" if isinstance(hello, tls.ClientHello) else "")
+            return verdict.action is Enforcement.BLOCK
+
+        gate = self.gate
+        upgraded = Upgraded(host_rule_watch(sandbox, on_finding), lambda c: gate.bound_hello_at(sandbox, meta, c))
+        return upgraded
 
     def _keep(self, context: Context, state: _Connection, meta: FlowMeta, decision: Decision) -> None:
         """Track a connection let through, as the question it was decided on (`egress.proxy.openflows`)."""

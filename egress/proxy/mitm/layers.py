@@ -23,6 +23,7 @@ from egress.detect.engine import UNIDENTIFIED, FlowInspector, unidentified_findi
 from egress.detect.sshshape import SshShape
 from egress.policy.model import Sandbox
 from egress.proxy.holdback import HOLD_FOR, Holdback
+from egress.proxy.upgraded import Upgraded
 
 log = logging.getLogger("egress.proxy")
 
@@ -88,9 +89,14 @@ class InspectLayer(layers.TCPLayer):
         strict: bool = False,
         clock: Callable[[], float] = time.monotonic,
         exempt: Callable[[bytes], bool] | None = None,
+        watch: Upgraded | None = None,
     ) -> None:
         super().__init__(context, ignore=True)
         self.exempt = exempt
+        self.watch = watch
+        """Shown each chunk before it is forwarded (``passes``; False closes both sides, its finding reported by
+        it): the TLS a stream to a host rule's port upgrades to (`egress.proxy.upgraded`). The client's bytes
+        from its hello on are not held while they are TLS records (`Upgraded.client_records`)."""
         self.left_open = False
         """A held message was judged for being left open (once: report mode lets it through)."""
         self.clock = clock
@@ -153,8 +159,16 @@ class InspectLayer(layers.TCPLayer):
             yield from self._judged(verdict)
             if verdict.action is Enforcement.BLOCK:
                 return
+        watch = self.watch
+        if isinstance(event, events.DataReceived) and watch is not None and not watch.passes(from_client, event.data):
+            if self.context.server.connected:
+                yield commands.CloseConnection(self.context.server)
+            yield commands.CloseConnection(self.context.client)
+            self._handle_event = self.done
+            return
         if isinstance(event, events.DataReceived) and from_client:
-            data = self.holdback.feed(event.data, self.clock(), deciding=not inspector.done)
+            deciding = not inspector.done and not (watch is not None and watch.client_records)
+            data = self.holdback.feed(event.data, self.clock(), deciding=deciding)
             yield from self._held_out(due_only=True)
             if not data:
                 return

@@ -30,7 +30,7 @@ sandboxes:
         - {{{{host: allowed.test, ports: [80, 443]}}}}
       networks:
         - {{{{cidr: {ALLOWED_ADDRESS}/32, ports: [3333], protocols: [tcp]}}}}
-"""
+{{extra}}"""
 
 
 class Reported:
@@ -48,9 +48,10 @@ class Reported:
         self.severed.append(client)
 
 
-def make_gate(mode: str = "enforce") -> Gate:
+def make_gate(mode: str = "enforce", extra: str = "") -> Gate:
+    """``extra``: more of the sandbox's keys, indented as they are (e.g. ``"    detectors: {...}\\n"``)."""
     lists = shipped_lists()
-    policy = parse_policy(POLICY.format(mode=mode))
+    policy = parse_policy(POLICY.format(mode=mode, extra=extra))
 
     def names_for(sandbox: str, address: str) -> frozenset[str]:
         return frozenset({"allowed.test"}) if (sandbox, address) == ("box", ALLOWED_ADDRESS) else frozenset()

@@ -3,6 +3,8 @@ reported once with what ties it to its flow (the decision log line)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import pytest
 from mitmproxy import http, websocket
 from mitmproxy.addons.next_layer import NeedsMoreData
@@ -18,18 +20,22 @@ from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.layers import FAIL_CLOSED, InspectLayer, RefuseLayer
 from egress.proxy.mitm.upgrades import EgressHttpLayer
 from tests.proxy.mitm import ALLOWED_ADDRESS, OTHER_ADDRESS, SANDBOX_HOST, Reported, client, make_context, make_gate
-from tests.proxy.test_front import _client_hello
+from tests.proxy.test_front import _client_hello, _hello_padded
 
 SINK = ("127.0.0.1", 9)
 
 
-def _addon(mode: str = "enforce") -> tuple[EgressAddon, Reported]:
+def _addon(mode: str = "enforce", extra: str = "") -> tuple[EgressAddon, Reported]:
     reported = Reported()
-    return EgressAddon(make_gate(mode), reported, SINK, reported.sever), reported
+    return EgressAddon(make_gate(mode, extra), reported, SINK, reported.sever), reported
+
+
+NO_SHAPE_WATCH = "    detectors: {mining_shape: allow}\n"
+"""A policy that asks no TLS shape watch of a host rule's TLS: mitmproxy may pass it through."""
 
 
 def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:
-    addon, reported = _addon()
+    addon, reported = _addon(extra=NO_SHAPE_WATCH)
     context = make_context((ALLOWED_ADDRESS, 443))
     addon.client_connected(context.client)
     layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
@@ -39,6 +45,38 @@ def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:
     assert (flow.sandbox, flow.src, flow.sport) == ("box", SANDBOX_HOST, 40000)
     assert (flow.dst, flow.dport, flow.transport, flow.host) == (ALLOWED_ADDRESS, 443, "tcp", "allowed.test")
     assert flow.verdict.rule == "sandboxes.box.allow.hosts[0]"
+
+
+@pytest.mark.parametrize(
+    "hello",
+    [lambda: _client_hello("allowed.test"), lambda: _hello_padded("allowed.test", 17_000)],
+    ids=["late-or-trickled-hello", "hello-over-the-peek"],
+)
+def test_host_rule_tls_that_reaches_mitmproxy_unwatched_is_refused(hello: Callable[[], bytes]) -> None:
+    """Only the front watches TLS for the mining shape (issue 9): a hello that reaches mitmproxy (the client was
+    silent past the front's wait, or its hello came too slowly or is bigger than the front peeks: the front's
+    side is tests/proxy/test_front_handoff.py) would pass unwatched."""
+    addon, reported = _addon()
+    context = make_context((ALLOWED_ADDRESS, 443))
+    addon.client_connected(context.client)
+    layer = addon._next_layer(context, hello(), b"")
+    assert isinstance(layer, RefuseLayer)
+    [flow] = reported.flows
+    assert flow.verdict.action is Enforcement.BLOCK and flow.verdict.reason is Reason.TUNNEL
+    assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "tls-unwatched"
+    assert flow.verdict.rule == "sandboxes.box.detectors.tunnel" and flow.host == "allowed.test"
+    assert "sandboxes.box.allow.hosts[0]" in flow.verdict.evidence
+
+
+def test_report_mode_passes_host_rule_tls_it_cannot_watch_and_records_it() -> None:
+    addon, reported = _addon("report")
+    context = make_context((ALLOWED_ADDRESS, 443))
+    addon.client_connected(context.client)
+    layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
+    assert isinstance(layer, layers.TCPLayer) and not isinstance(layer, InspectLayer)
+    [flow] = reported.flows
+    assert flow.verdict.action is Enforcement.WOULD_BLOCK and flow.verdict.reason is Reason.TUNNEL
+    assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "tls-unwatched"
 
 
 def test_raw_tcp_a_network_rule_allows_is_inspected_and_logged_as_allowed() -> None:
