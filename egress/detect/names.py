@@ -98,8 +98,9 @@ def _is_doh(hit: tuple[str, Category, str] | None) -> bool:
     return hit is not None and hit[2] == "doh"
 
 
-def _judge_tls(lists: NameLists, data: bytes, server: str, port: int, complete: bool) -> Result:
-    hello = tls.parse_client_hello(data, partial=complete)
+def _judge_tls(lists: NameLists, data: bytes, server: str, port: int, complete: bool, view: FlowView | None) -> Result:
+    # ``view``: ``data`` is its client bytes, whose ClientHello the gate may have read already (`tls.client_hello_of`)
+    hello = tls.parse_client_hello(data, partial=complete) if view is None else tls.client_hello_of(view)
     if hello is MORE:
         return None if complete else MORE
     if hello is None:
@@ -136,11 +137,13 @@ def _judge_http(lists: NameLists, data: bytes, complete: bool) -> Result:
     return None
 
 
-def _judge_stream(lists: NameLists, data: bytes, server: str, port: int, complete: bool) -> Result:
+def _judge_stream(
+    lists: NameLists, data: bytes, server: str, port: int, complete: bool, view: FlowView | None = None
+) -> Result:
     if not data:
         return None if complete else MORE
     if data[0] == tls.HANDSHAKE:
-        return _judge_tls(lists, data, server, port, complete)
+        return _judge_tls(lists, data, server, port, complete, view)
     if http.looks_like_http_request(data):
         return _judge_http(lists, data, complete)
     if len(data) < 8 and not complete and any(m.startswith(data) for m in http.METHODS):
@@ -159,7 +162,7 @@ def make_name_detector(lists: NameLists) -> Detector:
             return None
         if meta.transport is not Transport.TCP:
             return None
-        result = _judge_stream(lists, view.client, meta.dst, meta.dport, view.complete)
+        result = _judge_stream(lists, view.client, meta.dst, meta.dport, view.complete, view)
         if result is None and view.server[:1] == bytes([tls.HANDSHAKE]) and view.server[5:6] == b"\x01":
             # the capture started mid-flow and took the server for the client: the ClientHello is "server" data
             result = _judge_stream(lists, view.server, meta.src, meta.sport, view.complete)

@@ -14,6 +14,8 @@ Public surface:
 - `parse_client_hello(prefix, partial)` / `parse_server_hello(prefix, partial)`: a frozen result, ``None`` when
   the bytes are not that message, or `MORE` while the message is still incomplete. With ``partial=True`` a
   truncated message is parsed as far as it goes (use it once the flow is complete).
+- `client_hello_of(view)`: `parse_client_hello` of a `FlowView`'s client bytes, read once per view (a whole hello
+  read before, by the gate or another detector, is kept in the view's memo under `HELLO_MEMO`).
 - `cert_names(der)`: ``(issuer CN, subject CN)`` of one DER certificate, or ``None``.
 - `cert_alt_names(der)`: the DNS names of its subjectAltName extension (RFC 5280 §4.2.1.6).
 """
@@ -22,7 +24,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from egress.detect.base import MORE, _More
+from egress.detect.base import MORE, FlowView, _More
 
 HANDSHAKE = 22
 CLIENT_HELLO = 1
@@ -32,6 +34,8 @@ EXT_SERVER_NAME = 0
 EXT_ALPN = 16
 EXT_SUPPORTED_VERSIONS = 43
 TLS13 = 0x0304
+HELLO_MEMO = "egress.detect.tls"
+"""`FlowView.memo` key of a whole ClientHello at the start of the client bytes (`client_hello_of`)."""
 _MAX_RECORD = (1 << 14) + 2048
 """RFC 8446 §5.2: a TLSCiphertext fragment is at most 2^14 + 256 bytes; TLS 1.2 allowed + 2048."""
 
@@ -251,6 +255,19 @@ def parse_client_hello(prefix: bytes, partial: bool = False) -> ClientHello | No
         elif kind == EXT_SUPPORTED_VERSIONS and ext:
             versions = tuple(int.from_bytes(ext[i : i + 2]) for i in range(1, min(len(ext), ext[0] + 1) - 1, 2))
     return ClientHello(version, versions, sni, alpn, tuple(suites), tuple(k for k, _ in exts), truncated)
+
+
+def client_hello_of(view: FlowView) -> ClientHello | None | _More:
+    """``parse_client_hello(view.client, partial=view.complete)``, read once per view: a whole (not truncated)
+    ClientHello is the same for every longer prefix and either ``partial``, so it is kept in the view's memo and
+    whoever parsed it first (the gate, one detector) spares the others the parse."""
+    kept = view.memo.get(HELLO_MEMO)
+    if isinstance(kept, ClientHello):
+        return kept
+    hello = parse_client_hello(view.client, partial=view.complete)
+    if isinstance(hello, ClientHello) and not hello.truncated:
+        view.memo[HELLO_MEMO] = hello
+    return hello
 
 
 def parse_server_hello(prefix: bytes, partial: bool = False) -> ServerHello | None | _More:

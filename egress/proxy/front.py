@@ -4,8 +4,8 @@ allowed TLS itself; everything else goes to mitmproxy untouched.
 For each connection the front peeks (``MSG_PEEK``: nothing is consumed) at the client's first bytes. When they are
 a whole TLS ClientHello that `Gate` passes through (allowed, or let through and recorded: a detector set to
 ``record``, report mode's would-block; not on the sandbox's decrypt list) and the destination may be dialled, the
-front reports what is worth recording, dials the original destination and relays both directions with a pair of
-asyncio protocols: a fraction of what the same connection costs in mitmproxy's layers
+front reports what is worth recording, dials the original destination and relays both directions on its two
+sockets (`egress.proxy.splice`): a fraction of what the same connection costs in mitmproxy's layers
 (docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
 client that says nothing within `PEEK_WAIT`, a ClientHello that is not whole within `HELLO_WAIT` or is bigger than
 the peek, plain HTTP, interception, inspection, refusals, bytes that do not parse) is handed to mitmproxy as it is
@@ -47,7 +47,8 @@ from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.openflows import OpenFlows
-from egress.proxy.relay import Half, Upstream, Watch
+from egress.proxy.relay import Watch
+from egress.proxy.splice import Relay, dial
 from egress.replay import Kind as Asked
 from egress.replay import Question
 
@@ -75,8 +76,9 @@ Handoff = Callable[[socket.socket], Awaitable[None]]
 
 
 def original_destination(sock: socket.socket) -> tuple[str, int]:
-    """Where the client meant to connect before nftables redirected it (``SO_ORIGINAL_DST``)."""
-    if "." in sock.getsockname()[0]:  # IPv4, also IPv4-mapped on an IPv6 socket
+    """Where the client meant to connect before nftables redirected it (``SO_ORIGINAL_DST``). The socket's family
+    says which (the front's IPv6 listener is IPv6-only: no IPv4-mapped peers), without asking the kernel."""
+    if sock.family == socket.AF_INET:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
         port, address = struct.unpack_from("!2xH4s", raw)
         return socket.inet_ntop(socket.AF_INET, address), port
@@ -214,58 +216,44 @@ class Front:
         if recorded is not None:  # before the dial: a destination that refuses it leaves the record all the same
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, recorded))
         watch = self._watch(sandbox, source, dst, decision.host, suspicions=decision.watch)
-        loop = asyncio.get_running_loop()
         try:
-            upstream_transport, upstream = await asyncio.wait_for(
-                loop.create_connection(lambda: Upstream(watch, from_client=False), dst[0], dst[1]), DIAL_TIMEOUT
-            )
+            upstream = await asyncio.wait_for(dial(dst), DIAL_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()
             return True
         if recorded is None and reported is not None:
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, reported))
-        client = Half(watch)
-        client.other, upstream.other = upstream, client
-        try:
-            await loop.connect_accepted_socket(lambda: client, conn)  # reads the ClientHello and relays it
-        except OSError as exc:  # the client reset meanwhile: nothing was read, nothing to hand off
-            log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
-            upstream_transport.close()
-            conn.close()
-            return True
         # From here the relay owns the socket: whatever happens, the connection is never handed off.
-        if upstream_transport.is_closing():  # the destination hung up before the client was attached
-            client.close_both()
-        else:
-            upstream_transport.resume_reading()
-            self._keep(client, source, dst, decision.host)
-            if reported is not None and sandbox.flow_log and self.flows is not None:
-                self._log_end(client, upstream, EndedFlow(sandbox.name, *source, *dst, "tcp", decision.host,
-                              reported.rule, reported.action.value, 0, 0, time.time(), 0.0))  # fmt: skip
+        relay = Relay(conn, upstream, watch)
+        self._keep(relay, source, dst, decision.host)
+        if reported is not None and sandbox.flow_log and self.flows is not None:
+            self._log_end(relay, EndedFlow(sandbox.name, *source, *dst, "tcp", decision.host,
+                          reported.rule, reported.action.value, 0, 0, time.time(), 0.0))  # fmt: skip
+        relay.start()  # reads the ClientHello and relays it
         self.relayed += 1
         return True
 
-    def _keep(self, client: Half, source: tuple[str, int], dst: tuple[str, int], sni: str) -> None:
+    def _keep(self, relay: Relay, source: tuple[str, int], dst: tuple[str, int], sni: str) -> None:
         """Track the relay while it is open, as the TLS connection it was decided as (`egress.proxy.openflows`)."""
         if self.open_flows is None:
             return
         flows = self.open_flows
-        token = flows.add(Question(Asked.TLS, source[0], dst[0], dst[1], sni or None), client.close_both)
-        client.on_lost = lambda: flows.discard(token)
+        token = flows.add(Question(Asked.TLS, source[0], dst[0], dst[1], sni or None), relay.close)
+        relay.on_lost = lambda: flows.discard(token)
 
-    def _log_end(self, client: Half, upstream: Half, started: EndedFlow) -> None:
-        """Tell the flow log of the relay's end, with the bytes each side received (the client's: sent up)."""
-        sink, then = self.flows, client.on_lost
+    def _log_end(self, relay: Relay, started: EndedFlow) -> None:
+        """Tell the flow log of the relay's end, with the bytes each side sent (the client's: up)."""
+        sink, then = self.flows, relay.on_lost
         assert sink is not None
 
         def lost() -> None:
             if then is not None:
                 then()
-            up, down = client.received, upstream.received
+            up, down = relay.up.moved, relay.down.moved
             sink.flow_ended(replace(started, up=up, down=down, ended=time.time()))
 
-        client.on_lost = lost
+        relay.on_lost = lost
 
     def _watch(
         self, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], host: str, suspicions: bool = True

@@ -37,7 +37,7 @@ from egress.decide import (
     network_rule_for,
 )
 from egress.detect import encrypted, http, ssh, tls
-from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, evidence
+from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, _More, evidence
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import OPAQUE
 from egress.policy.model import DetectorAction, Expect, NetworkRule, Policy, Sandbox
@@ -117,20 +117,29 @@ class Gate:
             if not server:
                 return Decision(Kind.WAIT)
             return self._raw(sandbox, meta, client, server)  # server speaks first (SSH, SMTP...)
-        if tls.looks_like_tls(client) and tls.parse_client_hello(client) is not None:
+        hello = tls.parse_client_hello(client) if tls.looks_like_tls(client) else None
+        if hello is not None:
             # A record header is TLS only if a ClientHello follows it (issue 9: a 5-byte fake header before
             # JSON-RPC was passed through as "TLS without SNI"); anything else is inspected as a raw stream.
-            return self._tls(sandbox, meta, client, watching)
+            if hello is MORE and len(client) >= HEAD_WAIT_LIMIT:
+                hello = tls.parse_client_hello(client, partial=True)  # a hello past the wait: judged on what came
+            return self._tls(sandbox, meta, client, watching, hello)
         if http.looks_like_http_request(client):
             return self._http(sandbox, meta, client)
         return self._raw(sandbox, meta, client, server)
 
-    def _named_finding(self, meta: FlowMeta, client: bytes) -> Finding | None:
-        result = self.name_detector(FlowView(meta, client, b"", complete=True))
+    def _named_finding(self, meta: FlowMeta, client: bytes, hello: tls.ClientHello | None = None) -> Finding | None:
+        """The name detector's finding on ``client``; ``hello``: its ClientHello, read already (not read again)."""
+        view = FlowView(meta, client, b"", complete=True)
+        if hello is not None and not hello.truncated:
+            view.memo[tls.HELLO_MEMO] = hello
+        result = self.name_detector(view)
         return result if isinstance(result, Finding) else None
 
-    def _tls(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, watching: bool) -> Decision:
-        hello = tls.parse_client_hello(client, partial=len(client) >= HEAD_WAIT_LIMIT)
+    def _tls(
+        self, sandbox: Sandbox, meta: FlowMeta, client: bytes, watching: bool, hello: tls.ClientHello | _More | None
+    ) -> Decision:
+        """``hello``: ``client``'s ClientHello as `on_first_bytes` read it (read once per decision)."""
         if hello is MORE:
             return Decision(Kind.WAIT)
         network = network_rule_for(sandbox, meta.dst, meta.dport)
@@ -138,7 +147,7 @@ class Gate:
             return self._raw(sandbox, meta, client, b"")  # a record header, then no ClientHello: judged as bytes
         sni = hello.sni if isinstance(hello, tls.ClientHello) else None
         noted: Verdict | None = None
-        finding = self._named_finding(meta, client)
+        finding = self._named_finding(meta, client, hello if isinstance(hello, tls.ClientHello) else None)
         if finding is not None:
             verdict = decide_finding(sandbox, finding)
             if not _allowed(verdict):

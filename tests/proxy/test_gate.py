@@ -8,6 +8,8 @@ import ssl
 import pytest
 
 from egress.decide import Enforcement, Reason
+from egress.detect import tls
+from egress.detect.base import MORE, FlowView, _More
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.policy.loader import parse_policy
@@ -271,3 +273,41 @@ def test_a_stream_that_upgrades_to_tls_with_a_bound_name_is_not_unidentified(
     gate = _strict_gate()
     sandbox = gate.policy.sandboxes[0]
     assert gate.bound_tls_in(sandbox, flow_meta(("10.0.0.5", 40000), (DST[0], port)), client) is passes
+
+
+# -- the ClientHello is read once per decision (issue 15) -------------------------------------------------------
+def test_the_gate_reads_a_client_hello_once_per_decision(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate's test that a ClientHello follows the record header, its reading of the SNI and the name detector
+    share one parse (the detector gets it through the view's memo, `tls.client_hello_of`)."""
+    parsed: list[bytes] = []
+    parse = tls.parse_client_hello
+
+    def counted(prefix: bytes, partial: bool = False) -> tls.ClientHello | None | _More:
+        parsed.append(prefix)
+        return parse(prefix, partial)
+
+    monkeypatch.setattr(tls, "parse_client_hello", counted)
+    gate = _gate("enforce", "block")
+    sandbox = gate.sandbox("10.0.0.5")
+    assert sandbox is not None
+    meta = flow_meta(("10.0.0.5", 40000), ("192.0.2.11", 443))  # no name bound there: judged, not passed
+    assert gate.on_first_bytes(sandbox, meta, _client_hello("example.org"), b"").kind is Kind.REFUSE
+    assert len(parsed) == 1
+    parsed.clear()
+    assert gate.on_first_bytes(sandbox, flow_meta(("10.0.0.5", 40000), DST), _client_hello("dns.google"), b"")
+    assert len(parsed) == 1, "the name detector's DoH finding came from the same parse"
+
+
+def test_a_view_keeps_only_a_whole_client_hello() -> None:
+    """`tls.client_hello_of` keeps a whole hello (the same for any longer prefix) and nothing else: a truncated one
+    read from a complete view is not offered to a later, longer view's reader."""
+    hello = _client_hello("dns.google")
+    meta = flow_meta(("10.0.0.5", 40000), DST)
+    whole = FlowView(meta, hello + b"more", complete=False)
+    got = tls.client_hello_of(whole)
+    assert isinstance(got, tls.ClientHello) and got == tls.parse_client_hello(hello, partial=True)
+    assert whole.memo[tls.HELLO_MEMO] is got
+    cut = FlowView(meta, hello[:300], complete=True)
+    short = tls.client_hello_of(cut)
+    assert isinstance(short, tls.ClientHello) and short.truncated and tls.HELLO_MEMO not in cut.memo
+    assert tls.client_hello_of(FlowView(meta, hello[:300])) is MORE

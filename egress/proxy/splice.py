@@ -1,0 +1,213 @@
+"""The front's relay on its two sockets: both directions of one connection moved by the event loop's reader and
+writer callbacks on the raw non-blocking sockets (no asyncio transports: a new connection costs two ``epoll_ctl``
+and the reads and writes, nothing more), each chunk shown to the connection's `egress.proxy.relay.Watch` before
+it is sent on; once the watch has read all it reads of the connection (`Watch.finished`: the TLS shape watcher is
+done, after its first `egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each
+direction moves its bytes with splice(2) through a pipe of its own, never copied into Python.
+
+Back-pressure: a direction whose destination does not take everything stops reading its source until what is
+left went out. Half-close: a source's end of stream is passed on as ``shutdown(SHUT_WR)`` once its bytes went
+out; the relay closes when both directions ended. Fail closed: a watch that says no, an error on either socket
+or pipe, or a bug in a callback closes both sides at once; nothing is forwarded unwatched.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import logging
+import os
+import socket
+from collections.abc import Callable
+from typing import Final
+
+from egress.proxy.relay import Watch
+
+log = logging.getLogger("egress.proxy")
+
+CHUNK: Final = 256 * 1024
+"""Bytes read (or spliced) per wake-up of a direction; asyncio's own read size."""
+PIPE_SIZE: Final = CHUNK
+"""A splicing direction's pipe capacity (``F_SETPIPE_SZ``; the default 64 KiB is kept where the kernel refuses)."""
+_SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
+
+
+async def dial(address: tuple[str, int]) -> socket.socket:
+    """A non-blocking TCP socket connected to ``address`` (numeric), with Nagle off like the client's side (small
+    records, the handshake's, must not wait for a delayed ACK)."""
+    family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
+    try:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        await asyncio.get_running_loop().sock_connect(sock, address)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
+
+
+class Relay:
+    """One relayed connection: the client's socket and the destination's, both non-blocking and connected."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket, watch: Watch | None, splice: bool = True):
+        """``splice``: move a direction's bytes with splice(2) once ``watch`` is finished (or from the start
+        without a watch); False keeps every byte on recv/send (tests compare the two)."""
+        self.loop = asyncio.get_running_loop()
+        self.watch = watch
+        self.splice = splice
+        self.up = _Direction(self, client, upstream, from_client=True)
+        """Client to destination; its ``moved``: the bytes the client sent."""
+        self.down = _Direction(self, upstream, client, from_client=False)
+        self.closed = False
+        self.on_lost: Callable[[], None] | None = None
+        """Called once when the relay closes (the front forgets it: `egress.proxy.openflows`)."""
+
+    def start(self) -> None:
+        """Start reading both sides (the client's first bytes, the ClientHello peeked before, come first)."""
+        self.up.resume()
+        self.down.resume()
+
+    def close(self) -> None:
+        """Close both sides (and the pipes); idempotent."""
+        if self.closed:
+            return
+        self.closed = True
+        for direction in (self.up, self.down):
+            direction.release()
+        for sock in (self.up.src, self.down.src):
+            sock.close()
+        if self.on_lost is not None:
+            self.on_lost()
+
+
+class _Direction:
+    """One direction of a relay: what ``src`` sends goes to ``dst``."""
+
+    def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
+        self.relay = relay
+        self.src, self.dst = src, dst
+        self.from_client = from_client
+        self.moved = 0
+        """Bytes read from ``src``."""
+        self.pending = b""
+        """Read, shown to the watch, not yet taken by ``dst``."""
+        self.pipe: tuple[int, int] | None = None
+        """(read end, write end) once the direction splices."""
+        self.piped = 0
+        """Bytes in the pipe not yet taken by ``dst``."""
+        self.eof = False
+        """``src`` ended."""
+        self.shut = False
+        """``dst`` was told the end (``shutdown(SHUT_WR)``)."""
+        self.reading = False
+        self.writing = False
+
+    def resume(self) -> None:
+        if not self.reading and not self.eof and not self.relay.closed:
+            self.relay.loop.add_reader(self.src.fileno(), self._guarded, self._readable)
+            self.reading = True
+
+    def _pause(self) -> None:
+        if self.reading:
+            self.relay.loop.remove_reader(self.src.fileno())
+            self.reading = False
+
+    def release(self) -> None:
+        """Stop both callbacks and close the pipe (the relay closes the sockets)."""
+        self._pause()
+        if self.writing:
+            self.relay.loop.remove_writer(self.dst.fileno())
+            self.writing = False
+        if self.pipe is not None:
+            for end in self.pipe:
+                os.close(end)
+            self.pipe = None
+
+    def _guarded(self, step: Callable[[], None]) -> None:
+        """Run ``step``; a socket error or a bug closes both sides (fail closed)."""
+        if self.relay.closed:
+            return
+        try:
+            step()
+        except (BlockingIOError, InterruptedError):
+            pass  # a spurious wake-up: wait for the next
+        except OSError as exc:  # reset, broken pipe, or the like
+            log.debug("relay: %s: closed", exc)
+            self.relay.close()
+        except Exception:
+            log.exception("relay: error: both sides closed")
+            self.relay.close()
+
+    def _readable(self) -> None:
+        if self.pipe is not None:
+            got = os.splice(self.src.fileno(), self.pipe[1], CHUNK, flags=_SPLICE)
+            if got == 0:
+                self._end()
+                return
+            self.moved += got
+            self.piped += got
+            self._flush()
+            return
+        data = self.src.recv(CHUNK)
+        if not data:
+            self._end()
+            return
+        self.moved += len(data)
+        watch = self.relay.watch
+        if watch is not None and not watch.passes(self.from_client, data):
+            self.relay.close()
+            return
+        self.pending = data
+        if self._flush() and self.relay.splice and (watch is None or watch.finished):
+            self._open_pipe()
+
+    def _flush(self) -> bool:
+        """Send what is waiting for ``dst``; True when all went out, else wait until ``dst`` takes more."""
+        try:
+            if self.pending:
+                sent = self.dst.send(self.pending)
+                self.pending = self.pending[sent:]
+            while self.piped and not self.pending:
+                assert self.pipe is not None
+                self.piped -= os.splice(self.pipe[0], self.dst.fileno(), self.piped, flags=_SPLICE)
+        except BlockingIOError:
+            pass
+        if self.pending or self.piped:
+            self._pause()
+            if not self.writing:
+                self.relay.loop.add_writer(self.dst.fileno(), self._guarded, self._writable)
+                self.writing = True
+            return False
+        return True
+
+    def _writable(self) -> None:
+        if not self._flush():
+            return
+        self.relay.loop.remove_writer(self.dst.fileno())
+        self.writing = False
+        if self.eof:
+            self._shutdown()
+        else:
+            self.resume()
+
+    def _open_pipe(self) -> None:
+        read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more wake-ups
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
+        self.pipe = (read_end, write_end)
+
+    def _end(self) -> None:
+        self.eof = True
+        self._pause()
+        if not self.writing:
+            self._shutdown()
+
+    def _shutdown(self) -> None:
+        self.shut = True
+        other = self.relay.down if self is self.relay.up else self.relay.up
+        if other.shut:  # both ended and everything went out: closing says the rest, without a shutdown first
+            self.relay.close()
+            return
+        self.dst.shutdown(socket.SHUT_WR)

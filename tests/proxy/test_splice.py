@@ -1,0 +1,209 @@
+"""The front's relay on its sockets (egress.proxy.splice) over real loopback TCP: bytes both ways byte for byte,
+with splice(2) only once the watch is finished; back-pressure, half-close, and both sides closed on a watch that
+says no or an error on either side (fail closed)."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from egress.detect.base import Finding
+from egress.proxy.relay import Watch
+from egress.proxy.splice import Relay, dial
+from tests.waiting import eventually_async, scaled
+
+HANDSHAKE_RECORD = b"\x16\x03\x01\x00\x05hello"
+"""A TLS handshake record: the shape watcher keeps reading after it (it waits for application records)."""
+
+
+async def _pair() -> tuple[socket.socket, socket.socket]:
+    """Two connected non-blocking loopback TCP sockets (the first dialled with `dial`)."""
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        listener.setblocking(False)
+        near = await dial(listener.getsockname())
+        far, _ = await asyncio.get_running_loop().sock_accept(listener)
+    far.setblocking(False)
+    return near, far
+
+
+class _Relayed:
+    """A client, a server and the relay between them; ``lost`` counts the relay's ``on_lost`` calls."""
+
+    def __init__(self, client: socket.socket, server: socket.socket, relay: Relay) -> None:
+        self.client, self.server, self.relay = client, server, relay
+        self.lost = 0
+
+    def close(self) -> None:
+        for sock in (self.client, self.server):
+            sock.close()
+        self.relay.close()
+
+
+async def _relayed(watch: Watch | None, splice: bool = True) -> _Relayed:
+    client, client_side = await _pair()
+    upstream, server = await _pair()
+    relay = Relay(client_side, upstream, watch, splice=splice)
+    relayed = _Relayed(client, server, relay)
+
+    def lost() -> None:
+        relayed.lost += 1
+
+    relay.on_lost = lost
+    relay.start()
+    return relayed
+
+
+def _watch(on_finding: Callable[[Finding], bool] = lambda _: False) -> Watch:
+    return Watch(on_finding, suspicions=False)
+
+
+async def _read_all(sock: socket.socket, until: int | None = None) -> bytes:
+    """What ``sock`` receives until its end of stream (or ``until`` bytes)."""
+    loop = asyncio.get_running_loop()
+    got = bytearray()
+    while until is None or len(got) < until:
+        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), scaled(30))
+        if not chunk:
+            break
+        got += chunk
+    return bytes(got)
+
+
+def _run(scenario: Callable[[], Awaitable[None]]) -> None:
+    asyncio.run(scenario())  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv-send"])
+def test_bytes_go_both_ways_byte_for_byte_with_half_close(splice: bool) -> None:
+    """Not TLS records: the shape watcher is done at the first chunk, so (with splicing on) every later chunk is
+    spliced. The client ends its side first; the server's answer still comes back; then the relay closes."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch(), splice)
+        loop = asyncio.get_running_loop()
+        up = b"not TLS, " + bytes(range(256)) * 8192  # 2 MiB
+        down = bytes(range(255, -1, -1)) * 12288  # 3 MiB
+        await loop.sock_sendall(relayed.client, up[:9])
+        assert await _read_all(relayed.server, 9) == up[:9]
+        assert (relayed.relay.up.pipe is not None) is splice, "the watch is finished: splice from now on"
+        sending = asyncio.gather(loop.sock_sendall(relayed.client, up[9:]), loop.sock_sendall(relayed.server, down))
+        got_up = await _read_all(relayed.server, len(up) - 9)
+        got_down = await _read_all(relayed.client, len(down))
+        await sending
+        assert (got_up, got_down) == (up[9:], down)
+        relayed.client.shutdown(socket.SHUT_WR)
+        assert await _read_all(relayed.server) == b"", "the client's end reached the server"
+        await loop.sock_sendall(relayed.server, b"answer after the client's end")
+        assert await _read_all(relayed.client, 29) == b"answer after the client's end"
+        relayed.server.shutdown(socket.SHUT_WR)
+        assert await _read_all(relayed.client) == b""
+
+        async def closed() -> bool:
+            assert relayed.relay.closed and relayed.lost == 1
+            return True
+
+        await eventually_async(closed, timeout=scaled(10))
+        assert (relayed.relay.up.moved, relayed.relay.down.moved) == (len(up), len(down) + 29)
+        relayed.close()
+
+    _run(scenario)
+
+
+def test_nothing_is_spliced_while_the_watch_reads() -> None:
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        loop = asyncio.get_running_loop()
+        for _ in range(3):
+            await loop.sock_sendall(relayed.client, HANDSHAKE_RECORD)
+            assert await _read_all(relayed.server, len(HANDSHAKE_RECORD)) == HANDSHAKE_RECORD
+        assert relayed.relay.watch is not None and not relayed.relay.watch.finished
+        assert relayed.relay.up.pipe is None and relayed.relay.down.pipe is None
+        relayed.close()
+
+    _run(scenario)
+
+
+def test_a_destination_that_does_not_read_stops_the_source() -> None:
+    """Back-pressure: the relay holds at most a chunk (in Python or in its pipe) and stops reading the client
+    while the server takes nothing; once it reads, everything arrives."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        loop = asyncio.get_running_loop()
+        data = b"not TLS " + bytes(32 * 1024 * 1024)  # more than every socket buffer on the way
+        sending = asyncio.ensure_future(loop.sock_sendall(relayed.client, data))
+
+        async def held() -> bool:
+            assert relayed.relay.up.writing and not relayed.relay.up.reading
+            return True
+
+        await eventually_async(held, timeout=scaled(30))
+        assert not sending.done(), "the client could not send it all: the relay stopped reading"
+        assert await _read_all(relayed.server, len(data)) == data
+        await sending
+        relayed.close()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv-send"])
+def test_a_reset_closes_both_sides(splice: bool) -> None:
+    async def scenario() -> None:
+        relayed = await _relayed(_watch(), splice)
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, b"not TLS")
+        assert await _read_all(relayed.server, 7) == b"not TLS"
+        relayed.server.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        relayed.server.close()  # RST
+        try:
+            rest = await asyncio.wait_for(loop.sock_recv(relayed.client, 1024), scaled(30))
+        except ConnectionResetError:
+            rest = b""
+        assert rest == b"", "the client's side was closed too"
+        assert relayed.relay.closed and relayed.lost == 1
+        relayed.client.close()
+
+    _run(scenario)
+
+
+def test_a_watch_that_says_no_closes_both_before_the_chunk_goes_on() -> None:
+    class Refusing(Watch):
+        def passes(self, from_client: bool, data: bytes) -> bool:
+            return b"tunnel" not in data
+
+    async def scenario() -> None:
+        relayed = await _relayed(Refusing(lambda _: True))
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, HANDSHAKE_RECORD)
+        assert await _read_all(relayed.server, len(HANDSHAKE_RECORD)) == HANDSHAKE_RECORD
+        await loop.sock_sendall(relayed.server, b"the tunnel's answer")
+        assert await _read_all(relayed.server) == b"", "closed: nothing more reached the server"
+        assert await _read_all(relayed.client) == b"", "and the refused chunk never reached the client"
+        assert relayed.relay.closed and relayed.lost == 1
+        relayed.close()
+
+    _run(scenario)
+
+
+def test_an_error_in_a_watch_closes_both() -> None:
+    """A watch that raises (its own errors it catches: this is a bug past it) fails closed, never open."""
+
+    class Broken(Watch):
+        def passes(self, from_client: bool, data: bytes) -> bool:
+            raise RuntimeError("a bug")
+
+    async def scenario() -> None:
+        relayed = await _relayed(Broken(lambda _: False))
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, HANDSHAKE_RECORD)
+        assert await _read_all(relayed.server) == b""
+        assert await _read_all(relayed.client) == b""
+        assert relayed.relay.closed and relayed.lost == 1
+        relayed.close()
+
+    _run(scenario)
