@@ -288,12 +288,11 @@ SSH_SOCKS): banners, key exchange, user authentication; ``s 28`` is USERAUTH_SUC
 HTTPS_LIKE = [("c", 86), ("s", 211), ("s", 1119), ("c", 90), ("s", 300), ("c", 120), ("s", 4000)]
 
 
-async def _scripted_tls(
-    script: list[tuple[str, int]], tmp_path: Path, network: bool = True
-) -> tuple[_Setup, list[int], int]:
-    """A TLS server and client that exchange ``script`` (each entry one write, so one record) through the front;
-    returns the setup, the sizes the server received and how many script entries the client completed.
-    ``network``: the destination is on a network rule (else allowed only by the host rule of the bound SNI)."""
+async def scripted_tls_server(
+    script: list[tuple[str, int]], tmp_path: Path
+) -> tuple[asyncio.Server, int, list[int], Path]:
+    """A TLS server that plays the ``s`` entries of ``script`` (each one write, so one record) and reads the ``c``
+    ones; returns it, its port, the sizes it received (filled as it reads) and the CA file its certificate needs."""
     files = certs.ensure(tmp_path / "certs")
     chain, key = files.servers["pool"]
     server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
@@ -312,14 +311,15 @@ async def _scripted_tls(
         writer.close()
 
     server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
-    setup = _Setup(int(server.sockets[0].getsockname()[1]), network=network)
-    port, task = await _serving(setup)
-    client_context = ssl.create_default_context(cafile=str(files.ca))
+    return server, int(server.sockets[0].getsockname()[1]), received, Path(files.ca)
+
+
+async def scripted_tls_client(script: list[tuple[str, int]], port: int, ca: Path, sni: str) -> int:
+    """The client side of ``script`` through the front at ``port`` with ``sni``: how many entries it completed."""
+    client_context = ssl.create_default_context(cafile=str(ca))
     client_context.check_hostname = False
     done = 0
-    reader, writer = await asyncio.open_connection(
-        "127.0.0.1", port, ssl=client_context, server_hostname="allowed.test"
-    )
+    reader, writer = await asyncio.open_connection("127.0.0.1", port, ssl=client_context, server_hostname=sni)
     with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
         for side, size in script:
             if side == "c":
@@ -329,6 +329,19 @@ async def _scripted_tls(
                 await asyncio.wait_for(reader.readexactly(size), scaled(10))
             done += 1
     writer.close()
+    return done
+
+
+async def _scripted_tls(
+    script: list[tuple[str, int]], tmp_path: Path, network: bool = True
+) -> tuple[_Setup, list[int], int]:
+    """A TLS server and client that exchange ``script`` through the front; returns the setup, the sizes the server
+    received and how many script entries the client completed. ``network``: the destination is on a network rule
+    (else allowed only by the host rule of the bound SNI)."""
+    server, server_port, received, ca = await scripted_tls_server(script, tmp_path)
+    setup = _Setup(server_port, network=network)
+    port, task = await _serving(setup)
+    done = await scripted_tls_client(script, port, ca, "allowed.test")
     task.cancel()
     server.close()
     return setup, received, done

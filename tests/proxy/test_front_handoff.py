@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
-import ssl
 from pathlib import Path
 
 import pytest
@@ -18,14 +17,21 @@ import pytest
 from egress.decide import Enforcement, Reason
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
-from egress.lab import certs
 from egress.policy.loader import parse_policy
 from egress.policy.model import Sandbox
 from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Decision, Gate, flow_meta
 from tests.lists import shipped_lists
-from tests.proxy.test_front import SSH_IN_TLS, _client_hello, _hello_padded, _Reporter, _run
+from tests.proxy.test_front import (
+    SSH_IN_TLS,
+    _client_hello,
+    _hello_padded,
+    _Reporter,
+    _run,
+    scripted_tls_client,
+    scripted_tls_server,
+)
 from tests.waiting import eventually_async, scaled
 
 POOL_NAME = "supportxmr.com"
@@ -103,37 +109,11 @@ class _Setup:
 async def _ssh_in_tls(setup_for: int, tmp_path: Path, sni: str, **policy: str) -> tuple[_Setup, list[int]]:
     """SSH's opening inside TLS naming ``sni``, through the front to a TLS server; the setup and the plaintext
     sizes the server received (tests/proxy/test_front.py: the watcher closes it before the first encrypted packet)."""
-    files = certs.ensure(tmp_path / "certs")
-    chain, key = files.servers["pool"]
-    server_context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
-    server_context.load_cert_chain(chain, key)
-    received: list[int] = []
-
-    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        with contextlib.suppress(OSError, asyncio.IncompleteReadError):
-            for side, size in SSH_IN_TLS[:setup_for]:
-                if side == "s":
-                    writer.write(b"s" * size)
-                    await writer.drain()
-                else:
-                    await reader.readexactly(size)
-                    received.append(size)
-        writer.close()
-
-    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_context)
-    setup = _Setup(int(server.sockets[0].getsockname()[1]), **policy)
+    script = SSH_IN_TLS[:setup_for]
+    server, server_port, received, ca = await scripted_tls_server(script, tmp_path)
+    setup = _Setup(server_port, **policy)
     await setup.serve()
-    client_context = ssl.create_default_context(cafile=str(files.ca))
-    client_context.check_hostname = False
-    reader, writer = await asyncio.open_connection("127.0.0.1", setup.port, ssl=client_context, server_hostname=sni)
-    with contextlib.suppress(OSError, asyncio.IncompleteReadError, TimeoutError):
-        for side, size in SSH_IN_TLS[:setup_for]:
-            if side == "c":
-                writer.write(b"c" * size)
-                await writer.drain()
-            else:
-                await asyncio.wait_for(reader.readexactly(size), scaled(10))
-    writer.close()
+    await scripted_tls_client(script, setup.port, ca, sni)
     assert setup.task is not None
     setup.task.cancel()
     server.close()
