@@ -32,6 +32,7 @@ GATES = {
         "egress/proxy/front.py",
         "egress/proxy/httpfast.py",  # the front's plain-HTTP relay, and its socket waiting
         "egress/proxy/httpio.py",
+        "egress/proxy/httpupstream.py",  # the fast path's server side
         "egress/proxy/splice.py",  # the front's TLS relay on its two sockets
         "egress/gateway/hostprobe.py",
         "egress/gateway/sdnotify.py",

@@ -14,7 +14,8 @@ then written to the client; one that finds something is recorded, and a blocking
 sides (a 502 for a response it could not frame): an error never forwards unjudged bytes.
 
 The judgements are `egress.proxy.httpjudge`'s (which keeps the clean ones of a connection by their exact bytes:
-a keep-alive client polling one URL costs one inspection); the sockets' waiting is `egress.proxy.httpio`'s.
+a keep-alive client polling one URL costs one inspection); the server side (dialling, keeping the connection,
+reading whole responses) is `egress.proxy.httpupstream`'s; the sockets' waiting is `egress.proxy.httpio`'s.
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ from egress.proxy import httpwire
 from egress.proxy.gate import Gate, flow_meta
 from egress.proxy.httpio import Waker, close_gently, send_all
 from egress.proxy.httpjudge import Judge, fail_closed, message
+from egress.proxy.httpupstream import Closed, Stale, Upstream
 from egress.proxy.mitm.inspect import Read, read
 from egress.proxy.openflows import OpenFlows
 from egress.record.naming import named
@@ -47,16 +49,6 @@ log = logging.getLogger("egress.proxy")
 PEEK: Final = httpwire.HEAD_MAX + httpwire.BODY_MAX
 REQUEST_WAIT: Final = 5.0
 """Seconds a request head, once begun, may take to arrive whole with its body before mitmproxy takes it."""
-DIAL_TIMEOUT: Final = 10.0
-READ_SIZE: Final = 256 * 1024
-
-
-class _Stale(Exception):
-    """The server closed before a byte of its answer: on a kept connection, it had closed it while idle."""
-
-
-class _Closed(Exception):
-    """The connection ended (either side) or was closed by a judgement: nothing is handed off."""
 
 
 class PlainHttp:
@@ -114,9 +106,8 @@ class _Exchange:
         self.conn = conn
         self.meta = meta
         self.sandbox = sandbox
-        self.upstream: socket.socket | None = None
+        self.upstream = Upstream((meta.dst, meta.dport))
         self.client_ready = Waker(asyncio.get_running_loop(), conn)
-        self.upstream_ready: Waker | None = None
         self.consumed = False
         """A request was read from the client: from then on the connection is never handed off."""
         self.judge = Judge(owner.gate, sandbox, meta)
@@ -137,7 +128,7 @@ class _Exchange:
                 if request is None:
                     return False  # outside the subset, or not plainly allowed: mitmproxy decides it
                 parsed, raw, asked = request
-                reused = await self._dial(loop)
+                reused = await self.upstream.dial(loop)
                 self.conn.recv(len(raw))  # exactly the judged bytes (peeked, so all there)
                 self.consumed = True
                 self.up += len(raw)
@@ -145,15 +136,15 @@ class _Exchange:
                 self.owner.requests += 1
                 try:
                     keep = await self._forward(loop, parsed, raw, asked)
-                except _Stale:
+                except Stale:
                     if not reused:
-                        raise _Closed("the server closed without answering") from None
-                    await self._dial(loop, again=True)  # it had closed the idle connection meanwhile: once more
+                        raise Closed("the server closed without answering") from None
+                    await self.upstream.dial(loop, again=True)  # it had closed the idle connection meanwhile: once more
                     keep = await self._forward(loop, parsed, raw, asked)
                 if not keep or parsed.close:
                     return True
                 await self.client_ready.wait()  # the next request (an answer comes before it, mostly)
-        except _Closed as exc:
+        except Closed as exc:
             log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
             return True
         except OSError as exc:  # before a request was read (a failed dial): mitmproxy answers it as it would
@@ -169,10 +160,7 @@ class _Exchange:
     def finish(self, done: bool) -> None:
         """Release the upstream side; close the client's unless it goes to mitmproxy (``done`` false)."""
         self.client_ready.close()  # before mitmproxy registers its own reader on the socket
-        if self.upstream_ready is not None:
-            self.upstream_ready.close()
-        if self.upstream is not None:
-            self.upstream.close()
+        self.upstream.close()
         if done:
             close_gently(self.conn)
         if self.token and self.owner.open_flows is not None:
@@ -199,9 +187,7 @@ class _Exchange:
     def _sever(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
-        if self.upstream is not None:
-            with contextlib.suppress(OSError):
-                self.upstream.shutdown(socket.SHUT_RDWR)
+        self.upstream.shutdown()
 
     def _report(self, verdict: Verdict, host: str) -> str:
         meta = self.meta
@@ -221,7 +207,7 @@ class _Exchange:
             except BlockingIOError:
                 data = None
             if data == b"":
-                raise _Closed("client closed")
+                raise Closed("client closed")
             if data is not None:
                 return data
             timeout = None if deadline is None else deadline - loop.time()
@@ -257,7 +243,7 @@ class _Exchange:
                 return None  # the connection's first request: mitmproxy judges it as it did before the fast path
             self.conn.recv(len(raw))  # read, so that the close after the 403 is not a reset that loses it
             self._blocks(fail_closed(f"request: {exc!r}"), parsed.host)
-            raise _Closed("inspection failed") from exc
+            raise Closed("inspection failed") from exc
         return parsed, raw, asked
 
     async def _peek_grown(self, loop: asyncio.AbstractEventLoop, size: int, deadline: float) -> bytes | None:
@@ -282,45 +268,11 @@ class _Exchange:
             self.passed, self.passed_host = verdict, request.host
         return True
 
-    async def _dial(self, loop: asyncio.AbstractEventLoop, again: bool = False) -> bool:
-        """Connect upstream, unless the connection is open and was silent since its last response (a server
-        that closed an idle connection gets a new one; one that sent what nobody asked for ends the exchange).
-        True when the open connection is kept; ``again``: a new one whatever."""
-        if self.upstream is not None and self.upstream_ready is not None:
-            idle: bytes | None = b""
-            if self.upstream_ready.ready and not again:
-                try:
-                    idle = self.upstream.recv(1, socket.MSG_PEEK)
-                except BlockingIOError:
-                    idle = None
-                except OSError:  # reset
-                    idle = b""
-                if idle:
-                    raise _Closed("the server sent bytes nobody asked for")
-            if not again and (idle is None or not self.upstream_ready.ready):
-                self.upstream_ready.ready = False
-                return True
-            self.upstream_ready.close()
-            self.upstream.close()
-            self.upstream = self.upstream_ready = None
-        family = socket.AF_INET6 if ":" in self.meta.dst else socket.AF_INET
-        upstream = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        upstream.setblocking(False)
-        upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        self.upstream = upstream
-        await asyncio.wait_for(loop.sock_connect(upstream, (self.meta.dst, self.meta.dport)), DIAL_TIMEOUT)
-        self.upstream_ready = Waker(loop, upstream)
-        return False
-
     async def _forward(
         self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes, asked: Read
     ) -> bool:
-        """Send the judged request upstream and answer it (`_answer`); `_Stale` when the server had closed."""
-        assert self.upstream is not None
-        try:
-            await send_all(loop, self.upstream, raw)
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise _Stale from exc
+        """Send the judged request upstream and answer it (`_answer`); `Stale` when the server had closed."""
+        await self.upstream.send(loop, raw)
         return await self._answer(loop, request, raw, asked)
 
     async def _answer(
@@ -328,10 +280,10 @@ class _Exchange:
     ) -> bool:
         """Read the whole response, judge it with its request, and write it (or egress's 403) to the client; True
         when the connection may carry another request."""
-        got = await self._response(loop, request, raw)
-        if got is None:
+        data, response, judged = await self.upstream.response(request.method, lambda data: self.judge.judged(raw, data))
+        if response is None:
+            self._unframed(data, request.host)
             return False
-        data, response, judged = got
         if not judged:
             try:
                 finding = self.judge.response(raw, asked, data, response)
@@ -343,41 +295,6 @@ class _Exchange:
         await send_all(loop, self.conn, data)
         self.down += len(data)
         return not response.close
-
-    async def _response(
-        self, loop: asyncio.AbstractEventLoop, request: httpwire.Request, raw: bytes
-    ) -> tuple[bytes, httpwire.Response, bool] | None:
-        """The whole response (its bytes, its framing, and whether this exchange was judged clean before); None
-        when it cannot be framed (then the client got a 502, or an unasked ``101`` was recorded)."""
-        assert self.upstream is not None and self.upstream_ready is not None
-        buffer, need = bytearray(), 0
-        while True:
-            await self.upstream_ready.wait()
-            try:
-                chunk = self.upstream.recv(READ_SIZE)
-            except BlockingIOError:
-                continue
-            except ConnectionResetError:
-                chunk = b""
-            ended = not chunk
-            if ended and not buffer:
-                raise _Stale
-            buffer += chunk
-            need = need or httpwire.wanted(buffer)
-            if len(buffer) < need and not ended:
-                continue  # a Content-Length body still arriving: parse once it is all there
-            data = bytes(buffer)
-            known = self.judge.judged(raw, data)
-            if known is not None:
-                return data, known, True
-            response = httpwire.parse_response(data, request.method, ended)
-            if isinstance(response, httpwire.Response):
-                if len(data) > response.size:
-                    raise _Closed("the server sent more than its response")
-                return data, response, False
-            if response is httpwire.UNSURE or ended:
-                self._unframed(data, request.host)
-                return None
 
     def _blocks(self, verdict: Verdict, host: str) -> bool:
         """Report ``verdict``; when it blocks, the client gets egress's 403 (sent here) and the connection ends."""
