@@ -40,7 +40,7 @@ _ANSI = re.compile(r"\x1b\[[0-9;]*m")
 _COUNT = re.compile(r"(\d+) (passed|failed|skipped|deselected|xfailed|xpassed|warnings?|errors?|rerun)\b")
 
 
-def test_modules(root: pathlib.Path = ROOT) -> list[str]:
+def module_paths(root: pathlib.Path = ROOT) -> list[str]:
     """Every test module under tests/ as pytest's default rules find them (hidden folders and caches left out)."""
     found = []
     for path in (root / "tests").rglob("*.py"):
@@ -107,13 +107,18 @@ def summary(finished: list[Finished]) -> str:
     return f"both halves: {said} ({each})"
 
 
-def _start(half: int, plan_file: str, args: list[str], out: IO[bytes], cpu_file: str | None) -> subprocess.Popen[bytes]:
-    command = [sys.executable, "-m", "pytest", "-p", "no:xdist", f"--half={half}", f"--half-plan={plan_file}"]
+def _start(
+    root: pathlib.Path, half: int, plan_file: str, args: list[str], out: IO[bytes], cpu_file: str | None
+) -> subprocess.Popen[bytes]:
+    command = [sys.executable, "-m", "pytest", "-p", "no:xdist", "-p", "tests.halves"]  # tests/conftest.py has it too
+    command += [f"--half={half}", f"--half-plan={plan_file}"]
     if cpu_file:
         command.append(f"--cpu-per-module={cpu_file}")
     if sys.stdout.isatty() and not any(arg.startswith("--color") for arg in args):
         command.append("--color=yes")  # its output goes to a file first, but ends on this terminal
-    return subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+    path = os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))  # where tests.halves is
+    env = {**os.environ, "PYTHONPATH": path}
+    return subprocess.Popen([*command, *args], stdout=out, stderr=subprocess.STDOUT, cwd=root, env=env)
 
 
 def _wait(
@@ -137,9 +142,11 @@ def _wait(
     return sorted(finished, key=lambda done: done.half)
 
 
-def run(args: list[str], record_cpu: bool = False) -> int:
-    measured = json.loads(CPU_FILE.read_text()) if CPU_FILE.exists() else {}
-    assigned = plan(weights(test_modules(), measured))
+def run(args: list[str], record_cpu: bool = False, root: pathlib.Path = ROOT) -> int:
+    """The tests of the checkout at ``root`` in two halves; pytest's exit status for both (see the docstring)."""
+    cpu_file = root / CPU_FILE.relative_to(ROOT)
+    measured = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
+    assigned = plan(weights(module_paths(root), measured, root))
     modules = {half: sum(chosen == half for chosen in assigned.values()) for half in range(HALVES)}
     with tempfile.TemporaryDirectory(prefix="egress-halves-") as scratch, contextlib.ExitStack() as files:
         plan_file = os.path.join(scratch, "plan.json")
@@ -150,7 +157,7 @@ def run(args: list[str], record_cpu: bool = False) -> int:
         for half in range(HALVES):
             outputs[half] = files.enter_context(open(os.path.join(scratch, f"half{half}.out"), "w+b"))
             cpu_files[half] = os.path.join(scratch, f"cpu{half}.json") if record_cpu else None
-            started[half] = _start(half, plan_file, args, outputs[half], cpu_files[half])
+            started[half] = _start(root, half, plan_file, args, outputs[half], cpu_files[half])
         try:
             finished = _wait(started, outputs, modules)
         finally:
@@ -159,17 +166,17 @@ def run(args: list[str], record_cpu: bool = False) -> int:
                 process.wait()
         print(f"\n{summary(finished)}", flush=True)
         if record_cpu:
-            _record(cpu_files)
+            _record(cpu_files, cpu_file)
     return combined_status([done.status for done in finished])
 
 
-def _record(cpu_files: dict[int, str | None]) -> None:
+def _record(cpu_files: dict[int, str | None], into: pathlib.Path) -> None:
     spent: dict[str, float] = {}
     for name in cpu_files.values():
         if name and os.path.exists(name):
             spent.update(json.loads(pathlib.Path(name).read_text()))
-    CPU_FILE.write_text(json.dumps(dict(sorted(spent.items())), indent=1) + "\n")
-    print(f"wrote {CPU_FILE.relative_to(ROOT)} ({len(spent)} modules, {sum(spent.values()):.1f} s CPU)")
+    into.write_text(json.dumps(dict(sorted(spent.items())), indent=1) + "\n")
+    print(f"wrote {into} ({len(spent)} modules, {sum(spent.values()):.1f} s CPU)")
 
 
 def main(argv: list[str]) -> int:
