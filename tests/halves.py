@@ -52,8 +52,21 @@ def pytest_ignore_collect(collection_path: pathlib.Path, config: pytest.Config) 
     if (chosen := getattr(config, _PLAN, None)) is None or not is_test_module(collection_path):
         return None  # pytest's own rules decide
     half, assigned = chosen
-    name = collection_path.relative_to(config.rootpath).as_posix()
-    return assigned.get(name, 0) != half or None
+    return assigned.get(_name(config, collection_path), 0) != half or None
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """A module named on the command line is collected without `pytest_ignore_collect` being asked: its tests are
+    dropped here when they belong to the other half (which runs them), not reported as deselected twice."""
+    if (chosen := getattr(config, _PLAN, None)) is None:
+        return
+    half, assigned = chosen
+    items[:] = [item for item in items if assigned.get(_name(config, item.path), 0) == half]
+
+
+def _name(config: pytest.Config, path: pathlib.Path) -> str:
+    return path.relative_to(config.rootpath).as_posix()
 
 
 def _cpu() -> float:
@@ -63,7 +76,7 @@ def _cpu() -> float:
 
 def _add(config: pytest.Config, path: pathlib.Path, seconds: float) -> None:
     if (spent := getattr(config, _CPU, None)) is not None and is_test_module(path):
-        spent[path.relative_to(config.rootpath).as_posix()] += seconds
+        spent[_name(config, path)] += seconds
 
 
 @pytest.hookimpl(wrapper=True)

@@ -71,12 +71,14 @@ def test_the_summary_adds_up_both_halves() -> None:
 def test_a_failure_in_one_half_fails_the_run_and_both_halves_run(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real runner on a checkout of two modules, one failing: two pytest processes, one module each."""
+    """The real runner on a checkout of two modules, one failing: two pytest processes, one module each (also when
+    the modules are named on the command line)."""
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_fails.py").write_text("def test_fails():\n    assert 1 == 2\n")
     (tmp_path / "tests" / "test_passes.py").write_text("def test_passes():\n    pass\n\ndef test_too():\n    pass\n")
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # hypothesis's and others': ~1 s of CPU a process
-    assert run_halves.run(["-q", "-p", "no:cacheprovider", "tests"], root=tmp_path) == 1
+    named = ["tests/test_fails.py", "tests/test_passes.py"]  # named, so collected without pytest_ignore_collect
+    assert run_halves.run(["-q", "-p", "no:cacheprovider", *named], root=tmp_path) == 1
     out = capsys.readouterr().out
     assert out.count("===== half ") == 2 and "half 1 of 2: 1 modules" in out and "half 2 of 2: 1 modules" in out
     assert "both halves: 1 failed, 2 passed (half 1" in out
