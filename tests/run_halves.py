@@ -125,15 +125,20 @@ def _wait(
     started: dict[int, subprocess.Popen[bytes]], outputs: dict[int, IO[bytes]], modules: dict[int, int]
 ) -> list[Finished]:
     """Each half as it ends: its status, CPU (its own and its children's, from wait4) and whole output, printed."""
-    began, finished = time.monotonic(), []
+    began, finished, interrupted = time.monotonic(), [], False
     while started:
-        pid, wait_status, usage = os.wait4(-1, 0)
+        try:
+            pid, wait_status, usage = os.wait4(-1, 0)
+        except KeyboardInterrupt:
+            if interrupted:
+                raise  # a second ^C: the caller kills what still runs
+            interrupted = True  # the first reached both halves too (one process group): let them stop cleanly
+            continue
         if (half := next((half for half, process in started.items() if process.pid == pid), None)) is None:
             continue
-        started.pop(half).returncode = os.waitstatus_to_exitcode(wait_status)  # reaped here, not by Popen
+        status = started.pop(half).returncode = os.waitstatus_to_exitcode(wait_status)  # reaped here, not by Popen
         outputs[half].seek(0)
         output = outputs[half].read().decode(errors="replace")
-        status = os.waitstatus_to_exitcode(wait_status)
         cpu = usage.ru_utime + usage.ru_stime
         finished.append(Finished(half, status, cpu, time.monotonic() - began, output))
         print(f"\n===== half {half + 1} of {HALVES}: {modules[half]} modules, exit status {status} =====", flush=True)
