@@ -28,8 +28,8 @@ unit: ## The fast loop: every test that needs neither root, the lab nor a browse
 	# Two plain pytest processes side by side, each collecting half of the test modules (tests/run_halves.py,
 	# balanced by the CPU each module took, tests/unit_cpu.json), each in its own random order; their outputs one
 	# after the other, then one summary; the target fails if either half failed. Not xdist: its controller and a
-	# second collection of every module cost a fifth of the run. Bytecode caching on even where the shell turns it
-	# off: compiling mitmproxy and hypothesis again costs more than a tenth of the run.
+	# second collection of every module cost ~25 s of CPU (docs/testing.md). Bytecode caching on even where the
+	# shell turns it off: compiling mitmproxy and hypothesis again costs more than a tenth of the run.
 	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/python -m tests.run_halves -q -m "$(UNIT_TESTS) and not fuzz"
 
 security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.
