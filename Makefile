@@ -23,11 +23,14 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 	EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -m "not ($(UNIT_TESTS))" || status=$$((status | $$?)); \
 	rm -f "$$report"; exit $$status
 
-unit: ## The fast loop: every test that needs neither root, the lab nor a browser, on every core, a tenth of each fuzz budget (at least 10 examples).
+unit: ## The fast loop: every test that needs neither root, the lab nor a browser, on both cores, a tenth of each fuzz budget (at least 10 examples).
 	@deploy/bootstrap.sh unit
-	# Bytecode caching on even where the shell turns it off: compiling mitmproxy and hypothesis again in every
-	# xdist worker costs more than a tenth of the run.
-	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/pytest -q -n auto -m "$(UNIT_TESTS) and not fuzz"
+	# Two plain pytest processes side by side, each collecting half of the test modules (tests/run_halves.py,
+	# balanced by the CPU each module took, tests/unit_cpu.json), each in its own random order; their outputs one
+	# after the other, then one summary; the target fails if either half failed. Not xdist: its controller and a
+	# second collection of every module cost ~25 s of CPU (docs/testing.md). Bytecode caching on even where the
+	# shell turns it off: compiling mitmproxy and hypothesis again costs more than a tenth of the run.
+	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/python -m tests.run_halves -q -m "$(UNIT_TESTS) and not fuzz"
 
 security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.
 	@deploy/bootstrap.sh security

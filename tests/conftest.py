@@ -28,8 +28,9 @@ from tests.waiting import eventually, scaled
 __all__ = ["eventually", "scaled"]
 
 # The security suite's table, its markers and --security-report (tests/security/report.py): a plugin, so that the
-# controlling process of an xdist run, which collects nothing, still prints the table.
-pytest_plugins = ["tests.security.report"]
+# controlling process of an xdist run, which collects nothing, still prints the table. The halves of `make unit`
+# (tests/halves.py, driven by tests/run_halves.py): which modules this process collects.
+pytest_plugins = ["tests.security.report", "tests.halves"]
 
 DEFAULT_TIMEOUT = 300.0
 

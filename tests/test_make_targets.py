@@ -43,3 +43,5 @@ def test_make_test_runs_the_unit_half_and_its_complement() -> None:
     unit = MAKEFILE.split("\nunit:", 1)[1].split("\n\n", 1)[0]
     # `make unit` is the first half of `make test` without the coverage-guided fuzz runs, at a tenth of the budgets
     assert f'-m "{UNIT} and not fuzz"' in unit
+    # in two plain pytest processes, each collecting half of the modules (tests/test_run_halves.py tests the runner)
+    assert "-m tests.run_halves" in unit and " -n " not in unit

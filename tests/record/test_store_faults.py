@@ -137,6 +137,7 @@ def small_disk(tmp_path: Path) -> Iterator[Path]:
                 subprocess.run(["umount", "-l", str(mount)], check=False)
 
 
+@pytest.mark.root  # it mounts a tmpfs: a root test, so `make test`'s second half runs it, not `make unit`
 @pytest.mark.parametrize("cap", [None, 64 * 1024 * 1024], ids=["default-cap", "cap-above-the-disk"])
 def test_a_full_spool_disk_loses_counted_records_logs_little_and_recovers_completely(
     server: RedisServer, small_disk: Path, cap: int | None, caplog: pytest.LogCaptureFixture
