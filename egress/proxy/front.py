@@ -17,10 +17,10 @@ recorded, or blocked where the sandbox's ``detectors.mining_shape`` says ``block
 bound name as for a network rule (issue 9: Stratum inside TLS to a bound name is no payload detector's to see). The
 shapes ordinary TLS can take too (`egress.detect.tlsshape.SUSPECTED`: TLS in TLS, keystroke echo) are recorded
 only through a network rule (`Decision.watch`), where the policy names a destination without a name; to a named
-host they would be noise. Only the front watches TLS, so every passthrough is the front's to take: mitmproxy
-refuses TLS it would relay unwatched (through a network rule always; to a host rule's name where
-``detectors.mining_shape`` is not ``allow``: `egress.proxy.gate`), and so sees only TLS it must decrypt and TLS the
-front could not judge; once a client's first bytes look like TLS the front waits `HELLO_WAIT` for the rest.
+host they would be noise. Every passthrough is the front's to take: mitmproxy sees only TLS it must decrypt and
+TLS the front could not judge, and relays a host rule's through the same watch (`egress.proxy.upgraded`) while it
+refuses a network rule's it would relay unwatched (`egress.proxy.gate`); once a client's first bytes look like TLS
+the front waits `HELLO_WAIT` for the rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
@@ -56,9 +56,9 @@ log = logging.getLogger("egress.proxy")
 
 PEEK_WAIT: Final = 1.0
 """Seconds the front waits for a client's first bytes (a TLS client sends its ClientHello at once); after that the
-connection is mitmproxy's (a server-first protocol, whose greeting is late by as much). mitmproxy refuses TLS it
-would relay unwatched, so this is also how late a loaded machine may let a client's hello come (0.1 s was too
-short beside busy processes)."""
+connection is mitmproxy's (a server-first protocol, whose greeting is late by as much). A host rule's TLS that
+comes later is watched there too; a network rule's is refused there, so this is also how late a loaded machine may
+let such a client's hello come (0.1 s was too short beside busy processes)."""
 HELLO_WAIT: Final = 5.0
 """Seconds the front waits for the rest of a ClientHello once the first bytes look like TLS: TLS through a network
 rule is watched only here (mitmproxy refuses it), so a slow hello must not push it there."""
@@ -210,7 +210,7 @@ class Front:
         if decision is None or decision.kind is not Kind.PASSTHROUGH:
             return False
         # Every passthrough is the front's, recorded ones too (a detector set to record, report mode's would-block):
-        # only here is TLS watched, and mitmproxy refuses TLS it would relay unwatched (issue 9).
+        # the front relays with the least cost, and mitmproxy refuses a network rule's TLS it would relay unwatched.
         recorded = decision.verdict
         reported = recorded or decision.allow
         if recorded is not None:  # before the dial: a destination that refuses it leaves the record all the same

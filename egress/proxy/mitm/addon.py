@@ -3,10 +3,12 @@
 `EgressAddon` replaces mitmproxy's ``next_layer`` addon (subclassing it, so TLS interception and HTTP keep
 mitmproxy's own layering) and maps decisions onto layers:
 
-- passthrough TLS (what the front could not judge: a hello after its wait, or bigger than its peek) →
-  ``TCPLayer(ignore=True)``, relayed unwatched, so only where no shape watch is asked of it: TLS through a
-  network rule, and a host rule's TLS where ``detectors.mining_shape`` is not ``allow``, is refused instead as
-  ``tunnel``/``tls-unwatched`` (`egress.proxy.gate`; in report mode recorded as a would-block);
+- passthrough TLS (what the front could not judge: a hello after its wait, or bigger than its peek): a host
+  rule's → `InspectLayer` with the front's shape watch from its hello on (`egress.proxy.upgraded`: mining told
+  from the shape, SSH inside TLS), as the front would have relayed it (refusing it instead, as before, cut off
+  every client that a loaded machine slowed past the front's wait); a network rule's → ``TCPLayer(ignore=True)``,
+  unwatched, only where its rule asks no watch (else refused as ``tunnel``/``tls-unwatched`` by
+  `egress.proxy.gate`; in report mode recorded as a would-block);
 - inspected TCP → `InspectLayer` (detectors on both directions; a blocking finding closes both sides);
 - refused → `RefuseLayer`, which closes both sides without forwarding a byte;
 - HTTP → mitmproxy's HTTP layer (`egress.proxy.mitm.upgrades.EgressHttpLayer`: WebSocket control frames are
@@ -288,15 +290,14 @@ class EgressAddon(NextLayer):
             self.record(context, state.sandbox, decided, decision.host, decide_s)
         self._keep(context, state, meta, decision)
         match decision.kind:
-            case Kind.PASSTHROUGH:
-                return layers.TCPLayer(context, ignore=True)
-            case Kind.INSPECT:
-                inspector = self.gate.inspector(meta)
+            case Kind.PASSTHROUGH if network_rule_for(state.sandbox, meta.dst, meta.dport) is not None:
+                return layers.TCPLayer(context, ignore=True)  # what the rule's `expect`/`tls` lets through unwatched
+            case Kind.PASSTHROUGH | Kind.INSPECT:  # a host rule's TLS: watched as the front watches it (`_decide`)
                 sandbox, gate = state.sandbox, self.gate
                 return InspectLayer(
                     context,
                     sandbox,
-                    inspector,
+                    gate.inspector(meta),
                     self._on_verdict,
                     guard_http=not data_client,
                     strict=gate.strict(sandbox, meta),
@@ -365,7 +366,12 @@ class EgressAddon(NextLayer):
         return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
 
     def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
-        decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server)
+        """The gate's decision. A host rule's TLS that reaches mitmproxy (its client was silent past the front's
+        wait, or its hello is bigger than the front peeks) is relayed through an `InspectLayer` with the front's
+        shape watch (`_upgraded`: from the hello, which is its first byte here), so the gate is told it is watched;
+        a network rule's is not (the gate refuses it unless the rule lets it through unwatched)."""
+        watching = network_rule_for(state.sandbox, meta.dst, meta.dport) is None
+        decision = self.gate.on_first_bytes(state.sandbox, meta, data_client, data_server, watching)
         if decision.kind is Kind.WAIT:
             raise NeedsMoreData
         if state.preblocked is not None and (

@@ -31,15 +31,29 @@ def _addon(mode: str = "enforce", extra: str = "") -> tuple[EgressAddon, Reporte
 
 
 NO_SHAPE_WATCH = "    detectors: {mining_shape: allow}\n"
-"""A policy that asks no TLS shape watch of a host rule's TLS: mitmproxy may pass it through."""
+"""A policy that asks no mining-shape watch of a host rule's TLS (SSH inside TLS is still watched)."""
 
 
-def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:
-    addon, reported = _addon(extra=NO_SHAPE_WATCH)
+@pytest.mark.parametrize("extra", ["", NO_SHAPE_WATCH], ids=["mining-shape-watched", "mining-shape-allowed"])
+@pytest.mark.parametrize(
+    "hello",
+    [lambda: _client_hello("allowed.test"), lambda: _hello_padded("allowed.test", 17_000)],
+    ids=["late-or-trickled-hello", "hello-over-the-peek"],
+)
+def test_host_rule_tls_that_reaches_mitmproxy_is_relayed_through_the_front_s_watch(
+    hello: Callable[[], bytes], extra: str
+) -> None:
+    """A host rule's TLS reaches mitmproxy when the front could not judge it (the client was silent past the
+    front's wait, or its hello is bigger than the front peeks: tests/proxy/test_front_handoff.py). It is relayed
+    as the front relays it, through the TLS shape watch from its hello (its first byte) on: not unwatched (issue 9:
+    mining through a bound name by delaying the hello), and not refused (a loaded machine delays honest hellos)."""
+    addon, reported = _addon(extra=extra)
     context = make_context((ALLOWED_ADDRESS, 443))
     addon.client_connected(context.client)
-    layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
-    assert isinstance(layer, layers.TCPLayer) and not isinstance(layer, InspectLayer)
+    data = hello()
+    layer = addon._next_layer(context, data, b"")
+    assert isinstance(layer, InspectLayer) and layer.watch is not None
+    assert layer.watch.passes(True, data) and layer.watch.client_tls  # watched from the hello, at offset 0
     [flow] = reported.flows
     assert flow.verdict.action is Enforcement.ALLOW
     assert (flow.sandbox, flow.src, flow.sport) == ("box", SANDBOX_HOST, 40000)
@@ -47,35 +61,26 @@ def test_allowed_tls_passes_through_and_is_logged_as_allowed() -> None:
     assert flow.verdict.rule == "sandboxes.box.allow.hosts[0]"
 
 
-@pytest.mark.parametrize(
-    "hello",
-    [lambda: _client_hello("allowed.test"), lambda: _hello_padded("allowed.test", 17_000)],
-    ids=["late-or-trickled-hello", "hello-over-the-peek"],
-)
-def test_host_rule_tls_that_reaches_mitmproxy_unwatched_is_refused(hello: Callable[[], bytes]) -> None:
-    """Only the front watches TLS for the mining shape (issue 9): a hello that reaches mitmproxy (the client was
-    silent past the front's wait, or its hello came too slowly or is bigger than the front peeks: the front's
-    side is tests/proxy/test_front_handoff.py) would pass unwatched."""
-    addon, reported = _addon()
-    context = make_context((ALLOWED_ADDRESS, 443))
-    addon.client_connected(context.client)
-    layer = addon._next_layer(context, hello(), b"")
-    assert isinstance(layer, RefuseLayer)
-    [flow] = reported.flows
-    assert flow.verdict.action is Enforcement.BLOCK and flow.verdict.reason is Reason.TUNNEL
-    assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "tls-unwatched"
-    assert flow.verdict.rule == "sandboxes.box.detectors.tunnel" and flow.host == "allowed.test"
-    assert "sandboxes.box.allow.hosts[0]" in flow.verdict.evidence
-
-
-def test_report_mode_passes_host_rule_tls_it_cannot_watch_and_records_it() -> None:
+def test_a_watched_host_rule_tls_in_report_mode_is_relayed_through_the_watch_and_logged() -> None:
     addon, reported = _addon("report")
     context = make_context((ALLOWED_ADDRESS, 443))
     addon.client_connected(context.client)
     layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
-    assert isinstance(layer, layers.TCPLayer) and not isinstance(layer, InspectLayer)
+    assert isinstance(layer, InspectLayer) and layer.watch is not None
     [flow] = reported.flows
-    assert flow.verdict.action is Enforcement.WOULD_BLOCK and flow.verdict.reason is Reason.TUNNEL
+    assert flow.verdict.action is Enforcement.ALLOW and flow.verdict.finding is None
+
+
+def test_network_rule_tls_that_reaches_mitmproxy_unwatched_is_refused() -> None:
+    """A network rule's TLS is watched by the front only (its `expect` asks it): one that reaches mitmproxy is
+    refused as ``tunnel``/``tls-unwatched`` unless the rule lets TLS through unwatched."""
+    addon, reported = _addon()
+    context = make_context((ALLOWED_ADDRESS, 3333))
+    addon.client_connected(context.client)
+    layer = addon._next_layer(context, _client_hello("allowed.test"), b"")
+    assert isinstance(layer, RefuseLayer)
+    [flow] = reported.flows
+    assert flow.verdict.action is Enforcement.BLOCK and flow.verdict.reason is Reason.TUNNEL
     assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "tls-unwatched"
 
 
