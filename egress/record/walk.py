@@ -34,6 +34,9 @@ FIRST_PAGE: Final = 32
 before handing it out, for a sandbox that has an entry a second (the recorder's tick)."""
 MAX_PAGE: Final = 128
 """Index entries per round trip once a walk goes on."""
+FIRST_CHUNK: Final = 8
+"""Entries a walk fetches (and decodes) at first; each later fetch twice as many, up to `MAX_PAGE`: a walk that
+stops after a few entries does not fetch the rest of the index page it read."""
 
 _TIME: Final = operator.attrgetter("ts")
 
@@ -101,7 +104,8 @@ def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) ->
     process's `read_cache`; [] for an entry trimmed since the index was read. The lists are shared: never change
     them."""
     stream = stream_key(sandbox)
-    found = [ENTRIES.get((redis.url, stream, entry_id)) for entry_id in entry_ids]
+    url = redis.url
+    found = ENTRIES.get_many([(url, stream, entry_id) for entry_id in entry_ids])
     missing = [entry_id for entry_id, records in zip(entry_ids, found, strict=True) if records is None]
     fetched = dict(zip(missing, redis.xrange_each(stream, missing), strict=True)) if missing else {}
     out = []
@@ -113,6 +117,21 @@ def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) ->
                 ENTRIES.put((redis.url, stream, entry_id), records)
         out.append(records)
     return out
+
+
+def _entries_of(
+    redis: RedisFacade, sandbox: str, page: Sequence[tuple[str, float]], chunks: list[int]
+) -> Iterator[list[AttemptRecord]]:
+    """The records of a page's entries, in its order, fetched (`fetch_entries`) a chunk at a time as the walk
+    asks for them: a walk that stops early (a list page takes a few entries of each sandbox) neither fetches nor
+    decodes the rest of an index page, nor fills the read cache with them. ``chunks`` holds the next chunk's
+    size, doubled after each fetch up to `MAX_PAGE` (shared by the walk's pages)."""
+    at = 0
+    while at < len(page):
+        size = chunks[0]
+        chunks[0] = min(size * 2, MAX_PAGE)
+        yield from fetch_entries(redis, sandbox, [member for member, _ in page[at : at + size]])
+        at += size
 
 
 def _page_args(low: float, high: float, skip: int, size: int, descending: bool) -> list[str | int]:
@@ -233,12 +252,11 @@ def records_by_time(
     if window is None:
         return
     low, high = window
+    chunks = [FIRST_CHUNK]  # the next fetch's size, grown by `_entries_of` as the walk goes on
     merge = _Merge(low, high, descending)
     heap = merge.heap
     for page in index_pages(redis, sandbox, low - SPAN, high, descending=descending, first=first):
-        for (_, value), records in zip(
-            page, fetch_entries(redis, sandbox, [member for member, _ in page]), strict=True
-        ):
+        for (_, value), records in zip(page, _entries_of(redis, sandbox, page, chunks), strict=True):
             merge.add(records)
             # Entries not read yet score at most (at least, ascending) this one's score: a record of theirs is
             # within SPAN above it (at or above it), so what lies beyond that bound is final (and so are the count

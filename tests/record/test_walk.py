@@ -5,6 +5,7 @@ several sandboxes read at once, count updates folded across entries, in both dir
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -111,3 +112,26 @@ def test_count_updates_in_later_entries_fold_into_their_record_in_either_directi
         }
         assert [_order(item) for item in got] == sorted(map(_order, got), reverse=descending)
         assert not any(item.update_of for item in got)
+
+
+def test_a_walk_that_stops_early_fetches_the_entries_it_looked_at_not_the_whole_index_page(
+    store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layout, "CHUNK", 1)  # one entry per record, far apart: no entry needs another's lookahead
+    monkeypatch.setattr(walk, "FIRST_PAGE", 64)
+    monkeypatch.setattr(walk, "FIRST_CHUNK", 4)
+    store.write([record(T0 + 100.0 * index, sport=index) for index in range(64)])
+    fetched: list[str] = []
+    real_xrange_each = RedisFacade.xrange_each
+
+    def counted(self: RedisFacade, stream: str, entry_ids: Sequence[str]) -> Any:
+        fetched.extend(entry_ids)
+        return real_xrange_each(self, stream, entry_ids)
+
+    monkeypatch.setattr(RedisFacade, "xrange_each", counted)
+    monkeypatch.setattr(walk, "ENTRIES", type(walk.ENTRIES)())  # nothing cached from other tests
+    newest = list(itertools.islice(walk.records_by_time(store.redis, "agents", 0, 2e9, descending=True), 3))
+    assert [item.ts for item in newest] == [T0 + 6300.0, T0 + 6200.0, T0 + 6100.0]
+    assert len(fetched) == 4, "one chunk of the 64 entries the index page named"
+    rest = list(walk.records_by_time(store.redis, "agents", 0, 2e9, descending=True))
+    assert len(rest) == 64 and len(set(fetched)) == 64, "and the whole page once the walk goes on"
