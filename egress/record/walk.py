@@ -209,20 +209,47 @@ class _Merge:
             heapq.heappush(self.heap, (self.sign * records[at].ts, number, at))
 
     def take(self, bound: float) -> Iterator[list[AttemptRecord]]:
-        """The records whose signed time is below ``bound``, a time at a time, in order."""
+        """The records whose signed time is below ``bound``, a time at a time, in order. While one entry alone
+        holds the next records (the usual case: entries rarely overlap), they are taken from it in a run, up to
+        the next record of another entry, without a heap operation each."""
         heap = self.heap
+        low, high, sign, step = self.low, self.high, self.sign, self.step
         while heap and heap[0][0] < bound:
-            key = heap[0][0]
-            group = []
-            while heap and heap[0][0] == key:
-                _, number, at = heapq.heappop(heap)
-                records = self.entries[number]
+            key, number, at = heapq.heappop(heap)
+            records = self.entries[number]
+            count = len(records)
+            if heap and heap[0][0] == key:  # other entries hold records of this time too: one group of them all
+                group = self._same_time(records, number, at)
+                while heap and heap[0][0] == key:
+                    _, other, other_at = heapq.heappop(heap)
+                    group += self._same_time(self.entries[other], other, other_at)
+                yield group
+                continue
+            stop = min(bound, heap[0][0]) if heap else bound
+            while True:
                 ts = records[at].ts
-                while 0 <= at < len(records) and records[at].ts == ts:
+                group = [records[at]]
+                at += step
+                while 0 <= at < count and records[at].ts == ts:
                     group.append(records[at])
-                    at += self.step
-                self._push(records, number, at)
-            yield group
+                    at += step
+                yield group
+                if not 0 <= at < count:
+                    break
+                ts = records[at].ts
+                if not low <= ts <= high or sign * ts >= stop:
+                    self._push(records, number, at)
+                    break
+
+    def _same_time(self, records: list[AttemptRecord], number: int, at: int) -> list[AttemptRecord]:
+        """The entry's records of the time of its record ``at`` (taken); its next one goes back in the heap."""
+        ts = records[at].ts
+        group = []
+        while 0 <= at < len(records) and records[at].ts == ts:
+            group.append(records[at])
+            at += self.step
+        self._push(records, number, at)
+        return group
 
 
 def _window(low: float, high: float, after: tuple[float, str] | None, descending: bool) -> tuple[float, float] | None:

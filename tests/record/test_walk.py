@@ -135,3 +135,29 @@ def test_a_walk_that_stops_early_fetches_the_entries_it_looked_at_not_the_whole_
     assert len(fetched) == 4, "one chunk of the 64 entries the index page named"
     rest = list(walk.records_by_time(store.redis, "agents", 0, 2e9, descending=True))
     assert len(rest) == 64 and len(set(fetched)) == 64, "and the whole page once the walk goes on"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_overlapping_entries_with_shared_times_come_out_in_order_folded(store: RecordStore, seed: int) -> None:
+    """Entries of a few records that overlap in time (written out of order, times shared within and across
+    entries, count updates in later entries): every window and starting place gives the records in exact order,
+    each once with its total count, as sorting them all would."""
+    rng = random.Random(seed)
+    attempts = [record(T0 + rng.randrange(40) / 2, sport=index) for index in range(150)]
+    for start in range(0, len(attempts), 7):  # batches of records scattered over the whole span
+        store.write(attempts[start : start + 7])
+    extra = {item.id: 0 for item in attempts}
+    for number, base in enumerate(rng.sample(attempts, 20)):
+        extra[base.id] += 2
+        update = make_id(base.ts, (5000 + number).to_bytes(10, "big"))
+        store.write([dataclasses.replace(base, id=update, update_of=base.id, count=2)])
+    for _ in range(12):
+        low, high = sorted((T0 - 1 + rng.random() * 22, T0 - 1 + rng.random() * 22))
+        descending = rng.random() < 0.5
+        inside = sorted((item for item in attempts if low <= item.ts <= high), key=_order, reverse=descending)
+        after = _order(rng.choice(inside)) if inside and rng.random() < 0.5 else None
+        if after is not None:
+            inside = [item for item in inside if (_order(item) < after if descending else _order(item) > after)]
+        got = list(walk.records_by_time(store.redis, "agents", low, high, descending=descending, after=after))
+        assert [item.id for item in got] == [item.id for item in inside]
+        assert [item.count for item in got] == [1 + extra[item.id] for item in inside]
