@@ -35,6 +35,16 @@ class EntryCache:
                 self._entries.move_to_end(key)
             return records
 
+    def get_many(self, keys: list[Key]) -> list[list[AttemptRecord] | None]:
+        """`get` of each key, under one lock (a walk asks for a chunk of entries at a time)."""
+        entries = self._entries
+        with self._lock:
+            found = [entries.get(key) for key in keys]
+            for key, records in zip(keys, found, strict=True):
+                if records is not None:
+                    entries.move_to_end(key)
+            return found
+
     def put(self, key: Key, records: list[AttemptRecord]) -> None:
         if len(records) > self.max_records:
             return

@@ -34,6 +34,9 @@ FIRST_PAGE: Final = 32
 before handing it out, for a sandbox that has an entry a second (the recorder's tick)."""
 MAX_PAGE: Final = 128
 """Index entries per round trip once a walk goes on."""
+FIRST_CHUNK: Final = 8
+"""Entries a walk fetches (and decodes) at first; each later fetch twice as many, up to `MAX_PAGE`: a walk that
+stops after a few entries does not fetch the rest of the index page it read."""
 
 _TIME: Final = operator.attrgetter("ts")
 
@@ -101,7 +104,8 @@ def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) ->
     process's `read_cache`; [] for an entry trimmed since the index was read. The lists are shared: never change
     them."""
     stream = stream_key(sandbox)
-    found = [ENTRIES.get((redis.url, stream, entry_id)) for entry_id in entry_ids]
+    url = redis.url
+    found = ENTRIES.get_many([(url, stream, entry_id) for entry_id in entry_ids])
     missing = [entry_id for entry_id, records in zip(entry_ids, found, strict=True) if records is None]
     fetched = dict(zip(missing, redis.xrange_each(stream, missing), strict=True)) if missing else {}
     out = []
@@ -113,6 +117,21 @@ def fetch_entries(redis: RedisFacade, sandbox: str, entry_ids: Sequence[str]) ->
                 ENTRIES.put((redis.url, stream, entry_id), records)
         out.append(records)
     return out
+
+
+def _entries_of(
+    redis: RedisFacade, sandbox: str, page: Sequence[tuple[str, float]], chunks: list[int]
+) -> Iterator[list[AttemptRecord]]:
+    """The records of a page's entries, in its order, fetched (`fetch_entries`) a chunk at a time as the walk
+    asks for them: a walk that stops early (a list page takes a few entries of each sandbox) neither fetches nor
+    decodes the rest of an index page, nor fills the read cache with them. ``chunks`` holds the next chunk's
+    size, doubled after each fetch up to `MAX_PAGE` (shared by the walk's pages)."""
+    at = 0
+    while at < len(page):
+        size = chunks[0]
+        chunks[0] = min(size * 2, MAX_PAGE)
+        yield from fetch_entries(redis, sandbox, [member for member, _ in page[at : at + size]])
+        at += size
 
 
 def _page_args(low: float, high: float, skip: int, size: int, descending: bool) -> list[str | int]:
@@ -190,20 +209,47 @@ class _Merge:
             heapq.heappush(self.heap, (self.sign * records[at].ts, number, at))
 
     def take(self, bound: float) -> Iterator[list[AttemptRecord]]:
-        """The records whose signed time is below ``bound``, a time at a time, in order."""
+        """The records whose signed time is below ``bound``, a time at a time, in order. While one entry alone
+        holds the next records (the usual case: entries rarely overlap), they are taken from it in a run, up to
+        the next record of another entry, without a heap operation each."""
         heap = self.heap
+        low, high, sign, step = self.low, self.high, self.sign, self.step
         while heap and heap[0][0] < bound:
-            key = heap[0][0]
-            group = []
-            while heap and heap[0][0] == key:
-                _, number, at = heapq.heappop(heap)
-                records = self.entries[number]
+            key, number, at = heapq.heappop(heap)
+            records = self.entries[number]
+            count = len(records)
+            if heap and heap[0][0] == key:  # other entries hold records of this time too: one group of them all
+                group = self._same_time(records, number, at)
+                while heap and heap[0][0] == key:
+                    _, other, other_at = heapq.heappop(heap)
+                    group += self._same_time(self.entries[other], other, other_at)
+                yield group
+                continue
+            stop = min(bound, heap[0][0]) if heap else bound
+            while True:
                 ts = records[at].ts
-                while 0 <= at < len(records) and records[at].ts == ts:
+                group = [records[at]]
+                at += step
+                while 0 <= at < count and records[at].ts == ts:
                     group.append(records[at])
-                    at += self.step
-                self._push(records, number, at)
-            yield group
+                    at += step
+                yield group
+                if not 0 <= at < count:
+                    break
+                ts = records[at].ts
+                if not low <= ts <= high or sign * ts >= stop:
+                    self._push(records, number, at)
+                    break
+
+    def _same_time(self, records: list[AttemptRecord], number: int, at: int) -> list[AttemptRecord]:
+        """The entry's records of the time of its record ``at`` (taken); its next one goes back in the heap."""
+        ts = records[at].ts
+        group = []
+        while 0 <= at < len(records) and records[at].ts == ts:
+            group.append(records[at])
+            at += self.step
+        self._push(records, number, at)
+        return group
 
 
 def _window(low: float, high: float, after: tuple[float, str] | None, descending: bool) -> tuple[float, float] | None:
@@ -233,12 +279,11 @@ def records_by_time(
     if window is None:
         return
     low, high = window
+    chunks = [FIRST_CHUNK]  # the next fetch's size, grown by `_entries_of` as the walk goes on
     merge = _Merge(low, high, descending)
     heap = merge.heap
     for page in index_pages(redis, sandbox, low - SPAN, high, descending=descending, first=first):
-        for (_, value), records in zip(
-            page, fetch_entries(redis, sandbox, [member for member, _ in page]), strict=True
-        ):
+        for (_, value), records in zip(page, _entries_of(redis, sandbox, page, chunks), strict=True):
             merge.add(records)
             # Entries not read yet score at most (at least, ascending) this one's score: a record of theirs is
             # within SPAN above it (at or above it), so what lies beyond that bound is final (and so are the count

@@ -5,6 +5,7 @@ several sandboxes read at once, count updates folded across entries, in both dir
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import random
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -111,3 +112,52 @@ def test_count_updates_in_later_entries_fold_into_their_record_in_either_directi
         }
         assert [_order(item) for item in got] == sorted(map(_order, got), reverse=descending)
         assert not any(item.update_of for item in got)
+
+
+def test_a_walk_that_stops_early_fetches_the_entries_it_looked_at_not_the_whole_index_page(
+    store: RecordStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(layout, "CHUNK", 1)  # one entry per record, far apart: no entry needs another's lookahead
+    monkeypatch.setattr(walk, "FIRST_PAGE", 64)
+    monkeypatch.setattr(walk, "FIRST_CHUNK", 4)
+    store.write([record(T0 + 100.0 * index, sport=index) for index in range(64)])
+    fetched: list[str] = []
+    real_xrange_each = RedisFacade.xrange_each
+
+    def counted(self: RedisFacade, stream: str, entry_ids: Sequence[str]) -> Any:
+        fetched.extend(entry_ids)
+        return real_xrange_each(self, stream, entry_ids)
+
+    monkeypatch.setattr(RedisFacade, "xrange_each", counted)
+    monkeypatch.setattr(walk, "ENTRIES", type(walk.ENTRIES)())  # nothing cached from other tests
+    newest = list(itertools.islice(walk.records_by_time(store.redis, "agents", 0, 2e9, descending=True), 3))
+    assert [item.ts for item in newest] == [T0 + 6300.0, T0 + 6200.0, T0 + 6100.0]
+    assert len(fetched) == 4, "one chunk of the 64 entries the index page named"
+    rest = list(walk.records_by_time(store.redis, "agents", 0, 2e9, descending=True))
+    assert len(rest) == 64 and len(set(fetched)) == 64, "and the whole page once the walk goes on"
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_overlapping_entries_with_shared_times_come_out_in_order_folded(store: RecordStore, seed: int) -> None:
+    """Entries of a few records that overlap in time (written out of order, times shared within and across
+    entries, count updates in later entries): every window and starting place gives the records in exact order,
+    each once with its total count, as sorting them all would."""
+    rng = random.Random(seed)
+    attempts = [record(T0 + rng.randrange(40) / 2, sport=index) for index in range(150)]
+    for start in range(0, len(attempts), 7):  # batches of records scattered over the whole span
+        store.write(attempts[start : start + 7])
+    extra = {item.id: 0 for item in attempts}
+    for number, base in enumerate(rng.sample(attempts, 20)):
+        extra[base.id] += 2
+        update = make_id(base.ts, (5000 + number).to_bytes(10, "big"))
+        store.write([dataclasses.replace(base, id=update, update_of=base.id, count=2)])
+    for _ in range(12):
+        low, high = sorted((T0 - 1 + rng.random() * 22, T0 - 1 + rng.random() * 22))
+        descending = rng.random() < 0.5
+        inside = sorted((item for item in attempts if low <= item.ts <= high), key=_order, reverse=descending)
+        after = _order(rng.choice(inside)) if inside and rng.random() < 0.5 else None
+        if after is not None:
+            inside = [item for item in inside if (_order(item) < after if descending else _order(item) > after)]
+        got = list(walk.records_by_time(store.redis, "agents", low, high, descending=descending, after=after))
+        assert [item.id for item in got] == [item.id for item in inside]
+        assert [item.count for item in got] == [1 + extra[item.id] for item in inside]

@@ -1,5 +1,6 @@
 """Routes about the API itself: health (no token) and the Prometheus metrics."""
 
+import functools
 import importlib.metadata
 from typing import Any
 
@@ -13,6 +14,7 @@ from egress.api.routes import NoQuery
 from egress.record.store import RecordStore
 
 
+@functools.cache  # looked up once: the lookup scans the installed distributions (milliseconds a health check)
 def version() -> str:
     """The installed package's version (in /v1/health and the OpenAPI description)."""
     try:
