@@ -8,7 +8,6 @@ from collections.abc import Callable
 import pytest
 from mitmproxy import http, websocket
 from mitmproxy.addons.next_layer import NeedsMoreData
-from mitmproxy.proxy import layers
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from mitmproxy.test import tflow
