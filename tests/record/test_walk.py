@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from egress.record import layout, walk
+from egress.record.read_cache import EntryCache
 from egress.record.redis_facade import Arg, RedisFacade, Script
 from egress.record.schema import AttemptRecord, make_id
 from egress.record.store import RecordStore
@@ -129,7 +130,7 @@ def test_a_walk_that_stops_early_fetches_the_entries_it_looked_at_not_the_whole_
         return real_xrange_each(self, stream, entry_ids)
 
     monkeypatch.setattr(RedisFacade, "xrange_each", counted)
-    monkeypatch.setattr(walk, "ENTRIES", type(walk.ENTRIES)())  # nothing cached from other tests
+    monkeypatch.setattr(walk, "ENTRIES", EntryCache())  # nothing cached from other tests
     newest = list(itertools.islice(walk.records_by_time(store.redis, "agents", 0, 2e9, descending=True), 3))
     assert [item.ts for item in newest] == [T0 + 6300.0, T0 + 6200.0, T0 + 6100.0]
     assert len(fetched) == 4, "one chunk of the 64 entries the index page named"
