@@ -34,7 +34,7 @@ from typing import Protocol
 from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
-from egress.gateway import validate
+from egress.gateway import heap, validate
 from egress.gateway.allowsets import AllowSetWriter
 from egress.gateway.components import (
     FAULT_HOOKS_ENV,
@@ -100,7 +100,8 @@ class Supervisor:
         self.config = config
         self.notify = Notifier.from_environment()
         """systemd's readiness, status and watchdog (a no-op outside a ``Type=notify`` unit)."""
-        self.version: PolicyVersion = load_version(config.policy)
+        with heap.building():  # a large policy kept out of the collections that the resolver would wait for
+            self.version: PolicyVersion = load_version(config.policy)
         self.lists = load_name_lists(config.lists_dir)
         state = Path(config.state_dir)
         (state / "ca").mkdir(parents=True, exist_ok=True)
