@@ -22,6 +22,7 @@ fleet's applied version (``egress rules apply``, in Redis) arrives through the s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -339,13 +340,19 @@ class Supervisor:
             participants(self.table, self.resolver, self.drops, self.allow_sets, self.slots),
             self.version,
             on_commit=self.committed,
-            load=validate.load,  # the parse in a child process: it holds none of the resolver's locks
+            load=functools.partial(validate.load, loop=loop),  # parsed in a child, rebuilt on the loop by chunks
         )
         if self.reload_pending:
             reloader.request()
         if self.config.policy_poll_s > 0:
             history = PolicyHistory.from_url(self.config.redis_url)
-            self.follower = PolicyFollower(history, self.config.gateway, reloader, self.config.policy_poll_s)
+            self.follower = PolicyFollower(
+                history,
+                self.config.gateway,
+                reloader,
+                self.config.policy_poll_s,
+                parse=functools.partial(validate.parse, loop=loop),
+            )
         recorder = RecorderPart(self.recorder)
         parts: list[Supervised] = [*self.slots, self.resolver, self.drops, recorder, self.keeper]
         # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.

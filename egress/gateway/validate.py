@@ -4,9 +4,11 @@ Parsing a large policy (100,000 entries: seconds of CPU) in the supervisor would
 long, and the resolver's answers, the event loop and the drop logger would wait behind it (issue 12: no DNS answer
 delayed by more than 50 ms during an apply). A child process parses and validates the file or the text, pickles
 the version once as the proxy workers receive it (`PolicyVersion.payload`: the supervisor only forwards those
-bytes), and hands that back; the calling thread unpickles it and builds the rule indexes (`Policy.index`) with the
-collector off, then freezes them (`egress.gateway.heap`). The pickle is chunked (`egress.policy.model`), so the
-resolver's thread gets the interpreter lock between chunks, as it does between any two Python steps.
+bytes), and hands that back with the policy in pieces (`egress.policy.pieces`). The supervisor rebuilds the
+policy and its rule indexes from the pieces on its event loop, 256 rules at a time with the loop's
+other work (DNS answers) in between, with the collector off, then freezes them (`egress.gateway.heap`): rebuilt
+in another thread, the policy's seconds of lock holding became, on a busy machine, stalls of the loop whenever
+the kernel preempted that thread holding the lock.
 
 The child runs at a lower CPU priority (`CHILD_NICE`): on two cores shared with the proxy workers, the
 supervisor's resolver must win the CPU over seconds of parsing, and a nice of 10 still leaves the parse a share of
@@ -21,6 +23,7 @@ or is killed fails the validation with `ValidationFailed`; a policy that does no
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import functools
 import multiprocessing
@@ -35,6 +38,8 @@ from pathlib import Path
 
 from egress.gateway import heap
 from egress.gateway.reload import PolicyVersion, ValidationFailed, read_version, text_version
+from egress.policy.model import Policy
+from egress.policy.pieces import Pieces, rebuild, split, whole
 
 PRELOAD = ["egress.gateway.reload"]
 """What the fork server imports once, so that a child starts with the loader in memory."""
@@ -51,45 +56,64 @@ CHILD_NICE = 10
 """How much lower the validating child's CPU priority is than the supervisor's (`os.nice`)."""
 
 
-def _timed(parse: Callable[..., PolicyVersion], *args: str) -> tuple[bytes, float]:
-    """In the child: the version pickled as the workers receive it, and the CPU seconds its parse took."""
+def _timed(parse: Callable[..., PolicyVersion], *args: str) -> tuple[bytes, Pieces, str, float]:
+    """In the child: the version pickled as the workers receive it, the policy in pieces as the supervisor
+    rebuilds it, the digest, and the CPU seconds the child's work took."""
     with contextlib.suppress(OSError):  # a priority is a preference: validate all the same
         os.nice(CHILD_NICE)
     started = time.process_time()
     version = parse(*args)
     payload = pickle.dumps(version, pickle.HIGHEST_PROTOCOL)
-    return payload, time.process_time() - started
+    return payload, split(version.policy), version.digest, time.process_time() - started
 
 
-def in_child(parse: Callable[..., PolicyVersion], *args: str) -> tuple[PolicyVersion, float]:
+async def _cooperatively(pieces: Pieces) -> Policy:
+    for step in rebuild(pieces):
+        if step is not None:
+            return step
+        await asyncio.sleep(0)  # what the loop has to do (a DNS answer) comes before the next chunk
+    raise AssertionError("rebuild ends with the policy")
+
+
+def _rebuilt(pieces: Pieces, loop: asyncio.AbstractEventLoop | None) -> Policy:
+    try:
+        running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
+    except RuntimeError:  # the usual case: a worker thread
+        running = None
+    if loop is None or running is loop:  # from the loop's own thread, waiting on it would never end
+        return whole(pieces)
+    return asyncio.run_coroutine_threadsafe(_cooperatively(pieces), loop).result()
+
+
+def in_child(
+    parse: Callable[..., PolicyVersion], *args: str, loop: asyncio.AbstractEventLoop | None = None
+) -> tuple[PolicyVersion, float]:
     """``parse(*args)`` run in a child process, with the child's CPU seconds; the version carries its payload, its
-    rule indexes are built and frozen. Blocks the calling thread (call it from a worker thread). Raises what
-    ``parse`` raised (`RulesError`) or `ValidationFailed`."""
+    rule indexes are built (on ``loop``, a chunk at a time, when given; else in this thread) and frozen. Blocks
+    the calling thread (call it from a worker thread, not from ``loop``'s). Raises what ``parse`` raised
+    (`RulesError`) or `ValidationFailed`."""
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
-            payload, cpu = pool.submit(_timed, parse, *args).result()
+            payload, pieces, digest, cpu = pool.submit(_timed, parse, *args).result()
     except BrokenProcessPool as error:
         raise ValidationFailed(f"the process validating the policy died ({error})") from None
     except OSError as error:
         raise ValidationFailed(f"no process to validate the policy ({error})") from None
     with heap.building():
-        version = pickle.loads(payload)  # the supervisor's own pickle, from the child it started
-        if not isinstance(version, PolicyVersion):
-            raise ValidationFailed(f"the process validating the policy answered a {type(version).__name__}")
-        version.policy.index()
-    return PolicyVersion(version.policy, version.digest, payload), cpu
+        policy = _rebuilt(pieces, loop)
+    return PolicyVersion(policy, digest, payload), cpu
 
 
-def load(path: str | Path) -> PolicyVersion:
+def load(path: str | Path, loop: asyncio.AbstractEventLoop | None = None) -> PolicyVersion:
     """`egress.gateway.reload.load_version` with the parse in a child: the file read, validated and hashed there,
-    the indexes built here."""
-    version, _ = in_child(read_version, str(path))
+    the policy rebuilt and indexed here (on ``loop``: see `in_child`)."""
+    version, _ = in_child(read_version, str(path), loop=loop)
     return version
 
 
-def parse(text: str, origin: str) -> tuple[PolicyVersion, float]:
+def parse(text: str, origin: str, loop: asyncio.AbstractEventLoop | None = None) -> tuple[PolicyVersion, float]:
     """`egress.gateway.reload.parse_version` with the parse in a child, and the CPU seconds of the whole (the
-    child's parse and this thread's unpickling and indexing: the follower's log line, bench/rules.py)."""
-    started = time.thread_time()
-    version, child_cpu = in_child(text_version, text, origin)
-    return version, child_cpu + time.thread_time() - started
+    child's parse and this process's rebuilding: the follower's log line, bench/rules.py)."""
+    started = time.process_time()
+    version, child_cpu = in_child(text_version, text, origin, loop=loop)
+    return version, child_cpu + time.process_time() - started

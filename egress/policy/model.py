@@ -253,6 +253,11 @@ class _Rules:
         return _rules, (self.kind, columns)
 
 
+def rules_chunk(kind: type[Any], rules: Sequence[Any]) -> object:
+    """Up to `RULES_PER_CHUNK` rules of one kind as pickle carries them: unpickled, a tuple of those rules."""
+    return _Rules(kind, rules)
+
+
 def _chunks(kind: type[Any], rules: Sequence[Any]) -> tuple[_Rules, ...]:
     return tuple(_Rules(kind, rules[at : at + RULES_PER_CHUNK]) for at in range(0, len(rules), RULES_PER_CHUNK))
 

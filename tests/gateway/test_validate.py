@@ -3,10 +3,13 @@ with its file and line, and a child that dies fails the validation instead of pa
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import os
 import pickle
 import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +17,7 @@ import pytest
 from egress.gateway import validate
 from egress.gateway.reload import PolicyVersion, ValidationFailed, load_version, parse_version
 from egress.policy.model import Policy
+from egress.policy.pieces import Pieces
 from egress.policy.yamlnodes import Problem, RulesError
 
 POLICY = Path(__file__).resolve().parents[2] / "rules" / "lab-policy.yaml"
@@ -102,3 +106,31 @@ def test_a_version_pickles_without_its_payload() -> None:
     copy = pickle.loads(pickle.dumps(version, pickle.HIGHEST_PROTOCOL))
     assert copy == version and copy.payload == b""
     gc.unfreeze()
+
+
+def test_given_the_loop_the_policy_is_rebuilt_on_it_piece_by_piece(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The supervisor's resolver answers between two pieces (egress.policy.pieces); a thread rebuilding the
+    policy stalled the loop whenever the kernel preempted it holding the interpreter lock (issue 12)."""
+    text = POLICY.read_text()
+    steps: list[int] = []
+    real = validate.rebuild  # type: ignore[attr-defined]
+
+    def recorded(pieces: Pieces) -> Iterator[Policy | None]:
+        for step in real(pieces):
+            steps.append(threading.get_ident())
+            yield step
+
+    monkeypatch.setattr(validate, "rebuild", recorded)
+
+    async def scenario() -> tuple[PolicyVersion, float]:
+        loop = asyncio.get_running_loop()
+        return await asyncio.to_thread(validate.parse, text, "fleet version 4", loop)
+
+    try:
+        version, _ = asyncio.run(asyncio.wait_for(scenario(), 120))
+    finally:
+        gc.unfreeze()
+    here = parse_version(text, "fleet version 4")
+    assert (version.digest, version.policy) == (here.digest, here.policy)
+    assert _indexed(version)
+    assert len(steps) > 1 and set(steps) == {threading.get_ident()}  # asyncio.run's loop runs in this thread
