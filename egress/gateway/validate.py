@@ -30,7 +30,7 @@ import multiprocessing
 import os
 import pickle
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing.context import BaseContext
@@ -39,7 +39,7 @@ from pathlib import Path
 from egress.gateway import heap
 from egress.gateway.reload import PolicyVersion, ValidationFailed, read_version, text_version
 from egress.policy.model import Policy
-from egress.policy.pieces import Pieces, rebuild, split, whole
+from egress.policy.pieces import Pieces, rebuild, split
 
 PRELOAD = ["egress.gateway.reload"]
 """What the fork server imports once, so that a child starts with the loader in memory."""
@@ -67,31 +67,50 @@ def _timed(parse: Callable[..., PolicyVersion], *args: str) -> tuple[bytes, Piec
     return payload, split(version.policy), version.digest, time.process_time() - started
 
 
-async def _cooperatively(pieces: Pieces) -> Policy:
-    for step in rebuild(pieces):
+def _steps(pieces: Pieces) -> Iterator[tuple[Policy | None, float]]:
+    """`rebuild`'s steps, each with the CPU seconds this thread spent on it."""
+    steps = rebuild(pieces)
+    while True:
+        started = time.thread_time()
+        step = next(steps)
+        yield step, time.thread_time() - started
         if step is not None:
-            return step
-        await asyncio.sleep(0)  # what the loop has to do (a DNS answer) comes before the next chunk
+            return
+
+
+async def _cooperatively(pieces: Pieces) -> tuple[Policy, float]:
+    spent = 0.0
+    for step, cpu in _steps(pieces):
+        spent += cpu
+        if step is not None:
+            return step, spent
+        await asyncio.sleep(0)  # what the loop has to do (a DNS answer) comes before the next piece
     raise AssertionError("rebuild ends with the policy")
 
 
-def _rebuilt(pieces: Pieces, loop: asyncio.AbstractEventLoop | None) -> Policy:
+def _rebuilt(pieces: Pieces, loop: asyncio.AbstractEventLoop | None) -> tuple[Policy, float]:
+    """The policy and the CPU seconds its rebuilding took (on ``loop``, or in this thread)."""
     try:
         running: asyncio.AbstractEventLoop | None = asyncio.get_running_loop()
     except RuntimeError:  # the usual case: a worker thread
         running = None
     if loop is None or running is loop:  # from the loop's own thread, waiting on it would never end
-        return whole(pieces)
+        spent = 0.0
+        for step, cpu in _steps(pieces):
+            spent += cpu
+            if step is not None:
+                return step, spent
+        raise AssertionError("rebuild ends with the policy")
     return asyncio.run_coroutine_threadsafe(_cooperatively(pieces), loop).result()
 
 
 def in_child(
     parse: Callable[..., PolicyVersion], *args: str, loop: asyncio.AbstractEventLoop | None = None
 ) -> tuple[PolicyVersion, float]:
-    """``parse(*args)`` run in a child process, with the child's CPU seconds; the version carries its payload, its
-    rule indexes are built (on ``loop``, a chunk at a time, when given; else in this thread) and frozen. Blocks
-    the calling thread (call it from a worker thread, not from ``loop``'s). Raises what ``parse`` raised
-    (`RulesError`) or `ValidationFailed`."""
+    """``parse(*args)`` run in a child process; the version carries its payload, its rule indexes are built (on
+    ``loop``, a piece at a time, when given; else in this thread) and frozen; with the CPU seconds of the child
+    and of the rebuilding. Blocks the calling thread (call it from a worker thread, not from ``loop``'s). Raises
+    what ``parse`` raised (`RulesError`) or `ValidationFailed`."""
     try:
         with ProcessPoolExecutor(max_workers=1, mp_context=_context()) as pool:
             payload, pieces, digest, cpu = pool.submit(_timed, parse, *args).result()
@@ -100,8 +119,8 @@ def in_child(
     except OSError as error:
         raise ValidationFailed(f"no process to validate the policy ({error})") from None
     with heap.building():
-        policy = _rebuilt(pieces, loop)
-    return PolicyVersion(policy, digest, payload), cpu
+        policy, rebuilding = _rebuilt(pieces, loop)
+    return PolicyVersion(policy, digest, payload), cpu + rebuilding
 
 
 def load(path: str | Path, loop: asyncio.AbstractEventLoop | None = None) -> PolicyVersion:
@@ -114,6 +133,4 @@ def load(path: str | Path, loop: asyncio.AbstractEventLoop | None = None) -> Pol
 def parse(text: str, origin: str, loop: asyncio.AbstractEventLoop | None = None) -> tuple[PolicyVersion, float]:
     """`egress.gateway.reload.parse_version` with the parse in a child, and the CPU seconds of the whole (the
     child's parse and this process's rebuilding: the follower's log line, bench/rules.py)."""
-    started = time.process_time()
-    version, child_cpu = in_child(text_version, text, origin, loop=loop)
-    return version, child_cpu + time.process_time() - started
+    return in_child(text_version, text, origin, loop=loop)

@@ -21,7 +21,7 @@ from typing import Any
 from egress.policy.index import HostIndex, NetworkIndex
 from egress.policy.model import HostRule, NetworkRule, Policy, Sandbox, rules_chunk
 
-__all__ = ["RULES_PER_PIECE", "Pieces", "rebuild", "split", "whole"]
+__all__ = ["RULES_PER_PIECE", "Pieces", "rebuild", "split"]
 
 RULES_PER_PIECE = 256
 """Rules per piece: about a millisecond of a quiet core to unpickle and index (several on a busy one, where the
@@ -80,11 +80,3 @@ def rebuild(pieces: Pieces) -> Iterator[Policy | None]:
         object.__setattr__(sandbox, "_index", (host_index, network_index))  # built as `Sandbox._indexes` would
         sandboxes.append(sandbox)
     yield dataclasses.replace(skeleton, sandboxes=tuple(sandboxes))
-
-
-def whole(pieces: Pieces) -> Policy:
-    """The policy rebuilt in one go (no loop to yield to)."""
-    for step in rebuild(pieces):
-        if step is not None:
-            return step
-    raise AssertionError("rebuild ends with the policy")
