@@ -14,7 +14,9 @@ Reports, from the gateway's own log lines and the fleet's store (`egress.record.
   across machines and loads;
 - ``stored → reported``: from the version being stored to the gateway reporting it runs it (includes the poll);
 - the gateway's memory (supervisor and workers, RSS) before and with the large policy;
-- during the whole window (stored → reported): allowed downloads and how many failed, DNS answers and the slowest.
+- during the whole window (stored → reported): allowed downloads and how many failed, DNS answers and the slowest;
+  each answer over the goal with when its query was sent, in seconds after the version was stored, beside when
+  the gateway had validated it (``validated_at_s``) and had it in force (``in_force_at_s``): which phase it was.
 
 Goals: prepare + commit under 2 s, no allowed request failing, no DNS answer later than 50 ms. The machine's load is
 printed too: on a shared machine every wall-clock figure measures the machine as well.
@@ -151,9 +153,22 @@ def _warm_up(samples: pathlib.Path, probe: subprocess.Popen[bytes], deadline: fl
     time.sleep(5.0)
 
 
+def _logged_at(log: str, pattern: str) -> float | None:
+    """The epoch time of the last log line matching ``pattern`` (the log's own local-time stamp, to the ms)."""
+    found = re.findall(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d),(\d{3}) .*" + pattern, log, re.MULTILINE)
+    if not found:
+        return None
+    stamp, millis = found[-1]
+    return time.mktime(time.strptime(stamp, "%Y-%m-%d %H:%M:%S")) + int(millis) / 1000
+
+
 def _log_seconds(log: str, pattern: str) -> float | None:
     found = re.findall(pattern, log)
     return float(found[-1]) if found else None
+
+
+def _since(at: float | None, stored: float) -> float | None:
+    return None if at is None else round(at - stored, 3)
 
 
 def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]:
@@ -226,6 +241,9 @@ def measure(run: GatewayRun, entries: int, work: pathlib.Path) -> dict[str, Any]
         "dns_before_p50_ms": round(statistics.median(quiet), 1) if quiet else None,
         "dns_before_max_ms": round(max(quiet), 1) if quiet else None,
         "dns_before_over_goal": f"{sum(1 for ms in quiet if ms > GOAL_DNS_MS)} of {len(quiet)}",
+        "validated_at_s": _since(_logged_at(log, r"read and validated in"), stored),
+        "in_force_at_s": _since(_logged_at(log, r"from fleet version \d+ in force in"), stored),
+        "dns_slow_at_s_ms": [(round(s["t"] - stored, 3), round(s["ms"], 1)) for s in dns if s["ms"] > GOAL_DNS_MS],
         "load_average": os.getloadavg(),
         "cpus": os.cpu_count(),
         "probe_errors": err.decode()[-500:],

@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any, Final
 
+from egress.gateway import heap
 from egress.gateway.metrics import Snapshot
 from egress.gateway.reload import PolicyVersion, Refused
 from egress.policy.model import Policy
@@ -94,13 +95,16 @@ async def _read_reply(reader: asyncio.StreamReader) -> Reply:
 
 
 class Payloads:
-    """Each version pickled once per reload, however many workers it goes to (in a thread: it takes a while)."""
+    """Each version pickled once per reload, however many workers it goes to: by the process that validated it
+    (`PolicyVersion.payload`), else here in a thread (the version the supervisor booted on)."""
 
     def __init__(self) -> None:
         self._lock = asyncio.Lock()
         self._last: tuple[str, bytes] | None = None
 
     async def get(self, version: PolicyVersion) -> bytes:
+        if version.payload:
+            return version.payload
         async with self._lock:
             if self._last is None or self._last[0] != version.digest:
                 body = await asyncio.to_thread(pickle.dumps, version, pickle.HIGHEST_PROTOCOL)
@@ -170,10 +174,13 @@ class WorkerLink:
 
 
 def _received(body: bytes) -> object:
-    """A PREPARE's body unpickled, its policy's lookups built (in the same thread, off the worker's event loop)."""
-    version = pickle.loads(body)
-    if isinstance(version, PolicyVersion) and isinstance(version.policy, Policy):
-        version.policy.index()
+    """A PREPARE's body unpickled, its policy's lookups built (in the same thread, off the worker's event loop)
+    with the collector off, then frozen (egress.gateway.heap: the worker's own loop must not stop for a full
+    collection over the policy either)."""
+    with heap.building():
+        version = pickle.loads(body)
+        if isinstance(version, PolicyVersion) and isinstance(version.policy, Policy):
+            version.policy.index()
     return version
 
 

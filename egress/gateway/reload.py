@@ -24,9 +24,9 @@ import hashlib
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, render
@@ -50,6 +50,12 @@ class PolicyVersion:
     policy: Policy
     digest: str
     """Hex SHA-256 of the policy file's bytes as the supervisor read them."""
+    payload: bytes = field(default=b"", compare=False, repr=False)
+    """This version pickled as the proxy workers receive it (egress.gateway.control), when the process that
+    validated it made it (egress.gateway.validate); empty: the supervisor pickles it."""
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        return PolicyVersion, (self.policy, self.digest)  # never its own payload
 
     @property
     def label(self) -> str:

@@ -22,6 +22,7 @@ fleet's applied version (``egress rules apply``, in Redis) arrives through the s
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
 import signal
@@ -34,7 +35,7 @@ from typing import Protocol
 from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
-from egress.gateway import validate
+from egress.gateway import heap, validate
 from egress.gateway.allowsets import AllowSetWriter
 from egress.gateway.components import (
     FAULT_HOOKS_ENV,
@@ -100,7 +101,8 @@ class Supervisor:
         self.config = config
         self.notify = Notifier.from_environment()
         """systemd's readiness, status and watchdog (a no-op outside a ``Type=notify`` unit)."""
-        self.version: PolicyVersion = load_version(config.policy)
+        with heap.building():  # a large policy kept out of the collections that the resolver would wait for
+            self.version: PolicyVersion = load_version(config.policy)
         self.lists = load_name_lists(config.lists_dir)
         state = Path(config.state_dir)
         (state / "ca").mkdir(parents=True, exist_ok=True)
@@ -338,13 +340,19 @@ class Supervisor:
             participants(self.table, self.resolver, self.drops, self.allow_sets, self.slots),
             self.version,
             on_commit=self.committed,
-            load=validate.load,  # the parse in a child process: it holds none of the resolver's locks
+            load=functools.partial(validate.load, loop=loop),  # parsed in a child, rebuilt on the loop by chunks
         )
         if self.reload_pending:
             reloader.request()
         if self.config.policy_poll_s > 0:
             history = PolicyHistory.from_url(self.config.redis_url)
-            self.follower = PolicyFollower(history, self.config.gateway, reloader, self.config.policy_poll_s)
+            self.follower = PolicyFollower(
+                history,
+                self.config.gateway,
+                reloader,
+                self.config.policy_poll_s,
+                parse=functools.partial(validate.parse, loop=loop),
+            )
         recorder = RecorderPart(self.recorder)
         parts: list[Supervised] = [*self.slots, self.resolver, self.drops, recorder, self.keeper]
         # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.

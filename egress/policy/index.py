@@ -27,7 +27,11 @@ class HostIndex:
     def __init__(self, rules: Sequence[HostRule]) -> None:
         self._exact: dict[str, list[tuple[int, HostRule]]] = {}
         self._below: dict[str, list[tuple[int, HostRule]]] = {}
-        for position, rule in enumerate(rules):
+        self.add(rules, 0)
+
+    def add(self, rules: Sequence[HostRule], first: int) -> None:
+        """Index ``rules``, the first at position ``first`` (a policy rebuilt a chunk at a time, in file order)."""
+        for position, rule in enumerate(rules, first):
             if rule.pattern.startswith("*."):
                 self._below.setdefault(rule.pattern[2:], []).append((position, rule))
             else:
@@ -61,8 +65,13 @@ class NetworkIndex:
 
     def __init__(self, rules: Sequence[NetworkRule]) -> None:
         self._by: dict[tuple[int, int, int], list[tuple[int, NetworkRule]]] = {}
-        lengths: dict[int, set[int]] = {4: set(), 6: set()}
-        for position, rule in enumerate(rules):
+        self._lengths: dict[int, list[int]] = {4: [], 6: []}
+        self.add(rules, 0)
+
+    def add(self, rules: Sequence[NetworkRule], first: int) -> None:
+        """Index ``rules``, the first at position ``first`` (a policy rebuilt a chunk at a time, in file order)."""
+        lengths = {version: set(found) for version, found in self._lengths.items()}
+        for position, rule in enumerate(rules, first):
             network = rule.network
             lengths[network.version].add(network.prefixlen)
             key = (network.version, network.prefixlen, int(network.network_address))

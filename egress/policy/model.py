@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import enum
 import ipaddress
+import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -221,10 +222,13 @@ class Sandbox:
 
     def __reduce__(self) -> tuple[Any, ...]:
         """Pickled with its rules as columns (a tuple per field), not object by object: a policy of 100,000 hosts
-        goes to each proxy worker at every reload, and the dataclass's own per-object state took seconds."""
+        goes to each proxy worker at every reload, and the dataclass's own per-object state took seconds. The
+        columns come in chunks of `RULES_PER_CHUNK` rules, each rebuilt by a call into Python (`_Rules`): pickle's
+        C loops hold the interpreter lock without a break, and the supervisor's resolver must not wait for a
+        whole policy's worth of them (issue 12: 100,000 rules were one stretch of ~100 ms)."""
         values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.init}
-        values["hosts"] = _columns(HostRule, self.hosts)
-        values["networks"] = _columns(NetworkRule, self.networks)
+        values["hosts"] = _chunks(HostRule, self.hosts)
+        values["networks"] = _chunks(NetworkRule, self.networks)
         return _sandbox, (values,)
 
     def decrypts(self, name: str) -> bool:
@@ -233,15 +237,40 @@ class Sandbox:
         )
 
 
-def _columns(kind: type[Any], rules: Sequence[Any]) -> tuple[tuple[Any, ...], ...]:
-    return tuple(tuple(getattr(rule, f.name) for rule in rules) for f in dataclasses.fields(kind))
+RULES_PER_CHUNK = 2048
+"""Rules per pickled chunk: the longest stretch pickle spends in C on a sandbox's rules (about a millisecond)."""
+
+
+@dataclass(frozen=True, slots=True)
+class _Rules:
+    """Pickling form of up to `RULES_PER_CHUNK` rules of one kind: its columns, rebuilt by `_rules`."""
+
+    kind: type[Any]
+    rules: Sequence[Any]
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        columns = tuple(tuple(getattr(rule, f.name) for rule in self.rules) for f in dataclasses.fields(self.kind))
+        return _rules, (self.kind, columns)
+
+
+def rules_chunk(kind: type[Any], rules: Sequence[Any]) -> object:
+    """Up to `RULES_PER_CHUNK` rules of one kind as pickle carries them: unpickled, a tuple of those rules."""
+    return _Rules(kind, rules)
+
+
+def _chunks(kind: type[Any], rules: Sequence[Any]) -> tuple[_Rules, ...]:
+    return tuple(_Rules(kind, rules[at : at + RULES_PER_CHUNK]) for at in range(0, len(rules), RULES_PER_CHUNK))
+
+
+def _rules(kind: type[Any], columns: tuple[tuple[Any, ...], ...]) -> tuple[Any, ...]:
+    """One chunk's rules from their columns (`_Rules.__reduce__`)."""
+    return tuple(map(kind, *columns))
 
 
 def _sandbox(values: dict[str, Any]) -> Sandbox:
-    """A `Sandbox` from `Sandbox.__reduce__`: its rules rebuilt from their columns."""
-    hosts, networks = values["hosts"], values["networks"]
-    values["hosts"] = tuple(map(HostRule, *hosts)) if hosts and hosts[0] else ()
-    values["networks"] = tuple(map(NetworkRule, *networks)) if networks and networks[0] else ()
+    """A `Sandbox` from `Sandbox.__reduce__`: its rules joined from their chunks (`_rules`)."""
+    values["hosts"] = tuple(itertools.chain.from_iterable(values["hosts"]))
+    values["networks"] = tuple(itertools.chain.from_iterable(values["networks"]))
     return Sandbox(**values)
 
 

@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import pickle
 import socket
 from collections.abc import Callable, Coroutine
@@ -247,3 +248,28 @@ def test_a_received_policy_has_its_lookups_built_in_the_receiving_thread(tmp_pat
     assert isinstance(received, PolicyVersion) and received == version
     assert all(sandbox._index is not None for sandbox in received.policy.sandboxes)
     assert received.policy.sandboxes[0].name_allowed("pypi.org") == version.policy.sandboxes[0].hosts[0]
+
+
+def test_a_version_with_its_payload_goes_to_the_workers_as_the_validating_child_pickled_it(tmp_path: Path) -> None:
+    """The supervisor pickles nothing when the child did (issue 12: pickling 100,000 rules held its interpreter
+    lock ~100 ms at a time, and the resolver waited)."""
+    version = _version(tmp_path, "first")
+    payload = pickle.dumps(version, pickle.HIGHEST_PROTOCOL)
+    carried = PolicyVersion(version.policy, version.digest, payload)
+
+    async def scenario() -> None:
+        assert await Payloads().get(carried) is payload
+
+    _run(scenario)
+
+
+def test_a_received_policy_is_frozen_out_of_the_workers_collections(tmp_path: Path) -> None:
+    from egress.gateway.control import _received
+
+    try:
+        received = _received(pickle.dumps(_version(tmp_path, "first"), pickle.HIGHEST_PROTOCOL))
+        assert isinstance(received, PolicyVersion)
+        assert gc.isenabled()
+        assert gc.is_tracked(received.policy) and not any(thing is received.policy for thing in gc.get_objects())
+    finally:
+        gc.unfreeze()

@@ -7,11 +7,13 @@ import dataclasses
 import ipaddress
 import pickle
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from egress.policy import model
 from egress.policy.loader import parse_policy
-from egress.policy.model import Address, HostRule, NetworkRule, Sandbox
+from egress.policy.model import RULES_PER_CHUNK, Address, HostRule, NetworkRule, Sandbox
 from tests.budget import examples
 
 LABELS = ["a", "b", "example", "com", "x-y"]
@@ -104,3 +106,25 @@ sandboxes:
     assert copy.sandboxes[0]._index is None
     assert copy.sandboxes[0].host_rule("b.example.com", 443) == policy.sandboxes[0].hosts[1]
     assert copy.sandboxes[1].hosts == () and copy.sandboxes[1].networks == ()
+
+
+@pytest.mark.parametrize("count", [0, 1, RULES_PER_CHUNK - 1, RULES_PER_CHUNK, 2 * RULES_PER_CHUNK + 1])
+def test_a_sandbox_unpickles_its_rules_chunk_by_chunk(count: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each chunk is rebuilt by a call into Python, where a thread waiting for the interpreter lock (the
+    supervisor's resolver) gets it; one C loop over 100,000 rules held it ~100 ms (issue 12)."""
+    hosts = tuple(HostRule(f"h{i}.example.org", frozenset({443}), f"r{i}", i) for i in range(count))
+    networks = (NetworkRule(ipaddress.ip_network("192.0.2.0/24"), frozenset(), frozenset({"tcp"}), "n0", 1),)
+    sandbox = _sandbox(list(hosts), list(networks))
+    calls: list[int] = []
+    rebuild = model._rules
+
+    def counted(kind: type[object], columns: tuple[tuple[object, ...], ...]) -> tuple[object, ...]:
+        calls.append(len(columns[0]))
+        return rebuild(kind, columns)
+
+    body = pickle.dumps(sandbox, pickle.HIGHEST_PROTOCOL)
+    monkeypatch.setattr(model, "_rules", counted)
+    copy = pickle.loads(body)
+    assert copy == sandbox
+    assert max(calls) <= RULES_PER_CHUNK
+    assert len(calls) == -(-count // RULES_PER_CHUNK) + 1  # the hosts' chunks and the one network's
