@@ -122,29 +122,36 @@ def dnsperf(lab: Lab, nameserver: str, seconds: float, rate: float | None = None
 
 
 def loaded_probe(lab: Lab, nameserver: str, seconds: float, rate: float) -> Result:
-    """dnsperf at ``rate`` queries/s with the latency probe beside it: the probe's p50/p99 and losses."""
+    """dnsperf at ``rate`` queries/s with the latency probe beside it: the probe's p50/p99 and losses, and the
+    gateway's CPU per 1,000 answers at that load (dnsperf's and the probe's answers)."""
     load = ["dnsperf", "-s", nameserver, "-d", str(_query_file(lab)), "-l", str(seconds + 1)]
     load += ["-Q", str(int(rate)), "-c", "8", "-q", "200"]
-    perf = netns.popen_in(lab.sandbox_ns, load, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    gateway0 = gw._ns_cpu(lab.gateway_ns)
+    perf = netns.popen_in(lab.sandbox_ns, load, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
     try:
         argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "probe", nameserver, str(seconds)]
         done = netns.exec_in(lab.sandbox_ns, argv, timeout=seconds + 60)
     finally:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            perf.wait(timeout=seconds + 30)
-        if perf.poll() is None:
+        try:
+            perf_out = perf.communicate(timeout=seconds + 30)[0].decode(errors="replace")
+        except subprocess.TimeoutExpired:
             perf.kill()
+            perf_out = perf.communicate()[0].decode(errors="replace")
+    cpu = gw._ns_cpu(lab.gateway_ns) - gateway0
     if done.returncode != 0:
         return {"failed": (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
     out = json.loads(done.stdout.strip().splitlines()[-1])
     times = sorted(out["times"])
     if not times:
         return {"failed": "the probe got no answer", "lost": out["lost"]}
+    completed = re.search(r"Queries completed:\s+(\d+)", perf_out)
+    answered = len(times) + (int(completed.group(1)) if completed else 0)
     return {
         "rate": rate,
         "p50_ms": statistics.median(times),
         "p99_ms": times[min(len(times) - 1, int(0.99 * len(times)))],
         "probe_lost": out["lost"],
+        "gw_cpu_ms_per_1k": 1000.0 * cpu / max(answered / 1000.0, 1e-9) if completed else float("nan"),
     }
 
 
@@ -229,9 +236,11 @@ def report(results: dict[str, dict[str, Result]]) -> list[str]:
         ("goal", "p50_ms", "  probe p50 (ms)"),
         ("goal", "p99_ms", "  probe p99 (ms)"),
         ("goal", "probe_lost", "  probe lost"),
+        ("goal", "gw_cpu_ms_per_1k", "  gateway CPU ms per 1,000 answers"),
         ("half", "rate", "half unbound's rate (q/s; info)"),
         ("half", "p50_ms", "  probe p50 (ms)"),
         ("half", "p99_ms", "  probe p99 (ms)"),
+        ("half", "gw_cpu_ms_per_1k", "  gateway CPU ms per 1,000 answers"),
     )
     configs = [c for c in CONFIGS if c in results]
     lines = [f"{'metric':<34}" + "".join(f"{c:>10}" for c in configs) + f"{'eg/unbound':>12}"]

@@ -22,14 +22,15 @@ decision is the same as when it was made:
   which prepares the entry again. So an entry lives at most one second, and never past the answer's TTL.
 
 Everything the slow path does per answered query still happens per query (the tunnel tracker's account, the
-cache's hit, the flow log), except two things merged per read of the socket (`egress.dnsserver.listen.UdpServer`:
-up to 256 datagrams). The answer's addresses are bound and offered to the allow sets at an entry's first use in a
-read, not at each repeat in it: the bindings skip a write that would move an expiry by less than a second, the
-allow sets one by less than two, so those repeats wrote nothing. And the decision is reported, batched
-(`AllowedBatch`): the allowed decisions of one read that a source made for one name under one rule are reported
-as one `DecidedFlow` whose ``count`` says how many (the first one's time and source port; the recorder counts them
-all), when that read ends. The decision's log line was most of a fast answer's cost; under load a read holds many
-repeats, so the lines shrink with the load, while a lone query still gets its line at once. Only plain allowed
+cache's hit, the flow log), except two things merged until the fast path's decisions are next reported
+(`egress.dnsserver.listen.UdpServer` reports them `egress.dnsserver.listen.REPORT_AFTER`, 0.1 s, after the first
+of them; a reload, a TCP query and closing the socket report them at once). The answer's addresses are bound and
+offered to the allow sets at an entry's first use after a report, not at each repeat until the next: the bindings
+skip a write that would move an expiry by less than a second, the allow sets one by less than two, so those
+repeats wrote nothing. And the decision is reported, batched (`AllowedBatch`): the allowed decisions that a source
+made for one name under one rule until the report are reported as one `DecidedFlow` whose ``count`` says how
+many (the first one's time and source port; the recorder counts them all). The decision's log line was most of a
+fast answer's cost: at most one line per source, name and rule every 0.1 s, whatever the load. Only plain allowed
 answers over UDP are prepared; refusals, records, would-blocks, answers with records dropped and TCP take the slow
 path every time, and their decisions are reported at once, never batched.
 """

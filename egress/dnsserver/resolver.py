@@ -171,10 +171,11 @@ class Resolver:
         self._in_flight: dict[bytes, asyncio.Future[Cached | None]] = {}
         self.fast = fast.FastPath()
         self.batch = fast.AllowedBatch(listen_address)
-        """The fast path's allowed decisions until `flush_reports` (the socket's reader calls it after each read)."""
+        """The fast path's allowed decisions until `flush_reports` (the socket's reader calls it 0.1 s after the
+        first of them)."""
         self._told: dict[int, fast.Prepared] = {}
-        """Prepared entries whose addresses were bound and offered to the allow sets in this read (by id; the
-        entry is kept here so its id is not reused before `flush_reports` empties this)."""
+        """Prepared entries whose addresses were bound and offered to the allow sets since `flush_reports` (by id;
+        the entry is kept here so its id is not reused before `flush_reports` empties this)."""
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -362,7 +363,7 @@ class Resolver:
         wall = time.time()
         self.batch.add(wall, client[0], client[1], prepared)
         found = prepared.found
-        if found and id(prepared) not in self._told:  # once per read (see `fast`): the repeats would write nothing
+        if found and id(prepared) not in self._told:  # once per report (see `fast`): repeats would write nothing
             self._told[id(prepared)] = prepared
             self.bindings.bind(sandbox.name, prepared.name, found)
             if self.on_answer is not None:
@@ -378,8 +379,8 @@ class Resolver:
         return response
 
     def flush_reports(self) -> None:
-        """The end of a read of the socket: report the fast path's allowed decisions merged so far
-        (`fast.AllowedBatch`); the next read binds its answers' addresses again."""
+        """Report the fast path's allowed decisions merged so far (`fast.AllowedBatch`); the next fast answer of
+        each entry binds and offers its addresses again."""
         if self._told:
             self._told.clear()
         if self.batch.pending:
