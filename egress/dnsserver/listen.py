@@ -88,22 +88,21 @@ class UdpServer:
         self.resolver.flush_reports()
 
     def _read(self) -> None:
+        sock, answer_now = self.sock, self.resolver.answer_now  # a lookup less per datagram: this loop is the hot path
         for _ in range(BATCH):
             try:
-                data, ancillary, _flags, addr = self.sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY)
+                data, ancillary, _flags, addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
                 return
             except OSError as exc:  # e.g. an ICMP error queued on the socket: the next read goes on
                 log.debug("receive on the resolver socket: %s", exc)
                 continue
             self.received += 1
-            dropped = dropped_so_far(ancillary)
-            if dropped is not None and dropped > self._drops_seen:
-                self.resolver.kernel_dropped(dropped - self._drops_seen)
-                self._drops_seen = dropped
-            client = (str(addr[0]), int(addr[1]))
+            if ancillary:  # the kernel attaches its drop count only once it has dropped a datagram (socket(7))
+                self._dropped(ancillary)
+            client = (addr[0], addr[1])
             try:
-                result = self.resolver.answer_now(data, client, "udp")
+                result = answer_now(data, client, "udp")
             except Exception:  # one bad query must never stop the resolver; nothing is forwarded after an error
                 log.exception("query from %s failed", client[0])
                 result = dns.reply(data, dns.SERVFAIL, recursion_available=True)
@@ -111,8 +110,17 @@ class UdpServer:
                 task = self._loop.create_task(self._finish(data, result, addr))
                 self.tasks.add(task)
                 task.add_done_callback(self.tasks.discard)
-            else:
-                self._send(result, addr)
+            elif result is not None:
+                try:  # noqa: SIM105 (a context manager per datagram costs more than the send's own Python)
+                    sock.sendto(result, addr)
+                except OSError:  # a full send buffer or a vanished client: the client retries
+                    pass
+
+    def _dropped(self, ancillary: list[tuple[int, int, bytes]]) -> None:
+        dropped = dropped_so_far(ancillary)
+        if dropped is not None and dropped > self._drops_seen:
+            self.resolver.kernel_dropped(dropped - self._drops_seen)
+            self._drops_seen = dropped
 
     async def _finish(self, data: bytes, pending: Pending, addr: tuple[object, ...]) -> None:
         try:
