@@ -21,20 +21,23 @@ decision is the same as when it was made:
   after the cache dropped or replaced it, or once its age (the TTLs handed out) has moved, takes the slow path,
   which prepares the entry again. So an entry lives at most one second, and never past the answer's TTL.
 
-Everything the slow path does per answered query still happens per query: the addresses are bound and offered
-to the allow sets, the flow log is told, and the decision is reported, batched (`AllowedBatch`): the allowed
-decisions of one read of the socket (`egress.dnsserver.listen.UdpServer`: up to 256 datagrams) that a source made
-for one name under one rule are reported as one `DecidedFlow` whose ``count`` says how many (the first one's time
-and source port; the recorder counts them all), when that read ends. The decision's log line was most of a fast
-answer's cost; under load a read holds many repeats, so the lines shrink with the load, while a lone query still
-gets its line at once. Only plain allowed answers over UDP are prepared; refusals, records, would-blocks, answers
-with records dropped and TCP take the slow path every time, and their decisions are reported at once, never
-batched.
+Everything the slow path does per answered query still happens per query (the tunnel tracker's account, the
+cache's hit, the flow log), except two things merged until the fast path's decisions are next reported
+(`egress.dnsserver.listen.UdpServer` reports them `egress.dnsserver.listen.REPORT_AFTER`, 0.1 s, after the first
+of them; a reload, a TCP query and closing the socket report them at once). The answer's addresses are bound and
+offered to the allow sets at an entry's first use after a report, not at each repeat until the next: the bindings
+skip a write that would move an expiry by less than a second, the allow sets one by less than two, so those
+repeats wrote nothing. And the decision is reported, batched (`AllowedBatch`): the allowed decisions that a source
+made for one name under one rule until the report are reported as one `DecidedFlow` whose ``count`` says how
+many (the first one's time and source port; the recorder counts them all). The decision's log line was most of a
+fast answer's cost: at most one line per source, name and rule every 0.1 s, whatever the load. Only plain allowed
+answers over UDP are prepared; refusals, records, would-blocks, answers with records dropped and TCP take the slow
+path every time, and their decisions are reported at once, never batched.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Final
 
 from egress.decide import Verdict
@@ -125,31 +128,43 @@ class FastPath:
         self.entries.pop(key, None)
 
 
-@dataclass(slots=True)
 class _Merged:
-    flow: DecidedFlow
-    count: int = 1
+    """The first of a read's fast answers for one (source, name, rule), and how many there were."""
+
+    __slots__ = ("count", "prepared", "sport", "ts")
+
+    def __init__(self, ts: float, sport: int, prepared: Prepared) -> None:
+        self.ts = ts
+        self.sport = sport
+        self.prepared = prepared
+        self.count = 1
 
 
 class AllowedBatch:
-    """The fast path's allowed decisions not yet reported, merged per (source, name, rule) (see the docstring)."""
+    """The fast path's allowed decisions not yet reported, merged per (source, name, rule) (see the docstring);
+    the `DecidedFlow` of each is made when it is reported, not per query."""
 
-    def __init__(self) -> None:
+    def __init__(self, listen_address: str = "") -> None:
+        self.listen_address = listen_address
+        """The decisions' destination address (the resolver's own)."""
         self.pending: dict[tuple[str, str, str], _Merged] = {}
 
     def __len__(self) -> int:
         return len(self.pending)
 
-    def add(self, flow: DecidedFlow) -> None:
-        key = (flow.src, flow.host, flow.verdict.rule)
+    def add(self, ts: float, src: str, sport: int, prepared: Prepared) -> None:
+        """One allowed answer from ``prepared`` to ``src``:``sport``, decided at ``ts`` (wall clock)."""
+        key = (src, prepared.name, prepared.verdict.rule)
         merged = self.pending.get(key)
         if merged is None:
-            self.pending[key] = _Merged(flow)
+            self.pending[key] = _Merged(ts, sport, prepared)
         else:
             merged.count += 1
 
     def flush(self, reporter: Reporter) -> None:
         """Report what was merged, one decision per key with its count."""
         pending, self.pending = self.pending, {}
-        for merged in pending.values():
-            reporter.report(merged.flow if merged.count == 1 else replace(merged.flow, count=merged.count))
+        for (src, name, _rule), merged in pending.items():
+            prepared = merged.prepared
+            reporter.report(DecidedFlow(merged.ts, prepared.sandbox.name, src, merged.sport, self.listen_address, 53,
+                                        "udp", name, prepared.verdict, count=merged.count))  # fmt: skip

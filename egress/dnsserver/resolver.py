@@ -170,8 +170,12 @@ class Resolver:
         self.cache = cache if cache is not None else AnswerCache(clock=clock)
         self._in_flight: dict[bytes, asyncio.Future[Cached | None]] = {}
         self.fast = fast.FastPath()
-        self.batch = fast.AllowedBatch()
-        """The fast path's allowed decisions until `flush_reports` (the socket's reader calls it after each read)."""
+        self.batch = fast.AllowedBatch(listen_address)
+        """The fast path's allowed decisions until `flush_reports` (the socket's reader calls it 0.1 s after the
+        first of them)."""
+        self._told: dict[int, fast.Prepared] = {}
+        """Prepared entries whose addresses were bound and offered to the allow sets since `flush_reports` (by id;
+        the entry is kept here so its id is not reused before `flush_reports` empties this)."""
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
@@ -356,26 +360,29 @@ class Resolver:
         if not tracker.repeat(sandbox.name, prepared.tracked):  # the tracker's account, as the slow path keeps it
             return None
         self.cache.touch(prepared.cache_key)
-        asked = time.time() if sandbox.flow_log and self.flows is not None else None
-        self.batch.add(DecidedFlow(time.time(), sandbox.name, client[0], client[1], self.listen_address, 53, "udp",
-                                   prepared.name, prepared.verdict))  # fmt: skip
+        wall = time.time()
+        self.batch.add(wall, client[0], client[1], prepared)
         found = prepared.found
-        if found:
+        if found and id(prepared) not in self._told:  # once per report (see `fast`): repeats would write nothing
+            self._told[id(prepared)] = prepared
             self.bindings.bind(sandbox.name, prepared.name, found)
             if self.on_answer is not None:
                 self.on_answer(sandbox.name, found)
         self.answered += 1
         self.fast.hits += 1
         response = query[:2] + prepared.head + query[12:question_end] + prepared.tail
-        if asked is not None and self.flows is not None:
+        if sandbox.flow_log and self.flows is not None:
             verdict = prepared.verdict
             self.flows.flow_ended(EndedFlow(sandbox.name, client[0], client[1], self.listen_address, 53, "udp",
                                             prepared.name, verdict.rule, verdict.action.value, len(query),
-                                            len(response), asked, time.time()))  # fmt: skip
+                                            len(response), wall, time.time()))  # fmt: skip
         return response
 
     def flush_reports(self) -> None:
-        """Report the fast path's allowed decisions merged so far (`fast.AllowedBatch`)."""
+        """Report the fast path's allowed decisions merged so far (`fast.AllowedBatch`); the next fast answer of
+        each entry binds and offers its addresses again."""
+        if self._told:
+            self._told.clear()
         if self.batch.pending:
             self.batch.flush(self.reporter)
 

@@ -319,6 +319,7 @@ class Supervisor:
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why
             self.fail(f"the gateway's components did not start: {type(exc).__name__}: {exc}")
             return False
+        heap.settle()  # what is loaded by now lives as long as the process: out of the collector's walks
         return True
 
     async def run(self) -> int:

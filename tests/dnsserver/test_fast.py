@@ -300,3 +300,22 @@ def test_the_allowed_decisions_of_one_read_are_reported_as_one_with_their_count(
         Enforcement.ALLOW,
     )
     assert resolver.fast.hits == 3 and not resolver.batch
+
+
+def test_one_read_binds_and_offers_an_answer_once_and_the_next_read_again(twins: Twins) -> None:
+    """Within one read the repeats of an entry would write nothing (the bindings' and allow sets' refresh
+    margins); the entry's first use in each read binds and offers its addresses."""
+    resolver = twins.fast
+    offered: list[tuple[str, list[tuple[str, int]]]] = []
+    resolver.on_answer = lambda sandbox, found: offered.append((sandbox, found))
+    twins.ask(query(1, "allowed.lab"))  # the slow path answers, binds, offers and prepares
+    resolver.bindings.clear()
+    for port in (1000, 1001, 1002):
+        assert isinstance(resolver.answer_now(query(port, "allowed.lab"), (SANDBOX[0], port), "udp"), bytes)
+    assert offered == [("agent", [("93.184.216.34", 120)])] * 2
+    assert resolver.bindings.is_bound("agent", "allowed.lab", "93.184.216.34")
+    resolver.flush_reports()  # the read ends
+    resolver.bindings.clear()
+    assert isinstance(resolver.answer_now(query(7, "allowed.lab"), SANDBOX, "udp"), bytes)
+    assert len(offered) == 3 and resolver.bindings.is_bound("agent", "allowed.lab", "93.184.216.34")
+    assert resolver.fast.hits == 4

@@ -10,9 +10,12 @@ import socket
 import struct
 import termios
 
+import pytest
+
 from egress.decide import Reason
 from egress.detect import dns
 from egress.detect.names import NameLists
+from egress.dnsserver import listen
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.listen import SO_RXQ_OVFL, UdpServer, dropped_so_far, serve, size_receive_buffer
 from egress.dnsserver.resolver import Resolver, Upstream
@@ -129,3 +132,75 @@ def test_serve_listens_on_udp_and_tcp(tmp_path: pathlib.Path) -> None:
         assert asyncio.run(scenario()) == (dns.REFUSED, dns.REFUSED)
     finally:
         bindings.close()
+
+
+def _fast_resolver(tmp_path: pathlib.Path, reporter: Recorded) -> Resolver:
+    from tests.dnsserver.test_fast import Answering
+    from tests.dnsserver.test_resolver import POLICY as AGENT
+
+    policy = parse_policy(AGENT.replace("sources: [10.203.1.0/24]", "sources: [10.203.1.0/24, 127.0.0.0/8]"))
+    return Answering(policy, Upstream("192.0.2.53"), Bindings(tmp_path / "bindings.db"), reporter, NameLists([]))
+
+
+async def _ask_in_turn(server: UdpServer, count: int) -> None:
+    """``count`` queries for one name, each sent once the one before was answered (so each in a read of its own)."""
+    loop = asyncio.get_running_loop()
+    address = server.sock.getsockname()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
+        client.setblocking(False)
+        for ident in range(count):
+            await loop.sock_sendto(client, dns.build_query(ident, "allowed.lab", dns.A), address)
+            assert dns.parse(await loop.sock_recv(client, 4096)).id == ident
+
+
+def test_the_fast_paths_decisions_of_many_reads_are_reported_as_one_when_the_socket_closes(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reported `REPORT_AFTER` after the first of them (here: never by time), or at once when the socket closes."""
+    monkeypatch.setattr(listen, "REPORT_AFTER", 3600.0)
+    reporter = Recorded()
+    resolver = _fast_resolver(tmp_path, reporter)
+
+    async def scenario() -> list[int]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        server = UdpServer(resolver, sock)
+        await _ask_in_turn(server, 4)  # the first takes the slow path and prepares the answer
+        counts = [flow.count for flow in reporter.flows]
+        server.close()
+        return counts
+
+    try:
+        before_close = asyncio.run(scenario())
+    finally:
+        resolver.bindings.close()
+    assert resolver.fast.hits == 3
+    assert before_close == [1]
+    assert [(flow.host, flow.count) for flow in reporter.flows] == [("allowed.lab", 1), ("allowed.lab", 3)]
+
+
+def test_the_fast_paths_decisions_are_reported_after_a_moment_without_another_query(
+    tmp_path: pathlib.Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(listen, "REPORT_AFTER", 0.01)
+    reporter = Recorded()
+    resolver = _fast_resolver(tmp_path, reporter)
+
+    async def scenario() -> None:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        server = UdpServer(resolver, sock)
+        await _ask_in_turn(server, 3)
+
+        async def reported() -> bool:
+            assert sum(flow.count for flow in reporter.flows) == 3
+            return True
+
+        await eventually_async(reported, timeout=30.0)
+        server.close()
+
+    try:
+        asyncio.run(scenario())
+    finally:
+        resolver.bindings.close()
+    assert resolver.fast.hits == 2
