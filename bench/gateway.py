@@ -468,7 +468,8 @@ def squid_proxy(lab: Lab, workers: int) -> Iterator[str]:
 
 @contextlib.contextmanager
 def egress_gateway(lab: Lab, workers: int) -> Iterator[str]:
-    """The real gateway (`GatewayRun`), its Redis beside it; the lockdown table it leaves is removed after."""
+    """The real gateway (`GatewayRun`), its Redis beside it; the lockdown and guard tables it leaves are removed
+    after (the guard drops every sandbox packet once the supervisor is gone: a peer measured after it got none)."""
     from egress.lab import demo
     from egress.nft import runner
 
@@ -495,8 +496,9 @@ def egress_gateway(lab: Lab, workers: int) -> Iterator[str]:
         yield GATEWAY_SBX_V4
     finally:
         run.stop()
-        with contextlib.suppress(runner.NftError):
-            runner.delete_table("egress", netns=lab.gateway_ns)
+        for table in ("egress", "egress_guard"):  # the lockdown, and the guard that drops all once the gateway stops
+            with contextlib.suppress(runner.NftError):
+                runner.delete_table(table, netns=lab.gateway_ns)
 
 
 @contextlib.contextmanager
