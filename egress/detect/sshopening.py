@@ -88,6 +88,11 @@ OPENING_BURSTS: Final = 2 * OPENING_TURNS + 4
 `OPENING_TURNS` client turns and the server's answer to the SERVICE_REQUEST is the fourth burst from it."""
 
 
+OPENING_BYTES: Final = 32 * 1024
+"""Plaintext bytes of both sides up to the SERVICE_ACCEPT: identifications, KEXINITs, key exchange and reply with
+the largest common keys and groups (sntrup761, ML-KEM, 8192-bit DH with an RSA host key) come to under 12 KiB."""
+
+
 def by_turns(turns: Sequence[tuple[bool, int]]) -> Finding | None:
     """SSH's opening read from the sums of its turns (``turns`` up to the record just read, which is the
     server's), decided on the server's record that completes a SERVICE_ACCEPT of exactly the size of the

@@ -61,8 +61,10 @@ MAX_RECORDS: Final = 160
 SMALL: Final = 1024
 SSH_WINDOW, SSH_MATCHES, SSH_SIZES = 10, 8, 5
 RECORDS_CAP: Final = 8192
-"""Past `MAX_RECORDS`, records still read while SSH's opening may be under way (`sshopening.OPENING_BURSTS`): a
-client that cuts its opening into tiny records must not outlast the watch (only `sshopening.by_turns` runs then)."""
+"""Past `MAX_RECORDS`, records still read (not kept) while SSH's opening may be under way (at most
+`sshopening.OPENING_BURSTS` bursts, `sshopening.OPENING_BYTES`): a client that cuts its opening into tiny records
+must not outlast the watch; only `sshopening.by_turns` runs then, so a bulk transfer still ends the watch at
+`MAX_RECORDS` (its first 16 KiB records pass the byte bound at once) and goes to splice(2)."""
 ECHO_PAIRS, ECHO_KEY, ECHO_ANSWER = 8, 64, 128
 ECHO_GAP, ECHO_WITHIN = 0.020, 0.100
 """Seconds: a keystroke comes at least this long after the typist's previous record; its echo within this."""
@@ -131,7 +133,10 @@ class TlsShape:
     client_finished: bool = False
     records: list[Record] = field(default_factory=list)
     turns: list[tuple[bool, int]] = field(default_factory=list)
-    """(from client, plaintext bytes) of each burst of `records` (`sshopening.add_turn`)."""
+    """(from client, plaintext bytes) of each burst of the records read (`sshopening.add_turn`)."""
+    count: int = 0
+    """Application records read (`records` keeps the first `MAX_RECORDS`)."""
+    plaintext: int = 0
     found: list[Finding] = field(default_factory=list)
     """Every finding so far, each protocol once, in order."""
     done: bool = False
@@ -200,7 +205,8 @@ class TlsShape:
                 return  # the server's encrypted handshake
         size = length - (self.overhead if self.overhead is not None else 24)
         record = Record(from_client, max(size, 0), now)
-        self.records.append(record)
+        self.count += 1
+        self.plaintext += record.size
         sshopening.add_turn(self.turns, record)
         seen = {finding.protocol for finding in self.found}
         checks: tuple[Callable[[], Finding | None], ...] = (
@@ -210,17 +216,20 @@ class TlsShape:
             lambda: _tls_in_tls(self.records),
             lambda: _echo(self.records),
         )
-        if len(self.records) > MAX_RECORDS:
-            checks = checks[:1]  # only a tiny-record opening keeps the watch going this far
-        elif not self.suspicions:
-            checks = checks[:3]
+        if self.count > MAX_RECORDS:
+            checks = checks[:1]  # only an opening cut into tiny records keeps the watch going this far
+        else:
+            self.records.append(record)
+            checks = checks if self.suspicions else checks[:3]
         for check in checks:
             finding = check()
             if finding is not None and finding.protocol not in seen:
                 self.found.append(finding)
                 break
-        opening = len(self.turns) <= sshopening.OPENING_BURSTS and len(self.records) < RECORDS_CAP
-        if any(f.protocol not in SUSPECTED for f in self.found) or (len(self.records) >= MAX_RECORDS and not opening):
+        opening = len(self.turns) <= sshopening.OPENING_BURSTS and self.plaintext <= sshopening.OPENING_BYTES
+        if any(f.protocol not in SUSPECTED for f in self.found) or (
+            self.count >= MAX_RECORDS and (not opening or self.count >= RECORDS_CAP)
+        ):
             self.done = True
 
     def _ssh(self) -> Finding | None:
