@@ -153,3 +153,22 @@ def test_no_benign_connection_reads_as_ssh_turns(path: object) -> None:
                 hits.append(flow.name)
                 break
     assert hits == []
+
+
+def _fed(records: list[tuple[bool, int]]) -> TlsShape:
+    shape = TlsShape(suspicions=False)
+    for at, from_client, data in tls_stream([Record(side, size, float(i)) for i, (side, size) in enumerate(records)]):
+        shape.feed(from_client, data, at)
+    return shape
+
+
+def test_a_bulk_transfer_still_ends_the_watch_at_its_record_budget() -> None:
+    """The watch reads past `MAX_RECORDS` only while an opening may be under way: a download of 16 KiB records
+    ends it at the budget as before (the relay then moves its bytes with splice(2)); tiny records in few turns
+    keep it reading, up to `sshopening.OPENING_BYTES`."""
+    bulk = _fed([(True, 300)] + [(False, 16384)] * (MAX_RECORDS + 40))
+    assert bulk.done and bulk.count == MAX_RECORDS and len(bulk.records) == MAX_RECORDS
+    tiny = _fed([(True, 41)] + [(False, 10)] * (MAX_RECORDS + 40))
+    assert not tiny.done and tiny.count == MAX_RECORDS + 41 and len(tiny.records) == MAX_RECORDS
+    past = _fed([(True, 41)] + [(False, 10)] * (sshopening.OPENING_BYTES // 10 + 1))
+    assert past.done
