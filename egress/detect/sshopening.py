@@ -15,7 +15,8 @@ SERVICE_ACCEPT only after those. A relay sees the records in that causal order, 
   server never gets an encrypted packet). Random sizes meet it about once in 150,000 connections.
 - `by_turns` (any cutting): the sums of the last turns, each a burst (consecutive records of one direction; in
   lockstep a turn is one burst however its bytes were cut or coalesced): the client's key exchange turn (its
-  KEXINIT may ride with it) is 0 mod 8 bytes; the server's reply turn at least a reply and NEWKEYS; the client's
+  KEXINIT, or its tail, may ride with it) is 0 mod 8 bytes, or ends 0 mod 8 from where an earlier client turn
+  ended within an identification's length; the server's reply turn at least a reply and NEWKEYS; the client's
   next turn NEWKEYS and one encrypted SERVICE_REQUEST, ``16 + X`` with X 0 mod 4 in [40, 100] (its payload is
   17 bytes: X is 44 with chacha20-poly1305, 52 aes-gcm, 64 aes-ctr with hmac-sha2-256, 100 the largest, with an
   -etm hmac-sha2-512), and the server's answer, SERVICE_ACCEPT, whose payload is the same 17 bytes under the same
@@ -105,12 +106,14 @@ def by_turns(turns: Sequence[tuple[bool, int]]) -> Finding | None:
     service = switch - NEWKEYS
     if not (c1 and not s1 and c2) or accept != service or service % 4 or not SERVICE_MIN <= service <= SERVICE_MAX:
         return None
-    if kex % 8 or kex < KEX_MIN or reply < REPLY_MIN + NEWKEYS:
+    if kex < KEX_MIN or reply < REPLY_MIN + NEWKEYS:
         return None
     before = turns[:-4]
     if sum(1 for side, _ in before if side) > OPENING_TURNS:
         return None
     client = sum(size for side, size in before if side) + kex
+    if kex % 8 and not any((client - end) % 8 == 0 for end in _ident_ends(before)):
+        return None  # the clear packets end where the key exchange turn does: 0 mod 8 from the turn or the ident
     server = sum(size for side, size in before if not side)
     if client < IDENT_MIN + KEXINIT_MIN + KEX_MIN or server < IDENT_MIN + KEXINIT_MIN:
         return None
@@ -119,3 +122,17 @@ def by_turns(turns: Sequence[tuple[bool, int]]) -> Finding | None:
         "SERVICE_ACCEPT of the same size"
     )
     return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
+
+
+def _ident_ends(before: Sequence[tuple[bool, int]]) -> list[int]:
+    """The client's byte offsets at the end of its turns that could end its identification (at most
+    `IDENT_MAX`): the clear packets after it end 0 mod 8 from there, even when the client's KEXINIT was still
+    coming in when the server's KEXINIT passed (a wrapper dribbling it in tiny records: its tail then rides
+    in the key exchange turn)."""
+    ends, total = [], 0
+    for from_client, size in before:
+        if from_client:
+            total += size
+            if IDENT_MIN <= total <= IDENT_MAX:
+                ends.append(total)
+    return ends

@@ -172,3 +172,15 @@ def test_a_bulk_transfer_still_ends_the_watch_at_its_record_budget() -> None:
     assert not tiny.done and tiny.count == MAX_RECORDS + 41 and len(tiny.records) == MAX_RECORDS
     past = _fed([(True, 41)] + [(False, 10)] * (sshopening.OPENING_BYTES // 10 + 1))
     assert past.done
+
+
+def test_a_kexinit_dribbled_past_the_servers_kexinit_is_read_from_the_identification() -> None:
+    """A wrapper that sends the client's KEXINIT in tiny records is still sending it when the server's KEXINIT
+    passes (that part of the opening is not lockstep): the KEXINIT's tail rides in the key exchange turn (lab,
+    7-byte writes). The packets still end 0 mod 8 from the end of the identification's turn."""
+    turns = [(False, 498), (True, 41), (False, 41), (True, 500), (False, 1088), (True, 460 + 1208), (False, 1584)]
+    turns += [(True, 16 + 64), (False, 64)]
+    found = sshopening.by_turns(turns)
+    assert found is not None and found.protocol == "ssh-in-tls", found
+    turns[1], turns[3] = (True, 42), (True, 499)  # the same bytes, no turn ends 0 mod 8 before: not SSH
+    assert sshopening.by_turns(turns) is None
