@@ -23,13 +23,10 @@ encrypted record is its Finished; the server's encrypted records before it are i
   stunnel): an inner ClientHello record of exactly 517 bytes (a 512-byte padded hello and its header) answered by
   more than 1000 bytes. Measured: the 5 lab tunnels found, 0 of 19 recorded HTTPS sessions, and still 4% of
   exchanges of uniformly random sizes (40 B-20 KB): that is why it is only recorded.
-- ``ssh-in-tls``, first at SSH's opening (RFC 4253, one packet per record): the client's identification line
-  (at most 255 bytes, §4.2), then its KEXINIT and its key exchange message in the clear, where a binary packet is
-  a multiple of 8 bytes (§6), with the server's KEXINIT before the latter and its reply (host key and signature)
-  after, then NEWKEYS (16 bytes with the minimal padding) and a first encrypted packet of 0 mod 4 bytes (any
-  cipher). Decided on the record that carries that first encrypted packet (alone, or read together with NEWKEYS),
-  which is not forwarded: the server never gets an encrypted SSH packet. Random sizes meet it about once in
-  150,000 connections (a quarter of the records under 64 bytes). If the opening is hidden, SSH's packet sizes with
+- ``ssh-in-tls``, first at SSH's opening, read by `egress.detect.sshopening` two ways: one packet per record
+  (decided on the client's first encrypted packet), and from the sums of the two sides' turns, however the bytes
+  are cut into records (decided on the server's SERVICE_ACCEPT, which is not forwarded: no user authentication
+  starts). Neither forwards anything a shell needs. If the opening is hidden, SSH's packet sizes with
   the AEAD and encrypt-then-MAC ciphers OpenSSH uses (chacha20-poly1305, aes-gcm, *-etm) are a clear 4-byte
   length, a multiple of the cipher's block (8 or 16) and a 16- or 32-byte tag: ``4 (mod 8)`` bytes. Among the
   last 10 small records (plaintext under 1024 bytes) 8 or more are ``4 (mod 8)``, in 5 or more distinct sizes:
@@ -39,10 +36,11 @@ encrypted record is its Finished; the server's encrypted records before it are i
   20 ms after its previous one and the other side answers with at most 128 bytes within 100 ms: typing into a
   terminal (either side types: ``ssh -R`` puts the keyboard at the far end).
 
-Known gaps (docs/security.md, "Opaque streams"): record padding (TLS 1.3 allows it) or a wrapper that coalesces
-packets hides the SSH sizes; a line-mode shell (no echo) is a request-response exchange like any RPC. A pool's
-session inside TLS is not this watcher's: `egress.detect.miningshape` reads the same records for job pushes and
-share answers over the first minute; a few calls that then leave (no session shape) stay untold from RPC over TLS.
+Known gaps (docs/security.md, "Opaque streams"): record padding (TLS 1.3 allows it), SSH_MSG_IGNORE packets
+in the opening or a wrapper that holds bytes back across the peer's turns hide the SSH sizes (`sshopening`); a
+line-mode shell (no echo) is a request-response exchange like any RPC. A pool's session inside TLS is not this
+watcher's: `egress.detect.miningshape` reads the same records for job pushes and share answers over the first
+minute; a few calls that then leave (no session shape) stay untold from RPC over TLS.
 """
 
 from __future__ import annotations
@@ -53,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.detect import tls
+from egress.detect import sshopening, tls
 from egress.detect.base import MORE, Category, Finding, evidence
 
 NAME = "tlsshape"
@@ -62,11 +60,11 @@ MAX_RECORDS: Final = 160
 """Application records watched per connection; every shape above shows well before (lab: under 40)."""
 SMALL: Final = 1024
 SSH_WINDOW, SSH_MATCHES, SSH_SIZES = 10, 8, 5
-IDENT_MIN, IDENT_MAX, KEXINIT_MIN, KEX_MIN, REPLY_MIN, NEWKEYS = 8, 255, 256, 40, 128, 16
-"""SSH's opening (RFC 4253): an identification line of at most 255 bytes (§4.2), a KEXINIT (its name-lists make it
-hundreds of bytes), the key exchange's first message and NEWKEYS, all in the clear, where a binary packet is a
-multiple of 8 bytes (§6); NEWKEYS is 16 with the minimal padding every common implementation uses. The server's
-KEXINIT comes before the client's key exchange message, its reply (host key and signature) after it."""
+RECORDS_CAP: Final = 8192
+"""Past `MAX_RECORDS`, records still read (not kept) while SSH's opening may be under way (at most
+`sshopening.OPENING_BURSTS` bursts, `sshopening.OPENING_BYTES`): a client that cuts its opening into tiny records
+must not outlast the watch; only `sshopening.by_turns` runs then, so a bulk transfer still ends the watch at
+`MAX_RECORDS` (its first 16 KiB records pass the byte bound at once) and goes to splice(2)."""
 ECHO_PAIRS, ECHO_KEY, ECHO_ANSWER = 8, 64, 128
 ECHO_GAP, ECHO_WITHIN = 0.020, 0.100
 """Seconds: a keystroke comes at least this long after the typist's previous record; its echo within this."""
@@ -134,6 +132,11 @@ class TlsShape:
     overhead: int | None = None
     client_finished: bool = False
     records: list[Record] = field(default_factory=list)
+    turns: list[tuple[bool, int]] = field(default_factory=list)
+    """(from client, plaintext bytes) of each burst of the records read (`sshopening.add_turn`)."""
+    count: int = 0
+    """Application records read (`records` keeps the first `MAX_RECORDS`)."""
+    plaintext: int = 0
     found: list[Finding] = field(default_factory=list)
     """Every finding so far, each protocol once, in order."""
     done: bool = False
@@ -201,22 +204,32 @@ class TlsShape:
             if not from_client and not self.client_finished:
                 return  # the server's encrypted handshake
         size = length - (self.overhead if self.overhead is not None else 24)
-        self.records.append(Record(from_client, max(size, 0), now))
+        record = Record(from_client, max(size, 0), now)
+        self.count += 1
+        self.plaintext += record.size
+        sshopening.add_turn(self.turns, record)
         seen = {finding.protocol for finding in self.found}
         checks: tuple[Callable[[], Finding | None], ...] = (
-            lambda: _ssh_opening(self.records),
+            lambda: sshopening.by_turns(self.turns) if self.overhead is not None else None,
+            lambda: sshopening.by_record(self.records),
             self._ssh,
             lambda: _tls_in_tls(self.records),
             lambda: _echo(self.records),
         )
-        if not self.suspicions:
-            checks = checks[:2]
+        if self.count > MAX_RECORDS:
+            checks = checks[:1]  # only an opening cut into tiny records keeps the watch going this far
+        else:
+            self.records.append(record)
+            checks = checks if self.suspicions else checks[:3]
         for check in checks:
             finding = check()
             if finding is not None and finding.protocol not in seen:
                 self.found.append(finding)
                 break
-        if any(f.protocol not in SUSPECTED for f in self.found) or len(self.records) >= MAX_RECORDS:
+        opening = len(self.turns) <= sshopening.OPENING_BURSTS and self.plaintext <= sshopening.OPENING_BYTES
+        if any(f.protocol not in SUSPECTED for f in self.found) or (
+            self.count >= MAX_RECORDS and (not opening or self.count >= RECORDS_CAP)
+        ):
             self.done = True
 
     def _ssh(self) -> Finding | None:
@@ -228,28 +241,6 @@ class TlsShape:
             return None
         text = f"{len(aligned)} of the last {len(small)} small records are SSH packets (4 mod 8): {small}"
         return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
-
-
-def _ssh_opening(records: list[Record]) -> Finding | None:
-    """SSH's opening, one packet per record (see the module docstring), decided on the record that carries the
-    client's first encrypted packet, which is then not forwarded: the fifth (after NEWKEYS alone) or the fourth
-    (NEWKEYS and the next packet read together by the wrapper: 16 plus one small encrypted packet)."""
-    client = [record.size for record in records if record.from_client]
-    if len(client) not in (4, 5) or not records[-1].from_client:
-        return None
-    banner, kexinit, kex, newkeys = client[:4]
-    if len(client) == 5:
-        switched = newkeys == NEWKEYS and client[4] % 4 == 0
-    else:
-        switched = newkeys % 4 == 0 and NEWKEYS + 32 <= newkeys <= NEWKEYS + 144
-    clear = kexinit >= KEXINIT_MIN and kexinit % 8 == 0 and kex >= KEX_MIN and kex % 8 == 0
-    third = [index for index, record in enumerate(records) if record.from_client][2]
-    server = any(not r.from_client and r.size >= KEXINIT_MIN and r.size % 8 == 0 for r in records[:third])
-    server = server and any(not r.from_client and r.size >= REPLY_MIN for r in records[third:])
-    if not (IDENT_MIN <= banner <= IDENT_MAX and clear and switched and server):
-        return None
-    text = f"client records {client}: identification, KEXINIT, key exchange, NEWKEYS, then encrypted"
-    return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
 
 
 def _bursts(records: list[Record]) -> list[tuple[bool, int, int]]:

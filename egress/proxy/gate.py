@@ -267,6 +267,26 @@ class Gate:
             at = client.find(b"\x16\x03", at + 1)
         return -1
 
+    def unbound_hello(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision | None:
+        """A whole ClientHello in ``client`` (a raw stream to a host rule's port, after a plaintext opening) whose
+        name is not bound to the destination: judged at that hello as the front judges a direct TLS connection
+        (`_tls`, the same decision: refused with the front's reason, or let on with what it records), not left
+        to the inspection's cap (issue 9). None while there is none, or when its name is bound (`bound_hello_at`:
+        the TLS is watched instead); a network rule's destination is never asked (its rule names what it
+        speaks)."""
+        if network_rule_for(sandbox, meta.dst, meta.dport) is not None:
+            return None
+        names = self.names_for(sandbox.name, meta.dst)
+        at = client.find(b"\x16\x03")
+        while at >= 0:
+            hello = tls.parse_client_hello(client[at:])
+            if isinstance(hello, tls.ClientHello) and not hello.truncated:
+                if hello.sni is not None and hello.sni in names:
+                    return None
+                return self._tls(sandbox, meta, client[at:], True, hello)
+            at = client.find(b"\x16\x03", at + 1)
+        return None
+
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)
         inspector.feed_stream(True, client)

@@ -30,15 +30,29 @@ _HANDSHAKE_RECORD: Final = b"\x16\x03"
 """A TLS handshake record's type and the major version byte (RFC 8446 §5.1): where a server's TLS starts."""
 
 
+OnHello = Callable[[bytes], bool | None]
+"""Judges the client's bytes so far for a whole ClientHello whose name is not bound (`Gate.unbound_hello`) and
+records what the front would: None while there is none; True when it is refused (close); False when let on."""
+
+
 class Upgraded:
     """Feeds ``watch`` the TLS part of an inspected stream. ``hello_at``: the offset of a whole ClientHello that
-    names a bound host in the client's bytes so far, or -1 (`Gate.bound_hello_at`)."""
+    names a bound host in the client's bytes so far, or -1 (`Gate.bound_hello_at`); ``unbound``: the judgement
+    of one that names no bound host (`OnHello`)."""
 
-    __slots__ = ("watch", "hello_at", "cap", "client", "server", "client_tls", "server_tls", "hello", "_records")
+    __slots__ = (
+        "watch", "hello_at", "unbound", "judged", "cap", "client", "server", "client_tls", "server_tls", "hello",
+        "_records",
+    )  # fmt: skip
 
-    def __init__(self, watch: Watch, hello_at: Callable[[bytes], int], cap: int = STREAM_CAP) -> None:
+    def __init__(
+        self, watch: Watch, hello_at: Callable[[bytes], int], cap: int = STREAM_CAP, unbound: OnHello | None = None
+    ) -> None:
         self.watch = watch
         self.hello_at = hello_at
+        self.unbound = unbound
+        self.judged = False
+        """An unbound hello was judged and let on (report mode's would-block): not judged again."""
         self.cap = cap
         self.client = b""
         """The client's bytes while its TLS has not been found."""
@@ -68,7 +82,11 @@ class Upgraded:
             self.client += data
             at = self.hello_at(self.client)
             if at < 0:
-                return True
+                if self.unbound is None or self.judged:
+                    return True
+                refused = self.unbound(self.client)
+                self.judged = refused is not None
+                return not refused
             self.client_tls, self.hello, self.client = True, self.client[at:], b""
             self._records.feed(self.hello)
             return self.watch.passes(True, self.hello)

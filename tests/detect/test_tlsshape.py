@@ -130,12 +130,17 @@ def test_ssh_whose_newkeys_rides_with_the_next_packet_is_found_on_that_record(en
 
 
 def test_ssh_that_hides_its_opening_is_still_found_by_the_window() -> None:
-    """A KEXINIT read together with the identification hides the opening; the 4-mod-8 window still finds SSH at
-    the server's USERAUTH_SUCCESS."""
+    """A KEXINIT read together with the identification hides the one-packet-per-record opening: the turns still
+    show it (at the server's SERVICE_ACCEPT, egress.detect.sshopening); where they do not either (here an
+    accept that differs from the request, as with ciphers that differ per direction), the 4-mod-8 window finds
+    SSH at the server's USERAUTH_SUCCESS."""
     hidden = _with_sizes(traces.SSH_EXEC, {9: 58 + 1560, 13: None})
     found, at = _replay(hidden)
     assert found is not None and found.protocol == "ssh-in-tls", found
-    assert "small records" in found.evidence and at == 24  # the SUCCESS (this trace is one record shorter)
+    assert "SERVICE_ACCEPT" in found.evidence and at == 18, (at, found)  # the accept (one record shorter)
+    found, at = _replay(_with_sizes(hidden, {18: 61 + 8}))
+    assert found is not None and found.protocol == "ssh-in-tls", found
+    assert "small records" in found.evidence and at == 24  # the SUCCESS
 
 
 def test_random_openings_do_not_look_like_ssh() -> None:

@@ -14,7 +14,7 @@ from mitmproxy.proxy import commands, events
 from egress.decide import Enforcement, Reason
 from egress.detect.base import Finding
 from egress.lab import certs
-from egress.proxy.gate import flow_meta
+from egress.proxy.gate import Decision, Kind, flow_meta
 from egress.proxy.mitm.layers import InspectLayer
 from egress.proxy.upgraded import Upgraded, host_rule_watch
 from tests.proxy.mitm import ALLOWED_ADDRESS, SANDBOX_HOST, make_context, make_gate
@@ -67,16 +67,27 @@ def _wire(tmp_path: Path, sni: str, script: list[tuple[str, int]]) -> list[tuple
 
 
 class _Watched:
-    def __init__(self, mining_shape: str = "block") -> None:
+    def __init__(self, mining_shape: str = "block", mode: str = "enforce") -> None:
         extra = f"    detectors: {{mining_shape: {mining_shape}}}\n"
-        self.gate = make_gate(extra=extra)
+        self.gate = make_gate(mode=mode, extra=extra)
         sandbox = self.gate.sandbox(SANDBOX_HOST)
         assert sandbox is not None
         self.sandbox = sandbox
         self.findings: list[Finding] = []
-        meta = flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 443))
+        self.decisions: list[Decision] = []
+        """What an unbound hello was judged (`Gate.unbound_hello`), as the addon records it."""
+        self.meta = flow_meta((SANDBOX_HOST, 40000), (ALLOWED_ADDRESS, 443))
         watch = host_rule_watch(sandbox, self._found)
-        self.upgraded = Upgraded(watch, lambda client: self.gate.bound_hello_at(sandbox, meta, client))
+        self.upgraded = Upgraded(
+            watch, lambda client: self.gate.bound_hello_at(sandbox, self.meta, client), unbound=self._unbound
+        )
+
+    def _unbound(self, client: bytes) -> bool | None:
+        decision = self.gate.unbound_hello(self.sandbox, self.meta, client)
+        if decision is None:
+            return None
+        self.decisions.append(decision)
+        return decision.kind is Kind.REFUSE
 
     def _found(self, finding: Finding) -> bool:
         self.findings.append(finding)
@@ -117,13 +128,37 @@ def test_https_like_tls_after_a_plaintext_opening_passes(tmp_path: Path, opening
     assert watched.findings == []
 
 
-def test_tls_naming_an_unbound_host_is_not_watched(tmp_path: Path) -> None:
-    """Not TLS to a bound name: not exempt from the unidentified verdict either (`Gate.bound_tls_in`), so the
-    inspection's cap judges it; nothing for the watch."""
+@pytest.mark.parametrize("opening", [STARTTLS, BANNER], ids=["starttls", "server-banner"])
+def test_tls_naming_an_unbound_host_is_refused_at_its_hello_as_the_front_refuses_it(
+    tmp_path: Path, opening: tuple[bytes, bytes]
+) -> None:
+    """Not TLS to a bound name: judged at its hello by the front's decision, with the front's reason, and the
+    hello is not forwarded (before: left to the inspection's cap, its first 16 KiB crossed)."""
     wire = _wire(tmp_path, "unbound.test", SSH_IN_TLS)
     watched = _Watched()
-    assert watched.play(STARTTLS, wire) == len(wire)
+    assert watched.play(opening, wire) == 0, "the client's hello itself is not forwarded"
+    front = watched.gate.on_first_bytes(watched.sandbox, watched.meta, wire[0][1], b"", watching=True)
+    assert front.kind is Kind.REFUSE and front.verdict is not None
+    assert [(d.kind, d.verdict, d.host) for d in watched.decisions] == [(Kind.REFUSE, front.verdict, "unbound.test")]
     assert watched.findings == []
+
+
+def test_tls_naming_an_unbound_host_in_report_mode_is_recorded_once_and_passes(tmp_path: Path) -> None:
+    wire = _wire(tmp_path, "unbound.test", HTTPS_LIKE)
+    watched = _Watched(mode="report")
+    assert watched.play(STARTTLS, wire) == len(wire)
+    assert len(watched.decisions) == 1 and watched.decisions[0].kind is not Kind.REFUSE
+    verdict = watched.decisions[0].verdict
+    assert verdict is not None and verdict.action is Enforcement.WOULD_BLOCK, verdict
+
+
+def test_a_hello_split_over_chunks_is_judged_when_whole_and_a_plaintext_opening_never() -> None:
+    watched = _Watched()
+    hello = _client_hello("unbound.test")
+    assert watched.upgraded.passes(True, b"STARTTLS\r\n\x16\x03 not a hello\r\n")
+    assert watched.upgraded.passes(True, hello[:100]), "not whole yet"
+    assert not watched.upgraded.passes(True, hello[100:])
+    assert [d.kind for d in watched.decisions] == [Kind.REFUSE]
 
 
 def test_no_hello_within_the_cap_stops_the_search() -> None:
@@ -142,6 +177,7 @@ def test_the_addon_watches_an_inspected_stream_to_a_host_rules_port_only() -> No
         layer = addon._next_layer(context, STARTTLS[0], b"")
         assert isinstance(layer, InspectLayer)
         assert (layer.watch is not None) is watched, port
+        assert layer.watch is None or layer.watch.unbound is not None, "an unbound hello is judged at once"
 
 
 def test_the_inspect_layer_closes_both_sides_when_the_watch_says_so_and_forwards_nothing(tmp_path: Path) -> None:

@@ -323,8 +323,15 @@ class EgressAddon(NextLayer):
             self.record(context, sandbox, verdict, hello.sni or "" if isinstance(hello, tls.ClientHello) else "")
             return verdict.action is Enforcement.BLOCK
 
+        def unbound(client: bytes) -> bool | None:  # an unbound name is judged at its hello, as the front does
+            decision = gate.unbound_hello(sandbox, meta, client)
+            if decision is not None and decision.verdict is not None:
+                self.record(context, sandbox, decision.verdict, decision.host)
+            return None if decision is None else decision.kind is Kind.REFUSE
+
         gate = self.gate
-        upgraded = Upgraded(host_rule_watch(sandbox, on_finding), lambda c: gate.bound_hello_at(sandbox, meta, c))
+        watch = host_rule_watch(sandbox, on_finding)
+        upgraded = Upgraded(watch, lambda c: gate.bound_hello_at(sandbox, meta, c), unbound=unbound)
         return upgraded
 
     def _keep(self, context: Context, state: _Connection, meta: FlowMeta, decision: Decision) -> None:
