@@ -28,6 +28,25 @@ ANY_TLS = "198.18.10.3"
 SSH_OPTIONS = ("-o", "StrictHostKeyChecking=no", "-o", "UserKnownHostsFile=/dev/null", "-o", "BatchMode=yes",
                "-o", "ConnectTimeout=10", "-o", "ServerAliveInterval=2", "-o", "ServerAliveCountMax=3")  # fmt: skip
 
+SSH_SESSION = r"""
+import os, select, subprocess, sys, time
+shell = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+seen, deadline = b"", time.monotonic() + 20
+while b"#" not in seen and time.monotonic() < deadline and shell.poll() is None:
+    if select.select([shell.stdout], [], [], 0.2)[0]:
+        seen += os.read(shell.stdout.fileno(), 4096)
+if shell.poll() is None:
+    shell.stdin.write(b"echo typed-$((6*7))\n"); shell.stdin.flush()
+    while b"typed-42" not in seen and time.monotonic() < deadline and shell.poll() is None:
+        if select.select([shell.stdout], [], [], 0.2)[0]:
+            seen += os.read(shell.stdout.fileno(), 4096)
+print("shell", "answered" if b"typed-42" in seen else "silent", flush=True)
+print(seen[-400:].decode(errors="replace"), flush=True)
+shell.kill()
+"""
+"""An ssh session with a terminal (argv: the ssh command): waits for the prompt, types a command, prints whether
+the shell answered (the goal of the SSH-in-TLS techniques)."""
+
 SINK = """
 import socket, sys, threading
 host, port, speak = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1"

@@ -16,7 +16,7 @@ import pytest
 
 from tests.security.conftest import LabFactory
 from tests.security.harness import SecurityLab, report
-from tests.security.opaque_kit import ATTACK, POLICY, SSH_OPTIONS, Kit, start_servers, stunnel_client
+from tests.security.opaque_kit import ATTACK, POLICY, SSH_OPTIONS, SSH_SESSION, Kit, start_servers, stunnel_client
 
 pytestmark = pytest.mark.security
 
@@ -55,22 +55,6 @@ while True:
 """
 """The attacker's ProxyCommand between ssh and the local stunnel client."""
 
-SSH_SESSION = r"""
-import os, select, subprocess, sys, time
-shell = subprocess.Popen(sys.argv[1:], stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
-seen, deadline = b"", time.monotonic() + 20
-while b"#" not in seen and time.monotonic() < deadline and shell.poll() is None:
-    if select.select([shell.stdout], [], [], 0.2)[0]:
-        seen += os.read(shell.stdout.fileno(), 4096)
-if shell.poll() is None:
-    shell.stdin.write(b"echo typed-$((6*7))\n"); shell.stdin.flush()
-    while b"typed-42" not in seen and time.monotonic() < deadline and shell.poll() is None:
-        if select.select([shell.stdout], [], [], 0.2)[0]:
-            seen += os.read(shell.stdout.fileno(), 4096)
-print("shell", "answered" if b"typed-42" in seen else "silent", flush=True)
-print(seen[-400:].decode(errors="replace"), flush=True)
-shell.kill()
-"""
 
 CUTS = {
     # the first writes held until 512 bytes: the identification and KEXINIT in one record (what a loaded stunnel
