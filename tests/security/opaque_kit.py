@@ -16,10 +16,11 @@ import pathlib
 import subprocess
 import sys
 import textwrap
+import time
 from dataclasses import dataclass
 
 from egress.lab import certs
-from tests.security.harness import POLICIES, Attacker, SecurityLab
+from tests.security.harness import POLICIES, Attacker, SecurityLab, report
 
 POLICY = POLICIES / "opaque.yaml"
 ATTACK = "198.18.10.7"
@@ -151,6 +152,9 @@ def start_servers(lab: SecurityLab) -> Kit:
         PidFile none
         """)
     )
+    # sshd refuses to start without its privilege separation directory, which only the package's service unit
+    # makes (a host that installed openssh-server without starting it has none)
+    pathlib.Path("/run/sshd").mkdir(mode=0o755, exist_ok=True)
     sshd = lab.attacker("sshd", ["/usr/sbin/sshd", "-D", "-e", "-f", str(sshd_config)])
     sshd.wait_for(f"Server listening on {SSHD} port 2222")
     services = {
@@ -186,3 +190,37 @@ def stunnel_client(lab: SecurityLab, tools: Kit, name: str, local: int, remote: 
     client = lab.attacker(f"stunnel-{name}", ["stunnel4", str(conf)], where="sandbox")
     client.wait_for("Configuration successful")
     return client
+
+
+HTTPS_CLIENT = """
+import socket, ssl, sys
+context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+for path in ("/", "/user.pub", "/certs/"):
+    raw = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    with context.wrap_socket(raw, server_hostname=sys.argv[3]) as tls:
+        tls.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {sys.argv[3]}\\r\\n\\r\\n".encode())
+        print(tls.recv(65536).split(b"\\r\\n", 1)[0].decode())
+"""
+"""Three HTTPS requests with the SNI argv[3] to argv[1]:argv[2]; prints each status line."""
+
+
+def assert_benign_controls_pass(lab: SecurityLab, tools: Kit, row: str, *, curl: bool = False) -> None:
+    """The controls a module's blocks must not touch: TLS with a bound SNI (Python's client, and curl when
+    ``curl``), real SSH to the rule that expects ssh, plain HTTP. Each must get through, nothing to the kit's
+    addresses may be recorded blocked; one suite row ``{row}-<control>`` each."""
+    since = time.time()
+    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # the fixture's binding may have expired (TTL 60 s)
+    https = lab.sandbox_python(HTTPS_CLIENT, ATTACK, "8445", "ssh.lab")
+    results = {f"https{'-python' if curl else ''}": https.stdout.count("HTTP/1.0 200") == 3}
+    if curl:
+        fetched = lab.sandbox(["curl", "-sk", "--resolve", f"ssh.lab:8445:{ATTACK}", "https://ssh.lab:8445/user.pub"])
+        results["https-curl"] = fetched.stdout.startswith("ssh-ed25519")
+    ssh = lab.sandbox(["ssh", *SSH_OPTIONS, "-i", str(tools.user_key), "-p", "2222", f"root@{SSHD}", "echo ssh-ok"])
+    plain = lab.sandbox(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ATTACK}:8080/"])
+    results["ssh-expected"] = "ssh-ok" in ssh.stdout
+    results["plain-http"] = plain.stdout == "200"
+    blocked = [r for r in lab.records(since) if r.dst in {ATTACK, SSHD} and str(r.action) == "block"]
+    for name, passed in results.items():
+        report(f"{row}-{name}", "control", 0, passed, None, "must pass")
+    assert all(results.values()), (results, https.stdout, https.stderr, ssh.stderr[-500:])
+    assert blocked == [], blocked

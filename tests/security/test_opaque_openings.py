@@ -11,7 +11,7 @@ import pytest
 
 from tests.security.conftest import LabFactory
 from tests.security.harness import SecurityLab, report
-from tests.security.opaque_kit import ATTACK, POLICY, SSH_OPTIONS, SSHD, Kit, start_servers
+from tests.security.opaque_kit import ATTACK, POLICY, Kit, assert_benign_controls_pass, start_servers
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.security
@@ -93,37 +93,11 @@ def test_fully_encrypted_opening(opaque: tuple[SecurityLab, Kit], variant: str, 
     assert seen == "tunnel/unidentified-encrypted", seen
 
 
-HTTPS_CLIENT = """
-import socket, ssl, sys
-context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
-for path in ("/", "/user.pub", "/certs/"):
-    raw = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
-    with context.wrap_socket(raw, server_hostname=sys.argv[3]) as tls:
-        tls.sendall(f"GET {path} HTTP/1.1\\r\\nHost: {sys.argv[3]}\\r\\n\\r\\n".encode())
-        print(tls.recv(65536).split(b"\\r\\n", 1)[0].decode())
-"""
-
-
 def test_false_positives_pass(opaque: tuple[SecurityLab, Kit]) -> None:
-    """A real TLS client with a bound SNI, real SSH to a rule that expects ssh, plain HTTP: all through."""
-    lab, kit = opaque
-    since = time.time()
-    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # the fixture's binding may have expired (TTL 60 s)
-    https = lab.sandbox_python(HTTPS_CLIENT, ATTACK, "8445", "ssh.lab")
-    curl = lab.sandbox(["curl", "-sk", "--resolve", f"ssh.lab:8445:{ATTACK}", "https://ssh.lab:8445/user.pub"])
-    ssh = lab.sandbox(["ssh", *SSH_OPTIONS, "-i", str(kit.user_key), "-p", "2222", f"root@{SSHD}", "echo ssh-ok"])
-    plain = lab.sandbox(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ATTACK}:8080/"])
-    results = {
-        "https-python": https.stdout.count("HTTP/1.0 200") == 3,
-        "https-curl": curl.stdout.startswith("ssh-ed25519"),
-        "ssh-expected": "ssh-ok" in ssh.stdout,
-        "plain-http": plain.stdout == "200",
-    }
-    blocked = [r for r in lab.records(since) if r.dst in {ATTACK, SSHD} and str(r.action) == "block"]
-    for name, passed in results.items():
-        report(f"opaque/false-positive-{name}", "control", 0, passed, None, "must pass")
-    assert all(results.values()), (results, https.stdout, https.stderr, ssh.stderr[-500:])
-    assert blocked == [], blocked
+    """A real TLS client with a bound SNI (Python and curl), real SSH to a rule that expects ssh, plain HTTP: all
+    through."""
+    lab, tools = opaque
+    assert_benign_controls_pass(lab, tools, "opaque/false-positive", curl=True)
 
 
 # -- ports of a host rule (ssh.lab's 8452 and 8453: no network rule names them) -----------------------------------

@@ -13,8 +13,7 @@ import pytest
 
 from tests.security.conftest import LabFactory
 from tests.security.harness import SecurityLab, report
-from tests.security.opaque_kit import ATTACK, POLICY, SSH_OPTIONS, SSHD, Kit, start_servers
-from tests.security.test_opaque_openings import HTTPS_CLIENT
+from tests.security.opaque_kit import ATTACK, POLICY, Kit, assert_benign_controls_pass, start_servers
 
 pytestmark = pytest.mark.security
 
@@ -76,19 +75,5 @@ def test_fully_encrypted_proxy_request(opaque: tuple[SecurityLab, Kit], variant:
 
 def test_benign_controls_pass(opaque: tuple[SecurityLab, Kit]) -> None:
     """TLS with a bound SNI, SSH to a rule that expects ssh, plain HTTP: all through, nothing blocked."""
-    lab, kit = opaque
-    since = time.time()
-    lab.sandbox(["dig", "+short", "@10.203.1.1", "ssh.lab"])  # the fixture's binding may have expired (TTL 60 s)
-    https = lab.sandbox_python(HTTPS_CLIENT, ATTACK, "8445", "ssh.lab")
-    ssh = lab.sandbox(["ssh", *SSH_OPTIONS, "-i", str(kit.user_key), "-p", "2222", f"root@{SSHD}", "echo ssh-ok"])
-    plain = lab.sandbox(["curl", "-s", "-o", "/dev/null", "-w", "%{http_code}", f"http://{ATTACK}:8080/"])
-    results = {
-        "https": https.stdout.count("HTTP/1.0 200") == 3,
-        "ssh-expected": "ssh-ok" in ssh.stdout,
-        "plain-http": plain.stdout == "200",
-    }
-    blocked = [r for r in lab.records(since) if r.dst in {ATTACK, SSHD} and str(r.action) == "block"]
-    for name, passed in results.items():
-        report(f"opaque/proxy-control-{name}", "control", 0, passed, None, "must pass")
-    assert all(results.values()), (results, https.stdout, https.stderr, ssh.stderr[-500:])
-    assert blocked == [], blocked
+    lab, tools = opaque
+    assert_benign_controls_pass(lab, tools, "opaque/proxy-control")
