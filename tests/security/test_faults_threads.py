@@ -28,6 +28,7 @@ from egress.record.schema import AttemptRecord
 from tests.security.harness import SecurityLab, open_lab, report_fault
 from tests.security.test_faults import (
     ITERATIONS_AFTER,
+    LOAD_PRELUDE,
     _after,
     _gateway_alive,
     _iterations,
@@ -46,42 +47,26 @@ FIRST_PORT = 20000
 NAMES = {"drop-logger": "drop logger", "recorder": "recorder"}
 """The fault hook's value → the component's name in the supervisor's log."""
 
-LOAD = r"""
-import json, socket, sys, time
+LOAD = (
+    LOAD_PRELUDE
+    + r"""
 marker, udp_host, first_port = sys.argv[1], sys.argv[2], int(sys.argv[3])
-def dns(name):
-    q = b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00"
-    q += b"".join(bytes([len(p)]) + p.encode() for p in name.split(".")) + b"\x00\x00\x01\x00\x01"
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
-        s.settimeout(1); s.sendto(q, ("10.203.1.1", 53)); r = s.recv(512)
-    return "rcode%d" % (r[3] & 15)
-def tcp(host, port, data, want):
-    with socket.create_connection((host, port), timeout=1) as s:
-        s.settimeout(1); s.sendall(data); got = s.recv(4096)
-    return "ok" if want in got else "answer:%r" % got[:20]
 def udp(port):
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
         s.sendto(marker.encode(), (udp_host, port))
     return "sent"
-GET = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\nConnection: close\r\n\r\n"
 SUBSCRIBE = ('{"id":1,"method":"mining.subscribe","params":["%s"]}\n' % marker).encode()
 for n in range(100000):
-    start = time.time(); out = {}
-    tries = {
+    iteration(n, {
         "dns_allowed": lambda: dns("allowed.lab"),
         "http_allowed": lambda: tcp("198.18.10.1", 80, GET, b"200 OK"),
         "stratum": lambda: tcp("198.18.10.3", 3333, SUBSCRIBE, b"result"),
         "udp": lambda: udp(first_port + n),
         "dns_exfil": lambda: dns("n%d-%s.t.lab" % (n, marker)),
-    }
-    for name, try_ in tries.items():
-        try:
-            out[name] = try_()
-        except Exception as e:
-            out[name] = type(e).__name__
-    print(json.dumps({"n": n, "start": start, "end": time.time(), **out}), flush=True)
+    })
     time.sleep(0.2)  # under the kernel's per-destination log rate (10/s): every datagram is logged, none only counted
 """
+)
 
 
 def _judge(load_log: list[dict[str, object]], records: list[AttemptRecord]) -> tuple[list[int], list[int], list[str]]:
