@@ -45,7 +45,7 @@ from egress.detect import dns
 from egress.detect.base import Category, Finding, evidence
 from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker, question_key
 from egress.detect.names import NameLists
-from egress.dnsserver import answers, fast, forward
+from egress.dnsserver import answers, fast, forward, replies
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
@@ -110,32 +110,6 @@ def tunnel_limits(sandbox: Sandbox) -> DnsTunnelLimits:
         volume_subdomains=limits.volume_subdomains,
         hold=float(limits.tunnel_hold),
     )
-
-
-def problem_of(message: dns.Message) -> str:
-    """Why a query is not one standard question for a hostname (``""``: it is)."""
-    if message.problem:
-        return f"malformed ({message.problem})"
-    if message.is_response:
-        return "a response, not a query"
-    if message.opcode != 0:
-        return f"opcode {message.opcode}"
-    if message.qdcount != 1:
-        return f"{message.qdcount} questions"
-    question = message.questions[0]
-    if question.qclass != dns.IN:
-        return f"class {question.qclass}"
-    if question.hostname is None or not question.labels:
-        return "not a hostname"
-    return ""
-
-
-def _rcode(problem: str) -> int:
-    if problem.startswith("opcode"):
-        return dns.NOTIMP
-    if problem.startswith(("malformed", "a response")) or problem.endswith("questions"):
-        return dns.FORMERR
-    return dns.REFUSED
 
 
 class Resolver:
@@ -237,19 +211,19 @@ class Resolver:
         try:
             address = ipaddress.ip_address(source)
         except ValueError:
-            return _reply(message, dns.REFUSED)
+            return replies.empty(message, dns.REFUSED)
         shown = message.questions[0].name if message.questions else ""
         sandbox = self.policy.sandbox_for(address)
         if sandbox is None:
             refused = decide_unknown_source(source)
             record_id = self._report(client, transport, shown, refused, "")
             self.refused += 1
-            return _refusal(message, refused, forward.EDE_PROHIBITED, record_id)
-        problem = problem_of(message)
+            return replies.refusal(message, refused, forward.EDE_PROHIBITED, record_id)
+        problem = replies.problem_of(message)
         if problem:
             self._report(client, transport, shown, decide_dns_malformed(sandbox, shown, problem), sandbox.name)
             self.refused += 1
-            return _reply(message, _rcode(problem))
+            return replies.empty(message, replies.rcode_of(problem))
         question = message.questions[0]
         name = question.hostname or ""
         # Queries refused during a hold are recorded under the held base domain, so they count into one record.
@@ -259,8 +233,8 @@ class Resolver:
         if verdict.action is Enforcement.BLOCK:
             self.refused += 1
             if verdict.reason is not None and verdict.reason.value == "doh-canary":
-                return _reply(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
-            return _refusal(message, verdict, forward.EDE_BLOCKED, record_id)
+                return replies.empty(message, dns.NXDOMAIN)  # the canary must look like a name that does not exist
+            return replies.refusal(message, verdict, forward.EDE_BLOCKED, record_id)
         forwarded = forward.upstream_query(message, question, ident=0)
         asked = Asked(verdict, len(query), time.time()) if sandbox.flow_log and self.flows is not None else None
         plain = verdict.action is Enforcement.ALLOW and verdict.reason is None and verdict.finding is None
@@ -276,7 +250,7 @@ class Resolver:
         """The answer to a `Pending` query, once the upstream has answered (SERVFAIL if it did not)."""
         cached = await self._upstream_answer(pending.forwarded)
         if cached is None:
-            return _reply(pending.query, dns.SERVFAIL)
+            return replies.empty(pending.query, dns.SERVFAIL)
         p = pending
         return self._respond(p.sandbox, p.query, p.name, p.client, p.transport, cached, p.asked, p.ready)
 
@@ -302,7 +276,7 @@ class Resolver:
                 record_id = self._report(client, transport, name, judged.refused, sandbox.name)
                 if judged.refused.action is Enforcement.BLOCK:
                     self.refused += 1
-                    return _refusal(query, judged.refused, forward.EDE_BLOCKED, record_id)
+                    return replies.refusal(query, judged.refused, forward.EDE_BLOCKED, record_id)
             if judged.dropped:
                 self._report(client, transport, name, answers.dropped_verdict(sandbox, judged.dropped), sandbox.name)
             if judged.refused is not None or judged.dropped:
@@ -460,21 +434,6 @@ class Resolver:
 
 def sections_of(message: dns.Message) -> answers.Sections:
     return (message.answers, message.authorities, message.additionals)
-
-
-def _reply(query: dns.Message, rcode: int) -> bytes:
-    """The resolver's answer without records: the questions that could be read echoed, recursion available."""
-    return dns.build_response(query, rcode, recursion_available=True)
-
-
-def _refusal(query: dns.Message, verdict: Verdict, info_code: int, record_id: str = "") -> bytes:
-    """REFUSED, with an Extended DNS Error naming the reason, the rule and the record (``GET /v1/attempts/{id}``)
-    for a client that sent EDNS."""
-    reason = verdict.reason.value if verdict.reason is not None else "refused"
-    head, tail = f"egress: {reason} by ", f"; record {record_id}" if record_id else ""
-    rule = verdict.rule.encode("utf-8")[: forward.EDE_TEXT_MAX - len(head) - len(tail)]  # cut the rule, not the id
-    text = head + rule.decode("utf-8", "ignore") + tail
-    return forward.refusal(query, dns.REFUSED, info_code, text)
 
 
 async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from egress.decide import Enforcement, Reason, Verdict
 from egress.detect import dns
 from egress.dnsserver import forward
-from egress.dnsserver.resolver import _refusal
+from egress.dnsserver.replies import refusal
 from egress.record.naming import decision_id
 from tests.dnsserver.test_deny_reasons import extended_error, with_edns
 from tests.dnsserver.test_resolver import FakeUpstream, ask, flows, resolver  # noqa: F401
@@ -25,6 +25,6 @@ def test_the_refusal_names_the_record_of_the_decision(resolver: FakeUpstream) ->
 def test_a_long_rule_is_cut_the_record_id_never() -> None:
     query = dns.parse(with_edns(8, "blocked.lab"))
     verdict = Verdict(Enforcement.BLOCK, Reason.DNS_REFUSED, "sandboxes." + "x" * 300 + ".allow", "blocked.lab")
-    found = extended_error(dns.parse(_refusal(query, verdict, forward.EDE_BLOCKED, "0" * 26)))
+    found = extended_error(dns.parse(refusal(query, verdict, forward.EDE_BLOCKED, "0" * 26)))
     assert found is not None and found[1].endswith("; record " + "0" * 26)
     assert len(found[1].encode()) <= forward.EDE_TEXT_MAX
