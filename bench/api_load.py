@@ -380,3 +380,24 @@ def print_table(api: dict[str, dict[str, Result]], clients: int, workers: int) -
     mine = api.get("this tree", {})
     met = bool(mine) and all(result.quantile(99) < GOAL_P99_MS and not result.failures for result in mine.values())
     print(f"  goal p99 < {GOAL_P99_MS} ms each (this tree): {'met' if met else 'NOT met'}")
+
+
+def print_medians(rounds: list[dict[str, dict[str, Result]]]) -> None:
+    """Per tree and shape, the medians over the rounds of the API's and Redis's CPU per request and of p50 and p99:
+    the CPU is the figure that carries over a shared machine; the spread of the rounds says how far."""
+    print(
+        f"medians of {len(rounds)} rounds: CPU ms/request of the API, of redis-server (lowest-highest API); p50 / p99"
+    )
+    for shape in next(iter(rounds[0].values()), {}):
+        cells = []
+        for name in rounds[0]:
+            done = [api[name][shape] for api in rounds]
+            cpu = [result.cpu_ms_per_request for result in done]
+            redis_cpu = statistics.median(result.redis_cpu_ms_per_request for result in done)
+            p50 = statistics.median(result.quantile(50) for result in done)
+            p99 = statistics.median(result.quantile(99) for result in done)
+            cells.append(
+                f"{name}: {statistics.median(cpu):.2f} {redis_cpu:.2f} ({min(cpu):.2f}-{max(cpu):.2f}); "
+                f"{p50:.0f} / {p99:.0f}"
+            )
+        print(f"  {shape:<26} " + "    ".join(cells))

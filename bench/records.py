@@ -27,6 +27,7 @@ run with the same fill arguments: only the first run pays for the fill. On a sha
     python bench/records.py                 # the first run: about fifteen minutes
     python bench/records.py --skip-writes --api-requests 1000 --api-seconds 60   # the API on the kept store
     python bench/records.py --skip-writes --baseline /path/to/main/checkout --shapes list timeline
+    python bench/records.py --skip-writes --baseline /path/to/main/checkout --api-rounds 4   # alternated, medians
 """
 
 from __future__ import annotations
@@ -48,7 +49,7 @@ from collections.abc import Callable
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
 
-from bench.api_load import Result, load, load_lean, print_table, serve, warm  # noqa: E402
+from bench.api_load import Result, load, load_lean, print_medians, print_table, serve, warm  # noqa: E402
 from bench.record_dump import DUMP_DIR, DumpServer, filled_store  # noqa: E402
 from egress.gateway.recorder import BATCH  # noqa: E402
 from egress.record.layout import stream_key  # noqa: E402
@@ -181,6 +182,13 @@ def _arguments() -> argparse.Namespace:
     parser.add_argument("--httpx", action="store_true", help="httpx clients (as before) instead of the lean ones.")
     parser.add_argument("--baseline", type=pathlib.Path, help="Another checkout whose API is measured alike.")
     parser.add_argument(
+        "--api-rounds",
+        type=int,
+        default=1,
+        help="Rounds of the API's shapes, the trees in turn, their order reversed each round (the machine drifts); "
+        "with more than one, the medians over the rounds are printed last.",
+    )
+    parser.add_argument(
         "--refill", action="store_true", help=f"Fill the store anew even when a dump of it is kept in {DUMP_DIR}."
     )
     parser.add_argument("--shapes", nargs="+", choices=list(api_shapes(0.0)), help="Only these API request shapes.")
@@ -218,7 +226,7 @@ def main() -> int:
     simple, shaped, written, line = [float("nan")], [float("nan")], [float("nan")], ""
     if not args.skip_writes:
         simple, shaped, written, line = write_rounds(args)
-    api: dict[str, dict[str, Result]] = {}
+    rounds: list[dict[str, dict[str, Result]]] = []
     with tempfile.TemporaryDirectory(prefix="egress-bench-spool-") as spool:
 
         def fill_now(url: str, start: float) -> float:
@@ -240,18 +248,21 @@ def main() -> int:
             shapes = api_shapes(filled.end)
             if args.shapes:
                 shapes = {name: shapes[name] for name in args.shapes}
-            for name, tree in trees.items():
-                log = pathlib.Path(spool) / f"api-{len(api)}.log"
-                with serve(tree, server.url, args.api_workers, log, server.pid) as served:
-                    warm(served, shapes)
-                    api[name] = {
-                        shape: (
-                            load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
-                            if args.httpx
-                            else load_lean(served, path_of, args.clients, args.api_requests, args.api_seconds)
-                        )
-                        for shape, path_of in shapes.items()
-                    }
+            for number in range(max(1, args.api_rounds)):
+                api: dict[str, dict[str, Result]] = {}
+                for name, tree in list(trees.items())[:: -1 if number % 2 else 1]:
+                    log = pathlib.Path(spool) / f"api-{number}-{len(api)}.log"
+                    with serve(tree, server.url, args.api_workers, log, server.pid) as served:
+                        warm(served, shapes)
+                        api[name] = {
+                            shape: (
+                                load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
+                                if args.httpx
+                                else load_lean(served, path_of, args.clients, args.api_requests, args.api_seconds)
+                            )
+                            for shape, path_of in shapes.items()
+                        }
+                rounds.append({name: api[name] for name in trees})
 
     xadd_simple, xadd_shaped, rate = (statistics.median(values) for values in (simple, shaped, written))
     p50 = statistics.median(latencies) * 1000
@@ -271,7 +282,13 @@ def main() -> int:
         "query_p50_ms": round(p50, 2),
         "query_p99_ms": round(p99, 2),
         "records_per_query": round(per_query, 1),
-        "api": {name: {shape: result.summary() for shape, result in shapes.items()} for name, shapes in api.items()},
+        "api": {
+            name: {shape: result.summary() for shape, result in shapes.items()} for name, shapes in rounds[0].items()
+        },
+        "api_rounds": [
+            {name: {shape: result.summary() for shape, result in shapes.items()} for name, shapes in api.items()}
+            for api in rounds
+        ],
         "api_clients": args.clients,
         "api_workers": args.api_workers,
     }
@@ -285,7 +302,12 @@ def main() -> int:
     print(f"query: sandbox + 1-minute window, limit 100, on {args.fill:,} records in {entries:,} entries")
     print(f"  (written in {fill_s:.1f} s)  p50 {p50:.2f} ms   p99 {p99:.2f} ms   ({per_query:.0f} records per query)")
     print(f"  goal p99 < 50 ms: {'met' if p99 < 50 else 'NOT met'}")
-    print_table(api, args.clients, args.api_workers)
+    for number, api in enumerate(rounds):
+        if len(rounds) > 1:
+            print(f"round {number + 1} of {len(rounds)}")
+        print_table(api, args.clients, args.api_workers)
+    if len(rounds) > 1:
+        print_medians(rounds)
     if args.json_out:
         pathlib.Path(args.json_out).write_text(json.dumps(results, indent=2) + "\n")
     return 0
