@@ -29,6 +29,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Final
 
 from egress.detect import codings, tls
@@ -265,11 +266,19 @@ def payload(data: bytes, complete: bool = False) -> Payload:
 def read(view: FlowView, from_client: bool) -> Payload:
     """`payload` of one direction of ``view``, read incrementally: the flow keeps a `Reading` per direction in its
     ``memo``, so each prefix costs its new bytes, and every detector asking about the same prefix shares it."""
+    reading: Reading = _readings(view)[0 if from_client else 1]
+    data, complete = (view.client if from_client else view.server), view.complete
+    if data is reading.raw and complete == reading.complete:  # what `Reading.read` answers first, without the call
+        return reading.found
+    return reading.read(data, complete)
+
+
+def _readings(view: FlowView) -> tuple[Reading, Reading]:
+    """The view's (client, server) `Reading`, made at the first ask."""
     readings = view.memo.get(__name__)
     if not isinstance(readings, tuple):
         readings = view.memo[__name__] = (Reading(), Reading())
-    reading: Reading = readings[0 if from_client else 1]
-    return reading.read(view.client if from_client else view.server, view.complete)
+    return readings
 
 
 _INERT: Final = tuple(bytes((byte,)) for byte in b'\n,}": {[]\r\t')
@@ -325,7 +334,7 @@ class Reading:
     def decode(self, data: bytes) -> bytes:
         """`decode` of ``data``, of whose bytes only those from ``cut`` on are decoded now."""
         cut = self.cut
-        end = max(data.rfind(byte, cut) for byte in _INERT) + 1
+        end = max(map(data.rfind, _INERT, repeat(cut, len(_INERT)))) + 1  # data.rfind(byte, cut) for each, in C
         if end > cut:
             self.decoded += decode(data[cut:end])
             self.cut = cut = end
@@ -382,8 +391,11 @@ def drive(view: FlowView, match: Matcher) -> Result:
     There is no early give-up on a JSON-bearing or unrecognised stream: a benign first N calls, padding or junk
     do not make the rest clean. The engine's cap bounds the work and judges a flow still undecided there.
     """
-    client = read(view, True)
-    server = read(view, False)
+    first, second = _readings(view)  # `read` of each side, inline: every JSON-RPC detector asks both, every time
+    data, complete = view.client, view.complete
+    client = first.found if data is first.raw and complete == first.complete else first.read(data, complete)
+    data = view.server
+    server = second.found if data is second.raw and complete == second.complete else second.read(data, complete)
     if client.kind is Kind.NOT and server.kind is Kind.NOT:
         return None
     finding = match(client, server)
