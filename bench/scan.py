@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from dataclasses import dataclass
+from typing import BinaryIO
 
 HERE = pathlib.Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent))
@@ -60,20 +61,41 @@ def median(runs: list[Run]) -> Run:
 
 
 def halves(capture: pathlib.Path) -> tuple[pathlib.Path, pathlib.Path]:
-    """The capture's first and second half of its records, as two classic pcap files."""
+    """The capture's first and second half of its records, as two classic pcap files.
+
+    Streamed through a small buffer, never read whole: a child's peak RSS as wait4 reports it includes this
+    process's peak (Linux carries the parent's high-water mark through fork/vfork and exec), so a bench that held
+    the capture in memory reported its own size as every tool's peak RSS."""
     first, second = capture.with_suffix(".part1.pcap"), capture.with_suffix(".part2.pcap")
     if first.exists() and second.exists():
         return first, second
-    data = capture.read_bytes()
-    positions = []
-    pos = 24
-    while pos + 16 <= len(data):
-        positions.append(pos)
-        pos += 16 + struct.unpack_from("<I", data, pos + 8)[0]
-    middle = positions[len(positions) // 2]
-    first.write_bytes(data[:middle])
-    second.write_bytes(data[:24] + data[middle:])
+    with capture.open("rb") as source:
+        header = source.read(24)
+        count = 0
+        while len(record := source.read(16)) == 16:
+            source.seek(struct.unpack_from("<I", record, 8)[0], os.SEEK_CUR)
+            count += 1
+        source.seek(24)
+        for _ in range(count // 2):
+            record = source.read(16)
+            source.seek(struct.unpack_from("<I", record, 8)[0], os.SEEK_CUR)
+        middle = source.tell()
+        source.seek(0)
+        with first.open("wb") as out:
+            _copy(source, out, middle)
+        with second.open("wb") as out:
+            out.write(header)
+            _copy(source, out, capture.stat().st_size - middle)
     return first, second
+
+
+def _copy(source: BinaryIO, out: BinaryIO, length: int) -> None:
+    while length > 0:
+        block = source.read(min(length, 1 << 20))
+        if not block:
+            return
+        out.write(block)
+        length -= len(block)
 
 
 def tools(egress: str, ndpi: str | None, files: list[pathlib.Path]) -> dict[str, tuple[list[str], dict[str, str]]]:
