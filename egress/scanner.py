@@ -14,12 +14,13 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.capture.hot import Implementation, Records
+from egress.capture.hot import Fields, Implementation, Records
 from egress.capture.hot import implementation as _implementation
 from egress.capture.packet import (
     ACK,
     ECHO_REPLY,
     ICMP,
+    LINK_ETHERNET,
     SUPPORTED_LINKTYPES,
     SYN,
     TCP,
@@ -92,11 +93,14 @@ class _Pass:
     """One scan of one capture: the fast path over each batch, the full decode and the flows' inspection for the
     frames it does not skip. Findings are collected in `found`, which `Scanner.scan` empties after each batch."""
 
-    __slots__ = ("defrag", "detectors", "dns", "flows", "found", "impl", "ip_pairs", "packets", "path", "stats")
+    __slots__ = (
+        "defrag", "detectors", "dns", "flows", "found", "impl", "ip_pairs", "packets", "path", "segment", "stats"
+    )  # fmt: skip
 
     def __init__(self, path: str, stats: FileStats, scanner: Scanner) -> None:
         detectors = scanner.detectors
         self.impl = scanner.impl
+        self.segment = scanner.impl.segment
         self.path = path
         self.stats = stats
         self.detectors = detectors
@@ -174,9 +178,14 @@ class _Pass:
         for each in flow.inspector.findings:
             self._emit(each, flow.meta, flow.ts)
 
-    def _decode(self, ts: float, linktype: int, frame: bytes, index: int, depth: int) -> Segment | None:
+    def _decode(self, ts: float, linktype: int, frame: bytes, index: int, depth: int) -> Fields | None:
         """The frame's TCP, UDP or ICMP segment; ``None`` for anything else, which is dealt with here (another IP
-        protocol by `_ip`, a malformed frame counted)."""
+        protocol by `_ip`, a malformed frame counted). The compiled path reads the common frame (Ethernet, IPv4,
+        TCP or UDP, whole) itself (`egress.capture.hot.segment`), and hands every other to `decode`."""
+        if linktype == LINK_ETHERNET and self.segment is not None:
+            fields = self.segment(frame)
+            if fields is not None:
+                return fields
         try:
             segment = decode(linktype, frame, ts, self.defrag, any_protocol=True)
         except (Malformed, IndexError):

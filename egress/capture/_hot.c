@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define HOT_ABI 2 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
+#define HOT_ABI 3 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
 #ifndef HOT_SOURCE
 #define HOT_SOURCE "" /* setup.py defines it: the SHA-256 of this file, checked by hot.py against the source */
 #endif
@@ -198,7 +198,53 @@ static PyObject *sweep(PyObject *self, PyObject *args) {
     return PyLong_FromSsize_t(index);
 }
 
+/* segment(frame) -> (proto, src, dst, sport, dport, payload, flags, seq) or None
+ * packet.decode's TCP or UDP segment of an Ethernet frame (no VLAN tag) carrying unfragmented IPv4 whose headers
+ * are whole and consistent; None for every other frame, which the caller decodes in Python (and which raises
+ * there when it is malformed). Same offsets and clipping as packet.decode, _ipv4 and _transport. */
+static PyObject *segment(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "segment() wants bytes");
+        return NULL;
+    }
+    const unsigned char *f = (const unsigned char *)PyBytes_AS_STRING(arg);
+    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+    if (size < 34 || f[12] != 8 || f[13] != 0 || (f[14] >> 4) != 4)
+        Py_RETURN_NONE;
+    Py_ssize_t ihl = (Py_ssize_t)(f[14] & 0x0F) * 4, total = (Py_ssize_t)f[16] << 8 | f[17];
+    unsigned char proto = f[23];
+    if (ihl < 20 || total < ihl || (((f[20] << 8) | f[21]) & 0x3FFF) || (proto != 6 && proto != 17))
+        Py_RETURN_NONE;
+    Py_ssize_t end = 14 + total < size ? 14 + total : size;
+    Py_ssize_t start = 14 + ihl; /* the transport header; the body is f[start:end], empty when end <= start */
+    Py_ssize_t body = end > start ? end - start : 0;
+    const unsigned char *b = f + start;
+    Py_ssize_t from, to;
+    long flags = 0;
+    unsigned long seq = 0;
+    if (proto == 6) {
+        if (body < 20 || (b[12] >> 4) < 5)
+            Py_RETURN_NONE;
+        from = (Py_ssize_t)(b[12] >> 4) * 4;
+        to = body;
+        flags = b[13];
+        seq = (unsigned long)b[4] << 24 | (unsigned long)b[5] << 16 | (unsigned long)b[6] << 8 | b[7];
+    } else {
+        if (body < 8)
+            Py_RETURN_NONE;
+        Py_ssize_t length = (Py_ssize_t)b[4] << 8 | b[5];
+        from = 8;
+        to = length >= 8 && length < body ? length : body;
+    }
+    if (from > to)
+        from = to; /* a data offset past the body: an empty payload, as a Python slice gives */
+    return Py_BuildValue("(iy#y#iiy#lk)", (int)proto, (const char *)f + 26, (Py_ssize_t)4, (const char *)f + 30,
+                         (Py_ssize_t)4, (int)(b[0] << 8 | b[1]), (int)(b[2] << 8 | b[3]), (const char *)b + from,
+                         to - from, flags, seq);
+}
+
 static PyMethodDef methods[] = {
+    {"segment", segment, METH_O, "The TCP or UDP segment of a plain Ethernet IPv4 frame, or None."},
     {"frame_pcap", frame_pcap, METH_VARARGS, "Whole pcap records of a buffer: (pos, spans, stamps)."},
     {"frame_pcapng", frame_pcapng, METH_VARARGS, "Whole enhanced packet blocks of a buffer: (pos, spans, stamps)."},
     {"sweep", sweep, METH_VARARGS, "Skip the records judged on their raw bytes; the index of the next one."},

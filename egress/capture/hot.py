@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Final, Protocol
 
-ABI: Final = 2
+ABI: Final = 3
 """The compiled module's interface version (``HOT_ABI`` in _hot.c): a module built from another one is stale."""
 PURE_ENV: Final = "EGRESS_SCAN_PURE"
 
@@ -132,6 +132,35 @@ def sweep(
     return index
 
 
+Fields = tuple[int, bytes, bytes, int, int, bytes, int, int]
+"""A segment as `egress.capture.packet.Segment` holds it: proto, src, dst, sport, dport, payload, flags, seq."""
+
+
+class SegmentOf(Protocol):
+    def __call__(self, frame: bytes, /) -> Fields | None:
+        """See `segment`."""
+
+
+def segment(frame: bytes) -> Fields | None:
+    """Pure twin of _hot.segment: `egress.capture.packet.decode`'s TCP or UDP segment of an Ethernet frame (no VLAN
+    tag) carrying unfragmented IPv4 whose headers are whole and consistent; None for every other frame, which the
+    caller decodes in full (and which raises there when malformed). The scanner's pure path calls `decode`
+    directly; this twin is what tests/capture/test_hot.py holds the compiled one to, and it to `decode`."""
+    if len(frame) < 34 or frame[12] != 8 or frame[13] != 0 or frame[14] >> 4 != 4:
+        return None
+    ihl, total, proto = (frame[14] & 0x0F) * 4, (frame[16] << 8) | frame[17], frame[23]
+    if ihl < 20 or total < ihl or ((frame[20] << 8) | frame[21]) & 0x3FFF or proto not in (6, 17):
+        return None
+    body = frame[14 + ihl : min(14 + total, len(frame))]
+    if len(body) < (20 if proto == 6 else 8) or (proto == 6 and body[12] >> 4 < 5):
+        return None
+    src, dst, sport, dport = frame[26:30], frame[30:34], (body[0] << 8) | body[1], (body[2] << 8) | body[3]
+    if proto == 6:
+        return 6, src, dst, sport, dport, body[(body[12] >> 4) * 4 :], body[13], int.from_bytes(body[4:8])
+    length = (body[4] << 8) | body[5]
+    return 17, src, dst, sport, dport, body[8:length] if length >= 8 else body[8:], 0, 0
+
+
 @dataclass(frozen=True, slots=True)
 class Implementation:
     name: str
@@ -140,6 +169,9 @@ class Implementation:
     sweep: Sweep
     frame_pcapng: FramePcapng | None
     """``None`` for the pure path, whose pcapng framing is reader.py's block walk."""
+    segment: SegmentOf | None = None
+    """The common slow-path frame's segment before the full decode; ``None`` for the pure path, which decodes
+    every frame with `egress.capture.packet.decode`."""
 
 
 PURE: Final = Implementation("pure", frame_pcap, sweep, None)
@@ -170,7 +202,7 @@ def _compiled() -> Implementation | None:
     if why is not None:
         log.warning("egress.capture._hot is stale (%s): the pure path runs", why)
         return None
-    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng)
+    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng, module.segment)
 
 
 COMPILED: Final = _compiled()

@@ -176,7 +176,7 @@ class Message:
     additionals: tuple[Record, ...] = ()
     problem: str = ""
     """Why the message is not exactly what its header announced (cut short, malformed, over a cap, followed by
-    other bytes); empty when it is. Only `parse_partial` returns a message with a problem."""
+    other bytes); empty when it is. Only `parse_partial` and `parse_questions` return a message with a problem."""
 
     @property
     def qdcount(self) -> int:
@@ -259,6 +259,36 @@ def _read_record(data: bytes, pos: int) -> tuple[Record, int]:
     return Record(labels, rtype, ttl, rdata, rclass), end
 
 
+def _read_questions(data: bytes, qdcount: int, questions: list[Question]) -> int:
+    """Append the question section's questions to ``questions`` (those before an error stay); where it ends."""
+    pos = _HEADER.size
+    for _ in range(min(qdcount, MAX_QUESTIONS)):
+        labels, pos = _read_name(data, pos, len(data))
+        if pos + _QUESTION.size > len(data):
+            raise DnsError("question cut short")
+        questions.append(Question(labels, *_QUESTION.unpack_from(data, pos)))
+        pos += _QUESTION.size
+    if qdcount > MAX_QUESTIONS:
+        raise DnsError(f"{qdcount} questions")
+    return pos
+
+
+def parse_questions(data: bytes) -> Message | None:
+    """`parse_partial` of the header and the question section only, its records left unread (no answers): what a
+    reader of the asked names needs (`egress.detect.registry.DnsInspector` in the capture scanner). ``problem``
+    says why the questions stopped early, if they did; ``None`` when shorter than a header."""
+    if len(data) < _HEADER.size:
+        return None
+    ident, flags, qdcount = _HEADER.unpack_from(data)[:3]
+    questions: list[Question] = []
+    problem = ""
+    try:
+        _read_questions(data, qdcount, questions)
+    except DnsError as error:
+        problem = str(error)
+    return Message(ident, flags, tuple(questions), (), (), (), problem)
+
+
 def parse_partial(data: bytes) -> Message | None:
     """Parse one message (no TCP length prefix) as far as it goes; ``None`` when shorter than a header."""
     if len(data) < _HEADER.size:
@@ -267,16 +297,8 @@ def parse_partial(data: bytes) -> Message | None:
     questions: list[Question] = []
     sections: tuple[list[Record], list[Record], list[Record]] = ([], [], [])
     problem = ""
-    pos = _HEADER.size
     try:
-        for _ in range(min(qdcount, MAX_QUESTIONS)):
-            labels, pos = _read_name(data, pos, len(data))
-            if pos + _QUESTION.size > len(data):
-                raise DnsError("question cut short")
-            questions.append(Question(labels, *_QUESTION.unpack_from(data, pos)))
-            pos += _QUESTION.size
-        if qdcount > MAX_QUESTIONS:
-            raise DnsError(f"{qdcount} questions")
+        pos = _read_questions(data, qdcount, questions)
         budget = MAX_RECORDS
         for section, count in zip(sections, counts, strict=True):
             for _ in range(min(count, budget)):

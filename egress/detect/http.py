@@ -10,6 +10,10 @@ Public surface:
 - `looks_like_http_request(prefix)` / `looks_like_http_response(prefix)`: cheap tests on the first bytes.
 - `parse_request(prefix)` / `parse_response(prefix)`: a frozen head, ``None`` when the bytes are not HTTP/1.x, or
   `MORE` while the head is incomplete (up to `HEAD_MAX` bytes).
+
+Each parse keeps its last answer with the very bytes object it read (`_last_request`): the detectors of one flow all ask
+about the same ``view.client`` in turn (upgrade, CONNECT, circumvention, names, the opaque-stream test), and a
+second ask of the same object costs one identity test. Bytes are immutable, so the same object reads the same.
 """
 
 from __future__ import annotations
@@ -29,7 +33,8 @@ METHODS = frozenset(
 """RFC 9110 §9 methods plus the WebDAV ones (RFC 4918 §9, RFC 3253 §3.6, RFC 5323 §2)."""
 
 _LONGEST_METHOD = max(len(m) for m in METHODS)
-_TOKEN = frozenset(b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz")
+_TOKEN_BYTES = b"!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+"""RFC 9110 §5.6.2 tchar: a field name is made of these only (tested in C: `bytes.translate` deletes them)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -89,7 +94,7 @@ def _fields(lines: list[bytes]) -> dict[str, str] | None:
     headers: dict[str, str] = {}
     for line in lines:
         name, colon, value = line.partition(b":")
-        if not colon or not name or not all(ch in _TOKEN for ch in name):
+        if not colon or not name or name.translate(None, _TOKEN_BYTES):
             return None
         key = name.decode("ascii").lower()
         text = value.strip().decode("latin-1")
@@ -97,8 +102,33 @@ def _fields(lines: list[bytes]) -> dict[str, str] | None:
     return headers
 
 
+_last_request: list[tuple[object, HttpRequest | None | _More]] = [(object(), None)]
+"""`parse_request`'s last (input bytes object, answer), one item swapped whole: a reader in another thread sees a
+matching pair."""
+_last_response: list[tuple[object, HttpResponse | None | _More]] = [(object(), None)]
+
+
 def parse_request(prefix: bytes) -> HttpRequest | None | _More:
     """The request head at the start of a client stream prefix."""
+    last = _last_request[0]
+    if last[0] is prefix:
+        return last[1]
+    answer = _parse_request(prefix)
+    _last_request[0] = (prefix, answer)
+    return answer
+
+
+def parse_response(prefix: bytes) -> HttpResponse | None | _More:
+    """The response head at the start of a server stream prefix."""
+    last = _last_response[0]
+    if last[0] is prefix:
+        return last[1]
+    answer = _parse_response(prefix)
+    _last_response[0] = (prefix, answer)
+    return answer
+
+
+def _parse_request(prefix: bytes) -> HttpRequest | None | _More:
     if not looks_like_http_request(prefix):
         return MORE if len(prefix) <= _LONGEST_METHOD and _could_become(prefix, True) else None
     head = _head(prefix)
@@ -115,8 +145,7 @@ def parse_request(prefix: bytes) -> HttpRequest | None | _More:
     return HttpRequest(method, target, version, headers, body)
 
 
-def parse_response(prefix: bytes) -> HttpResponse | None | _More:
-    """The response head at the start of a server stream prefix."""
+def _parse_response(prefix: bytes) -> HttpResponse | None | _More:
     if not looks_like_http_response(prefix):
         return MORE if len(prefix) < 7 and _could_become(prefix, False) else None
     head = _head(prefix)

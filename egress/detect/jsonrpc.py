@@ -29,6 +29,7 @@ import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from itertools import repeat
 from typing import Final
 
 from egress.detect import codings, tls
@@ -61,6 +62,13 @@ _HTTP_STARTS: Final = (b"POST ", b"GET ", b"PUT ", b"HTTP/1.", b"OPTIONS ", b"PA
 _BLANK: Final = b" \t\r\n"
 _DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 """NUL and the byte-order marks of UTF-8, UTF-16 and UTF-32 (whose ASCII is the same bytes with NULs between)."""
+_LEAD: Final = re.compile(rb"[^ \t\r\n\x00]")
+"""The first byte that is neither blank nor NUL."""
+_MAY_OPEN: Final = frozenset((b"{", b"[", b"\\", b"\xef", b"\xff", b"\xfe"))
+"""First bytes (after blanks and NULs) of a body that may decode to JSON: the brackets, and the first bytes of
+what `decode` removes or rewrites (a byte-order mark, an escape). Any other first byte stays first once decoded:
+nothing before it can join it into a removed or rewritten sequence (blanks stay, NULs go), so such a body holds
+no JSON text for any reader and is not decoded (a long non-JSON HTTP body was decoded whole at each prefix)."""
 _ESCAPE: Final = re.compile(rb"\\u00([2-7][0-9a-fA-F])|\\/")
 _KEPT_ESCAPES: Final = frozenset({0x22, 0x5C, 0x7F})
 """``"`` and ``\\`` stay escaped (decoding them would change where strings end); DEL is not printable."""
@@ -175,11 +183,10 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
         if body and (coding := _field(head.lower(), b"content-encoding")):
             body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
             budget -= len(body)
-        body = decode(body)
-        solid = _first_solid(body)
-        if solid >= 0 and body[solid] in b"{[":
+        opened = _json_body(body)
+        if opened is not None:
             # A body known to be whole ends its last message, as a newline does on a raw stream.
-            bodies.append(body[solid:].rstrip() + b"\n" if whole else body[solid:])
+            bodies.append(opened.rstrip() + b"\n" if whole else opened)
             owners.append(len(heads) - 1)
         if whole and fixed:  # nothing after this message can change what was read of it
             settled = _Settled(pos, tuple(heads), tuple(bodies), tuple(owners), budget)
@@ -192,6 +199,17 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
         starts.append((len(text), owners[index]))
         text += body if body.endswith(b"\n") or index == len(bodies) - 1 else body + b"\n"
     return Payload(Kind.JSON, bytes(text), tuple(heads), body_starts=tuple(starts)), settled
+
+
+def _json_body(body: bytes) -> bytes | None:
+    """The decoded body from its first solid byte, when that byte opens JSON text; otherwise None, and a body whose
+    first byte cannot become such a byte (`_MAY_OPEN`) is not decoded."""
+    lead = _LEAD.search(body)
+    if lead is None or lead.group() not in _MAY_OPEN:
+        return None
+    body = decode(body)
+    solid = _first_solid(body)
+    return body[solid:] if solid >= 0 and body[solid] in b"{[" else None
 
 
 def _body(data: bytes, pos: int, head: bytes) -> tuple[bytes, int, bool, bool]:
@@ -265,11 +283,19 @@ def payload(data: bytes, complete: bool = False) -> Payload:
 def read(view: FlowView, from_client: bool) -> Payload:
     """`payload` of one direction of ``view``, read incrementally: the flow keeps a `Reading` per direction in its
     ``memo``, so each prefix costs its new bytes, and every detector asking about the same prefix shares it."""
+    reading: Reading = _readings(view)[0 if from_client else 1]
+    data, complete = (view.client if from_client else view.server), view.complete
+    if data is reading.raw and complete == reading.complete:  # what `Reading.read` answers first, without the call
+        return reading.found
+    return reading.read(data, complete)
+
+
+def _readings(view: FlowView) -> tuple[Reading, Reading]:
+    """The view's (client, server) `Reading`, made at the first ask."""
     readings = view.memo.get(__name__)
     if not isinstance(readings, tuple):
         readings = view.memo[__name__] = (Reading(), Reading())
-    reading: Reading = readings[0 if from_client else 1]
-    return reading.read(view.client if from_client else view.server, view.complete)
+    return readings
 
 
 _INERT: Final = tuple(bytes((byte,)) for byte in b'\n,}": {[]\r\t')
@@ -316,16 +342,16 @@ class Reading:
                 self.known, self.resume = (), 0
             calls, self.known, self.resume = read_methods(found.text, MAX_METHODS, self.known, self.resume, self.stable)
             if calls or complete:
-                found = dataclasses.replace(found, calls=tuple(calls), final=complete)
-        elif complete:
-            found = dataclasses.replace(found, final=True)
+                found = Payload(found.kind, found.text, found.heads, complete, found.body_starts, tuple(calls))
+        elif complete:  # `dataclasses.replace` of these two fields, without its generic walk over every field
+            found = Payload(found.kind, found.text, found.heads, True, found.body_starts, found.calls)
         self.found = found
         return self.found
 
     def decode(self, data: bytes) -> bytes:
         """`decode` of ``data``, of whose bytes only those from ``cut`` on are decoded now."""
         cut = self.cut
-        end = max(data.rfind(byte, cut) for byte in _INERT) + 1
+        end = max(map(data.rfind, _INERT, repeat(cut, len(_INERT)))) + 1  # data.rfind(byte, cut) for each, in C
         if end > cut:
             self.decoded += decode(data[cut:end])
             self.cut = cut = end
@@ -382,8 +408,11 @@ def drive(view: FlowView, match: Matcher) -> Result:
     There is no early give-up on a JSON-bearing or unrecognised stream: a benign first N calls, padding or junk
     do not make the rest clean. The engine's cap bounds the work and judges a flow still undecided there.
     """
-    client = read(view, True)
-    server = read(view, False)
+    first, second = _readings(view)  # `read` of each side, inline: every JSON-RPC detector asks both, every time
+    data, complete = view.client, view.complete
+    client = first.found if data is first.raw and complete == first.complete else first.read(data, complete)
+    data = view.server
+    server = second.found if data is second.raw and complete == second.complete else second.read(data, complete)
     if client.kind is Kind.NOT and server.kind is Kind.NOT:
         return None
     finding = match(client, server)

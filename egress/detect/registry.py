@@ -99,7 +99,8 @@ class DnsInspector:
         self._reported: set[tuple[str, Finding]] = set()
 
     def observe(self, client: str, message: bytes) -> Finding | None:
-        parsed = dns.parse_partial(message)
+        # The tracker and the name lists read the header and the questions only: the records are not parsed.
+        parsed = dns.parse_questions(message)
         return None if parsed is None else self.observe_message(client, parsed)
 
     def observe_message(self, client: str, parsed: dns.Message) -> Finding | None:

@@ -18,6 +18,11 @@ Public surface:
   read before, by the gate or another detector, is kept in the view's memo under `HELLO_MEMO`).
 - `cert_names(der)`: ``(issuer CN, subject CN)`` of one DER certificate, or ``None``.
 - `cert_alt_names(der)`: the DNS names of its subjectAltName extension (RFC 5280 §4.2.1.6).
+
+Each hello parse keeps its last answer with the very bytes object it read and the ``partial`` it was asked with:
+the detectors of one flow ask about the same ``view.client``/``view.server`` in turn (the JSON-RPC reader's
+hello test, Tor, circumvention, names, the opaque-stream test), and the same object reads the same (bytes are
+immutable), so a second ask costs one identity test.
 """
 
 from __future__ import annotations
@@ -220,8 +225,23 @@ def _first_message(prefix: bytes, kind: int, partial: bool) -> tuple[bytes, bool
     return body, truncated, stream, ended
 
 
+_last_client: list[tuple[object, bool, ClientHello | None | _More]] = [(object(), False, None)]
+"""`parse_client_hello`'s last (input bytes object, partial, answer), one item swapped whole: a reader in another
+thread sees a matching triple."""
+_last_server: list[tuple[object, bool, ServerHello | None | _More]] = [(object(), False, None)]
+
+
 def parse_client_hello(prefix: bytes, partial: bool = False) -> ClientHello | None | _More:
     """The ClientHello at the start of a client stream prefix."""
+    last = _last_client[0]
+    if last[0] is prefix and last[1] == partial:
+        return last[2]
+    answer = _parse_client_hello(prefix, partial)
+    _last_client[0] = (prefix, partial, answer)
+    return answer
+
+
+def _parse_client_hello(prefix: bytes, partial: bool) -> ClientHello | None | _More:
     first = _first_message(prefix, CLIENT_HELLO, partial)
     if not isinstance(first, tuple):
         return first
@@ -272,6 +292,15 @@ def client_hello_of(view: FlowView) -> ClientHello | None | _More:
 
 def parse_server_hello(prefix: bytes, partial: bool = False) -> ServerHello | None | _More:
     """The ServerHello (and, below TLS 1.3, the Certificate message after it) of a server stream prefix."""
+    last = _last_server[0]
+    if last[0] is prefix and last[1] == partial:
+        return last[2]
+    answer = _parse_server_hello(prefix, partial)
+    _last_server[0] = (prefix, partial, answer)
+    return answer
+
+
+def _parse_server_hello(prefix: bytes, partial: bool) -> ServerHello | None | _More:
     first = _first_message(prefix, SERVER_HELLO, partial)
     if not isinstance(first, tuple):
         return first

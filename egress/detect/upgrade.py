@@ -49,13 +49,30 @@ def switched(upgrade: str) -> Finding:
     return Finding(Category.TUNNEL, PROTOCOL, NAME, evidence(f"101 switching to {upgrade!r}"))
 
 
-def _heads(view: FlowView, from_client: bool) -> list[http.HttpRequest | http.HttpResponse]:
-    parsed: list[http.HttpRequest | http.HttpResponse] = []
-    for head in jsonrpc.read(view, from_client).heads:  # the heads the JSON-RPC detectors read of this prefix
-        message = (http.parse_response if head.startswith(b"HTTP/") else http.parse_request)(head + b"\r\n\r\n")
-        if isinstance(message, http.HttpRequest | http.HttpResponse):
-            parsed.append(message)
-    return parsed
+def _asks(head: bytes) -> Finding | None:
+    """The finding of one client head (request line and fields, without the blank line), if it asks to switch to
+    a protocol it may not. Each longer prefix of a stream asks again about every head, so the common head is
+    answered unparsed: one without the letters of ``upgrade`` in any case has no such field (field names are
+    ASCII tokens, lowercased by the parser), and `refused` of no field is None."""
+    if head.startswith(b"HTTP/") or b"upgrade" not in head.lower():
+        return None
+    message = http.parse_request(head + b"\r\n\r\n")
+    if not isinstance(message, http.HttpRequest):
+        return None
+    return refused(message.method, message.headers.get("upgrade"))
+
+
+def _switches(head: bytes) -> Finding | None:
+    """The finding of one server head, if it is a ``101`` switching to anything but a WebSocket (a ``101`` with no
+    ``Upgrade`` field too). Its status code sits between the first two spaces of the status line, so a head
+    without ``" 101"`` is no ``101``."""
+    if not head.startswith(b"HTTP/") or b" 101" not in head:
+        return None
+    message = http.parse_response(head + b"\r\n\r\n")
+    if not isinstance(message, http.HttpResponse) or message.status != 101:
+        return None
+    upgrade = message.headers.get("upgrade", "")
+    return None if tokens(upgrade) <= KNOWN else switched(upgrade)
 
 
 def detect(view: FlowView) -> Result:
@@ -68,14 +85,12 @@ def detect(view: FlowView) -> Result:
         return None
     if first is MORE:
         return None if view.complete else MORE
-    for message in _heads(view, True):
-        if isinstance(message, http.HttpRequest):
-            found = refused(message.method, message.headers.get("upgrade"))
-            if found is not None:
-                return found
-    for message in _heads(view, False):
-        if isinstance(message, http.HttpResponse) and message.status == 101:
-            upgrade = message.headers.get("upgrade", "")
-            if not tokens(upgrade) <= KNOWN:
-                return switched(upgrade)
+    for head in jsonrpc.read(view, True).heads:  # the heads the JSON-RPC detectors read of this prefix
+        found = _asks(head)
+        if found is not None:
+            return found
+    for head in jsonrpc.read(view, False).heads:
+        found = _switches(head)
+        if found is not None:
+            return found
     return None if view.complete else MORE

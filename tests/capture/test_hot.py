@@ -18,7 +18,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.capture import hot
+from egress.capture import hot, packet
+from egress.capture.reader import read_records
 from egress.detect.registry import DetectorSet, build_detectors
 from egress.flowtable import DONE
 from egress.scanner import FileStats, Scanner
@@ -153,6 +154,61 @@ def test_compiled_and_pure_pcap_framing_agree(
         assert hot.COMPILED.frame_pcap(buf, pos, big, 1, scale) == hot.frame_pcap(buf, pos, big, 1, scale)
 
 
+def _decoded(frame: bytes) -> tuple[object, ...] | None:
+    """What `packet.decode` makes of an Ethernet frame, as a plain tuple; the exception's type if it raises."""
+    try:
+        found = packet.decode(packet.LINK_ETHERNET, frame, 0.0, packet.Defragmenter(), any_protocol=True)
+    except (packet.Malformed, IndexError) as exc:
+        return (type(exc),)
+    return None if found is None else tuple(found)
+
+
+def _segment_agrees(frame: bytes) -> None:
+    """The compiled `segment` answers as its pure twin, and where either reads the frame, `decode` reads the same."""
+    assert hot.COMPILED is not None and hot.COMPILED.segment is not None
+    fields = hot.segment(frame)
+    assert hot.COMPILED.segment(frame) == fields
+    if fields is not None:
+        assert _decoded(frame) == fields
+
+
+_IPV4_TCP = bytes.fromhex(
+    "020000000002020000000001" "0800" "4500003c1c46400040060000" "0a000001" "0a000009"
+    "9c4001bb" "00000001" "00000000" "50180200" "00000000"
+) + b"GET / HTTP/1.1\r\n\r\n"  # fmt: skip
+_IPV4_UDP = bytes.fromhex(
+    "020000000002020000000001" "0800" "4500002a1c46000040110000" "0a000001" "0a000009" "d4310035" "00160000"
+) + b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\x00\x00"  # fmt: skip
+
+
+@compiled_only
+@needs_corpus
+def test_compiled_and_pure_segment_agree_on_every_corpus_frame() -> None:
+    """Every frame of both corpora, rewritten to Ethernet where it is not (as bench/build_capture.py does)."""
+    for path in _captures():
+        for records in read_records(str(path)):
+            for index in range(len(records)):
+                frame = records.frame(index)
+                if records.spans[3 * index + 2] == packet.LINK_ETHERNET:
+                    _segment_agrees(frame)
+
+
+@compiled_only
+@given(
+    base=st.sampled_from([_IPV4_TCP, _IPV4_UDP]),
+    edits=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=6),
+    cut=st.integers(0, 80),
+)
+@settings(max_examples=examples(400), deadline=None)
+def test_compiled_and_pure_segment_agree_on_damaged_frames(base: bytes, edits: list[tuple[int, int]], cut: int) -> None:
+    """Headers with other lengths, versions, fragment bits, protocols, offsets, and frames cut short anywhere."""
+    frame = bytearray(base)
+    for at, value in edits:
+        if at < len(frame):
+            frame[at] = value
+    _segment_agrees(bytes(frame[: len(frame) - cut] if cut < len(frame) else b""))
+
+
 def test_a_stale_build_is_refused() -> None:
     fresh = hot.COMPILED
     assert hot._stale(types.SimpleNamespace(ABI=hot.ABI + 1)) is not None
@@ -172,7 +228,8 @@ def test_the_pure_path_is_asked_for_by_argument_or_environment(monkeypatch: pyte
 _WITHOUT_MODULE = """
 import json, sys
 sys.modules["egress.capture._hot"] = None  # what a machine without a C compiler has: no module to import
-from egress.capture import hot
+from egress.capture import hot, packet
+from egress.capture.reader import read_records
 from egress.detect.registry import DetectorSet, build_detectors
 from egress.policy.lists import load_name_lists
 from egress.scanner import FileStats, Scanner

@@ -391,3 +391,18 @@ def test_every_dns_message_of_the_corpus_parses_and_re_encodes() -> None:
             assert dns.parse(dns.encode(message)) == message, path.name
             seen += 1
     assert seen > 900
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(messages, st.integers(0, 80), st.binary(max_size=8))
+def test_the_questions_alone_are_read_as_the_whole_parse_reads_them(message: Message, cut: int, tail: bytes) -> None:
+    """`parse_questions` (the scanner's DNS inspection) reads the header and questions of whole, cut and trailed
+    messages as `parse_partial` does, whatever follows them."""
+    wire = dns.encode(message)
+    for data in (wire, wire[: max(0, len(wire) - cut)], wire + tail, wire[:12] + tail):
+        whole, questions = dns.parse_partial(data), dns.parse_questions(data)
+        if whole is None or questions is None:
+            assert whole is questions is None
+            continue
+        assert (questions.id, questions.flags, questions.questions) == (whole.id, whole.flags, whole.questions)
+        assert questions.answers == questions.authorities == questions.additionals == ()

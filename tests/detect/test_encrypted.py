@@ -178,3 +178,11 @@ def test_the_answer_does_not_depend_on_how_the_server_s_bytes_were_cut() -> None
     cut = inspector.close()
     assert whole is not None and whole.protocol == "fully-encrypted"
     assert cut == whole
+
+
+@pytest.mark.parametrize("seed", range(8))
+def test_the_printable_share_counts_bytes_0x20_to_0x7e(seed: int) -> None:
+    data = random.Random(seed).randbytes(seed * 37)
+    expected = sum(1 for byte in data if 0x20 <= byte < 0x7F) / len(data) if data else 0.0
+    assert encrypted.printable_share(data) == expected
+    assert encrypted.printable_share(bytes(range(256))) == 95 / 256
