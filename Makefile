@@ -25,11 +25,12 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 
 unit: ## The fast loop: every test that needs neither root, the lab nor a browser, on both cores, a tenth of each fuzz budget (at least 10 examples).
 	@deploy/bootstrap.sh unit
-	# Two plain pytest processes side by side, each collecting half of the test modules (tests/run_halves.py,
-	# balanced by the CPU each module took, tests/unit_cpu.json), each in its own random order; their outputs one
-	# after the other, then one summary; the target fails if either half failed. Not xdist: its controller and a
-	# second collection of every module cost ~25 s of CPU (docs/testing.md). Bytecode caching on even where the
-	# shell turns it off: compiling mitmproxy and hypothesis again costs more than a tenth of the run.
+	# Three plain pytest processes side by side on the two cores (a third of each one's time its tests wait on
+	# processes they started), each collecting its part of the test modules (tests/run_halves.py, balanced by the
+	# CPU each module took, tests/unit_cpu.json), each in its own random order; their outputs one after the other,
+	# then one summary; the target fails if any part failed. Not xdist: its controller and a collection of every
+	# module per worker cost ~25 s of CPU (docs/testing.md). Bytecode caching on even where the shell turns it
+	# off: compiling mitmproxy and hypothesis again costs more than a tenth of the run.
 	env -u PYTHONDONTWRITEBYTECODE EGRESS_FUZZ_SCALE=0.1 $(BIN)/python -m tests.run_halves -q -m "$(UNIT_TESTS) and not fuzz"
 
 security: ## The security suite: every technique, fault and fuzz run (tests/security/), then its one table.

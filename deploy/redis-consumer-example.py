@@ -85,6 +85,8 @@ def main() -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
+    # A read waits for new entries at most 1 s, and never longer than the idle limit: the stop comes on time.
+    block = max(1, min(1000, int(args.exit_when_idle * 1000))) if args.exit_when_idle else 1000
     pending = True  # first drain what this consumer was given but never acknowledged (id "0")
     last_refresh = 0.0
     idle_since = time.monotonic()
@@ -102,7 +104,7 @@ def main() -> int:
             for key in streams:
                 replies += client.xreadgroup(args.group, args.consumer, {key: position}, count=args.batch) or []
         else:
-            replies = client.xreadgroup(args.group, args.consumer, streams, count=args.batch, block=1000) or []
+            replies = client.xreadgroup(args.group, args.consumer, streams, count=args.batch, block=block) or []
         got = 0
         for key, entries in replies:
             ids = []
@@ -116,6 +118,7 @@ def main() -> int:
                 got += len(ids)
         if pending and not got:
             pending = False
+            idle_since = time.monotonic()  # idle from the first wait for new entries, not from the start
         if cluster and not got and not pending:
             time.sleep(0.2)
         if got:

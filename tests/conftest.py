@@ -10,7 +10,8 @@
 - Isolation: a test that leaves an ``EGRESS_*`` environment variable changed fails (`_environment_kept`): the
   processes later tests start inherit the environment, so a leak makes the suite depend on its order.
 - Redis: `redis_factory` gives each test module that asks for it a factory of redis-servers of its own
-  (tests/redis_server.py), stopped at the end of the module; `redis_server` is one such server for the module.
+  (tests/redis_server.py), stopped at the end of the module; `redis_server` is one such server for the module. A
+  Cluster comes ready-started from the process's `ClusterSpares` (Redis makes a new master wait 2 s).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ import pytest
 
 from tests.corpus import missing_in_ci
 from tests.needs import e2e_missing, in_ci, redis_missing, root_missing, unavailable
-from tests.redis_server import RedisFactory, RedisServer
+from tests.redis_server import ClusterSpares, RedisFactory, RedisServer
 from tests.waiting import eventually, scaled
 
 __all__ = ["eventually", "scaled"]
@@ -89,12 +90,24 @@ def _environment_kept() -> Iterator[None]:
         pytest.fail(f"the test left the environment changed: {', '.join(changed)} (restore it, e.g. monkeypatch)")
 
 
+@pytest.fixture(scope="session")
+def _cluster_spares() -> Iterator[ClusterSpares]:
+    """This process's next Redis Cluster, started ahead of the test that takes it (tests/redis_server.py)."""
+    spares = ClusterSpares()
+    try:
+        yield spares
+    finally:
+        spares.cleanup()
+
+
 @pytest.fixture(scope="module")
-def redis_factory() -> Iterator[RedisFactory]:
-    """Starts redis-servers (unix sockets) and Clusters (loopback ports verified to be theirs) for this module."""
+def redis_factory(_cluster_spares: ClusterSpares) -> Iterator[RedisFactory]:
+    """Starts redis-servers (unix sockets) and Clusters (loopback ports verified to be theirs) for this module; a
+    Cluster of masters was started ahead (`ClusterSpares`, the first one when the first module asked for Redis)."""
     if reason := redis_missing():
         unavailable(reason)
-    factory = RedisFactory()
+    _cluster_spares.prepare()
+    factory = RedisFactory(_cluster_spares)
     try:
         yield factory
     finally:

@@ -1,9 +1,10 @@
-"""One half of the test modules, for tests/run_halves.py (`make unit`): which modules this pytest process collects,
-and, on request, the CPU each module cost (the runner balances the halves by it).
+"""One part of the test modules, for tests/run_halves.py (`make unit`, three parts; the names say "half" from when
+there were two): which modules this pytest process collects, and, on request, the CPU each module cost (the
+runner balances the parts by it).
 
 ``--half I --half-plan PLAN``: PLAN is a JSON object mapping a test module's path (relative to the rootdir, e.g.
-``tests/api/test_app.py``) to the half (0 or 1) that runs it. This process collects only the modules of half I; a
-module the plan does not name belongs to half 0. So the two halves are complements by construction: a module the
+``tests/api/test_app.py``) to the part (0, 1, ...) that runs it. This process collects only the modules of part I;
+a module the plan does not name belongs to part 0. So the parts are complements by construction: a module the
 plan forgot still runs, once, and a module is never imported by both (no double collection).
 
 ``--cpu-per-module PATH`` writes, at the end, a JSON object: each module's CPU seconds (user + system, this process
@@ -32,8 +33,8 @@ def is_test_module(path: pathlib.Path) -> bool:
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("egress halves (tests/run_halves.py)")
-    group.addoption("--half", type=int, default=None, help="collect only the test modules of this half (0 or 1)")
-    group.addoption("--half-plan", default=None, help="JSON: test module path -> half (unnamed modules: half 0)")
+    group.addoption("--half", type=int, default=None, help="collect only the test modules of this part (0, 1, ...)")
+    group.addoption("--half-plan", default=None, help="JSON: test module path -> part (unnamed modules: part 0)")
     group.addoption("--cpu-per-module", default=None, help="write each test module's CPU seconds (JSON) here")
 
 

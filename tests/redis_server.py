@@ -7,7 +7,9 @@ mistaken for ours. Data is persisted in an AOF that Redis writes before it answe
 server restarts with every write it acknowledged (the kernel holds them). The AOF is never fsynced: that guards
 only against the machine itself crashing, which no test does, and costs milliseconds per write.
 `RedisFactory` starts servers and Clusters and stops them all (by their own PIDs) at the end; the conftest hands one
-factory to each test module that asks for Redis.
+factory to each test module that asks for Redis. A Cluster of masters comes from `ClusterSpares` when the factory
+has one (the conftest's: one per test process): started ahead, so that Redis's 2 s before a new master accepts
+writes passes while other tests run.
 """
 
 from __future__ import annotations
@@ -219,7 +221,9 @@ class RedisServer:
         self.process = None
 
     def cleanup(self) -> None:
-        self.stop()
+        """Gone for good, data and all: SIGKILL (a SIGTERM waits up to 0.1 s for Redis's next timer tick to act on
+        it, for data that is deleted next: ~0.1 s of every test that had a server of its own)."""
+        self.kill()
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def command(self, *words: str) -> str:
@@ -249,8 +253,9 @@ class RedisFactory:
     """Starts servers and Clusters on demand; `cleanup` stops every one it started (own PIDs) and removes their
     directories."""
 
-    def __init__(self) -> None:
+    def __init__(self, spares: ClusterSpares | None = None) -> None:
         self._servers: list[RedisServer] = []
+        self._spares = spares
 
     def server(self, *, tcp: bool = False) -> RedisServer:
         made = RedisServer(tcp=tcp)
@@ -263,6 +268,11 @@ class RedisFactory:
         `FAILOVER_NODE_TIMEOUT_MS` (Redis's default is 15 s), so a failover test does not wait a quarter minute."""
         if REDIS_CLI is None:
             raise RuntimeError("redis-cli is not installed")
+        if not replicas and self._spares is not None and masters == self._spares.masters:
+            nodes = self._spares.take()
+            self._servers.extend(nodes)
+            _wait_joined(nodes)
+            return nodes
         nodes = []
         for _ in range(masters * (1 + replicas)):
             node = RedisServer(cluster=True, node_timeout_ms=FAILOVER_NODE_TIMEOUT_MS if replicas else None)
@@ -270,6 +280,7 @@ class RedisFactory:
             nodes.append(node.start())
         if not replicas:
             _join_masters(nodes)
+            _wait_joined(nodes)
             return nodes
         addresses = [f"127.0.0.1:{node.port}" for node in nodes]
         subprocess.run(
@@ -294,18 +305,69 @@ class RedisFactory:
             self._servers.pop().cleanup()
 
 
+class ClusterSpares:
+    """The next Cluster of masters, started and joined before a test asks for it (one per test process).
+
+    A Redis Cluster master refuses to turn its state ``ok`` until 2 s after it started (Redis's
+    ``CLUSTER_WRITABLE_DELAY``: a rebooted master gives its peers time to reconfigure it first), so every Cluster a
+    test built cost it 2 s of waiting. Here that wait passes while other tests run: `take` hands over the Cluster
+    started earlier (each test still gets a fresh Cluster of its own, never one another test used) and starts the
+    next one at once. The nodes are joined right after they start, inside those 2 s: a node left alone longer
+    counts itself in a minority and then waits a further ``cluster-node-timeout`` (capped at 5 s) after joining.
+    `cleanup` stops the one nobody took (by its PIDs)."""
+
+    def __init__(self, masters: int = 3) -> None:
+        self.masters = masters
+        self._next: list[RedisServer] = []
+
+    def prepare(self) -> None:
+        """Start the next Cluster now if none is on its way (cheap: a few redis-server processes, no waiting)."""
+        if not self._next:
+            self._next = _started_masters(self.masters)
+
+    def take(self) -> list[RedisServer]:
+        """The Cluster started earlier (joined, maybe not ``ok`` yet), now the caller's to stop; the next one starts."""
+        self.prepare()
+        taken, self._next = self._next, []
+        self.prepare()
+        return taken
+
+    def cleanup(self) -> None:
+        while self._next:
+            self._next.pop().cleanup()
+
+
+def _started_masters(count: int) -> list[RedisServer]:
+    nodes: list[RedisServer] = []
+    try:
+        for _ in range(count):
+            nodes.append(RedisServer(cluster=True).start())
+        _join_masters(nodes)
+    except BaseException:
+        for node in nodes:
+            node.cleanup()
+        raise
+    return nodes
+
+
 def _join_masters(nodes: list[RedisServer]) -> None:
-    """Make ``nodes`` one Cluster of masters, each with an even share of the slots, and wait for state ``ok``.
+    """Make ``nodes`` one Cluster of masters, each with an even share of the slots (`_wait_joined` waits for state
+    ``ok``).
 
     What ``redis-cli --cluster create`` does without replicas, minus its one-second polls: each node takes its
-    slots and a distinct config epoch, the first meets the others, and gossip spreads the rest."""
+    slots and a distinct config epoch, and each meets every other (no waiting for gossip to spread them)."""
     share = CLUSTER_SLOTS // len(nodes)
     for index, node in enumerate(nodes):
         last = CLUSTER_SLOTS - 1 if index == len(nodes) - 1 else (index + 1) * share - 1
         _ok(node, "CLUSTER", "ADDSLOTSRANGE", str(index * share), str(last))
         _ok(node, "CLUSTER", "SET-CONFIG-EPOCH", str(index + 1))
-    for node in nodes[1:]:
-        _ok(nodes[0], "CLUSTER", "MEET", "127.0.0.1", str(node.port))
+    for index, node in enumerate(nodes):
+        for other in nodes[index + 1 :]:
+            _ok(node, "CLUSTER", "MEET", "127.0.0.1", str(other.port))
+
+
+def _wait_joined(nodes: list[RedisServer]) -> None:
+    """Until every node of a Cluster of masters says state ``ok`` and knows every master with its slots."""
     eventually(lambda: all(_knows_all(node, len(nodes)) for node in nodes), timeout=scaled(30), interval=0.02)
 
 

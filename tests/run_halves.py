@@ -1,18 +1,22 @@
-"""`make unit`'s runner: the tests in two plain pytest processes side by side, one per core, each collecting only its
-half of the test modules; then one summary line and one exit status for both.
+"""`make unit`'s runner: the tests in three plain pytest processes side by side on the two cores (`PROCESSES`), each
+collecting only its part of the test modules; then one summary line and one exit status for all. (Named for the
+two halves it began with.)
 
-    python -m tests.run_halves [--record-cpu] [pytest arguments...]
+    python -m tests.run_halves [--record-cpu] [--processes=N] [pytest arguments...]
 
 Why not pytest-xdist: its controller cost ~13 s of CPU (three reports a test received and unpickled), and every
 worker imported every test module to collect it (~10 s each: mitmproxy, fastapi, schemathesis, hypothesis), so
-the two cores paid collection twice. Here each module is imported by one process only (tests/halves.py ignores
-the other half's modules before importing them), and a test costs pytest's own overhead once.
+the cores paid collection once per worker. Here each module is imported by one process only (tests/halves.py
+ignores the other parts' modules before importing them), and a test costs pytest's own overhead once. Why three
+processes on two cores: a third of a process's wall time its tests wait on processes they started (an API with
+two uvicorn workers, `scan --jobs`, a proxy worker, a Redis restarted); a third process uses the core meanwhile,
+for ~5 s more CPU of imports (docs/testing.md).
 
-The halves are balanced by each module's measured CPU, kept in tests/unit_cpu.json (``--record-cpu`` measures it
+The parts are balanced by each module's measured CPU, kept in tests/unit_cpu.json (``--record-cpu`` measures it
 again on this run and rewrites the file); a module it does not list counts as its number of tests times the
-average cost of a test. Each half runs in its own random order (pytest-randomly: each prints its seed). Their
-outputs are kept apart: each half's whole output is printed when it ends, under a heading that names it. The exit
-status is the first half's failure, else the second's; 5 (no tests) only if neither half ran a test.
+average cost of a test. Each part runs in its own random order (pytest-randomly: each prints its seed). Their
+outputs are kept apart: each part's whole output is printed when it ends, under a heading that names it. The exit
+status is the first failing part's; 5 (no tests) only if no part ran a test.
 """
 
 from __future__ import annotations
@@ -33,7 +37,9 @@ from tests.halves import is_test_module
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 CPU_FILE = ROOT / "tests" / "unit_cpu.json"
-HALVES = 2
+PROCESSES = 3
+"""pytest processes side by side: three on two cores, as a third of each process's time is spent waiting on the
+processes and servers its tests start (another's tests use the core meanwhile); docs/testing.md has the figures."""
 NO_TESTS = 5  # pytest's exit status when nothing was collected (or everything deselected)
 _TEST = re.compile(r"^\s*(?:async\s+)?def test_", re.MULTILINE)
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -58,7 +64,7 @@ def weights(modules: list[str], measured: dict[str, float], root: pathlib.Path =
     return {name: measured[name] if name in measured else tests[name] * per_test for name in modules}
 
 
-def plan(expected: dict[str, float], halves: int = HALVES) -> dict[str, int]:
+def plan(expected: dict[str, float], halves: int = PROCESSES) -> dict[str, int]:
     """Longest first, each module to the half with the least so far (ties to the lower half): deterministic."""
     totals = [0.0] * halves
     assigned = {}
@@ -97,14 +103,15 @@ def combined_status(statuses: list[int]) -> int:
 
 
 def summary(finished: list[Finished]) -> str:
+    """One line for every part: the counts added up, then each part's wall and CPU."""
     counts: dict[str, int] = {}
     for half in finished:
         for word, number in half.counts().items():
             counts[word] = counts.get(word, 0) + number
     order = ["failed", "errors", "passed", "skipped", "deselected", "xfailed", "xpassed", "warnings", "rerun"]
     said = ", ".join(f"{counts[word]} {word}" for word in order if counts.get(word)) or "no tests ran"
-    each = "; ".join(f"half {half.half + 1}: {half.wall:.1f} s wall, {half.cpu:.1f} s CPU" for half in finished)
-    return f"both halves: {said} ({each})"
+    each = "; ".join(f"part {half.half + 1}: {half.wall:.1f} s wall, {half.cpu:.1f} s CPU" for half in finished)
+    return f"all {len(finished)} parts: {said} ({each})"
 
 
 def _start(
@@ -124,6 +131,7 @@ def _start(
 def _wait(
     started: dict[int, subprocess.Popen[bytes]], outputs: dict[int, IO[bytes]], modules: dict[int, int]
 ) -> list[Finished]:
+    parts = len(started)
     """Each half as it ends: its status, CPU (its own and its children's, from wait4) and whole output, printed."""
     began, finished, interrupted = time.monotonic(), [], False
     while started:
@@ -141,25 +149,26 @@ def _wait(
         output = outputs[half].read().decode(errors="replace")
         cpu = usage.ru_utime + usage.ru_stime
         finished.append(Finished(half, status, cpu, time.monotonic() - began, output))
-        print(f"\n===== half {half + 1} of {HALVES}: {modules[half]} modules, exit status {status} =====", flush=True)
+        print(f"\n===== part {half + 1} of {parts}: {modules[half]} modules, exit status {status} =====", flush=True)
         sys.stdout.write(output)
         sys.stdout.flush()
     return sorted(finished, key=lambda done: done.half)
 
 
-def run(args: list[str], record_cpu: bool = False, root: pathlib.Path = ROOT) -> int:
-    """The tests of the checkout at ``root`` in two halves; pytest's exit status for both (see the docstring)."""
+def run(args: list[str], record_cpu: bool = False, root: pathlib.Path = ROOT, processes: int = PROCESSES) -> int:
+    """The tests of the checkout at ``root`` in ``processes`` parts (two: halves); pytest's exit status for all
+    (see the docstring)."""
     cpu_file = root / CPU_FILE.relative_to(ROOT)
     measured = json.loads(cpu_file.read_text()) if cpu_file.exists() else {}
-    assigned = plan(weights(module_paths(root), measured, root))
-    modules = {half: sum(chosen == half for chosen in assigned.values()) for half in range(HALVES)}
+    assigned = plan(weights(module_paths(root), measured, root), processes)
+    modules = {half: sum(chosen == half for chosen in assigned.values()) for half in range(processes)}
     with tempfile.TemporaryDirectory(prefix="egress-halves-") as scratch, contextlib.ExitStack() as files:
         plan_file = os.path.join(scratch, "plan.json")
         pathlib.Path(plan_file).write_text(json.dumps(assigned))
         started: dict[int, subprocess.Popen[bytes]] = {}
         outputs: dict[int, IO[bytes]] = {}
         cpu_files: dict[int, str | None] = {}
-        for half in range(HALVES):
+        for half in range(processes):
             outputs[half] = files.enter_context(open(os.path.join(scratch, f"half{half}.out"), "w+b"))
             cpu_files[half] = os.path.join(scratch, f"cpu{half}.json") if record_cpu else None
             started[half] = _start(root, half, plan_file, args, outputs[half], cpu_files[half])
@@ -186,7 +195,9 @@ def _record(cpu_files: dict[int, str | None], into: pathlib.Path) -> None:
 
 def main(argv: list[str]) -> int:
     record_cpu = "--record-cpu" in argv
-    return run([arg for arg in argv if arg != "--record-cpu"], record_cpu)
+    processes = next((int(arg.partition("=")[2]) for arg in argv if arg.startswith("--processes=")), PROCESSES)
+    args = [arg for arg in argv if arg != "--record-cpu" and not arg.startswith("--processes=")]
+    return run(args, record_cpu, processes=processes)
 
 
 if __name__ == "__main__":

@@ -359,7 +359,7 @@ def test_the_consumer_group_example_streams_the_same_json_lines(
     server: RedisServer, store: RecordStore, written: list[AttemptRecord]
 ) -> None:
     example = Path(__file__).resolve().parents[1] / "deploy" / "redis-consumer-example.py"
-    command = [sys.executable, str(example), "--redis-url", server.url, "--from-start", "--exit-when-idle", "1"]
+    command = [sys.executable, str(example), "--redis-url", server.url, "--from-start", "--exit-when-idle", "0.3"]
     first = subprocess.run(command, capture_output=True, text=True, timeout=scaled(60), check=True)
     events = run(server, "events", "--json").output.splitlines()
     assert sorted(first.stdout.splitlines()) == sorted(events)

@@ -1,4 +1,4 @@
-"""tests/run_halves.py and tests/halves.py (`make unit`): every module in exactly one half, the halves balanced, one
+"""tests/run_halves.py and tests/halves.py (`make unit`): every module in exactly one part, the parts balanced, one
 summary and the right exit status."""
 
 from __future__ import annotations
@@ -14,11 +14,12 @@ from tests import halves, run_halves
 
 def test_every_module_is_in_exactly_one_half_and_the_halves_are_balanced() -> None:
     expected = {f"tests/test_{index}.py": float(index % 7 + 1) for index in range(40)}
-    assigned = run_halves.plan(expected)
-    assert assigned.keys() == expected.keys() and set(assigned.values()) == {0, 1}
-    totals = [sum(expected[name] for name in assigned if assigned[name] == half) for half in (0, 1)]
-    assert abs(totals[0] - totals[1]) <= max(expected.values())
-    assert run_halves.plan(dict(reversed(expected.items()))) == assigned  # the same plan in both processes
+    for parts in (2, run_halves.PROCESSES):
+        assigned = run_halves.plan(expected, parts)
+        assert assigned.keys() == expected.keys() and set(assigned.values()) == set(range(parts))
+        totals = [sum(expected[name] for name in assigned if assigned[name] == part) for part in range(parts)]
+        assert max(totals) - min(totals) <= max(expected.values())
+        assert run_halves.plan(dict(reversed(expected.items())), parts) == assigned  # the same plan in every process
 
 
 def test_a_module_not_measured_counts_its_tests_at_the_measured_average(tmp_path: pathlib.Path) -> None:
@@ -65,20 +66,22 @@ def test_the_summary_adds_up_both_halves() -> None:
     )
     second = run_halves.Finished(1, 0, 1.5, 2.5, "10 passed, 2 skipped, 3 deselected, 2 warnings in 2.1s (0:00:02)\n")
     said = run_halves.summary([first, second])
-    assert said.startswith("both halves: 1 failed, 20 passed, 2 skipped, 3 deselected, 3 warnings (half 1: 2.0 s")
+    assert said.startswith("all 2 parts: 1 failed, 20 passed, 2 skipped, 3 deselected, 3 warnings (part 1: 2.0 s")
 
 
 def test_a_failure_in_one_half_fails_the_run_and_both_halves_run(
     tmp_path: pathlib.Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """The real runner on a checkout of two modules, one failing: two pytest processes, one module each (also when
-    the modules are named on the command line)."""
+    """The real runner on a checkout of three modules, one failing: three pytest processes (`PROCESSES`), one
+    module each (also when the modules are named on the command line)."""
+    assert run_halves.PROCESSES == 3
     (tmp_path / "tests").mkdir()
     (tmp_path / "tests" / "test_fails.py").write_text("def test_fails():\n    assert 1 == 2\n")
     (tmp_path / "tests" / "test_passes.py").write_text("def test_passes():\n    pass\n\ndef test_too():\n    pass\n")
+    (tmp_path / "tests" / "test_also.py").write_text("def test_also():\n    pass\n")
     monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")  # hypothesis's and others': ~1 s of CPU a process
-    named = ["tests/test_fails.py", "tests/test_passes.py"]  # named, so collected without pytest_ignore_collect
+    named = ["tests/test_fails.py", "tests/test_passes.py", "tests/test_also.py"]  # named: no pytest_ignore_collect
     assert run_halves.run(["-q", "-p", "no:cacheprovider", *named], root=tmp_path) == 1
     out = capsys.readouterr().out
-    assert out.count("===== half ") == 2 and "half 1 of 2: 1 modules" in out and "half 2 of 2: 1 modules" in out
-    assert "both halves: 1 failed, 2 passed (half 1" in out
+    assert out.count("===== part ") == 3 and all(f"part {n} of 3: 1 modules" in out for n in (1, 2, 3))
+    assert "all 3 parts: 1 failed, 3 passed (part 1" in out

@@ -134,11 +134,19 @@ def fault_hook(
 class ResolverPart:
     name = "resolver"
 
-    def __init__(self, build: Callable[[], Resolver], port: int, clock: Callable[[], float] = time.monotonic) -> None:
-        """``build``: a new `Resolver` under the policy in force."""
+    def __init__(
+        self,
+        build: Callable[[], Resolver],
+        port: int,
+        clock: Callable[[], float] = time.monotonic,
+        probe_wait: float = PROBE_WAIT,
+    ) -> None:
+        """``build``: a new `Resolver` under the policy in force; ``probe_wait``: how long a probe query waits for
+        its answer (`PROBE_WAIT`)."""
         self.build = build
         self.port = port
         self.clock = clock
+        self.probe_wait = probe_wait
         self.resolver: Resolver | None = None
         self.handles: list[object] = []
         self.answers = Answers(clock())
@@ -155,7 +163,7 @@ class ResolverPart:
     async def check(self) -> str | None:
         if self.resolver is None:
             return "not running"
-        if await ask(self.port):
+        if await ask(self.port, self.probe_wait):
             self.answers.answered(self.clock())
         now = self.clock()
         if self.answers.hung(now):

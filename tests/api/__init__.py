@@ -79,7 +79,10 @@ class ApiServer:
     `stop` ends it within seconds."""
 
     def __init__(self, app: FastAPI) -> None:
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        # IPPROTO_TCP, not 0: asyncio turns Nagle off (TCP_NODELAY) only on connections accepted from a socket whose
+        # protocol says TCP. With Nagle on, uvicorn's body waited for the ACK of its headers, which the client
+        # delays by 40 ms: 44 ms a request instead of 1.
+        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
         self.socket.bind(("127.0.0.1", 0))
         self.port = int(self.socket.getsockname()[1])
         config = uvicorn.Config(app, log_level="warning", timeout_graceful_shutdown=2, lifespan="on")

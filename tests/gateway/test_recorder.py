@@ -47,14 +47,21 @@ def _by_dst(reporter: RecordReporter) -> dict[str, AttemptRecord]:
     return {record.dst: record for record in records}
 
 
-def test_a_first_attempt_and_its_repeats_reach_redis_without_a_flush(reporter: RecordReporter) -> None:
-    for index in range(30):
-        reporter.report(_flow("203.0.113.9", T0 + index / 100))
-    # Never flushed nor closed, as a process killed now: the record comes at the next tick, its repeats within
-    # the update interval.
-    record = eventually(lambda: _by_dst(reporter).get("203.0.113.9"), timeout=5)
-    assert record is not None and record.first_ts == T0
-    eventually(lambda: _by_dst(reporter)["203.0.113.9"].count == 30, timeout=5)
+def test_a_first_attempt_and_its_repeats_reach_redis_without_a_flush(server: RedisServer, tmp_path: Path) -> None:
+    now = [1000.0]  # the recorder's monotonic clock: its update interval passes when the test says, not in 1 s
+    reporter = RecordReporter(server.url, "gw1", str(tmp_path / "spool"), "proxy-0", clock=lambda: now[0])
+    try:
+        for index in range(30):
+            reporter.report(_flow("203.0.113.9", T0 + index / 100))
+        # Never flushed nor closed, as a process killed now: the record comes at the next tick, its repeats once
+        # the update interval has passed.
+        record = eventually(lambda: _by_dst(reporter).get("203.0.113.9"), timeout=5)
+        assert record is not None and record.first_ts == T0
+        now[0] += recorder_module.UPDATE_SECONDS
+        eventually(lambda: _by_dst(reporter)["203.0.113.9"].count == 30, timeout=5)
+    finally:
+        reporter.close()
+        reporter.store.close()
 
 
 def test_close_writes_every_repeat_it_holds(server: RedisServer, tmp_path: Path) -> None:

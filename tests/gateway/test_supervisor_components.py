@@ -32,6 +32,7 @@ from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import load_version
 from tests.lists import shipped_lists
 from tests.redis_server import RedisFactory
+from tests.waiting import scaled
 
 POLICY = """version: 1
 sandboxes:
@@ -110,7 +111,7 @@ def test_the_resolver_answers_its_probe_is_noticed_hung_and_comes_back_after_a_r
         built.append(Resolver(policy, Upstream("127.0.0.1", 9), bindings, reporter, lists))
         return built[-1]
 
-    part = ResolverPart(build, _free_port(), clock)
+    part = ResolverPart(build, _free_port(), clock, probe_wait=scaled(0.25))  # a hung one is waited on twice
 
     async def scenario() -> None:
         assert await part.check() == "not running"

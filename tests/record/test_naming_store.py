@@ -12,6 +12,7 @@ import pytest
 
 from egress.decide import Enforcement, Reason, Verdict
 from egress.decisions import DecidedFlow
+from egress.gateway import recorder as recorder_module
 from egress.gateway.recorder import RecordReporter
 from egress.record.naming import named
 from egress.record.query import get_attempt
@@ -22,16 +23,22 @@ BLOCK = Verdict(Enforcement.BLOCK, Reason.NOT_ALLOWLISTED, "default-deny", "host
 
 
 @pytest.fixture
-def reporter(redis_factory: RedisFactory, tmp_path: Path) -> Iterator[RecordReporter]:
+def now() -> list[float]:
+    """The recorder's monotonic clock, moved by the test (its update interval passes when the test says)."""
+    return [1000.0]
+
+
+@pytest.fixture
+def reporter(redis_factory: RedisFactory, tmp_path: Path, now: list[float]) -> Iterator[RecordReporter]:
     server: RedisServer = redis_factory.server()
-    instance = RecordReporter(server.url, "gw1", str(tmp_path / "spool"), "proxy-0")
+    instance = RecordReporter(server.url, "gw1", str(tmp_path / "spool"), "proxy-0", clock=lambda: now[0])
     yield instance
     instance.close()
     instance.store.close()
     redis_factory.discard(server)
 
 
-def test_the_decisions_id_fetches_its_record_with_every_repeat(reporter: RecordReporter) -> None:
+def test_the_decisions_id_fetches_its_record_with_every_repeat(reporter: RecordReporter, now: list[float]) -> None:
     second = float(int(time.time()))
     ids = []
     for index in range(5):  # five attempts within one second, each from a new source port
@@ -42,6 +49,7 @@ def test_the_decisions_id_fetches_its_record_with_every_repeat(reporter: RecordR
     assert len(set(ids)) == 1 and ids[0]
     record = eventually(lambda: get_attempt(reporter.store, ids[0]), timeout=10)
     assert record is not None and record.id == ids[0] and record.first_ts == second
+    now[0] += recorder_module.UPDATE_SECONDS  # the repeats go as an update once the interval has passed
     eventually(lambda: getattr(get_attempt(reporter.store, ids[0]), "count", 0) == 5, timeout=10)
     records, _ = reporter.store.read("agents", count=100)
     assert [r.id for r in records] == ids[:1]
