@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from egress import logbuffer
 from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
@@ -406,6 +407,7 @@ class Supervisor:
             await asyncio.to_thread(self.recorder.close)
             if self.metrics is not None:
                 await asyncio.to_thread(self.metrics.close)
+            logbuffer.flush()  # the allowed decisions' lines still buffered
 
 
 def run_gateway(config: GatewayConfig) -> int:
