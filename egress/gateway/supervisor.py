@@ -223,7 +223,7 @@ class Supervisor:
 
     def guard(self, life: int) -> None:
         """Apply the guard table open for ``life`` seconds (0: closed)."""
-        runner.apply(render_guard(self.config.nft_settings(), self.policy, life))
+        runner.apply_here(render_guard(self.config.nft_settings(), self.policy, life))
 
     def fail(self, why: str) -> None:
         """Give up: the lockdown, then the gateway stops (exit status 1)."""
