@@ -37,7 +37,8 @@ class LineHandler(logging.StreamHandler[TextIO]):
     def __init__(self, stream: TextIO, component: str, formatter: logging.Formatter | None = None) -> None:
         super().__init__(stream)
         self.json = formatter is not None
-        self.setFormatter(formatter or logging.Formatter(TEXT_FORMAT.format(component=component)))
+        self.own = formatter or logging.Formatter(TEXT_FORMAT.format(component=component))
+        self.setFormatter(self.own)
         self.component = component
         self._lock = threading.Lock()
         self._pending: list[str] = []
@@ -49,8 +50,9 @@ class LineHandler(logging.StreamHandler[TextIO]):
         self._stamp = ""
 
     def simple(self) -> bool:
-        """Whether a decision written by `decision` is what `emit` would write (no filter of this handler's own)."""
-        return not self.filters and self.level == logging.NOTSET
+        """Whether a decision written by `decision` is what `emit` would write (its own formatter, no filter or
+        level of its own)."""
+        return self.formatter is self.own and not self.filters and self.level == logging.NOTSET
 
     def decision(self, logger: str, level: int, text: str, fields: dict[str, object]) -> None:
         """Write (INFO: buffer) one decision line of ``logger`` at ``level``; ``text``: the decision's canonical
