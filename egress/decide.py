@@ -13,13 +13,14 @@ Verdicts whose action is not ``allow`` are the ones worth a record.
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
 from egress.detect import miningshape, tlsshape
-from egress.detect.base import Category, Finding, evidence
+from egress.detect.base import EVIDENCE_MAX, Category, Finding, evidence
 from egress.policy.model import Address, DetectorAction, Expect, Mode, NetworkRule, Sandbox, TlsNames
 
 
@@ -112,18 +113,32 @@ class Verdict:
         return self.action is not Enforcement.ALLOW
 
 
+def _evidence(text: str) -> str:
+    """`evidence` of ``text``, which is ``text`` itself when it is already short, printable ASCII with single
+    spaces (every verdict of every connection has one: the common case costs no walk over its characters)."""
+    printable = len(text) <= EVIDENCE_MAX and text.isascii() and text.isprintable()
+    if printable and "  " not in text and text[:1] != " " and text[-1:] != " ":
+        return text
+    return evidence(text)
+
+
 def _allow(rule: str, text: str, finding: Finding | None = None) -> Verdict:
-    return Verdict(Enforcement.ALLOW, None, rule, evidence(text), finding)
+    return Verdict(Enforcement.ALLOW, None, rule, _evidence(text), finding)
 
 
 def _block(sandbox: Sandbox, reason: Reason, rule: str, text: str, finding: Finding | None = None) -> Verdict:
     action = Enforcement.WOULD_BLOCK if sandbox.mode is Mode.REPORT else Enforcement.BLOCK
-    return Verdict(action, reason, rule, evidence(text), finding)
+    return Verdict(action, reason, rule, _evidence(text), finding)
 
 
 def _address(value: str | Address) -> Address | None:
-    if not isinstance(value, str):
-        return value
+    return _parsed(value) if isinstance(value, str) else value
+
+
+@functools.lru_cache(maxsize=4096)
+def _parsed(value: str) -> Address | None:
+    """An address as text → its object (cached: a gateway's connections go to few addresses; each is parsed
+    several times per decision)."""
     try:
         return ipaddress.ip_address(value.split("%", 1)[0].strip("[]"))
     except ValueError:
@@ -142,6 +157,7 @@ def _name(value: str | None) -> str:
     return value.lower().removesuffix(".")
 
 
+@functools.lru_cache(maxsize=4096)
 def _is_address(name: str) -> bool:
     try:
         ipaddress.ip_address(name)

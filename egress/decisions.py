@@ -16,6 +16,7 @@ from typing import Protocol
 import msgspec
 
 from egress.decide import Enforcement, Verdict
+from egress.logbuffer import handler_for
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +71,10 @@ class LogReporter:
             text = _JSON.encode(line).decode()
             if not text.isascii():  # as json.dumps writes it: a log line carries no raw bidi or separator characters
                 text = json.dumps(line, separators=(",", ":"))
+            handler = handler_for(self.log)
+            if handler is not None:  # the same line, without a LogRecord and a Formatter (`egress.logbuffer`)
+                handler.decision(self.log.name, level, text, line)
+                return
             record = self.log.makeRecord(
                 self.log.name, level, __file__, 0, "decision %s", (text,), None, extra={"decision": line}
             )

@@ -6,7 +6,8 @@ log the same way without being told. In JSON each line is one object: ``ts`` (Un
 ``component`` (``gateway``, ``proxy``, ``api``), ``pid``, ``logger``, ``message``, and the exception's text under
 ``exception``. A decision line (`egress.decisions.LogReporter`) is the decision itself: the message is
 ``"decision"`` and the decision's canonical fields (those of its record) are the object's own fields, so a log
-shipper needs no parsing of the message.
+shipper needs no parsing of the message. Decision lines take a faster, buffered way to the same stream
+(`egress.logbuffer`: allowed ones are written within a fifth of a second, every other at once).
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import logging
 import os
 import sys
 from typing import Final
+
+from egress.logbuffer import LineHandler
 
 FORMATS: Final = ("text", "json")
 LEVELS: Final = ("debug", "info", "warning", "error")
@@ -64,9 +67,5 @@ def configure(component: str, log_format: str | None = None, level: str | None =
     if level not in LEVELS:
         raise ValueError(f"{LEVEL_ENV}/--log-level: {level!r} is not one of {', '.join(LEVELS)}")
     os.environ[FORMAT_ENV], os.environ[LEVEL_ENV] = log_format, level
-    handler = logging.StreamHandler(sys.stderr)
-    if log_format == "json":
-        handler.setFormatter(JsonFormatter(component))
-    else:
-        handler.setFormatter(logging.Formatter(f"%(asctime)s {component}[%(process)d] %(levelname)s %(message)s"))
+    handler = LineHandler(sys.stderr, component, JsonFormatter(component) if log_format == "json" else None)
     logging.basicConfig(level=level.upper(), handlers=[handler], force=True)

@@ -7,6 +7,7 @@ from ipaddress import ip_address
 
 import pytest
 
+from egress import decide
 from egress.decide import (
     ANTI_SPOOFING,
     DEFAULT_DENY,
@@ -28,7 +29,7 @@ from egress.decide import (
     decide_tls,
     decide_unknown_source,
 )
-from egress.detect.base import Category, Finding
+from egress.detect.base import Category, Finding, evidence
 from egress.policy.loader import parse_policy
 from egress.policy.model import Mode, Sandbox
 
@@ -216,3 +217,11 @@ def test_unknown_source_is_always_blocked(source: str) -> None:
 def test_evidence_is_short_and_printable() -> None:
     verdict = decide_http(ENFORCED, "203.0.113.9", 80, "x" * 500 + ".example\n", True)
     assert len(verdict.evidence) <= 160 and verdict.evidence.isprintable()
+
+
+@pytest.mark.parametrize(
+    "text",
+    ["sni ok.example to 192.0.2.1:443", " lead", "trail ", "two  spaces", "tab\there", "caf\u00e9", "x" * 200, ""],
+)
+def test_the_evidence_shortcut_is_evidence(text: str) -> None:
+    assert decide._evidence(text) == evidence(text)

@@ -32,6 +32,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Protocol
 
+from egress import logbuffer
 from egress.decisions import FanoutReporter, LogReporter
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.resolver import Resolver, Upstream
@@ -222,7 +223,7 @@ class Supervisor:
 
     def guard(self, life: int) -> None:
         """Apply the guard table open for ``life`` seconds (0: closed)."""
-        runner.apply(render_guard(self.config.nft_settings(), self.policy, life))
+        runner.apply_here(render_guard(self.config.nft_settings(), self.policy, life))
 
     def fail(self, why: str) -> None:
         """Give up: the lockdown, then the gateway stops (exit status 1)."""
@@ -406,6 +407,7 @@ class Supervisor:
             await asyncio.to_thread(self.recorder.close)
             if self.metrics is not None:
                 await asyncio.to_thread(self.metrics.close)
+            logbuffer.flush()  # the allowed decisions' lines still buffered
 
 
 def run_gateway(config: GatewayConfig) -> int:

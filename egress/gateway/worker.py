@@ -21,6 +21,7 @@ import signal
 import threading
 from dataclasses import dataclass, field
 
+from egress import logbuffer
 from egress.decisions import FanoutReporter, LogReporter
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
@@ -137,6 +138,7 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
             task.cancel()
         await asyncio.gather(proxy, follow, stopped, return_exceptions=True)
         setup.recorder.close()  # what the worker decided reaches Redis (or its spool) before it exits
+        logbuffer.flush()  # and its allowed decisions' lines the log
     if proxy.cancelled():
         if not stop.is_set():
             log.warning("%s: the supervisor closed the control channel: stopping", config.name)

@@ -1,4 +1,4 @@
-"""The only module that runs the ``nft`` binary.
+"""The only module that runs the ``nft`` binary (or its library, `egress.nft.libnft`, for the per-second calls).
 
 Every change is one ``nft -f -`` transaction fed on stdin: either all of it is in force or none of it (a failure
 raises `NftError` with nft's stderr and leaves the previous ruleset as it was). Each call takes ``netns`` to run
@@ -13,6 +13,8 @@ import re
 import subprocess
 from collections.abc import Sequence
 from typing import Any
+
+from egress.nft import libnft
 
 NFT = "nft"
 TIMEOUT = 30.0
@@ -60,6 +62,19 @@ def _family(family: str) -> str:
 def apply(script: str, netns: str | None = None) -> None:
     """Load ``script`` (e.g. from `egress.nft.render.render`) as one transaction."""
     _run(["-f", "-"], script, netns)
+
+
+def apply_here(script: str) -> None:
+    """`apply` in this process's namespace, through libnftables without a process where it loads (the guard's
+    heartbeat, every second: `egress.nft.libnft`)."""
+    nft = libnft.load()
+    if nft is None:
+        _run(["-f", "-"], script, None)
+        return
+    try:
+        nft.run(script)
+    except libnft.NftCallError as exc:
+        raise NftError("nft -f - failed (libnftables)", exc.stderr) from exc
 
 
 def check(script: str, netns: str | None = None) -> None:
@@ -146,9 +161,18 @@ def drop_counters(table: str, set_names: Sequence[str], netns: str | None = None
 
     Protocols are read as numbers (``-n``): nft prints names only for the protocols it knows."""
     args = ["-j", "-n", "list", "set", "inet", _ident("table", table)]
+    nft = libnft.load() if netns is None else None
     counts: dict[DropKey, int] = {}
     for name in set_names:  # nft 1.0.6 lists one set per call
-        output = _run([*args, _ident("set", name)], None, netns)
+        if nft is not None:  # in this process (every second in the drop logger: no process per read)
+            try:
+                output = nft.run(
+                    " ".join([*args[2:], _ident("set", name)]), libnft.OUTPUT_JSON | libnft.OUTPUT_NUMERIC_ALL
+                )
+            except libnft.NftCallError as exc:
+                raise NftError(f"nft {' '.join(args)} {name} failed (libnftables)", exc.stderr) from exc
+        else:
+            output = _run([*args, _ident("set", name)], None, netns)
         try:
             document = json.loads(output)
         except json.JSONDecodeError as exc:

@@ -217,7 +217,7 @@ class Front:
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, recorded))
         watch = self._watch(sandbox, source, dst, decision.host, suspicions=decision.watch)
         try:
-            upstream = await asyncio.wait_for(dial(dst), DIAL_TIMEOUT)
+            upstream = await dial(dst, DIAL_TIMEOUT)
         except (OSError, TimeoutError) as exc:
             log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
             conn.close()

@@ -21,6 +21,7 @@ that cannot watch (mitmproxy, given what the front could not judge) gets a refus
 from __future__ import annotations
 
 import enum
+import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -73,6 +74,15 @@ NamesFor = Callable[[str, str], frozenset[str]]
 """(sandbox name, destination address) → names the gateway resolver answered with that address."""
 
 
+@functools.lru_cache(maxsize=4096)
+def _source(text: str) -> ipaddress.IPv4Address | ipaddress.IPv6Address | None:
+    """A client's address as text → its object (cached: a sandbox's few addresses open every connection)."""
+    try:
+        return ipaddress.ip_address(text.split("%", 1)[0])
+    except ValueError:
+        return None
+
+
 def _allowed(verdict: Verdict) -> bool:
     return verdict.action is not Enforcement.BLOCK
 
@@ -95,10 +105,8 @@ class Gate:
         self.stream = stream
 
     def sandbox(self, source: str) -> Sandbox | None:
-        try:
-            return self.policy.sandbox_for(ipaddress.ip_address(source.split("%", 1)[0]))
-        except ValueError:
-            return None
+        address = _source(source)
+        return self.policy.sandbox_for(address) if address is not None else None
 
     def on_client(self, source: str) -> Verdict | None:
         """A connection from ``source``: a verdict if it belongs to no sandbox (spoofed or misrouted)."""

@@ -34,18 +34,47 @@ _SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
 
 
-async def dial(address: tuple[str, int]) -> socket.socket:
+async def dial(address: tuple[str, int], timeout: float | None = None) -> socket.socket:
     """A non-blocking TCP socket connected to ``address`` (numeric), with Nagle off like the client's side (small
-    records, the handshake's, must not wait for a delayed ACK)."""
+    records, the handshake's, must not wait for a delayed ACK); `TimeoutError` after ``timeout`` seconds.
+
+    The connect waits on the loop's writer callback itself (asyncio's ``sock_connect`` and ``wait_for`` cost a
+    future, a task-like timeout and checks per connection: a tenth of the front's Python time per relay)."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_STREAM | socket.SOCK_NONBLOCK, socket.IPPROTO_TCP)
     try:
         sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        await asyncio.get_running_loop().sock_connect(sock, address)
+        try:
+            sock.connect(address)
+        except (BlockingIOError, InterruptedError):
+            await _connected(sock, timeout)
     except BaseException:
         sock.close()
         raise
     return sock
+
+
+async def _connected(sock: socket.socket, timeout: float | None) -> None:
+    """Wait until ``sock``'s non-blocking connect finished; raise its error (`OSError`) or `TimeoutError`."""
+    loop = asyncio.get_running_loop()
+    done: asyncio.Future[None] = loop.create_future()
+    fd = sock.fileno()
+
+    def settle(error: BaseException | None) -> None:
+        if not done.done():
+            done.set_exception(error) if error is not None else done.set_result(None)
+
+    loop.add_writer(fd, settle, None)
+    timer = loop.call_later(timeout, settle, TimeoutError()) if timeout is not None else None
+    try:
+        await done
+    finally:
+        loop.remove_writer(fd)
+        if timer is not None:
+            timer.cancel()
+    error = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+    if error:
+        raise OSError(error, f"connect to {sock.family.name} peer: {os.strerror(error)}")
 
 
 class Relay:

@@ -7,10 +7,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import ipaddress
+import json
 import re
 import select
 import socket
 import struct
+import subprocess
+import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -374,6 +377,22 @@ def test_every_dropped_packet_is_counted_per_source_protocol_and_destination(fre
     eventually(lambda: runner.drop_counters(table, sets, netns=gw).get((source, 47, dst)) == 300, timeout=scaled(5))
     logged = [p for p in fresh.reader.read(timeout=0.2) if p.prefix == "egress drop agents"]
     assert len(logged) < 300
+    # Read inside the namespace itself (as the gateway does), through libnftables: the same counts.
+    here = (
+        "import json; from egress.nft import runner, libnft; assert libnft.load() is not None; "
+        f"print(json.dumps(sorted(runner.drop_counters({table!r}, {sets!r}).items())))"
+    )
+    done = subprocess.run(
+        ["ip", "netns", "exec", gw, sys.executable, "-c", here], capture_output=True, text=True, timeout=60, check=True
+    )
+    assert [(tuple(key), packets) for key, packets in json.loads(done.stdout)] == sorted(
+        runner.drop_counters(table, sets, netns=gw).items()
+    )
+
+
+def test_a_script_libnftables_refuses_raises_with_what_nft_said() -> None:
+    with pytest.raises(runner.NftError, match="syntax error"):
+        runner.apply_here("table inet egress_test_bad { chain c { type nonsense; } }\n")
 
 
 @pytest.mark.parametrize(

@@ -5,6 +5,7 @@ says no or an error on either side (fail closed)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -207,3 +208,32 @@ def test_an_error_in_a_watch_closes_both() -> None:
         relayed.close()
 
     _run(scenario)
+
+
+def test_dial_raises_the_connects_error() -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        port = taken.getsockname()[1]  # bound, not listening: the connect is refused
+        with pytest.raises(ConnectionRefusedError):
+            asyncio.run(dial(("127.0.0.1", port), timeout=scaled(5)))
+
+
+def test_dial_gives_up_after_its_timeout() -> None:
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(0)
+        address = listener.getsockname()
+        held = []
+        try:
+            # Fill the accept queue: the kernel then drops further SYNs, and a connect waits for an answer.
+            for _ in range(4):
+                sock = socket.socket()
+                sock.setblocking(False)
+                with contextlib.suppress(BlockingIOError):
+                    sock.connect(address)
+                held.append(sock)
+            with pytest.raises(TimeoutError):
+                asyncio.run(dial(address, timeout=0.3))
+        finally:
+            for sock in held:
+                sock.close()

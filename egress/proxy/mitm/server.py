@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from mitmproxy import connection, options
+from mitmproxy import log as mitmlog
 from mitmproxy.addons import core, proxyserver, tlsconfig
 from mitmproxy.master import Master
 
@@ -61,6 +62,12 @@ async def run_worker(
     # A lean master: only the addons the gateway needs. Every hook walks every addon, and DumpMaster's 34
     # made connection setup several times dearer (docs/gateway-performance.md).
     master = Master(opts, with_termlog=False)
+    # The master also copies every record of every logger into its deprecated ``add_log`` hook (a second format,
+    # a self-pipe write and a walk of the addons per record: per allowed request's decision line, as much as the
+    # fast relay itself); no addon here takes that hook, and the root logger's own handler then writes alone.
+    for handler in list(logging.getLogger().handlers):
+        if isinstance(handler, mitmlog.LegacyLogEvents):
+            handler.uninstall()
     server = proxyserver.Proxyserver()
     master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
     sink_at = (str(sink_address[0]), int(sink_address[1]))
