@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -645,3 +646,18 @@ def test_end_to_end_two_workers(live: tuple[str, RecordStore], tmp_path: Path) -
     lines = [json.loads(line) for line in output.splitlines() if line.strip()]  # every line, uvicorn's too: JSON
     assert {line["component"] for line in lines} == {"api"}
     assert len({line["pid"] for line in lines}) >= 2, lines  # the parent and its worker processes alike
+
+
+def test_several_workers_accept_connections_with_nagle_off() -> None:
+    """uvicorn binds the socket of several workers with protocol 0, on which asyncio leaves Nagle's algorithm on:
+    each keep-alive response's body then waited ~40 ms for the client's delayed ACK. The API's socket says TCP and
+    sets TCP_NODELAY, and a connection accepted from it has both (as a worker process accepts it)."""
+    config = server.NoDelayConfig("egress.api.server:app_from_env", factory=True, workers=2, host="127.0.0.1", port=0)
+    with config.bind_socket() as listener:
+        listener.listen()
+        with socket.create_connection(listener.getsockname()) as client:
+            connection, _ = listener.accept()
+            with connection:
+                assert client.fileno() > 0
+                assert connection.proto == socket.IPPROTO_TCP  # asyncio's transport sets TCP_NODELAY on such ones
+                assert connection.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
