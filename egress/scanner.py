@@ -229,7 +229,7 @@ class _Pass:
     def _dns(self, ts: float, src: bytes, sport: int, dst: bytes, dport: int, payload: bytes) -> None:
         """DNS is judged per message across the whole capture (tunnels spread over many flows), not per flow."""
         client = src if dport == _DNS_PORT else dst
-        found = self.dns.observe(_address(client), payload)
+        found = self.dns.observe(_address(client), payload, ts)  # decays by capture time, as the resolver by its clock
         if found is not None:
             meta = FlowMeta(Transport.UDP, _address(src), sport, _address(dst), dport)
             if dport != _DNS_PORT:

@@ -61,9 +61,10 @@ not expect ``any`` (egress.proxy.gate.Gate.inspector), after the others (a known
 
 
 class DnsObserver(Protocol):
-    """Per-scan DNS state: sees every DNS message with the client's address, may conclude a finding."""
+    """Per-scan DNS state: sees every DNS message with the client's address and its time (a capture's own: the
+    counters decay by it), may conclude a finding."""
 
-    def observe(self, client: str, message: bytes) -> Finding | None: ...
+    def observe(self, client: str, message: bytes, now: float) -> Finding | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -83,7 +84,7 @@ class DetectorSet:
 
 
 class _NoDns:
-    def observe(self, client: str, message: bytes) -> Finding | None:
+    def observe(self, client: str, message: bytes, now: float) -> Finding | None:
         return None
 
 
@@ -98,14 +99,14 @@ class DnsInspector:
         self._lists = lists
         self._reported: set[tuple[str, Finding]] = set()
 
-    def observe(self, client: str, message: bytes) -> Finding | None:
+    def observe(self, client: str, message: bytes, now: float) -> Finding | None:
         # The tracker and the name lists read the header and the questions only: the records are not parsed.
         parsed = dns.parse_questions(message)
-        return None if parsed is None else self.observe_message(client, parsed)
+        return None if parsed is None else self.observe_message(client, parsed, now)
 
-    def observe_message(self, client: str, parsed: dns.Message) -> Finding | None:
-        """`observe` for a message the caller has parsed already (the resolver)."""
-        found = self._tracker.observe_message(client, parsed) or self._named(parsed)
+    def observe_message(self, client: str, parsed: dns.Message, now: float) -> Finding | None:
+        """`observe` for a message the caller has parsed already."""
+        found = self._tracker.observe_message(client, parsed, now=now) or self._named(parsed)
         if found is None or (client, found) in self._reported:
             return None
         self._reported.add((client, found))

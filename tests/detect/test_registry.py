@@ -49,6 +49,7 @@ from egress.detect.engine import RANK, FlowInspector
 from egress.detect.registry import build_detectors
 from tests.budget import examples
 from tests.detect import seeds
+from tests.detect.test_dns_tunnel import iodine_like
 from tests.lists import shipped_list_items, shipped_lists
 
 LISTS = shipped_list_items()
@@ -350,9 +351,22 @@ def dns_messages(draw: st.DrawFn) -> bytes:
 def test_dns_observer(messages: list[tuple[str, bytes]]) -> None:
     observer = DETECTORS.dns_tracker()
     reported: set[tuple[str, Finding]] = set()
-    for client, message in messages:
-        found = observer.observe(client, message)
+    for at, (client, message) in enumerate(messages):
+        found = observer.observe(client, message, 1_700_000_000.0 + at)
         if found is not None:
             check_finding(found)
             assert (client, found) not in reported
             reported.add((client, found))
+
+
+def test_the_dns_observer_decays_by_the_time_it_is_given_not_the_wall_clock() -> None:
+    """The scanner gives each message its capture time: three iodine-like NULL questions a second apart are a
+    tunnel, the same three half a day apart are not (the counters' half-life is hours), however fast the scan runs."""
+
+    def found(spacing: float) -> list[Finding]:
+        observer = DETECTORS.dns_tracker()
+        results = (observer.observe("192.0.2.1", iodine_like(n), 1_700_000_000.0 + n * spacing) for n in range(3))
+        return [result for result in results if result is not None]
+
+    assert [finding.protocol for finding in found(1.0)] == ["dns-tunnel"]
+    assert found(12 * 3600.0) == []
