@@ -1,0 +1,190 @@
+"""Programs of the red-team modules (tests/security/test_redteam_*.py): a lenient pool that speaks Stratum over
+HTTP keep-alive, and the miner in the sandbox that talks to it. Fake both: no real mining software.
+
+The pool (`pool_main`, in the internet namespace) serves HTTP/1.1 keep-alive on the addresses it is given. It reads
+each request's body (Content-Length or chunked) as the next piece of one Stratum stream per connection, the way a
+lenient server that concatenates request bodies would, answers each complete line (subscribe, authorize, submit:
+``share accepted`` in its log) and hands its own Stratum stream back cut into the response bodies, ``PIECE`` bytes
+per response, so no single body holds a whole message either way.
+
+The miner (`miner_main`, in the sandbox) opens one keep-alive connection, sends one ordinary GET first, then
+POSTs its Stratum stream ``PIECE`` bytes per request (``chunked``: each body with Transfer-Encoding: chunked,
+which the front's fast path does not take, so mitmproxy carries the connection from there on), and keeps polling
+until the pool answered its share (``share answered``) or the connection ends.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+
+PIECE = 7
+"""Bytes of Stratum per request body and per response body."""
+SUBMIT_ID = 4
+CLIENT_STREAM = (
+    b'{"id":1,"method":"mining.subscribe","params":["redteam/1.0"]}\n'
+    b'{"id":2,"method":"mining.authorize","params":["wallet.redteam","x"]}\n'
+    b'{"id":4,"method":"mining.submit","params":["wallet.redteam","job1","00000001","5f5e1000","deadbeef"]}\n'
+)
+
+
+def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
+    """One request's body from ``conn`` (``buf``: bytes read past the previous one); None at the end."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    end = buf.index(b"\r\n\r\n")
+    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    del buf[: end + 4]
+    fields = {line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip() for line in head[1:] if ":" in line}
+    if "chunked" in fields.get("transfer-encoding", "").lower():
+        chunks = bytearray()
+        while True:
+            while b"\r\n" not in buf:
+                data = conn.recv(65536)
+                if not data:
+                    return None
+                buf += data
+            line_end = buf.index(b"\r\n")
+            size = int(bytes(buf[:line_end]).split(b";")[0], 16)
+            del buf[: line_end + 2]
+            while len(buf) < size + 2:
+                data = conn.recv(65536)
+                if not data:
+                    return None
+                buf += data
+            chunks += buf[:size]
+            del buf[: size + 2]
+            if size == 0:
+                return bytes(chunks)
+    length = int(fields.get("content-length", "0"))
+    while len(buf) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    body = bytes(buf[:length])
+    del buf[:length]
+    return body
+
+
+def _answer(line: bytes, out: bytearray) -> None:
+    try:
+        message = json.loads(line)
+    except ValueError:
+        return
+    method, ident = message.get("method"), message.get("id")
+    if method == "mining.subscribe":
+        reply = {"id": ident, "result": [[["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f"]], "08000002", 4]}
+    elif method == "mining.authorize":
+        reply = {"id": ident, "result": True}
+        notify = {"id": None, "method": "mining.notify", "params": ["job1", "00" * 32, "01", "02", [], "20000000",
+                                                                     "1d00ffff", "5f5e1000", True]}  # fmt: skip
+        out += json.dumps(reply).encode() + b"\n"
+        reply = notify
+    elif method == "mining.submit":
+        reply = {"id": ident, "result": True, "error": None}
+        print("share accepted", message.get("params"), flush=True)
+    else:
+        return
+    print("pool answered", method, flush=True)
+    out += json.dumps(reply).encode() + b"\n"
+
+
+def _serve(conn: socket.socket) -> None:
+    buf, stratum, out = bytearray(), bytearray(), bytearray()
+    with conn:
+        while True:
+            body = _read_request(conn, buf)
+            if body is None:
+                return
+            stratum += body
+            while b"\n" in stratum:
+                line_end = stratum.index(b"\n")
+                _answer(bytes(stratum[:line_end]), out)
+                del stratum[: line_end + 1]
+            piece = bytes(out[:PIECE])
+            del out[:PIECE]
+            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(piece)
+            conn.sendall(head + piece)
+
+
+def pool_main() -> None:
+    """``python -c '...pool_main()' ADDRESS:PORT...``: serve until killed."""
+    for where in sys.argv[1:]:
+        address, port = where.rsplit(":", 1)
+        listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, int(port)))
+        listener.listen(16)
+
+        def accept(listener: socket.socket = listener) -> None:
+            while True:
+                conn, _ = listener.accept()
+                threading.Thread(target=_serve, args=(conn,), daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
+def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None:
+    """(status line, body) of one Content-Length response (egress's 403 included); None at the end."""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    end = buf.index(b"\r\n\r\n")
+    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
+    del buf[: end + 4]
+    length = next((int(line.split(":", 1)[1]) for line in head if line.lower().startswith("content-length:")), 0)
+    while len(buf) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    body = bytes(buf[:length])
+    del buf[:length]
+    return head[0].encode(), body
+
+
+def miner_main() -> None:
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST fast|chunked`` (``-``: resolve HOST)."""
+    address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if address == "-":  # by name, through the gateway's resolver (which binds the name to its address)
+        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    conn = socket.create_connection((address, port), timeout=10)
+    buf, received = bytearray(), bytearray()
+    conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    first = _response(conn, buf)
+    print("first answer", first[0] if first else None, flush=True)
+    pending = CLIENT_STREAM
+    for _ in range(400):
+        piece, pending = pending[:PIECE], pending[PIECE:]
+        head = f"POST /work HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+        if how == "chunked":
+            body = (b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b"") + b"0\r\n\r\n"
+            request = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + body
+        else:
+            request = (head + f"Content-Length: {len(piece)}\r\n\r\n").encode() + piece
+        try:
+            conn.sendall(request)
+            answer = _response(conn, buf)
+        except OSError as exc:
+            print("connection failed", exc, flush=True)
+            return
+        if answer is None or not answer[0].startswith(b"HTTP/1.1 200"):
+            print("stopped", answer, flush=True)
+            return
+        received += answer[1]
+        for line in bytes(received).split(b"\n")[:-1]:
+            message = json.loads(line)
+            if message.get("id") == SUBMIT_ID and message.get("result") is True:
+                print("share answered", flush=True)
+                return
+    print("gave up", bytes(received)[:400], flush=True)
