@@ -259,3 +259,16 @@ def bulk_main() -> None:
         except OSError as exc:
             print("connection failed", exc, flush=True)
     print(f"sent whole on {whole} connections", flush=True)
+
+
+def post_main() -> None:
+    """``python -c '...post_main()' ADDRESS PORT SECRET_HEX``: the same secret as one HTTP POST (the control: the
+    rule does not expect HTTP); prints the answer's status line or why there was none."""
+    address, port, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3].encode()
+    try:
+        with socket.create_connection((address, port), timeout=10) as conn:
+            head = b"POST /drop HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (address.encode(), len(secret))
+            conn.sendall(head + secret)
+            print("answer", conn.recv(200).split(b"\r\n", 1)[0], flush=True)
+    except OSError as exc:
+        print("connection failed", exc, flush=True)

@@ -1,11 +1,14 @@
 """Red team: an interactive shell, and bulk data, as a plain text line protocol to an address a network rule
-allows for what it expects by default (``[tls, http]``).
+allows for TLS only (``expect: [tls]``, ``tls: bound``, and no name bound there: nothing should pass at all).
 
 A stream to a network rule's destination that is neither TLS, HTTP nor SSH and does not open fully encrypted is
 relayed through the detectors (`egress.proxy.gate.Gate._raw`: ``INSPECT``); only the inspection cap (16 KiB per
 direction) ends it as ``tunnel``/``unidentified`` (`egress.proxy.mitm.layers.InspectLayer`, ``strict``). Below the
-cap nothing stops a protocol the rule does not name: a reverse shell (``sh`` on the socket, the attacker types
-``echo``/``id``) runs, and bulk data leaves 12 KiB per connection on as many connections as the agent opens.
+cap nothing stops a protocol the rule does not name (docs/policy.md's table says such a stream must be "shown to
+be something within the inspection cap"; one that stays below the cap is never asked): a reverse shell (``sh`` on
+the socket, the attacker types ``echo``/``id``) runs, and bulk data leaves 12 KiB per connection on as many
+connections as the agent opens, while the same secret in an HTTP POST is refused (the control: the rule bites on
+HTTP).
 
 Ground truth: the listener's log on the internet side and the capture (bytes of the secret to the address).
 """
@@ -43,9 +46,7 @@ def listener(lab: SecurityLab) -> Attacker:
     return running
 
 
-def test_reverse_shell_in_plain_text_to_a_network_rule_expecting_tls_and_http(
-    lab: SecurityLab, listener: Attacker
-) -> None:
+def test_reverse_shell_in_plain_text_to_a_network_rule_expecting_tls(lab: SecurityLab, listener: Attacker) -> None:
     since = time.time()
     with lab.capture("plaintext-shell") as capture:
         lab.sandbox_python(KIT.format("shell_main"), DST, str(PORT), timeout=60)
@@ -63,6 +64,8 @@ def test_reverse_shell_in_plain_text_to_a_network_rule_expecting_tls_and_http(
 
 
 def test_bulk_lines_under_the_cap_on_many_connections(lab: SecurityLab, listener: Attacker) -> None:
+    control = lab.sandbox_python(KIT.format("post_main"), DST, str(PORT), SECRET)
+    assert "200 OK" not in control.stdout, control.stdout  # HTTP is not what the rule expects
     since = time.time()
     with lab.capture("plaintext-bulk") as capture:
         done = lab.sandbox_python(
