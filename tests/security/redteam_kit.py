@@ -30,8 +30,8 @@ CLIENT_STREAM = (
 )
 
 
-def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
-    """One request's body from ``conn`` (``buf``: bytes read past the previous one); None at the end."""
+def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, bytes] | None:
+    """One request's target and body from ``conn`` (``buf``: bytes read past the previous one); None at the end."""
     while b"\r\n\r\n" not in buf:
         data = conn.recv(65536)
         if not data:
@@ -40,6 +40,7 @@ def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
     end = buf.index(b"\r\n\r\n")
     head = bytes(buf[:end]).decode("latin-1").split("\r\n")
     del buf[: end + 4]
+    target = head[0].split(" ")[1] if head[0].count(" ") >= 2 else ""
     fields = {line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip() for line in head[1:] if ":" in line}
     if "chunked" in fields.get("transfer-encoding", "").lower():
         chunks = bytearray()
@@ -60,7 +61,7 @@ def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
             chunks += buf[:size]
             del buf[: size + 2]
             if size == 0:
-                return bytes(chunks)
+                return target, bytes(chunks)
     length = int(fields.get("content-length", "0"))
     while len(buf) < length:
         data = conn.recv(65536)
@@ -69,17 +70,23 @@ def _read_request(conn: socket.socket, buf: bytearray) -> bytes | None:
         buf += data
     body = bytes(buf[:length])
     del buf[:length]
-    return body
+    return target, body
 
 
-def _answer(line: bytes, out: bytearray) -> None:
+def _answer(line: bytes, out: bytearray, whole: bool = False) -> None:
+    """Answer one Stratum line into ``out``; ``whole``: as a pool that sends no job and names no method in its
+    subscribe answer (``[null, extranonce1, size]``, which miners take), so each answer may travel whole."""
     try:
         message = json.loads(line)
     except ValueError:
         return
     method, ident = message.get("method"), message.get("id")
-    if method == "mining.subscribe":
+    if method == "mining.subscribe" and whole:
+        reply = {"id": ident, "result": [None, "08000002", 4]}
+    elif method == "mining.subscribe":
         reply = {"id": ident, "result": [[["mining.notify", "ae6812eb4cd7735a302a8a9dd95cf71f"]], "08000002", 4]}
+    elif method == "mining.authorize" and whole:
+        reply = {"id": ident, "result": True}
     elif method == "mining.authorize":
         reply = {"id": ident, "result": True}
         notify = {"id": None, "method": "mining.notify", "params": ["job1", "00" * 32, "01", "02", [], "20000000",
@@ -99,9 +106,16 @@ def _serve(conn: socket.socket) -> None:
     buf, stratum, out = bytearray(), bytearray(), bytearray()
     with conn:
         while True:
-            body = _read_request(conn, buf)
-            if body is None:
+            request = _read_request(conn, buf)
+            if request is None:
                 return
+            target, body = request
+            if target.startswith(("/{", "/[")):  # a message in the request target: answered whole
+                answer = bytearray()
+                _answer(target[1:].encode("latin-1"), answer, whole=True)
+                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(answer)
+                conn.sendall(head + answer)
+                continue
             stratum += body
             while b"\n" in stratum:
                 line_end = stratum.index(b"\n")
@@ -154,7 +168,7 @@ def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' ADDRESS|- PORT HOST fast|chunked`` (``-``: resolve HOST)."""
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST fast|chunked|target`` (``-``: resolve HOST)."""
     address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if address == "-":  # by name, through the gateway's resolver (which binds the name to its address)
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
@@ -163,6 +177,9 @@ def miner_main() -> None:
     conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     first = _response(conn, buf)
     print("first answer", first[0] if first else None, flush=True)
+    if how.startswith("target"):
+        _in_targets(conn, buf, host, chunked=how.endswith("chunked"))
+        return
     pending = CLIENT_STREAM
     for _ in range(400):
         piece, pending = pending[:PIECE], pending[PIECE:]
@@ -188,6 +205,20 @@ def miner_main() -> None:
                 print("share answered", flush=True)
                 return
     print("gave up", bytes(received)[:400], flush=True)
+
+
+def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool) -> None:
+    """Each Stratum message whole, as the request target of a GET (``GET /{"id":1,...} HTTP/1.1``); ``chunked``:
+    with an empty chunked body, which the front's fast path does not take (mitmproxy carries it)."""
+    tail = b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" if chunked else b"\r\n"
+    for line in CLIENT_STREAM.splitlines():
+        conn.sendall(b"GET /%s HTTP/1.1\r\nHost: %s\r\n%s" % (line.replace(b" ", b""), host.encode(), tail))
+        answer = _response(conn, buf)
+        print("answer", answer, flush=True)
+        if answer is None or not answer[0].startswith(b"HTTP/1.1 200"):
+            return
+        if json.loads(answer[1] or b"{}").get("id") == SUBMIT_ID and json.loads(answer[1]).get("result") is True:
+            print("share answered", flush=True)
 
 
 SHELL_HELLO = b"shell ready\n"
