@@ -23,6 +23,9 @@ import threading
 PIECE = 7
 """Bytes of Stratum per request body and per response body."""
 SUBMIT_ID = 4
+NOTIFY = {"id": None, "method": "mining.notify",
+          "params": ["job1", "00" * 32, "01", "02", [], "20000000", "1d00ffff", "5f5e1000", True]}  # fmt: skip
+"""The pool's one job (``job1``), which the miner's share names."""
 CLIENT_STREAM = (
     b'{"id":1,"method":"mining.subscribe","params":["redteam/1.0"]}\n'
     b'{"id":2,"method":"mining.authorize","params":["wallet.redteam","x"]}\n'
@@ -89,10 +92,8 @@ def _answer(line: bytes, out: bytearray, whole: bool = False) -> None:
         reply = {"id": ident, "result": True}
     elif method == "mining.authorize":
         reply = {"id": ident, "result": True}
-        notify = {"id": None, "method": "mining.notify", "params": ["job1", "00" * 32, "01", "02", [], "20000000",
-                                                                     "1d00ffff", "5f5e1000", True]}  # fmt: skip
         out += json.dumps(reply).encode() + b"\n"
-        reply = notify
+        reply = NOTIFY
     elif method == "mining.submit":
         reply = {"id": ident, "result": True, "error": None}
         print("share accepted", message.get("params"), flush=True)
@@ -113,7 +114,13 @@ def _serve(conn: socket.socket) -> None:
             if target.startswith(("/{", "/[")):  # a message in the request target: answered whole
                 answer = bytearray()
                 _answer(target[1:].encode("latin-1"), answer, whole=True)
-                head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(answer)
+                reason = b"OK"
+                if b'"mining.authorize"' in target.encode("latin-1"):
+                    reason = json.dumps(NOTIFY, separators=(",", ":")).encode()  # the job, in the reason phrase
+                head = b"HTTP/1.1 200 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (
+                    reason,
+                    len(answer),
+                )
                 conn.sendall(head + answer)
                 continue
             stratum += body
@@ -215,6 +222,8 @@ def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool) -
         conn.sendall(b"GET /%s HTTP/1.1\r\nHost: %s\r\n%s" % (line.replace(b" ", b""), host.encode(), tail))
         answer = _response(conn, buf)
         print("answer", answer, flush=True)
+        if answer is not None and b'"mining.notify"' in answer[0]:
+            print("job received in the reason phrase", flush=True)
         if answer is None or not answer[0].startswith(b"HTTP/1.1 200"):
             return
         if json.loads(answer[1] or b"{}").get("id") == SUBMIT_ID and json.loads(answer[1]).get("result") is True:

@@ -6,9 +6,11 @@ and the header values (`egress.proxy.mitm.inspect.read`); the JSON-RPC detectors
 stream for their bodies, so JSON in the request line's path is read by none of them, though its bytes are a whole
 Stratum message on the wire (the same message in the body, a query value or a header value is found). The pool
 (tests/security/redteam_kit.py) reads the target as a lenient server would and answers each call whole: its
-subscribe answer names no method (``[null, extranonce1, 4]``) and it pushes no job, so no answer is a finding
-either. Routes as test_redteam_http_split: the pool's address through a network rule expecting ``[tls, http]`` and
-allowed.lab's plain-HTTP port; the fast path, and mitmproxy (an empty chunked body: the fast path hands over).
+subscribe answer names no method (``[null, extranonce1, 4]``), and it hands its job (``mining.notify``) over in
+the reason phrase of the answer to ``authorize`` (``HTTP/1.1 200 {"id":null,"method":"mining.notify",...}``),
+which no detector reads either: a whole session, job and share, with no finding either way. Routes as
+test_redteam_http_split: the pool's address through a network rule expecting ``[tls, http]`` and allowed.lab's
+plain-HTTP port; the fast path, and mitmproxy (an empty chunked body: the fast path hands over).
 
 Ground truth: the pool's log (``share accepted``) and the internet-side capture (the submit verbatim).
 """
@@ -65,6 +67,8 @@ def test_stratum_in_the_request_target(lab: SecurityLab, pool: Attacker, route: 
     goal = shares > 0 and "share answered" in done.stdout
     verbatim = crossed.contains(b'"method":"mining.submit"', dst)
     reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=5)
-    report(f"redteam/http-target-{route}-{how}", "mining", crossed.bytes_to(dst, port, "tcp"), goal, reason or None)
+    job = "job received in the reason phrase" in done.stdout
+    leaked = crossed.bytes_to(dst, port, "tcp")
+    report(f"redteam/http-target-{route}-{how}", "mining", leaked, goal, reason or None, "job in reason" if job else "")
     assert not goal and not verbatim, f"the pool accepted {shares} share(s) and answered: {done.stdout[-400:]}"
     assert reason == "mining"
