@@ -111,9 +111,10 @@ def _serve(conn: socket.socket) -> None:
             if request is None:
                 return
             target, body = request
-            if target.startswith(("/{", "/[")):  # a message in the request target: answered whole
+            message = target[1:] if target.startswith(("/{", "/[")) else target.partition("?")[2]
+            if message.startswith(("{", "[")):  # a message in the request target (path or query): answered whole
                 answer = bytearray()
-                _answer(target[1:].encode("latin-1"), answer, whole=True)
+                _answer(message.encode("latin-1"), answer, whole=True)
                 reason = b"OK"
                 if b'"mining.authorize"' in target.encode("latin-1"):
                     reason = json.dumps(NOTIFY, separators=(",", ":")).encode()  # the job, in the reason phrase
@@ -175,7 +176,8 @@ def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' ADDRESS|- PORT HOST fast|chunked|target`` (``-``: resolve HOST)."""
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW`` (``-``: resolve HOST; HOW: fast, chunked, target,
+    target-chunked, query)."""
     address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if address == "-":  # by name, through the gateway's resolver (which binds the name to its address)
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
@@ -184,8 +186,10 @@ def miner_main() -> None:
     conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     first = _response(conn, buf)
     print("first answer", first[0] if first else None, flush=True)
-    if how.startswith("target"):
-        _in_targets(conn, buf, host, chunked=how.endswith("chunked"))
+    if how.startswith(("target", "query")):
+        _in_targets(
+            conn, buf, host, chunked=how.endswith("chunked"), before=b"/x?" if how.startswith("query") else b"/"
+        )
         return
     pending = CLIENT_STREAM
     for _ in range(400):
@@ -214,12 +218,14 @@ def miner_main() -> None:
     print("gave up", bytes(received)[:400], flush=True)
 
 
-def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool) -> None:
-    """Each Stratum message whole, as the request target of a GET (``GET /{"id":1,...} HTTP/1.1``); ``chunked``:
-    with an empty chunked body, which the front's fast path does not take (mitmproxy carries it)."""
+def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool, before: bytes) -> None:
+    """Each Stratum message whole, as the request target of a GET after ``before`` (``GET /{"id":1,...}
+    HTTP/1.1``, or the whole query: ``GET /x?{"id":1,...}``); ``chunked``: with an empty chunked body, which the
+    front's fast path does not take (mitmproxy carries it)."""
     tail = b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" if chunked else b"\r\n"
     for line in CLIENT_STREAM.splitlines():
-        conn.sendall(b"GET /%s HTTP/1.1\r\nHost: %s\r\n%s" % (line.replace(b" ", b""), host.encode(), tail))
+        target = before + line.replace(b" ", b"")
+        conn.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n%s" % (target, host.encode(), tail))
         answer = _response(conn, buf)
         print("answer", answer, flush=True)
         if answer is not None and b'"mining.notify"' in answer[0]:

@@ -10,7 +10,8 @@ subscribe answer names no method (``[null, extranonce1, 4]``), and it hands its 
 the reason phrase of the answer to ``authorize`` (``HTTP/1.1 200 {"id":null,"method":"mining.notify",...}``),
 which no detector reads either: a whole session, job and share, with no finding either way. Routes as
 test_redteam_http_split: the pool's address through a network rule expecting ``[tls, http]`` and allowed.lab's
-plain-HTTP port; the fast path, and mitmproxy (an empty chunked body: the fast path hands over).
+plain-HTTP port; the fast path, and mitmproxy (an empty chunked body: the fast path hands over); and the message
+as the whole query (``GET /x?{"id":4,...}``: the query is read only for its ``name=value`` pairs).
 
 Ground truth: the pool's log (``share accepted``) and the internet-side capture (the submit verbatim).
 """
@@ -51,7 +52,7 @@ def pool(lab: SecurityLab) -> Attacker:
     return running
 
 
-@pytest.mark.parametrize("how", ["target", "target-chunked"], ids=["fast-path", "mitmproxy"])
+@pytest.mark.parametrize("how", ["target", "target-chunked", "query"], ids=["fast-path", "mitmproxy", "bare-query"])
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_in_the_request_target(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
     address, port, host = ROUTES[route]
