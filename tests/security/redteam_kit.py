@@ -19,6 +19,8 @@ import json
 import socket
 import sys
 import threading
+from collections.abc import Callable
+from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 PIECE = 7
 """Bytes of Stratum per request body and per response body."""
@@ -111,7 +113,11 @@ def _serve(conn: socket.socket) -> None:
             if request is None:
                 return
             target, body = request
-            message = target[1:] if target.startswith(("/{", "/[")) else target.partition("?")[2]
+            if target == "/job":  # the job alone, in the reason phrase of an empty answer to a plain GET
+                notify = json.dumps(NOTIFY, separators=(",", ":")).encode()
+                conn.sendall(b"HTTP/1.1 200 %s\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n" % notify)
+                continue
+            message = _from_target(target)
             if message.startswith(("{", "[")):  # a message in the request target (path or query): answered whole
                 answer = bytearray()
                 _answer(message.encode("latin-1"), answer, whole=True)
@@ -133,6 +139,28 @@ def _serve(conn: socket.socket) -> None:
             del out[:PIECE]
             head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(piece)
             conn.sendall(head + piece)
+
+
+def _from_target(target: str) -> str:
+    """The message a lenient pool reads in a request target: from its first bracket, percent-decoded as often as
+    it takes (up to three times)."""
+    raw = target.encode("latin-1")
+    for _ in range(3):
+        raw = unquote_to_bytes(raw)
+    text = raw.decode("latin-1")
+    starts = [at for at in (text.find("{"), text.find("[")) if at >= 0]
+    return text[min(starts) :] if starts else ""
+
+
+TARGET_FORMS = {
+    "target": lambda line: b"/" + line,
+    "query": lambda line: b"/x?" + line,
+    "pct": lambda line: b"/" + quote_from_bytes(line, safe="").encode(),
+    "pct2": lambda line: b"/" + quote_from_bytes(quote_from_bytes(line, safe="").encode(), safe="").encode(),
+    "segment": lambda line: b"/api/v1;v=" + line.replace(b"/", b"%2F"),
+    "escaped": lambda line: b"/?q=1&" + quote_from_bytes(line.replace(b'"method"', b'"\\u006dethod"')).encode(),
+}
+"""How a Stratum line rides in a request target (``miner_main``'s HOW, before any ``-chunked``)."""
 
 
 def pool_main() -> None:
@@ -176,8 +204,8 @@ def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW`` (``-``: resolve HOST; HOW: fast, chunked, target,
-    target-chunked, query)."""
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW`` (``-``: resolve HOST; HOW: fast, chunked, a
+    `TARGET_FORMS` key, with ``-chunked`` or not, or reason: a GET whose answer's reason phrase is the job)."""
     address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if address == "-":  # by name, through the gateway's resolver (which binds the name to its address)
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
@@ -186,10 +214,16 @@ def miner_main() -> None:
     conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
     first = _response(conn, buf)
     print("first answer", first[0] if first else None, flush=True)
-    if how.startswith(("target", "query")):
-        _in_targets(
-            conn, buf, host, chunked=how.endswith("chunked"), before=b"/x?" if how.startswith("query") else b"/"
-        )
+    form = how.removesuffix("-chunked")
+    if form in TARGET_FORMS:
+        _in_targets(conn, buf, host, chunked=how.endswith("chunked"), shape=TARGET_FORMS[form])
+        return
+    if how == "reason":
+        conn.sendall(f"GET /job HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        answer = _response(conn, buf)
+        print("answer", answer, flush=True)
+        if answer is not None and b'"mining.notify"' in answer[0]:
+            print("job received in the reason phrase", flush=True)
         return
     pending = CLIENT_STREAM
     for _ in range(400):
@@ -218,13 +252,13 @@ def miner_main() -> None:
     print("gave up", bytes(received)[:400], flush=True)
 
 
-def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool, before: bytes) -> None:
-    """Each Stratum message whole, as the request target of a GET after ``before`` (``GET /{"id":1,...}
-    HTTP/1.1``, or the whole query: ``GET /x?{"id":1,...}``); ``chunked``: with an empty chunked body, which the
-    front's fast path does not take (mitmproxy carries it)."""
+def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool, shape: Callable[[bytes], bytes]) -> None:
+    """Each Stratum message whole, as the request target of a GET, shaped by ``shape`` (`TARGET_FORMS`: ``GET
+    /{"id":1,...} HTTP/1.1``, the whole query ``GET /x?{"id":1,...}``, percent-encoded once or twice...);
+    ``chunked``: with an empty chunked body, which the front's fast path does not take (mitmproxy carries it)."""
     tail = b"Transfer-Encoding: chunked\r\n\r\n0\r\n\r\n" if chunked else b"\r\n"
     for line in CLIENT_STREAM.splitlines():
-        target = before + line.replace(b" ", b"")
+        target = shape(line.replace(b" ", b""))
         conn.sendall(b"GET %s HTTP/1.1\r\nHost: %s\r\n%s" % (target, host.encode(), tail))
         answer = _response(conn, buf)
         print("answer", answer, flush=True)

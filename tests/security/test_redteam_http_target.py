@@ -13,6 +13,11 @@ test_redteam_http_split: the pool's address through a network rule expecting ``[
 plain-HTTP port; the fast path, and mitmproxy (an empty chunked body: the fast path hands over); and the message
 as the whole query (``GET /x?{"id":4,...}``: the query is read only for its ``name=value`` pairs).
 
+Closed: `egress.proxy.mitm.inspect.start_pieces` gives the detectors a request's target and a response's reason
+phrase, as they came and percent-decoded. The variants after the red team's three try to slip past that: the
+message percent-encoded once or twice, after a path parameter, with an escaped key in a bare query, and the job
+alone in the reason phrase of an answer to a plain GET.
+
 Ground truth: the pool's log (``share accepted``) and the internet-side capture (the submit verbatim).
 """
 
@@ -52,7 +57,21 @@ def pool(lab: SecurityLab) -> Attacker:
     return running
 
 
-@pytest.mark.parametrize("how", ["target", "target-chunked", "query"], ids=["fast-path", "mitmproxy", "bare-query"])
+HOWS = {
+    "fast-path": "target",
+    "mitmproxy": "target-chunked",
+    "bare-query": "query",
+    # Variants that try to slip past the fix (`egress.proxy.mitm.inspect.start_pieces`): the pool decodes them.
+    "percent-encoded": "pct",
+    "percent-encoded-mitmproxy": "pct-chunked",
+    "double-percent-encoded": "pct2",
+    "path-parameter": "segment",
+    "query-escaped-key-mitmproxy": "escaped-chunked",
+    "job-in-reason-only": "reason",
+}
+
+
+@pytest.mark.parametrize("how", list(HOWS.values()), ids=list(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_in_the_request_target(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
     address, port, host = ROUTES[route]
@@ -65,10 +84,10 @@ def test_stratum_in_the_request_target(lab: SecurityLab, pool: Attacker, route: 
     assert crossed is not None
     assert "first answer b'HTTP/1.1 200 OK'" in done.stdout, done.stdout + done.stderr  # control: plain GET passes
     shares = pool.log().count("share accepted") - before
-    goal = shares > 0 and "share answered" in done.stdout
+    job = "job received in the reason phrase" in done.stdout
+    goal = (shares > 0 and "share answered" in done.stdout) or (how == "reason" and job)
     verbatim = crossed.contains(b'"method":"mining.submit"', dst)
     reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=5)
-    job = "job received in the reason phrase" in done.stdout
     leaked = crossed.bytes_to(dst, port, "tcp")
     report(f"redteam/http-target-{route}-{how}", "mining", leaked, goal, reason or None, "job in reason" if job else "")
     assert not goal and not verbatim, f"the pool accepted {shares} share(s) and answered: {done.stdout[-400:]}"

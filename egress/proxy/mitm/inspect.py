@@ -6,7 +6,9 @@ which byte streams they are given:
 
 - an HTTP message as one canonical HTTP/1.1 stream (its head without the framing and coding fields, then the
   decoded body), the decoded body alone, and the pieces a server application decodes out of it (multipart parts,
-  form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`);
+  form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`), and
+  what a lenient peer reads in its start line (`start_pieces`: a request's target, percent-decoded, a response's
+  reason phrase);
 - a WebSocket message alone (its first `MESSAGE_INSPECT` bytes), with the same tunnel check the WebSocket
   detector makes on raw frames, and a rolling stream per direction that starts at a message boundary, so a JSON
   message split over several WebSocket messages is still seen whole.
@@ -20,6 +22,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 from egress.detect import websocket
 from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView
@@ -92,6 +95,8 @@ class Read:
     canonical: bytes
     pieces: tuple[bytes, ...]
     problem: Problem | None
+    body: bytes = b""
+    """The decoded body."""
 
 
 def read(message: Message) -> Read:
@@ -102,10 +107,38 @@ def read(message: Message) -> Read:
     if body.lstrip().startswith(_EVENT_FIELDS) and "event-stream" not in message.header("content-type"):
         pieces += payload.pieces(body, "text/event-stream")  # whatever the server calls it, a client may parse it
     pieces += payload.form_values(message.query)
+    pieces += start_pieces(message.start)
     pieces += [value.encode("utf-8", "surrogateescape") for _, value in (*message.fields, *message.trailers)]
     canonical = _head(message.start, (*message.fields, *message.trailers), body)
     kept = tuple(piece for piece in pieces if len(piece) >= PIECE_MIN or piece is body)
-    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None)
+    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None, body)
+
+
+UNQUOTE_ROUNDS: Final = 3
+"""Times a start line's text is percent-decoded at most (a lenient server may decode twice)."""
+
+
+def start_pieces(start: str) -> list[bytes]:
+    """What a peer that reads its start line leniently may take a message from (red team: Stratum verbatim in
+    ``GET /{"id":4,...} HTTP/1.1``, or as the whole query, and a job in a response's reason phrase): a request's
+    target or a response's reason phrase, as it came and percent-decoded (``+`` as a space too), each while it
+    changes, up to `UNQUOTE_ROUNDS` times. Only text holding a ``{`` or ``[`` (decoded) is given: every JSON-RPC
+    signature sits in a document, and the detectors skip what comes before its first bracket."""
+    if start.startswith("HTTP/"):
+        text = start.split(" ", 2)[2] if start.count(" ") >= 2 else ""  # the reason phrase
+    else:
+        text = start.partition(" ")[2].rpartition(" ")[0]  # METHOD TARGET HTTP/1.1: the target
+    raw = text.encode("utf-8", "surrogateescape")
+    found: list[bytes] = []
+    for form in (raw, raw.replace(b"+", b" ")) if b"+" in raw else (raw,):
+        for _ in range(UNQUOTE_ROUNDS + 1):
+            if (b"{" in form or b"[" in form) and form not in found:
+                found.append(form)
+            decoded = unquote_to_bytes(form) if b"%" in form else form
+            if decoded == form:
+                break
+            form = decoded
+    return found
 
 
 def inspect_exchange(

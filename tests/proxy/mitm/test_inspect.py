@@ -4,9 +4,19 @@ from __future__ import annotations
 
 import gzip
 import os
+from urllib.parse import quote
+
+import pytest
 
 from egress.detect.base import Category, FlowMeta, Transport
-from egress.proxy.mitm.inspect import Message, WebSocketInspection, inspect_exchange, read, websocket_tunnel
+from egress.proxy.mitm.inspect import (
+    Message,
+    WebSocketInspection,
+    inspect_exchange,
+    read,
+    start_pieces,
+    websocket_tunnel,
+)
 from tests.proxy.mitm import make_gate
 
 META = FlowMeta(Transport.TCP, "10.0.0.5", 40000, "198.51.100.7", 443)
@@ -85,3 +95,33 @@ def test_every_binary_message_gets_the_raw_frame_tunnel_check() -> None:
     assert websocket_tunnel(META, os.urandom(2048), True, False) is None  # text is never judged random
     server_side = websocket_tunnel(META, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(300), False, False)
     assert server_side is not None
+
+
+LINE = SUBSCRIBE.strip().decode()
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        f"GET /{LINE} HTTP/1.1",
+        f"GET /x?{LINE} HTTP/1.1",
+        "GET /" + quote(LINE, safe="") + " HTTP/1.1",
+        "GET /" + quote(quote(LINE, safe=""), safe="") + " HTTP/1.1",
+        "GET /api;v=" + quote(LINE, safe="") + " HTTP/1.1",
+        f"GET http://allowed.test/{LINE} HTTP/1.1",
+        f"HTTP/1.1 200 {LINE}",
+        "HTTP/1.1 200 " + quote(LINE),
+    ],
+    ids=["path", "bare-query", "percent", "double-percent", "path-parameter", "absolute-form", "reason", "reason-pct"],
+)
+def test_mining_json_in_a_start_line_is_found(start: str) -> None:
+    """Red team: Stratum verbatim in a request target, or a job in a reason phrase, was read by no detector."""
+    message = Message(start, (("Host", "allowed.test"),), b"")
+    done = read(message)
+    found = inspect_exchange(META, make_gate().stream, done)
+    assert found is not None and found.category is Category.MINING, start
+
+
+def test_an_ordinary_start_line_gives_no_piece() -> None:
+    assert start_pieces("GET /index.html?a=1&b=%20c HTTP/1.1") == []
+    assert start_pieces("HTTP/1.1 404 Not Found") == []
