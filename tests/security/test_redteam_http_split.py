@@ -10,6 +10,9 @@ connection are not. Routes: the pool's own address through a network rule that e
 lab's "compute" rule shape), and an allowed name's plain-HTTP port; the fast path (Content-Length bodies) and
 mitmproxy (chunked bodies: the fast path hands the connection over at the first one).
 
+Closed: `egress.proxy.mitm.inspect.BodyStreams` joins a connection's request bodies, and its response bodies, per
+direction (the fast path's `Judge.joined`, the addon's `FlowHooks`).
+
 Ground truth: the pool's log (``share accepted``) and the internet-side capture (bytes to the pool).
 """
 
@@ -51,7 +54,18 @@ ROUTES = {
 }
 
 
-@pytest.mark.parametrize("how", ["fast", "chunked"], ids=["fast-path", "mitmproxy"])
+HOWS = {
+    "fast-path": "fast",
+    "mitmproxy": "chunked",
+    # Variants that try past the fix (`egress.proxy.mitm.inspect.BodyStreams`): keys escaped, 20 KiB of JSON
+    # whitespace inside the first message (past the joined window), each piece gzip-coded (mitmproxy decodes).
+    "escaped-keys": "escaped",
+    "padded-past-the-window": "padded",
+    "gzip-pieces": "gzip",
+}
+
+
+@pytest.mark.parametrize("how", list(HOWS.values()), ids=list(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_cut_across_keep_alive_request_bodies(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
     address, port, host = ROUTES[route]

@@ -24,6 +24,7 @@ import pytest
 from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.redteam_kit import OPENINGS
 
 pytestmark = pytest.mark.security
 
@@ -79,4 +80,24 @@ def test_bulk_lines_under_the_cap_on_many_connections(lab: SecurityLab, listener
     reason = lab.reason_of(since, lambda r: r.dport == PORT and r.action == "block", timeout=5)
     report("redteam/plaintext-bulk", "exfiltration", leaked, goal, reason or None, done.stdout.strip()[-60:])
     assert not goal, f"{received} bytes of lines reached the listener ({leaked} bytes crossed)"
+    assert reason == "tunnel"
+
+
+@pytest.mark.parametrize("variant", sorted(OPENINGS))
+def test_an_opening_dressed_as_something_else_is_refused_too(
+    lab: SecurityLab, listener: Attacker, variant: str
+) -> None:
+    """Variants that try past the refusal at the opening (`egress.proxy.gate.not_expected`): a TLS record header,
+    an SSH banner, JSON-RPC, blank lines, or a first byte alone before the lines."""
+    before = len(listener.log())
+    since = time.time()
+    with lab.capture(f"plaintext-opening-{variant}") as capture:
+        lab.sandbox_python(KIT.format("opening_main"), DST, str(PORT), variant, SECRET, timeout=60)
+    crossed = capture.result
+    assert crossed is not None
+    received = sum(int(n) for n in re.findall(r"got (\d+) bytes", listener.log()[before:]))
+    goal = received > 0 or crossed.contains(SECRET.encode(), DST)
+    reason = lab.reason_of(since, lambda r: r.dport == PORT and r.action == "block", timeout=5)
+    report(f"redteam/plaintext-opening-{variant}", "exfiltration", crossed.bytes_to(DST, PORT, "tcp"), goal, reason)
+    assert not goal, f"{received} bytes reached the listener"
     assert reason == "tunnel"
