@@ -31,10 +31,6 @@ MAX_TOTAL = 5 * 1024 * 1024
 SUITE_COMMAND = re.compile(r"EGRESS_RECORD_PCAPS=pcaps pytest -p no:randomly (?P<test>\S+)$")
 NOT_RECORDED = {
     "test_dns_burst.py": "2,000 queries and a count of the resolver's drops, taken without a capture block",
-    # The red team's bypasses (failing until fixed): `make pcaps` records them once they hold.
-    "test_redteam_http_split.py": "a red-team bypass that works today: recorded once it is closed",
-    "test_redteam_http_target.py": "a red-team bypass that works today: recorded once it is closed",
-    "test_redteam_plaintext.py": "a red-team bypass that works today: recorded once it is closed",
 }
 """Technique modules of the suite without a capture in pcaps/, and why."""
 LAB_NETS = [
