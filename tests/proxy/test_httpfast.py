@@ -442,3 +442,22 @@ def test_a_job_cut_across_keep_alive_response_bodies_is_blocked_even_when_the_me
         writer.close()
 
     run(scenario, Upstream(answer))
+
+
+def test_an_error_judging_joined_bodies_blocks_the_request_with_a_403() -> None:
+    """Fail closed: the detectors fail only on the joined bodies (neither body alone holds the bytes)."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        half = len(EXPLODE) // 2
+        writer.write(post(b'{"a":"' + EXPLODE[:half]))
+        assert await response(reader) == ok()
+        writer.write(post(EXPLODE[half:] + b'"}'))
+        answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 403")
+        assert EXPLODE[half:] not in site.received
+        [block] = setup.blocks()
+        assert block.verdict.rule == "fail-closed"
+        writer.close()
+
+    run(scenario)
