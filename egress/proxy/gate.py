@@ -43,6 +43,8 @@ from egress.detect.engine import FlowInspector
 from egress.detect.registry import OPAQUE
 from egress.policy.model import DetectorAction, Expect, NetworkRule, Policy, Sandbox
 
+NOT_EXPECTED = "protocol-not-expected"
+"""The protocol of a stream refused at its opening for being none of what its network rule expects."""
 HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
 
@@ -304,7 +306,8 @@ class Gate:
 def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, finding: Finding | None) -> Result:
     """What a stream with no name of its own, to ``rule``'s destination, comes to under its ``expect:`` list:
     the detectors' ``finding`` (minus SSH's where SSH is expected), an SSH or fully encrypted opening the rule does
-    not expect, or MORE while the opening is too short to judge."""
+    not expect, any other opening where the rule expects neither ``http`` nor ``any`` (`not_expected`), or MORE
+    while the opening is too short to judge."""
     first, side = (client, "client") if client else (server, "server")
     seen = encrypted.opening(first)
     if seen is None:
@@ -317,7 +320,22 @@ def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, f
         return finding or Finding(Category.TUNNEL, "ssh-not-expected", encrypted.NAME, evidence(text))
     if seen is encrypted.Opening.ENCRYPTED and not rule.expects(Expect.ANY):
         return finding or encrypted.finding(first, side)
-    return finding
+    if rule.expects(Expect.HTTP):
+        # A rule that takes plain HTTP takes any body: a plaintext stream is left to the detectors and the cap
+        # (`strict`), as JSON-RPC over raw TCP to a compute address is (tests/security/test_streams_framing.py).
+        return finding
+    return finding or not_expected(rule, meta, first, side, seen)
+
+
+def not_expected(rule: NetworkRule, meta: FlowMeta, first: bytes, side: str, seen: encrypted.Opening) -> Finding:
+    """A stream to ``rule``'s destination that opens as none of what the rule expects (a plaintext line protocol,
+    a server's greeting, a TLS or HTTP opening that did not make a whole hello or request head): refused at its
+    opening where the rule expects neither ``http`` nor ``any`` (red team: to a rule expecting ``tls``, a
+    plain-text reverse shell, and bulk lines 12 KiB per connection, stayed below the inspection cap that alone
+    judged it)."""
+    expected = ", ".join(sorted(rule.expect))
+    text = f"{side} opens {seen} to {meta.dst}:{meta.dport} through {rule.rule_id} (expects {expected}): {first[:24]!r}"
+    return Finding(Category.TUNNEL, NOT_EXPECTED, encrypted.NAME, evidence(text))
 
 
 def _unwatched(rule: str, meta: FlowMeta) -> Finding:

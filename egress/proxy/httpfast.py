@@ -8,9 +8,12 @@ Host re-checked against the address), then its body and pieces through the same 
 (`egress.proxy.mitm.inspect.inspect_exchange`). Only a request that is in `egress.proxy.httpwire`'s subset and
 plainly allowed (nothing to record, no finding) is consumed and forwarded; at the first one that is not, the
 connection goes to mitmproxy with that request unread, and mitmproxy decides it (a 403, a record, an upgrade, a
-coded body) as it always did. Responses are read whole, judged with their request (`inspect_exchange`), and only
-then written to the client; one that finds something is recorded, and a blocking one is answered with egress's
-403 and the connection closed. Anything the relay cannot frame or judge after a request went out closes both
+coded body) as it always did. Each request body (whatever it is judged alone) also joins the connection's request
+bodies before it (`Judge.joined`): a finding there is decided here, recorded or blocked (a 403, the connection
+closed), never handed off (mitmproxy would see the body alone). Responses are read whole, judged with their
+request (`inspect_exchange`) and joined to the connection's response bodies before them, and only then written to
+the client; one that finds something is recorded, and a blocking one is answered with egress's 403 and the
+connection closed. Anything the relay cannot frame or judge after a request went out closes both
 sides (a 502 for a response it could not frame): an error never forwards unjudged bytes.
 
 The judgements are `egress.proxy.httpjudge`'s (which keeps the clean ones of a connection by their exact bytes:
@@ -25,12 +28,14 @@ import contextlib
 import logging
 import socket
 import time
+from collections.abc import Callable
+from functools import partial
 from typing import Final
 
 from egress.decide import Enforcement, Verdict, decide_finding
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import http, upgrade
-from egress.detect.base import FlowMeta
+from egress.detect.base import Finding, FlowMeta
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import Sandbox
 from egress.proxy import httpwire
@@ -128,6 +133,13 @@ class _Exchange:
                 if request is None:
                     return False  # outside the subset, or not plainly allowed: mitmproxy decides it
                 parsed, raw, asked = request
+                joined = self._joined(partial(self.judge.joined, asked.body, True))
+                if joined is not None and joined.action is Enforcement.BLOCK:
+                    self.conn.recv(len(raw))  # read, so that the close after the 403 is not a reset that loses it
+                    self._blocks(joined, parsed.host)
+                    return True
+                if joined is not None:
+                    self._report(joined, parsed.host)  # recorded (a detector set to record, report mode)
                 reused = await self.upstream.dial(loop)
                 self.conn.recv(len(raw))  # exactly the judged bytes (peeked, so all there)
                 self.consumed = True
@@ -292,9 +304,23 @@ class _Exchange:
                 return not self._blocks(fail_closed(f"response: {exc!r}"), request.host)
             if finding is not None and self._blocks(decide_finding(self.sandbox, finding), request.host):
                 return False
+        else:
+            joined = self._joined(lambda: self.judge.rejoined(raw, data))
+            if joined is not None and self._blocks(joined, request.host):
+                return False
         await send_all(loop, self.conn, data)
         self.down += len(data)
         return not response.close
+
+    def _joined(self, judge: Callable[[], Finding | None]) -> Verdict | None:
+        """The verdict on what a body joined to its direction's bodies before it shows (`Judge.joined`,
+        `Judge.rejoined`); an inspection error blocks."""
+        try:
+            finding = judge()
+        except Exception as exc:
+            log.exception("httpfast: judging joined bodies failed; blocked")
+            return fail_closed(f"joined bodies: {exc!r}")
+        return None if finding is None else decide_finding(self.sandbox, finding)
 
     def _blocks(self, verdict: Verdict, host: str) -> bool:
         """Report ``verdict``; when it blocks, the client gets egress's 403 (sent here) and the connection ends."""

@@ -6,8 +6,10 @@ A request is plainly allowed when the gate allows it with nothing to record (the
 nothing in it, its body and its pieces (`egress.proxy.mitm.inspect.inspect_exchange`); a response is judged with
 its request the same way. Clean judgements are kept for the connection by the exact bytes judged (`MEMO`): the
 detectors are pure functions of the flow's addresses and bytes, so the same bytes on the same connection get the
-same answer. The Host's binding is looked up on every request (it expires); the policy's answer to it is kept,
-being a pure function of the sandbox, the destination, the Host and the binding.
+same answer. What the bodies before it on the connection make of a body is not the memo's (`BodyStreams`: every
+body joins its direction's stream, memo or not). The Host's binding is looked up on every request (it expires);
+the policy's answer to it is kept, being a pure function of the sandbox, the destination, the Host and the
+binding.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from egress.detect.base import Category, Finding, FlowMeta, evidence
 from egress.policy.model import Sandbox
 from egress.proxy import httpwire
 from egress.proxy.gate import Gate, Kind
-from egress.proxy.mitm.inspect import Message, Read, inspect_exchange, read, unidentified
+from egress.proxy.mitm.inspect import BodyStreams, Message, Read, inspect_exchange, read, unidentified
 
 MEMO: Final = 8
 """Clean judgements kept per connection (requests; requests with their responses), each at most `MEMO_BYTES`."""
@@ -37,8 +39,12 @@ class Judge:
         self.meta = meta
         self.requests: dict[bytes, tuple[httpwire.Request, Read]] = {}
         """Requests judged clean on this connection, by their bytes."""
-        self.exchanges: dict[tuple[bytes, bytes], httpwire.Response] = {}
-        """Responses judged clean with their request on this connection, by both's bytes."""
+        self.exchanges: dict[tuple[bytes, bytes], tuple[httpwire.Response, bytes]] = {}
+        """Responses judged clean with their request on this connection, by both's bytes (with the decoded body,
+        which still joins the connection's response bodies when the memo answers: `joined`)."""
+        self.bodies = BodyStreams(meta, gate.stream)
+        """The connection's request bodies and response bodies, each direction joined (red team: Stratum cut
+        across keep-alive bodies). Fed every body, whether the memo judged its exchange or not."""
         self.hosts: dict[tuple[str, bool], Verdict] = {}
         """`decide_http` for this connection's sandbox and destination, by Host and whether it is bound."""
 
@@ -76,17 +82,31 @@ class Judge:
 
     def judged(self, raw: bytes, data: bytes) -> httpwire.Response | None:
         """The framing of ``data``, when it is a response judged clean before with the request ``raw``."""
-        return self.exchanges.get((raw, data))
+        known = self.exchanges.get((raw, data))
+        return known[0] if known is not None else None
 
     def response(self, raw: bytes, asked: Read, data: bytes, response: httpwire.Response) -> Finding | None:
-        """What the detectors find in a response with its request (an unreadable body is unidentified)."""
+        """What the detectors find in a response with its request (an unreadable body is unidentified), then in
+        its body joined to the connection's response bodies before it."""
         answer = read(Message(status(response), response.fields, response.body, response.trailers))
         finding = inspect_exchange(self.meta, self.gate.stream, asked, answer)
         if finding is None and answer.problem is not None:
             finding = unidentified(f"response body: {answer.problem.why}")
+        if finding is None:
+            finding = self.bodies.body(answer.body, False)
         if finding is None and len(raw) + len(data) <= MEMO_BYTES:
-            keep_at_most(self.exchanges, MEMO)[(raw, data)] = response
+            keep_at_most(self.exchanges, MEMO)[(raw, data)] = (response, answer.body)
         return finding
+
+    def joined(self, body: bytes, from_client: bool) -> Finding | None:
+        """A request's decoded body (its `Read.body`), joined to the connection's request bodies before it."""
+        return self.bodies.body(body, from_client)
+
+    def rejoined(self, raw: bytes, data: bytes) -> Finding | None:
+        """A response the memo judged clean with its request (`judged`): its body joined to the connection's
+        response bodies before it, which the memo does not know."""
+        known = self.exchanges.get((raw, data))
+        return self.bodies.body(known[1], False) if known is not None else None
 
 
 def keep_at_most[K, V](memo: dict[K, V], size: int) -> dict[K, V]:

@@ -13,7 +13,7 @@ from egress.detect.base import MORE, FlowView, _More
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.policy.loader import parse_policy
-from egress.proxy.gate import Decision, Gate, Kind, flow_meta
+from egress.proxy.gate import NOT_EXPECTED, Decision, Gate, Kind, flow_meta
 from tests.lists import shipped_lists
 from tests.proxy.test_front import _client_hello
 
@@ -79,6 +79,7 @@ sandboxes:
         - {{cidr: 198.51.100.4/32, ports: [22, 2222], expect: [ssh]}}
         - {{cidr: 198.51.100.5/32, ports: [443], tls: any}}
         - {{cidr: 198.51.100.6/32, expect: [any]}}
+        - {{cidr: 198.51.100.8/32, ports: [3381], expect: [tls]}}
     detectors: {{mining: block, tunnel: block, crypto_node: block}}
 """
 RANDOM = bytes.fromhex("8f3a5c19e27b44d0a16ce3f8275b9d0e41c2a7f35e86b01d9c4f2a6e83b75d10" * 8)
@@ -125,6 +126,64 @@ def test_a_short_random_opening_waits_for_more() -> None:
 def test_any_lets_an_encrypted_opening_through_to_the_detectors() -> None:
     decision = _first(_network_gate(), ("198.51.100.6", 9000), RANDOM)
     assert decision.kind is Kind.INSPECT and decision.verdict is None
+
+
+TLS_ONLY = ("198.51.100.8", 3381)
+STRATUM_LINE = b'{"id":1,"method":"mining.subscribe","params":["x/1.0"]}\n'
+
+
+@pytest.mark.parametrize(
+    ("dst", "client", "server", "kind", "protocol"),
+    [
+        (TLS_ONLY, b"echo SHELL-42; id\n", b"", Kind.REFUSE, NOT_EXPECTED),
+        (TLS_ONLY, b"", b"$ echo SHELL-42\n", Kind.REFUSE, NOT_EXPECTED),  # the server speaks first
+        (TLS_ONLY, b"", b"220 mail.example ESMTP\r\n", Kind.REFUSE, NOT_EXPECTED),
+        (TLS_ONLY, b"5ec7e75ec7e7da7a" * 64, b"", Kind.REFUSE, NOT_EXPECTED),  # bulk hex, no newline
+        (TLS_ONLY, b"\r\n\r\n" + b"A" * 40, b"", Kind.REFUSE, NOT_EXPECTED),  # blank lines first
+        (TLS_ONLY, b"\x00\x00\x00\x08\x04\xd2\x16\x2f", b"", Kind.REFUSE, NOT_EXPECTED),  # binary
+        (TLS_ONLY, b"GET / HTTP/1.1\r\nHost: x.test\r\n\r\n", b"", Kind.HTTP, "http"),  # HTTP: not-allowlisted
+        (TLS_ONLY, STRATUM_LINE, b"", Kind.REFUSE, "stratum-v1"),  # the detectors' finding first
+        (TLS_ONLY, b"ab", b"", Kind.WAIT, None),  # too short to tell: waits, forwards nothing
+        (TLS_ONLY, b"echo", b"$ ", Kind.WAIT, None),  # the client's opening decides, still short
+        (("198.51.100.3", 3333), b"echo SHELL-42\n", b"", Kind.INSPECT, None),  # http expected: the detectors'
+        (("198.51.100.4", 2222), b"echo SHELL-42\n", b"", Kind.REFUSE, NOT_EXPECTED),  # expects ssh only
+        (("198.51.100.4", 2222), SSH_BANNER, b"", Kind.INSPECT, None),
+        (("198.51.100.6", 9000), b"echo SHELL-42\n", b"", Kind.INSPECT, None),  # any: the detectors judge it
+        (("198.51.100.6", 9000), b"", b"220 mail.example ESMTP\r\n", Kind.INSPECT, None),
+    ],
+    ids=[
+        "shell-line",
+        "server-first-prompt",
+        "server-first-smtp",
+        "bulk-hex",
+        "blank-lines-first",
+        "binary-header",
+        "http-head",
+        "stratum-line",
+        "short",
+        "short-client-server-spoke",
+        "http-rule-plain",
+        "ssh-rule-plain",
+        "ssh-rule-ssh",
+        "any-plain",
+        "any-server-first",
+    ],
+)
+def test_a_plain_opening_a_network_rule_does_not_expect_is_refused_at_once(
+    dst: tuple[str, int], client: bytes, server: bytes, kind: Kind, protocol: str | None
+) -> None:
+    """Red team (plaintext): a line protocol to a rule expecting tls only was relayed to the inspection cap, so a
+    reverse shell ran and bulk lines left below it. Now any opening such a rule does not expect is refused; a rule
+    that expects http leaves plaintext to the detectors (it takes any HTTP body)."""
+    decision = _first(_network_gate(), dst, client, server)
+    assert decision.kind is kind
+    if protocol is None:
+        assert decision.verdict is None
+    elif protocol == "http":
+        assert decision.verdict is not None and decision.verdict.action is Enforcement.BLOCK
+    else:
+        assert decision.verdict is not None and decision.verdict.finding is not None
+        assert decision.verdict.finding.protocol == protocol
 
 
 def test_report_mode_lets_it_pass_as_a_would_block() -> None:
@@ -218,6 +277,10 @@ def test_a_tls_record_header_without_a_client_hello_is_inspected_not_passed(head
     assert decision.kind is Kind.REFUSE
     assert decision.verdict is not None and decision.verdict.reason is Reason.MINING
     assert gate.on_first_bytes(sandbox, meta, head + b'{"id":1,"method":"echo"}\n', b"").kind is Kind.INSPECT
+    tls_only = flow_meta(("10.0.0.5", 40000), ("198.51.100.8", 3381))  # red team: refused at its opening there
+    other = gate.on_first_bytes(sandbox, tls_only, head + b'{"id":1,"method":"echo"}\n', b"")
+    assert other.kind is Kind.REFUSE and other.verdict is not None and other.verdict.reason is Reason.TUNNEL
+    assert other.verdict.finding is not None and other.verdict.finding.protocol == NOT_EXPECTED
 
 
 # -- a raw stream left unidentified at the inspection cap (issue 9, point 4) ---------------------------------------

@@ -391,3 +391,73 @@ def test_connection_close_ends_the_exchange() -> None:
         writer.close()
 
     run(scenario)
+
+
+SPLIT = b'{"id":1,"method":"mining.subscribe","params":["x/1.0"]}\n'
+
+
+def test_stratum_cut_across_keep_alive_request_bodies_is_blocked_at_the_piece_that_completes_it() -> None:
+    """Red team (http split): each body alone holds no message; joined per direction (`Judge.joined`) they do."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        pieces = [SPLIT[i : i + 7] for i in range(0, len(SPLIT), 7)]
+        answers = []
+        for piece in pieces:
+            writer.write(post(piece))
+            answer = await reader.read(65536)
+            answers.append(answer)
+            if not answer.startswith(b"HTTP/1.1 200"):
+                break
+        assert answers[-1].startswith(b"HTTP/1.1 403") and b"mining" in answers[-1], answers
+        assert b'"mining.subscribe"' not in site.received  # the piece that completed it never left
+        [block] = setup.blocks()
+        assert block.verdict.reason is Reason.MINING
+        assert setup.front.handed_off == 0  # decided here, not handed to mitmproxy (which sees a body alone)
+        writer.close()
+
+    run(scenario)
+
+
+def test_a_job_cut_across_keep_alive_response_bodies_is_blocked_even_when_the_memo_knows_the_exchange() -> None:
+    """The last piece is an exchange the memo judged clean before (same request, same answer): its body still
+    joins the connection's response bodies (`Judge.rejoined`), where it completes the job."""
+    pieces = [b'{"a":"noti', b'fy"}\n', b'{"id":null,"method":"mining.noti', b'fy"}\n']
+    served: list[bytes] = []
+
+    def answer(request: bytes) -> bytes:
+        served.append(pieces[len(served)])
+        return ok(served[-1])
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for piece in pieces[:3]:
+            writer.write(get("/poll"))  # the same request each time
+            assert await response(reader) == ok(piece)
+        writer.write(get("/poll"))
+        got = await reader.read()  # to the close
+        assert got.startswith(b"HTTP/1.1 403") and b"mining.noti" not in got, got
+        [block] = setup.blocks()
+        assert block.verdict.reason is Reason.MINING
+        writer.close()
+
+    run(scenario, Upstream(answer))
+
+
+def test_an_error_judging_joined_bodies_blocks_the_request_with_a_403() -> None:
+    """Fail closed: the detectors fail only on the joined bodies (neither body alone holds the bytes)."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        half = len(EXPLODE) // 2
+        writer.write(post(b'{"a":"' + EXPLODE[:half]))
+        assert await response(reader) == ok()
+        writer.write(post(EXPLODE[half:] + b'"}'))
+        answer = await reader.read()
+        assert answer.startswith(b"HTTP/1.1 403")
+        assert EXPLODE[half:] not in site.received
+        [block] = setup.blocks()
+        assert block.verdict.rule == "fail-closed"
+        writer.close()
+
+    run(scenario)

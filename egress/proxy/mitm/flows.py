@@ -2,7 +2,9 @@
 
 - every request and response body is read as the other side reads it (`egress.proxy.mitm.inspect`) and goes
   through the stream detectors, paired (request, then request and response) so HTTP-aware detectors see both;
-  a body egress cannot read as the server would is blocked as ``tunnel``/``unidentified``;
+  a body egress cannot read as the server would is blocked as ``tunnel``/``unidentified``; each body also joins
+  the bodies before it on its client connection, per direction (`BodyStreams`: a message cut across keep-alive
+  exchanges is seen whole);
 - an ``Upgrade`` other than ``websocket`` (or one the sandbox's ``upgrades:`` allows) is refused before it is
   forwarded, and a ``101`` that would switch to anything else is killed before the client sees it (after a ``101``
   mitmproxy would relay the rest raw, uninspected; an allowed one is relayed through the detectors instead);
@@ -13,6 +15,7 @@
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable
 from typing import Final
 
@@ -24,6 +27,7 @@ from egress.detect.base import Finding, FlowMeta, Transport
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.inspect import (
+    BodyStreams,
     Message,
     Read,
     WebSocketInspection,
@@ -121,6 +125,15 @@ class FlowHooks:
         self.gate = gate
         self.report = report
         self.sever = sever
+        self.bodies: weakref.WeakKeyDictionary[connection.Client, BodyStreams] = weakref.WeakKeyDictionary()
+        """Each client connection's request and response bodies, joined per direction (`BodyStreams`)."""
+
+    def _joined(self, flow: http.HTTPFlow, body: bytes, from_client: bool) -> Finding | None:
+        """``body`` joined to the bodies before it on the flow's client connection, in its direction."""
+        streams = self.bodies.get(flow.client_conn)
+        if streams is None:
+            streams = self.bodies[flow.client_conn] = BodyStreams(flow_meta(flow), self.gate.stream)
+        return streams.body(body, from_client)
 
     def _judge(self, flow: http.HTTPFlow, sandbox: Sandbox, finding: Finding | None) -> Verdict | None:
         """Report a finding's verdict; the verdict when it blocks."""
@@ -155,6 +168,8 @@ class FlowHooks:
         finding = inspect_exchange(flow_meta(flow), self.gate.stream, request)
         if finding is None and request.problem is not None:
             finding = unidentified(f"request body: {request.problem.why}")
+        if finding is None:
+            finding = self._joined(flow, request.body, True)
         blocked = self._judge(flow, sandbox, finding)
         if blocked is not None:
             answer_blocked(flow, blocked)
@@ -177,6 +192,8 @@ class FlowHooks:
         finding = inspect_exchange(flow_meta(flow), self.gate.stream, request, answer)
         if finding is None and answer.problem is not None:
             finding = unidentified(f"response body: {answer.problem.why}")
+        if finding is None:
+            finding = self._joined(flow, answer.body, False)
         blocked = self._judge(flow, sandbox, finding)
         if blocked is not None:
             answer_blocked(flow, blocked)

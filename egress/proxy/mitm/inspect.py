@@ -6,10 +6,14 @@ which byte streams they are given:
 
 - an HTTP message as one canonical HTTP/1.1 stream (its head without the framing and coding fields, then the
   decoded body), the decoded body alone, and the pieces a server application decodes out of it (multipart parts,
-  form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`);
+  form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`), and
+  what a lenient peer reads in its start line (`start_pieces`: a request's target, percent-decoded, a response's
+  reason phrase);
 - a WebSocket message alone (its first `MESSAGE_INSPECT` bytes), with the same tunnel check the WebSocket
   detector makes on raw frames, and a rolling stream per direction that starts at a message boundary, so a JSON
-  message split over several WebSocket messages is still seen whole.
+  message split over several WebSocket messages is still seen whole;
+- the bodies of one connection's requests, and of its responses, joined per direction (`BodyStreams`), so a
+  message cut across keep-alive exchanges is seen whole too.
 
 A body that cannot be read as the server reads it (unknown coding, corrupt, a decompression bomb) is a `Problem`:
 the addon blocks it as unidentified rather than pass what it could not judge.
@@ -20,6 +24,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
+from urllib.parse import unquote_to_bytes
 
 from egress.detect import websocket
 from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView
@@ -92,6 +97,8 @@ class Read:
     canonical: bytes
     pieces: tuple[bytes, ...]
     problem: Problem | None
+    body: bytes = b""
+    """The decoded body (`BodyStreams` joins a connection's)."""
 
 
 def read(message: Message) -> Read:
@@ -102,10 +109,38 @@ def read(message: Message) -> Read:
     if body.lstrip().startswith(_EVENT_FIELDS) and "event-stream" not in message.header("content-type"):
         pieces += payload.pieces(body, "text/event-stream")  # whatever the server calls it, a client may parse it
     pieces += payload.form_values(message.query)
+    pieces += start_pieces(message.start)
     pieces += [value.encode("utf-8", "surrogateescape") for _, value in (*message.fields, *message.trailers)]
     canonical = _head(message.start, (*message.fields, *message.trailers), body)
     kept = tuple(piece for piece in pieces if len(piece) >= PIECE_MIN or piece is body)
-    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None)
+    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None, body)
+
+
+UNQUOTE_ROUNDS: Final = 3
+"""Times a start line's text is percent-decoded at most (a lenient server may decode twice)."""
+
+
+def start_pieces(start: str) -> list[bytes]:
+    """What a peer that reads its start line leniently may take a message from (red team: Stratum verbatim in
+    ``GET /{"id":4,...} HTTP/1.1``, or as the whole query, and a job in a response's reason phrase): a request's
+    target or a response's reason phrase, as it came and percent-decoded (``+`` as a space too), each while it
+    changes, up to `UNQUOTE_ROUNDS` times. Only text holding a ``{`` or ``[`` (decoded) is given: every JSON-RPC
+    signature sits in a document, and the detectors skip what comes before its first bracket."""
+    if start.startswith("HTTP/"):
+        text = start.split(" ", 2)[2] if start.count(" ") >= 2 else ""  # the reason phrase
+    else:
+        text = start.partition(" ")[2].rpartition(" ")[0]  # METHOD TARGET HTTP/1.1: the target
+    raw = text.encode("utf-8", "surrogateescape")
+    found: list[bytes] = []
+    for form in (raw, raw.replace(b"+", b" ")) if b"+" in raw else (raw,):
+        for _ in range(UNQUOTE_ROUNDS + 1):
+            if (b"{" in form or b"[" in form) and form not in found:
+                found.append(form)
+            decoded = unquote_to_bytes(form) if b"%" in form else form
+            if decoded == form:
+                break
+            form = decoded
+    return found
 
 
 def inspect_exchange(
@@ -179,6 +214,65 @@ class WebSocketInspection:
         if stream is None or stream.done:
             stream = self.rolling[from_client] = FlowInspector(self.meta, self.detectors, stream_cap=WINDOW_MAX)
         return stream.feed_stream(from_client, content)
+
+
+JOINED_HEAD: Final = 1024
+"""Bytes of a direction's joined bodies kept from their first bracket when they outgrow `WINDOW_MAX` (the rest is
+their last bytes): a message padded past the window inside a value still shows its start."""
+JOINED_MEMO: Final = 8
+"""Joined windows judged clean kept per connection (`BodyStreams`): a client polling one answer reaches a window
+that repeats once its stream is `WINDOW_MAX` long."""
+
+
+def _from_bracket(data: bytes) -> bytes:
+    """``data`` from its first ``{`` or ``[`` on (empty without one): the JSON-RPC detectors skip what comes
+    before it, and a stream without one holds no message to complete."""
+    starts = [at for at in (data.find(b"{"), data.find(b"[")) if at >= 0]
+    return data[min(starts) :] if starts else b""
+
+
+class BodyStreams:
+    """The bodies of one HTTP connection's requests, and those of its responses, each direction read as one stream
+    (red team: Stratum cut 7 bytes per keep-alive POST body, and the pool's answers per response body, reached a
+    pool that joins them; each exchange alone holds no whole message). Each body is judged joined to the bodies
+    before it in its direction, from their first ``{`` or ``[`` (what a server that concatenates them reads across
+    the cut): `WINDOW_MAX` bytes of them at most (their first `JOINED_HEAD` and their last), and at most
+    `WINDOW_MAX` of its own: cost per body bounded by twice
+    `WINDOW_MAX`, however long the connection lives. Nothing is run while the bodies before hold no bracket (a
+    direction's first body, or plain text: `inspect_exchange` judged each alone), nor for a joined window judged
+    clean before (`JOINED_MEMO`)."""
+
+    __slots__ = ("meta", "detectors", "tails", "clean")
+
+    def __init__(self, meta: FlowMeta, detectors: tuple[Detector, ...]) -> None:
+        self.meta = meta
+        self.detectors = detectors
+        self.tails: dict[bool, bytes] = {}
+        """Each direction's bodies so far, from their first bracket (their head and their last bytes)."""
+        self.clean: dict[bytes, None] = {}
+        """Joined windows judged clean, oldest first."""
+
+    def body(self, body: bytes, from_client: bool) -> Finding | None:
+        """Judge ``body`` (decoded) joined to its direction's bodies before it."""
+        if not body:
+            return None
+        before = self.tails.get(from_client, b"")
+        tail = before + body if before else _from_bracket(body)
+        if len(tail) > WINDOW_MAX:  # the start of what is open, and what came last: padding cuts neither
+            tail = tail[:JOINED_HEAD] + tail[JOINED_HEAD - WINDOW_MAX :]
+        self.tails[from_client] = tail
+        if not before:
+            return None
+        joined = before + body[:WINDOW_MAX]
+        if joined in self.clean:
+            return None
+        client, server = (joined, b"") if from_client else (b"", joined)
+        found = _run(self.meta, self.detectors, client, server, len(joined))
+        if found is None:
+            if len(self.clean) >= JOINED_MEMO:
+                del self.clean[next(iter(self.clean))]
+            self.clean[joined] = None
+        return found
 
 
 def fields_of(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

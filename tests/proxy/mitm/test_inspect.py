@@ -4,9 +4,20 @@ from __future__ import annotations
 
 import gzip
 import os
+from urllib.parse import quote
 
-from egress.detect.base import Category, FlowMeta, Transport
-from egress.proxy.mitm.inspect import Message, WebSocketInspection, inspect_exchange, read, websocket_tunnel
+import pytest
+
+from egress.detect.base import Category, FlowMeta, FlowView, Result, Transport
+from egress.proxy.mitm.inspect import (
+    BodyStreams,
+    Message,
+    WebSocketInspection,
+    inspect_exchange,
+    read,
+    start_pieces,
+    websocket_tunnel,
+)
 from tests.proxy.mitm import make_gate
 
 META = FlowMeta(Transport.TCP, "10.0.0.5", 40000, "198.51.100.7", 443)
@@ -85,3 +96,75 @@ def test_every_binary_message_gets_the_raw_frame_tunnel_check() -> None:
     assert websocket_tunnel(META, os.urandom(2048), True, False) is None  # text is never judged random
     server_side = websocket_tunnel(META, b"SSH-2.0-OpenSSH_9.6\r\n" + bytes(300), False, False)
     assert server_side is not None
+
+
+LINE = SUBSCRIBE.strip().decode()
+
+
+@pytest.mark.parametrize(
+    "start",
+    [
+        f"GET /{LINE} HTTP/1.1",
+        f"GET /x?{LINE} HTTP/1.1",
+        "GET /" + quote(LINE, safe="") + " HTTP/1.1",
+        "GET /" + quote(quote(LINE, safe=""), safe="") + " HTTP/1.1",
+        "GET /api;v=" + quote(LINE, safe="") + " HTTP/1.1",
+        f"GET http://allowed.test/{LINE} HTTP/1.1",
+        f"HTTP/1.1 200 {LINE}",
+        "HTTP/1.1 200 " + quote(LINE),
+    ],
+    ids=["path", "bare-query", "percent", "double-percent", "path-parameter", "absolute-form", "reason", "reason-pct"],
+)
+def test_mining_json_in_a_start_line_is_found(start: str) -> None:
+    """Red team: Stratum verbatim in a request target, or a job in a reason phrase, was read by no detector."""
+    message = Message(start, (("Host", "allowed.test"),), b"")
+    done = read(message)
+    found = inspect_exchange(META, make_gate().stream, done)
+    assert found is not None and found.category is Category.MINING, start
+
+
+def test_an_ordinary_start_line_gives_no_piece() -> None:
+    assert start_pieces("GET /index.html?a=1&b=%20c HTTP/1.1") == []
+    assert start_pieces("HTTP/1.1 404 Not Found") == []
+
+
+SPLIT_META = FlowMeta(Transport.TCP, "10.0.0.5", 40000, "198.51.100.3", 3380)
+
+
+@pytest.mark.parametrize(
+    ("pieces", "from_client"),
+    [
+        ([SUBSCRIBE[i : i + 7] for i in range(0, len(SUBSCRIBE), 7)], True),
+        ([SUBSCRIBE[i : i + 1] for i in range(len(SUBSCRIBE))], True),
+        ([SUBSCRIBE[:8], b" " * 20_000, SUBSCRIBE[8:]], True),  # whitespace padding past the window
+        ([b'{"id":1,"pad":"' + b"A" * 20_000, b'","method":"mining.subscribe","params":[]}\n'], True),
+        ([b'{"id":1,"\\u006dethod":"mining.sub', b'scribe","params":[]}\n'], True),  # an escaped key
+        ([b'{"id":null,"method":"mining.noti', b'fy","params":[]}\n'], False),  # the pool's side
+    ],
+    ids=["7-bytes", "1-byte", "whitespace-padding", "string-padding", "escaped-key", "response"],
+)
+def test_a_message_cut_across_bodies_is_seen_joined(pieces: list[bytes], from_client: bool) -> None:
+    """Red team (http split): each body alone holds no whole message (`inspect_exchange`), joined they do."""
+    streams, found = BodyStreams(SPLIT_META, make_gate().stream), None
+    for piece in pieces:
+        found = found or streams.body(piece, from_client)
+    assert found is not None and found.category is Category.MINING
+
+
+def test_bodies_without_a_bracket_or_seen_before_cost_no_run() -> None:
+    counted: list[int] = []
+
+    def counting(view: FlowView) -> Result:
+        counted.append(1)
+        return None
+
+    streams = BodyStreams(SPLIT_META, (counting,))
+    for _ in range(50):
+        assert streams.body(b"hello", True) is None  # plain text: each body alone is all there is to read
+    assert counted == []
+    for _ in range(3000):
+        streams.body(b'{"status":"ok"}', False)
+    runs = len(counted)
+    for _ in range(100):
+        streams.body(b'{"status":"ok"}', False)  # the joined window now repeats: the memo answers
+    assert len(counted) == runs
