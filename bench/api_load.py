@@ -8,6 +8,7 @@ the same records); `load` runs one request shape from ``clients`` clients until 
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import os
 import socket
@@ -342,13 +343,20 @@ def load_lean(served: Served, path_of: Callable[[int], str], clients: int, reque
     return _run_clients(served, client, clients, result)
 
 
-def warm(served: Served, shapes: dict[str, Callable[[int], str]], each: int = 20) -> None:
-    """``each`` requests of every shape, one at a time: what the API reads once and keeps (its read cache) is
-    read before the shapes are timed, whichever comes first."""
-    with httpx.Client(base_url=served.base, timeout=120) as http:
-        for path_of in shapes.values():
-            for number in range(each):
-                http.get(path_of(number)).raise_for_status()
+def warm(served: Served, shapes: dict[str, Callable[[int], str]], each: int = 20, clients: int = 1) -> None:
+    """``each`` requests of every shape from each of ``clients`` concurrent clients: what the API reads once and
+    keeps (its read cache) is read, and its thread pools and Redis connections have grown to the load's
+    concurrency, before the shapes are timed, whichever comes first (a server in service is warm)."""
+
+    def client() -> None:
+        with httpx.Client(base_url=served.base, timeout=120) as http:
+            for path_of in shapes.values():
+                for number in range(each):
+                    http.get(path_of(number)).raise_for_status()
+
+    with concurrent.futures.ThreadPoolExecutor(clients) as pool:
+        for done in [pool.submit(client) for _ in range(clients)]:
+            done.result()  # a failed request fails the bench
 
 
 def print_table(api: dict[str, dict[str, Result]], clients: int, workers: int) -> None:

@@ -253,7 +253,7 @@ def main() -> int:
                 for name, tree in list(trees.items())[:: -1 if number % 2 else 1]:
                     log = pathlib.Path(spool) / f"api-{number}-{len(api)}.log"
                     with serve(tree, server.url, args.api_workers, log, server.pid) as served:
-                        warm(served, shapes)
+                        warm(served, shapes, clients=args.clients)
                         api[name] = {
                             shape: (
                                 load(served, path_of, args.clients, args.api_requests, args.api_seconds, timeout=60.0)
