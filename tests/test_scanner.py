@@ -262,7 +262,7 @@ def _exchange(sport: int, client: list[bytes], server: list[bytes]) -> list[tupl
     return frames
 
 
-def _scan_http(tmp_path: pathlib.Path, client: list[bytes], server: list[bytes] = ()) -> list[tuple[str, str]]:
+def _scan_http(tmp_path: pathlib.Path, client: list[bytes], server: tuple[bytes, ...] = ()) -> list[tuple[str, str]]:
     path = _write(tmp_path / "http.pcap", _exchange(40100, client, list(server)))
     stats = FileStats(path)
     found = [
@@ -288,7 +288,7 @@ OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 )
 def test_the_scanner_reads_stratum_in_a_request_target(tmp_path: pathlib.Path, target: str) -> None:
     request = f"GET {target} HTTP/1.1\r\nHost: pool.example\r\n\r\n".encode()
-    assert _scan_http(tmp_path, [request], [OK]) == [("mining", "stratum-v1")]
+    assert _scan_http(tmp_path, [request], (OK,)) == [("mining", "stratum-v1")]
 
 
 def test_the_scanner_reads_a_job_in_a_reason_phrase(tmp_path: pathlib.Path) -> None:
@@ -297,7 +297,7 @@ def test_the_scanner_reads_a_job_in_a_reason_phrase(tmp_path: pathlib.Path) -> N
     )
     answer = b"HTTP/1.1 200 " + job + b"\r\nContent-Length: 0\r\n\r\n"
     request = b"GET /job HTTP/1.1\r\nHost: pool.example\r\n\r\n"
-    assert _scan_http(tmp_path, [request], [answer]) == [("mining", "stratum-v1")]
+    assert _scan_http(tmp_path, [request], (answer,)) == [("mining", "stratum-v1")]
 
 
 def _posts(pieces: list[bytes]) -> list[bytes]:
@@ -307,7 +307,7 @@ def _posts(pieces: list[bytes]) -> list[bytes]:
 
 def test_the_scanner_reads_stratum_cut_across_keep_alive_bodies(tmp_path: pathlib.Path) -> None:
     pieces = [MESSAGE[at : at + 7] for at in range(0, len(MESSAGE), 7)]
-    assert _scan_http(tmp_path, _posts(pieces), [OK] * len(pieces)) == [("mining", "stratum-v1")]
+    assert _scan_http(tmp_path, _posts(pieces), (OK,) * len(pieces)) == [("mining", "stratum-v1")]
 
 
 def test_the_scanner_reads_a_pools_answers_cut_across_response_bodies(tmp_path: pathlib.Path) -> None:
@@ -315,7 +315,7 @@ def test_the_scanner_reads_a_pools_answers_cut_across_response_bodies(tmp_path: 
     pieces = [notify[at : at + 7] for at in range(0, len(notify), 7)]
     answers = [f"HTTP/1.1 200 OK\r\nContent-Length: {len(piece)}\r\n\r\n".encode() + piece for piece in pieces]
     requests = [b"GET /job HTTP/1.1\r\nHost: pool.example\r\n\r\n"] * len(pieces)
-    assert _scan_http(tmp_path, requests, answers) == [("mining", "stratum-v1")]
+    assert _scan_http(tmp_path, requests, tuple(answers)) == [("mining", "stratum-v1")]
 
 
 def test_brackets_in_targets_and_json_bodies_on_one_connection_are_no_finding(tmp_path: pathlib.Path) -> None:
@@ -325,4 +325,4 @@ def test_brackets_in_targets_and_json_bodies_on_one_connection_are_no_finding(tm
         *_posts([b'{"query":"status","id":1}', b'{"query":"list","id":2}', b'[{"page":1}]']),
     ]
     answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b'{"ok":true}'[:10]] * 4
-    assert _scan_http(tmp_path, requests, answers) == []
+    assert _scan_http(tmp_path, requests, tuple(answers)) == []

@@ -194,8 +194,8 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
             break
         head = data[pos:end]
         heads.append(head)
-        for opened in _start_texts(head):
-            extras.append(opened)
+        for text in _start_texts(head):
+            extras.append(text)
             extra_owners.append(len(heads) - 1)
         body, pos, whole, fixed = _body(data, end + 4, head)
         if body and (coding := _field(head.lower(), b"content-encoding")):
