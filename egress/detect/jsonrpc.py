@@ -194,19 +194,17 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
             break
         head = data[pos:end]
         heads.append(head)
-        for text in _start_texts(head):
-            extras.append(text)
-            extra_owners.append(len(heads) - 1)
+        _add_start_texts(head, len(heads) - 1, extras, extra_owners)
         body, pos, whole, fixed = _body(data, end + 4, head)
-        if body and (coding := _field(head.lower(), b"content-encoding")):
-            body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
-            budget -= len(body)
-        joined, joins = _join(joined, joins, body)
-        opened = _json_body(body)
-        if opened is not None:
-            # A body known to be whole ends its last message, as a newline does on a raw stream.
-            bodies.append(opened.rstrip() + b"\n" if whole else opened)
-            owners.append(len(heads) - 1)
+        if body:
+            if coding := _field(head.lower(), b"content-encoding"):
+                body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
+                budget -= len(body)
+            joined, joins = _join(joined, joins, body)
+            if (opened := _json_body(body)) is not None:
+                # A body known to be whole ends its last message, as a newline does on a raw stream.
+                bodies.append(opened.rstrip() + b"\n" if whole else opened)
+                owners.append(len(heads) - 1)
         if whole and fixed:  # nothing after this message can change what was read of it
             settled = _Settled(
                 pos,
@@ -239,23 +237,23 @@ def _http_payload(heads: tuple[bytes, ...], bodies: list[bytes], owners: list[in
     return Payload(Kind.JSON, bytes(text), heads, body_starts=tuple(starts))
 
 
-def _start_texts(head: bytes) -> list[bytes]:
-    """The JSON text a lenient peer reads in the start line of ``head`` (`start_pieces`: a request's target, a
-    response's reason phrase, percent-decoded), each from its first bracket and ending its message; only a line
-    holding a bracket or a ``%`` is read further."""
-    line_end = head.find(b"\r\n")
-    start = head[:line_end] if line_end >= 0 else head
-    if b"{" not in start and b"[" not in start and b"%" not in start:
-        return []
-    texts = (from_bracket(decode(piece)) for piece in start_pieces(start.decode("utf-8", "surrogateescape")))
-    return [text.rstrip() + b"\n" for text in texts if text]
+def _add_start_texts(head: bytes, owner: int, texts: list[bytes], owners: list[int]) -> None:
+    """Add to ``texts`` the JSON text a lenient peer reads in the start line of ``head`` (`start_pieces`: a
+    request's target, a response's reason phrase, percent-decoded), each from its first bracket and ending its
+    message; a line with no bracket and no ``%`` holds none and is read no further."""
+    start = head.partition(b"\r\n")[0]
+    if b"{" in start or b"[" in start or b"%" in start:
+        for piece in start_pieces(start.decode("utf-8", "surrogateescape")):
+            if text := from_bracket(decode(piece)):
+                texts.append(text.rstrip() + b"\n")
+                owners.append(owner)
 
 
 def _join(joined: bytes, joins: int, body: bytes) -> tuple[bytes, int]:
     """``body`` (content coding undone) added to a stream's bodies joined so far (``joins`` of them in ``joined``),
     as `egress.proxy.mitm.inspect.BodyStreams` joins them: from the first body holding a bracket, at its first."""
     if joins:
-        return (joined + body, joins + 1) if body and len(joined) < SCAN_LIMIT else (joined, joins)
+        return (joined + body, joins + 1) if len(joined) < SCAN_LIMIT else (joined, joins)
     return (from_bracket(body), 1) if b"{" in body or b"[" in body else (joined, joins)
 
 
