@@ -240,3 +240,89 @@ def test_the_scanner_watches_ssh_for_port_forwarding(
     if port != 22:
         expected.add((Category.TUNNEL, "ssh-nonstandard-port"))
     assert found == expected
+
+
+def _exchange(sport: int, client: list[bytes], server: list[bytes]) -> list[tuple[float, bytes]]:
+    """One plain-HTTP connection to port 80: the client's messages, each answered by the server's in turn."""
+    syn, ack, psh = dpkt.tcp.TH_SYN, dpkt.tcp.TH_ACK, dpkt.tcp.TH_PUSH | dpkt.tcp.TH_ACK
+    frames = [
+        (1.0, _frame(CLIENT, SERVER, sport, 80, 999, syn)),
+        (1.001, _frame(SERVER, CLIENT, 80, sport, 4999, syn | ack)),
+    ]
+    seq, ack_seq, ts = 1000, 5000, 1.002
+    for index in range(max(len(client), len(server))):
+        for data, outgoing in ((client[index : index + 1], True), (server[index : index + 1], False)):
+            if data:
+                src, dst, ports, at = (
+                    (CLIENT, SERVER, (sport, 80), seq) if outgoing else (SERVER, CLIENT, (80, sport), ack_seq)
+                )
+                frames.append((ts, _frame(src, dst, *ports, at, psh, data[0])))
+                seq, ack_seq = (seq + len(data[0]), ack_seq) if outgoing else (seq, ack_seq + len(data[0]))
+                ts += 0.001
+    return frames
+
+
+def _scan_http(tmp_path: pathlib.Path, client: list[bytes], server: tuple[bytes, ...] = ()) -> list[tuple[str, str]]:
+    path = _write(tmp_path / "http.pcap", _exchange(40100, client, list(server)))
+    stats = FileStats(path)
+    found = [
+        (f.finding.category.value, f.finding.protocol)
+        for f in Scanner(build_detectors(shipped_lists())).scan(path, stats)
+    ]
+    assert stats.skipped == 0 and stats.error is None
+    return found
+
+
+SUBMIT = '{"id":4,"method":"mining.submit","params":["w","j1","00","5f5e1000","deadbeef"]}'
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+@pytest.mark.parametrize(
+    "target",
+    [
+        f"/{SUBMIT}",  # verbatim (red team: test_redteam_http_target.py)
+        f"/x?{SUBMIT}",  # the whole query, no name=value
+        "/" + "".join(f"%{byte:02X}" for byte in SUBMIT.encode()),  # percent-encoded
+        "/" + "".join(f"%25{byte:02X}" for byte in SUBMIT.encode()),  # twice
+    ],
+)
+def test_the_scanner_reads_stratum_in_a_request_target(tmp_path: pathlib.Path, target: str) -> None:
+    request = f"GET {target} HTTP/1.1\r\nHost: pool.example\r\n\r\n".encode()
+    assert _scan_http(tmp_path, [request], (OK,)) == [("mining", "stratum-v1")]
+
+
+def test_the_scanner_reads_a_job_in_a_reason_phrase(tmp_path: pathlib.Path) -> None:
+    job = (
+        b'{"id":null,"method":"mining.notify","params":["j1","00","01","02",[],"20000000","1d00ffff","5f5e1000",true]}'
+    )
+    answer = b"HTTP/1.1 200 " + job + b"\r\nContent-Length: 0\r\n\r\n"
+    request = b"GET /job HTTP/1.1\r\nHost: pool.example\r\n\r\n"
+    assert _scan_http(tmp_path, [request], (answer,)) == [("mining", "stratum-v1")]
+
+
+def _posts(pieces: list[bytes]) -> list[bytes]:
+    head = "POST /work HTTP/1.1\r\nHost: pool.example\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n"
+    return [head.format(len(piece)).encode() + piece for piece in pieces]
+
+
+def test_the_scanner_reads_stratum_cut_across_keep_alive_bodies(tmp_path: pathlib.Path) -> None:
+    pieces = [MESSAGE[at : at + 7] for at in range(0, len(MESSAGE), 7)]
+    assert _scan_http(tmp_path, _posts(pieces), (OK,) * len(pieces)) == [("mining", "stratum-v1")]
+
+
+def test_the_scanner_reads_a_pools_answers_cut_across_response_bodies(tmp_path: pathlib.Path) -> None:
+    notify = b'{"id":null,"method":"mining.notify","params":["j1","00","01","02",[],"2","1d","5f",true]}\n'
+    pieces = [notify[at : at + 7] for at in range(0, len(notify), 7)]
+    answers = [f"HTTP/1.1 200 OK\r\nContent-Length: {len(piece)}\r\n\r\n".encode() + piece for piece in pieces]
+    requests = [b"GET /job HTTP/1.1\r\nHost: pool.example\r\n\r\n"] * len(pieces)
+    assert _scan_http(tmp_path, requests, tuple(answers)) == [("mining", "stratum-v1")]
+
+
+def test_brackets_in_targets_and_json_bodies_on_one_connection_are_no_finding(tmp_path: pathlib.Path) -> None:
+    """Benign control: a JSON API on one keep-alive connection, brackets in its targets and bodies."""
+    requests = [
+        b"GET /search?q=%5B1,2%5D&filter={%22tag%22:%22x%22} HTTP/1.1\r\nHost: api.example\r\n\r\n",
+        *_posts([b'{"query":"status","id":1}', b'{"query":"list","id":2}', b'[{"page":1}]']),
+    ]
+    answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b'{"ok":true}'[:10]] * 4
+    assert _scan_http(tmp_path, requests, tuple(answers)) == []

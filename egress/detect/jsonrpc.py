@@ -34,6 +34,7 @@ from typing import Final
 
 from egress.detect import codings, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
+from egress.detect.httpread import from_bracket, start_pieces
 from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
 
 __all__ = [  # the detectors read messages through this module; jsonscan.py owns the reading
@@ -149,6 +150,13 @@ class _Settled:
     bodies: tuple[bytes, ...] = ()
     owners: tuple[int, ...] = ()
     budget: int = SCAN_LIMIT
+    extras: tuple[bytes, ...] = ()
+    """JSON text read in the messages' start lines (`start_pieces`), each ending its message."""
+    extra_owners: tuple[int, ...] = ()
+    joined: bytes = b""
+    """The messages' bodies joined, from the first ``{``/``[`` of the first body holding one (`from_bracket`)."""
+    joins: int = 0
+    """How many bodies ``joined`` holds."""
 
 
 def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settled]:
@@ -159,9 +167,16 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
     (`egress.detect.codings`), within a budget of `SCAN_LIMIT` decoded bytes per direction (a decompression bomb
     is cut there: the rest is never decoded). Bytes after a message that cannot start another one are read as a
     raw stream: what a client sends after a refused or accepted ``Upgrade`` (or an unprompted ``101``) is no HTTP,
-    and a pool behind the connection reads it as such."""
+    and a pool behind the connection reads it as such.
+
+    Read as the gateway reads them too (`egress.proxy.mitm.inspect`; red team, docs/security.md): a start line
+    holding a bracket or a ``%`` gives its target or reason phrase (`start_pieces`), and the bodies of two or more
+    messages, from the first bracket of one, are read joined (a message cut across keep-alive bodies), each after
+    the bodies."""
     heads, bodies, owners = list(settled.heads), list(settled.bodies), list(settled.owners)
     pos, budget = settled.pos, settled.budget
+    extras, extra_owners = list(settled.extras), list(settled.extra_owners)
+    joined, joins = settled.joined, settled.joins
     while pos < len(data) and len(heads) < MAX_HTTP_MESSAGES:
         while pos < len(data) and data[pos] in _BLANK:
             pos += 1
@@ -179,26 +194,67 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
             break
         head = data[pos:end]
         heads.append(head)
+        _add_start_texts(head, len(heads) - 1, extras, extra_owners)
         body, pos, whole, fixed = _body(data, end + 4, head)
-        if body and (coding := _field(head.lower(), b"content-encoding")):
-            body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
-            budget -= len(body)
-        opened = _json_body(body)
-        if opened is not None:
-            # A body known to be whole ends its last message, as a newline does on a raw stream.
-            bodies.append(opened.rstrip() + b"\n" if whole else opened)
-            owners.append(len(heads) - 1)
+        if body:
+            if coding := _field(head.lower(), b"content-encoding"):
+                body = codings.decode(body, coding.decode("latin-1"), max(budget, 1), partial=not whole).data
+                budget -= len(body)
+            joined, joins = _join(joined, joins, body)
+            if (opened := _json_body(body)) is not None:
+                # A body known to be whole ends its last message, as a newline does on a raw stream.
+                bodies.append(opened.rstrip() + b"\n" if whole else opened)
+                owners.append(len(heads) - 1)
         if whole and fixed:  # nothing after this message can change what was read of it
-            settled = _Settled(pos, tuple(heads), tuple(bodies), tuple(owners), budget)
+            settled = _Settled(
+                pos,
+                tuple(heads),
+                tuple(bodies),
+                tuple(owners),
+                budget,
+                tuple(extras),
+                tuple(extra_owners),
+                joined,
+                joins,
+            )
+    if joins > 1 and (opened := from_bracket(decode(joined[:SCAN_LIMIT]))):
+        extras.append(opened)
+        extra_owners.append(len(heads) - 1)
+    # After every body, so that what the bodies alone read stays where it was.
+    return _http_payload(tuple(heads), bodies + extras, owners + extra_owners), settled
+
+
+def _http_payload(heads: tuple[bytes, ...], bodies: list[bytes], owners: list[int]) -> Payload:
+    """The `Payload` of an HTTP stream's heads and JSON texts (each owned by the head of index ``owners[i]``)."""
     if not bodies:
         # A later message on the same connection may still carry JSON: HTTP is never ruled out.
-        return Payload(Kind.EMPTY, heads=tuple(heads)), settled
+        return Payload(Kind.EMPTY, heads=heads)
     text = bytearray()
     starts: list[tuple[int, int]] = []
     for index, body in enumerate(bodies):
         starts.append((len(text), owners[index]))
         text += body if body.endswith(b"\n") or index == len(bodies) - 1 else body + b"\n"
-    return Payload(Kind.JSON, bytes(text), tuple(heads), body_starts=tuple(starts)), settled
+    return Payload(Kind.JSON, bytes(text), heads, body_starts=tuple(starts))
+
+
+def _add_start_texts(head: bytes, owner: int, texts: list[bytes], owners: list[int]) -> None:
+    """Add to ``texts`` the JSON text a lenient peer reads in the start line of ``head`` (`start_pieces`: a
+    request's target, a response's reason phrase, percent-decoded), each from its first bracket and ending its
+    message; a line with no bracket and no ``%`` holds none and is read no further."""
+    start = head.partition(b"\r\n")[0]
+    if b"{" in start or b"[" in start or b"%" in start:
+        for piece in start_pieces(start.decode("utf-8", "surrogateescape")):
+            if text := from_bracket(decode(piece)):
+                texts.append(text.rstrip() + b"\n")
+                owners.append(owner)
+
+
+def _join(joined: bytes, joins: int, body: bytes) -> tuple[bytes, int]:
+    """``body`` (content coding undone) added to a stream's bodies joined so far (``joins`` of them in ``joined``),
+    as `egress.proxy.mitm.inspect.BodyStreams` joins them: from the first body holding a bracket, at its first."""
+    if joins:
+        return (joined + body, joins + 1) if len(joined) < SCAN_LIMIT else (joined, joins)
+    return (from_bracket(body), 1) if b"{" in body or b"[" in body else (joined, joins)
 
 
 def _json_body(body: bytes) -> bytes | None:

@@ -87,7 +87,11 @@ def test_payload_http_chunked_bodies_are_joined() -> None:
     )
     result = jsonrpc.payload(data)
     assert result.kind is jsonrpc.Kind.JSON
-    assert result.text == b'{"id":73,"jsonrpc":"2.0","result":true}\n{"id":1,"result"'
+    bodies = b'{"id":73,"jsonrpc":"2.0","result":true}\n{"id":1,"result"'
+    joined = b'{"id":73,"jsonrpc":"2.0","result":true}{"id":1,"result"'  # as a peer joining the bodies reads them
+    assert result.text == bodies + b"\n" + joined
+    assert [start for start, _ in result.body_starts] == [0, 40, len(bodies) + 1]
+    assert [owner for _, owner in result.body_starts] == [0, 1, 1]
     assert len(result.heads) == 2
 
 

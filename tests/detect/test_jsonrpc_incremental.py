@@ -31,6 +31,8 @@ TOKENS = [
     b"POST / HTTP/1.1\r\nContent-Length: 70\r\n\r\n", b"GET / HTTP/1.1\r\n\r\n", b"HTTP/1.1 200 OK\r\n\r\n",
     b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n", b"5\r\n{\"id\"\r\n", b"0\r\n\r\n", b"0\r\n",
     b"POST / HTTP/1.1\r\nContent-Encoding: gzip\r\nContent-Length: 79\r\n\r\n" + gzip.compress(SUBSCRIBE, mtime=0),
+    b"POST / HTTP/1.1\r\nContent-Length: 7\r\n\r\n", b"GET /%7B%22id%22:1,%22method%22 HTTP/1.1\r\n\r\n",
+    b'GET /x?{"method":"mining.submit"} HTTP/1.1\r\n\r\n', b'HTTP/1.1 200 {"method":"mining.notify"}\r\n\r\n',
 ]  # fmt: skip
 streams = st.lists(st.sampled_from(TOKENS) | st.binary(max_size=6), max_size=40).map(b"".join)
 seed_flows = st.deferred(lambda: st.sampled_from((*seeds.STREAMS, *seeds.corpus_seeds().streams)))

@@ -7,8 +7,8 @@ which byte streams they are given:
 - an HTTP message as one canonical HTTP/1.1 stream (its head without the framing and coding fields, then the
   decoded body), the decoded body alone, and the pieces a server application decodes out of it (multipart parts,
   form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`), and
-  what a lenient peer reads in its start line (`start_pieces`: a request's target, percent-decoded, a response's
-  reason phrase);
+  what a lenient peer reads in its start line (`egress.detect.httpread.start_pieces`: a request's target,
+  percent-decoded, a response's reason phrase);
 - a WebSocket message alone (its first `MESSAGE_INSPECT` bytes), with the same tunnel check the WebSocket
   detector makes on raw frames, and a rolling stream per direction that starts at a message boundary, so a JSON
   message split over several WebSocket messages is still seen whole;
@@ -24,11 +24,11 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
-from urllib.parse import unquote_to_bytes
 
 from egress.detect import websocket
 from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView
 from egress.detect.engine import FlowInspector
+from egress.detect.httpread import from_bracket, start_pieces
 from egress.proxy.mitm import payload
 
 BODY_INSPECT: Final = 1024 * 1024
@@ -116,33 +116,6 @@ def read(message: Message) -> Read:
     return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None, body)
 
 
-UNQUOTE_ROUNDS: Final = 3
-"""Times a start line's text is percent-decoded at most (a lenient server may decode twice)."""
-
-
-def start_pieces(start: str) -> list[bytes]:
-    """What a peer that reads its start line leniently may take a message from (red team: Stratum verbatim in
-    ``GET /{"id":4,...} HTTP/1.1``, or as the whole query, and a job in a response's reason phrase): a request's
-    target or a response's reason phrase, as it came and percent-decoded (``+`` as a space too), each while it
-    changes, up to `UNQUOTE_ROUNDS` times. Only text holding a ``{`` or ``[`` (decoded) is given: every JSON-RPC
-    signature sits in a document, and the detectors skip what comes before its first bracket."""
-    if start.startswith("HTTP/"):
-        text = start.split(" ", 2)[2] if start.count(" ") >= 2 else ""  # the reason phrase
-    else:
-        text = start.partition(" ")[2].rpartition(" ")[0]  # METHOD TARGET HTTP/1.1: the target
-    raw = text.encode("utf-8", "surrogateescape")
-    found: list[bytes] = []
-    for form in (raw, raw.replace(b"+", b" ")) if b"+" in raw else (raw,):
-        for _ in range(UNQUOTE_ROUNDS + 1):
-            if (b"{" in form or b"[" in form) and form not in found:
-                found.append(form)
-            decoded = unquote_to_bytes(form) if b"%" in form else form
-            if decoded == form:
-                break
-            form = decoded
-    return found
-
-
 def inspect_exchange(
     meta: FlowMeta, detectors: tuple[Detector, ...], request: Read, response: Read | None = None
 ) -> Finding | None:
@@ -224,13 +197,6 @@ JOINED_MEMO: Final = 8
 that repeats once its stream is `WINDOW_MAX` long."""
 
 
-def _from_bracket(data: bytes) -> bytes:
-    """``data`` from its first ``{`` or ``[`` on (empty without one): the JSON-RPC detectors skip what comes
-    before it, and a stream without one holds no message to complete."""
-    starts = [at for at in (data.find(b"{"), data.find(b"[")) if at >= 0]
-    return data[min(starts) :] if starts else b""
-
-
 class BodyStreams:
     """The bodies of one HTTP connection's requests, and those of its responses, each direction read as one stream
     (red team: Stratum cut 7 bytes per keep-alive POST body, and the pool's answers per response body, reached a
@@ -257,7 +223,7 @@ class BodyStreams:
         if not body:
             return None
         before = self.tails.get(from_client, b"")
-        tail = before + body if before else _from_bracket(body)
+        tail = before + body if before else from_bracket(body)
         if len(tail) > WINDOW_MAX:  # the start of what is open, and what came last: padding cuts neither
             tail = tail[:JOINED_HEAD] + tail[JOINED_HEAD - WINDOW_MAX :]
         self.tails[from_client] = tail

@@ -9,13 +9,13 @@ from urllib.parse import quote
 import pytest
 
 from egress.detect.base import Category, FlowMeta, FlowView, Result, Transport
+from egress.detect.httpread import start_pieces
 from egress.proxy.mitm.inspect import (
     BodyStreams,
     Message,
     WebSocketInspection,
     inspect_exchange,
     read,
-    start_pieces,
     websocket_tunnel,
 )
 from tests.proxy.mitm import make_gate
