@@ -38,29 +38,48 @@ CLIENT_STREAM = (
 )
 
 
-def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, bytes] | None:
-    """One request's target and body from ``conn`` (``buf``: bytes read past the previous one); None at the end."""
-    while b"\r\n\r\n" not in buf:
+def _fill(conn: socket.socket, buf: bytearray, done: Callable[[bytearray], bool]) -> bool:
+    """Read from ``conn`` into ``buf`` until ``done(buf)``; False if the connection ends first."""
+    while not done(buf):
         data = conn.recv(65536)
         if not data:
-            return None
+            return False
         buf += data
+    return True
+
+
+def _take_head(conn: socket.socket, buf: bytearray) -> list[str] | None:
+    """The lines of the next HTTP head in ``buf`` (read from ``conn`` as needed), taken out of it; None at the end."""
+    if not _fill(conn, buf, lambda got: b"\r\n\r\n" in got):
+        return None
     end = buf.index(b"\r\n\r\n")
     head = bytes(buf[:end]).decode("latin-1").split("\r\n")
     del buf[: end + 4]
+    return head
+
+
+def _take(conn: socket.socket, buf: bytearray, size: int) -> bytes | None:
+    """The next ``size`` bytes of ``buf`` (read from ``conn`` as needed), taken out of it; None at the end."""
+    if not _fill(conn, buf, lambda got: len(got) >= size):
+        return None
+    taken = bytes(buf[:size])
+    del buf[:size]
+    return taken
+
+
+def _read_request(conn: socket.socket, buf: bytearray) -> tuple[str, bytes] | None:
+    """One request's target and body from ``conn`` (``buf``: bytes read past the previous one); None at the end."""
+    head = _take_head(conn, buf)
+    if head is None:
+        return None
     target = head[0].split(" ")[1] if head[0].count(" ") >= 2 else ""
     fields = {line.split(":", 1)[0].strip().lower(): line.split(":", 1)[1].strip() for line in head[1:] if ":" in line}
     if "chunked" in fields.get("transfer-encoding", "").lower():
         chunked = _read_chunked(conn, buf)
         return None if chunked is None else (target, chunked)
-    length = int(fields.get("content-length", "0"))
-    while len(buf) < length:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        buf += data
-    body = bytes(buf[:length])
-    del buf[:length]
+    body = _take(conn, buf, int(fields.get("content-length", "0")))
+    if body is None:
+        return None
     if fields.get("content-encoding", "").lower() == "gzip":
         body = gzip.decompress(body)
     return target, body
@@ -70,21 +89,15 @@ def _read_chunked(conn: socket.socket, buf: bytearray) -> bytes | None:
     """A chunked body from ``conn`` (``buf``: its bytes read so far); None at the end."""
     chunks = bytearray()
     while True:
-        while b"\r\n" not in buf:
-            data = conn.recv(65536)
-            if not data:
-                return None
-            buf += data
+        if not _fill(conn, buf, lambda got: b"\r\n" in got):
+            return None
         line_end = buf.index(b"\r\n")
         size = int(bytes(buf[:line_end]).split(b";")[0], 16)
         del buf[: line_end + 2]
-        while len(buf) < size + 2:
-            data = conn.recv(65536)
-            if not data:
-                return None
-            buf += data
-        chunks += buf[:size]
-        del buf[: size + 2]
+        chunk = _take(conn, buf, size + 2)
+        if chunk is None:
+            return None
+        chunks += chunk[:size]
         if size == 0:
             return bytes(chunks)
 
@@ -195,23 +208,12 @@ def pool_main() -> None:
 
 def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None:
     """(status line, body) of one Content-Length response (egress's 403 included); None at the end."""
-    while b"\r\n\r\n" not in buf:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        buf += data
-    end = buf.index(b"\r\n\r\n")
-    head = bytes(buf[:end]).decode("latin-1").split("\r\n")
-    del buf[: end + 4]
+    head = _take_head(conn, buf)
+    if head is None:
+        return None
     length = next((int(line.split(":", 1)[1]) for line in head if line.lower().startswith("content-length:")), 0)
-    while len(buf) < length:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        buf += data
-    body = bytes(buf[:length])
-    del buf[:length]
-    return head[0].encode(), body
+    body = _take(conn, buf, length)
+    return None if body is None else (head[0].encode(), body)
 
 
 def miner_main() -> None:
