@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import collections
 import concurrent.futures
+import functools
 import json
 import os
 import pathlib
@@ -241,9 +242,9 @@ def test_two_gateways_record_into_one_cluster_through_a_master_failover(
     try:
         for gateway in both:
             _wait_blocked(gateway, BEFORE)
-        for gateway in both:  # the victim holds records of both sandboxes
+        for gateway in both:  # the victim holds records of both sandboxes (once their recorders have written them)
             slot = scaleout.victim.cli("cluster", "keyslot", _key(gateway.sandbox)).strip()
-            assert int(scaleout.victim.cli("cluster", "countkeysinslot", slot)) > 0, gateway.sandbox
+            eventually(functools.partial(_holds_keys, scaleout.victim, slot), timeout=scaled(60), interval=0.2)
         scaleout.victim.kill()  # SIGKILL while both agents make attempts and both gateways record
         eventually(lambda: _failed_over(scaleout.seed), timeout=scaled(60), interval=0.2)
         after = [gateway.blocked() + AFTER for gateway in both]
@@ -292,6 +293,12 @@ def _released_to_both(url: str, both: tuple[Gateway, Gateway]) -> None:
         eventually(running, timeout=scaled(60), interval=0.5)
     finally:
         history.close()
+
+
+def _holds_keys(node: RedisServer, slot: str) -> bool:
+    count = int(node.cli("cluster", "countkeysinslot", slot))
+    assert count > 0, f"no key in slot {slot} on {node.port} yet"
+    return True
 
 
 def _wait_blocked(gateway: Gateway, count: int) -> None:
