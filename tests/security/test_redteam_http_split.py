@@ -18,21 +18,13 @@ Ground truth: the pool's log (``share accepted``) and the internet-side capture 
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 
-from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, start_pool
 
 pytestmark = pytest.mark.security
-
-POOL = server("pool").v4
-ALLOWED = server("allowed").v4
-POOL_PORT, SITE_PORT = 3380, 8080
-KIT = "from tests.security.redteam_kit import {}; {}()"
 
 
 @pytest.fixture(scope="module")
@@ -42,16 +34,7 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.fixture(scope="module")
 def pool(lab: SecurityLab) -> Attacker:
-    argv = [sys.executable, "-c", KIT.format("pool_main", "pool_main"), f"{POOL}:{POOL_PORT}", f"{ALLOWED}:{SITE_PORT}"]
-    running = lab.attacker("http-split-pool", argv)
-    running.wait_for("listening")
-    return running
-
-
-ROUTES = {
-    "network-rule": (POOL, POOL_PORT, POOL),  # the pool's address, its rule expecting tls and http
-    "host-rule": ("-", SITE_PORT, "allowed.lab"),  # allowed.lab's plain-HTTP port, by name
-}
+    return start_pool(lab, "http-split-pool")
 
 
 HOWS = {
@@ -68,20 +51,8 @@ HOWS = {
 @pytest.mark.parametrize("how", list(HOWS.values()), ids=list(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_cut_across_keep_alive_request_bodies(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
-    address, port, host = ROUTES[route]
-    dst = POOL if route == "network-rule" else ALLOWED
-    before = pool.log().count("share accepted")
-    since = time.time()
-    with lab.capture(f"http-split-{route}-{how}") as capture:
-        done = lab.sandbox_python(KIT.format("miner_main", "miner_main"), address, str(port), host, how, timeout=60)
-    crossed = capture.result
-    assert crossed is not None
-    shares = pool.log().count("share accepted") - before
-    answered = "share answered" in done.stdout
-    assert "first answer b'HTTP/1.1 200 OK'" in done.stdout, done.stdout + done.stderr  # control: plain GET passes
-    leaked = crossed.bytes_to(dst, port, "tcp")
-    goal = shares > 0 and answered
-    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=5)
-    report(f"redteam/http-split-{route}-{how}", "mining", leaked if goal else 0, goal, reason or None)
-    assert not goal, f"the pool accepted {shares} share(s) and answered: {done.stdout[-400:]}"
-    assert reason == "mining"
+    run = attempt(lab, pool, f"http-split-{route}-{how}", route, how)
+    goal = run.shares > 0 and run.answered
+    report(f"redteam/http-split-{route}-{how}", "mining", run.leaked if goal else 0, goal, run.reason or None)
+    assert not goal, f"the pool accepted {run.shares} share(s) and answered: {run.done.stdout[-400:]}"
+    assert run.reason == "mining"

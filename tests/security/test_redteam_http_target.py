@@ -23,25 +23,13 @@ Ground truth: the pool's log (``share accepted``) and the internet-side capture 
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 
-from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, start_pool
 
 pytestmark = pytest.mark.security
-
-POOL = server("pool").v4
-ALLOWED = server("allowed").v4
-POOL_PORT, SITE_PORT = 3380, 8080
-KIT = "from tests.security.redteam_kit import {0}; {0}()"
-ROUTES = {
-    "network-rule": (POOL, POOL_PORT, POOL),
-    "host-rule": ("-", SITE_PORT, "allowed.lab"),
-}
 
 
 @pytest.fixture(scope="module")
@@ -51,10 +39,7 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.fixture(scope="module")
 def pool(lab: SecurityLab) -> Attacker:
-    argv = [sys.executable, "-c", KIT.format("pool_main"), f"{POOL}:{POOL_PORT}", f"{ALLOWED}:{SITE_PORT}"]
-    running = lab.attacker("http-target-pool", argv)
-    running.wait_for("listening")
-    return running
+    return start_pool(lab, "http-target-pool")
 
 
 HOWS = {
@@ -74,21 +59,11 @@ HOWS = {
 @pytest.mark.parametrize("how", list(HOWS.values()), ids=list(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_in_the_request_target(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
-    address, port, host = ROUTES[route]
-    dst = POOL if route == "network-rule" else ALLOWED
-    before = pool.log().count("share accepted")
-    since = time.time()
-    with lab.capture(f"http-target-{route}-{how}") as capture:
-        done = lab.sandbox_python(KIT.format("miner_main"), address, str(port), host, how, timeout=60)
-    crossed = capture.result
-    assert crossed is not None
-    assert "first answer b'HTTP/1.1 200 OK'" in done.stdout, done.stdout + done.stderr  # control: plain GET passes
-    shares = pool.log().count("share accepted") - before
-    job = "job received in the reason phrase" in done.stdout
-    goal = (shares > 0 and "share answered" in done.stdout) or (how == "reason" and job)
-    verbatim = crossed.contains(b'"method":"mining.submit"', dst)
-    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=5)
-    leaked = crossed.bytes_to(dst, port, "tcp")
-    report(f"redteam/http-target-{route}-{how}", "mining", leaked, goal, reason or None, "job in reason" if job else "")
-    assert not goal and not verbatim, f"the pool accepted {shares} share(s) and answered: {done.stdout[-400:]}"
-    assert reason == "mining"
+    run = attempt(lab, pool, f"http-target-{route}-{how}", route, how)
+    job = "job received in the reason phrase" in run.done.stdout
+    goal = (run.shares > 0 and run.answered) or (how == "reason" and job)
+    verbatim = run.crossed.contains(b'"method":"mining.submit"', run.dst)
+    note = "job in reason" if job else ""
+    report(f"redteam/http-target-{route}-{how}", "mining", run.leaked, goal, run.reason or None, note)
+    assert not goal and not verbatim, f"the pool accepted {run.shares} share(s) and answered: {run.done.stdout[-400:]}"
+    assert run.reason == "mining"
