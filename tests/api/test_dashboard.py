@@ -7,7 +7,6 @@ from __future__ import annotations
 import datetime
 import re
 import zoneinfo
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
@@ -17,31 +16,14 @@ from tests.api.dashboard_site import (
     QUARANTINE_REASON,
     ZONE,
     Site,
-    playwright_driver,
     ready,
-    running_site,
     shot,
 )
-from tests.redis_server import RedisServer
 
 if TYPE_CHECKING:
     from playwright.sync_api import Locator, Page
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def site(redis_server: RedisServer) -> Iterator[Site]:
-    with playwright_driver() as driver, running_site(redis_server, driver) as made:
-        yield made
-
-
-@pytest.fixture
-def page(site: Site) -> Iterator[Page]:
-    made = site.page()
-    yield made
-    made.context.close()
-    site.check_errors()  # no script error, no CSP violation, no dialog (record text run as code)
 
 
 def rows(page: Page) -> Locator:

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 import pytest
 
 from egress.record.store import RecordStore
-from tests.api.dashboard_site import Site, playwright_driver, ready, running_site, shot
+from tests.api.dashboard_site import Site, ready, shot
 from tests.record import record
 from tests.redis_server import RedisServer
 
@@ -22,12 +22,6 @@ if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def site(redis_server: RedisServer) -> Iterator[Site]:
-    with playwright_driver() as driver, running_site(redis_server, driver) as made:
-        yield made
 
 
 @pytest.fixture

@@ -4,32 +4,16 @@ and the page at a phone's width. Screenshots: tests/api/artifacts/*.png (gitigno
 from __future__ import annotations
 
 import re
-from collections.abc import Iterator
 from typing import TYPE_CHECKING
 
 import pytest
 
-from tests.api.dashboard_site import HOSTILE, Site, playwright_driver, ready, running_site, shot
-from tests.redis_server import RedisServer
+from tests.api.dashboard_site import HOSTILE, Site, ready, shot
 
 if TYPE_CHECKING:
     from playwright.sync_api import Page
 
 pytestmark = pytest.mark.browser
-
-
-@pytest.fixture(scope="module")
-def site(redis_server: RedisServer) -> Iterator[Site]:
-    with playwright_driver() as driver, running_site(redis_server, driver) as made:
-        yield made
-
-
-@pytest.fixture
-def page(site: Site) -> Iterator[Page]:
-    made = site.page()
-    yield made
-    made.context.close()
-    site.check_errors()  # no script error, no CSP violation, no dialog (record text run as code)
 
 
 def test_record_text_is_shown_as_text(site: Site, page: Page) -> None:
