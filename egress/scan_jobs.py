@@ -10,12 +10,14 @@ the first way (``-n`` with several files; it ignores ``-n`` for one file).
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import multiprocessing
 import os
+import threading
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
-from multiprocessing.context import SpawnProcess
+from multiprocessing.process import BaseProcess
 from types import TracebackType
 
 from egress.capture.opener import STDIN
@@ -72,7 +74,7 @@ def scan_files(
     if jobs > 1 and make_scanner is not None:
         threshold = split_bytes()
         if any(_splits(path, threshold) for path in paths):
-            with Team(jobs, make_scanner) as team:
+            with Team(jobs, make_scanner, scanner) as team:
                 for path in paths:
                     bar = progress(path) if progress else None
                     if _splits(path, threshold):
@@ -90,6 +92,10 @@ def scan_files(
     # spawn, not fork: the parent may run threads (a test runner's), and a forked child can inherit a held lock
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_start, initargs=(make_scanner,)) as pool:
         yield from pool.imap(_scan_one, paths)
+
+
+def _as_is(scanner: Scanner) -> Scanner:
+    return scanner
 
 
 def _peer(
@@ -116,11 +122,18 @@ def _peer(
 
 
 class Team:
-    """``jobs`` processes that split each large file by flow: this one as worker 0, and ``jobs`` - 1 spawned
-    (`_peer`), started once for the whole scan, with a pipe each way between every two of them."""
+    """``jobs`` processes that split each large file by flow: this one as worker 0, and ``jobs`` - 1 started
+    (`_peer`) once for the whole scan, with a pipe each way between every two of them.
 
-    def __init__(self, jobs: int, make_scanner: Callable[[], Scanner]) -> None:
-        context = multiprocessing.get_context("spawn")
+    Forked when this process runs no other thread: a forked worker starts with ``scanner`` as it is here, where
+    a spawned one imports egress and builds its detectors (``make_scanner``) again, about 0.3 s of CPU. With other
+    threads (a test runner's) it is spawned, as a forked child could inherit a lock one of them held."""
+
+    def __init__(self, jobs: int, make_scanner: Callable[[], Scanner], scanner: Scanner) -> None:
+        forking = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
+        context = multiprocessing.get_context("fork" if forking else "spawn")
+        if forking:
+            make_scanner = functools.partial(_as_is, scanner)
         inboxes: list[dict[int, Connection]] = [{} for _ in range(jobs)]
         outboxes: list[list[Connection]] = [[] for _ in range(jobs)]
         for sender in range(jobs):
@@ -132,11 +145,12 @@ class Team:
         self.jobs = jobs
         self.link = Link(inboxes[0], outboxes[0])
         self.tasks: list[Connection] = []
-        self.processes: list[SpawnProcess] = []
+        self.processes: list[BaseProcess] = []
         for me in range(1, jobs):
             mine, theirs = context.Pipe()
             args = (me, jobs, make_scanner, theirs, inboxes[me], outboxes[me])
-            process = context.Process(target=_peer, args=args, daemon=True, name=f"egress-scan-{me}")
+            kind = multiprocessing.get_context("fork") if forking else multiprocessing.get_context("spawn")
+            process: BaseProcess = kind.Process(target=_peer, args=args, daemon=True, name=f"egress-scan-{me}")
             process.start()
             theirs.close()
             self.tasks.append(mine)

@@ -126,10 +126,10 @@ class Link:
 class Owners:
     """Which worker inspects a flow, from its keys alone (both directions give the same)."""
 
-    __slots__ = ("jobs",)
+    __slots__ = ("shares",)
 
     def __init__(self, jobs: int) -> None:
-        self.jobs = jobs
+        self.shares = 4 * jobs - 1
 
     def of(self, proto: int, key: bytes, reverse: bytes, sport: int, dport: int) -> int:
         if proto == UDP:
@@ -137,7 +137,19 @@ class Owners:
                 return 0  # the DNS tracker's state crosses flows and clients (its bound): one worker holds it
             if sport in encap.UDP_PORTS or dport in encap.UDP_PORTS:
                 return SHARED  # what it carries may be any worker's
-        return zlib.crc32(key if key < reverse else reverse) % self.jobs
+        if proto == ICMP:  # by its hosts alone, so that `_SplitPass._normal` finds it before any decoding
+            half = (len(key) - 4) >> 1
+            return self.of_hosts(key[:half], key[half : 2 * half])
+        return self._share(key if key < reverse else reverse)
+
+    def of_hosts(self, one: bytes, other: bytes) -> int:
+        """The owner of an ICMP flow between these hosts."""
+        return self._share(one + other if one < other else other + one)
+
+    def _share(self, name: bytes) -> int:
+        # Worker 0 holds the DNS tracker too (about a tenth of a scan's work): it takes 3 of 4N - 1 shares of
+        # the other flows, each other worker 4.
+        return (zlib.crc32(name) % self.shares + 1) >> 2
 
     def of_frame(self, frame: bytes) -> int:
         """The owner of a frame the fast path judges on its raw bytes (Ethernet, plain IPv4, TCP or UDP)."""
@@ -150,17 +162,16 @@ class Owners:
         )
 
 
+def plain_ipv4(linktype: int, frame: bytes) -> int:
+    """The IP protocol of an Ethernet frame of unfragmented IPv4 without options; 0 for any other frame."""
+    if linktype != 1 or len(frame) < 34 or frame[12:14] != _COMMON or frame[14] != 0x45 or frame[20] & 0x3F:
+        return 0
+    return 0 if frame[21] else frame[23]
+
+
 def raw_shape(linktype: int, frame: bytes) -> bool:
     """The fast path judges this frame on its raw bytes (`egress.capture.hot.sweep`'s test)."""
-    return (
-        linktype == 1
-        and len(frame) >= 54
-        and frame[12:14] == _COMMON
-        and frame[14] == 0x45
-        and not frame[20] & 0x3F
-        and not frame[21]
-        and frame[23] in (TCP, UDP)
-    )
+    return len(frame) >= 54 and plain_ipv4(linktype, frame) in (TCP, UDP)
 
 
 def _shared(meta: FlowMeta) -> bool:
@@ -218,10 +229,35 @@ class _SplitPass(_Pass):
             part = stamps if end == count else stamps[:end]  # the fast path stops at the end of its stamps
             at = skip(buf, spans, part, index, flows.tcp, flows.udp, DONE)
             while at < end:
-                self._record(records, at, base)
+                self._normal(records, at, base)
                 at = skip(buf, spans, part, at + 1, flows.tcp, flows.udp, DONE)
             index = end
         self.packets = base + count
+
+    def _normal(self, records: Records, at: int, base: int) -> None:
+        """A record before the rotation time the fast path did not skip. The common frame of another worker's
+        flow is left to it on its raw bytes (`Owners.of_frame`, `Owners.of_hosts`: no decoding, whose only
+        effect here would be to count it malformed, which its owner does); every other goes to `packet`."""
+        frame = records.frame(at)
+        proto = plain_ipv4(records.spans[3 * at + 2], frame)
+        if proto == ICMP:
+            if self.owners.of_hosts(frame[26:30], frame[30:34]) != self.me:
+                return
+        elif proto in (TCP, UDP) and len(frame) >= 54:
+            table = self.flows.current[proto]
+            key = frame[26:38]
+            entry = table.get(key)
+            if entry is None or entry is DONE:  # a flow being inspected here is this worker's (or shared)
+                owner = self.owners.of_frame(frame)
+                if owner != self.me and owner != SHARED:
+                    if entry is None:
+                        size = len(table)
+                        table[key] = table[frame[30:34] + frame[26:30] + frame[36:38] + frame[34:36]] = DONE
+                        self.marks[0][proto] += len(table) - size
+                    return
+        self.index = base + at + 1
+        self.step = 0
+        self.packet(records.stamps[at], records.spans[3 * at + 2], frame, self.index)
 
     def _record(self, records: Records, at: int, base: int) -> None:
         self.index = base + at + 1
@@ -331,9 +367,12 @@ class _SplitPass(_Pass):
             self.stats.flows += 1
 
     def _skipped(self, index: int, linktype: int, frame: bytes) -> None:
-        """A frame the fast path judges raw reaches the slow path of its owner as it would one scanner's; every
-        other frame reaches every worker's, and worker 0 counts it."""
-        if raw_shape(linktype, frame):
+        """A frame the fast path judges raw reaches the slow path of its owner as it would one scanner's, and a
+        plain ICMP frame its owner's (`_normal`); every other frame reaches every worker's: worker 0 counts it."""
+        if plain_ipv4(linktype, frame) == ICMP:
+            if self.owners.of_hosts(frame[26:30], frame[30:34]) == self.me:
+                super()._skipped(index, linktype, frame)
+        elif raw_shape(linktype, frame):
             owner = self.owners.of_frame(frame)
             if owner == self.me or (owner == SHARED and self.emitter):
                 super()._skipped(index, linktype, frame)
