@@ -4,8 +4,10 @@ output of ``--jobs 1``, byte for byte."""
 from __future__ import annotations
 
 import functools
+import multiprocessing
 import pathlib
 import struct
+import threading
 
 import pytest
 
@@ -161,6 +163,36 @@ def test_a_split_a_worker_gives_up_is_scanned_again_in_one_process(
     two = _results(looped, 2)
     assert calls == looped
     assert [stats.workers for _, stats in two] == [1, 2]
+    _same(one, two)
+
+
+@pytest.mark.corpus
+@needs_corpus
+@needs_tunnels
+def test_workers_spawned_while_another_thread_runs_split_alike(
+    looped: list[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With another thread alive the team spawns its workers (each builds its own scanner) instead of forking."""
+    monkeypatch.setenv(SPLIT_ENV, "0")
+    one = _results(looped, 1)
+    started: list[str] = []
+    real = multiprocessing.get_context
+
+    def context(method: str | None = None) -> object:
+        started.append(str(method))
+        return real(method)
+
+    monkeypatch.setattr(multiprocessing, "get_context", context)
+    release = threading.Event()
+    other = threading.Thread(target=release.wait)
+    other.start()
+    try:
+        two = _results(looped, 2)
+    finally:
+        release.set()
+        other.join()
+    assert "spawn" in started and "fork" not in started
+    assert [stats.workers for _, stats in two] == [2, 2]
     _same(one, two)
 
 
