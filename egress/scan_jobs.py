@@ -14,6 +14,7 @@ import functools
 import logging
 import multiprocessing
 import os
+import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
 from multiprocessing.connection import Connection
@@ -108,6 +109,7 @@ def _peer(
 ) -> None:
     """A spawned worker of a `Team`: the share of worker ``me`` of each file ``tasks`` names, sent back on it
     (``None`` when it gave up the file); ``None`` for a file ends it."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # ^C is the parent's to act on: it ends the team
     scanner = make_scanner()
     link = Link(inboxes, outboxes)
     while (task := tasks.recv()) is not None:
@@ -173,6 +175,9 @@ class Team:
             log.debug("worker 0 gave up %s: %s", path, exc)
             link.abort()
             parts.append(None)
+        except BaseException:
+            link.abort()  # none waits for this worker's word while the team is ended
+            raise
         for tasks in self.tasks:
             try:
                 parts.append(tasks.recv())
