@@ -137,7 +137,7 @@ class Owners:
                 return 0  # the DNS tracker's state crosses flows and clients (its bound): one worker holds it
             if sport in encap.UDP_PORTS or dport in encap.UDP_PORTS:
                 return SHARED  # what it carries may be any worker's
-        if proto == ICMP:  # by its hosts alone, so that `_SplitPass._normal` finds it before any decoding
+        if proto == ICMP:  # by its hosts alone, so that `_SplitPass._mine` finds it before any decoding
             half = (len(key) - 4) >> 1
             return self.of_hosts(key[:half], key[half : 2 * half])
         return self._share(key if key < reverse else reverse)
@@ -229,35 +229,42 @@ class _SplitPass(_Pass):
             part = stamps if end == count else stamps[:end]  # the fast path stops at the end of its stamps
             at = skip(buf, spans, part, index, flows.tcp, flows.udp, DONE)
             while at < end:
-                self._normal(records, at, base)
+                start = spans[3 * at]
+                frame = buf[start : start + spans[3 * at + 1]]
+                linktype = spans[3 * at + 2]
+                if linktype != 1 or self._mine(frame):  # inline: this runs for every record not skipped
+                    self.index = base + at + 1
+                    self.step = 0
+                    self.packet(stamps[at], linktype, frame, self.index)
                 at = skip(buf, spans, part, at + 1, flows.tcp, flows.udp, DONE)
             index = end
         self.packets = base + count
 
-    def _normal(self, records: Records, at: int, base: int) -> None:
-        """A record before the rotation time the fast path did not skip. The common frame of another worker's
-        flow is left to it on its raw bytes (`Owners.of_frame`, `Owners.of_hosts`: no decoding, whose only
-        effect here would be to count it malformed, which its owner does); every other goes to `packet`."""
-        frame = records.frame(at)
-        proto = plain_ipv4(records.spans[3 * at + 2], frame)
+    def _mine(self, frame: bytes) -> bool:
+        """Whether an Ethernet frame before the rotation time that the fast path did not skip goes to `packet`.
+        The common frame of another worker's flow is left to it on its raw bytes (`Owners.of_frame`,
+        `Owners.of_hosts`: no decoding, whose only effect here would be to count it malformed, which its owner
+        does), and a TCP or UDP one marks that flow's keys `DONE` here; every other frame goes on."""
+        if len(frame) < 34 or frame[12:14] != _COMMON or frame[14] != 0x45 or frame[20] & 0x3F or frame[21]:
+            return True
+        proto = frame[23]
         if proto == ICMP:
-            if self.owners.of_hosts(frame[26:30], frame[30:34]) != self.me:
-                return
-        elif proto in (TCP, UDP) and len(frame) >= 54:
-            table = self.flows.current[proto]
-            key = frame[26:38]
-            entry = table.get(key)
-            if entry is None or entry is DONE:  # a flow being inspected here is this worker's (or shared)
-                owner = self.owners.of_frame(frame)
-                if owner != self.me and owner != SHARED:
-                    if entry is None:
-                        size = len(table)
-                        table[key] = table[frame[30:34] + frame[26:30] + frame[36:38] + frame[34:36]] = DONE
-                        self.marks[0][proto] += len(table) - size
-                    return
-        self.index = base + at + 1
-        self.step = 0
-        self.packet(records.stamps[at], records.spans[3 * at + 2], frame, self.index)
+            return self.owners.of_hosts(frame[26:30], frame[30:34]) == self.me
+        if proto not in (TCP, UDP) or len(frame) < 54:
+            return True
+        table = self.flows.current[proto]
+        key = frame[26:38]
+        entry = table.get(key)
+        if entry is not None and entry is not DONE:  # a flow being inspected here is this worker's (or shared)
+            return True
+        owner = self.owners.of_frame(frame)
+        if owner == self.me or owner == SHARED:
+            return True
+        if entry is None:
+            size = len(table)
+            table[key] = table[frame[30:34] + frame[26:30] + frame[36:38] + frame[34:36]] = DONE
+            self.marks[0][proto] += len(table) - size
+        return False
 
     def _record(self, records: Records, at: int, base: int) -> None:
         self.index = base + at + 1
@@ -368,7 +375,7 @@ class _SplitPass(_Pass):
 
     def _skipped(self, index: int, linktype: int, frame: bytes) -> None:
         """A frame the fast path judges raw reaches the slow path of its owner as it would one scanner's, and a
-        plain ICMP frame its owner's (`_normal`); every other frame reaches every worker's: worker 0 counts it."""
+        plain ICMP frame its owner's (`_mine`); every other frame reaches every worker's: worker 0 counts it."""
         if plain_ipv4(linktype, frame) == ICMP:
             if self.owners.of_hosts(frame[26:30], frame[30:34]) == self.me:
                 super()._skipped(index, linktype, frame)
