@@ -4,8 +4,12 @@ Builds the capture from the public corpus (looped, addresses shifted per loop; s
 requested size, and its two halves as two files for the two-core rows: ndpiReader ignores ``-n`` for one pcap,
 and ndpiReader 4.2 given ``-i a,b -n 2`` reads the first file only (191,240 of the 110 MB loop's 382,480
 packets, the CPU of one half), so its two-core row is two ndpiReader processes side by side, one per file,
-beside ``egress scan --jobs 2 a b``. Each tool runs as child processes; wall time (to the last one's end), CPU
-time (summed) and peak RSS (the largest process) come from wait4. Rounds are interleaved (every
+beside ``egress scan --jobs 2 a b``. On the one file, ``egress scan --jobs 2`` splits it by flow over two
+processes (egress.scan_split), beside ndpiReader's best configuration for one pcap, which is one thread (it ignores
+``-n`` for a single pcap input). Each tool runs as child processes; wall time (to the last one's end) and CPU
+time (summed, the children's children included) come from wait4; peak RSS is the largest process's (wait4) and
+the sum over the tool's processes of each one's peak (VmHWM, sampled from /proc every 20 ms while they run, so
+the spawned workers of a split scan count too). Rounds are interleaved (every
 tool once, then again) so that the load of the shared machine falls on all alike; the median of the rounds is
 reported. CPU seconds per million packets is the stable figure on a shared machine; wall-clock rates move ±30 %.
 
@@ -42,19 +46,57 @@ class Run:
     cpu: float
     rss_kib: int
     code: int
+    rss_sum_kib: int = 0
+    """The sum over the processes of each one's peak RSS (VmHWM), sampled."""
+
+
+def _tree(pid: int) -> list[int]:
+    """``pid`` and its descendants alive now (/proc/PID/task/TID/children)."""
+    found, queue = [], [pid]
+    while queue:
+        each = queue.pop()
+        found.append(each)
+        try:
+            for task in os.listdir(f"/proc/{each}/task"):
+                with open(f"/proc/{each}/task/{task}/children") as handle:
+                    queue.extend(int(child) for child in handle.read().split())
+        except OSError:
+            continue  # gone
+    return found
+
+
+def _peak_kib(pid: int) -> int:
+    try:
+        with open(f"/proc/{pid}/status") as handle:
+            for line in handle:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
 
 
 def run(commands: list[list[str]], env: dict[str, str] | None = None) -> Run:
     """Wall seconds until the last of ``commands`` (started together) ends, their CPU seconds (user + system)
-    summed, the largest peak RSS in KiB, and the worst exit status."""
+    summed, the largest peak RSS in KiB, the worst exit status, and the sum of every process's peak RSS."""
     start = time.perf_counter()
     children = [subprocess.Popen(c, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env) for c in commands]
     cpu, rss, code = 0.0, 0, 0
-    for child in children:
-        _, status, usage = os.wait4(child.pid, 0)
-        cpu += usage.ru_utime + usage.ru_stime
-        rss, code = max(rss, usage.ru_maxrss), max(code, abs(os.waitstatus_to_exitcode(status)))
-    return Run(time.perf_counter() - start, cpu, rss, code)
+    peaks: dict[int, int] = {}
+    waiting = {child.pid for child in children}
+    while waiting:
+        for pid in list(waiting):
+            for each in _tree(pid):
+                peaks[each] = max(peaks.get(each, 0), _peak_kib(each))
+            done, status, usage = os.wait4(pid, os.WNOHANG)
+            if done:
+                waiting.discard(pid)
+                cpu += usage.ru_utime + usage.ru_stime
+                rss, code = max(rss, usage.ru_maxrss), max(code, abs(os.waitstatus_to_exitcode(status)))
+                peaks[pid] = max(peaks.get(pid, 0), usage.ru_maxrss)
+        if waiting:
+            time.sleep(0.02)
+    return Run(time.perf_counter() - start, cpu, rss, code, sum(peaks.values()))
 
 
 def median(runs: list[Run]) -> Run:
@@ -63,6 +105,7 @@ def median(runs: list[Run]) -> Run:
         statistics.median(r.cpu for r in runs),
         int(statistics.median(r.rss_kib for r in runs)),
         max(r.code for r in runs),
+        int(statistics.median(r.rss_sum_kib for r in runs)),
     )
 
 
@@ -118,8 +161,13 @@ def tools(
             pure,
         ),
     }
+    if len(names) == 1:  # the one file split by flow over two processes (egress.scan_split)
+        chosen["egress scan --jobs 2 (split by flow)"] = (
+            [[egress, "scan", "--json", "--no-progress", "--jobs", "2", *names]],
+            {},
+        )
     if ndpi:
-        label = "ndpiReader 4.2" if len(names) == 1 else f"{len(names)} x ndpiReader 4.2, one per file"
+        label = "ndpiReader 4.2 (-n: 1 for 1 pcap)" if len(names) == 1 else f"{len(names)} x ndpiReader 4.2, 1 per file"
         chosen[label] = ([[ndpi, "-i", name, "-q", "-v", "0"] for name in names], {})
     if NFSTREAM_PYTHON.exists() and len(files) == 1:
         chosen["nfstream 6.6"] = ([[str(NFSTREAM_PYTHON), "-c", NFSTREAM, names[0]]], {})
@@ -132,7 +180,10 @@ def measure(rounds: int, chosen: dict[str, tuple[list[list[str]], dict[str, str]
         for name, (commands, env) in chosen.items():
             done = run(commands, env or None)
             results[name].append(done)
-            figures = f"{done.seconds:.2f} s wall, {done.cpu:.2f} s CPU, {done.rss_kib / 1024:.0f} MB, exit {done.code}"
+            figures = (
+                f"{done.seconds:.2f} s wall, {done.cpu:.2f} s CPU, {done.rss_kib / 1024:.0f} MB "
+                f"({done.rss_sum_kib / 1024:.0f} MB over its processes), exit {done.code}"
+            )
             print(f"  {name}: {figures} (load {os.getloadavg()[0]:.1f})", flush=True)
     return {name: median(runs) for name, runs in results.items()}
 
@@ -156,7 +207,7 @@ def main() -> None:
     print(f"ndpiReader: {ndpi or 'not installed (apt-get install libndpi-bin)'}")
     print(f"nfstream: {NFSTREAM_PYTHON if NFSTREAM_PYTHON.exists() else 'not installed'}")
     print(f"load average at start: {os.getloadavg()[0]:.2f} (on {os.cpu_count()} CPUs)")
-    rows: list[tuple[str, str, float, float, float, float, float, int]] = []
+    rows: list[tuple[str, str, float, float, float, float, float, float, int]] = []
     pairs: list[tuple[str, str, str, Run, str, Run, int]] = []
     for size in (int(part) for part in args.sizes.split(",")):
         capture = HERE / "out" / f"corpus-loop-{size}mb.pcap"
@@ -171,18 +222,19 @@ def main() -> None:
             for name, result in results.items():
                 rate = packets / result.seconds
                 cpu_per_million = result.cpu / packets * 1e6
-                mbps, rss = megabytes / result.seconds, result.rss_kib / 1024
-                rows.append((label, name, rate, mbps, cpu_per_million, result.cpu, rss, result.code))
-            ours = next(name for name in results if name.startswith("egress") and "pure" not in name)
-            for peer in results:
-                if not peer.startswith("egress"):
-                    pairs.append((label, ours, peer, results[ours], peer, results[peer], packets))
+                mbps, rss, rss_sum = megabytes / result.seconds, result.rss_kib / 1024, result.rss_sum_kib / 1024
+                rows.append((label, name, rate, mbps, cpu_per_million, result.cpu, rss, rss_sum, result.code))
+            for ours in (name for name in results if name.startswith("egress") and "pure" not in name):
+                for peer in results:
+                    if not peer.startswith("egress"):
+                        pairs.append((label, ours, peer, results[ours], peer, results[peer], packets))
             print(f"  {label}: done at load {os.getloadavg()[0]:.2f}")
 
-    head = ("capture", "tool", "packets/s", "MB/s", "CPU s/Mpkt", "CPU s", "peak RSS MB", "exit")
-    print("\n{:<16} {:<36} {:>11} {:>7} {:>11} {:>7} {:>12} {:>5}".format(*head))
-    for label, tool, rate, mbps, per_million, cpu, rss, code in rows:
-        figures = f"{rate:>11,.0f} {mbps:>7.1f} {per_million:>11.2f} {cpu:>7.2f} {rss:>12.1f} {code:>5}"
+    head = ("capture", "tool", "packets/s", "MB/s", "CPU s/Mpkt", "CPU s", "peak RSS MB", "RSS sum MB", "exit")
+    print("\n{:<16} {:<36} {:>11} {:>7} {:>11} {:>7} {:>12} {:>11} {:>5}".format(*head))
+    for label, tool, rate, mbps, per_million, cpu, rss, rss_sum, code in rows:
+        figures = f"{rate:>11,.0f} {mbps:>7.1f} {per_million:>11.2f} {cpu:>7.2f} {rss:>12.1f} {rss_sum:>11.1f}"
+        figures += f" {code:>5}"
         print(f"{label:<16} {tool:<36} {figures}")
 
     print("\n| measure | egress | peer | ratio (packets/s; CPU per packet, peer/egress: >1 is egress better) |")
@@ -192,11 +244,11 @@ def main() -> None:
         cpu_ratio = theirs.cpu / mine.cpu if mine.cpu else 0.0
         egress_cell = (
             f"{packets / mine.seconds / 1e3:,.0f}k packets/s, {mine.cpu / packets * 1e6:.2f} CPU s/Mpkt, "
-            f"{mine.rss_kib / 1024:.0f} MB"
+            f"{mine.rss_sum_kib / 1024:.0f} MB (RSS sum)"
         )
         peer_cell = (
             f"{peer}: {packets / theirs.seconds / 1e3:,.0f}k, {theirs.cpu / packets * 1e6:.2f} CPU s/Mpkt, "
-            f"{theirs.rss_kib / 1024:.0f} MB"
+            f"{theirs.rss_sum_kib / 1024:.0f} MB"
         )
         print(f"| `{ours}`, {label} | {egress_cell} | {peer_cell} | {rate_ratio:.2f}; CPU {cpu_ratio:.2f} |")
 

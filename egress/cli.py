@@ -186,7 +186,8 @@ def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     type=click.IntRange(min=1),
     default=1,
     show_default=True,
-    help="Worker processes: the files are scanned in parallel, one file per worker; same findings as --jobs 1.",
+    help="Worker processes: files scanned in parallel, one per worker, and a file of 64 MiB or more split by flow "
+    "over the workers; same findings as --jobs 1.",
 )
 @click.option(
     "--version",

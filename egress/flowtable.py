@@ -28,9 +28,11 @@ class Flow:
     shape watcher the gateway's SSH relay runs too (`egress.detect.sshshape`: port forwarding told from the sizes
     and times of the encrypted traffic), fed the in-order bytes with each segment's capture time."""
 
-    __slots__ = ("client", "closing", "cport", "inspector", "meta", "said", "shape", "streams", "ts")
+    __slots__ = ("client", "closing", "cport", "inspector", "meta", "said", "shape", "since", "streams", "ts")
 
-    def __init__(self, meta: FlowMeta, client: bytes, cport: int, inspector: FlowInspector, ts: float) -> None:
+    def __init__(
+        self, meta: FlowMeta, client: bytes, cport: int, inspector: FlowInspector, ts: float, since: int = 0
+    ) -> None:
         self.meta = meta
         self.client = client
         self.cport = cport
@@ -43,6 +45,8 @@ class Flow:
         self.said = not tcp
         """The flow's first bytes were seen (whether to watch it is settled)."""
         self.closing = 0
+        self.since = since
+        """When the flow entered its table generation (`stamp`): the order in which undecided flows are closed."""
 
     @property
     def watching(self) -> bool:
@@ -106,14 +110,29 @@ def _generation() -> _Generation:
     return {TCP: {}, UDP: {}, ICMP: {}}
 
 
+def stamp(index: int, depth: int) -> int:
+    """The moment a flow enters a table generation: the packet's record index (1-based) and its depth (a packet
+    carried by a tunnel is scanned after the one carrying it, and a packet puts at most one flow in the table).
+    One scanner and the workers of a split scan (`egress.scan_split`) stamp alike, so both close flows in the
+    same order."""
+    return index * 8 + depth
+
+
 def _undecided(generation: _Generation) -> list[Flow]:
-    """Each flow of ``generation`` still being inspected, once (both its keys point at it), in table order."""
-    flows: dict[int, Flow] = {}
+    """Each flow of ``generation`` still being inspected, once (both its keys point at it): TCP, UDP, then ICMP,
+    each in the order the flows entered the generation (`Flow.since`)."""
+    found: list[Flow] = []
     for table in generation.values():
+        flows: dict[int, Flow] = {}
         for entry in table.values():
             if isinstance(entry, Flow):
                 flows.setdefault(id(entry), entry)
-    return list(flows.values())
+        found.extend(sorted(flows.values(), key=_since))
+    return found
+
+
+def _since(flow: Flow) -> int:
+    return flow.since
 
 
 class FlowTable:
@@ -148,19 +167,27 @@ class FlowTable:
         """Entries in both generations (two per flow)."""
         return sum(map(len, self.current.values())) + sum(map(len, self.previous.values()))
 
-    def promote(self, proto: int, key: bytes, reverse: bytes) -> Entry | None:
-        """The entry of a flow missing from the current generation, moved up from the previous one if it is there."""
+    def promote(self, proto: int, key: bytes, reverse: bytes, since: int) -> Entry | None:
+        """The entry of a flow missing from the current generation, moved up from the previous one if it is there
+        (a flow entering the generation at ``since``, its `stamp`)."""
         older = self.previous[proto]
         entry = older.pop(key, None)
         if entry is not None:
             table = self.current[proto]
             table[key] = entry
             table[reverse] = older.pop(reverse, entry)
+            if isinstance(entry, Flow):
+                entry.since = since
         return entry
 
     def drain(self) -> list[Flow]:
         """Empty both generations; their undecided flows are returned (previous first), to be closed."""
-        flows = _undecided(self.previous) + _undecided(self.current)
+        previous, current = self.drain_generations()
+        return previous + current
+
+    def drain_generations(self) -> tuple[list[Flow], list[Flow]]:
+        """`drain`, the undecided flows of each generation apart: (previous, current)."""
+        flows = _undecided(self.previous), _undecided(self.current)
         self.previous, self.current = _generation(), _generation()
         self.tcp, self.udp = self.current[TCP], self.current[UDP]
         return flows

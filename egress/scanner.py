@@ -35,7 +35,7 @@ from egress.detect import encap, ipproto
 from egress.detect.base import Category, Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import DetectorSet
-from egress.flowtable import DONE, MAX_TABLE_ENTRIES, Flow, FlowTable
+from egress.flowtable import DONE, MAX_TABLE_ENTRIES, Flow, FlowTable, stamp
 
 IDLE_SECONDS: Final = 120.0
 """Capture-time length of a table generation: a flow idle this long (up to twice it) is closed."""
@@ -83,6 +83,8 @@ class FileStats:
     """Packet indexes (1-based) of the first few skipped frames."""
     unsupported: dict[int, int] = field(default_factory=dict)
     """Packets of each link type egress cannot decode (not scanned)."""
+    workers: int = 1
+    """Processes whose flows the findings come from (`egress.scan_split`: a large file split by flow)."""
 
 
 def _address(raw: bytes) -> str:
@@ -152,14 +154,15 @@ class _Pass:
             return
         reverse = dst + src + ports[2:] + ports[:2]
         if entry is None:
-            entry = flows.promote(proto, key, reverse)
+            entry = flows.promote(proto, key, reverse, stamp(index, depth))
             if entry is DONE and not (flags & SYN and proto == TCP and not flags & ACK):
                 return  # decided in the previous generation: still decided
         if entry is ENCAP:
             self._inner(encap.unwrap_udp(sport, dport, payload), ts, index, depth)
             return
         if entry is None or entry is DONE:  # unknown, or a SYN reusing a decided flow's ports
-            entry = table[key] = table[reverse] = self._new_flow(proto, src, sport, dst, dport, flags, ts)
+            flow = self._new_flow(proto, src, sport, dst, dport, flags, ts, stamp(index, depth))
+            entry = table[key] = table[reverse] = flow
         assert isinstance(entry, Flow)
         shaped = entry.feed(proto, src, sport, payload, flags, seq, ts)
         if shaped is not None:
@@ -190,7 +193,7 @@ class _Pass:
             segment = decode(linktype, frame, ts, self.defrag, any_protocol=True)
         except (Malformed, IndexError):
             if not depth:  # a tunnel's payload that is no packet is the tunnel's business, not a bad frame
-                self._skipped(index)
+                self._skipped(index, linktype, frame)
             return None
         if segment is not None and segment.proto not in _TRANSPORTS:
             self._ip(segment, ts, index, depth)
@@ -206,7 +209,7 @@ class _Pass:
             if len(self.ip_pairs) >= MAX_IP_PAIRS:
                 self.ip_pairs.clear()
             self.ip_pairs.add(pair)
-            self.stats.flows += 1
+            self._count_pair()
             finding = ipproto.inspect(proto, payload)
             if finding is not None:
                 self._emit(finding, FlowMeta(Transport.IP, _address(src), 0, _address(dst), 0), ts)
@@ -216,7 +219,12 @@ class _Pass:
         if inner is not None and depth < MAX_DEPTH:
             self.packet(ts, inner.linktype, inner.frame, index, depth + 1)
 
-    def _skipped(self, index: int) -> None:
+    def _count_pair(self) -> None:
+        """A new pair of hosts speaking another IP protocol counts as a flow."""
+        self.stats.flows += 1
+
+    def _skipped(self, index: int, _linktype: int, _frame: bytes) -> None:
+        """The ``index``-th frame (``frame``, of ``linktype``) did not decode: counted, its index kept."""
         stats = self.stats
         stats.skipped += 1
         if len(stats.skipped_at) < 5:
@@ -236,7 +244,9 @@ class _Pass:
                 meta = FlowMeta(Transport.UDP, meta.dst, dport, meta.src, sport)
             self._emit(found, meta, ts)
 
-    def _new_flow(self, proto: int, src: bytes, sport: int, dst: bytes, dport: int, flags: int, ts: float) -> Flow:
+    def _new_flow(
+        self, proto: int, src: bytes, sport: int, dst: bytes, dport: int, flags: int, ts: float, since: int
+    ) -> Flow:
         client, cport, server, sport_ = src, sport, dst, dport
         if proto == TCP:
             syn_ack = flags & SYN and flags & ACK
@@ -251,7 +261,7 @@ class _Pass:
         meta = FlowMeta(_TRANSPORTS[proto], _address(client), cport, _address(server), sport_)
         detectors = self.detectors.for_transport(meta.transport)
         self.stats.flows += 1
-        return Flow(meta, client, cport, FlowInspector(meta, detectors), ts)
+        return Flow(meta, client, cport, FlowInspector(meta, detectors), ts, since)
 
     def finish(self) -> None:
         """The capture ended: every flow still undecided gets its last look."""
