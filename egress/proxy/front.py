@@ -28,7 +28,6 @@ Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import socket
@@ -134,6 +133,10 @@ class Front:
                 raise
             try:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # No Nagle on what it accepts (they inherit it: a syscall less per connection): small writes (an
+                # HTTP head, then its body) must not wait for the client's delayed ACK. asyncio sets it only on
+                # sockets made with proto=IPPROTO_TCP, which accepted ones are not.
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if family == socket.AF_INET6:
                     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 listener.bind((host, port))
@@ -169,10 +172,7 @@ class Front:
                 loop.call_later(RETRY, self._resume_accepting, listener)
                 return
             try:
-                conn.setblocking(False)
-                # No Nagle: small writes (an HTTP head, then its body) must not wait for the client's delayed
-                # ACK. asyncio sets it only on sockets made with proto=IPPROTO_TCP, which accepted ones are not.
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setblocking(False)  # Nagle is off already: Linux copies TCP_NODELAY from the listener (`serve`)
             except OSError:  # reset before we got to it
                 conn.close()
                 continue
@@ -406,8 +406,9 @@ def _decided(data: bytes, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decis
     return _UNDECIDED if decision.kind is Kind.WAIT else decision
 
 
-async def _readable(conn: socket.socket, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``conn`` to be readable."""
+async def _readable(conn: socket.socket, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``conn`` to be readable (a reader callback and a timer: no
+    ``wait_for``, whose timeout context and task cost more than the wait itself)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -415,10 +416,11 @@ async def _readable(conn: socket.socket, timeout: float) -> bool:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(conn.fileno(), wake)
+    fd = conn.fileno()
+    loop.add_reader(fd, wake)
+    timer = loop.call_later(timeout, wake)
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready, timeout)
-        return ready.done()
+        await ready
     finally:
-        loop.remove_reader(conn.fileno())
+        loop.remove_reader(fd)
+        timer.cancel()
