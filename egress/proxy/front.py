@@ -192,9 +192,10 @@ class Front:
             if found is _PASSED:
                 return  # passed through: the dial is under way
             known = found if isinstance(found, tuple) else None
-        except OSError as exc:  # the client went away, or its socket was odd: the task path sees the same
+        except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
             log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
-            known = None
+            self._task(self._hand_off(conn))
+            return
         except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
             log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
             self._task(self._hand_off(conn))
