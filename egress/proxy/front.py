@@ -28,27 +28,27 @@ Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import errno
 import logging
 import socket
 import struct
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Final
 
-from egress.decide import Enforcement, decide_watched
+from egress.decide import Enforcement, Verdict, decide_watched
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import miningshape, tls, tlsshape
 from egress.detect.base import Finding, FlowMeta
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import DetectorAction, Sandbox
+from egress.proxy.connect import connect
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Watch
-from egress.proxy.splice import Relay, dial
+from egress.proxy.splice import Relay
 from egress.replay import Kind as Asked
 from egress.replay import Question
 
@@ -133,6 +133,10 @@ class Front:
                 raise
             try:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                # No Nagle on what it accepts (they inherit it: a syscall less per connection): small writes (an
+                # HTTP head, then its body) must not wait for the client's delayed ACK. asyncio sets it only on
+                # sockets made with proto=IPPROTO_TCP, which accepted ones are not.
+                listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
                 if family == socket.AF_INET6:
                     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 listener.bind((host, port))
@@ -168,24 +172,69 @@ class Front:
                 loop.call_later(RETRY, self._resume_accepting, listener)
                 return
             try:
-                conn.setblocking(False)
-                # No Nagle: small writes (an HTTP head, then its body) must not wait for the client's delayed
-                # ACK. asyncio sets it only on sockets made with proto=IPPROTO_TCP, which accepted ones are not.
-                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                conn.setblocking(False)  # Nagle is off already: Linux copies TCP_NODELAY from the listener (`serve`)
             except OSError:  # reset before we got to it
                 conn.close()
                 continue
-            task = asyncio.get_running_loop().create_task(self._serve_one(conn, peer))
-            self._tasks.add(task)
-            task.add_done_callback(self._tasks.discard)
+            self._accepted(conn, peer)
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener in self._listeners and listener.fileno() != -1:
             asyncio.get_running_loop().add_reader(listener.fileno(), self._accept_all, listener)
 
-    async def _serve_one(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+    def _accepted(self, conn: socket.socket, peer: tuple[str, int]) -> None:
+        """Serve a new connection: at once, in callbacks alone, when its first bytes are already a ClientHello to
+        pass through (most TLS clients' hello is there by the time the front accepts); else in a task that waits
+        for them, or serves plain HTTP, or hands the connection off."""
+        known: _Known | None = None
         try:
-            if await self._relay_if_passthrough(conn, peer):
+            found = self._known(conn, peer)
+            if found is _PASSED:
+                return  # passed through: the dial is under way
+            known = found if isinstance(found, tuple) else None
+        except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
+            log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
+            self._task(self._hand_off(conn))
+            return
+        except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
+            log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
+            self._task(self._hand_off(conn))
+            return
+        self._task(self._serve_one(conn, peer, known))
+
+    def _task(self, work: Coroutine[None, None, None]) -> None:
+        task = asyncio.get_running_loop().create_task(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def _known(self, conn: socket.socket, peer: tuple[str, int]) -> _Known | _Passed | None:
+        """What the front knows of a new connection without waiting: `_Passed` when its first bytes, peeked, were
+        a ClientHello the gate passes through (the dial is started); else its sandbox, source and destination when
+        it may still be one (the task waits for its first bytes), or None when it is not (no sandbox, a
+        destination no rule could allow)."""
+        sandbox = self.gate.sandbox(str(peer[0]))
+        if sandbox is None:
+            return None
+        dst = self.destination(conn)
+        if self.gate.on_connect(sandbox, *dst).action is Enforcement.BLOCK:
+            return None
+        source = (str(peer[0]), int(peer[1]))  # an IPv6 peer is a 4-tuple
+        try:
+            data = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
+        except BlockingIOError:
+            return sandbox, source, dst
+        decision = _decided(data, self.gate, sandbox, flow_meta(source, dst))
+        if decision is _UNDECIDED:
+            return sandbox, source, dst
+        if not isinstance(decision, Decision) or decision.kind is not Kind.PASSTHROUGH:
+            return None
+        self._pass(conn, sandbox, source, dst, decision)
+        return _PASSED
+
+    async def _serve_one(self, conn: socket.socket, peer: tuple[str, int], known: _Known | None = None) -> None:
+        """``known``: what `_known` found (its first bytes not there yet, or not a whole ClientHello)."""
+        try:
+            if known is not None and await self._relay_if_passthrough(conn, *known):
                 return
             if self.plain_http is not None and await self.plain_http.serve(conn, peer, self.destination(conn)):
                 return  # plain HTTP served here; else handed off with the request it stopped at unread
@@ -193,22 +242,28 @@ class Front:
             log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
         except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
             log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
+        await self._hand_off(conn)
+
+    async def _hand_off(self, conn: socket.socket) -> None:
         self.handed_off += 1
         await self.handoff(conn)  # never raises: it closes what it cannot serve
 
-    async def _relay_if_passthrough(self, conn: socket.socket, peer: tuple[str, int]) -> bool:
+    async def _relay_if_passthrough(
+        self, conn: socket.socket, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int]
+    ) -> bool:
         """Relay the connection and return True if it is allowed TLS to pass through; else return False having
         read nothing from it."""
-        sandbox = self.gate.sandbox(str(peer[0]))
-        if sandbox is None:
-            return False
-        dst = self.destination(conn)
-        if self.gate.on_connect(sandbox, *dst).action is Enforcement.BLOCK:
-            return False
-        source = (str(peer[0]), int(peer[1]))  # an IPv6 peer is a 4-tuple
         decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst))
         if decision is None or decision.kind is not Kind.PASSTHROUGH:
             return False
+        self._pass(conn, sandbox, source, dst, decision)
+        return True
+
+    def _pass(
+        self, conn: socket.socket, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int], decision: Decision
+    ) -> None:
+        """Pass the connection through (``decision``): report, dial, then relay; from here the connection is the
+        front's (never handed off once the relay has it)."""
         # Every passthrough is the front's, recorded ones too (a detector set to record, report mode's would-block):
         # the front relays with the least cost, and mitmproxy refuses a network rule's TLS it would relay unwatched.
         recorded = decision.verdict
@@ -216,15 +271,37 @@ class Front:
         if recorded is not None:  # before the dial: a destination that refuses it leaves the record all the same
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, recorded))
         watch = self._watch(sandbox, source, dst, decision.host, suspicions=decision.watch)
-        try:
-            upstream = await dial(dst, DIAL_TIMEOUT)
-        except (OSError, TimeoutError) as exc:
-            log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], exc)
-            conn.close()
-            return True
-        if recorded is None and reported is not None:
-            self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, reported))
-        # From here the relay owns the socket: whatever happens, the connection is never handed off.
+        allowed = reported if recorded is None else None  # reported once the destination took the connection
+
+        def dialled(upstream: socket.socket | None, error: BaseException | None) -> None:
+            if upstream is None:
+                log.info("front: %s:%d unreachable (%s): client closed", dst[0], dst[1], error)
+                conn.close()
+                return
+            try:
+                self._relay(conn, upstream, watch, sandbox, source, dst, decision, allowed)
+            except Exception:  # before the relay had the sockets: mitmproxy decides instead, as before the dial
+                upstream.close()
+                log.exception("front: %s:%s: handed to mitmproxy after an error", source[0], source[1])
+                self._task(self._hand_off(conn))
+
+        connect(asyncio.get_running_loop(), dst, DIAL_TIMEOUT, dialled)
+
+    def _relay(
+        self,
+        conn: socket.socket,
+        upstream: socket.socket,
+        watch: Watch,
+        sandbox: Sandbox,
+        source: tuple[str, int],
+        dst: tuple[str, int],
+        decision: Decision,
+        allowed: Verdict | None,
+    ) -> None:
+        """Relay a dialled passthrough; ``allowed``: its allow, reported now that the destination took it."""
+        if allowed is not None:
+            self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, allowed))
+        reported = decision.verdict or decision.allow
         relay = Relay(conn, upstream, watch)
         self._keep(relay, source, dst, decision.host)
         if reported is not None and sandbox.flow_log and self.flows is not None:
@@ -232,7 +309,6 @@ class Front:
                           reported.rule, reported.action.value, 0, 0, time.time(), 0.0))  # fmt: skip
         relay.start()  # reads the ClientHello and relays it
         self.relayed += 1
-        return True
 
     def _keep(self, relay: Relay, source: tuple[str, int], dst: tuple[str, int], sni: str) -> None:
         """Track the relay while it is open, as the TLS connection it was decided as (`egress.proxy.openflows`)."""
@@ -288,17 +364,11 @@ class Front:
                 data: bytes | None = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
             except BlockingIOError:
                 data = None
-            if data == b"":  # the client closed
-                return None
             if data is not None:
-                if not tls.looks_like_tls(data):
-                    return None
+                decision = _decided(data, gate, sandbox, meta)
+                if decision is not _UNDECIDED:
+                    return decision if isinstance(decision, Decision) else None
                 deadline = max(deadline, started + HELLO_WAIT)
-                if len(data) >= HEAD_WAIT_LIMIT and not isinstance(tls.parse_client_hello(data), tls.ClientHello):
-                    return None  # a ClientHello bigger than the peek: mitmproxy judges it on all it reads
-                decision = gate.on_first_bytes(sandbox, meta, data, b"", watching=True)
-                if decision.kind is not Kind.WAIT:
-                    return decision
             left = deadline - loop.time()
             if left <= 0:
                 return None
@@ -308,8 +378,38 @@ class Front:
                 await asyncio.sleep(PARTIAL_WAIT)  # the socket stays readable while the first bytes wait unread
 
 
-async def _readable(conn: socket.socket, timeout: float) -> bool:
-    """Wait up to ``timeout`` seconds for ``conn`` to be readable."""
+class _Undecided:
+    """The first bytes look like TLS but are not a whole ClientHello yet."""
+
+
+_UNDECIDED: Final = _Undecided()
+
+
+class _PassedThrough:
+    """`Front._known`: the connection was passed through."""
+
+
+_PASSED: Final = _PassedThrough()
+_Passed = _PassedThrough
+_Known = tuple[Sandbox, tuple[str, int], tuple[str, int]]
+"""A new connection's sandbox, source and destination."""
+
+
+def _decided(data: bytes, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | _Undecided | None:
+    """The gate's decision on a client's first bytes ``data`` (peeked): None when the client closed or they are
+    not TLS (or a ClientHello bigger than the peek: mitmproxy judges it on all it reads), `_UNDECIDED` while a
+    ClientHello is still arriving."""
+    if not data or not tls.looks_like_tls(data):
+        return None
+    if len(data) >= HEAD_WAIT_LIMIT and not isinstance(tls.parse_client_hello(data), tls.ClientHello):
+        return None
+    decision = gate.on_first_bytes(sandbox, meta, data, b"", watching=True)
+    return _UNDECIDED if decision.kind is Kind.WAIT else decision
+
+
+async def _readable(conn: socket.socket, timeout: float) -> None:
+    """Wait up to ``timeout`` seconds for ``conn`` to be readable (a reader callback and a timer: no
+    ``wait_for``, whose timeout context and task cost more than the wait itself)."""
     loop = asyncio.get_running_loop()
     ready: asyncio.Future[None] = loop.create_future()
 
@@ -317,10 +417,11 @@ async def _readable(conn: socket.socket, timeout: float) -> bool:
         if not ready.done():
             ready.set_result(None)
 
-    loop.add_reader(conn.fileno(), wake)
+    fd = conn.fileno()
+    loop.add_reader(fd, wake)
+    timer = loop.call_later(timeout, wake)
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(ready, timeout)
-        return ready.done()
+        await ready
     finally:
-        loop.remove_reader(conn.fileno())
+        loop.remove_reader(fd)
+        timer.cancel()

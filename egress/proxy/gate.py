@@ -47,6 +47,8 @@ NOT_EXPECTED = "protocol-not-expected"
 """The protocol of a stream refused at its opening for being none of what its network rule expects."""
 HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
+SANDBOXES_KEPT = 4096
+"""Source addresses whose sandbox a gate keeps (all forgotten at once past this: spoofed sources cannot grow it)."""
 
 
 class Kind(enum.Enum):
@@ -98,17 +100,36 @@ def _allow(verdict: Verdict) -> Verdict | None:
 
 
 class Gate:
-    """Policy, bindings and detectors together; one per proxy worker. Stateless between connections."""
+    """Policy, bindings and detectors together; one per proxy worker. Stateless between connections (but for which
+    sandbox each source address is in, kept per policy)."""
 
     def __init__(self, policy: Policy, names_for: NamesFor, name_detector: Detector, stream: tuple[Detector, ...]):
         self.policy = policy
+        self._sandboxes: dict[str, Sandbox | None] = {}
+        """Source address → its sandbox under ``_sandboxes_of`` (`sandbox`)."""
+        self._sandboxes_of: Policy | None = None
         self.names_for = names_for
         self.name_detector = name_detector
         self.stream = stream
 
     def sandbox(self, source: str) -> Sandbox | None:
+        """The sandbox ``source`` (a client's address as text) belongs to, if any; kept per policy (a sandbox's
+        few addresses open every connection: the walk over every sandbox's networks was a few percent of a
+        relayed connection's Python time)."""
+        policy = self.policy
+        if policy is not self._sandboxes_of:  # a reload assigns a new policy: what was kept is for the old one
+            self._sandboxes = {}
+            self._sandboxes_of = policy
+        try:
+            return self._sandboxes[source]
+        except KeyError:
+            pass
         address = _source(source)
-        return self.policy.sandbox_for(address) if address is not None else None
+        found = policy.sandbox_for(address) if address is not None else None
+        if len(self._sandboxes) >= SANDBOXES_KEPT:
+            self._sandboxes.clear()
+        self._sandboxes[source] = found
+        return found
 
     def on_client(self, source: str) -> Verdict | None:
         """A connection from ``source``: a verdict if it belongs to no sandbox (spoofed or misrouted)."""

@@ -172,6 +172,42 @@ def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
     _run(scenario)
 
 
+@pytest.mark.parametrize("hello_first", [True, False], ids=["hello-there-at-accept", "hello-after-accept"])
+def test_allowed_tls_is_relayed_whether_its_hello_is_there_at_accept_or_comes_later(hello_first: bool) -> None:
+    """A hello there when the front accepts is decided and dialled in the accept's callbacks; one that comes later
+    is waited for in a task: the same relay, decision and line either way."""
+
+    async def scenario() -> None:
+        server = await asyncio.start_server(_echo, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        port, task = await _serving(setup)
+        hello = _client_hello("allowed.test")
+        client = socket.create_connection(("127.0.0.1", port))  # blocking: the front's loop does not run meanwhile
+        client.settimeout(scaled(10))
+        if hello_first:
+            client.sendall(hello)  # in the socket before the loop's next turn accepts it
+        else:
+
+            async def accepted() -> bool:
+                assert setup.front._tasks, "the front has not accepted it yet"
+                return True
+
+            await eventually_async(accepted, timeout=10)  # waiting for the first bytes
+            client.sendall(hello)
+        got = b""
+        while len(got) < len(hello):
+            got += await asyncio.to_thread(client.recv, 65536)
+        client.close()
+        assert got == hello
+        assert (setup.front.relayed, setup.front.handed_off, setup.handed) == (1, 0, [])
+        [allowed] = setup.reporter.reported
+        assert (allowed.verdict.action, allowed.host) == (Enforcement.ALLOW, "allowed.test")
+        task.cancel()
+        server.close()
+
+    _run(scenario)
+
+
 def test_bytes_the_destination_sends_first_are_not_lost() -> None:
     async def greet_then_echo(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         writer.write(b"greeting")  # before the front has attached the client's side
