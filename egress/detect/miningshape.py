@@ -53,6 +53,7 @@ than it (the lone-job rule), which is why the default action is ``record``
 from __future__ import annotations
 
 import itertools
+import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -162,6 +163,10 @@ class MiningShape:
     records: list[Record] = field(default_factory=list)
     done: bool = False
     """Found, or nothing more to watch (bulk, too many bytes, or past the window)."""
+    earliest: float = math.inf
+    latest: float = -math.inf
+    total: int = 0
+    """The records' earliest and latest times and their bytes both ways."""
 
     def add(self, record: Record) -> Finding | None:
         """The finding this record completed, if any (returned once; watching ends with it)."""
@@ -172,6 +177,15 @@ class MiningShape:
             self.done = True  # decided within the first window, or not at all
             return None
         self.records.append(record)
+        self.total += record.size
+        self.earliest, self.latest = min(self.earliest, record.at), max(self.latest, record.at)
+        if self.latest - self.earliest <= ANSWER_WITHIN * scale:
+            # Every rule of `mining` needs a push, a server record more than ANSWER_WITHIN after the client's last:
+            # none can be among records that all lie within that span, so only the limits are read (the records'
+            # measure at each record of a connection's opening was most of the watch's cost per connection).
+            if record.size > BULK or self.total > MAX_BYTES:
+                self.done = True
+            return None
         features = measure(self.records, scale)
         if features.largest > BULK or features.up + features.down > MAX_BYTES:
             self.done = True

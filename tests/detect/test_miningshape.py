@@ -11,8 +11,9 @@ import random
 
 import pytest
 
-from egress.detect.base import Category, Finding
-from egress.detect.miningshape import NAME, PROTOCOL, MiningShape, measure
+from egress.detect.base import Category, Finding, evidence
+from egress.detect.miningshape import BULK, MAX_BYTES, MINUTE, NAME, PROTOCOL, MiningShape, measure
+from egress.detect.miningshape import mining as says_mining
 from egress.detect.tlsshape import Record, TlsShape
 from tests.budget import examples
 from tests.corpus import CORPUS, needs_corpus
@@ -259,3 +260,45 @@ def test_random_records_rarely_look_like_mining() -> None:
             records.append(Record(rng.random() < 0.5, int(math.exp(rng.uniform(math.log(20), math.log(400)))), at))
         hits += _first(records)[0] is not None
     assert hits <= 1, hits
+
+
+def _measured_each_time(records: list[Record], window: float) -> list[tuple[Finding | None, bool]]:
+    """The watcher's answers and ``done`` after each record as they were before its opening shortcut: the records
+    measured at each one."""
+    scale, seen, answers, done = window / MINUTE, list[Record](), list[tuple[Finding | None, bool]](), False
+    for record in records:
+        found = None
+        if done or (seen and record.at - seen[0].at > window):
+            done = True
+        else:
+            seen.append(record)
+            features = measure(seen, scale)
+            if features.largest > BULK or features.up + features.down > MAX_BYTES:
+                done = True
+            elif says_mining(features, scale):
+                done = True
+                found = Finding(Category.MINING, PROTOCOL, NAME, evidence(features.text()))
+        answers.append((found, done))
+    return answers
+
+
+@pytest.mark.parametrize("window", [MINUTE, 6.0])
+def test_the_openings_shortcut_answers_as_measuring_every_record(window: float) -> None:
+    """`MiningShape.add` skips `measure` while every record lies within `ANSWER_WITHIN` of the others; its answers
+    and its `done` are those of measuring at every record, on the mining traces (sped up, and with bursts) and on
+    random records with times out of order, bulk records and byte limits."""
+    rng = random.Random(11)
+    cases = [_records(trace) for trace in mining.ALL.values()]
+    cases += [[Record(r.from_client, r.size, r.at * rng.choice((0.01, 0.1, 1.0))) for r in c] for c in list(cases)]
+    for _ in range(examples(300)):
+        records, at = [], 0.0
+        for _ in range(rng.randrange(1, 60)):
+            at += rng.choice((0.0, 0.01, 0.3, 1.0, 3.0, 20.0)) * rng.random() - (0.5 if rng.random() < 0.05 else 0)
+            size = rng.choice((20, 40, 90, 120, 300, 2000, 4000, 4096, 5000, 20000))
+            records.append(Record(rng.random() < 0.5, size, at))
+        cases.append(records)
+    cases.append([Record(index % 2 == 0, 4000, index * 0.05) for index in range(40)])  # MAX_BYTES in the opening
+    for records in cases:
+        watcher = MiningShape(window=window)
+        answers = [(watcher.add(record), watcher.done) for record in records]
+        assert answers == _measured_each_time(records, window), records
