@@ -3,11 +3,13 @@ STARTTLS server does), and the miner in the sandbox that talks to it. Fake both:
 
 The pool (`pool_main`, in the internet namespace, on allowed.lab's address with the lab's allowed.lab
 certificate) reads the client's opening: a first line (``STARTTLS``), answered ``220 go``, or none at all (the
-client's first byte starts a TLS record). Then it speaks TLS as the server and reads newline-delimited Stratum:
+client's first byte starts a TLS record), or a banner ``220 ready`` when the client stays silent for 2 s. Then
+it speaks TLS as the server and reads newline-delimited Stratum:
 subscribe, authorize and submit are each answered (``share accepted`` in its log).
 
 The miner (`miner_main`, in the sandbox) resolves allowed.lab through the gateway, connects to PORT, sends the
-opening (``starttls``: the line, then waits for ``220``; ``direct``: nothing, TLS at once), then a ClientHello
+opening (``starttls``: the line, then waits for ``220``; ``banner``: waits, silent, for the server's banner;
+``direct``: nothing, TLS at once), then a ClientHello
 naming allowed.lab (no certificate check: the client is the attacker's and trusts whatever answers) and its
 Stratum exchange inside the TLS, and prints each answer line (``share answered`` when the submit's was).
 """
@@ -48,10 +50,14 @@ def _line(conn: socket.socket | ssl.SSLSocket, buf: bytearray) -> bytes | None:
 def _serve(conn: socket.socket, context: ssl.SSLContext) -> None:
     with conn:
         conn.settimeout(30)
-        first = conn.recv(1, socket.MSG_PEEK)
-        if not first:
-            return
-        if first != b"\x16":  # a plaintext opening: one line, then TLS
+        conn.settimeout(2)
+        try:
+            first = conn.recv(1, socket.MSG_PEEK)
+        except TimeoutError:  # a silent client waits for a banner (a server-first protocol), then says its hello
+            first = b""
+            conn.sendall(b"220 ready\r\n")
+        conn.settimeout(30)
+        if first and first != b"\x16":  # a plaintext opening: one line, then TLS
             opening = _line(conn, bytearray())
             print(f"opening {opening!r}", flush=True)
             conn.sendall(b"220 go\r\n")
@@ -94,7 +100,7 @@ def pool_main() -> None:
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' PORT HOW`` (HOW: ``starttls`` or ``direct``)."""
+    """``python -c '...miner_main()' PORT HOW`` (HOW: ``starttls``, ``banner`` or ``direct``)."""
     port, how = int(sys.argv[1]), sys.argv[2]
     address = str(socket.getaddrinfo(HOST, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
@@ -106,6 +112,11 @@ def miner_main() -> None:
             raw.sendall(b"STARTTLS\r\n")
             answer = _line(raw, bytearray())
             print(f"opening answered {answer!r}", flush=True)
+            if answer is None:
+                return
+        elif how == "banner":
+            answer = _line(raw, bytearray())
+            print(f"banner {answer!r}", flush=True)
             if answer is None:
                 return
         with context.wrap_socket(raw, server_hostname=HOST) as tls:

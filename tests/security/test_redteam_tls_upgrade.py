@@ -9,7 +9,9 @@ client that first sends one plaintext line (``STARTTLS``), then its ClientHello 
 a raw stream (`egress.proxy.gate.Gate._raw`: INSPECT); the bound hello inside it is found by
 `Gate.bound_hello_at` and the TLS from there is only watched for its shape (`egress.proxy.upgraded`), never
 intercepted: `Gate._tls`'s ``sandbox.decrypts(sni)`` is the only place the decrypt list is read. Three Stratum
-calls inside that TLS show no mining shape, so the pool subscribes, authorizes and accepts a share.
+calls inside that TLS show no mining shape, so the pool subscribes, authorizes and accepts a share; nothing is
+recorded. The same when the client stays silent and the server speaks first (a banner), then the client's hello
+(`InspectLayer` with ``guard_http``: the hello is no HTTP, so it is relayed and watched, not intercepted).
 
 Ground truth: the pool's log (``share accepted``); the internet-side capture counts the bytes to it.
 """
@@ -50,6 +52,7 @@ def pool(lab: SecurityLab) -> Attacker:
 HOWS = {
     "direct-hello-control": "direct",  # intercepted: the detectors read the Stratum inside
     "starttls-line-then-hello": "starttls",
+    "server-banner-then-hello": "banner",  # the client silent, the server speaks first, then the client's hello
 }
 
 
