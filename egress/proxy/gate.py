@@ -294,7 +294,8 @@ class Gate:
         while at >= 0 and names:
             hello = tls.parse_client_hello(client[at:], partial=True)
             if isinstance(hello, tls.ClientHello) and hello.sni is not None and hello.sni in names:
-                return at
+                # A name on the decrypt list is never watched undecrypted: `unbound_hello` refuses it.
+                return -1 if sandbox.decrypts(hello.sni) else at
             at = client.find(b"\x16\x03", at + 1)
         return -1
 
@@ -313,10 +314,22 @@ class Gate:
             hello = tls.parse_client_hello(client[at:])
             if isinstance(hello, tls.ClientHello) and not hello.truncated:
                 if hello.sni is not None and hello.sni in names:
-                    return None
+                    return self._undecrypted(sandbox, meta, hello.sni) if sandbox.decrypts(hello.sni) else None
                 return self._tls(sandbox, meta, client[at:], True, hello)
             at = client.find(b"\x16\x03", at + 1)
         return None
+
+    @staticmethod
+    def _undecrypted(sandbox: Sandbox, meta: FlowMeta, sni: str) -> Decision:
+        """TLS begun after a plaintext opening to a name the sandbox's decrypt list holds: mitmproxy intercepts a
+        connection's TLS only from its first byte, so this one could pass only undecrypted, which the decrypt list
+        rules out (red team 3: Stratum inside it reached the pool). Refused as a tunnel (report mode: recorded)."""
+        text = f"TLS to {sni} ({meta.dst}:{meta.dport}) begun after a plaintext opening; {sni} is on the decrypt list"
+        finding = Finding(Category.TUNNEL, "tls-not-decrypted", encrypted.NAME, evidence(text))
+        verdict = decide_finding(sandbox, finding)
+        if not _allowed(verdict):
+            return Decision(Kind.REFUSE, verdict, sni)
+        return Decision(Kind.INSPECT, _worth_recording(verdict), sni)
 
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)

@@ -338,6 +338,32 @@ def test_a_stream_that_upgrades_to_tls_with_a_bound_name_is_not_unidentified(
     assert gate.bound_tls_in(sandbox, flow_meta(("10.0.0.5", 40000), (DST[0], port)), client) is passes
 
 
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+def test_tls_begun_mid_stream_to_a_decrypted_name_is_refused_not_watched(mode: str) -> None:
+    """Red team 3: TLS after a plaintext opening is watched undecrypted (`bound_hello_at`); to a name on the decrypt
+    list that would relay undecrypted what the policy says to decrypt. Refused at its hello as a tunnel (recorded
+    as would-block in report mode), never exempt from the unidentified verdict."""
+    lists = shipped_lists()
+    text = ANY_RULE.replace("    sources: [10.0.0.0/24]\n", f"    sources: [10.0.0.0/24]\n    mode: {mode}\n")
+    text += "    decrypt: [allowed.test]\n"
+
+    def names_for(sandbox: str, address: str) -> frozenset[str]:
+        return frozenset({"allowed.test"}) if address == DST[0] else frozenset()
+
+    gate = Gate(parse_policy(text), names_for, make_name_detector(lists), stream_detectors(lists))
+    sandbox = gate.policy.sandboxes[0]
+    meta = flow_meta(("10.0.0.5", 40000), (DST[0], 587))
+    client = STARTTLS + _client_hello("allowed.test")
+    assert gate.bound_hello_at(sandbox, meta, client) == -1
+    assert not gate.bound_tls_in(sandbox, meta, client)
+    decision = gate.unbound_hello(sandbox, meta, client)
+    assert decision is not None and decision.verdict is not None and decision.host == "allowed.test"
+    assert decision.verdict.reason is Reason.TUNNEL
+    assert decision.verdict.finding is not None and decision.verdict.finding.protocol == "tls-not-decrypted"
+    assert decision.kind is (Kind.REFUSE if mode == "enforce" else Kind.INSPECT)
+    assert gate.unbound_hello(sandbox, meta, STARTTLS + _client_hello("allowed.test")[:60]) is None  # cut short
+
+
 # -- the ClientHello is read once per decision (issue 15) -------------------------------------------------------
 def test_the_gate_reads_a_client_hello_once_per_decision(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gate's test that a ClientHello follows the record header, its reading of the SNI and the name detector
