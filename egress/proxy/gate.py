@@ -25,6 +25,7 @@ import functools
 import ipaddress
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from egress.decide import (
     Enforcement,
@@ -232,6 +233,14 @@ class Gate:
     def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
         noted: Verdict | None = None
         network = network_rule_for(sandbox, meta.dst, meta.dport)
+        if client[:4] == H2_PREFACE[:4] and (network is None or not network.expects(Expect.ANY)):
+            if len(client) < len(H2_PREFACE) and H2_PREFACE.startswith(client):
+                return Decision(Kind.WAIT)
+            if client.startswith(H2_PREFACE):
+                verdict = decide_finding(sandbox, _h2c(meta))
+                if not _allowed(verdict):
+                    return Decision(Kind.REFUSE, verdict)
+                noted = _worth_recording(verdict)
         finding = self.inspect_once(meta, client, server)
         if network is not None:
             judged = _expected(network, meta, client, server, finding)
@@ -370,6 +379,18 @@ def not_expected(rule: NetworkRule, meta: FlowMeta, first: bytes, side: str, see
     expected = ", ".join(sorted(rule.expect))
     text = f"{side} opens {seen} to {meta.dst}:{meta.dport} through {rule.rule_id} (expects {expected}): {first[:24]!r}"
     return Finding(Category.TUNNEL, NOT_EXPECTED, encrypted.NAME, evidence(text))
+
+
+H2_PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+"""The client connection preface of HTTP/2 (RFC 9113 §3.4): clear-text HTTP/2 with prior knowledge (h2c)."""
+
+
+def _h2c(meta: FlowMeta) -> Finding:
+    """Clear-text HTTP/2 with prior knowledge: neither the front nor mitmproxy reads its frames (red team 3: Stratum
+    cut into 7-byte DATA frames passed the stream detectors, the frame headers breaking every JSON value), so it is
+    refused where the rule does not say ``any``, as a stream the gateway cannot inspect."""
+    text = f"clear-text HTTP/2 (prior knowledge) to {meta.dst}:{meta.dport}: its frames are not inspected"
+    return Finding(Category.TUNNEL, "h2c-not-inspected", encrypted.NAME, evidence(text))
 
 
 def _unwatched(rule: str, meta: FlowMeta) -> Finding:

@@ -364,6 +364,26 @@ def test_tls_begun_mid_stream_to_a_decrypted_name_is_refused_not_watched(mode: s
     assert gate.unbound_hello(sandbox, meta, STARTTLS + _client_hello("allowed.test")[:60]) is None  # cut short
 
 
+@pytest.mark.parametrize(("port", "refused"), [(443, True), (587, True), (3333, True), (4444, False)])
+def test_clear_text_http2_is_refused_at_its_preface_unless_the_rule_says_any(port: int, refused: bool) -> None:
+    """Red team 3: h2c with prior knowledge was a raw stream whose 7-byte DATA frames hid Stratum from the stream
+    detectors. Its preface is refused (`h2c-not-inspected`) where the rule does not say ``any``; the preface's
+    first bytes alone (an HTTP/1-looking head) wait for the rest."""
+    gate = _strict_gate()
+    sandbox = gate.policy.sandboxes[0]
+    meta = flow_meta(("10.0.0.5", 40000), (DST[0], port))
+    preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+    frames = b"\x00\x00\x07\x00\x00\x00\x00\x00\x01" + b'{"id":1'
+    decision = gate.on_first_bytes(sandbox, meta, preface + frames, b"")
+    if refused:
+        assert decision.kind is Kind.REFUSE and decision.verdict is not None
+        assert decision.verdict.reason is Reason.TUNNEL
+        assert decision.verdict.finding is not None and decision.verdict.finding.protocol == "h2c-not-inspected"
+        assert gate.on_first_bytes(sandbox, meta, preface[:18], b"").kind is Kind.WAIT
+    else:
+        assert decision.kind is Kind.INSPECT
+
+
 # -- the ClientHello is read once per decision (issue 15) -------------------------------------------------------
 def test_the_gate_reads_a_client_hello_once_per_decision(monkeypatch: pytest.MonkeyPatch) -> None:
     """The gate's test that a ClientHello follows the record header, its reading of the SNI and the name detector

@@ -17,6 +17,7 @@ import json
 import socket
 import sys
 import threading
+import time
 
 import h2.config
 import h2.connection
@@ -101,9 +102,11 @@ def pool_main() -> None:
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' ADDRESS|- PORT HOST PIECE`` (``-``: resolve HOST through the gateway;
-    PIECE: bytes of Stratum per DATA frame)."""
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST PIECE [split]`` (``-``: resolve HOST through the gateway;
+    PIECE: bytes of Stratum per DATA frame; ``split``: the preface's first 18 bytes sent alone, a moment before
+    the rest: ``PRI * HTTP/2.0\\r\\n\\r\\n`` is a whole HTTP/1 head)."""
     address, port, host, piece = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+    split = sys.argv[5:] == ["split"]
     if address == "-":
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
@@ -115,7 +118,13 @@ def miner_main() -> None:
     answers = bytearray()
     try:
         with socket.create_connection((address, port), timeout=15) as sock:
-            sock.sendall(conn.data_to_send())
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            first = conn.data_to_send()
+            if split:
+                sock.sendall(first[:18])
+                time.sleep(0.3)  # the attacker's pause: the head alone reaches the gateway first
+                first = first[18:]
+            sock.sendall(first)
             while data := sock.recv(65536):
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.DataReceived):
