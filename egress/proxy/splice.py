@@ -27,9 +27,11 @@ from egress.proxy.relay import Watch
 log = logging.getLogger("egress.proxy")
 
 CHUNK: Final = 256 * 1024
-"""Bytes read (or spliced) per wake-up of a direction; asyncio's own read size."""
-PIPE_SIZE: Final = CHUNK
-"""A splicing direction's pipe capacity (``F_SETPIPE_SZ``; the default 64 KiB is kept where the kernel refuses)."""
+"""Bytes read per wake-up of a direction while the watch reads; asyncio's own read size."""
+PIPE_SIZE: Final = 1024 * 1024
+"""A splicing direction's pipe capacity and what it splices per wake-up (``F_SETPIPE_SZ``; the default
+``/proc/sys/fs/pipe-max-size``: a quarter of the wake-ups of 256 KiB under bulk; a smaller one is kept where the
+kernel refuses)."""
 _SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
 
@@ -171,7 +173,7 @@ class _Direction:
 
     def _readable(self) -> None:
         if self.pipe is not None:
-            got = os.splice(self.src.fileno(), self.pipe[1], CHUNK, flags=_SPLICE)
+            got = os.splice(self.src.fileno(), self.pipe[1], PIPE_SIZE, flags=_SPLICE)
             if got == 0:
                 self._end()
                 return
