@@ -3,18 +3,20 @@ go to the other socket inside the kernel, no syscall or wake-up of the front per
 to bpf(2).
 
 Two ``SOCKHASH`` maps keyed by a socket's cookie (``SO_COOKIE``): ``peers`` maps a socket's cookie to the socket
-its bytes go to, ``relayed`` holds the sockets whose bytes go there; an ``sk_skb`` verdict program of eight
+its bytes go to, ``relayed`` holds the sockets whose bytes go there; an ``sk_skb`` verdict program of thirteen
 hand-assembled instructions, attached to ``relayed`` (``BPF_SK_SKB_VERDICT``), redirects each received skb to its
 peer's egress (``bpf_sk_redirect_hash``). A socket without a peer in ``peers`` (its peer closed) has its bytes
 dropped: the relay is closing. `Kernel.join` puts both sockets in ``peers`` first, then in ``relayed``: the first
 socket's bytes find their peer from the start. Bytes the kernel received before the join are redirected at once
 (``SO_RCVLOWAT`` wakes the verdict over what waits in the receive queue).
 
-The kernel relays without back-pressure to the source (a redirected skb is consumed at once, whether or not the
-destination takes it): `Kernel.join` is therefore only for sockets whose destination side is bounded otherwise
-(see docs/gateway-performance.md). End of stream and errors stay userspace's: the front still reads each socket's
-end and error (`egress.proxy.splice`) and tells when all a source sent reached its destination's send queue
-(`delivered`, from ``TCP_INFO``).
+Not used by default, and not kept: the kernel relays without back-pressure to the source (a redirected skb is
+consumed at once, whether or not the destination takes it, and waits on the destination's queue without bound),
+and it was slower than splice(2) with its sends in the kernel's workqueue (docs/gateway-performance.md).
+
+End of stream and errors stay userspace's: the front still reads each socket's end and error
+(`egress.proxy.splice`) and tells when all a source sent reached its destination's send queue (`received`,
+`written`, from ``TCP_INFO``).
 
 `probe` builds the maps and the program once per process; where the kernel refuses (no bpf(2), no permission, no
 sockmap, the verifier) it returns None with the reason logged once, and the relay keeps splice(2).
@@ -24,6 +26,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import fcntl
 import logging
 import os
 import socket
@@ -57,8 +60,10 @@ def _insn(code: int, dst: int = 0, src: int = 0, off: int = 0, imm: int = 0) -> 
 
 def program(peers_fd: int) -> bytes:
     """The verdict program: redirect the skb to the egress of the socket ``peers`` holds under its socket's cookie
-    (``SK_PASS``), or drop it where there is none (``SK_DROP``: the peer left, the relay is closing)."""
-    return b"".join(
+    (``SK_PASS``), or drop it where there is none (``SK_DROP``: the peer left, the relay is closing). An skb without
+    data (the end of stream's) is dropped: sent on, it broke the peer's queue (``EPIPE``) once the front had passed
+    the end on itself."""
+    redirect = b"".join(
         (
             _insn(0xBF, dst=6, src=1),  # r6 = r1 (the skb)
             _insn(0x85, imm=_FUNC_GET_SOCKET_COOKIE),  # r0 = bpf_get_socket_cookie(skb)
@@ -70,6 +75,13 @@ def program(peers_fd: int) -> bytes:
             _insn(0x07, dst=3, imm=-8),  # r3 += -8: &key
             _insn(0xB7, dst=4, imm=0),  # r4 = 0: the peer's egress
             _insn(0x85, imm=_FUNC_SK_REDIRECT_HASH),  # r0 = bpf_sk_redirect_hash(skb, peers, &key, 0)
+        )
+    )
+    return b"".join(
+        (
+            _insn(0x61, dst=0, src=1, off=0),  # r0 = skb->len
+            _insn(0x15, dst=0, off=len(redirect) // 8, imm=0),  # if r0 == 0 goto exit: SK_DROP (0)
+            redirect,
             _insn(0x95),  # exit
         )
     )
@@ -127,16 +139,15 @@ def cookie(sock: socket.socket) -> int:
     return int.from_bytes(sock.getsockopt(socket.SOL_SOCKET, _SO_COOKIE, 8), "little")
 
 
-def received(sock: socket.socket) -> int:
-    """Bytes of data ``sock`` received so far (``tcpi_bytes_received``)."""
+def received(sock: socket.socket, ended: bool) -> int:
+    """Bytes of data ``sock`` received so far (``tcpi_bytes_received``, which counts the end of stream as one more
+    once it came: ``ended``)."""
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
-    return int.from_bytes(info[_BYTES_RECEIVED : _BYTES_RECEIVED + 8], "little")
+    return int.from_bytes(info[_BYTES_RECEIVED : _BYTES_RECEIVED + 8], "little") - ended
 
 
 def written(sock: socket.socket) -> int:
     """Bytes of data written into ``sock`` so far: acknowledged by the peer plus still in its send queue."""
-    import fcntl  # noqa: PLC0415 (only here)
-
     info = sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, _TCP_INFO_SIZE)
     acked = int.from_bytes(info[_BYTES_ACKED : _BYTES_ACKED + 8], "little")
     queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), _SIOCOUTQ, b"\0\0\0\0"))[0]
