@@ -22,7 +22,6 @@ import socket
 from collections.abc import Callable
 from typing import Final
 
-from egress.proxy import sockmap
 from egress.proxy.relay import Watch
 
 log = logging.getLogger("egress.proxy")
@@ -31,8 +30,8 @@ CHUNK: Final = 256 * 1024
 """Bytes read per wake-up of a direction while the watch reads; asyncio's own read size."""
 PIPE_SIZE: Final = 1024 * 1024
 """A splicing direction's pipe capacity and what it splices per wake-up (``F_SETPIPE_SZ``; the default
-``/proc/sys/fs/pipe-max-size``: a quarter of the wake-ups of 256 KiB under bulk; a smaller one is kept where the
-kernel refuses)."""
+``/proc/sys/fs/pipe-max-size``): half the wake-ups and splice calls per MiB of 256 KiB under bulk
+(docs/gateway-performance.md); the kernel's default 64 KiB is kept where it refuses."""
 _SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
 
@@ -83,23 +82,12 @@ async def _connected(sock: socket.socket, timeout: float | None) -> None:
 class Relay:
     """One relayed connection: the client's socket and the destination's, both non-blocking and connected."""
 
-    def __init__(
-        self,
-        client: socket.socket,
-        upstream: socket.socket,
-        watch: Watch | None,
-        splice: bool = True,
-        kernel: sockmap.Kernel | None = None,
-    ):
+    def __init__(self, client: socket.socket, upstream: socket.socket, watch: Watch | None, splice: bool = True):
         """``splice``: move a direction's bytes with splice(2) once ``watch`` is finished (or from the start
-        without a watch); False keeps every byte on recv/send (tests compare the two). ``kernel``: hand both
-        directions to the kernel relay (`egress.proxy.sockmap`) once the watch is finished and nothing waits."""
+        without a watch); False keeps every byte on recv/send (tests compare the two)."""
         self.loop = asyncio.get_running_loop()
         self.watch = watch
         self.splice = splice
-        self.kernel = kernel
-        self.joined = False
-        """Both sockets relayed by the kernel (`egress.proxy.sockmap`)."""
         self.up = _Direction(self, client, upstream, from_client=True)
         """Client to destination; its ``moved``: the bytes the client sent."""
         self.down = _Direction(self, upstream, client, from_client=False)
@@ -119,9 +107,6 @@ class Relay:
         self.closed = True
         for direction in (self.up, self.down):
             direction.release()
-            if self.joined:  # what the kernel moved: all the source received
-                with contextlib.suppress(OSError):
-                    direction.moved = sockmap.received(direction.src, direction.eof)
         for sock in (self.up.src, self.down.src):
             sock.close()
         if self.on_lost is not None:
@@ -149,10 +134,6 @@ class _Direction:
         """``dst`` was told the end (``shutdown(SHUT_WR)``)."""
         self.reading = False
         self.writing = False
-        self.written_at_join = 0
-        """``dst``'s bytes written when the kernel took over (`sockmap.written`)."""
-        self.check = 0.0
-        """Seconds until the next look whether the kernel delivered all ``src`` sent (after its end)."""
 
     def resume(self) -> None:
         if not self.reading and not self.eof and not self.relay.closed:
@@ -191,13 +172,6 @@ class _Direction:
             self.relay.close()
 
     def _readable(self) -> None:
-        if self.relay.joined:  # the kernel moves the bytes: only the end (b"") or an error comes here
-            if self.src.recv(1, socket.MSG_PEEK) == b"":
-                self.eof = True
-                self._pause()
-                self.check = 0.0005
-                self._delivered()
-            return
         if self.pipe is not None:
             got = os.splice(self.src.fileno(), self.pipe[1], PIPE_SIZE, flags=_SPLICE)
             if got == 0:
@@ -217,72 +191,8 @@ class _Direction:
             self.relay.close()
             return
         self.pending = data
-        if self._flush() and (watch is None or watch.finished):
-            if self.relay.kernel is not None:
-                self._join()
-            elif self.relay.splice:
-                self._open_pipe()
-
-    def _join(self) -> None:
-        """Hand both directions to the kernel relay once neither holds anything back; else go on as before."""
-        relay = self.relay
-        assert relay.kernel is not None
-        directions = (relay.up, relay.down)
-        if any(d.pending or d.piped or d.writing or d.eof for d in directions):
-            return
-        if not all(d._drained() for d in directions):
-            return
-        for direction in directions:
-            direction.written_at_join = sockmap.written(direction.dst)
-        try:
-            relay.kernel.join(relay.up.src, relay.down.src)
-        except OSError as exc:
-            log.debug("relay: kernel relay refused (%s): splice", exc)
-            relay.kernel = None
-            if relay.splice:
-                self._open_pipe()
-            return
-        relay.joined = True
-        for direction in directions:
-            direction.release()
-            direction.resume()
-
-    def _drained(self) -> bool:
-        """Read and send on all ``src`` holds now; False where ``dst`` did not take it all or ``src`` ended. The
-        kernel relay sends a received skb whole (tcp_read_skb): one left half read here would go twice."""
-        watch = self.relay.watch
-        while True:
-            try:
-                data = self.src.recv(CHUNK)
-            except BlockingIOError:
-                return True
-            if not data:
-                self._end()
-                return False
-            self.moved += len(data)
-            if watch is not None and not watch.passes(self.from_client, data):
-                self.relay.close()
-                return False
-            self.pending = data
-            if not self._flush():
-                return False
-
-    def _delivered(self) -> None:
-        """After ``src``'s end: pass it on once the kernel wrote all ``src`` sent into ``dst``, else look again."""
-        if self.relay.closed:
-            return
-        try:
-            sent = sockmap.received(self.src, ended=True) - self.moved
-            done = sockmap.written(self.dst) - self.written_at_join >= sent
-            if done:
-                self._shutdown()
-                return
-        except OSError as exc:
-            log.debug("relay: %s: closed", exc)
-            self.relay.close()
-            return
-        self.relay.loop.call_later(self.check, self._delivered)
-        self.check = min(self.check * 2, 0.05)
+        if self._flush() and self.relay.splice and (watch is None or watch.finished):
+            self._open_pipe()
 
     def _flush(self) -> bool:
         """Send what is waiting for ``dst``; True when all went out, else wait until ``dst`` takes more."""

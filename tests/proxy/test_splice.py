@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -13,11 +14,12 @@ import pytest
 
 from egress.detect.base import Finding
 from egress.proxy.relay import Watch
-from egress.proxy.splice import Relay, dial
+from egress.proxy.splice import PIPE_SIZE, Relay, dial
 from tests.waiting import eventually_async, scaled
 
 HANDSHAKE_RECORD = b"\x16\x03\x01\x00\x05hello"
 """A TLS handshake record: the shape watcher keeps reading after it (it waits for application records)."""
+_F_GETPIPE_SZ = 1032  # linux/fcntl.h
 
 
 async def _pair() -> tuple[socket.socket, socket.socket]:
@@ -110,6 +112,24 @@ def test_bytes_go_both_ways_byte_for_byte_with_half_close(splice: bool) -> None:
 
         await eventually_async(closed, timeout=scaled(10))
         assert (relayed.relay.up.moved, relayed.relay.down.moved) == (len(up), len(down) + 29)
+        relayed.close()
+
+    _run(scenario)
+
+
+def test_a_splicing_direction_has_a_pipe_of_pipe_size() -> None:
+    """Bigger pipes are fewer wake-ups per MiB; the kernel's cap (``pipe-max-size``) where it is lower."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, b"not TLS")
+        assert await _read_all(relayed.server, 7) == b"not TLS"
+        pipe = relayed.relay.up.pipe
+        assert pipe is not None
+        with open("/proc/sys/fs/pipe-max-size") as cap:
+            expected = min(PIPE_SIZE, int(cap.read()))
+        assert fcntl.fcntl(pipe[1], _F_GETPIPE_SZ) == expected
         relayed.close()
 
     _run(scenario)
