@@ -48,7 +48,7 @@ from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Watch
-from egress.proxy.splice import Relay, dial
+from egress.proxy.splice import Relay, dial, sandbox_side
 from egress.replay import Kind as Asked
 from egress.replay import Question
 
@@ -133,6 +133,7 @@ class Front:
                 raise
             try:
                 listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                sandbox_side(listener)
                 if family == socket.AF_INET6:
                     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 listener.bind((host, port))

@@ -32,8 +32,20 @@ PIPE_SIZE: Final = 1024 * 1024
 """A splicing direction's pipe capacity and what it splices per wake-up (``F_SETPIPE_SZ``; the default
 ``/proc/sys/fs/pipe-max-size``): half the wake-ups and splice calls per MiB of 256 KiB under bulk
 (docs/gateway-performance.md); the kernel's default 64 KiB is kept where it refuses."""
+SANDBOX_CONGESTION: Final = b"cubic"
+"""TCP congestion control of the sandbox side's sockets (`sandbox_side`): the sandbox's link is the gateway's
+local one (a veth, a bridge), where a host default chosen for long paths (BBR) only adds its pacing timer; with
+BBR the machine's default, a bulk transfer through the front cost 10-20 % more gateway CPU per MiB and ran
+slower (docs/gateway-performance.md). The destination side keeps the host's default."""
 _SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
+
+
+def sandbox_side(listener: socket.socket) -> None:
+    """Give ``listener``, and so each connection it accepts, `SANDBOX_CONGESTION` (before ``listen``); where the
+    kernel has no such algorithm or does not let this process choose it, the host's default stays."""
+    with contextlib.suppress(OSError):
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, SANDBOX_CONGESTION)
 
 
 async def dial(address: tuple[str, int], timeout: float | None = None) -> socket.socket:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -14,7 +15,7 @@ import pytest
 
 from egress.detect.base import Finding
 from egress.proxy.relay import Watch
-from egress.proxy.splice import PIPE_SIZE, Relay, dial
+from egress.proxy.splice import PIPE_SIZE, SANDBOX_CONGESTION, Relay, dial, sandbox_side
 from tests.waiting import eventually_async, scaled
 
 HANDSHAKE_RECORD = b"\x16\x03\x01\x00\x05hello"
@@ -257,3 +258,22 @@ def test_dial_gives_up_after_its_timeout() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="choosing a congestion control outside the allowed list needs root")
+def test_the_sandbox_side_accepts_with_its_own_congestion_control() -> None:
+    """The front's listeners, so the sandbox's connections, use `SANDBOX_CONGESTION`, whatever the host's
+    default (this machine's may be BBR)."""
+    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as available:
+        if SANDBOX_CONGESTION.decode() not in available.read().split():
+            pytest.skip("the kernel has no such congestion control")
+    with socket.socket() as listener:
+        sandbox_side(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()) as client:
+            accepted, _ = listener.accept()
+            with accepted:
+                chosen = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+                assert chosen == SANDBOX_CONGESTION
+                assert client.fileno() != -1
