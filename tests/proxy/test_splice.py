@@ -15,7 +15,16 @@ import pytest
 
 from egress.detect.base import Finding
 from egress.proxy.relay import Watch
-from egress.proxy.splice import PIPE_SIZE, SANDBOX_CONGESTION, Relay, dial, sandbox_side
+from egress.proxy.splice import (
+    BIG_PIPES,
+    PIPE_SIZE,
+    SANDBOX_CONGESTION,
+    SMALL_PIPE_SIZE,
+    Relay,
+    _Direction,
+    dial,
+    sandbox_side,
+)
 from tests.waiting import eventually_async, scaled
 
 HANDSHAKE_RECORD = b"\x16\x03\x01\x00\x05hello"
@@ -118,8 +127,11 @@ def test_bytes_go_both_ways_byte_for_byte_with_half_close(splice: bool) -> None:
     _run(scenario)
 
 
-def test_a_splicing_direction_has_a_pipe_of_pipe_size() -> None:
-    """Bigger pipes are fewer wake-ups per MiB; the kernel's cap (``pipe-max-size``) where it is lower."""
+@pytest.mark.parametrize("in_use", [0, BIG_PIPES], ids=["big", "past-big-pipes"])
+def test_a_splicing_direction_has_a_pipe_of_pipe_size(monkeypatch: pytest.MonkeyPatch, in_use: int) -> None:
+    """Bigger pipes are fewer wake-ups per MiB, for `BIG_PIPES` directions at a time (the kernel's per-user pipe
+    budget), `SMALL_PIPE_SIZE` past them; a closed relay gives its big pipes back."""
+    monkeypatch.setattr(_Direction, "big_pipes", in_use)
 
     async def scenario() -> None:
         relayed = await _relayed(_watch())
@@ -129,9 +141,11 @@ def test_a_splicing_direction_has_a_pipe_of_pipe_size() -> None:
         pipe = relayed.relay.up.pipe
         assert pipe is not None
         with open("/proc/sys/fs/pipe-max-size") as cap:
-            expected = min(PIPE_SIZE, int(cap.read()))
+            expected = min(PIPE_SIZE if in_use < BIG_PIPES else SMALL_PIPE_SIZE, int(cap.read()))
         assert fcntl.fcntl(pipe[1], _F_GETPIPE_SZ) == expected
+        assert _Direction.big_pipes == (in_use + 1 if in_use < BIG_PIPES else in_use)
         relayed.close()
+        assert _Direction.big_pipes == in_use
 
     _run(scenario)
 
@@ -271,9 +285,8 @@ def test_the_sandbox_side_accepts_with_its_own_congestion_control() -> None:
         sandbox_side(listener)
         listener.bind(("127.0.0.1", 0))
         listener.listen(1)
-        with socket.create_connection(listener.getsockname()) as client:
+        with socket.create_connection(listener.getsockname()):
             accepted, _ = listener.accept()
             with accepted:
                 chosen = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
                 assert chosen == SANDBOX_CONGESTION
-                assert client.fileno() != -1
