@@ -48,7 +48,7 @@ from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Watch
-from egress.proxy.splice import Relay
+from egress.proxy.splice import Relay, sandbox_side
 from egress.replay import Kind as Asked
 from egress.replay import Question
 
@@ -137,6 +137,7 @@ class Front:
                 # HTTP head, then its body) must not wait for the client's delayed ACK. asyncio sets it only on
                 # sockets made with proto=IPPROTO_TCP, which accepted ones are not.
                 listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                sandbox_side(listener)
                 if family == socket.AF_INET6:
                     listener.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)
                 listener.bind((host, port))

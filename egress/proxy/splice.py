@@ -20,18 +20,40 @@ import logging
 import os
 import socket
 from collections.abc import Callable
-from typing import Final
+from typing import ClassVar, Final
 
 from egress.proxy.relay import Watch
 
 log = logging.getLogger("egress.proxy")
 
 CHUNK: Final = 256 * 1024
-"""Bytes read (or spliced) per wake-up of a direction; asyncio's own read size."""
-PIPE_SIZE: Final = CHUNK
-"""A splicing direction's pipe capacity (``F_SETPIPE_SZ``; the default 64 KiB is kept where the kernel refuses)."""
+"""Bytes read per wake-up of a direction while the watch reads; asyncio's own read size."""
+PIPE_SIZE: Final = 1024 * 1024
+"""A splicing direction's pipe capacity and what it splices per wake-up (``F_SETPIPE_SZ``; the default
+``/proc/sys/fs/pipe-max-size``): half the wake-ups and splice calls per MiB of 256 KiB under bulk
+(docs/gateway-performance.md); for `BIG_PIPES` directions at a time, the others get `SMALL_PIPE_SIZE`; the
+kernel's default 64 KiB is kept where it refuses."""
+SMALL_PIPE_SIZE: Final = 256 * 1024
+BIG_PIPES: Final = 8
+"""Splicing directions per process with a `PIPE_SIZE` pipe at once. The kernel charges a pipe's capacity to its
+user (uid 0 for the gateway: every root process of the host), and past ``/proc/sys/fs/pipe-user-pages-soft``
+(16,384 pages, 64 MiB) a process without ``CAP_SYS_RESOURCE`` (the gateway unit has ``CAP_NET_ADMIN`` only)
+gets pipes of two pages: 1 MiB pipes for every direction would reach it at 32 splicing connections, 256 KiB ones
+at 128; with this bound, two workers reach it at about 104."""
+SANDBOX_CONGESTION: Final = b"cubic"
+"""TCP congestion control of the sandbox side's sockets (`sandbox_side`): the sandbox's link is the gateway's
+local one (a veth, a bridge), where a host default chosen for long paths (BBR) only adds its pacing timer; with
+BBR the machine's default, a bulk transfer through the front cost 10-20 % more gateway CPU per MiB and ran
+slower (docs/gateway-performance.md). The destination side keeps the host's default."""
 _SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
 _F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
+
+
+def sandbox_side(listener: socket.socket) -> None:
+    """Give ``listener``, and so each connection it accepts, `SANDBOX_CONGESTION` (before ``listen``); where the
+    kernel has no such algorithm or does not let this process choose it, the host's default stays."""
+    with contextlib.suppress(OSError):
+        listener.setsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, SANDBOX_CONGESTION)
 
 
 async def dial(address: tuple[str, int], timeout: float | None = None) -> socket.socket:
@@ -114,6 +136,9 @@ class Relay:
 class _Direction:
     """One direction of a relay: what ``src`` sends goes to ``dst``."""
 
+    big_pipes: ClassVar[int] = 0
+    """`PIPE_SIZE` pipes open in this process (`BIG_PIPES`)."""
+
     def __init__(self, relay: Relay, src: socket.socket, dst: socket.socket, from_client: bool) -> None:
         self.relay = relay
         self.src, self.dst = src, dst
@@ -124,6 +149,8 @@ class _Direction:
         """Read, shown to the watch, not yet taken by ``dst``."""
         self.pipe: tuple[int, int] | None = None
         """(read end, write end) once the direction splices."""
+        self.pipe_size = 0
+        """What ``pipe`` splices per wake-up (its capacity as asked)."""
         self.piped = 0
         """Bytes in the pipe not yet taken by ``dst``."""
         self.eof = False
@@ -153,6 +180,8 @@ class _Direction:
             for end in self.pipe:
                 os.close(end)
             self.pipe = None
+            if self.pipe_size == PIPE_SIZE:
+                _Direction.big_pipes -= 1
 
     def _guarded(self, step: Callable[[], None]) -> None:
         """Run ``step``; a socket error or a bug closes both sides (fail closed)."""
@@ -171,7 +200,7 @@ class _Direction:
 
     def _readable(self) -> None:
         if self.pipe is not None:
-            got = os.splice(self.src.fileno(), self.pipe[1], CHUNK, flags=_SPLICE)
+            got = os.splice(self.src.fileno(), self.pipe[1], self.pipe_size, flags=_SPLICE)
             if got == 0:
                 self._end()
                 return
@@ -223,9 +252,12 @@ class _Direction:
 
     def _open_pipe(self) -> None:
         read_end, write_end = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
-        with contextlib.suppress(OSError):  # a smaller pipe only costs more wake-ups
-            fcntl.fcntl(write_end, _F_SETPIPE_SZ, PIPE_SIZE)
         self.pipe = (read_end, write_end)
+        self.pipe_size = PIPE_SIZE if _Direction.big_pipes < BIG_PIPES else SMALL_PIPE_SIZE
+        if self.pipe_size == PIPE_SIZE:
+            _Direction.big_pipes += 1
+        with contextlib.suppress(OSError):  # a smaller pipe only costs more wake-ups
+            fcntl.fcntl(write_end, _F_SETPIPE_SZ, self.pipe_size)
 
     def _end(self) -> None:
         self.eof = True

@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import socket
 from collections.abc import Awaitable, Callable
 
@@ -13,11 +15,21 @@ import pytest
 
 from egress.detect.base import Finding
 from egress.proxy.relay import Watch
-from egress.proxy.splice import Relay, dial
+from egress.proxy.splice import (
+    BIG_PIPES,
+    PIPE_SIZE,
+    SANDBOX_CONGESTION,
+    SMALL_PIPE_SIZE,
+    Relay,
+    _Direction,
+    dial,
+    sandbox_side,
+)
 from tests.waiting import eventually_async, scaled
 
 HANDSHAKE_RECORD = b"\x16\x03\x01\x00\x05hello"
 """A TLS handshake record: the shape watcher keeps reading after it (it waits for application records)."""
+_F_GETPIPE_SZ = 1032  # linux/fcntl.h
 
 
 async def _pair() -> tuple[socket.socket, socket.socket]:
@@ -111,6 +123,29 @@ def test_bytes_go_both_ways_byte_for_byte_with_half_close(splice: bool) -> None:
         await eventually_async(closed, timeout=scaled(10))
         assert (relayed.relay.up.moved, relayed.relay.down.moved) == (len(up), len(down) + 29)
         relayed.close()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize("in_use", [0, BIG_PIPES], ids=["big", "past-big-pipes"])
+def test_a_splicing_direction_has_a_pipe_of_pipe_size(monkeypatch: pytest.MonkeyPatch, in_use: int) -> None:
+    """Bigger pipes are fewer wake-ups per MiB, for `BIG_PIPES` directions at a time (the kernel's per-user pipe
+    budget), `SMALL_PIPE_SIZE` past them; a closed relay gives its big pipes back."""
+    monkeypatch.setattr(_Direction, "big_pipes", in_use)
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, b"not TLS")
+        assert await _read_all(relayed.server, 7) == b"not TLS"
+        pipe = relayed.relay.up.pipe
+        assert pipe is not None
+        with open("/proc/sys/fs/pipe-max-size") as cap:
+            expected = min(PIPE_SIZE if in_use < BIG_PIPES else SMALL_PIPE_SIZE, int(cap.read()))
+        assert fcntl.fcntl(pipe[1], _F_GETPIPE_SZ) == expected
+        assert _Direction.big_pipes == (in_use + 1 if in_use < BIG_PIPES else in_use)
+        relayed.close()
+        assert _Direction.big_pipes == in_use
 
     _run(scenario)
 
@@ -237,3 +272,21 @@ def test_dial_gives_up_after_its_timeout() -> None:
         finally:
             for sock in held:
                 sock.close()
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="choosing a congestion control outside the allowed list needs root")
+def test_the_sandbox_side_accepts_with_its_own_congestion_control() -> None:
+    """The front's listeners, so the sandbox's connections, use `SANDBOX_CONGESTION`, whatever the host's
+    default (this machine's may be BBR)."""
+    with open("/proc/sys/net/ipv4/tcp_available_congestion_control") as available:
+        if SANDBOX_CONGESTION.decode() not in available.read().split():
+            pytest.skip("the kernel has no such congestion control")
+    with socket.socket() as listener:
+        sandbox_side(listener)
+        listener.bind(("127.0.0.1", 0))
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()):
+            accepted, _ = listener.accept()
+            with accepted:
+                chosen = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
+                assert chosen == SANDBOX_CONGESTION
