@@ -106,6 +106,10 @@ sessions = json.load(open(table))
 context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER); context.load_cert_chain(cert, key)
 listeners = [socket.create_server((host, port + index)) for index in range(len(sessions))]
 print("listening", flush=True)
+said = threading.Lock()
+def say(row):  # one whole line at a time: threads' prints interleave (a line and its newline are two writes)
+    with said:
+        sys.stdout.write(json.dumps(row) + "\n"); sys.stdout.flush()
 def serve(conn, name):
     got, sent, first, reads = 0, 0, b"", []
     try:
@@ -131,13 +135,13 @@ def serve(conn, name):
             start = time.monotonic()
             got, sent, _ = pump(tls, sends, start, speed, start + 3 + records[-1][0] / speed, got, reads)
         named = first.split(b"\n", 1)[0].decode()
-        print(json.dumps({"session": name, "got": got, "sent": sent, "named": named, "reads": reads}), flush=True)
+        say({"session": name, "got": got, "sent": sent, "named": named, "reads": reads})
     except Exception as error:
-        print(json.dumps({"session": name, "got": got, "sent": sent, "error": repr(error)}), flush=True)
+        say({"session": name, "got": got, "sent": sent, "error": repr(error)})
 def accept(listener, name):
     while True:
         conn, peer = listener.accept()
-        print(json.dumps({"accepted": name, "peer": peer[1]}), flush=True)
+        say({"accepted": name, "peer": peer[1]})
         threading.Thread(target=serve, args=(conn, name), daemon=True).start()
 for listener, name in zip(listeners, sessions):
     threading.Thread(target=accept, args=(listener, name), daemon=True).start()
@@ -155,6 +159,10 @@ starttls = sys.argv[6:] == ["starttls"]
 slow = float(sys.argv[7]) if sys.argv[6:7] == ["slow"] else 0.0  # silent that long before the hello
 sessions = json.load(open(table))
 context = ssl.create_default_context(); context.check_hostname = False; context.verify_mode = ssl.CERT_NONE
+said = threading.Lock()
+def say(row):  # one whole line at a time, as the pool's
+    with said:
+        sys.stdout.write(json.dumps(row) + "\n"); sys.stdout.flush()
 def play(name, records, port):
     try:
         raw = socket.create_connection((host, port), timeout=10)
@@ -169,7 +177,7 @@ def play(name, records, port):
         time.sleep(slow)  # past the front's wait: the connection is mitmproxy's, with the hello its first byte
         tls = context.wrap_socket(raw, server_hostname=sni)
     except OSError as error:
-        print(json.dumps({"session": name, "error": str(error)}), flush=True)
+        say({"session": name, "error": str(error)})
         return
     origin = next(at for at, side, _ in records if side == "c")
     sends = plan(records, origin, "c", lambda size: b"x" * size)
@@ -187,7 +195,7 @@ def play(name, records, port):
                 chunk = b""
             closed, received = not chunk, received + len(chunk)
     row = {"session": name, "port": port, "sent": sent, "closed": closed, "received": received}
-    print(json.dumps({**row, "expected": expected}), flush=True)
+    say({**row, "expected": expected})
     tls.close()
 threads = [threading.Thread(target=play, args=(*item, port + index)) for index, item in enumerate(sessions.items())]
 for thread in threads:
