@@ -334,7 +334,9 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     out.add('counter comment "neither from nor to a sandbox interface: never forwarded"', 2)
     out.add("}", 1)
     out.add("chain sandbox_forward {", 1)
-    out.add("ct state related accept", 2)
+    # No blanket `ct state related accept`: conntrack calls related an ICMP error quoting any connection it tracks,
+    # the proxy's and the resolver's own upstream ones included (red team 2). A sandbox's related errors are judged
+    # in its own chain (`_related`): only those quoting its own forwarded flows pass; the rest is logged and dropped.
     out.add("meta l4proto tcp ct state established accept", 2)
     for sandbox in sandboxes:
         for v, fam in _FAMILIES:
@@ -344,11 +346,11 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     for sandbox in sandboxes:
         _sandbox_forward(out, sandbox)
     out.add("chain to_sandbox {", 1)
-    out.add("ct state related accept", 2)
     out.add("meta l4proto tcp ct state established accept", 2)
     for sandbox in sandboxes:
         for v, fam in _FAMILIES:
             to = f"{fam} daddr @{source_set(sandbox.name, v)}"
+            out.add(f"{to} {_related(sandbox, v)} accept", 2)
             if sandbox.mode is Mode.REPORT:
                 out.add(f"{to} ct state established accept", 2)
             else:
@@ -367,6 +369,8 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
 def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     """One sandbox's forward chain: its allowed UDP networks, then drop (or, in report mode, log and accept)."""
     out.add(f"chain forward_{set_id(sandbox.name)} {{", 1)
+    for v, _ in _FAMILIES:
+        out.add(f"{_related(sandbox, v)} accept", 2)
     for group in udp_groups(sandbox):
         for line in udp_lines(group, reply=False):
             out.add(line, 2)
@@ -376,6 +380,24 @@ def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     else:
         out.log_then("drop", LogKind.DROP, sandbox.name)
     out.add("}", 1)
+
+
+_ICMP_ERRORS: Final = {
+    4: "icmp type { destination-unreachable, time-exceeded, parameter-problem } ip length <= 576",
+    6: "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ip6 length <= 1240",
+}
+"""The ICMP errors a forwarded flow may need (PMTU, port unreachable...), no longer than an error ever is: IPv4
+errors fit in 576 bytes (RFC 1812 §4.3.2.3), IPv6 ones in the minimum MTU, 1280 (RFC 4443 §2.4 c; ``ip6 length``
+is the payload's)."""
+
+
+def _related(sandbox: Sandbox, version: int) -> str:
+    """The match for an ICMP error about one of ``sandbox``'s own forwarded flows: conntrack calls it related, the
+    flow it quotes was opened from the sandbox's sources (``ct original`` is the quoted connection's original
+    direction, before NAT), and it has an error's type and size. An error quoting the gateway's own connections
+    (the proxy's, the resolver's upstream ones) matches nothing here: dropped and logged as the sandbox's drop."""
+    fam = "ip" if version == 4 else "ip6"
+    return f"ct state related ct original {fam} saddr @{source_set(sandbox.name, version)} {_ICMP_ERRORS[version]}"
 
 
 def _quarantined_sources(policy: Policy, quarantined: Iterable[str]) -> dict[int, list[str]]:

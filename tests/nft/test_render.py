@@ -145,11 +145,23 @@ def test_many_udp_networks_share_one_set_and_are_judged_both_ways() -> None:
     assert 'ip daddr @udp4_agents_0 udp dport 53 accept comment "sandboxes.agents.allow.networks[0] and 9 more' in text
     assert "ip saddr @udp4_agents_0 udp sport 53 ct state established accept" in text
     assert 'ip6 daddr 2001:db8::/32 udp dport 53 accept comment "sandboxes.agents.allow.networks[99]"' in text
-    # established UDP is judged by those rules, not accepted for being established (only TCP and related are)
+    # established UDP is judged by those rules, not accepted for being established (only TCP is)
     for chain in ("sandbox_forward", "to_sandbox"):
-        assert (
-            f"chain {chain} {{\n\t\tct state related accept\n\t\tmeta l4proto tcp ct state established accept\n" in text
-        )
+        assert f"chain {chain} {{\n\t\tmeta l4proto tcp ct state established accept\n" in text
+
+
+def test_related_is_accepted_only_for_errors_about_the_sandboxs_own_flows() -> None:
+    """Red team 2: a blanket ``ct state related accept`` forwarded ICMP errors the sandbox crafted quoting the
+    proxy's own upstream connections (chosen bytes to the site). Only errors quoting a connection the sandbox
+    opened, of an error's types and size, pass; both directions."""
+    text = dual_stack_two()
+    assert "ct state related accept" not in text
+    for name in ("agents", "ci-runners"):
+        chain = text.split(f"chain forward_{name} {{\n")[1].split("}\n")[0]
+        assert chain.startswith(f"\t\tct state related ct original ip saddr @src4_{name} icmp type {{ ")
+        assert "ip length <= 576 accept" in chain and "ip6 length <= 1240 accept" in chain
+        assert f"ip daddr @src4_{name} ct state related ct original ip saddr @src4_{name} icmp type" in text
+    assert text.count("ct state related") == 8  # 2 sandboxes x 2 families x (from, to)
 
 
 @pytest.mark.root
