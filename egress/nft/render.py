@@ -192,6 +192,7 @@ def render(policy: Policy, settings: GatewaySettings, quarantined: Iterable[str]
     _sets(out, policy.sandboxes)
     _quarantine_sets(out, _quarantined_sources(policy, quarantined))
     _prerouting(out, policy.sandboxes, on_sandbox)
+    _limits(out, policy.sandboxes, on_sandbox)
     _nat_prerouting(out, on_sandbox)
     _input(out, on_sandbox)
     _forward(out, policy.sandboxes, ifs, on_sandbox)
@@ -269,6 +270,31 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
         out.add(f"{_DHCP6} return", 2)
     out.log_then("drop", LogKind.SPOOF)
     out.add("}", 1)
+    out.add()
+
+
+def _limits(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> None:
+    """Each sandbox's bound on the connections it holds at once (``max_connections``), all its sources together.
+
+    One ``ct count`` per sandbox, in a chain of its own that both families jump to, so v4 and v6 share it; it runs
+    after conntrack (priority mangle) and before the redirect to the proxy, on a connection's first packet only.
+    A new connection over the bound is counted, logged (``egress limit <sandbox>``) and dropped: the agent's flood
+    of idle connections waits in no proxy worker, and another sandbox's connections are counted apart."""
+    out.add("chain limits {", 1)
+    out.add("type filter hook prerouting priority mangle; policy accept;", 2)
+    out.add(f"{on_sandbox} ct state new jump sandbox_limits", 2)
+    out.add("}", 1)
+    out.add("chain sandbox_limits {", 1)
+    for sandbox in sandboxes:
+        for v, fam in _FAMILIES:
+            out.add(f"{fam} saddr @{source_set(sandbox.name, v)} jump limit_{set_id(sandbox.name)}", 2)
+    out.add("}", 1)
+    for sandbox in sandboxes:
+        out.add(f"chain limit_{set_id(sandbox.name)} {{", 1)
+        # `ct count N` matches while the sandbox holds N or fewer (this one included): evaluated once per packet.
+        out.add(f"ct count {sandbox.max_connections} return", 2)
+        out.log_then("drop", LogKind.LIMIT, sandbox.name)
+        out.add("}", 1)
     out.add()
 
 

@@ -302,3 +302,18 @@ def test_a_quarantine_replaces_the_sets_contents_in_one_script() -> None:
         render_quarantine(policy, SETTINGS, ())
         == "flush set inet egress quarantine4\nflush set inet egress quarantine6\n"
     )
+
+
+def test_each_sandbox_has_one_connection_bound_for_both_families() -> None:
+    """Red team 2's idle flood: ``max_connections`` per sandbox, all its sources and both families together (one
+    ``ct count`` rule per sandbox, in a chain both families jump to), on new connections, before the redirect."""
+    agents = dataclasses.replace(make_sandbox("agents", "10.10.0.0/24", "fd10::/64"), max_connections=300)
+    ci = make_sandbox("ci-runners", "10.20.0.0/24", interface="sbx1")
+    text = render(Policy(1, (agents, ci), file="rules/two.yaml"), SETTINGS)
+    assert "type filter hook prerouting priority mangle; policy accept;" in text
+    assert 'iifname { "sbx0", "sbx1" } ct state new jump sandbox_limits' in text
+    assert "ip saddr @src4_agents jump limit_agents\n\t\tip6 saddr @src6_agents jump limit_agents" in text
+    assert text.count("ct count") == 2
+    assert "chain limit_agents {\n\t\tct count 300 return\n" in text
+    assert "chain limit_ci-runners {\n\t\tct count 1024 return\n" in text
+    assert 'log prefix "egress limit agents"' in text

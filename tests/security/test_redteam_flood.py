@@ -98,7 +98,8 @@ def test_mining_attempts_under_a_flood_of_idle_allowed_connections_are_recorded(
     crossed = capture.result
     assert crossed is not None
     sent = re.findall(r"attempt (\S+) sent", done.stdout)
-    recorded = _recorded(lab, since, sent, timeout=40)
+    refused = re.findall(r"attempt (\S+) refused", done.stdout)
+    recorded = _recorded(lab, since, sent + refused, timeout=40)
     missing = [source for source in sent if source not in recorded]
     gateway_log = (lab.logs / "gateway.log").read_text(errors="replace")
     lockdowns = len(re.findall(r"LOCKDOWN", gateway_log))
@@ -108,3 +109,11 @@ def test_mining_attempts_under_a_flood_of_idle_allowed_connections_are_recorded(
     report("redteam/flood-unrecorded", "unrecorded", leaked, goal, "mining" if not missing else None, note)
     assert not goal and leaked == 0, f"the subscribe reached the pool ({leaked} bytes)"
     assert not missing, f"attempts that sent a subscribe but left no record: {missing} ({note})"
+    # Past the fix (fixnft): the sandbox's bound (max_connections) refuses new connections while the flood holds
+    # it; each refused attempt must have a record of its own, saying so.
+    unrecorded = [source for source in refused if source not in recorded]
+    reasons = {str(r.reason) for r in lab.records(since) if r.dport == PORT and r.src in refused}
+    note = f"{len(refused)} refused, {len(unrecorded)} of them unrecorded; reasons {sorted(reasons)}"
+    report("redteam/flood-refused", "unrecorded", leaked, goal, ",".join(sorted(reasons)) or None, note)
+    assert not unrecorded, f"attempts refused under the flood that left no record: {unrecorded}"
+    assert not refused or reasons == {"connection-limit"}, note

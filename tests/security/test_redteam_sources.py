@@ -12,17 +12,29 @@ is answered under the other sandbox's allowlist and bound to it, and its connect
 Policy tests/security/policies/redteam_sources.yaml: ``agent`` (10.203.1.2, the lab sandbox's own address) may
 reach allowed.lab only; ``builder`` (10.203.1.3) may also reach blocked.lab on 8090, where the attacker's sink
 listens. Ground truth: the sink's log and the internet-side capture.
+
+Now (fixnft): that policy is refused. Two sandboxes behind one interface, named or both behind ``--sandbox-if``,
+load only if each says ``link_pins_sources: true`` (`egress.policy.links`): the loader names file, line and field
+for each, and ``egress gateway run`` with it exits 2 before it applies anything (its pre-flight checks again once
+``--sandbox-if`` is known, for a sandbox that names that interface). What the setting trusts is the module's
+second half: the lab built with tests/security/policies/redteam_sources_pinned.yaml, the operator's statement
+that the link pins sources, on the lab's veth, which pins nothing. There the bypass still works, as
+docs/security.md says it does where the statement is false: those rows are expected failures (strict: the day the
+gateway itself tells such sandboxes apart, they pass and must be turned back into plain assertions).
 """
 
 from __future__ import annotations
 
+import pathlib
 import re
+import subprocess
 import sys
 import time
 
 import pytest
 
 from egress.lab.topology import GATEWAY_SBX_V4, GATEWAY_SBX_V6, server
+from egress.policy.loader import check_policy
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
 
@@ -41,9 +53,36 @@ RESOLVER = {"v4": GATEWAY_SBX_V4, "v6": GATEWAY_SBX_V6}
 TARGET = {"v4": BLOCKED.v4, "v6": BLOCKED.v6}
 
 
+REMAINING = pytest.mark.xfail(
+    strict=True,
+    reason="documented remaining risk: link_pins_sources: true states that the link pins sources; the lab's veth "
+    "does not (docs/security.md, red team 2)",
+)
+
+
+def test_a_policy_with_two_sandboxes_on_one_link_is_refused_naming_file_line_and_field() -> None:
+    path = POLICIES / "redteam_sources.yaml"
+    problems = [str(problem) for problem in check_policy(path)]
+    assert len(problems) == 2, problems
+    for problem, (line, name, other) in zip(problems, [(8, "agent", "builder"), (16, "builder", "agent")], strict=True):
+        assert problem.startswith(f"{path}:{line}: sandboxes.{name}.link_pins_sources: behind --sandbox-if"), problem
+        assert f"with sandbox {other!r}" in problem and "link_pins_sources: true" in problem, problem
+    report("redteam/sources-refused", "exfiltration", 0, False, None, "policy refused at load (file:line: field)")
+
+
+def test_the_gateway_does_not_start_with_it(tmp_path: pathlib.Path) -> None:
+    """Fails closed: the gateway's own start, with interfaces that exist, stops at the policy (exit 2)."""
+    policy = str(POLICIES / "redteam_sources.yaml")
+    argv = [sys.executable, "-m", "egress", "gateway", "run", "--policy", policy, "--sandbox-if", "lo",
+            "--uplink-if", "lo", "--upstream-dns", "127.0.0.1", "--state-dir", str(tmp_path)]  # fmt: skip
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "sandboxes.builder.link_pins_sources" in done.stderr and "nothing was applied" in done.stderr, done.stderr
+
+
 @pytest.fixture(scope="module")
 def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam_sources.yaml")
+    return lab_factory(POLICIES / "redteam_sources_pinned.yaml")
 
 
 @pytest.fixture(scope="module")
@@ -95,6 +134,7 @@ def test_control_the_agents_own_address_may_not_reach_the_sink(lab: SecurityLab,
     assert reason, "the agent's own blocked attempt left no record under its name"
 
 
+@REMAINING
 @pytest.mark.parametrize("family", ["v4", "v6"])
 def test_another_sandboxes_address_gives_its_allowlist(
     lab: SecurityLab, sink: Attacker, taken: None, family: str
@@ -103,7 +143,7 @@ def test_another_sandboxes_address_gives_its_allowlist(
     records = lab.records(since)
     named = sorted({r.sandbox for r in records if r.dport in (PORT, 53)})
     report(
-        f"redteam/sources-taken-{family}",
+        f"redteam/sources-pinned-taken-{family}",
         "exfiltration",
         leaked,
         goal,
@@ -114,6 +154,7 @@ def test_another_sandboxes_address_gives_its_allowlist(
     assert leaked == 0
 
 
+@REMAINING
 def test_a_blocked_attempt_from_a_taken_address_is_recorded_under_the_other_sandbox(
     lab: SecurityLab, sink: Attacker, taken: None
 ) -> None:
@@ -132,6 +173,11 @@ def test_a_blocked_attempt_from_a_taken_address_is_recorded_under_the_other_sand
     said = done.stdout.replace("\n", " ")[-40:]
     leaked = crossed.bytes_to(server("allowed").v4, PORT)
     report(
-        "redteam/sources-blame", "unrecorded", leaked, False, found[0].reason if found else None, f"as {named}; {said}"
+        "redteam/sources-pinned-blame",
+        "unrecorded",
+        leaked,
+        False,
+        found[0].reason if found else None,
+        f"as {named}; {said}",
     )
     assert named == ["agent"], f"the agent's attempt is recorded as sandbox {named}"
