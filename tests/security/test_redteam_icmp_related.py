@@ -60,14 +60,17 @@ def _resolve(lab: SecurityLab) -> None:
     assert SITE in done.stdout, done.stdout + done.stderr
 
 
-def _attempt(lab: SecurityLab, site: Attacker, label: str, offset: int) -> tuple[int, int, str, float]:
+def _attempt(
+    lab: SecurityLab, site: Attacker, label: str, offset: int, chunk: int = 1000
+) -> tuple[int, int, str, float]:
     """(secret bytes the site received in ICMP errors, secret bytes in the capture file, the agent's output,
     since)."""
     _resolve(lab)
     before = len(site.log())
     since = time.time()
     with lab.capture(label) as capture:
-        done = lab.sandbox_python(KIT.format("related_main"), SITE, str(PORT), str(MESSAGES), str(offset), timeout=60)
+        argv = [SITE, str(PORT), str(MESSAGES), str(offset), str(chunk)]
+        done = lab.sandbox_python(KIT.format("related_main"), *argv, timeout=60)
     assert capture.result is not None
     assert "sent" in done.stdout, done.stdout + done.stderr
     received = sum(int(n) for n in re.findall(r"(\d+) secret bytes", site.log()[before:]))
@@ -97,3 +100,17 @@ def test_errors_quoting_the_proxys_own_connection_carry_chosen_bytes_out(lab: Se
     report("redteam/icmp-related", "exfiltration", captured, received > 0, reason or None, f"site got {received} B")
     assert received == 0, f"{received} chosen bytes reached {SITE} in ICMP errors ({captured} in the capture)"
     assert captured == 0
+
+
+def test_errors_of_an_errors_size_quoting_the_proxys_connection_are_dropped_too(
+    lab: SecurityLab, site: Attacker
+) -> None:
+    """Past the fix (fixnft): the size bound is not what stops it. 400 chosen bytes make a 468-byte error, within
+    IPv4's 576; it still quotes a connection the sandbox did not open (the proxy's): dropped and recorded."""
+    received, captured, output, since = _attempt(lab, site, "icmp-related-small", offset=0, chunk=400)
+    assert "the site sees" in output, output
+    reason = lab.reason_of(since, lambda r: r.dst == SITE and r.transport == "icmp", timeout=20)
+    note = f"site got {received} B"
+    report("redteam/icmp-related-small", "exfiltration", captured, received > 0, reason or None, note)
+    assert received == 0 and captured == 0
+    assert reason == "firewall-drop"
