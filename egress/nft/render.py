@@ -274,7 +274,11 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
 
 
 def _limits(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> None:
-    """Each sandbox's bound on the connections it holds at once (``max_connections``), all its sources together.
+    """Each sandbox's bound on the TCP connections it holds at once (``max_connections``), all its sources together.
+
+    TCP only: every new TCP connection takes a place in a proxy worker, which is what a flood exhausts; DNS has the
+    resolver's own limits and forwarded UDP waits in no worker (counting them would let a build's burst of DNS
+    queries, each a conntrack entry for 30 s or more, take the bound).
 
     One ``ct count`` per sandbox, in a chain of its own that both families jump to, so v4 and v6 share it; it runs
     after conntrack (priority mangle) and before the redirect to the proxy, on a connection's first packet only.
@@ -282,7 +286,7 @@ def _limits(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> No
     of idle connections waits in no proxy worker, and another sandbox's connections are counted apart."""
     out.add("chain limits {", 1)
     out.add("type filter hook prerouting priority mangle; policy accept;", 2)
-    out.add(f"{on_sandbox} ct state new jump sandbox_limits", 2)
+    out.add(f"{on_sandbox} meta l4proto tcp ct state new jump sandbox_limits", 2)
     out.add("}", 1)
     out.add("chain sandbox_limits {", 1)
     for sandbox in sandboxes:

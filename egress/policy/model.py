@@ -76,8 +76,8 @@ class Expect(enum.StrEnum):
 
 DEFAULT_EXPECT: frozenset[Expect] = frozenset({Expect.TLS, Expect.HTTP})
 MAX_CONNECTIONS = 1024
-"""Default bound on the connections one sandbox holds at once (``max_connections``): every source of the sandbox
-together, TCP, UDP and ICMP flows alike (conntrack entries); a new one over it is dropped and recorded."""
+"""Default bound on the TCP connections one sandbox holds at once (``max_connections``): every source of the
+sandbox and both IP versions together (conntrack entries); a new one over it is dropped and recorded."""
 MAX_CONNECTIONS_RANGE = (16, 1_000_000)
 """What a network rule expects when it does not say: the protocols a user means by "this address" (web APIs,
 registries, object stores). SSH and unidentified encrypted streams must be named (``ssh``, ``any``)."""
@@ -205,7 +205,7 @@ class Sandbox:
     one's source addresses (switch port security, hypervisor anti-spoofing); without it two sandboxes behind one
     interface are refused (`egress.policy.links`)."""
     max_connections: int = MAX_CONNECTIONS
-    """Connections the sandbox may hold at once, all its sources together (nftables ``ct count``); a new one over
+    """TCP connections the sandbox may hold at once, all its sources together (nftables ``ct count``); a new one over
     it is dropped and recorded ``connection-limit``: one sandbox's flood cannot take every proxy worker."""
 
     _index: tuple[HostIndex, NetworkIndex] | None = field(default=None, init=False, repr=False, compare=False)

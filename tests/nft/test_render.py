@@ -311,7 +311,7 @@ def test_each_sandbox_has_one_connection_bound_for_both_families() -> None:
     ci = make_sandbox("ci-runners", "10.20.0.0/24", interface="sbx1")
     text = render(Policy(1, (agents, ci), file="rules/two.yaml"), SETTINGS)
     assert "type filter hook prerouting priority mangle; policy accept;" in text
-    assert 'iifname { "sbx0", "sbx1" } ct state new jump sandbox_limits' in text
+    assert 'iifname { "sbx0", "sbx1" } meta l4proto tcp ct state new jump sandbox_limits' in text
     assert "ip saddr @src4_agents jump limit_agents\n\t\tip6 saddr @src6_agents jump limit_agents" in text
     assert text.count("ct count") == 2
     assert "chain limit_agents {\n\t\tct count 300 return\n" in text
