@@ -49,6 +49,8 @@ class Reason(enum.StrEnum):
     """The source address belongs to no sandbox."""
     FIREWALL_DROP = "firewall-drop"
     """Dropped by nftables: UDP other than DNS (QUIC included), ICMP beyond what is needed, other protocols."""
+    CONNECTION_LIMIT = "connection-limit"
+    """A new connection dropped by nftables because its sandbox already held ``max_connections`` at once."""
     DOMAIN_FRONTING = "domain-fronting"
     """Inside intercepted TLS, the HTTP Host differs from the SNI that was allowed."""
     DNS_MALFORMED = "dns-malformed"
@@ -360,6 +362,14 @@ def decide_dns_dropped() -> Verdict:
     evidence is the same for each, so the records of a burst's drops aggregate into one with their count."""
     text = "DNS datagram dropped by the kernel (receive buffer full)"
     return Verdict(Enforcement.BLOCK, Reason.DNS_DROPPED, DNS_RECEIVE_BUFFER, evidence(text))
+
+
+def decide_connection_limit(sandbox: Sandbox, transport: str, detail: str = "") -> Verdict:
+    """A new connection nftables dropped because ``sandbox`` already held its ``max_connections``: a block in
+    every mode (the bound protects the gateway's workers, as the anti-spoofing protects the gateway)."""
+    text = f"{transport} over max_connections {sandbox.max_connections} {detail}".strip()
+    rule = f"sandboxes.{sandbox.name}.max_connections"
+    return Verdict(Enforcement.BLOCK, Reason.CONNECTION_LIMIT, rule, evidence(text))
 
 
 def decide_unknown_source(src: str | Address) -> Verdict:

@@ -134,7 +134,7 @@ def question_of(record: AttemptRecord) -> Question | str:
         return Question(Kind.DNS, src, dst, dport, record.host, finding=finding)
     if record.reason is Reason.SPOOFED_SOURCE:
         return "cannot re-decide: a connection from a source in no sandbox does not record what it was"
-    if record.transport is not Transport.TCP or record.reason is Reason.FIREWALL_DROP:
+    if record.transport is not Transport.TCP or record.reason in (Reason.FIREWALL_DROP, Reason.CONNECTION_LIMIT):
         return "cannot re-decide: dropped by nftables (the kernel's ruleset decides; replay does not run it)"
     if finding is not None:
         return Question(Kind.FINDING, src, dst, dport, record.host or None, finding=finding)

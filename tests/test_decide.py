@@ -17,6 +17,7 @@ from egress.decide import (
     Enforcement,
     Reason,
     Verdict,
+    decide_connection_limit,
     decide_dns,
     decide_dns_answer,
     decide_dns_dropped,
@@ -36,6 +37,7 @@ from egress.policy.model import Mode, Sandbox
 SANDBOX = """\
   {name}:
     sources: [{source}]
+    link_pins_sources: true
     mode: {mode}
     allow:
       hosts:
@@ -56,7 +58,8 @@ POLICY = parse_policy(
     "version: 1\nsandboxes:\n"
     + SANDBOX.format(name="enforced", source="10.1.0.0/24", mode="enforce")
     + SANDBOX.format(name="reported", source="10.2.0.0/24", mode="report")
-    + "  lenient:\n    sources: [10.3.0.0/24]\n    detectors: {mining: allow, tunnel: allow, crypto_node: allow}\n"
+    + "  lenient:\n    sources: [10.3.0.0/24]\n    link_pins_sources: true\n"
+    + "    detectors: {mining: allow, tunnel: allow, crypto_node: allow}\n"
 )
 ENFORCED, REPORTED, LENIENT = POLICY.sandboxes
 
@@ -155,6 +158,7 @@ def test_decisions(sandbox: Sandbox, decide: Decide, action: Enforcement, reason
 def test_every_reason_is_exercised() -> None:
     reasons = {case[3] for case in CASES} | {decide_unknown_source("10.9.9.9").reason, decide_dns_dropped().reason}
     reasons |= {decide_dns_malformed(ENFORCED, "x", "opcode 2").reason}
+    reasons |= {decide_connection_limit(ENFORCED, "tcp").reason}
     assert reasons >= set(Reason)
 
 
@@ -182,7 +186,7 @@ def test_reason_and_action_values_are_the_api() -> None:
     assert {reason.value for reason in Reason} == {
         "not-allowlisted", "tls-no-sni", "name-address-mismatch", "direct-ip", "mining", "tunnel", "crypto-node",
         "dns-refused", "dns-tunnel", "doh-canary", "spoofed-source", "firewall-drop", "domain-fronting",
-        "dns-malformed", "dns-answer", "dns-dropped",
+        "dns-malformed", "dns-answer", "dns-dropped", "connection-limit",
     }  # fmt: skip
     assert [action.value for action in Enforcement] == ["allow", "block", "would-block", "record"]
 

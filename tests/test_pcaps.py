@@ -31,6 +31,9 @@ MAX_TOTAL = 5 * 1024 * 1024
 SUITE_COMMAND = re.compile(r"EGRESS_RECORD_PCAPS=pcaps pytest -p no:randomly (?P<test>\S+)$")
 NOT_RECORDED = {
     "test_dns_burst.py": "2,000 queries and a count of the resolver's drops, taken without a capture block",
+    "test_redteam_flood.py": "24,000 idle connections held against the gateway: a fault measure, as test_faults*",
+    "test_redteam_sources.py": "its shared-link policy is refused at load: no lab runs, nothing crosses",
+    "test_redteam_icmp_related.py": "not recorded yet (fixnft): the fixed gateway forwards none of its errors",
 }
 """Technique modules of the suite without a capture in pcaps/, and why."""
 LAB_NETS = [

@@ -29,7 +29,7 @@ from collections.abc import Callable, Mapping
 
 from egress.capture.nflog import LoggedPacket, NflogReader
 from egress.capture.packet import ICMP, ICMP6, TCP, UDP, Defragmenter, Malformed, Segment, decode
-from egress.decide import Enforcement, Verdict, decide_drop, decide_unknown_source
+from egress.decide import Enforcement, Verdict, decide_connection_limit, decide_drop, decide_unknown_source
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import ipproto
 from egress.detect.base import Finding, FlowMeta, Transport
@@ -125,6 +125,8 @@ class DropJudge:
         verdict = as_the_kernel_did(verdict, passed)
         if parsed is not None and parsed[0] is LogKind.QUARANTINE:  # the sandbox's cut-off decided, not its rules
             verdict = dataclasses.replace(verdict, rule=f"sandboxes.{sandbox.name}.quarantine")
+        if parsed is not None and parsed[0] is LogKind.LIMIT and verdict.finding is None:  # its bound decided
+            verdict = decide_connection_limit(sandbox, transport.value, packet.prefix)
         decided = DecidedFlow(packet.ts, sandbox.name, src, sport, dst, dport, transport.value, "", verdict, protocol)
         if parsed is not None and parsed[0] in COUNTED_KINDS:
             self.counts.judged((*count_key(segment), passed), decided, time.monotonic())

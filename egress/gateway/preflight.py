@@ -19,6 +19,7 @@ from typing import Protocol
 
 from egress.gateway.config import GatewayConfig
 from egress.nft.render import render
+from egress.policy import links
 from egress.policy.model import Policy
 
 FORWARDING: tuple[tuple[str, str], ...] = (
@@ -70,6 +71,7 @@ def preflight(config: GatewayConfig, policy: Policy, host: Host) -> list[Problem
         *_interfaces(config, host),
         *_forwarding(host),
         *_upstream(config.upstream_dns, host),
+        *_links(config, policy),
         *_table(config, policy, host),
         *_records(config, host),
         *_state(config, host),
@@ -97,6 +99,12 @@ def _forwarding(host: Host) -> list[Problem]:
         if value is not None and value.strip() != "1":
             problems.append(Problem(name, f"is {value.strip()}, must be 1 (`sysctl -w {name}=1`)"))
     return problems
+
+
+def _links(config: GatewayConfig, policy: Policy) -> list[Problem]:
+    """Sandboxes behind one interface once ``--sandbox-if`` is known (a sandbox naming it shares it with those
+    that name none): refused unless the link pins sources (`egress.policy.links`); the loader saw the rest."""
+    return [Problem("--sandbox-if", found.message()) for found in links.shared(policy.sandboxes, config.sandbox_if)]
 
 
 def _table(config: GatewayConfig, policy: Policy, host: Host) -> list[Problem]:

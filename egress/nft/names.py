@@ -31,9 +31,11 @@ class LogKind(enum.StrEnum):
     """Anything from a sandbox interface while the gateway is locked down (a component died)."""
     QUARANTINE = "quarantine"
     """What a quarantined sandbox sends (dropped before conntrack; the sandbox is the source's)."""
+    LIMIT = "limit"
+    """A new connection over its sandbox's ``max_connections`` (dropped; recorded ``connection-limit``)."""
 
 
-COUNTED_KINDS = frozenset({LogKind.DROP, LogKind.REPORT, LogKind.GUARD, LogKind.QUARANTINE})
+COUNTED_KINDS = frozenset({LogKind.DROP, LogKind.REPORT, LogKind.GUARD, LogKind.QUARANTINE, LogKind.LIMIT})
 """Drops from a sandbox: besides the (rate-limited) log, the kernel counts each one in `count_set`, and its log is
 metered per (source, IP protocol, destination) in `log_meter_set`."""
 PASSED_KINDS = frozenset({LogKind.REPORT})

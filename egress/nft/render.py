@@ -192,6 +192,7 @@ def render(policy: Policy, settings: GatewaySettings, quarantined: Iterable[str]
     _sets(out, policy.sandboxes)
     _quarantine_sets(out, _quarantined_sources(policy, quarantined))
     _prerouting(out, policy.sandboxes, on_sandbox)
+    _limits(out, policy.sandboxes, on_sandbox)
     _nat_prerouting(out, on_sandbox)
     _input(out, on_sandbox)
     _forward(out, policy.sandboxes, ifs, on_sandbox)
@@ -272,6 +273,35 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     out.add()
 
 
+def _limits(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> None:
+    """Each sandbox's bound on the TCP connections it holds at once (``max_connections``), all its sources together.
+
+    TCP only: every new TCP connection takes a place in a proxy worker, which is what a flood exhausts; DNS has the
+    resolver's own limits and forwarded UDP waits in no worker (counting them would let a build's burst of DNS
+    queries, each a conntrack entry for 30 s or more, take the bound).
+
+    One ``ct count`` per sandbox, in a chain of its own that both families jump to, so v4 and v6 share it; it runs
+    after conntrack (priority mangle) and before the redirect to the proxy, on a connection's first packet only.
+    A new connection over the bound is counted, logged (``egress limit <sandbox>``) and dropped: the agent's flood
+    of idle connections waits in no proxy worker, and another sandbox's connections are counted apart."""
+    out.add("chain limits {", 1)
+    out.add("type filter hook prerouting priority mangle; policy accept;", 2)
+    out.add(f"{on_sandbox} meta l4proto tcp ct state new jump sandbox_limits", 2)
+    out.add("}", 1)
+    out.add("chain sandbox_limits {", 1)
+    for sandbox in sandboxes:
+        for v, fam in _FAMILIES:
+            out.add(f"{fam} saddr @{source_set(sandbox.name, v)} jump limit_{set_id(sandbox.name)}", 2)
+    out.add("}", 1)
+    for sandbox in sandboxes:
+        out.add(f"chain limit_{set_id(sandbox.name)} {{", 1)
+        # `ct count N` matches while the sandbox holds N or fewer (this one included): evaluated once per packet.
+        out.add(f"ct count {sandbox.max_connections} return", 2)
+        out.log_then("drop", LogKind.LIMIT, sandbox.name)
+        out.add("}", 1)
+    out.add()
+
+
 def _nat_prerouting(out: _Script, on_sandbox: str) -> None:
     """DNS to the gateway's resolver, every other new TCP connection to a proxy worker (round-robin)."""
     settings = out.settings
@@ -334,7 +364,9 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     out.add('counter comment "neither from nor to a sandbox interface: never forwarded"', 2)
     out.add("}", 1)
     out.add("chain sandbox_forward {", 1)
-    out.add("ct state related accept", 2)
+    # No blanket `ct state related accept`: conntrack calls related an ICMP error quoting any connection it tracks,
+    # the proxy's and the resolver's own upstream ones included (red team 2). A sandbox's related errors are judged
+    # in its own chain (`_related`): only those quoting its own forwarded flows pass; the rest is logged and dropped.
     out.add("meta l4proto tcp ct state established accept", 2)
     for sandbox in sandboxes:
         for v, fam in _FAMILIES:
@@ -344,11 +376,11 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     for sandbox in sandboxes:
         _sandbox_forward(out, sandbox)
     out.add("chain to_sandbox {", 1)
-    out.add("ct state related accept", 2)
     out.add("meta l4proto tcp ct state established accept", 2)
     for sandbox in sandboxes:
         for v, fam in _FAMILIES:
             to = f"{fam} daddr @{source_set(sandbox.name, v)}"
+            out.add(f"{to} {_related(sandbox, v)} accept", 2)
             if sandbox.mode is Mode.REPORT:
                 out.add(f"{to} ct state established accept", 2)
             else:
@@ -367,6 +399,8 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
 def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     """One sandbox's forward chain: its allowed UDP networks, then drop (or, in report mode, log and accept)."""
     out.add(f"chain forward_{set_id(sandbox.name)} {{", 1)
+    for v, _ in _FAMILIES:
+        out.add(f"{_related(sandbox, v)} accept", 2)
     for group in udp_groups(sandbox):
         for line in udp_lines(group, reply=False):
             out.add(line, 2)
@@ -376,6 +410,24 @@ def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     else:
         out.log_then("drop", LogKind.DROP, sandbox.name)
     out.add("}", 1)
+
+
+_ICMP_ERRORS: Final = {
+    4: "icmp type { destination-unreachable, time-exceeded, parameter-problem } ip length <= 576",
+    6: "icmpv6 type { destination-unreachable, packet-too-big, time-exceeded, parameter-problem } ip6 length <= 1240",
+}
+"""The ICMP errors a forwarded flow may need (PMTU, port unreachable...), no longer than an error ever is: IPv4
+errors fit in 576 bytes (RFC 1812 §4.3.2.3), IPv6 ones in the minimum MTU, 1280 (RFC 4443 §2.4 c; ``ip6 length``
+is the payload's)."""
+
+
+def _related(sandbox: Sandbox, version: int) -> str:
+    """The match for an ICMP error about one of ``sandbox``'s own forwarded flows: conntrack calls it related, the
+    flow it quotes was opened from the sandbox's sources (``ct original`` is the quoted connection's original
+    direction, before NAT), and it has an error's type and size. An error quoting the gateway's own connections
+    (the proxy's, the resolver's upstream ones) matches nothing here: dropped and logged as the sandbox's drop."""
+    fam = "ip" if version == 4 else "ip6"
+    return f"ct state related ct original {fam} saddr @{source_set(sandbox.name, version)} {_ICMP_ERRORS[version]}"
 
 
 def _quarantined_sources(policy: Policy, quarantined: Iterable[str]) -> dict[int, list[str]]:

@@ -115,7 +115,7 @@ def _summary(sandbox: Sandbox) -> str:
 def _sandbox(old: Sandbox, new: Sandbox) -> list[Change]:
     name = old.name
     changes: list[Change] = []
-    for field in ("mode", "interface", "any_source", "flow_log"):
+    for field in ("mode", "interface", "any_source", "flow_log", "max_connections", "link_pins_sources"):
         before, after = getattr(old, field), getattr(new, field)
         if before != after:
             changes.append(Change(name, field, Kind.CHANGED, _value(before), _value(after)))

@@ -23,6 +23,8 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         detectors: {mining, tunnel, crypto_node, mining_shape: block | record | allow, mining_shape_window: 1-600}
         quarantine: {after: N, within: SECONDS, categories: [mining, tunnel, crypto-node], webhook: URL}
         flow_log: true | false                # log its allowed connections, aggregated (default false)
+        max_connections: N                    # connections held at once, all sources together (default 1024)
+        link_pins_sources: true               # required on each of several sandboxes behind one interface
     retention: {max_age_days, max_records}    # optional
     flow_log: {max_age_days, max_records, max_destinations}  # optional: how flow logs are kept (docs/flow-log.md)
     on_apply: keep | close_forbidden          # established connections on apply (default keep)
@@ -43,11 +45,13 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from egress.policy import addresses, quarantine, yamlnodes
+from egress.policy import addresses, links, quarantine, yamlnodes
 from egress.policy.addresses import Placed
 from egress.policy.hostnames import host_pattern
 from egress.policy.model import (
     DEFAULT_EXPECT,
+    MAX_CONNECTIONS,
+    MAX_CONNECTIONS_RANGE,
     Address,
     DetectorAction,
     DetectorActions,
@@ -93,7 +97,7 @@ __all__ = [
 VERSION = 1
 _TOP = frozenset({"version", "sandboxes", "retention", "on_apply", "flow_log"})
 _SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "decrypt", "dns", "detectors", "upgrades"}
-                     | {"quarantine", "flow_log"})  # fmt: skip
+                     | {"quarantine", "flow_log", "max_connections", "link_pins_sources"})  # fmt: skip
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
@@ -250,6 +254,9 @@ class _Checker(NodeChecker):
                 self.at(top["sandboxes"], "sandboxes", "empty: name at least one sandbox")
             sandboxes = [self.sandbox(key, value) for key, value in pairs]
         self.check_sources(sandboxes)
+        if not self.problems:  # a check of the whole policy: on sandboxes that loaded, or it is only noise
+            for found in links.shared(sandboxes):
+                self.problems.append(Problem(self.file, found.sandbox.line, found.message()))
         on_apply = self.choice(top["on_apply"], "on_apply", OnApply) if "on_apply" in top else None
         flow_log = self.flow_log(top["flow_log"]) if "flow_log" in top else FlowLogSettings()
         return Policy(VERSION, tuple(sandboxes), retention, self.file, on_apply or OnApply.KEEP, flow_log)
@@ -312,10 +319,20 @@ class _Checker(NodeChecker):
         upgrades = self.upgrades(fields["upgrades"], f"{path}.upgrades") if "upgrades" in fields else ()
         cutoff = quarantine.parse(self, fields["quarantine"], f"{path}.quarantine") if "quarantine" in fields else None
         flow_log = self.boolean(fields["flow_log"], f"{path}.flow_log") if "flow_log" in fields else False
+        pinned, limit = self.link(fields, path)
         return Sandbox(
             name, tuple(sources), interface, mode, hosts, networks, decrypt, dns, detectors, line(key), upgrades,
-            bool(any_source), cutoff, bool(flow_log),
+            bool(any_source), cutoff, bool(flow_log), pinned, limit,
         )  # fmt: skip
+
+    def link(self, fields: dict[str, yamlnodes.Node], path: str) -> tuple[bool, int]:
+        """``link_pins_sources`` (default false) and ``max_connections`` (default `MAX_CONNECTIONS`)."""
+        pinned = "link_pins_sources" in fields
+        pinned = pinned and bool(self.boolean(fields["link_pins_sources"], f"{path}.link_pins_sources"))
+        limit = None
+        if "max_connections" in fields:
+            limit = self.ranged(fields["max_connections"], f"{path}.max_connections", *MAX_CONNECTIONS_RANGE)
+        return pinned, limit or MAX_CONNECTIONS
 
     def boolean(self, node: yamlnodes.Node, path: str) -> bool | None:
         value = str(node.value).lower() if isinstance(node, yamlnodes.ScalarNode) and node.tag == BOOL else ""

@@ -75,6 +75,10 @@ class Expect(enum.StrEnum):
 
 
 DEFAULT_EXPECT: frozenset[Expect] = frozenset({Expect.TLS, Expect.HTTP})
+MAX_CONNECTIONS = 1024
+"""Default bound on the TCP connections one sandbox holds at once (``max_connections``): every source of the
+sandbox and both IP versions together (conntrack entries); a new one over it is dropped and recorded."""
+MAX_CONNECTIONS_RANGE = (16, 1_000_000)
 """What a network rule expects when it does not say: the protocols a user means by "this address" (web APIs,
 registries, object stores). SSH and unidentified encrypted streams must be named (``ssh``, ``any``)."""
 
@@ -196,6 +200,13 @@ class Sandbox:
     flow_log: bool = False
     """``flow_log: true``: its allowed connections are logged, aggregated (docs/flow-log.md). Off by default: it
     is a record of what the agent was allowed to do (privacy, volume), which an operator opts into."""
+    link_pins_sources: bool = False
+    """``link_pins_sources: true``: the operator states that the link this sandbox shares with others pins each
+    one's source addresses (switch port security, hypervisor anti-spoofing); without it two sandboxes behind one
+    interface are refused (`egress.policy.links`)."""
+    max_connections: int = MAX_CONNECTIONS
+    """TCP connections the sandbox may hold at once, all its sources together (nftables ``ct count``); a new one over
+    it is dropped and recorded ``connection-limit``: one sandbox's flood cannot take every proxy worker."""
 
     _index: tuple[HostIndex, NetworkIndex] | None = field(default=None, init=False, repr=False, compare=False)
     """The rules by name and by address (egress.policy.index), built on first use: no part of what the sandbox

@@ -37,6 +37,7 @@ sandboxes:
       deny_ranges: [93.184.216.200/29]
   shadow:
     sources: [10.203.9.0/24]
+    interface: sbx9
     mode: report
     allow:
       hosts: ["*.x.lab"]

@@ -193,3 +193,11 @@ def test_a_quarantined_sandbox_s_packets_are_recorded_with_exact_counts_and_the_
     [rest] = judge.unlogged({key: 500})
     assert (rest.count, rest.verdict.rule) == (480, "sandboxes.shadow.quarantine")
     assert len(decided) + rest.count == 500
+
+
+def test_a_connection_over_the_sandboxs_bound_is_recorded_as_connection_limit(judge: DropJudge) -> None:
+    syn = ipv4("10.0.0.2", "198.51.100.7", 6, struct.pack("!HHIIBBHHH", 40000, 443, 1, 0, 5 << 4, 2, 1000, 0, 0))
+    decided = judge.judge(logged(syn, "egress limit agents"))
+    assert decided is not None and (decided.sandbox, decided.dport) == ("agents", 443)
+    assert (decided.verdict.reason, decided.verdict.action) == (Reason.CONNECTION_LIMIT, Enforcement.BLOCK)
+    assert decided.verdict.rule == "sandboxes.agents.max_connections"

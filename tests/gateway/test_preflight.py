@@ -108,3 +108,21 @@ def test_every_problem_is_reported_at_once() -> None:
 
 def test_a_problem_is_one_line() -> None:
     assert Problem("--x", "what").line() == "egress: --x: what"
+
+
+def test_a_sandbox_naming_the_sandbox_interface_shares_it_with_those_that_name_none() -> None:
+    """Red team 2: two sandboxes on one link are told apart by source address only. The loader refuses those it
+    can see (egress.policy.links); only here is ``--sandbox-if`` known, so a sandbox that names it shares the link
+    with those that name no interface: refused, unless each says the link pins sources."""
+    named = make_sandbox("builder", "10.9.1.0/24", interface="sbx0")
+    policy = Policy(1, (make_sandbox("agent", "10.9.0.0/24"), named))
+    problems = [problem for problem in preflight(CONFIG, policy, FakeHost()) if problem.where == "--sandbox-if"]
+    assert [problem.what.split(":")[0] for problem in problems] == [
+        "sandboxes.agent.link_pins_sources",
+        "sandboxes.builder.interface",
+    ]
+    assert "behind interface 'sbx0' (--sandbox-if) with sandbox" in problems[0].what
+    pinned = Policy(1, tuple(dataclasses.replace(s, link_pins_sources=True) for s in policy.sandboxes))
+    assert [p for p in preflight(CONFIG, pinned, FakeHost()) if p.where == "--sandbox-if"] == []
+    apart = Policy(1, (make_sandbox("agent", "10.9.0.0/24"), make_sandbox("builder", "10.9.1.0/24", interface="sbx1")))
+    assert [p for p in preflight(CONFIG, apart, FakeHost()) if p.where == "--sandbox-if"] == []

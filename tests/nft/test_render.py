@@ -145,11 +145,23 @@ def test_many_udp_networks_share_one_set_and_are_judged_both_ways() -> None:
     assert 'ip daddr @udp4_agents_0 udp dport 53 accept comment "sandboxes.agents.allow.networks[0] and 9 more' in text
     assert "ip saddr @udp4_agents_0 udp sport 53 ct state established accept" in text
     assert 'ip6 daddr 2001:db8::/32 udp dport 53 accept comment "sandboxes.agents.allow.networks[99]"' in text
-    # established UDP is judged by those rules, not accepted for being established (only TCP and related are)
+    # established UDP is judged by those rules, not accepted for being established (only TCP is)
     for chain in ("sandbox_forward", "to_sandbox"):
-        assert (
-            f"chain {chain} {{\n\t\tct state related accept\n\t\tmeta l4proto tcp ct state established accept\n" in text
-        )
+        assert f"chain {chain} {{\n\t\tmeta l4proto tcp ct state established accept\n" in text
+
+
+def test_related_is_accepted_only_for_errors_about_the_sandboxs_own_flows() -> None:
+    """Red team 2: a blanket ``ct state related accept`` forwarded ICMP errors the sandbox crafted quoting the
+    proxy's own upstream connections (chosen bytes to the site). Only errors quoting a connection the sandbox
+    opened, of an error's types and size, pass; both directions."""
+    text = dual_stack_two()
+    assert "ct state related accept" not in text
+    for name in ("agents", "ci-runners"):
+        chain = text.split(f"chain forward_{name} {{\n")[1].split("}\n")[0]
+        assert chain.startswith(f"\t\tct state related ct original ip saddr @src4_{name} icmp type {{ ")
+        assert "ip length <= 576 accept" in chain and "ip6 length <= 1240 accept" in chain
+        assert f"ip daddr @src4_{name} ct state related ct original ip saddr @src4_{name} icmp type" in text
+    assert text.count("ct state related") == 8  # 2 sandboxes x 2 families x (from, to)
 
 
 @pytest.mark.root
@@ -290,3 +302,18 @@ def test_a_quarantine_replaces_the_sets_contents_in_one_script() -> None:
         render_quarantine(policy, SETTINGS, ())
         == "flush set inet egress quarantine4\nflush set inet egress quarantine6\n"
     )
+
+
+def test_each_sandbox_has_one_connection_bound_for_both_families() -> None:
+    """Red team 2's idle flood: ``max_connections`` per sandbox, all its sources and both families together (one
+    ``ct count`` rule per sandbox, in a chain both families jump to), on new connections, before the redirect."""
+    agents = dataclasses.replace(make_sandbox("agents", "10.10.0.0/24", "fd10::/64"), max_connections=300)
+    ci = make_sandbox("ci-runners", "10.20.0.0/24", interface="sbx1")
+    text = render(Policy(1, (agents, ci), file="rules/two.yaml"), SETTINGS)
+    assert "type filter hook prerouting priority mangle; policy accept;" in text
+    assert 'iifname { "sbx0", "sbx1" } meta l4proto tcp ct state new jump sandbox_limits' in text
+    assert "ip saddr @src4_agents jump limit_agents\n\t\tip6 saddr @src6_agents jump limit_agents" in text
+    assert text.count("ct count") == 2
+    assert "chain limit_agents {\n\t\tct count 300 return\n" in text
+    assert "chain limit_ci-runners {\n\t\tct count 1024 return\n" in text
+    assert 'log prefix "egress limit agents"' in text

@@ -5,6 +5,7 @@ internet namespaces, the ruleset applied in the gateway, packets sent from the s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import errno
 import ipaddress
 import json
@@ -483,3 +484,44 @@ def test_a_full_log_meter_set_still_logs_new_keys_under_the_rule_limit(fresh: La
         expect_log(fresh.reader, "egress drop agents", dst, UDP)
     [meter] = runner.list_set(fresh.settings.table, "logs4", fresh.topo.gateway)  # only the first key has one
     assert "10.78.0.50" in meter and "10.78.0.51" not in meter
+
+
+def test_a_sandbox_over_its_connection_bound_is_refused_and_logged_and_others_are_not(lab: Lab) -> None:
+    """Red team 2's idle flood: ``max_connections`` counts a sandbox's connections over all its sources and both
+    IP versions together (one ``ct count``); the next one is dropped before the redirect and logged ``egress limit
+    <sandbox>``; another sandbox's own count is untouched; a closed connection frees its place."""
+    bound = 16
+    agents, shadow = _policy().sandboxes
+    policy = Policy(1, (dataclasses.replace(agents, max_connections=bound), shadow))
+    runner.apply(render(policy, lab.settings), netns=lab.topo.gateway)
+    lab.reader.read()
+    try:
+        with contextlib.ExitStack() as stack:
+            listeners = {
+                (v, p): stack.enter_context(tcp_listener(lab.topo.gateway, v, "::" if v == 6 else "0.0.0.0", p))
+                for v in (4, 6)
+                for p in PROXY_PORTS
+            }
+
+            def connect(version: int, source: str) -> tuple[socket.socket, socket.socket] | None:
+                client = stack.enter_context(socket_in(lab.topo.sandbox, _family(version), socket.SOCK_STREAM))
+                client.settimeout(scaled(2.0))
+                client.bind((source, 0))
+                try:
+                    client.connect((_addr("INTERNET", version), 80))
+                except OSError:
+                    return None
+                ready = select.select([s for (v, _), s in listeners.items() if v == version], [], [], scaled(WAIT))[0]
+                assert ready, "no proxy worker saw the connection"
+                return client, stack.enter_context(ready[0].accept()[0])
+
+            held = [connect(4 if n % 2 else 6, _addr("SANDBOX", 4 if n % 2 else 6)) for n in range(bound)]
+            assert all(held), "connections under the bound must reach a worker"
+            assert connect(4, T.SANDBOX4) is None and connect(6, T.SANDBOX6) is None
+            expect_log(lab.reader, "egress limit agents", T.INTERNET4, 6)
+            assert connect(4, T.SHADOW4) is not None, "another sandbox's connections are counted apart"
+            for end in held[0] or ():
+                end.close()  # both ends: the connection is over (conntrack's TIME_WAIT), its place free again
+            eventually(lambda: connect(6, T.SANDBOX6) is not None, timeout=scaled(WAIT), interval=0.2)
+    finally:
+        runner.apply(lab.ruleset, netns=lab.topo.gateway)

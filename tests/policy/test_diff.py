@@ -18,6 +18,7 @@ sandboxes:
     dns: {max_name_length: 180}
   gone:
     sources: [10.30.0.0/24]
+    interface: sbx3
 """
 NEW = """\
 version: 1
@@ -34,6 +35,7 @@ sandboxes:
     detectors: {mining: record}
   fresh:
     sources: [10.40.0.0/24]
+    interface: sbx4
     allow: {hosts: [huggingface.co]}
 """
 

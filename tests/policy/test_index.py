@@ -96,8 +96,11 @@ sandboxes:
       hosts: [pypi.org, "*.example.com:443", {host: a.example.org, ports: [80, 443], answers: [192.0.2.0/24]}]
       networks: [{cidr: 198.51.100.0/24, ports: [53], protocols: [udp]}]
     quarantine: {after: 2, within: 60}
+    link_pins_sources: true
   empty:
     sources: [172.16.0.0/16]
+    link_pins_sources: true
+    max_connections: 64
 """, "p.yaml")  # fmt: skip
     policy.sandboxes[0].host_rule("pypi.org", 443)  # an index built before pickling is not carried
     copy = pickle.loads(pickle.dumps(policy, pickle.HIGHEST_PROTOCOL))

@@ -21,7 +21,7 @@ from egress.policy.loader import (
     load_policy,
     parse_policy,
 )
-from egress.policy.model import DetectorAction, DetectorActions, DnsLimits, Mode, Retention
+from egress.policy.model import MAX_CONNECTIONS, DetectorAction, DetectorActions, DnsLimits, Mode, Retention
 
 ROOT = Path(__file__).resolve().parents[2]
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "policy"
@@ -194,7 +194,7 @@ def check_text(text: str) -> list[str]:
 
 
 def test_sources_of_different_families_never_overlap() -> None:
-    text = MINIMAL + "  other:\n    sources: ['fd00:20::/64', 10.21.0.0/24]\n"
+    text = MINIMAL + "  other:\n    sources: ['fd00:20::/64', 10.21.0.0/24]\n    interface: sbx1\n"
     policy = parse_policy(text)
     assert policy.sandbox_for(ipaddress.ip_address("10.21.0.9")) is policy.sandboxes[1]
     assert policy.sandbox_for(ipaddress.ip_address("10.20.0.9")) is policy.sandboxes[0]
@@ -285,7 +285,8 @@ def test_merge_keys_share_a_block_between_sandboxes() -> None:
     policy = parse_policy(
         "version: 1\nx-common: &common\n  hosts: [pypi.org]\n  networks: [{cidr: 192.0.2.0/24, ports: [443]}]\n"
         "sandboxes:\n  a:\n    sources: [10.0.0.0/24]\n    allow: {<<: *common}\n"
-        "  b:\n    sources: [10.0.1.0/24]\n    allow:\n      <<: *common\n      hosts: [files.pythonhosted.org]\n"
+        "  b:\n    sources: [10.0.1.0/24]\n    interface: sbx1\n"
+        "    allow:\n      <<: *common\n      hosts: [files.pythonhosted.org]\n"
     )
     a, b = policy.sandboxes
     assert [rule.pattern for rule in a.hosts] == ["pypi.org"] and [r.pattern for r in b.hosts] == [
@@ -308,3 +309,38 @@ def test_mining_shape_action_and_window() -> None:
     messages = [problem.message for problem in raised.value.problems]
     assert any("must be a string" in message for message in messages), messages
     assert any("0 is not in 1-600" in message for message in messages), messages
+
+
+def test_max_connections_has_a_default_and_a_range() -> None:
+    """``max_connections``: the sandbox's bound on connections held at once (red team 2's idle flood)."""
+    (sandbox,) = parse_policy(MINIMAL).sandboxes
+    assert sandbox.max_connections == MAX_CONNECTIONS
+    (sandbox,) = parse_policy(MINIMAL + "    max_connections: 300\n").sandboxes
+    assert sandbox.max_connections == 300
+    for bad in ("0", "15", "1000001", "many"):
+        with pytest.raises(RulesError) as raised:
+            parse_policy(MINIMAL + f"    max_connections: {bad}\n", "p.yaml")
+        assert str(raised.value).startswith("p.yaml:5: sandboxes.agents.max_connections: "), str(raised.value)
+
+
+def test_two_sandboxes_on_one_link_are_refused_unless_each_says_the_link_pins_sources() -> None:
+    """Red team 2: on a shared link an agent with root takes another sandbox's address (and its allowlist)."""
+    two = MINIMAL + "  builder:\n    sources: [10.21.0.0/24]\n"
+    with pytest.raises(RulesError) as raised:
+        parse_policy(two, "p.yaml")
+    lines = str(raised.value).splitlines()
+    assert [line.split(" behind ")[0] for line in lines] == [
+        "p.yaml:3: sandboxes.agents.link_pins_sources:",
+        "p.yaml:5: sandboxes.builder.link_pins_sources:",
+    ]
+    assert "--sandbox-if (no interface named) with sandbox 'builder' (line 5)" in lines[0]
+    named = MINIMAL + "    interface: sbx1\n  builder:\n    sources: [10.21.0.0/24]\n    interface: sbx1\n"
+    with pytest.raises(RulesError) as raised:
+        parse_policy(named, "p.yaml")
+    assert "p.yaml:6: sandboxes.builder.interface: behind interface 'sbx1' with sandbox 'agents'" in str(raised.value)
+    pinned = two.replace("/24]\n", "/24]\n    link_pins_sources: true\n")
+    assert [s.link_pins_sources for s in parse_policy(pinned).sandboxes] == [True, True]
+    one_pinned = two.replace("sources: [10.21.0.0/24]\n", "sources: [10.21.0.0/24]\n    link_pins_sources: true\n")
+    with pytest.raises(RulesError):
+        parse_policy(one_pinned)  # the other one's agent could still take its address
+    assert len(parse_policy(named.replace("    interface: sbx1\n  builder", "  builder")).sandboxes) == 2

@@ -21,6 +21,7 @@ sandboxes:
     quarantine: {{after: 2, within: 60}}
   empty:
     sources: [172.16.0.0/16]
+    interface: sbx1
 """
 
 

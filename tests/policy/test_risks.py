@@ -19,6 +19,7 @@ sandboxes:
         - {cidr: "2001:db8::/32", protocols: [udp, tcp]}
   quiet:
     sources: [10.0.1.0/24]
+    interface: sbx1
     allow: {networks: [{cidr: 192.0.2.0/24, ports: [5432]}]}
 """
 

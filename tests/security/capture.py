@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 import dpkt
 
-from egress.lab.topology import GATEWAY_UP_V4, SANDBOX_NET_V4, SANDBOX_NET_V6, UPLINK_NET_V6, Lab
+from egress.lab.topology import GATEWAY_UP_V4, GATEWAY_UP_V6, SANDBOX_NET_V4, SANDBOX_NET_V6, UPLINK_NET_V6, Lab
 from tests.waiting import eventually, scaled
 
 _OUTBOUND_NETS = (
@@ -90,36 +90,52 @@ def _outbound(src: ipaddress.IPv4Address | ipaddress.IPv6Address) -> bool:
 
 
 _ICMP_ERRORS = {"icmp": (3, 11, 12), "icmp6": (1, 2, 3, 4)}
+_GATEWAY_UPLINK = {ipaddress.ip_address(GATEWAY_UP_V4), ipaddress.ip_address(GATEWAY_UP_V6)}
+
+Inbound = dict[tuple[str, int], list[bytes]]
+"""IP payloads (transport header and data) of the packets the internet side sent, per (source address, protocol)."""
 
 
-def _answers_the_internet(icmp: dpkt.Packet) -> bool:
-    """An ICMP error the gateway's kernel sends back to an internet host about a packet that host sent (a late
-    DNS answer to a closed port, the positive control): it quotes the internet's own bytes, nothing of the
-    sandbox's. The quoted packet's source says whose it was."""
+def _answers_the_internet(ip: dpkt.ip.IP | dpkt.ip6.IP6, raw: bytes, inbound: Inbound) -> bool:
+    """An ICMP error the gateway's kernel sends back to an internet host about a packet that host sent (a late DNS
+    answer to a closed port, the positive control): it quotes the internet's own bytes, nothing of the sandbox's.
+
+    Provably so, or it counts (red team 2: a sandbox's crafted error quoting the proxy's upstream connection, with
+    chosen bytes after the quote, read as 0 bytes when only the quoted source was looked at): the error comes from
+    the gateway's uplink address (a sandbox cannot send from it: anti-spoofing), and what it quotes after the IP
+    header is the start of a packet the capture saw that same internet host send."""
+    icmp = ip.data
+    if ipaddress.ip_address(ip.src) not in _GATEWAY_UPLINK:
+        return False
     if isinstance(icmp, dpkt.icmp.ICMP) and icmp.type in _ICMP_ERRORS["icmp"]:
-        quoted = bytes(icmp.data)[4:]
+        quoted = raw[8:]
         if len(quoted) >= 20 and quoted[0] >> 4 == 4:
-            return ipaddress.ip_address(quoted[12:16]) in _INTERNET_SIDE
+            src, proto, body = quoted[12:16], quoted[9], quoted[(quoted[0] & 0x0F) * 4 :]
+            return _seen_inbound(inbound, src, proto, body)
     if isinstance(icmp, dpkt.icmp6.ICMP6) and icmp.type in _ICMP_ERRORS["icmp6"]:
-        quoted = bytes(icmp.data)[4:]
+        quoted = raw[8:]
         if len(quoted) >= 40 and quoted[0] >> 4 == 6:
-            return ipaddress.ip_address(quoted[8:24]) in _INTERNET_SIDE
+            return _seen_inbound(inbound, quoted[8:24], quoted[6], quoted[40:])
     return False
 
 
-class _InternetSide:
-    """Membership test: an address of the internet namespace (its own, or a server's), never one of the lab's
-    sandbox or gateway."""
-
-    def __contains__(self, address: object) -> bool:
-        assert isinstance(address, ipaddress.IPv4Address | ipaddress.IPv6Address)
-        return not _outbound(address)
+def _seen_inbound(inbound: Inbound, src: bytes, proto: int, body: bytes) -> bool:
+    address = ipaddress.ip_address(src)
+    if _outbound(address):
+        return False
+    return any(sent.startswith(body) for sent in inbound.get((str(address), proto), ()))
 
 
-_INTERNET_SIDE = _InternetSide()
+def _raw_body(frame: bytes, ip: dpkt.ip.IP | dpkt.ip6.IP6) -> bytes:
+    """The IP payload as it is on the wire (dpkt's parsed ICMP error keeps only the quoted packet's own length:
+    bytes after it would not count)."""
+    packet = frame[14:]
+    if isinstance(ip, dpkt.ip.IP):
+        return packet[(packet[0] & 0x0F) * 4 : ip.len]
+    return packet[40 : 40 + ip.plen]
 
 
-def _flow_of(ip: dpkt.ip.IP | dpkt.ip6.IP6) -> tuple[Flow, bytes] | None:
+def _flow_of(ip: dpkt.ip.IP | dpkt.ip6.IP6, raw: bytes) -> tuple[Flow, bytes] | None:
     proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
     dst = str(ipaddress.ip_address(ip.dst))
     body = ip.data
@@ -129,7 +145,7 @@ def _flow_of(ip: dpkt.ip.IP | dpkt.ip6.IP6) -> tuple[Flow, bytes] | None:
     if name in ("icmp", "icmp6") and not isinstance(body, bytes):
         if name == "icmp6" and body.type in _ND_TYPES:
             return None
-        data = bytes(body.data)
+        data = raw[4:]  # after type, code and checksum
         return (name, dst, 0), data[4:] if body.type in (0, 8, 128, 129) else data
     return (name, dst, 0), bytes(body)
 
@@ -139,21 +155,26 @@ def parse(path: pathlib.Path) -> Crossed:
     payload: dict[Flow, bytearray] = {}
     packets: dict[Flow, int] = {}
     controls: set[str] = set()
+    inbound: Inbound = {}
     with path.open("rb") as handle, contextlib.suppress(dpkt.NeedData, dpkt.UnpackError, ValueError):
         for _, frame in dpkt.pcap.Reader(handle):
             ip = dpkt.ethernet.Ethernet(frame).data
             if not isinstance(ip, dpkt.ip.IP | dpkt.ip6.IP6):
                 continue
             src = ipaddress.ip_address(ip.src)
+            if not _outbound(src):
+                proto = ip.p if isinstance(ip, dpkt.ip.IP) else ip.nxt
+                inbound.setdefault((str(src), proto), []).append(bytes(ip.data))
             if src in _INTERNET_OWN:
                 body = ip.data
                 if isinstance(body, dpkt.udp.UDP) and body.dport == CONTROL_PORT:
                     controls.add(bytes(body.data).decode("ascii", "replace"))
                 continue
-            if not _outbound(src) or (found := _flow_of(ip)) is None:
+            raw = _raw_body(frame, ip)
+            if not _outbound(src) or (found := _flow_of(ip, raw)) is None:
                 continue
             flow, data = found
-            if flow[0] in ("icmp", "icmp6") and _answers_the_internet(ip.data):
+            if flow[0] in ("icmp", "icmp6") and _answers_the_internet(ip, raw, inbound):
                 continue
             packets[flow] = packets.get(flow, 0) + 1
             payload.setdefault(flow, bytearray()).extend(data)

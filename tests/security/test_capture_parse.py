@@ -26,10 +26,10 @@ def _write(path: pathlib.Path, frames: list[bytes]) -> None:
 GRE = b"\0\0\x08\0inner"
 
 
-def _quoted(src: str, data: bytes = b"answer for allowed.lab") -> bytes:
+def _quoted(src: str, data: bytes = b"answer for allowed.lab", sport: int = 53, dport: int = 40000) -> bytes:
     """The start of a UDP packet from ``src``, as an ICMP error quotes it."""
     ip = dpkt.ip.IP(src=socket.inet_aton(src), dst=socket.inet_aton("10.203.2.1"), p=17)
-    ip.data = dpkt.udp.UDP(sport=53, dport=40000, data=data)
+    ip.data = dpkt.udp.UDP(sport=sport, dport=dport, data=data)
     ip.len = len(bytes(ip))
     return bytes(ip)
 
@@ -48,10 +48,11 @@ def test_outbound_payload_is_counted_per_destination(tmp_path: pathlib.Path) -> 
         _ip4(
             "10.203.2.1",
             "10.203.2.2",
-            dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("10.203.2.2", control)),
+            dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("10.203.2.2", control, 5000, CONTROL_PORT)),
             1,
         ),
-        # the gateway's port unreachable to ns.lab about ns.lab's late answer: the internet's own bytes, not counted
+        # ns.lab's late answer, and the gateway's port unreachable about it: the internet's own bytes, not counted
+        _ip4("198.18.10.5", "10.203.2.1", dpkt.udp.UDP(sport=53, dport=40000, data=b"answer for allowed.lab"), 17),
         _ip4("10.203.2.1", "198.18.10.5", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("198.18.10.5")), 1),
         # ... but an ICMP error quoting a packet of the sandbox's is the sandbox's bytes: counted
         _ip4("10.203.1.2", "198.18.10.4", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + _quoted("10.203.1.2")), 1),
@@ -81,3 +82,23 @@ def test_a_truncated_last_record_is_read_as_far_as_it_goes(tmp_path: pathlib.Pat
     _write(path, [_ip4("10.203.1.2", "198.18.10.2", dpkt.udp.UDP(sport=1, dport=2, data=b"x" * 50), 17)] * 2)
     path.write_bytes(path.read_bytes()[:-20])  # a capture read while tcpdump writes its last record
     assert 50 <= parse(path).bytes_to("198.18.10.2", 2, "udp") < 100  # what is there counts: a leak is a leak
+
+
+def test_an_icmp_error_counts_unless_it_provably_answers_a_packet_the_internet_sent(tmp_path: pathlib.Path) -> None:
+    """Red team 2: an error from the sandbox quoting the proxy's upstream connection (site → gateway uplink) with
+    chosen bytes after the quote used to be taken for the gateway's answer to the site, and read as 0 bytes."""
+    sent = dpkt.tcp.TCP(sport=8080, dport=41000, flags=dpkt.tcp.TH_ACK, data=b"HTTP/1.1 200 OK")
+    crafted = _quoted("198.18.10.4") + b"chosen bytes" * 10
+    frames = [
+        _ip4("198.18.10.4", "10.203.2.1", sent, 6),  # the site's answer to the proxy
+        # from the sandbox, quoting an internet-side packet: the sandbox's bytes, counted
+        _ip4("10.203.1.2", "198.18.10.4", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + crafted), 1),
+        # from the gateway's address, quoting bytes the site never sent: counted too
+        _ip4("10.203.2.1", "198.18.10.4", dpkt.icmp.ICMP(type=3, code=3, data=b"\0" * 4 + crafted), 1),
+    ]
+    path = tmp_path / "e.pcap"
+    _write(path, frames)
+    crossed = parse(path)
+    assert crossed.packets_to("198.18.10.4", proto="icmp") == 2
+    assert crossed.bytes_to("198.18.10.4", proto="icmp") == 2 * (4 + len(crafted))
+    assert crossed.contains(b"chosen bytes", "198.18.10.4")
