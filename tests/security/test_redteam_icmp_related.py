@@ -36,7 +36,7 @@ from tests.security.redteam_icmp_kit import MARK
 
 pytestmark = pytest.mark.security
 
-SITE = server("allowed").v4
+SITES = {"v4": server("allowed").v4, "v6": server("allowed").v6}
 PORT = 8080
 KIT = "from tests.security.redteam_icmp_kit import {0}; {0}()"
 MESSAGES = 16
@@ -49,27 +49,27 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.fixture(scope="module")
 def site(lab: SecurityLab) -> Attacker:
-    running = lab.attacker("icmp-site", [sys.executable, "-c", KIT.format("site_main"), SITE, str(PORT)])
+    running = lab.attacker("icmp-site", [sys.executable, "-c", KIT.format("site_main"), str(PORT), *SITES.values()])
     running.wait_for("listening")
     return running
 
 
-def _resolve(lab: SecurityLab) -> None:
+def _resolve(lab: SecurityLab, family: str) -> None:
     """The agent resolves allowed.lab through the gateway (binds it: the proxy then lets it reach the site)."""
-    done = lab.sandbox(["dig", "+short", "+time=3", "allowed.lab"], timeout=15)
-    assert SITE in done.stdout, done.stdout + done.stderr
+    done = lab.sandbox(["dig", "+short", "+time=3", "allowed.lab", "AAAA" if family == "v6" else "A"], timeout=15)
+    assert SITES[family] in done.stdout, done.stdout + done.stderr
 
 
 def _attempt(
-    lab: SecurityLab, site: Attacker, label: str, offset: int, chunk: int = 1000
+    lab: SecurityLab, site: Attacker, label: str, family: str, offset: int, chunk: int = 1000
 ) -> tuple[int, int, str, float]:
     """(secret bytes the site received in ICMP errors, secret bytes in the capture file, the agent's output,
     since)."""
-    _resolve(lab)
+    _resolve(lab, family)
     before = len(site.log())
     since = time.time()
     with lab.capture(label) as capture:
-        argv = [SITE, str(PORT), str(MESSAGES), str(offset), str(chunk)]
+        argv = [SITES[family], str(PORT), str(MESSAGES), str(offset), str(chunk)]
         done = lab.sandbox_python(KIT.format("related_main"), *argv, timeout=60)
     assert capture.result is not None
     assert "sent" in done.stdout, done.stdout + done.stderr
@@ -78,11 +78,14 @@ def _attempt(
     return received, captured, done.stdout, since
 
 
-def test_control_an_error_quoting_no_connection_is_dropped_and_recorded(lab: SecurityLab, site: Attacker) -> None:
-    received, captured, output, since = _attempt(lab, site, "icmp-related-control", offset=1)
-    reason = lab.reason_of(since, lambda r: r.dst == SITE and r.transport == "icmp", timeout=20)
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_control_an_error_quoting_no_connection_is_dropped_and_recorded(
+    lab: SecurityLab, site: Attacker, family: str
+) -> None:
+    received, captured, output, since = _attempt(lab, site, f"icmp-related-control-{family}", family, offset=1)
+    reason = lab.reason_of(since, lambda r: r.dst == SITES[family] and r.transport == "icmp", timeout=20)
     report(
-        "redteam/icmp-related-control",
+        f"redteam/icmp-related-control-{family}",
         "exfiltration",
         captured,
         received > 0,
@@ -93,12 +96,16 @@ def test_control_an_error_quoting_no_connection_is_dropped_and_recorded(lab: Sec
     assert reason == "firewall-drop"
 
 
-def test_errors_quoting_the_proxys_own_connection_carry_chosen_bytes_out(lab: SecurityLab, site: Attacker) -> None:
-    received, captured, output, since = _attempt(lab, site, "icmp-related", offset=0)
+@pytest.mark.parametrize("family", ["v4", "v6"])
+def test_errors_quoting_the_proxys_own_connection_carry_chosen_bytes_out(
+    lab: SecurityLab, site: Attacker, family: str
+) -> None:
+    received, captured, output, since = _attempt(lab, site, f"icmp-related-{family}", family, offset=0)
     assert "the site sees" in output, output
-    reason = lab.reason_of(since, lambda r: r.dst == SITE and r.transport == "icmp", timeout=20)
-    report("redteam/icmp-related", "exfiltration", captured, received > 0, reason or None, f"site got {received} B")
-    assert received == 0, f"{received} chosen bytes reached {SITE} in ICMP errors ({captured} in the capture)"
+    reason = lab.reason_of(since, lambda r: r.dst == SITES[family] and r.transport == "icmp", timeout=20)
+    note = f"site got {received} B"
+    report(f"redteam/icmp-related-{family}", "exfiltration", captured, received > 0, reason or None, note)
+    assert received == 0, f"{received} chosen bytes reached {SITES[family]} in ICMP errors ({captured} captured)"
     assert captured == 0
 
 
@@ -107,9 +114,9 @@ def test_errors_of_an_errors_size_quoting_the_proxys_connection_are_dropped_too(
 ) -> None:
     """Past the fix (fixnft): the size bound is not what stops it. 400 chosen bytes make a 468-byte error, within
     IPv4's 576; it still quotes a connection the sandbox did not open (the proxy's): dropped and recorded."""
-    received, captured, output, since = _attempt(lab, site, "icmp-related-small", offset=0, chunk=400)
+    received, captured, output, since = _attempt(lab, site, "icmp-related-small", "v4", offset=0, chunk=400)
     assert "the site sees" in output, output
-    reason = lab.reason_of(since, lambda r: r.dst == SITE and r.transport == "icmp", timeout=20)
+    reason = lab.reason_of(since, lambda r: r.dst == SITES["v4"] and r.transport == "icmp", timeout=20)
     note = f"site got {received} B"
     report("redteam/icmp-related-small", "exfiltration", captured, received > 0, reason or None, note)
     assert received == 0 and captured == 0
