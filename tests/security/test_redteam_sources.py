@@ -19,8 +19,8 @@ for each, and ``egress gateway run`` with it exits 2 before it applies anything 
 ``--sandbox-if`` is known, for a sandbox that names that interface). What the setting trusts is the module's
 second half: the lab built with tests/security/policies/redteam_sources_pinned.yaml, the operator's statement
 that the link pins sources, on the lab's veth, which pins nothing. There the bypass still works, as
-docs/security.md says it does where the statement is false: those rows are expected failures (strict: the day the
-gateway itself tells such sandboxes apart, they pass and must be turned back into plain assertions).
+docs/security.md says it does where the statement is false: those rows assert that it does (what the setting
+trusts, measured; the day the gateway itself tells such sandboxes apart, they fail and are turned round).
 """
 
 from __future__ import annotations
@@ -51,13 +51,6 @@ TAKEN = {"v4": "10.203.1.3", "v6": "fd00:203:1::3"}
 """Sandbox ``builder``'s addresses, which the agent takes."""
 RESOLVER = {"v4": GATEWAY_SBX_V4, "v6": GATEWAY_SBX_V6}
 TARGET = {"v4": BLOCKED.v4, "v6": BLOCKED.v6}
-
-
-REMAINING = pytest.mark.xfail(
-    strict=True,
-    reason="documented remaining risk: link_pins_sources: true states that the link pins sources; the lab's veth "
-    "does not (docs/security.md, red team 2)",
-)
 
 
 def test_a_policy_with_two_sandboxes_on_one_link_is_refused_naming_file_line_and_field() -> None:
@@ -134,9 +127,8 @@ def test_control_the_agents_own_address_may_not_reach_the_sink(lab: SecurityLab,
     assert reason, "the agent's own blocked attempt left no record under its name"
 
 
-@REMAINING
 @pytest.mark.parametrize("family", ["v4", "v6"])
-def test_another_sandboxes_address_gives_its_allowlist(
+def test_where_the_link_pins_nothing_a_taken_address_still_gives_the_other_sandboxes_allowlist(
     lab: SecurityLab, sink: Attacker, taken: None, family: str
 ) -> None:
     leaked, goal, output, since = _attempt(lab, sink, family, TAKEN[family], f"sources-taken-{family}")
@@ -148,18 +140,18 @@ def test_another_sandboxes_address_gives_its_allowlist(
         leaked,
         goal,
         None,
-        f"records name {named}; {output.replace(chr(10), ' ')[-40:]}",
+        f"documented risk of link_pins_sources on a link that pins nothing; records name {named}",
     )
-    assert not goal, f"{SIZE} bytes of the agent's secret reached blocked.lab from builder's address: {output}"
-    assert leaked == 0
+    assert goal and leaked > 0, (
+        f"the taken address no longer gives builder's allowlist: update docs/security.md: {output}"
+    )
 
 
-@REMAINING
-def test_a_blocked_attempt_from_a_taken_address_is_recorded_under_the_other_sandbox(
+def test_where_the_link_pins_nothing_a_blocked_attempt_from_a_taken_address_names_the_other_sandbox(
     lab: SecurityLab, sink: Attacker, taken: None
 ) -> None:
-    """(c): the agent's blocked attempt (to allowed.lab's address on 8090, which neither sandbox allows) is
-    recorded as builder's: the record names the wrong sandbox (and builder's quarantine counts it)."""
+    """(c), where the operator's statement is false: the agent's blocked attempt (to allowed.lab's address on 8090,
+    which neither sandbox allows) is recorded as builder's, and builder's quarantine counts it."""
     since = time.time()
     with lab.capture("sources-blame") as capture:
         done = lab.sandbox_python(
@@ -180,4 +172,4 @@ def test_a_blocked_attempt_from_a_taken_address_is_recorded_under_the_other_sand
         found[0].reason if found else None,
         f"as {named}; {said}",
     )
-    assert named == ["agent"], f"the agent's attempt is recorded as sandbox {named}"
+    assert named == ["builder"], f"recorded as {named}: update docs/security.md (link_pins_sources' risk)"
