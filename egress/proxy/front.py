@@ -129,6 +129,8 @@ class Front:
         self.idle.on_closed = self._idle_closed
         self._idle_reported: dict[str, tuple[float, int]] = {}
         """Per sandbox: when its idle closes were last recorded, and its count of closes then."""
+        self._idle_pending: set[str] = set()
+        """The sandboxes whose idle closes wait for the end of their record interval."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[socket.socket] = []
 
@@ -231,12 +233,27 @@ class Front:
 
     def _idle_closed(self, held: Held, count: int) -> None:
         """The idle bound closed ``held``: record it, at most once every `IDLE_RECORD_EVERY` per sandbox (the
-        record counts the closes since the last one)."""
+        record counts the closes since the last one; those within the interval are recorded at its end)."""
         now = time.time()
-        last, counted = self._idle_reported.get(held.sandbox, (0.0, 0))
-        if now - last < IDLE_RECORD_EVERY:
-            return
+        last = self._idle_reported.get(held.sandbox, (0.0, 0))[0]
+        wait = last + IDLE_RECORD_EVERY - now
+        if wait <= 0:
+            self._record_idle(held, count)
+        elif held.sandbox not in self._idle_pending:
+            self._idle_pending.add(held.sandbox)
+            asyncio.get_running_loop().call_later(wait, self._record_idle_pending, held)
+
+    def _record_idle_pending(self, held: Held) -> None:
+        self._idle_pending.discard(held.sandbox)
+        self._record_idle(held, self.idle.closed.get(held.sandbox, 0))
+
+    def _record_idle(self, held: Held, count: int) -> None:
+        """Record ``held``'s sandbox's idle closes since its last such record (``count`` in all), on ``held``."""
+        now = time.time()
+        _, counted = self._idle_reported.get(held.sandbox, (0.0, 0))
         self._idle_reported[held.sandbox] = (now, count)
+        if count <= counted:
+            return
         log.warning("front: sandbox %s: %d idle connections closed (%d in all; bound %d per sandbox, %d in all)",
                     held.sandbox, count - counted, count, self.idle.per_sandbox, self.idle.limit)  # fmt: skip
         verdict = decide_idle_limit(count - counted, count)
