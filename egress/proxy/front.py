@@ -221,9 +221,10 @@ class Front:
         # Nothing to read yet: idle until the client speaks, within the idle bound (which may close the oldest).
         fd = conn.fileno()
         held = Held(known[0].name, known[1], known[2], _nothing)
+        self.idle.hold(fd, held)  # first: the task may run at once (an eager task factory) and release it
         task = self._task(self._serve_one(conn, peer, known, (fd, held)))
-        held.close = task.cancel  # the task closes the connection (`_serve_one`)
-        self.idle.hold(fd, held)
+        if held.active:
+            held.close = task.cancel  # the task closes the connection (`_serve_one`)
 
     def _task(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)

@@ -65,6 +65,8 @@ class IdleBound:
 
     def hold(self, fd: int, held: Held) -> None:
         """Count ``held`` (the connection on descriptor ``fd``) as idle, first closing what the bound says."""
+        if not held.active:
+            raise ValueError("a released hold is not held again")
         if self.held_by(held.sandbox) >= self.per_sandbox:
             self._close_oldest(held.sandbox)
         elif self.total >= self.limit:
