@@ -13,6 +13,7 @@ import click
 from egress.gateway import config as defaults
 from egress.logsetup import FORMATS, LEVELS, configure
 from egress.policy.lists import RulesError
+from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX
 from egress.record import REDIS_URL
 from egress.record.urls import redis_url_problem
 
@@ -161,6 +162,21 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 help="host:port of the gateway's own Prometheus metrics (decisions, spool, delivery failures; "
                 "also while Redis is down): a management address, never the sandbox side; '' for none.",
             ),
+            click.option(
+                "--idle-limit",
+                type=click.IntRange(min=1),
+                default=IDLE_LIMIT,
+                show_default=True,
+                help="Connections that have not sent a byte yet one proxy worker holds in all; over it the oldest "
+                "of the sandbox holding the most is closed and recorded (reason idle-limit).",
+            ),
+            click.option(
+                "--idle-per-sandbox",
+                type=click.IntRange(min=1),
+                default=IDLE_PER_SANDBOX,
+                show_default=True,
+                help="The same bound per sandbox and worker: over it that sandbox's oldest idle connection is closed.",
+            ),
         )
     ):
         command = option(command)
@@ -186,6 +202,8 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         ca_constrain=options["ca_constrain"],
         dhcp=options["dhcp"],
         metrics_listen=options["metrics_listen"],
+        idle_limit=options["idle_limit"],
+        idle_per_sandbox=options["idle_per_sandbox"],
     )
 
 

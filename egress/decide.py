@@ -62,6 +62,10 @@ class Reason(enum.StrEnum):
     DNS_DROPPED = "dns-dropped"
     """A query the kernel dropped before the resolver read it (receive buffer full); the record's count says how
     many (the source is unknown: the kernel counts, it does not say whose)."""
+    IDLE_LIMIT = "idle-limit"
+    """A connection that had not sent a byte, closed by a proxy worker's bound of such connections (per sandbox
+    and in all, `egress.proxy.idle`): the oldest idle one goes first. One record per sandbox a second at most,
+    its evidence counting the connections closed since the last."""
 
 
 class Enforcement(enum.StrEnum):
@@ -82,6 +86,8 @@ DEFAULT_DENY: Final = "default-deny"
 ANTI_SPOOFING: Final = "anti-spoofing"
 """The rule label for sources outside every sandbox."""
 DOH_CANARY_RULE: Final = "doh-canary"
+IDLE_LIMIT_RULE: Final = "idle-limit"
+"""The rule of `Reason.IDLE_LIMIT`'s records (the worker's bound, no policy rule)."""
 """The built-in rule that answers the DoH canary."""
 DOH_CANARY: Final = "use-application-dns.net"
 DNS_QUERY_FORM: Final = "dns-query-form"
@@ -370,6 +376,13 @@ def decide_connection_limit(sandbox: Sandbox, transport: str, detail: str = "") 
     text = f"{transport} over max_connections {sandbox.max_connections} {detail}".strip()
     rule = f"sandboxes.{sandbox.name}.max_connections"
     return Verdict(Enforcement.BLOCK, Reason.CONNECTION_LIMIT, rule, evidence(text))
+
+
+def decide_idle_limit(closed: int, total: int) -> Verdict:
+    """``closed`` connections of a sandbox that had not sent a byte, closed by a proxy worker's idle bound since its
+    last such record (``total`` in all): blocked in every mode (nothing was read, nothing forwarded)."""
+    text = f"{closed} idle connections closed ({total} in all): over the worker's bound of connections not speaking"
+    return Verdict(Enforcement.BLOCK, Reason.IDLE_LIMIT, IDLE_LIMIT_RULE, evidence(text))
 
 
 def decide_unknown_source(src: str | Address) -> Verdict:

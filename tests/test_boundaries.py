@@ -30,6 +30,7 @@ GATES = {
         "egress/dnsserver/listen.py",
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",
+        "egress/proxy/connect.py",  # the front's dial in callbacks
         "egress/proxy/httpfast.py",  # the front's plain-HTTP relay, and its socket waiting
         "egress/proxy/httpio.py",
         "egress/proxy/httpupstream.py",  # the fast path's server side

@@ -26,6 +26,7 @@ from egress.decide import (
     decide_finding,
     decide_fronting,
     decide_http,
+    decide_idle_limit,
     decide_raw,
     decide_tls,
     decide_unknown_source,
@@ -158,7 +159,7 @@ def test_decisions(sandbox: Sandbox, decide: Decide, action: Enforcement, reason
 def test_every_reason_is_exercised() -> None:
     reasons = {case[3] for case in CASES} | {decide_unknown_source("10.9.9.9").reason, decide_dns_dropped().reason}
     reasons |= {decide_dns_malformed(ENFORCED, "x", "opcode 2").reason}
-    reasons |= {decide_connection_limit(ENFORCED, "tcp").reason}
+    reasons |= {decide_connection_limit(ENFORCED, "tcp").reason, decide_idle_limit(3, 7).reason}
     assert reasons >= set(Reason)
 
 
@@ -186,7 +187,7 @@ def test_reason_and_action_values_are_the_api() -> None:
     assert {reason.value for reason in Reason} == {
         "not-allowlisted", "tls-no-sni", "name-address-mismatch", "direct-ip", "mining", "tunnel", "crypto-node",
         "dns-refused", "dns-tunnel", "doh-canary", "spoofed-source", "firewall-drop", "domain-fronting",
-        "dns-malformed", "dns-answer", "dns-dropped", "connection-limit",
+        "dns-malformed", "dns-answer", "dns-dropped", "connection-limit", "idle-limit",
     }  # fmt: skip
     assert [action.value for action in Enforcement] == ["allow", "block", "would-block", "record"]
 

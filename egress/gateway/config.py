@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from egress.nft.render import GatewaySettings
+from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX
 from egress.record import REDIS_URL
 from egress.record.spool import default_max_bytes
 
@@ -78,6 +79,11 @@ class GatewayConfig:
     metrics_listen: str = METRICS_LISTEN
     """``host:port`` of the gateway's own Prometheus endpoint, on the management side only (never a wildcard nor
     the sandbox interface's address, `egress.gateway.metrics.check_listen`); ``""``: none."""
+    idle_limit: int = IDLE_LIMIT
+    """Connections that have not sent a byte one proxy worker holds in all (`egress.proxy.idle`): over it, the
+    oldest of the sandbox holding the most is closed and recorded (reason ``idle-limit``)."""
+    idle_per_sandbox: int = IDLE_PER_SANDBOX
+    """The same, per sandbox and worker: over it, that sandbox's oldest idle connection is closed."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:
@@ -142,6 +148,10 @@ class WorkerConfig:
     """This worker's spool cap (`GatewayConfig.spool_share`); None: the spool's own default."""
     findings_socket: str = ""
     """The quarantine keeper's socket the worker taps its findings to (``""``: none)."""
+    idle_limit: int = IDLE_LIMIT
+    """`GatewayConfig.idle_limit`."""
+    idle_per_sandbox: int = IDLE_PER_SANDBOX
+    """`GatewayConfig.idle_per_sandbox`."""
 
     @property
     def name(self) -> str:
@@ -163,6 +173,8 @@ class WorkerConfig:
             spool_dir=config.spool_dir(name),
             spool_max_bytes=config.spool_share(),
             findings_socket=config.findings_socket,
+            idle_limit=config.idle_limit,
+            idle_per_sandbox=config.idle_per_sandbox,
         )
 
     def write(self, path: Path) -> None:

@@ -17,6 +17,7 @@ import argparse
 import asyncio
 import logging
 import os
+import resource
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -36,6 +37,7 @@ from egress.parentage import die_with_parent
 from egress.policy.lists import load_name_lists
 from egress.policy.model import OnApply
 from egress.proxy.gate import Gate
+from egress.proxy.idle import IdleBound
 from egress.proxy.mitm.server import run_worker
 from egress.proxy.openflows import OpenFlows
 
@@ -127,6 +129,7 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
             config.upstream_ca,
             open_flows=setup.open_flows,
             flows=setup.recorder,
+            idle=IdleBound(config.idle_limit, config.idle_per_sandbox),
         )
     )
     follow = asyncio.create_task(control.serve(reader, writer))
@@ -146,6 +149,17 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
     proxy.result()  # the proxy's error ends the worker (the supervisor then locks the gateway down)
 
 
+def raise_fd_limit() -> None:
+    """Take the whole hard limit of descriptors (the soft one is often 1,024): every connection costs one, and two
+    once dialled; running out makes accept fail, and the front then pauses its listener."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft != hard:
+        try:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+        except (ValueError, OSError) as exc:
+            log.warning("descriptor limit stays %d (%s)", soft, exc)
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m egress.gateway.worker", description="egress proxy worker")
     parser.add_argument("--config", required=True, help="worker configuration (JSON) written by the gateway")
@@ -157,6 +171,7 @@ def main(argv: list[str] | None = None) -> None:
     configure("proxy")  # as the supervisor was told (--log-format, --log-level: inherited through the environment)
     if args.parent is not None:
         die_with_parent(args.parent)
+    raise_fd_limit()
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
     asyncio.run(serve(WorkerConfig.read(args.config), args.control))
 

@@ -37,7 +37,7 @@ from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import replace
 from typing import Final
 
-from egress.decide import Enforcement, Verdict, decide_watched
+from egress.decide import Enforcement, Verdict, decide_idle_limit, decide_watched
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import miningshape, tls, tlsshape
 from egress.detect.base import Finding, FlowMeta
@@ -46,6 +46,7 @@ from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.connect import connect
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
+from egress.proxy.idle import Held, IdleBound
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Watch
 from egress.proxy.splice import Relay, sandbox_side
@@ -68,6 +69,11 @@ DIAL_TIMEOUT: Final = 10.0
 RETRY: Final = 0.5
 """Seconds a listener rests after accept failed for a reason other than "nothing to accept" (out of descriptors)."""
 BACKLOG: Final = 1024
+ACCEPT_BATCH: Final = 64
+"""Connections accepted per wake-up of a listener: a burst (thousands of connections at once) is taken a batch at a
+time, with the loop's other work (the supervisor's ping, clients already accepted) between two batches."""
+IDLE_RECORD_EVERY: Final = 1.0
+"""Seconds between two records of one sandbox's connections closed by the idle bound (each counts those since)."""
 SO_ORIGINAL_DST: Final = 80
 SOL_IPV6: Final = 41
 
@@ -99,11 +105,13 @@ class Front:
         open_flows: OpenFlows | None = None,
         flows: FlowSink | None = None,
         plain_http: bool = True,
+        idle: IdleBound | None = None,
     ) -> None:
         """``destination``: where an accepted connection was going (`original_destination` behind nftables);
         ``open_flows``: where relayed connections are kept while open (a reload may close them); ``flows``: told
         each relayed connection's end, for the sandboxes that keep a flow log (`egress.flowlog`); ``plain_http``:
-        serve plainly allowed keep-alive HTTP here (`egress.proxy.httpfast`) instead of in mitmproxy."""
+        serve plainly allowed keep-alive HTTP here (`egress.proxy.httpfast`) instead of in mitmproxy; ``idle``: the
+        bound of the connections that have not spoken yet (`egress.proxy.idle`; default: its default limits)."""
         self.plain_http = PlainHttp(gate, reporter, open_flows, flows) if plain_http else None
         self.open_flows = open_flows
         self.flows = flows
@@ -117,6 +125,12 @@ class Front:
         """Connections given to mitmproxy."""
         self.watch_blocked = 0
         """Watched connections closed on a TLS shape finding."""
+        self.idle = idle if idle is not None else IdleBound()
+        self.idle.on_closed = self._idle_closed
+        self._idle_reported: dict[str, tuple[float, int]] = {}
+        """Per sandbox: when its idle closes were last recorded, and its count of closes then."""
+        self._idle_pending: set[str] = set()
+        """The sandboxes whose idle closes wait for the end of their record interval."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[socket.socket] = []
 
@@ -160,8 +174,9 @@ class Front:
                 listener.close()
 
     def _accept_all(self, listener: socket.socket) -> None:
-        """Accept every connection waiting on ``listener`` (one wake-up of the event loop for a burst)."""
-        while True:
+        """Accept up to `ACCEPT_BATCH` connections waiting on ``listener`` (the rest at the loop's next turn: the
+        listener stays readable)."""
+        for _ in range(ACCEPT_BATCH):
             try:
                 conn, peer = listener.accept()
             except (BlockingIOError, InterruptedError):
@@ -201,12 +216,50 @@ class Front:
             log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
             self._task(self._hand_off(conn))
             return
-        self._task(self._serve_one(conn, peer, known))
+        if known is None:
+            self._task(self._serve_one(conn, peer))
+            return
+        # Nothing to read yet: idle until the client speaks, within the idle bound (which may close the oldest).
+        fd = conn.fileno()
+        held = Held(known[0].name, known[1], known[2], _nothing)
+        self.idle.hold(fd, held)  # first: the task may run at once (an eager task factory) and release it
+        task = self._task(self._serve_one(conn, peer, known, (fd, held)))
+        if held.active:
+            held.close = task.cancel  # the task closes the connection (`_serve_one`)
 
-    def _task(self, work: Coroutine[None, None, None]) -> None:
+    def _task(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
+        return task
+
+    def _idle_closed(self, held: Held, count: int) -> None:
+        """The idle bound closed ``held``: record it, at most once every `IDLE_RECORD_EVERY` per sandbox (the
+        record counts the closes since the last one; those within the interval are recorded at its end)."""
+        now = time.time()
+        last = self._idle_reported.get(held.sandbox, (0.0, 0))[0]
+        wait = last + IDLE_RECORD_EVERY - now
+        if wait <= 0:
+            self._record_idle(held, count)
+        elif held.sandbox not in self._idle_pending:
+            self._idle_pending.add(held.sandbox)
+            asyncio.get_running_loop().call_later(wait, self._record_idle_pending, held)
+
+    def _record_idle_pending(self, held: Held) -> None:
+        self._idle_pending.discard(held.sandbox)
+        self._record_idle(held, self.idle.closed.get(held.sandbox, 0))
+
+    def _record_idle(self, held: Held, count: int) -> None:
+        """Record ``held``'s sandbox's idle closes since its last such record (``count`` in all), on ``held``."""
+        now = time.time()
+        _, counted = self._idle_reported.get(held.sandbox, (0.0, 0))
+        self._idle_reported[held.sandbox] = (now, count)
+        if count <= counted:
+            return
+        log.warning("front: sandbox %s: %d idle connections closed (%d in all; bound %d per sandbox, %d in all)",
+                    held.sandbox, count - counted, count, self.idle.per_sandbox, self.idle.limit)  # fmt: skip
+        verdict = decide_idle_limit(count - counted, count)
+        self.reporter.report(DecidedFlow(now, held.sandbox, *held.source, *held.dst, "tcp", "", verdict))
 
     def _known(self, conn: socket.socket, peer: tuple[str, int]) -> _Known | _Passed | None:
         """What the front knows of a new connection without waiting: `_Passed` when its first bytes, peeked, were
@@ -232,29 +285,56 @@ class Front:
         self._pass(conn, sandbox, source, dst, decision)
         return _PASSED
 
-    async def _serve_one(self, conn: socket.socket, peer: tuple[str, int], known: _Known | None = None) -> None:
-        """``known``: what `_known` found (its first bytes not there yet, or not a whole ClientHello)."""
+    async def _serve_one(
+        self,
+        conn: socket.socket,
+        peer: tuple[str, int],
+        known: _Known | None = None,
+        idle: tuple[int, Held] | None = None,
+    ) -> None:
+        """``known``: what `_known` found (its first bytes not there yet, or not a whole ClientHello); ``idle``:
+        its descriptor and hold in the idle bound, released when it speaks or ends (a handoff that knows the bound
+        releases it when the client speaks in mitmproxy). Cancelled (the idle bound closed it): closes it."""
+
+        def spoke() -> None:
+            if idle is not None:
+                self.idle.release(*idle)
+
+        handing = False
         try:
-            if known is not None and await self._relay_if_passthrough(conn, *known):
-                return
-            if self.plain_http is not None and await self.plain_http.serve(conn, peer, self.destination(conn)):
-                return  # plain HTTP served here; else handed off with the request it stopped at unread
-        except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
-            log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
-        except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
-            log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
-        await self._hand_off(conn)
+            try:
+                if known is not None and await self._relay_if_passthrough(conn, *known, spoke):
+                    return
+                if self.plain_http is not None and await self.plain_http.serve(conn, peer, self.destination(conn)):
+                    return  # plain HTTP served here; else handed off with the request it stopped at unread
+            except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
+                log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
+            except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
+                log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
+            handing = True
+            await self._hand_off(conn)
+        except asyncio.CancelledError:
+            if idle is not None and not idle[1].active and not handing:
+                conn.close()  # closed by the idle bound before anything was read: nothing forwarded
+            raise
+        finally:
+            spoke()
 
     async def _hand_off(self, conn: socket.socket) -> None:
         self.handed_off += 1
         await self.handoff(conn)  # never raises: it closes what it cannot serve
 
     async def _relay_if_passthrough(
-        self, conn: socket.socket, sandbox: Sandbox, source: tuple[str, int], dst: tuple[str, int]
+        self,
+        conn: socket.socket,
+        sandbox: Sandbox,
+        source: tuple[str, int],
+        dst: tuple[str, int],
+        spoke: Callable[[], None] = lambda: None,
     ) -> bool:
         """Relay the connection and return True if it is allowed TLS to pass through; else return False having
-        read nothing from it."""
-        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst))
+        read nothing from it. ``spoke``: called once its first bytes are there."""
+        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst), spoke)
         if decision is None or decision.kind is not Kind.PASSTHROUGH:
             return False
         self._pass(conn, sandbox, source, dst, decision)
@@ -354,9 +434,11 @@ class Front:
         return Watch(on_finding, mining=miningshape.MiningShape(window) if shape else None, suspicions=suspicions)
 
     @staticmethod
-    async def _first_decision(conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta) -> Decision | None:
+    async def _first_decision(
+        conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta, spoke: Callable[[], None] = lambda: None
+    ) -> Decision | None:
         """The gate's decision on the client's first bytes, peeked; None when they are not TLS, do not come within
-        `PEEK_WAIT`, or never make a whole ClientHello."""
+        `PEEK_WAIT`, or never make a whole ClientHello. ``spoke``: called when the first bytes are there."""
         loop = asyncio.get_running_loop()
         started = loop.time()
         deadline = started + PEEK_WAIT
@@ -366,6 +448,7 @@ class Front:
             except BlockingIOError:
                 data = None
             if data is not None:
+                spoke()
                 decision = _decided(data, gate, sandbox, meta)
                 if decision is not _UNDECIDED:
                     return decision if isinstance(decision, Decision) else None
@@ -377,6 +460,10 @@ class Front:
                 await _readable(conn, left)
             else:
                 await asyncio.sleep(PARTIAL_WAIT)  # the socket stays readable while the first bytes wait unread
+
+
+def _nothing() -> None:
+    """A hold's close until its task is made."""
 
 
 class _Undecided:

@@ -20,6 +20,7 @@ from egress.gateway.config import WorkerConfig
 from egress.gateway.control import Kind, Payloads, Reply, WorkerControl, WorkerLink, open_stream, socket_pair
 from egress.gateway.reload import PolicyVersion, Refused, load_version
 from egress.proxy.gate import Gate
+from egress.proxy.idle import IdleBound
 from egress.proxy.openflows import OpenFlows
 
 POLICY = """version: 1
@@ -175,6 +176,7 @@ class _FakeProxy:
         upstream_ca: str | None,
         open_flows: OpenFlows | None = None,
         flows: FlowSink | None = None,
+        idle: IdleBound | None = None,
     ) -> None:
         self.gates.append(gate)
         await asyncio.Event().wait()

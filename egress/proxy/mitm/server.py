@@ -23,6 +23,7 @@ from egress.decisions import Reporter
 from egress.flowlog import FlowSink, Meter
 from egress.proxy.front import Front, original_destination
 from egress.proxy.gate import Gate
+from egress.proxy.idle import Held, IdleBound
 from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.crashes import CrashGuard
 from egress.proxy.openflows import OpenFlows
@@ -47,6 +48,7 @@ async def run_worker(
     destination: Callable[[socket.socket], tuple[str, int]] | None = None,
     open_flows: OpenFlows | None = None,
     flows: FlowSink | None = None,
+    idle: IdleBound | None = None,
 ) -> None:
     """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP).
 
@@ -55,7 +57,9 @@ async def run_worker(
     one address to listen on (default: the front's own default); ``destination``: where an accepted connection was
     going, for the front (default: nftables' ``SO_ORIGINAL_DST``; tests without nftables give their own);
     ``open_flows``: where the front and the addon keep the connections they let through while open; ``flows``:
-    told each connection let through when it ends, for the sandboxes that keep a flow log (`egress.flowlog`)."""
+    told each connection let through when it ends, for the sandboxes that keep a flow log (`egress.flowlog`);
+    ``idle``: the bound of the connections that have not spoken yet (`egress.proxy.idle`; default: its defaults),
+    followed into mitmproxy: a connection counts until its client's first byte reaches mitmproxy."""
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_address = sink.sockets[0].getsockname()[:2]
@@ -100,8 +104,9 @@ async def run_worker(
         await asyncio.sleep(0.01)
     [instance] = list(servers)
 
-    handoff = _handoff(instance, addon)
-    the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows, flows)
+    bound = idle if idle is not None else IdleBound()
+    handoff = _handoff(instance, addon, bound)
+    the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows, flows, idle=bound)
     front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
     try:
         await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
@@ -117,14 +122,17 @@ async def run_worker(
         await asyncio.wait({front, running}, timeout=STOP_WAIT)
 
 
-def _handoff(instance: Any, addon: EgressAddon) -> Callable[[socket.socket], Awaitable[None]]:
+def _handoff(instance: Any, addon: EgressAddon, idle: IdleBound) -> Callable[[socket.socket], Awaitable[None]]:
     """Gives a connection the front did not take to mitmproxy's server ``instance``, its bytes each way counted
-    for the flow log (`EgressAddon.meters`, read when the client disconnects)."""
+    for the flow log (`EgressAddon.meters`, read when the client disconnects). One that has not spoken yet stays
+    in the ``idle`` bound until its first byte arrives (the bound closes it by aborting its transport)."""
 
     async def handoff(conn: socket.socket) -> None:
         meter = Meter(time.time())
+        fd = conn.fileno()
+        held = idle.held(fd)
         try:
-            reader, writer = await _metered_streams(conn, meter)
+            reader, writer = await _metered_streams(conn, meter, None if held is None else (idle, fd, held))
             peer = writer.get_extra_info("peername")
         except OSError as exc:
             log.debug("handoff: %s", exc)
@@ -139,6 +147,8 @@ def _handoff(instance: Any, addon: EgressAddon) -> Callable[[socket.socket], Awa
             writer.close()
         finally:
             addon.meters.pop(key, None)
+            if held is not None:
+                idle.release(fd, held)
 
     return handoff
 
@@ -146,11 +156,24 @@ def _handoff(instance: Any, addon: EgressAddon) -> Callable[[socket.socket], Awa
 class _MeteredProtocol(asyncio.StreamReaderProtocol):
     """Counts what the client sent as mitmproxy's reader receives it."""
 
-    def __init__(self, reader: asyncio.StreamReader, meter: Meter) -> None:
+    def __init__(
+        self, reader: asyncio.StreamReader, meter: Meter, idle: tuple[IdleBound, int, Held] | None = None
+    ) -> None:
         super().__init__(reader)
         self.meter = meter
+        self.idle = idle
+        """The connection's hold in the idle bound until its first byte."""
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        super().connection_made(transport)
+        if self.idle is not None and isinstance(transport, asyncio.Transport):
+            self.idle[2].close = transport.abort  # the idle bound's close, from now on
 
     def data_received(self, data: bytes) -> None:
+        if self.idle is not None:
+            bound, fd, held = self.idle
+            self.idle = None
+            bound.release(fd, held)
         self.meter.up += len(data)
         super().data_received(data)
 
@@ -173,11 +196,14 @@ class _MeteredWriter(asyncio.StreamWriter):
         super().write(data)
 
 
-async def _metered_streams(conn: socket.socket, meter: Meter) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
-    """`asyncio.open_connection` (``sock=conn``) with the bytes each way counted into ``meter``."""
+async def _metered_streams(
+    conn: socket.socket, meter: Meter, idle: tuple[IdleBound, int, Held] | None = None
+) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """`asyncio.open_connection` (``sock=conn``) with the bytes each way counted into ``meter``; ``idle``: the
+    connection's hold in the idle bound, released at its first byte."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
-    protocol = _MeteredProtocol(reader, meter)
+    protocol = _MeteredProtocol(reader, meter, idle)
     transport, _ = await loop.create_connection(lambda: protocol, sock=conn)
     return reader, _MeteredWriter(transport, protocol, reader, loop)
 
