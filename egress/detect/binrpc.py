@@ -133,13 +133,18 @@ def _xmrig(data: bytes, other: bytes) -> tuple[int, int]:
     return -1, 0
 
 
+_ANCHORS: Final = (b"mining.", b"eth_", b"block", b"getwork")
+"""Substrings of every name that counts alone (``block``: the block-template and submit-block calls), searched
+in the new bytes first: a few ``bytes.find`` calls per prefix, the names themselves only where one is found."""
+
+
 @dataclass(slots=True)
 class _Searched:
-    """How far each direction was searched for names that count alone (a pure function of its bytes)."""
+    """How far each direction was searched (a pure function of its bytes)."""
 
     upto: list[int] = field(default_factory=lambda: [0, 0])
-    xmrig: list[bool] = field(default_factory=lambda: [False, False])
-    """Whether the direction holds a length-prefixed XMRig word: only then are its keys looked for."""
+    xmrig: bool = False
+    """Whether the flow holds an XMRig anchor: only then are XMRig's calls looked for, at each new prefix."""
 
 
 def _searched(view: FlowView) -> _Searched:
@@ -163,18 +168,24 @@ def detect(view: FlowView) -> Result:
         return None
     memo = _searched(view)
     sides = (view.client[: jsonrpc.SCAN_LIMIT], view.server[: jsonrpc.SCAN_LIMIT])
+    grown = False
     for index, data in enumerate(sides):
-        start = max(memo.upto[index] - _OVERLAP, 0)
-        if start >= len(data):
+        upto = memo.upto[index]
+        if len(data) == upto or (client, server)[index].kind is jsonrpc.Kind.NOT:  # TLS or SSH: encrypted after
             continue
-        at, size = _named(data, start)
-        if at >= 0:
-            return _finding(data, at, size)
-        if not memo.xmrig[index]:
-            memo.xmrig[index] = any(data.find(word, start) >= 0 for word in (*_XMRIG, b"keepalived"))
+        grown = True
+        start = max(upto - _OVERLAP, 0)
         memo.upto[index] = len(data)
-    for index, data in enumerate(sides):
-        if memo.xmrig[index]:
+        for anchor in _ANCHORS:
+            if data.find(anchor, start) >= 0:
+                at, size = _named(data, start)
+                if at >= 0:
+                    return _finding(data, at, size)
+                break
+        if not memo.xmrig:
+            memo.xmrig = data.find(b"job_id", start) >= 0 or data.find(b"login", start) >= 0
+    if grown and memo.xmrig:
+        for index, data in enumerate(sides):
             at, size = _xmrig(data, sides[1 - index])
             if at >= 0:
                 return _finding(data, at, size)

@@ -58,6 +58,10 @@ def read_methods(
             if settling:
                 settled, settled_at = len(found), pos + len(_METHOD)
         pos = lowered.find(_METHOD, pos - resume + len(_METHOD))
+    if pos < 0 and settling:
+        # Every key so far is settled and no other could start before the last few stable bytes (whether 6 bytes
+        # are a key reads one byte either side): the next, longer text searches (and lowers) from there only.
+        settled_at = max(settled_at, stable - len(_METHOD) - 1)
     return found, tuple(found[:settled]), settled_at
 
 
