@@ -25,6 +25,7 @@ SHAPES = {
     "upper-u-escape-8": b'{"id":1,"method":"min\\U00000069ng.subscribe","params":[]}\n',
     "key-in-capitals": b'{"id":1,"METHOD":"mining.subscribe","params":[]}\n',
     "key-mixed-case": b"{Id:1,MeThOd:'mining.subscribe',Params:[]}\n",
+    "all-at-once": b"{id:1,MeThOd/* , */:'min\\x69ng.subscribe',params:['cpuminer/2.5.1']}\n",
 }
 
 

@@ -42,6 +42,10 @@ SHAPES: dict[str, Callable[[str], str]] = {
     "single-quotes": lambda text: text.replace('"', "'"),
     "hex-escapes": lambda text: text.replace("mining.", "min\\x69ng."),
     "key-in-capitals": lambda text: text.replace('"method"', '"METHOD"'),
+    # Past the fix (lenient): the shapes together, a mixed-case bare key with a comment before its colon.
+    "all-at-once": lambda text: (
+        _unquoted(text).replace("method:", "MeThOd/* , */:").replace("mining.", "min\\x69ng.").replace('"', "'")
+    ),
 }
 
 
