@@ -65,11 +65,11 @@ def read_methods(
     return found, tuple(found[:settled]), settled_at
 
 
-def _key_end(text: bytes, pos: int) -> int:
-    """Just past the key whose name is the 6 bytes at ``pos`` (quoted, in either quote, or bare), or -1 when they
-    are part of some other word or string."""
+def _key_end(text: bytes, pos: int, size: int = len(_METHOD)) -> int:
+    """Just past the key whose name is the ``size`` bytes at ``pos`` (quoted, in either quote, or bare), or -1 when
+    they are part of some other word or string."""
     before = text[pos - 1] if pos else 0x7B
-    end = pos + len(_METHOD)
+    end = pos + size
     if before in _QUOTES:
         return end + 1 if text[end : end + 1] == bytes((before,)) else -1
     if before not in _KEY_BEFORE:
@@ -128,7 +128,8 @@ def _value_after(text: bytes, pos: int, max_len: int = 96) -> tuple[str | None, 
 
 
 def has_key(text: bytes, key: bytes) -> bool:
-    """Whether ``"key"`` followed by a colon occurs in ``text`` (a key, not a string value)."""
+    """Whether ``key`` followed by a colon occurs in ``text`` as a key (not a string value), read as the method key
+    is (`read_methods`): in any case, in either quote or none, comments before the colon."""
     quoted = b'"' + key + b'"'
     pos = text.find(quoted)
     while pos >= 0:
@@ -136,6 +137,14 @@ def has_key(text: bytes, key: bytes) -> bool:
         if after[:1] == b":":
             return True
         pos = text.find(quoted, pos + 1)
+    lowered, key = text.lower(), key.lower()  # the lenient spellings, once the strict one is not there
+    end = len(text)
+    pos = lowered.find(key)
+    while pos >= 0:
+        key_end = _key_end(text, pos, len(key))
+        if key_end >= 0 and (colon := _skip(text, key_end, end)) < end and text[colon] == 0x3A:
+            return True
+        pos = lowered.find(key, pos + 1)
     return False
 
 

@@ -6,7 +6,7 @@ import pytest
 
 from egress.detect import cryptonote, jsonrpc, stratum
 from egress.detect.base import Category
-from egress.detect.jsonscan import methods
+from egress.detect.jsonscan import has_key, methods
 from tests.detect.feeding import feed_every_split, feed_stream
 
 SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
@@ -75,8 +75,25 @@ def test_an_unclosed_comment_waits() -> None:
 def test_xmrig_login_in_single_quotes_and_capitals() -> None:
     login = b"{'id':1,'METHOD':'login','params':{'login':'w','pass':'x','agent':'XMRig/6.21.0'}}\n"
     assert [name for name, _ in methods(login)] == ["login"]
-    # Open: the call's keys are still read quoted in double quotes only (`jsonscan.has_key`).
-    assert feed_stream(cryptonote.detect, login) is None
+    found = feed_stream(cryptonote.detect, login)  # its keys too (`jsonscan.has_key`)
+    assert found is not None and found.category is Category.MINING
+    unquoted = b"{id:1,method:'submit',params:{id:'a',JOB_ID:'j1',nonce:'00',/* c */result:'ff'}}\n"
+    assert feed_stream(cryptonote.detect, unquoted) is not None
+
+
+@pytest.mark.parametrize(
+    ("text", "key", "expected"),
+    [
+        (b'{"result":true}', b"result", True),
+        (b"{'Result' : true}", b"result", True),
+        (b"{result/* c */:true}", b"result", True),
+        (b'{"note":"no result here"}', b"result", False),
+        (b'{"results":1}', b"result", False),
+        (b'{"x":"result"}', b"result", False),
+    ],
+)
+def test_has_key_reads_lenient_keys(text: bytes, key: bytes, expected: bool) -> None:
+    assert has_key(text, key) is expected
 
 
 def test_a_string_never_spans_a_line() -> None:
