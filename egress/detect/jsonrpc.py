@@ -12,8 +12,9 @@ The text is what a *lenient* server decodes, since the pool is the attacker's an
 header, any junk) are skipped; NULs and byte-order marks are dropped anywhere, which also reads the ASCII of
 UTF-16 and UTF-32 text (RFC 8259 §8.1 forbids them on the wire, Python's ``json.loads`` accepts them);
 ``\\uXXXX`` escapes of printable ASCII and ``\\/`` are decoded (RFC 8259 §7), so ``"\\u006dethod"`` is
-``"method"``. Every ``"method"`` key anywhere is read (duplicates, nested objects, batches), with no cap on how
-many: the engine's buffer cap bounds the work.
+``"method"``, and so are the ``\\xXX`` and ``\\U`` escapes of lenient readers (JSON5; red team 3). Every
+``"method"`` key anywhere is read (duplicates, nested objects, batches; in any case, quoted or not, comments around
+its colon: `egress.detect.jsonscan`), with no cap on how many: the engine's buffer cap bounds the work.
 
 `drive` is the common decision loop. A direction is ruled out only when it has been shown to be another protocol
 in a way that more bytes cannot undo: a whole TLS hello at its start (`egress.detect.tls.starts_with_hello`), or
@@ -70,7 +71,9 @@ _MAY_OPEN: Final = frozenset((b"{", b"[", b"\\", b"\xef", b"\xff", b"\xfe"))
 what `decode` removes or rewrites (a byte-order mark, an escape). Any other first byte stays first once decoded:
 nothing before it can join it into a removed or rewritten sequence (blanks stay, NULs go), so such a body holds
 no JSON text for any reader and is not decoded (a long non-JSON HTTP body was decoded whole at each prefix)."""
-_ESCAPE: Final = re.compile(rb"\\u00([2-7][0-9a-fA-F])|\\/")
+_ESCAPE: Final = re.compile(rb"\\(?:u00|x|U(?:0000)?00)([2-7][0-9a-fA-F])|\\/")
+"""The escapes of printable ASCII that a lenient reader decodes: JSON's ``\\u00XX``, and ``\\xXX`` (JSON5, Gson
+lenient) and ``\\U00XX``/``\\U000000XX`` (readers that take an uppercase ``U``, as Python and C do), and ``\\/``."""
 _KEPT_ESCAPES: Final = frozenset({0x22, 0x5C, 0x7F})
 """``"`` and ``\\`` stay escaped (decoding them would change where strings end); DEL is not printable."""
 
@@ -131,7 +134,7 @@ def decode(data: bytes) -> bytes:
     for dropped in _DROPPED:
         if dropped in data:
             data = data.replace(dropped, b"")
-    if b"\\u00" in data or b"\\/" in data:
+    if b"\\u00" in data or b"\\/" in data or b"\\x" in data or b"\\U" in data:
         data = _ESCAPE.sub(_unescape, data)
     return data
 

@@ -3,6 +3,11 @@ the text): the ``"method"`` values and their offsets, a key's presence, and the 
 
 A key scan costs a few ``bytes.find`` calls however much JSON there is, and works on a truncated prefix, which a
 JSON parser would refuse. Every ``"method"`` key anywhere is read (duplicates, nested objects, batches).
+
+Keys are read as a *lenient* reader reads them (red team 3; Gson lenient, Jackson's ``ALLOW_*`` features, JSON5,
+Go's encoding/json, which matches keys without regard to case): in any case (``"METHOD"``), in single quotes or
+unquoted, with comments (``/* */``, ``//`` to the line's end) around the colon, and the value in double or single
+quotes. The escapes a lenient reader decodes (``\\xHH``, ``\\U``) are decoded before (`egress.detect.jsonrpc`).
 """
 
 from __future__ import annotations
@@ -15,7 +20,10 @@ MAX_METHODS: Final = 4096
 so a bound on work that never stops the search early."""
 
 _BLANK: Final = b" \t\r\n"
-_METHOD_KEY: Final = b'"method"'
+_METHOD: Final = b"method"
+_QUOTES: Final = b"\"'"
+_KEY_BEFORE: Final = frozenset(b"{,/ \t\r\n")
+"""What may stand just before an unquoted key (after a comment's ``*/`` too)."""
 
 
 def methods(text: bytes, limit: int = MAX_METHODS) -> list[tuple[str, int]]:
@@ -36,16 +44,38 @@ def read_methods(
     within ``text[:stable]`` (the part of ``text`` no later byte can change: `egress.detect.jsonrpc.Reading`)."""
     found = list(known)
     settled, settled_at, settling = len(found), resume, True
-    pos = text.find(_METHOD_KEY, resume)
+    lowered = text[resume:].lower()  # keys in any case; offsets less ``resume``
+    pos = lowered.find(_METHOD)
     while pos >= 0 and len(found) < limit:
-        value, looked = _value_after(text, pos + len(_METHOD_KEY))
-        if value is not None:
-            found.append((value, pos))
-        settling = settling and looked < stable  # a key after one that may still change is not settled either
-        if settling:
-            settled, settled_at = len(found), pos + len(_METHOD_KEY)
-        pos = text.find(_METHOD_KEY, pos + len(_METHOD_KEY))
+        pos += resume
+        key_end = _key_end(text, pos)
+        if key_end >= 0:
+            start = pos - 1 if key_end > pos + len(_METHOD) else pos
+            value, looked = _value_after(text, key_end)
+            if value is not None:
+                found.append((value, start))
+            settling = settling and looked < stable  # a key after one that may still change is not settled either
+            if settling:
+                settled, settled_at = len(found), pos + len(_METHOD)
+        pos = lowered.find(_METHOD, pos - resume + len(_METHOD))
+    if pos < 0 and settling:
+        # Every key so far is settled and no other could start before the last few stable bytes (whether 6 bytes
+        # are a key reads one byte either side): the next, longer text searches (and lowers) from there only.
+        settled_at = max(settled_at, stable - len(_METHOD) - 1)
     return found, tuple(found[:settled]), settled_at
+
+
+def _key_end(text: bytes, pos: int, size: int = len(_METHOD)) -> int:
+    """Just past the key whose name is the ``size`` bytes at ``pos`` (quoted, in either quote, or bare), or -1 when
+    they are part of some other word or string."""
+    before = text[pos - 1] if pos else 0x7B
+    end = pos + size
+    if before in _QUOTES:
+        return end + 1 if text[end : end + 1] == bytes((before,)) else -1
+    if before not in _KEY_BEFORE:
+        return -1
+    after = text[end : end + 1]
+    return end if not after or not (after.isalnum() or after in b"_$'\"") else -1
 
 
 def string_after(text: bytes, pos: int, max_len: int = 96) -> str | None:
@@ -53,32 +83,53 @@ def string_after(text: bytes, pos: int, max_len: int = 96) -> str | None:
     return _value_after(text, pos, max_len)[0]
 
 
+def _skip(text: bytes, pos: int, end: int) -> int:
+    """``pos`` moved past blanks and comments (``/* ... */``, ``// ...`` to the line's end); ``end + 1`` when a
+    comment runs into the end of ``text`` (more bytes may close it)."""
+    while pos < end:
+        byte = text[pos]
+        if byte in _BLANK:
+            pos += 1
+        elif byte == 0x2F and pos + 1 < end and text[pos + 1] in b"*/":
+            close = text.find(b"*/" if text[pos + 1] == 0x2A else b"\n", pos + 2)
+            if close < 0:
+                return end + 1
+            pos = close + (2 if text[pos + 1] == 0x2A else 1)
+        elif byte == 0x2F and pos + 1 >= end:
+            return end + 1
+        else:
+            break
+    return pos
+
+
 def _value_after(text: bytes, pos: int, max_len: int = 96) -> tuple[str | None, int]:
     """`string_after`, and how far it looked: past the last byte it read, or past the end of ``text`` when it ran
     into the end (the answer may then change when more bytes come)."""
     end = len(text)
-    while pos < end and text[pos] in _BLANK:
-        pos += 1
+    pos = _skip(text, pos, end)
     if pos >= end:
         return None, end + 1
     if text[pos] != 0x3A:  # ':'
         return None, pos + 1
-    pos += 1
-    while pos < end and text[pos] in _BLANK:
-        pos += 1
+    pos = _skip(text, pos + 1, end)
     if pos >= end:
         return None, end + 1
-    if text[pos] != 0x22:  # '"'
+    quote = text[pos]
+    if quote not in _QUOTES:
         return None, pos + 1
     window = pos + 2 + max_len
-    close = text.find(b'"', pos + 1, window)
+    close = text.find(bytes((quote,)), pos + 1, window)
     if close < 0:
         return None, window if window <= end else end + 1
-    return text[pos + 1 : close].decode("ascii", "replace"), close + 1
+    value = text[pos + 1 : close]
+    if b"\n" in value:  # a line ends every message (and a truncated body, `egress.detect.jsonrpc`): no string
+        return None, close + 1
+    return value.decode("ascii", "replace"), close + 1
 
 
 def has_key(text: bytes, key: bytes) -> bool:
-    """Whether ``"key"`` followed by a colon occurs in ``text`` (a key, not a string value)."""
+    """Whether ``key`` followed by a colon occurs in ``text`` as a key (not a string value), read as the method key
+    is (`read_methods`): in any case, in either quote or none, comments before the colon."""
     quoted = b'"' + key + b'"'
     pos = text.find(quoted)
     while pos >= 0:
@@ -86,6 +137,14 @@ def has_key(text: bytes, key: bytes) -> bool:
         if after[:1] == b":":
             return True
         pos = text.find(quoted, pos + 1)
+    lowered, key = text.lower(), key.lower()  # the lenient spellings, once the strict one is not there
+    end = len(text)
+    pos = lowered.find(key)
+    while pos >= 0:
+        key_end = _key_end(text, pos, len(key))
+        if key_end >= 0 and (colon := _skip(text, key_end, end)) < end and text[colon] == 0x3A:
+            return True
+        pos = lowered.find(key, pos + 1)
     return False
 
 

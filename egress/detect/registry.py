@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from typing import Final, Protocol
 
 from egress.detect import (
+    binrpc,
     circumvent,
     cryptonode,
     cryptonote,
@@ -41,8 +42,10 @@ MINING: Final[tuple[Detector, ...]] = (
     ethstratum.detect,
     getwork.detect,
     stratum2.detect,
+    binrpc.detect,
 )
-"""Pool protocols; also run on payloads unwrapped from WebSocket frames and on decrypted TLS."""
+"""Pool protocols (binrpc: the same calls in binary RPC encodings); also run on payloads unwrapped from WebSocket
+frames and on decrypted TLS."""
 
 STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
     ssh.detect,

@@ -1,0 +1,103 @@
+"""Tests for the binary-RPC mining detector: each encoding's length prefix found, bare tokens in text not."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from egress.detect import binrpc
+from egress.detect.base import Category
+from tests.detect.feeding import feed_every_split, feed_stream
+from tests.security.redteam_msgpack_kit import pack
+
+
+def _cbor_text(text: str) -> bytes:
+    raw = text.encode()
+    return (bytes([0x60 | len(raw)]) if len(raw) < 24 else bytes([0x78, len(raw)])) + raw
+
+
+def _cbor_map(items: dict[str, object]) -> bytes:
+    out = bytes([0xA0 | len(items)])
+    for key, value in items.items():
+        out += _cbor_text(key)
+        out += _cbor_text(value) if isinstance(value, str) else bytes([value if isinstance(value, int) else 0xF6])
+    return out
+
+
+def _protobuf(field: int, text: str) -> bytes:
+    raw = text.encode()
+    return bytes([(field << 3) | 2, len(raw)]) + raw
+
+
+def _bson_string(name: str, text: str) -> bytes:
+    raw = text.encode() + b"\x00"
+    return b"\x02" + name.encode() + b"\x00" + struct.pack("<i", len(raw)) + raw
+
+
+MSGPACK_SUBSCRIBE = pack({"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]})
+MSGPACK_SET_DIFFICULTY = pack({"id": None, "method": "mining.set_difficulty", "params": [8]})
+POSITIVES = {
+    "msgpack-fixstr": MSGPACK_SUBSCRIBE,
+    "msgpack-str8": pack({"id": 1, "method": "mining.extranonce.subscribe", "params": []}),
+    "msgpack-notify": MSGPACK_SET_DIFFICULTY,
+    "cbor": _cbor_map({"id": 2, "method": "mining.authorize", "params": 0}),
+    "cbor-short-name": _cbor_map({"id": 2, "method": "getwork"}),
+    "protobuf": _protobuf(1, "7") + _protobuf(2, "mining.submit") + _protobuf(3, "wallet.worker"),
+    "protobuf-eth": _protobuf(2, "eth_submitLogin") + _protobuf(3, "0xabc"),
+    "bson": _bson_string("method", "getblocktemplate"),
+    "bencode": b"d2:idi1e6:method16:mining.subscribe6:paramslee",
+    "msgpack-xmrig-login": pack(
+        {"id": 1, "method": "login", "params": {"login": "wallet", "pass": "x", "agent": "XMRig/6.21.0"}}
+    ),
+    "msgpack-xmrig-submit": pack(
+        {"id": 2, "method": "submit", "params": {"id": "a", "job_id": "j1", "nonce": "0000", "result": "ff"}}
+    ),
+    "cbor-eth-getwork": _cbor_map({"id": 3, "method": "eth_getWork"}),
+}
+
+NEGATIVES = {
+    "prose": b"The pool speaks Stratum: the miner sends mining.subscribe, then mining.authorize and getwork.\n",
+    "json": b'{"id":1,"method":"mining.subscribe","params":[]}\n',  # the JSON detectors' work, not this one's
+    "quoted-docs": b'<code>"mining.set_target"</code> and <b> mining.authorize</b>',
+    "glued-letter-in-text": b"see pmining.subscribe and mmining.submit for details\n",
+    "msgpack-benign-login": pack({"id": 1, "method": "login", "params": {"user": "alice", "password": "x"}}),
+    "protobuf-benign-submit": _protobuf(1, "submit") + _protobuf(2, "form-42"),
+    "msgpack-job-without-keys": pack({"method": "job", "params": {"queue": "default"}}),
+    "unprefixed-binary": b"\x00\x01\x02XXmining.subscribe\x00",
+    "wrong-length": b"\x00\x0fmining.subscribe\x00",
+}
+
+
+@pytest.mark.parametrize("name", sorted(POSITIVES))
+def test_finds_each_encoding(name: str) -> None:
+    found = feed_stream(binrpc.detect, POSITIVES[name])
+    assert found is not None
+    assert (found.category, found.protocol, found.detector) == (Category.MINING, binrpc.PROTOCOL, binrpc.NAME)
+
+
+@pytest.mark.parametrize("name", sorted(NEGATIVES))
+def test_ignores_text_and_benign_calls(name: str) -> None:
+    assert feed_stream(binrpc.detect, NEGATIVES[name]) is None
+
+
+def test_finds_the_pool_side_alone() -> None:
+    assert feed_stream(binrpc.detect, b"\x00" * 8, MSGPACK_SET_DIFFICULTY) is not None
+
+
+def test_every_split_finds_it() -> None:
+    stream = b"\x93\x01\x02\x03" * 20 + MSGPACK_SUBSCRIBE
+    assert all(found is not None for found in feed_every_split(binrpc.detect, stream))
+
+
+def test_keepalived_needs_a_job_somewhere() -> None:
+    keepalive = pack({"id": 4, "method": "keepalived", "params": {"id": "a"}})
+    assert feed_stream(binrpc.detect, keepalive) is None
+    job = pack({"method": "job", "params": {"job_id": "j1", "blob": "00", "target": "ff"}})
+    assert feed_stream(binrpc.detect, keepalive, job) is not None
+
+
+def test_tls_both_ways_is_ruled_out() -> None:
+    from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
+
+    assert feed_stream(binrpc.detect, TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT, close=False) is None

@@ -1,0 +1,129 @@
+"""Programs of test_redteam_json5: a fake Stratum pool whose JSON reader is lenient the way common JSON libraries
+are when asked to be (Gson's lenient mode, Jackson's ALLOW_COMMENTS / ALLOW_UNQUOTED_FIELD_NAMES /
+ALLOW_SINGLE_QUOTES, JSON5 readers: comments, unquoted keys, single quotes, ``\\x`` escapes; Go's encoding/json:
+keys matched without regard to case), and the miner in the sandbox that talks to it, over a raw TCP stream. Fake
+both: no real mining software.
+
+The pool (`pool_main`, in the internet namespace) reads newline-delimited messages, `lenient` turns each into
+standard JSON, answers subscribe, authorize and submit (``share accepted`` in its log), its answers written the
+same lenient way. The miner (`miner_main`, in the sandbox) writes its three calls as HOW says (`SHAPES`) and
+prints ``share answered`` when the submit's answer came.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import socket
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+SUBMIT_ID = 3
+_CALLS: list[dict[str, object]] = [
+    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
+    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
+    {
+        "id": SUBMIT_ID,
+        "method": "mining.submit",
+        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
+    },
+]
+
+
+def _unquoted(text: str) -> str:
+    return re.sub(r'"([A-Za-z_][A-Za-z0-9_]*)":', r"\1:", text)
+
+
+SHAPES: dict[str, Callable[[str], str]] = {
+    "plain": lambda text: text,
+    "comment-after-key": lambda text: text.replace('"method":', '"method"/**/:'),
+    "unquoted-keys": _unquoted,
+    "single-quotes": lambda text: text.replace('"', "'"),
+    "hex-escapes": lambda text: text.replace("mining.", "min\\x69ng."),
+    "key-in-capitals": lambda text: text.replace('"method"', '"METHOD"'),
+    # Past the fix (lenient): the shapes together, a mixed-case bare key with a comment before its colon.
+    "all-at-once": lambda text: (
+        _unquoted(text).replace("method:", "MeThOd/* , */:").replace("mining.", "min\\x69ng.").replace('"', "'")
+    ),
+}
+
+
+def lenient(text: str) -> object:
+    """``text`` read as the lenient libraries above read it (enough of them for the shapes here)."""
+    text = re.sub(r"/\*.*?\*/", "", text)
+    text = text.replace("'", '"')
+    text = re.sub(r"([{,]\s*)([A-Za-z_][A-Za-z0-9_]*)\s*:", r'\1"\2":', text)
+    text = re.sub(r"\\x([0-9a-fA-F]{2})", r"\\u00\1", text)
+    value = json.loads(text)
+    return {str(k).lower(): v for k, v in value.items()} if isinstance(value, dict) else value
+
+
+def _lines(conn: socket.socket) -> Iterator[str]:
+    buf = b""
+    while data := conn.recv(4096):
+        buf += data
+        while b"\n" in buf:
+            line, buf = buf.split(b"\n", 1)
+            yield line.decode()
+
+
+def _serve(conn: socket.socket) -> None:
+    for line in _lines(conn):
+        message = lenient(line)
+        assert isinstance(message, dict)
+        method = message.get("method")
+        print(f"pool got {method}", flush=True)
+        result: object = [[["mining.notify", "ae6812eb"]], "08000002", 4] if method == "mining.subscribe" else True
+        answer = json.dumps({"id": message.get("id"), "result": result, "error": None}, separators=(",", ":"))
+        conn.sendall(_unquoted(answer).replace('"', "'").encode() + b"\n")
+        if method == "mining.submit":
+            print("share accepted", flush=True)
+
+
+def pool_main() -> None:
+    """``python -c '...pool_main()' ADDRESS:PORT...``"""
+    for spec in sys.argv[1:]:
+        address, port = spec.rsplit(":", 1)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, int(port)))
+        listener.listen(16)
+
+        def accept(listener: socket.socket = listener) -> None:
+            while True:
+                conn, _ = listener.accept()
+
+                def run(conn: socket.socket = conn) -> None:
+                    with conn:
+                        try:
+                            _serve(conn)
+                        except (OSError, ValueError, AssertionError) as exc:
+                            print(f"pool connection ended: {exc!r}", flush=True)
+
+                threading.Thread(target=run, daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
+def miner_main() -> None:
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW``"""
+    address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if address == "-":
+        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    try:
+        with socket.create_connection((address, port), timeout=15) as sock:
+            lines = _lines(sock)
+            for call in _CALLS:
+                sock.sendall(SHAPES[how](json.dumps(call, separators=(",", ":"))).encode() + b"\n")
+                line = next(lines, None)
+                print(f"answer {line!r}", flush=True)
+                if line is None:
+                    return
+                answer = lenient(line)
+                if isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True:
+                    print("share answered", flush=True)
+    except (OSError, ValueError) as exc:
+        print(f"miner ended: {exc!r}", flush=True)
