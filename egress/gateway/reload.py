@@ -30,6 +30,7 @@ from typing import Any, Final, Protocol
 
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, render
+from egress.policy import links
 from egress.policy.loader import max_bytes, parse_policy
 from egress.policy.model import Policy
 from egress.policy.yamlnodes import Problem, RulesError, decode
@@ -173,6 +174,11 @@ class NftTable:
         """(digest, script) of the prepared version."""
 
     async def prepare(self, version: PolicyVersion) -> None:
+        # Sandboxes behind one link, with --sandbox-if known (the loader saw only the interfaces the policy names):
+        # the start's pre-flight refuses them, and so does a reload (`egress.policy.links`).
+        shared = links.shared(version.policy.sandboxes, self.settings.sandbox_if)
+        if shared:
+            raise Refused("; ".join(found.message() for found in shared))
         try:
             script = await asyncio.to_thread(render, version.policy, self.settings, self._quarantined())
             await asyncio.to_thread(self._check, script)

@@ -161,6 +161,34 @@ def test_a_table_nft_rejects_at_check_is_a_refusal(tmp_path: Path) -> None:
     assert applied == [] and resolver.steps() == ["prepare", "abort"]
 
 
+def test_a_reload_that_puts_two_sandboxes_behind_the_sandbox_interface_is_refused(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The loader sees only the interfaces a policy names: one sandbox naming --sandbox-if's interface and one
+    naming none share that link, which the start's pre-flight refuses; a reload must too (`egress.policy.links`),
+    leaving the running policy in force."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(
+        POLICY.format(name="one")
+        + """    interface: sbx0
+  two:
+    sources: [10.9.0.0/24]
+    allow:
+      hosts: [allowed.test:443]
+"""
+    )
+    applied: list[str] = []
+    table = NftTable(SETTINGS, apply=applied.append, check=lambda script: None)
+    resolver = Fake("resolver")
+    reloader = _reloader(path, table, resolver)  # type: ignore[arg-type]
+    with caplog.at_level(logging.ERROR, logger="egress.gateway"):
+        assert _run(reloader.reload) is None
+    assert applied == [] and resolver.steps() == ["prepare", "abort"]
+    assert reloader.current.policy.sandboxes[0].name == "old"
+    said = " ".join(record.getMessage() for record in caplog.records)
+    assert "sandboxes.one.interface: behind interface 'sbx0' (--sandbox-if)" in said, said
+
+
 def test_a_commit_that_fails_after_the_table_was_applied_is_a_split(tmp_path: Path) -> None:
     path = _write(tmp_path / "policy.yaml", "new")
     reloader = _reloader(path, Fake("nftables"), Fake("resolver"), Fake("proxy-0", fail_commit=True))
