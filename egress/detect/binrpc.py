@@ -145,6 +145,9 @@ class _Searched:
     upto: list[int] = field(default_factory=lambda: [0, 0])
     xmrig: bool = False
     """Whether the flow holds an XMRig anchor: only then are XMRig's calls looked for, at each new prefix."""
+    found: bool = False
+    """A name was found: a longer prefix is searched whole again, as a fresh view of its bytes is (the first name
+    of the client's side, then the server's, may then be another than the one found first)."""
 
 
 def _searched(view: FlowView) -> _Searched:
@@ -167,6 +170,8 @@ def detect(view: FlowView) -> Result:
     if client.kind is jsonrpc.Kind.NOT and server.kind is jsonrpc.Kind.NOT:
         return None
     memo = _searched(view)
+    if memo.found:
+        memo = _Searched(found=True)  # the engine asks no more after a finding; a caller that does gets a fresh read
     sides = (view.client[: jsonrpc.SCAN_LIMIT], view.server[: jsonrpc.SCAN_LIMIT])
     grown = False
     for index, data in enumerate(sides):
@@ -180,6 +185,7 @@ def detect(view: FlowView) -> Result:
             if data.find(anchor, start) >= 0:
                 at, size = _named(data, start)
                 if at >= 0:
+                    memo.found = True
                     return _finding(data, at, size)
                 break
         if not memo.xmrig:
@@ -188,5 +194,6 @@ def detect(view: FlowView) -> Result:
         for index, data in enumerate(sides):
             at, size = _xmrig(data, sides[1 - index])
             if at >= 0:
+                memo.found = True
                 return _finding(data, at, size)
     return None if view.complete else MORE

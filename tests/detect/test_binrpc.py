@@ -101,3 +101,28 @@ def test_tls_both_ways_is_ruled_out() -> None:
     from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
 
     assert feed_stream(binrpc.detect, TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT, close=False) is None
+
+
+def test_after_a_finding_a_longer_prefix_answers_as_a_fresh_view_of_its_bytes() -> None:
+    """Found by atheris (jsonrpc target, fuzz_found/jsonrpc/crash-0bd7...): the incremental search went on from
+    where it stopped, so the prefix after the one that held the name answered MORE where a fresh view of the same
+    bytes found it. Also when the server's name came first and the client's follows (a fresh view reads the
+    client's side first)."""
+    from egress.detect.base import FlowMeta, FlowView, Transport
+
+    meta = FlowMeta(Transport.TCP, "10.203.1.2", 40000, "198.18.10.3", 3333)
+    grown = FlowView(meta)
+    pad = b"\x00" * 100  # past the search's overlap: the name lies behind where the next search starts
+    steps = [(False, b"\x01\x02" + pack({"method": "mining.notify"}) + pad), (False, pad),
+             (True, pack({"id": 1, "method": "mining.subscribe"}) + pad), (True, pad)]  # fmt: skip
+    answers = []
+    for index, (from_client, data) in enumerate(steps):
+        if from_client:
+            grown.client += data
+        else:
+            grown.server += data
+        grown.complete = index == len(steps) - 1
+        fresh = FlowView(meta, grown.client, grown.server, complete=grown.complete)
+        answers.append((binrpc.detect(grown), binrpc.detect(fresh)))
+    assert all(mine == theirs for mine, theirs in answers), answers
+    assert all(isinstance(mine, binrpc.Finding) for mine, _ in answers), answers
