@@ -7,7 +7,7 @@ import struct
 import pytest
 
 from egress.detect import binrpc
-from egress.detect.base import Category
+from egress.detect.base import Category, Finding
 from tests.detect.feeding import feed_every_split, feed_stream
 from tests.security.redteam_msgpack_kit import pack
 
@@ -125,4 +125,4 @@ def test_after_a_finding_a_longer_prefix_answers_as_a_fresh_view_of_its_bytes() 
         fresh = FlowView(meta, grown.client, grown.server, complete=grown.complete)
         answers.append((binrpc.detect(grown), binrpc.detect(fresh)))
     assert all(mine == theirs for mine, theirs in answers), answers
-    assert all(isinstance(mine, binrpc.Finding) for mine, _ in answers), answers
+    assert all(isinstance(mine, Finding) for mine, _ in answers), answers
