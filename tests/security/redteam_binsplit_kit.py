@@ -1,0 +1,229 @@
+"""Programs of test_redteam_binsplit: Stratum in two standard binary encodings whose strings are not one
+length-prefixed run of bytes, a fake pool that reads both, and the miner in the sandbox. Fake both: no real
+mining software; the encoders and decoders are written here so the suite needs no package.
+
+- ``cbor``: CBOR (RFC 8949) with every string of 6 bytes or more an *indefinite-length text string* (§3.2.3:
+  ``7f``, definite chunks, ``ff``), cut in its middle: ``mining.subscribe`` is ``7f 68 "mining.s" 68 "ubscribe"
+  ff``. Every CBOR decoder joins the chunks into one string.
+- ``msgext``: msgpack with every string written as an ext8 value (``c7 L 01 bytes``, ext type 1): the byte before
+  the name is the ext type, not its length.
+
+The pool (`pool_main`) tells the two apart by the first byte of each value (CBOR map ``a0|n``, msgpack fixmap
+``80|n``) and answers in the same encoding (``share accepted`` in its log). The miner (`miner_main MODE ...`)
+prints ``share answered`` when the submit's answer came.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+import threading
+
+SUBMIT_ID = 3
+_CALLS: list[dict[str, object]] = [
+    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
+    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
+    {
+        "id": SUBMIT_ID,
+        "method": "mining.submit",
+        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
+    },
+]
+
+
+class Short(Exception):
+    """More bytes are needed."""
+
+
+def _cbor_head(major: int, size: int) -> bytes:
+    return bytes([major << 5 | size]) if size < 24 else bytes([major << 5 | 24, size])
+
+
+def cbor(value: object) -> bytes:
+    """CBOR of ``value`` (None, bool, ints 0-255, str, list, dict); strings of 6+ bytes chunked in two."""
+    if value is None:
+        return b"\xf6"
+    if isinstance(value, bool):
+        return b"\xf5" if value else b"\xf4"
+    if isinstance(value, int):
+        return _cbor_head(0, value)
+    if isinstance(value, str):
+        raw = value.encode()
+        if len(raw) < 6:
+            return _cbor_head(3, len(raw)) + raw
+        half = len(raw) // 2
+        return b"\x7f" + _cbor_head(3, half) + raw[:half] + _cbor_head(3, len(raw) - half) + raw[half:] + b"\xff"
+    if isinstance(value, list):
+        return _cbor_head(4, len(value)) + b"".join(cbor(item) for item in value)
+    if isinstance(value, dict):
+        return _cbor_head(5, len(value)) + b"".join(cbor(k) + cbor(v) for k, v in value.items())
+    raise TypeError(value)
+
+
+def _need(data: bytes, end: int) -> None:
+    if end > len(data):
+        raise Short
+
+
+def _cbor_size(data: bytes, tag: int, at: int) -> tuple[int, int]:
+    low = tag & 0x1F
+    if low < 24:
+        return low, at
+    _need(data, at + 1)
+    return data[at], at + 1
+
+
+def uncbor(data: bytes, at: int = 0) -> tuple[object, int]:
+    """One CBOR value from ``data`` at ``at`` and where the next starts (`Short` when cut)."""
+    _need(data, at + 1)
+    tag = data[at]
+    at += 1
+    major = tag >> 5
+    if tag in (0xF4, 0xF5, 0xF6):
+        return {0xF4: False, 0xF5: True, 0xF6: None}[tag], at
+    if tag == 0x7F:
+        parts: list[str] = []
+        while True:
+            _need(data, at + 1)
+            if data[at] == 0xFF:
+                return "".join(parts), at + 1
+            part, at = uncbor(data, at)
+            parts.append(str(part))
+    size, at = _cbor_size(data, tag, at)
+    if major == 0:
+        return size, at
+    if major == 3:
+        _need(data, at + size)
+        return data[at : at + size].decode(), at + size
+    if major in (4, 5):
+        items = []
+        for _ in range(size * (2 if major == 5 else 1)):
+            item, at = uncbor(data, at)
+            items.append(item)
+        if major == 4:
+            return items, at
+        return {str(items[i]): items[i + 1] for i in range(0, len(items), 2)}, at
+    raise ValueError(f"tag {tag:#x}")
+
+
+def msgext(value: object) -> bytes:
+    """msgpack of ``value``, every string an ext8 of type 1."""
+    if value is None:
+        return b"\xc0"
+    if isinstance(value, bool):
+        return b"\xc3" if value else b"\xc2"
+    if isinstance(value, int) and 0 <= value < 128:
+        return bytes([value])
+    if isinstance(value, str):
+        raw = value.encode()
+        return b"\xc7" + bytes([len(raw)]) + b"\x01" + raw
+    if isinstance(value, list):
+        return bytes([0x90 | len(value)]) + b"".join(msgext(item) for item in value)
+    if isinstance(value, dict):
+        return bytes([0x80 | len(value)]) + b"".join(msgext(k) + msgext(v) for k, v in value.items())
+    raise TypeError(value)
+
+
+def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
+    """One msgpack value (ext type 1 read as a string) from ``data`` at ``at``."""
+    _need(data, at + 1)
+    tag = data[at]
+    at += 1
+    if tag < 0x80:
+        return tag, at
+    if tag in (0xC0, 0xC2, 0xC3):
+        return {0xC0: None, 0xC2: False, 0xC3: True}[tag], at
+    if tag == 0xC7:
+        _need(data, at + 2)
+        size = data[at]
+        _need(data, at + 2 + size)
+        return data[at + 2 : at + 2 + size].decode(), at + 2 + size
+    if 0x90 <= tag < 0xA0 or 0x80 <= tag < 0x90:
+        items = []
+        for _ in range((tag & 0x0F) * (2 if tag < 0x90 else 1)):
+            item, at = unmsgext(data, at)
+            items.append(item)
+        if tag >= 0x90:
+            return items, at
+        return {str(items[i]): items[i + 1] for i in range(0, len(items), 2)}, at
+    raise ValueError(f"tag {tag:#x}")
+
+
+CODECS = {"cbor": (cbor, uncbor), "msgext": (msgext, unmsgext)}
+
+
+def _serve(conn: socket.socket) -> None:
+    buf = b""
+    while data := conn.recv(4096):
+        buf += data
+        while buf:
+            mode = "cbor" if 0xA0 <= buf[0] < 0xB8 else "msgext"
+            pack, unpack = CODECS[mode]
+            try:
+                message, at = unpack(buf)
+            except Short:
+                break
+            buf = buf[at:]
+            assert isinstance(message, dict)
+            method = message.get("method")
+            print(f"pool got {method} ({mode})", flush=True)
+            result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
+            conn.sendall(pack({"id": message.get("id"), "result": result, "error": None}))
+            if method == "mining.submit":
+                print("share accepted", flush=True)
+
+
+def pool_main() -> None:
+    """``python -c '...pool_main()' ADDRESS:PORT...``"""
+    for spec in sys.argv[1:]:
+        address, port = spec.rsplit(":", 1)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, int(port)))
+        listener.listen(16)
+
+        def accept(listener: socket.socket = listener) -> None:
+            while True:
+                conn, _ = listener.accept()
+
+                def run(conn: socket.socket = conn) -> None:
+                    with conn:
+                        try:
+                            _serve(conn)
+                        except (OSError, ValueError, AssertionError) as exc:
+                            print(f"pool connection ended: {exc!r}", flush=True)
+
+                threading.Thread(target=run, daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
+def miner_main() -> None:
+    """``python -c '...miner_main()' MODE ADDRESS|- PORT HOST``"""
+    mode, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    pack, unpack = CODECS[mode]
+    if address == "-":
+        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    try:
+        with socket.create_connection((address, port), timeout=15) as sock:
+            buf = b""
+            for call in _CALLS:
+                sock.sendall(pack(call))
+                while True:
+                    try:
+                        answer, at = unpack(buf)
+                        buf = buf[at:]
+                        break
+                    except Short:
+                        data = sock.recv(4096)
+                        if not data:
+                            print("miner: closed", flush=True)
+                            return
+                        buf += data
+                print(f"answer {answer!r}", flush=True)
+                if isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True:
+                    print("share answered", flush=True)
+    except OSError as exc:
+        print(f"miner ended: {exc!r}", flush=True)
