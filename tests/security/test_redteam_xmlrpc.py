@@ -1,0 +1,64 @@
+"""Red team 4: Stratum as XML-RPC over plain HTTP, Python's standard library on both ends.
+
+XML-RPC is the oldest standard RPC encoding and keeps the method names verbatim, in text:
+``<methodCall><methodName>mining.submit</methodName><params>...``. The JSON-RPC detectors
+(`egress.detect.jsonrpc` and the pool detectors on it) read JSON only, and `egress.detect.binrpc` reads names only
+after a binary length prefix and leaves text to them; so no detector reads an XML ``methodName``. The same holds
+for SOAP and for a raw stream of XML documents.
+
+Routes: allowed.lab's plain-HTTP port 8080 by name (a host rule: HTTP there is read by the front's fast path) and
+the pool's own address through a network rule that expects ``[tls, http]``. Ground truth: the pool's log
+(``share accepted``) and the internet-side capture. Each row fails while the bypass works.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from egress.lab.topology import server
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+
+pytestmark = pytest.mark.security
+
+POOL = server("pool").v4
+ALLOWED = server("allowed").v4
+ROUTES = {
+    "network-rule": (f"http://{POOL}:3380/RPC2", POOL, 3380),
+    "host-rule": ("http://allowed.lab:8080/RPC2", ALLOWED, 8080),
+}
+_KIT = "from tests.security.redteam_xmlrpc_kit import {0}; {0}()"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory(POLICIES / "redteam.yaml")
+
+
+@pytest.fixture(scope="module")
+def pool(lab: SecurityLab) -> Attacker:
+    running = lab.attacker(
+        "xmlrpc-pool", [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:3380", f"{ALLOWED}:8080"]
+    )
+    running.wait_for("listening")
+    return running
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+def test_stratum_as_xml_rpc(lab: SecurityLab, pool: Attacker, route: str) -> None:
+    url, dst, port = ROUTES[route]
+    before = pool.log().count("share accepted")
+    since = time.time()
+    with lab.capture(f"xmlrpc-{route}") as capture:
+        done = lab.sandbox_python(_KIT.format("miner_main"), url, timeout=60)
+    crossed = capture.result
+    assert crossed is not None
+    shares = pool.log().count("share accepted") - before
+    goal = shares > 0 and "share answered" in done.stdout
+    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
+    report(f"redteam/xmlrpc-{route}", "mining", crossed.bytes_to(dst, port, "tcp") if goal else 0, goal, reason or None)
+    assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
+    assert reason == "mining", (reason, done.stdout[-600:], pool.log()[-600:])
