@@ -21,12 +21,12 @@ class _Quiet(SimpleXMLRPCRequestHandler):
 def _serve(address: str, port: int) -> None:
     pool = SimpleXMLRPCServer((address, port), requestHandler=_Quiet, logRequests=False, allow_none=True)
 
-    def subscribe(agent: str) -> list[object]:
-        print(f"pool got mining.subscribe {agent}", flush=True)
+    def subscribe(*params: str) -> list[list[str] | str | int]:
+        print(f"pool got mining.subscribe {params}", flush=True)
         return [["mining.notify", "ae6812eb"], "08000002", 4]
 
-    def authorize(worker: str, password: str) -> bool:
-        print(f"pool got mining.authorize {worker}", flush=True)
+    def authorize(*params: str) -> bool:
+        print(f"pool got mining.authorize {params}", flush=True)
         return True
 
     def submit(*params: str) -> bool:
