@@ -24,7 +24,13 @@ from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
 
-pytestmark = pytest.mark.security
+pytestmark = [
+    pytest.mark.security,
+    # Open: found by red team 4 at the end of a session, not fixed yet (docs/security.md, "Open: red team 4").
+    # Strict, as the fuzz regressions owned elsewhere are: the day the bypass is closed this fails until the
+    # marker is removed.
+    pytest.mark.xfail(strict=True, reason="open bypass (red team 4): docs/security.md, 'Open: red team 4'"),
+]
 
 POOL = server("pool").v4
 ALLOWED = server("allowed").v4
