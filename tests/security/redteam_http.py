@@ -1,7 +1,8 @@
-"""The plain-HTTP red-team runs' shared shape: the pool of tests/security/redteam_kit.py started on the internet
-side, and one attempt of its miner from the sandbox (a route, a way of hiding Stratum in HTTP) judged by what
-crossed, what the pool accepted and what egress recorded. Used by test_redteam_http_split and
-test_redteam_http_target; what each asserts stays in its module."""
+"""The red-team pool runs' shared shape: a kit's pool (tests/security/redteam_kit.py, redteam_msgpack_kit.py...)
+started on the internet side, on the pool's address and allowed.lab's HTTP port, and one attempt of its miner from
+the sandbox (a route, a way of hiding Stratum) judged by what crossed, what the pool accepted and what egress
+recorded. Used by the test_redteam_* modules of pools (HTTP split and target, msgpack, lenient JSON, binary splits,
+h2c); what each asserts stays in its module."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ ROUTES = {
     "network-rule": (POOL, POOL_PORT, POOL),  # the pool's address, its rule expecting tls and http
     "host-rule": ("-", SITE_PORT, "allowed.lab"),  # allowed.lab's plain-HTTP port, by name
 }
-_KIT = "from tests.security.redteam_kit import {0}; {0}()"
+_KIT = "from tests.security.{0} import {1}; {1}()"
 CONTROL = "first answer b'HTTP/1.1 200 OK'"
 """The miner's line when its plain GET before the attempt was answered (the control: allowed HTTP passes)."""
 
 
-def start_pool(lab: SecurityLab, name: str) -> Attacker:
-    """The kit's pool on the internet side, listening on the pool's address and allowed.lab's HTTP port."""
-    argv = [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:{POOL_PORT}", f"{ALLOWED}:{SITE_PORT}"]
+def start_pool(lab: SecurityLab, name: str, kit: str = "redteam_kit") -> Attacker:
+    """``kit``'s pool (a module of tests/security with ``pool_main``) on the internet side, listening on the pool's
+    address and allowed.lab's HTTP port."""
+    argv = [sys.executable, "-c", _KIT.format(kit, "pool_main"), f"{POOL}:{POOL_PORT}", f"{ALLOWED}:{SITE_PORT}"]
     running = lab.attacker(name, argv)
     running.wait_for("listening")
     return running
@@ -58,17 +60,28 @@ class Attempt:
         return self.crossed.bytes_to(self.dst, self.port, "tcp")
 
 
-def attempt(lab: SecurityLab, pool: Attacker, name: str, route: str, how: str) -> Attempt:
-    """Run the kit's miner from the sandbox along ``route`` (a key of `ROUTES`) hiding Stratum ``how``, under a
-    capture named ``name``; assert the control (the plain GET before it was answered)."""
+def attempt(
+    lab: SecurityLab,
+    pool: Attacker,
+    name: str,
+    route: str,
+    *how: str,
+    kit: str = "redteam_kit",
+    control: bool = True,
+    reason_wait: float = 5.0,
+) -> Attempt:
+    """Run ``kit``'s miner from the sandbox along ``route`` (a key of `ROUTES`; ``how``: the miner's further
+    arguments) under a capture named ``name``; with ``control``, assert the control (the plain GET before it was
+    answered). ``reason_wait``: how long the block's record is waited for."""
     address, port, host = ROUTES[route]
     before = pool.log().count("share accepted")
     since = time.time()
     with lab.capture(name) as capture:
-        done = lab.sandbox_python(_KIT.format("miner_main"), address, str(port), host, how, timeout=60)
+        done = lab.sandbox_python(_KIT.format(kit, "miner_main"), address, str(port), host, *how, timeout=60)
     crossed = capture.result
     assert crossed is not None
-    assert CONTROL in done.stdout, done.stdout + done.stderr
+    if control:
+        assert CONTROL in done.stdout, done.stdout + done.stderr
     shares = pool.log().count("share accepted") - before
-    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=5)
+    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=reason_wait)
     return Attempt(done, crossed, shares, reason, POOL if route == "network-rule" else ALLOWED, port)

@@ -16,8 +16,9 @@ import json
 import re
 import socket
 import sys
-import threading
 from collections.abc import Callable, Iterator
+
+from tests.security.redteam_kit import serve_pools
 
 SUBMIT_ID = 3
 _CALLS: list[dict[str, object]] = [
@@ -83,29 +84,7 @@ def _serve(conn: socket.socket) -> None:
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    for spec in sys.argv[1:]:
-        address, port = spec.rsplit(":", 1)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((address, int(port)))
-        listener.listen(16)
-
-        def accept(listener: socket.socket = listener) -> None:
-            while True:
-                conn, _ = listener.accept()
-
-                def run(conn: socket.socket = conn) -> None:
-                    with conn:
-                        try:
-                            _serve(conn)
-                        except (OSError, ValueError, AssertionError) as exc:
-                            print(f"pool connection ended: {exc!r}", flush=True)
-
-                threading.Thread(target=run, daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
+    serve_pools(_serve)
 
 
 def miner_main() -> None:

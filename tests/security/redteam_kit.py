@@ -187,6 +187,35 @@ TARGET_FORMS = {
 """How a Stratum line rides in a request target (``miner_main``'s HOW, before any ``-chunked``)."""
 
 
+def serve_pools(serve: Callable[[socket.socket], None]) -> None:
+    """The other kits' pools: listen on each ``ADDRESS:PORT`` of ``sys.argv[1:]``, serve each connection with
+    ``serve`` in a thread of its own (closed after it; an error printed as ``pool connection ended``), until
+    killed."""
+    for spec in sys.argv[1:]:
+        address, port = spec.rsplit(":", 1)
+        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        listener.bind((address, int(port)))
+        listener.listen(16)
+
+        def accept(listener: socket.socket = listener) -> None:
+            while True:
+                conn, _ = listener.accept()
+
+                def run(conn: socket.socket = conn) -> None:
+                    with conn:
+                        try:
+                            serve(conn)
+                        except (OSError, ValueError, AssertionError) as exc:
+                            print(f"pool connection ended: {exc!r}", flush=True)
+
+                threading.Thread(target=run, daemon=True).start()
+
+        threading.Thread(target=accept, daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``: serve until killed."""
     for where in sys.argv[1:]:

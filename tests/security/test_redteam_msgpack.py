@@ -14,24 +14,13 @@ cross verbatim.
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 
-from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, start_pool
 
 pytestmark = pytest.mark.security
-
-POOL = server("pool").v4
-ALLOWED = server("allowed").v4
-ROUTES = {
-    "network-rule": (POOL, 3380, POOL),
-    "host-rule": ("-", 8080, "allowed.lab"),
-}
-_KIT = "from tests.security.redteam_msgpack_kit import {0}; {0}()"
 
 
 @pytest.fixture(scope="module")
@@ -41,32 +30,13 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.fixture(scope="module")
 def pool(lab: SecurityLab) -> Attacker:
-    running = lab.attacker(
-        "msgpack-pool", [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:3380", f"{ALLOWED}:8080"]
-    )
-    running.wait_for("listening")
-    return running
+    return start_pool(lab, "msgpack-pool", "redteam_msgpack_kit")
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_as_msgpack_rpc(lab: SecurityLab, pool: Attacker, route: str) -> None:
-    address, port, host = ROUTES[route]
-    before = pool.log().count("share accepted")
-    since = time.time()
-    with lab.capture(f"msgpack-{route}") as capture:
-        done = lab.sandbox_python(_KIT.format("miner_main"), address, str(port), host, timeout=60)
-    crossed = capture.result
-    assert crossed is not None
-    shares = pool.log().count("share accepted") - before
-    goal = shares > 0 and "share answered" in done.stdout
-    dst = POOL if route == "network-rule" else ALLOWED
-    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
-    report(
-        f"redteam/msgpack-{route}",
-        "mining",
-        crossed.bytes_to(dst, port, "tcp") if goal else 0,
-        goal,
-        reason or None,
-    )
-    assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert reason == "mining", (reason, done.stdout[-600:], pool.log()[-600:])
+    run = attempt(lab, pool, f"msgpack-{route}", route, kit="redteam_msgpack_kit", control=False, reason_wait=10)
+    goal = run.shares > 0 and run.answered
+    report(f"redteam/msgpack-{route}", "mining", run.leaked if goal else 0, goal, run.reason or None)
+    assert not goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
+    assert run.reason == "mining", (run.reason, run.done.stdout[-600:], pool.log()[-600:])
