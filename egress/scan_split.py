@@ -40,7 +40,6 @@ from egress.flowtable import DONE, MAX_TABLE_ENTRIES, Flow
 from egress.scanner import (
     _DNS_PORT,
     _PORTS,
-    ENCAP,
     FileStats,
     FlowFinding,
     Scanner,
@@ -327,43 +326,6 @@ class _SplitPass(_Pass):
         elif len(table) - self.marks[0][proto] > self.limit:
             raise SplitAbort(f"more than {self.limit} flow-table keys in one worker's generation")
         self._inspect(proto, segment, key, reverse, table, entry, ts, index, depth)
-
-    def _inspect(
-        self,
-        proto: int,
-        segment: tuple[int, bytes, bytes, int, int, bytes, int, int],
-        key: bytes,
-        reverse: bytes,
-        table: dict[bytes, object],
-        entry: object,
-        ts: float,
-        index: int,
-        depth: int,
-    ) -> None:
-        """The rest of `_Pass.packet` once the table is settled: DNS, the flow found or made, and fed."""
-        _, src, dst, sport, dport, payload, flags, seq = segment
-        if proto == UDP and (sport == _DNS_PORT or dport == _DNS_PORT) and payload:
-            self._dns(ts, src, sport, dst, dport, payload)
-            return
-        flows = self.flows
-        if entry is None:
-            entry = flows.promote(proto, key, reverse, index * 8 + depth)
-            if entry is DONE and not (flags & SYN and proto == TCP and not flags & ACK):
-                return
-        if entry is ENCAP:
-            self._inner(encap.unwrap_udp(sport, dport, payload), ts, index, depth)
-            return
-        if entry is None or entry is DONE:
-            flow = self._new_flow(proto, src, sport, dst, dport, flags, ts, index * 8 + depth)
-            entry = table[key] = table[reverse] = flow
-        assert isinstance(entry, Flow)
-        shaped = entry.feed(proto, src, sport, payload, flags, seq, ts)
-        if shaped is not None:
-            self._emit(shaped, entry.meta, entry.ts)
-        if proto == UDP and not encap.UDP_PORTS.isdisjoint((sport, dport)):
-            self._inner(encap.unwrap_udp(sport, dport, payload), ts, index, depth)
-        if entry.inspector.done and not entry.watching:
-            self._decided(entry, table, key, reverse)
 
     def _inner(self, inner: encap.Inner | None, ts: float, index: int, depth: int) -> None:
         super()._inner(inner, ts, index, depth)

@@ -138,7 +138,7 @@ class _Pass:
         segment = self._decode(ts, linktype, frame, index, depth)
         if segment is None:
             return
-        proto, src, dst, sport, dport, payload, flags, seq = segment
+        proto, src, dst, sport, dport, _, flags, _ = segment
         ports = _PORTS.pack(sport, dport)
         key = src + dst + ports
         flows = self.flows
@@ -149,10 +149,27 @@ class _Pass:
         if ts >= flows.rotate_at or len(table) > MAX_TABLE_ENTRIES:
             self._rotate(ts)
             table, entry = flows.current[proto], None
+        self._inspect(proto, segment, key, dst + src + ports[2:] + ports[:2], table, entry, ts, index, depth)
+
+    def _inspect(
+        self,
+        proto: int,
+        segment: tuple[int, bytes, bytes, int, int, bytes, int, int],
+        key: bytes,
+        reverse: bytes,
+        table: dict[bytes, object],
+        entry: object,
+        ts: float,
+        index: int,
+        depth: int,
+    ) -> None:
+        """The rest of `packet` once the table is settled (a split scan's worker settles it its own way,
+        `egress.scan_split`): DNS, the flow found or made, and fed."""
+        _, src, dst, sport, dport, payload, flags, seq = segment
         if proto == UDP and (sport == _DNS_PORT or dport == _DNS_PORT) and payload:
             self._dns(ts, src, sport, dst, dport, payload)
             return
-        reverse = dst + src + ports[2:] + ports[:2]
+        flows = self.flows
         if entry is None:
             entry = flows.promote(proto, key, reverse, stamp(index, depth))
             if entry is DONE and not (flags & SYN and proto == TCP and not flags & ACK):
