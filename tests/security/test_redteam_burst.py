@@ -9,8 +9,7 @@ its record, and the counts must add up to the datagrams sent, no more.
 Found 2026-11-30 (three runs, load 5-6): every destination is recorded, but 641, 784 and 319 of them with a count
 of 3 or 4 for their one datagram (sums 51,282, 51,631 and 50,638 for 50,000): a logged packet's record, a count
 added for the same packet by a counter read, and a third count later. A record that says three attempts were made
-where one was is a wrong record (goal (c)); an operator's and the quarantine's counts of a sandbox's attempts are
-inflated.
+where one was is a wrong record (goal (c)): the counts an operator reads (records, stats) are inflated.
 """
 
 from __future__ import annotations
