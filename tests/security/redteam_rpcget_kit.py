@@ -1,0 +1,156 @@
+"""Programs of test_redteam_rpcget: a pool's JSON-RPC calls carried as HTTP parameters rather than a JSON body,
+the "JSON-RPC over HTTP" GET binding (JSON-RPC 1.1 WD §6.3, jsonrpc4j's ``GET ?method=..&params=..&id=``) and
+its form-encoded POST twin (``application/x-www-form-urlencoded``, what PHP and Rails JSON-RPC endpoints take).
+Fake both ends: no real mining software.
+
+The pool (`pool_main ADDRESS:PORT...`, in the internet namespace) answers ``GET /`` with a page (the control) and
+every request whose query or form body names a ``method`` as a JSON-RPC 2.0 call: Stratum's ``mining.subscribe``,
+``mining.authorize``, ``mining.submit`` (``share accepted`` in its log), XMRig's ``login``/``submit``, and
+Ethereum's ``eth_submitLogin``/``eth_getWork``/``eth_submitWork``; its answers are JSON (``{"jsonrpc":"2.0",
+"id":..,"result":..}``), the job handed over as an object in a result.
+
+The miner (`miner_main ADDRESS PORT HOST HOW DIALECT`, in the sandbox) sends one plain GET first (``first answer
+...`` on its output: the control), then its dialect's calls the way ``HOW`` says (``get``: the call in the query
+string; ``form``: in a form-encoded POST body), one keep-alive connection, and prints ``share answered`` when the
+pool accepted its share.
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+from urllib.parse import parse_qs, urlencode, urlsplit
+
+JOB = {"job_id": "job1", "prevhash": "00" * 32, "coinb1": "01", "coinb2": "02", "merkle_branch": [],
+       "version": "20000000", "nbits": "1d00ffff", "ntime": "5f5e1000", "clean_jobs": True}  # fmt: skip
+"""The pool's one job, handed over as a result object (Stratum's notify parameters, named)."""
+
+DIALECTS: dict[str, list[tuple[str, Any]]] = {
+    "stratum": [
+        ("mining.subscribe", ["cpuminer/2.5.1"]),
+        ("mining.authorize", ["wallet.redteam", "x"]),
+        ("mining.submit", ["wallet.redteam", "job1", "00000001", "5f5e1000", "deadbeef"]),
+    ],
+    "xmrig": [
+        ("login", {"login": "wallet", "pass": "x", "agent": "XMRig/6.21.0", "algo": ["rx/0"]}),
+        ("submit", {"id": "w1", "job_id": "job1", "nonce": "deadbeef", "result": "00" * 32}),
+    ],
+    "ethereum": [
+        ("eth_submitLogin", ["0xwallet"]),
+        ("eth_getWork", []),
+        ("eth_submitWork", ["0x0000000000000001", "0x" + "00" * 32, "0x" + "11" * 32]),
+    ],
+}
+SHARES = {"mining.submit", "submit", "eth_submitWork"}
+"""The calls that hand in a share."""
+
+
+def _result(method: str) -> object:
+    if method == "mining.subscribe":
+        return ["08000002", 4]  # extranonce1 and its size; the job comes as a result of its own (no notify pairs)
+    if method == "login":
+        return {"id": "w1", "job": {"blob": "07" * 38, "job_id": "job1", "target": "b88d0600"}, "status": "OK"}
+    if method == "eth_getWork":
+        return ["0x" + "22" * 32, "0x" + "33" * 32, "0x" + "00" * 4 + "ff" * 28]
+    if method == "mining.authorize":
+        return JOB
+    return True
+
+
+class _Pool(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _call(self, fields: dict[str, list[str]]) -> None:
+        method = fields["method"][0]
+        params = json.loads(fields.get("params", ["[]"])[0])
+        print(f"pool got {method} {params}", flush=True)
+        if method in SHARES:
+            print("share accepted", flush=True)
+        answer = {"jsonrpc": "2.0", "id": fields.get("id", ["1"])[0], "result": _result(method), "error": None}
+        self._send(json.dumps(answer).encode(), "application/json")
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        fields = parse_qs(urlsplit(self.path).query)
+        if "method" in fields:
+            self._call(fields)
+        else:
+            self._send(b"<html>hello</html>\n", "text/html")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._call(parse_qs(body.decode("latin-1")))
+
+
+def pool_main() -> None:
+    """``python -c '...pool_main()' ADDRESS:PORT...``"""
+    for spec in sys.argv[1:]:
+        address, port = spec.rsplit(":", 1)
+        server = ThreadingHTTPServer((address, int(port)), _Pool)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
+def _exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes] | None:
+    """Send ``request`` and read one response (Content-Length framed): its status line and body."""
+    conn.sendall(request)
+    buf = b""
+    while b"\r\n\r\n" not in buf:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        buf += data
+    head, _, body = buf.partition(b"\r\n\r\n")
+    length = 0
+    for line in head.split(b"\r\n")[1:]:
+        name, _, value = line.partition(b":")
+        if name.strip().lower() == b"content-length":
+            length = int(value)
+    while len(body) < length:
+        data = conn.recv(65536)
+        if not data:
+            return None
+        body += data
+    return head.split(b"\r\n")[0], body[:length]
+
+
+def miner_main() -> None:
+    """``python -c '...miner_main()' ADDRESS PORT HOST HOW DIALECT`` (HOST ``-``: the address itself)."""
+    address, port, host, how, dialect = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
+    name = address if host == "-" else host
+    target = address if host == "-" else str(socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0])
+    try:
+        conn = socket.create_connection((target, port), timeout=10)
+        first = _exchange(conn, f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+        print(f"first answer {first[0] if first else None!r}", flush=True)
+        for number, (method, params) in enumerate(DIALECTS[dialect], 1):
+            call = urlencode({"jsonrpc": "2.0", "method": method, "params": json.dumps(params), "id": str(number)})
+            if how == "get":
+                request = f"GET /rpc?{call} HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+            else:
+                request = (
+                    f"POST /rpc HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
+                    f"Content-Length: {len(call)}\r\n\r\n{call}"
+                ).encode()
+            got = _exchange(conn, request)
+            print(f"answer to {method}: {got!r}", flush=True)
+            if got is None or not got[0].endswith(b" 200 OK"):
+                return
+            if method in SHARES and json.loads(got[1]).get("result") is True:
+                print("share answered", flush=True)
+    except OSError as exc:
+        print(f"miner ended: {exc!r}", flush=True)
