@@ -49,8 +49,15 @@ _JUDGED: Final = "egress-judged"
 """The request came whole to the ``request`` hook (judged there; forwarded unless blocked)."""
 HTTP_PROTOCOL: Final = "http-protocol"
 """The rule label of a request mitmproxy refused before it was whole (`unforwarded_error`)."""
-_CLIENT_GONE: Final = ("stream reset by client", "peer closed connection", "client disconnected", "killed")
-"""Error messages of flows the client itself abandoned (or egress killed, recorded then): no refusal to record."""
+FRAMING_REFUSALS: Final = (
+    "HTTP/1 protocol error",
+    "HTTP/2 protocol error",
+    "Invalid HTTP/2 request headers",
+    "Received HTTP/2 data frame, expected",
+)
+"""How mitmproxy 12.3's HTTP layers word the end of a flow whose client broke the protocol (the error messages of
+their ``ReceiveProtocolError``). Any other error is no refusal of the client's request: the client reset the
+stream or went away, the server failed or closed, or egress killed it (recorded then)."""
 _UPGRADE: Final = "egress-upgrade"
 """The protocols a request allowed to upgrade asked for (set by `FlowHooks.requestheaders`)."""
 
@@ -107,13 +114,13 @@ def unforwarded_error(flow: http.HTTPFlow) -> Verdict | None:
     """The block to record for a flow mitmproxy ended on an error before its request was whole (an HTTP/2 stream
     whose DATA broke its Content-Length or came out of place, a protocol error that closed the connection with the
     stream open, an HTTP/1 body that does not parse): never judged by the detectors, never forwarded, refused by
-    mitmproxy's framing. None when it was judged (recorded then), answered, or abandoned by its client (a stream
-    the client reset, a connection it closed: no refusal happened). Always a block, in report mode too: mitmproxy
-    refused it whatever the mode."""
+    mitmproxy's framing (`FRAMING_REFUSALS`). None when it was judged (recorded then), answered, or ended for any
+    other reason (a stream the client reset, a connection it closed, a server that failed: no refusal happened).
+    Always a block, in report mode too: mitmproxy refused it whatever the mode."""
     if flow.metadata.get(_JUDGED) or flow.metadata.get(_ANSWERED) or flow.websocket is not None:
         return None
-    message = flow.error.msg if flow.error is not None else "unknown error"
-    if message.lower().startswith(_CLIENT_GONE):
+    message = flow.error.msg if flow.error is not None else ""
+    if not message.startswith(FRAMING_REFUSALS):
         return None
     return protocol_refusal(f"{request_line(flow.request)}: refused before it was whole, never forwarded: {message}")
 
