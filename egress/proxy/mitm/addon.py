@@ -16,8 +16,13 @@ mitmproxy's own layering) and maps decisions onto layers:
   messages are judged by `egress.proxy.mitm.flows`.
 
 Inside intercepted TLS the decrypted bytes are judged again (`_inside_tls`): HTTP goes to mitmproxy's HTTP layer,
-TLS inside TLS is refused as a tunnel, anything else is an `InspectLayer`, the same detectors as plaintext TCP:
-nothing egress decrypts is relayed raw.
+TLS inside TLS is refused as a tunnel, an HTTP/2 preface without ALPN ``h2`` as ``h2c-not-inspected`` (HTTP/2
+with prior knowledge, which mitmproxy would read as an HTTP/1 ``PRI *`` request), anything else is an
+`InspectLayer`, the same detectors as plaintext TCP: nothing egress decrypts is relayed raw.
+
+Every refusal is recorded: a request mitmproxy's framing refused before it was whole (the ``error`` hook), an
+HTTP/2 connection it refused before any stream became a flow (`refused`, told by `egress.proxy.mitm.quiet`), and a
+connection closed by the idle timeout (`idle_closed`, the same watch).
 
 The gateway dials out eagerly (server-first protocols need it), so `server_connect` first checks that some rule
 could allow the destination address at all: a direct-IP connection is never dialled. That check is the
@@ -121,10 +126,10 @@ class _Connection:
     """The first verdict that let it (or a request on it) through, and the name it was for: its flow log entry."""
     passed_host: str = ""
     cut: bool = False
+    """A block ended it (not an HTTP request answered 403 on it): an attempt, not a flow log entry."""
     severed: bool = False
     """Closed whole by egress with its own record (mitmproxy crashed on it, a protocol refusal, the idle timeout):
     the flows open on it then end in mitmproxy's ``error`` hook, and are not recorded again."""
-    """A block ended it (not an HTTP request answered 403 on it): an attempt, not a flow log entry."""
 
 
 class EgressAddon(NextLayer):
