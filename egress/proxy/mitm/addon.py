@@ -232,8 +232,9 @@ class EgressAddon(NextLayer):
         self.sever(client)
 
     def refused(self, client: connection.Client, why: str) -> None:
-        """mitmproxy's HTTP/2 layer refused the client's connection for a protocol error before any stream of it
-        became a flow (`egress.proxy.mitm.quiet.REFUSALS`): record the block (mitmproxy closes the connection)."""
+        """mitmproxy refused the client's connection before any request of it became a flow (an HTTP/2 protocol
+        error, an HTTP/1 head it cannot parse: `egress.proxy.mitm.quiet.REFUSALS`): record the block (mitmproxy
+        closes the connection)."""
         state = self.connections.get(client.id)
         if state is None:
             return
@@ -241,7 +242,7 @@ class EgressAddon(NextLayer):
         host = state.decision.host if state.decision is not None else ""
         meta = FlowMeta(Transport.TCP, *source, *state.destination)
         state.severed = True
-        self._report(meta, state.sandbox, protocol_refusal(f"HTTP/2 connection to {host}: {why}"), host, client.id)
+        self._report(meta, state.sandbox, protocol_refusal(f"connection to {host or meta.dst}: {why}"), host, client.id)
 
     # -- connection hooks ------------------------------------------------------------------------------------
     def client_connected(self, client: connection.Client) -> None:

@@ -56,8 +56,16 @@ FRAMING_REFUSALS: Final = (
     "Received HTTP/2 data frame, expected",
 )
 """How mitmproxy 12.3's HTTP layers word the end of a flow whose client broke the protocol (the error messages of
-their ``ReceiveProtocolError``). Any other error is no refusal of the client's request: the client reset the
-stream or went away, the server failed or closed, or egress killed it (recorded then)."""
+their ``ReceiveProtocolError``); its HTTP/1 head validation says ``Received ... from client, refusing to prevent
+request smuggling attacks`` (`refused_by_framing`). Any other error is no refusal of the client's request: the
+client reset the stream or went away, the server failed or closed, or egress killed it (recorded then)."""
+
+
+def refused_by_framing(message: str) -> bool:
+    """Whether mitmproxy ended a flow with ``message`` because its client broke HTTP's framing."""
+    return message.startswith(FRAMING_REFUSALS) or (message.startswith("Received ") and " from client, " in message)
+
+
 _UPGRADE: Final = "egress-upgrade"
 """The protocols a request allowed to upgrade asked for (set by `FlowHooks.requestheaders`)."""
 
@@ -120,7 +128,7 @@ def unforwarded_error(flow: http.HTTPFlow) -> Verdict | None:
     if flow.metadata.get(_JUDGED) or flow.metadata.get(_ANSWERED) or flow.websocket is not None:
         return None
     message = flow.error.msg if flow.error is not None else ""
-    if not message.startswith(FRAMING_REFUSALS):
+    if not refused_by_framing(message):
         return None
     return protocol_refusal(f"{request_line(flow.request)}: refused before it was whole, never forwarded: {message}")
 

@@ -19,9 +19,9 @@ HTTP/2 stream open without ending it, or plays PING, SETTINGS, PRIORITY or WINDO
 mitmproxy itself, never forwarded) makes no progress, and its connection ends at the timeout. mitmproxy's own
 keep-alive pings to the server are turned off (`egress.proxy.mitm.server`), else they would be progress.
 
-The same wrapper sees the refusals mitmproxy's HTTP/2 layer makes of a client's connection before any flow exists
-(a frame that breaks the protocol, request headers it cannot parse: `REFUSALS`): h2 raises for the whole read, so
-the stream's request never becomes a flow and no hook is called. They are handed to ``on_refused`` (the addon
+The same wrapper sees the refusals mitmproxy makes of a client's connection before any flow exists (`REFUSALS`: an
+HTTP/2 frame that breaks the protocol, where h2 raises for the whole read so the stream's request never becomes a
+flow; an HTTP/1 request head it cannot parse): no hook is called for them. They are handed to ``on_refused`` (the addon
 records each as a block), since no layer of ours ever saw them.
 """
 
@@ -47,9 +47,18 @@ PROGRESS_BYTES: Final = 4096
 """Client bytes that count as progress when nothing was forwarded meanwhile: a minimum rate of 4 KiB per timeout
 (an upload mitmproxy buffers whole goes on; one byte per interval does not)."""
 
-REFUSALS: Final = ("HTTP/2 protocol error:", "Invalid HTTP/2 request headers:", "Received HTTP/2 data frame, expected")
-"""What mitmproxy's HTTP/2 layer logs (``commands.Log``, after the peer's address) when it refuses a connection for
-a protocol error (mitmproxy 12.3, ``Http2Connection.protocol_error``)."""
+REFUSALS: Final = (
+    "HTTP/2 protocol error:",
+    "Invalid HTTP/2 request headers:",
+    "Received HTTP/2 data frame, expected",
+    "Bad HTTP request line:",
+    "Invalid headers",
+    "Invalid header line:",
+    "Unknown HTTP version:",
+)
+"""What mitmproxy logs (``commands.Log``, after the peer's address) when it refuses a client's connection before a
+flow exists (mitmproxy 12.3): its HTTP/2 layer for a protocol error (``Http2Connection.protocol_error``), its
+HTTP/1 reader for a request head it cannot parse (answered 400, ``Http1Server.read_headers``)."""
 OnRefused = Callable[[connection.Client, str], None]
 """Told each refusal of a client's connection by mitmproxy's HTTP/2 layer (`REFUSALS`), with its message."""
 
