@@ -23,6 +23,10 @@ The same wrapper sees the refusals mitmproxy makes of a client's connection befo
 HTTP/2 frame that breaks the protocol, where h2 raises for the whole read so the stream's request never becomes a
 flow; an HTTP/1 request head it cannot parse): no hook is called for them. They are handed to ``on_refused`` (the addon
 records each as a block), since no layer of ours ever saw them.
+
+This relies on mitmproxy 12.3's ``ConnectionHandler`` (pinned): every event of a connection goes through its
+``layer.handle_event`` and every command comes out of it. tests/proxy/mitm/test_worker_refusals.py and the lab's
+tests/security/test_mitm_records.py fail if an upgrade changes that.
 """
 
 from __future__ import annotations
