@@ -14,6 +14,7 @@ from egress.gateway import config as defaults
 from egress.logsetup import FORMATS, LEVELS, configure
 from egress.policy.lists import RulesError
 from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX
+from egress.proxy.mitm.quiet import IDLE_TIMEOUT
 from egress.record import REDIS_URL
 from egress.record.urls import redis_url_problem
 
@@ -177,6 +178,14 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 show_default=True,
                 help="The same bound per sandbox and worker: over it that sandbox's oldest idle connection is closed.",
             ),
+            click.option(
+                "--idle-timeout",
+                type=click.FloatRange(min=0.5),
+                default=IDLE_TIMEOUT,
+                show_default=True,
+                help="Seconds a connection inside mitmproxy may go without progress (nothing forwarded, nothing from "
+                "the server, under 4 KiB from the client) before it is closed and recorded (reason idle-timeout).",
+            ),
         )
     ):
         command = option(command)
@@ -204,6 +213,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         metrics_listen=options["metrics_listen"],
         idle_limit=options["idle_limit"],
         idle_per_sandbox=options["idle_per_sandbox"],
+        idle_timeout=options["idle_timeout"],
     )
 
 

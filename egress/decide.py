@@ -66,6 +66,10 @@ class Reason(enum.StrEnum):
     """A connection that had not sent a byte, closed by a proxy worker's bound of such connections (per sandbox
     and in all, `egress.proxy.idle`): the oldest idle one goes first. One record per sandbox a second at most,
     its evidence counting the connections closed since the last."""
+    IDLE_TIMEOUT = "idle-timeout"
+    """A connection inside a proxy worker's mitmproxy that made no progress (no byte forwarded either way, no byte
+    from the server, under a minimum of client bytes) for the worker's idle timeout, closed by it
+    (`egress.proxy.mitm.quiet`)."""
 
 
 class Enforcement(enum.StrEnum):
@@ -88,6 +92,8 @@ ANTI_SPOOFING: Final = "anti-spoofing"
 DOH_CANARY_RULE: Final = "doh-canary"
 IDLE_LIMIT_RULE: Final = "idle-limit"
 """The rule of `Reason.IDLE_LIMIT`'s records (the worker's bound, no policy rule)."""
+IDLE_TIMEOUT_RULE: Final = "idle-timeout"
+"""The rule of `Reason.IDLE_TIMEOUT`'s records (the worker's timeout, no policy rule)."""
 """The built-in rule that answers the DoH canary."""
 DOH_CANARY: Final = "use-application-dns.net"
 DNS_QUERY_FORM: Final = "dns-query-form"
@@ -383,6 +389,13 @@ def decide_idle_limit(closed: int, total: int) -> Verdict:
     last such record (``total`` in all): blocked in every mode (nothing was read, nothing forwarded)."""
     text = f"{closed} idle connections closed ({total} in all): over the worker's bound of connections not speaking"
     return Verdict(Enforcement.BLOCK, Reason.IDLE_LIMIT, IDLE_LIMIT_RULE, evidence(text))
+
+
+def decide_idle_timeout(quiet_s: float, detail: str) -> Verdict:
+    """A connection closed after ``quiet_s`` seconds without progress (``detail``: what it last did): blocked in
+    every mode (the timeout protects the worker, as the idle bound does)."""
+    text = f"no progress for {quiet_s:.0f} s, closed by the worker's idle timeout: {detail}"
+    return Verdict(Enforcement.BLOCK, Reason.IDLE_TIMEOUT, IDLE_TIMEOUT_RULE, evidence(text))
 
 
 def decide_unknown_source(src: str | Address) -> Verdict:

@@ -127,6 +127,8 @@ def question_of(record: AttemptRecord) -> Question | str:
         return "cannot re-decide: a query the kernel dropped (its source is not known)"
     if record.reason is Reason.IDLE_LIMIT:
         return "cannot re-decide: idle connections closed by a worker's bound (no policy decided them)"
+    if record.reason is Reason.IDLE_TIMEOUT:
+        return "cannot re-decide: a connection closed by a worker's idle timeout (no policy decided it)"
     if record.reason is Reason.DNS_ANSWER:
         return "cannot re-decide: the upstream DNS answer is not recorded"
     if record.reason is Reason.DNS_MALFORMED:

@@ -27,6 +27,7 @@ from egress.decide import (
     decide_fronting,
     decide_http,
     decide_idle_limit,
+    decide_idle_timeout,
     decide_raw,
     decide_tls,
     decide_unknown_source,
@@ -160,6 +161,7 @@ def test_every_reason_is_exercised() -> None:
     reasons = {case[3] for case in CASES} | {decide_unknown_source("10.9.9.9").reason, decide_dns_dropped().reason}
     reasons |= {decide_dns_malformed(ENFORCED, "x", "opcode 2").reason}
     reasons |= {decide_connection_limit(ENFORCED, "tcp").reason, decide_idle_limit(3, 7).reason}
+    reasons |= {decide_idle_timeout(300, "nothing").reason}
     assert reasons >= set(Reason)
 
 
@@ -188,6 +190,7 @@ def test_reason_and_action_values_are_the_api() -> None:
         "not-allowlisted", "tls-no-sni", "name-address-mismatch", "direct-ip", "mining", "tunnel", "crypto-node",
         "dns-refused", "dns-tunnel", "doh-canary", "spoofed-source", "firewall-drop", "domain-fronting",
         "dns-malformed", "dns-answer", "dns-dropped", "connection-limit", "idle-limit",
+        "idle-timeout",
     }  # fmt: skip
     assert [action.value for action in Enforcement] == ["allow", "block", "would-block", "record"]
 

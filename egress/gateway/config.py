@@ -19,6 +19,7 @@ from typing import Final
 
 from egress.nft.render import GatewaySettings
 from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX
+from egress.proxy.mitm.quiet import IDLE_TIMEOUT
 from egress.record import REDIS_URL
 from egress.record.spool import default_max_bytes
 
@@ -84,6 +85,9 @@ class GatewayConfig:
     oldest of the sandbox holding the most is closed and recorded (reason ``idle-limit``)."""
     idle_per_sandbox: int = IDLE_PER_SANDBOX
     """The same, per sandbox and worker: over it, that sandbox's oldest idle connection is closed."""
+    idle_timeout: float = IDLE_TIMEOUT
+    """Seconds a connection inside a worker's mitmproxy may go without progress before it is closed and recorded
+    (reason ``idle-timeout``, `egress.proxy.mitm.quiet`)."""
 
     @property
     def proxy_ports(self) -> tuple[int, ...]:
@@ -152,6 +156,8 @@ class WorkerConfig:
     """`GatewayConfig.idle_limit`."""
     idle_per_sandbox: int = IDLE_PER_SANDBOX
     """`GatewayConfig.idle_per_sandbox`."""
+    idle_timeout: float = IDLE_TIMEOUT
+    """`GatewayConfig.idle_timeout`."""
 
     @property
     def name(self) -> str:
@@ -175,6 +181,7 @@ class WorkerConfig:
             findings_socket=config.findings_socket,
             idle_limit=config.idle_limit,
             idle_per_sandbox=config.idle_per_sandbox,
+            idle_timeout=config.idle_timeout,
         )
 
     def write(self, path: Path) -> None:

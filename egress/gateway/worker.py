@@ -130,6 +130,7 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
             open_flows=setup.open_flows,
             flows=setup.recorder,
             idle=IdleBound(config.idle_limit, config.idle_per_sandbox),
+            idle_timeout=config.idle_timeout,
         )
     )
     follow = asyncio.create_task(control.serve(reader, writer))

@@ -163,11 +163,16 @@ class GatewayRun:
 
 @contextlib.contextmanager
 def running_gateway(
-    prefix: str, policy: pathlib.Path = LAB_POLICY, workers: int = LAB_WORKERS, ready_timeout: float = READY_TIMEOUT
+    prefix: str,
+    policy: pathlib.Path = LAB_POLICY,
+    workers: int = LAB_WORKERS,
+    ready_timeout: float = READY_TIMEOUT,
+    extra_args: tuple[str, ...] = (),
 ) -> Iterator[GatewayRun]:
-    """A fresh lab with everything running; torn down (namespaces, processes, state) on exit."""
+    """A fresh lab with everything running (``extra_args``: more ``egress gateway run`` options); torn down
+    (namespaces, processes, state) on exit."""
     lab = netns.up(prefix)
-    run = GatewayRun(lab, policy, workers, ready_timeout)
+    run = GatewayRun(lab, policy, workers, ready_timeout, extra_args=extra_args)
     try:
         run.start()
         yield run

@@ -26,13 +26,15 @@ LabFactory = Callable[..., SecurityLab]
 
 @pytest.fixture(scope="module")
 def lab_factory() -> Iterator[LabFactory]:
-    opened: dict[tuple[pathlib.Path | None, int], SecurityLab] = {}
+    opened: dict[tuple[pathlib.Path | None, int, tuple[str, ...]], SecurityLab] = {}
     with contextlib.ExitStack() as stack:
 
-        def factory(policy: pathlib.Path | None = None, workers: int = 2) -> SecurityLab:
-            key = (policy, workers)
+        def factory(
+            policy: pathlib.Path | None = None, workers: int = 2, extra_args: tuple[str, ...] = ()
+        ) -> SecurityLab:
+            key = (policy, workers, extra_args)
             if key not in opened:
-                opened[key] = stack.enter_context(open_lab(policy, workers))
+                opened[key] = stack.enter_context(open_lab(policy, workers, extra_args))
             return opened[key]
 
         yield factory

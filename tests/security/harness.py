@@ -223,11 +223,15 @@ def report(
 
 
 @contextlib.contextmanager
-def open_lab(policy: pathlib.Path | None = None, workers: int = 2) -> Iterator[SecurityLab]:
-    """A lab of this process's own with the gateway running under ``policy`` (default rules/lab-policy.yaml);
-    everything (attackers, gateway, namespaces) is removed on exit."""
+def open_lab(
+    policy: pathlib.Path | None = None, workers: int = 2, extra_args: tuple[str, ...] = ()
+) -> Iterator[SecurityLab]:
+    """A lab of this process's own with the gateway running under ``policy`` (default rules/lab-policy.yaml) and
+    ``extra_args`` (more ``egress gateway run`` options); everything (attackers, gateway, namespaces) is removed on
+    exit."""
     chosen = policy if policy is not None else ROOT / "rules" / "lab-policy.yaml"
-    with running_gateway(lab_prefix(), chosen, workers=workers, ready_timeout=scaled(LAB_READY)) as run:
+    ready = scaled(LAB_READY)
+    with running_gateway(lab_prefix(), chosen, workers=workers, ready_timeout=ready, extra_args=extra_args) as run:
         security_lab = SecurityLab(run)
         try:
             yield security_lab

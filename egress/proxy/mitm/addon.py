@@ -16,8 +16,13 @@ mitmproxy's own layering) and maps decisions onto layers:
   messages are judged by `egress.proxy.mitm.flows`.
 
 Inside intercepted TLS the decrypted bytes are judged again (`_inside_tls`): HTTP goes to mitmproxy's HTTP layer,
-TLS inside TLS is refused as a tunnel, anything else is an `InspectLayer`, the same detectors as plaintext TCP:
-nothing egress decrypts is relayed raw.
+TLS inside TLS is refused as a tunnel, an HTTP/2 preface without ALPN ``h2`` as ``h2c-not-inspected`` (HTTP/2
+with prior knowledge, which mitmproxy would read as an HTTP/1 ``PRI *`` request), anything else is an
+`InspectLayer`, the same detectors as plaintext TCP: nothing egress decrypts is relayed raw.
+
+Every refusal is recorded: a request mitmproxy's framing refused before it was whole (the ``error`` hook), an
+HTTP/2 connection it refused before any stream became a flow (`refused`, told by `egress.proxy.mitm.quiet`), and a
+connection closed by the idle timeout (`idle_closed`, the same watch).
 
 The gateway dials out eagerly (server-first protocols need it), so `server_connect` first checks that some rule
 could allow the destination address at all: a direct-IP connection is never dialled. That check is the
@@ -40,6 +45,7 @@ import logging
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Final
 
 from mitmproxy import connection, http
 from mitmproxy.addons.next_layer import NeedsMoreData, NextLayer, stack_match
@@ -50,17 +56,34 @@ from mitmproxy.proxy.layers import modes
 from mitmproxy.proxy.layers.tls import HTTP_ALPNS
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
-from egress.decide import Enforcement, Verdict, decide_finding, decide_watched, network_rule_for
+from egress.decide import (
+    Enforcement,
+    Verdict,
+    decide_finding,
+    decide_idle_timeout,
+    decide_watched,
+    network_rule_for,
+)
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import tls
-from egress.detect.base import Finding, FlowMeta, Transport
+from egress.detect.base import Category, Finding, FlowMeta, Transport, evidence
 from egress.flowlog import EndedFlow, FlowSink, Meter
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Decision, Gate, Kind
-from egress.proxy.mitm.flows import FlowHooks, Sever, answer_blocked, flow_meta, note_record
+from egress.proxy.mitm.flows import (
+    FlowHooks,
+    Sever,
+    answer_blocked,
+    flow_meta,
+    mark_judged,
+    note_record,
+    protocol_refusal,
+    unforwarded_error,
+)
 from egress.proxy.mitm.inspect import unidentified
-from egress.proxy.mitm.layers import InspectLayer, RefuseLayer, http_start
+from egress.proxy.mitm.layers import H2_PREFACE, InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
+from egress.proxy.mitm.quiet import QuietWatch
 from egress.proxy.mitm.upgrades import EgressHttpLayer
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.upgraded import Upgraded, host_rule_watch
@@ -69,6 +92,10 @@ from egress.replay import Kind as Asked
 from egress.replay import Question
 
 log = logging.getLogger("egress.proxy")
+
+H2C_NOT_INSPECTED: Final = "h2c-not-inspected"
+"""The label of HTTP/2 with prior knowledge refused as uninspected: the gate's for clear text
+(`egress.proxy.gate`), the addon's for a preface inside intercepted TLS that did not negotiate ALPN ``h2``."""
 
 _ASKED = {Kind.PASSTHROUGH: Asked.TLS, Kind.INTERCEPT: Asked.TLS, Kind.HTTP: Asked.HTTP, Kind.INSPECT: Asked.RAW}
 """The question a connection let through was decided on, by the gate's decision (`Gate.on_first_bytes`)."""
@@ -100,6 +127,9 @@ class _Connection:
     passed_host: str = ""
     cut: bool = False
     """A block ended it (not an HTTP request answered 403 on it): an attempt, not a flow log entry."""
+    severed: bool = False
+    """Closed whole by egress with its own record (mitmproxy crashed on it, a protocol refusal, the idle timeout):
+    the flows open on it then end in mitmproxy's ``error`` hook, and are not recorded again."""
 
 
 class EgressAddon(NextLayer):
@@ -113,8 +143,11 @@ class EgressAddon(NextLayer):
         sever: Sever,
         open_flows: OpenFlows | None = None,
         flows: FlowSink | None = None,
+        quiet: tuple[QuietWatch, Callable[[connection.Client], object]] | None = None,
     ) -> None:
         super().__init__()
+        self.quiet = quiet
+        """The idle timeout's watch (`egress.proxy.mitm.quiet`) and how to find a client's mitmproxy handler."""
         self.open_flows = open_flows
         self.flow_sink = flows
         """Told each connection let through when it ends (`egress.flowlog`), for sandboxes that keep a flow log."""
@@ -181,7 +214,35 @@ class EgressAddon(NextLayer):
         self._report(
             FlowMeta(Transport.TCP, *source, host, port), self._sandbox(client.id), fail_closed(why), "", client.id
         )
+        if state is not None:
+            state.severed = True
         self.sever(client)
+
+    def idle_closed(self, client: connection.Client, quiet_s: float, note: str) -> None:
+        """The idle timeout's watch found ``client``'s connection without progress: record the close, then close
+        both sides (`egress.proxy.mitm.quiet`)."""
+        state = self.connections.get(client.id)
+        if state is None:
+            return
+        source = (str(client.peername[0]), int(client.peername[1]))
+        host = state.decision.host if state.decision is not None else ""
+        verdict = decide_idle_timeout(quiet_s, note)
+        self._report(FlowMeta(Transport.TCP, *source, *state.destination), state.sandbox, verdict, host, client.id)
+        state.severed = True
+        self.sever(client)
+
+    def refused(self, client: connection.Client, why: str) -> None:
+        """mitmproxy refused the client's connection before any request of it became a flow (an HTTP/2 protocol
+        error, an HTTP/1 head it cannot parse: `egress.proxy.mitm.quiet.REFUSALS`): record the block (mitmproxy
+        closes the connection)."""
+        state = self.connections.get(client.id)
+        if state is None:
+            return
+        source = (str(client.peername[0]), int(client.peername[1]))
+        host = state.decision.host if state.decision is not None else ""
+        meta = FlowMeta(Transport.TCP, *source, *state.destination)
+        state.severed = True
+        self._report(meta, state.sandbox, protocol_refusal(f"connection to {host or meta.dst}: {why}"), host, client.id)
 
     # -- connection hooks ------------------------------------------------------------------------------------
     def client_connected(self, client: connection.Client) -> None:
@@ -203,8 +264,15 @@ class EgressAddon(NextLayer):
             client.error = "egress: source outside every sandbox"
             return
         self.connections[client.id] = _Connection(sandbox)
+        if self.quiet is not None:
+            watch, handler_of = self.quiet
+            handler = handler_of(client)
+            if handler is not None:
+                watch.watch(client, handler)
 
     def client_disconnected(self, client: connection.Client) -> None:
+        if self.quiet is not None:
+            self.quiet[0].forget(client)
         state = self.connections.pop(client.id, None)
         if state is not None and state.open_token and self.open_flows is not None:
             self.open_flows.discard(state.open_token)
@@ -365,6 +433,16 @@ class EgressAddon(NextLayer):
             self.record(context, state.sandbox, verdict, state.decision.host)
             if verdict.action is Enforcement.BLOCK:
                 return RefuseLayer(context)
+        if context.client.alpn != b"h2" and _h2_preface(data_client):
+            # HTTP/2 with prior knowledge inside the TLS (no ALPN h2): mitmproxy would read it as HTTP/1 (a `PRI *`
+            # request without Host, refused as fronting) and never decode its frames; refused as the gate refuses
+            # h2c, by what it is.
+            if len(data_client) < len(H2_PREFACE) and H2_PREFACE.startswith(data_client):
+                raise NeedsMoreData
+            verdict = decide_finding(state.sandbox, _h2_without_alpn(context, meta))
+            self.record(context, state.sandbox, verdict, state.decision.host)
+            if verdict.action is Enforcement.BLOCK:
+                return RefuseLayer(context)
         started = http_start(data_client)
         if started is None:
             raise NeedsMoreData
@@ -411,8 +489,23 @@ class EgressAddon(NextLayer):
         self._guard(flow, self._requestheaders, "requestheaders")
 
     def request(self, flow: http.HTTPFlow) -> None:
+        mark_judged(flow)
         if flow.response is None:
             self._guard(flow, self.flows.request, "request")
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        """mitmproxy ended a flow on an error. One whose request it refused before it was whole (never judged, never
+        forwarded: an HTTP/2 stream whose body broke its Content-Length, a frame out of place, a malformed HTTP/1
+        body) is a blocked attempt: recorded, with its request line and authority (`flows.unforwarded_error`)."""
+        self._guard(flow, self._error, "error")
+
+    def _error(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
+        state = self.connections.get(flow.client_conn.id)
+        if state is not None and state.severed:
+            return
+        verdict = unforwarded_error(flow)
+        if verdict is not None:
+            self.record_flow(flow, sandbox, verdict)
 
     def response(self, flow: http.HTTPFlow) -> None:
         self._guard(flow, self.flows.response, "response")
@@ -462,6 +555,22 @@ class EgressAddon(NextLayer):
         if state.preblocked is not None:
             return FlowMeta(meta.transport, meta.src, meta.sport, *state.destination)
         return meta
+
+
+_H2_START: Final = b"PRI * HTTP/2.0"
+"""The HTTP/2 preface's request line: a method reserved for it (RFC 9113 §3.4), never an HTTP/1 request."""
+
+
+def _h2_preface(data: bytes) -> bool:
+    """Whether a client's first bytes are (or may still become) the HTTP/2 connection preface."""
+    return data.startswith(_H2_START) or (len(data) < len(_H2_START) and _H2_START.startswith(data))
+
+
+def _h2_without_alpn(context: Context, meta: FlowMeta) -> Finding:
+    alpn = context.client.alpn.decode("latin-1", "replace") if context.client.alpn else "none"
+    text = (f"HTTP/2 preface inside intercepted TLS to {meta.dst}:{meta.dport} without ALPN h2 (ALPN {alpn}): "
+            "HTTP/2 with prior knowledge, its frames not inspected")  # fmt: skip
+    return Finding(Category.TUNNEL, H2C_NOT_INSPECTED, "proxy", evidence(text))
 
 
 def _note_passage(state: _Connection, verdict: Verdict, host: str) -> None:

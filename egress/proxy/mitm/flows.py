@@ -21,9 +21,9 @@ from typing import Final
 
 from mitmproxy import connection, http
 
-from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decide import Enforcement, Reason, Verdict, decide_finding
 from egress.detect import upgrade
-from egress.detect.base import Finding, FlowMeta, Transport
+from egress.detect.base import Category, Finding, FlowMeta, Transport, evidence
 from egress.policy.model import Sandbox
 from egress.proxy.gate import Gate
 from egress.proxy.mitm.inspect import (
@@ -45,6 +45,27 @@ _WEBSOCKET: Final = "egress-websocket"
 _SEVERED: Final = "egress-severed"
 _ANSWERED: Final = "egress-answered"
 _RECORD: Final = "egress-record"
+_JUDGED: Final = "egress-judged"
+"""The request came whole to the ``request`` hook (judged there; forwarded unless blocked)."""
+HTTP_PROTOCOL: Final = "http-protocol"
+"""The rule label of a request mitmproxy refused before it was whole (`unforwarded_error`)."""
+FRAMING_REFUSALS: Final = (
+    "HTTP/1 protocol error",
+    "HTTP/2 protocol error",
+    "Invalid HTTP/2 request headers",
+    "Received HTTP/2 data frame, expected",
+)
+"""How mitmproxy 12.3's HTTP layers word the end of a flow whose client broke the protocol (the error messages of
+their ``ReceiveProtocolError``); its HTTP/1 head validation says ``Received ... from client, refusing to prevent
+request smuggling attacks`` (`refused_by_framing`). Any other error is no refusal of the client's request: the
+client reset the stream or went away, the server failed or closed, or egress killed it (recorded then)."""
+
+
+def refused_by_framing(message: str) -> bool:
+    """Whether mitmproxy ended a flow with ``message`` because its client broke HTTP's framing."""
+    return message.startswith(FRAMING_REFUSALS) or (message.startswith("Received ") and " from client, " in message)
+
+
 _UPGRADE: Final = "egress-upgrade"
 """The protocols a request allowed to upgrade asked for (set by `FlowHooks.requestheaders`)."""
 
@@ -84,6 +105,39 @@ def answer_blocked(flow: http.HTTPFlow, verdict: Verdict) -> None:
     record_id = flow.metadata.get(_RECORD, "")
     flow.response = blocked_response(verdict, flow.response is None, record_id if isinstance(record_id, str) else "")
     flow.metadata[_ANSWERED] = True
+
+
+def mark_judged(flow: http.HTTPFlow) -> None:
+    """Note that the flow's request came whole to the ``request`` hook (see `unforwarded_error`)."""
+    flow.metadata[_JUDGED] = True
+
+
+def request_line(request: http.Request) -> str:
+    """What a record says of a request: its method, authority (HTTP/2) or Host, path and version."""
+    authority = request.authority or request.host_header or request.pretty_host
+    return f"{request.method} {authority} {request.path} {request.http_version}"[:300]
+
+
+def unforwarded_error(flow: http.HTTPFlow) -> Verdict | None:
+    """The block to record for a flow mitmproxy ended on an error before its request was whole (an HTTP/2 stream
+    whose DATA broke its Content-Length or came out of place, a protocol error that closed the connection with the
+    stream open, an HTTP/1 body that does not parse): never judged by the detectors, never forwarded, refused by
+    mitmproxy's framing (`FRAMING_REFUSALS`). None when it was judged (recorded then), answered, or ended for any
+    other reason (a stream the client reset, a connection it closed, a server that failed: no refusal happened).
+    Always a block, in report mode too: mitmproxy refused it whatever the mode."""
+    if flow.metadata.get(_JUDGED) or flow.metadata.get(_ANSWERED) or flow.websocket is not None:
+        return None
+    message = flow.error.msg if flow.error is not None else ""
+    if not refused_by_framing(message):
+        return None
+    return protocol_refusal(f"{request_line(flow.request)}: refused before it was whole, never forwarded: {message}")
+
+
+def protocol_refusal(why: str) -> Verdict:
+    """The block of a request (or an HTTP/2 connection) that mitmproxy's framing refused (always a block:
+    ``tunnel``/``http-protocol-error``)."""
+    finding = Finding(Category.TUNNEL, "http-protocol-error", "proxy", evidence(why))
+    return Verdict(Enforcement.BLOCK, Reason.TUNNEL, HTTP_PROTOCOL, evidence(f"http-protocol-error: {why}"), finding)
 
 
 def _fields(headers: http.Headers | None) -> tuple[tuple[str, str], ...]:

@@ -26,6 +26,7 @@ from egress.proxy.gate import Gate
 from egress.proxy.idle import Held, IdleBound
 from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.crashes import CrashGuard
+from egress.proxy.mitm.quiet import IDLE_TIMEOUT, QuietWatch
 from egress.proxy.openflows import OpenFlows
 
 log = logging.getLogger("egress.proxy")
@@ -49,6 +50,7 @@ async def run_worker(
     open_flows: OpenFlows | None = None,
     flows: FlowSink | None = None,
     idle: IdleBound | None = None,
+    idle_timeout: float = IDLE_TIMEOUT,
 ) -> None:
     """Run one proxy worker on ``port`` (where nftables redirects sandbox TCP).
 
@@ -59,7 +61,9 @@ async def run_worker(
     ``open_flows``: where the front and the addon keep the connections they let through while open; ``flows``:
     told each connection let through when it ends, for the sandboxes that keep a flow log (`egress.flowlog`);
     ``idle``: the bound of the connections that have not spoken yet (`egress.proxy.idle`; default: its defaults),
-    followed into mitmproxy: a connection counts until its client's first byte reaches mitmproxy."""
+    followed into mitmproxy: a connection counts until its client's first byte reaches mitmproxy; ``idle_timeout``:
+    seconds a connection inside mitmproxy may go without progress before it is closed and recorded
+    (`egress.proxy.mitm.quiet`)."""
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
     sink_address = sink.sockets[0].getsockname()[:2]
@@ -75,7 +79,11 @@ async def run_worker(
     server = proxyserver.Proxyserver()
     master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
     sink_at = (str(sink_address[0]), int(sink_address[1]))
-    addon = EgressAddon(gate, reporter, sink_at, _severer(server), open_flows, flows)
+    quiet = QuietWatch(idle_timeout)
+    addon = EgressAddon(
+        gate, reporter, sink_at, _severer(server), open_flows, flows, (quiet, lambda c: server.connections.get(c.id))
+    )
+    quiet.on_refused = addon.refused
     master.addons.add(addon)
     guard = CrashGuard.install(server, addon.crashed)
     settings: dict[str, Any] = {
@@ -85,6 +93,10 @@ async def run_worker(
         # After a 101 that is not a WebSocket mitmproxy would relay the connection raw; the addon kills such
         # flows first, and without rawtcp mitmproxy closes them itself too (belt and braces).
         "rawtcp": False,
+        # The idle timeout is ours (`quiet`, recorded); mitmproxy's own (reset by any event, closing unrecorded)
+        # stays behind it as a backstop, and its HTTP/2 keep-alive pings would be progress that never ends.
+        "tcp_timeout": int(max(600.0, 2 * idle_timeout)),
+        "http2_ping_keepalive": 0,
     }
     if upstream_ca:
         settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
@@ -108,8 +120,11 @@ async def run_worker(
     handoff = _handoff(instance, addon, bound)
     the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows, flows, idle=bound)
     front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
+    watching = asyncio.create_task(quiet.run(addon.idle_closed))
     try:
-        await asyncio.wait({running, front}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({running, front, watching}, return_when=asyncio.FIRST_COMPLETED)
+        if watching.done():
+            watching.result()  # the idle timeout's watch failed (its error ends the worker)
         if front.done():
             front.result()  # the front failed (its error ends the worker)
             raise RuntimeError("the proxy worker's front stopped")
@@ -117,6 +132,7 @@ async def run_worker(
     finally:  # also when the worker is told to stop (cancelled)
         guard.uninstall()
         front.cancel()  # first: its listening sockets close, nothing more is accepted
+        watching.cancel()
         running.cancel()
         # Wait for both to have really stopped (bounded): the caller flushes records next, with no new connection.
         await asyncio.wait({front, running}, timeout=STOP_WAIT)

@@ -245,6 +245,7 @@ def main(argv: list[str] | None = None) -> None:
     site = Site(echo=True)
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(chain, key)
+    context.set_alpn_protocols(["h2", "http/1.1"])  # HTTP/2 when the client offers it (test_mitm_records)
 
     async def serve() -> None:
         servers = [

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import pytest
+from mitmproxy import flow as mitmflow
 from mitmproxy import http, websocket
 from mitmproxy.addons.next_layer import NeedsMoreData
 from mitmproxy.proxy.context import Context
@@ -350,3 +351,78 @@ def test_a_mining_websocket_message_is_dropped_and_the_connection_severed() -> N
     assert flow.websocket.messages[-1].dropped
     assert reported.severed == [flow.client_conn]
     assert reported.flows[-1].verdict.reason is Reason.MINING
+
+
+@pytest.mark.parametrize("alpn", [None, b"http/1.1"], ids=["no-alpn", "http1-alpn"])
+@pytest.mark.parametrize(
+    "extra", [b"\x00\x00\x00\x04\x00\x00\x00\x00\x00", b"", b"junk"], ids=["frames", "alone", "junk"]
+)
+def test_an_http2_preface_without_alpn_h2_is_refused_as_h2c(alpn: bytes | None, extra: bytes) -> None:
+    """Red team 3: mitmproxy's HTTP/1 reader took the preface for a ``PRI *`` request without Host, recorded as
+    domain-fronting. ``junk``: the preface's request line and blank line then something else is no HTTP/1 either."""
+    addon, reported = _addon()
+    preface = b"PRI * HTTP/2.0\r\n\r\n" + (b"SM\r\n\r\n" + extra if extra != b"junk" else extra)
+    layer = addon._next_layer(_decrypted(addon, alpn), preface, b"")
+    assert isinstance(layer, RefuseLayer)
+    [flow] = reported.flows
+    assert (flow.verdict.action, flow.verdict.reason) == (Enforcement.BLOCK, Reason.TUNNEL)
+    assert flow.verdict.finding is not None and flow.verdict.finding.protocol == "h2c-not-inspected"
+    assert flow.host == "allowed.test"
+
+
+@pytest.mark.parametrize("cut", [1, 3, 14, 18, 23])
+def test_a_preface_in_pieces_waits_for_the_rest(cut: int) -> None:
+    """Its first 18 bytes alone are a whole HTTP/1-looking head: waited on, never handed to the HTTP layer."""
+    addon, reported = _addon()
+    with pytest.raises(NeedsMoreData):
+        addon._next_layer(_decrypted(addon), b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"[:cut], b"")
+    assert reported.flows == []
+
+
+def _errored(addon: EgressAddon, message: str, judged: bool = False) -> http.HTTPFlow:
+    context = _decrypted(addon, b"h2")
+    flow = tflow.tflow()
+    flow.client_conn = context.client
+    flow.request.authority = "allowed.test"
+    if judged:
+        addon.request(flow)
+    flow.error = mitmflow.Error(message)
+    addon.error(flow)
+    return flow
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "HTTP/2 protocol error: InvalidBodyLengthError: Expected 5 bytes, received 52",
+        "HTTP/1 protocol error: Invalid chunked encoding length: b'zz'",
+        "Received HTTP/2 data frame, expected headers.",
+    ],
+)
+def test_a_request_mitmproxy_refused_before_it_was_whole_is_recorded(message: str) -> None:
+    addon, reported = _addon()
+    _errored(addon, message)
+    [flow] = reported.flows
+    assert (flow.verdict.action, flow.verdict.reason, flow.verdict.rule) == (
+        Enforcement.BLOCK,
+        Reason.TUNNEL,
+        "http-protocol",
+    )
+    assert "allowed.test" in flow.verdict.evidence and "http-protocol-error" in flow.verdict.evidence
+
+
+@pytest.mark.parametrize(
+    ("message", "judged"),
+    [
+        ("stream reset by client (CANCEL)", False),
+        ("peer closed connection", False),
+        ("Client disconnected.", False),
+        ("server closed connection", False),
+        ("killed", False),
+        ("HTTP/2 protocol error: after the request was judged", True),
+    ],
+)
+def test_a_flow_that_ended_otherwise_is_not_recorded_as_refused(message: str, judged: bool) -> None:
+    addon, reported = _addon()
+    _errored(addon, message, judged)
+    assert [f for f in reported.flows if f.verdict.rule == "http-protocol"] == []
