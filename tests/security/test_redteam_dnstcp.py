@@ -9,6 +9,8 @@ to each of ten blocked addresses, asks an allowed name over UDP (the resolver mu
 and over a new TCP connection (reported, not judged: the sandbox's own ``max_connections`` may drop it, a
 block recorded as ``connection-limit``). Judged by: every blocked datagram recorded, the UDP query answered, the
 gateway still running, and the resolver's closes recorded (reason ``idle-limit``, rule ``dns-tcp-limit``).
+Found 2026-11-30 (rtfix5, the fix taken out, load ~8): 1,021 connections held, ``accept`` failing with EMFILE in
+the supervisor, none of the ten blocked datagrams recorded within the wait, the UDP query answered SERVFAIL.
 Fixed by `egress.gateway.fdlimit` (the supervisor takes its hard limit) and `egress.dnsserver.tcpbound`.
 """
 
