@@ -14,6 +14,9 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
 - ``SO_RXQ_OVFL`` (Linux, socket(7)) makes the kernel attach to each datagram the count of datagrams it dropped
   on this socket so far; a rise is reported to the resolver (`Resolver.kernel_dropped`), which records it as
   ``dns-dropped``, so what the kernel drops is never lost silently.
+
+TCP connections are bounded per sandbox and in all (`egress.dnsserver.tcpbound`): the resolver shares the
+supervisor's descriptors with what records blocked attempts.
 """
 
 from __future__ import annotations
@@ -21,12 +24,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import resource
 import socket
 import struct
 from typing import Final
 
 from egress.detect import dns
 from egress.dnsserver.resolver import Pending, Resolver
+from egress.dnsserver.tcpbound import TCP_LIMIT, TCP_PER_SANDBOX, Conn, TcpBound
 
 log = logging.getLogger(__name__)
 
@@ -153,28 +158,47 @@ class UdpServer:
             self.sock.close()
 
 
-async def _serve_tcp(resolver: Resolver, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def _serve_tcp(
+    resolver: Resolver, bound: TcpBound, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+) -> None:
     peer = writer.get_extra_info("peername")
     client = (str(peer[0]), int(peer[1]))
+    transport = writer.transport
+    conn = Conn(resolver.sandbox_name(client[0]), client, transport.abort)
+    if not bound.open(conn):
+        return
     try:
         while True:
             length = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 10.0))[0]
             query = await asyncio.wait_for(reader.readexactly(length), 10.0)
+            bound.busy(conn)
             response = await resolver.answer(query, client, "tcp")
             if response is None:
                 break
             writer.write(dns.tcp_frame(response))
             await writer.drain()
+            bound.idle(conn)
     except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
         pass
     finally:
+        bound.release(conn)
         writer.close()
+
+
+def tcp_bound(resolver: Resolver) -> TcpBound:
+    """The resolver's TCP bound: `TCP_LIMIT` in all, or a quarter of a lower descriptor limit (the supervisor's
+    other sockets, files and children need the rest)."""
+    soft = resource.getrlimit(resource.RLIMIT_NOFILE)[0]
+    limit = TCP_LIMIT if soft == resource.RLIM_INFINITY else max(1, min(TCP_LIMIT, soft // 4))
+    return TcpBound(limit, TCP_PER_SANDBOX, resolver.tcp_closed)
 
 
 async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]:
     """Listen on UDP and TCP ``port`` on each of ``hosts``; returns what to close (`UdpServer`, asyncio servers),
     the UDP server of each host first."""
     handles: list[object] = []
+    bound = tcp_bound(resolver)
+    log.info("resolver TCP: at most %d connections, %d per sandbox", bound.limit, bound.per_sandbox)
     for host in hosts:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
         sock = socket.socket(family, socket.SOCK_DGRAM)
@@ -185,6 +209,6 @@ async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]
         sock.bind((host, port))
         log.info("resolver UDP %s:%d receive buffer %d bytes", host, port, size)
         handles.append(UdpServer(resolver, sock))
-        server = await asyncio.start_server(lambda r, w: _serve_tcp(resolver, r, w), host, port)
+        server = await asyncio.start_server(lambda r, w: _serve_tcp(resolver, bound, r, w), host, port)
         handles.append(server)
     return handles

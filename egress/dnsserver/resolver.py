@@ -34,6 +34,7 @@ from dataclasses import dataclass
 
 from egress.decide import (
     Enforcement,
+    Reason,
     Verdict,
     decide_dns,
     decide_dns_dropped,
@@ -49,6 +50,8 @@ from egress.dnsserver import answers, fast, forward, replies
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
+from egress.dnsserver.tcpbound import RULE as TCP_RULE
+from egress.dnsserver.tcpbound import Conn
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import HostRule, Mode, Policy, Sandbox
 from egress.record.naming import named
@@ -153,6 +156,8 @@ class Resolver:
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
+        self.tcp_bound_closed = 0
+        """TCP connections closed by the bound (`egress.dnsserver.tcpbound`)."""
 
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy. Tunnel state of sandboxes that remain is kept (a reload must not lift a hold);
@@ -368,6 +373,22 @@ class Resolver:
         verdict = decide_dns_dropped()
         for _ in range(count):
             self._report(("0.0.0.0", 0), "udp", "", verdict, "")
+
+    def sandbox_name(self, source: str) -> str:
+        """The name of ``source``'s sandbox under the policy in force (``""``: in none)."""
+        try:
+            sandbox = self.policy.sandbox_for(ipaddress.ip_address(source))
+        except ValueError:
+            return ""
+        return sandbox.name if sandbox is not None else ""
+
+    def tcp_closed(self, conn: Conn, count: int) -> None:
+        """A TCP connection closed by the resolver's bound (`egress.dnsserver.tcpbound`): a block, recorded (the
+        recorder aggregates a flood's closes into one record with its count)."""
+        self.tcp_bound_closed += 1
+        text = f"TCP connection to the resolver closed: over its bound of connections ({count} of this sandbox)"
+        verdict = Verdict(Enforcement.BLOCK, Reason.IDLE_LIMIT, TCP_RULE, evidence(text))
+        self._report(conn.client, "tcp", "", verdict, conn.sandbox)
 
     def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> str:
         """Report a decision; the id of its record (named now, for the refusal's EDE text), ``""`` when allowed."""

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import ipaddress
 import logging
+import math
 import select
 import threading
 import time
@@ -56,6 +57,9 @@ LINK_RAW = 101
 MAX_FLOWS = 4096
 COUNT_EVERY = 1.0
 """Seconds between two reads of the kernel's drop counters."""
+LOG_DELAY = 0.05
+"""Seconds, at most, between the kernel counting a packet and its log reaching the socket (the log rule follows the
+count rule in the same pass, and the reader asks the kernel to flush each message at once, 10 ms at the most)."""
 _TRANSPORT_NAMES = {TCP: Transport.TCP, UDP: Transport.UDP, ICMP: Transport.ICMP}
 Counters = Callable[[], Mapping[CountKey, int]]
 """Reads the kernel's drop counters (`read_counters` on the gateway's table)."""
@@ -152,9 +156,14 @@ class DropJudge:
                 return other
         return current
 
-    def unlogged(self, counters: Mapping[CountKey, int]) -> list[DecidedFlow]:
-        """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`)."""
-        return self.counts.reconcile(counters, time.monotonic(), self._synthesize, time.time(), self._restate)
+    def unlogged(
+        self, counters: Mapping[CountKey, int], read_at: float | None = None, logged_through: float = math.inf
+    ) -> list[DecidedFlow]:
+        """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`):
+        ``counters`` as read at ``read_at`` (monotonic; default now), every log of a packet counted by
+        ``logged_through`` judged (default: all of them)."""
+        now = time.monotonic() if read_at is None else read_at
+        return self.counts.reconcile(counters, now, self._synthesize, time.time(), self._restate, logged_through)
 
     def settle_all(self) -> list[DecidedFlow]:
         """What the last read counted and nothing reported yet (the logger stops)."""
@@ -230,6 +239,8 @@ class DropLogger:
             counters = lambda: read_counters(table, netns)  # noqa: E731
         self.counters = counters
         self._count_failing = False
+        self._logged_through = -math.inf
+        """Every log of a packet the kernel counted by then has been judged (monotonic): the socket was drained."""
         self.judge = DropJudge(policy, lists)
         self.reporter = reporter
         self._stop = threading.Event()
@@ -276,7 +287,7 @@ class DropLogger:
                     raise RuntimeError("fault hook: the drop logger's thread dies (EGRESS_FAULT_HOOKS=drop-logger)")
                 ready, _, _ = select.select([reader.fileno()], [], [], max(0.0, min(0.5, count_at - time.monotonic())))
                 if ready:
-                    self._judge(reader.read())
+                    self._drain(reader)
                 if self.counters is not None and time.monotonic() >= count_at:
                     count_at = time.monotonic() + COUNT_EVERY
                     self._count(reader)
@@ -295,6 +306,13 @@ class DropLogger:
         raises at its next turn (within half a second), as a bug in it would, and reports its death."""
         self._fault.set()
 
+    def _drain(self, reader: NflogReader, timeout: float = 0.0) -> None:
+        """Judge every log waiting; the socket was empty at the end, so every log of a packet counted
+        `LOG_DELAY` before the call has been judged."""
+        started = time.monotonic()
+        self._judge(reader.read(timeout=timeout))
+        self._logged_through = started - LOG_DELAY
+
     def _judge(self, packets: list[LoggedPacket]) -> None:
         for packet in packets:
             attempt = self.judge.judge(packet)
@@ -306,14 +324,15 @@ class DropLogger:
         assert self.counters is not None
         try:
             counters = self.counters()
+            read_at = time.monotonic()  # the listing's last packet was counted by now
         except (runner.NftError, OSError) as exc:  # locked down, the table being replaced, nft slow: next second
             if not self._count_failing:
                 log.warning("drop counters not read (retrying every %.0f s): %s", COUNT_EVERY, exc)
             self._count_failing = True
             return
         self._count_failing = False
-        self._judge(reader.read(timeout=0.02))
-        for attempt in self.judge.unlogged(counters):
+        self._drain(reader, timeout=0.02)
+        for attempt in self.judge.unlogged(counters, read_at, self._logged_through):
             self.reporter.report(attempt)
 
     def stop(self) -> None:

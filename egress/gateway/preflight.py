@@ -148,9 +148,14 @@ def _upstream(upstream: str, host: Host) -> list[Problem]:
 
 
 def _records(config: GatewayConfig, host: Host) -> list[Problem]:
-    """Redis answers, or the spool can take records until it does (records are spooled, never lost)."""
-    if host.redis(config.redis_url) is None:
+    """Redis answers and cannot evict records, or the spool can take records until it answers (records are
+    spooled, never lost). A Redis whose ``maxmemory-policy`` may evict keys is a problem whatever the spool: started
+    that way, the gateway does not start (`egress.record.redis_facade.EvictingRedis`)."""
+    answer = host.redis(config.redis_url)
+    if answer is None:
         return []
+    if "maxmemory-policy" in answer:  # it answered, and would evict
+        return [Problem("--redis-url", f"Redis at {config.redis_url}: {answer}")]
     spool = config.spool_dir("supervisor")
     complaint = host.writable(spool)
     if complaint is None:

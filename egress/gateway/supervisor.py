@@ -50,6 +50,7 @@ from egress.gateway.components import (
 from egress.gateway.config import GatewayConfig
 from egress.gateway.control import Payloads
 from egress.gateway.droplog import DropLogger
+from egress.gateway.fdlimit import raise_fd_limit
 from egress.gateway.metrics import MetricsServer, Snapshot
 from egress.gateway.policy_follow import PolicyFollower
 from egress.gateway.qtap import FindingTap
@@ -415,6 +416,8 @@ def run_gateway(config: GatewayConfig) -> int:
     if os.geteuid() != 0:
         log.error("the gateway needs root (nftables, ports, nflog)")
         return 2
+    limit = raise_fd_limit()  # the resolver's TCP connections, the drop logger, the spool (the workers inherit it)
+    log.info("descriptor limit %d", limit)
     try:
         supervisor = Supervisor(config)
     except RulesError:

@@ -17,7 +17,6 @@ import argparse
 import asyncio
 import logging
 import os
-import resource
 import signal
 import threading
 from dataclasses import dataclass, field
@@ -29,6 +28,7 @@ from egress.detect.registry import stream_detectors
 from egress.dnsserver.bindings import Bindings
 from egress.gateway.config import WorkerConfig
 from egress.gateway.control import WorkerControl, open_stream
+from egress.gateway.fdlimit import raise_fd_limit
 from egress.gateway.qtap import FindingTap
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
@@ -148,17 +148,6 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
             log.warning("%s: the supervisor closed the control channel: stopping", config.name)
         return
     proxy.result()  # the proxy's error ends the worker (the supervisor then locks the gateway down)
-
-
-def raise_fd_limit() -> None:
-    """Take the whole hard limit of descriptors (the soft one is often 1,024): every connection costs one, and two
-    once dialled; running out makes accept fail, and the front then pauses its listener."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft != hard:
-        try:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-        except (ValueError, OSError) as exc:
-            log.warning("descriptor limit stays %d (%s)", soft, exc)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -180,8 +180,8 @@ def drop_counters(table: str, set_names: Sequence[str], netns: str | None = None
         for item in document.get("nftables", []):
             for element in item.get("set", {}).get("elem", []):
                 key, packets = _counted(element)
-                if key is not None:
-                    counts[key] = counts.get(key, 0) + packets
+                if key is not None:  # listed twice (a dump resumed while the set changed): one counter, not two
+                    counts[key] = max(counts.get(key, 0), packets)
     return counts
 
 

@@ -12,6 +12,12 @@ that names several keys names keys of one hash slot, and redis-py routes each to
 
 Errors: Redis being down, slow or refusing raises one of `STORE_ERRORS`; a reply of a shape this module does not
 expect raises `UnexpectedReply` (one of them too).
+
+Eviction: every connection, the first and each reconnect (to every node of a Cluster), first asks the server's
+``maxmemory-policy`` (``INFO memory``) and refuses a server that may evict keys (`EvictingRedis`, one of
+`STORE_ERRORS`: a write is spooled, not stored where a flood could push earlier records out). Only
+``noeviction`` is accepted: the ``volatile-*`` policies evict keys with a TTL, and the record keys' counter hashes,
+dedupe marks and quarantine windows have one (docs/records.md, "Redis settings").
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from typing import Final
 
 import redis
 import redis.cluster
+import redis.connection
 import redis.exceptions
 from redis.backoff import NoBackoff
 from redis.retry import Retry
@@ -56,6 +63,45 @@ STORE_ERRORS: Final[tuple[type[BaseException], ...]] = (
     OSError,
 )
 """What a call may raise when Redis does not answer or refuses: callers catch these without importing redis."""
+
+
+ACCEPTED_POLICY: Final = "noeviction"
+
+
+class EvictingRedis(redis.exceptions.ConnectionError):
+    """The server's ``maxmemory-policy`` may evict keys (or could not be read): records are not stored there."""
+
+
+def eviction_problem(info: object) -> str | None:
+    """What is wrong with a server whose ``INFO memory`` reply is ``info``: ``None`` when it cannot evict keys."""
+    policy = ""
+    for line in text(info).splitlines():
+        name, _, value = line.partition(":")
+        if name == "maxmemory_policy":
+            policy = value.strip()
+    if policy == ACCEPTED_POLICY:
+        return None
+    return (
+        f"Redis maxmemory-policy is {policy or 'not reported'!r}: a flood could evict earlier records; "
+        f"set maxmemory-policy {ACCEPTED_POLICY} (redis.conf, or CONFIG SET maxmemory-policy {ACCEPTED_POLICY})"
+    )
+
+
+def check_eviction(connection: redis.connection.AbstractConnection) -> None:
+    """Refuse a new connection to a server that may evict keys (`EvictingRedis`)."""
+    try:
+        connection.send_command("INFO", "memory")  # type: ignore[no-untyped-call]
+        reply = connection.read_response()
+    except redis.exceptions.ResponseError as exc:
+        raise EvictingRedis(f"Redis maxmemory-policy could not be read (INFO memory: {exc})") from exc
+    problem = eviction_problem(reply)
+    if problem is not None:
+        raise EvictingRedis(problem)
+
+
+def _connect_and_check(connection: redis.connection.AbstractConnection) -> None:
+    connection.on_connect()  # type: ignore[no-untyped-call]  # what redis-py does when no connect function is given
+    check_eviction(connection)
 
 
 def text(value: object) -> str:
@@ -325,12 +371,14 @@ class RedisFacade:
             if self._client is None:
                 retry = Retry(NoBackoff(), 0)  # a failed write is spooled, not retried in place
                 timeouts = {"socket_timeout": self.socket_timeout, "socket_connect_timeout": self._connect_timeout}
-                if self.cluster:
+                if self.cluster:  # the Cluster's own connect function calls ours after its handshake
                     self._client = redis.cluster.RedisCluster.from_url(
-                        self.url, decode_responses=True, retry=retry, **timeouts
+                        self.url, decode_responses=True, retry=retry, redis_connect_func=check_eviction, **timeouts
                     )
                 else:
-                    self._client = redis.Redis.from_url(self.url, decode_responses=True, retry=retry, **timeouts)
+                    self._client = redis.Redis.from_url(
+                        self.url, decode_responses=True, retry=retry, redis_connect_func=_connect_and_check, **timeouts
+                    )
             return self._client
 
 

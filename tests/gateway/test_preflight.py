@@ -126,3 +126,9 @@ def test_a_sandbox_naming_the_sandbox_interface_shares_it_with_those_that_name_n
     assert [p for p in preflight(CONFIG, pinned, FakeHost()) if p.where == "--sandbox-if"] == []
     apart = Policy(1, (make_sandbox("agent", "10.9.0.0/24"), make_sandbox("builder", "10.9.1.0/24", interface="sbx1")))
     assert [p for p in preflight(CONFIG, apart, FakeHost()) if p.where == "--sandbox-if"] == []
+
+
+def test_a_redis_that_may_evict_records_stops_the_start_whatever_the_spool() -> None:
+    evicts = "Redis maxmemory-policy is 'allkeys-lru': a flood could evict earlier records; set ..."
+    [problem] = preflight(CONFIG, POLICY, FakeHost(redis_down=evicts))
+    assert problem.where == "--redis-url" and "maxmemory-policy" in problem.line()
