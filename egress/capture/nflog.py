@@ -206,7 +206,7 @@ class NflogReader:
         sock = self._socket()
         packets, self._pending = self._pending, []
         if not packets and timeout > 0:
-            select.select([sock], [], [], timeout)
+            _readable(sock, timeout)
         while True:
             try:
                 data = sock.recv(1 << 17, socket.MSG_DONTWAIT)
@@ -253,7 +253,7 @@ class NflogReader:
         deadline = time.monotonic() + 2.0
         while not self._acked:
             remaining = deadline - time.monotonic()
-            if remaining <= 0 or not select.select([sock], [], [], remaining)[0]:
+            if remaining <= 0 or not _readable(sock, remaining):
                 raise TimeoutError("no answer from nfnetlink_log")
             data = sock.recv(1 << 17)
             try:
@@ -261,3 +261,11 @@ class NflogReader:
             except OSError:
                 if strict:
                     raise
+
+
+def _readable(sock: socket.socket, timeout: float) -> bool:
+    """Whether ``sock`` became readable within ``timeout`` seconds (poll(2), not select(2): a process with its
+    descriptor limit raised may number this socket past select's FD_SETSIZE)."""
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(timeout * 1000))

@@ -281,12 +281,14 @@ class DropLogger:
         reader = self.reader
         assert reader is not None
         count_at = time.monotonic() + COUNT_EVERY
+        poller = select.poll()  # not select(): the supervisor's descriptors may be numbered past FD_SETSIZE
+        poller.register(reader.fileno(), select.POLLIN)
         try:
             while not self._stop.is_set():
                 if self._fault.is_set():
                     raise RuntimeError("fault hook: the drop logger's thread dies (EGRESS_FAULT_HOOKS=drop-logger)")
-                ready, _, _ = select.select([reader.fileno()], [], [], max(0.0, min(0.5, count_at - time.monotonic())))
-                if ready:
+                wait_ms = max(0.0, min(0.5, count_at - time.monotonic())) * 1000
+                if poller.poll(wait_ms):
                     self._drain(reader)
                 if self.counters is not None and time.monotonic() >= count_at:
                     count_at = time.monotonic() + COUNT_EVERY

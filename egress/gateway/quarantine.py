@@ -162,13 +162,16 @@ class Keeper:
     def _run(self) -> None:
         assert self._sock is not None and self._wake is not None
         next_sync = 0.0
+        poller = select.poll()  # not select(): the supervisor's descriptors may be numbered past FD_SETSIZE
+        for fd in (self._sock.fileno(), self._wake[0]):
+            poller.register(fd, select.POLLIN)
         while not self._stop.is_set():
             try:
                 wait = max(next_sync - self.monotonic(), 0.0)
-                readable, _, _ = select.select([self._sock, self._wake[0]], [], [], wait)
+                readable = {fd for fd, _ in poller.poll(wait * 1000)}
                 if self._stop.is_set():
                     return
-                if self._sock in readable:
+                if self._sock.fileno() in readable:
                     self._drain(self._sock)
                 if self.monotonic() >= next_sync:
                     next_sync = self.monotonic() + POLL
