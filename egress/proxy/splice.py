@@ -18,7 +18,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import socket
+import threading
 from collections.abc import Callable
 from typing import ClassVar, Final
 
@@ -112,6 +114,8 @@ class Relay:
         """Client to destination; its ``moved``: the bytes the client sent."""
         self.down = _Direction(self, upstream, client, from_client=False)
         self.closed = False
+        self.stop: int | None = None
+        """An eventfd that wakes the directions' threads when the relay closes (made with the first thread)."""
         self.on_lost: Callable[[], None] | None = None
         """Called once when the relay closes (the front forgets it: `egress.proxy.openflows`)."""
 
@@ -121,12 +125,18 @@ class Relay:
         self.down.resume()
 
     def close(self) -> None:
-        """Close both sides (and the pipes); idempotent."""
+        """Close both sides (and the pipes); idempotent. A direction's thread, if any, is stopped first (it
+        touches no descriptor after this returns)."""
         if self.closed:
             return
         self.closed = True
+        if self.stop is not None:
+            os.eventfd_write(self.stop, 1)
         for direction in (self.up, self.down):
             direction.release()
+        if self.stop is not None:
+            os.close(self.stop)
+            self.stop = None
         for sock in (self.up.src, self.down.src):
             sock.close()
         if self.on_lost is not None:
@@ -159,6 +169,8 @@ class _Direction:
         """``dst`` was told the end (``shutdown(SHUT_WR)``)."""
         self.reading = False
         self.writing = False
+        self.thread: threading.Thread | None = None
+        """Moves the bytes once the direction splices with a `PIPE_SIZE` pipe (`_pump`)."""
 
     def resume(self) -> None:
         if not self.reading and not self.eof and not self.relay.closed:
@@ -171,7 +183,12 @@ class _Direction:
             self.reading = False
 
     def release(self) -> None:
-        """Stop both callbacks and close the pipe (the relay closes the sockets)."""
+        """Stop both callbacks or the thread, and close the pipe (the relay closes the sockets)."""
+        if self.thread is not None:
+            if self.thread is not threading.current_thread():
+                self.thread.join()
+            self.thread = None
+            self.reading = self.writing = False
         self._pause()
         if self.writing:
             self.relay.loop.remove_writer(self.dst.fileno())
@@ -220,6 +237,8 @@ class _Direction:
         self.pending = data
         if self._flush() and self.relay.splice and (watch is None or watch.finished):
             self._open_pipe()
+            if self.pipe_size == PIPE_SIZE:
+                self._start_thread()
 
     def _flush(self) -> bool:
         """Send what is waiting for ``dst``; True when all went out, else wait until ``dst`` takes more."""
@@ -272,3 +291,69 @@ class _Direction:
             self.relay.close()
             return
         self.dst.shutdown(socket.SHUT_WR)
+
+    def _start_thread(self) -> None:
+        """Move this direction's bytes in a thread of its own from now on (`_pump`), off the event loop; where no
+        thread can be started, the loop goes on splicing it."""
+        relay = self.relay
+        if relay.stop is None:
+            relay.stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        thread = threading.Thread(target=self._pump, args=(relay.stop,), name="egress-splice", daemon=True)
+        self._pause()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (a limit on tasks): the loop's callbacks as before
+            log.warning("relay: no splice thread could be started: spliced on the event loop")
+            self.resume()
+            return
+        self.thread = thread
+
+    def _pump(self, stop: int) -> None:
+        """The thread: splice what ``src`` has into the pipe, then all of it into ``dst``, and again; wait in
+        poll(2), the GIL released, where either would block (the pipe is empty before ``src`` is read again:
+        back-pressure). The end of ``src`` (everything sent on), an error or a bug is handed to the event loop;
+        the relay's close wakes the thread through ``stop`` and waits for it before closing any descriptor."""
+        relay, pipe = self.relay, self.pipe
+        assert pipe is not None
+        src, dst, size = self.src.fileno(), self.dst.fileno(), self.pipe_size
+        readable, writable = select.poll(), select.poll()
+        readable.register(src, select.POLLIN)
+        writable.register(dst, select.POLLOUT)
+        for poll in (readable, writable):
+            poll.register(stop, select.POLLIN)
+        then: Callable[[], None] = self._pumped
+        try:
+            while not relay.closed:
+                try:
+                    got = os.splice(src, pipe[1], size, flags=_SPLICE)
+                except BlockingIOError:
+                    self.reading, self.writing = True, False
+                    readable.poll()
+                    continue
+                if got == 0:
+                    break
+                self.moved += got
+                while got and not relay.closed:
+                    try:
+                        got -= os.splice(pipe[0], dst, got, flags=_SPLICE)
+                    except BlockingIOError:
+                        self.reading, self.writing = False, True
+                        writable.poll()
+        except OSError as exc:  # reset, broken pipe, or the like
+            log.debug("relay: %s: closed", exc)
+            then = relay.close
+        except Exception:
+            log.exception("relay: error: both sides closed")
+            then = relay.close
+        if not relay.closed:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is stopping
+                relay.loop.call_soon_threadsafe(then)
+
+    def _pumped(self) -> None:
+        """On the event loop: the thread saw the end of ``src``, everything sent on; pass the end on."""
+        if self.relay.closed:
+            return
+        self.thread = None
+        self.reading = self.writing = False
+        self.eof = True
+        self._guarded(self._shutdown)
