@@ -3,12 +3,16 @@ writer callbacks on the raw non-blocking sockets (no asyncio transports: a new c
 and the reads and writes, nothing more), each chunk shown to the connection's `egress.proxy.relay.Watch` before
 it is sent on; once the watch has read all it reads of the connection (`Watch.finished`: the TLS shape watcher is
 done, after its first `egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each
-direction moves its bytes with splice(2) through a pipe of its own, never copied into Python.
+direction moves its bytes with splice(2) through a pipe of its own, never copied into Python: the first
+`BIG_PIPES` such directions of a process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL
+released, none of the event loop's work per wake-up), the others in the loop's callbacks.
 
 Back-pressure: a direction whose destination does not take everything stops reading its source until what is
 left went out. Half-close: a source's end of stream is passed on as ``shutdown(SHUT_WR)`` once its bytes went
 out; the relay closes when both directions ended. Fail closed: a watch that says no, an error on either socket
-or pipe, or a bug in a callback closes both sides at once; nothing is forwarded unwatched.
+or pipe, or a bug in a callback or a direction's thread closes both sides at once; nothing is forwarded
+unwatched. A thread touches only its own direction's state and descriptors; what involves the other direction
+(the end passed on, a close) it hands to the loop, and the relay's close stops it before closing a descriptor.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ PIPE_SIZE: Final = 1024 * 1024
 kernel's default 64 KiB is kept where it refuses."""
 SMALL_PIPE_SIZE: Final = 256 * 1024
 BIG_PIPES: Final = 8
-"""Splicing directions per process with a `PIPE_SIZE` pipe at once. The kernel charges a pipe's capacity to its
-user (uid 0 for the gateway: every root process of the host), and past ``/proc/sys/fs/pipe-user-pages-soft``
-(16,384 pages, 64 MiB) a process without ``CAP_SYS_RESOURCE`` (the gateway unit has ``CAP_NET_ADMIN`` only)
-gets pipes of two pages: 1 MiB pipes for every direction would reach it at 32 splicing connections, 256 KiB ones
-at 128; with this bound, two workers reach it at about 104."""
+"""Splicing directions per process with a `PIPE_SIZE` pipe, and a thread of their own, at once. The kernel charges
+a pipe's capacity to its user (uid 0 for the gateway: every root process of the host), and past
+``/proc/sys/fs/pipe-user-pages-soft`` (16,384 pages, 64 MiB) a process without ``CAP_SYS_RESOURCE`` (the gateway
+unit has ``CAP_NET_ADMIN`` only) gets pipes of two pages: 1 MiB pipes for every direction would reach it at 32
+splicing connections, 256 KiB ones at 128; with this bound, two workers reach it at about 104. The threads are
+bounded with them: at most this many per process, each idle in poll(2) while its connection is."""
 SANDBOX_CONGESTION: Final = b"cubic"
 """TCP congestion control of the sandbox side's sockets (`sandbox_side`): the sandbox's link is the gateway's
 local one (a veth, a bridge), where a host default chosen for long paths (BBR) only adds its pacing timer; with
