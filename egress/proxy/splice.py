@@ -3,12 +3,16 @@ writer callbacks on the raw non-blocking sockets (no asyncio transports: a new c
 and the reads and writes, nothing more), each chunk shown to the connection's `egress.proxy.relay.Watch` before
 it is sent on; once the watch has read all it reads of the connection (`Watch.finished`: the TLS shape watcher is
 done, after its first `egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each
-direction moves its bytes with splice(2) through a pipe of its own, never copied into Python.
+direction moves its bytes with splice(2) through a pipe of its own, never copied into Python: the first
+`BIG_PIPES` such directions of a process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL
+released, none of the event loop's work per wake-up), the others in the loop's callbacks.
 
 Back-pressure: a direction whose destination does not take everything stops reading its source until what is
 left went out. Half-close: a source's end of stream is passed on as ``shutdown(SHUT_WR)`` once its bytes went
 out; the relay closes when both directions ended. Fail closed: a watch that says no, an error on either socket
-or pipe, or a bug in a callback closes both sides at once; nothing is forwarded unwatched.
+or pipe, or a bug in a callback or a direction's thread closes both sides at once; nothing is forwarded
+unwatched. A thread touches only its own direction's state and descriptors; what involves the other direction
+(the end passed on, a close) it hands to the loop, and the relay's close stops it before closing a descriptor.
 """
 
 from __future__ import annotations
@@ -18,7 +22,9 @@ import contextlib
 import fcntl
 import logging
 import os
+import select
 import socket
+import threading
 from collections.abc import Callable
 from typing import ClassVar, Final
 
@@ -35,11 +41,12 @@ PIPE_SIZE: Final = 1024 * 1024
 kernel's default 64 KiB is kept where it refuses."""
 SMALL_PIPE_SIZE: Final = 256 * 1024
 BIG_PIPES: Final = 8
-"""Splicing directions per process with a `PIPE_SIZE` pipe at once. The kernel charges a pipe's capacity to its
-user (uid 0 for the gateway: every root process of the host), and past ``/proc/sys/fs/pipe-user-pages-soft``
-(16,384 pages, 64 MiB) a process without ``CAP_SYS_RESOURCE`` (the gateway unit has ``CAP_NET_ADMIN`` only)
-gets pipes of two pages: 1 MiB pipes for every direction would reach it at 32 splicing connections, 256 KiB ones
-at 128; with this bound, two workers reach it at about 104."""
+"""Splicing directions per process with a `PIPE_SIZE` pipe, and a thread of their own, at once. The kernel charges
+a pipe's capacity to its user (uid 0 for the gateway: every root process of the host), and past
+``/proc/sys/fs/pipe-user-pages-soft`` (16,384 pages, 64 MiB) a process without ``CAP_SYS_RESOURCE`` (the gateway
+unit has ``CAP_NET_ADMIN`` only) gets pipes of two pages: 1 MiB pipes for every direction would reach it at 32
+splicing connections, 256 KiB ones at 128; with this bound, two workers reach it at about 104. The threads are
+bounded with them: at most this many per process, each idle in poll(2) while its connection is."""
 SANDBOX_CONGESTION: Final = b"cubic"
 """TCP congestion control of the sandbox side's sockets (`sandbox_side`): the sandbox's link is the gateway's
 local one (a veth, a bridge), where a host default chosen for long paths (BBR) only adds its pacing timer; with
@@ -112,6 +119,8 @@ class Relay:
         """Client to destination; its ``moved``: the bytes the client sent."""
         self.down = _Direction(self, upstream, client, from_client=False)
         self.closed = False
+        self.stop: int | None = None
+        """An eventfd that wakes the directions' threads when the relay closes (made with the first thread)."""
         self.on_lost: Callable[[], None] | None = None
         """Called once when the relay closes (the front forgets it: `egress.proxy.openflows`)."""
 
@@ -121,12 +130,18 @@ class Relay:
         self.down.resume()
 
     def close(self) -> None:
-        """Close both sides (and the pipes); idempotent."""
+        """Close both sides (and the pipes); idempotent. A direction's thread, if any, is stopped first (it
+        touches no descriptor after this returns)."""
         if self.closed:
             return
         self.closed = True
+        if self.stop is not None:
+            os.eventfd_write(self.stop, 1)
         for direction in (self.up, self.down):
             direction.release()
+        if self.stop is not None:
+            os.close(self.stop)
+            self.stop = None
         for sock in (self.up.src, self.down.src):
             sock.close()
         if self.on_lost is not None:
@@ -159,6 +174,8 @@ class _Direction:
         """``dst`` was told the end (``shutdown(SHUT_WR)``)."""
         self.reading = False
         self.writing = False
+        self.thread: threading.Thread | None = None
+        """Moves the bytes once the direction splices with a `PIPE_SIZE` pipe (`_pump`)."""
 
     def resume(self) -> None:
         if not self.reading and not self.eof and not self.relay.closed:
@@ -171,7 +188,12 @@ class _Direction:
             self.reading = False
 
     def release(self) -> None:
-        """Stop both callbacks and close the pipe (the relay closes the sockets)."""
+        """Stop both callbacks or the thread, and close the pipe (the relay closes the sockets)."""
+        if self.thread is not None:
+            if self.thread is not threading.current_thread():
+                self.thread.join()
+            self.thread = None
+            self.reading = self.writing = False
         self._pause()
         if self.writing:
             self.relay.loop.remove_writer(self.dst.fileno())
@@ -220,6 +242,8 @@ class _Direction:
         self.pending = data
         if self._flush() and self.relay.splice and (watch is None or watch.finished):
             self._open_pipe()
+            if self.pipe_size == PIPE_SIZE:
+                self._start_thread()
 
     def _flush(self) -> bool:
         """Send what is waiting for ``dst``; True when all went out, else wait until ``dst`` takes more."""
@@ -272,3 +296,69 @@ class _Direction:
             self.relay.close()
             return
         self.dst.shutdown(socket.SHUT_WR)
+
+    def _start_thread(self) -> None:
+        """Move this direction's bytes in a thread of its own from now on (`_pump`), off the event loop; where no
+        thread can be started, the loop goes on splicing it."""
+        relay = self.relay
+        if relay.stop is None:
+            relay.stop = os.eventfd(0, os.EFD_CLOEXEC | os.EFD_NONBLOCK)
+        thread = threading.Thread(target=self._pump, args=(relay.stop,), name="egress-splice", daemon=True)
+        self._pause()
+        try:
+            thread.start()
+        except RuntimeError:  # no thread to be had (a limit on tasks): the loop's callbacks as before
+            log.warning("relay: no splice thread could be started: spliced on the event loop")
+            self.resume()
+            return
+        self.thread = thread
+
+    def _pump(self, stop: int) -> None:
+        """The thread: splice what ``src`` has into the pipe, then all of it into ``dst``, and again; wait in
+        poll(2), the GIL released, where either would block (the pipe is empty before ``src`` is read again:
+        back-pressure). The end of ``src`` (everything sent on), an error or a bug is handed to the event loop;
+        the relay's close wakes the thread through ``stop`` and waits for it before closing any descriptor."""
+        relay, pipe = self.relay, self.pipe
+        assert pipe is not None
+        src, dst, size = self.src.fileno(), self.dst.fileno(), self.pipe_size
+        readable, writable = select.poll(), select.poll()
+        readable.register(src, select.POLLIN)
+        writable.register(dst, select.POLLOUT)
+        for poll in (readable, writable):
+            poll.register(stop, select.POLLIN)
+        then: Callable[[], None] = self._pumped
+        try:
+            while not relay.closed:
+                try:
+                    got = os.splice(src, pipe[1], size, flags=_SPLICE)
+                except BlockingIOError:
+                    self.reading, self.writing = True, False
+                    readable.poll()
+                    continue
+                if got == 0:
+                    break
+                self.moved += got
+                while got and not relay.closed:
+                    try:
+                        got -= os.splice(pipe[0], dst, got, flags=_SPLICE)
+                    except BlockingIOError:
+                        self.reading, self.writing = False, True
+                        writable.poll()
+        except OSError as exc:  # reset, broken pipe, or the like
+            log.debug("relay: %s: closed", exc)
+            then = relay.close
+        except Exception:
+            log.exception("relay: error: both sides closed")
+            then = relay.close
+        if not relay.closed:
+            with contextlib.suppress(RuntimeError):  # the loop is closed: the process is stopping
+                relay.loop.call_soon_threadsafe(then)
+
+    def _pumped(self) -> None:
+        """On the event loop: the thread saw the end of ``src``, everything sent on; pass the end on."""
+        if self.relay.closed:
+            return
+        self.thread = None
+        self.reading = self.writing = False
+        self.eof = True
+        self._guarded(self._shutdown)

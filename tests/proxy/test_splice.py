@@ -150,6 +150,63 @@ def test_a_splicing_direction_has_a_pipe_of_pipe_size(monkeypatch: pytest.Monkey
     _run(scenario)
 
 
+@pytest.mark.parametrize("in_use", [0, BIG_PIPES], ids=["thread", "event-loop"])
+def test_a_big_pipe_direction_is_moved_by_a_thread_that_the_close_stops(
+    monkeypatch: pytest.MonkeyPatch, in_use: int
+) -> None:
+    """A direction with a `PIPE_SIZE` pipe is spliced by a thread of its own (the others by the event loop, as
+    the parameter past `BIG_PIPES` shows): bytes both ways byte for byte, and closing the relay stops the thread
+    before any descriptor is closed."""
+    monkeypatch.setattr(_Direction, "big_pipes", in_use)
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, b"not TLS")
+        assert await _read_all(relayed.server, 7) == b"not TLS"
+        await loop.sock_sendall(relayed.server, b"an answer")
+        assert await _read_all(relayed.client, 9) == b"an answer"
+        threads = [direction.thread for direction in (relayed.relay.up, relayed.relay.down)]
+        assert all((thread is not None and thread.is_alive()) is (in_use < BIG_PIPES) for thread in threads)
+        up, down = bytes(range(256)) * 8192, bytes(range(255, -1, -1)) * 12288  # 2 MiB, 3 MiB
+        sending = asyncio.gather(loop.sock_sendall(relayed.client, up), loop.sock_sendall(relayed.server, down))
+        assert (await _read_all(relayed.server, len(up)), await _read_all(relayed.client, len(down))) == (up, down)
+        await sending
+        assert (relayed.relay.up.moved, relayed.relay.down.moved) == (7 + len(up), 9 + len(down))
+        relayed.relay.close()
+        assert not any(thread is not None and thread.is_alive() for thread in threads)
+        assert relayed.relay.up.pipe is None and relayed.relay.down.pipe is None
+        assert await _read_all(relayed.client) == b"" and await _read_all(relayed.server) == b""
+        relayed.close()
+
+    _run(scenario)
+
+
+def test_a_reset_seen_by_a_directions_thread_closes_both_sides() -> None:
+    """The thread hands its error to the event loop, which closes both sides (fail closed)."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        loop = asyncio.get_running_loop()
+        await loop.sock_sendall(relayed.client, b"not TLS")
+        assert await _read_all(relayed.server, 7) == b"not TLS"
+        await loop.sock_sendall(relayed.server, b"an answer")
+        assert await _read_all(relayed.client, 9) == b"an answer"
+        assert relayed.relay.up.thread is not None and relayed.relay.down.thread is not None
+        relayed.client.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00")
+        relayed.client.close()  # RST, seen by the up direction's thread
+        assert await _read_all(relayed.server) == b"", "the server's side was closed too"
+
+        async def closed() -> bool:
+            assert relayed.relay.closed and relayed.lost == 1
+            return True
+
+        await eventually_async(closed, timeout=scaled(10))
+        relayed.server.close()
+
+    _run(scenario)
+
+
 def test_nothing_is_spliced_while_the_watch_reads() -> None:
     async def scenario() -> None:
         relayed = await _relayed(_watch())
