@@ -166,6 +166,8 @@ class _FakeProxy:
 
     def __init__(self) -> None:
         self.gates: list[Gate] = []
+        self.idle_timeouts: list[float | None] = []
+        """What each run was given for mitmproxy's idle timeout (the worker passes its setting on)."""
 
     async def __call__(
         self,
@@ -177,8 +179,10 @@ class _FakeProxy:
         open_flows: OpenFlows | None = None,
         flows: FlowSink | None = None,
         idle: IdleBound | None = None,
+        idle_timeout: float | None = None,
     ) -> None:
         self.gates.append(gate)
+        self.idle_timeouts.append(idle_timeout)
         await asyncio.Event().wait()
 
 
@@ -198,6 +202,7 @@ def test_the_worker_process_proxies_only_once_it_has_a_policy_and_stops_with_its
         redis_url="redis://127.0.0.1:1/0",  # nothing listens: records go to the spool
         gateway="test",
         spool_dir=str(tmp_path / "spool"),
+        idle_timeout=42.0,
     )
 
     async def scenario() -> None:
@@ -212,6 +217,7 @@ def test_the_worker_process_proxies_only_once_it_has_a_policy_and_stops_with_its
             await asyncio.sleep(0.01)
         [gate] = proxy.gates
         assert gate.policy == first.policy
+        assert proxy.idle_timeouts == [42.0]  # the worker's setting reaches mitmproxy's run
         await link.prepare(second)
         await link.commit(second)
         assert gate.policy == second.policy  # swapped in the gate the proxy runs with
