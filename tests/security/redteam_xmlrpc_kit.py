@@ -79,7 +79,8 @@ def _multicall(url: str) -> object:
     calls.mining.subscribe(*SUBSCRIBE)
     calls.mining.authorize(*AUTHORIZE)
     calls.mining.submit(*SUBMIT)
-    answers = list(calls())
+    results = calls()
+    answers = [results[index] for index in range(3)]  # MultiCallIterator: indexed, not typed as iterable
     print(f"answers {answers!r}", flush=True)
     return answers[-1]
 
