@@ -155,3 +155,15 @@ def test_found_on_the_prefix_that_closes_the_name() -> None:
 def test_encrypted_flow_is_none() -> None:
     """A whole TLS hello on both sides: the later bytes are encrypted, more cannot change the answer."""
     assert xmlrpc.detect(FlowView(META, TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT)) is None
+
+
+@pytest.mark.parametrize("step", [3, 64])
+def test_incremental_equals_whole(step: int) -> None:
+    """The memo is a function of the bytes: a view grown step by step answers each prefix as a fresh view does."""
+    for name, data in (*CALLS.items(), *BENIGN.items()):
+        grown = FlowView(META)
+        for size in range(0, len(data) + step, step):
+            grown.client = data[:size]
+            assert xmlrpc.detect(grown) == xmlrpc.detect(FlowView(META, data[:size])), (name, size)
+            if isinstance(xmlrpc.detect(FlowView(META, data[:size])), Finding):
+                break
