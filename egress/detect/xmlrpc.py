@@ -21,16 +21,17 @@ HTTP bodies are read as the server reads them: chunked framing and content codin
 as the JSON reader does), each body alone and a connection's bodies joined (a document cut across keep-alive
 requests); a ``SOAPAction`` header naming a pool method counts too (SOAP 1.1 dispatches on it).
 
-Cost: a direction is read as XML only once one of `_TOKENS` has shown up in it (its new bytes, lowercased, and
-the decoded body of each chunked or coded message once whole); until then a longer prefix costs a few
-``bytes.find`` calls over its new bytes. A flow whose both directions `egress.detect.jsonrpc` rules out (a whole
-TLS hello, an SSH banner) is answered None: its later bytes are encrypted.
+Cost: a direction is read as XML only once `_MARKUP` has shown up in it (its new bytes, lowercased, the decoded
+body of each chunked or coded message once whole, or a request target holding ``%3C``); until then a longer prefix
+costs a ``<`` search over its new bytes and, where one is, a few ``bytes.find`` calls. A flow whose both
+directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is answered None: its later bytes
+are encrypted.
 """
 
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -42,13 +43,11 @@ from egress.detect.xmlscan import Item, items, normalize
 NAME: Final = "xmlrpc"
 PROTOCOL: Final = "xml-rpc-stratum"
 
-_TOKENS: Final = (
-    b"methodname", b"methodresponse", b"envelope", b"mining.", b"eth_", b"getwork", b"blocktemplate",
-    b"block_template", b"submitblock", b"submit_block", b"keepalived", b"job_id", b"<login", b":login",
-    b"soapaction", b"%3c",
-)  # fmt: skip
-"""Lowercase substrings of every XML document this detector can flag (its markup, or a pool name that only a
-custom envelope would hold as an element), and ``%3c`` (``<`` percent-encoded in a request target)."""
+_MARKUP: Final = ((b"method", (b"name", b"response"), ()), (b"envelope", (), (b"<", b":")), (b"mining.", (), ()))
+"""What every XML document this detector can flag holds, lowercased: XML-RPC's ``methodName`` or
+``methodResponse``, SOAP's ``Envelope`` tag, or a Stratum name (an element of a custom envelope): each a word, what
+must follow it and what must precede it (``Envelope-to:`` in mail is no tag). Three passes over a prefix's new
+bytes, a few slice compares per hit."""
 _OVERLAP: Final = 64
 """Raw bytes searched again before the last stop: a token cut by a prefix's end, UTF-16's NULs included."""
 _ETH: Final = frozenset(name.lower() for name in ethstratum.MINING_METHODS)
@@ -62,23 +61,28 @@ _FRAMED: Final = re.compile(rb"\n(?:transfer|content)-encoding:", re.I)
 
 @dataclass(slots=True)
 class _Side:
-    """How far one direction was searched for `_TOKENS` (a pure function of its bytes)."""
+    """How far one direction was searched for `_MARKUP` (a pure function of its bytes)."""
 
     upto: int = 0
+    searched: int = 0
+    """Where the search for `_MARKUP` stopped: it waits at the first bytes while none of them is a ``<`` (no tag)."""
     settled: int = 0
     """HTTP: where the messages whose bodies were searched whole end (offset in the stream without leading blanks)."""
     tripped: bool = False
     """A token showed up: the direction is read as XML at each longer prefix."""
 
 
-@dataclass(slots=True)
-class _Memo:
-    sides: tuple[_Side, _Side] = field(default_factory=lambda: (_Side(), _Side()))
-
-
 def _has_token(data: bytes) -> bool:
-    lowered = normalize(data).lower()
-    return any(token in lowered for token in _TOKENS)
+    """Whether ``data`` holds one of `_MARKUP` (UTF-16's NULs dropped, in any case)."""
+    lowered = (data.replace(b"\x00", b"") if b"<\x00" in data else data).lower()  # UTF-16/32: "<" then NULs
+    for word, after, before in _MARKUP:
+        at = lowered.find(word)
+        while at >= 0:
+            end = at + len(word)
+            if (not after or lowered.startswith(after, end)) and (not before or lowered[at - 1 : at] in before):
+                return True
+            at = lowered.find(word, at + 1)
+    return False
 
 
 def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, bytes]], bytes, int]:
@@ -174,35 +178,39 @@ def _soap_action(heads: list[bytes]) -> Finding | None:
 
 
 def _trips(side: _Side, data: bytes, complete: bool) -> bool:
-    """Whether a token shows in the new bytes of ``data``, or in a chunked or coded HTTP body now whole."""
-    if _has_token(data[max(side.upto - _OVERLAP, 0) :]):
-        return True
+    """Whether `_MARKUP` shows in the new bytes of ``data``, in a chunked or coded HTTP body now whole, or a request
+    target holds markup."""
+    if data.find(b"<", side.searched) >= 0:  # every markup word sits in a tag: none while no "<" came
+        start, side.searched = max(side.searched - _OVERLAP, 0), len(data)
+        if _has_token(data[start:]):
+            return True
     raw = data.lstrip(_BLANK)
     if not (raw[:1] in b"GPHODT" and _is_http_start(raw[:8])):
         return False
     messages, _, side.settled = _messages(raw, side.settled, complete)
-    return any(_has_token(body) for head, body in messages if _FRAMED.search(head))
+    return any(_target(head) or (_FRAMED.search(head) and _has_token(body)) for head, body in messages)
 
 
 def detect(view: FlowView) -> Result:
     """Find pool calls and answers written as XML-RPC, SOAP or other XML."""
-    client = jsonrpc.read(view, True)
-    server = jsonrpc.read(view, False)
-    if client.kind is jsonrpc.Kind.NOT and server.kind is jsonrpc.Kind.NOT:
+    client = jsonrpc.read(view, True).kind is not jsonrpc.Kind.NOT
+    server = jsonrpc.read(view, False).kind is not jsonrpc.Kind.NOT
+    if not (client or server):
         return None
-    memo = view.memo.get(__name__)
-    if not isinstance(memo, _Memo):
-        memo = view.memo[__name__] = _Memo()
-    for index, data in enumerate((view.client[: jsonrpc.SCAN_LIMIT], view.server[: jsonrpc.SCAN_LIMIT])):
-        side = memo.sides[index]
-        if (client, server)[index].kind is jsonrpc.Kind.NOT or (len(data) == side.upto and not view.complete):
-            continue
+    sides = view.memo.get(__name__)
+    if not isinstance(sides, tuple):
+        sides = view.memo[__name__] = (_Side(), _Side())
+    complete = view.complete
+    for side, data, readable in ((sides[0], view.client, client), (sides[1], view.server, server)):
+        data = data[: jsonrpc.SCAN_LIMIT]
+        if not readable or (len(data) == side.upto and not complete):
+            continue  # TLS or SSH (encrypted after), or nothing new
         if not side.tripped:
-            side.tripped = _trips(side, data, view.complete)
+            side.tripped = _trips(side, data, complete)
         side.upto = len(data)
         if side.tripped:
-            texts, heads = _texts(data, view.complete)
+            texts, heads = _texts(data, complete)
             found = _soap_action(heads) or _judge(texts)
             if found is not None:
                 return found
-    return None if view.complete else MORE
+    return None if complete else MORE

@@ -24,7 +24,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-_DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+_BOMS: Final = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 _TOKEN: Final = re.compile(
     rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[(?P<cdata>.*?)\]\]>|(?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\])?[^>]*>)"
     rb"|<\s*(?P<close>/)?\s*(?P<name>[^\s/<>!?]+)(?P<attrs>[^<>]*)>",
@@ -44,9 +44,11 @@ _BLANK: Final = b" \t\r\n"
 
 def normalize(data: bytes) -> bytes:
     """``data`` without NULs and byte-order marks (UTF-16 and UTF-32 text read as its ASCII)."""
-    for dropped in _DROPPED:
-        if dropped in data:
-            data = data.replace(dropped, b"")
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"")
+    for mark in _BOMS:
+        if mark in data:
+            data = data.replace(mark, b"")
     return data
 
 
