@@ -70,6 +70,8 @@ class _Side:
     """HTTP: where the messages whose bodies were searched whole end (offset in the stream without leading blanks)."""
     tripped: bool = False
     """A token showed up: the direction is read as XML at each longer prefix."""
+    found: Finding | None = None
+    """What the direction's bytes up to ``upto`` read as."""
 
 
 def _has_token(data: bytes) -> bool:
@@ -197,20 +199,24 @@ def detect(view: FlowView) -> Result:
     server = jsonrpc.read(view, False).kind is not jsonrpc.Kind.NOT
     if not (client or server):
         return None
-    sides = view.memo.get(__name__)
-    if not isinstance(sides, tuple):
+    memo = view.memo.get(__name__)
+    sides: tuple[_Side, _Side]
+    if isinstance(memo, tuple):
+        sides = memo
+    else:
         sides = view.memo[__name__] = (_Side(), _Side())
     complete = view.complete
     for side, data, readable in ((sides[0], view.client, client), (sides[1], view.server, server)):
+        if not readable:
+            continue  # TLS or SSH: encrypted after
         data = data[: jsonrpc.SCAN_LIMIT]
-        if not readable or (len(data) == side.upto and not complete):
-            continue  # TLS or SSH (encrypted after), or nothing new
-        if not side.tripped:
-            side.tripped = _trips(side, data, complete)
-        side.upto = len(data)
-        if side.tripped:
-            texts, heads = _texts(data, complete)
-            found = _soap_action(heads) or _judge(texts)
-            if found is not None:
-                return found
+        if len(data) != side.upto or complete:
+            if not side.tripped:
+                side.tripped = _trips(side, data, complete)
+            side.upto, side.found = len(data), None
+            if side.tripped:
+                texts, heads = _texts(data, complete)
+                side.found = _soap_action(heads) or _judge(texts)
+        if side.found is not None:  # as a fresh view of the same bytes answers (a caller may ask again)
+            return side.found
     return None if complete else MORE

@@ -13,6 +13,7 @@ from egress.detect import xmlrpc
 from egress.detect.base import MORE, Category, Finding, FlowView, Result
 from tests.detect.feeding import META, feed_every_split, feed_stream
 from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
+from tests.security.fuzz_targets import feed_pieces
 
 SUBMIT = rpc.dumps(("wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"), "mining.submit").encode()
 SUBSCRIBED = rpc.dumps(([["mining.notify", "ae6812eb"], "08000002", 4],), methodresponse=True).encode()
@@ -167,3 +168,13 @@ def test_incremental_equals_whole(step: int) -> None:
             assert xmlrpc.detect(grown) == xmlrpc.detect(FlowView(META, data[:size])), (name, size)
             if isinstance(xmlrpc.detect(FlowView(META, data[:size])), Finding):
                 break
+
+
+def test_asked_again_after_a_finding_answers_as_a_fresh_view() -> None:
+    """A caller that asks again once the client's call was found, with only the server's side grown, gets the
+    finding a fresh view of the same bytes gets (the fuzz target's invariant: the engine would have stopped)."""
+    events = [(True, SUBMIT[:60]), (True, SUBMIT[60:]), (False, b"HTTP/1.1 200 OK\r\n"), (False, b"\r\n<x/>")]
+    for step in feed_pieces((xmlrpc.detect,), META, events):
+        for grown, fresh in step:
+            assert grown == fresh
+    assert isinstance(feed_pieces((xmlrpc.detect,), META, events)[-1][0][0], Finding)
