@@ -14,8 +14,9 @@ prefixes, case, UTF-16), and judged by the same name sets as the JSON detectors:
   (`egress.detect.getwork.MINING_METHODS`), XMRig's ``login``/``submit``/``job`` with the keys
   `egress.detect.cryptonote.REQUIRED` asks of them present as struct member or element names in the same
   direction, and ``keepalived``;
-- what a pool answers: ``mining.notify``/``mining.set_difficulty`` as a string value (the answer to
-  ``mining.subscribe``), or a CryptoNote job (members ``job_id``, ``blob`` and ``target``).
+- a string value that is a pool method's name, whole (`binrpc`'s lists of the names that count alone): what a pool
+  answers ``mining.subscribe`` with (``mining.notify`` pairs), or a call handed to a generic dispatcher
+  (``call("mining.submit", ...)``); and a CryptoNote job (members ``job_id``, ``blob`` and ``target``).
 
 HTTP bodies are read as the server reads them: chunked framing and content codings undone (`egress.detect.codings`,
 as the JSON reader does), each body alone and a connection's bodies joined (a document cut across keep-alive
@@ -35,7 +36,7 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from egress.detect import codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
+from egress.detect import binrpc, codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
 from egress.detect.jsonrpc import _body, _field, _is_http_start  # HTTP framing, read as the JSON reader reads it
 from egress.detect.xmlscan import Item, items, normalize
@@ -51,8 +52,12 @@ bytes, a few slice compares per hit."""
 _OVERLAP: Final = 64
 """Raw bytes searched again before the last stop: a token cut by a prefix's end, UTF-16's NULs included."""
 _ETH: Final = frozenset(name.lower() for name in ethstratum.MINING_METHODS)
-_REPLIES: Final = frozenset({"mining.notify", "mining.set_difficulty"})
-"""String values that only a pool's answer to ``mining.subscribe`` holds (`egress.detect.stratum`'s pairs)."""
+_VALUES: Final = frozenset(
+    name.decode().lower() for name in (*binrpc._STRATUM, *binrpc._ALONE, *binrpc._ALONE_LOWER)
+)  # binrpc's lists of the names that count alone: a string value that is one of them, whole
+"""String values that are a pool method's name, whole: the answer to ``mining.subscribe`` (``mining.notify``
+pairs), or a call's name handed to a generic dispatcher (``call("mining.submit", ...)``). Exact names only:
+``mining.com`` is a post's title, not a call."""
 _JOB: Final = tuple(key.decode() for key in cryptonote.REQUIRED["job"])
 _BLANK: Final = b" \t\r\n"
 _FRAMED: Final = re.compile(rb"\n(?:transfer|content)-encoding:", re.I)
@@ -148,7 +153,7 @@ def _texts(data: bytes, complete: bool) -> tuple[list[bytes], list[bytes]]:
 def _pool_method(item: Item, keys: frozenset[str]) -> bool:
     name = item.name
     if item.kind == "value":
-        return name in _REPLIES
+        return name in _VALUES
     if item.kind == "key":
         return False
     if stratum.is_method(name) or name in _ETH or name in getwork.MINING_METHODS:
@@ -182,8 +187,9 @@ def _soap_action(heads: list[bytes]) -> Finding | None:
 def _trips(side: _Side, data: bytes, complete: bool) -> bool:
     """Whether `_MARKUP` shows in the new bytes of ``data``, in a chunked or coded HTTP body now whole, or a request
     target holds markup."""
-    if data.find(b"<", side.searched) >= 0:  # every markup word sits in a tag: none while no "<" came
-        start, side.searched = max(side.searched - _OVERLAP, 0), len(data)
+    start = max(side.searched - _OVERLAP, 0)
+    if data.find(b"<", start) >= 0:  # every markup word sits in a tag: none while no "<" came
+        side.searched = len(data)
         if _has_token(data[start:]):
             return True
     raw = data.lstrip(_BLANK)

@@ -26,12 +26,13 @@ from typing import Final
 
 _BOMS: Final = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 _TOKEN: Final = re.compile(
-    rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[(?P<cdata>.*?)\]\]>|(?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\])?[^>]*>)"
+    rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[(?P<cdata>.*?)\]\]>"
+    rb"|(?P<doctype><!DOCTYPE[^\[>]*(?:\[(?:\"[^\"]*\"|'[^']*'|<!--.*?-->|[^\]\"'<]|<(?!!--))*\])?[^>]*>)"
     rb"|<\s*(?P<close>/)?\s*(?P<name>[^\s/<>!?]+)(?P<attrs>[^<>]*)>",
     re.S | re.I,
 )
-"""A comment, a processing instruction (the prolog too), a CDATA section, a doctype with its internal subset, or a
-tag (``<x:Name a="1"/>``); whatever lies between two of them is text."""
+"""A comment, a processing instruction (the prolog too), a CDATA section, a doctype with its internal subset (whose
+quoted values and comments may hold a ``]``), or a tag (``<x:Name a="1"/>``); what lies between two is text."""
 _ENTITY: Final = re.compile(rb"<!ENTITY\s+([^\s%]+)\s+(?:\"([^\"]*)\"|'([^']*)')", re.I)
 _REFERENCE: Final = re.compile(rb"&(?:#(?:([0-9]{1,7})|[xX]([0-9a-fA-F]{1,6}))|([A-Za-z_][\w.:-]*));?")
 _PREDEFINED: Final = {b"amp": b"&", b"lt": b"<", b"gt": b">", b"quot": b'"', b"apos": b"'"}

@@ -2,10 +2,11 @@
 ends (`xmlrpc.server` for the fake pool, `xmlrpc.client` for the miner). Fake both: no real mining software.
 
 The pool (`pool_main`, in the internet namespace) registers ``mining.subscribe``, ``mining.authorize`` and
-``mining.submit`` (``share accepted`` in its log), and ``system.multicall``; the miner (`miner_main URL [HOW]`, in
-the sandbox) calls the three and prints ``share answered`` when the submit's answer came. ``HOW`` (`HOWS`) is how
-it writes them: as `xmlrpc.client` does, gzip-coded, inside one ``system.multicall``, or with the method name in
-pieces that Python's reader (expat) joins: a prefixed tag, CDATA, a comment and a character reference, in UTF-16.
+``mining.submit`` (``share accepted`` in its log), ``system.multicall`` and a generic ``call(method, *params)``;
+the miner (`miner_main URL [HOW]`, in the sandbox) calls the three and prints ``share answered`` when the submit's
+answer came. ``HOW`` (`HOWS`) is how it writes them: as `xmlrpc.client` does, gzip-coded, inside one
+``system.multicall``, as ``call``'s first argument, or with the method name in pieces that Python's reader (expat)
+joins: a prefixed tag, CDATA, a comment and a character reference, in UTF-16.
 """
 
 from __future__ import annotations
@@ -46,6 +47,12 @@ def _serve(address: str, port: int) -> None:
     pool.register_function(subscribe, "mining.subscribe")
     pool.register_function(authorize, "mining.authorize")
     pool.register_function(submit, "mining.submit")
+
+    def call(*params: str) -> bool:
+        # A generic dispatcher: the pool method's name is its first argument; it answers whether the call was taken.
+        return bool(pool.funcs[params[0]](*params[1:]))
+
+    pool.register_function(call, "call")
     pool.register_multicall_functions()
     pool.serve_forever()
 
@@ -85,6 +92,12 @@ def _multicall(url: str) -> object:
     return answers[-1]
 
 
+def _wrapped(url: str) -> object:
+    pool = xmlrpc.client.ServerProxy(url)
+    print(f"answer {pool.call('mining.subscribe', *SUBSCRIBE)!r}", flush=True)
+    return pool.call("mining.submit", *SUBMIT)
+
+
 def _pieces(method: str, params: tuple[str, ...]) -> bytes:
     """The call with its name as ``<x:methodName>`` holding CDATA, a comment and ``&#x2e;``, in UTF-16."""
     body = xmlrpc.client.dumps(params, method).replace(
@@ -107,7 +120,13 @@ def _raw(url: str) -> object:
     return answer
 
 
-HOWS: dict[str, Callable[[str], object]] = {"stdlib": _stdlib, "gzip": _gzip, "multicall": _multicall, "pieces": _raw}
+HOWS: dict[str, Callable[[str], object]] = {
+    "stdlib": _stdlib,
+    "gzip": _gzip,
+    "multicall": _multicall,
+    "pieces": _raw,
+    "wrapped": _wrapped,
+}
 
 
 def miner_main() -> None:

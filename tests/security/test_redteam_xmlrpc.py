@@ -6,10 +6,10 @@ XML-RPC is the oldest standard RPC encoding and keeps the method names verbatim,
 after a binary length prefix and leaves text to them; so no detector reads an XML ``methodName``. The same holds
 for SOAP and for a raw stream of XML documents.
 
-Closed by `egress.detect.xmlrpc` (docs/security.md, "Fourth round"). Each call is made four ways (the kit's
+Closed by `egress.detect.xmlrpc` (docs/security.md, "Fourth round"). Each call is made five ways (the kit's
 ``HOWS``): as `xmlrpc.client` writes it, gzip-coded, inside one ``system.multicall`` (the name only as a struct
-member's value), and with the name in pieces that Python's reader joins (``<x:methodName>``, CDATA, a comment,
-``&#x2e;``) in UTF-16.
+member's value), as the first argument of a generic ``call`` method, and with the name in pieces that Python's
+reader joins (``<x:methodName>``, CDATA, a comment, ``&#x2e;``) in UTF-16.
 
 Routes: allowed.lab's plain-HTTP port 8080 by name (a host rule: HTTP there is read by the front's fast path) and
 the pool's own address through a network rule that expects ``[tls, http]``. Ground truth: the pool's log
