@@ -159,7 +159,9 @@ def _pool_method(item: Item, keys: frozenset[str]) -> bool:
     if stratum.is_method(name) or name in _ETH or name in getwork.MINING_METHODS:
         return True
     required = cryptonote.REQUIRED.get(name)
-    return required is not None and all(key.decode() in keys for key in required)
+    if required is None or not (required or item.kind == "method"):  # a bare <keepalived> element is a daemon's
+        return False
+    return all(key.decode() in keys for key in required)
 
 
 def _judge(texts: list[bytes]) -> Finding | None:

@@ -111,6 +111,7 @@ BENIGN = {
     "html-docs": b'<html><body><h3 id="mining.submit">mining.submit</h3><pre>&lt;methodCall&gt;&lt;methodName&gt;'
     b"mining.submit&lt;/methodName&gt;</pre><p>job_id, blob and target</p></body></html>",
     "xml-comment-only": _call(b"system.listMethods<!-- mining.submit -->"),
+    "soap-keepalived-service": _soap(b"<GetService><keepalived><state>MASTER</state></keepalived></GetService>"),
     "title-mining-com": rpc.dumps(({"title": "mining.com", "tags": ["mining", "getblock"]},), "wp.newPost").encode(),
     "value-not-a-reply": rpc.dumps((["mining.submitter"],), methodresponse=True).encode(),
 }
