@@ -41,6 +41,8 @@ _EXPANSIONS: Final = 4
 _TEXT_MAX: Final = 256
 """Characters of an element's text kept: every name we look for is far shorter."""
 _BLANK: Final = b" \t\r\n"
+_READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"value": "value"}
+"""The elements whose text is read, and as what (`Item.kind`)."""
 
 
 def normalize(data: bytes) -> bytes:
@@ -148,9 +150,6 @@ def _add_text(text: bytes, since: bytearray, stack: list[_Open]) -> None:
     for element in stack:
         if element.name in _READ and len(element.joined) < _TEXT_MAX:
             element.joined += text
-
-
-_READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"value": "value"}
 
 
 def _closed(local: bytes, stack: list[_Open], since: bytearray, member: str) -> list[Item]:
