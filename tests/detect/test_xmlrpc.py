@@ -57,6 +57,8 @@ CALLS = {
     "chunked-cut-in-name": _chunked(SUBMIT),
     "gzip": _post(gzip.compress(SUBMIT), b"Content-Encoding: gzip"),
     "deflate": _post(zlib.compress(SUBMIT), b"Content-Encoding: deflate"),
+    "cut-across-keepalive-bodies": _post(SUBMIT[: SUBMIT.index(b"mining.") + 4])
+    + _post(SUBMIT[SUBMIT.index(b"mining.") + 4 :]),
     "second-keepalive-request": _post(_call(b"system.listMethods")) + _post(SUBMIT),
     "decimal-reference": _call(b"mining&#46;submit"),
     "hex-reference": _call(b"&#x6d;ining&#x2E;subscribe"),
