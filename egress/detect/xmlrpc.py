@@ -38,17 +38,18 @@ from urllib.parse import unquote_to_bytes
 
 from egress.detect import binrpc, codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
-from egress.detect.jsonrpc import _body, _field, _is_http_start  # HTTP framing, read as the JSON reader reads it
+from egress.detect.jsonrpc import _body, _content_length, _field, _is_http_start  # HTTP framing as JSON's
 from egress.detect.xmlscan import Item, items, normalize
 
 NAME: Final = "xmlrpc"
 PROTOCOL: Final = "xml-rpc-stratum"
 
-_MARKUP: Final = ((b"method", (b"name", b"response"), ()), (b"envelope", (), (b"<", b":")), (b"mining.", (), ()))
-"""What every XML document this detector can flag holds, lowercased: XML-RPC's ``methodName`` or
-``methodResponse``, SOAP's ``Envelope`` tag, or a Stratum name (an element of a custom envelope): each a word, what
-must follow it and what must precede it (``Envelope-to:`` in mail is no tag). Three passes over a prefix's new
-bytes, a few slice compares per hit."""
+_MARKUP: Final = ((b"method", (b"name", b"response"), ()), (b"envelope", (), (b"<", b":")))
+"""What every XML document this detector reads holds, lowercased: XML-RPC's ``methodName`` or ``methodResponse``,
+or SOAP's (or any envelope's) ``Envelope`` tag: each a word, what must follow it and what must precede it
+(``Envelope-to:`` in mail is no tag). Two passes over a prefix's new bytes, a few slice compares per hit."""
+_FOLD: Final = bytes.maketrans(bytes(range(0x41, 0x5B)), bytes(range(0x61, 0x7B)))
+"""ASCII upper case to lower case, for `bytes.translate` (which also drops the NULs of UTF-16 in the same pass)."""
 _OVERLAP: Final = 64
 """Raw bytes searched again before the last stop: a token cut by a prefix's end, UTF-16's NULs included."""
 _ETH: Final = frozenset(name.lower() for name in ethstratum.MINING_METHODS)
@@ -80,8 +81,8 @@ class _Side:
 
 
 def _has_token(data: bytes) -> bool:
-    """Whether ``data`` holds one of `_MARKUP` (UTF-16's NULs dropped, in any case)."""
-    lowered = (data.replace(b"\x00", b"") if b"<\x00" in data else data).lower()  # UTF-16/32: "<" then NULs
+    """Whether ``data`` holds one of `_MARKUP` (in any case, UTF-16's NULs dropped)."""
+    lowered = data.translate(_FOLD, b"\x00")  # lower case, UTF-16/32's NULs dropped: one pass
     for word, after, before in _MARKUP:
         at = lowered.find(word)
         while at >= 0:
@@ -92,10 +93,13 @@ def _has_token(data: bytes) -> bool:
     return False
 
 
-def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, bytes]], bytes, int]:
+def _messages(
+    data: bytes, pos: int, complete: bool, framed_only: bool = False
+) -> tuple[list[tuple[bytes, bytes]], bytes, int]:
     """The HTTP messages of ``data`` from ``pos`` on: (head, body as the server reads it) each, what follows the last
     one that cannot start another (a raw stream after an upgrade), and where the last whole message ends. A coded
-    body is decoded once whole (or at the flow's end): before, its bytes show nothing."""
+    body is decoded once whole (or at the flow's end): before, its bytes show nothing. ``framed_only``: the bodies of
+    chunked and coded messages only, the others empty."""
     found: list[tuple[bytes, bytes]] = []
     rest, settled = b"", pos
     while pos < len(data) and len(found) < jsonrpc.MAX_HTTP_MESSAGES:
@@ -110,6 +114,12 @@ def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, 
         if end < 0:
             break
         head = data[pos:end]
+        if framed_only and not _FRAMED.search(head):  # its body is its bytes, searched as they came: not copied
+            pos, whole = _skipped(data, end + 4, head)
+            found.append((head, b""))
+            if whole:
+                settled = pos
+            continue
         body, pos, whole, fixed = _body(data, end + 4, head)
         if body and (coding := _field(head.lower(), b"content-encoding")):
             partial = not whole
@@ -118,6 +128,16 @@ def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, 
         if whole and fixed:
             settled = pos
     return found, rest, settled
+
+
+def _skipped(data: bytes, pos: int, head: bytes) -> tuple[int, bool]:
+    """Where the unframed message whose head ends at ``pos`` ends, and whether its body is whole (as `_body`)."""
+    length = _content_length(head.lower())
+    if length is not None:
+        return pos + length, pos + length <= len(data)
+    if head.startswith(b"HTTP/"):
+        return len(data), False
+    return pos, True
 
 
 def _decoded(body: bytes, coding: bytes, partial: bool) -> bytes:
@@ -197,7 +217,7 @@ def _trips(side: _Side, data: bytes, complete: bool) -> bool:
     raw = data.lstrip(_BLANK)
     if not (raw[:1] in b"GPHODT" and _is_http_start(raw[:8])):
         return False
-    messages, _, side.settled = _messages(raw, side.settled, complete)
+    messages, _, side.settled = _messages(raw, side.settled, complete, framed_only=True)
     return any(_target(head) or (_FRAMED.search(head) and _has_token(body)) for head, body in messages)
 
 
