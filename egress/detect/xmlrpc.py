@@ -61,6 +61,8 @@ pairs), or a call's name handed to a generic dispatcher (``call("mining.submit",
 ``mining.com`` is a post's title, not a call."""
 _JOB: Final = tuple(key.decode() for key in cryptonote.REQUIRED["job"])
 _BLANK: Final = b" \t\r\n"
+_UNTIL_CLOSE: Final = 1 << 62
+"""Where a response without a length ends: its body runs to the connection's end."""
 _FRAMED: Final = re.compile(rb"\n(?:transfer|content)-encoding:", re.I)
 """A head whose body's bytes are not the body the server reads (chunked, coded): searched once decoded."""
 
@@ -74,6 +76,10 @@ class _Side:
     """Where the search for `_MARKUP` stopped: it waits at the first bytes while none of them is a ``<`` (no tag)."""
     settled: int = 0
     """HTTP: where the messages whose bodies were searched whole end (offset in the stream without leading blanks)."""
+    http: bool | None = None
+    """Whether the direction is HTTP (None: too few bytes to tell)."""
+    wait: int = 0
+    """HTTP: where the unframed body still arriving ends (no head to read before)."""
     tripped: bool = False
     """A token showed up: the direction is read as XML at each longer prefix."""
     found: Finding | None = None
@@ -95,11 +101,12 @@ def _has_token(data: bytes) -> bool:
 
 def _messages(
     data: bytes, pos: int, complete: bool, framed_only: bool = False
-) -> tuple[list[tuple[bytes, bytes]], bytes, int]:
+) -> tuple[list[tuple[bytes, bytes]], bytes, int, int]:
     """The HTTP messages of ``data`` from ``pos`` on: (head, body as the server reads it) each, what follows the last
     one that cannot start another (a raw stream after an upgrade), and where the last whole message ends. A coded
     body is decoded once whole (or at the flow's end): before, its bytes show nothing. ``framed_only``: the bodies of
-    chunked and coded messages only, the others empty."""
+    chunked and coded messages only, the others empty, and (4th) where the last one's unframed body still arriving
+    ends: no message starts before (0 where none is)."""
     found: list[tuple[bytes, bytes]] = []
     rest, settled = b"", pos
     while pos < len(data) and len(found) < jsonrpc.MAX_HTTP_MESSAGES:
@@ -117,8 +124,9 @@ def _messages(
         if framed_only and not _FRAMED.search(head):  # its body is its bytes, searched as they came: not copied
             pos, whole = _skipped(data, end + 4, head)
             found.append((head, b""))
-            if whole:
-                settled = pos
+            if not whole:
+                return found, rest, settled, pos
+            settled = pos
             continue
         body, pos, whole, fixed = _body(data, end + 4, head)
         if body and (coding := _field(head.lower(), b"content-encoding")):
@@ -127,7 +135,7 @@ def _messages(
         found.append((head, body))
         if whole and fixed:
             settled = pos
-    return found, rest, settled
+    return found, rest, settled, 0
 
 
 def _skipped(data: bytes, pos: int, head: bytes) -> tuple[int, bool]:
@@ -136,7 +144,7 @@ def _skipped(data: bytes, pos: int, head: bytes) -> tuple[int, bool]:
     if length is not None:
         return pos + length, pos + length <= len(data)
     if head.startswith(b"HTTP/"):
-        return len(data), False
+        return _UNTIL_CLOSE, False
     return pos, True
 
 
@@ -163,7 +171,7 @@ def _texts(data: bytes, complete: bool) -> tuple[list[bytes], list[bytes]]:
     raw = data.lstrip(_BLANK)
     if not (raw[:1] in b"GPHODT" and _is_http_start(raw[:8])):
         return [normalize(data)], []
-    messages, rest, _ = _messages(raw, 0, complete)
+    messages, rest, _, _ = _messages(raw, 0, complete)
     bodies = [body for _, body in messages if body]
     texts = [*bodies, b"".join(bodies)] if len(bodies) > 1 else bodies
     texts += [target for head, _ in messages if (target := _target(head))]
@@ -215,9 +223,11 @@ def _trips(side: _Side, data: bytes, complete: bool) -> bool:
         if _has_token(data[start:]):
             return True
     raw = data.lstrip(_BLANK)
-    if not (raw[:1] in b"GPHODT" and _is_http_start(raw[:8])):
+    if side.http is None and len(raw) >= 8:
+        side.http = raw[:1] in b"GPHODT" and _is_http_start(raw[:8])
+    if not side.http or (len(raw) <= side.wait and not complete):  # within an unframed body: no new head yet
         return False
-    messages, _, side.settled = _messages(raw, side.settled, complete, framed_only=True)
+    messages, _, side.settled, side.wait = _messages(raw, side.settled, complete, framed_only=True)
     return any(_target(head) or (_FRAMED.search(head) and _has_token(body)) for head, body in messages)
 
 
