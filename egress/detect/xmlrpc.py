@@ -6,14 +6,15 @@ XML-RPC (http://xmlrpc.com/spec.md) writes a call's method verbatim, ``<methodCa
 Python's ``xmlrpc.server`` and PHP's, Apache's or Go's XML-RPC servers carry Stratum that way unchanged (red team
 4, docs/security.md), and the JSON readers (`egress.detect.jsonrpc`) and `egress.detect.binrpc` leave XML text
 alone. Names are read as a lenient server reads them (`egress.detect.xmlscan`: entities, CDATA, comments,
-prefixes, case, UTF-16), and judged by the same name sets as the JSON detectors:
+prefixes, case, UTF-16), in a direction that holds XML-RPC or SOAP markup (`_MARKUP`), and judged by the same
+name sets as the JSON detectors:
 
 - a method (a ``methodName`` element's text, or a ``system.multicall`` member's) or an element named for one:
   Stratum's ``mining.<name>`` (`egress.detect.stratum.is_method`), the Ethereum work calls
   (`egress.detect.ethstratum.MINING_METHODS`), getwork and the block-template calls
   (`egress.detect.getwork.MINING_METHODS`), XMRig's ``login``/``submit``/``job`` with the keys
   `egress.detect.cryptonote.REQUIRED` asks of them present as struct member or element names in the same
-  direction, and ``keepalived``;
+  direction, and ``keepalived`` (as a method only: a ``<keepalived>`` element is the daemon's);
 - a string value that is a pool method's name, whole (`binrpc`'s lists of the names that count alone): what a pool
   answers ``mining.subscribe`` with (``mining.notify`` pairs), or a call handed to a generic dispatcher
   (``call("mining.submit", ...)``); and a CryptoNote job (members ``job_id``, ``blob`` and ``target``).
@@ -24,7 +25,8 @@ requests); a ``SOAPAction`` header naming a pool method counts too (SOAP 1.1 dis
 
 Cost: a direction is read as XML only once `_MARKUP` has shown up in it (its new bytes, lowercased, the decoded
 body of each chunked or coded message once whole, or a request target holding ``%3C``); until then a longer prefix
-costs a ``<`` search over its new bytes and, where one is, a few ``bytes.find`` calls. A flow whose both
+costs a ``<`` search over its new bytes and, where one is, a lowercasing pass and two ``bytes.find`` calls; the
+HTTP walk waits out an unframed body (+3.9 % of the scanner's CPU, docs/security.md). A flow whose both
 directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is answered None: its later bytes
 are encrypted.
 """
