@@ -20,12 +20,13 @@ from egress.detect.base import Category, Finding, FlowView, Result, evidence
 
 NAME: Final = "cryptonote"
 PROTOCOL: Final = "cryptonote-stratum"
-_REQUIRED: Final[dict[str, tuple[bytes, ...]]] = {
+REQUIRED: Final[dict[str, tuple[bytes, ...]]] = {
     "login": (b"login", b"pass", b"agent"),
     "submit": (b"job_id", b"nonce", b"result"),
     "job": (b"blob", b"job_id", b"target"),
     "keepalived": (),
 }
+"""Each call's method and the params keys it must carry to count (also read by `egress.detect.xmlrpc`)."""
 _JOB_KEYS: Final = (b"job_id", b"blob", b"target")
 
 
@@ -34,7 +35,7 @@ def _match_side(side: jsonrpc.Payload) -> bytes | None:
     text = side.text
     found: list[tuple[int, bytes]] = []
     for method, offset in side.calls:
-        keys = _REQUIRED.get(method)
+        keys = REQUIRED.get(method)
         if keys is None:
             continue
         message = jsonrpc.message_at(text, offset, side.final)

@@ -30,6 +30,7 @@ from egress.detect import (
     tor,
     upgrade,
     vpn,
+    xmlrpc,
 )
 from egress.detect.base import Category, Detector, Finding, Transport, evidence
 from egress.detect.dns_tunnel import DnsTunnelLimits, DnsTunnelTracker
@@ -43,9 +44,10 @@ MINING: Final[tuple[Detector, ...]] = (
     getwork.detect,
     stratum2.detect,
     binrpc.detect,
+    xmlrpc.detect,
 )
-"""Pool protocols (binrpc: the same calls in binary RPC encodings); also run on payloads unwrapped from WebSocket
-frames and on decrypted TLS."""
+"""Pool protocols (binrpc: the same calls in binary RPC encodings; xmlrpc: as XML-RPC, SOAP or other XML); also run
+on payloads unwrapped from WebSocket frames and on decrypted TLS."""
 
 STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
     ssh.detect,

@@ -24,13 +24,18 @@ NAME: Final = "stratum"
 _SUBSCRIPTION_PAIRS: Final = (b'["mining.notify"', b'["mining.set_difficulty"', b'[ "mining.notify"')
 
 
+def is_method(method: str) -> bool:
+    """Whether ``method`` is a Stratum method name: ``mining.`` and a letter (also read by `egress.detect.xmlrpc`)."""
+    return method.startswith("mining.") and len(method) > len("mining.") and method[7].isalpha()
+
+
 def _mining_message(side: jsonrpc.Payload) -> bytes | None:
     """The first complete message that is Stratum, by position: the answer must not depend on which of two
     signatures happened to be whole first in a shorter prefix."""
     text = side.text
     found: list[tuple[int, bytes]] = []
     for method, offset in side.calls:
-        if method.startswith("mining.") and len(method) > len("mining.") and method[7].isalpha():
+        if is_method(method):
             message = jsonrpc.message_at(text, offset, side.final)
             if message is not None:
                 found.append((offset, message))

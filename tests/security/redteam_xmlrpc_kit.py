@@ -2,16 +2,25 @@
 ends (`xmlrpc.server` for the fake pool, `xmlrpc.client` for the miner). Fake both: no real mining software.
 
 The pool (`pool_main`, in the internet namespace) registers ``mining.subscribe``, ``mining.authorize`` and
-``mining.submit`` (``share accepted`` in its log); the miner (`miner_main URL`, in the sandbox) calls the three
-and prints ``share answered`` when the submit's answer came.
+``mining.submit`` (``share accepted`` in its log), and ``system.multicall``; the miner (`miner_main URL [HOW]`, in
+the sandbox) calls the three and prints ``share answered`` when the submit's answer came. ``HOW`` (`HOWS`) is how
+it writes them: as `xmlrpc.client` does, gzip-coded, inside one ``system.multicall``, or with the method name in
+pieces that Python's reader (expat) joins: a prefixed tag, CDATA, a comment and a character reference, in UTF-16.
 """
 
 from __future__ import annotations
 
+import http.client
 import sys
 import threading
+import urllib.parse
 import xmlrpc.client
+from collections.abc import Callable
 from xmlrpc.server import SimpleXMLRPCRequestHandler, SimpleXMLRPCServer
+
+SUBSCRIBE = ("cpuminer/2.5.1",)
+AUTHORIZE = ("wallet.worker", "x")
+SUBMIT = ("wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d")
 
 
 class _Quiet(SimpleXMLRPCRequestHandler):
@@ -37,6 +46,7 @@ def _serve(address: str, port: int) -> None:
     pool.register_function(subscribe, "mining.subscribe")
     pool.register_function(authorize, "mining.authorize")
     pool.register_function(submit, "mining.submit")
+    pool.register_multicall_functions()
     pool.serve_forever()
 
 
@@ -49,15 +59,64 @@ def pool_main() -> None:
     threading.Event().wait()
 
 
+def _stdlib(url: str) -> object:
+    pool = xmlrpc.client.ServerProxy(url)
+    print(f"answer {pool.mining.subscribe(*SUBSCRIBE)!r}", flush=True)
+    print(f"answer {pool.mining.authorize(*AUTHORIZE)!r}", flush=True)
+    return pool.mining.submit(*SUBMIT)
+
+
+def _gzip(url: str) -> object:
+    transport = xmlrpc.client.Transport()
+    transport.encode_threshold = 0  # every request body gzip-coded (Content-Encoding: gzip), as the server decodes
+    pool = xmlrpc.client.ServerProxy(url, transport=transport)
+    print(f"answer {pool.mining.subscribe(*SUBSCRIBE)!r}", flush=True)
+    return pool.mining.submit(*SUBMIT)
+
+
+def _multicall(url: str) -> object:
+    calls = xmlrpc.client.MultiCall(xmlrpc.client.ServerProxy(url))
+    calls.mining.subscribe(*SUBSCRIBE)
+    calls.mining.authorize(*AUTHORIZE)
+    calls.mining.submit(*SUBMIT)
+    results = calls()
+    answers = [results[index] for index in range(3)]  # MultiCallIterator: indexed, not typed as iterable
+    print(f"answers {answers!r}", flush=True)
+    return answers[-1]
+
+
+def _pieces(method: str, params: tuple[str, ...]) -> bytes:
+    """The call with its name as ``<x:methodName>`` holding CDATA, a comment and ``&#x2e;``, in UTF-16."""
+    body = xmlrpc.client.dumps(params, method).replace(
+        "<?xml version='1.0'?>", '<?xml version="1.0" encoding="UTF-16"?>'
+    )
+    first, _, rest = method.partition(".")
+    name = f'<x:methodName xmlns:x="urn:x"><![CDATA[{first}]]><!-- pool -->&#x2e;{rest}</x:methodName>'
+    return body.replace(f"<methodName>{method}</methodName>", name).encode("utf-16")
+
+
+def _raw(url: str) -> object:
+    parts = urllib.parse.urlsplit(url)
+    connection = http.client.HTTPConnection(parts.hostname or "", parts.port or 80, timeout=20)
+    answer: object = None
+    for method, params in (("mining.subscribe", SUBSCRIBE), ("mining.submit", SUBMIT)):
+        headers = {"Content-Type": "text/xml; charset=utf-16", "Host": parts.netloc}
+        connection.request("POST", parts.path, _pieces(method, params), headers)
+        (answer,), _ = xmlrpc.client.loads(connection.getresponse().read())
+        print(f"answer {answer!r}", flush=True)
+    return answer
+
+
+HOWS: dict[str, Callable[[str], object]] = {"stdlib": _stdlib, "gzip": _gzip, "multicall": _multicall, "pieces": _raw}
+
+
 def miner_main() -> None:
-    """``python -c '...miner_main()' URL``"""
-    pool = xmlrpc.client.ServerProxy(sys.argv[1])
+    """``python -c '...miner_main()' URL [HOW]``"""
+    how = sys.argv[2] if len(sys.argv) > 2 else "stdlib"
     try:
-        print(f"answer {pool.mining.subscribe('cpuminer/2.5.1')!r}", flush=True)
-        print(f"answer {pool.mining.authorize('wallet.worker', 'x')!r}", flush=True)
-        answer = pool.mining.submit("wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d")
+        answer = HOWS[how](sys.argv[1])
         print(f"answer {answer!r}", flush=True)
         if answer is True:
             print("share answered", flush=True)
-    except (OSError, xmlrpc.client.Error) as exc:
+    except (OSError, xmlrpc.client.Error, http.client.HTTPException) as exc:
         print(f"miner ended: {exc!r}", flush=True)

@@ -6,6 +6,11 @@ XML-RPC is the oldest standard RPC encoding and keeps the method names verbatim,
 after a binary length prefix and leaves text to them; so no detector reads an XML ``methodName``. The same holds
 for SOAP and for a raw stream of XML documents.
 
+Closed by `egress.detect.xmlrpc` (docs/security.md, "Fourth round"). Each call is made four ways (the kit's
+``HOWS``): as `xmlrpc.client` writes it, gzip-coded, inside one ``system.multicall`` (the name only as a struct
+member's value), and with the name in pieces that Python's reader joins (``<x:methodName>``, CDATA, a comment,
+``&#x2e;``) in UTF-16.
+
 Routes: allowed.lab's plain-HTTP port 8080 by name (a host rule: HTTP there is read by the front's fast path) and
 the pool's own address through a network rule that expects ``[tls, http]``. Ground truth: the pool's log
 (``share accepted``) and the internet-side capture. Each row fails while the bypass works.
@@ -21,14 +26,9 @@ import pytest
 from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.redteam_xmlrpc_kit import HOWS
 
-pytestmark = [
-    pytest.mark.security,
-    # Open: found by red team 4 at the end of a session, not fixed yet (docs/security.md, "Open: red team 4").
-    # Strict, as the fuzz regressions owned elsewhere are: the day the bypass is closed this fails until the
-    # marker is removed.
-    pytest.mark.xfail(strict=True, reason="open bypass (red team 4): docs/security.md, 'Open: red team 4'"),
-]
+pytestmark = pytest.mark.security
 
 POOL = server("pool").v4
 ALLOWED = server("allowed").v4
@@ -53,18 +53,20 @@ def pool(lab: SecurityLab) -> Attacker:
     return running
 
 
+@pytest.mark.parametrize("how", sorted(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
-def test_stratum_as_xml_rpc(lab: SecurityLab, pool: Attacker, route: str) -> None:
+def test_stratum_as_xml_rpc(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
     url, dst, port = ROUTES[route]
+    name = f"xmlrpc-{route}" if how == "stdlib" else f"xmlrpc-{how}-{route}"
     before = pool.log().count("share accepted")
     since = time.time()
-    with lab.capture(f"xmlrpc-{route}") as capture:
-        done = lab.sandbox_python(_KIT.format("miner_main"), url, timeout=60)
+    with lab.capture(name) as capture:
+        done = lab.sandbox_python(_KIT.format("miner_main"), url, how, timeout=60)
     crossed = capture.result
     assert crossed is not None
     shares = pool.log().count("share accepted") - before
     goal = shares > 0 and "share answered" in done.stdout
     reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
-    report(f"redteam/xmlrpc-{route}", "mining", crossed.bytes_to(dst, port, "tcp") if goal else 0, goal, reason or None)
+    report(f"redteam/{name}", "mining", crossed.bytes_to(dst, port, "tcp") if goal else 0, goal, reason or None)
     assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
     assert reason == "mining", (reason, done.stdout[-600:], pool.log()[-600:])

@@ -1,0 +1,169 @@
+"""Reading XML text as a lenient XML-RPC or SOAP server reads it, without a parser: the method names, struct member
+names, string values and element names of a document, with where each starts (`egress.detect.xmlrpc` judges
+them).
+
+A tolerant tokenizer rather than ``xml.parsers.expat``: the text is usually a truncated prefix (which a parser
+refuses), it may be several documents back to back on one stream, and the pool is the attacker's, so what counts
+is what *some* server accepts (red team 4, docs/security.md):
+
+- NULs and byte-order marks are dropped (`normalize`), which reads the ASCII of UTF-16 and UTF-32 text, whatever
+  the prolog declares (expat maps an 8-bit ``encoding=`` only where ASCII stays ASCII: the names read the same);
+- comments and processing instructions vanish between pieces of text (expat joins the character data around
+  them), CDATA sections are text, character references (``&#46;``, ``&#x2e;``, lenient: without ``;``), the five
+  predefined entities and the internal entities a ``<!DOCTYPE`` declares (``<!ENTITY m "mining.submit">``, which
+  expat expands) are decoded;
+- tag names in any case, with a namespace prefix (Python's ``xmlrpc.client`` drops it), attributes, blanks;
+- an element's text is read two ways: what follows its last child's tag (Python's unmarshaller restarts the text
+  at every tag) and all its text joined (a reader that ignores unknown children); both are stripped.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Final
+
+_BOMS: Final = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+_TOKEN: Final = re.compile(
+    rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[(?P<cdata>.*?)\]\]>|(?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\])?[^>]*>)"
+    rb"|<\s*(?P<close>/)?\s*(?P<name>[^\s/<>!?]+)(?P<attrs>[^<>]*)>",
+    re.S | re.I,
+)
+"""A comment, a processing instruction (the prolog too), a CDATA section, a doctype with its internal subset, or a
+tag (``<x:Name a="1"/>``); whatever lies between two of them is text."""
+_ENTITY: Final = re.compile(rb"<!ENTITY\s+([^\s%]+)\s+(?:\"([^\"]*)\"|'([^']*)')", re.I)
+_REFERENCE: Final = re.compile(rb"&(?:#(?:([0-9]{1,7})|[xX]([0-9a-fA-F]{1,6}))|([A-Za-z_][\w.:-]*));?")
+_PREDEFINED: Final = {b"amp": b"&", b"lt": b"<", b"gt": b">", b"quot": b'"', b"apos": b"'"}
+_EXPANSIONS: Final = 4
+"""Rounds of entity expansion (an entity whose value holds references): more than any document needs."""
+_TEXT_MAX: Final = 256
+"""Characters of an element's text kept: every name we look for is far shorter."""
+_BLANK: Final = b" \t\r\n"
+
+
+def normalize(data: bytes) -> bytes:
+    """``data`` without NULs and byte-order marks (UTF-16 and UTF-32 text read as its ASCII)."""
+    if b"\x00" in data:
+        data = data.replace(b"\x00", b"")
+    for mark in _BOMS:
+        if mark in data:
+            data = data.replace(mark, b"")
+    return data
+
+
+@dataclass(frozen=True, slots=True)
+class Item:
+    """Something a document names: ``kind`` is ``element`` (a tag's local name), ``method`` (a ``methodName``
+    element's text, or the value of a ``methodName`` struct member: ``system.multicall``), ``value`` (a ``string``
+    or ``value`` element's text) or ``key`` (a ``name`` element's text: a struct member's name)."""
+
+    kind: str
+    name: str
+    """Lowercase, stripped."""
+    offset: int
+    """Where the tag or the element that holds it starts in the text."""
+
+
+@dataclass(slots=True)
+class _Open:
+    name: bytes
+    offset: int
+    joined: bytearray = field(default_factory=bytearray)
+    """All the element's text, children's included."""
+
+
+def _decode(text: bytes, entities: dict[bytes, bytes]) -> bytes:
+    """Character and entity references decoded, entities expanded as far as `_EXPANSIONS` rounds go."""
+    for _ in range(_EXPANSIONS):
+        if b"&" not in text:
+            break
+        decoded = _REFERENCE.sub(lambda match: _reference(match, entities), text)
+        if decoded == text:
+            break
+        text = decoded
+    return text
+
+
+def _reference(match: re.Match[bytes], entities: dict[bytes, bytes]) -> bytes:
+    decimal, hexadecimal, name = match.groups()
+    if name is not None:
+        return _PREDEFINED.get(name.lower()) or entities.get(name, match.group(0))
+    code = int(decimal) if decimal is not None else int(hexadecimal, 16)
+    return chr(code).encode("utf-8", "replace") if 0 < code < 0x110000 else b""
+
+
+def _local(name: bytes) -> bytes:
+    return name.rpartition(b":")[2].lower()
+
+
+def _name(text: bytes | bytearray) -> str:
+    return bytes(text[:_TEXT_MAX]).strip(_BLANK).decode("utf-8", "replace").lower()
+
+
+def items(text: bytes) -> Iterator[Item]:
+    """What ``text`` names, in document order: every element's local name as it opens, and the text of the
+    ``methodName``, ``name``, ``string`` and ``value`` elements as they close (both readings of it). A construct
+    cut by the end of ``text`` yields nothing yet."""
+    entities: dict[bytes, bytes] = {}
+    stack: list[_Open] = []
+    since = bytearray()  # text since the last tag: what Python's unmarshaller hands an end tag
+    member = ""  # the last struct member name read
+    pos = 0
+    for match in _TOKEN.finditer(text):
+        if match.start() > pos:
+            _add_text(_decode(text[pos : match.start()], entities), since, stack)
+        pos = match.end()
+        if (cdata := match.group("cdata")) is not None:
+            _add_text(cdata, since, stack)
+            continue
+        if (doctype := match.group("doctype")) is not None:
+            for declared in _ENTITY.finditer(doctype):
+                entities[declared.group(1)] = declared.group(2) or declared.group(3) or b""
+            continue
+        name = match.group("name")
+        if name is None:
+            continue  # a comment or a processing instruction: the text around it joins
+        local = _local(name)
+        if match.group("close"):
+            item = _closed(local, stack, since, member)
+            for found in item:
+                if found.kind == "key":
+                    member = found.name
+                yield found
+            if local == b"member":
+                member = ""
+            since = bytearray()
+            continue
+        since = bytearray()
+        yield Item("element", local.decode("utf-8", "replace"), match.start())
+        if not match.group("attrs").rstrip(_BLANK).endswith(b"/"):
+            stack.append(_Open(local, match.start()))
+
+
+def _add_text(text: bytes, since: bytearray, stack: list[_Open]) -> None:
+    if len(since) < _TEXT_MAX:
+        since += text
+    for element in stack:
+        if element.name in _READ and len(element.joined) < _TEXT_MAX:
+            element.joined += text
+
+
+_READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"value": "value"}
+
+
+def _closed(local: bytes, stack: list[_Open], since: bytearray, member: str) -> list[Item]:
+    """The items an end tag gives: the text of the element it closes (found by name: a lenient reader closes the
+    nearest open one), read both ways."""
+    at = next((index for index in range(len(stack) - 1, -1, -1) if stack[index].name == local), -1)
+    if at < 0:
+        return []
+    element = stack[at]
+    del stack[at:]
+    kind = _READ.get(local)
+    if kind is None:
+        return []
+    if kind == "value" and member == "methodname":
+        kind = "method"  # system.multicall: {methodName: "mining.submit", params: [...]}
+    names = dict.fromkeys((_name(since), _name(element.joined)))
+    return [Item(kind, name, element.offset) for name in names if name]
