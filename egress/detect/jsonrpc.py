@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Final
 
-from egress.detect import codings, tls
+from egress.detect import codings, rpcparams, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 from egress.detect.httpread import from_bracket, start_pieces
 from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
@@ -208,6 +208,7 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
                 # A body known to be whole ends its last message, as a newline does on a raw stream.
                 bodies.append(opened.rstrip() + b"\n" if whole else opened)
                 owners.append(len(heads) - 1)
+        _add_param_calls(head, body, len(heads) - 1, extras, extra_owners)
         if whole and fixed:  # nothing after this message can change what was read of it
             settled = _Settled(
                 pos,
@@ -250,6 +251,27 @@ def _add_start_texts(head: bytes, owner: int, texts: list[bytes], owners: list[i
             if text := from_bracket(decode(piece)):
                 texts.append(text.rstrip() + b"\n")
                 owners.append(owner)
+
+
+def _add_param_calls(head: bytes, body: bytes, owner: int, texts: list[bytes], owners: list[int]) -> None:
+    """Add to ``texts`` the JSON-RPC calls a request's parameters encode (`rpcparams.call_text`: its target's pairs
+    and path, its cookies and method headers, its decoded body's form pairs), as the gateway reads them
+    (`egress.proxy.mitm.inspect.read`), ending its message."""
+    start, _, rest = head.partition(b"\r\n")
+    if start.startswith(b"HTTP/"):
+        return
+    target = start.partition(b" ")[2].rpartition(b" ")[0]
+    lowered = head.lower()
+    at = lowered.find(b"\ncontent-type:")  # the value as sent: a multipart boundary keeps its case
+    content_type = head[at + 14 :].partition(b"\r")[0].strip().decode("latin-1") if at >= 0 else ""
+    fields: list[tuple[str, str]] = []
+    if b"method" in lowered or b"cookie" in lowered:
+        for line in rest.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            fields.append((name.strip(), value.strip()))
+    if text := rpcparams.call_text(target, fields, body, content_type):
+        texts.append(text)
+        owners.append(owner)
 
 
 def _join(joined: bytes, joins: int, body: bytes) -> tuple[bytes, int]:
