@@ -22,10 +22,11 @@ and UTF-32 text) are dropped.
 from __future__ import annotations
 
 import contextlib
+import functools
 import html
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
@@ -56,16 +57,12 @@ def _is_stratum(name: str) -> bool:
     return stratum.is_method(name)
 
 
-_NAMES: dict[str, str] = {}
+@functools.cache
+def _canonical() -> Mapping[str, str]:
+    """The pool method names other than Stratum's, lowercased, to their spelling."""
+    from egress.detect import cryptonote, ethstratum, getwork
 
-
-def _canonical() -> dict[str, str]:
-    if not _NAMES:
-        from egress.detect import cryptonote, ethstratum, getwork
-
-        for name in (*getwork.MINING_METHODS, *ethstratum.MINING_METHODS, *cryptonote.REQUIRED):
-            _NAMES[name.lower()] = name
-    return _NAMES
+    return {name.lower(): name for name in (*getwork.MINING_METHODS, *ethstratum.MINING_METHODS, *cryptonote.REQUIRED)}
 
 
 def _unescape(data: bytes) -> bytes:
