@@ -26,6 +26,7 @@ import functools
 import html
 import json
 import re
+import unicodedata
 from collections.abc import Iterable, Mapping
 from typing import Final
 from urllib.parse import unquote_to_bytes
@@ -197,6 +198,14 @@ def _params(pairs: list[tuple[tuple[str, str | None], str]]) -> object:
     return [_value(text) for _, text in ordered]
 
 
+def _folded(text: str) -> str:
+    """A value as a lenient server may match it to a method name: blanks inside it dropped, compatibility forms
+    folded (NFKC, as Python folds identifiers: a fullwidth ``．`` is a dot)."""
+    if not text.isascii():
+        text = unicodedata.normalize("NFKC", text)
+    return "".join(text.split()) if " " in text or "\t" in text or not text.isprintable() else text
+
+
 def _names(keyed: list[tuple[tuple[str, str | None], str]], path: bytes) -> list[str]:
     """The pool method names the pairs and path name as a call's method, canonical, each once."""
     method_values = [text for (base, _), text in keyed if "method" in base]
@@ -204,8 +213,8 @@ def _names(keyed: list[tuple[tuple[str, str | None], str]], path: bytes) -> list
     shaped = any(base in _SHAPE_KEYS for (base, _), _ in keyed)
     if shaped:
         candidates += [text for _, text in keyed]
-    found = [pool_method(text) for text in candidates if 1 < len(text) <= NAME_MAX]
-    for segment in _segments(path, shaped):
+    found = [pool_method(_folded(text)) for text in candidates if 1 < len(text) <= NAME_MAX]
+    for segment in map(_folded, _segments(path, shaped)):
         if _NAME.fullmatch(segment) and pool_method(segment) == segment and (shaped or not segment.isalpha()):
             found.append(segment)
     return list(dict.fromkeys(name for name in found if name))
