@@ -41,6 +41,11 @@ _SEPARATORS: Final = re.compile(rb"[&;?#\r\n]")
 _IIS: Final = re.compile(rb"%u00([0-7][0-9a-fA-F])")
 _OVERLONG: Final = re.compile(rb"[\xc0\xc1][\x80-\xbf]|\xe0[\x80-\x9f][\x80-\xbf]")
 _DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
+_MAY_CALL: Final = re.compile(rb"(?i)method|jsonrpc|params|[%\x00\xc0\xc1\xe0\xef\xfe\xff]")
+"""What pairs that may encode a call hold as sent: a method or shape key's word, or a byte that decoding changes
+(``+`` only makes blanks, and a raw ``&`` splits a character reference as every form parser does)."""
+_SPECIAL: Final = re.compile(rb"[%&+\x00\xc0\xc1\xe0\xef\xfe\xff]")
+"""A byte that `_decoded` may change: without one, a value is read as it came."""
 _INDEX: Final = re.compile(r"^([^\[\]]*)\[([^\]]*)\]")
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{1,63}")
 _SHAPE_KEYS: Final = frozenset({"jsonrpc", "params"})
@@ -89,6 +94,8 @@ def _fold_overlong(match: re.Match[bytes]) -> bytes:
 
 def _decoded(data: bytes, plus: bool = True) -> str:
     """``data`` as the server's application reads it: ``+`` as a space, then `_unescape` while it changes."""
+    if _SPECIAL.search(data) is None:  # most keys and values: nothing to undo
+        return data.decode("utf-8", "replace").strip()
     if plus and b"+" in data:
         data = data.replace(b"+", b" ")
     for _ in range(ROUNDS + 1):
@@ -121,7 +128,7 @@ def _segments(path: bytes, shaped: bool) -> list[str]:
     shape (a path ``/keepalived`` or ``/getwork`` alone is a page's name more often than a call)."""
     found: list[str] = []
     for segment in path.split(b"/")[-8:]:
-        if segment and (shaped or b"." in segment or b"_" in segment or b"%" in segment):
+        if segment and (shaped or b"mining." in segment or b"_" in segment or b"%" in segment or not segment.isascii()):
             found.append(_decoded(segment.partition(b";")[0], plus=False))
     return found
 
@@ -153,7 +160,8 @@ def _body_pairs(body: bytes, content_type: str) -> list[tuple[str, str]]:
             body = body.decode(charset.group(1)).encode("utf-8")
     if media.startswith("multipart/"):
         return _multipart(body, content_type)
-    return _pairs(body[:65536].replace(b"\x00", b"")) if b"=" in body else []
+    body = body[:65536]
+    return _pairs(body.replace(b"\x00", b"")) if b"=" in body and _MAY_CALL.search(body) else []
 
 
 def _field_pairs(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -161,8 +169,8 @@ def _field_pairs(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for name, value in fields:
         lowered = name.lower()
-        if lowered == "cookie":
-            found += _pairs(value.encode("utf-8", "surrogateescape"))
+        if lowered == "cookie" and _MAY_CALL.search(cookies := value.encode("utf-8", "surrogateescape")):
+            found += _pairs(cookies)
         elif "method" in lowered and lowered != "access-control-request-method":
             found.append((lowered, _decoded(value.encode("utf-8", "surrogateescape"), plus=False)))
     return found
@@ -225,7 +233,7 @@ def call_text(
 ) -> bytes:
     """The JSON-RPC calls a request's parameters encode, as newline-ended JSON text (empty when none names a pool
     method): its target (``/path;matrix?query#fragment``), headers, and decoded body (of ``content_type``)."""
-    pairs = _pairs(target) if b"=" in target or b"%" in target else []
+    pairs = _pairs(target) if (b"=" in target or b"%" in target) and _MAY_CALL.search(target) else []
     pairs += _field_pairs(fields) + _body_pairs(body, content_type)
     keyed = [(_key(key), value) for key, value in pairs]
     names = _names(keyed, target.partition(b"?")[0].partition(b"#")[0])
