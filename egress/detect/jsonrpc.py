@@ -261,14 +261,15 @@ def _add_param_calls(head: bytes, body: bytes, owner: int, texts: list[bytes], o
     if start.startswith(b"HTTP/"):
         return
     target = start.partition(b" ")[2].rpartition(b" ")[0]
-    lowered = head.lower()
-    at = lowered.find(b"\ncontent-type:")  # the value as sent: a multipart boundary keeps its case
-    content_type = head[at + 14 :].partition(b"\r")[0].strip().decode("latin-1") if at >= 0 else ""
     fields: list[tuple[str, str]] = []
-    if b"method" in lowered or b"cookie" in lowered:
+    lowered = rest.lower()
+    if b"cookie:" in lowered or b"method" in lowered:  # a cookie or a header named for a method: read them all
         for line in rest.decode("latin-1").split("\r\n"):
             name, _, value = line.partition(":")
             fields.append((name.strip(), value.strip()))
+    content_type = ""
+    if body and (at := (b"\n" + lowered).find(b"\ncontent-type:")) >= 0:  # as sent: a boundary keeps its case
+        content_type = rest[at + 13 :].partition(b"\r")[0].strip().decode("latin-1")
     if text := rpcparams.call_text(target, fields, body, content_type):
         texts.append(text)
         owners.append(owner)

@@ -233,6 +233,9 @@ def call_text(
 ) -> bytes:
     """The JSON-RPC calls a request's parameters encode, as newline-ended JSON text (empty when none names a pool
     method): its target (``/path;matrix?query#fragment``), headers, and decoded body (of ``content_type``)."""
+    quiet = not (fields or body or b"=" in target or b"%" in target or b"mining." in target or b"_" in target)
+    if quiet and target.isascii():  # the most common request: a path that holds no name and no pair
+        return b""
     pairs = _pairs(target) if (b"=" in target or b"%" in target) and _MAY_CALL.search(target) else []
     pairs += _field_pairs(fields) + _body_pairs(body, content_type)
     keyed = [(_key(key), value) for key, value in pairs]
