@@ -14,8 +14,9 @@ prefixes, case, UTF-16), and judged by the same name sets as the JSON detectors:
   (`egress.detect.getwork.MINING_METHODS`), XMRig's ``login``/``submit``/``job`` with the keys
   `egress.detect.cryptonote.REQUIRED` asks of them present as struct member or element names in the same
   direction, and ``keepalived``;
-- what a pool answers: ``mining.notify``/``mining.set_difficulty`` as a string value (the answer to
-  ``mining.subscribe``), or a CryptoNote job (members ``job_id``, ``blob`` and ``target``).
+- a string value that is a pool method's name, whole (`binrpc`'s lists of the names that count alone): what a pool
+  answers ``mining.subscribe`` with (``mining.notify`` pairs), or a call handed to a generic dispatcher
+  (``call("mining.submit", ...)``); and a CryptoNote job (members ``job_id``, ``blob`` and ``target``).
 
 HTTP bodies are read as the server reads them: chunked framing and content codings undone (`egress.detect.codings`,
 as the JSON reader does), each body alone and a connection's bodies joined (a document cut across keep-alive
@@ -35,24 +36,29 @@ from dataclasses import dataclass
 from typing import Final
 from urllib.parse import unquote_to_bytes
 
-from egress.detect import codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
+from egress.detect import binrpc, codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
-from egress.detect.jsonrpc import _body, _field, _is_http_start  # HTTP framing, read as the JSON reader reads it
+from egress.detect.jsonrpc import _body, _content_length, _field, _is_http_start  # HTTP framing as JSON's
 from egress.detect.xmlscan import Item, items, normalize
 
 NAME: Final = "xmlrpc"
 PROTOCOL: Final = "xml-rpc-stratum"
 
-_MARKUP: Final = ((b"method", (b"name", b"response"), ()), (b"envelope", (), (b"<", b":")), (b"mining.", (), ()))
-"""What every XML document this detector can flag holds, lowercased: XML-RPC's ``methodName`` or
-``methodResponse``, SOAP's ``Envelope`` tag, or a Stratum name (an element of a custom envelope): each a word, what
-must follow it and what must precede it (``Envelope-to:`` in mail is no tag). Three passes over a prefix's new
-bytes, a few slice compares per hit."""
+_MARKUP: Final = ((b"method", (b"name", b"response"), ()), (b"envelope", (), (b"<", b":")))
+"""What every XML document this detector reads holds, lowercased: XML-RPC's ``methodName`` or ``methodResponse``,
+or SOAP's (or any envelope's) ``Envelope`` tag: each a word, what must follow it and what must precede it
+(``Envelope-to:`` in mail is no tag). Two passes over a prefix's new bytes, a few slice compares per hit."""
+_FOLD: Final = bytes.maketrans(bytes(range(0x41, 0x5B)), bytes(range(0x61, 0x7B)))
+"""ASCII upper case to lower case, for `bytes.translate` (which also drops the NULs of UTF-16 in the same pass)."""
 _OVERLAP: Final = 64
 """Raw bytes searched again before the last stop: a token cut by a prefix's end, UTF-16's NULs included."""
 _ETH: Final = frozenset(name.lower() for name in ethstratum.MINING_METHODS)
-_REPLIES: Final = frozenset({"mining.notify", "mining.set_difficulty"})
-"""String values that only a pool's answer to ``mining.subscribe`` holds (`egress.detect.stratum`'s pairs)."""
+_VALUES: Final = frozenset(
+    name.decode().lower() for name in (*binrpc._STRATUM, *binrpc._ALONE, *binrpc._ALONE_LOWER)
+)  # binrpc's lists of the names that count alone: a string value that is one of them, whole
+"""String values that are a pool method's name, whole: the answer to ``mining.subscribe`` (``mining.notify``
+pairs), or a call's name handed to a generic dispatcher (``call("mining.submit", ...)``). Exact names only:
+``mining.com`` is a post's title, not a call."""
 _JOB: Final = tuple(key.decode() for key in cryptonote.REQUIRED["job"])
 _BLANK: Final = b" \t\r\n"
 _FRAMED: Final = re.compile(rb"\n(?:transfer|content)-encoding:", re.I)
@@ -75,8 +81,8 @@ class _Side:
 
 
 def _has_token(data: bytes) -> bool:
-    """Whether ``data`` holds one of `_MARKUP` (UTF-16's NULs dropped, in any case)."""
-    lowered = (data.replace(b"\x00", b"") if b"<\x00" in data else data).lower()  # UTF-16/32: "<" then NULs
+    """Whether ``data`` holds one of `_MARKUP` (in any case, UTF-16's NULs dropped)."""
+    lowered = data.translate(_FOLD, b"\x00")  # lower case, UTF-16/32's NULs dropped: one pass
     for word, after, before in _MARKUP:
         at = lowered.find(word)
         while at >= 0:
@@ -87,10 +93,13 @@ def _has_token(data: bytes) -> bool:
     return False
 
 
-def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, bytes]], bytes, int]:
+def _messages(
+    data: bytes, pos: int, complete: bool, framed_only: bool = False
+) -> tuple[list[tuple[bytes, bytes]], bytes, int]:
     """The HTTP messages of ``data`` from ``pos`` on: (head, body as the server reads it) each, what follows the last
     one that cannot start another (a raw stream after an upgrade), and where the last whole message ends. A coded
-    body is decoded once whole (or at the flow's end): before, its bytes show nothing."""
+    body is decoded once whole (or at the flow's end): before, its bytes show nothing. ``framed_only``: the bodies of
+    chunked and coded messages only, the others empty."""
     found: list[tuple[bytes, bytes]] = []
     rest, settled = b"", pos
     while pos < len(data) and len(found) < jsonrpc.MAX_HTTP_MESSAGES:
@@ -105,6 +114,12 @@ def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, 
         if end < 0:
             break
         head = data[pos:end]
+        if framed_only and not _FRAMED.search(head):  # its body is its bytes, searched as they came: not copied
+            pos, whole = _skipped(data, end + 4, head)
+            found.append((head, b""))
+            if whole:
+                settled = pos
+            continue
         body, pos, whole, fixed = _body(data, end + 4, head)
         if body and (coding := _field(head.lower(), b"content-encoding")):
             partial = not whole
@@ -113,6 +128,16 @@ def _messages(data: bytes, pos: int, complete: bool) -> tuple[list[tuple[bytes, 
         if whole and fixed:
             settled = pos
     return found, rest, settled
+
+
+def _skipped(data: bytes, pos: int, head: bytes) -> tuple[int, bool]:
+    """Where the unframed message whose head ends at ``pos`` ends, and whether its body is whole (as `_body`)."""
+    length = _content_length(head.lower())
+    if length is not None:
+        return pos + length, pos + length <= len(data)
+    if head.startswith(b"HTTP/"):
+        return len(data), False
+    return pos, True
 
 
 def _decoded(body: bytes, coding: bytes, partial: bool) -> bytes:
@@ -148,13 +173,15 @@ def _texts(data: bytes, complete: bool) -> tuple[list[bytes], list[bytes]]:
 def _pool_method(item: Item, keys: frozenset[str]) -> bool:
     name = item.name
     if item.kind == "value":
-        return name in _REPLIES
+        return name in _VALUES
     if item.kind == "key":
         return False
     if stratum.is_method(name) or name in _ETH or name in getwork.MINING_METHODS:
         return True
     required = cryptonote.REQUIRED.get(name)
-    return required is not None and all(key.decode() in keys for key in required)
+    if required is None or not (required or item.kind == "method"):  # a bare <keepalived> element is a daemon's
+        return False
+    return all(key.decode() in keys for key in required)
 
 
 def _judge(texts: list[bytes]) -> Finding | None:
@@ -182,14 +209,15 @@ def _soap_action(heads: list[bytes]) -> Finding | None:
 def _trips(side: _Side, data: bytes, complete: bool) -> bool:
     """Whether `_MARKUP` shows in the new bytes of ``data``, in a chunked or coded HTTP body now whole, or a request
     target holds markup."""
-    if data.find(b"<", side.searched) >= 0:  # every markup word sits in a tag: none while no "<" came
-        start, side.searched = max(side.searched - _OVERLAP, 0), len(data)
+    start = max(side.searched - _OVERLAP, 0)
+    if data.find(b"<", start) >= 0:  # every markup word sits in a tag: none while no "<" came
+        side.searched = len(data)
         if _has_token(data[start:]):
             return True
     raw = data.lstrip(_BLANK)
     if not (raw[:1] in b"GPHODT" and _is_http_start(raw[:8])):
         return False
-    messages, _, side.settled = _messages(raw, side.settled, complete)
+    messages, _, side.settled = _messages(raw, side.settled, complete, framed_only=True)
     return any(_target(head) or (_FRAMED.search(head) and _has_token(body)) for head, body in messages)
 
 

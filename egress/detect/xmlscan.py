@@ -26,12 +26,13 @@ from typing import Final
 
 _BOMS: Final = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 _TOKEN: Final = re.compile(
-    rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[(?P<cdata>.*?)\]\]>|(?P<doctype><!DOCTYPE(?:[^\[>]*\[.*?\])?[^>]*>)"
+    rb"<!--.*?-->|<\?.*?\?>|<!\[CDATA\[(?P<cdata>.*?)\]\]>"
+    rb"|(?P<doctype><!DOCTYPE[^\[>]*(?:\[(?:\"[^\"]*\"|'[^']*'|<!--.*?-->|[^\]\"'<]|<(?!!--))*\])?[^>]*>)"
     rb"|<\s*(?P<close>/)?\s*(?P<name>[^\s/<>!?]+)(?P<attrs>[^<>]*)>",
     re.S | re.I,
 )
-"""A comment, a processing instruction (the prolog too), a CDATA section, a doctype with its internal subset, or a
-tag (``<x:Name a="1"/>``); whatever lies between two of them is text."""
+"""A comment, a processing instruction (the prolog too), a CDATA section, a doctype with its internal subset (whose
+quoted values and comments may hold a ``]``), or a tag (``<x:Name a="1"/>``); what lies between two is text."""
 _ENTITY: Final = re.compile(rb"<!ENTITY\s+([^\s%]+)\s+(?:\"([^\"]*)\"|'([^']*)')", re.I)
 _REFERENCE: Final = re.compile(rb"&(?:#(?:([0-9]{1,7})|[xX]([0-9a-fA-F]{1,6}))|([A-Za-z_][\w.:-]*));?")
 _PREDEFINED: Final = {b"amp": b"&", b"lt": b"<", b"gt": b">", b"quot": b'"', b"apos": b"'"}
@@ -40,6 +41,8 @@ _EXPANSIONS: Final = 4
 _TEXT_MAX: Final = 256
 """Characters of an element's text kept: every name we look for is far shorter."""
 _BLANK: Final = b" \t\r\n"
+_READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"value": "value"}
+"""The elements whose text is read, and as what (`Item.kind`)."""
 
 
 def normalize(data: bytes) -> bytes:
@@ -147,9 +150,6 @@ def _add_text(text: bytes, since: bytearray, stack: list[_Open]) -> None:
     for element in stack:
         if element.name in _READ and len(element.joined) < _TEXT_MAX:
             element.joined += text
-
-
-_READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"value": "value"}
 
 
 def _closed(local: bytes, stack: list[_Open], since: bytearray, member: str) -> list[Item]:

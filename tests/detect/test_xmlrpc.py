@@ -57,6 +57,8 @@ CALLS = {
     "chunked-cut-in-name": _chunked(SUBMIT),
     "gzip": _post(gzip.compress(SUBMIT), b"Content-Encoding: gzip"),
     "deflate": _post(zlib.compress(SUBMIT), b"Content-Encoding: deflate"),
+    "cut-across-keepalive-bodies": _post(SUBMIT[: SUBMIT.index(b"mining.") + 4])
+    + _post(SUBMIT[SUBMIT.index(b"mining.") + 4 :]),
     "second-keepalive-request": _post(_call(b"system.listMethods")) + _post(SUBMIT),
     "decimal-reference": _call(b"mining&#46;submit"),
     "hex-reference": _call(b"&#x6d;ining&#x2E;subscribe"),
@@ -64,6 +66,9 @@ CALLS = {
     "cdata": _call(b"<![CDATA[mining.submit]]>"),
     "cdata-and-comment-pieces": _call(b"mining<!-- pad -->.<![CDATA[sub]]><?pi x?>mit"),
     "blanks-around": _call(b"\n\t  mining.submit \r\n"),
+    "generic-dispatcher": rpc.dumps(("mining.submit", "wallet.worker", "job1"), "call").encode(),
+    "entity-after-a-bracket-in-the-subset": b'<!DOCTYPE m [<!ENTITY a "]"><!-- ] --><!ENTITY b "mining.submit">]>'
+    + _call(b"&b;"),
     "internal-entity": b'<!DOCTYPE m [<!ENTITY a "mining.su"><!ENTITY b "&a;bmit">]>' + _call(b"&b;"),
     "prefix-and-attributes": b'<x:methodCall xmlns:x="u"><x:methodName lang="en">mining.submit</x:methodName>',
     "upper-case-tags": b"<METHODCALL><METHODNAME>mining.authorize</METHODNAME></METHODCALL>",
@@ -108,6 +113,8 @@ BENIGN = {
     "html-docs": b'<html><body><h3 id="mining.submit">mining.submit</h3><pre>&lt;methodCall&gt;&lt;methodName&gt;'
     b"mining.submit&lt;/methodName&gt;</pre><p>job_id, blob and target</p></body></html>",
     "xml-comment-only": _call(b"system.listMethods<!-- mining.submit -->"),
+    "soap-keepalived-service": _soap(b"<GetService><keepalived><state>MASTER</state></keepalived></GetService>"),
+    "title-mining-com": rpc.dumps(({"title": "mining.com", "tags": ["mining", "getblock"]},), "wp.newPost").encode(),
     "value-not-a-reply": rpc.dumps((["mining.submitter"],), methodresponse=True).encode(),
 }
 
@@ -178,3 +185,12 @@ def test_asked_again_after_a_finding_answers_as_a_fresh_view() -> None:
         for grown, fresh in step:
             assert grown == fresh
     assert isinstance(feed_pieces((xmlrpc.detect,), META, events)[-1][0][0], Finding)
+
+
+def test_markup_word_completed_by_bytes_without_a_tag() -> None:
+    """``</s:Envelo`` then ``pe>``: the word is whole only with bytes that hold no ``<`` (the search for it must
+    look back past the last stop, as a fresh view reads the whole)."""
+    events = [(False, b"<eth_submitWork/></s:Envelo"), (False, b"pe>")]
+    steps = feed_pieces((xmlrpc.detect,), META, events)
+    assert all(grown == fresh for step in steps for grown, fresh in step)
+    _check(steps[-1][0][0])
