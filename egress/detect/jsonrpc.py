@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from itertools import repeat
 from typing import Final
 
-from egress.detect import codings, tls
+from egress.detect import codings, rpcparams, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 from egress.detect.httpread import from_bracket, start_pieces
 from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
@@ -208,6 +208,7 @@ def _http(data: bytes, settled: _Settled = _Settled()) -> tuple[Payload, _Settle
                 # A body known to be whole ends its last message, as a newline does on a raw stream.
                 bodies.append(opened.rstrip() + b"\n" if whole else opened)
                 owners.append(len(heads) - 1)
+        _add_param_calls(head, body, len(heads) - 1, extras, extra_owners)
         if whole and fixed:  # nothing after this message can change what was read of it
             settled = _Settled(
                 pos,
@@ -250,6 +251,28 @@ def _add_start_texts(head: bytes, owner: int, texts: list[bytes], owners: list[i
             if text := from_bracket(decode(piece)):
                 texts.append(text.rstrip() + b"\n")
                 owners.append(owner)
+
+
+def _add_param_calls(head: bytes, body: bytes, owner: int, texts: list[bytes], owners: list[int]) -> None:
+    """Add to ``texts`` the JSON-RPC calls a request's parameters encode (`rpcparams.call_text`: its target's pairs
+    and path, its cookies and method headers, its decoded body's form pairs), as the gateway reads them
+    (`egress.proxy.mitm.inspect.read`), ending its message."""
+    start, _, rest = head.partition(b"\r\n")
+    if start.startswith(b"HTTP/"):
+        return
+    target = start.partition(b" ")[2].rpartition(b" ")[0]
+    fields: list[tuple[str, str]] = []
+    lowered = rest.lower()
+    if b"cookie:" in lowered or b"method" in lowered:  # a cookie or a header named for a method: read them all
+        for line in rest.decode("latin-1").split("\r\n"):
+            name, _, value = line.partition(":")
+            fields.append((name.strip(), value.strip()))
+    content_type = ""
+    if body and (at := (b"\n" + lowered).find(b"\ncontent-type:")) >= 0:  # as sent: a boundary keeps its case
+        content_type = rest[at + 13 :].partition(b"\r")[0].strip().decode("latin-1")
+    if text := rpcparams.call_text(target, fields, body, content_type):
+        texts.append(text)
+        owners.append(owner)
 
 
 def _join(joined: bytes, joins: int, body: bytes) -> tuple[bytes, int]:

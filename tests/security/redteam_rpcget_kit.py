@@ -23,7 +23,7 @@ import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
-from urllib.parse import parse_qs, urlencode, urlsplit
+from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
 
 JOB = {"job_id": "job1", "prevhash": "00" * 32, "coinb1": "01", "coinb2": "02", "merkle_branch": [],
        "version": "20000000", "nbits": "1d00ffff", "ntime": "5f5e1000", "clean_jobs": True}  # fmt: skip
@@ -47,6 +47,12 @@ DIALECTS: dict[str, list[tuple[str, Any]]] = {
 }
 SHARES = {"mining.submit", "submit", "eth_submitWork"}
 """The calls that hand in a share."""
+EVASIONS = ("encoded", "multipart", "chunked", "pipelined", "header-path")
+"""``HOW``s past the plain binding (Stratum only): ``encoded`` (the name double percent-encoded under a key
+``METHOD``, ``;`` separators, a ``%00``, overlong UTF-8 for its dot), ``multipart`` (a multipart/form-data POST),
+``chunked`` (the form chunked 3 bytes at a time), ``pipelined`` (every call written at once on the connection, a
+benign GET first), ``header-path`` (the name in an ``X-Method`` header and as the path's last segment, the
+params in a cookie)."""
 
 
 def _result(method: str) -> object:
@@ -67,6 +73,31 @@ class _Pool(BaseHTTPRequestHandler):
     def log_message(self, format: str, *args: object) -> None:
         pass
 
+    def _fields(self, body: bytes) -> dict[str, list[str]]:
+        """What this lenient pool reads of a call: the query's and a form's pairs (keys in any case, ``;`` too,
+        decoded while they change), a multipart form's fields, an ``X-Method`` header, the path's last segment,
+        cookies."""
+        fields: dict[str, list[str]] = {}
+        kind = self.headers.get("Content-Type", "")
+        texts = [urlsplit(self.path).query, self.headers.get("Cookie", "").replace("; ", "&")]
+        if kind.startswith("multipart/"):
+            for part in body.split(b"--" + kind.split("boundary=")[1].encode())[1:-1]:
+                head, _, content = part.partition(b"\r\n\r\n")
+                name = head.split(b'name="')[1].split(b'"')[0].decode()
+                fields.setdefault(name, []).append(content.removesuffix(b"\r\n").decode())
+        else:
+            texts.append(body.decode("latin-1"))
+        for text in texts:
+            for key, values in parse_qs(text.replace(";", "&")).items():
+                for value in values:
+                    while "%" in value and unquote(value, "latin-1") != value:
+                        value = unquote(value, "latin-1")
+                    value = value.replace("\x00", "").encode("latin-1").replace(b"\xc0\xae", b".").decode()
+                    fields.setdefault(key.lower(), []).append(value)
+        if "x-method" in self.headers:
+            fields.setdefault("method", []).append(self.headers["X-Method"])
+        return fields
+
     def _call(self, fields: dict[str, list[str]]) -> None:
         method = fields["method"][0]
         params = json.loads(fields.get("params", ["[]"])[0])
@@ -84,15 +115,22 @@ class _Pool(BaseHTTPRequestHandler):
         self.wfile.write(body)
 
     def do_GET(self) -> None:
-        fields = parse_qs(urlsplit(self.path).query)
+        fields = self._fields(b"")
         if "method" in fields:
             self._call(fields)
         else:
             self._send(b"<html>hello</html>\n", "text/html")
 
     def do_POST(self) -> None:
-        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        self._call(parse_qs(body.decode("latin-1")))
+        if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
+            body = b""
+            while size := int(self.rfile.readline().split(b";")[0], 16):
+                body += self.rfile.read(size)
+                self.rfile.readline()
+            self.rfile.readline()
+        else:
+            body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        self._call(self._fields(body))
 
 
 def pool_main() -> None:
@@ -106,26 +144,59 @@ def pool_main() -> None:
 
 
 def _exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes] | None:
-    """Send ``request`` and read one response (Content-Length framed): its status line and body."""
-    conn.sendall(request)
-    buf = b""
-    while b"\r\n\r\n" not in buf:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        buf += data
-    head, _, body = buf.partition(b"\r\n\r\n")
+    """Send ``request`` (nothing when empty: an answer to a call already sent) and read one response
+    (Content-Length framed) through the connection's buffered reader: its status line and body."""
+    if request:
+        conn.sendall(request)
+    reader = _READERS.setdefault(conn.fileno(), conn.makefile("rb"))
+    status = reader.readline().rstrip(b"\r\n")
+    if not status:
+        return None
     length = 0
-    for line in head.split(b"\r\n")[1:]:
+    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
         name, _, value = line.partition(b":")
         if name.strip().lower() == b"content-length":
             length = int(value)
-    while len(body) < length:
-        data = conn.recv(65536)
-        if not data:
-            return None
-        body += data
-    return head.split(b"\r\n")[0], body[:length]
+    body = reader.read(length)
+    return (status, body) if len(body) == length else None
+
+
+_READERS: dict[int, Any] = {}
+
+
+def _request(how: str, name: str, method: str, params: Any, number: int) -> bytes:
+    """One call as ``HOW`` spells it (`EVASIONS`, or ``get``/``form``)."""
+    call = urlencode({"jsonrpc": "2.0", "method": method, "params": json.dumps(params), "id": str(number)})
+    head = f"Host: {name}\r\n"
+    if how == "get" or how == "pipelined":
+        return f"GET /rpc?{call} HTTP/1.1\r\n{head}\r\n".encode()
+    if how == "encoded":
+        spelled = method.replace(".", "%C0%AE%00").replace("%", "%25")  # double-encoded, its dot overlong, a NUL
+        query = f"jsonrpc=2.0;METHOD={spelled};params={quote(json.dumps(params))};id={number}"
+        return f"GET /rpc?{query} HTTP/1.1\r\n{head}\r\n".encode()
+    if how == "header-path":
+        cookie = urlencode({"params": json.dumps(params), "id": str(number)}).replace("&", "; ")
+        return f"GET /rpc/{method} HTTP/1.1\r\n{head}X-Method: {method}\r\nCookie: {cookie}\r\n\r\n".encode()
+    if how == "multipart":
+        parts = (
+            "".join(
+                f'--XB\r\nContent-Disposition: form-data; name="{key}"\r\n\r\n{value}\r\n'
+                for key, value in (
+                    ("jsonrpc", "2.0"),
+                    ("method", method),
+                    ("params", json.dumps(params)),
+                    ("id", number),
+                )
+            )
+            + "--XB--\r\n"
+        )
+        kind = "Content-Type: multipart/form-data; boundary=XB\r\n"
+        return f"POST /rpc HTTP/1.1\r\n{head}{kind}Content-Length: {len(parts)}\r\n\r\n{parts}".encode()
+    kind = "Content-Type: application/x-www-form-urlencoded\r\n"
+    if how == "chunked":
+        chunks = "".join(f"{len(call[at : at + 3]):x}\r\n{call[at : at + 3]}\r\n" for at in range(0, len(call), 3))
+        return f"POST /rpc HTTP/1.1\r\n{head}{kind}Transfer-Encoding: chunked\r\n\r\n{chunks}0\r\n\r\n".encode()
+    return f"POST /rpc HTTP/1.1\r\n{head}{kind}Content-Length: {len(call)}\r\n\r\n{call}".encode()
 
 
 def miner_main() -> None:
@@ -137,16 +208,13 @@ def miner_main() -> None:
         conn = socket.create_connection((target, port), timeout=10)
         first = _exchange(conn, f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
         print(f"first answer {first[0] if first else None!r}", flush=True)
-        for number, (method, params) in enumerate(DIALECTS[dialect], 1):
-            call = urlencode({"jsonrpc": "2.0", "method": method, "params": json.dumps(params), "id": str(number)})
-            if how == "get":
-                request = f"GET /rpc?{call} HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
-            else:
-                request = (
-                    f"POST /rpc HTTP/1.1\r\nHost: {name}\r\nContent-Type: application/x-www-form-urlencoded\r\n"
-                    f"Content-Length: {len(call)}\r\n\r\n{call}"
-                ).encode()
-            got = _exchange(conn, request)
+        calls = [(call[0], _request(how, name, *call, n)) for n, call in enumerate(DIALECTS[dialect], 1)]
+        if how == "pipelined":  # every call at once, behind a benign GET; then each answer in turn
+            page = f"GET /?page=2 HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+            conn.sendall(page + b"".join(request for _, request in calls))
+            print(f"page answer {_exchange(conn, b'')!r}", flush=True)
+        for method, request in calls:
+            got = _exchange(conn, b"" if how == "pipelined" else request)
             print(f"answer to {method}: {got!r}", flush=True)
             if got is None or not got[0].endswith(b" 200 OK"):
                 return

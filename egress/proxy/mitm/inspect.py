@@ -25,7 +25,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from egress.detect import websocket
+from egress.detect import rpcparams, websocket
 from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView
 from egress.detect.engine import FlowInspector
 from egress.detect.httpread import from_bracket, start_pieces
@@ -110,6 +110,9 @@ def read(message: Message) -> Read:
         pieces += payload.pieces(body, "text/event-stream")  # whatever the server calls it, a client may parse it
     pieces += payload.form_values(message.query)
     pieces += start_pieces(message.start)
+    if not message.start.startswith("HTTP/"):  # a call as the request's parameters (red team 5)
+        target = message.start.partition(" ")[2].rpartition(" ")[0].encode("utf-8", "surrogateescape")
+        pieces.append(rpcparams.call_text(target, message.fields, body, message.header("content-type")))
     pieces += [value.encode("utf-8", "surrogateescape") for _, value in (*message.fields, *message.trailers)]
     canonical = _head(message.start, (*message.fields, *message.trailers), body)
     kept = tuple(piece for piece in pieces if len(piece) >= PIECE_MIN or piece is body)
