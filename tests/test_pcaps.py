@@ -38,7 +38,6 @@ NOT_RECORDED = {
     "opening to a decrypted name is the gateway's refusal, not a finding in bytes",
     "test_redteam_h2c.py": "not recorded yet (red team 3): h2c is refused at its preface; the scanner does not "
     "unwrap HTTP/2 frames",
-    "test_redteam_binsplit.py": "open bypass (red team 4, a strict xfail): recorded once it is closed",
     "test_redteam_xmlrpc.py": "open bypass (red team 4, a strict xfail): recorded once it is closed",
 }
 """Technique modules of the suite without a capture in pcaps/, and why."""
