@@ -51,8 +51,8 @@ Names (each one is the method of a call or of a pool's notification; the same se
 
 Incremental: each direction is searched from where the last prefix's search stopped (minus the longest name and
 its padding, so a name cut by the prefix's end is found whole next time), with a few ``bytes.find`` calls per
-anchor on a lowered copy of the new bytes; CBOR's chunked strings from the first one the prefix cut, once a
-``ff`` came after it. A flow whose both directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH
+anchor on a lowered copy of the new bytes; CBOR's chunked strings back from each new ``ff`` (the byte that ends
+one, which text never holds). A flow whose both directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH
 banner) is ruled out here too: its later bytes are encrypted.
 """
 
@@ -104,9 +104,12 @@ _CHUNKED: Final = re.compile(
 )
 """Where a CBOR indefinite-length string that may join to a name starts: its ``5f``/``7f`` head, then an empty
 chunk, a chunk opening with a name's byte, or a longer length form of at most `_JOINED_MAX` bytes."""
-_RUN: Final = re.compile(rb"[\x00-\x7b\x7f]*+")
-"""A run of the bytes a chunked name is made of: heads, lengths up to `_JOINED_MAX`, a name's bytes, padding
-(the ``ff`` that ends the string is not one of them)."""
+_RUN_BYTES: Final = bytes([*range(0x7C), 0x7F])
+"""The bytes a chunked name is made of: heads, lengths up to `_JOINED_MAX`, a name's bytes, padding (the ``ff``
+that ends the string is not one of them)."""
+_BEFORE_BREAK: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_. \x00\x40\x60")
+"""What precedes the ``ff`` that ends a chunked name: its last byte, a pad, an empty chunk (``40``, ``60``, or
+a longer form's zero length)."""
 _NAMEISH: Final = re.compile(rb"[\w.\x00 ]*")
 """What a chunk of a name holds: a name's bytes and padding (a chunk with any other byte joins to no name)."""
 _EMPTY: Final = re.compile(rb"(?:[\x40\x60]|[\x58\x78]\x00|[\x59\x79]\x00\x00|[\x5a\x7a]\x00{4}|[\x5b\x7b]\x00{8})*")
@@ -143,10 +146,10 @@ def _bare(data: bytes, at: int) -> bool:
     return True
 
 
-def _binary_context(data: bytes, at: int) -> bool:
-    """Whether the 16 bytes before ``at`` hold one that text does not: a control other than tab and line ends,
-    DEL, or non-ASCII bytes that are no UTF-8 (prose in French or Chinese is text)."""
-    window = data[max(at - 16, 0) : at]
+def _binary_context(data: bytes, begin: int) -> bool:
+    """Whether the prefix byte before ``begin`` and the 16 before it hold one that text does not: a control other
+    than tab and line ends, DEL, or non-ASCII bytes that are no UTF-8 (prose in French or Chinese is text)."""
+    window = data[max(begin - 17, 0) : begin]
     if _CONTROL.search(window) is not None:
         return True
     if _BINARY.search(window) is None:
@@ -160,21 +163,38 @@ def _binary_context(data: bytes, at: int) -> bool:
     return True
 
 
-def _prefixed(data: bytes, begin: int, low: int, high: int) -> bool:
-    """Whether a string of ``low`` to ``high`` bytes that starts at ``begin`` follows a length prefix."""
-    if begin < 1:
-        return False
-    byte = data[begin - 1]
+def _one_byte(byte: int, low: int, high: int) -> bool:
+    """Whether ``byte`` gives a length from ``low`` to ``high`` in one of the one-byte forms."""
     five = byte & 0x1F
-    if (
+    return (
         low <= byte <= high
         or (not byte & 1 and low <= byte >> 1 <= high)
         or (byte & 0xE0 == 0xA0 and low <= five <= high)
         or (byte & 0xC0 == 0x40 and five < 24 and low <= five <= high)
         or (byte & 0xE0 == 0x40 and low <= five + 1 <= high)
         or (byte >= 0x80 and low <= byte & 0x7F <= high)
-    ) and (not 0x20 <= byte < 0x7F or _binary_context(data, begin - 1)):
+    )
+
+
+def _prefixed(data: bytes, begin: int, low: int, high: int) -> bool:
+    """Whether a string of ``low`` to ``high`` bytes that starts at ``begin`` follows a length prefix.
+
+    bencode's is text itself. Any other prefix whose last byte is text (printable ASCII, or the end of a UTF-8
+    character: msgpack's ``a0|L``, Ion's ``80|L`` and a fixext's ``d8 T`` are such bytes of Chinese, Arabic...)
+    counts only in binary context."""
+    if begin < 1:
+        return False
+    if any(data.endswith(b"%d:" % size, 0, begin) for size in range(low, high + 1)):
         return True
+    byte = data[begin - 1]
+    if (0x20 <= byte < 0x7F or (byte >= 0x80 and not _bare(data, begin))) and not _binary_context(data, begin):
+        return False
+    return _one_byte(byte, low, high) or _typed(data, begin, low, high)
+
+
+def _typed(data: bytes, begin: int, low: int, high: int) -> bool:
+    """Whether the bytes before ``begin`` are a length of ``low`` to ``high`` then a type byte, or a length of more
+    than one byte whose last byte is not the length's low byte."""
     if begin >= 2:
         kind = data[begin - 2]
         if 0xD4 <= kind <= 0xD8 and low <= 1 << (kind - 0xD4) <= high:  # msgpack fixext: the string fills it
@@ -190,18 +210,17 @@ def _prefixed(data: bytes, begin: int, low: int, high: int) -> bool:
             return True
     if begin >= 5 and low <= int.from_bytes(data[begin - 5 : begin - 1], "little") <= high:  # BSON binary
         return True
-    if begin >= 6 and data[begin - 6] == 0xC9 and low <= int.from_bytes(data[begin - 5 : begin - 1]) <= high:
-        return True
-    return any(data.endswith(b"%d:" % size, 0, begin) for size in range(low, high + 1))
+    return begin >= 6 and data[begin - 6] == 0xC9 and low <= int.from_bytes(data[begin - 5 : begin - 1]) <= high
 
 
 def length_prefixed(data: bytes, at: int, size: int, bare: bool = False) -> bool:
     """Whether the ``size`` bytes at ``at`` are a string (alone, or with NUL/space padding around) of one of the
     encodings above; with ``bare``, also right after a byte that text does not hold.
 
-    A prefix byte that is printable ASCII (CBOR's ``60|L`` is a letter, Avro's ``2L`` may be a space or a quote)
-    counts only in binary context: a control byte, or non-ASCII bytes that are no UTF-8, among the 16 before it
-    (``« mining.subscribe`` in French prose: Avro's space before a 16-byte name, after a UTF-8 guillemet). Text
+    A prefix byte that is text (CBOR's ``60|L`` is a letter, Avro's ``2L`` may be a space or a quote, msgpack's
+    ``a0|L`` may end a Chinese character) counts only in binary context: a control byte, or non-ASCII bytes that
+    are no UTF-8, among the 16 before it (``« mining.subscribe`` in French prose: Avro's space before a 16-byte
+    name, after a UTF-8 guillemet). Text
     that merely names a method (``" mining.subscribe"``, ``"pmining.subscribe"`` in prose) is not a
     length-prefixed string."""
     if bare and _bare(data, at):
@@ -272,32 +291,53 @@ def _join(data: bytes, at: int) -> tuple[int, bytes]:
         pos += size
 
 
-def _chunked(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tuple[tuple[int, int], int]:
-    """The first CBOR indefinite-length string at or after ``start`` whose joined chunks are a name that counts
-    alone ((offset, end); (-1, 0) if none), and where the next search starts: the first head in the bytes' last
-    run of `_RUN` bytes (a later ``ff`` may end a string there), or their end. XMRig's words and keys met on the
-    way are added to ``words`` (the first of each).
+def _run_start(data: bytes, end: int) -> int:
+    """Where the run of `_RUN_BYTES` that ends at ``end`` starts (a window at a time: runs are short in binary
+    bytes, and each ``ff`` ends its own)."""
+    low = end
+    while low > 0:
+        window = max(low - 64, 0)
+        kept = len(data[window:low].rstrip(_RUN_BYTES))
+        if kept:
+            return window + kept
+        low = window
+    return 0
 
-    Only a run of `_RUN` bytes that a ``ff`` ends can hold such a string: a head whose run does not end so is
-    skipped with its run (linear: an ELF string table's ``_init`` or text's ``_a`` is not walked)."""
-    resume, pos = len(data), start
-    while (head := _CHUNKED.search(data, pos)) is not None:
-        run = _RUN.match(data, head.start())  # always matches: the head is one of its bytes
-        run_end = run.end() if run else len(data)
-        if run_end >= len(data):
-            return (-1, 0), head.start()
-        if data[run_end] == 0xFF:
-            for match in _CHUNKED.finditer(data, head.start(), run_end):
-                at = match.start()
-                end, joined = _join(data, at)
-                if end > 0:
+
+def _heads(data: bytes, begin: int, end: int) -> list[int]:
+    """Offsets of the ``5f``/``7f`` bytes from ``begin`` to ``end`` that `_CHUNKED` accepts, in order."""
+    found = []
+    for head in (b"\x5f", b"\x7f"):
+        at = data.find(head, begin, end)
+        while at >= 0:
+            if _CHUNKED.match(data, at) is not None:
+                found.append(at)
+            at = data.find(head, at + 1, end)
+    return sorted(found)
+
+
+def _chunked(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
+    """The first CBOR indefinite-length string that a ``ff`` at or after ``start`` ends whose joined chunks are a
+    name that counts alone: (offset, end), or (-1, 0). XMRig's words and keys met on the way are added to
+    ``words`` (the first of each).
+
+    A string ends at a ``ff`` (its break) after a name's byte, a pad or an empty chunk, and lies in the run of
+    `_RUN_BYTES` before it, 5 bytes at least (``7f 63 "job" ff``; a random ``ff`` has such a run 1 time in 100):
+    that run alone is searched for heads, back from each such ``ff`` (linear: each ``ff`` ends its own run; an
+    ELF string table's ``_init`` or text's ``_a`` is not walked)."""
+    end = data.find(b"\xff", start)
+    while end >= 0:
+        if end >= 5 and data[end - 1] in _BEFORE_BREAK and not data[end - 5 : end].translate(None, _RUN_BYTES):
+            for at in _heads(data, _run_start(data, end), end):
+                stop, joined = _join(data, at)
+                if stop == end + 1:
                     text = joined.strip(b"\x00 ")
                     if text.lower() in _NAMES:
-                        return (at, end), start
+                        return at, stop
                     if text in _WORDS:
-                        words.setdefault(text, (at, end))
-        pos = run_end + 1
-    return (-1, 0), resume
+                        words.setdefault(text, (at, stop))
+        end = data.find(b"\xff", end + 1)
+    return -1, 0
 
 
 def _located(data: bytes, word: bytes, words: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
@@ -336,8 +376,6 @@ class _Searched:
     """How far each direction was searched (a pure function of its bytes)."""
 
     upto: list[int] = field(default_factory=lambda: [0, 0])
-    chunks: list[int] = field(default_factory=lambda: [0, 0])
-    """Where each direction's next search for CBOR chunked strings starts (the first one the bytes cut)."""
     words: tuple[dict[bytes, tuple[int, int]], ...] = field(default_factory=lambda: ({}, {}))
     """XMRig's words and keys met as joined CBOR strings, per direction: (offset, end) of the first of each."""
     xmrig: bool = False
@@ -362,7 +400,8 @@ def _finding(data: bytes, at: int, size: int, before: int = 8) -> Finding:
 
 def _side(memo: _Searched, index: int, data: bytes) -> Finding | None:
     """Search one direction's new bytes: names (in a lowered copy), then CBOR's chunked strings."""
-    start = max(memo.upto[index] - _OVERLAP, 0)
+    new = memo.upto[index]
+    start = max(new - _OVERLAP, 0)
     memo.upto[index] = len(data)
     lowered = data[start:].lower()
     for anchor in _ANCHORS:
@@ -371,10 +410,9 @@ def _side(memo: _Searched, index: int, data: bytes) -> Finding | None:
             if at >= 0:
                 return _finding(data, at, size)
             break
-    if data.find(b"\xff", memo.chunks[index]) >= 0:  # text never holds one: a chunked string ends with it
-        (at, end), memo.chunks[index] = _chunked(data, memo.chunks[index], memo.words[index])
-        if at >= 0:
-            return _finding(data, at, end - at, 0)
+    at, end = _chunked(data, new, memo.words[index])  # each new ``ff``: text never holds one
+    if at >= 0:
+        return _finding(data, at, end - at, 0)
     if not memo.xmrig:
         words = memo.words[index]
         memo.xmrig = data.find(b"job_id", start) >= 0 or data.find(b"login", start) >= 0 or b"job_id" in words

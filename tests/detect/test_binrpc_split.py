@@ -124,6 +124,9 @@ POSITIVES = {
 NEGATIVES = {
     "cjk-prose": "调用mining.subscribe方法，然后mining.submit提交。".encode(),
     "accented-prose": "Appelez « mining.subscribe » puis é mining.submit.".encode(),
+    "cjk-fixstr-byte": "发送mining.subscribe".encode().replace("送".encode(), b"\xe9\x80\xb0"),
+    "cjk-ion-byte": "发送mining.subscribe".encode().replace("送".encode(), b"\xe9\x80\x90"),
+    "arabic-fixext-bytes": "اطلب mining.subscribe".encode().replace(b" ", b"\xd8\xa8"),
     "wrong-length-not-bare": b"\x00\x0fgetblocktemplate\x00",
     "chunked-longer-name": call(chunked([b"mining.s", b"ubscribex"])),
     "chunked-glued-before": call(chunked([b"xmining.s", b"ubscribe"])),
