@@ -32,12 +32,16 @@ written.
 Why a string and not the bare token in any bytes: a bare ``mining.subscribe`` appears in every page, source file
 and package that documents or implements Stratum (a sandbox reading a pool's docs or installing a library is not
 mining), while a length prefix is how an RPC encoding writes a string that a peer will read as one. The text
-encodings are left to `egress.detect.jsonrpc`. A prefix byte that is printable ASCII counts only in binary
-context (a control, or bytes that are no UTF-8, among the 16 before it: prose in any language is text). Text
+encodings are left to `egress.detect.jsonrpc`. A prefix byte that is text (printable ASCII, or the end of a UTF-8
+character) counts only in binary context (a control, or bytes that are no UTF-8, among the 16 before it: prose
+in any language is text). Text
 never holds a ``ff`` byte (UTF-8 does not use it), so CBOR's chunked strings are looked for only where one
 came. Checked for false positives (bench/binrpc_fp.py, red team 3's check grown): 0 hits over
-1,643 MB of shared libraries, executables and a venv's packages (/usr/lib/x86_64-linux-gnu, /usr/bin, .venv/lib)
-cut to 16 KiB flows, none in the corpora (tests/test_corpus.py).
+1,649 MB of shared libraries, executables and a venv's packages (/usr/lib/x86_64-linux-gnu, /usr/bin, .venv/lib)
+and 992 MB of /usr/share, Python's standard library and /usr/libexec, cut to 16 KiB flows; none in the corpora
+(tests/test_corpus.py). None of those files names a mining method at all: what the bare name does match is an
+uncompressed executable of mining software (``\0mining.subscribe\0`` in its string table), as uncompressed
+Python bytecode of mining code matched before.
 
 Names (each one is the method of a call or of a pool's notification; the same sets as the JSON detectors):
 
