@@ -40,7 +40,6 @@ NOT_RECORDED = {
     "unwrap HTTP/2 frames",
     "test_mitm_records.py": "inside intercepted TLS (ciphertext at the sandbox side): what it proves is the "
     "gateway's records (framing refusals, idle closes), not a finding in bytes",
-    "test_redteam_binsplit.py": "open bypass (red team 4, a strict xfail): recorded once it is closed",
     "test_redteam_burst.py": "50,000 blocked datagrams and the counts Redis holds for them: a fault measure",
     "test_redteam_dnstcp.py": "1,100 TCP connections held to the resolver: a fault measure, as test_faults*",
 }

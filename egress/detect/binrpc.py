@@ -1,24 +1,47 @@
-"""Mining calls in binary RPC encodings: the pool protocols' method names as length-prefixed strings.
+"""Mining calls in binary RPC encodings: the pool protocols' method names as strings of those encodings.
 
 Stratum, XMRig's CryptoNote stratum, Ethereum stratum and getwork can be carried by any RPC encoding that keeps
-strings verbatim: msgpack-RPC, CBOR, protobuf/gRPC, Thrift, BSON, bencode (red team 3, docs/security.md). The
-detectors of `egress.detect.jsonrpc` read JSON text only; this one reads the names wherever they sit in a stream,
-but only as a *length-prefixed string* of one of those encodings, the byte(s) just before the name giving its
-length ``L``:
+strings verbatim: msgpack-RPC, CBOR, protobuf/gRPC, Thrift, BSON, bencode, Ion, Smile, pickle, FlatBuffers (red
+teams 3 and 4, docs/security.md). The detectors of `egress.detect.jsonrpc` read JSON text only; this one reads the
+names wherever they sit in a stream, as a *string of one of those encodings*, where the byte(s) before the string
+give its length ``L`` (the string: the name, or the name with NUL/space padding on either side, up to 16 bytes):
 
-- ``L`` (protobuf field, msgpack str8 ``d9 L``, CBOR ``78 L``, Thrift compact, the low byte of any big-endian
-  length: msgpack str16, Thrift binary, Java ``writeUTF``);
-- ``a0|L`` (msgpack fixstr, https://github.com/msgpack/msgpack/blob/master/spec.md#str-format-family);
-- ``60|L`` (CBOR text string, RFC 8949 §3.1, major type 3);
+- ``L`` (protobuf field, msgpack str8/bin8 ``d9 L``/``c4 L``, CBOR ``78 L``/``58 L``, Thrift compact, ASN.1, the
+  low byte of any big-endian length: msgpack str16/32 and bin16/32, CBOR 2- and 4-byte lengths, Thrift binary,
+  Java ``writeUTF``, Erlang's term format);
+- ``a0|L`` (msgpack fixstr), ``60|L``/``40|L`` (CBOR text/byte string, RFC 8949 §3.1), ``80|L`` (Ion's string
+  and its VarUInt length), ``40|L-1`` (Smile's tiny ASCII);
 - ``2L`` (Avro's zigzag varint length);
-- ``L+1`` as four little-endian bytes (BSON string, whose length counts its NUL);
-- the ASCII digits of ``L`` and ``:`` (bencode).
+- a length then a type byte: msgpack ext8 ``c7 L T``, ext16 ``c8 LL T``, ext32 ``c9 LLLL T`` (any type ``T``),
+  fixext ``d4``-``d8 T`` whose 1-16 bytes the string fills; BSON binary (``L`` as four little-endian bytes, then
+  the subtype);
+- ``L`` or ``L+1`` as four little-endian bytes (FlatBuffers, pickle's ``BINUNICODE``; BSON string, whose length
+  counts its NUL), ``L`` as two (a little-endian ``uint16`` framing);
+- the ASCII digits of ``L`` and ``:`` (bencode);
+- CBOR's indefinite-length strings (RFC 8949 §3.2.3: ``7f`` or ``5f``, then definite chunks of either major type
+  and any length form, empty ones too, then ``ff``) are joined first and the whole string compared: every CBOR
+  decoder joins ``7f 68 "mining.s" 68 "ubscribe" ff`` into ``mining.subscribe`` (red team 4).
+- ``mining.`` names (not the others) also bare, right after a byte that text does not hold (a control other than
+  tab and line ends, DEL, or a non-ASCII byte that does not end a UTF-8 character): whatever a custom framing
+  writes before the name (a non-minimal protobuf varint, a little-endian length, an ext type, NUL padding),
+  unless its last byte is text.
 
-Why length-prefixed and not the bare token: a bare ``mining.subscribe`` appears in every page, source file and
-package that documents or implements Stratum (a sandbox reading a pool's docs or installing a library is not
+Names are compared in any case (``MINING.SUBSCRIBE``: a pool may lower what it reads), XMRig's words and keys as
+written.
+
+Why a string and not the bare token in any bytes: a bare ``mining.subscribe`` appears in every page, source file
+and package that documents or implements Stratum (a sandbox reading a pool's docs or installing a library is not
 mining), while a length prefix is how an RPC encoding writes a string that a peer will read as one. The text
-encodings are left to `egress.detect.jsonrpc`. The prefix is one byte, so a random match in encrypted or
-compressed bytes needs that byte and a 10-to-20-character name: about 2^-80 per offset.
+encodings are left to `egress.detect.jsonrpc`. A prefix byte that is text (printable ASCII, or the end of a UTF-8
+character) counts only in binary context (a control, or bytes that are no UTF-8, among the 16 before it: prose
+in any language is text). Text
+never holds a ``ff`` byte (UTF-8 does not use it), so CBOR's chunked strings are looked for only where one
+came. Checked for false positives (bench/binrpc_fp.py, red team 3's check grown): 0 hits over
+1,649 MB of shared libraries, executables and a venv's packages (/usr/lib/x86_64-linux-gnu, /usr/bin, .venv/lib)
+and 992 MB of /usr/share, Python's standard library and /usr/libexec, cut to 16 KiB flows; none in the corpora
+(tests/test_corpus.py). None of those files names a mining method at all: what the bare name does match is an
+uncompressed executable of mining software (``\0mining.subscribe\0`` in its string table), as uncompressed
+Python bytecode of mining code matched before.
 
 Names (each one is the method of a call or of a pool's notification; the same sets as the JSON detectors):
 
@@ -26,14 +49,15 @@ Names (each one is the method of a call or of a pool's notification; the same se
   ``eth_submitWork``/``eth_submitHashrate`` (`egress.detect.ethstratum`), ``getblocktemplate``/``getwork``/
   ``get_block_template``/``submitblock``/``submit_block`` (`egress.detect.getwork`);
 - XMRig's short words (``login``, ``submit``, ``job``, ``keepalived``) are common in benign RPC, so they count
-  only with the keys that `egress.detect.cryptonote` requires of the call, each length-prefixed too, within the
-  same direction: ``login`` with ``pass`` and ``agent``, ``submit`` and ``job`` with ``job_id`` (plus ``nonce`` and
-  ``result``, or ``blob`` and ``target``); ``keepalived`` with ``job_id`` anywhere in the flow.
+  only with the keys that `egress.detect.cryptonote` requires of the call, each a string too (never bare), within
+  the same direction: ``login`` with ``pass`` and ``agent``, ``submit`` and ``job`` with ``job_id`` (plus
+  ``nonce`` and ``result``, or ``blob`` and ``target``); ``keepalived`` with ``job_id`` anywhere in the flow.
 
-Incremental: each direction is searched from where the last prefix's search stopped (minus the longest name, so
-a name cut by the prefix's end is found whole next time), with a few ``bytes.find`` calls per anchor. A flow whose
-both directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is ruled out here too:
-its later bytes are encrypted.
+Incremental: each direction is searched from where the last prefix's search stopped (minus the longest name and
+its padding, so a name cut by the prefix's end is found whole next time), with a few ``bytes.find`` calls per
+anchor on a lowered copy of the new bytes; CBOR's chunked strings back from each new ``ff`` (the byte that ends
+one, which text never holds). A flow whose both directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH
+banner) is ruled out here too: its later bytes are encrypted.
 """
 
 from __future__ import annotations
@@ -65,26 +89,150 @@ _XMRIG: Final[dict[bytes, tuple[tuple[bytes, ...], ...]]] = {
     b"submit": ((b"job_id", b"nonce", b"result"),),
     b"job": ((b"job_id", b"blob", b"target"),),
 }
+_NAMES: Final = frozenset(name.lower() for name in (*_STRATUM, *_ALONE, *_ALONE_LOWER))
+"""Every name that counts alone, lowered: what a joined CBOR string is compared with."""
+_LOWERED: Final = tuple(word.lower() for word in (*_ALONE, *_ALONE_LOWER))
+_WORDS: Final = frozenset({b"keepalived", *_XMRIG, *(key for sets in _XMRIG.values() for keys in sets for key in keys)})
+"""XMRig's words and keys: a joined CBOR string that is one of them is kept for `_xmrig`."""
 _BINARY: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f-\xff]")
-"""A byte that text does not hold (a control other than tab and line ends, or non-ASCII)."""
+"""A control other than tab and line ends, DEL, or a non-ASCII byte."""
+_CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
+"""A control other than tab and line ends, or DEL: a byte that no text holds."""
 _OVERLAP: Final = 48
-"""Bytes re-searched before the last stop: more than the longest name and its prefix."""
+"""Bytes re-searched before the last stop: more than the longest name and its trailing padding."""
+_PADS: Final = 16
+"""Padding bytes (NUL or space) read on either side of a name at most: a fixext16 holds a 7-byte name and 9."""
+_CHUNKED: Final = re.compile(
+    rb"[\x5f\x7f](?=[\x40\x60]|[\x41-\x57\x61-\x77][\w.\x00 ]|[\x58\x78][\x00-\x40]"
+    rb"|[\x59\x79]\x00|[\x5a\x7a]\x00{3}|[\x5b\x7b]\x00{7})"
+)
+"""Where a CBOR indefinite-length string that may join to a name starts: its ``5f``/``7f`` head, then an empty
+chunk, a chunk opening with a name's byte, or a longer length form of at most `_JOINED_MAX` bytes."""
+_RUN_BYTES: Final = bytes([*range(0x7C), 0x7F])
+"""The bytes a chunked name is made of: heads, lengths up to `_JOINED_MAX`, a name's bytes, padding (the ``ff``
+that ends the string is not one of them)."""
+_BEFORE_BREAK: Final = frozenset(b"abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_. \x00\x40\x60")
+"""What precedes the ``ff`` that ends a chunked name: its last byte, a pad, an empty chunk (``40``, ``60``, or
+a longer form's zero length)."""
+_NAMEISH: Final = re.compile(rb"[\w.\x00 ]*")
+"""What a chunk of a name holds: a name's bytes and padding (a chunk with any other byte joins to no name)."""
+_EMPTY: Final = re.compile(rb"(?:[\x40\x60]|[\x58\x78]\x00|[\x59\x79]\x00\x00|[\x5a\x7a]\x00{4}|[\x5b\x7b]\x00{8})*")
+"""A run of empty chunks, skipped at C speed (a string may hold thousands of them)."""
+_JOINED_MAX: Final = 64
+"""Content bytes of a chunked string read at most: a longer one is no name (and the walk stays short)."""
 
 
-def length_prefixed(data: bytes, at: int, size: int) -> bool:
-    """Whether the ``size`` bytes at ``at`` follow a length prefix of one of the encodings above.
+def _pads(data: bytes, at: int, step: int) -> int:
+    """How many NUL or space bytes (at most `_PADS`) run from ``at`` (forwards) or before it (``step`` -1)."""
+    count, index = 0, at if step > 0 else at - 1
+    while count < _PADS and 0 <= index < len(data) and data[index] in (0, 0x20):
+        count += 1
+        index += step
+    return count
 
-    A prefix byte that is printable ASCII (CBOR's ``60|L`` is a letter, Avro's ``2L`` may be a space or a quote)
-    counts only in binary context: a control byte or a non-ASCII byte among the 16 before it. Text that merely
-    names a method (``" mining.subscribe"``, ``"pmining.subscribe"`` in prose) is not a length-prefixed string."""
-    if at >= 1:
-        prefix = data[at - 1]
-        if prefix in (size, 2 * size) or (size < 32 and prefix == 0xA0 | size) or (size < 24 and prefix == 0x60 | size):
-            return not 0x20 <= prefix < 0x7F or _BINARY.search(data, max(at - 17, 0), at - 1) is not None
-    if at >= 4 and data[at - 4 : at] == (size + 1).to_bytes(4, "little"):
+
+def _bare(data: bytes, at: int) -> bool:
+    """Whether the byte before ``at`` is one that text does not hold: a control other than tab and line ends,
+    DEL, or a non-ASCII byte that does not end a UTF-8 character (prose in Chinese writes a name right after its
+    own letters)."""
+    if at < 1:
+        return False
+    byte = data[at - 1]
+    if byte < 0x80:
+        return (byte < 0x20 and byte not in (9, 10, 13)) or byte == 0x7F
+    for width in (2, 3, 4):
+        if at >= width:
+            try:
+                data[at - width : at].decode()
+            except UnicodeDecodeError:
+                continue
+            return False
+    return True
+
+
+def _binary_context(data: bytes, begin: int) -> bool:
+    """Whether the prefix byte before ``begin`` and the 16 before it hold one that text does not: a control other
+    than tab and line ends, DEL, or non-ASCII bytes that are no UTF-8 (prose in French or Chinese is text)."""
+    window = data[max(begin - 17, 0) : begin]
+    if _CONTROL.search(window) is not None:
         return True
-    digits = b"%d:" % size
-    return data[at - len(digits) : at] == digits
+    if _BINARY.search(window) is None:
+        return False
+    for skip in range(4):  # the window may begin inside a character
+        try:
+            window[skip:].decode()
+        except UnicodeDecodeError:
+            continue
+        return False
+    return True
+
+
+def _one_byte(byte: int, low: int, high: int) -> bool:
+    """Whether ``byte`` gives a length from ``low`` to ``high`` in one of the one-byte forms."""
+    five = byte & 0x1F
+    return (
+        low <= byte <= high
+        or (not byte & 1 and low <= byte >> 1 <= high)
+        or (byte & 0xE0 == 0xA0 and low <= five <= high)
+        or (byte & 0xC0 == 0x40 and five < 24 and low <= five <= high)
+        or (byte & 0xE0 == 0x40 and low <= five + 1 <= high)
+        or (byte >= 0x80 and low <= byte & 0x7F <= high)
+    )
+
+
+def _prefixed(data: bytes, begin: int, low: int, high: int) -> bool:
+    """Whether a string of ``low`` to ``high`` bytes that starts at ``begin`` follows a length prefix.
+
+    bencode's is text itself. Any other prefix whose last byte is text (printable ASCII, or the end of a UTF-8
+    character: msgpack's ``a0|L``, Ion's ``80|L`` and a fixext's ``d8 T`` are such bytes of Chinese, Arabic...)
+    counts only in binary context."""
+    if begin < 1:
+        return False
+    if any(data.endswith(b"%d:" % size, 0, begin) for size in range(low, high + 1)):
+        return True
+    byte = data[begin - 1]
+    if (0x20 <= byte < 0x7F or (byte >= 0x80 and not _bare(data, begin))) and not _binary_context(data, begin):
+        return False
+    return _one_byte(byte, low, high) or _typed(data, begin, low, high)
+
+
+def _typed(data: bytes, begin: int, low: int, high: int) -> bool:
+    """Whether the bytes before ``begin`` are a length of ``low`` to ``high`` then a type byte, or a length of more
+    than one byte whose last byte is not the length's low byte."""
+    if begin >= 2:
+        kind = data[begin - 2]
+        if 0xD4 <= kind <= 0xD8 and low <= 1 << (kind - 0xD4) <= high:  # msgpack fixext: the string fills it
+            return True
+        if begin >= 3 and data[begin - 3] == 0xC7 and low <= kind <= high:  # msgpack ext8, type byte last
+            return True
+        if low <= int.from_bytes(data[begin - 2 : begin], "little") <= high:
+            return True
+    if begin >= 4:
+        if data[begin - 4] == 0xC8 and low <= int.from_bytes(data[begin - 3 : begin - 1]) <= high:  # ext16
+            return True
+        if low <= int.from_bytes(data[begin - 4 : begin], "little") <= high + 1:  # BSON string counts its NUL
+            return True
+    if begin >= 5 and low <= int.from_bytes(data[begin - 5 : begin - 1], "little") <= high:  # BSON binary
+        return True
+    return begin >= 6 and data[begin - 6] == 0xC9 and low <= int.from_bytes(data[begin - 5 : begin - 1]) <= high
+
+
+def length_prefixed(data: bytes, at: int, size: int, bare: bool = False) -> bool:
+    """Whether the ``size`` bytes at ``at`` are a string (alone, or with NUL/space padding around) of one of the
+    encodings above; with ``bare``, also right after a byte that text does not hold.
+
+    A prefix byte that is text (CBOR's ``60|L`` is a letter, Avro's ``2L`` may be a space or a quote, msgpack's
+    ``a0|L`` may end a Chinese character) counts only in binary context: a control byte, or non-ASCII bytes that
+    are no UTF-8, among the 16 before it (``« mining.subscribe`` in French prose: Avro's space before a 16-byte
+    name, after a UTF-8 guillemet). Text
+    that merely names a method (``" mining.subscribe"``, ``"pmining.subscribe"`` in prose) is not a
+    length-prefixed string."""
+    if bare and _bare(data, at):
+        return True
+    end = at + size
+    trail = _pads(data, end, 1)
+    lead = _pads(data, at, -1)
+    return any(_prefixed(data, begin, end - begin, end - begin + trail) for begin in range(at, at - lead - 1, -1))
 
 
 def _find_prefixed(data: bytes, word: bytes, start: int = 0) -> int:
@@ -97,39 +245,128 @@ def _find_prefixed(data: bytes, word: bytes, start: int = 0) -> int:
     return -1
 
 
-def _has_all(data: bytes, words: tuple[bytes, ...]) -> bool:
-    return all(_find_prefixed(data, word) >= 0 for word in words)
-
-
-def _named(data: bytes, start: int) -> tuple[int, int]:
-    """(offset, length) of the first mining name that counts alone, searched from ``start``; (-1, 0) if none."""
+def _named(data: bytes, start: int, lowered: bytes) -> tuple[int, int]:
+    """(offset, length) of the first mining name that counts alone, in any case, searched from ``start`` in
+    ``lowered`` (the bytes from there, lowered; prefixes are read in the bytes themselves); (-1, 0) if none."""
     found = (-1, 0)
-    at = data.find(b"mining.", start)
+    at = lowered.find(b"mining.")
     while at >= 0:
         for name in _STRATUM:
-            if data.startswith(name, at) and length_prefixed(data, at, len(name)):
+            if lowered.startswith(name, at) and length_prefixed(data, start + at, len(name), bare=True):
                 found = (at, len(name))
                 break
         if found[0] >= 0:
             break
-        at = data.find(b"mining.", at + 1)
-    for word in (*_ALONE, *_ALONE_LOWER):
-        at = _find_prefixed(data, word, start)
-        if at >= 0 and (found[0] < 0 or at < found[0]):
+        at = lowered.find(b"mining.", at + 1)
+    for word in _LOWERED:
+        at = lowered.find(word, 0, found[0] if found[0] >= 0 else len(lowered))
+        while at >= 0 and not length_prefixed(data, start + at, len(word)):
+            at = lowered.find(word, at + 1, found[0] if found[0] >= 0 else len(lowered))
+        if at >= 0:
             found = (at, len(word))
-    return found
+    return (start + found[0], found[1]) if found[0] >= 0 else found
 
 
-def _xmrig(data: bytes, other: bytes) -> tuple[int, int]:
-    """(offset, length) of an XMRig call whose keys are all present (length-prefixed) in ``data``; (-1, 0) if
-    none."""
+def _join(data: bytes, at: int) -> tuple[int, bytes]:
+    """The CBOR indefinite-length string whose head is at ``at``: (where it ends, its chunks joined), or (-1, b"")
+    when it is none, or holds more than `_JOINED_MAX` bytes or a byte that no name holds."""
+    pos, total, size = at + 1, 0, 0
+    parts: list[bytes] = []
+    while True:
+        match = _EMPTY.match(data, pos)
+        pos = match.end() if match else pos
+        if pos >= len(data):
+            return -1, b""
+        head = data[pos]
+        if head == 0xFF:
+            return pos + 1, b"".join(parts)
+        five = head & 0x1F
+        if head & 0xC0 != 0x40 or five > 27:  # a text or byte string chunk (either: a lenient decoder joins both)
+            return -1, b""
+        if five < 24:
+            size, pos = five, pos + 1
+        else:
+            width = 1 << (five - 24)
+            size, pos = int.from_bytes(data[pos + 1 : pos + 1 + width]), pos + 1 + width
+        total += size
+        if total > _JOINED_MAX or pos + size > len(data) or _NAMEISH.fullmatch(data, pos, pos + size) is None:
+            return -1, b""
+        parts.append(data[pos : pos + size])
+        pos += size
+
+
+def _run_start(data: bytes, end: int) -> int:
+    """Where the run of `_RUN_BYTES` that ends at ``end`` starts (a window at a time: runs are short in binary
+    bytes, and each ``ff`` ends its own)."""
+    low = end
+    while low > 0:
+        window = max(low - 64, 0)
+        kept = len(data[window:low].rstrip(_RUN_BYTES))
+        if kept:
+            return window + kept
+        low = window
+    return 0
+
+
+def _heads(data: bytes, begin: int, end: int) -> list[int]:
+    """Offsets of the ``5f``/``7f`` bytes from ``begin`` to ``end`` that `_CHUNKED` accepts, in order."""
+    found = []
+    for head in (b"\x5f", b"\x7f"):
+        at = data.find(head, begin, end)
+        while at >= 0:
+            if _CHUNKED.match(data, at) is not None:
+                found.append(at)
+            at = data.find(head, at + 1, end)
+    return sorted(found)
+
+
+def _chunked(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
+    """The first CBOR indefinite-length string that a ``ff`` at or after ``start`` ends whose joined chunks are a
+    name that counts alone: (offset, end), or (-1, 0). XMRig's words and keys met on the way are added to
+    ``words`` (the first of each).
+
+    A string ends at a ``ff`` (its break) after a name's byte, a pad or an empty chunk, and lies in the run of
+    `_RUN_BYTES` before it, 5 bytes at least (``7f 63 "job" ff``; a random ``ff`` has such a run 1 time in 100):
+    that run alone is searched for heads, back from each such ``ff`` (linear: each ``ff`` ends its own run; an
+    ELF string table's ``_init`` or text's ``_a`` is not walked)."""
+    end = data.find(b"\xff", start)
+    while end >= 0:
+        if end >= 5 and data[end - 1] in _BEFORE_BREAK and not data[end - 5 : end].translate(None, _RUN_BYTES):
+            for at in _heads(data, _run_start(data, end), end):
+                stop, joined = _join(data, at)
+                if stop == end + 1:
+                    text = joined.strip(b"\x00 ")
+                    if text.lower() in _NAMES:
+                        return at, stop
+                    if text in _WORDS:
+                        words.setdefault(text, (at, stop))
+        end = data.find(b"\xff", end + 1)
+    return -1, 0
+
+
+def _located(data: bytes, word: bytes, words: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
+    """(offset, length) of ``word`` as a length-prefixed string of ``data`` or a joined CBOR string; (-1, 0)."""
+    at = _find_prefixed(data, word)
+    if at >= 0:
+        return at, len(word)
+    if word in words:
+        begin, end = words[word]
+        return begin, end - begin
+    return -1, 0
+
+
+def _xmrig(
+    data: bytes, words: dict[bytes, tuple[int, int]], others: tuple[bytes, dict[bytes, tuple[int, int]]]
+) -> tuple[int, int]:
+    """(offset, length) of an XMRig call whose keys are all present (as strings) in ``data``; (-1, 0) if none.
+    ``others``: the other direction's bytes and joined words (``keepalived``'s job may come from there)."""
     for word, key_sets in _XMRIG.items():
-        at = _find_prefixed(data, word)
-        if at >= 0 and any(_has_all(data, keys) for keys in key_sets):
-            return at, len(word)
-    at = _find_prefixed(data, b"keepalived")
-    if at >= 0 and (_find_prefixed(data, b"job_id") >= 0 or _find_prefixed(other, b"job_id") >= 0):
-        return at, 10
+        at, size = _located(data, word, words)
+        if at >= 0 and any(all(_located(data, key, words)[0] >= 0 for key in keys) for keys in key_sets):
+            return at, size
+    at, size = _located(data, b"keepalived", words)
+    if at >= 0 and (_located(data, b"job_id", words)[0] >= 0 or _located(others[0], b"job_id", others[1])[0] >= 0):
+        return at, size
     return -1, 0
 
 
@@ -143,6 +380,8 @@ class _Searched:
     """How far each direction was searched (a pure function of its bytes)."""
 
     upto: list[int] = field(default_factory=lambda: [0, 0])
+    words: tuple[dict[bytes, tuple[int, int]], ...] = field(default_factory=lambda: ({}, {}))
+    """XMRig's words and keys met as joined CBOR strings, per direction: (offset, end) of the first of each."""
     xmrig: bool = False
     """Whether the flow holds an XMRig anchor: only then are XMRig's calls looked for, at each new prefix."""
     found: bool = False
@@ -157,14 +396,36 @@ def _searched(view: FlowView) -> _Searched:
     return memo
 
 
-def _finding(data: bytes, at: int, size: int) -> Finding:
-    """The name at ``at`` and the 8 bytes before it: what every prefix holding the name holds (the evidence does not
-    depend on where the flow's segments were cut)."""
-    return Finding(Category.MINING, PROTOCOL, NAME, evidence(data[max(at - 8, 0) : at + size]))
+def _finding(data: bytes, at: int, size: int, before: int = 8) -> Finding:
+    """The name at ``at`` and the ``before`` bytes before it: what every prefix holding the name holds (the
+    evidence does not depend on where the flow's segments were cut)."""
+    return Finding(Category.MINING, PROTOCOL, NAME, evidence(data[max(at - before, 0) : at + size]))
+
+
+def _side(memo: _Searched, index: int, data: bytes) -> Finding | None:
+    """Search one direction's new bytes: names (in a lowered copy), then CBOR's chunked strings."""
+    new = memo.upto[index]
+    start = max(new - _OVERLAP, 0)
+    memo.upto[index] = len(data)
+    lowered = data[start:].lower()
+    for anchor in _ANCHORS:
+        if lowered.find(anchor) >= 0:
+            at, size = _named(data, start, lowered)
+            if at >= 0:
+                return _finding(data, at, size)
+            break
+    at, end = _chunked(data, new, memo.words[index])  # each new ``ff``: text never holds one
+    if at >= 0:
+        return _finding(data, at, end - at, 0)
+    if not memo.xmrig:
+        words = memo.words[index]
+        memo.xmrig = data.find(b"job_id", start) >= 0 or data.find(b"login", start) >= 0 or b"job_id" in words
+        memo.xmrig = memo.xmrig or b"login" in words
+    return None
 
 
 def detect(view: FlowView) -> Result:
-    """Find pool-protocol method names written as length-prefixed strings of a binary RPC encoding."""
+    """Find pool-protocol method names written as strings of a binary RPC encoding."""
     client = jsonrpc.read(view, True)
     server = jsonrpc.read(view, False)
     if client.kind is jsonrpc.Kind.NOT and server.kind is jsonrpc.Kind.NOT:
@@ -175,24 +436,15 @@ def detect(view: FlowView) -> Result:
     sides = (view.client[: jsonrpc.SCAN_LIMIT], view.server[: jsonrpc.SCAN_LIMIT])
     grown = False
     for index, data in enumerate(sides):
-        upto = memo.upto[index]
-        if len(data) == upto or (client, server)[index].kind is jsonrpc.Kind.NOT:  # TLS or SSH: encrypted after
+        if len(data) == memo.upto[index] or (client, server)[index].kind is jsonrpc.Kind.NOT:  # TLS or SSH
             continue
         grown = True
-        start = max(upto - _OVERLAP, 0)
-        memo.upto[index] = len(data)
-        for anchor in _ANCHORS:
-            if data.find(anchor, start) >= 0:
-                at, size = _named(data, start)
-                if at >= 0:
-                    memo.found = True
-                    return _finding(data, at, size)
-                break
-        if not memo.xmrig:
-            memo.xmrig = data.find(b"job_id", start) >= 0 or data.find(b"login", start) >= 0
+        if found := _side(memo, index, data):
+            memo.found = True
+            return found
     if grown and memo.xmrig:
         for index, data in enumerate(sides):
-            at, size = _xmrig(data, sides[1 - index])
+            at, size = _xmrig(data, memo.words[index], (sides[1 - index], memo.words[1 - index]))
             if at >= 0:
                 memo.found = True
                 return _finding(data, at, size)

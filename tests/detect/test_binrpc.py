@@ -65,7 +65,7 @@ NEGATIVES = {
     "protobuf-benign-submit": _protobuf(1, "submit") + _protobuf(2, "form-42"),
     "msgpack-job-without-keys": pack({"method": "job", "params": {"queue": "default"}}),
     "unprefixed-binary": b"\x00\x01\x02XXmining.subscribe\x00",
-    "wrong-length": b"\x00\x0fmining.subscribe\x00",
+    "wrong-length": b"\x00\x0fgetblocktemplate\x00",  # (a mining. name after a control is read bare)
 }
 
 

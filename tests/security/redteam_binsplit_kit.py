@@ -8,6 +8,14 @@ mining software; the encoders and decoders are written here so the suite needs n
 - ``msgext``: msgpack with every string written as an ext8 value (``c7 L 01 bytes``, ext type 1): the byte before
   the name is the ext type, not its length.
 
+The variants past the fix (binrpc joins CBOR's chunks and reads a length then a type):
+
+- ``cbor1``: every string of 6 bytes or more an indefinite-length *byte* string (``5f``) of one-byte chunks with
+  an empty chunk before each (``5f 40 41 "m" 40 41 "i" ... ff``);
+- ``fixext``: msgpack with every string of up to 16 bytes a fixext of the next size (``d4``-``d8``), NUL-padded,
+  ext type ``A`` (a printable byte before the name), longer ones ext8 of that type;
+- ``trickle``: ``cbor``, one byte a TCP segment (``TCP_NODELAY``, a millisecond apart): every name across packets.
+
 The pool (`pool_main`) tells the two apart by the first byte of each value (CBOR map ``a0|n``, msgpack fixmap
 ``80|n``) and answers in the same encoding (``share accepted`` in its log). The miner (`miner_main MODE ...`)
 prints ``share answered`` when the submit's answer came.
@@ -15,8 +23,11 @@ prints ``share answered`` when the submit's answer came.
 
 from __future__ import annotations
 
+import functools
 import socket
 import sys
+import time
+from collections.abc import Callable
 
 from tests.security.redteam_kit import serve_pools
 
@@ -40,8 +51,9 @@ def _cbor_head(major: int, size: int) -> bytes:
     return bytes([major << 5 | size]) if size < 24 else bytes([major << 5 | 24, size])
 
 
-def cbor(value: object) -> bytes:
-    """CBOR of ``value`` (None, bool, ints 0-255, str, list, dict); strings of 6+ bytes chunked in two."""
+def cbor(value: object, ones: bool = False) -> bytes:
+    """CBOR of ``value`` (None, bool, ints 0-255, str, list, dict); strings of 6+ bytes chunked in two (``ones``:
+    a byte string of one-byte chunks, each after an empty one)."""
     if value is None:
         return b"\xf6"
     if isinstance(value, bool):
@@ -52,12 +64,14 @@ def cbor(value: object) -> bytes:
         raw = value.encode()
         if len(raw) < 6:
             return _cbor_head(3, len(raw)) + raw
+        if ones:
+            return b"\x5f" + b"".join(b"\x40\x41" + raw[i : i + 1] for i in range(len(raw))) + b"\xff"
         half = len(raw) // 2
         return b"\x7f" + _cbor_head(3, half) + raw[:half] + _cbor_head(3, len(raw) - half) + raw[half:] + b"\xff"
     if isinstance(value, list):
-        return _cbor_head(4, len(value)) + b"".join(cbor(item) for item in value)
+        return _cbor_head(4, len(value)) + b"".join(cbor(item, ones) for item in value)
     if isinstance(value, dict):
-        return _cbor_head(5, len(value)) + b"".join(cbor(k) + cbor(v) for k, v in value.items())
+        return _cbor_head(5, len(value)) + b"".join(cbor(k, ones) + cbor(v, ones) for k, v in value.items())
     raise TypeError(value)
 
 
@@ -82,7 +96,7 @@ def uncbor(data: bytes, at: int = 0) -> tuple[object, int]:
     major = tag >> 5
     if tag in (0xF4, 0xF5, 0xF6):
         return {0xF4: False, 0xF5: True, 0xF6: None}[tag], at
-    if tag == 0x7F:
+    if tag in (0x5F, 0x7F):
         parts: list[str] = []
         while True:
             _need(data, at + 1)
@@ -93,7 +107,7 @@ def uncbor(data: bytes, at: int = 0) -> tuple[object, int]:
     size, at = _cbor_size(data, tag, at)
     if major == 0:
         return size, at
-    if major == 3:
+    if major in (2, 3):
         _need(data, at + size)
         return data[at : at + size].decode(), at + size
     if major in (4, 5):
@@ -107,8 +121,9 @@ def uncbor(data: bytes, at: int = 0) -> tuple[object, int]:
     raise ValueError(f"tag {tag:#x}")
 
 
-def msgext(value: object) -> bytes:
-    """msgpack of ``value``, every string an ext8 of type 1."""
+def msgext(value: object, fixed: bool = False) -> bytes:
+    """msgpack of ``value``, every string an ext8 of type 1 (``fixed``: a NUL-padded fixext of type ``A`` when it
+    fits 16 bytes, else an ext8 of that type)."""
     if value is None:
         return b"\xc0"
     if isinstance(value, bool):
@@ -117,16 +132,20 @@ def msgext(value: object) -> bytes:
         return bytes([value])
     if isinstance(value, str):
         raw = value.encode()
-        return b"\xc7" + bytes([len(raw)]) + b"\x01" + raw
+        if fixed and len(raw) <= 16:
+            power = max(len(raw) - 1, 0).bit_length()
+            return bytes([0xD4 + power]) + b"A" + raw.ljust(1 << power, b"\x00")
+        return b"\xc7" + bytes([len(raw)]) + (b"A" if fixed else b"\x01") + raw
     if isinstance(value, list):
-        return bytes([0x90 | len(value)]) + b"".join(msgext(item) for item in value)
+        return bytes([0x90 | len(value)]) + b"".join(msgext(item, fixed) for item in value)
     if isinstance(value, dict):
-        return bytes([0x80 | len(value)]) + b"".join(msgext(k) + msgext(v) for k, v in value.items())
+        return bytes([0x80 | len(value)]) + b"".join(msgext(k, fixed) + msgext(v, fixed) for k, v in value.items())
     raise TypeError(value)
 
 
 def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
-    """One msgpack value (ext type 1 read as a string) from ``data`` at ``at``."""
+    """One msgpack value (an ext8 or a fixext of any type read as a string, NUL padding stripped) from ``data``
+    at ``at``."""
     _need(data, at + 1)
     tag = data[at]
     at += 1
@@ -139,6 +158,10 @@ def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
         size = data[at]
         _need(data, at + 2 + size)
         return data[at + 2 : at + 2 + size].decode(), at + 2 + size
+    if 0xD4 <= tag <= 0xD8:
+        size = 1 << (tag - 0xD4)
+        _need(data, at + 1 + size)
+        return data[at + 1 : at + 1 + size].rstrip(b"\x00").decode(), at + 1 + size
     if 0x90 <= tag < 0xA0 or 0x80 <= tag < 0x90:
         items = []
         for _ in range((tag & 0x0F) * (2 if tag < 0x90 else 1)):
@@ -150,7 +173,24 @@ def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
     raise ValueError(f"tag {tag:#x}")
 
 
-CODECS = {"cbor": (cbor, uncbor), "msgext": (msgext, unmsgext)}
+CODECS: dict[str, tuple[Callable[[object], bytes], Callable[[bytes], tuple[object, int]]]] = {
+    "cbor": (cbor, uncbor),
+    "msgext": (msgext, unmsgext),
+    "cbor1": (functools.partial(cbor, ones=True), uncbor),
+    "fixext": (functools.partial(msgext, fixed=True), unmsgext),
+    "trickle": (cbor, uncbor),
+}
+"""Each mode's (encode, decode); the pool answers in ``cbor`` or ``msgext``, which every decoder here reads."""
+
+
+def _send(sock: socket.socket, data: bytes, trickle: bool) -> None:
+    """Send ``data`` whole, or (``trickle``) one byte a segment, a millisecond apart."""
+    if not trickle:
+        sock.sendall(data)
+        return
+    for index in range(len(data)):
+        sock.sendall(data[index : index + 1])
+        time.sleep(0.001)
 
 
 def _serve(conn: socket.socket) -> None:
@@ -187,9 +227,10 @@ def miner_main() -> None:
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     try:
         with socket.create_connection((address, port), timeout=15) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             buf = b""
             for call in _CALLS:
-                sock.sendall(pack(call))
+                _send(sock, pack(call), mode == "trickle")
                 while True:
                     try:
                         answer, at = unpack(buf)

@@ -1,16 +1,21 @@
 """Red team 4: Stratum in standard binary encodings whose method names are not one length-prefixed string.
 
-`egress.detect.binrpc` (red team 3's fix) finds ``mining.subscribe`` and the other pool names only where the
-byte(s) just before the name give its length. Two standard encodings write a string otherwise:
+`egress.detect.binrpc` (red team 3's fix) found ``mining.subscribe`` and the other pool names only where the
+byte(s) just before the name give its length. Two standard encodings write a string otherwise (closed: binrpc
+joins CBOR's chunks and reads a length then a type, docs/security.md "Fourth round"):
 
 - ``cbor``: an indefinite-length CBOR text string (RFC 8949 §3.2.3), ``7f 68 "mining.s" 68 "ubscribe" ff``: the
   name is cut in chunks, each length-prefixed, that every CBOR decoder joins. No chunk holds ``mining.`` and a
   whole method name, so the anchor never matches.
 - ``msgext``: msgpack ext8 (``c7 L T bytes``): the byte before the name is the ext type ``T`` (1 here), not ``L``.
 
+The variants past the fix (redteam_binsplit_kit): ``cbor1`` (byte strings of one-byte chunks, an empty chunk
+before each), ``fixext`` (msgpack fixext, NUL-padded, a printable ext type) and ``trickle`` (``cbor`` one byte a
+TCP segment: every name across packets, on each route's reassembly).
+
 Routes as test_redteam_msgpack: the pool's address through a network rule that expects ``[tls, http]`` and
 allowed.lab's plain-HTTP port by name. Ground truth: the pool's log (``share accepted``) and the internet-side
-capture. Each row fails while the bypass works.
+capture. Each row fails if the bypass works.
 """
 
 from __future__ import annotations
@@ -24,13 +29,7 @@ from egress.lab.topology import server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
 
-pytestmark = [
-    pytest.mark.security,
-    # Open: found by red team 4 at the end of a session, not fixed yet (docs/security.md, "Open: red team 4").
-    # Strict, as the fuzz regressions owned elsewhere are: the day the bypass is closed this fails until the
-    # marker is removed.
-    pytest.mark.xfail(strict=True, reason="open bypass (red team 4): docs/security.md, 'Open: red team 4'"),
-]
+pytestmark = pytest.mark.security
 
 POOL = server("pool").v4
 ALLOWED = server("allowed").v4
@@ -38,7 +37,7 @@ ROUTES = {
     "network-rule": (POOL, 3380, POOL),
     "host-rule": ("-", 8080, "allowed.lab"),
 }
-MODES = ("cbor", "msgext")
+MODES = ("cbor", "msgext", "cbor1", "fixext", "trickle")
 _KIT = "from tests.security.redteam_binsplit_kit import {0}; {0}()"
 
 
