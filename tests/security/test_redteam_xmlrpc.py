@@ -9,8 +9,9 @@ for SOAP and for a raw stream of XML documents.
 Closed by `egress.detect.xmlrpc` (docs/security.md, "Fourth round"). Each call is made five ways (the kit's
 ``HOWS``): as `xmlrpc.client` writes it, gzip-coded, inside one ``system.multicall`` (the name only as a struct
 member's value), as the first argument of a generic ``call`` method, and with the name in pieces that Python's
-reader joins (``<x:methodName>``, CDATA, a comment, ``&#x2e;``) in UTF-16. A sixth, the call cut across two
-keep-alive bodies that the pool joins, is still open at the gateway (`CUT_OPEN`).
+reader joins (``<x:methodName>``, CDATA, a comment, ``&#x2e;``) in UTF-16. A sixth, ``cut``: the call cut inside
+its name across two keep-alive bodies that the pool joins (the gateway's `BodyStreams` starts a request's joined
+stream at its first ``<`` as at a bracket).
 
 Routes: allowed.lab's plain-HTTP port 8080 by name (a host rule: HTTP there is read by the front's fast path) and
 the pool's own address through a network rule that expects ``[tls, http]``. Ground truth: the pool's log
@@ -54,15 +55,7 @@ def pool(lab: SecurityLab) -> Attacker:
     return running
 
 
-CUT_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 4): the gateway joins bodies from a bracket only (docs/security.md, 'Fourth round')",
-)
-"""``cut``: a call cut across two keep-alive POST bodies, which the pool joins. The scanner reads a connection's
-bodies joined (its capture is found) but the gateway's `BodyStreams` starts a joined stream at a ``{`` or ``[``."""
-
-
-@pytest.mark.parametrize("how", [pytest.param(how, marks=CUT_OPEN) if how == "cut" else how for how in sorted(HOWS)])
+@pytest.mark.parametrize("how", sorted(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_as_xml_rpc(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
     url, dst, port = ROUTES[route]

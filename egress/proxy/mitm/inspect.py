@@ -204,12 +204,12 @@ class BodyStreams:
     """The bodies of one HTTP connection's requests, and those of its responses, each direction read as one stream
     (red team: Stratum cut 7 bytes per keep-alive POST body, and the pool's answers per response body, reached a
     pool that joins them; each exchange alone holds no whole message). Each body is judged joined to the bodies
-    before it in its direction, from their first ``{`` or ``[`` (what a server that concatenates them reads across
-    the cut): `WINDOW_MAX` bytes of them at most (their first `JOINED_HEAD` and their last), and at most
-    `WINDOW_MAX` of its own: cost per body bounded by twice
-    `WINDOW_MAX`, however long the connection lives. Nothing is run while the bodies before hold no bracket (a
-    direction's first body, or plain text: `inspect_exchange` judged each alone), nor for a joined window judged
-    clean before (`JOINED_MEMO`)."""
+    before it in its direction, from their first ``{`` or ``[``, or a request's first ``<`` (what a server that
+    concatenates them reads across the cut: JSON, or XML-RPC or SOAP, red team 4's cut calls): `WINDOW_MAX` bytes
+    of them at most (their first `JOINED_HEAD` and their last), and at most `WINDOW_MAX` of its own: cost per body
+    bounded by twice `WINDOW_MAX`, however long the connection lives. Nothing is run while the bodies before hold
+    no bracket or request markup (a direction's first body, or plain text: `inspect_exchange` judged each alone),
+    nor for a joined window judged clean before (`JOINED_MEMO`)."""
 
     __slots__ = ("meta", "detectors", "tails", "clean")
 
@@ -226,7 +226,7 @@ class BodyStreams:
         if not body:
             return None
         before = self.tails.get(from_client, b"")
-        tail = before + body if before else from_bracket(body)
+        tail = before + body if before else _stream_start(body, from_client)
         if len(tail) > WINDOW_MAX:  # the start of what is open, and what came last: padding cuts neither
             tail = tail[:JOINED_HEAD] + tail[JOINED_HEAD - WINDOW_MAX :]
         self.tails[from_client] = tail
@@ -242,6 +242,16 @@ class BodyStreams:
                 del self.clean[next(iter(self.clean))]
             self.clean[joined] = None
         return found
+
+
+def _stream_start(body: bytes, from_client: bool) -> bytes:
+    """Where a direction's joined stream starts in its first body that may open one: a JSON value's bracket, or in
+    a request an XML document's first ``<`` (a call cut anywhere, its markup too, is read joined; responses keep to
+    the brackets: their answers give a pool away only after its calls crossed, and HTML pages would all qualify)."""
+    opened = from_bracket(body)
+    if not from_client or (at := body.find(b"<")) < 0:
+        return opened
+    return body[at:] if not opened or len(body) - at > len(opened) else opened
 
 
 def fields_of(headers: Mapping[str, str] | Iterable[tuple[str, str]]) -> tuple[tuple[str, str], ...]:

@@ -128,6 +128,11 @@ def test_an_ordinary_start_line_gives_no_piece() -> None:
     assert start_pieces("HTTP/1.1 404 Not Found") == []
 
 
+XML_SUBMIT = (
+    b"<?xml version='1.0'?>\n<methodCall>\n<methodName>mining.submit</methodName>\n<params>\n"
+    b"<param><value><string>wallet.rig</string></value></param>\n</params>\n</methodCall>\n"
+)
+"""An XML-RPC share as Python's ``xmlrpc.client`` writes it (red team 4)."""
 SPLIT_META = FlowMeta(Transport.TCP, "10.0.0.5", 40000, "198.51.100.3", 3380)
 
 
@@ -140,8 +145,23 @@ SPLIT_META = FlowMeta(Transport.TCP, "10.0.0.5", 40000, "198.51.100.3", 3380)
         ([b'{"id":1,"pad":"' + b"A" * 20_000, b'","method":"mining.subscribe","params":[]}\n'], True),
         ([b'{"id":1,"\\u006dethod":"mining.sub', b'scribe","params":[]}\n'], True),  # an escaped key
         ([b'{"id":null,"method":"mining.noti', b'fy","params":[]}\n'], False),  # the pool's side
+        ([XML_SUBMIT[:60], XML_SUBMIT[60:]], True),  # red team 4's cut: inside the method's name
+        ([XML_SUBMIT[i : i + 9] for i in range(0, len(XML_SUBMIT), 9)], True),  # its markup cut too
+        ([b"  " + XML_SUBMIT[:30], XML_SUBMIT[30:]], True),  # blanks before the document
+        ([XML_SUBMIT.decode().encode("utf-16-le")[:71], XML_SUBMIT.decode().encode("utf-16-le")[71:]], True),
     ],
-    ids=["7-bytes", "1-byte", "whitespace-padding", "string-padding", "escaped-key", "response"],
+    ids=[
+        "7-bytes",
+        "1-byte",
+        "whitespace-padding",
+        "string-padding",
+        "escaped-key",
+        "response",
+        "xml-rpc-name",
+        "xml-rpc-9-bytes",
+        "xml-rpc-blanks",
+        "xml-rpc-utf16",
+    ],
 )
 def test_a_message_cut_across_bodies_is_seen_joined(pieces: list[bytes], from_client: bool) -> None:
     """Red team (http split): each body alone holds no whole message (`inspect_exchange`), joined they do."""
@@ -161,6 +181,7 @@ def test_bodies_without_a_bracket_or_seen_before_cost_no_run() -> None:
     streams = BodyStreams(SPLIT_META, (counting,))
     for _ in range(50):
         assert streams.body(b"hello", True) is None  # plain text: each body alone is all there is to read
+        assert streams.body(b"<html><body>a page</body></html>", False) is None  # markup starts requests' only
     assert counted == []
     for _ in range(3000):
         streams.body(b'{"status":"ok"}', False)
