@@ -13,8 +13,7 @@ import click
 from egress.gateway import config as defaults
 from egress.logsetup import FORMATS, LEVELS, configure
 from egress.policy.lists import RulesError
-from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX
-from egress.proxy.mitm.quiet import IDLE_TIMEOUT
+from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX, IDLE_TIMEOUT
 from egress.record import REDIS_URL
 from egress.record.urls import redis_url_problem
 

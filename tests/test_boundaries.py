@@ -6,6 +6,8 @@ from __future__ import annotations
 import ast
 import functools
 import pathlib
+import subprocess
+import sys
 from collections.abc import Iterable
 
 import pytest
@@ -183,3 +185,11 @@ def test_the_import_reader_resolves_relative_and_local_imports(tmp_path: pathlib
     module = PACKAGE / "detect" / "base.py"
     assert any(name.startswith("egress.detect") or name == "enum" for name in _imports(module))
     assert _unit("egress.proxy.gate") == "egress.proxy" and _unit("egress.decide") == "egress.decide"
+
+
+def test_the_command_line_does_not_import_mitmproxy() -> None:
+    """Every `egress` command imports `egress.cli` (and through it the gateway's settings): `egress scan` must not
+    pay mitmproxy's import (about 15 MB of peak RSS and a tenth of a second; a settings default once pulled it in)."""
+    program = "import sys, egress.cli; print(sorted(m for m in sys.modules if m.split('.')[0] == 'mitmproxy'))"
+    loaded = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Final
 
 from egress.nft.render import GatewaySettings
-from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX
-from egress.proxy.mitm.quiet import IDLE_TIMEOUT
+from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX, IDLE_TIMEOUT
 from egress.record import REDIS_URL
 from egress.record.spool import default_max_bytes
 

@@ -27,6 +27,11 @@ IDLE_LIMIT: Final = 4096
 its eager upstream dial)."""
 IDLE_PER_SANDBOX: Final = 1024
 """Idle connections of one sandbox one worker holds."""
+IDLE_TIMEOUT: Final = 300.0
+"""Seconds a connection inside mitmproxy may go without progress (`egress.proxy.mitm.quiet`; Squid closes an idle
+client connection after 2 minutes and a request whose head has not arrived after 5; long polls and idle WebSockets
+under 5 minutes stay). Here, not in the module that uses it, so that the settings and the command line read it
+without importing mitmproxy (every `egress` command imports them)."""
 
 
 @dataclass(eq=False, slots=True)

@@ -42,11 +42,10 @@ from mitmproxy import connection
 from mitmproxy.proxy import commands, events
 from mitmproxy.utils import human
 
+from egress.proxy.idle import IDLE_TIMEOUT
+
 log = logging.getLogger("egress.proxy")
 
-IDLE_TIMEOUT: Final = 300.0
-"""Seconds a connection inside mitmproxy may go without progress (Squid closes an idle client connection after 2
-minutes and a request whose head has not arrived after 5; long polls and idle WebSockets under 5 minutes stay)."""
 PROGRESS_BYTES: Final = 4096
 """Client bytes that count as progress when nothing was forwarded meanwhile: a minimum rate of 4 KiB per timeout
 (an upload mitmproxy buffers whole goes on; one byte per interval does not)."""

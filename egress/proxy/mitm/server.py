@@ -23,10 +23,10 @@ from egress.decisions import Reporter
 from egress.flowlog import FlowSink, Meter
 from egress.proxy.front import Front, original_destination
 from egress.proxy.gate import Gate
-from egress.proxy.idle import Held, IdleBound
+from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
 from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.crashes import CrashGuard
-from egress.proxy.mitm.quiet import IDLE_TIMEOUT, QuietWatch
+from egress.proxy.mitm.quiet import QuietWatch
 from egress.proxy.openflows import OpenFlows
 
 log = logging.getLogger("egress.proxy")
