@@ -11,7 +11,9 @@ is ``mining.submit`` to the pool. The pool here reads the form with the standard
 The pool (`pool_main ADDRESS:PORT...`) answers each call (``jsonrpc``, ``method``, ``params``, ``id`` fields)
 with JSON-RPC 2.0; ``share accepted`` in its log for a submit. The miner (`miner_main ADDRESS|- PORT HOST CTE`)
 sends Stratum's subscribe, authorize and submit on one keep-alive connection, each field coded as ``CTE`` says
-(``quoted-printable``: every byte ``=XX``; ``base64``), and prints ``share answered`` when the share's answer came.
+(``quoted-printable``: every byte ``=XX``; ``base64``; ``rfc2231``: the content plain, each field's *name*
+an RFC 2231 extended parameter, ``name*=utf-8''%6D%65%74%68%6F%64``, which Go's ``mime.ParseMediaType`` and the
+``email`` parser's ``get_param`` decode), and prints ``share answered`` when the share's answer came.
 """
 
 from __future__ import annotations
@@ -97,18 +99,24 @@ def pool_main() -> None:
 
 def coded(value: str, cte: str) -> str:
     raw = value.encode()
+    if cte == "rfc2231":
+        return value
     if cte == "base64":
         return base64.b64encode(raw).decode()
     return "".join(f"={byte:02X}" for byte in raw)
 
 
+def _part_head(key: str, cte: str) -> str:
+    """A part's head: its name plain and the content coded (``quoted-printable``, ``base64``), or (``rfc2231``) its
+    name as an RFC 2231 extended parameter, every byte percent-encoded, and the content plain."""
+    if cte == "rfc2231":
+        return "Content-Disposition: form-data; name*=utf-8''" + "".join(f"%{byte:02X}" for byte in key.encode())
+    return f'Content-Disposition: form-data; name="{key}"\r\nContent-Transfer-Encoding: {cte}\r\n'
+
+
 def request(name: str, method: str, params: Any, number: int, cte: str) -> bytes:
     fields = (("jsonrpc", "2.0"), ("method", method), ("params", json.dumps(params)), ("id", str(number)))
-    parts = "".join(
-        f'--XB\r\nContent-Disposition: form-data; name="{key}"\r\nContent-Transfer-Encoding: {cte}\r\n\r\n'
-        f"{coded(value, cte)}\r\n"
-        for key, value in fields
-    )
+    parts = "".join(f"--XB\r\n{_part_head(key, cte)}\r\n{coded(value, cte)}\r\n" for key, value in fields)
     parts += "--XB--\r\n"
     kind = "Content-Type: multipart/form-data; boundary=XB\r\n"
     return f"POST /rpc HTTP/1.1\r\nHost: {name}\r\n{kind}Content-Length: {len(parts)}\r\n\r\n{parts}".encode()

@@ -7,8 +7,13 @@ decoded text), and Python's ``email`` parser decodes ``quoted-printable`` and ``
 (``get_payload(decode=True)``), so ``method`` = ``=6D=69=6E=69=6E=67=2E=73=75=62=6D=69=74`` is ``mining.submit``
 to the pool (redteam_qpform_kit: the pool reads the form with the ``email`` parser).
 
-Rows: ``quoted-printable`` and ``base64`` fields, on allowed.lab's plain-HTTP port by name (the front's fast path
-and mitmproxy read the body) and on the pool's address through the network rule that expects ``[tls, http]``.
+The same parsers read a part's name as an RFC 2231 extended parameter (``name*=utf-8''%6D%65%74%68%6F%64`` is
+``method``, RFC 7578 §4.2 names the form), which rpcparams' ``name="..."`` match does not see: the field is
+dropped, and ``method=mining.submit`` in plain text reaches the pool unread.
+
+Rows: ``quoted-printable``, ``base64`` and ``rfc2231`` fields, on allowed.lab's plain-HTTP port by name (the
+front's fast path and mitmproxy read the body) and on the pool's address through the network rule that expects
+``[tls, http]``.
 Ground truth: the pool's log (``share accepted``) and the internet-side capture. Each row fails if the bypass
 works.
 """
@@ -50,7 +55,7 @@ def pool(lab: SecurityLab) -> Attacker:
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
-@pytest.mark.parametrize("cte", ("quoted-printable", "base64"))
+@pytest.mark.parametrize("cte", ("quoted-printable", "base64", "rfc2231"))
 def test_stratum_in_coded_multipart_fields(lab: SecurityLab, pool: Attacker, cte: str, route: str) -> None:
     address, port, host = ROUTES[route]
     before = pool.log().count("share accepted")
