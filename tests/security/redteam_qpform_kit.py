@@ -13,7 +13,10 @@ with JSON-RPC 2.0; ``share accepted`` in its log for a submit. The miner (`miner
 sends Stratum's subscribe, authorize and submit on one keep-alive connection, each field coded as ``CTE`` says
 (``quoted-printable``: every byte ``=XX``; ``base64``; ``rfc2231``: the content plain, each field's *name*
 an RFC 2231 extended parameter, ``name*=utf-8''%6D%65%74%68%6F%64``, which Go's ``mime.ParseMediaType`` and the
-``email`` parser's ``get_param`` decode), and prints ``share answered`` when the share's answer came.
+``email`` parser's ``get_param`` decode; ``lf``: names and content plain, every line of the body ended by LF
+alone, which Go's ``mime/multipart`` and the ``email`` parser accept; ``spaced``: plain, the ``Content-Type``'s
+parameter written ``boundary = "XB"``, which the ``email`` parser reads),
+and prints ``share answered`` when the share's answer came.
 """
 
 from __future__ import annotations
@@ -99,7 +102,7 @@ def pool_main() -> None:
 
 def coded(value: str, cte: str) -> str:
     raw = value.encode()
-    if cte == "rfc2231":
+    if cte in ("rfc2231", "lf", "spaced"):
         return value
     if cte == "base64":
         return base64.b64encode(raw).decode()
@@ -111,6 +114,8 @@ def _part_head(key: str, cte: str) -> str:
     name as an RFC 2231 extended parameter, every byte percent-encoded, and the content plain."""
     if cte == "rfc2231":
         return "Content-Disposition: form-data; name*=utf-8''" + "".join(f"%{byte:02X}" for byte in key.encode())
+    if cte in ("lf", "spaced"):
+        return f'Content-Disposition: form-data; name="{key}"\r\n'
     return f'Content-Disposition: form-data; name="{key}"\r\nContent-Transfer-Encoding: {cte}\r\n'
 
 
@@ -118,7 +123,10 @@ def request(name: str, method: str, params: Any, number: int, cte: str) -> bytes
     fields = (("jsonrpc", "2.0"), ("method", method), ("params", json.dumps(params)), ("id", str(number)))
     parts = "".join(f"--XB\r\n{_part_head(key, cte)}\r\n{coded(value, cte)}\r\n" for key, value in fields)
     parts += "--XB--\r\n"
-    kind = "Content-Type: multipart/form-data; boundary=XB\r\n"
+    if cte == "lf":  # every line of the body ended by LF alone
+        parts = parts.replace("\r\n", "\n")
+    boundary = 'boundary = "XB"' if cte == "spaced" else "boundary=XB"
+    kind = f"Content-Type: multipart/form-data; {boundary}\r\n"
     return f"POST /rpc HTTP/1.1\r\nHost: {name}\r\n{kind}Content-Length: {len(parts)}\r\n\r\n{parts}".encode()
 
 

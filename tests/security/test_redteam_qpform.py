@@ -11,7 +11,12 @@ The same parsers read a part's name as an RFC 2231 extended parameter (``name*=u
 ``method``, RFC 7578 §4.2 names the form), which rpcparams' ``name="..."`` match does not see: the field is
 dropped, and ``method=mining.submit`` in plain text reaches the pool unread.
 
-Rows: ``quoted-printable``, ``base64`` and ``rfc2231`` fields, on allowed.lab's plain-HTTP port by name (the
+And the body's framing as those parsers take it: lines ended by LF alone (``lf``: rpcparams splits a part's
+head from its content at ``\r\n\r\n`` only), and a ``boundary = "XB"`` parameter with spaces around its ``=``
+(``spaced``: rpcparams' boundary match fails, the body is read as no form).
+
+Rows: ``quoted-printable``, ``base64``, ``rfc2231``, ``lf`` and ``spaced``, on
+allowed.lab's plain-HTTP port by name (the
 front's fast path and mitmproxy read the body) and on the pool's address through the network rule that expects
 ``[tls, http]``.
 Ground truth: the pool's log (``share accepted``) and the internet-side capture. Each row fails if the bypass
@@ -55,7 +60,7 @@ def pool(lab: SecurityLab) -> Attacker:
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
-@pytest.mark.parametrize("cte", ("quoted-printable", "base64", "rfc2231"))
+@pytest.mark.parametrize("cte", ("quoted-printable", "base64", "rfc2231", "lf", "spaced"))
 def test_stratum_in_coded_multipart_fields(lab: SecurityLab, pool: Attacker, cte: str, route: str) -> None:
     address, port, host = ROUTES[route]
     before = pool.log().count("share accepted")
