@@ -1,0 +1,163 @@
+"""Programs of test_redteam_qpform: a pool's JSON-RPC calls as a ``multipart/form-data`` POST whose fields are
+``Content-Transfer-Encoding: quoted-printable``, a fake pool that reads them, and the miner in the sandbox. Fake
+both ends: no real mining software.
+
+A multipart part may say how its content is coded (RFC 2045 §6; RFC 7578 §4.7 deprecates it for forms, but
+readers still undo it): Go's ``mime/multipart`` (what ``net/http``'s ``Request.FormValue`` reads) decodes a
+quoted-printable part transparently and hides the header; Python's ``email`` parser does it for
+``get_payload(decode=True)``. So a field ``method`` whose content is ``=6D=69=6E=69=6E=67=2E=73=75=62=6D=69=74``
+is ``mining.submit`` to the pool. The pool here reads the form with the standard library's ``email`` parser.
+
+The pool (`pool_main ADDRESS:PORT...`) answers each call (``jsonrpc``, ``method``, ``params``, ``id`` fields)
+with JSON-RPC 2.0; ``share accepted`` in its log for a submit. The miner (`miner_main ADDRESS|- PORT HOST CTE`)
+sends Stratum's subscribe, authorize and submit on one keep-alive connection, each field coded as ``CTE`` says
+(``quoted-printable``: every byte ``=XX``; ``base64``; ``rfc2231``: the content plain, each field's *name*
+an RFC 2231 extended parameter, ``name*=utf-8''%6D%65%74%68%6F%64``, which Go's ``mime.ParseMediaType`` and the
+``email`` parser's ``get_param`` decode; ``lf``: names and content plain, every line of the body ended by LF
+alone, which Go's ``mime/multipart`` and the ``email`` parser accept; ``spaced``: plain, the ``Content-Type``'s
+parameter written ``boundary = "XB"``, which the ``email`` parser reads),
+and prints ``share answered`` when the share's answer came.
+"""
+
+from __future__ import annotations
+
+import base64
+import email.parser
+import email.policy
+import json
+import socket
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+CALLS: list[tuple[str, Any]] = [
+    ("mining.subscribe", ["cpuminer/2.5.1"]),
+    ("mining.authorize", ["wallet.redteam", "x"]),
+    ("mining.submit", ["wallet.redteam", "job1", "00000001", "5f5e1000", "deadbeef"]),
+]
+JOB = {"job_id": "job1", "prevhash": "00" * 32, "coinb1": "01", "coinb2": "02", "merkle_branch": [],
+       "version": "20000000", "nbits": "1d00ffff", "ntime": "5f5e1000", "clean_jobs": True}  # fmt: skip
+"""The pool's one job, handed over as a result object (no notify pairs in any answer)."""
+
+
+def _result(method: str) -> object:
+    if method == "mining.subscribe":
+        return ["08000002", 4]
+    if method == "mining.authorize":
+        return JOB
+    return True
+
+
+def form_fields(body: bytes, content_type: str) -> dict[str, str]:
+    """A multipart form's fields as the ``email`` parser reads them (each part's transfer coding undone)."""
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + body
+    )
+    fields: dict[str, str] = {}
+    for part in message.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        assert isinstance(payload, bytes)
+        fields[str(name)] = payload.decode()
+    return fields
+
+
+class _Pool(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def _send(self, body: bytes, kind: str) -> None:
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_GET(self) -> None:
+        self._send(b"<html>hello</html>\n", "text/html")
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
+        fields = form_fields(body, self.headers.get("Content-Type", ""))
+        method = fields["method"]
+        print(f"pool got {method} {fields.get('params')}", flush=True)
+        if method == "mining.submit":
+            print("share accepted", flush=True)
+        answer = {"jsonrpc": "2.0", "id": fields.get("id", "1"), "result": _result(method), "error": None}
+        self._send(json.dumps(answer).encode(), "application/json")
+
+
+def pool_main() -> None:
+    """``python -c '...pool_main()' ADDRESS:PORT...``"""
+    for spec in sys.argv[1:]:
+        address, port = spec.rsplit(":", 1)
+        server = ThreadingHTTPServer((address, int(port)), _Pool)
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+    print("listening", flush=True)
+    threading.Event().wait()
+
+
+def coded(value: str, cte: str) -> str:
+    raw = value.encode()
+    if cte in ("rfc2231", "lf", "spaced"):
+        return value
+    if cte == "base64":
+        return base64.b64encode(raw).decode()
+    return "".join(f"={byte:02X}" for byte in raw)
+
+
+def _part_head(key: str, cte: str) -> str:
+    """A part's head: its name plain and the content coded (``quoted-printable``, ``base64``), or (``rfc2231``) its
+    name as an RFC 2231 extended parameter, every byte percent-encoded, and the content plain."""
+    if cte == "rfc2231":
+        return "Content-Disposition: form-data; name*=utf-8''" + "".join(f"%{byte:02X}" for byte in key.encode())
+    if cte in ("lf", "spaced"):
+        return f'Content-Disposition: form-data; name="{key}"\r\n'
+    return f'Content-Disposition: form-data; name="{key}"\r\nContent-Transfer-Encoding: {cte}\r\n'
+
+
+def request(name: str, method: str, params: Any, number: int, cte: str) -> bytes:
+    fields = (("jsonrpc", "2.0"), ("method", method), ("params", json.dumps(params)), ("id", str(number)))
+    parts = "".join(f"--XB\r\n{_part_head(key, cte)}\r\n{coded(value, cte)}\r\n" for key, value in fields)
+    parts += "--XB--\r\n"
+    if cte == "lf":  # every line of the body ended by LF alone
+        parts = parts.replace("\r\n", "\n")
+    boundary = 'boundary = "XB"' if cte == "spaced" else "boundary=XB"
+    kind = f"Content-Type: multipart/form-data; {boundary}\r\n"
+    return f"POST /rpc HTTP/1.1\r\nHost: {name}\r\n{kind}Content-Length: {len(parts)}\r\n\r\n{parts}".encode()
+
+
+def _exchange(reader: Any, conn: socket.socket, data: bytes) -> tuple[bytes, bytes] | None:
+    conn.sendall(data)
+    status = reader.readline().rstrip(b"\r\n")
+    if not status:
+        return None
+    length = 0
+    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
+        key, _, value = line.partition(b":")
+        if key.strip().lower() == b"content-length":
+            length = int(value)
+    body = reader.read(length)
+    return (status, body) if len(body) == length else None
+
+
+def miner_main() -> None:
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST CTE``"""
+    address, port, host, cte = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+    if address == "-":
+        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    try:
+        with socket.create_connection((address, port), timeout=10) as conn:
+            reader = conn.makefile("rb")
+            for number, (method, params) in enumerate(CALLS, 1):
+                got = _exchange(reader, conn, request(host, method, params, number, cte))
+                print(f"answer to {method}: {got!r}", flush=True)
+                if got is None or not got[0].endswith(b" 200 OK"):
+                    return
+                if method == "mining.submit" and json.loads(got[1]).get("result") is True:
+                    print("share answered", flush=True)
+    except OSError as exc:
+        print(f"miner ended: {exc!r}", flush=True)

@@ -1,0 +1,175 @@
+"""Programs of test_redteam_uper: Stratum's calls in ASN.1 unaligned PER (X.691, ``UNALIGNED`` variant), a fake
+pool that reads it, and the miner in the sandbox. Fake both: no real mining software; the encoder and decoder
+are written here (bit for bit what asn1tools' ``compile_files(..., 'uper')`` writes for this schema) so the suite
+needs no package.
+
+X.691 §30.5.2-30.5.4: an ``IA5String`` (a known-multiplier character string of 128 characters) is encoded with
+``b = 7`` bits per character in the unaligned variant, after its length determinant, with no octet alignment
+anywhere. So ``mining.subscribe`` is 16 characters in 112 bits: not one byte of it is the ASCII letter.
+
+Schema::
+
+    Call   ::= SEQUENCE { id INTEGER (0..255), method IA5String, params SEQUENCE OF IA5String }
+    Answer ::= SEQUENCE { id INTEGER (0..255), result BOOLEAN, notify IA5String OPTIONAL }
+
+On the stream each PDU is preceded by its length (PER is not self-delimiting: the transport frames it, as TPKT
+or a length field does): in two big-endian bytes (framing ``binary``), or as five decimal digits and ``:``
+(framing ``text``, a printable opening: not the "fully encrypted" shape of `egress.detect.encrypted`).
+The pool logs ``share accepted`` for each submit it
+answered; the miner prints ``share answered`` when the submit's answer came.
+"""
+
+from __future__ import annotations
+
+import socket
+import sys
+
+from tests.security.redteam_kit import serve_pools
+
+SUBMIT_ID = 3
+_CALLS: list[tuple[int, str, list[str]]] = [
+    (1, "mining.subscribe", ["cpuminer/2.5.1"]),
+    (2, "mining.authorize", ["wallet.worker", "x"]),
+    (SUBMIT_ID, "mining.submit", ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"]),
+]
+
+
+class Short(Exception):
+    """More bytes are needed."""
+
+
+class _Bits:
+    """A bit string written most significant bit first."""
+
+    def __init__(self) -> None:
+        self.bits: list[int] = []
+
+    def put(self, value: int, width: int) -> None:
+        self.bits.extend((value >> (width - 1 - i)) & 1 for i in range(width))
+
+    def length(self, size: int) -> None:  # X.691 §11.9.3.6: a general length under 128, 8 bits
+        assert size < 128
+        self.put(size, 8)
+
+    def ia5(self, text: str) -> None:
+        raw = text.encode("ascii")
+        self.length(len(raw))
+        for byte in raw:
+            self.put(byte, 7)
+
+    def pdu(self) -> bytes:
+        bits = self.bits + [0] * (-len(self.bits) % 8)
+        return bytes(int("".join(map(str, bits[i : i + 8])), 2) for i in range(0, len(bits), 8))
+
+
+class _Reader:
+    def __init__(self, body: bytes) -> None:
+        self.value, self.left = int.from_bytes(body), len(body) * 8
+
+    def get(self, width: int) -> int:
+        self.left -= width
+        if self.left < 0:
+            raise ValueError("PDU too short")
+        return (self.value >> self.left) & ((1 << width) - 1)
+
+    def ia5(self) -> str:
+        return bytes(self.get(7) for _ in range(self.get(8))).decode("ascii")
+
+
+def framed(body: bytes, framing: str) -> bytes:
+    return (b"%05d:" % len(body) if framing == "text" else len(body).to_bytes(2)) + body
+
+
+def call(ident: int, method: str, params: list[str]) -> bytes:
+    bits = _Bits()
+    bits.put(ident, 8)
+    bits.ia5(method)
+    bits.length(len(params))
+    for param in params:
+        bits.ia5(param)
+    return bits.pdu()
+
+
+def answer(ident: int, notify: str | None) -> bytes:
+    bits = _Bits()
+    bits.put(1 if notify else 0, 1)  # the preamble: notify present
+    bits.put(ident, 8)
+    bits.put(1, 1)  # result TRUE
+    if notify:
+        bits.ia5(notify)
+    return bits.pdu()
+
+
+def _pdu(buf: bytes, framing: str) -> tuple[bytes, bytes]:
+    """The first length-framed PDU of ``buf`` and what follows it; `Short` when cut."""
+    head = 6 if framing == "text" else 2
+    if len(buf) < head:
+        raise Short
+    end = head + (int(buf[:5]) if framing == "text" else int.from_bytes(buf[:2]))
+    if len(buf) < end:
+        raise Short
+    return buf[head:end], buf[end:]
+
+
+def read_call(body: bytes) -> tuple[int, str, list[str]]:
+    reader = _Reader(body)
+    ident, method = reader.get(8), reader.ia5()
+    return ident, method, [reader.ia5() for _ in range(reader.get(8))]
+
+
+def read_answer(body: bytes) -> tuple[int, bool, str | None]:
+    reader = _Reader(body)
+    present = reader.get(1)
+    ident, result = reader.get(8), bool(reader.get(1))
+    return ident, result, reader.ia5() if present else None
+
+
+def _serve(conn: socket.socket) -> None:
+    buf = b""
+    while data := conn.recv(4096):
+        buf += data
+        while buf:
+            framing = "text" if buf[:1].isdigit() else "binary"
+            try:
+                body, buf = _pdu(buf, framing)
+            except Short:
+                break
+            ident, method, _params = read_call(body)
+            print(f"pool got {method}", flush=True)
+            conn.sendall(framed(answer(ident, "mining.notify" if method == "mining.subscribe" else None), framing))
+            if method == "mining.submit":
+                print("share accepted", flush=True)
+
+
+def pool_main() -> None:
+    """``python -c '...pool_main()' ADDRESS:PORT...``"""
+    serve_pools(_serve)
+
+
+def miner_main() -> None:
+    """``python -c '...miner_main()' FRAMING ADDRESS|- PORT HOST``"""
+    framing, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    if address == "-":
+        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    try:
+        with socket.create_connection((address, port), timeout=15) as sock:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            buf = b""
+            for ident, method, params in _CALLS:
+                sock.sendall(framed(call(ident, method, params), framing))
+                while True:
+                    try:
+                        body, buf = _pdu(buf, framing)
+                        break
+                    except Short:
+                        data = sock.recv(4096)
+                        if not data:
+                            print("miner: closed", flush=True)
+                            return
+                        buf += data
+                got = read_answer(body)
+                print(f"answer {got!r}", flush=True)
+                if got[:2] == (SUBMIT_ID, True):
+                    print("share answered", flush=True)
+    except OSError as exc:
+        print(f"miner ended: {exc!r}", flush=True)

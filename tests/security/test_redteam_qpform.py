@@ -1,0 +1,79 @@
+"""Red team 6: a pool's JSON-RPC calls as a multipart form whose fields carry a Content-Transfer-Encoding.
+
+`egress.detect.rpcparams` (red team 5's fix) reads a ``multipart/form-data`` body's fields as a form parser does,
+percent escapes and HTML references undone, but not a part's own ``Content-Transfer-Encoding`` (RFC 2045 §6):
+Go's ``mime/multipart`` decodes a ``quoted-printable`` part transparently (``Request.FormValue`` returns the
+decoded text), and Python's ``email`` parser decodes ``quoted-printable`` and ``base64`` parts
+(``get_payload(decode=True)``), so ``method`` = ``=6D=69=6E=69=6E=67=2E=73=75=62=6D=69=74`` is ``mining.submit``
+to the pool (redteam_qpform_kit: the pool reads the form with the ``email`` parser).
+
+The same parsers read a part's name as an RFC 2231 extended parameter (``name*=utf-8''%6D%65%74%68%6F%64`` is
+``method``, RFC 7578 §4.2 names the form), which rpcparams' ``name="..."`` match does not see: the field is
+dropped, and ``method=mining.submit`` in plain text reaches the pool unread.
+
+And the body's framing as those parsers take it: lines ended by LF alone (``lf``: rpcparams splits a part's
+head from its content at ``\r\n\r\n`` only), and a ``boundary = "XB"`` parameter with spaces around its ``=``
+(``spaced``: rpcparams' boundary match fails, the body is read as no form).
+
+Rows: ``quoted-printable``, ``base64``, ``rfc2231``, ``lf`` and ``spaced``, on
+allowed.lab's plain-HTTP port by name (the
+front's fast path and mitmproxy read the body) and on the pool's address through the network rule that expects
+``[tls, http]``.
+Ground truth: the pool's log (``share accepted``) and the internet-side capture. Each row fails if the bypass
+works.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+
+import pytest
+
+from egress.lab.topology import server
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+
+pytestmark = pytest.mark.security
+
+POOL = server("pool").v4
+ALLOWED = server("allowed").v4
+ROUTES = {
+    "network-rule": (POOL, 3380, POOL),
+    "host-rule": ("-", 8080, "allowed.lab"),
+}
+_KIT = "from tests.security.redteam_qpform_kit import {0}; {0}()"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory(POLICIES / "redteam.yaml")
+
+
+@pytest.fixture(scope="module")
+def pool(lab: SecurityLab) -> Attacker:
+    running = lab.attacker(
+        "qpform-pool", [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:3380", f"{ALLOWED}:8080"]
+    )
+    running.wait_for("listening")
+    return running
+
+
+@pytest.mark.parametrize("route", sorted(ROUTES))
+@pytest.mark.parametrize("cte", ("quoted-printable", "base64", "rfc2231", "lf", "spaced"))
+def test_stratum_in_coded_multipart_fields(lab: SecurityLab, pool: Attacker, cte: str, route: str) -> None:
+    address, port, host = ROUTES[route]
+    before = pool.log().count("share accepted")
+    since = time.time()
+    with lab.capture(f"qpform-{cte}-{route}") as capture:
+        done = lab.sandbox_python(_KIT.format("miner_main"), address, str(port), host, cte, timeout=60)
+    crossed = capture.result
+    assert crossed is not None
+    shares = pool.log().count("share accepted") - before
+    goal = shares > 0 and "share answered" in done.stdout
+    dst = POOL if route == "network-rule" else ALLOWED
+    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
+    leaked = crossed.bytes_to(dst, port, "tcp") if goal else 0
+    report(f"redteam/qpform-{cte}-{route}", "mining", leaked, goal, reason or None)
+    assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
+    assert reason == "mining", (reason, done.stdout[-600:], pool.log()[-600:])
