@@ -42,6 +42,12 @@ NOT_RECORDED = {
     "gateway's records (framing refusals, idle closes), not a finding in bytes",
     "test_redteam_burst.py": "50,000 blocked datagrams and the counts Redis holds for them: a fault measure",
     "test_redteam_dnstcp.py": "1,100 TCP connections held to the resolver: a fault measure, as test_faults*",
+    "test_redteam_ber.py": "not recorded yet (red team 6, found at the end of a session)",
+    "test_redteam_uper.py": "not recorded yet (red team 6, found at the end of a session)",
+    "test_redteam_capnp.py": "not recorded yet (red team 6, found at the end of a session)",
+    "test_redteam_qpform.py": "not recorded yet (red team 6, found at the end of a session)",
+    "test_redteam_xmlwrap.py": "not recorded yet (red team 6, found at the end of a session)",
+    "test_redteam_jsonwrap.py": "not recorded yet (red team 6, found at the end of a session)",
 }
 """Technique modules of the suite without a capture in pcaps/, and why."""
 LAB_NETS = [

@@ -51,7 +51,17 @@ def pool(lab: SecurityLab) -> Attacker:
     return running
 
 
-@pytest.mark.parametrize("route", sorted(ROUTES))
+HOST_RULE_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="open bypass (red team 6): a short opaque stream to a host rule's port passes (docs/security.md, "
+    "'Open: red team 6')",
+)
+"""The host rule's rows: open. The network rule's hold (its `expect` refuses an opening that is no protocol)."""
+
+
+@pytest.mark.parametrize(
+    "route", [pytest.param(r, marks=HOST_RULE_OPEN) if r == "host-rule" else r for r in sorted(ROUTES)]
+)
 @pytest.mark.parametrize("framing", ("binary", "text"))
 def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str, route: str) -> None:
     address, port, host = ROUTES[route]
