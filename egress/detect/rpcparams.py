@@ -22,6 +22,10 @@ and UTF-32 text) are dropped.
 from __future__ import annotations
 
 import contextlib
+import email.message
+import email.parser
+import email.policy
+import email.utils
 import functools
 import html
 import json
@@ -35,6 +39,8 @@ ROUNDS: Final = 3
 """Times a key or value is decoded at most after the first (a lenient server may decode twice, or more)."""
 PAIRS_MAX: Final = 256
 """Pairs read per request; the rest stay in the bodies and pieces inspected otherwise."""
+MULTIPART_DEPTH: Final = 4
+"""Levels of nested multipart parts read (a ``multipart/mixed`` inside a form's part is one)."""
 NAME_MAX: Final = 64
 """Longest value taken for a method name (the longest pool name is 27 characters)."""
 _SEPARATORS: Final = re.compile(rb"[&;?#\r\n]")
@@ -46,6 +52,7 @@ _MAY_CALL: Final = re.compile(rb"(?i)method|jsonrpc|params|[%\x00\xc0\xc1\xe0\xe
 (``+`` only makes blanks, and a raw ``&`` splits a character reference as every form parser does)."""
 _SPECIAL: Final = re.compile(rb"[%&+\x00\xc0\xc1\xe0\xef\xfe\xff]")
 """A byte that `_decoded` may change: without one, a value is read as it came."""
+_BOUNDARY: Final = re.compile(r'(?i)boundary\s*=\s*(?:"([^"]+)"|([^";\s]+))')
 _INDEX: Final = re.compile(r"^([^\[\]]*)\[([^\]]*)\]")
 _NAME: Final = re.compile(r"[A-Za-z_][A-Za-z0-9_.]{1,63}")
 _SHAPE_KEYS: Final = frozenset({"jsonrpc", "params"})
@@ -134,17 +141,77 @@ def _segments(path: bytes, shaped: bool) -> list[str]:
 
 
 def _multipart(body: bytes, content_type: str) -> list[tuple[str, str]]:
-    """A ``multipart/form-data`` body's fields: (its ``name``, its content)."""
-    boundary = re.search(r'boundary="?([^";]+)', content_type, re.IGNORECASE)
+    """A ``multipart/form-data`` body's fields: (its ``name``, its content), as the standard library's ``email``
+    parser reads them (red team 6: each part's ``Content-Transfer-Encoding`` undone, RFC 2231 names, LF line ends,
+    ``boundary = "XB"``, folded heads, nested ``multipart/mixed``; Go's ``mime/multipart`` takes the same), then
+    those a plain split on the boundary finds that the parser's reading lacks (a method field always: a server that
+    splits so may name another method than the parser's)."""
+    memo: dict[bytes, str] = {}
+
+    def decoded(data: bytes) -> str:  # a part's content is read once, whichever reading found it
+        if (text := memo.get(data)) is None:
+            text = memo[data] = _decoded(data, plus=False)
+        return text
+
+    parsed = [(decoded(name), decoded(content)) for name, content in _parsed_parts(body, content_type)]
+    keys = {name.lower() for name, _ in parsed}
+    for name, content in _split_parts(body, content_type):
+        pair = (decoded(name), decoded(content))
+        if pair not in parsed and (pair[0].lower() not in keys or "method" in pair[0].lower()):
+            parsed.append(pair)
+    return parsed[:PAIRS_MAX]
+
+
+def _split_parts(body: bytes, content_type: str) -> list[tuple[bytes, bytes]]:
+    """The fields (name and content, as sent) a plain split on the boundary finds."""
+    boundary = _BOUNDARY.search(content_type)
     if boundary is None:
         return []
-    found: list[tuple[str, str]] = []
-    for part in body.split(b"--" + boundary.group(1).encode("latin-1"))[1:PAIRS_MAX]:
-        head, _, content = part.partition(b"\r\n\r\n")
+    found: list[tuple[bytes, bytes]] = []
+    delimiter = b"--" + (boundary.group(1) or boundary.group(2)).strip().encode("latin-1", "replace")
+    for part in body.split(delimiter)[1:PAIRS_MAX]:
+        head, _, content = part.partition(b"\r\n\r\n") if b"\r\n\r\n" in part else part.partition(b"\n\n")
         name = re.search(rb'(?i)\bname="?([^";\r\n]*)', head)
         if name is not None:
-            found.append((_decoded(name.group(1), plus=False), _decoded(content.removesuffix(b"\r\n"), plus=False)))
+            found.append((name.group(1), content.removesuffix(b"\n").removesuffix(b"\r")))
     return found
+
+
+def _parsed_parts(body: bytes, content_type: str) -> list[tuple[bytes, bytes]]:
+    """The fields the ``email`` parser finds (``policy.HTTP``): a part's name its ``Content-Disposition``'s
+    ``name`` parameter (RFC 2231 decoded, continuations joined) or its enclosing part's, its content with the
+    transfer coding undone. An error here is the caller's to fail closed on (the request is blocked)."""
+    head = "".join(ch if ch.isprintable() else " " for ch in content_type)
+    message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {head}\r\n\r\n".encode("utf-8", "surrogateescape") + body
+    )
+    return _fields(message, "", 0)
+
+
+def _fields(part: email.message.Message, name: str, depth: int) -> list[tuple[bytes, bytes]]:
+    """``part``'s fields: its own (a leaf) or its parts' (a multipart, to `MULTIPART_DEPTH` levels)."""
+    own = part.get_param("name", header="content-disposition")
+    if own is not None:
+        name = email.utils.collapse_rfc2231_value(own) if isinstance(own, tuple) else str(own)
+    if part.is_multipart():
+        found: list[tuple[bytes, bytes]] = []
+        payload = part.get_payload()
+        if depth < MULTIPART_DEPTH and isinstance(payload, list):
+            for inner in payload[:PAIRS_MAX]:
+                if isinstance(inner, email.message.Message):
+                    found += _fields(inner, name, depth + 1)
+        return found
+    coding = part.get("content-transfer-encoding")
+    if coding is not None and str(coding) != str(coding).strip():  # folded: Go trims it, `get_payload` would not
+        part.replace_header("content-transfer-encoding", str(coding).strip())
+    content = part.get_payload(decode=True)
+    if not name or not isinstance(content, bytes):
+        return []
+    charset = part.get_content_charset()
+    if charset is not None and charset not in {"utf-8", "utf8", "us-ascii", "iso-8859-1"}:
+        with contextlib.suppress(LookupError, UnicodeError):
+            content = content.decode(charset).encode("utf-8")
+    return [(name.encode("utf-8", "surrogateescape"), content.removesuffix(b"\r\n"))]
 
 
 def _body_pairs(body: bytes, content_type: str) -> list[tuple[str, str]]:

@@ -4,6 +4,7 @@ gateway's `egress.proxy.mitm.inspect.read`); searches, pages and ordinary forms 
 
 from __future__ import annotations
 
+import base64
 import gzip
 import json
 from urllib.parse import quote, urlencode
@@ -34,6 +35,15 @@ def _request(target: str, *fields: tuple[str, str], body: bytes = b"", method: s
 def _form(body: str | bytes, kind: str = FORM, *fields: tuple[str, str]) -> Request:
     data = body.encode() if isinstance(body, str) else body
     return _request("/rpc", ("Content-Type", kind), *fields, body=data)
+
+
+def _multipart(
+    rest: bytes, name: bytes = b'name="method"', kind: str = "multipart/form-data; boundary=XX", head: bytes = b""
+) -> Request:
+    """A multipart form of one field: ``Content-Disposition: form-data; {name}``, then ``head``'s lines, then
+    ``rest`` (the rest of the part's head, its blank line and its content)."""
+    disposition = b"Content-Disposition: form-data; " + name + b"\r\n" + (head + b"\r\n" if head else b"")
+    return _form(b"--XX\r\n" + disposition + rest + b"\r\n--XX--\r\n", kind)
 
 
 def _wire(request: Request, chunked: bool = False) -> bytes:
@@ -111,6 +121,34 @@ SPELLINGS = {
         b'--XX\r\nContent-Disposition: form-data; name="params"\r\n\r\n[]\r\n--XX--\r\n',
         "multipart/form-data; boundary=XX",
     ),
+    "multipart-quoted-printable": _multipart(
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\n=6D=69=6E=69=6E=67=2E=73=75=62=6D=69=74"
+    ),
+    "multipart-base64": _multipart(b"Content-Transfer-Encoding: base64\r\n\r\nbWluaW5nLnN1Ym1pdA=="),
+    "multipart-rfc2231-name": _multipart(b"\r\nmining.submit", name=b"name*=utf-8''%6D%65%74%68%6F%64"),
+    "multipart-rfc2231-continued": _multipart(b"\r\nmining.submit", name=b"name*0*=utf-8''%6D%65; name*1=thod"),
+    "multipart-lf": _form(
+        b'--XX\nContent-Disposition: form-data; name="method"\n\nmining.submit\n--XX--\n',
+        "multipart/form-data; boundary=XX",
+    ),
+    "multipart-spaced-boundary": _multipart(b"\r\nmining.submit", kind='multipart/form-data; boundary = "XX"'),
+    "multipart-boundary-trailing-space": _form(
+        b'--XX \r\nContent-Disposition: form-data; name="method"\r\n\r\nmining.submit\r\n--XX --\r\n',
+        'multipart/form-data; boundary="XX "',
+    ),
+    "multipart-part-utf16": _multipart(
+        b"Content-Type: text/plain; charset=utf-16\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        + base64.b64encode("mining.submit".encode("utf-16"))
+    ),
+    "multipart-nested-mixed": _form(
+        b'--XX\r\nContent-Disposition: form-data; name="method"\r\nContent-Type: multipart/mixed; boundary=YY\r\n'
+        b"\r\n--YY\r\nContent-Disposition: attachment\r\nContent-Transfer-Encoding: base64\r\n\r\n"
+        b"bWluaW5nLnN1Ym1pdA==\r\n--YY--\r\n--XX--\r\n",
+        "multipart/form-data; boundary=XX",
+    ),
+    "multipart-folded-head": _multipart(
+        b"\r\n=6D=69=6E=69=6E=67=2E=73=75=62=6D=69=74", head=b"Content-Transfer-Encoding:\r\n quoted-printable"
+    ),
     "gzip-form": _form(gzip.compress(CALL.encode()), FORM, ("Content-Encoding", "gzip")),
     "xmrig-login-json-params": _request("/rpc?" + urlencode({"method": "login", "params": json.dumps(XMRIG_LOGIN)})),
     "xmrig-login-php-params": _request(
@@ -154,6 +192,11 @@ BENIGN = {
     "http-method-override": _request("/api", ("X-HTTP-Method-Override", "DELETE")),
     "cors": _request("/api", ("Access-Control-Request-Method", "POST"), method="OPTIONS"),
     "id-only": _request("/item?id=7&name=mining.submit"),
+    "multipart-upload-quoted-printable": _multipart(
+        b"Content-Transfer-Encoding: quoted-printable\r\n\r\nmining.submit is a Stratum method=2E",
+        name=b'name="comment"',
+    ),
+    "multipart-upload-malformed": _form(b"--XX\r\nno head\r\n--XX", "multipart/form-data; boundary*=XX"),
 }
 
 

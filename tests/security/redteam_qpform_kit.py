@@ -15,7 +15,8 @@ sends Stratum's subscribe, authorize and submit on one keep-alive connection, ea
 an RFC 2231 extended parameter, ``name*=utf-8''%6D%65%74%68%6F%64``, which Go's ``mime.ParseMediaType`` and the
 ``email`` parser's ``get_param`` decode; ``lf``: names and content plain, every line of the body ended by LF
 alone, which Go's ``mime/multipart`` and the ``email`` parser accept; ``spaced``: plain, the ``Content-Type``'s
-parameter written ``boundary = "XB"``, which the ``email`` parser reads),
+parameter written ``boundary = "XB"``, which the ``email`` parser reads; and the variants that try past the
+fix: ``utf16``, ``nested``, ``trailing``, ``folded``, see `_part_head`),
 and prints ``share answered`` when the share's answer came.
 """
 
@@ -50,17 +51,26 @@ def _result(method: str) -> object:
 
 
 def form_fields(body: bytes, content_type: str) -> dict[str, str]:
-    """A multipart form's fields as the ``email`` parser reads them (each part's transfer coding undone)."""
+    """A multipart form's fields as the ``email`` parser reads them (each part's transfer coding undone, its
+    charset decoded, a nested ``multipart/mixed`` part's parts named by their enclosing part)."""
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f"Content-Type: {content_type}\r\n\r\n".encode() + body
     )
     fields: dict[str, str] = {}
+    _read_parts(message, "", fields)
+    return fields
+
+
+def _read_parts(message: Any, name: str, fields: dict[str, str]) -> None:
     for part in message.iter_parts():
-        name = part.get_param("name", header="content-disposition")
+        own = part.get_param("name", header="content-disposition")
+        named = str(own) if own is not None else name
+        if part.is_multipart():
+            _read_parts(part, named, fields)
+            continue
         payload = part.get_payload(decode=True)
         assert isinstance(payload, bytes)
-        fields[str(name)] = payload.decode()
-    return fields
+        fields[named] = payload.decode(part.get_content_charset() or "utf-8")
 
 
 class _Pool(BaseHTTPRequestHandler):
@@ -106,26 +116,46 @@ def coded(value: str, cte: str) -> str:
         return value
     if cte == "base64":
         return base64.b64encode(raw).decode()
-    return "".join(f"={byte:02X}" for byte in raw)
+    if cte == "utf16":
+        return base64.b64encode(value.encode("utf-16")).decode()
+    qp = "".join(f"={byte:02X}" for byte in raw)
+    if cte == "nested":
+        head = "Content-Disposition: attachment\r\nContent-Transfer-Encoding: quoted-printable\r\n"
+        return f"--YB\r\n{head}\r\n{qp}\r\n--YB--"
+    return qp
 
 
 def _part_head(key: str, cte: str) -> str:
     """A part's head: its name plain and the content coded (``quoted-printable``, ``base64``), or (``rfc2231``) its
-    name as an RFC 2231 extended parameter, every byte percent-encoded, and the content plain."""
+    name as an RFC 2231 extended parameter, every byte percent-encoded, and the content plain; the variants past
+    the fix: ``utf16`` (base64 of UTF-16 text, ``charset=utf-16``), ``nested`` (a ``multipart/mixed`` part
+    holding one quoted-printable part), ``trailing`` (quoted-printable, the boundary ``"XB "`` with a trailing
+    space), ``folded`` (quoted-printable, the ``Content-Disposition`` folded over two lines)."""
     if cte == "rfc2231":
         return "Content-Disposition: form-data; name*=utf-8''" + "".join(f"%{byte:02X}" for byte in key.encode())
     if cte in ("lf", "spaced"):
         return f'Content-Disposition: form-data; name="{key}"\r\n'
-    return f'Content-Disposition: form-data; name="{key}"\r\nContent-Transfer-Encoding: {cte}\r\n'
+    if cte == "utf16":
+        return (
+            f'Content-Disposition: form-data; name="{key}"\r\nContent-Type: text/plain; charset=utf-16\r\n'
+            "Content-Transfer-Encoding: base64\r\n"
+        )
+    if cte == "nested":
+        return f'Content-Disposition: form-data; name="{key}"\r\nContent-Type: multipart/mixed; boundary=YB\r\n'
+    if cte == "folded":
+        return f'Content-Disposition: form-data;\r\n name="{key}"\r\nContent-Transfer-Encoding: quoted-printable\r\n'
+    coding = "quoted-printable" if cte == "trailing" else cte
+    return f'Content-Disposition: form-data; name="{key}"\r\nContent-Transfer-Encoding: {coding}\r\n'
 
 
 def request(name: str, method: str, params: Any, number: int, cte: str) -> bytes:
     fields = (("jsonrpc", "2.0"), ("method", method), ("params", json.dumps(params)), ("id", str(number)))
-    parts = "".join(f"--XB\r\n{_part_head(key, cte)}\r\n{coded(value, cte)}\r\n" for key, value in fields)
+    delimiter = "--XB " if cte == "trailing" else "--XB"
+    parts = "".join(f"{delimiter}\r\n{_part_head(key, cte)}\r\n{coded(value, cte)}\r\n" for key, value in fields)
     parts += "--XB--\r\n"
     if cte == "lf":  # every line of the body ended by LF alone
         parts = parts.replace("\r\n", "\n")
-    boundary = 'boundary = "XB"' if cte == "spaced" else "boundary=XB"
+    boundary = {"spaced": 'boundary = "XB"', "trailing": 'boundary="XB "'}.get(cte, "boundary=XB")
     kind = f"Content-Type: multipart/form-data; {boundary}\r\n"
     return f"POST /rpc HTTP/1.1\r\nHost: {name}\r\n{kind}Content-Length: {len(parts)}\r\n\r\n{parts}".encode()
 

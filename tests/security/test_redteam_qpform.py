@@ -15,7 +15,12 @@ And the body's framing as those parsers take it: lines ended by LF alone (``lf``
 head from its content at ``\r\n\r\n`` only), and a ``boundary = "XB"`` parameter with spaces around its ``=``
 (``spaced``: rpcparams' boundary match fails, the body is read as no form).
 
-Rows: ``quoted-printable``, ``base64``, ``rfc2231``, ``lf`` and ``spaced``, on
+The fix (rpcparams reads a multipart body with the ``email`` parser too) is tried past by the rows ``utf16`` (a
+part's content UTF-16 text, base64, ``charset=utf-16``), ``nested`` (each field a ``multipart/mixed`` part holding
+a quoted-printable part), ``trailing`` (a boundary ``"XB "`` with a trailing space) and ``folded`` (a part's
+``Content-Disposition`` folded over two lines); all held when written.
+
+Rows: ``quoted-printable``, ``base64``, ``rfc2231``, ``lf``, ``spaced`` and the four variants, on
 allowed.lab's plain-HTTP port by name (the
 front's fast path and mitmproxy read the body) and on the pool's address through the network rule that expects
 ``[tls, http]``.
@@ -60,7 +65,9 @@ def pool(lab: SecurityLab) -> Attacker:
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
-@pytest.mark.parametrize("cte", ("quoted-printable", "base64", "rfc2231", "lf", "spaced"))
+@pytest.mark.parametrize(
+    "cte", ("quoted-printable", "base64", "rfc2231", "lf", "spaced", "utf16", "nested", "trailing", "folded")
+)
 def test_stratum_in_coded_multipart_fields(lab: SecurityLab, pool: Attacker, cte: str, route: str) -> None:
     address, port, host = ROUTES[route]
     before = pool.log().count("share accepted")
