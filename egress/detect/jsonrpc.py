@@ -36,7 +36,16 @@ from typing import Final
 from egress.detect import codings, rpcparams, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 from egress.detect.httpread import from_bracket, start_pieces
-from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
+from egress.detect.jsonscan import (
+    MAX_METHODS,
+    Calls,
+    has_key,
+    message_at,
+    methods,
+    read_methods,
+    string_after,
+    wrapped_strings,
+)
 
 __all__ = [  # the detectors read messages through this module; jsonscan.py owns the reading
     "MAX_METHODS",
@@ -104,6 +113,8 @@ class Payload:
     calls: Calls = ()
     """`methods` of ``text``: read once per prefix for every detector, and by a `Reading` only past what an
     earlier prefix settled."""
+    markup: tuple[bytes, ...] = ()
+    """String values of ``text`` that are an XML document (`wrap`): `egress.detect.xmlrpc` reads them."""
 
     def message_index(self, offset: int) -> int:
         """HTTP only: which message (index in ``heads``) the text at ``offset`` belongs to; 0 on a raw stream."""
@@ -137,6 +148,38 @@ def decode(data: bytes) -> bytes:
     if b"\\u00" in data or b"\\/" in data or b"\\x" in data or b"\\U" in data:
         data = _ESCAPE.sub(_unescape, data)
     return data
+
+
+WRAP_DEPTH: Final = 3
+"""Levels of documents inside string values read (`wrap`): a message encoded three times is still read."""
+
+
+def wrap(text: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+    """``text`` with the JSON documents its string values hold appended (each decoded as `decode` does and ending its
+    message, `WRAP_DEPTH` levels deep), and the XML documents they hold (red team 6: ``{"payload": "{\\"method\\":
+    ...}"}``, a message encoded twice; an XML-RPC call as a JSON string, Go's ``\\u003c`` escapes decoded). At most
+    `SCAN_LIMIT` bytes are added; a text with no string value opening a document costs one regex search."""
+    if b'"' not in text:
+        return text, ()
+    added, markup, level, budget = bytearray(), [], [text], SCAN_LIMIT
+    for _ in range(WRAP_DEPTH):
+        inner = [decode(found) for outer in level for found in wrapped_strings(outer)]
+        level = []
+        for found in inner:
+            if budget <= 0:
+                break
+            found = found[:budget]
+            budget -= len(found)
+            if found[:1] == b"<":
+                markup.append(found)
+            else:
+                added += found.replace(b"\n", b" ").rstrip() + b"\n"
+            level.append(found)
+        if not level:
+            break
+    if not added:
+        return text, tuple(markup)
+    return (text if text.endswith(b"\n") else text + b"\n") + bytes(added), tuple(markup)
 
 
 def _is_http_start(data: bytes) -> bool:
@@ -358,8 +401,10 @@ def payload(data: bytes, complete: bool = False) -> Payload:
     Read whole each time, for callers without a flow; the detectors read a flow's prefixes through `read`, which
     reads only what is new since the last one."""
     found = _payload(data[:SCAN_LIMIT])
-    calls = tuple(methods(found.text)) if found.kind is Kind.JSON else ()
-    return dataclasses.replace(found, final=complete, calls=calls)
+    if found.kind is not Kind.JSON:
+        return dataclasses.replace(found, final=complete)
+    text, markup = wrap(found.text)
+    return dataclasses.replace(found, text=text, final=complete, calls=tuple(methods(text)), markup=markup)
 
 
 def read(view: FlowView, from_client: bool) -> Payload:
@@ -422,9 +467,10 @@ class Reading:
         if found.kind is Kind.JSON:
             if not self.stable:  # a text whose start may still move: nothing of it is kept
                 self.known, self.resume = (), 0
-            calls, self.known, self.resume = read_methods(found.text, MAX_METHODS, self.known, self.resume, self.stable)
-            if calls or complete:
-                found = Payload(found.kind, found.text, found.heads, complete, found.body_starts, tuple(calls))
+            text, markup = wrap(found.text)  # appended after it: what ``stable`` covers stays as it was
+            calls, self.known, self.resume = read_methods(text, MAX_METHODS, self.known, self.resume, self.stable)
+            if calls or complete or markup or text is not found.text:
+                found = Payload(found.kind, text, found.heads, complete, found.body_starts, tuple(calls), markup)
         elif complete:  # `dataclasses.replace` of these two fields, without its generic walk over every field
             found = Payload(found.kind, found.text, found.heads, True, found.body_starts, found.calls)
         self.found = found
