@@ -38,11 +38,13 @@ from egress.detect.base import MORE, Finding, FlowView, Result
 from egress.detect.httpread import from_bracket, start_pieces
 from egress.detect.jsonscan import (
     MAX_METHODS,
+    WRAPPED_MAX,
     Calls,
     has_key,
     message_at,
     methods,
     read_methods,
+    read_wrapped,
     string_after,
     wrapped_strings,
 )
@@ -154,16 +156,23 @@ WRAP_DEPTH: Final = 3
 """Levels of documents inside string values read (`wrap`): a message encoded three times is still read."""
 
 
-def wrap(text: bytes) -> tuple[bytes, tuple[bytes, ...]]:
+def wrap(text: bytes, first: list[bytes] | None = None) -> tuple[bytes, tuple[bytes, ...]]:
     """``text`` with the JSON documents its string values hold appended (each decoded as `decode` does and ending its
     message, `WRAP_DEPTH` levels deep), and the XML documents they hold (red team 6: ``{"payload": "{\\"method\\":
     ...}"}``, a message encoded twice; an XML-RPC call as a JSON string, Go's ``\\u003c`` escapes decoded). At most
-    `SCAN_LIMIT` bytes are added; a text with no string value opening a document costs one regex search."""
-    if b'"' not in text:
+    `SCAN_LIMIT` bytes are added; a text with no backslash, ``<`` or ``'`` costs three ``memchr``. ``first``: the
+    strings of ``text`` itself, when the caller read them already (`Reading`, incrementally)."""
+    if first is None:
+        first = wrapped_strings(text)
+    if not first:
         return text, ()
     added, markup, level, budget = bytearray(), [], [text], SCAN_LIMIT
-    for _ in range(WRAP_DEPTH):
-        inner = [decode(found) for outer in level for found in wrapped_strings(outer)]
+    for depth in range(WRAP_DEPTH):
+        inner = (
+            [decode(found) for found in first]
+            if depth == 0
+            else [decode(found) for outer in level for found in wrapped_strings(outer)]
+        )
         level = []
         for found in inner:
             if budget <= 0:
@@ -453,6 +462,10 @@ class Reading:
     known: Calls = ()
     """The methods of keys read entirely within that stable text, and where the search for more goes on:"""
     resume: int = 0
+    wrapped: tuple[bytes, ...] = ()
+    """The string values that are documents (`wrap`) read entirely within that stable text, and where the search
+    for more goes on:"""
+    wrap_resume: int = 0
 
     def read(self, data: bytes, complete: bool) -> Payload:
         """What ``data`` (this direction's prefix now) reads as, as `payload` reads it."""
@@ -462,12 +475,16 @@ class Reading:
                 return self.found
         elif not data.startswith(self.raw):
             self.cut, self.decoded, self.settled, self.known, self.resume = 0, b"", _Settled(), (), 0
+            self.wrapped, self.wrap_resume = (), 0
         self.raw, self.complete, self.stable = data, complete, 0
         found = _payload(data, self)
         if found.kind is Kind.JSON:
             if not self.stable:  # a text whose start may still move: nothing of it is kept
-                self.known, self.resume = (), 0
-            text, markup = wrap(found.text)  # appended after it: what ``stable`` covers stays as it was
+                self.known, self.resume, self.wrapped, self.wrap_resume = (), 0, (), 0
+            first, self.wrapped, self.wrap_resume = read_wrapped(
+                found.text, WRAPPED_MAX, self.wrapped, self.wrap_resume, self.stable
+            )
+            text, markup = wrap(found.text, first)  # appended after it: what ``stable`` covers stays as it was
             calls, self.known, self.resume = read_methods(text, MAX_METHODS, self.known, self.resume, self.stable)
             if calls or complete or markup or text is not found.text:
                 found = Payload(found.kind, text, found.heads, complete, found.body_starts, tuple(calls), markup)

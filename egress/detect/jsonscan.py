@@ -47,10 +47,20 @@ def wrapped_strings(text: bytes, limit: int = WRAPPED_MAX) -> list[bytes]:
     far as it goes (a string cut by the end of ``text`` counts as far as it came), at most ``limit`` bytes each.
     Strings are read one after another (never one inside another: `egress.detect.jsonrpc.wrap` reads the next
     level), so the work is one pass over ``text``."""
-    found: list[bytes] = []
+    return read_wrapped(text, limit)[0]
+
+
+def read_wrapped(
+    text: bytes, limit: int = WRAPPED_MAX, known: tuple[bytes, ...] = (), resume: int = 0, stable: int = 0
+) -> tuple[list[bytes], tuple[bytes, ...], int]:
+    """`wrapped_strings` of ``text``, going on from what an earlier text with the same first ``stable`` bytes
+    settled (``known`` strings, the search going on at ``resume``), as `read_methods` does; returns the strings and
+    what is settled now."""
     if not any(mark in text for mark in _WRAP_GATE):
-        return found
-    match = _WRAPPED.search(text)
+        return [], (), 0
+    found = list(known)
+    settled, settled_at, settling = len(found), resume, True
+    match = _WRAPPED.search(text, resume)
     while match is not None:
         start = match.start() + 1
         if match.start() and text[match.start() - 1] == 0x5C:  # an escaped quote: inside a string
@@ -60,8 +70,15 @@ def wrapped_strings(text: bytes, limit: int = WRAPPED_MAX) -> list[bytes]:
         end = body.end() if body is not None else start
         if end > start and body is not None:
             found.append(_STRING_ESCAPE.sub(_unescaped, body.group()).lstrip(_BLANK))
+        settling = settling and end < stable and end < start + limit  # its closing quote is a stable byte
+        if settling:
+            settled, settled_at = len(found), end
         match = _WRAPPED.search(text, max(end, start))
-    return found
+    if settling:
+        # No string opens after the last settled one: a later one may start only at the last quote before the
+        # stable end (the pattern holds blanks alone between its quote and its bracket).
+        settled_at = max(settled_at, text.rfind(b'"', settled_at, stable))
+    return found, tuple(found[:settled]), settled_at
 
 
 def _unescaped(match: re.Match[bytes]) -> bytes:

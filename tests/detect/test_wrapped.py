@@ -115,3 +115,18 @@ def test_depth_is_bounded() -> None:
     for _ in range(jsonrpc.WRAP_DEPTH + 1):
         text = json.dumps({"p": text})
     assert "mining.submit" not in str(jsonrpc.payload(text.encode() + b"\n").calls)
+
+
+LONG = _post(b'{"note": "it\'s <b>long</b>", "a": "x"}' * 40 + TWICE) + _post(THRICE) + _post(QUOTE_ESCAPED)
+
+
+@pytest.mark.parametrize("shape", ["long", *sorted(JSON_SHAPES), *sorted(XML_SHAPES)])
+@pytest.mark.parametrize("step", [1, 7, 64])
+def test_a_reading_grown_step_by_step_reads_as_at_once(shape: str, step: int) -> None:
+    """`jsonrpc.Reading` settles the wrapped strings of a stable text (`jsonscan.read_wrapped`): each prefix reads
+    the same grown as read whole."""
+    data = LONG if shape == "long" else {**JSON_SHAPES, **XML_SHAPES}[shape]
+    reading = jsonrpc.Reading()
+    for end in [*range(step, len(data), step), len(data)]:
+        grown, whole = reading.read(data[:end], False), jsonrpc.payload(data[:end])
+        assert (grown.text, grown.calls, grown.markup) == (whole.text, whole.calls, whole.markup), end
