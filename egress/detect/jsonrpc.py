@@ -36,7 +36,18 @@ from typing import Final
 from egress.detect import codings, rpcparams, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 from egress.detect.httpread import from_bracket, start_pieces
-from egress.detect.jsonscan import MAX_METHODS, Calls, has_key, message_at, methods, read_methods, string_after
+from egress.detect.jsonscan import (
+    MAX_METHODS,
+    WRAPPED_MAX,
+    Calls,
+    has_key,
+    message_at,
+    methods,
+    read_methods,
+    read_wrapped,
+    string_after,
+    wrapped_strings,
+)
 
 __all__ = [  # the detectors read messages through this module; jsonscan.py owns the reading
     "MAX_METHODS",
@@ -104,6 +115,8 @@ class Payload:
     calls: Calls = ()
     """`methods` of ``text``: read once per prefix for every detector, and by a `Reading` only past what an
     earlier prefix settled."""
+    markup: tuple[bytes, ...] = ()
+    """String values of ``text`` that are an XML document (`wrap`): `egress.detect.xmlrpc` reads them."""
 
     def message_index(self, offset: int) -> int:
         """HTTP only: which message (index in ``heads``) the text at ``offset`` belongs to; 0 on a raw stream."""
@@ -137,6 +150,45 @@ def decode(data: bytes) -> bytes:
     if b"\\u00" in data or b"\\/" in data or b"\\x" in data or b"\\U" in data:
         data = _ESCAPE.sub(_unescape, data)
     return data
+
+
+WRAP_DEPTH: Final = 3
+"""Levels of documents inside string values read (`wrap`): a message encoded three times is still read."""
+
+
+def wrap(text: bytes, first: list[bytes] | None = None) -> tuple[bytes, tuple[bytes, ...]]:
+    """``text`` with the JSON documents its string values hold appended (each decoded as `decode` does and ending its
+    message, `WRAP_DEPTH` levels deep), and the XML documents they hold (red team 6: ``{"payload": "{\\"method\\":
+    ...}"}``, a message encoded twice; an XML-RPC call as a JSON string, Go's ``\\u003c`` escapes decoded). At most
+    `SCAN_LIMIT` bytes are added; a text with no backslash, ``<`` or ``'`` costs three ``memchr``. ``first``: the
+    strings of ``text`` itself, when the caller read them already (`Reading`, incrementally)."""
+    if first is None:
+        first = wrapped_strings(text)
+    if not first:
+        return text, ()
+    added, markup, level, budget = bytearray(), [], [text], SCAN_LIMIT
+    for depth in range(WRAP_DEPTH):
+        inner = (
+            [decode(found) for found in first]
+            if depth == 0
+            else [decode(found) for outer in level for found in wrapped_strings(outer)]
+        )
+        level = []
+        for found in inner:
+            if budget <= 0:
+                break
+            found = found[:budget]
+            budget -= len(found)
+            if found[:1] == b"<":
+                markup.append(found)
+            else:
+                added += found.replace(b"\n", b" ").rstrip() + b"\n"
+            level.append(found)
+        if not level:
+            break
+    if not added:
+        return text, tuple(markup)
+    return (text if text.endswith(b"\n") else text + b"\n") + bytes(added), tuple(markup)
 
 
 def _is_http_start(data: bytes) -> bool:
@@ -358,8 +410,10 @@ def payload(data: bytes, complete: bool = False) -> Payload:
     Read whole each time, for callers without a flow; the detectors read a flow's prefixes through `read`, which
     reads only what is new since the last one."""
     found = _payload(data[:SCAN_LIMIT])
-    calls = tuple(methods(found.text)) if found.kind is Kind.JSON else ()
-    return dataclasses.replace(found, final=complete, calls=calls)
+    if found.kind is not Kind.JSON:
+        return dataclasses.replace(found, final=complete)
+    text, markup = wrap(found.text)
+    return dataclasses.replace(found, text=text, final=complete, calls=tuple(methods(text)), markup=markup)
 
 
 def read(view: FlowView, from_client: bool) -> Payload:
@@ -408,6 +462,10 @@ class Reading:
     known: Calls = ()
     """The methods of keys read entirely within that stable text, and where the search for more goes on:"""
     resume: int = 0
+    wrapped: tuple[bytes, ...] = ()
+    """The string values that are documents (`wrap`) read entirely within that stable text, and where the search
+    for more goes on:"""
+    wrap_resume: int = 0
 
     def read(self, data: bytes, complete: bool) -> Payload:
         """What ``data`` (this direction's prefix now) reads as, as `payload` reads it."""
@@ -417,14 +475,19 @@ class Reading:
                 return self.found
         elif not data.startswith(self.raw):
             self.cut, self.decoded, self.settled, self.known, self.resume = 0, b"", _Settled(), (), 0
+            self.wrapped, self.wrap_resume = (), 0
         self.raw, self.complete, self.stable = data, complete, 0
         found = _payload(data, self)
         if found.kind is Kind.JSON:
             if not self.stable:  # a text whose start may still move: nothing of it is kept
-                self.known, self.resume = (), 0
-            calls, self.known, self.resume = read_methods(found.text, MAX_METHODS, self.known, self.resume, self.stable)
-            if calls or complete:
-                found = Payload(found.kind, found.text, found.heads, complete, found.body_starts, tuple(calls))
+                self.known, self.resume, self.wrapped, self.wrap_resume = (), 0, (), 0
+            first, self.wrapped, self.wrap_resume = read_wrapped(
+                found.text, WRAPPED_MAX, self.wrapped, self.wrap_resume, self.stable
+            )
+            text, markup = wrap(found.text, first)  # appended after it: what ``stable`` covers stays as it was
+            calls, self.known, self.resume = read_methods(text, MAX_METHODS, self.known, self.resume, self.stable)
+            if calls or complete or markup or text is not found.text:
+                found = Payload(found.kind, text, found.heads, complete, found.body_starts, tuple(calls), markup)
         elif complete:  # `dataclasses.replace` of these two fields, without its generic walk over every field
             found = Payload(found.kind, found.text, found.heads, True, found.body_starts, found.calls)
         self.found = found

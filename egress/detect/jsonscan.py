@@ -8,10 +8,15 @@ Keys are read as a *lenient* reader reads them (red team 3; Gson lenient, Jackso
 Go's encoding/json, which matches keys without regard to case): in any case (``"METHOD"``), in single quotes or
 unquoted, with comments (``/* */``, ``//`` to the line's end) around the colon, and the value in double or single
 quotes. The escapes a lenient reader decodes (``\\xHH``, ``\\U``) are decoded before (`egress.detect.jsonrpc`).
+
+`wrapped_strings` finds the string values that are themselves a document (red team 6): a value that starts, after
+blanks, with ``{``, ``[`` or ``<`` (``{"payload": "{\\"method\\": ...}"}``, a message encoded twice), unescaped
+as ``json.loads`` unescapes it; `egress.detect.jsonrpc` reads them again as messages.
 """
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Final
 
@@ -24,6 +29,65 @@ _METHOD: Final = b"method"
 _QUOTES: Final = b"\"'"
 _KEY_BEFORE: Final = frozenset(b"{,/ \t\r\n")
 """What may stand just before an unquoted key (after a comment's ``*/`` too)."""
+
+
+WRAPPED_MAX: Final = 16 * 1024
+"""Bytes of one string value read as a document (a Stratum or XML-RPC call is far shorter)."""
+_WRAPPED: Final = re.compile(rb'"[ \t\r\n]*[{\[<]')
+"""A string whose text starts with a bracket or a tag (or a closing quote before one: then its text is read too)."""
+_WRAP_GATE: Final = (b"\\", b"<", b"'")
+"""What such a string's document holds, one at least: an escaped quote (``\\"``, ``\\u0022``), a tag, or a lenient
+reader's single quote. JSON text without any of them is not searched (each a ``memchr``)."""
+_STRING_END: Final = re.compile(rb'(?:[^"\\]++|\\.)*+')
+_STRING_ESCAPE: Final = re.compile(rb'\\(?:(["\\/])|([nrt])|[uU]00(22|5[cC]))')
+
+
+def wrapped_strings(text: bytes, limit: int = WRAPPED_MAX) -> list[bytes]:
+    """The unescaped text of each string value in ``text`` that starts (after blanks) with ``{``, ``[`` or ``<``, as
+    far as it goes (a string cut by the end of ``text`` counts as far as it came), at most ``limit`` bytes each.
+    Strings are read one after another (never one inside another: `egress.detect.jsonrpc.wrap` reads the next
+    level), so the work is one pass over ``text``."""
+    return read_wrapped(text, limit)[0]
+
+
+def read_wrapped(
+    text: bytes, limit: int = WRAPPED_MAX, known: tuple[bytes, ...] = (), resume: int = 0, stable: int = 0
+) -> tuple[list[bytes], tuple[bytes, ...], int]:
+    """`wrapped_strings` of ``text``, going on from what an earlier text with the same first ``stable`` bytes
+    settled (``known`` strings, the search going on at ``resume``), as `read_methods` does; returns the strings and
+    what is settled now."""
+    if not any(mark in text for mark in _WRAP_GATE):
+        return [], (), 0
+    found = list(known)
+    settled, settled_at, settling = len(found), resume, True
+    match = _WRAPPED.search(text, resume)
+    while match is not None:
+        start = match.start() + 1
+        if match.start() and text[match.start() - 1] == 0x5C:  # an escaped quote: inside a string
+            match = _WRAPPED.search(text, start)
+            continue
+        body = _STRING_END.match(text, start, start + limit)
+        end = body.end() if body is not None else start
+        if end > start and body is not None:
+            found.append(_STRING_ESCAPE.sub(_unescaped, body.group()).lstrip(_BLANK))
+        settling = settling and end < stable and end < start + limit  # its closing quote is a stable byte
+        if settling:
+            settled, settled_at = len(found), end
+        match = _WRAPPED.search(text, max(end, start))
+    if settling:
+        # No string opens after the last settled one: a later one may start only at the last quote before the
+        # stable end (the pattern holds blanks alone between its quote and its bracket).
+        settled_at = max(settled_at, text.rfind(b'"', settled_at, stable))
+    return found, tuple(found[:settled]), settled_at
+
+
+def _unescaped(match: re.Match[bytes]) -> bytes:
+    kept, blank, code = match.groups()
+    if kept is not None:
+        return kept
+    if blank is not None:
+        return b" "  # a newline would end the message for `message_at`: the call stays on one line
+    return b'"' if code == b"22" else b"\\"
 
 
 def methods(text: bytes, limit: int = MAX_METHODS) -> list[tuple[str, int]]:

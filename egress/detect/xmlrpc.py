@@ -19,6 +19,10 @@ name sets as the JSON detectors:
   answers ``mining.subscribe`` with (``mining.notify`` pairs), or a call handed to a generic dispatcher
   (``call("mining.submit", ...)``); and a CryptoNote job (members ``job_id``, ``blob`` and ``target``).
 
+An XML document that is a JSON string's value (red team 6: ``{"xmlrpc": "\\u003cmethodCall\\u003e..."}``, Go's
+``json.Marshal`` escaping) is read from what `egress.detect.jsonrpc.wrap` unwrapped, and a document that is an
+element's text or an attribute's value is read again by `egress.detect.xmlscan.items`.
+
 HTTP bodies are read as the server reads them: chunked framing and content codings undone (`egress.detect.codings`,
 as the JSON reader does), each body alone and a connection's bodies joined (a document cut across keep-alive
 requests); a ``SOAPAction`` header naming a pool method counts too (SOAP 1.1 dispatches on it).
@@ -41,7 +45,7 @@ from urllib.parse import unquote_to_bytes
 from egress.detect import binrpc, codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
 from egress.detect.jsonrpc import _body, _content_length, _field, _is_http_start  # HTTP framing as JSON's
-from egress.detect.xmlscan import Item, items, normalize
+from egress.detect.xmlscan import Item, is_document, items, normalize
 
 NAME: Final = "xmlrpc"
 PROTOCOL: Final = "xml-rpc-stratum"
@@ -235,10 +239,14 @@ def _trips(side: _Side, data: bytes, complete: bool) -> bool:
 
 def detect(view: FlowView) -> Result:
     """Find pool calls and answers written as XML-RPC, SOAP or other XML."""
-    client = jsonrpc.read(view, True).kind is not jsonrpc.Kind.NOT
-    server = jsonrpc.read(view, False).kind is not jsonrpc.Kind.NOT
+    first, second = jsonrpc.read(view, True), jsonrpc.read(view, False)
+    client, server = first.kind is not jsonrpc.Kind.NOT, second.kind is not jsonrpc.Kind.NOT
     if not (client or server):
         return None
+    for read in (first, second):  # XML documents as JSON string values (`jsonrpc.wrap`): no "<" in the bytes
+        documents = [normalize(text) for text in read.markup if is_document(text)]
+        if documents and (found := _judge(documents)) is not None:
+            return found
     memo = view.memo.get(__name__)
     sides: tuple[_Side, _Side]
     if isinstance(memo, tuple):

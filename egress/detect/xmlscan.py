@@ -14,7 +14,12 @@ is what *some* server accepts (red team 4, docs/security.md):
   expat expands) are decoded;
 - tag names in any case, with a namespace prefix (Python's ``xmlrpc.client`` drops it), attributes, blanks;
 - an element's text is read two ways: what follows its last child's tag (Python's unmarshaller restarts the text
-  at every tag) and all its text joined (a reader that ignores unknown children); both are stripped.
+  at every tag) and all its text joined (a reader that ignores unknown children); both are stripped;
+- a decoded text node or attribute value that is itself a document (red team 6: ``<payload>&lt;methodCall&gt;
+  ...</payload>``, ``payload="{&quot;method&quot;: ...}"``) is read again, `DEPTH` levels deep: XML as XML when it
+  is a whole document (`is_document`: a quoted fragment is an article's, not a call), JSON
+  for its ``"method"`` values (`egress.detect.jsonscan.methods`, as ``method`` items) and its string values that
+  are documents (`egress.detect.jsonscan.wrapped_strings`).
 """
 
 from __future__ import annotations
@@ -23,6 +28,8 @@ import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from typing import Final
+
+from egress.detect.jsonscan import methods, wrapped_strings
 
 _BOMS: Final = (b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 _TOKEN: Final = re.compile(
@@ -41,6 +48,15 @@ _EXPANSIONS: Final = 4
 _TEXT_MAX: Final = 256
 """Characters of an element's text kept: every name we look for is far shorter."""
 _BLANK: Final = b" \t\r\n"
+DEPTH: Final = 3
+"""Levels of documents inside text nodes and attribute values read."""
+_NESTED_MAX: Final = 16 * 1024
+"""Bytes of one text node or attribute value read as a document."""
+_DOCUMENT: Final = re.compile(rb"\s*<(?:\?xml|\s*(?:[\w.-]+:)?(?:methodcall|methodresponse|envelope)\b)", re.I)
+"""How a whole XML-RPC or SOAP document starts (what a client library writes)."""
+_DOCUMENT_END: Final = re.compile(rb"</\s*(?:[\w.-]+:)?(?:methodcall|methodresponse|envelope)\s*>", re.I)
+"""How it ends: a well-formed document is what Python's, Go's or PHP's XML-RPC and SOAP readers accept."""
+_ATTR: Final = re.compile(rb"=\s*(?:\"([^\"]*)\"|'([^']*)')")
 _READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"value": "value"}
 """The elements whose text is read, and as what (`Item.kind`)."""
 
@@ -104,10 +120,40 @@ def _name(text: bytes | bytearray) -> str:
     return bytes(text[:_TEXT_MAX]).strip(_BLANK).decode("utf-8", "replace").lower()
 
 
-def items(text: bytes) -> Iterator[Item]:
+def _nested(text: bytes, offset: int, depth: int) -> Iterator[Item]:
+    """The items of a decoded text node or attribute value that is a document (XML or JSON), at ``offset``; none for
+    other text, or past `DEPTH`."""
+    text = text.lstrip(_BLANK)[:_NESTED_MAX] if depth < DEPTH else b""
+    if text[:1] == b"<" and is_document(text):
+        for item in items(text, depth + 1):
+            yield Item(item.kind, item.name, offset)
+    elif text[:1] in (b"{", b"["):
+        for name, _ in methods(text):
+            yield Item("method", name.strip().lower(), offset)
+        for inner in wrapped_strings(text):  # markup as a string of that JSON
+            yield from _nested(inner, offset, depth + 1)
+
+
+def is_document(text: bytes) -> bool:
+    """Whether ``text`` is a whole XML-RPC or SOAP document (a prolog or the call's, answer's or envelope's tag,
+    and that element's end tag): what a text read again must be (`_nested`, `egress.detect.xmlrpc`). A fragment
+    quoted as text (an article's or a docs page's ``&lt;methodCall&gt;&lt;methodName&gt;mining.submit...``) is
+    not a call any reader accepts, and is not read again."""
+    return _DOCUMENT.match(text) is not None and _DOCUMENT_END.search(text) is not None
+
+
+def _attributes(attrs: bytes, entities: dict[bytes, bytes], offset: int, depth: int) -> Iterator[Item]:
+    """The items of a tag's attribute values that are documents (`_nested`)."""
+    if b"&" in attrs or b"{" in attrs or b"[" in attrs:  # markup in a value is escaped ("&lt;"), JSON's quotes too
+        for value in _ATTR.finditer(attrs):
+            yield from _nested(_decode(value.group(1) or value.group(2) or b"", entities), offset, depth)
+
+
+def items(text: bytes, depth: int = 0) -> Iterator[Item]:
     """What ``text`` names, in document order: every element's local name as it opens, and the text of the
     ``methodName``, ``name``, ``string`` and ``value`` elements as they close (both readings of it). A construct
-    cut by the end of ``text`` yields nothing yet."""
+    cut by the end of ``text`` yields nothing yet. A text node or attribute value that is a document is read too
+    (`_nested`), up to `DEPTH` levels."""
     entities: dict[bytes, bytes] = {}
     stack: list[_Open] = []
     since = bytearray()  # text since the last tag: what Python's unmarshaller hands an end tag
@@ -115,10 +161,13 @@ def items(text: bytes) -> Iterator[Item]:
     pos = 0
     for match in _TOKEN.finditer(text):
         if match.start() > pos:
-            _add_text(_decode(text[pos : match.start()], entities), since, stack)
+            decoded = _decode(text[pos : match.start()], entities)
+            _add_text(decoded, since, stack)
+            yield from _nested(decoded, pos, depth)
         pos = match.end()
         if (cdata := match.group("cdata")) is not None:
             _add_text(cdata, since, stack)
+            yield from _nested(cdata, match.start(), depth)
             continue
         if (doctype := match.group("doctype")) is not None:
             for declared in _ENTITY.finditer(doctype):
@@ -140,6 +189,7 @@ def items(text: bytes) -> Iterator[Item]:
             continue
         since = bytearray()
         yield Item("element", local.decode("utf-8", "replace"), match.start())
+        yield from _attributes(match.group("attrs"), entities, match.start(), depth)
         if not match.group("attrs").rstrip(_BLANK).endswith(b"/"):
             stack.append(_Open(local, match.start()))
 
