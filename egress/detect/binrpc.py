@@ -20,7 +20,13 @@ give its length ``L`` (the string: the name, or the name with NUL/space padding 
 - the ASCII digits of ``L`` and ``:`` (bencode);
 - CBOR's indefinite-length strings (RFC 8949 §3.2.3: ``7f`` or ``5f``, then definite chunks of either major type
   and any length form, empty ones too, then ``ff``) are joined first and the whole string compared: every CBOR
-  decoder joins ``7f 68 "mining.s" 68 "ubscribe" ff`` into ``mining.subscribe`` (red team 4).
+  decoder joins ``7f 68 "mining.s" 68 "ubscribe" ff`` into ``mining.subscribe`` (red team 4). So are ASN.1 BER's
+  constructed strings (X.690 8.7.3, 8.23.6: ``2c 80 04 08 "mining.s" 04 08 "ubscribe" 00 00``, or a definite
+  outer length; pieces ``04``/``0c``/``16`` with short or long lengths, empty or nested ones; red team 6), found
+  from a constructed string tag and a length followed by a piece that may open a name (`_BER_HEAD`);
+- a Cap'n Proto ``Text`` (NUL-ended, reached by a list pointer ``offset << 2 | 1``, ``(L + 1) << 3 | 2`` in one
+  of the 64 words before it; the packed encoding is not read), and, for the names that count alone, a BSON
+  element's key (a type byte, the name, a NUL: a document keyed by the method; red team 6).
 - ``mining.`` names (not the others) also bare, right after a byte that text does not hold (a control other than
   tab and line ends, DEL, or a non-ASCII byte that does not end a UTF-8 character): whatever a custom framing
   writes before the name (a non-minimal protobuf varint, a little-endian length, an ext type, NUL padding),
@@ -38,7 +44,7 @@ in any language is text). Text
 never holds a ``ff`` byte (UTF-8 does not use it), so CBOR's chunked strings are looked for only where one
 came. Checked for false positives (bench/binrpc_fp.py, red team 3's check grown): 0 hits over
 1,649 MB of shared libraries, executables and a venv's packages (/usr/lib/x86_64-linux-gnu, /usr/bin, .venv/lib)
-and 992 MB of /usr/share, Python's standard library and /usr/libexec, cut to 16 KiB flows; none in the corpora
+and 1,144 MB of /usr/share, Python's standard library and /usr/libexec, cut to 16 KiB flows; none in the corpora
 (tests/test_corpus.py). None of those files names a mining method at all: what the bare name does match is an
 uncompressed executable of mining software (``\0mining.subscribe\0`` in its string table), as uncompressed
 Python bytecode of mining code matched before.
@@ -120,6 +126,33 @@ _EMPTY: Final = re.compile(rb"(?:[\x40\x60]|[\x58\x78]\x00|[\x59\x79]\x00\x00|[\
 """A run of empty chunks, skipped at C speed (a string may hold thousands of them)."""
 _JOINED_MAX: Final = 64
 """Content bytes of a chunked string read at most: a longer one is no name (and the walk stays short)."""
+_BER_HEAD: Final = re.compile(
+    rb"[\x24\x2c\x32-\x36\x39-\x3c\xa0-\xbf](?=(?:\x80|[\x04-\x7f]|\x81[\x04-\xff]|\x82[\x00-\x01][\x00-\xff])"
+    rb"(?:[\x04\x0c\x16](?:\x00|\x81\x00|(?:\x81)?[\x01-\x40][mMeEgGsS\x00 ])"
+    rb"|[\x24\x2c\x36](?:\x80|[\x02-\x7f]|\x81[\x02-\xff])[\x04\x0c\x16\x24\x2c\x36]))",
+    re.DOTALL,
+)
+"""Where an ASN.1 BER constructed string may start (X.690 8.7.3, 8.23.6): a string tag with the constructed bit
+(OCTET STRING ``24``, UTF8String ``2c``, the restricted strings ``32``-``36``/``39``-``3c``) or a context tag
+``a0``-``bf`` (an implicitly tagged string), a length (``80`` indefinite, short, ``81 L``, ``82 LL``), then an
+empty piece, a piece opening with a name's first byte (every name starts with ``m``, ``e``, ``g`` or ``s``) or a
+pad, or a nested constructed piece: the few heads that may join to a name are walked."""
+_BER_PIECES: Final = frozenset((0x04, 0x0C, 0x16))
+"""A primitive piece: OCTET STRING (what X.690 requires), UTF8String, IA5String (what lenient decoders join)."""
+_BER_NESTED: Final = frozenset((0x24, 0x2C, 0x36))
+"""A constructed piece (its own pieces joined in place)."""
+_BER_EMPTY: Final = re.compile(rb"(?:[\x04\x0c\x16](?:\x00|\x81\x00|\x82\x00\x00))*")
+"""A run of empty primitive pieces, skipped at C speed."""
+_BER_SPAN: Final = 512
+"""Encoded bytes of a constructed string read at most (its heads, pieces and ends): a longer one is no name; new
+bytes are searched for heads from this far back, so a string cut by a prefix's end is read whole next time."""
+_BER_DEPTH: Final = 4
+"""Constructed pieces nested at most."""
+_BSON_TYPES: Final = frozenset(b"\x01\x02\x03\x04\x05\x07\x08\x09\x0a\x10\x11\x12\x13")
+"""BSON element types that key a document's value (the deprecated ones left out: ``0f``, code with scope, is a
+length byte of a 15-byte string too)."""
+_CAPNP_BACK: Final = 64
+"""Words before a Cap'n Proto Text searched for the list pointer that reaches it."""
 
 
 def _pads(data: bytes, at: int, step: int) -> int:
@@ -232,7 +265,9 @@ def length_prefixed(data: bytes, at: int, size: int, bare: bool = False) -> bool
     end = at + size
     trail = _pads(data, end, 1)
     lead = _pads(data, at, -1)
-    return any(_prefixed(data, begin, end - begin, end - begin + trail) for begin in range(at, at - lead - 1, -1))
+    if any(_prefixed(data, begin, end - begin, end - begin + trail) for begin in range(at, at - lead - 1, -1)):
+        return True
+    return _capnp(data, at, size)
 
 
 def _find_prefixed(data: bytes, word: bytes, start: int = 0) -> int:
@@ -260,7 +295,7 @@ def _named(data: bytes, start: int, lowered: bytes) -> tuple[int, int]:
         at = lowered.find(b"mining.", at + 1)
     for word in _LOWERED:
         at = lowered.find(word, 0, found[0] if found[0] >= 0 else len(lowered))
-        while at >= 0 and not length_prefixed(data, start + at, len(word)):
+        while at >= 0 and not (length_prefixed(data, start + at, len(word)) or _bson_key(data, start + at, len(word))):
             at = lowered.find(word, at + 1, found[0] if found[0] >= 0 else len(lowered))
         if at >= 0:
             found = (at, len(word))
@@ -293,6 +328,107 @@ def _join(data: bytes, at: int) -> tuple[int, bytes]:
             return -1, b""
         parts.append(data[pos : pos + size])
         pos += size
+
+
+def _ber_length(data: bytes, pos: int) -> tuple[int, int] | None:
+    """The BER length at ``pos``: (the length, or -1 for the indefinite form; where the contents start), or None
+    (cut, or longer than `_BER_SPAN`)."""
+    if pos >= len(data):
+        return None
+    first = data[pos]
+    if first == 0x80:
+        return -1, pos + 1
+    if first < 0x80:
+        return first, pos + 1
+    width = first & 0x7F
+    if width > 2 or pos + 1 + width > len(data):
+        return None
+    size = int.from_bytes(data[pos + 1 : pos + 1 + width])
+    return (size, pos + 1 + width) if size <= _BER_SPAN else None
+
+
+def _ber(data: bytes, at: int, parts: list[bytes], depth: int = 0) -> int:
+    """Join the pieces of the BER constructed string whose tag is at ``at`` into ``parts``: where it ends, or -1
+    when it is none (a piece of another kind, cut), spans more than `_BER_SPAN` bytes, holds more than
+    `_JOINED_MAX` content bytes or a byte that no name holds."""
+    read = _ber_length(data, at + 1)
+    if read is None:
+        return -1
+    size, pos = read
+    end = pos + size if size >= 0 else -1
+    while True:
+        match = _BER_EMPTY.match(data, pos)
+        pos = match.end() if match else pos
+        if pos == end:
+            return pos
+        if pos - at > _BER_SPAN or pos + 2 > len(data) or 0 <= end < pos:
+            return -1
+        if end < 0 and data[pos] == 0 and data[pos + 1] == 0:
+            return pos + 2
+        tag = data[pos]
+        if tag in _BER_NESTED and depth < _BER_DEPTH:
+            pos = _ber(data, pos, parts, depth + 1)
+            if pos < 0:
+                return -1
+            continue
+        if tag not in _BER_PIECES or (read := _ber_length(data, pos + 1)) is None or read[0] < 0:
+            return -1
+        size, pos = read
+        if sum(map(len, parts)) + size > _JOINED_MAX or pos + size > len(data):
+            return -1
+        if _NAMEISH.fullmatch(data, pos, pos + size) is None:
+            return -1
+        parts.append(data[pos : pos + size])
+        pos += size
+
+
+def _constructed(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
+    """The first ASN.1 BER constructed string from ``start`` whose joined pieces are a name that counts alone:
+    (offset, end), or (-1, 0). XMRig's words and keys met on the way are added to ``words``.
+
+    X.690 lets a string be sent in pieces (``2c 80 04 08 "mining.s" 04 08 "ubscribe" 00 00``, or a definite
+    outer length; pyasn1's ``maxChunkSize``; CER for every string over 1,000 bytes): every BER decoder joins
+    them (red team 6). Heads are found by one regular expression (a constructed string tag, a length, a piece's
+    tag); each is walked at most `_BER_SPAN` bytes. Bytes without a piece's tag (``04``, ``0c``, ``16``: controls
+    that text does not hold) are passed by three ``bytes.find`` calls."""
+    if all(data.find(tag, start) < 0 for tag in (b"\x04", b"\x0c", b"\x16")):
+        return -1, 0
+    for match in _BER_HEAD.finditer(data, start):
+        at = match.start()
+        parts: list[bytes] = []
+        stop = _ber(data, at, parts)
+        if stop < 0 or len(parts) < 2:  # one piece: a length-prefixed string, read as one
+            continue
+        text = b"".join(parts).strip(b"\x00 ")
+        if text.lower() in _NAMES:
+            return at, stop
+        if text in _WORDS:
+            words.setdefault(text, (at, stop))
+    return -1, 0
+
+
+def _bson_key(data: bytes, at: int, size: int) -> bool:
+    """Whether the ``size`` bytes at ``at`` are a BSON element's key: a type byte before, a NUL after (a document
+    keyed by the method, ``{"getblocktemplate": {...}}``)."""
+    return at >= 1 and data[at - 1] in _BSON_TYPES and data[at + size : at + size + 1] == b"\x00"
+
+
+def _capnp(data: bytes, at: int, size: int) -> bool:
+    """Whether the ``size`` bytes at ``at`` (and padding) are a Cap'n Proto ``Text``: NUL-ended, reached by a list
+    pointer of bytes (low word ``offset << 2 | 1``, high word ``(length + 1) << 3 | 2``) in one of the
+    `_CAPNP_BACK` words before it (capnproto.org/encoding.html). The packed encoding is not read."""
+    trail = _pads(data, at + size, 1)
+    if not trail or data[at + size] != 0:
+        return False
+    for word in range(_CAPNP_BACK):
+        pointer = at - 8 * (word + 1)
+        if pointer < 0:
+            return False
+        low = int.from_bytes(data[pointer : pointer + 4], "little")
+        high = int.from_bytes(data[pointer + 4 : pointer + 8], "little")
+        if low & 3 == 1 and low >> 2 == word and high & 7 == 2 and size < high >> 3 <= size + trail:
+            return True
+    return False
 
 
 def _run_start(data: bytes, end: int) -> int:
@@ -415,6 +551,8 @@ def _side(memo: _Searched, index: int, data: bytes) -> Finding | None:
                 return _finding(data, at, size)
             break
     at, end = _chunked(data, new, memo.words[index])  # each new ``ff``: text never holds one
+    if at < 0:
+        at, end = _constructed(data, max(new - _BER_SPAN, 0), memo.words[index])
     if at >= 0:
         return _finding(data, at, end - at, 0)
     if not memo.xmrig:
