@@ -48,6 +48,8 @@ NOT_RECORDED = {
     "test_redteam_qpform.py": "not recorded yet (red team 6, found at the end of a session)",
     "test_redteam_xmlwrap.py": "not recorded yet (red team 6, found at the end of a session)",
     "test_redteam_jsonwrap.py": "not recorded yet (red team 6, found at the end of a session)",
+    "test_redteam_splice_close.py": "megabytes of uploads cut under way: what it proves is how many bytes cross "
+    "after the cut (red team 7), not a finding in bytes",
 }
 """Technique modules of the suite without a capture in pcaps/, and why."""
 LAB_NETS = [
