@@ -101,3 +101,93 @@ def upload_main() -> None:
         thread.start()
     for thread in threads:
         thread.join()
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+TEXT = b"the quick brown fox jumps over the lazy dog; " * 91
+"""One WebSocket message of the upload through mitmproxy (plain text, 4 KiB: nothing a detector looks for)."""
+
+
+def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
+    import base64
+    import hashlib
+
+    got, how = 0, "eof"
+    try:
+        conn.settimeout(60)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(4096)
+            if not data:
+                raise ConnectionError("no upgrade")
+            head += data
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
+        got = len(head.split(b"\r\n\r\n", 1)[1])
+        while got < HOLD:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            got += len(data)
+        print(f"held {index} {got}", flush=True)
+        while not flag.exists():
+            time.sleep(0.05)
+        while True:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            got += len(data)
+    except (OSError, StopIteration) as error:
+        how = type(error).__name__
+    print(f"done {index} {got} {how}", flush=True)
+    conn.close()
+
+
+def ws_site_main() -> None:
+    """``ws_site_main HOST PORT FLAG``: a WebSocket site (plain HTTP) that stops reading after `HOLD` bytes."""
+    host, port, flag = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SITE_RCVBUF)
+    listener.bind((host, port))
+    listener.listen(64)
+    print("listening", flush=True)
+    index = 0
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_ws_serve, args=(conn, flag, index), daemon=True).start()
+        index += 1
+
+
+def ws_upload_main() -> None:
+    """``ws_upload_main NAMESERVER PORT``: a WebSocket to allowed.lab:PORT (through mitmproxy), text messages sent
+    without end until the connection fails."""
+    import base64
+
+    from egress.lab.sandbox_io import Context, connect, resolve
+
+    nameserver, port = sys.argv[1], int(sys.argv[2])
+    ctx = Context((nameserver,), False, (), 20.0)
+    sock = connect(ctx, resolve(ctx, "allowed.lab"), port)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: allowed.lab\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    answer = sock.recv(4096)
+    print(f"open {answer.split(b' ', 2)[1].decode()}", flush=True)
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(TEXT))
+    frame = bytes([0x81, 0x80 | 126]) + len(TEXT).to_bytes(2, "big") + mask + masked
+    sent = 0
+    sock.settimeout(None)
+    try:
+        while True:
+            sock.sendall(frame)
+            sent += len(frame)
+    except OSError as error:
+        print(f"ended {sent} {type(error).__name__}", flush=True)

@@ -47,9 +47,9 @@ PILED = 256 * 1024
 _KIT = "from tests.security.redteam_splice_kit import {0}; {0}()"
 
 
-def _upstream(lab: SecurityLab) -> list[tuple[int, int]]:
+def _upstream(lab: SecurityLab, port: int = PORT) -> list[tuple[int, int]]:
     """(send queue, owner pid) of each of the gateway's established connections to the site."""
-    argv = ["ss", "-Htnp", "state", "established", "dst", f"{SITE}:{PORT}"]
+    argv = ["ss", "-Htnp", "state", "established", "dst", f"{SITE}:{port}"]
     done = lab.gateway(argv)
     found = []
     for line in done.stdout.splitlines():
@@ -112,7 +112,7 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 @pytest.mark.parametrize("count", [1, 10])
 def test_a_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path, count: int) -> None:
     forbidding = tmp_path / "without-8443.yaml"
-    forbidding.write_text(POLICY.read_text().replace(", 8443]", "]") + "on_apply: close_forbidden\n")
+    forbidding.write_text(POLICY.read_text().replace(", 8443,", ",") + "on_apply: close_forbidden\n")
     with lab.capture(f"splice-cut-{count}") as capture:
         site, client, flag = _start(lab, tmp_path, count, f"cut{count}")
         try:
@@ -209,3 +209,49 @@ def test_a_lockdown_stops_what_the_gateway_holds(lab: SecurityLab, tmp_path: pat
     note = f"{during} bytes crossed during the lockdown"
     report("splice/lockdown", "after-close", during, during > 0, None, note)
     assert during == 0, note
+
+
+WS_PORT = 8080
+
+
+def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    """The same through mitmproxy: a WebSocket upload of text messages to the attacker's site, which stops
+    reading; the policy without 8080 cuts it (`egress.proxy.mitm.server`'s severing of both sides)."""
+    forbidding = tmp_path / "without-8080.yaml"
+    forbidding.write_text(POLICY.read_text().replace(", 8080]", "]") + "on_apply: close_forbidden\n")
+    flag = tmp_path / "read-on"
+    with lab.capture("splice-ws-cut") as capture:
+        argv = [sys.executable, "-c", _KIT.format("ws_site_main"), SITE, str(WS_PORT), str(flag)]
+        site = lab.attacker("ws-site", argv)
+        site.wait_for("listening")
+        argv = [sys.executable, "-c", _KIT.format("ws_upload_main"), GATEWAY_SBX_V4, str(WS_PORT)]
+        client = lab.attacker("ws-upload", argv, where="sandbox")
+        try:
+            site.wait_for("held 0", timeout=60)
+
+            def piled() -> bool:
+                found = _upstream(lab, WS_PORT)
+                assert len(found) == 1 and found[0][0] >= PILED, (found, client.log()[-300:])
+                return True
+
+            eventually(piled, timeout=scaled(60), interval=0.2)
+            log = lab.logs / "gateway.log"
+            since = len(log.read_text(errors="replace"))
+            _apply(lab, forbidding)
+            cut = "on_apply: close_forbidden: 1 open connection(s) closed"
+            eventually(lambda: cut in log.read_text(errors="replace")[since:] or None, timeout=scaled(30))
+            before = capture.snapshot().bytes_to(SITE, WS_PORT, "tcp")  # the site's window is closed: none since
+            flag.touch()
+            site.wait_for("done 0", timeout=60)
+        finally:
+            client.stop()
+            site.stop()
+    crossed = capture.result
+    assert crossed is not None
+    leaked = crossed.bytes_to(SITE, WS_PORT, "tcp") - before
+    restored = tmp_path / "restored.yaml"
+    restored.write_text(POLICY.read_text() + "# restored after the WebSocket\n")
+    _apply(lab, restored)
+    note = f"{leaked} bytes crossed after the cut; client: {client.log()[-80:]!r}"
+    report("splice/websocket-cut-by-policy", "after-close", leaked, leaked > 0, None, note)
+    assert leaked == 0, note
