@@ -17,6 +17,9 @@ Rows: one upload (a direction with a thread of its own); ten at once (past the 8
 the event loop), cut by the policy; one upload, the worker killed. The lockdown row (another component down:
 the lockdown table drops the sandbox's packets, but the living workers' relays go on sending what they hold) is a
 strict xfail: closing the workers' relays on a lockdown is the supervisor's and the workers' control channel's.
+Through mitmproxy: a WebSocket upload cut by the policy (``egress.proxy.mitm.server``'s severing now aborts both
+sides; was: 10 MB crossed after the cut), and its worker killed (a strict xfail: mitmproxy's server connections
+close gracefully when their process dies).
 """
 
 from __future__ import annotations
@@ -214,6 +217,23 @@ def test_a_lockdown_stops_what_the_gateway_holds(lab: SecurityLab, tmp_path: pat
 WS_PORT = 8080
 
 
+def _ws_start(lab: SecurityLab, flag: pathlib.Path, name: str) -> tuple[Attacker, Attacker]:
+    argv = [sys.executable, "-c", _KIT.format("ws_site_main"), SITE, str(WS_PORT), str(flag)]
+    site = lab.attacker(f"{name}-site", argv)
+    site.wait_for("listening")
+    argv = [sys.executable, "-c", _KIT.format("ws_upload_main"), GATEWAY_SBX_V4, str(WS_PORT)]
+    client = lab.attacker(f"{name}-upload", argv, where="sandbox")
+    site.wait_for("held 0", timeout=60)
+
+    def piled() -> list[tuple[int, int]]:
+        found = _upstream(lab, WS_PORT)
+        assert len(found) == 1 and found[0][0] >= PILED, (found, client.log()[-300:])
+        return found
+
+    eventually(piled, timeout=scaled(60), interval=0.2)
+    return site, client
+
+
 def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
     """The same through mitmproxy: a WebSocket upload of text messages to the attacker's site, which stops
     reading; the policy without 8080 cuts it (`egress.proxy.mitm.server`'s severing of both sides)."""
@@ -221,20 +241,8 @@ def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_
     forbidding.write_text(POLICY.read_text().replace(", 8080]", "]") + "on_apply: close_forbidden\n")
     flag = tmp_path / "read-on"
     with lab.capture("splice-ws-cut") as capture:
-        argv = [sys.executable, "-c", _KIT.format("ws_site_main"), SITE, str(WS_PORT), str(flag)]
-        site = lab.attacker("ws-site", argv)
-        site.wait_for("listening")
-        argv = [sys.executable, "-c", _KIT.format("ws_upload_main"), GATEWAY_SBX_V4, str(WS_PORT)]
-        client = lab.attacker("ws-upload", argv, where="sandbox")
+        site, client = _ws_start(lab, flag, "ws-cut")
         try:
-            site.wait_for("held 0", timeout=60)
-
-            def piled() -> bool:
-                found = _upstream(lab, WS_PORT)
-                assert len(found) == 1 and found[0][0] >= PILED, (found, client.log()[-300:])
-                return True
-
-            eventually(piled, timeout=scaled(60), interval=0.2)
             log = lab.logs / "gateway.log"
             since = len(log.read_text(errors="replace"))
             _apply(lab, forbidding)
@@ -254,4 +262,34 @@ def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_
     _apply(lab, restored)
     note = f"{leaked} bytes crossed after the cut; client: {client.log()[-80:]!r}"
     report("splice/websocket-cut-by-policy", "after-close", leaked, leaked > 0, None, note)
+    assert leaked == 0, note
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="mitmproxy's server sockets close gracefully when its worker dies: what the kernel holds goes out "
+    "(red team 7; the fix: SO_LINGER zero on each server connection from its connect, taken off for a graceful end)",
+)
+def test_a_killed_worker_sends_nothing_more_of_a_websocket(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    log = lab.run.lab.state_dir / "logs" / "gateway.log"
+    flag = tmp_path / "read-on"
+    with lab.capture("splice-ws-kill") as capture:
+        site, client = _ws_start(lab, flag, "ws-kill")
+        try:
+            [(_, pid)] = _upstream(lab, WS_PORT)
+            since = len(log.read_text(errors="replace"))
+            os.kill(pid, signal.SIGKILL)
+            eventually(lambda: _upstream(lab, WS_PORT) == [] or None, timeout=scaled(30), interval=0.1)
+            before = capture.snapshot().bytes_to(SITE, WS_PORT, "tcp")
+            flag.touch()
+            site.wait_for("done 0", timeout=60)
+        finally:
+            client.stop()
+            site.stop()
+    crossed = capture.result
+    assert crossed is not None
+    leaked = crossed.bytes_to(SITE, WS_PORT, "tcp") - before
+    _alive_again(lab, since)
+    note = f"{leaked} bytes of a WebSocket upload crossed after its worker was killed"
+    report("splice/websocket-worker-killed", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
