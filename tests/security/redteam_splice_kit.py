@@ -12,6 +12,7 @@ Plain uploads: no mining software, no pool.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import pathlib
 import socket
@@ -28,18 +29,19 @@ SITE_RCVBUF = 64 * 1024
 """The site's receive buffer (small: the window closes soon, and the rest waits in the gateway)."""
 
 
-def _serve(conn: socket.socket, context: ssl.SSLContext, flag: pathlib.Path, index: int) -> None:
+def _serve(conn: socket.socket, context: ssl.SSLContext, flag: pathlib.Path, index: int, hold: bool) -> None:
     got, how = 0, "eof"
     try:
         conn.settimeout(60)
         tls = context.wrap_socket(conn, server_side=True)
-        while got < HOLD:
+        while hold and got < HOLD:
             data = tls.recv(CHUNK)
             if not data:
                 break
             got += len(data)
-        print(f"held {index} {got}", flush=True)
-        while not flag.exists():
+        if hold:
+            print(f"held {index} {got}", flush=True)
+        while hold and not flag.exists():
             time.sleep(0.05)
         while True:
             data = tls.recv(CHUNK)
@@ -53,10 +55,12 @@ def _serve(conn: socket.socket, context: ssl.SSLContext, flag: pathlib.Path, ind
 
 
 def site_main() -> None:
-    """``site_main HOST PORT STATE_DIR FLAG``: the lab's allowed.lab certificate from the lab's STATE_DIR."""
+    """``site_main HOST PORT STATE_DIR FLAG [HELD]``: the lab's allowed.lab certificate from the lab's STATE_DIR;
+    with HELD, only the first HELD connections are held, the later ones read at once to their end."""
     from egress.lab import certs
 
     host, port, state, flag = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+    held = int(sys.argv[5]) if len(sys.argv) > 5 else None
     chain, key = certs.ensure(state).servers["allowed"]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(chain, key)
@@ -69,34 +73,40 @@ def site_main() -> None:
     index = 0
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=_serve, args=(conn, context, flag, index), daemon=True).start()
+        hold = held is None or index < held
+        threading.Thread(target=_serve, args=(conn, context, flag, index, hold), daemon=True).start()
         index += 1
 
 
-def _upload(address: str, port: int, index: int) -> None:
+def _upload(address: str, port: int, index: int, size: int | None = None) -> None:
     from egress.lab.sandbox_io import Context, connect, tls
 
     ctx = Context((), False, (), 30.0)
     sent = 0
     try:
         sock = tls(ctx, connect(ctx, address, port), "allowed.lab", verify=False)
-        sock.settimeout(None)
+        sock.settimeout(None if size is None else 60.0)
         print(f"open {index}", flush=True)
         block = os.urandom(CHUNK)
-        while True:
+        while size is None or sent < size:
             sock.sendall(block)
             sent += len(block)
+        print(f"sent {index} {sent}", flush=True)
+        with contextlib.suppress(OSError):  # the TLS close, then the end: the site reads to its end
+            sock.unwrap().close()
     except Exception as error:
         print(f"ended {index} {sent} {type(error).__name__}", flush=True)
 
 
 def upload_main() -> None:
-    """``upload_main NAMESERVER PORT COUNT``: COUNT uploads to allowed.lab:PORT at once, until each fails."""
+    """``upload_main NAMESERVER PORT COUNT [SIZE]``: COUNT uploads to allowed.lab:PORT at once, until each fails
+    (with SIZE: each of SIZE bytes, then closed)."""
     from egress.lab.sandbox_io import Context, resolve
 
     nameserver, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    size = int(sys.argv[4]) if len(sys.argv) > 4 else None
     address = resolve(Context((nameserver,), False, (), 20.0), "allowed.lab")
-    threads = [threading.Thread(target=_upload, args=(address, port, i)) for i in range(count)]
+    threads = [threading.Thread(target=_upload, args=(address, port, i, size)) for i in range(count)]
     for thread in threads:
         thread.start()
     for thread in threads:

@@ -17,6 +17,7 @@ Rows: one upload (a direction with a thread of its own); ten at once (past the 8
 the event loop), cut by the policy; one upload, the worker killed. The lockdown row (another component down:
 the lockdown table drops the sandbox's packets, but the living workers' relays go on sending what they hold) is a
 strict xfail: closing the workers' relays on a lockdown is the supervisor's and the workers' control channel's.
+A passing row: ten stalled uploads (every thread taken) do not stall an eleventh that is read at once.
 Through mitmproxy: a WebSocket upload cut by the policy (``egress.proxy.mitm.server``'s severing now aborts both
 sides; was: 10 MB crossed after the cut), and its worker killed (a strict xfail: mitmproxy's server connections
 close gracefully when their process dies).
@@ -72,9 +73,12 @@ def _piled_up(lab: SecurityLab, count: int) -> list[tuple[int, int]]:
     return eventually(enough, timeout=scaled(60), interval=0.2)
 
 
-def _start(lab: SecurityLab, tmp: pathlib.Path, count: int, name: str) -> tuple[Attacker, Attacker, pathlib.Path]:
+def _start(
+    lab: SecurityLab, tmp: pathlib.Path, count: int, name: str, *site_args: str
+) -> tuple[Attacker, Attacker, pathlib.Path]:
     flag = tmp / "read-on"
     argv = [sys.executable, "-c", _KIT.format("site_main"), SITE, str(PORT), str(lab.lab.state_dir), str(flag)]
+    argv += site_args
     site = lab.attacker(f"{name}-site", argv)
     site.wait_for("listening")
     argv = [sys.executable, "-c", _KIT.format("upload_main"), GATEWAY_SBX_V4, str(PORT), str(count)]
@@ -134,6 +138,33 @@ def test_a_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: path
     note = f"{count} uploads of which 8 at most with a thread; {leaked} bytes crossed after the cut"
     report(f"splice/cut-by-policy-{count}", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
+
+
+STALLED = 10
+"""Uploads held by the site in the stall row: past the threads (`egress.proxy.splice.BIG_PIPES`) of a worker."""
+FREE_SIZE = 8 * 1024 * 1024
+
+
+def test_stalled_uploads_past_the_threads_do_not_stall_another(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    """Ten uploads the site stops reading hold every splice thread (one worker's, or both's); an eleventh upload,
+    read at once, still goes through whole (a passing row: each direction waits on its own destination)."""
+    with lab.capture("splice-stall") as capture:
+        site, client, flag = _start(lab, tmp_path, STALLED, "stall", str(STALLED))
+        try:
+            _piled_up(lab, STALLED)
+            argv = [_KIT.format("upload_main"), GATEWAY_SBX_V4, str(PORT), "1", str(FREE_SIZE)]
+            done = lab.sandbox_python(*argv, timeout=120)
+            site.wait_for(rf"done {STALLED} \d+", timeout=60)
+        finally:
+            flag.touch()
+            client.stop()
+            site.stop()
+    crossed = capture.result
+    assert crossed is not None
+    got = int(re.findall(rf"done {STALLED} (\d+)", site.log())[0])
+    note = f"the free upload: {done.stdout.strip()!r}, the site read {got} of {FREE_SIZE} bytes"
+    report("splice/stalled-past-the-threads", "denial", 0, got != FREE_SIZE, None, note)
+    assert f"sent 0 {FREE_SIZE}" in done.stdout and got == FREE_SIZE, note
 
 
 def _alive_again(lab: SecurityLab, since: int) -> None:
