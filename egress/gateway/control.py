@@ -9,7 +9,10 @@ requests, the worker answers each in order:
 - ``COMMIT`` swaps the prepared version in; the worker answers with the digest it now runs and logs it;
 - ``ABORT`` drops the prepared version; ``STATUS`` asks for the digest in force (the supervisor's liveness ping:
   a worker that stops answering it is hung, see `egress.gateway.workers`); its answer also carries the worker's
-  own counts, which the supervisor serves as metrics (`egress.gateway.metrics`).
+  own counts, which the supervisor serves as metrics (`egress.gateway.metrics`);
+- ``CUT`` (the lockdown: a component is down) carries the reason; the worker aborts every connection it has open
+  (`egress.proxy.openflows.OpenFlows.cut_all`: a reset, nothing more of what it holds is sent), logs each, and
+  answers with the count. A worker that cannot be told is killed by the supervisor (`egress.gateway.workers`).
 
 Frames: supervisor → worker ``>IBQ`` (body length, kind, sequence number) then the body; worker → supervisor
 ``>I`` then a JSON reply (at most `MAX_REPLY` bytes) echoing the sequence number, so an answer that arrives after its
@@ -50,6 +53,7 @@ class Kind(enum.IntEnum):
     COMMIT = 2
     ABORT = 3
     STATUS = 4
+    CUT = 5
 
 
 @dataclass(frozen=True, slots=True)
@@ -166,6 +170,14 @@ class WorkerLink:
         self.snapshot, self.snapshot_at = Snapshot.from_json(reply.stats), time.monotonic()
         return reply.digest
 
+    async def cut(self, why: str) -> int:
+        """Tell the worker to abort every open connection (a lockdown); how many it closed."""
+        reply = await self._ask(Kind.CUT, why.encode())
+        closed = reply.stats.get("closed")
+        if not reply.ok or not isinstance(closed, int):
+            raise RuntimeError(reply.reason or f"{self.name} did not say it cut its connections")
+        return closed
+
     def close(self) -> None:
         if self._stream is not None:
             self._stream[1].close()
@@ -192,11 +204,14 @@ class WorkerControl:
         name: str,
         on_commit: Callable[[PolicyVersion], None] | None = None,
         stats: Callable[[], dict[str, Any]] | None = None,
+        on_cut: Callable[[str], int] | None = None,
     ) -> None:
-        """``stats``: the worker's counts, sent with each ``STATUS`` answer (`egress.gateway.metrics`)."""
+        """``stats``: the worker's counts, sent with each ``STATUS`` answer (`egress.gateway.metrics`); ``on_cut``:
+        aborts every open connection for the reason given, returns how many (none yet: nothing is open)."""
         self.name = name
         self.on_commit = on_commit
         self.stats = stats
+        self.on_cut = on_cut
         self.current: PolicyVersion | None = None
         self.prepared: PolicyVersion | None = None
 
@@ -226,6 +241,15 @@ class WorkerControl:
         stats = self.stats() if self.stats is not None else {}
         return Reply(seq, self.current is not None, self._digest(), stats=stats)
 
+    def cut(self, seq: int, why: str) -> Reply:
+        try:
+            closed = self.on_cut(why) if self.on_cut is not None else 0
+        except Exception as exc:  # the supervisor kills a worker that could not cut (its sockets then reset)
+            log.exception("%s: %s: the open connections could not be cut", self.name, why)
+            return Reply(seq, False, self._digest(), f"cut failed: {type(exc).__name__}: {exc}")
+        log.warning("%s: %s: %d open connection(s) aborted", self.name, why, closed)
+        return Reply(seq, True, self._digest(), stats={"closed": closed})
+
     def _digest(self) -> str:
         return self.current.digest if self.current is not None else ""
 
@@ -250,6 +274,8 @@ class WorkerControl:
                 reply = self.abort(seq, body.decode("ascii", "replace"))
             case Kind.STATUS:
                 reply = self.status(seq)
+            case Kind.CUT:
+                reply = self.cut(seq, body.decode("utf-8", "replace"))
             case _:
                 reply = Reply(seq, False, self._digest(), f"unknown request {kind}")
         data = json.dumps(asdict(reply)).encode()

@@ -6,12 +6,12 @@ passes unless the supervisor keeps it open) → apply the policy's nftables tabl
 resolver (in this process), the proxy workers (one process each, handed the policy over their control channels,
 dying with this process) and the drop logger (a thread) → open the guard and keep it open (a heartbeat every
 second) → supervise (`egress.gateway.watch`): every component is checked every second; a dead or hung one puts
-the lockdown table in place of the policy table, is restarted with backoff, and once every component is alive the
-policy table is applied again; one that fails 5 times within 5 minutes makes the gateway give up: exit status 1,
-the lockdown in force. A stop (SIGTERM/SIGINT) also leaves the lockdown and the closed guard in place, because a
-gateway that is not running must not forward; workers get SIGTERM (they flush their records) and SIGKILL only
-after a deadline, on a clean stop and after a failure alike. The supervisor's own records are flushed on every
-stop.
+the lockdown table in place of the policy table (and every living worker aborts its open connections: `lock`), is
+restarted with backoff, and once every component is alive the policy table is applied again; one that fails 5
+times within 5 minutes makes the gateway give up: exit status 1, the lockdown in force. A stop (SIGTERM/SIGINT)
+also leaves the lockdown and the closed guard in place, because a gateway that is not running must not forward;
+workers get SIGTERM (they flush their records) and SIGKILL only after a deadline, on a clean stop and after a
+failure alike. The supervisor's own records are flushed on every stop.
 
 SIGHUP reloads the policy with the protocol of `egress.gateway.reload`: one validated object, prepared by every
 component (nftables, resolver, drop logger, allow sets, each proxy worker), then committed by all or by none. The
@@ -69,7 +69,7 @@ from egress.gateway.reload import (
 from egress.gateway.sdnotify import Notifier
 from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
 from egress.gateway.webhook import Webhooks
-from egress.gateway.workers import WorkerSlot, make_ca, stop_workers
+from egress.gateway.workers import WorkerSlot, cut_open, make_ca, stop_workers
 from egress.nft import runner
 from egress.nft.guard import render_guard
 from egress.nft.render import render, render_lockdown, render_quarantine
@@ -79,6 +79,9 @@ from egress.record.policy_store import PolicyHistory
 from egress.record.quarantine_store import QuarantineStore
 
 log = logging.getLogger("egress.gateway")
+
+LOCKDOWN = "lockdown"
+"""The reason a lockdown's cut of the workers' open connections is logged with, each close and their count."""
 
 
 class _Reloads(Protocol):
@@ -154,6 +157,8 @@ class Supervisor:
         self._nft = threading.Lock()
         """Held for every change of the table: a reload's apply (in a thread) and the lockdown never interleave."""
         self.metrics: MetricsServer | None = None
+        self._cutting: set[asyncio.Task[None]] = set()
+        """Lockdowns' cuts of the workers' open connections under way (kept referenced until done)."""
 
     @property
     def policy(self) -> Policy:
@@ -197,11 +202,16 @@ class Supervisor:
                 log.error("lockdown table could not be applied (%s); policy table stays: %s", why, exc)
 
     def lock(self, why: str) -> None:
-        """A component is down: the lockdown until every component is alive again (`unlock`)."""
+        """A component is down: the lockdown until every component is alive again (`unlock`). The table drops the
+        sandboxes' packets; the living workers are told to abort every open connection (`cut_open`), else what
+        their relays hold would go on reaching the destination during the lockdown (red team 7)."""
         self.locked = why
         self._locks += 1
         self.lockdown(why)
         self.notify.status(f"lockdown: {why}")
+        task = asyncio.get_running_loop().create_task(cut_open(self.slots, LOCKDOWN))
+        self._cutting.add(task)
+        task.add_done_callback(self._cutting.discard)
 
     async def unlock(self) -> None:
         episode = self._locks

@@ -74,6 +74,10 @@ class WorkerSetup:
         if version.policy.on_apply is OnApply.CLOSE_FORBIDDEN:
             self.open_flows.cut(version.policy, self.gate.names_for)
 
+    def cut_all(self, why: str) -> int:
+        """The lockdown (the supervisor's ``CUT``): every open connection aborted; how many."""
+        return len(self.open_flows.cut_all(why))
+
 
 def build_worker(config: WorkerConfig, version: PolicyVersion) -> WorkerSetup:
     lists = load_name_lists(config.lists_dir)
@@ -117,6 +121,7 @@ async def serve(config: WorkerConfig, control_fd: int) -> None:
         return
     setup = build_worker(config, control.current)
     control.on_commit = setup.swap
+    control.on_cut = setup.cut_all
     control.stats = lambda: setup.recorder.snapshot().to_json()  # with each ping: the gateway's metrics
     tap = [FindingTap(config.findings_socket)] if config.findings_socket else []
     reporter = FanoutReporter(LogReporter(), setup.recorder, *tap)

@@ -4,7 +4,9 @@ A slot is a reload `Participant` under the worker's name whatever process is beh
 (`check`, `restart`): the process must run and answer a ping (a ``STATUS`` request on its control channel) within
 `egress.gateway.liveness.ANSWER_DEADLINE`. Stopping is SIGTERM first (the worker stops accepting and flushes its
 records) and SIGKILL only after `TERM_DEADLINE`, or at once for a worker that does not answer (a stopped process
-keeps SIGTERM pending forever). Workers are started from the supervisor's main thread: their death signal
+keeps SIGTERM pending forever). On a lockdown every serving worker is told to abort its open connections
+(`cut_open`: the ``CUT`` request); one that cannot be told within `CUT_DEADLINE` is killed, its relays' sockets
+then reset by their linger. Workers are started from the supervisor's main thread: their death signal
 (``PR_SET_PDEATHSIG``, set by the worker) is tied to the thread that forked them.
 """
 
@@ -31,6 +33,9 @@ START_DEADLINE: Final = 60.0
 """Seconds a starting proxy worker has to take its first policy (it imports mitmproxy first)."""
 TERM_DEADLINE: Final = 10.0
 """Seconds workers have to stop after SIGTERM (they flush their records) before SIGKILL."""
+CUT_DEADLINE: Final = 2.0
+"""Seconds a worker has to answer a lockdown's ``CUT`` (it aborts its connections on its event loop) before it is
+killed: what it holds must not go on reaching the destination while the lockdown is in force."""
 PING_WAIT: Final = 1.0
 """Seconds one ping waits; a worker counts as hung only after `ANSWER_DEADLINE` of silence."""
 
@@ -62,6 +67,8 @@ class WorkerSlot:
         self.process: subprocess.Popen[bytes] | None = None
         self.link: WorkerLink | None = None
         self.answers = Answers(clock())
+        self.serving = False
+        """The process took its first policy (`start` is done): it may hold open connections."""
 
     @property
     def name(self) -> str:
@@ -75,6 +82,7 @@ class WorkerSlot:
         theirs.close()
         self.link = WorkerLink(self.name, mine, self.payloads)
         self.answers = Answers(self.clock())
+        self.serving = False
         log.info("proxy worker %d (pid %d) on port %d", self.index, self.process.pid, self.worker.port)
 
     async def start(self) -> None:
@@ -87,6 +95,7 @@ class WorkerSlot:
             await self.prepare(self.current())
             await self.commit(self.current())
         self.answers = Answers(self.clock())  # from now on it must answer pings
+        self.serving = True
 
     def _link(self) -> WorkerLink:
         if self.link is None:
@@ -127,6 +136,27 @@ class WorkerSlot:
     async def restart(self) -> None:
         await stop_workers([self], hung=True)
         await self.start()
+
+
+async def cut_open(slots: Iterable[WorkerSlot], why: str, deadline: float = CUT_DEADLINE) -> None:
+    """The lockdown: tell every serving worker to abort its open connections (``why``: the reason each close is
+    logged with); kill one that cannot be told within ``deadline`` (its channel dead, hung, or it could not cut).
+    A slot still starting holds nothing yet, and a dead one is its own cause of the lockdown: both are left."""
+
+    async def cut(slot: WorkerSlot) -> None:
+        process, link = slot.process, slot.link
+        if process is None or link is None or not slot.serving or process.poll() is not None:
+            return
+        try:
+            closed = await asyncio.wait_for(link.cut(why), deadline)
+        except Exception as exc:  # whatever the reason, it may still be sending: it must die
+            log.error("%s (pid %d) could not be told to cut its connections (%s: %s): SIGKILL",
+                      slot.name, process.pid, type(exc).__name__, exc)  # fmt: skip
+            process.kill()
+        else:
+            log.warning("%s (pid %d): %s: %d open connection(s) aborted", slot.name, process.pid, why, closed)
+
+    await asyncio.gather(*(cut(slot) for slot in slots))
 
 
 async def stop_workers(slots: Iterable[WorkerSlot], hung: bool = False) -> None:

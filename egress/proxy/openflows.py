@@ -1,11 +1,15 @@
-"""The connections a proxy worker has open, for a policy applied with ``on_apply: close_forbidden``.
+"""The connections a proxy worker has open, for a policy applied with ``on_apply: close_forbidden`` and for a
+lockdown.
 
 The front (relayed TLS) and the mitmproxy addon (everything else) add each connection they let through, described
 by the question the gate decided it on (`egress.replay.Question`: TLS and its SNI, HTTP and its Host, a stream
 with no name) and how to close it; it leaves when it closes. On commit of such a policy, `OpenFlows.cut` decides
 each again by the gateway's own functions (`egress.replay.decide`, the resolver's bindings as they are now) and
 closes those the new policy blocks: a connection to a host the policy no longer allows stops there, one still
-allowed goes on. Report mode's would-block keeps the connection, as it would a new one.
+allowed goes on. Report mode's would-block keeps the connection, as it would a new one. On a lockdown (a component
+down: the supervisor's ``CUT``, `egress.gateway.control`), `OpenFlows.cut_all` closes every one: what the gateway
+holds must not go on reaching the destination while the lockdown table drops the sandbox's packets. Each close is
+logged with its reason, then the count (``<reason>: N open connection(s) closed``).
 """
 
 from __future__ import annotations
@@ -47,21 +51,39 @@ class OpenFlows:
 
     def cut(self, policy: Policy, names_for: NamesFor) -> list[Question]:
         """Close every connection ``policy`` blocks (decided again now); return their questions."""
-        closed = []
-        for token, (question, close) in list(self._open.items()):
+        chosen = []
+        for token, (question, _) in list(self._open.items()):
             try:
                 if not forbidden(policy, question, names_for):
                     continue
             except Exception:  # fail closed: a connection that cannot be judged again is cut
                 log.exception("open connection %s could not be decided again: closed", question)
-            self._open.pop(token, None)
+            chosen.append(token)
+        return self._close(chosen, "policy applied with on_apply: close_forbidden")
+
+    def cut_all(self, why: str) -> list[Question]:
+        """Close every open connection whatever its decision (``why``: the lockdown, `egress.gateway.control`'s
+        ``CUT``): the gateway forwards nothing more; return their questions."""
+        return self._close(list(self._open), why)
+
+    def _close(self, tokens: list[int], why: str) -> list[Question]:
+        """Close the connections of ``tokens`` (each relay's or mitmproxy connection's abort: a reset, nothing more
+        sent), each logged, then their count."""
+        closed = []
+        for token in tokens:
+            entry = self._open.pop(token, None)
+            if entry is None:
+                continue
+            question, close = entry
             closed.append(question)
+            log.info("%s: closed %s %s -> %s:%d %s", why, question.kind, question.src, question.dst, question.dport,
+                     question.name or "-")  # fmt: skip
             try:
                 close()
             except Exception:
                 log.exception("closing %s failed", question)
         if closed:
-            log.info("policy applied with on_apply: close_forbidden: %d open connection(s) closed", len(closed))
+            log.info("%s: %d open connection(s) closed", why, len(closed))
         return closed
 
 

@@ -22,6 +22,8 @@ from egress.gateway.reload import PolicyVersion, Refused, load_version
 from egress.proxy.gate import Gate
 from egress.proxy.idle import IdleBound
 from egress.proxy.openflows import OpenFlows
+from egress.replay import Kind as Asked
+from egress.replay import Question
 
 POLICY = """version: 1
 sandboxes:
@@ -141,6 +143,45 @@ def test_each_version_is_pickled_once_for_every_worker(tmp_path: Path) -> None:
     _run(scenario)
 
 
+def test_a_cut_aborts_what_the_worker_holds_and_answers_how_many() -> None:
+    """The lockdown's CUT: the worker's ``on_cut`` gets the reason; the count comes back. A worker with nothing
+    to cut (still starting) answers 0; one whose cut fails says so, and the supervisor's side raises."""
+
+    async def scenario() -> None:
+        pair, told = _Pair(), []
+
+        def cut(why: str) -> int:
+            told.append(why)
+            return 3
+
+        pair.control.on_cut = cut
+        await pair.start()
+        assert await pair.link.cut("lockdown") == 3 and told == ["lockdown"]
+        pair.control.on_cut = None
+        assert await pair.link.cut("lockdown") == 0
+
+        def broken(why: str) -> int:
+            raise OSError("cannot")
+
+        pair.control.on_cut = broken
+        with pytest.raises(RuntimeError, match="cut failed: OSError: cannot"):
+            await pair.link.cut("lockdown")
+        assert await pair.link.status() == ""  # the channel still answers in order
+        await pair.stop()
+
+    _run(scenario)
+
+
+def test_a_cut_left_unanswered_raises_on_the_supervisor_side() -> None:
+    async def scenario() -> None:
+        pair = _Pair()  # never started: nobody answers
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(pair.link.cut("lockdown"), 0.05)
+        pair.link.close()
+
+    _run(scenario)
+
+
 class _Refusing(WorkerControl):
     def prepare(self, seq: int, version: object) -> Reply:
         return Reply(seq, False, reason="cannot build the gate")
@@ -168,6 +209,8 @@ class _FakeProxy:
         self.gates: list[Gate] = []
         self.idle_timeouts: list[float | None] = []
         """What each run was given for mitmproxy's idle timeout (the worker passes its setting on)."""
+        self.open_flows: list[OpenFlows | None] = []
+        """Where each run keeps the connections it let through (a lockdown's CUT closes them all)."""
 
     async def __call__(
         self,
@@ -183,6 +226,7 @@ class _FakeProxy:
     ) -> None:
         self.gates.append(gate)
         self.idle_timeouts.append(idle_timeout)
+        self.open_flows.append(open_flows)
         await asyncio.Event().wait()
 
 
@@ -221,6 +265,12 @@ def test_the_worker_process_proxies_only_once_it_has_a_policy_and_stops_with_its
         await link.prepare(second)
         await link.commit(second)
         assert gate.policy == second.policy  # swapped in the gate the proxy runs with
+        [flows] = proxy.open_flows
+        assert flows is not None
+        closed: list[str] = []
+        flows.add(Question(Asked.TLS, "10.0.0.5", "203.0.113.1", 443, "kept.example"), lambda: closed.append("tls"))
+        assert await link.cut("lockdown") == 1  # the lockdown: the proxy's open connections aborted
+        assert closed == ["tls"] and len(flows) == 0
         link.close()
         await worker  # the supervisor's end closed: the worker stops (and flushes its records)
 

@@ -69,3 +69,31 @@ def test_on_apply_defaults_to_keep_and_is_checked() -> None:
     assert BOTH.on_apply is OnApply.KEEP and KEPT.on_apply is OnApply.CLOSE_FORBIDDEN
     with pytest.raises(RulesError, match="on_apply"):
         parse_policy(POLICY.format(mode="enforce", hosts="kept.example:443") + "on_apply: close_all\n")
+
+
+def test_cut_all_closes_every_open_connection_whatever_the_policy_and_logs_each(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The lockdown's cut (egress.gateway.control's CUT): allowed or not, every open connection is aborted."""
+    flows, closed = OpenFlows(), []
+    for question in (KEPT_TLS, GONE_TLS, DATABASE):
+        flows.add(question, lambda q=question: closed.append(q))  # type: ignore[misc]
+    gone = flows.add(GONE_HTTP, lambda: closed.append(GONE_HTTP))
+    flows.discard(gone)
+    with caplog.at_level("INFO", logger="egress.proxy"):
+        assert flows.cut_all("lockdown") == [KEPT_TLS, GONE_TLS, DATABASE]
+    assert closed == [KEPT_TLS, GONE_TLS, DATABASE] and len(flows) == 0
+    assert "lockdown: 3 open connection(s) closed" in caplog.text
+    assert "lockdown: closed tls 10.1.0.5 -> 203.0.113.1:443 kept.example" in caplog.text
+    assert flows.cut_all("lockdown") == []
+
+
+def test_cut_all_goes_on_past_a_close_that_fails() -> None:
+    flows, closed = OpenFlows(), []
+
+    def broken() -> None:
+        raise OSError("gone")
+
+    flows.add(KEPT_TLS, broken)
+    flows.add(GONE_TLS, lambda: closed.append(GONE_TLS))
+    assert flows.cut_all("lockdown") == [KEPT_TLS, GONE_TLS] and closed == [GONE_TLS] and len(flows) == 0
