@@ -17,34 +17,26 @@ The variants past the fix (binrpc joins CBOR's chunks and reads a length then a 
 - ``trickle``: ``cbor``, one byte a TCP segment (``TCP_NODELAY``, a millisecond apart): every name across packets.
 
 The pool (`pool_main`) tells the two apart by the first byte of each value (CBOR map ``a0|n``, msgpack fixmap
-``80|n``) and answers in the same encoding (``share accepted`` in its log). The miner (`miner_main MODE ...`)
-prints ``share answered`` when the submit's answer came.
+``80|n``) and answers in the same encoding (``share accepted`` in its log). The miner (`miner_main ADDRESS|- PORT
+HOST MODE`) prints ``share answered`` when the submit's answer came.
 """
 
 from __future__ import annotations
 
 import functools
 import socket
-import sys
 import time
 from collections.abc import Callable
 
-from tests.security.redteam_kit import serve_pools
-
-SUBMIT_ID = 3
-_CALLS: list[dict[str, object]] = [
-    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
-    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
-    {
-        "id": SUBMIT_ID,
-        "method": "mining.submit",
-        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
-    },
-]
-
-
-class Short(Exception):
-    """More bytes are needed."""
+from tests.security.redteam_wire import (
+    SUBMIT_ID,
+    Short,
+    frames_miner,
+    miner_argv,
+    serve_frames,
+    serve_pools,
+    stratum_messages,
+)
 
 
 def _cbor_head(major: int, size: int) -> bytes:
@@ -193,57 +185,36 @@ def _send(sock: socket.socket, data: bytes, trickle: bool) -> None:
         time.sleep(0.001)
 
 
-def _serve(conn: socket.socket) -> None:
-    buf = b""
-    while data := conn.recv(4096):
-        buf += data
-        while buf:
-            mode = "cbor" if 0xA0 <= buf[0] < 0xB8 else "msgext"
-            pack, unpack = CODECS[mode]
-            try:
-                message, at = unpack(buf)
-            except Short:
-                break
-            buf = buf[at:]
-            assert isinstance(message, dict)
-            method = message.get("method")
-            print(f"pool got {method} ({mode})", flush=True)
-            result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
-            conn.sendall(pack({"id": message.get("id"), "result": result, "error": None}))
-            if method == "mining.submit":
-                print("share accepted", flush=True)
+def _take(buf: bytes) -> tuple[object, int]:
+    """The pool's next call and its mode (``cbor`` or ``msgext``, by its first byte), to answer in."""
+    mode = "cbor" if 0xA0 <= buf[0] < 0xB8 else "msgext"
+    message, at = CODECS[mode][1](buf)
+    return (message, mode), at
+
+
+def _answer(taken: object) -> tuple[bytes, bool]:
+    assert isinstance(taken, tuple)
+    message, mode = taken
+    assert isinstance(message, dict)
+    method = message.get("method")
+    print(f"pool got {method} ({mode})", flush=True)
+    result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
+    return CODECS[mode][0]({"id": message.get("id"), "result": result, "error": None}), method == "mining.submit"
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(_serve)
+    serve_pools(lambda conn: serve_frames(conn, _take, _answer))
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' MODE ADDRESS|- PORT HOST``"""
-    mode, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST MODE``"""
+    address, port, _host, (mode,) = miner_argv()
     pack, unpack = CODECS[mode]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=15) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = b""
-            for call in _CALLS:
-                _send(sock, pack(call), mode == "trickle")
-                while True:
-                    try:
-                        answer, at = unpack(buf)
-                        buf = buf[at:]
-                        break
-                    except Short:
-                        data = sock.recv(4096)
-                        if not data:
-                            print("miner: closed", flush=True)
-                            return
-                        buf += data
-                print(f"answer {answer!r}", flush=True)
-                if isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    calls = [(pack(call), _shared) for call in stratum_messages()]
+    send = functools.partial(_send, trickle=mode == "trickle")
+    frames_miner(address, port, calls, unpack, nodelay=True, send=send)
+
+
+def _shared(answer: object) -> bool:
+    return isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True

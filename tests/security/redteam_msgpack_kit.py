@@ -10,21 +10,15 @@ answers subscribe, authorize and submit, each in msgpack (``share accepted`` in 
 
 from __future__ import annotations
 
-import socket
-import sys
-
-from tests.security.redteam_kit import serve_pools
-
-SUBMIT_ID = 3
-_CALLS: list[dict[str, object]] = [
-    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
-    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
-    {
-        "id": SUBMIT_ID,
-        "method": "mining.submit",
-        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
-    },
-]
+from tests.security.redteam_wire import (
+    SUBMIT_ID,
+    Short,
+    frames_miner,
+    miner_argv,
+    serve_frames,
+    serve_pools,
+    stratum_messages,
+)
 
 
 def pack(value: object) -> bytes:
@@ -43,10 +37,6 @@ def pack(value: object) -> bytes:
     if isinstance(value, dict):
         return bytes([0x80 | len(value)]) + b"".join(pack(k) + pack(v) for k, v in value.items())
     raise TypeError(value)
-
-
-class Short(Exception):
-    """More bytes are needed."""
 
 
 def _text(data: bytes, tag: int, at: int) -> tuple[object, int]:
@@ -89,53 +79,24 @@ def unpack(data: bytes, at: int = 0) -> tuple[object, int]:
     raise ValueError(f"tag {tag:#x}")
 
 
-def _serve(conn: socket.socket) -> None:
-    buf = b""
-    while data := conn.recv(4096):
-        buf += data
-        while True:
-            try:
-                message, at = unpack(buf)
-            except Short:
-                break
-            buf = buf[at:]
-            assert isinstance(message, dict)
-            method = message.get("method")
-            print(f"pool got {method}", flush=True)
-            result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
-            conn.sendall(pack({"id": message.get("id"), "result": result, "error": None}))
-            if method == "mining.submit":
-                print("share accepted", flush=True)
+def _answer(message: object) -> tuple[bytes, bool]:
+    assert isinstance(message, dict)
+    method = message.get("method")
+    print(f"pool got {method}", flush=True)
+    result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
+    return pack({"id": message.get("id"), "result": result, "error": None}), method == "mining.submit"
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(_serve)
+    serve_pools(lambda conn: serve_frames(conn, unpack, _answer))
 
 
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST``"""
-    address, port, host = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=15) as sock:
-            buf = b""
-            for call in _CALLS:
-                sock.sendall(pack(call))
-                while True:
-                    try:
-                        answer, at = unpack(buf)
-                        buf = buf[at:]
-                        break
-                    except Short:
-                        data = sock.recv(4096)
-                        if not data:
-                            print("miner: closed", flush=True)
-                            return
-                        buf += data
-                print(f"answer {answer!r}", flush=True)
-                if isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    address, port, _host, _how = miner_argv()
+    frames_miner(address, port, [(pack(call), _shared) for call in stratum_messages()], unpack)
+
+
+def _shared(answer: object) -> bool:
+    return isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True
