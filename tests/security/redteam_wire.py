@@ -40,8 +40,8 @@ Decode = Callable[[bytes], tuple[object, int]]
 """A kit's decoder: the first message of a buffer and where the next starts; `Short` when it is cut."""
 FrameCall = tuple[bytes, Callable[[object], bool]]
 """A call on a raw stream: its bytes, and whether an answer (decoded) says the share was taken."""
-HttpCall = tuple[str, bytes, Callable[[bytes], bool]]
-"""A call over HTTP: its method (printed), its request, and whether an answer's body says the share was taken."""
+HttpCall = tuple[str, bytes]
+"""A call over HTTP: its method (printed, and given to the miner's ``shared``) and its request."""
 ENDED: tuple[type[Exception], ...] = (OSError, ValueError, AssertionError)
 """What ends one pool connection quietly (logged as ``pool connection ended``) by default."""
 
@@ -186,22 +186,24 @@ def http_exchange(reader: BinaryIO, conn: socket.socket, data: bytes) -> tuple[b
     return (status, body) if len(body) == length else None
 
 
-def http_calls(reader: BinaryIO, conn: socket.socket, calls: Iterable[HttpCall]) -> None:
-    """For each (method, request, shared) of ``calls``: `http_exchange`, its answer printed; stop at an answer that
-    is not ``200 OK``; ``share answered`` when ``shared(body)``."""
-    for method, request, shared in calls:
+def http_calls(
+    reader: BinaryIO, conn: socket.socket, calls: Iterable[HttpCall], shared: Callable[[str, bytes], bool]
+) -> None:
+    """For each (method, request) of ``calls``: `http_exchange`, its answer printed; stop at an answer that is not
+    ``200 OK``; ``share answered`` when ``shared(method, body)``."""
+    for method, request in calls:
         got = http_exchange(reader, conn, request)
         print(f"answer to {method}: {got!r}", flush=True)
         if got is None or not got[0].endswith(b" 200 OK"):
             return
-        if shared(got[1]):
+        if shared(method, got[1]):
             print("share answered", flush=True)
 
 
-def http_miner(address: str, port: int, calls: Iterable[HttpCall]) -> None:
+def http_miner(address: str, port: int, calls: Iterable[HttpCall], shared: Callable[[str, bytes], bool]) -> None:
     """A miner over HTTP keep-alive: `http_calls` on one connection."""
     try:
         with socket.create_connection((address, port), timeout=10) as conn:
-            http_calls(conn.makefile("rb"), conn, calls)
+            http_calls(conn.makefile("rb"), conn, calls, shared)
     except OSError as exc:
         print(f"miner ended: {exc!r}", flush=True)
