@@ -1,9 +1,10 @@
 """The red-team pool runs' shared shape: a module's lab and a kit's pool (tests/security/redteam_kit.py,
 redteam_msgpack_kit.py...) started on the internet side, on the pool's address and allowed.lab's HTTP port
 (`pool_fixtures`), one attempt of its miner from the sandbox (a route, a way of hiding Stratum: `attempt`), and
-the judge of it (`judge`): what crossed, what the pool accepted and what egress recorded. Used by the
-test_redteam_* modules of pools (HTTP split and target, msgpack, lenient JSON, binary splits, BER, Cap'n Proto,
-wrapped strings, coded forms, HTTP parameters, h2c); what a module asserts past the judge stays in it.
+the judge of it (`judge`, after the module's ``report(*run.row(...))``): what crossed, what the pool accepted and
+what egress recorded. Used by the test_redteam_* modules of pools (HTTP split and target, msgpack, lenient JSON,
+binary splits, BER, Cap'n Proto, wrapped strings, coded forms, HTTP parameters, h2c); what a module asserts past
+the judge stays in it.
 
 A kit's ``miner_main`` reads ``ADDRESS|- PORT HOST HOW...`` (`tests.security.redteam_wire.miner_argv`)."""
 
@@ -20,7 +21,7 @@ import pytest
 from egress.lab.topology import server
 from tests.security.capture import Crossed
 from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.harness import POLICIES, Attacker, SecurityLab
 
 POOL = server("pool").v4
 ALLOWED = server("allowed").v4
@@ -78,6 +79,11 @@ class Attempt:
     def answered(self) -> bool:
         return "share answered" in self.done.stdout
 
+    def row(self, technique: str) -> tuple[str, str, int, bool, str | None]:
+        """``report``'s arguments for this attempt as ``technique`` (a ``mining`` row; bytes to the pool's side
+        counted when the bypass worked)."""
+        return technique, "mining", self.leaked if self.goal else 0, self.goal, self.reason or None
+
     @property
     def goal(self) -> bool:
         """The bypass worked: the pool accepted a share and the miner got its answer."""
@@ -116,9 +122,9 @@ def attempt(
     return Attempt(done, crossed, shares, reason, POOL if route == "network-rule" else ALLOWED, port)
 
 
-def judge(run: Attempt, pool: Attacker, row: str, reasons: tuple[str, ...] = ("mining",)) -> None:
-    """Report ``run`` as ``redteam/<row>`` (bytes to the pool counted when the bypass worked), then assert it did
-    not: no share accepted and answered, and egress recorded the block with one of ``reasons``."""
-    report(f"redteam/{row}", "mining", run.leaked if run.goal else 0, run.goal, run.reason or None)
+def judge(run: Attempt, pool: Attacker, reasons: tuple[str, ...] = ("mining",)) -> None:
+    """Assert that ``run``'s bypass failed: no share accepted and answered, and egress recorded the block with one
+    of ``reasons``. The module reports its row first (harness ``report``, with `Attempt.row`): importing ``report``
+    is also what marks it a technique module for tests/test_pcaps.py."""
     assert not run.goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
     assert run.reason in reasons, (run.reason, run.done.stdout[-600:], pool.log()[-600:])

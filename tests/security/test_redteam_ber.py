@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -31,4 +31,6 @@ lab, pool = pool_fixtures("ber-pool", KIT)
 @pytest.mark.parametrize("mode", MODES)
 def test_stratum_in_ber_constructed_strings(lab: SecurityLab, pool: Attacker, mode: str, route: str) -> None:
     name = f"ber-{mode}-{route}"
-    judge(attempt(lab, pool, name, route, mode, kit=KIT, control=False, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, mode, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

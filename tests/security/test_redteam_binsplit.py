@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -36,4 +36,6 @@ lab, pool = pool_fixtures("binsplit-pool", KIT)
 @pytest.mark.parametrize("mode", MODES)
 def test_stratum_names_not_one_prefixed_string(lab: SecurityLab, pool: Attacker, mode: str, route: str) -> None:
     name = f"binsplit-{mode}-{route}"
-    judge(attempt(lab, pool, name, route, mode, kit=KIT, control=False, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, mode, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

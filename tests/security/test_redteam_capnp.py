@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -29,4 +29,6 @@ lab, pool = pool_fixtures("capnp-pool", KIT)
 @pytest.mark.parametrize("dialect", ("ethereum", "getwork"))
 def test_pool_calls_in_capnp_text(lab: SecurityLab, pool: Attacker, dialect: str, route: str) -> None:
     name = f"capnp-{dialect}-{route}"
-    judge(attempt(lab, pool, name, route, dialect, kit=KIT, control=False, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, dialect, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -34,4 +34,6 @@ lab, pool = pool_fixtures("jsonwrap-pool", KIT)
 @pytest.mark.parametrize("how", ("jsonstr", "xmltext", "xmlattr"))
 def test_stratum_wrapped_in_a_string(lab: SecurityLab, pool: Attacker, how: str, route: str) -> None:
     name = f"jsonwrap-{how}-{route}"
-    judge(attempt(lab, pool, name, route, how, kit=KIT, control=False, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, how, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

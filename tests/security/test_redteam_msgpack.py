@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -28,4 +28,5 @@ lab, pool = pool_fixtures("msgpack-pool", KIT)
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_as_msgpack_rpc(lab: SecurityLab, pool: Attacker, route: str) -> None:
     run = attempt(lab, pool, f"msgpack-{route}", route, kit=KIT, control=False, reason_wait=10)
-    judge(run, pool, f"msgpack-{route}")
+    report(*run.row(f"redteam/msgpack-{route}"))
+    judge(run, pool)

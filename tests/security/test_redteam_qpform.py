@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -47,4 +47,6 @@ lab, pool = pool_fixtures("qpform-pool", KIT)
 )
 def test_stratum_in_coded_multipart_fields(lab: SecurityLab, pool: Attacker, cte: str, route: str) -> None:
     name = f"qpform-{cte}-{route}"
-    judge(attempt(lab, pool, name, route, cte, kit=KIT, control=False, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, cte, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 from tests.security.redteam_rpcget_kit import EVASIONS
 
@@ -36,7 +36,9 @@ lab, pool = pool_fixtures("rpcget-pool", KIT)
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_pool_calls_as_http_parameters(lab: SecurityLab, pool: Attacker, route: str, how: str, dialect: str) -> None:
     name = f"rpcget-{dialect}-{how}-{route}"
-    judge(attempt(lab, pool, name, route, how, dialect, kit=KIT, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, how, dialect, kit=KIT, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)
 
 
 @pytest.mark.parametrize("how", EVASIONS)
@@ -45,4 +47,6 @@ def test_spellings_past_the_binding_are_blocked(lab: SecurityLab, pool: Attacker
     """The attacker's next tries (redteam_rpcget_kit.EVASIONS: encodings, multipart, chunked, pipelined, the name
     in a header and the path), each on both routes: the front's fast path and the network rule read them apart."""
     name = f"rpcget-stratum-{how}-{route}"
-    judge(attempt(lab, pool, name, route, how, "stratum", kit=KIT, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, how, "stratum", kit=KIT, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

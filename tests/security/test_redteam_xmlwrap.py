@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
@@ -32,4 +32,6 @@ lab, pool = pool_fixtures("xmlwrap-pool", KIT)
 @pytest.mark.parametrize("how", ("json", "xmltext"))
 def test_xmlrpc_wrapped_in_a_string(lab: SecurityLab, pool: Attacker, how: str, route: str) -> None:
     name = f"xmlwrap-{how}-{route}"
-    judge(attempt(lab, pool, name, route, how, kit=KIT, control=False, reason_wait=10), pool, name)
+    run = attempt(lab, pool, name, route, how, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)
