@@ -20,15 +20,7 @@ accepted`` for each submit it answered; the miner prints ``share answered`` when
 
 from __future__ import annotations
 
-from tests.security.redteam_wire import (
-    STRATUM_CALLS,
-    SUBMIT_ID,
-    Short,
-    frames_miner,
-    miner_argv,
-    serve_frames,
-    serve_pools,
-)
+from tests.security import redteam_wire as wire
 
 SEGMENTS = {"seg8": 8, "seg1": 1, "definite": 4}
 
@@ -74,7 +66,7 @@ def answer(ident: int, notify: str | None, mode: str) -> bytes:
 
 def _need(data: bytes, end: int) -> None:
     if end > len(data):
-        raise Short
+        raise wire.Short
 
 
 def decode(data: bytes, at: int = 0) -> tuple[object, int]:
@@ -138,15 +130,15 @@ def _answer(taken: object) -> tuple[bytes, bool]:
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(lambda conn: serve_frames(conn, _take, _answer))
+    wire.serve_pools(lambda conn: wire.serve_frames(conn, _take, _answer))
 
 
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST MODE``"""
-    address, port, _host, (mode,) = miner_argv()
-    calls = [(call(ident, method, params, mode), _shared) for ident, method, params in STRATUM_CALLS]
-    frames_miner(address, port, calls, decode, nodelay=True)
+    address, port, _host, (mode,) = wire.miner_argv()
+    calls = [(call(ident, method, params, mode), _shared) for ident, method, params in wire.STRATUM_CALLS]
+    wire.frames_miner(address, port, calls, decode, nodelay=True)
 
 
 def _shared(got: object) -> bool:
-    return isinstance(got, list) and got[:2] == [SUBMIT_ID, True]
+    return isinstance(got, list) and got[:2] == [wire.SUBMIT_ID, True]

@@ -1,6 +1,7 @@
 """Programs of test_redteam_binsplit: Stratum in two standard binary encodings whose strings are not one
 length-prefixed run of bytes, a fake pool that reads both, and the miner in the sandbox. Fake both: no real
-mining software; the encoders and decoders are written here so the suite needs no package.
+mining software; the encoders and decoders are written here (msgpack's on redteam_msgpack_kit's, strings as ext
+values) so the suite needs no package.
 
 - ``cbor``: CBOR (RFC 8949) with every string of 6 bytes or more an *indefinite-length text string* (§3.2.3:
   ``7f``, definite chunks, ``ff``), cut in its middle: ``mining.subscribe`` is ``7f 68 "mining.s" 68 "ubscribe"
@@ -28,15 +29,8 @@ import socket
 import time
 from collections.abc import Callable
 
-from tests.security.redteam_wire import (
-    SUBMIT_ID,
-    Short,
-    frames_miner,
-    miner_argv,
-    serve_frames,
-    serve_pools,
-    stratum_messages,
-)
+from tests.security import redteam_wire as wire
+from tests.security.redteam_msgpack_kit import answer_to, pack, share_answered, unpack
 
 
 def _cbor_head(major: int, size: int) -> bytes:
@@ -69,7 +63,7 @@ def cbor(value: object, ones: bool = False) -> bytes:
 
 def _need(data: bytes, end: int) -> None:
     if end > len(data):
-        raise Short
+        raise wire.Short
 
 
 def _cbor_size(data: bytes, tag: int, at: int) -> tuple[int, int]:
@@ -113,38 +107,21 @@ def uncbor(data: bytes, at: int = 0) -> tuple[object, int]:
     raise ValueError(f"tag {tag:#x}")
 
 
+def _ext(raw: bytes, fixed: bool) -> bytes:
+    if fixed and len(raw) <= 16:
+        power = max(len(raw) - 1, 0).bit_length()
+        return bytes([0xD4 + power]) + b"A" + raw.ljust(1 << power, b"\x00")
+    return b"\xc7" + bytes([len(raw)]) + (b"A" if fixed else b"\x01") + raw
+
+
 def msgext(value: object, fixed: bool = False) -> bytes:
-    """msgpack of ``value``, every string an ext8 of type 1 (``fixed``: a NUL-padded fixext of type ``A`` when it
-    fits 16 bytes, else an ext8 of that type)."""
-    if value is None:
-        return b"\xc0"
-    if isinstance(value, bool):
-        return b"\xc3" if value else b"\xc2"
-    if isinstance(value, int) and 0 <= value < 128:
-        return bytes([value])
-    if isinstance(value, str):
-        raw = value.encode()
-        if fixed and len(raw) <= 16:
-            power = max(len(raw) - 1, 0).bit_length()
-            return bytes([0xD4 + power]) + b"A" + raw.ljust(1 << power, b"\x00")
-        return b"\xc7" + bytes([len(raw)]) + (b"A" if fixed else b"\x01") + raw
-    if isinstance(value, list):
-        return bytes([0x90 | len(value)]) + b"".join(msgext(item, fixed) for item in value)
-    if isinstance(value, dict):
-        return bytes([0x80 | len(value)]) + b"".join(msgext(k, fixed) + msgext(v, fixed) for k, v in value.items())
-    raise TypeError(value)
+    """msgpack of ``value`` (redteam_msgpack_kit's), every string an ext8 of type 1 (``fixed``: a NUL-padded fixext
+    of type ``A`` when it fits 16 bytes, else an ext8 of that type)."""
+    return pack(value, functools.partial(_ext, fixed=fixed))
 
 
-def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
-    """One msgpack value (an ext8 or a fixext of any type read as a string, NUL padding stripped) from ``data``
-    at ``at``."""
-    _need(data, at + 1)
-    tag = data[at]
-    at += 1
-    if tag < 0x80:
-        return tag, at
-    if tag in (0xC0, 0xC2, 0xC3):
-        return {0xC0: None, 0xC2: False, 0xC3: True}[tag], at
+def _read_ext(data: bytes, tag: int, at: int) -> tuple[object, int]:
+    """An ext8 or a fixext of any type, read as a string (NUL padding stripped)."""
     if tag == 0xC7:
         _need(data, at + 2)
         size = data[at]
@@ -154,15 +131,13 @@ def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
         size = 1 << (tag - 0xD4)
         _need(data, at + 1 + size)
         return data[at + 1 : at + 1 + size].rstrip(b"\x00").decode(), at + 1 + size
-    if 0x90 <= tag < 0xA0 or 0x80 <= tag < 0x90:
-        items = []
-        for _ in range((tag & 0x0F) * (2 if tag < 0x90 else 1)):
-            item, at = unmsgext(data, at)
-            items.append(item)
-        if tag >= 0x90:
-            return items, at
-        return {str(items[i]): items[i + 1] for i in range(0, len(items), 2)}, at
     raise ValueError(f"tag {tag:#x}")
+
+
+def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
+    """One msgpack value (redteam_msgpack_kit's; an ext8 or a fixext of any type read as a string) from ``data``
+    at ``at``."""
+    return unpack(data, at, _read_ext)
 
 
 CODECS: dict[str, tuple[Callable[[object], bytes], Callable[[bytes], tuple[object, int]]]] = {
@@ -198,23 +173,18 @@ def _answer(taken: object) -> tuple[bytes, bool]:
     assert isinstance(message, dict)
     method = message.get("method")
     print(f"pool got {method} ({mode})", flush=True)
-    result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
-    return CODECS[mode][0]({"id": message.get("id"), "result": result, "error": None}), method == "mining.submit"
+    return CODECS[mode][0](answer_to(message)), method == "mining.submit"
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(lambda conn: serve_frames(conn, _take, _answer))
+    wire.serve_pools(lambda conn: wire.serve_frames(conn, _take, _answer))
 
 
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST MODE``"""
-    address, port, _host, (mode,) = miner_argv()
-    pack, unpack = CODECS[mode]
-    calls = [(pack(call), _shared) for call in stratum_messages()]
+    address, port, _host, (mode,) = wire.miner_argv()
+    encode, decode = CODECS[mode]
+    calls = [(encode(call), share_answered) for call in wire.stratum_messages()]
     send = functools.partial(_send, trickle=mode == "trickle")
-    frames_miner(address, port, calls, unpack, nodelay=True, send=send)
-
-
-def _shared(answer: object) -> bool:
-    return isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True
+    wire.frames_miner(address, port, calls, decode, nodelay=True, send=send)
