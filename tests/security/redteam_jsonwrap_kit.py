@@ -49,7 +49,9 @@ def unwrap(body: bytes, how: str) -> Any:
     return json.loads((root.findtext("payload") if how == "xmltext" else root.get("payload")) or "")
 
 
-def _result(method: str) -> Any:
+def result(method: str) -> Any:
+    """The pool's result for a call (also redteam_xmlwrap_kit's): extranonce1 and its size, the job as an object
+    (no notify pairs), True for a share."""
     if method == "mining.subscribe":
         return ["08000002", 4]
     if method == "mining.authorize":
@@ -66,7 +68,7 @@ class _Pool(PoolHandler):
         print(f"pool got {method} ({how})", flush=True)
         if method == "mining.submit":
             print("share accepted", flush=True)
-        self.send_body(wrap({"id": call["id"], "result": _result(method), "error": None}, how), kind)
+        self.send_body(wrap({"id": call["id"], "result": result(method), "error": None}, how), kind)
 
 
 def pool_main() -> None:

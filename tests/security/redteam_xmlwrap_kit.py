@@ -23,6 +23,7 @@ import xmlrpc.client
 from typing import Any
 from xml.sax.saxutils import escape
 
+from tests.security.redteam_jsonwrap_kit import result
 from tests.security.redteam_wire import PoolHandler, http_miner, miner_argv, serve_http
 
 CALLS: list[tuple[str, tuple[Any, ...]]] = [
@@ -46,14 +47,6 @@ def unwrap(body: bytes, how: str) -> str:
     return ET.fromstring(body).findtext("payload") or ""
 
 
-def _result(method: str) -> Any:
-    if method == "mining.subscribe":
-        return ["08000002", 4]
-    if method == "mining.authorize":
-        return {"job_id": "job1", "prevhash": "00" * 32, "nbits": "1d00ffff", "ntime": "5f5e1000"}
-    return True
-
-
 class _Pool(PoolHandler):
     def do_POST(self) -> None:  # noqa: N802 (http.server dispatches by this name)
         how = "json" if self.headers.get("Content-Type", "").endswith("json") else "xmltext"
@@ -62,7 +55,7 @@ class _Pool(PoolHandler):
         print(f"pool got {method} {params} ({how})", flush=True)
         if method == "mining.submit":
             print("share accepted", flush=True)
-        answer = wrap(xmlrpc.client.dumps((_result(str(method)),), methodresponse=True), how)
+        answer = wrap(xmlrpc.client.dumps((result(str(method)),), methodresponse=True), how)
         self.send_body(answer, "application/json" if how == "json" else "text/xml")
 
 
@@ -83,7 +76,7 @@ def miner_main() -> None:
     address, port, host, (how,) = miner_argv()
 
     def shared(method: str, body: bytes) -> bool:
-        result = xmlrpc.client.loads(unwrap(body, how))[0][0]  # every answer read, the share's judged
-        return method == "mining.submit" and result is True
+        got = xmlrpc.client.loads(unwrap(body, how))[0][0]  # every answer read, the share's judged
+        return method == "mining.submit" and got is True
 
     http_miner(address, port, [(method, request(host, method, params, how)) for method, params in CALLS], shared)
