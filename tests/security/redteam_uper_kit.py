@@ -124,19 +124,78 @@ def read_answer(body: bytes) -> tuple[int, bool, str | None]:
     return ident, result, reader.ia5() if present else None
 
 
+HTTP_PREFIX = b"GET /per HTTP/1.1\r\n"
+"""Variant ``http-prefix``: a request line, then the PDUs (no head ever ends)."""
+KEEPALIVE = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n"
+"""Variant ``keepalive``: a whole request, answered, then the PDUs on the same connection."""
+UPGRADE = (
+    b"GET /ws HTTP/1.1\r\nHost: allowed.lab\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+)
+"""Variant ``websocket``: an upgrade (RFC 6455's sample key), then each PDU in a binary frame."""
+_UPGRADED = (
+    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+    b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
+)
+_OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
+VARIANTS = ("plain", "tls-prefix", "http-prefix", "keepalive", "websocket")
+
+
+def ws_frame(payload: bytes, mask: bytes = b"") -> bytes:
+    """A final binary frame (RFC 6455 §5.2), masked when ``mask`` (4 bytes) is given; payloads under 126 bytes."""
+    assert len(payload) < 126
+    body = bytes(b ^ mask[i % 4] for i, b in enumerate(payload)) if mask else payload
+    return bytes([0x82, len(payload) | (0x80 if mask else 0)]) + mask + body
+
+
+def _unframe(buf: bytes) -> tuple[bytes, bytes]:
+    """The payload of the first WebSocket frame in ``buf`` and what follows; `Short` when cut."""
+    if len(buf) < 2:
+        raise Short
+    size, masked = buf[1] & 0x7F, buf[1] & 0x80
+    head = 2 + (4 if masked else 0)
+    if size >= 126 or len(buf) < head + size:
+        raise Short
+    mask, body = buf[2:head], buf[head : head + size]
+    return (bytes(b ^ mask[i % 4] for i, b in enumerate(body)) if masked else body), buf[head + size :]
+
+
 def _serve(conn: socket.socket) -> None:
-    buf = b""
+    buf, inner, ws = b"", b"", False
     while data := conn.recv(4096):
         buf += data
         while buf:
-            framing = "text" if buf[:1].isdigit() else "binary"
+            if not ws and buf[:1] == b"\x16" and len(buf) >= 5:  # tls-prefix: a record header, dropped
+                buf = buf[5:]
+                continue
+            if not ws and buf.startswith(HTTP_PREFIX):
+                buf = buf[len(HTTP_PREFIX) :]
+                continue
+            if not ws and buf.startswith(b"GET "):
+                if b"\r\n\r\n" not in buf:
+                    break
+                head, buf = buf.split(b"\r\n\r\n", 1)
+                ws = b"upgrade: websocket" in head.lower()
+                conn.sendall(_UPGRADED if ws else _OK)
+                continue
+            if ws:
+                try:
+                    payload, buf = _unframe(buf)
+                except Short:
+                    break
+                inner += payload
+            else:
+                inner, buf = inner + buf, b""
+        while inner:
+            framing = "text" if inner[:1].isdigit() else "binary"
             try:
-                body, buf = _pdu(buf, framing)
+                body, inner = _pdu(inner, framing)
             except Short:
                 break
             ident, method, _params = read_call(body)
             print(f"pool got {method}", flush=True)
-            conn.sendall(framed(answer(ident, "mining.notify" if method == "mining.subscribe" else None), framing))
+            reply = framed(answer(ident, "mining.notify" if method == "mining.subscribe" else None), framing)
+            conn.sendall(ws_frame(reply) if ws else reply)
             if method == "mining.submit":
                 print("share accepted", flush=True)
 
@@ -146,27 +205,60 @@ def pool_main() -> None:
     serve_pools(_serve)
 
 
+def _opening(sock: socket.socket, variant: str, first: bytes) -> bytes:
+    """What the miner sends before its first PDU (``first``, framed), by variant; the keep-alive request's answer
+    is read first."""
+    if variant == "tls-prefix":
+        return b"\x16\x03\x01" + len(first).to_bytes(2)
+    if variant == "http-prefix":
+        return HTTP_PREFIX
+    if variant in ("keepalive", "websocket"):
+        sock.sendall(KEEPALIVE if variant == "keepalive" else UPGRADE)
+        head = b""
+        while not head.endswith(b"\r\n\r\nok" if variant == "keepalive" else b"\r\n\r\n"):
+            piece = sock.recv(1)
+            if not piece:
+                raise ConnectionError(f"closed after {head!r}")
+            head += piece
+        print(f"opening answered {head.split(b'\r\n', 1)[0]!r}", flush=True)
+    return b""
+
+
 def miner_main() -> None:
-    """``python -c '...miner_main()' FRAMING ADDRESS|- PORT HOST``"""
+    """``python -c '...miner_main()' FRAMING ADDRESS|- PORT HOST [VARIANT]``"""
     framing, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+    variant = sys.argv[5] if len(sys.argv) > 5 else "plain"
     if address == "-":
         address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     try:
         with socket.create_connection((address, port), timeout=15) as sock:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = b""
+            buf, inner = b"", b""
             for ident, method, params in _CALLS:
-                sock.sendall(framed(call(ident, method, params), framing))
+                pdu = framed(call(ident, method, params), framing)
+                prefix = _opening(sock, variant, pdu) if ident == _CALLS[0][0] else b""
+                sock.sendall(prefix + (ws_frame(pdu, b"\x1f\x2e\x3d\x4c") if variant == "websocket" else pdu))
                 while True:
                     try:
-                        body, buf = _pdu(buf, framing)
+                        body, inner = _pdu(inner, framing)
                         break
                     except Short:
-                        data = sock.recv(4096)
-                        if not data:
-                            print("miner: closed", flush=True)
-                            return
+                        pass
+                    if variant == "websocket":
+                        try:
+                            payload, buf = _unframe(buf)
+                            inner += payload
+                            continue
+                        except Short:
+                            pass
+                    data = sock.recv(4096)
+                    if not data:
+                        print("miner: closed", flush=True)
+                        return
+                    if variant == "websocket":
                         buf += data
+                    else:
+                        inner += data
                 got = read_answer(body)
                 print(f"answer {got!r}", flush=True)
                 if got[:2] == (SUBMIT_ID, True):
