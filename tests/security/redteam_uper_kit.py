@@ -126,6 +126,8 @@ def read_answer(body: bytes) -> tuple[int, bool, str | None]:
 
 HTTP_PREFIX = b"GET /per HTTP/1.1\r\n"
 """Variant ``http-prefix``: a request line, then the PDUs (no head ever ends)."""
+TEXT_PREFIX = b"HELLO uper-client/1.0 " + b"x" * 640 + b"\n"
+"""Variant ``text-prefix``: a printable line (more than half of the opening's 1,024-byte window), then the PDUs."""
 KEEPALIVE = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n"
 """Variant ``keepalive``: a whole request, answered, then the PDUs on the same connection."""
 UPGRADE = (
@@ -138,7 +140,7 @@ _UPGRADED = (
     b"Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n"
 )
 _OK = b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok"
-VARIANTS = ("plain", "tls-prefix", "http-prefix", "keepalive", "websocket")
+VARIANTS = ("plain", "tls-prefix", "http-prefix", "text-prefix", "keepalive", "websocket")
 
 
 def ws_frame(payload: bytes, mask: bytes = b"") -> bytes:
@@ -160,32 +162,47 @@ def _unframe(buf: bytes) -> tuple[bytes, bytes]:
     return (bytes(b ^ mask[i % 4] for i, b in enumerate(body)) if masked else body), buf[head + size :]
 
 
+def _opened(conn: socket.socket, buf: bytes) -> tuple[bytes, bool] | None:
+    """``buf`` past a variant's opening (a record header, a request line, a printable line, a request answered),
+    and whether it upgraded to WebSocket; None when no opening starts it (the PDUs do); `Short` when cut."""
+    if buf[:1] == b"\x16":
+        if len(buf) < 5:
+            raise Short
+        return buf[5:], False
+    for prefix in (HTTP_PREFIX, TEXT_PREFIX):
+        if buf[:6] == prefix[:6]:
+            if len(buf) < len(prefix):
+                raise Short
+            return buf[len(prefix) :], False
+    if not buf.startswith(b"GET "):
+        return None
+    if b"\r\n\r\n" not in buf:
+        raise Short
+    head, buf = buf.split(b"\r\n\r\n", 1)
+    ws = b"upgrade: websocket" in head.lower()
+    conn.sendall(_UPGRADED if ws else _OK)
+    return buf, ws
+
+
 def _serve(conn: socket.socket) -> None:
     buf, inner, ws = b"", b"", False
     while data := conn.recv(4096):
         buf += data
-        while buf:
-            if not ws and buf[:1] == b"\x16" and len(buf) >= 5:  # tls-prefix: a record header, dropped
-                buf = buf[5:]
-                continue
-            if not ws and buf.startswith(HTTP_PREFIX):
-                buf = buf[len(HTTP_PREFIX) :]
-                continue
-            if not ws and buf.startswith(b"GET "):
-                if b"\r\n\r\n" not in buf:
-                    break
-                head, buf = buf.split(b"\r\n\r\n", 1)
-                ws = b"upgrade: websocket" in head.lower()
-                conn.sendall(_UPGRADED if ws else _OK)
-                continue
-            if ws:
-                try:
-                    payload, buf = _unframe(buf)
-                except Short:
-                    break
-                inner += payload
-            else:
+        while buf and not ws:
+            try:
+                opened = _opened(conn, buf)
+            except Short:
+                break
+            if opened is None:
                 inner, buf = inner + buf, b""
+            else:
+                buf, ws = opened
+        while buf and ws:
+            try:
+                payload, buf = _unframe(buf)
+            except Short:
+                break
+            inner += payload
         while inner:
             framing = "text" if inner[:1].isdigit() else "binary"
             try:
@@ -212,6 +229,8 @@ def _opening(sock: socket.socket, variant: str, first: bytes) -> bytes:
         return b"\x16\x03\x01" + len(first).to_bytes(2)
     if variant == "http-prefix":
         return HTTP_PREFIX
+    if variant == "text-prefix":
+        return TEXT_PREFIX
     if variant in ("keepalive", "websocket"):
         sock.sendall(KEEPALIVE if variant == "keepalive" else UPGRADE)
         head = b""

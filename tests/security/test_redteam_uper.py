@@ -12,8 +12,8 @@ each with a PDU framed by a two-byte length (``binary``) or by five digits and `
 rule's rows held from the start (refused there as ``tunnel``); the host rule's crossed, answered, no record, until
 a host rule's raw streams were held to its ``expect`` (default ``[tls, http]``: `egress.proxy.gate.Gate.expecting`),
 which refuses the opening as ``tunnel`` too. Variants tried past that fix (`test_stratum_in_unaligned_per_past_the_
-opening`): a TLS record header or a request line first, a keep-alive request first, WebSocket binary frames (still
-open: a strict xfail).
+opening`): a TLS record header or a request line first, a keep-alive request first (closed); a printable line
+first, WebSocket binary frames (still open, on both routes: strict xfails).
 Ground truth: the pool's log (``share accepted``) and the
 internet-side capture. Each row fails if the bypass works.
 """
@@ -44,6 +44,12 @@ _KIT = "from tests.security.redteam_uper_kit import {0}; {0}()"
 REFUSED = {"mining", "tunnel", "tls-no-sni"}
 """How a row may be refused: by a detector, at the opening (``tunnel``), or a TLS record header without a
 ClientHello to a host rule's port (``tls-no-sni``: no name, no network rule)."""
+TEXT_PREFIX_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="open (red team 6, knowingly left): an opening more than half printable is judged plain, and a rule "
+    "that expects http takes a plaintext stream to the detectors, which read no name in PER (docs/security.md, "
+    "'Sixth round', unaligned PER)",
+)
 WEBSOCKET_OPEN = pytest.mark.xfail(
     strict=True,
     reason="open (red team 6, knowingly left): a WebSocket binary message's payload is read by the stream "
@@ -97,18 +103,25 @@ def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str
 
 @pytest.mark.parametrize(
     "variant",
-    ("tls-prefix", "http-prefix", "keepalive", pytest.param("websocket", marks=WEBSOCKET_OPEN)),
+    (
+        "tls-prefix",
+        "http-prefix",
+        pytest.param("text-prefix", marks=TEXT_PREFIX_OPEN),
+        "keepalive",
+        pytest.param("websocket", marks=WEBSOCKET_OPEN),
+    ),
 )
 @pytest.mark.parametrize("route", ("host-rule", "network-rule"))
 @pytest.mark.parametrize("framing", ("binary", "text"))
 def test_stratum_in_unaligned_per_past_the_opening(
     lab: SecurityLab, pool: Attacker, framing: str, route: str, variant: str
 ) -> None:
-    """Variants tried past the fix: the PDUs behind a TLS record header (``tls-prefix``) or a request line whose
-    head never ends (``http-prefix``), after a whole request answered on a keep-alive connection
-    (``keepalive``), in WebSocket binary frames after an upgrade (``websocket``). Each fails if a share is
-    answered; a refusal must be recorded (``http-prefix``: the gate holds the opening, waiting for the head, so
-    nothing is forwarded and the miner gives up; no record is needed where no byte crossed)."""
+    """Variants tried past the fix: the PDUs behind a TLS record header (``tls-prefix``), a request line whose
+    head never ends (``http-prefix``) or a 663-byte printable line (``text-prefix``: open), after a whole request
+    answered on a keep-alive connection (``keepalive``), in WebSocket binary frames after an upgrade
+    (``websocket``: open). Each fails if a share is answered; a refusal must be recorded (``http-prefix``: the
+    gate holds the opening, waiting for the head, so nothing is forwarded and the miner gives up; no record is
+    needed where no byte crossed)."""
     goal, reason, shares, seen = _run(lab, pool, framing, route, variant)
     assert not goal, f"the pool accepted {shares} share(s): {seen}"
     if variant != "http-prefix":
