@@ -42,8 +42,8 @@ from egress.decide import (
 from egress.detect import encrypted, http, ssh, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, _More, evidence
 from egress.detect.engine import FlowInspector
-from egress.detect.registry import OPAQUE
-from egress.policy.model import DetectorAction, Expect, HostRule, Policy, Sandbox
+from egress.detect.registry import OPAQUE, OPAQUE_UPGRADING
+from egress.policy.model import DetectorAction, Expect, HostRule, NetworkRule, Policy, Sandbox
 
 NOT_EXPECTED = "protocol-not-expected"
 """The protocol of a stream refused at its opening for being none of what its network rule expects."""
@@ -280,14 +280,15 @@ class Gate:
     def inspector(self, meta: FlowMeta) -> FlowInspector:
         """Inspection state for a relayed stream (INSPECT, and decrypted or upgraded payloads). To a destination
         whose rule (network or host: `expecting`) does not say ``any`` it also judges the opening again
-        (`encrypted.detect`), and it leaves SSH alone where the rule says ``ssh``."""
+        (`encrypted.detect`; a host rule's up to a ClientHello in it, `encrypted.detect_upgrading`: TLS begun in
+        band is the gate's to judge), and it leaves SSH alone where the rule says ``ssh``."""
         sandbox = self.sandbox(meta.src)
         rule = self.expecting(sandbox, meta) if sandbox is not None else None
         if rule is None:
             return FlowInspector(meta, self.stream)
         detectors = tuple(d for d in self.stream if not (d is ssh.detect and rule.expects(Expect.SSH)))
         if not rule.expects(Expect.ANY):
-            detectors += OPAQUE
+            detectors += OPAQUE if isinstance(rule, NetworkRule) else OPAQUE_UPGRADING
         return FlowInspector(meta, detectors)
 
     def strict(self, sandbox: Sandbox, meta: FlowMeta) -> bool:

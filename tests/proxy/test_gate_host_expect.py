@@ -172,7 +172,7 @@ def test_no_bound_name_no_host_rule() -> None:
 
 
 def test_the_relay_judges_a_host_rules_opening_again_and_its_cap_follows_any() -> None:
-    """The relayed stream's inspection (`Gate.inspector`) runs `encrypted.detect` unless the rule says ``any``
+    """The relayed stream's inspection (`Gate.inspector`) runs `encrypted.detect_upgrading` unless the rule says ``any``
     (an opening judged plain on its first bytes is judged again on its window), leaves ssh alone where the rule
     says ``ssh``; the cap (`Gate.strict`) blocks what it leaves unidentified unless the rule says ``any``."""
     gate = _gate()
@@ -186,6 +186,6 @@ def test_the_relay_judges_a_host_rules_opening_again_and_its_cap_follows_any() -
         return gate.inspector(where).pending
 
     plain, git, opaque = meta(("192.0.2.1", 8080)), meta(("192.0.2.2", 2222)), meta(("192.0.2.3", 9000))
-    assert encrypted.detect in runs(plain) and encrypted.detect not in runs(opaque)
+    assert encrypted.detect_upgrading in runs(plain) and encrypted.detect_upgrading not in runs(opaque)
     assert ssh.detect not in runs(git) and ssh.detect in runs(plain)
     assert gate.strict(sandbox, plain) and gate.strict(sandbox, git) and not gate.strict(sandbox, opaque)
