@@ -244,6 +244,8 @@ def detect(view: FlowView) -> Result:
     if not (client or server):
         return None
     for read in (first, second):  # XML documents as JSON string values (`jsonrpc.wrap`): no "<" in the bytes
+        if not read.markup:
+            continue
         documents = [normalize(text) for text in read.markup if is_document(text)]
         if documents and (found := _judge(documents)) is not None:
             return found
