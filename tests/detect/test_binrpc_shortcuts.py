@@ -120,22 +120,28 @@ def test_the_memo_is_needed() -> None:
     raise AssertionError("forgetting the unsettled heads went unnoticed")
 
 
+def gate(tail: bytes, tags: tuple[bytes, ...] = binrpc._BER_PIECE_TAGS) -> tuple[tuple[bytes, re.Pattern[bytes]], ...]:
+    return tuple((tag, re.compile(re.escape(tag) + tail)) for tag in tags)
+
+
 def test_a_narrower_gate_is_caught() -> None:
     """The checks above fail when the gate passes a piece it must not: one whose letters follow NULs or spaces
-    (padding before the name), one in the long length form, one in upper case. (The generated streams mostly hold
-    some other piece the gate takes: these are the streams where it is the only one.)"""
+    (padding before the name), one in the long length form, one in upper case, one of an IA5String. (The generated
+    streams mostly hold some other piece the gate takes: these are the streams where it is the only one.)"""
     exact = binrpc._BER_LETTERED
+    assert gate(exact[0][1].pattern[1:]) == exact
     padded = b"\x01\x2c\x80" + piece(b"\x00 mining") + piece(b".submit") + b"\x00\x00"
     for narrower, stream in (
-        (rb"[\x04\x0c\x16][\x01-\x40][A-Za-z]", padded),
-        (rb"[\x04\x0c\x16][\x01-\x40][\x00 .0-9_]*[A-Za-z]", b"\x01\x2c\x80" + LONG + b"\x00\x00"),
+        (gate(rb"[\x01-\x40][A-Za-z]"), padded),
+        (gate(rb"[\x01-\x40][\x00 .0-9_]*[A-Za-z]"), b"\x01\x2c\x80" + LONG + b"\x00\x00"),
+        (gate(rb"[\x01-\x40][\x00 .0-9_]*[a-z]"), b"\x01\x2c\x80" + piece(b"GETW") + piece(b"ORK") + b"\x00\x00"),
         (
-            rb"[\x04\x0c\x16][\x01-\x40][\x00 .0-9_]*[a-z]",
-            b"\x01\x2c\x80" + piece(b"GETW") + piece(b"ORK") + b"\x00\x00",
+            gate(exact[0][1].pattern[1:], (b"\x04", b"\x0c")),
+            b"\x01\x2c\x80" + piece(b"getw", 0x16) + piece(b"ork", 0x16) + b"\x00\x00",
         ),
     ):
         grown_equals_whole(stream, list(range(1, len(stream) + 1)))
-        binrpc._BER_LETTERED = re.compile(narrower)  # type: ignore[misc]
+        binrpc._BER_LETTERED = narrower  # type: ignore[misc]
         try:
             with pytest.raises(AssertionError):
                 grown_equals_whole(stream, list(range(1, len(stream) + 1)))
