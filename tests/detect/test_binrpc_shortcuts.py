@@ -110,6 +110,16 @@ def test_red_team_calls_and_the_corpus_read_the_same_grown() -> None:
         grown_equals_whole(flow[:1500], list(range(1, min(len(flow), 1500) + 1)))
 
 
+def test_a_head_after_the_last_lettered_piece_is_looked_for_again() -> None:
+    """Heads past the last piece with a letter are not looked for, but they are once one comes after them: the
+    head here is searched for only when its own pieces arrive (a head that was passed for good would be lost)."""
+    stream = piece(b"xy") + b"\x00" * 20 + b"\x2c\x80" + piece(b"\x00\x00") * 10 + NAME + b"\x00\x00"
+    cut = len(stream) - len(NAME) - 2
+    grown_equals_whole(stream, [cut, len(stream)])
+    grown_equals_whole(stream, list(range(1, len(stream) + 1)))
+    assert every_head(stream, 0, {})[0] == 24
+
+
 def test_the_memo_is_needed() -> None:
     """The test above can fail: without the heads whose walk met the end, a name cut by a prefix is lost."""
     stream = b"\x01" * 600 + CALLS[0]
