@@ -440,7 +440,7 @@ def _constructed(
     outer length; pyasn1's ``maxChunkSize``; CER for every string over 1,000 bytes): every BER decoder joins
     them (red team 6). Heads are found by one regular expression (a constructed string tag, a length, a piece's
     tag); each is walked at most `_BER_SPAN` bytes. Bytes without a piece's tag (``04``, ``0c``, ``16``: controls
-    that text does not hold) are passed by three ``bytes.find`` calls, bytes after the last piece holding a letter
+    that text does not hold) are passed by three ``bytes.find`` calls, bytes without a piece holding a letter
     (`_BER_LETTERED`) by three searches.
 
     ``read``: what the same search over a shorter prefix of ``data`` settled (`_BerRead`); given, only the heads
@@ -450,31 +450,25 @@ def _constructed(
     scan = start if read is None else max(read.scan, start)
     pending = [] if read is None else [head for head in read.pending if start <= head < scan]
     first = pending[0] if pending else scan
-    reach = _lettered_end(data, first)
-    if reach < 0:
+    if not _lettered(data, first):
         return -1, 0  # no piece with a letter: no head joins to a name or a word (and `read` stays as it was)
     unsettled: list[int] = []
-    # Only a head before a lettered piece may join to a name: heads are looked for up to the end of the last one
-    # (with the bytes `_BER_HEAD` reads past it); those after are looked for again once another one comes.
-    ahead = _BER_HEAD.finditer(data, scan, reach + _BER_HEAD_SPAN)
-    found = _walk_heads(data, [*pending, *(match.start() for match in ahead)], words, unsettled)
+    heads = [*pending, *(match.start() for match in _BER_HEAD.finditer(data, scan))]
+    found = _walk_heads(data, heads, words, unsettled)
     if read is not None:
         read.pending = unsettled
-        read.scan = max(scan, min(len(data) - _BER_HEAD_SPAN, reach))
+        read.scan = max(scan, len(data) - _BER_HEAD_SPAN)
     return found
 
 
-def _lettered_end(data: bytes, first: int) -> int:
-    """Where the last piece with a letter (`_BER_LETTERED`) at or after ``first`` ends, or -1 where none is: every
-    such piece starts before it (one that starts inside the match of another too); three ``bytes.find``
+def _lettered(data: bytes, first: int) -> bool:
+    """Whether ``data`` holds a piece with a letter (`_BER_LETTERED`) at or after ``first``: three ``bytes.find``
     calls where none of the tags is (text), a search from the first of each tag where one is."""
-    end = -1
     for tag, pattern in _BER_LETTERED:
         at = data.find(tag, first)
-        if at >= 0:
-            for match in pattern.finditer(data, at):
-                end = max(end, match.end())
-    return end
+        if at >= 0 and pattern.search(data, at) is not None:
+            return True
+    return False
 
 
 def _walk_heads(

@@ -111,8 +111,10 @@ def test_red_team_calls_and_the_corpus_read_the_same_grown() -> None:
 
 
 def test_a_head_after_the_last_lettered_piece_is_looked_for_again() -> None:
-    """Heads past the last piece with a letter are not looked for, but they are once one comes after them: the
-    head here is searched for only when its own pieces arrive (a head that was passed for good would be lost)."""
+    """A head that no piece with a letter follows yet (one comes before it) must be looked for again once its own
+    pieces arrive: a head passed for good at the first prefix would be lost. (It fails for a bound of the head
+    search at the last such piece that forgets the heads after it: such a bound was tried, and dropped as it cost
+    more instructions than it saved.)"""
     stream = piece(b"xy") + b"\x00" * 20 + b"\x2c\x80" + piece(b"\x00\x00") * 10 + NAME + b"\x00\x00"
     cut = len(stream) - len(NAME) - 2
     grown_equals_whole(stream, [cut, len(stream)])
