@@ -62,8 +62,10 @@ Names (each one is the method of a call or of a pool's notification; the same se
 Incremental: each direction is searched from where the last prefix's search stopped (minus the longest name and
 its padding, so a name cut by the prefix's end is found whole next time), with a few ``bytes.find`` calls per
 anchor on a lowered copy of the new bytes; CBOR's chunked strings back from each new ``ff`` (the byte that ends
-one, which text never holds). A flow whose both directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH
-banner) is ruled out here too: its later bytes are encrypted.
+one, which text never holds); BER constructed strings only where a piece holding a letter follows, walking again
+only the heads a shorter prefix could not settle (`_BerRead`). A flow whose both directions
+`egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is ruled out here too: its later bytes are
+encrypted.
 """
 
 from __future__ import annotations
