@@ -7,7 +7,11 @@ other sandboxes fail with it. `TcpBound` keeps at most ``per_sandbox`` connectio
 sandbox counts under ``""``) and ``limit`` in all, in the spirit of `egress.proxy.idle`: a new connection over its
 sandbox's share closes that sandbox's connection idle the longest (waiting for its client's next bytes); over the
 limit, the one idle the longest of the sandbox that holds the most (one sandbox's flood never closes another's
-while it holds more). With none of them idle, the new connection is closed instead. Closing fails closed:
+while it holds more). With none of them idle, the new connection is closed instead, unless the sandbox that holds
+the most is another, holding more than the newcomer's will: then its oldest connection goes, busy or not. A
+connection is busy while the resolver answers it, and an agent keeps it so for good by never reading its answers
+(the handler waits in ``drain``): red team 7 (tests/security/test_redteam_dnstcp_busy.py) filled the bound in
+all with busy connections, and every new connection of another sandbox was closed in their place. Closing fails closed:
 the client is not answered, nothing is resolved. Each close is reported (`on_closed`), which the resolver turns
 into a record (reason ``idle-limit``, rule `RULE`).
 """
@@ -65,13 +69,15 @@ class TcpBound:
     def open(self, conn: Conn) -> bool:
         """Count a new connection (idle: it waits for its first query), closing first what the bound says;
         ``False`` when it was closed itself (nothing idle to close in its place)."""
-        if self.held_by(conn.sandbox) >= self.per_sandbox:
+        mine = self.held_by(conn.sandbox)
+        if mine >= self.per_sandbox:
             victim = conn.sandbox
         elif self.total >= self.limit:
             victim = max(self._held, key=lambda name: len(self._held[name]))
         else:
             victim = None
-        if victim is not None and not self._close_oldest(victim):
+        busy_too = victim is not None and victim != conn.sandbox and self.held_by(victim) > mine + 1
+        if victim is not None and not self._close_oldest(victim, busy_too):
             self._closed(conn)
             return False
         self._held.setdefault(conn.sandbox, {})[conn] = None
@@ -102,11 +108,15 @@ class TcpBound:
             del self._held[conn.sandbox]
             self._idle.pop(conn.sandbox, None)
 
-    def _close_oldest(self, sandbox: str) -> bool:
+    def _close_oldest(self, sandbox: str, busy_too: bool = False) -> bool:
+        """Close ``sandbox``'s connection idle the longest; with none idle, its oldest when ``busy_too``."""
         idle = self._idle.get(sandbox)
-        if not idle:
+        if idle:
+            conn = next(iter(idle))
+        elif busy_too and self._held.get(sandbox):
+            conn = next(iter(self._held[sandbox]))
+        else:
             return False
-        conn = next(iter(idle))
         self.release(conn)
         self._closed(conn)
         return True

@@ -13,6 +13,14 @@ out; the relay closes when both directions ended. Fail closed: a watch that says
 or pipe, or a bug in a callback or a direction's thread closes both sides at once; nothing is forwarded
 unwatched. A thread touches only its own direction's state and descriptors; what involves the other direction
 (the end passed on, a close) it hands to the loop, and the relay's close stops it before closing a descriptor.
+
+Closing: only a relay both of whose directions ended (each end passed on, everything sent on) closes gracefully;
+every other close (a watch that says no, an error, a connection the policy no longer allows:
+`egress.proxy.openflows`) aborts both sides, ``SO_LINGER`` zero, so the kernel sends a reset and drops what the
+destination side's send buffer still held, instead of sending it on after the close. The destination side has
+that linger from the start (`Relay.__init__`), so a worker that dies (its sockets closed by the kernel) resets
+its connections too: red team 7 (tests/security/test_redteam_splice_close.py) had up to the send buffer's
+megabytes of an upload cross after the cut.
 """
 
 from __future__ import annotations
@@ -24,6 +32,7 @@ import logging
 import os
 import select
 import socket
+import struct
 import threading
 from collections.abc import Callable
 from typing import ClassVar, Final
@@ -53,6 +62,10 @@ local one (a veth, a bridge), where a host default chosen for long paths (BBR) o
 BBR the machine's default, a bulk transfer through the front cost 10-20 % more gateway CPU per MiB and ran
 slower (docs/gateway-performance.md). The destination side keeps the host's default."""
 _SPLICE: Final = os.SPLICE_F_MOVE | os.SPLICE_F_NONBLOCK
+_ABORT: Final = struct.pack("ii", 1, 0)
+"""``struct linger`` on, zero seconds: ``close`` sends a reset and drops the send buffer (socket(7))."""
+_GRACEFUL: Final = struct.pack("ii", 0, 0)
+"""``struct linger`` off: ``close`` sends what is left, then the end (the default)."""
 _F_SETPIPE_SZ: Final = 1031  # linux/fcntl.h; fcntl.F_SETPIPE_SZ exists from Python 3.10 on Linux only
 
 
@@ -106,6 +119,11 @@ async def _connected(sock: socket.socket, timeout: float | None) -> None:
         raise OSError(error, f"connect to {sock.family.name} peer: {os.strerror(error)}")
 
 
+def _linger(sock: socket.socket, linger: bytes) -> None:
+    with contextlib.suppress(OSError):  # a socket already reset: there is nothing left to send
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger)
+
+
 class Relay:
     """One relayed connection: the client's socket and the destination's, both non-blocking and connected."""
 
@@ -123,15 +141,17 @@ class Relay:
         """An eventfd that wakes the directions' threads when the relay closes (made with the first thread)."""
         self.on_lost: Callable[[], None] | None = None
         """Called once when the relay closes (the front forgets it: `egress.proxy.openflows`)."""
+        _linger(upstream, _ABORT)  # whatever ends this process, nothing it holds goes out after
 
     def start(self) -> None:
         """Start reading both sides (the client's first bytes, the ClientHello peeked before, come first)."""
         self.up.resume()
         self.down.resume()
 
-    def close(self) -> None:
-        """Close both sides (and the pipes); idempotent. A direction's thread, if any, is stopped first (it
-        touches no descriptor after this returns)."""
+    def close(self, graceful: bool = False) -> None:
+        """Close both sides (and the pipes); idempotent. Aborted (a reset each way, the send buffers dropped)
+        unless ``graceful`` (both directions ended, everything sent on: the buffers go out, then the end). A
+        direction's thread, if any, is stopped first (it touches no descriptor after this returns)."""
         if self.closed:
             return
         self.closed = True
@@ -143,6 +163,7 @@ class Relay:
             os.close(self.stop)
             self.stop = None
         for sock in (self.up.src, self.down.src):
+            _linger(sock, _GRACEFUL if graceful else _ABORT)
             sock.close()
         if self.on_lost is not None:
             self.on_lost()
@@ -293,7 +314,7 @@ class _Direction:
         self.shut = True
         other = self.relay.down if self is self.relay.up else self.relay.up
         if other.shut:  # both ended and everything went out: closing says the rest, without a shutdown first
-            self.relay.close()
+            self.relay.close(graceful=True)
             return
         self.dst.shutdown(socket.SHUT_WR)
 

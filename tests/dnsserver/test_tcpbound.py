@@ -65,6 +65,22 @@ def test_over_the_limit_the_largest_sandbox_pays() -> None:
     assert closes.closed == [("flood", 1)] and bound.held_by("quiet") == 2 and bound.total == 4
 
 
+def test_over_the_limit_a_larger_sandboxs_busy_connections_do_not_shut_another_out() -> None:
+    """Red team 7: the flooding sandbox keeps every connection busy (it never reads its answers); a sandbox that
+    holds fewer still gets its connections, the flood's oldest closed in their place."""
+    closes = Closes()
+    bound = TcpBound(limit=4, per_sandbox=4)
+    flood = [closes.conn("flood", port) for port in (1, 2, 3, 4)]
+    for conn in flood:
+        assert bound.open(conn)
+        bound.busy(conn)
+    assert bound.open(closes.conn("quiet", 9))
+    assert bound.open(closes.conn("quiet", 10))
+    assert closes.closed == [("flood", 1), ("flood", 2)] and bound.total == 4
+    assert not bound.open(closes.conn("quiet", 11)), "even: the newcomer's sandbox would hold more, it is refused"
+    assert closes.closed[-1] == ("quiet", 11) and bound.held_by("flood") == 2
+
+
 def test_release_is_idempotent_and_frees_the_share() -> None:
     closes = Closes()
     bound = TcpBound(limit=2, per_sandbox=1)

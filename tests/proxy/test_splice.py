@@ -9,6 +9,8 @@ import contextlib
 import fcntl
 import os
 import socket
+import sys
+import termios
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -75,12 +77,18 @@ def _watch(on_finding: Callable[[Finding], bool] = lambda _: False) -> Watch:
     return Watch(on_finding, suspicions=False)
 
 
-async def _read_all(sock: socket.socket, until: int | None = None) -> bytes:
-    """What ``sock`` receives until its end of stream (or ``until`` bytes)."""
+async def _read_all(sock: socket.socket, until: int | None = None, reset_ends: bool = True) -> bytes:
+    """What ``sock`` receives until its end of stream (or ``until`` bytes); a reset ends it too (a relay closed
+    other than by both ends aborts its sides) unless not ``reset_ends``."""
     loop = asyncio.get_running_loop()
     got = bytearray()
     while until is None or len(got) < until:
-        chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), scaled(30))
+        try:
+            chunk = await asyncio.wait_for(loop.sock_recv(sock, 1 << 16), scaled(30))
+        except ConnectionResetError:
+            if not reset_ends:
+                raise
+            break
         if not chunk:
             break
         got += chunk
@@ -182,8 +190,9 @@ def test_a_big_pipe_direction_is_moved_by_a_thread_that_the_close_stops(
     _run(scenario)
 
 
-def test_a_reset_seen_by_a_directions_thread_closes_both_sides() -> None:
+def test_a_reset_seen_by_a_directions_thread_closes_both_sides(monkeypatch: pytest.MonkeyPatch) -> None:
     """The thread hands its error to the event loop, which closes both sides (fail closed)."""
+    monkeypatch.setattr(_Direction, "big_pipes", 0)  # relays other modules' tests left open hold none of ours
 
     async def scenario() -> None:
         relayed = await _relayed(_watch())
@@ -239,6 +248,48 @@ def test_a_destination_that_does_not_read_stops_the_source() -> None:
         assert not sending.done(), "the client could not send it all: the relay stopped reading"
         assert await _read_all(relayed.server, len(data)) == data
         await sending
+        relayed.close()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv-send"])
+def test_a_cut_drops_what_the_destination_has_not_taken(splice: bool) -> None:
+    """A relay closed under way (a policy that no longer allows it: `egress.proxy.openflows`) resets the
+    destination's side: what its send buffer held is dropped, not sent on after the close (red team 7)."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch(), splice)
+        loop = asyncio.get_running_loop()
+        data = b"not TLS " + bytes(32 * 1024 * 1024)
+        sending = asyncio.ensure_future(loop.sock_sendall(relayed.client, data))
+
+        async def held() -> bool:  # the destination side's send buffer holds bytes: what the cut must drop
+            queued = fcntl.ioctl(relayed.relay.down.src.fileno(), termios.TIOCOUTQ, b"\0\0\0\0")
+            assert int.from_bytes(queued, sys.byteorder) > 0
+            return True
+
+        await eventually_async(held, timeout=scaled(30))
+        relayed.relay.close()
+        with contextlib.suppress(ConnectionResetError):
+            got = await _read_all(relayed.server, reset_ends=False)
+            pytest.fail(f"the destination read {len(got)} bytes and a clean end, no reset")
+        sending.cancel()
+        with contextlib.suppress(BaseException):
+            await sending
+        relayed.close()
+
+    _run(scenario)
+
+
+def test_the_destination_side_is_reset_whatever_closes_it() -> None:
+    """The destination's socket has ``SO_LINGER`` zero from the start, so a worker that dies (the kernel closes
+    its sockets) resets it too; a relay that ends gracefully (both directions ended) takes it off first."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        linger = relayed.relay.down.src.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8)
+        assert linger == b"\x01\x00\x00\x00\x00\x00\x00\x00"
         relayed.close()
 
     _run(scenario)

@@ -1,0 +1,203 @@
+"""Programs of test_redteam_splice_close: a TLS site of the attacker's that stops reading, and a sandbox client that
+uploads into it without end, so the bytes pile up inside the gateway (the front's relay: the sandbox side's receive
+buffer, the splice pipe, the destination side's send buffer) while the connection is cut.
+
+The site (`site_main`, in the internet namespace) serves TLS as allowed.lab (the lab's certificate) on the address
+and port it is given, with a small receive buffer. Each connection reads `HOLD` bytes of the client's upload, says
+``held``, then reads nothing more until the flag file exists; then it reads until the end and says ``done <bytes>
+<how>``. The client (`upload_main`, in the sandbox) resolves allowed.lab through the gateway, opens ``count`` TLS
+connections to the port and sends random bytes on each until its connection fails (``open <i>`` once each is up).
+Plain uploads: no mining software, no pool.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import pathlib
+import socket
+import ssl
+import sys
+import threading
+import time
+
+HOLD = 256 * 1024
+"""Bytes the site reads of each connection before it stops reading."""
+CHUNK = 64 * 1024
+"""Bytes the client sends per call."""
+SITE_RCVBUF = 64 * 1024
+"""The site's receive buffer (small: the window closes soon, and the rest waits in the gateway)."""
+
+
+def _serve(conn: socket.socket, context: ssl.SSLContext, flag: pathlib.Path, index: int, hold: bool) -> None:
+    got, how = 0, "eof"
+    try:
+        conn.settimeout(60)
+        tls = context.wrap_socket(conn, server_side=True)
+        while hold and got < HOLD:
+            data = tls.recv(CHUNK)
+            if not data:
+                break
+            got += len(data)
+        if hold:
+            print(f"held {index} {got}", flush=True)
+        while hold and not flag.exists():
+            time.sleep(0.05)
+        while True:
+            data = tls.recv(CHUNK)
+            if not data:
+                break
+            got += len(data)
+    except (OSError, ssl.SSLError) as error:
+        how = type(error).__name__
+    print(f"done {index} {got} {how}", flush=True)
+    conn.close()
+
+
+def site_main() -> None:
+    """``site_main HOST PORT STATE_DIR FLAG [HELD]``: the lab's allowed.lab certificate from the lab's STATE_DIR;
+    with HELD, only the first HELD connections are held, the later ones read at once to their end."""
+    from egress.lab import certs
+
+    host, port, state, flag = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), pathlib.Path(sys.argv[4])
+    held = int(sys.argv[5]) if len(sys.argv) > 5 else None
+    chain, key = certs.ensure(state).servers["allowed"]
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(chain, key)
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SITE_RCVBUF)
+    listener.bind((host, port))
+    listener.listen(64)
+    print("listening", flush=True)
+    index = 0
+    while True:
+        conn, _ = listener.accept()
+        hold = held is None or index < held
+        threading.Thread(target=_serve, args=(conn, context, flag, index, hold), daemon=True).start()
+        index += 1
+
+
+def _upload(address: str, port: int, index: int, size: int | None = None) -> None:
+    from egress.lab.sandbox_io import Context, connect, tls
+
+    ctx = Context((), False, (), 30.0)
+    sent = 0
+    try:
+        sock = tls(ctx, connect(ctx, address, port), "allowed.lab", verify=False)
+        sock.settimeout(None if size is None else 60.0)
+        print(f"open {index}", flush=True)
+        block = os.urandom(CHUNK)
+        while size is None or sent < size:
+            sock.sendall(block)
+            sent += len(block)
+        print(f"sent {index} {sent}", flush=True)
+        with contextlib.suppress(OSError):  # the TLS close, then the end: the site reads to its end
+            sock.unwrap().close()
+    except Exception as error:
+        print(f"ended {index} {sent} {type(error).__name__}", flush=True)
+
+
+def upload_main() -> None:
+    """``upload_main NAMESERVER PORT COUNT [SIZE]``: COUNT uploads to allowed.lab:PORT at once, until each fails
+    (with SIZE: each of SIZE bytes, then closed)."""
+    from egress.lab.sandbox_io import Context, resolve
+
+    nameserver, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    size = int(sys.argv[4]) if len(sys.argv) > 4 else None
+    address = resolve(Context((nameserver,), False, (), 20.0), "allowed.lab")
+    threads = [threading.Thread(target=_upload, args=(address, port, i, size)) for i in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
+_WS_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC11B65"
+TEXT = b"the quick brown fox jumps over the lazy dog; " * 91
+"""One WebSocket message of the upload through mitmproxy (plain text, 4 KiB: nothing a detector looks for)."""
+
+
+def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
+    import base64
+    import hashlib
+
+    got, how = 0, "eof"
+    try:
+        conn.settimeout(60)
+        head = b""
+        while b"\r\n\r\n" not in head:
+            data = conn.recv(4096)
+            if not data:
+                raise ConnectionError("no upgrade")
+            head += data
+        key = next(
+            line.split(b":", 1)[1].strip()
+            for line in head.split(b"\r\n")
+            if line.lower().startswith(b"sec-websocket-key")
+        )
+        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
+        got = len(head.split(b"\r\n\r\n", 1)[1])
+        while got < HOLD:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            got += len(data)
+        print(f"held {index} {got}", flush=True)
+        while not flag.exists():
+            time.sleep(0.05)
+        while True:
+            data = conn.recv(CHUNK)
+            if not data:
+                break
+            got += len(data)
+    except (OSError, StopIteration) as error:
+        how = type(error).__name__
+    print(f"done {index} {got} {how}", flush=True)
+    conn.close()
+
+
+def ws_site_main() -> None:
+    """``ws_site_main HOST PORT FLAG``: a WebSocket site (plain HTTP) that stops reading after `HOLD` bytes."""
+    host, port, flag = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SITE_RCVBUF)
+    listener.bind((host, port))
+    listener.listen(64)
+    print("listening", flush=True)
+    index = 0
+    while True:
+        conn, _ = listener.accept()
+        threading.Thread(target=_ws_serve, args=(conn, flag, index), daemon=True).start()
+        index += 1
+
+
+def ws_upload_main() -> None:
+    """``ws_upload_main NAMESERVER PORT``: a WebSocket to allowed.lab:PORT (through mitmproxy), text messages sent
+    without end until the connection fails."""
+    import base64
+
+    from egress.lab.sandbox_io import Context, connect, resolve
+
+    nameserver, port = sys.argv[1], int(sys.argv[2])
+    ctx = Context((nameserver,), False, (), 20.0)
+    sock = connect(ctx, resolve(ctx, "allowed.lab"), port)
+    key = base64.b64encode(os.urandom(16))
+    sock.sendall(b"GET /ws HTTP/1.1\r\nHost: allowed.lab\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                 b"Sec-WebSocket-Key: " + key + b"\r\nSec-WebSocket-Version: 13\r\n\r\n")  # fmt: skip
+    answer = sock.recv(4096)
+    print(f"open {answer.split(b' ', 2)[1].decode()}", flush=True)
+    mask = os.urandom(4)
+    masked = bytes(b ^ mask[i % 4] for i, b in enumerate(TEXT))
+    frame = bytes([0x81, 0x80 | 126]) + len(TEXT).to_bytes(2, "big") + mask + masked
+    sent = 0
+    sock.settimeout(None)
+    try:
+        while True:
+            sock.sendall(frame)
+            sent += len(frame)
+    except OSError as error:
+        print(f"ended {sent} {type(error).__name__}", flush=True)
