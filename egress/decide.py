@@ -21,7 +21,7 @@ from typing import Final
 
 from egress.detect import miningshape, tlsshape
 from egress.detect.base import EVIDENCE_MAX, Category, Finding, evidence
-from egress.policy.model import Address, DetectorAction, Expect, Mode, NetworkRule, Sandbox, TlsNames
+from egress.policy.model import Address, DetectorAction, Expect, HostRule, Mode, NetworkRule, Sandbox, TlsNames
 
 
 class Reason(enum.StrEnum):
@@ -196,7 +196,8 @@ def _named(sandbox: Sandbox, dst: str | Address, dport: int, name: str, bound: b
         return _by_address(sandbox, dst, dport, "tcp", Reason.DIRECT_IP, text)
     rule = sandbox.host_rule(name, dport)
     if rule is not None and bound:
-        return _allow(rule.rule_id, text)
+        unexpected = _unexpected(sandbox, rule, _SPOKEN[what], text)  # a host rule's `expect:` (red team 6)
+        return unexpected if unexpected is not None else _allow(rule.rule_id, text)
     address = _address(dst)
     network = sandbox.network_rule(address, dport, "tcp") if address is not None else None
     if network is not None:
@@ -212,7 +213,11 @@ def network_rule_for(sandbox: Sandbox, dst: str | Address, dport: int) -> Networ
     return sandbox.network_rule(address, dport, "tcp") if address is not None else None
 
 
-def _unexpected(sandbox: Sandbox, rule: NetworkRule, what: Expect, text: str) -> Verdict | None:
+_SPOKEN: Final = {"sni": Expect.TLS, "host": Expect.HTTP}
+"""What a connection that names its host (`_named`'s ``what``) speaks."""
+
+
+def _unexpected(sandbox: Sandbox, rule: NetworkRule | HostRule, what: Expect, text: str) -> Verdict | None:
     """A block when ``rule`` does not expect ``what`` (its ``expect:`` list), else None."""
     if rule.expects(what):
         return None

@@ -154,15 +154,48 @@ def detect(view: FlowView) -> Result:
     if view.meta.transport is not Transport.TCP:
         return None
     data, side = (view.client, "client") if view.client else (view.server, "server")
+    return _judged(data, side, view.complete)
+
+
+def _judged(data: bytes, side: str, complete: bool) -> Result:
     if not data:
-        return None if view.complete else MORE
-    full = view.complete or len(data) >= WINDOW
+        return None if complete else MORE
+    full = complete or len(data) >= WINDOW
     seen = opening(data, ended=full)
     if seen is Opening.ENCRYPTED:
         return finding(data, side)
     if seen is None or (seen is Opening.PLAIN and not full):
         return MORE
     return None
+
+
+def hello_at(data: bytes) -> int:
+    """Where in ``data``'s first `WINDOW` bytes, after its first byte, a ClientHello begins (a handshake record
+    whose message is a ClientHello, whole or still arriving), or -1."""
+    at = data.find(b"\x16\x03", 1, WINDOW)
+    while at > 0:
+        hello = tls.parse_client_hello(data[at:])
+        if hello is MORE or isinstance(hello, tls.ClientHello):
+            return at
+        at = data.find(b"\x16\x03", at + 1, WINDOW)
+    return -1
+
+
+def detect_upgrading(view: FlowView) -> Result:
+    """`detect` for a host rule's stream, which may upgrade to TLS in band (STARTTLS, PostgreSQL's SSLRequest):
+    the client's opening is judged up to where a ClientHello begins in it (`hello_at`), as if it ended there. A
+    window that holds a post-quantum hello is random-looking (its X25519MLKEM768 key share is 1,216 random
+    bytes: a STARTTLS line then OpenSSL 3.5's hello measures 3.49 bits a byte, 32 % printable); the TLS from the
+    hello on is the gate's to judge (a whole hello naming no bound host is refused at it, `Gate.unbound_hello`;
+    one naming a bound host is watched, `egress.proxy.upgraded`). Gap: an opening judged plain, then a hello's
+    headers and anything inside the record they announce (docs/security.md, "Sixth round")."""
+    if view.meta.transport is not Transport.TCP:
+        return None
+    if view.client:
+        at = hello_at(view.client)
+        if at > 0:
+            return _judged(view.client[:at], "client", True)
+    return detect(view)
 
 
 STREAM_PROTOCOL: Final = "fully-encrypted"

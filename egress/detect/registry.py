@@ -63,6 +63,8 @@ STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
 OPAQUE: Final[tuple[Detector, ...]] = (encrypted.detect,)
 """Streams that open fully encrypted: run by the proxy's gate on streams to a network rule's destination that does
 not expect ``any`` (egress.proxy.gate.Gate.inspector), after the others (a known protocol is the better finding)."""
+OPAQUE_UPGRADING: Final[tuple[Detector, ...]] = (encrypted.detect_upgrading,)
+"""The same for a host rule's port, whose stream may upgrade to TLS in band (`encrypted.detect_upgrading`)."""
 
 
 class DnsObserver(Protocol):

@@ -80,6 +80,8 @@ class _Side:
     upto: int = 0
     searched: int = 0
     """Where the search for `_MARKUP` stopped: it waits at the first bytes while none of them is a ``<`` (no tag)."""
+    plain: int = 0
+    """The bytes from ``searched`` (less `_OVERLAP`) to here hold no ``<``: the next prefix looks for one after."""
     settled: int = 0
     """HTTP: where the messages whose bodies were searched whole end (offset in the stream without leading blanks)."""
     http: bool | None = None
@@ -224,10 +226,12 @@ def _trips(side: _Side, data: bytes, complete: bool) -> bool:
     """Whether `_MARKUP` shows in the new bytes of ``data``, in a chunked or coded HTTP body now whole, or a request
     target holds markup."""
     start = max(side.searched - _OVERLAP, 0)
-    if data.find(b"<", start) >= 0:  # every markup word sits in a tag: none while no "<" came
+    if data.find(b"<", max(start, side.plain)) >= 0:  # every markup word sits in a tag: none while no "<" came
         side.searched = len(data)
         if _has_token(data[start:]):
             return True
+    else:
+        side.plain = len(data)
     raw = data.lstrip(_BLANK)
     if side.http is None and len(raw) >= 8:
         side.http = raw[:1] in b"GPHODT" and _is_http_start(raw[:8])
@@ -244,6 +248,8 @@ def detect(view: FlowView) -> Result:
     if not (client or server):
         return None
     for read in (first, second):  # XML documents as JSON string values (`jsonrpc.wrap`): no "<" in the bytes
+        if not read.markup:
+            continue
         documents = [normalize(text) for text in read.markup if is_document(text)]
         if documents and (found := _judge(documents)) is not None:
             return found

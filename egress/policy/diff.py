@@ -17,7 +17,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
-from egress.policy.model import DetectorActions, DnsLimits, HostRule, NetworkRule, Policy, Quarantine, Sandbox
+from egress.policy.model import (
+    DEFAULT_EXPECT,
+    DetectorActions,
+    DnsLimits,
+    HostRule,
+    NetworkRule,
+    Policy,
+    Quarantine,
+    Sandbox,
+)
 
 __all__ = ["Change", "Kind", "as_json", "diff", "format_text"]
 
@@ -48,9 +57,11 @@ def _ports(ports: frozenset[int]) -> str:
 
 
 def host_text(rule: HostRule) -> str:
-    """A host rule as one line: ``pypi.org (any port)``, ``*.example.com (443) answers 192.0.2.0/24``."""
+    """A host rule as one line: ``pypi.org (any port)``, ``*.example.com (443) answers 192.0.2.0/24``,
+    ``git.example.com (22) expect ssh`` (its ``expect`` shown only where it is not the default)."""
     answers = f" answers {', '.join(str(n) for n in rule.answers)}" if rule.answers else ""
-    return f"{rule.pattern} ({_ports(rule.ports)}){answers}"
+    expect = f" expect {','.join(sorted(e.value for e in rule.expect))}" if rule.expect != DEFAULT_EXPECT else ""
+    return f"{rule.pattern} ({_ports(rule.ports)}){answers}{expect}"
 
 
 def network_text(rule: NetworkRule) -> str:

@@ -14,7 +14,8 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
         interface: IFNAME                     # optional
         mode: enforce | report                # default enforce
         allow:
-          hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...], answers: [CIDR]}, ...]
+          hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...], answers: [CIDR],
+                  expect: [tls, http, ssh, any]}, ...]
           networks: [{cidr: CIDR, ports: [port, ...], protocols: [tcp, udp],
                       expect: [tls, http, ssh, any], tls: bound | any}, ...]
         decrypt: [host pattern, ...]          # each must also be allowed by allow.hosts
@@ -101,7 +102,7 @@ _SANDBOX = frozenset({"sources", "any_source", "interface", "mode", "allow", "de
 _UPGRADE = re.compile(r"[!#$%&'*+\-.^_`|~0-9a-z]+")
 """An HTTP ``Upgrade`` protocol name (an RFC 9110 §5.6.2 token, lowercased), without a ``/version``."""
 _ALLOW = frozenset({"hosts", "networks"})
-_HOST = frozenset({"host", "ports", "answers"})
+_HOST = frozenset({"host", "ports", "answers", "expect"})
 _NETWORK = frozenset({"cidr", "ports", "protocols", "expect", "tls"})
 _PROTOCOLS = ("tcp", "udp")
 _DETECTORS = frozenset(field.name for field in dataclasses.fields(DetectorActions))
@@ -373,14 +374,15 @@ class _Checker(NodeChecker):
     def host(self, node: yamlnodes.Node, rule_id: str) -> HostRule | None:
         ports: frozenset[int] = frozenset()
         answers: tuple[Network, ...] = ()
+        expect = DEFAULT_EXPECT
         if isinstance(node, yamlnodes.MappingNode):
             fields = self.fields(node, rule_id, _HOST, ("host",))
+            if "expect" in fields:
+                expect = self.expect(fields["expect"], f"{rule_id}.expect")
             if "ports" in fields:
                 ports = self.ports(fields["ports"], f"{rule_id}.ports")
             if "answers" in fields:
-                answers = self.network_list(fields["answers"], f"{rule_id}.answers")
-                if isinstance(fields["answers"], yamlnodes.SequenceNode) and not answers:
-                    self.at(fields["answers"], f"{rule_id}.answers", "empty: list networks, or leave answers out")
+                answers = self.answers(fields["answers"], f"{rule_id}.answers")
             if "host" not in fields:
                 return None
             text = self.text(fields["host"], f"{rule_id}.host")
@@ -404,7 +406,14 @@ class _Checker(NodeChecker):
             pattern = self.pattern(node, rule_id, text)
         if pattern is None:
             return None
-        return HostRule(pattern, self._ports.setdefault(ports, ports), rule_id, line(node), answers)
+        return HostRule(pattern, self._ports.setdefault(ports, ports), rule_id, line(node), answers, expect)
+
+    def answers(self, node: yamlnodes.Node, path: str) -> tuple[Network, ...]:
+        """A host rule's ``answers: [CIDR, ...]``: at least one."""
+        answers = self.network_list(node, path)
+        if isinstance(node, yamlnodes.SequenceNode) and not answers:
+            self.at(node, path, "empty: list networks, or leave answers out")
+        return answers
 
     def networks(self, node: yamlnodes.Node, path: str) -> tuple[NetworkRule, ...]:
         rules: list[NetworkRule] = []
@@ -433,7 +442,8 @@ class _Checker(NodeChecker):
         return tuple(rules)
 
     def expect(self, node: yamlnodes.Node, path: str) -> frozenset[Expect]:
-        """``expect: [tls, http, ssh, any]``: at least one; ``any`` written out, never implied."""
+        """``expect: [tls, http, ssh, any]`` of a network or host rule: at least one; ``any`` written out, never
+        implied."""
         items = self.sequence(node, path)
         if isinstance(node, yamlnodes.SequenceNode) and not items:
             self.at(node, path, "empty: list what the destination speaks (tls, http, ssh), or any")

@@ -39,6 +39,24 @@ class DetectorAction(enum.StrEnum):
     """Let it pass silently."""
 
 
+class Expect(enum.StrEnum):
+    """A protocol a rule expects its destination to speak (``expect:`` of a network or host rule; docs/policy.md)."""
+
+    TLS = "tls"
+    """TLS: a whole ClientHello, then records (its SNI is judged by `TlsNames`)."""
+    HTTP = "http"
+    """Plain HTTP requests."""
+    SSH = "ssh"
+    """SSH (a remote shell and a port forwarder by design: it must be named)."""
+    ANY = "any"
+    """Anything, fully encrypted streams included: no protocol is checked, only the detectors run."""
+
+
+DEFAULT_EXPECT: frozenset[Expect] = frozenset({Expect.TLS, Expect.HTTP})
+"""What a rule expects when it does not say: the protocols a user means by "this address" or "this host" (web
+APIs, registries, object stores). SSH and unidentified encrypted streams must be named (``ssh``, ``any``)."""
+
+
 @dataclass(frozen=True, slots=True)
 class HostRule:
     """An allowed host name: exact (``pypi.org``) or every name below a domain (``*.pythonhosted.org``)."""
@@ -52,6 +70,13 @@ class HostRule:
     answers: tuple[Network, ...] = ()
     """Networks every address the resolver answers for a name of this rule must be in (``answers:`` in the file);
     empty: any global address (and the sandbox's ``dns.allow_ranges``)."""
+    expect: frozenset[Expect] = DEFAULT_EXPECT
+    """The protocols this host speaks (``expect:``, as a network rule's; default `DEFAULT_EXPECT`): TLS and HTTP
+    that name it are checked against it, and so is a raw stream to its address and port (red team 6: a stream
+    that opens as no protocol, Stratum in unaligned PER, crossed a host rule's port unread)."""
+
+    def expects(self, protocol: Expect) -> bool:
+        return Expect.ANY in self.expect or protocol in self.expect
 
     def matches(self, name: str, port: int) -> bool:
         if self.ports and port not in self.ports:
@@ -61,26 +86,10 @@ class HostRule:
         return name == self.pattern
 
 
-class Expect(enum.StrEnum):
-    """A protocol a network rule expects its destination to speak (``expect:``; docs/policy.md)."""
-
-    TLS = "tls"
-    """TLS: a whole ClientHello, then records (its SNI is judged by `TlsNames`)."""
-    HTTP = "http"
-    """Plain HTTP requests."""
-    SSH = "ssh"
-    """SSH (a remote shell and a port forwarder by design: it must be named)."""
-    ANY = "any"
-    """Anything, fully encrypted streams included: no protocol is checked, only the detectors run."""
-
-
-DEFAULT_EXPECT: frozenset[Expect] = frozenset({Expect.TLS, Expect.HTTP})
 MAX_CONNECTIONS = 1024
 """Default bound on the TCP connections one sandbox holds at once (``max_connections``): every source of the
 sandbox and both IP versions together (conntrack entries); a new one over it is dropped and recorded."""
 MAX_CONNECTIONS_RANGE = (16, 1_000_000)
-"""What a network rule expects when it does not say: the protocols a user means by "this address" (web APIs,
-registries, object stores). SSH and unidentified encrypted streams must be named (``ssh``, ``any``)."""
 
 
 class TlsNames(enum.StrEnum):

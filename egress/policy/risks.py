@@ -4,6 +4,8 @@
   private section);
 - a network rule open on every port (``ports`` left out): anything the destination runs is reachable, SSH and
   databases included;
+- a host rule that lists port 22 but does not expect ``ssh`` (red team 6: a host rule's raw streams are held to its
+  ``expect``, default ``[tls, http]``, so SSH to it is refused: the policy likely meant git or a shell over SSH);
 - a sandbox in ``report`` mode: nothing is blocked, only recorded (the shadow rollout, meant to end);
 - a loopback source: the gateway's own traffic taken as a sandbox's (right only for a gateway tested on one host).
 """
@@ -11,7 +13,7 @@
 from __future__ import annotations
 
 from egress.policy.addresses import loopback
-from egress.policy.model import Mode, Policy
+from egress.policy.model import Expect, Mode, Policy
 from egress.policy.suffixes import policy_warnings
 from egress.policy.yamlnodes import Problem
 
@@ -32,6 +34,11 @@ def risks(policy: Policy, suffixes: frozenset[str]) -> list[Problem]:
                 found.append(
                     Problem(policy.file, sandbox.line, f"sandboxes.{sandbox.name}.sources: warning: {source} {why}")
                 )
+        for host in sandbox.hosts:
+            if 22 in host.ports and not host.expects(Expect.SSH):
+                found.append(Problem(policy.file, host.line, f"{host.rule_id}: warning: port 22 is allowed but the "
+                    "rule does not expect ssh, so SSH to it is refused at its banner: add ssh to its expect (e.g. "
+                    "expect: [tls, http, ssh]) if that is what the port is for"))  # fmt: skip
         for rule in sandbox.networks:
             if not rule.ports:
                 protocols = "/".join(sorted(rule.protocols))

@@ -46,7 +46,7 @@ from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.connect import connect
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
-from egress.proxy.idle import Held, IdleBound
+from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.relay import Watch
 from egress.proxy.splice import Relay, sandbox_side
@@ -106,13 +106,15 @@ class Front:
         flows: FlowSink | None = None,
         plain_http: bool = True,
         idle: IdleBound | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
     ) -> None:
         """``destination``: where an accepted connection was going (`original_destination` behind nftables);
         ``open_flows``: where relayed connections are kept while open (a reload may close them); ``flows``: told
         each relayed connection's end, for the sandboxes that keep a flow log (`egress.flowlog`); ``plain_http``:
         serve plainly allowed keep-alive HTTP here (`egress.proxy.httpfast`) instead of in mitmproxy; ``idle``: the
-        bound of the connections that have not spoken yet (`egress.proxy.idle`; default: its default limits)."""
-        self.plain_http = PlainHttp(gate, reporter, open_flows, flows) if plain_http else None
+        bound of the connections that have not spoken yet (`egress.proxy.idle`; default: its default limits);
+        ``idle_timeout``: seconds a fast-path connection may wait for its next request (mitmproxy's idle timeout)."""
+        self.plain_http = PlainHttp(gate, reporter, open_flows, flows, idle_timeout) if plain_http else None
         self.open_flows = open_flows
         self.flows = flows
         self.gate = gate

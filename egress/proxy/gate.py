@@ -10,9 +10,10 @@
 - ``REFUSE``: closed at once, both sides; the verdict says why;
 - ``WAIT``: not enough bytes yet (a ClientHello or request head still arriving, or an opening too short to judge).
 
-A destination a network rule covers gets what the rule expects (`egress.policy.model.Expect`): a stream that
-opens fully encrypted (`egress.detect.encrypted`) is a tunnel unless the rule says ``any``; SSH passes only where
-it says ``ssh``; TLS passed through it is marked ``watch`` (the front relays it through
+A destination a network rule covers gets what the rule expects (`egress.policy.model.Expect`), and so does a raw
+stream (no SNI, no Host) to a host rule's port of a name bound to the address (`Gate.expecting`; red team 6): a
+stream that opens fully encrypted (`egress.detect.encrypted`) is a tunnel unless the rule says ``any``; SSH passes
+only where it says ``ssh``; a network rule's TLS passed through it is marked ``watch`` (the front relays it through
 `egress.detect.tlsshape`, which finds TLS carrying TLS or a shell); a caller that cannot watch gets a refusal.
 A host rule's TLS is watched for the mining shape where ``detectors.mining_shape`` is not ``allow``: a caller
 that cannot watch (mitmproxy, given what the front could not judge) gets a refusal there too (issue 9).
@@ -23,9 +24,9 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
-from typing import Final
+from typing import Final, Protocol
 
 from egress.decide import (
     Enforcement,
@@ -41,8 +42,8 @@ from egress.decide import (
 from egress.detect import encrypted, http, ssh, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, _More, evidence
 from egress.detect.engine import FlowInspector
-from egress.detect.registry import OPAQUE
-from egress.policy.model import DetectorAction, Expect, NetworkRule, Policy, Sandbox
+from egress.detect.registry import OPAQUE, OPAQUE_UPGRADING
+from egress.policy.model import DetectorAction, Expect, HostRule, NetworkRule, Policy, Sandbox
 
 NOT_EXPECTED = "protocol-not-expected"
 """The protocol of a stream refused at its opening for being none of what its network rule expects."""
@@ -232,8 +233,8 @@ class Gate:
 
     def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
         noted: Verdict | None = None
-        network = network_rule_for(sandbox, meta.dst, meta.dport)
-        if client[:4] == H2_PREFACE[:4] and (network is None or not network.expects(Expect.ANY)):
+        rule = self.expecting(sandbox, meta)
+        if client[:4] == H2_PREFACE[:4] and (rule is None or not rule.expects(Expect.ANY)):
             if len(client) < len(H2_PREFACE) and H2_PREFACE.startswith(client):
                 return Decision(Kind.WAIT)
             if client.startswith(H2_PREFACE):
@@ -242,8 +243,8 @@ class Gate:
                     return Decision(Kind.REFUSE, verdict)
                 noted = _worth_recording(verdict)
         finding = self.inspect_once(meta, client, server)
-        if network is not None:
-            judged = _expected(network, meta, client, server, finding)
+        if rule is not None:
+            judged = _expected(rule, meta, client, server, finding)
             if judged is MORE:
                 return Decision(Kind.WAIT)
             finding = judged if isinstance(judged, Finding) else None
@@ -265,26 +266,38 @@ class Gate:
         bound = bool(host) and host in self.names_for(sandbox.name, meta.dst)
         return decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
 
+    def expecting(self, sandbox: Sandbox, meta: FlowMeta) -> Expecting | None:
+        """What the rule of ``meta``'s destination expects of a stream with no name of its own (`_expected`): the
+        network rule that covers the address and port, else the host rules of the names bound to the address on
+        that port (red team 6: a host rule's raw stream was held to nothing, so Stratum in unaligned PER crossed
+        it). Several names' rules: what any of them expects, as any of them lets the stream through
+        (`decide_raw`). None when no rule covers it (the stream is then refused by its address)."""
+        network = network_rule_for(sandbox, meta.dst, meta.dport)
+        if network is not None:
+            return network
+        return host_expecting(sandbox, self.names_for(sandbox.name, meta.dst), meta.dport)
+
     def inspector(self, meta: FlowMeta) -> FlowInspector:
-        """Inspection state for a relayed stream (INSPECT, and decrypted or WebSocket payloads). To a network
-        rule's destination it also judges the opening again (`encrypted.detect`, unless the rule says ``any``),
-        and it leaves SSH alone where the rule says ``ssh``."""
+        """Inspection state for a relayed stream (INSPECT, and decrypted or upgraded payloads). To a destination
+        whose rule (network or host: `expecting`) does not say ``any`` it also judges the opening again
+        (`encrypted.detect`; a host rule's up to a ClientHello in it, `encrypted.detect_upgrading`: TLS begun in
+        band is the gate's to judge), and it leaves SSH alone where the rule says ``ssh``."""
         sandbox = self.sandbox(meta.src)
-        network = network_rule_for(sandbox, meta.dst, meta.dport) if sandbox is not None else None
-        if network is None:
+        rule = self.expecting(sandbox, meta) if sandbox is not None else None
+        if rule is None:
             return FlowInspector(meta, self.stream)
-        detectors = tuple(d for d in self.stream if not (d is ssh.detect and network.expects(Expect.SSH)))
-        if not network.expects(Expect.ANY):
-            detectors += OPAQUE
+        detectors = tuple(d for d in self.stream if not (d is ssh.detect and rule.expects(Expect.SSH)))
+        if not rule.expects(Expect.ANY):
+            detectors += OPAQUE if isinstance(rule, NetworkRule) else OPAQUE_UPGRADING
         return FlowInspector(meta, detectors)
 
     def strict(self, sandbox: Sandbox, meta: FlowMeta) -> bool:
         """Whether a relayed raw stream (INSPECT) to ``meta``'s destination that the inspection cap leaves
-        unidentified is blocked (`egress.detect.engine.unidentified_finding`): through a network rule unless it
-        says ``any``, and to a host rule's port always (issue 9: padding past the cap bought an uninspected
-        connection to a bound name), unless `bound_tls_in` the stream (the caller asks)."""
-        network = network_rule_for(sandbox, meta.dst, meta.dport)
-        return network is None or not network.expects(Expect.ANY)
+        unidentified is blocked (`egress.detect.engine.unidentified_finding`): unless its rule (network or host,
+        `expecting`) says ``any`` (issue 9: padding past the cap bought an uninspected connection to a bound
+        name), and unless `bound_tls_in` the stream (the caller asks)."""
+        rule = self.expecting(sandbox, meta)
+        return rule is None or not rule.expects(Expect.ANY)
 
     def bound_tls_in(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> bool:
         """Whether ``client`` (a raw stream to a host rule's port) carries, after its opening, a whole ClientHello
@@ -346,8 +359,45 @@ class Gate:
         return inspector.feed_stream(False, server)
 
 
-def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, finding: Finding | None) -> Result:
-    """What a stream with no name of its own, to ``rule``'s destination, comes to under its ``expect:`` list:
+class Expecting(Protocol):
+    """A rule's ``expect:`` as the gate reads it: a `NetworkRule`, a `HostRule`, or several host rules `Joined`."""
+
+    @property
+    def rule_id(self) -> str: ...
+
+    @property
+    def expect(self) -> frozenset[Expect]: ...
+
+    def expects(self, protocol: Expect) -> bool: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Joined:
+    """The host rules of several names bound to one address and port: what any of them expects."""
+
+    rule_id: str
+    expect: frozenset[Expect]
+
+    def expects(self, protocol: Expect) -> bool:
+        return Expect.ANY in self.expect or protocol in self.expect
+
+
+def host_expecting(sandbox: Sandbox, names: Iterable[str], port: int) -> Expecting | None:
+    """What the host rules that let a raw stream to ``port`` through for ``names`` (the names bound to its
+    address) expect: one rule's own ``expect``, several `Joined`; None when none does."""
+    rules: dict[str, HostRule] = {}
+    for name in sorted(names):
+        rule = sandbox.host_rule(name, port)
+        if rule is not None:
+            rules.setdefault(rule.rule_id, rule)
+    if len(rules) <= 1:
+        return next(iter(rules.values()), None)
+    return Joined(", ".join(rules), frozenset().union(*(rule.expect for rule in rules.values())))
+
+
+def _expected(rule: Expecting, meta: FlowMeta, client: bytes, server: bytes, finding: Finding | None) -> Result:
+    """What a stream with no name of its own, to ``rule``'s destination (a network rule's, or a host rule's port
+    of a name bound to the address: `Gate.expecting`), comes to under its ``expect:`` list:
     the detectors' ``finding`` (minus SSH's where SSH is expected), an SSH or fully encrypted opening the rule does
     not expect, any other opening where the rule expects neither ``http`` nor ``any`` (`not_expected`), or MORE
     while the opening is too short to judge."""
@@ -370,7 +420,7 @@ def _expected(rule: NetworkRule, meta: FlowMeta, client: bytes, server: bytes, f
     return finding or not_expected(rule, meta, first, side, seen)
 
 
-def not_expected(rule: NetworkRule, meta: FlowMeta, first: bytes, side: str, seen: encrypted.Opening) -> Finding:
+def not_expected(rule: Expecting, meta: FlowMeta, first: bytes, side: str, seen: encrypted.Opening) -> Finding:
     """A stream to ``rule``'s destination that opens as none of what the rule expects (a plaintext line protocol,
     a server's greeting, a TLS or HTTP opening that did not make a whole hello or request head): refused at its
     opening where the rule expects neither ``http`` nor ``any`` (red team: to a rule expecting ``tls``, a

@@ -16,6 +16,12 @@ the client; one that finds something is recorded, and a blocking one is answered
 connection closed. Anything the relay cannot frame or judge after a request went out closes both
 sides (a 502 for a response it could not frame): an error never forwards unjudged bytes.
 
+A connection waiting for its next request is held at most the worker's idle timeout (``idle_timeout``, the value
+mitmproxy's `egress.proxy.mitm.quiet` gets): one sweep every tenth of it (at most every 5 s, no timer per request)
+closes those silent that long since their last answer, recorded ``idle-timeout`` as the addon's ``idle_closed``
+records mitmproxy's (red team 7). A request head or body once begun is waited for at most `REQUEST_WAIT`, then
+mitmproxy takes the connection, and its idle timeout with it.
+
 The judgements are `egress.proxy.httpjudge`'s (which keeps the clean ones of a connection by their exact bytes:
 a keep-alive client polling one URL costs one inspection); the server side (dialling, keeping the connection,
 reading whole responses) is `egress.proxy.httpupstream`'s; the sockets' waiting is `egress.proxy.httpio`'s.
@@ -32,7 +38,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Final
 
-from egress.decide import Enforcement, Verdict, decide_finding
+from egress.decide import Enforcement, Verdict, decide_finding, decide_idle_timeout
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import http, upgrade
 from egress.detect.base import Finding, FlowMeta
@@ -43,6 +49,7 @@ from egress.proxy.gate import Gate, flow_meta
 from egress.proxy.httpio import Waker, close_gently, send_all
 from egress.proxy.httpjudge import Judge, fail_closed, message
 from egress.proxy.httpupstream import Closed, Stale, Upstream
+from egress.proxy.idle import IDLE_TIMEOUT
 from egress.proxy.mitm.inspect import Read, read
 from egress.proxy.openflows import OpenFlows
 from egress.record.naming import named
@@ -54,14 +61,27 @@ log = logging.getLogger("egress.proxy")
 PEEK: Final = httpwire.HEAD_MAX + httpwire.BODY_MAX
 REQUEST_WAIT: Final = 5.0
 """Seconds a request head, once begun, may take to arrive whole with its body before mitmproxy takes it."""
+SWEEP_MAX: Final = 5.0
+"""Seconds between two sweeps for connections past the idle timeout at most (else a tenth of the timeout)."""
+WAITING_NOTE: Final = "no request since its last answer (the front's plain-HTTP fast path)"
 
 
 class PlainHttp:
     """The fast path of one worker (see the module docstring)."""
 
     def __init__(
-        self, gate: Gate, reporter: Reporter, open_flows: OpenFlows | None = None, flows: FlowSink | None = None
+        self,
+        gate: Gate,
+        reporter: Reporter,
+        open_flows: OpenFlows | None = None,
+        flows: FlowSink | None = None,
+        idle_timeout: float = IDLE_TIMEOUT,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
+        """``idle_timeout``: seconds a connection may wait for its next request (the worker's, as mitmproxy's);
+        ``clock``: when each began waiting (monotonic; the tests' own)."""
+        if idle_timeout <= 0:
+            raise ValueError(f"the idle timeout must be positive (got {idle_timeout})")
         self.gate = gate
         self.reporter = reporter
         self.open_flows = open_flows
@@ -73,6 +93,12 @@ class PlainHttp:
         """Connections given to mitmproxy at a request boundary (their first request, or a later one)."""
         self.blocked = 0
         """Responses answered with a 403 here."""
+        self.idle_timeout = idle_timeout
+        self.clock = clock
+        self.idle_closed = 0
+        """Connections closed by the idle timeout while waiting for their next request."""
+        self._serving: set[_Exchange] = set()
+        self._sweeping: asyncio.TimerHandle | None = None
 
     async def serve(self, conn: socket.socket, peer: tuple[str, int], dst: tuple[str, int]) -> bool:
         """Serve ``conn`` (going to ``dst``) request by request when its first bytes, there now, are an HTTP
@@ -93,13 +119,35 @@ class PlainHttp:
         source = (str(peer[0]), int(peer[1]))
         exchange = _Exchange(self, conn, flow_meta(source, dst), sandbox)
         done = False
+        self._serving.add(exchange)
+        if self._sweeping is None:
+            self._sweeping = asyncio.get_running_loop().call_later(min(self.idle_timeout / 10, SWEEP_MAX), self._swept)
         try:
             done = await exchange.run()
         finally:
+            self._serving.discard(exchange)
             exchange.finish(done)
         if not done:
             self.handed_off += 1
         return done
+
+    def sweep(self) -> int:
+        """Close the connections that have waited for their next request for the idle timeout or longer, each
+        recorded ``idle-timeout``; how many."""
+        now, closed = self.clock(), 0
+        for exchange in [e for e in self._serving if e.waiting is not None and now - e.waiting >= self.idle_timeout]:
+            closed += exchange.expire(now)
+        self.idle_closed += closed
+        return closed
+
+    def _swept(self) -> None:
+        self._sweeping = None
+        try:
+            self.sweep()
+        except Exception:  # one connection's close must not end the sweeps
+            log.exception("httpfast: closing an idle connection failed")
+        if self._serving:
+            self._sweeping = asyncio.get_running_loop().call_later(min(self.idle_timeout / 10, SWEEP_MAX), self._swept)
 
 
 class _Exchange:
@@ -122,6 +170,8 @@ class _Exchange:
         """Bytes of requests read from the client and of answers written to it, here (the flow log's)."""
         self.passed: Verdict | None = None
         self.passed_host = ""
+        self.waiting: float | None = None
+        """Since when (the owner's clock) it waits for the client's next request; None while it is served."""
 
     async def run(self) -> bool:
         """True once the connection is finished here; False when mitmproxy must take it (nothing of the request
@@ -155,6 +205,7 @@ class _Exchange:
                     keep = await self._forward(loop, parsed, raw, asked)
                 if not keep or parsed.close:
                     return True
+                self.waiting = self.owner.clock()  # swept from now on (`PlainHttp.sweep`): the idle timeout
                 await self.client_ready.wait()  # the next request (an answer comes before it, mostly)
         except Closed as exc:
             log.debug("httpfast: %s:%s: %s", self.meta.src, self.meta.sport, exc)
@@ -196,6 +247,25 @@ class _Exchange:
         question = Question(Asked.HTTP, self.meta.src, self.meta.dst, self.meta.dport, host or None)
         self.token = flows.add(question, self._sever)
 
+    def expire(self, now: float) -> bool:
+        """Waiting since ``self.waiting`` with nothing sent: record the idle timeout's close (as the addon's
+        ``idle_closed`` does) and close both sides (the task then ends it: its peek sees the end). False, nothing
+        done, when the client's next bytes (or its close) are there already: the task reads them next."""
+        try:
+            there = self.conn.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            there = None
+        except OSError:
+            there = b""
+        if there is not None or self.waiting is None:
+            return False
+        quiet_s, self.waiting = now - self.waiting, None
+        try:
+            self._report(decide_idle_timeout(quiet_s, WAITING_NOTE), self.passed_host)
+        finally:
+            self._sever()  # closed even when the record failed
+        return True
+
     def _sever(self) -> None:
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
@@ -230,6 +300,7 @@ class _Exchange:
     async def _next_request(self, loop: asyncio.AbstractEventLoop) -> tuple[httpwire.Request, bytes, Read] | None:
         """The next request, judged and plainly allowed, with its bytes and how it was read; None for mitmproxy."""
         data = await self._peek(loop, httpwire.HEAD_MAX, None)
+        self.waiting = None  # it spoke: no longer idle
         known = self.judge.known(data)
         if known is not None:
             return (known[0], data, known[1]) if self._allowed(known[0], data, known[1]) else None

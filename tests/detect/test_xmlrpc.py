@@ -8,9 +8,12 @@ import zlib
 from xmlrpc import client as rpc
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from egress.detect import xmlrpc
 from egress.detect.base import MORE, Category, Finding, FlowView, Result
+from tests.budget import examples
 from tests.detect.feeding import META, feed_every_split, feed_stream
 from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
 from tests.security.fuzz_targets import feed_pieces
@@ -175,6 +178,37 @@ def test_incremental_equals_whole(step: int) -> None:
             assert xmlrpc.detect(grown) == xmlrpc.detect(FlowView(META, data[:size])), (name, size)
             if isinstance(xmlrpc.detect(FlowView(META, data[:size])), Finding):
                 break
+
+
+XML_TOKENS = [
+    b"<", b">", b"</", b"<methodCall>", b"<methodName>", b"mining.submit", b"</methodName>", b"method", b"Name",
+    b"Envelope", b"<s:", b"s:Body>", b"x" * 90, b"\x00", b" ", b"\r\n", b"HTTP/1.1 200 OK\r\n\r\n", SUBMIT[:70],
+    b"POST / HTTP/1.1\r\nContent-Length: 90\r\n\r\n", SUBMIT[70:],
+]  # fmt: skip
+
+
+@settings(max_examples=examples(200), deadline=None)
+@given(st.lists(st.sampled_from(XML_TOKENS) | st.binary(max_size=5), max_size=30).map(b"".join), st.data())
+def test_grown_at_any_cuts_equals_a_fresh_view(stream: bytes, data: st.DataObject) -> None:
+    """Tags, markup words before and after the first ``<``, HTTP heads, cut anywhere: each prefix of a view grown
+    step by step answers as a fresh view of it (the ``<`` search goes on past the bytes known to hold none)."""
+    points = sorted({*data.draw(st.lists(st.integers(1, max(len(stream), 1)), max_size=10)), len(stream)})
+    grown = FlowView(META)
+    for point in points:
+        grown.client = stream[:point]
+        fresh = xmlrpc.detect(FlowView(META, stream[:point]))
+        assert xmlrpc.detect(grown) == fresh, (point, stream[:point])
+        if isinstance(fresh, Finding):
+            break
+
+
+def test_grown_byte_by_byte_equals_a_fresh_view() -> None:
+    """Every byte a prefix of its own, so that a ``<`` is the first new byte after bytes that hold none."""
+    for stream in (b"methodResponse" + b"x" * 70 + b"<", b"<!-- -->methodName </x>" + b"y" * 70 + b"<", SUBMIT):
+        grown = FlowView(META)
+        for point in range(1, len(stream) + 1):
+            grown.client = stream[:point]
+            assert xmlrpc.detect(grown) == xmlrpc.detect(FlowView(META, stream[:point])), (point, stream[:point])
 
 
 def test_asked_again_after_a_finding_answers_as_a_fresh_view() -> None:

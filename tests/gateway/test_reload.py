@@ -207,6 +207,21 @@ def test_a_file_that_does_not_validate_reaches_no_component(tmp_path: Path, capl
     assert "policy reload rejected" in caplog.text and "surprise" in caplog.text
 
 
+def test_a_bad_host_expect_is_refused_with_its_place_and_the_running_rules_stay(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Red team 6's host-rule ``expect``: a value outside the vocabulary is a reload refused before any component
+    is asked (the running policy stays in force), its message naming the file, the line and the field."""
+    path = tmp_path / "policy.yaml"
+    path.write_text(POLICY.format(name="new").replace("[allowed.test:443]", "[{host: git.test, expect: [sftp]}]"))
+    fake = Fake("resolver")
+    reloader = _reloader(path, fake)
+    with caplog.at_level(logging.ERROR, logger="egress.gateway"):
+        assert _run(reloader.reload) is None
+    assert fake.calls == []
+    assert f"{path}:7: sandboxes.new.allow.hosts[0].expect[0]: 'sftp' is not one of" in caplog.text
+
+
 def test_the_version_is_the_hash_of_the_bytes_read(tmp_path: Path) -> None:
     path = _write(tmp_path / "policy.yaml", "new")
     first = load_version(path)

@@ -14,6 +14,7 @@ import pytest
 from egress.policy.diff import Kind, diff, format_text
 from egress.policy.loader import parse_policy
 from egress.policy.model import (
+    DEFAULT_EXPECT,
     DetectorActions,
     DnsLimits,
     Expect,
@@ -90,6 +91,7 @@ OTHER: dict[tuple[type, str], Callable[[], Policy]] = {
     (HostRule, "pattern"): lambda: _host(pattern="files.pythonhosted.org"),
     (HostRule, "ports"): lambda: _host(ports=frozenset({8443})),
     (HostRule, "answers"): lambda: _host(answers=(NET,)),
+    (HostRule, "expect"): lambda: _host(expect=DEFAULT_EXPECT | {Expect.SSH}),
     (NetworkRule, "network"): lambda: _network(network=NET),
     (NetworkRule, "ports"): lambda: _network(ports=frozenset()),
     (NetworkRule, "protocols"): lambda: _network(protocols=frozenset({"tcp", "udp"})),

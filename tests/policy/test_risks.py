@@ -45,3 +45,27 @@ def test_each_risk_is_one_warning_at_its_line() -> None:
 def test_a_quiet_policy_has_no_warnings() -> None:
     policy = parse_policy("version: 1\nsandboxes:\n  a:\n    sources: [10.0.0.0/24]\n    allow: {hosts: [pypi.org]}\n")
     assert risks(policy, frozenset({"github.io"})) == []
+
+
+def test_a_host_rule_on_port_22_that_does_not_expect_ssh_is_warned_about() -> None:
+    """Red team 6: a host rule's raw streams are held to its ``expect`` (default [tls, http]), so a rule that lists
+    port 22 without ``ssh`` refuses the git-over-SSH it most likely means; one that names ssh (or any), or no
+    port at all, is not warned about."""
+    text = """\
+version: 1
+sandboxes:
+  agents:
+    sources: [10.0.0.0/24]
+    allow:
+      hosts:
+        - {host: github.com, ports: [22, 443]}
+        - {host: gitlab.com, ports: [22, 443], expect: [tls, http, ssh]}
+        - {host: db.example.com, ports: [22], expect: [any]}
+        - pypi.org
+"""
+    warnings = risks(parse_policy(text, "p.yaml"), frozenset())
+    assert [str(w) for w in warnings] == [
+        "p.yaml:7: sandboxes.agents.allow.hosts[0]: warning: port 22 is allowed but the rule does not expect ssh, so "
+        "SSH to it is refused at its banner: add ssh to its expect (e.g. expect: [tls, http, ssh]) if that is what "
+        "the port is for"
+    ]

@@ -22,6 +22,7 @@ from egress.proxy import front as front_module
 from egress.proxy import httpwire
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
+from egress.proxy.idle import IDLE_TIMEOUT
 from tests.lists import shipped_lists
 from tests.waiting import eventually_async, scaled
 
@@ -97,7 +98,7 @@ class Counting:
 
 
 class Setup:
-    def __init__(self, upstream_port: int) -> None:
+    def __init__(self, upstream_port: int, idle_timeout: float = IDLE_TIMEOUT) -> None:
         policy = parse_policy(
             f"""
 version: 1
@@ -121,7 +122,13 @@ sandboxes:
         self.gate = Gate(policy, names_for, make_name_detector(lists), detectors)
         self.reported: list[DecidedFlow] = []
         self.handed: list[bytes] = []
-        self.front = Front(self.gate, self, self._handoff, destination=lambda _: ("127.0.0.1", upstream_port))
+        self.front = Front(
+            self.gate,
+            self,
+            self._handoff,
+            destination=lambda _: ("127.0.0.1", upstream_port),
+            idle_timeout=idle_timeout,
+        )
         assert self.front.plain_http is not None
         self.fast = self.front.plain_http
 
@@ -143,11 +150,11 @@ sandboxes:
 Scenario = Callable[[Setup, Upstream, int], Awaitable[None]]
 
 
-def run(scenario: Scenario, upstream: Upstream | None = None) -> None:
+def run(scenario: Scenario, upstream: Upstream | None = None, idle_timeout: float = IDLE_TIMEOUT) -> None:
     async def main() -> None:
         site = upstream or Upstream()
         server = await asyncio.start_server(site.handle, "127.0.0.1", 0)
-        setup = Setup(int(server.sockets[0].getsockname()[1]))
+        setup = Setup(int(server.sockets[0].getsockname()[1]), idle_timeout)
         with socket.socket() as probe:
             probe.bind(("127.0.0.1", 0))
             port = int(probe.getsockname()[1])
@@ -461,3 +468,120 @@ def test_an_error_judging_joined_bodies_blocks_the_request_with_a_403() -> None:
         writer.close()
 
     run(scenario)
+
+
+class Clock:
+    """The fast path's clock in the idle timeout's tests: moves only when told."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def waiting_since(setup: Setup, since: float) -> None:
+    """Until the connection's exchange waits for its next request, since ``since`` (its last answer written)."""
+
+    async def waits() -> bool:
+        [exchange] = setup.fast._serving
+        assert exchange.waiting == since, exchange.waiting
+        return True
+
+    await eventually_async(waits, timeout=10)
+
+
+def idle_records(setup: Setup) -> list[DecidedFlow]:
+    return [flow for flow in setup.reported if flow.verdict.reason is Reason.IDLE_TIMEOUT]
+
+
+def test_a_keep_alive_connection_silent_for_the_idle_timeout_is_closed_and_recorded() -> None:
+    """Red team 7: the next request was waited for without a deadline; now at most the idle timeout."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        clock = setup.fast.clock = Clock()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/before"))
+        assert await response(reader) == ok()
+        await waiting_since(setup, clock.now)
+        clock.now += IDLE_TIMEOUT - 0.5
+        assert setup.fast.sweep() == 0 and not idle_records(setup)
+        clock.now += 0.5
+        assert setup.fast.sweep() == 1
+        assert await reader.read() == b""  # closed, nothing more sent
+        [idle] = idle_records(setup)
+        assert (idle.verdict.action, idle.verdict.rule, idle.host) == (
+            Enforcement.BLOCK,
+            "idle-timeout",
+            "allowed.test",
+        )
+        assert "no progress for 300 s" in idle.verdict.evidence and "plain-HTTP fast path" in idle.verdict.evidence
+        sport = writer.get_extra_info("sockname")[1]
+        assert (idle.src, idle.sport, idle.dst) == ("127.0.0.1", sport, "127.0.0.1")
+        assert setup.fast.idle_closed == 1 and site.received == get("/before") and setup.handed == []
+
+        async def ended() -> bool:
+            assert not setup.fast._serving and setup.fast.sweep() == 0  # recorded once
+            return True
+
+        await eventually_async(ended, timeout=10)
+        writer.close()
+
+    run(scenario)
+
+
+def test_the_idle_timeout_counts_from_each_answer() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        clock = setup.fast.clock = Clock()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        for path in ("/1", "/2", "/3"):  # each within the timeout of the answer before, twice the timeout in all
+            writer.write(get(path))
+            assert await response(reader) == ok()
+            await waiting_since(setup, clock.now)
+            clock.now += 0.9 * IDLE_TIMEOUT
+            assert setup.fast.sweep() == 0
+        assert site.received == get("/1") + get("/2") + get("/3")
+        assert idle_records(setup) == [] and setup.fast.idle_closed == 0
+        writer.close()
+
+    run(scenario)
+
+
+def test_a_next_request_there_before_the_sweep_is_served_not_closed() -> None:
+    """Its bytes arrived (the task has not run yet) when the sweep finds it past the timeout: it is not idle."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        clock = setup.fast.clock = Clock()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/1"))
+        assert await response(reader) == ok()
+        await waiting_since(setup, clock.now)
+        writer.write(get("/2"))  # sent at once (nothing buffered): loopback has it in the front's queue on return
+        assert writer.transport.get_write_buffer_size() == 0
+        clock.now += 2 * IDLE_TIMEOUT
+        assert setup.fast.sweep() == 0  # no await since the send: the exchange's task has not run
+        assert await response(reader) == ok()
+        assert site.received == get("/1") + get("/2") and idle_records(setup) == []
+        writer.close()
+
+    run(scenario)
+
+
+def test_the_sweeps_run_by_themselves_with_the_workers_idle_timeout() -> None:
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        assert setup.fast.idle_timeout == 0.05
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/"))
+        assert await response(reader) == ok()
+        assert await asyncio.wait_for(reader.read(), scaled(30)) == b""  # closed by a sweep nobody called
+        [idle] = idle_records(setup)
+        assert idle.host == "allowed.test" and setup.fast.idle_closed == 1
+        writer.close()
+
+    run(scenario, idle_timeout=0.05)
+
+
+@pytest.mark.parametrize("timeout", [0.0, -1.0])
+def test_an_idle_timeout_that_is_not_positive_is_refused(timeout: float) -> None:
+    with pytest.raises(ValueError, match="idle timeout must be positive"):
+        Setup(1, timeout)

@@ -20,22 +20,9 @@ accepted`` for each submit it answered; the miner prints ``share answered`` when
 
 from __future__ import annotations
 
-import socket
-import sys
+from tests.security import redteam_wire as wire
 
-from tests.security.redteam_kit import serve_pools
-
-SUBMIT_ID = 3
-_CALLS: list[tuple[int, str, list[str]]] = [
-    (1, "mining.subscribe", ["cpuminer/2.5.1"]),
-    (2, "mining.authorize", ["wallet.worker", "x"]),
-    (SUBMIT_ID, "mining.submit", ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"]),
-]
 SEGMENTS = {"seg8": 8, "seg1": 1, "definite": 4}
-
-
-class Short(Exception):
-    """More bytes are needed."""
 
 
 def _length(size: int) -> bytes:
@@ -79,7 +66,7 @@ def answer(ident: int, notify: str | None, mode: str) -> bytes:
 
 def _need(data: bytes, end: int) -> None:
     if end > len(data):
-        raise Short
+        raise wire.Short
 
 
 def decode(data: bytes, at: int = 0) -> tuple[object, int]:
@@ -124,56 +111,34 @@ def _mode(buf: bytes) -> str:
     return "definite" if buf[1] != 0x80 else "seg8"
 
 
-def _serve(conn: socket.socket) -> None:
-    buf = b""
-    while data := conn.recv(4096):
-        buf += data
-        while buf:
-            try:
-                message, at = decode(buf)
-            except Short:
-                break
-            mode = _mode(buf)
-            buf = buf[at:]
-            assert isinstance(message, list), message
-            ident, method = message[0], message[1]
-            assert isinstance(ident, int)
-            print(f"pool got {method} ({mode})", flush=True)
-            notify = "mining.notify" if method == "mining.subscribe" else None
-            conn.sendall(answer(ident, notify, mode))
-            if method == "mining.submit":
-                print("share accepted", flush=True)
+def _take(buf: bytes) -> tuple[object, int]:
+    """The pool's next call and the mode to answer it in."""
+    message, at = decode(buf)
+    return (message, _mode(buf)), at
+
+
+def _answer(taken: object) -> tuple[bytes, bool]:
+    assert isinstance(taken, tuple)
+    message, mode = taken
+    assert isinstance(message, list), message
+    ident, method = message[0], message[1]
+    assert isinstance(ident, int)
+    print(f"pool got {method} ({mode})", flush=True)
+    notify = "mining.notify" if method == "mining.subscribe" else None
+    return answer(ident, notify, mode), method == "mining.submit"
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(_serve)
+    wire.serve_pools(lambda conn: wire.serve_frames(conn, _take, _answer))
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' MODE ADDRESS|- PORT HOST``"""
-    mode, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=15) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = b""
-            for ident, method, params in _CALLS:
-                sock.sendall(call(ident, method, params, mode))
-                while True:
-                    try:
-                        got, at = decode(buf)
-                        buf = buf[at:]
-                        break
-                    except Short:
-                        data = sock.recv(4096)
-                        if not data:
-                            print("miner: closed", flush=True)
-                            return
-                        buf += data
-                print(f"answer {got!r}", flush=True)
-                if isinstance(got, list) and got[:2] == [SUBMIT_ID, True]:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST MODE``"""
+    address, port, _host, (mode,) = wire.miner_argv()
+    calls = [(call(ident, method, params, mode), _shared) for ident, method, params in wire.STRATUM_CALLS]
+    wire.frames_miner(address, port, calls, decode, nodelay=True)
+
+
+def _shared(got: object) -> bool:
+    return isinstance(got, list) and got[:2] == [wire.SUBMIT_ID, True]

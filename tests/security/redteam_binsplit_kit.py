@@ -1,6 +1,7 @@
 """Programs of test_redteam_binsplit: Stratum in two standard binary encodings whose strings are not one
 length-prefixed run of bytes, a fake pool that reads both, and the miner in the sandbox. Fake both: no real
-mining software; the encoders and decoders are written here so the suite needs no package.
+mining software; the encoders and decoders are written here (msgpack's on redteam_msgpack_kit's, strings as ext
+values) so the suite needs no package.
 
 - ``cbor``: CBOR (RFC 8949) with every string of 6 bytes or more an *indefinite-length text string* (§3.2.3:
   ``7f``, definite chunks, ``ff``), cut in its middle: ``mining.subscribe`` is ``7f 68 "mining.s" 68 "ubscribe"
@@ -17,34 +18,19 @@ The variants past the fix (binrpc joins CBOR's chunks and reads a length then a 
 - ``trickle``: ``cbor``, one byte a TCP segment (``TCP_NODELAY``, a millisecond apart): every name across packets.
 
 The pool (`pool_main`) tells the two apart by the first byte of each value (CBOR map ``a0|n``, msgpack fixmap
-``80|n``) and answers in the same encoding (``share accepted`` in its log). The miner (`miner_main MODE ...`)
-prints ``share answered`` when the submit's answer came.
+``80|n``) and answers in the same encoding (``share accepted`` in its log). The miner (`miner_main ADDRESS|- PORT
+HOST MODE`) prints ``share answered`` when the submit's answer came.
 """
 
 from __future__ import annotations
 
 import functools
 import socket
-import sys
 import time
 from collections.abc import Callable
 
-from tests.security.redteam_kit import serve_pools
-
-SUBMIT_ID = 3
-_CALLS: list[dict[str, object]] = [
-    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
-    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
-    {
-        "id": SUBMIT_ID,
-        "method": "mining.submit",
-        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
-    },
-]
-
-
-class Short(Exception):
-    """More bytes are needed."""
+from tests.security import redteam_wire as wire
+from tests.security.redteam_msgpack_kit import answer_to, pack, share_answered, unpack
 
 
 def _cbor_head(major: int, size: int) -> bytes:
@@ -77,7 +63,7 @@ def cbor(value: object, ones: bool = False) -> bytes:
 
 def _need(data: bytes, end: int) -> None:
     if end > len(data):
-        raise Short
+        raise wire.Short
 
 
 def _cbor_size(data: bytes, tag: int, at: int) -> tuple[int, int]:
@@ -121,38 +107,21 @@ def uncbor(data: bytes, at: int = 0) -> tuple[object, int]:
     raise ValueError(f"tag {tag:#x}")
 
 
+def _ext(raw: bytes, fixed: bool) -> bytes:
+    if fixed and len(raw) <= 16:
+        power = max(len(raw) - 1, 0).bit_length()
+        return bytes([0xD4 + power]) + b"A" + raw.ljust(1 << power, b"\x00")
+    return b"\xc7" + bytes([len(raw)]) + (b"A" if fixed else b"\x01") + raw
+
+
 def msgext(value: object, fixed: bool = False) -> bytes:
-    """msgpack of ``value``, every string an ext8 of type 1 (``fixed``: a NUL-padded fixext of type ``A`` when it
-    fits 16 bytes, else an ext8 of that type)."""
-    if value is None:
-        return b"\xc0"
-    if isinstance(value, bool):
-        return b"\xc3" if value else b"\xc2"
-    if isinstance(value, int) and 0 <= value < 128:
-        return bytes([value])
-    if isinstance(value, str):
-        raw = value.encode()
-        if fixed and len(raw) <= 16:
-            power = max(len(raw) - 1, 0).bit_length()
-            return bytes([0xD4 + power]) + b"A" + raw.ljust(1 << power, b"\x00")
-        return b"\xc7" + bytes([len(raw)]) + (b"A" if fixed else b"\x01") + raw
-    if isinstance(value, list):
-        return bytes([0x90 | len(value)]) + b"".join(msgext(item, fixed) for item in value)
-    if isinstance(value, dict):
-        return bytes([0x80 | len(value)]) + b"".join(msgext(k, fixed) + msgext(v, fixed) for k, v in value.items())
-    raise TypeError(value)
+    """msgpack of ``value`` (redteam_msgpack_kit's), every string an ext8 of type 1 (``fixed``: a NUL-padded fixext
+    of type ``A`` when it fits 16 bytes, else an ext8 of that type)."""
+    return pack(value, functools.partial(_ext, fixed=fixed))
 
 
-def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
-    """One msgpack value (an ext8 or a fixext of any type read as a string, NUL padding stripped) from ``data``
-    at ``at``."""
-    _need(data, at + 1)
-    tag = data[at]
-    at += 1
-    if tag < 0x80:
-        return tag, at
-    if tag in (0xC0, 0xC2, 0xC3):
-        return {0xC0: None, 0xC2: False, 0xC3: True}[tag], at
+def _read_ext(data: bytes, tag: int, at: int) -> tuple[object, int]:
+    """An ext8 or a fixext of any type, read as a string (NUL padding stripped)."""
     if tag == 0xC7:
         _need(data, at + 2)
         size = data[at]
@@ -162,15 +131,13 @@ def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
         size = 1 << (tag - 0xD4)
         _need(data, at + 1 + size)
         return data[at + 1 : at + 1 + size].rstrip(b"\x00").decode(), at + 1 + size
-    if 0x90 <= tag < 0xA0 or 0x80 <= tag < 0x90:
-        items = []
-        for _ in range((tag & 0x0F) * (2 if tag < 0x90 else 1)):
-            item, at = unmsgext(data, at)
-            items.append(item)
-        if tag >= 0x90:
-            return items, at
-        return {str(items[i]): items[i + 1] for i in range(0, len(items), 2)}, at
     raise ValueError(f"tag {tag:#x}")
+
+
+def unmsgext(data: bytes, at: int = 0) -> tuple[object, int]:
+    """One msgpack value (redteam_msgpack_kit's; an ext8 or a fixext of any type read as a string) from ``data``
+    at ``at``."""
+    return unpack(data, at, _read_ext)
 
 
 CODECS: dict[str, tuple[Callable[[object], bytes], Callable[[bytes], tuple[object, int]]]] = {
@@ -193,57 +160,31 @@ def _send(sock: socket.socket, data: bytes, trickle: bool) -> None:
         time.sleep(0.001)
 
 
-def _serve(conn: socket.socket) -> None:
-    buf = b""
-    while data := conn.recv(4096):
-        buf += data
-        while buf:
-            mode = "cbor" if 0xA0 <= buf[0] < 0xB8 else "msgext"
-            pack, unpack = CODECS[mode]
-            try:
-                message, at = unpack(buf)
-            except Short:
-                break
-            buf = buf[at:]
-            assert isinstance(message, dict)
-            method = message.get("method")
-            print(f"pool got {method} ({mode})", flush=True)
-            result: object = [["mining.notify", "ae6812eb"], "08000002", 4] if method == "mining.subscribe" else True
-            conn.sendall(pack({"id": message.get("id"), "result": result, "error": None}))
-            if method == "mining.submit":
-                print("share accepted", flush=True)
+def _take(buf: bytes) -> tuple[object, int]:
+    """The pool's next call and its mode (``cbor`` or ``msgext``, by its first byte), to answer in."""
+    mode = "cbor" if 0xA0 <= buf[0] < 0xB8 else "msgext"
+    message, at = CODECS[mode][1](buf)
+    return (message, mode), at
+
+
+def _answer(taken: object) -> tuple[bytes, bool]:
+    assert isinstance(taken, tuple)
+    message, mode = taken
+    assert isinstance(message, dict)
+    method = message.get("method")
+    print(f"pool got {method} ({mode})", flush=True)
+    return CODECS[mode][0](answer_to(message)), method == "mining.submit"
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(_serve)
+    wire.serve_pools(lambda conn: wire.serve_frames(conn, _take, _answer))
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' MODE ADDRESS|- PORT HOST``"""
-    mode, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    pack, unpack = CODECS[mode]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=15) as sock:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            buf = b""
-            for call in _CALLS:
-                _send(sock, pack(call), mode == "trickle")
-                while True:
-                    try:
-                        answer, at = unpack(buf)
-                        buf = buf[at:]
-                        break
-                    except Short:
-                        data = sock.recv(4096)
-                        if not data:
-                            print("miner: closed", flush=True)
-                            return
-                        buf += data
-                print(f"answer {answer!r}", flush=True)
-                if isinstance(answer, dict) and answer.get("id") == SUBMIT_ID and answer.get("result") is True:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST MODE``"""
+    address, port, _host, (mode,) = wire.miner_argv()
+    encode, decode = CODECS[mode]
+    calls = [(encode(call), share_answered) for call in wire.stratum_messages()]
+    send = functools.partial(_send, trickle=mode == "trickle")
+    wire.frames_miner(address, port, calls, decode, nodelay=True, send=send)

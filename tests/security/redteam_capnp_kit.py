@@ -21,11 +21,10 @@ prints ``share answered`` when the share's answer came.
 
 from __future__ import annotations
 
+import functools
 import json
-import socket
-import sys
 
-from tests.security.redteam_kit import serve_pools
+from tests.security.redteam_wire import Short, frames_miner, miner_argv, serve_frames, serve_pools
 
 DIALECTS: dict[str, list[tuple[str, list[str]]]] = {
     "ethereum": [
@@ -39,10 +38,6 @@ DIALECTS: dict[str, list[tuple[str, list[str]]]] = {
     ],
 }
 SHARES = {"eth_submitWork", "submitblock"}
-
-
-class Short(Exception):
-    """More bytes are needed."""
 
 
 def _text(value: str) -> bytes:
@@ -72,8 +67,8 @@ def _read_text(segment: bytes, at: int) -> str:
     return segment[start : start + (high >> 3) - 1].decode()
 
 
-def read(buf: bytes) -> tuple[tuple[int, str, str], bytes]:
-    """The first message of ``buf`` (id, first text, second text) and what follows; `Short` when cut."""
+def read(buf: bytes) -> tuple[tuple[int, str, str], int]:
+    """The first message of ``buf`` (id, first text, second text) and where the next starts; `Short` when cut."""
     if len(buf) < 8:
         raise Short
     assert int.from_bytes(buf[:4], "little") == 0, "one segment"
@@ -84,7 +79,7 @@ def read(buf: bytes) -> tuple[tuple[int, str, str], bytes]:
     root = int.from_bytes(segment[:8], "little")
     assert root & 3 == 0 and (root >> 32) == 1 | 2 << 16, "root struct layout"
     ident = int.from_bytes(segment[8:16], "little")
-    return (ident, _read_text(segment, 2), _read_text(segment, 3)), buf[end:]
+    return (ident, _read_text(segment, 2), _read_text(segment, 3)), end
 
 
 def _result(method: str) -> object:
@@ -95,48 +90,27 @@ def _result(method: str) -> object:
     return True
 
 
-def _serve(conn: socket.socket) -> None:
-    buf = b""
-    while data := conn.recv(4096):
-        buf += data
-        while buf:
-            try:
-                (ident, method, params), buf = read(buf)
-            except Short:
-                break
-            print(f"pool got {method} {params}", flush=True)
-            conn.sendall(message(ident, "ok", json.dumps(_result(method))))
-            if method in SHARES:
-                print("share accepted", flush=True)
+def _answer(call: object) -> tuple[bytes, bool]:
+    assert isinstance(call, tuple)
+    ident, method, params = call
+    print(f"pool got {method} {params}", flush=True)
+    return message(ident, "ok", json.dumps(_result(method))), method in SHARES
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    serve_pools(_serve)
+    serve_pools(lambda conn: serve_frames(conn, read, _answer))
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' DIALECT ADDRESS|- PORT HOST``"""
-    dialect, address, port, host = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=15) as sock:
-            buf = b""
-            for ident, (method, params) in enumerate(DIALECTS[dialect], 1):
-                sock.sendall(message(ident, method, json.dumps(params)))
-                while True:
-                    try:
-                        got, buf = read(buf)
-                        break
-                    except Short:
-                        data = sock.recv(4096)
-                        if not data:
-                            print("miner: closed", flush=True)
-                            return
-                        buf += data
-                print(f"answer {got!r}", flush=True)
-                if method in SHARES and got[0] == ident and json.loads(got[2]) is True:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST DIALECT``"""
+    address, port, _host, (dialect,) = miner_argv()
+    calls = [
+        (message(ident, method, json.dumps(params)), functools.partial(_shared, ident, method))
+        for ident, (method, params) in enumerate(DIALECTS[dialect], 1)
+    ]
+    frames_miner(address, port, calls, read)
+
+
+def _shared(ident: int, method: str, got: object) -> bool:
+    return isinstance(got, tuple) and method in SHARES and got[0] == ident and json.loads(got[2]) is True

@@ -15,26 +15,16 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
-import threading
 import time
 
 import h2.config
 import h2.connection
 import h2.events
 
+from tests.security.redteam_wire import SUBMIT_ID, miner_argv, serve_pools, stratum_messages
+
 PIECE = 7
 """Bytes of Stratum per DATA frame, each way."""
-SUBMIT_ID = 3
-_CALLS = [
-    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
-    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
-    {
-        "id": SUBMIT_ID,
-        "method": "mining.submit",
-        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
-    },
-]
 
 
 def _send_pieces(conn: h2.connection.H2Connection, stream: int, data: bytes, piece: int = PIECE) -> None:
@@ -76,44 +66,20 @@ def _serve(sock: socket.socket) -> None:
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    for spec in sys.argv[1:]:
-        address, port = spec.rsplit(":", 1)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((address, int(port)))
-        listener.listen(16)
-
-        def accept(listener: socket.socket = listener) -> None:
-            while True:
-                sock, _ = listener.accept()
-
-                def run(sock: socket.socket = sock) -> None:
-                    with sock:
-                        try:
-                            _serve(sock)
-                        except Exception as exc:  # the pool logs why a connection ended
-                            print(f"pool connection ended: {exc!r}", flush=True)
-
-                threading.Thread(target=run, daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
+    serve_pools(_serve, ended=(Exception,))  # h2's protocol errors end a connection too, logged
 
 
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST PIECE [split]`` (``-``: resolve HOST through the gateway;
     PIECE: bytes of Stratum per DATA frame; ``split``: the preface's first 18 bytes sent alone, a moment before
     the rest: ``PRI * HTTP/2.0\\r\\n\\r\\n`` is a whole HTTP/1 head)."""
-    address, port, host, piece = sys.argv[1], int(sys.argv[2]), sys.argv[3], int(sys.argv[4])
-    split = sys.argv[5:] == ["split"]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    address, port, host, how = miner_argv()
+    piece, split = int(how[0]), how[1:] == ["split"]
     conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True, header_encoding="utf-8"))
     conn.initiate_connection()
     headers = [(":method", "POST"), (":path", "/rpc"), (":authority", host), (":scheme", "http")]
     conn.send_headers(1, headers)
-    for call in _CALLS:
+    for call in stratum_messages():
         _send_pieces(conn, 1, json.dumps(call).encode() + b"\n", piece)
     answers = bytearray()
     try:

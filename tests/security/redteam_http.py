@@ -1,8 +1,12 @@
-"""The red-team pool runs' shared shape: a kit's pool (tests/security/redteam_kit.py, redteam_msgpack_kit.py...)
-started on the internet side, on the pool's address and allowed.lab's HTTP port, and one attempt of its miner from
-the sandbox (a route, a way of hiding Stratum) judged by what crossed, what the pool accepted and what egress
-recorded. Used by the test_redteam_* modules of pools (HTTP split and target, msgpack, lenient JSON, binary splits,
-h2c); what each asserts stays in its module."""
+"""The red-team pool runs' shared shape: a module's lab and a kit's pool (tests/security/redteam_kit.py,
+redteam_msgpack_kit.py...) started on the internet side, on the pool's address and allowed.lab's HTTP port
+(`pool_fixtures`), one attempt of its miner from the sandbox (a route, a way of hiding Stratum: `attempt`), and
+the judge of it (`judge`, after the module's ``report(*run.row(...))``): what crossed, what the pool accepted and
+what egress recorded. Used by the test_redteam_* modules of pools (HTTP split and target, msgpack, lenient JSON,
+binary splits, BER, Cap'n Proto, wrapped strings, coded forms, HTTP parameters, h2c); what a module asserts past
+the judge stays in it.
+
+A kit's ``miner_main`` reads ``ADDRESS|- PORT HOST HOW...`` (`tests.security.redteam_wire.miner_argv`)."""
 
 from __future__ import annotations
 
@@ -10,10 +14,14 @@ import dataclasses
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+
+import pytest
 
 from egress.lab.topology import server
 from tests.security.capture import Crossed
-from tests.security.harness import Attacker, SecurityLab
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, Attacker, SecurityLab
 
 POOL = server("pool").v4
 ALLOWED = server("allowed").v4
@@ -36,6 +44,23 @@ def start_pool(lab: SecurityLab, name: str, kit: str = "redteam_kit") -> Attacke
     return running
 
 
+def pool_fixtures(
+    name: str, kit: str = "redteam_kit"
+) -> tuple[Callable[[LabFactory], SecurityLab], Callable[[SecurityLab], Attacker]]:
+    """A module's ``lab`` (policies/redteam.yaml) and ``pool`` (``kit``'s, `start_pool` under ``name``) fixtures,
+    module-scoped: ``lab, pool = pool_fixtures("ber-pool", "redteam_ber_kit")`` at the top of the module."""
+
+    @pytest.fixture(scope="module", name="lab")
+    def lab_fixture(lab_factory: LabFactory) -> SecurityLab:
+        return lab_factory(POLICIES / "redteam.yaml")
+
+    @pytest.fixture(scope="module", name="pool")
+    def pool_fixture(lab: SecurityLab) -> Attacker:
+        return start_pool(lab, name, kit)
+
+    return lab_fixture, pool_fixture
+
+
 @dataclasses.dataclass(frozen=True)
 class Attempt:
     """One run of the kit's miner: its output, what crossed to the internet side, and the pool's and egress's
@@ -53,6 +78,16 @@ class Attempt:
     @property
     def answered(self) -> bool:
         return "share answered" in self.done.stdout
+
+    def row(self, technique: str) -> tuple[str, str, int, bool, str | None]:
+        """``report``'s arguments for this attempt as ``technique`` (a ``mining`` row; bytes to the pool's side
+        counted when the bypass worked)."""
+        return technique, "mining", self.leaked if self.goal else 0, self.goal, self.reason or None
+
+    @property
+    def goal(self) -> bool:
+        """The bypass worked: the pool accepted a share and the miner got its answer."""
+        return self.shares > 0 and self.answered
 
     @property
     def leaked(self) -> int:
@@ -85,3 +120,11 @@ def attempt(
     shares = pool.log().count("share accepted") - before
     reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=reason_wait)
     return Attempt(done, crossed, shares, reason, POOL if route == "network-rule" else ALLOWED, port)
+
+
+def judge(run: Attempt, pool: Attacker, reasons: tuple[str, ...] = ("mining",)) -> None:
+    """Assert that ``run``'s bypass failed: no share accepted and answered, and egress recorded the block with one
+    of ``reasons``. The module reports its row first (harness ``report``, with `Attempt.row`): importing ``report``
+    is also what marks it a technique module for tests/test_pcaps.py."""
+    assert not run.goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
+    assert run.reason in reasons, (run.reason, run.done.stdout[-600:], pool.log()[-600:])

@@ -15,21 +15,9 @@ from __future__ import annotations
 import json
 import re
 import socket
-import sys
 from collections.abc import Callable, Iterator
 
-from tests.security.redteam_kit import serve_pools
-
-SUBMIT_ID = 3
-_CALLS: list[dict[str, object]] = [
-    {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
-    {"id": 2, "method": "mining.authorize", "params": ["wallet.worker", "x"]},
-    {
-        "id": SUBMIT_ID,
-        "method": "mining.submit",
-        "params": ["wallet.worker", "job1", "00000000", "5f5e1000", "1a2b3c4d"],
-    },
-]
+from tests.security.redteam_wire import SUBMIT_ID, miner_argv, serve_pools, stratum_messages
 
 
 def _unquoted(text: str) -> str:
@@ -89,13 +77,11 @@ def pool_main() -> None:
 
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW``"""
-    address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    address, port, _host, (how,) = miner_argv()
     try:
         with socket.create_connection((address, port), timeout=15) as sock:
             lines = _lines(sock)
-            for call in _CALLS:
+            for call in stratum_messages():
                 sock.sendall(SHAPES[how](json.dumps(call, separators=(",", ":"))).encode() + b"\n")
                 line = next(lines, None)
                 print(f"answer {line!r}", flush=True)

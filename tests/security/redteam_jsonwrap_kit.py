@@ -19,13 +19,11 @@ POSTs on one keep-alive connection and prints ``share answered`` when the share'
 from __future__ import annotations
 
 import json
-import socket
-import sys
-import threading
 import xml.etree.ElementTree as ET
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from xml.sax.saxutils import escape, quoteattr
+
+from tests.security.redteam_wire import PoolHandler, http_miner, miner_argv, serve_http
 
 CALLS: list[dict[str, Any]] = [
     {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]},
@@ -51,7 +49,9 @@ def unwrap(body: bytes, how: str) -> Any:
     return json.loads((root.findtext("payload") if how == "xmltext" else root.get("payload")) or "")
 
 
-def _result(method: str) -> Any:
+def result(method: str) -> Any:
+    """The pool's result for a call (also redteam_xmlwrap_kit's): extranonce1 and its size, the job as an object
+    (no notify pairs), True for a share."""
     if method == "mining.subscribe":
         return ["08000002", 4]
     if method == "mining.authorize":
@@ -59,13 +59,8 @@ def _result(method: str) -> Any:
     return True
 
 
-class _Pool(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_POST(self) -> None:
+class _Pool(PoolHandler):
+    def do_POST(self) -> None:  # noqa: N802 (http.server dispatches by this name)
         kind = self.headers.get("Content-Type", "")
         how = next(name for name, value in KINDS.items() if value == kind)
         call = unwrap(self.rfile.read(int(self.headers.get("Content-Length", "0"))), how)
@@ -73,22 +68,12 @@ class _Pool(BaseHTTPRequestHandler):
         print(f"pool got {method} ({how})", flush=True)
         if method == "mining.submit":
             print("share accepted", flush=True)
-        answer = wrap({"id": call["id"], "result": _result(method), "error": None}, how)
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(answer)))
-        self.end_headers()
-        self.wfile.write(answer)
+        self.send_body(wrap({"id": call["id"], "result": result(method), "error": None}, how), kind)
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    for spec in sys.argv[1:]:
-        address, port = spec.rsplit(":", 1)
-        server = ThreadingHTTPServer((address, int(port)), _Pool)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
+    serve_http(_Pool)
 
 
 def request(host: str, call: dict[str, Any], how: str) -> bytes:
@@ -97,34 +82,11 @@ def request(host: str, call: dict[str, Any], how: str) -> bytes:
     return head.encode() + body
 
 
-def _exchange(reader: Any, conn: socket.socket, data: bytes) -> tuple[bytes, bytes] | None:
-    conn.sendall(data)
-    status = reader.readline().rstrip(b"\r\n")
-    if not status:
-        return None
-    length = 0
-    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            length = int(value)
-    body = reader.read(length)
-    return (status, body) if len(body) == length else None
-
-
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST WRAP``"""
-    address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=10) as conn:
-            reader = conn.makefile("rb")
-            for call in CALLS:
-                got = _exchange(reader, conn, request(host, call, how))
-                print(f"answer to {call['method']}: {got!r}", flush=True)
-                if got is None or not got[0].endswith(b" 200 OK"):
-                    return
-                if call["method"] == "mining.submit" and unwrap(got[1], how).get("result") is True:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    address, port, host, (how,) = miner_argv()
+
+    def shared(method: str, body: bytes) -> bool:
+        return method == "mining.submit" and unwrap(body, how).get("result") is True
+
+    http_miner(address, port, [(call["method"], request(host, call, how)) for call in CALLS], shared)

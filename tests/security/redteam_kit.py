@@ -23,6 +23,11 @@ import threading
 from collections.abc import Callable
 from urllib.parse import quote_from_bytes, unquote_to_bytes
 
+from tests.security.redteam_wire import miner_argv
+
+# re-exported (the "as" is PEP 484's explicit form, which mypy needs): redteam_uper_kit imports it from here
+from tests.security.redteam_wire import serve_pools as serve_pools  # noqa: PLC0414
+
 PIECE = 7
 """Bytes of Stratum per request body and per response body."""
 PADDING = 20 * 1024
@@ -131,38 +136,37 @@ def _answer(line: bytes, out: bytearray, whole: bool = False) -> None:
 
 def _serve(conn: socket.socket) -> None:
     buf, stratum, out = bytearray(), bytearray(), bytearray()
-    with conn:
-        while True:
-            request = _read_request(conn, buf)
-            if request is None:
-                return
-            target, body = request
-            if target == "/job":  # the job alone, in the reason phrase of an empty answer to a plain GET
-                notify = json.dumps(NOTIFY, separators=(",", ":")).encode()
-                conn.sendall(b"HTTP/1.1 200 %s\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n" % notify)
-                continue
-            message = _from_target(target)
-            if message.startswith(("{", "[")):  # a message in the request target (path or query): answered whole
-                answer = bytearray()
-                _answer(message.encode("latin-1"), answer, whole=True)
-                reason = b"OK"
-                if b'"mining.authorize"' in target.encode("latin-1"):
-                    reason = json.dumps(NOTIFY, separators=(",", ":")).encode()  # the job, in the reason phrase
-                head = b"HTTP/1.1 200 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (
-                    reason,
-                    len(answer),
-                )
-                conn.sendall(head + answer)
-                continue
-            stratum += body
-            while b"\n" in stratum:
-                line_end = stratum.index(b"\n")
-                _answer(bytes(stratum[:line_end]), out)
-                del stratum[: line_end + 1]
-            piece = bytes(out[:PIECE])
-            del out[:PIECE]
-            head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(piece)
-            conn.sendall(head + piece)
+    while True:
+        request = _read_request(conn, buf)
+        if request is None:
+            return
+        target, body = request
+        if target == "/job":  # the job alone, in the reason phrase of an empty answer to a plain GET
+            notify = json.dumps(NOTIFY, separators=(",", ":")).encode()
+            conn.sendall(b"HTTP/1.1 200 %s\r\nContent-Type: text/plain\r\nContent-Length: 0\r\n\r\n" % notify)
+            continue
+        message = _from_target(target)
+        if message.startswith(("{", "[")):  # a message in the request target (path or query): answered whole
+            answer = bytearray()
+            _answer(message.encode("latin-1"), answer, whole=True)
+            reason = b"OK"
+            if b'"mining.authorize"' in target.encode("latin-1"):
+                reason = json.dumps(NOTIFY, separators=(",", ":")).encode()  # the job, in the reason phrase
+            head = b"HTTP/1.1 200 %s\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % (
+                reason,
+                len(answer),
+            )
+            conn.sendall(head + answer)
+            continue
+        stratum += body
+        while b"\n" in stratum:
+            line_end = stratum.index(b"\n")
+            _answer(bytes(stratum[:line_end]), out)
+            del stratum[: line_end + 1]
+        piece = bytes(out[:PIECE])
+        del out[:PIECE]
+        head = b"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: %d\r\n\r\n" % len(piece)
+        conn.sendall(head + piece)
 
 
 def _from_target(target: str) -> str:
@@ -187,52 +191,9 @@ TARGET_FORMS = {
 """How a Stratum line rides in a request target (``miner_main``'s HOW, before any ``-chunked``)."""
 
 
-def serve_pools(serve: Callable[[socket.socket], None]) -> None:
-    """The other kits' pools: listen on each ``ADDRESS:PORT`` of ``sys.argv[1:]``, serve each connection with
-    ``serve`` in a thread of its own (closed after it; an error printed as ``pool connection ended``), until
-    killed."""
-    for spec in sys.argv[1:]:
-        address, port = spec.rsplit(":", 1)
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((address, int(port)))
-        listener.listen(16)
-
-        def accept(listener: socket.socket = listener) -> None:
-            while True:
-                conn, _ = listener.accept()
-
-                def run(conn: socket.socket = conn) -> None:
-                    with conn:
-                        try:
-                            serve(conn)
-                        except (OSError, ValueError, AssertionError) as exc:
-                            print(f"pool connection ended: {exc!r}", flush=True)
-
-                threading.Thread(target=run, daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
-
-
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``: serve until killed."""
-    for where in sys.argv[1:]:
-        address, port = where.rsplit(":", 1)
-        listener = socket.socket(socket.AF_INET6 if ":" in address else socket.AF_INET)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((address, int(port)))
-        listener.listen(16)
-
-        def accept(listener: socket.socket = listener) -> None:
-            while True:
-                conn, _ = listener.accept()
-                threading.Thread(target=_serve, args=(conn,), daemon=True).start()
-
-        threading.Thread(target=accept, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
+    serve_pools(_serve)
 
 
 def _response(conn: socket.socket, buf: bytearray) -> tuple[bytes, bytes] | None:
@@ -249,9 +210,7 @@ def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW`` (``-``: resolve HOST; HOW: fast, chunked, a
     `TARGET_FORMS` key, with ``-chunked`` or not, or reason: a GET whose answer's reason phrase is the job; or a
     cut stream's variant: escaped keys, padded past the window, gzip-coded pieces)."""
-    address, port, host, how = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if address == "-":  # by name, through the gateway's resolver (which binds the name to its address)
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    address, port, host, (how,) = miner_argv()
     conn = socket.create_connection((address, port), timeout=10)
     buf, received = bytearray(), bytearray()
     conn.sendall(f"GET / HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())

@@ -26,11 +26,9 @@ import base64
 import email.parser
 import email.policy
 import json
-import socket
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
+
+from tests.security.redteam_wire import PoolHandler, http_miner, miner_argv, serve_http
 
 CALLS: list[tuple[str, Any]] = [
     ("mining.subscribe", ["cpuminer/2.5.1"]),
@@ -73,23 +71,11 @@ def _read_parts(message: Any, name: str, fields: dict[str, str]) -> None:
         fields[named] = payload.decode(part.get_content_charset() or "utf-8")
 
 
-class _Pool(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
+class _Pool(PoolHandler):
+    def do_GET(self) -> None:  # noqa: N802 (http.server dispatches by this name)
+        self.send_body(b"<html>hello</html>\n", "text/html")
 
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def _send(self, body: bytes, kind: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
-        self._send(b"<html>hello</html>\n", "text/html")
-
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (http.server dispatches by this name)
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
         fields = form_fields(body, self.headers.get("Content-Type", ""))
         method = fields["method"]
@@ -97,17 +83,12 @@ class _Pool(BaseHTTPRequestHandler):
         if method == "mining.submit":
             print("share accepted", flush=True)
         answer = {"jsonrpc": "2.0", "id": fields.get("id", "1"), "result": _result(method), "error": None}
-        self._send(json.dumps(answer).encode(), "application/json")
+        self.send_body(json.dumps(answer).encode(), "application/json")
 
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    for spec in sys.argv[1:]:
-        address, port = spec.rsplit(":", 1)
-        server = ThreadingHTTPServer((address, int(port)), _Pool)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
+    serve_http(_Pool)
 
 
 def coded(value: str, cte: str) -> str:
@@ -160,34 +141,12 @@ def request(name: str, method: str, params: Any, number: int, cte: str) -> bytes
     return f"POST /rpc HTTP/1.1\r\nHost: {name}\r\n{kind}Content-Length: {len(parts)}\r\n\r\n{parts}".encode()
 
 
-def _exchange(reader: Any, conn: socket.socket, data: bytes) -> tuple[bytes, bytes] | None:
-    conn.sendall(data)
-    status = reader.readline().rstrip(b"\r\n")
-    if not status:
-        return None
-    length = 0
-    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
-        key, _, value = line.partition(b":")
-        if key.strip().lower() == b"content-length":
-            length = int(value)
-    body = reader.read(length)
-    return (status, body) if len(body) == length else None
-
-
 def miner_main() -> None:
     """``python -c '...miner_main()' ADDRESS|- PORT HOST CTE``"""
-    address, port, host, cte = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
-    if address == "-":
-        address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
-    try:
-        with socket.create_connection((address, port), timeout=10) as conn:
-            reader = conn.makefile("rb")
-            for number, (method, params) in enumerate(CALLS, 1):
-                got = _exchange(reader, conn, request(host, method, params, number, cte))
-                print(f"answer to {method}: {got!r}", flush=True)
-                if got is None or not got[0].endswith(b" 200 OK"):
-                    return
-                if method == "mining.submit" and json.loads(got[1]).get("result") is True:
-                    print("share answered", flush=True)
-    except OSError as exc:
-        print(f"miner ended: {exc!r}", flush=True)
+    address, port, host, (cte,) = miner_argv()
+    calls = [(method, request(host, method, params, number, cte)) for number, (method, params) in enumerate(CALLS, 1)]
+    http_miner(address, port, calls, _shared)
+
+
+def _shared(method: str, body: bytes) -> bool:
+    return method == "mining.submit" and json.loads(body).get("result") is True

@@ -9,7 +9,7 @@ every request whose query or form body names a ``method`` as a JSON-RPC 2.0 call
 Ethereum's ``eth_submitLogin``/``eth_getWork``/``eth_submitWork``; its answers are JSON (``{"jsonrpc":"2.0",
 "id":..,"result":..}``), the job handed over as an object in a result.
 
-The miner (`miner_main ADDRESS PORT HOST HOW DIALECT`, in the sandbox) sends one plain GET first (``first answer
+The miner (`miner_main ADDRESS|- PORT HOST HOW DIALECT`, in the sandbox) sends one plain GET first (``first answer
 ...`` on its output: the control), then its dialect's calls the way ``HOW`` says (``get``: the call in the query
 string; ``form``: in a form-encoded POST body), one keep-alive connection, and prints ``share answered`` when the
 pool accepted its share.
@@ -19,11 +19,10 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, quote, unquote, urlencode, urlsplit
+
+from tests.security.redteam_wire import PoolHandler, http_calls, http_exchange, miner_argv, serve_http
 
 JOB = {"job_id": "job1", "prevhash": "00" * 32, "coinb1": "01", "coinb2": "02", "merkle_branch": [],
        "version": "20000000", "nbits": "1d00ffff", "ntime": "5f5e1000", "clean_jobs": True}  # fmt: skip
@@ -67,12 +66,7 @@ def _result(method: str) -> object:
     return True
 
 
-class _Pool(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
+class _Pool(PoolHandler):
     def _fields(self, body: bytes) -> dict[str, list[str]]:
         """What this lenient pool reads of a call: the query's and a form's pairs (keys in any case, ``;`` too,
         decoded while they change), a multipart form's fields, an ``X-Method`` header, the path's last segment,
@@ -105,23 +99,16 @@ class _Pool(BaseHTTPRequestHandler):
         if method in SHARES:
             print("share accepted", flush=True)
         answer = {"jsonrpc": "2.0", "id": fields.get("id", ["1"])[0], "result": _result(method), "error": None}
-        self._send(json.dumps(answer).encode(), "application/json")
+        self.send_body(json.dumps(answer).encode(), "application/json")
 
-    def _send(self, body: bytes, kind: str) -> None:
-        self.send_response(200)
-        self.send_header("Content-Type", kind)
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def do_GET(self) -> None:
+    def do_GET(self) -> None:  # noqa: N802 (http.server dispatches by this name)
         fields = self._fields(b"")
         if "method" in fields:
             self._call(fields)
         else:
-            self._send(b"<html>hello</html>\n", "text/html")
+            self.send_body(b"<html>hello</html>\n", "text/html")
 
-    def do_POST(self) -> None:
+    def do_POST(self) -> None:  # noqa: N802 (http.server dispatches by this name)
         if self.headers.get("Transfer-Encoding", "").lower() == "chunked":
             body = b""
             while size := int(self.rfile.readline().split(b";")[0], 16):
@@ -135,33 +122,7 @@ class _Pool(BaseHTTPRequestHandler):
 
 def pool_main() -> None:
     """``python -c '...pool_main()' ADDRESS:PORT...``"""
-    for spec in sys.argv[1:]:
-        address, port = spec.rsplit(":", 1)
-        server = ThreadingHTTPServer((address, int(port)), _Pool)
-        threading.Thread(target=server.serve_forever, daemon=True).start()
-    print("listening", flush=True)
-    threading.Event().wait()
-
-
-def _exchange(conn: socket.socket, request: bytes) -> tuple[bytes, bytes] | None:
-    """Send ``request`` (nothing when empty: an answer to a call already sent) and read one response
-    (Content-Length framed) through the connection's buffered reader: its status line and body."""
-    if request:
-        conn.sendall(request)
-    reader = _READERS.setdefault(conn.fileno(), conn.makefile("rb"))
-    status = reader.readline().rstrip(b"\r\n")
-    if not status:
-        return None
-    length = 0
-    while (line := reader.readline()) not in (b"\r\n", b"\n", b""):
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
-            length = int(value)
-    body = reader.read(length)
-    return (status, body) if len(body) == length else None
-
-
-_READERS: dict[int, Any] = {}
+    serve_http(_Pool)
 
 
 def _request(how: str, name: str, method: str, params: Any, number: int) -> bytes:
@@ -200,25 +161,23 @@ def _request(how: str, name: str, method: str, params: Any, number: int) -> byte
 
 
 def miner_main() -> None:
-    """``python -c '...miner_main()' ADDRESS PORT HOST HOW DIALECT`` (HOST ``-``: the address itself)."""
-    address, port, host, how, dialect = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4], sys.argv[5]
-    name = address if host == "-" else host
-    target = address if host == "-" else str(socket.getaddrinfo(host, port, socket.AF_INET)[0][4][0])
+    """``python -c '...miner_main()' ADDRESS|- PORT HOST HOW DIALECT``"""
+    address, port, name, (how, dialect) = miner_argv()
     try:
-        conn = socket.create_connection((target, port), timeout=10)
-        first = _exchange(conn, f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
-        print(f"first answer {first[0] if first else None!r}", flush=True)
-        calls = [(call[0], _request(how, name, *call, n)) for n, call in enumerate(DIALECTS[dialect], 1)]
-        if how == "pipelined":  # every call at once, behind a benign GET; then each answer in turn
-            page = f"GET /?page=2 HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
-            conn.sendall(page + b"".join(request for _, request in calls))
-            print(f"page answer {_exchange(conn, b'')!r}", flush=True)
-        for method, request in calls:
-            got = _exchange(conn, b"" if how == "pipelined" else request)
-            print(f"answer to {method}: {got!r}", flush=True)
-            if got is None or not got[0].endswith(b" 200 OK"):
-                return
-            if method in SHARES and json.loads(got[1]).get("result") is True:
-                print("share answered", flush=True)
+        with socket.create_connection((address, port), timeout=10) as conn:
+            reader = conn.makefile("rb")
+            first = http_exchange(reader, conn, f"GET / HTTP/1.1\r\nHost: {name}\r\n\r\n".encode())
+            print(f"first answer {first[0] if first else None!r}", flush=True)
+            calls = [(call[0], _request(how, name, *call, n)) for n, call in enumerate(DIALECTS[dialect], 1)]
+            if how == "pipelined":  # every call at once, behind a benign GET; then each answer in turn
+                page = f"GET /?page=2 HTTP/1.1\r\nHost: {name}\r\n\r\n".encode()
+                conn.sendall(page + b"".join(request for _, request in calls))
+                print(f"page answer {http_exchange(reader, conn, b'')!r}", flush=True)
+                calls = [(method, b"") for method, _ in calls]
+            http_calls(reader, conn, calls, _shared)
     except OSError as exc:
         print(f"miner ended: {exc!r}", flush=True)
+
+
+def _shared(method: str, body: bytes) -> bool:
+    return method in SHARES and json.loads(body).get("result") is True

@@ -14,55 +14,21 @@ network rule that expects ``[tls, http]``, allowed.lab's plain-HTTP port by name
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 
-from egress.lab.topology import server
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
 
-POOL = server("pool").v4
-ALLOWED = server("allowed").v4
-ROUTES = {
-    "network-rule": (POOL, 3380, POOL),
-    "host-rule": ("-", 8080, "allowed.lab"),
-}
-_KIT = "from tests.security.redteam_capnp_kit import {0}; {0}()"
-
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    running = lab.attacker(
-        "capnp-pool", [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:3380", f"{ALLOWED}:8080"]
-    )
-    running.wait_for("listening")
-    return running
+KIT = "redteam_capnp_kit"
+lab, pool = pool_fixtures("capnp-pool", KIT)
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 @pytest.mark.parametrize("dialect", ("ethereum", "getwork"))
 def test_pool_calls_in_capnp_text(lab: SecurityLab, pool: Attacker, dialect: str, route: str) -> None:
-    address, port, host = ROUTES[route]
-    before = pool.log().count("share accepted")
-    since = time.time()
-    with lab.capture(f"capnp-{dialect}-{route}") as capture:
-        done = lab.sandbox_python(_KIT.format("miner_main"), dialect, address, str(port), host, timeout=60)
-    crossed = capture.result
-    assert crossed is not None
-    shares = pool.log().count("share accepted") - before
-    goal = shares > 0 and "share answered" in done.stdout
-    dst = POOL if route == "network-rule" else ALLOWED
-    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
-    leaked = crossed.bytes_to(dst, port, "tcp") if goal else 0
-    report(f"redteam/capnp-{dialect}-{route}", "mining", leaked, goal, reason or None)
-    assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert reason == "mining", (reason, done.stdout[-600:], pool.log()[-600:])
+    name = f"capnp-{dialect}-{route}"
+    run = attempt(lab, pool, name, route, dialect, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

@@ -17,39 +17,15 @@ recorded.
 
 from __future__ import annotations
 
-import sys
-import time
-
 import pytest
 
-from egress.lab.topology import server
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
 
-POOL = server("pool").v4
-ALLOWED = server("allowed").v4
-ROUTES = {
-    "network-rule": (POOL, 3380, POOL),
-    "host-rule": ("-", 8080, "allowed.lab"),
-}
-_KIT = "from tests.security.redteam_h2_kit import {0}; {0}()"
-
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    running = lab.attacker(
-        "h2c-pool", [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:3380", f"{ALLOWED}:8080"]
-    )
-    running.wait_for("listening")
-    return running
-
+KIT = "redteam_h2_kit"
+lab, pool = pool_fixtures("h2c-pool", KIT)
 
 PIECES = {
     "whole-lines": (4096, ""),
@@ -61,27 +37,10 @@ PIECES = {
 @pytest.mark.parametrize("how", list(PIECES.values()), ids=list(PIECES))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_in_h2c_data_frames(lab: SecurityLab, pool: Attacker, route: str, how: tuple[int, str]) -> None:
-    address, port, host = ROUTES[route]
     piece, split = how
-    before = pool.log().count("share accepted")
-    since = time.time()
-    with lab.capture(f"h2c-{route}-{piece}{split}") as capture:
-        args = (address, str(port), host, str(piece), *([split] if split else []))
-        done = lab.sandbox_python(_KIT.format("miner_main"), *args, timeout=60)
-    crossed = capture.result
-    assert crossed is not None
-    shares = pool.log().count("share accepted") - before
-    goal = shares > 0 and "share answered" in done.stdout
-    dst = POOL if route == "network-rule" else ALLOWED
-    reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
-    report(
-        f"redteam/h2c-{route}-{piece}{'-' + split if split else ''}",
-        "mining",
-        crossed.bytes_to(dst, port, "tcp") if goal else 0,
-        goal,
-        reason or None,
-    )
-    assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
+    args = (str(piece), *([split] if split else []))
+    run = attempt(lab, pool, f"h2c-{route}-{piece}{split}", route, *args, kit=KIT, control=False, reason_wait=10)
     # Clear-text HTTP/2 is refused at its preface (`egress.proxy.gate`, `h2c-not-inspected`): no frame is read.
-    assert reason == "tunnel", (reason, done.stdout[-600:], pool.log()[-600:])
-    assert not crossed.contains(b"mining.", dst), "a Stratum piece crossed"
+    report(*run.row(f"redteam/h2c-{route}-{piece}{'-' + split if split else ''}"))
+    judge(run, pool, reasons=("tunnel",))
+    assert not run.crossed.contains(b"mining.", run.dst), "a Stratum piece crossed"

@@ -20,21 +20,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.redteam_http import ROUTES, attempt, start_pool
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
 
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    return start_pool(lab, "http-split-pool")
+lab, pool = pool_fixtures("http-split-pool")
 
 
 HOWS = {
@@ -51,8 +42,7 @@ HOWS = {
 @pytest.mark.parametrize("how", list(HOWS.values()), ids=list(HOWS))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_cut_across_keep_alive_request_bodies(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
-    run = attempt(lab, pool, f"http-split-{route}-{how}", route, how)
-    goal = run.shares > 0 and run.answered
-    report(f"redteam/http-split-{route}-{how}", "mining", run.leaked if goal else 0, goal, run.reason or None)
-    assert not goal, f"the pool accepted {run.shares} share(s) and answered: {run.done.stdout[-400:]}"
-    assert run.reason == "mining"
+    name = f"http-split-{route}-{how}"
+    run = attempt(lab, pool, name, route, how)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

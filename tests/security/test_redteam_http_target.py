@@ -25,21 +25,12 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.redteam_http import ROUTES, attempt, start_pool
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, pool_fixtures
 
 pytestmark = pytest.mark.security
 
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    return start_pool(lab, "http-target-pool")
+lab, pool = pool_fixtures("http-target-pool")
 
 
 HOWS = {
@@ -61,7 +52,7 @@ HOWS = {
 def test_stratum_in_the_request_target(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
     run = attempt(lab, pool, f"http-target-{route}-{how}", route, how)
     job = "job received in the reason phrase" in run.done.stdout
-    goal = (run.shares > 0 and run.answered) or (how == "reason" and job)
+    goal = run.goal or (how == "reason" and job)
     verbatim = run.crossed.contains(b'"method":"mining.submit"', run.dst)
     note = "job in reason" if job else ""
     report(f"redteam/http-target-{route}-{how}", "mining", run.leaked, goal, run.reason or None, note)

@@ -11,9 +11,9 @@ as many as the workers' descriptors allow.
 Lab: the lab policy, the gateway's idle timeout 3 s. The agent sends a GET to allowed.lab:80, reads the answer,
 stays silent for four timeouts, then sends a second GET on the same connection. Control (a passing row): the same
 silence after a chunked POST, which the fast path hands to mitmproxy: closed at the timeout, recorded. The fast
-path's row is a strict xfail (answered after the silence, no record): the fix is `egress.proxy.httpfast`'s (the
-next request waited for at most the idle timeout, then the connection closed and recorded ``idle-timeout`` as the
-addon's `idle_closed` records it), not this round's files.
+path's row was a strict xfail (answered after the silence, no record); closed by `egress.proxy.httpfast`: the next
+request is waited for at most the idle timeout (the worker's, passed to the front), then the connection is closed
+and recorded ``idle-timeout`` as the addon's `idle_closed` records it.
 """
 
 from __future__ import annotations
@@ -95,11 +95,6 @@ def test_control_a_connection_mitmproxy_carries_ends_at_the_idle_timeout(lab: Se
     assert reason == "idle-timeout", output
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the fast path waits for a keep-alive connection's next request without a deadline (red team 7; the "
-    "fix is egress.proxy.httpfast's: wait at most the idle timeout, then close and record idle-timeout)",
-)
 def test_a_fast_path_keepalive_connection_ends_at_the_idle_timeout(lab: SecurityLab) -> None:
     after, output, reason = _silent(lab, "fast")
     report("idle/fast-path-keepalive", "idle", 0, after, reason or None, output)

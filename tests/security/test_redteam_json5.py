@@ -17,30 +17,20 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.redteam_http import ROUTES, attempt, start_pool
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 from tests.security.redteam_json5_kit import SHAPES
 
 pytestmark = pytest.mark.security
 
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    return start_pool(lab, "json5-pool", "redteam_json5_kit")
+KIT = "redteam_json5_kit"
+lab, pool = pool_fixtures("json5-pool", KIT)
 
 
 @pytest.mark.parametrize("how", list(SHAPES))
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_in_lenient_json(lab: SecurityLab, pool: Attacker, route: str, how: str) -> None:
-    kit = "redteam_json5_kit"
-    run = attempt(lab, pool, f"json5-{route}-{how}", route, how, kit=kit, control=False, reason_wait=10)
-    goal = run.shares > 0 and run.answered
-    report(f"redteam/json5-{route}-{how}", "mining", run.leaked if goal else 0, goal, run.reason or None)
-    assert not goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert run.reason == "mining", (run.reason, run.done.stdout[-600:], pool.log()[-600:])
+    name = f"json5-{route}-{how}"
+    run = attempt(lab, pool, name, route, how, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

@@ -16,27 +16,17 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.redteam_http import ROUTES, attempt, start_pool
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
 
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    return start_pool(lab, "msgpack-pool", "redteam_msgpack_kit")
+KIT = "redteam_msgpack_kit"
+lab, pool = pool_fixtures("msgpack-pool", KIT)
 
 
 @pytest.mark.parametrize("route", sorted(ROUTES))
 def test_stratum_as_msgpack_rpc(lab: SecurityLab, pool: Attacker, route: str) -> None:
-    run = attempt(lab, pool, f"msgpack-{route}", route, kit="redteam_msgpack_kit", control=False, reason_wait=10)
-    goal = run.shares > 0 and run.answered
-    report(f"redteam/msgpack-{route}", "mining", run.leaked if goal else 0, goal, run.reason or None)
-    assert not goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert run.reason == "mining", (run.reason, run.done.stdout[-600:], pool.log()[-600:])
+    run = attempt(lab, pool, f"msgpack-{route}", route, kit=KIT, control=False, reason_wait=10)
+    report(*run.row(f"redteam/msgpack-{route}"))
+    judge(run, pool)

@@ -21,24 +21,14 @@ from __future__ import annotations
 
 import pytest
 
-from tests.security.conftest import LabFactory
-from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.redteam_http import ROUTES, attempt, start_pool
+from tests.security.harness import Attacker, SecurityLab, report
+from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 from tests.security.redteam_rpcget_kit import EVASIONS
 
 pytestmark = pytest.mark.security
 
 KIT = "redteam_rpcget_kit"
-
-
-@pytest.fixture(scope="module")
-def lab(lab_factory: LabFactory) -> SecurityLab:
-    return lab_factory(POLICIES / "redteam.yaml")
-
-
-@pytest.fixture(scope="module")
-def pool(lab: SecurityLab) -> Attacker:
-    return start_pool(lab, "rpcget-pool", KIT)
+lab, pool = pool_fixtures("rpcget-pool", KIT)
 
 
 @pytest.mark.parametrize("dialect", ["stratum", "xmrig", "ethereum"])
@@ -47,10 +37,8 @@ def pool(lab: SecurityLab) -> Attacker:
 def test_pool_calls_as_http_parameters(lab: SecurityLab, pool: Attacker, route: str, how: str, dialect: str) -> None:
     name = f"rpcget-{dialect}-{how}-{route}"
     run = attempt(lab, pool, name, route, how, dialect, kit=KIT, reason_wait=10)
-    goal = run.shares > 0 and run.answered
-    report(f"redteam/{name}", "mining", run.leaked if goal else 0, goal, run.reason or None)
-    assert not goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert run.reason == "mining", (run.reason, run.done.stdout[-600:], pool.log()[-600:])
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)
 
 
 @pytest.mark.parametrize("how", EVASIONS)
@@ -60,7 +48,5 @@ def test_spellings_past_the_binding_are_blocked(lab: SecurityLab, pool: Attacker
     in a header and the path), each on both routes: the front's fast path and the network rule read them apart."""
     name = f"rpcget-stratum-{how}-{route}"
     run = attempt(lab, pool, name, route, how, "stratum", kit=KIT, reason_wait=10)
-    goal = run.shares > 0 and run.answered
-    report(f"redteam/{name}", "mining", run.leaked if goal else 0, goal, run.reason or None)
-    assert not goal, f"the pool accepted {run.shares} share(s): {run.done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert run.reason == "mining", (run.reason, run.done.stdout[-600:], pool.log()[-600:])
+    report(*run.row(f"redteam/{name}"))
+    judge(run, pool)

@@ -7,10 +7,13 @@ unconstrained ``IA5String`` with 7 bits per character and no octet alignment (X.
 readers see bytes no protocol names (redteam_uper_kit says the schema and the framing).
 
 Rows: the two routes of test_redteam_binsplit (the pool's address through a network rule that expects ``[tls,
-http]``, allowed.lab's plain-HTTP port by name), each with a PDU framed by a two-byte length (``binary``) or by
-five digits and ``:`` (``text``). Held (pass today): both framings through the network rule, refused there as
-``tunnel`` (0 bytes to the pool). The host rule's rows fail today: allowed.lab's plain-HTTP port relays the PDUs,
-no record.
+http]``, allowed.lab's plain-HTTP port by name) and allowed.lab's 8091 (a host rule whose ``expect`` is ``[ssh]``),
+each with a PDU framed by a two-byte length (``binary``) or by five digits and ``:`` (``text``). The network
+rule's rows held from the start (refused there as ``tunnel``); the host rule's crossed, answered, no record, until
+a host rule's raw streams were held to its ``expect`` (default ``[tls, http]``: `egress.proxy.gate.Gate.expecting`),
+which refuses the opening as ``tunnel`` too. Variants tried past that fix (`test_stratum_in_unaligned_per_past_the_
+opening`): a TLS record header or a request line first, a keep-alive request first (closed); a printable line
+first, WebSocket binary frames (still open, on both routes: strict xfails).
 Ground truth: the pool's log (``share accepted``) and the
 internet-side capture. Each row fails if the bypass works.
 """
@@ -33,8 +36,25 @@ ALLOWED = server("allowed").v4
 ROUTES = {
     "network-rule": (POOL, 3380, POOL),
     "host-rule": ("-", 8080, "allowed.lab"),
+    "other-expect": ("-", 8091, "allowed.lab"),
 }
+"""Where the miner connects: the pool's address through a network rule, allowed.lab's plain-HTTP port (a host rule
+with the default ``expect``), and allowed.lab's 8091 (a host rule whose ``expect`` names ssh)."""
 _KIT = "from tests.security.redteam_uper_kit import {0}; {0}()"
+REFUSED = {"mining", "tunnel", "tls-no-sni"}
+"""How a row may be refused: by a detector, at the opening (``tunnel``), or a TLS record header without a
+ClientHello to a host rule's port (``tls-no-sni``: no name, no network rule)."""
+TEXT_PREFIX_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="open (red team 6, knowingly left): an opening more than half printable is judged plain, and a rule "
+    "that expects http takes a plaintext stream to the detectors, which read no name in PER (docs/security.md, "
+    "'Sixth round', unaligned PER)",
+)
+WEBSOCKET_OPEN = pytest.mark.xfail(
+    strict=True,
+    reason="open (red team 6, knowingly left): a WebSocket binary message's payload is read by the stream "
+    "detectors only; no opening rule holds it (docs/security.md, 'Sixth round', unaligned PER)",
+)
 
 
 @pytest.fixture(scope="module")
@@ -44,31 +64,21 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.fixture(scope="module")
 def pool(lab: SecurityLab) -> Attacker:
-    running = lab.attacker(
-        "uper-pool", [sys.executable, "-c", _KIT.format("pool_main"), f"{POOL}:3380", f"{ALLOWED}:8080"]
-    )
+    listens = [f"{POOL}:3380", f"{ALLOWED}:8080", f"{ALLOWED}:8091"]
+    running = lab.attacker("uper-pool", [sys.executable, "-c", _KIT.format("pool_main"), *listens])
     running.wait_for("listening")
     return running
 
 
-HOST_RULE_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open bypass (red team 6): a short opaque stream to a host rule's port passes (docs/security.md, "
-    "'Open: red team 6')",
-)
-"""The host rule's rows: open. The network rule's hold (its `expect` refuses an opening that is no protocol)."""
-
-
-@pytest.mark.parametrize(
-    "route", [pytest.param(r, marks=HOST_RULE_OPEN) if r == "host-rule" else r for r in sorted(ROUTES)]
-)
-@pytest.mark.parametrize("framing", ("binary", "text"))
-def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str, route: str) -> None:
+def _run(lab: SecurityLab, pool: Attacker, framing: str, route: str, variant: str) -> tuple[bool, str, int, str]:
+    """The miner's run: whether the pool answered a share, the record's reason, the bytes that reached the pool's
+    port, and the miner's output."""
     address, port, host = ROUTES[route]
     before = pool.log().count("share accepted")
     since = time.time()
-    with lab.capture(f"uper-{framing}-{route}") as capture:
-        done = lab.sandbox_python(_KIT.format("miner_main"), framing, address, str(port), host, timeout=60)
+    name = f"uper-{framing}-{route}" + ("" if variant == "plain" else f"-{variant}")
+    with lab.capture(name) as capture:
+        done = lab.sandbox_python(_KIT.format("miner_main"), framing, address, str(port), host, variant, timeout=60)
     crossed = capture.result
     assert crossed is not None
     shares = pool.log().count("share accepted") - before
@@ -76,6 +86,43 @@ def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str
     dst = POOL if route == "network-rule" else ALLOWED
     reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=10)
     leaked = crossed.bytes_to(dst, port, "tcp") if goal else 0
-    report(f"redteam/uper-{framing}-{route}", "mining", leaked, goal, reason or None)
-    assert not goal, f"the pool accepted {shares} share(s): {done.stdout[-600:]}\npool: {pool.log()[-600:]}"
-    assert reason in ("mining", "tunnel"), (reason, done.stdout[-600:], pool.log()[-600:])
+    report(f"redteam/{name}", "mining", leaked, goal, reason or None)
+    return goal, reason, shares, done.stdout[-600:] + "\npool: " + pool.log()[-600:]
+
+
+@pytest.mark.parametrize("route", ("host-rule", "network-rule", "other-expect"))
+@pytest.mark.parametrize("framing", ("binary", "text"))
+def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str, route: str) -> None:
+    """The bypass (host-rule rows; closed: a host rule's raw stream is held to its ``expect``, the default
+    refusing an opening that is no protocol), the network rule's rows that held before, and a host rule whose
+    ``expect`` names ssh."""
+    goal, reason, shares, seen = _run(lab, pool, framing, route, "plain")
+    assert not goal, f"the pool accepted {shares} share(s): {seen}"
+    assert reason in ("mining", "tunnel"), (reason, seen)
+
+
+@pytest.mark.parametrize(
+    "variant",
+    (
+        "tls-prefix",
+        "http-prefix",
+        pytest.param("text-prefix", marks=TEXT_PREFIX_OPEN),
+        "keepalive",
+        pytest.param("websocket", marks=WEBSOCKET_OPEN),
+    ),
+)
+@pytest.mark.parametrize("route", ("host-rule", "network-rule"))
+@pytest.mark.parametrize("framing", ("binary", "text"))
+def test_stratum_in_unaligned_per_past_the_opening(
+    lab: SecurityLab, pool: Attacker, framing: str, route: str, variant: str
+) -> None:
+    """Variants tried past the fix: the PDUs behind a TLS record header (``tls-prefix``), a request line whose
+    head never ends (``http-prefix``) or a 663-byte printable line (``text-prefix``: open), after a whole request
+    answered on a keep-alive connection (``keepalive``), in WebSocket binary frames after an upgrade
+    (``websocket``: open). Each fails if a share is answered; a refusal must be recorded (``http-prefix``: the
+    gate holds the opening, waiting for the head, so nothing is forwarded and the miner gives up; no record is
+    needed where no byte crossed)."""
+    goal, reason, shares, seen = _run(lab, pool, framing, route, variant)
+    assert not goal, f"the pool accepted {shares} share(s): {seen}"
+    if variant != "http-prefix":
+        assert reason in REFUSED | {"not-allowlisted"}, (reason, seen)

@@ -120,7 +120,16 @@ async def run_worker(
 
     bound = idle if idle is not None else IdleBound()
     handoff = _handoff(instance, addon, bound)
-    the_front = Front(gate, reporter, handoff, destination or original_destination, open_flows, flows, idle=bound)
+    the_front = Front(
+        gate,
+        reporter,
+        handoff,
+        destination or original_destination,
+        open_flows,
+        flows,
+        idle=bound,
+        idle_timeout=idle_timeout,
+    )
     front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
     watching = asyncio.create_task(quiet.run(addon.idle_closed))
     try:
