@@ -305,8 +305,9 @@ class _Exchange:
         return True
 
     def _sever(self) -> None:
-        """Cut both sides (`OpenFlows`' close, the idle timeout): their lingers zero and both shut at once, which
-        wakes the task wherever it waits; it closes them (resets) as it ends (`finish`)."""
+        """Cut both sides (`OpenFlows`' close, the idle timeout): the client's linger zero and its side shut (its
+        end, then the reset), the server's aborted (`Upstream.abort`: a reset, no end before it); the task, woken
+        wherever it waits, closes both as it ends (`finish`), at once."""
         self.cut = True
         _linger(self.conn, _ABORT)
         with contextlib.suppress(OSError):

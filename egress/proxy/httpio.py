@@ -69,9 +69,9 @@ async def send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: b
         await loop.sock_sendall(sock, data[sent:])
 
 
-async def writable(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> None:
-    """Until ``sock`` can take more (its send buffer is full now: the peer reads slowly, or not at all)."""
-    ready: asyncio.Future[None] = loop.create_future()
+async def writable(loop: asyncio.AbstractEventLoop, sock: socket.socket, ready: asyncio.Future[None]) -> None:
+    """Until ``sock`` can take more (its send buffer is full now: the peer reads slowly, or not at all), or
+    ``ready`` is done by whoever else may end the wait (a cut)."""
     fd = sock.fileno()
 
     def wake() -> None:

@@ -45,7 +45,7 @@ Known = Callable[[bytes], "httpwire.Response | None"]
 class Upstream:
     """The connection to one destination, opened at the first request."""
 
-    __slots__ = ("dst", "clock", "sock", "ready", "since", "aborted", "broken")
+    __slots__ = ("dst", "clock", "sock", "ready", "since", "aborted", "broken", "writing")
 
     def __init__(self, dst: tuple[str, int], clock: Callable[[], float]) -> None:
         """``clock``: the exchange's (monotonic), for ``since``."""
@@ -60,6 +60,8 @@ class Upstream:
         """Cut (`abort`): nothing more is sent or dialled, and the close is a reset."""
         self.broken = False
         """The server broke the exchange (bytes nobody asked for): the close is a reset."""
+        self.writing: asyncio.Future[None] | None = None
+        """Done when the server's side can take more of a request, or when cut."""
 
     async def dial(self, loop: asyncio.AbstractEventLoop, again: bool = False) -> bool:
         """Connect, unless the connection is open and was silent since its last response (a server that closed
@@ -106,7 +108,9 @@ class Upstream:
                 try:
                     sent = sock.send(left)
                 except BlockingIOError:
-                    await writable(loop, sock)  # the server reads slowly, or not at all: the sweep's to judge
+                    self.writing = loop.create_future()
+                    await writable(loop, sock, self.writing)  # the server reads slowly, or not at all: swept
+                    self.writing = None
                     continue
                 self.since, left = self.clock(), left[sent:]
         except (BrokenPipeError, ConnectionResetError) as exc:
@@ -155,12 +159,16 @@ class Upstream:
                 return data, None, False
 
     def abort(self) -> None:
-        """Cut: nothing more is sent or dialled; both directions shut at once (which wakes the exchange's waits),
-        and the close that follows is a reset that drops what the send buffer holds."""
+        """Cut: nothing more is sent or dialled, and the close that follows is a reset that drops what the send
+        buffer holds. The exchange's waits on this side are woken (a cut comes from outside its task): a send's at
+        once, an answer's by shutting the reading direction only (``SHUT_RD`` sends the server nothing: no end
+        before the reset)."""
         self.aborted = True
+        if self.writing is not None and not self.writing.done():
+            self.writing.set_result(None)
         if self.sock is not None:
             with contextlib.suppress(OSError):
-                self.sock.shutdown(socket.SHUT_RDWR)
+                self.sock.shutdown(socket.SHUT_RD)
 
     def close(self) -> None:
         """Close: gracefully (the linger taken off) unless cut or broken (`abort`, ``broken``): then a reset."""
