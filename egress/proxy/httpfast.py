@@ -287,11 +287,11 @@ class _Exchange:
 
     def stalled(self, now: float, since: float) -> bool:
         """Its server made no progress on the request under way since ``since``: record the idle timeout's close
-        and cut both sides. False, nothing done, when the server's next bytes (or its end) are there already: the
-        task reads them next."""
+        and cut both sides. False, nothing done, when the server's next bytes (or its end) are there already and
+        the task reads them next (not while it sends: bytes the server sent unread then are no progress)."""
         sock = self.upstream.sock
         try:
-            there = None if sock is None else sock.recv(1, socket.MSG_PEEK)
+            there = None if sock is None or self.upstream.writing is not None else sock.recv(1, socket.MSG_PEEK)
         except BlockingIOError:
             there = None
         except OSError:
