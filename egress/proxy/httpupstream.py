@@ -100,19 +100,26 @@ class Upstream:
         the connection, `Closed` once cut. ``since`` from now on: each byte the server takes is progress."""
         sock = self.sock
         assert sock is not None
-        self.since, left = self.clock(), memoryview(raw)
+        if self.aborted:
+            raise Closed("cut")
+        self.since = self.clock()
         try:
+            try:
+                sent = sock.send(raw)  # all of it, mostly: no loop, no wait
+            except BlockingIOError:
+                sent = 0
+            left = memoryview(raw)[sent:]
             while left:
+                self.writing = loop.create_future()
+                try:
+                    await writable(loop, sock, self.writing)  # the server reads slowly, or not at all: swept
+                finally:
+                    self.writing = None
                 if self.aborted:
                     raise Closed("cut")
-                try:
+                with contextlib.suppress(BlockingIOError):
                     sent = sock.send(left)
-                except BlockingIOError:
-                    self.writing = loop.create_future()
-                    await writable(loop, sock, self.writing)  # the server reads slowly, or not at all: swept
-                    self.writing = None
-                    continue
-                self.since, left = self.clock(), left[sent:]
+                    self.since, left = self.clock(), left[sent:]
         except (BrokenPipeError, ConnectionResetError) as exc:
             if self.aborted:
                 raise Closed("cut") from exc
