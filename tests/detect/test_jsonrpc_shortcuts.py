@@ -72,7 +72,10 @@ ESCAPE_TOKENS = [
 
 @settings(max_examples=examples(400), deadline=None)
 @given(st.lists(st.sampled_from(ESCAPE_TOKENS), max_size=16).map(b"".join))
-@example(b"\\u006d")
+@example(b"\\u006d")  # each escape alone: the search for its start must not be skipped
+@example(b"\\x6d")
+@example(b"\\U006d")
+@example(b"\\U0000006d")
 @example(b"\\\x00u006d")  # a NUL between the backslash and its escape: dropped first, then decoded
 @example(b"\\/")
 def test_decode_reads_as_before_on_generated_bytes(data: bytes) -> None:
