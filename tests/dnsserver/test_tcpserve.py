@@ -4,6 +4,7 @@ queues is bounded, and one sandbox's flood of pipelined queries does not hold an
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import pathlib
 import socket
 import struct
@@ -63,10 +64,8 @@ def _pipelined(port: int, source: str, flood: bytes, receive_buffer: int | None 
     sock.bind((source, 0))
     sock.connect(("127.0.0.1", port))  # the kernel completes it; the loop accepts it later
     sock.setblocking(False)
-    try:
+    with contextlib.suppress(BlockingIOError):
         sock.send(flood)
-    except BlockingIOError:
-        pass
     return sock
 
 
