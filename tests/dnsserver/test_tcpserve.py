@@ -80,20 +80,24 @@ def test_a_client_that_never_takes_its_answers_is_reset_and_recorded(tmp_path: p
         server, port = await _server(resolver, FairShare(), limits)
         sock = _pipelined(port, AGENT, _flood(5000), receive_buffer=1024)
 
+        ended: list[bytes | Exception] = []
+
         async def stalled() -> bool:
             assert resolver.tcp_stalled_closed == 1
+            try:  # what the kernel holds is read, then the reset (once the loop closed the socket)
+                while chunk := sock.recv(65536):
+                    ended.append(chunk)
+            except ConnectionResetError as error:
+                ended.append(error)
+            except BlockingIOError:
+                pass
+            assert ended and isinstance(ended[-1], ConnectionResetError)
             return True
 
         await eventually_async(stalled, timeout=30.0)
-        ended: bytes | Exception
-        try:  # what the kernel holds is read, then the reset
-            while chunk := sock.recv(65536):
-                ended = chunk
-        except (ConnectionResetError, BlockingIOError) as error:
-            ended = error
         sock.close()
         server.close()
-        return ended
+        return ended[-1]
 
     try:
         ended = asyncio.run(scenario())
@@ -154,3 +158,28 @@ async def _read_all(sock: socket.socket) -> None:
     loop = asyncio.get_running_loop()
     while await loop.sock_recv(sock, 65536):
         pass
+
+
+def test_a_query_longer_than_the_read_ahead_is_still_read_whole(tmp_path: pathlib.Path) -> None:
+    """The read-ahead bounds what waits unanswered, not the size of one query (up to 65,535 bytes)."""
+    reporter = Recorded()
+    resolver = _resolver(tmp_path, reporter)
+    query = dns.build_query(7, "blocked.lab", dns.A)
+    padded = query + b"\0" * (4 * READ_AHEAD)  # trailing bytes: malformed, answered with an error, not stuck
+
+    async def scenario() -> int:
+        server, port = await _server(resolver, FairShare(), TcpLimits())
+        reader, writer = await asyncio.open_connection("127.0.0.1", port, local_addr=(AGENT, 0))
+        writer.write(dns.tcp_frame(padded) + dns.tcp_frame(query))
+        ids = []
+        for _ in range(2):
+            length = struct.unpack(">H", await reader.readexactly(2))[0]
+            ids.append(dns.parse(await reader.readexactly(length)).id)
+        writer.close()
+        server.close()
+        return len(ids)
+
+    try:
+        assert asyncio.run(scenario()) == 2
+    finally:
+        resolver.bindings.close()
