@@ -9,7 +9,7 @@ Prints, per round, the flood's size and how long it took to be answered, and bui
 p90, max; queries not answered within 10 s counted apart), with the load average. Speed is measured here, never
 asserted in the lab module (tests/security/test_redteam_dns_flood.py).
 
-    python bench/dns_flood.py                               # 120 connections x 800 queries, 2 rounds
+    python bench/dns_flood.py                               # 120 connections x 1,200 queries, 2 rounds
     PYTHONPATH=/path/to/main python /path/to/main/bench/dns_flood.py   # another checkout's resolver (before)
 """
 

@@ -27,14 +27,14 @@ import time
 
 CONNECTIONS = 120
 """The flood's connections (the resolver holds 128 of one sandbox)."""
-QUERIES = 800
+QUERIES = 1200
 """Pipelined queries on each connection."""
 ATTEMPT = 2.0
 """Seconds a UDP probe query waits for its answer before it is sent again."""
 ATTEMPTS = 5
 BUDGET = ATTEMPT * ATTEMPTS
 """Seconds a probe query may take in all (a stub resolver's 5 s x 2 attempts, glibc's default, is the same)."""
-NAME = ".".join(["x" * 50] * 3) + ".nowhere.example"
+NAME = ".".join(["x" * 50] * 2) + ".nowhere.example"
 """A long name the policy does not allow: each query refused, decided, logged and recorded."""
 
 

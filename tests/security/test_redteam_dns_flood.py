@@ -3,8 +3,8 @@ sandbox's queries went unanswered meanwhile.
 
 The resolver answers every sandbox in one event loop. The agent (``agent``, 10.203.1.2; policy
 tests/security/policies/redteam_sources_pinned.yaml, builder's address also on the agent's interface, as in
-test_redteam_dnstcp_busy) opens 120 TCP connections to the resolver and pours 800 queries for a long refused name
-on each (96,000 refusals, each decided, logged and recorded), reading its answers as they come. While the flood
+test_redteam_dnstcp_busy) opens 120 TCP connections to the resolver and pours 1,200 queries for a long refused name
+on each (144,000 refusals, each decided, logged and recorded), reading its answers as they come. While the flood
 runs, ``builder`` (10.203.1.3) asks allowed.lab again and again, over UDP (a stub resolver's retries: 2 s each, 5
 attempts) and over new TCP connections (10 s), the kit `tests.security.redteam_dnsflood_kit` running both in one
 process. Judged by behaviour: every query builder asked during the flood is answered within its client's budget
@@ -51,6 +51,9 @@ def test_one_sandboxs_flood_of_pipelined_queries_leaves_anothers_dns_answered(la
     slowest = max((p["seconds"] for p in probes if p["seconds"] is not None), default=None)
     note = (f"flood {flood['answered']}/{flood['sent']} answered over {flood['seconds']} s; builder asked "
             f"{len(probes)} during it, {len(unanswered)} unanswered in {BUDGET:.0f} s, slowest {slowest}")  # fmt: skip
+    said = (lab.logs / "gateway.log").read_text(errors="replace").splitlines()
+    warned = [line for line in said if ("WARNING" in line or "ERROR" in line) and " decision " not in line]
+    print("\n".join(warned)[-4000:])  # shown on failure: what the gateway said of its resolver
     report("redteam/dns-flood", "denial", 0, bool(unanswered) or not probes, None, note)
     assert flood["answered"] >= flood["sent"] // 2, note  # the flood ran
     assert probes, note
