@@ -95,6 +95,8 @@ async def serve_tcp(
             turn = share.take(conn.sandbox)
             if turn is not None:  # the sandbox spent its share of this turn: the loop runs the others first
                 await turn
+                if transport.is_closing():  # closed meanwhile (the bound): nothing to answer, nothing to decide
+                    break
             response = await resolver.answer(query, client, "tcp")
             if response is None:
                 break
