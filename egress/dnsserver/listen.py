@@ -35,7 +35,7 @@ from egress.detect import dns
 from egress.dnsserver.fair import FairShare
 from egress.dnsserver.resolver import Pending, Resolver
 from egress.dnsserver.tcpbound import TCP_LIMIT, TCP_PER_SANDBOX, TcpBound
-from egress.dnsserver.tcpserve import READ_AHEAD, serve_tcp
+from egress.dnsserver.tcpserve import READ_AHEAD, TcpLimits, serve_tcp
 
 log = logging.getLogger(__name__)
 
@@ -162,6 +162,23 @@ class UdpServer:
             self.sock.close()
 
 
+async def serve_tcp_connection(
+    resolver: Resolver,
+    bound: TcpBound,
+    share: FairShare,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    limits: TcpLimits | None = None,
+) -> None:
+    """`egress.dnsserver.tcpserve.serve_tcp`, the socket's send buffer first sized to the answers not taken that
+    the transport may hold (so the kernel's part of them is bounded too, not autotuned to megabytes)."""
+    limits = limits or TcpLimits()
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.write_ahead)
+    await serve_tcp(resolver, bound, share, reader, writer, limits)
+
+
 def tcp_bound(resolver: Resolver) -> TcpBound:
     """The resolver's TCP bound: `TCP_LIMIT` in all, or a quarter of a lower descriptor limit (the supervisor's
     other sockets, files and children need the rest)."""
@@ -188,7 +205,7 @@ async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]
         log.info("resolver UDP %s:%d receive buffer %d bytes", host, port, size)
         handles.append(UdpServer(resolver, sock))
         server = await asyncio.start_server(
-            lambda r, w: serve_tcp(resolver, bound, share, r, w), host, port, limit=READ_AHEAD
+            lambda r, w: serve_tcp_connection(resolver, bound, share, r, w), host, port, limit=READ_AHEAD
         )
         handles.append(server)
     return handles

@@ -8,10 +8,10 @@ query once the answer before is written), and every step that waits on the clien
 - **the queries read ahead**: the stream stops reading the socket once twice `READ_AHEAD` bytes of queries wait in
   it unanswered (asyncio's ``limit``), so one connection queues at most some 200 queries in the resolver (the
   smallest frame is 17 bytes); past that the kernel's buffers fill and TCP's flow control stops the client;
-- **the answers not read**: at most `WRITE_AHEAD` bytes wait in the transport (the socket's send buffer is sized
-  to it too), then the handler waits in ``drain``; a ``drain`` that does not end within `STALL_TIMEOUT` (the client
-  took almost nothing in that time) ends the connection, reset, and is recorded as a block
-  (`egress.dnsserver.resolver.Resolver.tcp_stalled`, rule `STALLED_RULE`). Red team 7's agent pipelined 2,500
+- **the answers not read**: at most `WRITE_AHEAD` bytes wait in the transport (`egress.dnsserver.listen` sizes the
+  socket's send buffer to it too), then the handler waits in ``drain``; a ``drain`` that does not end within
+  `STALL_TIMEOUT` (the client took almost nothing in that time) ends the connection, reset, and is recorded as a
+  block (`egress.dnsserver.resolver.Resolver.tcp_stalled`, rule `STALLED_RULE`). Red team 7's agent pipelined 2,500
   queries on each connection and never read: its handlers waited in ``drain`` for as long as the connection lived
   (no read timeout runs there), each holding a place in the bound of connections (`egress.dnsserver.tcpbound`);
 - **the loop's time**: each query waits for its sandbox's share of the loop turn (`egress.dnsserver.fair`) before
@@ -21,7 +21,6 @@ query once the answer before is written), and every step that waits on the clien
 from __future__ import annotations
 
 import asyncio
-import socket
 import struct
 from typing import Final, Protocol
 
@@ -81,9 +80,6 @@ async def serve_tcp(
     conn = Conn(resolver.sandbox_name(client[0]), client, transport.abort)
     if not bound.open(conn):
         return
-    sock = writer.get_extra_info("socket")
-    if sock is not None:  # what the kernel holds of answers not taken, bounded as the transport's part is
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.write_ahead)
     transport.set_write_buffer_limits(high=limits.write_ahead)
     answered = 0
     try:
