@@ -10,6 +10,13 @@ Found 2026-11-30 (three runs, load 5-6): every destination is recorded, but 641,
 of 3 or 4 for their one datagram (sums 51,282, 51,631 and 50,638 for 50,000): a logged packet's record, a count
 added for the same packet by a counter read, and a third count later. A record that says three attempts were made
 where one was is a wrong record (goal (c)): the counts an operator reads (records, stats) are inflated.
+
+2026-12-01: a clean-clone CI run (load 15-22) failed with 139 of the 50,000 destinations unrecorded after a fixed
+180 s. Late, not lost (three runs under load, docs/records.md): every destination's decision reached the recorder
+and Redis, in bursts of a few thousand a second separated by pauses while the drop logger lists the kernel's
+50,000 counters (a read is settled by the next one); the last record came 19 s after the burst at load 4, 107 s at
+load 11 and 147 s at load 20-23, after a pause of 57 s without any. So the test waits as long as the counts change
+and fails only when they stop short (`STALLED`).
 """
 
 from __future__ import annotations
@@ -18,18 +25,26 @@ import collections
 import json
 import sys
 import time
+from collections.abc import Callable
 
 import pytest
 
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, RECORD_WAIT, SecurityLab, report
-from tests.waiting import eventually
+from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.security
 
 BURST = 50_000
 """Datagrams, one to each address of 100.64.0.0/16 from the first."""
 PREFIX = "100.64."
+STALLED = 4 * RECORD_WAIT
+"""Seconds (scaled) without any change in the counts after which what is missing is taken as lost, not late: twice
+the longest pause measured in a working pipeline (57 s at load 20-23: two reads of the kernel's 50,000 counters, a
+read being settled by the next; a read may also wait up to `dropcount.MAX_LAG`, 30 s, for the log)."""
+CEILING = 20 * RECORD_WAIT
+"""Seconds (scaled) each wait may take while the counts still change: only a bound against a wait without end
+(the counts change at about 1,000 destinations a second under load; 50,000 take under a minute unloaded)."""
 SENDER = """
 import socket, sys
 s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
@@ -75,30 +90,72 @@ def _counts(lab: SecurityLab, since: float) -> dict[str, int]:
     return {str(dst): int(count) for dst, count in json.loads(done.stdout).items()}
 
 
+class Stalled(Exception):
+    """What was read stopped changing short of done: the rest is lost, not late (not an `AssertionError`, so
+    `eventually` does not retry it)."""
+
+
+class Progress:
+    """A check for `eventually` that passes when ``done`` holds for what ``read`` returns, keeps waiting while that
+    changes, and raises `Stalled` once it has not changed for ``stalled`` seconds (scaled) short of done.
+    ``clock``: monotonic seconds (tests inject theirs)."""
+
+    def __init__(
+        self,
+        read: Callable[[], dict[str, int]],
+        done: Callable[[dict[str, int]], str | None],
+        stalled: float,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.read = read
+        self.done = done
+        """What is still missing (``None``: nothing)."""
+        self.stalled = stalled
+        self.clock = clock
+        self.last: tuple[int, int] | None = None
+        self.changed = clock()
+        self.seen: list[tuple[int, int]] = []
+        """(destinations, total) at each change: the progress, for the failure's message."""
+
+    def __call__(self) -> dict[str, int]:
+        counts = self.read()
+        now, state = self.clock(), (len(counts), sum(counts.values()))
+        if state != self.last:
+            self.last, self.changed = state, now
+            self.seen.append(state)
+        missing = self.done(counts)
+        if missing is None:
+            return counts
+        if now - self.changed >= scaled(self.stalled):
+            raise Stalled(f"{missing}; no change for {now - self.changed:.0f} s; progress {self.seen[-8:]}")
+        raise AssertionError(missing)
+
+
+@pytest.mark.timeout(scaled(2 * CEILING + 4 * RECORD_WAIT))
 def test_a_burst_of_blocked_datagrams_is_counted_exactly(lab: SecurityLab) -> None:
     since = time.time()
     done = lab.sandbox_python(SENDER, str(BURST), timeout=120)
     assert f"sent {BURST}" in done.stdout, done.stdout + done.stderr
-    counts: dict[str, int] = {}
 
-    def all_recorded() -> bool:
-        counts.clear()
-        counts.update(_counts(lab, since))
-        assert len(counts) == BURST, f"{BURST - len(counts)} destinations without a record yet"
-        return True
+    def every_destination(counts: dict[str, int]) -> str | None:
+        return None if len(counts) == BURST else f"{BURST - len(counts)} destinations without a record yet"
 
-    eventually(all_recorded, timeout=6 * RECORD_WAIT, interval=5.0)
-    # Counts still arriving (a key's update comes a second after its record) settle: read until the total holds.
+    def settled(counts: dict[str, int]) -> str | None:  # count updates still on their way come a second late
+        return None if totals[-2:] == [sum(counts.values())] * 2 else f"counts still changing: {totals[-3:]}"
+
     totals: list[int] = []
+    try:
+        counts = eventually(Progress(lambda: _counts(lab, since), every_destination, STALLED), CEILING, interval=5.0)
+    except Stalled as stalled:
+        report("redteam/burst-50k-udp", "recording", 0, True, "firewall-drop", str(stalled)[:140])
+        raise
 
-    def settled() -> bool:
-        counts.clear()
-        counts.update(_counts(lab, since))
-        totals.append(sum(counts.values()))
-        assert len(totals) >= 2 and totals[-1] == totals[-2], totals
-        return True
+    def read() -> dict[str, int]:
+        found = _counts(lab, since)
+        totals.append(sum(found.values()))
+        return found
 
-    eventually(settled, timeout=6 * RECORD_WAIT, interval=5.0)
+    counts = eventually(Progress(read, settled, STALLED), CEILING, interval=5.0)
     total = totals[-1]
     over = collections.Counter(count for count in counts.values() if count != 1)
     note = f"{len(counts)} destinations recorded, counts sum {total} for {BURST} datagrams; other counts {dict(over)}"
@@ -106,3 +163,48 @@ def test_a_burst_of_blocked_datagrams_is_counted_exactly(lab: SecurityLab) -> No
     report("redteam/burst-50k-udp", "recording", 0, wrong, "firewall-drop" if counts else None, note)
     assert len(counts) == BURST, note
     assert total == BURST and not over, note
+
+
+class _Clock:
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def _reads(*sizes: int) -> Callable[[], dict[str, int]]:
+    """A reader returning ``sizes[i]`` destinations (count 1 each) at its i-th call, the last one from then on."""
+    calls = iter(sizes)
+    last = [0]
+
+    def read() -> dict[str, int]:
+        last[0] = next(calls, last[0])
+        return {f"d{i}": 1 for i in range(last[0])}
+
+    return read
+
+
+def _three(counts: dict[str, int]) -> str | None:
+    return None if len(counts) == 3 else f"{3 - len(counts)} missing"
+
+
+def test_the_wait_goes_on_while_the_counts_grow() -> None:
+    clock = _Clock()
+    check = Progress(_reads(0, 1, 2, 3), _three, stalled=10.0, clock=clock)
+    for _ in range(3):
+        with pytest.raises(AssertionError, match="missing"):
+            check()
+        clock.now += scaled(9.0)  # less than the stall each time, 27 s in all: still waiting
+    assert len(check()) == 3
+
+
+def test_the_wait_fails_once_the_counts_stop_short() -> None:
+    clock = _Clock()
+    check = Progress(_reads(1, 2), _three, stalled=10.0, clock=clock)
+    for missing in ("2 missing", "1 missing", "1 missing"):
+        with pytest.raises(AssertionError, match=missing):
+            check()
+        clock.now += scaled(6.0)  # the last change was the second read's: 12 s without one by the fourth
+    with pytest.raises(Stalled, match=r"1 missing; no change for \d+ s; progress \[\(1, 1\), \(2, 2\)\]"):
+        check()
