@@ -14,13 +14,18 @@ import subprocess
 import sys
 import types
 from collections.abc import Awaitable, Callable
+from unittest import mock
 
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 from mitmproxy import connection
 from mitmproxy.proxy.server import ConnectionIO
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from egress.proxy.mitm import linger
+from tests.proxy.mitm.worker import Worker, read_response
 from tests.waiting import scaled
 
 SIZE = 4 * 1024 * 1024
@@ -206,3 +211,41 @@ def test_a_server_connection_that_cannot_be_armed_is_closed() -> None:
 
 def test_a_client_gone_before_its_server_connected_is_left_alone() -> None:
     linger.Lingers(lambda _client: None).server_connected(_hook_data())
+
+
+def _h2_get(worker: Worker) -> bool:
+    with worker.connect(True, alpn=("h2",)) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "allowed.lab")],
+                          end_stream=True)  # fmt: skip
+        sock.sendall(conn.data_to_send())
+        while chunk := sock.recv(65536):
+            events = conn.receive_data(chunk)
+            sock.sendall(conn.data_to_send())
+            if any(isinstance(event, h2.events.StreamEnded) for event in events):
+                return True
+    return False
+
+
+def _http1_post(worker: Worker, tls: bool) -> bool:
+    with worker.connect(tls) as sock:
+        sock.sendall(b"POST /api HTTP/1.1\r\nHost: allowed.lab\r\nContent-Length: 5\r\n\r\nhello")
+        return read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("kind", ["plain", "tls", "h2"], ids=["plain-http", "decrypted-http1", "decrypted-h2"])
+def test_a_real_worker_arms_its_server_connection(worker: Worker, kind: str) -> None:
+    """Whatever mitmproxy speaks to the site (plain HTTP, decrypted HTTP/1.1 or HTTP/2), its server connection is
+    armed as it connects: the `Lingers` addon is installed and its hook runs on mitmproxy's real streams."""
+    armed: list[bool] = []
+    real = linger.arm
+
+    def spy(writer: object) -> bool:
+        armed.append(real(writer))
+        return armed[-1]
+
+    worker.to("plain" if kind == "plain" else "tls")
+    with mock.patch.object(linger, "arm", spy):
+        answered = _h2_get(worker) if kind == "h2" else _http1_post(worker, kind == "tls")
+    assert answered and armed and all(armed), armed
