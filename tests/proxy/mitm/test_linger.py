@@ -229,8 +229,11 @@ def _h2_get(worker: Worker) -> bool:
 
 
 def _http1_post(worker: Worker, tls: bool) -> bool:
+    """A chunked POST: outside the front's plain-HTTP fast path (`egress.proxy.httpwire`), so mitmproxy carries it."""
     with worker.connect(tls) as sock:
-        sock.sendall(b"POST /api HTTP/1.1\r\nHost: allowed.lab\r\nContent-Length: 5\r\n\r\nhello")
+        sock.sendall(
+            b"POST /api HTTP/1.1\r\nHost: allowed.lab\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
         return read_response(sock).startswith(b"HTTP/1.1 200")
 
 
