@@ -170,6 +170,15 @@ def test_stalled_uploads_past_the_threads_do_not_stall_another(lab: SecurityLab,
     assert f"sent 0 {FREE_SIZE}" in done.stdout and got == FREE_SIZE, note
 
 
+def _gone(lab: SecurityLab, since: int, pid: int) -> None:
+    """Wait until the supervisor reaped the killed worker ``pid``: only then are its sockets surely closed. A process
+    tears its memory down before it closes its files, and meanwhile ``ss`` may no longer name it as a socket's owner
+    (so `_upstream` is empty while the socket still sends what it holds, until its close resets it)."""
+    log = lab.run.lab.state_dir / "logs" / "gateway.log"
+    down = f"pid {pid} exited"
+    eventually(lambda: down in log.read_text(errors="replace")[since:] or None, timeout=scaled(60), interval=0.1)
+
+
 def _alive_again(lab: SecurityLab, since: int) -> None:
     log = lab.run.lab.state_dir / "logs" / "gateway.log"
 
@@ -189,6 +198,7 @@ def test_a_killed_worker_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.
             [(_, pid)] = _piled_up(lab, 1)
             since = len(log.read_text(errors="replace"))
             os.kill(pid, signal.SIGKILL)
+            _gone(lab, since, pid)
             before = _after_cut(lab, site, flag, 1, capture)
         finally:
             client.stop()
@@ -316,6 +326,7 @@ def _killed(lab: SecurityLab, tmp_path: pathlib.Path, name: str, *how: tuple[str
             [(queued, pid)] = _upstream(lab, WS_PORT)
             since = len(log.read_text(errors="replace"))
             os.kill(pid, signal.SIGKILL)
+            _gone(lab, since, pid)
             eventually(lambda: _upstream(lab, WS_PORT) == [] or None, timeout=scaled(30), interval=0.1)
             before = capture.snapshot().bytes_to(SITE, WS_PORT, "tcp")
             flag.touch()
