@@ -67,9 +67,10 @@ class Reason(enum.StrEnum):
     and in all, `egress.proxy.idle`): the oldest idle one goes first. One record per sandbox a second at most,
     its evidence counting the connections closed since the last."""
     IDLE_TIMEOUT = "idle-timeout"
-    """A connection inside a proxy worker's mitmproxy that made no progress (no byte forwarded either way, no byte
-    from the server, under a minimum of client bytes) for the worker's idle timeout, closed by it
-    (`egress.proxy.mitm.quiet`)."""
+    """A connection that made no progress for its timeout, closed by the gateway: inside a proxy worker's mitmproxy
+    (no byte forwarded either way, no byte from the server, under a minimum of client bytes; `egress.proxy.mitm.quiet`),
+    on the front's plain-HTTP fast path (no next request; `egress.proxy.httpfast`), or a resolver TCP connection whose
+    client read none of its answers (`egress.dnsserver.tcpserve`, rule ``dns-tcp-stalled``)."""
 
 
 class Enforcement(enum.StrEnum):

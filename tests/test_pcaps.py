@@ -50,10 +50,14 @@ NOT_RECORDED = {
     "test_redteam_jsonwrap.py": "not recorded yet (red team 6, found at the end of a session)",
     "test_redteam_dnstcp_busy.py": "64 TCP connections held busy against the resolver's bound: a fault measure, as "
     "test_redteam_dnstcp.py (red team 7)",
+    "test_redteam_dns_flood.py": "144,000 pipelined queries against the resolver's loop: a fault measure, as "
+    "test_redteam_dnstcp.py (red team 7)",
     "test_redteam_idle_fastpath.py": "a connection silent past the idle timeout: what it proves is a close and its "
     "record, not a finding in bytes (red team 7)",
     "test_redteam_splice_close.py": "megabytes of uploads cut under way: what it proves is how many bytes cross "
     "after the cut (red team 7), not a finding in bytes",
+    "test_redteam_fastpath_cut.py": "a fast-path upload cut under way and a server that never answers: what it "
+    "proves is the bytes after the cut and a close with its record (red team 7), not a finding in bytes",
 }
 """Technique modules of the suite without a capture in pcaps/, and why."""
 LAB_NETS = [

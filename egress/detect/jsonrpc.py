@@ -72,6 +72,13 @@ SCAN_LIMIT: Final = 64 * 1024
 
 MAX_HTTP_MESSAGES: Final = 64
 _HTTP_STARTS: Final = (b"POST ", b"GET ", b"PUT ", b"HTTP/1.", b"OPTIONS ", b"PATCH ", b"HEAD ", b"DELETE ")
+_HTTP_FIRST: Final = b"GPHODT"
+"""The first bytes of `_HTTP_STARTS`: ``raw[0] in _HTTP_FIRST`` is an integer in bytes, one ``memchr``, where a
+one-byte slice in bytes makes CPython try the slice as an integer first and raise and clear a TypeError (about
+2,700 instructions: so is every ``b"x" in data`` of this package's readers, which use ``0x78 in data`` or
+``data.find`` instead; docs/scanner-hot-path.md, scan15)."""
+_HTTP_PREFIXES: Final = frozenset(start[:size] for start in _HTTP_STARTS for size in range(len(start) + 1))
+"""Every prefix of a start (the empty one too): the bytes that more bytes may still make a start (`_is_http_start`)."""
 _BLANK: Final = b" \t\r\n"
 _DROPPED: Final = (b"\x00", b"\xef\xbb\xbf", b"\xff\xfe", b"\xfe\xff")
 """NUL and the byte-order marks of UTF-8, UTF-16 and UTF-32 (whose ASCII is the same bytes with NULs between)."""
@@ -145,9 +152,10 @@ def decode(data: bytes) -> bytes:
     """What a lenient JSON reader makes of ``data``: NULs and byte-order marks dropped, ASCII escapes decoded."""
     # bytes.replace rather than one regex: it runs at memory speed on the NUL-rich binary that most flows are.
     for dropped in _DROPPED:
-        if dropped in data:
-            data = data.replace(dropped, b"")
-    if b"\\u00" in data or b"\\/" in data or b"\\x" in data or b"\\U" in data:
+        data = data.replace(dropped, b"")  # the same object where none is
+    # Every escape starts with a backslash: one search where none is (most bytes), four where one is.
+    find = data.find
+    if 0x5C in data and (find(b"\\u00") >= 0 or find(b"\\/") >= 0 or find(b"\\x") >= 0 or find(b"\\U") >= 0):
         data = _ESCAPE.sub(_unescape, data)
     return data
 
@@ -192,7 +200,9 @@ def wrap(text: bytes, first: list[bytes] | None = None) -> tuple[bytes, tuple[by
 
 
 def _is_http_start(data: bytes) -> bool:
-    return any(data.startswith(start) or start.startswith(data) for start in _HTTP_STARTS)
+    """Whether ``data`` starts with one of `_HTTP_STARTS` or is the start of one: ``data.startswith`` of the tuple
+    and one set look-up, in C (a generator over the starts took 8 steps of the interpreter a call)."""
+    return data.startswith(_HTTP_STARTS) or data in _HTTP_PREFIXES
 
 
 @dataclass(frozen=True, slots=True)
@@ -298,7 +308,7 @@ def _add_start_texts(head: bytes, owner: int, texts: list[bytes], owners: list[i
     request's target, a response's reason phrase, percent-decoded), each from its first bracket and ending its
     message; a line with no bracket and no ``%`` holds none and is read no further."""
     start = head.partition(b"\r\n")[0]
-    if b"{" in start or b"[" in start or b"%" in start:
+    if 0x7B in start or 0x5B in start or 0x25 in start:
         for piece in start_pieces(start.decode("utf-8", "surrogateescape")):
             if text := from_bracket(decode(piece)):
                 texts.append(text.rstrip() + b"\n")
@@ -315,7 +325,8 @@ def _add_param_calls(head: bytes, body: bytes, owner: int, texts: list[bytes], o
     target = start.partition(b" ")[2].rpartition(b" ")[0]
     fields: list[tuple[str, str]] = []
     lowered = rest.lower()
-    if b"cookie:" in lowered or b"method" in lowered:  # a cookie or a header named for a method: read them all
+    # a cookie or a header named for a method: read them all
+    if lowered.find(b"cookie:") >= 0 or lowered.find(b"method") >= 0:
         for line in rest.decode("latin-1").split("\r\n"):
             name, _, value = line.partition(":")
             fields.append((name.strip(), value.strip()))
@@ -332,7 +343,7 @@ def _join(joined: bytes, joins: int, body: bytes) -> tuple[bytes, int]:
     as `egress.proxy.mitm.inspect.BodyStreams` joins them: from the first body holding a bracket, at its first."""
     if joins:
         return (joined + body, joins + 1) if len(joined) < SCAN_LIMIT else (joined, joins)
-    return (from_bracket(body), 1) if b"{" in body or b"[" in body else (joined, joins)
+    return (from_bracket(body), 1) if 0x7B in body or 0x5B in body else (joined, joins)
 
 
 def _json_body(body: bytes) -> bytes | None:
@@ -350,7 +361,7 @@ def _body(data: bytes, pos: int, head: bytes) -> tuple[bytes, int, bool, bool]:
     """The body of the message whose head ends at ``pos`` (RFC 9112 §6.3): (body, next offset, whether whole,
     whether the next offset is final: a chunked body's trailer may still be arriving)."""
     lowered = head.lower()
-    if b"chunked" in lowered:
+    if lowered.find(b"chunked") >= 0:
         return _dechunk(data, pos)
     length = _content_length(lowered)
     if length is not None:
@@ -419,19 +430,14 @@ def payload(data: bytes, complete: bool = False) -> Payload:
 def read(view: FlowView, from_client: bool) -> Payload:
     """`payload` of one direction of ``view``, read incrementally: the flow keeps a `Reading` per direction in its
     ``memo``, so each prefix costs its new bytes, and every detector asking about the same prefix shares it."""
-    reading: Reading = _readings(view)[0 if from_client else 1]
+    readings = view.memo.get(__name__)  # the view's (client, server) `Reading`, made at the first ask
+    if not isinstance(readings, tuple):
+        readings = view.memo[__name__] = (Reading(), Reading())
+    reading: Reading = readings[0 if from_client else 1]
     data, complete = (view.client if from_client else view.server), view.complete
     if data is reading.raw and complete == reading.complete:  # what `Reading.read` answers first, without the call
         return reading.found
     return reading.read(data, complete)
-
-
-def _readings(view: FlowView) -> tuple[Reading, Reading]:
-    """The view's (client, server) `Reading`, made at the first ask."""
-    readings = view.memo.get(__name__)
-    if not isinstance(readings, tuple):
-        readings = view.memo[__name__] = (Reading(), Reading())
-    return readings
 
 
 _INERT: Final = tuple(bytes((byte,)) for byte in b'\n,}": {[]\r\t')
@@ -512,7 +518,7 @@ def _payload(data: bytes, reading: Reading | None = None) -> Payload:
         return Payload(Kind.NOT)
     # HTTP is split on the raw bytes: a coded body's NULs are part of its coding (`decode` runs on each body).
     raw = data.lstrip(_BLANK)
-    if raw[:1] in b"GPHODT" and _is_http_start(raw[:8]):
+    if (not raw or raw[0] in _HTTP_FIRST) and _is_http_start(raw[:8]):
         if len(raw) < 8:
             return Payload(Kind.EMPTY)
         if reading is None:
@@ -525,7 +531,7 @@ def _payload(data: bytes, reading: Reading | None = None) -> Payload:
     if solid < 0:
         return Payload(Kind.EMPTY)
     rest = text[solid:]
-    if rest[:1] in b"GPHODT" and _is_http_start(rest[:8]):
+    if (not rest or rest[0] in _HTTP_FIRST) and _is_http_start(rest[:8]):
         return _http(rest)[0] if len(rest) >= 8 else Payload(Kind.EMPTY)
     brace = _first_brace(rest)
     if brace < 0:
@@ -553,7 +559,11 @@ def drive(view: FlowView, match: Matcher) -> Result:
     There is no early give-up on a JSON-bearing or unrecognised stream: a benign first N calls, padding or junk
     do not make the rest clean. The engine's cap bounds the work and judges a flow still undecided there.
     """
-    first, second = _readings(view)  # `read` of each side, inline: every JSON-RPC detector asks both, every time
+    # `read` of each side, inline: every JSON-RPC detector asks both, every time
+    readings = view.memo.get(__name__)
+    if not isinstance(readings, tuple):
+        readings = view.memo[__name__] = (Reading(), Reading())
+    first, second = readings
     data, complete = view.client, view.complete
     client = first.found if data is first.raw and complete == first.complete else first.read(data, complete)
     data = view.server

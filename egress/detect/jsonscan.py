@@ -186,7 +186,7 @@ def _value_after(text: bytes, pos: int, max_len: int = 96) -> tuple[str | None, 
     if close < 0:
         return None, window if window <= end else end + 1
     value = text[pos + 1 : close]
-    if b"\n" in value:  # a line ends every message (and a truncated body, `egress.detect.jsonrpc`): no string
+    if 0x0A in value:  # a line ends every message (and a truncated body, `egress.detect.jsonrpc`): no string
         return None, close + 1
     return value.decode("ascii", "replace"), close + 1
 

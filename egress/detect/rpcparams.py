@@ -80,15 +80,14 @@ def _canonical() -> Mapping[str, str]:
 
 def _unescape(data: bytes) -> bytes:
     """One round of what a lenient server's decoder undoes."""
-    if b"%" in data:
+    if 0x25 in data:
         data = unquote_to_bytes(_IIS.sub(lambda match: b"%" + match.group(1), data))
-    if b"&" in data:
+    if 0x26 in data:
         data = html.unescape(data.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
-    if b"\xc0" in data or b"\xc1" in data or b"\xe0" in data:
+    if 0xC0 in data or 0xC1 in data or 0xE0 in data:
         data = _OVERLONG.sub(_fold_overlong, data)
     for dropped in _DROPPED:
-        if dropped in data:
-            data = data.replace(dropped, b"")
+        data = data.replace(dropped, b"")  # the same object where none is
     return data
 
 
@@ -103,7 +102,7 @@ def _decoded(data: bytes, plus: bool = True) -> str:
     """``data`` as the server's application reads it: ``+`` as a space, then `_unescape` while it changes."""
     if _SPECIAL.search(data) is None:  # most keys and values: nothing to undo
         return data.decode("utf-8", "replace").strip()
-    if plus and b"+" in data:
+    if plus and 0x2B in data:
         data = data.replace(b"+", b" ")
     for _ in range(ROUNDS + 1):
         done = _unescape(data)
@@ -119,7 +118,7 @@ def _pairs(encoded: bytes, again: bool = True) -> list[tuple[str, str]]:
     found: list[tuple[str, str]] = []
     for token in _SEPARATORS.split(encoded)[:PAIRS_MAX]:
         key, equals, value = token.partition(b"=")
-        if not equals and b"%" not in token:
+        if not equals and 0x25 not in token:
             continue
         pair = (_decoded(key), _decoded(value))
         if equals:
@@ -135,7 +134,8 @@ def _segments(path: bytes, shaped: bool) -> list[str]:
     shape (a path ``/keepalived`` or ``/getwork`` alone is a page's name more often than a call)."""
     found: list[str] = []
     for segment in path.split(b"/")[-8:]:
-        if segment and (shaped or b"mining." in segment or b"_" in segment or b"%" in segment or not segment.isascii()):
+        named = segment.find(b"mining.") >= 0 or 0x5F in segment or 0x25 in segment
+        if segment and (shaped or named or not segment.isascii()):
             found.append(_decoded(segment.partition(b";")[0], plus=False))
     return found
 
@@ -170,7 +170,7 @@ def _split_parts(body: bytes, content_type: str) -> list[tuple[bytes, bytes]]:
     found: list[tuple[bytes, bytes]] = []
     delimiter = b"--" + (boundary.group(1) or boundary.group(2)).strip().encode("latin-1", "replace")
     for part in body.split(delimiter)[1:PAIRS_MAX]:
-        head, _, content = part.partition(b"\r\n\r\n") if b"\r\n\r\n" in part else part.partition(b"\n\n")
+        head, _, content = part.partition(b"\r\n\r\n") if part.find(b"\r\n\r\n") >= 0 else part.partition(b"\n\n")
         name = re.search(rb'(?i)\bname="?([^";\r\n]*)', head)
         if name is not None:
             found.append((name.group(1), content.removesuffix(b"\n").removesuffix(b"\r")))
@@ -228,7 +228,7 @@ def _body_pairs(body: bytes, content_type: str) -> list[tuple[str, str]]:
     if media.startswith("multipart/"):
         return _multipart(body, content_type)
     body = body[:65536]
-    return _pairs(body.replace(b"\x00", b"")) if b"=" in body and _MAY_CALL.search(body) else []
+    return _pairs(body.replace(b"\x00", b"")) if 0x3D in body and _MAY_CALL.search(body) else []
 
 
 def _field_pairs(fields: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
@@ -300,10 +300,10 @@ def call_text(
 ) -> bytes:
     """The JSON-RPC calls a request's parameters encode, as newline-ended JSON text (empty when none names a pool
     method): its target (``/path;matrix?query#fragment``), headers, and decoded body (of ``content_type``)."""
-    quiet = not (fields or body or b"=" in target or b"%" in target or b"mining." in target or b"_" in target)
+    quiet = not (fields or body or 0x3D in target or 0x25 in target or target.find(b"mining.") >= 0 or 0x5F in target)
     if quiet and target.isascii():  # the most common request: a path that holds no name and no pair
         return b""
-    pairs = _pairs(target) if (b"=" in target or b"%" in target) and _MAY_CALL.search(target) else []
+    pairs = _pairs(target) if (0x3D in target or 0x25 in target) and _MAY_CALL.search(target) else []
     pairs += _field_pairs(fields) + _body_pairs(body, content_type)
     keyed = [(_key(key), value) for key, value in pairs]
     names = _names(keyed, target.partition(b"?")[0].partition(b"#")[0])

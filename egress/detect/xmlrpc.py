@@ -44,7 +44,7 @@ from urllib.parse import unquote_to_bytes
 
 from egress.detect import binrpc, codings, cryptonote, ethstratum, getwork, jsonrpc, stratum
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
-from egress.detect.jsonrpc import _body, _content_length, _field, _is_http_start  # HTTP framing as JSON's
+from egress.detect.jsonrpc import _HTTP_FIRST, _body, _content_length, _field, _is_http_start  # HTTP as JSON's
 from egress.detect.xmlscan import Item, is_document, items, normalize
 
 NAME: Final = "xmlrpc"
@@ -163,11 +163,11 @@ def _decoded(body: bytes, coding: bytes, partial: bool) -> bytes:
 def _target(head: bytes) -> bytes:
     """A request target that holds markup, percent-decoded (a pool may read its call there), else empty."""
     start = head.partition(b"\r\n")[0]
-    if start.startswith(b"HTTP/") or (b"<" not in start and b"%3c" not in start.lower()):
+    if start.startswith(b"HTTP/") or (0x3C not in start and start.lower().find(b"%3c") < 0):
         return b""
     target = start.partition(b" ")[2].rpartition(b" ")[0]
     for _ in range(3):
-        if b"%" not in target:
+        if 0x25 not in target:
             break
         target = unquote_to_bytes(target.replace(b"+", b" "))
     return target
@@ -177,7 +177,7 @@ def _texts(data: bytes, complete: bool) -> tuple[list[bytes], list[bytes]]:
     """The XML-bearing texts of one direction (HTTP bodies alone and joined, request targets, or the raw stream),
     normalized, and its HTTP heads."""
     raw = data.lstrip(_BLANK)
-    if not (raw[:1] in b"GPHODT" and _is_http_start(raw[:8])):
+    if not ((not raw or raw[0] in _HTTP_FIRST) and _is_http_start(raw[:8])):
         return [normalize(data)], []
     messages, rest, _, _ = _messages(raw, 0, complete)
     bodies = [body for _, body in messages if body]
@@ -202,7 +202,7 @@ def _pool_method(item: Item, keys: frozenset[str]) -> bool:
 
 def _judge(texts: list[bytes]) -> Finding | None:
     """The first pool call or answer in the texts of one direction."""
-    read = [list(items(text)) for text in texts if b"<" in text]
+    read = [list(items(text)) for text in texts if 0x3C in text]
     keys = frozenset(item.name for found in read for item in found if item.kind in ("key", "element"))
     for found in read:
         for item in found:
@@ -234,7 +234,7 @@ def _trips(side: _Side, data: bytes, complete: bool) -> bool:
         side.plain = len(data)
     raw = data.lstrip(_BLANK)
     if side.http is None and len(raw) >= 8:
-        side.http = raw[:1] in b"GPHODT" and _is_http_start(raw[:8])
+        side.http = (not raw or raw[0] in _HTTP_FIRST) and _is_http_start(raw[:8])
     if not side.http or (len(raw) <= side.wait and not complete):  # within an unframed body: no new head yet
         return False
     messages, _, side.settled, side.wait = _messages(raw, side.settled, complete, framed_only=True)

@@ -63,11 +63,10 @@ _READ: Final = {b"methodname": "method", b"name": "key", b"string": "value", b"v
 
 def normalize(data: bytes) -> bytes:
     """``data`` without NULs and byte-order marks (UTF-16 and UTF-32 text read as its ASCII)."""
-    if b"\x00" in data:
+    if 0 in data:
         data = data.replace(b"\x00", b"")
     for mark in _BOMS:
-        if mark in data:
-            data = data.replace(mark, b"")
+        data = data.replace(mark, b"")  # the same object where none is
     return data
 
 
@@ -95,7 +94,7 @@ class _Open:
 def _decode(text: bytes, entities: dict[bytes, bytes]) -> bytes:
     """Character and entity references decoded, entities expanded as far as `_EXPANSIONS` rounds go."""
     for _ in range(_EXPANSIONS):
-        if b"&" not in text:
+        if 0x26 not in text:
             break
         decoded = _REFERENCE.sub(lambda match: _reference(match, entities), text)
         if decoded == text:
@@ -144,7 +143,7 @@ def is_document(text: bytes) -> bool:
 
 def _attributes(attrs: bytes, entities: dict[bytes, bytes], offset: int, depth: int) -> Iterator[Item]:
     """The items of a tag's attribute values that are documents (`_nested`)."""
-    if b"&" in attrs or b"{" in attrs or b"[" in attrs:  # markup in a value is escaped ("&lt;"), JSON's quotes too
+    if 0x26 in attrs or 0x7B in attrs or 0x5B in attrs:  # markup in a value is escaped ("&lt;"), JSON's quotes too
         for value in _ATTR.finditer(attrs):
             yield from _nested(_decode(value.group(1) or value.group(2) or b"", entities), offset, depth)
 

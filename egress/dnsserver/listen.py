@@ -16,7 +16,9 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
   ``dns-dropped``, so what the kernel drops is never lost silently.
 
 TCP connections are bounded per sandbox and in all (`egress.dnsserver.tcpbound`): the resolver shares the
-supervisor's descriptors with what records blocked attempts.
+supervisor's descriptors with what records blocked attempts. Each connection is served by
+`egress.dnsserver.tcpserve` (read, read-ahead, unread answers and stalls bounded), its queries within its
+sandbox's share of each loop turn (`egress.dnsserver.fair`, one `FairShare` for all the resolver's connections).
 """
 
 from __future__ import annotations
@@ -30,8 +32,10 @@ import struct
 from typing import Final
 
 from egress.detect import dns
+from egress.dnsserver.fair import FairShare
 from egress.dnsserver.resolver import Pending, Resolver
-from egress.dnsserver.tcpbound import TCP_LIMIT, TCP_PER_SANDBOX, Conn, TcpBound
+from egress.dnsserver.tcpbound import TCP_LIMIT, TCP_PER_SANDBOX, TcpBound
+from egress.dnsserver.tcpserve import READ_AHEAD, TcpLimits, serve_tcp
 
 log = logging.getLogger(__name__)
 
@@ -158,31 +162,21 @@ class UdpServer:
             self.sock.close()
 
 
-async def _serve_tcp(
-    resolver: Resolver, bound: TcpBound, reader: asyncio.StreamReader, writer: asyncio.StreamWriter
+async def serve_tcp_connection(
+    resolver: Resolver,
+    bound: TcpBound,
+    share: FairShare,
+    reader: asyncio.StreamReader,
+    writer: asyncio.StreamWriter,
+    limits: TcpLimits | None = None,
 ) -> None:
-    peer = writer.get_extra_info("peername")
-    client = (str(peer[0]), int(peer[1]))
-    transport = writer.transport
-    conn = Conn(resolver.sandbox_name(client[0]), client, transport.abort)
-    if not bound.open(conn):
-        return
-    try:
-        while True:
-            length = struct.unpack(">H", await asyncio.wait_for(reader.readexactly(2), 10.0))[0]
-            query = await asyncio.wait_for(reader.readexactly(length), 10.0)
-            bound.busy(conn)
-            response = await resolver.answer(query, client, "tcp")
-            if response is None:
-                break
-            writer.write(dns.tcp_frame(response))
-            await writer.drain()
-            bound.idle(conn)
-    except (asyncio.IncompleteReadError, TimeoutError, ConnectionError):
-        pass
-    finally:
-        bound.release(conn)
-        writer.close()
+    """`egress.dnsserver.tcpserve.serve_tcp`, the socket's send buffer first sized to the answers not taken that
+    the transport may hold (so the kernel's part of them is bounded too, not autotuned to megabytes)."""
+    limits = limits or TcpLimits()
+    sock = writer.get_extra_info("socket")
+    if sock is not None:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.write_ahead)
+    await serve_tcp(resolver, bound, share, reader, writer, limits)
 
 
 def tcp_bound(resolver: Resolver) -> TcpBound:
@@ -198,6 +192,7 @@ async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]
     the UDP server of each host first."""
     handles: list[object] = []
     bound = tcp_bound(resolver)
+    share = FairShare()
     log.info("resolver TCP: at most %d connections, %d per sandbox", bound.limit, bound.per_sandbox)
     for host in hosts:
         family = socket.AF_INET6 if ":" in host else socket.AF_INET
@@ -209,6 +204,8 @@ async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]
         sock.bind((host, port))
         log.info("resolver UDP %s:%d receive buffer %d bytes", host, port, size)
         handles.append(UdpServer(resolver, sock))
-        server = await asyncio.start_server(lambda r, w: _serve_tcp(resolver, bound, r, w), host, port)
+        server = await asyncio.start_server(
+            lambda r, w: serve_tcp_connection(resolver, bound, share, r, w), host, port, limit=READ_AHEAD
+        )
         handles.append(server)
     return handles

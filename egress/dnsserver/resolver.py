@@ -52,6 +52,7 @@ from egress.dnsserver.cache import AnswerCache, Cached, aged
 from egress.dnsserver.forward import Upstream
 from egress.dnsserver.tcpbound import RULE as TCP_RULE
 from egress.dnsserver.tcpbound import Conn
+from egress.dnsserver.tcpserve import STALLED_RULE
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import HostRule, Mode, Policy, Sandbox
 from egress.record.naming import named
@@ -158,6 +159,8 @@ class Resolver:
         self.kernel_drops = 0
         self.tcp_bound_closed = 0
         """TCP connections closed by the bound (`egress.dnsserver.tcpbound`)."""
+        self.tcp_stalled_closed = 0
+        """TCP connections reset because their client took no answer (`egress.dnsserver.tcpserve`)."""
 
     def reload(self, policy: Policy) -> None:
         """Swap in a new policy. Tunnel state of sandboxes that remain is kept (a reload must not lift a hold);
@@ -388,6 +391,15 @@ class Resolver:
         self.tcp_bound_closed += 1
         text = f"TCP connection to the resolver closed: over its bound of connections ({count} of this sandbox)"
         verdict = Verdict(Enforcement.BLOCK, Reason.IDLE_LIMIT, TCP_RULE, evidence(text))
+        self._report(conn.client, "tcp", "", verdict, conn.sandbox)
+
+    def tcp_stalled(self, conn: Conn, answered: int, waited: float) -> None:
+        """A TCP connection ended because its client did not take its answers (`egress.dnsserver.tcpserve`): a
+        block, recorded like the bound's closes."""
+        self.tcp_stalled_closed += 1
+        text = (f"TCP connection to the resolver reset: its client took no answer for {waited:.0f} s "
+                f"({answered} answered on it)")  # fmt: skip
+        verdict = Verdict(Enforcement.BLOCK, Reason.IDLE_TIMEOUT, STALLED_RULE, evidence(text))
         self._report(conn.client, "tcp", "", verdict, conn.sandbox)
 
     def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> str:

@@ -11,7 +11,8 @@ while it holds more). With none of them idle, the new connection is closed inste
 the most is another, holding more than the newcomer's will: then its oldest connection goes, busy or not. A
 connection is busy while the resolver answers it, and an agent keeps it so for good by never reading its answers
 (the handler waits in ``drain``): red team 7 (tests/security/test_redteam_dnstcp_busy.py) filled the bound in
-all with busy connections, and every new connection of another sandbox was closed in their place. Closing fails closed:
+all with busy connections, and every new connection of another sandbox was closed in their place (a handler waits
+in ``drain`` 10 s at most now: `egress.dnsserver.tcpserve`). Closing fails closed:
 the client is not answered, nothing is resolved. Each close is reported (`on_closed`), which the resolver turns
 into a record (reason ``idle-limit``, rule `RULE`).
 """

@@ -19,8 +19,17 @@ sides (a 502 for a response it could not frame): an error never forwards unjudge
 A connection waiting for its next request is held at most the worker's idle timeout (``idle_timeout``, the value
 mitmproxy's `egress.proxy.mitm.quiet` gets): one sweep every tenth of it (at most every 5 s, no timer per request)
 closes those silent that long since their last answer, recorded ``idle-timeout`` as the addon's ``idle_closed``
-records mitmproxy's (red team 7). A request head or body once begun is waited for at most `REQUEST_WAIT`, then
-mitmproxy takes the connection, and its idle timeout with it.
+records mitmproxy's (red team 7). The same sweep closes, recorded the same way, a connection whose server made no
+progress on the request under way for the idle timeout: took no byte of it, sent none of its answer
+(`Upstream.since`; mitmproxy's watch ends such a connection too). A request head or body once begun is waited for
+at most `REQUEST_WAIT`, then mitmproxy takes the connection, and its idle timeout with it.
+
+A cut (a policy that no longer allows the connection, the lockdown: `egress.proxy.openflows`; the idle timeout)
+aborts both sides: ``SO_LINGER`` zero, so the closes are resets and what the send buffers hold (a request body the
+server has not read yet, an answer the client has not) is dropped, not sent after the cut; nothing is dialled or
+sent after it. A block aborts the server's side (the client's gets its 403, then a graceful end); the server's
+side has the linger from its connect, so a worker that dies resets it too (`egress.proxy.httpupstream`). Only the
+ends of an exchange that went as it should (the response forwarded, the client closed, a handoff) are graceful.
 
 The judgements are `egress.proxy.httpjudge`'s (which keeps the clean ones of a connection by their exact bytes:
 a keep-alive client polling one URL costs one inspection); the server side (dialling, keeping the connection,
@@ -52,6 +61,7 @@ from egress.proxy.httpupstream import Closed, Stale, Upstream
 from egress.proxy.idle import IDLE_TIMEOUT
 from egress.proxy.mitm.inspect import Read, read
 from egress.proxy.openflows import OpenFlows
+from egress.proxy.splice import _ABORT, _linger
 from egress.record.naming import named
 from egress.replay import Kind as Asked
 from egress.replay import Question
@@ -64,6 +74,7 @@ REQUEST_WAIT: Final = 5.0
 SWEEP_MAX: Final = 5.0
 """Seconds between two sweeps for connections past the idle timeout at most (else a tenth of the timeout)."""
 WAITING_NOTE: Final = "no request since its last answer (the front's plain-HTTP fast path)"
+STALLED_NOTE: Final = "the server neither took more of its request nor answered (the front's plain-HTTP fast path)"
 
 
 class PlainHttp:
@@ -96,7 +107,7 @@ class PlainHttp:
         self.idle_timeout = idle_timeout
         self.clock = clock
         self.idle_closed = 0
-        """Connections closed by the idle timeout while waiting for their next request."""
+        """Connections closed by the idle timeout: waiting for their next request, or for their server."""
         self._serving: set[_Exchange] = set()
         self._sweeping: asyncio.TimerHandle | None = None
 
@@ -132,11 +143,14 @@ class PlainHttp:
         return done
 
     def sweep(self) -> int:
-        """Close the connections that have waited for their next request for the idle timeout or longer, each
-        recorded ``idle-timeout``; how many."""
+        """Close the connections that have waited for their next request, or for their server to make progress,
+        for the idle timeout or longer, each recorded ``idle-timeout``; how many."""
         now, closed = self.clock(), 0
-        for exchange in [e for e in self._serving if e.waiting is not None and now - e.waiting >= self.idle_timeout]:
-            closed += exchange.expire(now)
+        for exchange in list(self._serving):
+            if exchange.waiting is not None and now - exchange.waiting >= self.idle_timeout:
+                closed += exchange.expire(now)
+            elif (since := exchange.upstream.since) is not None and now - since >= self.idle_timeout:
+                closed += exchange.stalled(now, since)
         self.idle_closed += closed
         return closed
 
@@ -159,7 +173,7 @@ class _Exchange:
         self.conn = conn
         self.meta = meta
         self.sandbox = sandbox
-        self.upstream = Upstream((meta.dst, meta.dport))
+        self.upstream = Upstream((meta.dst, meta.dport), owner.clock)
         self.client_ready = Waker(asyncio.get_running_loop(), conn)
         self.consumed = False
         """A request was read from the client: from then on the connection is never handed off."""
@@ -172,6 +186,8 @@ class _Exchange:
         self.passed_host = ""
         self.waiting: float | None = None
         """Since when (the owner's clock) it waits for the client's next request; None while it is served."""
+        self.cut = False
+        """Cut (`_sever`): both sides end with a reset."""
 
     async def run(self) -> bool:
         """True once the connection is finished here; False when mitmproxy must take it (nothing of the request
@@ -221,10 +237,13 @@ class _Exchange:
             return True
 
     def finish(self, done: bool) -> None:
-        """Release the upstream side; close the client's unless it goes to mitmproxy (``done`` false)."""
+        """Release the upstream side; close the client's unless it goes to mitmproxy (``done`` false): with a
+        reset when cut, else gently."""
         self.client_ready.close()  # before mitmproxy registers its own reader on the socket
         self.upstream.close()
-        if done:
+        if self.cut:
+            self.conn.close()  # its linger is zero (`_sever`): a reset, what its send buffer holds dropped
+        elif done:
             close_gently(self.conn)
         if self.token and self.owner.open_flows is not None:
             self.owner.open_flows.discard(self.token)
@@ -266,10 +285,34 @@ class _Exchange:
             self._sever()  # closed even when the record failed
         return True
 
+    def stalled(self, now: float, since: float) -> bool:
+        """Its server made no progress on the request under way since ``since``: record the idle timeout's close
+        and cut both sides. False, nothing done, when the server's next bytes (or its end) are there already and
+        the task reads them next (not while it sends: bytes the server sent unread then are no progress)."""
+        sock = self.upstream.sock
+        try:
+            there = None if sock is None or self.upstream.writing is not None else sock.recv(1, socket.MSG_PEEK)
+        except BlockingIOError:
+            there = None
+        except OSError:
+            there = b""
+        if there is not None:
+            return False
+        try:
+            self._report(decide_idle_timeout(now - since, STALLED_NOTE), self.passed_host)
+        finally:
+            self._sever()
+        return True
+
     def _sever(self) -> None:
+        """Cut both sides (`OpenFlows`' close, the idle timeout): the client's linger zero and its side shut (its
+        end, then the reset), the server's aborted (`Upstream.abort`: a reset, no end before it); the task, woken
+        wherever it waits, closes both as it ends (`finish`), at once."""
+        self.cut = True
+        _linger(self.conn, _ABORT)
         with contextlib.suppress(OSError):
             self.conn.shutdown(socket.SHUT_RDWR)
-        self.upstream.shutdown()
+        self.upstream.abort()
 
     def _report(self, verdict: Verdict, host: str) -> str:
         meta = self.meta
@@ -398,6 +441,7 @@ class _Exchange:
         record_id = self._report(verdict, host)
         if verdict.action is not Enforcement.BLOCK:
             return False
+        self.upstream.abort()  # nothing more goes to the server, and its side ends with a reset
         self.owner.blocked += 1
         reason = verdict.reason.value if verdict.reason is not None else "blocked"
         answer = httpwire.blocked_answer(f"egress blocked this request: {reason} ({verdict.rule})", record_id)
@@ -407,7 +451,9 @@ class _Exchange:
 
     def _unframed(self, data: bytes, host: str) -> None:
         """A response the relay cannot frame: nothing of it is forwarded. A ``101`` nobody asked for is recorded as
-        the addon records it (`egress.detect.upgrade.switched`); anything else gets a 502."""
+        the addon records it (`egress.detect.upgrade.switched`); anything else gets a 502. The server's side ends
+        with a reset."""
+        self.upstream.abort()
         if data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
             head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
             offered = next((line.split(":", 1)[1].strip() for line in head if line.lower().startswith("upgrade:")), "")

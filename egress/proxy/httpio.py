@@ -1,5 +1,6 @@
 """Socket waiting and writing for the plain-HTTP fast path (`egress.proxy.httpfast`): a readiness waker that
-stays registered between requests, a send that writes at once when it can, and a close that does not reset."""
+stays registered between requests, a send that writes at once when it can, a wait for a full send buffer to take
+more, and a close that does not reset."""
 
 from __future__ import annotations
 
@@ -66,6 +67,22 @@ async def send_all(loop: asyncio.AbstractEventLoop, sock: socket.socket, data: b
         sent = 0
     if sent < len(data):
         await loop.sock_sendall(sock, data[sent:])
+
+
+async def writable(loop: asyncio.AbstractEventLoop, sock: socket.socket, ready: asyncio.Future[None]) -> None:
+    """Until ``sock`` can take more (its send buffer is full now: the peer reads slowly, or not at all), or
+    ``ready`` is done by whoever else may end the wait (a cut)."""
+    fd = sock.fileno()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(None)
+
+    loop.add_writer(fd, wake)
+    try:
+        await ready
+    finally:
+        loop.remove_writer(fd)
 
 
 def close_gently(conn: socket.socket) -> None:

@@ -27,6 +27,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from egress.detect import (
+    binrpc,
     cryptonode,
     cryptonote,
     dns_tunnel,
@@ -43,6 +44,7 @@ from egress.detect import (
     upgrade,
     vpn,
     websocket,
+    xmlrpc,
 )
 from egress.detect.base import EVIDENCE_MAX, MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport
 from egress.detect.engine import RANK, FlowInspector
@@ -73,6 +75,8 @@ LABELS: dict[str, tuple[frozenset[Category], frozenset[str]]] = {
         frozenset({f"{network}-p2p" for network in cryptonode.BITCOIN_MAGICS.values()})
         | {"monero-levin", "ethereum-rpc", "bitcoin-rpc", "monero-rpc", "nano-rpc"},
     ),
+    binrpc.NAME: (_MINED, frozenset({binrpc.PROTOCOL})),
+    xmlrpc.NAME: (_MINED, frozenset({xmlrpc.PROTOCOL})),
     ssh.NAME: (_TUNNEL, frozenset({"ssh-nonstandard-port"})),
     proxytunnel.NAME: (_TUNNEL, frozenset({"socks4", "socks5", "http-connect"})),
     tor.NAME: (_TUNNEL, frozenset({"tor"})),

@@ -7,7 +7,11 @@ Ground truth is what the upstream server received and what the handoff (mitmprox
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import fcntl
 import socket
+import struct
+import termios
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -60,6 +64,8 @@ class Upstream:
         self.received = b""
         self.connections = 0
         self.close_after_each = False
+        self.ends: list[str] = []
+        """How each connection the front made ended while the site waited for a request: ``eof`` or ``reset``."""
 
     async def handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1
@@ -79,8 +85,10 @@ class Upstream:
                 await writer.drain()
                 if self.close_after_each:
                     break
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+        except asyncio.IncompleteReadError:
+            self.ends.append("eof")
+        except ConnectionError:
+            self.ends.append("reset")
         writer.close()
 
 
@@ -585,3 +593,213 @@ def test_the_sweeps_run_by_themselves_with_the_workers_idle_timeout() -> None:
 def test_an_idle_timeout_that_is_not_positive_is_refused(timeout: float) -> None:
     with pytest.raises(ValueError, match="idle timeout must be positive"):
         Setup(1, timeout)
+
+
+async def nothing_more(reader: asyncio.StreamReader) -> None:
+    """The client's side of a cut: an end, or a reset, and not a byte more."""
+    with contextlib.suppress(ConnectionResetError):
+        assert await reader.read() == b""
+
+
+async def site_ends(site: Upstream, count: int) -> list[str]:
+    async def ended() -> list[str]:
+        assert len(site.ends) == count, f"the front's connections to the site have not ended yet: {site.ends}"
+        return site.ends
+
+    return await eventually_async(ended, timeout=10)
+
+
+def test_a_block_resets_the_server_side_and_a_graceful_end_stays_graceful() -> None:
+    """A response blocked: the client has its 403, the server a reset; the client's own close: the server an end."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/jobs"))
+        assert (await reader.read()).startswith(b"HTTP/1.1 403")
+        assert await site_ends(site, 1) == ["reset"]
+        writer.close()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/"))
+        assert await response(reader) == ok()
+        writer.close()
+        assert await site_ends(site, 2) == ["reset", "eof"]
+
+    run(scenario, Upstream(lambda request: ok(NOTIFY) if b"/jobs" in request else ok()))
+
+
+class Deaf:
+    """A site that accepts and reads nothing (a small receive buffer: its window closes soon) until told to read
+    all to the end: what it got, and how it ended (``eof`` or ``reset``)."""
+
+    def __init__(self) -> None:
+        self.listener = socket.socket()
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(8)
+        self.listener.setblocking(False)
+        self.port = int(self.listener.getsockname()[1])
+
+    async def accepted(self) -> socket.socket:
+        conn, _ = await asyncio.get_running_loop().sock_accept(self.listener)
+        return conn
+
+    async def read_on(self, conn: socket.socket) -> tuple[int, str]:
+        got, loop = 0, asyncio.get_running_loop()
+        try:
+            while chunk := await loop.sock_recv(conn, 65536):
+                got += len(chunk)
+        except ConnectionResetError:
+            return got, "reset"
+        return got, "eof"
+
+    def dialled_again(self) -> bool:
+        try:
+            self.listener.accept()[0].close()
+        except BlockingIOError:
+            return False
+        return True
+
+
+def run_deaf(scenario: Callable[[Setup, Deaf, int], Awaitable[None]]) -> None:
+    """`run` with a `Deaf` site in front of the `Upstream` one: requests go to the deaf site."""
+    deaf = Deaf()
+
+    async def main() -> None:
+        setup = Setup(deaf.port)
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            port = int(probe.getsockname()[1])
+        task = asyncio.create_task(setup.front.serve(port, hosts=("127.0.0.1",)))
+
+        async def listening() -> bool:
+            assert not task.done() and setup.front._listeners
+            return True
+
+        await eventually_async(listening, timeout=10)
+        try:
+            await asyncio.wait_for(scenario(setup, deaf, port), scaled(60))
+        finally:
+            task.cancel()
+            deaf.listener.close()
+
+    asyncio.run(main())
+
+
+UPLOAD = b"u" * httpwire.BODY_MAX
+
+
+async def held_in_the_front(setup: Setup) -> None:
+    """Until the front's send buffer to the site holds some of the upload (the site reads nothing)."""
+
+    async def held() -> bool:
+        [exchange] = setup.fast._serving
+        sock = exchange.upstream.sock
+        assert sock is not None
+        queued = struct.unpack("i", fcntl.ioctl(sock.fileno(), termios.TIOCOUTQ, b"\0\0\0\0"))[0]
+        assert queued >= 4096, queued
+        return True
+
+    await eventually_async(held, timeout=10)
+
+
+async def judged_at_the_site(setup: Setup, deaf: Deaf, conn: socket.socket) -> tuple[int, str]:
+    """What the site gets of the upload once the exchange ended and it reads on."""
+
+    async def ended() -> bool:
+        assert not setup.fast._serving
+        return True
+
+    await eventually_async(ended, timeout=10)
+    return await deaf.read_on(conn)
+
+
+def test_a_cut_aborts_both_sides_and_sends_nothing_more() -> None:
+    """Red team 7: the cut was a shutdown of both sides: what the send buffer held went out after it, and the
+    request, which the shutdown failed, was sent again on a new connection. Now resets, nothing dialled."""
+
+    async def scenario(setup: Setup, deaf: Deaf, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(UPLOAD))
+        conn = await deaf.accepted()
+        await held_in_the_front(setup)
+        [exchange] = setup.fast._serving
+        sock = exchange.upstream.sock
+        assert sock is not None
+        linger = struct.unpack("ii", sock.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+        exchange._sever()  # what `OpenFlows` calls for close_forbidden and the lockdown
+        got, how = await judged_at_the_site(setup, deaf, conn)
+        assert how == "reset" and got < len(UPLOAD), (got, how)
+        assert not deaf.dialled_again()
+        assert linger == (1, 0)  # from its connect: a worker that dies resets it too
+        await nothing_more(reader)
+        writer.close()
+        conn.close()
+
+    run_deaf(scenario)
+
+
+def test_a_server_that_takes_nothing_of_its_request_is_cut_at_the_idle_timeout() -> None:
+    async def scenario(setup: Setup, deaf: Deaf, port: int) -> None:
+        clock = setup.fast.clock = Clock()
+        _, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(post(UPLOAD))
+        conn = await deaf.accepted()
+        await held_in_the_front(setup)
+        clock.now += IDLE_TIMEOUT - 0.5
+        assert setup.fast.sweep() == 0
+        clock.now += 0.5
+        assert setup.fast.sweep() == 1
+        got, how = await judged_at_the_site(setup, deaf, conn)
+        assert how == "reset" and got < len(UPLOAD), (got, how)
+        [idle] = idle_records(setup)
+        assert "neither took more of its request nor answered" in idle.verdict.evidence
+        assert setup.fast.idle_closed == 1
+        writer.close()
+        conn.close()
+
+    run_deaf(scenario)
+
+
+def test_a_server_that_never_answers_is_cut_at_the_idle_timeout_counted_from_its_last_byte() -> None:
+    """Red team 7: the wait for a server's answer had no deadline. Progress is a byte from the server."""
+
+    async def scenario(setup: Setup, deaf: Deaf, port: int) -> None:
+        clock = setup.fast.clock = Clock()
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/slow"))
+        conn = await deaf.accepted()
+        loop = asyncio.get_running_loop()
+        assert await loop.sock_recv(conn, 65536) == get("/slow")
+        await waiting_for_the_server(setup, clock.now)
+        clock.now += 0.9 * IDLE_TIMEOUT
+        assert setup.fast.sweep() == 0
+        await loop.sock_sendall(conn, b"HTTP/1.1 200 OK\r\n")  # a byte: progress
+        await waiting_for_the_server(setup, clock.now)
+        clock.now += 0.9 * IDLE_TIMEOUT
+        assert setup.fast.sweep() == 0
+        clock.now += 0.1 * IDLE_TIMEOUT
+        assert setup.fast.sweep() == 1
+        await nothing_more(reader)
+        got, how = await judged_at_the_site(setup, deaf, conn)
+        assert (got, how) == (0, "reset")
+        [idle] = idle_records(setup)
+        assert (idle.verdict.action, idle.verdict.rule, idle.host) == (
+            Enforcement.BLOCK,
+            "idle-timeout",
+            "allowed.test",
+        )
+        assert "no progress for 300 s" in idle.verdict.evidence and "plain-HTTP fast path" in idle.verdict.evidence
+        assert setup.fast.sweep() == 0 and setup.fast.idle_closed == 1  # recorded once
+        writer.close()
+        conn.close()
+
+    run_deaf(scenario)
+
+
+async def waiting_for_the_server(setup: Setup, since: float) -> None:
+    async def waits() -> bool:
+        [exchange] = setup.fast._serving
+        assert exchange.upstream.since == since, exchange.upstream.since
+        return True
+
+    await eventually_async(waits, timeout=10)
