@@ -16,7 +16,7 @@ from egress.detect.registry import stream_detectors
 from egress.policy.loader import parse_policy
 from egress.policy.model import Policy, Sandbox
 from egress.proxy import gate as gate_module
-from egress.proxy.gate import VERDICTS_KEPT, Gate, Kind, flow_meta
+from egress.proxy.gate import VERDICTS_KEPT, Decision, Gate, Kind, flow_meta
 from tests.lists import shipped_lists
 from tests.proxy.test_front import _client_hello
 
@@ -74,6 +74,18 @@ def _sandbox(gate: Gate, source: str) -> Sandbox:
     return sandbox
 
 
+def _allowed_bound() -> tuple[_Bindings, Gate]:
+    """A gate under `POLICY`, 192.0.2.10 bound to allowed.test."""
+    bindings = _Bindings()
+    bindings.bound["192.0.2.10"] = frozenset({"allowed.test"})
+    return bindings, _gate(parse_policy(POLICY), bindings)
+
+
+def _hello_decision(gate: Gate, sandbox: Sandbox, dst: str, sni: str, sport: int = 40000) -> Decision:
+    """The gate's decision on a ClientHello for ``sni`` from 10.0.0.5 to ``dst`` port 443."""
+    return gate.on_first_bytes(sandbox, flow_meta(("10.0.0.5", sport), (dst, 443)), _hello(sni), b"", watching=True)
+
+
 def _tls_verdict(gate: Gate, sandbox: Sandbox, source: str, dst: str, port: int, sni: str) -> object:
     decision = gate.on_first_bytes(sandbox, flow_meta((source, 40000), (dst, port)), _hello(sni), b"", watching=True)
     return decision.allow or decision.verdict
@@ -106,28 +118,21 @@ def test_the_verdicts_are_those_of_deciding_again() -> None:
 
 
 def test_a_reload_is_judged_under_the_new_rules_at_once() -> None:
-    bindings = _Bindings()
-    bindings.bound["192.0.2.10"] = frozenset({"allowed.test"})
-    gate = _gate(parse_policy(POLICY), bindings)
+    _, gate = _allowed_bound()
     sandbox = _sandbox(gate, "10.0.0.5")
     assert gate.on_connect(sandbox, "192.0.2.10", 443).action is Enforcement.ALLOW
     assert _tls_verdict(gate, sandbox, "10.0.0.5", "192.0.2.10", 443, "allowed.test") is not None
     gate.policy = parse_policy(WITHOUT_ALLOWED)
     reloaded = _sandbox(gate, "10.0.0.5")
     assert gate.on_connect(reloaded, "192.0.2.10", 443).action is Enforcement.BLOCK
-    decision = gate.on_first_bytes(
-        reloaded, flow_meta(("10.0.0.5", 40001), ("192.0.2.10", 443)), _hello("allowed.test"), b"", watching=True
-    )
-    assert decision.kind is Kind.REFUSE
+    assert _hello_decision(gate, reloaded, "192.0.2.10", "allowed.test", 40001).kind is Kind.REFUSE
 
 
 def test_a_sandbox_of_the_policy_before_a_reload_keeps_its_own_rules() -> None:
     """A connection decided under the old policy may ask again after a reload (a keep-alive connection, the
     fast path's next request): it is judged by the sandbox it holds, and the new sandbox of that name by its own,
     whichever asks first."""
-    bindings = _Bindings()
-    bindings.bound["192.0.2.10"] = frozenset({"allowed.test"})
-    gate = _gate(parse_policy(POLICY), bindings)
+    _, gate = _allowed_bound()
     old = _sandbox(gate, "10.0.0.5")
     gate.policy = parse_policy(WITHOUT_ALLOWED)
     new = _sandbox(gate, "10.0.0.5")
@@ -140,19 +145,13 @@ def test_a_sandbox_of_the_policy_before_a_reload_keeps_its_own_rules() -> None:
 
 
 def test_a_binding_that_expires_is_seen_at_the_next_connection() -> None:
-    bindings = _Bindings()
-    bindings.bound["192.0.2.10"] = frozenset({"allowed.test"})
-    gate = _gate(parse_policy(POLICY), bindings)
+    bindings, gate = _allowed_bound()
     sandbox = _sandbox(gate, "10.0.0.5")
     assert gate.on_connect(sandbox, "192.0.2.10", 443).action is Enforcement.ALLOW
-    assert gate.on_first_bytes(
-        sandbox, flow_meta(("10.0.0.5", 40000), ("192.0.2.10", 443)), _hello("allowed.test"), b"", watching=True
-    ).kind is Kind.PASSTHROUGH  # fmt: skip
+    assert _hello_decision(gate, sandbox, "192.0.2.10", "allowed.test").kind is Kind.PASSTHROUGH
     bindings.bound["192.0.2.10"] = frozenset()
     assert gate.on_connect(sandbox, "192.0.2.10", 443).action is Enforcement.BLOCK
-    assert gate.on_first_bytes(
-        sandbox, flow_meta(("10.0.0.5", 40001), ("192.0.2.10", 443)), _hello("allowed.test"), b"", watching=True
-    ).kind is Kind.REFUSE  # fmt: skip
+    assert _hello_decision(gate, sandbox, "192.0.2.10", "allowed.test", 40001).kind is Kind.REFUSE
 
 
 def test_a_kept_verdict_is_not_decided_again(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,9 +168,7 @@ def test_a_kept_verdict_is_not_decided_again(monkeypatch: pytest.MonkeyPatch) ->
 
     monkeypatch.setattr(gate_module, "decide_raw", counted_raw)
     monkeypatch.setattr(gate_module, "decide_tls", counted_tls)
-    bindings = _Bindings()
-    bindings.bound["192.0.2.10"] = frozenset({"allowed.test"})
-    gate = _gate(parse_policy(POLICY), bindings)
+    _, gate = _allowed_bound()
     sandbox = _sandbox(gate, "10.0.0.5")
     for port in range(3):
         gate.on_connect(sandbox, "192.0.2.10", 443)
