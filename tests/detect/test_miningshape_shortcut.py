@@ -11,85 +11,48 @@ import random
 
 import pytest
 
-from egress.detect.base import Category, Finding, evidence
 from egress.detect.miningshape import (
     ANSWER_WITHIN,
     BULK,
-    MAX_BYTES,
     MINUTE,
-    NAME,
-    PROTOCOL,
     PUSH_MAX,
     PUSH_MIN,
     QUIET,
     REQUEST_MIN,
-    MiningShape,
     measure,
-    mining,
 )
-from egress.detect.tlsshape import Record, TlsShape
+from egress.detect.tlsshape import Record
 from tests.budget import examples
 from tests.corpus import CORPUS, needs_corpus
-from tests.detect import miningshape_traces, tlsshape_traces
+from tests.detect import miningshape_traces
 from tests.detect.shape_flows import flows
+from tests.detect.test_miningshape import (
+    _lab_records,
+    _lab_traces,
+    _measured_each_time,
+    _random_records,
+    _records,
+    _watched,
+)
 
-Answers = list[tuple[Finding | None, bool]]
 WINDOWS = (MINUTE, 6.0)
 """The default window and the lab's ten times shorter one (its times scale by a tenth: other rounding)."""
 
 
-def _measuring_every_record(records: list[Record], window: float) -> Answers:
-    """The finding and ``done`` after each record, measuring all records so far at each one (the watcher without
-    its shortcut)."""
-    scale, seen, answers, done = window / MINUTE, list[Record](), Answers(), False
-    for record in records:
-        found = None
-        if done or (seen and record.at - seen[0].at > window):
-            done = True
-        else:
-            seen.append(record)
-            features = measure(seen, scale)
-            if features.largest > BULK or features.up + features.down > MAX_BYTES:
-                done = True
-            elif mining(features, scale):
-                done = True
-                found = Finding(Category.MINING, PROTOCOL, NAME, evidence(features.text()))
-        answers.append((found, done))
-    return answers
-
-
-def _watched(records: list[Record], window: float) -> Answers:
-    watcher = MiningShape(window=window)
-    return [(watcher.add(record), watcher.done) for record in records]
-
-
 def _assert_alike(records: list[Record]) -> None:
     for window in WINDOWS:
-        assert _watched(records, window) == _measuring_every_record(records, window), (window, records)
+        assert _watched(records, window) == _measured_each_time(records, window), (window, records)
 
 
 def _mining_sessions() -> list[list[Record]]:
     sessions = []
-    for _, steps in miningshape_traces.ALL.values():
-        records = [Record(side == "c", size, at) for at, side, size in steps]
-        sessions += [[Record(r.from_client, r.size, r.at / speed) for r in records] for speed in (1, 10, 100)]
+    for trace in miningshape_traces.ALL.values():
+        sessions += [_records(trace, speed) for speed in (1, 10, 100)]
     return sessions
 
 
 def _lab_tls() -> list[list[Record]]:
-    traces = [tlsshape_traces.SSH_EXEC, tlsshape_traces.SSH_SOCKS, tlsshape_traces.SSH_SHELL]
-    traces += [tlsshape_traces.PTY_SHELL, tlsshape_traces.TLS_IN_TLS, tlsshape_traces.TLS_IN_TLS_BULK]
-    out = []
-    for hello, headers in [*traces, *tlsshape_traces.HTTPS]:
-        shape, sent_hello = TlsShape(), False
-        for ms, side, kind, length in headers:
-            if side == "s" and not sent_hello:
-                data, sent_hello = bytes.fromhex(hello), True
-            else:
-                data = bytes([kind, 3, 3]) + length.to_bytes(2) + bytes(length)
-            shape.feed(side == "c", data, ms / 1000)
-        out.append(list(shape.records))
-    return out
+    return [_lab_records(trace) for _, trace in _lab_traces()]
 
 
 def test_the_mining_sessions_are_answered_alike() -> None:
@@ -139,7 +102,7 @@ def test_records_on_the_edges_are_answered_alike(window: float) -> None:
     pushes = 0
     for _ in range(examples(2000)):
         records = _edge_records(rng, scale)
-        assert _watched(records, window) == _measuring_every_record(records, window), records
+        assert _watched(records, window) == _measured_each_time(records, window), records
         pushes += bool(measure(records, scale).pushes)
     assert pushes > examples(2000) // 10, pushes  # the edges reached: many of these sequences hold a push
 
@@ -148,14 +111,7 @@ def test_random_records_are_answered_alike() -> None:
     """Random direction, size and timing, times sometimes going back (a clock is not the watcher's to trust), and
     sequences that reach the byte limit before any push."""
     rng = random.Random(29)
-    cases = []
-    for _ in range(examples(300)):
-        records, at = [], 0.0
-        for _ in range(rng.randrange(1, 80)):
-            at += rng.choice((0.0, 0.01, 0.3, 1.0, 3.0, 20.0)) * rng.random() - (0.5 if rng.random() < 0.05 else 0)
-            size = rng.choice((20, 40, 90, 120, 300, 2000, 4000, 4096, 5000, 20000))
-            records.append(Record(rng.random() < 0.5, size, at))
-        cases.append(records)
+    cases = [_random_records(rng, 80) for _ in range(examples(300))]
     cases.append([Record(index % 2 == 0, 4000, index * 3.0) for index in range(40)])  # MAX_BYTES, no push
     for records in cases:
         _assert_alike(records)
@@ -209,5 +165,5 @@ def test_a_miner_that_delays_its_first_push_is_still_found() -> None:
         shares += [Record(True, 205, 36.0 + index * 2.5), Record(False, 39, 36.0 + index * 2.5 + 0.05)]
     records = opening + keepalive + pushes + shares
     answers = _watched(records, MINUTE)
-    assert answers == _measuring_every_record(records, MINUTE)
+    assert answers == _measured_each_time(records, MINUTE)
     assert any(found is not None for found, _ in answers), answers
