@@ -99,6 +99,27 @@ def _crossed(capture: Capture) -> int:
     return capture.snapshot().bytes_to(SITE, PORT, "tcp")
 
 
+def _crossed_since(capture: Capture, before: int, port: int = PORT) -> int:
+    """Bytes to the site's ``port`` in the whole capture (it has ended) after the first ``before``."""
+    crossed = capture.result
+    assert crossed is not None
+    return crossed.bytes_to(SITE, port, "tcp") - before
+
+
+def _forbidding(tmp: pathlib.Path, port: int) -> pathlib.Path:
+    """The policy without allowed.lab's ``port``, applied with ``on_apply: close_forbidden`` (the cut)."""
+    forbidding = tmp / f"without-{port}.yaml"
+    forbidding.write_text(POLICY.read_text().replace(f", {port}", "") + "on_apply: close_forbidden\n")
+    return forbidding
+
+
+def _restore(lab: SecurityLab, tmp: pathlib.Path, why: str) -> None:
+    """The policy applied again after a cut (``why``: a comment, so that it differs from the one in force)."""
+    restored = tmp / "restored.yaml"
+    restored.write_text(POLICY.read_text() + f"# restored after {why}\n")
+    _apply(lab, restored)
+
+
 def _after_cut(lab: SecurityLab, site: Attacker, flag: pathlib.Path, count: int, capture: Capture) -> int:
     """Bytes to the site that cross once the site reads on (the cut is done: no connection established)."""
     eventually(lambda: _upstream(lab) == [] or None, timeout=scaled(30), interval=0.1)
@@ -121,8 +142,7 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.mark.parametrize("count", [1, 10])
 def test_a_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path, count: int) -> None:
-    forbidding = tmp_path / "without-8443.yaml"
-    forbidding.write_text(POLICY.read_text().replace(", 8443,", ",") + "on_apply: close_forbidden\n")
+    forbidding = _forbidding(tmp_path, PORT)
     with lab.capture(f"splice-cut-{count}") as capture:
         site, client, flag = _start(lab, tmp_path, count, f"cut{count}")
         try:
@@ -132,12 +152,8 @@ def test_a_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: path
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, PORT, "tcp") - before
-    restored = tmp_path / "restored.yaml"
-    restored.write_text(POLICY.read_text() + f"# restored after {count}\n")
-    _apply(lab, restored)
+    leaked = _crossed_since(capture, before)
+    _restore(lab, tmp_path, str(count))
     note = f"{count} uploads of which 8 at most with a thread; {leaked} bytes crossed after the cut"
     report(f"splice/cut-by-policy-{count}", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
@@ -203,9 +219,7 @@ def test_a_killed_worker_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, PORT, "tcp") - before
+    leaked = _crossed_since(capture, before)
     _alive_again(lab, since)
     note = f"{leaked} bytes crossed after the worker holding the upload was killed"
     report("splice/worker-killed", "after-close", leaked, leaked > 0, None, note)
@@ -287,8 +301,7 @@ def _ws_start(
 def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
     """The same through mitmproxy: a WebSocket upload of text messages to the attacker's site, which stops
     reading; the policy without 8080 cuts it (`egress.proxy.mitm.server`'s severing of both sides)."""
-    forbidding = tmp_path / "without-8080.yaml"
-    forbidding.write_text(POLICY.read_text().replace(", 8080]", "]") + "on_apply: close_forbidden\n")
+    forbidding = _forbidding(tmp_path, WS_PORT)
     flag = tmp_path / "read-on"
     with lab.capture("splice-ws-cut") as capture:
         site, client = _ws_start(lab, flag, "ws-cut")
@@ -304,12 +317,8 @@ def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, WS_PORT, "tcp") - before
-    restored = tmp_path / "restored.yaml"
-    restored.write_text(POLICY.read_text() + "# restored after the WebSocket\n")
-    _apply(lab, restored)
+    leaked = _crossed_since(capture, before, WS_PORT)
+    _restore(lab, tmp_path, "the WebSocket")
     note = f"{leaked} bytes crossed after the cut; client: {client.log()[-80:]!r}"
     report("splice/websocket-cut-by-policy", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
