@@ -118,7 +118,7 @@ TEXT = b"the quick brown fox jumps over the lazy dog; " * 91
 """One WebSocket message of the upload through mitmproxy (plain text, 4 KiB: nothing a detector looks for)."""
 
 
-def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
+def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int, upgrade: bool = True) -> None:
     import base64
     import hashlib
 
@@ -131,15 +131,16 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
             if not data:
                 raise ConnectionError("no upgrade")
             head += data
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
-        got = len(head.split(b"\r\n\r\n", 1)[1])
+        if upgrade:
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
+        got = len(head.split(b"\r\n\r\n", 1)[1])  # an HTTP request's: the head is not counted
         while got < HOLD:
             data = conn.recv(CHUNK)
             if not data:
@@ -160,8 +161,10 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
 
 
 def ws_site_main() -> None:
-    """``ws_site_main HOST PORT FLAG``: a WebSocket site (plain HTTP) that stops reading after `HOLD` bytes."""
+    """``ws_site_main HOST PORT FLAG [http]``: a WebSocket site (plain HTTP) that stops reading after `HOLD` bytes;
+    with ``http``, a site that takes a request's head and body the same way and never answers."""
     host, port, flag = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
+    upgrade = sys.argv[4:] != ["http"]
     listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SITE_RCVBUF)
@@ -171,7 +174,7 @@ def ws_site_main() -> None:
     index = 0
     while True:
         conn, _ = listener.accept()
-        threading.Thread(target=_ws_serve, args=(conn, flag, index), daemon=True).start()
+        threading.Thread(target=_ws_serve, args=(conn, flag, index, upgrade), daemon=True).start()
         index += 1
 
 
@@ -199,5 +202,38 @@ def ws_upload_main() -> None:
         while True:
             sock.sendall(frame)
             sent += len(frame)
+    except OSError as error:
+        print(f"ended {sent} {type(error).__name__}", flush=True)
+
+
+POST_SIZE = 4 * 1024 * 1024
+"""The body of `http_upload_main`'s POST: mitmproxy reads it whole, judges it, then writes it to the site."""
+
+
+def http_upload_main() -> None:
+    """``http_upload_main NAMESERVER PORT MODE``: one POST of `POST_SIZE` bytes of text to allowed.lab:PORT (plain
+    HTTP, through mitmproxy). MODE ``wait``: then wait for the answer (none comes); ``close``: then close the
+    connection (mitmproxy ends its server connection gracefully, the body still on its way)."""
+    from egress.lab.sandbox_io import Context, connect, resolve
+
+    nameserver, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ctx = Context((nameserver,), False, (), 20.0)
+    sock = connect(ctx, resolve(ctx, "allowed.lab"), port)
+    sock.settimeout(None)
+    sock.sendall(f"POST /upload HTTP/1.1\r\nHost: allowed.lab\r\nContent-Type: text/plain\r\n"
+                 f"Content-Length: {POST_SIZE}\r\n\r\n".encode())  # fmt: skip
+    sent = 0
+    block = TEXT * 16
+    try:
+        while sent < POST_SIZE:
+            part = block[: POST_SIZE - sent]
+            sock.sendall(part)
+            sent += len(part)
+        print(f"sent {sent}", flush=True)
+        if mode == "close":
+            sock.close()
+            print("closed", flush=True)
+            return
+        print(f"answer {sock.recv(4096)!r}", flush=True)
     except OSError as error:
         print(f"ended {sent} {type(error).__name__}", flush=True)
