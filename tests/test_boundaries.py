@@ -40,6 +40,7 @@ GATES = {
         "egress/gateway/hostprobe.py",
         "egress/gateway/sdnotify.py",
         "egress/proxy/mitm/server.py",
+        "egress/proxy/mitm/linger.py",  # mitmproxy's server connections' SO_LINGER
         "egress/gateway/control.py",
         "egress/gateway/components.py",
         "egress/gateway/qtap.py",

@@ -53,7 +53,6 @@ than it (the lone-job rule), which is why the default action is ``record``
 from __future__ import annotations
 
 import itertools
-import math
 import statistics
 from collections.abc import Iterable
 from dataclasses import dataclass, field
@@ -163,10 +162,12 @@ class MiningShape:
     records: list[Record] = field(default_factory=list)
     done: bool = False
     """Found, or nothing more to watch (bulk, too many bytes, or past the window)."""
-    earliest: float = math.inf
-    latest: float = -math.inf
     total: int = 0
-    """The records' earliest and latest times and their bytes both ways."""
+    """The records' bytes both ways."""
+    pushed: bool = False
+    """A push is among the records (`measure` would count one): until then no rule can hold."""
+    last_client: Record | None = None
+    """The client's latest record (a push comes more than `ANSWER_WITHIN` after it)."""
 
     def add(self, record: Record) -> Finding | None:
         """The finding this record completed, if any (returned once; watching ends with it)."""
@@ -176,13 +177,17 @@ class MiningShape:
         if self.records and record.at - self.records[0].at > self.window:
             self.done = True  # decided within the first window, or not at all
             return None
+        previous = self.records[-1] if self.records else None
         self.records.append(record)
         self.total += record.size
-        self.earliest, self.latest = min(self.earliest, record.at), max(self.latest, record.at)
-        if self.latest - self.earliest <= ANSWER_WITHIN * scale:
-            # Every rule of `mining` needs a push, a server record more than ANSWER_WITHIN after the client's last:
-            # none can be among records that all lie within that span, so only the limits are read (the records'
-            # measure at each record of a connection's opening was most of the watch's cost per connection).
+        if record.from_client:
+            self.last_client = record
+        elif not self.pushed and previous is not None and self.last_client is not None:
+            self.pushed = _push(record, previous, self.last_client, scale)
+        if not self.pushed:
+            # Every rule of `mining` needs a push, and whether a record is one depends only on the records before
+            # it (`_push`, as `measure` counts it): until the first, only the limits are read. Measuring all
+            # records at each new one was most of the watch's cost per connection (the whole of a short one's).
             if record.size > BULK or self.total > MAX_BYTES:
                 self.done = True
             return None
@@ -226,12 +231,7 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
                 ack_times.append(record.at)
         elif asked:
             late.append(record.size)  # in the answer window after a pause: the answer's late piece (a busy relay)
-        elif (
-            not previous.from_client
-            and record.at - previous.at >= QUIET * scale
-            and since_client > ANSWER_WITHIN * scale
-            and PUSH_MIN <= record.size <= PUSH_MAX
-        ):
+        elif _push(record, previous, last_client, scale):
             if not pushes:
                 wait = (record.at - previous.at) / scale
             pushes.append(record)
@@ -266,6 +266,18 @@ def measure(records: list[Record], scale: float = 1.0) -> Features:
             _shapes(record.size for record in records if record.from_client),
             _shapes(record.size for record in records if not record.from_client),
         ),
+    )
+
+
+def _push(record: Record, previous: Record, last_client: Record, scale: float) -> bool:
+    """Whether server ``record`` is a push, after ``previous`` (the record before it) and ``last_client`` (the
+    client's latest): the server's own record at least `QUIET` before, the client silent for over `ANSWER_WITHIN`
+    (so no answer either), of job size. `MiningShape.add` asks this of each record as it comes, `measure` of all."""
+    return (
+        not previous.from_client
+        and record.at - previous.at >= QUIET * scale
+        and record.at - last_client.at > ANSWER_WITHIN * scale
+        and PUSH_MIN <= record.size <= PUSH_MAX
     )
 
 

@@ -18,7 +18,8 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
 TCP connections are bounded per sandbox and in all (`egress.dnsserver.tcpbound`): the resolver shares the
 supervisor's descriptors with what records blocked attempts. Each connection is served by
 `egress.dnsserver.tcpserve` (read, read-ahead, unread answers and stalls bounded), its queries within its
-sandbox's share of each loop turn (`egress.dnsserver.fair`, one `FairShare` for all the resolver's connections).
+sandbox's share of each loop turn (`egress.dnsserver.fair`, one `FairShare` for all the resolver's connections);
+`tcp_handler` sizes each one's send buffer first.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import logging
 import resource
 import socket
 import struct
+from collections.abc import Awaitable, Callable
 from typing import Final
 
 from egress.detect import dns
@@ -162,21 +164,21 @@ class UdpServer:
             self.sock.close()
 
 
-async def serve_tcp_connection(
-    resolver: Resolver,
-    bound: TcpBound,
-    share: FairShare,
-    reader: asyncio.StreamReader,
-    writer: asyncio.StreamWriter,
-    limits: TcpLimits | None = None,
-) -> None:
-    """`egress.dnsserver.tcpserve.serve_tcp`, the socket's send buffer first sized to the answers not taken that
-    the transport may hold (so the kernel's part of them is bounded too, not autotuned to megabytes)."""
+def tcp_handler(
+    resolver: Resolver, bound: TcpBound, share: FairShare, limits: TcpLimits | None = None
+) -> Callable[[asyncio.StreamReader, asyncio.StreamWriter], Awaitable[None]]:
+    """The handler of the resolver's TCP connections (``asyncio.start_server``'s): each socket's send buffer sized
+    to the answers not taken that the transport may hold (so the kernel's part of them is bounded too, not
+    autotuned to megabytes), then the connection served by `egress.dnsserver.tcpserve.serve_tcp`."""
     limits = limits or TcpLimits()
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.write_ahead)
-    await serve_tcp(resolver, bound, share, reader, writer, limits)
+
+    async def handle(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        sock = writer.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, limits.write_ahead)
+        await serve_tcp(resolver, bound, share, reader, writer, limits)
+
+    return handle
 
 
 def tcp_bound(resolver: Resolver) -> TcpBound:
@@ -204,8 +206,6 @@ async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]
         sock.bind((host, port))
         log.info("resolver UDP %s:%d receive buffer %d bytes", host, port, size)
         handles.append(UdpServer(resolver, sock))
-        server = await asyncio.start_server(
-            lambda r, w: serve_tcp_connection(resolver, bound, share, r, w), host, port, limit=READ_AHEAD
-        )
+        server = await asyncio.start_server(tcp_handler(resolver, bound, share), host, port, limit=READ_AHEAD)
         handles.append(server)
     return handles

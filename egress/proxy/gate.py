@@ -51,6 +51,9 @@ HEAD_WAIT_LIMIT = 16 * 1024
 """Bytes we wait for a whole ClientHello or request head before judging what we have."""
 SANDBOXES_KEPT = 4096
 """Source addresses whose sandbox a gate keeps (all forgotten at once past this: spoofed sources cannot grow it)."""
+VERDICTS_KEPT = 4096
+"""Address verdicts a gate keeps (`Gate._verdicts`; all forgotten at once past this: a sandbox that dials many
+addresses cannot grow it)."""
 
 
 class Kind(enum.Enum):
@@ -110,6 +113,10 @@ class Gate:
         self._sandboxes: dict[str, Sandbox | None] = {}
         """Source address → its sandbox under ``_sandboxes_of`` (`sandbox`)."""
         self._sandboxes_of: Policy | None = None
+        self._verdicts: dict[tuple[object, ...], tuple[Sandbox, Verdict]] = {}
+        """`on_connect`'s and `_tls`'s verdicts by their arguments (the sandbox by identity, kept beside the verdict
+        so its id names no other object while the entry lives), for ``_verdicts_of`` (`_verdict`)."""
+        self._verdicts_of: Policy | None = None
         self.names_for = names_for
         self.name_detector = name_detector
         self.stream = stream
@@ -139,7 +146,28 @@ class Gate:
 
     def on_connect(self, sandbox: Sandbox, dst: str, dport: int) -> Verdict:
         """Before dialling ``dst``: could any rule allow a connection there? (names bound to it, or a network)."""
-        return decide_raw(sandbox, dst, dport, "tcp", self.names_for(sandbox.name, dst))
+        names = self.names_for(sandbox.name, dst)
+        key = ("raw", id(sandbox), dst, dport, names)
+        return self._verdict(key, sandbox) or self._keep(key, sandbox, decide_raw(sandbox, dst, dport, "tcp", names))
+
+    def _verdict(self, key: tuple[object, ...], sandbox: Sandbox) -> Verdict | None:
+        """The verdict kept for ``key`` (made for ``sandbox`` itself), if any. `decide_raw` and `decide_tls` read
+        nothing but their arguments and the sandbox's rules, so a kept verdict is the one they would give again
+        (a sandbox's connections go to few addresses: the two were a tenth of the accept's decision). The bound
+        names are part of the key, so a binding's change or expiry is a new key; a reload, a new policy and new
+        sandboxes: what was kept is forgotten at the next connection."""
+        if self.policy is not self._verdicts_of:
+            self._verdicts = {}
+            self._verdicts_of = self.policy
+            return None
+        kept = self._verdicts.get(key)
+        return kept[1] if kept is not None and kept[0] is sandbox else None
+
+    def _keep(self, key: tuple[object, ...], sandbox: Sandbox, verdict: Verdict) -> Verdict:
+        if len(self._verdicts) >= VERDICTS_KEPT:
+            self._verdicts.clear()
+        self._verdicts[key] = (sandbox, verdict)
+        return verdict
 
     def on_first_bytes(
         self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes, watching: bool = False
@@ -187,7 +215,10 @@ class Gate:
                 return Decision(Kind.REFUSE, verdict, sni or "")
             noted = _worth_recording(verdict)  # report mode's would-block, or a detector set to record
         bound = sni is not None and sni in self.names_for(sandbox.name, meta.dst)
-        verdict = decide_tls(sandbox, meta.dst, meta.dport, sni, bound)
+        key = ("tls", id(sandbox), meta.dst, meta.dport, sni, bound)
+        verdict = self._verdict(key, sandbox) or self._keep(
+            key, sandbox, decide_tls(sandbox, meta.dst, meta.dport, sni, bound)
+        )
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict, sni or "")
         if sni is not None and verdict.action is Enforcement.ALLOW and sandbox.decrypts(sni):

@@ -451,13 +451,18 @@ class _Exchange:
 
     def _unframed(self, data: bytes, host: str) -> None:
         """A response the relay cannot frame: nothing of it is forwarded. A ``101`` nobody asked for is recorded as
-        the addon records it (`egress.detect.upgrade.switched`); anything else gets a 502. The server's side ends
-        with a reset."""
+        the addon records it (`egress.detect.upgrade.switched`); anything else gets a 502 and is recorded as an
+        inspection error (`fail_closed`). The server's side ends with a reset."""
         self.upstream.abort()
         if data.startswith((b"HTTP/1.1 101", b"HTTP/1.0 101")):
             head = data.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")[1:]
             offered = next((line.split(":", 1)[1].strip() for line in head if line.lower().startswith("upgrade:")), "")
             self._report(decide_finding(self.sandbox, upgrade.switched(offered)), host)
             return
+        # Refused, so recorded as every block is: the server's bytes could not be judged (red team 8 hid a pool's
+        # job in a chunk extension), and the record ties the attempt to the sandbox that asked.
+        first = data.split(b"\r\n", 1)[0][:80]
+        self._report(fail_closed(f"a response the fast path cannot frame: {first!r}"), host)
+        self.owner.blocked += 1
         with contextlib.suppress(OSError):
             self.conn.send(httpwire.BAD_GATEWAY)

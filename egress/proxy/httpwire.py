@@ -9,8 +9,8 @@ token header names, printable ASCII values, exactly one ``Host`` (a name, option
 together, two lengths, a folded line, a bare LF: request smuggling) never meets the fast path's own parser.
 
 Responses cannot be handed back (their request went out): `parse_response` frames what the lab and ordinary
-servers send (Content-Length, chunked, or until close) and says `UNSURE` for the rest, which the relay answers
-with a 502 and a close, never forwarding what it could not frame.
+servers send (Content-Length, chunked without chunk extensions, or until close) and says `UNSURE` for the rest,
+which the relay answers with a 502 and a close, never forwarding what it could not frame.
 """
 
 from __future__ import annotations
@@ -47,7 +47,10 @@ _FIELD: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([!-~](?:[\t 
 _HOST: Final = re.compile(rb"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})(?::[0-9]{1,5})?")
 _REFUSED_FIELDS: Final = frozenset({"transfer-encoding", "upgrade", "expect", "content-encoding"})
 _LENGTH: Final = re.compile(rb"\r\n[Cc][Oo][Nn][Tt][Ee][Nn][Tt]-[Ll][Ee][Nn][Gg][Tt][Hh]:[ \t]*([0-9]{1,15})[ \t]*\r\n")
-_CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,8})(?:;[\t -~]*)?")
+_CHUNK_SIZE: Final = re.compile(rb"([0-9A-Fa-f]{1,8})")
+"""A chunk's size line: hex digits only. A chunk extension (``;name=value``) is refused, not skipped: the relay
+forwards the server's bytes as they came, so an extension it dropped from what it judges would reach the client
+unjudged (red team 8: a pool's job in ``2;{...}``). No ordinary server sends one; a refused response is a 502."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,7 +155,7 @@ def parse_request(data: bytes) -> Request | _Signal:
 def parse_response(data: bytes, method: str, ended: bool) -> Response | _Signal:
     """The response to a ``method`` request at the start of ``data``; ``ended``: the server closed after it.
     `MORE`, or `UNSURE` for what this module does not frame (an interim 1xx, a transfer coding other than
-    chunked, a length beside a transfer coding, two lengths, a malformed head or chunk)."""
+    chunked, a length beside a transfer coding, two lengths, a malformed head or chunk, a chunk extension)."""
     end = data.find(b"\r\n\r\n", 0, HEAD_MAX)
     if end < 0:
         partial = data[:HEAD_MAX].removesuffix(b"\r")

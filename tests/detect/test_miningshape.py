@@ -134,8 +134,8 @@ def _lab_traces() -> list[tuple[str, tlsshape_traces.Trace]]:
     return named + [(f"HTTPS[{index}]", trace) for index, trace in enumerate(tlsshape_traces.HTTPS)]
 
 
-@pytest.mark.parametrize(("name", "trace"), _lab_traces(), ids=[name for name, _ in _lab_traces()])
-def test_the_lab_recorded_tls_is_not_mining(name: str, trace: tlsshape_traces.Trace) -> None:
+def _lab_records(trace: tlsshape_traces.Trace) -> list[Record]:
+    """The records `TlsShape` reads from a lab trace (its recorded headers, zero bodies)."""
     hello, headers = trace
     shape, sent_hello = TlsShape(), False
     for ms, side, kind, length in headers:
@@ -144,7 +144,12 @@ def test_the_lab_recorded_tls_is_not_mining(name: str, trace: tlsshape_traces.Tr
         else:
             data = bytes([kind, 3, 3]) + length.to_bytes(2) + bytes(length)
         shape.feed(side == "c", data, ms / 1000)
-    assert _first(shape.records)[0] is None
+    return list(shape.records)
+
+
+@pytest.mark.parametrize(("name", "trace"), _lab_traces(), ids=[name for name, _ in _lab_traces()])
+def test_the_lab_recorded_tls_is_not_mining(name: str, trace: tlsshape_traces.Trace) -> None:
+    assert _first(_lab_records(trace))[0] is None
 
 
 BENIGN = sorted((CORPUS / "benign").glob("*.pcap*")) + sorted(
@@ -262,10 +267,13 @@ def test_random_records_rarely_look_like_mining() -> None:
     assert hits <= 1, hits
 
 
-def _measured_each_time(records: list[Record], window: float) -> list[tuple[Finding | None, bool]]:
-    """The watcher's answers and ``done`` after each record as they were before its opening shortcut: the records
-    measured at each one."""
-    scale, seen, answers, done = window / MINUTE, list[Record](), list[tuple[Finding | None, bool]](), False
+Answers = list[tuple[Finding | None, bool]]
+"""The watcher's finding and ``done`` after each record."""
+
+
+def _measured_each_time(records: list[Record], window: float) -> Answers:
+    """The watcher's answers without its shortcut: all the records so far measured at each one."""
+    scale, seen, answers, done = window / MINUTE, list[Record](), Answers(), False
     for record in records:
         found = None
         if done or (seen and record.at - seen[0].at > window):
@@ -282,23 +290,33 @@ def _measured_each_time(records: list[Record], window: float) -> list[tuple[Find
     return answers
 
 
+def _watched(records: list[Record], window: float) -> Answers:
+    """The watcher's answers, its shortcut taken."""
+    watcher = MiningShape(window=window)
+    return [(watcher.add(record), watcher.done) for record in records]
+
+
+def _random_records(rng: random.Random, longest: int) -> list[Record]:
+    """Up to ``longest`` records of random direction, size (bulk ones, byte limits) and timing, times sometimes
+    going back."""
+    records, at = [], 0.0
+    for _ in range(rng.randrange(1, longest)):
+        at += rng.choice((0.0, 0.01, 0.3, 1.0, 3.0, 20.0)) * rng.random() - (0.5 if rng.random() < 0.05 else 0)
+        size = rng.choice((20, 40, 90, 120, 300, 2000, 4000, 4096, 5000, 20000))
+        records.append(Record(rng.random() < 0.5, size, at))
+    return records
+
+
 @pytest.mark.parametrize("window", [MINUTE, 6.0])
 def test_the_openings_shortcut_answers_as_measuring_every_record(window: float) -> None:
-    """`MiningShape.add` skips `measure` while every record lies within `ANSWER_WITHIN` of the others; its answers
-    and its `done` are those of measuring at every record, on the mining traces (sped up, and with bursts) and on
-    random records with times out of order, bulk records and byte limits."""
+    """`MiningShape.add` measures nothing until a push has come (only the bulk and byte limits are read before);
+    its answers and its `done` are those of measuring at every record, on the mining traces (sped up, and with
+    bursts) and on random records with times out of order, bulk records and byte limits
+    (tests/detect/test_miningshape_shortcut.py compares on more inputs)."""
     rng = random.Random(11)
     cases = [_records(trace) for trace in mining.ALL.values()]
     cases += [[Record(r.from_client, r.size, r.at * rng.choice((0.01, 0.1, 1.0))) for r in c] for c in list(cases)]
-    for _ in range(examples(300)):
-        records, at = [], 0.0
-        for _ in range(rng.randrange(1, 60)):
-            at += rng.choice((0.0, 0.01, 0.3, 1.0, 3.0, 20.0)) * rng.random() - (0.5 if rng.random() < 0.05 else 0)
-            size = rng.choice((20, 40, 90, 120, 300, 2000, 4000, 4096, 5000, 20000))
-            records.append(Record(rng.random() < 0.5, size, at))
-        cases.append(records)
+    cases += [_random_records(rng, 60) for _ in range(examples(300))]
     cases.append([Record(index % 2 == 0, 4000, index * 0.05) for index in range(40)])  # MAX_BYTES in the opening
     for records in cases:
-        watcher = MiningShape(window=window)
-        answers = [(watcher.add(record), watcher.done) for record in records]
-        assert answers == _measured_each_time(records, window), records
+        assert _watched(records, window) == _measured_each_time(records, window), records

@@ -13,7 +13,7 @@ from egress.decide import Enforcement, Reason
 from egress.detect import dns
 from egress.detect.names import NameLists
 from egress.dnsserver.fair import FairShare
-from egress.dnsserver.listen import serve_tcp_connection
+from egress.dnsserver.listen import tcp_handler
 from egress.dnsserver.resolver import Resolver, Upstream
 from egress.dnsserver.tcpbound import TcpBound
 from egress.dnsserver.tcpserve import READ_AHEAD, STALLED_RULE, TcpLimits
@@ -47,9 +47,7 @@ def _resolver(tmp_path: pathlib.Path, reporter: Recorded) -> Resolver:
 
 async def _server(resolver: Resolver, share: FairShare, limits: TcpLimits) -> tuple[asyncio.Server, int]:
     bound = TcpBound(on_closed=resolver.tcp_closed)
-    server = await asyncio.start_server(
-        lambda r, w: serve_tcp_connection(resolver, bound, share, r, w, limits), "127.0.0.1", 0, limit=READ_AHEAD
-    )
+    server = await asyncio.start_server(tcp_handler(resolver, bound, share, limits), "127.0.0.1", 0, limit=READ_AHEAD)
     return server, server.sockets[0].getsockname()[1]
 
 

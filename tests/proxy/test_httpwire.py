@@ -87,7 +87,7 @@ def test_a_bare_lf_is_unsure_before_the_head_ends() -> None:
 
 
 RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Type: text/plain\r\n\r\nabc"
-CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2;x=y\r\nde\r\n0\r\nX-T: 1\r\n\r\n"
+CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\nX-T: 1\r\n\r\n"
 
 
 @pytest.mark.parametrize(
@@ -119,6 +119,20 @@ def test_a_response_split_anywhere_needs_more(data: bytes) -> None:
         assert parse_response(data[:cut], "GET", False) is MORE, cut
 
 
+_TE_CHUNKED = b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+_JOB = b'{"id":null,"method":"mining.notify","params":["job1"]}'
+_EXTENSIONS = {
+    "chunk-extension": b"2;x=y\r\nok\r\n0\r\n\r\n",
+    "job-in-extension": b"2;" + _JOB + b"\r\nok\r\n0\r\n\r\n",
+    "job-in-quoted-extension": b'2;job="' + _JOB.replace(b'"', b'\\"') + b'"\r\nok\r\n0\r\n\r\n',
+    "extension-on-last-chunk": b"2\r\nok\r\n0;" + _JOB + b"\r\n\r\n",
+    "bare-semicolon": b"2;\r\nok\r\n0\r\n\r\n",
+    "space-before-extension": b"2 ;x\r\nok\r\n0\r\n\r\n",
+}
+"""Chunk extensions (red team 8): the relay forwards a response's bytes as they came, so one it judged without its
+extensions would hand the client whatever they hold (a pool's job) unjudged: refused, as any unframed response."""
+
+
 @pytest.mark.parametrize(
     "data",
     [
@@ -130,6 +144,7 @@ def test_a_response_split_anywhere_needs_more(data: bytes) -> None:
         pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", id="bad-chunk"),
         pytest.param(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabcXY", id="chunk-overrun"),
         pytest.param(b"HTTP/1.1 200 OK\nContent-Length: 0\n\n", id="bare-lf"),
+        *[pytest.param(_TE_CHUNKED + chunks, id=name) for name, chunks in _EXTENSIONS.items()],
         pytest.param(b"HTTP/2 200\r\n\r\n", id="not-http-1"),
     ],
 )

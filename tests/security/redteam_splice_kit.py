@@ -7,7 +7,9 @@ and port it is given, with a small receive buffer. Each connection reads `HOLD` 
 ``held``, then reads nothing more until the flag file exists; then it reads until the end and says ``done <bytes>
 <how>``. The client (`upload_main`, in the sandbox) resolves allowed.lab through the gateway, opens ``count`` TLS
 connections to the port and sends random bytes on each until its connection fails (``open <i>`` once each is up).
-Plain uploads: no mining software, no pool.
+Plain uploads: no mining software, no pool. Also the WebSocket and plain-HTTP sites and uploads through mitmproxy
+(`ws_site_main`, `ws_upload_main`, `http_upload_main`), and test_redteam_fastpath_cut's plain-HTTP site
+(`fast_site_main`).
 """
 
 from __future__ import annotations
@@ -20,6 +22,7 @@ import ssl
 import sys
 import threading
 import time
+from collections.abc import Callable
 
 HOLD = 256 * 1024
 """Bytes the site reads of each connection before it stops reading."""
@@ -27,6 +30,29 @@ CHUNK = 64 * 1024
 """Bytes the client sends per call."""
 SITE_RCVBUF = 64 * 1024
 """The site's receive buffer (small: the window closes soon, and the rest waits in the gateway)."""
+
+
+def _listen(host: str, port: int, receive_buffer: int = SITE_RCVBUF, backlog: int = 64) -> socket.socket:
+    """A site's listening socket, its receive buffer small (the window closes soon); says ``listening``."""
+    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+    listener.bind((host, port))
+    listener.listen(backlog)
+    print("listening", flush=True)
+    return listener
+
+
+def _serve_each(listener: socket.socket, serve: Callable[[socket.socket, int], None], say: bool = False) -> None:
+    """Each connection accepted served in a thread of its own (``index``: its place in order); ``say``: says
+    ``accepted <index>`` first."""
+    index = 0
+    while True:
+        conn, _ = listener.accept()
+        if say:
+            print(f"accepted {index}", flush=True)
+        threading.Thread(target=serve, args=(conn, index), daemon=True).start()
+        index += 1
 
 
 def _serve(conn: socket.socket, context: ssl.SSLContext, flag: pathlib.Path, index: int, hold: bool) -> None:
@@ -64,18 +90,8 @@ def site_main() -> None:
     chain, key = certs.ensure(state).servers["allowed"]
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(chain, key)
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SITE_RCVBUF)
-    listener.bind((host, port))
-    listener.listen(64)
-    print("listening", flush=True)
-    index = 0
-    while True:
-        conn, _ = listener.accept()
-        hold = held is None or index < held
-        threading.Thread(target=_serve, args=(conn, context, flag, index, hold), daemon=True).start()
-        index += 1
+    listener = _listen(host, port)
+    _serve_each(listener, lambda conn, index: _serve(conn, context, flag, index, held is None or index < held))
 
 
 def _upload(address: str, port: int, index: int, size: int | None = None) -> None:
@@ -118,7 +134,7 @@ TEXT = b"the quick brown fox jumps over the lazy dog; " * 91
 """One WebSocket message of the upload through mitmproxy (plain text, 4 KiB: nothing a detector looks for)."""
 
 
-def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
+def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int, upgrade: bool = True) -> None:
     import base64
     import hashlib
 
@@ -131,15 +147,16 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
             if not data:
                 raise ConnectionError("no upgrade")
             head += data
-        key = next(
-            line.split(b":", 1)[1].strip()
-            for line in head.split(b"\r\n")
-            if line.lower().startswith(b"sec-websocket-key")
-        )
-        accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
-        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
-                     b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
-        got = len(head.split(b"\r\n\r\n", 1)[1])
+        if upgrade:
+            key = next(
+                line.split(b":", 1)[1].strip()
+                for line in head.split(b"\r\n")
+                if line.lower().startswith(b"sec-websocket-key")
+            )
+            accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
+            conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
+                         b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
+        got = len(head.split(b"\r\n\r\n", 1)[1])  # an HTTP request's: the head is not counted
         while got < HOLD:
             data = conn.recv(CHUNK)
             if not data:
@@ -160,19 +177,11 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int) -> None:
 
 
 def ws_site_main() -> None:
-    """``ws_site_main HOST PORT FLAG``: a WebSocket site (plain HTTP) that stops reading after `HOLD` bytes."""
+    """``ws_site_main HOST PORT FLAG [http]``: a WebSocket site (plain HTTP) that stops reading after `HOLD` bytes;
+    with ``http``, a site that takes a request's head and body the same way and never answers."""
     host, port, flag = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3])
-    listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, SITE_RCVBUF)
-    listener.bind((host, port))
-    listener.listen(64)
-    print("listening", flush=True)
-    index = 0
-    while True:
-        conn, _ = listener.accept()
-        threading.Thread(target=_ws_serve, args=(conn, flag, index), daemon=True).start()
-        index += 1
+    upgrade = sys.argv[4:] != ["http"]
+    _serve_each(_listen(host, port), lambda conn, index: _ws_serve(conn, flag, index, upgrade))
 
 
 def ws_upload_main() -> None:
@@ -201,3 +210,78 @@ def ws_upload_main() -> None:
             sent += len(frame)
     except OSError as error:
         print(f"ended {sent} {type(error).__name__}", flush=True)
+
+
+POST_SIZE = 4 * 1024 * 1024
+"""The body of `http_upload_main`'s POST: mitmproxy reads it whole, judges it, then writes it to the site."""
+
+
+def http_upload_main() -> None:
+    """``http_upload_main NAMESERVER PORT MODE``: one POST of `POST_SIZE` bytes of text to allowed.lab:PORT (plain
+    HTTP, through mitmproxy). MODE ``wait``: then wait for the answer (none comes); ``close``: then close the
+    connection (mitmproxy ends its server connection gracefully, the body still on its way)."""
+    from egress.lab.sandbox_io import Context, connect, resolve
+
+    nameserver, port, mode = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+    ctx = Context((nameserver,), False, (), 20.0)
+    sock = connect(ctx, resolve(ctx, "allowed.lab"), port)
+    sock.settimeout(None)
+    sock.sendall(f"POST /upload HTTP/1.1\r\nHost: allowed.lab\r\nContent-Type: text/plain\r\n"
+                 f"Content-Length: {POST_SIZE}\r\n\r\n".encode())  # fmt: skip
+    sent = 0
+    block = TEXT * 16
+    try:
+        while sent < POST_SIZE:
+            part = block[: POST_SIZE - sent]
+            sock.sendall(part)
+            sent += len(part)
+        print(f"sent {sent}", flush=True)
+        if mode == "close":
+            sock.close()
+            print("closed", flush=True)
+            return
+        print(f"answer {sock.recv(4096)!r}", flush=True)
+    except OSError as error:
+        print(f"ended {sent} {type(error).__name__}", flush=True)
+
+
+def _head(conn: socket.socket, data: bytes) -> tuple[bytes, bytes, bytes]:
+    """A request's head read on from ``data`` (what was read past the one before): head, separator, the rest."""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            raise ConnectionError("no request")
+        data += chunk
+    return data.partition(b"\r\n\r\n")
+
+
+def _fast_serve(conn: socket.socket, index: int, flag: pathlib.Path, mode: str) -> None:
+    got, how, rest = 0, "eof", b""
+    try:
+        while True:
+            first, _, rest = _head(conn, rest)
+            if mode == "silent" or first.startswith(b"POST"):
+                break
+            conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+        got = len(rest)
+        print(f"held {index} {got}", flush=True)
+        while mode == "hold" and not flag.exists():
+            time.sleep(0.05)
+        while True:
+            chunk = conn.recv(65536)
+            if not chunk:
+                break
+            got += len(chunk)
+    except OSError as error:
+        how = type(error).__name__
+    print(f"done {index} {got} {how}", flush=True)
+    conn.close()
+
+
+def fast_site_main() -> None:
+    """``fast_site_main HOST PORT FLAG MODE``: test_redteam_fastpath_cut's plain-HTTP site, a 4 KiB receive buffer,
+    ``accepted <i>`` said of each connection. ``hold``: each GET answered (keep-alive), a POST's head read, then
+    nothing more until FLAG exists, then everything to the end (``done <i> <bytes> <how>``). ``silent``: the first
+    request's head read, never answered, then read to the end."""
+    host, port, flag, mode = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), sys.argv[4]
+    _serve_each(_listen(host, port, 4096, 16), lambda conn, index: _fast_serve(conn, index, flag, mode), say=True)

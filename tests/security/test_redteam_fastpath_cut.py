@@ -19,7 +19,9 @@ idle timeout; now the fast path's sweep does too (progress: a byte from the serv
 ``idle-timeout``. The lab's idle timeout there is `IDLE_TIMEOUT` (3 s).
 
 Scaffolding (the policy, the gateway's established connections, a policy applied) is
-tests/security/test_redteam_splice_close.py's, the idle timeout test_redteam_idle_fastpath.py's.
+tests/security/test_redteam_splice_close.py's, the attacker's site tests/security/redteam_splice_kit.py's
+(`fast_site_main`: a GET answered, a POST held until told to read on; or a request never answered), the idle
+timeout test_redteam_idle_fastpath.py's.
 """
 
 from __future__ import annotations
@@ -35,7 +37,16 @@ from egress.lab.topology import GATEWAY_SBX_V4
 from tests.security.conftest import LabFactory
 from tests.security.harness import Attacker, SecurityLab, report
 from tests.security.test_redteam_idle_fastpath import IDLE_TIMEOUT
-from tests.security.test_redteam_splice_close import POLICY, SITE, _apply, _upstream
+from tests.security.test_redteam_splice_close import (
+    _KIT,
+    POLICY,
+    SITE,
+    _apply,
+    _crossed_since,
+    _forbidding,
+    _restore,
+    _upstream,
+)
 from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.security
@@ -46,57 +57,6 @@ BODY = 64 * 1024
 PILED = 16 * 1024
 """Bytes of the upload that must wait in the gateway's destination-side send buffer before the cut."""
 SILENCE = 4 * IDLE_TIMEOUT
-
-SITE_PROGRAM = """
-import pathlib, socket, sys, threading, time
-host, port, flag, mode = sys.argv[1], int(sys.argv[2]), pathlib.Path(sys.argv[3]), sys.argv[4]
-
-def head(conn, data):
-    while b"\\r\\n\\r\\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            raise ConnectionError("no request")
-        data += chunk
-    return data.partition(b"\\r\\n\\r\\n")
-
-def serve(conn, index):
-    got, how, rest = 0, "eof", b""
-    try:
-        while True:
-            first, _, rest = head(conn, rest)
-            if mode == "silent" or first.startswith(b"POST"):
-                break
-            conn.sendall(b"HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok")
-        got = len(rest)
-        print(f"held {index} {got}", flush=True)
-        while mode == "hold" and not flag.exists():
-            time.sleep(0.05)
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            got += len(chunk)
-    except OSError as error:
-        how = type(error).__name__
-    print(f"done {index} {got} {how}", flush=True)
-    conn.close()
-
-listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-listener.bind((host, port))
-listener.listen(16)
-print("listening", flush=True)
-index = 0
-while True:
-    conn, _ = listener.accept()
-    print(f"accepted {index}", flush=True)
-    threading.Thread(target=serve, args=(conn, index), daemon=True).start()
-    index += 1
-"""
-"""The attacker's site: ``SITE_PROGRAM HOST PORT FLAG MODE``. ``hold``: each GET answered (keep-alive), a POST's
-head read, then nothing more until FLAG exists, then everything to the end (``done <i> <bytes> <how>``).
-``silent``: the first request's head read, never answered, then read to the end."""
 
 CLIENT_PROGRAM = """
 import socket, sys
@@ -127,7 +87,7 @@ same connection; ``silent``, one GET; then the answer, waited for at most WAIT s
 
 
 def _site(lab: SecurityLab, name: str, flag: pathlib.Path, mode: str) -> Attacker:
-    site = lab.attacker(name, [sys.executable, "-c", SITE_PROGRAM, SITE, str(PORT), str(flag), mode])
+    site = lab.attacker(name, [sys.executable, "-c", _KIT.format("fast_site_main"), SITE, str(PORT), str(flag), mode])
     site.wait_for("listening")
     return site
 
@@ -149,8 +109,7 @@ def idle_lab(lab_factory: LabFactory) -> SecurityLab:
 
 def test_a_fast_path_upload_cut_by_the_policy_sends_nothing_more(cut_lab: SecurityLab, tmp_path: pathlib.Path) -> None:
     lab = cut_lab
-    forbidding = tmp_path / "without-8080.yaml"
-    forbidding.write_text(POLICY.read_text().replace(", 8080]", "]") + "on_apply: close_forbidden\n")
+    forbidding = _forbidding(tmp_path, PORT)
     flag = tmp_path / "read-on"
     log = lab.logs / "gateway.log"
     with lab.capture("fastpath-cut") as capture:
@@ -180,13 +139,9 @@ def test_a_fast_path_upload_cut_by_the_policy_sends_nothing_more(cut_lab: Securi
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, PORT, "tcp") - before
+    leaked = _crossed_since(capture, before, PORT)
     dialled = site.log().count("accepted ")
-    restored = tmp_path / "restored.yaml"
-    restored.write_text(POLICY.read_text() + "# restored after the fast path's cut\n")
-    _apply(lab, restored)
+    _restore(lab, tmp_path, "the fast path's cut")
     note = f"{leaked} bytes crossed after the cut, {dialled} connection(s) to the site; site: {site.log()[-120:]!r}"
     report("fastpath/cut-by-policy", "after-close", leaked, leaked > 0 or dialled > 1, None, note)
     assert leaked == 0 and dialled == 1, note

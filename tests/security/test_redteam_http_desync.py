@@ -9,6 +9,13 @@ on one connection (test_streams_http_smuggling's client: each part, then what ca
 that test_streams_http_smuggling.py holds already (CL+TE, TE+CL, two lengths, a folded Transfer-Encoding, bare LF,
 pipelining, a second request) are not played again.
 
+Eight rows were open findings (strict xfails) until the fixes of docs/security.md's "Eighth round": the
+absolute-form target of mitmproxy's first plain-HTTP request (`absolute-uri-first`, `absolute-uri-pool`,
+`pipelined-absolute-uri`) and every later request through mitmproxy (`absolute-uri-second-mitmproxy`,
+`host-switch-second-mitmproxy`) are judged by `Gate.on_request` (egress/proxy/mitm/addon.py), and the fast path
+refuses a chunked response with a chunk extension (`job-in-chunk-extension`, `job-in-quoted-extension`,
+`job-in-chunk-extension-second`: a 502, egress/proxy/httpwire.py).
+
 Ground truth, requests: the server's log (a request, body or tunnel byte holding ``mining.submit`` or the name
 blocked.lab) and the internet-side capture (``mining.submit`` verbatim to allowed.lab). Answers: the client's
 (the job's ``"method":"mining.notify"`` received, with no block recorded).
@@ -101,27 +108,6 @@ REQUESTS: dict[str, list[bytes]] = {
     "pipelined-connect": [FIRST + b"CONNECT blocked.lab:80 HTTP/1.1\r\nHost: blocked.lab:80\r\n\r\n" + SECRET],
 }  # fmt: skip
 
-_FIRST_ONLY = (
-    "mitmproxy judges a plain-HTTP connection's first request by its Host alone (egress.proxy.gate's `_http`; the "
-    "addon's `_request_hosts` runs for later requests only): "
-)
-_EVERY_FIRST = (
-    "the addon's `first` (egress/proxy/mitm/addon.py `_requestheaders`) is kept in `flow.metadata`, which is per "
-    "request: every plain-HTTP request mitmproxy carries counts as the connection's first and gets its decision, "
-    "never `Gate.on_request`: "
-)
-OPEN: dict[str, str] = {
-    "absolute-uri-first": _FIRST_ONLY + "112 bytes crossed, the site logged `POST http://blocked.lab/api` "
-    "(Host allowed.lab), answered 200, no record",
-    "absolute-uri-pool": _FIRST_ONLY + "111 bytes crossed, the site logged `POST http://pool.lab:3333/`, no record",
-    "pipelined-absolute-uri": _FIRST_ONLY + "the second request, handed off by the fast path, is mitmproxy's first: "
-    "206 bytes crossed, the site logged `POST http://blocked.lab/api`, no record",
-    "absolute-uri-second-mitmproxy": _EVERY_FIRST + "225 bytes crossed (a chunked POST, then `POST "
-    "http://blocked.lab/api`), both answered 200, no record",
-    "host-switch-second-mitmproxy": _EVERY_FIRST + "226 bytes crossed (a chunked POST, then a chunked POST with "
-    "`Host: blocked.lab`), both answered 200, no record",
-}
-"""Request rows that get through (strict xfails), with what was measured."""
 
 ANSWERS: dict[str, list[bytes]] = {
     "job-in-chunk-extension": [_request("GET", b"", target="/job")],
@@ -129,16 +115,6 @@ ANSWERS: dict[str, list[bytes]] = {
     "job-in-trailer": [_request("GET", b"", target="/job-trailer")],
     "job-in-chunk-extension-mitmproxy": [_request("GET", b"", target="/job", version="HTTP/1.0")],
     "job-in-chunk-extension-second": [FIRST, _request("GET", b"", target="/job")],
-}
-_EXTENSION = (
-    "the fast path forwards a chunked response's bytes as the server sent them, and judges only its data and "
-    "trailers (`httpwire._dechunk` drops the extension): "
-)
-OPEN_ANSWERS: dict[str, str] = {
-    "job-in-chunk-extension": _EXTENSION + "the 112-byte job reached the client whole in `2;{...}`, no record",
-    "job-in-quoted-extension": _EXTENSION + 'the 112-byte job reached the client in `2;job="..."`, no record',
-    "job-in-chunk-extension-second": _EXTENSION + "on the connection's second request: the job reached the client, "
-    "no record",
 }
 
 
@@ -189,10 +165,7 @@ def test_control_the_site_reads_a_plain_request_and_its_body(lab: SecurityLab, s
     assert reason == ""
 
 
-@pytest.mark.parametrize(
-    "technique",
-    [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=OPEN[t])) if t in OPEN else t for t in REQUESTS],
-)
+@pytest.mark.parametrize("technique", list(REQUESTS))
 def test_a_request_framed_differently_by_the_server(lab: SecurityLab, site: Attacker, technique: str) -> None:
     logged, answers, sent, verbatim, reason = _send(lab, site, technique, REQUESTS[technique])
     evil = [(kind, data) for kind, data in logged if MARKER in data or OTHER_HOST in data or b"pool.lab" in data]
@@ -202,11 +175,7 @@ def test_a_request_framed_differently_by_the_server(lab: SecurityLab, site: Atta
     assert not goal, (technique, evil, sent, reason, answers)
 
 
-@pytest.mark.parametrize(
-    "technique",
-    [pytest.param(t, marks=pytest.mark.xfail(strict=True, reason=OPEN_ANSWERS[t])) if t in OPEN_ANSWERS else t
-     for t in ANSWERS],
-)  # fmt: skip
+@pytest.mark.parametrize("technique", list(ANSWERS))
 def test_a_job_outside_the_response_body(lab: SecurityLab, site: Attacker, technique: str) -> None:
     _, answers, _, _, reason = _send(lab, site, technique, ANSWERS[technique])
     unescaped = [answer.replace(b'\\"', b'"') for answer in answers]

@@ -19,8 +19,11 @@ lockdown table drops the sandbox's packets, and the living workers are told to a
 their relays went on sending what they held; now the supervisor's ``CUT``, `egress.gateway.workers.cut_open`).
 A passing row: ten stalled uploads (every thread taken) do not stall an eleventh that is read at once.
 Through mitmproxy: a WebSocket upload cut by the policy (``egress.proxy.mitm.server``'s severing now aborts both
-sides; was: 10 MB crossed after the cut), and its worker killed (a strict xfail: mitmproxy's server connections
-close gracefully when their process dies).
+sides; was: 10 MB crossed after the cut), and its worker killed; a plain-HTTP POST of 4 MiB (mitmproxy reads it
+whole, then writes it to the site), its worker killed. Was: mitmproxy's server connections closed gracefully when
+their process died (0.4-1 MB crossed after the kill); now each has ``SO_LINGER`` zero from its connect until
+mitmproxy ends it gracefully (`egress.proxy.mitm.linger`). A passing row: a POST whose client closed while the site
+was not reading still arrives whole (graceful ends stay graceful).
 """
 
 from __future__ import annotations
@@ -38,6 +41,7 @@ import pytest
 from egress.lab.topology import GATEWAY_SBX_V4, server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, Capture, SecurityLab, report
+from tests.security.redteam_splice_kit import POST_SIZE
 from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.security
@@ -95,6 +99,27 @@ def _crossed(capture: Capture) -> int:
     return capture.snapshot().bytes_to(SITE, PORT, "tcp")
 
 
+def _crossed_since(capture: Capture, before: int, port: int = PORT) -> int:
+    """Bytes to the site's ``port`` in the whole capture (it has ended) after the first ``before``."""
+    crossed = capture.result
+    assert crossed is not None
+    return crossed.bytes_to(SITE, port, "tcp") - before
+
+
+def _forbidding(tmp: pathlib.Path, port: int) -> pathlib.Path:
+    """The policy without allowed.lab's ``port``, applied with ``on_apply: close_forbidden`` (the cut)."""
+    forbidding = tmp / f"without-{port}.yaml"
+    forbidding.write_text(POLICY.read_text().replace(f", {port}", "") + "on_apply: close_forbidden\n")
+    return forbidding
+
+
+def _restore(lab: SecurityLab, tmp: pathlib.Path, why: str) -> None:
+    """The policy applied again after a cut (``why``: a comment, so that it differs from the one in force)."""
+    restored = tmp / "restored.yaml"
+    restored.write_text(POLICY.read_text() + f"# restored after {why}\n")
+    _apply(lab, restored)
+
+
 def _after_cut(lab: SecurityLab, site: Attacker, flag: pathlib.Path, count: int, capture: Capture) -> int:
     """Bytes to the site that cross once the site reads on (the cut is done: no connection established)."""
     eventually(lambda: _upstream(lab) == [] or None, timeout=scaled(30), interval=0.1)
@@ -117,8 +142,7 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.mark.parametrize("count", [1, 10])
 def test_a_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path, count: int) -> None:
-    forbidding = tmp_path / "without-8443.yaml"
-    forbidding.write_text(POLICY.read_text().replace(", 8443,", ",") + "on_apply: close_forbidden\n")
+    forbidding = _forbidding(tmp_path, PORT)
     with lab.capture(f"splice-cut-{count}") as capture:
         site, client, flag = _start(lab, tmp_path, count, f"cut{count}")
         try:
@@ -128,12 +152,8 @@ def test_a_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: path
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, PORT, "tcp") - before
-    restored = tmp_path / "restored.yaml"
-    restored.write_text(POLICY.read_text() + f"# restored after {count}\n")
-    _apply(lab, restored)
+    leaked = _crossed_since(capture, before)
+    _restore(lab, tmp_path, str(count))
     note = f"{count} uploads of which 8 at most with a thread; {leaked} bytes crossed after the cut"
     report(f"splice/cut-by-policy-{count}", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
@@ -166,6 +186,15 @@ def test_stalled_uploads_past_the_threads_do_not_stall_another(lab: SecurityLab,
     assert f"sent 0 {FREE_SIZE}" in done.stdout and got == FREE_SIZE, note
 
 
+def _gone(lab: SecurityLab, since: int, pid: int) -> None:
+    """Wait until the supervisor reaped the killed worker ``pid``: only then are its sockets surely closed. A process
+    tears its memory down before it closes its files, and meanwhile ``ss`` may no longer name it as a socket's owner
+    (so `_upstream` is empty while the socket still sends what it holds, until its close resets it)."""
+    log = lab.run.lab.state_dir / "logs" / "gateway.log"
+    down = f"pid {pid} exited"
+    eventually(lambda: down in log.read_text(errors="replace")[since:] or None, timeout=scaled(60), interval=0.1)
+
+
 def _alive_again(lab: SecurityLab, since: int) -> None:
     log = lab.run.lab.state_dir / "logs" / "gateway.log"
 
@@ -185,13 +214,12 @@ def test_a_killed_worker_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.
             [(_, pid)] = _piled_up(lab, 1)
             since = len(log.read_text(errors="replace"))
             os.kill(pid, signal.SIGKILL)
+            _gone(lab, since, pid)
             before = _after_cut(lab, site, flag, 1, capture)
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, PORT, "tcp") - before
+    leaked = _crossed_since(capture, before)
     _alive_again(lab, since)
     note = f"{leaked} bytes crossed after the worker holding the upload was killed"
     report("splice/worker-killed", "after-close", leaked, leaked > 0, None, note)
@@ -248,11 +276,16 @@ def test_a_lockdown_stops_what_the_gateway_holds(lab: SecurityLab, tmp_path: pat
 WS_PORT = 8080
 
 
-def _ws_start(lab: SecurityLab, flag: pathlib.Path, name: str) -> tuple[Attacker, Attacker]:
-    argv = [sys.executable, "-c", _KIT.format("ws_site_main"), SITE, str(WS_PORT), str(flag)]
+def _ws_start(
+    lab: SecurityLab, flag: pathlib.Path, name: str, site_args: tuple[str, ...] = (), upload: tuple[str, ...] = ()
+) -> tuple[Attacker, Attacker]:
+    """The site on `WS_PORT` and its upload through mitmproxy, piled up in the gateway: a WebSocket's by default;
+    ``site_args`` ``("http",)`` and ``upload`` (`http_upload_main`'s function and arguments) for a POST."""
+    argv = [sys.executable, "-c", _KIT.format("ws_site_main"), SITE, str(WS_PORT), str(flag), *site_args]
     site = lab.attacker(f"{name}-site", argv)
     site.wait_for("listening")
-    argv = [sys.executable, "-c", _KIT.format("ws_upload_main"), GATEWAY_SBX_V4, str(WS_PORT)]
+    program, *args = upload or ("ws_upload_main",)
+    argv = [sys.executable, "-c", _KIT.format(program), GATEWAY_SBX_V4, str(WS_PORT), *args]
     client = lab.attacker(f"{name}-upload", argv, where="sandbox")
     site.wait_for("held 0", timeout=60)
 
@@ -268,8 +301,7 @@ def _ws_start(lab: SecurityLab, flag: pathlib.Path, name: str) -> tuple[Attacker
 def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
     """The same through mitmproxy: a WebSocket upload of text messages to the attacker's site, which stops
     reading; the policy without 8080 cuts it (`egress.proxy.mitm.server`'s severing of both sides)."""
-    forbidding = tmp_path / "without-8080.yaml"
-    forbidding.write_text(POLICY.read_text().replace(", 8080]", "]") + "on_apply: close_forbidden\n")
+    forbidding = _forbidding(tmp_path, WS_PORT)
     flag = tmp_path / "read-on"
     with lab.capture("splice-ws-cut") as capture:
         site, client = _ws_start(lab, flag, "ws-cut")
@@ -285,31 +317,25 @@ def test_a_websocket_cut_by_the_policy_sends_nothing_more(lab: SecurityLab, tmp_
         finally:
             client.stop()
             site.stop()
-    crossed = capture.result
-    assert crossed is not None
-    leaked = crossed.bytes_to(SITE, WS_PORT, "tcp") - before
-    restored = tmp_path / "restored.yaml"
-    restored.write_text(POLICY.read_text() + "# restored after the WebSocket\n")
-    _apply(lab, restored)
+    leaked = _crossed_since(capture, before, WS_PORT)
+    _restore(lab, tmp_path, "the WebSocket")
     note = f"{leaked} bytes crossed after the cut; client: {client.log()[-80:]!r}"
     report("splice/websocket-cut-by-policy", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="mitmproxy's server sockets close gracefully when its worker dies: what the kernel holds goes out "
-    "(red team 7; the fix: SO_LINGER zero on each server connection from its connect, taken off for a graceful end)",
-)
-def test_a_killed_worker_sends_nothing_more_of_a_websocket(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+def _killed(lab: SecurityLab, tmp_path: pathlib.Path, name: str, *how: tuple[str, ...]) -> tuple[int, str]:
+    """Bytes of the upload that crossed after the worker holding it was killed (``how``: `_ws_start`'s), and what
+    the connection held before the kill and how the site's read ended (for the row's note)."""
     log = lab.run.lab.state_dir / "logs" / "gateway.log"
     flag = tmp_path / "read-on"
-    with lab.capture("splice-ws-kill") as capture:
-        site, client = _ws_start(lab, flag, "ws-kill")
+    with lab.capture(f"splice-{name}") as capture:
+        site, client = _ws_start(lab, flag, name, *how)
         try:
-            [(_, pid)] = _upstream(lab, WS_PORT)
+            [(queued, pid)] = _upstream(lab, WS_PORT)
             since = len(log.read_text(errors="replace"))
             os.kill(pid, signal.SIGKILL)
+            _gone(lab, since, pid)
             eventually(lambda: _upstream(lab, WS_PORT) == [] or None, timeout=scaled(30), interval=0.1)
             before = capture.snapshot().bytes_to(SITE, WS_PORT, "tcp")
             flag.touch()
@@ -319,8 +345,41 @@ def test_a_killed_worker_sends_nothing_more_of_a_websocket(lab: SecurityLab, tmp
             site.stop()
     crossed = capture.result
     assert crossed is not None
-    leaked = crossed.bytes_to(SITE, WS_PORT, "tcp") - before
     _alive_again(lab, since)
-    note = f"{leaked} bytes of a WebSocket upload crossed after its worker was killed"
+    ended = re.findall(r"done 0 .*", site.log())
+    return crossed.bytes_to(SITE, WS_PORT, "tcp") - before, f"{queued} bytes queued at the kill; site: {ended}"
+
+
+def test_a_killed_worker_sends_nothing_more_of_a_websocket(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    """Was (red team 7): 381-579 KB crossed after the kill, what the kernel held of mitmproxy's server connection
+    (a death closed it gracefully). Now each server connection resets on a death (`egress.proxy.mitm.linger`)."""
+    leaked, detail = _killed(lab, tmp_path, "ws-kill")
+    note = f"{leaked} bytes of a WebSocket upload crossed after its worker was killed ({detail})"
     report("splice/websocket-worker-killed", "after-close", leaked, leaked > 0, None, note)
     assert leaked == 0, note
+
+
+def test_a_killed_worker_sends_nothing_more_of_an_http_upload(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    """A plain HTTP POST (4 MiB: mitmproxy reads it whole, judges it, then writes it to the site, which stops
+    reading): its worker killed while the site holds the upload."""
+    leaked, detail = _killed(lab, tmp_path, "http-kill", ("http",), ("http_upload_main", "wait"))
+    note = f"{leaked} bytes of an HTTP upload crossed after its worker was killed ({detail})"
+    report("splice/http-upload-worker-killed", "after-close", leaked, leaked > 0, None, note)
+    assert leaked == 0, note
+
+
+def test_a_graceful_end_still_delivers_the_whole_upload(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
+    """Graceful ends stay graceful: the sandbox sends its whole POST and closes while the site is not reading;
+    mitmproxy ends its server connection gracefully (its buffer and the kernel's still to go), and once the site
+    reads on, every byte of the body arrives, then an orderly end (a reset there would cut a finished upload)."""
+    flag = tmp_path / "read-on"
+    site, client = _ws_start(lab, flag, "http-close", ("http",), ("http_upload_main", "close"))
+    try:
+        client.wait_for("closed", timeout=60)
+        flag.touch()
+        site.wait_for("done 0", timeout=60)
+    finally:
+        client.stop()
+        site.stop()
+    done = re.findall(r"done 0 (\d+) (\w+)", site.log())
+    assert done == [(str(POST_SIZE), "eof")], (done, site.log()[-300:], client.log()[-300:])

@@ -130,6 +130,10 @@ class _Connection:
     severed: bool = False
     """Closed whole by egress with its own record (mitmproxy crashed on it, a protocol refusal, the idle timeout):
     the flows open on it then end in mitmproxy's ``error`` hook, and are not recorded again."""
+    http_seen: bool = False
+    """Its first HTTP request reached `EgressAddon.requestheaders` (the one the gate's `Kind.HTTP` decision judged):
+    every later one is judged by `Gate.on_request`. Kept here, not in ``flow.metadata``, which mitmproxy makes anew
+    for each request (red team 8: every request then counted as the first and got the connection's decision)."""
 
 
 class EgressAddon(NextLayer):
@@ -531,18 +535,24 @@ class EgressAddon(NextLayer):
     def _requestheaders(self, flow: http.HTTPFlow, sandbox: Sandbox) -> None:
         state = self.connections[flow.client_conn.id]
         decision = state.decision
-        first = decision is not None and decision.kind is Kind.HTTP and not flow.metadata.get("egress-seen")
-        flow.metadata["egress-seen"] = True
-        verdict: Verdict | None
-        if first and decision is not None:
+        hosts = _request_hosts(flow.request)
+        verdict: Verdict | None = None
+        if decision is not None and decision.kind is Kind.HTTP and not state.http_seen:
+            # The connection's first request: the gate's decision judged its Host (and its bytes); every other name
+            # it gives (an absolute-form target, which an origin server follows instead of Host) is judged too,
+            # each must be allowed (red team 8: `POST http://blocked.lab/` with an allowed Host crossed unjudged).
             verdict = decision.verdict or decision.allow
-        else:
-            sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
-            verdict = None
-            for host in _request_hosts(flow.request):
-                verdict = self.gate.on_request(sandbox, self._flow_meta(flow, state), host, sni)
-                if verdict.action is Enforcement.BLOCK:
-                    break
+            hosts = [host for host in hosts if host != decision.host]
+            if verdict is not None and verdict.action is Enforcement.BLOCK:
+                hosts = []
+        state.http_seen = True
+        sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
+        for host in hosts:
+            judged = self.gate.on_request(sandbox, self._flow_meta(flow, state), host, sni)
+            if verdict is None or _rank(judged) > _rank(verdict):
+                verdict = judged
+            if judged.action is Enforcement.BLOCK:
+                break
         if verdict is not None:
             self.record_flow(flow, sandbox, verdict)
             if verdict.action is Enforcement.BLOCK:
@@ -581,6 +591,11 @@ def _note_passage(state: _Connection, verdict: Verdict, host: str) -> None:
             state.passed, state.passed_host = verdict, host
     elif state.decision is None or state.decision.kind is not Kind.HTTP:
         state.cut = True
+
+
+def _rank(verdict: Verdict) -> int:
+    """Which of a request's verdicts it is recorded with: a block, else one worth a record, else the first."""
+    return 2 if verdict.action is Enforcement.BLOCK else int(verdict.recorded)
 
 
 def _request_hosts(request: http.Request) -> list[str]:

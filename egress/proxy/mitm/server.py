@@ -8,10 +8,8 @@ supervisor's reload, see `egress.gateway.control`) changes it for every new conn
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import socket
-import struct
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -26,6 +24,7 @@ from egress.flowlog import FlowSink, Meter
 from egress.proxy.front import Front, original_destination
 from egress.proxy.gate import Gate
 from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
+from egress.proxy.mitm import linger
 from egress.proxy.mitm.addon import EgressAddon
 from egress.proxy.mitm.crashes import CrashGuard
 from egress.proxy.mitm.quiet import QuietWatch
@@ -87,6 +86,8 @@ async def run_worker(
     )
     quiet.on_refused = addon.refused
     master.addons.add(addon)
+    # Each server connection resets if this worker dies (a graceful end stays graceful): red team 7.
+    master.addons.add(linger.Lingers(lambda c: server.connections.get(c.id)))
     guard = CrashGuard.install(server, addon.crashed)
     settings: dict[str, Any] = {
         "mode": ["transparent@127.0.0.1:0"],
@@ -239,10 +240,10 @@ def _severer(server: proxyserver.Proxyserver) -> Callable[[connection.Client], N
     """Closes both sides of a live client connection, as mitmproxy does for a layer's ``CloseConnection``: its
     transports' tasks are cancelled, the layers get ``ConnectionClosed``, nothing more is relayed.
 
-    Each side is aborted first (`_abort`): mitmproxy's own close (``writer.close()``) sends what its write buffer
-    and the socket's still hold, then the end, and mitmproxy buffers a WebSocket's messages without bound while the
-    server reads slowly. Red team 7 (tests/security/test_redteam_splice_close.py): 10 MB of a WebSocket upload cut
-    by ``on_apply: close_forbidden`` crossed after the cut."""
+    Each side is aborted first (`egress.proxy.mitm.linger.abort`): mitmproxy's own close (``writer.close()``) sends
+    what its write buffer and the socket's still hold, then the end, and mitmproxy buffers a WebSocket's messages
+    without bound while the server reads slowly. Red team 7 (tests/security/test_redteam_splice_close.py): 10 MB of
+    a WebSocket upload cut by ``on_apply: close_forbidden`` crossed after the cut."""
 
     def sever(client: connection.Client) -> None:
         handler = server.connections.get(client.id)
@@ -250,26 +251,10 @@ def _severer(server: proxyserver.Proxyserver) -> Callable[[connection.Client], N
             return
         for conn, transport in list(handler.transports.items()):
             if conn.connected:
-                _abort(transport.writer)
+                linger.abort(transport.writer)
                 handler.close_connection(conn)
 
     return sever
-
-
-_ABORT = struct.pack("ii", 1, 0)
-"""``struct linger`` on, zero seconds: the close sends a reset and drops the socket's send buffer."""
-
-
-def _abort(writer: object) -> None:
-    """Drop what ``writer`` (an asyncio stream's) has not sent yet and reset its connection; anything else is left
-    to mitmproxy's close."""
-    if not isinstance(writer, asyncio.StreamWriter):
-        return
-    sock = writer.get_extra_info("socket")
-    if sock is not None:
-        with contextlib.suppress(OSError):
-            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _ABORT)
-    writer.transport.abort()
 
 
 async def _sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:

@@ -185,6 +185,81 @@ def test_each_http_request_is_decided_and_logged() -> None:
     assert all((f.dst, f.dport, f.sport) == (ALLOWED_ADDRESS, 80, 40001) for f in reported.flows)
 
 
+def _plain_http(addon: EgressAddon, host: str = "allowed.test") -> Context:
+    """A plain-HTTP connection the gate decided on its first request's bytes (Host ``host``), as mitmproxy's
+    ``next_layer`` meets it."""
+    context = make_context((ALLOWED_ADDRESS, 80))
+    addon.client_connected(context.client)
+    first = f"POST /api HTTP/1.1\r\nHost: {host}\r\nTransfer-Encoding: chunked\r\n\r\n".encode()
+    assert isinstance(addon._next_layer(context, first, b""), EgressHttpLayer)
+    decision = addon.connections[context.client.id].decision
+    assert decision is not None and (decision.kind, decision.host) == (Kind.HTTP, host)
+    return context
+
+
+def _on(context: Context, host: str, target: str | None = None) -> http.HTTPFlow:
+    """A request on ``context``'s connection with Host ``host``; ``target``: an absolute-form target's authority."""
+    flow = _request(host)
+    flow.client_conn = context.client
+    if target is not None:
+        flow.request.authority = target
+        flow.request.host = target.rsplit(":", 1)[0]  # mitmproxy sets the Host header too: set back below
+        flow.request.headers["Host"] = host
+    return flow
+
+
+@pytest.mark.parametrize("target", ["evil.test", "evil.test:80", "pool.test:3333", "EVIL.test."])
+def test_a_first_plain_request_s_absolute_target_is_judged_beside_its_host(target: str) -> None:
+    """Red team 8: the gate decides a plain connection's first request by its Host; an absolute-form target
+    (``POST http://evil.test/api`` with ``Host: allowed.test``), which an origin server follows instead, must be
+    allowed too (the addon once gave that request the connection's decision alone)."""
+    addon, reported = _addon()
+    context = _plain_http(addon)
+    flow = _on(context, "allowed.test", target)
+    addon.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    [record] = reported.flows
+    assert (record.verdict.action, record.verdict.reason) == (Enforcement.BLOCK, Reason.NOT_ALLOWLISTED)
+    assert target.split(":", maxsplit=1)[0].lower().rstrip(".") in record.verdict.evidence
+
+
+def test_a_first_plain_request_whose_target_and_host_agree_passes_once_judged() -> None:
+    addon, reported = _addon()
+    context = _plain_http(addon)
+    flow = _on(context, "allowed.test", "allowed.test:80")
+    addon.requestheaders(flow)
+    assert flow.response is None
+    assert [f.verdict.action for f in reported.flows] == [Enforcement.ALLOW]
+
+
+@pytest.mark.parametrize("target", [None, "evil.test", "allowed.test"])
+def test_every_later_plain_request_is_judged_by_the_gate_not_given_the_first_s_decision(target: str | None) -> None:
+    """Red team 8: "this connection's first request was seen" was kept in ``flow.metadata``, which mitmproxy makes
+    anew per request: every request counted as the first and passed on the connection's decision (a second
+    request's ``Host: evil.test``, or its absolute target, crossed unjudged)."""
+    addon, reported = _addon()
+    context = _plain_http(addon)
+    first, second = _on(context, "allowed.test"), _on(context, "evil.test", target)
+    addon.requestheaders(first)
+    addon.requestheaders(second)
+    assert first.response is None
+    assert second.response is not None and second.response.status_code == 403
+    assert [(f.host, f.verdict.action) for f in reported.flows] == [
+        ("allowed.test", Enforcement.ALLOW),
+        ("evil.test", Enforcement.BLOCK),
+    ]
+
+
+def test_a_plain_connection_s_first_request_blocked_by_its_decision_is_not_judged_again() -> None:
+    addon, reported = _addon()
+    context = _plain_http(addon, "evil.test")
+    flow = _on(context, "evil.test", "other.test")
+    addon.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    [record] = reported.flows
+    assert record.verdict.reason is Reason.NOT_ALLOWLISTED and "evil.test" in record.verdict.evidence
+
+
 # -- inside intercepted TLS ----------------------------------------------------------------------------------------
 def _decrypted(addon: EgressAddon, alpn: bytes | None = None) -> Context:
     """A connection whose TLS the gateway intercepted: the layer choice is now about the decrypted bytes."""

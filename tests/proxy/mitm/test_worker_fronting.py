@@ -65,6 +65,62 @@ def test_the_second_request_of_a_kept_alive_connection_is_judged_too(worker: Wor
     _refused(worker, sport, Reason.DOMAIN_FRONTING)
 
 
+@pytest.mark.parametrize(
+    "head",
+    [
+        b"GET http://blocked.lab/api HTTP/1.1\r\nHost: allowed.lab\r\n\r\n",
+        b"GET http://BLOCKED.lab.:8080/api HTTP/1.1\r\nHost: allowed.lab\r\n\r\n",
+    ],
+    ids=["absolute-target", "absolute-target-case-dot-port"],
+)
+def test_a_plain_connection_s_first_request_naming_another_host_in_its_target_is_refused(
+    worker: Worker, head: bytes
+) -> None:
+    """Red team 8: plain HTTP's first request is decided by the gate on its Host; an absolute target naming
+    another host (which an origin server follows instead of Host, RFC 9112 §3.2.2) is judged too."""
+    worker.to("plain")
+    with worker.connect(False) as sock:
+        sport = sock.getsockname()[1]
+        sock.sendall(head)
+        answer = read_response(sock)
+    assert answer.startswith(b"HTTP/1.1 403"), answer[:200]
+    assert b"/api" not in worker.site.received("request")
+    _refused(worker, sport, Reason.NOT_ALLOWLISTED)
+
+
+def test_a_plain_connection_s_first_request_whose_target_names_its_host_passes(worker: Worker) -> None:
+    worker.to("plain")
+    with worker.connect(False) as sock:
+        sock.sendall(b"GET http://allowed.lab/abs HTTP/1.1\r\nHost: allowed.lab\r\n\r\n")
+        assert read_response(sock).startswith(b"HTTP/1.1 200")
+    assert b"/abs" in worker.site.received("request")
+
+
+@pytest.mark.parametrize(
+    "second",
+    [
+        b"GET /two HTTP/1.1\r\nHost: blocked.lab\r\n\r\n",
+        b"GET http://blocked.lab/two HTTP/1.1\r\nHost: allowed.lab\r\n\r\n",
+    ],
+    ids=["host", "absolute-target"],
+)
+def test_the_second_request_of_a_kept_alive_plain_connection_is_judged_too(worker: Worker, second: bytes) -> None:
+    """Red team 8: the addon kept "the first request was seen" per request, so every plain request mitmproxy
+    carried passed on the connection's first decision. The first is chunked: the front's fast path hands it to
+    mitmproxy, which then carries the connection from its start."""
+    worker.to("plain")
+    with worker.connect(False) as sock:
+        sport = sock.getsockname()[1]
+        sock.sendall(
+            b"POST /one HTTP/1.1\r\nHost: allowed.lab\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n"
+        )
+        assert read_response(sock).startswith(b"HTTP/1.1 200")  # positive control
+        sock.sendall(second)
+        assert read_response(sock).startswith(b"HTTP/1.1 403")
+    assert b"/one" in worker.site.received("request") and b"/two" not in worker.site.received("request")
+    _refused(worker, sport, Reason.NOT_ALLOWLISTED)
+
+
 def test_an_http2_authority_naming_another_host_is_refused(worker: Worker) -> None:
     worker.to("tls")
     with worker.connect(True, alpn=("h2",)) as sock:

@@ -1,0 +1,254 @@
+"""`egress.proxy.mitm.linger`: a server connection resets when its process dies, or when egress severs it; a graceful
+close (mitmproxy's ``writer.close()``, after a half-close too) still delivers everything it was given.
+
+Real loopback sockets: a peer that does not read until the connection is ended, so most of a 4 MiB write is still
+in asyncio's buffer and the kernel's when it ends; ground truth is what the peer reads and how its read ends."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import signal
+import socket
+import subprocess
+import sys
+import types
+from collections.abc import Awaitable, Callable
+from unittest import mock
+
+import h2.config
+import h2.connection
+import h2.events
+import pytest
+from mitmproxy import connection
+from mitmproxy.proxy.server import ConnectionIO
+from mitmproxy.proxy.server_hooks import ServerConnectionHookData
+
+from egress.proxy.mitm import linger
+from tests.proxy.mitm.worker import Worker, read_response
+from tests.waiting import scaled
+
+SIZE = 4 * 1024 * 1024
+PEER_RCVBUF = 64 * 1024
+
+
+def _linger_of(writer: asyncio.StreamWriter) -> bytes:
+    return bytes(writer.get_extra_info("socket").getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8))
+
+
+def _listener() -> socket.socket:
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PEER_RCVBUF)  # inherited: the window closes soon
+    listener.bind(("127.0.0.1", 0))
+    listener.listen(1)
+    return listener
+
+
+def _read_to_end(peer: socket.socket) -> tuple[int, str]:
+    """Bytes the peer reads, and how its read ended: ``eof`` (an orderly end) or ``reset``."""
+    got = 0
+    peer.settimeout(scaled(30))
+    try:
+        while chunk := peer.recv(65536):
+            got += len(chunk)
+    except ConnectionResetError:
+        return got, "reset"
+    finally:
+        peer.close()
+    return got, "eof"
+
+
+async def _stalled(armed: bool) -> tuple[asyncio.StreamWriter, socket.socket]:
+    """A connection (armed or not) whose peer has not read yet, SIZE bytes written to it."""
+    with _listener() as listener:
+        _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+        peer, _ = listener.accept()
+    if armed:
+        assert linger.arm(writer)
+    writer.write(b"u" * SIZE)
+    assert writer.transport.get_write_buffer_size() > 0  # the kernel took what it could; asyncio holds the rest
+    return writer, peer
+
+
+def _run(ending: Callable[[asyncio.StreamWriter], None]) -> tuple[int, str]:
+    async def scenario() -> tuple[int, str]:
+        writer, peer = await _stalled(armed=True)
+        assert _linger_of(writer) == linger.ABORT
+        ending(writer)
+        return await asyncio.to_thread(_read_to_end, peer)
+
+    return asyncio.run(scenario())
+
+
+def _close(writer: asyncio.StreamWriter) -> None:
+    writer.close()
+
+
+def _half_close_then_close(writer: asyncio.StreamWriter) -> None:
+    writer.write_eof()
+    writer.close()
+
+
+@pytest.mark.parametrize("ending", [_close, _half_close_then_close], ids=["close", "half-close-then-close"])
+def test_a_graceful_close_of_an_armed_connection_delivers_everything(
+    ending: Callable[[asyncio.StreamWriter], None],
+) -> None:
+    """mitmproxy's own end of a connection: what it wrote before arrives whole, then an orderly end (the linger is
+    taken off just before the socket closes, once asyncio's buffer is written out)."""
+    assert _run(ending) == (SIZE, "eof")
+
+
+def test_a_severing_resets_even_after_a_graceful_close_began() -> None:
+    """egress cuts a connection mitmproxy was closing (its buffer still being written out): nothing more goes."""
+
+    def close_then_sever(writer: asyncio.StreamWriter) -> None:
+        writer.close()
+        linger.abort(writer)
+
+    got, how = _run(close_then_sever)
+    assert how == "reset" and got < SIZE, (got, how)
+
+
+def test_a_severing_of_an_unarmed_stream_resets_too() -> None:
+    """The client's side (not armed): `abort` sets the linger itself."""
+
+    async def scenario() -> tuple[int, str]:
+        writer, peer = await _stalled(armed=False)
+        linger.abort(writer)
+        return await asyncio.to_thread(_read_to_end, peer)
+
+    got, how = asyncio.run(scenario())
+    assert how == "reset" and got < SIZE, (got, how)
+
+
+_DYING = """
+import asyncio, sys
+from egress.proxy.mitm import linger
+
+async def main():
+    _, writer = await asyncio.open_connection(sys.argv[1], int(sys.argv[2]))
+    if sys.argv[3] == "armed":
+        assert linger.arm(writer)
+    writer.write(b"u" * int(sys.argv[4]))
+    print("written", writer.transport.get_write_buffer_size(), flush=True)
+    await asyncio.Event().wait()
+
+asyncio.run(main())
+"""
+
+
+@pytest.mark.parametrize("armed", [True, False], ids=["armed", "unarmed"])
+def test_a_killed_process_resets_an_armed_connection(armed: bool) -> None:
+    """A process killed with its connection's bytes in the kernel: armed, the peer gets a reset and the kernel's
+    bytes are dropped; unarmed (what mitmproxy's server connections were), an orderly end after them."""
+    with _listener() as listener:
+        host, port = listener.getsockname()[:2]
+        argv = [sys.executable, "-c", _DYING, host, str(port), "armed" if armed else "plain", str(SIZE)]
+        child = subprocess.Popen(argv, stdout=subprocess.PIPE, text=True)
+        try:
+            peer, _ = listener.accept()
+            assert child.stdout is not None
+            line = child.stdout.readline()
+            assert line.startswith("written ") and int(line.split()[1]) > 0, line  # some waits in the kernel
+            os.kill(child.pid, signal.SIGKILL)
+        finally:
+            child.kill()
+            child.wait(scaled(30))
+    got, how = _read_to_end(peer)
+    assert how == ("reset" if armed else "eof"), (got, how)
+
+
+def _hook_data() -> ServerConnectionHookData:
+    client = connection.Client(peername=("127.0.0.1", 40000), sockname=("127.0.0.1", 8080))
+    return ServerConnectionHookData(client=client, server=connection.Server(address=("127.0.0.1", 80)))
+
+
+def _with_handler(
+    check: Callable[[linger.Lingers, ServerConnectionHookData, asyncio.StreamWriter], Awaitable[None]],
+) -> None:
+    async def scenario() -> None:
+        with _listener() as listener:
+            _, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        data = _hook_data()
+        handler = types.SimpleNamespace(transports={data.server: ConnectionIO(writer=writer)})
+        try:
+            await check(linger.Lingers(lambda _client: handler), data, writer)  # type: ignore[arg-type,return-value]
+        finally:
+            writer.close()
+            peer.close()
+
+    asyncio.run(scenario())
+
+
+def test_the_addon_arms_each_server_connection_as_it_connects() -> None:
+    async def check(addon: linger.Lingers, data: ServerConnectionHookData, writer: asyncio.StreamWriter) -> None:
+        assert _linger_of(writer) != linger.ABORT
+        addon.server_connected(data)
+        assert _linger_of(writer) == linger.ABORT
+
+    _with_handler(check)
+
+
+def test_a_server_connection_that_cannot_be_armed_is_closed() -> None:
+    """Fail closed: a connection that would end gracefully on a death is not used."""
+
+    async def check(addon: linger.Lingers, data: ServerConnectionHookData, writer: asyncio.StreamWriter) -> None:
+        def refuse(*_args: object) -> None:
+            raise OSError("setsockopt refused")
+
+        sock = writer.get_extra_info("socket")
+        original = type(sock).setsockopt
+        try:
+            type(sock).setsockopt = refuse
+            addon.server_connected(data)
+        finally:
+            type(sock).setsockopt = original
+        assert writer.transport.is_closing()
+
+    _with_handler(check)
+
+
+def test_a_client_gone_before_its_server_connected_is_left_alone() -> None:
+    linger.Lingers(lambda _client: None).server_connected(_hook_data())
+
+
+def _h2_get(worker: Worker) -> bool:
+    with worker.connect(True, alpn=("h2",)) as sock:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        conn.initiate_connection()
+        conn.send_headers(1, [(":method", "GET"), (":path", "/"), (":scheme", "https"), (":authority", "allowed.lab")],
+                          end_stream=True)  # fmt: skip
+        sock.sendall(conn.data_to_send())
+        while chunk := sock.recv(65536):
+            events = conn.receive_data(chunk)
+            sock.sendall(conn.data_to_send())
+            if any(isinstance(event, h2.events.StreamEnded) for event in events):
+                return True
+    return False
+
+
+def _http1_post(worker: Worker, tls: bool) -> bool:
+    """A chunked POST: outside the front's plain-HTTP fast path (`egress.proxy.httpwire`), so mitmproxy carries it."""
+    with worker.connect(tls) as sock:
+        sock.sendall(
+            b"POST /api HTTP/1.1\r\nHost: allowed.lab\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n"
+        )
+        return read_response(sock).startswith(b"HTTP/1.1 200")
+
+
+@pytest.mark.parametrize("kind", ["plain", "tls", "h2"], ids=["plain-http", "decrypted-http1", "decrypted-h2"])
+def test_a_real_worker_arms_its_server_connection(worker: Worker, kind: str) -> None:
+    """Whatever mitmproxy speaks to the site (plain HTTP, decrypted HTTP/1.1 or HTTP/2), its server connection is
+    armed as it connects: the `Lingers` addon is installed and its hook runs on mitmproxy's real streams."""
+    armed: list[bool] = []
+    real = linger.arm
+
+    def spy(writer: object) -> bool:
+        armed.append(real(writer))
+        return armed[-1]
+
+    worker.to("plain" if kind == "plain" else "tls")
+    with mock.patch.object(linger, "arm", spy):
+        answered = _h2_get(worker) if kind == "h2" else _http1_post(worker, kind == "tls")
+    assert answered and armed and all(armed), armed
