@@ -158,6 +158,8 @@ class Played:
     """The forwarder's ``forward`` lines for this row: destinations it read and went to."""
     requests: int
     """Bytes of the requests the forwarder received (their heads)."""
+    crossed: int
+    """Payload bytes to allowed.lab's port in the internet-side capture (TLS records on the decrypted port)."""
     answers: list[bytes]
     reason: str
 
@@ -167,14 +169,17 @@ def _play(lab: SecurityLab, forwarder: Attacker, name: str, row: Row) -> Played:
     since = time.time()
     port = TLS if row.tls else PLAIN
     args = (str(port), "1" if row.tls else "0", str(lab.run.gateway_ca), ",".join(p.hex() for p in row.parts))
-    done = lab.sandbox_python(CLIENT, *args, timeout=60)
+    with lab.capture(f"authority-{name}") as capture:
+        done = lab.sandbox_python(CLIENT, *args, timeout=60)
+    crossed = capture.result
+    assert crossed is not None
     answers = [bytes.fromhex(line[7:].strip()) for line in done.stdout.splitlines() if line.startswith("answer ")]
     assert answers, done.stdout + done.stderr  # the client ran
     lines = forwarder.log().splitlines()[skip:]
     forwarded = [line for line in lines if line.startswith("forward ")]
     requests = sum(len(bytes.fromhex(line.split()[1])) for line in lines if line.startswith("request "))
     reason = lab.reason_of(since, lambda r: r.dport == port and r.action == "block", timeout=5)
-    return Played(forwarded, requests, answers, reason)
+    return Played(forwarded, requests, crossed.bytes_to(ALLOWED, port, "tcp"), answers, reason)
 
 
 def test_control_the_forwarder_serves_allowed_lab_and_forwards_what_it_reads_elsewhere(
@@ -190,7 +195,7 @@ def test_control_the_forwarder_serves_allowed_lab_and_forwards_what_it_reads_els
     skip = len(forwarder.log().splitlines())
     direct = lab.attacker("authority-control", [sys.executable, "-c", probe])
     direct.wait_for("blocked.lab: hello")
-    assert any(line.startswith("forward urlsplit blocked.lab") for line in forwarder.log().splitlines()[skip:])
+    assert any(line.startswith("forward whatwg blocked.lab") for line in forwarder.log().splitlines()[skip:])
 
 
 _SLASHES = "an origin-form target is judged by Host alone (fast path `httpwire`, addon `_request_hosts`)"
@@ -236,7 +241,7 @@ def test_a_request_whose_target_or_host_means_another_destination(
     played = _play(lab, forwarder, technique, row)
     reached = any(BLOCKED_PAGE in answer for answer in played.answers)
     goal = bool(played.forwarded)
-    sent = sum(len(part) for part in row.parts)
+    sent = played.crossed if not row.tls else played.requests
     note = f"{row.path}; " + ("; ".join(played.forwarded) if goal else "held")
     note += "; blocked.lab's page back" if reached else ""
     report(f"redteam/authority-{technique}", "tunnel", sent if goal else 0, goal, played.reason or None, note)
