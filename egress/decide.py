@@ -272,6 +272,15 @@ def decide_http(sandbox: Sandbox, dst: str | Address, dport: int, host: str | No
     return _named(sandbox, dst, dport, name, bound, "host")
 
 
+def decide_authority_port(sandbox: Sandbox, dst: str | Address, dport: int, host: str, port: str) -> Verdict:
+    """A request whose Host or target names a port other than the connection's (``Host: allowed.lab:22`` on a
+    connection to port 8080): refused whatever the rules (red team 9). A server that routes by the Host's port
+    would take it to a port no rule was asked about, and an ordinary client behind a transparent gateway names
+    the port it connects to, or none."""
+    text = f"host {_name(host) or '-'} names port {port[:16]!r} on a connection to {dst}:{dport}"
+    return _block(sandbox, Reason.NOT_ALLOWLISTED, DEFAULT_DENY, text)
+
+
 def decide_fronting(sandbox: Sandbox, sni: str, host: str | None) -> Verdict:
     """A request inside intercepted TLS: its Host must be the SNI that was allowed (or absent)."""
     allowed, asked = _name(sni), _name(host)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import enum
 import functools
 import ipaddress
+import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
@@ -31,6 +32,7 @@ from typing import Final, Protocol
 from egress.decide import (
     Enforcement,
     Verdict,
+    decide_authority_port,
     decide_finding,
     decide_fronting,
     decide_http,
@@ -44,6 +46,7 @@ from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, Flow
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import OPAQUE, OPAQUE_UPGRADING
 from egress.policy.model import DetectorAction, Expect, HostRule, NetworkRule, Policy, Sandbox
+from egress.proxy import authority
 
 NOT_EXPECTED = "protocol-not-expected"
 """The protocol of a stream refused at its opening for being none of what its network rule expects."""
@@ -185,7 +188,7 @@ class Gate:
             if hello is MORE and len(client) >= HEAD_WAIT_LIMIT:
                 hello = tls.parse_client_hello(client, partial=True)  # a hello past the wait: judged on what came
             return self._tls(sandbox, meta, client, watching, hello)
-        if http.looks_like_http_request(client):
+        if http.looks_like_http_request(client) or _http_like(client):
             return self._http(sandbox, meta, client)
         return self._raw(sandbox, meta, client, server)
 
@@ -240,17 +243,26 @@ class Gate:
         return Decision(Kind.PASSTHROUGH, _worth_recording(verdict) or noted, sni or "", _allow(verdict), watch)
 
     def _http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
+        if not http.looks_like_http_request(client):  # `_http_like`: a method the reader does not know
+            whole = b"\n" in client or len(client) >= HEAD_WAIT_LIMIT
+            return self._unread_http(sandbox, meta, client) if whole else Decision(Kind.WAIT)
         request = http.parse_request(client)
         if request is MORE and len(client) < HEAD_WAIT_LIMIT:
             if encrypted.opening(client) is not encrypted.Opening.ENCRYPTED:
                 return Decision(Kind.WAIT)
             request = None  # a method word, then random bytes: judged as bytes
         if not isinstance(request, http.HttpRequest):
-            return self._raw(sandbox, meta, client, b"")
+            return self._unread_http(sandbox, meta, client)
         host = request.headers.get("host", "").rsplit(":", 1)[0].strip().lower().rstrip(".")
         if request.method == "CONNECT":
             host = request.target.rsplit(":", 1)[0].lower()
         noted: Verdict | None = None
+        port = authority.split_host_port(request.headers.get("host", ""))[1]
+        if request.method != "CONNECT" and authority.port_differs(port, meta.dport):
+            verdict = decide_authority_port(sandbox, meta.dst, meta.dport, host, port)
+            if not _allowed(verdict):
+                return Decision(Kind.HTTP, verdict, host)  # answered as HTTP: a 403 with the reason
+            noted = _worth_recording(verdict)
         finding = self._named_finding(meta, client) or self.inspect_once(meta, client, b"")
         if finding is not None:
             verdict = decide_finding(sandbox, finding)
@@ -261,6 +273,24 @@ class Gate:
         bound = bool(host) and host in self.names_for(sandbox.name, meta.dst)
         verdict = decide_http(sandbox, meta.dst, meta.dport, host or None, bound)
         return Decision(Kind.HTTP, _worth_recording(verdict) or noted, host, _allow(verdict))
+
+    def _unread_http(self, sandbox: Sandbox, meta: FlowMeta, client: bytes) -> Decision:
+        """A client opening that starts like an HTTP request (a method and a space) but that the gate's reader does
+        not take as an HTTP/1.x head (HTTP/0.9, ``HTTP/2.0`` or ``http/1.1`` as version, a field line without a
+        colon or with a name that is not a token, ``Host :``, a head past the reader's limit): its Host, its
+        target, go unjudged, and lenient servers route such a request by them (red team 9: blocked.lab's page came
+        back through a forwarder on allowed.lab). Where the destination's rule expects ``http`` but not ``any``
+        it is refused as mitmproxy's own refusals are recorded (``tunnel``/``http-protocol-error``) instead of
+        being relayed as a raw stream; what the raw path refuses anyway keeps its own reason, and a rule that
+        says ``any`` (or does not take ``http``: the raw path refuses the opening) is left to the raw path."""
+        decision = self._raw(sandbox, meta, client, b"")
+        rule = self.expecting(sandbox, meta)
+        if decision.kind is not Kind.INSPECT or rule is None or rule.expects(Expect.ANY):
+            return decision
+        verdict = decide_finding(sandbox, _unread_http_finding(meta, client))
+        if not _allowed(verdict):
+            return Decision(Kind.REFUSE, verdict)
+        return Decision(Kind.INSPECT, decision.verdict or verdict, allow=decision.allow)
 
     def _raw(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, server: bytes) -> Decision:
         noted: Verdict | None = None
@@ -472,6 +502,39 @@ def _h2c(meta: FlowMeta) -> Finding:
     refused where the rule does not say ``any``, as a stream the gateway cannot inspect."""
     text = f"clear-text HTTP/2 (prior knowledge) to {meta.dst}:{meta.dport}: its frames are not inspected"
     return Finding(Category.TUNNEL, "h2c-not-inspected", encrypted.NAME, evidence(text))
+
+
+_REQUEST_START: Final = re.compile(rb"([A-Za-z][A-Za-z0-9_-]{0,23}) +[^\r\n]*")
+"""A word and a space, then the rest of a first line: how an HTTP request line starts."""
+
+
+def _http_like(client: bytes) -> bool:
+    """Whether ``client`` starts like an HTTP request line the gate's reader does not take (`http.parse_request`
+    knows RFC 9110's and WebDAV's methods, in capitals): any word whose line ends in an ``HTTP/`` version, a
+    known method in any case and a path or URL (HTTP/0.9), or such a line still arriving (its end decides).
+    nginx and lenient servers take any method word and route it by its Host (red team 9): relayed raw, the Host
+    went unjudged."""
+    match = _REQUEST_START.match(client)
+    if match is None:
+        return False
+    if match.end() == len(client):
+        return True  # the line is still arriving: judged whole (`Gate._http`)
+    words = match[0].split()
+    if words[-1].upper().startswith(b"HTTP/"):
+        return True
+    target = words[1] if len(words) == 2 else b""  # HTTP/0.9: a method and a target (`get key` is memcached's)
+    return match[1].upper() in http.METHODS and (target.startswith((b"/", b"\\")) or b"://" in target)
+
+
+HTTP_PROTOCOL_ERROR: Final = "http-protocol-error"
+"""The protocol of an HTTP opening the gate's reader refused (`Gate._unread_http`), as mitmproxy's refusals are
+recorded (`egress.proxy.mitm.flows.protocol_refusal`)."""
+
+
+def _unread_http_finding(meta: FlowMeta, client: bytes) -> Finding:
+    line = client.split(b"\n", 1)[0].rstrip(b"\r")
+    text = f"an HTTP opening to {meta.dst}:{meta.dport} that is not an HTTP/1.x head the gateway reads: {line[:80]!r}"
+    return Finding(Category.TUNNEL, HTTP_PROTOCOL_ERROR, "proxy", evidence(text))
 
 
 def _unwatched(rule: str, meta: FlowMeta) -> Finding:

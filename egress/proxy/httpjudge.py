@@ -19,7 +19,7 @@ from typing import Final
 from egress.decide import Enforcement, Reason, Verdict, decide_http
 from egress.detect.base import Category, Finding, FlowMeta, evidence
 from egress.policy.model import Sandbox
-from egress.proxy import httpwire
+from egress.proxy import authority, httpwire
 from egress.proxy.gate import Gate, Kind
 from egress.proxy.mitm.inspect import BodyStreams, Message, Read, inspect_exchange, read, unidentified
 
@@ -55,6 +55,8 @@ class Judge:
     def request(self, request: httpwire.Request, raw: bytes, asked: Read, first: bool) -> Verdict | None:
         """The allow verdict of a plainly allowed request (``first``: the connection's first); None when
         mitmproxy must decide it. An exception is an inspection error (the caller blocks, or hands it off)."""
+        if authority.port_differs(request.port, self.meta.dport):
+            return None  # a Host naming another port than the connection's: mitmproxy refuses it and records
         if first:
             decision = self.gate.on_first_bytes(self.sandbox, self.meta, raw, b"")
             if decision.kind is not Kind.HTTP or decision.verdict is not None or decision.allow is None:

@@ -2,11 +2,12 @@
 
 A request is taken only when it is in the small, unambiguous subset this module accepts in full; anything else is
 `UNSURE` and the connection goes, with that request unread, to mitmproxy, which reads it as it always did. The
-subset: ``METHOD /origin-form HTTP/1.1``, every line ended by CRLF (no bare CR or LF), no line folding (obs-fold),
-token header names, printable ASCII values, exactly one ``Host`` (a name, optionally a port), at most one
-``Content-Length`` (digits, at most `BODY_MAX`) and the whole body present, and none of ``Transfer-Encoding``,
-``Upgrade``, ``Expect``, ``Content-Encoding``. So a request that two parsers could frame differently (CL and TE
-together, two lengths, a folded line, a bare LF: request smuggling) never meets the fast path's own parser.
+subset: ``METHOD /origin-form HTTP/1.1`` (not ``//``, ``/\\`` or ``/%2f%2f``: an authority to lenient servers),
+every line ended by CRLF (no bare CR or LF), no line folding (obs-fold), token header names, printable ASCII
+values, exactly one ``Host`` (a name, optionally a port), at most one ``Content-Length`` (digits, at most
+`BODY_MAX`) and the whole body present, and none of ``Transfer-Encoding``, ``Upgrade``, ``Expect``,
+``Content-Encoding``. So a request that two parsers could frame differently (CL and TE together, two lengths, a
+folded line, a bare LF: request smuggling) never meets the fast path's own parser.
 
 Responses cannot be handed back (their request went out): `parse_response` frames what the lab and ordinary
 servers send (Content-Length, chunked without chunk extensions, or until close) and says `UNSURE` for the rest,
@@ -18,6 +19,8 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from typing import Final
+
+from egress.proxy import authority
 
 HEAD_MAX: Final = 16 * 1024
 """Bytes a request or response head may take (the gate's `HEAD_WAIT_LIMIT`)."""
@@ -41,7 +44,9 @@ UNSURE: Final = _Signal("UNSURE")
 """Outside the subset the fast path takes: mitmproxy's (a request) or a 502 (a response)."""
 
 _METHODS: Final = frozenset({b"GET", b"HEAD", b"POST", b"PUT", b"DELETE", b"OPTIONS", b"PATCH"})
-_REQUEST_LINE: Final = re.compile(rb"([A-Z]{3,7}) (/[!-~]*) HTTP/1\.1")
+_REQUEST_LINE: Final = re.compile(rb"([A-Z]{3,7}) (/(?![/\\])[!-~]*) HTTP/1\.1")
+"""An origin-form target that does not start with two of ``/`` and ``\\``: lenient servers read those as an
+authority (red team 9), which mitmproxy's request hook judges (`egress.proxy.authority`)."""
 _STATUS_LINE: Final = re.compile(rb"HTTP/1\.[01] ([1-5][0-9][0-9])(?: ([\t -~]*))?")
 _FIELD: Final = re.compile(rb"([!#$%&'*+\-.^_`|~0-9A-Za-z]+):[ \t]*([!-~](?:[\t -~]*[!-~])?)?[ \t]*")
 _HOST: Final = re.compile(rb"[A-Za-z0-9_](?:[A-Za-z0-9_.-]{0,252})(?::[0-9]{1,5})?")
@@ -61,6 +66,9 @@ class Request:
     target: str
     host: str
     """The Host header's name, lowercased, without port or trailing dot (as the gate reads it)."""
+    port: str
+    """The Host header's port as it came (``""`` when none): one other than the connection's is mitmproxy's to
+    refuse (`egress.proxy.authority.port_differs`)."""
     fields: tuple[tuple[str, str], ...]
     body: bytes
     size: int
@@ -127,7 +135,7 @@ def parse_request(data: bytes) -> Request | _Signal:
     if end < 0:
         return MORE if len(data) < HEAD_MAX else UNSURE
     start = _REQUEST_LINE.fullmatch(lines[0])
-    if start is None or start[1] not in _METHODS:
+    if start is None or start[1] not in _METHODS or (b"%" in start[2][:9] and _authority(start[2])):
         return UNSURE
     fields = _fields(lines[1:])
     if fields is None:
@@ -147,9 +155,14 @@ def parse_request(data: bytes) -> Request | _Signal:
     size = end + 4 + length
     if len(data) < size:
         return MORE
-    host = hosts[0].rsplit(":", 1)[0].lower().rstrip(".")
+    host, _, port = hosts[0].partition(":")
     method, target = start[1].decode("ascii"), start[2].decode("ascii")
-    return Request(method, target, host, fields, data[end + 4 : size], size, _closes(fields))
+    return Request(method, target, host.lower().rstrip("."), port, fields, data[end + 4 : size], size, _closes(fields))
+
+
+def _authority(target: bytes) -> bool:
+    """``/%2f%2fhost/``: an authority to a server that percent-decodes the target before it reads it."""
+    return authority.is_authority_target(target.decode("ascii"))
 
 
 def parse_response(data: bytes, method: str, ended: bool) -> Response | _Signal:

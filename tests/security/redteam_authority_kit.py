@@ -10,6 +10,8 @@ is taken, every Host line kept) and takes the destination from the first of thes
   ``new URL(req.url, `http://${req.headers.host}`)``): a backslash is a slash in a special scheme, any number of
   slashes start the authority, which ends at ``/ ? # \\``; the host is after the last ``@``, percent-decoded,
   and a number or dotted numbers in decimal, octal or hex is an IPv4 address;
+- ``decoded``: the same of the target percent-decoded first (a server that decodes the path before it reads it:
+  ``/%2f%2fblocked.lab/``);
 - ``urlsplit``: Python's `urllib.parse.urlsplit` of the target, the reading of a forward proxy built on
   `http.server` (``self.path``): ``//blocked.lab/x`` and ``http://allowed.lab\\@blocked.lab/`` name blocked.lab;
 - ``host-last``: the last Host line (servers that keep the last of a repeated field), with its port;
@@ -104,6 +106,10 @@ def destinations(method: str, target: str, hosts: list[str]) -> list[tuple[str, 
     read = whatwg_destination(target, hosts[0] if hosts else "")
     if read is not None and read[0]:
         found.append(("whatwg", read[0].rstrip("."), read[1]))
+    decoded = urllib.parse.unquote(target)
+    read = whatwg_destination(decoded, hosts[0] if hosts else "") if decoded != target else None
+    if read is not None and read[0]:
+        found.append(("decoded", read[0].rstrip("."), read[1]))
     split = urllib.parse.urlsplit(target)
     if split.hostname:
         with contextlib.suppress(ValueError):

@@ -59,6 +59,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 from egress.decide import (
     Enforcement,
     Verdict,
+    decide_authority_port,
     decide_finding,
     decide_idle_timeout,
     decide_watched,
@@ -69,6 +70,7 @@ from egress.detect import tls
 from egress.detect.base import Category, Finding, FlowMeta, Transport, evidence
 from egress.flowlog import EndedFlow, FlowSink, Meter
 from egress.policy.model import Sandbox
+from egress.proxy.authority import port_differs, split_host_port, target_authorities
 from egress.proxy.gate import Decision, Gate, Kind
 from egress.proxy.mitm.flows import (
     FlowHooks,
@@ -547,8 +549,21 @@ class EgressAddon(NextLayer):
                 hosts = []
         state.http_seen = True
         sni = decision.host if decision is not None and decision.kind is Kind.INTERCEPT else None
+        meta = self._flow_meta(flow, state)
+        if any(b"\n" in value for _, value in flow.request.headers.fields):
+            # A folded field line (obs-fold), which mitmproxy joins and forwards folded: a server that takes the
+            # fold as a line of its own reads a Host the gateway never judged (red team 9). The gate refuses the
+            # same fold in a connection's first request (`Gate._unread_http`).
+            verdict, hosts = protocol_refusal(f"{flow.request.method} {flow.request.path[:80]}: a folded field"), []
+        elif verdict is None or verdict.action is not Enforcement.BLOCK:
+            # A Host or target naming another port than the connection's (red team 9), decrypted or not.
+            port = next((port for port in _request_ports(flow.request) if port_differs(port, meta.dport)), None)
+            if port is not None:
+                judged = decide_authority_port(sandbox, meta.dst, meta.dport, flow.request.pretty_host, port)
+                verdict = judged if verdict is None or _rank(judged) > _rank(verdict) else verdict
+                hosts = [] if judged.action is Enforcement.BLOCK else hosts
         for host in hosts:
-            judged = self.gate.on_request(sandbox, self._flow_meta(flow, state), host, sni)
+            judged = self.gate.on_request(sandbox, meta, host, sni)
             if verdict is None or _rank(judged) > _rank(verdict):
                 verdict = judged
             if judged.action is Enforcement.BLOCK:
@@ -605,4 +620,18 @@ def _request_hosts(request: http.Request) -> list[str]:
     names = [request.pretty_host]
     if request.authority:
         names.append(url.parse_authority(request.authority, check=False)[0])
-    return list(dict.fromkeys(name.lower().rstrip(".") for name in names))
+    names = [name.lower().rstrip(".") for name in names]
+    # An origin-form target (or an absolute one's path) that a lenient server reads as an authority (red team 9:
+    # `//blocked.lab/`, `/\\blocked.lab/` with an allowed Host reached blocked.lab through a forwarder).
+    names += [host for host, _ in target_authorities(request.path)]
+    return list(dict.fromkeys(names))
+
+
+def _request_ports(request: http.Request) -> list[str]:
+    """Every port a request names: its Host's (HTTP/2: ``:authority``), an absolute target's, and an authority
+    target's (`target_authorities`)."""
+    ports = [split_host_port(request.host_header or "")[1]]
+    if request.authority:
+        ports.append(split_host_port(request.authority)[1])
+    ports += [port for _, port in target_authorities(request.path)]
+    return [port for port in ports if port]
