@@ -93,7 +93,7 @@ def normal_host(host: str) -> str:
     if 1 <= len(numbers) <= 4 and all(number is not None for number in numbers):
         values = [number for number in numbers if number is not None]
         value = values[-1] + sum(n << (8 * (3 - i)) for i, n in enumerate(values[:-1]))
-        if value < 1 << 32 and all(n < 256 for n in values[:-1]):
+        if values[-1] < 256 ** (5 - len(values)) and all(n < 256 for n in values[:-1]):
             return str(ipaddress.IPv4Address(value))
     return host
 

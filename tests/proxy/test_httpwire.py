@@ -171,3 +171,22 @@ def test_the_403_and_the_502_are_well_framed() -> None:
     assert isinstance(response, Response) and response.status == 403 and response.body == body
     bad = parse_response(httpwire.BAD_GATEWAY, "GET", False)
     assert isinstance(bad, Response) and bad.status == 502 and bad.size == len(httpwire.BAD_GATEWAY)
+
+
+@pytest.mark.parametrize(
+    "target", [b"//blocked.lab/", b"/\\blocked.lab/", b"///blocked.lab/", b"/%2f%2fblocked.lab/", b"/%2F%5Cb/"]
+)
+def test_a_target_that_lenient_servers_read_as_an_authority_is_left_to_mitmproxy(target: bytes) -> None:
+    """Red team 9: the addon judges the host such a target names (`egress.proxy.authority`)."""
+    assert parse_request(b"GET " + target + b" HTTP/1.1\r\nHost: allowed.lab\r\n\r\n") is UNSURE
+
+
+@pytest.mark.parametrize("target", [b"/a//b", b"/x?next=//blocked.lab/", b"/api/group%2Fproject"])
+def test_a_double_slash_past_the_start_is_taken(target: bytes) -> None:
+    assert isinstance(parse_request(b"GET " + target + b" HTTP/1.1\r\nHost: allowed.lab\r\n\r\n"), Request)
+
+
+@pytest.mark.parametrize(("host", "port"), [(b"allowed.lab", ""), (b"allowed.lab:8080", "8080"), (b"a.lab:22", "22")])
+def test_the_host_s_port_is_kept_for_the_judge(host: bytes, port: str) -> None:
+    parsed = parse_request(b"GET / HTTP/1.1\r\nHost: " + host + b"\r\n\r\n")
+    assert isinstance(parsed, Request) and parsed.port == port

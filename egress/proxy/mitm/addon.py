@@ -555,19 +555,18 @@ class EgressAddon(NextLayer):
             # fold as a line of its own reads a Host the gateway never judged (red team 9). The gate refuses the
             # same fold in a connection's first request (`Gate._unread_http`).
             verdict, hosts = protocol_refusal(f"{flow.request.method} {flow.request.path[:80]}: a folded field"), []
-        elif verdict is None or verdict.action is not Enforcement.BLOCK:
-            # A Host or target naming another port than the connection's (red team 9), decrypted or not.
-            port = next((port for port in _request_ports(flow.request) if port_differs(port, meta.dport)), None)
-            if port is not None:
-                judged = decide_authority_port(sandbox, meta.dst, meta.dport, flow.request.pretty_host, port)
-                verdict = judged if verdict is None or _rank(judged) > _rank(verdict) else verdict
-                hosts = [] if judged.action is Enforcement.BLOCK else hosts
         for host in hosts:
             judged = self.gate.on_request(sandbox, meta, host, sni)
             if verdict is None or _rank(judged) > _rank(verdict):
                 verdict = judged
             if judged.action is Enforcement.BLOCK:
                 break
+        if verdict is None or verdict.action is not Enforcement.BLOCK:
+            # A Host or target naming another port than the connection's (red team 9), decrypted or not.
+            port = next((port for port in _request_ports(flow.request) if port_differs(port, meta.dport)), None)
+            if port is not None:
+                judged = decide_authority_port(sandbox, meta.dst, meta.dport, flow.request.pretty_host, port)
+                verdict = judged if verdict is None or _rank(judged) > _rank(verdict) else verdict
         if verdict is not None:
             self.record_flow(flow, sandbox, verdict)
             if verdict.action is Enforcement.BLOCK:
