@@ -22,14 +22,11 @@ import sys
 import time
 from dataclasses import dataclass
 
-import hpack
 import pytest
-from hyperframe import frame
 
 from egress.lab import certs
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.mitm_h2_client import PREFACE as H2_PREFACE
 from tests.security.test_streams_http_smuggling import ALLOWED
 
 pytestmark = pytest.mark.security
@@ -45,10 +42,7 @@ port, tls, cafile = int(sys.argv[1]), sys.argv[2] == "1", sys.argv[3]
 parts = [bytes.fromhex(part) for part in sys.argv[4].split(",")]
 sock = socket.create_connection((resolve("allowed.lab"), port), timeout=10)
 if tls:
-    context = ssl.create_default_context(cafile=cafile)
-    if len(sys.argv) > 5:
-        context.set_alpn_protocols([sys.argv[5]])
-    sock = context.wrap_socket(sock, server_hostname="allowed.lab")
+    sock = ssl.create_default_context(cafile=cafile).wrap_socket(sock, server_hostname="allowed.lab")
 for part in parts:
     sock.sendall(part)
     sock.settimeout(2)  # pacing only: what came back to this part, then the next part
@@ -76,20 +70,10 @@ def _chunked(target: str, *fields: str) -> bytes:
     return _get(target, HOST, CHUNKED[0], *fields, method="POST", body=CHUNKED[1])
 
 
-def _h2(*fields: tuple[str, str]) -> bytes:
-    """An HTTP/2 opening and one GET whose header block is ``fields`` after the pseudo-fields (ALPN ``h2``)."""
-    pseudo = [(":method", "GET"), (":scheme", "https"), (":path", "/"), (":authority", "allowed.lab")]
-    names = {name for name, _ in fields}
-    block = [(name, value) for name, value in pseudo if name not in names] + list(fields)
-    headers = frame.HeadersFrame(1, bytes(hpack.Encoder().encode(block)), flags=["END_HEADERS", "END_STREAM"])
-    return H2_PREFACE + frame.SettingsFrame(0).serialize() + headers.serialize()
-
-
 @dataclass(frozen=True)
 class Row:
     parts: list[bytes]
     tls: bool = False
-    alpn: str = ""
     path: str = "fast path"
     """Which part of the gateway carries it (for the report's note)."""
 
@@ -159,10 +143,6 @@ ROWS: dict[str, Row] = {
                                            path="decrypted"),
     "tls-host-unlisted-port": Row([_get("/", "Host: allowed.lab:22")], tls=True, path="decrypted"),
     "tls-two-hosts": Row([_get("/", HOST, "Host: blocked.lab")], tls=True, path="decrypted"),
-    "tls-h2-host-disagrees": Row([_h2(("host", "blocked.lab"))], tls=True, alpn="h2", path="decrypted HTTP/2"),
-    "tls-h2-path-slash-slash": Row([_h2((":path", "//blocked.lab/"))], tls=True, alpn="h2", path="decrypted HTTP/2"),
-    "tls-h2-authority-port": Row([_h2((":authority", "allowed.lab:22"))], tls=True, alpn="h2",
-                                 path="decrypted HTTP/2"),
     "tls-http09": Row([b"GET http://blocked.lab/\r\n\r\n"], tls=True, path="decrypted"),
 }  # fmt: skip
 
@@ -198,7 +178,6 @@ def _play(lab: SecurityLab, forwarder: Attacker, name: str, row: Row) -> Played:
     since = time.time()
     port = TLS if row.tls else PLAIN
     args = (str(port), "1" if row.tls else "0", str(lab.run.gateway_ca), ",".join(p.hex() for p in row.parts))
-    args += (row.alpn,) if row.alpn else ()
     with lab.capture(f"authority-{name}") as capture:
         done = lab.sandbox_python(CLIENT, *args, timeout=60)
     crossed = capture.result
