@@ -24,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from tests.sockio import recv_until
+
 HOLD = 256 * 1024
 """Bytes the site reads of each connection before it stops reading."""
 CHUNK = 64 * 1024
@@ -141,12 +143,7 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int, upgrade: bool
     got, how = 0, "eof"
     try:
         conn.settimeout(60)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = conn.recv(4096)
-            if not data:
-                raise ConnectionError("no upgrade")
-            head += data
+        head = recv_until(conn, b"\r\n\r\n", closed="no upgrade", size=4096)
         if upgrade:
             key = next(
                 line.split(b":", 1)[1].strip()
@@ -247,12 +244,7 @@ def http_upload_main() -> None:
 
 def _head(conn: socket.socket, data: bytes) -> tuple[bytes, bytes, bytes]:
     """A request's head read on from ``data`` (what was read past the one before): head, separator, the rest."""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            raise ConnectionError("no request")
-        data += chunk
-    return data.partition(b"\r\n\r\n")
+    return recv_until(conn, b"\r\n\r\n", data, closed="no request", size=4096).partition(b"\r\n\r\n")
 
 
 def _fast_serve(conn: socket.socket, index: int, flag: pathlib.Path, mode: str) -> None:
