@@ -177,6 +177,8 @@ ROWS: dict[str, Row] = {
                                            path="decrypted"),
     "tls-host-unlisted-port": Row([_get("/", "Host: allowed.lab:22")], tls=True, path="decrypted"),
     "tls-two-hosts": Row([_get("/", HOST, "Host: blocked.lab")], tls=True, path="decrypted"),
+    "tls-junk-line-host-blocked": Row([_get("/", "Host: blocked.lab", "X@Junk: 1")], tls=True, path="decrypted"),
+    "tls-space-before-colon-host": Row([_get("/", "Host : blocked.lab")], tls=True, path="decrypted"),
     "tls-http09": Row([b"GET http://blocked.lab/\r\n\r\n"], tls=True, path="decrypted"),
 }  # fmt: skip
 
