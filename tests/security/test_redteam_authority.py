@@ -133,6 +133,8 @@ ROWS: dict[str, Row] = {
     "long-head-host-blocked": Row([_get("/", "Host: blocked.lab", *PADDING)], path="raw"),
     # The fix's variants (the attacker's next tries): case, whitespace, obs-fold, percent-encoded slashes, a
     # second request on a keep-alive connection, pipelined requests, a request line split across segments.
+    # A head past the gate's reader (8 KiB) but within its 16 KiB wait: before the fixes relayed raw, Host unread.
+    "mid-head-host-blocked": Row([_get("/", "Host: blocked.lab", *PADDING[:1], "X-Pad: " + "b" * 3000)], path="raw"),
     "unknown-method-host-blocked": Row([_get("/", "Host: blocked.lab", method="BREW")], path="raw"),
     "unknown-method-split": Row([b"BREW /", b" HTTP/1.1\r\nHost: blocked.lab\r\n\r\n"], path="raw"),
     "lowercase-method-slash-slash": Row([_get("//blocked.lab/", HOST, method="get")], path="raw"),
