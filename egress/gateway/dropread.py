@@ -45,8 +45,8 @@ class CountReader:
 
     def read(self) -> Reading:
         """What the retired generation counted; then swap (`runner.swap_counts`). Raises `runner.NftError` when the
-        table cannot be read or swapped (locked down, being replaced): nothing is emptied then, and the next read
-        finds the counts still there."""
+        table cannot be read or swapped (locked down, replaced during the read): nothing is emptied then, and the
+        next read finds the counts still there."""
         started = self.clock()
         current = runner.count_generation(self.table, self.netns)
         if current is None:
@@ -59,6 +59,9 @@ class CountReader:
         for passed, sets in counting.set_names(retired).items():
             for (src, proto, dst), packets in runner.drop_counters(self.table, sets, self.netns).items():
                 counts[src, proto, dst, passed] = packets
+        if runner.count_generation(self.table, self.netns) != current:  # a reload replaced the table meanwhile: what
+            # was listed may be the new table's current generation, still counting; emptied, its next counts are lost
+            raise runner.NftError(f"table inet {self.table} replaced while its counters were read")
         runner.swap_counts(self.table, retired, self.netns)
         self._swapped = (retired, self.clock())
         return Reading(counts, counted_by)

@@ -121,6 +121,29 @@ def test_a_table_replaced_since_our_swap_is_read_as_counted_by_the_start_of_the_
     assert reader.read().counted_by == started
 
 
+def test_a_table_replaced_during_the_read_is_not_swapped(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The reload came between the look at the rules and the listing: what was listed may be the new table's
+    current generation, which a swap would empty while it still counts. Nothing is reported nor emptied; the next
+    read takes it whole."""
+    reader = CountReader("egress", clock=Clock())
+    reader.read()  # counts into 1 now
+    real = kernel.drop_counters
+
+    def reload_first(table: str, names: Sequence[str], netns: str | None = None) -> dict[runner.DropKey, int]:
+        kernel.current, kernel.sets = 0, {}  # the table replaced: generation 0 counts again
+        kernel.count(packets=6)
+        monkeypatch.setattr(runner, "drop_counters", real)
+        return real(table, names, netns)
+
+    monkeypatch.setattr(runner, "drop_counters", reload_first)
+    with pytest.raises(runner.NftError, match="replaced"):
+        reader.read()
+    assert kernel.swaps == [1]
+    kernel.count(packets=1)
+    assert reader.read().counts == {}  # retires 0, with its 7
+    assert reader.read().counts == {(SRC, 17, DST, False): 7}
+
+
 def test_rules_that_name_no_generation_are_an_error(kernel: Kernel, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(runner, "count_generation", lambda table, netns=None: None)
     with pytest.raises(runner.NftError, match="no generation"):
