@@ -4,9 +4,9 @@ Every packet a `COUNTED_KINDS` rule logs is first counted by a jump to `count_ch
 ``count_pass``), whose two rules (IPv4, IPv6) update the current generation's sets. The drop logger reads the
 retired generation, which nothing has counted into since the swap that retired it, then swaps: one transaction
 empties the sets it has just read and points the counting rules at them, retiring the ones they counted into until
-then (`swap_script`). A packet is counted in exactly one generation and each generation is read once before it is
-emptied, so a count is read exactly once however late the read comes: the elements need no timeout, and nothing
-expires unread (docs/nftables.md, "Logging").
+then, and records which generation counts now in `GENERATION_SET` (`swap_script`). A packet is counted in exactly
+one generation and each generation is read once before it is emptied, so a count is read exactly once however late
+the read comes: the elements need no timeout, and nothing expires unread (docs/nftables.md, "Logging").
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ from typing import Final
 from egress.nft.names import (
     COUNT_GENERATIONS,
     COUNT_SIZE,
+    GENERATION_SET,
     LogKind,
     count_chain,
     count_set,
@@ -32,8 +33,9 @@ def key(family: str) -> str:
 
 
 def set_lines() -> list[str]:
-    """The declarations of every generation's counting sets (inside the table)."""
-    lines = []
+    """The declarations of every generation's counting sets (inside the table), and of `GENERATION_SET` naming
+    generation 0, the one `chain_lines` counts into."""
+    lines = [f"set {GENERATION_SET} {{ type mark; elements = {{ 0 }}; }}"]
     for generation in range(COUNT_GENERATIONS):
         for kind in KINDS:
             for version, _, address in _FAMILIES:
@@ -73,8 +75,9 @@ def set_names(generation: int) -> dict[bool, tuple[str, ...]]:
 
 def swap_script(table: str, generation: int) -> str:
     """One transaction: empty ``generation``'s sets (read by now) and make the counting rules count into them, which
-    retires the other generation. Nothing is counted twice: a packet the kernel counts meets either the old rules
-    or the new ones, never both, and the sets emptied here are counted into by nothing until the commit."""
+    retires the other generation; `GENERATION_SET` says so. Nothing is counted twice: a packet the kernel counts
+    meets either the old rules or the new ones, never both, and the sets emptied here are counted into by nothing
+    until the commit."""
     where = f"inet {table}"
     lines = []
     for kind in KINDS:
@@ -83,16 +86,14 @@ def swap_script(table: str, generation: int) -> str:
     for kind in KINDS:
         lines.append(f"flush chain {where} {count_chain(kind)}")
         lines += [f"add rule {where} {count_chain(kind)} {rule}" for rule in rules(kind, generation)]
+    lines.append(f"flush set {where} {GENERATION_SET}")
+    lines.append(f"add element {where} {GENERATION_SET} {{ {generation} }}")
     return "\n".join(lines) + "\n"
 
 
-def generation_of(rule_sets: list[str]) -> int | None:
-    """The generation the counting rules name (the set names their ``update`` statements write to, ``@`` and all
-    or bare), or ``None`` when they name none or several (not a table this module rendered)."""
-    found = set()
-    for name in rule_sets:
-        bare = name.removeprefix("@")
-        for generation in range(COUNT_GENERATIONS):
-            if bare in {count_set(kind, version, generation) for kind in KINDS for version, _, _ in _FAMILIES}:
-                found.add(generation)
-    return found.pop() if len(found) == 1 else None
+def generation_of(elements: list[str]) -> int | None:
+    """The generation `GENERATION_SET`'s elements name, or ``None`` when they name none or several (not a table
+    this module rendered)."""
+    if len(elements) != 1 or elements[0] not in {str(g) for g in range(COUNT_GENERATIONS)}:
+        return None
+    return int(elements[0])

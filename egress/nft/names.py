@@ -75,6 +75,11 @@ def count_set(kind: LogKind, version: int, generation: int = 0) -> str:
     return pass_count_set(version, generation) if kind in PASSED_KINDS else drop_count_set(version, generation)
 
 
+GENERATION_SET = "counting"
+"""A set of one element, the generation the counting chains count into (``0``: ``…a``), changed with them in the same
+transaction: a reader learns it by listing these few bytes (listing the chain would fetch every set's elements)."""
+
+
 def count_chain(kind: LogKind) -> str:
     """The regular chain every rule of a `COUNTED_KINDS` kind jumps to to count a packet (``count_drop``,
     ``count_pass``): its rules name the current generation's sets, and only they change when the logger swaps."""

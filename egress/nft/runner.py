@@ -15,7 +15,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from egress.nft import counting, libnft
-from egress.nft.names import LogKind, count_chain
+from egress.nft.names import GENERATION_SET
 
 NFT = "nft"
 TIMEOUT = 30.0
@@ -166,21 +166,19 @@ def _here_or_in(netns: str | None, args: Sequence[str], script: str, flags: int 
 
 
 def count_generation(table: str, netns: str | None = None) -> int | None:
-    """The generation of counting sets the table's counting rules count into now (`egress.nft.counting`); ``None``
-    if they name none (not a table `egress.nft.render` made). Raises `NftError` if the table has no such chain."""
-    chain = _ident("chain", count_chain(LogKind.DROP))
-    args = ["-j", "list", "chain", "inet", _ident("table", table), chain]
+    """The generation of counting sets the table's counting rules count into now (`egress.nft.counting`), as its
+    `GENERATION_SET` says; ``None`` if it names none. Raises `NftError` if the table has no such set."""
+    args = ["-j", "list", "set", "inet", _ident("table", table), GENERATION_SET]
     output = _here_or_in(netns, args, " ".join(args[1:]), libnft.OUTPUT_JSON)
     try:
         document = json.loads(output)
     except json.JSONDecodeError as exc:
         raise NftError("nft -j printed something that is not JSON", output[:200]) from exc
-    names = []
+    elements: list[str] = []
     for item in document.get("nftables", []):
-        for expression in item.get("rule", {}).get("expr", []):
-            if isinstance(expression, dict) and isinstance(expression.get("set"), dict):
-                names.append(str(expression["set"].get("set", "")))
-    return counting.generation_of(names)
+        if "set" in item:
+            elements.extend(_element(e) for e in item["set"].get("elem", []))
+    return counting.generation_of(elements)
 
 
 def swap_counts(table: str, generation: int, netns: str | None = None) -> None:

@@ -178,8 +178,27 @@ def _flow() -> DecidedFlow:
     return DecidedFlow(1.0, "agents", SRC, 4000, DST, 9999, "udp", "", verdict)
 
 
-def test_the_generation_is_read_from_the_rules_set_names() -> None:
-    assert counting.generation_of(["@drops4a", "@drops6a"]) == 0
-    assert counting.generation_of(["drops4b", "passes6b"]) == 1
-    assert counting.generation_of(["@drops4a", "@drops6b"]) is None  # a mixture: not ours
-    assert counting.generation_of(["@logs4"]) is None
+def test_the_generation_is_what_the_marker_set_holds() -> None:
+    assert counting.generation_of(["0"]) == 0
+    assert counting.generation_of(["1"]) == 1
+    assert counting.generation_of(["0", "1"]) is None  # not what a swap leaves
+    assert counting.generation_of([]) is None
+    assert counting.generation_of(["2"]) is None
+
+
+def test_a_swap_moves_rules_and_marker_together() -> None:
+    script = counting.swap_script("egress", 1)
+    assert script.splitlines() == [
+        "flush set inet egress drops4b",
+        "flush set inet egress drops6b",
+        "flush set inet egress passes4b",
+        "flush set inet egress passes6b",
+        "flush chain inet egress count_drop",
+        "add rule inet egress count_drop update @drops4b { ip saddr . meta l4proto . ip daddr }",
+        "add rule inet egress count_drop update @drops6b { ip6 saddr . meta l4proto . ip6 daddr }",
+        "flush chain inet egress count_pass",
+        "add rule inet egress count_pass update @passes4b { ip saddr . meta l4proto . ip daddr }",
+        "add rule inet egress count_pass update @passes6b { ip6 saddr . meta l4proto . ip6 daddr }",
+        "flush set inet egress counting",
+        "add element inet egress counting { 1 }",
+    ]
