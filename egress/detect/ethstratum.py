@@ -76,7 +76,7 @@ def _match_side(side: jsonrpc.Payload) -> Finding | None:
             if method in MINING_METHODS:
                 found.append((offset, _label(side), message))
                 break
-            if b"EthereumStratum/" in message:
+            if message.find(b"EthereumStratum/") >= 0:
                 found.append((offset, "ethereum-stratum", message))
                 break
     offset = _work_package(text)

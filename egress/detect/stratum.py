@@ -54,7 +54,7 @@ def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
             continue
         message = _mining_message(side)
         if message is not None:
-            protocol = "ethereum-stratum" if b"EthereumStratum/" in message else "stratum-v1"
+            protocol = "ethereum-stratum" if message.find(b"EthereumStratum/") >= 0 else "stratum-v1"
             return Finding(Category.MINING, protocol, NAME, evidence(message))
     return None
 
