@@ -45,7 +45,9 @@ def plain(view: FlowView, match: SideMatch, client_only: bool) -> Result:
     return jsonrpc.drive(fresh, lambda client, server: match(client) or match(server))  # type: ignore[arg-type,return-value]
 
 
-def check(detect: Callable[[FlowView], Result], match: SideMatch, client_only: bool, steps: list[tuple[bool, bytes]]) -> None:
+def check(
+    detect: Callable[[FlowView], Result], match: SideMatch, client_only: bool, steps: list[tuple[bool, bytes]]
+) -> None:
     view = FlowView(META)
     for from_client, piece in steps:
         if from_client:
@@ -55,7 +57,8 @@ def check(detect: Callable[[FlowView], Result], match: SideMatch, client_only: b
         got = detect(view)
         if detect is not cryptonode.detect:  # cryptonode reads binary P2P first; its fresh view is asked whole
             assert got == plain(view, match, client_only), (view.client[:80], view.server[:80])
-        assert got == detect(FlowView(META, client=view.client, server=view.server)), (view.client[:80], view.server[:80])
+        fresh = FlowView(META, client=view.client, server=view.server)
+        assert got == detect(fresh), (view.client[:80], view.server[:80])
     view.complete = True
     assert detect(view) == detect(FlowView(META, client=view.client, server=view.server, complete=True))
 
