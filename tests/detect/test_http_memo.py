@@ -11,7 +11,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from egress.detect import circumvent, http, proxytunnel, upgrade
-from egress.detect.base import FlowMeta, FlowView, Result, Transport
+from egress.detect.base import MORE, FlowMeta, FlowView, Result, Transport
 from egress.detect.websocket import make_websocket_detector
 from tests.budget import examples
 from tests.detect import seeds
@@ -59,7 +59,7 @@ def test_the_kept_head_is_the_parse_of_every_longer_prefix_of_the_corpus_flows()
 
 def test_a_head_that_is_not_whole_is_not_kept() -> None:
     view = FlowView(META, client=b"GET / HTTP/1.1\r\nHost: a\r\n")
-    assert http.request_of(view) is http.MORE
+    assert http.request_of(view) is MORE
     assert http.REQUEST_MEMO not in view.memo
     view.client += b"Upgrade: h2c\r\n\r\n"
     request = http.request_of(view)
