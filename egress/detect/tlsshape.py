@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.detect import sshopening, tls
+from egress.detect import sshopening, tls, tlsfast
 from egress.detect.base import MORE, Category, Finding, evidence
 
 NAME = "tlsshape"
@@ -154,26 +154,16 @@ class TlsShape:
         side = self.client if from_client else self.server
         if not from_client and not self.version:
             self._server_hello(data)
-        data = side.buffer + data
-        side.buffer = b""
-        offset = 0
-        while offset < len(data) and not self.done:
-            if side.skip:
-                step = min(side.skip, len(data) - offset)
-                side.skip -= step
-                offset += step
-                continue
-            if len(data) - offset < 5:
-                side.buffer = data[offset:]
+        if self.done:  # the ServerHello did not parse
+            return None
+        lengths, side.skip, side.buffer, bad = _frame_of(side.buffer + data if side.buffer else data, side.skip)
+        for length in lengths:
+            self._record(from_client, side, length, now)
+            if self.done:  # nothing more to watch: the records after this one are not read
                 break
-            kind, length = data[offset], int.from_bytes(data[offset + 3 : offset + 5])
-            if kind not in (_CCS, 21, _HANDSHAKE, _APPLICATION) or data[offset + 1] != 3:
+        else:
+            if bad:
                 self.done = True  # not a TLS record stream (any more): nothing here to measure
-                break
-            side.skip = length
-            offset += 5
-            if kind == _APPLICATION:
-                self._record(from_client, side, length, now)
         return self.found[before] if len(self.found) > before else None
 
     def _server_hello(self, data: bytes) -> None:
@@ -241,6 +231,37 @@ class TlsShape:
             return None
         text = f"{len(aligned)} of the last {len(small)} small records are SSH packets (4 mod 8): {small}"
         return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
+
+
+def _frame(data: bytes, skip: int) -> tuple[list[int], int, bytes, bool]:
+    """One side's bytes cut into records (RFC 8446 §5.1), from ``skip`` body bytes of a record still to pass: the
+    lengths of the application-data records whose 5-byte headers are whole, in order; the body bytes still to pass
+    after ``data``; an unfinished header (to join to the next chunk); and whether a header that no TLS record has
+    ended the stream (the records after it are not TLS). The pure twin of _tlsfast.c's ``frame``."""
+    lengths: list[int] = []
+    offset = 0
+    while offset < len(data):
+        if skip:
+            step = min(skip, len(data) - offset)
+            skip -= step
+            offset += step
+            continue
+        if len(data) - offset < 5:
+            return lengths, skip, data[offset:], False
+        kind, length = data[offset], int.from_bytes(data[offset + 3 : offset + 5])
+        if kind not in (_CCS, 21, _HANDSHAKE, _APPLICATION) or data[offset + 1] != 3:
+            return lengths, skip, b"", True
+        skip = length
+        offset += 5
+        if kind == _APPLICATION:
+            lengths.append(length)
+    return lengths, skip, b"", False
+
+
+_frame_of: Callable[[bytes, int], tuple[list[int], int, bytes, bool]] = (
+    tlsfast.COMPILED.frame if tlsfast.COMPILED is not None else _frame
+)
+"""`_frame`, compiled where _tlsfast.c was built (`egress.detect.tlsfast`)."""
 
 
 def _bursts(records: list[Record]) -> list[tuple[bool, int, int]]:
