@@ -12,12 +12,13 @@ import pathlib
 import random
 import ssl
 import types
+from collections.abc import Callable
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from egress.detect import tls, tlsfast, tlsshape
+from egress.detect import sshopening, tls, tlsfast, tlsshape
 from egress.detect.base import MORE, Finding
 from egress.detect.tlsshape import TlsShape
 from egress.proxy.relay import Watch
@@ -232,7 +233,8 @@ def test_framing_is_the_same_on_random_bytes(data: bytes, skip: int) -> None:
 
 
 class _Before(TlsShape):
-    """`TlsShape` with `feed` as it was before the framing moved out of it (main at 5261bc3): the reference."""
+    """`TlsShape` with `feed` and `_record` as they were before the framing moved out and the checks that cannot
+    find anything yet were skipped (main at 5261bc3): the reference."""
 
     def feed(self, from_client: bool, data: bytes, now: float) -> Finding | None:
         if self.done:
@@ -263,9 +265,91 @@ class _Before(TlsShape):
                 self._record(from_client, side, length, now)
         return self.found[before] if len(self.found) > before else None
 
+    def _record(self, from_client: bool, side: tlsshape._Side, length: int, now: float) -> None:
+        side.encrypted += 1
+        if self.version >= 0x0304:
+            if from_client and side.encrypted == 1:
+                self.client_finished = True  # the client's Finished
+                return
+            if not from_client and not self.client_finished:
+                return  # the server's encrypted handshake
+        size = length - (self.overhead if self.overhead is not None else 24)
+        record = tlsshape.Record(from_client, max(size, 0), now)
+        self.count += 1
+        self.plaintext += record.size
+        sshopening.add_turn(self.turns, record)
+        seen = {finding.protocol for finding in self.found}
+        checks: tuple[Callable[[], Finding | None], ...] = (
+            lambda: sshopening.by_turns(self.turns) if self.overhead is not None else None,
+            lambda: sshopening.by_record(self.records),
+            self._ssh,
+            lambda: tlsshape._tls_in_tls(self.records),
+            lambda: tlsshape._echo(self.records),
+        )
+        if self.count > tlsshape.MAX_RECORDS:
+            checks = checks[:1]  # only an opening cut into tiny records keeps the watch going this far
+        else:
+            self.records.append(record)
+            checks = checks if self.suspicions else checks[:3]
+        for check in checks:
+            finding = check()
+            if finding is not None and finding.protocol not in seen:
+                self.found.append(finding)
+                break
+        opening = len(self.turns) <= sshopening.OPENING_BURSTS and self.plaintext <= sshopening.OPENING_BYTES
+        if any(f.protocol not in tlsshape.SUSPECTED for f in self.found) or (
+            self.count >= tlsshape.MAX_RECORDS and (not opening or self.count >= tlsshape.RECORDS_CAP)
+        ):
+            self.done = True
+
 
 def _state(shape: TlsShape) -> tuple[object, ...]:
     return (shape.found, shape.records, shape.turns, shape.count, shape.plaintext, shape.done, shape.version)
+
+
+def _varied(trace: traces.Trace, rng: random.Random, exact: bool = False) -> list[tuple[bool, bytes, float]]:
+    """A trace's records with sizes, times and sides moved a little (a record dropped, doubled or turned round
+    now and then): shapes near each check's edges, found and not found. ``exact``: as recorded."""
+    hello, records = trace
+    out: list[tuple[bool, bytes, float]] = []
+    first_server = True
+    for ms, side, kind, length in records:
+        if side == "s" and first_server:
+            out.append((False, bytes.fromhex(hello), ms / 1000))
+            first_server = False
+            continue
+        roll = 0.5 if exact else rng.random()
+        if roll < 0.04:
+            continue
+        if roll < 0.08:
+            side = "c" if side == "s" else "s"
+        if kind == 23 and not exact and rng.random() < 0.3:
+            length = max(17, length + rng.choice((-16, -8, -4, -1, 1, 4, 8, 16, 64, 500)))
+        at = ms / 1000 if exact else max(0.0, ms / 1000 + rng.choice((0.0, 0.0, 0.005, -0.005, 0.02, 0.1)))
+        out.append((side == "c", _record(kind, length), at))
+        if roll > 0.97:
+            out.append((side == "c", _record(kind, length), at))
+    return out
+
+
+@pytest.mark.parametrize("suspicions", [True, False])
+def test_the_checks_skipped_early_answer_as_running_them_all(suspicions: bool) -> None:
+    """Every recorded trace, and 400 varied ones of each, fed to the watcher and to `_Before` (every check at every
+    record): the same answer after every chunk and the same state; among them each shape is found (so the skipped
+    checks were asked where they find something) and each is missed."""
+    rng = random.Random(17)
+    named = [traces.SSH_EXEC, traces.SSH_SOCKS, traces.SSH_SHELL, traces.TLS_IN_TLS, traces.TLS_IN_TLS_BULK]
+    named += [traces.PTY_SHELL, *traces.HTTPS]
+    found: set[str] = set()
+    for trace in named:
+        for variant in range(examples(400) + 1):
+            chunks = _varied(trace, rng) if variant else _varied(trace, rng, exact=True)
+            shape, reference = TlsShape(suspicions=suspicions), _Before(suspicions=suspicions)
+            got = [shape.feed(c, d, t) for c, d, t in chunks]
+            want = [reference.feed(c, d, t) for c, d, t in chunks]
+            assert got == want and _state(shape) == _state(reference), (variant, chunks)
+            found |= {finding.protocol for finding in shape.found}
+    assert found == ({"ssh-in-tls", "tls-in-tls", "interactive-shell"} if suspicions else {"ssh-in-tls"})
 
 
 @pytest.mark.parametrize("split", [0, 1, 3, 7, 1000])
@@ -376,3 +460,66 @@ def test_an_error_in_the_framing_closes_the_relay(monkeypatch: pytest.MonkeyPatc
     assert not watch.passes(True, _real_hellos()[0])
     assert not watch.passes(False, b"\x16\x03\x03\x00\x01\x02")
     assert watch.closed and not watch.finished
+
+
+def test_random_record_runs_near_each_checks_edge_answer_as_running_them_all() -> None:
+    """Runs of records made to reach a shape at its very first chance (SSH sizes, keystroke echoes, bursts) or just
+    miss it: the watcher and `_Before` agree after every record (a check skipped one record too long differs)."""
+    rng = random.Random(18)
+    hello = bytes.fromhex(traces.SSH_EXEC[0])
+    found: dict[str, int] = {}
+    for _ in range(examples(4_000)):
+        shape, reference = TlsShape(), _Before()
+        chunks = [(False, hello, 0.0), (True, _record(23, 40), 0.001)]  # the ServerHello, the client's Finished
+        at = 0.01
+        typing = rng.random() < 0.3  # a keystroke and its echo, turn about, now and then one that is not
+        spoilt = rng.randrange(24) if rng.random() < 0.5 else -1  # one keystroke or echo just past a bound
+        for index in range(rng.randrange(14, 20) if typing else rng.randrange(4, 16)):
+            if typing:
+                from_client = index % 2 == 0
+                size = 17 + (rng.choice((1, 3, 64)) if from_client else rng.choice((1, 40, 128)))
+                at += rng.choice((0.03, 0.02)) if from_client else rng.choice((0.002, 0.1))
+                if index == spoilt:
+                    size, at = rng.choice(((17 + 65 + 64 * (not from_client), at), (size, at + 0.001)))
+            else:
+                from_client = rng.random() < 0.5 if index else True
+                size = rng.choice((17 + 4 + 8 * rng.randrange(1, 8), 17 + rng.randrange(1, 128), 17 + 600, 17 + 5000))
+                at += rng.choice((0.001, 0.03, 0.05, 0.2))
+            chunks.append((from_client, _record(23, size), at))
+        for chunk in chunks:
+            assert shape.feed(*chunk) == reference.feed(*chunk)
+            assert _state(shape) == _state(reference), chunks
+        for finding in shape.found:
+            found[finding.protocol] = found.get(finding.protocol, 0) + 1
+    assert set(found) == {"ssh-in-tls", "tls-in-tls", "interactive-shell"}, found
+
+
+def test_records_behind_the_one_that_ends_the_watch_are_not_read(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client record that completes ``ssh-in-tls`` arrives with more records in the same chunk: neither
+    framing reads them (the watch ended on that record, as `_Before` ends it)."""
+    hello, records = traces.SSH_EXEC
+    _, at = _first_finding(hello, records)
+    chunks = [(side == "c", data, ms) for side, data, ms in _chunks_of(hello, records[: at + 1])]
+    chunks[-1] = (chunks[-1][0], chunks[-1][1] + _record(23, 44) * 3, chunks[-1][2])
+    for framing in (tlsfast.COMPILED.frame if tlsfast.COMPILED else tlsshape._frame, tlsshape._frame):
+        monkeypatch.setattr(tlsshape, "_frame_of", framing)
+        shape, reference = TlsShape(), _Before()
+        assert [shape.feed(*chunk) for chunk in chunks] == [reference.feed(*chunk) for chunk in chunks]
+        assert shape.done and shape.found[-1].protocol == "ssh-in-tls"
+        assert _state(shape) == _state(reference)
+
+
+def _chunks_of(hello: str, records: tuple[tuple[float, str, int, int], ...]) -> list[tuple[str, bytes, float]]:
+    first = next(index for index, record in enumerate(records) if record[1] == "s")
+    return [
+        (side, bytes.fromhex(hello) if index == first else _record(kind, length), ms / 1000)
+        for index, (ms, side, kind, length) in enumerate(records)
+    ]
+
+
+def _first_finding(hello: str, records: tuple[tuple[float, str, int, int], ...]) -> tuple[object, int]:
+    shape = _Before()
+    for index, (side, data, ms) in enumerate(_chunks_of(hello, records)):
+        if shape.feed(side == "c", data, ms) is not None:
+            return shape.found[-1], index
+    raise AssertionError("no finding")
