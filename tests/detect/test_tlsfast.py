@@ -7,10 +7,14 @@ compiled path closes the relay."""
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import pathlib
 import random
+import shutil
 import ssl
+import subprocess
+import sys
 import types
 from collections.abc import Callable
 
@@ -418,34 +422,51 @@ def test_a_watcher_ends_at_a_header_that_is_not_tls_and_reads_no_record_after_a_
     assert shape.feed(True, _record(23, 44) * 5, 9.0) is None and shape.count == count
 
 
-def test_a_stale_or_foreign_build_is_refused(tmp_path: pathlib.Path) -> None:
-    source = tmp_path / "_tlsfast.c"
-    source.write_bytes(b"/* one version */\n")
-    import hashlib
-
-    digest = hashlib.sha256(source.read_bytes()).hexdigest()
-    assert tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI, SOURCE=digest), source) is None
-    assert "another version" in str(tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI, SOURCE="0" * 64), source))
-    assert "ABI" in str(tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI + 1, SOURCE=digest), source))
-    assert tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI, SOURCE="x"), tmp_path / "absent.c") is None
-    if tlsfast.COMPILED is not None:  # the build in this tree is from the source beside it
-        assert tlsfast.stale(tlsfast.COMPILED) is None
+def test_a_stale_or_foreign_build_is_refused() -> None:
+    digest = hashlib.sha256(b"/* one version */").hexdigest()
+    assert tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI, SOURCE=digest), digest) is None
+    assert "another version" in str(tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI, SOURCE="0" * 64), digest))
+    assert "ABI" in str(tlsfast.stale(types.SimpleNamespace(ABI=tlsfast.ABI + 1, SOURCE=digest), digest))
+    assert "ABI" in str(tlsfast.stale(types.SimpleNamespace(), None))
 
 
-def test_the_pure_path_runs_when_asked_or_when_the_module_is_missing() -> None:
-    """``EGRESS_TLS_PURE=1`` (and a tree without the module, the same code path) loads no compiled module, and the
+@compiled_only
+def test_the_build_here_is_from_the_source_beside_it() -> None:
+    """The pure stage reads no files, so this is where a build older than _tlsfast.c is caught (run
+    deploy/bootstrap.sh or pip install -e . again): its answers would no longer be the source's."""
+    source = ROOT / "egress" / "detect" / "_tlsfast.c"
+    assert tlsfast.stale(tlsfast.COMPILED, hashlib.sha256(source.read_bytes()).hexdigest()) is None
+
+
+def test_the_pure_path_runs_where_the_module_is_missing() -> None:
+    """A tree without the module (no C compiler where egress was installed): no compiled module is loaded, and the
     parse and the watcher still answer."""
-    import subprocess
-    import sys
-
     code = (
+        "import sys\n"
+        "sys.modules['egress.detect._tlsfast'] = None  # an import of it fails as where it was never built\n"
         "from egress.detect import tls, tlsfast, tlsshape\n"
         "assert tlsfast.COMPILED is None and tls._fast_client_hello is None and tlsshape._frame_of is tlsshape._frame\n"
         f"print(tls.parse_client_hello(bytes.fromhex({test_tls.ANDROID_GOOGLE_HELLO.hex()!r})).sni)\n"
     )
-    env = {**os.environ, tlsfast.PURE_ENV: "1"}
-    out = subprocess.run([sys.executable, "-c", code], env=env, cwd=ROOT, capture_output=True, text=True, check=True)
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "www.google.com"
+
+
+def test_the_package_installs_without_a_c_compiler(tmp_path: pathlib.Path) -> None:
+    """setup.py's extensions are optional: with no working compiler the build goes on and makes neither module."""
+    python = shutil.which("python3")
+    probe = subprocess.run([python or "python3", "-c", "import setuptools"], capture_output=True, check=False)
+    if python is None or probe.returncode:
+        pytest.skip("no python3 with setuptools to build with")
+    shutil.copy(ROOT / "setup.py", tmp_path / "setup.py")
+    for part in ("capture/_hot.c", "detect/_tlsfast.c"):
+        (tmp_path / "egress" / part).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy(ROOT / "egress" / part, tmp_path / "egress" / part)
+    env = {**os.environ, "CC": "false", "LDSHARED": "false"}
+    command = [python, "setup.py", "-q", "build_ext", "--inplace"]
+    build = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, env=env, check=False)
+    assert build.returncode == 0, build.stderr
+    assert not list((tmp_path / "egress").rglob("*.so"))
 
 
 def test_an_error_in_the_framing_closes_the_relay(monkeypatch: pytest.MonkeyPatch) -> None:
