@@ -14,7 +14,7 @@ average. Speed is measured here, never asserted in the lab module (tests/securit
 
     python bench/dns_flood.py                               # 120 connections x 1,200 queries, then UDP; 2 rounds
     python bench/dns_flood.py --flood udp --rounds 1
-    PYTHONPATH=/path/to/main python /path/to/main/bench/dns_flood.py   # another checkout's resolver (before)
+    cd /path/to/main && PYTHONPATH=$PWD python bench/dns_flood.py    # another checkout's resolver (run from there)
 """
 
 from __future__ import annotations
