@@ -69,7 +69,14 @@ def test_one_sandboxs_flood_of_pipelined_queries_leaves_anothers_dns_answered(la
     assert not unanswered, note
 
 
+def _said(lab: SecurityLab) -> list[str]:
+    return (lab.logs / "gateway.log").read_text(errors="replace").splitlines()
+
+
 def test_one_sandboxs_udp_flood_leaves_anothers_udp_dns_answered(lab: SecurityLab) -> None:
+    """Also the supervisor's liveness probe (from 127.0.0.1): on main it waited in the flood's queue, the resolver
+    was declared down and every sandbox locked down, twice in the 40 s."""
+    before = len(_said(lab))
     argv = [sys.executable, "-c", UDP_KIT, GATEWAY_SBX_V4, AGENT, BUILDER, "allowed.lab"]
     done = lab.sandbox(argv, timeout=600)
     lines = done.stdout.strip().splitlines()
@@ -78,12 +85,15 @@ def test_one_sandboxs_udp_flood_leaves_anothers_udp_dns_answered(lab: SecurityLa
     flood, probes = seen["flood"], [p for p in seen["probes"] if p["during_flood"]]
     unanswered = [p for p in probes if p["seconds"] is None]
     slowest = max((p["seconds"] for p in probes if p["seconds"] is not None), default=None)
+    said = _said(lab)[before:]
+    down = [line for line in said if "resolver is down" in line]
     note = (f"UDP flood {flood['answered']}/{flood['sent']} answered; builder asked {len(probes)} during it, "
-            f"{len(unanswered)} unanswered in {UDP_BUDGET:.0f} s, slowest {slowest}")  # fmt: skip
-    said = (lab.logs / "gateway.log").read_text(errors="replace").splitlines()
+            f"{len(unanswered)} unanswered in {UDP_BUDGET:.0f} s, slowest {slowest}; resolver declared down "
+            f"{len(down)} times")  # fmt: skip
     warned = [line for line in said if ("WARNING" in line or "ERROR" in line) and " decision " not in line]
     print("\n".join(warned)[-4000:])  # shown on failure: what the gateway said of its resolver
     report("redteam/dns-udp-flood", "denial", 0, bool(unanswered) or not probes, None, note)
-    assert flood["sent"] > 10 * flood["answered"] > 0, note  # the flood ran, far past what the resolver answers
+    assert flood["sent"] > 3 * flood["answered"] > 0, note  # the flood ran, well past what the resolver answers
     assert probes, note
     assert not unanswered, note
+    assert not down, note  # the supervisor's probe was answered all along: no lockdown
