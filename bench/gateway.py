@@ -54,6 +54,7 @@ sys.path.insert(0, str(HERE.parent))
 
 from egress.lab import netns, sandbox_io, servers  # noqa: E402
 from egress.lab.topology import GATEWAY_SBX_V4, Lab, server  # noqa: E402
+from tests.sockio import recv_at_least, recv_until  # noqa: E402
 
 HOST = "allowed.lab"
 TIMEOUT = 5.0
@@ -191,22 +192,12 @@ def bulk(address: str, cafile: str, streams: int, seconds: float) -> Result:
 
 def _read_response(sock: socket.socket | ssl.SSLSocket, pending: bytes = b"") -> bytes:
     """Read one HTTP response with a Content-Length body; return what was read past it."""
-    data = pending
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed before the response head")
-        data += chunk
+    data = recv_until(sock, b"\r\n\r\n", pending, closed="closed before the response head")
     head, _, rest = data.partition(b"\r\n\r\n")
     if not head.startswith(b"HTTP/1.1 200"):
         raise ConnectionError(f"answer {head.split(b'\r\n', 1)[0][:60]!r}")
     length = _content_length(head)
-    while len(rest) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed inside the response body")
-        rest += chunk
-    return rest[length:]
+    return recv_at_least(sock, length, rest, closed="closed inside the response body")[length:]
 
 
 def connections(address: str, cafile: str, concurrency: int, seconds: float) -> Result:

@@ -26,33 +26,24 @@ from typing import Final
 
 from egress.lab import servers
 from tests.ports import free_port
+from tests.sockio import recv_at_least, recv_until
 from tests.waiting import eventually, scaled
 
 REDIS_SERVER: Final = shutil.which("redis-server")
 REDIS_CLI: Final = shutil.which("redis-cli")
 START_TIMEOUT: Final = 15.0
 SOCKET_NAME: Final = "redis.sock"
+_CLOSED: Final = "redis closed the connection"
 
 
 def _command(sock: socket.socket, *words: str) -> bytes:
     """Send one command and read one bulk or simple reply (enough for PING and INFO)."""
     sock.sendall(f"*{len(words)}\r\n".encode() + b"".join(f"${len(w)}\r\n{w}\r\n".encode() for w in words))
-    data = b""
-    while b"\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("redis closed the connection")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n")
+    head, _, rest = recv_until(sock, b"\r\n", closed=_CLOSED).partition(b"\r\n")
     if head[:1] != b"$":
         return head
     size = int(head[1:])
-    while len(rest) < size + 2:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("redis closed the connection")
-        rest += chunk
-    return rest[:size]
+    return recv_at_least(sock, size + 2, rest, closed=_CLOSED)[:size]
 
 
 FAILOVER_NODE_TIMEOUT_MS = 3000

@@ -133,7 +133,7 @@ def _judge_tls(view: FlowView) -> Result:
 
 
 def _judge_http(view: FlowView) -> Result:
-    request = http.parse_request(view.client)
+    request = http.request_of(view)
     if request is MORE:
         return None if view.complete else MORE
     if not isinstance(request, http.HttpRequest):

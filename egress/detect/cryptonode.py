@@ -147,7 +147,8 @@ def _node_rpc(side: jsonrpc.Payload) -> Finding | None:
     return Finding(Category.CRYPTO_NODE, protocol, NAME, evidence(message))
 
 
-def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
+def _match(client: jsonrpc.Payload) -> Finding | None:
+    """The client's finding: a node call is the client's (the server's side is not asked: `jsonrpc.drive_sides`)."""
     if client.kind is jsonrpc.Kind.JSON:
         return _node_rpc(client)
     return None
@@ -164,4 +165,4 @@ def detect(view: FlowView) -> Result:
             pending = pending or found is MORE
     if pending and not view.complete:
         return MORE
-    return jsonrpc.drive(view, _match)
+    return jsonrpc.drive_sides(view, _match, client_only=True)

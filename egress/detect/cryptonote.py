@@ -53,15 +53,15 @@ def _match_side(side: jsonrpc.Payload) -> bytes | None:
     return min(found)[1] if found else None
 
 
-def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
-    for side in (client, server):
-        if side.kind is jsonrpc.Kind.JSON:
-            message = _match_side(side)
-            if message is not None:
-                return Finding(Category.MINING, PROTOCOL, NAME, evidence(message))
+def _match(side: jsonrpc.Payload) -> Finding | None:
+    """One direction's finding (the client's is asked first: `jsonrpc.drive_sides`)."""
+    if side.kind is jsonrpc.Kind.JSON:
+        message = _match_side(side)
+        if message is not None:
+            return Finding(Category.MINING, PROTOCOL, NAME, evidence(message))
     return None
 
 
 def detect(view: FlowView) -> Result:
     """Find XMRig-style CryptoNote stratum on a TCP stream (or unwrapped WebSocket/TLS payloads)."""
-    return jsonrpc.drive(view, _match)
+    return jsonrpc.drive_sides(view, _match)

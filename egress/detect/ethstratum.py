@@ -76,7 +76,7 @@ def _match_side(side: jsonrpc.Payload) -> Finding | None:
             if method in MINING_METHODS:
                 found.append((offset, _label(side), message))
                 break
-            if b"EthereumStratum/" in message:
+            if message.find(b"EthereumStratum/") >= 0:
                 found.append((offset, "ethereum-stratum", message))
                 break
     offset = _work_package(text)
@@ -89,15 +89,11 @@ def _match_side(side: jsonrpc.Payload) -> Finding | None:
     return Finding(Category.MINING, protocol, NAME, evidence(message))
 
 
-def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
-    for side in (client, server):
-        if side.kind is jsonrpc.Kind.JSON:
-            found = _match_side(side)
-            if found is not None:
-                return found
-    return None
+def _match(side: jsonrpc.Payload) -> Finding | None:
+    """One direction's finding (the client's is asked first: `jsonrpc.drive_sides`)."""
+    return _match_side(side) if side.kind is jsonrpc.Kind.JSON else None
 
 
 def detect(view: FlowView) -> Result:
     """Find Ethereum work-package mining (eth-proxy stratum or HTTP getWork) on a TCP stream."""
-    return jsonrpc.drive(view, _match)
+    return jsonrpc.drive_sides(view, _match)

@@ -52,19 +52,19 @@ def _body_message(side: jsonrpc.Payload) -> tuple[int, str, bytes] | None:
     return min(found) if found else None
 
 
-def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
-    for side in (client, server):
-        header = _header(side.heads)
-        body = _body_message(side) if side.kind is jsonrpc.Kind.JSON else None
-        # Whichever HTTP message comes first (a head before its own body), so that the answer does not depend on
-        # how much of a pipelined stream a prefix holds.
-        if header is not None and (body is None or header[0] <= side.message_index(body[0])):
-            return Finding(Category.MINING, "mining-http-header", NAME, evidence(header[1]))
-        if body is not None:
-            return Finding(Category.MINING, body[1], NAME, evidence(body[2]))
+def _match(side: jsonrpc.Payload) -> Finding | None:
+    """One direction's finding (the client's is asked first: `jsonrpc.drive_sides`)."""
+    header = _header(side.heads)
+    body = _body_message(side) if side.kind is jsonrpc.Kind.JSON else None
+    # Whichever HTTP message comes first (a head before its own body), so that the answer does not depend on
+    # how much of a pipelined stream a prefix holds.
+    if header is not None and (body is None or header[0] <= side.message_index(body[0])):
+        return Finding(Category.MINING, "mining-http-header", NAME, evidence(header[1]))
+    if body is not None:
+        return Finding(Category.MINING, body[1], NAME, evidence(body[2]))
     return None
 
 
 def detect(view: FlowView) -> Result:
     """Find HTTP getwork/getblocktemplate mining and the mining-extension headers on a TCP stream."""
-    return jsonrpc.drive(view, _match)
+    return jsonrpc.drive_sides(view, _match)

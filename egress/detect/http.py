@@ -14,6 +14,9 @@ Public surface:
 Each parse keeps its last answer with the very bytes object it read (`_last_request`): the detectors of one flow all ask
 about the same ``view.client`` in turn (upgrade, CONNECT, circumvention, names, the opaque-stream test), and a
 second ask of the same object costs one identity test. Bytes are immutable, so the same object reads the same.
+A flow's whole request head is kept in its view's memo (`request_of`): the detectors that run at every longer
+prefix of an HTTP flow (``upgrade``) read it once, not once per segment (the one-object memo above is another
+flow's by then).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 
-from egress.detect.base import MORE, _More
+from egress.detect.base import MORE, FlowView, _More
 
 HEAD_MAX = 8192
 """A head longer than this is not taken for HTTP (common server limits are 8 KiB)."""
@@ -126,6 +129,27 @@ def parse_response(prefix: bytes) -> HttpResponse | None | _More:
     answer = _parse_response(prefix)
     _last_response[0] = (prefix, answer)
     return answer
+
+
+REQUEST_MEMO = "egress.detect.http"
+"""The key of a view's memo (`FlowView.memo`) under which `request_of` keeps the client's whole request head."""
+
+
+def request_of(view: FlowView) -> HttpRequest | None | _More:
+    """``parse_request(view.client)``, read once per view: a whole request head (an `HttpRequest`) is the same
+    for every longer prefix of the stream, so it is kept in the view's memo and the detectors that ask at each
+    prefix (``upgrade``, CONNECT, circumvention, WebSocket) parse it once. Why it is the same: the start line's
+    method is read from the first bytes; the head ends at the first blank line (``\\n\\n`` or ``\\r\\n\\r\\n``,
+    searched within `HEAD_MAX`), and a blank line found in a prefix stays the first in any longer one (one that
+    only more bytes complete starts after it). `None` and `MORE` are not kept (`MORE` changes with more bytes).
+    tests/detect/test_http_memo.py holds it to `parse_request` at every prefix of generated and corpus streams."""
+    kept = view.memo.get(REQUEST_MEMO)
+    if isinstance(kept, HttpRequest):
+        return kept
+    request = parse_request(view.client)
+    if isinstance(request, HttpRequest):
+        view.memo[REQUEST_MEMO] = request
+    return request
 
 
 def _parse_request(prefix: bytes) -> HttpRequest | None | _More:

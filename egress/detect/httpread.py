@@ -29,11 +29,11 @@ def start_pieces(start: str) -> list[bytes]:
         text = start.partition(" ")[2].rpartition(" ")[0]  # METHOD TARGET HTTP/1.1: the target
     raw = text.encode("utf-8", "surrogateescape")
     found: list[bytes] = []
-    for form in (raw, raw.replace(b"+", b" ")) if b"+" in raw else (raw,):
+    for form in (raw, raw.replace(b"+", b" ")) if 0x2B in raw else (raw,):
         for _ in range(UNQUOTE_ROUNDS + 1):
-            if (b"{" in form or b"[" in form) and form not in found:
+            if (0x7B in form or 0x5B in form) and form not in found:
                 found.append(form)
-            decoded = unquote_to_bytes(form) if b"%" in form else form
+            decoded = unquote_to_bytes(form) if 0x25 in form else form
             if decoded == form:
                 break
             form = decoded

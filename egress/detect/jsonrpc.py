@@ -29,7 +29,7 @@ import enum
 import functools
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Final
 
@@ -472,6 +472,9 @@ class Reading:
     """The string values that are documents (`wrap`) read entirely within that stable text, and where the search
     for more goes on:"""
     wrap_resume: int = 0
+    asked: dict[SideMatcher, Payload] = field(default_factory=dict)
+    """`drive_sides`: the `Payload` object each side matcher last answered None for (a memo: `Payload` is frozen and
+    every side matcher a pure function of it, so the very object answers the same)."""
 
     def read(self, data: bytes, complete: bool) -> Payload:
         """What ``data`` (this direction's prefix now) reads as, as `payload` reads it."""
@@ -496,8 +499,10 @@ class Reading:
                 found = Payload(found.kind, text, found.heads, complete, found.body_starts, tuple(calls), markup)
         elif complete:  # `dataclasses.replace` of these two fields, without its generic walk over every field
             found = Payload(found.kind, found.text, found.heads, True, found.body_starts, found.calls)
+        if found == self.found:  # new bytes that change nothing read (a non-JSON body, binary without a bracket)
+            return self.found  # the same object: `drive_sides` knows its answers
         self.found = found
-        return self.found
+        return found
 
     def decode(self, data: bytes) -> bytes:
         """`decode` of ``data``, of whose bytes only those from ``cut`` on are decoded now."""
@@ -550,6 +555,8 @@ def _first_brace(data: bytes) -> int:
 
 Matcher = Callable[[Payload, Payload], Finding | None]
 """Looks at both directions (client, server) and returns a finding or None."""
+SideMatcher = Callable[[Payload], Finding | None]
+"""Looks at one direction and returns a finding or None: a pure function of the `Payload` (`drive_sides`)."""
 
 
 def drive(view: FlowView, match: Matcher) -> Result:
@@ -573,4 +580,38 @@ def drive(view: FlowView, match: Matcher) -> Result:
     finding = match(client, server)
     if finding is not None:
         return finding
+    return None if view.complete else MORE
+
+
+def drive_sides(view: FlowView, match: SideMatcher, client_only: bool = False) -> Result:
+    """`drive` of ``lambda client, server: match(client) or match(server)`` (``match(client)`` alone with
+    ``client_only``), asking ``match`` only about a side it has not answered None for already.
+
+    A segment grows one side, so the other side's `Payload` is the very object the last run read (`Reading`
+    keeps it, and keeps the old object where new bytes read the same); ``match`` is a pure function of a frozen
+    `Payload`, so its answer for that object is the one it gave (docs/scanner-hot-path.md, scan16).
+    tests/detect/test_jsonrpc_sides.py holds each detector to `drive` of both sides at every prefix."""
+    readings = view.memo.get(__name__)
+    if not isinstance(readings, tuple):
+        readings = view.memo[__name__] = (Reading(), Reading())
+    first, second = readings
+    data, complete = view.client, view.complete
+    client = first.found if data is first.raw and complete == first.complete else first.read(data, complete)
+    data = view.server
+    server = second.found if data is second.raw and complete == second.complete else second.read(data, complete)
+    if client.kind is Kind.NOT and server.kind is Kind.NOT:
+        return None
+    asked = first.asked
+    if asked.get(match) is not client:
+        finding = match(client)
+        if finding is not None:
+            return finding
+        asked[match] = client
+    if not client_only:
+        asked = second.asked
+        if asked.get(match) is not server:
+            finding = match(server)
+            if finding is not None:
+                return finding
+            asked[match] = server
     return None if view.complete else MORE

@@ -35,9 +35,10 @@ WRAPPED_MAX: Final = 16 * 1024
 """Bytes of one string value read as a document (a Stratum or XML-RPC call is far shorter)."""
 _WRAPPED: Final = re.compile(rb'"[ \t\r\n]*[{\[<]')
 """A string whose text starts with a bracket or a tag (or a closing quote before one: then its text is read too)."""
-_WRAP_GATE: Final = (b"\\", b"<", b"'")
+_WRAP_GATE: Final = (0x5C, 0x3C, 0x27)
 """What such a string's document holds, one at least: an escaped quote (``\\"``, ``\\u0022``), a tag, or a lenient
-reader's single quote. JSON text without any of them is not searched (each a ``memchr``)."""
+reader's single quote. JSON text without any of them is not searched (each a ``memchr``: an integer in bytes, not
+a one-byte bytes, which costs a raised and cleared TypeError first; jsonrpc.py's `_HTTP_FIRST` says why)."""
 _STRING_END: Final = re.compile(rb'(?:[^"\\]++|\\.)*+')
 _STRING_ESCAPE: Final = re.compile(rb'\\(?:(["\\/])|([nrt])|[uU]00(22|5[cC]))')
 

@@ -168,7 +168,7 @@ def _describe5(data: bytes, start: int) -> str:
 
 
 def _connect(view: FlowView) -> Result:
-    request = http.parse_request(view.client)
+    request = http.request_of(view)
     if not isinstance(request, http.HttpRequest):
         return None if request is None or view.complete else MORE
     if request.method != "CONNECT":

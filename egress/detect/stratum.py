@@ -48,17 +48,17 @@ def _mining_message(side: jsonrpc.Payload) -> bytes | None:
     return min(found)[1] if found else None
 
 
-def _match(client: jsonrpc.Payload, server: jsonrpc.Payload) -> Finding | None:
-    for side in (client, server):
-        if side.kind is not jsonrpc.Kind.JSON:
-            continue
-        message = _mining_message(side)
-        if message is not None:
-            protocol = "ethereum-stratum" if b"EthereumStratum/" in message else "stratum-v1"
-            return Finding(Category.MINING, protocol, NAME, evidence(message))
-    return None
+def _match(side: jsonrpc.Payload) -> Finding | None:
+    """One direction's finding (the client's is asked first: `jsonrpc.drive_sides`)."""
+    if side.kind is not jsonrpc.Kind.JSON:
+        return None
+    message = _mining_message(side)
+    if message is None:
+        return None
+    protocol = "ethereum-stratum" if message.find(b"EthereumStratum/") >= 0 else "stratum-v1"
+    return Finding(Category.MINING, protocol, NAME, evidence(message))
 
 
 def detect(view: FlowView) -> Result:
     """Find Stratum v1 ``mining.*`` traffic on a TCP stream (or unwrapped WebSocket/TLS payloads)."""
-    return jsonrpc.drive(view, _match)
+    return jsonrpc.drive_sides(view, _match)

@@ -56,7 +56,7 @@ def _setup_connection(data: bytes) -> Result:
 
 def _looks_random(data: bytes) -> bool:
     printable = sum(1 for byte in data if 0x20 <= byte < 0x7F)
-    return b"\x00\x00\x00\x00" not in data and printable < len(data) * 3 // 4 and len(set(data)) > len(data) // 3
+    return data.find(b"\x00\x00\x00\x00") < 0 and printable < len(data) * 3 // 4 and len(set(data)) > len(data) // 3
 
 
 def _noise_shape(view: FlowView) -> Result:

@@ -54,7 +54,7 @@ def _asks(head: bytes) -> Finding | None:
     a protocol it may not. Each longer prefix of a stream asks again about every head, so the common head is
     answered unparsed: one without the letters of ``upgrade`` in any case has no such field (field names are
     ASCII tokens, lowercased by the parser), and `refused` of no field is None."""
-    if head.startswith(b"HTTP/") or b"upgrade" not in head.lower():
+    if head.startswith(b"HTTP/") or head.lower().find(b"upgrade") < 0:
         return None
     message = http.parse_request(head + b"\r\n\r\n")
     if not isinstance(message, http.HttpRequest):
@@ -66,7 +66,7 @@ def _switches(head: bytes) -> Finding | None:
     """The finding of one server head, if it is a ``101`` switching to anything but a WebSocket (a ``101`` with no
     ``Upgrade`` field too). Its status code sits between the first two spaces of the status line, so a head
     without ``" 101"`` is no ``101``."""
-    if not head.startswith(b"HTTP/") or b" 101" not in head:
+    if not head.startswith(b"HTTP/") or head.find(b" 101") < 0:
         return None
     message = http.parse_response(head + b"\r\n\r\n")
     if not isinstance(message, http.HttpResponse) or message.status != 101:
@@ -80,7 +80,7 @@ def detect(view: FlowView) -> Result:
     ``101`` switching to one. Undecided while the flow is HTTP and goes on: a later request may ask."""
     if view.meta.transport is not Transport.TCP:
         return None
-    first = http.parse_request(view.client)
+    first = http.request_of(view)  # read once per flow: the memo keeps a whole head
     if first is None:
         return None
     if first is MORE:

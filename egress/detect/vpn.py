@@ -77,7 +77,7 @@ def _ovpn_match(mine: list[bytes], theirs: list[bytes]) -> Finding | None:
     if theirs:
         answer = theirs[0]
         wanted = _OVPN_RESETS[_ovpn_opcode(first)]
-        if _ovpn_first(answer) and _ovpn_opcode(answer) == wanted and session in answer[9:96]:
+        if _ovpn_first(answer) and _ovpn_opcode(answer) == wanted and answer[9:96].find(session) >= 0:
             return _ovpn_finding(first)
     return None
 

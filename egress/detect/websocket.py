@@ -143,8 +143,8 @@ def _upgrade_request(view: FlowView) -> http.HttpRequest | Result:
         return None
     if len(stream) >= 4 and stream.find(b"ebsocket", 0, http.HEAD_MAX) < 0:
         # "websocket" / "WebSocket" not in the head yet: undecided only while the head is incomplete
-        return None if b"\r\n\r\n" in stream or b"\n\n" in stream or view.complete else MORE
-    request = http.parse_request(stream)
+        return None if stream.find(b"\r\n\r\n") >= 0 or stream.find(b"\n\n") >= 0 or view.complete else MORE
+    request = http.request_of(view)
     if not isinstance(request, http.HttpRequest):
         return request if request is None or not view.complete else None
     return request if _upgrade(request) else None

@@ -11,15 +11,15 @@ decision ``synthesize`` makes from the key alone; ``restate`` brings either up t
 may have renamed the sandbox since). The recorder's aggregation then folds them into the key's one record: a flood
 is one record with the right count, not thousands, and not zero.
 
-Counters are cumulative in the kernel and restart when an element expires or the table is replaced (a value
-lower than the last one read is a new counter). A packet is counted and logged at the same moment, but its log
-reaches the logger later: nflog batches for up to 10 ms, and under a burst the logger's thread may be seconds
-behind the socket. So a read's counts are settled only once the logger has judged every log that was on its way
-when the read was made: the caller says how far that is (``logged_through``: the logger drained the socket empty
-after that moment), and until the log has caught up with a read, nothing counted by it or later is settled (the
-read stays the one to settle; later reads only add to what is due after it). A count is added once: by the log
-or by the counter, never both, whatever the logger's lag. A key the kernel stopped listing (expired, the table
-replaced, or left out of one listing) is settled whole, under the same condition.
+The kernel's counters come in readings (`egress.gateway.dropread`): each packet is in exactly one reading, which
+says by when its packets were counted (``counted_by``). A packet is counted and logged at the same moment, but its
+log reaches the logger later: nflog batches for up to 10 ms, and under a burst the logger's thread may be seconds
+behind the socket. So a reading's counts are settled only once the logger has judged every log that was on its way
+by ``counted_by``: the caller says how far that is (``logged_through``: the logger drained the socket empty after
+that moment), and until the log has caught up with a reading, nothing in it or in later ones is settled (the
+reading stays the one to settle; later ones only add to what is due after it). A count is added once: by the log
+or by the counter, never both, whatever the logger's lag, and whatever the reader's: a reading's counts stay in the
+kernel until they are read.
 
 Approximate, by design: when the log has not caught up for `MAX_LAG` seconds (the logger is flooded without
 pause), the oldest read is settled anyway, so counts are never held back for ever; a log still queued for one of
@@ -39,23 +39,20 @@ CountKey = tuple[str, int, str, bool]
 """(source address, IP protocol number as the kernel counts it, destination address, let through): one counter."""
 
 FORGET_AFTER = 30.0
-"""Seconds after its last logged packet that a key the kernel no longer lists is forgotten."""
+"""Seconds after its last packet (logged or read) that a key with nothing due is forgotten."""
 MAX_LAG = 30.0
 """Seconds a read may wait for the log to catch up with it before it is settled anyway (`DropCounts.reconcile`)."""
 MAX_KEYS = 200_000
-"""Keys tracked at most (the kernel's two sets hold 65,536 each): beyond that, the stalest are dropped."""
+"""Keys tracked at most (a generation of the kernel's sets holds 65,536 a family): beyond that, the stalest are
+dropped."""
 
 
 @dataclass(slots=True)
 class _Key:
-    kernel: int = 0
-    """The last value of the kernel's counter."""
     counted: int = 0
-    """Packets the kernel counted since this key was first seen (across counter restarts)."""
+    """Packets the kernel counted since this key was first seen (the sum of its readings)."""
     previous: int = 0
-    """``counted`` as of the read waiting to be settled (`DropCounts.reconcile`)."""
-    listed: float = 0.0
-    """When a read last listed this key (caller's clock)."""
+    """``counted`` as of the reading waiting to be settled (`DropCounts.reconcile`)."""
     judged: int = 0
     """Packets of this key the drop logger judged from the log."""
     added: int = 0
@@ -74,10 +71,12 @@ class DropCounts:
         self.added = 0
         """Packets counted by the kernel and reported without having been logged (for metrics and tests)."""
         self._pending: float | None = None
-        """When the read waiting to be settled was made (``None``: none yet): its counts are the keys'
-        ``previous``."""
+        """By when the packets of the reading waiting to be settled were counted (``None``: none waits): its counts
+        are the keys' ``previous``."""
         self.forced = 0
-        """Reads settled before the log had caught up with them (`MAX_LAG`): their counts may be doubled."""
+        """Readings settled before the log had caught up with them (`MAX_LAG`): their counts may be doubled."""
+        self._read_through = -math.inf
+        """Every packet counted by then is in a reading received (the latest ``counted_by``)."""
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -101,56 +100,64 @@ class DropCounts:
         wall: float,
         restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None = None,
         logged_through: float = math.inf,
+        counted_by: float | None = None,
     ) -> list[DecidedFlow]:
-        """The kernel's counters as read at ``now`` (the caller's monotonic clock; ``wall``: epoch seconds, the
+        """One reading of the kernel's counters (packets counted per key since the previous reading, all of them by
+        ``counted_by``, default ``now``), made at ``now`` (the caller's monotonic clock; ``wall``: epoch seconds, the
         decisions' time) → one decision per key with packets that were not logged. ``restate``: the key's template
         as the policy in force now decides it (``None``: not reported, like a refused synthesis).
         ``logged_through``: every packet counted by then has had its log judged (default: the log is always
-        caught up). The read waiting to be settled is settled once the log has caught up with it; this read then
-        waits in its place. Otherwise it keeps waiting, and this read's counts are only remembered."""
-        settle = self._pending is not None and (self._pending <= logged_through or now - self._pending > MAX_LAG)
-        if settle and self._pending is not None and self._pending > logged_through:
-            self.forced += 1
+        caught up). The reading waiting to be settled is settled once the log has caught up with it; this one then
+        waits in its place, and is settled at once if the log has caught up with it too. Otherwise it keeps
+        waiting, and this reading's counts are only remembered."""
+        by = now if counted_by is None else min(counted_by, now)
         out: list[DecidedFlow] = []
+        if self._pending is not None and (self._pending <= logged_through or now - self._pending > MAX_LAG):
+            if self._pending > logged_through:
+                self.forced += 1
+            out += self._settle_pending(synthesize, wall, restate)
         for key, packets in counters.items():
             entry = self._keys.get(key)
             if entry is None:
                 if len(self._keys) >= MAX_KEYS:
                     self._evict()
                 entry = self._keys[key] = _Key()
-            entry.counted += packets - entry.kernel if packets >= entry.kernel else packets
-            entry.kernel = packets
-            entry.seen = entry.listed = now
-            if settle:
-                due, entry.previous = entry.previous, entry.counted
-                out += self._settle(key, entry, due, synthesize, wall, restate)
-        out += self._settle_gone(counters, now, synthesize, wall, restate, logged_through)
-        if settle or self._pending is None:
-            if not settle:  # the first read: every key's count so far waits for the next
-                for key in counters:
-                    self._keys[key].previous = self._keys[key].counted
-            self._pending = now
+            entry.counted += packets
+            entry.seen = max(entry.seen, now)
+        self._read_through = max(self._read_through, by)
+        if self._pending is None:
+            for entry in self._keys.values():
+                entry.previous = entry.counted
+            self._pending = by
+            if by <= logged_through:
+                out += self._settle_pending(synthesize, wall, restate)
+        self._forget(now)
         return out
 
-    def _settle_gone(
+    def _settle_pending(
         self,
-        counters: Mapping[CountKey, int],
-        now: float,
         synthesize: Callable[[CountKey], DecidedFlow | None],
         wall: float,
         restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None,
-        logged_through: float,
     ) -> list[DecidedFlow]:
-        """Keys gone from the kernel (expired, the table replaced, or left out of this listing): once the log has
-        caught up with the read that last listed one, nothing more will come: it is settled whole."""
+        """Settle every key up to the reading waiting (its ``previous``)."""
         out: list[DecidedFlow] = []
-        for key, entry in list(self._keys.items()):
-            if key in counters or (entry.listed > logged_through and now - entry.listed <= MAX_LAG):
-                continue
-            out += self._settle(key, entry, entry.counted, synthesize, wall, restate)
-            if now - entry.seen > FORGET_AFTER:
-                del self._keys[key]
+        for key, entry in self._keys.items():
+            out += self._settle(key, entry, entry.previous, synthesize, wall, restate)
+        self._pending = None
         return out
+
+    def _forget(self, now: float) -> None:
+        """Keys with nothing due and nothing more to come: their last logged packet was counted before the readings
+        read so far (so its count was read: forgetting the key earlier would count that packet again, as a new
+        key's), and `FORGET_AFTER` passed since."""
+        for key, entry in list(self._keys.items()):
+            if (
+                entry.seen < self._read_through
+                and now - entry.seen > FORGET_AFTER
+                and entry.counted - entry.judged - entry.added <= 0
+            ):
+                del self._keys[key]
 
     def settle_all(
         self,
@@ -158,8 +165,8 @@ class DropCounts:
         wall: float,
         restate: Callable[[CountKey, DecidedFlow], DecidedFlow | None] | None = None,
     ) -> list[DecidedFlow]:
-        """Everything counted by the last read that was neither logged nor reported: the logger is stopping, and
-        no later read will settle it."""
+        """Everything read so far that was neither logged nor reported: the logger is stopping, and no later read
+        will settle it."""
         out: list[DecidedFlow] = []
         for key, entry in self._keys.items():
             out += self._settle(key, entry, entry.counted, synthesize, wall, restate)

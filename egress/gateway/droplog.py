@@ -38,15 +38,14 @@ from egress.detect.engine import FlowInspector
 from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
 from egress.gateway.dropcount import CountKey, DropCounts
+from egress.gateway.dropread import CountReader, Reading
 from egress.gateway.reload import PolicyVersion
 from egress.nft import runner
 from egress.nft.names import (
     COUNTED_KINDS,
     PASSED_KINDS,
     LogKind,
-    drop_count_set,
     parse_prefix,
-    pass_count_set,
     set_id,
 )
 from egress.policy.model import Policy, Sandbox
@@ -61,8 +60,8 @@ LOG_DELAY = 0.05
 """Seconds, at most, between the kernel counting a packet and its log reaching the socket (the log rule follows the
 count rule in the same pass, and the reader asks the kernel to flush each message at once, 10 ms at the most)."""
 _TRANSPORT_NAMES = {TCP: Transport.TCP, UDP: Transport.UDP, ICMP: Transport.ICMP}
-Counters = Callable[[], Mapping[CountKey, int]]
-"""Reads the kernel's drop counters (`read_counters` on the gateway's table)."""
+Counters = Callable[[], Reading]
+"""Reads what the kernel counted since the previous call (`CountReader.read` on the gateway's table)."""
 
 
 def _address(raw: bytes) -> str:
@@ -73,18 +72,6 @@ def as_the_kernel_did(verdict: Verdict, passed: bool) -> Verdict:
     """``verdict`` with the action the kernel took: would-block for a packet it let through, else block."""
     action = Enforcement.WOULD_BLOCK if passed else Enforcement.BLOCK
     return verdict if verdict.action is action else dataclasses.replace(verdict, action=action)
-
-
-def read_counters(table: str, netns: str | None = None) -> dict[CountKey, int]:
-    """The kernel's counters of dropped and of let-through sandbox packets (`egress.nft.names.count_set`)."""
-    counts: dict[CountKey, int] = {}
-    for passed, sets in (
-        (False, (drop_count_set(4), drop_count_set(6))),
-        (True, (pass_count_set(4), pass_count_set(6))),
-    ):
-        for (src, proto, dst), packets in runner.drop_counters(table, sets, netns).items():
-            counts[src, proto, dst, passed] = packets
-    return counts
 
 
 class DropJudge:
@@ -157,13 +144,20 @@ class DropJudge:
         return current
 
     def unlogged(
-        self, counters: Mapping[CountKey, int], read_at: float | None = None, logged_through: float = math.inf
+        self,
+        counters: Mapping[CountKey, int],
+        read_at: float | None = None,
+        logged_through: float = math.inf,
+        counted_by: float | None = None,
     ) -> list[DecidedFlow]:
         """Decisions for the packets the kernel counted but did not log (see `egress.gateway.dropcount`):
-        ``counters`` as read at ``read_at`` (monotonic; default now), every log of a packet counted by
+        ``counters``, what was counted since the previous reading (all of it by ``counted_by``, default
+        ``read_at``), read at ``read_at`` (monotonic; default now), every log of a packet counted by
         ``logged_through`` judged (default: all of them)."""
         now = time.monotonic() if read_at is None else read_at
-        return self.counts.reconcile(counters, now, self._synthesize, time.time(), self._restate, logged_through)
+        return self.counts.reconcile(
+            counters, now, self._synthesize, time.time(), self._restate, logged_through, counted_by
+        )
 
     def settle_all(self) -> list[DecidedFlow]:
         """What the last read counted and nothing reported yet (the logger stops)."""
@@ -236,7 +230,7 @@ class DropLogger:
         self.group = group
         self.netns = netns
         if counters is None and table is not None:
-            counters = lambda: read_counters(table, netns)  # noqa: E731
+            counters = CountReader(table, netns).read
         self.counters = counters
         self._count_failing = False
         self._logged_through = -math.inf
@@ -322,11 +316,12 @@ class DropLogger:
                 self.reporter.report(attempt)
 
     def _count(self, reader: NflogReader) -> None:
-        """Read the counters, then judge what was logged up to then, then report what was counted, not logged."""
+        """Read what the kernel counted since the last read, then judge what was logged up to then, then report what
+        was counted, not logged."""
         assert self.counters is not None
         try:
-            counters = self.counters()
-            read_at = time.monotonic()  # the listing's last packet was counted by now
+            reading = self.counters()
+            read_at = time.monotonic()
         except (runner.NftError, OSError) as exc:  # locked down, the table being replaced, nft slow: next second
             if not self._count_failing:
                 log.warning("drop counters not read (retrying every %.0f s): %s", COUNT_EVERY, exc)
@@ -334,12 +329,12 @@ class DropLogger:
             return
         self._count_failing = False
         self._drain(reader, timeout=0.02)
-        for attempt in self.judge.unlogged(counters, read_at, self._logged_through):
+        for attempt in self.judge.unlogged(reading.counts, read_at, self._logged_through, reading.counted_by):
             self.reporter.report(attempt)
 
     def stop(self) -> None:
-        """Stop reading; report what was logged by now and what the last read counted (a count is settled one
-        read late, and the lockdown table the supervisor applies first has no counters to read again)."""
+        """Stop reading; report what was logged by now and what the reads so far counted (a reading waits for the
+        log to catch up with it, and the lockdown table the supervisor applies first has no counters to read)."""
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)

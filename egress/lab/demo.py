@@ -156,9 +156,12 @@ class GatewayRun:
                 self.gateway.wait(timeout=5)
 
     def stop(self) -> None:
-        self.stop_gateway()
-        for process in self.processes or []:
-            servers.stop(process)
+        """Stop the gateway and every server, each whatever happened to the others (a failure, or a test's timeout
+        firing in the middle, must not leave the rest running)."""
+        with contextlib.ExitStack() as stack:
+            for process in self.processes or []:
+                stack.callback(servers.stop, process)
+            stack.callback(self.stop_gateway)  # first: callbacks run last in, first out
 
 
 @contextlib.contextmanager
@@ -177,8 +180,10 @@ def running_gateway(
         run.start()
         yield run
     finally:
-        run.stop()
-        netns.down(prefix)
+        try:
+            run.stop()
+        finally:  # whatever stopping raised: `netns.down` also stops every process left in the namespaces
+            netns.down(prefix)
 
 
 def _print_results(results: list[ScenarioResult]) -> None:

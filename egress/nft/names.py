@@ -41,33 +41,55 @@ metered per (source, IP protocol, destination) in `log_meter_set`."""
 PASSED_KINDS = frozenset({LogKind.REPORT})
 """Kinds whose packets the kernel let through (report mode): the drop logger records them as would-block whatever
 policy it holds, and every other kind as a block, so a record always says what the kernel did."""
-COUNT_TIMEOUT = 120
-"""Seconds a drop counter lives after its last packet (`update` refreshes it; the drop logger reads every second)."""
+COUNT_GENERATIONS = 2
+"""Counting sets per kind and family: the rules count into one (the current generation) while the drop logger reads
+the other, retired at its previous read and counted into by nothing since (`egress.nft.counting`). Their elements
+have no timeout: the logger empties a set after reading it, so no count is lost however late the read."""
 COUNT_SIZE = 65536
-"""Counters per address family at most; once full, new keys are still logged (rate-limited) but not counted."""
+"""Counters per address family and generation at most: once full, a new key is still logged (rate-limited) but not
+counted, until the logger's next read swaps in the other, emptied generation."""
 METER_TIMEOUT = 60
 """Seconds a key's log meter lives after its last packet."""
 METER_SIZE = 65536
 """Log meters per address family at most; once full, a new key's drops are logged under the rule's own limit."""
 
 
-def drop_count_set(version: int) -> str:
-    """The dynamic set counting dropped sandbox packets per (source, IP protocol, destination): ``drops4``/``6``.
+def drop_count_set(version: int, generation: int = 0) -> str:
+    """A dynamic set counting dropped sandbox packets per (source, IP protocol, destination): ``drops4a``/``drops4b``
+    (``6`` for IPv6), one per generation (`COUNT_GENERATIONS`).
 
-    Every packet logged with a `COUNTED_KINDS` prefix other than a `PASSED_KINDS` one was counted here first,
-    logged or not: the drop logger adds what the log's rate limits left out (`egress.gateway.dropcount`)."""
-    return f"drops{version}"
+    Every packet logged with a `COUNTED_KINDS` prefix other than a `PASSED_KINDS` one was counted in the current
+    generation's set first, logged or not: the drop logger adds what the log's rate limits left out
+    (`egress.gateway.dropcount`)."""
+    return f"drops{version}{_generation(generation)}"
 
 
-def pass_count_set(version: int) -> str:
+def pass_count_set(version: int, generation: int = 0) -> str:
     """Like `drop_count_set`, for the packets a report-mode sandbox sent that the kernel let through:
-    ``passes4``/``6``. Kept apart so that a count says what the kernel did with the packets it counts."""
-    return f"passes{version}"
+    ``passes4a``/``passes4b``... Kept apart so that a count says what the kernel did with the packets it counts."""
+    return f"passes{version}{_generation(generation)}"
 
 
-def count_set(kind: LogKind, version: int) -> str:
+def count_set(kind: LogKind, version: int, generation: int = 0) -> str:
     """The counting set of a `COUNTED_KINDS` kind."""
-    return pass_count_set(version) if kind in PASSED_KINDS else drop_count_set(version)
+    return pass_count_set(version, generation) if kind in PASSED_KINDS else drop_count_set(version, generation)
+
+
+GENERATION_SET = "counting"
+"""A set of one element, the generation the counting chains count into (``0``: ``…a``), changed with them in the same
+transaction: a reader learns it by listing these few bytes (listing the chain would fetch every set's elements)."""
+
+
+def count_chain(kind: LogKind) -> str:
+    """The regular chain every rule of a `COUNTED_KINDS` kind jumps to to count a packet (``count_drop``,
+    ``count_pass``): its rules name the current generation's sets, and only they change when the logger swaps."""
+    return "count_pass" if kind in PASSED_KINDS else "count_drop"
+
+
+def _generation(generation: int) -> str:
+    if not 0 <= generation < COUNT_GENERATIONS:
+        raise ValueError(f"no counting generation {generation}")
+    return "ab"[generation]
 
 
 def log_meter_set(version: int) -> str:

@@ -13,19 +13,16 @@ from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Final
 
+from egress.nft import counting
 from egress.nft.names import (
-    COUNT_SIZE,
-    COUNT_TIMEOUT,
     COUNTED_KINDS,
     METER_SIZE,
     METER_TIMEOUT,
     LogKind,
     allow_set,
-    count_set,
-    drop_count_set,
+    count_chain,
     log_meter_set,
     log_prefix,
-    pass_count_set,
     quarantine_set,
     set_id,
     source_set,
@@ -131,9 +128,9 @@ class _Script:
         log = f'log prefix "{log_prefix(kind, sandbox)}" group {s.nflog_group}'
         limit = f"limit rate {s.log_rate}/second burst {s.log_burst} packets"
         if kind in COUNTED_KINDS:
-            # Counted before the log, each in a rule of its own: a full set must not skip the verdict.
-            for v, fam in families:
-                self.add(f"{match}update @{count_set(kind, v)} {{ {_key(fam)} }}", 2)
+            # Counted before the log, in a chain of its own (the swap of generations rewrites only that chain's
+            # rules, `egress.nft.counting`): a full set ends the jump there, it must not skip the verdict.
+            self.add(f"{match}jump {count_chain(kind)}", 2)
             # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
             self._metered_log(f"{match}{_ICMP_ANY} ", log, limit, families)
             self.add(f"{match}{_ICMP_ANY} {verdict}", 2)
@@ -234,12 +231,13 @@ def _sets(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
                 kind = "ipv4_addr" if group.version == 4 else "ipv6_addr"
                 elements = [str(rule.network) for rule in group.rules]
                 _set(out, group.set_name, kind, "interval", elements, " auto-merge;")
-    count = f" timeout {COUNT_TIMEOUT}s; size {COUNT_SIZE}; counter;"
+    for line in counting.set_lines():
+        out.add(line, 1)
     meter = f" timeout {METER_TIMEOUT}s; size {METER_SIZE};"
     for v, kind in ((4, "ipv4_addr . inet_proto . ipv4_addr"), (6, "ipv6_addr . inet_proto . ipv6_addr")):
-        _set(out, drop_count_set(v), kind, "dynamic,timeout", [], count)
-        _set(out, pass_count_set(v), kind, "dynamic,timeout", [], count)
         _set(out, log_meter_set(v), kind, "dynamic,timeout", [], meter)
+    for line, depth in counting.chain_lines():
+        out.add(line, depth)
     out.add()
 
 

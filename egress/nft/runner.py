@@ -14,7 +14,8 @@ import subprocess
 from collections.abc import Sequence
 from typing import Any
 
-from egress.nft import libnft
+from egress.nft import counting, libnft
+from egress.nft.names import GENERATION_SET
 
 NFT = "nft"
 TIMEOUT = 30.0
@@ -150,6 +151,40 @@ def list_set(table: str, set_name: str, netns: str | None = None, family: str = 
         if "set" in item:
             elements.extend(_element(e) for e in item["set"].get("elem", []))
     return elements
+
+
+def _here_or_in(netns: str | None, args: Sequence[str], script: str, flags: int = 0) -> str:
+    """``script`` through libnftables in this process (no process per call: the drop logger's per-second calls),
+    or ``nft args`` in ``netns`` or where the library does not load."""
+    nft = libnft.load() if netns is None else None
+    if nft is None:
+        return _run(args, script if args[-1:] == ["-"] else None, netns)
+    try:
+        return nft.run(script, flags)
+    except libnft.NftCallError as exc:
+        raise NftError(f"nft {' '.join(args)} failed (libnftables)", exc.stderr) from exc
+
+
+def count_generation(table: str, netns: str | None = None) -> int | None:
+    """The generation of counting sets the table's counting rules count into now (`egress.nft.counting`), as its
+    `GENERATION_SET` says; ``None`` if it names none. Raises `NftError` if the table has no such set."""
+    args = ["-j", "list", "set", "inet", _ident("table", table), GENERATION_SET]
+    output = _here_or_in(netns, args, " ".join(args[1:]), libnft.OUTPUT_JSON)
+    try:
+        document = json.loads(output)
+    except json.JSONDecodeError as exc:
+        raise NftError("nft -j printed something that is not JSON", output[:200]) from exc
+    elements: list[str] = []
+    for item in document.get("nftables", []):
+        if "set" in item:
+            elements.extend(_element(e) for e in item["set"].get("elem", []))
+    return counting.generation_of(elements)
+
+
+def swap_counts(table: str, generation: int, netns: str | None = None) -> None:
+    """Empty ``generation``'s counting sets and count into them from now on, in one transaction
+    (`counting.swap_script`): the other generation is retired, to be read."""
+    _here_or_in(netns, ["-f", "-"], counting.swap_script(_ident("table", table), generation))
 
 
 DropKey = tuple[str, int, str]

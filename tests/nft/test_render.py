@@ -257,7 +257,7 @@ def test_lockdown_covers_the_sandboxes_own_interfaces_too() -> None:
 @pytest.mark.parametrize("name", ["v4_single", "dual_stack_two", "report_mode", "udp_networks", "udp_set"])
 def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) -> None:
     """Each logged drop or report of sandbox traffic is preceded by the per-key count (in the set that says what
-    the kernel did with it), in rules of their own (a full set must not skip the verdict); its log is metered per
+    the kernel did with it), in a chain of its own (a full set must not skip the verdict); its log is metered per
     (source, protocol, destination) under the rule's ceiling, with the rule's plain limit for keys a full meter set
     could not take; ICMP gets a budget of its own before the shared one."""
     lines = [line.strip() for line in CASES[name]().splitlines()]
@@ -268,23 +268,23 @@ def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) ->
             assert kind is not None
             if kind[1] not in ("drop", "report", "guard"):
                 continue
-            counted = "passes" if kind[1] == "report" else "drops"
-            block = lines[index - 11 : index]
-            assert block[0] == f"update @{counted}4 {{ {key4} }}", block
-            assert block[1] == f"update @{counted}6 {{ {key6} }}", block
-            for offset, only in ((2, "meta l4proto { icmp, ipv6-icmp } "), (7, "")):
+            counted = "pass" if kind[1] == "report" else "drop"
+            block = lines[index - 10 : index]
+            assert block[0] == f"jump count_{counted}", block
+            for offset, only in ((1, "meta l4proto { icmp, ipv6-icmp } "), (6, "")):
                 meter = "limit rate 10/second burst 20 packets } limit rate 1000/second burst 2000 packets log"
                 assert block[offset].startswith(f"{only}update @logs4 {{ {key4} {meter}"), block
                 assert block[offset + 1].startswith(f"{only}update @logs6 {{ {key6} {meter}"), block
                 plain = "limit rate 50/second burst 100 packets log"
                 assert block[offset + 2].startswith(f"{only}{key4} != @logs4 {plain}"), block
                 assert block[offset + 3].startswith(f"{only}{key6} != @logs6 {plain}"), block
-            assert block[6] == f"meta l4proto {{ icmp, ipv6-icmp }} {line}", block
-        if line.startswith("update @drops") or line.startswith("update @passes"):
-            assert line.endswith("}"), f"a count must be a rule of its own: {line}"
+            assert block[5] == f"meta l4proto {{ icmp, ipv6-icmp }} {line}", block
     text = CASES[name]()
-    for counting in ("drops4", "passes4"):
-        assert f"set {counting} {{ type ipv4_addr . inet_proto . ipv4_addr; flags dynamic,timeout;" in text
+    for counted, sets in (("drop", "drops"), ("pass", "passes")):  # nothing but the counts: a full set ends it
+        at = lines.index(f"chain count_{counted} {{")
+        assert lines[at + 1 : at + 4] == [f"update @{sets}4a {{ {key4} }}", f"update @{sets}6a {{ {key6} }}", "}"]
+    for counting in ("drops4a", "drops4b", "passes4a", "passes4b"):  # no timeout: emptied by the reader only
+        assert f"set {counting} {{ type ipv4_addr . inet_proto . ipv4_addr; flags dynamic; size 65536;" in text
     assert (
         "set logs6 { type ipv6_addr . inet_proto . ipv6_addr; flags dynamic,timeout; timeout 60s; size 65536;" in text
     )

@@ -2,7 +2,8 @@
 
 - ``lab_factory``: module-scoped; ``lab_factory(policy=None, workers=2)`` opens a lab of the module's own (the
   gateway running under ``policy``, a path, e.g. ``POLICIES / "dns.yaml"``), torn down at the end of the module.
-  Calls with the same arguments return the same lab.
+  Calls with the same arguments return the same lab. A SIGTERM or SIGHUP to pytest meanwhile stops it as Ctrl-C
+  does, the labs torn down first (tests/security/interrupt.py).
 - ``security_lab``: module-scoped; the module's lab under rules/lab-policy.yaml.
 - ``fuzz_rows``: reports the fuzz rows a property counted (tests/security/fuzzing.py) when the test ends.
 
@@ -20,6 +21,7 @@ import pytest
 
 from tests.security.fuzzing import COUNTS, flush
 from tests.security.harness import SecurityLab, open_lab
+from tests.security.interrupt import terminated_as_interrupt
 
 LabFactory = Callable[..., SecurityLab]
 
@@ -27,7 +29,8 @@ LabFactory = Callable[..., SecurityLab]
 @pytest.fixture(scope="module")
 def lab_factory() -> Iterator[LabFactory]:
     opened: dict[tuple[pathlib.Path | None, int, tuple[str, ...]], SecurityLab] = {}
-    with contextlib.ExitStack() as stack:
+    # A SIGTERM or SIGHUP while a lab is open tears it down before pytest stops (tests/security/interrupt.py).
+    with terminated_as_interrupt(), contextlib.ExitStack() as stack:
 
         def factory(
             policy: pathlib.Path | None = None, workers: int = 2, extra_args: tuple[str, ...] = ()

@@ -24,6 +24,8 @@ import threading
 import time
 from collections.abc import Callable
 
+from tests.sockio import recv_until
+
 HOLD = 256 * 1024
 """Bytes the site reads of each connection before it stops reading."""
 CHUNK = 64 * 1024
@@ -55,28 +57,36 @@ def _serve_each(listener: socket.socket, serve: Callable[[socket.socket, int], N
         index += 1
 
 
+class _Tally:
+    """The bytes a site has read of one connection (and dropped), counted as they come: a read that fails keeps
+    the count of those before it, which the site's ``done`` line reports."""
+
+    def __init__(self) -> None:
+        self.got = 0
+
+    def read(self, sock: socket.socket, limit: int | None = None) -> int:
+        """Read until ``sock`` closes or, with ``limit``, until the count reaches it; the count."""
+        while limit is None or self.got < limit:
+            data = sock.recv(CHUNK)
+            if not data:
+                break
+            self.got += len(data)
+        return self.got
+
+
 def _serve(conn: socket.socket, context: ssl.SSLContext, flag: pathlib.Path, index: int, hold: bool) -> None:
-    got, how = 0, "eof"
+    tally, how = _Tally(), "eof"
     try:
         conn.settimeout(60)
         tls = context.wrap_socket(conn, server_side=True)
-        while hold and got < HOLD:
-            data = tls.recv(CHUNK)
-            if not data:
-                break
-            got += len(data)
         if hold:
-            print(f"held {index} {got}", flush=True)
+            print(f"held {index} {tally.read(tls, HOLD)}", flush=True)
         while hold and not flag.exists():
             time.sleep(0.05)
-        while True:
-            data = tls.recv(CHUNK)
-            if not data:
-                break
-            got += len(data)
+        tally.read(tls)
     except (OSError, ssl.SSLError) as error:
         how = type(error).__name__
-    print(f"done {index} {got} {how}", flush=True)
+    print(f"done {index} {tally.got} {how}", flush=True)
     conn.close()
 
 
@@ -138,15 +148,10 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int, upgrade: bool
     import base64
     import hashlib
 
-    got, how = 0, "eof"
+    tally, how = _Tally(), "eof"
     try:
         conn.settimeout(60)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            data = conn.recv(4096)
-            if not data:
-                raise ConnectionError("no upgrade")
-            head += data
+        head = recv_until(conn, b"\r\n\r\n", closed="no upgrade", size=4096)
         if upgrade:
             key = next(
                 line.split(b":", 1)[1].strip()
@@ -156,23 +161,14 @@ def _ws_serve(conn: socket.socket, flag: pathlib.Path, index: int, upgrade: bool
             accept = base64.b64encode(hashlib.sha1(key + _WS_GUID).digest())
             conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n"
                          b"Sec-WebSocket-Accept: " + accept + b"\r\n\r\n")  # fmt: skip
-        got = len(head.split(b"\r\n\r\n", 1)[1])  # an HTTP request's: the head is not counted
-        while got < HOLD:
-            data = conn.recv(CHUNK)
-            if not data:
-                break
-            got += len(data)
-        print(f"held {index} {got}", flush=True)
+        tally.got = len(head.split(b"\r\n\r\n", 1)[1])  # an HTTP request's: the head is not counted
+        print(f"held {index} {tally.read(conn, HOLD)}", flush=True)
         while not flag.exists():
             time.sleep(0.05)
-        while True:
-            data = conn.recv(CHUNK)
-            if not data:
-                break
-            got += len(data)
+        tally.read(conn)
     except (OSError, StopIteration) as error:
         how = type(error).__name__
-    print(f"done {index} {got} {how}", flush=True)
+    print(f"done {index} {tally.got} {how}", flush=True)
     conn.close()
 
 
@@ -247,34 +243,25 @@ def http_upload_main() -> None:
 
 def _head(conn: socket.socket, data: bytes) -> tuple[bytes, bytes, bytes]:
     """A request's head read on from ``data`` (what was read past the one before): head, separator, the rest."""
-    while b"\r\n\r\n" not in data:
-        chunk = conn.recv(4096)
-        if not chunk:
-            raise ConnectionError("no request")
-        data += chunk
-    return data.partition(b"\r\n\r\n")
+    return recv_until(conn, b"\r\n\r\n", data, closed="no request", size=4096).partition(b"\r\n\r\n")
 
 
 def _fast_serve(conn: socket.socket, index: int, flag: pathlib.Path, mode: str) -> None:
-    got, how, rest = 0, "eof", b""
+    tally, how, rest = _Tally(), "eof", b""
     try:
         while True:
             first, _, rest = _head(conn, rest)
             if mode == "silent" or first.startswith(b"POST"):
                 break
             conn.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
-        got = len(rest)
-        print(f"held {index} {got}", flush=True)
+        tally.got = len(rest)
+        print(f"held {index} {tally.got}", flush=True)
         while mode == "hold" and not flag.exists():
             time.sleep(0.05)
-        while True:
-            chunk = conn.recv(65536)
-            if not chunk:
-                break
-            got += len(chunk)
+        tally.read(conn)
     except OSError as error:
         how = type(error).__name__
-    print(f"done {index} {got} {how}", flush=True)
+    print(f"done {index} {tally.got} {how}", flush=True)
     conn.close()
 
 

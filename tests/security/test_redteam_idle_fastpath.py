@@ -34,26 +34,17 @@ ALLOWED = server("allowed").v4
 CLIENT = """
 import socket, sys, time
 from egress.lab.sandbox_io import Context, connect, resolve
+from tests.sockio import recv_at_least, recv_until
 nameserver, how, silence = sys.argv[1], sys.argv[2], float(sys.argv[3])
 ctx = Context((nameserver,), False, (), 10.0)
 sock = connect(ctx, resolve(ctx, "allowed.lab"), 80)
 
 def exchange(request):
     sock.sendall(request)
-    data = b""
-    while b"\\r\\n\\r\\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        data += chunk
-    head, _, body = data.partition(b"\\r\\n\\r\\n")
+    head, _, body = recv_until(sock, b"\\r\\n\\r\\n", closed="closed").partition(b"\\r\\n\\r\\n")
     fields = [line.split(b":", 1) for line in head.split(b"\\r\\n")[1:]]
     length = next((int(value) for name, value in fields if name.strip().lower() == b"content-length"), 0)
-    while len(body) < length:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise ConnectionError("closed")
-        body += chunk
+    recv_at_least(sock, length, body, closed="closed")
     return head.split(b" ", 2)[1].decode()
 
 if how == "fast":

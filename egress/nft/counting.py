@@ -1,0 +1,99 @@
+"""The per-key counting sets in two generations, and the swap that retires one for the drop logger to read (pure).
+
+Every packet a `COUNTED_KINDS` rule logs is first counted by a jump to `count_chain` (``count_drop``,
+``count_pass``), whose two rules (IPv4, IPv6) update the current generation's sets. The drop logger reads the
+retired generation, which nothing has counted into since the swap that retired it, then swaps: one transaction
+empties the sets it has just read and points the counting rules at them, retiring the ones they counted into until
+then, and records which generation counts now in `GENERATION_SET` (`swap_script`). A packet is counted in exactly
+one generation and each generation is read once before it is emptied, so a count is read exactly once however late
+the read comes: the elements need no timeout, and nothing expires unread (docs/nftables.md, "Logging").
+"""
+
+from __future__ import annotations
+
+from typing import Final
+
+from egress.nft.names import (
+    COUNT_GENERATIONS,
+    COUNT_SIZE,
+    GENERATION_SET,
+    LogKind,
+    count_chain,
+    count_set,
+)
+
+KINDS: Final = (LogKind.DROP, LogKind.REPORT)
+"""One of each counting set's kinds: dropped (`LogKind.DROP` stands for every dropped kind) and let through."""
+_FAMILIES: Final = ((4, "ip", "ipv4_addr"), (6, "ip6", "ipv6_addr"))
+
+
+def key(family: str) -> str:
+    """The key a sandbox drop is counted and metered under: (source, IP protocol, destination)."""
+    return f"{family} saddr . meta l4proto . {family} daddr"
+
+
+def set_lines() -> list[str]:
+    """The declarations of every generation's counting sets (inside the table), and of `GENERATION_SET` naming
+    generation 0, the one `chain_lines` counts into."""
+    lines = [f"set {GENERATION_SET} {{ type mark; elements = {{ 0 }}; }}"]
+    for generation in range(COUNT_GENERATIONS):
+        for kind in KINDS:
+            for version, _, address in _FAMILIES:
+                body = f"type {address} . inet_proto . {address}; flags dynamic; size {COUNT_SIZE}; counter;"
+                lines.append(f"set {count_set(kind, version, generation)} {{ {body} }}")
+    return lines
+
+
+def rules(kind: LogKind, generation: int) -> list[str]:
+    """The rules of ``kind``'s `count_chain` counting into ``generation`` (a ``{ ... }`` key: nft adds the
+    family's dependency, so each rule counts its own family only and the other rule is skipped)."""
+    return [f"update @{count_set(kind, version, generation)} {{ {key(family)} }}" for version, family, _ in _FAMILIES]
+
+
+def chain_lines(generation: int = 0) -> list[tuple[str, int]]:
+    """The counting chains as rendered in a whole table, counting into ``generation``: (line, depth) pairs."""
+    lines: list[tuple[str, int]] = []
+    for kind in KINDS:
+        lines.append((f"chain {count_chain(kind)} {{", 1))
+        lines += [(rule, 2) for rule in rules(kind, generation)]
+        lines.append(("}", 1))
+    return lines
+
+
+def retired(generation: int) -> int:
+    """The generation not counted into while ``generation`` is."""
+    return (generation + 1) % COUNT_GENERATIONS
+
+
+def set_names(generation: int) -> dict[bool, tuple[str, ...]]:
+    """``generation``'s sets, IPv4 then IPv6, by whether their packets were let through."""
+    return {
+        kind is LogKind.REPORT: tuple(count_set(kind, version, generation) for version, _, _ in _FAMILIES)
+        for kind in KINDS
+    }
+
+
+def swap_script(table: str, generation: int) -> str:
+    """One transaction: empty ``generation``'s sets (read by now) and make the counting rules count into them, which
+    retires the other generation; `GENERATION_SET` says so. Nothing is counted twice: a packet the kernel counts
+    meets either the old rules or the new ones, never both, and the sets emptied here are counted into by nothing
+    until the commit."""
+    where = f"inet {table}"
+    lines = []
+    for kind in KINDS:
+        for version, _, _ in _FAMILIES:
+            lines.append(f"flush set {where} {count_set(kind, version, generation)}")
+    for kind in KINDS:
+        lines.append(f"flush chain {where} {count_chain(kind)}")
+        lines += [f"add rule {where} {count_chain(kind)} {rule}" for rule in rules(kind, generation)]
+    lines.append(f"flush set {where} {GENERATION_SET}")
+    lines.append(f"add element {where} {GENERATION_SET} {{ {generation} }}")
+    return "\n".join(lines) + "\n"
+
+
+def generation_of(elements: list[str]) -> int | None:
+    """The generation `GENERATION_SET`'s elements name, or ``None`` when they name none or several (not a table
+    this module rendered)."""
+    if len(elements) != 1 or elements[0] not in {str(g) for g in range(COUNT_GENERATIONS)}:
+        return None
+    return int(elements[0])
