@@ -1,9 +1,11 @@
-"""The one compiled module of egress: the scanner's hot path (egress/capture/_hot.c; see docs/scanner-hot-path.md).
+"""The compiled modules of egress: the scanner's hot path (egress/capture/_hot.c; see docs/scanner-hot-path.md) and
+the front's per-connection TLS work (egress/detect/_tlsfast.c; egress/detect/tlsfast.py).
 
-Everything else about the package is declared in pyproject.toml. The extension is optional: where no C compiler
-exists (or the build fails) setuptools says so and installs egress without it, and the scanner runs its
-pure-Python twin (egress/capture/hot.py), which gives the same findings. The module carries the SHA-256 of the
-source it was built from, so that a build older than the source beside it is refused (hot.py) rather than run.
+Everything else about the package is declared in pyproject.toml. Each extension is optional: where no C compiler
+exists (or the build fails) setuptools says so and installs egress without it, and egress runs the pure-Python
+twins (egress/capture/hot.py; for _tlsfast, tls.py and tlsshape.py), which give the same answers. Each module
+carries the SHA-256 of the source it was built from, so that a build older than the source beside it is refused
+(hot.py, tlsfast.py) rather than run.
 """
 
 import hashlib
@@ -13,6 +15,20 @@ from setuptools import Extension, setup
 
 SOURCE = "egress/capture/_hot.c"
 digest = hashlib.sha256(pathlib.Path(__file__).with_name("egress").joinpath("capture", "_hot.c").read_bytes())
+TLSFAST = pathlib.Path(__file__).with_name("egress").joinpath("detect", "_tlsfast.c")
+tlsfast = (
+    [
+        Extension(
+            "egress.detect._tlsfast",
+            ["egress/detect/_tlsfast.c"],
+            optional=True,
+            define_macros=[("TLSFAST_SOURCE", f'"{hashlib.sha256(TLSFAST.read_bytes()).hexdigest()}"')],
+            extra_compile_args=["-O2"],
+        )
+    ]
+    if TLSFAST.exists()  # a copy holding only the scanner's source (tests/capture/test_hot.py) builds that alone
+    else []
+)
 
 setup(
     ext_modules=[
@@ -23,6 +39,7 @@ setup(
             define_macros=[("HOT_SOURCE", f'"{digest.hexdigest()}"')],
             # sec + frac * scale must round as Python's two float operations do: no fused multiply-add.
             extra_compile_args=["-O2", "-ffp-contract=off"],
-        )
+        ),
+        *tlsfast,
     ]
 )

@@ -22,13 +22,15 @@ Public surface:
 Each hello parse keeps its last answer with the very bytes object it read and the ``partial`` it was asked with:
 the detectors of one flow ask about the same ``view.client``/``view.server`` in turn (the JSON-RPC reader's
 hello test, Tor, circumvention, names, the opaque-stream test), and the same object reads the same (bytes are
-immutable), so a second ask costs one identity test.
+immutable), so a second ask costs one identity test. The parse itself is compiled where egress/detect/_tlsfast.c
+was built (`egress.detect.tlsfast`); `_parse_client_hello` below is its pure twin, which gives the same answer.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+from egress.detect import tlsfast
 from egress.detect.base import MORE, FlowView, _More
 
 HANDSHAKE = 22
@@ -225,6 +227,8 @@ def _first_message(prefix: bytes, kind: int, partial: bool) -> tuple[bytes, bool
     return body, truncated, stream, ended
 
 
+_fast_client_hello = tlsfast.COMPILED.client_hello if tlsfast.COMPILED is not None else None
+"""_tlsfast.c's parse: ``client_hello(prefix, partial, MORE, ClientHello)`` gives what `_parse_client_hello` does."""
 _last_client: list[tuple[object, bool, ClientHello | None | _More]] = [(object(), False, None)]
 """`parse_client_hello`'s last (input bytes object, partial, answer), one item swapped whole: a reader in another
 thread sees a matching triple."""
@@ -236,12 +240,17 @@ def parse_client_hello(prefix: bytes, partial: bool = False) -> ClientHello | No
     last = _last_client[0]
     if last[0] is prefix and last[1] == partial:
         return last[2]
-    answer = _parse_client_hello(prefix, partial)
+    answer: ClientHello | None | _More = (
+        _fast_client_hello(prefix, partial, MORE, ClientHello)
+        if _fast_client_hello is not None
+        else _parse_client_hello(prefix, partial)
+    )
     _last_client[0] = (prefix, partial, answer)
     return answer
 
 
 def _parse_client_hello(prefix: bytes, partial: bool) -> ClientHello | None | _More:
+    """The pure twin of _tlsfast.c's ``client_hello``."""
     first = _first_message(prefix, CLIENT_HELLO, partial)
     if not isinstance(first, tuple):
         return first

@@ -51,7 +51,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.detect import sshopening, tls
+from egress.detect import sshopening, tls, tlsfast
 from egress.detect.base import MORE, Category, Finding, evidence
 
 NAME = "tlsshape"
@@ -93,6 +93,7 @@ _MODELS: Final = (
 """(inverse covariance, mean, distance below which it matches, smallest first burst nDPI accepts)."""
 _TRIED_WINDOWS: Final = 1
 INNER_HELLO: Final = 517
+_NONE: Final[frozenset[str]] = frozenset()
 
 
 def mahalanobis(x: tuple[int, ...], mean: tuple[float, ...], inverse: tuple[float, ...]) -> float:
@@ -141,6 +142,8 @@ class TlsShape:
     """Every finding so far, each protocol once, in order."""
     done: bool = False
     """Nothing more to watch: ``ssh-in-tls`` found, MAX_RECORDS records, or bytes that are not TLS records."""
+    window: tuple[Finding | None] | None = None
+    """`_tls_in_tls`'s answer once its window of bursts is whole (`TlsShape._tls_in_tls`)."""
     suspicions: bool = True
     """Also look for the `SUSPECTED` shapes; False where they would not be reported (the front's watch of a host
     rule's bound name), which also saves their cost on every record of a bulk transfer."""
@@ -154,26 +157,16 @@ class TlsShape:
         side = self.client if from_client else self.server
         if not from_client and not self.version:
             self._server_hello(data)
-        data = side.buffer + data
-        side.buffer = b""
-        offset = 0
-        while offset < len(data) and not self.done:
-            if side.skip:
-                step = min(side.skip, len(data) - offset)
-                side.skip -= step
-                offset += step
-                continue
-            if len(data) - offset < 5:
-                side.buffer = data[offset:]
+        if self.done:  # the ServerHello did not parse
+            return None
+        lengths, side.skip, side.buffer, bad = _frame_of(side.buffer + data if side.buffer else data, side.skip)
+        for length in lengths:
+            self._record(from_client, side, length, now)
+            if self.done:  # nothing more to watch: the records after this one are not read
                 break
-            kind, length = data[offset], int.from_bytes(data[offset + 3 : offset + 5])
-            if kind not in (_CCS, 21, _HANDSHAKE, _APPLICATION) or data[offset + 1] != 3:
+        else:
+            if bad:
                 self.done = True  # not a TLS record stream (any more): nothing here to measure
-                break
-            side.skip = length
-            offset += 5
-            if kind == _APPLICATION:
-                self._record(from_client, side, length, now)
         return self.found[before] if len(self.found) > before else None
 
     def _server_hello(self, data: bytes) -> None:
@@ -208,21 +201,25 @@ class TlsShape:
         self.count += 1
         self.plaintext += record.size
         sshopening.add_turn(self.turns, record)
-        seen = {finding.protocol for finding in self.found}
-        checks: tuple[Callable[[], Finding | None], ...] = (
-            lambda: sshopening.by_turns(self.turns) if self.overhead is not None else None,
-            lambda: sshopening.by_record(self.records),
-            self._ssh,
-            lambda: _tls_in_tls(self.records),
-            lambda: _echo(self.records),
-        )
         if self.count > MAX_RECORDS:
-            checks = checks[:1]  # only an opening cut into tiny records keeps the watch going this far
+            checks = 1  # only an opening cut into tiny records keeps the watch going this far
         else:
             self.records.append(record)
-            checks = checks if self.suspicions else checks[:3]
-        for check in checks:
-            finding = check()
+            checks = 5 if self.suspicions else 3
+        # The checks in order, up to the first that finds a shape not found before. Each is skipped while the
+        # records cannot hold its shape yet (exact: tests/detect/test_tlsfast.py compares with running them all).
+        seen = {finding.protocol for finding in self.found} if self.found else _NONE
+        for check in range(checks):
+            if check == 0:
+                finding = sshopening.by_turns(self.turns) if self.overhead is not None else None
+            elif check == 1:
+                finding = sshopening.by_record(self.records)
+            elif check == 2:
+                finding = self._ssh() if len(self.records) >= SSH_WINDOW else None  # needs 10 small records
+            elif check == 3:
+                finding = self._tls_in_tls()
+            else:  # a typist's pair is a turn from it to the other side: 8 pairs need 16 records
+                finding = _echo(self.records) if len(self.records) >= 2 * ECHO_PAIRS else None
             if finding is not None and finding.protocol not in seen:
                 self.found.append(finding)
                 break
@@ -231,6 +228,19 @@ class TlsShape:
             self.count >= MAX_RECORDS and (not opening or self.count >= RECORDS_CAP)
         ):
             self.done = True
+
+    def _tls_in_tls(self) -> Finding | None:
+        """`_tls_in_tls` of the records, kept once its window is whole: it reads the first five bursts from the
+        first client burst, which later records cannot change (they only add to the last burst or begin one)."""
+        if self.window is not None:
+            return self.window[0]
+        # ``turns`` holds the records' bursts (`_bursts`, without their record counts) while every record is kept
+        start = 0 if self.turns and self.turns[0][0] else 1
+        if len(self.turns) < start + 5:
+            return None  # no whole window yet: `_tls_in_tls` finds nothing
+        finding = _tls_in_tls(self.records)
+        self.window = (finding,)
+        return finding
 
     def _ssh(self) -> Finding | None:
         if self.overhead is None:
@@ -241,6 +251,37 @@ class TlsShape:
             return None
         text = f"{len(aligned)} of the last {len(small)} small records are SSH packets (4 mod 8): {small}"
         return Finding(Category.TUNNEL, "ssh-in-tls", NAME, evidence(text))
+
+
+def _frame(data: bytes, skip: int) -> tuple[list[int], int, bytes, bool]:
+    """One side's bytes cut into records (RFC 8446 §5.1), from ``skip`` body bytes of a record still to pass: the
+    lengths of the application-data records whose 5-byte headers are whole, in order; the body bytes still to pass
+    after ``data``; an unfinished header (to join to the next chunk); and whether a header that no TLS record has
+    ended the stream (the records after it are not TLS). The pure twin of _tlsfast.c's ``frame``."""
+    lengths: list[int] = []
+    offset = 0
+    while offset < len(data):
+        if skip:
+            step = min(skip, len(data) - offset)
+            skip -= step
+            offset += step
+            continue
+        if len(data) - offset < 5:
+            return lengths, skip, data[offset:], False
+        kind, length = data[offset], int.from_bytes(data[offset + 3 : offset + 5])
+        if kind not in (_CCS, 21, _HANDSHAKE, _APPLICATION) or data[offset + 1] != 3:
+            return lengths, skip, b"", True
+        skip = length
+        offset += 5
+        if kind == _APPLICATION:
+            lengths.append(length)
+    return lengths, skip, b"", False
+
+
+_frame_of: Callable[[bytes, int], tuple[list[int], int, bytes, bool]] = (
+    tlsfast.COMPILED.frame if tlsfast.COMPILED is not None else _frame
+)
+"""`_frame`, compiled where _tlsfast.c was built (`egress.detect.tlsfast`)."""
 
 
 def _bursts(records: list[Record]) -> list[tuple[bool, int, int]]:
