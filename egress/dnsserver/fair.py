@@ -12,12 +12,12 @@ handler asks (`FairShare.take`) before it answers each query; within the budget 
 waits, first come first served among that sandbox's connections, for a turn that grants it. A turn (`FairShare.turn`,
 scheduled with ``call_soon`` when a budget is first spent, so it runs once the callbacks ready now have run) gives
 every sandbox its budget anew and hands it to that sandbox's waiting connections first. Between two turns the loop
-polls its sockets, so the UDP reader (`egress.dnsserver.listen.UdpServer`, at most ``BATCH`` datagrams a wake-up)
+polls its sockets, so the UDP readers (`egress.dnsserver.listen.UdpServer`, a budget of datagrams a wake-up each)
 and every other sandbox's connections run. One sandbox's flood so costs its own latency: it gets `TURN_BUDGET`
 queries a turn however many connections it opens, and another sandbox's query waits at most a turn of the others'
 budgets. It is work-conserving: a sandbox alone is answered `TURN_BUDGET` queries per turn without waiting for
-anything but the loop's poll. UDP is not counted here (its reads are batched per turn already; a datagram's
-sandbox is known only after its parse, which the fast path skips).
+anything but the loop's poll. UDP is not counted here: each sandbox's datagrams have a socket, and so a kernel
+queue, of their own, each read at most `egress.dnsserver.udpshare.TURN_BUDGET` per turn.
 """
 
 from __future__ import annotations

@@ -13,7 +13,11 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
   datagrams, and a decision line per read made each answer cost twice what it costs under saturation;
 - ``SO_RXQ_OVFL`` (Linux, socket(7)) makes the kernel attach to each datagram the count of datagrams it dropped
   on this socket so far; a rise is reported to the resolver (`Resolver.kernel_dropped`), which records it as
-  ``dns-dropped``, so what the kernel drops is never lost silently.
+  ``dns-dropped`` (one decision with its count, naming the socket's sandbox), so what the kernel drops is never
+  lost silently.
+
+Each address has one such socket per sandbox (`egress.dnsserver.udpshare`: one ``SO_REUSEPORT`` group, the kernel
+steering each datagram to its sandbox's socket by source address), so a sandbox's flood fills its own queue only.
 
 TCP connections are bounded per sandbox and in all (`egress.dnsserver.tcpbound`): the resolver shares the
 supervisor's descriptors with what records blocked attempts. Each connection is served by
@@ -26,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ctypes
 import logging
 import resource
 import socket
@@ -44,12 +49,15 @@ log = logging.getLogger(__name__)
 RECEIVE_BUFFER: Final = 8 << 20
 """Bytes asked for the UDP receive buffer: some 30,000 small queries (the kernel counts its overhead too)."""
 BATCH: Final = 256
-"""Datagrams read per wake-up at most, so a burst does not starve the tasks that answer."""
+"""Datagrams a lone socket reads per wake-up at most, so a burst does not starve the tasks that answer (the
+sockets of `egress.dnsserver.udpshare` read its own `TURN_BUDGET` each)."""
 REPORT_AFTER: Final = 0.1
 """Seconds the fast path's merged allowed decisions wait before they are reported (`Resolver.flush_reports`)."""
 SO_RXQ_OVFL: Final = getattr(socket, "SO_RXQ_OVFL", 40)
 """Linux asm-generic/socket.h; Python does not name it."""
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
+SO_ATTACH_REUSEPORT_CBPF: Final = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
+"""asm-generic/socket.h; Python does not name it."""
 _ANCILLARY: Final = socket.CMSG_SPACE(4)
 _MAX_DATAGRAM: Final = 65535
 
@@ -63,6 +71,32 @@ def size_receive_buffer(sock: socket.socket, size: int = RECEIVE_BUFFER) -> int:
     return sock.getsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF)
 
 
+def open_udp(host: str, port: int, buffer: int = RECEIVE_BUFFER) -> tuple[socket.socket, int]:
+    """A UDP socket bound to ``host``:``port`` in the port's ``SO_REUSEPORT`` group (`egress.dnsserver.udpshare`
+    binds one per sandbox), its receive buffer sized; and the size obtained."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_DGRAM)
+    try:
+        if family == socket.AF_INET6:
+            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 sockets take IPv4
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        size = size_receive_buffer(sock, buffer)
+        sock.bind((host, port))
+    except BaseException:
+        sock.close()
+        raise
+    return sock, size
+
+
+def attach_steering(sock: socket.socket, code: bytes) -> None:
+    """Make ``code`` (`egress.dnsserver.steer.encode`) the program of ``sock``'s reuseport group: which of the
+    group's sockets each datagram reaches (``OSError`` when the kernel refuses it)."""
+    program = ctypes.create_string_buffer(code, len(code))
+    fprog = struct.pack("HP", len(code) // 8, ctypes.addressof(program))  # struct sock_fprog; the kernel copies
+    sock.setsockopt(socket.SOL_SOCKET, SO_ATTACH_REUSEPORT_CBPF, fprog)
+
+
 def dropped_so_far(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     """The kernel's drop counter from a datagram's ancillary data, if it carried one."""
     for level, kind, data in ancillary:
@@ -74,9 +108,15 @@ def dropped_so_far(ancillary: list[tuple[int, int, bytes]]) -> int | None:
 class UdpServer:
     """One UDP socket: drains it in batches, answers each query in its own task, reports kernel drops."""
 
-    def __init__(self, resolver: Resolver, sock: socket.socket) -> None:
+    def __init__(self, resolver: Resolver, sock: socket.socket, sandbox: str = "", budget: int = BATCH) -> None:
+        """``sandbox``: whose datagrams the kernel steers to this socket (``""``: any source), named in the
+        records of what it drops; ``budget``: datagrams read per wake-up at most."""
+        if budget < 1:
+            raise ValueError(f"a UDP socket's budget per turn must be at least 1 (got {budget})")
         self.resolver = resolver
         self.sock = sock
+        self.sandbox = sandbox
+        self.budget = budget
         self.tasks: set[asyncio.Task[None]] = set()
         self.received = 0
         self._drops_seen = 0
@@ -100,7 +140,7 @@ class UdpServer:
 
     def _read(self) -> None:
         sock, answer_now = self.sock, self.resolver.answer_now  # a lookup less per datagram: this loop is the hot path
-        for _ in range(BATCH):
+        for _ in range(self.budget):
             try:
                 data, ancillary, _flags, addr = sock.recvmsg(_MAX_DATAGRAM, _ANCILLARY)
             except (BlockingIOError, InterruptedError):
@@ -130,7 +170,7 @@ class UdpServer:
     def _dropped(self, ancillary: list[tuple[int, int, bytes]]) -> None:
         dropped = dropped_so_far(ancillary)
         if dropped is not None and dropped > self._drops_seen:
-            self.resolver.kernel_dropped(dropped - self._drops_seen)
+            self.resolver.kernel_dropped(dropped - self._drops_seen, self.sandbox)
             self._drops_seen = dropped
 
     async def _finish(self, data: bytes, pending: Pending, addr: tuple[object, ...]) -> None:
@@ -190,22 +230,21 @@ def tcp_bound(resolver: Resolver) -> TcpBound:
 
 
 async def serve(resolver: Resolver, hosts: list[str], port: int) -> list[object]:
-    """Listen on UDP and TCP ``port`` on each of ``hosts``; returns what to close (`UdpServer`, asyncio servers),
-    the UDP server of each host first."""
+    """Listen on UDP and TCP ``port`` on each of ``hosts``; returns what to close (`UdpShare`, asyncio servers),
+    the UDP sockets of each host first (`egress.dnsserver.udpshare.UdpShare`: one per sandbox)."""
+    from egress.dnsserver.udpshare import UdpShare  # imported here: udpshare builds on this module's UdpServer
+
     handles: list[object] = []
     bound = tcp_bound(resolver)
     share = FairShare()
     log.info("resolver TCP: at most %d connections, %d per sandbox", bound.limit, bound.per_sandbox)
-    for host in hosts:
-        family = socket.AF_INET6 if ":" in host else socket.AF_INET
-        sock = socket.socket(family, socket.SOCK_DGRAM)
-        if family == socket.AF_INET6:
-            sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 socket takes IPv4
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        size = size_receive_buffer(sock)
-        sock.bind((host, port))
-        log.info("resolver UDP %s:%d receive buffer %d bytes", host, port, size)
-        handles.append(UdpServer(resolver, sock))
-        server = await asyncio.start_server(tcp_handler(resolver, bound, share), host, port, limit=READ_AHEAD)
-        handles.append(server)
+    try:
+        for host in hosts:
+            handles.append(UdpShare(resolver, host, port))
+            server = await asyncio.start_server(tcp_handler(resolver, bound, share), host, port, limit=READ_AHEAD)
+            handles.append(server)
+    except BaseException:  # nothing half-open: the caller fails to start
+        for handle in handles:
+            handle.close()  # type: ignore[attr-defined]
+        raise
     return handles

@@ -157,6 +157,10 @@ class Resolver:
         self.answered = 0
         self.refused = 0
         self.kernel_drops = 0
+        self.kernel_drops_by: dict[str, int] = {}
+        """`kernel_drops` by the sandbox whose socket dropped them (``""``: the socket of other sources)."""
+        self.reloaded: list[Callable[[Policy], None]] = []
+        """Told each policy a reload swaps in (`egress.dnsserver.udpshare.UdpShare.steer`)."""
         self.tcp_bound_closed = 0
         """TCP connections closed by the bound (`egress.dnsserver.tcpbound`)."""
         self.tcp_stalled_closed = 0
@@ -168,6 +172,8 @@ class Resolver:
         self.flush_reports()
         self.policy = policy
         self.fast.invalidate()
+        for told in list(self.reloaded):
+            told(policy)
         names = {sandbox.name: sandbox for sandbox in policy.sandboxes}
         for name in list(self._trackers):
             if name in names:
@@ -368,14 +374,16 @@ class Resolver:
         if self.batch.pending:
             self.batch.flush(self.reporter)
 
-    def kernel_dropped(self, count: int) -> None:
-        """The kernel dropped ``count`` queries at a listening socket (receive buffer full): one decision each, so
-        the recorder's aggregation counts them into one record."""
+    def kernel_dropped(self, count: int, sandbox: str = "") -> None:
+        """The kernel dropped ``count`` queries at a listening socket (receive buffer full): ``sandbox``'s own socket
+        (`egress.dnsserver.udpshare`; ``""``: the socket of sources in no sandbox). One decision with its count
+        (the record counts them all): a decision per datagram cost the resolver CPU for each datagram a flood
+        had the kernel drop."""
         self.kernel_drops += count
-        log.warning("kernel dropped %d DNS datagrams (receive buffer full; %d in all)", count, self.kernel_drops)
-        verdict = decide_dns_dropped()
-        for _ in range(count):
-            self._report(("0.0.0.0", 0), "udp", "", verdict, "")
+        self.kernel_drops_by[sandbox] = self.kernel_drops_by.get(sandbox, 0) + count
+        log.warning("kernel dropped %d DNS datagrams of %s (its receive buffer full; %d in all)", count,
+                    f"sandbox {sandbox}" if sandbox else "sources in no sandbox", self.kernel_drops)  # fmt: skip
+        self._report(("0.0.0.0", 0), "udp", "", decide_dns_dropped(), sandbox, count)
 
     def sandbox_name(self, source: str) -> str:
         """The name of ``source``'s sandbox under the policy in force (``""``: in none)."""
@@ -402,7 +410,9 @@ class Resolver:
         verdict = Verdict(Enforcement.BLOCK, Reason.IDLE_TIMEOUT, STALLED_RULE, evidence(text))
         self._report(conn.client, "tcp", "", verdict, conn.sandbox)
 
-    def _report(self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str) -> str:
+    def _report(
+        self, client: tuple[str, int], transport: str, qname: str, verdict: Verdict, sandbox: str, count: int = 1
+    ) -> str:
         """Report a decision; the id of its record (named now, for the refusal's EDE text), ``""`` when allowed."""
         attempt = DecidedFlow(
             ts=time.time(),
@@ -414,6 +424,7 @@ class Resolver:
             transport=transport,
             host=qname,
             verdict=verdict,
+            count=count,
         )
         attempt = named(attempt)
         self.reporter.report(attempt)

@@ -32,8 +32,8 @@ from collections.abc import Awaitable, Callable
 from typing import Any, Final
 
 from egress.decisions import DecidedFlow, Reporter
-from egress.dnsserver.listen import UdpServer
 from egress.dnsserver.resolver import Resolver, serve
+from egress.dnsserver.udpshare import UdpShare
 from egress.gateway.droplog import DropLogger
 from egress.gateway.liveness import CHECK_EVERY, DRAIN_DEADLINE, Answers, Drain
 from egress.gateway.recorder import RecordReporter
@@ -189,7 +189,7 @@ class ResolverPart:
 
             setattr(self.resolver, "answer", never)  # noqa: B010 (mypy refuses assigning to a method); TCP
             for handle in self.handles:  # UDP answers in the read loop itself (`Resolver.answer_now`): stop reading
-                if isinstance(handle, UdpServer):
+                if isinstance(handle, UdpShare):
                     handle.pause()
             log.warning("FAULT HOOK: the resolver stops answering (%s=1)", FAULT_HOOKS_ENV)
 

@@ -19,6 +19,7 @@ from egress.dnsserver import listen
 from egress.dnsserver.bindings import Bindings
 from egress.dnsserver.listen import SO_RXQ_OVFL, UdpServer, dropped_so_far, serve, size_receive_buffer
 from egress.dnsserver.resolver import Resolver, Upstream
+from egress.dnsserver.udpshare import UdpShare
 from egress.policy.loader import parse_policy
 from tests.dnsserver.test_resolver import Recorded
 from tests.waiting import eventually_async
@@ -101,7 +102,8 @@ def test_a_burst_past_the_buffer_is_answered_or_counted_never_lost_silently(tmp_
     assert dropped > 0, "the buffer was meant to overflow"
     assert answered + dropped == sent
     records = [flow for flow in reporter.flows if flow.verdict.reason is Reason.DNS_DROPPED]
-    assert len(records) == dropped
+    assert sum(record.count for record in records) == dropped  # one decision per read that saw a rise, its count
+    assert len(records) <= dropped
 
 
 def test_serve_listens_on_udp_and_tcp(tmp_path: pathlib.Path) -> None:
@@ -111,8 +113,8 @@ def test_serve_listens_on_udp_and_tcp(tmp_path: pathlib.Path) -> None:
     async def scenario() -> tuple[int, int]:
         handles = await serve(resolver, ["127.0.0.1"], 0)
         udp = handles[0]
-        assert isinstance(udp, UdpServer)
-        port = udp.sock.getsockname()[1]
+        assert isinstance(udp, UdpShare)
+        port = udp.port
         loop = asyncio.get_running_loop()
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as client:
             client.setblocking(False)

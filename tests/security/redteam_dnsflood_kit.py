@@ -13,6 +13,12 @@ gateway's resolver, and another sandbox's queries asked while it runs.
 
 It prints one JSON line: the flood's figures (queries sent and answered, seconds from the first answer to the
 last) and the probe's (each query: transport, seconds or null; asked while the flood ran).
+
+`udp_flood_main` is the UDP row's: the agent pours refused queries over UDP (`udp_pour`, a process of its own, from
+`POUR_SOCKETS` source ports, as fast as it can send, its answers read and counted but never waited for) for
+`POUR_SECONDS`, far more than the resolver answers, so the kernel's queue of the socket the agent's datagrams reach
+stays full; builder asks allowed.lab over UDP meanwhile (the stub resolver's retries, `UDP_ATTEMPT` seconds x
+`UDP_ATTEMPTS`). Same JSON line (the flood's ``sent`` is what the pourer sent, ``answered`` what came back).
 """
 
 from __future__ import annotations
@@ -36,6 +42,17 @@ BUDGET = ATTEMPT * ATTEMPTS
 """Seconds a probe query may take in all (a stub resolver's 5 s x 2 attempts, glibc's default, is the same)."""
 NAME = ".".join(["x" * 50] * 2) + ".nowhere.example"
 """A long name the policy does not allow: each query refused, decided, logged and recorded."""
+
+
+POUR_SECONDS = 40.0
+"""How long the UDP flood pours."""
+POUR_SOCKETS = 16
+"""The UDP flood's source ports."""
+UDP_ATTEMPT = 3.0
+"""Seconds a UDP probe query of the UDP row waits for its answer before it is sent again (generous: a loaded
+machine)."""
+UDP_ATTEMPTS = 5
+UDP_BUDGET = UDP_ATTEMPT * UDP_ATTEMPTS
 
 
 def _frame(qid: int, name: str) -> bytes:
@@ -120,16 +137,18 @@ class Flood:
             sock.close()
 
 
-def _udp(resolver: str, source: str, name: str, qid: int) -> float | None:
+def _udp(
+    resolver: str, source: str, name: str, qid: int, attempt: float = ATTEMPT, attempts: int = ATTEMPTS
+) -> float | None:
     from egress.detect import dns
 
     query = dns.build_query(qid, name, dns.A)
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
         udp.bind((source, 0))
         start = time.monotonic()
-        for _ in range(ATTEMPTS):
+        for _ in range(attempts):
             udp.sendto(query, (resolver, 53))
-            deadline = time.monotonic() + ATTEMPT
+            deadline = time.monotonic() + attempt
             while (left := deadline - time.monotonic()) > 0:
                 udp.settimeout(left)
                 try:
@@ -177,4 +196,66 @@ def flood_main() -> None:
     flood.close()
     seconds = (flood.last - flood.first) if flood.first is not None and flood.last is not None else None
     result = {"flood": {"sent": flood.expected, "answered": flood.answered, "seconds": seconds}, "probes": probes}
+    print(json.dumps(result), flush=True)
+
+
+def udp_pour() -> None:
+    """``udp_pour RESOLVER SOURCE SECONDS``: refused queries over UDP from `POUR_SOCKETS` source ports as fast as
+    they can be sent, for SECONDS; the answers are read (counted) between sends, never waited for. Prints
+    ``{"sent": N, "answered": M, "first": T, "last": T}`` (monotonic times of the first and last answer)."""
+    from egress.detect import dns
+
+    resolver, source, seconds = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    socks = []
+    for _ in range(POUR_SOCKETS):
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind((source, 0))
+        sock.setblocking(False)
+        socks.append(sock)
+    queries = [dns.build_query(n, NAME, dns.A) for n in range(256)]
+    sent = answered = 0
+    first: float | None = None
+    last: float | None = None
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        for sock in socks:
+            for query in queries[sent & 0xF0 : (sent & 0xF0) + 16]:
+                try:
+                    sock.sendto(query, (resolver, 53))
+                    sent += 1
+                except (BlockingIOError, ConnectionRefusedError):
+                    break
+            while True:
+                try:
+                    sock.recv(4096)
+                except (BlockingIOError, ConnectionRefusedError):
+                    break
+                answered += 1
+                last = time.monotonic()
+                first = first if first is not None else last
+    print(json.dumps({"sent": sent, "answered": answered, "first": first, "last": last}), flush=True)
+
+
+def udp_flood_main() -> None:
+    """``udp_flood_main RESOLVER AGENT BUILDER NAME [SECONDS]``: the UDP row (module docstring)."""
+    import subprocess
+
+    resolver, agent, builder, name = sys.argv[1:5]
+    seconds = float(sys.argv[5]) if len(sys.argv) > 5 else POUR_SECONDS
+    code = "from tests.security.redteam_dnsflood_kit import udp_pour; udp_pour()"
+    pour = subprocess.Popen(  # a process of its own: it takes a core, as a real flood would
+        [sys.executable, "-c", code, resolver, agent, str(seconds)], stdout=subprocess.PIPE, text=True
+    )
+    time.sleep(min(3.0, seconds / 4))  # the resolver's queue fills first
+    probes: list[dict[str, object]] = []
+    qid = 1000
+    while pour.poll() is None:
+        took = _udp(resolver, builder, name, qid, UDP_ATTEMPT, UDP_ATTEMPTS)
+        qid += 1
+        probes.append({"transport": "udp", "seconds": took, "during_flood": pour.poll() is None})
+        time.sleep(0.2)
+    out, _ = pour.communicate(timeout=60)
+    poured = json.loads(out.strip().splitlines()[-1]) if out.strip() else {"sent": 0, "answered": 0}
+    span = (poured["last"] - poured["first"]) if poured.get("first") is not None else None
+    result = {"flood": {"sent": poured["sent"], "answered": poured["answered"], "seconds": span}, "probes": probes}
     print(json.dumps(result), flush=True)
