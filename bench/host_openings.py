@@ -14,6 +14,7 @@ import argparse
 import collections
 import pathlib
 import sys
+from typing import Protocol
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
@@ -24,6 +25,14 @@ from egress.scanner import FileStats, Scanner
 
 REFUSED = (encrypted.Opening.ENCRYPTED, encrypted.Opening.SSH)
 """What the default ``expect`` refuses at a raw stream's opening (plain openings go to the detectors)."""
+
+
+class Looker(Protocol):
+    """A detector that only looks, told the name of the capture it reads."""
+
+    path: str
+
+    def __call__(self, view: FlowView) -> Result: ...
 
 
 class Judge:
@@ -55,18 +64,25 @@ class Judge:
         return None
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("roots", nargs="+", type=pathlib.Path)
-    args = parser.parse_args()
-    judge = Judge()
+def scan_captures(judge: Looker, roots: list[pathlib.Path]) -> int:
+    """Every capture file under ``roots`` scanned with ``judge`` as the only detector, its ``path`` set to the file's
+    name while that file is read (bench/http_openings.py walks the corpora the same way); how many files."""
     detectors = DetectorSet((judge,), (), (), _NoDns)
-    files = sorted(p for root in args.roots for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
+    files = sorted(p for root in roots for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
     files = [p for p in files if p.suffix in (".pcap", ".pcapng", ".cap")]
     for path in files:
         judge.path = path.name
         for _ in Scanner(detectors).scan(str(path), FileStats(str(path))):
             pass
+    return len(files)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("roots", nargs="+", type=pathlib.Path)
+    args = parser.parse_args()
+    judge = Judge()
+    files = scan_captures(judge, args.roots)
     totals: collections.Counter[str] = collections.Counter()
     refused = 0
     for where, early, whole, size in judge.seen:
@@ -74,7 +90,7 @@ def main() -> None:
         if early in REFUSED or whole in REFUSED:
             refused += 1
             print(f"refused: {where}: first look {early}, window {whole}, {size} B")
-    print(f"{len(files)} files, {len(judge.seen)} TCP flows with bytes; refused by the default expect: {refused}")
+    print(f"{files} files, {len(judge.seen)} TCP flows with bytes; refused by the default expect: {refused}")
     for key, count in sorted(totals.items()):
         print(f"  {key}: {count}")
 

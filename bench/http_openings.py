@@ -20,12 +20,11 @@ import sys
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))
 
+from bench.host_openings import scan_captures
 from egress.detect import http
 from egress.detect.base import MORE, FlowView, Result
-from egress.detect.registry import DetectorSet, _NoDns
 from egress.proxy import authority
 from egress.proxy.gate import HEAD_WAIT_LIMIT, _http_like
-from egress.scanner import FileStats, Scanner
 
 _LINE = re.compile(rb"(?:^|\r?\n)([A-Za-z]{3,12}) ([^ \r\n]+) HTTP/1\.[01]\r?\n((?:[^\r\n]+\r?\n)*?)\r?\n")
 
@@ -70,18 +69,12 @@ def main() -> None:
     parser.add_argument("roots", nargs="+", type=pathlib.Path)
     args = parser.parse_args()
     judge = Judge()
-    detectors = DetectorSet((judge,), (), (), _NoDns)
-    files = sorted(p for root in args.roots for p in (root.rglob("*") if root.is_dir() else [root]) if p.is_file())
-    files = [p for p in files if p.suffix in (".pcap", ".pcapng", ".cap")]
-    for path in files:
-        judge.path = path.name
-        for _ in Scanner(detectors).scan(str(path), FileStats(str(path))):
-            pass
+    files = scan_captures(judge, args.roots)
     totals = collections.Counter(what for _, what in judge.seen)
     for where, what in judge.seen:
         if what != "ok":
             print(f"{what}: {where}")
-    print(f"{len(files)} files, {len(judge.seen)} TCP flows opening like HTTP; before the fixes none refused")
+    print(f"{files} files, {len(judge.seen)} TCP flows opening like HTTP; before the fixes none refused")
     for key in ("ok", "refused", "port", "authority"):
         print(f"  {key}: {totals[key]}")
 

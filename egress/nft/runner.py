@@ -139,9 +139,8 @@ def _element(value: Any) -> str:
     return str(value)
 
 
-def list_set(table: str, set_name: str, netns: str | None = None, family: str = "inet") -> list[str]:
-    """The set's live elements: addresses, ``net/len`` prefixes or ``low-high`` ranges (expired ones are gone)."""
-    output = _run(["-j", "list", "set", _family(family), _ident("table", table), _ident("set", set_name)], None, netns)
+def _set_elements(output: str) -> list[str]:
+    """The elements of the set that ``nft -j list set`` printed as ``output``."""
     try:
         document = json.loads(output)
     except json.JSONDecodeError as exc:
@@ -151,6 +150,12 @@ def list_set(table: str, set_name: str, netns: str | None = None, family: str = 
         if "set" in item:
             elements.extend(_element(e) for e in item["set"].get("elem", []))
     return elements
+
+
+def list_set(table: str, set_name: str, netns: str | None = None, family: str = "inet") -> list[str]:
+    """The set's live elements: addresses, ``net/len`` prefixes or ``low-high`` ranges (expired ones are gone)."""
+    output = _run(["-j", "list", "set", _family(family), _ident("table", table), _ident("set", set_name)], None, netns)
+    return _set_elements(output)
 
 
 def _here_or_in(netns: str | None, args: Sequence[str], script: str, flags: int = 0) -> str:
@@ -170,15 +175,7 @@ def count_generation(table: str, netns: str | None = None) -> int | None:
     `GENERATION_SET` says; ``None`` if it names none. Raises `NftError` if the table has no such set."""
     args = ["-j", "list", "set", "inet", _ident("table", table), GENERATION_SET]
     output = _here_or_in(netns, args, " ".join(args[1:]), libnft.OUTPUT_JSON)
-    try:
-        document = json.loads(output)
-    except json.JSONDecodeError as exc:
-        raise NftError("nft -j printed something that is not JSON", output[:200]) from exc
-    elements: list[str] = []
-    for item in document.get("nftables", []):
-        if "set" in item:
-            elements.extend(_element(e) for e in item["set"].get("elem", []))
-    return counting.generation_of(elements)
+    return counting.generation_of(_set_elements(output))
 
 
 def swap_counts(table: str, generation: int, netns: str | None = None) -> None:
