@@ -12,6 +12,7 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
 #define TLSFAST_ABI 2 /* tlsfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
 #ifndef TLSFAST_SOURCE
@@ -144,6 +145,54 @@ static PyObject *u16_tuple(const uint8_t *p, Py_ssize_t count, Py_ssize_t stride
     }
     return out;
 }
+
+/* The frozen slots dataclasses the parses return (tls.ClientHello, tls.ServerHello) made without their generated
+ * __init__ (an object.__setattr__ per field: most of a parse's cost in C): the instance allocated and each field's
+ * slot filled, as __init__ fills them (the classes have no defaults and no __post_init__). Each call site keeps the
+ * slot offsets of the class it was given, read from its member descriptors; a class whose fields are not such
+ * slots is called instead. tests/detect/test_tlsfast*.py compare the objects with those __init__ makes. */
+typedef struct {
+    PyTypeObject *type; /* a strong reference once resolved */
+    Py_ssize_t offset[8];
+    int usable;
+} slots_of;
+
+static void resolve(slots_of *cache, PyObject *make, const char *const *names, int n) {
+    Py_CLEAR(cache->type);
+    cache->usable = 0;
+    if (!PyType_Check(make))
+        return;
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyDict_GetItemString(((PyTypeObject *)make)->tp_dict, names[i]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+            return;
+        PyMemberDef *member = ((PyMemberDescrObject *)d)->d_member;
+        if (member->type != Py_T_OBJECT_EX || (member->flags & Py_READONLY))
+            return;
+        cache->offset[i] = member->offset;
+    }
+    cache->type = (PyTypeObject *)Py_NewRef(make);
+    cache->usable = 1;
+}
+
+/* make(*values), as the class's __init__ would; `values` are borrowed. */
+static PyObject *build(slots_of *cache, PyObject *make, const char *const *names, PyObject *const *values, int n) {
+    if (cache->type != (PyTypeObject *)make)
+        resolve(cache, make, names, n);
+    if (!cache->usable)
+        return PyObject_Vectorcall(make, values, (size_t)n, NULL);
+    PyObject *obj = cache->type->tp_alloc(cache->type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        *(PyObject **)((char *)obj + cache->offset[i]) = Py_NewRef(values[i]);
+    return obj;
+}
+
+static const char *const CLIENT_FIELDS[7] = {"version", "supported_versions", "sni", "alpn",
+                                             "cipher_suites", "extensions", "truncated"};
+static const char *const SERVER_FIELDS[4] = {"version", "cipher_suite", "extensions", "certificates"};
+static slots_of client_slots, server_slots;
 
 /* client_hello(prefix, partial, more, make): tls._parse_client_hello. None when the bytes are no ClientHello,
  * `more` while it is still arriving, else make(version, supported_versions, sni, alpn, cipher_suites, extensions,
@@ -292,7 +341,7 @@ static PyObject *client_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyObject *call[7] = {PyLong_FromSsize_t(version), versions, sni, alpn, suite_tuple, kinds,
                              truncated ? Py_True : Py_False};
         if (call[0] != NULL) {
-            result = PyObject_Vectorcall(make, call, 7, NULL);
+            result = build(&client_slots, make, CLIENT_FIELDS, call, 7);
             Py_DECREF(call[0]);
         }
     }
@@ -421,7 +470,7 @@ static PyObject *server_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
             goto done;
         }
         while (block.len - block.pos >= 4) {
-            Py_ssize_t ext;
+            Py_ssize_t ext = 0;
             reader ebody;
             u16(&block, &ext);
             if (!vec(&block, 1, &ebody))
@@ -476,7 +525,7 @@ static PyObject *server_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyObject *chain = PyList_AsTuple(certs);
         PyObject *call[4] = {PyLong_FromSsize_t(version), PyLong_FromSsize_t(suite), kinds, chain};
         if (call[0] != NULL && call[1] != NULL && chain != NULL)
-            result = PyObject_Vectorcall(make, call, 4, NULL);
+            result = build(&server_slots, make, SERVER_FIELDS, call, 4);
         Py_XDECREF(call[0]);
         Py_XDECREF(call[1]);
         Py_XDECREF(chain);

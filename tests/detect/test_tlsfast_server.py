@@ -7,6 +7,7 @@ random bytes behind handshake headers, both ``partial``s."""
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import functools
 import pathlib
 import random
@@ -22,7 +23,7 @@ from egress.lab import certs
 from tests.budget import examples
 from tests.detect import test_tls
 from tests.detect import tlsshape_traces as traces
-from tests.detect.test_tlsfast import compiled_only
+from tests.detect.test_tlsfast import _real_hellos, compiled_only
 
 
 def _compiled(prefix: bytes | bytearray | memoryview, partial: bool) -> object:
@@ -157,3 +158,42 @@ def test_the_watcher_and_the_gate_parse_with_the_compiled_twin(flights: tuple[by
     assert tls._fast_server_hello is tlsfast.COMPILED.server_hello  # type: ignore[union-attr]
     flight = bytes(flights[0])
     assert tls.parse_server_hello(flight) == tls._parse_server_hello(flight, False)
+
+
+@compiled_only
+def test_the_hellos_are_made_as_their_classes_init_makes_them(flights: tuple[bytes, ...]) -> None:
+    """The compiled parses fill the frozen dataclasses' slots without their ``__init__``: the objects are equal
+    field by field to those ``__init__`` makes, hash alike and stay frozen; a class whose fields are not slots (or
+    any other callable) is called with the fields instead."""
+    assert tlsfast.COMPILED is not None
+    flight = flights[1]
+    made = _compiled(flight, False)
+    want = tls._parse_server_hello(flight, False)
+    assert isinstance(made, tls.ServerHello) and isinstance(want, tls.ServerHello)
+    assert [getattr(made, f) for f in made.__slots__] == [getattr(want, f) for f in want.__slots__]
+    assert hash(made) == hash(want)
+    with pytest.raises(AttributeError):
+        made.version = 1  # type: ignore[misc]
+    hello = _real_hellos()[0]
+    client = tlsfast.COMPILED.client_hello(hello, False, MORE, tls.ClientHello)
+    assert client == tls._parse_client_hello(hello, False) and hash(client) == hash(
+        tls._parse_client_hello(hello, False)
+    )
+    assert tlsfast.COMPILED.server_hello(flight, False, MORE, lambda *fields: fields) == (
+        want.version,
+        want.cipher_suite,
+        want.extensions,
+        want.certificates,
+    )
+
+    @dataclasses.dataclass(frozen=True)
+    class Plain:
+        version: int
+        cipher_suite: int
+        extensions: tuple[int, ...]
+        certificates: tuple[bytes, ...]
+
+    assert tlsfast.COMPILED.server_hello(flight, False, MORE, Plain) == Plain(
+        want.version, want.cipher_suite, want.extensions, want.certificates
+    )
+    assert _compiled(flight, False) == want  # and the dataclass's slots again after another class
