@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from egress.detect import tls, tlsfast
 from egress.detect.base import MORE
 from egress.lab import certs
+from egress.proxy.relay import Watch
 from tests.budget import examples
 from tests.detect import test_tls
 from tests.detect import tlsshape_traces as traces
@@ -197,3 +198,20 @@ def test_the_hellos_are_made_as_their_classes_init_makes_them(flights: tuple[byt
         want.version, want.cipher_suite, want.extensions, want.certificates
     )
     assert _compiled(flight, False) == want  # and the dataclass's slots again after another class
+
+
+def test_an_error_in_the_server_hellos_parse_closes_the_relay(
+    monkeypatch: pytest.MonkeyPatch, flights: tuple[bytes, ...]
+) -> None:
+    """Fail closed: whatever the compiled ServerHello parse raises (MemoryError where Python would), the relay's
+    watch refuses the server's first chunk, stays closed and passes nothing after."""
+
+    def broken(prefix: bytes, partial: bool, more: object, make: object) -> object:
+        raise MemoryError
+
+    monkeypatch.setattr(tls, "_fast_server_hello", broken)
+    watch = Watch(on_finding=lambda finding: False)
+    assert watch.passes(True, _real_hellos()[0])
+    assert not watch.passes(False, bytes(flights[0]))
+    assert watch.closed and not watch.finished
+    assert not watch.passes(True, b"\x17\x03\x03\x00\x01\x00")
