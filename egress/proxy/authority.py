@@ -141,7 +141,7 @@ def stream_disagreement(method: str, authority: str, path: str, hosts: Sequence[
         return f":authority {authority[:80]!r} carries userinfo"
     if len(hosts) > 1:
         return f"{len(hosts)} host fields"
-    if hosts and authority and _normal_authority(hosts[0]) != _normal_authority(authority):
+    if hosts and authority and hosts[0] != authority and _normal_authority(hosts[0]) != _normal_authority(authority):
         return f"host {hosts[0][:80]!r} is not :authority {authority[:80]!r}"
     return None
 
