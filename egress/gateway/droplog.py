@@ -240,6 +240,7 @@ class DropLogger:
         self.judge = DropJudge(policy, lists)
         self.reporter = reporter
         self._stop = threading.Event()
+        self._stopped = False
         self._fault = threading.Event()
         self._thread: threading.Thread | None = None
         self.reader: NflogReader | None = None
@@ -339,6 +340,9 @@ class DropLogger:
         the last reads take both generations of counters (the lockdown the supervisor applies first keeps them and
         counts nothing more), so a logger that stops, or died and is replaced, leaves no count unread. What a log
         still on its way then carries is judged too, or lost with the socket."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)

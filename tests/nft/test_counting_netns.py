@@ -81,16 +81,18 @@ def test_a_reload_and_the_lockdown_lose_no_count(lab: Lab) -> None:
     flood(lab, "10.78.0.120", 100)  # generation a, current
     take()  # reads b (empty), retires a with its 100 unread
     flood(lab, "fd78::99", 70)  # generation b, current
-    assert runner.replace_table(render(AFTER, lab.settings), table, gw)  # the reload
-    assert runner.count_generation(table, gw) == 1  # the reader's generation goes on
+    kept = [runner.replace_table(render(AFTER, lab.settings), table, gw)]  # the reload
+    generation = runner.count_generation(table, gw)
     flood(lab, "10.78.0.121", 30)
-    assert runner.replace_table(render_lockdown(lab.settings, AFTER), table, gw)  # the lockdown
+    kept.append(runner.replace_table(render_lockdown(lab.settings, AFTER), table, gw))  # the lockdown
     assert "builders" not in runner.list_table(table, gw)  # the lockdown table: nothing else of the policy's
-    assert runner.replace_table(render(AFTER, lab.settings), table, gw)  # the unlock
+    kept.append(runner.replace_table(render(AFTER, lab.settings), table, gw))  # the unlock
     flood(lab, "10.78.0.120", 20)
     for _ in range(COUNT_GENERATIONS + 1):
         take()
     assert read == {"10.78.0.120": 120, "fd78::99": 70, "10.78.0.121": 30}
+    assert kept == [True, True, True]
+    assert generation == 1  # the reader's generation went on across the reload
     assert "src4_builders" in runner.list_table(table, gw)  # the reloaded policy is what is in force
 
 
@@ -102,5 +104,5 @@ def test_a_table_without_the_counting_state_is_replaced_whole(lab: Lab) -> None:
     runner.apply(stale, gw)  # a table of another shape (an older version's lockdown table has no counters)
     assert not runner.replace_table(render(BEFORE, lab.settings), table, gw)
     chains, sets = runner.table_names(table, gw) or (set(), set())
-    assert "stale" not in sets and counting.KEPT_SETS <= sets and counting.KEPT_CHAINS <= chains
+    assert "stale" not in sets and sets >= counting.KEPT_SETS and chains >= counting.KEPT_CHAINS
     assert runner.table_names("nosuchtable", gw) is None
