@@ -14,7 +14,8 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
 - ``SO_RXQ_OVFL`` (Linux, socket(7)) makes the kernel attach to each datagram the count of datagrams it dropped
   on this socket so far; a rise is reported to the resolver (`Resolver.kernel_dropped`), which records it as
   ``dns-dropped`` (one decision with its count, naming the socket's sandbox), so what the kernel drops is never
-  lost silently.
+  lost silently; a flood that stops brings no later datagram to carry the count, so each socket also reads it with
+  ``SO_MEMINFO`` every `DROPS_EVERY` seconds and at its close.
 
 Each address has one such socket per sandbox (`egress.dnsserver.udpshare`: one ``SO_REUSEPORT`` group, the kernel
 steering each datagram to its sandbox's socket by source address), so a sandbox's flood fills its own queue only.
