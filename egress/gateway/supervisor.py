@@ -194,7 +194,8 @@ class Supervisor:
         (`runner.replace_table`); whole the first time: what an earlier process counted, this one's logger did not
         see logged, and would report again."""
         if self._table_applied:
-            runner.replace_table(script, self.config.table)
+            if not runner.replace_table(script, self.config.table):
+                log.warning("table inet %s replaced whole: drop counts not yet read are lost", self.config.table)
         else:
             runner.apply(script)
         self._table_applied = True
