@@ -17,6 +17,7 @@ or the lockdown loses no count, and the reader's generations and swaps go on acr
 
 from __future__ import annotations
 
+import re
 from collections.abc import Collection
 from typing import Final
 
@@ -123,25 +124,36 @@ def _declarations() -> tuple[list[str], str]:
     return sets, chains
 
 
+_DECLARED: Final = re.compile(r"^\t(chain|set) ([A-Za-z][A-Za-z0-9_-]*) \{", re.MULTILINE)
+
+
 def keeping(script: str, table: str, chains: Collection[str], sets: Collection[str]) -> str | None:
     """``script``, a whole table for ``inet table`` (it deletes the table, then declares it anew), as one
-    transaction that keeps the counting state the table has now (``chains`` and ``sets``: the names it has):
-    every other chain is flushed, then deleted, every other set deleted, then the new table declared without the
-    counting sets and chains (an ``add`` of a kept set would add `GENERATION_SET`'s element ``0`` beside the one
-    there). ``None`` when the table lacks some of the counting state (none yet, a lockdown table of an older
+    transaction that keeps the counting state the table has now (``chains`` and ``sets``: the names it has).
+    Every other chain is flushed; those ``script`` does not declare are then deleted, the others filled anew by its
+    declarations; every other set ``script`` declares is flushed and filled anew, the rest deleted. The counting
+    sets and chains are left out of the declarations (an ``add`` of a kept set would add `GENERATION_SET`'s
+    element ``0`` beside the one there). Objects are flushed in place rather than deleted and declared again: a
+    transaction holding both the old and the new object of a name cost nft half as much again as the whole
+    replacement. ``None`` when the table lacks some of the counting state (none yet, a lockdown table of an older
     version): then it is replaced whole, as ``script`` says."""
-    if not (set(sets) >= KEPT_SETS and set(chains) >= KEPT_CHAINS):
+    if not (KEPT_SETS <= set(sets) and KEPT_CHAINS <= set(chains)):
         return None
     where = f"inet {table}"
     header = f"table {where} {{}}\ndelete table {where}\n"
     if script.count(header) != 1:
         raise ValueError(f"not a whole-table script for table {where}")
-    removals = [f"flush chain {where} {name}\n" for name in sorted(set(chains) - KEPT_CHAINS)]
-    removals += [f"delete chain {where} {name}\n" for name in sorted(set(chains) - KEPT_CHAINS)]
-    removals += [f"delete set {where} {name}\n" for name in sorted(set(sets) - KEPT_SETS)]
+    declared: dict[str, set[str]] = {"chain": set(), "set": set()}
+    for kind, name in _DECLARED.findall(script):
+        declared[kind].add(name)
+    old_chains, old_sets = set(chains) - KEPT_CHAINS, set(sets) - KEPT_SETS
+    removals = [f"flush chain {where} {name}\n" for name in sorted(old_chains)]
+    removals += [f"delete chain {where} {name}\n" for name in sorted(old_chains - declared["chain"])]
+    removals += [f"flush set {where} {name}\n" for name in sorted(old_sets & declared["set"])]
+    removals += [f"delete set {where} {name}\n" for name in sorted(old_sets - declared["set"])]
     out = script.replace(header, "".join(removals))
-    declared, block = _declarations()
-    for text in [*declared, block]:  # `render` declares all of them, `render_lockdown` none
+    declarations, block = _declarations()
+    for text in [*declarations, block]:  # `render` declares all of them, `render_lockdown` none
         if out.count(text) > 1:
             raise ValueError(f"counting declaration rendered twice: {text.strip()}")
         out = out.replace(text, "")

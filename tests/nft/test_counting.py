@@ -11,10 +11,10 @@ from tests.nft import make_sandbox
 
 SETTINGS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0")
 POLICY = Policy(1, (make_sandbox("agents", "10.77.0.0/26", "fd77::/120"),))
-HAS = ({"count_drop", "count_pass", "forward", "forward_gone"}, {*counting.KEPT_SETS, "src4_gone"})
+HAS = ({"count_drop", "count_pass", "forward", "forward_gone"}, {*counting.KEPT_SETS, "src4_agents", "src4_gone"})
 
 
-def test_everything_but_the_counting_state_is_deleted_then_declared_anew() -> None:
+def test_everything_but_the_counting_state_is_emptied_or_deleted_then_declared_anew() -> None:
     kept = counting.keeping(render(POLICY, SETTINGS), "egress", *HAS)
     assert kept is not None
     assert "delete table" not in kept
@@ -23,7 +23,9 @@ def test_everything_but_the_counting_state_is_deleted_then_declared_anew() -> No
     assert "count_drop" not in kept.split("delete set")[0]  # the counting chains are neither flushed nor deleted
     assert "set counting" not in kept and "set drops4a" not in kept  # nor declared again (their elements stay)
     assert "chain count_drop {" not in kept and "jump count_drop" in kept
-    assert kept.index("delete chain inet egress forward") < kept.index("table inet egress {")
+    assert "flush chain inet egress forward\n" in kept and "delete chain inet egress forward\n" not in kept
+    assert "flush set inet egress src4_agents\n" in kept and "delete set inet egress src4_agents\n" not in kept
+    assert kept.index("delete set inet egress src4_gone") < kept.index("table inet egress {")
 
 
 def test_the_lockdown_keeps_the_counting_state_too() -> None:
