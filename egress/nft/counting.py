@@ -137,7 +137,7 @@ def keeping(script: str, table: str, chains: Collection[str], sets: Collection[s
     transaction holding both the old and the new object of a name cost nft half as much again as the whole
     replacement. ``None`` when the table lacks some of the counting state (none yet, a lockdown table of an older
     version): then it is replaced whole, as ``script`` says."""
-    if not (KEPT_SETS <= set(sets) and KEPT_CHAINS <= set(chains)):
+    if not (set(sets) >= KEPT_SETS and set(chains) >= KEPT_CHAINS):
         return None
     where = f"inet {table}"
     header = f"table {where} {{}}\ndelete table {where}\n"
