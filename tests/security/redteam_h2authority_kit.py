@@ -43,6 +43,7 @@ import h2.exceptions
 import hpack
 from hyperframe import frame
 
+from tests.security.labonly import refuse_outside_a_namespace
 from tests.security.redteam_authority_kit import (
     _ADDRESSES,
     OWN_PAGE,
@@ -313,6 +314,7 @@ def _address(spec: str) -> tuple[str, int]:
 
 def forwarder_main() -> None:
     """``python -c '...; forwarder_main()' CHAIN KEY plain=ADDRESS:PORT... tls=ADDRESS:PORT...``"""
+    refuse_outside_a_namespace()  # it dials what a request names: only ever inside the lab
     chain, key, *specs = sys.argv[1:]
     plain = [_address(spec.removeprefix("plain=")) for spec in specs if spec.startswith("plain=")]
     tls = [_address(spec.removeprefix("tls=")) for spec in specs if spec.startswith("tls=")]
