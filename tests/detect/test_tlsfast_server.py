@@ -212,6 +212,8 @@ def test_an_error_in_the_server_hellos_parse_closes_the_relay(
     monkeypatch.setattr(tls, "_fast_server_hello", broken)
     watch = Watch(on_finding=lambda finding: False)
     assert watch.passes(True, _real_hellos()[0])
-    assert not watch.passes(False, bytes(flights[0]))
+    # a new object: `parse_server_hello` keeps its last answer by the prefix's identity, and another test (any
+    # order) may have parsed this very object already
+    assert not watch.passes(False, bytes(bytearray(flights[0])))
     assert watch.closed and not watch.finished
     assert not watch.passes(True, b"\x17\x03\x03\x00\x01\x00")
