@@ -194,6 +194,110 @@ static const char *const CLIENT_FIELDS[7] = {"version", "supported_versions", "s
 static const char *const SERVER_FIELDS[4] = {"version", "cipher_suite", "extensions", "certificates"};
 static slots_of client_slots, server_slots;
 
+/* tls._handshake_stream: the leading handshake records' payloads of `prefix`, joined into `stream` (at least `len`
+ * bytes); returns their length and sets `ended` when a record that is not a handshake record, or a bad header,
+ * ended the run. */
+static Py_ssize_t handshake_stream(const uint8_t *prefix, Py_ssize_t len, uint8_t *stream, int *ended) {
+    Py_ssize_t slen = 0, offset = 0;
+    *ended = 0;
+    while (offset + 5 <= len) {
+        const uint8_t *h = prefix + offset;
+        Py_ssize_t length = (Py_ssize_t)h[3] << 8 | h[4];
+        if (h[0] != HANDSHAKE || h[1] != 3 || h[2] > 4 || length > MAX_RECORD) {
+            *ended = 1;
+            break;
+        }
+        Py_ssize_t have = len - (offset + 5);
+        Py_ssize_t n = length < have ? length : have;
+        memcpy(stream + slen, h + 5, (size_t)n);
+        slen += n;
+        offset += 5 + length;
+    }
+    return slen;
+}
+
+/* tls._message at `offset` of the handshake stream: 1 with the message's kind, body and whether it is truncated;
+ * 0 when the parse answers None; -1 when it answers MORE. */
+static int message(const uint8_t *stream, Py_ssize_t slen, Py_ssize_t offset, int ended, int partial, int *kind,
+                   const uint8_t **body, Py_ssize_t *blen, int *truncated) {
+    if (offset + 4 > slen)
+        return ended || partial ? 0 : -1;
+    const uint8_t *m = stream + offset;
+    Py_ssize_t mlen = (Py_ssize_t)m[1] << 16 | (Py_ssize_t)m[2] << 8 | m[3];
+    Py_ssize_t have = slen - offset - 4;
+    *kind = m[0];
+    *body = m + 4;
+    *blen = have < mlen ? have : mlen;
+    *truncated = 0;
+    if (*blen < mlen) {
+        if (!(partial || ended))
+            return -1;
+        *truncated = 1;
+    }
+    return 1;
+}
+
+/* tls._first_message, its opening: the handshake stream of `prefix` when it may start a message of `kind`. 1 with
+ * `*stream` (PyMem_Malloc'd: the caller frees it), its length and `ended`; 0 with the parse's answer in `*result` (a
+ * new reference to None or `more`, or NULL with MemoryError set). */
+static int hello_stream(const uint8_t *prefix, Py_ssize_t len, int kind, PyObject *more, uint8_t **stream,
+                        Py_ssize_t *slen, int *ended, PyObject **result) {
+    if (len < 3) {
+        static const uint8_t start[2] = {HANDSHAKE, 3};
+        *result = Py_NewRef(memcmp(prefix, start, (size_t)len) == 0 ? more : Py_None);
+        return 0;
+    }
+    if (!(prefix[0] == HANDSHAKE && prefix[1] == 3 && prefix[2] <= 4)) {
+        *result = Py_NewRef(Py_None);
+        return 0;
+    }
+    *stream = PyMem_Malloc((size_t)len);
+    if (*stream == NULL) {
+        *result = PyErr_NoMemory();
+        return 0;
+    }
+    *slen = handshake_stream(prefix, len, *stream, ended);
+    if (*slen && (*stream)[0] != kind) {
+        *result = Py_NewRef(Py_None);
+        return 0;
+    }
+    return 1;
+}
+
+/* One extension of a hello: its type and body. */
+typedef struct {
+    Py_ssize_t kind;
+    const uint8_t *data;
+    Py_ssize_t len;
+} extension;
+
+/* tls._extensions at `r`'s position (two bytes at least are left there): the whole extensions of the declared block,
+ * as far as the body goes. A PyMem_Malloc'd array (the caller frees it) with their count in `*count`; NULL with
+ * MemoryError set. */
+static extension *extensions(reader *r, Py_ssize_t *count) {
+    Py_ssize_t declared;
+    u16(r, &declared);
+    Py_ssize_t left = r->len - r->pos;
+    reader block = {r->data + r->pos, declared < left ? declared : left, 0, 0};
+    extension *exts = PyMem_Malloc(sizeof *exts * (size_t)(block.len / 4 + 1));
+    if (exts == NULL) {
+        PyErr_NoMemory();
+        return NULL;
+    }
+    Py_ssize_t n = 0;
+    while (block.len - block.pos >= 4) {
+        reader body;
+        u16(&block, &exts[n].kind);
+        if (!vec(&block, 1, &body))
+            break;
+        exts[n].data = body.data;
+        exts[n].len = body.len;
+        n++;
+    }
+    *count = n;
+    return exts;
+}
+
 /* client_hello(prefix, partial, more, make): tls._parse_client_hello. None when the bytes are no ClientHello,
  * `more` while it is still arriving, else make(version, supported_versions, sni, alpn, cipher_suites, extensions,
  * truncated). */
@@ -212,93 +316,29 @@ static PyObject *client_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
     uint8_t *stream = NULL;
     if (partial < 0)
         goto done;
-    /* tls._first_message */
-    if (len < 3) {
-        static const uint8_t start[2] = {HANDSHAKE, 3};
-        result = memcmp(prefix, start, (size_t)len) == 0 ? more : Py_None;
-        Py_INCREF(result);
+    int ended, kind, truncated;
+    Py_ssize_t slen, blen;
+    const uint8_t *body;
+    if (!hello_stream(prefix, len, CLIENT_HELLO, more, &stream, &slen, &ended, &result))
         goto done;
-    }
-    if (!(prefix[0] == HANDSHAKE && prefix[1] == 3 && prefix[2] <= 4)) {
-        result = Py_NewRef(Py_None);
+    int got = message(stream, slen, 0, ended, partial, &kind, &body, &blen, &truncated);
+    if (got <= 0) {
+        result = Py_NewRef(got < 0 ? more : Py_None);
         goto done;
-    }
-    /* tls._handshake_stream: the leading handshake records' payloads, joined */
-    stream = PyMem_Malloc(len > 0 ? (size_t)len : 1);
-    if (stream == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
-    Py_ssize_t slen = 0, offset = 0;
-    int ended = 0;
-    while (offset + 5 <= len) {
-        const uint8_t *h = prefix + offset;
-        Py_ssize_t length = (Py_ssize_t)h[3] << 8 | h[4];
-        if (h[0] != HANDSHAKE || h[1] != 3 || h[2] > 4 || length > MAX_RECORD) {
-            ended = 1;
-            break;
-        }
-        Py_ssize_t have = len - (offset + 5);
-        Py_ssize_t n = length < have ? length : have;
-        memcpy(stream + slen, h + 5, (size_t)n);
-        slen += n;
-        offset += 5 + length;
-    }
-    if (slen && stream[0] != CLIENT_HELLO) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    /* tls._message */
-    if (4 > slen) {
-        result = ended || partial ? Py_None : more;
-        Py_INCREF(result);
-        goto done;
-    }
-    Py_ssize_t mlen = (Py_ssize_t)stream[1] << 16 | (Py_ssize_t)stream[2] << 8 | stream[3];
-    Py_ssize_t blen = slen - 4 < mlen ? slen - 4 : mlen;
-    int truncated = 0;
-    if (blen < mlen) {
-        if (!(partial || ended)) {
-            result = Py_NewRef(more);
-            goto done;
-        }
-        truncated = 1;
     }
     /* the hello's body */
-    reader r = {stream + 4, blen, 0, 0}, skipped, suites;
-    Py_ssize_t version = 0, nsuites = 0;
+    reader r = {body, blen, 0, 0}, skipped, suites;
+    Py_ssize_t version = 0, nsuites = 0, nexts = 0;
     const uint8_t *random;
-    int have_suites = 0, nexts = 0;
-    struct {
-        Py_ssize_t kind;
-        const uint8_t *data;
-        Py_ssize_t len;
-    } *exts = NULL;
+    int have_suites = 0;
+    extension *exts = NULL;
     if (u16(&r, &version) && take(&r, 32, &random) && vec(&r, 0, &skipped) && vec(&r, 1, &suites)) {
         have_suites = 1;
         nsuites = suites.len / 2;
         if (vec(&r, 0, &skipped) && r.pos < r.len && r.len - r.pos >= 2) {
-            /* tls._extensions: the whole extensions of the declared block, as far as the body goes */
-            Py_ssize_t declared;
-            u16(&r, &declared);
-            Py_ssize_t left = r.len - r.pos;
-            reader block = {r.data + r.pos, declared < left ? declared : left, 0, 0};
-            exts = PyMem_Malloc(sizeof *exts * (size_t)(block.len / 4 + 1));
-            if (exts == NULL) {
-                PyErr_NoMemory();
+            exts = extensions(&r, &nexts);
+            if (exts == NULL)
                 goto done;
-            }
-            while (block.len - block.pos >= 4) {
-                Py_ssize_t kind;
-                reader body;
-                u16(&block, &kind);
-                if (!vec(&block, 1, &body))
-                    break;
-                exts[nexts].kind = kind;
-                exts[nexts].data = body.data;
-                exts[nexts].len = body.len;
-                nexts++;
-            }
         }
     }
     if (r.shortfall) {
@@ -313,7 +353,7 @@ static PyObject *client_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
     PyObject *kinds = PyTuple_New(nexts);
     if (alpn == NULL || versions == NULL || suite_tuple == NULL || kinds == NULL)
         goto fields_done;
-    for (int i = 0; i < nexts; i++) {
+    for (Py_ssize_t i = 0; i < nexts; i++) {
         PyObject *k = PyLong_FromSsize_t(exts[i].kind);
         if (k == NULL)
             goto fields_done;
@@ -359,49 +399,6 @@ done:
     return result;
 }
 
-/* tls._handshake_stream: the leading handshake records' payloads of `prefix`, joined into `stream` (at least `len`
- * bytes); returns their length and sets `ended` when a record that is not a handshake record, or a bad header,
- * ended the run. */
-static Py_ssize_t handshake_stream(const uint8_t *prefix, Py_ssize_t len, uint8_t *stream, int *ended) {
-    Py_ssize_t slen = 0, offset = 0;
-    *ended = 0;
-    while (offset + 5 <= len) {
-        const uint8_t *h = prefix + offset;
-        Py_ssize_t length = (Py_ssize_t)h[3] << 8 | h[4];
-        if (h[0] != HANDSHAKE || h[1] != 3 || h[2] > 4 || length > MAX_RECORD) {
-            *ended = 1;
-            break;
-        }
-        Py_ssize_t have = len - (offset + 5);
-        Py_ssize_t n = length < have ? length : have;
-        memcpy(stream + slen, h + 5, (size_t)n);
-        slen += n;
-        offset += 5 + length;
-    }
-    return slen;
-}
-
-/* tls._message at `offset` of the handshake stream: 1 with the message's kind, body and whether it is truncated;
- * 0 when the parse answers None; -1 when it answers MORE. */
-static int message(const uint8_t *stream, Py_ssize_t slen, Py_ssize_t offset, int ended, int partial, int *kind,
-                   const uint8_t **body, Py_ssize_t *blen, int *truncated) {
-    if (offset + 4 > slen)
-        return ended || partial ? 0 : -1;
-    const uint8_t *m = stream + offset;
-    Py_ssize_t mlen = (Py_ssize_t)m[1] << 16 | (Py_ssize_t)m[2] << 8 | m[3];
-    Py_ssize_t have = slen - offset - 4;
-    *kind = m[0];
-    *body = m + 4;
-    *blen = have < mlen ? have : mlen;
-    *truncated = 0;
-    if (*blen < mlen) {
-        if (!(partial || ended))
-            return -1;
-        *truncated = 1;
-    }
-    return 1;
-}
-
 /* server_hello(prefix, partial, more, make): tls._parse_server_hello. None when the bytes are no ServerHello,
  * `more` while it (or, below TLS 1.3, the Certificate message after it) is still arriving, else make(version,
  * cipher_suite, extensions, certificates). */
@@ -418,31 +415,14 @@ static PyObject *server_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
     const uint8_t *prefix = view.buf;
     Py_ssize_t len = view.len;
     uint8_t *stream = NULL;
-    Py_ssize_t *exts = NULL;
+    extension *exts = NULL;
     if (partial < 0)
         goto done;
-    /* tls._first_message */
-    if (len < 3) {
-        static const uint8_t start[2] = {HANDSHAKE, 3};
-        result = Py_NewRef(memcmp(prefix, start, (size_t)len) == 0 ? more : Py_None);
-        goto done;
-    }
-    if (!(prefix[0] == HANDSHAKE && prefix[1] == 3 && prefix[2] <= 4)) {
-        result = Py_NewRef(Py_None);
-        goto done;
-    }
-    stream = PyMem_Malloc(len > 0 ? (size_t)len : 1);
-    if (stream == NULL) {
-        PyErr_NoMemory();
-        goto done;
-    }
     int ended, kind, truncated;
-    Py_ssize_t slen = handshake_stream(prefix, len, stream, &ended), blen;
+    Py_ssize_t slen, blen;
     const uint8_t *body;
-    if (slen && stream[0] != SERVER_HELLO) {
-        result = Py_NewRef(Py_None);
+    if (!hello_stream(prefix, len, SERVER_HELLO, more, &stream, &slen, &ended, &result))
         goto done;
-    }
     int got = message(stream, slen, 0, ended, partial, &kind, &body, &blen, &truncated);
     if (got <= 0) {
         result = Py_NewRef(got < 0 ? more : Py_None);
@@ -460,31 +440,18 @@ static PyObject *server_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
     /* tls._extensions, when anything is left */
     Py_ssize_t nexts = 0;
     if (r.len - r.pos >= 2) {
-        Py_ssize_t declared;
-        u16(&r, &declared);
-        Py_ssize_t left = r.len - r.pos;
-        reader block = {r.data + r.pos, declared < left ? declared : left, 0, 0};
-        exts = PyMem_Malloc(sizeof *exts * (size_t)(block.len / 4 + 1));
-        if (exts == NULL) {
-            PyErr_NoMemory();
+        exts = extensions(&r, &nexts);
+        if (exts == NULL)
             goto done;
-        }
-        while (block.len - block.pos >= 4) {
-            Py_ssize_t ext = 0;
-            reader ebody;
-            u16(&block, &ext);
-            if (!vec(&block, 1, &ebody))
-                break;
-            exts[nexts++] = ext;
-            if (ext == EXT_SUPPORTED_VERSIONS && ebody.len == 2)
-                version = (Py_ssize_t)ebody.data[0] << 8 | ebody.data[1];
-        }
+        for (Py_ssize_t i = 0; i < nexts; i++)
+            if (exts[i].kind == EXT_SUPPORTED_VERSIONS && exts[i].len == 2)
+                version = (Py_ssize_t)exts[i].data[0] << 8 | exts[i].data[1];
     }
     kinds = PyTuple_New(nexts);
     if (kinds == NULL)
         goto done;
     for (Py_ssize_t i = 0; i < nexts; i++) {
-        PyObject *k = PyLong_FromSsize_t(exts[i]);
+        PyObject *k = PyLong_FromSsize_t(exts[i].kind);
         if (k == NULL)
             goto done;
         PyTuple_SET_ITEM(kinds, i, k);
