@@ -26,13 +26,9 @@ import ssl
 import subprocess
 import sys
 
-from egress.detect.names import make_name_detector
-from egress.detect.registry import stream_detectors
-from egress.policy.loader import parse_policy
 from egress.proxy.front import Front
-from egress.proxy.gate import Gate
 from tests.detect import tlsshape_traces as traces
-from tests.lists import shipped_lists
+from tests.proxy.test_front import allowed_gate
 
 
 def _hello() -> bytes:
@@ -95,22 +91,6 @@ def serve(count: int) -> None:
     server.bind(("127.0.0.1", 0))
     server.listen(64)
     upstream_port = server.getsockname()[1]
-    policy = parse_policy(
-        f"""
-version: 1
-sandboxes:
-  box:
-    sources: [127.0.0.0/8]
-    mode: enforce
-    allow:
-      hosts:
-        - {{host: allowed.test, ports: [{upstream_port}]}}
-"""
-    )
-    lists = shipped_lists()
-
-    def names_for(sandbox: str, address: str) -> frozenset[str]:
-        return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
     class Reporter:
         def report(self, attempt: object) -> None:
@@ -120,8 +100,7 @@ sandboxes:
         conn.close()
         raise SystemExit("a connection was handed off: the bench measures the front's own path only")
 
-    gate = Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists))
-    front = Front(gate, Reporter(), handoff, destination=lambda _: ("127.0.0.1", upstream_port))
+    front = Front(allowed_gate(upstream_port), Reporter(), handoff, destination=lambda _: ("127.0.0.1", upstream_port))
 
     async def main() -> None:
         with socket.socket() as probe:

@@ -78,11 +78,12 @@ def _hello_padded(name: str, pad: int) -> bytes:
     return b"".join(b"\x16\x03\x01" + len(chunk).to_bytes(2) + chunk for chunk in chunks)
 
 
-class _Setup:
-    def __init__(self, upstream_port: int, network: bool = False) -> None:
-        networks = f"      networks: [{{cidr: 127.0.0.1/32, ports: [{upstream_port}], protocols: [tcp]}}]\n"
-        policy = parse_policy(
-            f"""
+def allowed_gate(upstream_port: int, network: bool = False) -> Gate:
+    """The gate of these tests (and of bench/front_conn_work.py): sandbox ``box`` on loopback, TLS to allowed.test
+    (127.0.0.1) at `upstream_port` through a host rule, or with `network` a network rule for it as well."""
+    networks = f"      networks: [{{cidr: 127.0.0.1/32, ports: [{upstream_port}], protocols: [tcp]}}]\n"
+    policy = parse_policy(
+        f"""
 version: 1
 sandboxes:
   box:
@@ -92,13 +93,18 @@ sandboxes:
       hosts:
         - {{host: allowed.test, ports: [{upstream_port}]}}
 {networks if network else ""}"""
-        )
-        lists = shipped_lists()
+    )
+    lists = shipped_lists()
 
-        def names_for(sandbox: str, address: str) -> frozenset[str]:
-            return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
+    def names_for(sandbox: str, address: str) -> frozenset[str]:
+        return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
-        self.gate = Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists))
+    return Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists))
+
+
+class _Setup:
+    def __init__(self, upstream_port: int, network: bool = False) -> None:
+        self.gate = allowed_gate(upstream_port, network)
         self.reporter = _Reporter()
         self.handed: list[bytes] = []
         self.nodelay: list[int] = []
