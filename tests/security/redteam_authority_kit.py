@@ -32,7 +32,8 @@ import ipaddress
 import ssl
 import sys
 import urllib.parse
-from typing import Final
+from collections.abc import Callable, Coroutine
+from typing import Any, Final
 
 from egress.lab.topology import SERVERS
 from tests.security.labonly import refuse_outside_a_namespace
@@ -234,10 +235,20 @@ def _address(spec: str) -> tuple[str, int]:
     return host, int(port)
 
 
-def forwarder_main() -> None:
-    """``python -c '...; forwarder_main()' CHAIN KEY plain=ADDRESS:PORT... tls=ADDRESS:PORT...``"""
+Serve = Callable[[list[tuple[str, int]], list[tuple[str, int]], str, str], Coroutine[Any, Any, None]]
+"""A forwarder's server: serve(plain addresses, TLS addresses, certificate chain, key)."""
+
+
+def run_forwarder(serve: Serve) -> None:
+    """A forwarder's ``python -c`` entry (this one's and redteam_h2authority_kit's): `serve` the addresses of
+    ``CHAIN KEY plain=ADDRESS:PORT... tls=ADDRESS:PORT...``."""
     refuse_outside_a_namespace()  # it dials what a request names: only ever inside the lab
     chain, key, *specs = sys.argv[1:]
     plain = [_address(spec.removeprefix("plain=")) for spec in specs if spec.startswith("plain=")]
     tls = [_address(spec.removeprefix("tls=")) for spec in specs if spec.startswith("tls=")]
-    asyncio.run(_serve(plain, tls, chain, key))
+    asyncio.run(serve(plain, tls, chain, key))
+
+
+def forwarder_main() -> None:
+    """``python -c '...; forwarder_main()' CHAIN KEY plain=ADDRESS:PORT... tls=ADDRESS:PORT...``"""
+    run_forwarder(_serve)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ssl
-import sys
 from collections.abc import Sequence
 from typing import Final
 
@@ -43,13 +42,13 @@ import h2.exceptions
 import hpack
 from hyperframe import frame
 
-from tests.security.labonly import refuse_outside_a_namespace
 from tests.security.redteam_authority_kit import (
     _ADDRESSES,
     OWN_PAGE,
     _Connection,
     _elsewhere,
     destinations,
+    run_forwarder,
     whatwg_destination,
 )
 
@@ -307,15 +306,6 @@ async def _serve(plain: list[tuple[str, int]], tls: list[tuple[str, int]], chain
     await asyncio.gather(*(server.serve_forever() for server in servers))
 
 
-def _address(spec: str) -> tuple[str, int]:
-    host, _, port = spec.rpartition(":")
-    return host, int(port)
-
-
 def forwarder_main() -> None:
     """``python -c '...; forwarder_main()' CHAIN KEY plain=ADDRESS:PORT... tls=ADDRESS:PORT...``"""
-    refuse_outside_a_namespace()  # it dials what a request names: only ever inside the lab
-    chain, key, *specs = sys.argv[1:]
-    plain = [_address(spec.removeprefix("plain=")) for spec in specs if spec.startswith("plain=")]
-    tls = [_address(spec.removeprefix("tls=")) for spec in specs if spec.startswith("tls=")]
-    asyncio.run(_serve(plain, tls, chain, key))
+    run_forwarder(_serve)

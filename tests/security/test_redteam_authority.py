@@ -190,13 +190,19 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
     return lab_factory(POLICIES / "mitm.yaml")
 
 
-@pytest.fixture(scope="module")
-def forwarder(lab: SecurityLab) -> Attacker:
+def start_forwarder(lab: SecurityLab, kit: str, name: str) -> Attacker:
+    """The forwarder `kit` runs (this module's, test_redteam_h2authority's) on allowed.lab's PLAIN and TLS ports, with
+    allowed.lab's certificate, once it listens."""
     chain, key = certs.ensure(lab.lab.state_dir).servers["allowed"]
-    argv = [sys.executable, "-c", _KIT, str(chain), str(key), f"plain={ALLOWED}:{PLAIN}", f"tls={ALLOWED}:{TLS}"]
-    running = lab.attacker("authority-forwarder", argv)
+    argv = [sys.executable, "-c", kit, str(chain), str(key), f"plain={ALLOWED}:{PLAIN}", f"tls={ALLOWED}:{TLS}"]
+    running = lab.attacker(name, argv)
     running.wait_for("listening")
     return running
+
+
+@pytest.fixture(scope="module")
+def forwarder(lab: SecurityLab) -> Attacker:
+    return start_forwarder(lab, _KIT, "authority-forwarder")
 
 
 @dataclass(frozen=True)

@@ -25,16 +25,14 @@ from dataclasses import dataclass
 import hpack
 import pytest
 
-from egress.lab import certs
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
 from tests.security.redteam_h2authority_kit import CLIENT, Field, fields, headers, preface
-from tests.security.test_redteam_authority import BLOCKED_PAGE, _get
+from tests.security.test_redteam_authority import BLOCKED_PAGE, PLAIN, TLS, _get, start_forwarder
 from tests.security.test_streams_http_smuggling import ALLOWED
 
 pytestmark = pytest.mark.security
 
-PLAIN, TLS = 8080, 8443
 _KIT = "from tests.security.redteam_h2authority_kit import forwarder_main; forwarder_main()"
 HOST = ("host", "allowed.lab")
 BLOCKED = ("host", "blocked.lab")
@@ -176,11 +174,7 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 @pytest.fixture(scope="module")
 def forwarder(lab: SecurityLab) -> Attacker:
-    chain, key = certs.ensure(lab.lab.state_dir).servers["allowed"]
-    argv = [sys.executable, "-c", _KIT, str(chain), str(key), f"plain={ALLOWED}:{PLAIN}", f"tls={ALLOWED}:{TLS}"]
-    running = lab.attacker("h2authority-forwarder", argv)
-    running.wait_for("listening")
-    return running
+    return start_forwarder(lab, _KIT, "h2authority-forwarder")
 
 
 @dataclass(frozen=True)
