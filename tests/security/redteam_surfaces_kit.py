@@ -199,3 +199,49 @@ def udp_send_main() -> None:
         except TimeoutError:
             pass
     print(f"sent 3, answers {answers}", flush=True)
+
+
+SUBSCRIBE = b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1 ' + MARK + b'"]}\n'
+AUTHORIZE = b'{"id":2,"method":"mining.authorize","params":["lab-worker.1","x"]}\n'
+TCP_FASTOPEN_CONNECT = 30
+"""``TCP_FASTOPEN_CONNECT`` (linux/tcp.h): connect() returns at once and the first write rides in the SYN."""
+
+
+def _edge_socket(variant: str, address: str) -> socket.socket:
+    sock = socket.socket(_family(address), socket.SOCK_STREAM)
+    if variant == "tiny-mss":  # the smallest MSS the kernel takes: 88 bytes less options, messages cut mid-word
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_MAXSEG, 88)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 256)  # and a tiny window back
+    if variant == "ip-options":  # a timestamp option (RFC 791, type 68) with room for 4 stamps, in every packet
+        sock.setsockopt(socket.IPPROTO_IP, socket.IP_OPTIONS, bytes([68, 36, 5, 0]) + bytes(32))
+    if variant == "syn-data":
+        sock.setsockopt(socket.IPPROTO_TCP, TCP_FASTOPEN_CONNECT, 1)
+    sock.settimeout(WAIT)
+    return sock
+
+
+def tcp_edge_main() -> None:
+    """``python -c '...tcp_edge_main()' VARIANT ADDRESS PORT``: Stratum's opening to a pool, sent with a TCP or IP
+    oddity (``syn-data``: in the SYN, TCP Fast Open; ``urgent``: each line's last byte as urgent data; ``tiny-mss``;
+    ``ip-options``); prints ``answer N bytes, notify yes|no`` (whether the pool's ``mining.notify`` came back)."""
+    variant, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    got = b""
+    try:
+        sock = _edge_socket(variant, address)
+        sock.connect((address, port))
+        if variant == "urgent":
+            for line in (SUBSCRIBE, AUTHORIZE):
+                sock.sendall(line[:-1])
+                sock.send(line[-1:], socket.MSG_OOB)
+        else:
+            sock.sendall(SUBSCRIBE + AUTHORIZE)
+        deadline = time.monotonic() + 3 * WAIT
+        while time.monotonic() < deadline and b"mining.notify" not in got:
+            chunk = sock.recv(4096)
+            if not chunk:
+                break
+            got += chunk
+    except OSError as exc:
+        print(f"error {exc}", flush=True)
+    notify = "yes" if b"mining.notify" in got else "no"
+    print(f"answer {len(got)} bytes, notify {notify}", flush=True)

@@ -36,6 +36,7 @@ from egress.lab.topology import (
     GATEWAY_UP_V6,
     SANDBOX_V4,
     SANDBOX_V6,
+    server,
 )
 from tests.security.conftest import LabFactory
 from tests.security.harness import Attacker, SecurityLab, report
@@ -262,3 +263,38 @@ def test_a_forged_ipv6_sandbox_source_from_the_uplink_is_not_the_sandboxs_query(
     )
     assert not heard, f"the agent received answers to the outsider's queries ({marked} bytes with its name)"
     assert "agent" not in named, f"the outsider's queries were recorded as {named}'s ({pool})"
+
+
+EDGES = ["syn-data", "urgent", "tiny-mss", "ip-options"]
+
+
+@pytest.mark.parametrize("variant", EDGES)
+def test_stratum_with_tcp_and_ip_oddities_is_still_read(lab: SecurityLab, variant: str) -> None:
+    """Stratum's opening to pool.lab:3333 (a network rule the lab allows: the detectors must stop it) with data in
+    the SYN (TCP Fast Open, cookie-less as root in the sandbox may ask), urgent data, the smallest MSS and window,
+    or an IP timestamp option. Control: the same client straight to the pool, inside the internet namespace, gets
+    ``mining.notify``: the variant itself works."""
+    from egress.lab import netns
+
+    pool = server("pool")
+    argv = [sys.executable, "-c", KIT.format("tcp_edge_main"), variant, pool.v4, "3333"]
+    control = netns.exec_in(lab.lab.internet_ns, argv, timeout=30)
+    assert "notify yes" in control.stdout, control.stdout + control.stderr
+    if variant == "syn-data":
+        done = lab.sandbox(["sysctl", "-w", "net.ipv4.tcp_fastopen=5"])  # client on, data without a cookie
+        assert done.returncode == 0, done.stderr
+    since = time.time()
+    try:
+        with lab.capture(f"surfaces-edge-{variant}") as capture:
+            done = lab.sandbox(argv, timeout=30)
+    finally:
+        if variant == "syn-data":
+            lab.sandbox(["sysctl", "-w", "net.ipv4.tcp_fastopen=1"])
+    crossed = capture.result
+    assert crossed is not None
+    goal = "notify yes" in done.stdout
+    reason = lab.reason_of(since, lambda r: r.dport == 3333 and r.sandbox == "agent")
+    leaked = crossed.bytes_to(pool.v4, 3333, "tcp")
+    report(f"redteam10/tcp-edge-{variant}", "mining", leaked, goal, reason or None, done.stdout.strip()[-60:])
+    assert not goal and leaked == 0 and not crossed.contains(b"mining.subscribe"), done.stdout
+    assert reason == "mining", reason
