@@ -245,3 +245,48 @@ def tcp_edge_main() -> None:
         print(f"error {exc}", flush=True)
     notify = "yes" if b"mining.notify" in got else "no"
     print(f"answer {len(got)} bytes, notify {notify}", flush=True)
+
+
+def talk_main() -> None:
+    """``python -c '...talk_main()' ADDRESS PORT TEXT``: one TCP conversation (TEXT with ``\\r\\n`` escapes
+    sent, up to 2 s of answer read); prints ``got N bytes: HEAD``."""
+    address, port, text = sys.argv[1], int(sys.argv[2]), sys.argv[3].replace("\\r\\n", "\r\n")
+    got = b""
+    try:
+        sock = socket.create_connection((address, port), timeout=WAIT)
+        sock.sendall(text.encode())
+        deadline = time.monotonic() + WAIT
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+    except TimeoutError:  # a service that keeps the connection open (Redis) has said what it says
+        pass
+    except OSError as exc:
+        print(f"error {exc}", flush=True)
+    print(f"got {len(got)} bytes: {got[:80]!r}", flush=True)
+
+
+def loopback_rewrite(device: str) -> str:
+    """An nft script for the sandbox (root): on ``device``'s egress, 192.0.2.99 becomes 0.0.0.0 and 2001:db8::99
+    the IPv4-mapped ::ffff:127.0.0.1, and the replies' sources are turned back on ingress, so that plain sockets
+    to the two stand-ins speak to those destinations (which no socket of the sandbox's own would send on the
+    wire: both mean its own host)."""
+    return f"""table netdev rt10 {{
+  chain out {{
+    type filter hook egress device "{device}" priority 0;
+    ip daddr {STAND_IN_V4} ip daddr set 0.0.0.0
+    ip6 daddr {STAND_IN_V6} ip6 daddr set ::ffff:127.0.0.1
+  }}
+  chain in {{
+    type filter hook ingress device "{device}" priority 0;
+    ip saddr 0.0.0.0 ip saddr set {STAND_IN_V4}
+    ip6 saddr ::ffff:127.0.0.1 ip6 saddr set {STAND_IN_V6}
+  }}
+}}
+"""
+
+
+STAND_IN_V4 = "192.0.2.99"
+STAND_IN_V6 = "2001:db8::99"
