@@ -61,7 +61,7 @@ SERVICES = [
     ("metrics-v4", STAND_IN_V4, "0.0.0.0", METRICS_PORT, "GET /metrics HTTP/1.0\\r\\n\\r\\n", "HTTP/1.0 200", 4219),
     ("redis-mapped-v6", STAND_IN_V6, "::ffff:127.0.0.1", REDIS_PORT, "PING\\r\\n", "+PONG", 7),
     ("metrics-mapped-v6", STAND_IN_V6, "::ffff:127.0.0.1", METRICS_PORT, "GET /metrics HTTP/1.0\\r\\n\\r\\n",
-     "HTTP/1.0 200", 4219),
+     "HTTP/1.0 200", 4317),
 ]  # fmt: skip
 
 
