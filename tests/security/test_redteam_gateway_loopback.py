@@ -137,3 +137,33 @@ def test_the_sandbox_cannot_apply_a_policy_through_the_gateways_redis(lab: Secur
         f"rules apply via 0.0.0.0:{REDIS_PORT}: {applied.stdout.strip()[:50]}",
     )
     assert not goal, f"blocked.lab served the sandbox after its own policy was applied: {pages[-1][:80]}"
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (red team 10b): in report mode no rule is needed: the relayed 0.0.0.0:6379 is recorded "
+    "would-block direct-ip, and the agent's DEL through it (2 keys) erased its earlier records from Redis",
+)
+def test_a_report_mode_sandbox_cannot_erase_its_records_through_the_gateways_redis(lab_factory: LabFactory) -> None:
+    """Report mode relays what enforce would block (docs/policy.md), 0.0.0.0 included: no catch-all rule needed.
+    The agent's attempt at blocked.lab is recorded (would-block); then it deletes the sandbox's record streams."""
+    lab = lab_factory(POLICIES / "report.yaml")
+    done = lab.sandbox(["nft", "-f", "-"], stdin=loopback_rewrite(lab.lab.sandbox_if))
+    assert done.returncode == 0, done.stderr
+    since = time.time()
+    _talk(lab, BLOCKED.v4, 80, "GET / HTTP/1.1\\r\\nHost: blocked.lab\\r\\nConnection: close\\r\\n\\r\\n")
+    lab.records_until(since, lambda rs: [r for r in rs if r.dst == BLOCKED.v4])
+    keys = "egress:{agent}:attempts egress:{agent}:by-time"
+    said = _talk(lab, STAND_IN_V4, REDIS_PORT, f"DEL {keys}\\r\\n")
+    with contextlib.suppress(AssertionError):  # the relayed Redis connection's own record, once written
+        lab.records_until(since, lambda rs: [r for r in rs if r.dport == REDIS_PORT], timeout=10)
+    left = [r for r in lab.records(since) if r.dst == BLOCKED.v4]
+    report(
+        "redteam10/loopback-report-erase",
+        "unrecorded",
+        0,
+        not left,
+        None if not left else str(left[0].reason),
+        f"DEL through 0.0.0.0:{REDIS_PORT}: {said[:40]}",
+    )
+    assert left, f"the blocked.lab attempt's record is gone from Redis after the agent's DEL ({said})"
