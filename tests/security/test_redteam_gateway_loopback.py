@@ -57,11 +57,12 @@ def _talk(lab: SecurityLab, address: str, port: int, text: str) -> str:
 
 # (row, stand-in, what it becomes, port, what is said, what an answer from the service starts with, bytes measured)
 SERVICES = [
-    ("redis-v4", STAND_IN_V4, "0.0.0.0", REDIS_PORT, "PING\\r\\n", "+PONG", 7),
-    ("metrics-v4", STAND_IN_V4, "0.0.0.0", METRICS_PORT, "GET /metrics HTTP/1.0\\r\\n\\r\\n", "HTTP/1.0 200", 4219),
-    ("redis-mapped-v6", STAND_IN_V6, "::ffff:127.0.0.1", REDIS_PORT, "PING\\r\\n", "+PONG", 7),
+    ("redis-v4", STAND_IN_V4, "0.0.0.0", REDIS_PORT, "PING\\r\\n", "+PONG", "7"),
+    ("metrics-v4", STAND_IN_V4, "0.0.0.0", METRICS_PORT, "GET /metrics HTTP/1.0\\r\\n\\r\\n", "HTTP/1.0 200",
+     "3,049-5,711"),
+    ("redis-mapped-v6", STAND_IN_V6, "::ffff:127.0.0.1", REDIS_PORT, "PING\\r\\n", "+PONG", "7"),
     ("metrics-mapped-v6", STAND_IN_V6, "::ffff:127.0.0.1", METRICS_PORT, "GET /metrics HTTP/1.0\\r\\n\\r\\n",
-     "HTTP/1.0 200", 4317),
+     "HTTP/1.0 200", "3,049-5,711"),
 ]  # fmt: skip
 
 
@@ -73,7 +74,7 @@ SERVICES = [
             id=row[0],
             marks=pytest.mark.xfail(
                 strict=True,
-                reason=OPEN.format(what=f"{row[2]}:{row[3]}", got=f"it answered the sandbox (~{row[6]} bytes)"),
+                reason=OPEN.format(what=f"{row[2]}:{row[3]}", got=f"it answered the sandbox ({row[6]} bytes)"),
             ),
         )
         for row in SERVICES
@@ -99,7 +100,8 @@ def test_the_gateways_loopback_services_are_not_reached_through_the_proxy(
 @pytest.mark.xfail(
     strict=True,
     reason="open (red team 10b): through 0.0.0.0:6379 the agent's `egress rules apply` stored a policy of its own "
-    "in the gateway's Redis, the gateway applied it within seconds, and blocked.lab's page (HTTP 200) came back",
+    "in the gateway's Redis, the gateway applied it within seconds, and blocked.lab's page (HTTP 200) came back "
+    "(840-1,400 bytes crossed to it)",
 )
 def test_the_sandbox_cannot_apply_a_policy_through_the_gateways_redis(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
     own = tmp_path / "agent-policy.yaml"
