@@ -254,6 +254,10 @@ def talk_main() -> None:
     got = b""
     try:
         sock = socket.create_connection((address, port), timeout=WAIT)
+    except OSError as exc:
+        print(f"error {exc!r}", flush=True)
+        return
+    try:
         sock.sendall(text.encode())
         deadline = time.monotonic() + WAIT
         while time.monotonic() < deadline:
