@@ -222,17 +222,20 @@ def _edge_socket(variant: str, address: str) -> socket.socket:
 
 def tcp_edge_main() -> None:
     """``python -c '...tcp_edge_main()' VARIANT ADDRESS PORT``: Stratum's opening to a pool, sent with a TCP or IP
-    oddity (``syn-data``: in the SYN, TCP Fast Open; ``urgent``: each line's last byte as urgent data; ``tiny-mss``;
+    oddity (``syn-data``: in the SYN, TCP Fast Open; ``urgent``: a junk byte sent urgent inside each line; ``tiny-mss``;
     ``ip-options``); prints ``answer N bytes, notify yes|no`` (whether the pool's ``mining.notify`` came back)."""
     variant, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
     got = b""
     try:
         sock = _edge_socket(variant, address)
         sock.connect((address, port))
-        if variant == "urgent":
+        if variant == "urgent":  # a junk byte sent urgent in the middle of each line: a reader that keeps urgent
+            # data inline (SO_OOBINLINE) reads broken JSON where the pool, which does not, reads the clean line
             for line in (SUBSCRIBE, AUTHORIZE):
-                sock.sendall(line[:-1])
-                sock.send(line[-1:], socket.MSG_OOB)
+                sock.sendall(line[:20])
+                sock.send(b"!", socket.MSG_OOB)
+                time.sleep(0.05)  # its own segment: the urgent pointer is not overtaken by the next byte
+                sock.sendall(line[20:])
         else:
             sock.sendall(SUBSCRIBE + AUTHORIZE)
         deadline = time.monotonic() + 3 * WAIT

@@ -271,9 +271,9 @@ EDGES = ["syn-data", "urgent", "tiny-mss", "ip-options"]
 @pytest.mark.parametrize("variant", EDGES)
 def test_stratum_with_tcp_and_ip_oddities_is_still_read(lab: SecurityLab, variant: str) -> None:
     """Stratum's opening to pool.lab:3333 (a network rule the lab allows: the detectors must stop it) with data in
-    the SYN (TCP Fast Open, cookie-less as root in the sandbox may ask), urgent data, the smallest MSS and window,
-    or an IP timestamp option. Control: the same client straight to the pool, inside the internet namespace, gets
-    ``mining.notify``: the variant itself works."""
+    the SYN (TCP Fast Open, cookie-less as root in the sandbox may ask), a junk urgent byte inside each line, the
+    smallest MSS and window, or an IP timestamp option. Control: the same client straight to the pool, inside the
+    internet namespace, gets ``mining.notify``: the variant itself works."""
     from egress.lab import netns
 
     pool = server("pool")
