@@ -45,4 +45,5 @@ def test_a_sandbox_source_on_another_interface_is_dropped_as_spoofed() -> None:
         fam = "ip" if "src4" in src else "ip6"
         drop = rules.index(f'iifname != "{iif}" {fam} saddr {src} drop')
         assert drop < jump
-        assert f'iifname != "{iif}" {fam} saddr {src} limit rate 50/second burst 100 packets log prefix "egress spoof" group 7' in rules  # noqa: E501
+        logged = f'iifname != "{iif}" {fam} saddr {src} limit rate 50/second burst 100 packets'
+        assert f'{logged} log prefix "egress spoof" group 7' in rules
