@@ -39,7 +39,6 @@ KIT = "from tests.security.redteam_surfaces_kit import {0}; {0}()"
 METRICS_PORT = 9464
 """The gateway's metrics (`egress.gateway.config.METRICS_LISTEN`, 127.0.0.1)."""
 BLOCKED = server("blocked")
-OPEN = "open (red team 10b): the proxy dials {what}, the gateway's own loopback, under a catch-all network rule; {got}"
 
 
 @pytest.fixture(scope="module")
@@ -67,18 +66,7 @@ SERVICES = [
 
 
 @pytest.mark.parametrize(
-    ("row", "stand_in", "becomes", "port", "text", "answer"),
-    [
-        pytest.param(
-            *row[:6],
-            id=row[0],
-            marks=pytest.mark.xfail(
-                strict=True,
-                reason=OPEN.format(what=f"{row[2]}:{row[3]}", got=f"it answered the sandbox ({row[6]} bytes)"),
-            ),
-        )
-        for row in SERVICES
-    ],
+    ("row", "stand_in", "becomes", "port", "text", "answer"), [pytest.param(*row[:6], id=row[0]) for row in SERVICES]
 )
 def test_the_gateways_loopback_services_are_not_reached_through_the_proxy(
     lab: SecurityLab, row: str, stand_in: str, becomes: str, port: int, text: str, answer: str
@@ -97,12 +85,6 @@ def test_the_gateways_loopback_services_are_not_reached_through_the_proxy(
     assert not reached, f"the gateway's own service at {becomes}:{port} answered the sandbox: {said}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 10b): through 0.0.0.0:6379 the agent's `egress rules apply` stored a policy of its own "
-    "in the gateway's Redis, the gateway applied it within seconds, and blocked.lab's page (HTTP 200) came back "
-    "(840-1,456 bytes crossed to it)",
-)
 def test_the_sandbox_cannot_apply_a_policy_through_the_gateways_redis(lab: SecurityLab, tmp_path: pathlib.Path) -> None:
     own = tmp_path / "agent-policy.yaml"
     text = (POLICIES / "redteam_catchall.yaml").read_text()
@@ -141,11 +123,6 @@ def test_the_sandbox_cannot_apply_a_policy_through_the_gateways_redis(lab: Secur
     assert not goal, f"blocked.lab served the sandbox after its own policy was applied: {pages[-1][:80]}"
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 10b): in report mode no rule is needed: the relayed 0.0.0.0:6379 is recorded "
-    "would-block direct-ip, and the agent's DEL through it (2 keys) erased its earlier records from Redis",
-)
 def test_a_report_mode_sandbox_cannot_erase_its_records_through_the_gateways_redis(lab_factory: LabFactory) -> None:
     """Report mode relays what enforce would block (docs/policy.md), 0.0.0.0 included: no catch-all rule needed.
     The agent's attempt at blocked.lab is recorded (would-block); then it deletes the sandbox's record streams."""

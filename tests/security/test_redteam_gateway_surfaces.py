@@ -242,13 +242,6 @@ def test_a_forged_ipv4_sandbox_source_from_the_uplink_is_dropped_by_rp_filter(
     assert not heard and not named, (heard, named)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 10b): IPv6 has no rp_filter, and the resolver (on :: of every interface) judges a query "
-    "by its source alone: the outsider's query from fd00:203:1::2 to the uplink's fd00:203:2::1:5353 is agent's; "
-    "its refusal (50 bytes, quoting the outsider's 32-character name) is sent to the agent's port, and the pool "
-    "query is recorded mining against agent (counts towards its quarantine)",
-)
 def test_a_forged_ipv6_sandbox_source_from_the_uplink_is_not_the_sandboxs_query(
     lab: SecurityLab, receiver: Attacker
 ) -> None:
