@@ -13,9 +13,9 @@ Rows (one lab, rules/lab-policy.yaml, ``rp_filter`` strict in the gateway namesp
   address of the family, asks the resolver's port directly, and its broadcast and all-hosts forms;
 - ``sandbox-loopback``: root in the sandbox routes 127.0.0.0/8 to the gateway (Redis, metrics, mitmproxy);
 - ``uplink-own-source``: the outsider dials the same ports on the uplink's addresses from its own address;
-- ``uplink-forged-v4``/``-v6``: the outsider asks the uplink's resolver from the agent's address (held on its own
-  loopback), for a pool's name and a name carrying its chosen bytes; ground truth: the agent's receiver in the
-  sandbox (what arrived unasked) and the records (whose they say the queries were).
+- ``uplink-forged-v4``/``-v6`` (and ``-v4-no-rp-filter``): the outsider asks the uplink's resolver from the agent's
+  address (held on its own loopback), for a pool's name and a name carrying its chosen bytes; ground truth: the
+  agent's receiver in the sandbox (what arrived unasked) and the records (whose they say the queries were).
 """
 
 from __future__ import annotations
@@ -237,9 +237,33 @@ def test_a_forged_ipv4_sandbox_source_from_the_uplink_is_dropped_by_rp_filter(
         marked,
         heard,
         pool or None,
-        f"strict rp_filter (deployed); records name {named}",
+        f"the table's foreign-source drop, then strict rp_filter; records name {named}",
     )
-    assert not heard and not named, (heard, named)
+    # Dropped at the table's raw hook (a sandbox's source on the uplink), recorded as spoofed naming no sandbox.
+    assert not heard and "agent" not in named, (heard, named)
+
+
+def test_a_forged_ipv4_sandbox_source_from_the_uplink_is_dropped_without_rp_filter(
+    lab: SecurityLab, receiver: Attacker
+) -> None:
+    """The table alone holds the v4 form (a host set up by hand, the lab's namespaces): ``rp_filter`` off here."""
+    rp = ["net.ipv4.conf.all.rp_filter", "net.ipv4.conf.default.rp_filter"]
+    off = lab.gateway(["sysctl", "-w", *(f"{name}=0" for name in rp)])
+    assert off.returncode == 0, off.stderr
+    try:
+        marked, heard, named, pool = _forged(lab, receiver, "v4")
+    finally:
+        lab.gateway(["sysctl", "-w", *(f"{name}=1" for name in rp)])
+    report(
+        "redteam10/uplink-forged-v4-no-rp-filter",
+        "gateway-surface",
+        marked,
+        heard,
+        pool or None,
+        f"rp_filter off: the table's foreign-source drop alone; records name {named}",
+    )
+    assert not heard, f"the agent received answers to the outsider's queries ({marked} bytes with its name)"
+    assert "agent" not in named, f"the outsider's queries were recorded as {named}'s ({pool})"
 
 
 def test_a_forged_ipv6_sandbox_source_from_the_uplink_is_not_the_sandboxs_query(
