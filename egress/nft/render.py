@@ -288,7 +288,8 @@ def _foreign_sources(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
     dropped and logged as spoofed, naming no sandbox (the outsider must not fill the sandbox's records). IPv6 has
     no ``rp_filter``, and the IPv4 one is a sysctl the table cannot count on."""
     for sandbox in sandboxes:
-        iif = f'iifname != "{sandbox.interface or out.settings.sandbox_if}" '
+        # Loopback is exempt: the gateway's own packets to itself (its address may fall in a sandbox's networks).
+        iif = f'iifname != {{ "lo", "{sandbox.interface or out.settings.sandbox_if}" }} '
         for v, fam in _FAMILIES:
             out.log_then("drop", LogKind.SPOOF, match=f"{iif}{fam} saddr @{source_set(sandbox.name, v)} ", version=v)
 
