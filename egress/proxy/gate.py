@@ -83,6 +83,8 @@ class Decision:
     relays every passthrough through `egress.detect.tlsshape`; here it also records the suspected shapes)."""
 
 
+ThisHost = Callable[[str, Collection[Address]], Verdict | None]
+"""(destination, the gateway's own addresses) → the refusal of dialling it, or None (`egress.thishost.refusal`)."""
 NamesFor = Callable[[str, str], frozenset[str]]
 """(sandbox name, destination address) → names the gateway resolver answered with that address."""
 
@@ -119,10 +121,14 @@ class Gate:
         name_detector: Detector,
         stream: tuple[Detector, ...],
         own: Callable[[], Collection[Address]] = frozenset,
+        this_host: ThisHost = refusal,
     ):
         self.policy = policy
         self.own = own
         """The gateway's own addresses (`egress.thishost.OwnAddresses`): never dialled, whatever the policy."""
+        self.this_host = this_host
+        """The refusal of the gateway itself by any name (`egress.thishost.refusal`; only tests whose origins listen
+        on loopback replace it)."""
         self._sandboxes: dict[str, Sandbox | None] = {}
         """Source address → its sandbox under ``_sandboxes_of`` (`sandbox`)."""
         self._sandboxes_of: Policy | None = None
@@ -160,7 +166,7 @@ class Gate:
     def on_connect(self, sandbox: Sandbox, dst: str, dport: int) -> Verdict:
         """Before dialling ``dst``: could any rule allow a connection there? (names bound to it, or a network).
         Never when ``dst`` is the gateway itself by any name (red team 10b): blocked in every mode, first."""
-        refused = refusal(dst, self.own())
+        refused = self.this_host(dst, self.own())
         if refused is not None:
             return refused
         names = self.names_for(sandbox.name, dst)

@@ -92,7 +92,6 @@ from egress.proxy.upgraded import Upgraded, host_rule_watch
 from egress.record.naming import named
 from egress.replay import Kind as Asked
 from egress.replay import Question
-from egress.thishost import refusal
 
 log = logging.getLogger("egress.proxy")
 
@@ -320,7 +319,7 @@ class EgressAddon(NextLayer):
             data.server.error = "egress: no sandbox"
             return
         if state.decision is not None or state.preblocked is not None:
-            if refusal(str(data.server.address[0]), self.gate.own()) is not None:  # never this host (red team 10b)
+            if self.gate.this_host(str(data.server.address[0]), self.gate.own()):  # never this host (red team 10b)
                 data.server.error = "egress: the gateway itself is never dialled"
             return  # a later dial of an already judged connection (HTTP keep-alive to the same host)
         host, port = str(data.server.address[0]), int(data.server.address[1])

@@ -112,7 +112,8 @@ sandboxes:
             return frozenset({"allowed.lab"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
         detectors: tuple[Detector, ...] = (*stream_detectors(lists), exploding)
-        return Gate(policy, names_for, make_name_detector(lists), detectors)
+        # The origins listen on 127.0.0.1 here: the gateway's own-address refusal (egress.thishost) is left out.
+        return Gate(policy, names_for, make_name_detector(lists), detectors, this_host=lambda _dst, _own: None)
 
     def start(self) -> None:
         self.thread.start()
