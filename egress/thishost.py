@@ -69,18 +69,23 @@ def why_this_host(address: Address) -> str | None:
 
 
 _ZERO_NET: Final = ipaddress.IPv4Network("0.0.0.0/8")
-_why_cached = functools.lru_cache(maxsize=4096)(why_this_host)
-"""`why_this_host`, kept per address (every connection asks; a gateway's connections go to few addresses)."""
+
+
+@functools.lru_cache(maxsize=4096)
+def _judged(text: str) -> tuple[Address | None, str | None]:
+    """``text`` as an address and `why_this_host` of it, kept per text (every connection asks; a gateway's
+    connections go to few addresses)."""
+    address = _parsed(text)
+    return address, why_this_host(address) if address is not None else None
 
 
 def refusal(dst: str, own: Collection[Address] = ()) -> Verdict | None:
     """The verdict for dialling ``dst`` (text) when it is this host: a block in every mode (report mode is about what
     a sandbox may reach, not about the gateway), recorded ``firewall-drop``; None for any other destination."""
-    address = _parsed(dst)
+    address, why = _judged(dst)
     if address is None:
         return None
-    why = _why_cached(address)
-    if why is None and address in own:
+    if why is None and own and address in own:
         why = "an address of the gateway"
     if why is None:
         return None
