@@ -179,7 +179,8 @@ class Supervisor:
         )
 
     def _new_drop_logger(self) -> DropLogger:
-        return DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table)
+        return DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table,
+                          sandbox_if=self.config.sandbox_if)  # fmt: skip
 
     def _apply_unless_locked(self, script: str) -> None:
         with self._nft:

@@ -171,3 +171,5 @@ def test_the_ipv4_only_sandboxs_ipv6_reaches_nothing_and_is_recorded(lab: Securi
     )
     assert not reached and not crossed.contains(MARK), reached
     assert not missing, f"IPv6 attempts left no record: {missing}"
+    unnamed = sorted(key for key, seen_as in seen.items() if seen_as.endswith("/-"))
+    assert not unnamed, f"spoofed-source records name no sandbox (its interface names it): {unnamed}"
