@@ -98,19 +98,18 @@ def judge(sandbox: Sandbox, name: str, rule: HostRule, response: dns.Message, li
                 keep.append(record)
                 continue
             address = ipaddress.ip_address(text)
-            this_host = why_this_host(address)
-            if this_host is not None:  # whatever answers/allow_ranges say: never bound (red team 10b)
-                dropped.append(f"{name} answered {address}: the gateway itself ({this_host}), never bound")
-                continue
             denied = _within(address, sandbox.dns.deny_ranges) or _within(_embedded(address), sandbox.dns.deny_ranges)
             if denied is not None:
                 problem = f"{name} answered {address}, in dns.deny_ranges {denied}"
                 return Judged(whole, decide_dns_answer(sandbox, f"{where}.deny_ranges", problem), ())
-            if rule.answers:
-                if _within(address, rule.answers) is None:
-                    problem = f"{name} answered {address}, outside {rule.rule_id}.answers"
-                    return Judged(whole, decide_dns_answer(sandbox, f"{rule.rule_id}.answers", problem), ())
-            elif not is_global(address) and _within(address, sandbox.dns.allow_ranges) is None:
+            if rule.answers and _within(address, rule.answers) is None:
+                problem = f"{name} answered {address}, outside {rule.rule_id}.answers"
+                return Judged(whole, decide_dns_answer(sandbox, f"{rule.rule_id}.answers", problem), ())
+            this_host = why_this_host(address)
+            if this_host is not None:  # whatever answers/allow_ranges say: never bound (red team 10b)
+                dropped.append(f"{name} answered {address}: the gateway itself ({this_host}), never bound")
+                continue
+            if not rule.answers and not is_global(address) and _within(address, sandbox.dns.allow_ranges) is None:
                 dropped.append(f"{name} answered {address}: not a global address (rebinding)")
                 continue
             keep.append(record)
