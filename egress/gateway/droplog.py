@@ -40,7 +40,7 @@ from egress.detect.registry import build_detectors
 from egress.gateway.dropcount import CountKey, DropCounts
 from egress.gateway.dropread import CountReader, Reading
 from egress.gateway.reload import PolicyVersion
-from egress.gateway.spoofname import InterfaceName, interface_name, sandbox_behind
+from egress.gateway.spoofname import InterfaceName, no_names, sandbox_behind
 from egress.nft import runner
 from egress.nft.names import (
     COUNTED_KINDS,
@@ -79,7 +79,7 @@ class DropJudge:
     """Sans-IO core: one logged packet in, one attempt out (or ``None`` for what is not IP)."""
 
     def __init__(
-        self, policy: Policy, lists: NameLists, sandbox_if: str = "", name_of: InterfaceName = interface_name
+        self, policy: Policy, lists: NameLists, sandbox_if: str = "", name_of: InterfaceName = no_names
     ) -> None:
         self.policy = policy
         self.sandbox_if = sandbox_if
@@ -231,6 +231,7 @@ class DropLogger:
         netns: str | None = None,
         counters: Counters | None = None,
         sandbox_if: str = "",
+        name_of: InterfaceName = no_names,
     ) -> None:
         """``table``: the gateway's nftables table, whose drop counters are read every `COUNT_EVERY` seconds
         (``counters`` replaces that read; with neither, what the log leaves out is not counted). ``netns``: read
@@ -243,7 +244,7 @@ class DropLogger:
         self._count_failing = False
         self._logged_through = -math.inf
         """Every log of a packet the kernel counted by then has been judged (monotonic): the socket was drained."""
-        self.judge = DropJudge(policy, lists, sandbox_if)
+        self.judge = DropJudge(policy, lists, sandbox_if, name_of)
         self.reporter = reporter
         self._stop = threading.Event()
         self._fault = threading.Event()
