@@ -14,11 +14,16 @@ plain sockets. Rows: Redis's ``PING`` and the metrics endpoint, each way; and th
 ``egress rules apply`` against the gateway's Redis with a policy of its own that allows blocked.lab, the gateway
 follows the fleet's version (every second by default), and blocked.lab's page comes back. Ground truth: what the
 gateway's services answered the sandbox, blocked.lab's page, the internet-side capture.
+
+Fixed (both layers, every mode): the table drops these destinations first (``egress guard``), and the proxy refuses
+them whatever the kernel reports (`egress.thishost`); ``loopback-proxy-layer-*`` tests the proxy's layer alone, with
+the table's guard rules deleted from the running table.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import pathlib
 import re
 import sys
@@ -146,3 +151,41 @@ def test_a_report_mode_sandbox_cannot_erase_its_records_through_the_gateways_red
         f"DEL through 0.0.0.0:{REDIS_PORT}: {said[:40]}",
     )
     assert left, f"the blocked.lab attempt's record is gone from Redis after the agent's DEL ({said})"
+
+
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+def test_the_proxy_refuses_this_host_with_the_tables_guard_taken_out(lab_factory: LabFactory, mode: str) -> None:
+    """The second layer alone (egress.thishost in the proxy): the table's guard rules for 0.0.0.0/8 and
+    ::ffff:0:0/96 deleted from the running table, the proxy is asked to dial them and refuses, in both modes, and
+    records why (firewall-drop, rule gateway-guard)."""
+    lab = lab_factory(POLICIES / ("redteam_catchall.yaml" if mode == "enforce" else "report.yaml"))
+    done = lab.sandbox(["nft", "-f", "-"], stdin=loopback_rewrite(lab.lab.sandbox_if))
+    assert done.returncode == 0, done.stderr
+    listing = lab.gateway(["nft", "-a", "list", "chain", "inet", "egress", "sandbox_sources"]).stdout
+    handles = re.findall(r"^\s*ip6? daddr \{[^\n]*# handle (\d+)$", listing, re.MULTILINE)  # the guard's rules
+    assert len(handles) >= 2, listing
+    for handle in handles:
+        deleted = lab.gateway(["nft", "delete", "rule", "inet", "egress", "sandbox_sources", "handle", handle])
+        assert deleted.returncode == 0, deleted.stderr
+    since = time.time()
+    said = {stand_in: _talk(lab, stand_in, REDIS_PORT, "PING\\r\\n") for stand_in in (STAND_IN_V4, STAND_IN_V6)}
+    answered = {stand_in: text for stand_in, text in said.items() if "+PONG" in text}
+
+    def guarded(records: list) -> bool:  # type: ignore[type-arg]
+        dsts = {ipaddress.ip_address(r.dst) for r in records if r.dport == REDIS_PORT and r.rule == "gateway-guard"}
+        return {ipaddress.ip_address("0.0.0.0"), ipaddress.ip_address("::ffff:127.0.0.1")} <= dsts
+
+    with contextlib.suppress(AssertionError):  # reported, then asserted
+        lab.records_until(since, guarded, timeout=15)
+    found = [r for r in lab.records(since) if r.dport == REDIS_PORT]
+    report(
+        f"redteam10/loopback-proxy-layer-{mode}",
+        "gateway-surface",
+        0,
+        bool(answered),
+        ",".join(sorted({f"{r.reason}/{r.rule}" for r in found})) or None,
+        f"table guard deleted; {said[STAND_IN_V4][:40]}",
+    )
+    assert not answered, f"the gateway's Redis answered through the proxy: {answered}"
+    assert guarded(found), [(r.dst, r.reason, r.rule, r.action) for r in found]
+    assert all(r.action == "block" for r in found if r.rule == "gateway-guard"), found
