@@ -15,19 +15,8 @@ from typing import Any, NoReturn
 import click
 
 from egress.capture.reader import CHUNK
-from egress.cli_gateway import (
-    check_ports,
-    dns_port_option,
-    doctor,
-    gateway,
-    nflog_group_option,
-    proxy_port_option,
-    workers_option,
-)
-from egress.cli_rules import rules_diff
 from egress.detect.base import Category
 from egress.detect.registry import build_detectors
-from egress.gateway import config as defaults
 from egress.policy.lists import RulesError, load_name_lists
 from egress.report import TableWriter, summary, write_json
 from egress.scan_jobs import scan_files
@@ -101,6 +90,11 @@ class LazyGroup(click.Group):
         "export": "egress.cli_export:export",
         "quarantine": "egress.cli_quarantine:quarantine",
         "flows": "egress.cli_flows:flows_command",
+        # the gateway's commands and settings (nftables, the CA, redis, logging): not imported by `egress scan`
+        "gateway": "egress.cli_gateway:gateway",
+        "doctor": "egress.cli_gateway:doctor",
+        "ca": "egress.cli_wiring:ca",
+        "nft": "egress.cli_wiring:nft",
     },
     context_settings={"help_option_names": ["-h", "--help"]},
 )
@@ -287,7 +281,7 @@ def _unsupported_link_types(path: str, stats: FileStats) -> bool:
 @main.group(
     cls=LazyGroup,
     lazy={n: f"egress.cli_policy:{n}_command" for n in ("apply", "history", "rollback", "status")}
-    | {"replay": "egress.cli_replay:rules_replay"},
+    | {"replay": "egress.cli_replay:rules_replay", "diff": "egress.cli_rules:rules_diff"},
 )
 def rules() -> None:
     """Policy and name-list files."""
@@ -358,9 +352,6 @@ def rules_check(
         notes.append(f"nft -c: {checked.kernel}")
         click.echo(f"{path}: ok ({'; '.join(notes)})")
     sys.exit(EXIT_FINDINGS if bad else EXIT_OK)
-
-
-rules.add_command(rules_diff)
 
 
 def _lab_prefix(_ctx: click.Context, param: click.Parameter, value: str) -> str:
@@ -448,68 +439,6 @@ def lab_record(names: tuple[str, ...], out: pathlib.Path, prefix: str) -> None:
         click.echo(f"{item.path}  {size:>7} bytes  {item.result.outcome:<8} {item.result.detail[:80]}")
 
 
-@main.group()
-def ca() -> None:
-    """The gateway's CA (for hosts on a sandbox's decrypt list)."""
-
-
-@ca.command("export")
-@click.option("--state-dir", default=defaults.STATE_DIR, show_default=True)
-def ca_export(state_dir: str) -> None:
-    """Print the gateway CA certificate (PEM) for sandboxes to trust."""
-    path = os.path.join(state_dir, "ca", "mitmproxy-ca-cert.pem")
-    try:
-        with open(path) as handle:
-            click.echo(handle.read(), nl=False)
-    except OSError as exc:
-        click.echo(f"egress: {path}: {exc.strerror} (has the gateway run with this --state-dir?)", err=True)
-        sys.exit(EXIT_USAGE)
-
-
-@main.group()
-def nft() -> None:
-    """The nftables ruleset the gateway applies."""
-
-
-@nft.command("render")
-@click.option("--policy", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--sandbox-if", required=True)
-@click.option("--uplink-if", required=True)
-@workers_option
-@proxy_port_option
-@dns_port_option
-@nflog_group_option
-@click.option("--lockdown", is_flag=True, help="The fail-closed table instead (all sandbox traffic dropped).")
-def nft_render(
-    policy: str,
-    sandbox_if: str,
-    uplink_if: str,
-    workers: int,
-    proxy_port: int,
-    dns_port: int,
-    nflog_group: int,
-    lockdown: bool,
-) -> None:
-    """Print the nftables script for POLICY (a pure function of it; nothing is applied)."""
-    from egress.nft.render import render, render_lockdown
-    from egress.policy.loader import load_policy
-
-    check_ports(workers, proxy_port, dns_port)
-    try:
-        loaded = load_policy(policy)
-    except RulesError as exc:
-        click.echo(f"egress: {exc}", err=True)
-        sys.exit(EXIT_USAGE)
-    wiring = defaults.GatewayConfig(
-        policy, sandbox_if, uplink_if, "", workers=workers, proxy_port=proxy_port, dns_port=dns_port,
-        nflog_group=nflog_group,
-    )  # fmt: skip
-    settings = wiring.nft_settings()
-    click.echo(render_lockdown(settings, loaded) if lockdown else render(loaded, settings), nl=False)
-
-
 main.add_command(
     LazyGroup("api", lazy={"serve": "egress.api.server:api_serve"}, help="The query API (HTTP, OpenAPI, dashboard).")
 )
-main.add_command(gateway)
-main.add_command(doctor)

@@ -42,6 +42,8 @@ NOT_RECORDED = {
     "gateway's records (framing refusals, idle closes), not a finding in bytes",
     "test_redteam_authority.py": "not recorded yet (red team 9): plain HTTP to an allowed host whose target a "
     "lenient server reads as another host; what it proves is that server's reading, which no finding in bytes says",
+    "test_redteam_h2authority.py": "not recorded yet (red team 10a): HTTP/2 inside intercepted TLS (ciphertext at the "
+    "sandbox side) and h2c refused at its preface; what it proves is a forwarder's reading of a stream's fields",
     "test_redteam_burst.py": "50,000 blocked datagrams and the counts Redis holds for them: a fault measure",
     "test_redteam_gateway_surfaces.py": "not recorded yet (red team 10b): the gateway's own ports and the uplink's "
     "resolver; what it proves is what the gateway answers, which no finding in bytes says",

@@ -1,8 +1,8 @@
-/* The front's per-connection TLS work in C: the ClientHello's parse and the record framing of the relay's shape
- * watcher.
+/* The front's per-connection TLS work in C: the ClientHello's parse, the ServerHello's parse (the relay's shape
+ * watcher reads the server's version and cipher suite from it) and the record framing of that watcher.
  *
  * Each function has a pure-Python twin that gives the same answer for every input: `client_hello` is
- * egress/detect/tls.py's `_parse_client_hello`, `frame` the framing loop of egress/detect/tlsshape.py's
+ * egress/detect/tls.py's `_parse_client_hello`, `server_hello` its `_parse_server_hello`, `frame` the framing loop of egress/detect/tlsshape.py's
  * `TlsShape.feed` (`_frame` there). tests/detect/test_tlsfast.py compares both on real, corpus and generated hellos
  * and records, every truncation of them and random bytes. Built by setup.py as an optional extension; where it is
  * missing, or built from another version of this file (egress/detect/tlsfast.py checks the SHA-256 below), the
@@ -12,13 +12,16 @@
 #include <Python.h>
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
-#define TLSFAST_ABI 1 /* tlsfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
+#define TLSFAST_ABI 2 /* tlsfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
 #ifndef TLSFAST_SOURCE
 #define TLSFAST_SOURCE "" /* setup.py defines it: the SHA-256 of this file */
 #endif
 #define HANDSHAKE 22
 #define CLIENT_HELLO 1
+#define SERVER_HELLO 2
+#define CERTIFICATE 11
 #define EXT_SERVER_NAME 0
 #define EXT_ALPN 16
 #define EXT_SUPPORTED_VERSIONS 43
@@ -142,6 +145,54 @@ static PyObject *u16_tuple(const uint8_t *p, Py_ssize_t count, Py_ssize_t stride
     }
     return out;
 }
+
+/* The frozen slots dataclasses the parses return (tls.ClientHello, tls.ServerHello) made without their generated
+ * __init__ (an object.__setattr__ per field: most of a parse's cost in C): the instance allocated and each field's
+ * slot filled, as __init__ fills them (the classes have no defaults and no __post_init__). Each call site keeps the
+ * slot offsets of the class it was given, read from its member descriptors; a class whose fields are not such
+ * slots is called instead. tests/detect/test_tlsfast*.py compare the objects with those __init__ makes. */
+typedef struct {
+    PyTypeObject *type; /* a strong reference once resolved */
+    Py_ssize_t offset[8];
+    int usable;
+} slots_of;
+
+static void resolve(slots_of *cache, PyObject *make, const char *const *names, int n) {
+    Py_CLEAR(cache->type);
+    cache->usable = 0;
+    if (!PyType_Check(make))
+        return;
+    for (int i = 0; i < n; i++) {
+        PyObject *d = PyDict_GetItemString(((PyTypeObject *)make)->tp_dict, names[i]); /* borrowed */
+        if (d == NULL || !Py_IS_TYPE(d, &PyMemberDescr_Type))
+            return;
+        PyMemberDef *member = ((PyMemberDescrObject *)d)->d_member;
+        if (member->type != Py_T_OBJECT_EX || (member->flags & Py_READONLY))
+            return;
+        cache->offset[i] = member->offset;
+    }
+    cache->type = (PyTypeObject *)Py_NewRef(make);
+    cache->usable = 1;
+}
+
+/* make(*values), as the class's __init__ would; `values` are borrowed. */
+static PyObject *build(slots_of *cache, PyObject *make, const char *const *names, PyObject *const *values, int n) {
+    if (cache->type != (PyTypeObject *)make)
+        resolve(cache, make, names, n);
+    if (!cache->usable)
+        return PyObject_Vectorcall(make, values, (size_t)n, NULL);
+    PyObject *obj = cache->type->tp_alloc(cache->type, 0);
+    if (obj == NULL)
+        return NULL;
+    for (int i = 0; i < n; i++)
+        *(PyObject **)((char *)obj + cache->offset[i]) = Py_NewRef(values[i]);
+    return obj;
+}
+
+static const char *const CLIENT_FIELDS[7] = {"version", "supported_versions", "sni", "alpn",
+                                             "cipher_suites", "extensions", "truncated"};
+static const char *const SERVER_FIELDS[4] = {"version", "cipher_suite", "extensions", "certificates"};
+static slots_of client_slots, server_slots;
 
 /* client_hello(prefix, partial, more, make): tls._parse_client_hello. None when the bytes are no ClientHello,
  * `more` while it is still arriving, else make(version, supported_versions, sni, alpn, cipher_suites, extensions,
@@ -290,7 +341,7 @@ static PyObject *client_hello(PyObject *self, PyObject *const *args, Py_ssize_t 
         PyObject *call[7] = {PyLong_FromSsize_t(version), versions, sni, alpn, suite_tuple, kinds,
                              truncated ? Py_True : Py_False};
         if (call[0] != NULL) {
-            result = PyObject_Vectorcall(make, call, 7, NULL);
+            result = build(&client_slots, make, CLIENT_FIELDS, call, 7);
             Py_DECREF(call[0]);
         }
     }
@@ -303,6 +354,186 @@ fields_done:
 cleanup:
     PyMem_Free(exts);
 done:
+    PyMem_Free(stream);
+    PyBuffer_Release(&view);
+    return result;
+}
+
+/* tls._handshake_stream: the leading handshake records' payloads of `prefix`, joined into `stream` (at least `len`
+ * bytes); returns their length and sets `ended` when a record that is not a handshake record, or a bad header,
+ * ended the run. */
+static Py_ssize_t handshake_stream(const uint8_t *prefix, Py_ssize_t len, uint8_t *stream, int *ended) {
+    Py_ssize_t slen = 0, offset = 0;
+    *ended = 0;
+    while (offset + 5 <= len) {
+        const uint8_t *h = prefix + offset;
+        Py_ssize_t length = (Py_ssize_t)h[3] << 8 | h[4];
+        if (h[0] != HANDSHAKE || h[1] != 3 || h[2] > 4 || length > MAX_RECORD) {
+            *ended = 1;
+            break;
+        }
+        Py_ssize_t have = len - (offset + 5);
+        Py_ssize_t n = length < have ? length : have;
+        memcpy(stream + slen, h + 5, (size_t)n);
+        slen += n;
+        offset += 5 + length;
+    }
+    return slen;
+}
+
+/* tls._message at `offset` of the handshake stream: 1 with the message's kind, body and whether it is truncated;
+ * 0 when the parse answers None; -1 when it answers MORE. */
+static int message(const uint8_t *stream, Py_ssize_t slen, Py_ssize_t offset, int ended, int partial, int *kind,
+                   const uint8_t **body, Py_ssize_t *blen, int *truncated) {
+    if (offset + 4 > slen)
+        return ended || partial ? 0 : -1;
+    const uint8_t *m = stream + offset;
+    Py_ssize_t mlen = (Py_ssize_t)m[1] << 16 | (Py_ssize_t)m[2] << 8 | m[3];
+    Py_ssize_t have = slen - offset - 4;
+    *kind = m[0];
+    *body = m + 4;
+    *blen = have < mlen ? have : mlen;
+    *truncated = 0;
+    if (*blen < mlen) {
+        if (!(partial || ended))
+            return -1;
+        *truncated = 1;
+    }
+    return 1;
+}
+
+/* server_hello(prefix, partial, more, make): tls._parse_server_hello. None when the bytes are no ServerHello,
+ * `more` while it (or, below TLS 1.3, the Certificate message after it) is still arriving, else make(version,
+ * cipher_suite, extensions, certificates). */
+static PyObject *server_hello(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    if (nargs != 4) {
+        PyErr_SetString(PyExc_TypeError, "server_hello(prefix, partial, more, make)");
+        return NULL;
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(args[0], &view, PyBUF_SIMPLE) < 0)
+        return NULL;
+    int partial = PyObject_IsTrue(args[1]);
+    PyObject *more = args[2], *make = args[3], *result = NULL, *kinds = NULL, *certs = NULL;
+    const uint8_t *prefix = view.buf;
+    Py_ssize_t len = view.len;
+    uint8_t *stream = NULL;
+    Py_ssize_t *exts = NULL;
+    if (partial < 0)
+        goto done;
+    /* tls._first_message */
+    if (len < 3) {
+        static const uint8_t start[2] = {HANDSHAKE, 3};
+        result = Py_NewRef(memcmp(prefix, start, (size_t)len) == 0 ? more : Py_None);
+        goto done;
+    }
+    if (!(prefix[0] == HANDSHAKE && prefix[1] == 3 && prefix[2] <= 4)) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    stream = PyMem_Malloc(len > 0 ? (size_t)len : 1);
+    if (stream == NULL) {
+        PyErr_NoMemory();
+        goto done;
+    }
+    int ended, kind, truncated;
+    Py_ssize_t slen = handshake_stream(prefix, len, stream, &ended), blen;
+    const uint8_t *body;
+    if (slen && stream[0] != SERVER_HELLO) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    int got = message(stream, slen, 0, ended, partial, &kind, &body, &blen, &truncated);
+    if (got <= 0) {
+        result = Py_NewRef(got < 0 ? more : Py_None);
+        goto done;
+    }
+    /* the hello's body: version, random, session id, suite, compression */
+    reader r = {body, blen, 0, 0}, skipped;
+    Py_ssize_t version, suite, compression;
+    const uint8_t *random;
+    if (!(u16(&r, &version) && take(&r, 32, &random) && vec(&r, 0, &skipped) && u16(&r, &suite) &&
+          u8(&r, &compression))) {
+        result = Py_NewRef(Py_None);
+        goto done;
+    }
+    /* tls._extensions, when anything is left */
+    Py_ssize_t nexts = 0;
+    if (r.len - r.pos >= 2) {
+        Py_ssize_t declared;
+        u16(&r, &declared);
+        Py_ssize_t left = r.len - r.pos;
+        reader block = {r.data + r.pos, declared < left ? declared : left, 0, 0};
+        exts = PyMem_Malloc(sizeof *exts * (size_t)(block.len / 4 + 1));
+        if (exts == NULL) {
+            PyErr_NoMemory();
+            goto done;
+        }
+        while (block.len - block.pos >= 4) {
+            Py_ssize_t ext = 0;
+            reader ebody;
+            u16(&block, &ext);
+            if (!vec(&block, 1, &ebody))
+                break;
+            exts[nexts++] = ext;
+            if (ext == EXT_SUPPORTED_VERSIONS && ebody.len == 2)
+                version = (Py_ssize_t)ebody.data[0] << 8 | ebody.data[1];
+        }
+    }
+    kinds = PyTuple_New(nexts);
+    if (kinds == NULL)
+        goto done;
+    for (Py_ssize_t i = 0; i < nexts; i++) {
+        PyObject *k = PyLong_FromSsize_t(exts[i]);
+        if (k == NULL)
+            goto done;
+        PyTuple_SET_ITEM(kinds, i, k);
+    }
+    certs = PyList_New(0);
+    if (certs == NULL)
+        goto done;
+    if (!(version >= 0x0304 || truncated)) {
+        /* tls._certificates: the Certificate message after the hello, its certificate_list as far as it goes */
+        int ckind, ctruncated;
+        const uint8_t *cbody;
+        Py_ssize_t cblen;
+        got = message(stream, slen, 4 + blen, ended, partial, &ckind, &cbody, &cblen, &ctruncated);
+        if (got < 0) {
+            result = Py_NewRef(more);
+            goto done;
+        }
+        if (got > 0 && ckind == CERTIFICATE && cblen >= 3) {
+            Py_ssize_t total = (Py_ssize_t)cbody[0] << 16 | (Py_ssize_t)cbody[1] << 8 | cbody[2];
+            Py_ssize_t avail = cblen - 3;
+            reader chain = {cbody + 3, total < avail ? total : avail, 0, 0};
+            while (chain.len - chain.pos >= 3) {
+                const uint8_t *n3, *der;
+                take(&chain, 3, &n3);
+                if (!take(&chain, (Py_ssize_t)n3[0] << 16 | (Py_ssize_t)n3[1] << 8 | n3[2], &der))
+                    break;
+                PyObject *one = PyBytes_FromStringAndSize((const char *)der,
+                                                          (Py_ssize_t)n3[0] << 16 | (Py_ssize_t)n3[1] << 8 | n3[2]);
+                if (one == NULL || PyList_Append(certs, one) < 0) {
+                    Py_XDECREF(one);
+                    goto done;
+                }
+                Py_DECREF(one);
+            }
+        }
+    }
+    {
+        PyObject *chain = PyList_AsTuple(certs);
+        PyObject *call[4] = {PyLong_FromSsize_t(version), PyLong_FromSsize_t(suite), kinds, chain};
+        if (call[0] != NULL && call[1] != NULL && chain != NULL)
+            result = build(&server_slots, make, SERVER_FIELDS, call, 4);
+        Py_XDECREF(call[0]);
+        Py_XDECREF(call[1]);
+        Py_XDECREF(chain);
+    }
+done:
+    Py_XDECREF(kinds);
+    Py_XDECREF(certs);
+    PyMem_Free(exts);
     PyMem_Free(stream);
     PyBuffer_Release(&view);
     return result;
@@ -375,6 +606,8 @@ done:
 static PyMethodDef methods[] = {
     {"client_hello", (PyCFunction)(void (*)(void))client_hello, METH_FASTCALL,
      "tls._parse_client_hello: client_hello(prefix, partial, more, make)."},
+    {"server_hello", (PyCFunction)(void (*)(void))server_hello, METH_FASTCALL,
+     "tls._parse_server_hello: server_hello(prefix, partial, more, make)."},
     {"frame", (PyCFunction)(void (*)(void))frame, METH_FASTCALL,
      "TlsShape's record framing: frame(data, skip) -> (application lengths, skip, rest, bad)."},
     {NULL, NULL, 0, NULL},

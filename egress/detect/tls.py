@@ -232,6 +232,8 @@ _fast_client_hello = tlsfast.COMPILED.client_hello if tlsfast.COMPILED is not No
 _last_client: list[tuple[object, bool, ClientHello | None | _More]] = [(object(), False, None)]
 """`parse_client_hello`'s last (input bytes object, partial, answer), one item swapped whole: a reader in another
 thread sees a matching triple."""
+_fast_server_hello = tlsfast.COMPILED.server_hello if tlsfast.COMPILED is not None else None
+"""_tlsfast.c's parse: ``server_hello(prefix, partial, MORE, ServerHello)`` gives what `_parse_server_hello` does."""
 _last_server: list[tuple[object, bool, ServerHello | None | _More]] = [(object(), False, None)]
 
 
@@ -304,12 +306,17 @@ def parse_server_hello(prefix: bytes, partial: bool = False) -> ServerHello | No
     last = _last_server[0]
     if last[0] is prefix and last[1] == partial:
         return last[2]
-    answer = _parse_server_hello(prefix, partial)
+    answer: ServerHello | None | _More = (
+        _fast_server_hello(prefix, partial, MORE, ServerHello)
+        if _fast_server_hello is not None
+        else _parse_server_hello(prefix, partial)
+    )
     _last_server[0] = (prefix, partial, answer)
     return answer
 
 
 def _parse_server_hello(prefix: bytes, partial: bool) -> ServerHello | None | _More:
+    """The pure twin of _tlsfast.c's ``server_hello``."""
     first = _first_message(prefix, SERVER_HELLO, partial)
     if not isinstance(first, tuple):
         return first

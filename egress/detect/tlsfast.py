@@ -1,7 +1,8 @@
 """The compiled twin of the front's per-connection TLS work (egress/detect/_tlsfast.c), or nothing.
 
-Two functions run for every connection the front takes: the ClientHello's parse (`egress.detect.tls`) and the
-record framing of the relay's shape watcher (`egress.detect.tlsshape.TlsShape.feed`). _tlsfast.c does both in C;
+Three functions run for every connection the front takes: the ClientHello's parse (`egress.detect.tls`), the
+ServerHello's parse and the record framing of the relay's shape watcher (`egress.detect.tlsshape.TlsShape.feed`).
+_tlsfast.c does all three in C;
 their pure-Python twins stay where they were and give the same answer for every input
 (tests/detect/test_tlsfast.py compares them). `COMPILED` is the module when it imports and was built for this
 file's `ABI`; otherwise ``None`` and the pure twins run (no C compiler where egress was installed). The module
@@ -15,7 +16,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Final
 
-ABI: Final = 1
+ABI: Final = 2
 """The compiled module's interface version (``TLSFAST_ABI`` in _tlsfast.c): a module built for another is refused."""
 
 

@@ -137,6 +137,8 @@ class TlsShape:
     """(from client, plaintext bytes) of each burst of the records read (`sshopening.add_turn`)."""
     count: int = 0
     """Application records read (`records` keeps the first `MAX_RECORDS`)."""
+    client_records: int = 0
+    """The client's records among `records` (`sshopening.by_record` reads 4 or 5 of them, nothing else)."""
     plaintext: int = 0
     found: list[Finding] = field(default_factory=list)
     """Every finding so far, each protocol once, in order."""
@@ -205,6 +207,7 @@ class TlsShape:
             checks = 1  # only an opening cut into tiny records keeps the watch going this far
         else:
             self.records.append(record)
+            self.client_records += from_client
             checks = 5 if self.suspicions else 3
         # The checks in order, up to the first that finds a shape not found before. Each is skipped while the
         # records cannot hold its shape yet (exact: tests/detect/test_tlsfast.py compares with running them all).
@@ -212,8 +215,8 @@ class TlsShape:
         for check in range(checks):
             if check == 0:
                 finding = sshopening.by_turns(self.turns) if self.overhead is not None else None
-            elif check == 1:
-                finding = sshopening.by_record(self.records)
+            elif check == 1:  # only the client's fourth or fifth record can end its opening
+                finding = sshopening.by_record(self.records) if from_client and 4 <= self.client_records <= 5 else None
             elif check == 2:
                 finding = self._ssh() if len(self.records) >= SSH_WINDOW else None  # needs 10 small records
             elif check == 3:

@@ -14,7 +14,8 @@ UDP is read by hand rather than through asyncio's datagram transport, for three 
 - ``SO_RXQ_OVFL`` (Linux, socket(7)) makes the kernel attach to each datagram the count of datagrams it dropped
   on this socket so far; a rise is reported to the resolver (`Resolver.kernel_dropped`), which records it as
   ``dns-dropped`` (one decision with its count, naming the socket's sandbox), so what the kernel drops is never
-  lost silently.
+  lost silently; a flood that stops brings no later datagram to carry the count, so each socket also reads it with
+  ``SO_MEMINFO`` every `DROPS_EVERY` seconds and at its close.
 
 Each address has one such socket per sandbox (`egress.dnsserver.udpshare`: one ``SO_REUSEPORT`` group, the kernel
 steering each datagram to its sandbox's socket by source address), so a sandbox's flood fills its own queue only.
@@ -58,6 +59,13 @@ SO_RXQ_OVFL: Final = getattr(socket, "SO_RXQ_OVFL", 40)
 SO_RCVBUFFORCE: Final = getattr(socket, "SO_RCVBUFFORCE", 33)
 SO_ATTACH_REUSEPORT_CBPF: Final = getattr(socket, "SO_ATTACH_REUSEPORT_CBPF", 51)
 """asm-generic/socket.h; Python does not name it."""
+SO_MEMINFO: Final = getattr(socket, "SO_MEMINFO", 55)
+"""asm-generic/socket.h: the socket's memory counters (linux/sock_diag.h ``SK_MEMINFO_*``), its drops among them."""
+_SK_MEMINFO_DROPS: Final = 8
+_SK_MEMINFO_VARS: Final = 9
+DROPS_EVERY: Final = 1.0
+"""Seconds between two looks at a socket's drop counter without a datagram (`UdpServer`): a flood that stops has
+its last drops recorded then, not at its sandbox's next query."""
 _ANCILLARY: Final = socket.CMSG_SPACE(4)
 _MAX_DATAGRAM: Final = 65535
 
@@ -79,7 +87,8 @@ def open_udp(host: str, port: int, buffer: int = RECEIVE_BUFFER) -> tuple[socket
     try:
         if family == socket.AF_INET6:
             sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 1)  # the IPv4 sockets take IPv4
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        # SO_REUSEPORT alone: the group's sockets share the port, and only a socket of the same user with
+        # SO_REUSEPORT joins; with SO_REUSEADDR any process could bind it with SO_REUSEADDR and take the datagrams
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
         size = size_receive_buffer(sock, buffer)
         sock.bind((host, port))
@@ -105,12 +114,26 @@ def dropped_so_far(ancillary: list[tuple[int, int, bytes]]) -> int | None:
     return None
 
 
+def dropped_now(sock: socket.socket) -> int:
+    """The kernel's drop counter of ``sock`` now (``SO_MEMINFO``; the counter ``SO_RXQ_OVFL`` attaches)."""
+    data = sock.getsockopt(socket.SOL_SOCKET, SO_MEMINFO, 4 * _SK_MEMINFO_VARS)
+    return int(struct.unpack_from("=I", data, 4 * _SK_MEMINFO_DROPS)[0])
+
+
 class UdpServer:
     """One UDP socket: drains it in batches, answers each query in its own task, reports kernel drops."""
 
-    def __init__(self, resolver: Resolver, sock: socket.socket, sandbox: str = "", budget: int = BATCH) -> None:
+    def __init__(
+        self,
+        resolver: Resolver,
+        sock: socket.socket,
+        sandbox: str = "",
+        budget: int = BATCH,
+        drops_every: float = DROPS_EVERY,
+    ) -> None:
         """``sandbox``: whose datagrams the kernel steers to this socket (``""``: any source), named in the
-        records of what it drops; ``budget``: datagrams read per wake-up at most."""
+        records of what it drops; ``budget``: datagrams read per wake-up at most; ``drops_every``: seconds between
+        two looks at the drop counter when no datagram brought it (the loop's clock; 0: never)."""
         if budget < 1:
             raise ValueError(f"a UDP socket's budget per turn must be at least 1 (got {budget})")
         self.resolver = resolver
@@ -126,6 +149,23 @@ class UdpServer:
         sock.setblocking(False)
         sock.setsockopt(socket.SOL_SOCKET, SO_RXQ_OVFL, 1)
         self._loop.add_reader(sock.fileno(), self._drain)
+        self.drops_every = drops_every
+        self._drops_timer: asyncio.TimerHandle | None = None
+        if drops_every > 0:
+            self._drops_timer = self._loop.call_later(drops_every, self._look_at_drops)
+
+    def _look_at_drops(self) -> None:
+        """The drop counter read without a datagram (a datagram carries it only once the kernel queues one): what
+        the kernel dropped since the last report is recorded now."""
+        self._drops_timer = None
+        if self.sock.fileno() < 0:
+            return
+        try:
+            self._dropped_so_far(dropped_now(self.sock))
+        except OSError as exc:  # a kernel without SO_MEMINFO: the datagrams still carry the counter
+            log.warning("drop counter of the resolver socket not read (%s): reported with the next datagram", exc)
+            return
+        self._drops_timer = self._loop.call_later(self.drops_every, self._look_at_drops)
 
     def _drain(self) -> None:
         try:
@@ -169,7 +209,13 @@ class UdpServer:
 
     def _dropped(self, ancillary: list[tuple[int, int, bytes]]) -> None:
         dropped = dropped_so_far(ancillary)
-        if dropped is not None and dropped > self._drops_seen:
+        if dropped is not None:
+            self._dropped_so_far(dropped)
+
+    def _dropped_so_far(self, dropped: int) -> None:
+        """The kernel says it dropped ``dropped`` datagrams on this socket so far: record the rise (a datagram's
+        count may be older than the one the timer read: never recorded twice)."""
+        if dropped > self._drops_seen:
             self.resolver.kernel_dropped(dropped - self._drops_seen, self.sandbox)
             self._drops_seen = dropped
 
@@ -199,7 +245,12 @@ class UdpServer:
         if self._report is not None:  # what was merged is reported now, not lost
             self._report.cancel()
             self._flush()
+        if self._drops_timer is not None:
+            self._drops_timer.cancel()
+            self._drops_timer = None
         if self.sock.fileno() >= 0:
+            with contextlib.suppress(OSError):  # what it dropped since the last look, recorded before it closes
+                self._dropped_so_far(dropped_now(self.sock))
             self._loop.remove_reader(self.sock.fileno())
             self.sock.close()
 

@@ -19,8 +19,18 @@ Fail closed: the sockets' datagrams are all judged by their source address, whic
 what it is answered. At start a socket or a program that cannot be set up is an error (the resolver does not
 start: the supervisor refuses to run half-configured); on a reload (`steer`) it is logged and the sandbox's
 datagrams share socket 0 (or keep their socket under the program before), still judged. A sandbox a reload
-removes keeps its socket until the resolver closes (the kernel's group order is the program's index: closing a
-socket would move another one into its place); a sandbox of the same name coming back gets it again.
+removes has its socket closed (its receive buffer freed, its queued queries unanswered: their clients retry and
+reach socket 0 as sources in no sandbox): the kernel then moves the group's last socket into the closed one's place
+(``reuseport_detach_sock``), and `slots` does the same before the program is compiled again. Between the close and
+the new program a datagram may wait in another sandbox's queue, still judged by its source. A sandbox of the same
+name coming back gets a new socket.
+
+Nothing else joins the group: the sockets set ``SO_REUSEPORT`` only, not ``SO_REUSEADDR``, with which any process
+of the namespace, of any user, could bind the same port with ``SO_REUSEADDR`` and, bound last, receive every
+datagram the group would (the kernel's UDP lookup takes the first best-scoring socket that is not in a group). A
+socket that joins the group needs ``SO_REUSEPORT`` and the group's user (the kernel compares the effective uid):
+another root process of the gateway's namespace can still join, at an index past the group's sockets that the
+program never returns, until a reload opens a socket after it (docs/dns-performance.md, "udpfair").
 """
 
 from __future__ import annotations
@@ -89,7 +99,20 @@ class UdpShare:
         except (OSError, ValueError) as exc:  # the program before stays: queues shared or stale, answers judged
             log.error("resolver UDP %s:%d: sandboxes not steered to their own sockets: %s", self.host, self.port, exc)
 
+    def _close_removed(self, policy: Policy) -> None:
+        """Close the socket of each sandbox ``policy`` no longer steers (gone, or without sources of this family);
+        the kernel moves the group's last socket into its place, and so does `slots`."""
+        steered = {s.name for s in policy.sandboxes if any(n.version == self.version for n in s.sources)}
+        for name in [name for name in self.slots if name != OUTSIDE and name not in steered]:
+            index = self.slots.index(name)
+            self.servers.pop(name).close()
+            self.slots[index] = self.slots[-1]
+            self.slots.pop()
+            log.info("resolver UDP %s:%d: socket of removed sandbox %s closed", self.host, self.port, name)
+
     def _steer(self, policy: Policy, *, starting: bool) -> None:
+        if not starting:
+            self._close_removed(policy)
         routes: list[tuple[int, steer.Network]] = []
         for sandbox in policy.sandboxes:
             sources = [network for network in sandbox.sources if network.version == self.version]

@@ -60,6 +60,8 @@ COUNT_EVERY = 1.0
 LOG_DELAY = 0.05
 """Seconds, at most, between the kernel counting a packet and its log reaching the socket (the log rule follows the
 count rule in the same pass, and the reader asks the kernel to flush each message at once, 10 ms at the most)."""
+FINAL_READS = 2
+"""Reads at the logger's stop: one per generation of counters (`egress.nft.names.COUNT_GENERATIONS`)."""
 _TRANSPORT_NAMES = {TCP: Transport.TCP, UDP: Transport.UDP, ICMP: Transport.ICMP}
 Counters = Callable[[], Reading]
 """Reads what the kernel counted since the previous call (`CountReader.read` on the gateway's table)."""
@@ -247,6 +249,7 @@ class DropLogger:
         self.judge = DropJudge(policy, lists, sandbox_if, name_of)
         self.reporter = reporter
         self._stop = threading.Event()
+        self._stopped = False
         self._fault = threading.Event()
         self._thread: threading.Thread | None = None
         self.reader: NflogReader | None = None
@@ -342,8 +345,13 @@ class DropLogger:
             self.reporter.report(attempt)
 
     def stop(self) -> None:
-        """Stop reading; report what was logged by now and what the reads so far counted (a reading waits for the
-        log to catch up with it, and the lockdown table the supervisor applies first has no counters to read)."""
+        """Stop reading; report what was logged by now and everything the kernel counted and no read reported yet:
+        the last reads take both generations of counters (the lockdown the supervisor applies first keeps them and
+        counts nothing more), so a logger that stops, or died and is replaced, leaves no count unread. What a log
+        still on its way then carries is judged too, or lost with the socket."""
+        if self._stopped:
+            return
+        self._stopped = True
         self._stop.set()
         if self._thread is not None:
             self._thread.join(timeout=2)
@@ -351,9 +359,24 @@ class DropLogger:
             if self._thread is None or not self._thread.is_alive():  # the thread owns the judge while it runs
                 with contextlib.suppress(OSError):
                     self._judge(self.reader.read(timeout=0.02))
+                self._last_reads()
                 for attempt in self.judge.settle_all():
                     self.reporter.report(attempt)
             self.reader.close()
+
+    def _last_reads(self) -> None:
+        """Read both generations of counters (`FINAL_READS` reads): what they hold is added to the keys' counts,
+        settled by `DropJudge.settle_all` against what the log brought."""
+        if self.counters is None:
+            return
+        for _ in range(FINAL_READS):
+            try:
+                reading = self.counters()
+            except (runner.NftError, OSError) as exc:  # no table (never applied, or deleted): nothing more to read
+                log.warning("drop counters not read at the logger's stop: %s", exc)
+                return
+            for attempt in self.judge.unlogged(reading.counts, logged_through=math.inf):
+                self.reporter.report(attempt)
 
 
 __all__ = ["DropJudge", "DropLogger"]

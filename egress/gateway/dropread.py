@@ -9,8 +9,10 @@ keys counted since the previous one, not every key of the last two minutes.
 
 `Reading.counted_by` says by when every packet of a reading was counted: the moment of the swap that retired its
 sets (the logs of those packets are judged once the drop logger has drained its socket past that moment,
-`egress.gateway.dropcount`). A reader that did not make that swap itself (its first read; the table replaced by a
-reload since) does not know it, and says the start of its read, which is later than any count it lists.
+`egress.gateway.dropcount`). A reader that did not make that swap itself (its first read; the table replaced whole
+since) does not know it, and says the start of its read, which is later than any count it lists. A reload and the
+lockdown keep the counting sets and chains (`egress.nft.runner.replace_table`): the generations and this reader's
+swaps go on across them, and nothing counted is lost with the table.
 """
 
 from __future__ import annotations
@@ -45,7 +47,7 @@ class CountReader:
 
     def read(self) -> Reading:
         """What the retired generation counted; then swap (`runner.swap_counts`). Raises `runner.NftError` when the
-        table cannot be read or swapped (locked down, replaced during the read): nothing is emptied then, and the
+        table cannot be read or swapped (none, replaced whole during the read): nothing is emptied then, and the
         next read finds the counts still there."""
         started = self.clock()
         current = runner.count_generation(self.table, self.netns)
@@ -59,7 +61,7 @@ class CountReader:
         for passed, sets in counting.set_names(retired).items():
             for (src, proto, dst), packets in runner.drop_counters(self.table, sets, self.netns).items():
                 counts[src, proto, dst, passed] = packets
-        if runner.count_generation(self.table, self.netns) != current:  # a reload replaced the table meanwhile: what
+        if runner.count_generation(self.table, self.netns) != current:  # replaced whole meanwhile (a start): what
             # was listed may be the new table's current generation, still counting; emptied, its next counts are lost
             raise runner.NftError(f"table inet {self.table} replaced while its counters were read")
         runner.swap_counts(self.table, retired, self.netns)

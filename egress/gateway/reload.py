@@ -154,24 +154,30 @@ class Swap:
 
 class NftTable:
     """The kernel's part: prepare renders the table and has nft check it (``nft -c``), commit applies it as one
-    transaction. Both run in a worker thread: a large table must not stall the resolver's event loop."""
+    transaction that keeps the drop counters (`egress.nft.runner.replace_table`: what was counted and not yet read
+    is read after the reload, not lost). Both run in a worker thread: a large table must not stall the resolver's
+    event loop."""
 
     name = "nftables"
 
     def __init__(
         self,
         settings: GatewaySettings,
-        apply: Callable[[str], None] = runner.apply,
+        apply: Callable[[str], None] | None = None,
         check: Callable[[str], None] = runner.check,
         quarantined: Callable[[], Iterable[str]] = tuple,
     ) -> None:
-        """``quarantined``: the sandboxes cut off now, which the new table keeps cut off."""
+        """``quarantined``: the sandboxes cut off now, which the new table keeps cut off. ``apply``: loads the
+        script (default: `runner.replace_table` on the settings' table)."""
         self.settings = settings
         self._quarantined = quarantined
-        self._apply = apply
+        self._apply = apply if apply is not None else self._replace
         self._check = check
         self._prepared: tuple[str, str] | None = None
         """(digest, script) of the prepared version."""
+
+    def _replace(self, script: str) -> None:
+        runner.replace_table(script, self.settings.table)
 
     async def prepare(self, version: PolicyVersion) -> None:
         # Sandboxes behind one link, with --sandbox-if known (the loader saw only the interfaces the policy names):

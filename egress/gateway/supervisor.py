@@ -157,6 +157,8 @@ class Supervisor:
         """Follows the fleet's applied version (None when ``policy_poll_s`` is 0)."""
         self._nft = threading.Lock()
         """Held for every change of the table: a reload's apply (in a thread) and the lockdown never interleave."""
+        self._table_applied = False
+        """Whether this process applied the table yet (the first apply replaces it whole: `_replace`)."""
         self.metrics: MetricsServer | None = None
         self._cutting: set[asyncio.Task[None]] = set()
         """Lockdowns' cuts of the workers' open connections under way (kept referenced until done)."""
@@ -187,7 +189,18 @@ class Supervisor:
         with self._nft:
             if self.failed is not None or self.locked is not None:
                 raise runner.NftError(f"the gateway is locked down ({self.failed or self.locked})")
+            self._replace(script)
+
+    def _replace(self, script: str) -> None:
+        """Replace the table (the lock held), keeping what the drop counters counted and the logger has not read
+        (`runner.replace_table`); whole the first time: what an earlier process counted, this one's logger did not
+        see logged, and would report again."""
+        if self._table_applied:
+            if not runner.replace_table(script, self.config.table):
+                log.warning("table inet %s replaced whole: drop counts not yet read are lost", self.config.table)
+        else:
             runner.apply(script)
+        self._table_applied = True
 
     def _apply_quarantine(self, names: frozenset[str]) -> None:
         with self._nft:
@@ -198,7 +211,7 @@ class Supervisor:
     def lockdown(self, why: str) -> None:
         with self._nft:
             try:
-                runner.apply(render_lockdown(self.config.nft_settings(), self.policy))
+                self._replace(render_lockdown(self.config.nft_settings(), self.policy))
                 log.error("LOCKDOWN: all sandbox traffic dropped (%s)", why)
             except runner.NftError as exc:  # the policy table still redirects to dead ports: still closed
                 log.error("lockdown table could not be applied (%s); policy table stays: %s", why, exc)
@@ -221,7 +234,7 @@ class Supervisor:
         def reapply() -> None:
             with self._nft:
                 if self.failed is None and self._locks == episode:  # else another component went down meanwhile
-                    runner.apply(render(self.policy, self.config.nft_settings(), self.keeper.quarantined()))
+                    self._replace(render(self.policy, self.config.nft_settings(), self.keeper.quarantined()))
                     self.keeper.refresh()
                     self.locked = None
                     self.notify.status("running")

@@ -7,10 +7,18 @@ empties the sets it has just read and points the counting rules at them, retirin
 then, and records which generation counts now in `GENERATION_SET` (`swap_script`). A packet is counted in exactly
 one generation and each generation is read once before it is emptied, so a count is read exactly once however late
 the read comes: the elements need no timeout, and nothing expires unread (docs/nftables.md, "Logging").
+
+A table replaced whole (``delete table`` then the new one) would empty both generations: what was counted since the
+reader's last swap and the retired generation not yet read. `keeping` rewrites a whole-table script (`render`,
+`render_lockdown`) into one transaction that replaces every other chain and set but keeps the counting sets, their
+elements and counters, `GENERATION_SET` and the counting chains as they are (`KEPT_SETS`, `KEPT_CHAINS`): a reload
+or the lockdown loses no count, and the reader's generations and swaps go on across it.
 """
 
 from __future__ import annotations
 
+import re
+from collections.abc import Collection
 from typing import Final
 
 from egress.nft.names import (
@@ -97,3 +105,56 @@ def generation_of(elements: list[str]) -> int | None:
     if len(elements) != 1 or elements[0] not in {str(g) for g in range(COUNT_GENERATIONS)}:
         return None
     return int(elements[0])
+
+
+KEPT_SETS: Final = frozenset(
+    [GENERATION_SET]
+    + [count_set(kind, version, g) for g in range(COUNT_GENERATIONS) for kind in KINDS for version, _, _ in _FAMILIES]
+)
+"""The sets a table replacement keeps (`keeping`): every generation's counting sets and `GENERATION_SET`."""
+KEPT_CHAINS: Final = frozenset(count_chain(kind) for kind in KINDS)
+"""The chains a table replacement keeps, rules and all: the counting chains (their rules name the generation the
+reader last made current)."""
+
+
+def _declarations() -> tuple[list[str], str]:
+    """The counting sets' declaration lines and the counting chains' block as `render` writes them in a table."""
+    sets = ["\t" + line + "\n" for line in set_lines()]
+    chains = "".join("\t" * depth + line + "\n" for line, depth in chain_lines())
+    return sets, chains
+
+
+_DECLARED: Final = re.compile(r"^\t(chain|set) ([A-Za-z][A-Za-z0-9_-]*) \{", re.MULTILINE)
+
+
+def keeping(script: str, table: str, chains: Collection[str], sets: Collection[str]) -> str | None:
+    """``script``, a whole table for ``inet table`` (it deletes the table, then declares it anew), as one
+    transaction that keeps the counting state the table has now (``chains`` and ``sets``: the names it has).
+    Every other chain is flushed; those ``script`` does not declare are then deleted, the others filled anew by its
+    declarations; every other set ``script`` declares is flushed and filled anew, the rest deleted. The counting
+    sets and chains are left out of the declarations (an ``add`` of a kept set would add `GENERATION_SET`'s
+    element ``0`` beside the one there). Objects are flushed in place rather than deleted and declared again: a
+    transaction holding both the old and the new object of a name cost nft half as much again as the whole
+    replacement. ``None`` when the table lacks some of the counting state (none yet, a lockdown table of an older
+    version): then it is replaced whole, as ``script`` says."""
+    if not (set(sets) >= KEPT_SETS and set(chains) >= KEPT_CHAINS):
+        return None
+    where = f"inet {table}"
+    header = f"table {where} {{}}\ndelete table {where}\n"
+    if script.count(header) != 1:
+        raise ValueError(f"not a whole-table script for table {where}")
+    declared: dict[str, set[str]] = {"chain": set(), "set": set()}
+    for kind, name in _DECLARED.findall(script):
+        declared[kind].add(name)
+    old_chains, old_sets = set(chains) - KEPT_CHAINS, set(sets) - KEPT_SETS
+    removals = [f"flush chain {where} {name}\n" for name in sorted(old_chains)]
+    removals += [f"delete chain {where} {name}\n" for name in sorted(old_chains - declared["chain"])]
+    removals += [f"flush set {where} {name}\n" for name in sorted(old_sets & declared["set"])]
+    removals += [f"delete set {where} {name}\n" for name in sorted(old_sets - declared["set"])]
+    out = script.replace(header, "".join(removals))
+    declarations, block = _declarations()
+    for text in [*declarations, block]:  # `render` declares all of them, `render_lockdown` none
+        if out.count(text) > 1:
+            raise ValueError(f"counting declaration rendered twice: {text.strip()}")
+        out = out.replace(text, "")
+    return out

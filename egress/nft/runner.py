@@ -20,6 +20,9 @@ from egress.nft.names import GENERATION_SET
 NFT = "nft"
 TIMEOUT = 30.0
 """Seconds any one nft call may take before it counts as failed."""
+LIST_TIMEOUT = 5.0
+"""Seconds the listing before a table replacement may take (`replace_table`): the lockdown waits for it, and
+replaces the table whole when it is late."""
 
 _IDENT = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,255}")
 _FAMILIES = frozenset({"ip", "ip6", "inet", "arp", "bridge", "netdev"})
@@ -33,16 +36,17 @@ class NftError(RuntimeError):
         self.stderr = stderr
 
 
-def _run(args: Sequence[str], stdin: str | None, netns: str | None) -> str:
+def _run(args: Sequence[str], stdin: str | None, netns: str | None, timeout: float | None = None) -> str:
     command = [NFT, *args]
     if netns is not None:
         command = ["ip", "netns", "exec", netns, *command]
     try:
-        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=TIMEOUT, check=False)
+        limit = TIMEOUT if timeout is None else timeout
+        done = subprocess.run(command, input=stdin, capture_output=True, text=True, timeout=limit, check=False)
     except FileNotFoundError as exc:
         raise NftError(f"cannot run {command[0]}", str(exc)) from exc
     except subprocess.TimeoutExpired as exc:
-        raise NftError(f"nft did not finish within {TIMEOUT} s") from exc
+        raise NftError(f"nft did not finish within {exc.timeout} s") from exc
     if done.returncode != 0:
         raise NftError(f"nft {' '.join(args)} failed (exit {done.returncode})", done.stderr)
     return done.stdout
@@ -76,6 +80,51 @@ def apply_here(script: str) -> None:
         nft.run(script)
     except libnft.NftCallError as exc:
         raise NftError("nft -f - failed (libnftables)", exc.stderr) from exc
+
+
+def table_names(table: str, netns: str | None = None) -> tuple[set[str], set[str]] | None:
+    """The names of the chains and of the named sets of ``inet table`` (two small listings: no rule, no element;
+    the chains of every inet table, for nft lists no one table's chains without their rules);
+    ``None`` when there is no such table."""
+    name = _ident("table", table)
+    found: dict[str, set[str]] = {"chain": set(), "set": set()}
+    for what in (["sets", "table", "inet", name], ["chains", "inet"]):  # nft 1.0.6 lists no table's chains alone
+        try:
+            output = _run(["-j", "-t", "list", *what], None, netns, LIST_TIMEOUT)
+        except NftError as exc:
+            if "No such file or directory" in exc.stderr:
+                return None
+            raise
+        try:
+            document = json.loads(output)
+        except json.JSONDecodeError as exc:
+            raise NftError("nft -j printed something that is not JSON", output[:200]) from exc
+        for item in document.get("nftables", []):
+            for kind, names in found.items():
+                body = item.get(kind)
+                if isinstance(body, dict) and body.get("table") == name and body.get("family") == "inet":
+                    names.add(str(body["name"]))
+    return found["chain"], found["set"]
+
+
+def replace_table(script: str, table: str, netns: str | None = None) -> bool:
+    """Load ``script``, a whole table for ``inet table`` (`render`, `render_lockdown`), keeping the counting state the
+    table has (`counting.keeping`: one transaction that replaces everything else); whole, as `apply` does, when the
+    table has none yet or the keeping transaction failed (the table changed between the listing and the load: the
+    policy matters more than the counts). Returns whether the counts were kept."""
+    try:
+        names = table_names(table, netns)
+    except NftError:
+        names = None
+    kept = counting.keeping(script, table, *names) if names is not None else None
+    if kept is not None:
+        try:
+            _run(["-f", "-"], kept, netns)
+            return True
+        except NftError:
+            pass  # the whole script below says what is wrong with the policy, if anything is
+    apply(script, netns)
+    return False
 
 
 def check(script: str, netns: str | None = None) -> None:

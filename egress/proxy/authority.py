@@ -9,6 +9,12 @@ judged as another host of the request (`egress.proxy.mitm.addon`); `is_authority
 is one (the fast path hands those to mitmproxy). `port_differs` says whether an authority's port is not the
 connection's: ordinary clients behind a transparent gateway name the port they connect to or none, and a server
 that routes by the Host's port would take the request to a port the policy never judged.
+
+Red team 10a: an HTTP/2 stream names its destination in ``:authority``, in ``host`` fields and, absolute, in
+``:path``; servers and proxies differ in which they follow (Host first when the request came through an HTTP/1
+hop; a WHATWG parser resolves an absolute ``:path`` against ``:authority``, so ``:path: http://blocked.lab/``
+with ``:authority: allowed.lab`` went to blocked.lab). `stream_disagreement` says why a stream's own fields do
+not agree on one destination: the addon refuses such a stream instead of guessing which one a server follows.
 """
 
 from __future__ import annotations
@@ -16,6 +22,7 @@ from __future__ import annotations
 import contextlib
 import ipaddress
 import urllib.parse
+from collections.abc import Sequence
 from typing import Final
 
 _HEX: Final = frozenset("0123456789abcdefABCDEF")
@@ -119,3 +126,26 @@ def port_differs(port: str | int | None, dport: int) -> bool:
         return port != dport
     text = port.strip()
     return not (text.isascii() and text.isdigit()) or int(text) != dport
+
+
+def stream_disagreement(method: str, authority: str, path: str, hosts: Sequence[str]) -> str | None:
+    """Why an HTTP/2 (or HTTP/3) request's fields may name more than one destination, or None when they agree:
+    a ``:path`` not in origin form (RFC 9113 §8.3.1: ``/...``, or ``*`` for OPTIONS; an absolute one names an
+    authority of its own), an ``:authority`` with userinfo (forbidden there; a WHATWG reader takes the host after
+    the ``@``), more than one ``host`` field, or a ``host`` that is not ``:authority`` (host and port compared as
+    `normal_host` and the port text: a server that prefers Host would go elsewhere). ``hosts``: every ``host``
+    field's value, in order."""
+    if not (path.startswith("/") or (path == "*" and method.upper() == "OPTIONS")):
+        return f":path {path[:80]!r} is not in origin form"
+    if "@" in authority:
+        return f":authority {authority[:80]!r} carries userinfo"
+    if len(hosts) > 1:
+        return f"{len(hosts)} host fields"
+    if hosts and authority and hosts[0] != authority and _normal_authority(hosts[0]) != _normal_authority(authority):
+        return f"host {hosts[0][:80]!r} is not :authority {authority[:80]!r}"
+    return None
+
+
+def _normal_authority(value: str) -> tuple[str, str]:
+    host, port = split_host_port(value)
+    return normal_host(host), port.strip()

@@ -27,6 +27,7 @@ Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 
 from __future__ import annotations
 
+import _socket
 import asyncio
 import errno
 import logging
@@ -81,10 +82,15 @@ Handoff = Callable[[socket.socket], Awaitable[None]]
 """Gives an accepted connection, nothing read from it, to mitmproxy; never raises (closes what it cannot serve)."""
 
 
+_family: Final[Callable[[socket.socket], int]] = _socket.socket.family.__get__
+"""A socket's family as the plain int (`socket.socket.family` converts it to `socket.AddressFamily` each time, a
+few µs of a new connection)."""
+
+
 def original_destination(sock: socket.socket) -> tuple[str, int]:
     """Where the client meant to connect before nftables redirected it (``SO_ORIGINAL_DST``). The socket's family
     says which (the front's IPv6 listener is IPv6-only: no IPv4-mapped peers), without asking the kernel."""
-    if sock.family == socket.AF_INET:
+    if _family(sock) == socket.AF_INET:
         raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
         port, address = struct.unpack_from("!2xH4s", raw)
         return socket.inet_ntop(socket.AF_INET, address), port

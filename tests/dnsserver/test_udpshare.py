@@ -7,8 +7,10 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import fcntl
 import logging
+import os
 import pathlib
 import socket
 import struct
@@ -22,7 +24,7 @@ from egress.detect import dns
 from egress.detect.names import NameLists
 from egress.dnsserver import steer, udpshare
 from egress.dnsserver.bindings import Bindings
-from egress.dnsserver.listen import UdpServer
+from egress.dnsserver.listen import UdpServer, dropped_now
 from egress.dnsserver.resolver import Resolver, Upstream
 from egress.dnsserver.udpshare import OUTSIDE, UdpShare
 from egress.policy.loader import parse_policy
@@ -208,13 +210,17 @@ def test_a_socket_reads_its_budget_per_turn(resolver: Resolver) -> None:
         UdpServer(resolver, socket.socket(socket.AF_INET, socket.SOCK_DGRAM), budget=0)
 
 
-def test_a_reload_steers_a_new_sandbox_and_a_removed_one_keeps_its_place(resolver: Resolver) -> None:
-    async def scenario() -> tuple[list[str], dict[str, int]]:
+def test_a_reload_steers_a_new_sandbox_and_closes_a_removed_one_s_socket(resolver: Resolver) -> None:
+    """The removed agent's socket is closed; the kernel moves the group's last socket (late's) into its place, and
+    the program follows: the agent's old source reaches socket 0, late's and builder's their own."""
+
+    async def scenario() -> tuple[list[str], dict[str, int], bool]:
         share = UdpShare(resolver, "127.0.0.1", 0)
+        agent = share.servers["agent"]
         try:
             resolver.reload(parse_policy(LATE))
             resolver.reload(parse_policy(WITHOUT_AGENT))
-            for source in ("127.0.0.2", "127.0.0.4"):
+            for source in ("127.0.0.2", "127.0.0.4", "127.0.0.3"):
                 with _client(source) as client:
                     client.sendto(dns.build_query(1, "blocked.lab", dns.A), ("127.0.0.1", share.port))
 
@@ -222,14 +228,122 @@ def test_a_reload_steers_a_new_sandbox_and_a_removed_one_keeps_its_place(resolve
                         return dns.parse(client.recv(4096)).rcode == dns.REFUSED
 
                     await _until(answered)
-            return share.slots, {name: server.received for name, server in share.servers.items()}
+            return (
+                share.slots,
+                {name: server.received for name, server in share.servers.items()},
+                agent.sock.fileno() < 0,
+            )
         finally:
             share.close()
             assert share.steer not in resolver.reloaded
 
-    slots, received = asyncio.run(scenario())
-    assert slots == [OUTSIDE, "agent", "builder", "late"]
-    assert received == {OUTSIDE: 1, "agent": 0, "builder": 0, "late": 1}  # agent is gone: 127.0.0.2 is another source
+    slots, received, closed = asyncio.run(scenario())
+    assert closed
+    assert slots == [OUTSIDE, "late", "builder"]
+    assert received == {OUTSIDE: 1, "builder": 1, "late": 1}  # agent is gone: 127.0.0.2 is another source
+
+
+def test_a_flood_that_stops_has_its_drops_recorded_without_another_query(resolver: Resolver) -> None:
+    """The kernel attaches its drop counter to the datagrams it queues after a drop; a flood that stops brought no
+    such datagram. The server looks at the counter every ``drops_every`` seconds (the loop's clock) and records the
+    drops then, with the sandbox's name, though it read nothing."""
+
+    async def scenario() -> tuple[int, int]:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.bind(("127.0.0.1", 0))
+        server = UdpServer(resolver, sock, sandbox="agent", drops_every=0.05)
+        server.pause()  # a resolver behind the flood: nothing is read, the kernel queues a few and drops the rest
+        try:
+            with _client("127.0.0.2") as agent:
+                for n in range(200):
+                    with contextlib.suppress(BlockingIOError):
+                        agent.sendto(dns.build_query(n, f"q{n}.blocked.lab", dns.A), sock.getsockname())
+            dropped = dropped_now(sock)
+            assert dropped > 0, "the 4 KiB buffer was meant to overflow"
+
+            async def recorded() -> bool:
+                assert resolver.kernel_drops_by.get("agent") == dropped
+                return True
+
+            await eventually_async(recorded)
+            return dropped, server.received
+        finally:
+            server.close()
+
+    dropped, read = asyncio.run(scenario())
+    assert read == 0
+    drops = [flow for flow in _reporter(resolver).flows if flow.verdict.reason is Reason.DNS_DROPPED]
+    assert {flow.sandbox for flow in drops} == {"agent"} and sum(flow.count for flow in drops) == dropped
+
+
+def test_no_other_socket_takes_the_port_and_one_of_the_same_user_that_joins_gets_nothing(resolver: Resolver) -> None:
+    """Another process of the namespace binding the resolver's port: with ``SO_REUSEADDR`` (which the group's
+    sockets used to set, so it bound, and, bound last, took every datagram) or plainly it is refused; with
+    ``SO_REUSEPORT`` as the group's user it joins, at an index the program never returns."""
+
+    async def scenario() -> tuple[list[str], int]:
+        share = UdpShare(resolver, "127.0.0.1", 0)
+        try:
+            refused = []
+            for options in ([socket.SO_REUSEADDR], []):
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as intruder:
+                    for option in options:
+                        intruder.setsockopt(socket.SOL_SOCKET, option, 1)
+                    try:
+                        intruder.bind(("127.0.0.1", share.port))
+                    except OSError as exc:
+                        refused.append(errno.errorcode[exc.errno or 0])
+                    else:
+                        refused.append("bound")
+            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as member:
+                member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                member.bind(("127.0.0.1", share.port))
+                member.setblocking(False)
+                for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.9"):
+                    with _client(source) as client:
+                        client.sendto(dns.build_query(1, "blocked.lab", dns.A), ("127.0.0.1", share.port))
+
+                        async def answered(client: socket.socket = client) -> bool:
+                            return dns.parse(client.recv(4096)).rcode == dns.REFUSED
+
+                        await _until(answered)
+                return refused, _queued(member)
+        finally:
+            share.close()
+
+    refused, member_queued = asyncio.run(scenario())
+    assert refused == ["EADDRINUSE", "EADDRINUSE"]
+    assert member_queued == 0
+
+
+@pytest.mark.root
+def test_a_socket_of_another_user_cannot_join_the_group(resolver: Resolver) -> None:
+    """The kernel lets only the group's user join an ``SO_REUSEPORT`` group: a process of another user is refused."""
+
+    async def scenario() -> int:
+        share = UdpShare(resolver, "127.0.0.1", 0)
+        try:
+            pid = os.fork()
+            if pid == 0:  # the child: another user, both options set, binding the group's port
+                code = 2
+                try:
+                    os.setgid(65534)
+                    os.setuid(65534)
+                    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as other:
+                        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                        other.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                        other.bind(("127.0.0.1", share.port))
+                    code = 0
+                except OSError as exc:
+                    code = 1 if exc.errno == errno.EADDRINUSE else 2
+                finally:
+                    os._exit(code)
+            return os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1])
+        finally:
+            share.close()
+
+    assert asyncio.run(scenario()) == 1  # refused: the address is in use
 
 
 def test_whichever_socket_a_datagram_reaches_it_is_judged_by_its_source(

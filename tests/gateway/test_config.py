@@ -9,8 +9,8 @@ from pathlib import Path
 
 import click
 
-from egress.cli import nft_render
 from egress.cli_gateway import doctor, gateway_run
+from egress.cli_wiring import nft_render
 from egress.gateway import config
 from egress.gateway.config import GatewayConfig, WorkerConfig
 from egress.nft.render import GatewaySettings

@@ -32,6 +32,7 @@ from egress.gateway.reload import (
 from egress.gateway.supervisor import participants
 from egress.nft import runner
 from egress.nft.render import GatewaySettings
+from egress.policy.model import Policy
 from tests.lists import shipped_lists
 
 POLICY = """version: 1
@@ -349,3 +350,15 @@ def test_the_resolver_answers_while_a_large_policy_is_parsed(tmp_path: Path) -> 
         bindings.close()
     assert order == ["answered rcode 5", "parse step returned"]  # REFUSED, while the parse step ran
     assert version is not None and len(version.policy.sandboxes[0].hosts) == 30_000
+
+
+def test_the_table_s_default_commit_keeps_the_drop_counters(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reload replaces the table through `runner.replace_table` (the counting sets kept), not a whole `apply`."""
+    replaced: list[tuple[str, str]] = []
+    monkeypatch.setattr(runner, "replace_table", lambda script, table, netns=None: replaced.append((script, table)))
+    monkeypatch.setattr(runner, "apply", lambda script, netns=None: pytest.fail("the table was replaced whole"))
+    table = NftTable(SETTINGS, check=lambda script: None)
+    version = PolicyVersion(Policy(1, ()), "00" * 32)
+    asyncio.run(table.prepare(version))
+    asyncio.run(table.commit(version))
+    assert [t for _, t in replaced] == [SETTINGS.table]

@@ -5,8 +5,16 @@ from __future__ import annotations
 
 import pytest
 
-from egress.proxy.authority import is_authority_target, normal_host, port_differs, split_host_port, target_authorities
-from tests.security.redteam_authority_kit import destinations
+from egress.proxy.authority import (
+    is_authority_target,
+    normal_host,
+    port_differs,
+    split_host_port,
+    stream_disagreement,
+    target_authorities,
+)
+from tests.security.redteam_authority_kit import _elsewhere, destinations
+from tests.security.redteam_h2authority_kit import h2_destinations
 
 NAMED = {
     "//blocked.lab/": [("blocked.lab", "")],
@@ -74,3 +82,59 @@ def test_port_differs(port: str | int | None, differs: bool) -> None:
 
 def test_a_number_too_big_for_an_address_stays_a_name() -> None:
     assert normal_host("4294967296") == "4294967296" and normal_host("1.2.3.256") == "1.2.3.256"
+
+
+DISAGREEING: dict[str, tuple[str, str, str, list[str]]] = {
+    "path-absolute": ("GET", "allowed.lab", "http://blocked.lab/", []),
+    "path-absolute-upper": ("GET", "allowed.lab", "HTTPS://BLOCKED.LAB./", []),
+    "path-absolute-same-host": ("GET", "allowed.lab", "https://allowed.lab/", []),
+    "path-scheme-no-slashes": ("GET", "allowed.lab", "https:blocked.lab/", []),
+    "path-no-slash": ("GET", "allowed.lab", "blocked.lab/", []),
+    "path-backslashes": ("GET", "allowed.lab", "\\\\blocked.lab\\", []),
+    "path-empty": ("GET", "allowed.lab", "", []),
+    "path-star-not-options": ("GET", "allowed.lab", "*", []),
+    "connect": ("CONNECT", "blocked.lab:443", "", []),
+    "authority-userinfo": ("GET", "allowed.lab@blocked.lab", "/", []),
+    "authority-userinfo-reverse": ("GET", "blocked.lab@allowed.lab", "/", []),
+    "host-blocked": ("GET", "allowed.lab", "/", ["blocked.lab"]),
+    "host-allowed-authority-blocked": ("GET", "blocked.lab", "/", ["allowed.lab"]),
+    "two-hosts-blocked-first": ("GET", "allowed.lab", "/", ["blocked.lab", "allowed.lab"]),
+    "two-hosts-same": ("GET", "allowed.lab", "/", ["allowed.lab", "allowed.lab"]),
+    "two-hosts-no-authority": ("GET", "", "/", ["blocked.lab", "allowed.lab"]),
+    "host-other-port": ("GET", "allowed.lab", "/", ["allowed.lab:22"]),
+    "authority-other-port": ("GET", "allowed.lab:22", "/", ["allowed.lab"]),
+}
+"""HTTP/2 streams whose fields may name two destinations (red team 10a): each is refused."""
+
+
+@pytest.mark.parametrize("name", list(DISAGREEING))
+def test_an_http2_stream_whose_fields_name_more_than_one_destination(name: str) -> None:
+    assert stream_disagreement(*DISAGREEING[name]) is not None
+
+
+AGREEING: dict[str, tuple[str, str, str, list[str]]] = {
+    "authority-only": ("GET", "allowed.lab", "/a?b=//c", []),
+    "host-only": ("GET", "", "/", ["allowed.lab"]),
+    "same-host": ("GET", "allowed.lab", "/", ["allowed.lab"]),
+    "same-host-case-dot": ("GET", "allowed.lab", "/", ["ALLOWED.LAB."]),
+    "same-port": ("POST", "allowed.lab:8443", "/", ["allowed.lab:8443"]),
+    "options-star": ("OPTIONS", "allowed.lab", "*", []),
+}
+
+
+@pytest.mark.parametrize("name", list(AGREEING))
+def test_an_http2_stream_whose_fields_agree_passes(name: str) -> None:
+    assert stream_disagreement(*AGREEING[name]) is None
+
+
+@pytest.mark.parametrize("name", list(DISAGREEING) + list(AGREEING))
+def test_every_stream_the_h2_forwarder_reads_elsewhere_is_refused(name: str) -> None:
+    """The lab's HTTP/2 forwarder (tests/security/redteam_h2authority_kit.py) goes elsewhere only for a stream
+    `stream_disagreement` refuses, or one whose `:authority` (the name the gateway judges) is elsewhere itself."""
+    method, authority, path, hosts = DISAGREEING.get(name) or AGREEING[name]
+    fields = [(":method", method), (":path", path)] + ([(":authority", authority)] if authority else [])
+    fields += [("host", host) for host in hosts]
+    judged = split_host_port(authority or hosts[0])
+    elsewhere = [read for read in h2_destinations(fields) if _elsewhere(read[1], read[2], 8443)]
+    if elsewhere and stream_disagreement(method, authority, path, hosts) is None:
+        assert all((host, str(port or "")) == (normal_host(judged[0]), judged[1]) for _, host, port in elsewhere)

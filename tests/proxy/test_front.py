@@ -467,3 +467,22 @@ def test_the_watch_decides_mining_shape_to_a_host_rule_name_by_the_policy(action
         (Reason.TUNNEL, Enforcement.BLOCK),
     ]
     assert all(flow.host == "allowed.test" for flow in setup.reporter.reported)
+
+
+@pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
+def test_the_family_original_destination_reads_is_the_sockets(family: socket.AddressFamily) -> None:
+    """`original_destination` reads a socket's family as the plain int (no `AddressFamily` made per connection):
+    the same family `socket.family` gives, for a socket made and one accepted."""
+    host = "::1" if family == socket.AF_INET6 else "127.0.0.1"
+    with socket.socket(family) as listener:
+        try:
+            listener.bind((host, 0))
+        except OSError:
+            pytest.skip("no IPv6 loopback here")
+        listener.listen(1)
+        with socket.create_connection(listener.getsockname()[:2]) as made:
+            accepted, _ = listener.accept()
+            with accepted:
+                for sock in (listener, made, accepted):
+                    assert front_module._family(sock) == sock.family == family
+                    assert type(front_module._family(sock)) is int

@@ -9,6 +9,7 @@ import contextlib
 import fcntl
 import os
 import socket
+import struct
 import sys
 import termios
 from collections.abc import Awaitable, Callable
@@ -398,3 +399,58 @@ def test_the_sandbox_side_accepts_with_its_own_congestion_control() -> None:
             with accepted:
                 chosen = accepted.getsockopt(socket.IPPROTO_TCP, socket.TCP_CONGESTION, 16).rstrip(b"\0")
                 assert chosen == SANDBOX_CONGESTION
+
+
+def test_the_clients_first_bytes_go_on_within_start() -> None:
+    """The front starts a relay once the client's ClientHello is there (it peeked it): `Relay.start` reads and
+    sends it on at once, before the loop's next turn, and the rest is relayed as before."""
+
+    async def scenario() -> None:
+        client, client_side = await _pair()
+        upstream, server = await _pair()
+        client.sendall(HANDSHAKE_RECORD)
+
+        async def there() -> bool:
+            return client_side.recv(64, socket.MSG_PEEK) == HANDSHAKE_RECORD
+
+        await eventually_async(there, timeout=scaled(10))
+        relay = Relay(client_side, upstream, _watch())
+        relay.start()
+        assert relay.up.moved == len(HANDSHAKE_RECORD) and not relay.up.pending, "read and sent within start"
+        relayed = _Relayed(client, server, relay)
+        assert await _read_all(server, len(HANDSHAKE_RECORD)) == HANDSHAKE_RECORD
+        await asyncio.get_running_loop().sock_sendall(client, b"\x17\x03\x03\x00\x02ok")
+        assert await _read_all(server, 7) == b"\x17\x03\x03\x00\x02ok"
+        relayed.close()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["graceful", "aborted"])
+def test_a_closed_relay_leaves_each_side_the_linger_it_had_before_only_the_one_that_differs_set(
+    monkeypatch: pytest.MonkeyPatch, graceful: bool
+) -> None:
+    """`Relay.close` sets the linger of one side only (the other has it already): the state each socket is closed
+    in is what setting both gave (off when both directions ended, zero seconds for an abort), with one
+    setsockopt."""
+    from egress.proxy import splice as splice_module
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        sides = [socket.socket(fileno=os.dup(sock.fileno())) for sock in (relayed.relay.up.src, relayed.relay.down.src)]
+        set_on: list[int] = []
+        linger = splice_module._linger
+
+        def counted(sock: socket.socket, value: bytes) -> None:
+            set_on.append(sock.fileno())
+            linger(sock, value)
+
+        monkeypatch.setattr(splice_module, "_linger", counted)
+        relayed.relay.close(graceful=graceful)
+        want = struct.pack("ii", 0 if graceful else 1, 0)
+        assert [side.getsockopt(socket.SOL_SOCKET, socket.SO_LINGER, 8) for side in sides] == [want, want]
+        assert len(set_on) == 1
+        for sock in (*sides, relayed.client, relayed.server):
+            sock.close()
+
+    _run(scenario)

@@ -35,6 +35,7 @@ import urllib.parse
 from typing import Final
 
 from egress.lab.topology import SERVERS
+from tests.security.labonly import refuse_outside_a_namespace
 
 SELF: Final = "allowed.lab"
 OWN_PAGE: Final = b"allowed.lab forwarder: own page\n"
@@ -235,6 +236,7 @@ def _address(spec: str) -> tuple[str, int]:
 
 def forwarder_main() -> None:
     """``python -c '...; forwarder_main()' CHAIN KEY plain=ADDRESS:PORT... tls=ADDRESS:PORT...``"""
+    refuse_outside_a_namespace()  # it dials what a request names: only ever inside the lab
     chain, key, *specs = sys.argv[1:]
     plain = [_address(spec.removeprefix("plain=")) for spec in specs if spec.startswith("plain=")]
     tls = [_address(spec.removeprefix("tls=")) for spec in specs if spec.startswith("tls=")]

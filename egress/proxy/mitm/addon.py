@@ -70,7 +70,7 @@ from egress.detect import tls
 from egress.detect.base import Category, Finding, FlowMeta, Transport, evidence
 from egress.flowlog import EndedFlow, FlowSink, Meter
 from egress.policy.model import Sandbox
-from egress.proxy.authority import port_differs, split_host_port, target_authorities
+from egress.proxy.authority import port_differs, split_host_port, stream_disagreement, target_authorities
 from egress.proxy.gate import Decision, Gate, Kind
 from egress.proxy.mitm.flows import (
     FlowHooks,
@@ -557,6 +557,12 @@ class EgressAddon(NextLayer):
             # fold as a line of its own reads a Host the gateway never judged (red team 9). The gate refuses the
             # same fold in a connection's first request (`Gate._unread_http`).
             verdict, hosts = protocol_refusal(f"{flow.request.method} {flow.request.path[:80]}: a folded field"), []
+        elif (disagreement := _stream_disagreement(flow.request)) is not None:
+            # An HTTP/2 stream whose `:authority`, `host` fields and `:path` do not name one destination (red team
+            # 10a: `:path: http://blocked.lab/` with an allowed `:authority` reached blocked.lab through an HTTP/2
+            # forwarder that resolves the path against the authority). Refused whole, as red team 9's fix refuses
+            # an HTTP/1 request that names two hosts: which one a server follows is the server's choice.
+            verdict, hosts = protocol_refusal(f"{flow.request.method} stream: {disagreement}"), []
         for host in hosts:
             judged = self.gate.on_request(sandbox, meta, host, sni)
             if verdict is None or _rank(judged) > _rank(verdict):
@@ -621,11 +627,21 @@ def _request_hosts(request: http.Request) -> list[str]:
     names = [request.pretty_host]
     if request.authority:
         names.append(url.parse_authority(request.authority, check=False)[0])
-    names = [name.lower().rstrip(".") for name in names]
+    # An empty port (`Host: allowed.lab:`, RFC 3986's `port = *DIGIT`: no port) is no part of the name; mitmproxy's
+    # `pretty_host` keeps the colon, which once judged `allowed.lab:` as another name (`name-address-mismatch`).
+    names = [_without_empty_port(name).lower().rstrip(".") for name in names]
     # An origin-form target (or an absolute one's path) that a lenient server reads as an authority (red team 9:
     # `//blocked.lab/`, `/\\blocked.lab/` with an allowed Host reached blocked.lab through a forwarder).
     names += [host for host, _ in target_authorities(request.path)]
     return list(dict.fromkeys(names))
+
+
+def _stream_disagreement(request: http.Request) -> str | None:
+    """`stream_disagreement` of an HTTP/2 or HTTP/3 request (HTTP/1's target and Host lines are judged by
+    `_request_hosts` and the gate's reader); None for HTTP/1."""
+    if not (request.is_http2 or request.is_http3):
+        return None
+    return stream_disagreement(request.method, request.authority, request.path, request.headers.get_all("host"))
 
 
 def _request_ports(request: http.Request) -> list[str]:
@@ -636,3 +652,8 @@ def _request_ports(request: http.Request) -> list[str]:
         ports.append(split_host_port(request.authority)[1])
     ports += [port for _, port in target_authorities(request.path)]
     return [port for port in ports if port]
+
+
+def _without_empty_port(name: str) -> str:
+    """A host name with an empty port's colon taken off (``allowed.lab:``); an IPv6 literal left as it is."""
+    return name[:-1] if name.endswith(":") and name.count(":") == 1 else name

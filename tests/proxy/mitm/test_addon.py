@@ -501,3 +501,65 @@ def test_a_flow_that_ended_otherwise_is_not_recorded_as_refused(message: str, ju
     addon, reported = _addon()
     _errored(addon, message, judged)
     assert [f for f in reported.flows if f.verdict.rule == "http-protocol"] == []
+
+
+def _h2_stream(context: Context, authority: str, path: str = "/", hosts: tuple[str, ...] = ()) -> http.HTTPFlow:
+    """An HTTP/2 request on ``context``'s decrypted connection: ``:authority``, ``:path`` and ``host`` fields."""
+    flow = _request("allowed.test")
+    flow.client_conn = context.client
+    flow.server_conn.address = (ALLOWED_ADDRESS, 443)
+    flow.request.http_version = "HTTP/2.0"
+    flow.request.port = 443
+    del flow.request.headers["Host"]
+    flow.request.authority, flow.request.path = authority, path
+    for host in hosts:
+        flow.request.headers.add("host", host)
+    return flow
+
+
+H2_DISAGREEING = {
+    "path-absolute": ("allowed.test", "http://evil.test/", ()),
+    "path-absolute-same-host": ("allowed.test", "https://allowed.test/", ()),
+    "host-other": ("allowed.test", "/", ("evil.test",)),
+    "two-hosts": ("allowed.test", "/", ("evil.test", "allowed.test")),
+    "authority-userinfo": ("allowed.test@evil.test", "/", ()),
+}
+
+
+@pytest.mark.parametrize("name", list(H2_DISAGREEING))
+def test_an_http2_stream_whose_fields_name_two_destinations_is_refused(name: str) -> None:
+    """Red team 10a: `:path: http://blocked.lab/` with an allowed `:authority` crossed the decrypted path (the
+    addon judged `:authority` alone, a forwarder resolved the path against it); a `host` that disagrees with
+    `:authority`, or two, is refused the same way (h2's own check refuses some of them first, where on)."""
+    addon, reported = _addon()
+    authority, path, hosts = H2_DISAGREEING[name]
+    flow = _h2_stream(_decrypted(addon, b"h2"), authority, path, hosts)
+    addon.requestheaders(flow)
+    assert flow.response is not None and flow.response.status_code == 403
+    [record] = reported.flows
+    assert (record.verdict.action, record.verdict.reason) == (Enforcement.BLOCK, Reason.TUNNEL)
+    assert "stream" in record.verdict.evidence
+
+
+@pytest.mark.parametrize("hosts", [(), ("allowed.test",), ("ALLOWED.TEST.",)])
+def test_an_http2_stream_whose_fields_agree_is_judged_as_before(hosts: tuple[str, ...]) -> None:
+    addon, reported = _addon()
+    flow = _h2_stream(_decrypted(addon, b"h2"), "allowed.test", "/api?next=//x", hosts)
+    addon.requestheaders(flow)
+    assert flow.response is None
+    assert [f.verdict.action for f in reported.flows] in ([], [Enforcement.ALLOW])
+
+
+@pytest.mark.parametrize("later", [False, True], ids=["first", "later"])
+def test_a_host_with_an_empty_port_is_judged_by_its_name(later: bool) -> None:
+    """Red team 9's leftover: `Host: allowed.test:` (RFC 3986: an empty port is no port) was judged as the name
+    `allowed.test:` (mitmproxy's `pretty_host` keeps the colon), another name than the address's: refused as
+    `name-address-mismatch`, where the decrypted path served it. Its name is allowed.test."""
+    addon, reported = _addon()
+    context = _plain_http(addon)
+    if later:
+        addon.requestheaders(_on(context, "allowed.test"))
+    flow = _on(context, "allowed.test:")
+    addon.requestheaders(flow)
+    assert flow.response is None
+    assert all(f.verdict.action is Enforcement.ALLOW for f in reported.flows)

@@ -1,10 +1,16 @@
 """Red team 9 through a real worker (the front, mitmproxy and the addon): a request whose target, Host port or head
 means another destination to a lenient server. Ground truth is the site's own log (`Site.received`): the request
 never arrives; each refusal is recorded with its reason. The same requests in the lab, against a forwarder that
-reads them as real servers do: tests/security/test_redteam_authority.py."""
+reads them as real servers do: tests/security/test_redteam_authority.py. Red team 10a's HTTP/2 `:path` rows too
+(tests/security/test_redteam_h2authority.py)."""
 
 from __future__ import annotations
 
+import socket
+
+import h2.config
+import h2.connection
+import h2.events
 import pytest
 
 from egress.decide import Reason
@@ -128,3 +134,50 @@ def test_a_first_request_the_gate_cannot_read_is_refused_not_relayed(worker: Wor
         read_response(sock)
     assert b"/api" not in worker.site.received("request")
     assert "http-protocol-error" in _refused(worker, sport, Reason.TUNNEL)
+
+
+def _h2_statuses(sock: socket.socket, streams: list[list[tuple[str, str]]]) -> list[bytes]:
+    """Send each field list as a stream (one after the other, each answered first); the status of each, or
+    ``reset``."""
+    config = h2.config.H2Configuration(client_side=True, validate_outbound_headers=False)
+    conn = h2.connection.H2Connection(config)
+    conn.initiate_connection()
+    statuses: list[bytes] = []
+    for n, fields in enumerate(streams):
+        stream = 1 + 2 * n
+        conn.send_headers(stream, fields, end_stream=True)
+        sock.sendall(conn.data_to_send())
+        status = None
+        while status is None:
+            data = sock.recv(65536)
+            assert data, "closed before an answer"
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
+                    status = dict(event.headers)[b":status"]
+                if isinstance(event, h2.events.StreamReset | h2.events.ConnectionTerminated):
+                    status = b"reset"
+            sock.sendall(conn.data_to_send())
+        statuses.append(status)
+    return statuses
+
+
+H2_PATHS = {
+    "absolute": "http://blocked.lab/api",
+    "absolute-upper": "HTTPS://BLOCKED.LAB./api",
+    "absolute-userinfo": "http://allowed.lab@blocked.lab/api",
+    "scheme-no-slashes": "https:blocked.lab/api",
+}
+
+
+@pytest.mark.parametrize("path", list(H2_PATHS.values()), ids=list(H2_PATHS))
+def test_an_http2_path_not_in_origin_form_is_refused_on_any_stream(worker: Worker, path: str) -> None:
+    """Red team 10a: mitmproxy keeps an HTTP/2 `:path` as it came and re-originates it; an absolute one beside an
+    allowed `:authority` reached blocked.lab through a forwarder that resolves it. Refused on a later stream too."""
+    worker.to("tls")
+    base = [(":method", "GET"), (":scheme", "https"), (":authority", "allowed.lab")]
+    with worker.connect(True, alpn=("h2",)) as sock:
+        sport = sock.getsockname()[1]
+        statuses = _h2_statuses(sock, [[*base, (":path", "/one")], [*base, (":path", path)]])
+    assert statuses[0] == b"200" and statuses[1] in (b"403", b"reset"), statuses  # the first: positive control
+    assert b"/one" in worker.site.received("request") and b"blocked.lab" not in worker.site.received("request")
+    assert "origin form" in _refused(worker, sport, Reason.TUNNEL)
