@@ -233,6 +233,14 @@ def _problems(config: defaults.GatewayConfig, kernel: bool) -> list[str]:
     return lines + [problem.line() for problem in preflight(config, policy, host)]
 
 
+def _warnings(config: defaults.GatewayConfig) -> list[str]:
+    """`egress doctor`'s warnings: hardening the gateway does not depend on (the exit status ignores them)."""
+    from egress.gateway.hostprobe import SystemHost
+    from egress.gateway.preflight import hardening_warnings
+
+    return [f"egress: warning: {p.where}: {p.what}" for p in hardening_warnings(config, SystemHost())]
+
+
 @click.group()
 def gateway() -> None:
     """The egress gateway (nftables + transparent proxy + resolver + drop logger)."""
@@ -267,8 +275,11 @@ def doctor(**options: Any) -> None:
     """Check this host for the gateway without starting anything: the kernel's features (nftables, conntrack,
     nflog, redirect) and everything ``gateway run`` checks before it applies anything. Exit status 1 with one line
     per problem, 0 when the gateway would start."""
-    problems = _problems(_config(**options), kernel=True)
+    config = _config(**options)
+    problems = _problems(config, kernel=True)
     for line in problems:
+        click.echo(line)
+    for line in _warnings(config):
         click.echo(line)
     if not problems:
         click.echo("egress: ok: the gateway would start with these settings")

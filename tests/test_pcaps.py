@@ -45,6 +45,12 @@ NOT_RECORDED = {
     "test_redteam_h2authority.py": "not recorded yet (red team 10a): HTTP/2 inside intercepted TLS (ciphertext at the "
     "sandbox side) and h2c refused at its preface; what it proves is a forwarder's reading of a stream's fields",
     "test_redteam_burst.py": "50,000 blocked datagrams and the counts Redis holds for them: a fault measure",
+    "test_redteam_gateway_surfaces.py": "not recorded yet (red team 10b): the gateway's own ports and the uplink's "
+    "resolver; what it proves is what the gateway answers, which no finding in bytes says",
+    "test_redteam_gateway_loopback.py": "not recorded yet (red team 10b): the gateway's own Redis and metrics "
+    "reached through the proxy; no finding in bytes says whose service answered",
+    "test_redteam_udp_allowed.py": "not recorded yet (red team 10b): datagrams to an allowed UDP network and IPv6 "
+    "from an IPv4-only sandbox; the scanner's reading of them is not what the rows prove",
     "test_redteam_dnstcp.py": "1,100 TCP connections held to the resolver: a fault measure, as test_faults*",
     "test_redteam_ber.py": "not recorded yet (red team 6, found at the end of a session)",
     "test_redteam_uper.py": "not recorded yet (red team 6, found at the end of a session)",

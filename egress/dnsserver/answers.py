@@ -5,6 +5,8 @@ Per address record (all three sections), in order:
 
 - in the sandbox's ``dns.deny_ranges``: the whole answer is refused (known pools, blocked sites);
 - the rule pins its answers (``answers: [CIDR...]``) and the address is outside them: refused;
+- the gateway itself by another name (`egress.thishost`: unspecified, loopback, IPv4-mapped...): the record is
+  dropped whatever ``answers`` or ``dns.allow_ranges`` say;
 - not globally reachable (private, loopback, link-local, shared, benchmarking, documentation..., also inside
   IPv4-mapped, NAT64 and 6to4 IPv6 addresses) and in no ``dns.allow_ranges``: the record is dropped (DNS
   rebinding; Stripe's smokescreen denies such destinations the same way), the rest of the answer stands.
@@ -24,6 +26,7 @@ from egress.detect import dns
 from egress.detect.base import Finding, evidence
 from egress.detect.names import NameLists
 from egress.policy.model import Address, HostRule, Network, Sandbox
+from egress.thishost import why_this_host
 
 Sections = tuple[tuple[dns.Record, ...], tuple[dns.Record, ...], tuple[dns.Record, ...]]
 
@@ -99,11 +102,14 @@ def judge(sandbox: Sandbox, name: str, rule: HostRule, response: dns.Message, li
             if denied is not None:
                 problem = f"{name} answered {address}, in dns.deny_ranges {denied}"
                 return Judged(whole, decide_dns_answer(sandbox, f"{where}.deny_ranges", problem), ())
-            if rule.answers:
-                if _within(address, rule.answers) is None:
-                    problem = f"{name} answered {address}, outside {rule.rule_id}.answers"
-                    return Judged(whole, decide_dns_answer(sandbox, f"{rule.rule_id}.answers", problem), ())
-            elif not is_global(address) and _within(address, sandbox.dns.allow_ranges) is None:
+            if rule.answers and _within(address, rule.answers) is None:
+                problem = f"{name} answered {address}, outside {rule.rule_id}.answers"
+                return Judged(whole, decide_dns_answer(sandbox, f"{rule.rule_id}.answers", problem), ())
+            this_host = why_this_host(address)
+            if this_host is not None:  # whatever answers/allow_ranges say: never bound (red team 10b)
+                dropped.append(f"{name} answered {address}: the gateway itself ({this_host}), never bound")
+                continue
+            if not rule.answers and not is_global(address) and _within(address, sandbox.dns.allow_ranges) is None:
                 dropped.append(f"{name} answered {address}: not a global address (rebinding)")
                 continue
             keep.append(record)

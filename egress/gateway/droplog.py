@@ -40,6 +40,7 @@ from egress.detect.registry import build_detectors
 from egress.gateway.dropcount import CountKey, DropCounts
 from egress.gateway.dropread import CountReader, Reading
 from egress.gateway.reload import PolicyVersion
+from egress.gateway.spoofname import InterfaceName, no_names, sandbox_behind
 from egress.nft import runner
 from egress.nft.names import (
     COUNTED_KINDS,
@@ -79,8 +80,13 @@ def as_the_kernel_did(verdict: Verdict, passed: bool) -> Verdict:
 class DropJudge:
     """Sans-IO core: one logged packet in, one attempt out (or ``None`` for what is not IP)."""
 
-    def __init__(self, policy: Policy, lists: NameLists) -> None:
+    def __init__(
+        self, policy: Policy, lists: NameLists, sandbox_if: str = "", name_of: InterfaceName = no_names
+    ) -> None:
         self.policy = policy
+        self.sandbox_if = sandbox_if
+        """The gateway's ``--sandbox-if``: a spoofed source arriving there is named after its one sandbox."""
+        self.name_of = name_of
         self.previous: Policy | None = None
         """The policy before the last reload: it names what the old table logged, read after the commit."""
         self.pending: Policy | None = None
@@ -106,7 +112,8 @@ class DropJudge:
         sport, dport = segment.sport, segment.dport
         if sandbox is None or packet.prefix.startswith("egress spoof"):
             verdict = decide_unknown_source(src)
-            return DecidedFlow(packet.ts, "", src, sport, dst, dport, transport.value, "", verdict, protocol)
+            behind = sandbox_behind(self.policy, self.sandbox_if, packet.indev, self.name_of)
+            return DecidedFlow(packet.ts, behind, src, sport, dst, dport, transport.value, "", verdict, protocol)
         if transport is Transport.IP:
             finding = ipproto.inspect(segment.proto, segment.payload)
             detail = f"{ipproto.describe(segment.proto, segment.payload)}; {packet.prefix}"
@@ -225,6 +232,8 @@ class DropLogger:
         table: str | None = None,
         netns: str | None = None,
         counters: Counters | None = None,
+        sandbox_if: str = "",
+        name_of: InterfaceName = no_names,
     ) -> None:
         """``table``: the gateway's nftables table, whose drop counters are read every `COUNT_EVERY` seconds
         (``counters`` replaces that read; with neither, what the log leaves out is not counted). ``netns``: read
@@ -237,7 +246,7 @@ class DropLogger:
         self._count_failing = False
         self._logged_through = -math.inf
         """Every log of a packet the kernel counted by then has been judged (monotonic): the socket was drained."""
-        self.judge = DropJudge(policy, lists)
+        self.judge = DropJudge(policy, lists, sandbox_if, name_of)
         self.reporter = reporter
         self._stop = threading.Event()
         self._stopped = False

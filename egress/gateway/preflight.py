@@ -27,6 +27,9 @@ FORWARDING: tuple[tuple[str, str], ...] = (
     ("net.ipv6.conf.all.forwarding", "net/ipv6/conf/all/forwarding"),
 )
 """The sysctls that must be 1 (name as ``sysctl`` spells it, path under /proc/sys)."""
+RP_FILTER_STRICT = "1"
+"""Strict reverse-path filtering (RFC 3704 §2.2; loose mode, 2, passes a sandbox's address forged on the uplink,
+since a route back to it exists)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -185,3 +188,20 @@ def kernel_problems(host: Host) -> list[Problem]:
     if complaint is None:
         return []
     return [Problem("kernel", f"nftables (inet family, conntrack, nflog, redirect) not usable: {complaint}")]
+
+
+def hardening_warnings(config: GatewayConfig, host: Host) -> list[Problem]:
+    """What `egress doctor` reports without failing: settings the gateway does not depend on but that add a layer.
+
+    IPv4 reverse-path filtering, strict (deploy/sysctl/60-egress.conf sets it): the table itself drops a sandbox's
+    source arriving on another interface (`egress.nft.render`, red team 10b), and strict ``rp_filter`` drops it in
+    the kernel first. The kernel uses the larger of ``all`` and the interface's own value."""
+    values = {where: host.sysctl(f"net/ipv4/conf/{where}/rp_filter") for where in ("all", config.uplink_if)}
+    known = {where: value.strip() for where, value in values.items() if value is not None}
+    if not known or max(known.values()) == RP_FILTER_STRICT:
+        return []
+    shown = ", ".join(f"{where} {value}" for where, value in known.items())
+    what = (f"is {shown}, should be 1 (strict) on the uplink (`sysctl -w net.ipv4.conf.all.rp_filter=1`, "
+            "deploy/sysctl/60-egress.conf): the table drops forged sandbox sources, strict rp_filter is the second "
+            "layer")  # fmt: skip
+    return [Problem("net.ipv4.conf.all.rp_filter", what)]

@@ -26,6 +26,7 @@ import functools
 import logging
 import os
 import signal
+import socket
 import threading
 import time
 from collections.abc import Sequence
@@ -181,7 +182,8 @@ class Supervisor:
         )
 
     def _new_drop_logger(self) -> DropLogger:
-        return DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table)
+        return DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table,
+                          sandbox_if=self.config.sandbox_if, name_of=_interface_name)  # fmt: skip
 
     def _apply_unless_locked(self, script: str) -> None:
         with self._nft:
@@ -453,3 +455,11 @@ def run_gateway(config: GatewayConfig) -> int:
     except Exception:
         supervisor.lockdown("gateway crashed")
         raise
+
+
+def _interface_name(index: int) -> str | None:
+    """The name of interface ``index`` in the gateway's namespace (the drop logger names a spoofed drop's sandbox)."""
+    try:
+        return socket.if_indextoname(index)
+    except OSError:
+        return None

@@ -40,6 +40,7 @@ from egress.proxy.gate import Gate
 from egress.proxy.idle import IdleBound
 from egress.proxy.mitm.server import run_worker
 from egress.proxy.openflows import OpenFlows
+from egress.thishost import OwnAddresses
 
 log = logging.getLogger("egress.proxy")
 
@@ -82,7 +83,8 @@ class WorkerSetup:
 def build_worker(config: WorkerConfig, version: PolicyVersion) -> WorkerSetup:
     lists = load_name_lists(config.lists_dir)
     bindings = Bindings(config.bindings_path)
-    gate = Gate(version.policy, bindings.names_for, make_name_detector(lists), stream_detectors(lists))
+    detectors = make_name_detector(lists), stream_detectors(lists)
+    gate = Gate(version.policy, bindings.names_for, *detectors, own=OwnAddresses())
     recorder = RecordReporter(
         config.redis_url,
         config.gateway,

@@ -210,6 +210,14 @@ _DHCP4_UNCONFIGURED: Final = f"ip saddr 0.0.0.0 ip daddr 255.255.255.255 {_DHCP4
 _DHCP6: Final = "ip6 saddr fe80::/10 ip6 daddr ff02::1:2 udp sport 546 udp dport 547"
 """A DHCPv6 client's messages to All_DHCP_Relay_Agents_and_Servers, from its link-local address (RFC 8415 §7.1)."""
 _FAMILIES: Final = ((4, "ip"), (6, "ip6"))
+NEVER_ON_THE_WIRE: Final = {
+    4: ("0.0.0.0/8", "127.0.0.0/8"),
+    6: ("::/128", "::1/128", "::ffff:0:0/96"),
+}
+"""Destinations no sandbox packet may have (RFC 1122 §3.2.1.3; RFC 4291 §2.5.2, §2.5.3, §2.5.5.2), all meaning
+"this host" to a socket of the gateway: 0.0.0.0 (the kernel types it broadcast, so ``fib daddr type local`` misses
+it) and ``::ffff:127.0.0.1`` (no address of the host) were redirected to the proxy, whose dial reached the
+gateway's own loopback services (red team 10b). Dropped before conntrack, in every mode, logged as ``guard``."""
 _ICMP_ANY: Final = "meta l4proto { icmp, ipv6-icmp }"
 
 
@@ -250,9 +258,13 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     # drop logger records it aggregated with exact counts (issue 12); the rest of the cut-off is only counted.
     for v, fam in _FAMILIES:
         out.log_then("drop", LogKind.QUARANTINE, match=f"{fam} saddr @{quarantine_set(v)} ", version=v)
+    _foreign_sources(out, sandboxes)
     out.add(f"{on_sandbox} jump sandbox_sources", 2)
     out.add("}", 1)
     out.add("chain sandbox_sources {", 1)
+    # First, whatever the source: a destination that is this host by another name is never relayed (report too).
+    for v, fam in _FAMILIES:
+        out.log_then("drop", LogKind.GUARD, match=f"{fam} daddr {_one_of(NEVER_ON_THE_WIRE[v])} ", version=v)
     for sandbox in sandboxes:
         iif = f'iifname "{sandbox.interface or out.settings.sandbox_if}" '
         for v, fam in _FAMILIES:
@@ -269,6 +281,17 @@ def _prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -
     out.log_then("drop", LogKind.SPOOF)
     out.add("}", 1)
     out.add()
+
+
+def _foreign_sources(out: _Script, sandboxes: tuple[Sandbox, ...]) -> None:
+    """A sandbox's source arriving on any other interface (the uplink: an outsider forging it, red team 10b) is
+    dropped and logged as spoofed, naming no sandbox (the outsider must not fill the sandbox's records). IPv6 has
+    no ``rp_filter``, and the IPv4 one is a sysctl the table cannot count on."""
+    for sandbox in sandboxes:
+        # Loopback is exempt: the gateway's own packets to itself (its address may fall in a sandbox's networks).
+        iif = f'iifname != {{ "lo", "{sandbox.interface or out.settings.sandbox_if}" }} '
+        for v, fam in _FAMILIES:
+            out.log_then("drop", LogKind.SPOOF, match=f"{iif}{fam} saddr @{source_set(sandbox.name, v)} ", version=v)
 
 
 def _limits(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> None:

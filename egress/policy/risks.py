@@ -7,13 +7,19 @@
 - a host rule that lists port 22 but does not expect ``ssh`` (red team 6: a host rule's raw streams are held to its
   ``expect``, default ``[tls, http]``, so SSH to it is refused: the policy likely meant git or a shell over SSH);
 - a sandbox in ``report`` mode: nothing is blocked, only recorded (the shadow rollout, meant to end);
-- a loopback source: the gateway's own traffic taken as a sandbox's (right only for a gateway tested on one host).
+- a loopback source: the gateway's own traffic taken as a sandbox's (right only for a gateway tested on one host);
+- a network rule that allows UDP: the kernel forwards it without the proxy, so no detector reads it and nothing
+  records it (red team 10b: WireGuard, DTLS, QUIC, Stratum and XMRig's JSON-RPC to the rule's address crossed);
+- a network rule covering 0.0.0.0 or ``::ffff:0:0/96``: "this host" by another name (the gateway never dials or
+  forwards them, red team 10b; the rule likely meant "any address").
 """
 
 from __future__ import annotations
 
+import ipaddress
+
 from egress.policy.addresses import loopback
-from egress.policy.model import Expect, Mode, Policy
+from egress.policy.model import Expect, Mode, NetworkRule, Policy
 from egress.policy.suffixes import policy_warnings
 from egress.policy.yamlnodes import Problem
 
@@ -44,4 +50,24 @@ def risks(policy: Policy, suffixes: frozenset[str]) -> list[Problem]:
                 protocols = "/".join(sorted(rule.protocols))
                 found.append(Problem(policy.file, rule.line, f"{rule.rule_id}: warning: {rule.network} is open on "
                     f"every {protocols} port: list the ports the destination serves"))  # fmt: skip
+            found.extend(_network_surfaces(policy.file, rule))
     return sorted(found, key=lambda problem: problem.line)
+
+
+_THIS_HOST = (ipaddress.IPv4Address("0.0.0.0"), ipaddress.IPv6Address("::ffff:0:0"))
+
+
+def _network_surfaces(file: str, rule: NetworkRule) -> list[Problem]:
+    """A network rule's UDP (forwarded unread) and its covering this host by another name."""
+    found: list[Problem] = []
+    network, rule_id, line = rule.network, rule.rule_id, rule.line
+    if "udp" in rule.protocols:
+        ports = ",".join(map(str, sorted(rule.ports)))
+        where = f"{network}:{ports}" if ports else f"{network} (every port)"
+        found.append(Problem(file, line, f"{rule_id}: warning: udp to {where} is forwarded unread: no detector "
+            "sees it and no record is written, so tunnels (WireGuard, QUIC, DTLS) and pool traffic over UDP to it "
+            "pass unrecorded; allow UDP only to destinations you trust with anything"))  # fmt: skip
+    if any(address in network for address in _THIS_HOST if address.version == network.version):
+        found.append(Problem(file, line, f"{rule_id}: warning: {network} covers the gateway's own \"this host\" "
+            "addresses (0.0.0.0/8, ::ffff:0:0/96): never dialled or forwarded whatever the rule says"))  # fmt: skip
+    return found

@@ -25,7 +25,7 @@ import enum
 import functools
 import ipaddress
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import dataclass
 from typing import Final, Protocol
 
@@ -47,6 +47,7 @@ from egress.detect.engine import FlowInspector
 from egress.detect.registry import OPAQUE, OPAQUE_UPGRADING
 from egress.policy.model import DetectorAction, Expect, HostRule, NetworkRule, Policy, Sandbox
 from egress.proxy import authority
+from egress.thishost import Address, refusal
 
 NOT_EXPECTED = "protocol-not-expected"
 """The protocol of a stream refused at its opening for being none of what its network rule expects."""
@@ -82,6 +83,8 @@ class Decision:
     relays every passthrough through `egress.detect.tlsshape`; here it also records the suspected shapes)."""
 
 
+ThisHost = Callable[[str, Collection[Address]], Verdict | None]
+"""(destination, the gateway's own addresses) → the refusal of dialling it, or None (`egress.thishost.refusal`)."""
 NamesFor = Callable[[str, str], frozenset[str]]
 """(sandbox name, destination address) → names the gateway resolver answered with that address."""
 
@@ -111,8 +114,21 @@ class Gate:
     """Policy, bindings and detectors together; one per proxy worker. Stateless between connections (but for which
     sandbox each source address is in, kept per policy)."""
 
-    def __init__(self, policy: Policy, names_for: NamesFor, name_detector: Detector, stream: tuple[Detector, ...]):
+    def __init__(
+        self,
+        policy: Policy,
+        names_for: NamesFor,
+        name_detector: Detector,
+        stream: tuple[Detector, ...],
+        own: Callable[[], Collection[Address]] = frozenset,
+        this_host: ThisHost = refusal,
+    ):
         self.policy = policy
+        self.own = own
+        """The gateway's own addresses (`egress.thishost.OwnAddresses`): never dialled, whatever the policy."""
+        self.this_host = this_host
+        """The refusal of the gateway itself by any name (`egress.thishost.refusal`; only tests whose origins listen
+        on loopback replace it)."""
         self._sandboxes: dict[str, Sandbox | None] = {}
         """Source address → its sandbox under ``_sandboxes_of`` (`sandbox`)."""
         self._sandboxes_of: Policy | None = None
@@ -148,7 +164,11 @@ class Gate:
         return decide_unknown_source(source) if self.sandbox(source) is None else None
 
     def on_connect(self, sandbox: Sandbox, dst: str, dport: int) -> Verdict:
-        """Before dialling ``dst``: could any rule allow a connection there? (names bound to it, or a network)."""
+        """Before dialling ``dst``: could any rule allow a connection there? (names bound to it, or a network).
+        Never when ``dst`` is the gateway itself by any name (red team 10b): blocked in every mode, first."""
+        refused = self.this_host(dst, self.own())
+        if refused is not None:
+            return refused
         names = self.names_for(sandbox.name, dst)
         key = ("raw", id(sandbox), dst, dport, names)
         return self._verdict(key, sandbox) or self._keep(key, sandbox, decide_raw(sandbox, dst, dport, "tcp", names))

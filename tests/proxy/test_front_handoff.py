@@ -23,6 +23,7 @@ from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Decision, Gate, flow_meta
 from tests.lists import shipped_lists
+from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.proxy.test_front import (
     SSH_IN_TLS,
     _client_hello,
@@ -70,7 +71,9 @@ class _Setup:
         def names_for(sandbox: str, address: str) -> frozenset[str]:
             return bound if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
-        self.gate = Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists))
+        self.gate = Gate(
+            policy, names_for, make_name_detector(lists), stream_detectors(lists), this_host=ORIGIN_ON_LOOPBACK
+        )
         self.reporter = _Reporter()
         self.handed: list[bytes] = []
         self.front = Front(self.gate, self.reporter, self._handoff, destination=lambda _: ("127.0.0.1", upstream_port))

@@ -28,6 +28,7 @@ from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from egress.proxy.idle import IDLE_TIMEOUT
 from tests.lists import shipped_lists
+from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
 
 MINING = b'{"id":2,"method":"mining.submit","params":["worker","job1","00000000","5f5e1000","a1b2c3d4"]}\n'
@@ -127,7 +128,7 @@ sandboxes:
 
         self.counting = Counting()
         detectors: tuple[Detector, ...] = (*stream_detectors(lists), self.counting)
-        self.gate = Gate(policy, names_for, make_name_detector(lists), detectors)
+        self.gate = Gate(policy, names_for, make_name_detector(lists), detectors, this_host=ORIGIN_ON_LOOPBACK)
         self.reported: list[DecidedFlow] = []
         self.handed: list[bytes] = []
         self.front = Front(

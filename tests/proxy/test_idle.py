@@ -20,6 +20,7 @@ from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from egress.proxy.idle import Held, IdleBound
 from tests.lists import shipped_lists
+from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
 
 
@@ -95,7 +96,13 @@ sandboxes:
 """
     )
     lists = shipped_lists()
-    gate = Gate(policy, lambda _s, _a: frozenset({"allowed.test"}), make_name_detector(lists), stream_detectors(lists))
+    gate = Gate(
+        policy,
+        lambda _s, _a: frozenset({"allowed.test"}),
+        make_name_detector(lists),
+        stream_detectors(lists),
+        this_host=ORIGIN_ON_LOOPBACK,
+    )
     reporter = _Reporter()
     handed: list[bytes] = []
 

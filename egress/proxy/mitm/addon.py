@@ -319,6 +319,8 @@ class EgressAddon(NextLayer):
             data.server.error = "egress: no sandbox"
             return
         if state.decision is not None or state.preblocked is not None:
+            if self.gate.this_host(str(data.server.address[0]), self.gate.own()):  # never this host (red team 10b)
+                data.server.error = "egress: the gateway itself is never dialled"
             return  # a later dial of an already judged connection (HTTP keep-alive to the same host)
         host, port = str(data.server.address[0]), int(data.server.address[1])
         state.destination = (host, port)

@@ -32,6 +32,7 @@ from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate
 from egress.proxy.mitm import server
 from tests.lists import shipped_lists
+from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.proxy.mitm.site import Site, serve_forever
 from tests.waiting import eventually, scaled
 
@@ -112,7 +113,7 @@ sandboxes:
             return frozenset({"allowed.lab"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
         detectors: tuple[Detector, ...] = (*stream_detectors(lists), exploding)
-        return Gate(policy, names_for, make_name_detector(lists), detectors)
+        return Gate(policy, names_for, make_name_detector(lists), detectors, this_host=ORIGIN_ON_LOOPBACK)
 
     def start(self) -> None:
         self.thread.start()
