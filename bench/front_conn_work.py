@@ -20,11 +20,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import pathlib
 import resource
 import socket
 import ssl
 import subprocess
 import sys
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests' helpers, as `python bench/...`
 
 from egress.proxy.front import Front
 from tests.detect import tlsshape_traces as traces

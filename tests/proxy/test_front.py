@@ -100,9 +100,7 @@ sandboxes:
     def names_for(sandbox: str, address: str) -> frozenset[str]:
         return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
 
-    return Gate(
-        policy, names_for, make_name_detector(lists), stream_detectors(lists), this_host=ORIGIN_ON_LOOPBACK
-    )
+    return Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists), this_host=ORIGIN_ON_LOOPBACK)
 
 
 class _Setup:
