@@ -162,7 +162,7 @@ def test_a_route_to_the_gateways_loopback_reaches_nothing(lab: SecurityLab) -> N
         len(reached),
         bool(reached),
         None,
-        f"{len(ports)} loopback ports via the gateway: dropped as martians by its kernel (no record)",
+        f"{len(ports)} loopback ports via the gateway: dropped (the table's guard, recorded; else a martian)",
     )
     assert not reached, reached
     assert not crossed.contains(MARK)
