@@ -95,14 +95,7 @@ def test_each_sandbox_gets_a_socket_and_other_sources_the_first(resolver: Resolv
         share = UdpShare(resolver, "127.0.0.1", 0)
         try:
             assert share.slots == [OUTSIDE, "agent", "builder"]
-            for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.9"):
-                with _client(source) as client:
-                    client.sendto(dns.build_query(1, "blocked.lab", dns.A), ("127.0.0.1", share.port))
-
-                    async def answered(client: socket.socket = client) -> bool:
-                        return dns.parse(client.recv(4096)).rcode == dns.REFUSED
-
-                    await _until(answered)
+            await _refused_from_each(share.port)
             return {name: server.received for name, server in share.servers.items()}
         finally:
             share.close()
@@ -121,6 +114,19 @@ async def _until(check: Callable[[], Awaitable[bool]]) -> None:
             raise AssertionError("no answer yet") from None
 
     await eventually_async(attempt)
+
+
+async def _refused_from_each(port: int) -> None:
+    """A query for a name no rule allows from each of the sources the tests use (two sandboxes', the resolver's own
+    and one in no sandbox), each awaited until its refusal comes back."""
+    for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.9"):
+        with _client(source) as client:
+            client.sendto(dns.build_query(1, "blocked.lab", dns.A), ("127.0.0.1", port))
+
+            async def answered(client: socket.socket = client) -> bool:
+                return dns.parse(client.recv(4096)).rcode == dns.REFUSED
+
+            await _until(answered)
 
 
 def test_one_sandboxs_flood_fills_its_own_queue_and_anothers_query_is_answered(resolver: Resolver) -> None:
@@ -300,14 +306,7 @@ def test_no_other_socket_takes_the_port_and_one_of_the_same_user_that_joins_gets
                 member.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
                 member.bind(("127.0.0.1", share.port))
                 member.setblocking(False)
-                for source in ("127.0.0.1", "127.0.0.2", "127.0.0.3", "127.0.0.9"):
-                    with _client(source) as client:
-                        client.sendto(dns.build_query(1, "blocked.lab", dns.A), ("127.0.0.1", share.port))
-
-                        async def answered(client: socket.socket = client) -> bool:
-                            return dns.parse(client.recv(4096)).rcode == dns.REFUSED
-
-                        await _until(answered)
+                await _refused_from_each(share.port)
                 return refused, _queued(member)
         finally:
             share.close()
