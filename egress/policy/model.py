@@ -48,6 +48,10 @@ class Expect(enum.StrEnum):
     """Plain HTTP requests."""
     SSH = "ssh"
     """SSH (a remote shell and a port forwarder by design: it must be named)."""
+    QUIC = "quic"
+    """QUIC (a UDP network rule: its long-header packets are otherwise refused by the UDP gate)."""
+    DTLS = "dtls"
+    """DTLS (a UDP network rule: its records are otherwise refused by the UDP gate)."""
     ANY = "any"
     """Anything, fully encrypted streams included: no protocol is checked, only the detectors run."""
 

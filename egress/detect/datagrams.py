@@ -1,0 +1,124 @@
+"""Datagrams of a UDP flow a network rule allows, judged by the UDP gate (`egress.gateway.udpgate`). Pure.
+
+A flow is judged on a window of its latest datagrams from the sandbox (`WINDOW`, `WINDOW_BYTES`), each time one
+arrives, so that what an attacker splits over several datagrams, or pads with junk datagrams first, is read whole:
+
+- the UDP detectors (`egress.detect.registry`: VPNs, encapsulations, names), as the drop logger runs them on
+  dropped UDP: WireGuard, OpenVPN, IKE, VXLAN/GENEVE/Teredo, DNS-over-QUIC names... on the window, then on the
+  latest datagram alone (a detector that gave up on junk datagrams first sees the handshake after them);
+- DTLS (RFC 6347 §4.1, RFC 9147 §4: a record of content type 20-25 and version 0xFEFF, 0xFEFD or 0xFEFC; or DTLS
+  1.3's unified header, ``001CSLEE``, with a connection id or length) and QUIC long-header packets (RFC 9000 §17.2,
+  RFC 9369: the form and fixed bits, any version, connection ids of at most 20 bytes; version negotiation
+  included): refused unless the rule says ``expect: [dtls]`` / ``[quic]``. Both carry tunnels (OpenConnect, WebRTC
+  data channels, MASQUE, Hysteria), and neither can be read further;
+- pool vocabulary (`egress.detect.registry.MINING` and the crypto-node detector: Stratum's ``mining.*``, XMRig's
+  ``login``/``submit``, getwork...) on the window's datagrams joined as one stream, with and without a line break
+  between them, so that a JSON-RPC message split over datagrams or following junk is read as on TCP.
+
+What is not seen: a protocol none of these recognise (an obfuscated tunnel whose datagrams look random, a custom
+encrypted framing); once a datagram has left the window, a message split across it and a later one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Final
+
+from egress.detect import cryptonode
+from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView, evidence
+from egress.detect.registry import MINING
+
+NAME: Final = "udp-gate"
+WINDOW: Final = 16
+"""Datagrams of a flow judged together (the latest ones)."""
+WINDOW_BYTES: Final = 16384
+"""Bytes of the window joined as one stream for the pool detectors (the latest ones)."""
+POOL: Final[tuple[Detector, ...]] = (*MINING, cryptonode.detect)
+
+_DTLS_VERSIONS: Final = frozenset({0xFEFF, 0xFEFD, 0xFEFC})
+_QUIC_VERSIONS: Final = {0x00000001: "v1", 0x6B3343CF: "v2", 0x00000000: "version negotiation"}
+
+
+def dtls_record(datagram: bytes) -> str | None:
+    """What DTLS record ``datagram`` opens with (its description), or ``None``."""
+    if len(datagram) >= 13 and 20 <= datagram[0] <= 25:
+        version = int.from_bytes(datagram[1:3])
+        length = int.from_bytes(datagram[11:13])
+        if version in _DTLS_VERSIONS and 0 < length <= len(datagram) - 13:
+            kind = {20: "change-cipher-spec", 21: "alert", 22: "handshake", 23: "application-data"}.get(datagram[0])
+            hello = " ClientHello" if datagram[0] == 22 and len(datagram) > 13 and datagram[13] == 1 else ""
+            return f"DTLS record {kind or datagram[0]} version {version:#06x}{hello}"
+    if len(datagram) >= 5 and datagram[0] & 0xE0 == 0x20 and datagram[0] & 0x04:  # DTLS 1.3 unified, with a length
+        sequence = 2 if datagram[0] & 0x08 else 1
+        offset = 1 + (8 if datagram[0] & 0x10 else 0) + sequence
+        if offset + 2 <= len(datagram) and int.from_bytes(datagram[offset : offset + 2]) == len(datagram) - offset - 2:
+            return "DTLS 1.3 unified-header record"
+    return None
+
+
+def quic_long_header(datagram: bytes) -> str | None:
+    """What QUIC long-header packet ``datagram`` is (its description), or ``None``."""
+    if len(datagram) < 7 or datagram[0] & 0x80 == 0:
+        return None
+    version = int.from_bytes(datagram[1:5])
+    if version != 0 and datagram[0] & 0x40 == 0:  # the fixed bit (version negotiation may clear it)
+        return None
+    dcid = datagram[5]
+    if dcid > 20 or 6 + dcid >= len(datagram):
+        return None
+    scid = datagram[6 + dcid]
+    if scid > 20 or 7 + dcid + scid > len(datagram):
+        return None
+    name = _QUIC_VERSIONS.get(version)  # any version: drafts, greased ones (RFC 9000 §15), gQUIC's Q0xx
+    kind = ("Initial", "0-RTT", "Handshake", "Retry")[(datagram[0] >> 4) & 3] if version else "negotiation"
+    return f"QUIC long header {kind} version {name or f'{version:#010x}'} dcid {datagram[6 : 6 + dcid].hex()[:16]}"
+
+
+def _first(view: FlowView, detectors: Sequence[Detector]) -> Finding | None:
+    for detect in detectors:
+        result = detect(view)
+        if isinstance(result, Finding):
+            return result
+    return None
+
+
+def _joined(window: Sequence[bytes], glue: bytes) -> bytes:
+    joined = glue.join(window)
+    return joined[-WINDOW_BYTES:]
+
+
+def inspect(
+    meta: FlowMeta,
+    window: Sequence[bytes],
+    udp: Sequence[Detector],
+    quic: bool = False,
+    dtls: bool = False,
+    replies: Sequence[bytes] = (),
+) -> Finding | None:
+    """The finding in a flow's ``window`` of datagrams from the sandbox (the latest last), or ``None``.
+
+    ``udp``: the UDP detectors (`egress.detect.registry.DetectorSet.udp`); ``quic``/``dtls``: whether the rule
+    expects that protocol (then it is not refused by itself; what it carries in clear still is);
+    ``replies``: the peer's datagrams, when known."""
+    views = [list(window), list(window[-1:])] if len(window) > 1 else [list(window)]
+    for datagrams in views:  # the whole window, then the latest alone (after junk datagrams a detector gave up)
+        view = FlowView(meta, client_datagrams=datagrams, server_datagrams=list(replies), complete=True)
+        found = _first(view, udp)
+        if found is not None:
+            return found
+    for datagram in window:
+        if not dtls and (what := dtls_record(datagram)) is not None:
+            return Finding(Category.TUNNEL, "dtls", NAME, evidence(f"{what} (the rule does not expect dtls)"))
+        if not quic and (what := quic_long_header(datagram)) is not None:
+            return Finding(Category.TUNNEL, "quic", NAME, evidence(f"{what} (the rule does not expect quic)"))
+    for glue in (b"", b"\n"):
+        stream = FlowView(meta, client=_joined(window, glue), complete=True)
+        found = _first(stream, POOL)
+        if found is not None:
+            return found
+        if len(window) == 1:
+            break
+    return None
+
+
+__all__ = ["NAME", "POOL", "WINDOW", "WINDOW_BYTES", "dtls_record", "inspect", "quic_long_header"]

@@ -1,0 +1,317 @@
+"""The UDP gate: datagrams to a sandbox's allowed UDP networks, queued by the ruleset (``queue num N``, no
+``bypass``), judged before they are forwarded, and recorded when refused.
+
+`UdpJudge` is the sans-IO core: one queued packet in, a `Judged` out (accept or not, the decision to record, the
+flow to count). Per flow (sandbox source and port, destination and port) it keeps the latest datagrams from the
+sandbox (`egress.detect.datagrams.WINDOW`) and runs `egress.detect.datagrams.inspect` on them at each datagram:
+WireGuard, OpenVPN, IKE, encapsulations; DTLS and QUIC unless the rule expects them; pool vocabulary (Stratum,
+XMRig's login, getwork...) over the datagrams joined. A flow once refused stays refused: its later datagrams are
+dropped without a look, and counted in its record (each refusal is reported with its count of dropped datagrams
+every `REPORT_EVERY` datagrams, so a flood costs the recorder little). A datagram that matches no UDP rule of its
+sandbox under the policy in force (queued under the previous table, or from no sandbox) is dropped and recorded.
+A report-mode sandbox's refusals are let through and recorded as ``would-block``.
+
+`UdpGate` runs it over an NFQUEUE queue (`egress.capture.nfqueue`) in a thread, supervised like the drop logger
+(`egress.gateway.components.UdpGatePart`): its death locks the gateway down. Fail closed everywhere: an exception
+judging a packet drops that packet; a dead gate leaves the queue without a reader, so the kernel drops; a full
+queue drops. Allowed flows are handed to the flow log (`egress.flowlog.EndedFlow`) once idle for `FLOW_IDLE`
+seconds, or when the gate stops.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import ipaddress
+import logging
+import select
+import threading
+import time
+from collections import OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Final
+
+from egress.capture.nfqueue import NF_ACCEPT, NF_DROP, NfqueueReader, QueuedPacket
+from egress.capture.packet import UDP, Defragmenter, Malformed, decode
+from egress.decide import Enforcement, Verdict, decide_drop, decide_unknown_source
+from egress.decisions import DecidedFlow, Reporter
+from egress.detect import datagrams
+from egress.detect.base import FlowMeta, Transport
+from egress.detect.names import NameLists
+from egress.detect.registry import build_detectors
+from egress.flowlog import EndedFlow, FlowSink
+from egress.policy.model import Expect, Mode, Policy
+
+log = logging.getLogger("egress.udpgate")
+
+LINK_RAW: Final = 101
+MAX_FLOWS: Final = 16384
+"""Flows remembered (least recently seen forgotten first: a forgotten refused flow is judged afresh)."""
+REPORT_EVERY: Final = 1000
+"""A refused flow's later drops are reported in one decision per this many datagrams (and at the flow's end)."""
+FLOW_IDLE: Final = 60.0
+"""Seconds without a datagram after which an allowed flow is handed to the flow log."""
+
+FlowKey = tuple[str, int, str, int]
+"""(source, source port, destination, destination port)."""
+
+
+@dataclass(slots=True)
+class Flow:
+    sandbox: str
+    rule: str
+    quic: bool
+    dtls: bool
+    window: deque[bytes] = field(default_factory=lambda: deque(maxlen=datagrams.WINDOW))
+    refused: DecidedFlow | None = None
+    unreported: int = 0
+    """Datagrams dropped on a refused flow since its last report."""
+    action: str = "allow"
+    datagrams: int = 0
+    up: int = 0
+    started: float = 0.0
+    last: float = 0.0
+
+
+@dataclass(frozen=True, slots=True)
+class Judged:
+    accept: bool
+    decided: DecidedFlow | None = None
+    """What to record (a refusal, a datagram from no allowed rule), or None."""
+
+
+class UdpJudge:
+    """Sans-IO: queued packets in, verdicts and decisions out. Not thread-safe: one reader thread owns it."""
+
+    def __init__(self, policy: Policy, lists: NameLists, flows: FlowSink | None = None) -> None:
+        self.policy = policy
+        self.udp = build_detectors(lists).udp
+        self.flows: OrderedDict[FlowKey, Flow] = OrderedDict()
+        self.sink = flows
+        self.accepted = 0
+        self.dropped = 0
+
+    def reload(self, policy: Policy) -> list[DecidedFlow]:
+        """Judge under ``policy`` from now on. Allowed flows end (to the flow log; their rule is looked up again at
+        their next datagram); refused flows stay refused. Returns what the ended flows owe to record."""
+        self.policy = policy
+        owed = []
+        for key, flow in list(self.flows.items()):
+            if flow.refused is None:
+                del self.flows[key]
+                decided = self._ended(key, flow)
+                if decided is not None:
+                    owed.append(decided)
+        return owed
+
+    def judge(self, packet: QueuedPacket) -> Judged:
+        """The verdict for one queued packet; an exception in the inspection is the caller's to turn into a drop."""
+        judged = self._judge(packet)
+        if judged.accept:
+            self.accepted += 1
+        else:
+            self.dropped += 1
+        return judged
+
+    def _judge(self, packet: QueuedPacket) -> Judged:
+        try:
+            segment = decode(LINK_RAW, packet.payload, packet.ts, Defragmenter(), any_protocol=True)
+        except (Malformed, IndexError):
+            segment = None
+        if segment is None or segment.proto != UDP:
+            return Judged(False)  # the ruleset queues only UDP; anything else is dropped without a word
+        src, dst = str(ipaddress.ip_address(segment.src)), str(ipaddress.ip_address(segment.dst))
+        key = (src, segment.sport, dst, segment.dport)
+        now = packet.ts
+        flow = self.flows.get(key)
+        if flow is None:
+            made = self._new_flow(src, dst, segment.dport, now)
+            if isinstance(made, DecidedFlow):
+                return Judged(False, dataclasses.replace(made, sport=segment.sport))
+            flow = made
+            self.flows[key] = flow
+            if len(self.flows) > MAX_FLOWS:
+                self._ended(*self.flows.popitem(last=False))
+        else:
+            self.flows.move_to_end(key)
+        flow.last = now
+        if flow.refused is not None:
+            flow.unreported += 1
+            if flow.unreported >= REPORT_EVERY:
+                return Judged(flow.action != "block", self._report_refused(flow))
+            return Judged(flow.action != "block")
+        flow.window.append(segment.payload)
+        meta = FlowMeta(Transport.UDP, src, segment.sport, dst, segment.dport)
+        finding = datagrams.inspect(meta, flow.window, self.udp, quic=flow.quic, dtls=flow.dtls)
+        if finding is None:
+            flow.datagrams += 1
+            flow.up += len(segment.payload)
+            return Judged(True)
+        sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
+        if sandbox is None:  # the policy was reloaded between the flow's datagrams
+            return Judged(False)
+        verdict = decide_drop(sandbox, "udp", finding, f"udp gate {flow.rule}")
+        passed = sandbox.mode is Mode.REPORT
+        if passed:
+            verdict = dataclasses.replace(verdict, action=Enforcement.WOULD_BLOCK)
+        decided = DecidedFlow(now, sandbox.name, src, segment.sport, dst, segment.dport, "udp", "", verdict)
+        flow.refused = decided
+        flow.action = "would-block" if passed else "block"
+        return Judged(passed, decided)
+
+    def _new_flow(self, src: str, dst: str, dport: int, now: float) -> Flow | DecidedFlow:
+        sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
+        if sandbox is None:
+            verdict = decide_unknown_source(src)
+            return DecidedFlow(now, "", src, 0, dst, dport, "udp", "", verdict)
+        rule = sandbox.network_rule(ipaddress.ip_address(dst), dport, "udp")
+        if rule is None:  # queued by a table the policy in force no longer matches
+            verdict = decide_drop(sandbox, "udp", None, "udp gate: no udp network rule of the policy in force")
+            return DecidedFlow(now, sandbox.name, src, 0, dst, dport, "udp", "", verdict)
+        quic, dtls = rule.expects(Expect.QUIC), rule.expects(Expect.DTLS)
+        return Flow(sandbox.name, rule.rule_id, quic, dtls, started=now, last=now)
+
+    def _report_refused(self, flow: Flow) -> DecidedFlow | None:
+        if flow.refused is None or not flow.unreported:
+            return None
+        count, flow.unreported = flow.unreported, 0
+        evidence = f"{flow.refused.verdict.evidence} ({count} later datagrams of the refused flow)"
+        verdict: Verdict = dataclasses.replace(flow.refused.verdict, evidence=evidence)
+        return dataclasses.replace(flow.refused, ts=flow.last, verdict=verdict, count=count)
+
+    def idle(self, now: float) -> list[DecidedFlow]:
+        """Hand the flows idle for `FLOW_IDLE` seconds to the flow log; what their refusals still owe, to record."""
+        owed = []
+        while self.flows:
+            key, flow = next(iter(self.flows.items()))
+            if now - flow.last < FLOW_IDLE:
+                break
+            del self.flows[key]
+            decided = self._ended(key, flow)
+            if decided is not None:
+                owed.append(decided)
+        return owed
+
+    def close(self) -> list[DecidedFlow]:
+        """Every flow ends (the gate stops)."""
+        owed = [d for key, flow in list(self.flows.items()) if (d := self._ended(key, flow)) is not None]
+        self.flows.clear()
+        return owed
+
+    def _ended(self, key: FlowKey, flow: Flow) -> DecidedFlow | None:
+        if flow.refused is not None:
+            return self._report_refused(flow)
+        if self.sink is not None and flow.datagrams:
+            src, sport, dst, dport = key
+            ended = EndedFlow(
+                flow.sandbox, src, sport, dst, dport, "udp", "", flow.rule, flow.action, flow.up, 0, flow.started,
+                flow.last,
+            )
+            with contextlib.suppress(Exception):  # the flow log never stands in the way (docs/flow-log.md)
+                self.sink.flow_ended(ended)
+        return None
+
+
+class UdpGate:
+    """Runs `UdpJudge` over an NFQUEUE queue in a thread."""
+
+    name = "udp gate"
+
+    def __init__(
+        self,
+        queue: int,
+        policy: Policy,
+        lists: NameLists,
+        reporter: Reporter,
+        flows: FlowSink | None = None,
+        netns: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.queue = queue
+        self.netns = netns
+        self.judge = UdpJudge(policy, lists, flows)
+        self.reporter = reporter
+        self.clock = clock
+        self.failures = 0
+        """Packets dropped because judging them raised."""
+        self._stop = threading.Event()
+        self._fault = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._pending: Policy | None = None
+        self._lock = threading.Lock()
+        self.reader: NfqueueReader | None = None
+
+    def reload(self, policy: Policy) -> None:
+        """Judge under ``policy`` from the reading thread's next turn on."""
+        with self._lock:
+            self._pending = policy
+
+    def start(self, on_death: Callable[[str], None]) -> None:
+        self.reader = NfqueueReader(self.netns)
+        self.reader.open(self.queue)
+        self._thread = threading.Thread(target=self._run, args=(on_death,), name="udpgate", daemon=True)
+        self._thread.start()
+        log.info("udp gate reading nfqueue %d", self.queue)
+
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def die(self) -> None:
+        """Test-only fault (``EGRESS_FAULT_HOOKS=udp-gate``): the reading thread raises at its next turn."""
+        self._fault.set()
+
+    def _run(self, on_death: Callable[[str], None]) -> None:
+        reader = self.reader
+        assert reader is not None
+        poller = select.poll()
+        poller.register(reader.fileno(), select.POLLIN)
+        idle_at = self.clock() + 1.0
+        try:
+            while not self._stop.is_set():
+                if self._fault.is_set():
+                    raise RuntimeError("fault hook: the udp gate's thread dies (EGRESS_FAULT_HOOKS=udp-gate)")
+                with self._lock:
+                    pending, self._pending = self._pending, None
+                if pending is not None:
+                    for decided in self.judge.reload(pending):
+                        self.reporter.report(decided)
+                if poller.poll(200):
+                    for packet in reader.read():
+                        self._verdict(reader, packet)
+                if self.clock() >= idle_at:
+                    idle_at = self.clock() + 1.0
+                    for decided in self.judge.idle(self.clock()):
+                        self.reporter.report(decided)
+        except Exception as exc:
+            log.exception("udp gate died")
+            if not self._stop.is_set():
+                on_death(f"udp gate died: {exc}")
+
+    def _verdict(self, reader: NfqueueReader, packet: QueuedPacket) -> None:
+        try:
+            judged = self.judge.judge(packet)
+        except Exception:  # fail closed: a bug in the inspection drops the datagram, never forwards it
+            self.failures += 1
+            log.exception("udp gate: judging a datagram failed; dropped")
+            reader.verdict(packet.packet_id, NF_DROP)
+            return
+        reader.verdict(packet.packet_id, NF_ACCEPT if judged.accept else NF_DROP)
+        if judged.decided is not None:
+            self.reporter.report(judged.decided)
+
+    def stop(self) -> None:
+        """Stop reading; close the queue (the kernel drops what still waits); report what refused flows owe and
+        hand the allowed ones to the flow log."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join(timeout=2)
+        if self.reader is not None:
+            self.reader.close()
+        if self._thread is None or not self._thread.is_alive():
+            for decided in self.judge.close():
+                self.reporter.report(decided)
+
+
+__all__ = ["FLOW_IDLE", "REPORT_EVERY", "Judged", "UdpGate", "UdpJudge"]
