@@ -205,7 +205,18 @@ class UdpJudge:
         if self.sink is not None and flow.datagrams:
             src, sport, dst, dport = key
             ended = EndedFlow(
-                flow.sandbox, src, sport, dst, dport, "udp", "", flow.rule, flow.action, flow.up, 0, flow.started,
+                flow.sandbox,
+                src,
+                sport,
+                dst,
+                dport,
+                "udp",
+                "",
+                flow.rule,
+                flow.action,
+                flow.up,
+                0,
+                flow.started,
                 flow.last,
             )
             with contextlib.suppress(Exception):  # the flow log never stands in the way (docs/flow-log.md)

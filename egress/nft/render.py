@@ -27,11 +27,12 @@ from egress.nft.names import (
     set_id,
     source_set,
 )
-from egress.nft.render_udp import UDP_SET_MIN, udp_groups, udp_lines
+from egress.nft.render_udp import UDP_GATE_CHAIN, UDP_SET_MIN, udp_groups, udp_lines
 from egress.policy.model import Mode, Policy, Sandbox
 
 # allow_set is re-exported: egress.gateway.allowsets imports it from here.
 __all__ = [
+    "UDP_GATE_CHAIN",
     "UDP_SET_MIN",
     "GatewaySettings",
     "allow_set",
@@ -374,6 +375,8 @@ def _forward(out: _Script, sandboxes: tuple[Sandbox, ...], ifs: tuple[str, ...],
     sandbox is judged packet by packet against the policy's rules, both ways: a flow the kernel's conntrack keeps
     alive stops the moment an applied policy no longer allows it (one transaction, no conntrack entry to delete
     and no window between the table and the entries). A report-mode sandbox keeps its flows (it blocks nothing)."""
+    out.add(f"chain {UDP_GATE_CHAIN} {{", 1)  # filled by the gateway with its queue rule (egress.nft.xtqueue)
+    out.add("}", 1)
     out.add("chain forward {", 1)
     # Drop by default, whatever the interface: the sandbox interfaces choose what is inspected, not what is
     # protected, so a gateway run with a wrong interface name forwards nothing rather than everything.

@@ -2,8 +2,9 @@
 
 Grouped by IP version and port set; a group of `UDP_SET_MIN` networks or more is one interval set and one rule,
 so a policy of 100,000 networks renders to a short script that ``nft -f`` loads in one transaction, and each
-packet costs one set lookup. The same groups give the rules of both directions: towards the networks for every
-packet, back from them only for established flows.
+packet costs one set lookup. The same groups give the rules of both directions: towards the networks every
+packet jumps to `UDP_GATE_CHAIN`, whose one rule queues it to the gateway's UDP gate (`egress.nft.xtqueue`,
+`egress.gateway.udpgate`: read and judged, never accepted unread); back from them only established flows pass.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Final
 from egress.nft.names import set_id
 from egress.policy.model import NetworkRule, Sandbox
 
-__all__ = ["UDP_SET_MIN", "UdpGroup", "udp_groups", "udp_lines"]
+__all__ = ["UDP_GATE_CHAIN", "UDP_SET_MIN", "UdpGroup", "udp_groups", "udp_lines"]
 
 _COMMENT_UNSAFE = re.compile(r'["\\\x00-\x1f]')
 
@@ -24,6 +25,11 @@ def _one_of(values: list[int]) -> str:
     items = [str(v) for v in values]
     return items[0] if len(items) == 1 else "{ " + ", ".join(items) + " }"
 
+
+UDP_GATE_CHAIN: Final = "udp_gate"
+"""The regular chain a sandbox's allowed UDP jumps to. Rendered empty (a packet returns from it to its sandbox's
+drop: fail closed); the gateway appends the one rule nft cannot write on every kernel, the xtables ``NFQUEUE``
+target without bypass (`egress.nft.xtqueue`), right after loading the table."""
 
 UDP_SET_MIN: Final = 8
 """A sandbox's UDP networks with the same ports and IP version go into one interval set once there are this many
@@ -60,17 +66,16 @@ def _comment(text: str) -> str:
 
 
 def udp_lines(group: UdpGroup, reply: bool) -> list[str]:
-    """The rules that let a group's UDP through: towards the networks (``reply`` False: every packet, the first
-    and the established alike, so a policy that no longer allows a flow stops it at once), or back from them
-    (``reply``: only packets of a flow the sandbox opened, ``ct state established``)."""
+    """The rules for a group's UDP: towards the networks (``reply`` False: every packet, the first and the
+    established alike, jumps to `UDP_GATE_CHAIN`, to be queued and judged; a policy that no longer allows a flow
+    stops it at once), or back from them (``reply``: only packets of a flow the sandbox opened, ``ct state
+    established``, accepted)."""
     family = "ip" if group.version == 4 else "ip6"
     address, port = ("saddr", "sport") if reply else ("daddr", "dport")
     ports = f"udp {port} {_one_of(sorted(group.ports))}" if group.ports else "meta l4proto udp"
-    state = " ct state established" if reply else ""
+    state = " ct state established accept" if reply else f" jump {UDP_GATE_CHAIN}"
     if group.set_name is not None:
         first, count = group.rules[0].rule_id, len(group.rules)
         comment = _comment(f"{first} and {count - 1} more UDP networks")
-        return [f'{family} {address} @{group.set_name} {ports}{state} accept comment "{comment}"']
-    return [
-        f'{family} {address} {r.network} {ports}{state} accept comment "{_comment(r.rule_id)}"' for r in group.rules
-    ]
+        return [f'{family} {address} @{group.set_name} {ports}{state} comment "{comment}"']
+    return [f'{family} {address} {r.network} {ports}{state} comment "{_comment(r.rule_id)}"' for r in group.rules]

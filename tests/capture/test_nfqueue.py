@@ -13,7 +13,7 @@ import pytest
 
 from egress.capture import nfqueue
 from egress.capture.nfqueue import NF_ACCEPT, NF_DROP, NfqueueReader, QueuedPacket, parse, parse_packet
-from egress.nft import runner
+from egress.nft import runner, xtqueue
 from tests.nft.netns import Topology, socket_in, topology
 from tests.waiting import eventually, scaled
 
@@ -113,18 +113,23 @@ def test_reading_a_reader_that_is_not_open_is_an_error() -> None:
 QUEUE = 5
 PORT = 9999
 RULES = f"""table inet egt_nfq {{
+\tchain udp_gate {{
+\t}}
 \tchain forward {{
 \t\ttype filter hook forward priority filter; policy drop;
-\t\tudp dport {PORT} queue num {QUEUE}
+\t\tudp dport {PORT} jump udp_gate
 \t}}
 }}
 """
+"""As the gateway's table does it (`egress.nft.xtqueue`: this kernel has no nft ``queue``): the datagrams jump to a
+chain whose one rule hands them to the queue."""
 
 
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Topology]:
     with topology() as t:
         runner.apply(RULES, netns=t.gateway)
+        xtqueue.install("egt_nfq", "udp_gate", QUEUE, netns=t.gateway)
         yield t
 
 

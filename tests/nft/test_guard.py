@@ -4,6 +4,8 @@ sandbox traffic is forwarded only while the guard's ``alive`` elements live, and
 
 from __future__ import annotations
 
+import contextlib
+
 import select
 import socket
 
@@ -14,6 +16,7 @@ from egress.nft.guard import guard_table, render_guard
 from egress.nft.render import GatewaySettings, render
 from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox, udp_rule
+from tests.nft import udpgate
 from tests.nft.netns import Topology, namespace, socket_in, topology
 from tests.waiting import eventually, scaled
 
@@ -66,7 +69,7 @@ def _sent(topo: Topology, source: str, port: int) -> bool:
 
 @pytest.mark.root
 def test_without_heartbeats_nothing_is_forwarded_whatever_the_policy_table_allows() -> None:
-    with topology() as topo:
+    with topology() as topo, contextlib.ExitStack() as stack:
         settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if)
         allowed = (udp_rule("agents", 0, f"{T.INTERNET4}/32", ALLOWED_UDP),)
         policy = Policy(
@@ -78,11 +81,13 @@ def test_without_heartbeats_nothing_is_forwarded_whatever_the_policy_table_allow
         )
         runner.apply(render(policy, settings), netns=topo.gateway)
         runner.apply(render_guard(settings, policy, alive_for=3), netns=topo.gateway)
+        gate = stack.enter_context(udpgate.gate(topo.gateway, policy))  # the gateway's UDP gate reads allowed UDP
         assert _sent(topo, T.SANDBOX4, ALLOWED_UDP)  # an allowed UDP network
         assert _sent(topo, T.SHADOW4, 9999)  # report mode
         # No heartbeat: the elements expire and the kernel stops forwarding by itself.
         assert eventually(lambda: not _sent(topo, T.SANDBOX4, ALLOWED_UDP), timeout=scaled(15), interval=0.2)
         assert not _sent(topo, T.SHADOW4, 9999)
+        assert gate.decided == []  # what the gate saw, it allowed: the guard stopped the rest
         runner.apply(render_guard(settings, policy, alive_for=30), netns=topo.gateway)  # the supervisor is back
         assert _sent(topo, T.SANDBOX4, ALLOWED_UDP)
         runner.apply(render_guard(settings, policy), netns=topo.gateway)  # a stop closes it at once

@@ -134,17 +134,20 @@ def test_several_workers_share_new_connections_round_robin() -> None:
 def test_tcp_only_network_rules_add_nothing_to_forwarding() -> None:
     text = udp_networks()
     assert "networks[3]" not in text  # TCP always goes through the proxy, which applies the rule
-    assert 'ip daddr 203.0.113.9/32 udp dport 5000 accept comment "sandboxes.agents.allow.networks[4]"' in text
-    assert "ip daddr 198.51.100.7/32 meta l4proto udp accept" in text
+    assert 'ip daddr 203.0.113.9/32 udp dport 5000 jump udp_gate comment "sandboxes.agents.allow.networks[4]"' in text
+    assert "ip daddr 198.51.100.7/32 meta l4proto udp jump udp_gate" in text
     assert "masquerade" not in text
 
 
 def test_many_udp_networks_share_one_set_and_are_judged_both_ways() -> None:
     text = udp_set()
     assert "set udp4_agents_0 { type ipv4_addr; flags interval; auto-merge; elements = { 192.0.2.0/30, " in text
-    assert 'ip daddr @udp4_agents_0 udp dport 53 accept comment "sandboxes.agents.allow.networks[0] and 9 more' in text
+    assert (
+        'ip daddr @udp4_agents_0 udp dport 53 jump udp_gate comment "sandboxes.agents.allow.networks[0] and 9 more'
+        in text
+    )
     assert "ip saddr @udp4_agents_0 udp sport 53 ct state established accept" in text
-    assert 'ip6 daddr 2001:db8::/32 udp dport 53 accept comment "sandboxes.agents.allow.networks[99]"' in text
+    assert 'ip6 daddr 2001:db8::/32 udp dport 53 jump udp_gate comment "sandboxes.agents.allow.networks[99]"' in text
     # established UDP is judged by those rules, not accepted for being established (only TCP is)
     for chain in ("sandbox_forward", "to_sandbox"):
         assert f"chain {chain} {{\n\t\tmeta l4proto tcp ct state established accept\n" in text

@@ -30,6 +30,7 @@ from egress.nft.render import GatewaySettings, allow_set, render, render_lockdow
 from egress.policy.model import Mode, Policy
 from egress.proxy.front import original_destination
 from tests.nft import make_sandbox, udp_rule
+from tests.nft import udpgate
 from tests.nft.netns import Topology, socket_in, topology
 from tests.waiting import eventually, scaled
 
@@ -78,7 +79,7 @@ def lab() -> Iterator[Lab]:
         )
         ruleset = render(_policy(), settings)
         runner.apply(ruleset, netns=topo.gateway)
-        with NflogReader(netns=topo.gateway).open(GROUP) as reader:
+        with NflogReader(netns=topo.gateway).open(GROUP) as reader, udpgate.gate(topo.gateway, _policy()):
             yield Lab(topo, settings, ruleset, reader)
 
 
@@ -86,6 +87,7 @@ def lab() -> Iterator[Lab]:
 def fresh(lab: Lab) -> Lab:
     """The lab with the normal ruleset in force and no log messages left over."""
     runner.apply(lab.ruleset, netns=lab.topo.gateway)
+    udpgate.install(lab.topo.gateway)
     lab.reader.read()
     return lab
 

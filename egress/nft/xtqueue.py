@@ -1,0 +1,142 @@
+"""The one rule nft cannot write here: hand a packet to an NFQUEUE queue, without ``bypass``.
+
+Kernels built without ``CONFIG_NFT_QUEUE`` (this project's test kernel, 6.18, among them) refuse nft's ``queue``
+statement (``Could not process rule: No such file or directory``), but most build ``CONFIG_NFT_COMPAT`` and
+``NETFILTER_XT_TARGET_NFQUEUE``: an nf_tables rule may carry the xtables ``NFQUEUE`` target (revision 3), which is
+what ``iptables-nft -j NFQUEUE`` writes. nft 1.0.6 can list such a rule (``xt target "NFQUEUE"``) but not parse
+one, so this module adds it over netfilter netlink in one batch (``NFT_MSG_NEWRULE`` in the table's family), into
+a regular chain the rendered table declares empty (`egress.nft.render`: ``UDP_GATE_CHAIN``). Until the rule is
+there, the chain returns at once and the datagram meets the sandbox's drop: fail closed.
+
+``flags`` stay 0: no ``NFQ_FLAG_BYPASS`` (no reader bound means the kernel drops) and no CPU fanout. The message
+builders are pure functions (tests/nft/test_xtqueue.py checks their bytes); `install` sends them.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from typing import Final
+
+from egress.capture.nflog import in_netns
+
+NETLINK_NETFILTER: Final = 12
+NFNL_SUBSYS_NFTABLES: Final = 10
+NFNL_MSG_BATCH_BEGIN: Final = 0x10
+NFNL_MSG_BATCH_END: Final = 0x11
+NFT_MSG_NEWRULE: Final = NFNL_SUBSYS_NFTABLES << 8 | 6
+NFPROTO_INET: Final = 1
+
+NLM_F_REQUEST: Final = 0x1
+NLM_F_ACK: Final = 0x4
+NLM_F_CREATE: Final = 0x400
+NLM_F_APPEND: Final = 0x800
+NLMSG_ERROR: Final = 2
+NLA_F_NESTED: Final = 0x8000
+
+NFTA_RULE_TABLE: Final = 1
+NFTA_RULE_CHAIN: Final = 2
+NFTA_RULE_EXPRESSIONS: Final = 4
+NFTA_LIST_ELEM: Final = 1
+NFTA_EXPR_NAME: Final = 1
+NFTA_EXPR_DATA: Final = 2
+NFTA_TARGET_NAME: Final = 1
+NFTA_TARGET_REV: Final = 2
+NFTA_TARGET_INFO: Final = 3
+NFTA_COUNTER_BYTES: Final = 1
+NFTA_COUNTER_PACKETS: Final = 2
+
+NFQUEUE_REVISION: Final = 3
+_HEADER = struct.Struct("=IHHII")
+
+
+def _attr(kind: int, data: bytes) -> bytes:
+    raw = struct.pack("=HH", 4 + len(data), kind) + data
+    return raw + b"\0" * (-len(raw) % 4)
+
+
+def _nested(kind: int, *attrs: bytes) -> bytes:
+    return _attr(kind | NLA_F_NESTED, b"".join(attrs))
+
+
+def _string(kind: int, text: str) -> bytes:
+    return _attr(kind, text.encode() + b"\0")
+
+
+def nfqueue_info(queue: int) -> bytes:
+    """``struct xt_NFQ_info_v3``: queue number, one queue (no fanout), no flags (no bypass), padded as
+    ``XT_ALIGN`` pads it (8 bytes)."""
+    if not 0 <= queue < 65536:
+        raise ValueError(f"bad queue number {queue}")
+    return struct.pack("=HHH", queue, 1, 0) + b"\0\0"
+
+
+def _message(kind: int, flags: int, seq: int, family: int, res_id: int, body: bytes) -> bytes:
+    payload = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + body
+    return _HEADER.pack(_HEADER.size + len(payload), kind, flags, seq, 0) + payload
+
+
+def rule_batch(table: str, chain: str, queue: int, seq: int = 1) -> bytes:
+    """The batch that appends ``counter``, ``NFQUEUE --queue-num queue`` to ``inet table chain`` (seqs ``seq`` to
+    ``seq + 2``; the rule's message asks for an acknowledgement)."""
+    counter = _nested(
+        NFTA_LIST_ELEM,
+        _string(NFTA_EXPR_NAME, "counter"),
+        _nested(NFTA_EXPR_DATA, _attr(NFTA_COUNTER_BYTES, bytes(8)), _attr(NFTA_COUNTER_PACKETS, bytes(8))),
+    )
+    target = _nested(
+        NFTA_LIST_ELEM,
+        _string(NFTA_EXPR_NAME, "target"),
+        _nested(
+            NFTA_EXPR_DATA,
+            _string(NFTA_TARGET_NAME, "NFQUEUE"),
+            _attr(NFTA_TARGET_REV, struct.pack("!I", NFQUEUE_REVISION)),
+            _attr(NFTA_TARGET_INFO, nfqueue_info(queue)),
+        ),
+    )
+    rule = _string(NFTA_RULE_TABLE, table) + _string(NFTA_RULE_CHAIN, chain)
+    rule += _nested(NFTA_RULE_EXPRESSIONS, counter, target)
+    flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
+    return (
+        _message(NFNL_MSG_BATCH_BEGIN, NLM_F_REQUEST, seq, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, b"")
+        + _message(NFT_MSG_NEWRULE, flags, seq + 1, NFPROTO_INET, 0, rule)
+        + _message(NFNL_MSG_BATCH_END, NLM_F_REQUEST, seq + 2, socket.AF_UNSPEC, NFNL_SUBSYS_NFTABLES, b"")
+    )
+
+
+def errors(data: bytes) -> list[tuple[int, int]]:
+    """The (seq, errno) of each netlink error or acknowledgement (errno 0) in ``data``."""
+    found = []
+    offset = 0
+    while offset + _HEADER.size <= len(data):
+        length, kind, _flags, seq, _pid = _HEADER.unpack_from(data, offset)
+        if length < _HEADER.size or offset + length > len(data):
+            break
+        if kind == NLMSG_ERROR and length >= _HEADER.size + 4:
+            found.append((seq, -struct.unpack_from("=i", data, offset + _HEADER.size)[0]))
+        offset += (length + 3) & ~3
+    return found
+
+
+def install(table: str, chain: str, queue: int, netns: str | None = None, timeout: float = 5.0) -> None:
+    """Append the queue rule to ``inet table chain`` (which must exist); raises `OSError` with the kernel's errno."""
+    sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
+    with sock:
+        sock.bind((0, 0))
+        sock.settimeout(timeout)
+        seq = int.from_bytes(os.urandom(2)) + 1
+        sock.send(rule_batch(table, chain, queue, seq))
+        while True:
+            try:
+                data = sock.recv(1 << 16)
+            except TimeoutError as exc:
+                raise OSError(f"no answer from nf_tables adding the queue rule to {table}/{chain}") from exc
+            for msg_seq, code in errors(data):
+                if msg_seq == seq + 1:
+                    if code:
+                        raise OSError(code, f"queue rule in inet {table} {chain}: {os.strerror(code)}")
+                    return
+
+
+__all__ = ["install", "nfqueue_info", "rule_batch"]
