@@ -7,6 +7,8 @@ running now).
   and serving a new `Resolver` on the same port.
 - `DropLoggerPart`: alive when its thread runs and its nflog socket is open; restarted by stopping it and starting
   a new `DropLogger` on the same group.
+- `UdpGatePart`: alive when its thread runs and its NFQUEUE socket is open; restarted by stopping it and starting
+  a new `UdpGate` on the same queue (meanwhile the queue has no reader and the kernel drops: fail closed).
 - `RecorderPart`: alive when its thread runs and its queue drains (`egress.gateway.liveness.Drain`). Restarted by
   starting a new writing thread once the old one is dead (the spool keeps one writer), which goes on with the queue
   and what the dead one held: nothing is lost. A stalled but living thread is not replaced: the restart waits up to
@@ -38,6 +40,7 @@ from egress.gateway.droplog import DropLogger
 from egress.gateway.liveness import CHECK_EVERY, DRAIN_DEADLINE, Answers, Drain
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
+from egress.gateway.udpgate import UdpGate
 from egress.policy.model import Policy
 
 log = logging.getLogger("egress.gateway")
@@ -49,9 +52,9 @@ PROBE_WAIT: Final = 1.0
 FAULT_HOOKS_ENV: Final = "EGRESS_FAULT_HOOKS"
 """Test-only: names the fault SIGUSR1 injects into a running gateway (`fault_hook`); unset, SIGUSR1 is not
 handled (tests/security/test_faults.py, test_faults_threads.py)."""
-FAULTS: Final = ("resolver", "drop-logger", "recorder")
+FAULTS: Final = ("resolver", "drop-logger", "recorder", "udp-gate")
 """What `FAULT_HOOKS_ENV` may name (``1`` is ``resolver``): the resolver stops answering; the drop logger's thread
-dies; the recorder's thread dies."""
+dies; the recorder's thread dies; the UDP gate's thread dies."""
 _LOOPBACK: Final = frozenset({"127.0.0.1", "::1"})
 
 
@@ -114,7 +117,7 @@ async def ask(port: int, wait: float = PROBE_WAIT) -> bool:
 
 
 def fault_hook(
-    value: str, resolver: ResolverPart, drops: DropLoggerPart, recorder: RecorderPart
+    value: str, resolver: ResolverPart, drops: DropLoggerPart, recorder: RecorderPart, udp: UdpGatePart | None = None
 ) -> Callable[[], None] | None:
     """What SIGUSR1 does under ``EGRESS_FAULT_HOOKS=value`` (`FAULTS`); None when unset. Another value is a
     `ValueError`: a test that asked for a fault must not run without it."""
@@ -126,6 +129,8 @@ def fault_hook(
         "drop-logger": drops.die,
         "recorder": recorder.die,
     }
+    if udp is not None:
+        hooks["udp-gate"] = udp.die
     if value not in hooks:
         raise ValueError(f"{FAULT_HOOKS_ENV}={value!r}: not one of {', '.join(FAULTS)}")
     return hooks[value]
@@ -251,6 +256,51 @@ class DropLoggerPart:
         if self.drops is not None:
             log.warning("FAULT HOOK: the drop logger's thread dies (%s=drop-logger)", FAULT_HOOKS_ENV)
             self.drops.die()
+
+
+class UdpGatePart:
+    name = "udp gate"
+
+    def __init__(self, build: Callable[[], UdpGate], on_death: Callable[[str], None]) -> None:
+        self.build = build
+        self.on_death = on_death
+        self.gate: UdpGate | None = None
+
+    def start(self) -> None:
+        self.gate = self.build()
+        self.gate.start(on_death=self.on_death)
+
+    def reload(self, policy: Policy) -> None:
+        if self.gate is not None:
+            self.gate.reload(policy)
+
+    async def check(self) -> str | None:
+        gate = self.gate
+        if gate is None:
+            return "not running"
+        if not gate.alive:
+            return "its thread is not running"
+        try:
+            open_ = gate.reader is not None and gate.reader.fileno() >= 0
+        except RuntimeError:  # NfqueueReader: "reader is not open"
+            open_ = False
+        if not open_:
+            return "its nfqueue socket is closed"
+        return None
+
+    async def restart(self) -> None:
+        self.stop()
+        self.start()
+
+    def stop(self) -> None:
+        if self.gate is not None:
+            self.gate.stop()
+
+    def die(self) -> None:
+        """Test-only fault (`FAULT_HOOKS_ENV`): the UDP gate's thread dies (`UdpGate.die`)."""
+        if self.gate is not None:
+            log.warning("FAULT HOOK: the udp gate's thread dies (%s=udp-gate)", FAULT_HOOKS_ENV)
+            self.gate.die()
 
 
 class RecorderPart:

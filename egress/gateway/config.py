@@ -28,6 +28,8 @@ PROXY_PORT: Final = _TABLE_DEFAULTS.proxy_ports[0]
 """The first proxy worker's port; worker k listens on ``PROXY_PORT + k``."""
 DNS_PORT: Final = _TABLE_DEFAULTS.dns_port
 NFLOG_GROUP: Final = _TABLE_DEFAULTS.nflog_group
+UDP_QUEUE: Final = 7
+"""The gateway's NFQUEUE queue number (queues are per network namespace)."""
 TABLE: Final = _TABLE_DEFAULTS.table
 STATE_DIR: Final = "/run/egress"
 """Bindings file, worker configs, the CA, spools."""
@@ -59,6 +61,8 @@ class GatewayConfig:
     proxy_port: int = PROXY_PORT
     dns_port: int = DNS_PORT
     nflog_group: int = NFLOG_GROUP
+    udp_queue: int = UDP_QUEUE
+    """The NFQUEUE queue the table hands allowed UDP to, read by the UDP gate (`egress.gateway.udpgate`)."""
     redis_url: str = REDIS_URL
     gateway: str = GATEWAY_NAME
     """This gateway's name in records."""

@@ -45,6 +45,7 @@ from egress.gateway.components import (
     ProbeFilter,
     RecorderPart,
     ResolverPart,
+    UdpGatePart,
     fault_hook,
     interface_address,
 )
@@ -68,12 +69,13 @@ from egress.gateway.reload import (
     load_version,
 )
 from egress.gateway.sdnotify import Notifier
+from egress.gateway.udpgate import UdpGate
 from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
 from egress.gateway.webhook import Webhooks
 from egress.gateway.workers import WorkerSlot, cut_open, make_ca, stop_workers
-from egress.nft import runner
+from egress.nft import runner, xtqueue
 from egress.nft.guard import render_guard
-from egress.nft.render import render, render_lockdown, render_quarantine
+from egress.nft.render import UDP_GATE_CHAIN, render, render_lockdown, render_quarantine
 from egress.policy.lists import RulesError, load_name_lists
 from egress.policy.model import Policy
 from egress.record.policy_store import PolicyHistory
@@ -90,13 +92,19 @@ class _Reloads(Protocol):
 
 
 def participants(
-    table: NftTable, resolver: _Reloads, drops: Participant, allow_sets: AllowSetWriter, links: Sequence[Participant]
+    table: NftTable,
+    resolver: _Reloads,
+    drops: Participant,
+    allow_sets: AllowSetWriter,
+    links: Sequence[Participant],
+    udp: _Reloads | None = None,
 ) -> list[Participant]:
     """Everything a reload reaches, the nftables table first (its commit is the one that may fail cleanly)."""
     return [
         table,
         Swap("resolver", resolver.reload),
         drops,  # prepared too: it names what the new table logs before its commit (egress.gateway.droplog)
+        *([Swap("udp gate", udp.reload)] if udp is not None else []),
         Swap("allow sets", allow_sets.reload),
         *links,
     ]
@@ -143,6 +151,7 @@ class Supervisor:
         self.allow_sets = AllowSetWriter(config.table, self.policy)
         self.resolver = ResolverPart(self._new_resolver, config.dns_port)
         self.drops = DropLoggerPart(self._new_drop_logger, self._died)
+        self.udp = UdpGatePart(self._new_udp_gate, self._udp_died)
         self.watcher: Watcher | None = None
         self.failed: str | None = None
         """Why the gateway gave up (it stops, the lockdown in force)."""
@@ -185,13 +194,16 @@ class Supervisor:
         return DropLogger(self.config.nflog_group, self.policy, self.lists, self.reporter, table=self.config.table,
                           sandbox_if=self.config.sandbox_if, name_of=_interface_name)  # fmt: skip
 
+    def _new_udp_gate(self) -> UdpGate:
+        return UdpGate(self.config.udp_queue, self.policy, self.lists, self.reporter, flows=self.recorder)
+
     def _apply_unless_locked(self, script: str) -> None:
         with self._nft:
             if self.failed is not None or self.locked is not None:
                 raise runner.NftError(f"the gateway is locked down ({self.failed or self.locked})")
             self._replace(script)
 
-    def _replace(self, script: str) -> None:
+    def _replace(self, script: str, queue: bool = True) -> None:
         """Replace the table (the lock held), keeping what the drop counters counted and the logger has not read
         (`runner.replace_table`); whole the first time: what an earlier process counted, this one's logger did not
         see logged, and would report again."""
@@ -201,6 +213,13 @@ class Supervisor:
         else:
             runner.apply(script)
         self._table_applied = True
+        if queue:  # the policy table's UDP gate chain gets its queue rule (until then its UDP is dropped)
+            try:
+                xtqueue.install(self.config.table, UDP_GATE_CHAIN, self.config.udp_queue)
+            except OSError as exc:
+                raise runner.NftError(
+                    "the udp gate's queue rule was not added (udp networks stay dropped)", str(exc)
+                ) from exc
 
     def _apply_quarantine(self, names: frozenset[str]) -> None:
         with self._nft:
@@ -211,7 +230,7 @@ class Supervisor:
     def lockdown(self, why: str) -> None:
         with self._nft:
             try:
-                self._replace(render_lockdown(self.config.nft_settings(), self.policy))
+                self._replace(render_lockdown(self.config.nft_settings(), self.policy), queue=False)
                 log.error("LOCKDOWN: all sandbox traffic dropped (%s)", why)
             except runner.NftError as exc:  # the policy table still redirects to dead ports: still closed
                 log.error("lockdown table could not be applied (%s); policy table stays: %s", why, exc)
@@ -262,6 +281,10 @@ class Supervisor:
     def _died(self, why: str) -> None:
         """The drop logger's thread says it died (called from that thread)."""
         self.loop.call_soon_threadsafe(self._notice, self.drops.name, why)
+
+    def _udp_died(self, why: str) -> None:
+        """The UDP gate's thread says it died (called from that thread)."""
+        self.loop.call_soon_threadsafe(self._notice, self.udp.name, why)
 
     def _notice(self, name: str, why: str) -> None:
         if self.watcher is not None:
@@ -343,6 +366,7 @@ class Supervisor:
             await asyncio.to_thread(make_ca, settings.confdir, self.config.gateway, permitted)
             await asyncio.gather(*(slot.start() for slot in self.slots))
             self.drops.start()
+            self.udp.start()
         except Exception as exc:  # whatever stopped them, the gateway fails closed and says why
             self.fail(f"the gateway's components did not start: {type(exc).__name__}: {exc}")
             return False
@@ -365,7 +389,7 @@ class Supervisor:
     async def supervise(self, loop: asyncio.AbstractEventLoop) -> None:
         self.reloader = reloader = Reloader(
             self.config.policy,
-            participants(self.table, self.resolver, self.drops, self.allow_sets, self.slots),
+            participants(self.table, self.resolver, self.drops, self.allow_sets, self.slots, self.udp),
             self.version,
             on_commit=self.committed,
             load=functools.partial(validate.load, loop=loop),  # parsed in a child, rebuilt on the loop by chunks
@@ -382,11 +406,11 @@ class Supervisor:
                 parse=functools.partial(validate.parse, loop=loop),
             )
         recorder = RecorderPart(self.recorder)
-        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, recorder, self.keeper]
+        parts: list[Supervised] = [*self.slots, self.resolver, self.drops, self.udp, recorder, self.keeper]
         # The watchdog is fed by the supervision loop itself: a hung loop starves it and systemd restarts the unit.
         self.watcher = Watcher(parts, lock=self.lock, unlock=self.unlock, give_up=self.fail, beat=self.notify.watchdog)
         try:
-            hook = fault_hook(os.environ.get(FAULT_HOOKS_ENV, ""), self.resolver, self.drops, recorder)
+            hook = fault_hook(os.environ.get(FAULT_HOOKS_ENV, ""), self.resolver, self.drops, recorder, self.udp)
         except ValueError as exc:
             self.fail(str(exc))
             return
@@ -425,6 +449,7 @@ class Supervisor:
             await stop_workers(self.slots)
             log.info("proxy workers stopped")
             self.drops.stop()
+            self.udp.stop()
             self.allow_sets.close()
             self.resolver.close()
             self.keeper.stop()

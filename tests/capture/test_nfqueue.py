@@ -150,6 +150,12 @@ def _received(sock: socket.socket) -> list[bytes]:
             return got
 
 
+def _more[T](found: list[T], new: list[T]) -> list[T]:
+    """``found`` after adding ``new`` (a check for `eventually` that gathers as it polls)."""
+    found.extend(new)
+    return found
+
+
 def _payload_of(packet: QueuedPacket) -> bytes:
     header = 40 if packet.family == socket.AF_INET6 else (packet.payload[0] & 0x0F) * 4
     return packet.payload[header + 8 :]
@@ -176,7 +182,7 @@ def test_accepted_datagrams_reach_the_receiver_dropped_ones_do_not(lab: Topology
             reader.verdict(packet.packet_id, verdict)
         assert sorted(_payload_of(p) for p in seen) == [b"block-1", b"block-2", b"pass-1", b"pass-2"]
         got: list[bytes] = []
-        eventually(lambda: got.extend(_received(receiver)) or len(got) >= 2)
+        eventually(lambda: _more(got, _received(receiver)) and len(got) >= 2)
         # the drops were given before the accepts' arrival was seen: had they passed, they would be there too
         got.extend(_received(receiver))
     assert sorted(got) == [b"pass-1", b"pass-2"]
@@ -192,11 +198,11 @@ def test_no_reader_means_the_kernel_drops(lab: Topology) -> None:
             with socket_in(lab.sandbox, socket.AF_INET, socket.SOCK_DGRAM) as sender:
                 sender.sendto(b"read", (Topology.INTERNET4, PORT))
             packets: list[QueuedPacket] = []
-            eventually(lambda: packets.extend(reader.read(timeout=scaled(0.5))) or packets)
+            eventually(lambda: _more(packets, reader.read(timeout=scaled(0.5))) and packets)
             for packet in packets:
                 reader.verdict(packet.packet_id, NF_ACCEPT)
             got: list[bytes] = []
-            eventually(lambda: got.extend(_received(receiver)) or got)
+            eventually(lambda: _more(got, _received(receiver)) and got)
     assert got == [b"read"] and [_payload_of(p) for p in packets] == [b"read"]
 
 
@@ -208,12 +214,12 @@ def test_a_full_queue_drops_and_a_closed_reader_drops_what_waited(lab: Topology)
                 for n in range(50):
                     sender.sendto(f"flood-{n}".encode(), (Topology.INTERNET4, PORT))
             packets: list[QueuedPacket] = []
-            eventually(lambda: packets.extend(reader.read(timeout=scaled(0.5))) or len(packets) >= 4)
+            eventually(lambda: _more(packets, reader.read(timeout=scaled(0.5))) and len(packets) >= 4)
             packets.extend(reader.read(timeout=scaled(0.2)))
             assert len(packets) == 4  # the queue held 4; the kernel dropped the other 46
             reader.verdict(packets[0].packet_id, NF_ACCEPT)
             got: list[bytes] = []
-            eventually(lambda: got.extend(_received(receiver)) or got)
+            eventually(lambda: _more(got, _received(receiver)) and got)
         # the reader closed with 3 packets given no verdict: dropped with the socket
         with NfqueueReader(netns=lab.gateway).open(QUEUE) as again:
             assert again.read(timeout=scaled(0.3)) == []

@@ -5,7 +5,6 @@ sandbox traffic is forwarded only while the guard's ``alive`` elements live, and
 from __future__ import annotations
 
 import contextlib
-
 import select
 import socket
 
@@ -15,8 +14,7 @@ from egress.nft import runner
 from egress.nft.guard import guard_table, render_guard
 from egress.nft.render import GatewaySettings, render
 from egress.policy.model import Mode, Policy
-from tests.nft import make_sandbox, udp_rule
-from tests.nft import udpgate
+from tests.nft import make_sandbox, udp_rule, udpgate
 from tests.nft.netns import Topology, namespace, socket_in, topology
 from tests.waiting import eventually, scaled
 

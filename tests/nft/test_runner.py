@@ -29,8 +29,7 @@ from egress.nft import runner
 from egress.nft.render import GatewaySettings, allow_set, render, render_lockdown
 from egress.policy.model import Mode, Policy
 from egress.proxy.front import original_destination
-from tests.nft import make_sandbox, udp_rule
-from tests.nft import udpgate
+from tests.nft import make_sandbox, udp_rule, udpgate
 from tests.nft.netns import Topology, socket_in, topology
 from tests.waiting import eventually, scaled
 
