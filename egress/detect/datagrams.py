@@ -100,13 +100,14 @@ def inspect(
     ``udp``: the UDP detectors (`egress.detect.registry.DetectorSet.udp`); ``quic``/``dtls``: whether the rule
     expects that protocol (then it is not refused by itself; what it carries in clear still is);
     ``replies``: the peer's datagrams, when known."""
-    views = [list(window), list(window[-1:])] if len(window) > 1 else [list(window)]
+    latest = list(window)
+    views = [latest, latest[-1:]] if len(latest) > 1 else [latest]
     for datagrams in views:  # the whole window, then the latest alone (after junk datagrams a detector gave up)
         view = FlowView(meta, client_datagrams=datagrams, server_datagrams=list(replies), complete=True)
         found = _first(view, udp)
         if found is not None:
             return found
-    for datagram in window:
+    for datagram in latest:
         if not dtls and (what := dtls_record(datagram)) is not None:
             return Finding(Category.TUNNEL, "dtls", NAME, evidence(f"{what} (the rule does not expect dtls)"))
         if not quic and (what := quic_long_header(datagram)) is not None:

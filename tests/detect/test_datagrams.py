@@ -1,0 +1,96 @@
+"""`egress.detect.datagrams`: what the UDP gate refuses in an allowed flow's datagrams, and what it lets pass."""
+
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+
+from egress.detect.base import Category, FlowMeta, Transport
+from egress.detect.datagrams import WINDOW, dtls_record, inspect, quic_long_header
+from egress.detect.registry import build_detectors
+from egress.policy.lists import load_name_lists
+
+META = FlowMeta(Transport.UDP, "10.0.0.2", 40000, "198.18.10.3", 3478)
+UDP = build_detectors(load_name_lists()).udp
+
+
+def wireguard() -> bytes:
+    return b"\x01\x00\x00\x00" + os.urandom(144)
+
+
+def dtls() -> bytes:
+    body = b"\x01" + (60).to_bytes(3, "big") + b"\x00\x00" + bytes(6) + b"\xfe\xfd" + os.urandom(40)
+    return b"\x16\xfe\xfd" + bytes(8) + len(body).to_bytes(2, "big") + body
+
+
+def quic() -> bytes:
+    head = b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8) + b"\x08" + os.urandom(8) + b"\x00\x44\xa0"
+    return (head + os.urandom(1200))[:1200]
+
+
+def stratum() -> bytes:
+    call = {"id": 1, "method": "mining.submit", "params": ["wallet.w", "job1", "00", "5e", "00"]}
+    return json.dumps(call).encode() + b"\n"
+
+
+def xmrig() -> bytes:
+    params = {"login": "4" + "A" * 94, "pass": "x", "agent": "XMRig/6.21.0"}
+    return json.dumps({"id": 1, "jsonrpc": "2.0", "method": "login", "params": params}).encode() + b"\n"
+
+
+def stun() -> bytes:
+    return b"\x00\x01\x00\x00\x21\x12\xa4\x42" + os.urandom(12)
+
+
+KINDS = {"wireguard": wireguard, "dtls": dtls, "quic": quic, "stratum": stratum, "xmrig": xmrig}
+CATEGORY = {"wireguard": Category.TUNNEL, "dtls": Category.TUNNEL, "quic": Category.TUNNEL}
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_each_payload_alone_is_refused(kind: str) -> None:
+    found = inspect(META, [KINDS[kind]()], UDP)
+    assert found is not None
+    assert found.category is CATEGORY.get(kind, Category.MINING)
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_after_benign_and_junk_datagrams(kind: str) -> None:
+    window = [stun(), os.urandom(60), b"junk text before it", KINDS[kind]()]
+    assert inspect(META, window, UDP) is not None
+
+
+@pytest.mark.parametrize("kind", ["stratum", "xmrig"])
+@pytest.mark.parametrize("parts", [2, 3, 7])
+def test_a_pool_message_split_over_datagrams_is_read_whole(kind: str, parts: int) -> None:
+    message = KINDS[kind]()
+    size = -(-len(message) // parts)
+    pieces = [message[i : i + size] for i in range(0, len(message), size)]
+    assert inspect(META, pieces, UDP) is not None
+
+
+@pytest.mark.parametrize("kind", ["stratum", "xmrig"])
+def test_a_pool_message_after_junk_in_the_same_datagram(kind: str) -> None:
+    assert inspect(META, [os.urandom(40).replace(b"{", b"(") + KINDS[kind]()], UDP) is not None
+
+
+def test_quic_and_dtls_pass_when_the_rule_expects_them() -> None:
+    assert inspect(META, [quic()], UDP, quic=True) is None
+    assert inspect(META, [dtls()], UDP, dtls=True) is None
+    assert inspect(META, [quic()], UDP, dtls=True) is not None  # one does not imply the other
+    assert inspect(META, [quic(), stratum()], UDP, quic=True) is not None  # what is in clear is still read
+
+
+def test_benign_datagrams_pass() -> None:
+    assert inspect(META, [stun() for _ in range(WINDOW)], UDP) is None
+    assert inspect(META, [b'{"id":1,"method":"ping"}\n'], UDP) is None
+    assert inspect(META, [b"\x00" * 100], UDP) is None
+
+
+def test_recognisers_on_their_own() -> None:
+    assert dtls_record(dtls()) is not None and "ClientHello" in (dtls_record(dtls()) or "")
+    assert dtls_record(stun()) is None and dtls_record(b"\x16\xfe") is None
+    assert quic_long_header(quic()) is not None
+    assert quic_long_header(b"\xc0\x00\x00\x00\x01\x30" + bytes(60)) is None  # a 48-byte connection id: not QUIC
+    assert quic_long_header(stun()) is None

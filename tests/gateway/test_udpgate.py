@@ -1,0 +1,138 @@
+"""`egress.gateway.udpgate.UdpJudge`: verdicts, records and flow-log entries for queued datagrams (sans-IO, on
+built IP packets; tests/security/test_redteam_udp_*.py run the gate in the lab)."""
+
+from __future__ import annotations
+
+import dataclasses
+import ipaddress
+import os
+import socket
+import struct
+
+import pytest
+
+from egress.capture.nfqueue import QueuedPacket
+from egress.decide import Enforcement, Reason
+from egress.flowlog import EndedFlow
+from egress.gateway.udpgate import FLOW_IDLE, REPORT_EVERY, UdpJudge
+from egress.policy.lists import load_name_lists
+from egress.policy.model import Expect, Mode, Policy
+from tests.detect.test_datagrams import quic, stratum, stun, wireguard
+from tests.nft import make_sandbox, udp_rule
+
+SANDBOX, SERVER, PORT = "10.77.0.2", "198.18.10.3", 3478
+LISTS = load_name_lists()
+
+
+def _policy(mode: Mode = Mode.ENFORCE, expect: frozenset[Expect] | None = None) -> Policy:
+    rule = udp_rule("agents", 0, f"{SERVER}/32", PORT)
+    if expect is not None:
+        rule = dataclasses.replace(rule, expect=expect)
+    return Policy(1, (make_sandbox("agents", "10.77.0.0/24", mode=mode, networks=(rule,)),))
+
+
+def _udp4(src: str, sport: int, dst: str, dport: int, data: bytes) -> bytes:
+    udp = struct.pack("!HHHH", sport, dport, 8 + len(data), 0) + data
+    head = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20 + len(udp), 0, 0, 64, 17, 0, socket.inet_aton(src),
+                       socket.inet_aton(dst))  # fmt: skip
+    return head + udp
+
+
+class Flows:
+    def __init__(self) -> None:
+        self.ended: list[EndedFlow] = []
+
+    def flow_ended(self, flow: EndedFlow) -> None:
+        self.ended.append(flow)
+
+
+def _packet(data: bytes, sport: int = 40000, ts: float = 1000.0, dst: str = SERVER, src: str = SANDBOX) -> QueuedPacket:
+    return QueuedPacket(1, socket.AF_INET, _udp4(src, sport, dst, PORT, data), 2, 3, ts)
+
+
+def test_benign_datagrams_are_accepted_and_their_flow_logged_when_idle() -> None:
+    flows = Flows()
+    judge = UdpJudge(_policy(), LISTS, flows)
+    for n in range(3):
+        judged = judge.judge(_packet(stun(), ts=1000.0 + n))
+        assert judged.accept and judged.decided is None
+    assert judge.idle(1002.0 + FLOW_IDLE - 1) == [] and flows.ended == []
+    judge.idle(1002.0 + FLOW_IDLE)
+    [ended] = flows.ended
+    assert (ended.sandbox, ended.dst, ended.dport, ended.transport, ended.action) == (
+        "agents",
+        SERVER,
+        PORT,
+        "udp",
+        "allow",
+    )
+    assert ended.up == 60 and ended.rule == "sandboxes.agents.allow.networks[0]"
+
+
+def test_a_refused_flow_stays_refused_and_counts_what_it_drops() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(stun())).accept
+    refused = judge.judge(_packet(wireguard()))
+    assert not refused.accept and refused.decided is not None
+    verdict = refused.decided.verdict
+    assert verdict.action is Enforcement.BLOCK and verdict.reason is Reason.TUNNEL
+    assert refused.decided.verdict.finding is not None and refused.decided.verdict.finding.protocol == "wireguard"
+    later = [judge.judge(_packet(stun())) for _ in range(REPORT_EVERY - 1)]
+    assert not any(j.accept for j in later) and all(j.decided is None for j in later)
+    summary = judge.judge(_packet(stun()))
+    assert not summary.accept and summary.decided is not None and summary.decided.count == REPORT_EVERY
+    other_flow = judge.judge(_packet(stun(), sport=40001))
+    assert other_flow.accept  # the refusal is the flow's, not the sandbox's
+
+
+def test_report_mode_lets_it_through_and_records_would_block() -> None:
+    judge = UdpJudge(_policy(Mode.REPORT), LISTS)
+    judged = judge.judge(_packet(stratum()))
+    assert judged.accept and judged.decided is not None
+    assert judged.decided.verdict.action is Enforcement.WOULD_BLOCK and judged.decided.verdict.reason is Reason.MINING
+
+
+def test_expect_quic_lets_quic_through() -> None:
+    assert not UdpJudge(_policy(), LISTS).judge(_packet(quic())).accept
+    assert UdpJudge(_policy(expect=frozenset({Expect.QUIC})), LISTS).judge(_packet(quic())).accept
+
+
+@pytest.mark.parametrize("where", ["no-rule", "no-sandbox", "not-udp", "garbage"])
+def test_what_no_rule_of_the_policy_in_force_allows_is_dropped(where: str) -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    tcp = bytearray(_udp4(SANDBOX, 1, SERVER, PORT, b"x"))
+    tcp[9] = 6  # the protocol field: TCP
+    packet = {
+        "no-rule": _packet(stun(), dst="198.18.10.4"),
+        "no-sandbox": _packet(stun(), src="10.99.0.2"),
+        "not-udp": QueuedPacket(1, socket.AF_INET, bytes(tcp), None, None, 1.0),
+        "garbage": QueuedPacket(1, socket.AF_INET, os.urandom(7), None, None, 1.0),
+    }[where]
+    judged = judge.judge(packet)
+    assert not judged.accept
+    if where in ("no-rule", "no-sandbox"):
+        assert judged.decided is not None
+
+
+def test_a_reload_keeps_refusals_and_ends_allowed_flows() -> None:
+    flows = Flows()
+    judge = UdpJudge(_policy(), LISTS, flows)
+    judge.judge(_packet(stun(), sport=1))
+    judge.judge(_packet(wireguard(), sport=2))
+    judge.reload(_policy())
+    assert [f.sport for f in flows.ended] == [1]
+    assert not judge.judge(_packet(stun(), sport=2)).accept
+    assert judge.judge(_packet(stun(), sport=1)).accept
+
+
+def test_the_judge_raises_rather_than_accepting_when_inspection_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate turns any exception into a drop (UdpGate._verdict); the judge must not swallow it into accept."""
+    judge = UdpJudge(_policy(), LISTS)
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a detector's bug")
+
+    monkeypatch.setattr("egress.detect.datagrams.inspect", broken)
+    with pytest.raises(RuntimeError):
+        judge.judge(_packet(stun()))
+    assert ipaddress.ip_address(SANDBOX)  # the policy's source, unchanged
