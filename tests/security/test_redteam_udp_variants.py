@@ -1,0 +1,95 @@
+"""Red team 10b's UDP network rule, as the attacker who knows the UDP gate reads it (egress/gateway/udpgate.py).
+
+The five payloads of tests/security/test_redteam_udp_allowed.py (WireGuard's handshake initiation, a DTLS
+ClientHello, a QUIC Initial, Stratum's ``mining.submit`` and XMRig's ``login`` as JSON lines), sent so as to slip
+past a per-datagram look: the pool messages cut over three datagrams of one flow; every payload after junk and a
+benign STUN request on its flow; after a benign first flow, from a new source port; over IPv6 to the network's
+IPv6 twin; and a flood (5,000 datagrams from 50 flows at once) that would overflow the queue: a full queue must
+drop, never accept. Each attempt has its own port on the allowed network (the policy lists 24), its own sink
+there, and is judged by what reaches that sink (the marker, or every piece of a split message) and by its records.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+
+import pytest
+
+from egress.lab.topology import server
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, Attacker, SecurityLab, report
+
+pytestmark = pytest.mark.security
+
+KIT = "from tests.security.redteam_surfaces_kit import {0}; {0}()"
+NETWORK = server("pool")
+KINDS = ("wireguard", "dtls", "quic", "stratum", "xmrig")
+ROWS = (
+    [("split", k) for k in ("stratum", "xmrig")]
+    + [("junk-first", k) for k in KINDS]
+    + [("second-flow", k) for k in KINDS]
+    + [("ipv6", k) for k in KINDS]
+    + [("flood", k) for k in ("stratum", "wireguard")]
+)
+PORTS = {row: 4000 + index for index, row in enumerate(ROWS)}
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory(POLICIES / "redteam_udp_variants.yaml")
+
+
+def _sink(lab: SecurityLab, address: str, port: int) -> Attacker:
+    running = lab.attacker(f"udpv-{port}", [sys.executable, "-c", KIT.format("udp_sink_main"), address, str(port)])
+    running.wait_for("listening")
+    return running
+
+
+def _reasons(lab: SecurityLab, since: float, address: str, port: int) -> list[str]:
+    found: list[str] = []
+
+    def any_record(records: list) -> bool:  # type: ignore[type-arg]
+        found[:] = sorted({str(r.reason) for r in records if r.dst == address and r.dport == port})
+        return bool(found)
+
+    with contextlib.suppress(AssertionError):
+        lab.records_until(since, any_record, timeout=20.0)
+    return found
+
+
+@pytest.mark.parametrize(("variant", "kind"), ROWS, ids=[f"{v}-{k}" for v, k in ROWS])
+def test_the_payload_sent_to_slip_past_the_udp_gate_does_not_reach_the_server(
+    lab: SecurityLab, variant: str, kind: str
+) -> None:
+    port = PORTS[(variant, kind)]
+    address = NETWORK.v6 if variant == "ipv6" else NETWORK.v4
+    sink = _sink(lab, address, port)
+    since = time.time()
+    with lab.capture(f"udp-variant-{variant}-{kind}") as capture:
+        if variant == "ipv6":
+            done = lab.sandbox_python(KIT.format("udp_send_main"), kind, address, str(port), timeout=60)
+        else:
+            done = lab.sandbox_python(KIT.format("udp_variant_main"), variant, kind, address, str(port), timeout=90)
+    crossed = capture.result
+    assert crossed is not None
+    sent = re.search(r"sent (\d+), answers (\d+)(?:, benign (\d+))?", done.stdout)
+    assert sent is not None, done.stdout + done.stderr
+    answers, benign = int(sent.group(2)), int(sent.group(3) or 0)
+    heard = [line for line in sink.log().splitlines() if line.startswith("received")]
+    marked = sum("marker yes" in line for line in heard)
+    # the goal: the payload's datagram crossed (marked, or answered: the server answers what it gets); split, every
+    # piece of the message (its first pieces may cross before the message is recognisable: counted in LEAKED)
+    whole = len(heard) == 3
+    goal = bool(marked or whole) if variant == "split" else bool(marked or answers)
+    leaked = crossed.bytes_to(address, port, "udp")
+    reasons = _reasons(lab, since, address, port)
+    note = f"sent {sent.group(1)}; server heard {len(heard)} datagrams, {marked} with the marker"
+    report(f"redteam10/udp-{variant}-{kind}", "udp-allowed", leaked, goal, ",".join(reasons) or None, note)
+    assert not goal, note
+    assert not crossed.contains(b"5ec7e7-rt10", address), note
+    assert reasons, f"{variant} {kind}: refused datagrams left no record"
+    if variant in ("junk-first", "second-flow"):
+        assert benign == 3, "control: the benign datagrams before the payload crossed and were answered"
