@@ -8,8 +8,9 @@
   ``expect``, default ``[tls, http]``, so SSH to it is refused: the policy likely meant git or a shell over SSH);
 - a sandbox in ``report`` mode: nothing is blocked, only recorded (the shadow rollout, meant to end);
 - a loopback source: the gateway's own traffic taken as a sandbox's (right only for a gateway tested on one host);
-- a network rule that allows UDP: the kernel forwards it without the proxy, so no detector reads it and nothing
-  records it (red team 10b: WireGuard, DTLS, QUIC, Stratum and XMRig's JSON-RPC to the rule's address crossed);
+- a network rule that allows UDP: its datagrams are read by the UDP gate (`egress.gateway.udpgate`: VPN handshakes,
+  DTLS and QUIC unless expected, pool JSON-RPC; refused and recorded), but a protocol it does not recognise (an
+  obfuscated tunnel, random-looking datagrams) still passes (red team 10b);
 - a network rule covering 0.0.0.0 or ``::ffff:0:0/96``: "this host" by another name (the gateway never dials or
   forwards them, red team 10b; the rule likely meant "any address").
 """
@@ -58,15 +59,17 @@ _THIS_HOST = (ipaddress.IPv4Address("0.0.0.0"), ipaddress.IPv6Address("::ffff:0:
 
 
 def _network_surfaces(file: str, rule: NetworkRule) -> list[Problem]:
-    """A network rule's UDP (forwarded unread) and its covering this host by another name."""
+    """A network rule's UDP (read by the UDP gate, which knows only some protocols) and its covering this host by
+    another name."""
     found: list[Problem] = []
     network, rule_id, line = rule.network, rule.rule_id, rule.line
     if "udp" in rule.protocols:
         ports = ",".join(map(str, sorted(rule.ports)))
         where = f"{network}:{ports}" if ports else f"{network} (every port)"
-        found.append(Problem(file, line, f"{rule_id}: warning: udp to {where} is forwarded unread: no detector "
-            "sees it and no record is written, so tunnels (WireGuard, QUIC, DTLS) and pool traffic over UDP to it "
-            "pass unrecorded; allow UDP only to destinations you trust with anything"))  # fmt: skip
+        found.append(Problem(file, line, f"{rule_id}: warning: udp to {where} is inspected datagram by datagram: "
+            "WireGuard, OpenVPN, IKE, DTLS and QUIC (unless expected) and pool JSON-RPC are refused and recorded, "
+            "but a tunnel or pool protocol the gateway does not recognise (obfuscated, random-looking datagrams) "
+            "still passes; allow UDP only to destinations you trust with that"))  # fmt: skip
     if any(address in network for address in _THIS_HOST if address.version == network.version):
         found.append(Problem(file, line, f"{rule_id}: warning: {network} covers the gateway's own \"this host\" "
             "addresses (0.0.0.0/8, ::ffff:0:0/96): never dialled or forwarded whatever the rule says"))  # fmt: skip

@@ -72,8 +72,8 @@ sandboxes:
     ]
 
 
-def test_every_udp_network_rule_is_warned_about_as_forwarded_unread() -> None:
-    """Red team 10b: a ``udp`` network rule is a kernel accept no detector reads and nothing records."""
+def test_every_udp_network_rule_is_warned_about_what_the_udp_gate_does_not_see() -> None:
+    """Red team 10b: a ``udp`` network rule's datagrams are read by the UDP gate, which knows some protocols only."""
     text = """\
 version: 1
 sandboxes:
@@ -86,9 +86,10 @@ sandboxes:
 """
     warnings = risks(parse_policy(text, "p.yaml"), frozenset())
     assert [str(w) for w in warnings] == [
-        "p.yaml:7: sandboxes.agents.allow.networks[0]: warning: udp to 198.18.10.3/32:443,3478 is forwarded unread: "
-        "no detector sees it and no record is written, so tunnels (WireGuard, QUIC, DTLS) and pool traffic over UDP "
-        "to it pass unrecorded; allow UDP only to destinations you trust with anything"
+        "p.yaml:7: sandboxes.agents.allow.networks[0]: warning: udp to 198.18.10.3/32:443,3478 is inspected datagram "
+        "by datagram: WireGuard, OpenVPN, IKE, DTLS and QUIC (unless expected) and pool JSON-RPC are refused and "
+        "recorded, but a tunnel or pool protocol the gateway does not recognise (obfuscated, random-looking "
+        "datagrams) still passes; allow UDP only to destinations you trust with that"
     ]
 
 
