@@ -12,11 +12,12 @@ arrives, so that what an attacker splits over several datagrams, or pads with ju
   included): refused unless the rule says ``expect: [dtls]`` / ``[quic]``. Both carry tunnels (OpenConnect, WebRTC
   data channels, MASQUE, Hysteria), and neither can be read further;
 - pool vocabulary (`egress.detect.registry.MINING` and the crypto-node detector: Stratum's ``mining.*``, XMRig's
-  ``login``/``submit``, getwork...) on the window's datagrams joined as one stream, with and without a line break
-  between them, so that a JSON-RPC message split over datagrams or following junk is read as on TCP.
+  ``login``/``submit``, getwork...) on the window's latest `WINDOW_BYTES` joined as one stream, so that a JSON-RPC
+  message split over datagrams or following junk is read as on TCP.
 
 What is not seen: a protocol none of these recognise (an obfuscated tunnel whose datagrams look random, a custom
-encrypted framing); once a datagram has left the window, a message split across it and a later one.
+encrypted framing); a message split over more than the window (16 datagrams, 4 KB); the first pieces of a split message, which cross
+before it is whole.
 """
 
 from __future__ import annotations
@@ -31,8 +32,9 @@ from egress.detect.registry import MINING
 NAME: Final = "udp-gate"
 WINDOW: Final = 16
 """Datagrams of a flow judged together (the latest ones)."""
-WINDOW_BYTES: Final = 16384
-"""Bytes of the window joined as one stream for the pool detectors (the latest ones)."""
+WINDOW_BYTES: Final = 4096
+"""Bytes of the window joined as one stream for the pool detectors (the latest ones): a pool message is a few
+hundred bytes, and the pool detectors' cost grows with the stream (bench/udpgate.py)."""
 POOL: Final[tuple[Detector, ...]] = (*MINING, cryptonode.detect)
 
 _DTLS_VERSIONS: Final = frozenset({0xFEFF, 0xFEFD, 0xFEFC})
@@ -82,9 +84,8 @@ def _first(view: FlowView, detectors: Sequence[Detector]) -> Finding | None:
     return None
 
 
-def _joined(window: Sequence[bytes], glue: bytes) -> bytes:
-    joined = glue.join(window)
-    return joined[-WINDOW_BYTES:]
+def _joined(window: Sequence[bytes]) -> bytes:
+    return b"".join(window)[-WINDOW_BYTES:]
 
 
 def inspect(
@@ -112,14 +113,7 @@ def inspect(
             return Finding(Category.TUNNEL, "dtls", NAME, evidence(f"{what} (the rule does not expect dtls)"))
         if not quic and (what := quic_long_header(datagram)) is not None:
             return Finding(Category.TUNNEL, "quic", NAME, evidence(f"{what} (the rule does not expect quic)"))
-    for glue in (b"", b"\n"):
-        stream = FlowView(meta, client=_joined(window, glue), complete=True)
-        found = _first(stream, POOL)
-        if found is not None:
-            return found
-        if len(window) == 1:
-            break
-    return None
+    return _first(FlowView(meta, client=_joined(latest), complete=True), POOL)
 
 
 __all__ = ["NAME", "POOL", "WINDOW", "WINDOW_BYTES", "dtls_record", "inspect", "quic_long_header"]

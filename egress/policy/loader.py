@@ -17,7 +17,7 @@ The schema is documented, field by field, in ``rules/policy.example.yaml`` and `
           hosts: [name | name:port | "*.domain" | {host: name, ports: [port, ...], answers: [CIDR],
                   expect: [tls, http, ssh, any]}, ...]
           networks: [{cidr: CIDR, ports: [port, ...], protocols: [tcp, udp],
-                      expect: [tls, http, ssh, any], tls: bound | any}, ...]
+                      expect: [tls, http, ssh, quic, dtls, any], tls: bound | any}, ...]
         decrypt: [host pattern, ...]          # each must also be allowed by allow.hosts
         upgrades: [token, ...]                # HTTP Upgrade protocols allowed besides websocket (default none)
         dns: {max_name_length, encoded_subdomains, ..., tunnel_hold, allow_ranges: [CIDR], deny_ranges: [CIDR]}
@@ -442,7 +442,7 @@ class _Checker(NodeChecker):
         return tuple(rules)
 
     def expect(self, node: yamlnodes.Node, path: str) -> frozenset[Expect]:
-        """``expect: [tls, http, ssh, any]`` of a network or host rule: at least one; ``any`` written out, never
+        """``expect: [tls, http, ssh, quic, dtls, any]`` of a network or host rule: at least one; ``any`` written out, never
         implied."""
         items = self.sequence(node, path)
         if isinstance(node, yamlnodes.SequenceNode) and not items:

@@ -94,3 +94,13 @@ def test_recognisers_on_their_own() -> None:
     assert quic_long_header(quic()) is not None
     assert quic_long_header(b"\xc0\x00\x00\x00\x01\x30" + bytes(60)) is None  # a 48-byte connection id: not QUIC
     assert quic_long_header(stun()) is None
+
+
+def test_a_split_pool_message_after_media_sized_datagrams_is_still_read() -> None:
+    message = stratum()
+    window = [os.urandom(1200) for _ in range(2)] + [message[:40], message[40:]]
+    assert inspect(META, window, UDP) is not None
+
+
+def test_pool_messages_without_line_breaks_in_separate_datagrams() -> None:
+    assert inspect(META, [os.urandom(30), xmrig().rstrip(b"\n")], UDP) is not None
