@@ -16,8 +16,8 @@ arrives, so that what an attacker splits over several datagrams, or pads with ju
   message split over datagrams or following junk is read as on TCP.
 
 What is not seen: a protocol none of these recognise (an obfuscated tunnel whose datagrams look random, a custom
-encrypted framing); a message split over more than the window (16 datagrams, 4 KB); the first pieces of a split message, which cross
-before it is whole.
+encrypted framing); a message split over more than the window (16 datagrams, 4 KB); the first pieces of a split
+message, which cross before it is whole.
 """
 
 from __future__ import annotations

@@ -442,8 +442,8 @@ class _Checker(NodeChecker):
         return tuple(rules)
 
     def expect(self, node: yamlnodes.Node, path: str) -> frozenset[Expect]:
-        """``expect: [tls, http, ssh, quic, dtls, any]`` of a network or host rule: at least one; ``any`` written out, never
-        implied."""
+        """``expect: [tls, http, ssh, quic, dtls, any]`` of a network or host rule: at least one; ``any`` written
+        out, never implied."""
         items = self.sequence(node, path)
         if isinstance(node, yamlnodes.SequenceNode) and not items:
             self.at(node, path, "empty: list what the destination speaks (tls, http, ssh), or any")
