@@ -385,3 +385,15 @@ def udp_variant_main() -> None:
     run = _Variant(kind, address, port)
     getattr(run, variant.replace("-", "_"))()
     print(f"sent {run.sent}, answers {run.answers}, benign {run.benign}", flush=True)
+
+
+def udp_loop_main() -> None:
+    """``python -c '...udp_loop_main()' KIND ADDRESS PORT``: KIND's payload from a new socket (a new flow) every
+    tenth of a second, until killed; prints ``sent N`` every 10 datagrams."""
+    kind, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    for n in range(1, 1_000_000):
+        with socket.socket(_family(address), socket.SOCK_DGRAM) as sock:
+            sock.sendto(PAYLOADS[kind](), (address, port))
+        if n % 10 == 0:
+            print(f"sent {n}", flush=True)
+        time.sleep(0.1)
