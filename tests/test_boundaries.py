@@ -29,6 +29,8 @@ GATES = {
     # network I/O: the gateway's components, and the lab; the scanner only formats addresses with inet_ntop
     "socket": {
         "egress/capture/nflog.py",
+        "egress/capture/nfqueue.py",  # the UDP gate's queue (NFQUEUE over netfilter netlink)
+        "egress/nft/xtqueue.py",  # the queue rule nft cannot write (nf_tables over netfilter netlink)
         "egress/dnsserver/listen.py",
         "egress/gateway/supervisor.py",
         "egress/proxy/front.py",

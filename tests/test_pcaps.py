@@ -51,6 +51,8 @@ NOT_RECORDED = {
     "reached through the proxy; no finding in bytes says whose service answered",
     "test_redteam_udp_allowed.py": "not recorded yet (red team 10b): datagrams to an allowed UDP network and IPv6 "
     "from an IPv4-only sandbox; the scanner's reading of them is not what the rows prove",
+    "test_redteam_udp_variants.py": "not recorded yet (red team 10b, UDP gate): the payloads split, after junk, on a "
+    "second flow, a flood; what the rows prove is the gate's verdicts at the server, as test_redteam_udp_allowed.py",
     "test_redteam_dnstcp.py": "1,100 TCP connections held to the resolver: a fault measure, as test_faults*",
     "test_redteam_ber.py": "not recorded yet (red team 6, found at the end of a session)",
     "test_redteam_uper.py": "not recorded yet (red team 6, found at the end of a session)",

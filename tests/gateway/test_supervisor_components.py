@@ -24,6 +24,7 @@ from egress.gateway.components import (
     ProbeFilter,
     RecorderPart,
     ResolverPart,
+    UdpGatePart,
     fault_hook,
     probe_query,
 )
@@ -233,16 +234,19 @@ async def _until(check: Callable[[], bool], timeout: float = 10.0) -> None:
 
 
 @pytest.mark.parametrize(
-    ("value", "method"), [("1", "hang"), ("resolver", "hang"), ("drop-logger", "die"), ("recorder", "die")]
+    ("value", "method"),
+    [("1", "hang"), ("resolver", "hang"), ("drop-logger", "die"), ("recorder", "die"), ("udp-gate", "die")],
 )
 def test_the_fault_hook_is_what_the_variable_names(value: str, method: str) -> None:
     resolver = cast(ResolverPart, _Hooks("resolver"))
     drops = cast(DropLoggerPart, _Hooks("drop logger"))
     recorder = cast(RecorderPart, _Hooks("recorder"))
-    hook = fault_hook(value, resolver, drops, recorder)
+    udp = cast(UdpGatePart, _Hooks("udp gate"))
+    hook = fault_hook(value, resolver, drops, recorder, udp)
     assert hook is not None
     hook()
-    expected = {"1": "resolver", "resolver": "resolver", "drop-logger": "drop logger", "recorder": "recorder"}
+    expected = {"1": "resolver", "resolver": "resolver", "drop-logger": "drop logger", "recorder": "recorder",
+                "udp-gate": "udp gate"}  # fmt: skip
     assert _Hooks.called == [(expected[value], method)]
 
 
