@@ -1,5 +1,8 @@
 """The one rule nft cannot write here: hand a packet to an NFQUEUE queue, without ``bypass``.
 
+`install` tries nf_tables' own ``queue`` expression first (kernels built with ``CONFIG_NFT_QUEUE``, a module on
+most distributions': what ``nft`` writes for ``queue num N``), then the xtables target below.
+
 Kernels built without ``CONFIG_NFT_QUEUE`` (this project's test kernel, 6.18, among them) refuse nft's ``queue``
 statement (``Could not process rule: No such file or directory``), but most build ``CONFIG_NFT_COMPAT`` and
 ``NETFILTER_XT_TARGET_NFQUEUE``: an nf_tables rule may carry the xtables ``NFQUEUE`` target (revision 3), which is
@@ -9,11 +12,14 @@ a regular chain the rendered table declares empty (`egress.nft.render`: ``UDP_GA
 there, the chain returns at once and the datagram meets the sandbox's drop: fail closed.
 
 ``flags`` stay 0: no ``NFQ_FLAG_BYPASS`` (no reader bound means the kernel drops) and no CPU fanout. The message
-builders are pure functions (tests/nft/test_xtqueue.py checks their bytes); `install` sends them.
+builders are pure functions (tests/nft/test_xtqueue.py checks their bytes); `install` sends them. (On a modular
+kernel the xtables path needs ``xt_NFQUEUE`` loaded already: nft_compat cannot autoload a target for the inet
+family; the native ``queue`` autoloads ``nft_queue``.)
 """
 
 from __future__ import annotations
 
+import errno
 import os
 import socket
 import struct
@@ -46,6 +52,9 @@ NFTA_TARGET_REV: Final = 2
 NFTA_TARGET_INFO: Final = 3
 NFTA_COUNTER_BYTES: Final = 1
 NFTA_COUNTER_PACKETS: Final = 2
+NFTA_QUEUE_NUM: Final = 1
+NFTA_QUEUE_TOTAL: Final = 2
+NFTA_QUEUE_FLAGS: Final = 3
 
 NFQUEUE_REVISION: Final = 3
 _HEADER = struct.Struct("=IHHII")
@@ -77,15 +86,18 @@ def _message(kind: int, flags: int, seq: int, family: int, res_id: int, body: by
     return _HEADER.pack(_HEADER.size + len(payload), kind, flags, seq, 0) + payload
 
 
-def rule_batch(table: str, chain: str, queue: int, seq: int = 1) -> bytes:
-    """The batch that appends ``counter``, ``NFQUEUE --queue-num queue`` to ``inet table chain`` (seqs ``seq`` to
-    ``seq + 2``; the rule's message asks for an acknowledgement)."""
-    counter = _nested(
-        NFTA_LIST_ELEM,
-        _string(NFTA_EXPR_NAME, "counter"),
-        _nested(NFTA_EXPR_DATA, _attr(NFTA_COUNTER_BYTES, bytes(8)), _attr(NFTA_COUNTER_PACKETS, bytes(8))),
-    )
-    target = _nested(
+def _native(queue: int) -> bytes:
+    """nf_tables' own ``queue`` expression (``queue num N``: one queue, flags 0, so no bypass)."""
+    if not 0 <= queue < 65536:
+        raise ValueError(f"bad queue number {queue}")
+    data = _attr(NFTA_QUEUE_NUM, struct.pack("!H", queue)) + _attr(NFTA_QUEUE_TOTAL, struct.pack("!H", 1))
+    data += _attr(NFTA_QUEUE_FLAGS, struct.pack("!H", 0))
+    return _nested(NFTA_LIST_ELEM, _string(NFTA_EXPR_NAME, "queue"), _nested(NFTA_EXPR_DATA, data))
+
+
+def _xt(queue: int) -> bytes:
+    """The xtables ``NFQUEUE`` target (revision 3) through nft_compat."""
+    return _nested(
         NFTA_LIST_ELEM,
         _string(NFTA_EXPR_NAME, "target"),
         _nested(
@@ -95,6 +107,18 @@ def rule_batch(table: str, chain: str, queue: int, seq: int = 1) -> bytes:
             _attr(NFTA_TARGET_INFO, nfqueue_info(queue)),
         ),
     )
+
+
+def rule_batch(table: str, chain: str, queue: int, seq: int = 1, native: bool = False) -> bytes:
+    """The batch that appends ``counter`` and the queue to ``inet table chain`` (seqs ``seq`` to ``seq + 2``; the
+    rule's message asks for an acknowledgement): the xtables ``NFQUEUE`` target, or (``native``) nf_tables' own
+    ``queue`` expression, what ``nft`` writes for ``queue num N``."""
+    counter = _nested(
+        NFTA_LIST_ELEM,
+        _string(NFTA_EXPR_NAME, "counter"),
+        _nested(NFTA_EXPR_DATA, _attr(NFTA_COUNTER_BYTES, bytes(8)), _attr(NFTA_COUNTER_PACKETS, bytes(8))),
+    )
+    target = _native(queue) if native else _xt(queue)
     rule = _string(NFTA_RULE_TABLE, table) + _string(NFTA_RULE_CHAIN, chain)
     rule += _nested(NFTA_RULE_EXPRESSIONS, counter, target)
     flags = NLM_F_REQUEST | NLM_F_CREATE | NLM_F_APPEND | NLM_F_ACK
@@ -119,14 +143,27 @@ def errors(data: bytes) -> list[tuple[int, int]]:
     return found
 
 
-def install(table: str, chain: str, queue: int, netns: str | None = None, timeout: float = 5.0) -> None:
-    """Append the queue rule to ``inet table chain`` (which must exist); raises `OSError` with the kernel's errno."""
+def install(table: str, chain: str, queue: int, netns: str | None = None, timeout: float = 5.0) -> str:
+    """Append the queue rule to ``inet table chain`` (which must exist): nf_tables' own ``queue`` where the kernel
+    has it, else the xtables target; raises `OSError` with the kernel's errno. Returns which (``queue``,
+    ``xt NFQUEUE``)."""
+    try:
+        _send(table, chain, queue, netns, timeout, native=True)
+        return "queue"
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EOPNOTSUPP):  # a missing chain is ENOENT too: the xt try says so
+            raise
+    _send(table, chain, queue, netns, timeout, native=False)
+    return "xt NFQUEUE"
+
+
+def _send(table: str, chain: str, queue: int, netns: str | None, timeout: float, native: bool) -> None:
     sock = in_netns(netns, lambda: socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, NETLINK_NETFILTER))
     with sock:
         sock.bind((0, 0))
         sock.settimeout(timeout)
         seq = int.from_bytes(os.urandom(2)) + 1
-        sock.send(rule_batch(table, chain, queue, seq))
+        sock.send(rule_batch(table, chain, queue, seq, native))
         while True:
             try:
                 data = sock.recv(1 << 16)

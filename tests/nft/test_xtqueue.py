@@ -57,9 +57,21 @@ def test_the_batch_is_begin_newrule_end_in_the_inet_family() -> None:
 def test_the_kernel_takes_the_rule_into_a_declared_chain_and_refuses_a_missing_one() -> None:
     with namespace() as ns:
         runner.apply("table inet egt_xtq {\n\tchain udp_gate {\n\t}\n}\n", netns=ns)
-        xtqueue.install("egt_xtq", "udp_gate", 3, netns=ns)
+        assert xtqueue.install("egt_xtq", "udp_gate", 3, netns=ns) in ("queue", "xt NFQUEUE")  # this kernel: xt
         listed = runner.list_table("egt_xtq", netns=ns)
         assert "counter" in listed  # the rule's first expression (nft 1.0.6 does not print the xt target)
         with pytest.raises(OSError) as missing:
             xtqueue.install("egt_xtq", "no_such_chain", 3, netns=ns)
         assert missing.value.errno == errno.ENOENT
+
+
+def test_the_native_queue_expression_has_no_bypass_flag() -> None:
+    batch = xtqueue.rule_batch("egress", "udp_gate", 9, seq=1, native=True)
+    length = struct.unpack_from("=I", batch, 16)[0]
+    rule = batch[16 + 16 : 16 + length]
+    elements = list(_attrs(_attrs(rule[4:])[xtqueue.NFTA_RULE_EXPRESSIONS]).values())
+    queue = _attrs(elements[-1])
+    assert queue[xtqueue.NFTA_EXPR_NAME] == b"queue\0"
+    data = _attrs(queue[xtqueue.NFTA_EXPR_DATA])
+    assert data[xtqueue.NFTA_QUEUE_NUM] == struct.pack("!H", 9)
+    assert data[xtqueue.NFTA_QUEUE_FLAGS] == struct.pack("!H", 0)  # NFT_QUEUE_FLAG_BYPASS is 1
