@@ -1,13 +1,13 @@
 """Red team 10b: UDP to an allowed UDP network, and IPv6 from a sandbox whose policy is IPv4 only.
 
-A network rule with ``protocols: [udp]`` is rendered as an accept in the sandbox's forward chain
-(docs/nftables.md): its datagrams are forwarded by the kernel, read by no detector (the stream detectors run in
-the proxy, which only TCP reaches), and logged by nothing (the flow log holds TCP connections; docs/flow-log.md).
-A TCP network rule is different: its streams go through the proxy, where "the detectors, not the allowlist, must
-stop what runs there" (rules/lab-policy.yaml). The agent sends a tunnel's and a pool's datagrams to the attacker's
-UDP server on the allowed network and port (tests/security/policies/redteam_udp_allowed.yaml: 198.18.10.3:3478):
-WireGuard's handshake initiation, a DTLS ClientHello, a QUIC Initial, Stratum's ``mining.submit`` and XMRig's
-``login`` as JSON lines. Ground truth: the internet-side capture, the server's log and the answers the client got.
+A network rule with ``protocols: [udp]`` was rendered as an accept in the sandbox's forward chain: its datagrams
+were forwarded by the kernel, read by no detector and logged by nothing (the five rows were strict xfails). Now
+they are queued to the gateway's UDP gate (docs/gateway.md, "Allowed UDP is read"; docs/nftables.md), which drops
+and records what carries a tunnel or a pool, as the proxy's detectors do for a TCP network rule's streams. The
+agent sends a tunnel's and a pool's datagrams to the attacker's UDP server on the allowed network and port
+(tests/security/policies/redteam_udp_allowed.yaml: 198.18.10.3:3478): WireGuard's handshake initiation, a DTLS
+ClientHello, a QUIC Initial, Stratum's ``mining.submit`` and XMRig's ``login`` as JSON lines. Ground truth: the
+internet-side capture, the server's log and the answers the client got.
 
 The same sandbox's IPv6 (the lab gives it fd00:203:1::2, which its policy does not name): TCP to an allowed
 host's IPv6 address, UDP to the allowed network's IPv6 twin and to its NAT64 form, DNS to the gateway over IPv6.
@@ -34,13 +34,9 @@ KIT = "from tests.security.redteam_surfaces_kit import {0}; {0}()"
 NETWORK = server("pool")
 """198.18.10.3: the policy's UDP network (port 3478 only)."""
 PORT = 3478
-OPEN = (
-    "open (red team 10b): a udp network rule forwards every datagram to it unread and unlogged; measured: "
-    "3 datagrams of {size} bytes crossed to 198.18.10.3:3478 with the chosen bytes, the server's 3 answers came "
-    "back, no record"
-)
 SIZES = {"wireguard": 148, "dtls": 70, "quic": 1200, "stratum": 97, "xmrig": 217}
-"""Each payload's size on the wire (UDP payload), as measured."""
+"""Each payload's size on the wire (UDP payload), as measured (all of it crossed before the UDP gate: 3 datagrams
+each, answered, no record)."""
 
 
 @pytest.fixture(scope="module")
