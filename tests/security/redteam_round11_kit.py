@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import pathlib
 import socket
 import struct
 import sys
@@ -145,7 +146,7 @@ def dhcp_main() -> None:
     hardware address of its own, the options carrying MARK: Ethernet frames written whole (``AF_PACKET``), as DHCP
     clients do (the kernel would put the interface's address in place of 0.0.0.0 on an IP raw socket)."""
     iface, dstmac, dst, count = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
-    own = bytes.fromhex(open(f"/sys/class/net/{iface}/address").read().strip().replace(":", ""))
+    own = bytes.fromhex(pathlib.Path(f"/sys/class/net/{iface}/address").read_text().strip().replace(":", ""))
     ether = bytes.fromhex(dstmac.replace(":", "")) + own + b"\x08\x00"
     with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
         sock.bind((iface, 0))
@@ -167,19 +168,12 @@ def _resolve(name: str, nameserver: str) -> str:
     return found[0] if found else ""
 
 
+_LOGIN = {"login": "4" + "A" * 94, "pass": "x", "agent": "XMRig/6.21.0"}
 TRAILERS = {
     "host": b"Host: blocked.lab\r\n",
     "pool": b"X-Rpc: "
-    + json.dumps(
-        {
-            "id": 1,
-            "jsonrpc": "2.0",
-            "method": "login",
-            "params": {"login": "4" + "A" * 94, "pass": "x", "agent": "XMRig/6.21.0"},
-        },
-        separators=(",", ":"),
-    ).encode()
-    + b"\r\n",  # fmt: skip
+    + json.dumps({"id": 1, "jsonrpc": "2.0", "method": "login", "params": _LOGIN}, separators=(",", ":")).encode()
+    + b"\r\n",
 }
 
 
