@@ -28,6 +28,7 @@ from egress.lab.topology import GATEWAY_SBX_V4, GATEWAY_SBX_V6, GATEWAY_UP_V4, G
 from tests.security.conftest import LabFactory
 from tests.security.harness import SecurityLab, report
 from tests.security.redteam_round11_kit import MARK
+from tests.waiting import eventually
 
 pytestmark = pytest.mark.security
 
@@ -242,6 +243,7 @@ def test_control_dhcp_frames_are_well_formed(dhcp_lab: SecurityLab) -> None:
 _LISTEN_67 = """
 import socket, sys
 from tests.security.redteam_round11_kit import MARK
+from tests.waiting import eventually
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("0.0.0.0", 67))
@@ -272,3 +274,34 @@ def test_dhcp_from_the_sandbox_crosses_nothing(dhcp_lab: SecurityLab, name: str)
            f"{count} DISCOVERs to {destination}; then allowed_download {allowed.outcome}")  # fmt: skip
     assert leaked == 0, capture.result.table()
     assert allowed.outcome == "ok", allowed
+
+
+_LATE_DNS = """
+import socket, sys
+from egress.detect import dns
+for index in range(3):
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:  # closed before the answer comes back
+        sock.sendto(dns.build_query(0x3000 + index, "allowed.lab", dns.A), (sys.argv[1], 53))
+print("asked 3", flush=True)
+"""
+
+
+def _unreachables_sent(lab: SecurityLab) -> int:
+    done = lab.sandbox(["nstat", "-az", "IcmpOutDestUnreachs"])
+    return int(done.stdout.split("IcmpOutDestUnreachs")[1].split()[0])
+
+
+def test_an_error_about_the_sandboxs_own_dns_still_reaches_the_gateway(lab: SecurityLab) -> None:
+    """The other side of the ICMP fix: the sandbox's kernel answers the resolver's late answers (its socket was
+    closed) with port unreachable; each is about a connection the sandbox opened, so the gateway takes it (no
+    guard drop recorded), as a PMTU error about a proxied connection is."""
+    before = _unreachables_sent(lab)
+    since = time.time()
+    done = lab.sandbox_python(_LATE_DNS, GATEWAY_SBX_V4)
+    assert "asked 3" in done.stdout, done.stdout + done.stderr
+    eventually(lambda: _unreachables_sent(lab) > before, timeout=10)
+    sent = _unreachables_sent(lab) - before
+    reason = lab.reason_of(since, lambda r: r.transport == "icmp" and r.src == SANDBOX_V4, timeout=12)
+    report("redteam11/icmp-own-dns-late-answer", "icmp-error", 0, False, reason or None,
+           f"benign: {sent} port unreachables about its own DNS, taken by the gateway")  # fmt: skip
+    assert not reason, f"an error about the sandbox's own DNS was dropped: {reason}"
