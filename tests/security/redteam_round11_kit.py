@@ -10,6 +10,8 @@ would not have (root in a network namespace may open ``SOCK_RAW``).
   `MARK`, to the broadcast address or another destination, from many client hardware addresses (starvation).
 - `http_trailers_main` (sandbox, or the internet side for the control): a chunked POST whose trailer section
   carries a ``Host`` and a pool's JSON-RPC ``login``; prints the status line it got back.
+- `listen_main` / `reach_main` / `ask_main`: a receiver in a second sandbox on a link of its own, the first
+  sandbox's TCP and UDP to it, and a DNS question to a nameserver address of the caller's choosing.
 - `quic_main` (either side): a QUIC v1 Initial (long header) with `MARK` to UDP ADDRESS:PORT; prints what came back.
 """
 
@@ -18,6 +20,7 @@ from __future__ import annotations
 import json
 import os
 import pathlib
+import select
 import socket
 import struct
 import sys
@@ -222,3 +225,64 @@ def quic_main() -> None:
             print("silent", flush=True)
             return
     print(f"answered {len(reply)} version-negotiation {reply[1:5] == b'\0' * 4}", flush=True)
+
+
+def listen_main() -> None:
+    """``listen_main ADDRESS PORT``: a TCP and a UDP receiver on ADDRESS:PORT (sandbox B) that log what arrives
+    (``heard tcp|udp N bytes from SRC, marker yes|no``): what another sandbox got through to it."""
+    address, port = sys.argv[1], int(sys.argv[2])
+    tcp = socket.create_server((address, port))
+    udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    udp.bind((address, port))
+    print("listening", flush=True)
+    while True:
+        ready, _, _ = select.select([tcp, udp], [], [])
+        for sock in ready:
+            if sock is udp:
+                data, peer = udp.recvfrom(65535)
+                kind = "udp"
+            else:
+                conn, peer = tcp.accept()
+                conn.settimeout(WAIT)
+                try:
+                    data = conn.recv(65535)
+                except OSError:
+                    data = b""
+                conn.close()
+                kind = "tcp"
+            print(
+                f"heard {kind} {len(data)} bytes from {peer[0]}, marker {'yes' if MARK in data else 'no'}", flush=True
+            )
+
+
+def reach_main() -> None:
+    """``reach_main ADDRESS PORT``: MARK to ADDRESS:PORT over TCP (connect, send) and UDP; prints each outcome."""
+    address, port = sys.argv[1], int(sys.argv[2])
+    try:
+        with socket.create_connection((address, port), timeout=WAIT) as sock:
+            sock.sendall(MARK + b"-tcp")
+            sock.settimeout(WAIT)
+            try:
+                print(f"tcp connected, read {len(sock.recv(4096))}", flush=True)
+            except OSError as exc:
+                print(f"tcp connected, then {exc.__class__.__name__}", flush=True)
+    except OSError as exc:
+        print(f"tcp {exc.__class__.__name__}", flush=True)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+        udp.sendto(MARK + b"-udp", (address, port))
+    print("udp sent", flush=True)
+
+
+def ask_main() -> None:
+    """``ask_main NAMESERVER NAME``: one A query; prints ``rcode N answers A,B``."""
+    nameserver, name = sys.argv[1], sys.argv[2]
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(WAIT)
+        sock.sendto(dns.build_query(0x4444, name, dns.A), (nameserver, 53))
+        try:
+            message = dns.parse(sock.recv(65535))
+        except OSError:
+            print("silent", flush=True)
+            return
+    found = [a for r in message.answers if (a := dns.address_of(r))]
+    print(f"rcode {message.rcode} answers {','.join(found)}", flush=True)

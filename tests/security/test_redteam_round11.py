@@ -15,7 +15,10 @@ Programs: tests/security/redteam_round11_kit.py. Lab: rules/lab-policy.yaml (and
 
 from __future__ import annotations
 
+import dataclasses
+import os
 import pathlib
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -26,9 +29,9 @@ import pytest
 from egress.lab import netns
 from egress.lab.topology import GATEWAY_SBX_V4, GATEWAY_SBX_V6, GATEWAY_UP_V4, GATEWAY_UP_V6, SANDBOX_V4, server
 from tests.security.conftest import LabFactory
-from tests.security.harness import SecurityLab, report
+from tests.security.harness import ROOT, Attacker, SecurityLab, report
 from tests.security.redteam_round11_kit import MARK
-from tests.waiting import eventually
+from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.security
 
@@ -243,7 +246,7 @@ def test_control_dhcp_frames_are_well_formed(dhcp_lab: SecurityLab) -> None:
 _LISTEN_67 = """
 import socket, sys
 from tests.security.redteam_round11_kit import MARK
-from tests.waiting import eventually
+from tests.waiting import eventually, scaled
 sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
 sock.bind(("0.0.0.0", 67))
@@ -305,3 +308,131 @@ def test_an_error_about_the_sandboxs_own_dns_still_reaches_the_gateway(lab: Secu
     report("redteam11/icmp-own-dns-late-answer", "icmp-error", 0, False, reason or None,
            f"benign: {sent} port unreachables about its own DNS, taken by the gateway")  # fmt: skip
     assert not reason, f"an error about the sandbox's own DNS was dropped: {reason}"
+
+
+# --- 2. Two sandboxes on links of their own ---------------------------------------------------------------------
+
+B_NET, B_GATEWAY, B_ADDRESS, B_PORT = "10.203.3.0/24", "10.203.3.1", "10.203.3.2", 7000
+_TAG = os.getpid() % 100000
+B_IF, B_PEER, B_NS = f"r11g{_TAG}", f"r11s{_TAG}", f"r11b-{_TAG}"
+"""The second link (gateway end, sandbox end) and the second sandbox's namespace: this process's own names."""
+B_POLICY = f"""
+  other:
+    sources: [{B_NET}]
+    interface: {B_IF}
+    mode: enforce
+    allow:
+      hosts:
+        - {{host: blocked.lab, ports: [80]}}
+    dns:
+      allow_ranges: [198.18.10.0/24]
+"""
+
+
+@dataclasses.dataclass
+class TwoLinks:
+    lab: SecurityLab
+    receiver: Attacker
+
+    def b(self, main: str, *args: str) -> str:
+        argv = ["ip", "netns", "exec", B_NS, sys.executable, "-c", KIT.format(main), *args]
+        done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=scaled(30), cwd=ROOT)
+        return done.stdout + done.stderr
+
+
+@pytest.fixture(scope="module")
+def two_links(lab_factory: LabFactory, tmp_path_factory: pytest.TempPathFactory) -> Iterator[TwoLinks]:
+    """The lab's policy plus sandbox ``other`` (10.203.3.0/24, allowed blocked.lab:80, which ``agent`` is not)
+    behind an interface of its own: a veth from the gateway's namespace to a namespace of this module's own."""
+    policy = tmp_path_factory.mktemp("rt11") / "two-links.yaml"
+    policy.write_text((ROOT / "rules" / "lab-policy.yaml").read_text() + B_POLICY)
+    lab = lab_factory(policy)
+    gw, net = lab.lab.gateway_ns, lab.lab.internet_ns
+    setup = [
+        ["ip", "netns", "add", B_NS],
+        ["ip", "link", "add", B_IF, "netns", gw, "type", "veth", "peer", "name", B_PEER, "netns", B_NS],
+        ["ip", "-n", gw, "addr", "add", f"{B_GATEWAY}/24", "dev", B_IF],
+        ["ip", "-n", gw, "link", "set", B_IF, "up"],
+        ["ip", "-n", B_NS, "addr", "add", f"{B_ADDRESS}/24", "dev", B_PEER],
+        ["ip", "-n", B_NS, "link", "set", B_PEER, "up"],
+        ["ip", "-n", B_NS, "link", "set", "lo", "up"],
+        ["ip", "-n", B_NS, "route", "add", "default", "via", B_GATEWAY],
+        ["ip", "-n", net, "route", "add", B_NET, "via", GATEWAY_UP_V4],
+    ]
+    receiver = None
+    try:
+        for argv in setup:
+            done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=30)
+            assert done.returncode == 0, (argv, done.stderr)
+        log = lab.logs / "attacker-rt11-b-receiver.log"
+        lab.logs.mkdir(parents=True, exist_ok=True)
+        with log.open("wb") as out:
+            argv = ["ip", "netns", "exec", B_NS, sys.executable, "-c", KIT.format("listen_main"), B_ADDRESS]
+            process = subprocess.Popen([*argv, str(B_PORT)], stdout=out, stderr=subprocess.STDOUT, cwd=ROOT)
+        receiver = Attacker("rt11-b-receiver", process, log)
+        receiver.wait_for("listening")
+        yield TwoLinks(lab, receiver)
+    finally:
+        if receiver is not None:
+            receiver.stop()
+        subprocess.run(["ip", "-n", net, "route", "del", B_NET], check=False, capture_output=True, timeout=30)
+        # Deleting the namespace takes the veth (both ends) with it.
+        subprocess.run(["ip", "netns", "del", B_NS], check=False, capture_output=True, timeout=30)
+
+
+def test_control_the_second_sandbox_is_served_under_its_own_policy(two_links: TwoLinks) -> None:
+    """B asks the gateway on its own link for blocked.lab and fetches its page: the second link and B's policy
+    work, so what A cannot do below is A's policy holding, not a broken link."""
+    out = two_links.b("ask_main", B_GATEWAY, "blocked.lab")
+    assert f"answers {BLOCKED.v4}" in out, out
+    argv = ["ip", "netns", "exec", B_NS, "python3", "-c", _FETCH, BLOCKED.v4]
+    done = subprocess.run(argv, check=False, capture_output=True, text=True, timeout=scaled(30))
+    assert "HTTP/1.1 200" in done.stdout, done.stdout + done.stderr
+
+
+_FETCH = """
+import socket, sys
+with socket.create_connection((sys.argv[1], 80), timeout=5) as sock:
+    sock.sendall(b"GET / HTTP/1.1\\r\\nHost: blocked.lab\\r\\nConnection: close\\r\\n\\r\\n")
+    print(sock.recv(4096).split(b"\\r\\n")[0].decode())
+"""
+
+
+def test_sandbox_a_reaches_nothing_of_sandbox_b(two_links: TwoLinks) -> None:
+    """A (10.203.1.2) to B's address directly (TCP and UDP), and to the gateway's address on B's link (hairpin:
+    TCP to the same port, DNS for blocked.lab, which B may ask and A may not)."""
+    lab, receiver = two_links.lab, two_links.receiver
+    before = len(receiver.log())
+    since = time.time()
+    with lab.capture("rt11-two-links-a-to-b") as capture:
+        direct = _kit(lab, "sandbox", "reach_main", B_ADDRESS, str(B_PORT))
+        hairpin = _kit(lab, "sandbox", "reach_main", B_GATEWAY, str(B_PORT))
+        asked = _kit(lab, "sandbox", "ask_main", B_GATEWAY, "blocked.lab")
+    heard = receiver.log()[before:]
+    leaked = marked(capture.path)
+    reason = lab.reason_of(since, lambda r: r.dst in (B_ADDRESS, B_GATEWAY), timeout=12)
+    answered = f"answers {BLOCKED.v4}" in asked
+    report("redteam11/two-links-a-to-b", "isolation", leaked, "marker yes" in heard or answered, reason or None,
+           f"direct: {' '.join(direct.split())}; hairpin: {' '.join(hairpin.split())}; DNS via B's side: "
+           f"{asked.strip()}")  # fmt: skip
+    assert "heard" not in heard, heard
+    assert leaked == 0 and not answered, (asked, capture.result.table() if capture.result else None)
+
+
+def test_sandbox_a_forging_bs_source_is_not_judged_under_bs_policy(two_links: TwoLinks) -> None:
+    """A writes SYNs with data and datagrams from B's address to blocked.lab:80 (B may reach it, A may not): B's
+    source arrives on A's interface, dropped as spoofed; the record does not name B."""
+    lab = two_links.lab
+    since = time.time()
+    with lab.capture("rt11-two-links-forge-b") as capture:
+        for kind in ("tcp", "udp"):
+            out = _kit(lab, "sandbox", "forge_main", kind, B_ADDRESS, BLOCKED.v4, "80")
+            assert "sent 3" in out, out
+    leaked = marked(capture.path)
+    named = sorted({r.sandbox for r in lab.records_until(since, lambda rs: [r for r in rs if r.src == B_ADDRESS])
+                    if r.src == B_ADDRESS})  # fmt: skip
+    reason = lab.reason_of(since, lambda r: r.src == B_ADDRESS)
+    report("redteam11/two-links-a-forges-b", "forged-source", leaked, leaked > 0, reason or None,
+           f"records name {named}")  # fmt: skip
+    assert leaked == 0, capture.result.table() if capture.result else None
+    assert "other" not in named, named
