@@ -75,9 +75,10 @@ NOT_RECORDED = {
 LAB_NETS = [
     ipaddress.ip_network(net)
     for net in ("10.203.0.0/16", "198.18.0.0/15", "fd00:203::/32", "2001:db8::/32", "fe80::/10", "ff02::/16")
-] + [ipaddress.ip_network("10.99.0.0/24")]
-"""The lab's own ranges (egress/lab/topology.py: private and documentation ranges), link-local IPv6, and the
-inner addresses of the tunnels the suite's tools build inside the lab (iodine's and OpenVPN's 10.99.0.0/24)."""
+] + [ipaddress.ip_network(net) for net in ("10.99.0.0/24", "0.0.0.0/32", "255.255.255.255/32")]
+"""The lab's own ranges (egress/lab/topology.py: private and documentation ranges), link-local IPv6, the
+inner addresses of the tunnels the suite's tools build inside the lab (iodine's and OpenVPN's 10.99.0.0/24), and
+an unconfigured DHCP client's source and destination (red team 11's DISCOVERs: no network's addresses)."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -164,7 +164,20 @@ def test_related_is_accepted_only_for_errors_about_the_sandboxs_own_flows() -> N
         assert chain.startswith(f"\t\tct state related ct original ip saddr @src4_{name} icmp type {{ ")
         assert "ip length <= 576 accept" in chain and "ip6 length <= 1240 accept" in chain
         assert f"ip daddr @src4_{name} ct state related ct original ip saddr @src4_{name} icmp type" in text
-    assert text.count("ct state related") == 8  # 2 sandboxes x 2 families x (from, to)
+    assert text.count("ct state related") == 12  # 2 sandboxes x 2 families x (from, to, to the gateway)
+
+
+def test_the_gateway_itself_takes_only_errors_about_a_sandboxs_own_connections() -> None:
+    """Red team 11: ``sandbox_input`` accepted every ICMP error of an error's type, unconditioned; a fragmentation
+    needed quoting an echo reply from the uplink to allowed.lab set the gateway's path MTU to it (552 bytes, every
+    sandbox, 10 minutes). Only errors about a connection a sandbox opened to the gateway pass, as forwarded."""
+    text = dual_stack_two()
+    chain = text.split("chain sandbox_input {\n")[1].split("}\n")[0]
+    assert "established,related" not in chain
+    assert "\t\ticmp type" not in chain and "\t\ticmpv6 type { destination-unreachable" not in chain
+    for name in ("agents", "ci-runners"):
+        assert f"ct state related ct original ip saddr @src4_{name} icmp type {{ " in chain
+        assert f"ct state related ct original ip6 saddr @src6_{name} icmpv6 type {{ " in chain
 
 
 @pytest.mark.root
