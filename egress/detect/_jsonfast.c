@@ -19,16 +19,24 @@
 #define JSONFAST_SOURCE "" /* setup.py defines it: the SHA-256 of this file */
 #endif
 
-/* `bytes.replace(pattern, b"")` in place: leftmost occurrences, none overlapping, none made by a removal read. */
+/* `bytes.replace(pattern, b"")` in place: leftmost occurrences, none overlapping, none made by a removal read.
+ * The runs between occurrences of the pattern's first byte are moved whole (`memchr`, as `replace` searches). */
 static Py_ssize_t drop(unsigned char *buf, Py_ssize_t len, const char *pattern, Py_ssize_t size) {
-    Py_ssize_t in = 0, out = 0;
     const unsigned char first = (unsigned char)pattern[0];
+    const unsigned char *found = memchr(buf, first, (size_t)len);
+    if (found == NULL)
+        return len;
+    Py_ssize_t in = found - buf, out = in;
     while (in < len) {
         if (buf[in] == first && in + size <= len && memcmp(buf + in, pattern, (size_t)size) == 0) {
             in += size;
             continue;
         }
-        buf[out++] = buf[in++];
+        found = in + 1 < len ? memchr(buf + in + 1, first, (size_t)(len - in - 1)) : NULL;
+        Py_ssize_t stop = found != NULL ? found - buf : len;
+        memmove(buf + out, buf + in, (size_t)(stop - in));
+        out += stop - in;
+        in = stop;
     }
     return out;
 }
@@ -78,9 +86,12 @@ static Py_ssize_t escape_at(const unsigned char *buf, Py_ssize_t len, Py_ssize_t
     }
 }
 
-/* `_ESCAPE.sub(_unescape, ...)` in place (the output is never longer than the input). */
+/* `_ESCAPE.sub(_unescape, ...)` in place (the output is never longer than the input): from the first backslash. */
 static Py_ssize_t unescape(unsigned char *buf, Py_ssize_t len) {
-    Py_ssize_t in = 0, out = 0;
+    const unsigned char *found = memchr(buf, '\\', (size_t)len);
+    if (found == NULL)
+        return len;
+    Py_ssize_t in = found - buf, out = in;
     while (in < len) {
         int code = 0;
         Py_ssize_t size = buf[in] == '\\' ? escape_at(buf, len, in, &code) : 0;
@@ -98,6 +109,9 @@ static Py_ssize_t unescape(unsigned char *buf, Py_ssize_t len) {
     return out;
 }
 
+/* The bytes any step of `decode` reads: NUL, the byte-order marks' first bytes, the backslash. */
+static unsigned char read_by_decode[256];
+
 static PyObject *decode(PyObject *self, PyObject *data) {
     if (!PyBytes_Check(data)) {
         PyErr_SetString(PyExc_TypeError, "decode() takes bytes");
@@ -106,18 +120,16 @@ static PyObject *decode(PyObject *self, PyObject *data) {
     const unsigned char *raw = (const unsigned char *)PyBytes_AS_STRING(data);
     Py_ssize_t len = PyBytes_GET_SIZE(data), at;
     /* Most bytes hold none of the bytes any step reads: then the answer is ``data`` itself, as the twin's is. */
-    for (at = 0; at < len; at++) {
-        unsigned char c = raw[at];
-        if (c == 0 || c == 0x5C || c == 0xEF || c == 0xFF || c == 0xFE)
+    for (at = 0; at < len; at++)
+        if (read_by_decode[raw[at]])
             break;
-    }
     if (at == len)
         return Py_NewRef(data);
     unsigned char *buf = PyMem_Malloc(len > 0 ? (size_t)len : 1);
     if (buf == NULL)
         return PyErr_NoMemory();
     memcpy(buf, raw, (size_t)len);
-    Py_ssize_t size = drop(buf, len, "\x00", 1);
+    Py_ssize_t size = drop(buf + at, len - at, "\x00", 1) + at; /* none of the four starts before ``at`` */
     size = drop(buf, size, "\xef\xbb\xbf", 3);
     size = drop(buf, size, "\xff\xfe", 2);
     size = drop(buf, size, "\xfe\xff", 2);
@@ -166,6 +178,8 @@ static struct PyModuleDef module = {PyModuleDef_HEAD_INIT, "_jsonfast",
 PyMODINIT_FUNC PyInit__jsonfast(void) {
     for (const char *byte = "\n,}\": {[]\r\t"; *byte; byte++)
         inert[(unsigned char)*byte] = 1;
+    read_by_decode[0x00] = read_by_decode[0x5C] = read_by_decode[0xEF] = read_by_decode[0xFF] = 1;
+    read_by_decode[0xFE] = 1;
     PyObject *m = PyModule_Create(&module);
     if (m != NULL && (PyModule_AddIntConstant(m, "ABI", JSONFAST_ABI) < 0 ||
                       PyModule_AddStringConstant(m, "SOURCE", JSONFAST_SOURCE) < 0)) {
