@@ -214,3 +214,16 @@ def test_the_compiled_twins_run_where_built_unless_the_pure_path_is_asked_for() 
     )
     assert pure.stdout.split() == ["pure_decode", "True"]
     assert plain.stdout.split() == (["decode", "False"] if BUILT is not None else ["pure_decode", "True"])
+
+
+def test_egress_scan_says_which_json_reader_runs() -> None:
+    env = {k: v for k, v in os.environ.items() if k != jsonfast.PURE_ENV}
+    for pure, name in ((True, "pure"), (False, "compiled" if BUILT is not None else "pure")):
+        out = subprocess.run(
+            [sys.executable, "-m", "egress", "scan", "--version"],
+            capture_output=True,
+            text=True,
+            env={**env, jsonfast.PURE_ENV: "1"} if pure else env,
+            check=True,
+        )
+        assert f"JSON reader: {name}," in out.stdout
