@@ -148,10 +148,10 @@ def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
         return
     from importlib.metadata import version
 
-    from egress.capture.hot import implementation
+    from egress.capture.hot import implementation, pure_asked
     from egress.detect import jsonfast
 
-    json_reader = "pure" if jsonfast.COMPILED is None else "compiled"
+    json_reader = "pure" if jsonfast.COMPILED is None or pure_asked() else "compiled"
     click.echo(f"egress {version('egress')}, JSON reader: {json_reader}, scan hot path: {implementation().name}")
     ctx.exit()
 

@@ -4,23 +4,21 @@ Two functions run on every undecided flow's new bytes (`egress.detect.jsonrpc`):
 reader makes of bytes: NULs and byte-order marks dropped, ASCII escapes decoded) and the search for where a prefix
 stops changing when more bytes come (`Reading.decode`'s last inert byte). _jsonfast.c does both in C; their
 pure-Python twins (`jsonrpc.pure_decode`, `jsonrpc.pure_inert_end`) give the same answer for every input
-(tests/detect/test_jsonfast.py compares them). `COMPILED` is the module when it imports, was built for this
-file's `ABI`, and ``EGRESS_SCAN_PURE=1`` (the scanner's switch to its pure path, `egress.capture.hot`) is not set;
-otherwise ``None`` and the pure twins run. The module also carries the SHA-256 of the source it was built from
+(tests/detect/test_jsonfast.py compares them). `COMPILED` is the module when it imports and was built for this
+file's `ABI`; otherwise ``None`` and the pure twins run (and where the scanner is asked for its pure path,
+``EGRESS_SCAN_PURE=1``, it makes `jsonrpc.use_compiled` run them too: this stage reads no environment). The
+module also carries the SHA-256 of the source it was built from
 (``SOURCE``): the test suite checks it against the _jsonfast.c beside it (a build older than its source fails
 there, and `stale` says why). docs/scanner-hot-path.md (scan18) has the figures.
 """
 
 from __future__ import annotations
 
-import os
 from types import ModuleType
 from typing import Final
 
 ABI: Final = 1
 """The compiled module's interface version (``JSONFAST_ABI`` in _jsonfast.c): a module built for another is refused."""
-PURE_ENV: Final = "EGRESS_SCAN_PURE"
-"""The environment variable that asks for the pure path (the same as `egress.capture.hot.PURE_ENV`)."""
 
 
 def stale(module: object, digest: str | None = None) -> str | None:
@@ -33,8 +31,7 @@ def stale(module: object, digest: str | None = None) -> str | None:
     return None
 
 
-def built() -> ModuleType | None:
-    """The compiled module where it was built for this `ABI`, whatever the environment asks."""
+def _compiled() -> ModuleType | None:
     try:
         from egress.detect import _jsonfast  # type: ignore[attr-defined]
     except ImportError:
@@ -43,12 +40,5 @@ def built() -> ModuleType | None:
     return None if stale(module) is not None else module
 
 
-def _compiled() -> ModuleType | None:
-    if os.environ.get(PURE_ENV, "") in ("1", "true", "yes"):
-        return None
-    return built()
-
-
 COMPILED: Final = _compiled()
-"""The compiled module, or ``None`` where it was not built (no C compiler), was built for another ABI, or the
-environment asks for the pure path."""
+"""The compiled module, or ``None`` where it was not built (no C compiler) or was built for another ABI."""

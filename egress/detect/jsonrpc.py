@@ -180,6 +180,15 @@ _inert_end: Callable[[bytes, int], int] = (
 """`pure_inert_end`, compiled likewise."""
 
 
+def use_compiled(compiled: bool) -> None:
+    """Run _jsonfast.c's functions where built (True) or their pure twins (False): the same answers either way;
+    the scanner's ``EGRESS_SCAN_PURE=1`` asks for the twins (`egress.scanner.Scanner`)."""
+    global decode, _inert_end  # noqa: PLW0603 -- the readers look both up at each call: one switch for all
+    module = jsonfast.COMPILED if compiled else None
+    decode = module.decode if module is not None else pure_decode
+    _inert_end = module.inert_end if module is not None else pure_inert_end
+
+
 WRAP_DEPTH: Final = 3
 """Levels of documents inside string values read (`wrap`): a message encoded three times is still read."""
 

@@ -30,7 +30,7 @@ from tests.detect import seeds
 from tests.lists import shipped_lists
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-BUILT = jsonfast.built()
+BUILT = jsonfast.COMPILED
 compiled_only = pytest.mark.skipif(
     BUILT is None and os.environ.get("CI") != "true",
     reason="egress.detect._jsonfast is not built here (no C compiler): only the pure path runs",
@@ -204,26 +204,54 @@ def test_the_build_here_is_from_the_source_beside_it() -> None:
     assert jsonfast.stale(BUILT, hashlib.sha256(source.read_bytes()).hexdigest()) is None
 
 
-def test_the_compiled_twins_run_where_built_unless_the_pure_path_is_asked_for() -> None:
-    """``EGRESS_SCAN_PURE=1`` (the scanner's switch) runs the pure twins; otherwise the compiled ones where built."""
-    code = "from egress.detect import jsonfast, jsonrpc; print(jsonrpc.decode.__name__, jsonfast.COMPILED is None)"
-    env = {k: v for k, v in os.environ.items() if k != jsonfast.PURE_ENV}
-    plain = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=True)
-    pure = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, env={**env, jsonfast.PURE_ENV: "1"}, check=True
+def test_the_compiled_twins_run_where_built_unless_the_scan_asks_for_the_pure_path() -> None:
+    """A scanner made under ``EGRESS_SCAN_PURE=1`` (the scanner's switch) runs the pure twins; otherwise the
+    compiled ones run where built."""
+    code = (
+        "from egress.detect import jsonrpc\n"
+        "from egress.detect.registry import build_detectors\n"
+        "from tests.lists import shipped_lists\n"
+        "from egress.scanner import Scanner\n"
+        "before = jsonrpc.decode.__name__\n"
+        "Scanner(build_detectors(shipped_lists()))\n"
+        "print(before, jsonrpc.decode.__name__, jsonrpc._inert_end.__name__)\n"
     )
-    assert pure.stdout.split() == ["pure_decode", "True"]
-    assert plain.stdout.split() == (["decode", "False"] if BUILT is not None else ["pure_decode", "True"])
+    env = {k: v for k, v in os.environ.items() if k != hot.PURE_ENV}
+    run = functools.partial(
+        subprocess.run, [sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True
+    )
+    plain, pure = run(env=env), run(env={**env, hot.PURE_ENV: "1"})
+    if BUILT is not None:
+        assert plain.stdout.split() == ["decode", "decode", "inert_end"]
+        assert pure.stdout.split() == ["decode", "pure_decode", "pure_inert_end"]
+    else:
+        assert plain.stdout.split() == pure.stdout.split() == ["pure_decode", "pure_decode", "pure_inert_end"]
+
+
+def test_the_switch_runs_either_and_the_answers_are_the_same() -> None:
+    data = b'\x00{"\\u006dethod": "a\\/b"}\xef\xbb\xbf, '
+    answers = []
+    try:
+        for compiled in (False, True):
+            jsonrpc.use_compiled(compiled)
+            assert (jsonrpc.decode is jsonrpc.pure_decode) is (not compiled or BUILT is None)
+            answers.append(
+                (jsonrpc.decode(data), jsonrpc._inert_end(data, 3), jsonrpc.Reading().read(data + b"\n", True))
+            )
+    finally:
+        jsonrpc.use_compiled(True)
+    assert answers[0] == answers[1]
+    assert answers[0][0] == b'{"method": "a/b"}, '
 
 
 def test_egress_scan_says_which_json_reader_runs() -> None:
-    env = {k: v for k, v in os.environ.items() if k != jsonfast.PURE_ENV}
+    env = {k: v for k, v in os.environ.items() if k != hot.PURE_ENV}
     for pure, name in ((True, "pure"), (False, "compiled" if BUILT is not None else "pure")):
         out = subprocess.run(
             [sys.executable, "-m", "egress", "scan", "--version"],
             capture_output=True,
             text=True,
-            env={**env, jsonfast.PURE_ENV: "1"} if pure else env,
+            env={**env, hot.PURE_ENV: "1"} if pure else env,
             check=True,
         )
         assert f"JSON reader: {name}," in out.stdout
