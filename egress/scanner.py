@@ -309,8 +309,8 @@ class Scanner:
         self.detectors = detectors
         self.idle_seconds = idle_seconds
         self.impl = hot or _implementation()
-        if hot is None and pure_asked():  # EGRESS_SCAN_PURE=1: the JSON reader's pure twins too (jsonfast.py)
-            jsonrpc.use_compiled(False)
+        if pure_asked() and self.impl.name == "pure":  # EGRESS_SCAN_PURE=1 (a --jobs worker's too): the JSON
+            jsonrpc.use_compiled(False)  # reader's pure twins as well (egress.detect.jsonfast)
 
     def scan(self, path: str, stats: FileStats, progress: Callable[[int], None] | None = None) -> Iterator[FlowFinding]:
         """Yield the findings of one capture as they are made (after each chunk of packets); fill ``stats``."""
