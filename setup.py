@@ -1,11 +1,12 @@
 """The compiled modules of egress: the scanner's hot path (egress/capture/_hot.c; see docs/scanner-hot-path.md) and
-the front's per-connection TLS work (egress/detect/_tlsfast.c; egress/detect/tlsfast.py).
+the front's per-connection TLS work (egress/detect/_tlsfast.c; egress/detect/tlsfast.py) and the JSON-RPC reader's byte
+work (egress/detect/_jsonfast.c; egress/detect/jsonfast.py).
 
 Everything else about the package is declared in pyproject.toml. Each extension is optional: where no C compiler
 exists (or the build fails) setuptools says so and installs egress without it, and egress runs the pure-Python
-twins (egress/capture/hot.py; for _tlsfast, tls.py and tlsshape.py), which give the same answers. Each module
+twins (egress/capture/hot.py; for _tlsfast, tls.py and tlsshape.py; for _jsonfast, jsonrpc.py), which give the same answers. Each module
 carries the SHA-256 of the source it was built from, so that a build older than the source beside it is refused
-(hot.py, tlsfast.py) rather than run.
+(hot.py, tlsfast.py, jsonfast.py) rather than run.
 """
 
 import hashlib
@@ -29,6 +30,20 @@ tlsfast = (
     if TLSFAST.exists()  # a copy holding only the scanner's source (tests/capture/test_hot.py) builds that alone
     else []
 )
+JSONFAST = pathlib.Path(__file__).with_name("egress").joinpath("detect", "_jsonfast.c")
+jsonfast = (
+    [
+        Extension(
+            "egress.detect._jsonfast",
+            ["egress/detect/_jsonfast.c"],
+            optional=True,
+            define_macros=[("JSONFAST_SOURCE", f'"{hashlib.sha256(JSONFAST.read_bytes()).hexdigest()}"')],
+            extra_compile_args=["-O2"],
+        )
+    ]
+    if JSONFAST.exists()  # as for _tlsfast: a copy holding only the scanner's source builds that alone
+    else []
+)
 
 setup(
     ext_modules=[
@@ -41,5 +56,6 @@ setup(
             extra_compile_args=["-O2", "-ffp-contract=off"],
         ),
         *tlsfast,
+        *jsonfast,
     ]
 )

@@ -148,9 +148,11 @@ def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
         return
     from importlib.metadata import version
 
-    from egress.capture.hot import implementation
+    from egress.capture.hot import implementation, pure_asked
+    from egress.detect import jsonfast
 
-    click.echo(f"egress {version('egress')}, scan hot path: {implementation().name}")
+    json_reader = "pure" if jsonfast.COMPILED is None or pure_asked() else "compiled"
+    click.echo(f"egress {version('egress')}, JSON reader: {json_reader}, scan hot path: {implementation().name}")
     ctx.exit()
 
 
@@ -189,7 +191,7 @@ def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     expose_value=False,
     is_eager=True,
     callback=_scan_version,
-    help="Show the version and which hot path runs (compiled, or pure Python where it is not built), and exit.",
+    help="Show the version and which hot paths run (compiled, or pure Python where not built), and exit.",
 )
 def scan(
     files: tuple[str, ...],

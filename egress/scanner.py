@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.capture.hot import Fields, Implementation, Records
+from egress.capture.hot import Fields, Implementation, Records, pure_asked
 from egress.capture.hot import implementation as _implementation
 from egress.capture.packet import (
     ACK,
@@ -31,7 +31,7 @@ from egress.capture.packet import (
     decode,
 )
 from egress.capture.reader import CaptureError, read_records
-from egress.detect import encap, ipproto
+from egress.detect import encap, ipproto, jsonrpc
 from egress.detect.base import Category, Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import DetectorSet
@@ -309,6 +309,8 @@ class Scanner:
         self.detectors = detectors
         self.idle_seconds = idle_seconds
         self.impl = hot or _implementation()
+        if pure_asked() and self.impl.name == "pure":  # EGRESS_SCAN_PURE=1 (a --jobs worker's too): the JSON
+            jsonrpc.use_compiled(False)  # reader's pure twins as well (egress.detect.jsonfast)
 
     def scan(self, path: str, stats: FileStats, progress: Callable[[int], None] | None = None) -> Iterator[FlowFinding]:
         """Yield the findings of one capture as they are made (after each chunk of packets); fill ``stats``."""

@@ -209,9 +209,14 @@ COMPILED: Final = _compiled()
 """The compiled path, or ``None`` where it was not built (no C compiler) or is stale."""
 
 
+def pure_asked() -> bool:
+    """Whether the environment asks for the pure path (``EGRESS_SCAN_PURE=1``)."""
+    return os.environ.get(PURE_ENV, "") in ("1", "true", "yes")
+
+
 def implementation(compiled: bool | None = None) -> Implementation:
     """The compiled path when it exists, unless ``compiled`` is False or ``EGRESS_SCAN_PURE=1``; True insists."""
-    if compiled is False or (compiled is None and os.environ.get(PURE_ENV, "") in ("1", "true", "yes")):
+    if compiled is False or (compiled is None and pure_asked()):
         return PURE
     if COMPILED is None:
         if compiled:

@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from itertools import repeat
 from typing import Final
 
-from egress.detect import codings, rpcparams, tls
+from egress.detect import codings, jsonfast, rpcparams, tls
 from egress.detect.base import MORE, Finding, FlowView, Result
 from egress.detect.httpread import from_bracket, start_pieces
 from egress.detect.jsonscan import (
@@ -148,8 +148,10 @@ def _unescape(match: re.Match[bytes]) -> bytes:
     return match.group(0) if code in _KEPT_ESCAPES else bytes((code,))
 
 
-def decode(data: bytes) -> bytes:
-    """What a lenient JSON reader makes of ``data``: NULs and byte-order marks dropped, ASCII escapes decoded."""
+def pure_decode(data: bytes) -> bytes:
+    """What a lenient JSON reader makes of ``data``: NULs and byte-order marks dropped, ASCII escapes decoded.
+
+    The pure twin of _jsonfast.c's ``decode`` (`decode` below is that where it was built)."""
     # bytes.replace rather than one regex: it runs at memory speed on the NUL-rich binary that most flows are.
     for dropped in _DROPPED:
         data = data.replace(dropped, b"")  # the same object where none is
@@ -158,6 +160,33 @@ def decode(data: bytes) -> bytes:
     if 0x5C in data and (find(b"\\u00") >= 0 or find(b"\\/") >= 0 or find(b"\\x") >= 0 or find(b"\\U") >= 0):
         data = _ESCAPE.sub(_unescape, data)
     return data
+
+
+def pure_inert_end(data: bytes, cut: int) -> int:
+    """Where ``data`` stops at its last `_INERT` byte at or after ``cut`` (its offset plus one); 0 where none is.
+    ``data.rfind(byte, cut)`` for each, in C. The pure twin of _jsonfast.c's ``inert_end``."""
+    return max(map(data.rfind, _INERT, repeat(cut, len(_INERT)))) + 1
+
+
+_INERT: Final = tuple(bytes((byte,)) for byte in b'\n,}": {[]\r\t')
+"""Bytes that no step of `decode` reads or removes (not NUL, no byte of a byte-order mark, not in ``\\u00XX`` or
+``\\/``): where one ends a prefix, ``decode(prefix + more) == decode(prefix) + decode(more)``, for any ``more``."""
+
+decode: Callable[[bytes], bytes] = jsonfast.COMPILED.decode if jsonfast.COMPILED is not None else pure_decode
+"""`pure_decode`, compiled where _jsonfast.c was built (`egress.detect.jsonfast`)."""
+_inert_end: Callable[[bytes, int], int] = (
+    jsonfast.COMPILED.inert_end if jsonfast.COMPILED is not None else pure_inert_end
+)
+"""`pure_inert_end`, compiled likewise."""
+
+
+def use_compiled(compiled: bool) -> None:
+    """Run _jsonfast.c's functions where built (True) or their pure twins (False): the same answers either way;
+    the scanner's ``EGRESS_SCAN_PURE=1`` asks for the twins (`egress.scanner.Scanner`)."""
+    global decode, _inert_end  # noqa: PLW0603 -- the readers look both up at each call: one switch for all
+    module = jsonfast.COMPILED if compiled else None
+    decode = module.decode if module is not None else pure_decode
+    _inert_end = module.inert_end if module is not None else pure_inert_end
 
 
 WRAP_DEPTH: Final = 3
@@ -440,11 +469,6 @@ def read(view: FlowView, from_client: bool) -> Payload:
     return reading.read(data, complete)
 
 
-_INERT: Final = tuple(bytes((byte,)) for byte in b'\n,}": {[]\r\t')
-"""Bytes that no step of `decode` reads or removes (not NUL, no byte of a byte-order mark, not in ``\\u00XX`` or
-``\\/``): where one ends a prefix, ``decode(prefix + more) == decode(prefix) + decode(more)``, for any ``more``."""
-
-
 @dataclass(slots=True)
 class Reading:
     """How far one direction of a flow has been read (`drive`): the next, longer prefix reads only its new bytes.
@@ -507,7 +531,7 @@ class Reading:
     def decode(self, data: bytes) -> bytes:
         """`decode` of ``data``, of whose bytes only those from ``cut`` on are decoded now."""
         cut = self.cut
-        end = max(map(data.rfind, _INERT, repeat(cut, len(_INERT)))) + 1  # data.rfind(byte, cut) for each, in C
+        end = _inert_end(data, cut)
         if end > cut:
             self.decoded += decode(data[cut:end])
             self.cut = cut = end
