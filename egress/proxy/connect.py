@@ -50,9 +50,7 @@ class _Pending:
 
     __slots__ = ("loop", "sock", "fd", "address", "then", "timer")
 
-    def __init__(
-        self, loop: Poller, sock: socket.socket, address: tuple[str, int], timeout: float, then: Then
-    ) -> None:
+    def __init__(self, loop: Poller, sock: socket.socket, address: tuple[str, int], timeout: float, then: Then) -> None:
         self.loop, self.sock, self.address, self.then = loop, sock, address, then
         self.fd = sock.fileno()
         loop.add_writer(self.fd, self._writable)

@@ -71,6 +71,10 @@ class Timer:
         self.cancelled = True
 
 
+def _when(timer: Timer) -> float:
+    return timer.when
+
+
 class Poller:
     """An epoll of the front's descriptors, read by one reader callback of ``loop`` (see the module docstring)."""
 
@@ -202,10 +206,8 @@ class Poller:
         if mask == 0:
             del self._fds[fd]
             entry.mask = 0
-            try:
+            with contextlib.suppress(OSError):  # closed already (the kernel dropped it then)
                 self._epoll.unregister(fd)
-            except OSError:  # closed already (the kernel dropped it then)
-                pass
             return
         try:
             if entry.mask == 0:
@@ -231,15 +233,14 @@ class Poller:
     def run(self, ready: list[tuple[int, int]]) -> None:
         """Call the callbacks of the ready descriptors ``ready`` (epoll's (descriptor, events)), the reader first."""
         fds = self._fds
-        # The entries as they are now: one removed, or made anew for another socket, within this wake-up is not
-        # called for an event that was its predecessor's.
-        events = [(fds.get(fd), event) for fd, event in ready]
-        for (entry, event), (fd, _) in zip(events, ready, strict=True):
+        # The entries as they are now: one forgotten, and made anew for another socket that took its number, within
+        # this wake-up is not called for an event that was its predecessor's (the old entry's callbacks are gone).
+        for entry, event in [(fds.get(fd), event) for fd, event in ready]:
             if entry is None:
                 continue
-            if event & _READY_IN and entry.reader is not None and fds.get(fd) is entry:
+            if event & _READY_IN and entry.reader is not None:
                 self._call(entry.reader, entry.reader_args)
-            if event & _READY_OUT and entry.writer is not None and fds.get(fd) is entry:
+            if event & _READY_OUT and entry.writer is not None:
                 self._call(entry.writer, entry.writer_args)
 
     def _call(self, callback: Callback, args: tuple[Any, ...]) -> None:
@@ -270,6 +271,7 @@ class Poller:
                     due.append(timer)
             if not queue:
                 del self._queues[delay]
+        due.sort(key=_when)  # in the order of their deadlines, whatever their delays
         for timer in due:
             if not timer.cancelled:  # a timer called before it may cancel it
                 timer.cancelled = True
@@ -287,9 +289,12 @@ class FrontSelector(selectors.EpollSelector):
 
     raw: Poller | None = None
 
-    @property
-    def epoll(self) -> select.epoll:
-        return self._selector  # type: ignore[no-any-return]
+    def __init__(self) -> None:
+        super().__init__()
+        self.epoll: select.epoll = self._selector  # type: ignore[attr-defined]
+        """The selector's epoll (`selectors.EpollSelector` keeps it as ``_selector``)."""
+        self.keys: dict[int, selectors.SelectorKey] = self._fd_to_key  # type: ignore[attr-defined]
+        """The selector's own registrations by descriptor (the same dict for its life)."""
 
     def select(self, timeout: float | None = None) -> list[tuple[selectors.SelectorKey, int]]:
         """`selectors.EpollSelector.select`, with the poller's descriptors' events given to it."""
@@ -300,11 +305,11 @@ class FrontSelector(selectors.EpollSelector):
         else:  # epoll_wait has a resolution of 1 ms: round away from zero to wait at least ``timeout``
             timeout = math.ceil(timeout * 1e3) * 1e-3
         raw = self.raw
-        fd_to_key = self._fd_to_key
+        fd_to_key = self.keys
         max_ev = max(len(fd_to_key) + (len(raw._fds) if raw is not None else 0), 1)
         ready: list[tuple[selectors.SelectorKey, int]] = []
         try:
-            fd_event_list = self._selector.poll(timeout, max_ev)
+            fd_event_list = self.epoll.poll(timeout, max_ev)
         except InterruptedError:
             return ready
         theirs: list[tuple[int, int]] = []

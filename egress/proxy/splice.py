@@ -1,11 +1,12 @@
 """The front's relay on its two sockets: both directions of one connection moved by reader and writer callbacks on
 the raw non-blocking sockets, registered on the front's own epoll (`egress.proxy.poller`; no asyncio transports,
-handles or selector keys: a new connection costs two ``epoll_ctl`` and the reads and writes, nothing more), each chunk shown to the connection's `egress.proxy.relay.Watch` before
-it is sent on; once the watch has read all it reads of the connection (`Watch.finished`: the TLS shape watcher is
-done, after its first `egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each
-direction moves its bytes with splice(2) through a pipe of its own, never copied into Python: the first
-`BIG_PIPES` such directions of a process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL
-released, none of the event loop's work per wake-up), the others in the loop's callbacks.
+handles or selector keys: a new connection costs two ``epoll_ctl`` and the reads and writes, nothing more), each
+chunk shown to the connection's `egress.proxy.relay.Watch` before it is sent on; once the watch has read all it
+reads of the connection (`Watch.finished`: the TLS shape watcher is done, after its first
+`egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each direction moves its bytes
+with splice(2) through a pipe of its own, never copied into Python: the first `BIG_PIPES` such directions of a
+process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL released, none of the event
+loop's work per wake-up), the others in the loop's callbacks.
 
 Back-pressure: a direction whose destination does not take everything stops reading its source until what is
 left went out. Half-close: a source's end of stream is passed on as ``shutdown(SHUT_WR)`` once its bytes went

@@ -26,6 +26,7 @@ from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
+from egress.proxy.poller import front_loop
 from tests.lists import shipped_lists
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
@@ -157,7 +158,8 @@ async def _exchange(port: int, send: bytes, expect: int) -> bytes:
 
 
 def _run(test: Callable[[], object]) -> None:
-    asyncio.run(test())  # type: ignore[arg-type]
+    """On the workers' loop (`front_loop`: the front's sockets in the loop's own epoll)."""
+    asyncio.run(test(), loop_factory=front_loop)  # type: ignore[arg-type]
 
 
 def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
