@@ -27,6 +27,7 @@ from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from egress.proxy.poller import front_loop
+from egress.proxy.splice import Relay
 from tests.lists import shipped_lists
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
@@ -501,7 +502,7 @@ def test_a_relay_that_fails_to_start_leaves_the_front_and_hands_the_client_to_mi
     leave the poller (the client's descriptor goes to mitmproxy's loop, which could not take it otherwise) and the
     client is handed off with its ClientHello unread; nothing reached the destination."""
 
-    class Failing(front_module.Relay):
+    class Failing(Relay):
         def start(self) -> None:
             self.up.resume()
             self.down.resume()
