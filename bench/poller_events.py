@@ -24,7 +24,7 @@ from collections.abc import Callable
 
 sys.path.insert(0, __file__.rsplit("/", 2)[0])
 
-from egress.proxy.poller import Poller, front_loop  # noqa: E402
+from egress.proxy.poller import Poller, front_loop
 
 
 def _cpu() -> float:
