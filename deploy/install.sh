@@ -5,7 +5,8 @@
 #
 # Puts in place: Debian packages (nftables, iproute2, redis-server unless --no-redis, Python >= 3.12 as
 # deploy/bootstrap.sh finds it), the service user `egress` (systemd-sysusers), /etc/egress (an example policy,
-# API tokens, the units' settings; created only when absent, secrets 0600), /var/lib/egress (state and spool,
+# API tokens, the units' settings; created only when absent, secrets 0600), a password for the local Redis on a
+# new install (/etc/redis/egress-auth.conf, included from /etc/redis/redis.conf; the settings' URL carries it), /var/lib/egress (state and spool,
 # 0700 root), a venv under PREFIX (default /opt/egress) with egress installed from this tree, the units
 # egress-gateway.service and egress-api.service (enabled, not started: edit /etc/egress first), the boot table
 # (/etc/nftables.d/egress-boot.nft, included from /etc/nftables.conf, loaded by nftables.service) and the sysctl
@@ -82,7 +83,8 @@ render() {
     local out
     out=$(mktemp)
     sed -e "s|@PREFIX@|$prefix|g" -e "s|@BOOT_NFT@|$boot_nft|g" -e "s|@SANDBOX_IF@|$sandbox_if|g" \
-        -e "s|@UPLINK_IF@|$uplink_if|g" -e "s|@UPSTREAM_DNS@|$upstream_dns|g" -e "s|@NAME@|$name|g" "$1" >"$out"
+        -e "s|@UPLINK_IF@|$uplink_if|g" -e "s|@UPSTREAM_DNS@|$upstream_dns|g" -e "s|@NAME@|$name|g" \
+        -e "s|@REDIS_URL@|$redis_url|g" "$1" >"$out"
     echo "$out"
 }
 scratch=$(mktemp -d)
@@ -112,13 +114,48 @@ fi
 egress_gid=$(awk -F: '$1 == "egress" { print $3 }' "$D/etc/group")
 [ -n "$egress_gid" ] || { say "the group egress was not created"; exit 1; }
 
+# --- the local Redis's password -----------------------------------------------------------------------------------
+# A new install (no settings yet) with the local Redis gets a password for it, in a file redis.conf includes, and
+# both settings files a URL carrying it: whatever reaches Redis's port (a sandbox did, through the gateway's
+# loopback, before red team 10b's guard) cannot read, erase or replace the records or the policy. An upgrade keeps
+# the settings and Redis as they are (docs/deploy.md, "Redis", says how to add a password by hand).
+redis_url=redis://127.0.0.1:6379/0
+restart_redis=0
+if [ "$redis" = 1 ] && [ ! -e "$D$etc_dir/gateway.env" ] && [ ! -e "$D$etc_dir/api.env" ] && [ -f "$D$redis_conf" ]; then
+    redis_gid=$(awk -F: '$1 == "redis" { print $3 }' "$D/etc/group")
+    if [ -z "$redis_gid" ] && ! staging; then
+        say "no group redis: the local Redis gets no password (docs/deploy.md, \"Redis\")"
+    else
+        password=
+        [ ! -f "$D$redis_auth_conf" ] || password=$(awk '$1 == "requirepass" { print $2; exit }' "$D$redis_auth_conf")
+        if [ -z "$password" ]; then
+            password=$(head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n')
+            (
+                umask 077
+                printf '# the local Redis'"'"'s password, for egress (deploy/install.sh); /etc/egress/*.env carry it\n' \
+                    >"$D$redis_auth_conf"
+                printf 'requirepass %s\n' "$password" >>"$D$redis_auth_conf"
+            )
+            say "created $redis_auth_conf (a password for the local Redis)"
+        fi
+        [ -z "$redis_gid" ] || chgrp "$redis_gid" "$D$redis_auth_conf"
+        chmod 0640 "$D$redis_auth_conf"
+        if ! grep -qxF "$redis_include_line" "$D$redis_conf"; then
+            printf '\n%s\n%s\n' "$redis_comment" "$redis_include_line" >>"$D$redis_conf"
+            say "$redis_conf now includes $redis_auth_conf"
+        fi
+        redis_url="redis://:$password@127.0.0.1:6379/0"
+        restart_redis=1
+    fi
+fi
+
 # --- /etc/egress: settings, policy, tokens ---------------------------------------------------------------------
 install -d -m 0750 "$D$etc_dir"
 chgrp "$egress_gid" "$D$etc_dir"
 keep 0640 "$root/rules/policy.example.yaml" "$D$etc_dir/policy.yaml"
 chgrp "$egress_gid" "$D$etc_dir/policy.yaml"
 keep 0600 "$(templ "$root/deploy/systemd/gateway.env")" "$D$etc_dir/gateway.env"
-keep 0600 "$root/deploy/systemd/api.env" "$D$etc_dir/api.env"
+keep 0600 "$(templ "$root/deploy/systemd/api.env")" "$D$etc_dir/api.env"
 if [ ! -e "$D$etc_dir/api-tokens.yaml" ]; then
     # One admin token. The tokens file holds only its digest; the token itself goes to a file of its own (0600
     # root) for the administrator to hand out. umask first: no moment where either is readable by others.
@@ -190,6 +227,10 @@ fi
 
 # --- activation on this host -----------------------------------------------------------------------------------
 sysctl -q -p "$sysctl_conf" >/dev/null
+if [ "$restart_redis" = 1 ]; then
+    systemctl try-restart redis-server.service
+    say "restarted redis-server: it now asks for the password in $etc_dir/gateway.env and api.env"
+fi
 # The boot table now, unless a gateway is running (its table must not be replaced under it).
 systemctl is-active -q egress-gateway.service || nft -f "$boot_nft"
 systemctl daemon-reload

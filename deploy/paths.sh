@@ -11,3 +11,8 @@ boot_nft=/etc/nftables.d/egress-boot.nft
 include_line="include \"$boot_nft\"  # egress boot table (deploy/install.sh)"
 sysctl_conf=/etc/sysctl.d/60-egress.conf
 sysusers_conf=/etc/sysusers.d/egress.conf
+# The local Redis (Debian's redis-server): a password of its own, in a file its redis.conf includes.
+redis_conf=/etc/redis/redis.conf
+redis_auth_conf=/etc/redis/egress-auth.conf
+redis_comment="# egress: the password (deploy/install.sh)"
+redis_include_line="include $redis_auth_conf"

@@ -5,8 +5,9 @@
 #
 # Stops and disables the units, removes them, the nftables.service drop-in, the boot table and its include line,
 # the sysctl file, the venv and the lockdown script. Keeps /etc/egress (policy, tokens, settings), /var/lib/egress
-# (the CA, spooled records not yet written to Redis) and the user `egress`, unless --purge. Records already in
-# Redis are Redis's: never touched. The kernel's table is left as the last stop left it (the lockdown: nothing
+# (the CA, spooled records not yet written to Redis), the user `egress` and the local Redis's password
+# (/etc/redis/egress-auth.conf and its include line), unless --purge. Records already in Redis are Redis's: never
+# touched. The kernel's table is left as the last stop left it (the lockdown: nothing
 # forwarded); `nft delete table inet egress` opens forwarding again. --destdir DIR works on a staged tree, as
 # deploy/install.sh --destdir made it, and leaves the host alone.
 set -euo pipefail
@@ -76,6 +77,21 @@ rmdir_empty "$(dirname "$boot_nft")" "$prefix/libexec" "$prefix"
 if [ "$purge" = 1 ]; then
     remove "$etc_dir" "$state_dir"
     remove "$sysusers_conf"
+    if [ -f "$D$redis_conf" ] && grep -qxF "$redis_include_line" "$D$redis_conf"; then
+        # our two lines and the blank line install put before them
+        awk -v ours="$redis_include_line" -v note="$redis_comment" '
+            $0 == ours || $0 == note { if (blank) blank = 0; next }
+            { if (blank) print ""; blank = ($0 == ""); if (!blank) print }
+            END { if (blank) print "" }' "$D$redis_conf" >"$D$redis_conf.egress-tmp"
+        chmod --reference="$D$redis_conf" "$D$redis_conf.egress-tmp"
+        chown --reference="$D$redis_conf" "$D$redis_conf.egress-tmp"
+        mv "$D$redis_conf.egress-tmp" "$D$redis_conf"
+        say "$redis_conf no longer includes $redis_auth_conf"
+        remove "$redis_auth_conf"
+        staging || systemctl try-restart redis-server.service
+    else
+        remove "$redis_auth_conf"
+    fi
     if staging; then
         userdel --prefix "$destdir" egress 2>/dev/null || true
         groupdel --prefix "$destdir" egress 2>/dev/null || true

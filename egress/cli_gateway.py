@@ -124,8 +124,10 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
                 "--redis-url",
                 default=REDIS_URL,
                 show_default=True,
+                envvar="EGRESS_REDIS_URL",
                 callback=redis_url_callback,
-                help="Where records go.",
+                help="Where records go; env EGRESS_REDIS_URL (the units read it there: a password in a command line "
+                "is visible to every user of the host).",
             ),
             click.option(
                 "--name",

@@ -24,6 +24,7 @@ from egress.cli_render import parse_columns
 from egress.record import REDIS_URL, query
 from egress.record.schema import AttemptRecord
 from egress.record.store import STORE_ERRORS, RecordStore
+from egress.record.urls import shown
 
 EXIT_USAGE: Final = 2
 FC = TypeVar("FC", bound=Callable[..., Any])
@@ -107,12 +108,12 @@ def open_store(redis_url: str, **options: Any) -> Iterator[RecordStore]:
         store = RecordStore(redis_url, pathlib.Path(spool), "reader", **options)
         try:
             if not store.ping():
-                fail(f"cannot reach Redis at {redis_url}")
+                fail(f"cannot reach Redis at {shown(redis_url)}")
             yield store
         except BrokenPipeError:  # the reader went away (``| head``): not Redis's fault; the main group ends quietly
             raise
         except STORE_ERRORS as error:
-            fail(f"Redis at {redis_url} failed: {type(error).__name__}: {error}")
+            fail(f"Redis at {shown(redis_url)} failed: {type(error).__name__}: {error}")
         finally:
             store.close()
 

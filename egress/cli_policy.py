@@ -22,6 +22,7 @@ from egress.policy.loader import format_problems
 from egress.policy.yamlnodes import RulesError
 from egress.policy_release import Released, UnknownVersion, release, rollback
 from egress.record.policy_store import STORE_ERRORS, GatewayReport, PolicyHistory, StoredVersion
+from egress.record.urls import shown
 
 EXIT_FAILED: Final = 1
 EXIT_USAGE: Final = 2
@@ -104,7 +105,7 @@ def apply_command(file: Path, redis_url: str, wait: float | None, force: bool) -
         click.echo(format_problems(error.problems), err=True)
         _fail(f"{file}: not applied: nothing changed", EXIT_FAILED)
     except STORE_ERRORS as error:
-        _fail(f"Redis at {redis_url} did not answer ({error}): nothing changed")
+        _fail(f"Redis at {shown(redis_url)} did not answer ({error}): nothing changed")
     finally:
         history.close()
 
@@ -125,7 +126,7 @@ def rollback_command(version: int | None, redis_url: str, wait: float | None) ->
         click.echo(format_problems(error.problems), err=True)
         _fail("that version does not validate any more: nothing changed", EXIT_FAILED)
     except STORE_ERRORS as error:
-        _fail(f"Redis at {redis_url} did not answer ({error}): nothing changed")
+        _fail(f"Redis at {shown(redis_url)} did not answer ({error}): nothing changed")
     finally:
         history.close()
 
@@ -155,7 +156,7 @@ def history_command(redis_url: str, as_json: bool, show: int | None) -> None:
         for stored in history.history():
             click.echo(json.dumps(stored.to_json()) if as_json else _version_line(stored, current))
     except STORE_ERRORS as error:
-        _fail(f"Redis at {redis_url} did not answer ({error})")
+        _fail(f"Redis at {shown(redis_url)} did not answer ({error})")
     finally:
         history.close()
 
@@ -169,7 +170,7 @@ def status_command(redis_url: str, as_json: bool) -> None:
     try:
         applied, reports = history.applied(), history.gateways()
     except STORE_ERRORS as error:
-        _fail(f"Redis at {redis_url} did not answer ({error})")
+        _fail(f"Redis at {shown(redis_url)} did not answer ({error})")
     finally:
         history.close()
     if as_json:

@@ -67,7 +67,12 @@ class RedisServer:
         cluster: bool = False,
         port: int | None = None,
         node_timeout_ms: int | None = None,
+        password: str | None = None,
+        config_file: Path | None = None,
     ) -> None:
+        """``password``: the server's ``requirepass``, which its `url` and probes carry; with ``config_file`` (a
+        file the server reads, as redis.conf's ``include`` would: ``--include``) it is only what the client gives,
+        the file setting the server's."""
         if REDIS_SERVER is None:
             raise RuntimeError("redis-server is not installed")
         self.directory = directory or Path(tempfile.mkdtemp(prefix="egt-redis-"))
@@ -76,6 +81,8 @@ class RedisServer:
         self.tcp = tcp or cluster or port is not None
         self._port_chosen = self.tcp and port is None
         self.port = (port or free_port(cluster_bus=cluster)) if self.tcp else 0
+        self.password = password
+        self.config_file = config_file
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -84,9 +91,10 @@ class RedisServer:
 
     @property
     def url(self) -> str:
+        secret = f":{self.password}@" if self.password else ""
         if self.tcp:
-            return f"redis://127.0.0.1:{self.port}/0"
-        return f"unix://{self.socket_path}?db=0"
+            return f"redis://{secret}127.0.0.1:{self.port}/0"
+        return f"unix://{self.socket_path}?db=0" + (f"&password={self.password}" if self.password else "")
 
     @property
     def pid(self) -> int:
@@ -111,6 +119,8 @@ class RedisServer:
         """The ``process_id`` of whatever Redis answers at our address, or None when nothing answers."""
         try:
             with self._connect() as sock:
+                if self.password:
+                    _command(sock, "AUTH", self.password)
                 info = _command(sock, "INFO", "server").decode(errors="replace")
         except (OSError, ValueError):
             return None
@@ -164,6 +174,10 @@ class RedisServer:
             "--logfile", str(self.directory / "redis.log"),
             "--protected-mode", "yes",
         ]  # fmt: skip
+        if self.password and self.config_file is None:
+            command += ["--requirepass", self.password]
+        if self.config_file is not None:
+            command += ["--include", str(self.config_file)]
         if self.cluster:
             command += ["--cluster-enabled", "yes", "--cluster-config-file", "nodes.conf"]
             if self.node_timeout_ms is not None:
@@ -220,6 +234,8 @@ class RedisServer:
     def command(self, *words: str) -> str:
         """One command over a fresh connection (no ``redis-cli`` process): its simple or bulk reply as text."""
         with self._connect() as sock:
+            if self.password:
+                _command(sock, "AUTH", self.password)
             return _command(sock, *words).decode(errors="replace")
 
     def flush(self) -> None:
@@ -248,8 +264,8 @@ class RedisFactory:
         self._servers: list[RedisServer] = []
         self._spares = spares
 
-    def server(self, *, tcp: bool = False) -> RedisServer:
-        made = RedisServer(tcp=tcp)
+    def server(self, *, tcp: bool = False, password: str | None = None, config_file: Path | None = None) -> RedisServer:
+        made = RedisServer(tcp=tcp, password=password, config_file=config_file)
         self._servers.append(made)
         return made.start()
 

@@ -282,6 +282,18 @@ def test_every_redis_url_option_is_checked_by_the_one_callback() -> None:
     assert unchecked == []
 
 
+def test_every_redis_url_option_reads_the_environment() -> None:
+    """The units pass the URL (and the local Redis's password in it) through EGRESS_REDIS_URL, never on a command
+    line, which every user of the host can read in /proc; a command without the envvar would take the default."""
+    taking = [
+        path
+        for path, command in _commands(main)
+        for param in command.params
+        if "--redis-url" in getattr(param, "opts", ()) and getattr(param, "envvar", None) != "EGRESS_REDIS_URL"
+    ]
+    assert taking == []
+
+
 def test_the_dns_port_message_says_what_collides() -> None:
     text = _one_line_error(egress("nft", "render", *POLICY_ARGS, "--dns-port", "8082", "--workers", "4"), "--dns-port")
     assert "8081-8084" in text and "--proxy-port" in text

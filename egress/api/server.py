@@ -110,8 +110,9 @@ class WorkerCount(click.ParamType[int]):
     "--redis-url",
     default=REDIS_URL,
     show_default=True,
+    envvar="EGRESS_REDIS_URL",
     callback=redis_url_callback,
-    help="Where the records are; redis+cluster://host:port for a Redis Cluster.",
+    help="Where the records are; redis+cluster://host:port for a Redis Cluster; env EGRESS_REDIS_URL.",
 )
 @click.option(
     "--tokens",

@@ -13,6 +13,7 @@ from pathlib import Path
 from egress.detect import dns
 from egress.nft import runner
 from egress.record.redis_facade import STORE_ERRORS, RedisFacade
+from egress.record.urls import without_credentials
 
 PROBE_NAME = "egress-preflight.invalid."
 """What the upstream resolver is asked: any well-formed answer (NXDOMAIN included) shows it answers."""
@@ -67,6 +68,16 @@ class SystemHost:
         finally:
             facade.close()
         return None
+
+    def redis_lets_anyone_in(self, url: str) -> bool:
+        facade = RedisFacade.from_url(without_credentials(url))
+        try:
+            facade.ping()
+        except STORE_ERRORS:  # NOAUTH is an error too: it asks for a password
+            return False
+        finally:
+            facade.close()
+        return True
 
     def writable(self, directory: str) -> str | None:
         try:

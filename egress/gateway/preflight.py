@@ -21,6 +21,7 @@ from egress.gateway.config import GatewayConfig
 from egress.nft.render import render
 from egress.policy import links
 from egress.policy.model import Policy
+from egress.record.urls import shown, without_credentials
 
 FORWARDING: tuple[tuple[str, str], ...] = (
     ("net.ipv4.ip_forward", "net/ipv4/ip_forward"),
@@ -60,6 +61,9 @@ class Host(Protocol):
 
     def redis(self, url: str) -> str | None:
         """Why Redis at ``url`` did not answer PING, or None when it did."""
+
+    def redis_lets_anyone_in(self, url: str) -> bool:
+        """Whether Redis at ``url`` answers PING from a client that gives no user and no password."""
 
     def writable(self, directory: str) -> str | None:
         """Why a file cannot be created in ``directory`` (created if missing), or None when it can."""
@@ -158,13 +162,15 @@ def _records(config: GatewayConfig, host: Host) -> list[Problem]:
     if answer is None:
         return []
     if "maxmemory-policy" in answer:  # it answered, and would evict
-        return [Problem("--redis-url", f"Redis at {config.redis_url}: {answer}")]
+        return [Problem("--redis-url", f"Redis at {shown(config.redis_url)}: {answer}")]
     spool = config.spool_dir("supervisor")
     complaint = host.writable(spool)
     if complaint is None:
         return []  # Redis is away, but the spool keeps every record until it answers
     return [
-        Problem("--redis-url", f"Redis at {config.redis_url} does not answer and the spool {spool} is not writable")
+        Problem(
+            "--redis-url", f"Redis at {shown(config.redis_url)} does not answer and the spool {spool} is not writable"
+        )
     ]
 
 
@@ -191,17 +197,34 @@ def kernel_problems(host: Host) -> list[Problem]:
 
 
 def hardening_warnings(config: GatewayConfig, host: Host) -> list[Problem]:
-    """What `egress doctor` reports without failing: settings the gateway does not depend on but that add a layer.
+    """What `egress doctor` reports without failing: settings the gateway does not depend on but that add a layer."""
+    return [*_rp_filter(config, host), *_redis_password(config, host)]
 
-    IPv4 reverse-path filtering, strict (deploy/sysctl/60-egress.conf sets it): the table itself drops a sandbox's
+
+def _redis_password(config: GatewayConfig, host: Host) -> list[Problem]:
+    """A Redis that answers anyone on its TCP port: the records, the policy history and the applied policy are
+    there, so whatever reaches that port can read, erase or replace them (red team 10b reached the gateway's
+    loopback from a sandbox before the guard closed it; the password is the layer behind the guard).
+    deploy/install.sh gives a local Redis one. A unix socket is guarded by its file's mode: not asked."""
+    if config.redis_url.startswith("unix:") or not host.redis_lets_anyone_in(config.redis_url):
+        return []
+    what = (f"Redis at {shown(without_credentials(config.redis_url))} answers without a password: anything that "
+            "reaches its port can read, erase or replace the records and the policy. Set `requirepass` (deploy/"
+            "install.sh does on a new install; docs/deploy.md, \"Redis\") and put it in the URL "
+            "(redis://:PASSWORD@host:port/0)")  # fmt: skip
+    return [Problem("--redis-url", what)]
+
+
+def _rp_filter(config: GatewayConfig, host: Host) -> list[Problem]:
+    """IPv4 reverse-path filtering, strict (deploy/sysctl/60-egress.conf sets it): the table itself drops a sandbox's
     source arriving on another interface (`egress.nft.render`, red team 10b), and strict ``rp_filter`` drops it in
     the kernel first. The kernel uses the larger of ``all`` and the interface's own value."""
     values = {where: host.sysctl(f"net/ipv4/conf/{where}/rp_filter") for where in ("all", config.uplink_if)}
     known = {where: value.strip() for where, value in values.items() if value is not None}
     if not known or max(known.values()) == RP_FILTER_STRICT:
         return []
-    shown = ", ".join(f"{where} {value}" for where, value in known.items())
-    what = (f"is {shown}, should be 1 (strict) on the uplink (`sysctl -w net.ipv4.conf.all.rp_filter=1`, "
+    values_shown = ", ".join(f"{where} {value}" for where, value in known.items())
+    what = (f"is {values_shown}, should be 1 (strict) on the uplink (`sysctl -w net.ipv4.conf.all.rp_filter=1`, "
             "deploy/sysctl/60-egress.conf): the table drops forged sandbox sources, strict rp_filter is the second "
             "layer")  # fmt: skip
     return [Problem("net.ipv4.conf.all.rp_filter", what)]

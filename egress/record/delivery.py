@@ -23,6 +23,7 @@ from egress.record.layout import SANDBOXES_KEY, encode_entry, entry_chunks, inde
 from egress.record.redis_facade import STORE_ERRORS, RedisFacade, Script, ScriptCall, integer
 from egress.record.schema import AttemptRecord
 from egress.record.spool import Spool, SpoolFull
+from egress.record.urls import shown
 
 log = logging.getLogger(__name__)
 
@@ -162,7 +163,9 @@ class Delivery:
         added = sum(self._redis.run_each(WRITE_SCRIPT, self._entry_calls(by_sandbox)))
         if self._failing_logged_at is not None:
             self._failing_logged_at = None
-            log.warning("Redis at %s answers again (%d failed round trips so far)", self._redis.url, self.redis_errors)
+            log.warning(
+                "Redis at %s answers again (%d failed round trips so far)", shown(self._redis.url), self.redis_errors
+            )
         self._known_sandboxes.update(new_sandboxes)
         self.written += added
         self.duplicates += len(records) - added
@@ -228,7 +231,7 @@ class Delivery:
             log.warning(
                 "Redis at %s failed (%s: %s): records go to the spool (%d failed round trips so far; logged once a "
                 "minute)",
-                self._redis.url,
+                shown(self._redis.url),
                 type(error).__name__,
                 error,
                 self.redis_errors,

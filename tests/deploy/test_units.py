@@ -55,6 +55,19 @@ def test_gateway_unit_least_privilege(tmp_path: Path) -> None:
     assert "--state-dir /var/lib/egress" in gateway["ExecStart"][0]
 
 
+def test_the_redis_url_reaches_the_services_by_environment_only(tmp_path: Path) -> None:
+    """The URL holds the local Redis's password (install.sh): a command line is readable by every user in /proc,
+    the settings files are root's (0600), read by systemd into the service's environment."""
+    staged = staging(tmp_path)
+    staged.install()
+    for unit, settings in (("egress-gateway.service", "gateway.env"), ("egress-api.service", "api.env")):
+        keys = _keys(staged.root / "etc/systemd/system" / unit)
+        assert "redis" not in keys["ExecStart"][0].lower(), unit
+        assert keys["EnvironmentFile"] == [f"/etc/egress/{settings}"]
+        lines = (staged.root / "etc/egress" / settings).read_text().splitlines()
+        assert [line for line in lines if line.startswith("EGRESS_REDIS_URL=redis://")], settings
+
+
 def _keys(path: Path) -> dict[str, list[str]]:
     keys: dict[str, list[str]] = {}
     for line in path.read_text().splitlines():

@@ -23,6 +23,7 @@ class FakeHost:
     nft: str | None = None
     dns: str | None = None
     redis_down: str | None = None
+    redis_open: bool = False
     unwritable: frozenset[str] = frozenset()
     taken: frozenset[tuple[int, bool]] = frozenset()
     asked_dns: list[str] = dataclasses.field(default_factory=list)
@@ -43,6 +44,9 @@ class FakeHost:
 
     def redis(self, url: str) -> str | None:
         return self.redis_down
+
+    def redis_lets_anyone_in(self, url: str) -> bool:
+        return self.redis_open
 
     def writable(self, directory: str) -> str | None:
         return "Read-only file system" if any(directory.startswith(d) for d in self.unwritable) else None
