@@ -13,13 +13,16 @@ and all of them closed. Run from the repository's root with ``PYTHONPATH=.``::
     strace -c -f python bench/front_conn_work.py 301
 
 The difference of the two totals over 100 is the front's instructions per connection (start-up cancels out); the
-same for syscalls. ``python bench/front_conn_work.py 2000`` prints the front process's CPU per connection.
+same for syscalls. ``python bench/front_conn_work.py 2000`` prints the front process's CPU per connection. The
+front runs on the worker's loop (`egress.proxy.poller.front_loop`); ``EGRESS_FRONT_NESTED=1`` runs it on a plain
+asyncio loop, where its poller has an epoll of its own.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import pathlib
 import resource
 import socket
@@ -30,6 +33,7 @@ import sys
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests' helpers, as `python bench/...`
 
 from egress.proxy.front import Front
+from egress.proxy.poller import front_loop
 from tests.detect import tlsshape_traces as traces
 from tests.proxy.test_front import allowed_gate
 
@@ -128,7 +132,7 @@ def serve(count: int) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await serving
 
-    asyncio.run(main())
+    asyncio.run(main(), loop_factory=None if os.environ.get("EGRESS_FRONT_NESTED") else front_loop)
 
 
 if __name__ == "__main__":

@@ -40,6 +40,7 @@ from egress.proxy.gate import Gate
 from egress.proxy.idle import IdleBound
 from egress.proxy.mitm.server import run_worker
 from egress.proxy.openflows import OpenFlows
+from egress.proxy.poller import front_loop
 from egress.thishost import OwnAddresses
 
 log = logging.getLogger("egress.proxy")
@@ -170,7 +171,8 @@ def main(argv: list[str] | None = None) -> None:
         die_with_parent(args.parent)
     raise_fd_limit()
     logging.getLogger("mitmproxy").setLevel(logging.WARNING)  # one line per connection is the decision log's job
-    asyncio.run(serve(WorkerConfig.read(args.config), args.control))
+    # The front's sockets in the loop's own epoll (`egress.proxy.poller`): the default loop kind, another selector.
+    asyncio.run(serve(WorkerConfig.read(args.config), args.control), loop_factory=front_loop)
 
 
 if __name__ == "__main__":

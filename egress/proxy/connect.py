@@ -4,22 +4,25 @@
 ``then(None, error)`` when it failed (`OSError`) or took longer than ``timeout`` (`TimeoutError`): once, from the
 event loop, never from inside `connect` itself. The front relays most connections in callbacks alone (accept,
 peek, decide, dial, relay): a task and a future per dial were a tenth of its Python time per connection
-(docs/gateway-performance.md). Waiting costs one writer registration on the loop and one timer.
+(docs/gateway-performance.md). Waiting costs one writer registration on the front's `egress.proxy.poller.Poller`
+and one of its queued timers; a connected socket's writer is dropped only once ``then`` has had it, so that the
+relay's reader replaces it with one ``epoll_ctl(MOD)``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import os
 import socket
 from collections.abc import Callable
 
+from egress.proxy.poller import Poller, Timer
+
 Then = Callable[[socket.socket | None, BaseException | None], None]
 """Told the connected socket, or the error; called once."""
 
 
-def connect(loop: asyncio.AbstractEventLoop, address: tuple[str, int], timeout: float, then: Then) -> None:
+def connect(loop: Poller, address: tuple[str, int], timeout: float, then: Then) -> None:
     """Dial ``address`` (numeric) non-blocking, Nagle off like the client's side (small records, the
     handshake's, must not wait for a delayed ACK); tell ``then`` how it ended, within ``timeout`` seconds."""
     family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
@@ -47,26 +50,28 @@ class _Pending:
 
     __slots__ = ("loop", "sock", "fd", "address", "then", "timer")
 
-    def __init__(
-        self, loop: asyncio.AbstractEventLoop, sock: socket.socket, address: tuple[str, int], timeout: float, then: Then
-    ) -> None:
+    def __init__(self, loop: Poller, sock: socket.socket, address: tuple[str, int], timeout: float, then: Then) -> None:
         self.loop, self.sock, self.address, self.then = loop, sock, address, then
         self.fd = sock.fileno()
         loop.add_writer(self.fd, self._writable)
-        self.timer: asyncio.TimerHandle | None = loop.call_later(timeout, self._timed_out)
+        self.timer: Timer | None = loop.call_later(timeout, self._timed_out)
 
     def _writable(self) -> None:
-        self._stop()
+        self._stop(later=True)  # the kernel's registration stays until `then` is done: see the module docstring
         try:
-            code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
-        except OSError as exc:
-            code = exc.errno or errno.EIO
-        if code:
-            self.sock.close()
-            address = self.address
-            self.then(None, OSError(code, f"connect to {address[0]}:{address[1]}: {os.strerror(code)}"))
-            return
-        self.then(self.sock, None)
+            try:
+                code = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            except OSError as exc:
+                code = exc.errno or errno.EIO
+            if code:
+                self.loop.settle(self.fd)
+                self.sock.close()
+                address = self.address
+                self.then(None, OSError(code, f"connect to {address[0]}:{address[1]}: {os.strerror(code)}"))
+                return
+            self.then(self.sock, None)
+        finally:
+            self.loop.settle(self.fd)  # nothing (the relay's reader took it over), or the writer's removal
 
     def _timed_out(self) -> None:
         self.timer = None
@@ -74,8 +79,8 @@ class _Pending:
         self.sock.close()
         self.then(None, TimeoutError(f"connect to {self.address[0]}:{self.address[1]}: timed out"))
 
-    def _stop(self) -> None:
-        self.loop.remove_writer(self.fd)
+    def _stop(self, later: bool = False) -> None:
+        self.loop.remove_writer(self.fd, later)
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None

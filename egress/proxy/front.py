@@ -49,6 +49,7 @@ from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
 from egress.proxy.openflows import OpenFlows
+from egress.proxy.poller import Poller
 from egress.proxy.relay import Watch
 from egress.proxy.splice import Relay, sandbox_side
 from egress.replay import Kind as Asked
@@ -141,6 +142,16 @@ class Front:
         """The sandboxes whose idle closes wait for the end of their record interval."""
         self._tasks: set[asyncio.Task[None]] = set()
         self._listeners: list[socket.socket] = []
+        self._poller: Poller | None = None
+
+    @property
+    def poller(self) -> Poller:
+        """The epoll of the front's own sockets (listeners, dials, relays) on the running loop (`egress.proxy.poller`:
+        one loop callback per wake-up for all of them)."""
+        loop = asyncio.get_running_loop()
+        if self._poller is None or self._poller.loop is not loop or self._poller.closed:
+            self._poller = Poller(loop)
+        return self._poller
 
     async def serve(self, port: int, hosts: tuple[str, ...] = ("0.0.0.0", "::")) -> None:
         """Listen on ``port`` of ``hosts`` (an IPv6 one is skipped when the host has no IPv6) and serve until
@@ -171,14 +182,14 @@ class Front:
             listener.listen(BACKLOG)
             listener.setblocking(False)
             self._listeners.append(listener)
-        loop = asyncio.get_running_loop()
+        poller = self.poller
         for listener in self._listeners:
-            loop.add_reader(listener.fileno(), self._accept_all, listener)
+            poller.add_reader(listener.fileno(), self._accept_all, listener)
         try:
             await asyncio.Future()  # until cancelled
         finally:
             for listener in self._listeners:
-                loop.remove_reader(listener.fileno())
+                poller.remove_reader(listener.fileno())
                 listener.close()
 
     def _accept_all(self, listener: socket.socket) -> None:
@@ -191,9 +202,8 @@ class Front:
                 return
             except OSError as exc:  # out of file descriptors, or the like: pause this listener, then try again
                 log.error("front: accept on %s failed (%s); retrying in %.1f s", listener.getsockname(), exc, RETRY)
-                loop = asyncio.get_running_loop()
-                loop.remove_reader(listener.fileno())
-                loop.call_later(RETRY, self._resume_accepting, listener)
+                self.poller.remove_reader(listener.fileno())
+                self.poller.call_later(RETRY, self._resume_accepting, listener)
                 return
             try:
                 conn.setblocking(False)  # Nagle is off already: Linux copies TCP_NODELAY from the listener (`serve`)
@@ -204,7 +214,7 @@ class Front:
 
     def _resume_accepting(self, listener: socket.socket) -> None:
         if listener in self._listeners and listener.fileno() != -1:
-            asyncio.get_running_loop().add_reader(listener.fileno(), self._accept_all, listener)
+            self.poller.add_reader(listener.fileno(), self._accept_all, listener)
 
     def _accepted(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         """Serve a new connection: at once, in callbacks alone, when its first bytes are already a ClientHello to
@@ -370,11 +380,13 @@ class Front:
             try:
                 self._relay(conn, upstream, watch, sandbox, source, dst, decision, allowed)
             except Exception:  # before the relay had the sockets: mitmproxy decides instead, as before the dial
+                for sock in (conn, upstream):  # out of the front's epoll first: mitmproxy's loop takes the client
+                    self.poller.forget(sock.fileno())
                 upstream.close()
                 log.exception("front: %s:%s: handed to mitmproxy after an error", source[0], source[1])
                 self._task(self._hand_off(conn))
 
-        connect(asyncio.get_running_loop(), dst, DIAL_TIMEOUT, dialled)
+        connect(self.poller, dst, DIAL_TIMEOUT, dialled)
 
     def _relay(
         self,
@@ -391,7 +403,7 @@ class Front:
         if allowed is not None:
             self.reporter.report(DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, allowed))
         reported = decision.verdict or decision.allow
-        relay = Relay(conn, upstream, watch)
+        relay = Relay(conn, upstream, watch, loop=self.poller)
         self._keep(relay, source, dst, decision.host)
         if reported is not None and sandbox.flow_log and self.flows is not None:
             self._log_end(relay, EndedFlow(sandbox.name, *source, *dst, "tcp", decision.host,

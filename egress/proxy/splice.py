@@ -1,11 +1,12 @@
-"""The front's relay on its two sockets: both directions of one connection moved by the event loop's reader and
-writer callbacks on the raw non-blocking sockets (no asyncio transports: a new connection costs two ``epoll_ctl``
-and the reads and writes, nothing more), each chunk shown to the connection's `egress.proxy.relay.Watch` before
-it is sent on; once the watch has read all it reads of the connection (`Watch.finished`: the TLS shape watcher is
-done, after its first `egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each
-direction moves its bytes with splice(2) through a pipe of its own, never copied into Python: the first
-`BIG_PIPES` such directions of a process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL
-released, none of the event loop's work per wake-up), the others in the loop's callbacks.
+"""The front's relay on its two sockets: both directions of one connection moved by reader and writer callbacks on
+the raw non-blocking sockets, registered on the front's own epoll (`egress.proxy.poller`; no asyncio transports,
+handles or selector keys: a new connection costs two ``epoll_ctl`` and the reads and writes, nothing more), each
+chunk shown to the connection's `egress.proxy.relay.Watch` before it is sent on; once the watch has read all it
+reads of the connection (`Watch.finished`: the TLS shape watcher is done, after its first
+`egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each direction moves its bytes
+with splice(2) through a pipe of its own, never copied into Python: the first `BIG_PIPES` such directions of a
+process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL released, none of the event
+loop's work per wake-up), the others in the loop's callbacks.
 
 Back-pressure: a direction whose destination does not take everything stops reading its source until what is
 left went out. Half-close: a source's end of stream is passed on as ``shutdown(SHUT_WR)`` once its bytes went
@@ -37,6 +38,7 @@ import threading
 from collections.abc import Callable
 from typing import ClassVar, Final
 
+from egress.proxy.poller import Poller
 from egress.proxy.relay import Watch
 
 log = logging.getLogger("egress.proxy")
@@ -127,11 +129,19 @@ def _linger(sock: socket.socket, linger: bytes) -> None:
 class Relay:
     """One relayed connection: the client's socket and the destination's, both non-blocking and connected."""
 
-    def __init__(self, client: socket.socket, upstream: socket.socket, watch: Watch | None, splice: bool = True):
+    def __init__(
+        self,
+        client: socket.socket,
+        upstream: socket.socket,
+        watch: Watch | None,
+        splice: bool = True,
+        loop: Poller | None = None,
+    ):
         """``client``: an accepted socket with the default linger (off: `close` sets only what differs from it);
         ``splice``: move a direction's bytes with splice(2) once ``watch`` is finished (or from the start without a
-        watch); False keeps every byte on recv/send (tests compare the two)."""
-        self.loop = asyncio.get_running_loop()
+        watch); False keeps every byte on recv/send (tests compare the two); ``loop``: where the sockets' callbacks
+        are registered (the front's `egress.proxy.poller.Poller`; default: the running event loop's own)."""
+        self.loop: Poller | asyncio.AbstractEventLoop = loop if loop is not None else asyncio.get_running_loop()
         self.watch = watch
         self.splice = splice
         self.up = _Direction(self, client, upstream, from_client=True)

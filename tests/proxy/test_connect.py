@@ -8,6 +8,7 @@ import contextlib
 import socket
 
 from egress.proxy.connect import connect
+from egress.proxy.poller import Poller
 from tests.waiting import scaled
 
 
@@ -20,10 +21,12 @@ async def _dial(address: tuple[str, int], timeout: float) -> tuple[list[tuple[so
         told.append((sock, error))
         done.set()
 
-    connect(asyncio.get_running_loop(), address, timeout, then)
+    poller = Poller()
+    connect(poller, address, timeout, then)
     early = bool(told)
     await asyncio.wait_for(done.wait(), scaled(10))
     await asyncio.sleep(0)  # a second call would come on the loop's next turns
+    poller.close()
     return told, early
 
 

@@ -26,6 +26,8 @@ from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
+from egress.proxy.poller import front_loop
+from egress.proxy.splice import Relay
 from tests.lists import shipped_lists
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
@@ -157,7 +159,8 @@ async def _exchange(port: int, send: bytes, expect: int) -> bytes:
 
 
 def _run(test: Callable[[], object]) -> None:
-    asyncio.run(test())  # type: ignore[arg-type]
+    """On the workers' loop (`front_loop`: the front's sockets in the loop's own epoll)."""
+    asyncio.run(test(), loop_factory=front_loop)  # type: ignore[arg-type]
 
 
 def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
@@ -490,3 +493,49 @@ def test_the_family_original_destination_reads_is_the_sockets(family: socket.Add
                 for sock in (listener, made, accepted):
                     assert front_module._family(sock) == sock.family == family
                     assert type(front_module._family(sock)) is int
+
+
+def test_a_relay_that_fails_to_start_leaves_the_front_and_hands_the_client_to_mitmproxy_unread(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """An error after the relay registered both sockets on the front's poller, before it read anything: both
+    leave the poller (the client's descriptor goes to mitmproxy's loop, which could not take it otherwise) and the
+    client is handed off with its ClientHello unread; nothing reached the destination."""
+
+    class Failing(Relay):
+        def start(self) -> None:
+            self.up.resume()
+            self.down.resume()
+            raise RuntimeError("a bug in the relay's start")
+
+    monkeypatch.setattr(front_module, "Relay", Failing)
+
+    async def scenario() -> None:
+        reached: list[bytes] = []
+
+        async def destination(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            try:
+                reached.append(await reader.read())
+            except ConnectionResetError:  # the relay's side is reset on close (its linger is zero)
+                reached.append(b"")
+            writer.close()
+
+        server = await asyncio.start_server(destination, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]))
+        port, task = await _serving(setup)
+        hello = _client_hello("allowed.test")
+        await _exchange(port, hello, 0)
+        await _handed(setup)
+        assert setup.handed == [hello]
+        assert (setup.front.relayed, setup.front.handed_off) == (0, 1)
+
+        async def closed() -> bool:
+            assert reached == [b""], reached
+            return True
+
+        await eventually_async(closed, timeout=10)
+        assert set(setup.front.poller._fds) == {listener.fileno() for listener in setup.front._listeners}
+        task.cancel()
+        server.close()
+
+    _run(scenario)

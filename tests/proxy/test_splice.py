@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from egress.detect.base import Finding
+from egress.proxy.poller import Poller, front_loop
 from egress.proxy.relay import Watch
 from egress.proxy.splice import (
     BIG_PIPES,
@@ -63,7 +64,7 @@ class _Relayed:
 async def _relayed(watch: Watch | None, splice: bool = True) -> _Relayed:
     client, client_side = await _pair()
     upstream, server = await _pair()
-    relay = Relay(client_side, upstream, watch, splice=splice)
+    relay = Relay(client_side, upstream, watch, splice=splice, loop=Poller())
     relayed = _Relayed(client, server, relay)
 
     def lost() -> None:
@@ -97,7 +98,8 @@ async def _read_all(sock: socket.socket, until: int | None = None, reset_ends: b
 
 
 def _run(scenario: Callable[[], Awaitable[None]]) -> None:
-    asyncio.run(scenario())  # type: ignore[arg-type]
+    """On the workers' loop (`front_loop`), where `_relayed`'s relay shares the loop's epoll as the front's do."""
+    asyncio.run(scenario(), loop_factory=front_loop)  # type: ignore[arg-type]
 
 
 @pytest.mark.parametrize("splice", [True, False], ids=["splice", "recv-send"])
