@@ -1,0 +1,261 @@
+"""Pool calls whose names are packed as 7-, 6- or 5-bit characters at any bit offset (red team 6, unaligned PER).
+
+ASN.1 unaligned PER (X.691 §30.5, asn1tools' ``uper``) writes an unconstrained ``IA5String`` at 7 bits a
+character with no octet alignment, so ``mining.subscribe`` crosses as 14 bytes holding none of its letters; a
+string constrained to a permitted alphabet (``IA5String (FROM ("a".."z" | "." | "_"))``) is written at 5 or 6 bits
+a character as its index in that alphabet (§30.5.4: ``b`` is the bits the alphabet's size needs). GSM's 7-bit
+packing (3GPP TS 23.038) writes the same septets least significant bit first. None of the other readers sees a
+name in such bytes; this one unpacks each direction at every bit offset and searches the characters:
+
+- ``7``: 7-bit codes, most significant bit first (PER) and least significant bit first (GSM), the names as written
+  (binrpc's: Stratum's ``mining.`` methods, the Ethereum and getwork methods, XMRig's words and keys);
+- ``6``, ``5``: characters as indexes of an alphabet the attacker chose: any alphabet where the lowercase letters
+  follow each other (every PER alphabet that holds ``a``..``z``, any ``char - base`` code, DEC's SIXBIT) keeps the
+  differences between consecutive letters, so each run of lowercase letters of a name (``subscribe``, ``mining``)
+  is searched as its differences modulo ``2**b`` in the differences of the unpacked characters.
+
+How: the bytes are shifted by each bit offset (one big-integer shift), cut in blocks of ``b`` bytes (8 characters),
+and each of the 8 characters of every block is taken out by ``bytes.translate`` of a strided slice (two where it
+straddles a byte), then put in place by a strided slice assignment: a few C passes per offset, no Python loop per
+byte. 7-bit characters are then reduced to a class stream (a name's lowercase, ``.``, ``_``: 28 of 128 values) in
+which runs of 5 are found with ``bytes.find`` and only those runs are checked against the names' 5-grams; the 5-
+and 6-bit differences are searched with one ``bytes.find`` per name run, over all offsets joined.
+
+When: a single short word at a random offset is found by chance (``login``, 35 bits, is in 1 MiB of random bytes
+once in 4,000), so a hit counts for its *surprise*: its bits (7 a character for a 7-bit name, ``b`` per letter
+difference) less `CHANCE_BITS`, the bits of offsets a flow may be searched at (two directions of `LIMIT` bytes,
+8 bit offsets a byte: 2**20). Hits under `MIN_BITS` do not count (``job``, ``pass``, ``blob``: too likely), a
+name found inside a longer name found is not counted again, and a flow is mining once the surprise of its
+distinct names reaches `THRESHOLD` bits: one 7-bit Stratum method (``mining.submit``, 91 bits), or two long
+5-bit runs (``subscribe`` and ``authorize``, 40 bits each), or an XMRig login with its job's keys. What that
+costs in false positives is in docs/security.md ("Seventh round", packed names).
+
+Incremental: each direction is searched from where the last prefix's search stopped, less `OVERLAP` bytes (more
+than the longest name packed), at every offset again, and the names found are kept in the view's memo. A flow
+both of whose directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is ruled out here
+too: its bytes are ciphertext.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Final
+
+from egress.detect import binrpc, jsonrpc
+from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
+
+NAME: Final = "packed"
+PROTOCOL: Final = "packed-chars-stratum"
+
+LIMIT: Final = jsonrpc.SCAN_LIMIT
+"""Bytes of each direction searched at most (binrpc's)."""
+CHANCE_BITS: Final = 20
+"""log2 of the bit offsets a flow is searched at: two directions of `LIMIT` (64 KiB) bytes, 8 offsets a byte.
+A pattern of ``n`` bits is found by chance in random bytes about ``2 ** (CHANCE_BITS - n)`` times a flow."""
+MIN_BITS: Final = 30
+"""A hit of fewer bits does not count: a 4-letter 7-bit word (28 bits) is in a 64 KiB flow of random bytes 1
+time in 256; a 30-bit one 1 time in 1,024, and counts for 10 bits of surprise."""
+THRESHOLD: Final = 40
+"""Surprise (bits beyond chance, summed over a flow's distinct names) that makes a finding."""
+OVERLAP: Final = 24
+"""Bytes searched again before the last stop: more than the longest name packed (18 characters of 7 bits: 126
+bits, 16 bytes, and a byte of offset)."""
+WIDTHS: Final = (7, 6, 5)
+
+VOCABULARY: Final[tuple[bytes, ...]] = tuple(
+    dict.fromkeys(
+        (
+            *binrpc._STRATUM,
+            *binrpc._ALONE,
+            *binrpc._ALONE_LOWER,
+            *binrpc._XMRIG,
+            *(key for sets in binrpc._XMRIG.values() for keys in sets for key in keys),
+            b"keepalived",
+        )
+    )
+)
+"""binrpc's names: those that count alone and XMRig's words and keys (the same lists the JSON detectors use)."""
+
+_CLASS_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz._")
+_CLASS: Final = bytes(1 if byte in _CLASS_CHARS else 0 for byte in range(256))
+"""A 7-bit character's class: 1 for a name's lowercase letters, ``.`` and ``_``."""
+_RUN: Final = b"\x01" * 5
+_TEXT: Final = bytes([9, 10, 13, *range(0x20, 0x7F)])
+"""Bytes of text: a window of nothing else is not searched. No name of the vocabulary packed in 7 bits, at any
+bit offset, is text in every byte it fills whole but ``submit`` in GSM's order (its 22 bits of surprise make no
+finding alone); a name packed in an alphabet the attacker chose may be (a text encoding: docs/security.md)."""
+_BITREV: Final = bytes(int(f"{byte:08b}"[::-1], 2) for byte in range(256))
+"""Each byte's bits reversed: GSM's least-significant-first septets, so reversed, read most significant first,
+are the septets with their 7 bits reversed (`_BITREV_7` puts them back)."""
+_BITREV_7: Final = bytes(int(f"{byte & 0x7F:07b}"[::-1], 2) for byte in range(256))
+"""A septet's 7 bits reversed (GSM's, read after `_BITREV`, back to the character)."""
+
+
+def _grams(words: Iterable[bytes]) -> dict[bytes, tuple[tuple[bytes, int], ...]]:
+    """Every 5-gram of class characters of each 7-bit word: (the word, where the gram sits in it)."""
+    index: dict[bytes, list[tuple[bytes, int]]] = {}
+    for word in words:
+        if len(word) * 7 < MIN_BITS:
+            continue
+        for at in range(len(word) - 4):
+            gram = word[at : at + 5]
+            if all(byte in _CLASS_CHARS for byte in gram):
+                index.setdefault(gram, []).append((word, at))
+    return {gram: tuple(where) for gram, where in index.items()}
+
+
+_GRAMS: Final = _grams(VOCABULARY)
+
+
+def _runs(word: bytes) -> list[bytes]:
+    """The runs of lowercase letters of ``word``."""
+    runs, current = [], bytearray()
+    for byte in word:
+        if 0x61 <= byte <= 0x7A:
+            current.append(byte)
+        else:
+            runs.append(bytes(current))
+            current.clear()
+    runs.append(bytes(current))
+    return [run for run in runs if run]
+
+
+def _differences(width: int) -> dict[bytes, tuple[bytes, int]]:
+    """The letter runs of the vocabulary that hold at least `MIN_BITS` bits as ``width``-bit differences: their
+    differences modulo ``2 ** width`` → (the run, its bits)."""
+    found: dict[bytes, tuple[bytes, int]] = {}
+    for word in VOCABULARY:
+        for run in _runs(word):
+            bits = (len(run) - 1) * width
+            if bits >= MIN_BITS:
+                steps = bytes((later - earlier) % (1 << width) for earlier, later in zip(run, run[1:], strict=False))
+                found[steps] = (run, bits)
+    return found
+
+
+_DIFFERENCES: Final = {width: _differences(width) for width in WIDTHS if width < 7}
+
+
+_MASKS: Final = {width: bytes(byte & ((1 << width) - 1) for byte in range(256)) for width in WIDTHS}
+
+
+def shifts(data: bytes) -> tuple[bytes, ...]:
+    """``data`` (and a block of zero bytes after it, so that its last characters are read whole) shifted right
+    by 0 to 7 bits: whatever a character's offset and width, it ends a byte of one of them (`unpack`)."""
+    padded = data + bytes(8)
+    value, size = int.from_bytes(padded), len(padded)
+    return tuple((value >> shift).to_bytes(size) for shift in range(8))
+
+
+def unpack(shifted: tuple[bytes, ...], width: int, offset: int) -> bytes:
+    """The ``width``-bit characters read most significant bit first from bit ``offset`` (0 is the first byte's top
+    bit) of the bytes `shifts` shifted, one a byte, in whole blocks of 8 (what starts in the last ``width`` bytes
+    is padding).
+
+    Character ``k`` of every block ends at bit ``offset + (k + 1) * width`` of the block (blocks are ``width``
+    bytes): in the copy shifted right by the bits that end lacks to a byte boundary it is the low bits of one byte
+    every ``width`` bytes, taken by a strided slice and a mask (`_MASKS`), then put in place in the output by a
+    strided slice assignment."""
+    size = len(shifted[0]) - 8
+    blocks = (8 * size - offset) // (8 * width)
+    out = bytearray(8 * blocks)
+    mask = _MASKS[width]
+    for k in range(8):
+        end = offset + (k + 1) * width
+        shift = -end % 8
+        first = (end + shift) // 8 - 1
+        out[k::8] = shifted[shift][first : first + blocks * width : width].translate(mask)
+    return bytes(out)
+
+
+def differences(chars: bytes, width: int) -> bytes:
+    """Each character's difference from the one before it, modulo ``2 ** width`` (one fewer than ``chars``)."""
+    size = len(chars) - 1
+    if size < 1:
+        return b""
+    later, earlier = int.from_bytes(chars[1:]), int.from_bytes(chars[:-1])
+    base = int.from_bytes(bytes((1 << width,)) * size)  # no byte borrows: each is 2**width + later - earlier > 0
+    mask = int.from_bytes(bytes(((1 << width) - 1,)) * size)
+    return ((later + base - earlier) & mask).to_bytes(size)
+
+
+def _septets(chars: bytes, found: dict[bytes, int]) -> None:
+    """Add to ``found`` the 7-bit words in ``chars``: runs of 5 class characters found by ``bytes.find``, each
+    position of a run looked up among the names' 5-grams."""
+    classes = chars.translate(_CLASS)
+    at = classes.find(_RUN)
+    while at >= 0:
+        end = classes.find(b"\x00", at)
+        end = len(classes) if end < 0 else end
+        for pos in range(at, end - 4):
+            for word, where in _GRAMS.get(chars[pos : pos + 5], ()):
+                if pos >= where and chars.startswith(word, pos - where):
+                    found[word] = max(found.get(word, 0), 7 * len(word))
+        at = classes.find(_RUN, end)
+
+
+def search(data: bytes) -> dict[bytes, int]:
+    """The vocabulary's names (7-bit) and letter runs (6- and 5-bit differences) packed in ``data`` at any bit
+    offset: name → its bits. Text (printable ASCII, tab, line ends) holds none: it is not searched (`_TEXT`)."""
+    found: dict[bytes, int] = {}
+    if len(data) < 3 or not data.translate(None, _TEXT):
+        return found
+    shifted = shifts(data)
+    flipped = shifts(data.translate(_BITREV))
+    for offset in range(7):
+        _septets(unpack(shifted, 7, offset), found)
+        _septets(unpack(flipped, 7, offset).translate(_BITREV_7), found)
+    for width, patterns in _DIFFERENCES.items():
+        joined = b"\xff".join(differences(unpack(shifted, width, offset), width) for offset in range(width))
+        for steps, (run, bits) in patterns.items():
+            if joined.find(steps) >= 0:
+                found[run] = max(found.get(run, 0), bits)
+    return found
+
+
+def surprise(found: dict[bytes, int]) -> int:
+    """Bits beyond chance of the distinct names found: each of at least `MIN_BITS` counts its bits less
+    `CHANCE_BITS`, unless it lies inside a longer name found (``submit`` in ``mining.submit``)."""
+    kept = [name for name, bits in found.items() if bits >= MIN_BITS]
+    return sum(
+        found[name] - CHANCE_BITS for name in kept if not any(name != other and name in other for other in kept)
+    )
+
+
+@dataclass(slots=True)
+class _Searched:
+    """How far each direction was searched, and the names found in the flow (a pure function of its bytes)."""
+
+    upto: list[int] = field(default_factory=lambda: [0, 0])
+    found: dict[bytes, int] = field(default_factory=dict)
+
+
+def _searched(view: FlowView) -> _Searched:
+    memo = view.memo.get(__name__)
+    if not isinstance(memo, _Searched):
+        memo = view.memo[__name__] = _Searched()
+    return memo
+
+
+def detect(view: FlowView) -> Result:
+    """Find pool names packed as 7-, 6- or 5-bit characters, at any bit offset, in either direction."""
+    client = jsonrpc.read(view, True)
+    server = jsonrpc.read(view, False)
+    if client.kind is jsonrpc.Kind.NOT and server.kind is jsonrpc.Kind.NOT:
+        return None
+    memo = _searched(view)
+    for index, (data, payload) in enumerate(((view.client, client), (view.server, server))):
+        data = data[:LIMIT]
+        if len(data) <= memo.upto[index] or payload.kind is jsonrpc.Kind.NOT:
+            continue
+        start = max(memo.upto[index] - OVERLAP, 0)
+        memo.upto[index] = len(data)
+        for name, bits in search(data[start:]).items():
+            memo.found[name] = max(memo.found.get(name, 0), bits)
+    score = surprise(memo.found)
+    if score >= THRESHOLD:
+        names = sorted(memo.found, key=lambda name: -memo.found[name])
+        text = f"{score} bits beyond chance: " + " ".join(name.decode() for name in names)
+        return Finding(Category.MINING, PROTOCOL, NAME, evidence(text))
+    return None if view.complete else MORE
