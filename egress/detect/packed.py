@@ -38,6 +38,7 @@ too: its bytes are ciphertext.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Final
@@ -129,7 +130,7 @@ def _differences(width: int) -> dict[bytes, tuple[bytes, int]]:
         for run in _runs(word):
             bits = (len(run) - 1) * width
             if bits >= MIN_BITS:
-                steps = bytes((later - earlier) % (1 << width) for earlier, later in zip(run, run[1:], strict=False))
+                steps = bytes((later - earlier) % (1 << width) for earlier, later in itertools.pairwise(run))
                 found[steps] = (run, bits)
     return found
 
@@ -218,9 +219,7 @@ def surprise(found: dict[bytes, int]) -> int:
     """Bits beyond chance of the distinct names found: each of at least `MIN_BITS` counts its bits less
     `CHANCE_BITS`, unless it lies inside a longer name found (``submit`` in ``mining.submit``)."""
     kept = [name for name, bits in found.items() if bits >= MIN_BITS]
-    return sum(
-        found[name] - CHANCE_BITS for name in kept if not any(name != other and name in other for other in kept)
-    )
+    return sum(found[name] - CHANCE_BITS for name in kept if not any(name != other and name in other for other in kept))
 
 
 @dataclass(slots=True)

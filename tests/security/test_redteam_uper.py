@@ -44,19 +44,6 @@ _KIT = "from tests.security.redteam_uper_kit import {0}; {0}()"
 REFUSED = {"mining", "tunnel", "tls-no-sni"}
 """How a row may be refused: by a detector, at the opening (``tunnel``), or a TLS record header without a
 ClientHello to a host rule's port (``tls-no-sni``: no name, no network rule)."""
-TEXT_PREFIX_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 6, knowingly left): an opening more than half printable is judged plain, and a rule "
-    "that expects http takes a plaintext stream to the detectors, which read no name in PER (docs/security.md, "
-    "'Sixth round', unaligned PER)",
-)
-WEBSOCKET_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 6, knowingly left): a WebSocket binary message's payload is read by the stream "
-    "detectors only; no opening rule holds it (docs/security.md, 'Sixth round', unaligned PER)",
-)
-
-
 @pytest.fixture(scope="module")
 def lab(lab_factory: LabFactory) -> SecurityLab:
     return lab_factory(POLICIES / "redteam.yaml")
@@ -106,9 +93,9 @@ def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str
     (
         "tls-prefix",
         "http-prefix",
-        pytest.param("text-prefix", marks=TEXT_PREFIX_OPEN),
+        "text-prefix",
         "keepalive",
-        pytest.param("websocket", marks=WEBSOCKET_OPEN),
+        "websocket",
     ),
 )
 @pytest.mark.parametrize("route", ("host-rule", "network-rule"))
