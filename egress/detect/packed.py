@@ -11,15 +11,17 @@ name in such bytes; this one unpacks each direction at every bit offset and sear
   (binrpc's: Stratum's ``mining.`` methods, the Ethereum and getwork methods, XMRig's words and keys);
 - ``6``, ``5``: characters as indexes of an alphabet the attacker chose: any alphabet where the lowercase letters
   follow each other (every PER alphabet that holds ``a``..``z``, any ``char - base`` code, DEC's SIXBIT) keeps the
-  differences between consecutive letters, so each run of lowercase letters of a name (``subscribe``, ``mining``)
-  is searched as its differences modulo ``2**b`` in the differences of the unpacked characters.
+  differences between consecutive letters, so each long run of lowercase letters of a name (`RUN_BITS`:
+  ``subscribe``, ``getblocktemplate``) is searched as its differences modulo ``2**b`` in the differences of the
+  unpacked characters.
 
-How: the bytes are shifted by each bit offset (one big-integer shift), cut in blocks of ``b`` bytes (8 characters),
-and each of the 8 characters of every block is taken out by ``bytes.translate`` of a strided slice (two where it
-straddles a byte), then put in place by a strided slice assignment: a few C passes per offset, no Python loop per
-byte. 7-bit characters are then reduced to a class stream (a name's lowercase, ``.``, ``_``: 28 of 128 values) in
-which runs of 5 are found with ``bytes.find`` and only those runs are checked against the names' 5-grams; the 5-
-and 6-bit differences are searched with one ``bytes.find`` per name run, over all offsets joined.
+How: the bytes are shifted right by 0 to 7 bits (big-integer shifts, `shifts`); a character of any width and
+offset ends a byte of one of those copies every ``b`` bytes, so each of the 8 characters of a block of ``b``
+bytes is a strided slice masked by ``bytes.translate``, put in place by a strided slice assignment (`unpack`): a
+few C passes per offset, no Python loop per byte. The 7-bit characters of every offset, joined, are reduced to a
+class stream (a name's lowercase, ``.``, ``_``: 28 of 128 values) in which runs of 5 are found with
+``bytes.find``, only those runs looked up among the names' 5-grams; the 5- and 6-bit differences of every offset,
+joined, are searched with one ``bytes.find`` per letter run. A window of text is not searched (`_TEXT`).
 
 When: a single short word at a random offset is found by chance (``login``, 35 bits, is in 1 MiB of random bytes
 once in 4,000), so a hit counts for its *surprise*: its bits (7 a character for a 7-bit name, ``b`` per letter
@@ -28,10 +30,12 @@ difference) less `CHANCE_BITS`, the bits of offsets a flow may be searched at (t
 name found inside a longer name found is not counted again, and a flow is mining once the surprise of its
 distinct names reaches `THRESHOLD` bits: one 7-bit Stratum method (``mining.submit``, 91 bits), or two long
 5-bit runs (``subscribe`` and ``authorize``, 40 bits each), or an XMRig login with its job's keys. What that
-costs in false positives is in docs/security.md ("Seventh round", packed names).
+costs in false positives is in docs/security.md ("Sixth round", closed by packed).
 
 Incremental: each direction is searched from where the last prefix's search stopped, less `OVERLAP` bytes (more
-than the longest name packed), at every offset again, and the names found are kept in the view's memo. A flow
+than the longest name packed), at every offset again, and the names found are kept in the view's memo. The
+server's bytes are searched (from their start) only once the client's hold a name: a pool's pushes add to a
+client's calls, and a download alone costs nothing. A flow
 both of whose directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is ruled out here
 too: its bytes are ciphertext.
 """
@@ -59,6 +63,10 @@ MIN_BITS: Final = 30
 time in 256; a 30-bit one 1 time in 1,024, and counts for 10 bits of surprise."""
 THRESHOLD: Final = 40
 """Surprise (bits beyond chance, summed over a flow's distinct names) that makes a finding."""
+RUN_BITS: Final = 40
+"""A letter run is searched in 6- and 5-bit differences only if it holds this many bits (8 letters at 6 bits, 9 at
+5: ``subscribe``, ``authorize``, ``difficulty``, ``getblocktemplate``...): each run searched is one more pass
+over the differences, and a shorter one adds at most 16 bits of surprise."""
 OVERLAP: Final = 24
 """Bytes searched again before the last stop: more than the longest name packed (18 characters of 7 bits: 126
 bits, 16 bytes, and a byte of offset)."""
@@ -82,6 +90,9 @@ _CLASS_CHARS: Final = frozenset(b"abcdefghijklmnopqrstuvwxyz._")
 _CLASS: Final = bytes(1 if byte in _CLASS_CHARS else 0 for byte in range(256))
 """A 7-bit character's class: 1 for a name's lowercase letters, ``.`` and ``_``."""
 _RUN: Final = b"\x01" * 5
+_APART: Final = b"\x80"
+"""Between the characters of two offsets searched as one stream: no character (they are under 128), class 0. In
+differences it makes two values of no pattern's choosing: like two more offsets searched."""
 _TEXT: Final = bytes([9, 10, 13, *range(0x20, 0x7F)])
 """Bytes of text: a window of nothing else is not searched. No name of the vocabulary packed in 7 bits, at any
 bit offset, is text in every byte it fills whole but ``submit`` in GSM's order (its 22 bits of surprise make no
@@ -123,13 +134,13 @@ def _runs(word: bytes) -> list[bytes]:
 
 
 def _differences(width: int) -> dict[bytes, tuple[bytes, int]]:
-    """The letter runs of the vocabulary that hold at least `MIN_BITS` bits as ``width``-bit differences: their
+    """The letter runs of the vocabulary that hold at least `RUN_BITS` bits as ``width``-bit differences: their
     differences modulo ``2 ** width`` → (the run, its bits)."""
     found: dict[bytes, tuple[bytes, int]] = {}
     for word in VOCABULARY:
         for run in _runs(word):
             bits = (len(run) - 1) * width
-            if bits >= MIN_BITS:
+            if bits >= RUN_BITS:
                 steps = bytes((later - earlier) % (1 << width) for earlier, later in itertools.pairwise(run))
                 found[steps] = (run, bits)
     return found
@@ -151,15 +162,15 @@ def shifts(data: bytes) -> tuple[bytes, ...]:
 
 def unpack(shifted: tuple[bytes, ...], width: int, offset: int) -> bytes:
     """The ``width``-bit characters read most significant bit first from bit ``offset`` (0 is the first byte's top
-    bit) of the bytes `shifts` shifted, one a byte, in whole blocks of 8 (what starts in the last ``width`` bytes
-    is padding).
+    bit) of the bytes `shifts` shifted, one a byte, in blocks of 8 (the last block's characters past the end are
+    read in the padding: zero bits).
 
     Character ``k`` of every block ends at bit ``offset + (k + 1) * width`` of the block (blocks are ``width``
     bytes): in the copy shifted right by the bits that end lacks to a byte boundary it is the low bits of one byte
     every ``width`` bytes, taken by a strided slice and a mask (`_MASKS`), then put in place in the output by a
     strided slice assignment."""
     size = len(shifted[0]) - 8
-    blocks = (8 * size - offset) // (8 * width)
+    blocks = -((offset - 8 * size) // (8 * width))  # the last one may end in the padding
     out = bytearray(8 * blocks)
     mask = _MASKS[width]
     for k in range(8):
@@ -171,14 +182,18 @@ def unpack(shifted: tuple[bytes, ...], width: int, offset: int) -> bytes:
 
 
 def differences(chars: bytes, width: int) -> bytes:
-    """Each character's difference from the one before it, modulo ``2 ** width`` (one fewer than ``chars``)."""
+    """Each character's difference from the one before it, modulo ``2 ** width`` (one fewer than ``chars``): the
+    later characters plus ``2 ** width`` less the earlier (`_NEGATED`, no byte carries: each sum is under 128),
+    masked."""
     size = len(chars) - 1
     if size < 1:
         return b""
-    later, earlier = int.from_bytes(chars[1:]), int.from_bytes(chars[:-1])
-    base = int.from_bytes(bytes((1 << width,)) * size)  # no byte borrows: each is 2**width + later - earlier > 0
-    mask = int.from_bytes(bytes(((1 << width) - 1,)) * size)
-    return ((later + base - earlier) & mask).to_bytes(size)
+    total = int.from_bytes(chars[1:]) + int.from_bytes(chars[:-1].translate(_NEGATED[width]))
+    return total.to_bytes(size).translate(_MASKS[width])
+
+
+_NEGATED: Final = {width: bytes(((1 << width) - byte) & 0xFF for byte in range(256)) for width in WIDTHS}
+"""``2 ** width`` less a character (of ``width`` bits: 1 to ``2 ** width``)."""
 
 
 def _septets(chars: bytes, found: dict[bytes, int]) -> None:
@@ -204,13 +219,13 @@ def search(data: bytes) -> dict[bytes, int]:
         return found
     shifted = shifts(data)
     flipped = shifts(data.translate(_BITREV))
-    for offset in range(7):
-        _septets(unpack(shifted, 7, offset), found)
-        _septets(unpack(flipped, 7, offset).translate(_BITREV_7), found)
+    septets = [unpack(shifted, 7, offset) for offset in range(7)]
+    septets += [unpack(flipped, 7, offset).translate(_BITREV_7) for offset in range(7)]
+    _septets(_APART.join(septets), found)
     for width, patterns in _DIFFERENCES.items():
-        joined = b"\xff".join(differences(unpack(shifted, width, offset), width) for offset in range(width))
-        for steps, (run, bits) in patterns.items():
-            if joined.find(steps) >= 0:
+        steps = differences(_APART.join(unpack(shifted, width, offset) for offset in range(width)), width)
+        for pattern, (run, bits) in patterns.items():
+            if steps.find(pattern) >= 0:
                 found[run] = max(found.get(run, 0), bits)
     return found
 
@@ -238,13 +253,16 @@ def _searched(view: FlowView) -> _Searched:
 
 
 def detect(view: FlowView) -> Result:
-    """Find pool names packed as 7-, 6- or 5-bit characters, at any bit offset, in either direction."""
+    """Find pool names packed as 7-, 6- or 5-bit characters, at any bit offset: the client's, and the server's
+    with them (a pool's pushes add to a client's calls; a download alone is not searched)."""
     client = jsonrpc.read(view, True)
     server = jsonrpc.read(view, False)
     if client.kind is jsonrpc.Kind.NOT and server.kind is jsonrpc.Kind.NOT:
         return None
     memo = _searched(view)
     for index, (data, payload) in enumerate(((view.client, client), (view.server, server))):
+        if index and not memo.found:
+            break  # searched from its start once the client's bytes hold a name
         data = data[:LIMIT]
         if len(data) <= memo.upto[index] or payload.kind is jsonrpc.Kind.NOT:
             continue
