@@ -45,9 +45,10 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import dataclass, field
+from types import ModuleType
 from typing import Final
 
-from egress.detect import binrpc, jsonrpc
+from egress.detect import binrpc, jsonrpc, packedfast
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
 
 NAME: Final = "packed"
@@ -211,12 +212,37 @@ def _septets(chars: bytes, found: dict[bytes, int]) -> None:
         at = classes.find(_RUN, end)
 
 
-def search(data: bytes) -> dict[bytes, int]:
+def search(data: bytes, compiled: ModuleType | None | bool = True) -> dict[bytes, int]:
     """The vocabulary's names (7-bit) and letter runs (6- and 5-bit differences) packed in ``data`` at any bit
-    offset: name → its bits. Text (printable ASCII, tab, line ends) holds none: it is not searched (`_TEXT`)."""
-    found: dict[bytes, int] = {}
+    offset: name → its bits. Text (printable ASCII, tab, line ends) holds none: it is not searched (`_TEXT`).
+
+    The compiled search (egress/detect/_packed.c, `packedfast`) runs where it is built, unless ``compiled`` is
+    False or ``EGRESS_SCAN_PURE=1``; `_search_pure` is its twin (same answers)."""
     if len(data) < 3 or not data.translate(None, _TEXT):
-        return found
+        return {}
+    module = packedfast.wanted() if compiled is True else compiled or None
+    if module is None:
+        return _search_pure(data)
+    return _answer(module.search(data))
+
+
+def _answer(masks: tuple[int, int, int]) -> dict[bytes, int]:
+    """The compiled search's bit masks (`_COMPILED_WORDS`, then each width's `_COMPILED_RUNS`) as names → bits."""
+    found: dict[bytes, int] = {}
+    words, *widths = masks
+    for index, word in enumerate(_COMPILED_WORDS):
+        if words >> index & 1:
+            found[word] = 7 * len(word)
+    for mask, runs in zip(widths, _COMPILED_RUNS, strict=True):
+        for index, (run, bits) in enumerate(runs):
+            if mask >> index & 1:
+                found[run] = max(found.get(run, 0), bits)
+    return found
+
+
+def _search_pure(data: bytes) -> dict[bytes, int]:
+    """`search` in Python (bytes.translate, strided slices and bytes.find: a few C passes per offset)."""
+    found: dict[bytes, int] = {}
     shifted = shifts(data)
     flipped = shifts(data.translate(_BITREV))
     septets = [unpack(shifted, 7, offset) for offset in range(7)]
@@ -228,6 +254,15 @@ def search(data: bytes) -> dict[bytes, int]:
             if steps.find(pattern) >= 0:
                 found[run] = max(found.get(run, 0), bits)
     return found
+
+
+_COMPILED_WORDS: Final = tuple(dict.fromkeys(word for where in _GRAMS.values() for word, _at in where))
+"""The 7-bit words the search can find (those with a 5-gram of class characters), for the compiled search."""
+_COMPILED_RUNS: Final = tuple(tuple(_DIFFERENCES[width].values()) for width in (6, 5))
+"""Each width's letter runs and bits, in the order of its difference patterns (`_COMPILED_PATTERNS`)."""
+_COMPILED_PATTERNS: Final = tuple(tuple(_DIFFERENCES[width]) for width in (6, 5))
+if packedfast.COMPILED is not None:
+    packedfast.COMPILED.configure(_COMPILED_WORDS, *_COMPILED_PATTERNS)
 
 
 def surprise(found: dict[bytes, int]) -> int:
