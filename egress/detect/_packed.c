@@ -54,9 +54,12 @@ static Runs runs[2]; /* [0] 6-bit, [1] 5-bit */
 static int configured = 0;
 static uint8_t bitrev[256];
 
-static inline uint64_t load64(const uint8_t *p) {
-    uint64_t v = 0;
-    for (int i = 0; i < 8; i++) v = (v << 8) | p[i];
+static inline uint64_t load64(const uint8_t *p) { /* 8 bytes, big-endian */
+    uint64_t v;
+    memcpy(&v, p, 8);
+#if __BYTE_ORDER__ == __ORDER_LITTLE_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     return v;
 }
 
@@ -98,7 +101,8 @@ static uint64_t find_words(const uint8_t *buf, size_t nbits, int order, uint64_t
 
 /* Bit mask of the `width`-bit difference patterns found in the characters of every offset of `padded` (`size`
  * bytes of data), joined as packed.py joins them. */
-static int find_runs(const uint8_t *padded, size_t size, int width, const Runs *table, uint32_t *out) {
+static inline __attribute__((always_inline)) int find_runs(const uint8_t *padded, size_t size, const int width,
+                                                          const Runs *table, uint32_t *out) {
     size_t total = 0;
     for (int offset = 0; offset < width; offset++) {
         size_t blocks = (8 * size - (size_t)offset + 8 * (size_t)width - 1) / (8 * (size_t)width);
@@ -141,6 +145,10 @@ static int find_runs(const uint8_t *padded, size_t size, int width, const Runs *
     *out = found;
     return 0;
 }
+
+/* find_runs with its width a constant (the characters' shifts and masks compiled in) */
+static int find_runs6(const uint8_t *padded, size_t size, uint32_t *out) { return find_runs(padded, size, 6, &runs[0], out); }
+static int find_runs5(const uint8_t *padded, size_t size, uint32_t *out) { return find_runs(padded, size, 5, &runs[1], out); }
 
 static PyObject *configure(PyObject *self, PyObject *args) {
     PyObject *seqs[3];
@@ -240,7 +248,7 @@ static PyObject *search(PyObject *self, PyObject *arg) {
     found7 = find_words(padded, 8 * size, 0, 0);
     found7 = find_words(flipped, 8 * size, 1, found7);
     Py_END_ALLOW_THREADS
-    if (size && (find_runs(padded, size, 6, &runs[0], &found6) < 0 || find_runs(padded, size, 5, &runs[1], &found5) < 0)) {
+    if (size && (find_runs6(padded, size, &found6) < 0 || find_runs5(padded, size, &found5) < 0)) {
         PyMem_Free(padded);
         return PyErr_NoMemory();
     }

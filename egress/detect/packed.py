@@ -38,6 +38,12 @@ server's bytes are searched (from their start) only once the client's hold a nam
 client's calls, and a download alone costs nothing. A flow
 both of whose directions `egress.detect.jsonrpc` rules out (a whole TLS hello, an SSH banner) is ruled out here
 too: its bytes are ciphertext.
+
+Compiled: egress/detect/_packed.c searches the same patterns at every bit offset in one pass a width (a table of
+the bit shifts a name may start at, from the two bytes after each; each block of 8 characters from one 64-bit
+load), loaded by `egress.detect.packedfast`; `_search_pure` below is its twin, run where it is not built or
+``EGRESS_SCAN_PURE=1``, and tests/detect/test_packed_fast.py compares both on every input it has. A search that
+raises (the C's MemoryError) is a finding: the flow is blocked, never let through unsearched.
 """
 
 from __future__ import annotations
@@ -303,7 +309,11 @@ def detect(view: FlowView) -> Result:
             continue
         start = max(memo.upto[index] - OVERLAP, 0)
         memo.upto[index] = len(data)
-        for name, bits in search(data[start:]).items():
+        try:
+            found = search(data[start:])
+        except Exception as error:  # fail closed: a search that cannot answer (MemoryError in C) blocks
+            return Finding(Category.MINING, PROTOCOL, NAME, evidence(f"the search failed ({type(error).__name__})"))
+        for name, bits in found.items():
             memo.found[name] = max(memo.found.get(name, 0), bits)
     score = surprise(memo.found)
     if score >= THRESHOLD:

@@ -1,8 +1,9 @@
 """The compiled twin of `egress.detect.packed`'s search (egress/detect/_packed.c), or nothing.
 
 `COMPILED` is the module when it imports, was built for this file's `ABI` and (in a source tree, where _packed.c
-sits beside it) from the _packed.c there now; otherwise ``None``, and packed.py's pure search runs. ``EGRESS_SCAN_PURE=1``
-asks for the pure search too (`wanted`). tests/detect/test_packed_fast.py compares both on every input it has.
+sits beside it) from the _packed.c there now; otherwise ``None``, and packed.py's pure search runs.
+``EGRESS_SCAN_PURE=1`` asks for the pure search too (`wanted`).
+tests/detect/test_packed_fast.py compares both on every input it has.
 """
 
 from __future__ import annotations
