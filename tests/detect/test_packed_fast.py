@@ -199,3 +199,33 @@ def test_the_compiled_search_refuses_what_is_not_a_buffer() -> None:
     assert COMPILED is not None
     with pytest.raises(TypeError):
         COMPILED.search("text")
+
+
+@compiled_only
+@pytest.mark.parametrize("width", (6, 5))
+def test_a_run_ending_on_the_last_character_read(width: int) -> None:
+    """A letter run whose last character is the last one unpacked (read in the zero bits after the data: its code
+    is 0 in an alphabet based at its own letter) is found by both searches."""
+    rng = random.Random(width)
+    run, _bits = next(iter(packed._DIFFERENCES[width].values()))
+    planted = 0
+    for size in range(8, 80):
+        offset = width - 1  # the last stream searched
+        blocks = -((offset - 8 * size) // (8 * width))
+        first = offset + (8 * blocks - len(run)) * width
+        codes = "".join(f"{(byte - run[-1]) % (1 << width):0{width}b}" for byte in run)
+        noise = format(int.from_bytes(rng.randbytes(size)), f"0{8 * size}b")
+        bits = noise[:first] + codes
+        if first < 0 or "1" in bits[8 * size :]:
+            continue
+        planted += 1
+        assert run in same(pack(bits[: 8 * size])), size
+    assert planted > 10
+
+
+def test_a_build_beside_the_source_is_not_refused() -> None:
+    """A compiled module that exists but is stale would silently run the pure search (and skip the comparisons):
+    in a source tree with a build, the build must be the one loaded."""
+    built = list(pathlib.Path(packed.__file__).parent.glob("_packed.*.so"))
+    if built:
+        assert COMPILED is not None, f"{built[0]} is stale: rebuild (deploy/bootstrap.sh)"
