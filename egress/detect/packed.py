@@ -75,8 +75,9 @@ RUN_BITS: Final = 40
 5: ``subscribe``, ``authorize``, ``difficulty``, ``getblocktemplate``...): each run searched is one more pass
 over the differences, and a shorter one adds at most 16 bits of surprise."""
 OVERLAP: Final = 24
-"""Bytes searched again before the last stop: more than the longest name packed (18 characters of 7 bits: 126
-bits, 16 bytes, and a byte of offset)."""
+"""Bytes searched again before the last stop: more than the longest name packed (``mining.extranonce.subscribe``,
+27 characters of 7 bits: 189 bits, under 24 bytes' 192 wherever it starts). A name not wholly in the bytes
+searched before ends past the stop, so starts after the stop less 189 bits: inside the overlap."""
 WIDTHS: Final = (7, 6, 5)
 
 VOCABULARY: Final[tuple[bytes, ...]] = tuple(

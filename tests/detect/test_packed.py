@@ -223,3 +223,14 @@ def test_the_calls_after_an_opening_judged_plain_are_mining(opening: bytes) -> N
     TLS record and handshake header announcing a ClientHello whose record carries the PDUs."""
     found = feed_stream(packed.detect, opening + stream("ia5"))
     assert found is not None and found.detector == packed.NAME
+
+
+@pytest.mark.parametrize("lead", (0, 3, 7))
+def test_the_longest_name_is_found_wherever_the_segments_cut_it(lead: int) -> None:
+    """`packed.OVERLAP` covers the longest name (27 characters, 189 bits): fed cut at every byte, after a
+    search of the bytes before the cut, it is found."""
+    word = max(packed.VOCABULARY, key=len)
+    assert 7 * len(word) <= 8 * packed.OVERLAP
+    data = bytes(range(0x80, 0xA0)) + pack("1" * lead + msb(word) + "1" * 9) + bytes(range(0x80, 0x90))
+    results = feed_every_split(packed.detect, data)
+    assert all(result is not None and word.decode() in result.evidence for result in results)
