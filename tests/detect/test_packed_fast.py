@@ -9,6 +9,7 @@ import pathlib
 import random
 import types
 import zlib
+from collections.abc import Callable
 
 import pytest
 
@@ -90,13 +91,14 @@ def test_every_name_at_every_offset_in_every_width(lead: int) -> None:
 @pytest.mark.parametrize("kind", ("text", "zlib", "png", "protobuf", "tls"))
 def test_the_benign_inputs(kind: str) -> None:
     rng = random.Random(kind)
-    data = {
+    makers: dict[str, Callable[[], bytes]] = {
         "text": _text,
         "zlib": lambda: zlib.compress(_text()),
         "png": lambda: _png(rng),
         "protobuf": lambda: _protobuf(rng),
         "tls": lambda: _tls(rng),
-    }[kind]()
+    }
+    data = makers[kind]()
     for at in range(0, len(data), 16 * 1024):
         same(data[at : at + 16 * 1024])
     same_at_every_split(data[:300])
