@@ -1,6 +1,7 @@
 """The compiled modules of egress: the scanner's hot path (egress/capture/_hot.c; see docs/scanner-hot-path.md) and
-the front's per-connection TLS work (egress/detect/_tlsfast.c; egress/detect/tlsfast.py) and the JSON-RPC reader's byte
-work (egress/detect/_jsonfast.c; egress/detect/jsonfast.py).
+the front's per-connection TLS work (egress/detect/_tlsfast.c; egress/detect/tlsfast.py), the JSON-RPC reader's byte
+work (egress/detect/_jsonfast.c; egress/detect/jsonfast.py) and the packed detector's search (egress/detect/_packed.c;
+egress/detect/packedfast.py).
 
 Everything else about the package is declared in pyproject.toml. Each extension is optional: where no C compiler
 exists (or the build fails) setuptools says so and installs egress without it, and egress runs the pure-Python
@@ -44,6 +45,20 @@ jsonfast = (
     if JSONFAST.exists()  # as for _tlsfast: a copy holding only the scanner's source builds that alone
     else []
 )
+PACKED = pathlib.Path(__file__).with_name("egress").joinpath("detect", "_packed.c")
+packed = (
+    [
+        Extension(
+            "egress.detect._packed",
+            ["egress/detect/_packed.c"],
+            optional=True,
+            define_macros=[("PACKED_SOURCE", f'"{hashlib.sha256(PACKED.read_bytes()).hexdigest()}"')],
+            extra_compile_args=["-O2"],
+        )
+    ]
+    if PACKED.exists()
+    else []
+)
 
 setup(
     ext_modules=[
@@ -57,5 +72,6 @@ setup(
         ),
         *tlsfast,
         *jsonfast,
+        *packed,
     ]
 )

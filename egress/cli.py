@@ -15,6 +15,7 @@ from typing import Any, NoReturn
 import click
 
 from egress.capture.reader import CHUNK
+from egress.detect import packedfast
 from egress.detect.base import Category
 from egress.detect.registry import build_detectors
 from egress.policy.lists import RulesError, load_name_lists
@@ -213,6 +214,7 @@ def scan(
         click.echo(f"egress: {exc}", err=True)
         sys.exit(EXIT_USAGE)
     scanner = Scanner(detectors)
+    packedfast.choose(scanner.impl.name == "compiled")  # the packed detector's search with the hot path
     show_progress = sys.stderr.isatty() if progress is None else progress
     table = TableWriter(sys.stdout, colour=sys.stdout.isatty(), show_file=len(files) > 1)
     by_category: Counter[str] = Counter()
@@ -253,6 +255,7 @@ def _scanner_for(lists_dir: str | None, compiled: bool) -> Scanner:
     """The scanner of an `egress scan --jobs` worker process: the parent's name lists and hot path."""
     from egress.capture.hot import implementation
 
+    packedfast.choose(compiled)
     return Scanner(build_detectors(load_name_lists(lists_dir)), hot=implementation(compiled))
 
 

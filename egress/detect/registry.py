@@ -22,6 +22,7 @@ from egress.detect import (
     ethstratum,
     getwork,
     icmp_tunnel,
+    packed,
     pptp,
     proxytunnel,
     ssh,
@@ -45,9 +46,11 @@ MINING: Final[tuple[Detector, ...]] = (
     stratum2.detect,
     binrpc.detect,
     xmlrpc.detect,
+    packed.detect,
 )
-"""Pool protocols (binrpc: the same calls in binary RPC encodings; xmlrpc: as XML-RPC, SOAP or other XML); also run
-on payloads unwrapped from WebSocket frames and on decrypted TLS."""
+"""Pool protocols (binrpc: the same calls in binary RPC encodings; xmlrpc: as XML-RPC, SOAP or other XML; packed:
+the names as 7-, 6- or 5-bit characters at any bit offset, unaligned PER); also run on payloads unwrapped from
+WebSocket frames and on decrypted TLS."""
 
 STREAM_TUNNELS: Final[tuple[Detector, ...]] = (
     ssh.detect,

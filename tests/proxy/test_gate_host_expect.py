@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 
 from egress.decide import Enforcement, Reason
-from egress.detect import encrypted, ssh
+from egress.detect import encrypted, packed, ssh
 from egress.detect.base import Detector, FlowMeta
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
@@ -69,9 +69,13 @@ def _refused(decision: Decision, protocol: str) -> None:
 
 @pytest.mark.parametrize("framing", sorted(PER))
 def test_stratum_in_unaligned_per_to_a_host_rules_port_is_refused_at_its_opening(framing: str) -> None:
-    """Red team 6's bypass: the first PDU (125-137 bytes, no name in it) to plain.test:8080 (a host rule,
-    default ``expect``) is an opening that is no protocol: a tunnel, as through a network rule."""
-    _refused(_first(("192.0.2.1", 8080), PER[framing]), encrypted.PROTOCOL)
+    """Red team 6's bypass: the first PDU (125-137 bytes, no name in it as bytes) to plain.test:8080 (a host rule,
+    default ``expect``) is refused at its opening: since `egress.detect.packed` reads the name packed at 7 bits,
+    as mining (the detectors' finding outranks the opening's ``tunnel``)."""
+    decision = _first(("192.0.2.1", 8080), PER[framing])
+    assert decision.kind is Kind.REFUSE, decision
+    assert decision.verdict is not None and decision.verdict.reason is Reason.MINING, decision.verdict
+    assert decision.verdict.finding is not None and decision.verdict.finding.detector == packed.NAME
 
 
 @pytest.mark.parametrize(

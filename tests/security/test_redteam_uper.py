@@ -13,7 +13,9 @@ rule's rows held from the start (refused there as ``tunnel``); the host rule's c
 a host rule's raw streams were held to its ``expect`` (default ``[tls, http]``: `egress.proxy.gate.Gate.expecting`),
 which refuses the opening as ``tunnel`` too. Variants tried past that fix (`test_stratum_in_unaligned_per_past_the_
 opening`): a TLS record header or a request line first, a keep-alive request first (closed); a printable line
-first, WebSocket binary frames (still open, on both routes: strict xfails).
+first, WebSocket binary frames (open until `egress.detect.packed` read the names packed at 7 bits: strict xfails
+then). Variants past that reader (`test_packed_names_past_the_reader`): 6- and 5-bit alphabets, a 3-bit offset,
+text between the PDUs, the PDUs over WebSocket fragments or messages, permessage-deflate.
 Ground truth: the pool's log (``share accepted``) and the
 internet-side capture. Each row fails if the bypass works.
 """
@@ -44,17 +46,6 @@ _KIT = "from tests.security.redteam_uper_kit import {0}; {0}()"
 REFUSED = {"mining", "tunnel", "tls-no-sni"}
 """How a row may be refused: by a detector, at the opening (``tunnel``), or a TLS record header without a
 ClientHello to a host rule's port (``tls-no-sni``: no name, no network rule)."""
-TEXT_PREFIX_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 6, knowingly left): an opening more than half printable is judged plain, and a rule "
-    "that expects http takes a plaintext stream to the detectors, which read no name in PER (docs/security.md, "
-    "'Sixth round', unaligned PER)",
-)
-WEBSOCKET_OPEN = pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 6, knowingly left): a WebSocket binary message's payload is read by the stream "
-    "detectors only; no opening rule holds it (docs/security.md, 'Sixth round', unaligned PER)",
-)
 
 
 @pytest.fixture(scope="module")
@@ -106,9 +97,9 @@ def test_stratum_in_unaligned_per(lab: SecurityLab, pool: Attacker, framing: str
     (
         "tls-prefix",
         "http-prefix",
-        pytest.param("text-prefix", marks=TEXT_PREFIX_OPEN),
+        "text-prefix",
         "keepalive",
-        pytest.param("websocket", marks=WEBSOCKET_OPEN),
+        "websocket",
     ),
 )
 @pytest.mark.parametrize("route", ("host-rule", "network-rule"))
@@ -126,3 +117,21 @@ def test_stratum_in_unaligned_per_past_the_opening(
     assert not goal, f"the pool accepted {shares} share(s): {seen}"
     if variant != "http-prefix":
         assert reason in REFUSED | {"not-allowlisted"}, (reason, seen)
+
+
+@pytest.mark.parametrize(
+    "variant", ("six", "five", "offset", "interleaved", "ws-six", "ws-fragments", "ws-messages", "ws-deflate")
+)
+@pytest.mark.parametrize("route", ("host-rule", "network-rule"))
+@pytest.mark.parametrize("framing", ("binary", "text"))
+def test_packed_names_past_the_reader(lab: SecurityLab, pool: Attacker, framing: str, route: str, variant: str) -> None:
+    """Variants tried against the packed-name reader (`egress.detect.packed`), after the printable line or in
+    WebSocket messages: the strings at 6 bits (``six``, ``ws-six``) or the names at 5 (``five``), each index of
+    a permitted alphabet; 3 flag bits first (``offset``: every string 3 bits further); a printable line before
+    every PDU (``interleaved``); each PDU in two fragments of one message (``ws-fragments``) or in two messages
+    (``ws-messages``: no message holds a whole name), or compressed with permessage-deflate (``ws-deflate``).
+    Each fails if a share is answered; a refusal must be recorded as mining (the reader's), or as a refused
+    opening or upgrade where the gateway refuses the compression it cannot read."""
+    goal, reason, shares, seen = _run(lab, pool, framing, route, variant)
+    assert not goal, f"the pool accepted {shares} share(s): {seen}"
+    assert reason in REFUSED | {"not-allowlisted"}, (reason, seen)
