@@ -19,16 +19,16 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
+from egress.netlinkwire import HEADER as _HEADER
+from egress.netlinkwire import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, nfmessage
+from egress.netlinkwire import attr as _attr
+from egress.netlinkwire import attrs as _attrs
+
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_ULOG = 4
 NFULNL_MSG_PACKET = NFNL_SUBSYS_ULOG << 8 | 0
 NFULNL_MSG_CONFIG = NFNL_SUBSYS_ULOG << 8 | 1
 
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 2
-NLMSG_DONE = 3
-NLA_TYPE_MASK = 0x3FFF
 
 # nfulnl_msg_config attributes and commands (linux/netfilter/nfnetlink_log.h)
 NFULA_CFG_CMD = 1
@@ -55,7 +55,6 @@ detector judges an echo's size and content; the log is rate-limited, so this cos
 FLUSH_TIMEOUT = 1
 """Hundredths of a second the kernel may hold a message (with a threshold of 1 it rarely waits at all)."""
 RCVBUF = 1 << 20
-_HEADER = struct.Struct("=IHHII")
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,21 +69,6 @@ class LoggedPacket:
     """Index of the interface it came in on, if any."""
     ts: float
     """When it was logged (kernel time stamp when there is one, else when it was read)."""
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(data), kind) + data
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def _attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4 or offset + length > len(data):
-            return
-        yield kind & NLA_TYPE_MASK, data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
 
 
 def parse_packet(message: bytes, read_at: float) -> LoggedPacket | None:
@@ -246,9 +230,7 @@ class NflogReader:
     def _config(self, family: int, group: int, attrs: bytes, strict: bool = True) -> None:
         sock = self._socket()
         self._seq += 1
-        body = struct.pack("=BB", family, 0) + struct.pack("!H", group) + attrs
-        header = _HEADER.pack(_HEADER.size + len(body), NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, self._seq, 0)
-        sock.send(header + body)
+        sock.send(nfmessage(NFULNL_MSG_CONFIG, NLM_F_REQUEST | NLM_F_ACK, self._seq, family, group, attrs))
         self._acked = False
         deadline = time.monotonic() + 2.0
         while not self._acked:

@@ -18,10 +18,12 @@ import select
 import socket
 import struct
 import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 
 from egress.capture.nflog import in_netns
+from egress.netlinkwire import HEADER as _HEADER
+from egress.netlinkwire import NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR, attr, attrs
+from egress.netlinkwire import nfmessage as message
 
 NETLINK_NETFILTER = 12
 NFNL_SUBSYS_QUEUE = 3
@@ -29,10 +31,6 @@ NFQNL_MSG_PACKET = NFNL_SUBSYS_QUEUE << 8 | 0
 NFQNL_MSG_VERDICT = NFNL_SUBSYS_QUEUE << 8 | 1
 NFQNL_MSG_CONFIG = NFNL_SUBSYS_QUEUE << 8 | 2
 
-NLM_F_REQUEST = 0x1
-NLM_F_ACK = 0x4
-NLMSG_ERROR = 2
-NLA_TYPE_MASK = 0x3FFF
 
 # nfqnl_msg_config attributes and commands (linux/netfilter/nfnetlink_queue.h)
 NFQA_CFG_CMD = 1
@@ -60,7 +58,6 @@ COPY_RANGE = 0xFFFF
 MAX_LENGTH = 4096
 """Packets the kernel holds waiting for a verdict; past it, it drops (no fail-open flag)."""
 RCVBUF = 1 << 22
-_HEADER = struct.Struct("=IHHII")
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,29 +72,6 @@ class QueuedPacket:
     outdev: int | None
     ts: float
     """When it was queued (kernel time stamp when there is one, else when it was read)."""
-
-
-def attr(kind: int, data: bytes) -> bytes:
-    """One netlink attribute, padded to 4 bytes."""
-    raw = struct.pack("=HH", 4 + len(data), kind) + data
-    return raw + b"\0" * (-len(raw) % 4)
-
-
-def attrs(data: bytes) -> Iterator[tuple[int, bytes]]:
-    """The (type, value) attributes in ``data``; stops at the first malformed one."""
-    offset = 0
-    while offset + 4 <= len(data):
-        length, kind = struct.unpack_from("=HH", data, offset)
-        if length < 4 or offset + length > len(data):
-            return
-        yield kind & NLA_TYPE_MASK, data[offset + 4 : offset + length]
-        offset += (length + 3) & ~3
-
-
-def message(kind: int, flags: int, seq: int, family: int, queue: int, body: bytes) -> bytes:
-    """A netlink message of ``kind`` carrying an nfgenmsg (``family``, version 0, ``queue``) and ``body``."""
-    payload = struct.pack("=BB", family, 0) + struct.pack("!H", queue) + body
-    return _HEADER.pack(_HEADER.size + len(payload), kind, flags, seq, 0) + payload
 
 
 def config_command(seq: int, queue: int, command: int, family: int = socket.AF_UNSPEC) -> bytes:

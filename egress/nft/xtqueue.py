@@ -26,6 +26,10 @@ import struct
 from typing import Final
 
 from egress.capture.nflog import in_netns
+from egress.netlinkwire import HEADER as _HEADER
+from egress.netlinkwire import NLA_F_NESTED, NLM_F_ACK, NLM_F_REQUEST, NLMSG_ERROR
+from egress.netlinkwire import attr as _attr
+from egress.netlinkwire import nfmessage as _message
 
 NETLINK_NETFILTER: Final = 12
 NFNL_SUBSYS_NFTABLES: Final = 10
@@ -34,12 +38,8 @@ NFNL_MSG_BATCH_END: Final = 0x11
 NFT_MSG_NEWRULE: Final = NFNL_SUBSYS_NFTABLES << 8 | 6
 NFPROTO_INET: Final = 1
 
-NLM_F_REQUEST: Final = 0x1
-NLM_F_ACK: Final = 0x4
 NLM_F_CREATE: Final = 0x400
 NLM_F_APPEND: Final = 0x800
-NLMSG_ERROR: Final = 2
-NLA_F_NESTED: Final = 0x8000
 
 NFTA_RULE_TABLE: Final = 1
 NFTA_RULE_CHAIN: Final = 2
@@ -57,12 +57,6 @@ NFTA_QUEUE_TOTAL: Final = 2
 NFTA_QUEUE_FLAGS: Final = 3
 
 NFQUEUE_REVISION: Final = 3
-_HEADER = struct.Struct("=IHHII")
-
-
-def _attr(kind: int, data: bytes) -> bytes:
-    raw = struct.pack("=HH", 4 + len(data), kind) + data
-    return raw + b"\0" * (-len(raw) % 4)
 
 
 def _nested(kind: int, *attrs: bytes) -> bytes:
@@ -79,11 +73,6 @@ def nfqueue_info(queue: int) -> bytes:
     if not 0 <= queue < 65536:
         raise ValueError(f"bad queue number {queue}")
     return struct.pack("=HHH", queue, 1, 0) + b"\0\0"
-
-
-def _message(kind: int, flags: int, seq: int, family: int, res_id: int, body: bytes) -> bytes:
-    payload = struct.pack("=BB", family, 0) + struct.pack("!H", res_id) + body
-    return _HEADER.pack(_HEADER.size + len(payload), kind, flags, seq, 0) + payload
 
 
 def _native(queue: int) -> bytes:

@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from egress import netlinkwire
 from egress.capture import nfqueue
 from egress.capture.nfqueue import NF_ACCEPT, NF_DROP, NfqueueReader, QueuedPacket, parse, parse_packet
 from egress.nft import runner, xtqueue
@@ -33,22 +34,22 @@ def test_parses_id_payload_interfaces_and_time() -> None:
     body = _body(
         socket.AF_INET,
         3,
-        nfqueue.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 77, 0x0800, 2)),
-        nfqueue.attr(nfqueue.NFQA_IFINDEX_INDEV, struct.pack("!I", 4)),
-        nfqueue.attr(nfqueue.NFQA_IFINDEX_OUTDEV, struct.pack("!I", 5)),
-        nfqueue.attr(nfqueue.NFQA_TIMESTAMP, struct.pack("!QQ", 1_700_000_000, 250_000)),
-        nfqueue.attr(nfqueue.NFQA_PAYLOAD, IP4),
+        netlinkwire.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 77, 0x0800, 2)),
+        netlinkwire.attr(nfqueue.NFQA_IFINDEX_INDEV, struct.pack("!I", 4)),
+        netlinkwire.attr(nfqueue.NFQA_IFINDEX_OUTDEV, struct.pack("!I", 5)),
+        netlinkwire.attr(nfqueue.NFQA_TIMESTAMP, struct.pack("!QQ", 1_700_000_000, 250_000)),
+        netlinkwire.attr(nfqueue.NFQA_PAYLOAD, IP4),
     )
     assert parse_packet(body, 5.0) == QueuedPacket(77, socket.AF_INET, IP4, 4, 5, 1_700_000_000.25)
 
 
 def test_family_from_the_hardware_protocol_then_the_ip_version() -> None:
     v6 = bytes([0x60]) + bytes(39)
-    hdr = nfqueue.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 1, 0x86DD, 2))
-    by_hw = parse_packet(_body(0, 0, hdr, nfqueue.attr(nfqueue.NFQA_PAYLOAD, IP4)), 1)
+    hdr = netlinkwire.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 1, 0x86DD, 2))
+    by_hw = parse_packet(_body(0, 0, hdr, netlinkwire.attr(nfqueue.NFQA_PAYLOAD, IP4)), 1)
     assert by_hw is not None and by_hw.family == socket.AF_INET6
-    bare = nfqueue.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!I", 2))
-    by_version = parse_packet(_body(0, 0, bare, nfqueue.attr(nfqueue.NFQA_PAYLOAD, v6)), 9.5)
+    bare = netlinkwire.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!I", 2))
+    by_version = parse_packet(_body(0, 0, bare, netlinkwire.attr(nfqueue.NFQA_PAYLOAD, v6)), 9.5)
     assert by_version == QueuedPacket(2, socket.AF_INET6, v6, None, None, 9.5)
 
 
@@ -56,8 +57,8 @@ def test_family_from_the_hardware_protocol_then_the_ip_version() -> None:
     "body",
     [
         b"",
-        _body(socket.AF_INET, 0, nfqueue.attr(nfqueue.NFQA_PAYLOAD, IP4)),  # no id
-        _body(socket.AF_INET, 0, nfqueue.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 1, 0x800, 2))),
+        _body(socket.AF_INET, 0, netlinkwire.attr(nfqueue.NFQA_PAYLOAD, IP4)),  # no id
+        _body(socket.AF_INET, 0, netlinkwire.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 1, 0x800, 2))),
         _body(socket.AF_INET, 0) + struct.pack("=HH", 400, nfqueue.NFQA_PAYLOAD) + IP4,  # past the end
     ],
     ids=["empty", "no-id", "no-payload", "overlong-attr"],
@@ -70,11 +71,11 @@ def test_parse_splits_a_batch_and_names_what_needs_a_drop() -> None:
     good = _body(
         socket.AF_INET,
         0,
-        nfqueue.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 5, 0x800, 2)),
-        nfqueue.attr(nfqueue.NFQA_PAYLOAD, IP4),
+        netlinkwire.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 5, 0x800, 2)),
+        netlinkwire.attr(nfqueue.NFQA_PAYLOAD, IP4),
     )
-    empty = _body(socket.AF_INET, 0, nfqueue.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 6, 0x800, 2)))
-    error = _netlink(nfqueue.NLMSG_ERROR, struct.pack("=i", -errno.EPERM) + bytes(16), seq=9)
+    empty = _body(socket.AF_INET, 0, netlinkwire.attr(nfqueue.NFQA_PACKET_HDR, struct.pack("!IHB", 6, 0x800, 2)))
+    error = _netlink(netlinkwire.NLMSG_ERROR, struct.pack("=i", -errno.EPERM) + bytes(16), seq=9)
     data = _netlink(nfqueue.NFQNL_MSG_PACKET, good) + _netlink(nfqueue.NFQNL_MSG_PACKET, empty) + error
     packets, errors, unusable = parse(data, 1.0)
     assert [p.packet_id for p in packets] == [5]
@@ -85,7 +86,7 @@ def test_parse_splits_a_batch_and_names_what_needs_a_drop() -> None:
 def test_verdict_message_bytes() -> None:
     raw = nfqueue.verdict_message(7, 0x01020304, NF_DROP)
     length, kind, flags = struct.unpack_from("=IHH", raw)
-    assert (length, kind, flags) == (len(raw), nfqueue.NFQNL_MSG_VERDICT, nfqueue.NLM_F_REQUEST)
+    assert (length, kind, flags) == (len(raw), nfqueue.NFQNL_MSG_VERDICT, netlinkwire.NLM_F_REQUEST)
     assert raw[16:20] == bytes([socket.AF_UNSPEC, 0, 0, 7])
     assert raw[20:] == struct.pack("=HH", 12, nfqueue.NFQA_VERDICT_HDR) + struct.pack("!II", NF_DROP, 0x01020304)
     accept = nfqueue.verdict_message(7, 1, NF_ACCEPT)
@@ -100,7 +101,7 @@ def test_config_messages_bytes() -> None:
     assert bind[16:20] == bytes([socket.AF_UNSPEC, 0, 0, 9])
     assert bind[20:28] == struct.pack("=HH", 8, nfqueue.NFQA_CFG_CMD) + bytes([1, 0, 0, 0])
     params = nfqueue.config_params(5, 9, 0xFFFF, 100)
-    found = dict(nfqueue.attrs(params[20:]))
+    found = dict(netlinkwire.attrs(params[20:]))
     assert found[nfqueue.NFQA_CFG_PARAMS] == struct.pack("!IB", 0xFFFF, nfqueue.NFQNL_COPY_PACKET)
     assert found[nfqueue.NFQA_CFG_QUEUE_MAXLEN] == struct.pack("!I", 100)
 

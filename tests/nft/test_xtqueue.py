@@ -9,6 +9,7 @@ import struct
 
 import pytest
 
+from egress import netlinkwire
 from egress.nft import runner, xtqueue
 from tests.nft.netns import namespace
 
@@ -42,7 +43,7 @@ def test_the_batch_is_begin_newrule_end_in_the_inet_family() -> None:
         xtqueue.NFNL_MSG_BATCH_END,
     ]
     assert [s for _, s, _ in kinds] == [40, 41, 42]
-    assert kinds[1][2] & xtqueue.NLM_F_ACK and kinds[1][2] & xtqueue.NLM_F_APPEND
+    assert kinds[1][2] & netlinkwire.NLM_F_ACK and kinds[1][2] & xtqueue.NLM_F_APPEND
     rule = bodies[1]
     assert rule[0] == xtqueue.NFPROTO_INET
     attrs = _attrs(rule[4:])
