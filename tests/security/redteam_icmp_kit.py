@@ -24,7 +24,8 @@ CHUNK = 1000
 """Bytes of chosen data per ICMP message."""
 
 
-def _checksum(data: bytes) -> int:
+def checksum(data: bytes) -> int:
+    """The Internet checksum (RFC 1071) of ``data``: ICMP, ICMPv6 with its pseudo-header, UDP, IPv4 headers."""
     if len(data) % 2:
         data += b"\0"
     total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -40,9 +41,9 @@ def quoted_error(inner_src: str, sport: int, inner_dst: str, dport: int, data: b
         "!BBHHHBBH4s4s", 0x45, 0, 20 + len(segment), 1, 0, 64, 6, 0,
         socket.inet_aton(inner_src), socket.inet_aton(inner_dst),
     )  # fmt: skip
-    header = header[:10] + struct.pack("!H", _checksum(header)) + header[12:]
+    header = header[:10] + struct.pack("!H", checksum(header)) + header[12:]
     message = struct.pack("!BBHI", 3, 3, 0, 0) + header + segment
-    return message[:2] + struct.pack("!H", _checksum(message)) + message[4:]
+    return message[:2] + struct.pack("!H", checksum(message)) + message[4:]
 
 
 def quoted_error6(inner_src: str, sport: int, inner_dst: str, dport: int, data: bytes) -> bytes:

@@ -26,19 +26,11 @@ import struct
 import sys
 
 from egress.detect import dns
+from tests.security.redteam_icmp_kit import checksum
 
 MARK = b"5ec7e7-rt11"
 """The chosen bytes every payload carries: found anywhere in the internet side's capture file, they crossed."""
 WAIT = 2.0
-
-
-def checksum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    total: int = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    total = (total >> 16) + (total & 0xFFFF)
-    total += total >> 16
-    return ~total & 0xFFFF
 
 
 def _v6(address: str) -> bool:
