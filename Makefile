@@ -13,14 +13,19 @@ test: ## Install what is missing, then lint, format check, mypy (strict) and pyt
 	$(BIN)/ruff check egress tests bench rules
 	$(BIN)/ruff format --check egress tests bench rules
 	$(BIN)/mypy
-	# The tests in two halves, each test in exactly one: what `make unit` runs, on every core; then the rest (root,
-	# the lab, the browser) one after the other, as the lab tests share the host's namespaces, nftables and ports.
-	# Both halves always run; the target fails if either failed. They append to one security-suite file, so the
-	# table printed at the very end has every row (the first half's fuzz rows too).
+	# The tests in three parts, each test in exactly one: what `make unit` runs, on every core; then the rest of the
+	# lab tests (root, the lab, the browser) that are not the security suite's, one after the other, as they share
+	# the host's namespaces, nftables and ports; then the security suite's modules side by side, as `make security`
+	# runs them (each module builds a lab with names of its own; a module stays on one worker). All three always
+	# run; the target fails if any failed. They append to one security-suite file, so the table printed at the very
+	# end has every row (the first part's fuzz rows too).
 	@report=$$(mktemp --suffix=.jsonl) && status=0 && \
 	env -u PYTHONDONTWRITEBYTECODE EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -n auto -m "$(UNIT_TESTS)" \
 		|| status=$$?; \
-	EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -m "not ($(UNIT_TESTS))" || status=$$((status | $$?)); \
+	EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -m "not ($(UNIT_TESTS)) and not security" \
+		|| status=$$((status | $$?)); \
+	EGRESS_SECURITY_REPORT=$$report $(BIN)/pytest -n auto --dist loadfile -p no:cacheprovider \
+		-m "not ($(UNIT_TESTS)) and security" || status=$$((status | $$?)); \
 	rm -f "$$report"; exit $$status
 
 unit: ## The fast loop: every test that needs neither root, the lab nor a browser, on both cores, a tenth of each fuzz budget (at least 10 examples).
