@@ -350,7 +350,9 @@ def _input(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> Non
     was accepted unconditioned until red team 11: a fragmentation needed (or IPv6 packet too big) quoting an echo
     reply from the gateway's uplink to allowed.lab set the gateway's path MTU to that host to 552 (1,280) bytes
     for 10 minutes, for every sandbox, unrecorded (the kernel's ``icmp_err``/``icmpv6_err`` trust such a quote
-    without a socket); conntrack also calls related an error quoting the proxy's own upstream connections."""
+    without a socket); conntrack also calls related an error quoting the proxy's own upstream connections. The
+    error must also come from that sandbox's sources: until red team 11's last row, sandbox A could send one quoting
+    sandbox B's DNS and set the gateway's path MTU to B."""
     settings = out.settings
     out.add("chain input {", 1)
     out.add("type filter hook input priority filter; policy accept;", 2)
@@ -359,8 +361,10 @@ def _input(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> Non
     out.add("chain sandbox_input {", 1)
     out.add("ct state established accept", 2)
     for sandbox in sandboxes:
-        for v, _ in _FAMILIES:
-            out.add(f"{_related(sandbox, v)} accept", 2)
+        for v, fam in _FAMILIES:
+            # From the sandbox whose connection it quotes: from another, a sandbox could cut a neighbour's path MTU
+            # to the gateway (red team 11's open row); a source forged from another link is dropped before this.
+            out.add(f"{fam} saddr @{source_set(sandbox.name, v)} {_related(sandbox, v)} accept", 2)
     # Only redirected connections: a direct connection to a proxy port would make the proxy connect to itself.
     out.add(f"ct status dnat meta l4proto tcp th dport {_one_of(settings.proxy_ports)} accept", 2)
     out.add(f"ct status dnat meta l4proto {{ tcp, udp }} th dport {settings.dns_port} accept", 2)

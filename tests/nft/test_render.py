@@ -176,8 +176,10 @@ def test_the_gateway_itself_takes_only_errors_about_a_sandboxs_own_connections()
     assert "established,related" not in chain
     assert "\t\ticmp type" not in chain and "\t\ticmpv6 type { destination-unreachable" not in chain
     for name in ("agents", "ci-runners"):
-        assert f"ct state related ct original ip saddr @src4_{name} icmp type {{ " in chain
-        assert f"ct state related ct original ip6 saddr @src6_{name} icmpv6 type {{ " in chain
+        # and from that sandbox only: from another, it set the gateway's path MTU to the first (red team 11's last row)
+        assert f"ip saddr @src4_{name} ct state related ct original ip saddr @src4_{name} icmp type {{ " in chain
+        assert f"ip6 saddr @src6_{name} ct state related ct original ip6 saddr @src6_{name} icmpv6 type {{ " in chain
+    assert chain.count("ct state related") == 4
 
 
 @pytest.mark.root

@@ -5,7 +5,7 @@ would not have (root in a network namespace may open ``SOCK_RAW``).
   a source address that is not the sender's: a TCP SYN carrying data, or a UDP datagram, each holding `MARK`.
 - `icmp_main` (sandbox): ICMP errors written by hand: a port unreachable, a time exceeded or a fragmentation
   needed (IPv4) / packet too big (IPv6) quoting a datagram chosen by the agent and followed by `MARK`, and an ICMP
-  redirect; sent to the gateway itself or through it.
+  redirect; sent to the gateway itself or through it. `icmp_udp_main`: the same errors quoting a UDP datagram.
 - `dhcp_main` (sandbox): DHCP DISCOVERs from 0.0.0.0:68 whose options (host name, vendor class, client id) carry
   `MARK`, to the broadcast address or another destination, from many client hardware addresses (starvation).
 - `http_trailers_main` (sandbox, or the internet side for the control): a chunked POST whose trailer section
@@ -120,6 +120,20 @@ def icmp_main() -> None:
     v6 = _v6(to)
     message = icmp_error(kind, _echo_reply(qsrc, qdst), MARK * 4, v6, newgw)
     family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
+    with socket.socket(family, socket.SOCK_RAW, proto) as sock:
+        for _ in range(3):
+            sock.sendto(message, (to, 0))
+    print("sent 3", flush=True)
+
+
+def icmp_udp_main() -> None:
+    """``icmp_udp_main KIND TO QUOTED_SRC QUOTED_SPORT QUOTED_DST QUOTED_DPORT``: three ICMP errors to TO quoting a
+    UDP datagram QUOTED_SRC:QUOTED_SPORT → QUOTED_DST:QUOTED_DPORT (an answer of the gateway's resolver, say),
+    followed by MARK."""
+    kind, to, qsrc, qsport, qdst, qdport = sys.argv[1:7]
+    body = transport(qsrc, qdst, socket.IPPROTO_UDP, int(qsport), int(qdport), MARK)
+    message = icmp_error(kind, ip_packet(qsrc, qdst, socket.IPPROTO_UDP, body), MARK * 4, _v6(to))
+    family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if _v6(to) else (socket.AF_INET, socket.IPPROTO_ICMP)
     with socket.socket(family, socket.SOCK_RAW, proto) as sock:
         for _ in range(3):
             sock.sendto(message, (to, 0))
@@ -266,10 +280,12 @@ def reach_main() -> None:
 
 
 def ask_main() -> None:
-    """``ask_main NAMESERVER NAME``: one A query; prints ``rcode N answers A,B``."""
+    """``ask_main NAMESERVER NAME [SPORT]``: one A query (from SPORT if given); prints ``rcode N answers A,B``."""
     nameserver, name = sys.argv[1], sys.argv[2]
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(WAIT)
+        if len(sys.argv) > 3:
+            sock.bind(("0.0.0.0", int(sys.argv[3])))
         sock.sendto(dns.build_query(0x4444, name, dns.A), (nameserver, 53))
         try:
             message = dns.parse(sock.recv(65535))

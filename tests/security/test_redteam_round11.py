@@ -443,3 +443,53 @@ def test_sandbox_a_forging_bs_source_is_not_judged_under_bs_policy(two_links: Tw
            f"records name {named}")  # fmt: skip
     assert leaked == 0, capture.result.table() if capture.result else None
     assert "other" not in named, named
+
+
+_B_SPORT = 35353
+"""The source port of B's DNS question in the rows below: the quoted answer's destination."""
+
+
+def _b_asks_and_is_answered(two_links: TwoLinks) -> None:
+    """B asks its gateway address for blocked.lab from `_B_SPORT`: the gateway then tracks B's DNS flow, whose
+    answer (B_GATEWAY:53 → B:35353) the errors below quote."""
+    out = two_links.b("ask_main", B_GATEWAY, "blocked.lab", str(_B_SPORT))
+    assert f"answers {BLOCKED.v4}" in out, out
+
+
+def test_control_bs_own_error_about_its_dns_sets_the_gateways_path_mtu(two_links: TwoLinks) -> None:
+    """B itself sends a fragmentation needed (MTU 552) quoting the gateway's answer to its DNS question: an error
+    about B's own flow from B, which the gateway takes, and the gateway's path MTU to B drops. This is what the
+    next row tries from A, so a route left unchanged there is the rule, not an error the kernel ignores."""
+    lab = two_links.lab
+    _flush_cache(lab)
+    _b_asks_and_is_answered(two_links)
+    out = two_links.b("icmp_udp_main", "fragneeded", B_GATEWAY, B_GATEWAY, "53", B_ADDRESS, str(_B_SPORT))
+    assert "sent 3" in out, out
+    try:
+        eventually(lambda: "mtu 552" in _route(lab, B_ADDRESS), timeout=10, interval=0.2)
+    finally:
+        _flush_cache(lab)
+
+
+def test_sandbox_a_cannot_set_the_gateways_path_mtu_to_b(two_links: TwoLinks) -> None:
+    """A sends the same error from its own address to the gateway's address on B's link (the quoted answer's
+    source: conntrack takes an error only when sent to the quoted packet's sender) quoting the gateway's answer to
+    B's DNS question: conntrack calls it related to B's flow, but it does not come from B's sources, so it is a
+    guard drop (recorded) and the gateway's route to B keeps its MTU. Before the fix it was taken and the gateway
+    sent to B in 552-byte packets for 10 minutes."""
+    lab = two_links.lab
+    _flush_cache(lab)
+    before = _route(lab, B_ADDRESS)
+    _b_asks_and_is_answered(two_links)
+    since = time.time()
+    out = _kit(lab, "sandbox", "icmp_udp_main", "fragneeded", B_GATEWAY, B_GATEWAY, "53", B_ADDRESS,
+               str(_B_SPORT))  # fmt: skip
+    assert "sent 3" in out, out
+    reason = lab.reason_of(since, lambda r: r.transport == "icmp" and r.src == SANDBOX_V4, timeout=12)
+    after = _route(lab, B_ADDRESS)
+    changed = after != before
+    report("redteam11/two-links-a-sets-bs-mtu", "icmp-error", 0, changed, reason or None,
+           f"gateway's route to B: {after!r}" if changed else "route unchanged")  # fmt: skip
+    _flush_cache(lab)
+    assert reason, "A's error about B's flow was not dropped and recorded"
+    assert not changed, (before, after)
