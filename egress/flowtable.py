@@ -143,7 +143,7 @@ class FlowTable:
     closed when `previous` is dropped at the next rotation.
     """
 
-    __slots__ = ("current", "idle_seconds", "previous", "rotate_at", "tcp", "udp")
+    __slots__ = ("current", "icmp", "idle_seconds", "previous", "rotate_at", "tcp", "udp")
 
     def __init__(self, idle_seconds: float) -> None:
         self.idle_seconds = idle_seconds
@@ -153,13 +153,14 @@ class FlowTable:
         """Capture time at which `current` becomes `previous`; the first packet looked up starts the first one."""
         self.tcp = self.current[TCP]
         self.udp = self.current[UDP]
-        """The current generation's TCP and UDP tables, for the fast path."""
+        self.icmp = self.current[ICMP]
+        """The current generation's TCP, UDP and ICMP tables, for the fast path."""
 
     def rotate(self, ts: float) -> list[Flow]:
         """Start a new generation at ``ts``; the undecided flows of the dropped one are returned, to be closed."""
         dropped = self.previous
         self.previous, self.current = self.current, _generation()
-        self.tcp, self.udp = self.current[TCP], self.current[UDP]
+        self.tcp, self.udp, self.icmp = self.current[TCP], self.current[UDP], self.current[ICMP]
         self.rotate_at = ts + self.idle_seconds
         return _undecided(dropped)
 
@@ -189,5 +190,5 @@ class FlowTable:
         """`drain`, the undecided flows of each generation apart: (previous, current)."""
         flows = _undecided(self.previous), _undecided(self.current)
         self.previous, self.current = _generation(), _generation()
-        self.tcp, self.udp = self.current[TCP], self.current[UDP]
+        self.tcp, self.udp, self.icmp = self.current[TCP], self.current[UDP], self.current[ICMP]
         return flows

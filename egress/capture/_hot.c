@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define HOT_ABI 3 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
+#define HOT_ABI 4 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
 #ifndef HOT_SOURCE
 #define HOT_SOURCE "" /* setup.py defines it: the SHA-256 of this file, checked by hot.py against the source */
 #endif
@@ -138,22 +138,23 @@ static PyObject *frame_pcapng(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nNN)", pos, spans, stamps);
 }
 
-/* sweep(buf, spans, stamps, index, tcp, udp, done) -> index
+/* sweep(buf, spans, stamps, index, tcp, udp, done[, icmp]) -> index
  * From record `index` on, pass over every record the scanner skips on its raw bytes; return the index of the
  * first one the slow path must see, or the record count. The rules are hot.sweep's, which documents them. */
 static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     /* METH_FASTCALL and the buffers asked for directly: the scanner calls this once per slow-path record (40 % of
      * the loop's), and PyArg_ParseTuple's format walk and "y*" converters cost about 5,000 instructions a call,
      * more than the sweep itself (docs/scanner-hot-path.md, scan15). Same checks: three buffers, an index, two
-     * dicts and any object. */
+     * dicts, any object, and a dict or None (or nothing) for ICMP. */
     Py_buffer bufv, spanv, stampv;
-    if (nargs != 7) {
-        PyErr_Format(PyExc_TypeError, "sweep() takes exactly 7 arguments (%zd given)", nargs);
+    if (nargs != 7 && nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "sweep() takes 7 or 8 arguments (%zd given)", nargs);
         return NULL;
     }
     PyObject *tcp = args[4], *udp = args[5], *done = args[6];
-    if (!PyDict_Check(tcp) || !PyDict_Check(udp)) {
-        PyErr_SetString(PyExc_TypeError, "sweep() wants dicts for tcp and udp");
+    PyObject *icmp = nargs == 8 && args[7] != Py_None ? args[7] : NULL;
+    if (!PyDict_Check(tcp) || !PyDict_Check(udp) || (icmp != NULL && !PyDict_Check(icmp))) {
+        PyErr_SetString(PyExc_TypeError, "sweep() wants dicts for tcp and udp (and icmp, or None)");
         return NULL;
     }
     Py_ssize_t index = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
@@ -178,13 +179,42 @@ static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         count = spanv.len / (Py_ssize_t)(3 * sizeof(int64_t));
     for (; index < count; index++) {
         int64_t start = span[3 * index], length = span[3 * index + 1];
-        if (span[3 * index + 2] != 1 || length < 54 || start < 0 || start + length > bufv.len)
+        if (span[3 * index + 2] != 1 || start < 0 || length < 0 || start + length > bufv.len)
             break;
         const unsigned char *f = buf + start;
-        if (!(f[14] == 0x45 && f[12] == 8 && f[13] == 0 && !(f[20] & 0x3F) && !f[21]))
+        if (length < 14 || f[12] != 8 || f[13] != 0) {
+            unsigned ethertype = length >= 14 ? (unsigned)f[12] << 8 | f[13] : 0;
+            if (icmp == NULL || ethertype == 0x0800 || ethertype == 0x86DD || ethertype == 0x8100 ||
+                ethertype == 0x88A8 || ethertype == 0x9100)
+                break;
+            continue; /* no IP in it: packet.decode says None */
+        }
+        if (length < 34 || !(f[14] == 0x45 && !(f[20] & 0x3F) && !f[21]))
             break;
         unsigned char proto = f[23];
-        if (proto != 6 && proto != 17)
+        if (proto == 1) {
+            if (icmp == NULL || length < 42 || ((f[16] << 8) | f[17]) < 28)
+                break;
+            char raw[12]; /* the addresses and the echo identifier twice: packet.decode's ICMP ports */
+            memcpy(raw, f + 26, 8);
+            memcpy(raw + 8, f + 38, 2);
+            memcpy(raw + 10, f + 38, 2);
+            PyObject *key = PyBytes_FromStringAndSize(raw, 12);
+            if (key == NULL) {
+                failed = 1;
+                break;
+            }
+            PyObject *entry = PyDict_GetItemWithError(icmp, key); /* borrowed; compared only */
+            Py_DECREF(key);
+            if (entry == NULL && PyErr_Occurred()) {
+                failed = 1;
+                break;
+            }
+            if (entry == done)
+                continue;
+            break;
+        }
+        if (length < 54 || (proto != 6 && proto != 17))
             break;
         PyObject *key = PyBytes_FromStringAndSize((const char *)f + 26, 12);
         if (key == NULL) {
@@ -290,7 +320,8 @@ static PyMethodDef methods[] = {
     {"segment", segment, METH_O, "The TCP or UDP segment of a plain Ethernet IPv4 frame, or None."},
     {"frame_pcap", frame_pcap, METH_VARARGS, "Whole pcap records of a buffer: (pos, spans, stamps)."},
     {"frame_pcapng", frame_pcapng, METH_VARARGS, "Whole enhanced packet blocks of a buffer: (pos, spans, stamps)."},
-    {"sweep", (PyCFunction)(void (*)(void))sweep, METH_FASTCALL, "Skip the records judged on their raw bytes; the index of the next one."},
+    {"sweep", (PyCFunction)(void (*)(void))sweep, METH_FASTCALL,
+     "Skip the records judged on their raw bytes; the index of the next one."},
     {NULL, NULL, 0, NULL},
 };
 

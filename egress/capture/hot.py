@@ -21,12 +21,15 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Final, Protocol
 
-ABI: Final = 3
+ABI: Final = 4
 """The compiled module's interface version (``HOT_ABI`` in _hot.c): a module built from another one is stale."""
 PURE_ENV: Final = "EGRESS_SCAN_PURE"
 
 _TCP: Final = 6
 _UDP: Final = 17
+_ICMP: Final = 1
+_IP_OR_TAGGED: Final = frozenset({0x0800, 0x86DD, 0x8100, 0x88A8, 0x9100})
+"""Ethertypes `egress.capture.packet.decode` reads on: IPv4, IPv6 and the VLAN tags it steps over."""
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +72,7 @@ class Sweep(Protocol):
         tcp: dict[bytes, object],
         udp: dict[bytes, object],
         done: object,
+        icmp: dict[bytes, object] | None = None,
         /,
     ) -> int:
         """The index of the first record from ``index`` on that the slow path must see (see `sweep`)."""
@@ -99,27 +103,42 @@ def sweep(
     tcp: dict[bytes, object],
     udp: dict[bytes, object],
     done: object,
+    icmp: dict[bytes, object] | None = None,
 ) -> int:
     """Pure twin of _hot.sweep. From record ``index`` on, pass over each record the scanner skips on its raw bytes
     and return the index of the first one the slow path must see, or the record count. Only the common frame
     (Ethernet, IPv4 without options or fragments, TCP or UDP) is judged raw: its flow key is simply
     ``frame[26:38]``. It is skipped when its flow is decided (``done`` in ``tcp``/``udp``), unless it is a SYN
     (port reuse starts a new flow), and when it is a bare ACK of a flow being inspected (nothing to reassemble).
-    Nothing else may be skipped here: a packet that reaches the slow path may start a table generation there."""
+
+    Given the ICMP table (``icmp``; None keeps to the rules above, as a split scan's worker does), two more kinds
+    are skipped, each a frame the slow path would drop without a trace: an Ethernet frame that carries no IP
+    (ARP, LLDP, 802.3 lengths...: `egress.capture.packet.decode` says None; VLAN tags are not looked into),
+    and a plain IPv4 ICMP frame (whole 8-byte header) of a decided flow, whose key is the addresses and the
+    identifier twice (`decode`'s ports for ICMP). Nothing else may be skipped here: a packet that reaches the
+    slow path may start a table generation there."""
     count = len(stamps)
     while index < count:
         at = 3 * index
-        start = spans[at]
-        if spans[at + 2] != 1 or spans[at + 1] < 54:
+        start, length = spans[at], spans[at + 1]
+        if spans[at + 2] != 1 or start < 0 or length < 0 or start + length > len(buf):
             return index
-        frame = buf[start : start + 54]
-        if not (frame[14] == 0x45 and frame[12] == 8 and frame[13] == 0 and not frame[20] & 0x3F and not frame[21]):
-            return index
-        proto = frame[23]
-        if proto != _TCP and proto != _UDP:
-            return index
+        frame = buf[start : start + min(length, 54)]
+        if not (
+            length >= 54
+            and frame[14] == 0x45
+            and frame[12] == 8
+            and frame[13] == 0
+            and not frame[20] & 0x3F
+            and not frame[21]
+            and (frame[23] == _TCP or frame[23] == _UDP)
+        ):
+            if icmp is None or not _dropped(frame, length, icmp, done):
+                return index
+            index += 1
+            continue
         key = frame[26:38]
-        if proto == _TCP:
+        if frame[23] == _TCP:
             entry = tcp.get(key)
             if entry is done:
                 if frame[47] & 0x12 == 0x02:  # a SYN without ACK reuses a decided flow's ports
@@ -130,6 +149,22 @@ def sweep(
             return index
         index += 1
     return index
+
+
+def _dropped(frame: bytes, length: int, icmp: dict[bytes, object], done: object) -> bool:
+    """`sweep`'s test of a frame other than the common TCP or UDP one (``frame``: its first 54 bytes at most, of
+    ``length``): one without IP, or a plain IPv4 ICMP frame of a decided flow."""
+    if length < 14 or frame[12] != 8 or frame[13] != 0:
+        return ((frame[12] << 8) | frame[13] if length >= 14 else 0) not in _IP_OR_TAGGED
+    return (
+        length >= 42
+        and frame[14] == 0x45
+        and not frame[20] & 0x3F
+        and not frame[21]
+        and frame[23] == _ICMP
+        and ((frame[16] << 8) | frame[17]) >= 28
+        and icmp.get(frame[26:34] + frame[38:40] + frame[38:40]) is done
+    )
 
 
 Fields = tuple[int, bytes, bytes, int, int, bytes, int, int]

@@ -24,6 +24,7 @@ questions and `MAX_RECORDS` records are read.
 
 from __future__ import annotations
 
+import functools
 import ipaddress
 import re
 import struct
@@ -71,6 +72,13 @@ class DnsError(ValueError):
 def name_text(labels: Iterable[bytes]) -> str:
     """The lowercased presentation form of a name, without the trailing dot (``""`` for the root). Lossless."""
     return ".".join([_label_text(label.lower()) for label in labels])
+
+
+@functools.lru_cache(maxsize=4096)
+def _name_of(labels: tuple[bytes, ...]) -> str:
+    """`name_text` of a question's labels, kept for the names asked lately: the scanner's tunnel tracker and name
+    lists each ask for a question's name, and clients ask for the same names again and again."""
+    return name_text(labels)
 
 
 def _label_text(label: bytes) -> str:
@@ -135,7 +143,7 @@ class Question:
     @property
     def name(self) -> str:
         """Lowercased presentation form (see the module docstring): exact, but compare labels, not substrings."""
-        return name_text(self.labels)
+        return _name_of(self.labels)
 
     @property
     def hostname(self) -> str | None:

@@ -93,18 +93,26 @@ def _frame(proto: int, port: int, flags: int, header_words: int, total: int, tai
     return _HEAD + ip + tcp + tail
 
 
+_OTHER_ETHERTYPES = [0x0806, 0x0026, 0x888E, 0x88CC, 0x86DD, 0x8100, 0x88A8, 0x9100, 0x0800, 0x0000]
+"""ARP, an 802.3 length, EAPOL, LLDP (no IP: skipped where ICMP is given); IPv6 and the VLAN tags (never)."""
+
 _frames = st.lists(
     st.tuples(
         st.sampled_from([1, 1, 1, 101]),
         st.one_of(
             st.builds(
                 _frame,
-                st.sampled_from([6, 6, 17, 1]),
+                st.sampled_from([6, 6, 17, 1, 1]),
                 st.integers(0, 7),
                 st.sampled_from([0x02, 0x12, 0x10, 0x18, 0x11, 0x04, 0x00]),
                 st.sampled_from([5, 8]),
-                st.sampled_from([40, 52, 100]),
+                st.sampled_from([20, 27, 28, 40, 52, 100]),
                 st.binary(max_size=20),
+            ),
+            st.builds(
+                lambda ethertype, body: _HEAD[:12] + ethertype.to_bytes(2, "big") + body,
+                st.sampled_from(_OTHER_ETHERTYPES),
+                st.binary(max_size=60),
             ),
             st.binary(max_size=70),
         ),
@@ -114,10 +122,16 @@ _frames = st.lists(
 
 
 @compiled_only
-@given(frames=_frames, decided=st.sets(st.integers(0, 7)), inspected=st.sets(st.integers(0, 7)), prefix=st.binary())
-@settings(max_examples=examples(150), deadline=None)
+@given(
+    frames=_frames,
+    decided=st.sets(st.integers(0, 7)),
+    inspected=st.sets(st.integers(0, 7)),
+    prefix=st.binary(),
+    with_icmp=st.booleans(),
+)
+@settings(max_examples=examples(300), deadline=None)
 def test_compiled_and_pure_sweep_agree(
-    frames: list[tuple[int, bytes]], decided: set[int], inspected: set[int], prefix: bytes
+    frames: list[tuple[int, bytes]], decided: set[int], inspected: set[int], prefix: bytes, with_icmp: bool
 ) -> None:
     assert hot.COMPILED is not None
     buf, spans, stamps = _records(frames, prefix)
@@ -126,13 +140,53 @@ def test_compiled_and_pure_sweep_agree(
         key = bytes([10, 0, 0, port & 3, 10, 0, 0, 9]) + (40000 + (port & 1)).to_bytes(2, "big") + b"\x01\xbb"
         if port in decided:
             tables[key] = DONE
+            tables[key[:8] + b"\x00" * 4] = DONE  # the ICMP key of a generated frame: identifier 0, twice
         elif port in inspected:
             tables[key] = object()
+            tables[key[:8] + b"\x00" * 4] = object()
     tcp, udp = dict(tables), dict(tables)
+    icmp = dict(tables) if with_icmp else None
     for start in range(len(stamps) + 1):
-        assert hot.COMPILED.sweep(buf, spans, stamps, start, tcp, udp, DONE) == hot.sweep(
-            buf, spans, stamps, start, tcp, udp, DONE
+        assert hot.COMPILED.sweep(buf, spans, stamps, start, tcp, udp, DONE, icmp) == hot.sweep(
+            buf, spans, stamps, start, tcp, udp, DONE, icmp
         )
+        if icmp is None:  # a split scan's worker calls it without the ICMP table: the same as None
+            assert hot.COMPILED.sweep(buf, spans, stamps, start, tcp, udp, DONE) == hot.sweep(
+                buf, spans, stamps, start, tcp, udp, DONE
+            )
+
+
+def test_the_sweep_skips_only_what_the_slow_path_would_drop() -> None:
+    """Where the sweep passes over a frame without IP or a decided ICMP flow's frame, the slow path (`decode`)
+    makes no segment of the first and the very key of the second; an ICMP frame too short for its header, a
+    fragment, an inspected flow's, and every frame when no ICMP table is given, reach the slow path."""
+    icmp_frame = _frame(1, 2, 0x08, 5, 28, b"")
+    segment = packet.decode(packet.LINK_ETHERNET, icmp_frame, 0.0, packet.Defragmenter())
+    assert segment is not None
+    key = segment.src + segment.dst + struct.pack(">HH", segment.sport, segment.dport)
+    arp = _HEAD[:12] + b"\x08\x06" + bytes(28)
+    assert packet.decode(packet.LINK_ETHERNET, arp, 0.0, packet.Defragmenter()) is None
+    short = _frame(1, 2, 0x08, 5, 27, b"")  # the ICMP header cut: decode raises, the slow path counts it
+    with pytest.raises(packet.Malformed):
+        packet.decode(packet.LINK_ETHERNET, short, 0.0, packet.Defragmenter())
+    vlan = _HEAD[:12] + b"\x81\x00" + bytes(40)
+    fragment = icmp_frame[:20] + b"\x20" + icmp_frame[21:]
+    impls = [hot.sweep] + ([hot.COMPILED.sweep] if hot.COMPILED is not None else [])
+    for sweep in impls:
+        for frame, table, skipped in [
+            (icmp_frame, {key: DONE}, True),
+            (icmp_frame, {key: object()}, False),
+            (icmp_frame, {}, False),
+            (short, {key: DONE}, False),
+            (fragment, {key: DONE}, False),
+            (arp, {}, True),
+            (arp[:13], {}, True),
+            (vlan, {}, False),
+        ]:
+            buf, spans, stamps = _records([(1, frame)], b"")
+            assert sweep(buf, spans, stamps, 0, {}, {}, DONE, table) == int(skipped), (sweep, frame.hex())
+            assert sweep(buf, spans, stamps, 0, {}, {}, DONE, None) == 0
+            assert sweep(buf, spans, stamps, 0, {}, {}, DONE) == 0
 
 
 @compiled_only

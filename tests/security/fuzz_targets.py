@@ -242,6 +242,9 @@ def _capture() -> Check:
         assert compiled.sweep(raw, spans_a, stamps_a, 0, table, table, DONE) == hot.sweep(
             raw, spans_a, stamps_a, 0, table, table, DONE
         )
+        assert compiled.sweep(raw, spans_a, stamps_a, 0, table, table, DONE, table) == hot.sweep(
+            raw, spans_a, stamps_a, 0, table, table, DONE, table
+        )
 
     return check
 
