@@ -68,7 +68,14 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        """Not to be called; what it would have been called with is let go at once (a cancelled timer stays queued
+        until its deadline: a dial's would hold the connection's objects for `DIAL_TIMEOUT` after it ended)."""
         self.cancelled = True
+        self.callback, self.args = _nothing, ()
+
+
+def _nothing() -> None:
+    """A cancelled timer's callback."""
 
 
 def _when(timer: Timer) -> float:
