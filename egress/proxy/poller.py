@@ -168,6 +168,8 @@ class Poller:
         queue = self._queues.get(delay)
         if queue is None:
             queue = self._queues[delay] = collections.deque()
+        while queue and queue[0].cancelled:  # dials end in about the order they began: the queue stays short, and
+            queue.popleft()  # a cancelled timer dies young instead of outliving the collector's young generations
         queue.append(timer)
         if self._armed is None or timer.when < self._armed_at:
             self._arm(timer.when)
