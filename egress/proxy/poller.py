@@ -68,7 +68,14 @@ class Timer:
         self.cancelled = False
 
     def cancel(self) -> None:
+        """Not to be called; what it would have been called with is let go at once (a cancelled timer stays queued
+        until its deadline: a dial's would hold the connection's objects for `DIAL_TIMEOUT` after it ended)."""
         self.cancelled = True
+        self.callback, self.args = _nothing, ()
+
+
+def _nothing() -> None:
+    """A cancelled timer's callback."""
 
 
 def _when(timer: Timer) -> float:
@@ -161,6 +168,8 @@ class Poller:
         queue = self._queues.get(delay)
         if queue is None:
             queue = self._queues[delay] = collections.deque()
+        while queue and queue[0].cancelled:  # dials end in about the order they began: the queue stays short, and
+            queue.popleft()  # a cancelled timer dies young instead of outliving the collector's young generations
         queue.append(timer)
         if self._armed is None or timer.when < self._armed_at:
             self._arm(timer.when)

@@ -36,7 +36,7 @@ import socket
 import struct
 import threading
 from collections.abc import Callable
-from typing import ClassVar, Final
+from typing import ClassVar, Final, cast
 
 from egress.proxy.poller import Poller
 from egress.proxy.relay import Watch
@@ -185,6 +185,20 @@ class Relay:
             sock.close()
         if self.on_lost is not None:
             self.on_lost()
+        # Each direction refers to the relay, and the relay to them: a cycle that would keep the connection's objects
+        # (its sockets, the watch and its records) for the collector's next pass, instead of freeing them now.
+        self.on_lost = None
+        self.up.relay = self.down.relay = cast(Relay, _CLOSED)
+
+
+class _Closed:
+    """What a closed relay's directions refer to instead of it (`Relay.close`): all that may still ask is whether it
+    is closed (a direction's callback or thread's hand-off that was already on its way)."""
+
+    closed: Final = True
+
+
+_CLOSED: Final = _Closed()
 
 
 class _Direction:

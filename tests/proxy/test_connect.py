@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import socket
+import weakref
 
 from egress.proxy.connect import connect
 from egress.proxy.poller import Poller
@@ -72,5 +73,35 @@ def test_a_destination_that_never_answers_times_out() -> None:
         assert not early and len(told) == 1
         sock, error = told[0]
         assert sock is None and isinstance(error, TimeoutError)
+
+    asyncio.run(main())
+
+
+def test_a_finished_dial_holds_nothing_of_its_callback() -> None:
+    """The dial's timer stays queued until its deadline, cancelled: it must not keep ``then`` (and with it the
+    connection it relays) alive that long; the front's dials held each connection's objects for `DIAL_TIMEOUT`."""
+
+    class Then:
+        def __init__(self, done: asyncio.Event) -> None:
+            self.done = done
+
+        def __call__(self, sock: socket.socket | None, error: BaseException | None) -> None:
+            if sock is not None:
+                sock.close()
+            self.done.set()
+
+    async def main() -> None:
+        with socket.socket() as listener:
+            listener.bind(("127.0.0.1", 0))
+            listener.listen(1)
+            poller = Poller()
+            done = asyncio.Event()
+            then = Then(done)
+            held = weakref.ref(then)
+            connect(poller, listener.getsockname(), 60.0, then)
+            del then
+            await asyncio.wait_for(done.wait(), scaled(10))
+            assert held() is None
+            poller.close()
 
     asyncio.run(main())

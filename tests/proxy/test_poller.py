@@ -10,6 +10,7 @@ import asyncio
 import os
 import select
 import socket
+import weakref
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -231,6 +232,53 @@ def test_timers_come_in_order_and_a_cancelled_one_never(shared: bool) -> None:
         poller.close()
 
     _run(shared, scenario)
+
+
+def test_a_cancelled_timer_lets_go_of_its_callback_and_arguments() -> None:
+    """A cancelled timer stays queued until its deadline; what it would have been called with is freed at once."""
+
+    class Held:
+        def __call__(self, *args: object) -> None:
+            raise AssertionError("a cancelled timer was called")
+
+    async def scenario() -> None:
+        poller = Poller()
+        callback, argument = Held(), Held()
+        held = weakref.ref(callback), weakref.ref(argument)
+        timer = poller.call_later(60.0, callback, argument)
+        del callback, argument
+        assert all(ref() is not None for ref in held)  # kept while the timer may still be called
+        timer.cancel()
+        assert [ref() for ref in held] == [None, None]
+        poller.close()
+
+    _run(True, scenario)
+
+
+def test_cancelled_timers_at_the_head_of_their_queue_are_dropped_by_the_next_of_their_delay() -> None:
+    """Dials end in about the order they began: their cancelled timers go with the next dial's, not at their
+    deadline (else each outlives the collector's young generations); one behind a live timer waits for it."""
+
+    async def scenario() -> None:
+        poller = Poller()
+        fired: list[str] = []
+
+        def queued() -> list[str]:
+            return [timer.args[0] if timer.args else "cancelled" for timer in poller._queues[60.0]]
+
+        poller.call_later(60.0, fired.append, "first").cancel()
+        live = poller.call_later(60.0, fired.append, "live")
+        assert queued() == ["live"]
+        poller.call_later(60.0, fired.append, "behind").cancel()
+        poller.call_later(60.0, fired.append, "last")
+        assert queued() == ["live", "cancelled", "last"]  # dropped once the queue's head reaches it
+        live.cancel()
+        poller.call_later(60.0, fired.append, "after")
+        assert queued() == ["last", "after"]
+        assert fired == []
+        poller.close()
+
+    _run(True, scenario)
 
 
 def test_a_closed_shared_poller_takes_its_sockets_out_of_the_loops_epoll_and_the_loop_goes_on() -> None:

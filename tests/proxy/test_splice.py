@@ -7,11 +7,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import fcntl
+import gc
 import os
 import socket
 import struct
 import sys
 import termios
+import weakref
 from collections.abc import Awaitable, Callable
 
 import pytest
@@ -456,3 +458,38 @@ def test_a_closed_relay_leaves_each_side_the_linger_it_had_before_only_the_one_t
             sock.close()
 
     _run(scenario)
+
+
+@pytest.mark.parametrize("graceful", [True, False], ids=["both-ended", "aborted"])
+def test_a_closed_relays_objects_go_at_once_without_the_collector(graceful: bool) -> None:
+    """The relay and its directions refer to each other: once it closed, the connection's objects (the relay, its
+    watch) are freed by reference counting, not left for the collector's next pass."""
+
+    async def scenario() -> None:
+        relayed = await _relayed(_watch())
+        relay = relayed.relay
+        assert relay.watch is not None
+        gone = weakref.ref(relay), weakref.ref(relay.watch)
+
+        async def closed() -> bool:
+            held = gone[0]()
+            return held is None or held.closed
+
+        if graceful:
+            relayed.client.shutdown(socket.SHUT_WR)
+            relayed.server.shutdown(socket.SHUT_WR)
+            assert await eventually_async(closed, timeout=scaled(10))
+        else:
+            relay.close()
+        relayed.client.close()
+        relayed.server.close()
+        del relayed, relay
+        assert [ref() for ref in gone] == [None, None]
+
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        _run(scenario)
+    finally:
+        if enabled:
+            gc.enable()
