@@ -25,6 +25,7 @@ METHODS: Final = (b"GET ", b"POST ", b"PUT ", b"HEAD ", b"OPTIONS ", b"PATCH ", 
 
 _CONTROL: Final = re.compile(rb"[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]")
 _SPACE: Final = b" \t\r\n"
+_JSON_MARKS: Final = re.compile(rb'[][{}"\\]')
 _HEAD_END: Final = re.compile(rb"\r?\n\r?\n")
 _LENGTH: Final = re.compile(rb"(?im)^content-length[ \t]*:[ \t]*(\d{1,9})[ \t]*\r?$")
 
@@ -78,14 +79,14 @@ def _boundary(data: bytes, at: int) -> int:
 def _json_end(data: bytes, at: int) -> int | None:
     """Where the JSON value opening at ``at`` ends (after its closing bracket), or None while it is open. Counts
     brackets outside strings only: a malformed value is judged by the detectors, not here."""
-    depth, inside, escaped = 0, False, False
-    for index in range(at, len(data)):
-        byte = data[index]
+    depth, inside, escaped_at = 0, False, -1
+    for found in _JSON_MARKS.finditer(data, at):
+        index, byte = found.start(), data[found.start()]
         if inside:
-            if escaped:
-                escaped = False
-            elif byte == 0x5C:  # backslash
-                escaped = True
+            if index == escaped_at:
+                continue
+            if byte == 0x5C:  # backslash: the next byte is escaped
+                escaped_at = index + 1
             elif byte == 0x22:
                 inside = False
         elif byte == 0x22:

@@ -35,6 +35,7 @@ def test_every_proper_prefix_of_a_pool_message_is_open_and_the_whole_is_not(name
         (b'{"a":1}{"b":', Frame.OPEN),
         (b'{"s":"}}}]]]","t":', Frame.OPEN),  # brackets inside strings do not close
         (b'{"s":"\\"}', Frame.OPEN),  # nor does an escaped quote end the string
+        (b'{"s":"\\\\"}', Frame.WHOLE),  # an escaped backslash, then the quote that ends the string
         (b"log line\n[", Frame.OPEN),  # a line that is no message, then a message's start
         (b"PO", Frame.OPEN),  # a request line cut in its method
         (b"GET / HTTP/1.1\r\nHost: x\r\n", Frame.OPEN),
