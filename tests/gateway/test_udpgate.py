@@ -8,13 +8,25 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 
-from egress.capture.nfqueue import QueuedPacket
+from egress.capture.nfqueue import NF_ACCEPT, NF_DROP, QueuedPacket
 from egress.decide import Enforcement, Reason
+from egress.decisions import DecidedFlow
 from egress.flowlog import EndedFlow
-from egress.gateway.udpgate import FLOW_IDLE, HOLD_DATAGRAMS, HOLD_SECONDS, HOLD_TOTAL, REPORT_EVERY, UdpJudge
+from egress.gateway.udpgate import (
+    FLOW_IDLE,
+    HOLD_DATAGRAMS,
+    HOLD_SECONDS,
+    HOLD_TOTAL,
+    REPORT_EVERY,
+    Due,
+    UdpGate,
+    UdpJudge,
+)
 from egress.policy.lists import load_name_lists
 from egress.policy.model import Expect, Mode, Policy
 from tests.detect.test_datagrams import quic, stratum, stun, wireguard, xmrig
@@ -233,3 +245,36 @@ def test_a_reload_drops_what_forgotten_flows_held() -> None:
     assert judge.judge(_packet(b"[1,", pid=9)).held
     judge.reload(_policy())
     assert judge.due(1000.0).verdicts == [(9, False)] and judge.held == 0
+
+
+class Verdicts:
+    """The reader's side the gate writes to: the verdicts in the order given."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[int, int]] = []
+
+    def verdict(self, packet_id: int, verdict: int) -> None:
+        self.given.append((packet_id, verdict))
+
+
+class Decisions:
+    def __init__(self) -> None:
+        self.reported: list[DecidedFlow] = []
+
+    def report(self, attempt: DecidedFlow) -> None:
+        self.reported.append(attempt)
+
+
+def test_the_gate_gives_held_verdicts_in_order_and_settles_expired_holds() -> None:
+    decisions, reader = Decisions(), Verdicts()
+    gate = UdpGate(7, _policy(), LISTS, decisions, clock=lambda: 1000.0 + HOLD_SECONDS)
+    verdict = cast(Callable[[object, QueuedPacket], None], gate._verdict)
+    settle = cast(Callable[[object, Due], None], gate._settle)
+    line = b'{"id":7,"method":"status.report","params":["ok"]}\n'
+    for n, piece in enumerate(_pieces(line), 1):
+        verdict(reader, _packet(piece, pid=n))
+    assert reader.given == [(1, NF_ACCEPT), (2, NF_ACCEPT), (3, NF_ACCEPT)]
+    verdict(reader, _packet(b'{"id":8,', pid=4, sport=40001))
+    assert reader.given[3:] == []
+    settle(reader, gate.judge.due(gate.clock()))
+    assert reader.given[3:] == [(4, NF_DROP)] and len(decisions.reported) == 1
