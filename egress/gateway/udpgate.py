@@ -140,7 +140,6 @@ class UdpJudge:
         for key, flow in list(self.flows.items()):
             if flow.refused is None:
                 del self.flows[key]
-                self._orphans.extend(self._release(key, flow))
                 decided = self._ended(key, flow)
                 if decided is not None:
                     owed.append(decided)
@@ -180,9 +179,7 @@ class UdpJudge:
             flow = made
             self.flows[key] = flow
             if len(self.flows) > MAX_FLOWS:
-                forgotten, old = self.flows.popitem(last=False)
-                self._orphans.extend(self._release(forgotten, old))
-                self._ended(forgotten, old)
+                self._ended(*self.flows.popitem(last=False))
         else:
             self.flows.move_to_end(key)
         flow.last = now
@@ -315,6 +312,7 @@ class UdpJudge:
         return owed
 
     def _ended(self, key: FlowKey, flow: Flow) -> DecidedFlow | None:
+        self._orphans.extend(self._release(key, flow))  # a forgotten flow's held packets: dropped at the next `due`
         if flow.refused is not None:
             return self._report_refused(flow)
         if self.sink is not None and flow.datagrams:

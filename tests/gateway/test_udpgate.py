@@ -278,3 +278,10 @@ def test_the_gate_gives_held_verdicts_in_order_and_settles_expired_holds() -> No
     assert reader.given[3:] == []
     settle(reader, gate.judge.due(gate.clock()))
     assert reader.given[3:] == [(4, NF_DROP)] and len(decisions.reported) == 1
+
+
+def test_a_flow_forgotten_while_it_holds_has_its_packets_dropped() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b"[1,", pid=3, ts=1000.0)).held
+    judge.idle(1000.0 + FLOW_IDLE)  # without a `due` in between (the gate calls it every turn)
+    assert judge.held == 0 and judge.due(1000.0 + FLOW_IDLE).verdicts == [(3, False)]
