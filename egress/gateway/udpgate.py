@@ -145,10 +145,11 @@ class UdpJudge:
                     owed.append(decided)
         return owed
 
-    def judge(self, packet: QueuedPacket) -> Judged:
+    def judge(self, packet: QueuedPacket, now: float | None = None) -> Judged:
         """The verdict for one queued packet (or that it is held); an exception in the inspection is the caller's
-        to turn into a drop."""
-        judged = self._judge(packet)
+        to turn into a drop. ``now``: the clock `due` is called with (the packet's time stamp if None: the kernel's
+        stamp, when it gives one, need not be on that clock), which a hold's deadline is taken from."""
+        judged = self._judge(packet, packet.ts if now is None else now)
         for _packet_id, accept in judged.then:
             self._count(accept)
         if not judged.held:
@@ -161,7 +162,7 @@ class UdpJudge:
         else:
             self.dropped += 1
 
-    def _judge(self, packet: QueuedPacket) -> Judged:
+    def _judge(self, packet: QueuedPacket, clock: float) -> Judged:
         try:
             segment = decode(LINK_RAW, packet.payload, packet.ts, Defragmenter(), any_protocol=True)
         except (Malformed, IndexError):
@@ -192,10 +193,10 @@ class UdpJudge:
         meta = FlowMeta(Transport.UDP, src, segment.sport, dst, segment.dport)
         finding = datagrams.inspect(meta, flow.window, self.udp, quic=flow.quic, dtls=flow.dtls)
         if finding is None:
-            return self._passed(key, flow, packet.packet_id, segment.payload, now)
+            return self._passed(key, flow, packet.packet_id, segment.payload, now, clock)
         return self._refuse(key, flow, finding, None, now)
 
-    def _passed(self, key: FlowKey, flow: Flow, packet_id: int, payload: bytes, now: float) -> Judged:
+    def _passed(self, key: FlowKey, flow: Flow, packet_id: int, payload: bytes, now: float, clock: float) -> Judged:
         """A datagram the inspection let pass: accepted, or held while it leaves a text message open (and the
         held ones accepted with it once the message is whole)."""
         if not flow.held and frame(payload) is not Frame.OPEN:
@@ -220,7 +221,7 @@ class UdpJudge:
         if why is not None:
             return self._refuse(key, flow, None, why, now)
         if not flow.held:
-            flow.hold_until = now + HOLD_SECONDS
+            flow.hold_until = clock + HOLD_SECONDS
             self.holding[key] = flow
         flow.held.append((packet_id, len(payload)))
         flow.pending = text
@@ -416,7 +417,7 @@ class UdpGate:
 
     def _verdict(self, reader: NfqueueReader, packet: QueuedPacket) -> None:
         try:
-            judged = self.judge.judge(packet)
+            judged = self.judge.judge(packet, self.clock())
         except Exception:  # fail closed: a bug in the inspection drops the datagram, never forwards it
             self.failures += 1
             log.exception("udp gate: judging a datagram failed; dropped")

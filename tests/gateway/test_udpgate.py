@@ -267,7 +267,8 @@ class Decisions:
 
 def test_the_gate_gives_held_verdicts_in_order_and_settles_expired_holds() -> None:
     decisions, reader = Decisions(), Verdicts()
-    gate = UdpGate(7, _policy(), LISTS, decisions, clock=lambda: 1000.0 + HOLD_SECONDS)
+    clock = [5.0]  # the gate's own clock, whatever the packets' stamps say (1000.0)
+    gate = UdpGate(7, _policy(), LISTS, decisions, clock=lambda: clock[0])
     verdict = cast(Callable[[object, QueuedPacket], None], gate._verdict)
     settle = cast(Callable[[object, Due], None], gate._settle)
     line = b'{"id":7,"method":"status.report","params":["ok"]}\n'
@@ -276,6 +277,9 @@ def test_the_gate_gives_held_verdicts_in_order_and_settles_expired_holds() -> No
     assert reader.given == [(1, NF_ACCEPT), (2, NF_ACCEPT), (3, NF_ACCEPT)]
     verdict(reader, _packet(b'{"id":8,', pid=4, sport=40001))
     assert reader.given[3:] == []
+    settle(reader, gate.judge.due(gate.clock()))
+    assert reader.given[3:] == []
+    clock[0] += HOLD_SECONDS
     settle(reader, gate.judge.due(gate.clock()))
     assert reader.given[3:] == [(4, NF_DROP)] and len(decisions.reported) == 1
 
