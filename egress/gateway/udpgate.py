@@ -171,7 +171,7 @@ class UdpJudge:
             return Judged(False)  # the ruleset queues only UDP; anything else is dropped without a word
         src, dst = str(ipaddress.ip_address(segment.src)), str(ipaddress.ip_address(segment.dst))
         key = (src, segment.sport, dst, segment.dport)
-        now = packet.ts
+        now = clock  # one clock for holds, idleness and the records: the gate's (the kernel's stamp may be on another)
         flow = self.flows.get(key)
         if flow is None:
             made = self._new_flow(src, dst, segment.dport, now)

@@ -118,9 +118,12 @@ def test_a_benign_message_split_over_datagrams_crosses_whole_and_in_order(lab: S
     assert "sent 3" in done.stdout, done.stdout + done.stderr
     heads: list[str] = []
 
-    def heard_all() -> bool:
+    since = time.time() - 30
+
+    def heard_all() -> None:
         heads[:] = [line.split("head ")[-1] for line in sink.log().splitlines() if line.startswith("received")]
-        return len(heads) == 3
+        records = [(r.reason, r.evidence) for r in lab.records(since) if r.dport == BENIGN_PORT]
+        assert len(heads) == 3, f"heard {heads}; client {done.stdout!r}; records {records}"
 
     eventually(heard_all, timeout=10.0)
     assert heads[0].startswith("7b"), heads  # the opening piece first: released in order
