@@ -353,6 +353,15 @@ class _Variant:
             for piece in _pieces(self.payload):
                 self.exchange(sock, piece)
 
+    def split_now(self) -> None:
+        """The split, the pieces back to back (no wait for an answer between them)."""
+        with self.opened(wait=2.0) as sock:
+            for piece in _pieces(self.payload):
+                sock.sendto(piece, self.target)
+                self.sent += 1
+            with contextlib.suppress(TimeoutError):
+                self.answers += MARK in sock.recv(65535)
+
     def split_bom(self) -> None:
         """The split, after a UTF-8 byte-order mark and whitespace (what JSON parsers skip)."""
         self.payload = b"\xef\xbb\xbf\r\n \t" + self.payload
