@@ -4,7 +4,10 @@ allowed UDP network rule queues (docs/gateway.md, "Allowed UDP is read").
 - ``benign``: STUN-sized datagrams (20 bytes) on a few long flows, each judged with its full window (16 datagrams);
 - ``media``: 1,200-byte random datagrams (RTP/SRTP-like media through a TURN relay), full window;
 - ``new-flow``: one datagram per new flow (a rule lookup, a flow made, one datagram judged);
-- ``refused``: datagrams of a flow already refused (dropped unread, counted).
+- ``refused``: datagrams of a flow already refused (dropped unread, counted);
+- ``json-split``: a benign 300-byte JSON-RPC line cut in 3 datagrams, on its own flow each time: the first two
+  held (`egress.detect.textframe` at each), released by the third;
+- ``json-whole``: the same line in one datagram (framed once, whole: never held).
 
 CPU seconds (process time, stable on a busy machine) per datagram; the datagrams a second one core judges is its
 inverse. The kernel's queue (4,096) drops what the gate does not read in time.
@@ -61,6 +64,11 @@ def main() -> None:
     refused = UdpJudge(policy, lists)
     refused.judge(_packet(3000, b"\x01\x00\x00\x00" + os.urandom(144)))
     _per_datagram("refused", [_packet(3000, stun) for _ in range(20000)], refused)
+    line = b'{"id":7,"method":"status.report","params":["' + b"x" * 250 + b'"]}\n'
+    pieces = [line[i : i + 100] for i in range(0, len(line), 100)]
+    split = [_packet(20000 + n // len(pieces), pieces[n % len(pieces)]) for n in range(3 * 1500)]
+    _per_datagram("json-split", split, UdpJudge(policy, lists))
+    _per_datagram("json-whole", [_packet(1000 + n % 4, line) for n in range(2000)], UdpJudge(policy, lists))
 
 
 if __name__ == "__main__":

@@ -213,6 +213,7 @@ grep -qxF "$include_line" "$D$nftables_conf" || {
     say "$nftables_conf now includes $boot_nft"
 }
 put 0644 "$root/deploy/sysctl/60-egress.conf" "$D$sysctl_conf"
+put 0644 "$root/deploy/modules-load/egress.conf" "$D$modules_conf"
 
 # --- units -----------------------------------------------------------------------------------------------------
 for unit in egress-gateway.service egress-api.service; do
@@ -227,6 +228,10 @@ fi
 
 # --- activation on this host -----------------------------------------------------------------------------------
 sysctl -q -p "$sysctl_conf" >/dev/null
+# The UDP gate's NFQUEUE modules now (at boot systemd-modules-load.service reads $modules_conf); built in, modprobe
+# says nothing; missing, the gateway refuses to start and names the one it lacks (docs/deploy.md, "Kernel").
+grep -v '^#' "$modules_conf" | xargs modprobe -a 2>/dev/null ||
+    say "warning: could not load $(grep -v '^#' "$modules_conf" | xargs): the gateway needs NFQUEUE (docs/deploy.md)"
 if [ "$restart_redis" = 1 ]; then
     systemctl try-restart redis-server.service
     say "restarted redis-server: it now asks for the password in $etc_dir/gateway.env and api.env"

@@ -10,6 +10,7 @@ nftables_conf=/etc/nftables.conf
 boot_nft=/etc/nftables.d/egress-boot.nft
 include_line="include \"$boot_nft\"  # egress boot table (deploy/install.sh)"
 sysctl_conf=/etc/sysctl.d/60-egress.conf
+modules_conf=/etc/modules-load.d/egress.conf
 sysusers_conf=/etc/sysusers.d/egress.conf
 # The local Redis (Debian's redis-server): a password of its own, in a file its redis.conf includes.
 redis_conf=/etc/redis/redis.conf

@@ -71,7 +71,7 @@ if [ -f "$D$nftables_conf" ]; then
         say "$nftables_conf no longer includes $boot_nft"
     fi
 fi
-remove "$boot_nft" "$sysctl_conf" "$prefix/venv" "$prefix/libexec/egress-lockdown"
+remove "$boot_nft" "$sysctl_conf" "$modules_conf" "$prefix/venv" "$prefix/libexec/egress-lockdown"
 rmdir_empty "$(dirname "$boot_nft")" "$prefix/libexec" "$prefix"
 
 if [ "$purge" = 1 ]; then

@@ -56,6 +56,12 @@ NF_ACCEPT = 1
 COPY_RANGE = 0xFFFF
 """Bytes of each queued packet copied to us: all of it (a datagram is judged whole)."""
 MAX_LENGTH = 4096
+MISSING = (
+    "no queue could be bound: the kernel's nfnetlink_queue (CONFIG_NETFILTER_NETLINK_QUEUE) is missing or not "
+    "loaded; load it before the gateway starts (`modprobe nfnetlink_queue`, or /etc/modules-load.d/egress.conf "
+    "from deploy/modules-load/), or build it in"
+)
+"""What `NfqueueReader.open` says when binding the queue fails for want of the kernel's queue subsystem."""
 """Packets the kernel holds waiting for a verdict; past it, it drops (no fail-open flag)."""
 RCVBUF = 1 << 22
 
@@ -182,13 +188,15 @@ class NfqueueReader:
             sock.bind((0, 0))
             self._sock = sock
             self.queue = queue
-            for family in (socket.AF_INET, socket.AF_INET6):  # no-ops on current kernels, kept for older ones
-                self._config(config_command(self._next(), 0, NFQNL_CFG_CMD_PF_UNBIND, family), strict=False)
-                self._config(config_command(self._next(), 0, NFQNL_CFG_CMD_PF_BIND, family), strict=False)
             try:
+                for family in (socket.AF_INET, socket.AF_INET6):  # no-ops on current kernels, kept for older ones
+                    self._config(config_command(self._next(), 0, NFQNL_CFG_CMD_PF_UNBIND, family), strict=False)
+                    self._config(config_command(self._next(), 0, NFQNL_CFG_CMD_PF_BIND, family), strict=False)
                 self._config(config_command(self._next(), queue, NFQNL_CFG_CMD_BIND))
             except PermissionError as exc:  # the kernel's answer when another socket holds the queue
                 raise OSError(errno.EBUSY, f"nfqueue {queue} already has a reader in this namespace") from exc
+            except OSError as exc:  # no nfnetlink_queue: nfnetlink answers EINVAL (TimeoutError: nothing at all)
+                raise OSError(exc.errno or errno.EPROTONOSUPPORT, f"nfqueue {queue}: {MISSING}") from exc
             self._config(config_params(self._next(), queue, self.copy_range, self.max_length))
         except BaseException:
             self._sock = None
@@ -265,4 +273,13 @@ def _readable(sock: socket.socket, timeout: float) -> bool:
     return bool(poller.poll(timeout * 1000))
 
 
-__all__ = ["NF_ACCEPT", "NF_DROP", "NfqueueReader", "QueuedPacket", "parse", "parse_packet", "verdict_message"]
+__all__ = [
+    "MISSING",
+    "NF_ACCEPT",
+    "NF_DROP",
+    "NfqueueReader",
+    "QueuedPacket",
+    "parse",
+    "parse_packet",
+    "verdict_message",
+]

@@ -16,8 +16,8 @@ arrives, so that what an attacker splits over several datagrams, or pads with ju
   message split over datagrams or following junk is read as on TCP.
 
 What is not seen: a protocol none of these recognise (an obfuscated tunnel whose datagrams look random, a custom
-encrypted framing); a message split over more than the window (16 datagrams, 4 KB); the first pieces of a split
-message, which cross before it is whole.
+encrypted framing); a message split over more than the window (16 datagrams, 4 KB). The first pieces of a split
+text message are held by the gate until it is whole (`egress.detect.textframe`).
 """
 
 from __future__ import annotations

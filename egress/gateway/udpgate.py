@@ -11,6 +11,14 @@ every `REPORT_EVERY` datagrams, so a flood costs the recorder little). A datagra
 sandbox under the policy in force (queued under the previous table, or from no sandbox) is dropped and recorded.
 A report-mode sandbox's refusals are let through and recorded as ``would-block``.
 
+A datagram that leaves a text message open (`egress.detect.textframe`: the first pieces of a JSON-RPC line or an
+HTTP request cut over datagrams) gets no verdict yet: the flow holds it, and every later datagram of the flow,
+until the joined message is whole (then the held ones are accepted in order, before the one that closed it) or
+refused by the inspection (then they are dropped with it). A hold past `HOLD_SECONDS`, over `HOLD_DATAGRAMS` or
+`HOLD_BYTES` for the flow or `HOLD_TOTAL` for the gate, or broken by a datagram that is not text, is dropped and
+the flow refused and recorded (``firewall-drop``, the evidence saying which): the first pieces of a pool message
+never reach the pool.
+
 `UdpGate` runs it over an NFQUEUE queue (`egress.capture.nfqueue`) in a thread, supervised like the drop logger
 (`egress.gateway.components.UdpGatePart`): its death locks the gateway down. Fail closed everywhere: an exception
 judging a packet drops that packet; a dead gate leaves the queue without a reader, so the kernel drops; a full
@@ -37,9 +45,10 @@ from egress.capture.packet import UDP, Defragmenter, Malformed, decode
 from egress.decide import Enforcement, Verdict, decide_drop, decide_unknown_source
 from egress.decisions import DecidedFlow, Reporter
 from egress.detect import datagrams
-from egress.detect.base import FlowMeta, Transport
+from egress.detect.base import Finding, FlowMeta, Transport
 from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
+from egress.detect.textframe import Frame, frame
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import Expect, Mode, Policy
 
@@ -52,6 +61,14 @@ REPORT_EVERY: Final = 1000
 """A refused flow's later drops are reported in one decision per this many datagrams (and at the flow's end)."""
 FLOW_IDLE: Final = 60.0
 """Seconds without a datagram after which an allowed flow is handed to the flow log."""
+HOLD_SECONDS: Final = 2.0
+"""How long a flow's datagrams wait for the text message they open to be whole (`egress.detect.textframe`)."""
+HOLD_DATAGRAMS: Final = datagrams.WINDOW
+"""Datagrams one flow may hold (the inspection window: a message cut in more could not be read whole)."""
+HOLD_BYTES: Final = datagrams.WINDOW_BYTES
+"""Payload bytes one flow may hold (the window's joined bytes, likewise)."""
+HOLD_TOTAL: Final = 1024
+"""Datagrams held by all flows at once (a quarter of the kernel queue, `egress.capture.nfqueue.MAX_LENGTH`)."""
 
 FlowKey = tuple[str, int, str, int]
 """(source, source port, destination, destination port)."""
@@ -68,6 +85,11 @@ class Flow:
     unreported: int = 0
     """Datagrams dropped on a refused flow since its last report."""
     action: str = "allow"
+    held: list[tuple[int, int]] = field(default_factory=list)
+    """Packet ids (and payload sizes) whose verdict waits for the text message they open to be whole."""
+    pending: bytes = b""
+    """Their payloads joined."""
+    hold_until: float = 0.0
     datagrams: int = 0
     up: int = 0
     started: float = 0.0
@@ -79,6 +101,18 @@ class Judged:
     accept: bool
     decided: DecidedFlow | None = None
     """What to record (a refusal, a datagram from no allowed rule), or None."""
+    held: bool = False
+    """The packet's verdict waits (a later `Judged.then` or `UdpJudge.due` gives it)."""
+    then: tuple[tuple[int, bool], ...] = ()
+    """Verdicts (packet id, accept) on earlier held packets, to give before this packet's own, in this order."""
+
+
+@dataclass(slots=True)
+class Due:
+    """What `UdpJudge.due` settles: verdicts on held packets, and what to record."""
+
+    verdicts: list[tuple[int, bool]] = field(default_factory=list)
+    decided: list[DecidedFlow] = field(default_factory=list)
 
 
 class UdpJudge:
@@ -91,6 +125,12 @@ class UdpJudge:
         self.sink = flows
         self.accepted = 0
         self.dropped = 0
+        self.holding: dict[FlowKey, Flow] = {}
+        """Flows holding datagrams, oldest hold first."""
+        self.held = 0
+        """Datagrams held by all flows."""
+        self._orphans: list[int] = []
+        """Held packets whose flow was forgotten (a reload, `MAX_FLOWS`): dropped at the next `due`."""
 
     def reload(self, policy: Policy) -> list[DecidedFlow]:
         """Judge under ``policy`` from now on. Allowed flows end (to the flow log; their rule is looked up again at
@@ -105,16 +145,24 @@ class UdpJudge:
                     owed.append(decided)
         return owed
 
-    def judge(self, packet: QueuedPacket) -> Judged:
-        """The verdict for one queued packet; an exception in the inspection is the caller's to turn into a drop."""
-        judged = self._judge(packet)
-        if judged.accept:
+    def judge(self, packet: QueuedPacket, now: float | None = None) -> Judged:
+        """The verdict for one queued packet (or that it is held); an exception in the inspection is the caller's
+        to turn into a drop. ``now``: the clock `due` is called with (the packet's time stamp if None: the kernel's
+        stamp, when it gives one, need not be on that clock), which a hold's deadline is taken from."""
+        judged = self._judge(packet, packet.ts if now is None else now)
+        for _packet_id, accept in judged.then:
+            self._count(accept)
+        if not judged.held:
+            self._count(judged.accept)
+        return judged
+
+    def _count(self, accept: bool) -> None:
+        if accept:
             self.accepted += 1
         else:
             self.dropped += 1
-        return judged
 
-    def _judge(self, packet: QueuedPacket) -> Judged:
+    def _judge(self, packet: QueuedPacket, clock: float) -> Judged:
         try:
             segment = decode(LINK_RAW, packet.payload, packet.ts, Defragmenter(), any_protocol=True)
         except (Malformed, IndexError):
@@ -123,7 +171,7 @@ class UdpJudge:
             return Judged(False)  # the ruleset queues only UDP; anything else is dropped without a word
         src, dst = str(ipaddress.ip_address(segment.src)), str(ipaddress.ip_address(segment.dst))
         key = (src, segment.sport, dst, segment.dport)
-        now = packet.ts
+        now = clock  # one clock for holds, idleness and the records: the gate's (the kernel's stamp may be on another)
         flow = self.flows.get(key)
         if flow is None:
             made = self._new_flow(src, dst, segment.dport, now)
@@ -145,20 +193,85 @@ class UdpJudge:
         meta = FlowMeta(Transport.UDP, src, segment.sport, dst, segment.dport)
         finding = datagrams.inspect(meta, flow.window, self.udp, quic=flow.quic, dtls=flow.dtls)
         if finding is None:
+            return self._passed(key, flow, packet.packet_id, segment.payload, now, clock)
+        return self._refuse(key, flow, finding, None, now)
+
+    def _passed(self, key: FlowKey, flow: Flow, packet_id: int, payload: bytes, now: float, clock: float) -> Judged:
+        """A datagram the inspection let pass: accepted, or held while it leaves a text message open (and the
+        held ones accepted with it once the message is whole)."""
+        if not flow.held and frame(payload) is not Frame.OPEN:
             flow.datagrams += 1
-            flow.up += len(segment.payload)
+            flow.up += len(payload)
             return Judged(True)
+        text = flow.pending + payload
+        framed = frame(text)
+        if framed is Frame.WHOLE:
+            then = tuple((held, True) for held, _size in flow.held)
+            flow.datagrams += len(then) + 1
+            flow.up += len(text)
+            self._release(key, flow)
+            return Judged(True, then=then)
+        why = None
+        if framed is Frame.BINARY:
+            why = "a text message it opened was broken off by a datagram that is not text"
+        elif len(flow.held) >= HOLD_DATAGRAMS or len(text) > HOLD_BYTES:
+            why = f"a text message it opened outgrew the hold ({HOLD_DATAGRAMS} datagrams, {HOLD_BYTES} bytes)"
+        elif self.held >= HOLD_TOTAL:
+            why = f"a text message it opened found the gate's hold full ({HOLD_TOTAL} datagrams, all flows)"
+        if why is not None:
+            return self._refuse(key, flow, None, why, now)
+        if not flow.held:
+            flow.hold_until = clock + HOLD_SECONDS
+            self.holding[key] = flow
+        flow.held.append((packet_id, len(payload)))
+        flow.pending = text
+        self.held += 1
+        return Judged(False, held=True)
+
+    def _refuse(self, key: FlowKey, flow: Flow, finding: Finding | None, why: str | None, now: float) -> Judged:
+        """Refuse the flow (a finding, or ``why`` a held message was given up); its held datagrams go with it."""
+        src, sport, dst, dport = key
+        held = len(flow.held)
+        then_ids = self._release(key, flow)
         sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
         if sandbox is None:  # the policy was reloaded between the flow's datagrams
-            return Judged(False)
-        verdict = decide_drop(sandbox, "udp", finding, f"udp gate {flow.rule}")
+            return Judged(False, then=tuple((held_id, False) for held_id in then_ids))
+        detail = f"udp gate {flow.rule}" if why is None else f"udp gate {flow.rule}: {why}; {held} held dropped"
+        verdict = decide_drop(sandbox, "udp", finding, detail)
         passed = sandbox.mode is Mode.REPORT
         if passed:
             verdict = dataclasses.replace(verdict, action=Enforcement.WOULD_BLOCK)
-        decided = DecidedFlow(now, sandbox.name, src, segment.sport, dst, segment.dport, "udp", "", verdict)
+        decided = DecidedFlow(now, sandbox.name, src, sport, dst, dport, "udp", "", verdict)
         flow.refused = decided
         flow.action = "would-block" if passed else "block"
-        return Judged(passed, decided)
+        return Judged(passed, decided, then=tuple((held_id, passed) for held_id in then_ids))
+
+    def _release(self, key: FlowKey, flow: Flow) -> list[int]:
+        """Forget ``flow``'s hold; the ids it held, in order (their verdicts are the caller's)."""
+        ids = [packet_id for packet_id, _size in flow.held]
+        if ids:
+            self.held -= len(ids)
+            self.holding.pop(key, None)
+            flow.held.clear()
+            flow.pending = b""
+        return ids
+
+    def due(self, now: float) -> Due:
+        """Holds past `HOLD_SECONDS`: their datagrams dropped, their flows refused and recorded; and held packets
+        of forgotten flows, dropped."""
+        due = Due([(packet_id, False) for packet_id in self._orphans])
+        self._orphans.clear()
+        for key, flow in list(self.holding.items()):
+            if now < flow.hold_until:
+                continue
+            why = f"a text message it opened was not whole within {HOLD_SECONDS:g} s"
+            judged = self._refuse(key, flow, None, why, now)
+            due.verdicts.extend(judged.then)
+            if judged.decided is not None:
+                due.decided.append(judged.decided)
+        for _packet_id, accept in due.verdicts:
+            self._count(accept)
+        return due
 
     def _new_flow(self, src: str, dst: str, dport: int, now: float) -> Flow | DecidedFlow:
         sandbox = self.policy.sandbox_for(ipaddress.ip_address(src))
@@ -200,6 +313,7 @@ class UdpJudge:
         return owed
 
     def _ended(self, key: FlowKey, flow: Flow) -> DecidedFlow | None:
+        self._orphans.extend(self._release(key, flow))  # a forgotten flow's held packets: dropped at the next `due`
         if flow.refused is not None:
             return self._report_refused(flow)
         if self.sink is not None and flow.datagrams:
@@ -291,6 +405,7 @@ class UdpGate:
                 if poller.poll(200):
                     for packet in reader.read():
                         self._verdict(reader, packet)
+                self._settle(reader, self.judge.due(self.clock()))
                 if self.clock() >= idle_at:
                     idle_at = self.clock() + 1.0
                     for decided in self.judge.idle(self.clock()):
@@ -302,15 +417,24 @@ class UdpGate:
 
     def _verdict(self, reader: NfqueueReader, packet: QueuedPacket) -> None:
         try:
-            judged = self.judge.judge(packet)
+            judged = self.judge.judge(packet, self.clock())
         except Exception:  # fail closed: a bug in the inspection drops the datagram, never forwards it
             self.failures += 1
             log.exception("udp gate: judging a datagram failed; dropped")
             reader.verdict(packet.packet_id, NF_DROP)
             return
-        reader.verdict(packet.packet_id, NF_ACCEPT if judged.accept else NF_DROP)
+        for packet_id, accept in judged.then:  # held ones first, in order: the kernel sends in verdict order
+            reader.verdict(packet_id, NF_ACCEPT if accept else NF_DROP)
+        if not judged.held:
+            reader.verdict(packet.packet_id, NF_ACCEPT if judged.accept else NF_DROP)
         if judged.decided is not None:
             self.reporter.report(judged.decided)
+
+    def _settle(self, reader: NfqueueReader, due: Due) -> None:
+        for packet_id, accept in due.verdicts:
+            reader.verdict(packet_id, NF_ACCEPT if accept else NF_DROP)
+        for decided in due.decided:
+            self.reporter.report(decided)
 
     def stop(self) -> None:
         """Stop reading; close the queue (the kernel drops what still waits); report what refused flows owe and
@@ -325,4 +449,15 @@ class UdpGate:
                 self.reporter.report(decided)
 
 
-__all__ = ["FLOW_IDLE", "REPORT_EVERY", "Judged", "UdpGate", "UdpJudge"]
+__all__ = [
+    "FLOW_IDLE",
+    "HOLD_BYTES",
+    "HOLD_DATAGRAMS",
+    "HOLD_SECONDS",
+    "HOLD_TOTAL",
+    "REPORT_EVERY",
+    "Due",
+    "Judged",
+    "UdpGate",
+    "UdpJudge",
+]

@@ -58,6 +58,14 @@ NFTA_QUEUE_FLAGS: Final = 3
 
 NFQUEUE_REVISION: Final = 3
 
+MISSING: Final = (
+    "the kernel has no NFQUEUE for nf_tables: neither nft_queue (CONFIG_NFT_QUEUE) nor the xtables target "
+    "xt_NFQUEUE through nft_compat (CONFIG_NETFILTER_XT_TARGET_NFQUEUE, CONFIG_NFT_COMPAT) is loaded; load them "
+    "before the gateway starts (`modprobe -a nft_compat xt_NFQUEUE nfnetlink_queue`, or "
+    "/etc/modules-load.d/egress.conf from deploy/modules-load/), or build them in (or the chain is missing)"
+)
+"""Why neither queue rule could be written (both answered ENOENT or EOPNOTSUPP): what the gateway's error says."""
+
 
 def _nested(kind: int, *attrs: bytes) -> bytes:
     return _attr(kind | NLA_F_NESTED, b"".join(attrs))
@@ -134,15 +142,20 @@ def errors(data: bytes) -> list[tuple[int, int]]:
 
 def install(table: str, chain: str, queue: int, netns: str | None = None, timeout: float = 5.0) -> str:
     """Append the queue rule to ``inet table chain`` (which must exist): nf_tables' own ``queue`` where the kernel
-    has it, else the xtables target; raises `OSError` with the kernel's errno. Returns which (``queue``,
-    ``xt NFQUEUE``)."""
+    has it, else the xtables target; raises `OSError` with the kernel's errno (when neither exists, its message
+    is `MISSING`, naming the modules). Returns which (``queue``, ``xt NFQUEUE``)."""
     try:
         _send(table, chain, queue, netns, timeout, native=True)
         return "queue"
     except OSError as exc:
         if exc.errno not in (errno.ENOENT, errno.EOPNOTSUPP):  # a missing chain is ENOENT too: the xt try says so
             raise
-    _send(table, chain, queue, netns, timeout, native=False)
+    try:
+        _send(table, chain, queue, netns, timeout, native=False)
+    except OSError as exc:
+        if exc.errno not in (errno.ENOENT, errno.EOPNOTSUPP):
+            raise
+        raise OSError(exc.errno, f"{exc.strerror}: {MISSING}") from exc
     return "xt NFQUEUE"
 
 
@@ -165,4 +178,4 @@ def _send(table: str, chain: str, queue: int, netns: str | None, timeout: float,
                     return
 
 
-__all__ = ["install", "nfqueue_info", "rule_batch"]
+__all__ = ["MISSING", "install", "nfqueue_info", "rule_batch"]

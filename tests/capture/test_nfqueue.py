@@ -111,6 +111,28 @@ def test_reading_a_reader_that_is_not_open_is_an_error() -> None:
         NfqueueReader().read()
 
 
+@pytest.mark.parametrize(
+    ("answer", "named"),
+    [(OSError(errno.EINVAL, "nfqueue config: Invalid argument"), "nfnetlink_queue"),
+     (TimeoutError("no answer from nfnetlink_queue"), "nfnetlink_queue"),
+     (PermissionError(errno.EPERM, "held"), "already has a reader")],
+)  # fmt: skip
+def test_a_queue_that_cannot_be_bound_says_why(monkeypatch: pytest.MonkeyPatch, answer: OSError, named: str) -> None:
+    """nfnetlink answers EINVAL for a subsystem it does not have (a modular kernel without nfnetlink_queue)."""
+
+    def config(self: NfqueueReader, request: bytes, strict: bool = True) -> None:
+        if strict:
+            raise answer
+
+    monkeypatch.setattr(NfqueueReader, "_config", config)
+    reader = NfqueueReader()
+    with pytest.raises(OSError) as failed:
+        reader.open(7)
+    assert named in str(failed.value) and failed.value.errno
+    with pytest.raises(RuntimeError):
+        reader.fileno()  # closed again
+
+
 QUEUE = 5
 PORT = 9999
 RULES = f"""table inet egt_nfq {{

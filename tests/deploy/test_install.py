@@ -21,6 +21,7 @@ INSTALLED = (
     "etc/systemd/system/nftables.service.d/egress.conf",
     "etc/nftables.d/egress-boot.nft",
     "etc/sysctl.d/60-egress.conf",
+    "etc/modules-load.d/egress.conf",
     "etc/sysusers.d/egress.conf",
     "opt/egress/libexec/egress-lockdown",
 )
@@ -35,6 +36,7 @@ HOST_FILES = (
     "/etc/systemd/system/nftables.service.d/egress.conf",
     "/etc/nftables.d/egress-boot.nft",
     "/etc/sysctl.d/60-egress.conf",
+    "/etc/modules-load.d/egress.conf",
     "/etc/sysusers.d/egress.conf",
     "/opt/egress",
     "/var/lib/egress",

@@ -8,16 +8,28 @@ import ipaddress
 import os
 import socket
 import struct
+from collections.abc import Callable
+from typing import cast
 
 import pytest
 
-from egress.capture.nfqueue import QueuedPacket
+from egress.capture.nfqueue import NF_ACCEPT, NF_DROP, QueuedPacket
 from egress.decide import Enforcement, Reason
+from egress.decisions import DecidedFlow
 from egress.flowlog import EndedFlow
-from egress.gateway.udpgate import FLOW_IDLE, REPORT_EVERY, UdpJudge
+from egress.gateway.udpgate import (
+    FLOW_IDLE,
+    HOLD_DATAGRAMS,
+    HOLD_SECONDS,
+    HOLD_TOTAL,
+    REPORT_EVERY,
+    Due,
+    UdpGate,
+    UdpJudge,
+)
 from egress.policy.lists import load_name_lists
 from egress.policy.model import Expect, Mode, Policy
-from tests.detect.test_datagrams import quic, stratum, stun, wireguard
+from tests.detect.test_datagrams import quic, stratum, stun, wireguard, xmrig
 from tests.nft import make_sandbox, udp_rule
 
 SANDBOX, SERVER, PORT = "10.77.0.2", "198.18.10.3", 3478
@@ -46,8 +58,10 @@ class Flows:
         self.ended.append(flow)
 
 
-def _packet(data: bytes, sport: int = 40000, ts: float = 1000.0, dst: str = SERVER, src: str = SANDBOX) -> QueuedPacket:
-    return QueuedPacket(1, socket.AF_INET, _udp4(src, sport, dst, PORT, data), 2, 3, ts)
+def _packet(
+    data: bytes, sport: int = 40000, ts: float = 1000.0, dst: str = SERVER, src: str = SANDBOX, pid: int = 1
+) -> QueuedPacket:
+    return QueuedPacket(pid, socket.AF_INET, _udp4(src, sport, dst, PORT, data), 2, 3, ts)
 
 
 def test_benign_datagrams_are_accepted_and_their_flow_logged_when_idle() -> None:
@@ -136,3 +150,142 @@ def test_the_judge_raises_rather_than_accepting_when_inspection_fails(monkeypatc
     with pytest.raises(RuntimeError):
         judge.judge(_packet(stun()))
     assert ipaddress.ip_address(SANDBOX)  # the policy's source, unchanged
+
+
+def _pieces(data: bytes, parts: int = 3) -> list[bytes]:
+    size = -(-len(data) // parts)
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+@pytest.mark.parametrize("make", [stratum, xmrig])
+def test_the_first_pieces_of_a_split_pool_message_are_held_then_dropped_with_it(make: object) -> None:
+    assert callable(make)
+    judge = UdpJudge(_policy(), LISTS)
+    judged = [judge.judge(_packet(piece, pid=n)) for n, piece in enumerate(_pieces(make()), 1)]
+    assert judged[0].held  # the detectors cannot name a first piece: it waits
+    [refused] = [j for j in judged if j.decided is not None]
+    assert not refused.accept and refused.then and not any(accept for _pid, accept in refused.then)
+    assert refused.decided is not None and refused.decided.verdict.reason is Reason.MINING
+    assert not any(j.accept for j in judged)
+    assert judge.held == 0 and judge.holding == {}
+    assert (judge.accepted, judge.dropped) == (0, 3)
+
+
+def test_a_benign_message_split_over_datagrams_crosses_whole_and_in_order() -> None:
+    flows = Flows()
+    judge = UdpJudge(_policy(), LISTS, flows)
+    message = b'{"id":7,"method":"status.report","params":["' + b"x" * 300 + b'"]}\n'
+    pieces = _pieces(message, 4)
+    assert [judge.judge(_packet(p, pid=10 + n)).held for n, p in enumerate(pieces[:-1])] == [True] * 3
+    done = judge.judge(_packet(pieces[-1], pid=13))
+    assert done.accept and not done.held and done.then == ((10, True), (11, True), (12, True))
+    assert done.decided is None and judge.held == 0
+    judge.close()
+    assert flows.ended[0].up == len(message)
+
+
+def test_binary_datagrams_are_never_held() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    for n in range(50):
+        judged = judge.judge(_packet(stun(), sport=41000 + n % 5, pid=n))
+        assert judged.accept and not judged.held and judged.then == ()
+
+
+def test_a_hold_that_never_completes_is_dropped_and_recorded_at_its_deadline() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b'{"id":1,"method":"mini', pid=5, ts=1000.0)).held
+    assert judge.judge(_packet(b"ng.subscr", pid=6, ts=1000.5)).held
+    assert judge.due(1000.0 + HOLD_SECONDS - 0.01).verdicts == []
+    due = judge.due(1000.0 + HOLD_SECONDS)
+    assert due.verdicts == [(5, False), (6, False)]
+    [decided] = due.decided
+    assert decided.verdict.reason is Reason.FIREWALL_DROP and "not whole within" in decided.verdict.evidence
+    assert decided.verdict.action is Enforcement.BLOCK and judge.held == 0
+    assert not judge.judge(_packet(b'ibe"]}\n', pid=7, ts=1003.0)).accept  # the flow stays refused
+
+
+def test_report_mode_lets_an_expired_hold_through_and_records_would_block() -> None:
+    judge = UdpJudge(_policy(Mode.REPORT), LISTS)
+    assert judge.judge(_packet(b'{"id":1,', pid=5)).held
+    due = judge.due(1000.0 + HOLD_SECONDS)
+    assert due.verdicts == [(5, True)] and due.decided[0].verdict.action is Enforcement.WOULD_BLOCK
+
+
+def test_a_binary_datagram_breaking_a_held_message_drops_it_all() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b'{"id":1,"method":"mi', pid=1)).held
+    broken = judge.judge(_packet(stun(), pid=2))
+    assert not broken.accept and broken.then == ((1, False),)
+    assert broken.decided is not None and "not text" in broken.decided.verdict.evidence
+
+
+def test_a_hold_larger_than_the_window_is_refused() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b'{"a":"', pid=0)).held
+    for n in range(1, HOLD_DATAGRAMS):
+        assert judge.judge(_packet(b"x" * 10, pid=n)).held
+    over = judge.judge(_packet(b"x", pid=HOLD_DATAGRAMS))
+    assert not over.accept and len(over.then) == HOLD_DATAGRAMS and not any(a for _p, a in over.then)
+    assert over.decided is not None and "outgrew the hold" in over.decided.verdict.evidence
+
+
+def test_the_total_hold_is_bounded_across_flows() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    for n in range(HOLD_TOTAL):
+        assert judge.judge(_packet(b"[1,", sport=1024 + n, pid=n)).held
+    full = judge.judge(_packet(b"[1,", sport=1024 + HOLD_TOTAL, pid=HOLD_TOTAL))
+    assert not full.accept and not full.held and full.decided is not None
+    assert "hold full" in full.decided.verdict.evidence and judge.held == HOLD_TOTAL
+    due = judge.due(1000.0 + HOLD_SECONDS)
+    assert len(due.verdicts) == HOLD_TOTAL and len(due.decided) == HOLD_TOTAL and judge.held == 0
+
+
+def test_a_reload_drops_what_forgotten_flows_held() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b"[1,", pid=9)).held
+    judge.reload(_policy())
+    assert judge.due(1000.0).verdicts == [(9, False)] and judge.held == 0
+
+
+class Verdicts:
+    """The reader's side the gate writes to: the verdicts in the order given."""
+
+    def __init__(self) -> None:
+        self.given: list[tuple[int, int]] = []
+
+    def verdict(self, packet_id: int, verdict: int) -> None:
+        self.given.append((packet_id, verdict))
+
+
+class Decisions:
+    def __init__(self) -> None:
+        self.reported: list[DecidedFlow] = []
+
+    def report(self, attempt: DecidedFlow) -> None:
+        self.reported.append(attempt)
+
+
+def test_the_gate_gives_held_verdicts_in_order_and_settles_expired_holds() -> None:
+    decisions, reader = Decisions(), Verdicts()
+    clock = [5.0]  # the gate's own clock, whatever the packets' stamps say (1000.0)
+    gate = UdpGate(7, _policy(), LISTS, decisions, clock=lambda: clock[0])
+    verdict = cast(Callable[[object, QueuedPacket], None], gate._verdict)
+    settle = cast(Callable[[object, Due], None], gate._settle)
+    line = b'{"id":7,"method":"status.report","params":["ok"]}\n'
+    for n, piece in enumerate(_pieces(line), 1):
+        verdict(reader, _packet(piece, pid=n))
+    assert reader.given == [(1, NF_ACCEPT), (2, NF_ACCEPT), (3, NF_ACCEPT)]
+    verdict(reader, _packet(b'{"id":8,', pid=4, sport=40001))
+    assert reader.given[3:] == []
+    settle(reader, gate.judge.due(gate.clock()))
+    assert reader.given[3:] == []
+    clock[0] += HOLD_SECONDS
+    settle(reader, gate.judge.due(gate.clock()))
+    assert reader.given[3:] == [(4, NF_DROP)] and len(decisions.reported) == 1
+
+
+def test_a_flow_forgotten_while_it_holds_has_its_packets_dropped() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b"[1,", pid=3, ts=1000.0)).held
+    judge.idle(1000.0 + FLOW_IDLE)  # without a `due` in between (the gate calls it every turn)
+    assert judge.held == 0 and judge.due(1000.0 + FLOW_IDLE).verdicts == [(3, False)]

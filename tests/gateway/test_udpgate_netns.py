@@ -14,7 +14,7 @@ from egress.decide import Reason
 from egress.nft import runner
 from egress.nft.render import GatewaySettings, render
 from egress.policy.model import Policy
-from tests.detect.test_datagrams import stratum, stun, wireguard
+from tests.detect.test_datagrams import stratum, stun, wireguard, xmrig
 from tests.nft import make_sandbox, udp_rule, udpgate
 from tests.nft.netns import Topology, socket_in, topology
 from tests.waiting import eventually, scaled
@@ -82,3 +82,33 @@ def test_an_exception_judging_drops_the_datagram(topo: Topology, monkeypatch: py
         assert not _crosses(topo, stun(), 43000)
         monkeypatch.undo()
         assert _crosses(topo, stun(), 43001)
+
+
+def _pieces(data: bytes) -> list[bytes]:
+    size = -(-len(data) // 3)
+    return [data[i : i + size] for i in range(0, len(data), size)]
+
+
+def _heard(topo: Topology, pieces: list[bytes], sport: int) -> list[bytes]:
+    """What the internet namespace's ``PORT`` hears of ``pieces`` sent one after the other from one flow."""
+    heard: list[bytes] = []
+    with socket_in(topo.internet, socket.AF_INET, socket.SOCK_DGRAM) as server:
+        server.bind((T.INTERNET4, PORT))
+        with socket_in(topo.sandbox, socket.AF_INET, socket.SOCK_DGRAM) as client:
+            client.bind((T.SANDBOX4, sport))
+            for piece in pieces:
+                client.sendto(piece, (T.INTERNET4, PORT))
+        while select.select([server], [], [], scaled(1.0))[0]:
+            heard.append(server.recv(65535))
+    return heard
+
+
+def test_a_split_message_crosses_whole_and_in_order_only_when_it_passes(topo: Topology) -> None:
+    settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if)
+    runner.apply(render(_policy(), settings), netns=topo.gateway)
+    benign = _pieces(b'{"id":7,"method":"status.report","params":["' + b"x" * 200 + b'"]}\n')
+    with udpgate.gate(topo.gateway, _policy()) as reported:
+        assert _heard(topo, benign, 44000) == benign  # held, then released in order
+        assert _heard(topo, _pieces(xmrig()), 44001) == []  # held, then dropped with the message
+        assert _heard(topo, benign[:2], 44002) == []  # never whole: held, then dropped at the deadline
+        eventually(lambda: {44001, 44002} <= {d.sport for d in reported.decided}, timeout=scaled(5))

@@ -76,3 +76,24 @@ def test_the_native_queue_expression_has_no_bypass_flag() -> None:
     data = _attrs(queue[xtqueue.NFTA_EXPR_DATA])
     assert data[xtqueue.NFTA_QUEUE_NUM] == struct.pack("!H", 9)
     assert data[xtqueue.NFTA_QUEUE_FLAGS] == struct.pack("!H", 0)  # NFT_QUEUE_FLAG_BYPASS is 1
+
+
+@pytest.mark.parametrize("code", [errno.ENOENT, errno.EOPNOTSUPP])
+def test_a_kernel_without_either_queue_is_named_in_the_error(monkeypatch: pytest.MonkeyPatch, code: int) -> None:
+    def refused(*_: object, **__: object) -> None:
+        raise OSError(code, "queue rule: refused")
+
+    monkeypatch.setattr(xtqueue, "_send", refused)
+    with pytest.raises(OSError) as missing:
+        xtqueue.install("egress", "udp_gate", 7)
+    assert missing.value.errno == code and "xt_NFQUEUE" in str(missing.value) and "nft_queue" in str(missing.value)
+
+
+def test_other_errors_pass_unchanged(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refused(*_: object, **__: object) -> None:
+        raise OSError(errno.EPERM, "queue rule: not permitted")
+
+    monkeypatch.setattr(xtqueue, "_send", refused)
+    with pytest.raises(OSError) as other:
+        xtqueue.install("egress", "udp_gate", 7)
+    assert other.value.errno == errno.EPERM and "xt_NFQUEUE" not in str(other.value)

@@ -184,7 +184,20 @@ def _xmrig() -> bytes:
     return json.dumps({"id": 1, "jsonrpc": "2.0", "method": "login", "params": params}).encode() + b"\n"
 
 
-PAYLOADS = {"wireguard": _wireguard, "dtls": _dtls, "quic": _quic, "stratum": _stratum, "xmrig": _xmrig}
+def _benign() -> bytes:
+    # a JSON-RPC line no pool or node detector names (the control for the UDP gate's hold of split messages)
+    call = {"id": 1, "method": "status.report", "params": ["build " + MARK.decode(), "x" * 120]}
+    return json.dumps(call).encode() + b"\n"
+
+
+PAYLOADS = {
+    "wireguard": _wireguard,
+    "dtls": _dtls,
+    "quic": _quic,
+    "stratum": _stratum,
+    "xmrig": _xmrig,
+    "benign": _benign,
+}
 
 
 def udp_send_main() -> None:
@@ -340,6 +353,46 @@ class _Variant:
             for piece in _pieces(self.payload):
                 self.exchange(sock, piece)
 
+    def split_now(self) -> None:
+        """The split, the pieces back to back (no wait for an answer between them)."""
+        with self.opened(wait=2.0) as sock:
+            for piece in _pieces(self.payload):
+                sock.sendto(piece, self.target)
+                self.sent += 1
+            with contextlib.suppress(TimeoutError):
+                self.answers += MARK in sock.recv(65535)
+
+    def split_bom(self) -> None:
+        """The split, after a UTF-8 byte-order mark and whitespace (what JSON parsers skip)."""
+        self.payload = b"\xef\xbb\xbf\r\n \t" + self.payload
+        self.split()
+
+    def unfinished(self) -> None:
+        """The first two pieces only, then silence (the message never completes)."""
+        with self.opened(wait=1.0) as sock:
+            for piece in _pieces(self.payload)[:2]:
+                self.exchange(sock, piece)
+            time.sleep(3.0)  # past the gate's hold; an answer to a piece would come now
+            with contextlib.suppress(TimeoutError):
+                self.answers += MARK in sock.recv(65535)
+
+    def two_flows(self) -> None:
+        """The first piece on one flow, the rest on another (a new source port)."""
+        first, *rest = _pieces(self.payload)
+        with self.opened() as one, self.opened() as two:
+            self.exchange(one, first)
+            for piece in rest:
+                self.exchange(two, piece)
+
+    def held_volume(self) -> None:
+        """The first piece from 1,100 flows at once (one socket each, closed at once): more than the gate holds."""
+        first = _pieces(self.payload)[0]
+        for _ in range(1100):
+            with self.opened() as sock:
+                sock.sendto(first, self.target)
+                self.sent += 1
+        time.sleep(3.0)  # past the gate's hold
+
     def junk_first(self) -> None:
         with self.opened() as sock:
             for junk in (os.urandom(64), os.urandom(200), STUN_BINDING + os.urandom(12)):
@@ -380,7 +433,8 @@ def udp_variant_main() -> None:
     ``split``: the payload cut in three datagrams of one flow; ``junk-first``: two random datagrams and a STUN
     binding request first, then the payload, one flow; ``second-flow``: a benign flow (three STUN requests) and then
     the payload from a new socket (a new source port); ``flood``: the payload 100 times from each of 50 sockets, as
-    fast as the sockets take them, then every answer read."""
+    fast as the sockets take them, then every answer read; ``split-bom``, ``unfinished``, ``two-flows``,
+    ``held-volume``: against the gate's hold of split text messages (`_Variant`'s methods say how)."""
     variant, kind, address, port = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
     run = _Variant(kind, address, port)
     getattr(run, variant.replace("-", "_"))()

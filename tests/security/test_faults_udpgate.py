@@ -26,7 +26,7 @@ pytestmark = pytest.mark.security
 
 KIT = "from tests.security.redteam_surfaces_kit import {0}; {0}()"
 NETWORK = server("pool")
-PORT = 4023
+PORT = 4031
 """The last port redteam_udp_variants.yaml allows (test_redteam_udp_variants.py uses the others)."""
 BENIGN = (
     "import socket, sys; s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM); "
