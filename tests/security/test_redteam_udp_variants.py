@@ -110,13 +110,15 @@ def test_the_payload_sent_to_slip_past_the_udp_gate_does_not_reach_the_server(
         assert benign == 3, "control: the benign datagrams before the payload crossed and were answered"
 
 
-@pytest.mark.xfail(
-    strict=False,
-    reason="open (docs/security.md, udpgate2): in this lab the first piece, held then accepted, does not reach the "
-    "server (pieces 2 and 3 do, no record), 0.5 s apart or back to back; tests/gateway/test_udpgate_netns.py passes "
-    "the same, cause not found",
+_SPACED_LOSES_THE_FIRST = pytest.mark.xfail(
+    strict=False,  # the cause is not known, so neither is whether a loaded machine's timing ever lets it pass
+    reason="open (docs/security.md, udpgate2): with the pieces 0.5 s apart the first piece, held about a second and "
+    "then accepted (the gate's log shows the verdicts in order), never leaves the gateway's uplink; pieces 2 and 3 "
+    "do, no record, no conntrack insert_failed or drop; cause not found",
 )
-@pytest.mark.parametrize("how", ["split", "split-now"])
+
+
+@pytest.mark.parametrize("how", [pytest.param("split", marks=_SPACED_LOSES_THE_FIRST), "split-now"])
 def test_a_benign_message_split_over_datagrams_crosses_whole_and_in_order(lab: SecurityLab, how: str) -> None:
     """The control for the hold: a JSON-RPC line no detector names, cut in three, reaches the server, in order."""
     address = NETWORK.v4
@@ -128,10 +130,11 @@ def test_a_benign_message_split_over_datagrams_crosses_whole_and_in_order(lab: S
 
     since = time.time() - 30
 
-    def heard_all() -> None:
+    def heard_all() -> bool:
         heads[:] = [line.split("head ")[-1] for line in sink.log().splitlines() if line.startswith("received")]
         records = [(r.reason, r.evidence) for r in lab.records(since) if r.dport == port]
         assert len(heads) == 3, f"heard {heads}; client {done.stdout!r}; records {records}"
+        return True
 
     eventually(heard_all, timeout=10.0)
     assert heads[0].startswith("7b"), heads  # the opening piece first: released in order
