@@ -25,16 +25,26 @@ SETTINGS = GatewaySettings(sandbox_if="sbx0", uplink_if="up0")
 
 def test_closed_the_guard_has_no_live_interface() -> None:
     script = render_guard(SETTINGS)
-    assert "table inet egress_guard {" in script and "delete table inet egress_guard" in script
-    assert "elements" not in script
-    assert 'iifname { "sbx0" } iifname != @alive drop' in script
-    assert 'oifname { "sbx0" } oifname != @alive drop' in script
+    assert "table inet egress_guard {" in script and "flush set inet egress_guard alive" in script
+    assert "add element" not in script
+    assert 'add rule inet egress_guard prerouting iifname { "sbx0" } iifname != @alive drop' in script
+    assert 'add rule inet egress_guard forward oifname { "sbx0" } oifname != @alive drop' in script
+    assert 'add rule inet egress_guard output oifname { "sbx0" } oifname != @alive drop' in script
+
+
+def test_a_refresh_never_deletes_the_table_or_a_chain() -> None:
+    """Deleting a base chain unregisters its hook, and the kernel then drops every packet waiting in an NFQUEUE of
+    the namespace (the UDP gate's held datagrams): a refresh flushes and writes again, it never deletes."""
+    for script in (render_guard(SETTINGS), render_guard(SETTINGS, alive_for=5)):
+        assert "delete" not in script
+        for chain in ("prerouting", "forward", "output"):
+            assert f"flush chain inet egress_guard {chain}" in script
 
 
 def test_open_every_sandbox_interface_lives_for_the_given_seconds() -> None:
     policy = Policy(1, (make_sandbox("agents", "10.0.0.0/24", interface="sbx1"),))
     script = render_guard(SETTINGS, policy, alive_for=5)
-    assert 'elements = { "sbx0" timeout 5s, "sbx1" timeout 5s }' in script
+    assert 'add element inet egress_guard alive { "sbx0" timeout 5s, "sbx1" timeout 5s }' in script
     assert 'iifname { "sbx0", "sbx1" }' in script
 
 
@@ -91,3 +101,42 @@ def test_without_heartbeats_nothing_is_forwarded_whatever_the_policy_table_allow
         runner.apply(render_guard(settings, policy), netns=topo.gateway)  # a stop closes it at once
         assert not _sent(topo, T.SANDBOX4, ALLOWED_UDP)
         assert not _sent(topo, T.SHADOW4, 9999)
+
+
+@pytest.mark.root
+def test_a_heartbeat_drops_nothing_the_udp_gate_holds() -> None:
+    """A JSON line cut in three, its first piece held by the UDP gate (the message is open) while the guard is
+    refreshed twice, then the rest: all three reach the internet namespace, in order. Before stop 30 each refresh
+    deleted the guard table, the kernel flushed the queue, and the first piece was lost."""
+    with topology() as topo:
+        settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if)
+        policy = Policy(
+            1,
+            (
+                make_sandbox(
+                    "agents", "10.77.0.0/26", networks=(udp_rule("agents", 0, f"{T.INTERNET4}/32", ALLOWED_UDP),)
+                ),
+            ),
+        )
+        runner.apply(render(policy, settings), netns=topo.gateway)
+        runner.apply(render_guard(settings, policy, alive_for=30), netns=topo.gateway)
+        line = b'{"id":7,"method":"status.report","params":["' + b"x" * 120 + b'"]}\n'
+        pieces = [line[:60], line[60:120], line[120:]]
+        heard: list[bytes] = []
+        with (
+            udpgate.gate(topo.gateway, policy) as reported,
+            socket_in(topo.internet, socket.AF_INET, socket.SOCK_DGRAM) as server,
+        ):
+            server.bind((T.INTERNET4, ALLOWED_UDP))
+            with socket_in(topo.sandbox, socket.AF_INET, socket.SOCK_DGRAM) as client:
+                client.bind((T.SANDBOX4, 45000))
+                client.sendto(pieces[0], (T.INTERNET4, ALLOWED_UDP))
+                assert not select.select([server], [], [], scaled(0.3))[0]  # held: the message is open
+                for _ in range(2):  # two heartbeats while it is held
+                    runner.apply(render_guard(settings, policy, alive_for=30), netns=topo.gateway)
+                for piece in pieces[1:]:
+                    client.sendto(piece, (T.INTERNET4, ALLOWED_UDP))
+            while len(heard) < 3 and select.select([server], [], [], scaled(2.0))[0]:
+                heard.append(server.recv(65535))
+        assert heard == pieces, heard
+        assert reported.decided == []
