@@ -5,7 +5,7 @@ gate nothing an allowed UDP network rule matches is forwarded: the queue has no 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 from egress.decisions import DecidedFlow
 from egress.gateway.udpgate import UdpGate
@@ -22,6 +22,8 @@ class Collected:
 
     def __init__(self) -> None:
         self.decided: list[DecidedFlow] = []
+        self.held: Callable[[], int] = lambda: 0
+        """How many datagrams the running gate holds (set by `gate`)."""
 
     def report(self, attempt: DecidedFlow) -> None:
         self.decided.append(attempt)
@@ -37,6 +39,7 @@ def gate(netns: str, policy: Policy, table: str = "egress", queue: int = QUEUE) 
     """A running gate on ``queue`` in ``netns`` (the queue rule installed in ``table``); yields what it reported."""
     collected = Collected()
     running = UdpGate(queue, policy, load_name_lists(), collected, netns=netns)
+    collected.held = lambda: running.judge.held
     died: list[str] = []
     running.start(died.append)
     try:

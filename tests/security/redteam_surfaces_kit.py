@@ -323,6 +323,10 @@ def _pieces(data: bytes, parts: int = 3) -> list[bytes]:
     return [data[i : i + size] for i in range(0, len(data), size)]
 
 
+BENIGN_WAIT = 10.0
+"""Seconds a benign datagram's answer may take (a loaded machine; the answer ends the wait)."""
+
+
 class _Variant:
     """One run of `udp_variant_main`: KIND's payload to a target, counting what the server answered."""
 
@@ -337,12 +341,20 @@ class _Variant:
         return sock
 
     def exchange(self, sock: socket.socket, data: bytes, benign: bool = False) -> None:
+        """Send ``data`` and wait for the server's answer: the socket's short wait for the payload's (an answer
+        there is the attack's goal), up to `BENIGN_WAIT` for a benign datagram's (the control: its answer comes,
+        so the wait ends then; a short fixed window missed it with the CPUs busy)."""
         sock.sendto(data, self.target)
         self.sent += 1
+        wait = sock.gettimeout()
+        if benign:
+            sock.settimeout(BENIGN_WAIT)
         try:
             answered = MARK in sock.recv(65535)
         except TimeoutError:
             answered = False
+        finally:
+            sock.settimeout(wait)
         if benign:
             self.benign += answered
         else:
