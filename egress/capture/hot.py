@@ -227,21 +227,28 @@ def _stale(module: object) -> str | None:
     return None
 
 
-def _compiled() -> Implementation | None:
+def _compiled() -> tuple[Implementation | None, str | None]:
+    """The compiled path (or None) and, when a build is there but must not run, why."""
     try:
         from egress.capture import _hot  # type: ignore[attr-defined]
     except ImportError:
-        return None
+        return None, None
     module: ModuleType = _hot
     why = _stale(module)
     if why is not None:
-        log.warning("egress.capture._hot is stale (%s): the pure path runs", why)
-        return None
-    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng, module.segment)
+        return None, why
+    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng, module.segment), None
 
 
-COMPILED: Final = _compiled()
+_BUILT: Final = _compiled()
+COMPILED: Final = _BUILT[0]
 """The compiled path, or ``None`` where it was not built (no C compiler) or is stale."""
+STALE: Final = _BUILT[1]
+"""Why a compiled build that is there must not run (``None``: none there, or it runs).
+
+The warning about a stale build waits for the first `implementation` call: at import the command has not yet set
+up its logging (``--log-format json``), so a warning then would reach stderr as plain text."""
+_warned: list[bool] = [False]
 
 
 def pure_asked() -> bool:
@@ -254,6 +261,9 @@ def implementation(compiled: bool | None = None) -> Implementation:
     if compiled is False or (compiled is None and pure_asked()):
         return PURE
     if COMPILED is None:
+        if STALE is not None and not _warned[0]:
+            _warned[0] = True
+            log.warning("egress.capture._hot is stale (%s): the pure path runs", STALE)
         if compiled:
             raise RuntimeError("the compiled scan path was asked for, but egress.capture._hot is not built")
         return PURE

@@ -273,6 +273,22 @@ def test_a_stale_build_is_refused() -> None:
         assert hot._stale(_hot) is None
 
 
+def test_a_stale_build_is_told_at_the_first_choice_not_at_import(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """At import the command has not set up its logging yet (``--log-format json``): the warning waits for the
+    first `implementation` call, and is given once."""
+    monkeypatch.setattr(hot, "COMPILED", None)
+    monkeypatch.setattr(hot, "STALE", "built for ABI 0, this egress wants 4")
+    monkeypatch.setattr(hot, "_warned", [False])
+    monkeypatch.delenv(hot.PURE_ENV, raising=False)
+    with caplog.at_level("WARNING", logger=hot.log.name):
+        assert hot.implementation() is hot.PURE
+        assert hot.implementation() is hot.PURE
+    stale = [record for record in caplog.records if "is stale" in record.getMessage()]
+    assert len(stale) == 1 and "built for ABI 0" in stale[0].getMessage()
+
+
 def test_the_pure_path_is_asked_for_by_argument_or_environment(monkeypatch: pytest.MonkeyPatch) -> None:
     assert hot.implementation(compiled=False) is hot.PURE
     monkeypatch.setenv(hot.PURE_ENV, "1")
