@@ -28,8 +28,7 @@ import zlib
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from egress.capture.hot import Records
 from egress.capture.packet import ACK, ICMP, SYN, TCP, UDP
@@ -46,6 +45,9 @@ from egress.scanner import (
     _Pass,
     _tally_unsupported,
 )
+
+if TYPE_CHECKING:  # multiprocessing is imported only by a scan that starts workers (`egress.scan_jobs.Team`)
+    from multiprocessing.connection import Connection
 
 SHARED: Final = -1
 """The owner of a UDP tunnel carrier's flow: every worker inspects it (worker 0 reports it)."""
