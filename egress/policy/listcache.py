@@ -12,7 +12,8 @@ and is read only when it and its folder belong to this user and no one else may 
 it (absent, unreadable, damaged, foreign) and the lists are loaded from the files as before. A load with problems
 raises `RulesError` every time and writes nothing.
 
-The cache is ``$EGRESS_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/egress``, else ``~/.cache/egress``.
+The cache is ``$EGRESS_CACHE_DIR`` (empty: no cache), else ``$XDG_CACHE_HOME/egress``, else ``~/.cache/egress``;
+the folder is made (mode 0700) only inside a folder of this user's, and it keeps the last `KEPT` entries.
 Only the scanner uses it; the gateway loads its lists from the files (`load_name_lists`) at every start and reload.
 """
 
@@ -36,6 +37,8 @@ __all__ = ["CACHE_ENV", "cache_dir", "entry_for", "name_lists"]
 
 CACHE_ENV: Final = "EGRESS_CACHE_DIR"
 FORMAT: Final = b"egress name lists, cache format 1\n"
+KEPT: Final = 8
+"""Entries kept in the folder; older ones are removed when a new one is written (about 140 KB each)."""
 _EGRESS: Final = Path(__file__).resolve().parents[1]
 _SOURCES: Final = (
     "policy/lists.py",
@@ -160,15 +163,36 @@ def _write(entry: Path, lists: NameLists) -> None:
     if state is None:
         return
     body = json.dumps(state, separators=(",", ":")).encode()
-    partial = entry.with_name(f".{entry.name}.{os.getpid()}")
+    folder = entry.parent
+    partial = folder / f".{entry.name}.{os.getpid()}"
     try:
-        entry.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
-        if not _private(os.stat(entry.parent)):
+        _make(folder)
+        if not _private(os.stat(folder)):
             return
         descriptor = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(hashlib.sha256(body).hexdigest().encode() + b"\n" + body)
         os.replace(partial, entry)
+        _prune(folder)
     except OSError:
         with contextlib.suppress(OSError):
             partial.unlink(missing_ok=True)
+
+
+def _make(folder: Path) -> None:
+    """Make ``folder`` and any missing parents (mode 0700) when the nearest one that exists is this user's: not
+    in another user's home (``sudo`` keeps $HOME)."""
+    missing: list[Path] = []
+    while not folder.exists() and folder != folder.parent:
+        missing.append(folder)
+        folder = folder.parent
+    if missing and os.stat(folder).st_uid == os.geteuid():
+        for made in reversed(missing):
+            made.mkdir(mode=0o700)
+
+
+def _prune(folder: Path) -> None:
+    """Remove all but the `KEPT` entries written last (each set of lists and code leaves one)."""
+    entries = sorted(folder.glob("lists-*.json"), key=lambda path: path.stat().st_mtime_ns, reverse=True)
+    for old in entries[KEPT:]:
+        old.unlink(missing_ok=True)

@@ -230,3 +230,32 @@ def test_text_is_read_as_the_loader_reads_it(data: bytes, tmp_path: Path) -> Non
     path = tmp_path / "one.yaml"
     path.write_bytes(data)
     assert listcache._text(data) == path.read_text(encoding="utf-8")
+
+
+def test_missing_folders_are_made_private(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    deep = tmp_path / "home" / ".cache" / "egress"
+    monkeypatch.setenv(listcache.CACHE_ENV, str(deep))
+    listcache.name_lists(folder)
+    assert len(list(deep.glob("lists-*.json"))) == 1
+    assert all(os.stat(made).st_mode & 0o777 == 0o700 for made in (deep, deep.parent, deep.parent.parent))
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a folder to another user needs root")
+def test_no_folder_is_made_in_another_user_s(tmp_path: Path, folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    home = tmp_path / "home"
+    home.mkdir()
+    os.chown(home, 65534, -1)
+    monkeypatch.setenv(listcache.CACHE_ENV, str(home / ".cache" / "egress"))
+    assert listcache.name_lists(folder).match("pool.example.com") is not None
+    assert not (home / ".cache").exists()
+
+
+def test_the_last_entries_are_kept(cache: Path, folder: Path) -> None:
+    names = []
+    for count in range(listcache.KEPT + 2):
+        (folder / "pools.yaml").write_text(LISTED.replace("pool.example.com", f"pool{count}.example.com"))
+        listcache.name_lists(folder)
+        names.append(listcache.entry_for([(folder / "pools.yaml", (folder / "pools.yaml").read_bytes())]))
+        seconds = (count + 1) * 1_000_000_000  # written in this order, whatever the clock's grain
+        os.utime(cache / names[-1], ns=(seconds, seconds))
+    assert sorted(path.name for path in cache.glob("lists-*.json")) == sorted(names[-listcache.KEPT :])
