@@ -18,7 +18,8 @@ from egress.capture.reader import CHUNK
 from egress.detect import packedfast
 from egress.detect.base import Category
 from egress.detect.registry import build_detectors
-from egress.policy.lists import RulesError, load_name_lists
+from egress.policy.listcache import name_lists
+from egress.policy.problems import RulesError
 from egress.report import TableWriter, summary, write_json
 from egress.scan_jobs import scan_files
 from egress.scanner import FileStats, Scanner
@@ -176,7 +177,9 @@ def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     "lists_dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Directory of name lists (*.yaml) to use instead of the ones shipped with egress.",
+    help="Directory of name lists (*.yaml) to use instead of the ones shipped with egress. Lists that validated are "
+    "kept, keyed by their bytes, in $EGRESS_CACHE_DIR (empty: not kept), else $XDG_CACHE_HOME/egress or "
+    "~/.cache/egress.",
 )
 @click.option(
     "--jobs",
@@ -209,7 +212,7 @@ def scan(
     file none of whose packets is of a link type egress decodes.
     """
     try:
-        detectors = build_detectors(load_name_lists(lists_dir))
+        detectors = build_detectors(name_lists(lists_dir))
     except RulesError as exc:
         click.echo(f"egress: {exc}", err=True)
         sys.exit(EXIT_USAGE)
@@ -256,7 +259,7 @@ def _scanner_for(lists_dir: str | None, compiled: bool) -> Scanner:
     from egress.capture.hot import implementation
 
     packedfast.choose(compiled)
-    return Scanner(build_detectors(load_name_lists(lists_dir)), hot=implementation(compiled))
+    return Scanner(build_detectors(name_lists(lists_dir)), hot=implementation(compiled))
 
 
 def _report_file(path: str, stats: FileStats) -> bool:

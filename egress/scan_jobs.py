@@ -12,18 +12,20 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
-import multiprocessing
 import os
 import signal
 import threading
 from collections.abc import Callable, Iterable, Iterator
-from multiprocessing.connection import Connection
-from multiprocessing.process import BaseProcess
 from types import TracebackType
+from typing import TYPE_CHECKING
 
 from egress.capture.opener import STDIN
 from egress.scan_split import Link, Part, SplitAbort, merge, scan_part
 from egress.scanner import FileStats, FlowFinding, Scanner
+
+if TYPE_CHECKING:
+    from multiprocessing.connection import Connection
+    from multiprocessing.process import BaseProcess
 
 __all__ = ["SPLIT_BYTES", "SPLIT_ENV", "Team", "scan_files", "scan_part", "split_bytes"]
 
@@ -91,6 +93,8 @@ def scan_files(
             yield stats, scanner.scan(path, stats, progress(path) if progress else None)
         return
     # spawn, not fork: the parent may run threads (a test runner's), and a forked child can inherit a held lock
+    import multiprocessing  # here and in `Team`: a scan in one process does without it (~5 % of its start-up)
+
     with multiprocessing.get_context("spawn").Pool(workers, initializer=_start, initargs=(make_scanner,)) as pool:
         yield from pool.imap(_scan_one, paths)
 
@@ -132,6 +136,8 @@ class Team:
     threads (a test runner's) it is spawned, as a forked child could inherit a lock one of them held."""
 
     def __init__(self, jobs: int, make_scanner: Callable[[], Scanner], scanner: Scanner) -> None:
+        import multiprocessing
+
         forking = threading.active_count() == 1 and "fork" in multiprocessing.get_all_start_methods()
         context = multiprocessing.get_context("fork" if forking else "spawn")
         if forking:

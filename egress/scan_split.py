@@ -28,8 +28,7 @@ import zlib
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from multiprocessing.connection import Connection
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 from egress.capture.hot import Records
 from egress.capture.packet import ACK, ICMP, SYN, TCP, UDP
@@ -46,6 +45,9 @@ from egress.scanner import (
     _Pass,
     _tally_unsupported,
 )
+
+if TYPE_CHECKING:  # multiprocessing is imported only by a scan that starts workers (`egress.scan_jobs.Team`)
+    from multiprocessing.connection import Connection
 
 SHARED: Final = -1
 """The owner of a UDP tunnel carrier's flow: every worker inspects it (worker 0 reports it)."""
@@ -226,7 +228,9 @@ class _SplitPass(_Pass):
                 index += 1
                 continue
             part = stamps if end == count else stamps[:end]  # the fast path stops at the end of its stamps
-            at = skip(buf, spans, part, index, flows.tcp, flows.udp, DONE)
+            # before the rotation time the sweep skips what one scanner's does (scan20: frames without IP, this
+            # worker's decided ICMP flows): each such record reaches no table check, so no rotation can move
+            at = skip(buf, spans, part, index, flows.tcp, flows.udp, DONE, flows.icmp)
             while at < end:
                 start = spans[3 * at]
                 frame = buf[start : start + spans[3 * at + 1]]
@@ -235,7 +239,7 @@ class _SplitPass(_Pass):
                     self.index = base + at + 1
                     self.step = 0
                     self.packet(stamps[at], linktype, frame, self.index)
-                at = skip(buf, spans, part, at + 1, flows.tcp, flows.udp, DONE)
+                at = skip(buf, spans, part, at + 1, flows.tcp, flows.udp, DONE, flows.icmp)
             index = end
         self.packets = base + count
 

@@ -8,6 +8,7 @@ docs/scanner-hot-path.md has the why.
 
 from __future__ import annotations
 
+import functools
 import socket
 import struct
 from collections.abc import Callable, Iterable, Iterator
@@ -87,7 +88,9 @@ class FileStats:
     """Processes whose flows the findings come from (`egress.scan_split`: a large file split by flow)."""
 
 
+@functools.lru_cache(maxsize=4096)
 def _address(raw: bytes) -> str:
+    # kept for the addresses seen lately: each flow's two and each DNS client's, mostly the same few hosts again
     return socket.inet_ntop(socket.AF_INET if len(raw) == 4 else socket.AF_INET6, raw)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ast
 import functools
+import os
 import pathlib
 import subprocess
 import sys
@@ -201,15 +202,40 @@ def test_the_command_line_does_not_import_mitmproxy() -> None:
 def test_a_scan_of_a_classic_pcap_imports_nothing_of_the_gateway_nor_dpkt() -> None:
     """`egress scan` pays only for what a scan runs: the gateway's commands and settings (`egress.cli_gateway`,
     `egress.cli_wiring`, `egress.gateway`, the nftables renderer, the records' store) and dpkt (read for pcapng
-    headers only) are imported lazily; together about 400 M instructions of start-up, 1.7 % of a 110 MB scan."""
+    headers only) are imported lazily; together about 400 M instructions of start-up, 1.7 % of a 110 MB scan. So
+    are the ``email`` package (multipart bodies only) and ``multiprocessing`` (``--jobs`` above 1): 65 M more;
+    `importlib.resources` is not needed to find the shipped lists (`egress.shipped`): 25 M."""
     capture = PACKAGE.parent / "pcaps" / "stratum_3333.pcap"
     program = (
         "import sys\nfrom egress.cli import main\nsys.argv = ['egress', 'scan', '--json', sys.argv[1]]\n"
         "try:\n    main()\nexcept SystemExit:\n    pass\n"
-        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dpkt', 'msgspec', 'redis', 'mitmproxy')\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('dpkt', 'msgspec', 'redis', 'mitmproxy',\n"
+        "    'email', 'multiprocessing')\n"
         "    or m.split('.')[:2] in (['egress', 'gateway'], ['egress', 'nft'], ['egress', 'record'])\n"
-        "    or m in ('egress.cli_gateway', 'egress.cli_wiring', 'egress.cli_rules')), file=sys.stderr)\n"
+        "    or m in ('egress.cli_gateway', 'egress.cli_wiring', 'egress.cli_rules', 'importlib.resources')),\n"
+        "    file=sys.stderr)\n"
     )
     done = subprocess.run([sys.executable, "-c", program, str(capture)], capture_output=True, text=True, check=True)
     assert '"mining"' in done.stdout  # the scan ran
     assert done.stderr.strip().splitlines()[-1] == "[]"
+
+
+def test_a_scan_with_its_name_lists_cached_does_not_compose_yaml(tmp_path: pathlib.Path) -> None:
+    """The second `egress scan` reads the lists the first kept (`egress.policy.listcache`): neither PyYAML nor the
+    lists' loader is imported (with both, about 500 M instructions of a one-flow scan's 1,170 M)."""
+    capture = PACKAGE.parent / "pcaps" / "stratum_3333.pcap"
+    program = (
+        "import sys\nfrom egress.cli import main\nsys.argv = ['egress', 'scan', '--json', sys.argv[1]]\n"
+        "try:\n    main()\nexcept SystemExit:\n    pass\n"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] == 'yaml'\n"
+        "    or m in ('egress.policy.lists', 'egress.policy.yamlnodes')), file=sys.stderr)\n"
+    )
+    environment = {**os.environ, "EGRESS_CACHE_DIR": str(tmp_path / "cache")}
+    runs = [
+        subprocess.run([sys.executable, "-c", program, str(capture)], capture_output=True, text=True, check=True,
+                       env=environment)
+        for _ in range(2)
+    ]  # fmt: skip
+    assert runs[0].stdout == runs[1].stdout and '"mining"' in runs[1].stdout
+    assert "'yaml'" in runs[0].stderr.strip().splitlines()[-1]  # the first composed the files
+    assert runs[1].stderr.strip().splitlines()[-1] == "[]"

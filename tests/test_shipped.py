@@ -6,8 +6,11 @@ Building and installing the wheel is tests/test_packaging.py's job (slow); these
 from __future__ import annotations
 
 import importlib.resources
+import importlib.util
 import pathlib
 import tomllib
+import zipfile
+import zipimport
 from typing import Any
 
 import pytest
@@ -34,20 +37,29 @@ def test_the_shipped_data_loads() -> None:
 
 
 def test_without_the_package_the_checkout_s_rules_are_used(monkeypatch: pytest.MonkeyPatch) -> None:
-    def missing(package: str) -> Any:
-        raise ModuleNotFoundError(package)
-
-    monkeypatch.setattr(importlib.resources, "files", missing)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda package: None)
     assert shipped.rules_dir() == shipped.CHECKOUT_RULES
 
 
 def test_an_installed_package_s_folder_is_used(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
-    monkeypatch.setattr(importlib.resources, "files", lambda package: tmp_path)
+    init = tmp_path / "__init__.py"
+    init.write_text("")
+    spec = importlib.util.spec_from_file_location(shipped.PACKAGE, init)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda package: spec)
     assert shipped.lists_dir() == tmp_path / "lists"
 
 
-def test_a_zipped_install_is_refused(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(importlib.resources, "files", lambda package: object())
+def test_the_folder_is_the_one_importlib_resources_gives() -> None:
+    assert shipped.rules_dir() == importlib.resources.files(shipped.PACKAGE)
+
+
+def test_a_zipped_install_is_refused(monkeypatch: pytest.MonkeyPatch, tmp_path: pathlib.Path) -> None:
+    archive = tmp_path / "egress.zip"
+    with zipfile.ZipFile(archive, "w") as made:
+        made.writestr("ruledata/__init__.py", "")
+    spec = zipimport.zipimporter(str(archive)).find_spec("ruledata")
+    assert spec is not None
+    monkeypatch.setattr(importlib.util, "find_spec", lambda package: spec)
     with pytest.raises(RuntimeError, match="not a folder on disk"):
         shipped.rules_dir()
 

@@ -111,8 +111,9 @@ def sweep(
     ``frame[26:38]``. It is skipped when its flow is decided (``done`` in ``tcp``/``udp``), unless it is a SYN
     (port reuse starts a new flow), and when it is a bare ACK of a flow being inspected (nothing to reassemble).
 
-    Given the ICMP table (``icmp``; None keeps to the rules above, as a split scan's worker does), two more kinds
-    are skipped, each a frame the slow path would drop without a trace: an Ethernet frame that carries no IP
+    Given the ICMP table (``icmp``; None keeps to the rules above, as a split scan's worker does for a record at
+    or after the rotation time), two more kinds are skipped, each a frame the slow path would drop without a
+    trace: an Ethernet frame that carries no IP
     (ARP, LLDP, 802.3 lengths...: `egress.capture.packet.decode` says None; VLAN tags are not looked into),
     and a plain IPv4 ICMP frame (whole 8-byte header) of a decided flow, whose key is the addresses and the
     identifier twice (`decode`'s ports for ICMP). Nothing else may be skipped here: a packet that reaches the

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ipaddress
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from egress.detect import http, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowView, Result, Transport, evidence
@@ -29,6 +30,18 @@ DOT_PORT = 853
 HTTPS_PORT = 443
 _DOH_PATH = "/dns-query"
 _DOH_TYPE = "application/dns-message"
+_ADDRESS: dict[int, type[ipaddress.IPv4Address] | type[ipaddress.IPv6Address]] = {
+    4: ipaddress.IPv4Address,
+    6: ipaddress.IPv6Address,
+}
+_NETWORK: dict[int, type[ipaddress.IPv4Network] | type[ipaddress.IPv6Network]] = {
+    4: ipaddress.IPv4Network,
+    6: ipaddress.IPv6Network,
+}
+NamesState = dict[str, Any]
+"""`NameLists.state`: ``listed`` ([list name, category, protocol] each), ``names`` (the suffix, exact and
+below-a-wildcard tables, name to index in ``listed``), ``hosts`` ([IP version, address, index]), ``networks``
+([IP version, network address, prefix length, index])."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,10 +74,49 @@ class NameLists:
                 else:
                     self._exact.setdefault(name, listed)
             for network in item.addresses:
-                if network.num_addresses == 1:
+                if network.prefixlen == network.max_prefixlen:  # one address (num_addresses makes 3 objects)
                     self._hosts.setdefault(network.network_address, listed)
                 else:
                     self._networks.append((network, listed))
+
+    def state(self) -> NamesState | None:
+        """The index as plain data (strings, integers, lists; JSON can hold it) for `restored` to rebuild, or None
+        where it cannot say it all: an address with an IPv6 zone (``fe80::1%eth0``), which the plain form drops."""
+        keys = [*self._hosts, *(network.network_address for network, _ in self._networks)]
+        if any(isinstance(key, ipaddress.IPv6Address) and key.scope_id is not None for key in keys):
+            return None
+        listed: dict[Listed, int] = {}
+
+        def number(entry: Listed) -> int:
+            return listed.setdefault(entry, len(listed))
+
+        names = [
+            {name: number(hit) for name, hit in table.items()} for table in (self._suffix, self._exact, self._below)
+        ]
+        hosts = [[address.version, int(address), number(hit)] for address, hit in self._hosts.items()]
+        networks = [
+            [network.version, int(network.network_address), network.prefixlen, number(hit)]
+            for network, hit in self._networks
+        ]
+        table = [[entry.list_name, entry.category.value, entry.protocol] for entry in listed]
+        return {"listed": table, "names": names, "hosts": hosts, "networks": networks}
+
+    @classmethod
+    def restored(cls, state: NamesState) -> NameLists:
+        """The `NameLists` whose `state` is ``state``: equal tables, in the same order, with keys of the same types.
+        Raises KeyError, IndexError, TypeError or ValueError on anything `state` does not make."""
+        listed = [Listed(str(name), Category(category), str(protocol)) for name, category, protocol in state["listed"]]
+        lists = cls(())
+        suffix, exact, below = state["names"]
+        lists._suffix = {str(name): listed[index] for name, index in suffix.items()}
+        lists._exact = {str(name): listed[index] for name, index in exact.items()}
+        lists._below = {str(name): listed[index] for name, index in below.items()}
+        lists._hosts = {_ADDRESS[version](number): listed[index] for version, number, index in state["hosts"]}
+        lists._networks = [
+            (_NETWORK[version]((number, prefixlen)), listed[index])
+            for version, number, prefixlen, index in state["networks"]
+        ]
+        return lists
 
     def match(self, name: str) -> tuple[str, Category, str] | None:
         """(list name, category, protocol) of the most specific entry covering ``name``, or ``None``."""

@@ -22,18 +22,17 @@ and UTF-32 text) are dropped.
 from __future__ import annotations
 
 import contextlib
-import email.message
-import email.parser
-import email.policy
-import email.utils
 import functools
 import html
 import json
 import re
 import unicodedata
 from collections.abc import Iterable, Mapping
-from typing import Final
+from typing import TYPE_CHECKING, Final
 from urllib.parse import unquote_to_bytes
+
+if TYPE_CHECKING:
+    import email.message
 
 ROUNDS: Final = 3
 """Times a key or value is decoded at most after the first (a lenient server may decode twice, or more)."""
@@ -181,6 +180,10 @@ def _parsed_parts(body: bytes, content_type: str) -> list[tuple[bytes, bytes]]:
     """The fields the ``email`` parser finds (``policy.HTTP``): a part's name its ``Content-Disposition``'s
     ``name`` parameter (RFC 2231 decoded, continuations joined) or its enclosing part's, its content with the
     transfer coding undone. An error here is the caller's to fail closed on (the request is blocked)."""
+    # imported here: the ``email`` package is about 5 % of `egress scan`'s start-up, and few bodies are multipart
+    import email.parser
+    import email.policy
+
     head = "".join(ch if ch.isprintable() else " " for ch in content_type)
     message = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
         f"Content-Type: {head}\r\n\r\n".encode("utf-8", "surrogateescape") + body
@@ -190,6 +193,9 @@ def _parsed_parts(body: bytes, content_type: str) -> list[tuple[bytes, bytes]]:
 
 def _fields(part: email.message.Message, name: str, depth: int) -> list[tuple[bytes, bytes]]:
     """``part``'s fields: its own (a leaf) or its parts' (a multipart, to `MULTIPART_DEPTH` levels)."""
+    import email.message  # loaded by `_parsed_parts` already: these are look-ups
+    import email.utils
+
     own = part.get_param("name", header="content-disposition")
     if own is not None:
         name = email.utils.collapse_rfc2231_value(own) if isinstance(own, tuple) else str(own)

@@ -46,6 +46,7 @@ __all__ = [
     "load_lists",
     "load_lists_dir",
     "load_name_lists",
+    "load_texts",
     "parse_list",
 ]
 
@@ -190,24 +191,34 @@ def _parse(text: str, file: str, problems: list[Problem]) -> tuple[NameList | No
 
 def load_lists(paths: Iterable[Path]) -> tuple[NameList, ...]:
     """Load and validate list files; raise `RulesError` with every problem of every file."""
+    return load_texts((str(path), _read(path)) for path in paths)
+
+
+def _read(path: Path) -> str | Problem:
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        return Problem(str(path), 1, f"cannot read: {error}")
+
+
+def load_texts(files: Iterable[tuple[str, str | Problem]]) -> tuple[NameList, ...]:
+    """`load_lists` of files already read: each file's name and its text (or the problem of reading it)."""
     problems: list[Problem] = []
     lists: list[NameList] = []
     owner: dict[str, tuple[str, int]] = {}
-    for path in paths:
-        try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as error:
-            problems.append(Problem(str(path), 1, f"cannot read: {error}"))
+    for file, text in files:
+        if isinstance(text, Problem):
+            problems.append(text)
             continue
         start = len(problems)
-        parsed, lines = _parse(text, str(path), problems)
+        parsed, lines = _parse(text, file, problems)
         problems[start:] = sorted(problems[start:], key=lambda problem: problem.line)
         if parsed is not None:
             lists.append(parsed)
         for name, line in lines.items():
-            first = owner.setdefault(name, (str(path), line))
-            if first[0] != str(path):
-                problems.append(Problem(str(path), line, f"name {name!r} is also listed in {first[0]}:{first[1]}"))
+            first = owner.setdefault(name, (file, line))
+            if first[0] != file:
+                problems.append(Problem(file, line, f"name {name!r} is also listed in {first[0]}:{first[1]}"))
     if problems:
         raise RulesError(problems)
     return tuple(lists)

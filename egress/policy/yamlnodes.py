@@ -10,17 +10,17 @@ YAML merge keys work (``<<: *common`` copies the keys of an anchored mapping, or
 mapping does not set itself; nested merges too), so a file can share a block between sandboxes. Messages quote at
 most `QUOTE` characters of any value (`quote`): a 50 MB host name is not echoed to a terminal or a log.
 
-Exceptions: `RulesError` (a `ValueError`) carries every `Problem` of a load at once.
+Exceptions: `RulesError` (a `ValueError`; `egress.policy.problems`) carries every `Problem` of a load at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 from yaml import MappingNode, Node, ScalarNode, SequenceNode
+
+from egress.policy.problems import Problem, RulesError
 
 STR = "tag:yaml.org,2002:str"
 INT = "tag:yaml.org,2002:int"
@@ -85,30 +85,6 @@ __all__ = [
 ]
 
 _KINDS = {STR: "a string", INT: "an integer", BOOL: "a boolean", FLOAT: "a number", NULL: "empty (null)"}
-
-
-@dataclass(frozen=True, slots=True)
-class Problem:
-    file: str
-    line: int
-    """1-based."""
-    message: str
-
-    def __str__(self) -> str:
-        return f"{self.file}:{self.line}: {self.message}"
-
-
-class RulesError(ValueError):
-    """A rules file did not validate. ``problems`` lists every problem found, in file order."""
-
-    def __init__(self, problems: Iterable[Problem]) -> None:
-        self.problems = tuple(problems)
-        super().__init__("\n".join(str(problem) for problem in self.problems))
-
-    def __reduce__(self) -> tuple[type[RulesError], tuple[tuple[Problem, ...]]]:
-        """Pickled with its problems (a policy is validated in a child process, egress.gateway.validate): the
-        default would rebuild it from the message and lose every file, line and reason."""
-        return type(self), (self.problems,)
 
 
 def decode(data: bytes, file: str, max_bytes: int = MAX_BYTES) -> str:
