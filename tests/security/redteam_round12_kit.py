@@ -1,0 +1,90 @@
+"""Programs of test_redteam_round12: pool messages opened so that the UDP gate's hold does not see them open.
+
+The UDP gate (egress/gateway/udpgate.py) holds a datagram that leaves a text message open
+(egress/detect/textframe.py) until the message is whole and judged. The pool detectors read what a lenient server
+decodes (egress/detect/jsonrpc.py): junk before the first bracket skipped, NULs and byte-order marks dropped (the
+ASCII of UTF-16 and UTF-32), msgpack maps. Each opening here is one of those, cut in pieces sent on one flow: a
+piece that reaches the server is a piece of a pool message the gate let go before it judged it.
+
+The server is `tests.security.redteam_surfaces_kit.udp_sink_main` (the marker, and each datagram's first bytes, in
+its log). Fake pools only: nothing here mines.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import socket
+import sys
+import time
+from collections.abc import Callable
+
+from tests.security.redteam_msgpack_kit import pack
+
+MARK = b"5ec7e7-rt12"
+"""The chosen bytes every message carries (a pool's job would read them as the miner's agent or wallet)."""
+WALLET = "4AdUndXHHZ6cfufTMvppY6JwXNouMBzSkbLYfpAV5Usx3skxNgYeYTRj5UzqtReoS44qo9mtmXCqY45DJ852K5Jv2684Rge"
+
+_MARK = MARK.decode()
+SUBSCRIBE = ('{"id":1,"method":"mining.subscribe","params":["' + _MARK + '/2.5"]}\n').encode()
+LOGIN = (
+    '{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"' + WALLET + '","pass":"x","agent":"XMRig/6.21.0 '
+    + _MARK + '"}}\n'
+).encode()  # fmt: skip
+BENIGN = ('{"id":7,"method":"sum","params":[1,2,3],"note":"' + _MARK + '"}\n').encode()
+"""A JSON-RPC line no detector names: the controls' message."""
+
+
+def _msgpack_login() -> bytes:
+    params = {"login": WALLET, "pass": "x", "agent": "XMRig/6.21.0 " + _MARK}
+    return pack({"id": 1, "method": "login", "params": params})
+
+
+OPENINGS: dict[str, Callable[[bytes], bytes]] = {
+    "junk": lambda line: b"x" + line,
+    "comment": lambda line: b"/* " + MARK + b" */ " + line,
+    "string": lambda line: b'"' + MARK + b'" ' + line,
+    "utf16": lambda line: line.decode().encode("utf-16"),  # with its byte-order mark
+    "utf32": lambda line: line.decode().encode("utf-32-le"),
+    "plain": lambda line: line,
+}
+"""How each message opens: junk before its bracket, a comment, a JSON string before it, in UTF-16 or UTF-32."""
+LONG = ('{"id":1,"params":["' + "a" * 4000 + _MARK + '"],"method":"mining.subscribe"}\n').encode()
+"""Stratum's subscribe over the gate's hold (4,096 bytes), its method last."""
+MESSAGES: dict[str, bytes] = {"stratum": SUBSCRIBE, "xmrig": LOGIN, "benign": BENIGN, "long": LONG}
+
+
+def message(opening: str, kind: str) -> bytes:
+    """The bytes of ``kind``'s message under ``opening`` (``msgpack``: XMRig's login as one msgpack map)."""
+    if opening == "msgpack":
+        return _msgpack_login()
+    return OPENINGS[opening](MESSAGES[kind])
+
+
+def pieces(data: bytes, count: int) -> list[bytes]:
+    """``data`` cut in ``count`` pieces of near equal size."""
+    return [data[len(data) * n // count : len(data) * (n + 1) // count] for n in range(count)]
+
+
+def udp_pieces_main() -> None:
+    """``python -c '...udp_pieces_main()' OPENING KIND ADDRESS PORT [COUNT]``: the message cut in COUNT pieces (3)
+    sent on one flow a tenth of a second apart; then waits past the gate's hold (2 s) for answers. Prints ``sent N,
+    answers M`` (the sink answers every datagram it gets)."""
+    opening, kind, address = sys.argv[1], sys.argv[2], sys.argv[3]
+    port, count = int(sys.argv[4]), int(sys.argv[5]) if len(sys.argv) > 5 else 3
+    family = socket.AF_INET6 if ":" in address else socket.AF_INET
+    sent = answers = 0
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.settimeout(0.1)
+        for piece in pieces(message(opening, kind), count):
+            sock.sendto(piece, (address, port))
+            sent += 1
+            with contextlib.suppress(TimeoutError):
+                answers += bool(sock.recv(65535))
+        deadline = time.monotonic() + 3.0  # past the gate's hold: a held piece given up is dropped, not answered
+        while time.monotonic() < deadline:
+            with contextlib.suppress(TimeoutError):
+                answers += bool(sock.recv(65535))
+    print(f"sent {sent}, answers {answers}", flush=True)
+
+
+__all__ = ["MARK", "MESSAGES", "OPENINGS", "message", "pieces", "udp_pieces_main"]
