@@ -87,4 +87,56 @@ def udp_pieces_main() -> None:
     print(f"sent {sent}, answers {answers}", flush=True)
 
 
-__all__ = ["MARK", "MESSAGES", "OPENINGS", "message", "pieces", "udp_pieces_main"]
+def icmp_about_own_flow_main() -> None:
+    """``python -c '...icmp_about_own_flow_main()' SANDBOX ADDRESS PORT SPORT [headers]``: a benign datagram from
+    SPORT to ADDRESS:PORT (the gate lets it pass: the flow is the sandbox's own, in conntrack), then three ICMP port
+    unreachables to ADDRESS quoting a "reply" ADDRESS:PORT → SANDBOX:SPORT whose payload is Stratum's subscribe
+    (the marker in it): an error about the sandbox's own forwarded flow, which the ruleset lets through as related.
+    ``headers``: the quote is the reply's IP and UDP headers only (what an error needs to say). Prints ``answered
+    N, sent 3``."""
+    from tests.security.redteam_round11_kit import icmp_error, ip_packet, transport
+
+    sandbox, address, port, sport = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4])
+    v6 = ":" in address
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    answered = 0
+    with socket.socket(family, socket.SOCK_DGRAM) as sock:
+        sock.bind((sandbox, sport))
+        sock.settimeout(2.0)
+        sock.sendto(b"hello from the sandbox\n", (address, port))
+        with contextlib.suppress(TimeoutError):
+            answered += bool(sock.recv(65535))
+    payload = b"" if sys.argv[5:] == ["headers"] else SUBSCRIBE
+    quoted = ip_packet(address, sandbox, socket.IPPROTO_UDP, transport(address, sandbox, 17, port, sport, payload))
+    message = icmp_error("unreach", quoted, b"", v6)
+    proto = socket.IPPROTO_ICMPV6 if v6 else socket.IPPROTO_ICMP
+    with socket.socket(family, socket.SOCK_RAW, proto) as raw:
+        for _ in range(3):
+            raw.sendto(message, (address, 0))
+    print(f"answered {answered}, sent 3", flush=True)
+
+
+def icmp_listen_main() -> None:
+    """``python -c '...icmp_listen_main()' 4|6``: the attacker's pool reading ICMP (a raw socket): logs each error
+    (``heard icmp N bytes from SRC, marker yes|no``)."""
+    v6 = sys.argv[1] == "6"
+    family, proto = (socket.AF_INET6, socket.IPPROTO_ICMPV6) if v6 else (socket.AF_INET, socket.IPPROTO_ICMP)
+    with socket.socket(family, socket.SOCK_RAW, proto) as sock:
+        print("listening", flush=True)
+        while True:
+            data, peer = sock.recvfrom(65535)
+            if data[20 * (not v6)] in ((3, 11, 12) if not v6 else (1, 2, 3, 4)):  # errors only (v4: after its header)
+                marker = "yes" if MARK in data else "no"
+                print(f"heard icmp {len(data)} bytes from {peer[0]}, marker {marker}", flush=True)
+
+
+__all__ = [
+    "MARK",
+    "MESSAGES",
+    "OPENINGS",
+    "icmp_about_own_flow_main",
+    "icmp_listen_main",
+    "message",
+    "pieces",
+    "udp_pieces_main",
+]

@@ -9,6 +9,11 @@ piece of a pool message let go before it was judged (the goal, as for round 10b'
 internet side counts its bytes. Controls: the same openings around a JSON-RPC line no detector names cross whole
 and in order.
 
+Then ICMP errors about the sandbox's own allowed UDP flow (related in conntrack, so forwarded without the gate):
+port unreachables whose quoted "reply" carries Stratum's subscribe, judged by the attacker's raw ICMP reader on
+the allowed host and by the marker anywhere in the capture. Controls: the same errors from the gateway's own
+namespace are heard, marker and all; an error from the sandbox quoting headers only still reaches the peer.
+
 Programs: tests/security/redteam_round12_kit.py (the server: redteam_surfaces_kit.udp_sink_main). Lab:
 tests/security/policies/redteam_round12_udp.yaml.
 """
@@ -16,16 +21,19 @@ tests/security/policies/redteam_round12_udp.yaml.
 from __future__ import annotations
 
 import contextlib
+import pathlib
 import re
 import sys
 import time
 
+import dpkt
 import pytest
 
-from egress.lab.topology import server
+from egress.lab import netns
+from egress.lab.topology import GATEWAY_UP_V4, SANDBOX_V4, SANDBOX_V6, server
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
-from tests.security.redteam_round12_kit import message, pieces
+from tests.security.redteam_round12_kit import MARK, message, pieces
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.security
@@ -129,3 +137,97 @@ def test_control_a_benign_message_so_opened_crosses_whole_and_in_order(lab: Secu
         return True
 
     eventually(heard_all, timeout=10.0)
+
+
+# --- ICMP errors about the sandbox's own allowed UDP flow --------------------------------------------------------
+
+ICMP_ROWS = {
+    "icmp-about-own-udp-v4": (SANDBOX_V4, NETWORK.v4, 4120),
+    "icmp-about-own-udp-v6": (SANDBOX_V6, NETWORK.v6, 4121),
+}
+ICMP_SPORT = 41200
+
+
+def marked(path: pathlib.Path) -> int:
+    """Bytes of the captured frames that hold `MARK` (any frame, whatever its source: a masqueraded error comes
+    from the uplink's address, which the capture's own parser sets aside)."""
+    total = 0
+    with path.open("rb") as handle:
+        for _, frame in dpkt.pcap.Reader(handle):
+            if MARK in frame:
+                total += len(frame)
+    return total
+
+
+def _icmp_listener(lab: SecurityLab, v6: bool) -> Attacker:
+    code = KIT.format("redteam_round12_kit", "icmp_listen_main")
+    running = lab.attacker(f"rt12-icmp-{6 if v6 else 4}", [sys.executable, "-c", code, "6" if v6 else "4"])
+    running.wait_for("listening")
+    return running
+
+
+def _play_icmp(lab: SecurityLab, where: str, source: str, address: str, port: int, *more: str) -> str:
+    code = KIT.format("redteam_round12_kit", "icmp_about_own_flow_main")
+    ns = lab.lab.sandbox_ns if where == "sandbox" else lab.lab.gateway_ns
+    argv = [sys.executable, "-c", code, source, address, str(port), str(ICMP_SPORT), *more]
+    done = netns.exec_in(ns, argv, timeout=30)
+    assert "sent 3" in done.stdout, done.stdout + done.stderr
+    return done.stdout.strip()
+
+
+def test_control_the_errors_reach_the_pool_where_nothing_guards_them(lab: SecurityLab) -> None:
+    """The same datagram and errors from the gateway's own namespace (its uplink address as the flow's source):
+    the attacker's raw ICMP reader hears them, the marker in each."""
+    listener = _icmp_listener(lab, False)
+    sink = _sink(lab, NETWORK.v4, 4122)
+    try:
+        _play_icmp(lab, "gateway", GATEWAY_UP_V4, NETWORK.v4, 4122)
+        listener.wait_for("heard icmp .* marker yes")
+    finally:
+        for running in (listener, sink):
+            running.stop()
+            lab.processes.remove(running)
+
+
+@pytest.mark.parametrize("name", sorted(ICMP_ROWS))
+def test_an_icmp_error_about_the_sandboxs_own_udp_flow_carries_no_pool_message_out(lab: SecurityLab, name: str) -> None:
+    """The sandbox opens a flow to an allowed UDP network (a benign datagram, answered), then sends its peer port
+    unreachables quoting a "reply" of that flow whose payload is Stratum's subscribe: conntrack calls each related
+    to the sandbox's own flow, and the forward chain's `_related` accept took it past the UDP gate, which judges
+    UDP only."""
+    source, address, port = ICMP_ROWS[name]
+    v6 = ":" in address
+    listener = _icmp_listener(lab, v6)
+    sink = _sink(lab, address, port)
+    since = time.time()
+    try:
+        with lab.capture(f"rt12-{name}") as capture:
+            out = _play_icmp(lab, "sandbox", source, address, port)
+        assert capture.result is not None
+        leaked = marked(capture.path)
+        heard = [line for line in listener.log().splitlines() if "marker yes" in line]
+        reason = lab.reason_of(since, lambda r: r.transport in ("icmp", "icmp6", "ipv6-icmp"), timeout=12)
+        report(f"redteam12/{name}", "icmp-error", leaked, bool(heard), reason or None,
+               f"{out}; the pool's raw socket heard {len(heard)} errors with Stratum's subscribe")  # fmt: skip
+        assert "answered 1" in out, out  # the flow itself is allowed and works
+        assert not heard and leaked == 0, heard
+        assert reason, "the refused errors left no record"
+    finally:
+        for running in (listener, sink):
+            running.stop()
+            lab.processes.remove(running)
+
+
+def test_control_an_error_that_quotes_headers_only_still_reaches_the_peer(lab: SecurityLab) -> None:
+    """What the fix leaves: a port unreachable from the sandbox about its own allowed flow, quoting the reply's IP
+    and UDP headers only (all an error needs to say), still reaches the peer."""
+    listener = _icmp_listener(lab, False)
+    sink = _sink(lab, NETWORK.v4, 4123)
+    try:
+        out = _play_icmp(lab, "sandbox", SANDBOX_V4, NETWORK.v4, 4123, "headers")
+        assert "answered 1" in out, out
+        listener.wait_for("heard icmp 56 bytes .* marker no")
+    finally:
+        for running in (listener, sink):
+            running.stop()
+            lab.processes.remove(running)
