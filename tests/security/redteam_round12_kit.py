@@ -50,7 +50,23 @@ OPENINGS: dict[str, Callable[[bytes], bytes]] = {
 """How each message opens: junk before its bracket, a comment, a JSON string before it, in UTF-16 or UTF-32."""
 LONG = ('{"id":1,"params":["' + "a" * 4000 + _MARK + '"],"method":"mining.subscribe"}\n').encode()
 """Stratum's subscribe over the gate's hold (4,096 bytes), its method last."""
-MESSAGES: dict[str, bytes] = {"stratum": SUBSCRIBE, "xmrig": LOGIN, "benign": BENIGN, "long": LONG}
+PADDED_LOGIN = LOGIN.replace(b'"}}\n', b'","pad":"' + b"x" * 5000 + b'"}}\n')
+"""XMRig's login in one datagram past the inspection window (4,096 bytes): 5,214 bytes (a parameter of padding
+after the ones a pool reads), fragmented on the wire."""
+PADDED_SUBSCRIBE = SUBSCRIBE.replace(b'/2.5"', b"/2.5" + b" " * 5000 + b'"')
+"""Stratum's subscribe likewise: 5,066 bytes, its agent string padded."""
+LONG_PASS = LOGIN.replace(b'"pass":"x"', b'"pass":"' + b"x" * 2100 + b'"')
+"""XMRig's login whose password is 2,100 bytes: its ``agent`` key lies past the 2,048 bytes either side of the method
+that the detectors read as its message (`egress.detect.jsonscan.message_at`). 2,304 bytes: one datagram."""
+MESSAGES: dict[str, bytes] = {
+    "stratum": SUBSCRIBE,
+    "xmrig": LOGIN,
+    "benign": BENIGN,
+    "long": LONG,
+    "padded-xmrig": PADDED_LOGIN,
+    "padded-stratum": PADDED_SUBSCRIBE,
+    "long-pass-xmrig": LONG_PASS,
+}
 
 
 def message(opening: str, kind: str) -> bytes:

@@ -53,13 +53,21 @@ ROWS = {
     "pieces-17-stratum": ("plain", "stratum", 17, False),
     "bytes-over-hold-stratum": ("plain", "long", 3, False),
     "msgpack-xmrig": ("msgpack", "xmrig", 3, False),
+    "one-datagram-over-window-stratum": ("plain", "padded-stratum", 1, False),
+    "one-datagram-over-window-xmrig": ("plain", "padded-xmrig", 1, False),
+    "one-datagram-over-window-xmrig-v6": ("plain", "padded-xmrig", 1, True),
+    "long-password-xmrig": ("plain", "long-pass-xmrig", 1, False),
 }
 OPEN = {
     "msgpack-xmrig": "open: a binary encoding the pool detectors read (msgpack) is never held: the first pieces of "
     "XMRig's login (the wallet among them) reach the server before the last one completes it and the flow is refused",
+    "long-password-xmrig": "open: the pool detectors read a message as 2,048 bytes either side of its method key "
+    "(jsonscan.message_at); XMRig's login with a 2,100-byte password has its agent key past that, is not named, and "
+    "crosses whole in one datagram (the pool's job comes back unread: UDP replies are not inspected)",
 }
 CONTROLS = {"junk-benign": ("junk", 3), "comment-benign": ("comment", 3), "utf16-benign": ("utf16", 3)}
 PORTS = {name: 4100 + index for index, name in enumerate([*ROWS, *CONTROLS])}
+assert max(PORTS.values()) < 4120, "4120-4123 are the ICMP rows' ports"
 
 
 @pytest.fixture(scope="module")
