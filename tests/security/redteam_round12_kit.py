@@ -154,5 +154,32 @@ __all__ = [
     "icmp_listen_main",
     "message",
     "pieces",
+    "udp_options_main",
     "udp_pieces_main",
 ]
+
+
+def _destination_options(next_header: int, data: bytes) -> bytes:
+    """An IPv6 Destination Options header (RFC 8200 §4.2, §4.6) holding ``data`` in options of an unassigned type
+    whose two high bits say "skip it" (0x1e: a receiver that does not know it goes on), at most 255 bytes each,
+    padded to a multiple of 8 bytes."""
+    options = b""
+    for at in range(0, len(data), 255):
+        chunk = data[at : at + 255]
+        options += bytes([0x1E, len(chunk)]) + chunk
+    gap = -(2 + len(options)) % 8
+    options += bytes([1, gap - 2]) + bytes(gap - 2) if gap >= 2 else bytes(gap)  # PadN, or Pad1
+    return bytes([next_header, (2 + len(options)) // 8 - 1]) + options
+
+
+def udp_options_main() -> None:
+    """``python -c '...udp_options_main()' SANDBOX ADDRESS PORT``: three UDP datagrams to ADDRESS:PORT (an allowed
+    network) from SANDBOX, each a benign payload behind an IPv6 Destination Options header whose options carry
+    Stratum's subscribe (written whole on a raw socket). Prints ``sent 3``."""
+    from tests.security.redteam_round11_kit import ip_packet, send_raw, transport
+
+    sandbox, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    udp = transport(sandbox, address, socket.IPPROTO_UDP, 41240, port, b"hello from the sandbox\n")
+    for _ in range(3):
+        send_raw(ip_packet(sandbox, address, 60, _destination_options(socket.IPPROTO_UDP, SUBSCRIBE) + udp), address)
+    print("sent 3", flush=True)

@@ -239,3 +239,24 @@ def test_control_an_error_that_quotes_headers_only_still_reaches_the_peer(lab: S
         for running in (listener, sink):
             running.stop()
             lab.processes.remove(running)
+
+
+def test_an_ipv6_extension_header_carries_no_pool_message_to_an_allowed_network(lab: SecurityLab) -> None:
+    """Three datagrams on an allowed IPv6 flow, each a benign payload behind a Destination Options header whose
+    options (a type a receiver skips) hold Stratum's subscribe: the gate reads the UDP payload, not the headers
+    before it. Judged by the marker anywhere in the internet side's capture, and the server."""
+    address, port = NETWORK.v6, 4124
+    sink = _sink(lab, address, port)
+    since = time.time()
+    with lab.capture("rt12-udp-destination-options-v6") as capture:
+        done = lab.sandbox_python(KIT.format("redteam_round12_kit", "udp_options_main"), SANDBOX_V6, address,
+                                  str(port))  # fmt: skip
+    assert "sent 3" in done.stdout, done.stdout + done.stderr
+    assert capture.result is not None
+    leaked = marked(capture.path)
+    heard = _heard(sink)
+    reasons = _reasons(lab, since, address, port)
+    note = f"server heard {len(heard)} datagrams; {leaked} captured bytes in frames with the marker"
+    report("redteam12/udp-destination-options-v6", "udp-hold", leaked, leaked > 0, ",".join(reasons) or None, note)
+    assert leaked == 0, note
+    assert reasons, "the refused datagrams left no record"
