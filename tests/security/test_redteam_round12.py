@@ -14,6 +14,9 @@ port unreachables whose quoted "reply" carries Stratum's subscribe, judged by th
 the allowed host and by the marker anywhere in the capture. Controls: the same errors from the gateway's own
 namespace are heard, marker and all; an error from the sandbox quoting headers only still reaches the peer.
 
+Last, Stratum in an IPv6 Destination Options header before a benign UDP payload on an allowed flow (the gate
+reads the UDP payload).
+
 Programs: tests/security/redteam_round12_kit.py (the server: redteam_surfaces_kit.udp_sink_main). Lab:
 tests/security/policies/redteam_round12_udp.yaml.
 """
