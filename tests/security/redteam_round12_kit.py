@@ -183,3 +183,22 @@ def udp_options_main() -> None:
     for _ in range(3):
         send_raw(ip_packet(sandbox, address, 60, _destination_options(socket.IPPROTO_UDP, SUBSCRIBE) + udp), address)
     print("sent 3", flush=True)
+
+
+def tcp_login_main() -> None:
+    """``python -c '...tcp_login_main()' KIND ADDRESS PORT``: KIND's message (``long-pass-xmrig``...) on a TCP
+    connection, then up to 5 s for the pool's answer; prints ``sent N, answer <first bytes>`` (``answer none``
+    when the connection closed or nothing came; ``job yes`` when the answer holds a job)."""
+    kind, address, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    data = message("plain", kind)
+    got = b""
+    with contextlib.suppress(OSError), socket.create_connection((address, port), timeout=5) as sock:
+        sock.sendall(data)
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline and b"\n" not in got:
+            chunk = sock.recv(65535)
+            if not chunk:
+                break
+            got += chunk
+    job = "yes" if b'"job"' in got else "no"
+    print(f"sent {len(data)}, answer {got[:40]!r}, job {job}" if got else f"sent {len(data)}, answer none", flush=True)

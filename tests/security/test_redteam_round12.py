@@ -263,3 +263,40 @@ def test_an_ipv6_extension_header_carries_no_pool_message_to_an_allowed_network(
     report("redteam12/udp-destination-options-v6", "udp-hold", leaked, leaked > 0, ",".join(reasons) or None, note)
     assert leaked == 0, note
     assert reasons, "the refused datagrams left no record"
+
+
+# --- The long password on TCP (lab-policy.yaml: xmr.lab's 3334 is a network rule) --------------------------------
+
+XMR = server("xmr")
+
+
+@pytest.fixture(scope="module")
+def tcp_lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory()
+
+
+def test_control_the_xmrig_pool_answers_a_long_password_where_nothing_guards_it(tcp_lab: SecurityLab) -> None:
+    code = KIT.format("redteam_round12_kit", "tcp_login_main")
+    done = netns.exec_in(tcp_lab.lab.internet_ns, [sys.executable, "-c", code, "long-pass-xmrig", XMR.v4, "3334"])
+    assert "job yes" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open: the same login on TCP is not named either and reaches the pool whole; the pool's answer (a job) is "
+    "named on the way back (mining) and the connection closed, so the miner gets no job",
+)
+def test_a_long_password_login_on_tcp_reaches_no_pool(tcp_lab: SecurityLab) -> None:
+    """XMRig's login with a 2,100-byte password to xmr.lab:3334 (a network rule of the lab's policy) over TCP,
+    through the proxy: the same detectors read the stream. The goal: the login's bytes at the pool."""
+    since = time.time()
+    with tcp_lab.capture("rt12-tcp-long-password") as capture:
+        done = tcp_lab.sandbox_python(KIT.format("redteam_round12_kit", "tcp_login_main"), "long-pass-xmrig", XMR.v4,
+                                      "3334")  # fmt: skip
+    assert capture.result is not None and "sent" in done.stdout, done.stdout + done.stderr
+    leaked = marked(capture.path)
+    answered = "job yes" in done.stdout
+    reason = tcp_lab.reason_of(since, lambda r: r.dport == 3334, timeout=12)
+    report("redteam12/tcp-long-password-xmrig", "stream-framing", leaked, leaked > 0, reason or None,
+           f"{done.stdout.strip()}; {leaked} captured bytes in frames with the marker")  # fmt: skip
+    assert leaked == 0 and not answered, done.stdout
