@@ -12,8 +12,9 @@ arrives, so that what an attacker splits over several datagrams, or pads with ju
   included): refused unless the rule says ``expect: [dtls]`` / ``[quic]``. Both carry tunnels (OpenConnect, WebRTC
   data channels, MASQUE, Hysteria), and neither can be read further;
 - pool vocabulary (`egress.detect.registry.MINING` and the crypto-node detector: Stratum's ``mining.*``, XMRig's
-  ``login``/``submit``, getwork...) on the window's latest `WINDOW_BYTES` joined as one stream, so that a JSON-RPC
-  message split over datagrams or following junk is read as on TCP.
+  ``login``/``submit``, getwork...) on the window's latest `WINDOW_BYTES` joined as one stream (the latest
+  datagram whole when it is longer), so that a JSON-RPC message split over datagrams or following junk is read as
+  on TCP, and one in a single datagram is read whole however long.
 
 What is not seen: a protocol none of these recognise (an obfuscated tunnel whose datagrams look random, a custom
 encrypted framing); a message split over more than the window (16 datagrams, 4 KB). The first pieces of a split
@@ -85,7 +86,10 @@ def _first(view: FlowView, detectors: Sequence[Detector]) -> Finding | None:
 
 
 def _joined(window: Sequence[bytes]) -> bytes:
-    return b"".join(window)[-WINDOW_BYTES:]
+    """The window's latest `WINDOW_BYTES` joined, or the latest datagram whole when it is longer. Until red team 12
+    the latest 4,096 bytes only: a pool message alone in one datagram of more (XMRig's login with a 5 KB parameter,
+    fragmented on the wire) was read from its tail, and crossed whole."""
+    return b"".join(window)[-max(WINDOW_BYTES, len(window[-1])) :]
 
 
 def inspect(

@@ -9,7 +9,9 @@ XMRig's login, getwork...) over the datagrams joined. A flow once refused stays 
 dropped without a look, and counted in its record (each refusal is reported with its count of dropped datagrams
 every `REPORT_EVERY` datagrams, so a flood costs the recorder little). A datagram that matches no UDP rule of its
 sandbox under the policy in force (queued under the previous table, or from no sandbox) is dropped and recorded.
-A report-mode sandbox's refusals are let through and recorded as ``would-block``.
+A report-mode sandbox's refusals are let through and recorded as ``would-block``. A datagram with bytes before
+its UDP header (IPv4 options, IPv6 extension headers: `unread_headers`) refuses its flow: the gate reads the UDP
+payload only.
 
 A datagram that leaves a text message open (`egress.detect.textframe`: the first pieces of a JSON-RPC line or an
 HTTP request cut over datagrams) gets no verdict yet: the flow holds it, and every later datagram of the flow,
@@ -69,6 +71,17 @@ HOLD_BYTES: Final = datagrams.WINDOW_BYTES
 """Payload bytes one flow may hold (the window's joined bytes, likewise)."""
 HOLD_TOTAL: Final = 1024
 """Datagrams held by all flows at once (a quarter of the kernel queue, `egress.capture.nfqueue.MAX_LENGTH`)."""
+
+
+def unread_headers(packet: bytes) -> str | None:
+    """What the IP packet carries before its UDP header besides the fixed IP header (IPv4 options, IPv6 extension
+    headers), or None. The gate reads the UDP payload only, so such bytes would be forwarded unread: red team 12
+    put Stratum's subscribe in a Destination Options header (options a receiver skips) of datagrams to an allowed
+    network. The kernel reassembles fragments before the queue, so a queued packet holds no fragment header."""
+    if packet[0] >> 4 == 4:
+        return f"IPv4 options ({(packet[0] & 0x0F) * 4 - 20} bytes)" if packet[0] & 0x0F != 5 else None
+    return f"IPv6 extension header {packet[6]}" if packet[6] != 17 else None
+
 
 FlowKey = tuple[str, int, str, int]
 """(source, source port, destination, destination port)."""
@@ -189,6 +202,8 @@ class UdpJudge:
             if flow.unreported >= REPORT_EVERY:
                 return Judged(flow.action != "block", self._report_refused(flow))
             return Judged(flow.action != "block")
+        if (unread := unread_headers(packet.payload)) is not None:
+            return self._refuse(key, flow, None, f"{unread} before the datagram, which the gate does not read", now)
         flow.window.append(segment.payload)
         meta = FlowMeta(Transport.UDP, src, segment.sport, dst, segment.dport)
         finding = datagrams.inspect(meta, flow.window, self.udp, quic=flow.quic, dtls=flow.dtls)
@@ -460,4 +475,5 @@ __all__ = [
     "Judged",
     "UdpGate",
     "UdpJudge",
+    "unread_headers",
 ]

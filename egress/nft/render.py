@@ -436,7 +436,7 @@ def _sandbox_forward(out: _Script, sandbox: Sandbox) -> None:
     """One sandbox's forward chain: its allowed UDP networks, then drop (or, in report mode, log and accept)."""
     out.add(f"chain forward_{set_id(sandbox.name)} {{", 1)
     for v, _ in _FAMILIES:
-        out.add(f"{_related(sandbox, v)} accept", 2)
+        out.add(f"{_related(sandbox, v, _QUOTE_ONLY)} accept", 2)
     for group in udp_groups(sandbox):
         for line in udp_lines(group, reply=False):
             out.add(line, 2)
@@ -455,15 +455,26 @@ _ICMP_ERRORS: Final = {
 """The ICMP errors a forwarded flow may need (PMTU, port unreachable...), no longer than an error ever is: IPv4
 errors fit in 576 bytes (RFC 1812 §4.3.2.3), IPv6 ones in the minimum MTU, 1280 (RFC 4443 §2.4 c; ``ip6 length``
 is the payload's)."""
+_QUOTE_ONLY: Final = {4: "ip hdrlength 5 ip length <= 56", 6: "ip6 length <= 56"}
+"""The size of an error a sandbox sends through the gateway: its headers and the quoted packet's IP and UDP headers
+(IPv4: 20 + 8 + 20 + 8 bytes, no options; IPv6: 8 + 40 + 8 bytes of payload), nothing of the quoted payload. The
+flows a sandbox has through the gateway are its allowed UDP, whose datagrams the UDP gate reads; an error about one
+of them went past the gate (it queues UDP only) with up to 520 (1,184) bytes of a quoted "reply" the sandbox
+wrote: red team 12 sent Stratum's subscribe to an allowed UDP network's host that way, unrecorded. The peer learns
+what an error says from the headers; a longer one (the sandbox kernel's own, quoting a whole reply) is dropped and
+recorded."""
 
 
-def _related(sandbox: Sandbox, version: int) -> str:
+def _related(sandbox: Sandbox, version: int, size: dict[int, str] | None = None) -> str:
     """The match for an ICMP error about one of ``sandbox``'s own forwarded flows: conntrack calls it related, the
     flow it quotes was opened from the sandbox's sources (``ct original`` is the quoted connection's original
-    direction, before NAT), and it has an error's type and size. An error quoting the gateway's own connections
-    (the proxy's, the resolver's upstream ones) matches nothing here: dropped and logged as the sandbox's drop."""
+    direction, before NAT), and it has an error's type and size (``size``: a tighter bound than an error's). An
+    error quoting the gateway's own connections (the proxy's, the resolver's upstream ones) matches nothing here:
+    dropped and logged as the sandbox's drop."""
     fam = "ip" if version == 4 else "ip6"
-    return f"ct state related ct original {fam} saddr @{source_set(sandbox.name, version)} {_ICMP_ERRORS[version]}"
+    match = _ICMP_ERRORS[version] if size is None else _ICMP_ERRORS[version].rsplit(f" {fam} length", 1)[0]
+    bound = "" if size is None else f" {size[version]}"
+    return f"ct state related ct original {fam} saddr @{source_set(sandbox.name, version)} {match}{bound}"
 
 
 def _quarantined_sources(policy: Policy, quarantined: Iterable[str]) -> dict[int, list[str]]:

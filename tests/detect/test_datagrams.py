@@ -8,7 +8,7 @@ import os
 import pytest
 
 from egress.detect.base import Category, FlowMeta, Transport
-from egress.detect.datagrams import WINDOW, dtls_record, inspect, quic_long_header
+from egress.detect.datagrams import WINDOW, WINDOW_BYTES, dtls_record, inspect, quic_long_header
 from egress.detect.registry import build_detectors
 from egress.policy.lists import load_name_lists
 
@@ -104,3 +104,16 @@ def test_a_split_pool_message_after_media_sized_datagrams_is_still_read() -> Non
 
 def test_pool_messages_without_line_breaks_in_separate_datagrams() -> None:
     assert inspect(META, [os.urandom(30), xmrig().rstrip(b"\n")], UDP) is not None
+
+
+@pytest.mark.parametrize("pad", [4096, 5000, 60000])
+def test_a_pool_message_alone_in_one_datagram_past_the_window_is_read_whole(pad: int) -> None:
+    """Red team 12: the pool detectors read the window's latest 4,096 bytes, so a message alone in one longer
+    datagram (padding after the keys a pool reads) was read from its tail and passed."""
+    padded = json.loads(xmrig())
+    padded["params"]["pad"] = "x" * pad
+    subscribe = {"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5" + " " * pad]}
+    for message in (json.dumps(padded).encode() + b"\n", json.dumps(subscribe).encode() + b"\n"):
+        assert len(message) > WINDOW_BYTES
+        assert inspect(META, [message], UDP) is not None
+        assert inspect(META, [stun(), os.urandom(3000), message], UDP) is not None

@@ -289,3 +289,30 @@ def test_a_flow_forgotten_while_it_holds_has_its_packets_dropped() -> None:
     assert judge.judge(_packet(b"[1,", pid=3, ts=1000.0)).held
     judge.idle(1000.0 + FLOW_IDLE)  # without a `due` in between (the gate calls it every turn)
     assert judge.held == 0 and judge.due(1000.0 + FLOW_IDLE).verdicts == [(3, False)]
+
+
+def _udp6(src: str, dst: str, data: bytes, options: bytes = b"") -> bytes:
+    udp = struct.pack("!HHHH", 40000, PORT, 8 + len(data), 0) + data
+    body = (bytes([17, len(options) // 8]) + options if options else b"") + udp  # a Destination Options header
+    head = struct.pack("!IHBB", 6 << 28, len(body), 60 if options else 17, 64)
+    return head + socket.inet_pton(socket.AF_INET6, src) + socket.inet_pton(socket.AF_INET6, dst) + body
+
+
+def test_a_datagram_with_bytes_before_its_udp_header_is_refused() -> None:
+    """Red team 12: the gate reads the UDP payload; IPv4 options and IPv6 extension headers (Stratum's subscribe
+    in Destination Options a receiver skips) went out unread. The flow is refused and recorded."""
+    plain = _udp4(SANDBOX, 40000, SERVER, PORT, b"hello\n")
+    options = bytes([0x94, 4, 0, 0])  # router alert: 4 bytes of options
+    v4 = bytes([0x46, 0]) + (len(plain) + 4).to_bytes(2) + plain[4:20] + options + plain[20:]
+    judged = UdpJudge(_policy(), LISTS).judge(QueuedPacket(1, socket.AF_INET, v4, 2, 3, 1000.0), 1000.0)
+    assert not judged.accept and judged.decided is not None
+    assert "IPv4 options (4 bytes)" in judged.decided.verdict.evidence
+    src, dst = "fd00:203:1::2", "2001:db8:10::3"
+    rule = udp_rule("agents", 0, f"{dst}/128", PORT)
+    policy = Policy(1, (make_sandbox("agents", "fd00:203:1::/64", networks=(rule,)),))
+    assert UdpJudge(policy, LISTS).judge(QueuedPacket(1, socket.AF_INET6, _udp6(src, dst, b"hello\n"), 2, 3, 1000.0),
+                                         1000.0).accept  # fmt: skip
+    hidden = _udp6(src, dst, b"hello\n", bytes([0x1E, 12]) + b'{"method":"m')  # an option a receiver skips
+    judged = UdpJudge(policy, LISTS).judge(QueuedPacket(2, socket.AF_INET6, hidden, 2, 3, 1000.0), 1000.0)
+    assert not judged.accept and judged.decided is not None
+    assert "IPv6 extension header 60" in judged.decided.verdict.evidence

@@ -162,8 +162,12 @@ def test_related_is_accepted_only_for_errors_about_the_sandboxs_own_flows() -> N
     for name in ("agents", "ci-runners"):
         chain = text.split(f"chain forward_{name} {{\n")[1].split("}\n")[0]
         assert chain.startswith(f"\t\tct state related ct original ip saddr @src4_{name} icmp type {{ ")
-        assert "ip length <= 576 accept" in chain and "ip6 length <= 1240 accept" in chain
-        assert f"ip daddr @src4_{name} ct state related ct original ip saddr @src4_{name} icmp type" in text
+        # from the sandbox, headers only: a longer quote carried a pool message past the UDP gate (red team 12)
+        assert "} ip hdrlength 5 ip length <= 56 accept" in chain and "} ip6 length <= 56 accept" in chain
+        assert "576" not in chain and "1240" not in chain
+        to = text.split("chain to_sandbox {\n")[1].split("}\n")[0]
+        assert f"ip daddr @src4_{name} ct state related ct original ip saddr @src4_{name} icmp type" in to
+        assert "ip length <= 576 accept" in to and "ip6 length <= 1240 accept" in to
     assert text.count("ct state related") == 12  # 2 sandboxes x 2 families x (from, to, to the gateway)
 
 
