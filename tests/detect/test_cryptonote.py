@@ -55,6 +55,41 @@ def test_finds_cryptonote_at_every_split(client: bytes, server: bytes) -> None:
     )
 
 
+PAD = b"x" * 5000
+PADDED = {
+    # Red team 12: a 2,100-byte password put XMRig's agent key past the 2,048 bytes the detectors read after the
+    # method name; padding before it, or params before the method, moved keys out the other way.
+    "long-password": b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"47mr7jYTrox","pass":"'
+    + PAD
+    + b'","agent":"XMRig/6.21.0"}}\n',
+    "params-first": b'{"params":{"login":"47mr7jYTrox","pass":"x","agent":"XMRig/6.21.0","rigid":"'
+    + PAD
+    + b'"},"id":1,"method":"login"}\n',
+    "padded-both-sides": b'{"pad":"'
+    + PAD
+    + b'","method":"login","params":{"agent":"XMRig/6.21.0","pass":"x","note":"'
+    + PAD
+    + b'","login":"47mr7jYTrox"}}\n',
+    "escaped-quotes-in-padding": b'{"method":"login","params":{"pass":"'
+    + b'\\"{[' * 1700
+    + b'","login":"47mr7jYTrox","agent":"XMRig/6.21.0"}}\n',
+}
+
+
+@pytest.mark.parametrize("client", list(PADDED.values()), ids=list(PADDED))
+def test_a_login_padded_past_any_window_is_found_at_every_cut(client: bytes) -> None:
+    for cut in (1, 700, 2048, 2049, len(client) // 2, len(client) - 1):
+        found = feed_stream(cryptonote.detect, client[:cut])
+        assert found is None or isinstance(found, Finding)  # nothing decided on a message still arriving
+        finding = feed_stream(cryptonote.detect, client[:cut] + client[cut:])
+        assert isinstance(finding, Finding) and finding.protocol == "cryptonote-stratum", cut
+
+
+def test_a_padded_api_login_is_still_no_miner() -> None:
+    client = b'{"jsonrpc":"2.0","method":"login","params":{"login":"alice","pass":"' + PAD + b'"},"id":1}\n'
+    assert feed_stream(cryptonote.detect, client) is None
+
+
 def test_server_only_direction() -> None:
     assert isinstance(feed_stream(cryptonote.detect, b"", XMR_JOB), Finding)
 

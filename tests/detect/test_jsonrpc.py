@@ -6,9 +6,12 @@ import gzip
 import zlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
-from egress.detect import jsonrpc
+from egress.detect import jsonrpc, jsonscan
 from egress.detect.base import MORE, Category, Finding, FlowView
+from tests.budget import examples
 from tests.detect.feeding import META
 from tests.detect.test_tls import TOR_CLIENT_HELLO, TOR_SERVER_FLIGHT
 
@@ -155,6 +158,33 @@ def test_drive_decisions(client: bytes, server: bytes, complete: bool, expected:
 )
 def test_decode_reads_what_a_lenient_server_reads(raw: bytes, decoded: bytes) -> None:
     assert jsonrpc.decode(raw) == decoded
+
+
+def _structure_byte_by_byte(text: bytes) -> list[tuple[int, int]]:
+    """`jsonscan._structure` as it was written first: one turn per byte (the reference)."""
+    found, inside, escaped = [], False, False
+    for index, byte in enumerate(text):
+        if inside:
+            escaped, inside = (False, True) if escaped else (byte == 0x5C, byte != 0x22)
+        elif byte == 0x22:
+            inside = True
+        elif byte in b"{}[]":
+            found.append((index, byte))
+    return found
+
+
+@given(st.lists(st.sampled_from([b'"', b"\\", b"{", b"}", b"[", b"]", b"a", b"\n", b":"]), max_size=60))
+@settings(max_examples=examples(2000), deadline=None)
+def test_the_structure_scan_agrees_with_the_byte_by_byte_reading(pieces: list[bytes]) -> None:
+    text = b"".join(pieces)
+    assert list(jsonscan._structure(text)) == _structure_byte_by_byte(text)
+
+
+def test_message_at_reads_a_message_whole_however_long() -> None:
+    text = b'{"a":"' + b"x" * 9000 + b'","method":"login","b":"' + b"y" * 9000 + b'"}\n{"next":1}\n'
+    offset = text.find(b"login")
+    assert jsonrpc.message_at(text, offset) == text[: text.find(b"\n")]
+    assert jsonrpc.message_at(text[: offset + 5000], offset, final=False) is None
 
 
 def test_message_at_counts_a_batch_and_ignores_braces_in_strings() -> None:
