@@ -20,6 +20,7 @@ servers spent on each measurement. The lab is taken down at the end, whatever ha
     python bench/gateway.py                  # everything: 3 interleaved rounds, about 2.5 minutes
     python bench/gateway.py --only egress --seconds 5 --json /tmp/gw.json
     python bench/gateway.py --only squid,egress --measure http,conns --rounds 2   # issue 15's rows
+    python bench/gateway.py --only squid,egress --measure conns --split   # each process's user and kernel CPU
 
 The table has the CPU each configuration's namespace spent per unit of work (per MiB, per connection, per
 request) beside the throughput: on a shared machine the CPU per unit is the stable figure. It is also shown net
