@@ -15,7 +15,9 @@ and all of them closed. Run from the repository's root with ``PYTHONPATH=.``::
 The difference of the two totals over 100 is the front's instructions per connection (start-up cancels out); the
 same for syscalls. ``python bench/front_conn_work.py 2000`` prints the front process's CPU per connection. The
 front runs on the worker's loop (`egress.proxy.poller.front_loop`); ``EGRESS_FRONT_NESTED=1`` runs it on a plain
-asyncio loop, where its poller has an epoll of its own.
+asyncio loop, where its poller has an epoll of its own. ``EGRESS_BENCH_LATE=MS``: the client sends its hello MS
+milliseconds after its connect, so that the front has accepted it before (a quarter of the lab's connections come so:
+docs/gateway-performance.md, tlsconn6); the front process prints how many of its connections waited.
 """
 
 from __future__ import annotations
@@ -29,10 +31,12 @@ import socket
 import ssl
 import subprocess
 import sys
+import time
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent.parent))  # tests' helpers, as `python bench/...`
 
 from egress.proxy.front import Front
+from egress.proxy.idle import Held
 from egress.proxy.poller import front_loop
 from tests.detect import tlsshape_traces as traces
 from tests.proxy.test_front import allowed_gate
@@ -77,9 +81,12 @@ def _read(sock: socket.socket, size: int) -> bytes:
 def drive(front_port: int, server: socket.socket, count: int) -> None:
     """The client and the destination: ``count`` connections through the front, one after another."""
     hello, steps = _hello(), _script()
+    late = float(os.environ.get("EGRESS_BENCH_LATE", "0")) / 1000
     for _ in range(count):
         client = socket.create_connection(("127.0.0.1", front_port))
         client.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        if late:
+            time.sleep(late)
         client.sendall(hello)
         upstream, _ = server.accept()
         upstream.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
@@ -108,6 +115,15 @@ def serve(count: int) -> None:
         raise SystemExit("a connection was handed off: the bench measures the front's own path only")
 
     front = Front(allowed_gate(upstream_port), Reporter(), handoff, destination=lambda _: ("127.0.0.1", upstream_port))
+    waited = 0
+    hold = front.idle.hold
+
+    def counted(fd: int, held: Held) -> None:  # the front holds a connection idle while it waits for its bytes
+        nonlocal waited
+        waited += 1
+        hold(fd, held)
+
+    front.idle.hold = counted  # type: ignore[method-assign]
 
     async def main() -> None:
         with socket.socket() as probe:
@@ -127,7 +143,8 @@ def serve(count: int) -> None:
         ended = resource.getrusage(resource.RUSAGE_SELF)
         assert driver.returncode == 0 and front.relayed == count and front.handed_off == 0
         cpu = (ended.ru_utime + ended.ru_stime) - (started.ru_utime + started.ru_stime)
-        print(f"{count} connections relayed, front process {cpu / count * 1e6:.1f} µs CPU each")
+        each = cpu / count * 1e6
+        print(f"{count} connections relayed ({waited} waited for their hello), front process {each:.1f} µs CPU each")
         serving.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await serving

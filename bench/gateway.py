@@ -20,6 +20,7 @@ servers spent on each measurement. The lab is taken down at the end, whatever ha
     python bench/gateway.py                  # everything: 3 interleaved rounds, about 2.5 minutes
     python bench/gateway.py --only egress --seconds 5 --json /tmp/gw.json
     python bench/gateway.py --only squid,egress --measure http,conns --rounds 2   # issue 15's rows
+    python bench/gateway.py --only squid,egress --measure conns --split   # each process's user and kernel CPU
 
 The table has the CPU each configuration's namespace spent per unit of work (per MiB, per connection, per
 request) beside the throughput: on a shared machine the CPU per unit is the stable figure. It is also shown net
@@ -393,6 +394,36 @@ def _ns_cpu(ns: str) -> float:
     return total / os.sysconf("SC_CLK_TCK")
 
 
+def _ns_split(ns: str) -> dict[str, tuple[float, float]]:
+    """Per process now running inside ``ns``: its CPU seconds so far in user space and in the kernel (utime and
+    stime, its threads and the children it waited for included), keyed by pid and a short name from its command
+    line (``--split``: which processes spend a connection's CPU, and where). Kernel work done in softirq context is
+    charged to whichever process the CPU was running, as in `_ns_cpu`."""
+    done = subprocess.run(["ip", "netns", "pids", ns], capture_output=True, text=True, timeout=10, check=False)
+    ticks = os.sysconf("SC_CLK_TCK")
+    split: dict[str, tuple[float, float]] = {}
+    for pid in done.stdout.split():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            stat = pathlib.Path(f"/proc/{pid}/stat").read_text()
+            fields = stat.rsplit(")", 1)[1].split()
+            user, system = int(fields[11]) + int(fields[13]), int(fields[12]) + int(fields[14])
+            words = pathlib.Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")
+            split[f"{pid} {_short_name(words)}"] = (user / ticks, system / ticks)
+    return split
+
+
+def _short_name(words: list[str]) -> str:
+    """A process's role from its command line: the program, or for Python the module and subcommand words."""
+    words = [w for w in words if w]
+    if not words:
+        return "?"
+    program = pathlib.Path(words[0]).name
+    if not program.startswith("python"):
+        return program
+    rest = [w for w in words[1:] if not w.startswith("-") and "/" not in w and "=" not in w and not w.isdigit()]
+    return " ".join(rest[:3]) or program
+
+
 def idle_rate(lab: Lab, seconds: float) -> float:
     """CPU seconds per second the gateway namespace spends with no load (its timers: the drop counters read, the
     guard table refreshed, the recorder's tick): on a loaded machine few units of work share it, so the CPU per
@@ -403,13 +434,22 @@ def idle_rate(lab: Lab, seconds: float) -> float:
 
 
 def run_loadgen(
-    lab: Lab, test: str, nameserver: str, seconds: float, parallel: int = 1, count: int = 0, idle: float = 0.0
+    lab: Lab,
+    test: str,
+    nameserver: str,
+    seconds: float,
+    parallel: int = 1,
+    count: int = 0,
+    idle: float = 0.0,
+    split: bool = False,
 ) -> Result:
     """One load generator run in the sandbox namespace, with the CPU each side spent during it; ``idle``: the
-    gateway namespace's CPU per second without load (`idle_rate`), taken off its CPU per unit for ``gw_net_ms``."""
+    gateway namespace's CPU per second without load (`idle_rate`), taken off its CPU per unit for ``gw_net_ms``;
+    ``split``: also each gateway process's user and kernel CPU ms per unit (``split``, from `_ns_split`)."""
     argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "loadgen", test, "--nameserver", nameserver]
     argv += ["--cafile", str(lab.ca_file), "--seconds", str(seconds), "--parallel", str(parallel)]
     argv += ["--count", str(count)]
+    split0 = _ns_split(lab.gateway_ns) if split else {}
     gateway0, servers0, (busy0, total0) = _ns_cpu(lab.gateway_ns), _ns_cpu(lab.internet_ns), _machine_ticks()
     usage0, started = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic()
     try:
@@ -419,6 +459,7 @@ def run_loadgen(
     usage1, wall = resource.getrusage(resource.RUSAGE_CHILDREN), time.monotonic() - started
     busy1, total1 = _machine_ticks()
     gateway1, servers1 = _ns_cpu(lab.gateway_ns), _ns_cpu(lab.internet_ns)
+    split1 = _ns_split(lab.gateway_ns) if split else {}
     if done.returncode != 0:
         return {"failed": (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
     result: Result = json.loads(done.stdout.strip().splitlines()[-1])
@@ -428,6 +469,14 @@ def run_loadgen(
         # gateway CPU per unit: ms per MiB (bulk), per connection, per request or per blocked attempt
         result["gw_cpu_ms"] = 1000.0 * gateway_cpu / total
         result["gw_net_ms"] = 1000.0 * max(0.0, gateway_cpu - idle * wall) / total
+        if split:
+            result["split"] = {
+                name: [
+                    round(1000.0 * (user - split0.get(name, (0.0, 0.0))[0]) / total, 4),
+                    round(1000.0 * (system - split0.get(name, (0.0, 0.0))[1]) / total, 4),
+                ]
+                for name, (user, system) in split1.items()
+            }
     result["cpu"] = {
         "client": (usage1.ru_utime + usage1.ru_stime) - (usage0.ru_utime + usage0.ru_stime),
         "gateway": gateway1 - gateway0,
@@ -522,6 +571,10 @@ CONFIGS: dict[str, Callable[[Lab, int], contextlib.AbstractContextManager[str]]]
 }
 
 
+SPLIT_KEYS: tuple[str, ...] = ("cpu", "split")
+"""A result's fields printed on lines of their own."""
+
+
 def measure(lab: Lab, name: str, nameserver: str, args: argparse.Namespace) -> dict[str, Result]:
     plan: list[tuple[str, str, int, int]] = [
         ("bulk1", "bulk", 1, 0),
@@ -538,12 +591,19 @@ def measure(lab: Lab, name: str, nameserver: str, args: argparse.Namespace) -> d
     idle = idle_rate(lab, args.idle) if args.idle > 0 else 0.0
     print(f"  {name:<7} idle   gateway namespace {100 * idle:.1f}% of a CPU without load", flush=True)
     for key, test, parallel, count in plan:
-        result = run_loadgen(lab, test, nameserver, args.seconds, parallel, count, idle)
+        result = run_loadgen(lab, test, nameserver, args.seconds, parallel, count, idle, args.split)
         results[key] = result
-        shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if k != "cpu"}
+        shown = {k: (round(v, 2) if isinstance(v, float) else v) for k, v in result.items() if k not in SPLIT_KEYS}
         cpu = result.get("cpu", {})
         cpu_text = " ".join(f"{k}={v:.1f}" for k, v in cpu.items())
         print(f"  {name:<7} {key:<6} {json.dumps(shown)}  cpu[{cpu_text}]", flush=True)
+        split = result.get("split", {})
+        if split:
+            users, systems = sum(u for u, _ in split.values()), sum(s for _, s in split.values())
+            print(f"  {name:<7} {key:<6} split, CPU ms per unit user+kernel: all {users:.3f}+{systems:.3f}", flush=True)
+            for process, (user, system) in sorted(split.items(), key=lambda item: -sum(item[1])):
+                if user + system > 0:
+                    print(f"  {name:<7} {key:<6}   {user:.3f}+{system:.3f}  {process}", flush=True)
     return results
 
 
@@ -708,6 +768,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
     parser.add_argument(
         "--measure", default="", help="only these measurements, comma-separated (bulk1,bulk4,conns,http,ttb)"
+    )
+    parser.add_argument(
+        "--split",
+        action="store_true",
+        help="also print each gateway process's user and kernel CPU ms per unit (from /proc/PID/stat)",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:

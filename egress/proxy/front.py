@@ -49,7 +49,7 @@ from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
 from egress.proxy.openflows import OpenFlows
-from egress.proxy.poller import Poller
+from egress.proxy.poller import Poller, Timer
 from egress.proxy.relay import Watch
 from egress.proxy.splice import Relay, sandbox_side
 from egress.replay import Kind as Asked
@@ -240,10 +240,17 @@ class Front:
         # Nothing to read yet: idle until the client speaks, within the idle bound (which may close the oldest).
         fd = conn.fileno()
         held = Held(known[0].name, known[1], known[2], _nothing)
-        self.idle.hold(fd, held)  # first: the task may run at once (an eager task factory) and release it
-        task = self._task(self._serve_one(conn, peer, known, (fd, held)))
-        if held.active:
-            held.close = task.cancel  # the task closes the connection (`_serve_one`)
+        self.idle.hold(fd, held)
+        _FirstBytes(self, conn, peer, known, fd, held)
+
+    def _serve_later(
+        self, conn: socket.socket, peer: tuple[str, int], known: _Known, idle: tuple[int, Held], started: float
+    ) -> None:
+        """Serve in a task a connection `_FirstBytes` did not pass through (its first bytes are not a whole
+        ClientHello to pass, or did not come within `PEEK_WAIT`), as from its accept at ``started``."""
+        task = self._task(self._serve_one(conn, peer, known, idle, started))
+        if idle[1].active:
+            idle[1].close = task.cancel  # the task closes the connection (`_serve_one`)
 
     def _task(self, work: Coroutine[None, None, None]) -> asyncio.Task[None]:
         task = asyncio.get_running_loop().create_task(work)
@@ -309,10 +316,12 @@ class Front:
         peer: tuple[str, int],
         known: _Known | None = None,
         idle: tuple[int, Held] | None = None,
+        started: float | None = None,
     ) -> None:
         """``known``: what `_known` found (its first bytes not there yet, or not a whole ClientHello); ``idle``:
         its descriptor and hold in the idle bound, released when it speaks or ends (a handoff that knows the bound
-        releases it when the client speaks in mitmproxy). Cancelled (the idle bound closed it): closes it."""
+        releases it when the client speaks in mitmproxy); ``started``: the loop's time at its accept (the waits for
+        its first bytes count from there; default: now). Cancelled (the idle bound closed it): closes it."""
 
         def spoke() -> None:
             if idle is not None:
@@ -321,7 +330,7 @@ class Front:
         handing = False
         try:
             try:
-                if known is not None and await self._relay_if_passthrough(conn, *known, spoke):
+                if known is not None and await self._relay_if_passthrough(conn, *known, spoke, started):
                     return
                 if self.plain_http is not None and await self.plain_http.serve(conn, peer, self.destination(conn)):
                     return  # plain HTTP served here; else handed off with the request it stopped at unread
@@ -349,10 +358,11 @@ class Front:
         source: tuple[str, int],
         dst: tuple[str, int],
         spoke: Callable[[], None] = lambda: None,
+        started: float | None = None,
     ) -> bool:
         """Relay the connection and return True if it is allowed TLS to pass through; else return False having
-        read nothing from it. ``spoke``: called once its first bytes are there."""
-        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst), spoke)
+        read nothing from it. ``spoke``: called once its first bytes are there; ``started``: see `_serve_one`."""
+        decision = await self._first_decision(conn, self.gate, sandbox, flow_meta(source, dst), spoke, started)
         if decision is None or decision.kind is not Kind.PASSTHROUGH:
             return False
         self._pass(conn, sandbox, source, dst, decision)
@@ -455,12 +465,19 @@ class Front:
 
     @staticmethod
     async def _first_decision(
-        conn: socket.socket, gate: Gate, sandbox: Sandbox, meta: FlowMeta, spoke: Callable[[], None] = lambda: None
+        conn: socket.socket,
+        gate: Gate,
+        sandbox: Sandbox,
+        meta: FlowMeta,
+        spoke: Callable[[], None] = lambda: None,
+        started: float | None = None,
     ) -> Decision | None:
         """The gate's decision on the client's first bytes, peeked; None when they are not TLS, do not come within
-        `PEEK_WAIT`, or never make a whole ClientHello. ``spoke``: called when the first bytes are there."""
+        `PEEK_WAIT` of ``started`` (the loop's time; default: now), or never make a whole ClientHello. ``spoke``:
+        called when the first bytes are there."""
         loop = asyncio.get_running_loop()
-        started = loop.time()
+        if started is None:
+            started = loop.time()
         deadline = started + PEEK_WAIT
         while True:
             try:
@@ -484,6 +501,85 @@ class Front:
 
 def _nothing() -> None:
     """A hold's close until its task is made."""
+
+
+class _FirstBytes:
+    """A new connection whose first bytes were not there at its accept, waited for in the front's poller: a reader
+    callback and a `PEEK_WAIT` timer, no task (about a quarter of the lab's connections come this way: a task, its
+    coroutine, asyncio's reader registration and timer handle cost more than the rest of their accept). When they
+    come and are a whole ClientHello the gate passes through, the connection is passed through here, as `_known`
+    does; anything else (other bytes, a part of a hello, an error, nothing within `PEEK_WAIT`) goes to
+    `Front._serve_one` as from its accept, which peeks again and serves it as it always did. The idle bound's close
+    (`egress.proxy.idle`) stops the wait and closes the connection: nothing was read from it."""
+
+    __slots__ = ("front", "conn", "peer", "known", "fd", "held", "started", "timer")
+
+    def __init__(
+        self, front: Front, conn: socket.socket, peer: tuple[str, int], known: _Known, fd: int, held: Held
+    ) -> None:
+        self.front, self.conn, self.peer, self.known, self.fd, self.held = front, conn, peer, known, fd, held
+        poller = front.poller
+        self.started = poller.time()
+        self.timer: Timer | None = None
+        try:
+            poller.add_reader(fd, self._readable)
+            self.timer = poller.call_later(PEEK_WAIT, self._waited)
+        except Exception:  # not watched (the epoll refused it): the task waits instead, as it always did
+            self._later()
+            return
+        held.close = self._dropped
+
+    def _stop(self) -> None:
+        """Out of the poller (before the socket is closed or served elsewhere), the timer cancelled."""
+        self.front.poller.remove_reader(self.fd)
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+
+    def _readable(self) -> None:
+        conn, (sandbox, source, dst) = self.conn, self.known
+        try:
+            data = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
+        except BlockingIOError:
+            return  # woken for nothing: the reader and the timer stay
+        except Exception:  # the client went away, or its socket was odd: served as before, which sees the same
+            self._later()
+            return
+        self._stop()
+        try:
+            decision = _decided(data, self.front.gate, sandbox, flow_meta(source, dst))
+        except Exception:  # a bug in the decision: `_serve_one` decides again, and hands off on the same error
+            self._later()
+            return
+        if not isinstance(decision, Decision) or decision.kind is not Kind.PASSTHROUGH:
+            self._later()
+            return
+        self.front.idle.release(self.fd, self.held)  # it spoke
+        self.held.close = _nothing
+        try:
+            self.front._pass(conn, sandbox, source, dst, decision)
+        except OSError as exc:  # as `_serve_one` does: mitmproxy will see the same
+            log.debug("front: %s:%s: %s", self.peer[0], self.peer[1], exc)
+            self.front._task(self.front._hand_off(conn))
+        except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
+            log.exception("front: %s:%s: handed to mitmproxy after an error", self.peer[0], self.peer[1])
+            self.front._task(self.front._hand_off(conn))
+
+    def _waited(self) -> None:
+        """`PEEK_WAIT` without a byte: `_serve_one` finds the wait over and serves it as a silent client."""
+        self.timer = None
+        self._later()
+
+    def _later(self) -> None:
+        self._stop()
+        self.held.close = _nothing
+        self.front._serve_later(self.conn, self.peer, self.known, (self.fd, self.held), self.started)
+
+    def _dropped(self) -> None:
+        """The idle bound closed it before it spoke: nothing was read from it."""
+        self._stop()
+        self.held.close = _nothing
+        self.conn.close()
 
 
 class _Undecided:

@@ -185,7 +185,8 @@ def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
 @pytest.mark.parametrize("hello_first", [True, False], ids=["hello-there-at-accept", "hello-after-accept"])
 def test_allowed_tls_is_relayed_whether_its_hello_is_there_at_accept_or_comes_later(hello_first: bool) -> None:
     """A hello there when the front accepts is decided and dialled in the accept's callbacks; one that comes later
-    is waited for in a task: the same relay, decision and line either way."""
+    is waited for in the front's poller (`front._FirstBytes`), the connection held idle meanwhile: the same relay,
+    decision and line either way."""
 
     async def scenario() -> None:
         server = await asyncio.start_server(_echo, "127.0.0.1", 0)
@@ -199,7 +200,7 @@ def test_allowed_tls_is_relayed_whether_its_hello_is_there_at_accept_or_comes_la
         else:
 
             async def accepted() -> bool:
-                assert setup.front._tasks, "the front has not accepted it yet"
+                assert setup.front.idle.total == 1, "the front has not accepted it yet"
                 return True
 
             await eventually_async(accepted, timeout=10)  # waiting for the first bytes
