@@ -326,3 +326,23 @@ def test_brackets_in_targets_and_json_bodies_on_one_connection_are_no_finding(tm
     ]
     answers = [b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n" + b'{"ok":true}'[:10]] * 4
     assert _scan_http(tmp_path, requests, tuple(answers)) == []
+
+
+def _datagram(sport: int, dport: int, data: bytes, src: bytes = CLIENT, dst: bytes = SERVER) -> bytes:
+    udp = dpkt.udp.UDP(sport=sport, dport=dport, ulen=8 + len(data), data=data)
+    ip = dpkt.ip.IP(src=src, dst=dst, p=17, data=udp)
+    return bytes(dpkt.ethernet.Ethernet(src=b"\x02" * 6, dst=b"\x04" * 6, data=ip))
+
+
+def test_a_pool_message_over_udp_is_found(tmp_path: pathlib.Path) -> None:
+    """Red team 12's captures: a Stratum subscribe whole in one datagram, and XMRig's login cut over three, to a
+    pool port; the gate named both, a scan named neither (its UDP detectors were VPNs, encapsulations, names)."""
+    login = b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4AAAA","pass":"x","agent":"XMRig/6.21.0"}}\n'
+    frames = [(10.0, _datagram(40020, 3333, MESSAGE))]
+    frames += [
+        (11.0 + index / 10, _datagram(40021, 3334, login[cut : cut + 40])) for index, cut in enumerate((0, 40, 80))
+    ]
+    path = _write(tmp_path / "udp.pcap", frames)
+    stats = FileStats(path)
+    found = {(f.meta.sport, f.finding.protocol) for f in Scanner(build_detectors(shipped_lists())).scan(path, stats)}
+    assert found == {(40020, "stratum-v1"), (40021, "cryptonote-stratum")}

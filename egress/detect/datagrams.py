@@ -24,10 +24,10 @@ text message are held by the gate until it is whole (`egress.detect.textframe`).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Final
+from typing import Final, cast
 
 from egress.detect import cryptonode
-from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView, evidence
+from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, evidence
 from egress.detect.registry import MINING
 
 NAME: Final = "udp-gate"
@@ -92,6 +92,42 @@ def _joined(window: Sequence[bytes]) -> bytes:
     return b"".join(window)[-max(WINDOW_BYTES, len(window[-1])) :]
 
 
+def detect_pool(view: FlowView) -> Result:
+    """The pool detectors (`POOL`) on a UDP flow's datagrams, each direction's joined as one stream: the UDP
+    detector of captures (`egress scan`) and of the drop logger, which judge a flow's first datagrams as the engine
+    holds them (`egress.detect.engine`). The gate judges its own window with `inspect`, which runs `POOL` itself.
+
+    Until the lead's check of red team 12's captures, a scan named nothing in a whole Stratum subscribe or XMRig
+    login in one datagram: the scanner's UDP detectors were VPNs, encapsulations and names only. A datagram list
+    only grows, so the joined streams grow by their prefix, and the pool detectors keep their memos (and which of
+    them have answered None, which is final) in a memo of their own."""
+    memo = cast("dict[str, object]", view.memo.setdefault(_POOL_MEMO, {}))
+    done = cast("set[int]", memo.setdefault(_POOL_DONE, set()))
+    stream = FlowView(
+        view.meta,
+        client=b"".join(view.client_datagrams),
+        server=b"".join(view.server_datagrams),
+        complete=view.complete,
+        memo=memo,
+    )
+    waiting = False
+    for index, detect in enumerate(POOL):
+        if index in done:
+            continue
+        result = detect(stream)
+        if isinstance(result, Finding):
+            return result
+        if result is MORE:
+            waiting = True
+        else:
+            done.add(index)
+    return MORE if waiting else None
+
+
+_POOL_MEMO: Final = f"{__name__}.pool"
+_POOL_DONE: Final = f"{__name__}.pool.done"
+
+
 def inspect(
     meta: FlowMeta,
     window: Sequence[bytes],
@@ -102,7 +138,7 @@ def inspect(
 ) -> Finding | None:
     """The finding in a flow's ``window`` of datagrams from the sandbox (the latest last), or ``None``.
 
-    ``udp``: the UDP detectors (`egress.detect.registry.DetectorSet.udp`); ``quic``/``dtls``: whether the rule
+    ``udp``: the UDP detectors (`egress.detect.registry.DetectorSet.udp_gate`); ``quic``/``dtls``: whether the rule
     expects that protocol (then it is not refused by itself; what it carries in clear still is);
     ``replies``: the peer's datagrams, when known."""
     latest = list(window)
@@ -120,4 +156,4 @@ def inspect(
     return _first(FlowView(meta, client=_joined(latest), complete=True), POOL)
 
 
-__all__ = ["NAME", "POOL", "WINDOW", "WINDOW_BYTES", "dtls_record", "inspect", "quic_long_header"]
+__all__ = ["NAME", "POOL", "WINDOW", "WINDOW_BYTES", "detect_pool", "dtls_record", "inspect", "quic_long_header"]

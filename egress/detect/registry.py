@@ -81,9 +81,13 @@ class DnsObserver(Protocol):
 class DetectorSet:
     tcp: tuple[Detector, ...]
     udp: tuple[Detector, ...]
+    """A UDP flow's detectors in captures and in the drop logger (the engine holds its first datagrams)."""
     icmp: tuple[Detector, ...]
     dns_tracker: Callable[[], DnsObserver]
     """Makes fresh DNS state (one per capture file, or per gateway)."""
+    udp_gate: tuple[Detector, ...] = ()
+    """`udp` without the pool detectors, for the UDP gate, which runs those on its own window
+    (`egress.detect.datagrams.inspect`)."""
 
     def for_transport(self, transport: Transport) -> tuple[Detector, ...]:
         if transport is Transport.TCP:
@@ -144,6 +148,8 @@ def stream_detectors(lists: NameLists) -> tuple[Detector, ...]:
 
 
 def build_detectors(lists: NameLists) -> DetectorSet:
+    from egress.detect import datagrams  # it reads `MINING` from here
+
     names = make_name_detector(lists)
     return DetectorSet(
         # The proxy judges upgrades on the request with its sandbox's `upgrades:` (egress.proxy.mitm.flows); on
@@ -151,9 +157,10 @@ def build_detectors(lists: NameLists) -> DetectorSet:
         # asks to switch and then sends Stratum is reported as both (FlowInspector.findings), which needs the
         # tunnel finding made before the mining one ends the inspection.
         tcp=(upgrade.detect, *stream_detectors(lists), encrypted.detect_stream),
-        udp=(encap.detect, vpn.detect, names),
+        udp=(encap.detect, vpn.detect, datagrams.detect_pool, names),
         icmp=(icmp_tunnel.detect,),
         dns_tracker=lambda: DnsInspector(lists),
+        udp_gate=(encap.detect, vpn.detect, names),
     )
 
 

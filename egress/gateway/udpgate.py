@@ -133,7 +133,7 @@ class UdpJudge:
 
     def __init__(self, policy: Policy, lists: NameLists, flows: FlowSink | None = None) -> None:
         self.policy = policy
-        self.udp = build_detectors(lists).udp
+        self.udp = build_detectors(lists).udp_gate
         self.flows: OrderedDict[FlowKey, Flow] = OrderedDict()
         self.sink = flows
         self.accepted = 0

@@ -7,13 +7,13 @@ import os
 
 import pytest
 
-from egress.detect.base import Category, FlowMeta, Transport
-from egress.detect.datagrams import WINDOW, WINDOW_BYTES, dtls_record, inspect, quic_long_header
+from egress.detect.base import MORE, Category, Finding, FlowMeta, FlowView, Transport
+from egress.detect.datagrams import WINDOW, WINDOW_BYTES, detect_pool, dtls_record, inspect, quic_long_header
 from egress.detect.registry import build_detectors
 from egress.policy.lists import load_name_lists
 
 META = FlowMeta(Transport.UDP, "10.0.0.2", 40000, "198.18.10.3", 3478)
-UDP = build_detectors(load_name_lists()).udp
+UDP = build_detectors(load_name_lists()).udp_gate
 
 
 def wireguard() -> bytes:
@@ -117,3 +117,57 @@ def test_a_pool_message_alone_in_one_datagram_past_the_window_is_read_whole(pad:
         assert len(message) > WINDOW_BYTES
         assert inspect(META, [message], UDP) is not None
         assert inspect(META, [stun(), os.urandom(3000), message], UDP) is not None
+
+
+def _pool_at_each_datagram(client: list[bytes], server: tuple[bytes, ...] = ()) -> list[object]:
+    """`detect_pool` as the engine calls it: one view, its datagram lists growing, asked after each datagram."""
+    view = FlowView(META)
+    results: list[object] = []
+    for datagram in client:
+        view.client_datagrams.append(datagram)
+        results.append(detect_pool(view))
+    for datagram in server:
+        view.server_datagrams.append(datagram)
+        results.append(detect_pool(view))
+    view.complete = True
+    results.append(detect_pool(view))
+    return results
+
+
+@pytest.mark.parametrize(
+    ("client", "protocol"),
+    [
+        ([stratum()], "stratum-v1"),
+        ([xmrig()], "cryptonote-stratum"),
+        ([xmrig()[:40], xmrig()[40:90], xmrig()[90:]], "cryptonote-stratum"),
+        ([b"\x00\x01junk", stratum()], "stratum-v1"),
+    ],
+    ids=["stratum", "xmrig", "xmrig-in-three", "after-junk"],
+)
+def test_a_capture_names_a_pool_message_in_a_flows_datagrams(client: list[bytes], protocol: str) -> None:
+    """The scanner's and the drop logger's UDP detector (`DetectorSet.udp`), on the engine's datagrams."""
+    found = [result for result in _pool_at_each_datagram(client) if isinstance(result, Finding)]
+    assert found and found[0].category is Category.MINING and found[0].protocol == protocol
+    assert detect_pool in build_detectors(load_name_lists()).udp
+
+
+def test_the_pools_job_in_the_replies_is_named() -> None:
+    job = b'{"jsonrpc":"2.0","method":"job","params":{"blob":"0405","job_id":"6775","target":"69ba0000"}}\n'
+    found = _pool_at_each_datagram([b"hello"], (job,))
+    assert isinstance(found[-1], Finding) and found[-1].protocol == "cryptonote-stratum"
+
+
+def test_each_answer_is_the_one_a_fresh_view_gives() -> None:
+    """The memo (joined streams, detectors done) changes no answer: asked after each datagram, or once afresh."""
+    datagrams = [b"x", xmrig()[:50], b"\n", stratum()[:30], stratum()[30:]]
+    grown = _pool_at_each_datagram(datagrams)
+    for count in range(1, len(datagrams) + 1):
+        fresh = detect_pool(FlowView(META, client_datagrams=datagrams[:count]))
+        assert fresh == grown[count - 1], count
+
+
+@pytest.mark.parametrize("datagrams", [[wireguard()], [dtls()], [quic()], [b"\x80\x00" + os.urandom(170)] * 3])
+def test_binary_datagrams_name_no_pool(datagrams: list[bytes]) -> None:
+    results = _pool_at_each_datagram(datagrams)
+    assert not any(isinstance(result, Finding) for result in results)
+    assert (results[-1] in (None, MORE) and results[-1] is not MORE) or len(results) > 1
