@@ -246,3 +246,14 @@ def capturing(lab: Lab, path: pathlib.Path) -> Iterator[Capture]:
         yield capture
     finally:
         capture.stop()
+
+
+def frames_holding(path: pathlib.Path, mark: bytes) -> int:
+    """Bytes of the captured frames that hold ``mark``, any frame whatever its source (a masqueraded ICMP error
+    comes from the uplink's address; a forged source is not a sandbox's), which `Crossed` sets aside."""
+    total = 0
+    with path.open("rb") as handle:
+        for _, frame in dpkt.pcap.Reader(handle):
+            if mark in frame:
+                total += len(frame)
+    return total

@@ -206,6 +206,19 @@ class SecurityLab:
             return ""
         return next(str(r.reason) for r in found if predicate(r))
 
+    def reasons_to(self, since: float, address: str, port: int, timeout: float = 20.0) -> list[str]:
+        """The reasons of the records since ``since`` towards ``address``:``port`` (sorted, each once), once there
+        is one; empty when none comes within ``timeout``: for `report`, before the test asserts on them."""
+        found: list[str] = []
+
+        def any_record(records: list[AttemptRecord]) -> bool:
+            found[:] = sorted({str(r.reason) for r in records if r.dst == address and r.dport == port})
+            return bool(found)
+
+        with contextlib.suppress(AssertionError):
+            self.records_until(since, any_record, timeout=timeout)
+        return found
+
     def stop_processes(self) -> None:
         for attacker in reversed(self.processes):
             attacker.stop()

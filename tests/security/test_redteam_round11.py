@@ -23,11 +23,11 @@ import sys
 import time
 from collections.abc import Iterator
 
-import dpkt
 import pytest
 
 from egress.lab import netns
 from egress.lab.topology import GATEWAY_SBX_V4, GATEWAY_SBX_V6, GATEWAY_UP_V4, GATEWAY_UP_V6, SANDBOX_V4, server
+from tests.security.capture import frames_holding
 from tests.security.conftest import LabFactory
 from tests.security.harness import ROOT, Attacker, SecurityLab, report
 from tests.security.redteam_round11_kit import MARK
@@ -45,13 +45,8 @@ def lab(lab_factory: LabFactory) -> SecurityLab:
 
 
 def marked(path: pathlib.Path) -> int:
-    """Bytes of the captured frames that hold `MARK` (any frame: forged sources included)."""
-    total = 0
-    with path.open("rb") as handle:
-        for _, frame in dpkt.pcap.Reader(handle):
-            if MARK in frame:
-                total += len(frame)
-    return total
+    """Bytes of the captured frames that hold `MARK`."""
+    return frames_holding(path, MARK)
 
 
 def _kit(lab: SecurityLab, where: str, main: str, *args: str, timeout: float = 30) -> str:

@@ -23,17 +23,16 @@ tests/security/policies/redteam_round12_udp.yaml.
 
 from __future__ import annotations
 
-import contextlib
 import pathlib
 import re
 import sys
 import time
 
-import dpkt
 import pytest
 
 from egress.lab import netns
 from egress.lab.topology import GATEWAY_UP_V4, SANDBOX_V4, SANDBOX_V6, server
+from tests.security.capture import frames_holding
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Attacker, SecurityLab, report
 from tests.security.redteam_round12_kit import MARK, message, pieces
@@ -94,18 +93,6 @@ def _send(lab: SecurityLab, opening: str, kind: str, address: str, port: int, co
     return done.stdout.strip()
 
 
-def _reasons(lab: SecurityLab, since: float, address: str, port: int) -> list[str]:
-    found: list[str] = []
-
-    def any_record(records: list) -> bool:  # type: ignore[type-arg]
-        found[:] = sorted({str(r.reason) for r in records if r.dst == address and r.dport == port})
-        return bool(found)
-
-    with contextlib.suppress(AssertionError):
-        lab.records_until(since, any_record, timeout=20.0)
-    return found
-
-
 def _row(name: str) -> object:
     marks = [pytest.mark.xfail(strict=True, reason=OPEN[name])] if name in OPEN else []
     return pytest.param(name, marks=marks, id=name)
@@ -123,7 +110,7 @@ def test_no_piece_of_a_split_pool_message_reaches_the_server(lab: SecurityLab, n
     assert crossed is not None
     heard = _heard(sink)
     leaked = crossed.bytes_to(address, port, "udp")
-    reasons = _reasons(lab, since, address, port)
+    reasons = lab.reasons_to(since, address, port)
     note = f"{out}; {len(message(opening, kind))} bytes in {count} pieces; server heard {len(heard)}: {heard}"
     report(f"redteam12/udp-{name}", "udp-hold", leaked, bool(heard), ",".join(reasons) or None, note)
     assert not heard and leaked == 0, note
@@ -157,14 +144,8 @@ ICMP_SPORT = 41200
 
 
 def marked(path: pathlib.Path) -> int:
-    """Bytes of the captured frames that hold `MARK` (any frame, whatever its source: a masqueraded error comes
-    from the uplink's address, which the capture's own parser sets aside)."""
-    total = 0
-    with path.open("rb") as handle:
-        for _, frame in dpkt.pcap.Reader(handle):
-            if MARK in frame:
-                total += len(frame)
-    return total
+    """Bytes of the captured frames that hold `MARK`."""
+    return frames_holding(path, MARK)
 
 
 def _icmp_listener(lab: SecurityLab, v6: bool) -> Attacker:
@@ -255,7 +236,7 @@ def test_an_ipv6_extension_header_carries_no_pool_message_to_an_allowed_network(
     assert capture.result is not None
     leaked = marked(capture.path)
     heard = _heard(sink)
-    reasons = _reasons(lab, since, address, port)
+    reasons = lab.reasons_to(since, address, port)
     note = f"server heard {len(heard)} datagrams; {leaked} captured bytes in frames with the marker"
     report("redteam12/udp-destination-options-v6", "udp-hold", leaked, leaked > 0, ",".join(reasons) or None, note)
     assert leaked == 0, note

@@ -11,7 +11,6 @@ there, and is judged by what reaches that sink (the marker, or every piece of a 
 
 from __future__ import annotations
 
-import contextlib
 import re
 import sys
 import time
@@ -55,18 +54,6 @@ def _sink(lab: SecurityLab, address: str, port: int) -> Attacker:
     return running
 
 
-def _reasons(lab: SecurityLab, since: float, address: str, port: int) -> list[str]:
-    found: list[str] = []
-
-    def any_record(records: list) -> bool:  # type: ignore[type-arg]
-        found[:] = sorted({str(r.reason) for r in records if r.dst == address and r.dport == port})
-        return bool(found)
-
-    with contextlib.suppress(AssertionError):
-        lab.records_until(since, any_record, timeout=20.0)
-    return found
-
-
 @pytest.mark.parametrize(("variant", "kind"), ROWS, ids=[f"{v}-{k}" for v, k in ROWS])
 def test_the_payload_sent_to_slip_past_the_udp_gate_does_not_reach_the_server(
     lab: SecurityLab, variant: str, kind: str
@@ -97,7 +84,7 @@ def test_the_payload_sent_to_slip_past_the_udp_gate_does_not_reach_the_server(
     else:
         goal = bool(marked or answers)
     leaked = crossed.bytes_to(address, port, "udp")
-    reasons = _reasons(lab, since, address, port)
+    reasons = lab.reasons_to(since, address, port)
     note = f"sent {sent.group(1)}; server heard {len(heard)} datagrams, {marked} with the marker"
     report(f"redteam10/udp-{variant}-{kind}", "udp-allowed", leaked, goal, ",".join(reasons) or None, note)
     assert not goal, note
