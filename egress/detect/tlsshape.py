@@ -119,6 +119,8 @@ class _Side:
     """Body bytes of the current record still to pass."""
     encrypted: int = 0
     """Type-23 records seen."""
+    lost: bool = False
+    """The server's bytes are not TLS (no ServerHello, or a header no record has): no more read of them."""
 
 
 @dataclass(slots=True)
@@ -143,7 +145,8 @@ class TlsShape:
     found: list[Finding] = field(default_factory=list)
     """Every finding so far, each protocol once, in order."""
     done: bool = False
-    """Nothing more to watch: ``ssh-in-tls`` found, MAX_RECORDS records, or bytes that are not TLS records."""
+    """Nothing more to watch: a blocking shape found (``ssh-in-tls``, ``not-tls``), or `MAX_RECORDS` records once
+    the server said a ServerHello."""
     window: tuple[Finding | None] | None = None
     """`_tls_in_tls`'s answer once its window of bursts is whole (`TlsShape._tls_in_tls`)."""
     suspicions: bool = True
@@ -157,19 +160,30 @@ class TlsShape:
             return None
         before = len(self.found)
         side = self.client if from_client else self.server
+        if side.lost:
+            return None
         if not from_client and not self.version:
             self._server_hello(data)
-        if self.done:  # the ServerHello did not parse
-            return None
+            if side.lost:  # the ServerHello did not parse
+                return None
         lengths, side.skip, side.buffer, bad = _frame_of(side.buffer + data if side.buffer else data, side.skip)
         for length in lengths:
             self._record(from_client, side, length, now)
             if self.done:  # nothing more to watch: the records after this one are not read
                 break
         else:
-            if bad:
-                self.done = True  # not a TLS record stream (any more): nothing here to measure
+            if bad and from_client:
+                self._not_tls(data)
+            elif bad:
+                side.lost = True  # the server's bytes: what it sends goes to the sandbox; the client's are read on
         return self.found[before] if len(self.found) > before else None
+
+    def _not_tls(self, data: bytes) -> None:
+        """The client's bytes are no TLS record after its ClientHello (red team 12b: Stratum in clear behind a
+        real hello to an allowed name reached the pool): a TLS client sends nothing else, so it is a tunnel."""
+        text = f"client bytes that are no TLS record after its ClientHello: {data[-48:]!r}"
+        self.found.append(Finding(Category.TUNNEL, "not-tls", NAME, evidence(text)))
+        self.done = True
 
     def _server_hello(self, data: bytes) -> None:
         self.hello += data
@@ -178,7 +192,7 @@ class TlsShape:
             return
         self.hello = b""
         if not isinstance(parsed, tls.ServerHello):
-            self.done = True
+            self.server.lost = True
             return
         self.version = parsed.version
         if parsed.version >= 0x0304:
@@ -227,8 +241,10 @@ class TlsShape:
                 self.found.append(finding)
                 break
         opening = len(self.turns) <= sshopening.OPENING_BURSTS and self.plaintext <= sshopening.OPENING_BYTES
+        # Without a ServerHello the stream is no TLS session yet (a server that is not TLS, or none that answered):
+        # the watch goes on past MAX_RECORDS, so that records the client sends to outlast it buy nothing.
         if any(f.protocol not in SUSPECTED for f in self.found) or (
-            self.count >= MAX_RECORDS and (not opening or self.count >= RECORDS_CAP)
+            self.version and self.count >= MAX_RECORDS and (not opening or self.count >= RECORDS_CAP)
         ):
             self.done = True
 

@@ -3,7 +3,8 @@ the raw non-blocking sockets, registered on the front's own epoll (`egress.proxy
 handles or selector keys: a new connection costs two ``epoll_ctl`` and the reads and writes, nothing more), each
 chunk shown to the connection's `egress.proxy.relay.Watch` before it is sent on; once the watch has read all it
 reads of the connection (`Watch.finished`: the TLS shape watcher is done, after its first
-`egress.detect.tlsshape.MAX_RECORDS` records or on bytes that are not TLS records), each direction moves its bytes
+`egress.detect.tlsshape.MAX_RECORDS` records once the server said a ServerHello; client bytes that are no TLS
+record close the relay instead: red team 12b), each direction moves its bytes
 with splice(2) through a pipe of its own, never copied into Python: the first `BIG_PIPES` such directions of a
 process in a thread each (`_Direction._pump`: poll(2) and splice(2) with the GIL released, none of the event
 loop's work per wake-up), the others in the loop's callbacks.

@@ -245,9 +245,13 @@ class _Before(TlsShape):
             return None
         before = len(self.found)
         side = self.client if from_client else self.server
+        if side.lost:  # red team 12b: the server's bytes that are not TLS end the reading of its side only
+            return None
         if not from_client and not self.version:
             self._server_hello(data)
-        data = side.buffer + data
+            if side.lost:
+                return None
+        chunk, data = data, side.buffer + data
         side.buffer = b""
         offset = 0
         while offset < len(data) and not self.done:
@@ -261,7 +265,10 @@ class _Before(TlsShape):
                 break
             kind, length = data[offset], int.from_bytes(data[offset + 3 : offset + 5])
             if kind not in (20, 21, 22, 23) or data[offset + 1] != 3:
-                self.done = True
+                if from_client:
+                    self._not_tls(chunk)  # red team 12b: the client's are a tunnel
+                else:
+                    side.lost = True
                 break
             side.skip = length
             offset += 5
@@ -302,7 +309,9 @@ class _Before(TlsShape):
                 break
         opening = len(self.turns) <= sshopening.OPENING_BURSTS and self.plaintext <= sshopening.OPENING_BYTES
         if any(f.protocol not in tlsshape.SUSPECTED for f in self.found) or (
-            self.count >= tlsshape.MAX_RECORDS and (not opening or self.count >= tlsshape.RECORDS_CAP)
+            self.version  # red team 12b: without a ServerHello the watch goes on
+            and self.count >= tlsshape.MAX_RECORDS
+            and (not opening or self.count >= tlsshape.RECORDS_CAP)
         ):
             self.done = True
 

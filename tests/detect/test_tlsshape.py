@@ -9,7 +9,7 @@ import random
 import pytest
 
 from egress.detect.base import Finding
-from egress.detect.tlsshape import TlsShape, mahalanobis
+from egress.detect.tlsshape import MAX_RECORDS, TlsShape, mahalanobis
 from tests.budget import examples
 from tests.detect import tlsshape_traces as traces
 
@@ -88,10 +88,52 @@ def test_random_small_records_rarely_look_like_ssh() -> None:
     assert fired == 0
 
 
-def test_not_tls_stops_watching() -> None:
+HELLO = bytes([22, 3, 1]) + (512).to_bytes(2) + bytes(512)
+"""A ClientHello's record (its body is not read)."""
+STRATUM = b'\n{"id": 1, "method": "mining.subscribe", "params": []}\n'
+
+
+@pytest.mark.parametrize("split", [0, 1, 7])
+def test_client_bytes_that_are_no_record_after_the_hello_are_a_tunnel(split: int) -> None:
+    """Red team 12b: Stratum in clear behind a real ClientHello ended the watch and was relayed unseen."""
     shape = TlsShape()
-    assert shape.feed(True, b"SSH-2.0-OpenSSH_9.6\r\n", 0.0) is None
-    assert shape.done and not shape.found
+    data = HELLO + STRATUM
+    pieces = [data[i : i + split] for i in range(0, len(data), split)] if split else [data]
+    found = [shape.feed(True, piece, 0.0) for piece in pieces]
+    assert [f.protocol for f in found if f is not None] == ["not-tls"]
+    assert shape.done
+
+
+def test_a_server_that_is_not_tls_leaves_the_client_watched() -> None:
+    shape = TlsShape()
+    assert shape.feed(True, HELLO, 0.0) is None
+    assert shape.feed(False, b'{"id": 1, "result": true}\n', 0.1) is None
+    assert not shape.done
+    found = shape.feed(True, STRATUM, 0.2)
+    assert found is not None and found.protocol == "not-tls"
+
+
+def test_records_without_a_server_hello_do_not_end_the_watch() -> None:
+    """Past MAX_RECORDS one-byte records from the client alone, the watch still reads: the bytes after them are
+    judged too."""
+    shape = TlsShape()
+    record = bytes([23, 3, 3, 0, 1, 0])
+    assert shape.feed(True, HELLO + record * (MAX_RECORDS + 10), 0.0) is None
+    assert not shape.done
+    found = shape.feed(True, STRATUM, 0.1)
+    assert found is not None and found.protocol == "not-tls"
+
+
+def test_records_after_a_server_hello_end_the_watch_at_max_records() -> None:
+    hello, _ = traces.HTTPS[0]
+    shape = TlsShape()
+    shape.feed(True, HELLO, 0.0)
+    shape.feed(False, bytes.fromhex(hello), 0.1)
+    record = bytes([23, 3, 3, 0, 40]) + bytes(40)
+    for index in range(MAX_RECORDS + 1):  # TLS 1.3: the client's first is its Finished, not counted
+        assert not shape.done
+        shape.feed(index % 2 == 0, record, 0.2 + index)
+    assert shape.done
 
 
 def test_mahalanobis_matches_ndpi_at_the_mean() -> None:

@@ -60,6 +60,13 @@ def _client_hello(name: str) -> bytes:
     return outgoing.read()
 
 
+def _records(data: bytes, size: int = 16 * 1024) -> bytes:
+    """``data`` as TLS application-data records (RFC 8446 §5.1): what a TLS client sends after its hello (other
+    bytes close the relay: red team 12b)."""
+    chunks = [data[at : at + size] for at in range(0, len(data), size)]
+    return b"".join(bytes([23, 3, 3]) + len(chunk).to_bytes(2) + chunk for chunk in chunks)
+
+
 def _free_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
@@ -169,7 +176,7 @@ def test_allowed_tls_is_relayed_by_the_front_byte_for_byte() -> None:
         setup = _Setup(int(server.sockets[0].getsockname()[1]))
         port, task = await _serving(setup)
         hello = _client_hello("allowed.test")
-        payload = hello + bytes(range(256)) * 400  # the ClientHello, then 100 KiB more through the relay
+        payload = hello + _records(bytes(range(256)) * 400)  # the ClientHello, then 100 KiB more in records
         assert await _exchange(port, payload, len(payload)) == payload
         assert (setup.front.relayed, setup.front.handed_off, setup.handed) == (1, 0, [])
         [allowed] = setup.reporter.reported  # one decision line, tied to the flow, and no record
@@ -536,6 +543,44 @@ def test_a_relay_that_fails_to_start_leaves_the_front_and_hands_the_client_to_mi
 
         await eventually_async(closed, timeout=10)
         assert set(setup.front.poller._fds) == {listener.fileno() for listener in setup.front._listeners}
+        task.cancel()
+        server.close()
+
+    _run(scenario)
+
+
+@pytest.mark.parametrize("network", [False, True], ids=["host-rule", "network-rule"])
+def test_stratum_in_clear_after_the_hello_closes_the_relay_before_it_is_forwarded(network: bool) -> None:
+    """Red team 12b: a real ClientHello to an allowed name (or a network rule's address), then Stratum in clear.
+    The bytes that are no TLS record end the watch as a tunnel (`tlsshape`, ``not-tls``): the destination gets
+    nothing of the chunk that holds them (here the hello too), the relay closes, and the block is reported. Was:
+    the watch stopped reading at the first byte that was no record, so the Stratum went on, spliced unseen."""
+
+    async def scenario() -> None:
+        heard = bytearray()
+        closed = asyncio.Event()
+
+        async def sink(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(ConnectionResetError):  # the relay aborts both sides
+                while data := await reader.read(65536):
+                    heard.extend(data)
+            writer.close()
+            closed.set()
+
+        server = await asyncio.start_server(sink, "127.0.0.1", 0)
+        setup = _Setup(int(server.sockets[0].getsockname()[1]), network=network)
+        port, task = await _serving(setup)
+        hello = _client_hello("allowed.test")
+        stratum = b'\n{"id": 1, "method": "mining.subscribe", "params": ["cpuminer/2.5.1"]}\n'
+        got = b"reset not seen"
+        with contextlib.suppress(ConnectionResetError):
+            got = await _exchange(port, hello + stratum, 1)
+        await asyncio.wait_for(closed.wait(), scaled(10))
+        assert got in {b"", b"reset not seen"} and hello.startswith(bytes(heard))  # the chunk with it is not sent
+        blocked = [r for r in setup.reporter.reported if r.verdict.action is Enforcement.BLOCK]
+        assert [(str(r.verdict.reason), r.verdict.finding.protocol) for r in blocked if r.verdict.finding] == [
+            ("tunnel", "not-tls")
+        ]
         task.cancel()
         server.close()
 

@@ -9,7 +9,7 @@ import pytest
 
 from egress.flowlog import EndedFlow
 from egress.policy.loader import parse_policy
-from tests.proxy.test_front import _client_hello, _echo, _exchange, _run, _serving, _Setup
+from tests.proxy.test_front import _client_hello, _echo, _exchange, _records, _run, _serving, _Setup
 from tests.waiting import eventually_async
 
 
@@ -35,7 +35,7 @@ def test_a_relayed_connection_ends_as_one_flow_with_its_bytes(logged: bool) -> N
         sink = Sink()
         setup.front.flows = sink
         port, task = await _serving(setup)
-        payload = _client_hello("allowed.test") + bytes(range(256)) * 40
+        payload = _client_hello("allowed.test") + _records(bytes(range(256)) * 40)
         assert await _exchange(port, payload, len(payload)) == payload
 
         async def ended() -> bool:
