@@ -97,7 +97,7 @@ _XMRIG: Final[dict[bytes, tuple[tuple[bytes, ...], ...]]] = {
     b"submit": ((b"job_id", b"nonce", b"result"),),
     b"job": ((b"job_id", b"blob", b"target"),),
 }
-_NAMES: Final = frozenset(name.lower() for name in (*_STRATUM, *_ALONE, *_ALONE_LOWER))
+NAMES: Final = frozenset(name.lower() for name in (*_STRATUM, *_ALONE, *_ALONE_LOWER))
 """Every name that counts alone, lowered: what a joined CBOR string is compared with."""
 _LOWERED: Final = tuple(word.lower() for word in (*_ALONE, *_ALONE_LOWER))
 _WORDS: Final = frozenset({b"keepalived", *_XMRIG, *(key for sets in _XMRIG.values() for keys in sets for key in keys)})
@@ -286,7 +286,7 @@ def length_prefixed(data: bytes, at: int, size: int, bare: bool = False) -> bool
     return _capnp(data, at, size)
 
 
-def _find_prefixed(data: bytes, word: bytes, start: int = 0) -> int:
+def find_prefixed(data: bytes, word: bytes, start: int = 0) -> int:
     """Offset of the first length-prefixed ``word`` (whole: the prefix gives its length) at or after ``start``."""
     at = data.find(word, start)
     while at >= 0:
@@ -488,7 +488,7 @@ def _walk_heads(
         if stop < 0 or len(parts) < 2:  # one piece: a length-prefixed string, read as one
             continue
         text = b"".join(parts).strip(b"\x00 ")
-        if text.lower() in _NAMES:
+        if text.lower() in NAMES:
             return at, stop
         if text in _WORDS:
             words.setdefault(text, (at, stop))
@@ -570,7 +570,7 @@ def _chunked(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tu
                 stop, joined = _join(data, at)
                 if stop == end + 1:
                     text = joined.strip(b"\x00 ")
-                    if text.lower() in _NAMES:
+                    if text.lower() in NAMES:
                         return at, stop
                     if text in _WORDS:
                         words.setdefault(text, (at, stop))
@@ -580,7 +580,7 @@ def _chunked(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tu
 
 def _located(data: bytes, word: bytes, words: dict[bytes, tuple[int, int]]) -> tuple[int, int]:
     """(offset, length) of ``word`` as a length-prefixed string of ``data`` or a joined CBOR string; (-1, 0)."""
-    at = _find_prefixed(data, word)
+    at = find_prefixed(data, word)
     if at >= 0:
         return at, len(word)
     if word in words:

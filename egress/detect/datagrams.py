@@ -18,7 +18,8 @@ arrives, so that what an attacker splits over several datagrams, or pads with ju
 
 What is not seen: a protocol none of these recognise (an obfuscated tunnel whose datagrams look random, a custom
 encrypted framing); a message split over more than the window (16 datagrams, 4 KB). The first pieces of a split
-text message are held by the gate until it is whole (`egress.detect.textframe`).
+text message are held by the gate until it is whole (`egress.detect.textframe`), those of a binary one while
+the window may still become one (`egress.detect.binframe`).
 """
 
 from __future__ import annotations
@@ -85,7 +86,7 @@ def _first(view: FlowView, detectors: Sequence[Detector]) -> Finding | None:
     return None
 
 
-def _joined(window: Sequence[bytes]) -> bytes:
+def joined(window: Sequence[bytes]) -> bytes:
     """The window's latest `WINDOW_BYTES` joined, or the latest datagram whole when it is longer. Until red team 12
     the latest 4,096 bytes only: a pool message alone in one datagram of more (XMRig's login with a 5 KB parameter,
     fragmented on the wire) was read from its tail, and crossed whole."""
@@ -153,7 +154,17 @@ def inspect(
             return Finding(Category.TUNNEL, "dtls", NAME, evidence(f"{what} (the rule does not expect dtls)"))
         if not quic and (what := quic_long_header(datagram)) is not None:
             return Finding(Category.TUNNEL, "quic", NAME, evidence(f"{what} (the rule does not expect quic)"))
-    return _first(FlowView(meta, client=_joined(latest), complete=True), POOL)
+    return _first(FlowView(meta, client=joined(latest), complete=True), POOL)
 
 
-__all__ = ["NAME", "POOL", "WINDOW", "WINDOW_BYTES", "detect_pool", "dtls_record", "inspect", "quic_long_header"]
+__all__ = [
+    "NAME",
+    "POOL",
+    "WINDOW",
+    "WINDOW_BYTES",
+    "detect_pool",
+    "dtls_record",
+    "inspect",
+    "joined",
+    "quic_long_header",
+]

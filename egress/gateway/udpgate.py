@@ -19,7 +19,10 @@ until the joined message is whole (then the held ones are accepted in order, bef
 refused by the inspection (then they are dropped with it). A hold past `HOLD_SECONDS`, over `HOLD_DATAGRAMS` or
 `HOLD_BYTES` for the flow or `HOLD_TOTAL` for the gate, or broken by a datagram that is not text, is dropped and
 the flow refused and recorded (``firewall-drop``, the evidence saying which): the first pieces of a pool message
-never reach the pool.
+never reach the pool. Binary encodings hold the same way while the window may still become a pool message
+(`egress.detect.binframe`: XMRig's call word as a binary string, a pool name cut at the window's end); such a
+hold ends when nothing is open any more (accepted), when the inspection names the message, or at the bounds
+(refused).
 
 `UdpGate` runs it over an NFQUEUE queue (`egress.capture.nfqueue`) in a thread, supervised like the drop logger
 (`egress.gateway.components.UdpGatePart`): its death locks the gateway down. Fail closed everywhere: an exception
@@ -46,7 +49,7 @@ from egress.capture.nfqueue import NF_ACCEPT, NF_DROP, NfqueueReader, QueuedPack
 from egress.capture.packet import UDP, Defragmenter, Malformed, decode
 from egress.decide import Enforcement, Verdict, decide_drop, decide_unknown_source
 from egress.decisions import DecidedFlow, Reporter
-from egress.detect import datagrams
+from egress.detect import binframe, datagrams
 from egress.detect.base import Finding, FlowMeta, Transport
 from egress.detect.names import NameLists
 from egress.detect.registry import build_detectors
@@ -83,6 +86,26 @@ def unread_headers(packet: bytes) -> str | None:
     return f"IPv6 extension header {packet[6]}" if packet[6] != 17 else None
 
 
+CONTEXT_BYTES: Final = 600
+"""Bytes before a flow's latest datagram that `binframe.pending` reads while nothing is held: a call word begun in
+earlier datagrams, its length prefix and the bytes that tell binary context (Cap'n Proto's pointer may lie 512
+bytes before the string). A word whole in an earlier datagram held the flow then, so only one spanning into the
+latest can be new."""
+
+
+def _latest(window: deque[bytes]) -> bytes:
+    """The window's latest datagram whole, and up to `CONTEXT_BYTES` before it."""
+    size, count = len(window[-1]) + CONTEXT_BYTES, 0
+    total = 0
+    for datagram in reversed(window):
+        total += len(datagram)
+        count += 1
+        if total >= size:
+            break
+    parts = list(window)[-count:]
+    return b"".join(parts)[-size:]
+
+
 FlowKey = tuple[str, int, str, int]
 """(source, source port, destination, destination port)."""
 
@@ -99,9 +122,11 @@ class Flow:
     """Datagrams dropped on a refused flow since its last report."""
     action: str = "allow"
     held: list[tuple[int, int]] = field(default_factory=list)
-    """Packet ids (and payload sizes) whose verdict waits for the text message they open to be whole."""
+    """Packet ids (and payload sizes) whose verdict waits for the message they open to be whole (or ruled out)."""
     pending: bytes = b""
     """Their payloads joined."""
+    binary: str | None = None
+    """Why the window may still become a binary pool message (`egress.detect.binframe`), when that holds it."""
     hold_until: float = 0.0
     datagrams: int = 0
     up: int = 0
@@ -212,34 +237,38 @@ class UdpJudge:
         return self._refuse(key, flow, finding, None, now)
 
     def _passed(self, key: FlowKey, flow: Flow, packet_id: int, payload: bytes, now: float, clock: float) -> Judged:
-        """A datagram the inspection let pass: accepted, or held while it leaves a text message open (and the
-        held ones accepted with it once the message is whole)."""
-        if not flow.held and frame(payload) is not Frame.OPEN:
+        """A datagram the inspection let pass: accepted, or held while it leaves a message open (a text message not
+        yet whole, or a window that may still become a binary pool message), and the held ones accepted with it
+        once nothing is open."""
+        binary = binframe.pending(datagrams.joined(flow.window) if flow.held else _latest(flow.window))
+        if not flow.held and binary is None and frame(payload) is not Frame.OPEN:
             flow.datagrams += 1
             flow.up += len(payload)
             return Judged(True)
         text = flow.pending + payload
         framed = frame(text)
-        if framed is Frame.WHOLE:
-            then = tuple((held, True) for held, _size in flow.held)
-            flow.datagrams += len(then) + 1
-            flow.up += len(text)
-            self._release(key, flow)
-            return Judged(True, then=then)
         why = None
-        if framed is Frame.BINARY:
-            why = "a text message it opened was broken off by a datagram that is not text"
-        elif len(flow.held) >= HOLD_DATAGRAMS or len(text) > HOLD_BYTES:
-            why = f"a text message it opened outgrew the hold ({HOLD_DATAGRAMS} datagrams, {HOLD_BYTES} bytes)"
-        elif self.held >= HOLD_TOTAL:
-            why = f"a text message it opened found the gate's hold full ({HOLD_TOTAL} datagrams, all flows)"
+        if binary is None:
+            if framed is Frame.WHOLE or (framed is Frame.BINARY and flow.binary):
+                then = tuple((held, True) for held, _size in flow.held)
+                flow.datagrams += len(then) + 1
+                flow.up += len(text)
+                self._release(key, flow)
+                return Judged(True, then=then)
+            if framed is Frame.BINARY:
+                why = "a text message it opened was broken off by a datagram that is not text"
+        if why is None and (len(flow.held) >= HOLD_DATAGRAMS or len(text) > HOLD_BYTES):
+            why = f"a message it opened outgrew the hold ({HOLD_DATAGRAMS} datagrams, {HOLD_BYTES} bytes)"
+        elif why is None and self.held >= HOLD_TOTAL:
+            why = f"a message it opened found the gate's hold full ({HOLD_TOTAL} datagrams, all flows)"
         if why is not None:
-            return self._refuse(key, flow, None, why, now)
+            return self._refuse(key, flow, None, why if binary is None else f"{why} ({binary})", now)
         if not flow.held:
             flow.hold_until = clock + HOLD_SECONDS
             self.holding[key] = flow
         flow.held.append((packet_id, len(payload)))
         flow.pending = text
+        flow.binary = binary
         self.held += 1
         return Judged(False, held=True)
 
@@ -269,6 +298,7 @@ class UdpJudge:
             self.holding.pop(key, None)
             flow.held.clear()
             flow.pending = b""
+            flow.binary = None
         return ids
 
     def due(self, now: float) -> Due:
@@ -279,7 +309,8 @@ class UdpJudge:
         for key, flow in list(self.holding.items()):
             if now < flow.hold_until:
                 continue
-            why = f"a text message it opened was not whole within {HOLD_SECONDS:g} s"
+            what = "a text message it opened" if flow.binary is None else f"what it held ({flow.binary})"
+            why = f"{what} was not whole within {HOLD_SECONDS:g} s"
             judged = self._refuse(key, flow, None, why, now)
             due.verdicts.extend(judged.then)
             if judged.decided is not None:

@@ -29,6 +29,7 @@ from egress.gateway.udpgate import (
 )
 from egress.policy.lists import load_name_lists
 from egress.policy.model import Expect, Mode, Policy
+from tests.detect.test_binframe import LOGINS
 from tests.detect.test_datagrams import quic, stratum, stun, wireguard, xmrig
 from tests.nft import make_sandbox, udp_rule
 
@@ -316,3 +317,46 @@ def test_a_datagram_with_bytes_before_its_udp_header_is_refused() -> None:
     judged = UdpJudge(policy, LISTS).judge(QueuedPacket(2, socket.AF_INET6, hidden, 2, 3, 1000.0), 1000.0)
     assert not judged.accept and judged.decided is not None
     assert "IPv6 extension header 60" in judged.decided.verdict.evidence
+
+
+@pytest.mark.parametrize("encoding", ["msgpack", "msgpack-params-first"])
+def test_the_pieces_of_a_binary_login_are_held_then_dropped_with_it(encoding: str) -> None:
+    """Red team 12's msgpack row: the pieces before the one that completes XMRig's login (the wallet in the first)
+    crossed: a binary message was never held (egress.detect.binframe)."""
+    judge = UdpJudge(_policy(), LISTS)
+    judged = [judge.judge(_packet(p, pid=n)) for n, p in enumerate(_pieces(LOGINS[encoding]), 1)]
+    assert [j.held for j in judged[:-1]] == [True, True]
+    refused = judged[-1]
+    assert not refused.accept and refused.then == ((1, False), (2, False))
+    assert refused.decided is not None and refused.decided.verdict.reason is Reason.MINING
+    assert (judge.accepted, judge.dropped, judge.held) == (0, 3, 0)
+
+
+def test_a_binary_login_never_named_is_dropped_at_the_deadline() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    pieces = _pieces(LOGINS["protobuf"])  # protobuf writes no key names: binrpc never names it
+    assert all(judge.judge(_packet(p, pid=n, ts=1000.0)).held for n, p in enumerate(pieces, 1))
+    due = judge.due(1000.0 + HOLD_SECONDS)
+    assert due.verdicts == [(1, False), (2, False), (3, False)]
+    [decided] = due.decided
+    assert "XMRig's login" in decided.verdict.evidence and decided.verdict.action is Enforcement.BLOCK
+
+
+def test_a_cut_name_that_does_not_become_one_is_let_go_with_the_next_datagram() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    assert judge.judge(_packet(b"\x93\x00\x01\xb0mining.sub", pid=1)).held
+    after = judge.judge(_packet(b"\x00\x01\x02 no name", pid=2))
+    assert after.accept and after.then == ((1, True),) and after.decided is None
+    assert judge.judge(_packet(stun(), pid=3)).accept and judge.held == 0
+
+
+def test_a_login_word_spread_over_tiny_datagrams_holds_from_the_piece_that_completes_it() -> None:
+    login = LOGINS["msgpack-params-first"]
+    at = login.index(b"login") + 1
+    pieces = [login[:at], login[at : at + 1], login[at + 1 : at + 40], login[at + 40 :]]  # "...\xa5l", "o", "gin..."
+    judge = UdpJudge(_policy(), LISTS)
+    judged = [judge.judge(_packet(p, pid=n)) for n, p in enumerate(pieces, 1)]
+    assert [j.accept for j in judged[:2]] == [True, True]  # "l", "o": two bytes of a word, no vocabulary
+    assert judged[2].held  # the word whole across three datagrams, the wallet after it
+    assert not judged[3].accept and judged[3].then == ((3, False),)
+    assert judged[3].decided is not None and judged[3].decided.verdict.reason is Reason.MINING
