@@ -167,6 +167,8 @@ _BER_DEPTH: Final = 4
 _BSON_TYPES: Final = frozenset(b"\x01\x02\x03\x04\x05\x07\x08\x09\x0a\x10\x11\x12\x13")
 """BSON element types that key a document's value (the deprecated ones left out: ``0f``, code with scope, is a
 length byte of a 15-byte string too)."""
+_CBOR_MEMO: Final[list[tuple[bytes, frozenset[int]]]] = [(b"", frozenset())]
+"""`_cbor_reached`'s last answer with the bytes it read, swapped as one item (threads of the gateway share it)."""
 _CAPNP_BACK: Final = 64
 """Words before a Cap'n Proto Text searched for the list pointer that reaches it."""
 
@@ -241,8 +243,59 @@ def _prefixed(data: bytes, begin: int, low: int, high: int) -> bool:
         return True
     byte = data[begin - 1]
     if (0x20 <= byte < 0x7F or (byte >= 0x80 and not _bare(data, begin))) and not _binary_context(data, begin):
-        return False
+        return _cbor_string(data, begin, low, high)
     return _one_byte(byte, low, high) or _typed(data, begin, low, high)
+
+
+def _cbor_item(data: bytes, at: int) -> int:
+    """Where the CBOR item head at ``at`` and its content end (RFC 8949 §3): a string's bytes are skipped, an array,
+    map or tag head is one item and what it holds the next ones; -1 where no item starts."""
+    byte = data[at]
+    major, info = byte >> 5, byte & 0x1F
+    if info < 24:
+        return at + 1 + (info if major in (2, 3) else 0)
+    if info == 31:
+        return at + 1 if major in (2, 3, 4, 5, 7) else -1  # an indefinite length, or the break
+    if info > 27:
+        return -1
+    width = 1 << (info - 24)
+    size = int.from_bytes(data[at + 1 : at + 1 + width]) if major in (2, 3) else 0
+    return at + 1 + width + size
+
+
+def _cbor_reached(data: bytes) -> frozenset[int]:
+    """Where CBOR items start when they are read one after another from any byte that no text holds (kept for
+    the last ``data``: the detector asks it for each candidate of a prefix)."""
+    last = _CBOR_MEMO[0]
+    if last[0] is data:
+        return last[1]
+    reached: set[int] = set()
+    size = len(data)
+    for found in _BINARY.finditer(data):
+        at = found.start()
+        while 0 <= at < size and at not in reached:
+            reached.add(at)
+            at = _cbor_item(data, at)
+        if at >= size:
+            reached.add(at)
+    answer = frozenset(reached)
+    _CBOR_MEMO[0] = (data, answer)
+    return answer
+
+
+def _cbor_string(data: bytes, begin: int, low: int, high: int) -> bool:
+    """Whether a CBOR string of ``low`` to ``high`` bytes starts at ``begin``, its head among the items read from a
+    byte that no text holds (`_cbor_reached`). CBOR writes a text string's head as a letter (``60|L``, or ``78``
+    and the length), so a name or key after a text value (Stratum's ``method`` after a 20-byte agent string, XMRig's
+    ``pass`` after the wallet) had only text in the 16 bytes before it and was not taken for a string: XMRig's
+    login and Stratum's subscribe so ordered in CBOR were named by no detector (stop 32)."""
+    for width, info in ((0, range(24)), (1, (24,)), (2, (25,)), (4, (26,))):
+        head = begin - 1 - width
+        if head < 0 or data[head] & 0xC0 != 0x40 or data[head] & 0x1F not in info:
+            continue
+        if low <= _cbor_item(data, head) - begin <= high and head in _cbor_reached(data):
+            return True
+    return False
 
 
 def _typed(data: bytes, begin: int, low: int, high: int) -> bool:

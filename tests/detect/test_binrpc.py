@@ -126,3 +126,57 @@ def test_after_a_finding_a_longer_prefix_answers_as_a_fresh_view_of_its_bytes() 
         answers.append((binrpc.detect(grown), binrpc.detect(fresh)))
     assert all(mine == theirs for mine, theirs in answers), answers
     assert all(isinstance(mine, Finding) for mine, _ in answers), answers
+
+
+def test_xmrig_login_in_cbor_with_its_keys_after_the_wallet_is_named() -> None:
+    """Stop 32: CBOR writes ``pass`` after the 95-character wallet with a text prefix (``d``) and only text in the
+    16 bytes before it; binary context was required of every prefix, so nothing named the login."""
+    wallet = "4AdUndXHHZ6cfufTMvppY6JwXNouMBzSkbLYfpAV5Usx3skxNgYeYTRj5UzqtReoS44qo9mtmXCqY45DJ852K5Jv2684Rge"
+    login = _cbor_map({"id": 1, "method": "login"}) + _cbor_map({"login": wallet, "pass": "x", "agent": "XMRig/6"})
+    for found in feed_every_split(binrpc.detect, login):
+        assert isinstance(found, Finding) and found.category is Category.MINING
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"The reagent was added; bypass valve open.\nagent smith: login required, dpass 4",  # the keys, prose
+        b"\x05login is a binary word, then prose: the reagent, Dpassage, the\nagent",  # no "pass" prefixed
+    ],
+)
+def test_xmrig_keys_in_prose_do_not_make_a_call(text: bytes) -> None:
+    assert feed_stream(binrpc.detect, text) is None
+
+
+def _cbor_str(text: str) -> bytes:
+    raw = text.encode()
+    size = len(raw)
+    return (
+        bytes([0x60 | size]) if size < 24 else bytes([0x78, size]) if size < 256 else b"\x79" + size.to_bytes(2)
+    ) + raw
+
+
+@pytest.mark.parametrize("pad", [5, 300, 5000])
+def test_a_cbor_method_after_a_long_text_value_is_named(pad: int) -> None:
+    """Stop 32: a CBOR text string's head is a letter, so ``method`` and its name after a 20-byte agent string had
+    only text before them: Stratum's subscribe so ordered was named by no detector."""
+    agent = "cpuminer/2.5.1 " + "é" * pad  # non-ASCII text in the value: the walk starts before it
+    subscribe = b"\xa3" + _cbor_str("id") + b"\x01" + _cbor_str("params") + _cbor_str(agent)
+    subscribe += _cbor_str("method") + _cbor_str("mining.subscribe")
+    found = feed_stream(binrpc.detect, subscribe)
+    assert found is not None and found.category is Category.MINING
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        b"\x01" + b"x" * 40 + b" the call is pmining.subscribe, see",  # a letter giving the length, text before
+        b"\x00\x00" + b"Dear reader,\n" * 20 + b"call mining.subscribe (mining.subscribe) 'mining.subscribe'",
+        b"\x00\x05login" + b"Dear reader,\n" * 20 + b"the reagent, bypass it: pass the agent a nonce\n",
+    ],
+)
+def test_text_after_a_binary_byte_is_not_taken_for_cbor_items(text: bytes) -> None:
+    """Prose after binary bytes may read as CBOR items (a letter is a string's head), but it writes a name after a
+    space, a bracket or a quote, none of them a string head (a name needs the head that gives its length: ``p``
+    before ``mining.subscribe``, ``d`` before ``pass``)."""
+    assert feed_stream(binrpc.detect, text) is None

@@ -11,7 +11,8 @@ joins CBOR's chunks and reads a length then a type, docs/security.md "Fourth rou
 
 The variants past the fix (redteam_binsplit_kit): ``cbor1`` (byte strings of one-byte chunks, an empty chunk
 before each), ``fixext`` (msgpack fixext, NUL-padded, a printable ext type) and ``trickle`` (``cbor`` one byte a
-TCP segment: every name across packets, on each route's reassembly).
+TCP segment: every name across packets, on each route's reassembly) and ``cbor-late`` (plain CBOR, ``method`` after
+a 40-byte text value: named by no detector until stop 32).
 
 Routes as test_redteam_msgpack: the pool's address through a network rule that expects ``[tls, http]`` and
 allowed.lab's plain-HTTP port by name. Ground truth: the pool's log (``share accepted``) and the internet-side
@@ -27,7 +28,7 @@ from tests.security.redteam_http import ROUTES, attempt, judge, pool_fixtures
 
 pytestmark = pytest.mark.security
 
-MODES = ("cbor", "msgext", "cbor1", "fixext", "trickle")
+MODES = ("cbor", "msgext", "cbor1", "fixext", "trickle", "cbor-late")
 KIT = "redteam_binsplit_kit"
 lab, pool = pool_fixtures("binsplit-pool", KIT)
 
@@ -39,3 +40,5 @@ def test_stratum_names_not_one_prefixed_string(lab: SecurityLab, pool: Attacker,
     run = attempt(lab, pool, name, route, mode, kit=KIT, control=False, reason_wait=10)
     report(*run.row(f"redteam/{name}"))
     judge(run, pool)
+    if mode == "cbor-late":  # named before the pool heard it (until stop 32 only the pool's chunked answer was)
+        assert run.leaked == 0, run.done.stdout[-600:]
