@@ -40,10 +40,12 @@ CUT_MIN: Final = 3
 
 _MINING: Final = b"mining."
 _NAMES: Final = tuple(sorted({*binrpc.NAMES, *CALL_WORDS}))
-_CUTS: Final[dict[bytes, tuple[bytes, ...]]] = {}
-for _name in _NAMES:
-    for _size in range(CUT_MIN, len(_name)):
-        _CUTS[_name[:_size]] = (*_CUTS.get(_name[:_size], ()), _name)
+_CUTS: Final = {
+    name[:size]: tuple(other for other in _NAMES if len(other) > size and other.startswith(name[:size]))
+    for name in _NAMES
+    for size in range(CUT_MIN, len(name))
+}
+"""Each cut of a name (its first `CUT_MIN` bytes or more, not all) and the names it may begin."""
 _LONGEST_CUT: Final = max(len(cut) for cut in _CUTS)
 _NAME_BYTES: Final = frozenset(b"".join(_NAMES) + b"".join(_NAMES).upper())
 """The bytes a cut name may end with (names are compared in any case)."""

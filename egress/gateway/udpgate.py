@@ -95,15 +95,14 @@ latest can be new."""
 
 def _latest(window: deque[bytes]) -> bytes:
     """The window's latest datagram whole, and up to `CONTEXT_BYTES` before it."""
-    size, count = len(window[-1]) + CONTEXT_BYTES, 0
-    total = 0
+    size = len(window[-1]) + CONTEXT_BYTES
+    parts: list[bytes] = []
     for datagram in reversed(window):
-        total += len(datagram)
-        count += 1
-        if total >= size:
+        parts.append(datagram)
+        size -= len(datagram)
+        if size <= 0:
             break
-    parts = list(window)[-count:]
-    return b"".join(parts)[-size:]
+    return b"".join(reversed(parts))[-(len(window[-1]) + CONTEXT_BYTES) :]
 
 
 FlowKey = tuple[str, int, str, int]
