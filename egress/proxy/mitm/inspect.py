@@ -8,7 +8,9 @@ which byte streams they are given:
   decoded body), the decoded body alone, and the pieces a server application decodes out of it (multipart parts,
   form and query values, header and trailer values, Server-Sent Events data: `egress.proxy.mitm.payload`), and
   what a lenient peer reads in its start line (`egress.detect.httpread.start_pieces`: a request's target,
-  percent-decoded, a response's reason phrase);
+  percent-decoded, a response's reason phrase); its header and trailer fields joined as a server joins them
+  (`egress.detect.httpfields.joined`: a call cut across fields, red team 13), read by the pool detectors only
+  (`POOL_DETECTORS`);
 - a WebSocket message alone (its first `MESSAGE_INSPECT` bytes), with the same tunnel check the WebSocket
   detector makes on raw frames, and a rolling stream per direction that starts at a message boundary, so a JSON
   message split over several WebSocket messages is still seen whole;
@@ -21,14 +23,16 @@ the addon blocks it as unidentified rather than pass what it could not judge.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Final
 
-from egress.detect import rpcparams, websocket
+from egress.detect import cryptonode, httpfields, rpcparams, websocket
 from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView
 from egress.detect.engine import FlowInspector
 from egress.detect.httpread import from_bracket, start_pieces
+from egress.detect.registry import MINING
 from egress.proxy.mitm import payload
 
 BODY_INSPECT: Final = 1024 * 1024
@@ -43,6 +47,12 @@ PIECE_MIN: Final = 16
 _EVENT_FIELDS: Final = (b"data:", b"event:", b"id:", b"retry:", b":")
 """How an event stream's first line starts (HTML §9.2.6): read as events whatever the content type says."""
 _SKIPPED_FIELDS: Final = frozenset({"content-encoding", "transfer-encoding", "content-length"})
+
+POOL_DETECTORS: Final = frozenset((*MINING, cryptonode.detect))
+"""The detectors that read a message's joined fields (`Read.joined`): a pool's or a node's call is what a site
+that joins them reads whole; the tunnel and name detectors read the fields alone and the canonical stream (a
+tunnel through a site's own joining of fields is the site's private encoding). Measured in bench/fieldjoin.py:
+docs/security.md, "Thirteenth round"."""
 
 DETECTOR: Final = "proxy"
 """The `Finding.detector` of what the proxy itself concludes (an uninspectable body, a refused upgrade)."""
@@ -99,6 +109,8 @@ class Read:
     problem: Problem | None
     body: bytes = b""
     """The decoded body (`BodyStreams` joins a connection's)."""
+    joined: tuple[bytes, ...] = ()
+    """The header and trailer fields joined as a server joins them (`egress.detect.httpfields.joined`)."""
 
 
 def read(message: Message) -> Read:
@@ -116,26 +128,34 @@ def read(message: Message) -> Read:
     pieces += [value.encode("utf-8", "surrogateescape") for _, value in (*message.fields, *message.trailers)]
     canonical = _head(message.start, (*message.fields, *message.trailers), body)
     kept = tuple(piece for piece in pieces if len(piece) >= PIECE_MIN or piece is body)
-    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None, body)
+    joined = tuple(httpfields.joined((*message.fields, *message.trailers)))
+    return Read(canonical, kept, Problem(decoded.problem) if decoded.problem else None, body, joined)
 
 
 def inspect_exchange(
     meta: FlowMeta, detectors: tuple[Detector, ...], request: Read, response: Read | None = None
 ) -> Finding | None:
-    """The detectors over a request (and its response): the pair as one HTTP stream, then every piece alone."""
+    """The detectors over a request (and its response): the pair as one HTTP stream, then every piece alone, then
+    the joined fields of each through the pool detectors (`POOL_DETECTORS`)."""
     server = response.canonical if response is not None else b""
     found = _run(meta, detectors, request.canonical, server, BODY_INSPECT + len(request.canonical))
     if found is not None:
         return found
-    for piece in request.pieces:
-        found = _run(meta, detectors, piece, b"", BODY_INSPECT)
-        if found is not None:
-            return found
-    for piece in response.pieces if response is not None else ():
-        found = _run(meta, detectors, b"", piece, BODY_INSPECT)
-        if found is not None:
-            return found
+    pools = pool_detectors(detectors)
+    for read_, from_client in ((request, True), *(((response, False),) if response is not None else ())):
+        for piece_detectors, pieces in ((detectors, read_.pieces), (pools, read_.joined)):
+            for piece in pieces:
+                client, server = (piece, b"") if from_client else (b"", piece)
+                found = _run(meta, piece_detectors, client, server, BODY_INSPECT)
+                if found is not None:
+                    return found
     return None
+
+
+@functools.lru_cache(maxsize=8)
+def pool_detectors(detectors: tuple[Detector, ...]) -> tuple[Detector, ...]:
+    """``detectors`` that are `POOL_DETECTORS`, in their order (kept per tuple: a policy's gate has one)."""
+    return tuple(detector for detector in detectors if detector in POOL_DETECTORS)
 
 
 _WS_REQUEST: Final = b"GET / HTTP/1.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n"

@@ -1,0 +1,60 @@
+"""What a server application reads of an HTTP message's header and trailer fields joined (red team 13).
+
+A pool call cut across fields, each too short or too innocent to be judged alone, reached a site that joins them:
+repeated fields of one name, which HTTP lets a recipient combine into one value with ``", "`` (RFC 9110 §5.3;
+Node's ``req.headers``, PHP's ``$_SERVER``, a WSGI environ's ``HTTP_*``), or an application that concatenates its
+own fields in order (``"".join(request.headers[f"x-{i}"] ...)``). `joined` gives those readings as pieces for the
+pool detectors: each repeated name's values joined with ``", "`` and with ``""``; every value in order, with the
+same two joiners; and the same for the fields that are not `STANDARD` (a client's ordinary fields, which an
+application does not take its own data from, left out so that a long ``User-Agent`` between two pieces does not
+hide them). A private choice of fields in a private order is a private encoding, like encryption: out of reach
+(docs/security.md, "Thirteenth round").
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Final
+
+JOINERS: Final = (b", ", b"")
+"""How a recipient joins values: as HTTP combines a repeated field (``", "``; ``","`` reads the same to the JSON
+detectors, whitespace between tokens being insignificant), and as an application concatenates them."""
+JOINED_MIN: Final = 16
+"""A joined reading shorter than this is not a piece (as `egress.proxy.mitm.inspect.PIECE_MIN`: no call is that
+short)."""
+STANDARD: Final = frozenset(
+    {"host", "user-agent", "accept", "accept-encoding", "accept-language", "accept-charset", "connection",
+     "keep-alive", "cookie", "set-cookie", "content-type", "content-length", "content-encoding", "referer", "origin",
+     "authorization", "cache-control", "pragma", "date", "via", "x-forwarded-for", "x-forwarded-proto",
+     "x-forwarded-host", "forwarded", "te", "transfer-encoding", "upgrade", "if-none-match", "if-modified-since",
+     "etag", "last-modified", "server", "vary", "expires", "age", "location", "range", "content-range",
+     "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user", "sec-ch-ua", "sec-ch-ua-mobile",
+     "sec-ch-ua-platform", "upgrade-insecure-requests", "dnt", "priority", "alt-svc", "strict-transport-security"}
+)  # fmt: skip
+"""Fields clients, proxies and servers send for themselves (RFC 9110's, the fetch metadata, the forwarding chain):
+left out of the third reading, which is what an application's own fields hold."""
+
+
+def joined(fields: Iterable[tuple[str, str]]) -> list[bytes]:
+    """The joined readings of ``fields`` (name, value; trailers after the header fields), each at least
+    `JOINED_MIN` bytes and given once, in the order described above."""
+    named = [(name.lower(), value.encode("utf-8", "surrogateescape")) for name, value in fields]
+    groups: dict[str, list[bytes]] = {}
+    for name, value in named:
+        groups.setdefault(name, []).append(value)
+    readings = [values for values in groups.values() if len(values) > 1]
+    values = [value for _, value in named]
+    own = [value for name, value in named if name not in STANDARD]
+    readings += [values] if len(values) > 1 else []
+    readings += [own] if 1 < len(own) < len(values) else []
+    return _pieces(readings)
+
+
+def _pieces(readings: Sequence[list[bytes]]) -> list[bytes]:
+    found: dict[bytes, None] = {}
+    for values in readings:
+        for joiner in JOINERS:
+            text = joiner.join(values)
+            if len(text) >= JOINED_MIN:
+                found[text] = None
+    return list(found)
