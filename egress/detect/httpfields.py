@@ -39,15 +39,26 @@ def joined(fields: Iterable[tuple[str, str]]) -> list[bytes]:
     """The joined readings of ``fields`` (name, value; trailers after the header fields), each at least
     `JOINED_MIN` bytes and given once, in the order described above."""
     named = [(name.lower(), value.encode("utf-8", "surrogateescape")) for name, value in fields]
-    groups: dict[str, list[bytes]] = {}
-    for name, value in named:
-        groups.setdefault(name, []).append(value)
-    readings = [values for values in groups.values() if len(values) > 1]
+    readings = [values for values in _groups(named).values() if len(values) > 1]
     values = [value for _, value in named]
     own = [value for name, value in named if name not in STANDARD]
     readings += [values] if len(values) > 1 else []
     readings += [own] if 1 < len(own) < len(values) else []
     return _pieces(readings)
+
+
+def by_name(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, bytes], ...]:
+    """Each field name (lower case) with its values concatenated, in the order the names first come: what a
+    connection's rolling join appends per message (`egress.proxy.mitm.inspect.BodyStreams.fields`)."""
+    named = [(name.lower(), value.encode("utf-8", "surrogateescape")) for name, value in fields]
+    return tuple((name, b"".join(values)) for name, values in _groups(named).items())
+
+
+def _groups(named: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
+    groups: dict[str, list[bytes]] = {}
+    for name, value in named:
+        groups.setdefault(name, []).append(value)
+    return groups
 
 
 def _pieces(readings: Sequence[list[bytes]]) -> list[bytes]:

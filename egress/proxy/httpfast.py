@@ -199,7 +199,7 @@ class _Exchange:
                 if request is None:
                     return False  # outside the subset, or not plainly allowed: mitmproxy decides it
                 parsed, raw, asked = request
-                joined = self._joined(partial(self.judge.joined, asked.body, True))
+                joined = self._joined(partial(self.judge.joined, asked, True))
                 if joined is not None and joined.action is Enforcement.BLOCK:
                     self.conn.recv(len(raw))  # read, so that the close after the 403 is not a reset that loses it
                     self._blocks(joined, parsed.host)

@@ -39,9 +39,9 @@ class Judge:
         self.meta = meta
         self.requests: dict[bytes, tuple[httpwire.Request, Read]] = {}
         """Requests judged clean on this connection, by their bytes."""
-        self.exchanges: dict[tuple[bytes, bytes], tuple[httpwire.Response, bytes]] = {}
-        """Responses judged clean with their request on this connection, by both's bytes (with the decoded body,
-        which still joins the connection's response bodies when the memo answers: `joined`)."""
+        self.exchanges: dict[tuple[bytes, bytes], tuple[httpwire.Response, Read]] = {}
+        """Responses judged clean with their request on this connection, by both's bytes (with the response as
+        read, whose body and fields still join the connection's responses when the memo answers: `rejoined`)."""
         self.bodies = BodyStreams(meta, gate.stream)
         """The connection's request bodies and response bodies, each direction joined (red team: Stratum cut
         across keep-alive bodies). Fed every body, whether the memo judged its exchange or not."""
@@ -95,20 +95,21 @@ class Judge:
         if finding is None and answer.problem is not None:
             finding = unidentified(f"response body: {answer.problem.why}")
         if finding is None:
-            finding = self.bodies.body(answer.body, False)
+            finding = self.bodies.message(answer, False)
         if finding is None and len(raw) + len(data) <= MEMO_BYTES:
-            keep_at_most(self.exchanges, MEMO)[(raw, data)] = (response, answer.body)
+            keep_at_most(self.exchanges, MEMO)[(raw, data)] = (response, answer)
         return finding
 
-    def joined(self, body: bytes, from_client: bool) -> Finding | None:
-        """A request's decoded body (its `Read.body`), joined to the connection's request bodies before it."""
-        return self.bodies.body(body, from_client)
+    def joined(self, asked: Read, from_client: bool) -> Finding | None:
+        """A request's decoded body and its fields, joined to the connection's requests before it
+        (`BodyStreams.message`)."""
+        return self.bodies.message(asked, from_client)
 
     def rejoined(self, raw: bytes, data: bytes) -> Finding | None:
         """A response the memo judged clean with its request (`judged`): its body joined to the connection's
         response bodies before it, which the memo does not know."""
         known = self.exchanges.get((raw, data))
-        return self.bodies.body(known[1], False) if known is not None else None
+        return self.bodies.message(known[1], False) if known is not None else None
 
 
 def keep_at_most[K, V](memo: dict[K, V], size: int) -> dict[K, V]:

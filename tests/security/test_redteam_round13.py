@@ -10,9 +10,11 @@ connection: plain HTTP/1.1 (the front's own fast path, or mitmproxy when it hand
 chunked bodies), HTTP/1.1 in TLS and HTTP/2 in TLS (both decrypted by mitmproxy).
 
 Ground truth: the site's log (``pool got METHOD via READING``: the call reached the site whole) and the record in
-Redis. Rows that leaked when the round was played (2026-12-03, on main at b79acc3: every attack row) are closed by
-`egress.detect.httpfields`; see docs/security.md, "Thirteenth round". Controls: ordinary repeated fields (cookies,
-Accept, Via, X-Forwarded-For, JSON trace fields) and a response's 40 ``Set-Cookie`` fields pass.
+Redis. Rows that leaked when the round was played (2026-12-03, on main at b79acc3: every attack row but HTTP/1.1
+trailers, which mitmproxy refuses) are closed by `egress.detect.httpfields` and, for the pieces sent one per
+request, by `egress.proxy.mitm.inspect.BodyStreams.fields`; see docs/security.md, "Thirteenth round". Controls: ordinary
+repeated fields (cookies, Accept, Via, X-Forwarded-For, JSON trace fields) and a response's 40 ``Set-Cookie``
+fields pass.
 """
 
 from __future__ import annotations
@@ -39,6 +41,9 @@ CONTROLS = ("benign-repeats", "benign-set-cookies")
 ATTACKS = [variant for variant in VARIANTS if variant not in CONTROLS]
 OPEN: dict[str, str] = {}
 """Rows still open (strict xfail), by ``MODE-VARIANT``."""
+REASONS = {"plain-trailers": ("mining", "tunnel"), "tls-trailers": ("mining", "tunnel")}
+"""Rows refused otherwise: mitmproxy's HTTP/1 reader does not take a request's trailers (it raises; the connection
+is closed and recorded as an inspection error, `egress.proxy.mitm.crashes`). They leaked nothing on main either."""
 
 
 @pytest.fixture(scope="module")
@@ -86,7 +91,7 @@ def test_no_pool_call_cut_across_fields_reaches_a_site_that_joins_them(
     note = f"site read {got}; answers {[line[:40] for line in answers]}"
     report(f"redteam13/{mode}-{variant}", "mining", leaked, bool(got), reason or None, note)
     assert not got, note
-    assert reason == "mining", (reason, note)
+    assert reason in REASONS.get(f"{mode}-{variant}", ("mining",)), (reason, note)
 
 
 @pytest.mark.parametrize("mode", sorted(MODES))

@@ -182,12 +182,13 @@ class FlowHooks:
         self.bodies: weakref.WeakKeyDictionary[connection.Client, BodyStreams] = weakref.WeakKeyDictionary()
         """Each client connection's request and response bodies, joined per direction (`BodyStreams`)."""
 
-    def _joined(self, flow: http.HTTPFlow, body: bytes, from_client: bool) -> Finding | None:
-        """``body`` joined to the bodies before it on the flow's client connection, in its direction."""
+    def _joined(self, flow: http.HTTPFlow, message: Read, from_client: bool) -> Finding | None:
+        """``message``'s body and fields joined to those before it on the flow's client connection, in its
+        direction (`BodyStreams.message`)."""
         streams = self.bodies.get(flow.client_conn)
         if streams is None:
             streams = self.bodies[flow.client_conn] = BodyStreams(flow_meta(flow), self.gate.stream)
-        return streams.body(body, from_client)
+        return streams.message(message, from_client)
 
     def _judge(self, flow: http.HTTPFlow, sandbox: Sandbox, finding: Finding | None) -> Verdict | None:
         """Report a finding's verdict; the verdict when it blocks."""
@@ -223,7 +224,7 @@ class FlowHooks:
         if finding is None and request.problem is not None:
             finding = unidentified(f"request body: {request.problem.why}")
         if finding is None:
-            finding = self._joined(flow, request.body, True)
+            finding = self._joined(flow, request, True)
         blocked = self._judge(flow, sandbox, finding)
         if blocked is not None:
             answer_blocked(flow, blocked)
@@ -247,7 +248,7 @@ class FlowHooks:
         if finding is None and answer.problem is not None:
             finding = unidentified(f"response body: {answer.problem.why}")
         if finding is None:
-            finding = self._joined(flow, answer.body, False)
+            finding = self._joined(flow, answer, False)
         blocked = self._judge(flow, sandbox, finding)
         if blocked is not None:
             answer_blocked(flow, blocked)

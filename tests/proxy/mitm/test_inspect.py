@@ -8,13 +8,17 @@ from urllib.parse import quote
 
 import pytest
 
-from egress.detect.base import Category, FlowMeta, FlowView, Result, Transport
+from egress.detect.base import Category, Detector, Finding, FlowMeta, FlowView, Result, Transport
 from egress.detect.httpread import start_pieces
+from egress.proxy.mitm import inspect
 from egress.proxy.mitm.inspect import (
+    FIELD_STREAMS,
+    POOL_DETECTORS,
     BodyStreams,
     Message,
     WebSocketInspection,
     inspect_exchange,
+    pool_detectors,
     read,
     websocket_tunnel,
 )
@@ -189,3 +193,102 @@ def test_bodies_without_a_bracket_or_seen_before_cost_no_run() -> None:
     for _ in range(100):
         streams.body(b'{"status":"ok"}', False)  # the joined window now repeats: the memo answers
     assert len(counted) == runs
+
+
+CALL = SUBSCRIBE.strip().decode()
+LONG_AGENT = "Mozilla/5.0 (X11; Linux x86_64) AppleWebKit/537.36 (KHTML, like Gecko) Chrome/126.0 Safari/537.36"
+
+
+def _cut(text: str, size: int) -> list[str]:
+    return [text[at : at + size] for at in range(0, len(text), size)]
+
+
+FIELD_CUTS = {
+    "repeated-name": [("X-A", piece) for piece in _cut(CALL, 10)],
+    "repeated-name-at-commas": [("X-A", '{"id":1'), ("X-A", '"method":"mining.subscribe"'), ("X-A", '"params":[]}')],
+    "distinct-short-fields": [(f"X-{n}", piece) for n, piece in enumerate(_cut(CALL, 3))],
+    "innocent-between": [
+        *[(f"X-{n}", piece) for n, piece in enumerate(_cut(CALL[:24], 4))],
+        ("User-Agent", LONG_AGENT),
+        *[(f"X-{n}", piece) for n, piece in enumerate(_cut(CALL[24:], 4), 6)],
+    ],
+    "cut-in-escape": [("X-A", '{"id":1,"method":"\\u00'), ("X-A", '6dining.subscribe","params":[]}')],
+}
+
+
+@pytest.mark.parametrize("fields", FIELD_CUTS.values(), ids=FIELD_CUTS.keys())
+def test_a_call_cut_across_header_fields_is_read_joined(fields: list[tuple[str, str]]) -> None:
+    """Red team 13: no field alone holds the call (each too short, or not a whole call), the fields joined do."""
+    message = Message("GET /api HTTP/1.1", (("Host", "allowed.test"), *fields), b"")
+    found = inspect_exchange(META, make_gate().stream, read(message))
+    assert found is not None and found.category is Category.MINING
+
+
+def test_a_call_cut_across_trailers_and_a_pool_answer_across_response_fields_are_read_joined() -> None:
+    stream = make_gate().stream
+    trailers = tuple(("X-A", piece) for piece in _cut(CALL, 10))
+    request = read(Message("POST /api HTTP/1.1", (("Host", "allowed.test"),), b"ping", trailers))
+    found = inspect_exchange(META, stream, request)
+    assert found is not None and found.category is Category.MINING
+    notify = '{"id":null,"method":"mining.notify","params":["j","00",[],"1",true]}'
+    plain = read(Message("GET / HTTP/1.1", (("Host", "allowed.test"),), b""))
+    answer = read(Message("HTTP/1.1 200 OK", tuple(("X-Job", piece) for piece in _cut(notify, 8)), b"ok"))
+    found = inspect_exchange(META, stream, plain, answer)
+    assert found is not None and found.category is Category.MINING
+
+
+def test_ordinary_repeated_fields_are_clean() -> None:
+    fields = (
+        ("Host", "allowed.test"),
+        *[("Cookie", f"session{n}=abcdef{n}") for n in range(12)],
+        *[("Accept", kind) for kind in ("text/html", "application/json;q=0.9", "*/*;q=0.8")],
+        *[("Via", f"1.1 proxy{n}.example") for n in range(6)],
+        *[("X-Forwarded-For", hop) for hop in ("203.0.113.7", "198.51.100.2, 192.0.2.44", "10.0.0.9")],
+        *[("X-Trace", trace) for trace in ('{"span":1}', '{"span":2}', '["a","b"]')],
+        ("User-Agent", LONG_AGENT),
+    )
+    request = read(Message("GET / HTTP/1.1", fields, b""))
+    cookies = tuple(("Set-Cookie", f"c{n}=v{n}; Path=/; HttpOnly") for n in range(40))
+    answer = read(Message("HTTP/1.1 200 OK", (("Content-Type", "text/html"), *cookies), b"<html></html>"))
+    assert inspect_exchange(META, make_gate().stream, request, answer) is None
+
+
+def test_joined_fields_are_read_by_the_pool_detectors_only() -> None:
+    stream = make_gate().stream
+    pools = pool_detectors(stream)
+    assert pools and set(pools) <= POOL_DETECTORS and len(pools) < len(stream)
+    assert pool_detectors(stream) is pools
+
+
+@pytest.mark.parametrize("from_client", [True, False], ids=["requests", "responses"])
+def test_a_call_cut_one_field_piece_per_message_is_read_joined_on_the_connection(from_client: bool) -> None:
+    """Red team 13's per-request row: one 4-byte piece per keep-alive message, in one field name."""
+    streams, found = BodyStreams(SPLIT_META, make_gate().stream), None
+    start = "GET / HTTP/1.1" if from_client else "HTTP/1.1 200 OK"
+    for piece in _cut(CALL, 4):
+        message = read(Message(start, (("Host", "allowed.test"), ("X-A", piece), ("Accept", "*/*")), b""))
+        found = found or streams.message(message, from_client)
+    assert found is not None and found.category is Category.MINING
+
+
+def test_ordinary_fields_on_a_long_connection_run_nothing_and_too_many_opened_fields_fail_closed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    runs: list[bytes] = []
+    run = inspect._run
+
+    def counting(
+        meta: FlowMeta, detectors: tuple[Detector, ...], client: bytes, server: bytes, cap: int
+    ) -> Finding | None:
+        runs.append(client)
+        return run(meta, detectors, client, server, cap)
+
+    monkeypatch.setattr(inspect, "_run", counting)
+    streams = BodyStreams(SPLIT_META, make_gate().stream)
+    ordinary = (("Host", "allowed.test"), ("User-Agent", LONG_AGENT), ("Cookie", "a=1; b=2"), ("Accept", "*/*"))
+    for _ in range(200):
+        assert streams.message(read(Message("GET / HTTP/1.1", ordinary, b"")), True) is None
+    assert runs == []
+    opened = tuple((f"X-{n}", f'{{"n":{n}}}') for n in range(FIELD_STREAMS + 1))
+    found = streams.message(read(Message("GET / HTTP/1.1", opened, b"")), True)
+    assert found is not None and found.category is Category.TUNNEL

@@ -1,0 +1,39 @@
+"""egress.detect.httpfields: the readings of a message's fields joined as a server joins them."""
+
+from __future__ import annotations
+
+from egress.detect.httpfields import JOINED_MIN, by_name, joined
+
+CALL = '{"id":1,"method":"mining.subscribe","params":[]}'
+
+
+def test_a_repeated_name_is_joined_with_a_comma_and_without() -> None:
+    fields = [("Host", "allowed.test"), ("X-A", '{"id":1'), ("x-a", '"method":"mining.subscribe"'), ("X-A", "}")]
+    readings = joined(fields)
+    assert b'{"id":1, "method":"mining.subscribe", }' in readings
+    assert b'{"id":1"method":"mining.subscribe"}' in readings
+
+
+def test_every_value_in_order_and_the_application_s_own_fields_alone() -> None:
+    pieces = [CALL[at : at + 4] for at in range(0, len(CALL), 4)]
+    fields = [(f"X-{n}", piece) for n, piece in enumerate(pieces)]
+    fields.insert(6, ("User-Agent", "Mozilla/5.0 (X11; Linux x86_64) " * 3))
+    readings = joined([("Host", "allowed.test"), *fields])
+    assert CALL.encode() in readings  # the x- fields without Host and the User-Agent between them
+    assert b"allowed.test" + b"".join(piece.encode() for piece in pieces[:6]) in b"".join(readings)
+
+
+def test_nothing_short_or_single_is_given() -> None:
+    assert joined([("Host", "allowed.test")]) == []
+    assert joined([("A", "x"), ("B", "y")]) == []  # shorter than JOINED_MIN
+    assert all(len(reading) >= JOINED_MIN for reading in joined([("A", "12345678"), ("A", "12345678")]))
+
+
+def test_each_reading_is_given_once() -> None:
+    readings = joined([("X-A", "0123456789"), ("X-A", "abcdefghij")])
+    assert len(readings) == len(set(readings)) == 2  # the name's and every value's readings are the same
+
+
+def test_by_name_concatenates_each_name_s_values_in_order() -> None:
+    fields = [("Host", "h"), ("X-A", "ab"), ("Accept", "*/*"), ("x-a", "cd")]
+    assert by_name(fields) == (("host", b"h"), ("x-a", b"abcd"), ("accept", b"*/*"))
