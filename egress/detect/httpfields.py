@@ -47,11 +47,19 @@ def joined(fields: Iterable[tuple[str, str]]) -> list[bytes]:
     return _pieces(readings)
 
 
+OWN: Final = ""
+"""The name `by_name` gives the values of the fields that are not `STANDARD`, concatenated in order (no field is
+named so)."""
+
+
 def by_name(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, bytes], ...]:
-    """Each field name (lower case) with its values concatenated, in the order the names first come: what a
-    connection's rolling join appends per message (`egress.proxy.mitm.inspect.BodyStreams.fields`)."""
+    """Each field name (lower case) with its values concatenated, in the order the names first come, then `OWN`
+    with the values of the fields that are not `STANDARD`: what a connection's rolling join appends per message
+    (`egress.proxy.mitm.inspect.BodyStreams.fields`; an application that keeps its own fields' pieces across
+    requests, under one name or one name per request)."""
     named = [(name.lower(), value.encode("utf-8", "surrogateescape")) for name, value in fields]
-    return tuple((name, b"".join(values)) for name, values in _groups(named).items())
+    own = b"".join(value for name, value in named if name not in STANDARD)
+    return (*((name, b"".join(values)) for name, values in _groups(named).items()), (OWN, own))
 
 
 def _groups(named: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:

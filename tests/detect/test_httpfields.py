@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from egress.detect.httpfields import JOINED_MIN, by_name, joined
+from egress.detect.httpfields import JOINED_MIN, OWN, by_name, joined
 
 CALL = '{"id":1,"method":"mining.subscribe","params":[]}'
 
@@ -36,4 +36,4 @@ def test_each_reading_is_given_once() -> None:
 
 def test_by_name_concatenates_each_name_s_values_in_order() -> None:
     fields = [("Host", "h"), ("X-A", "ab"), ("Accept", "*/*"), ("x-a", "cd")]
-    assert by_name(fields) == (("host", b"h"), ("x-a", b"abcd"), ("accept", b"*/*"))
+    assert by_name(fields) == (("host", b"h"), ("x-a", b"abcd"), ("accept", b"*/*"), (OWN, b"abcd"))

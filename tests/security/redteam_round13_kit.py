@@ -5,13 +5,14 @@ attacker's site on allowed.lab, which joins them. Fake both ends: no mining soft
 plain port and TLS on the other (ALPN ``h2`` or ``http/1.1``, the lab's allowed.lab certificate). For every request
 it reads the fields as a site that joins them would (`readings`: each repeated name's values joined with ``", "``
 and ``""``, the ``x-`` fields in order joined the same two ways, and, per connection, each name's values across
-its requests joined), and when one reading holds a pool call (JSON from its first ``{``, escapes decoded) it prints
-``pool got METHOD via READING`` and answers the call's result; anything else is answered ``hello``. ``GET /cookies``
-answers `COOKIES` ``Set-Cookie`` fields (the control of long lists in a response).
+its requests joined, and all its ``x-`` fields' values), and when one reading holds a pool call (JSON from its
+first ``{``, escapes decoded) it prints ``pool got METHOD via READING`` and answers the call's result; anything
+else is answered ``hello``. ``GET /cookies`` answers `COOKIES` ``Set-Cookie`` fields (the control of long lists
+in a response).
 
 `client_main PORT MODE VARIANT CAFILE` (sandbox) resolves allowed.lab through the gateway, opens one connection
 (``plain``: HTTP/1.1 to PORT; ``tls``: HTTP/1.1 in TLS; ``h2``: HTTP/2 in TLS, trusting the gateway's CA), sends a
-plain ``GET /`` first (``first answer STATUS``, the control), then the variant's requests (`VARIANTS`), and prints
+plain ``GET /`` first (its answer first, the control), then the variant's requests (`VARIANTS`), and prints
 ``answer STATUS BODY`` for each.
 """
 
@@ -101,6 +102,7 @@ VARIANTS: dict[str, list[Request]] = {
     "xmrig-login": [(_named("x-a", cut(XMRIG, 12)), [])],
     "eth-submit-login": [(_named("x-a", cut(ETH, 12)), [])],
     "per-request-pieces": [(_named("x-a", [piece]), []) for piece in cut(STRATUM, 4)],
+    "per-request-names": [([(f"x-{n:02d}", piece)], []) for n, piece in enumerate(cut(STRATUM, 4))],
     # controls: fields that repeat in ordinary traffic
     "benign-repeats": [
         (
@@ -135,7 +137,7 @@ def readings(fields: Fields, before: dict[str, str]) -> dict[str, str]:
         for name, values in groups.items():
             found[f"{name}-{label}"] = joiner.join(values)
         found[f"own-{label}"] = joiner.join(own)
-    for name, values in groups.items():
+    for name, values in [*groups.items(), ("own", own)]:
         before[name] = before.get(name, "") + "".join(values)
         found[f"{name}-connection"] = before[name]
     return found

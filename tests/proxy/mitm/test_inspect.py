@@ -261,12 +261,17 @@ def test_joined_fields_are_read_by_the_pool_detectors_only() -> None:
 
 
 @pytest.mark.parametrize("from_client", [True, False], ids=["requests", "responses"])
-def test_a_call_cut_one_field_piece_per_message_is_read_joined_on_the_connection(from_client: bool) -> None:
-    """Red team 13's per-request row: one 4-byte piece per keep-alive message, in one field name."""
+@pytest.mark.parametrize("one_name", [True, False], ids=["one-name", "a-name-each"])
+def test_a_call_cut_one_field_piece_per_message_is_read_joined_on_the_connection(
+    from_client: bool, one_name: bool
+) -> None:
+    """Red team 13's per-request rows: one 4-byte piece per keep-alive message, in one field name or in a new
+    name each time."""
     streams, found = BodyStreams(SPLIT_META, make_gate().stream), None
     start = "GET / HTTP/1.1" if from_client else "HTTP/1.1 200 OK"
-    for piece in _cut(CALL, 4):
-        message = read(Message(start, (("Host", "allowed.test"), ("X-A", piece), ("Accept", "*/*")), b""))
+    for n, piece in enumerate(_cut(CALL, 4)):
+        name = "X-A" if one_name else f"X-{n}"
+        message = read(Message(start, (("Host", "allowed.test"), (name, piece), ("Accept", "*/*")), b""))
         found = found or streams.message(message, from_client)
     assert found is not None and found.category is Category.MINING
 
