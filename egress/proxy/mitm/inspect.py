@@ -237,10 +237,12 @@ class BodyStreams:
     no bracket or request markup (a direction's first body, or plain text: `inspect_exchange` judged each alone),
     nor for a joined window judged clean before (`JOINED_MEMO`).
 
-    Each field name's values are joined the same way across the connection's messages, per direction (`fields`,
-    red team 13: a call cut one piece per request into one field), and read by the pool detectors; a direction
-    whose fields open more than `FIELD_STREAMS` such streams is unidentified (dropping one would let its pieces
-    pass)."""
+    Each request field name's values, and the application's own fields' values together, are joined the same way
+    across the connection's requests (`fields`, red team 13: a call cut one piece per request into one field, or
+    into a new field each time), and read by the pool detectors; requests whose fields open more than
+    `FIELD_STREAMS` such streams are unidentified (dropping one would let its pieces pass). Not responses: their
+    JSON fields that repeat on every answer (``Report-To``, ``NEL``) cost 400-600 µs per exchange joined, and a
+    pool's answers give it away only after its calls crossed (docs/security.md, "Thirteenth round")."""
 
     __slots__ = ("meta", "detectors", "tails", "clean")
 
@@ -254,23 +256,24 @@ class BodyStreams:
         """Joined windows judged clean (by all the detectors, or the pool detectors only), oldest first."""
 
     def message(self, read: Read, from_client: bool) -> Finding | None:
-        """Judge a message's body and its fields (`Read.named`) joined to its direction's before them."""
-        return self.body(read.body, from_client) or self.fields(read.named, from_client)
+        """Judge a message's body joined to its direction's bodies before it, and a request's fields
+        (`Read.named`) joined to the requests' before them."""
+        found = self.body(read.body, from_client)
+        return found if found is not None or not from_client else self.fields(read.named)
 
     def body(self, body: bytes, from_client: bool) -> Finding | None:
         """Judge ``body`` (decoded) joined to its direction's bodies before it."""
         return self._join((from_client, None), body, self.detectors)
 
-    def fields(self, named: Iterable[tuple[str, bytes]], from_client: bool) -> Finding | None:
-        """Judge each field name's values (``named``, `egress.detect.httpfields.by_name`) joined to that name's
-        values before them in the direction."""
+    def fields(self, named: Iterable[tuple[str, bytes]]) -> Finding | None:
+        """Judge each request field name's values (``named``, `egress.detect.httpfields.by_name`) joined to that
+        name's values in the connection's requests before."""
         pools = pool_detectors(self.detectors)
         for name, value in named:
-            found = self._join((from_client, name), value, pools)
+            found = self._join((True, name), value, pools)
             if found is not None:
                 return found
-        opened = sum(1 for side, name in self.tails if side is from_client and name is not None)
-        if opened > FIELD_STREAMS:
+        if sum(1 for _, name in self.tails if name is not None) > FIELD_STREAMS:
             return unidentified(f"more than {FIELD_STREAMS} header fields opening JSON or XML on one connection")
         return None
 
