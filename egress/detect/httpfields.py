@@ -13,12 +13,18 @@ hide them). A private choice of fields in a private order is a private encoding,
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable, Sequence
 from typing import Final
 
 JOINERS: Final = (b", ", b"")
 """How a recipient joins values: as HTTP combines a repeated field (``", "``; ``","`` reads the same to the JSON
 detectors, whitespace between tokens being insignificant), and as an application concatenates them."""
+_OPENS: Final = re.compile(rb"[{\[<]|[^\x20-\x7e]")
+"""What a pool detector needs to read a call or an answer at all: a JSON bracket, XML markup, or a byte that is
+not printable ASCII (the binary encodings; `egress.detect.packed` skips windows of text, `egress.detect.binrpc`
+counts a text head only near a binary byte). A reading without one is not given: printable text with no bracket
+is nothing any of them names, and no reading costs a run for nothing."""
 JOINED_MIN: Final = 16
 """A joined reading shorter than this is not a piece (as `egress.proxy.mitm.inspect.PIECE_MIN`: no call is that
 short)."""
@@ -74,6 +80,6 @@ def _pieces(readings: Sequence[list[bytes]]) -> list[bytes]:
     for values in readings:
         for joiner in JOINERS:
             text = joiner.join(values)
-            if len(text) >= JOINED_MIN:
+            if len(text) >= JOINED_MIN and _OPENS.search(text) is not None:
                 found[text] = None
     return list(found)

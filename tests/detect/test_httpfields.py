@@ -26,11 +26,19 @@ def test_every_value_in_order_and_the_application_s_own_fields_alone() -> None:
 def test_nothing_short_or_single_is_given() -> None:
     assert joined([("Host", "allowed.test")]) == []
     assert joined([("A", "x"), ("B", "y")]) == []  # shorter than JOINED_MIN
-    assert all(len(reading) >= JOINED_MIN for reading in joined([("A", "12345678"), ("A", "12345678")]))
+    assert all(len(reading) >= JOINED_MIN for reading in joined([("A", "{2345678"), ("A", "12345678")]))
+    assert joined([("Via", "1.1 proxy1.example"), ("Via", "1.1 proxy2.example")]) == []  # text: nothing to read
+
+
+def test_a_reading_with_a_bracket_markup_or_binary_bytes_is_given() -> None:
+    for opening in ("{", "[", "<", "\x81"):
+        assert joined([("X-A", f"{opening}1234567"), ("X-A", "abcdefgh")]) != [], (
+            opening
+        )
 
 
 def test_each_reading_is_given_once() -> None:
-    readings = joined([("X-A", "0123456789"), ("X-A", "abcdefghij")])
+    readings = joined([("X-A", "{123456789"), ("X-A", "abcdefghij")])
     assert len(readings) == len(set(readings)) == 2  # the name's and every value's readings are the same
 
 
