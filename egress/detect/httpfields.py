@@ -25,6 +25,7 @@ _OPENS: Final = re.compile(rb"[{\[<]|[^\x20-\x7e]")
 not printable ASCII (the binary encodings; `egress.detect.packed` skips windows of text, `egress.detect.binrpc`
 counts a text head only near a binary byte). A reading without one is not given: printable text with no bracket
 is nothing any of them names, and no reading costs a run for nothing."""
+_OPENS_TEXT: Final = re.compile(r"[{\[<]|[^\x20-\x7e]")
 JOINED_MIN: Final = 16
 """A joined reading shorter than this is not a piece (as `egress.proxy.mitm.inspect.PIECE_MIN`: no call is that
 short)."""
@@ -39,6 +40,11 @@ STANDARD: Final = frozenset(
 )  # fmt: skip
 """Fields clients, proxies and servers send for themselves (RFC 9110's, the fetch metadata, the forwarding chain):
 left out of the third reading, which is what an application's own fields hold."""
+
+
+def opens(fields: Iterable[tuple[str, str]]) -> bool:
+    """Some value of ``fields`` holds what a pool detector needs (`_OPENS`): else no reading of them can."""
+    return _OPENS_TEXT.search("".join(value for _, value in fields)) is not None
 
 
 def joined(fields: Iterable[tuple[str, str]]) -> list[bytes]:

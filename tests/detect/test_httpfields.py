@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from egress.detect.httpfields import JOINED_MIN, OWN, by_name, joined
+from egress.detect.httpfields import JOINED_MIN, OWN, by_name, joined, opens
 
 CALL = '{"id":1,"method":"mining.subscribe","params":[]}'
 
@@ -45,3 +45,9 @@ def test_each_reading_is_given_once() -> None:
 def test_by_name_concatenates_each_name_s_values_in_order() -> None:
     fields = [("Host", "h"), ("X-A", "ab"), ("Accept", "*/*"), ("x-a", "cd")]
     assert by_name(fields) == (("host", b"h"), ("x-a", b"abcd"), ("accept", b"*/*"), (OWN, b"abcd"))
+
+
+def test_opens_says_whether_any_value_could_open_a_reading() -> None:
+    assert not opens([("Host", "allowed.test"), ("Accept", "*/*"), ("Via", "1.1 a, 1.1 b")])
+    assert opens([("Host", "allowed.test"), ("X-A", '"x":{')])
+    assert opens([("X-A", "caf\u00e9")])  # not ASCII: a binary encoding's bytes

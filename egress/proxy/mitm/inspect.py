@@ -111,9 +111,10 @@ class Read:
     """The decoded body (`BodyStreams` joins a connection's)."""
     joined: tuple[bytes, ...] = ()
     """The header and trailer fields joined as a server joins them (`egress.detect.httpfields.joined`)."""
-    named: tuple[tuple[str, bytes], ...] = ()
-    """Each field name's values concatenated (`egress.detect.httpfields.by_name`; `BodyStreams.fields` joins a
-    connection's)."""
+    fields: tuple[tuple[str, str], ...] = ()
+    """The header fields, then the trailer fields (`BodyStreams.fields` joins a connection's requests')."""
+    opens: bool = False
+    """Some field value holds what a pool detector needs (`egress.detect.httpfields.opens`)."""
 
 
 def read(message: Message) -> Read:
@@ -133,7 +134,9 @@ def read(message: Message) -> Read:
     kept = tuple(piece for piece in pieces if len(piece) >= PIECE_MIN or piece is body)
     fields = (*message.fields, *message.trailers)
     problem = Problem(decoded.problem) if decoded.problem else None
-    return Read(canonical, kept, problem, body, tuple(httpfields.joined(fields)), httpfields.by_name(fields))
+    opens = httpfields.opens(fields)
+    joined = tuple(httpfields.joined(fields)) if opens else ()
+    return Read(canonical, kept, problem, body, joined, fields, opens)
 
 
 def inspect_exchange(
@@ -257,19 +260,22 @@ class BodyStreams:
 
     def message(self, read: Read, from_client: bool) -> Finding | None:
         """Judge a message's body joined to its direction's bodies before it, and a request's fields
-        (`Read.named`) joined to the requests' before them."""
+        (`Read.fields`) joined to the requests' before them."""
         found = self.body(read.body, from_client)
-        return found if found is not None or not from_client else self.fields(read.named)
+        return found if found is not None or not from_client else self.fields(read)
 
     def body(self, body: bytes, from_client: bool) -> Finding | None:
         """Judge ``body`` (decoded) joined to its direction's bodies before it."""
         return self._join((from_client, None), body, self.detectors)
 
-    def fields(self, named: Iterable[tuple[str, bytes]]) -> Finding | None:
-        """Judge each request field name's values (``named``, `egress.detect.httpfields.by_name`) joined to that
-        name's values in the connection's requests before."""
+    def fields(self, request: Read) -> Finding | None:
+        """Judge each of a request's field names' values (`egress.detect.httpfields.by_name`) joined to that
+        name's values in the connection's requests before. Nothing to do while no name's stream is open and no
+        value could open one (`Read.opens`)."""
+        if not request.opens and not any(name is not None for _, name in self.tails):
+            return None
         pools = pool_detectors(self.detectors)
-        for name, value in named:
+        for name, value in httpfields.by_name(request.fields):
             found = self._join((True, name), value, pools)
             if found is not None:
                 return found
