@@ -55,8 +55,12 @@ SHAPES = {
                                            b"<html>" + b"x" * 2000 + b"</html>")),
     "API POST + JSON answer": (Message("POST /v1/q HTTP/1.1", API, b'{"query":"weather","city":"Lyon"}'),
                                Message("HTTP/1.1 200 OK", (("Content-Type", "application/json"),), b'{"ok":true}')),
+    "API POST, a JSON field on every request": (Message("POST /v1/q HTTP/1.1", (*API, ("X-Client", '{"sdk":"js",'
+                                                '"v":"2.1.0"}')), b'{"query":"weather"}'), Message("HTTP/1.1 200 OK",
+                                                (("Content-Type", "application/json"),), b'{"ok":true}')),
 }  # fmt: skip
-"""Ordinary exchanges: a browser's navigation (the page's answer with reporting headers and cookies), an API call."""
+"""Ordinary exchanges: a browser's navigation (the page's answer with reporting headers and cookies), an API call,
+the same with a field whose JSON value every request repeats (the connection's join of it grows to its window)."""
 
 
 def _judge(stream: tuple[Detector, ...], request: Read, response: Read, bodies: BodyStreams) -> None:

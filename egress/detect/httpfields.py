@@ -30,16 +30,27 @@ JOINED_MIN: Final = 16
 """A joined reading shorter than this is not a piece (as `egress.proxy.mitm.inspect.PIECE_MIN`: no call is that
 short)."""
 STANDARD: Final = frozenset(
-    {"host", "user-agent", "accept", "accept-encoding", "accept-language", "accept-charset", "connection",
-     "keep-alive", "cookie", "set-cookie", "content-type", "content-length", "content-encoding", "referer", "origin",
-     "authorization", "cache-control", "pragma", "date", "via", "x-forwarded-for", "x-forwarded-proto",
-     "x-forwarded-host", "forwarded", "te", "transfer-encoding", "upgrade", "if-none-match", "if-modified-since",
-     "etag", "last-modified", "server", "vary", "expires", "age", "location", "range", "content-range",
-     "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user", "sec-ch-ua", "sec-ch-ua-mobile",
-     "sec-ch-ua-platform", "upgrade-insecure-requests", "dnt", "priority", "alt-svc", "strict-transport-security"}
+    {"host", "user-agent", "accept", "accept-encoding", "accept-language", "accept-charset", "accept-ranges",
+     "connection", "keep-alive", "cookie", "set-cookie", "content-type", "content-length", "content-encoding",
+     "content-language", "content-disposition", "content-location", "content-range", "range", "referer", "origin",
+     "authorization", "proxy-authorization", "www-authenticate", "proxy-authenticate", "cache-control", "pragma",
+     "date", "age", "expires", "etag", "last-modified", "if-match", "if-none-match", "if-modified-since",
+     "if-unmodified-since", "if-range", "vary", "via", "forwarded", "x-forwarded-for", "x-forwarded-proto",
+     "x-forwarded-host", "te", "trailer", "transfer-encoding", "upgrade", "expect", "server", "location",
+     "retry-after", "allow", "alt-svc", "strict-transport-security", "link", "priority", "dnt",
+     "upgrade-insecure-requests", "sec-fetch-site", "sec-fetch-mode", "sec-fetch-dest", "sec-fetch-user",
+     "sec-ch-ua", "sec-ch-ua-mobile", "sec-ch-ua-platform", "accept-ch", "report-to", "nel", "reporting-endpoints",
+     "content-security-policy", "content-security-policy-report-only", "permissions-policy", "referrer-policy",
+     "cross-origin-opener-policy", "cross-origin-embedder-policy", "cross-origin-resource-policy",
+     "x-content-type-options", "x-frame-options", "access-control-allow-origin", "access-control-allow-methods",
+     "access-control-allow-headers", "access-control-allow-credentials", "access-control-expose-headers",
+     "access-control-max-age", "access-control-request-method", "access-control-request-headers",
+     "timing-allow-origin", "server-timing", "traceparent", "tracestate", "baggage"}
 )  # fmt: skip
-"""Fields clients, proxies and servers send for themselves (RFC 9110's, the fetch metadata, the forwarding chain):
-left out of the third reading, which is what an application's own fields hold."""
+"""Fields clients, proxies and servers send for themselves (RFC 9110's and the IANA registry's common ones, the
+fetch metadata, the forwarding chain, CORS, reporting, tracing): left out of the third reading and of `OWN`, which
+are what an application's own fields hold. Their values are still read alone, joined per repeated name, and in
+the reading of every value."""
 
 
 def opens(fields: Iterable[tuple[str, str]]) -> bool:
