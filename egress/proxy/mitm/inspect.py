@@ -222,6 +222,9 @@ class WebSocketInspection:
 JOINED_HEAD: Final = 1024
 """Bytes of a direction's joined bodies kept from their first bracket when they outgrow `WINDOW_MAX` (the rest is
 their last bytes): a message padded past the window inside a value still shows its start."""
+FIELD_WINDOW: Final = 4 * 1024
+"""`WINDOW_MAX` for a request field name's joined values (`BodyStreams.fields`): a field whose JSON value every
+request repeats grows its window to this, one run per request until it repeats (bench/fieldjoin.py)."""
 FIELD_STREAMS: Final = 32
 """Field names per direction of one connection whose values may open a joined stream (`BodyStreams.fields`)."""
 JOINED_MEMO: Final = 8
@@ -255,8 +258,8 @@ class BodyStreams:
         self.tails: dict[tuple[bool, str | None], bytes] = {}
         """Each direction's bodies (name None) and each field name's values so far, from their first bracket
         (their head and their last bytes)."""
-        self.clean: dict[tuple[bool, bytes], None] = {}
-        """Joined windows judged clean (by all the detectors, or the pool detectors only), oldest first."""
+        self.clean: dict[bool, dict[bytes, None]] = {True: {}, False: {}}
+        """Joined windows judged clean, oldest first: the bodies' (True), the fields' (False, by the pool detectors)."""
 
     def message(self, read: Read, from_client: bool) -> Finding | None:
         """Judge a message's body joined to its direction's bodies before it, and a request's fields
@@ -266,7 +269,7 @@ class BodyStreams:
 
     def body(self, body: bytes, from_client: bool) -> Finding | None:
         """Judge ``body`` (decoded) joined to its direction's bodies before it."""
-        return self._join((from_client, None), body, self.detectors)
+        return self._join((from_client, None), body, self.detectors, WINDOW_MAX)
 
     def fields(self, request: Read) -> Finding | None:
         """Judge each of a request's field names' values (`egress.detect.httpfields.by_name`) joined to that
@@ -276,14 +279,16 @@ class BodyStreams:
             return None
         pools = pool_detectors(self.detectors)
         for name, value in httpfields.by_name(request.fields):
-            found = self._join((True, name), value, pools)
+            found = self._join((True, name), value, pools, FIELD_WINDOW)
             if found is not None:
                 return found
         if sum(1 for _, name in self.tails if name is not None) > FIELD_STREAMS:
             return unidentified(f"more than {FIELD_STREAMS} header fields opening JSON or XML on one connection")
         return None
 
-    def _join(self, key: tuple[bool, str | None], data: bytes, detectors: tuple[Detector, ...]) -> Finding | None:
+    def _join(
+        self, key: tuple[bool, str | None], data: bytes, detectors: tuple[Detector, ...], window: int
+    ) -> Finding | None:
         from_client = key[0]
         if not data:
             return None
@@ -291,21 +296,21 @@ class BodyStreams:
         tail = before + data if before else _stream_start(data, from_client)
         if not tail:
             return None
-        if len(tail) > WINDOW_MAX:  # the start of what is open, and what came last: padding cuts neither
-            tail = tail[:JOINED_HEAD] + tail[JOINED_HEAD - WINDOW_MAX :]
+        if len(tail) > window:  # the start of what is open, and what came last: padding cuts neither
+            tail = tail[:JOINED_HEAD] + tail[JOINED_HEAD - window :]
         self.tails[key] = tail
         if not before:
             return None
-        joined = before + data[:WINDOW_MAX]
-        memo = (key[1] is None, joined)
-        if memo in self.clean:
+        joined = before + data[:window]
+        clean = self.clean[key[1] is None]
+        if joined in clean:
             return None
         client, server = (joined, b"") if from_client else (b"", joined)
         found = _run(self.meta, detectors, client, server, len(joined))
         if found is None:
-            if len(self.clean) >= JOINED_MEMO:
-                del self.clean[next(iter(self.clean))]
-            self.clean[memo] = None
+            if len(clean) >= JOINED_MEMO:
+                del clean[next(iter(clean))]
+            clean[joined] = None
         return found
 
 
