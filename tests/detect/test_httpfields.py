@@ -32,9 +32,7 @@ def test_nothing_short_or_single_is_given() -> None:
 
 def test_a_reading_with_a_bracket_markup_or_binary_bytes_is_given() -> None:
     for opening in ("{", "[", "<", "\x81"):
-        assert joined([("X-A", f"{opening}1234567"), ("X-A", "abcdefgh")]) != [], (
-            opening
-        )
+        assert joined([("X-A", f"{opening}1234567"), ("X-A", "abcdefgh")]) != [], opening
 
 
 def test_each_reading_is_given_once() -> None:
