@@ -294,8 +294,9 @@ def _h2_response(conn: h2.connection.H2Connection, sock: socket.socket, stream: 
             return f"closed {status} {body!r}"
         for event in conn.receive_data(data):
             if isinstance(event, h2.events.ResponseReceived) and event.stream_id == stream:
-                status = dict(event.headers).get(":status", "?")
-                cookies = sum(1 for name, _ in event.headers if name == "set-cookie")
+                headers = [(_text(name), _text(value)) for name, value in event.headers or []]
+                status = dict(headers).get(":status", "?")
+                cookies = sum(1 for name, _ in headers if name == "set-cookie")
             elif isinstance(event, h2.events.DataReceived) and event.stream_id == stream:
                 body += event.data
                 conn.acknowledge_received_data(event.flow_controlled_length, stream)
@@ -305,6 +306,11 @@ def _h2_response(conn: h2.connection.H2Connection, sock: socket.socket, stream: 
             elif isinstance(event, h2.events.ConnectionTerminated):
                 return f"closed {status} {body!r}"
         sock.sendall(conn.data_to_send())
+
+
+def _text(data: str | bytes) -> str:
+    """A field's name or value as text (h2 gives text with ``header_encoding``; its types say bytes)."""
+    return data.decode("latin-1") if isinstance(data, bytes) else data
 
 
 def client_main() -> None:
