@@ -226,7 +226,8 @@ FIELD_WINDOW: Final = 4 * 1024
 """`WINDOW_MAX` for a request field name's joined values (`BodyStreams.fields`): a field whose JSON value every
 request repeats grows its window to this, one run per request until it repeats (bench/fieldjoin.py)."""
 FIELD_STREAMS: Final = 32
-"""Field names per direction of one connection whose values may open a joined stream (`BodyStreams.fields`)."""
+"""Request field names of one connection whose values may open a joined stream (`BodyStreams.fields`); one more
+is unidentified."""
 JOINED_MEMO: Final = 8
 """Joined windows judged clean kept per connection (`BodyStreams`): a client polling one answer reaches a window
 that repeats once its stream is `WINDOW_MAX` long."""
