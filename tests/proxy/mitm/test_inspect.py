@@ -213,6 +213,7 @@ FIELD_CUTS = {
         *[(f"X-{n}", piece) for n, piece in enumerate(_cut(CALL[24:], 4), 6)],
     ],
     "cut-in-escape": [("X-A", '{"id":1,"method":"\\u00'), ("X-A", '6dining.subscribe","params":[]}')],
+    "xml-rpc": [("X-A", piece) for piece in _cut(XML_SUBMIT.decode().replace("\n", ""), 8)],
 }
 
 
