@@ -170,7 +170,9 @@ def _steps(
     """`step`'s answer from every start index, with ``tables`` (tcp, udp, icmp or none)."""
     buf, spans, stamps = records
     tcp, udp, *icmp = tables
-    return [step(buf, spans, stamps, start, tcp, udp, DONE, icmp[0] if icmp else None) for start in range(len(stamps) + 1)]
+    return [
+        step(buf, spans, stamps, start, tcp, udp, DONE, icmp[0] if icmp else None) for start in range(len(stamps) + 1)
+    ]
 
 
 def _step_checks(records: tuple[bytes, array[int], array[float]], tables: tuple[dict[bytes, object], ...]) -> None:
