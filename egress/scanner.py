@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.capture.hot import Fields, Implementation, Records, pure_asked
+from egress.capture.hot import Fields, Implementation, Records, Step, pure_asked
 from egress.capture.hot import implementation as _implementation
 from egress.capture.packet import (
     ACK,
@@ -120,7 +120,10 @@ class _Pass:
     def sweep(self, records: Records) -> None:
         """The fast path over one chunk: `egress.capture.hot.sweep` (compiled where it is built) passes over the
         records judged on their raw bytes (a decided flow's packet, a bare ACK of a flow being inspected, a frame
-        without IP) without making objects of them; each record it stops at goes to `packet`."""
+        without IP) without making objects of them; each record it stops at goes to `packet` (compiled: `_step`)."""
+        if self.impl.step is not None:
+            self._step(records, self.impl.step)
+            return
         flows = self.flows
         buf, spans, stamps = records.buf, records.spans, records.stamps
         skip = self.impl.sweep
@@ -134,6 +137,37 @@ class _Pass:
             )
             # a rotation in `packet` replaces the tables: asked for again each time
             index = skip(buf, spans, stamps, index + 1, flows.tcp, flows.udp, DONE, flows.icmp)
+        self.packets = base + count
+
+    def _step(self, records: Records, step: Step) -> None:
+        """`sweep` on the compiled path: `egress.capture.hot.step` also reads the common frame it stops at (its
+        segment, keys and entry), and what `packet` does with them is done here, inline; every other record goes
+        to `packet`. Same calls of `_inspect` with the same arguments, in the same order, as `packet` makes."""
+        flows = self.flows
+        buf, spans, stamps = records.buf, records.spans, records.stamps
+        base = self.packets
+        count = len(stamps)
+        index = 0
+        while index < count:
+            # a rotation replaces the tables: asked for again each time
+            stepped = step(buf, spans, stamps, index, flows.tcp, flows.udp, DONE, flows.icmp)
+            if isinstance(stepped, int):
+                index = stepped
+                if index < count:
+                    start = spans[3 * index]
+                    frame = buf[start : start + spans[3 * index + 1]]
+                    self.packet(stamps[index], spans[3 * index + 2], frame, base + index + 1)
+                index += 1
+                continue
+            index, segment, key, reverse, entry = stepped
+            proto, flags = segment[0], segment[6]
+            if entry is not DONE or (flags & SYN and proto == TCP and not flags & ACK):
+                ts, table = stamps[index], flows.tcp if proto == TCP else flows.udp
+                if ts >= flows.rotate_at or len(table) > MAX_TABLE_ENTRIES:
+                    self._rotate(ts)
+                    table, entry = flows.current[proto], None
+                self._inspect(proto, segment, key, reverse, table, entry, ts, base + index + 1, 0)
+            index += 1
         self.packets = base + count
 
     def packet(self, ts: float, linktype: int, frame: bytes, index: int, depth: int = 0) -> None:

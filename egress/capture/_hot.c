@@ -14,7 +14,7 @@
 #include <stdint.h>
 #include <string.h>
 
-#define HOT_ABI 4 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
+#define HOT_ABI 5 /* hot.py refuses a module of another ABI (a stale build) and runs the pure path */
 #ifndef HOT_SOURCE
 #define HOT_SOURCE "" /* setup.py defines it: the SHA-256 of this file, checked by hot.py against the source */
 #endif
@@ -138,6 +138,75 @@ static PyObject *frame_pcapng(PyObject *self, PyObject *args) {
     return Py_BuildValue("(nNN)", pos, spans, stamps);
 }
 
+/* sweep's loop over the records of the three buffers from `index` on: the index it stops at (the record count
+ * when it passes them all), or -1 with an exception set. */
+static Py_ssize_t sweep_from(const Py_buffer *bufv, const Py_buffer *spanv, const Py_buffer *stampv, Py_ssize_t index,
+                             PyObject *tcp, PyObject *udp, PyObject *done, PyObject *icmp) {
+    const unsigned char *buf = bufv->buf;
+    const int64_t *span = spanv->buf;
+    Py_ssize_t count = stampv->len / (Py_ssize_t)sizeof(double);
+    if (spanv->len / (Py_ssize_t)(3 * sizeof(int64_t)) < count)
+        count = spanv->len / (Py_ssize_t)(3 * sizeof(int64_t));
+    for (; index < count; index++) {
+        int64_t start = span[3 * index], length = span[3 * index + 1];
+        if (span[3 * index + 2] != 1 || start < 0 || length < 0 || start + length > bufv->len)
+            break;
+        const unsigned char *f = buf + start;
+        if (length < 14 || f[12] != 8 || f[13] != 0) {
+            unsigned ethertype = length >= 14 ? (unsigned)f[12] << 8 | f[13] : 0;
+            if (icmp == NULL || ethertype == 0x0800 || ethertype == 0x86DD || ethertype == 0x8100 ||
+                ethertype == 0x88A8 || ethertype == 0x9100)
+                break;
+            continue; /* no IP in it: packet.decode says None */
+        }
+        if (length < 34 || !(f[14] == 0x45 && !(f[20] & 0x3F) && !f[21]))
+            break;
+        unsigned char proto = f[23];
+        if (proto == 1) {
+            if (icmp == NULL || length < 42 || ((f[16] << 8) | f[17]) < 28)
+                break;
+            char raw[12]; /* the addresses and the echo identifier twice: packet.decode's ICMP ports */
+            memcpy(raw, f + 26, 8);
+            memcpy(raw + 8, f + 38, 2);
+            memcpy(raw + 10, f + 38, 2);
+            PyObject *key = PyBytes_FromStringAndSize(raw, 12);
+            if (key == NULL)
+                return -1;
+            PyObject *entry = PyDict_GetItemWithError(icmp, key); /* borrowed; compared only */
+            Py_DECREF(key);
+            if (entry == NULL && PyErr_Occurred())
+                return -1;
+            if (entry == done)
+                continue;
+            break;
+        }
+        if (length < 54 || (proto != 6 && proto != 17))
+            break;
+        PyObject *key = PyBytes_FromStringAndSize((const char *)f + 26, 12);
+        if (key == NULL)
+            return -1;
+        PyObject *entry = PyDict_GetItemWithError(proto == 6 ? tcp : udp, key); /* borrowed; compared only */
+        Py_DECREF(key);
+        if (entry == NULL && PyErr_Occurred())
+            return -1;
+        if (proto == 6) {
+            if (entry == done) {
+                if ((f[47] & 0x12) != 0x02) /* not a SYN without ACK: a decided flow's packet */
+                    continue;
+                break;
+            }
+            /* a bare ACK (no SYN, FIN, RST, no payload) of a flow being inspected: nothing to reassemble */
+            if (entry != NULL && !(f[47] & 0x07) && ((f[16] << 8) | f[17]) == 20 + ((f[46] >> 4) << 2))
+                continue;
+            break;
+        }
+        if (entry == done)
+            continue;
+        break;
+    }
+    return index;
+}
+
 /* sweep(buf, spans, stamps, index, tcp, udp, done[, icmp]) -> index
  * From record `index` on, pass over every record the scanner skips on its raw bytes; return the index of the
  * first one the slow path must see, or the record count. The rules are hot.sweep's, which documents them. */
@@ -171,102 +240,34 @@ static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) 
         PyBuffer_Release(&spanv);
         return NULL;
     }
-    const unsigned char *buf = bufv.buf;
-    const int64_t *span = spanv.buf;
-    Py_ssize_t count = stampv.len / (Py_ssize_t)sizeof(double);
-    int failed = 0;
-    if (spanv.len / (Py_ssize_t)(3 * sizeof(int64_t)) < count)
-        count = spanv.len / (Py_ssize_t)(3 * sizeof(int64_t));
-    for (; index < count; index++) {
-        int64_t start = span[3 * index], length = span[3 * index + 1];
-        if (span[3 * index + 2] != 1 || start < 0 || length < 0 || start + length > bufv.len)
-            break;
-        const unsigned char *f = buf + start;
-        if (length < 14 || f[12] != 8 || f[13] != 0) {
-            unsigned ethertype = length >= 14 ? (unsigned)f[12] << 8 | f[13] : 0;
-            if (icmp == NULL || ethertype == 0x0800 || ethertype == 0x86DD || ethertype == 0x8100 ||
-                ethertype == 0x88A8 || ethertype == 0x9100)
-                break;
-            continue; /* no IP in it: packet.decode says None */
-        }
-        if (length < 34 || !(f[14] == 0x45 && !(f[20] & 0x3F) && !f[21]))
-            break;
-        unsigned char proto = f[23];
-        if (proto == 1) {
-            if (icmp == NULL || length < 42 || ((f[16] << 8) | f[17]) < 28)
-                break;
-            char raw[12]; /* the addresses and the echo identifier twice: packet.decode's ICMP ports */
-            memcpy(raw, f + 26, 8);
-            memcpy(raw + 8, f + 38, 2);
-            memcpy(raw + 10, f + 38, 2);
-            PyObject *key = PyBytes_FromStringAndSize(raw, 12);
-            if (key == NULL) {
-                failed = 1;
-                break;
-            }
-            PyObject *entry = PyDict_GetItemWithError(icmp, key); /* borrowed; compared only */
-            Py_DECREF(key);
-            if (entry == NULL && PyErr_Occurred()) {
-                failed = 1;
-                break;
-            }
-            if (entry == done)
-                continue;
-            break;
-        }
-        if (length < 54 || (proto != 6 && proto != 17))
-            break;
-        PyObject *key = PyBytes_FromStringAndSize((const char *)f + 26, 12);
-        if (key == NULL) {
-            failed = 1;
-            break;
-        }
-        PyObject *entry = PyDict_GetItemWithError(proto == 6 ? tcp : udp, key); /* borrowed; compared only */
-        Py_DECREF(key);
-        if (entry == NULL && PyErr_Occurred()) {
-            failed = 1;
-            break;
-        }
-        if (proto == 6) {
-            if (entry == done) {
-                if ((f[47] & 0x12) != 0x02) /* not a SYN without ACK: a decided flow's packet */
-                    continue;
-                break;
-            }
-            /* a bare ACK (no SYN, FIN, RST, no payload) of a flow being inspected: nothing to reassemble */
-            if (entry != NULL && !(f[47] & 0x07) && ((f[16] << 8) | f[17]) == 20 + ((f[46] >> 4) << 2))
-                continue;
-            break;
-        }
-        if (entry == done)
-            continue;
-        break;
-    }
+    index = sweep_from(&bufv, &spanv, &stampv, index, tcp, udp, done, icmp);
     PyBuffer_Release(&bufv);
     PyBuffer_Release(&spanv);
     PyBuffer_Release(&stampv);
-    if (failed)
+    if (index < 0)
         return NULL;
     return PyLong_FromSsize_t(index);
 }
 
-/* segment(frame) -> (proto, src, dst, sport, dport, payload, flags, seq) or None
- * packet.decode's TCP or UDP segment of an Ethernet frame (no VLAN tag) carrying unfragmented IPv4 whose headers
- * are whole and consistent; None for every other frame, which the caller decodes in Python (and which raises
- * there when it is malformed). Same offsets and clipping as packet.decode, _ipv4 and _transport. */
-static PyObject *segment(PyObject *self, PyObject *arg) {
-    if (!PyBytes_Check(arg)) {
-        PyErr_SetString(PyExc_TypeError, "segment() wants bytes");
-        return NULL;
-    }
-    const unsigned char *f = (const unsigned char *)PyBytes_AS_STRING(arg);
-    Py_ssize_t size = PyBytes_GET_SIZE(arg);
+/* The fields of a common slow-path frame (`segment`), read without making objects of them. */
+typedef struct {
+    unsigned char proto;
+    const unsigned char *ip;   /* the IPv4 header: the addresses at ip + 12 and ip + 16 */
+    const unsigned char *ports; /* the transport header: the ports in its first four bytes */
+    const unsigned char *payload;
+    Py_ssize_t size; /* of the payload */
+    long flags;
+    unsigned long seq;
+} Parsed;
+
+/* Whether the `size` bytes at `f` are a frame `segment` reads (filling `out`), or one it answers None for. */
+static int parse_segment(const unsigned char *f, Py_ssize_t size, Parsed *out) {
     if (size < 34 || f[12] != 8 || f[13] != 0 || (f[14] >> 4) != 4)
-        Py_RETURN_NONE;
+        return 0;
     Py_ssize_t ihl = (Py_ssize_t)(f[14] & 0x0F) * 4, total = (Py_ssize_t)f[16] << 8 | f[17];
     unsigned char proto = f[23];
     if (ihl < 20 || total < ihl || (((f[20] << 8) | f[21]) & 0x3FFF) || (proto != 6 && proto != 17))
-        Py_RETURN_NONE;
+        return 0;
     Py_ssize_t end = 14 + total < size ? 14 + total : size;
     Py_ssize_t start = 14 + ihl; /* the transport header; the body is f[start:end], empty when end <= start */
     Py_ssize_t body = end > start ? end - start : 0;
@@ -276,31 +277,43 @@ static PyObject *segment(PyObject *self, PyObject *arg) {
     unsigned long seq = 0;
     if (proto == 6) {
         if (body < 20 || (b[12] >> 4) < 5)
-            Py_RETURN_NONE;
+            return 0;
         from = (Py_ssize_t)(b[12] >> 4) * 4;
         to = body;
         flags = b[13];
         seq = (unsigned long)b[4] << 24 | (unsigned long)b[5] << 16 | (unsigned long)b[6] << 8 | b[7];
     } else {
         if (body < 8)
-            Py_RETURN_NONE;
+            return 0;
         Py_ssize_t length = (Py_ssize_t)b[4] << 8 | b[5];
         from = 8;
         to = length >= 8 && length < body ? length : body;
     }
     if (from > to)
         from = to; /* a data offset past the body: an empty payload, as a Python slice gives */
-    /* The tuple built item by item: Py_BuildValue walks its format string at every call (about 700
-     * instructions of the ~1,000 this function took). */
+    out->proto = proto;
+    out->ip = f + 14;
+    out->ports = b;
+    out->payload = b + from;
+    out->size = to - from;
+    out->flags = flags;
+    out->seq = seq;
+    return 1;
+}
+
+/* The tuple `segment` answers for a parsed frame, or NULL with an exception set. Built item by item:
+ * Py_BuildValue walks its format string at every call (about 700 instructions of the ~1,000 it took). */
+static PyObject *fields_of(const Parsed *p) {
+    const unsigned char *b = p->ports;
     PyObject *items[8] = {
-        PyLong_FromLong(proto),
-        PyBytes_FromStringAndSize((const char *)f + 26, 4),
-        PyBytes_FromStringAndSize((const char *)f + 30, 4),
+        PyLong_FromLong(p->proto),
+        PyBytes_FromStringAndSize((const char *)p->ip + 12, 4),
+        PyBytes_FromStringAndSize((const char *)p->ip + 16, 4),
         PyLong_FromLong(b[0] << 8 | b[1]),
         PyLong_FromLong(b[2] << 8 | b[3]),
-        PyBytes_FromStringAndSize((const char *)b + from, to - from),
-        PyLong_FromLong(flags),
-        PyLong_FromUnsignedLong(seq),
+        PyBytes_FromStringAndSize((const char *)p->payload, p->size),
+        PyLong_FromLong(p->flags),
+        PyLong_FromUnsignedLong(p->seq),
     };
     PyObject *fields = PyTuple_New(8);
     for (int i = 0; i < 8; i++) {
@@ -316,12 +329,101 @@ static PyObject *segment(PyObject *self, PyObject *arg) {
     return fields;
 }
 
+/* segment(frame) -> (proto, src, dst, sport, dport, payload, flags, seq) or None
+ * packet.decode's TCP or UDP segment of an Ethernet frame (no VLAN tag) carrying unfragmented IPv4 whose headers
+ * are whole and consistent; None for every other frame, which the caller decodes in Python (and which raises
+ * there when it is malformed). Same offsets and clipping as packet.decode, _ipv4 and _transport. */
+static PyObject *segment(PyObject *self, PyObject *arg) {
+    if (!PyBytes_Check(arg)) {
+        PyErr_SetString(PyExc_TypeError, "segment() wants bytes");
+        return NULL;
+    }
+    Parsed parsed;
+    if (!parse_segment((const unsigned char *)PyBytes_AS_STRING(arg), PyBytes_GET_SIZE(arg), &parsed))
+        Py_RETURN_NONE;
+    return fields_of(&parsed);
+}
+
+/* step(buf, spans, stamps, index, tcp, udp, done, icmp) -> index or (index, fields, key, reverse, entry)
+ * `sweep` from `index`, then, where the record it stops at is an Ethernet frame `segment` reads, that frame's
+ * segment as the scanner's slow path takes it: its fields, its flow key (src + dst + sport + dport, as the
+ * scanner packs them), the other direction's, and the key's entry in `tcp` or `udp` (None where absent). The
+ * index alone otherwise (the record count at the end). hot.step is its twin, which documents it. */
+static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    Py_buffer bufv, spanv, stampv;
+    if (nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "step() takes 8 arguments (%zd given)", nargs);
+        return NULL;
+    }
+    PyObject *tcp = args[4], *udp = args[5], *done = args[6];
+    PyObject *icmp = args[7] != Py_None ? args[7] : NULL;
+    if (!PyDict_Check(tcp) || !PyDict_Check(udp) || (icmp != NULL && !PyDict_Check(icmp))) {
+        PyErr_SetString(PyExc_TypeError, "step() wants dicts for tcp and udp, and a dict or None for icmp");
+        return NULL;
+    }
+    Py_ssize_t index = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
+    if (index == -1 && PyErr_Occurred())
+        return NULL;
+    if (PyObject_GetBuffer(args[0], &bufv, PyBUF_SIMPLE) < 0)
+        return NULL;
+    if (PyObject_GetBuffer(args[1], &spanv, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&bufv);
+        return NULL;
+    }
+    if (PyObject_GetBuffer(args[2], &stampv, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&bufv);
+        PyBuffer_Release(&spanv);
+        return NULL;
+    }
+    PyObject *answer = NULL;
+    index = sweep_from(&bufv, &spanv, &stampv, index, tcp, udp, done, icmp);
+    Py_ssize_t count = stampv.len / (Py_ssize_t)sizeof(double);
+    if (spanv.len / (Py_ssize_t)(3 * sizeof(int64_t)) < count)
+        count = spanv.len / (Py_ssize_t)(3 * sizeof(int64_t));
+    const int64_t *span = spanv.buf;
+    Parsed parsed;
+    if (index < 0)
+        goto out;
+    if (index >= count || span[3 * index + 2] != 1 || span[3 * index] < 0 || span[3 * index + 1] < 0 ||
+        span[3 * index] + span[3 * index + 1] > bufv.len ||
+        !parse_segment((const unsigned char *)bufv.buf + span[3 * index], span[3 * index + 1], &parsed)) {
+        answer = PyLong_FromSsize_t(index);
+        goto out;
+    }
+    char raw[24]; /* the key, then the reverse key */
+    memcpy(raw, parsed.ip + 12, 8);
+    memcpy(raw + 8, parsed.ports, 4);
+    memcpy(raw + 12, parsed.ip + 16, 4);
+    memcpy(raw + 16, parsed.ip + 12, 4);
+    memcpy(raw + 20, parsed.ports + 2, 2);
+    memcpy(raw + 22, parsed.ports, 2);
+    PyObject *fields = fields_of(&parsed);
+    PyObject *key = PyBytes_FromStringAndSize(raw, 12);
+    PyObject *reverse = PyBytes_FromStringAndSize(raw + 12, 12);
+    PyObject *at = PyLong_FromSsize_t(index);
+    PyObject *entry = fields && key && reverse && at ? PyDict_GetItemWithError(parsed.proto == 6 ? tcp : udp, key)
+                                                    : NULL;
+    if (fields && key && reverse && at && !(entry == NULL && PyErr_Occurred()))
+        answer = PyTuple_Pack(5, at, fields, key, reverse, entry == NULL ? Py_None : entry);
+    Py_XDECREF(fields);
+    Py_XDECREF(key);
+    Py_XDECREF(reverse);
+    Py_XDECREF(at);
+out:
+    PyBuffer_Release(&bufv);
+    PyBuffer_Release(&spanv);
+    PyBuffer_Release(&stampv);
+    return answer;
+}
+
 static PyMethodDef methods[] = {
     {"segment", segment, METH_O, "The TCP or UDP segment of a plain Ethernet IPv4 frame, or None."},
     {"frame_pcap", frame_pcap, METH_VARARGS, "Whole pcap records of a buffer: (pos, spans, stamps)."},
     {"frame_pcapng", frame_pcapng, METH_VARARGS, "Whole enhanced packet blocks of a buffer: (pos, spans, stamps)."},
     {"sweep", (PyCFunction)(void (*)(void))sweep, METH_FASTCALL,
      "Skip the records judged on their raw bytes; the index of the next one."},
+    {"step", (PyCFunction)(void (*)(void))step, METH_FASTCALL,
+     "sweep, then the segment, keys and table entry of the record it stops at, where segment reads it."},
     {NULL, NULL, 0, NULL},
 };
 

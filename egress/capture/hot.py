@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from types import ModuleType
 from typing import Final, Protocol
 
-ABI: Final = 4
+ABI: Final = 5
 """The compiled module's interface version (``HOT_ABI`` in _hot.c): a module built from another one is stale."""
 PURE_ENV: Final = "EGRESS_SCAN_PURE"
 
@@ -197,6 +197,57 @@ def segment(frame: bytes) -> Fields | None:
     return 17, src, dst, sport, dport, body[8:length] if length >= 8 else body[8:], 0, 0
 
 
+Stepped = tuple[int, Fields, bytes, bytes, object]
+"""`step`'s answer at a common frame: its index, its segment, its flow key, the reverse key, the key's entry."""
+
+
+class Step(Protocol):
+    def __call__(
+        self,
+        buf: bytes,
+        spans: array[int],
+        stamps: array[float],
+        index: int,
+        tcp: dict[bytes, object],
+        udp: dict[bytes, object],
+        done: object,
+        icmp: dict[bytes, object] | None,
+        /,
+    ) -> int | Stepped:
+        """See `step`."""
+
+
+def step(
+    buf: bytes,
+    spans: array[int],
+    stamps: array[float],
+    index: int,
+    tcp: dict[bytes, object],
+    udp: dict[bytes, object],
+    done: object,
+    icmp: dict[bytes, object] | None,
+) -> int | Stepped:
+    """Pure twin of _hot.step: `sweep` from ``index``; where the record it stops at is an Ethernet frame that
+    `segment` reads, that record as the scanner's slow path starts on it: (its index, its `segment`, its flow key
+    ``src + dst + sport + dport`` (the ports as two big-endian 16-bit numbers), the other direction's key, the
+    key's entry in ``tcp`` or ``udp`` or None). Otherwise the index alone (the record count past the last one).
+    The compiled one spares the scanner a slice, three calls and the keys' joins per slow-path packet; the
+    scanner's pure path keeps to `sweep` and `decode`, and tests/capture/test_hot.py holds the two `step` equal."""
+    index = sweep(buf, spans, stamps, index, tcp, udp, done, icmp)
+    if index >= len(stamps) or index >= len(spans) // 3 or spans[3 * index + 2] != 1:
+        return index
+    start, length = spans[3 * index], spans[3 * index + 1]
+    if start < 0 or length < 0 or start + length > len(buf):
+        return index
+    fields = segment(buf[start : start + length])
+    if fields is None:
+        return index
+    proto, src, dst, sport, dport = fields[:5]
+    ports, back = struct.pack(">HH", sport, dport), struct.pack(">HH", dport, sport)
+    key = src + dst + ports
+    return index, fields, key, dst + src + back, (tcp if proto == _TCP else udp).get(key)
+
+
 @dataclass(frozen=True, slots=True)
 class Implementation:
     name: str
@@ -208,6 +259,8 @@ class Implementation:
     segment: SegmentOf | None = None
     """The common slow-path frame's segment before the full decode; ``None`` for the pure path, which decodes
     every frame with `egress.capture.packet.decode`."""
+    step: Step | None = None
+    """`sweep` and the segment of the record it stops at in one call (`step`); ``None`` for the pure path."""
 
 
 PURE: Final = Implementation("pure", frame_pcap, sweep, None)
@@ -238,7 +291,10 @@ def _compiled() -> tuple[Implementation | None, str | None]:
     why = _stale(module)
     if why is not None:
         return None, why
-    return Implementation("compiled", module.frame_pcap, module.sweep, module.frame_pcapng, module.segment), None
+    compiled = Implementation(
+        "compiled", module.frame_pcap, module.sweep, module.frame_pcapng, module.segment, module.step
+    )
+    return compiled, None
 
 
 _BUILT: Final = _compiled()

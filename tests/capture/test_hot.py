@@ -93,6 +93,14 @@ def _frame(proto: int, port: int, flags: int, header_words: int, total: int, tai
     return _HEAD + ip + tcp + tail
 
 
+_IPV4_TCP_FRAME = bytes.fromhex(
+    "020000000002020000000001" "0800" "450000281c46400040060000" "0a000001" "0a000009"
+    "9c4001bb" "00000001" "00000000" "50020200" "00000000"
+) + b"\x00" * 6  # fmt: skip
+_IPV4_UDP_FRAME = bytes.fromhex(
+    "020000000002020000000001" "0800" "4500001c1c46000040110000" "0a000001" "0a000009" "9c4001bb" "00080000"
+) + b"\x00" * 18  # fmt: skip
+
 _OTHER_ETHERTYPES = [0x0806, 0x0026, 0x888E, 0x88CC, 0x86DD, 0x8100, 0x88A8, 0x9100, 0x0800, 0x0000]
 """ARP, an 802.3 length, EAPOL, LLDP (no IP: skipped where ICMP is given); IPv6 and the VLAN tags (never)."""
 
@@ -154,6 +162,100 @@ def test_compiled_and_pure_sweep_agree(
             assert hot.COMPILED.sweep(buf, spans, stamps, start, tcp, udp, DONE) == hot.sweep(
                 buf, spans, stamps, start, tcp, udp, DONE
             )
+
+
+def _steps(
+    step: hot.Step, records: tuple[bytes, array[int], array[float]], tables: tuple[dict[bytes, object], ...]
+) -> list[object]:
+    """`step`'s answer from every start index, with ``tables`` (tcp, udp, icmp or none)."""
+    buf, spans, stamps = records
+    tcp, udp, *icmp = tables
+    return [
+        step(buf, spans, stamps, start, tcp, udp, DONE, icmp[0] if icmp else None) for start in range(len(stamps) + 1)
+    ]
+
+
+def _step_checks(records: tuple[bytes, array[int], array[float]], tables: tuple[dict[bytes, object], ...]) -> None:
+    """The compiled `step` answers as its twin from every start, and each answer at a common frame holds that
+    frame's `segment`, its raw key (addresses and ports as on the wire) and the key the slow path makes of the
+    other direction, and the key's entry."""
+    assert hot.COMPILED is not None and hot.COMPILED.step is not None
+    answers = _steps(hot.step, records, tables)
+    assert _steps(hot.COMPILED.step, records, tables) == answers
+    buf, spans, _ = records
+    for answer in answers:
+        if isinstance(answer, tuple):
+            index, fields, key, reverse, entry = answer
+            start = spans[3 * index]
+            frame = buf[start : start + spans[3 * index + 1]]
+            assert fields == hot.segment(frame) and fields is not None
+            ports = struct.pack(">HH", fields[3], fields[4])
+            assert key == fields[1] + fields[2] + ports and reverse == fields[2] + fields[1] + ports[2:] + ports[:2]
+            assert entry is tables[0 if fields[0] == 6 else 1].get(key)
+
+
+def _damaged(base: bytes, edits: list[tuple[int, int]]) -> bytes:
+    frame = bytearray(base)
+    for at, value in edits:
+        if at < len(frame):
+            frame[at] = value
+    return bytes(frame)
+
+
+@compiled_only
+@given(
+    frames=_frames,
+    damaged=st.lists(
+        st.builds(
+            _damaged,
+            st.sampled_from([_IPV4_TCP_FRAME, _IPV4_UDP_FRAME]),
+            st.lists(st.tuples(st.sampled_from([14, 16, 17, 20, 23, 37, 40, 46, 47]), st.integers(0, 255)), max_size=3),
+        ),
+        max_size=6,
+    ),
+    decided=st.sets(st.integers(0, 7)),
+    inspected=st.sets(st.integers(0, 7)),
+    prefix=st.binary(max_size=8),
+    with_icmp=st.booleans(),
+)
+@settings(max_examples=examples(300), deadline=None)
+def test_compiled_and_pure_step_agree(
+    frames: list[tuple[int, bytes]],
+    damaged: list[bytes],
+    decided: set[int],
+    inspected: set[int],
+    prefix: bytes,
+    with_icmp: bool,
+) -> None:
+    """Common frames of decided, inspected and new flows, IPv4 options, fragments, other protocols and lengths,
+    other ethertypes and link types, random bytes: the same answer from every start."""
+    records = _records([*frames, *((1, frame) for frame in damaged)], prefix)
+    tables: dict[bytes, object] = {}
+    for port in range(8):
+        key = bytes([10, 0, 0, port & 3, 10, 0, 0, 9]) + (40000 + (port & 1)).to_bytes(2, "big") + b"\x01\xbb"
+        for each in (key, key[:8] + b"\x00" * 4, bytes.fromhex("0a0000010a0000099c4001bb")):
+            if port in decided:
+                tables[each] = DONE
+            elif port in inspected:
+                tables[each] = object()
+    udp = {key: object() for key in tables}  # not tcp's entries: a lookup in the wrong table shows
+    _step_checks(records, (tables, udp, *((dict(tables),) if with_icmp else ())))
+
+
+@compiled_only
+@needs_corpus
+def test_compiled_and_pure_step_agree_on_every_corpus_record() -> None:
+    """Every record of both corpora, with every other flow key seen decided and the rest inspected or new."""
+    for path in _captures():
+        for records in read_records(str(path)):
+            tables: dict[bytes, object] = {}
+            for index in range(len(records)):
+                frame = records.frame(index)
+                if index % 3 and len(frame) >= 38:
+                    tables[frame[26:38]] = DONE if index % 3 == 1 else object()
+            triple = (records.buf, records.spans, records.stamps)
+            _step_checks(triple, (tables, {key: object() for key in tables}, {}))
+            _step_checks(triple, ({}, {}))
 
 
 def test_the_sweep_skips_only_what_the_slow_path_would_drop() -> None:
