@@ -57,7 +57,8 @@ def _dns(name: str) -> None:
     """One A question whose first label is ``name``'s bytes (a label may hold any byte on the wire, RFC 2181 11)."""
     labels = [name.encode("ascii")[i : i + 63] for i in range(0, len(name), 63)] + [b"blocked", b"lab"]
     qname = b"".join(bytes([len(label)]) + label for label in labels) + b"\x00"
-    query = struct.pack("!HHHHHH", int.from_bytes(os.urandom(2), "big"), 0x0100, 1, 0, 0, 0) + qname + b"\x00\x01\x00\x01"
+    header = struct.pack("!HHHHHH", int.from_bytes(os.urandom(2), "big"), 0x0100, 1, 0, 0, 0)
+    query = header + qname + b"\x00\x01\x00\x01"
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         sock.settimeout(3)
         sock.sendto(query, (RESOLVER, 53))

@@ -5,7 +5,8 @@ the operator reads the records with `egress events` (a table, or compact lines) 
 blocked attempt whose host name carries terminal control sequences or a line break (`redteam_round14_kit`:
 ``erase`` moves the cursor up and erases the lines printed before it, so the agent's earlier records vanish from
 the screen; ``forge`` writes a fake record line naming another sandbox; ``title`` sets the terminal's title), then
-reads the records as the operator would (`egress events` in the gateway namespace, table and compact).
+reads the records as the operator would (`egress events` in the gateway namespace, table and compact, and
+`egress timeline`).
 
 Goal (the agent's): a control character or a line break of its own in what the operator's terminal is sent.
 Ground truth: the bytes of the command's output; the record itself (its ``host``). Nothing crosses (each attempt
@@ -56,10 +57,12 @@ def test_a_recorded_name_writes_nothing_to_the_operators_terminal(security_lab: 
     assert "done" in done.stdout, done.stdout + done.stderr
     crossed = capture.result
     assert crossed is not None
-    port = WHERE[row.split("-")[0]]
+    port = WHERE[row.split("-", maxsplit=1)[0]]
     records = lab.records_until(since, lambda rs: any(_ours(r, port) for r in rs))
     ours = [r for r in records if _ours(r, port)]
     shown = {output: _shown(lab, since, output) for output in ("table", "compact")}
+    argv = [sys.executable, "-m", "egress", "timeline", "agent", "--since", f"{since:.3f}"]
+    shown["timeline"] = lab.gateway([*argv, "--redis-url", lab.run.redis_url]).stdout
     lines = [line for text in shown.values() for line in text.splitlines() if MARK in line]
     written = [match for text in shown.values() for match in CONTROL.findall(text)] + [
         match for text in shown.values() for match in FORGED.findall(text)
