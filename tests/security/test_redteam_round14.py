@@ -8,7 +8,8 @@ the screen; ``forge`` writes a fake record line naming another sandbox; ``title`
 reads the records as the operator would (`egress events` in the gateway namespace, table and compact, and
 `egress timeline`).
 
-Goal (the agent's): a control character or a line break of its own in what the operator's terminal is sent.
+Goal (the agent's): a control character or a line break of its own in what the operator's terminal is sent, or a
+cell of `egress events -o csv` that a spreadsheet would read as a formula.
 Ground truth: the bytes of the command's output; the record itself (its ``host``). Nothing crosses (each attempt
 is refused), so leaked bytes are counted on the internet side for completeness.
 
@@ -17,6 +18,8 @@ Lab: rules/lab-policy.yaml (the module's shared lab).
 
 from __future__ import annotations
 
+import csv
+import io
 import re
 import sys
 import time
@@ -34,6 +37,8 @@ WHERE = {"sni": 443, "host": 80, "dns": 53}
 ROWS = [f"{where}-{payload}" for where in WHERE for payload in PAYLOADS]
 CONTROL = re.compile(r"[\x00-\x09\x0b-\x1f\x7f-\x9f]")
 """What no record's text may bring to a terminal: C0 but the line feed the printer itself ends lines with, DEL, C1."""
+FORMULA = "=+-@"
+"""What a spreadsheet reads a cell beginning with as a formula (CWE-1236)."""
 FORGED = re.compile(r"^\s*2026-12-03 06:00:00\.000 other", re.MULTILINE)
 
 
@@ -61,12 +66,15 @@ def test_a_recorded_name_writes_nothing_to_the_operators_terminal(security_lab: 
     records = lab.records_until(since, lambda rs: any(_ours(r, port) for r in rs))
     ours = [r for r in records if _ours(r, port)]
     shown = {output: _shown(lab, since, output) for output in ("table", "compact")}
+    cells = [cell for line in csv.reader(io.StringIO(_shown(lab, since, "csv"))) for cell in line]
     argv = [sys.executable, "-m", "egress", "timeline", "agent", "--since", f"{since:.3f}"]
     shown["timeline"] = lab.gateway([*argv, "--redis-url", lab.run.redis_url]).stdout
     lines = [line for text in shown.values() for line in text.splitlines() if MARK in line]
-    written = [match for text in shown.values() for match in CONTROL.findall(text)] + [
-        match for text in shown.values() for match in FORGED.findall(text)
-    ]
+    written = (
+        [match for text in shown.values() for match in CONTROL.findall(text)]
+        + [match for text in shown.values() for match in FORGED.findall(text)]
+        + [cell for cell in cells if cell and cell[0] in FORMULA]
+    )
     goal = bool(written)
     leaked = crossed.bytes_to(BLOCKED, port, "tcp") if port != 53 else 0
     note = f"{len(written)} written, host {ours[0].host[:24]!r}"
