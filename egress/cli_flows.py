@@ -21,7 +21,7 @@ from egress.record import flows
 from egress.record.export import zeek_header
 from egress.record.flow_store import flow_sandboxes, read_flows
 from egress.record.flows import FlowFilter, FlowRecord
-from egress.record.printable import escape
+from egress.record.printable import escape, spreadsheet_cell
 
 FORMATS: Final = ("table", "compact", "json", "jsonl", "csv", "zeek")
 COLUMNS: Final = ("sandbox", "destination", "host", "decision", "connections", "up", "down", "duration", "last")
@@ -148,7 +148,7 @@ def _print(records: list[FlowRecord], fmt: str) -> None:
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FlowRecord.__dataclass_fields__)
-        writer.writerows([str(value) for value in flows.to_json(r).values()] for r in records)
+        writer.writerows([spreadsheet_cell(str(value)) for value in flows.to_json(r).values()] for r in records)
     elif fmt == "compact":
         for r in records:
             verdict = f"{(r.decision or '-').upper()} x{r.connections}"

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from egress.record.printable import escape
+from egress.record.printable import escape, spreadsheet_cell
 from egress.record.schema import AttemptRecord
 from egress.report import CATEGORY_COLOURS
 
@@ -122,7 +122,8 @@ class RecordPrinter:
         elif self.fmt == "csv":
             if not self.started:
                 self.csv.writerow(self.columns)
-            self.csv.writerows([cell(record, column, raw=True) for column in self.columns] for record in batch)
+            rows = ([spreadsheet_cell(cell(record, column, raw=True)) for column in self.columns] for record in batch)
+            self.csv.writerows(rows)
         elif self.fmt == "json":
             for record in batch:
                 self.out.write(("[\n" if self.first else ",\n") + json_line(record.to_json()))

