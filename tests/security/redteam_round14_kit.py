@@ -78,3 +78,83 @@ def client_main() -> None:
     elif where == "dns":
         _dns(text)
     print("done", flush=True)
+
+
+def _icmp6_raw(interface: str) -> tuple[socket.socket, int]:
+    """A raw ICMPv6 socket sending with hop limit 255 (neighbour discovery's, RFC 4861 6.1) on ``interface``,
+    from its link-local address (the kernel picks it for a link-local destination); the kernel sums it."""
+    scope = socket.if_nametoindex(interface)
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
+    return sock, scope
+
+
+def _mac(interface: str) -> bytes:
+    with open(f"/sys/class/net/{interface}/address") as handle:
+        return bytes.fromhex(handle.read().strip().replace(":", ""))
+
+
+def router_advert(interface: str) -> bytes:
+    """A router advertisement: default router for 1,800 s, an autonomous prefix 2001:db8:77::/64 (SLAAC would
+    give the gateway an address in it), a route information option for allowed.lab's 2001:db8:10::/64 (high
+    preference: its traffic to the sandbox) and an MTU of 1,280."""
+    head = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+    source = struct.pack("!BB", 1, 1) + _mac(interface)
+    prefix = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, RA_PREFIX)
+    route = struct.pack("!BBBBI", 24, 3, 64, 0x08, 86400) + socket.inet_pton(socket.AF_INET6, "2001:db8:10::")
+    mtu = struct.pack("!BBHI", 5, 1, 0, 1280)
+    return head + source + prefix + route + mtu
+
+
+def redirect(interface: str, gateway_link_local: str) -> bytes:
+    """An ICMPv6 redirect to the gateway: allowed.lab (2001:db8:10::1) is better reached through the sandbox's
+    link-local address (the target)."""
+    target = _link_local(interface)
+    head = struct.pack("!BBHI", 137, 0, 0, 0) + socket.inet_pton(socket.AF_INET6, target)
+    head += socket.inet_pton(socket.AF_INET6, "2001:db8:10::1")
+    return head + struct.pack("!BB", 2, 1) + _mac(interface)
+
+
+def _link_local(interface: str) -> str:
+    with open("/proc/net/if_inet6") as handle:
+        for line in handle:
+            raw, _, _, scope, _, name = line.split()
+            if name == interface and scope == "20":
+                return socket.inet_ntop(socket.AF_INET6, bytes.fromhex(raw))
+    raise RuntimeError(f"no link-local address on {interface}")
+
+
+RA_PREFIX = "2001:db8:77::"
+
+
+def _arp(interface: str, gateway_mac: bytes, claimed: str) -> None:
+    """An ARP reply and a gratuitous request to the gateway: ``claimed`` (an address of the uplink's side, or the
+    gateway's own) is at the sandbox's MAC."""
+    mine = _mac(interface)
+    with socket.socket(socket.AF_PACKET, socket.SOCK_RAW) as sock:
+        sock.bind((interface, 0))
+        ip = socket.inet_aton(claimed)
+        for op, to in ((2, gateway_mac), (1, b"\xff" * 6)):
+            arp = struct.pack("!HHBBH", 1, 0x0800, 6, 4, op) + mine + ip + (to if op == 2 else b"\x00" * 6) + ip
+            sock.send(to + mine + b"\x08\x06" + arp)
+
+
+def advice_main() -> None:
+    """``advice_main KIND INTERFACE GATEWAY_LINK_LOCAL GATEWAY_MAC``: three of one piece of routing advice."""
+    kind, interface, gateway_ll, gateway_mac = sys.argv[1:5]
+    for _ in range(3):
+        if kind == "ra":
+            sock, scope = _icmp6_raw(interface)
+            with sock:
+                sock.sendto(router_advert(interface), ("ff02::1", 0, 0, scope))
+                sock.sendto(router_advert(interface), (gateway_ll, 0, 0, scope))
+        elif kind == "redirect":
+            sock, scope = _icmp6_raw(interface)
+            with sock:
+                sock.sendto(redirect(interface, gateway_ll), (gateway_ll, 0, 0, scope))
+        else:
+            claimed = {"arp-uplink": "10.203.2.2", "arp-gateway": "10.203.1.1"}[kind]
+            _arp(interface, bytes.fromhex(gateway_mac.replace(":", "")), claimed)
+    print("done", flush=True)

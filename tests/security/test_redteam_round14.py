@@ -26,9 +26,11 @@ import time
 
 import pytest
 
+from egress.lab import netns
 from egress.record.schema import AttemptRecord
 from tests.security.harness import SecurityLab, report
 from tests.security.redteam_round14_kit import BLOCKED, MARK, PAYLOADS
+from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.security
 
@@ -82,3 +84,96 @@ def test_a_recorded_name_writes_nothing_to_the_operators_terminal(security_lab: 
     assert leaked == 0 and not crossed.contains(MARK.encode())
     assert ours and all(r.sandbox == "agent" and r.action == "block" for r in ours), ours
     assert not goal, f"the operator's terminal gets {written!r}: {lines!r}"
+
+
+ADVICE = ["ra", "redirect", "arp-uplink", "arp-gateway"]
+ADVICE_KIT = "from tests.security.redteam_round14_kit import advice_main; advice_main()"
+
+
+def _gateway_state(lab: SecurityLab) -> str:
+    """What routing advice would change on the gateway: its IPv6 addresses and routes, its way to allowed.lab
+    (both families), its IPv6 settings of the sandbox side, its neighbours."""
+    commands = [
+        ["ip", "-6", "addr", "show"],
+        ["ip", "-6", "route", "show"],
+        ["ip", "-6", "route", "get", "2001:db8:10::1"],
+        ["ip", "-4", "route", "get", "198.18.10.1"],
+        ["ip", "-6", "route", "show", "cache"],
+        ["sysctl", f"net.ipv6.conf.{lab.lab.gateway_sandbox_if}.mtu"],
+        ["ip", "neigh", "show"],
+    ]
+    return "\n".join(lab.gateway(argv).stdout for argv in commands)
+
+
+def _link_local(lab: SecurityLab, where: str, interface: str) -> tuple[str, str]:
+    ns = lab.lab.sandbox_ns if where == "sandbox" else lab.lab.gateway_ns
+    shown = netns.exec_in(ns, ["ip", "-o", "link", "show", interface]).stdout
+    mac = re.search(r"link/ether ([0-9a-f:]{17})", shown)
+    address = netns.exec_in(ns, ["ip", "-o", "-6", "addr", "show", "dev", interface, "scope", "link"]).stdout
+    found = re.search(r"inet6 (fe80::[0-9a-f:]+)/", address)
+    assert mac and found, (shown, address)
+    return found.group(1), mac.group(1)
+
+
+def _advice_taken(before: str, after: str, sandbox_mac: str) -> list[str]:
+    """The lines of the gateway's state that the sandbox's advice shows in: its prefix, its MTU, its MAC
+    against any neighbour but the sandbox's own addresses, a route through a link-local next hop."""
+    new = [line for line in after.splitlines() if line not in before.splitlines()]
+    own = ("10.203.1.2 ", "fd00:203:1::2 ", "fe80:")
+    return [
+        line
+        for line in new
+        if "2001:db8:77" in line
+        or "mtu 1280" in line
+        or line.endswith("= 1280")
+        or (sandbox_mac in line and not line.startswith(own))
+        or re.search(r"via fe80:", line)
+    ]
+
+
+@pytest.mark.parametrize("kind", ADVICE)
+def test_the_gateway_takes_no_routing_advice_from_the_sandbox(security_lab: SecurityLab, kind: str) -> None:
+    """Layer 2/3 from the sandbox to the gateway: a router advertisement (a prefix, a route to allowed.lab, an
+    MTU), an ICMPv6 redirect for allowed.lab, ARP claiming the internet side's address or the gateway's own."""
+    lab = security_lab
+    gateway_ll, gateway_mac = _link_local(lab, "gateway", lab.lab.gateway_sandbox_if)
+    _, sandbox_mac = _link_local(lab, "sandbox", lab.lab.sandbox_if)
+    before = _gateway_state(lab)
+    since = time.time()
+    with lab.capture(f"rt14-advice-{kind}") as capture:
+        done = lab.sandbox_python(ADVICE_KIT, kind, lab.lab.sandbox_if, gateway_ll, gateway_mac, timeout=30)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        download = lab.attempts(["allowed_download"])[0]
+    crossed = capture.result
+    assert crossed is not None
+    taken = _advice_taken(before, _gateway_state(lab), sandbox_mac)
+    reason = "" if kind.startswith("arp") else lab.reason_of(since, lambda r: r.transport == "icmp", timeout=10)
+    goal = bool(taken) or download.outcome != "ok"
+    report(f"redteam14/advice-{kind}", "gateway-l2l3", 0, goal, reason or None, download.outcome)
+    assert not goal, (taken, download)
+    assert not crossed.contains(bytes.fromhex(sandbox_mac.replace(":", "")))
+
+
+def test_control_the_router_advertisement_is_taken_by_a_host_that_listens(security_lab: SecurityLab) -> None:
+    """The same advertisement sent the other way, by the gateway's namespace to the sandbox (a host: no
+    forwarding, `accept_ra` 1), gives the sandbox an address in the advertised prefix: the packet is well made,
+    so the gateway's not taking it is the gateway's doing."""
+    lab = security_lab
+    sandbox_ll, _ = _link_local(lab, "sandbox", lab.lab.sandbox_if)
+    _, gateway_mac = _link_local(lab, "gateway", lab.lab.gateway_sandbox_if)
+    interface = lab.lab.sandbox_if
+    try:
+        sent = lab.gateway(
+            [sys.executable, "-c", ADVICE_KIT, "ra", lab.lab.gateway_sandbox_if, sandbox_ll, gateway_mac]
+        )
+        assert "done" in sent.stdout, sent.stdout + sent.stderr
+
+        def taken() -> bool:
+            shown = lab.sandbox(["ip", "-6", "addr", "show", "dev", interface]).stdout
+            assert "2001:db8:77:" in shown, shown
+            return True
+
+        eventually(taken, timeout=scaled(10))
+    finally:
+        lab.sandbox(["ip", "-6", "addr", "flush", "dev", interface, "to", "2001:db8:77::/64"])
+        lab.sandbox(["ip", "-6", "route", "flush", "dev", interface, "proto", "ra"])
