@@ -158,3 +158,37 @@ def advice_main() -> None:
             claimed = {"arp-uplink": "10.203.2.2", "arp-gateway": "10.203.1.1"}[kind]
             _arp(interface, bytes.fromhex(gateway_mac.replace(":", "")), claimed)
     print("done", flush=True)
+
+
+STRATUM = (
+    b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
+    b'{"id":2,"method":"mining.authorize","params":["' + MARK.encode() + b'.worker","x"]}\n'
+)
+XMRIG = (
+    b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"' + MARK.encode() + b'","pass":"x",'
+    b'"agent":"XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0","algo":["rx/0"]}}\n'
+)
+ENDINGS = {
+    "reset-stratum": (("198.18.10.3", 3333), STRATUM),
+    "reset-xmrig": (("198.18.10.4", 3334), XMRIG),
+    "reset-host": (("198.18.10.1", 80), f"GET /{MARK} HTTP/1.1\r\nHost: blocked.lab\r\n\r\n".encode()),
+    "reset-sni": (("198.18.10.1", 443), b""),
+    "fin-stratum": (("198.18.10.3", 3333), STRATUM),
+}
+"""Attempts that end as soon as they are sent: with a reset (``SO_LINGER`` 0), or half-closed then closed."""
+
+
+def ending_main() -> None:
+    """``ending_main VARIANT``: connect, send the attempt in one write, end at once as the variant says."""
+    variant = sys.argv[1]
+    target, data = ENDINGS[variant]
+    if variant == "reset-sni":
+        data = _hello(f"{MARK}.pool.supportxmr.com")
+    conn = socket.create_connection(target, timeout=5)
+    conn.sendall(data)
+    if variant.startswith("reset"):
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    else:
+        conn.shutdown(socket.SHUT_WR)
+    conn.close()
+    print("done", flush=True)

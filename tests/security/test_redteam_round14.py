@@ -29,7 +29,7 @@ import pytest
 from egress.lab import netns
 from egress.record.schema import AttemptRecord
 from tests.security.harness import SecurityLab, report
-from tests.security.redteam_round14_kit import BLOCKED, MARK, PAYLOADS
+from tests.security.redteam_round14_kit import BLOCKED, ENDINGS, MARK, PAYLOADS
 from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.security
@@ -177,3 +177,33 @@ def test_control_the_router_advertisement_is_taken_by_a_host_that_listens(securi
     finally:
         lab.sandbox(["ip", "-6", "addr", "flush", "dev", interface, "to", "2001:db8:77::/64"])
         lab.sandbox(["ip", "-6", "route", "flush", "dev", interface, "proto", "ra"])
+
+
+ENDING_KIT = "from tests.security.redteam_round14_kit import ending_main; ending_main()"
+ENDING_REASONS = {
+    "reset-stratum": {"mining"},
+    "reset-xmrig": {"mining"},
+    "reset-host": {"not-allowlisted", "host-mismatch", "direct-ip"},
+    "reset-sni": {"mining", "not-allowlisted"},
+    "fin-stratum": {"mining"},
+}
+
+
+@pytest.mark.parametrize("variant", list(ENDINGS))
+def test_an_attempt_that_ends_at_once_is_still_recorded(security_lab: SecurityLab, variant: str) -> None:
+    """Records: the whole attempt in one write, then a reset at once (or a half-close and close): the gateway
+    reads it (the kernel has the bytes) and records it, and nothing crosses."""
+    lab = security_lab
+    (address, port), _ = ENDINGS[variant]
+    since = time.time()
+    with lab.capture(f"rt14-{variant}") as capture:
+        done = lab.sandbox_python(ENDING_KIT, variant, timeout=30)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = lab.reasons_to(since, address, port, timeout=15)
+    crossed = capture.result
+    assert crossed is not None
+    leaked = crossed.bytes_to(address, port, "tcp")
+    unseen = not set(reasons) & ENDING_REASONS[variant]
+    report(f"redteam14/{variant}", "records", leaked, unseen, ",".join(reasons) or None)
+    assert leaked == 0 and not crossed.contains(MARK.encode())
+    assert not unseen, reasons
