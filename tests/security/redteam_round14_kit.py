@@ -18,6 +18,7 @@ import socket
 import ssl
 import struct
 import sys
+import time
 
 MARK = "rt14mark"
 BLOCKED = "198.18.10.2"
@@ -174,8 +175,11 @@ ENDINGS = {
     "reset-host": (("198.18.10.1", 80), f"GET /{MARK} HTTP/1.1\r\nHost: blocked.lab\r\n\r\n".encode()),
     "reset-sni": (("198.18.10.1", 443), b""),
     "fin-stratum": (("198.18.10.3", 3333), STRATUM),
+    "reset-stratum-v6": (("2001:db8:10::3", 3333), STRATUM),
+    "reset-stratum-paced": (("198.18.10.3", 3333), STRATUM),
 }
-"""Attempts that end as soon as they are sent: with a reset (``SO_LINGER`` 0), or half-closed then closed."""
+"""Attempts that end as soon as they are sent: with a reset (``SO_LINGER`` 0), or half-closed then closed;
+``paced``: the subscribe, 0.3 s, then the authorize and the reset (the front has handed it off by then)."""
 
 
 def ending_main() -> None:
@@ -185,6 +189,11 @@ def ending_main() -> None:
     if variant == "reset-sni":
         data = _hello(f"{MARK}.pool.supportxmr.com")
     conn = socket.create_connection(target, timeout=5)
+    if variant.endswith("paced"):
+        first = data.index(b"\n") + 1
+        conn.sendall(data[:first])
+        time.sleep(0.3)
+        data = data[first:]
     conn.sendall(data)
     if variant.startswith("reset"):
         conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))

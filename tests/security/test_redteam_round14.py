@@ -186,6 +186,8 @@ ENDING_REASONS = {
     "reset-host": {"not-allowlisted", "host-mismatch", "direct-ip"},
     "reset-sni": {"mining", "not-allowlisted"},
     "fin-stratum": {"mining"},
+    "reset-stratum-v6": {"mining"},
+    "reset-stratum-paced": {"mining"},
 }
 
 
