@@ -201,3 +201,22 @@ def ending_main() -> None:
         conn.shutdown(socket.SHUT_WR)
     conn.close()
     print("done", flush=True)
+
+
+def flood_main() -> None:
+    """``flood_main N``: Stratum once to the pool's allowed address (a ``mining`` record), then ``N`` connections
+    to blocked.lab on ``N`` ports (each a ``direct-ip`` record of its own: the port is part of the aggregation
+    key), opened and closed at once."""
+    count = int(sys.argv[1])
+    with socket.create_connection(("198.18.10.3", 3333), timeout=5) as conn:
+        conn.sendall(STRATUM)
+        with contextlib.suppress(OSError):
+            conn.recv(4096)
+    time.sleep(1.0)  # its record first
+    refused = 0
+    for port in range(20000, 20000 + count):
+        try:
+            socket.create_connection((BLOCKED, port), timeout=5).close()
+        except OSError:
+            refused += 1
+    print(f"done {count} connections, {refused} refused", flush=True)

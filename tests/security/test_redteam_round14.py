@@ -28,7 +28,8 @@ import pytest
 
 from egress.lab import netns
 from egress.record.schema import AttemptRecord
-from tests.security.harness import SecurityLab, report
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, SecurityLab, report
 from tests.security.redteam_round14_kit import BLOCKED, ENDINGS, MARK, PAYLOADS
 from tests.waiting import eventually, scaled
 
@@ -209,3 +210,32 @@ def test_an_attempt_that_ends_at_once_is_still_recorded(security_lab: SecurityLa
     report(f"redteam14/{variant}", "records", leaked, unseen, ",".join(reasons) or None)
     assert leaked == 0 and not crossed.contains(MARK.encode())
     assert not unseen, reasons
+
+
+FLOOD_KIT = "from tests.security.redteam_round14_kit import flood_main; flood_main()"
+FLOOD = 1200
+"""Unique blocked attempts after the mining one: three times the policy's retention (400 records)."""
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="open (red team 14): size retention trims a sandbox's stream oldest first whatever the record, so the "
+    "agent's own flood of unique blocked attempts pushes its mining record out of `egress events` (the counts keep "
+    "it); fix proposed in docs/security.md, Fourteenth round",
+)
+def test_a_flood_of_blocked_attempts_does_not_push_a_finding_out(lab_factory: LabFactory) -> None:
+    lab = lab_factory(POLICIES / "redteam_round14_retention.yaml")
+    since = time.time()
+    done = lab.sandbox_python(FLOOD_KIT, str(FLOOD), timeout=300)
+    assert "done" in done.stdout, done.stdout + done.stderr
+    lab.records_until(since, lambda rs: len(rs) >= 300)  # the flood has arrived (retention keeps about 400)
+
+    def mining() -> list[str]:
+        argv = [sys.executable, "-m", "egress", "events", "--since", f"{since:.3f}", "--category", "mining", "--json"]
+        return lab.gateway([*argv, "--redis-url", lab.run.redis_url]).stdout.splitlines()
+
+    kept = mining()
+    argv = [sys.executable, "-m", "egress", "stats", "--window", "1h", "--by", "category", "--json"]
+    counted = lab.gateway([*argv, "--redis-url", lab.run.redis_url]).stdout.strip()
+    report("redteam14/retention-flood", "records", 0, not kept, "mining" if kept else None, counted[:60])
+    assert kept, f"the mining record is gone; counts: {counted}"
