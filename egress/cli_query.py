@@ -222,7 +222,7 @@ def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json:
         table = counts[field]
         click.echo(("\n" if number else "") + f"{field.upper():<40} SCENARIOS   (last {window:g} s)")
         for key, value in list(table.items())[:top]:
-            label = _fit(key or "(none)", 40)
+            label = _fit(escape(key) or "(none)", 40)  # a destination's name as a record stored it
             click.echo(f"{_colour(f'{label:<40}', key, colour and field == 'category')} {value:>8}")
         if len(table) > top:
             click.echo(f"{'(' + str(len(table) - top) + ' more)':<40} {sum(list(table.values())[top:]):>8}")

