@@ -93,3 +93,24 @@ def test_the_front_records_a_reset_attempt_and_hands_nothing_off(monkeypatch: py
         task.cancel()
 
     _run(scenario)
+
+
+def test_a_long_prefix_before_the_reset_is_judged_as_the_relay_would() -> None:
+    """17,000 blank lines then Stratum, reset: past the peek and the stream cap, unidentified (the network rule
+    expects TLS or HTTP: strict), as mitmproxy's relay would have refused it; a benign request is nothing."""
+    gate = allowed_gate(PORT, network=True)
+    for data, reason in (
+        (b"\n" * 17_000 + STRATUM, Reason.TUNNEL),
+        (b"GET / HTTP/1.1\r\nHost: allowed.test\r\n\r\n", None),
+    ):
+        conn, peer, client = _accepted_after(data, True)
+
+        def gone(conn: socket.socket = conn) -> bool:
+            assert reset_before_served(conn)
+            return True
+
+        eventually(gone, timeout=scaled(5))
+        ended = last_look(conn, peer, gate, lambda _: ("127.0.0.1", PORT))
+        assert (ended.verdict.reason if ended is not None else None) is reason
+        conn.close()
+        client.close()

@@ -177,9 +177,11 @@ ENDINGS = {
     "fin-stratum": (("198.18.10.3", 3333), STRATUM),
     "reset-stratum-v6": (("2001:db8:10::3", 3333), STRATUM),
     "reset-stratum-paced": (("198.18.10.3", 3333), STRATUM),
+    "reset-stratum-long-prefix": (("198.18.10.3", 3333), b"\n" * 17_000 + STRATUM),
 }
 """Attempts that end as soon as they are sent: with a reset (``SO_LINGER`` 0), or half-closed then closed;
-``paced``: the subscribe, 0.3 s, then the authorize and the reset (the front has handed it off by then)."""
+``paced``: the subscribe, 0.3 s, then the authorize and the reset (the front has handed it off by then);
+``long-prefix``: 17,000 blank lines (past the front's peek and the stream cap, 16 KiB) before the Stratum."""
 
 
 def ending_main() -> None:

@@ -189,6 +189,7 @@ ENDING_REASONS = {
     "fin-stratum": {"mining"},
     "reset-stratum-v6": {"mining"},
     "reset-stratum-paced": {"mining"},
+    "reset-stratum-long-prefix": {"mining", "tunnel"},
 }
 
 
