@@ -88,6 +88,7 @@ def _icmp6_raw(interface: str) -> tuple[socket.socket, int]:
     sock = socket.socket(socket.AF_INET6, socket.SOCK_RAW, socket.IPPROTO_ICMPV6)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_HOPS, 255)
     sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_UNICAST_HOPS, 255)
+    sock.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_MULTICAST_LOOP, 0)  # the sender's own stack never takes it
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_BINDTODEVICE, interface.encode())
     return sock, scope
 
@@ -97,16 +98,17 @@ def _mac(interface: str) -> bytes:
         return bytes.fromhex(handle.read().strip().replace(":", ""))
 
 
-def router_advert(interface: str) -> bytes:
+def router_advert(interface: str, prefix_only: bool = False) -> bytes:
     """A router advertisement: default router for 1,800 s, an autonomous prefix 2001:db8:77::/64 (SLAAC would
     give the gateway an address in it), a route information option for allowed.lab's 2001:db8:10::/64 (high
-    preference: its traffic to the sandbox) and an MTU of 1,280."""
-    head = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 1800, 0, 0)
+    preference: its traffic to the sandbox) and an MTU of 1,280. ``prefix_only``: no router, route or MTU, the
+    prefix alone (the control's, which must not change how the sandbox reaches anything)."""
+    head = struct.pack("!BBHBBHII", 134, 0, 0, 64, 0, 0 if prefix_only else 1800, 0, 0)
     source = struct.pack("!BB", 1, 1) + _mac(interface)
     prefix = struct.pack("!BBBBIII", 3, 4, 64, 0xC0, 86400, 14400, 0) + socket.inet_pton(socket.AF_INET6, RA_PREFIX)
     route = struct.pack("!BBBBI", 24, 3, 64, 0x08, 86400) + socket.inet_pton(socket.AF_INET6, "2001:db8:10::")
     mtu = struct.pack("!BBHI", 5, 1, 0, 1280)
-    return head + source + prefix + route + mtu
+    return head + source + prefix + (b"" if prefix_only else route + mtu)
 
 
 def redirect(interface: str, gateway_link_local: str) -> bytes:
@@ -146,11 +148,12 @@ def advice_main() -> None:
     """``advice_main KIND INTERFACE GATEWAY_LINK_LOCAL GATEWAY_MAC``: three of one piece of routing advice."""
     kind, interface, gateway_ll, gateway_mac = sys.argv[1:5]
     for _ in range(3):
-        if kind == "ra":
+        if kind in ("ra", "ra-prefix"):
             sock, scope = _icmp6_raw(interface)
+            advert = router_advert(interface, prefix_only=kind == "ra-prefix")
             with sock:
-                sock.sendto(router_advert(interface), ("ff02::1", 0, 0, scope))
-                sock.sendto(router_advert(interface), (gateway_ll, 0, 0, scope))
+                sock.sendto(advert, ("ff02::1", 0, 0, scope))
+                sock.sendto(advert, (gateway_ll, 0, 0, scope))
         elif kind == "redirect":
             sock, scope = _icmp6_raw(interface)
             with sock:

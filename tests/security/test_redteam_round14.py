@@ -156,16 +156,17 @@ def test_the_gateway_takes_no_routing_advice_from_the_sandbox(security_lab: Secu
 
 
 def test_control_the_router_advertisement_is_taken_by_a_host_that_listens(security_lab: SecurityLab) -> None:
-    """The same advertisement sent the other way, by the gateway's namespace to the sandbox (a host: no
-    forwarding, `accept_ra` 1), gives the sandbox an address in the advertised prefix: the packet is well made,
-    so the gateway's not taking it is the gateway's doing."""
+    """The same advertisement, its prefix alone (no router, route or MTU: the module's other rows keep their
+    paths), sent the other way, by the gateway's namespace to the sandbox (a host: no forwarding, `accept_ra` 1),
+    gives the sandbox an address in the advertised prefix: the packet is well made, so the gateway's not taking
+    it is the gateway's doing."""
     lab = security_lab
     sandbox_ll, _ = _link_local(lab, "sandbox", lab.lab.sandbox_if)
     _, gateway_mac = _link_local(lab, "gateway", lab.lab.gateway_sandbox_if)
     interface = lab.lab.sandbox_if
     try:
         sent = lab.gateway(
-            [sys.executable, "-c", ADVICE_KIT, "ra", lab.lab.gateway_sandbox_if, sandbox_ll, gateway_mac]
+            [sys.executable, "-c", ADVICE_KIT, "ra-prefix", lab.lab.gateway_sandbox_if, sandbox_ll, gateway_mac]
         )
         assert "done" in sent.stdout, sent.stdout + sent.stderr
 
