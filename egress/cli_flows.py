@@ -21,6 +21,7 @@ from egress.record import flows
 from egress.record.export import zeek_header
 from egress.record.flow_store import flow_sandboxes, read_flows
 from egress.record.flows import FlowFilter, FlowRecord
+from egress.record.printable import escape, spreadsheet_cell
 
 FORMATS: Final = ("table", "compact", "json", "jsonl", "csv", "zeek")
 COLUMNS: Final = ("sandbox", "destination", "host", "decision", "connections", "up", "down", "duration", "last")
@@ -51,7 +52,7 @@ def row(record: FlowRecord) -> tuple[str, ...]:
     return (
         record.sandbox,
         f"{endpoint(record.dst, record.dport)}/{record.transport}" if record.dst else "-",
-        record.host or "-",
+        escape(record.host) or "-",
         record.decision or "-",
         str(record.connections),
         size(record.bytes_up),
@@ -147,11 +148,11 @@ def _print(records: list[FlowRecord], fmt: str) -> None:
     elif fmt == "csv":
         writer = csv.writer(out, lineterminator="\n")
         writer.writerow(FlowRecord.__dataclass_fields__)
-        writer.writerows([str(value) for value in flows.to_json(r).values()] for r in records)
+        writer.writerows([spreadsheet_cell(str(value)) for value in flows.to_json(r).values()] for r in records)
     elif fmt == "compact":
         for r in records:
             verdict = f"{(r.decision or '-').upper()} x{r.connections}"
-            out.write(f"{_when(r.last_ts)} {r.sandbox} {r.src or '-'} -> {row(r)[1]} {r.host or '-'} {verdict} ")
+            out.write(f"{_when(r.last_ts)} {r.sandbox} {r.src or '-'} -> {row(r)[1]} {row(r)[2]} {verdict} ")
             out.write(f"up {r.bytes_up} down {r.bytes_down}\n")
     else:
         table = Table(box=None, pad_edge=False)

@@ -43,6 +43,7 @@ from egress.decide import Enforcement, Reason
 from egress.detect.base import Transport
 from egress.record import query
 from egress.record.actions import ActionRecord
+from egress.record.printable import escape
 from egress.record.schema import AttemptRecord, RecordCategory
 
 
@@ -136,12 +137,12 @@ def _fit(text: str, size: int) -> str:
 
 def _action_line(action: ActionRecord) -> str:
     took = "running" if action.end is None else f"{action.end - action.start:.1f} s"
-    return f"{when(action.start, False)}  ▶ {action.kind} {_fit(action.command, 80)}  ({took}, id {action.id})"
+    return f"{when(action.start, False)}  ▶ {action.kind} {_fit(escape(action.command), 80)}  ({took}, id {action.id})"
 
 
 def _attempt_line(record: AttemptRecord, colour: bool, also: tuple[str, ...]) -> str:
     count = f" x{record.count}" if record.count > 1 else ""
-    host = f" {record.host}" if record.host else ""
+    host = f" {escape(record.host)}" if record.host else ""
     text = f"{record.action} {record.category}"
     note = f"  (also during {', '.join(also)})" if also else ""
     return (
@@ -221,7 +222,7 @@ def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json:
         table = counts[field]
         click.echo(("\n" if number else "") + f"{field.upper():<40} SCENARIOS   (last {window:g} s)")
         for key, value in list(table.items())[:top]:
-            label = _fit(key or "(none)", 40)
+            label = _fit(escape(key) or "(none)", 40)  # a destination's name as a record stored it
             click.echo(f"{_colour(f'{label:<40}', key, colour and field == 'category')} {value:>8}")
         if len(table) > top:
             click.echo(f"{'(' + str(len(table) - top) + ' more)':<40} {sum(list(table.values())[top:]):>8}")

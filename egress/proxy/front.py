@@ -48,6 +48,7 @@ from egress.proxy.connect import connect
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
+from egress.proxy.lastlook import last_look, reset_before_served
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.poller import Poller, Timer
 from egress.proxy.relay import Watch
@@ -228,11 +229,11 @@ class Front:
             known = found if isinstance(found, tuple) else None
         except OSError as exc:  # the client went away, or its socket was odd: mitmproxy will see the same
             log.debug("front: %s:%s: %s", peer[0], peer[1], exc)
-            self._task(self._hand_off(conn))
+            self._task(self._hand_off(conn, peer))
             return
         except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
             log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
-            self._task(self._hand_off(conn))
+            self._task(self._hand_off(conn, peer))
             return
         if known is None:
             self._task(self._serve_one(conn, peer))
@@ -339,7 +340,7 @@ class Front:
             except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
                 log.exception("front: %s:%s: handed to mitmproxy after an error", peer[0], peer[1])
             handing = True
-            await self._hand_off(conn)
+            await self._hand_off(conn, peer)
         except asyncio.CancelledError:
             if idle is not None and not idle[1].active and not handing:
                 conn.close()  # closed by the idle bound before anything was read: nothing forwarded
@@ -347,7 +348,15 @@ class Front:
         finally:
             spoke()
 
-    async def _hand_off(self, conn: socket.socket) -> None:
+    async def _hand_off(self, conn: socket.socket, peer: tuple[str, int] | None = None) -> None:
+        """Give ``conn`` to mitmproxy; one whose client ``peer`` reset it already (which mitmproxy would close
+        unread) is judged on the bytes it left, recorded, and closed here (`egress.proxy.lastlook`)."""
+        if peer is not None and reset_before_served(conn):
+            ended = last_look(conn, peer, self.gate, self.destination)
+            if ended is not None:
+                self.reporter.report(ended)
+            conn.close()
+            return
         self.handed_off += 1
         await self.handoff(conn)  # never raises: it closes what it cannot serve
 
@@ -560,10 +569,10 @@ class _FirstBytes:
             self.front._pass(conn, sandbox, source, dst, decision)
         except OSError as exc:  # as `_serve_one` does: mitmproxy will see the same
             log.debug("front: %s:%s: %s", self.peer[0], self.peer[1], exc)
-            self.front._task(self.front._hand_off(conn))
+            self.front._task(self.front._hand_off(conn, self.peer))
         except Exception:  # a bug here must not lose the connection's inspection: mitmproxy decides instead
             log.exception("front: %s:%s: handed to mitmproxy after an error", self.peer[0], self.peer[1])
-            self.front._task(self.front._hand_off(conn))
+            self.front._task(self.front._hand_off(conn, self.peer))
 
     def _waited(self) -> None:
         """`PEEK_WAIT` without a byte: `_serve_one` finds the wait over and serves it as a silent client."""

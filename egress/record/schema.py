@@ -25,6 +25,7 @@ from egress.decide import Enforcement, Reason
 from egress.decisions import DecidedFlow
 from egress.detect.base import Category, Transport
 from egress.record import derived
+from egress.record.printable import escape
 
 SCHEMA_VERSION: Final = 1
 DERIVED: Final = ("community_id", "timestamp", "severity", "signature_id")
@@ -107,7 +108,9 @@ class AttemptRecord:
     transport: Transport
     """``tcp``, ``udp``, ``icmp`` or ``ip`` (another IP protocol: ``protocol`` names it, e.g. ``gre``)."""
     host: str
-    """Host name asked for (SNI, Host, DNS question), ``""`` when there was none."""
+    """Host name asked for (SNI, Host, DNS question), ``""`` when there was none; a character that is not
+    printable is written ``\\DDD`` (`egress.record.printable`: what a sandbox asks for never reaches a reader's
+    terminal as a control sequence)."""
     category: RecordCategory
     """``mining``, ``tunnel``, ``crypto-node`` (a detector found it) or ``policy`` (the policy alone refused it)."""
     protocol: str
@@ -148,6 +151,8 @@ class AttemptRecord:
     decided: eve.json's ``alert.signature_id`` (`egress.record.derived.signature_id`)."""
 
     def __post_init__(self) -> None:
+        if isinstance(self.host, str) and not self.host.isprintable():  # a record read from before the escape too
+            object.__setattr__(self, "host", escape(self.host))
         _derive(self)
         if self.first_ts < 0:
             object.__setattr__(self, "first_ts", self.ts)

@@ -143,3 +143,13 @@ def test_an_allowed_flow_or_an_unknown_transport_is_not_a_record() -> None:
     blocked = Verdict(Enforcement.BLOCK, Reason.FIREWALL_DROP, DEFAULT_DENY, "sctp")
     with pytest.raises(ValueError, match="sctp"):
         AttemptRecord.of(_flow(blocked, transport="sctp"), "gw1", make_id(1.0, bytes(10)))
+
+
+@pytest.mark.parametrize("host", ["rt14\x1b[1A\x1b[2K", "rt14\n2026-12-03 other", "rt14\x1b]0;x\x1b\\"])
+def test_a_host_that_is_not_printable_is_recorded_escaped(host: str) -> None:
+    """Red team 14: a name the agent asked for reaches readers' terminals; made and read, it is escaped."""
+    made = record(host=host)
+    assert made.host.isprintable() and made.host.startswith("rt14\\0")
+    data = made.to_json() | {"host": host}  # stored raw by a gateway from before the escape
+    assert AttemptRecord.from_json(data).host == made.host
+    assert decode_entry({"records": json.dumps([data])})[0].host == made.host
