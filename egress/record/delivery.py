@@ -19,7 +19,16 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Final
 
 from egress.record import layout, stats
-from egress.record.layout import SANDBOXES_KEY, encode_entry, entry_chunks, index_key, seen_key, state_key, stream_key
+from egress.record.layout import (
+    SANDBOXES_KEY,
+    encode_entry,
+    entry_chunks,
+    index_key,
+    is_finding,
+    seen_key,
+    state_key,
+    stream_key,
+)
 from egress.record.redis_facade import STORE_ERRORS, RedisFacade, Script, ScriptCall, integer
 from egress.record.schema import AttemptRecord
 from egress.record.spool import Spool, SpoolFull
@@ -35,35 +44,80 @@ LOG_EVERY: Final = 60.0
 """Seconds between two log lines about the same trouble (Redis failing, records lost)."""
 
 # KEYS: stream, index, state hash, seen key of the entry. ARGV: max records, max age (ms), seen ttl (s), number of
-# records n, time of the first record, the records (one JSON array). Stores the entry unless its seen key exists;
-# then, when the stream holds more than the max records or its oldest entry may have outlived the max age (Redis's
-# clock: stream ids), drops the oldest entries (by arrival) until neither holds, never the entry just written, and
-# notes when the oldest left will be due, so most writes do not look at it. Returns n when stored, 0 for a replay.
+# records n, time of the first record, the records (one JSON array), "1" when the entry holds findings, else "0"
+# (`layout.entry_chunks` never mixes the two). Stores the entry unless its seen key exists (a finding entry with
+# the field ``f``), then applies the retention; returns n when stored, 0 for a replay.
+# - Size, per kind: while the policy records (``records`` less ``findings``) are more than the max records, the
+#   oldest policy entry goes; while the findings are more, the oldest finding entry goes. A flood of policy
+#   refusals (the agent's own, cheap to make) cannot push a finding out (red team 14). Each kind keeps a cursor
+#   (``head-p``, ``head-f``: no entry of its kind lies before it), so an entry of the other kind is stepped over
+#   once, not at every write.
+# - Age: when the oldest entry may have outlived the max age (Redis's clock: stream ids), such entries go, whatever
+#   their kind; the script notes when the oldest left will be due, so most writes do not look at it.
+# Never the entry just written; at most TRIM_PER_WRITE entries looked at per write (the next writes go on).
 # The attempt counters (egress.record.stats) come last in KEYS and ARGV and are added with the entry (COUNT_LUA).
 WRITE_SCRIPT: Final = Script(
     """
 if not redis.call('SET', KEYS[4], '1', 'NX', 'EX', ARGV[3]) then return 0 end
 COUNT_LUA
-local id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
+local finding = ARGV[7] == '1'
+local id
+if finding then
+  id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6], 'f', '1')
+else
+  id = redis.call('XADD', KEYS[1], '*', 'n', ARGV[4], 'records', ARGV[6])
+end
 TENS_LUA
 redis.call('ZADD', KEYS[2], ARGV[5], id)
 local total = redis.call('HINCRBY', KEYS[3], 'records', ARGV[4])
+local findings = redis.call('HINCRBY', KEYS[3], 'findings', finding and ARGV[4] or 0)
 local now = tonumber(string.match(id, '^(%d+)-'))
 local max_records, max_age = tonumber(ARGV[1]), tonumber(ARGV[2])
-if total > max_records or now >= tonumber(redis.call('HGET', KEYS[3], 'age-check') or '0') then
+local budget = TRIM_PER_WRITE
+local function holds_findings(entry)
+  for j = 1, #entry[2], 2 do if entry[2][j] == 'f' then return true end end
+  return false
+end
+local function drop(entry)
+  local n = 0
+  for j = 1, #entry[2], 2 do if entry[2][j] == 'n' then n = tonumber(entry[2][j + 1]) end end
+  redis.call('XDEL', KEYS[1], entry[1])
+  redis.call('ZREM', KEYS[2], entry[1])
+  total = redis.call('HINCRBY', KEYS[3], 'records', -n)
+  if holds_findings(entry) then findings = redis.call('HINCRBY', KEYS[3], 'findings', -n) end
+end
+local function over(of_findings)
+  if of_findings then return findings > max_records end
+  return total - findings > max_records
+end
+local function trim(of_findings, cursor)
+  if not over(of_findings) then return end
+  local start = redis.call('HGET', KEYS[3], cursor) or '-'
+  local more = true
+  while more and budget > 0 and over(of_findings) do
+    local batch = redis.call('XRANGE', KEYS[1], start, '+', 'COUNT', 16)
+    more = #batch > 0
+    for _, entry in ipairs(batch) do
+      if entry[1] == id then more = false; break end
+      if budget <= 0 or not over(of_findings) then break end
+      budget = budget - 1
+      if holds_findings(entry) == of_findings then drop(entry) end
+      start = '(' .. entry[1]
+    end
+  end
+  redis.call('HSET', KEYS[3], cursor, start)
+end
+trim(false, 'head-p')
+trim(true, 'head-f')
+if now >= tonumber(redis.call('HGET', KEYS[3], 'age-check') or '0') then
   local due = now
-  for _ = 1, TRIM_PER_WRITE do
+  while true do
     local oldest = redis.call('XRANGE', KEYS[1], '-', '+', 'COUNT', 1)[1]
     if oldest == nil or oldest[1] == id then due = now + max_age; break end
     local born = tonumber(string.match(oldest[1], '^(%d+)-'))
-    if total <= max_records and born + max_age > now then due = born + max_age; break end
-    local n, fields = 0, oldest[2]
-    for j = 1, #fields, 2 do
-      if fields[j] == 'n' then n = tonumber(fields[j + 1]) end
-    end
-    redis.call('XDEL', KEYS[1], oldest[1])
-    redis.call('ZREM', KEYS[2], oldest[1])
-    total = redis.call('HINCRBY', KEYS[3], 'records', -n)
+    if born + max_age > now or budget <= 0 then due = born + max_age; break end
+    budget = budget - 1
+    drop(oldest)
   end
   redis.call('HSET', KEYS[3], 'age-check', string.format('%d', due))
 end
@@ -179,7 +233,8 @@ class Delivery:
             stream, index, state = stream_key(sandbox), index_key(sandbox), state_key(sandbox)
             for chunk in entry_chunks(group, size):
                 keys = (stream, index, state, seen_key(sandbox, chunk[0].id))
-                args = (self._max_records, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk))
+                kind = "1" if is_finding(chunk[0]) else "0"
+                args = (self._max_records, max_age_ms, ttl, len(chunk), repr(chunk[0].ts), encode_entry(chunk), kind)
                 yield stats.with_counters(keys, args, sandbox, chunk, self._max_age_s)
 
     def _drain(self, max_batches: int | None) -> int:

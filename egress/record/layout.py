@@ -19,7 +19,7 @@ from typing import Final
 
 import msgspec
 
-from egress.record.schema import AttemptRecord
+from egress.record.schema import AttemptRecord, RecordCategory
 
 LAYOUT_VERSION: Final = 2
 """1: one stream entry and one index member per record (egress 0.1 before the 2026-11-27 change); 2: entries."""
@@ -87,15 +87,24 @@ def action_keys(sandbox: str) -> tuple[str, str, str, str]:
     return f"{prefix}:actions", f"{prefix}:actions-by-start", f"{prefix}:actions-by-end", f"{prefix}:actions-span"
 
 
+def is_finding(record: AttemptRecord) -> bool:
+    """Whether ``record`` is a detector's finding (mining, tunnel, crypto node) rather than the policy's refusal
+    alone: findings are kept in entries of their own, under a size retention of their own (docs/records.md)."""
+    return record.category != RecordCategory.POLICY
+
+
 def entry_chunks(records: Sequence[AttemptRecord], size: int = CHUNK) -> Iterator[list[AttemptRecord]]:
     """``records`` (one sandbox's) sorted by time (stable: equal times keep their order) and cut into entries of
-    at most ``size`` records spanning at most `SPAN` seconds. Deterministic: the same batch always gives the same
+    at most ``size`` records spanning at most `SPAN` seconds, each holding findings only or policy records only
+    (`is_finding`; a new entry starts where the kind changes). Deterministic: the same batch always gives the same
     entries (what makes a replay's `seen_key` the same)."""
     ordered = sorted(records, key=_TIME)
     times = [record.ts for record in ordered]
     start = 0
     while start < len(ordered):
         end = min(start + max(size, 1), bisect.bisect_right(times, times[start] + SPAN, start + 1))
+        kind = is_finding(ordered[start])
+        end = next((at for at in range(start + 1, end) if is_finding(ordered[at]) is not kind), end)
         yield ordered[start:end]
         start = end
 

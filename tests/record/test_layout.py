@@ -4,11 +4,21 @@ from __future__ import annotations
 
 import itertools
 import json
+from typing import Any, Final
 
 from hypothesis import given
 from hypothesis import strategies as st
 
-from egress.record.layout import SPAN, decode_counted, decode_entry, encode_entry, entry_chunks, seen_key, stream_key
+from egress.record.layout import (
+    SPAN,
+    decode_counted,
+    decode_entry,
+    encode_entry,
+    entry_chunks,
+    is_finding,
+    seen_key,
+    stream_key,
+)
 from tests.record import record
 
 BASE = 1_750_000_000.0
@@ -29,6 +39,29 @@ def test_entries_are_sorted_bounded_in_size_and_span_and_cover_the_batch(offsets
     for first, second in itertools.pairwise(entries):  # an entry ends only when it had to
         assert len(first) == size or second[0].ts - first[0].ts > SPAN
     assert list(entry_chunks(list(batch), size)) == entries  # a replay of the batch cuts the same entries
+
+
+POLICY: Final[dict[str, Any]] = {
+    "category": "policy",
+    "protocol": "tcp",
+    "reason": "not-allowlisted",
+    "detector": "policy",
+}
+"""A record the policy alone made (not a finding)."""
+
+
+@given(
+    kinds=st.lists(st.booleans(), min_size=1, max_size=120),
+    size=st.integers(min_value=1, max_value=40),
+)
+def test_an_entry_holds_findings_only_or_policy_records_only(kinds: list[bool], size: int) -> None:
+    batch = [record(ts=BASE + index, sport=index, **({} if kind else POLICY)) for index, kind in enumerate(kinds)]
+    entries = list(entry_chunks(batch, size))
+    assert [item for entry in entries for item in entry] == batch
+    for entry in entries:
+        assert len({is_finding(item) for item in entry}) == 1
+    for first, second in itertools.pairwise(entries):  # an entry ends only when it had to
+        assert len(first) == size or is_finding(first[-1]) is not is_finding(second[0])
 
 
 def test_entry_encoding_is_the_documented_json_of_each_record() -> None:

@@ -168,6 +168,63 @@ def test_retention_by_size_drops_the_oldest_entries(server: RedisServer, raw: re
     assert [item.sport for item in _read_all(store)] == list(range(1020, 1025))
 
 
+def _refused(start: int, size: int) -> list[AttemptRecord]:
+    """Records the policy alone made (not findings), at the times `_batch` gives."""
+    return [
+        record(ts=T0 - 3600 + start + index, sport=start + index, category="policy", protocol="tcp",
+               reason="not-allowlisted", detector="policy")
+        for index in range(size)
+    ]  # fmt: skip
+
+
+def _held(raw: redis.Redis) -> tuple[int, int, int, int]:
+    """The stream's records and findings as its state says, then as its entries hold them (they must agree)."""
+    entries: list[tuple[str, dict[str, str]]] = raw.xrange(stream_key("agents"))  # type: ignore[assignment]
+    held = sum(int(fields[ENTRY_COUNT]) for _, fields in entries)
+    findings = sum(int(fields[ENTRY_COUNT]) for _, fields in entries if "f" in fields)
+    state = raw.hgetall(state_key("agents"))
+    return int(state["records"]), int(state["findings"]), held, findings
+
+
+def test_a_flood_of_refusals_does_not_push_a_finding_out(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path, retention_max_len=20)
+    [mining] = _batch(0, 1)
+    store.write([mining])
+    for start in range(1, 301, 10):  # red team 14: the agent's own refusals, 15 times the retention
+        store.write(_refused(start, 10))
+    kept = _read_all(store)
+    assert mining in kept
+    assert [item.sport for item in kept if item is not mining and item.category == "policy"] == list(range(281, 301))
+    assert _held(raw) == (21, 1, 21, 1)
+
+
+def test_findings_past_their_own_budget_go_oldest_first(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path, retention_max_len=20)
+    refused = _refused(0, 10)
+    store.write(refused)
+    for start in range(10, 110, 10):
+        store.write(_batch(start, 10))
+    kept = _read_all(store)
+    assert [item.sport for item in kept if item.category == "mining"] == list(range(90, 110))
+    assert [item for item in kept if item.category == "policy"] == refused  # the other kind's budget is its own
+    assert _held(raw) == (30, 20, 30, 20)
+
+
+def test_mixed_batches_keep_each_kind_within_its_budget(server: RedisServer, raw: redis.Redis, tmp_path: Path) -> None:
+    store = _store(server.url, tmp_path, retention_max_len=25)
+    rng = random.Random(14)
+    start = 0
+    for _ in range(60):
+        size = rng.randint(1, 12)
+        batch = [*_batch(start, size), *_refused(start + 1000, rng.randint(0, 12))]
+        store.write(batch)
+        start += size + 20
+        records, findings, held, held_findings = _held(raw)
+        assert (records, findings) == (held, held_findings)
+        assert findings <= 25 + 11 and records - findings <= 25 + 11  # within one entry of each budget
+    assert sorted(item.sport for item in _read_all(store) if item.category == "mining")[-1] == start - 21
+
+
 def _arrived_long_ago(raw: redis.Redis, records: list[AttemptRecord], days: float) -> None:
     """Put ``records`` in as one entry that arrived ``days`` ago by Redis's clock (its stream id), as the store
     writes entries: the way to have an old arrival without waiting for one."""

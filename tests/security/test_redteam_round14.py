@@ -219,12 +219,6 @@ FLOOD = 1200
 """Unique blocked attempts after the mining one: three times the policy's retention (400 records)."""
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="open (red team 14): size retention trims a sandbox's stream oldest first whatever the record, so the "
-    "agent's own flood of unique blocked attempts pushes its mining record out of `egress events` (the counts keep "
-    "it); fix proposed in docs/security.md, Fourteenth round",
-)
 def test_a_flood_of_blocked_attempts_does_not_push_a_finding_out(lab_factory: LabFactory) -> None:
     lab = lab_factory(POLICIES / "redteam_round14_retention.yaml")
     since = time.time()
