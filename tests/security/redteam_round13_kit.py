@@ -109,8 +109,9 @@ def _cookies(values: list[str], crumbs: bool) -> Fields:
 
 MANY_NAMES = 40
 """Names opening JSON on one connection before the call's pieces (`egress.proxy.mitm.inspect.FIELD_STREAMS` is 32)."""
-PADDED = '{"id":1,"method":"mining.subscribe","params":["' + "a" * 32 + '"]}'
-"""A call whose 4-byte pieces repeat (``aaaa`` eight times): the same request bytes, which the front's memo knows."""
+PADDED = '{"id":1,"params":["' + "a" * 32 + '"],"method":"mining.subscribe"}'
+"""A call whose 4-byte pieces repeat before its method (``aaaa`` seven times): the same request bytes, which the
+front's memo knows."""
 
 
 VARIANTS: dict[str, list[Request]] = {
