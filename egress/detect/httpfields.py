@@ -87,11 +87,13 @@ def _cookie_values(named: Sequence[tuple[str, bytes]]) -> list[list[bytes]]:
     """The values of the ``Cookie`` fields' pairs in order (HTTP/2's crumbs, one field each, too: RFC 9113
     §8.2.3), as sent when there are several, and concatenated then percent-decoded (``+`` as a space) when that
     changes them."""
-    values = [
-        pair.partition(b"=")[2].strip() for name, value in named if name == "cookie" for pair in value.split(b";")
-    ]
+    values = _cookies(named)
     decoded = _percent_decoded(b"".join(values))  # after the join: an escape cut across two values is whole
     return [*([values] if len(values) > 1 else []), *([[decoded]] if decoded != b"".join(values) else [])]
+
+
+def _cookies(named: Iterable[tuple[str, bytes]]) -> list[bytes]:
+    return [pair.partition(b"=")[2].strip() for name, value in named if name == "cookie" for pair in value.split(b";")]
 
 
 def _percent_decoded(value: bytes) -> bytes:
@@ -105,16 +107,25 @@ def _percent_decoded(value: bytes) -> bytes:
 OWN: Final = ""
 """The name `by_name` gives the values of the fields that are not `STANDARD`, concatenated in order (no field is
 named so)."""
+COOKIE_VALUES: Final = ";cookie"
+"""The name `by_name` gives the ``Cookie`` pairs' values, concatenated and percent-decoded (no field is named so: a
+``;`` is not a token character)."""
 
 
 def by_name(fields: Iterable[tuple[str, str]]) -> tuple[tuple[str, bytes], ...]:
     """Each field name (lower case) with its values concatenated, in the order the names first come, then `OWN`
-    with the values of the fields that are not `STANDARD`: what a connection's rolling join appends per message
-    (`egress.proxy.mitm.inspect.BodyStreams.fields`; an application that keeps its own fields' pieces across
-    requests, under one name or one name per request)."""
+    with the values of the fields that are not `STANDARD`, and `COOKIE_VALUES` with the cookies' values decoded
+    as a request's: what a connection's rolling join appends per message
+    (`egress.proxy.mitm.inspect.BodyStreams.fields`; an application that keeps its own fields' or its cookies'
+    pieces across requests, under one name or one name per request)."""
     named = [(name.lower(), value.encode("utf-8", "surrogateescape")) for name, value in fields]
     own = b"".join(value for name, value in named if name not in STANDARD)
-    return (*((name, b"".join(values)) for name, values in _groups(named).items()), (OWN, own))
+    cookies = _percent_decoded(b"".join(_cookies(named)))
+    return (
+        *((name, b"".join(values)) for name, values in _groups(named).items()),
+        (OWN, own),
+        (COOKIE_VALUES, cookies),
+    )
 
 
 def _groups(named: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:

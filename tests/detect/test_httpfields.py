@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import quote
 
-from egress.detect.httpfields import JOINED_MIN, OWN, by_name, joined, opens
+from egress.detect.httpfields import COOKIE_VALUES, JOINED_MIN, OWN, by_name, joined, opens
 
 CALL = '{"id":1,"method":"mining.subscribe","params":[]}'
 
@@ -44,7 +44,11 @@ def test_each_reading_is_given_once() -> None:
 
 def test_by_name_concatenates_each_name_s_values_in_order() -> None:
     fields = [("Host", "h"), ("X-A", "ab"), ("Accept", "*/*"), ("x-a", "cd")]
-    assert by_name(fields) == (("host", b"h"), ("x-a", b"abcd"), ("accept", b"*/*"), (OWN, b"abcd"))
+    assert by_name(fields) == (
+        ("host", b"h"), ("x-a", b"abcd"), ("accept", b"*/*"), (OWN, b"abcd"), (COOKIE_VALUES, b"")
+    )  # fmt: skip
+    cookies = [("Cookie", "a=%7B%22i; b=d"), ("Cookie", "c=%22")]
+    assert by_name(cookies)[-1] == (COOKIE_VALUES, b'{"id"')
 
 
 def test_opens_says_whether_any_value_could_open_a_reading() -> None:

@@ -6,7 +6,7 @@ plain port and TLS on the other (ALPN ``h2`` or ``http/1.1``, the lab's allowed.
 it reads the fields as a site that joins them would (`readings`: each repeated name's values joined with ``", "``
 and ``""``, the ``x-`` fields in order joined the same two ways, and, per connection, each name's values across
 its requests joined, and all its ``x-`` fields' values; round 13b's: its ``x-`` fields sorted by name, its
-cookies' values concatenated and percent-decoded, ``x-a`` base64-decoded), and when one reading holds a pool call
+cookies' values concatenated and percent-decoded (and kept across its requests), ``x-a`` base64-decoded), and when one reading holds a pool call
 (JSON from its first ``{``, escapes decoded) it prints ``pool got METHOD via READING`` and answers the call's
 result; anything else is answered ``hello``. ``GET /cookies`` answers `COOKIES` ``Set-Cookie`` fields (the control
 of long lists in a response).
@@ -132,6 +132,7 @@ VARIANTS: dict[str, list[Request]] = {
     "bypass-cookie-values": [(_cookies(cut(STRATUM, 6), crumbs=False), [])],
     "bypass-cookie-crumbs": [(_cookies(cut(STRATUM, 6), crumbs=True), [])],
     "bypass-cookie-percent": [(_cookies(cut(quote(STRATUM, safe=""), 7), crumbs=False), [])],
+    "bypass-cookie-per-request": [(_cookies([quote(piece, safe="")], crumbs=False), []) for piece in cut(STRATUM, 4)],
     "bypass-base64": [(_named("x-a", cut(base64.b64encode(STRATUM.encode()).decode(), 10)), [])],
     "bypass-many-names-first": [
         *[([(f"x-n{n:02d}", f'{{"n":{n}}}')], []) for n in range(MANY_NAMES)],
@@ -173,6 +174,8 @@ def readings(fields: Fields, before: dict[str, str]) -> dict[str, str]:
             found[f"{name}-{label}"] = joiner.join(values)
         found[f"own-{label}"] = joiner.join(own)
     found.update(_13b_readings(fields, groups))
+    before[";cookie"] = before.get(";cookie", "") + found["cookie-values-decoded"]  # a session keeping them
+    found["cookie-values-connection"] = before[";cookie"]
     for name, values in [*groups.items(), ("own", own)]:
         before[name] = before.get(name, "") + "".join(values)
         found[f"{name}-connection"] = before[name]
