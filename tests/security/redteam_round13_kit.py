@@ -4,12 +4,12 @@ attacker's site on allowed.lab, which joins them. Fake both ends: no mining soft
 `site_main ADDRESS PLAIN_PORT TLS_PORT CHAIN KEY` (internet side, on allowed.lab's address) serves HTTP/1.1 on the
 plain port and TLS on the other (ALPN ``h2`` or ``http/1.1``, the lab's allowed.lab certificate). For every request
 it reads the fields as a site that joins them would (`readings`: each repeated name's values joined with ``", "``
-and ``""``, the ``x-`` fields in order joined the same two ways, and, per connection, each name's values across
-its requests joined, and all its ``x-`` fields' values; round 13b's: its ``x-`` fields sorted by name, its
-cookies' values concatenated and percent-decoded (and kept across its requests), ``x-a`` base64-decoded), and when one reading holds a pool call
-(JSON from its first ``{``, escapes decoded) it prints ``pool got METHOD via READING`` and answers the call's
-result; anything else is answered ``hello``. ``GET /cookies`` answers `COOKIES` ``Set-Cookie`` fields (the control
-of long lists in a response).
+and ``""``, the ``x-`` fields in order joined the same two ways, and, per connection, each name's values across its
+requests joined, and all its ``x-`` fields' values; round 13b's: its ``x-`` fields sorted by name, its cookies'
+values concatenated and percent-decoded (and kept across its requests), ``x-a`` base64-decoded), and when one
+reading holds a pool call (JSON from its first ``{``, escapes decoded) it prints ``pool got METHOD via READING`` and
+answers the call's result; anything else is answered ``hello``. ``GET /cookies`` answers `COOKIES` ``Set-Cookie``
+fields (the control of long lists in a response).
 
 `client_main PORT MODE VARIANT CAFILE` (sandbox) resolves allowed.lab through the gateway, opens one connection
 (``plain``: HTTP/1.1 to PORT; ``tls``: HTTP/1.1 in TLS; ``h2``: HTTP/2 in TLS, trusting the gateway's CA), sends a

@@ -17,10 +17,10 @@ repeated fields (cookies, Accept, Via, X-Forwarded-For, JSON trace fields) and a
 fields pass.
 
 Round 13b's ``bypass-*`` rows try to slip past the joined reading: the ``x-`` pieces sent shuffled to a site that
-sorts its fields by name, the pieces as cookie values (one ``Cookie`` field, a field per pair, percent-encoded,
-one per request) to a site that concatenates them, base64 pieces (open: a private encoding), more than 32 JSON-opening names before
-the pieces, pieces whose requests repeat byte for byte (the front's memo answers them). docs/security.md,
-"Round 13b".
+sorts its fields by name, the pieces as cookie values (one ``Cookie`` field, a field per pair, percent-encoded, one
+per request) to a site that concatenates them, base64 pieces (open: a private encoding), more than 32 JSON-opening
+names before the pieces, pieces whose requests repeat byte for byte (the front's memo answers them).
+docs/security.md, "Round 13b".
 """
 
 from __future__ import annotations
