@@ -1,13 +1,13 @@
 """What a server application reads of an HTTP message's header and trailer fields joined (red team 13).
 
 A pool call cut across fields, each too short or too innocent to be judged alone, reached a site that joins them:
-repeated fields of one name, which HTTP lets a recipient combine into one value with ``", "`` (RFC 9110 §5.3;
-Node's ``req.headers``, PHP's ``$_SERVER``, a WSGI environ's ``HTTP_*``), or an application that concatenates its
-own fields in order (``"".join(request.headers[f"x-{i}"] ...)``). `joined` gives those readings as pieces for the
-pool detectors: each repeated name's values joined with ``", "`` and with ``""``; every value in order, with the
-same two joiners; and the same for the fields that are not `STANDARD` (a client's ordinary fields, which an
-application does not take its own data from, left out so that a long ``User-Agent`` between two pieces does not
-hide them); the same fields sorted by name (what an application behind Go's ``net/http`` or a Go proxy reads: its
+repeated fields of one name, which HTTP lets a recipient combine into one value with ``", "`` (RFC 9110 §5.3; Node's
+``req.headers``, PHP's ``$_SERVER``, a WSGI environ's ``HTTP_*``), or an application that concatenates its own
+fields in order (``"".join(request.headers[f"x-{i}"] ...)``). `joined` gives those readings as pieces for the pool
+detectors: each repeated name's values joined with ``", "`` and with ``""``; every value in order, with the same two
+joiners; and the same for the fields that are not `STANDARD` (a client's ordinary fields, which an application does
+not take its own data from, left out so that a long ``User-Agent`` between two pieces does not hide them); the same
+fields sorted by name, concatenated (what an application behind Go's ``net/http`` or a Go proxy reads: its
 ``Header`` writes and iterates keys sorted); and the values of the ``Cookie`` pairs in order, as they came and
 percent-decoded (PHP's ``$_COOKIE``, Rack's and Express's cookie parsers decode them: red team 13b). A private
 choice of fields in a private order is a private encoding, like encryption: out of reach (docs/security.md,
@@ -25,6 +25,10 @@ from urllib.parse import unquote_to_bytes
 JOINERS: Final = (b", ", b"")
 """How a recipient joins values: as HTTP combines a repeated field (``", "``; ``","`` reads the same to the JSON
 detectors, whitespace between tokens being insignificant), and as an application concatenates them."""
+SORTED: Final = (b"",)
+"""How the own fields sorted by name are joined: concatenated (an application's own join; ``", "`` is HTTP's for a
+repeated name, read already). One joiner, not two: the second cost a pool-detector run per request that carries
+JSON in a field (docs/security.md, "Round 13b")."""
 _OPENS: Final = re.compile(rb"[{\[<]|[^\x20-\x7e]")
 """What a pool detector needs to read a call or an answer at all: a JSON bracket, XML markup, or a byte that is
 not printable ASCII (the binary encodings; `egress.detect.packed` skips windows of text, `egress.detect.binrpc`
@@ -79,8 +83,9 @@ def joined(fields: Iterable[tuple[str, str]]) -> list[bytes]:
     readings += [values] if len(values) > 1 else []
     readings += [own] if 1 < len(own) < len(values) else []
     ranked = [value for _, value in sorted(own_fields, key=itemgetter(0))]  # stable: a name's values keep order
-    readings += [ranked] if len(ranked) > 1 and ranked != own else []
-    return _pieces(readings + _cookie_values(named))
+    joins = [(values, JOINERS) for values in readings + _cookie_values(named)]
+    joins += [(ranked, SORTED)] if len(ranked) > 1 and ranked != own else []
+    return _pieces(joins)
 
 
 def _cookie_values(named: Sequence[tuple[str, bytes]]) -> list[list[bytes]]:
@@ -135,10 +140,10 @@ def _groups(named: Iterable[tuple[str, bytes]]) -> dict[str, list[bytes]]:
     return groups
 
 
-def _pieces(readings: Sequence[list[bytes]]) -> list[bytes]:
+def _pieces(readings: Iterable[tuple[list[bytes], tuple[bytes, ...]]]) -> list[bytes]:
     found: dict[bytes, None] = {}
-    for values in readings:
-        for joiner in JOINERS:
+    for values, joiners in readings:
+        for joiner in joiners:
             text = joiner.join(values)
             if len(text) >= JOINED_MIN and _OPENS.search(text) is not None:
                 found[text] = None
