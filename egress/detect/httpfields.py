@@ -83,7 +83,7 @@ def joined(fields: Iterable[tuple[str, str]]) -> list[bytes]:
     readings += [values] if len(values) > 1 else []
     readings += [own] if 1 < len(own) < len(values) else []
     ranked = [value for _, value in sorted(own_fields, key=itemgetter(0))]  # stable: a name's values keep order
-    joins = [(values, JOINERS) for values in readings + _cookie_values(named)]
+    joins: list[tuple[list[bytes], tuple[bytes, ...]]] = [(v, JOINERS) for v in readings + _cookie_values(named)]
     joins += [(ranked, SORTED)] if len(ranked) > 1 and ranked != own else []
     return _pieces(joins)
 
