@@ -133,6 +133,7 @@ VARIANTS: dict[str, list[Request]] = {
     "bypass-cookie-crumbs": [(_cookies(cut(STRATUM, 6), crumbs=True), [])],
     "bypass-cookie-percent": [(_cookies(cut(quote(STRATUM, safe=""), 7), crumbs=False), [])],
     "bypass-cookie-per-request": [(_cookies([quote(piece, safe="")], crumbs=False), []) for piece in cut(STRATUM, 4)],
+    "bypass-continuation": [([("x-pad", "p" * 17000), *_named("x-a", cut(STRATUM, 10))], [])],
     "bypass-base64": [(_named("x-a", cut(base64.b64encode(STRATUM.encode()).decode(), 10)), [])],
     "bypass-many-names-first": [
         *[([(f"x-n{n:02d}", f'{{"n":{n}}}')], []) for n in range(MANY_NAMES)],

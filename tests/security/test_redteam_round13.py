@@ -19,8 +19,8 @@ fields pass.
 Round 13b's ``bypass-*`` rows try to slip past the joined reading: the ``x-`` pieces sent shuffled to a site that
 sorts its fields by name, the pieces as cookie values (one ``Cookie`` field, a field per pair, percent-encoded, one
 per request) to a site that concatenates them, base64 pieces (open: a private encoding), more than 32 JSON-opening
-names before the pieces, pieces whose requests repeat byte for byte (the front's memo answers them).
-docs/security.md, "Round 13b".
+names before the pieces, the pieces after a 17,000-byte field (HTTP/2: the header block in CONTINUATION frames),
+pieces whose requests repeat byte for byte (the front's memo answers them). docs/security.md, "Round 13b".
 """
 
 from __future__ import annotations
@@ -54,11 +54,13 @@ REASONS = {
     "plain-trailers": ("mining", "tunnel"),
     "tls-trailers": ("mining", "tunnel"),
     **{f"{mode}-bypass-many-names-first": ("tunnel",) for mode in ("plain", "tls", "h2")},
+    "plain-bypass-continuation": ("tunnel",),
 }
 """Rows refused otherwise: mitmproxy's HTTP/1 reader does not take a request's trailers (it raises; the connection
 is closed and recorded as an inspection error, `egress.proxy.mitm.crashes`). They leaked nothing on main either.
 Round 13b's ``bypass-many-names-first``: more than `egress.proxy.mitm.inspect.FIELD_STREAMS` names opening JSON on
-one connection fail closed, unidentified (a tunnel), before the call's pieces come."""
+one connection fail closed, unidentified (a tunnel), before the call's pieces come; ``plain-bypass-continuation``: a
+plain HTTP head over 16 KiB is refused at the gate (``http-protocol-error``, a tunnel)."""
 
 
 @pytest.fixture(scope="module")
