@@ -44,6 +44,7 @@ API = (
     ("X-Request-Id", "550e8400-e29b-41d4-a716-446655440000"),
     ("traceparent", "00-" + "a" * 32 + "-" + "b" * 16 + "-01"),
 )  # fmt: skip
+CONSENT = "session=3f2a9c; theme=dark; OptanonConsent=%7B%22necessary%22%3Atrue%2C%22ads%22%3Afalse%7D"
 PAGE = (
     ("Content-Type", "text/html; charset=utf-8"), ("Cache-Control", "no-cache"), ("Vary", "Accept-Encoding"),
     ("Report-To", '{"group":"default","max_age":31536000,"endpoints":[{"url":"https://r.example/report"}]}'),
@@ -58,9 +59,17 @@ SHAPES = {
     "API POST, a JSON field on every request": (Message("POST /v1/q HTTP/1.1", (*API, ("X-Client", '{"sdk":"js",'
                                                 '"v":"2.1.0"}')), b'{"query":"weather"}'), Message("HTTP/1.1 200 OK",
                                                 (("Content-Type", "application/json"),), b'{"ok":true}')),
+    "browser GET, percent-encoded JSON cookie": (Message("GET / HTTP/1.1", (*BROWSER[:6], ("Cookie", CONSENT),
+                                                   *BROWSER[7:]), b""), Message("HTTP/1.1 200 OK", PAGE, b"<html>" +
+                                                   b"x" * 2000 + b"</html>")),
+    "API POST, 4 own fields, one JSON": (Message("POST /v1/q HTTP/1.1", (*API, ("X-Client", '{"sdk":"js"}'),
+                                         ("X-B", "1"), ("X-A", "2")), b'{"query":"weather"}'), Message(
+                                         "HTTP/1.1 200 OK", (("Content-Type", "application/json"),), b'{"ok":true}')),
 }  # fmt: skip
 """Ordinary exchanges: a browser's navigation (the page's answer with reporting headers and cookies), an API call,
-the same with a field whose JSON value every request repeats (the connection's join of it grows to its window)."""
+the same with a field whose JSON value every request repeats (the connection's join of it grows to its window);
+round 13b's: a consent manager's cookie of percent-encoded JSON (decoded, it opens), own fields not sent in the
+order of their names (the sorted reading)."""
 
 
 def _judge(stream: tuple[Detector, ...], request: Read, response: Read, bodies: BodyStreams) -> None:

@@ -4,11 +4,12 @@ attacker's site on allowed.lab, which joins them. Fake both ends: no mining soft
 `site_main ADDRESS PLAIN_PORT TLS_PORT CHAIN KEY` (internet side, on allowed.lab's address) serves HTTP/1.1 on the
 plain port and TLS on the other (ALPN ``h2`` or ``http/1.1``, the lab's allowed.lab certificate). For every request
 it reads the fields as a site that joins them would (`readings`: each repeated name's values joined with ``", "``
-and ``""``, the ``x-`` fields in order joined the same two ways, and, per connection, each name's values across
-its requests joined, and all its ``x-`` fields' values), and when one reading holds a pool call (JSON from its
-first ``{``, escapes decoded) it prints ``pool got METHOD via READING`` and answers the call's result; anything
-else is answered ``hello``. ``GET /cookies`` answers `COOKIES` ``Set-Cookie`` fields (the control of long lists
-in a response).
+and ``""``, the ``x-`` fields in order joined the same two ways, and, per connection, each name's values across its
+requests joined, and all its ``x-`` fields' values; round 13b's: its ``x-`` fields sorted by name, its cookies'
+values concatenated and percent-decoded (and kept across its requests), ``x-a`` base64-decoded), and when one
+reading holds a pool call (JSON from its first ``{``, escapes decoded) it prints ``pool got METHOD via READING`` and
+answers the call's result; anything else is answered ``hello``. ``GET /cookies`` answers `COOKIES` ``Set-Cookie``
+fields (the control of long lists in a response).
 
 `client_main PORT MODE VARIANT CAFILE` (sandbox) resolves allowed.lab through the gateway, opens one connection
 (``plain``: HTTP/1.1 to PORT; ``tls``: HTTP/1.1 in TLS; ``h2``: HTTP/2 in TLS, trusting the gateway's CA), sends a
@@ -19,11 +20,15 @@ plain ``GET /`` first (its answer first, the control), then the variant's reques
 from __future__ import annotations
 
 import asyncio
+import base64
+import binascii
 import contextlib
 import json
+import random
 import socket
 import ssl
 import sys
+from urllib.parse import quote, unquote_plus
 
 import h2.config
 import h2.connection
@@ -90,6 +95,25 @@ def _innocent_between() -> Fields:
     return [*numbered[:8], ("user-agent", LONG_AGENT), *numbered[8:]]
 
 
+def _shuffled() -> Fields:
+    """`_numbered` pieces sent in a shuffled order (a site that sorts its fields by name reads them in order)."""
+    fields = _numbered(cut(STRATUM, 4))
+    random.Random(13).shuffle(fields)
+    return fields
+
+
+def _cookies(values: list[str], crumbs: bool) -> Fields:
+    pairs = [f"c{index:02d}={value}" for index, value in enumerate(values)]
+    return [("cookie", pair) for pair in pairs] if crumbs else [("cookie", "; ".join(pairs))]
+
+
+MANY_NAMES = 40
+"""Names opening JSON on one connection before the call's pieces (`egress.proxy.mitm.inspect.FIELD_STREAMS` is 32)."""
+PADDED = '{"id":1,"params":["' + "a" * 32 + '"],"method":"mining.subscribe"}'
+"""A call whose 4-byte pieces repeat before its method (``aaaa`` seven times): the same request bytes, which the
+front's memo knows."""
+
+
 VARIANTS: dict[str, list[Request]] = {
     "repeated-name": [(_named("x-a", cut(STRATUM, 10)), [])],
     "repeated-name-at-commas": [(_named("x-a", _commas(STRATUM)), [])],
@@ -103,6 +127,19 @@ VARIANTS: dict[str, list[Request]] = {
     "eth-submit-login": [(_named("x-a", cut(ETH, 12)), [])],
     "per-request-pieces": [(_named("x-a", [piece]), []) for piece in cut(STRATUM, 4)],
     "per-request-names": [([(f"x-{n:02d}", piece)], []) for n, piece in enumerate(cut(STRATUM, 4))],
+    # round 13b: variants that try to slip past the joined reading
+    "bypass-sorted-names": [(_shuffled(), [])],
+    "bypass-cookie-values": [(_cookies(cut(STRATUM, 6), crumbs=False), [])],
+    "bypass-cookie-crumbs": [(_cookies(cut(STRATUM, 6), crumbs=True), [])],
+    "bypass-cookie-percent": [(_cookies(cut(quote(STRATUM, safe=""), 7), crumbs=False), [])],
+    "bypass-cookie-per-request": [(_cookies([quote(piece, safe="")], crumbs=False), []) for piece in cut(STRATUM, 4)],
+    "bypass-continuation": [([("x-pad", "p" * 17000), *_named("x-a", cut(STRATUM, 10))], [])],
+    "bypass-base64": [(_named("x-a", cut(base64.b64encode(STRATUM.encode()).decode(), 10)), [])],
+    "bypass-many-names-first": [
+        *[([(f"x-n{n:02d}", f'{{"n":{n}}}')], []) for n in range(MANY_NAMES)],
+        *[(_named("x-a", [piece]), []) for piece in cut(STRATUM, 4)],
+    ],
+    "bypass-memo-repeats": [(_named("x-a", [piece]), []) for piece in cut(PADDED, 4)],
     # controls: fields that repeat in ordinary traffic
     "benign-repeats": [
         (
@@ -137,9 +174,24 @@ def readings(fields: Fields, before: dict[str, str]) -> dict[str, str]:
         for name, values in groups.items():
             found[f"{name}-{label}"] = joiner.join(values)
         found[f"own-{label}"] = joiner.join(own)
+    found.update(_13b_readings(fields, groups))
+    before[";cookie"] = before.get(";cookie", "") + found["cookie-values-decoded"]  # a session keeping them
+    found["cookie-values-connection"] = before[";cookie"]
     for name, values in [*groups.items(), ("own", own)]:
         before[name] = before.get(name, "") + "".join(values)
         found[f"{name}-connection"] = before[name]
+    return found
+
+
+def _13b_readings(fields: Fields, groups: dict[str, list[str]]) -> dict[str, str]:
+    """Round 13b's site: its own fields sorted by name (Go's ``Header``), its cookies' values concatenated (and
+    percent-decoded, as PHP and Rack do), an ``x-a`` value base64-decoded after the join."""
+    own = sorted((name.lower(), value.strip()) for name, value in fields if name.lower().startswith("x-"))
+    cookies = "".join(pair.partition("=")[2].strip() for value in groups.get("cookie", []) for pair in value.split(";"))
+    found = {"own-sorted": "".join(value for _, value in own), "cookie-values": cookies}
+    found["cookie-values-decoded"] = unquote_plus(cookies)
+    with contextlib.suppress(binascii.Error, ValueError):
+        found["x-a-base64"] = base64.b64decode("".join(groups.get("x-a", []))).decode("latin-1")
     return found
 
 

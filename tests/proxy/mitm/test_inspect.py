@@ -273,6 +273,17 @@ def test_a_call_cut_one_field_piece_per_request_is_read_joined_on_the_connection
     assert found is not None and found.category is Category.MINING
 
 
+@pytest.mark.parametrize("encode", [False, True], ids=["as-sent", "percent-encoded"])
+def test_a_call_cut_one_cookie_value_per_request_is_read_joined_on_the_connection(encode: bool) -> None:
+    """Round 13b: a site that keeps its cookies' values (decoded, as PHP's ``$_COOKIE``) across requests."""
+    streams, found = BodyStreams(SPLIT_META, make_gate().stream), None
+    for n, piece in enumerate(_cut(CALL, 4)):
+        value = quote(piece, safe="") if encode else piece
+        message = read(Message("GET / HTTP/1.1", (("Host", "allowed.test"), ("Cookie", f"c{n}={value}")), b""))
+        found = found or streams.message(message, True)
+    assert found is not None and found.category is Category.MINING
+
+
 def test_response_fields_are_not_joined_across_responses() -> None:
     """What the join leaves (a cost choice, docs/security.md "Thirteenth round"): a pool's answer cut one piece per
     response field."""
