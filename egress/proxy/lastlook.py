@@ -26,6 +26,7 @@ from egress.detect.base import FlowMeta
 from egress.detect.engine import unidentified_finding
 from egress.policy.model import Sandbox
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Gate, Kind, flow_meta
+from egress.proxy.httpjudge import fail_closed
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +48,8 @@ def last_look(
 ) -> DecidedFlow | None:
     """The decision worth recording on what ``conn``'s client sent before it reset (peeked, up to the front's
     `HEAD_WAIT_LIMIT`), or None: no sandbox, no bytes, no original destination any more, or nothing to record.
-    An error judging attacker bytes records nothing more; the caller closes the connection all the same."""
+    An error judging attacker bytes is a block recorded as an inspection error (`httpjudge.fail_closed`); the
+    caller closes the connection all the same."""
     sandbox = gate.sandbox(str(peer[0]))
     if sandbox is None:
         return None
@@ -65,9 +67,10 @@ def last_look(
         verdict = decision.verdict
         if verdict is None and decision.kind is Kind.INSPECT:
             verdict = _inspected(gate, sandbox, flow_meta(source, dst), data)
-    except Exception:
+    except Exception as exc:  # recorded as a block of what could not be judged, as the fast path's errors are
         log.exception("front: %s:%s reset: its bytes could not be judged", source[0], source[1])
-        return None
+        why = f"a reset client's {len(data)} bytes could not be judged: {type(exc).__name__}"
+        return DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", "", fail_closed(why))
     if verdict is None or not verdict.recorded:
         return None
     return DecidedFlow(time.time(), sandbox.name, *source, *dst, "tcp", decision.host, verdict)

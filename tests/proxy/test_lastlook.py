@@ -40,6 +40,23 @@ def _accepted_after(data: bytes, reset: bool) -> tuple[socket.socket, tuple[str,
     return conn, peer, client
 
 
+def test_an_error_judging_a_reset_clients_bytes_is_a_recorded_block(monkeypatch: pytest.MonkeyPatch) -> None:
+    gate = allowed_gate(PORT, network=True)
+    conn, peer, client = _accepted_after(STRATUM, reset=True)
+
+    def broken(*_: object, **__: object) -> None:
+        raise RuntimeError("a detector's fault")
+
+    monkeypatch.setattr(gate, "on_first_bytes", broken)
+    eventually(lambda: reset_before_served(conn), timeout=scaled(5))
+    ended = last_look(conn, peer, gate, lambda _: ("127.0.0.1", PORT))
+    assert ended is not None and ended.verdict.reason is Reason.TUNNEL
+    assert ended.verdict.action is Enforcement.BLOCK and "could not be judged" in ended.verdict.evidence
+    assert ended.verdict.recorded
+    conn.close()
+    client.close()
+
+
 @pytest.mark.parametrize("reset", [True, False])
 def test_a_reset_client_is_judged_on_the_bytes_it_left(reset: bool) -> None:
     gate = allowed_gate(PORT, network=True)
