@@ -94,19 +94,21 @@ def is_finding(record: AttemptRecord) -> bool:
 
 
 def entry_chunks(records: Sequence[AttemptRecord], size: int = CHUNK) -> Iterator[list[AttemptRecord]]:
-    """``records`` (one sandbox's) sorted by time (stable: equal times keep their order) and cut into entries of
-    at most ``size`` records spanning at most `SPAN` seconds, each holding findings only or policy records only
-    (`is_finding`; a new entry starts where the kind changes). Deterministic: the same batch always gives the same
-    entries (what makes a replay's `seen_key` the same)."""
+    """``records`` (one sandbox's), the findings apart from the policy records (`is_finding`: an entry holds one
+    kind, findings' entries first), each kind sorted by time (stable: equal times keep their order) and cut into
+    entries of at most ``size`` records spanning at most `SPAN` seconds. A batch thus makes at most two entries
+    more than its times and size need, however its kinds interleave (one entry per run of a kind made an agent
+    that alternates them cost a script per record). Deterministic: the same batch always gives the same entries
+    (what makes a replay's `seen_key` the same)."""
     ordered = sorted(records, key=_TIME)
-    times = [record.ts for record in ordered]
-    start = 0
-    while start < len(ordered):
-        end = min(start + max(size, 1), bisect.bisect_right(times, times[start] + SPAN, start + 1))
-        kind = is_finding(ordered[start])
-        end = next((at for at in range(start + 1, end) if is_finding(ordered[at]) is not kind), end)
-        yield ordered[start:end]
-        start = end
+    for kind in (True, False):
+        group = [record for record in ordered if is_finding(record) is kind]
+        times = [record.ts for record in group]
+        start = 0
+        while start < len(group):
+            end = min(start + max(size, 1), bisect.bisect_right(times, times[start] + SPAN, start + 1))
+            yield group[start:end]
+            start = end
 
 
 def encode_entry(records: Sequence[AttemptRecord]) -> bytes:
