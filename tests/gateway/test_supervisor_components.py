@@ -5,7 +5,6 @@ records, and the drop logger's and recorder's liveness."""
 from __future__ import annotations
 
 import asyncio
-import socket
 import threading
 from collections.abc import Callable, Coroutine
 from pathlib import Path
@@ -32,6 +31,7 @@ from egress.gateway.droplog import DropLogger
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import load_version
 from tests.lists import shipped_lists
+from tests.ports import free_port
 from tests.redis_server import RedisFactory
 from tests.waiting import scaled
 
@@ -61,21 +61,6 @@ class Clock:
 
 def _run[T](scenario: Callable[[], Coroutine[Any, Any, T]]) -> T:
     return asyncio.run(asyncio.wait_for(scenario(), 60))
-
-
-def _free_port() -> int:
-    """A port free for UDP and TCP on every address (the resolver binds both on 0.0.0.0 and ::)."""
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-            udp.bind(("0.0.0.0", 0))
-            port = int(udp.getsockname()[1])
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                try:
-                    tcp.bind(("0.0.0.0", port))
-                except OSError:
-                    continue
-        return port
-    raise AssertionError("no free port")
 
 
 def _attempt(src: str, host: str) -> DecidedFlow:
@@ -112,7 +97,9 @@ def test_the_resolver_answers_its_probe_is_noticed_hung_and_comes_back_after_a_r
         built.append(Resolver(policy, Upstream("127.0.0.1", 9), bindings, reporter, lists))
         return built[-1]
 
-    part = ResolverPart(build, _free_port(), clock, probe_wait=scaled(0.25))  # a hung one is waited on twice
+    part = ResolverPart(
+        build, free_port(host="0.0.0.0", udp=True), clock, probe_wait=scaled(0.25)
+    )  # a hung one is waited on twice
 
     async def scenario() -> None:
         assert await part.check() == "not running"

@@ -29,6 +29,7 @@ from egress.proxy.gate import Gate
 from egress.proxy.poller import front_loop
 from egress.proxy.splice import Relay
 from tests.lists import shipped_lists
+from tests.ports import free_port
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
 
@@ -65,12 +66,6 @@ def _records(data: bytes, size: int = 16 * 1024) -> bytes:
     bytes close the relay: red team 12b)."""
     chunks = [data[at : at + size] for at in range(0, len(data), size)]
     return b"".join(bytes([23, 3, 3]) + len(chunk).to_bytes(2) + chunk for chunk in chunks)
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 def _hello_padded(name: str, pad: int) -> bytes:
@@ -131,7 +126,7 @@ class _Setup:
 
 
 async def _serving(setup: _Setup) -> tuple[int, asyncio.Task[None]]:
-    port = _free_port()
+    port = free_port()
     task = asyncio.create_task(setup.front.serve(port, hosts=("127.0.0.1",)))
 
     async def listening() -> bool:

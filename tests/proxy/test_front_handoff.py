@@ -23,6 +23,7 @@ from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Decision, Gate, flow_meta
 from tests.lists import shipped_lists
+from tests.ports import free_port
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.proxy.test_front import (
     SSH_IN_TLS,
@@ -89,9 +90,7 @@ class _Setup:
         writer.close()
 
     async def serve(self) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = int(probe.getsockname()[1])
+        self.port = free_port()
         task = self.task = asyncio.create_task(self.front.serve(self.port, hosts=("127.0.0.1",)))
 
         async def listening() -> bool:

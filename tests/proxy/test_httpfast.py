@@ -28,6 +28,7 @@ from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from egress.proxy.idle import IDLE_TIMEOUT
 from tests.lists import shipped_lists
+from tests.ports import free_port
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
 
@@ -163,9 +164,7 @@ Scenario = Callable[[Setup, Upstream, int], Awaitable[None]]
 async def serving(site_port: int, idle_timeout: float = IDLE_TIMEOUT) -> AsyncIterator[tuple[Setup, int]]:
     """A `Setup` whose front listens on a free loopback port (yielded with it), its requests to ``site_port``."""
     setup = Setup(site_port, idle_timeout)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     task = asyncio.create_task(setup.front.serve(port, hosts=("127.0.0.1",)))
 
     async def listening() -> bool:

@@ -20,6 +20,7 @@ from egress.proxy.front import Front
 from egress.proxy.gate import Gate
 from egress.proxy.idle import Held, IdleBound
 from tests.lists import shipped_lists
+from tests.ports import free_port
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.waiting import eventually_async, scaled
 
@@ -111,9 +112,7 @@ sandboxes:
         conn.close()
 
     front = Front(gate, reporter, handoff, destination=lambda _: ("127.0.0.1", 9), idle=IdleBound(10, per_sandbox=3))
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = int(probe.getsockname()[1])
+    port = free_port()
     serving = asyncio.create_task(front.serve(port, hosts=("127.0.0.1",)))
     loop = asyncio.get_running_loop()
     clients: list[socket.socket] = []

@@ -67,87 +67,111 @@ async def run_worker(
     (`egress.proxy.mitm.quiet`)."""
     opts = options.Options()
     sink = await asyncio.start_server(_sink, "127.0.0.1", 0)
-    sink_address = sink.sockets[0].getsockname()[:2]
-    # A lean master: only the addons the gateway needs. Every hook walks every addon, and DumpMaster's 34
-    # made connection setup several times dearer (docs/gateway-performance.md).
-    master = Master(opts, with_termlog=False)
-    # The master also copies every record of every logger into its deprecated ``add_log`` hook (a second format,
-    # a self-pipe write and a walk of the addons per record: per allowed request's decision line, as much as the
-    # fast relay itself); no addon here takes that hook, and the root logger's own handler then writes alone.
-    for handler in list(logging.getLogger().handlers):
-        if isinstance(handler, mitmlog.LegacyLogEvents):
-            handler.uninstall()
-    server = proxyserver.Proxyserver()
-    master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
-    sink_at = (str(sink_address[0]), int(sink_address[1]))
-    quiet = QuietWatch(idle_timeout)
-    addon = EgressAddon(
-        gate, reporter, sink_at, _severer(server), open_flows, flows, (quiet, lambda c: server.connections.get(c.id))
-    )
-    quiet.on_refused = addon.refused
-    master.addons.add(addon)
-    # Each server connection resets if this worker dies (a graceful end stays graceful): red team 7.
-    master.addons.add(linger.Lingers(lambda c: server.connections.get(c.id)))
-    guard = CrashGuard.install(server, addon.crashed)
-    settings: dict[str, Any] = {
-        "mode": ["transparent@127.0.0.1:0"],
-        "connection_strategy": "eager",
-        "confdir": confdir,
-        # After a 101 that is not a WebSocket mitmproxy would relay the connection raw; the addon kills such
-        # flows first, and without rawtcp mitmproxy closes them itself too (belt and braces).
-        "rawtcp": False,
-        # The idle timeout is ours (`quiet`, recorded); mitmproxy's own (reset by any event, closing unrecorded)
-        # stays behind it as a backstop, and its HTTP/2 keep-alive pings would be progress that never ends.
-        "tcp_timeout": int(max(600.0, 2 * idle_timeout)),
-        "http2_ping_keepalive": 0,
-    }
-    if upstream_ca:
-        settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
-    opts.update(**settings)
-    servers = master.addons.get("proxyserver").servers
-    running = asyncio.create_task(master.run())
-    deadline = time.monotonic() + START_TIMEOUT
-    while not (len(servers) and all(instance.is_running for instance in servers)):
-        failed = [instance.last_exception for instance in servers if instance.last_exception is not None]
-        if failed:
-            raise RuntimeError(f"mitmproxy's server did not start: {failed[0]}")
-        if running.done():
-            await running  # mitmproxy failed to start: raise its error
-            raise RuntimeError("mitmproxy stopped before its server started")
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"mitmproxy's server did not start within {START_TIMEOUT} s")
-        await asyncio.sleep(0.01)
-    [instance] = list(servers)
+    servers: Any = ()
+    try:  # however the worker ends, nothing of it is left listening (below)
+        sink_address = sink.sockets[0].getsockname()[:2]
+        # A lean master: only the addons the gateway needs. Every hook walks every addon, and DumpMaster's 34
+        # made connection setup several times dearer (docs/gateway-performance.md).
+        master = Master(opts, with_termlog=False)
+        # The master also copies every record of every logger into its deprecated ``add_log`` hook (a second format,
+        # a self-pipe write and a walk of the addons per record: per allowed request's decision line, as much as the
+        # fast relay itself); no addon here takes that hook, and the root logger's own handler then writes alone.
+        for handler in list(logging.getLogger().handlers):
+            if isinstance(handler, mitmlog.LegacyLogEvents):
+                handler.uninstall()
+        server = proxyserver.Proxyserver()
+        master.addons.add(core.Core(), server, tlsconfig.TlsConfig())
+        sink_at = (str(sink_address[0]), int(sink_address[1]))
+        quiet = QuietWatch(idle_timeout)
+        addon = EgressAddon(
+            gate,
+            reporter,
+            sink_at,
+            _severer(server),
+            open_flows,
+            flows,
+            (quiet, lambda c: server.connections.get(c.id)),
+        )
+        quiet.on_refused = addon.refused
+        master.addons.add(addon)
+        # Each server connection resets if this worker dies (a graceful end stays graceful): red team 7.
+        master.addons.add(linger.Lingers(lambda c: server.connections.get(c.id)))
+        guard = CrashGuard.install(server, addon.crashed)
+        settings: dict[str, Any] = {
+            "mode": ["transparent@127.0.0.1:0"],
+            "connection_strategy": "eager",
+            "confdir": confdir,
+            # After a 101 that is not a WebSocket mitmproxy would relay the connection raw; the addon kills such
+            # flows first, and without rawtcp mitmproxy closes them itself too (belt and braces).
+            "rawtcp": False,
+            # The idle timeout is ours (`quiet`, recorded); mitmproxy's own (reset by any event, closing unrecorded)
+            # stays behind it as a backstop, and its HTTP/2 keep-alive pings would be progress that never ends.
+            "tcp_timeout": int(max(600.0, 2 * idle_timeout)),
+            "http2_ping_keepalive": 0,
+        }
+        if upstream_ca:
+            settings["ssl_verify_upstream_trusted_ca"] = upstream_ca
+        opts.update(**settings)
+        servers = master.addons.get("proxyserver").servers
+        running = asyncio.create_task(master.run())
+        deadline = time.monotonic() + START_TIMEOUT
+        while not (len(servers) and all(instance.is_running for instance in servers)):
+            failed = [instance.last_exception for instance in servers if instance.last_exception is not None]
+            if failed:
+                raise RuntimeError(f"mitmproxy's server did not start: {failed[0]}")
+            if running.done():
+                await running  # mitmproxy failed to start: raise its error
+                raise RuntimeError("mitmproxy stopped before its server started")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"mitmproxy's server did not start within {START_TIMEOUT} s")
+            await asyncio.sleep(0.01)
+        [instance] = list(servers)
 
-    bound = idle if idle is not None else IdleBound()
-    handoff = _handoff(instance, addon, bound)
-    the_front = Front(
-        gate,
-        reporter,
-        handoff,
-        destination or original_destination,
-        open_flows,
-        flows,
-        idle=bound,
-        idle_timeout=idle_timeout,
-    )
-    front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
-    watching = asyncio.create_task(quiet.run(addon.idle_closed))
-    try:
-        await asyncio.wait({running, front, watching}, return_when=asyncio.FIRST_COMPLETED)
-        if watching.done():
-            watching.result()  # the idle timeout's watch failed (its error ends the worker)
-        if front.done():
-            front.result()  # the front failed (its error ends the worker)
-            raise RuntimeError("the proxy worker's front stopped")
-        running.result()  # mitmproxy shut down (its error, if any, ends the worker)
-    finally:  # also when the worker is told to stop (cancelled)
-        guard.uninstall()
-        front.cancel()  # first: its listening sockets close, nothing more is accepted
-        watching.cancel()
-        running.cancel()
-        # Wait for both to have really stopped (bounded): the caller flushes records next, with no new connection.
-        await asyncio.wait({front, running}, timeout=STOP_WAIT)
+        bound = idle if idle is not None else IdleBound()
+        handoff = _handoff(instance, addon, bound)
+        the_front = Front(
+            gate,
+            reporter,
+            handoff,
+            destination or original_destination,
+            open_flows,
+            flows,
+            idle=bound,
+            idle_timeout=idle_timeout,
+        )
+        front = asyncio.create_task(the_front.serve(port) if host is None else the_front.serve(port, hosts=(host,)))
+        watching = asyncio.create_task(quiet.run(addon.idle_closed))
+        try:
+            await asyncio.wait({running, front, watching}, return_when=asyncio.FIRST_COMPLETED)
+            if watching.done():
+                watching.result()  # the idle timeout's watch failed (its error ends the worker)
+            if front.done():
+                front.result()  # the front failed (its error ends the worker)
+                raise RuntimeError("the proxy worker's front stopped")
+            running.result()  # mitmproxy shut down (its error, if any, ends the worker)
+        finally:  # also when the worker is told to stop (cancelled)
+            guard.uninstall()
+            front.cancel()  # first: its listening sockets close, nothing more is accepted
+            watching.cancel()
+            running.cancel()
+            # Wait for both to have really stopped (bounded): the caller flushes records next, with no new connection.
+            await asyncio.wait({front, running}, timeout=STOP_WAIT)
+    finally:
+        # The sink, and mitmproxy's own listener, which its master leaves open when it ends (no addon stops a
+        # server on the done hook): a worker that failed to start, in a process that goes on (tests, a caller
+        # that retries), must not leave a listener that takes connections to nowhere (CI, stop 32).
+        sink.close()
+        await _stop_servers(servers)
+
+
+async def _stop_servers(servers: Any) -> None:
+    """Stop mitmproxy's server ``instances`` that still listen (an error is logged: the others still stop)."""
+    for instance in list(servers):
+        if instance.is_running:
+            try:
+                await instance.stop()
+            except Exception:
+                log.exception("mitmproxy's server did not stop")
 
 
 def _handoff(instance: Any, addon: EgressAddon, idle: IdleBound) -> Callable[[socket.socket], Awaitable[None]]:

@@ -10,6 +10,7 @@ policy allows one more upgrade, ``x-inspected``.
 from __future__ import annotations
 
 import asyncio
+import errno
 import functools
 import pathlib
 import socket
@@ -32,6 +33,7 @@ from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate
 from egress.proxy.mitm import server
 from tests.lists import shipped_lists
+from tests.ports import free_port, listening_here
 from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.proxy.mitm.site import Site, serve_forever
 from tests.waiting import eventually, scaled
@@ -127,9 +129,14 @@ sandboxes:
             serve_forever(self.site, context, functools.partial(self.ports.__setitem__, kind), self.loop)
         eventually(lambda: len(self.ports) == 4)
         self.site.greeting_ports.update({self.ports["greeting"], self.ports["tls-greeting"]})
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        for _ in range(4):  # a port another test drew at the same moment is swapped for another
+            if self._serve(free_port()):
+                return
+        raise AssertionError("the worker found no free port in four draws")
+
+    def _serve(self, port: int) -> bool:
+        """Start the worker on ``port`` and wait until it listens there; False when the port turned out taken."""
+        self.port = port
         self.running = asyncio.run_coroutine_threadsafe(
             server.run_worker(
                 self.gate(),
@@ -145,14 +152,19 @@ sandboxes:
         )
 
         def listening() -> bool:
-            assert not self.running.done(), self.running.exception()
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=1).close()
-            except OSError as exc:
-                raise AssertionError(f"the worker does not listen yet: {exc}") from exc
+            if self.running.done():
+                return True  # failed: below
+            # Ours, not a listener of another that had the port first (mitmproxy takes seconds to start).
+            assert listening_here(self.port), f"the worker does not listen on {self.port} yet"
             return True
 
         eventually(listening, timeout=30)
+        if not self.running.done():
+            return True
+        error = self.running.exception()
+        if isinstance(error, OSError) and error.errno == errno.EADDRINUSE:
+            return False
+        raise AssertionError(f"the worker stopped: {error!r}") from error
 
     def stop(self) -> None:
         self.running.cancel()
