@@ -88,6 +88,7 @@ class LazyGroup(click.Group):
         "events": "egress.cli_query:events",
         "timeline": "egress.cli_query:timeline_command",
         "stats": "egress.cli_query:stats",
+        "retention": "egress.cli_query:retention",
         "actions": "egress.cli_query:actions",
         "export": "egress.cli_export:export",
         "quarantine": "egress.cli_quarantine:quarantine",

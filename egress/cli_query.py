@@ -1,4 +1,5 @@
-"""The query commands of the ``egress`` command line: ``events``, ``timeline``, ``stats`` and ``actions record``.
+"""The query commands of the ``egress`` command line: ``events``, ``timeline``, ``stats``, ``retention`` and
+``actions record``.
 They read Redis through `egress.record.query`; the main group (egress/cli.py) registers `COMMANDS`. The JSON
 lines they print are the documented records (docs/records.md), unchanged, so a SIEM can take them as they are.
 """
@@ -44,6 +45,7 @@ from egress.detect.base import Transport
 from egress.record import query
 from egress.record.actions import ActionRecord
 from egress.record.printable import escape
+from egress.record.retained import retained
 from egress.record.schema import AttemptRecord, RecordCategory
 
 
@@ -229,6 +231,24 @@ def stats(redis_url: str, window: float, by: tuple[str, ...], top: int, as_json:
         click.echo(f"{'total':<40} {sum(table.values()):>8}")
 
 
+@click.command("retention")
+@redis_option
+@click.option("--json", "as_json", is_flag=True, help='One object: {"sandboxes": {name: {"records", ...}}}.')
+def retention(redis_url: str, as_json: bool) -> None:
+    """Records held per sandbox, and how many the size and age retention dropped (of those, findings): a trimmed
+    history told from a quiet one."""
+    with open_store(redis_url) as store:
+        held = retained(store, store.sandboxes())
+    if as_json:
+        click.echo(json_line({"sandboxes": {name: row.to_json() for name, row in held.items()}}))
+        return
+    click.echo(f"{'SANDBOX':<32} {'RECORDS':>9} {'FINDINGS':>9} {'TRIMMED(SIZE)':>14} {'TRIMMED(AGE)':>13}")
+    for name, row in held.items():
+        by_size = f"{row.trimmed_by_size} ({row.trimmed_findings_by_size}f)"
+        by_age = f"{row.trimmed_by_age} ({row.trimmed_findings_by_age}f)"
+        click.echo(f"{_fit(escape(name), 32):<32} {row.records:>9} {row.findings:>9} {by_size:>14} {by_age:>13}")
+
+
 @click.group()
 def actions() -> None:
     """Agent actions (what the sandbox harness reports the agent did)."""
@@ -316,5 +336,5 @@ def _send_to_api(api: str, token: str | None, records: list[ActionRecord]) -> No
         fail(f"the API at {api} did not take the actions: {error}")
 
 
-COMMANDS: Final[tuple[click.Command, ...]] = (events, timeline_command, stats, actions)
+COMMANDS: Final[tuple[click.Command, ...]] = (events, timeline_command, stats, retention, actions)
 """What egress/cli.py adds to the main group (``events`` replaces the simple one there)."""

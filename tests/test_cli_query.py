@@ -288,6 +288,33 @@ def test_stats(server: RedisServer, written: list[AttemptRecord]) -> None:
     assert "total                                          13" in table
 
 
+def test_retention(server: RedisServer, tmp_path: Path, now: float) -> None:
+    """Held and dropped per sandbox: a flood past a size budget of 5 (each entry of 4 pushes the one before it out)
+    is counted, not lost from view."""
+    server.flush()
+    small = RecordStore(server.url, tmp_path, "gw1", retention_max_len=5)
+    try:
+        for start in range(0, 40, 4):  # 40 findings in entries of 4: the oldest go, 4 at a time
+            small.write([record(ts=now - 100 + start + index, sport=start + index) for index in range(4)])
+        small.write([record(ts=now, sandbox="other\x1b[2J")])
+    finally:
+        small.close()
+    data = json.loads(run(server, "retention", "--json").output)
+    assert data["sandboxes"]["agents"] == {
+        "records": 4,
+        "findings": 4,
+        "trimmed_by_size": 36,
+        "trimmed_findings_by_size": 36,
+        "trimmed_by_age": 0,
+        "trimmed_findings_by_age": 0,
+    }
+    assert data["sandboxes"]["other\x1b[2J"]["records"] == 1
+    table = run(server, "retention").output.splitlines()
+    assert table[0].split() == ["SANDBOX", "RECORDS", "FINDINGS", "TRIMMED(SIZE)", "TRIMMED(AGE)"]
+    assert table[1].split() == ["agents", "4", "4", "36", "(36f)", "0", "(0f)"]
+    assert "\x1b" not in table[2] and table[2].startswith("other\\027[2J")  # a name escaped, never written raw
+
+
 def test_actions_record_from_options_and_stdin(server: RedisServer, store: RecordStore, now: float) -> None:
     result = run(server, "actions", "record", "--sandbox", "agents", "--id", "c1", "--command", "ls", "--start", "5m")
     assert result.exit_code == 0, result.output

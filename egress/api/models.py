@@ -314,6 +314,19 @@ class Stats(BaseModel):
     counts: dict[str, int]
 
 
+class SandboxRetained(BaseModel):
+    records: int = Field(description="Records held (findings and policy records).")
+    findings: int = Field(description="Of those, findings (each kind has its own size budget).")
+    trimmed_by_size: int = Field(description="Records the size retention dropped since the first record.")
+    trimmed_findings_by_size: int
+    trimmed_by_age: int = Field(description="Records the age retention dropped since the first record.")
+    trimmed_findings_by_age: int
+
+
+class Retention(BaseModel):
+    sandboxes: dict[str, SandboxRetained]
+
+
 class Bucket(BaseModel):
     start: float
     end: float

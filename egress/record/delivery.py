@@ -54,6 +54,9 @@ LOG_EVERY: Final = 60.0
 #   once, not at every write.
 # - Age: when the oldest entry may have outlived the max age (Redis's clock: stream ids), such entries go, whatever
 #   their kind; the script notes when the oldest left will be due, so most writes do not look at it.
+# - What either trim drops is counted in the state hash (``trimmed-size``, ``trimmed-age``, and of those the
+#   findings: ``trimmed-size-findings``, ``trimmed-age-findings``; `query.retention` reads them), so a record that
+#   is gone is still known to have been kept once.
 # Never the entry just written; at most TRIM_PER_WRITE entries looked at per write (the next writes go on).
 # The attempt counters (egress.record.stats) come last in KEYS and ARGV and are added with the entry (COUNT_LUA).
 WRITE_SCRIPT: Final = Script(
@@ -78,13 +81,17 @@ local function holds_findings(entry)
   for j = 1, #entry[2], 2 do if entry[2][j] == 'f' then return true end end
   return false
 end
-local function drop(entry)
+local function drop(entry, why)
   local n = 0
   for j = 1, #entry[2], 2 do if entry[2][j] == 'n' then n = tonumber(entry[2][j + 1]) end end
   redis.call('XDEL', KEYS[1], entry[1])
   redis.call('ZREM', KEYS[2], entry[1])
   total = redis.call('HINCRBY', KEYS[3], 'records', -n)
-  if holds_findings(entry) then findings = redis.call('HINCRBY', KEYS[3], 'findings', -n) end
+  redis.call('HINCRBY', KEYS[3], 'trimmed-' .. why, n)
+  if holds_findings(entry) then
+    findings = redis.call('HINCRBY', KEYS[3], 'findings', -n)
+    redis.call('HINCRBY', KEYS[3], 'trimmed-' .. why .. '-findings', n)
+  end
 end
 local function over(of_findings)
   if of_findings then return findings > max_records end
@@ -101,7 +108,7 @@ local function trim(of_findings, cursor)
       if entry[1] == id then more = false; break end
       if budget <= 0 or not over(of_findings) then break end
       budget = budget - 1
-      if holds_findings(entry) == of_findings then drop(entry) end
+      if holds_findings(entry) == of_findings then drop(entry, 'size') end
       start = '(' .. entry[1]
     end
   end
@@ -117,7 +124,7 @@ if now >= tonumber(redis.call('HGET', KEYS[3], 'age-check') or '0') then
     local born = tonumber(string.match(oldest[1], '^(%d+)-'))
     if born + max_age > now or budget <= 0 then due = born + max_age; break end
     budget = budget - 1
-    drop(oldest)
+    drop(oldest, 'age')
   end
   redis.call('HSET', KEYS[3], 'age-check', string.format('%d', due))
 end

@@ -59,8 +59,11 @@ def index_key(sandbox: str) -> str:
 
 
 def state_key(sandbox: str) -> str:
-    """A hash of the stream's bookkeeping: ``records`` (how many records it holds: what the size retention
-    compares) and ``age-check`` (the Redis time, in ms, when its oldest entry reaches the age retention)."""
+    """A hash of the stream's bookkeeping: ``records`` and ``findings`` (how many records it holds, and of those
+    findings: what the size retention compares, per kind), ``head-p`` and ``head-f`` (each kind's trim cursor),
+    ``age-check`` (the Redis time, in ms, when its oldest entry reaches the age retention), and what the trims
+    dropped (``trimmed-size``, ``trimmed-age``, ``trimmed-size-findings``, ``trimmed-age-findings``:
+    `egress.record.retained`)."""
     return f"{_prefix(sandbox)}:state"
 
 

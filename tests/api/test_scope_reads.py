@@ -88,6 +88,16 @@ def test_stats_count_the_scope_only(client: TestClient, path: str) -> None:
 
 
 @pytest.mark.parametrize(("token", "scope"), [(TWO, {"agents", "builders"}), (ONE, {"agents"}), (ADMIN, None)])
+def test_retention_tells_the_scope_only(client: TestClient, token: str, scope: set[str] | None) -> None:
+    response = client.get("/v1/retention", headers=auth(token))
+    assert response.status_code == 200, response.text
+    held = response.json()["sandboxes"]
+    assert set(held) == (scope or set(SANDBOXES))
+    assert all(row["records"] > 0 and row["trimmed_by_size"] == row["trimmed_by_age"] == 0 for row in held.values())
+    assert client.get("/v1/retention?window=60", headers=auth(token)).status_code == 400  # it takes no query
+
+
+@pytest.mark.parametrize(("token", "scope"), [(TWO, {"agents", "builders"}), (ONE, {"agents"}), (ADMIN, None)])
 def test_flows_without_a_sandbox_are_the_whole_scope(client: TestClient, token: str, scope: set[str] | None) -> None:
     response = client.get("/v1/flows?since=0", headers=auth(token))
     assert response.status_code == 200, response.text

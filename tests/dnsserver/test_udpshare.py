@@ -29,6 +29,7 @@ from egress.dnsserver.resolver import Resolver, Upstream
 from egress.dnsserver.udpshare import OUTSIDE, UdpShare
 from egress.policy.loader import parse_policy
 from tests.dnsserver.test_resolver import Recorded
+from tests.ports import free_port
 from tests.waiting import eventually_async
 
 POLICY = """
@@ -379,10 +380,7 @@ def test_a_program_the_kernel_refuses_stops_the_start_and_leaves_nothing_bound(
     monkeypatch.setattr(udpshare, "attach_steering", refused)
 
     async def scenario() -> None:
-        probe = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-        probe.close()
+        port = free_port(udp=True)
         with pytest.raises(OSError, match="Invalid argument"):
             UdpShare(resolver, "127.0.0.1", port)
         with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as again:  # no socket of the share is left bound

@@ -1,5 +1,6 @@
-"""Stats: attempts over a recent window counted by one field, whole or cut into buckets (the dashboard's chart).
-Both read the counters kept at write time (egress.record.stats): windows are whole minutes."""
+"""Stats: attempts over a recent window counted by one field, whole or cut into buckets (the dashboard's chart),
+both read from the counters kept at write time (egress.record.stats): windows are whole minutes; and what the
+store holds of each sandbox and what its retention dropped (egress.record.retained)."""
 
 import time
 from typing import Annotated
@@ -9,8 +10,9 @@ from fastapi.responses import Response
 
 from egress.api import models
 from egress.api.respond import json_response
-from egress.api.routes import caller
+from egress.api.routes import NoQuery, caller
 from egress.record import query
+from egress.record.retained import retained
 from egress.record.store import RecordStore
 
 
@@ -41,5 +43,12 @@ def router(store: RecordStore, reader: params.Depends) -> APIRouter:
                 "buckets": [{"start": b.start, "end": b.end, "counts": b.counts} for b in buckets],
             }
         )
+
+    @routes.get("/v1/retention", tags=["stats"], response_model=models.Retention, dependencies=[reader])
+    def retention(request: Request, _: NoQuery) -> Response:
+        """Records held per sandbox, and how many the size and age retention dropped (of those, findings)."""
+        names = query.in_scope(store.sandboxes(), caller(request).sandboxes)
+        held = retained(store, names)
+        return json_response({"sandboxes": {name: row.to_json() for name, row in held.items()}})
 
     return routes
