@@ -13,7 +13,7 @@ from egress.record import flow_store, flows
 from egress.record.flow_store import FlowWriter, flow_sandboxes, flows_key, read_flows
 from egress.record.flows import FlowAggregator, FlowRecord
 from egress.record.redis_facade import RedisFacade
-from tests.redis_server import RedisFactory, RedisServer
+from tests.redis_server import RedisServer
 
 T0 = 1_700_000_040.0
 
@@ -24,13 +24,6 @@ class Clock:
 
     def __call__(self) -> float:
         return self.now
-
-
-@pytest.fixture
-def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
 
 
 @pytest.fixture

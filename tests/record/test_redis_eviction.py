@@ -7,7 +7,6 @@ Only ``noeviction`` is accepted (`egress.record.redis_facade`)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -16,17 +15,10 @@ from egress.gateway.hostprobe import SystemHost
 from egress.record.redis_facade import STORE_ERRORS, EvictingRedis, RedisFacade, eviction_problem
 from egress.record.store import RecordStore
 from tests.record import record
-from tests.redis_server import RedisFactory, RedisServer
+from tests.redis_server import RedisServer
 from tests.waiting import eventually
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
 
 
 @pytest.mark.parametrize("policy", ["allkeys-lru", "allkeys-random", "volatile-lru", "volatile-ttl"])

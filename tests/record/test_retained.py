@@ -3,31 +3,14 @@ redis-server: the counts the write script keeps when it trims, by size (each kin
 
 from __future__ import annotations
 
-from collections.abc import Iterator
 from pathlib import Path
 
-import pytest
 import redis
 
 from egress.record.retained import Retained, retained
 from tests.record import record
 from tests.record.test_store import _arrived_long_ago, _batch, _read_all, _refused, _store
-from tests.redis_server import RedisFactory, RedisServer
-from tests.waiting import scaled
-
-
-@pytest.fixture
-def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
-
-
-@pytest.fixture
-def raw(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=scaled(10))
-    yield client
-    client.close()
+from tests.redis_server import RedisServer
 
 
 def test_a_sandbox_with_no_records_holds_and_dropped_nothing(server: RedisServer, tmp_path: Path) -> None:

@@ -139,13 +139,6 @@ def test_increments_of_an_entry() -> None:
 # --- against Redis ---
 
 
-@pytest.fixture
-def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
-
-
 def _store(url: str, spool: Path, **options: object) -> RecordStore:
     settings: dict[str, object] = {"retry_interval": 0.0, "socket_timeout": scaled(5.0)}
     settings.update(options)

@@ -34,25 +34,10 @@ DAY = 86400
 
 
 @pytest.fixture
-def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    """A fresh server for each test: several kill, pause or restart it."""
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
-
-
-@pytest.fixture
 def cluster(redis_factory: RedisFactory) -> Iterator[list[RedisServer]]:
     nodes = redis_factory.cluster(3)
     yield nodes
     redis_factory.discard(*nodes)
-
-
-@pytest.fixture
-def raw(server: RedisServer) -> Iterator[redis.Redis]:
-    client = redis.Redis.from_url(server.url, decode_responses=True, socket_timeout=scaled(10))
-    yield client
-    client.close()
 
 
 def _store(url: str, spool: Path, **options: object) -> RecordStore:

@@ -20,17 +20,10 @@ from egress.record.layout import decode_entry
 from egress.record.schema import AttemptRecord, make_id
 from egress.record.store import RecordStore
 from tests.record import record
-from tests.redis_server import RedisFactory, RedisServer
+from tests.redis_server import RedisServer
 from tests.waiting import eventually, scaled
 
 T0 = 1_700_000_000.0
-
-
-@pytest.fixture
-def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
 
 
 class FakeClock:
