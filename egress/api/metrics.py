@@ -13,6 +13,9 @@ Families (all prefixed ``egress_``):
   counters: published to Redis by each gateway process (egress/gateway/recorder.py), read at scrape time.
   ``worker`` is the publishing process (``proxy-0``, ``proxy-1``..., ``gateway``): several proxy workers decide
   with the same component, action and reason, and Prometheus refuses two series with identical labels.
+- ``records_held{sandbox, kind}`` (gauge) and ``records_trimmed_total{sandbox, by, kind}``: what the store holds of
+  each sandbox and what its size or age retention dropped (``kind``: ``finding`` or ``policy``), read from Redis
+  at scrape time (`egress.record.retained`).
 - ``redis_up``: whether Redis answered the last scrape; ``api_requests_total{method, route, status}``.
 """
 
@@ -28,6 +31,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from egress.record import query
+from egress.record.retained import retained
 from egress.record.store import STORE_ERRORS, RecordStore
 
 log = logging.getLogger(__name__)
@@ -65,6 +69,28 @@ def _pending(store: RecordStore) -> int:
         return 0
 
 
+class _Every[T]:
+    """A Redis read made at most once per ``CACHE_S`` (several scrapers, one Redis); None while Redis fails (logged:
+    a scrape must answer)."""
+
+    def __init__(self, what: str, read: Callable[[], T]) -> None:
+        self.what = what
+        self.read = read
+        self._at: float | None = None
+        self._value: T | None = None
+
+    def __call__(self) -> T | None:
+        now = time.monotonic()
+        if self._at is None or now - self._at >= CACHE_S:
+            try:
+                self._value = self.read()
+            except STORE_ERRORS as error:
+                log.warning("metrics: %s unavailable (%s: %s)", self.what, type(error).__name__, error)
+                self._value = None
+            self._at = now
+        return self._value
+
+
 class AttemptsCollector(Collector):
     """Attempts in Redis over the last ``window_s`` seconds, by reason and by sandbox (cached ``CACHE_S``)."""
 
@@ -72,8 +98,7 @@ class AttemptsCollector(Collector):
         self.store = store
         self.window_s = window_s
         self.clock = clock
-        self._cached_at: float | None = None
-        self._cached: dict[str, dict[str, int]] | None = None
+        self._counts = _Every("attempt counts", self._read)
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return self._families(None)  # no Redis query when the collector is registered
@@ -93,19 +118,44 @@ class AttemptsCollector(Collector):
                 family.add_metric([label], value)
             yield family
 
-    def _counts(self) -> dict[str, dict[str, int]] | None:
-        now = time.monotonic()
-        if self._cached_at is not None and now - self._cached_at < CACHE_S:
-            return self._cached
+    def _read(self) -> dict[str, dict[str, int]]:
         until = self.clock()
-        result: dict[str, dict[str, int]] | None
-        try:
-            result = {by: query.counts(self.store, until - self.window_s, until, by) for by in ("reason", "sandbox")}
-        except STORE_ERRORS as error:  # a scrape must answer: Redis trouble shows as egress_redis_up 0
-            log.warning("metrics: attempt counts unavailable (%s: %s)", type(error).__name__, error)
-            result = None
-        self._cached_at, self._cached = now, result
-        return result
+        return {by: query.counts(self.store, until - self.window_s, until, by) for by in ("reason", "sandbox")}
+
+
+class RetentionCollector(Collector):
+    """Each sandbox's records held, and those the retention dropped, by kind (`egress.record.retained`; cached
+    ``CACHE_S``): a trimmed history is something to alert on, not to find out from a query."""
+
+    def __init__(self, store: RecordStore) -> None:
+        self._rows = _Every("retention", lambda: retained(store, store.sandboxes()))
+
+    def describe(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        return iter(())  # no Redis query when the collector is registered
+
+    def collect(self) -> Iterator[CounterMetricFamily | GaugeMetricFamily]:
+        rows = self._rows()
+        if rows is None:
+            return
+        held = GaugeMetricFamily(
+            "egress_records_held", "Records the store holds, by sandbox and kind.", labels=["sandbox", "kind"]
+        )
+        trimmed = CounterMetricFamily(
+            "egress_records_trimmed",
+            "Records the size or age retention dropped, by sandbox, trim and kind.",
+            labels=["sandbox", "by", "kind"],
+        )
+        for name, row in rows.items():
+            held.add_metric([name, "finding"], row.findings)
+            held.add_metric([name, "policy"], row.records - row.findings)
+            for by, dropped, findings in (
+                ("size", row.trimmed_by_size, row.trimmed_findings_by_size),
+                ("age", row.trimmed_by_age, row.trimmed_findings_by_age),
+            ):
+                trimmed.add_metric([name, by, "finding"], findings)
+                trimmed.add_metric([name, by, "policy"], dropped - findings)
+        yield held
+        yield trimmed
 
 
 class GatewayCountersCollector(Collector):
@@ -160,6 +210,7 @@ class Metrics:
         self.registry.register(StoreCollector(store))
         self.registry.register(AttemptsCollector(store, window_s, clock))
         self.registry.register(GatewayCountersCollector(store))
+        self.registry.register(RetentionCollector(store))
         self.requests = Counter(
             "egress_api_requests",
             "API requests answered, by route template and status.",

@@ -18,6 +18,7 @@ from egress.api.app import create_app
 from egress.record.store import RecordStore
 from tests.api import READ, ApiServer, auth, seed_attempts, settings
 from tests.needs import unavailable
+from tests.record import record
 from tests.redis_server import RedisServer
 from tests.waiting import scaled
 
@@ -52,6 +53,10 @@ def test_a_real_scrape_passes_promtool_with_several_proxy_workers(redis_server: 
             )
         writer.add_counters("gw1/gateway", {"decisions|dns|block|dns-refused": 1, "decisions|firewall|block|": 3})
         writer.close()
+        small = RecordStore(redis_server.url, Path(spool), "gw1", retry_interval=0.0, retention_max_len=1)
+        for _ in range(3):  # one record each: the two older findings of sandbox "spill" go by size
+            small.write([record(ts=time.time(), sandbox="spill")])
+        small.close()
     api = ApiServer(create_app(settings(redis_server.url))).start()
     try:
         with httpx.Client(base_url=api.url, timeout=scaled(10), headers=auth(READ)) as http:
@@ -62,6 +67,14 @@ def test_a_real_scrape_passes_promtool_with_several_proxy_workers(redis_server: 
     assert response.status_code == 200
     text = response.text
     assert 'worker="proxy-0"' in text and 'worker="proxy-1"' in text
+    samples = {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+    spill = (("by", "size"), ("kind", "finding"), ("sandbox", "spill"))
+    assert samples[("egress_records_trimmed_total", spill)] == 2
+    assert samples[("egress_records_held", (("kind", "finding"), ("sandbox", "spill")))] == 1
     checked = subprocess.run(
         [promtool, "check", "metrics"], check=False, input=text, capture_output=True, text=True, timeout=scaled(30)
     )
