@@ -55,6 +55,16 @@ static Py_ssize_t find_start(Py_ssize_t start, Py_ssize_t len) {
     return start;
 }
 
+/* Append `at` to the list `found`: 0, or -1 with an exception set. */
+static int append_offset(PyObject *found, Py_ssize_t at) {
+    PyObject *offset = PyLong_FromSsize_t(at);
+    if (offset == NULL)
+        return -1;
+    int failed = PyList_Append(found, offset);
+    Py_DECREF(offset);
+    return failed;
+}
+
 /* Whether _BER_HEAD's lookahead holds after the tag at `at` (the length, then a piece or a nested head). */
 static int head_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t at) {
     Py_ssize_t q = at + 1;
@@ -108,13 +118,10 @@ static PyObject *ber_heads(PyObject *self, PyObject *const *args, Py_ssize_t nar
     for (; at < n; at++) {
         if (!(kind[d[at]] & HEAD) || !head_at(d, n, at))
             continue;
-        PyObject *offset = PyLong_FromSsize_t(at);
-        if (offset == NULL || PyList_Append(found, offset) < 0) {
-            Py_XDECREF(offset);
+        if (append_offset(found, at) < 0) {
             Py_DECREF(found);
             return NULL;
         }
-        Py_DECREF(offset);
     }
     return found;
 }
@@ -137,13 +144,10 @@ static PyObject *breaks(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
         if (at < 5 || !(kind[d[at - 1]] & BEFORE_BREAK) || !(kind[d[at - 2]] & RUN) || !(kind[d[at - 3]] & RUN) ||
             !(kind[d[at - 4]] & RUN) || !(kind[d[at - 5]] & RUN))
             continue;
-        PyObject *offset = PyLong_FromSsize_t(at);
-        if (offset == NULL || PyList_Append(found, offset) < 0) {
-            Py_XDECREF(offset);
+        if (append_offset(found, at) < 0) {
             Py_DECREF(found);
             return NULL;
         }
-        Py_DECREF(offset);
     }
     return found;
 }

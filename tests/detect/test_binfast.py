@@ -13,8 +13,7 @@ import random
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import example, given, settings
@@ -22,12 +21,10 @@ from hypothesis import strategies as st
 
 from egress.capture import hot
 from egress.detect import binfast, binrpc
-from egress.detect.registry import DetectorSet, build_detectors
-from egress.scanner import FileStats, Scanner
+from egress.scanner import Scanner
 from tests.budget import examples
-from tests.corpus import CORPUS, TUNNELS, needs_corpus, needs_tunnels
-from tests.detect import seeds
-from tests.lists import shipped_lists
+from tests.corpus import needs_corpus, needs_tunnels
+from tests.detect.test_jsonfast import _captures, _checking, _detectors, _flow_sides, _scan
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILT = binfast.COMPILED
@@ -59,35 +56,6 @@ def _agree(data: bytes, compiled: types.ModuleType, starts: Iterator[int] | None
             assert getattr(compiled, name)(data, start) == pure(data, start), (name, data, start)
 
 
-def _captures() -> list[pathlib.Path]:
-    roots = [root for root in (CORPUS, TUNNELS) if root.exists()]
-    return sorted(p for root in roots for p in root.rglob("*") if p.suffix in (".pcap", ".pcapng"))
-
-
-@functools.cache
-def _detectors() -> DetectorSet:
-    return build_detectors(shipped_lists())
-
-
-def _scan(scanner: Scanner, path: str) -> list[str]:
-    """Every finding of ``path`` and the file's counts, as text, in the order they were made."""
-    stats = FileStats(path)
-    found = [repr((f.finding, f.meta, f.ts)) for f in scanner.scan(path, stats)]
-    return [*found, repr((stats.packets, stats.flows, stats.unidentified, stats.findings))]
-
-
-def _checking(pure: Callable[..., Any], fast: Callable[..., Any], calls: list[int]) -> Callable[..., Any]:
-    """``pure``, which also asks ``fast`` and fails on any other answer."""
-
-    def both(*args: Any) -> Any:
-        answer = pure(*args)
-        assert fast(*args) == answer, args
-        calls[0] += 1
-        return answer
-
-    return both
-
-
 @pytest.mark.corpus
 @needs_corpus
 @needs_tunnels
@@ -111,15 +79,6 @@ def test_every_call_a_scan_of_both_corpora_makes_is_answered_alike_and_the_findi
         monkeypatch.setattr(binrpc, switched, getattr(BUILT, name))
     for path in captures:
         assert _scan(scanner, str(path)) == before[path], path
-
-
-def _flow_sides() -> Iterator[bytes]:
-    for path in _captures():
-        part = seeds._capture_seeds(str(path))
-        for flow in part.streams:
-            yield from (flow.client, flow.server)
-        for gram in part.datagrams:
-            yield from (payload for _, payload in gram.datagrams)
 
 
 @needs_corpus
