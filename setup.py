@@ -1,13 +1,13 @@
 """The compiled modules of egress: the scanner's hot path (egress/capture/_hot.c; see docs/scanner-hot-path.md) and
 the front's per-connection TLS work (egress/detect/_tlsfast.c; egress/detect/tlsfast.py), the JSON-RPC reader's byte
-work (egress/detect/_jsonfast.c; egress/detect/jsonfast.py) and the packed detector's search (egress/detect/_packed.c;
-egress/detect/packedfast.py).
+work (egress/detect/_jsonfast.c; egress/detect/jsonfast.py), the packed detector's search (egress/detect/_packed.c;
+egress/detect/packedfast.py) and binrpc's byte searches (egress/detect/_binfast.c; egress/detect/binfast.py).
 
 Everything else about the package is declared in pyproject.toml. Each extension is optional: where no C compiler
 exists (or the build fails) setuptools says so and installs egress without it, and egress runs the pure-Python
-twins (egress/capture/hot.py; for _tlsfast, tls.py and tlsshape.py; for _jsonfast, jsonrpc.py), which give the same answers. Each module
-carries the SHA-256 of the source it was built from, so that a build older than the source beside it is refused
-(hot.py, tlsfast.py, jsonfast.py) rather than run.
+twins (egress/capture/hot.py; for _tlsfast, tls.py and tlsshape.py; for _jsonfast, jsonrpc.py; for _binfast,
+binrpc.py), which give the same answers. Each module carries the SHA-256 of the source it was built from, so that a
+build older than the source beside it is refused (hot.py, tlsfast.py, jsonfast.py) rather than run.
 """
 
 import hashlib
@@ -60,6 +60,21 @@ packed = (
     else []
 )
 
+BINFAST = pathlib.Path(__file__).with_name("egress").joinpath("detect", "_binfast.c")
+binfast = (
+    [
+        Extension(
+            "egress.detect._binfast",
+            ["egress/detect/_binfast.c"],
+            optional=True,
+            define_macros=[("BINFAST_SOURCE", f'"{hashlib.sha256(BINFAST.read_bytes()).hexdigest()}"')],
+            extra_compile_args=["-O2"],
+        )
+    ]
+    if BINFAST.exists()
+    else []
+)
+
 setup(
     ext_modules=[
         Extension(
@@ -73,5 +88,6 @@ setup(
         *tlsfast,
         *jsonfast,
         *packed,
+        *binfast,
     ]
 )

@@ -25,7 +25,7 @@ case "$purpose" in test | unit) debian_packages+=(prometheus) ;; esac
 security_packages=(iodine dns2tcp ptunnel-ng openssh-server openssh-client stunnel4 socat openvpn tcpdump dnsutils)
 case "$purpose" in test | security) debian_packages+=("${security_packages[@]}") ;; esac
 [ "$purpose" = bench ] && debian_packages+=(libndpi-bin squid-openssl wrk)
-# the compiled hot paths (setup.py, egress/capture/_hot.c, egress/detect/_tlsfast.c, _jsonfast.c, _packed.c); where they cannot be built egress runs their pure twins
+# the compiled hot paths (setup.py, egress/capture/_hot.c, egress/detect/_tlsfast.c, _jsonfast.c, _packed.c, _binfast.c); where they cannot be built egress runs their pure twins
 debian_packages+=(gcc)
 
 me=bootstrap
@@ -39,7 +39,7 @@ python=$(need_python) || exit 1
 stamp="$venv/.egress-stamp"
 want="$("$python" -c 'import sys; print(sys.version)' | head -1) $(sha256sum "$root/pyproject.toml" | cut -c1-16)"
 # the compiled hot path is built by the editable install: built again when its source changes
-want="$want $(cat "$root/setup.py" "$root/egress/capture/_hot.c" "$root/egress/detect/_tlsfast.c" "$root/egress/detect/_jsonfast.c" "$root/egress/detect/_packed.c" | sha256sum | cut -c1-16)"
+want="$want $(cat "$root/setup.py" "$root/egress/capture/_hot.c" "$root/egress/detect/_tlsfast.c" "$root/egress/detect/_jsonfast.c" "$root/egress/detect/_packed.c" "$root/egress/detect/_binfast.c" | sha256sum | cut -c1-16)"
 if [ ! -x "$venv/bin/python" ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
     say "creating $venv with $python"
     rm -rf "$venv"

@@ -152,10 +152,14 @@ def _scan_version(ctx: click.Context, _param: click.Parameter, value: bool) -> N
     from importlib.metadata import version
 
     from egress.capture.hot import implementation, pure_asked
-    from egress.detect import jsonfast
+    from egress.detect import binfast, jsonfast
 
     json_reader = "pure" if jsonfast.COMPILED is None or pure_asked() else "compiled"
-    click.echo(f"egress {version('egress')}, JSON reader: {json_reader}, scan hot path: {implementation().name}")
+    binrpc_searches = "pure" if binfast.COMPILED is None or pure_asked() else "compiled"
+    click.echo(
+        f"egress {version('egress')}, JSON reader: {json_reader}, binrpc searches: {binrpc_searches}, "
+        f"scan hot path: {implementation().name}"
+    )
     ctx.exit()
 
 

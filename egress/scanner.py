@@ -32,7 +32,7 @@ from egress.capture.packet import (
     decode,
 )
 from egress.capture.reader import CaptureError, read_records
-from egress.detect import encap, ipproto, jsonrpc
+from egress.detect import binrpc, encap, ipproto, jsonrpc
 from egress.detect.base import Category, Finding, FlowMeta, Transport
 from egress.detect.engine import FlowInspector
 from egress.detect.registry import DetectorSet
@@ -356,6 +356,7 @@ class Scanner:
         self.impl = hot or _implementation()
         if pure_asked() and self.impl.name == "pure":  # EGRESS_SCAN_PURE=1 (a --jobs worker's too): the JSON
             jsonrpc.use_compiled(False)  # reader's pure twins as well (egress.detect.jsonfast)
+            binrpc.use_compiled(False)  # and binrpc's searches' (egress.detect.binfast)
 
     def scan(self, path: str, stats: FileStats, progress: Callable[[int], None] | None = None) -> Iterator[FlowFinding]:
         """Yield the findings of one capture as they are made (after each chunk of packets); fill ``stats``."""

@@ -26,6 +26,20 @@ static inline uint32_t read32(const unsigned char *p, int big) {
     return (uint32_t)p[3] << 24 | (uint32_t)p[2] << 16 | (uint32_t)p[1] << 8 | (uint32_t)p[0];
 }
 
+/* The framing functions' answer (pos, spans, stamps), the two arrays cut to the `count` records written; the
+ * references to spans and stamps are taken over (both released on an error). */
+static PyObject *framed(Py_ssize_t pos, PyObject *spans, PyObject *stamps, Py_ssize_t count) {
+    if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
+        Py_DECREF(stamps);
+        return NULL;
+    }
+    if (_PyBytes_Resize(&stamps, count * (Py_ssize_t)sizeof(double)) < 0) {
+        Py_DECREF(spans);
+        return NULL;
+    }
+    return Py_BuildValue("(nNN)", pos, spans, stamps);
+}
+
 /* frame_pcap(buf, pos, big, linktype, scale) -> (pos, spans, stamps)
  * Every whole classic-pcap record of buf from pos: spans holds (start, caplen, linktype) as native int64 triples,
  * stamps the timestamps as native doubles; pos is where the first record that is not whole starts. */
@@ -65,15 +79,7 @@ static PyObject *frame_pcap(PyObject *self, PyObject *args) {
         pos = end;
     }
     PyBuffer_Release(&view);
-    if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
-        Py_DECREF(stamps);
-        return NULL;
-    }
-    if (_PyBytes_Resize(&stamps, count * (Py_ssize_t)sizeof(double)) < 0) {
-        Py_DECREF(spans);
-        return NULL;
-    }
-    return Py_BuildValue("(nNN)", pos, spans, stamps);
+    return framed(pos, spans, stamps, count);
 }
 
 /* frame_pcapng(buf, pos, big, linktypes, scales) -> (pos, spans, stamps)
@@ -127,31 +133,88 @@ static PyObject *frame_pcapng(PyObject *self, PyObject *args) {
     PyBuffer_Release(&view);
     PyBuffer_Release(&typev);
     PyBuffer_Release(&scalev);
-    if (_PyBytes_Resize(&spans, count * 3 * (Py_ssize_t)sizeof(int64_t)) < 0) {
-        Py_DECREF(stamps);
-        return NULL;
-    }
-    if (_PyBytes_Resize(&stamps, count * (Py_ssize_t)sizeof(double)) < 0) {
-        Py_DECREF(spans);
-        return NULL;
-    }
-    return Py_BuildValue("(nNN)", pos, spans, stamps);
+    return framed(pos, spans, stamps, count);
 }
 
-/* sweep's loop over the records of the three buffers from `index` on: the index it stops at (the record count
- * when it passes them all), or -1 with an exception set. */
-static Py_ssize_t sweep_from(const Py_buffer *bufv, const Py_buffer *spanv, const Py_buffer *stampv, Py_ssize_t index,
-                             PyObject *tcp, PyObject *udp, PyObject *done, PyObject *icmp) {
-    const unsigned char *buf = bufv->buf;
-    const int64_t *span = spanv->buf;
-    Py_ssize_t count = stampv->len / (Py_ssize_t)sizeof(double);
-    if (spanv->len / (Py_ssize_t)(3 * sizeof(int64_t)) < count)
-        count = spanv->len / (Py_ssize_t)(3 * sizeof(int64_t));
-    for (; index < count; index++) {
-        int64_t start = span[3 * index], length = span[3 * index + 1];
-        if (span[3 * index + 2] != 1 || start < 0 || length < 0 || start + length > bufv->len)
+/* The arguments sweep and step share: (buf, spans, stamps, index, tcp, udp, done[, icmp]), the three buffers
+ * held until `release_args`. No icmp (or None) keeps to the rules without the ICMP table (hot.sweep). */
+typedef struct {
+    Py_buffer buf, spans, stamps;
+    Py_ssize_t index, count; /* count: the records both spans and stamps hold */
+    PyObject *tcp, *udp, *done, *icmp; /* borrowed; icmp NULL for None or absent */
+} Args;
+
+/* Read sweep's or step's arguments into `a` (its buffers then held): 0, or -1 with an exception set and nothing
+ * held (`name` is the function's, for the messages). A negative index is refused (it would read before spans).
+ * METH_FASTCALL and the buffers asked for directly: the scanner calls these once per slow-path record (40 % of
+ * the loop's), and PyArg_ParseTuple's format walk and "y*" converters cost about 5,000 instructions a call,
+ * more than the sweep itself (docs/scanner-hot-path.md, scan15). */
+static int parse_args(const char *name, PyObject *const *args, Py_ssize_t nargs, Args *a) {
+    if (nargs != 7 && nargs != 8) {
+        PyErr_Format(PyExc_TypeError, "%s() takes 7 or 8 arguments (%zd given)", name, nargs);
+        return -1;
+    }
+    a->tcp = args[4];
+    a->udp = args[5];
+    a->done = args[6];
+    a->icmp = nargs == 8 && args[7] != Py_None ? args[7] : NULL;
+    if (!PyDict_Check(a->tcp) || !PyDict_Check(a->udp) || (a->icmp != NULL && !PyDict_Check(a->icmp))) {
+        PyErr_Format(PyExc_TypeError, "%s() wants dicts for tcp and udp, and a dict or None for icmp", name);
+        return -1;
+    }
+    a->index = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
+    if (a->index == -1 && PyErr_Occurred())
+        return -1;
+    if (a->index < 0) {
+        PyErr_Format(PyExc_ValueError, "%s() wants an index of 0 or more", name);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[0], &a->buf, PyBUF_SIMPLE) < 0)
+        return -1;
+    if (PyObject_GetBuffer(args[1], &a->spans, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&a->buf);
+        return -1;
+    }
+    if (PyObject_GetBuffer(args[2], &a->stamps, PyBUF_SIMPLE) < 0) {
+        PyBuffer_Release(&a->buf);
+        PyBuffer_Release(&a->spans);
+        return -1;
+    }
+    a->count = a->stamps.len / (Py_ssize_t)sizeof(double);
+    if (a->spans.len / (Py_ssize_t)(3 * sizeof(int64_t)) < a->count)
+        a->count = a->spans.len / (Py_ssize_t)(3 * sizeof(int64_t));
+    return 0;
+}
+
+static void release_args(Args *a) {
+    PyBuffer_Release(&a->buf);
+    PyBuffer_Release(&a->spans);
+    PyBuffer_Release(&a->stamps);
+}
+
+/* The Ethernet frame of record `index` (its bytes in `*frame`, its length returned), or -1 where the record is
+ * past the last, of another link type, or out of the buffer's bounds. */
+static int64_t ethernet_at(const Args *a, Py_ssize_t index, const unsigned char **frame) {
+    const int64_t *span = a->spans.buf;
+    if (index < 0 || index >= a->count)
+        return -1;
+    int64_t start = span[3 * index], length = span[3 * index + 1];
+    if (span[3 * index + 2] != 1 || start < 0 || length < 0 || start + length > a->buf.len)
+        return -1;
+    *frame = (const unsigned char *)a->buf.buf + start;
+    return length;
+}
+
+/* sweep's loop over the records of `a` from its index on: the index it stops at (the record count when it
+ * passes them all), or -1 with an exception set. */
+static Py_ssize_t sweep_from(const Args *a) {
+    PyObject *tcp = a->tcp, *udp = a->udp, *done = a->done, *icmp = a->icmp;
+    Py_ssize_t index = a->index;
+    for (; index < a->count; index++) {
+        const unsigned char *f;
+        int64_t length = ethernet_at(a, index, &f);
+        if (length < 0)
             break;
-        const unsigned char *f = buf + start;
         if (length < 14 || f[12] != 8 || f[13] != 0) {
             unsigned ethertype = length >= 14 ? (unsigned)f[12] << 8 | f[13] : 0;
             if (icmp == NULL || ethertype == 0x0800 || ethertype == 0x86DD || ethertype == 0x8100 ||
@@ -211,39 +274,11 @@ static Py_ssize_t sweep_from(const Py_buffer *bufv, const Py_buffer *spanv, cons
  * From record `index` on, pass over every record the scanner skips on its raw bytes; return the index of the
  * first one the slow path must see, or the record count. The rules are hot.sweep's, which documents them. */
 static PyObject *sweep(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    /* METH_FASTCALL and the buffers asked for directly: the scanner calls this once per slow-path record (40 % of
-     * the loop's), and PyArg_ParseTuple's format walk and "y*" converters cost about 5,000 instructions a call,
-     * more than the sweep itself (docs/scanner-hot-path.md, scan15). Same checks: three buffers, an index, two
-     * dicts, any object, and a dict or None (or nothing) for ICMP. */
-    Py_buffer bufv, spanv, stampv;
-    if (nargs != 7 && nargs != 8) {
-        PyErr_Format(PyExc_TypeError, "sweep() takes 7 or 8 arguments (%zd given)", nargs);
+    Args a;
+    if (parse_args("sweep", args, nargs, &a) < 0)
         return NULL;
-    }
-    PyObject *tcp = args[4], *udp = args[5], *done = args[6];
-    PyObject *icmp = nargs == 8 && args[7] != Py_None ? args[7] : NULL;
-    if (!PyDict_Check(tcp) || !PyDict_Check(udp) || (icmp != NULL && !PyDict_Check(icmp))) {
-        PyErr_SetString(PyExc_TypeError, "sweep() wants dicts for tcp and udp (and icmp, or None)");
-        return NULL;
-    }
-    Py_ssize_t index = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
-    if (index == -1 && PyErr_Occurred())
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &bufv, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[1], &spanv, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&bufv);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[2], &stampv, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&bufv);
-        PyBuffer_Release(&spanv);
-        return NULL;
-    }
-    index = sweep_from(&bufv, &spanv, &stampv, index, tcp, udp, done, icmp);
-    PyBuffer_Release(&bufv);
-    PyBuffer_Release(&spanv);
-    PyBuffer_Release(&stampv);
+    Py_ssize_t index = sweep_from(&a);
+    release_args(&a);
     if (index < 0)
         return NULL;
     return PyLong_FromSsize_t(index);
@@ -344,49 +379,23 @@ static PyObject *segment(PyObject *self, PyObject *arg) {
     return fields_of(&parsed);
 }
 
-/* step(buf, spans, stamps, index, tcp, udp, done, icmp) -> index or (index, fields, key, reverse, entry)
+/* step(buf, spans, stamps, index, tcp, udp, done[, icmp]) -> index or (index, fields, key, reverse, entry)
  * `sweep` from `index`, then, where the record it stops at is an Ethernet frame `segment` reads, that frame's
  * segment as the scanner's slow path takes it: its fields, its flow key (src + dst + sport + dport, as the
  * scanner packs them), the other direction's, and the key's entry in `tcp` or `udp` (None where absent). The
  * index alone otherwise (the record count at the end). hot.step is its twin, which documents it. */
 static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
-    Py_buffer bufv, spanv, stampv;
-    if (nargs != 8) {
-        PyErr_Format(PyExc_TypeError, "step() takes 8 arguments (%zd given)", nargs);
+    Args a;
+    if (parse_args("step", args, nargs, &a) < 0)
         return NULL;
-    }
-    PyObject *tcp = args[4], *udp = args[5], *done = args[6];
-    PyObject *icmp = args[7] != Py_None ? args[7] : NULL;
-    if (!PyDict_Check(tcp) || !PyDict_Check(udp) || (icmp != NULL && !PyDict_Check(icmp))) {
-        PyErr_SetString(PyExc_TypeError, "step() wants dicts for tcp and udp, and a dict or None for icmp");
-        return NULL;
-    }
-    Py_ssize_t index = PyNumber_AsSsize_t(args[3], PyExc_OverflowError);
-    if (index == -1 && PyErr_Occurred())
-        return NULL;
-    if (PyObject_GetBuffer(args[0], &bufv, PyBUF_SIMPLE) < 0)
-        return NULL;
-    if (PyObject_GetBuffer(args[1], &spanv, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&bufv);
-        return NULL;
-    }
-    if (PyObject_GetBuffer(args[2], &stampv, PyBUF_SIMPLE) < 0) {
-        PyBuffer_Release(&bufv);
-        PyBuffer_Release(&spanv);
-        return NULL;
-    }
     PyObject *answer = NULL;
-    index = sweep_from(&bufv, &spanv, &stampv, index, tcp, udp, done, icmp);
-    Py_ssize_t count = stampv.len / (Py_ssize_t)sizeof(double);
-    if (spanv.len / (Py_ssize_t)(3 * sizeof(int64_t)) < count)
-        count = spanv.len / (Py_ssize_t)(3 * sizeof(int64_t));
-    const int64_t *span = spanv.buf;
+    Py_ssize_t index = sweep_from(&a);
+    const unsigned char *frame;
+    int64_t length = index < 0 ? -1 : ethernet_at(&a, index, &frame);
     Parsed parsed;
     if (index < 0)
         goto out;
-    if (index >= count || span[3 * index + 2] != 1 || span[3 * index] < 0 || span[3 * index + 1] < 0 ||
-        span[3 * index] + span[3 * index + 1] > bufv.len ||
-        !parse_segment((const unsigned char *)bufv.buf + span[3 * index], span[3 * index + 1], &parsed)) {
+    if (length < 0 || !parse_segment(frame, length, &parsed)) {
         answer = PyLong_FromSsize_t(index);
         goto out;
     }
@@ -401,7 +410,7 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     PyObject *key = PyBytes_FromStringAndSize(raw, 12);
     PyObject *reverse = PyBytes_FromStringAndSize(raw + 12, 12);
     PyObject *at = PyLong_FromSsize_t(index);
-    PyObject *entry = fields && key && reverse && at ? PyDict_GetItemWithError(parsed.proto == 6 ? tcp : udp, key)
+    PyObject *entry = fields && key && reverse && at ? PyDict_GetItemWithError(parsed.proto == 6 ? a.tcp : a.udp, key)
                                                     : NULL;
     if (fields && key && reverse && at && !(entry == NULL && PyErr_Occurred()))
         answer = PyTuple_Pack(5, at, fields, key, reverse, entry == NULL ? Py_None : entry);
@@ -410,9 +419,7 @@ static PyObject *step(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     Py_XDECREF(reverse);
     Py_XDECREF(at);
 out:
-    PyBuffer_Release(&bufv);
-    PyBuffer_Release(&spanv);
-    PyBuffer_Release(&stampv);
+    release_args(&a);
     return answer;
 }
 

@@ -19,7 +19,7 @@ import struct
 from array import array
 from dataclasses import dataclass
 from types import ModuleType
-from typing import Final, Protocol
+from typing import Final, Protocol, TypeVar
 
 ABI: Final = 5
 """The compiled module's interface version (``HOT_ABI`` in _hot.c): a module built from another one is stale."""
@@ -62,20 +62,37 @@ class FramePcapng(Protocol):
         arrays): (where the first other block starts, spans, stamps)."""
 
 
-class Sweep(Protocol):
+Spans = array[int]
+"""Per record of a chunk: its start, capture length and link type (`Records.spans`)."""
+Stamps = array[float]
+"""Per record of a chunk: its capture time (`Records.stamps`)."""
+Table = dict[bytes, object]
+"""A flow table as the scanner keeps it: raw key -> flow, or the `DONE` marker of a decided one."""
+IcmpTable = Table | None
+"""The ICMP flow table, or None: the rules without it (`sweep`)."""
+_Answer_co = TypeVar("_Answer_co", covariant=True)
+
+
+class OverRecords(Protocol[_Answer_co]):
+    """The signature `sweep` and `step` share (and their compiled twins): the records of a chunk from ``index`` on,
+    the TCP, UDP and (or None) ICMP tables, and the marker of a decided flow."""
+
     def __call__(
         self,
         buf: bytes,
-        spans: array[int],
-        stamps: array[float],
+        spans: Spans,
+        stamps: Stamps,
         index: int,
-        tcp: dict[bytes, object],
-        udp: dict[bytes, object],
+        tcp: Table,
+        udp: Table,
         done: object,
-        icmp: dict[bytes, object] | None = None,
+        icmp: IcmpTable = None,
         /,
-    ) -> int:
-        """The index of the first record from ``index`` on that the slow path must see (see `sweep`)."""
+    ) -> _Answer_co: ...
+
+
+Sweep = OverRecords[int]
+"""`sweep`: the index of the first record from ``index`` on that the slow path must see."""
 
 
 def frame_pcap(buf: bytes, pos: int, big: bool, linktype: int, scale: float) -> tuple[int, bytes, bytes]:
@@ -96,14 +113,7 @@ def frame_pcap(buf: bytes, pos: int, big: bool, linktype: int, scale: float) -> 
 
 
 def sweep(
-    buf: bytes,
-    spans: array[int],
-    stamps: array[float],
-    index: int,
-    tcp: dict[bytes, object],
-    udp: dict[bytes, object],
-    done: object,
-    icmp: dict[bytes, object] | None = None,
+    buf: bytes, spans: Spans, stamps: Stamps, index: int, tcp: Table, udp: Table, done: object, icmp: IcmpTable = None
 ) -> int:
     """Pure twin of _hot.sweep. From record ``index`` on, pass over each record the scanner skips on its raw bytes
     and return the index of the first one the slow path must see, or the record count. Only the common frame
@@ -152,7 +162,7 @@ def sweep(
     return index
 
 
-def _dropped(frame: bytes, length: int, icmp: dict[bytes, object], done: object) -> bool:
+def _dropped(frame: bytes, length: int, icmp: Table, done: object) -> bool:
     """`sweep`'s test of a frame other than the common TCP or UDP one (``frame``: its first 54 bytes at most, of
     ``length``): one without IP, or a plain IPv4 ICMP frame of a decided flow."""
     if length < 14 or frame[12] != 8 or frame[13] != 0:
@@ -201,31 +211,12 @@ Stepped = tuple[int, Fields, bytes, bytes, object]
 """`step`'s answer at a common frame: its index, its segment, its flow key, the reverse key, the key's entry."""
 
 
-class Step(Protocol):
-    def __call__(
-        self,
-        buf: bytes,
-        spans: array[int],
-        stamps: array[float],
-        index: int,
-        tcp: dict[bytes, object],
-        udp: dict[bytes, object],
-        done: object,
-        icmp: dict[bytes, object] | None,
-        /,
-    ) -> int | Stepped:
-        """See `step`."""
+Step = OverRecords["int | Stepped"]
+"""`step`: `sweep`, and the segment of the record it stops at."""
 
 
 def step(
-    buf: bytes,
-    spans: array[int],
-    stamps: array[float],
-    index: int,
-    tcp: dict[bytes, object],
-    udp: dict[bytes, object],
-    done: object,
-    icmp: dict[bytes, object] | None,
+    buf: bytes, spans: Spans, stamps: Stamps, index: int, tcp: Table, udp: Table, done: object, icmp: IcmpTable = None
 ) -> int | Stepped:
     """Pure twin of _hot.step: `sweep` from ``index``; where the record it stops at is an Ethernet frame that
     `segment` reads, that record as the scanner's slow path starts on it: (its index, its `segment`, its flow key

@@ -71,10 +71,11 @@ encrypted.
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Final
 
-from egress.detect import jsonrpc
+from egress.detect import binfast, jsonrpc
 from egress.detect.base import MORE, Category, Finding, FlowView, Result, evidence
 
 NAME: Final = "binrpc"
@@ -508,7 +509,7 @@ def _constructed(
     if not _lettered(data, first):
         return -1, 0  # no piece with a letter: no head joins to a name or a word (and `read` stays as it was)
     unsettled: list[int] = []
-    heads = [*pending, *(match.start() for match in _BER_HEAD.finditer(data, scan))]
+    heads = [*pending, *_ber_heads(data, scan)]
     found = _walk_heads(data, heads, words, unsettled)
     if read is not None:
         read.pending = unsettled
@@ -524,6 +525,41 @@ def _lettered(data: bytes, first: int) -> bool:
         if at >= 0 and pattern.search(data, at) is not None:
             return True
     return False
+
+
+def pure_ber_heads(data: bytes, start: int) -> list[int]:
+    """Where `_BER_HEAD` matches in ``data`` from ``start`` on (`_constructed`'s heads to walk)."""
+    return [match.start() for match in _BER_HEAD.finditer(data, start)]
+
+
+def pure_breaks(data: bytes, start: int) -> list[int]:
+    """The ``ff`` bytes from ``start`` on that may end a chunked name (`_chunked`): at offset 5 or more, after a
+    byte of `_BEFORE_BREAK`, with five bytes of `_RUN_BYTES` before it."""
+    found = []
+    end = data.find(b"\xff", start)
+    while end >= 0:
+        if end >= 5 and data[end - 1] in _BEFORE_BREAK and not data[end - 5 : end].translate(None, _RUN_BYTES):
+            found.append(end)
+        end = data.find(b"\xff", end + 1)
+    return found
+
+
+_ber_heads: Callable[[bytes, int], list[int]] = pure_ber_heads
+"""`pure_ber_heads`, compiled where _binfast.c was built (`egress.detect.binfast`, `use_compiled`)."""
+_breaks: Callable[[bytes, int], list[int]] = pure_breaks
+"""`pure_breaks`, compiled likewise."""
+
+
+def use_compiled(compiled: bool) -> None:
+    """Run _binfast.c's searches where built (True) or their pure twins (False): the same answers either way; the
+    scanner's ``EGRESS_SCAN_PURE=1`` asks for the twins (`egress.scanner.Scanner`)."""
+    global _ber_heads, _breaks  # noqa: PLW0603 -- looked up at each call: one switch for both
+    module = binfast.COMPILED if compiled else None
+    _ber_heads = module.ber_heads if module is not None else pure_ber_heads
+    _breaks = module.breaks if module is not None else pure_breaks
+
+
+use_compiled(True)
 
 
 def _walk_heads(
@@ -616,18 +652,15 @@ def _chunked(data: bytes, start: int, words: dict[bytes, tuple[int, int]]) -> tu
     `_RUN_BYTES` before it, 5 bytes at least (``7f 63 "job" ff``; a random ``ff`` has such a run 1 time in 100):
     that run alone is searched for heads, back from each such ``ff`` (linear: each ``ff`` ends its own run; an
     ELF string table's ``_init`` or text's ``_a`` is not walked)."""
-    end = data.find(b"\xff", start)
-    while end >= 0:
-        if end >= 5 and data[end - 1] in _BEFORE_BREAK and not data[end - 5 : end].translate(None, _RUN_BYTES):
-            for at in _heads(data, _run_start(data, end), end):
-                stop, joined = _join(data, at)
-                if stop == end + 1:
-                    text = joined.strip(b"\x00 ")
-                    if text.lower() in NAMES:
-                        return at, stop
-                    if text in _WORDS:
-                        words.setdefault(text, (at, stop))
-        end = data.find(b"\xff", end + 1)
+    for end in _breaks(data, start):
+        for at in _heads(data, _run_start(data, end), end):
+            stop, joined = _join(data, at)
+            if stop == end + 1:
+                text = joined.strip(b"\x00 ")
+                if text.lower() in NAMES:
+                    return at, stop
+                if text in _WORDS:
+                    words.setdefault(text, (at, stop))
     return -1, 0
 
 

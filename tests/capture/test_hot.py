@@ -243,6 +243,30 @@ def test_compiled_and_pure_step_agree(
 
 
 @compiled_only
+@pytest.mark.parametrize("name", ["sweep", "step"])
+def test_sweep_and_step_take_the_same_arguments(name: str) -> None:
+    """One argument reader serves both: 7 or 8 arguments (no ICMP table, or None, keeps the rules without it),
+    dicts for the tables, buffers, and an index of 0 or more (a negative one would read before the spans)."""
+    assert hot.COMPILED is not None
+    function = getattr(hot.COMPILED, name)
+    buf, spans, stamps = _records([(1, _frame(6, 1, 0x10, 5, 40, b""))], b"")
+    answer = function(buf, spans, stamps, 0, {}, {}, DONE)
+    assert (
+        answer
+        == function(buf, spans, stamps, 0, {}, {}, DONE, None)
+        == getattr(hot, name)(buf, spans, stamps, 0, {}, {}, DONE)
+    )
+    with pytest.raises(TypeError, match="7 or 8"):
+        function(buf, spans, stamps, 0, {}, {})
+    with pytest.raises(TypeError, match="dicts"):
+        function(buf, spans, stamps, 0, {}, [], DONE)
+    with pytest.raises(TypeError):
+        function("text", spans, stamps, 0, {}, {}, DONE)
+    with pytest.raises(ValueError, match="0 or more"):
+        function(buf, spans, stamps, -1, {}, {}, DONE)
+
+
+@compiled_only
 @needs_corpus
 def test_compiled_and_pure_step_agree_on_every_corpus_record() -> None:
     """Every record of both corpora, with every other flow key seen decided and the rest inspected or new."""

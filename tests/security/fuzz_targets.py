@@ -161,18 +161,24 @@ def feed_pieces(detectors: tuple[Any, ...], meta: Any, events: list[tuple[bool, 
 
 
 def _jsonrpc() -> Check:
-    from egress.detect import cryptonode
+    from egress.detect import binfast, binrpc, cryptonode
     from egress.detect.base import FlowMeta, Transport
     from egress.detect.registry import MINING
 
     detectors = (*MINING, cryptonode.detect)
     meta = FlowMeta(Transport.TCP, "10.203.1.2", 40000, "198.18.10.3", 3333)
+    searches = (("ber_heads", binrpc.pure_ber_heads), ("breaks", binrpc.pure_breaks))
 
     def check(data: bytes) -> None:
-        _, _, events = pieces(data)
+        client, server, events = pieces(data)
         for step, answers in enumerate(feed_pieces(detectors, meta, events)):
             for grown, fresh in answers:
                 assert grown == fresh, (step, grown, fresh)
+        if binfast.COMPILED is not None:  # binrpc's compiled searches answer as their twins (_binfast.c)
+            for side in (client, server):
+                for start in (0, len(side) // 3, len(side) - 9, -5):
+                    for name, pure in searches:
+                        assert getattr(binfast.COMPILED, name)(side, start) == pure(side, start), (name, start)
 
     return check
 
