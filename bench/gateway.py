@@ -329,7 +329,32 @@ def stratum(count: int) -> Result:
         "blocked": len(times),
         "total": len(times),
         "outcomes": outcomes,
+        "times_ms": [round(t * 1000, 3) for t in times],
     }
+
+
+TTB_PERCENTILES = (0.1, 0.25, 0.5, 0.75, 0.9, 0.95, 0.98, 0.99)
+TTB_BUCKET_MS = 0.5
+
+
+def ttb_detail(times_ms: list[float]) -> list[str]:
+    """``--ttb-detail``: the time-to-block's percentiles and a histogram of 0.5 ms buckets, as lines."""
+    if not times_ms:
+        return ["no blocked attempt"]
+    ordered = sorted(times_ms)
+    shown = "  ".join(f"p{100 * f:g} {_percentile(ordered, f):.2f}" for f in TTB_PERCENTILES)
+    lines = [f"{shown}  max {ordered[-1]:.2f} ms"]
+    counts: dict[int, int] = {}
+    for value in ordered:
+        bucket = int(value // TTB_BUCKET_MS)
+        counts[bucket] = counts.get(bucket, 0) + 1
+    widest = max(counts.values())
+    for bucket in range(min(counts), max(counts) + 1):
+        count = counts.get(bucket, 0)
+        low = bucket * TTB_BUCKET_MS
+        lines.append(f"{low:6.1f}-{low + TTB_BUCKET_MS:<5.1f} ms {count:4d} {'#' * math.ceil(50 * count / widest)}")
+    lines.append("slowest: " + " ".join(f"{value:.2f}" for value in ordered[-8:]))
+    return lines
 
 
 def loadgen(argv: list[str]) -> int:
@@ -571,7 +596,7 @@ CONFIGS: dict[str, Callable[[Lab, int], contextlib.AbstractContextManager[str]]]
 }
 
 
-SPLIT_KEYS: tuple[str, ...] = ("cpu", "split")
+SPLIT_KEYS: tuple[str, ...] = ("cpu", "split", "times_ms")
 """A result's fields printed on lines of their own."""
 
 
@@ -597,6 +622,9 @@ def measure(lab: Lab, name: str, nameserver: str, args: argparse.Namespace) -> d
         cpu = result.get("cpu", {})
         cpu_text = " ".join(f"{k}={v:.1f}" for k, v in cpu.items())
         print(f"  {name:<7} {key:<6} {json.dumps(shown)}  cpu[{cpu_text}]", flush=True)
+        if args.ttb_detail and "times_ms" in result:
+            for line in ttb_detail(result["times_ms"]):
+                print(f"  {name:<7} {key:<6} {line}", flush=True)
         split = result.get("split", {})
         if split:
             users, systems = sum(u for u, _ in split.values()), sum(s for _, s in split.values())
@@ -773,6 +801,11 @@ def main(argv: list[str] | None = None) -> int:
         "--split",
         action="store_true",
         help="also print each gateway process's user and kernel CPU ms per unit (from /proc/PID/stat)",
+    )
+    parser.add_argument(
+        "--ttb-detail",
+        action="store_true",
+        help="also print time-to-block's percentiles, a histogram of 0.5 ms buckets and the slowest attempts",
     )
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
