@@ -45,6 +45,7 @@ from egress.detect.base import Finding, FlowMeta
 from egress.flowlog import EndedFlow, FlowSink
 from egress.policy.model import DetectorAction, Sandbox
 from egress.proxy.connect import connect
+from egress.proxy.firstlook import close_refused, refusal
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Decision, Gate, Kind, flow_meta
 from egress.proxy.httpfast import PlainHttp
 from egress.proxy.idle import IDLE_TIMEOUT, Held, IdleBound
@@ -135,6 +136,8 @@ class Front:
         """Connections given to mitmproxy."""
         self.watch_blocked = 0
         """Watched connections closed on a TLS shape finding."""
+        self.refused = 0
+        """Connections refused on their first bytes before a handoff (`egress.proxy.firstlook`)."""
         self.idle = idle if idle is not None else IdleBound()
         self.idle.on_closed = self._idle_closed
         self._idle_reported: dict[str, tuple[float, int]] = {}
@@ -350,12 +353,19 @@ class Front:
 
     async def _hand_off(self, conn: socket.socket, peer: tuple[str, int] | None = None) -> None:
         """Give ``conn`` to mitmproxy; one whose client ``peer`` reset it already (which mitmproxy would close
-        unread) is judged on the bytes it left, recorded, and closed here (`egress.proxy.lastlook`)."""
+        unread) is judged on the bytes it left, recorded, and closed here (`egress.proxy.lastlook`), and one whose
+        first bytes the gate refuses is recorded and closed here too (`egress.proxy.firstlook`)."""
         if peer is not None and reset_before_served(conn):
             ended = last_look(conn, peer, self.gate, self.destination)
             if ended is not None:
                 self.reporter.report(ended)
             conn.close()
+            return
+        refused = refusal(conn, peer, self.gate, self.destination) if peer is not None else None
+        if refused is not None:
+            self.refused += 1
+            self.reporter.report(refused)  # recorded before the close, as mitmproxy's refusal is
+            close_refused(conn)
             return
         self.handed_off += 1
         await self.handoff(conn)  # never raises: it closes what it cannot serve

@@ -242,14 +242,15 @@ def test_bytes_the_destination_sends_first_are_not_lost() -> None:
 @pytest.mark.parametrize(
     ("first_bytes", "network"),
     [
-        pytest.param(lambda: _client_hello("evil.test"), False, id="tls-to-a-name-not-allowed"),
+        # (first bytes the gate refuses, TLS naming a host no rule allows or Stratum to a network rule's address,
+        # are refused in the front: tests/proxy/test_firstlook.py)
         # plain HTTP the fast path does not take (egress.proxy.httpfast, tests/proxy/test_httpfast.py)
         pytest.param(
             lambda: b"POST / HTTP/1.1\r\nHost: allowed.test\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n",
             False,
             id="plain-http-chunked",
         ),
-        pytest.param(lambda: b'{"id":1,"method":"mining.subscribe","params":[]}\n', True, id="stratum"),
+        pytest.param(lambda: b"a line protocol's opening\n", True, id="raw-stream-to-a-network-rule"),
         # (the front waits PEEK_WAIT for the rest, then hands it off: see the autouse fixture and the silent client)
         pytest.param(lambda: _client_hello("allowed.test")[:40], False, id="half-a-client-hello"),
         # A ClientHello longer than the front peeks, to an address a network rule allows, its name (on the DoH

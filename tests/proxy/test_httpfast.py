@@ -240,7 +240,6 @@ def test_pipelined_requests_are_each_judged_and_answered_in_order() -> None:
         pytest.param(post(MINING), id="mining-body"),
         pytest.param(get("/", "other.test"), id="host-not-bound-to-the-address"),
         pytest.param(post(b"x", "Transfer-Encoding: chunked"), id="transfer-encoding"),
-        pytest.param(b"GET / HTTP/1.1\r\nHost: allowed.test\r\nX: 1\r\n y\r\n\r\n", id="obs-fold"),
         pytest.param(b"GET / HTTP/1.1\nHost: allowed.test\n\n", id="bare-lf"),
         pytest.param(get("/", "allowed.test", "Upgrade: websocket", "Connection: Upgrade"), id="upgrade"),
         pytest.param(b"\x16\x03\x01\x00\x05hello", id="not-http"),
@@ -258,6 +257,27 @@ def test_a_later_request_it_is_not_sure_of_goes_to_mitmproxy_unread(second: byte
         assert site.received == get("/first")
         assert (setup.fast.requests, setup.fast.handed_off) == (1, 1)
         assert setup.blocks() == []  # mitmproxy decides and records it
+        writer.close()
+
+    run(scenario)
+
+
+def test_a_later_request_the_gate_refuses_is_refused_in_the_front() -> None:
+    """An obs-fold head the gateway does not read is a refusal on the bytes mitmproxy would get first: recorded
+    and closed in the front (egress.proxy.firstlook), as mitmproxy's addon would, none of it forwarded."""
+
+    async def scenario(setup: Setup, site: Upstream, port: int) -> None:
+        reader, writer = await asyncio.open_connection("127.0.0.1", port)
+        writer.write(get("/first"))
+        assert await response(reader) == ok()
+        writer.write(b"GET / HTTP/1.1\r\nHost: allowed.test\r\nX: 1\r\n y\r\n\r\n")
+        await writer.drain()
+        with contextlib.suppress(ConnectionResetError):
+            assert await reader.read() == b"", "closed, nothing answered"
+        assert site.received == get("/first")
+        assert (setup.fast.requests, setup.front.refused, setup.handed) == (1, 1, [])
+        [blocked] = setup.blocks()
+        assert blocked.verdict.reason is Reason.TUNNEL and "http-protocol-error" in blocked.verdict.evidence
         writer.close()
 
     run(scenario)
