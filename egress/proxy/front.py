@@ -364,8 +364,10 @@ class Front:
         refused = refusal(conn, peer, self.gate, self.destination) if peer is not None else None
         if refused is not None:
             self.refused += 1
-            self.reporter.report(refused)  # recorded before the close, as mitmproxy's refusal is
-            close_refused(conn)
+            try:
+                self.reporter.report(refused)  # recorded before the close, as mitmproxy's refusal is
+            finally:  # closed whatever the reporter does: nothing of it is forwarded
+                close_refused(conn)
             return
         self.handed_off += 1
         await self.handoff(conn)  # never raises: it closes what it cannot serve
