@@ -41,6 +41,7 @@ GATES = {
         "egress/proxy/httpupstream.py",  # the fast path's server side
         "egress/proxy/splice.py",  # the front's TLS relay on its two sockets
         "egress/proxy/lastlook.py",  # the front's peek at a client that reset before it was served
+        "egress/proxy/firstlook.py",  # the front's peek at first bytes it refuses before a handoff
         "egress/gateway/hostprobe.py",
         "egress/gateway/sdnotify.py",
         "egress/proxy/mitm/server.py",
