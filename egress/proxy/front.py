@@ -1,26 +1,27 @@
 """The proxy worker's front door: takes the sandbox connections nftables redirects to the worker's port and relays
 allowed TLS itself; everything else goes to mitmproxy untouched.
 
-For each connection the front peeks (``MSG_PEEK``: nothing is consumed) at the client's first bytes. When they are
-a whole TLS ClientHello that `Gate` passes through (allowed, or let through and recorded: a detector set to
+For each connection the front peeks (``MSG_PEEK``: nothing is consumed) at the client's first bytes. When they are a
+whole TLS ClientHello that `Gate` passes through (allowed, or let through and recorded: a detector set to
 ``record``, report mode's would-block; not on the sandbox's decrypt list) and the destination may be dialled, the
-front reports what is worth recording, dials the original destination and relays both directions on its two
-sockets (`egress.proxy.splice`): a fraction of what the same connection costs in mitmproxy's layers
-(docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a
-client that says nothing within `PEEK_WAIT`, a ClientHello that is not whole within `HELLO_WAIT` or is bigger than
-the peek, plain HTTP, interception, inspection, refusals, bytes that do not parse) is handed to mitmproxy as it is
-(`Handoff`), which decides again from the same bytes and does what it always did: the front only takes what it
-can finish, and never blocks itself, with one exception. Every TLS connection the front relays is relayed through
-a `egress.proxy.relay.Watch`: a blocking TLS shape finding closes both sides before the chunk that completed it
-is forwarded, and the front reports it (SSH inside TLS; mining told from the shape, `egress.detect.miningshape`:
+front reports what is worth recording, dials the original destination and relays both directions on its two sockets
+(`egress.proxy.splice`): a fraction of what the same connection costs in mitmproxy's layers
+(docs/gateway-performance.md). Anything else (a source outside every sandbox, a destination no rule allows, a client
+that says nothing within `PEEK_WAIT`, a ClientHello that is not whole within `HELLO_WAIT` or is bigger than the
+peek, plain HTTP, interception, inspection, bytes that do not parse) is handed to mitmproxy as it is (`Handoff`),
+which decides again from the same bytes and does what it always did: the front only takes what it can finish, and
+blocks in two places. First bytes the gate refuses are recorded and closed before a handoff, as the addon would
+(`egress.proxy.firstlook`: no mitmproxy, no dial). And every TLS connection the front relays is relayed through a
+`egress.proxy.relay.Watch`: a blocking TLS shape finding closes both sides before the chunk that completed it is
+forwarded, and the front reports it (SSH inside TLS; mining told from the shape, `egress.detect.miningshape`:
 recorded, or blocked where the sandbox's ``detectors.mining_shape`` says ``block``). That holds for a host rule's
 bound name as for a network rule (issue 9: Stratum inside TLS to a bound name is no payload detector's to see). The
-shapes ordinary TLS can take too (`egress.detect.tlsshape.SUSPECTED`: TLS in TLS, keystroke echo) are recorded
-only through a network rule (`Decision.watch`), where the policy names a destination without a name; to a named
-host they would be noise. Every passthrough is the front's to take: mitmproxy sees only TLS it must decrypt and
-TLS the front could not judge, and relays a host rule's through the same watch (`egress.proxy.upgraded`) while it
-refuses a network rule's it would relay unwatched (`egress.proxy.gate`); once a client's first bytes look like TLS
-the front waits `HELLO_WAIT` for the rest.
+shapes ordinary TLS can take too (`egress.detect.tlsshape.SUSPECTED`: TLS in TLS, keystroke echo) are recorded only
+through a network rule (`Decision.watch`), where the policy names a destination without a name; to a named host they
+would be noise. Every passthrough is the front's to take: mitmproxy sees only TLS it must decrypt and TLS the front
+could not judge, and relays a host rule's through the same watch (`egress.proxy.upgraded`) while it refuses a
+network rule's it would relay unwatched (`egress.proxy.gate`); once a client's first bytes look like TLS the front
+waits `HELLO_WAIT` for the rest.
 
 Pure asyncio and `egress.proxy.gate`; mitmproxy stays in `egress.proxy.mitm`.
 """
