@@ -19,7 +19,7 @@ import time
 MARK = "rt15mark"
 POOL4 = ("198.18.10.3", 3333)
 POOL6 = ("2001:db8:10::3", 3333)
-ALLOWED6 = ("2001:db8:10::1", 80)
+PACKAGE_PATH = b"/simple/pkg/pkg-1.0.tar.gz"
 STRATUM = (
     b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
     b'{"id":2,"method":"mining.authorize","params":["' + MARK.encode() + b'.worker","x"]}\n'
@@ -32,7 +32,13 @@ WINDOW = {
     "window-reset-stratum": (POOL4, True),
     "window-reset-stratum-v6": (POOL6, True),
     "window-fin-stratum": (POOL4, False),
+    "window-reset-split-stratum": (POOL4, True),
 }
+"""Each window row's target and its end (True: a reset). ``split``: the first `OPENING` bytes (they name nothing)
+in a write of their own, `SPLIT_PAUSE` (mitmproxy has read them), then the rest and the end after the swept
+pause: the rest reaches a reader that is already waiting, or busy."""
+OPENING = 9
+SPLIT_PAUSE = 0.05
 
 
 def _end(conn: socket.socket, reset: bool) -> None:
@@ -43,25 +49,36 @@ def _end(conn: socket.socket, reset: bool) -> None:
     conn.close()
 
 
-def window_main() -> None:
-    """``window_main VARIANT COUNT``: the attempts, each ended after the next pause of `PAUSES`."""
-    variant, count = sys.argv[1], int(sys.argv[2])
+def _attempts(variant: str, count: int, first: int, made: list[int]) -> None:
+    """``count`` attempts of ``variant``, the pauses taken from ``first`` on; each one made appended to ``made``."""
     target, reset = WINDOW[variant]
-    made = 0
-    for i in range(count):
+    for i in range(first, first + count):
         try:
             conn = socket.create_connection(target, timeout=5)
         except OSError:
             continue
-        conn.sendall(STRATUM)
+        if variant.startswith("window-reset-split"):
+            conn.sendall(STRATUM[:OPENING])
+            time.sleep(SPLIT_PAUSE)
+            conn.sendall(STRATUM[OPENING:])
+        else:
+            conn.sendall(STRATUM)
         pause = PAUSES[i % len(PAUSES)]
         if pause:
             end = time.perf_counter() + pause
             while time.perf_counter() < end:  # a busy wait: sleep's resolution is coarser than the steps
                 pass
         _end(conn, reset)
-        made += 1
-    print(f"done {made}", flush=True)
+        made.append(i)
+
+
+def window_main() -> None:
+    """``window_main VARIANT COUNT``: the attempts, one after another, each ended after the next pause of
+    `PAUSES`."""
+    variant, count = sys.argv[1], int(sys.argv[2])
+    made: list[int] = []
+    _attempts(variant, count, 0, made)
+    print(f"done {len(made)}", flush=True)
 
 
 def _pad_option(data: bytes) -> bytes:
@@ -92,18 +109,22 @@ def stream_main() -> None:
 
 
 def _extension_headers(variant: str) -> None:
-    """An allowed HTTP request to allowed.lab over IPv6, every packet of it carrying Stratum's subscribe in a
-    hop-by-hop or destination options header (the kernel adds it to each segment, the SYN too)."""
+    """An allowed HTTP request to allowed.lab over IPv6 (the package), every packet of it carrying Stratum's
+    subscribe in a hop-by-hop or destination options header (the kernel adds it to each segment, the SYN too)."""
     option = socket.IPV6_HOPOPTS if variant == "v6-hopopts-http" else socket.IPV6_DSTOPTS
     piece = STRATUM[: STRATUM.index(b"\n") + 1]
     with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as conn:
         conn.setsockopt(socket.IPPROTO_IPV6, option, _pad_option(piece))
         conn.settimeout(5)
-        conn.connect(ALLOWED6)
-        conn.sendall(b"GET / HTTP/1.1\r\nHost: allowed.lab\r\nConnection: close\r\n\r\n")
+        # resolved through the gateway first: a host rule allows the addresses its resolver gave the name
+        address = socket.getaddrinfo("allowed.lab", 80, socket.AF_INET6, socket.SOCK_STREAM)[0][4][0]
+        conn.connect((address, 80))
+        conn.sendall(b"GET " + PACKAGE_PATH + b" HTTP/1.1\r\nHost: allowed.lab\r\nConnection: close\r\n\r\n")
+        answer = b""
         with contextlib.suppress(OSError):
-            while conn.recv(65536):
-                pass
+            while chunk := conn.recv(65536):
+                answer += chunk
+        print("answer", answer.split(b"\r\n", 1)[0].decode("ascii", "replace"), flush=True)
 
 
 def _zero_window() -> None:

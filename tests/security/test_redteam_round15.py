@@ -15,6 +15,7 @@ Lab: rules/lab-policy.yaml (the module's shared lab).
 
 from __future__ import annotations
 
+import contextlib
 import time
 
 import pytest
@@ -27,8 +28,8 @@ pytestmark = pytest.mark.security
 
 WINDOW_KIT = "from tests.security.redteam_round15_kit import window_main; window_main()"
 STREAM_KIT = "from tests.security.redteam_round15_kit import stream_main; stream_main()"
-ATTEMPTS = 200
-"""Attempts per window row: each pause of the sweep four times."""
+ATTEMPTS = 400
+"""Attempts per window row: each pause of the sweep eight times (on main's code 1 to 3 in 200 went unrecorded)."""
 FOUND = {"mining", "tunnel", "inspection-error"}
 
 
@@ -68,10 +69,8 @@ def test_every_attempt_ended_around_the_handoff_is_recorded(security_lab: Securi
             assert seen[0] >= made, f"{seen[0]} of {made} recorded"
             return True
 
-        try:
+        with contextlib.suppress(AssertionError):  # judged below, after the row is reported
             eventually(all_counted, timeout=20, interval=1.0)
-        except AssertionError:
-            pass  # judged below, after the row is reported
     crossed = capture.result
     assert crossed is not None
     leaked = crossed.bytes_to(address, port, "tcp")
@@ -107,6 +106,9 @@ def test_a_call_where_a_stream_reader_does_not_look(security_lab: SecurityLab, v
     marked = crossed.contains(MARK.encode()) or crossed.contains(b"mining.subscribe")
     unseen = bool(wanted) and not set(reasons) & wanted
     leaked = 0 if not wanted else crossed.bytes_to(address, port, "tcp")
-    report(f"redteam15/{variant}", "stream", leaked, marked or unseen, ",".join(reasons) or None)
+    answer = next((line for line in done.stdout.splitlines() if line.startswith("answer")), "")
+    report(f"redteam15/{variant}", "stream", leaked, marked or unseen, ",".join(reasons) or None, answer)
     assert leaked == 0 and not marked
     assert not unseen, reasons
+    if not wanted:  # control: the allowed request with its extension headers is served
+        assert " 200 " in f"{answer} ", done.stdout
