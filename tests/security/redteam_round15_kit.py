@@ -105,6 +105,10 @@ def stream_main() -> None:
         _zero_window()
     elif variant == "oob-stratum":
         _urgent()
+    elif variant == "tfo-cookie-stratum":
+        _fast_open()
+    elif variant == "bytewise-slow-stratum":
+        _bytewise()
     print("done", flush=True)
 
 
@@ -148,3 +152,45 @@ def _urgent() -> None:
             conn.send(line[-1:], socket.MSG_OOB)
         with contextlib.suppress(OSError):
             conn.recv(4096)
+
+
+TFO_SYSCTL = "/proc/sys/net/ipv4/tcp_fastopen"
+
+
+def _fast_open() -> None:
+    """TCP Fast Open as a client that asks for a cookie (``tcp_fastopen`` 1, the sandbox namespace's own): three
+    connections, each Stratum's opening sent with the SYN (``MSG_FASTOPEN``); a server that gave a cookie on the
+    first would take the data of the next ones with their SYN."""
+    with open(TFO_SYSCTL) as current:
+        before = current.read().strip()
+    with open(TFO_SYSCTL, "w") as setting:
+        setting.write("1")
+    try:
+        for _ in range(3):
+            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as conn, contextlib.suppress(OSError):
+                # blocking: a socket with a timeout is non-blocking inside, and a fast open without a cookie
+                # then fails with EINPROGRESS instead of sending after the handshake
+                conn.sendto(STRATUM, socket.MSG_FASTOPEN, POOL4)
+                conn.settimeout(5)
+                conn.recv(4096)
+    finally:
+        with open(TFO_SYSCTL, "w") as setting:
+            setting.write(before)
+
+
+BYTE_PAUSE = 0.04
+"""The pause between one-byte segments: Stratum's 133 bytes take 5 s, far below the idle timeout, and every
+segment comes after the front's and mitmproxy's reads of the one before."""
+
+
+def _bytewise() -> None:
+    """Stratum's calls one byte per segment (``TCP_NODELAY``), `BYTE_PAUSE` apart, then a read for an answer."""
+    with socket.create_connection(POOL4, timeout=5) as conn:
+        conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        try:
+            for i in range(len(STRATUM)):
+                conn.sendall(STRATUM[i : i + 1])
+                time.sleep(BYTE_PAUSE)
+            conn.recv(4096)
+        except OSError as exc:  # the gateway cut the connection: where, for the row's note
+            print(f"cut at byte {i}: {exc.strerror}", flush=True)
