@@ -54,6 +54,8 @@ NOT_RECORDED = {
     "test_redteam_udp_variants.py": "not recorded yet (red team 10b, UDP gate): the payloads split, after junk, on a "
     "second flow, a flood; what the rows prove is the gate's verdicts at the server, as test_redteam_udp_allowed.py",
     "test_redteam_dnstcp.py": "1,100 TCP connections held to the resolver: a fault measure, as test_faults*",
+    "test_redteam_round15.py": "not recorded (red team 15): the window rows are hundreds of connections each, judged "
+    "by the records' counts; the stream rows' bytes never cross the gateway (the proxy ends TCP)",
     "test_redteam_round14.py": "not recorded (red team 14): what the rows prove is how the records read back to an "
     "operator's terminal, not a finding in bytes (each attempt is refused by the policy alone)",
     "test_redteam_round12b.py": "not recorded yet (red team 12b): the time was spent on the fix; its rows are "

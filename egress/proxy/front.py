@@ -82,8 +82,9 @@ IDLE_RECORD_EVERY: Final = 1.0
 SO_ORIGINAL_DST: Final = 80
 SOL_IPV6: Final = 41
 
-Handoff = Callable[[socket.socket], Awaitable[None]]
-"""Gives an accepted connection, nothing read from it, to mitmproxy; never raises (closes what it cannot serve)."""
+Handoff = Callable[[socket.socket, tuple[str, int]], Awaitable[None]]
+"""Gives an accepted connection, nothing read from it, and its client's address as accepted, to mitmproxy; never
+raises (closes what it cannot serve)."""
 
 
 _family: Final[Callable[[socket.socket], int]] = _socket.socket.family.__get__
@@ -352,17 +353,19 @@ class Front:
         finally:
             spoke()
 
-    async def _hand_off(self, conn: socket.socket, peer: tuple[str, int] | None = None) -> None:
+    async def _hand_off(self, conn: socket.socket, peer: tuple[str, int]) -> None:
         """Give ``conn`` to mitmproxy; one whose client ``peer`` reset it already (which mitmproxy would close
         unread) is judged on the bytes it left, recorded, and closed here (`egress.proxy.lastlook`), and one whose
-        first bytes the gate refuses is recorded and closed here too (`egress.proxy.firstlook`)."""
-        if peer is not None and reset_before_served(conn):
+        first bytes the gate refuses is recorded and closed here too (`egress.proxy.firstlook`). A reset after
+        these looks is mitmproxy's to read: the handoff names the peer, and ends the stream after the bytes
+        (`egress.proxy.mitm.server`)."""
+        if reset_before_served(conn):
             ended = last_look(conn, peer, self.gate, self.destination)
             if ended is not None:
                 self.reporter.report(ended)
             conn.close()
             return
-        refused = refusal(conn, peer, self.gate, self.destination) if peer is not None else None
+        refused = refusal(conn, peer, self.gate, self.destination)
         if refused is not None:
             self.refused += 1
             try:
@@ -371,7 +374,7 @@ class Front:
                 close_refused(conn)
             return
         self.handed_off += 1
-        await self.handoff(conn)  # never raises: it closes what it cannot serve
+        await self.handoff(conn, peer)  # never raises: it closes what it cannot serve
 
     async def _relay_if_passthrough(
         self,
@@ -416,7 +419,7 @@ class Front:
                     self.poller.forget(sock.fileno())
                 upstream.close()
                 log.exception("front: %s:%s: handed to mitmproxy after an error", source[0], source[1])
-                self._task(self._hand_off(conn))
+                self._task(self._hand_off(conn, source))
 
         connect(self.poller, dst, DIAL_TIMEOUT, dialled)
 

@@ -7,9 +7,9 @@ unread. Nothing crossed, but the attempt went unrecorded: Stratum to a pool's al
 ClientHello naming a pool. Before a handoff the front asks `reset_before_served`; for such a connection it judges
 the bytes it can still peek with the gate, as it judges any first bytes (`Gate.on_first_bytes`), and a stream the
 gate would have inspected as mitmproxy's relay would (the detectors; unidentified at the cap where the rule is
-strict); it reports what is worth recording (`last_look`) and closes the connection. Only a reset that lands
-between this look and mitmproxy's reading still loses the record (a window of one scheduling step); nothing is
-forwarded either way.
+strict); it reports what is worth recording (`last_look`) and closes the connection. A reset that lands after
+this look is mitmproxy's to read: the worker's hand-off ends the stream after the bytes and names the peer the
+front accepted (`egress.proxy.mitm.server`, red team 15).
 """
 
 from __future__ import annotations

@@ -115,7 +115,7 @@ class _Setup:
         self.nodelay: list[int] = []
         self.front = Front(self.gate, self.reporter, self._handoff, destination=lambda _: ("127.0.0.1", upstream_port))
 
-    async def _handoff(self, conn: socket.socket) -> None:
+    async def _handoff(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
         self.nodelay.append(conn.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY))
         reader, writer = await asyncio.open_connection(sock=conn)
         got = b""

@@ -81,7 +81,7 @@ class _Setup:
         self.port = 0
         self.task: asyncio.Task[None] | None = None
 
-    async def _handoff(self, conn: socket.socket) -> None:
+    async def _handoff(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
         reader, writer = await asyncio.open_connection(sock=conn)
         got = b""
         while chunk := await reader.read(65536):

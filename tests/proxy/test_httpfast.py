@@ -145,7 +145,7 @@ sandboxes:
     def report(self, attempt: DecidedFlow) -> None:
         self.reported.append(attempt)
 
-    async def _handoff(self, conn: socket.socket) -> None:
+    async def _handoff(self, conn: socket.socket, _peer: tuple[str, int]) -> None:
         reader, writer = await asyncio.open_connection(sock=conn)
         got = b""
         while chunk := await reader.read(65536):  # what mitmproxy would read: everything the client sent after

@@ -107,7 +107,7 @@ sandboxes:
     reporter = _Reporter()
     handed: list[bytes] = []
 
-    async def handoff(conn: socket.socket) -> None:
+    async def handoff(conn: socket.socket, _peer: tuple[str, int]) -> None:
         handed.append(conn.recv(100))
         conn.close()
 

@@ -174,18 +174,21 @@ async def _stop_servers(servers: Any) -> None:
                 log.exception("mitmproxy's server did not stop")
 
 
-def _handoff(instance: Any, addon: EgressAddon, idle: IdleBound) -> Callable[[socket.socket], Awaitable[None]]:
+def _handoff(
+    instance: Any, addon: EgressAddon, idle: IdleBound
+) -> Callable[[socket.socket, tuple[str, int]], Awaitable[None]]:
     """Gives a connection the front did not take to mitmproxy's server ``instance``, its bytes each way counted
     for the flow log (`EgressAddon.meters`, read when the client disconnects). One that has not spoken yet stays
-    in the ``idle`` bound until its first byte arrives (the bound closes it by aborting its transport)."""
+    in the ``idle`` bound until its first byte arrives (the bound closes it by aborting its transport). ``peer``:
+    the client's address as the front accepted it, mitmproxy's peer name when the client reset the connection
+    after the front's last look (red team 15: the socket no longer names its peer, and the attempt was lost)."""
 
-    async def handoff(conn: socket.socket) -> None:
+    async def handoff(conn: socket.socket, peer: tuple[str, int]) -> None:
         meter = Meter(time.time())
         fd = conn.fileno()
         held = idle.held(fd)
         try:
-            reader, writer = await _metered_streams(conn, meter, None if held is None else (idle, fd, held))
-            peer = writer.get_extra_info("peername")
+            reader, writer = await _metered_streams(conn, meter, None if held is None else (idle, fd, held), peer)
         except OSError as exc:
             log.debug("handoff: %s", exc)
             conn.close()
@@ -229,6 +232,13 @@ class _MeteredProtocol(asyncio.StreamReaderProtocol):
         self.meter.up += len(data)
         super().data_received(data)
 
+    def connection_lost(self, exc: Exception | None) -> None:
+        # A client's reset ends its stream after the bytes it sent, as a FIN does: asyncio's reader raises a
+        # connection's error before the bytes it holds, so a reset that came before mitmproxy's first read lost
+        # the attempt unread and unrecorded (red team 15). Read and judged, nothing is forwarded that a FIN's
+        # bytes would not be; the writes towards the gone client fail as before.
+        super().connection_lost(None if isinstance(exc, ConnectionError) else exc)
+
 
 class _MeteredWriter(asyncio.StreamWriter):
     """Counts what mitmproxy writes to the client (its only write call on a client stream is `write`)."""
@@ -239,9 +249,18 @@ class _MeteredWriter(asyncio.StreamWriter):
         protocol: _MeteredProtocol,
         reader: asyncio.StreamReader,
         loop: asyncio.AbstractEventLoop,
+        peer: tuple[str, int] | None = None,
     ) -> None:
         super().__init__(transport, protocol, reader, loop)
         self.meter = protocol.meter
+        self.peer = peer
+        """The client's address as the front accepted it (the transport's peer name is None once it reset)."""
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        found = super().get_extra_info(name, default)
+        if name == "peername" and found is None:
+            return self.peer
+        return found
 
     def write(self, data: bytes | bytearray | memoryview) -> None:
         self.meter.down += len(data)
@@ -249,15 +268,19 @@ class _MeteredWriter(asyncio.StreamWriter):
 
 
 async def _metered_streams(
-    conn: socket.socket, meter: Meter, idle: tuple[IdleBound, int, Held] | None = None
+    conn: socket.socket,
+    meter: Meter,
+    idle: tuple[IdleBound, int, Held] | None = None,
+    peer: tuple[str, int] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
     """`asyncio.open_connection` (``sock=conn``) with the bytes each way counted into ``meter``; ``idle``: the
-    connection's hold in the idle bound, released at its first byte."""
+    connection's hold in the idle bound, released at its first byte; ``peer``: the peer name when the socket no
+    longer has one (its client reset it)."""
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader(loop=loop)
     protocol = _MeteredProtocol(reader, meter, idle)
     transport, _ = await loop.create_connection(lambda: protocol, sock=conn)
-    return reader, _MeteredWriter(transport, protocol, reader, loop)
+    return reader, _MeteredWriter(transport, protocol, reader, loop, peer)
 
 
 def _severer(server: proxyserver.Proxyserver) -> Callable[[connection.Client], None]:
