@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import re
 import sys
 import time
@@ -221,10 +222,28 @@ FLOOD = 1200
 
 def test_a_flood_of_blocked_attempts_does_not_push_a_finding_out(lab_factory: LabFactory) -> None:
     lab = lab_factory(POLICIES / "redteam_round14_retention.yaml")
+    argv = [sys.executable, "-m", "egress", "retention", "--json", "--redis-url", lab.run.redis_url]
+
+    def held_and_trimmed() -> dict[str, int]:
+        row: dict[str, int] = json.loads(lab.gateway(argv).stdout)["sandboxes"].get("agent", {})
+        return row
+
+    before = held_and_trimmed()
     since = time.time()
     done = lab.sandbox_python(FLOOD_KIT, str(FLOOD), timeout=300)
     assert "done" in done.stdout, done.stdout + done.stderr
-    lab.records_until(since, lambda rs: len(rs) >= 300)  # the flood has arrived (retention keeps about 400)
+
+    # The flood has arrived when every one of its records is either held or counted as trimmed. Not a count of the
+    # records held: the size trim drops whole entries, and under load the recorder writes bigger batches, so what
+    # is held after the flood is anywhere between 400 less one batch and 400.
+    def accounted() -> dict[str, int]:
+        row = held_and_trimmed()
+        grown = sum(row.get(field, 0) - before.get(field, 0) for field in ("records", "trimmed_by_size"))
+        assert grown >= FLOOD + 1, f"not yet: {grown} of {FLOOD + 1} records, {row}"
+        return row
+
+    row = eventually(accounted, timeout=120.0, interval=0.5)
+    assert row["trimmed_by_size"] > before.get("trimmed_by_size", 0), f"the flood trimmed nothing: {row}"
 
     def mining() -> list[str]:
         argv = [sys.executable, "-m", "egress", "events", "--since", f"{since:.3f}", "--category", "mining", "--json"]
