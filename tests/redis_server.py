@@ -21,6 +21,7 @@ import signal
 import socket
 import subprocess
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Final
 
@@ -300,6 +301,15 @@ class RedisFactory:
         # Every replica has its master's data (the initial sync done), as on a Cluster that has been running.
         eventually(lambda: all(replica_synced(node) for node in nodes), timeout=scaled(60), interval=0.1)
         return nodes
+
+    def own(self) -> Iterator[RedisServer]:
+        """A server of one test's own, discarded when it ends (for a fixture: ``yield from redis_factory.own()``):
+        for tests that kill, pause or restart it, or must see only their own keys."""
+        instance = self.server()
+        try:
+            yield instance
+        finally:
+            self.discard(instance)
 
     def discard(self, *gone: RedisServer) -> None:
         """Stop and remove these servers now (a test that wants a fresh one each time)."""

@@ -26,6 +26,7 @@ from egress.decide import Enforcement, network_rule_for
 from egress.decisions import DecidedFlow
 from egress.detect import tls
 from egress.proxy.gate import HEAD_WAIT_LIMIT, Gate, Kind, flow_meta
+from egress.proxy.peeked import peek_first_bytes
 
 log = logging.getLogger(__name__)
 
@@ -38,18 +39,11 @@ def refusal(
 ) -> DecidedFlow | None:
     """The gate's block of ``conn``'s first bytes (peeked, up to the front's `HEAD_WAIT_LIMIT`, nothing
     consumed), as mitmproxy's addon would decide it; None when it is mitmproxy's to serve (module docstring)."""
-    sandbox = gate.sandbox(str(peer[0]))
-    if sandbox is None:
+    peeked = peek_first_bytes(conn, peer, gate, destination)
+    if peeked is None or _hello_past_the_peek(peeked.data):
         return None
-    source = (str(peer[0]), int(peer[1]))
-    try:
-        dst = destination(conn)
-        if gate.on_connect(sandbox, *dst).action is Enforcement.BLOCK:
-            return None
-        data = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
-    except OSError:  # nothing yet (BlockingIOError), or the client went away: mitmproxy sees the same
-        return None
-    if not data or _hello_past_the_peek(data):
+    sandbox, source, dst, data = peeked.sandbox, peeked.source, peeked.dst, peeked.data
+    if gate.on_connect(sandbox, *dst).action is Enforcement.BLOCK:
         return None
     meta = flow_meta(source, dst)
     try:

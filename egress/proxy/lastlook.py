@@ -25,8 +25,9 @@ from egress.decisions import DecidedFlow
 from egress.detect.base import FlowMeta
 from egress.detect.engine import unidentified_finding
 from egress.policy.model import Sandbox
-from egress.proxy.gate import HEAD_WAIT_LIMIT, Gate, Kind, flow_meta
+from egress.proxy.gate import Gate, Kind, flow_meta
 from egress.proxy.httpjudge import fail_closed
+from egress.proxy.peeked import peek_first_bytes
 
 log = logging.getLogger(__name__)
 
@@ -50,18 +51,10 @@ def last_look(
     `HEAD_WAIT_LIMIT`), or None: no sandbox, no bytes, no original destination any more, or nothing to record.
     An error judging attacker bytes is a block recorded as an inspection error (`httpjudge.fail_closed`); the
     caller closes the connection all the same."""
-    sandbox = gate.sandbox(str(peer[0]))
-    if sandbox is None:
+    peeked = peek_first_bytes(conn, peer, gate, destination)
+    if peeked is None:
         return None
-    source = (str(peer[0]), int(peer[1]))
-    try:
-        dst = destination(conn)
-        data = conn.recv(HEAD_WAIT_LIMIT, socket.MSG_PEEK)
-    except OSError as exc:
-        log.debug("front: %s:%s reset, not readable: %s", source[0], source[1], exc)
-        return None
-    if not data:
-        return None
+    sandbox, source, dst, data = peeked.sandbox, peeked.source, peeked.dst, peeked.data
     try:
         decision = gate.on_first_bytes(sandbox, flow_meta(source, dst), data, b"", watching=True)
         verdict = decision.verdict

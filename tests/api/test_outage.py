@@ -56,9 +56,7 @@ def collected() -> Iterator[Collected]:
 
 @pytest.fixture
 def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
+    yield from redis_factory.own()
 
 
 def test_redis_killed_every_request_gets_503_on_the_same_connection(server: RedisServer, collected: Collected) -> None:

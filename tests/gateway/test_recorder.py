@@ -24,9 +24,7 @@ T0 = 1_700_000_000.0
 
 @pytest.fixture
 def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
+    yield from redis_factory.own()
 
 
 @pytest.fixture

@@ -20,9 +20,7 @@ from tests.waiting import eventually
 
 @pytest.fixture
 def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
+    yield from redis_factory.own()
 
 
 def _ended(at: float, dst: str = "203.0.113.5", up: int = 10, down: int = 20) -> EndedFlow:

@@ -13,15 +13,9 @@ from collections.abc import Callable
 import pytest
 
 from egress.decide import Enforcement, Reason
-from egress.detect.names import make_name_detector
-from egress.detect.registry import stream_detectors
-from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
 from egress.proxy.firstlook import refusal
 from egress.proxy.front import Front
-from egress.proxy.gate import Gate
-from tests.lists import shipped_lists
-from tests.proxy import ORIGIN_ON_LOOPBACK
 from tests.proxy.test_front import _client_hello, _hello_padded, _run, _serving, _Setup, allowed_gate
 from tests.waiting import eventually_async, scaled
 
@@ -93,29 +87,6 @@ def test_first_bytes_the_gate_refuses_are_recorded_and_closed_in_the_front(
     _run(scenario)
 
 
-def _report_mode_gate(upstream_port: int) -> Gate:
-    """`allowed_gate`'s network rule, in report mode: a refusal there is a would-block, let through."""
-    policy = parse_policy(
-        f"""
-version: 1
-sandboxes:
-  box:
-    sources: [127.0.0.0/8]
-    mode: report
-    allow:
-      networks: [{{cidr: 127.0.0.1/32, ports: [{upstream_port}], protocols: [tcp]}}]
-"""
-    )
-    lists = shipped_lists()
-    return Gate(
-        policy,
-        lambda _s, _a: frozenset(),
-        make_name_detector(lists),
-        stream_detectors(lists),
-        this_host=ORIGIN_ON_LOOPBACK,
-    )
-
-
 @pytest.mark.parametrize("path", ["report-mode", "gate-error", "destination-no-rule-allows", "hello-past-the-peek"])
 def test_what_the_first_look_leaves_to_mitmproxy(path: str, monkeypatch: pytest.MonkeyPatch) -> None:
     """Report mode's would-block, an error while judging (mitmproxy judges again and fails closed), a destination
@@ -127,7 +98,7 @@ def test_what_the_first_look_leaves_to_mitmproxy(path: str, monkeypatch: pytest.
         upstream = await destination.start()
         setup = _Setup(upstream, network=True)
         if path == "report-mode":
-            setup.gate = _report_mode_gate(upstream)
+            setup.gate = allowed_gate(upstream, network=True, mode="report")
         elif path == "destination-no-rule-allows":
             setup.gate = allowed_gate(upstream + 1 if upstream < 65535 else upstream - 1, network=True)
         elif path == "gate-error":

@@ -23,6 +23,7 @@ from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
 from egress.lab import certs
 from egress.policy.loader import parse_policy
+from egress.policy.model import Policy
 from egress.proxy import front as front_module
 from egress.proxy.front import Front
 from egress.proxy.gate import Gate
@@ -83,28 +84,37 @@ def _hello_padded(name: str, pad: int) -> bytes:
     return b"".join(b"\x16\x03\x01" + len(chunk).to_bytes(2) + chunk for chunk in chunks)
 
 
-def allowed_gate(upstream_port: int, network: bool = False) -> Gate:
-    """The gate of these tests (and of bench/front_conn_work.py): sandbox ``box`` on loopback, TLS to allowed.test
-    (127.0.0.1) at `upstream_port` through a host rule, or with `network` a network rule for it as well."""
+def allowed_policy(
+    upstream_port: int, network: bool = False, mode: str = "enforce", hosts: tuple[str, ...] = ("allowed.test",)
+) -> Policy:
+    """The policy of these tests: sandbox ``box`` on loopback in ``mode``, each of ``hosts`` allowed at
+    `upstream_port` through a host rule, and with `network` a network rule for 127.0.0.1 there as well."""
+    rules = "".join(f"        - {{host: {host}, ports: [{upstream_port}]}}\n" for host in hosts)
     networks = f"      networks: [{{cidr: 127.0.0.1/32, ports: [{upstream_port}], protocols: [tcp]}}]\n"
-    policy = parse_policy(
+    return parse_policy(
         f"""
 version: 1
 sandboxes:
   box:
     sources: [127.0.0.0/8]
-    mode: enforce
+    mode: {mode}
     allow:
       hosts:
-        - {{host: allowed.test, ports: [{upstream_port}]}}
-{networks if network else ""}"""
+{rules}{networks if network else ""}"""
     )
+
+
+def allowed_names(sandbox: str, address: str) -> frozenset[str]:
+    """The bindings of these tests: ``box`` looked up allowed.test, which is 127.0.0.1."""
+    return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
+
+
+def allowed_gate(upstream_port: int, network: bool = False, mode: str = "enforce") -> Gate:
+    """The gate of these tests (and of bench/front_conn_work.py): `allowed_policy`'s TLS to allowed.test
+    (127.0.0.1) at `upstream_port`, with `network` a network rule for it as well, in ``mode``."""
     lists = shipped_lists()
-
-    def names_for(sandbox: str, address: str) -> frozenset[str]:
-        return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
-
-    return Gate(policy, names_for, make_name_detector(lists), stream_detectors(lists), this_host=ORIGIN_ON_LOOPBACK)
+    policy = allowed_policy(upstream_port, network, mode)
+    return Gate(policy, allowed_names, make_name_detector(lists), stream_detectors(lists), this_host=ORIGIN_ON_LOOPBACK)
 
 
 class _Setup:

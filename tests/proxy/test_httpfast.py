@@ -21,7 +21,6 @@ from egress.decisions import DecidedFlow
 from egress.detect.base import Detector, FlowView, Result
 from egress.detect.names import make_name_detector
 from egress.detect.registry import stream_detectors
-from egress.policy.loader import parse_policy
 from egress.proxy import front as front_module
 from egress.proxy import httpwire
 from egress.proxy.front import Front
@@ -30,6 +29,7 @@ from egress.proxy.idle import IDLE_TIMEOUT
 from tests.lists import shipped_lists
 from tests.ports import free_port
 from tests.proxy import ORIGIN_ON_LOOPBACK
+from tests.proxy.test_front import allowed_names, allowed_policy
 from tests.waiting import eventually_async, scaled
 
 MINING = b'{"id":2,"method":"mining.submit","params":["worker","job1","00000000","5f5e1000","a1b2c3d4"]}\n'
@@ -109,27 +109,11 @@ class Counting:
 
 class Setup:
     def __init__(self, upstream_port: int, idle_timeout: float = IDLE_TIMEOUT) -> None:
-        policy = parse_policy(
-            f"""
-version: 1
-sandboxes:
-  box:
-    sources: [127.0.0.0/8]
-    mode: enforce
-    allow:
-      hosts:
-        - {{host: allowed.test, ports: [{upstream_port}]}}
-        - {{host: other.test, ports: [{upstream_port}]}}
-"""
-        )
+        policy = allowed_policy(upstream_port, hosts=("allowed.test", "other.test"))
         lists = shipped_lists()
-
-        def names_for(sandbox: str, address: str) -> frozenset[str]:
-            return frozenset({"allowed.test"}) if (sandbox, address) == ("box", "127.0.0.1") else frozenset()
-
         self.counting = Counting()
         detectors: tuple[Detector, ...] = (*stream_detectors(lists), self.counting)
-        self.gate = Gate(policy, names_for, make_name_detector(lists), detectors, this_host=ORIGIN_ON_LOOPBACK)
+        self.gate = Gate(policy, allowed_names, make_name_detector(lists), detectors, this_host=ORIGIN_ON_LOOPBACK)
         self.reported: list[DecidedFlow] = []
         self.handed: list[bytes] = []
         self.front = Front(

@@ -14,9 +14,7 @@ from tests.waiting import scaled
 @pytest.fixture
 def server(redis_factory: RedisFactory) -> Iterator[RedisServer]:
     """A fresh server for each test: several kill, pause or restart it."""
-    instance = redis_factory.server()
-    yield instance
-    redis_factory.discard(instance)
+    yield from redis_factory.own()
 
 
 @pytest.fixture
