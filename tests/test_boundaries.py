@@ -42,6 +42,7 @@ GATES = {
         "egress/proxy/splice.py",  # the front's TLS relay on its two sockets
         "egress/proxy/lastlook.py",  # the front's peek at a client that reset before it was served
         "egress/proxy/firstlook.py",  # the front's peek at first bytes it refuses before a handoff
+        "egress/proxy/peeked.py",  # the front's peek at a connection's first bytes (firstlook and lastlook read it)
         "egress/gateway/hostprobe.py",
         "egress/gateway/sdnotify.py",
         "egress/proxy/mitm/server.py",
