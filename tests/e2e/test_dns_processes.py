@@ -155,7 +155,7 @@ def test_each_sandbox_is_answered_and_tracked_by_its_own_process(run: GatewayRun
     assert len(writers["agent"]) == 1 and next(iter(writers["agent"]))[0] == "gateway", writers
     assert writers["second"] == {("dns", worker)}, writers
     hosts = {str(d[2].get("host")) for d in found if d[2].get("sandbox") == "second"}
-    assert "allowed.lab" in hosts and sum(host.endswith(".t.lab") for host in hosts) == 10, hosts
+    assert {"allowed.lab", "t.lab"} <= hosts, hosts  # t.lab: the base domain its tracker found tunnelling
 
 
 def test_a_killed_resolver_process_is_a_component_death(run: GatewayRun) -> None:
@@ -164,9 +164,10 @@ def test_a_killed_resolver_process_is_a_component_death(run: GatewayRun) -> None
     asked = _ask(run, SECOND_V4, "udp-only")
     assert asked["udp"] != 0, asked  # no answer (no process behind its port, then the lockdown), never an answer
 
-    def locked_down() -> None:
+    def locked_down() -> bool:
         log = _log(run)
         assert "LOCKDOWN" in log and "resolver-1" in log, log[-3000:]
+        return True
 
     eventually(locked_down, timeout=60)
 
