@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import ipaddress
 import json
 import os
@@ -93,30 +94,65 @@ def _query_file(lab: Lab) -> pathlib.Path:
     return path
 
 
+SOURCES: list[str | None] = [None]
+"""The sandbox addresses dnsperf sends from, one dnsperf each (``--sandboxes 2``: the lab's and `SECOND_V4`);
+None: the sandbox's own address."""
+SECOND_V4 = "10.203.1.130"
+"""``--sandboxes 2``: the second sandbox's address on the lab's sandbox link (its sources: the link's upper half)."""
+
+
+def _perfs(lab: Lab, argv: list[str], seconds: float) -> list[subprocess.Popen[bytes]]:
+    """One dnsperf per source in `SOURCES`, side by side (``argv`` without ``-a``)."""
+    return [
+        netns.popen_in(
+            lab.sandbox_ns, [*argv, *(["-a", source] if source else [])], stdout=subprocess.PIPE, stderr=subprocess.PIPE
+        )
+        for source in SOURCES
+    ]
+
+
+def _outputs(perfs: list[subprocess.Popen[bytes]], seconds: float) -> list[tuple[str, str]]:
+    out = []
+    for perf in perfs:
+        try:
+            stdout, stderr = perf.communicate(timeout=seconds + 60)
+        except subprocess.TimeoutExpired:
+            perf.kill()
+            stdout, stderr = perf.communicate()
+        out.append((stdout.decode(errors="replace"), stderr.decode(errors="replace")))
+    return out
+
+
 def dnsperf(lab: Lab, nameserver: str, seconds: float, rate: float | None = None) -> Result:
-    """dnsperf from the sandbox; saturated (many outstanding, two threads) or at ``rate`` queries/s."""
+    """dnsperf from the sandbox (one per source, their figures summed); saturated (many outstanding, two threads
+    in all) or at ``rate`` queries/s in all."""
+    share = len(SOURCES)
     argv = ["dnsperf", "-s", nameserver, "-p", "53", "-d", str(_query_file(lab)), "-l", str(seconds)]
-    argv += ["-c", "16", "-T", "2", "-q", "500", "-t", "2"]
+    argv += ["-c", str(16 // share), "-T", str(max(1, 2 // share)), "-q", str(500 // share), "-t", "2"]
     if rate is not None:
-        argv += ["-Q", str(int(rate))]
+        argv += ["-Q", str(int(rate / share))]
     gateway0 = gw._ns_cpu(lab.gateway_ns)
-    done = netns.exec_in(lab.sandbox_ns, argv, timeout=seconds + 60)
+    outputs = _outputs(_perfs(lab, argv, seconds), seconds)
     cpu = gw._ns_cpu(lab.gateway_ns) - gateway0
-    text = done.stdout
-    qps = re.search(r"Queries per second:\s+([\d.]+)", text)
-    latency = re.search(r"Average Latency \(s\):\s+([\d.]+)", text)
-    completed = re.search(r"Queries completed:\s+(\d+)", text)
-    lost = re.search(r"Queries lost:\s+(\d+)", text)
-    if qps is None or completed is None:
-        return {"failed": (done.stderr.strip() or text.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
-    if int(completed.group(1)) == 0:  # a server that answered nothing is no figure to take a median of
-        return {"failed": f"no query answered ({lost.group(1) if lost else '?'} lost)"}
-    answered = int(completed.group(1))
+    qps_sum, completed_sum, lost_sum, latency_sum = 0.0, 0, 0, 0.0
+    for text, error in outputs:
+        qps = re.search(r"Queries per second:\s+([\d.]+)", text)
+        latency = re.search(r"Average Latency \(s\):\s+([\d.]+)", text)
+        completed = re.search(r"Queries completed:\s+(\d+)", text)
+        lost = re.search(r"Queries lost:\s+(\d+)", text)
+        if qps is None or completed is None:
+            return {"failed": (error.strip() or text.strip() or "dnsperf failed").splitlines()[-1][:200]}
+        qps_sum += float(qps.group(1))
+        completed_sum += int(completed.group(1))
+        lost_sum += int(lost.group(1)) if lost else 0
+        latency_sum += float(latency.group(1)) * int(completed.group(1)) if latency else float("nan")
+    if completed_sum == 0:  # a server that answered nothing is no figure to take a median of
+        return {"failed": f"no query answered ({lost_sum} lost)"}
     return {
-        "qps": float(qps.group(1)),
-        "avg_ms": 1000.0 * float(latency.group(1)) if latency else float("nan"),
-        "lost": int(lost.group(1)) if lost else 0,
-        "gw_cpu_ms_per_1k": 1000.0 * cpu / max(answered / 1000.0, 1e-9),
+        "qps": qps_sum,
+        "avg_ms": 1000.0 * latency_sum / completed_sum,
+        "lost": lost_sum,
+        "gw_cpu_ms_per_1k": 1000.0 * cpu / max(completed_sum / 1000.0, 1e-9),
         "load": os.getloadavg()[0],  # the machine is shared: the 1-minute load average as the run ended
     }
 
@@ -125,18 +161,14 @@ def loaded_probe(lab: Lab, nameserver: str, seconds: float, rate: float) -> Resu
     """dnsperf at ``rate`` queries/s with the latency probe beside it: the probe's p50/p99 and losses, and the
     gateway's CPU per 1,000 answers at that load (dnsperf's and the probe's answers)."""
     load = ["dnsperf", "-s", nameserver, "-d", str(_query_file(lab)), "-l", str(seconds + 1)]
-    load += ["-Q", str(int(rate)), "-c", "8", "-q", "200"]
+    load += ["-Q", str(int(rate / len(SOURCES))), "-c", "8", "-q", "200"]
     gateway0 = gw._ns_cpu(lab.gateway_ns)
-    perf = netns.popen_in(lab.sandbox_ns, load, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL)
+    perfs = _perfs(lab, load, seconds)
     try:
         argv = [sys.executable, str(pathlib.Path(__file__).resolve()), "probe", nameserver, str(seconds)]
         done = netns.exec_in(lab.sandbox_ns, argv, timeout=seconds + 60)
     finally:
-        try:
-            perf_out = perf.communicate(timeout=seconds + 30)[0].decode(errors="replace")
-        except subprocess.TimeoutExpired:
-            perf.kill()
-            perf_out = perf.communicate()[0].decode(errors="replace")
+        perf_outs = [text for text, _error in _outputs(perfs, seconds)]
     cpu = gw._ns_cpu(lab.gateway_ns) - gateway0
     if done.returncode != 0:
         return {"failed": (done.stderr.strip() or f"exit {done.returncode}").splitlines()[-1][:200]}
@@ -144,8 +176,9 @@ def loaded_probe(lab: Lab, nameserver: str, seconds: float, rate: float) -> Resu
     times = sorted(out["times"])
     if not times:
         return {"failed": "the probe got no answer", "lost": out["lost"]}
-    completed = re.search(r"Queries completed:\s+(\d+)", perf_out)
-    answered = len(times) + (int(completed.group(1)) if completed else 0)
+    counts = [re.search(r"Queries completed:\s+(\d+)", text) for text in perf_outs]
+    completed = all(counts)
+    answered = len(times) + sum(int(found.group(1)) for found in counts if found)
     return {
         "rate": rate,
         "p50_ms": statistics.median(times),
@@ -293,6 +326,35 @@ def measure(lab: Lab, name: str, workers: int, seconds: float, rates: dict[str, 
         clean_gateway(lab)
 
 
+def _split_policy(path: pathlib.Path) -> pathlib.Path:
+    """The lab's policy with its sandbox link split between ``agent`` (the lower half) and ``second``."""
+    import yaml
+
+    from egress.lab import demo
+
+    policy = yaml.safe_load(demo.LAB_POLICY.read_text())
+    agent = policy["sandboxes"]["agent"]
+    agent["link_pins_sources"] = True
+    second = json.loads(json.dumps(agent))
+    agent["sources"] = ["10.203.1.0/25", "fd00:203:1::/64"]
+    second["sources"] = ["10.203.1.128/25"]
+    policy["sandboxes"]["second"] = second
+    path.write_text(yaml.safe_dump(policy))
+    return path
+
+
+def _configure_egress(lab: Lab, sandboxes: int, processes: int) -> None:
+    """``--sandboxes 2``: the second address on the sandbox's link, dnsperf from both, the split policy;
+    ``--dns-processes``: passed to the gateway."""
+    policy = None
+    if sandboxes == 2:
+        netns.exec_in(lab.sandbox_ns, ["ip", "addr", "add", f"{SECOND_V4}/24", "dev", lab.sandbox_if], timeout=10)
+        SOURCES[:] = [None, SECOND_V4]
+        policy = _split_policy(lab.state_dir / "split-policy.yaml")
+    CONFIGS["egress"] = functools.partial(gw.egress_gateway, policy=policy,
+                                          extra_args=("--dns-processes", str(processes)))  # fmt: skip
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["probe"]:
@@ -306,6 +368,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--goal-rate", type=float, help="queries/s of the goal-load run (default: unbound's / 8)")
     parser.add_argument("--half-rate", type=float, help="queries/s of the half-load run (default: unbound's / 2)")
     parser.add_argument("--json", type=pathlib.Path, help="also write every figure here")
+    parser.add_argument("--dns-processes", type=int, default=1, help="the gateway's resolver processes")
+    parser.add_argument("--sandboxes", type=int, choices=(1, 2), default=1,
+                        help="2: the lab's link split into two sandboxes (agent, second), a dnsperf from each; "
+                        "the probe asks from agent's address")  # fmt: skip
     args = parser.parse_args(argv)
     if os.geteuid() != 0:
         print("the DNS benchmark needs root (network namespaces, nftables)", file=sys.stderr)
@@ -324,6 +390,7 @@ def main(argv: list[str] | None = None) -> int:
     fake_internet: subprocess.Popen[bytes] | None = None
     try:
         (lab.state_dir / "logs").mkdir(parents=True, exist_ok=True)
+        _configure_egress(lab, args.sandboxes, args.dns_processes)
         fake_internet = servers.start(lab, workers=os.cpu_count() or 1, log=lab.state_dir / "logs" / "servers.log")
         for round_index in range(args.rounds):
             for name in sorted(order, key=lambda n: n != "unbound"):  # unbound first: it sets the half load

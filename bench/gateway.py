@@ -545,13 +545,16 @@ def squid_proxy(lab: Lab, workers: int) -> Iterator[str]:
 
 
 @contextlib.contextmanager
-def egress_gateway(lab: Lab, workers: int) -> Iterator[str]:
+def egress_gateway(
+    lab: Lab, workers: int, policy: pathlib.Path | None = None, extra_args: tuple[str, ...] = ()
+) -> Iterator[str]:
     """The real gateway (`GatewayRun`), its Redis beside it; the lockdown and guard tables it leaves are removed
-    after (the guard drops every sandbox packet once the supervisor is gone: a peer measured after it got none)."""
+    after (the guard drops every sandbox packet once the supervisor is gone: a peer measured after it got none).
+    ``policy``: another than the lab's; ``extra_args``: more ``gateway run`` options."""
     from egress.lab import demo
     from egress.nft import runner
 
-    run = demo.GatewayRun(lab, demo.LAB_POLICY, workers, ready_timeout=120.0)  # a loaded machine starts it slowly
+    run = demo.GatewayRun(lab, policy or demo.LAB_POLICY, workers, ready_timeout=120.0, extra_args=extra_args)
     (lab.state_dir / "logs").mkdir(parents=True, exist_ok=True)
     run.state.mkdir(parents=True, exist_ok=True)
     redis = netns.popen_in(

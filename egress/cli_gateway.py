@@ -13,6 +13,7 @@ import click
 from egress.gateway import config as defaults
 from egress.logsetup import FORMATS, LEVELS, configure
 from egress.policy.lists import RulesError
+from egress.policy.partition import MAX_PROCESSES
 from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX, IDLE_TIMEOUT
 from egress.record import REDIS_URL
 from egress.record.urls import redis_url_problem
@@ -119,6 +120,15 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
             workers_option,
             proxy_port_option,
             dns_port_option,
+            click.option(
+                "--dns-processes",
+                type=click.IntRange(1, MAX_PROCESSES),
+                default=1,
+                show_default=True,
+                help="Resolver processes: the gateway's own on --dns-port and the rest on the ports after it, each "
+                "answering a fixed share of the sandboxes (a sandbox's DNS always reaches the same one). 1: the "
+                "gateway's own only.",
+            ),
             nflog_group_option,
             click.option(
                 "--redis-url",
@@ -193,8 +203,22 @@ def _gateway_options[F: Callable[..., Any]](command: F) -> F:
     return command
 
 
+def check_dns_ports(workers: int, proxy_port: int, dns_port: int, processes: int) -> None:
+    """The resolver processes' ports (``--dns-port`` up, one per process) must be ports and miss the proxy
+    workers': a `click.UsageError` naming the flags otherwise."""
+    last = dns_port + processes - 1
+    if last > 65535:
+        raise click.UsageError(f"--dns-port {dns_port} with --dns-processes {processes} needs ports up to {last}")
+    if dns_port <= proxy_port + workers - 1 and proxy_port <= last:
+        raise click.UsageError(
+            f"the resolver processes' ports ({dns_port}-{last}: --dns-port and --dns-processes) overlap the proxy "
+            f"workers' ({proxy_port}-{proxy_port + workers - 1}: --proxy-port and --workers)"
+        )
+
+
 def _config(**options: Any) -> defaults.GatewayConfig:
     check_ports(options["workers"], options["proxy_port"], options["dns_port"])
+    check_dns_ports(options["workers"], options["proxy_port"], options["dns_port"], options["dns_processes"])
     return defaults.GatewayConfig(
         policy=options["policy"],
         sandbox_if=options["sandbox_if"],
@@ -204,6 +228,7 @@ def _config(**options: Any) -> defaults.GatewayConfig:
         workers=options["workers"],
         proxy_port=options["proxy_port"],
         dns_port=options["dns_port"],
+        dns_processes=options["dns_processes"],
         nflog_group=options["nflog_group"],
         redis_url=options["redis_url"],
         gateway=options["gateway_name"],

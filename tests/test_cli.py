@@ -299,6 +299,12 @@ def test_the_dns_port_message_says_what_collides() -> None:
     assert "8081-8084" in text and "--proxy-port" in text
 
 
+def test_resolver_processes_whose_ports_meet_the_proxy_workers_are_refused() -> None:
+    argv = ("gateway", "run", *GATEWAY_ARGS, "--dns-port", "8079", "--dns-processes", "3", "--proxy-port", "8081")
+    text = _one_line_error(egress(*argv), "--dns-processes")
+    assert "8079-8081" in text and "--proxy-port" in text
+
+
 STRATUM_PCAP = ROOT / "pcaps" / "stratum_3333.pcap"
 
 

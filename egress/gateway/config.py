@@ -60,6 +60,9 @@ class GatewayConfig:
     """Proxy worker processes (one per core)."""
     proxy_port: int = PROXY_PORT
     dns_port: int = DNS_PORT
+    dns_processes: int = 1
+    """Resolver processes: the supervisor's own (on ``dns_port``) and ``dns_processes - 1`` more (on the ports after
+    it), each answering the sandboxes `egress.policy.partition` gives it (docs/dns-performance.md)."""
     nflog_group: int = NFLOG_GROUP
     udp_queue: int = UDP_QUEUE
     """The NFQUEUE queue the table hands allowed UDP to, read by the UDP gate (`egress.gateway.udpgate`)."""
@@ -97,6 +100,11 @@ class GatewayConfig:
         return tuple(self.proxy_port + index for index in range(self.workers))
 
     @property
+    def dns_ports(self) -> tuple[int, ...]:
+        """Resolver process k listens on ``dns_port + k`` (process 0 is the supervisor's)."""
+        return tuple(self.dns_port + index for index in range(self.dns_processes))
+
+    @property
     def confdir(self) -> str:
         """mitmproxy's confdir: where the gateway's CA lives (``mitmproxy-ca-cert.pem`` is what sandboxes trust)."""
         return str(Path(self.state_dir) / "ca")
@@ -123,7 +131,7 @@ class GatewayConfig:
         total = self.spool_max_bytes
         if total is None:
             total = default_max_bytes(Path(self.state_dir) / "spool")
-        return max(total // (self.workers + 1), 1)
+        return max(total // (self.workers + self.dns_processes), 1)
 
     def nft_settings(self) -> GatewaySettings:
         """How the nftables table is wired for this gateway."""
@@ -132,6 +140,7 @@ class GatewayConfig:
             uplink_if=self.uplink_if,
             proxy_ports=self.proxy_ports,
             dns_port=self.dns_port,
+            more_dns_ports=self.dns_ports[1:],
             nflog_group=self.nflog_group,
             table=self.table,
             dhcp=self.dhcp,
@@ -193,6 +202,56 @@ class WorkerConfig:
 
     @classmethod
     def read(cls, path: str | Path) -> WorkerConfig:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True, slots=True)
+class DnsWorkerConfig:
+    """Everything one resolver process past the first is started with (`egress.gateway.dnsworker`); no policy
+    (that comes over the control channel, as a proxy worker's does)."""
+
+    index: int
+    port: int
+    upstream_dns: str
+    sandbox_if: str
+    """Whose address the flow log names as the DNS destination."""
+    table: str
+    """The nftables table whose allow sets it fills (`egress.gateway.allowsets`)."""
+    bindings_path: str
+    lists_dir: str | None
+    redis_url: str
+    gateway: str
+    spool_dir: str
+    spool_max_bytes: int | None = None
+    findings_socket: str = ""
+
+    @property
+    def name(self) -> str:
+        return f"resolver-{self.index}"
+
+    @classmethod
+    def of(cls, config: GatewayConfig, index: int) -> DnsWorkerConfig:
+        name = f"resolver-{index}"
+        return cls(
+            index=index,
+            port=config.dns_ports[index],
+            upstream_dns=config.upstream_dns,
+            sandbox_if=config.sandbox_if,
+            table=config.table,
+            bindings_path=config.bindings_path,
+            lists_dir=config.lists_dir,
+            redis_url=config.redis_url,
+            gateway=config.gateway,
+            spool_dir=config.spool_dir(name),
+            spool_max_bytes=config.spool_share(),
+            findings_socket=config.findings_socket,
+        )
+
+    def write(self, path: Path) -> None:
+        write_private(path, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, path: str | Path) -> DnsWorkerConfig:
         return cls(**json.loads(Path(path).read_text()))
 
 

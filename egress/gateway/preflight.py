@@ -138,8 +138,10 @@ def _ports(config: GatewayConfig, host: Host) -> list[Problem]:
         for port in config.proxy_ports
         if host.port_taken(port, udp=False)
     ]
-    if host.port_taken(config.dns_port, udp=True):
-        problems.append(Problem("--dns-port", f"UDP port {config.dns_port} is taken (another resolver?)"))
+    for port in config.dns_ports:
+        if host.port_taken(port, udp=True):
+            flag = "--dns-port" if port == config.dns_port else "--dns-port/--dns-processes"
+            problems.append(Problem(flag, f"UDP port {port} is taken (another resolver?)"))
     return problems
 
 

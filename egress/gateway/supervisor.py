@@ -46,6 +46,7 @@ from egress.gateway.components import (
     RecorderPart,
     ResolverPart,
     UdpGatePart,
+    ask,
     fault_hook,
     interface_address,
 )
@@ -72,7 +73,7 @@ from egress.gateway.sdnotify import Notifier
 from egress.gateway.udpgate import UdpGate
 from egress.gateway.watch import GUARD_LIFE, Supervised, Watcher, keep_guard_open
 from egress.gateway.webhook import Webhooks
-from egress.gateway.workers import WorkerSlot, cut_open, make_ca, stop_workers
+from egress.gateway.workers import DnsWorkerSlot, WorkerSlot, cut_open, make_ca, stop_workers
 from egress.nft import runner, xtqueue
 from egress.nft.guard import render_guard
 from egress.nft.render import UDP_GATE_CHAIN, render, render_lockdown, render_quarantine
@@ -148,6 +149,9 @@ class Supervisor:
         )
         payloads = Payloads()
         self.slots = [WorkerSlot(config, index, payloads, lambda: self.version) for index in range(config.workers)]
+        # Resolver processes past the supervisor's own: supervised, reloaded, stopped and cut as the proxy workers
+        current = lambda: self.version  # noqa: E731 (the slots' one view of the version in force)
+        self.slots += [DnsWorkerSlot(config, i, payloads, current, ask) for i in range(1, config.dns_processes)]
         self.allow_sets = AllowSetWriter(config.table, self.policy)
         self.resolver = ResolverPart(self._new_resolver, config.dns_port)
         self.drops = DropLoggerPart(self._new_drop_logger, self._died)

@@ -18,11 +18,11 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Final
 
-from egress.gateway.config import GatewayConfig, WorkerConfig
+from egress.gateway.config import DnsWorkerConfig, GatewayConfig, WorkerConfig
 from egress.gateway.control import Payloads, WorkerLink, socket_pair
 from egress.gateway.liveness import Answers
 from egress.gateway.reload import PolicyVersion
@@ -48,6 +48,10 @@ def make_ca(confdir: str, name: str = "", permitted: Sequence[str] = ()) -> None
 
 
 class WorkerSlot:
+    module = "egress.gateway.worker"
+    kind = "proxy worker"
+    config_file = "worker-{}.json"
+
     def __init__(
         self,
         config: GatewayConfig,
@@ -57,8 +61,8 @@ class WorkerSlot:
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         """``current``: the version in force (what a restarted worker must run)."""
-        self.worker = WorkerConfig.of(config, index)
-        self.path = Path(config.state_dir) / f"worker-{index}.json"
+        self.worker: WorkerConfig | DnsWorkerConfig = self._config(config, index)
+        self.path = Path(config.state_dir) / self.config_file.format(index)
         self.worker.write(self.path)
         self.index = index
         self.payloads = payloads
@@ -70,20 +74,24 @@ class WorkerSlot:
         self.serving = False
         """The process took its first policy (`start` is done): it may hold open connections."""
 
+    @staticmethod
+    def _config(config: GatewayConfig, index: int) -> WorkerConfig | DnsWorkerConfig:
+        return WorkerConfig.of(config, index)
+
     @property
     def name(self) -> str:
         return self.worker.name
 
     def spawn(self) -> None:
         mine, theirs = socket_pair()
-        argv = [sys.executable, "-m", "egress.gateway.worker", "--config", str(self.path)]
+        argv = [sys.executable, "-m", self.module, "--config", str(self.path)]
         argv += ["--control", str(theirs.fileno()), "--parent", str(os.getpid())]
         self.process = subprocess.Popen(argv, pass_fds=(theirs.fileno(),))
         theirs.close()
         self.link = WorkerLink(self.name, mine, self.payloads)
         self.answers = Answers(self.clock())
         self.serving = False
-        log.info("proxy worker %d (pid %d) on port %d", self.index, self.process.pid, self.worker.port)
+        log.info("%s %d (pid %d) on port %d", self.kind, self.index, self.process.pid, self.worker.port)
 
     async def start(self) -> None:
         """Spawn the process and give it the version in force, by the same prepare and commit as every reload."""
@@ -136,6 +144,50 @@ class WorkerSlot:
     async def restart(self) -> None:
         await stop_workers([self], hung=True)
         await self.start()
+
+
+class DnsWorkerSlot(WorkerSlot):
+    """A resolver process past the first (`egress.gateway.dnsworker`): supervised as a proxy worker is (its process
+    runs and answers pings on its control channel, a reload participant under its name), and alive only while it
+    also answers a real DNS query on its port (`egress.gateway.components.ask`, from loopback: a source in no
+    sandbox, answered by its socket 0), as the supervisor's own resolver must."""
+
+    module = "egress.gateway.dnsworker"
+    kind = "resolver process"
+    config_file = "resolver-{}.json"
+
+    def __init__(
+        self,
+        config: GatewayConfig,
+        index: int,
+        payloads: Payloads,
+        current: Callable[[], PolicyVersion],
+        ask: Callable[[int], Awaitable[bool]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        """``ask``: whether a resolver on a loopback port answers a probe query (`egress.gateway.components.ask`)."""
+        super().__init__(config, index, payloads, current, clock)
+        self.ask = ask
+        self.probed = Answers(clock())
+
+    @staticmethod
+    def _config(config: GatewayConfig, index: int) -> DnsWorkerConfig:
+        return DnsWorkerConfig.of(config, index)
+
+    async def start(self) -> None:
+        await super().start()
+        self.probed = Answers(self.clock())
+
+    async def check(self) -> str | None:
+        why = await super().check()
+        if why is not None or not self.serving:
+            return why
+        if await self.ask(self.worker.port):
+            self.probed.answered(self.clock())
+        now = self.clock()
+        if self.probed.hung(now):
+            return f"no answer to a probe query on port {self.worker.port} for {self.probed.silent_for(now):.0f} s"
+        return None
 
 
 async def cut_open(slots: Iterable[WorkerSlot], why: str, deadline: float = CUT_DEADLINE) -> None:

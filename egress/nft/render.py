@@ -29,6 +29,7 @@ from egress.nft.names import (
 )
 from egress.nft.render_udp import UDP_GATE_CHAIN, UDP_SET_MIN, udp_groups, udp_lines
 from egress.policy.model import Mode, Policy, Sandbox
+from egress.policy.partition import MAX_PROCESSES, process_of
 
 # allow_set is re-exported: egress.gateway.allowsets imports it from here.
 __all__ = [
@@ -58,6 +59,9 @@ class GatewaySettings:
     """One local port per proxy worker; new sandbox TCP connections are spread round-robin across them."""
     dns_port: int = 5353
     """The gateway resolver's local port; sandbox UDP and TCP to port 53 (any address) is redirected there."""
+    more_dns_ports: tuple[int, ...] = ()
+    """The ports of resolver processes 1, 2, ... (process 0 listens on ``dns_port``): each sandbox's DNS is
+    redirected to the port of its process (`egress.policy.partition.process_of`). Empty: one process, as before."""
     nflog_group: int = 7
     """The nflog group every logged drop goes to."""
     table: str = "egress"
@@ -86,13 +90,20 @@ class GatewaySettings:
                 raise ValueError(f"bad interface name {name!r}")
         if not _IDENT.fullmatch(self.table):
             raise ValueError(f"bad table name {self.table!r}")
-        ports = (*self.proxy_ports, self.dns_port)
+        ports = (*self.proxy_ports, *self.dns_ports)
         if not self.proxy_ports or len(set(ports)) != len(ports) or not all(0 < p < 65536 for p in ports):
-            raise ValueError(f"proxy ports {self.proxy_ports} and DNS port {self.dns_port} must be distinct ports")
+            raise ValueError(f"proxy ports {self.proxy_ports} and DNS ports {self.dns_ports} must be distinct ports")
+        if len(self.dns_ports) > MAX_PROCESSES:
+            raise ValueError(f"at most {MAX_PROCESSES} resolver processes (got {len(self.dns_ports)} DNS ports)")
         if not 0 <= self.nflog_group < 65536:
             raise ValueError(f"bad nflog group {self.nflog_group}")
         if min(self.log_rate, self.log_burst, self.key_log_rate, self.key_log_burst, self.log_ceiling) < 1:
             raise ValueError("log rates, bursts and the log ceiling must be positive")
+
+    @property
+    def dns_ports(self) -> tuple[int, ...]:
+        """Each resolver process's port, process 0's (``dns_port``) first."""
+        return (self.dns_port, *self.more_dns_ports)
 
 
 def interfaces(policy: Policy | None, settings: GatewaySettings) -> tuple[str, ...]:
@@ -191,7 +202,7 @@ def render(policy: Policy, settings: GatewaySettings, quarantined: Iterable[str]
     _quarantine_sets(out, _quarantined_sources(policy, quarantined))
     _prerouting(out, policy.sandboxes, on_sandbox)
     _limits(out, policy.sandboxes, on_sandbox)
-    _nat_prerouting(out, on_sandbox)
+    _nat_prerouting(out, policy.sandboxes, on_sandbox)
     _input(out, policy.sandboxes, on_sandbox)
     _forward(out, policy.sandboxes, ifs, on_sandbox)
     _output(out)
@@ -324,11 +335,22 @@ def _limits(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> No
     out.add()
 
 
-def _nat_prerouting(out: _Script, on_sandbox: str) -> None:
-    """DNS to the gateway's resolver, every other new TCP connection to a proxy worker (round-robin)."""
+def _nat_prerouting(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> None:
+    """DNS to the gateway's resolver, every other new TCP connection to a proxy worker (round-robin).
+
+    With more than one resolver process each sandbox's DNS, UDP and TCP, goes to its own process's port
+    (`egress.policy.partition`: always the same process, so its tunnel tracker sees every query), in the policy's
+    order; what no sandbox's sources hold (anti-spoofing dropped it already) goes to process 0, as before."""
     settings = out.settings
     out.add("chain nat_prerouting {", 1)
     out.add("type nat hook prerouting priority dstnat; policy accept;", 2)
+    ports = settings.dns_ports
+    if len(ports) > 1:
+        for sandbox in sandboxes:
+            port = ports[process_of(sandbox.name, len(ports))]
+            for v, fam in _FAMILIES:
+                sources = f"{fam} saddr @{source_set(sandbox.name, v)}"
+                out.add(f"{on_sandbox} {sources} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{port}", 2)
     out.add(f"{on_sandbox} meta l4proto {{ tcp, udp }} th dport 53 redirect to :{settings.dns_port}", 2)
     # Never proxy connections to the gateway itself: the proxy would reach the API, Redis or SSH for the sandbox.
     out.add(f"{on_sandbox} fib daddr type local return", 2)
@@ -367,7 +389,7 @@ def _input(out: _Script, sandboxes: tuple[Sandbox, ...], on_sandbox: str) -> Non
             out.add(f"{fam} saddr @{source_set(sandbox.name, v)} {_related(sandbox, v)} accept", 2)
     # Only redirected connections: a direct connection to a proxy port would make the proxy connect to itself.
     out.add(f"ct status dnat meta l4proto tcp th dport {_one_of(settings.proxy_ports)} accept", 2)
-    out.add(f"ct status dnat meta l4proto {{ tcp, udp }} th dport {settings.dns_port} accept", 2)
+    out.add(f"ct status dnat meta l4proto {{ tcp, udp }} th dport {_one_of(settings.dns_ports)} accept", 2)
     out.add(f"{_ND} accept", 2)
     out.add(f"{_MLD} accept", 2)
     if settings.dhcp:

@@ -12,7 +12,7 @@ import click
 from egress.cli_gateway import doctor, gateway_run
 from egress.cli_wiring import nft_render
 from egress.gateway import config
-from egress.gateway.config import GatewayConfig, WorkerConfig
+from egress.gateway.config import DnsWorkerConfig, GatewayConfig, WorkerConfig
 from egress.nft.render import GatewaySettings
 
 
@@ -60,3 +60,23 @@ def test_a_worker_config_is_readable_by_its_owner_only(tmp_path: Path) -> None:
     made.write(path)
     assert path.stat().st_mode & 0o777 == 0o600
     assert WorkerConfig.read(path) == made
+
+
+def test_resolver_processes_take_the_ports_after_the_dns_port_and_the_table_redirects_to_each() -> None:
+    one = GatewayConfig("p.yaml", "sbx0", "up0", "192.0.2.53", workers=2)
+    assert (one.dns_ports, one.nft_settings().dns_ports) == ((5353,), (5353,))
+    two = GatewayConfig("p.yaml", "sbx0", "up0", "192.0.2.53", workers=2, dns_processes=2, spool_max_bytes=4000)
+    assert (two.dns_ports, two.nft_settings().dns_ports) == ((5353, 5354), (5353, 5354))
+    assert two.spool_share() == 1000  # two proxy workers' spools, the supervisor's and the second resolver's
+
+
+def test_a_resolver_process_is_told_everything_but_the_policy(tmp_path: Path) -> None:
+    gateway = GatewayConfig("/etc/egress/policy.yaml", "sbx0", "up0", "192.0.2.53", dns_processes=2, state_dir="/x")
+    made = DnsWorkerConfig.of(gateway, 1)
+    assert (made.name, made.port, made.spool_dir, made.upstream_dns) == ("resolver-1", 5354, "/x/spool/resolver-1",
+                                                                         "192.0.2.53")  # fmt: skip
+    path = tmp_path / "resolver-1.json"
+    made.write(path)
+    assert path.stat().st_mode & 0o777 == 0o600
+    assert DnsWorkerConfig.read(path) == made
+    assert "policy" not in json.loads(path.read_text())

@@ -14,6 +14,7 @@ import pytest
 from egress.nft import runner
 from egress.nft.render import UDP_SET_MIN, GatewaySettings, render, render_lockdown, render_quarantine
 from egress.policy.model import Mode, Policy
+from egress.policy.partition import process_of
 from tests.nft import make_sandbox, udp_rule
 from tests.nft.netns import namespace
 
@@ -84,6 +85,16 @@ def quarantined() -> str:
     return render(policy, SETTINGS, quarantined=["agents", "gone"])
 
 
+def two_resolvers() -> str:
+    """Two resolver processes: each sandbox's DNS to its own process's port (`egress.policy.partition`)."""
+    policy = Policy(
+        1,
+        (make_sandbox("agents", "10.10.0.0/24", "fd10::/64"), make_sandbox("second", "10.20.0.0/24")),
+        file="rules/two-resolvers.yaml",
+    )
+    return render(policy, dataclasses.replace(SETTINGS, more_dns_ports=(5354,)))
+
+
 CASES: dict[str, Callable[[], str]] = {
     "v4_single": v4_single,
     "dual_stack_two": dual_stack_two,
@@ -93,6 +104,7 @@ CASES: dict[str, Callable[[], str]] = {
     "lockdown": lockdown,
     "dhcp": dhcp,
     "quarantined": quarantined,
+    "two_resolvers": two_resolvers,
 }
 
 
@@ -129,6 +141,38 @@ def test_several_workers_share_new_connections_round_robin() -> None:
     text = dual_stack_two()
     assert "redirect to :numgen inc mod 3 map { 0 : 8081, 1 : 8082, 2 : 8083 }" in text
     assert "th dport { 8081, 8082, 8083 } accept" in text
+
+
+def test_each_sandbox_s_dns_goes_to_its_own_resolver_process() -> None:
+    """Every source set of a sandbox, both families, UDP and TCP, to the port `partition.process_of` names; the
+    rest to process 0; the gateway takes redirected DNS on every process's port and on no other."""
+    text = two_resolvers()
+    head = 'iifname "sbx0" '
+    dns = "meta l4proto { tcp, udp } th dport 53 redirect to"
+    assert process_of("agents", 2) == 0 and process_of("second", 2) == 1  # the golden file's premise
+    lines = [line.strip() for line in text.splitlines() if dns in line]
+    assert lines == [
+        f"{head}ip saddr @src4_agents {dns} :5353",
+        f"{head}ip6 saddr @src6_agents {dns} :5353",
+        f"{head}ip saddr @src4_second {dns} :5354",
+        f"{head}ip6 saddr @src6_second {dns} :5354",
+        f"{head}{dns} :5353",
+    ]
+    assert "ct status dnat meta l4proto { tcp, udp } th dport { 5353, 5354 } accept" in text
+    assert render(two_resolvers_policy(), SETTINGS) == render(
+        two_resolvers_policy(), dataclasses.replace(SETTINGS, more_dns_ports=())
+    )
+
+
+def two_resolvers_policy() -> Policy:
+    return Policy(1, (make_sandbox("agents", "10.10.0.0/24"), make_sandbox("second", "10.20.0.0/24")))
+
+
+def test_one_resolver_process_renders_the_single_redirect_as_before() -> None:
+    text = render(two_resolvers_policy(), SETTINGS)
+    assert [line.strip() for line in text.splitlines() if "th dport 53 redirect" in line] == [
+        'iifname "sbx0" meta l4proto { tcp, udp } th dport 53 redirect to :5353'
+    ]
 
 
 def test_tcp_only_network_rules_add_nothing_to_forwarding() -> None:
@@ -230,6 +274,11 @@ def test_names_that_collide_in_nftables_are_refused() -> None:
         {"proxy_ports": (8081, 8081)},
         {"dns_port": 8081},
         {"dns_port": 70000},
+        {"more_dns_ports": (5353,)},
+        {"more_dns_ports": (8081,)},
+        {"more_dns_ports": (5354, 5354)},
+        {"more_dns_ports": (0,)},
+        {"more_dns_ports": tuple(range(5354, 5354 + 16))},
         {"table": "bad table"},
         {"nflog_group": -1},
     ],
