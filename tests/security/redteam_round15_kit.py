@@ -147,11 +147,13 @@ def _urgent() -> None:
     """Stratum's calls, each line's last byte sent urgent (``MSG_OOB``): a reader with ``SO_OOBINLINE`` off reads
     each line without its newline, one the pool's would read with it."""
     with socket.create_connection(POOL4, timeout=5) as conn:
-        for line in STRATUM.splitlines(keepends=True):
-            conn.sendall(line[:-1])
-            conn.send(line[-1:], socket.MSG_OOB)
-        with contextlib.suppress(OSError):
+        try:
+            for line in STRATUM.splitlines(keepends=True):
+                conn.sendall(line[:-1])
+                conn.send(line[-1:], socket.MSG_OOB)
             conn.recv(4096)
+        except OSError as exc:  # the gateway cut the connection (it may on the subscribe alone): for the row's note
+            print(f"cut: {exc.strerror}", flush=True)
 
 
 TFO_SYSCTL = "/proc/sys/net/ipv4/tcp_fastopen"
