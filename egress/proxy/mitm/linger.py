@@ -11,6 +11,10 @@ The linger is taken off again where mitmproxy ends a connection gracefully, so w
 still arrives whole: at the transport's ``connection_lost`` after its ``close()`` (mitmproxy's ``writer.close()``),
 once asyncio has written out its buffer and just before it closes the socket (`_Ending`). A severing by egress
 (`abort`: a block, ``close_forbidden``, the idle timeout) keeps the reset; so does a transport's fatal error.
+
+The same stand-in ends a server's stream at its reset after the bytes it holds, as a FIN ends it (red team 16):
+asyncio's reader raises a connection's error before the bytes it holds, so a pool that answered and reset at once
+had its answer dropped unread by mitmproxy, judged by no detector and recorded nowhere.
 """
 
 from __future__ import annotations
@@ -73,7 +77,11 @@ class _Ending(asyncio.Protocol):
         # marks it first. An error (a reset, a failed write) leaves nothing worth sending.
         if exc is None and not self.severed:
             set_linger(self.sock, GRACEFUL)
-        self.inner.connection_lost(exc)
+        # A server's reset ends its stream after the bytes it sent, as a FIN does: asyncio's reader raises a
+        # connection's error before the bytes it holds, so an answer the transport read with the reset behind it
+        # before mitmproxy's next read was dropped unjudged, and a pool's answer (a job pushed, a login's result)
+        # left no record (red team 16). Read and judged, the answer reaches the client only if a FIN's would.
+        self.inner.connection_lost(None if isinstance(exc, ConnectionError) else exc)
 
 
 def arm(writer: object) -> bool:
