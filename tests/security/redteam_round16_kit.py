@@ -191,7 +191,7 @@ def _quiet() -> Iterator[None]:
     """The sandbox kernel's resets for the hand-made connections' ports dropped (it knows no such connection)."""
     table = "rt16kit"
     rule = f"tcp sport {PORTS.start}-{PORTS.stop - 1} tcp flags & rst == rst drop"
-    script = f"table inet {table} {{ chain out {{ type filter hook output priority 0; {rule}; }} }}\n"
+    script = f"table inet {table} {{\n chain out {{\n  type filter hook output priority 0;\n  {rule}\n }}\n}}\n"
     subprocess.run(["nft", "-f", "-"], input=script, text=True, check=True)
     try:
         yield None
