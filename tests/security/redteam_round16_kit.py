@@ -264,7 +264,8 @@ def icmp_main() -> None:
     """``icmp_main``: an allowed request to allowed.lab over IPv6, kept open; meanwhile ICMPv6 errors quoting a
     segment of it (packet too big, 1,280; port unreachable; time exceeded), each quote carrying Stratum, sent from
     the sandbox to allowed.lab; then the request is read to its end. Prints ``answer ...`` and ``done``."""
-    with socket.create_connection(("2001:db8:10::1", 80), timeout=10) as conn:
+    [(*_, where)] = socket.getaddrinfo("allowed.lab", 80, socket.AF_INET6, socket.SOCK_STREAM)[:1]
+    with socket.create_connection(where[:2], timeout=10) as conn:  # resolved: the gateway binds the name
         sport = int(conn.getsockname()[1])
         conn.sendall(b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n")
         answer = conn.recv(4096)

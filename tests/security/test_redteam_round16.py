@@ -204,7 +204,8 @@ def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: s
     assert crossed is not None
     pool.stop()
     unseen = made - seen[0]
-    note = f"{seen[0]} of {made} recorded, {jobs} jobs delivered"
+    others = sorted({str(r.reason) for r in lab.records(0.0) if r.dport == port} - FOUND)
+    note = f"{seen[0]} of {made} recorded, {jobs} jobs delivered" + (f"; also {others}" if others else "")
     goal = unseen > 0 or jobs > 0
     report(f"redteam16/{variant}", "records", 0, goal, "mining" if seen[0] else None, note)
     assert made >= ATTEMPTS * 9 // 10, done.stdout
