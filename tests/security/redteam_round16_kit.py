@@ -265,7 +265,7 @@ def icmp_main() -> None:
     segment of it (packet too big, 1,280; port unreachable; time exceeded), each quote carrying Stratum, sent from
     the sandbox to allowed.lab; then the request is read to its end. Prints ``answer ...`` and ``done``."""
     [(*_, where)] = socket.getaddrinfo("allowed.lab", 80, socket.AF_INET6, socket.SOCK_STREAM)[:1]
-    with socket.create_connection(where[:2], timeout=10) as conn:  # resolved: the gateway binds the name
+    with socket.create_connection((str(where[0]), 80), timeout=10) as conn:  # resolved: the gateway binds the name
         sport = int(conn.getsockname()[1])
         conn.sendall(b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n")
         answer = conn.recv(4096)

@@ -254,7 +254,10 @@ def test_a_real_worker_arms_its_server_connection(worker: Worker, kind: str) -> 
     assert answered and armed and all(armed), armed
 
 
-JOB = b'{"id":null,"method":"mining.notify","params":["rt16","00","01","02",[],"20000000","1d00ffff","5f5e1000",true]}\n'
+JOB = (
+    b'{"id":null,"method":"mining.notify","params":["rt16","00","01","02",[],"20000000","1d00ffff","5f5e1000",true]}'
+    b"\n"
+)
 
 
 def test_a_servers_answer_then_reset_is_read_before_the_end() -> None:
