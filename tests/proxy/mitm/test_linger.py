@@ -255,8 +255,7 @@ def test_a_real_worker_arms_its_server_connection(worker: Worker, kind: str) -> 
 
 
 JOB = (
-    b'{"id":null,"method":"mining.notify","params":["rt16","00","01","02",[],"20000000","1d00ffff","5f5e1000",true]}'
-    b"\n"
+    b'{"id":null,"method":"mining.notify","params":["rt16","00","01","02",[],"20000000","1d00ffff","5f5e1000",true]}\n'
 )
 
 
