@@ -287,3 +287,47 @@ def test_a_servers_answer_then_reset_is_read_before_the_end() -> None:
         return got
 
     assert asyncio.run(scenario()) == JOB
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+TCP_CLOSE = 7
+
+
+def test_a_servers_answer_still_unread_when_a_write_meets_its_reset_is_read() -> None:
+    """Red team 16: a write that meets the server's reset closes asyncio's transport without reading what the
+    kernel still holds (the transport stops reading at the write's error), so a pool's answer that arrived with
+    its reset behind it, while mitmproxy was writing the client's bytes to it, was lost unjudged. It is read at
+    the reset, before the stream's end."""
+
+    async def scenario() -> bytes:
+        with _listener() as listener:
+            reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        assert linger.arm(writer)
+        transport = writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the loop is busy elsewhere: the answer waits in the kernel
+        peer.sendall(JOB)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger.ABORT)
+        peer.close()
+        sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+
+        async def reset_in() -> bool:
+            assert _tcp_state(sock) == TCP_CLOSE, "the reset has not arrived yet"
+            return True
+
+        with sock:
+            await eventually_async(reset_in, timeout=scaled(5))
+        writer.write(b"the client's next bytes")  # meets the reset: the transport closes
+        got = b""
+        try:
+            while chunk := await reader.read(65536):
+                got += chunk
+        finally:
+            writer.close()
+        return got
+
+    assert asyncio.run(scenario()) == JOB
