@@ -41,6 +41,7 @@ would log the error and carry on, forwarding what the hook had not judged.
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections.abc import Callable
@@ -332,6 +333,27 @@ class EgressAddon(NextLayer):
             data.server.address = self.sink
         elif verdict.recorded:  # report mode: dialled, and recorded even if the dial fails or nothing comes back
             state.noted, state.noted_at = verdict, time.time()
+
+    def server_connect_error(self, data: ServerConnectionHookData) -> None:
+        try:
+            self._server_connect_error(data)
+        except Exception:
+            log.exception("egress: server_connect_error failed")
+
+    def _server_connect_error(self, data: ServerConnectionHookData) -> None:
+        """A dial that mitmproxy saw fail with a reset (``ECONNRESET``): the destination accepted, may have sent
+        its answer, and reset before the connect was seen complete (red team 16: a pool that pushes its job as it
+        accepts and resets at once). mitmproxy closes the socket unread and the connection with it, so what it sent
+        is judged by no detector: recorded as a block that inspection could not make (fail closed), once. A
+        refused or unreachable destination (nothing was sent) is not."""
+        state = self.connections.get(data.client.id)
+        reset = f"[Errno {errno.ECONNRESET}]" in (data.server.error or "")
+        if state is None or state.recorded or state.preblocked is not None or not reset:
+            return
+        host, port = state.destination
+        source = (str(data.client.peername[0]), int(data.client.peername[1]))
+        why = f"{host}:{port} reset the connection as it opened; what it sent could not be read"
+        self._report(FlowMeta(Transport.TCP, *source, host, port), state.sandbox, fail_closed(why), "", data.client.id)
 
     # -- layer choice ----------------------------------------------------------------------------------------
     def next_layer(self, nextlayer: layer.NextLayer) -> None:

@@ -11,6 +11,12 @@ The linger is taken off again where mitmproxy ends a connection gracefully, so w
 still arrives whole: at the transport's ``connection_lost`` after its ``close()`` (mitmproxy's ``writer.close()``),
 once asyncio has written out its buffer and just before it closes the socket (`_Ending`). A severing by egress
 (`abort`: a block, ``close_forbidden``, the idle timeout) keeps the reset; so does a transport's fatal error.
+
+The same stand-in ends a server's stream at its reset after the bytes it sent, as a FIN ends it (red team 16):
+asyncio's reader raises a connection's error before the bytes it holds, and a write that meets the reset closes the
+transport with what the kernel still holds unread, so a pool that answered and reset at once had its answer
+dropped by mitmproxy, judged by no detector and recorded nowhere. Now what the reader holds is read first, and what
+the kernel holds is read into it at the reset (`_unread`).
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import socket
 import struct
 from collections.abc import Callable
@@ -37,6 +44,8 @@ GRACEFUL: Final = struct.pack("ii", 0, 0)
 
 class _Settable(Protocol):
     def setsockopt(self, level: int, option: int, value: bytes, /) -> None: ...
+
+    def fileno(self) -> int: ...
 
 
 def set_linger(sock: _Settable, linger: bytes) -> None:
@@ -73,7 +82,38 @@ class _Ending(asyncio.Protocol):
         # marks it first. An error (a reset, a failed write) leaves nothing worth sending.
         if exc is None and not self.severed:
             set_linger(self.sock, GRACEFUL)
+        # A server's reset ends its stream after the bytes it sent, as a FIN does (red team 16): asyncio's reader
+        # raises a connection's error before the bytes it holds, and a write that meets the reset closes the
+        # transport without reading what the kernel still holds; either way a pool's answer (a job pushed, a
+        # login's result) was dropped unjudged and unrecorded. Read and judged, the answer reaches the client only
+        # if a FIN's would.
+        if isinstance(exc, ConnectionError):
+            for data in _unread(self.sock):
+                self.inner.data_received(data)
+            exc = None
         self.inner.connection_lost(exc)
+
+
+def _unread(sock: _Settable) -> list[bytes]:
+    """What the kernel still holds of a reset connection's received bytes (Linux keeps them readable after the
+    reset; asyncio stops reading at a write's error), read through a duplicate of its descriptor: the transport
+    closes the socket itself after `connection_lost`. Bounded by the socket's receive buffer."""
+    chunks: list[bytes] = []
+    try:
+        dup = socket.socket(fileno=os.dup(sock.fileno()))
+    except OSError:
+        return chunks
+    with dup:
+        dup.setblocking(False)
+        while True:
+            try:
+                data = dup.recv(65536)
+            except OSError:  # nothing more (EAGAIN), or only the error is left
+                break
+            if not data:
+                break
+            chunks.append(data)
+    return chunks
 
 
 def arm(writer: object) -> bool:

@@ -563,3 +563,37 @@ def test_a_host_with_an_empty_port_is_judged_by_its_name(later: bool) -> None:
     addon.requestheaders(flow)
     assert flow.response is None
     assert all(f.verdict.action is Enforcement.ALLOW for f in reported.flows)
+
+
+def _dial_failed(addon: EgressAddon, error: str) -> Context:
+    """An enforcing connection to the network rule's address:3333, dialled, the dial seen failing with ``error``."""
+    context = make_context((ALLOWED_ADDRESS, 3333), connected=False)
+    addon.client_connected(context.client)
+    data = ServerConnectionHookData(context.server, context.client)
+    addon.server_connect(data)
+    assert context.server.address == (ALLOWED_ADDRESS, 3333)  # allowed by address: dialled
+    context.server.error = error
+    addon.server_connect_error(data)
+    return context
+
+
+def test_a_destination_that_resets_as_it_opens_is_recorded_as_unread() -> None:
+    """Red team 16: a pool that pushes its job as it accepts and resets at once makes asyncio's connect fail with
+    ``ECONNRESET`` (the reset is seen before the connect is); mitmproxy then closes the socket with the job unread,
+    and nothing recorded the attempt. It is now a block that inspection could not make (fail closed), once."""
+    addon, reported = _addon()
+    context = _dial_failed(addon, "[Errno 104] Connect call failed ('198.51.100.7', 3333)")
+    addon.client_disconnected(context.client)
+    [flow] = reported.flows
+    assert flow.verdict.action is Enforcement.BLOCK and flow.verdict.rule == FAIL_CLOSED
+    assert (flow.dst, flow.dport) == (ALLOWED_ADDRESS, 3333)
+    assert "reset the connection as it opened" in flow.verdict.evidence
+
+
+@pytest.mark.parametrize("error", ["[Errno 111] Connect call failed ('198.51.100.7', 3333)", "timed out"])
+def test_a_destination_that_refuses_or_never_answers_is_not_recorded(error: str) -> None:
+    """Refused (a reset to the SYN) or unreachable: the destination sent nothing, nothing to judge."""
+    addon, reported = _addon()
+    context = _dial_failed(addon, error)
+    addon.client_disconnected(context.client)
+    assert reported.flows == []

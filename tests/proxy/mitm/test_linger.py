@@ -26,7 +26,7 @@ from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
 from egress.proxy.mitm import linger
 from tests.proxy.mitm.worker import Worker, read_response
-from tests.waiting import scaled
+from tests.waiting import eventually_async, scaled
 
 SIZE = 4 * 1024 * 1024
 PEER_RCVBUF = 64 * 1024
@@ -252,3 +252,82 @@ def test_a_real_worker_arms_its_server_connection(worker: Worker, kind: str) -> 
     with mock.patch.object(linger, "arm", spy):
         answered = _h2_get(worker) if kind == "h2" else _http1_post(worker, kind == "tls")
     assert answered and armed and all(armed), armed
+
+
+JOB = (
+    b'{"id":null,"method":"mining.notify","params":["rt16","00","01","02",[],"20000000","1d00ffff","5f5e1000",true]}\n'
+)
+
+
+def test_a_servers_answer_then_reset_is_read_before_the_end() -> None:
+    """Red team 16: asyncio's reader raises a connection's error before the bytes it holds, so a pool that answered
+    and reset before mitmproxy's next read had its answer dropped unread: judged by no detector, recorded nowhere.
+    An armed server connection's reset now ends its stream after the bytes, as a FIN does."""
+
+    async def scenario() -> bytes:
+        with _listener() as listener:
+            reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        assert linger.arm(writer)
+        peer.sendall(JOB)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger.ABORT)
+        peer.close()
+
+        async def lost() -> bool:
+            assert writer.transport.is_closing(), "the reset has not been read yet"
+            return True
+
+        await eventually_async(lost, timeout=scaled(5))  # the transport read the answer and the reset: no read yet
+        got = b""
+        try:
+            while chunk := await reader.read(65536):
+                got += chunk
+        finally:
+            writer.close()
+        return got
+
+    assert asyncio.run(scenario()) == JOB
+
+
+def _tcp_state(sock: socket.socket) -> int:
+    return sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_INFO, 1)[0]
+
+
+TCP_CLOSE = 7
+
+
+def test_a_servers_answer_still_unread_when_a_write_meets_its_reset_is_read() -> None:
+    """Red team 16: a write that meets the server's reset closes asyncio's transport without reading what the
+    kernel still holds (the transport stops reading at the write's error), so a pool's answer that arrived with
+    its reset behind it, while mitmproxy was writing the client's bytes to it, was lost unjudged. It is read at
+    the reset, before the stream's end."""
+
+    async def scenario() -> bytes:
+        with _listener() as listener:
+            reader, writer = await asyncio.open_connection(*listener.getsockname()[:2])
+            peer, _ = listener.accept()
+        assert linger.arm(writer)
+        transport = writer.transport
+        assert isinstance(transport, asyncio.Transport)
+        transport.pause_reading()  # the loop is busy elsewhere: the answer waits in the kernel
+        peer.sendall(JOB)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger.ABORT)
+        peer.close()
+        sock = socket.socket(fileno=os.dup(writer.get_extra_info("socket").fileno()))
+
+        async def reset_in() -> bool:
+            assert _tcp_state(sock) == TCP_CLOSE, "the reset has not arrived yet"
+            return True
+
+        with sock:
+            await eventually_async(reset_in, timeout=scaled(5))
+        writer.write(b"the client's next bytes")  # meets the reset: the transport closes
+        got = b""
+        try:
+            while chunk := await reader.read(65536):
+                got += chunk
+        finally:
+            writer.close()
+        return got
+
+    assert asyncio.run(scenario()) == JOB

@@ -1,0 +1,232 @@
+"""Red team 16: below the proxy's TCP (hand-made segments and IPv6 fragments), the ICMPv6 and link protocols the
+gateway lets a sandbox speak, and a pool that answers and resets at once.
+
+- ``overlap`` rows: a hand-made TCP connection to the pool's allowed address:3333 sends the same sequence range
+  twice with different bytes (Stratum first or second), or a tail queued out of order and a head that overlaps it.
+- ``frag6`` rows: the Stratum segment to the pool's allowed IPv6 address in fragments: atomic (offset 0, M=0), a
+  first fragment of 8 bytes that splits the TCP header, and overlapping fragments (RFC 5722: drop), both orders.
+- ``icmp6``: ICMPv6 errors quoting a proxied connection to allowed.lab, Stratum in the quote, sent towards
+  allowed.lab.
+- ``ndp``: neighbour solicitations, advertisements and router advertisements with Stratum in options no node
+  knows, then a flood of solicitations from spoofed sources (link-local and the sandbox's own /64).
+- ``dhcp6``: DHCPv6 solicits to ff02::1:2 carrying Stratum in their options (the lab runs without ``--dhcp``).
+- ``answer`` rows: the attacker's pool on an allowed address (a network rule that expects anything) answers the
+  client's first line with a Stratum job, or pushes the job before the client speaks, and resets at once; many
+  connections side by side. The job must be judged (a ``mining`` record per connection) and never delivered.
+
+Goal (the agent's): Stratum or the marker on the internet side, the job delivered, or an attempt the kernel
+delivered to the proxy that leaves no record. Ground truth: the internet side's capture and the records.
+
+Lab: tests/security/policies/redteam_round16.yaml (the lab's policy and the answering pool's ports).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import re
+import sys
+import time
+
+import pytest
+
+from egress.lab import netns
+from egress.record.schema import AttemptRecord
+from tests.security.conftest import LabFactory
+from tests.security.harness import POLICIES, Crossed, SecurityLab, report
+from tests.security.redteam_round16_kit import ANSWERING, MARK
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.security
+
+POLICY = POLICIES / "redteam_round16.yaml"
+KIT = "from tests.security.redteam_round16_kit import {0}; {0}()"
+FOUND = {"mining", "tunnel", "inspection-error", "protocol-error"}
+"""Reasons that say the attempt was seen for what it is, or refused as unreadable."""
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory(POLICY)
+
+
+def _mac_and_link_local(lab: SecurityLab, where: str, interface: str) -> tuple[str, str]:
+    ns = lab.lab.gateway_ns if where == "gateway" else lab.lab.sandbox_ns
+    shown = netns.exec_in(ns, ["ip", "-o", "link", "show", interface]).stdout
+    mac = re.search(r"link/ether ([0-9a-f:]{17})", shown)
+    address = netns.exec_in(ns, ["ip", "-o", "-6", "addr", "show", "dev", interface, "scope", "link"]).stdout
+    found = re.search(r"inet6 (fe80::[0-9a-f:]+)/", address)
+    assert mac and found, (shown, address)
+    return mac.group(1), found.group(1)
+
+
+def _pool_bytes(crossed: Crossed) -> bool:
+    """Whether any Stratum or the marker crossed to the internet side."""
+    return crossed.contains(MARK.encode()) or crossed.contains(b"mining.")
+
+
+RAW = {
+    "overlap-benign-first": ("198.18.10.3", set[str]()),
+    "overlap-stratum-first": ("198.18.10.3", FOUND),
+    "overlap-ooo-stratum-queued": ("198.18.10.3", set[str]()),
+    "overlap-ooo-benign-queued": ("198.18.10.3", FOUND),
+    "frag6-atomic": ("2001:db8:10::3", FOUND),
+    "frag6-tiny": ("2001:db8:10::3", set[str]()),
+    "frag6-overlap": ("2001:db8:10::3", set[str]()),
+    "frag6-overlap-reverse": ("2001:db8:10::3", set[str]()),
+}
+"""Each hand-made row's destination (port 3333) and the reasons its attempt must be recorded with; none where the
+stream the gateway's kernel delivers holds no Stratum call the proxy could read whole: the benign copy kept, the
+datagram dropped (overlapping fragments, RFC 5722; a first fragment without the whole TCP header, RFC 7112), or
+(``ooo-stratum-queued``) the benign head kept and the queued tail trimmed behind it: an HTTP head never finished,
+which is never forwarded and, reset, not recorded (docs/security.md, "Sixteenth round")."""
+
+
+@pytest.mark.parametrize("variant", list(RAW))
+def test_stratum_below_the_proxys_tcp(lab: SecurityLab, variant: str) -> None:
+    address, wanted = RAW[variant]
+    gateway_mac, _ = _mac_and_link_local(lab, "gateway", lab.lab.gateway_sandbox_if)
+    since = time.time()
+    with lab.capture(f"rt16-{variant}") as capture:
+        done = lab.sandbox_python(KIT.format("raw_main"), variant, lab.lab.sandbox_if, gateway_mac, timeout=60)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = lab.reasons_to(since, address, 3333, timeout=15 if wanted else 5)
+    crossed = capture.result
+    assert crossed is not None
+    goal = _pool_bytes(crossed)
+    answer = next((line for line in done.stdout.splitlines() if line.startswith("answer")), "")
+    leaked = crossed.bytes_to(address, 3333, "tcp") if goal else 0
+    report(f"redteam16/{variant}", "below-tcp", leaked, goal, ",".join(reasons) or None, answer[:60])
+    assert not goal, crossed.table()
+    assert not wanted or set(reasons) & wanted, reasons
+
+
+def test_icmpv6_errors_quoting_a_proxied_connection(lab: SecurityLab) -> None:
+    since = time.time()
+    with lab.capture("rt16-icmp6") as capture:
+        done = lab.sandbox_python(KIT.format("icmp_main"), timeout=30)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = lab.reasons_to(since, "2001:db8:10::1", 0, timeout=5)
+    crossed = capture.result
+    assert crossed is not None
+    icmp = sum(n for (proto, _, _), n in crossed.packets.items() if "icmp" in proto)
+    goal = _pool_bytes(crossed) or icmp > 0
+    answer = next((line for line in done.stdout.splitlines() if line.startswith("answer")), "")
+    report("redteam16/icmp6-errors", "icmpv6", 0 if not goal else icmp, goal, ",".join(reasons) or None, answer)
+    assert not goal, crossed.table()
+    assert answer.count("HTTP/1.1 200") == 2, done.stdout  # the proxied connection still works
+
+
+def test_neighbour_discovery_with_payloads_and_a_flood(lab: SecurityLab) -> None:
+    gateway_mac, gateway_ll = _mac_and_link_local(lab, "gateway", lab.lab.gateway_sandbox_if)
+    since = time.time()
+    flood, sources = 5000, 400
+    with lab.capture("rt16-ndp") as capture:
+        argv = [lab.lab.sandbox_if, gateway_mac, gateway_ll, str(flood), str(sources)]
+        done = lab.sandbox_python(KIT.format("ndp_main"), *argv, timeout=120)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        after = lab.sandbox_python(KIT.format("stratum_main"), timeout=30)
+        downloads = lab.attempts(["allowed_download"], ipv6=True) + lab.attempts(["allowed_download"])
+    crossed = capture.result
+    assert crossed is not None
+    pools = (("v4", "198.18.10.3"), ("v6", "2001:db8:10::3"))
+    recorded: dict[str, bool] = {}
+
+    def both(records: list[AttemptRecord]) -> bool:
+        for family, address in pools:
+            recorded[family] = any(r.dst == address and r.dport == 3333 and str(r.reason) in FOUND for r in records)
+        return all(recorded.values())
+
+    with contextlib.suppress(AssertionError):  # judged below, after the row is reported
+        lab.records_until(since, both)
+    records = lab.records(since)
+    link = sorted({str(r.reason) for r in records if r.src.startswith(("fe80", "fd00:203:1::")) and r.dport != 3333})
+    neighbours = lab.gateway(["ip", "-6", "neigh", "show"]).stdout.count("\n")
+    goal = _pool_bytes(crossed)
+    note = f"{done.stdout.split()[1]} sent; after: recorded {recorded}, downloads "
+    note += f"{[d.outcome for d in downloads]}, {neighbours} v6 neighbours; link records {link}"
+    report("redteam16/ndp-options-flood", "link", 0, goal, ",".join(link) or None, note)
+    assert not goal, crossed.table()
+    assert all(recorded.values()), (recorded, after.stdout)  # the gateway still records
+    assert [d.outcome for d in downloads] == ["ok", "ok"], downloads  # and still serves
+
+
+def test_dhcpv6_carrying_data(lab: SecurityLab) -> None:
+    since = time.time()
+    with lab.capture("rt16-dhcp6") as capture:
+        done = lab.sandbox_python(KIT.format("dhcp6_main"), lab.lab.sandbox_if, timeout=30)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = lab.reasons_to(since, "ff02::1:2", 547, timeout=15)
+    crossed = capture.result
+    assert crossed is not None
+    udp = crossed.packets_to(None, 547, None)
+    goal = _pool_bytes(crossed) or udp > 0
+    report("redteam16/dhcp6-solicit", "link", crossed.bytes_to(None, 547, None), goal, ",".join(reasons) or None)
+    assert not goal, crossed.table()
+
+
+def _counted(lab: SecurityLab, port: int) -> int:
+    """The attempts to the answering pool's ``port`` recorded with a finding, ever (a record's count holds the
+    repeats of its aggregation window, which may have opened in a row before: rows compare totals)."""
+    return sum(r.count for r in lab.records(0.0) if r.dport == port and str(r.reason) in FOUND)
+
+
+def _settled(lab: SecurityLab, port: int) -> int:
+    """`_counted` once two readings a second apart agree."""
+    last = [-1]
+
+    def same() -> int:
+        now = _counted(lab, port)
+        before, last[0] = last[0], now
+        assert now == before, f"{before} then {now}"
+        return now + 1
+
+    return int(eventually(same, timeout=30, interval=1.0)) - 1
+
+
+ATTEMPTS = 400
+THREADS = 8
+
+
+PUSH_OPEN = pytest.mark.xfail(
+    strict=False,
+    reason="open (red team 16): some 1-4 % of the dials to a pool that pushes and resets as it accepts hang in "
+    "mitmproxy (a transport made after the reset has no peer name, and mitmproxy's open_connection asserts one), "
+    "so nothing judges or records them within the row's wait (docs/security.md, Sixteenth round); how many "
+    "depends on the machine's load, so the row may pass",
+)
+
+
+@pytest.mark.parametrize(
+    "variant", [pytest.param(v, marks=PUSH_OPEN) if v == "push-then-reset" else v for v in ANSWERING]
+)
+def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: str) -> None:
+    port = ANSWERING[variant]
+    pool = lab.attacker(f"rt16-pool-{variant}", [sys.executable, "-c", KIT.format("pool_main"), "198.18.10.3"])
+    pool.wait_for("listening")
+    before = _settled(lab, port)
+    with lab.capture(f"rt16-{variant}") as capture:
+        done = lab.sandbox_python(KIT.format("answers_main"), variant, str(ATTEMPTS), str(THREADS), timeout=240)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        made = int(done.stdout.split()[-1])
+        jobs = int(done.stdout.split()[done.stdout.split().index("jobs") + 1])
+        seen = [0]
+
+        def all_counted() -> bool:
+            seen[0] = _counted(lab, port) - before
+            assert seen[0] >= made, f"{seen[0]} of {made} recorded"
+            return True
+
+        with contextlib.suppress(AssertionError):  # judged below, after the row is reported
+            eventually(all_counted, timeout=30, interval=1.0)
+    crossed = capture.result
+    assert crossed is not None
+    pool.stop()
+    unseen = made - seen[0]
+    others = sorted({str(r.reason) for r in lab.records(0.0) if r.dport == port} - FOUND)
+    note = f"{seen[0]} of {made} recorded, {jobs} jobs delivered" + (f"; also {others}" if others else "")
+    goal = unseen > 0 or jobs > 0
+    report(f"redteam16/{variant}", "records", 0, goal, "mining" if seen[0] else None, note)
+    assert made >= ATTEMPTS * 9 // 10, done.stdout
+    assert not crossed.contains(b"mining.")
+    assert jobs == 0, note
+    assert unseen <= 0, note
