@@ -23,7 +23,7 @@ it runs on TCP streams, unwrapped WebSocket payloads, decrypted TLS and HTTP fie
 
 Cost: a regular expression finds where an address could start (a tag's first character and 94 base58 characters
 after it: C speed, and almost never in benign bytes); each such place costs one block decode (its tag); only a
-string whose tag, length and blocks fit is hashed, each distinct string once, at most `CHECKS_MAX` per flow. Past
+string whose tag, length and blocks fit, and that is not repetitive (`DISTINCT_MIN`), is hashed, each distinct string once, at most `CHECKS_MAX` per flow. Past
 that bound the flow is unidentified (a finding: fail closed). Each source is searched only past what an earlier
 prefix of it settled (`_Source`).
 """
@@ -74,8 +74,13 @@ NETWORKS: Final = {
 subaddress twins, per network)."""
 
 CHECKS_MAX: Final = 64
-"""Distinct address-shaped strings hashed per flow (each about 0.3 ms). Random base58 text passes the tag and
-block bounds a few times in 16 KiB; only bytes made to fill this bound do, and such a flow is unidentified."""
+"""Distinct address-shaped strings hashed per flow (each about 0.3 ms). 16 KiB of random base58 holds about 20
+(bench/wallet_fp.py); only bytes made to fill this bound do, and such a flow is unidentified."""
+DISTINCT_MIN: Final = 30
+"""Fewest different characters an address-shaped string must hold to be hashed. An address writes 64 bytes of
+random keys: 47 different characters on average in 95 (the fewest in 40,000 made: 37, a standard deviation about
+2.6), where long base58 runs of benign bytes are repetitive (base64 of small integers ``AAEAAAADAAAABg``, digit
+padding ``7777755555``: 2 to 20). Without it such runs filled `CHECKS_MAX` in /usr/bin/node and chromium."""
 
 
 def _first_characters() -> bytes:
@@ -156,7 +161,7 @@ def _memo(view: FlowView) -> _Memo:
 
 def _check(memo: _Memo, window: bytes) -> Finding | None:
     """A finding when ``window`` (whose tag fits its length) is an address, or when the hashing bound is met."""
-    if window in memo.hashed or decode(window) is None:
+    if window in memo.hashed or len(set(window)) < DISTINCT_MIN or decode(window) is None:
         return None
     if len(memo.hashed) >= CHECKS_MAX:
         text = f"over {CHECKS_MAX} address-shaped strings, not all checked; at {window[:24].decode()}"
@@ -210,4 +215,4 @@ def detect(view: FlowView) -> Result:
     return None if view.complete else MORE
 
 
-__all__ = ["ALPHABET", "CHECKS_MAX", "NAME", "NETWORKS", "PROTOCOL", "Network", "address", "decode", "detect"]
+__all__ = ["ALPHABET", "CHECKS_MAX", "DISTINCT_MIN", "NAME", "NETWORKS", "PROTOCOL", "Network", "address", "decode", "detect"]

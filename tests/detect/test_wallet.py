@@ -166,3 +166,19 @@ def test_registered_with_the_pool_detectors_and_read_in_udp_datagrams() -> None:
     assert found is not None and found.detector == wallet.NAME
     found = datagrams.inspect(flow, [login[:40], login[40:]], ())  # the window joined
     assert found is not None and found.detector == wallet.NAME
+
+
+@pytest.mark.parametrize(
+    "run",
+    [
+        pytest.param(b"AAEAAAADAAAABgAAAAQAAAAEAAAAAgAAAAYAAAAH" * 200, id="base64-of-small-integers"),
+        pytest.param(b"777777" + b"5" * 4000 + b"9" * 3000, id="digit-padding"),
+        pytest.param(b"4" * 16000, id="one-character"),
+        pytest.param(bytes(b"123456789abcdef"[i % 15] for i in range(16000)), id="hex-without-zeros"),
+    ],
+)
+def test_repetitive_base58_runs_are_not_hashed(run: bytes) -> None:
+    """Long base58 runs of benign files (bench/wallet_fp.py found these in node and chromium) hash nothing."""
+    view = FlowView(META, client=run[:STREAM_CAP], complete=True)
+    assert wallet.detect(view) is None
+    assert not view.memo[wallet.__name__].hashed  # type: ignore[attr-defined]
