@@ -23,9 +23,9 @@ it runs on TCP streams, unwrapped WebSocket payloads, decrypted TLS and HTTP fie
 
 Cost: a regular expression finds where an address could start (a tag's first character and 94 base58 characters
 after it: C speed, and almost never in benign bytes); each such place costs one block decode (its tag); only a
-string whose tag, length and blocks fit, and that is not repetitive (`DISTINCT_MIN`), is hashed, each distinct string once, at most `CHECKS_MAX` per flow. Past
-that bound the flow is unidentified (a finding: fail closed). Each source is searched only past what an earlier
-prefix of it settled (`_Source`).
+string whose tag, length and blocks fit, and that is not repetitive (`DISTINCT_MIN`), is hashed, each distinct
+string once, at most `CHECKS_MAX` per flow. Past that bound the flow is unidentified (a finding: fail closed).
+Each source is searched only past what an earlier prefix of it settled (`_Source`).
 """
 
 from __future__ import annotations
@@ -215,4 +215,15 @@ def detect(view: FlowView) -> Result:
     return None if view.complete else MORE
 
 
-__all__ = ["ALPHABET", "CHECKS_MAX", "DISTINCT_MIN", "NAME", "NETWORKS", "PROTOCOL", "Network", "address", "decode", "detect"]
+__all__ = [
+    "ALPHABET",
+    "CHECKS_MAX",
+    "DISTINCT_MIN",
+    "NAME",
+    "NETWORKS",
+    "PROTOCOL",
+    "Network",
+    "address",
+    "decode",
+    "detect",
+]

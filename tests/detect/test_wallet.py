@@ -91,13 +91,18 @@ def test_one_character_changed_is_never_named() -> None:
     "framing",
     [
         pytest.param(lambda a: b"\x0a" + bytes((len(a),)) + a + b"\x12\x01x", id="protobuf"),
-        pytest.param(lambda a: b"\x0b\x00\x01" + struct.pack(">i", len(a)) + a + b"\x0b\x00\x02\x00\x00\x00\x01x\x00", id="thrift"),
+        pytest.param(
+            lambda a: b"\x0b\x00\x01" + struct.pack(">i", len(a)) + a + b"\x0b\x00\x02\x00\x00\x00\x01x\x00",
+            id="thrift",
+        ),
         pytest.param(lambda a: b"\xa3elogin\x78" + bytes((len(a),)) + a + b"dpassax", id="cbor"),
         pytest.param(lambda a: b"USER " + a + b"\r\nPASS x\r\n", id="text"),
         pytest.param(lambda a: b"xj" + a + b"Bpassword", id="base58-both-sides"),
         pytest.param(lambda a: a, id="alone"),
-        pytest.param(lambda a: b'{"params":{"user":"\\u00' + b"%x" % a[0] + b'' + a[1:] + b'"}}', id="json-escaped"),
-        pytest.param(lambda a: b'\xff\xfe' + b'{"u":"'.decode().encode("utf-16-le") + a.decode().encode("utf-16-le"), id="utf16"),
+        pytest.param(lambda a: b'{"params":{"user":"\\u00' + b"%x" % a[0] + b"" + a[1:] + b'"}}', id="json-escaped"),
+        pytest.param(
+            lambda a: b"\xff\xfe" + b'{"u":"'.decode().encode("utf-16-le") + a.decode().encode("utf-16-le"), id="utf16"
+        ),
     ],
 )
 @pytest.mark.parametrize("tag", [18, 19, 42])
