@@ -9,10 +9,12 @@ from __future__ import annotations
 import contextlib
 import random
 import socket
+import ssl
 import sys
 import time
 
 from tests.detect.wallets import make_address
+from tests.security.mitm_client import resolve
 
 WALLET = make_address(random.Random(12), 18)
 MUTATED = WALLET[:40] + (b"2" if WALLET[40:41] != b"2" else b"3") + WALLET[41:]
@@ -30,19 +32,29 @@ def _wallet(kind: str) -> bytes:
 
 
 def pool_main() -> None:
-    """``python -c '...pool_main()' ADDRESS PORT tcp|udp``: logs each login heard (``heard wallet yes|no``) and
-    answers it with a job (the pool's side of the login)."""
+    """``python -c '...pool_main()' ADDRESS PORT tcp|udp|tls [CHAIN KEY]``: logs each login heard (``heard wallet
+    yes|no``) and answers it with a job (the pool's side of the login); ``tls``: TLS over TCP with that certificate."""
     address, port, proto = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-    kind = socket.SOCK_STREAM if proto == "tcp" else socket.SOCK_DGRAM
+    kind = socket.SOCK_DGRAM if proto == "udp" else socket.SOCK_STREAM
+    context = None
+    if proto == "tls":
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(sys.argv[4], sys.argv[5])
     with socket.socket(socket.AF_INET, kind) as sock:
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         sock.bind((address, port))
-        if proto == "tcp":
+        if proto != "udp":
             sock.listen(8)
         print("listening", flush=True)
         while True:
-            if proto == "tcp":
+            if proto != "udp":
                 conn, _ = sock.accept()
+                if context is not None:
+                    try:
+                        conn = context.wrap_socket(conn, server_side=True)
+                    except (OSError, ssl.SSLError) as exc:
+                        print(f"handshake failed: {exc}", flush=True)
+                        continue
                 with conn:
                     conn.settimeout(3)
                     data = b""
@@ -60,14 +72,20 @@ def pool_main() -> None:
 
 
 def login_main() -> None:
-    """``python -c '...login_main()' KIND ADDRESS PORT tcp|udp``: the login (KIND ``wallet`` or ``mutated``), then
-    up to 3 s for the pool's job; prints ``sent N, job yes|no``."""
+    """``python -c '...login_main()' KIND ADDRESS PORT tcp|udp|tls [CAFILE]``: the login (KIND ``wallet`` or
+    ``mutated``), then up to 3 s for the pool's job; prints ``sent N, job yes|no``. ``tls``: ADDRESS is a name,
+    resolved through the gateway's resolver, and the connection is TLS trusting CAFILE (the gateway's CA)."""
     kind, address, port, proto = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
     data = login(_wallet(kind))
     got = b""
     with contextlib.suppress(OSError):
-        if proto == "tcp":
-            with socket.create_connection((address, port), timeout=3) as sock:
+        if proto != "udp":
+            target = resolve(address) if proto == "tls" else address
+            with contextlib.ExitStack() as stack:
+                sock = stack.enter_context(socket.create_connection((target, port), timeout=3))
+                if proto == "tls":
+                    context = ssl.create_default_context(cafile=sys.argv[5])
+                    sock = stack.enter_context(context.wrap_socket(sock, server_hostname=address))
                 sock.sendall(data)
                 deadline = time.monotonic() + 3.0
                 while time.monotonic() < deadline and b"job" not in got:
