@@ -27,8 +27,9 @@ UNNAMED = LOGINS["protobuf"].replace(WALLET.encode(), WALLET[:-1].encode() + b"f
 NAMED = ("cbor", "msgpack", "msgpack-params-first", "protobuf")
 """Logins named whole: by `binrpc`, and protobuf, which writes no key names (``pass``, ``agent`` are field numbers),
 by its wallet (`egress.detect.wallet`; until then never named, so the gate held it to the hold's bounds and
-refused it there: `UNNAMED` is such a login, its wallet one character off). (CBOR's ``pass`` after the 95-character wallet has
-a text prefix byte, ``d``, and no binary byte in the 16 before it: named since stop 32, `binrpc._xmrig`.)"""
+refused it there: `UNNAMED` is such a login, its wallet one character off). (CBOR's ``pass`` after the
+95-character wallet has a text prefix byte, ``d``, and no binary byte in the 16 before it: named since stop 32,
+`binrpc._xmrig`.)"""
 META = FlowMeta(Transport.UDP, "10.77.0.2", 40000, "198.18.10.3", 3478)
 UDP = build_detectors(NameLists([])).udp_gate
 
