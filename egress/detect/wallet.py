@@ -21,8 +21,9 @@ send the miner its own wallet), raw and as the JSON readers decode them (`egress
 NULs, HTTP bodies, documents in strings). Registered with the pool detectors (`egress.detect.registry.MINING`), so
 it runs on TCP streams, unwrapped WebSocket payloads, decrypted TLS and HTTP fields, and UDP datagrams.
 
-Cost: a regular expression finds where an address could start (a tag's first character and 94 base58 characters
-after it: C speed, and almost never in benign bytes); each such place costs one block decode (its tag); only a
+Cost: the new bytes are translated to classes (base58 or not) and a run of 95 base58 characters is searched with
+``bytes.find`` (C speed; rare outside base58 data); inside such a run each place an address could start (a tag's
+first character) costs one block decode (its tag); only a
 string whose tag, length and blocks fit, and that is not repetitive (`DISTINCT_MIN`), is hashed, each distinct
 string once, at most `CHECKS_MAX` per flow. Past that bound the flow is unidentified (a finding: fail closed).
 Each source is searched only past what an earlier prefix of it settled (`_Source`).
@@ -90,8 +91,12 @@ def _first_characters() -> bytes:
     return bytes(ALPHABET[index] for index in sorted(starts))
 
 
-_CANDIDATE: Final = re.compile(rb"(?=[%s][%s]{%d})" % (_first_characters(), ALPHABET, STANDARD - 1))
-"""Where a 95-character base58 string starting as an address does (a lookahead: every place, overlapping)."""
+_CLASSES: Final = bytes(0x61 if byte in ALPHABET else 0x20 for byte in range(256))
+"""Each byte's class: ``a`` for a base58 character, a space for any other (``bytes.translate``)."""
+_RUN: Final = b"a" * STANDARD
+"""A base58 run long enough to hold an address, in the classes (one ``bytes.find``)."""
+_START: Final = re.compile(rb"[%s]" % _first_characters())
+"""A character an address may start with, searched only inside such runs."""
 _BASE58: Final = re.compile(rb"[%s]+" % ALPHABET)
 
 
@@ -137,6 +142,8 @@ class _Source:
     """How far one source (the client's raw bytes, or their decoded text) was searched: a memo of its bytes."""
 
     data: bytes = b""
+    classes: bytes = b""
+    """``data`` translated to `_CLASSES`."""
     standard: int = 0
     """The first start of a 95-character window not yet looked at (every earlier one was)."""
     integrated: int = 0
@@ -176,25 +183,36 @@ def _check(memo: _Memo, window: bytes) -> Finding | None:
 
 def _search(memo: _Memo, source: _Source, data: bytes) -> Finding | None:
     """The first address (by start) in ``data`` from where the last search of its prefix stopped."""
-    if not data.startswith(source.data):
-        source.standard = source.integrated = 0
-    source.data = data
+    if data.startswith(source.data):
+        classes = source.classes + data[len(source.data) :].translate(_CLASSES)
+    else:
+        classes, source.standard, source.integrated = data.translate(_CLASSES), 0, 0
+    source.data, source.classes = data, classes
     end = len(data)
-    for match in _CANDIDATE.finditer(data, min(source.standard, source.integrated)):
-        at = match.start()
-        network = NETWORKS.get(_tag(data, at))
+    at = classes.find(_RUN, min(source.standard, source.integrated))
+    while at >= 0:  # a run of 95 base58 characters or more from ``at`` (or from before it, searched already)
+        run_end = classes.find(b" ", at)
+        run_end = end if run_end < 0 else run_end
+        if found := _run(memo, source, data, at, run_end):
+            return found
+        at = classes.find(_RUN, run_end)
+    source.standard = max(source.standard, end - STANDARD + 1)
+    source.integrated = max(source.integrated, end - INTEGRATED + 1)
+    return None
+
+
+def _run(memo: _Memo, source: _Source, data: bytes, at: int, run_end: int) -> Finding | None:
+    """The first address starting in ``data[at:run_end]``, all base58, not looked at before."""
+    for match in _START.finditer(data, at, run_end - STANDARD + 1):
+        start = match.start()
+        network = NETWORKS.get(_tag(data, start))
         if network is None:
             continue
         length = network.length
-        if at < (source.standard if length == STANDARD else source.integrated) or at + length > end:
+        if start < (source.standard if length == STANDARD else source.integrated) or start + length > run_end:
             continue
-        window = data[at : at + length]
-        if length == INTEGRATED and not _BASE58.fullmatch(window):
-            continue
-        if found := _check(memo, window):
+        if found := _check(memo, data[start : start + length]):
             return found
-    source.standard = max(source.standard, end - STANDARD + 1)
-    source.integrated = max(source.integrated, end - INTEGRATED + 1)
     return None
 
 
