@@ -218,6 +218,9 @@ def _run(memo: _Memo, source: _Source, data: bytes, at: int, run_end: int) -> Fi
 
 def detect(view: FlowView) -> Result:
     """Find a checksummed Monero address in the client's bytes (raw, or as the JSON readers decode them)."""
+    kept = view.memo.get(__name__)
+    if isinstance(kept, _Memo) and kept.found is None and view.client is kept.raw.data and not view.complete:
+        return MORE  # the server's side grew: the client's bytes, and so their reading, are the ones searched
     client = jsonrpc.read(view, True)
     if client.kind is jsonrpc.Kind.NOT:  # a whole TLS hello or an SSH banner: ciphertext follows
         return None
