@@ -76,7 +76,8 @@ subaddress twins, per network)."""
 
 CHECKS_MAX: Final = 64
 """Distinct address-shaped strings hashed per flow (each about 0.3 ms). 16 KiB of random base58 holds about 20
-(bench/wallet_fp.py); only bytes made to fill this bound do, and such a flow is unidentified."""
+(tests/detect/test_wallet.py), a 16 KiB piece of a benign file at most 17 (bench/wallet_fp.py); only bytes made
+to fill this bound do, and such a flow is unidentified."""
 DISTINCT_MIN: Final = 30
 """Fewest different characters an address-shaped string must hold to be hashed. An address writes 64 bytes of
 random keys: 47 different characters on average in 95 (the fewest in 40,000 made: 37, a standard deviation about
@@ -143,7 +144,8 @@ class _Source:
 
     data: bytes = b""
     classes: bytes = b""
-    """``data`` translated to `_CLASSES`."""
+    """``data[base:]`` translated to `_CLASSES` (what is before ``base`` is never searched again)."""
+    base: int = 0
     standard: int = 0
     """The first start of a 95-character window not yet looked at (every earlier one was)."""
     integrated: int = 0
@@ -184,20 +186,21 @@ def _check(memo: _Memo, window: bytes) -> Finding | None:
 def _search(memo: _Memo, source: _Source, data: bytes) -> Finding | None:
     """The first address (by start) in ``data`` from where the last search of its prefix stopped."""
     if data.startswith(source.data):
-        classes = source.classes + data[len(source.data) :].translate(_CLASSES)
+        classes, base = source.classes + data[len(source.data) :].translate(_CLASSES), source.base
     else:
-        classes, source.standard, source.integrated = data.translate(_CLASSES), 0, 0
-    source.data, source.classes = data, classes
+        classes, base, source.standard, source.integrated = data.translate(_CLASSES), 0, 0, 0
     end = len(data)
-    at = classes.find(_RUN, min(source.standard, source.integrated))
+    at = classes.find(_RUN, min(source.standard, source.integrated) - base)
     while at >= 0:  # a run of 95 base58 characters or more from ``at`` (or from before it, searched already)
         run_end = classes.find(b" ", at)
-        run_end = end if run_end < 0 else run_end
-        if found := _run(memo, source, data, at, run_end):
+        run_end = end if run_end < 0 else run_end + base
+        if found := _run(memo, source, data, at + base, run_end):
             return found
-        at = classes.find(_RUN, run_end)
+        at = classes.find(_RUN, run_end - base)
     source.standard = max(source.standard, end - STANDARD + 1)
     source.integrated = max(source.integrated, end - INTEGRATED + 1)
+    keep = max(min(source.standard, source.integrated), base)
+    source.data, source.classes, source.base = data, classes[keep - base :], keep
     return None
 
 

@@ -187,3 +187,22 @@ def test_repetitive_base58_runs_are_not_hashed(run: bytes) -> None:
     view = FlowView(META, client=run[:STREAM_CAP], complete=True)
     assert wallet.detect(view) is None
     assert not view.memo[wallet.__name__].hashed  # type: ignore[attr-defined]
+
+
+@pytest.mark.parametrize("size", [1, 7, 64, 1460])
+def test_fed_in_small_segments_as_whole(size: int) -> None:
+    """The memo (classes of the new bytes, where windows were looked at) gives what one whole read gives."""
+    rng = random.Random(RNG_SEED + size)
+    noise = bytes(rng.choice(wallet.ALPHABET) for _ in range(3000))  # a long run the address follows
+    for address in (_address(18), _address(19)):
+        data = b"GET / " + noise + b"=" + address + b"&" + noise[:500] + address[:40]
+        view = FlowView(META)
+        found = None
+        for at in range(0, len(data), size):
+            view.client += data[at : at + size]
+            result = wallet.detect(view)
+            if isinstance(result, Finding):
+                found = result
+                break
+        whole = wallet.detect(FlowView(META, client=data))
+        assert isinstance(whole, Finding) and found == whole and address.decode() in whole.evidence
