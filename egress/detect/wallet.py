@@ -208,6 +208,8 @@ def _run(memo: _Memo, source: _Source, data: bytes, at: int, run_end: int) -> Fi
     """The first address starting in ``data[at:run_end]``, all base58, not looked at before."""
     for match in _START.finditer(data, at, run_end - STANDARD + 1):
         start = match.start()
+        if start < source.integrated or (start < source.standard and start + INTEGRATED > run_end):
+            continue  # every window from here looked at, or the one left (106 characters) not whole yet
         network = NETWORKS.get(_tag(data, start))
         if network is None:
             continue
