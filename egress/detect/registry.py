@@ -31,6 +31,7 @@ from egress.detect import (
     tor,
     upgrade,
     vpn,
+    wallet,
     xmlrpc,
 )
 from egress.detect.base import Category, Detector, Finding, Transport, evidence
@@ -47,9 +48,11 @@ MINING: Final[tuple[Detector, ...]] = (
     binrpc.detect,
     xmlrpc.detect,
     packed.detect,
+    wallet.detect,
 )
 """Pool protocols (binrpc: the same calls in binary RPC encodings; xmlrpc: as XML-RPC, SOAP or other XML; packed:
-the names as 7-, 6- or 5-bit characters at any bit offset, unaligned PER); also run on payloads unwrapped from
+the names as 7-, 6- or 5-bit characters at any bit offset, unaligned PER; wallet: a Monero payout address in the
+client's bytes, whatever the framing, docs/wallets.md); also run on payloads unwrapped from
 WebSocket frames and on decrypted TLS."""
 
 STREAM_TUNNELS: Final[tuple[Detector, ...]] = (

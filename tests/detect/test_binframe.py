@@ -22,10 +22,14 @@ LOGINS = {
     "cbor": _cbor_map({"id": 1, "method": "login"}) + _cbor_map(PARAMS),
     "protobuf": _protobuf(1, "login") + _protobuf(2, WALLET) + _protobuf(3, "x") + _protobuf(4, "XMRig/6.21.0"),
 }
-NAMED = ("cbor", "msgpack", "msgpack-params-first")
-"""Logins `binrpc` names whole. Protobuf writes no key names (``pass``, ``agent`` are field numbers): never named,
-so the gate holds it to the hold's bounds, and refuses it there. (CBOR's ``pass`` after the 95-character wallet has
-a text prefix byte, ``d``, and no binary byte in the 16 before it: named since stop 32, `binrpc._xmrig`.)"""
+UNNAMED = LOGINS["protobuf"].replace(WALLET.encode(), WALLET[:-1].encode() + b"f")
+"""The protobuf login with a wallet no checksum holds: nothing names it."""
+NAMED = ("cbor", "msgpack", "msgpack-params-first", "protobuf")
+"""Logins named whole: by `binrpc`, and protobuf, which writes no key names (``pass``, ``agent`` are field numbers),
+by its wallet (`egress.detect.wallet`; until then never named, so the gate held it to the hold's bounds and
+refused it there: `UNNAMED` is such a login, its wallet one character off). (CBOR's ``pass`` after the
+95-character wallet has a text prefix byte, ``d``, and no binary byte in the 16 before it: named since stop 32,
+`binrpc._xmrig`.)"""
 META = FlowMeta(Transport.UDP, "10.77.0.2", 40000, "198.18.10.3", 3478)
 UDP = build_detectors(NameLists([])).udp_gate
 

@@ -43,6 +43,7 @@ from egress.detect import (
     tor,
     upgrade,
     vpn,
+    wallet,
     websocket,
     xmlrpc,
 )
@@ -77,6 +78,7 @@ LABELS: dict[str, tuple[frozenset[Category], frozenset[str]]] = {
     ),
     binrpc.NAME: (_MINED, frozenset({binrpc.PROTOCOL})),
     xmlrpc.NAME: (_MINED, frozenset({xmlrpc.PROTOCOL})),
+    wallet.NAME: (_MINED | _TUNNEL, frozenset({wallet.PROTOCOL, "unidentified"})),
     ssh.NAME: (_TUNNEL, frozenset({"ssh-nonstandard-port"})),
     proxytunnel.NAME: (_TUNNEL, frozenset({"socks4", "socks5", "http-connect"})),
     tor.NAME: (_TUNNEL, frozenset({"tor"})),
@@ -96,7 +98,9 @@ LABELS: dict[str, tuple[frozenset[Category], frozenset[str]]] = {
     "dns-names": (frozenset(category for category, _ in _LISTED), frozenset(protocol for _, protocol in _LISTED)),
 }
 """Detector label → (the categories it reports, its protocol labels): the known set a finding's labels are from."""
-_INNER = frozenset({stratum.NAME, cryptonote.NAME, ethstratum.NAME, getwork.NAME, stratum2.NAME, cryptonode.NAME})
+_INNER = frozenset(
+    {stratum.NAME, cryptonote.NAME, ethstratum.NAME, getwork.NAME, stratum2.NAME, cryptonode.NAME, wallet.NAME}
+)
 for _name in _INNER:  # the WebSocket detector reports what its inner detectors find inside the frames
     LABELS[f"{websocket.NAME}+{_name}"] = LABELS[_name]
 

@@ -29,7 +29,7 @@ from egress.gateway.udpgate import (
 )
 from egress.policy.lists import load_name_lists
 from egress.policy.model import Expect, Mode, Policy
-from tests.detect.test_binframe import LOGINS
+from tests.detect.test_binframe import LOGINS, UNNAMED
 from tests.detect.test_datagrams import quic, stratum, stun, wireguard, xmrig
 from tests.nft import make_sandbox, udp_rule
 
@@ -334,12 +334,21 @@ def test_the_pieces_of_a_binary_login_are_held_then_dropped_with_it(encoding: st
 
 def test_a_binary_login_never_named_is_dropped_at_the_deadline() -> None:
     judge = UdpJudge(_policy(), LISTS)
-    pieces = _pieces(LOGINS["protobuf"])  # protobuf writes no key names: binrpc never names it
+    pieces = _pieces(UNNAMED)  # protobuf writes no key names (binrpc never names it), and its wallet is no address
     assert all(judge.judge(_packet(p, pid=n, ts=1000.0)).held for n, p in enumerate(pieces, 1))
     due = judge.due(1000.0 + HOLD_SECONDS)
     assert due.verdicts == [(1, False), (2, False), (3, False)]
     [decided] = due.decided
     assert "XMRig's login" in decided.verdict.evidence and decided.verdict.action is Enforcement.BLOCK
+
+
+def test_a_protobuf_login_is_refused_once_its_wallet_is_whole() -> None:
+    judge = UdpJudge(_policy(), LISTS)
+    first, second, last = _pieces(LOGINS["protobuf"])  # the wallet from the first piece into the last
+    assert judge.judge(_packet(first, pid=1)).held and judge.judge(_packet(second, pid=2)).held
+    judged = judge.judge(_packet(last, pid=3))  # the wallet whole: egress.detect.wallet names it
+    assert not judged.accept and judged.decided is not None and judged.decided.verdict.reason is Reason.MINING
+    assert judged.then == ((1, False), (2, False)) and "address" in judged.decided.verdict.evidence
 
 
 def test_a_cut_name_that_does_not_become_one_is_let_go_with_the_next_datagram() -> None:
