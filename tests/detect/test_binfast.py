@@ -9,7 +9,6 @@ import functools
 import hashlib
 import os
 import pathlib
-import random
 import subprocess
 import sys
 import types
@@ -21,10 +20,9 @@ from hypothesis import strategies as st
 
 from egress.capture import hot
 from egress.detect import binfast, binrpc
-from egress.scanner import Scanner
 from tests.budget import examples
 from tests.corpus import needs_corpus, needs_tunnels
-from tests.detect.test_jsonfast import _captures, _checking, _detectors, _flow_sides, _scan
+from tests.detect import twins
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILT = binfast.COMPILED
@@ -66,31 +64,17 @@ def test_every_call_a_scan_of_both_corpora_makes_is_answered_alike_and_the_findi
     """Scanned with the pure twins, each call also asked of the compiled module (every answer compared), then
     scanned with the compiled module: the same findings, order and counts, file by file."""
     assert BUILT is not None
-    captures = _captures()
-    assert len(captures) > 50
-    scanner = Scanner(_detectors(), hot=hot.PURE)  # made first: under EGRESS_SCAN_PURE=1 it sets the twins itself
-    calls = {name: [0] for name, _, _ in TWINS}
-    for name, switched, pure in TWINS:
-        monkeypatch.setattr(binrpc, switched, _checking(pure, getattr(BUILT, name), calls[name]))
-    before = {path: _scan(scanner, str(path)) for path in captures}
-    # the scan reads through them, not around them
-    assert calls["ber_heads"][0] > 50 and calls["breaks"][0] > 2_000, calls
-    for name, switched, _ in TWINS:
-        monkeypatch.setattr(binrpc, switched, getattr(BUILT, name))
-    for path in captures:
-        assert _scan(scanner, str(path)) == before[path], path
+    pairs = [(switched, pure, getattr(BUILT, name)) for name, switched, pure in TWINS]
+    heads, breaks = twins.corpora_scanned_alike(monkeypatch, binrpc, pairs)
+    assert heads > 50 and breaks > 2_000, (heads, breaks)  # the scan reads through them, not around them
 
 
 @needs_corpus
 @compiled_only
 def test_every_prefix_of_the_corpus_flows_is_answered_alike() -> None:
-    assert BUILT is not None
-    sides = [side for side in _flow_sides() if side]
-    assert len(sides) > 100
-    for side in sides:
-        for end in (*range(0, len(side), 97), len(side)):
-            _agree(side[:end], BUILT)
-            _agree(side[end : end + 600], BUILT)
+    built = BUILT
+    assert built is not None
+    twins.each_prefix_and_window(lambda data: _agree(data, built), 600)
 
 
 @needs_corpus
@@ -98,15 +82,8 @@ def test_every_prefix_of_the_corpus_flows_is_answered_alike() -> None:
 def test_mutated_corpus_flows_are_answered_alike() -> None:
     """Corpus flows with heads, pieces, lengths and breaks put in at random places."""
     assert BUILT is not None
-    rng = random.Random(15)
-    sides = [side for side in _flow_sides() if side]
-    for side in sides:
-        for _ in range(6):
-            data = bytearray(side[: rng.randrange(1, 2048)])
-            for _ in range(rng.randrange(1, 24)):
-                at = rng.randrange(len(data) + 1)
-                data[at:at] = rng.choice(PIECES)
-            _agree(bytes(data), BUILT)
+    for data in twins.mutated(PIECES, seed=15, rounds=6, most=24):
+        _agree(data, BUILT)
 
 
 @compiled_only
