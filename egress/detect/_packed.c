@@ -161,28 +161,32 @@ static inline __attribute__((always_inline)) int find_runs(const uint8_t *padded
         total += 8 * blocks + (offset ? 1 : 0);
     }
     starts[width] = total;
-    const uint64_t mask = (1u << width) - 1, mask3 = ((uint64_t)1 << (3 * width)) - 1;
+    const uint64_t mask2 = ((uint64_t)1 << (2 * width)) - 1, mask3 = ((uint64_t)1 << (3 * width)) - 1;
     uint32_t found = 0;
-    uint64_t last = 0; /* the last three characters */
+    uint64_t tail = 0; /* the last two characters */
     for (int offset = 0; offset < width; offset++) {
         size_t first = starts[offset];
         if (offset) {
-            last = (last << width) & mask3; /* the separator */
-            if (triples[last >> 6] >> (last & 63) & 1)
-                compare_at(padded, starts, width, table, first - 2, (unsigned)last, &found);
+            uint64_t triple = tail << width; /* the separator, read as 0 */
+            if (triples[triple >> 6] >> (triple & 63) & 1)
+                compare_at(padded, starts, width, table, first - 2, (unsigned)triple, &found);
+            tail = triple & mask2;
             first++;
         }
         size_t blocks = (starts[offset + 1] - first) / 8;
         for (size_t j = 0; j < blocks; j++) { /* block j: `width` bytes from byte j * width, 8 characters */
             uint64_t x = load64(padded + j * (size_t)width) << offset;
-            for (int k = 0; k < 8; k++) {
-                last = ((last << width) | ((x >> (64 - width * (k + 1))) & mask)) & mask3;
-                if (triples[last >> 6] >> (last & 63) & 1) {
+            uint64_t window = (tail << (8 * width)) | (x >> (64 - 8 * width)); /* 10 characters, the last lowest */
+#pragma GCC unroll 8
+            for (int k = 0; k < 8; k++) { /* the three characters ending at the block's character k */
+                uint64_t triple = (window >> (width * (7 - k))) & mask3;
+                if (triples[triple >> 6] >> (triple & 63) & 1) {
                     size_t end = first + 8 * j + (size_t)k; /* the third character's place */
                     if (end >= 2)
-                        compare_at(padded, starts, width, table, end - 2, (unsigned)last, &found);
+                        compare_at(padded, starts, width, table, end - 2, (unsigned)triple, &found);
                 }
             }
+            tail = window & mask2;
         }
     }
     *out = found;
