@@ -1,9 +1,11 @@
 /* binrpc's per-prefix byte searches in C (egress/detect/binrpc.py): where an ASN.1 BER constructed string may
- * start (`ber_heads`), and which `ff` bytes may end a CBOR chunked name (`breaks`).
+ * start (`ber_heads`), which `ff` bytes may end a CBOR chunked name (`breaks`), and whether the new bytes hold a
+ * name's anchor in any case (`anchored`, since scan22).
  *
  * Each function has a pure-Python twin in binrpc.py that gives the same answer for every input: `ber_heads` is
  * `pure_ber_heads` (the starts of `_BER_HEAD.finditer`), `breaks` is `pure_breaks` (the `ff` bytes `_chunked` walks
- * back from). The regular expressions test
+ * back from), `anchored` is `pure_anchored` (a lowered copy and a `bytes.find` for each of `_ANCHORS`, which
+ * `ANCHORS` below repeats). The regular expressions test
  * a charset at every byte (`_BER_HEAD`'s first byte is one binary byte in five) and the `ff` walk is a Python loop
  * per `ff`; here each is one pass over the bytes with a table. tests/detect/test_binfast.py compares both on every
  * flow of both corpora (every prefix), generated heads, pieces and breaks, mutated and random bytes. (`_lettered`,
@@ -15,7 +17,7 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 
-#define BINFAST_ABI 1 /* binfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
+#define BINFAST_ABI 2 /* binfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
 #ifndef BINFAST_SOURCE
 #define BINFAST_SOURCE "" /* setup.py defines it: the SHA-256 of this file */
 #endif
@@ -25,6 +27,7 @@ enum {
     PIECE = 2,       /* a primitive piece's tag: 04, 0c, 16 */
     NESTED = 4,      /* a constructed piece's tag: 24, 2c, 36 */
     OPENS = 8,       /* what may open a name's piece: m M e E g G s S, NUL, space */
+    ANCHOR = 16,     /* the first letter of an anchor, in either case: m M e E b B g G */
     RUN = 64,        /* binrpc._RUN_BYTES: 00-7b, 7f */
     BEFORE_BREAK = 128, /* binrpc._BEFORE_BREAK */
 };
@@ -152,11 +155,47 @@ static PyObject *breaks(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
+/* binrpc._ANCHORS, lowered (tests/detect/test_binfast.py holds `anchored` to `pure_anchored`, which reads them
+ * from binrpc.py) */
+static const char *const ANCHORS[] = {"mining.", "eth_", "block", "getwork"};
+#define N_ANCHORS (sizeof ANCHORS / sizeof *ANCHORS)
+
+/* Whether the `size` bytes at `d` are `lowered` once A-Z are lowered (as `bytes.lower` lowers: ASCII only). */
+static int same_lowered(const unsigned char *d, const char *lowered, size_t size) {
+    for (size_t i = 0; i < size; i++) {
+        unsigned char c = d[i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)lowered[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* anchored(data, start) -> whether data[start:] (a slice's start: a negative one counts from the end) holds one of
+ * `ANCHORS` in any case: `data[start:].lower().find(anchor) >= 0` for one of them. */
+static PyObject *anchored(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const unsigned char *d;
+    Py_ssize_t n, at;
+    if (args_of("anchored", args, nargs, &d, &n, &at) < 0)
+        return NULL;
+    for (at = find_start(at, n); at < n; at++) {
+        if (!(kind[d[at]] & ANCHOR))
+            continue;
+        for (size_t a = 0; a < N_ANCHORS; a++) {
+            size_t size = strlen(ANCHORS[a]);
+            if ((size_t)(n - at) >= size && same_lowered(d + at, ANCHORS[a], size))
+                Py_RETURN_TRUE;
+        }
+    }
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
     {"ber_heads", (PyCFunction)(void (*)(void))ber_heads, METH_FASTCALL,
      "binrpc.pure_ber_heads: ber_heads(data, start) -> list[int]."},
     {"breaks", (PyCFunction)(void (*)(void))breaks, METH_FASTCALL,
      "binrpc.pure_breaks: breaks(data, start) -> list[int]."},
+    {"anchored", (PyCFunction)(void (*)(void))anchored, METH_FASTCALL,
+     "binrpc.pure_anchored: anchored(data, start) -> bool."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -175,6 +214,10 @@ PyMODINIT_FUNC PyInit__binfast(void) {
     mark("\x04\x0c\x16", 3, PIECE);
     mark("\x24\x2c\x36", 3, NESTED);
     mark("mMeEgGsS\x00 ", 10, OPENS);
+    for (size_t a = 0; a < N_ANCHORS; a++) {
+        kind[(unsigned char)ANCHORS[a][0]] |= ANCHOR;
+        kind[(unsigned char)ANCHORS[a][0] - 32] |= ANCHOR; /* each opens with a lowercase letter */
+    }
     for (int b = 0; b < 0x7C; b++)
         kind[b] |= RUN;
     kind[0x7F] |= RUN;
