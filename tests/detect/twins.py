@@ -1,5 +1,5 @@
-"""What the tests of a compiled extension and its pure twins share (tests/detect/test_jsonfast.py,
-test_binfast.py, test_poolfast.py): the corpus captures and their flows' bytes, a scan's findings as text, a twin
+"""What the tests of a compiled extension and its pure twins share (tests/detect/test_jsonfast.py and
+test_binfast.py): the corpus captures and their flows' bytes, a scan's findings as text, a twin
 that also asks the compiled function, and the inputs every such test feeds both (each prefix and window of the
 corpus's flows, and those flows with pieces put in at random)."""
 
