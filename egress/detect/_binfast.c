@@ -1,9 +1,11 @@
 /* binrpc's per-prefix byte searches in C (egress/detect/binrpc.py): where an ASN.1 BER constructed string may
- * start (`ber_heads`), and which `ff` bytes may end a CBOR chunked name (`breaks`).
+ * start (`ber_heads`), which `ff` bytes may end a CBOR chunked name (`breaks`), and whether the new bytes hold a
+ * name's anchor in any case (`anchored`, since scan22).
  *
  * Each function has a pure-Python twin in binrpc.py that gives the same answer for every input: `ber_heads` is
  * `pure_ber_heads` (the starts of `_BER_HEAD.finditer`), `breaks` is `pure_breaks` (the `ff` bytes `_chunked` walks
- * back from). The regular expressions test
+ * back from), `anchored` is `pure_anchored` (a lowered copy and a `bytes.find` for each of `_ANCHORS`, which
+ * `ANCHORS` below repeats). The regular expressions test
  * a charset at every byte (`_BER_HEAD`'s first byte is one binary byte in five) and the `ff` walk is a Python loop
  * per `ff`; here each is one pass over the bytes with a table. tests/detect/test_binfast.py compares both on every
  * flow of both corpora (every prefix), generated heads, pieces and breaks, mutated and random bytes. (`_lettered`,
@@ -14,8 +16,11 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#ifdef __SSE2__
+#include <emmintrin.h>
+#endif
 
-#define BINFAST_ABI 1 /* binfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
+#define BINFAST_ABI 2 /* binfast.py refuses a module of another ABI (a stale build) and runs the pure twins */
 #ifndef BINFAST_SOURCE
 #define BINFAST_SOURCE "" /* setup.py defines it: the SHA-256 of this file */
 #endif
@@ -152,11 +157,68 @@ static PyObject *breaks(PyObject *self, PyObject *const *args, Py_ssize_t nargs)
     return found;
 }
 
+/* binrpc._ANCHORS, lowered (tests/detect/test_binfast.py holds `anchored` to `pure_anchored`, which reads them
+ * from binrpc.py); each opens with its own lowercase letter */
+static const char *const ANCHORS[] = {"mining.", "eth_", "block", "getwork"};
+#define N_ANCHORS (sizeof ANCHORS / sizeof *ANCHORS)
+static size_t anchor_size[N_ANCHORS];
+static unsigned char anchor_of[256]; /* 1 + the anchor a byte opens, in either case; 0 for none */
+
+/* Whether an anchor starts at `at` in any case (as `bytes.lower` lowers: A-Z alone). */
+static int anchor_at(const unsigned char *d, Py_ssize_t n, Py_ssize_t at) {
+    unsigned a = anchor_of[d[at]];
+    if (!a)
+        return 0;
+    const char *lowered = ANCHORS[a - 1];
+    size_t size = anchor_size[a - 1];
+    if ((size_t)(n - at) < size)
+        return 0;
+    for (size_t i = 0; i < size; i++) {
+        unsigned char c = d[at + (Py_ssize_t)i];
+        if ((c >= 'A' && c <= 'Z' ? c + 32 : c) != (unsigned char)lowered[i])
+            return 0;
+    }
+    return 1;
+}
+
+/* anchored(data, start) -> whether data[start:] (a slice's start: a negative one counts from the end) holds one of
+ * `ANCHORS` in any case: `data[start:].lower().find(anchor) >= 0` for one of them. With SSE2, 16 bytes at a time
+ * are compared with the four first letters (each byte with bit 5 set: the letter in either case, and nothing
+ * else), and only those places tested whole. */
+static PyObject *anchored(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
+    const unsigned char *d;
+    Py_ssize_t n, at;
+    if (args_of("anchored", args, nargs, &d, &n, &at) < 0)
+        return NULL;
+    at = find_start(at, n);
+#ifdef __SSE2__
+    const __m128i fold = _mm_set1_epi8(0x20), m = _mm_set1_epi8('m'), e = _mm_set1_epi8('e');
+    const __m128i b = _mm_set1_epi8('b'), g = _mm_set1_epi8('g');
+    for (; at + 16 <= n; at += 16) {
+        __m128i v = _mm_or_si128(_mm_loadu_si128((const __m128i *)(const void *)(d + at)), fold);
+        __m128i hit = _mm_or_si128(_mm_or_si128(_mm_cmpeq_epi8(v, m), _mm_cmpeq_epi8(v, e)),
+                                   _mm_or_si128(_mm_cmpeq_epi8(v, b), _mm_cmpeq_epi8(v, g)));
+        unsigned bits = (unsigned)_mm_movemask_epi8(hit);
+        while (bits) {
+            if (anchor_at(d, n, at + __builtin_ctz(bits)))
+                Py_RETURN_TRUE;
+            bits &= bits - 1;
+        }
+    }
+#endif
+    for (; at < n; at++)
+        if (anchor_at(d, n, at))
+            Py_RETURN_TRUE;
+    Py_RETURN_FALSE;
+}
+
 static PyMethodDef methods[] = {
     {"ber_heads", (PyCFunction)(void (*)(void))ber_heads, METH_FASTCALL,
      "binrpc.pure_ber_heads: ber_heads(data, start) -> list[int]."},
     {"breaks", (PyCFunction)(void (*)(void))breaks, METH_FASTCALL,
      "binrpc.pure_breaks: breaks(data, start) -> list[int]."},
+    {"anchored", (PyCFunction)(void (*)(void))anchored, METH_FASTCALL,
+     "binrpc.pure_anchored: anchored(data, start) -> bool."},
     {NULL, NULL, 0, NULL},
 };
 
@@ -175,6 +237,10 @@ PyMODINIT_FUNC PyInit__binfast(void) {
     mark("\x04\x0c\x16", 3, PIECE);
     mark("\x24\x2c\x36", 3, NESTED);
     mark("mMeEgGsS\x00 ", 10, OPENS);
+    for (size_t a = 0; a < N_ANCHORS; a++) {
+        anchor_size[a] = strlen(ANCHORS[a]);
+        anchor_of[(unsigned char)ANCHORS[a][0]] = anchor_of[(unsigned char)ANCHORS[a][0] - 32] = (unsigned char)(a + 1);
+    }
     for (int b = 0; b < 0x7C; b++)
         kind[b] |= RUN;
     kind[0x7F] |= RUN;

@@ -1,9 +1,9 @@
 """The compiled twin of binrpc's per-prefix byte searches (egress/detect/_binfast.c), or nothing.
 
-Two searches run on every undecided flow's new bytes (`egress.detect.binrpc`): where an ASN.1 BER constructed
-string may start (`_BER_HEAD`), and which ``ff`` bytes may end a CBOR chunked name. _binfast.c does each in one
-pass over the bytes; their pure-Python twins (`binrpc.pure_ber_heads`, `binrpc.pure_breaks`) give the same answer
-for every input
+Three searches run on every undecided flow's new bytes (`egress.detect.binrpc`): where an ASN.1 BER constructed
+string may start (`_BER_HEAD`), which ``ff`` bytes may end a CBOR chunked name, and whether the bytes hold a
+name's anchor in any case (`_ANCHORS`). _binfast.c does each in one pass over the bytes; their pure-Python twins
+(`binrpc.pure_ber_heads`, `binrpc.pure_breaks`, `binrpc.pure_anchored`) give the same answer for every input
 (tests/detect/test_binfast.py compares them). `COMPILED` is the module when it imports and was built for this
 file's `ABI`; otherwise ``None`` and the pure twins run (and where the scanner is asked for its pure path,
 ``EGRESS_SCAN_PURE=1``, it makes `binrpc.use_compiled` run them too: this stage reads no environment). The module
@@ -17,7 +17,7 @@ from __future__ import annotations
 from types import ModuleType
 from typing import Final
 
-ABI: Final = 1
+ABI: Final = 2
 """The compiled module's interface version (``BINFAST_ABI`` in _binfast.c): a module built for another is refused."""
 
 

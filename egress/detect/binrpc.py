@@ -544,19 +544,28 @@ def pure_breaks(data: bytes, start: int) -> list[int]:
     return found
 
 
+def pure_anchored(data: bytes, start: int) -> bool:
+    """Whether ``data[start:]`` holds one of `_ANCHORS` in any case (`bytes.lower`: A-Z)."""
+    lowered = data[start:].lower()
+    return any(lowered.find(anchor) >= 0 for anchor in _ANCHORS)
+
+
 _ber_heads: Callable[[bytes, int], list[int]] = pure_ber_heads
 """`pure_ber_heads`, compiled where _binfast.c was built (`egress.detect.binfast`, `use_compiled`)."""
 _breaks: Callable[[bytes, int], list[int]] = pure_breaks
 """`pure_breaks`, compiled likewise."""
+_anchored: Callable[[bytes, int], bool] = pure_anchored
+"""`pure_anchored`, compiled likewise."""
 
 
 def use_compiled(compiled: bool) -> None:
     """Run _binfast.c's searches where built (True) or their pure twins (False): the same answers either way; the
     scanner's ``EGRESS_SCAN_PURE=1`` asks for the twins (`egress.scanner.Scanner`)."""
-    global _ber_heads, _breaks  # noqa: PLW0603 -- looked up at each call: one switch for both
+    global _ber_heads, _breaks, _anchored  # noqa: PLW0603 -- looked up at each call: one switch for the three
     module = binfast.COMPILED if compiled else None
     _ber_heads = module.ber_heads if module is not None else pure_ber_heads
     _breaks = module.breaks if module is not None else pure_breaks
+    _anchored = module.anchored if module is not None else pure_anchored
 
 
 use_compiled(True)
@@ -730,13 +739,10 @@ def _side(memo: _Searched, index: int, data: bytes) -> Finding | None:
     new = memo.upto[index]
     start = max(new - _OVERLAP, 0)
     memo.upto[index] = len(data)
-    lowered = data[start:].lower()
-    for anchor in _ANCHORS:
-        if lowered.find(anchor) >= 0:
-            at, size = _named(data, start, lowered)
-            if at >= 0:
-                return _finding(data, at, size)
-            break
+    if _anchored(data, start):  # the names only where an anchor is: the lowered copy only there (scan22)
+        at, size = _named(data, start, data[start:].lower())
+        if at >= 0:
+            return _finding(data, at, size)
     at, end = _chunked(data, new, memo.words[index])  # each new ``ff``: text never holds one
     if at < 0:
         at, end = _constructed(data, max(new - _BER_SPAN, 0), memo.words[index], memo.ber[index])

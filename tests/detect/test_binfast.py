@@ -9,7 +9,6 @@ import functools
 import hashlib
 import os
 import pathlib
-import random
 import subprocess
 import sys
 import types
@@ -21,10 +20,9 @@ from hypothesis import strategies as st
 
 from egress.capture import hot
 from egress.detect import binfast, binrpc
-from egress.scanner import Scanner
 from tests.budget import examples
 from tests.corpus import needs_corpus, needs_tunnels
-from tests.detect.test_jsonfast import _captures, _checking, _detectors, _flow_sides, _scan
+from tests.detect import twins
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILT = binfast.COMPILED
@@ -35,6 +33,7 @@ compiled_only = pytest.mark.skipif(
 TWINS = (
     ("ber_heads", "_ber_heads", binrpc.pure_ber_heads),
     ("breaks", "_breaks", binrpc.pure_breaks),
+    ("anchored", "_anchored", binrpc.pure_anchored),
 )
 """(the compiled function, binrpc's switched name, its pure twin)."""
 
@@ -44,6 +43,7 @@ PIECES = [
     *(bytes([length]) for length in (0x00, 0x01, 0x02, 0x03, 0x04, 0x40, 0x41, 0x7F, 0x80, 0x81, 0x82, 0x83)),
     *(b"m", b"M", b"e", b"g", b"S", b"a", b"z", b" ", b".", b"_", b"0", b"9", b"\x00", b"mining.subscribe"),
     *(b"\xff", b"\x5f", b"\x7f", b"\x40", b"\x60", b"\x7b", b"\x7c", b"\x63job", b"\x81\x00", b"\x82\x00\x05"),
+    *(b"MINING.", b"Eth_", b"bLoCk", b"getWork", b"minin", b"eth", b"bloc", b"getwor", b"b", b"E", b"G", b"\xc2"),
 ]
 """Every byte each search reads differently: the head's tags (and their neighbours), the pieces' and nested tags,
 every length form and its bounds, a name's first letters, pads and digits, CBOR's heads, breaks and run bytes."""
@@ -66,31 +66,21 @@ def test_every_call_a_scan_of_both_corpora_makes_is_answered_alike_and_the_findi
     """Scanned with the pure twins, each call also asked of the compiled module (every answer compared), then
     scanned with the compiled module: the same findings, order and counts, file by file."""
     assert BUILT is not None
-    captures = _captures()
-    assert len(captures) > 50
-    scanner = Scanner(_detectors(), hot=hot.PURE)  # made first: under EGRESS_SCAN_PURE=1 it sets the twins itself
-    calls = {name: [0] for name, _, _ in TWINS}
-    for name, switched, pure in TWINS:
-        monkeypatch.setattr(binrpc, switched, _checking(pure, getattr(BUILT, name), calls[name]))
-    before = {path: _scan(scanner, str(path)) for path in captures}
-    # the scan reads through them, not around them
-    assert calls["ber_heads"][0] > 50 and calls["breaks"][0] > 2_000, calls
-    for name, switched, _ in TWINS:
-        monkeypatch.setattr(binrpc, switched, getattr(BUILT, name))
-    for path in captures:
-        assert _scan(scanner, str(path)) == before[path], path
+    pairs = [(switched, pure, getattr(BUILT, name)) for name, switched, pure in TWINS]
+    heads, breaks, anchors = twins.corpora_scanned_alike(monkeypatch, binrpc, pairs)
+    assert heads > 50 and breaks > 2_000 and anchors > 2_000, (
+        heads,
+        breaks,
+        anchors,
+    )  # the scan reads through them, not around them
 
 
 @needs_corpus
 @compiled_only
 def test_every_prefix_of_the_corpus_flows_is_answered_alike() -> None:
-    assert BUILT is not None
-    sides = [side for side in _flow_sides() if side]
-    assert len(sides) > 100
-    for side in sides:
-        for end in (*range(0, len(side), 97), len(side)):
-            _agree(side[:end], BUILT)
-            _agree(side[end : end + 600], BUILT)
+    built = BUILT
+    assert built is not None
+    twins.each_prefix_and_window(lambda data: _agree(data, built), 600)
 
 
 @needs_corpus
@@ -98,15 +88,8 @@ def test_every_prefix_of_the_corpus_flows_is_answered_alike() -> None:
 def test_mutated_corpus_flows_are_answered_alike() -> None:
     """Corpus flows with heads, pieces, lengths and breaks put in at random places."""
     assert BUILT is not None
-    rng = random.Random(15)
-    sides = [side for side in _flow_sides() if side]
-    for side in sides:
-        for _ in range(6):
-            data = bytearray(side[: rng.randrange(1, 2048)])
-            for _ in range(rng.randrange(1, 24)):
-                at = rng.randrange(len(data) + 1)
-                data[at:at] = rng.choice(PIECES)
-            _agree(bytes(data), BUILT)
+    for data in twins.mutated(PIECES, seed=15, rounds=6, most=24):
+        _agree(data, BUILT)
 
 
 @compiled_only
@@ -189,7 +172,7 @@ def test_the_compiled_twins_run_where_built_unless_the_scan_asks_for_the_pure_pa
         "from egress.scanner import Scanner\n"
         "before = binrpc._ber_heads.__name__\n"
         "Scanner(build_detectors(shipped_lists()))\n"
-        "print(before, binrpc._ber_heads.__name__, binrpc._breaks.__name__)\n"
+        "print(before, binrpc._ber_heads.__name__, binrpc._breaks.__name__, binrpc._anchored.__name__)\n"
     )
     env = {k: v for k, v in os.environ.items() if k != hot.PURE_ENV}
     run = functools.partial(
@@ -197,10 +180,10 @@ def test_the_compiled_twins_run_where_built_unless_the_scan_asks_for_the_pure_pa
     )
     plain, pure = run(env=env), run(env={**env, hot.PURE_ENV: "1"})
     if BUILT is not None:
-        assert plain.stdout.split() == ["ber_heads", "ber_heads", "breaks"]
-        assert pure.stdout.split() == ["ber_heads", "pure_ber_heads", "pure_breaks"]
+        assert plain.stdout.split() == ["ber_heads", "ber_heads", "breaks", "anchored"]
+        assert pure.stdout.split() == ["ber_heads", "pure_ber_heads", "pure_breaks", "pure_anchored"]
     else:
-        expected = ["pure_ber_heads", "pure_ber_heads", "pure_breaks"]
+        expected = ["pure_ber_heads", "pure_ber_heads", "pure_breaks", "pure_anchored"]
         assert plain.stdout.split() == pure.stdout.split() == expected
 
 
@@ -232,3 +215,17 @@ def test_egress_scan_says_which_binrpc_searches_run() -> None:
             check=True,
         )
         assert f"binrpc searches: {name}," in out.stdout
+
+
+@compiled_only
+def test_every_anchor_in_every_case_is_answered_alike() -> None:
+    """Each of binrpc's anchors (the compiled module repeats them) in upper, lower and mixed case, whole and one byte
+    short, a letter changed, alone and after other bytes, from every start: the C list and `_ANCHORS` agree."""
+    assert BUILT is not None
+    assert binrpc._ANCHORS == (b"mining.", b"eth_", b"block", b"getwork")
+    for anchor in binrpc._ANCHORS:
+        for form in (anchor, anchor.upper(), anchor.title(), anchor.swapcase().title()):
+            for data in (form, form[:-1], form[1:], form[:-1] + b"#", b"\xff\x00" + form, form + b"x", form[:2]):
+                _agree(data, BUILT, iter(range(-len(data) - 1, len(data) + 2)))
+                assert binrpc.pure_anchored(data, 0) is (data.lower().find(anchor) >= 0)
+    assert not BUILT.anchored(b"MIN\xc9NG.", 0) and not BUILT.anchored(b"mining\xae", 0)  # A-Z alone are lowered

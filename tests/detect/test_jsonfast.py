@@ -9,12 +9,9 @@ import functools
 import hashlib
 import os
 import pathlib
-import random
 import subprocess
 import sys
 import types
-from collections.abc import Callable, Iterator
-from typing import Any
 
 import pytest
 from hypothesis import example, given, settings
@@ -22,12 +19,9 @@ from hypothesis import strategies as st
 
 from egress.capture import hot
 from egress.detect import jsonfast, jsonrpc
-from egress.detect.registry import DetectorSet, build_detectors
-from egress.scanner import FileStats, Scanner
 from tests.budget import examples
-from tests.corpus import CORPUS, TUNNELS, needs_corpus, needs_tunnels
-from tests.detect import seeds
-from tests.lists import shipped_lists
+from tests.corpus import needs_corpus, needs_tunnels
+from tests.detect import twins
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 BUILT = jsonfast.COMPILED
@@ -52,35 +46,6 @@ def _agree(data: bytes, compiled: types.ModuleType) -> None:
         assert compiled.inert_end(data, cut) == jsonrpc.pure_inert_end(data, cut), (data, cut)
 
 
-def _captures() -> list[pathlib.Path]:
-    roots = [root for root in (CORPUS, TUNNELS) if root.exists()]
-    return sorted(p for root in roots for p in root.rglob("*") if p.suffix in (".pcap", ".pcapng"))
-
-
-@functools.cache
-def _detectors() -> DetectorSet:
-    return build_detectors(shipped_lists())
-
-
-def _scan(scanner: Scanner, path: str) -> list[str]:
-    """Every finding of ``path`` and the file's counts, as text, in the order they were made."""
-    stats = FileStats(path)
-    found = [repr((f.finding, f.meta, f.ts)) for f in scanner.scan(path, stats)]
-    return [*found, repr((stats.packets, stats.flows, stats.unidentified, stats.findings))]
-
-
-def _checking(pure: Callable[..., Any], fast: Callable[..., Any], calls: list[int]) -> Callable[..., Any]:
-    """``pure``, which also asks ``fast`` and fails on any other answer."""
-
-    def both(*args: Any) -> Any:
-        answer = pure(*args)
-        assert fast(*args) == answer, args
-        calls[0] += 1
-        return answer
-
-    return both
-
-
 @pytest.mark.corpus
 @needs_corpus
 @needs_tunnels
@@ -91,39 +56,20 @@ def test_every_call_a_scan_of_both_corpora_makes_is_answered_alike_and_the_findi
     """Scanned with the pure twins, each call also asked of the compiled module (every answer compared), then
     scanned with the compiled module: the same findings, order and counts, file by file."""
     assert BUILT is not None
-    captures = _captures()
-    assert len(captures) > 50
-    scanner = Scanner(_detectors(), hot=hot.PURE)  # made first: under EGRESS_SCAN_PURE=1 it sets the twins itself
-    decodes, ends = [0], [0]
-    monkeypatch.setattr(jsonrpc, "decode", _checking(jsonrpc.pure_decode, BUILT.decode, decodes))
-    monkeypatch.setattr(jsonrpc, "_inert_end", _checking(jsonrpc.pure_inert_end, BUILT.inert_end, ends))
-    pure = {path: _scan(scanner, str(path)) for path in captures}
-    assert decodes[0] > 2_000 and ends[0] > 1_000  # the scan reads through them (2,627 and 1,374), not around them
-    monkeypatch.setattr(jsonrpc, "decode", BUILT.decode)
-    monkeypatch.setattr(jsonrpc, "_inert_end", BUILT.inert_end)
-    for path in captures:
-        assert _scan(scanner, str(path)) == pure[path], path
-
-
-def _flow_sides() -> Iterator[bytes]:
-    for path in _captures():
-        part = seeds._capture_seeds(str(path))
-        for flow in part.streams:
-            yield from (flow.client, flow.server)
-        for gram in part.datagrams:
-            yield from (payload for _, payload in gram.datagrams)
+    pairs: list[twins.Twin] = [
+        ("decode", jsonrpc.pure_decode, BUILT.decode),
+        ("_inert_end", jsonrpc.pure_inert_end, BUILT.inert_end),
+    ]
+    decodes, ends = twins.corpora_scanned_alike(monkeypatch, jsonrpc, pairs)
+    assert decodes > 2_000 and ends > 1_000  # the scan reads through them (2,627 and 1,374), not around them
 
 
 @needs_corpus
 @compiled_only
 def test_every_prefix_of_the_corpus_flows_is_answered_alike() -> None:
-    assert BUILT is not None
-    sides = [side for side in _flow_sides() if side]
-    assert len(sides) > 100
-    for side in sides:
-        for end in (*range(0, len(side), 97), len(side)):
-            _agree(side[:end], BUILT)
-            _agree(side[end : end + 300], BUILT)
+    built = BUILT
+    assert built is not None
+    twins.each_prefix_and_window(lambda data: _agree(data, built), 300)
 
 
 @needs_corpus
@@ -131,15 +77,8 @@ def test_every_prefix_of_the_corpus_flows_is_answered_alike() -> None:
 def test_mutated_corpus_flows_are_answered_alike() -> None:
     """Corpus flows with the bytes `decode` reads put in at random places (escapes, NULs, byte-order marks)."""
     assert BUILT is not None
-    rng = random.Random(18)
-    sides = [side for side in _flow_sides() if side]
-    for side in sides:
-        for _ in range(8):
-            data = bytearray(side[: rng.randrange(1, 2048)])
-            for _ in range(rng.randrange(1, 12)):
-                at = rng.randrange(len(data) + 1)
-                data[at:at] = rng.choice(PIECES)
-            _agree(bytes(data), BUILT)
+    for data in twins.mutated(PIECES, seed=18, rounds=8, most=12):
+        _agree(data, BUILT)
 
 
 @compiled_only

@@ -233,3 +233,44 @@ def test_a_build_beside_the_source_is_not_refused() -> None:
     built = list(pathlib.Path(packed.__file__).parent.glob("_packed.*.so"))
     if built:
         assert COMPILED is not None, f"{built[0]} is stale: rebuild (deploy/bootstrap.sh)"
+
+
+def _runs_found(data: bytes, patterns: dict[int, tuple[bytes, ...]]) -> tuple[int, int]:
+    """The 6- and 5-bit masks of ``patterns`` (per width) in ``data`` as `packed._search_pure` finds them: each
+    width's characters of every offset joined with `packed._APART`, their `packed.differences` searched."""
+    shifted = packed.shifts(data)
+    masks = []
+    for width in (6, 5):
+        joined = packed._APART.join(packed.unpack(shifted, width, offset) for offset in range(width))
+        steps = packed.differences(joined, width)
+        masks.append(sum(1 << index for index, pattern in enumerate(patterns[width]) if steps.find(pattern) >= 0))
+    return masks[0], masks[1]
+
+
+@compiled_only
+def test_short_patterns_are_found_alike_across_the_offsets_and_at_the_end() -> None:
+    """The compiled search configured with patterns of 2 to 4 differences (found often: across the separators
+    between two offsets' characters, in the zero bits after the data, at its first and last characters) against
+    the pure search's steps, then configured back with packed's own patterns."""
+    assert COMPILED is not None
+    rng = random.Random(22)
+    compared = 0
+    try:
+        for _ in range(300):
+            patterns = {
+                width: tuple(
+                    bytes(rng.choice((0, 1, rng.randrange(1 << width))) for _ in range(rng.randrange(2, 5)))
+                    for _ in range(rng.randrange(1, 20))
+                )
+                for width in (6, 5)
+            }
+            COMPILED.configure(packed._COMPILED_WORDS, patterns[6], patterns[5])
+            for size in (1, 2, 3, 5, 6, 7, 11, 30, 31, 64, 65):
+                for data in (rng.randbytes(size), bytes(size), bytes([rng.randrange(256)]) * size):
+                    _words, six, five = COMPILED.search(data)
+                    assert (six, five) == _runs_found(data, patterns), (data.hex(), patterns)
+                    compared += bool(six or five)
+    finally:
+        COMPILED.configure(packed._COMPILED_WORDS, *packed._COMPILED_PATTERNS)
+    assert compared > 5000  # found, not only empty answers
+    same(b"\x00\x01" * 40)

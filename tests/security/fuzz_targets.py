@@ -167,7 +167,11 @@ def _jsonrpc() -> Check:
 
     detectors = (*MINING, cryptonode.detect)
     meta = FlowMeta(Transport.TCP, "10.203.1.2", 40000, "198.18.10.3", 3333)
-    searches = (("ber_heads", binrpc.pure_ber_heads), ("breaks", binrpc.pure_breaks))
+    searches = (
+        ("ber_heads", binrpc.pure_ber_heads),
+        ("breaks", binrpc.pure_breaks),
+        ("anchored", binrpc.pure_anchored),
+    )
 
     def check(data: bytes) -> None:
         client, server, events = pieces(data)
