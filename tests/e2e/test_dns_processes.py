@@ -18,6 +18,7 @@ import re
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -112,12 +113,16 @@ def _log(run: GatewayRun) -> str:
     return (run.lab.state_dir / "logs" / "gateway.log").read_text(errors="replace")
 
 
-def _decisions(run: GatewayRun) -> list[tuple[str, int, dict[str, object]]]:
+def _decisions(run: GatewayRun, since: float) -> list[tuple[str, int, dict[str, object]]]:
+    """The decision lines of the gateway's log made at or after ``since``: the module's gateway is shared, and the
+    other test's kill leaves the lockdown's drops of both sandboxes (the supervisor's drop logger) in the log."""
     found = []
     for line in _log(run).splitlines():
         match = _DECISION.search(line)
         if match:
-            found.append((match.group(1), int(match.group(2)), json.loads(match.group(3))))
+            decision = json.loads(match.group(3))
+            if float(decision.get("ts", 0)) >= since:
+                found.append((match.group(1), int(match.group(2)), decision))
     return found
 
 
@@ -134,6 +139,7 @@ def _resolver_pid(run: GatewayRun) -> int:
 
 
 def test_each_sandbox_is_answered_and_tracked_by_its_own_process(run: GatewayRun) -> None:
+    since = time.time()
     worker = _resolver_pid(run)
     for source in (SANDBOX_V4, SECOND_V4):
         asked = _ask(run, source, "all")
@@ -142,7 +148,7 @@ def test_each_sandbox_is_answered_and_tracked_by_its_own_process(run: GatewayRun
         assert isinstance(tunnel, list) and tunnel and all(rcode == 5 for rcode in tunnel), asked  # REFUSED each
 
     def both_tunnels_found() -> list[tuple[str, int, dict[str, object]]]:
-        found = _decisions(run)
+        found = _decisions(run, since)
         for sandbox in ("agent", "second"):
             tunnel = [d for d in found if d[2].get("sandbox") == sandbox and d[2].get("reason") == "dns-tunnel"]
             assert tunnel, f"no dns-tunnel decision for {sandbox}: {_log(run)[-3000:]}"
@@ -180,7 +186,7 @@ def test_a_killed_resolver_process_is_a_component_death(run: GatewayRun) -> None
     after = eventually(answered_by_a_new_process, timeout=120, interval=1.0)
 
     def decided_by_the_new_process() -> bool:  # an allowed decision's line is written within a fifth of a second
-        seconds = {(d[0], d[1]) for d in _decisions(run) if d[2].get("sandbox") == "second"}
+        seconds = {(d[0], d[1]) for d in _decisions(run, 0.0) if d[2].get("sandbox") == "second"}
         assert ("dns", after) in seconds, seconds
         return True
 
