@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import signal
 
 from egress import logbuffer
 from egress.decisions import FanoutReporter, LogReporter
@@ -35,12 +34,11 @@ from egress.dnsserver.resolver import Resolver, Upstream
 from egress.gateway.allowsets import AllowSetWriter
 from egress.gateway.components import ProbeFilter, interface_address
 from egress.gateway.config import DnsWorkerConfig
-from egress.gateway.control import WorkerControl, open_stream
 from egress.gateway.fdlimit import raise_fd_limit
 from egress.gateway.qtap import FindingTap
 from egress.gateway.recorder import RecordReporter
 from egress.gateway.reload import PolicyVersion
-from egress.gateway.worker import STOP_DEADLINE, _exit_after
+from egress.gateway.worker import take_first_policy
 from egress.logsetup import configure
 from egress.parentage import die_with_parent
 from egress.policy.lists import load_name_lists
@@ -92,29 +90,17 @@ class DnsWorker:
 
 async def serve(config: DnsWorkerConfig, control_fd: int) -> None:
     """Take the first policy from the supervisor, then answer DNS and follow its reloads until either ends."""
-    loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, log.warning, "%s: SIGHUP ignored (the supervisor reloads)", config.name)
-    stop = asyncio.Event()
-
-    def stop_now(signum: int) -> None:
-        if not stop.is_set():
-            log.info("%s: %s: stopping", config.name, signal.Signals(signum).name)
-            _exit_after(STOP_DEADLINE, config.name)
-            stop.set()
-
-    for signum in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(signum, stop_now, signum)
-    reader, writer = await open_stream(control_fd)
-    control = WorkerControl(config.name)
-    stopped = asyncio.create_task(stop.wait())
-    starting = asyncio.create_task(control.until_committed(reader, writer))
-    await asyncio.wait({stopped, starting}, return_when=asyncio.FIRST_COMPLETED)
-    if not starting.done() or not starting.result() or control.current is None:
-        starting.cancel()
-        stopped.cancel()
-        log.warning("%s: stopped before the supervisor sent a policy", config.name)
+    started = await take_first_policy(config.name, control_fd)
+    if started is None:
         return
-    worker = DnsWorker(config, control.current)
+    control, stop, stopped, reader, writer = (
+        started.control,
+        started.stop,
+        started.stopped,
+        started.reader,
+        started.writer,
+    )
+    worker = DnsWorker(config, started.policy)
     control.on_commit = worker.swap
     control.stats = lambda: worker.recorder.snapshot().to_json()
     handles: list[object] = []

@@ -98,31 +98,62 @@ def build_worker(config: WorkerConfig, version: PolicyVersion) -> WorkerSetup:
     return WorkerSetup(config, gate, recorder)
 
 
-async def serve(config: WorkerConfig, control_fd: int) -> None:
-    """Take the first policy from the supervisor, then proxy and follow its reloads until either ends."""
+@dataclass(frozen=True, slots=True)
+class Started:
+    """A supervised process (a proxy worker, a resolver process) that took its first policy (`take_first_policy`)."""
+
+    control: WorkerControl
+    policy: PolicyVersion
+    """The version committed first: the one to serve."""
+    stop: asyncio.Event
+    """Set by SIGTERM or SIGINT."""
+    stopped: asyncio.Task[bool]
+    """Ends when ``stop`` is set."""
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+
+async def take_first_policy(name: str, control_fd: int) -> Started | None:
+    """Handle the stop signals (SIGHUP ignored), open the supervisor's control channel and wait for its first
+    committed policy; None when a stop or the channel's end came first."""
     loop = asyncio.get_running_loop()
-    loop.add_signal_handler(signal.SIGHUP, log.warning, "%s: SIGHUP ignored (the supervisor reloads)", config.name)
+    loop.add_signal_handler(signal.SIGHUP, log.warning, "%s: SIGHUP ignored (the supervisor reloads)", name)
     stop = asyncio.Event()
 
     def stop_now(signum: int) -> None:
         if not stop.is_set():
-            log.info("%s: %s: stopping", config.name, signal.Signals(signum).name)
-            _exit_after(STOP_DEADLINE, config.name)
+            log.info("%s: %s: stopping", name, signal.Signals(signum).name)
+            _exit_after(STOP_DEADLINE, name)
             stop.set()
 
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop_now, signum)
     reader, writer = await open_stream(control_fd)
-    control = WorkerControl(config.name)
+    control = WorkerControl(name)
     stopped = asyncio.create_task(stop.wait())
     starting = asyncio.create_task(control.until_committed(reader, writer))
     await asyncio.wait({stopped, starting}, return_when=asyncio.FIRST_COMPLETED)
     if not starting.done() or not starting.result() or control.current is None:
         starting.cancel()
         stopped.cancel()
-        log.warning("%s: stopped before the supervisor sent a policy", config.name)
+        log.warning("%s: stopped before the supervisor sent a policy", name)
+        return None
+    return Started(control, control.current, stop, stopped, reader, writer)
+
+
+async def serve(config: WorkerConfig, control_fd: int) -> None:
+    """Take the first policy from the supervisor, then proxy and follow its reloads until either ends."""
+    started = await take_first_policy(config.name, control_fd)
+    if started is None:
         return
-    setup = build_worker(config, control.current)
+    control, stop, stopped, reader, writer = (
+        started.control,
+        started.stop,
+        started.stopped,
+        started.reader,
+        started.writer,
+    )
+    setup = build_worker(config, started.policy)
     control.on_commit = setup.swap
     control.on_cut = setup.cut_all
     control.stats = lambda: setup.recorder.snapshot().to_json()  # with each ping: the gateway's metrics
