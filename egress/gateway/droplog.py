@@ -48,6 +48,7 @@ from egress.nft.names import (
     LogKind,
     parse_prefix,
     set_id,
+    uncounted,
 )
 from egress.policy.model import Policy, Sandbox
 
@@ -128,7 +129,8 @@ class DropJudge:
         if parsed is not None and parsed[0] is LogKind.LIMIT and verdict.finding is None:  # its bound decided
             verdict = decide_connection_limit(sandbox, transport.value, packet.prefix)
         decided = DecidedFlow(packet.ts, sandbox.name, src, sport, dst, dport, transport.value, "", verdict, protocol)
-        if parsed is not None and parsed[0] in COUNTED_KINDS:
+        if parsed is not None and parsed[0] in COUNTED_KINDS and not uncounted(packet.prefix):
+            # a packet the kernel could not count is in no reading: its log is its one record, not a counted one's
             self.counts.judged((*count_key(segment), passed), decided, time.monotonic())
         return decided
 

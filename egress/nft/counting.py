@@ -25,6 +25,7 @@ from egress.nft.names import (
     COUNT_GENERATIONS,
     COUNT_SIZE,
     GENERATION_SET,
+    UNCOUNTED_MARK,
     LogKind,
     count_chain,
     count_set,
@@ -54,8 +55,15 @@ def set_lines() -> list[str]:
 
 def rules(kind: LogKind, generation: int) -> list[str]:
     """The rules of ``kind``'s `count_chain` counting into ``generation`` (a ``{ ... }`` key: nft adds the
-    family's dependency, so each rule counts its own family only and the other rule is skipped)."""
-    return [f"update @{count_set(kind, version, generation)} {{ {key(family)} }}" for version, family, _ in _FAMILIES]
+    family's dependency, so each rule counts its own family only and the other rule is skipped), then marking a
+    packet whose key is not in the set after its ``update`` (`UNCOUNTED_MARK`): an ``update`` that fails (the set
+    full, an insert the kernel refused) only ends its own rule, and the packet would be neither counted nor,
+    beyond the log's limits, logged."""
+    sets = [(count_set(kind, version, generation), family) for version, family, _ in _FAMILIES]
+    out = [f"meta mark set meta mark & {~UNCOUNTED_MARK & 0xFFFFFFFF:#010x}"]
+    out += [f"update @{name} {{ {key(family)} }}" for name, family in sets]
+    out += [f"{key(family)} != @{name} meta mark set meta mark | {UNCOUNTED_MARK:#010x}" for name, family in sets]
+    return out
 
 
 def chain_lines(generation: int = 0) -> list[tuple[str, int]]:

@@ -48,6 +48,15 @@ have no timeout: the logger empties a set after reading it, so no count is lost 
 COUNT_SIZE = 65536
 """Counters per address family and generation at most: once full, a new key is still logged (rate-limited) but not
 counted, until the logger's next read swaps in the other, emptied generation."""
+UNCOUNTED_MARK = 0x40000000
+"""The packet mark bit a counting chain (`count_chain`) sets on a packet it could not count: its key is not in the
+set after the ``update`` (the set full, or an insert the kernel failed: seen here as 61 of a burst of 50,000 new
+keys while the machine was busy). Such a packet is logged at once under `GatewaySettings.uncounted_log_rate`
+(prefix `log_prefix(..., uncounted=True)`) and decided, skipping the per-key meters: its log is its one record. The
+chain clears the bit before counting; egress sets no other mark."""
+UNCOUNTED = "egress-uncounted"
+"""The first word of the log prefix of a packet the kernel could not count (`UNCOUNTED_MARK`), where every other
+log of ours says ``egress``."""
 METER_TIMEOUT = 60
 """Seconds a key's log meter lives after its last packet."""
 METER_SIZE = 65536
@@ -122,17 +131,25 @@ def allow_set(sandbox_name: str, version: int) -> str:
     return f"allow{version}_{set_id(sandbox_name)}"
 
 
-def log_prefix(kind: LogKind, sandbox_name: str | None = None) -> str:
-    return f"egress {kind}" if sandbox_name is None else f"egress {kind} {set_id(sandbox_name)}"
+def log_prefix(kind: LogKind, sandbox_name: str | None = None, uncounted: bool = False) -> str:
+    """``egress <kind> [sandbox]``; `UNCOUNTED` for the first word of a packet the kernel could not count."""
+    first = UNCOUNTED if uncounted else "egress"
+    return f"{first} {kind}" if sandbox_name is None else f"{first} {kind} {set_id(sandbox_name)}"
+
+
+def uncounted(prefix: str) -> bool:
+    """Whether ``prefix`` logged a packet the kernel could not count (`UNCOUNTED_MARK`)."""
+    return prefix.startswith(UNCOUNTED + " ")
 
 
 def parse_prefix(prefix: str) -> tuple[LogKind, str | None] | None:
-    """``"egress drop agents"`` → ``(LogKind.DROP, "agents")``; ``None`` for a prefix that is not ours.
+    """``"egress drop agents"`` → ``(LogKind.DROP, "agents")``; ``None`` for a prefix that is not ours. A packet
+    the kernel could not count is logged as ``"egress-uncounted drop agents"`` (`uncounted`), read the same way.
 
     The sandbox part is `set_id` of the name; `Policy.sandbox_for` on the packet's source is the sure way back.
     """
     words = prefix.split(" ")
-    if len(words) not in (2, 3) or words[0] != "egress":
+    if len(words) not in (2, 3) or words[0] not in ("egress", UNCOUNTED):
         return None
     try:
         kind = LogKind(words[1])

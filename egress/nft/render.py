@@ -18,6 +18,7 @@ from egress.nft.names import (
     COUNTED_KINDS,
     METER_SIZE,
     METER_TIMEOUT,
+    UNCOUNTED_MARK,
     LogKind,
     allow_set,
     count_chain,
@@ -77,6 +78,11 @@ class GatewaySettings:
     log_ceiling: int = 1000
     """Logged sandbox drops per second per rule, every key together (burst: twice as many): what the drop logger
     is asked to read at most, however many destinations a flood sprays."""
+    uncounted_log_rate: int = 2000
+    """Logged sandbox drops per second per rule that the kernel could not count (`UNCOUNTED_MARK`; burst: five
+    times as many): each is logged once, unmetered, as its one record. An insert the kernel fails is rare (tens
+    in a burst of 50,000 new keys); the bound is for a flood that fills a counting set (65,536 new keys within one
+    read)."""
     masquerade: bool = True
     """Masquerade forwarded sandbox traffic (allowed UDP networks, report mode) on ``uplink_if``."""
     dhcp: bool = False
@@ -97,7 +103,8 @@ class GatewaySettings:
             raise ValueError(f"at most {MAX_PROCESSES} resolver processes (got {len(self.dns_ports)} DNS ports)")
         if not 0 <= self.nflog_group < 65536:
             raise ValueError(f"bad nflog group {self.nflog_group}")
-        if min(self.log_rate, self.log_burst, self.key_log_rate, self.key_log_burst, self.log_ceiling) < 1:
+        rates = (self.log_rate, self.log_burst, self.key_log_rate, self.key_log_burst, self.log_ceiling)
+        if min(*rates, self.uncounted_log_rate) < 1:
             raise ValueError("log rates, bursts and the log ceiling must be positive")
 
     @property
@@ -143,6 +150,13 @@ class _Script:
             # Counted before the log, in a chain of its own (the swap of generations rewrites only that chain's
             # rules, `egress.nft.counting`): a full set ends the jump there, it must not skip the verdict.
             self.add(f"{match}jump {count_chain(kind)}", 2)
+            # A packet the kernel could not count is logged once, outside the meters, and decided: the log is its
+            # one record (the drop logger does not take it for a counted packet's log).
+            uncounted = f"meta mark & {UNCOUNTED_MARK:#010x} != 0 "
+            rate = f"limit rate {s.uncounted_log_rate}/second burst {5 * s.uncounted_log_rate} packets"
+            prefix = log_prefix(kind, sandbox, uncounted=True)
+            self.add(f'{match}{uncounted}{rate} log prefix "{prefix}" group {s.nflog_group}', 2)
+            self.add(f"{match}{uncounted}{verdict}", 2)
             # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
             self._metered_log(f"{match}{_ICMP_ANY} ", log, limit, families)
             self.add(f"{match}{_ICMP_ANY} {verdict}", 2)

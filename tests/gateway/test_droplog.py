@@ -12,6 +12,7 @@ from egress.capture.nflog import LoggedPacket
 from egress.decide import Enforcement, Reason
 from egress.detect.names import NameLists
 from egress.gateway.droplog import DropJudge
+from egress.nft.names import LogKind, log_prefix
 from egress.policy.model import Mode, Policy
 from tests.lists import shipped_lists
 from tests.nft import make_sandbox
@@ -122,6 +123,16 @@ def test_a_key_none_of_whose_packets_was_logged_still_counts(judge: DropJudge) -
     assert (sctp.count, sctp.transport, sctp.protocol, sctp.verdict.reason) == (50, "ip", "sctp", Reason.FIREWALL_DROP)
     assert (icmp6.count, icmp6.transport, icmp6.sandbox) == (5, "icmp", "agents")
     assert judge.unlogged({("10.9.9.9", 47, "198.51.100.9", False): 5}) == []  # no sandbox: the spoof log's job
+
+
+def test_a_packet_the_kernel_could_not_count_is_its_own_record_and_no_counted_one(judge: DropJudge) -> None:
+    """Logged as uncounted (`UNCOUNTED_MARK`): decided as any drop, but not taken for the log of a counted packet,
+    which would leave one of the key's counted packets unreported."""
+    packet = ipv4("10.0.0.2", "198.51.100.7", 47, b"\0\0\x08\0" + INNER)
+    decided = judge.judge(logged(packet, log_prefix(LogKind.DROP, "agents", uncounted=True)))
+    assert decided is not None and (decided.count, decided.verdict.reason) == (1, Reason.TUNNEL)
+    [extra] = judge.unlogged({("10.0.0.2", 47, "198.51.100.7", False): 3})  # three more, counted, none logged
+    assert extra.count == 3
 
 
 def test_packets_logged_by_a_chain_that_does_not_count_are_not_reconciled(judge: DropJudge) -> None:

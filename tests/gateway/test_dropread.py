@@ -194,11 +194,21 @@ def test_a_swap_moves_rules_and_marker_together() -> None:
         "flush set inet egress passes4b",
         "flush set inet egress passes6b",
         "flush chain inet egress count_drop",
+        "add rule inet egress count_drop meta mark set meta mark & 0xbfffffff",
         "add rule inet egress count_drop update @drops4b { ip saddr . meta l4proto . ip daddr }",
         "add rule inet egress count_drop update @drops6b { ip6 saddr . meta l4proto . ip6 daddr }",
+        "add rule inet egress count_drop ip saddr . meta l4proto . ip daddr != @drops4b "
+        "meta mark set meta mark | 0x40000000",
+        "add rule inet egress count_drop ip6 saddr . meta l4proto . ip6 daddr != @drops6b "
+        "meta mark set meta mark | 0x40000000",
         "flush chain inet egress count_pass",
+        "add rule inet egress count_pass meta mark set meta mark & 0xbfffffff",
         "add rule inet egress count_pass update @passes4b { ip saddr . meta l4proto . ip daddr }",
         "add rule inet egress count_pass update @passes6b { ip6 saddr . meta l4proto . ip6 daddr }",
+        "add rule inet egress count_pass ip saddr . meta l4proto . ip daddr != @passes4b "
+        "meta mark set meta mark | 0x40000000",
+        "add rule inet egress count_pass ip6 saddr . meta l4proto . ip6 daddr != @passes6b "
+        "meta mark set meta mark | 0x40000000",
         "flush set inet egress counting",
         "add element inet egress counting { 1 }",
     ]

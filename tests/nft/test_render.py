@@ -12,6 +12,7 @@ from collections.abc import Callable
 import pytest
 
 from egress.nft import runner
+from egress.nft.names import UNCOUNTED_MARK
 from egress.nft.render import UDP_SET_MIN, GatewaySettings, render, render_lockdown, render_quarantine
 from egress.policy.model import Mode, Policy
 from egress.policy.partition import process_of
@@ -134,7 +135,8 @@ def test_every_drop_is_logged_with_a_rate_limit(name: str) -> None:
     for i in drops:
         if "oifname" in lines[i] and "jump" not in lines[i]:
             continue  # lockdown's outbound drops: nothing from a sandbox to record
-        assert re.search(r"limit rate \d+/second burst \d+ packets log prefix \"egress \w+.*\" group \d+", lines[i - 1])
+        prefix = r"log prefix \"egress(?:-uncounted)? \w+.*\" group \d+"
+        assert re.search(rf"limit rate \d+/second burst \d+ packets {prefix}", lines[i - 1])
 
 
 def test_several_workers_share_new_connections_round_robin() -> None:
@@ -330,7 +332,8 @@ def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) ->
     """Each logged drop or report of sandbox traffic is preceded by the per-key count (in the set that says what
     the kernel did with it), in a chain of its own (a full set must not skip the verdict); its log is metered per
     (source, protocol, destination) under the rule's ceiling, with the rule's plain limit for keys a full meter set
-    could not take; ICMP gets a budget of its own before the shared one."""
+    could not take; ICMP gets a budget of its own before the shared one. A packet the count chain could not count
+    (`UNCOUNTED_MARK`) is logged at once under a budget of its own and given the verdict, before any meter."""
     lines = [line.strip() for line in CASES[name]().splitlines()]
     key4, key6 = "ip saddr . meta l4proto . ip daddr", "ip6 saddr . meta l4proto . ip6 daddr"
     for index, line in enumerate(lines):
@@ -340,20 +343,35 @@ def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) ->
             if kind[1] not in ("drop", "report", "guard"):
                 continue
             counted = "pass" if kind[1] == "report" else "drop"
-            block = lines[index - 10 : index]
+            block = lines[index - 12 : index]
             assert block[0] == f"jump count_{counted}", block
-            for offset, only in ((1, "meta l4proto { icmp, ipv6-icmp } "), (6, "")):
+            uncounted = f"meta mark & {UNCOUNTED_MARK:#010x} != 0"
+            budget = "limit rate 2000/second burst 10000 packets"
+            assert block[1].startswith(f'{uncounted} {budget} log prefix "egress-uncounted {kind[1]}'), block
+            assert block[2] == f"{uncounted} {line}", block
+            for offset, only in ((3, "meta l4proto { icmp, ipv6-icmp } "), (8, "")):
                 meter = "limit rate 10/second burst 20 packets } limit rate 1000/second burst 2000 packets log"
                 assert block[offset].startswith(f"{only}update @logs4 {{ {key4} {meter}"), block
                 assert block[offset + 1].startswith(f"{only}update @logs6 {{ {key6} {meter}"), block
                 plain = "limit rate 50/second burst 100 packets log"
                 assert block[offset + 2].startswith(f"{only}{key4} != @logs4 {plain}"), block
                 assert block[offset + 3].startswith(f"{only}{key6} != @logs6 {plain}"), block
-            assert block[5] == f"meta l4proto {{ icmp, ipv6-icmp }} {line}", block
+            assert block[7] == f"meta l4proto {{ icmp, ipv6-icmp }} {line}", block
     text = CASES[name]()
+    clear, mark = (
+        f"meta mark set meta mark & {~UNCOUNTED_MARK & 0xFFFFFFFF:#010x}",
+        f"meta mark set meta mark | {UNCOUNTED_MARK:#010x}",
+    )
     for counted, sets in (("drop", "drops"), ("pass", "passes")):  # nothing but the counts: a full set ends it
         at = lines.index(f"chain count_{counted} {{")
-        assert lines[at + 1 : at + 4] == [f"update @{sets}4a {{ {key4} }}", f"update @{sets}6a {{ {key6} }}", "}"]
+        assert lines[at + 1 : at + 7] == [
+            clear,
+            f"update @{sets}4a {{ {key4} }}",
+            f"update @{sets}6a {{ {key6} }}",
+            f"{key4} != @{sets}4a {mark}",  # what the update could not add is marked uncounted
+            f"{key6} != @{sets}6a {mark}",
+            "}",
+        ]
     for counting in ("drops4a", "drops4b", "passes4a", "passes4b"):  # no timeout: emptied by the reader only
         assert f"set {counting} {{ type ipv4_addr . inet_proto . ipv4_addr; flags dynamic; size 65536;" in text
     assert (

@@ -7,6 +7,9 @@
 - ``security_lab``: module-scoped; the module's lab under rules/lab-policy.yaml.
 - ``fuzz_rows``: reports the fuzz rows a property counted (tests/security/fuzzing.py) when the test ends.
 
+A failed test's report has a section per open lab with its gateway log's warnings and errors (`harness.troubles`):
+the log itself is removed with the lab.
+
 The table, the ``security`` and ``fuzz`` markers and ``--security-report`` come from tests/security/report.py,
 a plugin registered by tests/conftest.py.
 """
@@ -15,15 +18,26 @@ from __future__ import annotations
 
 import contextlib
 import pathlib
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 
 import pytest
 
 from tests.security.fuzzing import COUNTS, flush
-from tests.security.harness import SecurityLab, open_lab
+from tests.security.harness import OPEN_LABS, SecurityLab, open_lab, troubles
 from tests.security.interrupt import terminated_as_interrupt
 
 LabFactory = Callable[..., SecurityLab]
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report: pytest.TestReport = yield
+    if report.failed:
+        for lab in OPEN_LABS:
+            report.sections.append((f"gateway log of lab {lab.lab.prefix}: warnings and errors", troubles(lab)))
+    return report
 
 
 @pytest.fixture(scope="module")

@@ -235,6 +235,29 @@ def report(
     recording.keep(technique, cls, leaked_bytes, goal_achieved, record_reason, note)
 
 
+OPEN_LABS: list[SecurityLab] = []
+"""The labs open in this process (`open_lab`): a failed test's report shows their gateways' troubles (conftest)."""
+TROUBLE = re.compile(r" (?:WARNING|ERROR|CRITICAL) |^Traceback |^\S*(?:Error|Exception)\b")
+"""A gateway log line (text format) worth a failed test's report: a warning or worse, or an exception's text."""
+
+
+def troubles(lab: SecurityLab, limit: int = 60) -> str:
+    """The last ``limit`` lines of the lab's gateway log at WARNING or above (and exceptions' first and last
+    lines): what a failed row's report shows, as the log goes with the lab when the module ends."""
+    try:
+        text = (lab.logs / "gateway.log").read_text(errors="replace")
+    except OSError as exc:
+        return f"(no gateway log: {exc})"
+    return trouble_lines(text, limit)
+
+
+def trouble_lines(text: str, limit: int = 60) -> str:
+    """`troubles` of a log's ``text``."""
+    found = [line[:400] for line in text.splitlines() if TROUBLE.search(line)]
+    skipped = f"({len(found) - limit} earlier lines left out)\n" if len(found) > limit else ""
+    return skipped + "\n".join(found[-limit:]) if found else "(no warning or error in the gateway log)"
+
+
 @contextlib.contextmanager
 def open_lab(
     policy: pathlib.Path | None = None, workers: int = 2, extra_args: tuple[str, ...] = ()
@@ -246,7 +269,9 @@ def open_lab(
     ready = scaled(LAB_READY)
     with running_gateway(lab_prefix(), chosen, workers=workers, ready_timeout=ready, extra_args=extra_args) as run:
         security_lab = SecurityLab(run)
+        OPEN_LABS.append(security_lab)
         try:
             yield security_lab
         finally:
+            OPEN_LABS.remove(security_lab)
             security_lab.stop_processes()
