@@ -15,7 +15,7 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Final
+from typing import Any, ClassVar, Final, Self
 
 from egress.nft.render import GatewaySettings
 from egress.proxy.idle import IDLE_LIMIT, IDLE_PER_SANDBOX, IDLE_TIMEOUT
@@ -147,23 +147,60 @@ class GatewayConfig:
         )
 
 
-@dataclass(frozen=True, slots=True)
-class WorkerConfig:
-    """Everything one proxy worker is started with; no policy (that comes over the control channel)."""
+@dataclass(frozen=True, slots=True, kw_only=True)
+class ProcessConfig:
+    """What every process the gateway starts with a config file of its own is given (a proxy worker, a resolver
+    process past the first); no policy (that comes over the control channel). Written 0600 (`write`): it holds the
+    Redis URL, which may carry a password."""
 
+    ROLE: ClassVar[str]
+    """The first part of the process's component name."""
     index: int
     port: int
-    confdir: str
     bindings_path: str
     lists_dir: str | None
-    upstream_ca: str | None
     redis_url: str
     gateway: str
     spool_dir: str
     spool_max_bytes: int | None = None
-    """This worker's spool cap (`GatewayConfig.spool_share`); None: the spool's own default."""
+    """This process's spool cap (`GatewayConfig.spool_share`); None: the spool's own default."""
     findings_socket: str = ""
-    """The quarantine keeper's socket the worker taps its findings to (``""``: none)."""
+    """The quarantine keeper's socket the process taps its findings to (``""``: none)."""
+
+    @property
+    def name(self) -> str:
+        """The process's component name (records' spool, counters, reload log lines)."""
+        return f"{self.ROLE}-{self.index}"
+
+    @classmethod
+    def shared(cls, config: GatewayConfig, index: int) -> dict[str, Any]:
+        """The fields every kind takes from the gateway's config, for process ``index`` of this kind."""
+        return {
+            "index": index,
+            "bindings_path": config.bindings_path,
+            "lists_dir": config.lists_dir,
+            "redis_url": config.redis_url,
+            "gateway": config.gateway,
+            "spool_dir": config.spool_dir(f"{cls.ROLE}-{index}"),
+            "spool_max_bytes": config.spool_share(),
+            "findings_socket": config.findings_socket,
+        }
+
+    def write(self, path: Path) -> None:
+        write_private(path, json.dumps(asdict(self), indent=2))
+
+    @classmethod
+    def read(cls, path: str | Path) -> Self:
+        return cls(**json.loads(Path(path).read_text()))
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class WorkerConfig(ProcessConfig):
+    """Everything one proxy worker is started with."""
+
+    ROLE: ClassVar[str] = "proxy"
+    confdir: str
+    upstream_ca: str | None
     idle_limit: int = IDLE_LIMIT
     """`GatewayConfig.idle_limit`."""
     idle_per_sandbox: int = IDLE_PER_SANDBOX
@@ -171,88 +208,39 @@ class WorkerConfig:
     idle_timeout: float = IDLE_TIMEOUT
     """`GatewayConfig.idle_timeout`."""
 
-    @property
-    def name(self) -> str:
-        """The worker's component name (records' spool, counters, reload log lines)."""
-        return f"proxy-{self.index}"
-
     @classmethod
     def of(cls, config: GatewayConfig, index: int) -> WorkerConfig:
-        name = f"proxy-{index}"
         return cls(
-            index=index,
+            **cls.shared(config, index),
             port=config.proxy_ports[index],
             confdir=config.confdir,
-            bindings_path=config.bindings_path,
-            lists_dir=config.lists_dir,
             upstream_ca=config.upstream_ca,
-            redis_url=config.redis_url,
-            gateway=config.gateway,
-            spool_dir=config.spool_dir(name),
-            spool_max_bytes=config.spool_share(),
-            findings_socket=config.findings_socket,
             idle_limit=config.idle_limit,
             idle_per_sandbox=config.idle_per_sandbox,
             idle_timeout=config.idle_timeout,
         )
 
-    def write(self, path: Path) -> None:
-        """Written 0600: it holds the Redis URL, which may carry a password."""
-        write_private(path, json.dumps(asdict(self), indent=2))
 
-    @classmethod
-    def read(cls, path: str | Path) -> WorkerConfig:
-        return cls(**json.loads(Path(path).read_text()))
+@dataclass(frozen=True, slots=True, kw_only=True)
+class DnsWorkerConfig(ProcessConfig):
+    """Everything one resolver process past the first is started with (`egress.gateway.dnsworker`)."""
 
-
-@dataclass(frozen=True, slots=True)
-class DnsWorkerConfig:
-    """Everything one resolver process past the first is started with (`egress.gateway.dnsworker`); no policy
-    (that comes over the control channel, as a proxy worker's does)."""
-
-    index: int
-    port: int
+    ROLE: ClassVar[str] = "resolver"
     upstream_dns: str
     sandbox_if: str
     """Whose address the flow log names as the DNS destination."""
     table: str
     """The nftables table whose allow sets it fills (`egress.gateway.allowsets`)."""
-    bindings_path: str
-    lists_dir: str | None
-    redis_url: str
-    gateway: str
-    spool_dir: str
-    spool_max_bytes: int | None = None
-    findings_socket: str = ""
-
-    @property
-    def name(self) -> str:
-        return f"resolver-{self.index}"
 
     @classmethod
     def of(cls, config: GatewayConfig, index: int) -> DnsWorkerConfig:
-        name = f"resolver-{index}"
         return cls(
-            index=index,
+            **cls.shared(config, index),
             port=config.dns_ports[index],
             upstream_dns=config.upstream_dns,
             sandbox_if=config.sandbox_if,
             table=config.table,
-            bindings_path=config.bindings_path,
-            lists_dir=config.lists_dir,
-            redis_url=config.redis_url,
-            gateway=config.gateway,
-            spool_dir=config.spool_dir(name),
-            spool_max_bytes=config.spool_share(),
-            findings_socket=config.findings_socket,
         )
-
-    def write(self, path: Path) -> None:
-        write_private(path, json.dumps(asdict(self), indent=2))
-
-    @classmethod
-    def read(cls, path: str | Path) -> DnsWorkerConfig:
-        return cls(**json.loads(Path(path).read_text()))
 
 
 def write_private(path: Path, text: str) -> None:
