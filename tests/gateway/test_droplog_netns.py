@@ -28,7 +28,7 @@ from egress.nft.render import GatewaySettings, render
 from egress.policy.lists import load_name_lists
 from egress.policy.model import Mode, Policy
 from tests.nft import make_sandbox
-from tests.nft.netns import Topology, run, socket_in, topology
+from tests.nft.netns import Topology, raw_sender, run, socket_in, topology
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.root
@@ -102,36 +102,36 @@ def _mac(netns: str, ifname: str) -> bytes:
     return bytes.fromhex(run(netns, "cat", f"/sys/class/net/{ifname}/address").strip().replace(":", ""))
 
 
+@contextlib.contextmanager
+def running(topo: Topology, table: str | None) -> Iterator[Lab]:
+    """The drop logger on ``topo``'s gateway (reading and swapping ``table``'s counters; None: never), a sender in
+    the sandbox and a capture on the internet side."""
+    sender, sandbox_if = raw_sender(topo)
+    collect = Collect()
+    drops = DropLogger(GROUP, _policy(), load_name_lists(LISTS), collect, table=table, netns=topo.gateway)
+    capture = Capture(topo.internet)
+    drops.start(on_death=pytest.fail)
+    try:
+        yield Lab(
+            topo, sender, _mac(topo.gateway, topo.sandbox_if), _mac(topo.sandbox, sandbox_if), drops, collect, capture
+        )
+    finally:
+        drops.stop()
+        capture.close()
+        sender.close()
+
+
+def _apply(topo: Topology) -> None:
+    settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if, nflog_group=GROUP)
+    runner.apply(render(_policy(), settings), netns=topo.gateway)
+
+
 @pytest.fixture(scope="module")
 def lab() -> Iterator[Lab]:
     with topology() as topo:
-        settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if, nflog_group=GROUP)
-        runner.apply(render(_policy(), settings), netns=topo.gateway)
-        sandbox_if = next(
-            line.split(":")[1].strip().split("@")[0]
-            for line in run(topo.sandbox, "ip", "-o", "link").splitlines()
-            if "egtn" in line
-        )
-        sender = socket_in(topo.sandbox, socket.AF_PACKET, socket.SOCK_RAW)
-        sender.bind((sandbox_if, 0))
-        collect = Collect()
-        drops = DropLogger(GROUP, _policy(), load_name_lists(LISTS), collect, table="egress", netns=topo.gateway)
-        capture = Capture(topo.internet)
-        drops.start(on_death=pytest.fail)
-        try:
-            yield Lab(
-                topo,
-                sender,
-                _mac(topo.gateway, topo.sandbox_if),
-                _mac(topo.sandbox, sandbox_if),
-                drops,
-                collect,
-                capture,
-            )
-        finally:
-            drops.stop()
-            capture.close()
-            sender.close()
+        _apply(topo)
+        with running(topo, "egress") as opened:
+            yield opened
 
 
 def _checksum(data: bytes) -> int:
@@ -341,8 +341,7 @@ def full() -> Iterator[Lab]:
     """A topology of its own whose current IPv4 drop counting set is full (65,536 keys of no one's) and whose drop
     logger never reads or swaps the sets (no ``table``): every sandbox drop to a new key fails its count."""
     with topology() as topo:
-        settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if, nflog_group=GROUP)
-        runner.apply(render(_policy(), settings), netns=topo.gateway)
+        _apply(topo)
         current = runner.count_generation("egress", topo.gateway)
         assert current is not None
         name = count_set(LogKind.DROP, 4, current)
@@ -353,31 +352,8 @@ def full() -> Iterator[Lab]:
             run(topo.gateway, "nft", "-f", str(path))
         finally:
             path.unlink()
-        sandbox_if = next(
-            line.split(":")[1].strip().split("@")[0]
-            for line in run(topo.sandbox, "ip", "-o", "link").splitlines()
-            if "egtn" in line
-        )
-        sender = socket_in(topo.sandbox, socket.AF_PACKET, socket.SOCK_RAW)
-        sender.bind((sandbox_if, 0))
-        collect = Collect()
-        drops = DropLogger(GROUP, _policy(), load_name_lists(LISTS), collect, netns=topo.gateway)
-        capture = Capture(topo.internet)
-        drops.start(on_death=pytest.fail)
-        try:
-            yield Lab(
-                topo,
-                sender,
-                _mac(topo.gateway, topo.sandbox_if),
-                _mac(topo.sandbox, sandbox_if),
-                drops,
-                collect,
-                capture,
-            )
-        finally:
-            drops.stop()
-            capture.close()
-            sender.close()
+        with running(topo, None) as opened:
+            yield opened
 
 
 CHUNK = 1400

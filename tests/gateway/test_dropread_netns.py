@@ -32,7 +32,7 @@ from egress.policy.lists import load_name_lists
 from egress.policy.model import Policy
 from tests.gateway.test_droplog_netns import INNER4, LISTS, Collect, _mac, ipv4, ipv6
 from tests.nft import make_sandbox
-from tests.nft.netns import Topology, run, socket_in, topology
+from tests.nft.netns import Topology, raw_sender, topology
 from tests.waiting import eventually, scaled
 
 pytestmark = pytest.mark.root
@@ -81,13 +81,7 @@ def lab(monkeypatch: pytest.MonkeyPatch) -> Iterator[Lab]:
     with topology() as topo:
         settings = GatewaySettings(sandbox_if=topo.sandbox_if, uplink_if=topo.uplink_if, nflog_group=GROUP)
         runner.apply(render(policy, settings), netns=topo.gateway)
-        sandbox_if = next(
-            line.split(":")[1].strip().split("@")[0]
-            for line in run(topo.sandbox, "ip", "-o", "link").splitlines()
-            if "egtn" in line
-        )
-        sender = socket_in(topo.sandbox, socket.AF_PACKET, socket.SOCK_RAW)
-        sender.bind((sandbox_if, 0))
+        sender, sandbox_if = raw_sender(topo)
         collect = Collect()
         drops = DropLogger(GROUP, policy, load_name_lists(LISTS), collect, table="egress", netns=topo.gateway)
         assert drops.counters is not None

@@ -31,6 +31,18 @@ def socket_in(netns: str, family: int, kind: int, proto: int = 0) -> socket.sock
     return in_netns(netns, lambda: socket.socket(family, kind, proto))
 
 
+def raw_sender(topo: Topology) -> tuple[socket.socket, str]:
+    """An AF_PACKET socket bound to the sandbox's link to the gateway (frames of any source), and that link's name."""
+    sandbox_if = next(
+        line.split(":")[1].strip().split("@")[0]
+        for line in run(topo.sandbox, "ip", "-o", "link").splitlines()
+        if "egtn" in line
+    )
+    sender = socket_in(topo.sandbox, socket.AF_PACKET, socket.SOCK_RAW)
+    sender.bind((sandbox_if, 0))
+    return sender, sandbox_if
+
+
 @dataclass(frozen=True, slots=True)
 class Topology:
     sandbox: str
