@@ -104,13 +104,12 @@ def detect_pool(view: FlowView) -> Result:
     them have answered None, which is final) in a memo of their own."""
     memo = cast("dict[str, object]", view.memo.setdefault(_POOL_MEMO, {}))
     done = cast("set[int]", memo.setdefault(_POOL_DONE, set()))
-    stream = FlowView(
-        view.meta,
-        client=b"".join(view.client_datagrams),
-        server=b"".join(view.server_datagrams),
-        complete=view.complete,
-        memo=memo,
-    )
+    stream = cast("FlowView | None", view.memo.get(_POOL_VIEW))
+    if stream is None:  # kept in the flow's memo, not its own (no reference cycle)
+        stream = view.memo[_POOL_VIEW] = FlowView(view.meta, memo=memo)
+    stream.client = _joined(memo, _POOL_CLIENT, view.client_datagrams, stream.client)
+    stream.server = _joined(memo, _POOL_SERVER, view.server_datagrams, stream.server)
+    stream.meta, stream.complete = view.meta, view.complete
     waiting = False
     for index, detect in enumerate(POOL):
         if index in done:
@@ -127,6 +126,26 @@ def detect_pool(view: FlowView) -> Result:
 
 _POOL_MEMO: Final = f"{__name__}.pool"
 _POOL_DONE: Final = f"{__name__}.pool.done"
+_POOL_VIEW: Final = f"{__name__}.pool.view"
+_POOL_CLIENT: Final = f"{__name__}.pool.client"
+_POOL_SERVER: Final = f"{__name__}.pool.server"
+
+
+def _joined(memo: dict[str, object], key: str, datagrams: list[bytes], last: bytes) -> bytes:
+    """``b"".join(datagrams)``, kept between calls: the very bytes object of the last call where the datagrams are
+    the same (the side that did not grow: each reader's memo then answers at its first identity test, where an
+    equal new object was compared and read again), the last join and the new datagram where one was added. The
+    datagrams it was made of are kept beside it and compared, so any other list is joined afresh."""
+    made = cast("tuple[bytes, ...]", memo.get(key, ()))
+    count = len(datagrams)
+    if count == len(made) and tuple(datagrams) == made:
+        return last
+    if count == len(made) + 1 and tuple(datagrams[:-1]) == made:
+        joined = last + datagrams[-1]
+    else:
+        joined = b"".join(datagrams)
+    memo[key] = tuple(datagrams)
+    return joined
 
 
 def inspect(

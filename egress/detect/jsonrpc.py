@@ -58,6 +58,7 @@ __all__ = [  # the detectors read messages through this module; jsonscan.py owns
     "Payload",
     "decode",
     "drive",
+    "drive_each",
     "has_key",
     "message_at",
     "methods",
@@ -639,3 +640,31 @@ def drive_sides(view: FlowView, match: SideMatcher, client_only: bool = False) -
                 return finding
             asked[match] = server
     return None if view.complete else MORE
+
+
+def drive_each(view: FlowView, matches: tuple[SideMatcher, ...]) -> Result:
+    """`drive_sides` of each of ``matches`` in turn (none ``client_only``), as one call: the first finding, else
+    what each of them answers (None or `MORE`, the same for all); the sides are read once (`jsonmining`)."""
+    readings = view.memo.get(__name__)
+    if not isinstance(readings, tuple):
+        readings = view.memo[__name__] = (Reading(), Reading())
+    first, second = readings
+    data, complete = view.client, view.complete
+    client = first.found if data is first.raw and complete == first.complete else first.read(data, complete)
+    data = view.server
+    server = second.found if data is second.raw and complete == second.complete else second.read(data, complete)
+    if client.kind is Kind.NOT and server.kind is Kind.NOT:
+        return None
+    asked_client, asked_server = first.asked, second.asked
+    for match in matches:
+        if asked_client.get(match) is not client:
+            finding = match(client)
+            if finding is not None:
+                return finding
+            asked_client[match] = client
+        if asked_server.get(match) is not server:
+            finding = match(server)
+            if finding is not None:
+                return finding
+            asked_server[match] = server
+    return None if complete else MORE

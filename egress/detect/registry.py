@@ -15,18 +15,15 @@ from egress.detect import (
     binrpc,
     circumvent,
     cryptonode,
-    cryptonote,
     dns,
     encap,
     encrypted,
-    ethstratum,
-    getwork,
     icmp_tunnel,
+    jsonmining,
     packed,
     pptp,
     proxytunnel,
     ssh,
-    stratum,
     stratum2,
     tor,
     upgrade,
@@ -40,10 +37,7 @@ from egress.detect.names import NameLists, make_name_detector
 from egress.detect.websocket import make_websocket_detector
 
 MINING: Final[tuple[Detector, ...]] = (
-    stratum.detect,
-    cryptonote.detect,
-    ethstratum.detect,
-    getwork.detect,
+    jsonmining.detect,  # stratum, cryptonote, ethstratum and getwork, in that order, as one detector
     stratum2.detect,
     binrpc.detect,
     xmlrpc.detect,

@@ -6,11 +6,15 @@ import json
 import os
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from egress.detect import datagrams
 from egress.detect.base import MORE, Category, Finding, FlowMeta, FlowView, Transport
 from egress.detect.datagrams import WINDOW, WINDOW_BYTES, detect_pool, dtls_record, inspect, quic_long_header
 from egress.detect.registry import build_detectors
 from egress.policy.lists import load_name_lists
+from tests.budget import examples
 
 META = FlowMeta(Transport.UDP, "10.0.0.2", 40000, "198.18.10.3", 3478)
 UDP = build_detectors(load_name_lists()).udp_gate
@@ -171,3 +175,48 @@ def test_binary_datagrams_name_no_pool(datagrams: list[bytes]) -> None:
     results = _pool_at_each_datagram(datagrams)
     assert not any(isinstance(result, Finding) for result in results)
     assert (results[-1] in (None, MORE) and results[-1] is not MORE) or len(results) > 1
+
+
+_PIECES = st.sampled_from([b"", b"x", b"\n", b"{", stratum()[:30], stratum()[30:], xmrig()[:50], xmrig()[50:], quic()])
+_STEPS = st.lists(
+    st.tuples(st.sampled_from(["client", "server", "replace", "fresh-list"]), _PIECES, st.integers(0, 30)),
+    min_size=1,
+    max_size=14,
+)
+
+
+@settings(max_examples=examples(300), deadline=None)
+@given(_STEPS)
+def test_the_kept_joins_are_the_joins_of_the_datagrams_at_every_call(steps: list[tuple[str, bytes, int]]) -> None:
+    """`detect_pool` keeps each side's joined bytes between calls (scan23): at every call they are the join of that
+    side's datagrams as they are then, even where a list was changed in place or replaced rather than grown (a
+    memo keyed by the count alone fails here); a side that did not change is the very object of the last call; and
+    every answer is the one a fresh view of the same datagrams gives."""
+    view = FlowView(META)
+    last: tuple[bytes, bytes] | None = None
+    appended = True  # the engine only appends; `detect_pool`'s detectors-done set counts on it, the joins do not
+    for action, piece, where in steps:
+        grown = view.client_datagrams if action != "server" else view.server_datagrams
+        if action in ("client", "server") or not grown:
+            grown.append(piece)
+        elif action == "replace":
+            grown[where % len(grown)] = piece + b"!"
+            appended = False
+        else:
+            view.client_datagrams = [*grown[:-1], piece + b"?"]
+            appended = False
+        answer = detect_pool(view)
+        stream = view.memo[datagrams._POOL_VIEW]
+        assert isinstance(stream, FlowView)
+        assert stream.client == b"".join(view.client_datagrams)
+        assert stream.server == b"".join(view.server_datagrams)
+        if last is not None and action == "client" and view.server_datagrams:
+            assert stream.server is last[1]
+        if last is not None and action == "server" and view.client_datagrams:
+            assert stream.client is last[0]
+        last = (stream.client, stream.server)
+        if appended:
+            fresh = FlowView(META, client_datagrams=[*view.client_datagrams], server_datagrams=[*view.server_datagrams])
+            assert answer == detect_pool(fresh)
+        if isinstance(answer, Finding):
+            return
