@@ -151,12 +151,14 @@ class _Script:
             # rules, `egress.nft.counting`): a full set ends the jump there, it must not skip the verdict.
             self.add(f"{match}jump {count_chain(kind)}", 2)
             # A packet the kernel could not count is logged once, outside the meters, and decided: the log is its
-            # one record (the drop logger does not take it for a counted packet's log).
+            # one record (the drop logger does not take it for a counted packet's log). ICMP first, with a budget of
+            # its own, as below.
             uncounted = f"meta mark & {UNCOUNTED_MARK:#010x} != 0 "
             rate = f"limit rate {s.uncounted_log_rate}/second burst {5 * s.uncounted_log_rate} packets"
             prefix = log_prefix(kind, sandbox, uncounted=True)
-            self.add(f'{match}{uncounted}{rate} log prefix "{prefix}" group {s.nflog_group}', 2)
-            self.add(f"{match}{uncounted}{verdict}", 2)
+            for only in (f"{_ICMP_ANY} ", ""):
+                self.add(f'{match}{only}{uncounted}{rate} log prefix "{prefix}" group {s.nflog_group}', 2)
+                self.add(f"{match}{only}{uncounted}{verdict}", 2)
             # ICMP has a log budget of its own: a flood of other protocols must not starve the ICMP tunnel detector.
             self._metered_log(f"{match}{_ICMP_ANY} ", log, limit, families)
             self.add(f"{match}{_ICMP_ANY} {verdict}", 2)

@@ -343,20 +343,22 @@ def test_every_sandbox_drop_is_counted_before_its_rate_limited_log(name: str) ->
             if kind[1] not in ("drop", "report", "guard"):
                 continue
             counted = "pass" if kind[1] == "report" else "drop"
-            block = lines[index - 12 : index]
+            block = lines[index - 14 : index]
             assert block[0] == f"jump count_{counted}", block
             uncounted = f"meta mark & {UNCOUNTED_MARK:#010x} != 0"
             budget = "limit rate 2000/second burst 10000 packets"
-            assert block[1].startswith(f'{uncounted} {budget} log prefix "egress-uncounted {kind[1]}'), block
-            assert block[2] == f"{uncounted} {line}", block
-            for offset, only in ((3, "meta l4proto { icmp, ipv6-icmp } "), (8, "")):
+            for offset, only in ((1, "meta l4proto { icmp, ipv6-icmp } "), (3, "")):
+                log = f'{only}{uncounted} {budget} log prefix "egress-uncounted {kind[1]}'
+                assert block[offset].startswith(log), block
+                assert block[offset + 1] == f"{only}{uncounted} {line}", block
+            for offset, only in ((5, "meta l4proto { icmp, ipv6-icmp } "), (10, "")):
                 meter = "limit rate 10/second burst 20 packets } limit rate 1000/second burst 2000 packets log"
                 assert block[offset].startswith(f"{only}update @logs4 {{ {key4} {meter}"), block
                 assert block[offset + 1].startswith(f"{only}update @logs6 {{ {key6} {meter}"), block
                 plain = "limit rate 50/second burst 100 packets log"
                 assert block[offset + 2].startswith(f"{only}{key4} != @logs4 {plain}"), block
                 assert block[offset + 3].startswith(f"{only}{key6} != @logs6 {plain}"), block
-            assert block[7] == f"meta l4proto {{ icmp, ipv6-icmp }} {line}", block
+            assert block[9] == f"meta l4proto {{ icmp, ipv6-icmp }} {line}", block
     text = CASES[name]()
     clear, mark = (
         f"meta mark set meta mark & {~UNCOUNTED_MARK & 0xFFFFFFFF:#010x}",
