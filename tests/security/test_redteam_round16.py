@@ -187,18 +187,7 @@ ATTEMPTS = 400
 THREADS = 8
 
 
-PUSH_OPEN = pytest.mark.xfail(
-    strict=False,
-    reason="open (red team 16): some 1-4 % of the dials to a pool that pushes and resets as it accepts hang in "
-    "mitmproxy (a transport made after the reset has no peer name, and mitmproxy's open_connection asserts one), "
-    "so nothing judges or records them within the row's wait (docs/security.md, Sixteenth round); how many "
-    "depends on the machine's load, so the row may pass",
-)
-
-
-@pytest.mark.parametrize(
-    "variant", [pytest.param(v, marks=PUSH_OPEN) if v == "push-then-reset" else v for v in ANSWERING]
-)
+@pytest.mark.parametrize("variant", list(ANSWERING))
 def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: str) -> None:
     port = ANSWERING[variant]
     pool = lab.attacker(f"rt16-pool-{variant}", [sys.executable, "-c", KIT.format("pool_main"), "198.18.10.3"])

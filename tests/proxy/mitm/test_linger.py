@@ -338,9 +338,11 @@ def test_a_servers_answer_still_unread_when_a_write_meets_its_reset_is_read() ->
     assert asyncio.run(scenario()) == JOB
 
 
-def _pushes_and_resets(listener: socket.socket) -> None:
-    """The attacker's pool (a thread): pushes `JOB` to the one connection it accepts, then resets it."""
+def _pushes_and_resets(listener: socket.socket, connected: threading.Event) -> None:
+    """The attacker's pool (a thread): pushes `JOB` to the one connection it accepts, then resets it, once the
+    dialler has seen its connect complete (``connected``: else the dial itself fails with the reset, another path)."""
     peer, _ = listener.accept()
+    connected.wait(scaled(10))
     with peer:
         peer.sendall(JOB)
         peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger.ABORT)
@@ -359,7 +361,8 @@ def test_a_dial_the_server_reset_before_its_transport_was_made_is_judged(worker:
     loop = worker.loop
     real = loop.create_connection
     with _listener() as listener:
-        pool = threading.Thread(target=_pushes_and_resets, args=(listener,), daemon=True)
+        connected = threading.Event()
+        pool = threading.Thread(target=_pushes_and_resets, args=(listener, connected), daemon=True)
         pool.start()
 
         async def reset_first(factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
@@ -368,6 +371,7 @@ def test_a_dial_the_server_reset_before_its_transport_was_made_is_judged(worker:
             sock = socket.socket()
             sock.setblocking(False)
             await loop.sock_connect(sock, listener.getsockname())
+            connected.set()
 
             async def reset_in() -> bool:
                 assert _tcp_state(sock) == TCP_CLOSE, "the pool's reset has not arrived yet"
@@ -383,8 +387,9 @@ def test_a_dial_the_server_reset_before_its_transport_was_made_is_judged(worker:
     assert b"mining.notify" not in got, got
 
     def recorded() -> DecidedFlow:
-        [block] = worker.reported.blocks(sport)
-        return block
+        blocks = worker.reported.blocks(sport)
+        assert len(blocks) == 1, f"blocks of the connection: {blocks}"
+        return blocks[0]
 
     block = eventually(recorded, timeout=10)
     assert block.verdict.reason is Reason.MINING, block
