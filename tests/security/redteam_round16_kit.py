@@ -451,3 +451,42 @@ def answers_main() -> None:
         worker.join()
     print(f"jobs {len(jobs)}", flush=True)
     print(f"done {len(made)}", flush=True)
+
+
+HEAD = b"GET / HTTP/1.1\r\nHost: {host}\r\nX-Rt16: head\r\n"
+"""An HTTP request head that never gets its blank line; ``X-Rt16`` marks its bytes on the internet side."""
+XMRIG_LOGIN = (
+    b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4AdUndXHHZ6cfufTMvppY6JwXNouMBzSkbLYfpAV5Usx3skx'
+    b'NgYeYTRj5UzqtReoS44qo9mtmXCqY45DJ852K5Jv2684Rge","pass":"x","rigid":"' + MARK.encode() + b'","agent":'
+    b'"XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0","algo":["rx/0"]}}\n'
+)
+"""XMRig's login (its JSON-RPC ``login`` call: wallet, password, rig id, agent, algorithms)."""
+UNFINISHED = {
+    "stratum-rst": (STRATUM, True),
+    "stratum-fin": (STRATUM, False),
+    "xmrig-rst": (XMRIG_LOGIN, True),
+    "benign-rst": (b"User-Agent: curl/8.5.0\r\nAccept: */*\r\nX-Pad: ", True),
+}
+"""What follows the head's first lines, and whether the client resets (else a half-close, then its close)."""
+
+
+def unfinished_main() -> None:
+    """``unfinished_main VARIANT HOST PORT``: an HTTP request head to ``HOST`` (a name is resolved through the
+    gateway first: a host rule allows what its resolver bound) never finished, the variant's lines in it, then
+    a reset (``SO_LINGER`` 0) or a half-close and a read to the end. Prints ``answer N`` (bytes the gateway sent
+    back) and ``done``."""
+    variant, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    lines, reset = UNFINISHED[variant]
+    address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    answer = b""
+    with socket.create_connection((address, port), timeout=20) as conn:
+        conn.sendall(HEAD.replace(b"{host}", host.encode()) + lines)
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            conn.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(4096):
+                    answer += chunk
+    print(f"answer {len(answer)} {answer[:60]!r}", flush=True)
+    print("done", flush=True)

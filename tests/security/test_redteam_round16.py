@@ -33,7 +33,7 @@ from egress.lab import netns
 from egress.record.schema import AttemptRecord
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Crossed, SecurityLab, report
-from tests.security.redteam_round16_kit import ANSWERING, MARK
+from tests.security.redteam_round16_kit import ANSWERING, MARK, UNFINISHED
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.security
@@ -219,3 +219,31 @@ def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: s
     assert not crossed.contains(b"mining.")
     assert jobs == 0, note
     assert unseen <= 0, note
+
+
+UNFINISHED_AT = {"network-rule": ("198.18.10.3", "198.18.10.3", 3333), "host-rule": ("allowed.lab", "198.18.10.1", 80)}
+"""Where the unfinished heads go: the pool's address by its network rule (HTTP allowed: the rule expects TLS or
+HTTP), and allowed.lab's HTTP port by its host rule: (what the client dials, the address, the port)."""
+
+
+@pytest.mark.parametrize("where", list(UNFINISHED_AT))
+@pytest.mark.parametrize("variant", list(UNFINISHED))
+def test_an_unfinished_head_with_a_pools_lines_is_recorded(lab: SecurityLab, variant: str, where: str) -> None:
+    """An HTTP request head never finished (no blank line) with Stratum's calls or XMRig's login where its next
+    header lines would be, then the client's reset or its half-close: nothing may cross, and the attempt must be
+    recorded ``mining`` (the lead's decision, docs/security.md "Unfinished heads"); an ordinary request cut short
+    (``benign-rst``) stays unrecorded."""
+    host, address, port = UNFINISHED_AT[where]
+    since = time.time()
+    wanted = set() if variant.startswith("benign") else {"mining"}
+    with lab.capture(f"rt16-unfinished-{variant}-{where}") as capture:
+        done = lab.sandbox_python(KIT.format("unfinished_main"), variant, host, str(port), timeout=60)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = lab.reasons_to(since, address, port, timeout=30 if wanted else 10)
+    crossed = capture.result
+    assert crossed is not None
+    goal = _pool_bytes(crossed) or crossed.contains(b"X-Rt16") or bool(wanted - set(reasons))
+    answer = next((line for line in done.stdout.splitlines() if line.startswith("answer")), "")
+    report(f"redteam16/unfinished-{variant}-{where}", "records", 0, goal, ",".join(reasons) or None, answer[:60])
+    assert not _pool_bytes(crossed) and not crossed.contains(b"X-Rt16"), crossed.table()
+    assert set(reasons) == wanted, reasons
