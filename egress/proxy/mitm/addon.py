@@ -318,6 +318,22 @@ class EgressAddon(NextLayer):
         self.reporter.report(named(DecidedFlow(time.time(), state.sandbox.name, *source, *state.destination, "tcp",
                                                "", verdict)))  # fmt: skip
 
+    def _unfinished_in_http(self, context: Context, head: bytes) -> None:
+        """The HTTP layer's client ended with a request head never finished (`EgressHttpLayer`: a later request
+        of a kept-alive connection, or one inside intercepted TLS): recorded when it carries a pool's lines. An
+        error judging them is a block recorded."""
+        state = self.connections.get(context.client.id)
+        if state is None:
+            return
+        host = state.decision.host if state.decision is not None else ""
+        try:
+            verdict = self.gate.on_unfinished_head(state.sandbox, _meta(context), head, UNFINISHED_END)
+        except Exception as exc:
+            log.exception("egress: judging an unfinished HTTP head failed; recorded as blocked")
+            verdict = fail_closed(f"an unfinished HTTP head's {len(head)} bytes: {exc!r}")
+        if verdict is not None and verdict.recorded:
+            self.record(context, state.sandbox, verdict, host)
+
     def _log_end(self, client: connection.Client, state: _Connection) -> None:
         """Tell the flow log of a connection let through, with the bytes its client side carried."""
         passed = state.passed
@@ -430,7 +446,7 @@ class EgressAddon(NextLayer):
             case Kind.INTERCEPT:
                 return super()._next_layer(context, data_client, data_server)
             case Kind.HTTP:
-                return EgressHttpLayer(context, self._control, self._raw_after)
+                return EgressHttpLayer(context, self._control, self._raw_after, self._unfinished_in_http)
         return RefuseLayer(context)
 
     def _upgraded(self, context: Context, sandbox: Sandbox, meta: FlowMeta) -> Upgraded | None:
@@ -502,7 +518,7 @@ class EgressAddon(NextLayer):
         if started is None:
             raise NeedsMoreData
         if started:
-            return EgressHttpLayer(context, self._control, self._raw_after)
+            return EgressHttpLayer(context, self._control, self._raw_after, self._unfinished_in_http)
         return InspectLayer(context, state.sandbox, self.gate.inspector(meta), self._on_verdict)
 
     def _decide(self, state: _Connection, meta: FlowMeta, data_client: bytes, data_server: bytes) -> Decision:
