@@ -67,7 +67,7 @@ def _pool_bytes(crossed: Crossed) -> bool:
 RAW = {
     "overlap-benign-first": ("198.18.10.3", set[str]()),
     "overlap-stratum-first": ("198.18.10.3", FOUND),
-    "overlap-ooo-stratum-queued": ("198.18.10.3", set[str]()),
+    "overlap-ooo-stratum-queued": ("198.18.10.3", FOUND),
     "overlap-ooo-benign-queued": ("198.18.10.3", FOUND),
     "frag6-atomic": ("2001:db8:10::3", FOUND),
     "frag6-tiny": ("2001:db8:10::3", set[str]()),
@@ -75,10 +75,11 @@ RAW = {
     "frag6-overlap-reverse": ("2001:db8:10::3", set[str]()),
 }
 """Each hand-made row's destination (port 3333) and the reasons its attempt must be recorded with; none where the
-stream the gateway's kernel delivers holds no Stratum call the proxy could read whole: the benign copy kept, the
-datagram dropped (overlapping fragments, RFC 5722; a first fragment without the whole TCP header, RFC 7112), or
-(``ooo-stratum-queued``) the benign head kept and the queued tail trimmed behind it: an HTTP head never finished,
-which is never forwarded and, reset, not recorded (docs/security.md, "Sixteenth round")."""
+stream the gateway's kernel delivers holds no Stratum call the proxy could read whole: the benign copy kept, or the
+datagram dropped (overlapping fragments, RFC 5722; a first fragment without the whole TCP header, RFC 7112).
+``ooo-stratum-queued``: the benign head kept and the queued tail trimmed behind it, an HTTP head never finished with
+Stratum's authorize where its next header line would be: never forwarded, and recorded at the reset since the
+unfinished head is judged (docs/security.md, "Unfinished heads")."""
 
 
 @pytest.mark.parametrize("variant", list(RAW))
