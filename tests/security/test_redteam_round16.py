@@ -29,7 +29,7 @@ import time
 
 import pytest
 
-from egress.lab import netns
+from egress.lab import certs, netns
 from egress.record.schema import AttemptRecord
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Crossed, SecurityLab, report
@@ -165,18 +165,18 @@ def test_dhcpv6_carrying_data(lab: SecurityLab) -> None:
     assert not goal, crossed.table()
 
 
-def _counted(lab: SecurityLab, port: int) -> int:
-    """The attempts to the answering pool's ``port`` recorded with a finding, ever (a record's count holds the
-    repeats of its aggregation window, which may have opened in a row before: rows compare totals)."""
-    return sum(r.count for r in lab.records(0.0) if r.dport == port and str(r.reason) in FOUND)
+def _counted(lab: SecurityLab, address: str, port: int) -> int:
+    """The attempts to the answering pool's ``address``:``port`` recorded with a finding, ever (a record's count
+    holds the repeats of its aggregation window, which may have opened in a row before: rows compare totals)."""
+    return sum(r.count for r in lab.records(0.0) if (r.dst, r.dport) == (address, port) and str(r.reason) in FOUND)
 
 
-def _settled(lab: SecurityLab, port: int) -> int:
+def _settled(lab: SecurityLab, address: str, port: int) -> int:
     """`_counted` once two readings a second apart agree."""
     last = [-1]
 
     def same() -> int:
-        now = _counted(lab, port)
+        now = _counted(lab, address, port)
         before, last[0] = last[0], now
         assert now == before, f"{before} then {now}"
         return now + 1
@@ -186,23 +186,32 @@ def _settled(lab: SecurityLab, port: int) -> int:
 
 ATTEMPTS = 400
 THREADS = 8
+POOLS = {"network-rule": ("198.18.10.3", "198.18.10.3"), "host-rule": ("ssh.lab", "198.18.10.7")}
+"""Where the answering pool runs: the pool's address by its network rule, and ssh.lab by its host rule (on the
+decrypt list: the ``-tls`` variants are intercepted): (what the client dials, the pool's address)."""
+ROWS = [(v, "network-rule") for v in ANSWERING if not v.endswith("-tls")] + [(v, "host-rule") for v in ANSWERING]
 
 
-@pytest.mark.parametrize("variant", list(ANSWERING))
-def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: str) -> None:
+@pytest.mark.parametrize(("variant", "where"), ROWS)
+def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: str, where: str) -> None:
+    host, address = POOLS[where]
     port = ANSWERING[variant]
-    pool = lab.attacker(f"rt16-pool-{variant}", [sys.executable, "-c", KIT.format("pool_main"), "198.18.10.3"])
+    argv = [sys.executable, "-c", KIT.format("pool_main"), address]
+    if where == "host-rule":
+        argv += [str(path) for path in certs.ensure(lab.lab.state_dir).servers["ssh"]]
+    pool = lab.attacker(f"rt16-pool-{variant}-{where}", argv)
     pool.wait_for("listening")
-    before = _settled(lab, port)
-    with lab.capture(f"rt16-{variant}") as capture:
-        done = lab.sandbox_python(KIT.format("answers_main"), variant, str(ATTEMPTS), str(THREADS), timeout=240)
+    before = _settled(lab, address, port)
+    with lab.capture(f"rt16-{variant}-{where}") as capture:
+        argv = [variant, str(ATTEMPTS), str(THREADS), host]
+        done = lab.sandbox_python(KIT.format("answers_main"), *argv, timeout=240)
         assert "done" in done.stdout, done.stdout + done.stderr
         made = int(done.stdout.split()[-1])
         jobs = int(done.stdout.split()[done.stdout.split().index("jobs") + 1])
         seen = [0]
 
         def all_counted() -> bool:
-            seen[0] = _counted(lab, port) - before
+            seen[0] = _counted(lab, address, port) - before
             assert seen[0] >= made, f"{seen[0]} of {made} recorded"
             return True
 
@@ -212,10 +221,12 @@ def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: s
     assert crossed is not None
     pool.stop()
     unseen = made - seen[0]
-    others = sorted({str(r.reason) for r in lab.records(0.0) if r.dport == port} - FOUND)
-    note = f"{seen[0]} of {made} recorded, {jobs} jobs delivered" + (f"; also {others}" if others else "")
+    records = [r for r in lab.records(0.0) if (r.dst, r.dport) == (address, port)]
+    others = sorted({str(r.reason) for r in records} - FOUND)
+    kinds = sorted({str(r.reason) for r in records} & FOUND)
+    note = f"{seen[0]} of {made} recorded {kinds}, {jobs} jobs delivered" + (f"; also {others}" if others else "")
     goal = unseen > 0 or jobs > 0
-    report(f"redteam16/{variant}", "records", 0, goal, "mining" if seen[0] else None, note)
+    report(f"redteam16/{variant}-{where}", "records", 0, goal, "mining" if seen[0] else None, note)
     assert made >= ATTEMPTS * 9 // 10, done.stdout
     assert not crossed.contains(b"mining.")
     assert jobs == 0, note
