@@ -121,7 +121,8 @@ class EgressHttpLayer(HttpLayer):
         # (red team 16: Stratum's lines where the next header lines would be, then a reset, left no record).
         if self.unfinished is not None and isinstance(event, events.ConnectionClosed):
             held = self.connections.get(self.context.client) if event.connection is self.context.client else None
-            if isinstance(held, Http1Server) and held.state == held.read_headers and held.buf:
+            # ``wait``: a request whose answer is not out yet, the next (pipelined) one's head in the buffer
+            if isinstance(held, Http1Server) and held.state in (held.read_headers, held.wait) and held.buf:
                 self.unfinished(self.context, bytes(held.buf))
         yield from super()._handle_event(event)
 

@@ -326,10 +326,12 @@ def test_a_mining_message_in_small_pieces_never_reaches_the_site_through_a_real_
 STRATUM = SUBSCRIBE + b'{"id":2,"method":"mining.authorize","params":["rt16.worker","x"]}\n'
 
 
-@pytest.mark.parametrize("kept_alive", [False, True], ids=["first-request", "after-a-request"])
+@pytest.mark.parametrize(
+    "kept_alive", ["", "answered", "pipelined"], ids=["first-request", "after-a-request", "pipelined"]
+)
 @pytest.mark.parametrize("lines", [STRATUM, b"User-Agent: curl/8.5.0\r\nAcc"], ids=["stratum", "benign"])
 def test_an_unfinished_head_inside_intercepted_tls_is_judged_at_the_clients_end(
-    worker: Worker, lines: bytes, kept_alive: bool
+    worker: Worker, lines: bytes, kept_alive: str
 ) -> None:
     """Red team 16: inside intercepted TLS (the decrypt list) mitmproxy's HTTP layer holds a request head never
     finished (no blank line) and, at the client's end, logs it and closes: Stratum's lines where the next header
@@ -338,10 +340,12 @@ def test_an_unfinished_head_inside_intercepted_tls_is_judged_at_the_clients_end(
     worker.to("tls")
     with worker.connect(True) as sock:
         sport = sock.getsockname()[1]
-        if kept_alive:
-            sock.sendall(b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n")
+        first = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n"
+        if kept_alive == "answered":
+            sock.sendall(first)
             assert read_response(sock).startswith(b"HTTP/1.1 200")
-        sock.sendall(b"GET /unfinished HTTP/1.1\r\nHost: allowed.lab\r\n" + lines)
+        unfinished = b"GET /unfinished HTTP/1.1\r\nHost: allowed.lab\r\n" + lines
+        sock.sendall(first + unfinished if kept_alive == "pipelined" else unfinished)
         assert isinstance(sock, ssl.SSLSocket)
         # close_notify: the client's end inside the TLS; the worker's close follows the head's judgement (an
         # error: the worker closed without its own close_notify, as much an end)
