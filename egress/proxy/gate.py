@@ -44,9 +44,9 @@ from egress.decide import (
 from egress.detect import encrypted, http, ssh, tls
 from egress.detect.base import MORE, Category, Detector, Finding, FlowMeta, FlowView, Result, Transport, _More, evidence
 from egress.detect.engine import FlowInspector
-from egress.detect.registry import OPAQUE, OPAQUE_UPGRADING
+from egress.detect.registry import MINING, OPAQUE, OPAQUE_UPGRADING
 from egress.policy.model import DetectorAction, Expect, HostRule, NetworkRule, Policy, Sandbox
-from egress.proxy import authority
+from egress.proxy import authority, unfinished
 from egress.thishost import Address, refusal
 
 NOT_EXPECTED = "protocol-not-expected"
@@ -433,6 +433,13 @@ class Gate:
         if not _allowed(verdict):
             return Decision(Kind.REFUSE, verdict, sni)
         return Decision(Kind.INSPECT, _worth_recording(verdict), sni)
+
+    def on_unfinished_head(self, sandbox: Sandbox, meta: FlowMeta, client: bytes, ended: str) -> Verdict | None:
+        """A client that ended (``ended``: how) with ``client``, all it sent, an HTTP request head never finished:
+        the verdict on the pool content in it (`egress.proxy.unfinished`: the pool detectors and the name
+        detector), or None (not such a head, or nothing of a pool's in it)."""
+        finding = unfinished.pool_finding(client, meta, (*MINING, self.name_detector), ended)
+        return decide_finding(sandbox, finding) if finding is not None else None
 
     def inspect_once(self, meta: FlowMeta, client: bytes, server: bytes) -> Finding | None:
         inspector = self.inspector(meta)

@@ -7,7 +7,8 @@ unread. Nothing crossed, but the attempt went unrecorded: Stratum to a pool's al
 ClientHello naming a pool. Before a handoff the front asks `reset_before_served`; for such a connection it judges
 the bytes it can still peek with the gate, as it judges any first bytes (`Gate.on_first_bytes`), and a stream the
 gate would have inspected as mitmproxy's relay would (the detectors; unidentified at the cap where the rule is
-strict); it reports what is worth recording (`last_look`) and closes the connection. A reset that lands after
+strict), and an HTTP request head never finished by the pool detectors (`Gate.on_unfinished_head`, red team 16);
+it reports what is worth recording (`last_look`) and closes the connection. A reset that lands after
 this look is mitmproxy's to read: the worker's hand-off ends the stream after the bytes and names the peer the
 front accepted (`egress.proxy.mitm.server`, red team 15).
 """
@@ -60,6 +61,8 @@ def last_look(
         verdict = decision.verdict
         if verdict is None and decision.kind is Kind.INSPECT:
             verdict = _inspected(gate, sandbox, flow_meta(source, dst), data)
+        if verdict is None:  # an HTTP head never finished, with a pool's lines in it (red team 16)
+            verdict = gate.on_unfinished_head(sandbox, flow_meta(source, dst), data, "the client reset the connection")
     except Exception as exc:  # recorded as a block of what could not be judged, as the fast path's errors are
         log.exception("front: %s:%s reset: its bytes could not be judged", source[0], source[1])
         why = f"a reset client's {len(data)} bytes could not be judged: {type(exc).__name__}"

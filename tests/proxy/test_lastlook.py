@@ -131,3 +131,27 @@ def test_a_long_prefix_before_the_reset_is_judged_as_the_relay_would() -> None:
         assert (ended.verdict.reason if ended is not None else None) is reason
         conn.close()
         client.close()
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: allowed.test\r\n" + STRATUM, Reason.MINING),
+        (b"GET / HTTP/1.1\r\nHost: allowed.test\r\nUser-Agent: curl/8.5.0\r\nAcc", None),
+    ],
+    ids=["stratum", "benign"],
+)
+def test_an_unfinished_head_left_by_a_reset_is_judged_by_the_pool_detectors(data: bytes, reason: Reason | None) -> None:
+    """Red team 16: an HTTP head never finished (no blank line) with Stratum's lines in it, then a reset, was
+    recorded nowhere (the gate waits for the rest of a head); an ordinary request cut short stays unrecorded."""
+    gate = allowed_gate(PORT, network=True)
+    conn, peer, client = _accepted_after(data, True)
+    eventually(lambda: reset_before_served(conn), timeout=scaled(5))
+    ended = last_look(conn, peer, gate, lambda _: ("127.0.0.1", PORT))
+    assert (ended.verdict.reason if ended is not None else None) is reason, ended
+    if ended is not None:
+        assert (
+            ended.verdict.action is Enforcement.BLOCK and "HTTP request head never finished" in ended.verdict.evidence
+        )
+    conn.close()
+    client.close()

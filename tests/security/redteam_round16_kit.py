@@ -13,6 +13,7 @@ import contextlib
 import os
 import random
 import socket
+import ssl
 import struct
 import subprocess
 import sys
@@ -380,66 +381,98 @@ def stratum_main() -> None:
     print("done", flush=True)
 
 
-ANSWERING = {"answer-then-reset": 4461, "push-then-reset": 4462}
+ANSWERING = {
+    "answer-then-reset": 4461,
+    "push-then-reset": 4462,
+    "answer-then-reset-tls": 4463,
+    "push-then-reset-tls": 4464,
+}
 """The answering pool's ports: it answers the client's first line with `JOB` and resets (4461), or pushes `JOB` as
-it accepts, before the client speaks, and resets (4462)."""
+it accepts, before the client speaks, and resets (4462); the same inside TLS (4463, 4464: the pool's handshake
+first, with the certificate it is given, then the job in a TLS record and the reset)."""
 PAUSES = tuple(i * 0.0002 for i in range(10))
 """The pool's pause between its answer and its reset, swept (the gateway's reads fall somewhere in it)."""
 
 
+def _answer_and_reset(conn: socket.socket, port: int, pause: float, tls: ssl.SSLContext | None) -> None:
+    """One of the pool's connections: the TLS handshake when ``tls``, the client's line read (the ``answer``
+    ports), `JOB`, the pause, then a reset (``SO_LINGER`` 0: the close sends no close_notify)."""
+    conn.settimeout(5)
+    conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # the job at once: the reset drops what waits
+    if tls is not None:
+        conn = tls.wrap_socket(conn, server_side=True)
+    with conn:
+        if port in (ANSWERING["answer-then-reset"], ANSWERING["answer-then-reset-tls"]):
+            conn.recv(4096)
+        conn.sendall(JOB)
+        end = time.perf_counter() + pause
+        while time.perf_counter() < end:  # a busy wait: finer than sleep
+            pass
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+
+
 def pool_main() -> None:
-    """``pool_main ADDRESS``: the answering pool on `ANSWERING`'s ports; logs ``answered N`` per port as it
-    goes."""
+    """``pool_main ADDRESS [CHAIN KEY]``: the answering pool on `ANSWERING`'s ports (the TLS ones only with a
+    certificate chain and key); logs ``answered N`` per port as it goes."""
     address = sys.argv[1]
+    tls: ssl.SSLContext | None = None
+    if len(sys.argv) > 3:
+        tls = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        tls.load_cert_chain(sys.argv[2], sys.argv[3])
     counts = dict.fromkeys(ANSWERING.values(), 0)
 
-    def serve(port: int) -> None:
+    def serve(port: int, context: ssl.SSLContext | None) -> None:
         with socket.create_server((address, port), backlog=128) as listener:
             while True:
                 conn, _ = listener.accept()
-                with conn:
-                    try:
-                        if port == ANSWERING["answer-then-reset"]:
-                            conn.settimeout(5)
-                            conn.recv(4096)
-                        conn.sendall(JOB)
-                        pause = PAUSES[counts[port] % len(PAUSES)]
-                        end = time.perf_counter() + pause
-                        while time.perf_counter() < end:  # a busy wait: finer than sleep
-                            pass
-                        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
-                    except OSError:
-                        continue
+                try:
+                    _answer_and_reset(conn, port, PAUSES[counts[port] % len(PAUSES)], context)
+                except (OSError, ssl.SSLError):
+                    continue
                 counts[port] += 1
                 if counts[port] % 50 == 0:
                     print(f"answered {port} {counts[port]}", flush=True)
 
-    for port in ANSWERING.values():
-        threading.Thread(target=serve, args=(port,), daemon=True).start()
+    for variant, port in ANSWERING.items():
+        if not variant.endswith("-tls") or tls is not None:
+            threading.Thread(target=serve, args=(port, tls if variant.endswith("-tls") else None), daemon=True).start()
     print("listening", flush=True)
     threading.Event().wait()
 
 
 def answers_main() -> None:
-    """``answers_main VARIANT COUNT THREADS``: ``COUNT`` connections to the answering pool over ``THREADS``
-    threads, each sending `HELLO` and reading until its end. Prints ``jobs N`` (connections on which the pool's job
-    reached the sandbox) and ``done MADE``."""
+    """``answers_main VARIANT COUNT THREADS [HOST]``: ``COUNT`` connections to the answering pool over ``THREADS``
+    threads (at the pool's address, or at ``HOST`` resolved through the gateway: a host rule allows what its
+    resolver bound), each sending `HELLO` (inside TLS for a ``-tls`` variant, ``HOST`` its server name, the
+    gateway's certificate not checked) and reading until its end. Prints ``jobs N`` (connections on which the
+    pool's job reached the sandbox) and ``done MADE``."""
     variant, count, threads = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    host = sys.argv[4] if len(sys.argv) > 4 else POOL4
+    address = str(socket.getaddrinfo(host, None, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     port = ANSWERING[variant]
+    tls: ssl.SSLContext | None = None
+    if variant.endswith("-tls"):
+        tls = ssl.create_default_context()
+        tls.check_hostname = False
+        tls.verify_mode = ssl.CERT_NONE
     made: list[int] = []
     jobs: list[int] = []
 
     def attempts(share: int) -> None:
         for _ in range(share):
             try:
-                conn = socket.create_connection((POOL4, port), timeout=10)
+                conn = socket.create_connection((address, port), timeout=10)
             except OSError:
                 continue
             got = b""
-            with conn, contextlib.suppress(OSError):
-                conn.sendall(HELLO)
-                while chunk := conn.recv(4096):
-                    got += chunk
+            with contextlib.suppress(OSError, ssl.SSLError):
+                if tls is not None:
+                    conn = tls.wrap_socket(conn, server_hostname=host)
+                with conn:
+                    conn.sendall(HELLO)
+                    while chunk := conn.recv(4096):
+                        got += chunk
+            conn.close()
             made.append(1)
             if b"mining.notify" in got:
                 jobs.append(1)
@@ -451,3 +484,42 @@ def answers_main() -> None:
         worker.join()
     print(f"jobs {len(jobs)}", flush=True)
     print(f"done {len(made)}", flush=True)
+
+
+HEAD = b"GET / HTTP/1.1\r\nHost: {host}\r\nX-Rt16: head\r\n"
+"""An HTTP request head that never gets its blank line; ``X-Rt16`` marks its bytes on the internet side."""
+XMRIG_LOGIN = (
+    b'{"id":1,"jsonrpc":"2.0","method":"login","params":{"login":"4AdUndXHHZ6cfufTMvppY6JwXNouMBzSkbLYfpAV5Usx3skx'
+    b'NgYeYTRj5UzqtReoS44qo9mtmXCqY45DJ852K5Jv2684Rge","pass":"x","rigid":"' + MARK.encode() + b'","agent":'
+    b'"XMRig/6.21.0 (Linux x86_64) libuv/1.44.2 gcc/12.2.0","algo":["rx/0"]}}\n'
+)
+"""XMRig's login (its JSON-RPC ``login`` call: wallet, password, rig id, agent, algorithms)."""
+UNFINISHED = {
+    "stratum-rst": (STRATUM, True),
+    "stratum-fin": (STRATUM, False),
+    "xmrig-rst": (XMRIG_LOGIN, True),
+    "benign-rst": (b"User-Agent: curl/8.5.0\r\nAccept: */*\r\nX-Pad: ", True),
+}
+"""What follows the head's first lines, and whether the client resets (else a half-close, then its close)."""
+
+
+def unfinished_main() -> None:
+    """``unfinished_main VARIANT HOST PORT``: an HTTP request head to ``HOST`` (a name is resolved through the
+    gateway first: a host rule allows what its resolver bound) never finished, the variant's lines in it, then
+    a reset (``SO_LINGER`` 0) or a half-close and a read to the end. Prints ``answer N`` (bytes the gateway sent
+    back) and ``done``."""
+    variant, host, port = sys.argv[1], sys.argv[2], int(sys.argv[3])
+    lines, reset = UNFINISHED[variant]
+    address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    answer = b""
+    with socket.create_connection((address, port), timeout=20) as conn:
+        conn.sendall(HEAD.replace(b"{host}", host.encode()) + lines)
+        if reset:
+            conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        else:
+            conn.shutdown(socket.SHUT_WR)
+            with contextlib.suppress(OSError):
+                while chunk := conn.recv(4096):
+                    answer += chunk
+    print(f"answer {len(answer)} {answer[:60]!r}", flush=True)
+    print("done", flush=True)

@@ -29,11 +29,11 @@ import time
 
 import pytest
 
-from egress.lab import netns
+from egress.lab import certs, netns
 from egress.record.schema import AttemptRecord
 from tests.security.conftest import LabFactory
 from tests.security.harness import POLICIES, Crossed, SecurityLab, report
-from tests.security.redteam_round16_kit import ANSWERING, MARK
+from tests.security.redteam_round16_kit import ANSWERING, MARK, UNFINISHED
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.security
@@ -67,7 +67,7 @@ def _pool_bytes(crossed: Crossed) -> bool:
 RAW = {
     "overlap-benign-first": ("198.18.10.3", set[str]()),
     "overlap-stratum-first": ("198.18.10.3", FOUND),
-    "overlap-ooo-stratum-queued": ("198.18.10.3", set[str]()),
+    "overlap-ooo-stratum-queued": ("198.18.10.3", FOUND),
     "overlap-ooo-benign-queued": ("198.18.10.3", FOUND),
     "frag6-atomic": ("2001:db8:10::3", FOUND),
     "frag6-tiny": ("2001:db8:10::3", set[str]()),
@@ -75,10 +75,11 @@ RAW = {
     "frag6-overlap-reverse": ("2001:db8:10::3", set[str]()),
 }
 """Each hand-made row's destination (port 3333) and the reasons its attempt must be recorded with; none where the
-stream the gateway's kernel delivers holds no Stratum call the proxy could read whole: the benign copy kept, the
-datagram dropped (overlapping fragments, RFC 5722; a first fragment without the whole TCP header, RFC 7112), or
-(``ooo-stratum-queued``) the benign head kept and the queued tail trimmed behind it: an HTTP head never finished,
-which is never forwarded and, reset, not recorded (docs/security.md, "Sixteenth round")."""
+stream the gateway's kernel delivers holds no Stratum call the proxy could read whole: the benign copy kept, or the
+datagram dropped (overlapping fragments, RFC 5722; a first fragment without the whole TCP header, RFC 7112).
+``ooo-stratum-queued``: the benign head kept and the queued tail trimmed behind it, an HTTP head never finished with
+Stratum's authorize where its next header line would be: never forwarded, and recorded at the reset since the
+unfinished head is judged (docs/security.md, "Unfinished heads")."""
 
 
 @pytest.mark.parametrize("variant", list(RAW))
@@ -164,18 +165,18 @@ def test_dhcpv6_carrying_data(lab: SecurityLab) -> None:
     assert not goal, crossed.table()
 
 
-def _counted(lab: SecurityLab, port: int) -> int:
-    """The attempts to the answering pool's ``port`` recorded with a finding, ever (a record's count holds the
-    repeats of its aggregation window, which may have opened in a row before: rows compare totals)."""
-    return sum(r.count for r in lab.records(0.0) if r.dport == port and str(r.reason) in FOUND)
+def _counted(lab: SecurityLab, address: str, port: int) -> int:
+    """The attempts to the answering pool's ``address``:``port`` recorded with a finding, ever (a record's count
+    holds the repeats of its aggregation window, which may have opened in a row before: rows compare totals)."""
+    return sum(r.count for r in lab.records(0.0) if (r.dst, r.dport) == (address, port) and str(r.reason) in FOUND)
 
 
-def _settled(lab: SecurityLab, port: int) -> int:
+def _settled(lab: SecurityLab, address: str, port: int) -> int:
     """`_counted` once two readings a second apart agree."""
     last = [-1]
 
     def same() -> int:
-        now = _counted(lab, port)
+        now = _counted(lab, address, port)
         before, last[0] = last[0], now
         assert now == before, f"{before} then {now}"
         return now + 1
@@ -185,34 +186,32 @@ def _settled(lab: SecurityLab, port: int) -> int:
 
 ATTEMPTS = 400
 THREADS = 8
+POOLS = {"network-rule": ("198.18.10.3", "198.18.10.3"), "host-rule": ("ssh.lab", "198.18.10.7")}
+"""Where the answering pool runs: the pool's address by its network rule, and ssh.lab by its host rule (on the
+decrypt list: the ``-tls`` variants are intercepted): (what the client dials, the pool's address)."""
+ROWS = [(v, "network-rule") for v in ANSWERING if not v.endswith("-tls")] + [(v, "host-rule") for v in ANSWERING]
 
 
-PUSH_OPEN = pytest.mark.xfail(
-    strict=False,
-    reason="open (red team 16): some 1-4 % of the dials to a pool that pushes and resets as it accepts hang in "
-    "mitmproxy (a transport made after the reset has no peer name, and mitmproxy's open_connection asserts one), "
-    "so nothing judges or records them within the row's wait (docs/security.md, Sixteenth round); how many "
-    "depends on the machine's load, so the row may pass",
-)
-
-
-@pytest.mark.parametrize(
-    "variant", [pytest.param(v, marks=PUSH_OPEN) if v == "push-then-reset" else v for v in ANSWERING]
-)
-def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: str) -> None:
+@pytest.mark.parametrize(("variant", "where"), ROWS)
+def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: str, where: str) -> None:
+    host, address = POOLS[where]
     port = ANSWERING[variant]
-    pool = lab.attacker(f"rt16-pool-{variant}", [sys.executable, "-c", KIT.format("pool_main"), "198.18.10.3"])
+    argv = [sys.executable, "-c", KIT.format("pool_main"), address]
+    if where == "host-rule":
+        argv += [str(path) for path in certs.ensure(lab.lab.state_dir).servers["ssh"]]
+    pool = lab.attacker(f"rt16-pool-{variant}-{where}", argv)
     pool.wait_for("listening")
-    before = _settled(lab, port)
-    with lab.capture(f"rt16-{variant}") as capture:
-        done = lab.sandbox_python(KIT.format("answers_main"), variant, str(ATTEMPTS), str(THREADS), timeout=240)
+    before = _settled(lab, address, port)
+    with lab.capture(f"rt16-{variant}-{where}") as capture:
+        argv = [variant, str(ATTEMPTS), str(THREADS), host]
+        done = lab.sandbox_python(KIT.format("answers_main"), *argv, timeout=240)
         assert "done" in done.stdout, done.stdout + done.stderr
         made = int(done.stdout.split()[-1])
         jobs = int(done.stdout.split()[done.stdout.split().index("jobs") + 1])
         seen = [0]
 
         def all_counted() -> bool:
-            seen[0] = _counted(lab, port) - before
+            seen[0] = _counted(lab, address, port) - before
             assert seen[0] >= made, f"{seen[0]} of {made} recorded"
             return True
 
@@ -222,11 +221,41 @@ def test_a_pool_that_answers_and_resets_is_recorded(lab: SecurityLab, variant: s
     assert crossed is not None
     pool.stop()
     unseen = made - seen[0]
-    others = sorted({str(r.reason) for r in lab.records(0.0) if r.dport == port} - FOUND)
-    note = f"{seen[0]} of {made} recorded, {jobs} jobs delivered" + (f"; also {others}" if others else "")
+    records = [r for r in lab.records(0.0) if (r.dst, r.dport) == (address, port)]
+    others = sorted({str(r.reason) for r in records} - FOUND)
+    kinds = sorted({str(r.reason) for r in records} & FOUND)
+    note = f"{seen[0]} of {made} recorded {kinds}, {jobs} jobs delivered" + (f"; also {others}" if others else "")
     goal = unseen > 0 or jobs > 0
-    report(f"redteam16/{variant}", "records", 0, goal, "mining" if seen[0] else None, note)
+    report(f"redteam16/{variant}-{where}", "records", 0, goal, "mining" if seen[0] else None, note)
     assert made >= ATTEMPTS * 9 // 10, done.stdout
     assert not crossed.contains(b"mining.")
     assert jobs == 0, note
     assert unseen <= 0, note
+
+
+UNFINISHED_AT = {"network-rule": ("198.18.10.3", "198.18.10.3", 3333), "host-rule": ("allowed.lab", "198.18.10.1", 80)}
+"""Where the unfinished heads go: the pool's address by its network rule (HTTP allowed: the rule expects TLS or
+HTTP), and allowed.lab's HTTP port by its host rule: (what the client dials, the address, the port)."""
+
+
+@pytest.mark.parametrize("where", list(UNFINISHED_AT))
+@pytest.mark.parametrize("variant", list(UNFINISHED))
+def test_an_unfinished_head_with_a_pools_lines_is_recorded(lab: SecurityLab, variant: str, where: str) -> None:
+    """An HTTP request head never finished (no blank line) with Stratum's calls or XMRig's login where its next
+    header lines would be, then the client's reset or its half-close: nothing may cross, and the attempt must be
+    recorded ``mining`` (the lead's decision, docs/security.md "Unfinished heads"); an ordinary request cut short
+    (``benign-rst``) stays unrecorded."""
+    host, address, port = UNFINISHED_AT[where]
+    since = time.time()
+    wanted = set() if variant.startswith("benign") else {"mining"}
+    with lab.capture(f"rt16-unfinished-{variant}-{where}") as capture:
+        done = lab.sandbox_python(KIT.format("unfinished_main"), variant, host, str(port), timeout=60)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = lab.reasons_to(since, address, port, timeout=30 if wanted else 10)
+    crossed = capture.result
+    assert crossed is not None
+    goal = _pool_bytes(crossed) or crossed.contains(b"X-Rt16") or bool(wanted - set(reasons))
+    answer = next((line for line in done.stdout.splitlines() if line.startswith("answer")), "")
+    report(f"redteam16/unfinished-{variant}-{where}", "records", 0, goal, ",".join(reasons) or None, answer[:60])
+    assert not _pool_bytes(crossed) and not crossed.contains(b"X-Rt16"), crossed.table()
+    assert set(reasons) == wanted, reasons

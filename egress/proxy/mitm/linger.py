@@ -17,6 +17,15 @@ asyncio's reader raises a connection's error before the bytes it holds, and a wr
 transport with what the kernel still holds unread, so a pool that answered and reset at once had its answer
 dropped by mitmproxy, judged by no detector and recorded nowhere. Now what the reader holds is read first, and what
 the kernel holds is read into it at the reset (`_unread`).
+
+mitmproxy dials its server connections with ``asyncio.open_connection``, named through its server module's
+``asyncio``; `install_dial` gives that module egress's `open_connection` (the rest of asyncio unchanged), which arms
+the connection as its transport is made, not at ``server_connected``: a pool that pushed its job and reset before the
+transport existed left it no peer name (asyncio asks ``getpeername`` once, and a reset socket is no longer
+connected), mitmproxy's dial then failed its ``assert peername``, its task died without a hook or a log line, and
+the client's handler waited for a dial that never completed, the job unread and nothing recorded (red team 16,
+``push-then-reset``). The dialled address now names the peer such a socket cannot, and the stream it reads ends at
+the reset after the job, which the detectors judge.
 """
 
 from __future__ import annotations
@@ -27,10 +36,12 @@ import logging
 import os
 import socket
 import struct
+import types
 from collections.abc import Callable
-from typing import Final, Protocol
+from typing import Any, Final, Protocol
 
 from mitmproxy import connection
+from mitmproxy.proxy import server as mitm_server
 from mitmproxy.proxy.server import ConnectionHandler
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
@@ -40,6 +51,8 @@ ABORT: Final = struct.pack("ii", 1, 0)
 """``struct linger`` on, zero seconds: a close sends a reset and drops the socket's send buffer (socket(7))."""
 GRACEFUL: Final = struct.pack("ii", 0, 0)
 """``struct linger`` off (the default): a close sends what is left, then the end."""
+STREAM_LIMIT: Final = 64 * 1024
+"""The stream reader's buffer limit: asyncio's default, as ``asyncio.open_connection`` gives mitmproxy."""
 
 
 class _Settable(Protocol):
@@ -57,12 +70,15 @@ class _Ending(asyncio.Protocol):
     """Stands between an armed connection's transport and its stream protocol (every event passed on): takes the
     linger off as the transport closes gracefully, unless egress severed it (`abort`)."""
 
-    def __init__(self, inner: asyncio.Protocol, sock: _Settable) -> None:
+    def __init__(self, inner: asyncio.Protocol, sock: _Settable | None = None) -> None:
         self.inner = inner
         self.sock = sock
+        """None until the transport is made (`open_connection`'s: the protocol stands from its start)."""
         self.severed = False
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        if self.sock is None:
+            self.sock = transport.get_extra_info("socket")
         self.inner.connection_made(transport)
 
     def data_received(self, data: bytes) -> None:
@@ -80,7 +96,7 @@ class _Ending(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         # None: the transport's close() (its buffer written out) or its abort(); abort is egress's severing, which
         # marks it first. An error (a reset, a failed write) leaves nothing worth sending.
-        if exc is None and not self.severed:
+        if exc is None and not self.severed and self.sock is not None:
             set_linger(self.sock, GRACEFUL)
         # A server's reset ends its stream after the bytes it sent, as a FIN does (red team 16): asyncio's reader
         # raises a connection's error before the bytes it holds, and a write that meets the reset closes the
@@ -88,7 +104,7 @@ class _Ending(asyncio.Protocol):
         # login's result) was dropped unjudged and unrecorded. Read and judged, the answer reaches the client only
         # if a FIN's would.
         if isinstance(exc, ConnectionError):
-            for data in _unread(self.sock):
+            for data in _unread(self.sock) if self.sock is not None else ():
                 self.inner.data_received(data)
             exc = None
         self.inner.connection_lost(exc)
@@ -122,6 +138,8 @@ def arm(writer: object) -> bool:
     if not isinstance(writer, asyncio.StreamWriter):
         return False
     transport = writer.transport
+    if isinstance(transport.get_protocol(), _Ending):
+        return True  # armed as it was made (`open_connection`), whatever has become of it since
     sock = transport.get_extra_info("socket")
     if sock is None or transport.is_closing():
         return False
@@ -145,12 +163,81 @@ def abort(writer: object) -> None:
     transport.abort()
 
 
+class _Dialled(asyncio.StreamWriter):
+    """The writer of a connection `open_connection` made: its peer named by the dialled address when the socket,
+    reset before the transport was made, names none."""
+
+    def __init__(
+        self,
+        transport: asyncio.WriteTransport,
+        protocol: asyncio.StreamReaderProtocol,
+        reader: asyncio.StreamReader,
+        loop: asyncio.AbstractEventLoop,
+        dialled: tuple[str, int],
+    ) -> None:
+        super().__init__(transport, protocol, reader, loop)
+        self.dialled = dialled
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        found = super().get_extra_info(name, default)
+        if name == "peername" and found is None:
+            return self.dialled
+        return found
+
+
+async def open_connection(host: str, port: int, **kwargs: Any) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """``asyncio.open_connection`` as mitmproxy's server connections get it (`install_dial`): the connection armed as
+    its transport is made (`_Ending` from the first event, ``SO_LINGER`` zero; one that cannot be armed is closed
+    and the dial fails), and its peer named by ``(host, port)`` when the socket no longer names one: the server
+    reset it before the transport was made (the bytes it sent are still read, then the end)."""
+    loop = asyncio.get_running_loop()
+    reader = asyncio.StreamReader(limit=STREAM_LIMIT, loop=loop)
+    inner = asyncio.StreamReaderProtocol(reader, loop=loop)
+    ending = _Ending(inner)
+    transport, _ = await loop.create_connection(lambda: ending, host, port, **kwargs)
+    sock = transport.get_extra_info("socket")
+    try:
+        if sock is None:
+            raise OSError("the connection has no socket")
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, ABORT)
+    except OSError:
+        ending.severed = True
+        transport.abort()  # fail closed: a connection that would end gracefully on a death is not used
+        raise
+    assert isinstance(transport, asyncio.WriteTransport)
+    return reader, _Dialled(transport, inner, reader, loop, (host, port))
+
+
+class _Asyncio(types.ModuleType):
+    """asyncio as mitmproxy's server module sees it once `install_dial` ran: `open_connection` egress's, the rest
+    asyncio's own."""
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(asyncio, name)
+
+
+def install_dial() -> None:
+    """Give mitmproxy's server connections egress's dial (`open_connection`); idempotent, for the process's life
+    (for a connection asyncio's own dial serves, it changes only when the linger is set)."""
+    if isinstance(getattr(mitm_server, "asyncio", None), _Asyncio):
+        return
+    shim = _Asyncio("asyncio", "asyncio with egress's open_connection (egress.proxy.mitm.linger)")
+    shim.open_connection = open_connection  # type: ignore[attr-defined]
+    setattr(mitm_server, "asyncio", shim)  # noqa: B010  # mitmproxy's module global, typed as the module
+
+
 class Lingers:
     """The addon: arms each of mitmproxy's server connections as it connects (`arm`). ``handler_of``: a client's
     mitmproxy connection handler (None once it is gone)."""
 
     def __init__(self, handler_of: Callable[[connection.Client], ConnectionHandler | None]) -> None:
         self.handler_of = handler_of
+
+    @classmethod
+    def install(cls, handler_of: Callable[[connection.Client], ConnectionHandler | None]) -> Lingers:
+        """The addon, with egress's dial given to mitmproxy's server connections (`install_dial`)."""
+        install_dial()
+        return cls(handler_of)
 
     def server_connected(self, data: ServerConnectionHookData) -> None:
         handler = self.handler_of(data.client)

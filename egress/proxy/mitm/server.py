@@ -94,8 +94,10 @@ async def run_worker(
         )
         quiet.on_refused = addon.refused
         master.addons.add(addon)
-        # Each server connection resets if this worker dies (a graceful end stays graceful): red team 7.
-        master.addons.add(linger.Lingers(lambda c: server.connections.get(c.id)))
+        # Each server connection resets if this worker dies (a graceful end stays graceful): red team 7. Armed as
+        # mitmproxy dials it, which also names the peer of a server that reset before the transport was made
+        # (red team 16); the addon checks each connection mitmproxy reports connected.
+        master.addons.add(linger.Lingers.install(lambda c: server.connections.get(c.id)))
         guard = CrashGuard.install(server, addon.crashed)
         settings: dict[str, Any] = {
             "mode": ["transparent@127.0.0.1:0"],

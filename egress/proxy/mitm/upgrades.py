@@ -3,7 +3,8 @@
 mitmproxy 12.3's ``HttpStream.flow_done`` puts its ``WebsocketLayer`` after a WebSocket ``101`` (and a raw
 ``TCPLayer`` after any other ``101`` when ``rawtcp`` is on). Its WebSocket layer relays ping and pong payloads
 without an addon hook, so they would pass uninspected (up to 125 bytes each, as many as the client likes).
-`EgressHttpLayer` makes its streams `EgressHttpStream`s, whose WebSocket layer (`InspectedWebsocketLayer`) hands
+`EgressHttpLayer` tells the addon of a request head its client left unfinished (`Unfinished`), and makes its
+streams `EgressHttpStream`s, whose WebSocket layer (`InspectedWebsocketLayer`) hands
 every control payload to the addon first and closes both sides when the addon blocks it (or fails). After a
 ``101`` to another protocol the policy allows (``upgrades:``), the stream is the addon's `InspectLayer` (the
 detectors, as for raw TCP); anything else after a ``101`` stays refused (the addon kills such flows, and the
@@ -25,6 +26,7 @@ from mitmproxy.proxy import commands, events, layer
 from mitmproxy.proxy.context import Context
 from mitmproxy.proxy.layers.http import HttpLayer, HTTPMode, HttpStream, SendHttp
 from mitmproxy.proxy.layers.http._events import ResponseEndOfMessage
+from mitmproxy.proxy.layers.http._http1 import Http1Server
 from mitmproxy.proxy.layers.websocket import WebsocketConnection, WebsocketLayer
 
 log = logging.getLogger("egress.proxy")
@@ -34,6 +36,8 @@ ControlCheck = Callable[[http.HTTPFlow, bytes, bool], bool]
 RawAfter = Callable[[Context, http.HTTPFlow], layer.Layer | None]
 """The layer for the raw stream after a ``101`` to another protocol the policy allows (`InspectLayer`), or None
 when it is not allowed (mitmproxy then closes the connection: the workers run without ``rawtcp``)."""
+Unfinished = Callable[[Context, bytes], None]
+"""Told the request head an HTTP/1 client left unfinished when its connection ended (judged, maybe recorded)."""
 POLICY_VIOLATION = 1008
 """The close code sent to both sides when egress closes a WebSocket (RFC 6455 §7.4.1)."""
 
@@ -103,10 +107,24 @@ class EgressHttpStream(HttpStream):
 class EgressHttpLayer(HttpLayer):
     """mitmproxy's HTTP layer whose streams are `EgressHttpStream`s."""
 
-    def __init__(self, context: Context, check: ControlCheck, raw_after: RawAfter) -> None:
+    def __init__(
+        self, context: Context, check: ControlCheck, raw_after: RawAfter, unfinished: Unfinished | None = None
+    ) -> None:
         super().__init__(context, HTTPMode.transparent)
         self.check = check
         self.raw_after = raw_after
+        self.unfinished = unfinished
+
+    def _handle_event(self, event: events.Event) -> layer.CommandGenerator[None]:
+        # The client's end with a request head under way (mitmproxy's HTTP/1 reader holds it, never finished: no
+        # blank line): told to `unfinished` before mitmproxy closes the connection with only a log line for it
+        # (red team 16: Stratum's lines where the next header lines would be, then a reset, left no record).
+        if self.unfinished is not None and isinstance(event, events.ConnectionClosed):
+            held = self.connections.get(self.context.client) if event.connection is self.context.client else None
+            # ``wait``: a request whose answer is not out yet, the next (pipelined) one's head in the buffer
+            if isinstance(held, Http1Server) and held.state in (held.read_headers, held.wait) and held.buf:
+                self.unfinished(self.context, bytes(held.buf))
+        yield from super()._handle_event(event)
 
     def make_stream(self, stream_id: int) -> Generator[commands.Command, Any, None]:
         stream = EgressHttpStream(self.context.fork(), stream_id)

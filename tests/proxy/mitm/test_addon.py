@@ -597,3 +597,38 @@ def test_a_destination_that_refuses_or_never_answers_is_not_recorded(error: str)
     context = _dial_failed(addon, error)
     addon.client_disconnected(context.client)
     assert reported.flows == []
+
+
+UNFINISHED_STRATUM = (
+    b"GET / HTTP/1.1\r\nHost: allowed.test\r\n"
+    b'{"id":1,"method":"mining.subscribe","params":["cpuminer/2.5.1"]}\n'
+    b'{"id":2,"method":"mining.authorize","params":["rt16.worker","x"]}\n'
+)
+
+
+@pytest.mark.parametrize("port", [80, 3333], ids=["host-rule", "network-rule"])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [(UNFINISHED_STRATUM, Reason.MINING), (b"GET / HTTP/1.1\r\nHost: allowed.test\r\nUser-Agent: cu", None)],
+    ids=["stratum", "benign"],
+)
+def test_a_client_gone_with_an_unfinished_head_is_judged_by_the_pool_detectors(
+    port: int, data: bytes, reason: Reason | None
+) -> None:
+    """Red team 16: an HTTP head never finished (no blank line), Stratum's lines in it, then the client's end
+    (a reset reaches mitmproxy as an end): the gate waits for the rest, no layer is chosen, and nothing was
+    recorded. Judged at the end by the pool detectors: ``mining``, once; an ordinary request cut short: nothing."""
+    addon, reported = _addon()
+    context = make_context((ALLOWED_ADDRESS, port), connected=False)
+    addon.client_connected(context.client)
+    addon.server_connect(ServerConnectionHookData(context.server, context.client))
+    with pytest.raises(NeedsMoreData):
+        addon._next_layer(context, data[:20], b"")
+    with pytest.raises(NeedsMoreData):
+        addon._next_layer(context, data, b"")
+    addon.client_disconnected(context.client)
+    assert [f.verdict.reason for f in reported.flows] == ([reason] if reason is not None else [])
+    if reason is not None:
+        [flow] = reported.flows
+        assert flow.verdict.action is Enforcement.BLOCK and (flow.dst, flow.dport) == (ALLOWED_ADDRESS, port)
+        assert "HTTP request head never finished" in flow.verdict.evidence

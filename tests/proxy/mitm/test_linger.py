@@ -12,8 +12,10 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import types
 from collections.abc import Awaitable, Callable
+from typing import Any
 from unittest import mock
 
 import h2.config
@@ -21,12 +23,15 @@ import h2.connection
 import h2.events
 import pytest
 from mitmproxy import connection
+from mitmproxy.proxy import server as mitm_server
 from mitmproxy.proxy.server import ConnectionIO
 from mitmproxy.proxy.server_hooks import ServerConnectionHookData
 
+from egress.decide import Reason
+from egress.decisions import DecidedFlow
 from egress.proxy.mitm import linger
-from tests.proxy.mitm.worker import Worker, read_response
-from tests.waiting import eventually_async, scaled
+from tests.proxy.mitm.worker import Worker, read_all, read_response
+from tests.waiting import eventually, eventually_async, scaled
 
 SIZE = 4 * 1024 * 1024
 PEER_RCVBUF = 64 * 1024
@@ -331,3 +336,69 @@ def test_a_servers_answer_still_unread_when_a_write_meets_its_reset_is_read() ->
         return got
 
     assert asyncio.run(scenario()) == JOB
+
+
+def _pushes_and_resets(listener: socket.socket, connected: threading.Event) -> None:
+    """The attacker's pool (a thread): pushes `JOB` to the one connection it accepts, then resets it, once the
+    dialler has seen its connect complete (``connected``: else the dial itself fails with the reset, another path)."""
+    peer, _ = listener.accept()
+    connected.wait(scaled(10))
+    with peer:
+        peer.sendall(JOB)
+        peer.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, linger.ABORT)
+
+
+def test_a_dial_the_server_reset_before_its_transport_was_made_is_judged(worker: Worker) -> None:
+    """Red team 16 (``push-then-reset``): a pool that pushes its job as it accepts and resets, the reset landing
+    after the connect completed but before asyncio made the transport, left the transport no peer name; mitmproxy's
+    dial failed its ``assert peername`` and died, the client's handler waited for it forever, the job unread and
+    nothing recorded. The worker's dial (`linger.open_connection`, given to mitmproxy's server module) names the
+    peer by the address it dialled, and the job is read and judged: ``mining``, not delivered. The order is made
+    here, not raced: the worker's loop makes the transport of this dial only once the pool's reset is in."""
+    worker.reported.clear()
+    worker.to("greeting")  # an allowed port: its dial goes to the pool instead (below)
+    target = worker.target
+    loop = worker.loop
+    real = loop.create_connection
+    with _listener() as listener:
+        connected = threading.Event()
+        pool = threading.Thread(target=_pushes_and_resets, args=(listener, connected), daemon=True)
+        pool.start()
+
+        async def reset_first(factory: Any, host: Any = None, port: Any = None, **kwargs: Any) -> Any:
+            if (host, port) != target:
+                return await real(factory, host, port, **kwargs)
+            sock = socket.socket()
+            sock.setblocking(False)
+            await loop.sock_connect(sock, listener.getsockname())
+            connected.set()
+
+            async def reset_in() -> bool:
+                assert _tcp_state(sock) == TCP_CLOSE, "the pool's reset has not arrived yet"
+                return True
+
+            await eventually_async(reset_in, timeout=scaled(5))
+            return await real(factory, sock=sock)
+
+        with mock.patch.object(loop, "create_connection", reset_first), worker.connect(False) as client:
+            sport = client.getsockname()[1]
+            got = read_all(client)
+        pool.join(scaled(10))
+    assert b"mining.notify" not in got, got
+
+    def recorded() -> DecidedFlow:
+        blocks = worker.reported.blocks(sport)
+        assert len(blocks) == 1, f"blocks of the connection: {blocks}"
+        return blocks[0]
+
+    block = eventually(recorded, timeout=10)
+    assert block.verdict.reason is Reason.MINING, block
+
+
+def test_the_worker_dials_through_egress() -> None:
+    """`linger.install_dial` gives mitmproxy's server module egress's dial and leaves the rest of its asyncio."""
+    linger.install_dial()
+    linger.install_dial()  # idempotent
+    shim = vars(mitm_server)["asyncio"]
+    assert shim.open_connection is linger.open_connection
+    assert shim.current_task is asyncio.current_task and shim.CancelledError is asyncio.CancelledError

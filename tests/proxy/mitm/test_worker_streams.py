@@ -321,3 +321,40 @@ def test_a_mining_message_in_small_pieces_never_reaches_the_site_through_a_real_
     [block] = eventually(lambda: worker.reported.blocks(sport))
     assert block.verdict.reason is Reason.MINING
     assert b'{"id"' not in worker.site.received("raw")
+
+
+STRATUM = SUBSCRIBE + b'{"id":2,"method":"mining.authorize","params":["rt16.worker","x"]}\n'
+
+
+@pytest.mark.parametrize(
+    "kept_alive", ["", "answered", "pipelined"], ids=["first-request", "after-a-request", "pipelined"]
+)
+@pytest.mark.parametrize("lines", [STRATUM, b"User-Agent: curl/8.5.0\r\nAcc"], ids=["stratum", "benign"])
+def test_an_unfinished_head_inside_intercepted_tls_is_judged_at_the_clients_end(
+    worker: Worker, lines: bytes, kept_alive: str
+) -> None:
+    """Red team 16: inside intercepted TLS (the decrypt list) mitmproxy's HTTP layer holds a request head never
+    finished (no blank line) and, at the client's end, logs it and closes: Stratum's lines where the next header
+    lines would be went unrecorded. Now judged by the pool detectors at the end: ``mining``; an ordinary request
+    cut short is nothing. Nothing of it reaches the site either way."""
+    worker.to("tls")
+    with worker.connect(True) as sock:
+        sport = sock.getsockname()[1]
+        first = b"GET / HTTP/1.1\r\nHost: allowed.lab\r\n\r\n"
+        if kept_alive == "answered":
+            sock.sendall(first)
+            assert read_response(sock).startswith(b"HTTP/1.1 200")
+        unfinished = b"GET /unfinished HTTP/1.1\r\nHost: allowed.lab\r\n" + lines
+        sock.sendall(first + unfinished if kept_alive == "pipelined" else unfinished)
+        assert isinstance(sock, ssl.SSLSocket)
+        # close_notify: the client's end inside the TLS; the worker's close follows the head's judgement (an
+        # error: the worker closed without its own close_notify, as much an end)
+        with contextlib.suppress(ssl.SSLError, OSError):
+            assert read_all(sock.unwrap()) == b""
+    blocks = worker.reported.blocks(sport)
+    if lines == STRATUM:
+        assert [b.verdict.reason for b in blocks] == [Reason.MINING], blocks
+        assert "HTTP request head never finished" in blocks[0].verdict.evidence
+    else:
+        assert blocks == []
+    assert b"/unfinished" not in worker.site.received()
