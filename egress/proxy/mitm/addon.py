@@ -87,7 +87,7 @@ from egress.proxy.mitm.inspect import unidentified
 from egress.proxy.mitm.layers import H2_PREFACE, InspectLayer, RefuseLayer, http_start
 from egress.proxy.mitm.layers import fail_closed_verdict as fail_closed
 from egress.proxy.mitm.quiet import QuietWatch
-from egress.proxy.mitm.upgrades import EgressHttpLayer
+from egress.proxy.mitm.upgrades import EgressHttpLayer, held_head
 from egress.proxy.openflows import OpenFlows
 from egress.proxy.upgraded import Upgraded, host_rule_watch
 from egress.record.naming import named
@@ -239,10 +239,32 @@ class EgressAddon(NextLayer):
             return
         source = (str(client.peername[0]), int(client.peername[1]))
         host = state.decision.host if state.decision is not None else ""
-        verdict = decide_idle_timeout(quiet_s, note)
-        self._report(FlowMeta(Transport.TCP, *source, *state.destination), state.sandbox, verdict, host, client.id)
+        meta = FlowMeta(Transport.TCP, *source, *state.destination)
+        found = self._abandoned_head(client, state, meta, quiet_s)
+        if found is not None:
+            self._report(meta, state.sandbox, found, host, client.id)
+        if found is None or found.action is not Enforcement.BLOCK:  # report mode: the close is recorded too
+            self._report(meta, state.sandbox, decide_idle_timeout(quiet_s, note), host, client.id)
         state.severed = True
         self.sever(client)
+
+    def _abandoned_head(self, client: connection.Client, state: _Connection, meta: FlowMeta, quiet_s: float) -> Verdict | None:
+        """The verdict on an HTTP request head ``client`` left unfinished and then went silent on, when it
+        carries a pool's lines (red team 17: the idle timeout closed it as ``idle-timeout``, unjudged, where a
+        reset or a close was judged): the head the gate waited on (no layer chosen), or the one mitmproxy's HTTP
+        layer holds. None: no such head, or nothing of a pool's in it. An error judging it is a block recorded."""
+        head = state.pending if state.decision is None else b""
+        if not head and self.quiet is not None:
+            head = held_head(self.quiet[1](client)) or b""
+        if not head:
+            return None
+        ended = f"the client went silent; closed by the idle timeout after {quiet_s:.0f} s"
+        try:
+            verdict = self.gate.on_unfinished_head(state.sandbox, meta, head, ended)
+        except Exception as exc:
+            log.exception("egress: judging an abandoned HTTP head failed; recorded as blocked")
+            return fail_closed(f"an abandoned HTTP head's {len(head)} bytes: {exc!r}")
+        return verdict if verdict is not None and verdict.recorded else None
 
     def refused(self, client: connection.Client, why: str) -> None:
         """mitmproxy refused the client's connection before any request of it became a flow (an HTTP/2 protocol
@@ -323,7 +345,7 @@ class EgressAddon(NextLayer):
         of a kept-alive connection, or one inside intercepted TLS): recorded when it carries a pool's lines. An
         error judging them is a block recorded."""
         state = self.connections.get(context.client.id)
-        if state is None:
+        if state is None or state.severed:  # closed by egress with its record (the idle timeout judged the head)
             return
         host = state.decision.host if state.decision is not None else ""
         try:

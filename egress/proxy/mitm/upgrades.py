@@ -120,11 +120,18 @@ class EgressHttpLayer(HttpLayer):
         # blank line): told to `unfinished` before mitmproxy closes the connection with only a log line for it
         # (red team 16: Stratum's lines where the next header lines would be, then a reset, left no record).
         if self.unfinished is not None and isinstance(event, events.ConnectionClosed):
-            held = self.connections.get(self.context.client) if event.connection is self.context.client else None
-            # ``wait``: a request whose answer is not out yet, the next (pipelined) one's head in the buffer
-            if isinstance(held, Http1Server) and held.state in (held.read_headers, held.wait) and held.buf:
-                self.unfinished(self.context, bytes(held.buf))
+            held = self.unfinished_head() if event.connection is self.context.client else None
+            if held is not None:
+                self.unfinished(self.context, held)
         yield from super()._handle_event(event)
+
+    def unfinished_head(self) -> bytes | None:
+        """The client's request head under way in mitmproxy's HTTP/1 reader (never finished: no blank line yet),
+        or None. ``wait``: a request whose answer is not out yet, the next (pipelined) one's head in the buffer."""
+        held = self.connections.get(self.context.client)
+        if isinstance(held, Http1Server) and held.state in (held.read_headers, held.wait) and held.buf:
+            return bytes(held.buf)
+        return None
 
     def make_stream(self, stream_id: int) -> Generator[commands.Command, Any, None]:
         stream = EgressHttpStream(self.context.fork(), stream_id)
@@ -132,3 +139,21 @@ class EgressHttpLayer(HttpLayer):
         stream.raw_after = self.raw_after
         self.streams[stream_id] = stream
         yield from self.event_to_child(stream, events.Start())
+
+
+STACK_DEPTH = 32
+"""Layers followed from a connection's root looking for its HTTP layer (mitmproxy's stacks are a few deep)."""
+
+
+def held_head(handler: object) -> bytes | None:
+    """The request head a connection's client left unfinished in its `EgressHttpLayer` (`unfinished_head`), found
+    from its mitmproxy ``ConnectionHandler`` (``handler``) down its layer stack (a ``NextLayer``'s ``layer``, a
+    mode's or a tunnel's ``child_layer``), or None: no handler, no HTTP layer, no head under way."""
+    node: object = getattr(handler, "layer", None)
+    for _ in range(STACK_DEPTH):
+        if node is None:
+            return None
+        if isinstance(node, EgressHttpLayer):
+            return node.unfinished_head()
+        node = node.layer if isinstance(node, layer.NextLayer) else getattr(node, "child_layer", None)
+    return None

@@ -632,3 +632,34 @@ def test_a_client_gone_with_an_unfinished_head_is_judged_by_the_pool_detectors(
         [flow] = reported.flows
         assert flow.verdict.action is Enforcement.BLOCK and (flow.dst, flow.dport) == (ALLOWED_ADDRESS, port)
         assert "HTTP request head never finished" in flow.verdict.evidence
+
+
+@pytest.mark.parametrize("mode", ["enforce", "report"])
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [(UNFINISHED_STRATUM, Reason.MINING), (b"GET / HTTP/1.1\r\nHost: allowed.test\r\nUser-Agent: cu", None)],
+    ids=["stratum", "benign"],
+)
+def test_an_unfinished_head_closed_by_the_idle_timeout_is_judged_by_the_pool_detectors(
+    data: bytes, reason: Reason | None, mode: str
+) -> None:
+    """Red team 17: the same head, then silence: the idle timeout's watch closed it as ``idle-timeout`` only,
+    unjudged. Now judged as a client's end is: ``mining`` (in report mode a would-block, and the close recorded
+    too, since the timeout blocks in every mode); an ordinary request cut short: ``idle-timeout`` as before."""
+    addon, reported = _addon(mode)
+    context = make_context((ALLOWED_ADDRESS, 3333), connected=False)
+    addon.client_connected(context.client)
+    addon.server_connect(ServerConnectionHookData(context.server, context.client))
+    with pytest.raises(NeedsMoreData):
+        addon._next_layer(context, data, b"")
+    addon.idle_closed(context.client, 300.0, "100 client bytes since its last progress, none forwarded")
+    addon.client_disconnected(context.client)
+    reasons = [f.verdict.reason for f in reported.flows]
+    if reason is None:
+        assert reasons == [Reason.IDLE_TIMEOUT]
+        return
+    assert reasons == ([reason] if mode == "enforce" else [reason, Reason.IDLE_TIMEOUT])
+    flow = reported.flows[0]
+    assert (flow.dst, flow.dport) == (ALLOWED_ADDRESS, 3333)
+    assert "HTTP request head never finished (the client went silent" in flow.verdict.evidence
+    assert flow.verdict.action is (Enforcement.BLOCK if mode == "enforce" else Enforcement.WOULD_BLOCK)

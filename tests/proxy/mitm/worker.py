@@ -31,6 +31,7 @@ from egress.flowlog import EndedFlow
 from egress.lab import certs
 from egress.policy.loader import parse_policy
 from egress.proxy.gate import Gate
+from egress.proxy.idle import IDLE_TIMEOUT
 from egress.proxy.mitm import server
 from tests.lists import shipped_lists
 from tests.ports import free_port, listening_here
@@ -75,7 +76,8 @@ class Reported:
 
 
 class Worker:
-    def __init__(self, directory: pathlib.Path) -> None:
+    def __init__(self, directory: pathlib.Path, idle_timeout: float = IDLE_TIMEOUT) -> None:
+        self.idle_timeout = idle_timeout
         self.files = certs.ensure(directory / "lab")
         self.confdir = directory / "mitmproxy"
         self.site = Site()
@@ -147,6 +149,7 @@ sandboxes:
                 host="127.0.0.1",
                 destination=self._destination,
                 flows=self.reported,
+                idle_timeout=self.idle_timeout,
             ),
             self.loop,
         )
@@ -182,8 +185,9 @@ sandboxes:
 
 
 @contextmanager
-def running_worker(directory: pathlib.Path) -> Iterator[Worker]:
-    worker = Worker(directory)
+def running_worker(directory: pathlib.Path, idle_timeout: float = IDLE_TIMEOUT) -> Iterator[Worker]:
+    """A worker (its idle timeout ``idle_timeout``) with the site, for the length of the block."""
+    worker = Worker(directory, idle_timeout)
 
     def original_addr(_sock: socket.socket) -> tuple[str, int]:
         return worker.target
