@@ -248,7 +248,9 @@ class EgressAddon(NextLayer):
         state.severed = True
         self.sever(client)
 
-    def _abandoned_head(self, client: connection.Client, state: _Connection, meta: FlowMeta, quiet_s: float) -> Verdict | None:
+    def _abandoned_head(
+        self, client: connection.Client, state: _Connection, meta: FlowMeta, quiet_s: float
+    ) -> Verdict | None:
         """The verdict on an HTTP request head ``client`` left unfinished and then went silent on, when it
         carries a pool's lines (red team 17: the idle timeout closed it as ``idle-timeout``, unjudged, where a
         reset or a close was judged): the head the gate waited on (no layer chosen), or the one mitmproxy's HTTP

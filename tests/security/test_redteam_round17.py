@@ -1,0 +1,126 @@
+"""Red team 17: an attempt left to the gateway's timers and budgets instead of ended by its client.
+
+- ``abandoned`` rows: an HTTP request head never finished (no blank line), Stratum's calls or XMRig's login where
+  its next header lines would be, then silence: the client keeps the connection open and never ends it. Red team
+  16's unfinished heads were judged at a reset or a close; this one is closed by the gateway's idle timeout (here
+  2 s, ``--idle-timeout``), which recorded ``idle-timeout`` and judged nothing. Wanted: ``mining`` (the lead's
+  view: an attempt carrying pool content is recorded whatever ends it); an ordinary head cut short (``benign``)
+  stays ``idle-timeout``. To the pool's address:3333 (its network rule allows HTTP) and allowed.lab:80 (host rule,
+  the front's plain-HTTP fast path first: it waits 5 s for the rest of a head, then hands it to mitmproxy).
+- ``flood`` rows: ICMP echoes or UDP datagrams to as many new destinations as one process sends (to fill the drop
+  logger's current counting generation, 65,536 keys, and the budget of the log of what it could not count), then
+  at once the real attempt to a destination the flood never used (an ICMP tunnel's echoes, or Stratum in a UDP
+  datagram): is it recorded? A control sends the real attempt alone.
+
+Goal (the agent's): the head's bytes or a pool's lines on the internet side, or an attempt carrying a pool's or a
+tunnel's content left without its record. Ground truth: the internet side's capture and the records in Redis.
+
+Lab: rules/lab-policy.yaml, the gateway's idle timeout 2 s.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import sys
+import time
+
+import pytest
+
+from egress.record.schema import AttemptRecord
+from tests.security.conftest import LabFactory
+from tests.security.harness import Crossed, SecurityLab, report
+from tests.security.redteam_round17_kit import ABANDONED, MARK, REAL
+from tests.waiting import eventually
+
+pytestmark = pytest.mark.security
+
+IDLE_TIMEOUT = 2
+KIT = "from tests.security.redteam_round17_kit import {0}; {0}()"
+
+
+@pytest.fixture(scope="module")
+def lab(lab_factory: LabFactory) -> SecurityLab:
+    return lab_factory(extra_args=("--idle-timeout", str(IDLE_TIMEOUT)))
+
+
+def _records_to(lab: SecurityLab, since: float, address: str) -> list[AttemptRecord]:
+    """Records since ``since`` to ``address`` (asked of `egress events` by destination: a flood's records must not
+    push them out of the latest N)."""
+    argv = [sys.executable, "-m", "egress", "events", "--json", "--limit", "1000", "--destination", address]
+    done = lab.gateway([*argv, "--since", str(int(since) - 1), "--redis-url", lab.run.redis_url], timeout=60)
+    found = [AttemptRecord.from_json(json.loads(line)) for line in done.stdout.splitlines() if line]
+    return [r for r in found if max(r.ts, r.last_ts) >= since]
+
+
+def _reasons_when(
+    lab: SecurityLab, since: float, address: str, port: int | None, done: set[str], wait: float
+) -> list[str]:
+    """The reasons (each once, sorted) recorded to ``address`` (``port``: that port only) once one of ``done`` is
+    among them, or whatever there is after ``wait`` seconds (scaled)."""
+    found: list[str] = []
+
+    def arrived() -> bool:
+        records = [r for r in _records_to(lab, since, address) if port is None or r.dport == port]
+        found[:] = sorted({str(r.reason) for r in records})
+        assert set(found) & done, found
+        return True
+
+    with contextlib.suppress(AssertionError):
+        eventually(arrived, timeout=wait, interval=1.0)
+    return found
+
+
+def _pool_bytes(crossed: Crossed) -> bool:
+    return crossed.contains(MARK.encode()) or crossed.contains(b"mining.") or crossed.contains(b"X-Rt17")
+
+
+ABANDONED_AT = {"network-rule": ("198.18.10.3", "198.18.10.3", 3333), "host-rule": ("allowed.lab", "198.18.10.1", 80)}
+"""Where the abandoned heads go: (what the client dials, the address, the port)."""
+
+
+@pytest.mark.parametrize("where", list(ABANDONED_AT))
+@pytest.mark.parametrize("variant", list(ABANDONED))
+def test_a_head_abandoned_unfinished_is_recorded_when_the_idle_timeout_closes_it(
+    lab: SecurityLab, variant: str, where: str
+) -> None:
+    host, address, port = ABANDONED_AT[where]
+    since = time.time()
+    wanted = {"idle-timeout"} if variant == "benign" else {"mining"}
+    with lab.capture(f"rt17-abandoned-{variant}-{where}") as capture:
+        done = lab.sandbox_python(KIT.format("abandoned_main"), variant, host, str(port), "40", timeout=90)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = _reasons_when(lab, since, address, port, wanted | {"idle-timeout"}, wait=30)
+    crossed = capture.result
+    assert crossed is not None
+    goal = _pool_bytes(crossed) or bool(wanted - set(reasons))
+    ended = done.stdout.splitlines()[1] if len(done.stdout.splitlines()) > 1 else ""
+    report(f"redteam17/abandoned-{variant}-{where}", "records", 0, goal, ",".join(reasons) or None, ended)
+    assert not _pool_bytes(crossed), crossed.table()
+    assert ended.startswith("closed"), done.stdout  # the gateway ended it (the idle timeout), not the client
+    assert set(reasons) == wanted, reasons
+
+
+FLOOD = 100_000
+"""Destinations the flood sends to: 65,536 fill a generation, 10,000 more the uncounted log's burst, and the rest
+is what its 2,000/s lets through in the time the flood takes."""
+FLOODS = {"icmp-control": ("icmp", 0), "icmp": ("icmp", FLOOD), "udp-control": ("udp", 0), "udp": ("udp", FLOOD)}
+
+
+@pytest.mark.parametrize("variant", list(FLOODS))
+def test_a_flood_of_new_destinations_before_the_real_attempt(lab: SecurityLab, variant: str) -> None:
+    kind, count = FLOODS[variant]
+    since = time.time()
+    wanted = {"tunnel"} if kind == "icmp" else {"firewall-drop", "mining", "not-allowlisted", "direct-ip"}
+    with lab.capture(f"rt17-flood-{variant}") as capture:
+        done = lab.sandbox_python(KIT.format("flood_main"), kind, str(count), timeout=240)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        reasons = _reasons_when(lab, since, REAL, None, wanted, wait=60)
+    crossed = capture.result
+    assert crossed is not None
+    sent = sum(n for (proto, _, port), n in crossed.packets.items() if proto in ("icmp", "udp") and port != 53)
+    goal = _pool_bytes(crossed) or sent > 0 or not reasons
+    flood = done.stdout.splitlines()[0]
+    report(f"redteam17/flood-{variant}", "records", sent, goal, ",".join(reasons) or None, flood)
+    assert sent == 0 and not _pool_bytes(crossed), crossed.table()
+    assert reasons, f"the real attempt to {REAL} left no record ({flood})"
