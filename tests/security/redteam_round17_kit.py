@@ -83,6 +83,8 @@ REAL = "198.18.11.9"
 
 def _destinations(count: int) -> list[str]:
     found: list[str] = []
+    if count <= 0:
+        return found
     for network in FLOOD_NETWORKS:
         for address in ipaddress.ip_network(network):
             found.append(str(address))

@@ -112,6 +112,7 @@ def test_a_flood_of_new_destinations_before_the_real_attempt(lab: SecurityLab, v
     kind, count = FLOODS[variant]
     since = time.time()
     wanted = {"tunnel"} if kind == "icmp" else {"firewall-drop", "mining", "not-allowlisted", "direct-ip"}
+    # an ICMP row waits for ``tunnel`` (the detector's name for the echoes), whatever else comes first
     with lab.capture(f"rt17-flood-{variant}") as capture:
         done = lab.sandbox_python(KIT.format("flood_main"), kind, str(count), timeout=240)
         assert "done" in done.stdout, done.stdout + done.stderr
@@ -119,8 +120,13 @@ def test_a_flood_of_new_destinations_before_the_real_attempt(lab: SecurityLab, v
     crossed = capture.result
     assert crossed is not None
     sent = sum(n for (proto, _, port), n in crossed.packets.items() if proto in ("icmp", "udp") and port != 53)
-    goal = _pool_bytes(crossed) or sent > 0 or not reasons
     flood = done.stdout.splitlines()[0]
+    named = not wanted.isdisjoint(reasons) if kind == "icmp" else bool(reasons)
+    goal = _pool_bytes(crossed) or sent > 0 or not named
     report(f"redteam17/flood-{variant}", "records", sent, goal, ",".join(reasons) or None, flood)
     assert sent == 0 and not _pool_bytes(crossed), crossed.table()
     assert reasons, f"the real attempt to {REAL} left no record ({flood})"
+    if variant == "icmp" and not named:
+        spent = "counted, never logged: the flood spent the ICMP log's ceiling"
+        pytest.xfail(f"the tunnel's echoes were recorded only as {reasons} ({spent})")
+    assert named, f"the real attempt to {REAL} was recorded as {reasons}, not as what it is ({flood})"
