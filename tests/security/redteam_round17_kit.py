@@ -33,6 +33,8 @@ ABANDONED = {
     "xmrig": XMRIG_LOGIN,
     "benign": b"User-Agent: curl/8.5.0\r\nAccept: */*\r\nX-Pad: ",
 }
+AFTER_A_REQUEST = "stratum-after-a-request"
+"""The Stratum head, on a connection kept alive after a whole request was answered (allowed.lab's site)."""
 """What follows the head's first lines; the client then says nothing more and never ends the connection."""
 
 
@@ -45,6 +47,11 @@ def abandoned_main() -> None:
     address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
     answer, ended = b"", "open"
     with socket.create_connection((address, port), timeout=20) as conn:
+        if variant.endswith("-after-a-request"):  # kept alive: a whole request answered first
+            conn.sendall(b"GET /simple/ HTTP/1.1\r\nHost: " + host.encode() + b"\r\n\r\n")
+            first = _response(conn)
+            print(f"first {first[:30]!r}", flush=True)
+            variant = variant.removesuffix("-after-a-request")
         conn.sendall(HEAD.replace(b"{host}", host.encode()) + ABANDONED[variant])
         conn.settimeout(wait)
         try:
@@ -57,6 +64,50 @@ def abandoned_main() -> None:
             ended = f"closed ({type(exc).__name__})"
     print(f"answer {len(answer)} {answer[:60]!r}", flush=True)
     print(ended, flush=True)
+    print("done", flush=True)
+
+
+def _response(conn: socket.socket) -> bytes:
+    """One HTTP/1.1 response with a Content-Length (its head and body)."""
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = conn.recv(4096)
+        if not chunk:
+            return data
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:]]
+    length = next((int(value) for name, value in fields if name.strip().lower() == b"content-length"), 0)
+    while len(body) < length and (chunk := conn.recv(4096)):
+        body += chunk
+    return data
+
+
+WINDOW_PAUSES = tuple(i * 0.0002 for i in range(50))
+"""Pauses between the write and the reset, swept over 0-10 ms in steps of 0.2 ms (busy-waited), as round 15's."""
+
+
+def window_main() -> None:
+    """``window_main HOST PORT COUNT``: ``COUNT`` connections one after another, each an HTTP request head never
+    finished with Stratum's calls in it (one write), then after a pause swept over `WINDOW_PAUSES` a reset
+    (``SO_LINGER`` 0): the reset lands around the front's look and mitmproxy's first read. Prints ``made N`` and
+    ``done``."""
+    host, port, count = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    address = str(socket.getaddrinfo(host, port, socket.AF_INET, socket.SOCK_STREAM)[0][4][0])
+    made = 0
+    for n in range(count):
+        try:
+            conn = socket.create_connection((address, port), timeout=10)
+        except OSError:
+            continue
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        conn.sendall(HEAD.replace(b"{host}", host.encode()) + STRATUM)
+        until = time.perf_counter() + WINDOW_PAUSES[n % len(WINDOW_PAUSES)]
+        while time.perf_counter() < until:
+            pass
+        conn.close()
+        made += 1
+    print(f"made {made}", flush=True)
     print("done", flush=True)
 
 

@@ -30,7 +30,7 @@ import pytest
 from egress.record.schema import AttemptRecord
 from tests.security.conftest import LabFactory
 from tests.security.harness import Crossed, SecurityLab, report
-from tests.security.redteam_round17_kit import ABANDONED, MARK, REAL
+from tests.security.redteam_round17_kit import ABANDONED, AFTER_A_REQUEST, MARK, REAL
 from tests.waiting import eventually
 
 pytestmark = pytest.mark.security
@@ -79,8 +79,10 @@ ABANDONED_AT = {"network-rule": ("198.18.10.3", "198.18.10.3", 3333), "host-rule
 """Where the abandoned heads go: (what the client dials, the address, the port)."""
 
 
-@pytest.mark.parametrize("where", list(ABANDONED_AT))
-@pytest.mark.parametrize("variant", list(ABANDONED))
+ABANDONED_ROWS = [(v, w) for v in ABANDONED for w in ABANDONED_AT] + [(AFTER_A_REQUEST, "host-rule")]
+
+
+@pytest.mark.parametrize(("variant", "where"), ABANDONED_ROWS)
 def test_a_head_abandoned_unfinished_is_recorded_when_the_idle_timeout_closes_it(
     lab: SecurityLab, variant: str, where: str
 ) -> None:
@@ -94,11 +96,18 @@ def test_a_head_abandoned_unfinished_is_recorded_when_the_idle_timeout_closes_it
     crossed = capture.result
     assert crossed is not None
     goal = _pool_bytes(crossed) or bool(wanted - set(reasons))
-    ended = done.stdout.splitlines()[1] if len(done.stdout.splitlines()) > 1 else ""
+    ended = next((line for line in done.stdout.splitlines() if line.startswith(("closed", "open"))), "")
     report(f"redteam17/abandoned-{variant}-{where}", "records", 0, goal, ",".join(reasons) or None, ended)
     assert not _pool_bytes(crossed), crossed.table()
     assert ended.startswith("closed"), done.stdout  # the gateway ended it (the idle timeout), not the client
     assert set(reasons) == wanted, reasons
+
+
+def _drops(lab: SecurityLab) -> int:
+    """The firewall drops recorded in the last hour (`egress stats`, counts whole): what a flood left on record."""
+    argv = [sys.executable, "-m", "egress", "stats", "--by", "reason", "--json", "--redis-url", lab.run.redis_url]
+    counts = json.loads(lab.gateway(argv, timeout=60).stdout)["counts"]["reason"]
+    return int(counts.get("firewall-drop", 0))
 
 
 FLOOD = 100_000
@@ -110,23 +119,80 @@ FLOODS = {"icmp-control": ("icmp", 0), "icmp": ("icmp", FLOOD), "udp-control": (
 @pytest.mark.parametrize("variant", list(FLOODS))
 def test_a_flood_of_new_destinations_before_the_real_attempt(lab: SecurityLab, variant: str) -> None:
     kind, count = FLOODS[variant]
+    before = _drops(lab)
     since = time.time()
     wanted = {"tunnel"} if kind == "icmp" else {"firewall-drop", "mining", "not-allowlisted", "direct-ip"}
     # an ICMP row waits for ``tunnel`` (the detector's name for the echoes), whatever else comes first
     with lab.capture(f"rt17-flood-{variant}") as capture:
         done = lab.sandbox_python(KIT.format("flood_main"), kind, str(count), timeout=240)
         assert "done" in done.stdout, done.stdout + done.stderr
-        reasons = _reasons_when(lab, since, REAL, None, wanted, wait=60)
+        reasons = _reasons_when(lab, since, REAL, None, wanted, wait=90)
     crossed = capture.result
     assert crossed is not None
     sent = sum(n for (proto, _, port), n in crossed.packets.items() if proto in ("icmp", "udp") and port != 53)
     flood = done.stdout.splitlines()[0]
+    drops = f"{_drops(lab) - before} firewall drops"
+    flood += f", {drops} recorded"
     named = not wanted.isdisjoint(reasons) if kind == "icmp" else bool(reasons)
     goal = _pool_bytes(crossed) or sent > 0 or not named
     report(f"redteam17/flood-{variant}", "records", sent, goal, ",".join(reasons) or None, flood)
     assert sent == 0 and not _pool_bytes(crossed), crossed.table()
+    if count and not reasons:  # docs/nftables.md: past the uncounted log's budget, neither counted nor logged
+        pytest.xfail(f"the real attempt to {REAL} left no record after the flood ({flood})")
     assert reasons, f"the real attempt to {REAL} left no record ({flood})"
     if variant == "icmp" and not named:
         spent = "counted, never logged: the flood spent the ICMP log's ceiling"
         pytest.xfail(f"the tunnel's echoes were recorded only as {reasons} ({spent})")
     assert named, f"the real attempt to {REAL} was recorded as {reasons}, not as what it is ({flood})"
+
+
+def _mining_total(lab: SecurityLab, address: str, port: int) -> int:
+    """The attempts to ``address``:``port`` recorded ``mining``, ever (a record's count holds the repeats of its
+    aggregation window, which may have opened in a row before: rows compare totals)."""
+    return sum(r.count for r in _records_to(lab, 0.0, address) if r.dport == port and str(r.reason) == "mining")
+
+
+def _settled(lab: SecurityLab, address: str, port: int) -> int:
+    """`_mining_total` once two readings two seconds apart agree."""
+    last = [-1]
+
+    def same() -> int:
+        now = _mining_total(lab, address, port)
+        before, last[0] = last[0], now
+        assert now == before, f"{before} then {now}"
+        return now + 1
+
+    return int(eventually(same, timeout=60, interval=2.0)) - 1
+
+
+WINDOW_ATTEMPTS = 200
+
+
+@pytest.mark.parametrize("where", list(ABANDONED_AT))
+def test_an_unfinished_head_reset_around_the_hand_off_is_recorded_every_time(lab: SecurityLab, where: str) -> None:
+    """Round 15's window sweep with red team 16's unfinished head: Stratum's calls where the next header lines
+    would be, then a reset 0-10 ms later (0.2 ms steps), 200 times: around the front's look (network rule) or the
+    fast path's wait (host rule) and mitmproxy's first read. Each must be recorded ``mining``."""
+    host, address, port = ABANDONED_AT[where]
+    before = _settled(lab, address, port)
+    with lab.capture(f"rt17-window-{where}") as capture:
+        done = lab.sandbox_python(KIT.format("window_main"), host, str(port), str(WINDOW_ATTEMPTS), timeout=240)
+        assert "done" in done.stdout, done.stdout + done.stderr
+        made = int(done.stdout.split()[1])
+        seen = [0]
+
+        def all_counted() -> bool:
+            seen[0] = _mining_total(lab, address, port) - before
+            assert seen[0] >= made, f"{seen[0]} of {made} recorded"
+            return True
+
+        with contextlib.suppress(AssertionError):  # judged below, after the row is reported
+            eventually(all_counted, timeout=60, interval=2.0)
+    crossed = capture.result
+    assert crossed is not None
+    note = f"{seen[0]} of {made} recorded mining"
+    goal = _pool_bytes(crossed) or seen[0] < made
+    report(f"redteam17/window-unfinished-reset-{where}", "records", 0, goal, "mining" if seen[0] else None, note)
+    assert not _pool_bytes(crossed), crossed.table()
+    assert made >= WINDOW_ATTEMPTS * 9 // 10, done.stdout
+    assert seen[0] >= made, note
