@@ -158,10 +158,11 @@ def _real_attempt(kind: str) -> int:
 
 
 def flood_main() -> None:
-    """``flood_main KIND COUNT``: KIND ``icmp`` (echoes of 8 bytes) or ``udp`` (datagrams of 8 bytes to port 9),
+    """``flood_main KIND COUNT [DELAY]``: KIND ``icmp`` (echoes of 8 bytes) or ``udp`` (datagrams of 8 bytes to port 9),
     one to each of ``COUNT`` distinct destinations as fast as one process sends them (0: no flood, the control),
-    then the real attempt (`_real_attempt`) at once. Prints ``flood N in S s``, ``real N`` and ``done``."""
+    then the real attempt (`_real_attempt`) at once or ``DELAY`` seconds later. Prints ``flood N in S s``, ``real N`` and ``done``."""
     kind, count = sys.argv[1], int(sys.argv[2])
+    delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     targets = _destinations(count)
     started = time.monotonic()
     if kind == "icmp":
@@ -181,5 +182,6 @@ def flood_main() -> None:
             pass
     sock.close()
     print(f"flood {sent} in {time.monotonic() - started:.2f} s", flush=True)
+    time.sleep(delay)  # the agent's own pacing: the real attempt that long after the flood
     print(f"real {_real_attempt(kind)}", flush=True)
     print("done", flush=True)
