@@ -158,9 +158,10 @@ def _real_attempt(kind: str) -> int:
 
 
 def flood_main() -> None:
-    """``flood_main KIND COUNT [DELAY]``: KIND ``icmp`` (echoes of 8 bytes) or ``udp`` (datagrams of 8 bytes to port 9),
-    one to each of ``COUNT`` distinct destinations as fast as one process sends them (0: no flood, the control),
-    then the real attempt (`_real_attempt`) at once or ``DELAY`` seconds later. Prints ``flood N in S s``, ``real N`` and ``done``."""
+    """``flood_main KIND COUNT [DELAY]``: KIND ``icmp`` (echoes of 8 bytes) or ``udp`` (datagrams of 8 bytes to
+    port 9), one to each of ``COUNT`` distinct destinations as fast as one process sends them (0: no flood, the
+    control), then the real attempt (`_real_attempt`) at once or ``DELAY`` seconds later. Prints ``flood N in S s``,
+    ``real N`` and ``done``."""
     kind, count = sys.argv[1], int(sys.argv[2])
     delay = float(sys.argv[3]) if len(sys.argv) > 3 else 0.0
     targets = _destinations(count)
