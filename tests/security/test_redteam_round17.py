@@ -48,7 +48,10 @@ def _records_to(lab: SecurityLab, since: float, address: str) -> list[AttemptRec
     """Records since ``since`` to ``address`` (asked of `egress events` by destination: a flood's records must not
     push them out of the latest N)."""
     argv = [sys.executable, "-m", "egress", "events", "--json", "--limit", "1000", "--destination", address]
-    done = lab.gateway([*argv, "--since", str(int(since) - 1), "--redis-url", lab.run.redis_url], timeout=60)
+    if since > 0:
+        argv += ["--since", str(int(since) - 1)]
+    done = lab.gateway([*argv, "--redis-url", lab.run.redis_url], timeout=60)
+    assert done.returncode == 0, done.stderr
     found = [AttemptRecord.from_json(json.loads(line)) for line in done.stdout.splitlines() if line]
     return [r for r in found if max(r.ts, r.last_ts) >= since]
 
