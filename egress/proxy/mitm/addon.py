@@ -256,12 +256,12 @@ class EgressAddon(NextLayer):
         reset or a close was judged): the head the gate waited on (no layer chosen), or the one mitmproxy's HTTP
         layer holds. None: no such head, or nothing of a pool's in it. An error judging it is a block recorded."""
         head = state.pending if state.decision is None else b""
-        if not head and self.quiet is not None:
-            head = held_head(self.quiet[1](client)) or b""
-        if not head:
-            return None
         ended = f"the client went silent; closed by the idle timeout after {quiet_s:.0f} s"
         try:
+            if not head and self.quiet is not None:
+                head = held_head(self.quiet[1](client)) or b""
+            if not head:
+                return None
             verdict = self.gate.on_unfinished_head(state.sandbox, meta, head, ended)
         except Exception as exc:
             log.exception("egress: judging an abandoned HTTP head failed; recorded as blocked")
